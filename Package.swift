@@ -1,0 +1,52 @@
+// swift-tools-version: 6.2
+import PackageDescription
+
+/// Warnings are errors in our own targets only; dependencies keep their own settings.
+let strict: [SwiftSetting] = [.treatAllWarnings(as: .error)]
+
+let package = Package(
+    name: "statsrelay",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "statsrelay", targets: ["statsrelay"]),
+        .library(name: "UringRelay", targets: ["UringRelay"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CLiburing",
+            pkgConfig: "liburing",
+            providers: [.apt(["liburing-dev"])]
+        ),
+        .target(
+            name: "UringRelay",
+            dependencies: [
+                "CLiburing",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "statsrelay",
+            dependencies: [
+                "UringRelay",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "UringRelayTests",
+            dependencies: ["UringRelay"],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "UringRelayKernelTests",
+            dependencies: ["UringRelay", "statsrelay"],
+            swiftSettings: strict
+        ),
+    ]
+)

@@ -1,0 +1,57 @@
+/// A backend as given on the command line: `HOST:PORT[:INSTANCE]` or `[IPv6]:PORT[:INSTANCE]`.
+///
+/// The instance is a label only, as in the Go StatsRelay: it never changes routing.
+public struct BackendAddress: Sendable, Equatable, CustomStringConvertible {
+    /// The host: an IPv4 or IPv6 literal (no brackets) or a DNS name.
+    public var host: String
+    /// The UDP port.
+    public var port: UInt16
+    /// The optional instance label.
+    public var instance: String?
+
+    /// Parses `HOST:PORT[:INSTANCE]` or `[IPv6]:PORT[:INSTANCE]`.
+    ///
+    /// - Throws: `ConfigurationError` for argument `backend`, saying which part is wrong.
+    public init(parsing text: String) throws(ConfigurationError) {
+        func invalid(_ reason: String) -> ConfigurationError {
+            ConfigurationError(argument: "backend", value: text, reason: reason)
+        }
+        var rest: Substring
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]") else { throw invalid("missing ']' after IPv6 address") }
+            host = String(text[text.index(after: text.startIndex)..<close])
+            rest = text[text.index(after: close)...]
+            guard rest.hasPrefix(":") else { throw invalid("expected ':PORT' after ']'") }
+            rest = rest.dropFirst()
+            guard SocketAddress(numericHost: host, port: 0)?.family == .ipv6 else {
+                throw invalid("'\(host)' is not an IPv6 address")
+            }
+        } else {
+            let parts = text.split(separator: ":", omittingEmptySubsequences: false)
+            guard parts.count >= 2 else { throw invalid("expected HOST:PORT[:INSTANCE]") }
+            guard parts.count <= 3 else {
+                throw invalid("too many ':' (write IPv6 addresses as [ADDRESS]:PORT)")
+            }
+            host = String(parts[0])
+            rest = text[parts[1].startIndex...]
+        }
+        guard !host.isEmpty else { throw invalid("empty host") }
+        let portAndInstance = rest.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false)
+        guard let portText = portAndInstance.first, !portText.isEmpty else { throw invalid("missing port") }
+        guard let port = UInt16(portText), port > 0 else { throw invalid("port must be 1-65535") }
+        self.port = port
+        if portAndInstance.count == 2 {
+            guard !portAndInstance[1].isEmpty else { throw invalid("empty instance after ':'") }
+            instance = String(portAndInstance[1])
+        } else {
+            instance = nil
+        }
+        if host.contains(where: { $0 == " " || $0 == "/" }) { throw invalid("host contains a space or '/'") }
+    }
+
+    /// The address as an operator wrote it: `10.0.0.1:8125:a`, `[::1]:8125`.
+    public var description: String {
+        let hostPart = host.contains(":") ? "[\(host)]" : host
+        return instance.map { "\(hostPart):\(port):\($0)" } ?? "\(hostPart):\(port)"
+    }
+}

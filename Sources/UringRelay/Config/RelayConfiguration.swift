@@ -1,0 +1,69 @@
+/// Everything a relay needs to start, validated before any socket is opened.
+///
+/// Defaults match the Go StatsRelay where it has the setting (port 8125, 1400-byte packets).
+public struct RelayConfiguration: Sendable, Equatable {
+    /// The address to listen on (`--bind`).
+    public var bindHost: String = "0.0.0.0"
+    /// The UDP port to listen on (`--port`); 0 lets the kernel choose (tests).
+    public var port: UInt16 = 8125
+    /// The backends, in routing order.
+    public var backends: [BackendAddress]
+    /// The largest outgoing datagram (`--packet-len`), unless a single line is longer.
+    public var packetBytes: Int = 1400
+    /// The longest a line waits in a batch (`--flush-interval`).
+    public var flushIntervalNanoseconds: UInt64 = 10_000_000
+    /// The requested socket receive buffer (`--rcvbuf`).
+    public var receiveBufferBytes: Int = 8 << 20
+    /// The largest datagram received whole (`--max-datagram`); larger ones are dropped.
+    public var maxDatagramBytes: Int = 8192
+    /// How many workers run (`--threads`).
+    public var threads: Int = 1
+    /// The CPUs workers are pinned to, in order (`--cpus`); `nil` pins worker i to the i-th
+    /// allowed CPU.
+    public var cpus: [Int]?
+    /// Receive buffers per worker in the provided-buffer ring.
+    public var receiveBuffers: Int = 512
+    /// How long a waiting worker lingers for more completions once one is ready
+    /// (`io_uring_enter2` minimum wait).
+    public var minimumWaitMicroseconds: UInt32 = 100
+
+    /// A configuration with defaults for everything but the backends.
+    public init(backends: [BackendAddress]) {
+        self.backends = backends
+    }
+
+    /// Checks every setting and names the first bad one.
+    public func validate() throws(ConfigurationError) {
+        if backends.isEmpty {
+            throw ConfigurationError(argument: "backends", value: "", reason: "at least one backend HOST:PORT is required")
+        }
+        if SocketAddress(numericHost: bindHost, port: port) == nil {
+            throw ConfigurationError(argument: "--bind", value: bindHost, reason: "not an IPv4 or IPv6 address")
+        }
+        if !(2...65_507).contains(packetBytes) {
+            throw ConfigurationError(argument: "--packet-len", value: "\(packetBytes)", reason: "must be 2-65507 bytes")
+        }
+        if !(1...65_535).contains(maxDatagramBytes) {
+            throw ConfigurationError(argument: "--max-datagram", value: "\(maxDatagramBytes)", reason: "must be 1-65535 bytes")
+        }
+        if flushIntervalNanoseconds < 100_000 || flushIntervalNanoseconds > 60_000_000_000 {
+            throw ConfigurationError(
+                argument: "--flush-interval", value: DurationParser.format(flushIntervalNanoseconds),
+                reason: "must be between 100us and 60s")
+        }
+        if receiveBufferBytes < 4096 || receiveBufferBytes > Int(Int32.max) {
+            throw ConfigurationError(argument: "--rcvbuf", value: "\(receiveBufferBytes)", reason: "must be 4096 bytes to 2 GiB")
+        }
+        if !(1...256).contains(threads) {
+            throw ConfigurationError(argument: "--threads", value: "\(threads)", reason: "must be 1-256")
+        }
+        if let cpus, cpus.count < threads {
+            throw ConfigurationError(
+                argument: "--cpus", value: cpus.map(String.init).joined(separator: ","),
+                reason: "lists \(cpus.count) CPUs for \(threads) threads")
+        }
+        if backends.count > 65_536 {
+            throw ConfigurationError(argument: "backends", value: "\(backends.count)", reason: "at most 65536 backends")
+        }
+    }
+}

@@ -1,0 +1,182 @@
+import CLiburing
+import Glibc
+
+/// A ring of receive buffers the kernel picks from (a "provided buffer ring", buffer group).
+///
+/// liburing 2.3 has no `io_uring_setup_buf_ring`, so this maps the ring and the buffers itself
+/// and registers them with `io_uring_register_buf_ring(3)`, as liburing's
+/// `examples/io_uring-udp.c` does.
+///
+/// Each buffer receives one datagram through multishot `recvmsg`, laid out by the kernel as:
+/// ```
+/// +---------------------------+------------------------------------------+
+/// | io_uring_recvmsg_out (16) | payload (up to bufferBytes - 16)         |
+/// | namelen controllen        |                                          |
+/// | payloadlen flags          |                                          |
+/// +---------------------------+------------------------------------------+
+/// ```
+/// (no name and no control data are asked for). A buffer the kernel has filled is *held* by
+/// the worker until `recycle(_:)` gives it back; `publish()` makes recycled buffers visible
+/// to the kernel with one store.
+///
+/// - Warning: close the ring this is registered with before this is destroyed: the kernel
+///   writes into these buffers for as long as a receive is armed.
+public struct ProvidedBufferRing: ~Copyable {
+    private let ringEntries: UnsafeMutableRawPointer
+    private let ringBytes: Int
+    private let storage: UnsafeMutableRawPointer
+    private let storageBytes: Int
+    private var bufferRing: UnsafeMutablePointer<io_uring_buf_ring> {
+        ringEntries.assumingMemoryBound(to: io_uring_buf_ring.self)
+    }
+    /// The `msghdr` the multishot receive was armed with; it sets the header layout.
+    let messageHeader: UnsafeMutablePointer<msghdr>
+
+    /// The buffer group ID SQEs select from.
+    public let groupID: UInt16
+    /// How many buffers the ring holds (a power of two).
+    public let count: Int
+    /// The size of each buffer, header included.
+    public let bufferBytes: Int
+    /// Buffers the kernel filled and the worker has not yet recycled.
+    public private(set) var held: Int = 0
+    /// Recycled buffers written to the ring but not yet published.
+    private var unpublished: Int = 0
+
+    /// The bytes before the payload in each buffer.
+    public static var headerBytes: Int { Int(cl_recvmsg_out_size) }
+
+    /// Maps `count` buffers of `payloadBytes` each (plus the receive header), registers them
+    /// as group `groupID`, and gives them all to the kernel.
+    ///
+    /// - Precondition: `count` is a power of two no larger than 32768.
+    public init(ring: borrowing Ring, groupID: UInt16, count: Int, payloadBytes: Int) throws(Errno) {
+        precondition(count > 0 && count & (count - 1) == 0 && count <= 32_768, "buffer count must be a power of two ≤ 32768")
+        let bufferBytes = Self.headerBytes + payloadBytes
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let ringBytes = (count * MemoryLayout<io_uring_buf>.stride + page - 1) / page * page
+        let storageBytes = (count * bufferBytes + page - 1) / page * page
+        guard let entries = mmap(nil, ringBytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0),
+              entries != MAP_FAILED else { throw Errno.current }
+        guard let buffers = mmap(nil, storageBytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0),
+              buffers != MAP_FAILED else {
+            let failure = Errno.current
+            munmap(entries, ringBytes)
+            throw failure
+        }
+        var registration = io_uring_buf_reg()
+        registration.ring_addr = UInt64(UInt(bitPattern: entries))
+        registration.ring_entries = UInt32(count)
+        registration.bgid = groupID
+        let registered = try ring.withUnsafeRing { handle in io_uring_register_buf_ring(handle, &registration, 0) }
+        if registered < 0 {
+            munmap(entries, ringBytes)
+            munmap(buffers, storageBytes)
+            throw Errno(rawValue: -registered)
+        }
+        self.groupID = groupID
+        self.count = count
+        self.bufferBytes = bufferBytes
+        self.ringBytes = ringBytes
+        self.storageBytes = storageBytes
+        ringEntries = entries
+        storage = buffers
+        messageHeader = .allocate(capacity: 1)
+        messageHeader.initialize(to: msghdr())
+        io_uring_buf_ring_init(bufferRing)
+        for id in 0..<count { write(bufferID: UInt16(id), at: id) }
+        io_uring_buf_ring_advance(bufferRing, Int32(count))
+        assert(verifyInvariants())
+    }
+
+    deinit {
+        guard !keepsMapping else { return }
+        munmap(ringEntries, ringBytes)
+        munmap(storage, storageBytes)
+        messageHeader.deallocate()
+    }
+
+    private var keepsMapping = false
+
+    /// Leaves the memory mapped when this owner goes away, for when the kernel may still
+    /// write into it (a receive that could not be confirmed cancelled).
+    public mutating func keepMappedAfterDestruction() { keepsMapping = true }
+
+    private func write(bufferID: UInt16, at offset: Int) {
+        io_uring_buf_ring_add(
+            bufferRing, storage + Int(bufferID) * bufferBytes, UInt32(bufferBytes), bufferID,
+            io_uring_buf_ring_mask(UInt32(count)), Int32(offset))
+    }
+
+    /// How many buffers the kernel can fill right now.
+    public var available: Int { count - held - unpublished }
+
+    /// The outcome of decoding one filled buffer.
+    public enum Payload {
+        /// The kernel's header is inconsistent with the completion; nothing can be read.
+        case malformed
+        /// The datagram was larger than a buffer and was cut (`MSG_TRUNC`).
+        case truncated(fullLength: Int)
+        /// A whole datagram of this many bytes.
+        case datagram(length: Int)
+    }
+
+    /// Records that the kernel filled `bufferID`; the caller now holds it until `recycle`.
+    @inline(__always)
+    public mutating func take(_ bufferID: UInt16) {
+        held += 1
+        assert(verifyInvariants())
+    }
+
+    /// Decodes a filled buffer and lends its payload to `body` as a safe view.
+    ///
+    /// - Parameters:
+    ///   - bufferID: from the CQE (`IORING_CQE_F_BUFFER`).
+    ///   - result: the CQE's `res`: the bytes written into the buffer, header included.
+    ///   - body: reads the payload; it must not keep it (the buffer is recycled afterwards).
+    @inline(__always)
+    public func withPayload<Result>(
+        of bufferID: UInt16, result: Int32, _ body: (Payload, RawSpan) -> Result
+    ) -> Result {
+        let header = Self.headerBytes
+        let base = storage + Int(bufferID) * bufferBytes
+        let empty = UnsafeRawBufferPointer(start: base, count: 0).bytes
+        // The kernel's own numbers are checked before any is used as a length.
+        guard Int(bufferID) < count, result >= Int32(header), Int(result) <= bufferBytes else {
+            return body(.malformed, empty)
+        }
+        let out = base.loadUnaligned(as: io_uring_recvmsg_out.self)
+        let written = Int(result) - header
+        if out.flags & UInt32(MSG_TRUNC) != 0 || Int(out.payloadlen) > written {
+            return body(.truncated(fullLength: Int(out.payloadlen)), empty)
+        }
+        let length = Int(out.payloadlen)
+        // The buffer is held by this worker until recycled, so the view cannot change under it.
+        let payload = UnsafeRawBufferPointer(start: base + header, count: length).bytes
+        return body(.datagram(length: length), payload)
+    }
+
+    /// Gives a held buffer back to the kernel (visible after the next `publish()`).
+    ///
+    /// - Precondition: `bufferID` was taken and not recycled since.
+    @inline(__always)
+    public mutating func recycle(_ bufferID: UInt16) {
+        write(bufferID: bufferID, at: unpublished)
+        unpublished += 1
+        held -= 1
+        assert(verifyInvariants())
+    }
+
+    /// Publishes every recycled buffer to the kernel with a single release store.
+    @inline(__always)
+    public mutating func publish() {
+        guard unpublished > 0 else { return }
+        io_uring_buf_ring_advance(bufferRing, Int32(unpublished))
+        unpublished = 0
+    }
+
+    /// Checks the counts; used in `assert` after every change.
+    public func verifyInvariants() -> Bool {
+        held >= 0 && unpublished >= 0 && held + unpublished <= count
+    }
+}

@@ -1,0 +1,177 @@
+import CLiburing
+import Glibc
+
+/// An io_uring instance: the one owner of its submission and completion queues.
+///
+/// A worker creates its ring on its own thread and is the only thread to touch it
+/// (`IORING_SETUP_SINGLE_ISSUER`); completions are posted only while the worker enters the
+/// kernel (`IORING_SETUP_DEFER_TASKRUN`), so no interrupt of the worker's own work runs them.
+/// The liburing calls are `io_uring_queue_init_params(3)` and `io_uring_queue_exit(3)`.
+public struct Ring: ~Copyable {
+    /// The liburing handle, allocated for the ring's lifetime (it must not move).
+    private let ring: UnsafeMutablePointer<io_uring>
+    /// Scratch for `io_uring_peek_batch_cqe`: pointers to ready CQEs.
+
+    /// The setup flags the kernel accepted.
+    public let setupFlags: UInt32
+    /// The kernel's `IORING_FEAT_*` bits for this ring.
+    public let features: UInt32
+
+    /// Creates a ring, preferring `SINGLE_ISSUER | DEFER_TASKRUN` and falling back to
+    /// `COOP_TASKRUN`, then to no task-run flags, on kernels that reject them.
+    ///
+    /// - Parameters:
+    ///   - entries: submission queue size.
+    ///   - completionEntries: completion queue size (`IORING_SETUP_CQSIZE`); large enough for
+    ///     every buffer of the provided-buffer ring plus every send in flight.
+    public init(entries: UInt32, completionEntries: UInt32) throws(Errno) {
+        ring = .allocate(capacity: 1)
+        ring.initialize(to: io_uring())
+        let base = cl_IORING_SETUP_CQSIZE | cl_IORING_SETUP_SUBMIT_ALL
+        let attempts = [
+            base | cl_IORING_SETUP_SINGLE_ISSUER | cl_IORING_SETUP_DEFER_TASKRUN,
+            base | cl_IORING_SETUP_COOP_TASKRUN,
+            base,
+        ]
+        var lastError: Int32 = -EINVAL
+        for flags in attempts {
+            var params = io_uring_params()
+            params.flags = flags
+            params.cq_entries = completionEntries
+            let result = io_uring_queue_init_params(entries, ring, &params)
+            if result == 0 {
+                setupFlags = flags
+                features = params.features
+                return
+            }
+            lastError = result
+            if result != -EINVAL { break }
+        }
+        ring.deallocate()
+        throw Errno(rawValue: -lastError)
+    }
+
+    deinit {
+        io_uring_queue_exit(ring)
+        ring.deallocate()
+    }
+
+    /// Closes the ring (`io_uring_queue_exit(3)`), cancelling whatever is still armed.
+    public consuming func close() {}
+
+    /// Whether completions wait for the owner to enter the kernel (`IORING_SETUP_DEFER_TASKRUN`).
+    public var defersTaskRun: Bool { setupFlags & cl_IORING_SETUP_DEFER_TASKRUN != 0 }
+
+    /// Whether the kernel honours a minimum wait time in `io_uring_enter2`
+    /// (`IORING_FEAT_MIN_TIMEOUT`, Linux 6.12).
+    public var supportsMinimumWait: Bool { features & cl_IORING_FEAT_MIN_TIMEOUT != 0 }
+
+    /// The setup flags by name, for the start-up log.
+    public var setupFlagNames: [String] {
+        var names: [String] = []
+        if setupFlags & cl_IORING_SETUP_SINGLE_ISSUER != 0 { names.append("SINGLE_ISSUER") }
+        if setupFlags & cl_IORING_SETUP_DEFER_TASKRUN != 0 { names.append("DEFER_TASKRUN") }
+        if setupFlags & cl_IORING_SETUP_COOP_TASKRUN != 0 { names.append("COOP_TASKRUN") }
+        if setupFlags & cl_IORING_SETUP_SUBMIT_ALL != 0 { names.append("SUBMIT_ALL") }
+        if setupFlags & cl_IORING_SETUP_CQSIZE != 0 { names.append("CQSIZE") }
+        return names
+    }
+
+    /// Lends the liburing handle to another `Kernel/` owner (the buffer ring registers with it).
+    func withUnsafeRing<Result>(_ body: (UnsafeMutablePointer<io_uring>) throws(Errno) -> Result) throws(Errno) -> Result {
+        try body(ring)
+    }
+
+    /// Takes a free SQE, first submitting the queue if it is full.
+    private func nextSubmission() -> UnsafeMutablePointer<io_uring_sqe> {
+        if let sqe = io_uring_get_sqe(ring) { return sqe }
+        // The queue is full: hand what is queued to the kernel to make room.
+        _ = io_uring_submit(ring)
+        guard let sqe = io_uring_get_sqe(ring) else {
+            preconditionFailure("io_uring submission queue still full after submit")
+        }
+        return sqe
+    }
+
+    /// Arms a multishot `recvmsg` that takes buffers from a provided-buffer group.
+    ///
+    /// The liburing call is `io_uring_prep_recvmsg_multishot(3)` with `IOSQE_BUFFER_SELECT`.
+    /// - Parameters:
+    ///   - socket: the listening socket.
+    ///   - buffers: the buffer ring that supplies the buffers and the `msghdr` layout.
+    ///   - userData: returned in every CQE of this request.
+    public func armMultishotReceive(on socket: borrowing UDPSocket, buffers: borrowing ProvidedBufferRing, userData: UserData) {
+        let sqe = nextSubmission()
+        io_uring_prep_recvmsg_multishot(sqe, socket.descriptor, buffers.messageHeader, 0)
+        sqe.pointee.flags |= cl_IOSQE_BUFFER_SELECT
+        sqe.pointee.buf_group = buffers.groupID
+        io_uring_sqe_set_data64(sqe, userData.rawValue)
+    }
+
+    /// Queues a `send` of a packed send-buffer slot to its backend's connected socket.
+    ///
+    /// The liburing call is `io_uring_prep_send(3)`, without `MSG_DONTWAIT` so that a full
+    /// socket buffer makes the kernel wait for room instead of failing with `EAGAIN`.
+    /// - Precondition: the slot stays untouched until this send's CQE arrives.
+    public func send(slot: Int, of pool: borrowing SendBufferPool, to sockets: borrowing BackendSockets, userData: UserData) {
+        let sqe = nextSubmission()
+        let bytes = pool.unsafeBytes(ofSlot: slot)
+        io_uring_prep_send(sqe, sockets.descriptors[pool.backend(of: slot)], bytes.baseAddress, bytes.count, 0)
+        io_uring_sqe_set_data64(sqe, userData.rawValue)
+    }
+
+    /// Arms a one-shot poll for readability of `descriptor` (the wake-up eventfd).
+    ///
+    /// The liburing call is `io_uring_prep_poll_add(3)`.
+    public func armPoll(descriptor: Int32, userData: UserData) {
+        let sqe = nextSubmission()
+        io_uring_prep_poll_add(sqe, descriptor, UInt32(POLLIN))
+        io_uring_sqe_set_data64(sqe, userData.rawValue)
+    }
+
+    /// Asks the kernel to cancel the request carrying `target`.
+    ///
+    /// The liburing call is `io_uring_prep_cancel64(3)`.
+    public func cancel(_ target: UserData, userData: UserData) {
+        let sqe = nextSubmission()
+        io_uring_prep_cancel64(sqe, target.rawValue, 0)
+        io_uring_sqe_set_data64(sqe, userData.rawValue)
+    }
+
+    /// Submits everything queued and waits, in one system call.
+    ///
+    /// - Parameters:
+    ///   - completions: how many completions to wait for (0: only submit and collect).
+    ///   - timeoutNanoseconds: the longest wait; `nil` waits without limit.
+    ///   - minimumWaitMicroseconds: after this long, return as soon as one completion is
+    ///     ready even if fewer than `completions` are; ignored where unsupported.
+    /// - Returns: whether the wait ended normally; a timeout or signal is a normal end.
+    /// - Throws: `Errno` for failures other than `ETIME`, `EINTR`, `EAGAIN` and `EBUSY`.
+    public func submitAndWait(
+        completions: UInt32, timeoutNanoseconds: UInt64?, minimumWaitMicroseconds: UInt32
+    ) throws(Errno) {
+        let timeout = timeoutNanoseconds.map { Int64(clamping: $0) } ?? -1
+        let minimum = supportsMinimumWait ? minimumWaitMicroseconds : 0
+        let result = cl_submit_and_wait_min(ring, completions, timeout, minimum)
+        if result >= 0 { return }
+        switch -result {
+        case ETIME, EINTR:
+            return  // the wait ended early; completions are read next either way
+        case EAGAIN, EBUSY:
+            return  // the CQ is full or the kernel is short of memory: reaping frees room
+        default:
+            throw Errno(rawValue: -result)
+        }
+    }
+
+    /// Takes the oldest ready CQE out of the completion queue, or `nil` when none is ready.
+    ///
+    /// Loops over this end when the kernel has posted nothing more; this never enters the
+    /// kernel (with `DEFER_TASKRUN`, nothing new is posted until the next `submitAndWait`).
+    @inline(__always)
+    public func nextCompletion() -> Completion? {
+        var cqe = io_uring_cqe()
+        guard cl_next_cqe(ring, &cqe) == 1 else { return nil }
+        return Completion(userData: UserData(rawValue: cqe.user_data), result: cqe.res, flags: cqe.flags)
+    }
+}

@@ -1,0 +1,120 @@
+import CLiburing
+import Glibc
+
+/// Fixed slots of outgoing packet memory that the kernel reads while a `send` is in flight.
+///
+/// A slot is *free*, *filling* (a batch is being packed into it) or *in flight* (submitted,
+/// waiting for its CQE). Free slots are kept on a stack so the same few slots are reused and
+/// the rest of the mapping is never touched: resident memory follows the peak in-flight count,
+/// not the capacity.
+///
+/// - Warning: close the ring before this is destroyed while sends are in flight.
+public struct SendBufferPool: ~Copyable {
+    private let storage: UnsafeMutableRawPointer
+    private let storageBytes: Int
+    /// Bytes per slot: the largest packet this pool can hold.
+    public let slotBytes: Int
+    /// How many slots exist.
+    public let capacity: Int
+    private var free: [Int32]
+    private var lengths: [Int32]
+    private var lines: [Int32]
+    private var backends: [Int32]
+
+    /// Maps `capacity` slots of `slotBytes` each.
+    public init(capacity: Int, slotBytes: Int) throws(Errno) {
+        precondition(capacity > 0 && slotBytes > 0)
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let storageBytes = (capacity * slotBytes + page - 1) / page * page
+        guard let memory = mmap(nil, storageBytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0),
+              memory != MAP_FAILED else { throw Errno.current }
+        self.storageBytes = storageBytes
+        storage = memory
+        self.slotBytes = slotBytes
+        self.capacity = capacity
+        free = (0..<Int32(capacity)).reversed()
+        lengths = Array(repeating: 0, count: capacity)
+        lines = Array(repeating: 0, count: capacity)
+        backends = Array(repeating: -1, count: capacity)
+    }
+
+    deinit {
+        if !keepsMapping { munmap(storage, storageBytes) }
+    }
+
+    private var keepsMapping = false
+
+    /// Leaves the memory mapped when this owner goes away, for when the kernel may still
+    /// read from it (a send that could not be confirmed complete).
+    public mutating func keepMappedAfterDestruction() { keepsMapping = true }
+
+    /// How many slots are free.
+    public var freeCount: Int { free.count }
+
+    /// Takes a free slot for `backend`, empty; `nil` when every slot is in use.
+    @inline(__always)
+    public mutating func acquire(for backend: Int) -> Int? {
+        guard let slot = free.popLast() else { return nil }
+        let index = Int(slot)
+        lengths[index] = 0
+        lines[index] = 0
+        backends[index] = Int32(backend)
+        return index
+    }
+
+    /// Returns a slot to the free stack (after its send completed, or unsent at shutdown).
+    @inline(__always)
+    public mutating func release(_ slot: Int) {
+        backends[slot] = -1
+        free.append(Int32(slot))
+        assert(verifyInvariants())
+    }
+
+    /// Bytes packed into `slot` so far.
+    @inline(__always)
+    public func length(of slot: Int) -> Int { Int(lengths[slot]) }
+
+    /// Lines packed into `slot` so far.
+    @inline(__always)
+    public func lineCount(of slot: Int) -> Int { Int(lines[slot]) }
+
+    /// The backend `slot` was acquired for.
+    @inline(__always)
+    public func backend(of slot: Int) -> Int { Int(backends[slot]) }
+
+    /// Appends `line` and a `\n` to `slot`.
+    ///
+    /// - Precondition: `length(of: slot) + line.byteCount + 1 <= slotBytes`.
+    @inline(__always)
+    public mutating func append(_ line: RawSpan, to slot: Int) {
+        let offset = Int(lengths[slot])
+        let count = line.byteCount
+        precondition(offset + count + 1 <= slotBytes, "line does not fit in the send slot")
+        let destination = storage + slot * slotBytes + offset
+        line.withUnsafeBytes { source in
+            if let base = source.baseAddress { destination.copyMemory(from: base, byteCount: count) }
+        }
+        destination.storeBytes(of: UInt8(ascii: "\n"), toByteOffset: count, as: UInt8.self)
+        lengths[slot] = Int32(offset + count + 1)
+        lines[slot] += 1
+    }
+
+    /// Lends the packed bytes of `slot` as a safe view.
+    public func withBytes<Result>(ofSlot slot: Int, _ body: (RawSpan) -> Result) -> Result {
+        body(UnsafeRawBufferPointer(start: storage + slot * slotBytes, count: Int(lengths[slot])).bytes)
+    }
+
+    /// The packed bytes of `slot` for a `send` SQE.
+    ///
+    /// - Warning: the memory stays valid for the pool's lifetime; the slot must not be
+    ///   released or refilled until the send's CQE arrives.
+    func unsafeBytes(ofSlot slot: Int) -> UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(start: storage + slot * slotBytes, count: Int(lengths[slot]))
+    }
+
+    /// Checks that no slot is free twice and every free slot is unassigned; used in `assert`.
+    public func verifyInvariants() -> Bool {
+        guard free.count <= capacity else { return false }
+        return free.allSatisfy { backends[Int($0)] == -1 }
+    }
+}

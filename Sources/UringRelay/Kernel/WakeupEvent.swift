@@ -1,0 +1,31 @@
+import CLiburing
+import Glibc
+
+/// An eventfd that another thread signals to wake a worker out of its ring wait.
+///
+/// Shared by the relay (which signals) and the worker (whose ring polls it), so it is a
+/// reference-counted owner rather than a non-copyable one: the descriptor is closed when the
+/// last of the two lets go, never while the other may still use it.
+public final class WakeupEvent: Sendable {
+    /// The eventfd.
+    let descriptor: Int32
+
+    /// Creates a non-blocking, close-on-exec eventfd.
+    public init() throws(Errno) {
+        descriptor = try systemCall { eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK)) }
+    }
+
+    deinit { _ = close(descriptor) }
+
+    /// Makes the eventfd readable; safe from any thread, any number of times.
+    public func signal() {
+        var one: UInt64 = 1
+        _ = try? systemCall { write(descriptor, &one, MemoryLayout<UInt64>.size) }
+    }
+
+    /// Whether `signal()` has been called since the event was created.
+    public var isSignalled: Bool {
+        var poller = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
+        return poll(&poller, 1, 0) == 1
+    }
+}

@@ -1,0 +1,125 @@
+/// The relay's own counters, declared in one table: each case is one counter, with the name
+/// operators see (and the Prometheus endpoint will export).
+public enum RelayCounter: Int, CaseIterable, Sendable {
+    case datagramsReceived
+    case bytesReceived
+    case linesReceived
+    case linesForwarded
+    case emptyLines
+    case linesDroppedMissingColon
+    case linesDroppedEmptyName
+    case linesDroppedNulByte
+    case linesDroppedNoSendBuffer
+    case datagramsTruncated
+    case datagramsMalformedHeader
+    case bufferRingExhausted
+    case receiveRearms
+    case receiveErrors
+    case packetsSent
+    case sendErrors
+    case linesDroppedSendError
+
+    /// The counter's name in lowercase dot notation.
+    public var name: String {
+        switch self {
+        case .datagramsReceived: "statsrelay.datagrams_received"
+        case .bytesReceived: "statsrelay.bytes_received"
+        case .linesReceived: "statsrelay.lines_received"
+        case .linesForwarded: "statsrelay.lines_forwarded"
+        case .emptyLines: "statsrelay.lines_empty"
+        case .linesDroppedMissingColon: "statsrelay.lines_dropped.missing_colon"
+        case .linesDroppedEmptyName: "statsrelay.lines_dropped.empty_name"
+        case .linesDroppedNulByte: "statsrelay.lines_dropped.nul_byte"
+        case .linesDroppedNoSendBuffer: "statsrelay.lines_dropped.no_send_buffer"
+        case .datagramsTruncated: "statsrelay.datagrams_dropped.truncated"
+        case .datagramsMalformedHeader: "statsrelay.datagrams_dropped.bad_receive_header"
+        case .bufferRingExhausted: "statsrelay.buffer_ring_exhausted"
+        case .receiveRearms: "statsrelay.receive_rearms"
+        case .receiveErrors: "statsrelay.receive_errors"
+        case .packetsSent: "statsrelay.packets_sent"
+        case .sendErrors: "statsrelay.send_errors"
+        case .linesDroppedSendError: "statsrelay.lines_dropped.send_error"
+        }
+    }
+
+    /// The counter for a malformed line.
+    @inline(__always)
+    public static func dropped(_ reason: LineScanner.Malformation) -> RelayCounter {
+        switch reason {
+        case .missingColon: .linesDroppedMissingColon
+        case .emptyName: .linesDroppedEmptyName
+        case .nulByte: .linesDroppedNulByte
+        }
+    }
+}
+
+/// Counters kept per backend, in the same table style.
+public enum BackendCounter: Int, CaseIterable, Sendable {
+    case linesSent
+    case packetsSent
+    case bytesSent
+    case sendErrors
+    case sendRefused
+    case linesDroppedSendError
+
+    /// The counter's name; the backend is a label.
+    public var name: String {
+        switch self {
+        case .linesSent: "statsrelay.backend.lines_sent"
+        case .packetsSent: "statsrelay.backend.packets_sent"
+        case .bytesSent: "statsrelay.backend.bytes_sent"
+        case .sendErrors: "statsrelay.backend.send_errors"
+        case .sendRefused: "statsrelay.backend.send_refused"
+        case .linesDroppedSendError: "statsrelay.backend.lines_dropped.send_error"
+        }
+    }
+}
+
+/// One worker's counters (or the sum of several): plain integers, written only by the worker
+/// that owns them, so the per-datagram path takes no lock and no atomic.
+public struct RelayCounters: Sendable, Equatable {
+    private var relay: [UInt64]
+    private var backend: [UInt64]
+    /// How many backends are counted.
+    public let backendCount: Int
+
+    /// All zeros for `backendCount` backends.
+    public init(backendCount: Int) {
+        self.backendCount = backendCount
+        relay = Array(repeating: 0, count: RelayCounter.allCases.count)
+        backend = Array(repeating: 0, count: BackendCounter.allCases.count * backendCount)
+    }
+
+    /// A relay-wide counter.
+    @inline(__always)
+    public subscript(_ counter: RelayCounter) -> UInt64 {
+        get { relay[counter.rawValue] }
+        set { relay[counter.rawValue] = newValue }
+    }
+
+    /// A per-backend counter.
+    @inline(__always)
+    public subscript(_ counter: BackendCounter, backend index: Int) -> UInt64 {
+        get { backend[index * BackendCounter.allCases.count + counter.rawValue] }
+        set { backend[index * BackendCounter.allCases.count + counter.rawValue] = newValue }
+    }
+
+    /// Adds another worker's counters to these.
+    public static func += (lhs: inout RelayCounters, rhs: RelayCounters) {
+        precondition(lhs.backendCount == rhs.backendCount)
+        for index in lhs.relay.indices { lhs.relay[index] &+= rhs.relay[index] }
+        for index in lhs.backend.indices { lhs.backend[index] &+= rhs.backend[index] }
+    }
+
+    /// Every counter as `name value` lines, backends labelled with their names.
+    public func report(backendNames: [String]) -> String {
+        var lines: [String] = []
+        for counter in RelayCounter.allCases { lines.append("\(counter.name) \(self[counter])") }
+        for (index, name) in backendNames.enumerated() where index < backendCount {
+            for counter in BackendCounter.allCases {
+                lines.append("\(counter.name){backend=\"\(name)\"} \(self[counter, backend: index])")
+            }
+        }
+        return lines.joined(separator: "\n")
+    }
+}

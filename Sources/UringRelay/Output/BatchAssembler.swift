@@ -1,0 +1,144 @@
+
+/// Packs lines into one outgoing datagram per backend and says when each is ready to send.
+///
+/// Per backend there is at most one *open* batch, a slot of the send-buffer pool being
+/// filled. Each line is followed by `\n`; a batch never exceeds `packetBytes`:
+/// - a line that does not fit closes the open batch (it becomes *ready*) and opens a new one;
+/// - a line longer than `packetBytes - 1` closes the open batch and goes alone in its own;
+/// - a batch is also closed `flushInterval` after its first line (see `closeExpired`).
+/// Ready slots are queued in order; the worker turns each into a `send` SQE and, when its
+/// completion arrives, calls `completeSend` to free the slot. No empty batch is ever ready.
+public struct BatchAssembler: ~Copyable {
+    /// The outgoing packet memory.
+    public private(set) var pool: SendBufferPool
+    /// The largest datagram sent, unless a single line is longer.
+    public let packetBytes: Int
+    /// How many backends there are.
+    public let backendCount: Int
+    /// Free slots needed before a datagram is taken on: enough for every packet one datagram
+    /// can close, so appending never runs out of slots midway.
+    public let reserveSlots: Int
+    private var openSlot: [Int32]
+    private var openedAt: [UInt64]
+    private var ready: [Int32]
+    private var readyHead = 0
+
+    /// Creates an assembler and its pool.
+    ///
+    /// - Parameters:
+    ///   - backendCount: backends to batch for.
+    ///   - packetBytes: the packet length limit (`--packet-len`).
+    ///   - maxLineBytes: the longest line possible (the largest datagram accepted).
+    public init(backendCount: Int, packetBytes: Int, maxLineBytes: Int) throws(Errno) {
+        precondition(backendCount > 0 && packetBytes > 1)
+        // A closed batch and the line that closed it together exceed packetBytes, so a datagram
+        // of D bytes closes at most 2D/P batches per backend plus one each, and each line longer
+        // than P takes one more slot.
+        reserveSlots = 3 * (maxLineBytes / packetBytes + 1) + 2 * backendCount + 2
+        let capacity = max(1024, 4 * reserveSlots)
+        pool = try SendBufferPool(capacity: capacity, slotBytes: max(packetBytes, maxLineBytes + 1))
+        self.packetBytes = packetBytes
+        self.backendCount = backendCount
+        openSlot = Array(repeating: -1, count: backendCount)
+        openedAt = Array(repeating: 0, count: backendCount)
+        ready = []
+        ready.reserveCapacity(capacity)
+    }
+
+    /// Whether there are enough free slots to take on one more datagram.
+    @inline(__always)
+    public var canAcceptDatagram: Bool { pool.freeCount >= reserveSlots }
+
+    /// Appends one line for `backend`.
+    ///
+    /// - Parameters:
+    ///   - line: the line's bytes, without `\n`.
+    ///   - now: the loop turn's monotonic time, recorded when a batch opens.
+    /// - Returns: `false` if no slot was free (the line is not packed; the caller counts it).
+    @inline(__always)
+    public mutating func append(_ line: RawSpan, to backend: Int, now: UInt64) -> Bool {
+        let needed = line.byteCount + 1
+        var slot = Int(openSlot[backend])
+        if slot >= 0 && pool.length(of: slot) + needed > packetBytes {
+            close(backend)
+            slot = -1
+        }
+        if needed > packetBytes {
+            // Alone in its own packet, sent at once, after what was already open for this backend.
+            guard let alone = pool.acquire(for: backend) else { return false }
+            pool.append(line, to: alone)
+            ready.append(Int32(alone))
+            return true
+        }
+        if slot < 0 {
+            guard let fresh = pool.acquire(for: backend) else { return false }
+            slot = fresh
+            openSlot[backend] = Int32(fresh)
+            openedAt[backend] = now
+        }
+        pool.append(line, to: slot)
+        return true
+    }
+
+    /// Closes `backend`'s open batch, if any, making it ready.
+    @inline(__always)
+    private mutating func close(_ backend: Int) {
+        let slot = openSlot[backend]
+        guard slot >= 0 else { return }
+        openSlot[backend] = -1
+        ready.append(slot)
+    }
+
+    /// Closes every batch opened at or before `now - interval`.
+    public mutating func closeExpired(now: UInt64, interval: UInt64) {
+        for backend in 0..<backendCount where openSlot[backend] >= 0 && now &- openedAt[backend] >= interval {
+            close(backend)
+        }
+    }
+
+    /// Closes every open batch (at shutdown).
+    public mutating func closeAll() {
+        for backend in 0..<backendCount { close(backend) }
+    }
+
+    /// When the oldest open batch falls due, or `nil` when none is open.
+    public func nextDeadline(interval: UInt64) -> UInt64? {
+        var earliest: UInt64?
+        for backend in 0..<backendCount where openSlot[backend] >= 0 {
+            let due = openedAt[backend] &+ interval
+            if earliest.map({ due < $0 }) ?? true { earliest = due }
+        }
+        return earliest
+    }
+
+    /// The next ready slot, oldest first, now owned by the caller until `completeSend`.
+    @inline(__always)
+    public mutating func nextReady() -> Int? {
+        guard readyHead < ready.count else {
+            if readyHead > 0 {
+                ready.removeAll(keepingCapacity: true)
+                readyHead = 0
+            }
+            return nil
+        }
+        let slot = Int(ready[readyHead])
+        readyHead += 1
+        return slot
+    }
+
+    /// Frees a slot whose send completed and returns what it carried, for the counters.
+    @inline(__always)
+    public mutating func completeSend(_ slot: Int) -> (backend: Int, lines: Int, bytes: Int) {
+        let carried = (pool.backend(of: slot), pool.lineCount(of: slot), pool.length(of: slot))
+        pool.release(slot)
+        return carried
+    }
+
+    /// Leaves the pool's memory mapped after destruction (see `SendBufferPool`).
+    public mutating func keepMappedAfterDestruction() { pool.keepMappedAfterDestruction() }
+
+    /// Whether any batch is open or ready.
+    public var hasPendingBatches: Bool {
+        readyHead < ready.count || openSlot.contains { $0 >= 0 }
+    }
+}

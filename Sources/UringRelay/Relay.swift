@@ -1,0 +1,173 @@
+import Dispatch
+import Logging
+import Synchronization
+
+/// The relay: resolves the configuration, starts one pinned worker thread per CPU slot, stops
+/// them on request and gathers their counters.
+///
+/// Every worker has its own ring, listening socket (`SO_REUSEPORT` on the same address),
+/// buffers, batches and backend sockets; they share only the read-only routing table.
+public final class Relay: Sendable {
+    /// The validated configuration.
+    public let configuration: RelayConfiguration
+    /// The backends' resolved addresses, in routing order.
+    public let backendAddresses: [SocketAddress]
+    private let logger: Logger
+    private let state = Mutex(State())
+
+    private struct State: ~Copyable {
+        var wakeups: [WakeupEvent] = []
+        var threads: [WorkerThreadHandle] = []
+        var counters: [RelayCounters] = []
+        var failures: [String] = []
+        var listen: SocketAddress?
+    }
+
+    /// Validates `configuration` and resolves every backend.
+    ///
+    /// - Throws: `ConfigurationError` naming the bad setting, or `ResolutionError`.
+    public init(configuration: RelayConfiguration, logger: Logger) throws {
+        try configuration.validate()
+        var resolved: [SocketAddress] = []
+        for backend in configuration.backends {
+            let addresses = try SocketAddress.resolve(host: backend.host, port: backend.port)
+            resolved.append(addresses[0])
+        }
+        self.configuration = configuration
+        self.backendAddresses = resolved
+        self.logger = logger
+    }
+
+    /// The address the workers listen on, with the port actually bound (after `start`).
+    public var listenAddress: SocketAddress? { state.withLock { $0.listen } }
+
+    /// Starts every worker and returns once all are receiving, with the first worker's facts.
+    ///
+    /// Workers start one after another so that, for port 0, the others join the port the
+    /// first one was given.
+    /// - Throws: `SystemCallError` from the first worker that could not start; the ones
+    ///   already started are stopped and joined first.
+    public func start() throws(SystemCallError) -> WorkerFacts {
+        let config = configuration
+        var listen = SocketAddress(numericHost: config.bindHost, port: config.port)!
+        let cpus = config.cpus ?? WorkerThread.allowedCPUs
+        let router = Router(backendCount: backendAddresses.count)
+        var firstFacts: WorkerFacts?
+        for index in 0..<config.threads {
+            let settings = WorkerSettings(
+                listen: listen, backends: backendAddresses, packetBytes: config.packetBytes,
+                flushIntervalNanoseconds: config.flushIntervalNanoseconds,
+                receiveBufferBytes: config.receiveBufferBytes, maxDatagramBytes: config.maxDatagramBytes,
+                receiveBuffers: config.receiveBuffers, minimumWaitMicroseconds: config.minimumWaitMicroseconds)
+            let wakeup: WakeupEvent
+            do throws(Errno) { wakeup = try WakeupEvent() } catch {
+                stopAndJoin()
+                throw SystemCallError("eventfd", "", error)
+            }
+            let cpu = cpus.isEmpty ? nil : cpus[index % cpus.count]
+            let started = StartupSignal()
+            let logger = self.logger
+            let thread: WorkerThread
+            do throws(Errno) {
+                thread = try WorkerThread(name: "statsrelay-w\(index)", cpu: cpu) { [self] pinning in
+                    if let pinning {
+                        logger.warning("worker could not be pinned", metadata: ["worker": "\(index)", "cpu": "\(cpu ?? -1)", "error": "\(pinning.operatorDescription)"])
+                    }
+                    let worker: Worker
+                    do throws(SystemCallError) {
+                        worker = try Worker(settings: settings, router: router, wakeup: wakeup)
+                    } catch {
+                        started.report(.failure(error))
+                        return
+                    }
+                    started.report(.success(worker.facts))
+                    do {
+                        let counters = try worker.run()
+                        self.state.withLock { $0.counters.append(counters) }
+                    } catch {
+                        logger.critical("worker stopped on a ring failure", metadata: ["worker": "\(index)", "error": "\(error)"])
+                        self.state.withLock { $0.failures.append("worker \(index): \(error)") }
+                    }
+                }
+            } catch {
+                stopAndJoin()
+                throw SystemCallError("pthread_create", "worker \(index)", error)
+            }
+            let handle = WorkerThreadHandle(thread)
+            state.withLock {
+                $0.wakeups.append(wakeup)
+                $0.threads.append(handle)
+            }
+            switch started.wait() {
+            case .success(let facts):
+                if index == 0 {
+                    listen = facts.listen
+                    firstFacts = facts
+                    state.withLock { $0.listen = facts.listen }
+                }
+            case .failure(let error):
+                stopAndJoin()
+                throw error
+            }
+        }
+        return firstFacts!
+    }
+
+    /// Asks every worker to drain, flush and stop; returns at once (see `wait`).
+    public func stop() {
+        let wakeups = state.withLock { $0.wakeups }
+        for wakeup in wakeups { wakeup.signal() }
+    }
+
+    /// Waits for every worker to finish and returns the summed counters, and the failures of
+    /// workers that stopped on an error.
+    public func wait() -> (counters: RelayCounters, failures: [String]) {
+        let threads = state.withLock { $0.threads }
+        for thread in threads { thread.join() }
+        return state.withLock { state in
+            var total = RelayCounters(backendCount: backendAddresses.count)
+            for counters in state.counters { total += counters }
+            return (total, state.failures)
+        }
+    }
+
+    private func stopAndJoin() {
+        stop()
+        _ = wait()
+    }
+}
+
+/// A started thread that can be joined once from any thread.
+public final class WorkerThreadHandle: Sendable {
+    private let thread: Mutex<WorkerThread?>
+
+    /// Takes ownership of a started thread.
+    public init(_ thread: consuming WorkerThread) { self.thread = Mutex(thread) }
+
+    /// Joins the thread; later calls return at once.
+    public func join() {
+        let taken = thread.withLock { slot -> WorkerThread? in
+            let taken = slot.take()
+            return taken
+        }
+        taken?.join()
+    }
+}
+
+/// A one-time hand-over of a worker's start-up result to the thread that started it.
+final class StartupSignal: Sendable {
+    private let result = Mutex<Result<WorkerFacts, SystemCallError>?>(nil)
+    private let ready = DispatchSemaphore(value: 0)
+
+    /// Reports the result; call once.
+    func report(_ outcome: Result<WorkerFacts, SystemCallError>) {
+        result.withLock { $0 = outcome }
+        ready.signal()
+    }
+
+    /// Waits for the report.
+    func wait() -> Result<WorkerFacts, SystemCallError> {
+        ready.wait()
+        return result.withLock { $0! }
+    }
+}

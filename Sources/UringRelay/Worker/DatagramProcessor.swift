@@ -1,0 +1,79 @@
+
+import Glibc
+
+/// The per-datagram work of a worker, with no I/O: split into lines, check each, route it and
+/// pack it into its backend's batch. Counters are plain fields; nothing here allocates.
+public struct DatagramProcessor: ~Copyable {
+    /// The batches being packed, one per backend.
+    public var assembler: BatchAssembler
+    /// Where each metric goes.
+    public let router: Router
+    /// This worker's counters.
+    public var counters: RelayCounters
+
+    /// A processor for `backendCount` backends.
+    public init(router: Router, packetBytes: Int, maxDatagramBytes: Int) throws(Errno) {
+        self.router = router
+        assembler = try BatchAssembler(backendCount: router.backendCount, packetBytes: packetBytes, maxLineBytes: maxDatagramBytes)
+        counters = RelayCounters(backendCount: router.backendCount)
+    }
+
+    /// Handles one received buffer: counts a truncated or malformed one, relays a whole one.
+    @inline(__always)
+    public mutating func receive(_ payload: ProvidedBufferRing.Payload, _ bytes: RawSpan, now: UInt64) {
+        switch payload {
+        case .datagram(let length):
+            counters[.datagramsReceived] &+= 1
+            counters[.bytesReceived] &+= UInt64(length)
+            relay(datagram: bytes, now: now)
+        case .truncated:
+            // Never forward part of a datagram: its cut last line would be a wrong value.
+            counters[.datagramsTruncated] &+= 1
+        case .malformed:
+            counters[.datagramsMalformedHeader] &+= 1
+        }
+    }
+
+    /// Splits `datagram` into lines and packs each valid one for its backend.
+    @inline(__always)
+    public mutating func relay(datagram: RawSpan, now: UInt64) {
+        var offset = 0
+        while let line = LineScanner.next(in: datagram, from: &offset) {
+            switch line {
+            case .valid(let start, let end, let nameEnd):
+                counters[.linesReceived] &+= 1
+                let backend = router.backend(forKey: datagram.extracting(start..<nameEnd))
+                if assembler.append(datagram.extracting(start..<end), to: backend, now: now) {
+                    counters[.linesForwarded] &+= 1
+                } else {
+                    counters[.linesDroppedNoSendBuffer] &+= 1
+                }
+            case .empty:
+                counters[.emptyLines] &+= 1
+            case .malformed(let reason):
+                counters[.linesReceived] &+= 1
+                counters[.dropped(reason)] &+= 1
+            }
+        }
+    }
+
+    /// Records the completion of one packet's send and frees its slot.
+    ///
+    /// - Parameter result: the CQE's `res`: bytes sent, or `-errno`.
+    @inline(__always)
+    public mutating func sendCompleted(slot: Int, result: Int32) {
+        let sent = assembler.completeSend(slot)
+        if result >= 0 && Int(result) == sent.bytes {
+            counters[.packetsSent] &+= 1
+            counters[.linesSent, backend: sent.backend] &+= UInt64(sent.lines)
+            counters[.packetsSent, backend: sent.backend] &+= 1
+            counters[.bytesSent, backend: sent.backend] &+= UInt64(sent.bytes)
+        } else {
+            counters[.sendErrors] &+= 1
+            counters[.linesDroppedSendError] &+= UInt64(sent.lines)
+            counters[.sendErrors, backend: sent.backend] &+= 1
+            counters[.linesDroppedSendError, backend: sent.backend] &+= UInt64(sent.lines)
+            if result == -ECONNREFUSED { counters[.sendRefused, backend: sent.backend] &+= 1 }
+        }
+    }
+}

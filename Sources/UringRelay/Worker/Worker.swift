@@ -1,0 +1,270 @@
+import CLiburing
+import Glibc
+
+/// What a worker is started with: resolved addresses and sizes, the same for every worker.
+public struct WorkerSettings: Sendable {
+    /// The address every worker's listening socket binds (with `SO_REUSEPORT`).
+    public var listen: SocketAddress
+    /// The backends, resolved, in routing order.
+    public var backends: [SocketAddress]
+    /// `--packet-len`.
+    public var packetBytes: Int
+    /// `--flush-interval` in nanoseconds.
+    public var flushIntervalNanoseconds: UInt64
+    /// `--rcvbuf`.
+    public var receiveBufferBytes: Int
+    /// `--max-datagram`.
+    public var maxDatagramBytes: Int
+    /// Provided buffers per worker (a power of two).
+    public var receiveBuffers: Int
+    /// The `io_uring_enter2` minimum wait.
+    public var minimumWaitMicroseconds: UInt32
+    /// The longest a stopping worker spends draining and flushing before it gives up.
+    public var stopBudgetNanoseconds: UInt64 = 900_000_000
+}
+
+/// Facts about a worker's kernel resources, for the start-up log.
+public struct WorkerFacts: Sendable {
+    /// The listening address with the port actually bound.
+    public var listen: SocketAddress
+    /// The receive buffer the kernel granted.
+    public var receiveBufferBytes: Int
+    /// The ring's setup flags by name.
+    public var ringFlags: [String]
+    /// Whether the kernel honours the minimum wait.
+    public var minimumWait: Bool
+    /// Provided buffers and their size.
+    public var receiveBuffers: Int
+    public var receiveBufferSize: Int
+    /// Send-buffer slots.
+    public var sendSlots: Int
+}
+
+/// One relay worker: a ring, a listening socket with a multishot receive on a provided-buffer
+/// ring, a connected socket per backend, and the batches, all owned by one thread.
+///
+/// Each loop turn: publish recycled buffers, re-arm the receive if the kernel ended it, submit
+/// every queued send and wait for completions in one `io_uring_enter2`; then take every CQE off
+/// the queue, relay the received datagrams, close batches that are full or due, and queue
+/// their sends for the next turn's submit.
+///
+/// Stopping (the wake-up eventfd fires): keep receiving until the socket is empty and every
+/// received datagram is relayed, then close every batch, cancel the receive and wait for every
+/// send to complete, within `stopBudgetNanoseconds`.
+public struct Worker: ~Copyable {
+    private enum Phase { case running, draining, flushing }
+
+    private let ring: Ring
+    private var buffers: ProvidedBufferRing
+    private let listener: UDPSocket
+    private let backendSockets: BackendSockets
+    private let wakeup: WakeupEvent
+    private var processor: DatagramProcessor
+    private var queue: ReceiveQueue
+    private let settings: WorkerSettings
+    private var phase = Phase.running
+    private var receiveArmed = false
+    private var stopRequested = false
+    private var receivedThisTurn = false
+    private var sendsInFlight = 0
+
+    /// Completions a waiting worker asks for before the minimum wait lets it go with fewer.
+    private static let completionBatch: UInt32 = 32
+    private static let receiveUserData = UserData(.receive)
+
+    /// Opens every kernel resource of one worker. Call on the worker's own thread: the ring
+    /// accepts submissions only from the thread that created it (`SINGLE_ISSUER`).
+    ///
+    /// - Throws: `SystemCallError` naming the step that failed.
+    public init(settings: WorkerSettings, router: Router, wakeup: WakeupEvent) throws(SystemCallError) {
+        let bufferCount = settings.receiveBuffers
+        let processor: DatagramProcessor
+        do throws(Errno) {
+            processor = try DatagramProcessor(
+                router: router, packetBytes: settings.packetBytes, maxDatagramBytes: settings.maxDatagramBytes)
+        } catch { throw SystemCallError("mmap", "send buffers", error) }
+        let completions = UInt32(bufferCount + processor.assembler.pool.capacity + 64)
+        let ring = try Self.openRing(completions: completions)
+        let buffers = try Self.openBuffers(ring: ring, count: bufferCount, payloadBytes: settings.maxDatagramBytes)
+        let listener = try UDPSocket.bound(to: settings.listen, reusePort: true, receiveBufferBytes: settings.receiveBufferBytes)
+        let backendSockets = try BackendSockets(connecting: settings.backends, sendBufferBytes: 4 << 20)
+        self.settings = settings
+        self.wakeup = wakeup
+        self.processor = processor
+        self.ring = ring
+        self.buffers = buffers
+        self.listener = listener
+        self.backendSockets = backendSockets
+        queue = ReceiveQueue(capacity: bufferCount)
+    }
+
+    private static func openRing(completions: UInt32) throws(SystemCallError) -> Ring {
+        do throws(Errno) { return try Ring(entries: 1024, completionEntries: completions) } catch {
+            throw SystemCallError("io_uring_queue_init", "", error)
+        }
+    }
+
+    private static func openBuffers(ring: borrowing Ring, count: Int, payloadBytes: Int) throws(SystemCallError) -> ProvidedBufferRing {
+        do throws(Errno) {
+            return try ProvidedBufferRing(ring: ring, groupID: 0, count: count, payloadBytes: payloadBytes)
+        } catch { throw SystemCallError("io_uring_register_buf_ring", "\(count) buffers", error) }
+    }
+
+    /// The facts worth logging once at start-up.
+    public var facts: WorkerFacts {
+        WorkerFacts(
+            listen: listener.localAddress, receiveBufferBytes: listener.receiveBufferBytes,
+            ringFlags: ring.setupFlagNames, minimumWait: ring.supportsMinimumWait,
+            receiveBuffers: buffers.count, receiveBufferSize: buffers.bufferBytes,
+            sendSlots: processor.assembler.pool.capacity)
+    }
+
+    /// Relays until the wake-up event fires and everything received is sent, then closes the
+    /// ring and returns the counters.
+    ///
+    /// - Throws: `SystemCallError` if the ring itself fails (never for a bad datagram or a
+    ///   failing backend; those are counted).
+    public consuming func run() throws(SystemCallError) -> RelayCounters {
+        ring.armPoll(descriptor: wakeup.descriptor, userData: UserData(.wakeup))
+        var now = MonotonicClock.nanoseconds()
+        var stopDeadline = UInt64.max
+        while true {
+            buffers.publish()
+            if !receiveArmed && phase != .flushing && buffers.available > 0 {
+                ring.armMultishotReceive(on: listener, buffers: buffers, userData: Self.receiveUserData)
+                receiveArmed = true
+            }
+            let (completions, timeout) = waitPlan(now: now, stopDeadline: stopDeadline)
+            do {
+                try ring.submitAndWait(
+                    completions: completions, timeoutNanoseconds: timeout,
+                    minimumWaitMicroseconds: settings.minimumWaitMicroseconds)
+            } catch { throw SystemCallError("io_uring_enter", "", error) }
+            now = MonotonicClock.nanoseconds()
+            receivedThisTurn = false
+            while let completion = ring.nextCompletion() { handle(completion) }
+            relayQueued(now: now)
+            processor.assembler.closeExpired(now: now, interval: settings.flushIntervalNanoseconds)
+            switch phase {
+            case .running:
+                if stopRequested {
+                    phase = .draining
+                    stopDeadline = now &+ settings.stopBudgetNanoseconds
+                }
+            case .draining:
+                let drained = queue.isEmpty && !receivedThisTurn && !listener.hasPendingDatagram
+                if drained || now >= stopDeadline {
+                    if receiveArmed { ring.cancel(Self.receiveUserData, userData: UserData(.cancel)) }
+                    phase = .flushing
+                }
+            case .flushing:
+                break
+            }
+            if phase == .flushing {
+                // Lines from receives that completed while the cancel was in flight go out too.
+                processor.assembler.closeAll()
+            }
+            queueReadySends()
+            if phase == .flushing && sendsInFlight == 0 && !receiveArmed && queue.isEmpty
+                && !processor.assembler.hasPendingBatches {
+                break
+            }
+            if phase == .flushing && now >= stopDeadline {
+                break
+            }
+        }
+        let counters = processor.counters
+        let quiescent = sendsInFlight == 0 && !receiveArmed
+        if !quiescent {
+            // The kernel may still use this memory; keeping it mapped is the safe choice.
+            buffers.keepMappedAfterDestruction()
+            processor.assembler.keepMappedAfterDestruction()
+        }
+        ring.close()
+        return counters
+    }
+
+    /// How many completions to wait for and for how long.
+    private func waitPlan(now: UInt64, stopDeadline: UInt64) -> (UInt32, UInt64?) {
+        func until(_ deadline: UInt64) -> UInt64 { deadline > now ? deadline - now : 0 }
+        let flushDue = processor.assembler.nextDeadline(interval: settings.flushIntervalNanoseconds).map(until)
+        switch phase {
+        case .running:
+            if !queue.isEmpty {
+                // Waiting for sends to free slots; the flush deadline still bounds the wait.
+                return (1, flushDue ?? settings.flushIntervalNanoseconds)
+            }
+            return (Self.completionBatch, flushDue)
+        case .draining:
+            return (queue.isEmpty ? 0 : 1, min(until(stopDeadline), 1_000_000))
+        case .flushing:
+            return (1, until(stopDeadline))
+        }
+    }
+
+    /// Handles one CQE; a result is data, each case with its reason.
+    @inline(__always)
+    private mutating func handle(_ completion: Completion) {
+        switch completion.userData.kind {
+        case .receive:
+            if completion.result >= 0, let bufferID = completion.bufferID {
+                buffers.take(bufferID)
+                queue.push(bufferID: bufferID, result: completion.result)
+                receivedThisTurn = true
+            } else if completion.result < 0 {
+                switch -completion.result {
+                case ENOBUFS:
+                    // Every buffer is held: re-armed once some are recycled this turn.
+                    processor.counters[.bufferRingExhausted] &+= 1
+                case ECANCELED:
+                    break  // stopping
+                default:
+                    processor.counters[.receiveErrors] &+= 1
+                }
+            }
+            if !completion.hasMore {
+                receiveArmed = false
+                if completion.result != -ECANCELED && phase != .flushing {
+                    processor.counters[.receiveRearms] &+= 1
+                }
+            }
+        case .send:
+            sendsInFlight -= 1
+            processor.sendCompleted(slot: Int(completion.userData.index), result: completion.result)
+        case .wakeup:
+            stopRequested = true
+        case .cancel:
+            break  // the cancelled receive reports its own end
+        case nil:
+            assertionFailure("completion with unknown user_data \(completion.userData)")
+        }
+    }
+
+    /// Relays queued datagrams, oldest first, while the send-buffer pool has room for one more.
+    @inline(__always)
+    private mutating func relayQueued(now: UInt64) {
+        while processor.assembler.canAcceptDatagram, let entry = queue.pop() {
+            Self.relay(entry, from: buffers, into: &processor, now: now)
+            buffers.recycle(entry.bufferID)
+        }
+    }
+
+    @inline(__always)
+    private static func relay(
+        _ entry: (bufferID: UInt16, result: Int32), from buffers: borrowing ProvidedBufferRing,
+        into processor: inout DatagramProcessor, now: UInt64
+    ) {
+        buffers.withPayload(of: entry.bufferID, result: entry.result) { payload, bytes in
+            processor.receive(payload, bytes, now: now)
+        }
+    }
+
+    /// Turns every ready batch into a `send` SQE (submitted with the next wait).
+    @inline(__always)
+    private mutating func queueReadySends() {
+        while let slot = processor.assembler.nextReady() {
+            ring.send(slot: slot, of: processor.assembler.pool, to: backendSockets, userData: UserData(.send, index: UInt32(slot)))
+            sendsInFlight += 1
+        }
+    }
+}

@@ -1,0 +1,163 @@
+import ArgumentParser
+import Glibc
+import Logging
+import UringRelay
+
+/// The relay itself: `statsrelay [options] BACKEND…`.
+struct RunCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Relay StatsD over UDP to backends (the default command).",
+        discussion: """
+            BACKEND is HOST:PORT[:INSTANCE] or [IPv6]:PORT[:INSTANCE]. Each metric name is hashed \
+            (FNV-1a 64, jump consistent hash, as the Go StatsRelay does) to one backend, in the order \
+            given. The Go StatsRelay spellings -bind, -port, -packetlen and -bufsize are accepted.
+            """
+    )
+
+    @Option(name: [.customLong("bind"), .customLong("bind", withSingleDash: true)], help: "Address to listen on.")
+    var bind = "0.0.0.0"
+
+    @Option(name: [.customLong("port"), .customLong("port", withSingleDash: true)], help: "UDP port to listen on.")
+    var port = 8125
+
+    @Option(
+        name: [.customLong("packet-len"), .customLong("packetlen", withSingleDash: true)],
+        help: "Largest outgoing datagram in bytes (a longer single line goes alone).")
+    var packetLen = 1400
+
+    @Option(name: .customLong("flush-interval"), help: "Longest a line waits in a batch (e.g. 10ms, 1s).")
+    var flushInterval = "10ms"
+
+    @Option(
+        name: [.customLong("rcvbuf"), .customLong("bufsize", withSingleDash: true)],
+        help: "Socket receive buffer to request, bytes (K/M/G suffixes allowed).")
+    var rcvbuf = "8M"
+
+    @Option(name: .customLong("max-datagram"), help: "Largest datagram received whole; larger ones are dropped and counted.")
+    var maxDatagram = 8192
+
+    @Option(name: .customLong("threads"), help: "Worker threads, each pinned to its own CPU (default: the CPUs this process may use).")
+    var threads: Int?
+
+    @Option(name: .customLong("cpus"), help: "CPUs to pin workers to, e.g. 0-3,8 (default: the CPUs this process may use).")
+    var cpus: String?
+
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
+    var logLevel = "info"
+
+    @Argument(help: "Backends, HOST:PORT[:INSTANCE], in routing order.")
+    var backends: [String] = []
+
+    func validate() throws {
+        do { _ = try makeConfiguration() } catch { throw ValidationError(error.description) }
+        if Logger.Level(rawValue: logLevel) == nil {
+            throw ValidationError("invalid --log-level '\(logLevel)': expected trace, debug, info, notice, warning, error or critical")
+        }
+    }
+
+    /// The relay configuration the options describe.
+    func makeConfiguration() throws(ConfigurationError) -> RelayConfiguration {
+        var parsed: [BackendAddress] = []
+        for backend in backends { parsed.append(try BackendAddress(parsing: backend)) }
+        var configuration = RelayConfiguration(backends: parsed)
+        configuration.bindHost = bind
+        guard (0...65_535).contains(port) else {
+            throw ConfigurationError(argument: "--port", value: "\(port)", reason: "must be 0-65535")
+        }
+        configuration.port = UInt16(port)
+        configuration.packetBytes = packetLen
+        configuration.flushIntervalNanoseconds = try DurationParser.nanoseconds(flushInterval, argument: "--flush-interval")
+        configuration.receiveBufferBytes = try ByteSizeParser.bytes(rcvbuf, argument: "--rcvbuf")
+        configuration.maxDatagramBytes = maxDatagram
+        let allowed = WorkerThread.allowedCPUs
+        if let cpus { configuration.cpus = try CPUList.parse(cpus) }
+        configuration.threads = threads ?? configuration.cpus?.count ?? max(1, allowed.count)
+        try configuration.validate()
+        return configuration
+    }
+
+    func run() throws {
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "statsrelay")
+        let configuration = try makeConfiguration()
+        // Blocked before any worker starts, so only the main thread ever takes them.
+        let signals = SignalWaiter()
+        let relay: Relay
+        do {
+            relay = try Relay(configuration: configuration, logger: logger)
+        } catch {
+            printError("\(error)")
+            throw ExitCode(64)
+        }
+        let facts: WorkerFacts
+        do { facts = try relay.start() } catch {
+            printError("\(error)")
+            throw ExitCode(71)
+        }
+        logStartup(facts, configuration: configuration, relay: relay, logger: logger)
+        let signal = signals.wait()
+        logger.info("stopping: draining received datagrams and flushing batches", metadata: ["signal": "\(SignalWaiter.name(of: signal))"])
+        relay.stop()
+        let (counters, failures) = relay.wait()
+        let names = configuration.backends.map(\.description)
+        printError(counters.report(backendNames: names))
+        if !failures.isEmpty {
+            for failure in failures { logger.error("\(failure)") }
+            throw ExitCode(70)
+        }
+        logger.info("stopped")
+    }
+
+    private func logStartup(_ facts: WorkerFacts, configuration: RelayConfiguration, relay: Relay, logger: Logger) {
+        let backends = zip(configuration.backends, relay.backendAddresses).enumerated().map { index, pair in
+            pair.0.host == pair.1.host ? "\(index):\(pair.0)" : "\(index):\(pair.0)=\(pair.1)"
+        }
+        logger.info("listening on \(facts.listen)", metadata: [
+            "backends": "\(backends.joined(separator: " "))",
+            "packet_len": "\(configuration.packetBytes)",
+            "flush_interval": "\(DurationParser.format(configuration.flushIntervalNanoseconds))",
+            "max_datagram": "\(configuration.maxDatagramBytes)",
+            "rcvbuf_requested": "\(configuration.receiveBufferBytes)",
+            "rcvbuf_obtained": "\(facts.receiveBufferBytes)",
+            "threads": "\(configuration.threads)",
+            "kernel": "\(KernelSupport.release)",
+            "ring_flags": "\(facts.ringFlags.joined(separator: "|"))",
+            "min_wait": "\(facts.minimumWait ? "\(configuration.minimumWaitMicroseconds)us" : "unsupported")",
+            "receive_buffers": "\(facts.receiveBuffers)x\(facts.receiveBufferSize)",
+            "send_slots": "\(facts.sendSlots)",
+        ])
+        if facts.receiveBufferBytes < configuration.receiveBufferBytes {
+            logger.warning("receive buffer smaller than requested: raise net.core.rmem_max or run with CAP_NET_ADMIN", metadata: [
+                "requested": "\(configuration.receiveBufferBytes)", "obtained": "\(facts.receiveBufferBytes)",
+            ])
+        }
+    }
+}
+
+/// Writes one line to standard error.
+func printError(_ text: String) {
+    var standardError = StandardError()
+    print(text, to: &standardError)
+}
+
+/// Standard error as a `TextOutputStream`.
+struct StandardError: TextOutputStream {
+    mutating func write(_ string: String) {
+        var text = string
+        text.withUTF8 { bytes in
+            var written = 0
+            while written < bytes.count {
+                let result = Glibc.write(2, bytes.baseAddress! + written, bytes.count - written)
+                if result < 0 && errno == EINTR { continue }
+                if result <= 0 { return }
+                written += result
+            }
+        }
+    }
+}
