@@ -10,7 +10,7 @@
 /// completion arrives, calls `completeSend` to free the slot. No empty batch is ever ready.
 public struct BatchAssembler: ~Copyable {
     /// The outgoing packet memory.
-    public private(set) var pool: SendBufferPool
+    public internal(set) var pool: SendBufferPool
     /// The largest datagram sent, unless a single line is longer.
     public let packetBytes: Int
     /// How many backends there are.

@@ -1,0 +1,52 @@
+import Testing
+@testable import UringRelay
+
+@Suite("Datagram processor: parse, route, pack, count")
+struct DatagramProcessorTests {
+    @Test("valid lines go to the backend their name hashes to; junk is counted by reason")
+    func routesAndCounts() throws {
+        var processor = try DatagramProcessor(router: Router(backendCount: 3), packetBytes: 1400, maxDatagramBytes: 8192)
+        var datagram = Array("foo:1|c\nbar:2|c|#tag:x\r\n\nnoval\n:1|c\na\u{0}:1|c\nstatsrelay.statsProcessed:3|g\n".utf8)
+        datagram.withUnsafeMutableBytes { raw in
+            processor.receive(.datagram(length: raw.count), UnsafeRawBufferPointer(raw).bytes, now: 0)
+        }
+        processor.receive(.truncated(fullLength: 9000), [UInt8]().span.bytes, now: 0)
+        processor.assembler.closeAll()
+        var byBackend: [Int: String] = [:]
+        while let slot = processor.assembler.nextReady() {
+            byBackend[processor.assembler.pool.backend(of: slot)] = processor.assembler.pool.withBytes(ofSlot: slot) {
+                $0.withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
+            }
+            processor.sendCompleted(slot: slot, result: Int32(processor.assembler.pool.length(of: slot)))
+        }
+        #expect(byBackend == [0: "bar:2|c|#tag:x\n", 1: "foo:1|c\n", 2: "statsrelay.statsProcessed:3|g\n"])
+        let counters = processor.counters
+        #expect(counters[.datagramsReceived] == 1)
+        #expect(counters[.datagramsTruncated] == 1)
+        #expect(counters[.linesReceived] == 6)
+        #expect(counters[.linesForwarded] == 3)
+        #expect(counters[.emptyLines] == 1)
+        #expect(counters[.linesDroppedMissingColon] == 1)
+        #expect(counters[.linesDroppedEmptyName] == 1)
+        #expect(counters[.linesDroppedNulByte] == 1)
+        #expect(counters[.packetsSent] == 3)
+        #expect((0..<3).map { counters[.linesSent, backend: $0] } == [1, 1, 1])
+    }
+
+    @Test("a failed send counts its lines as dropped for that backend")
+    func sendFailure() throws {
+        var processor = try DatagramProcessor(router: Router(backendCount: 1), packetBytes: 1400, maxDatagramBytes: 8192)
+        var datagram = Array("a:1|c\nb:1|c".utf8)
+        datagram.withUnsafeMutableBytes { raw in
+            processor.receive(.datagram(length: raw.count), UnsafeRawBufferPointer(raw).bytes, now: 0)
+        }
+        processor.assembler.closeAll()
+        let ready = processor.assembler.nextReady()
+        let slot = try #require(ready)
+        processor.sendCompleted(slot: slot, result: -111)  // ECONNREFUSED
+        #expect(processor.counters[.sendErrors] == 1)
+        #expect(processor.counters[.linesDroppedSendError, backend: 0] == 2)
+        #expect(processor.counters[.sendRefused, backend: 0] == 1)
+        #expect(processor.counters[.linesSent, backend: 0] == 0)
+    }
+}

@@ -1,0 +1,53 @@
+import Testing
+@testable import UringRelay
+
+@Suite("FNV-1a 64 and jump consistent hash")
+struct HashTests {
+    /// Published FNV-1a 64 vectors (Landon Curt Noll's test suite) and the brief's own.
+    @Test(arguments: [
+        ("", 0xcbf2_9ce4_8422_2325 as UInt64),
+        ("a", 0xaf63_dc4c_8601_ec8c),
+        ("b", 0xaf63_df4c_8601_f1a5),
+        ("foobar", 0x8594_4171_f739_67e8),
+        ("chongo was here!\n", 0x4681_0940_eff5_f915),
+    ])
+    func fnv1a64(_ input: String, _ expected: UInt64) {
+        #expect(FNV1a.hash64(input) == expected)
+    }
+
+    /// Vectors shared by the Go, C, Python and Elixir jump hash implementations.
+    @Test(arguments: [
+        (UInt64(1), 1, 0), (42, 57, 43), (0xDEAD_10CC, 1, 0), (0xDEAD_10CC, 666, 361), (256, 1024, 520),
+        (0, 1, 0), (3, 1, 0), (0, 2, 0), (4, 2, 1), (7, 2, 0), (1, 128, 55), (129, 128, 120),
+        (128, 100_000_000, 38_172_097), (UInt64.max, 128, 92),
+    ])
+    func jumpHash(_ key: UInt64, _ buckets: Int, _ expected: Int) {
+        #expect(JumpHash.bucket(for: key, buckets: buckets) == expected)
+    }
+
+    /// The Go StatsRelay's routing, with backends A B C in that order.
+    @Test(arguments: [
+        ("foo", 1), ("bar", 0), ("foobar", 1), ("changed", 0), ("a", 2), ("statsrelay.statsProcessed", 2),
+    ])
+    func goStatsRelayRouting(_ name: String, _ backend: Int) {
+        #expect(Router(backendCount: 3).backend(forName: name) == backend)
+        var bytes = Array(name.utf8)
+        let viaSpan = bytes.withUnsafeMutableBytes { Router(backendCount: 3).backend(forKey: UnsafeRawBufferPointer($0).bytes) }
+        #expect(viaSpan == backend)
+    }
+
+    @Test("adding a backend moves keys only onto the new backend", arguments: [1, 2, 3, 7, 16])
+    func consistency(_ backends: Int) {
+        var moved = 0
+        for index in 0..<20_000 {
+            let key = FNV1a.hash64("metric.\(index)")
+            let before = JumpHash.bucket(for: key, buckets: backends)
+            let after = JumpHash.bucket(for: key, buckets: backends + 1)
+            #expect(after == before || after == backends)
+            if after != before { moved += 1 }
+        }
+        // About 1/(n+1) of the keys move; far fewer or far more means a broken hash.
+        let expected = 20_000 / (backends + 1)
+        #expect(moved > expected / 2 && moved < expected * 2)
+    }
+}

@@ -1,0 +1,83 @@
+import Testing
+@testable import UringRelay
+
+/// Scans a whole datagram and renders each step as text, for table comparisons.
+func scan(_ text: [UInt8]) -> [String] {
+    var results: [String] = []
+    text.withUnsafeBytes { raw in
+        let datagram = raw.bytes
+        var offset = 0
+        while let line = LineScanner.next(in: datagram, from: &offset) {
+            switch line {
+            case .valid(let start, let end, let nameEnd):
+                let name = String(decoding: text[start..<nameEnd], as: UTF8.self)
+                let whole = String(decoding: text[start..<end], as: UTF8.self)
+                results.append("ok \(name) \(whole)")
+            case .empty:
+                results.append("empty")
+            case .malformed(let reason):
+                results.append("bad \(reason)")
+            }
+        }
+    }
+    return results
+}
+
+@Suite("StatsD line scanner")
+struct LineScannerTests {
+    /// brubeck-style `must_parse`: datagrams and the lines forwarded from them.
+    @Test(arguments: [
+        ("foo:1|c", ["ok foo foo:1|c"]),
+        ("foo:1|c\n", ["ok foo foo:1|c"]),
+        ("foo:1|c\r\n", ["ok foo foo:1|c"]),
+        ("foo:1|c\r\nbar:2|ms|@0.1\r\n", ["ok foo foo:1|c", "ok bar bar:2|ms|@0.1"]),
+        ("a:1|c\nb:2|g\nc:3|s", ["ok a a:1|c", "ok b b:2|g", "ok c c:3|s"]),
+        ("http.req:1|c|#env:prod,svc:web", ["ok http.req http.req:1|c|#env:prod,svc:web"]),
+        ("name:with:colons:1|c", ["ok name name:with:colons:1|c"]),
+        ("x:", ["ok x x:"]),
+        ("a\rb:1|c", ["ok a\rb a\rb:1|c"]),
+        ("gauge:-10|g\n\n\nnext:1|c", ["ok gauge gauge:-10|g", "empty", "empty", "ok next next:1|c"]),
+    ])
+    func forwards(_ datagram: String, _ expected: [String]) {
+        #expect(scan(Array(datagram.utf8)) == expected)
+    }
+
+    /// `must_not_parse`: lines dropped, with their reason, and the lines around them intact.
+    @Test(arguments: [
+        ("nocolon", ["bad missingColon"]),
+        (":1|c", ["bad emptyName"]),
+        ("good:1|c\n:1|c\nalso:2|c", ["ok good good:1|c", "bad emptyName", "ok also also:2|c"]),
+        ("bad line\ngood:1|c", ["bad missingColon", "ok good good:1|c"]),
+        ("\n", ["empty"]),
+        ("\r\n", ["empty"]),
+        ("\r", ["empty"]),
+        ("", []),
+    ])
+    func drops(_ datagram: String, _ expected: [String]) {
+        #expect(scan(Array(datagram.utf8)) == expected)
+    }
+
+    @Test("a NUL anywhere in a line drops that line only")
+    func nulByte() {
+        let datagram: [UInt8] = Array("a:1|c\nb:\u{0}2|c\nc\u{0}:3|c\nd:4|c".utf8)
+        #expect(scan(datagram) == ["ok a a:1|c", "bad nulByte", "bad nulByte", "ok d d:4|c"])
+    }
+
+    @Test("a line the size of a whole datagram, with and without a trailing newline")
+    func longLine() {
+        let name = String(repeating: "n", count: 5000)
+        let value = String(repeating: "7", count: 3000)
+        let line = "\(name):\(value)|g"
+        #expect(scan(Array(line.utf8)) == ["ok \(name) \(line)"])
+        #expect(scan(Array((line + "\n").utf8)) == ["ok \(name) \(line)"])
+    }
+
+    @Test("every byte value outside the separators passes through unchanged")
+    func binarySafe() {
+        var datagram: [UInt8] = Array("k:".utf8)
+        datagram += (1...255).map(UInt8.init).filter { $0 != UInt8(ascii: "\n") }
+        let result = scan(datagram)
+        #expect(result.count == 1)
+        #expect(result.first?.hasPrefix("ok k ") == true)
+    }
+}
