@@ -37,6 +37,9 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("max-datagram"), help: "Largest datagram received whole; larger ones are dropped and counted.")
     var maxDatagram = 8192
 
+    @Option(name: .customLong("receive-buffers"), help: "Receive buffers per worker in the provided-buffer ring (a power of two).")
+    var receiveBuffers = 512
+
     @Option(name: .customLong("threads"), help: "Worker threads, each pinned to its own CPU (default: the CPUs this process may use).")
     var threads: Int?
 
@@ -70,6 +73,7 @@ struct RunCommand: ParsableCommand {
         configuration.flushIntervalNanoseconds = try DurationParser.nanoseconds(flushInterval, argument: "--flush-interval")
         configuration.receiveBufferBytes = try ByteSizeParser.bytes(rcvbuf, argument: "--rcvbuf")
         configuration.maxDatagramBytes = maxDatagram
+        configuration.receiveBuffers = receiveBuffers
         let allowed = WorkerThread.allowedCPUs
         if let cpus { configuration.cpus = try CPUList.parse(cpus) }
         configuration.threads = threads ?? configuration.cpus?.count ?? max(1, allowed.count)

@@ -62,6 +62,10 @@ public struct RelayConfiguration: Sendable, Equatable {
                 argument: "--cpus", value: cpus.map(String.init).joined(separator: ","),
                 reason: "lists \(cpus.count) CPUs for \(threads) threads")
         }
+        if receiveBuffers < 1 || receiveBuffers > 32_768 || receiveBuffers & (receiveBuffers - 1) != 0 {
+            throw ConfigurationError(
+                argument: "--receive-buffers", value: "\(receiveBuffers)", reason: "must be a power of two from 1 to 32768")
+        }
         if backends.count > 65_536 {
             throw ConfigurationError(argument: "backends", value: "\(backends.count)", reason: "at most 65536 backends")
         }

@@ -1,0 +1,106 @@
+import Foundation
+import Glibc
+import Testing
+@testable import UringRelay
+
+@Suite("statsrelay executable", requiresIOUring, .serialized)
+struct ProcessTests {
+    @Test("SIGTERM sends every pending batch and exits 0")
+    func sigtermFlushes() throws {
+        let backends = try (0..<2).map { _ in try TestBackend() }
+        let relay = try RelayProcess(["--bind", "127.0.0.1", "--port", "0", "--threads", "1", "--flush-interval", "60s"] + backends.map(\.spec))
+        let address = try relay.listenAddress()
+        let lines = (0..<300).map { "pending.\($0):1|c" }
+        try send(lines, to: address)
+        // With a 60 s flush interval nothing leaves on a timer: whatever the relay has read sits
+        // in open batches, the rest in its socket, until SIGTERM drains and flushes both.
+        relay.signal(SIGTERM)
+        #expect(relay.waitForExit() == 0)
+        let received = try collect(from: backends, expectedLines: lines.count, seconds: 5)
+        #expect((received.lines[0] + received.lines[1]).sorted() == lines.sorted())
+        #expect(relay.counter("statsrelay.lines_forwarded") == 300)
+    }
+
+    @Test("datagrams queued in the socket before SIGTERM are all relayed")
+    func queuedBeforeSignal() throws {
+        let backends = [try TestBackend()]
+        let relay = try RelayProcess(["--bind", "127.0.0.1", "--port", "0", "--threads", "1", "--rcvbuf", "16M"] + backends.map(\.spec))
+        let address = try relay.listenAddress()
+        relay.signal(SIGSTOP)
+        let lines = (0..<2_000).map { "queued.\($0 % 50):\($0)|c" }
+        try send(lines, to: address)
+        relay.signal(SIGTERM)
+        relay.signal(SIGCONT)
+        #expect(relay.waitForExit() == 0)
+        let received = try collect(from: backends, expectedLines: lines.count, seconds: 5)
+        #expect(received.lines[0].sorted() == lines.sorted())
+    }
+
+    @Test("an exhausted buffer ring is counted, re-armed, and loses nothing")
+    func bufferRingExhausted() throws {
+        let backends = [try TestBackend()]
+        let relay = try RelayProcess(["--bind", "127.0.0.1", "--port", "0", "--threads", "1", "--receive-buffers", "2"] + backends.map(\.spec))
+        let address = try relay.listenAddress()
+        relay.signal(SIGSTOP)
+        let lines = (0..<500).map { "burst.\($0):1|c" }
+        try send(lines, to: address)
+        relay.signal(SIGCONT)
+        let received = try collect(from: backends, expectedLines: lines.count)
+        relay.signal(SIGTERM)
+        #expect(relay.waitForExit() == 0)
+        #expect(received.lines[0].sorted() == lines.sorted())
+        #expect((relay.counter("statsrelay.buffer_ring_exhausted") ?? 0) > 0)
+    }
+
+    @Test("the Go StatsRelay's single-dash flags are accepted")
+    func goFlags() throws {
+        let backend = try TestBackend()
+        let relay = try RelayProcess(["-bind", "127.0.0.1", "-port", "0", "-packetlen", "512", "-bufsize", "1048576", "--threads", "1", backend.spec])
+        let address = try relay.listenAddress()
+        try send(["go:1|c"], to: address)
+        _ = try collect(from: [backend], expectedLines: 1, seconds: 5)
+        relay.signal(SIGINT)
+        #expect(relay.waitForExit() == 0)
+        #expect(relay.standardError.contains("packet_len=512"))
+    }
+
+    @Test("bad arguments exit 64 naming what was wrong", arguments: [
+        (["127.0.0.1"], "invalid backend '127.0.0.1'"),
+        (["127.0.0.1:99999"], "port must be 1-65535"),
+        ([], "at least one backend"),
+        (["--packet-len", "1", "127.0.0.1:9"], "--packet-len"),
+        (["--flush-interval", "soon", "127.0.0.1:9"], "--flush-interval 'soon'"),
+        (["--bind", "example", "127.0.0.1:9"], "--bind 'example'"),
+        (["--no-such-flag", "127.0.0.1:9"], "--no-such-flag"),
+        (["no-such-host.invalid:8125"], "resolve no-such-host.invalid"),
+    ])
+    func badArguments(_ arguments: [String], _ message: String) throws {
+        let result = try RelayProcess.run(arguments)
+        #expect(result.status == 64)
+        #expect(result.error.contains(message), "stderr: \(result.error)")
+    }
+
+    @Test("a busy port is reported as operation, address and reason")
+    func busyPort() throws {
+        let holder = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!)
+        let port = holder.localAddress.port
+        let result = try RelayProcess.run(["--bind", "127.0.0.1", "--port", "\(port)", "--threads", "1", "127.0.0.1:9"])
+        #expect(result.status != 0)
+        #expect(result.error.contains("bind udp 127.0.0.1:\(port): Address already in use (errno 98)"), "stderr: \(result.error)")
+    }
+
+    @Test("statsrelay hash prints the backend each name goes to")
+    func hashCommand() throws {
+        let result = try RelayProcess.run(["hash", "--backends", "a:1,b:2,c:3", "foo", "bar", "foobar", "changed", "a", "statsrelay.statsProcessed:1|c"])
+        #expect(result.status == 0)
+        let routed = result.output.split(separator: "\n").map { $0.split(separator: " ").prefix(2).joined(separator: " ") }
+        #expect(routed == ["foo b:2", "bar a:1", "foobar b:2", "changed a:1", "a c:3", "statsrelay.statsProcessed c:3"])
+    }
+
+    @Test("--version prints the version")
+    func version() throws {
+        let result = try RelayProcess.run(["--version"])
+        #expect(result.status == 0)
+        #expect(result.output.hasPrefix("statsrelay "))
+    }
+}

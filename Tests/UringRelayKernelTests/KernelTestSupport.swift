@@ -1,0 +1,194 @@
+import Dispatch
+import Foundation
+import Glibc
+import Synchronization
+import Testing
+@testable import UringRelay
+
+/// Skips (and says why) where io_uring or provided-buffer rings are unavailable.
+let requiresIOUring = Testing.ConditionTrait.enabled(
+    if: KernelSupport.isAvailable, Comment(rawValue: KernelSupport.unavailableReason ?? "io_uring available"))
+
+/// A UDP socket on 127.0.0.1 standing in for one StatsD backend.
+final class TestBackend: @unchecked Sendable {  // used from one test at a time
+    let socket: UDPSocket
+    let address: SocketAddress
+
+    init() throws {
+        socket = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!, receiveBufferBytes: 16 << 20)
+        address = socket.localAddress
+    }
+
+    /// `127.0.0.1:PORT`, as given to the relay.
+    var spec: String { address.description }
+}
+
+/// What the backends received: datagrams (as text) per backend.
+struct Received {
+    var datagrams: [[String]]
+
+    /// The lines each backend received, in arrival order.
+    var lines: [[String]] {
+        datagrams.map { $0.flatMap { $0.split(separator: "\n", omittingEmptySubsequences: false).dropLast().map(String.init) } }
+    }
+
+    var totalLines: Int { lines.reduce(0) { $0 + $1.count } }
+}
+
+/// Receives from every backend until `expectedLines` lines have arrived in all, or `seconds`
+/// pass, then keeps listening `settle` milliseconds more to catch any duplicate or extra line.
+func collect(from backends: [TestBackend], expectedLines: Int, seconds: Double = 15, settleMilliseconds: Int32 = 100) throws -> Received {
+    var received = Received(datagrams: Array(repeating: [], count: backends.count))
+    let deadline = Date().addingTimeInterval(seconds)
+    var settling = false
+    while Date() < deadline {
+        var got = false
+        for (index, backend) in backends.enumerated() {
+            while let datagram = try backend.socket.receive(timeoutMilliseconds: 0) {
+                received.datagrams[index].append(String(decoding: datagram.bytes, as: UTF8.self))
+                got = true
+            }
+        }
+        if received.totalLines >= expectedLines {
+            if settling && !got { break }
+            settling = true
+        }
+        if !got {
+            // Block on the first backend's socket briefly; any arrival ends the wait early.
+            var pollers = backends.map { pollfd(fd: $0.socket.descriptor, events: Int16(POLLIN), revents: 0) }
+            _ = poll(&pollers, nfds_t(pollers.count), settling ? settleMilliseconds : 50)
+        }
+    }
+    return received
+}
+
+/// Sends datagrams to `address` from a fresh socket.
+func send(_ datagrams: [String], to address: SocketAddress) throws {
+    let sender = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!)
+    for datagram in datagrams { try sender.send(Array(datagram.utf8), to: address) }
+}
+
+/// The backend index the Go StatsRelay would route `line` to.
+func expectedBackend(of line: String, backends: Int) -> Int {
+    Router(backendCount: backends).backend(forName: String(line.prefix { $0 != ":" }))
+}
+
+/// A relay running in this process on 127.0.0.1 with a kernel-chosen port.
+final class InProcessRelay: @unchecked Sendable {
+    let relay: Relay
+    let address: SocketAddress
+
+    init(backends: [TestBackend], configure: (inout RelayConfiguration) -> Void = { _ in }) throws {
+        var configuration = RelayConfiguration(backends: try backends.map { try BackendAddress(parsing: $0.spec) })
+        configuration.bindHost = "127.0.0.1"
+        configuration.port = 0
+        configuration.threads = 1
+        configure(&configuration)
+        relay = try Relay(configuration: configuration, logger: .init(label: "test"))
+        address = try relay.start().listen
+    }
+
+    /// Stops the relay (drain, flush) and returns its counters.
+    func stop() -> RelayCounters {
+        relay.stop()
+        let (counters, failures) = relay.wait()
+        #expect(failures.isEmpty)
+        return counters
+    }
+}
+
+/// The `statsrelay` executable built beside this test bundle.
+var statsrelayExecutable: URL {
+    let me = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+    return me.deletingLastPathComponent().appendingPathComponent("statsrelay")
+}
+
+/// Text appended from one thread and read from another.
+final class LockedText: Sendable {
+    private let text = Mutex("")
+    func withLock<Result: Sendable>(_ body: (inout String) -> Result) -> Result { text.withLock { body(&$0) } }
+}
+
+/// A `statsrelay` child process whose standard error is watched for events.
+final class RelayProcess: @unchecked Sendable {  // the log buffer is guarded by `log`
+    let process = Process()
+    private let log = LockedText()
+    private let logChanged = DispatchSemaphore(value: 0)
+    private let exited = DispatchSemaphore(value: 0)
+    private let stdoutPipe = Pipe()
+    private let stderrPipe = Pipe()
+
+    init(_ arguments: [String]) throws {
+        process.executableURL = statsrelayExecutable
+        process.arguments = arguments
+        process.standardOutput = stdoutPipe
+        process.standardError = stderrPipe
+        stderrPipe.fileHandleForReading.readabilityHandler = { [log, logChanged] handle in
+            let data = handle.availableData
+            guard !data.isEmpty else { return }
+            log.withLock { $0 += String(decoding: data, as: UTF8.self) }
+            logChanged.signal()
+        }
+        process.terminationHandler = { [exited] _ in exited.signal() }
+        try process.run()
+    }
+
+    /// Everything written to standard error so far.
+    var standardError: String { log.withLock { $0 } }
+
+    /// Waits until standard error contains `text`, at most `seconds`.
+    @discardableResult
+    func waitForLog(_ text: String, seconds: Double = 20) -> Bool {
+        let deadline = DispatchTime.now() + seconds
+        while !standardError.contains(text) {
+            if logChanged.wait(timeout: deadline) == .timedOut { return standardError.contains(text) }
+        }
+        return true
+    }
+
+    /// The port from the `listening on HOST:PORT` start-up line.
+    func listenAddress() throws -> SocketAddress {
+        #expect(waitForLog("listening on "), "relay did not start: \(standardError)")
+        let line = try #require(standardError.split(separator: "\n").first { $0.contains("listening on ") })
+        let spec = try #require(line.split(separator: "listening on ").last)
+        let port = try #require(spec.split(separator: ":").last.flatMap { UInt16($0) })
+        return SocketAddress(numericHost: "127.0.0.1", port: port)!
+    }
+
+    func signal(_ number: Int32) { kill(process.processIdentifier, number) }
+
+    /// Waits for the process to exit, at most `seconds` (then kills it), and returns its status.
+    func waitForExit(seconds: Double = 10) -> Int32? {
+        if exited.wait(timeout: .now() + seconds) == .timedOut {
+            kill(process.processIdentifier, SIGKILL)
+            return nil
+        }
+        // The child has exited, so its end of the pipe is closed: this read ends at EOF.
+        stderrPipe.fileHandleForReading.readabilityHandler = nil
+        let rest = stderrPipe.fileHandleForReading.readDataToEndOfFile()
+        log.withLock { $0 += String(decoding: rest, as: UTF8.self) }
+        return process.terminationStatus
+    }
+
+    /// A counter's value from the report printed at exit.
+    func counter(_ name: String) -> UInt64? {
+        standardError.split(separator: "\n").first { $0.hasPrefix(name + " ") }
+            .flatMap { UInt64($0.split(separator: " ").last ?? "") }
+    }
+
+    /// Runs `statsrelay` with `arguments` to completion and returns status, stdout and stderr.
+    static func run(_ arguments: [String]) throws -> (status: Int32, output: String, error: String) {
+        let process = Process()
+        process.executableURL = statsrelayExecutable
+        process.arguments = arguments
+        let output = Pipe()
+        let error = Pipe()
+        process.standardOutput = output
+        process.standardError = error
+        try process.run()
+        let outData = output.fileHandleForReading.readDataToEndOfFile()
+        let errData = error.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
+    }
+}

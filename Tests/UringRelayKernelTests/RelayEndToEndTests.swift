@@ -1,0 +1,158 @@
+import Foundation
+import Testing
+@testable import UringRelay
+
+@Suite("Relay end to end on loopback", requiresIOUring, .serialized)
+struct RelayEndToEndTests {
+    @Test("thousands of lines reach three backends, each exactly once where the hash sends it; junk is counted")
+    func relaysEveryLineOnce() throws {
+        let backends = try (0..<3).map { _ in try TestBackend() }
+        let relay = try InProcessRelay(backends: backends)
+        var expected: [[String]] = [[], [], []]
+        var datagrams: [String] = []
+        var line = 0
+        var junk = 0
+        for datagram in 0..<1_500 {
+            var lines: [String] = []
+            for _ in 0..<(1 + datagram % 7) {
+                let text: String
+                switch line % 5 {
+                case 0: text = "api.requests.host-\(line % 97).status_200:\(line)|c"
+                case 1: text = "db.query.latency.\(line % 31):\(line).5|ms|@0.1"
+                case 2: text = "queue.depth.q\(line % 13):\(line)|g"
+                case 3: text = "http.req.\(line % 11):1|c|#env:prod,line:\(line)"
+                default: text = "users.unique:\(line)|s"
+                }
+                expected[expectedBackend(of: text, backends: 3)].append(text)
+                lines.append(text)
+                line += 1
+            }
+            if datagram % 50 == 0 {
+                lines.insert(":nameless|c", at: 0)
+                lines.append("no colon at all")
+                junk += 2
+            }
+            datagrams.append(lines.joined(separator: datagram % 2 == 0 ? "\n" : "\r\n"))
+        }
+        try send(datagrams, to: relay.address)
+        let received = try collect(from: backends, expectedLines: line)
+        let counters = relay.stop()
+        let late = try collect(from: backends, expectedLines: 0, seconds: 0.2)
+        #expect(late.totalLines == 0, "lines arrived after the relay reported them all sent")
+        for backend in 0..<3 {
+            #expect(received.lines[backend].sorted() == expected[backend].sorted(), "backend \(backend)")
+            for datagram in received.datagrams[backend] {
+                #expect(datagram.utf8.count <= 1400)
+                #expect(datagram.hasSuffix("\n"))
+            }
+        }
+        #expect(counters[.datagramsReceived] == UInt64(datagrams.count))
+        #expect(counters[.linesForwarded] == UInt64(line))
+        #expect(counters[.linesDroppedEmptyName] + counters[.linesDroppedMissingColon] == UInt64(junk))
+        #expect((0..<3).map { counters[.linesSent, backend: $0] } == expected.map { UInt64($0.count) })
+        #expect(counters[.sendErrors] == 0)
+    }
+
+    @Test("a line longer than the packet length arrives alone and whole")
+    func longLineAlone() throws {
+        let backends = [try TestBackend()]
+        let relay = try InProcessRelay(backends: backends) { $0.packetBytes = 200 }
+        let long = "big.gauge:" + String(repeating: "7", count: 900) + "|g"
+        try send(["a:1|c\n\(long)\nb:2|c"], to: relay.address)
+        let received = try collect(from: backends, expectedLines: 3)
+        _ = relay.stop()
+        #expect(received.datagrams[0].contains(long + "\n"))
+        #expect(received.lines[0].sorted() == ["a:1|c", "b:2|c", long].sorted())
+    }
+
+    @Test("a datagram larger than --max-datagram is dropped whole and counted; its neighbours are relayed")
+    func truncatedDatagram() throws {
+        let backends = [try TestBackend()]
+        let relay = try InProcessRelay(backends: backends) { $0.maxDatagramBytes = 512 }
+        let oversize = (0..<60).map { "trunc.\($0):1|c" }.joined(separator: "\n")
+        #expect(oversize.utf8.count > 512)
+        let exact = "x:" + String(repeating: "1", count: 510)
+        try send(["before:1|c", oversize, exact, "after:1|c"], to: relay.address)
+        let received = try collect(from: backends, expectedLines: 3)
+        let counters = relay.stop()
+        #expect(received.lines[0] == ["before:1|c", exact, "after:1|c"])
+        #expect(counters[.datagramsTruncated] == 1)
+        #expect(counters[.datagramsReceived] == 3)
+    }
+
+    @Test("a backend refusing datagrams (nothing listening) is counted and never stops the others")
+    func refusingBackend() throws {
+        let liveBackend = try TestBackend()
+        // Bind then close a socket to get a port with nothing listening.
+        let deadPort = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!).localAddress.port
+        var configuration = RelayConfiguration(backends: [
+            try BackendAddress(parsing: liveBackend.spec), try BackendAddress(parsing: "127.0.0.1:\(deadPort)"),
+        ])
+        configuration.bindHost = "127.0.0.1"
+        configuration.port = 0
+        configuration.threads = 1
+        configuration.flushIntervalNanoseconds = 1_000_000
+        let relay = try Relay(configuration: configuration, logger: .init(label: "test"))
+        let address = try relay.start().listen
+        var toLive: [String] = []
+        var receivedLive: [String] = []
+        var toDead = 0
+        for round in 0..<20 {
+            var datagram: [String] = []
+            var live = 0
+            for index in 0..<20 {
+                let line = "m.\(round).\(index):1|c"
+                if expectedBackend(of: line, backends: 2) == 0 {
+                    toLive.append(line)
+                    live += 1
+                } else {
+                    toDead += 1
+                }
+                datagram.append(line)
+            }
+            try send([datagram.joined(separator: "\n")], to: address)
+            // Each round waits for the live backend, so the dead one is sent to again and again
+            // after its ICMP refusal has been reported.
+            receivedLive += try collect(from: [liveBackend], expectedLines: live, settleMilliseconds: 5).lines[0]
+        }
+        relay.stop()
+        let (counters, failures) = relay.wait()
+        #expect(failures.isEmpty)
+        #expect(toDead > 0)
+        #expect(receivedLive.sorted() == toLive.sorted())
+        #expect(counters[.linesSent, backend: 0] == UInt64(toLive.count))
+        #expect(counters[.sendRefused, backend: 1] > 0)
+        #expect(counters[.linesSent, backend: 1] + counters[.linesDroppedSendError, backend: 1] == UInt64(toDead))
+    }
+
+    @Test("a lone line at low traffic is flushed by the timer, without waiting for more lines")
+    func loneLineFlushed() throws {
+        let backends = [try TestBackend()]
+        let relay = try InProcessRelay(backends: backends) { $0.flushIntervalNanoseconds = 20_000_000 }
+        try send(["lonely:1|c"], to: relay.address)
+        let received = try collect(from: backends, expectedLines: 1, seconds: 5)
+        #expect(received.lines[0] == ["lonely:1|c"])
+        _ = relay.stop()
+    }
+
+    @Test("two workers share the port and route identically")
+    func twoWorkers() throws {
+        let backends = try (0..<3).map { _ in try TestBackend() }
+        let relay = try InProcessRelay(backends: backends) { $0.threads = 2 }
+        var expected: [[String]] = [[], [], []]
+        var datagrams: [String] = []
+        for index in 0..<2_000 {
+            let line = "w.metric.\(index % 300):\(index)|c"
+            expected[expectedBackend(of: line, backends: 3)].append(line)
+            datagrams.append(line)
+        }
+        // Several senders, so SO_REUSEPORT spreads the flows over both workers.
+        for chunk in stride(from: 0, to: datagrams.count, by: 250) {
+            try send(Array(datagrams[chunk..<min(chunk + 250, datagrams.count)]), to: relay.address)
+        }
+        let received = try collect(from: backends, expectedLines: datagrams.count)
+        let counters = relay.stop()
+        for backend in 0..<3 { #expect(received.lines[backend].sorted() == expected[backend].sorted()) }
+        #expect(counters[.linesForwarded] == UInt64(datagrams.count))
+    }
+}
