@@ -12,6 +12,10 @@ public final class Relay: Sendable {
     public let configuration: RelayConfiguration
     /// The backends' resolved addresses, in routing order.
     public let backendAddresses: [SocketAddress]
+    /// The health view and addresses the workers route by.
+    public let routing: RoutingState
+    /// Checks backends and re-resolves their names.
+    public let monitor: HealthMonitor
     private let logger: Logger
     private let state = Mutex(State())
 
@@ -26,16 +30,22 @@ public final class Relay: Sendable {
     /// Validates `configuration` and resolves every backend.
     ///
     /// - Throws: `ConfigurationError` naming the bad setting, or `ResolutionError`.
-    public init(configuration: RelayConfiguration, logger: Logger) throws {
+    public init(
+        configuration: RelayConfiguration, logger: Logger,
+        resolver: @escaping HealthMonitor.Resolver = { host, port in try SocketAddress.resolve(host: host, port: port) }
+    ) throws {
         try configuration.validate()
         var resolved: [SocketAddress] = []
         for backend in configuration.backends {
-            let addresses = try SocketAddress.resolve(host: backend.host, port: backend.port)
-            resolved.append(addresses[0])
+            let addresses = try resolver(backend.host, backend.port)
+            guard let first = addresses.first else { throw ResolutionError(host: backend.host, reason: "no address") }
+            resolved.append(first)
         }
         self.configuration = configuration
         self.backendAddresses = resolved
         self.logger = logger
+        routing = RoutingState(addresses: resolved)
+        monitor = try HealthMonitor(configuration: configuration, routing: routing, logger: logger, resolver: resolver)
     }
 
     /// The address the workers listen on, with the port actually bound (after `start`).
@@ -51,14 +61,15 @@ public final class Relay: Sendable {
         let config = configuration
         var listen = SocketAddress(numericHost: config.bindHost, port: config.port)!
         let cpus = config.cpus ?? WorkerThread.allowedCPUs
-        let router = Router(backendCount: backendAddresses.count)
+        let router = Router(backendCount: backendAddresses.count, policy: config.onBackendDown)
         var firstFacts: WorkerFacts?
         for index in 0..<config.threads {
             let settings = WorkerSettings(
                 listen: listen, backends: backendAddresses, packetBytes: config.packetBytes,
                 flushIntervalNanoseconds: config.flushIntervalNanoseconds,
                 receiveBufferBytes: config.receiveBufferBytes, maxDatagramBytes: config.maxDatagramBytes,
-                receiveBuffers: config.receiveBuffers, minimumWaitMicroseconds: config.minimumWaitMicroseconds)
+                receiveBuffers: config.receiveBuffers, minimumWaitMicroseconds: config.minimumWaitMicroseconds,
+                holdBytes: config.holdBytes, routing: routing)
             let wakeup: WakeupEvent
             do throws(Errno) { wakeup = try WakeupEvent() } catch {
                 stopAndJoin()
@@ -110,6 +121,10 @@ public final class Relay: Sendable {
                 throw error
             }
         }
+        do throws(Errno) { try monitor.start() } catch {
+            stopAndJoin()
+            throw SystemCallError("pthread_create", "health monitor", error)
+        }
         return firstFacts!
     }
 
@@ -117,6 +132,7 @@ public final class Relay: Sendable {
     public func stop() {
         let wakeups = state.withLock { $0.wakeups }
         for wakeup in wakeups { wakeup.signal() }
+        monitor.stop()
     }
 
     /// Waits for every worker to finish and returns the summed counters, and the failures of

@@ -8,12 +8,16 @@ struct HashCommand: ParsableCommand {
         abstract: "Print the backend each metric name is routed to.",
         discussion: """
             Give the backends exactly as the relay is given them (order matters). A name may also \
-            be a whole StatsD line: only the part before the first ':' is hashed.
+            be a whole StatsD line: only the part before the first ':' is hashed. With \
+            --health-check, every backend is checked once now and the routing shown is the one a \
+            relay with the same health view uses (the --on-backend-down policy applies).
             """
     )
 
     @Option(name: .customLong("backends"), help: "Backends in routing order, comma-separated or repeated.")
     var backends: [String] = []
+
+    @OptionGroup var health: HealthOptions
 
     @Argument(help: "Metric names (or lines).")
     var names: [String]
@@ -28,21 +32,56 @@ struct HashCommand: ParsableCommand {
     }
 
     func validate() throws {
-        do { _ = try parsedBackends() } catch { throw ValidationError(error.description) }
+        do {
+            var configuration = RelayConfiguration(backends: try parsedBackends())
+            try health.apply(to: &configuration)
+        } catch { throw ValidationError(error.description) }
         if names.isEmpty { throw ValidationError("give at least one metric NAME") }
     }
 
     func run() throws {
         let parsed = try parsedBackends()
+        var configuration = RelayConfiguration(backends: parsed)
+        try health.apply(to: &configuration)
+        var router = Router(backendCount: max(parsed.count, 1), policy: configuration.onBackendDown)
+        if configuration.healthCheck != .none && !parsed.isEmpty {
+            for (index, failure) in try checkOnce(configuration).enumerated() {
+                guard let failure else { continue }
+                router.setDown(index, true)
+                printError("backend \(parsed[index]) is down: \(failure)")
+            }
+        }
         for name in names {
             let key = String(name.prefix { $0 != ":" })
             let hash = FNV1a.hash64(key)
-            if parsed.isEmpty {
+            guard !parsed.isEmpty else {
                 print("\(key) fnv1a64=0x\(String(hash, radix: 16))")
-            } else {
-                let index = Router(backendCount: parsed.count).backend(forName: key)
-                print("\(key) \(parsed[index]) index=\(index) fnv1a64=0x\(String(hash, radix: 16))")
+                continue
+            }
+            let details = "index=\(router.primary(forHash: hash)) fnv1a64=0x\(String(hash, radix: 16))"
+            switch router.route(hash: hash) {
+            case .send(let index):
+                print("\(key) \(parsed[index]) \(details)")
+            case .rehash(let primary, let other):
+                print("\(key) \(parsed[other]) \(details) (\(parsed[primary]) is down: rehashed)")
+            case .hold(let primary):
+                print("\(key) \(parsed[primary]) \(details) (down: held until it recovers)")
+            case .drop(let primary):
+                print("\(key) - \(details) (\(parsed[primary]) is down: dropped)")
             }
         }
+    }
+
+    /// Runs one round of checks, as a relay's health monitor would.
+    private func checkOnce(_ configuration: RelayConfiguration) throws -> [String?] {
+        var targets: [TCPProbe.Target] = []
+        let monitor = try HealthMonitor(
+            configuration: configuration,
+            routing: RoutingState(addresses: try configuration.backends.map {
+                try SocketAddress.resolve(host: $0.host, port: $0.port)[0]
+            }),
+            logger: .init(label: "hash"))
+        targets = monitor.targets(for: monitor.status.map(\.address))
+        return TCPProbe.run(targets, timeoutMilliseconds: Int(configuration.healthTimeoutNanoseconds / 1_000_000))
     }
 }

@@ -46,6 +46,8 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("cpus"), help: "CPUs to pin workers to, e.g. 0-3,8 (default: the CPUs this process may use).")
     var cpus: String?
 
+    @OptionGroup var health: HealthOptions
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel = "info"
 
@@ -74,6 +76,7 @@ struct RunCommand: ParsableCommand {
         configuration.receiveBufferBytes = try ByteSizeParser.bytes(rcvbuf, argument: "--rcvbuf")
         configuration.maxDatagramBytes = maxDatagram
         configuration.receiveBuffers = receiveBuffers
+        try health.apply(to: &configuration)
         let allowed = WorkerThread.allowedCPUs
         if let cpus { configuration.cpus = try CPUList.parse(cpus) }
         configuration.threads = threads ?? configuration.cpus?.count ?? max(1, allowed.count)
@@ -111,6 +114,12 @@ struct RunCommand: ParsableCommand {
         let (counters, failures) = relay.wait()
         let names = configuration.backends.map(\.description)
         printError(counters.report(backendNames: names))
+        let now = MonotonicClock.nanoseconds()
+        for status in relay.monitor.status {
+            printError("statsrelay.backend.up{backend=\"\(status.backend)\"} \(status.state == .up ? 1 : 0)")
+            printError("statsrelay.backend.state_changes{backend=\"\(status.backend)\"} \(status.changes)")
+            printError("statsrelay.backend.state_seconds{backend=\"\(status.backend)\"} \((now - status.since) / 1_000_000_000)")
+        }
         if !failures.isEmpty {
             for failure in failures { logger.error("\(failure)") }
             throw ExitCode(70)
@@ -135,6 +144,8 @@ struct RunCommand: ParsableCommand {
             "min_wait": "\(facts.minimumWait ? "\(configuration.minimumWaitMicroseconds)us" : "unsupported")",
             "receive_buffers": "\(facts.receiveBuffers)x\(facts.receiveBufferSize)",
             "send_slots": "\(facts.sendSlots)",
+            "health_check": "\(configuration.healthCheck.rawValue)",
+            "on_backend_down": "\(configuration.onBackendDown.rawValue)",
         ])
         if facts.receiveBufferBytes < configuration.receiveBufferBytes {
             logger.warning("receive buffer smaller than requested: raise net.core.rmem_max or run with CAP_NET_ADMIN", metadata: [

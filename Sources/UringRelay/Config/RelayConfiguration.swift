@@ -27,6 +27,25 @@ public struct RelayConfiguration: Sendable, Equatable {
     /// (`io_uring_enter2` minimum wait).
     public var minimumWaitMicroseconds: UInt32 = 100
 
+    /// How backends are checked (`--health-check`).
+    public var healthCheck: HealthCheckMode = .none
+    /// The port checked, if not the mode's default (`--health-check-port`).
+    public var healthCheckPort: UInt16?
+    /// Time between checks (`--health-interval`).
+    public var healthIntervalNanoseconds: UInt64 = 1_000_000_000
+    /// The longest one check may take (`--health-timeout`).
+    public var healthTimeoutNanoseconds: UInt64 = 500_000_000
+    /// Consecutive successes that bring a backend up (`--health-rise`).
+    public var healthRise = 2
+    /// Consecutive failures that take a backend down (`--health-fall`).
+    public var healthFall = 3
+    /// What happens to a down backend's metrics (`--on-backend-down`).
+    public var onBackendDown: DownPolicy = .rehash
+    /// Bytes of batches held per backend per worker under `hold` (`--hold-bytes`).
+    public var holdBytes = 4 << 20
+    /// How often backends given by name are resolved again (`--dns-refresh`).
+    public var dnsRefreshNanoseconds: UInt64 = 30_000_000_000
+
     /// A configuration with defaults for everything but the backends.
     public init(backends: [BackendAddress]) {
         self.backends = backends
@@ -65,6 +84,28 @@ public struct RelayConfiguration: Sendable, Equatable {
         if receiveBuffers < 1 || receiveBuffers > 32_768 || receiveBuffers & (receiveBuffers - 1) != 0 {
             throw ConfigurationError(
                 argument: "--receive-buffers", value: "\(receiveBuffers)", reason: "must be a power of two from 1 to 32768")
+        }
+        if healthIntervalNanoseconds < 10_000_000 {
+            throw ConfigurationError(
+                argument: "--health-interval", value: DurationParser.format(healthIntervalNanoseconds), reason: "must be at least 10ms")
+        }
+        if healthTimeoutNanoseconds < 1_000_000 || healthTimeoutNanoseconds > healthIntervalNanoseconds {
+            throw ConfigurationError(
+                argument: "--health-timeout", value: DurationParser.format(healthTimeoutNanoseconds),
+                reason: "must be at least 1ms and no longer than --health-interval")
+        }
+        if !(1...100).contains(healthRise) {
+            throw ConfigurationError(argument: "--health-rise", value: "\(healthRise)", reason: "must be 1-100")
+        }
+        if !(1...100).contains(healthFall) {
+            throw ConfigurationError(argument: "--health-fall", value: "\(healthFall)", reason: "must be 1-100")
+        }
+        if holdBytes < 0 || holdBytes > 1 << 30 {
+            throw ConfigurationError(argument: "--hold-bytes", value: "\(holdBytes)", reason: "must be 0 to 1 GiB")
+        }
+        if dnsRefreshNanoseconds < 100_000_000 {
+            throw ConfigurationError(
+                argument: "--dns-refresh", value: DurationParser.format(dnsRefreshNanoseconds), reason: "must be at least 100ms")
         }
         if backends.count > 65_536 {
             throw ConfigurationError(argument: "backends", value: "\(backends.count)", reason: "at most 65536 backends")

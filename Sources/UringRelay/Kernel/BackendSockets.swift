@@ -27,6 +27,18 @@ public struct BackendSockets: ~Copyable {
 
     deinit { for descriptor in descriptors { _ = close(descriptor) } }
 
+    /// Points backend `index`'s socket at a new address (after DNS re-resolution).
+    ///
+    /// The descriptor number stays the same, so sends already queued still name it: a new
+    /// socket is connected and moved onto it with `dup2(2)`.
+    public func reconnect(_ index: Int, to address: SocketAddress, sendBufferBytes: Int) throws(SystemCallError) {
+        let replacement = try UDPSocket.connected(to: address, sendBufferBytes: sendBufferBytes).releaseDescriptor()
+        defer { _ = close(replacement) }
+        do throws(Errno) { _ = try systemCall { dup2(replacement, descriptors[index]) } } catch {
+            throw SystemCallError("dup2", address.description, error)
+        }
+    }
+
     /// How many backends have a socket.
     public var count: Int { descriptors.count }
 }

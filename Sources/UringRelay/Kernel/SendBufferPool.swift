@@ -99,6 +99,24 @@ public struct SendBufferPool: ~Copyable {
         lines[slot] += 1
     }
 
+    /// Appends already packed bytes (a held packet, possibly in pieces) to `slot`.
+    ///
+    /// - Precondition: they fit.
+    public mutating func appendPacked(_ bytes: RawSpan, to slot: Int) {
+        let offset = Int(lengths[slot])
+        precondition(offset + bytes.byteCount <= slotBytes, "packet does not fit in the send slot")
+        let destination = storage + slot * slotBytes + offset
+        bytes.withUnsafeBytes { source in
+            if let base = source.baseAddress { destination.copyMemory(from: base, byteCount: source.count) }
+        }
+        lengths[slot] = Int32(offset + bytes.byteCount)
+    }
+
+    /// Records that `count` more lines are in `slot` (after `appendPacked`).
+    public mutating func addLines(_ count: Int, to slot: Int) {
+        lines[slot] += Int32(count)
+    }
+
     /// Lends the packed bytes of `slot` as a safe view.
     public func withBytes<Result>(ofSlot slot: Int, _ body: (RawSpan) -> Result) -> Result {
         body(UnsafeRawBufferPointer(start: storage + slot * slotBytes, count: Int(lengths[slot])).bytes)

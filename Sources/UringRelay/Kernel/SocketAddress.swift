@@ -85,10 +85,28 @@ public struct SocketAddress: Sendable, Equatable, CustomStringConvertible {
 
     /// The port in host byte order.
     public var port: UInt16 {
-        withUnsafeBytes(of: storage) { raw in
-            switch family {
-            case .ipv4: UInt16(bigEndian: raw.load(as: sockaddr_in.self).sin_port)
-            case .ipv6: UInt16(bigEndian: raw.load(as: sockaddr_in6.self).sin6_port)
+        get {
+            withUnsafeBytes(of: storage) { raw in
+                switch family {
+                case .ipv4: UInt16(bigEndian: raw.load(as: sockaddr_in.self).sin_port)
+                case .ipv6: UInt16(bigEndian: raw.load(as: sockaddr_in6.self).sin6_port)
+                }
+            }
+        }
+        set {
+            let family = self.family
+            withUnsafeMutableBytes(of: &storage) { raw in
+                // sin_port and sin6_port share their offset, but each is written through its own type.
+                switch family {
+                case .ipv4:
+                    var address = raw.load(as: sockaddr_in.self)
+                    address.sin_port = newValue.bigEndian
+                    raw.storeBytes(of: address, as: sockaddr_in.self)
+                case .ipv6:
+                    var address = raw.load(as: sockaddr_in6.self)
+                    address.sin6_port = newValue.bigEndian
+                    raw.storeBytes(of: address, as: sockaddr_in6.self)
+                }
             }
         }
     }

@@ -23,6 +23,26 @@ public final class WakeupEvent: Sendable {
         _ = try? systemCall { write(descriptor, &one, MemoryLayout<UInt64>.size) }
     }
 
+    /// Waits until the event is signalled or the timeout passes.
+    ///
+    /// - Parameter timeoutNanoseconds: the longest wait; `nil` waits without limit.
+    /// - Returns: whether the event is signalled.
+    public func wait(timeoutNanoseconds: UInt64?) -> Bool {
+        var poller = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
+        let deadline = timeoutNanoseconds.map { MonotonicClock.nanoseconds() &+ $0 }
+        while true {
+            var milliseconds: Int32 = -1
+            if let deadline {
+                let now = MonotonicClock.nanoseconds()
+                milliseconds = now >= deadline ? 0 : Int32(clamping: (deadline - now + 999_999) / 1_000_000)
+            }
+            let ready = poll(&poller, 1, milliseconds)
+            if ready > 0 { return true }
+            if ready == 0 { return false }
+            if errno != EINTR { return false }
+        }
+    }
+
     /// Whether `signal()` has been called since the event was created.
     public var isSignalled: Bool {
         var poller = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)

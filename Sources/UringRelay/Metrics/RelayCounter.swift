@@ -18,6 +18,13 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
     case packetsSent
     case sendErrors
     case linesDroppedSendError
+    case linesRehashed
+    case linesDroppedBackendDown
+    case linesHeld
+    case linesDroppedHoldOverflow
+    case linesReplayed
+    case linesDroppedHeldAtExit
+    case routingUpdates
 
     /// The counter's name in lowercase dot notation.
     public var name: String {
@@ -39,6 +46,13 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
         case .packetsSent: "statsrelay.packets_sent"
         case .sendErrors: "statsrelay.send_errors"
         case .linesDroppedSendError: "statsrelay.lines_dropped.send_error"
+        case .linesRehashed: "statsrelay.lines_rehashed"
+        case .linesDroppedBackendDown: "statsrelay.lines_dropped.backend_down"
+        case .linesHeld: "statsrelay.lines_held"
+        case .linesDroppedHoldOverflow: "statsrelay.lines_dropped.hold_overflow"
+        case .linesReplayed: "statsrelay.lines_replayed"
+        case .linesDroppedHeldAtExit: "statsrelay.lines_dropped.held_at_exit"
+        case .routingUpdates: "statsrelay.routing_updates"
         }
     }
 
@@ -61,6 +75,11 @@ public enum BackendCounter: Int, CaseIterable, Sendable {
     case sendErrors
     case sendRefused
     case linesDroppedSendError
+    case linesRehashedAway
+    case linesDroppedBackendDown
+    case linesHeld
+    case linesDroppedHoldOverflow
+    case linesReplayed
 
     /// The counter's name; the backend is a label.
     public var name: String {
@@ -71,6 +90,11 @@ public enum BackendCounter: Int, CaseIterable, Sendable {
         case .sendErrors: "statsrelay.backend.send_errors"
         case .sendRefused: "statsrelay.backend.send_refused"
         case .linesDroppedSendError: "statsrelay.backend.lines_dropped.send_error"
+        case .linesRehashedAway: "statsrelay.backend.lines_rehashed_away"
+        case .linesDroppedBackendDown: "statsrelay.backend.lines_dropped.backend_down"
+        case .linesHeld: "statsrelay.backend.lines_held"
+        case .linesDroppedHoldOverflow: "statsrelay.backend.lines_dropped.hold_overflow"
+        case .linesReplayed: "statsrelay.backend.lines_replayed"
         }
     }
 }

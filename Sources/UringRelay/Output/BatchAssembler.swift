@@ -134,6 +134,20 @@ public struct BatchAssembler: ~Copyable {
         return carried
     }
 
+    /// Queues the oldest packet of `hold` to be sent to `backend` again.
+    ///
+    /// - Returns: its line count, or `nil` if `hold` is empty or no slot is free.
+    public mutating func replay(from hold: inout HoldBuffer, to backend: Int) -> Int? {
+        guard let length = hold.oldestLength, length <= pool.slotBytes, let slot = pool.acquire(for: backend) else { return nil }
+        guard let lines = hold.popOldest({ piece in pool.appendPacked(piece, to: slot) }) else {
+            pool.release(slot)
+            return nil
+        }
+        pool.addLines(lines, to: slot)
+        ready.append(Int32(slot))
+        return lines
+    }
+
     /// Leaves the pool's memory mapped after destruction (see `SendBufferPool`).
     public mutating func keepMappedAfterDestruction() { pool.keepMappedAfterDestruction() }
 

@@ -6,8 +6,8 @@ import Glibc
 public struct DatagramProcessor: ~Copyable {
     /// The batches being packed, one per backend.
     public var assembler: BatchAssembler
-    /// Where each metric goes.
-    public let router: Router
+    /// Where each metric goes; the worker updates its health view between loop turns.
+    public var router: Router
     /// This worker's counters.
     public var counters: RelayCounters
 
@@ -42,7 +42,22 @@ public struct DatagramProcessor: ~Copyable {
             switch line {
             case .valid(let start, let end, let nameEnd):
                 counters[.linesReceived] &+= 1
-                let backend = router.backend(forKey: datagram.extracting(start..<nameEnd))
+                let backend: Int
+                switch router.route(key: datagram.extracting(start..<nameEnd)) {
+                case .send(let primary):
+                    backend = primary
+                case .hold(let primary):
+                    // Batched as usual; the worker holds the packet instead of sending it.
+                    backend = primary
+                case .rehash(let primary, let other):
+                    counters[.linesRehashed] &+= 1
+                    counters[.linesRehashedAway, backend: primary] &+= 1
+                    backend = other
+                case .drop(let primary):
+                    counters[.linesDroppedBackendDown] &+= 1
+                    counters[.linesDroppedBackendDown, backend: primary] &+= 1
+                    continue
+                }
                 if assembler.append(datagram.extracting(start..<end), to: backend, now: now) {
                     counters[.linesForwarded] &+= 1
                 } else {

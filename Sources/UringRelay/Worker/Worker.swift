@@ -21,6 +21,10 @@ public struct WorkerSettings: Sendable {
     public var minimumWaitMicroseconds: UInt32
     /// The longest a stopping worker spends draining and flushing before it gives up.
     public var stopBudgetNanoseconds: UInt64 = 900_000_000
+    /// `--hold-bytes`: held packets per backend under the `hold` policy.
+    public var holdBytes: Int = 4 << 20
+    /// The shared health view and addresses, if a health monitor publishes them.
+    public var routing: RoutingState?
 }
 
 /// Facts about a worker's kernel resources, for the start-up log.
@@ -67,6 +71,15 @@ public struct Worker: ~Copyable {
     private var stopRequested = false
     private var receivedThisTurn = false
     private var sendsInFlight = 0
+    private var holds: [HoldBuffer]
+    private var addresses: [SocketAddress]
+    private var appliedGeneration: UInt64 = 0
+
+    /// `SO_SNDBUF` for backend sockets: room for bursts without `EAGAIN`.
+    private static let backendSendBuffer = 4 << 20
+    /// Held packets queued again per loop turn once a backend is back, so a replay never
+    /// starves live traffic of send slots.
+    private static let replayPerTurn = 64
 
     /// Completions a waiting worker asks for before the minimum wait lets it go with fewer.
     private static let completionBatch: UInt32 = 32
@@ -87,7 +100,7 @@ public struct Worker: ~Copyable {
         let ring = try Self.openRing(completions: completions)
         let buffers = try Self.openBuffers(ring: ring, count: bufferCount, payloadBytes: settings.maxDatagramBytes)
         let listener = try UDPSocket.bound(to: settings.listen, reusePort: true, receiveBufferBytes: settings.receiveBufferBytes)
-        let backendSockets = try BackendSockets(connecting: settings.backends, sendBufferBytes: 4 << 20)
+        let backendSockets = try BackendSockets(connecting: settings.backends, sendBufferBytes: Self.backendSendBuffer)
         self.settings = settings
         self.wakeup = wakeup
         self.processor = processor
@@ -96,6 +109,8 @@ public struct Worker: ~Copyable {
         self.listener = listener
         self.backendSockets = backendSockets
         queue = ReceiveQueue(capacity: bufferCount)
+        holds = settings.backends.map { _ in HoldBuffer(capacity: settings.holdBytes) }
+        addresses = settings.backends
     }
 
     private static func openRing(completions: UInt32) throws(SystemCallError) -> Ring {
@@ -142,6 +157,7 @@ public struct Worker: ~Copyable {
             } catch { throw SystemCallError("io_uring_enter", "", error) }
             now = MonotonicClock.nanoseconds()
             receivedThisTurn = false
+            applyRoutingUpdate()
             while let completion = ring.nextCompletion() { handle(completion) }
             relayQueued(now: now)
             processor.assembler.closeExpired(now: now, interval: settings.flushIntervalNanoseconds)
@@ -164,6 +180,7 @@ public struct Worker: ~Copyable {
                 // Lines from receives that completed while the cancel was in flight go out too.
                 processor.assembler.closeAll()
             }
+            replayHeld()
             queueReadySends()
             if phase == .flushing && sendsInFlight == 0 && !receiveArmed && queue.isEmpty
                 && !processor.assembler.hasPendingBatches {
@@ -172,6 +189,9 @@ public struct Worker: ~Copyable {
             if phase == .flushing && now >= stopDeadline {
                 break
             }
+        }
+        for backend in holds.indices where !holds[backend].isEmpty {
+            processor.counters[.linesDroppedHeldAtExit] &+= UInt64(holds[backend].lines)
         }
         let counters = processor.counters
         let quiescent = sendsInFlight == 0 && !receiveArmed
@@ -230,7 +250,11 @@ public struct Worker: ~Copyable {
             }
         case .send:
             sendsInFlight -= 1
-            processor.sendCompleted(slot: Int(completion.userData.index), result: completion.result)
+            let slot = Int(completion.userData.index)
+            if completion.result == -ECONNREFUSED {
+                settings.routing?.reportRefusal(backend: processor.assembler.pool.backend(of: slot))
+            }
+            processor.sendCompleted(slot: slot, result: completion.result)
         case .wakeup:
             stopRequested = true
         case .cancel:
@@ -259,12 +283,61 @@ public struct Worker: ~Copyable {
         }
     }
 
-    /// Turns every ready batch into a `send` SQE (submitted with the next wait).
+    /// Turns every ready batch into a `send` SQE (submitted with the next wait), or, for a
+    /// backend that is down under the `hold` policy, moves it into that backend's hold buffer.
     @inline(__always)
     private mutating func queueReadySends() {
         while let slot = processor.assembler.nextReady() {
+            let backend = processor.assembler.pool.backend(of: slot)
+            if processor.router.downCount > 0 && processor.router.policy == .hold && processor.router.down[backend] {
+                hold(slot, for: backend)
+                continue
+            }
             ring.send(slot: slot, of: processor.assembler.pool, to: backendSockets, userData: UserData(.send, index: UInt32(slot)))
             sendsInFlight += 1
         }
+    }
+
+    private mutating func hold(_ slot: Int, for backend: Int) {
+        let lines = processor.assembler.pool.lineCount(of: slot)
+        let dropped = processor.assembler.pool.withBytes(ofSlot: slot) { bytes in holds[backend].push(bytes, lines: lines) }
+        _ = processor.assembler.completeSend(slot)
+        processor.counters[.linesHeld] &+= UInt64(lines)
+        processor.counters[.linesHeld, backend: backend] &+= UInt64(lines)
+        if dropped > 0 {
+            processor.counters[.linesDroppedHoldOverflow] &+= UInt64(dropped)
+            processor.counters[.linesDroppedHoldOverflow, backend: backend] &+= UInt64(dropped)
+        }
+    }
+
+    /// Queues held packets again for backends that are back up, a bounded number per turn.
+    private mutating func replayHeld() {
+        guard processor.router.policy == .hold else { return }
+        for backend in holds.indices where !holds[backend].isEmpty && !processor.router.down[backend] {
+            var budget = Self.replayPerTurn
+            while budget > 0, processor.assembler.pool.freeCount > 2 * processor.assembler.reserveSlots,
+                  let lines = processor.assembler.replay(from: &holds[backend], to: backend) {
+                processor.counters[.linesReplayed] &+= UInt64(lines)
+                processor.counters[.linesReplayed, backend: backend] &+= UInt64(lines)
+                budget -= 1
+            }
+        }
+    }
+
+    /// Applies a newly published health view and address list, once per loop turn at most.
+    private mutating func applyRoutingUpdate() {
+        guard let routing = settings.routing, routing.generation != appliedGeneration else { return }
+        let snapshot = routing.current
+        appliedGeneration = snapshot.generation
+        for backend in snapshot.down.indices {
+            processor.router.setDown(backend, snapshot.down[backend])
+            if snapshot.addresses[backend] != addresses[backend] {
+                // A failed reconnect keeps the old address; sends to it are counted as they fail.
+                if (try? backendSockets.reconnect(backend, to: snapshot.addresses[backend], sendBufferBytes: Self.backendSendBuffer)) != nil {
+                    addresses[backend] = snapshot.addresses[backend]
+                }
+            }
+        }
+        processor.counters[.routingUpdates] &+= 1
     }
 }

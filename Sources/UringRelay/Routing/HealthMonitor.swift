@@ -1,0 +1,172 @@
+import Logging
+import Synchronization
+
+/// Checks every backend off the data path, on its own thread, and publishes the health view
+/// and re-resolved addresses to the workers through `RoutingState`.
+///
+/// Each interval: one round of probes (all at once, bounded by the timeout), plus any send
+/// refusals the workers reported since the last round (a refusal is a failed check); each
+/// result feeds the backend's `HealthTracker`. Every `dnsRefresh`, backends given by name are
+/// resolved again. A change of state or address is logged at info and published; nothing is
+/// logged per line or per check.
+public final class HealthMonitor: Sendable {
+    /// Resolves a host to addresses (injectable so tests can change what a name points to).
+    public typealias Resolver = @Sendable (String, UInt16) throws -> [SocketAddress]
+
+    /// One backend's state for operators.
+    public struct BackendStatus: Sendable {
+        public var backend: BackendAddress
+        public var address: SocketAddress
+        public var state: HealthTracker.State
+        /// Monotonic nanoseconds when the state began.
+        public var since: UInt64
+        public var changes: Int
+        public var lastFailure: String?
+    }
+
+    private let configuration: RelayConfiguration
+    private let routing: RoutingState
+    private let logger: Logger
+    private let resolver: Resolver
+    private let stopEvent: WakeupEvent
+    private let thread = Mutex<WorkerThreadHandle?>(nil)
+    private let statuses: Mutex<[BackendStatus]>
+
+    /// A monitor for `configuration`'s backends, starting from `routing`'s addresses.
+    public init(
+        configuration: RelayConfiguration, routing: RoutingState, logger: Logger,
+        resolver: @escaping Resolver = { host, port in try SocketAddress.resolve(host: host, port: port) }
+    ) throws(Errno) {
+        self.configuration = configuration
+        self.routing = routing
+        self.logger = logger
+        self.resolver = resolver
+        stopEvent = try WakeupEvent()
+        let now = MonotonicClock.nanoseconds()
+        let addresses = routing.current.addresses
+        statuses = Mutex(zip(configuration.backends, addresses).map {
+            BackendStatus(backend: $0, address: $1, state: .up, since: now, changes: 0, lastFailure: nil)
+        })
+    }
+
+    /// The current state of every backend.
+    public var status: [BackendStatus] { statuses.withLock { $0 } }
+
+    /// Starts the monitor's thread (unpinned: it is off the data path).
+    public func start() throws(Errno) {
+        let handle = WorkerThreadHandle(try WorkerThread(name: "statsrelay-hc", cpu: nil) { [self] _ in run() })
+        thread.withLock { $0 = handle }
+    }
+
+    /// Stops the thread and waits for it.
+    public func stop() {
+        stopEvent.signal()
+        let handle = thread.withLock { $0 }
+        handle?.join()
+    }
+
+    /// The probe for each backend under the configured mode.
+    public func targets(for addresses: [SocketAddress]) -> [TCPProbe.Target] {
+        let mode = configuration.healthCheck
+        return zip(configuration.backends, addresses).map { backend, address in
+            var target = address
+            target.port = configuration.healthCheckPort ?? mode.defaultPort(backendPort: backend.port)
+            switch mode {
+            case .statsdAdmin:
+                return TCPProbe.Target(address: target, request: Array("health\n".utf8), expect: Array("health: up".utf8))
+            case .tcp, .none:
+                return TCPProbe.Target(address: target)
+            }
+        }
+    }
+
+    private func run() {
+        let config = configuration
+        let count = config.backends.count
+        var trackers = (0..<count).map { _ in
+            HealthTracker(rise: config.healthRise, fall: config.healthFall, now: MonotonicClock.nanoseconds())
+        }
+        var addresses = routing.current.addresses
+        var down = Array(repeating: false, count: count)
+        let named = config.backends.indices.filter { SocketAddress(numericHost: config.backends[$0].host, port: 0) == nil }
+        var resolveFailing = Array(repeating: false, count: count)
+        var now = MonotonicClock.nanoseconds()
+        var nextCheck = now &+ config.healthIntervalNanoseconds
+        var nextResolve = now &+ config.dnsRefreshNanoseconds
+        var allDown = false
+        while true {
+            var due = named.isEmpty ? UInt64.max : nextResolve
+            if config.healthCheck != .none { due = min(due, nextCheck) }
+            if stopEvent.wait(timeoutNanoseconds: due == .max ? nil : (due > now ? due - now : 0)) { return }
+            now = MonotonicClock.nanoseconds()
+            var changed = false
+            if !named.isEmpty && now >= nextResolve {
+                nextResolve = now &+ config.dnsRefreshNanoseconds
+                for index in named {
+                    let backend = config.backends[index]
+                    do {
+                        let found = try resolver(backend.host, backend.port)
+                        resolveFailing[index] = false
+                        if let first = found.first, !found.contains(addresses[index]) {
+                            logger.info("backend address changed", metadata: [
+                                "backend": "\(backend)", "from": "\(addresses[index])", "to": "\(first)",
+                            ])
+                            addresses[index] = first
+                            changed = true
+                        }
+                    } catch {
+                        if !resolveFailing[index] {
+                            logger.warning("backend name did not resolve; keeping its last address", metadata: [
+                                "backend": "\(backend)", "address": "\(addresses[index])", "error": "\(error)",
+                            ])
+                        }
+                        resolveFailing[index] = true
+                    }
+                }
+            }
+            if config.healthCheck != .none && now >= nextCheck {
+                nextCheck = now &+ config.healthIntervalNanoseconds
+                let outcomes = TCPProbe.run(targets(for: addresses), timeoutMilliseconds: Int(config.healthTimeoutNanoseconds / 1_000_000))
+                let refusals = routing.takeRefusals()
+                now = MonotonicClock.nanoseconds()
+                for index in 0..<count {
+                    var failure = outcomes[index]
+                    if failure == nil && refusals[index] > 0 {
+                        failure = "\(refusals[index]) sends refused (ICMP port unreachable)"
+                    }
+                    guard let state = trackers[index].record(success: failure == nil, reason: failure, now: now) else { continue }
+                    down[index] = state == .down
+                    changed = true
+                    let backend = config.backends[index]
+                    if state == .down {
+                        logger.info("backend down", metadata: [
+                            "backend": "\(backend)", "reason": "\(failure ?? "")", "failures": "\(config.healthFall)",
+                            "policy": "\(config.onBackendDown.rawValue)",
+                        ])
+                    } else {
+                        logger.info("backend up", metadata: ["backend": "\(backend)", "successes": "\(config.healthRise)"])
+                    }
+                }
+                let nowAllDown = !down.contains(false)
+                if nowAllDown != allDown {
+                    allDown = nowAllDown
+                    if allDown {
+                        logger.error("every backend is down", metadata: ["policy": "\(config.onBackendDown.rawValue)"])
+                    } else {
+                        logger.info("a backend is up again; relaying resumes")
+                    }
+                }
+            }
+            statuses.withLock { statuses in
+                for index in 0..<count {
+                    statuses[index].address = addresses[index]
+                    statuses[index].state = trackers[index].state
+                    statuses[index].since = trackers[index].since
+                    statuses[index].changes = trackers[index].changes
+                    statuses[index].lastFailure = trackers[index].lastFailure
+                }
+            }
+            if changed { routing.publish(down: down, addresses: addresses) }
+        }
+    }
+}

@@ -1,0 +1,56 @@
+import ArgumentParser
+import UringRelay
+
+/// Backend health checks and what happens to a dead backend's metrics; shared by `run` and `hash`.
+struct HealthOptions: ParsableArguments {
+    @Option(name: .customLong("health-check"), help: "none, tcp (connect to the backend's port) or statsd-admin (etsy statsd's management port: 'health' → 'health: up').")
+    var mode = "none"
+
+    @Option(name: .customLong("health-check-port"), help: "Port to check (default: the backend's port for tcp, 8126 for statsd-admin).")
+    var port: Int?
+
+    @Option(name: .customLong("health-interval"), help: "Time between checks.")
+    var interval = "1s"
+
+    @Option(name: .customLong("health-timeout"), help: "Longest a check may take.")
+    var timeout = "500ms"
+
+    @Option(name: .customLong("health-rise"), help: "Consecutive successes that bring a backend up.")
+    var rise = 2
+
+    @Option(name: .customLong("health-fall"), help: "Consecutive failures (or rounds with refused sends) that take a backend down.")
+    var fall = 3
+
+    @Option(name: .customLong("on-backend-down"), help: "rehash (move only its metrics to live backends), hold (keep its batches, bounded, until it recovers) or drop.")
+    var onBackendDown = "rehash"
+
+    @Option(name: .customLong("hold-bytes"), help: "Bytes held per backend per worker under 'hold' (K/M/G allowed); past it the oldest are dropped.")
+    var holdBytes = "4M"
+
+    @Option(name: .customLong("dns-refresh"), help: "How often backends given by name are resolved again.")
+    var dnsRefresh = "30s"
+
+    /// Writes these options into `configuration`.
+    func apply(to configuration: inout RelayConfiguration) throws(ConfigurationError) {
+        guard let mode = HealthCheckMode(rawValue: mode) else {
+            throw ConfigurationError(argument: "--health-check", value: mode, reason: "expected none, tcp or statsd-admin")
+        }
+        configuration.healthCheck = mode
+        if let port {
+            guard (1...65_535).contains(port) else {
+                throw ConfigurationError(argument: "--health-check-port", value: "\(port)", reason: "must be 1-65535")
+            }
+            configuration.healthCheckPort = UInt16(port)
+        }
+        configuration.healthIntervalNanoseconds = try DurationParser.nanoseconds(interval, argument: "--health-interval")
+        configuration.healthTimeoutNanoseconds = try DurationParser.nanoseconds(timeout, argument: "--health-timeout")
+        configuration.healthRise = rise
+        configuration.healthFall = fall
+        guard let policy = DownPolicy(rawValue: onBackendDown) else {
+            throw ConfigurationError(argument: "--on-backend-down", value: onBackendDown, reason: "expected rehash, hold or drop")
+        }
+        configuration.onBackendDown = policy
+        configuration.holdBytes = try ByteSizeParser.bytes(holdBytes, argument: "--hold-bytes")
+        configuration.dnsRefreshNanoseconds = try DurationParser.nanoseconds(dnsRefresh, argument: "--dns-refresh")
+    }
+}
