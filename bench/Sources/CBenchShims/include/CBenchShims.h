@@ -1,0 +1,22 @@
+#ifndef CBENCHSHIMS_H
+#define CBENCHSHIMS_H
+
+#include <sys/socket.h>
+#include <time.h>
+
+/// Layout twin of glibc's `struct mmsghdr`, which Swift's Glibc module hides behind `_GNU_SOURCE`.
+struct cbench_mmsghdr {
+    /// The message header of one datagram.
+    struct msghdr msg_hdr;
+    /// Bytes transmitted or received for this datagram, filled in by the kernel.
+    unsigned int msg_len;
+};
+
+/// Calls `sendmmsg(2)`; returns the datagrams sent, or -1 with `errno` set.
+int cbench_sendmmsg(int fd, struct cbench_mmsghdr *vector, unsigned int count, int flags);
+
+/// Calls `recvmmsg(2)`; returns the datagrams received, or -1 with `errno` set.
+int cbench_recvmmsg(int fd, struct cbench_mmsghdr *vector, unsigned int count, int flags,
+                    struct timespec *timeout);
+
+#endif
