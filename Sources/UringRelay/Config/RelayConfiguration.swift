@@ -107,8 +107,8 @@ public struct RelayConfiguration: Sendable, Equatable {
             throw ConfigurationError(
                 argument: "--dns-refresh", value: DurationParser.format(dnsRefreshNanoseconds), reason: "must be at least 100ms")
         }
-        if backends.count > 65_536 {
-            throw ConfigurationError(argument: "backends", value: "\(backends.count)", reason: "at most 65536 backends")
+        if backends.count > 65_535 {
+            throw ConfigurationError(argument: "backends", value: "\(backends.count)", reason: "at most 65535 backends")
         }
     }
 }

@@ -19,6 +19,8 @@ public struct UserData: Equatable, Sendable, CustomStringConvertible {
         case wakeup = 3
         /// An `ASYNC_CANCEL` request; its own result only.
         case cancel = 4
+        /// The poll on the eventfd that says a new routing snapshot was published.
+        case routing = 5
     }
 
     /// The packed value as the kernel sees it.

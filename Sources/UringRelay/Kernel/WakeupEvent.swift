@@ -23,6 +23,12 @@ public final class WakeupEvent: Sendable {
         _ = try? systemCall { write(descriptor, &one, MemoryLayout<UInt64>.size) }
     }
 
+    /// Resets the event after it fired, so a poll on it waits for the next `signal()`.
+    public func reset() {
+        var count: UInt64 = 0
+        _ = read(descriptor, &count, MemoryLayout<UInt64>.size)
+    }
+
     /// Waits until the event is signalled or the timeout passes.
     ///
     /// - Parameter timeoutNanoseconds: the longest wait; `nil` waits without limit.

@@ -36,35 +36,23 @@ public enum LineScanner {
     /// - Parameters:
     ///   - datagram: the received bytes.
     ///   - offset: where the line starts; on return, where the next one starts.
+    ///   - mayContainNul: `false` when the caller has checked the whole datagram holds no NUL
+    ///     (one `memchr` per datagram instead of one per line).
     /// - Returns: the line, or `nil` once `offset` reaches the end of the datagram.
     @inline(__always)
-    public static func next(in datagram: RawSpan, from offset: inout Int) -> Line? {
-        let bytes = Span<UInt8>(_bytes: datagram)
-        let count = bytes.count
+    public static func next(in datagram: RawSpan, from offset: inout Int, mayContainNul: Bool = true) -> Line? {
+        let count = datagram.byteCount
         let start = offset
         guard start < count else { return nil }
-        var index = start
-        var colon = -1
-        var sawNul = false
-        while index < count {
-            let byte = bytes[index]
-            // Names and most values are letters, '.', '_' and '|': one compare skips them.
-            if byte <= UInt8(ascii: ":") {
-                if byte == UInt8(ascii: "\n") { break }
-                if byte == UInt8(ascii: ":") {
-                    if colon < 0 { colon = index }
-                } else if byte == 0 {
-                    sawNul = true
-                }
-            }
-            index += 1
-        }
-        offset = index < count ? index + 1 : count
-        var end = index
-        if end > start && bytes[end - 1] == UInt8(ascii: "\r") { end -= 1 }
+        let newline = datagram.firstOffset(of: UInt8(ascii: "\n"), in: start..<count) ?? count
+        offset = newline < count ? newline + 1 : count
+        var end = newline
+        if end > start && datagram.unsafeLoad(fromByteOffset: end - 1, as: UInt8.self) == UInt8(ascii: "\r") { end -= 1 }
         if end == start { return .empty }
-        if sawNul { return .malformed(.nulByte) }
-        if colon < 0 || colon >= end { return .malformed(.missingColon) }
+        if mayContainNul && datagram.firstOffset(of: 0, in: start..<end) != nil { return .malformed(.nulByte) }
+        guard let colon = datagram.firstOffset(of: UInt8(ascii: ":"), in: start..<end) else {
+            return .malformed(.missingColon)
+        }
         if colon == start { return .malformed(.emptyName) }
         return .valid(start: start, end: end, nameEnd: colon)
     }

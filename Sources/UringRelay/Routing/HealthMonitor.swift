@@ -1,3 +1,4 @@
+import Dispatch
 import Logging
 import Synchronization
 
@@ -31,6 +32,7 @@ public final class HealthMonitor: Sendable {
     private let stopEvent: WakeupEvent
     private let thread = Mutex<WorkerThreadHandle?>(nil)
     private let statuses: Mutex<[BackendStatus]>
+    private let updated = DispatchSemaphore(value: 0)
 
     /// A monitor for `configuration`'s backends, starting from `routing`'s addresses.
     public init(
@@ -51,6 +53,18 @@ public final class HealthMonitor: Sendable {
 
     /// The current state of every backend.
     public var status: [BackendStatus] { statuses.withLock { $0 } }
+
+    /// Waits until `condition` holds for the backends' status (checked after every round), at
+    /// most `timeoutNanoseconds`. For tests and tools that must act once a state is reached.
+    ///
+    /// - Returns: whether the condition held in time.
+    public func waitUntil(timeoutNanoseconds: UInt64, _ condition: ([BackendStatus]) -> Bool) -> Bool {
+        let deadline = DispatchTime.now() + .nanoseconds(Int(timeoutNanoseconds))
+        while !condition(status) {
+            if updated.wait(timeout: deadline) == .timedOut { return condition(status) }
+        }
+        return true
+    }
 
     /// Starts the monitor's thread (unpinned: it is off the data path).
     public func start() throws(Errno) {
@@ -167,6 +181,7 @@ public final class HealthMonitor: Sendable {
                 }
             }
             if changed { routing.publish(down: down, addresses: addresses) }
+            updated.signal()
         }
     }
 }

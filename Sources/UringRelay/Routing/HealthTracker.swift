@@ -33,7 +33,7 @@ public struct HealthTracker: Sendable, Equatable {
     ///
     /// - Returns: the new state if this result changed it.
     public mutating func record(success: Bool, reason: String? = nil, now: UInt64) -> State? {
-        if !success { lastFailure = reason }
+        if !success, let reason { lastFailure = reason }
         switch (state, success) {
         case (.up, true), (.down, false):
             streak = 0

@@ -67,7 +67,12 @@ public struct Router: Sendable, Equatable {
     /// Routes a key by its FNV-1a 64 hash.
     @inline(__always)
     public func route(hash: UInt64) -> Decision {
-        let primary = primary(forHash: hash)
+        route(hash: hash, primary: primary(forHash: hash))
+    }
+
+    /// Routes a key whose primary backend is already known (from a `PrimaryCache`).
+    @inline(__always)
+    public func route(hash: UInt64, primary: Int) -> Decision {
         if downCount == 0 || !down[primary] { return .send(primary) }
         return fallback(hash: hash, primary: primary)
     }

@@ -21,6 +21,7 @@ public final class RoutingState: Sendable {
     private let published = Atomic<UInt64>(0)
     private let snapshot: Mutex<Snapshot>
     private let refusals: [RefusalCount]
+    private let subscribers = Mutex<[WakeupEvent]>([])
 
     private final class RefusalCount: Sendable {
         let value = Atomic<UInt64>(0)
@@ -39,7 +40,8 @@ public final class RoutingState: Sendable {
     /// The latest snapshot.
     public var current: Snapshot { snapshot.withLock { $0 } }
 
-    /// Publishes a new health view and address list.
+    /// Publishes a new health view and address list, and wakes every subscribed worker so an
+    /// idle one applies it (and replays held batches) without waiting for traffic.
     public func publish(down: [Bool], addresses: [SocketAddress]) {
         snapshot.withLock { current in
             current.down = down
@@ -47,6 +49,14 @@ public final class RoutingState: Sendable {
             current.generation &+= 1
             published.store(current.generation, ordering: .releasing)
         }
+        for subscriber in subscribers.withLock({ $0 }) { subscriber.signal() }
+    }
+
+    /// An event signalled at every publication, for one worker's ring to poll.
+    public func subscribe() throws(Errno) -> WakeupEvent {
+        let event = try WakeupEvent()
+        subscribers.withLock { $0.append(event) }
+        return event
     }
 
     /// Counts one `ECONNREFUSED` from a backend's socket.

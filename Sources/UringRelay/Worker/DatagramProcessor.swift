@@ -10,12 +10,15 @@ public struct DatagramProcessor: ~Copyable {
     public var router: Router
     /// This worker's counters.
     public var counters: RelayCounters
+    /// Primary buckets of recently seen names.
+    private var primaries: PrimaryCache
 
     /// A processor for `backendCount` backends.
     public init(router: Router, packetBytes: Int, maxDatagramBytes: Int) throws(Errno) {
         self.router = router
         assembler = try BatchAssembler(backendCount: router.backendCount, packetBytes: packetBytes, maxLineBytes: maxDatagramBytes)
         counters = RelayCounters(backendCount: router.backendCount)
+        primaries = PrimaryCache(backendCount: router.backendCount)
     }
 
     /// Handles one received buffer: counts a truncated or malformed one, relays a whole one.
@@ -38,12 +41,14 @@ public struct DatagramProcessor: ~Copyable {
     @inline(__always)
     public mutating func relay(datagram: RawSpan, now: UInt64) {
         var offset = 0
-        while let line = LineScanner.next(in: datagram, from: &offset) {
+        let mayContainNul = datagram.contains(byte: 0)
+        while let line = LineScanner.next(in: datagram, from: &offset, mayContainNul: mayContainNul) {
             switch line {
             case .valid(let start, let end, let nameEnd):
                 counters[.linesReceived] &+= 1
                 let backend: Int
-                switch router.route(key: datagram.extracting(start..<nameEnd)) {
+                let hash = FNV1a.hash64(datagram.extracting(start..<nameEnd))
+                switch router.route(hash: hash, primary: primaries.primary(forHash: hash)) {
                 case .send(let primary):
                     backend = primary
                 case .hold(let primary):

@@ -74,6 +74,7 @@ public struct Worker: ~Copyable {
     private var holds: [HoldBuffer]
     private var addresses: [SocketAddress]
     private var appliedGeneration: UInt64 = 0
+    private let routingChanged: WakeupEvent?
 
     /// `SO_SNDBUF` for backend sockets: room for bursts without `EAGAIN`.
     private static let backendSendBuffer = 4 << 20
@@ -101,6 +102,13 @@ public struct Worker: ~Copyable {
         let buffers = try Self.openBuffers(ring: ring, count: bufferCount, payloadBytes: settings.maxDatagramBytes)
         let listener = try UDPSocket.bound(to: settings.listen, reusePort: true, receiveBufferBytes: settings.receiveBufferBytes)
         let backendSockets = try BackendSockets(connecting: settings.backends, sendBufferBytes: Self.backendSendBuffer)
+        var routingChanged: WakeupEvent?
+        if let routing = settings.routing {
+            do throws(Errno) { routingChanged = try routing.subscribe() } catch {
+                throw SystemCallError("eventfd", "routing updates", error)
+            }
+        }
+        self.routingChanged = routingChanged
         self.settings = settings
         self.wakeup = wakeup
         self.processor = processor
@@ -141,6 +149,7 @@ public struct Worker: ~Copyable {
     ///   failing backend; those are counted).
     public consuming func run() throws(SystemCallError) -> RelayCounters {
         ring.armPoll(descriptor: wakeup.descriptor, userData: UserData(.wakeup))
+        if let routingChanged { ring.armPoll(descriptor: routingChanged.descriptor, userData: UserData(.routing)) }
         var now = MonotonicClock.nanoseconds()
         var stopDeadline = UInt64.max
         while true {
@@ -259,6 +268,12 @@ public struct Worker: ~Copyable {
             stopRequested = true
         case .cancel:
             break  // the cancelled receive reports its own end
+        case .routing:
+            // Applied at the top of the next turn; re-armed here so no publication is missed.
+            if let routingChanged, phase != .flushing {
+                routingChanged.reset()
+                ring.armPoll(descriptor: routingChanged.descriptor, userData: UserData(.routing))
+            }
         case nil:
             assertionFailure("completion with unknown user_data \(completion.userData)")
         }
