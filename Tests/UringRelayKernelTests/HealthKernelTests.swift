@@ -1,0 +1,237 @@
+import Foundation
+import Glibc
+import Logging
+import Synchronization
+import Testing
+@testable import UringRelay
+
+/// A relay with health checks on three loopback backends, each with its own TCP health port.
+final class HealthHarness: @unchecked Sendable {
+    var backends: [TestBackend]
+    let healthPorts: [FakeHealthPort]
+    let relay: Relay
+    let address: SocketAddress
+    let log = LockedText()
+
+    init(
+        policy: DownPolicy, mode: HealthCheckMode = .tcp, sharedHealthPort: FakeHealthPort? = nil,
+        configure: (inout RelayConfiguration) -> Void = { _ in }
+    ) throws {
+        backends = try (0..<3).map { _ in try TestBackend() }
+        // Each backend's TCP health port has the number of its UDP port.
+        healthPorts = sharedHealthPort != nil ? [] : try backends.map { try FakeHealthPort(port: $0.address.port) }
+        var configuration = RelayConfiguration(backends: try backends.map { try BackendAddress(parsing: $0.spec) })
+        configuration.bindHost = "127.0.0.1"
+        configuration.port = 0
+        configuration.threads = 1
+        configuration.healthCheck = mode
+        configuration.healthCheckPort = sharedHealthPort?.port
+        configuration.healthIntervalNanoseconds = 50_000_000
+        configuration.healthTimeoutNanoseconds = 40_000_000
+        configuration.healthRise = 2
+        configuration.healthFall = 2
+        configuration.onBackendDown = policy
+        configure(&configuration)
+        let store = log
+        relay = try Relay(configuration: configuration, logger: Logger(label: "test") { _ in CapturingLogHandler(store: store) })
+        address = try relay.start().listen
+    }
+
+    /// Waits until backend `index` is in `state` as the monitor sees it.
+    func wait(for index: Int, _ state: HealthTracker.State) -> Bool {
+        relay.monitor.waitUntil(timeoutNanoseconds: 10_000_000_000) { $0[index].state == state }
+    }
+
+    func stop() -> RelayCounters {
+        relay.stop()
+        let (counters, failures) = relay.wait()
+        #expect(failures.isEmpty)
+        return counters
+    }
+}
+
+/// Lines whose primary backend (of 3) is `backend`, and lines whose primary is another.
+func lines(count: Int, prefix: String) -> [String] { (0..<count).map { "\(prefix).\($0):1|c" } }
+
+@Suite("Backend health and failover on loopback", requiresIOUring, .serialized)
+struct HealthKernelTests {
+    @Test("rehash: a backend whose TCP check fails loses only its own metrics, which return when it recovers")
+    func rehashFailover() throws {
+        let harness = try HealthHarness(policy: .rehash)
+        harness.healthPorts[1].close()
+        #expect(harness.wait(for: 1, .down))
+        let sent = lines(count: 3_000, prefix: "rehash")
+        var router = Router(backendCount: 3)
+        router.setDown(1, true)
+        var expected: [[String]] = [[], [], []]
+        for line in sent {
+            switch router.route(name: String(line.prefix { $0 != ":" })) {
+            case .send(let backend), .rehash(_, let backend): expected[backend].append(line)
+            default: Issue.record("unexpected decision")
+            }
+        }
+        try send(sent, to: harness.address)
+        let received = try collect(from: harness.backends, expectedLines: sent.count)
+        for backend in 0..<3 { #expect(received.lines[backend].sorted() == expected[backend].sorted()) }
+        #expect(expected[1].isEmpty)
+
+        try harness.healthPorts[1].reopen()
+        #expect(harness.wait(for: 1, .up))
+        try send(sent, to: harness.address)
+        let back = try collect(from: harness.backends, expectedLines: sent.count)
+        let healthy = Router(backendCount: 3)
+        for backend in 0..<3 {
+            #expect(back.lines[backend].sorted() == sent.filter { healthy.backend(forName: String($0.prefix { $0 != ":" })) == backend }.sorted())
+        }
+        let counters = harness.stop()
+        #expect(counters[.linesRehashed] == UInt64(sent.filter { healthy.backend(forName: String($0.prefix { $0 != ":" })) == 1 }.count))
+        #expect(occurrences(of: "backend down", in: harness.log.withLock { $0 }) == 1)
+        #expect(occurrences(of: "backend up", in: harness.log.withLock { $0 }) == 1)
+    }
+
+    @Test("refused sends (ICMP port unreachable) take a backend down even while its TCP check passes")
+    func refusalsCountAsFailures() throws {
+        let shared = try FakeHealthPort()
+        let harness = try HealthHarness(policy: .rehash, sharedHealthPort: shared) { $0.healthRise = 100 }
+        let deadPort = harness.backends[2].address.port
+        harness.backends[2] = try TestBackend()  // the old socket closes: its port now refuses
+        #expect(harness.backends[2].address.port != deadPort)
+        let toDead = lines(count: 2_000, prefix: "icmp").filter { Router(backendCount: 3).backend(forName: String($0.prefix { $0 != ":" })) == 2 }
+        // Keep sending until the monitor has seen the refusals (a bounded number of rounds).
+        var rounds = 0
+        while harness.relay.monitor.status[2].state == .up && rounds < 200 {
+            try send(Array(toDead.prefix(20)), to: harness.address)
+            _ = harness.relay.monitor.waitUntil(timeoutNanoseconds: 20_000_000) { $0[2].state == .down }
+            rounds += 1
+        }
+        #expect(harness.relay.monitor.status[2].state == .down)
+        #expect(harness.relay.monitor.status[2].lastFailure?.contains("refused") == true)
+        // Now its metrics go to the live backends, and every line is accounted for.
+        try send(toDead, to: harness.address)
+        let received = try collect(from: Array(harness.backends.prefix(2)), expectedLines: toDead.count)
+        let counters = harness.stop()
+        let late = try collect(from: Array(harness.backends.prefix(2)), expectedLines: 0, seconds: 0.2)
+        let rehashedArrivals = (received.lines + late.lines).flatMap { $0 }.filter { $0.hasPrefix("icmp.") }
+        #expect(counters[.sendRefused, backend: 2] > 0)
+        #expect(UInt64(rehashedArrivals.count) == counters[.linesRehashedAway, backend: 2])
+        #expect(rehashedArrivals.count >= toDead.count)
+        let sentToDead = UInt64(min(20, toDead.count) * rounds + toDead.count)
+        #expect(counters[.linesSent, backend: 2] + counters[.linesDroppedSendError, backend: 2] + counters[.linesRehashedAway, backend: 2] == sentToDead)
+    }
+
+    @Test("hold: a down backend's batches are kept and replayed, in order, when it recovers")
+    func holdReplays() throws {
+        let harness = try HealthHarness(policy: .hold)
+        harness.healthPorts[0].close()
+        #expect(harness.wait(for: 0, .down))
+        let sent = lines(count: 3_000, prefix: "hold")
+        let healthy = Router(backendCount: 3)
+        let toDown = sent.filter { healthy.backend(forName: String($0.prefix { $0 != ":" })) == 0 }
+        try send(sent, to: harness.address)
+        let meanwhile = try collect(from: harness.backends, expectedLines: sent.count - toDown.count)
+        #expect(meanwhile.lines[0].isEmpty, "a held backend received lines while down")
+        #expect(meanwhile.totalLines == sent.count - toDown.count)
+        try harness.healthPorts[0].reopen()
+        #expect(harness.wait(for: 0, .up))
+        // No new traffic: the worker is woken by the health change and replays on its own.
+        let replayed = try collect(from: [harness.backends[0]], expectedLines: toDown.count)
+        #expect(replayed.lines[0] == toDown, "held lines must arrive whole and in order")
+        let counters = harness.stop()
+        #expect(counters[.linesHeld, backend: 0] == UInt64(toDown.count))
+        #expect(counters[.linesReplayed, backend: 0] == UInt64(toDown.count))
+        #expect(counters[.linesDroppedHoldOverflow] == 0)
+    }
+
+    @Test("hold: past --hold-bytes the oldest batches are dropped and counted; the rest replay")
+    func holdOverflow() throws {
+        let harness = try HealthHarness(policy: .hold) { $0.holdBytes = 4_096 }
+        harness.healthPorts[0].close()
+        #expect(harness.wait(for: 0, .down))
+        let healthy = Router(backendCount: 3)
+        let toDown = lines(count: 3_000, prefix: "overflow").filter { healthy.backend(forName: String($0.prefix { $0 != ":" })) == 0 }
+        let marker = lines(count: 100, prefix: "marker").first { healthy.backend(forName: String($0.prefix { $0 != ":" })) == 1 }!
+        try send(toDown + [marker], to: harness.address)
+        // Datagrams are relayed in order: once the marker reaches backend 1, every line for
+        // backend 0 has been held (or dropped from the hold). Only then may it recover.
+        #expect(try collect(from: [harness.backends[1]], expectedLines: 1).lines[0] == [marker])
+        try harness.healthPorts[0].reopen()
+        #expect(harness.wait(for: 0, .up))
+        let replayed = try collect(from: [harness.backends[0]], expectedLines: 1, seconds: 5)
+        let counters = harness.stop()
+        let late = try collect(from: [harness.backends[0]], expectedLines: 0, seconds: 0.2)
+        let arrived = replayed.lines[0] + late.lines[0]
+        #expect(counters[.linesDroppedHoldOverflow, backend: 0] > 0)
+        #expect(UInt64(arrived.count) + counters[.linesDroppedHoldOverflow, backend: 0] + counters[.linesDroppedHeldAtExit]
+                == UInt64(toDown.count))
+        // What survives is the newest: a suffix of what was sent, in order.
+        #expect(Array(toDown.suffix(arrived.count)) == arrived)
+    }
+
+    @Test("drop: a down backend's lines are counted and dropped; the live ones get every one of theirs")
+    func dropCounts() throws {
+        let harness = try HealthHarness(policy: .drop)
+        harness.healthPorts[2].close()
+        #expect(harness.wait(for: 2, .down))
+        let sent = lines(count: 20_000, prefix: "drop")
+        let healthy = Router(backendCount: 3)
+        let toDown = sent.filter { healthy.backend(forName: String($0.prefix { $0 != ":" })) == 2 }
+        for chunk in stride(from: 0, to: sent.count, by: 40) {
+            try send([sent[chunk..<min(chunk + 40, sent.count)].joined(separator: "\n")], to: harness.address)
+        }
+        let received = try collect(from: harness.backends, expectedLines: sent.count - toDown.count)
+        let counters = harness.stop()
+        #expect(received.lines[2].isEmpty)
+        #expect(received.totalLines == sent.count - toDown.count)
+        #expect(counters[.linesDroppedBackendDown, backend: 2] == UInt64(toDown.count))
+        #expect(counters[.linesForwarded] + counters[.linesDroppedBackendDown] == UInt64(sent.count))
+    }
+
+    @Test("statsd-admin: 'health: down' from every backend drops and counts, logged once per change")
+    func allBackendsDown() throws {
+        let admin = try FakeHealthPort()
+        let harness = try HealthHarness(policy: .rehash, mode: .statsdAdmin, sharedHealthPort: admin)
+        admin.answer("health: down\n")
+        #expect(harness.relay.monitor.waitUntil(timeoutNanoseconds: 10_000_000_000) { $0.allSatisfy { $0.state == .down } })
+        let sent = lines(count: 500, prefix: "nowhere")
+        try send(sent, to: harness.address)
+        admin.answer("health: up\n")
+        #expect(harness.relay.monitor.waitUntil(timeoutNanoseconds: 10_000_000_000) { $0.allSatisfy { $0.state == .up } })
+        let counters = harness.stop()
+        let received = try collect(from: harness.backends, expectedLines: 0, seconds: 0.2)
+        let log = harness.log.withLock { $0 }
+        #expect(occurrences(of: "every backend is down", in: log) == 1)
+        #expect(occurrences(of: "a backend is up again", in: log) == 1)
+        #expect(occurrences(of: "reason=reply: 'health: down'", in: log) == 3)
+        #expect(UInt64(received.totalLines) + counters[.linesDroppedBackendDown] == UInt64(sent.count))
+        #expect(counters[.linesDroppedBackendDown] > 0)
+    }
+
+    @Test("a backend name that changes address is followed without restart, and the change is logged")
+    func dnsChange() throws {
+        let first = try TestBackend()
+        let second = try TestBackend()
+        let target = Mutex(first.address)
+        let resolver: HealthMonitor.Resolver = { host, port in
+            if host == "statsd.test" { return [target.withLock { $0 }] }
+            return try SocketAddress.resolve(host: host, port: port)
+        }
+        var configuration = RelayConfiguration(backends: [try BackendAddress(parsing: "statsd.test:\(first.address.port)")])
+        configuration.bindHost = "127.0.0.1"
+        configuration.port = 0
+        configuration.threads = 1
+        configuration.dnsRefreshNanoseconds = 100_000_000
+        let log = LockedText()
+        let relay = try Relay(configuration: configuration, logger: Logger(label: "test") { _ in CapturingLogHandler(store: log) }, resolver: resolver)
+        let address = try relay.start().listen
+        try send(["before.move:1|c"], to: address)
+        #expect(try collect(from: [first], expectedLines: 1).lines[0] == ["before.move:1|c"])
+        target.withLock { $0 = second.address }
+        #expect(relay.monitor.waitUntil(timeoutNanoseconds: 10_000_000_000) { $0[0].address == second.address })
+        try send(["after.move:1|c"], to: address)
+        #expect(try collect(from: [second], expectedLines: 1).lines[0] == ["after.move:1|c"])
+        relay.stop()
+        _ = relay.wait()
+        #expect(try collect(from: [first], expectedLines: 0, seconds: 0.1).totalLines == 0)
+        #expect(occurrences(of: "backend address changed", in: log.withLock { $0 }) == 1)
+    }
+}

@@ -1,0 +1,105 @@
+import Dispatch
+import Foundation
+import Glibc
+import Logging
+import Synchronization
+@testable import UringRelay
+
+/// A TCP server on 127.0.0.1 standing in for a backend's health port: it accepts and closes
+/// connections (`tcp` checks) or answers `health` like etsy statsd's management port.
+///
+/// `close()` stops listening but keeps the port bound (`shutdown(2)` on the listening socket,
+/// as HAProxy pauses a listener), so no other socket, such as a health probe's ephemeral
+/// source port, can take the port before `reopen()` listens again.
+final class FakeHealthPort: @unchecked Sendable {  // mutable state lives in `Shared`
+    /// What the serving thread shares with the owner.
+    private final class Shared: Sendable {
+        let answer = Mutex("health: up\n")
+        let running = Atomic<Bool>(true)
+    }
+
+    private let listener: Int32
+    private let shared = Shared()
+    private var thread: WorkerThreadHandle?
+    let port: UInt16
+
+    /// Starts listening; `port` 0 picks one.
+    init(port: UInt16 = 0) throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var one: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        let address = SocketAddress(numericHost: "127.0.0.1", port: port)!
+        let bound = address.withUnsafeSockaddr { bind(fd, $0, $1) }
+        guard bound == 0, listen(fd, 64) == 0 else {
+            let failure = Errno.current
+            Glibc.close(fd)
+            throw failure
+        }
+        var storage = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        withUnsafeMutableBytes(of: &storage) { _ = getsockname(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), &length) }
+        self.port = UInt16(bigEndian: storage.sin_port)
+        listener = fd
+        thread = WorkerThreadHandle(try WorkerThread(name: "fake-health", cpu: nil) { [shared] _ in
+            Self.serve(fd, shared)
+        })
+    }
+
+    deinit {
+        shared.running.store(false, ordering: .relaxed)
+        thread?.join()
+        Glibc.close(listener)
+    }
+
+    /// What the admin port answers to `health`.
+    func answer(_ text: String) { shared.answer.withLock { $0 = text } }
+
+    /// Stops listening: connects are refused until `reopen()`.
+    func close() { shutdown(listener, Int32(SHUT_RDWR)) }
+
+    /// Listens again on the same port.
+    func reopen() throws {
+        guard listen(listener, 64) == 0 else { throw Errno.current }
+    }
+
+    private static func serve(_ listener: Int32, _ shared: Shared) {
+        while shared.running.load(ordering: .relaxed) {
+            var poller = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
+            guard poll(&poller, 1, 20) == 1 else { continue }
+            let connection = accept(listener, nil, nil)
+            guard connection >= 0 else { continue }
+            var request = [UInt8](repeating: 0, count: 64)
+            var waiter = pollfd(fd: connection, events: Int16(POLLIN), revents: 0)
+            if poll(&waiter, 1, 200) == 1 {
+                let count = request.withUnsafeMutableBytes { recv(connection, $0.baseAddress, $0.count, 0) }
+                if count > 0, String(decoding: request.prefix(count), as: UTF8.self).hasPrefix("health") {
+                    let reply = Array(shared.answer.withLock { $0 }.utf8)
+                    _ = reply.withUnsafeBytes { send(connection, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                }
+            }
+            Glibc.close(connection)
+        }
+    }
+}
+
+/// A log handler that keeps every message, so tests can check what operators would see.
+struct CapturingLogHandler: LogHandler {
+    let store: LockedText
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .info
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        let details = (event.metadata ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+        store.withLock { $0 += "\(event.level) \(event.message) \(details)\n" }
+    }
+}
+
+/// How many lines of `log` contain `text`.
+func occurrences(of text: String, in log: String) -> Int {
+    log.split(separator: "\n").filter { $0.contains(text) }.count
+}
