@@ -73,6 +73,10 @@ struct ProcessTests {
         (["--bind", "example", "127.0.0.1:9"], "--bind 'example'"),
         (["--no-such-flag", "127.0.0.1:9"], "--no-such-flag"),
         (["no-such-host.invalid:8125"], "resolve no-such-host.invalid"),
+        (["--on-backend-down", "retry", "127.0.0.1:9"], "--on-backend-down 'retry'"),
+        (["--health-check", "http", "127.0.0.1:9"], "--health-check 'http'"),
+        (["--health-interval", "1s", "--health-timeout", "2s", "127.0.0.1:9"], "--health-timeout '2s'"),
+        (["--receive-buffers", "3", "127.0.0.1:9"], "--receive-buffers '3'"),
     ])
     func badArguments(_ arguments: [String], _ message: String) throws {
         let result = try RelayProcess.run(arguments)
@@ -95,6 +99,23 @@ struct ProcessTests {
         #expect(result.status == 0)
         let routed = result.output.split(separator: "\n").map { $0.split(separator: " ").prefix(2).joined(separator: " ") }
         #expect(routed == ["foo b:2", "bar a:1", "foobar b:2", "changed a:1", "a c:3", "statsrelay.statsProcessed c:3"])
+    }
+
+    @Test("statsrelay hash --health-check shows where names go now, with a backend down")
+    func hashWithHealth() throws {
+        let ports = try (0..<3).map { _ in try FakeHealthPort() }
+        ports[1].close()
+        let backends = ports.map { "127.0.0.1:\($0.port)" }
+        let result = try RelayProcess.run(["hash", "--backends", backends.joined(separator: ","), "--health-check", "tcp", "--health-timeout", "200ms", "foo", "bar"])
+        #expect(result.status == 0)
+        #expect(result.error.contains("backend \(backends[1]) is down: connect: Connection refused"))
+        let lines = result.output.split(separator: "\n").map(String.init)
+        var router = Router(backendCount: 3)
+        router.setDown(1, true)
+        guard case .rehash(_, let fooTarget) = router.route(name: "foo") else { Issue.record("foo not rehashed"); return }
+        #expect(lines.first?.hasPrefix("foo \(backends[fooTarget]) ") == true)
+        #expect(lines.first?.hasSuffix("(\(backends[1]) is down: rehashed)") == true)
+        #expect(lines.last?.hasPrefix("bar \(backends[0]) ") == true)
     }
 
     @Test("--version prints the version")
