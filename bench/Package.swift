@@ -16,6 +16,10 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        // Micro-benchmarks (Benchmarks/): ordo-one's harness, with malloc counting, and the
+        // relay's own library from the repository root.
+        .package(url: "https://github.com/ordo-one/benchmark", from: "1.29.0", traits: ["MallocInterposer"]),
+        .package(name: "statsrelay", path: ".."),
     ],
     targets: [
         .target(name: "CBenchShims"),
@@ -47,6 +51,18 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings
+        ),
+        .executableTarget(
+            name: "UringRelayBenchmarks",
+            dependencies: [
+                .product(name: "Benchmark", package: "benchmark"),
+                .product(name: "UringRelay", package: "statsrelay"),
+            ],
+            path: "Benchmarks/UringRelayBenchmarks",
+            swiftSettings: strictSettings,
+            plugins: [
+                .plugin(name: "BenchmarkPlugin", package: "benchmark"),
+            ]
         ),
         .testTarget(
             name: "BenchKitTests",

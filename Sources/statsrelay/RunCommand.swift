@@ -40,6 +40,9 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("receive-buffers"), help: "Receive buffers per worker in the provided-buffer ring (a power of two).")
     var receiveBuffers = 512
 
+    @Option(name: .customLong("min-wait"), help: "Once a completion is ready, how long a worker may wait for more before handling them (io_uring_enter2 minimum wait, Linux 6.12+; 0 disables).")
+    var minWait = "100us"
+
     @Option(name: .customLong("threads"), help: "Worker threads, each pinned to its own CPU (default: the CPUs this process may use).")
     var threads: Int?
 
@@ -76,6 +79,11 @@ struct RunCommand: ParsableCommand {
         configuration.receiveBufferBytes = try ByteSizeParser.bytes(rcvbuf, argument: "--rcvbuf")
         configuration.maxDatagramBytes = maxDatagram
         configuration.receiveBuffers = receiveBuffers
+        let minimumWait = try DurationParser.nanoseconds(minWait, argument: "--min-wait")
+        guard minimumWait <= 10_000_000 else {
+            throw ConfigurationError(argument: "--min-wait", value: minWait, reason: "must be at most 10ms")
+        }
+        configuration.minimumWaitMicroseconds = UInt32(minimumWait / 1_000)
         try health.apply(to: &configuration)
         let allowed = WorkerThread.allowedCPUs
         if let cpus { configuration.cpus = try CPUList.parse(cpus) }

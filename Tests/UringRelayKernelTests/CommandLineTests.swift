@@ -3,7 +3,7 @@ import Glibc
 import Testing
 @testable import UringRelay
 
-@Suite("statsrelay executable", requiresIOUring, .serialized)
+@Suite("statsrelay executable", requiresIOUring, .serialized, .timeLimit(.minutes(1)))
 struct ProcessTests {
     @Test("SIGTERM sends every pending batch and exits 0")
     func sigtermFlushes() throws {

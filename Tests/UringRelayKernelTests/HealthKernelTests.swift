@@ -53,7 +53,7 @@ final class HealthHarness: @unchecked Sendable {
 /// Lines whose primary backend (of 3) is `backend`, and lines whose primary is another.
 func lines(count: Int, prefix: String) -> [String] { (0..<count).map { "\(prefix).\($0):1|c" } }
 
-@Suite("Backend health and failover on loopback", requiresIOUring, .serialized)
+@Suite("Backend health and failover on loopback", requiresIOUring, .serialized, .timeLimit(.minutes(1)))
 struct HealthKernelTests {
     @Test("rehash: a backend whose TCP check fails loses only its own metrics, which return when it recovers")
     func rehashFailover() throws {

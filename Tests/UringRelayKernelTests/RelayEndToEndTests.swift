@@ -2,7 +2,7 @@ import Foundation
 import Testing
 @testable import UringRelay
 
-@Suite("Relay end to end on loopback", requiresIOUring, .serialized)
+@Suite("Relay end to end on loopback", requiresIOUring, .serialized, .timeLimit(.minutes(1)))
 struct RelayEndToEndTests {
     @Test("thousands of lines reach three backends, each exactly once where the hash sends it; junk is counted")
     func relaysEveryLineOnce() throws {
@@ -133,6 +133,20 @@ struct RelayEndToEndTests {
         let received = try collect(from: backends, expectedLines: 1, seconds: 5)
         #expect(received.lines[0] == ["lonely:1|c"])
         _ = relay.stop()
+    }
+
+    @Test("without the kernel's minimum wait a worker still handles a lone datagram and its stop signal at once",
+          arguments: [UInt32(0), 100])
+    func withoutMinimumWait(_ microseconds: UInt32) throws {
+        let backends = [try TestBackend()]
+        let relay = try InProcessRelay(backends: backends) {
+            $0.minimumWaitMicroseconds = microseconds
+            $0.flushIntervalNanoseconds = 1_000_000
+        }
+        try send(["alone:1|c"], to: relay.address)
+        #expect(try collect(from: backends, expectedLines: 1, seconds: 5).lines[0] == ["alone:1|c"])
+        let counters = relay.stop()
+        #expect(counters[.linesForwarded] == 1)
     }
 
     @Test("two workers share the port and route identically")

@@ -223,7 +223,10 @@ public struct Worker: ~Copyable {
                 // Waiting for sends to free slots; the flush deadline still bounds the wait.
                 return (1, flushDue ?? settings.flushIntervalNanoseconds)
             }
-            return (Self.completionBatch, flushDue)
+            // Waiting for several completions is only safe with a minimum wait to cut it short;
+            // without one the worker would sit on a lone datagram (or its stop signal).
+            let batch = ring.supportsMinimumWait && settings.minimumWaitMicroseconds > 0 ? Self.completionBatch : 1
+            return (batch, flushDue)
         case .draining:
             return (queue.isEmpty ? 0 : 1, min(until(stopDeadline), 1_000_000))
         case .flushing:
