@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
-swift build -c release 2>&1 | tail -n 1
+swift build -c release --static-swift-stdlib 2>&1 | tail -n 1
 BIN=.build/release/statsrelay
 PORT=${DEMO_PORT:-8125}
 SECONDS_TO_RUN=${DEMO_SECONDS:-5}
