@@ -64,6 +64,28 @@ struct ProcessTests {
         #expect(relay.standardError.contains("packet_len=512"))
     }
 
+    @Test("--cpus pins each worker thread to its CPU")
+    func pinsWorkers() throws {
+        let cpus = WorkerThread.allowedCPUs
+        let cpu = try #require(cpus.last)
+        let backend = try TestBackend()
+        let relay = try RelayProcess(["--bind", "127.0.0.1", "--port", "0", "--threads", "1", "--cpus", "\(cpu)", backend.spec])
+        _ = try relay.listenAddress()
+        let tasks = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(relay.process.processIdentifier)/task")
+        var pinned: [String] = []
+        for task in tasks {
+            let base = "/proc/\(relay.process.processIdentifier)/task/\(task)"
+            let name = try String(contentsOfFile: base + "/comm", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+            guard name == "statsrelay-w0" else { continue }
+            let status = try String(contentsOfFile: base + "/status", encoding: .utf8)
+            pinned += status.split(separator: "\n").filter { $0.hasPrefix("Cpus_allowed_list:") }
+                .map { String($0.split(separator: "\t").last ?? "") }
+        }
+        relay.signal(SIGTERM)
+        #expect(relay.waitForExit() == 0)
+        #expect(pinned == ["\(cpu)"])
+    }
+
     @Test("bad arguments exit 64 naming what was wrong", arguments: [
         (["127.0.0.1"], "invalid backend '127.0.0.1'"),
         (["127.0.0.1:99999"], "port must be 1-65535"),
@@ -77,6 +99,10 @@ struct ProcessTests {
         (["--health-check", "http", "127.0.0.1:9"], "--health-check 'http'"),
         (["--health-interval", "1s", "--health-timeout", "2s", "127.0.0.1:9"], "--health-timeout '2s'"),
         (["--receive-buffers", "3", "127.0.0.1:9"], "--receive-buffers '3'"),
+        (["--cpus", "3-1", "127.0.0.1:9"], "--cpus '3-1'"),
+        (["--threads", "2", "--cpus", "0", "127.0.0.1:9"], "lists 1 CPUs for 2 threads"),
+        (["--threads", "0", "127.0.0.1:9"], "--threads '0'"),
+        (["--max-datagram", "70000", "127.0.0.1:9"], "--max-datagram '70000'"),
     ])
     func badArguments(_ arguments: [String], _ message: String) throws {
         let result = try RelayProcess.run(arguments)
