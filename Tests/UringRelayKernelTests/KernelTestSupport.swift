@@ -9,17 +9,20 @@ import Testing
 let requiresIOUring = Testing.ConditionTrait.enabled(
     if: KernelSupport.isAvailable, Comment(rawValue: KernelSupport.unavailableReason ?? "io_uring available"))
 
+/// Whether this host has an IPv6 loopback (containers sometimes disable IPv6).
+let ipv6LoopbackAvailable: Bool = (try? UDPSocket.bound(to: SocketAddress(numericHost: "::1", port: 0)!)) != nil
+
 /// A UDP socket on 127.0.0.1 standing in for one StatsD backend.
 final class TestBackend: @unchecked Sendable {  // used from one test at a time
     let socket: UDPSocket
     let address: SocketAddress
 
-    init() throws {
-        socket = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!, receiveBufferBytes: 16 << 20)
+    init(host: String = "127.0.0.1") throws {
+        socket = try UDPSocket.bound(to: SocketAddress(numericHost: host, port: 0)!, receiveBufferBytes: 16 << 20)
         address = socket.localAddress
     }
 
-    /// `127.0.0.1:PORT`, as given to the relay.
+    /// `127.0.0.1:PORT` or `[::1]:PORT`, as given to the relay.
     var spec: String { address.description }
 }
 

@@ -149,6 +149,29 @@ struct RelayEndToEndTests {
         #expect(counters[.linesForwarded] == 1)
     }
 
+    @Test("IPv6: listening on ::1 and relaying to [::1] backends", .enabled(if: ipv6LoopbackAvailable, "no IPv6 loopback here"))
+    func ipv6() throws {
+        let backends = try (0..<2).map { _ in try TestBackend(host: "::1") }
+        var configuration = RelayConfiguration(backends: [
+            try BackendAddress(parsing: backends[0].spec), try BackendAddress(parsing: "\(backends[1].spec):b"),
+        ])
+        configuration.bindHost = "::1"
+        configuration.port = 0
+        configuration.threads = 1
+        let relay = try Relay(configuration: configuration, logger: .init(label: "test"))
+        let listen = try relay.start().listen
+        #expect(listen.description.hasPrefix("[::1]:"))
+        let sent = (0..<200).map { "v6.metric.\($0):1|c" }
+        let sender = try UDPSocket.bound(to: SocketAddress(numericHost: "::1", port: 0)!)
+        for line in sent { try sender.send(Array(line.utf8), to: listen) }
+        let received = try collect(from: backends, expectedLines: sent.count)
+        for index in 0..<2 {
+            #expect(received.lines[index].sorted() == sent.filter { expectedBackend(of: $0, backends: 2) == index }.sorted())
+        }
+        relay.stop()
+        #expect(relay.wait().counters[.linesForwarded] == UInt64(sent.count))
+    }
+
     @Test("two workers share the port and route identically")
     func twoWorkers() throws {
         let backends = try (0..<3).map { _ in try TestBackend() }
