@@ -14,7 +14,10 @@ RELAY=../.build/release/statsrelay
 LOADGEN=.build/release/loadgen
 SINK=.build/release/benchsink
 [ -x "$RELAY" ] || { echo "build the relay first: swift build -c release --static-swift-stdlib" >&2; exit 1; }
-[ -x "$LOADGEN" ] && [ -x "$SINK" ] || swift build -c release --product loadgen >/dev/null && swift build -c release --product benchsink >/dev/null
+if [ ! -x "$LOADGEN" ] || [ ! -x "$SINK" ]; then
+  swift build -c release --product loadgen >/dev/null
+  swift build -c release --product benchsink >/dev/null
+fi
 LOG=$(mktemp -d)
 trap 'rm -rf "$LOG"' EXIT
 
