@@ -51,9 +51,10 @@ static const unsigned cl_IORING_CQE_F_NOTIF = IORING_CQE_F_NOTIF;
 static const unsigned cl_recvmsg_out_size = sizeof(struct io_uring_recvmsg_out);
 
 /// Publishes the SQEs prepared so far and enters the kernel once: submits them and waits
-/// for `wait_nr` completions, for at most `timeout_ns` (negative: no limit), returning early
-/// once `min_wait_usec` has passed and at least one completion is ready (kernel 6.12+,
-/// IORING_FEAT_MIN_TIMEOUT; pass 0 elsewhere). Returns the number submitted or -errno.
+/// for `wait_nr` completions, for at most `timeout_ns` (negative: no limit). With
+/// `min_wait_usec` (kernel 6.12+, IORING_FEAT_MIN_TIMEOUT; pass 0 elsewhere) it returns once
+/// that has passed and at least one completion is ready; if none is, it waits on for one until
+/// the timeout, or, with no timeout, returns -ETIME at once. Returns the number submitted or -errno.
 /// liburing 2.3 cannot pass the minimum wait (it lives in io_uring_getevents_arg.pad, now
 /// min_wait_usec), so this is io_uring_submit_and_wait_timeout with that one field set.
 static inline int cl_submit_and_wait_min(struct io_uring *ring, unsigned wait_nr,

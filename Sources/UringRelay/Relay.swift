@@ -69,6 +69,8 @@ public final class Relay: Sendable {
                 flushIntervalNanoseconds: config.flushIntervalNanoseconds,
                 receiveBufferBytes: config.receiveBufferBytes, maxDatagramBytes: config.maxDatagramBytes,
                 receiveBuffers: config.receiveBuffers, minimumWaitMicroseconds: config.minimumWaitMicroseconds,
+                stopBudgetNanoseconds: config.shutdownTimeoutNanoseconds,
+                drainBudgetNanoseconds: config.shutdownTimeoutNanoseconds / 3 * 2,
                 holdBytes: config.holdBytes, routing: routing)
             let wakeup: WakeupEvent
             do throws(Errno) { wakeup = try WakeupEvent() } catch {

@@ -43,6 +43,9 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("min-wait"), help: "Once a completion is ready, how long a worker may wait for more before handling them (io_uring_enter2 minimum wait, Linux 6.12+; 0 disables).")
     var minWait = "100us"
 
+    @Option(name: .customLong("shutdown-timeout"), help: "Longest a stop may take: two thirds for receiving what is still arriving, the rest for the final sends.")
+    var shutdownTimeout = "900ms"
+
     @Option(name: .customLong("threads"), help: "Worker threads, each pinned to its own CPU (default: the CPUs this process may use).")
     var threads: Int?
 
@@ -79,6 +82,7 @@ struct RunCommand: ParsableCommand {
         configuration.receiveBufferBytes = try ByteSizeParser.bytes(rcvbuf, argument: "--rcvbuf")
         configuration.maxDatagramBytes = maxDatagram
         configuration.receiveBuffers = receiveBuffers
+        configuration.shutdownTimeoutNanoseconds = try DurationParser.nanoseconds(shutdownTimeout, argument: "--shutdown-timeout")
         let minimumWait = try DurationParser.nanoseconds(minWait, argument: "--min-wait")
         guard minimumWait <= 10_000_000 else {
             throw ConfigurationError(argument: "--min-wait", value: minWait, reason: "must be at most 10ms")

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Synchronization
 import Testing
 @testable import UringRelay
 
@@ -19,6 +20,58 @@ struct ProcessTests {
         let received = try collect(from: backends, expectedLines: lines.count, seconds: 5)
         #expect((received.lines[0] + received.lines[1]).sorted() == lines.sorted())
         #expect(relay.counter("statsrelay.lines_forwarded") == 300)
+    }
+
+    @Test("SIGTERM with more queued than a short --shutdown-timeout drains: the relay stops in time, sends every line it forwarded, and counts the rest")
+    func sigtermPastTheDrainBudget() throws {
+        let backends = try (0..<2).map { _ in try TestBackend() }
+        let relay = try RelayProcess([
+            "--bind", "127.0.0.1", "--port", "0", "--threads", "1", "--flush-interval", "60s", "--rcvbuf", "64M",
+            "--shutdown-timeout", "15ms",
+        ] + backends.map(\.spec))
+        let address = try relay.listenAddress()
+        relay.signal(SIGSTOP)
+        // 10 ms of draining at about a million datagrams a second cannot take them all.
+        let queued = (0..<60_000).map { "backlog.\($0 % 500):1|c" }
+        try send(queued, to: address)
+        let traffic = try SteadySender(to: address, maxDatagrams: 400_000)
+        relay.signal(SIGTERM)
+        relay.signal(SIGCONT)
+        let status = relay.waitForExit(seconds: 10)
+        traffic.stop()
+        #expect(status == 0)
+        let forwarded = try #require(relay.counter("statsrelay.lines_forwarded"))
+        let received = try collect(from: backends, expectedLines: Int(forwarded), seconds: 5)
+        #expect(forwarded > 0)
+        #expect(relay.counter("statsrelay.lines_unconfirmed_at_exit") == 0, "the final sends were submitted and completed")
+        #expect(UInt64(received.totalLines) == forwarded)
+        #expect(forwarded < UInt64(queued.count), "the drain budget ended the drain before the socket was empty")
+    }
+
+    @Test("an idle worker sleeps: it does not wake up thousands of times a second")
+    func idleWorkerSleeps() throws {
+        let backend = try TestBackend()
+        let relay = try RelayProcess(["--bind", "127.0.0.1", "--port", "0", "--threads", "1", backend.spec])
+        _ = try relay.listenAddress()
+        func workerSwitches() throws -> Int {
+            let tasks = "/proc/\(relay.process.processIdentifier)/task"
+            for task in try FileManager.default.contentsOfDirectory(atPath: tasks) {
+                let comm = try String(contentsOfFile: "\(tasks)/\(task)/comm", encoding: .utf8)
+                guard comm.hasPrefix("statsrelay-w0") else { continue }
+                let status = try String(contentsOfFile: "\(tasks)/\(task)/status", encoding: .utf8)
+                let line = status.split(separator: "\n").first { $0.hasPrefix("voluntary_ctxt_switches:") }
+                return Int(line?.split(separator: "\t").last ?? "") ?? -1
+            }
+            return -1
+        }
+        let before = try workerSwitches()
+        // A measurement window, not a synchronisation: half a second of idling.
+        usleep(500_000)
+        let after = try workerSwitches()
+        relay.signal(SIGTERM)
+        #expect(relay.waitForExit() == 0)
+        #expect(before >= 0)
+        #expect(after - before < 50, "an idle worker woke \(after - before) times in 0.5 s")
     }
 
     @Test("datagrams queued in the socket before SIGTERM are all relayed")
@@ -103,6 +156,7 @@ struct ProcessTests {
         (["--threads", "2", "--cpus", "0", "127.0.0.1:9"], "lists 1 CPUs for 2 threads"),
         (["--threads", "0", "127.0.0.1:9"], "--threads '0'"),
         (["--max-datagram", "70000", "127.0.0.1:9"], "--max-datagram '70000'"),
+        (["--shutdown-timeout", "1ms", "127.0.0.1:9"], "--shutdown-timeout '1ms'"),
     ])
     func badArguments(_ arguments: [String], _ message: String) throws {
         let result = try RelayProcess.run(arguments)

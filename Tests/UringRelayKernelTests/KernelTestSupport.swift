@@ -195,3 +195,45 @@ final class RelayProcess: @unchecked Sendable {  // the log buffer is guarded by
         return (process.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
     }
 }
+
+/// A thread sending one-line datagrams as fast as it can, until stopped or `maxDatagrams` sent.
+final class SteadySender: Sendable {
+    private final class Shared: Sendable {
+        let running = Atomic<Bool>(true)
+        let sent = Atomic<Int>(0)
+    }
+    private let shared = Shared()
+    private let thread: WorkerThreadHandle
+
+    init(to address: SocketAddress, maxDatagrams: Int) throws {
+        let socket = SocketBox(try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!))
+        thread = WorkerThreadHandle(try WorkerThread(name: "test-sender", cpu: nil) { [shared] _ in
+            for index in 0..<maxDatagrams where shared.running.load(ordering: .relaxed) {
+                try? socket.socket.send(Array("steady.\(index % 1000):1|c".utf8), to: address)
+                shared.sent.add(1, ordering: .relaxed)
+            }
+        })
+    }
+
+    /// Waits (polling the counter, bounded by `seconds`) until `count` datagrams went out.
+    func waitUntilSent(_ count: Int, seconds: Double) -> Bool {
+        let deadline = MonotonicClock.nanoseconds() + UInt64(seconds * 1e9)
+        while shared.sent.load(ordering: .relaxed) < count {
+            if MonotonicClock.nanoseconds() > deadline { return false }
+            sched_yield()
+        }
+        return true
+    }
+
+    /// Stops sending and waits for the thread.
+    func stop() {
+        shared.running.store(false, ordering: .relaxed)
+        thread.join()
+    }
+}
+
+/// Hands a socket to one thread.
+final class SocketBox: @unchecked Sendable {  // used by one thread after hand-over
+    let socket: UDPSocket
+    init(_ socket: consuming UDPSocket) { self.socket = socket }
+}

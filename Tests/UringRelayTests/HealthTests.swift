@@ -131,8 +131,8 @@ struct HoldBufferTests {
         for round in 0..<20 {
             let first = packet("a:\(round)|c\nb:1|c\n")
             let second = packet("c:\(round)|g\n")
-            #expect(first.withUnsafeBytes { buffer.push($0.bytes, lines: 2) } == 0)
-            #expect(second.withUnsafeBytes { buffer.push($0.bytes, lines: 1) } == 0)
+            #expect(first.withUnsafeBytes { buffer.push($0.bytes, lines: 2) } == (true, 0))
+            #expect(second.withUnsafeBytes { buffer.push($0.bytes, lines: 1) } == (true, 0))
             let popped = popAll(&buffer)
             #expect(popped.map(\.0) == ["a:\(round)|c\nb:1|c\n", "c:\(round)|g\n"])
             #expect(popped.map(\.1) == [2, 1])
@@ -144,12 +144,12 @@ struct HoldBufferTests {
     func overflow() {
         var buffer = HoldBuffer(capacity: 40)
         let twelve = packet("x:1|c\ny:1|c\n")  // 12 bytes + 8 header = 20
-        #expect(twelve.withUnsafeBytes { buffer.push($0.bytes, lines: 2) } == 0)
-        #expect(twelve.withUnsafeBytes { buffer.push($0.bytes, lines: 2) } == 0)
-        #expect(twelve.withUnsafeBytes { buffer.push($0.bytes, lines: 2) } == 2)
+        #expect(twelve.withUnsafeBytes { buffer.push($0.bytes, lines: 2) } == (true, 0))
+        #expect(twelve.withUnsafeBytes { buffer.push($0.bytes, lines: 2) } == (true, 0))
+        #expect(twelve.withUnsafeBytes { buffer.push($0.bytes, lines: 2) } == (true, 2))
         #expect(buffer.packets == 2 && buffer.lines == 4)
         let huge = [UInt8](repeating: UInt8(ascii: "z"), count: 40)
-        #expect(huge.withUnsafeBytes { buffer.push($0.bytes, lines: 7) } == 7)
+        #expect(huge.withUnsafeBytes { buffer.push($0.bytes, lines: 7) } == (false, 7))
         #expect(buffer.packets == 2)
     }
 }

@@ -46,6 +46,10 @@ public struct RelayConfiguration: Sendable, Equatable {
     /// How often backends given by name are resolved again (`--dns-refresh`).
     public var dnsRefreshNanoseconds: UInt64 = 30_000_000_000
 
+    /// How long a stop may take (`--shutdown-timeout`): two thirds for receiving what is still
+    /// arriving, the rest for the final sends.
+    public var shutdownTimeoutNanoseconds: UInt64 = 900_000_000
+
     /// A configuration with defaults for everything but the backends.
     public init(backends: [BackendAddress]) {
         self.backends = backends
@@ -102,6 +106,11 @@ public struct RelayConfiguration: Sendable, Equatable {
         }
         if holdBytes < 0 || holdBytes > 1 << 30 {
             throw ConfigurationError(argument: "--hold-bytes", value: "\(holdBytes)", reason: "must be 0 to 1 GiB")
+        }
+        if shutdownTimeoutNanoseconds < 10_000_000 || shutdownTimeoutNanoseconds > 60_000_000_000 {
+            throw ConfigurationError(
+                argument: "--shutdown-timeout", value: DurationParser.format(shutdownTimeoutNanoseconds),
+                reason: "must be between 10ms and 60s")
         }
         if dnsRefreshNanoseconds < 100_000_000 {
             throw ConfigurationError(

@@ -83,14 +83,18 @@ public struct Ring: ~Copyable {
     }
 
     /// Takes a free SQE, first submitting the queue if it is full.
+    ///
+    /// A submit can fail for a moment (`EAGAIN` when the kernel is short of memory); it is
+    /// retried, yielding the CPU in between, before this gives up.
     private func nextSubmission() -> UnsafeMutablePointer<io_uring_sqe> {
         if let sqe = io_uring_get_sqe(ring) { return sqe }
-        // The queue is full: hand what is queued to the kernel to make room.
-        _ = io_uring_submit(ring)
-        guard let sqe = io_uring_get_sqe(ring) else {
-            preconditionFailure("io_uring submission queue still full after submit")
+        for _ in 0..<10_000 {
+            // The queue is full: hand what is queued to the kernel to make room.
+            _ = cl_submit_and_wait_min(ring, 0, 0, 0)
+            if let sqe = io_uring_get_sqe(ring) { return sqe }
+            sched_yield()
         }
-        return sqe
+        preconditionFailure("io_uring submission queue still full after 10000 submits")
     }
 
     /// Arms a multishot `recvmsg` that takes buffers from a provided-buffer group.

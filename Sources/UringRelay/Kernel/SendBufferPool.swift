@@ -70,6 +70,11 @@ public struct SendBufferPool: ~Copyable {
         assert(verifyInvariants())
     }
 
+    /// Lines in every slot that is not free (filling or in flight); for the exit report.
+    public var linesInUse: Int {
+        backends.indices.reduce(0) { total, slot in backends[slot] >= 0 ? total + Int(lines[slot]) : total }
+    }
+
     /// Bytes packed into `slot` so far.
     @inline(__always)
     public func length(of slot: Int) -> Int { Int(lengths[slot]) }

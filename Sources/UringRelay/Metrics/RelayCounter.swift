@@ -25,6 +25,8 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
     case linesReplayed
     case linesDroppedHeldAtExit
     case routingUpdates
+    case datagramsDroppedAtExit
+    case linesUnconfirmedAtExit
 
     /// The counter's name in lowercase dot notation.
     public var name: String {
@@ -53,6 +55,8 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
         case .linesReplayed: "statsrelay.lines_replayed"
         case .linesDroppedHeldAtExit: "statsrelay.lines_dropped.held_at_exit"
         case .routingUpdates: "statsrelay.routing_updates"
+        case .datagramsDroppedAtExit: "statsrelay.datagrams_dropped.at_exit"
+        case .linesUnconfirmedAtExit: "statsrelay.lines_unconfirmed_at_exit"
         }
     }
 

@@ -29,10 +29,11 @@ public struct HoldBuffer: Sendable {
 
     /// Holds a packet, dropping the oldest ones if needed.
     ///
-    /// - Returns: the lines dropped to make room (or the packet's own, if it can never fit).
-    public mutating func push(_ packet: RawSpan, lines packetLines: Int) -> Int {
+    /// - Returns: whether the packet was stored, and the lines dropped: older packets' to make
+    ///   room, or this packet's own if it can never fit.
+    public mutating func push(_ packet: RawSpan, lines packetLines: Int) -> (stored: Bool, dropped: Int) {
         let needed = Self.headerBytes + packet.byteCount
-        guard needed <= capacity else { return packetLines }
+        guard needed <= capacity else { return (false, packetLines) }
         if storage.isEmpty { storage = Array(repeating: 0, count: capacity) }
         var dropped = 0
         while capacity - used < needed {
@@ -50,7 +51,7 @@ public struct HoldBuffer: Sendable {
         packets += 1
         lines += packetLines
         assert(verifyInvariants())
-        return dropped
+        return (true, dropped)
     }
 
     /// Hands the oldest packet to `body` (in at most two pieces, as it lies in the ring) and

@@ -21,6 +21,9 @@ public struct WorkerSettings: Sendable {
     public var minimumWaitMicroseconds: UInt32
     /// The longest a stopping worker spends draining and flushing before it gives up.
     public var stopBudgetNanoseconds: UInt64 = 900_000_000
+    /// The longest a stopping worker keeps receiving while clients keep sending; the rest of
+    /// the stop budget is left for the final sends.
+    public var drainBudgetNanoseconds: UInt64 = 600_000_000
     /// `--hold-bytes`: held packets per backend under the `hold` policy.
     public var holdBytes: Int = 4 << 20
     /// The shared health view and addresses, if a health monitor publishes them.
@@ -74,6 +77,8 @@ public struct Worker: ~Copyable {
     private var holds: [HoldBuffer]
     private var addresses: [SocketAddress]
     private var appliedGeneration: UInt64 = 0
+    /// The addresses the latest snapshot wants; differs from `addresses` until a reconnect succeeds.
+    private var wantedAddresses: [SocketAddress]
     private let routingChanged: WakeupEvent?
 
     /// `SO_SNDBUF` for backend sockets: room for bursts without `EAGAIN`.
@@ -84,6 +89,10 @@ public struct Worker: ~Copyable {
 
     /// Completions a waiting worker asks for before the minimum wait lets it go with fewer.
     private static let completionBatch: UInt32 = 32
+    /// The wait bound when no batch is open. Without a bound the kernel ends a minimum wait
+    /// that saw no completion with `ETIME`, which would wake an idle worker every 100 µs; with
+    /// one it goes on waiting for the first completion.
+    private static let idleWaitNanoseconds: UInt64 = 1_000_000_000
     private static let receiveUserData = UserData(.receive)
 
     /// Opens every kernel resource of one worker. Call on the worker's own thread: the ring
@@ -119,6 +128,7 @@ public struct Worker: ~Copyable {
         queue = ReceiveQueue(capacity: bufferCount)
         holds = settings.backends.map { _ in HoldBuffer(capacity: settings.holdBytes) }
         addresses = settings.backends
+        wantedAddresses = settings.backends
     }
 
     private static func openRing(completions: UInt32) throws(SystemCallError) -> Ring {
@@ -151,6 +161,7 @@ public struct Worker: ~Copyable {
         ring.armPoll(descriptor: wakeup.descriptor, userData: UserData(.wakeup))
         if let routingChanged { ring.armPoll(descriptor: routingChanged.descriptor, userData: UserData(.routing)) }
         var now = MonotonicClock.nanoseconds()
+        var drainDeadline = UInt64.max
         var stopDeadline = UInt64.max
         while true {
             buffers.publish()
@@ -166,19 +177,22 @@ public struct Worker: ~Copyable {
             } catch { throw SystemCallError("io_uring_enter", "", error) }
             now = MonotonicClock.nanoseconds()
             receivedThisTurn = false
-            applyRoutingUpdate()
             while let completion = ring.nextCompletion() { handle(completion) }
+            // After the completions: the routing eventfd is reset in there, so a publication
+            // made since is either seen here or fires the re-armed poll.
+            applyRoutingUpdate()
             relayQueued(now: now)
             processor.assembler.closeExpired(now: now, interval: settings.flushIntervalNanoseconds)
             switch phase {
             case .running:
                 if stopRequested {
                     phase = .draining
+                    drainDeadline = now &+ settings.drainBudgetNanoseconds
                     stopDeadline = now &+ settings.stopBudgetNanoseconds
                 }
             case .draining:
                 let drained = queue.isEmpty && !receivedThisTurn && !listener.hasPendingDatagram
-                if drained || now >= stopDeadline {
+                if drained || now >= drainDeadline {
                     if receiveArmed { ring.cancel(Self.receiveUserData, userData: UserData(.cancel)) }
                     phase = .flushing
                 }
@@ -196,8 +210,16 @@ public struct Worker: ~Copyable {
                 break
             }
             if phase == .flushing && now >= stopDeadline {
+                // Out of time: still hand the last sends to the kernel and collect what completed.
+                try? ring.submitAndWait(completions: 0, timeoutNanoseconds: 0, minimumWaitMicroseconds: 0)
+                while let completion = ring.nextCompletion() { handle(completion) }
                 break
             }
+        }
+        // Whatever could not be relayed or confirmed in the stop budget is counted, not lost silently.
+        processor.counters[.datagramsDroppedAtExit] &+= UInt64(queue.count)
+        if sendsInFlight > 0 || processor.assembler.hasPendingBatches {
+            processor.counters[.linesUnconfirmedAtExit] &+= UInt64(processor.assembler.pool.linesInUse)
         }
         for backend in holds.indices where !holds[backend].isEmpty {
             processor.counters[.linesDroppedHeldAtExit] &+= UInt64(holds[backend].lines)
@@ -226,7 +248,7 @@ public struct Worker: ~Copyable {
             // Waiting for several completions is only safe with a minimum wait to cut it short;
             // without one the worker would sit on a lone datagram (or its stop signal).
             let batch = ring.supportsMinimumWait && settings.minimumWaitMicroseconds > 0 ? Self.completionBatch : 1
-            return (batch, flushDue)
+            return (batch, flushDue ?? Self.idleWaitNanoseconds)
         case .draining:
             return (queue.isEmpty ? 0 : 1, min(until(stopDeadline), 1_000_000))
         case .flushing:
@@ -318,10 +340,14 @@ public struct Worker: ~Copyable {
 
     private mutating func hold(_ slot: Int, for backend: Int) {
         let lines = processor.assembler.pool.lineCount(of: slot)
-        let dropped = processor.assembler.pool.withBytes(ofSlot: slot) { bytes in holds[backend].push(bytes, lines: lines) }
+        let (stored, dropped) = processor.assembler.pool.withBytes(ofSlot: slot) { bytes in
+            holds[backend].push(bytes, lines: lines)
+        }
         _ = processor.assembler.completeSend(slot)
-        processor.counters[.linesHeld] &+= UInt64(lines)
-        processor.counters[.linesHeld, backend: backend] &+= UInt64(lines)
+        if stored {
+            processor.counters[.linesHeld] &+= UInt64(lines)
+            processor.counters[.linesHeld, backend: backend] &+= UInt64(lines)
+        }
         if dropped > 0 {
             processor.counters[.linesDroppedHoldOverflow] &+= UInt64(dropped)
             processor.counters[.linesDroppedHoldOverflow, backend: backend] &+= UInt64(dropped)
@@ -344,18 +370,19 @@ public struct Worker: ~Copyable {
 
     /// Applies a newly published health view and address list, once per loop turn at most.
     private mutating func applyRoutingUpdate() {
-        guard let routing = settings.routing, routing.generation != appliedGeneration else { return }
-        let snapshot = routing.current
-        appliedGeneration = snapshot.generation
-        for backend in snapshot.down.indices {
-            processor.router.setDown(backend, snapshot.down[backend])
-            if snapshot.addresses[backend] != addresses[backend] {
-                // A failed reconnect keeps the old address; sends to it are counted as they fail.
-                if (try? backendSockets.reconnect(backend, to: snapshot.addresses[backend], sendBufferBytes: Self.backendSendBuffer)) != nil {
-                    addresses[backend] = snapshot.addresses[backend]
-                }
+        if let routing = settings.routing, routing.generation != appliedGeneration {
+            let snapshot = routing.current
+            appliedGeneration = snapshot.generation
+            for backend in snapshot.down.indices { processor.router.setDown(backend, snapshot.down[backend]) }
+            wantedAddresses = snapshot.addresses
+            processor.counters[.routingUpdates] &+= 1
+        }
+        guard wantedAddresses != addresses else { return }
+        for backend in addresses.indices where wantedAddresses[backend] != addresses[backend] {
+            // A failed reconnect keeps the old address and is tried again next turn.
+            if (try? backendSockets.reconnect(backend, to: wantedAddresses[backend], sendBufferBytes: Self.backendSendBuffer)) != nil {
+                addresses[backend] = wantedAddresses[backend]
             }
         }
-        processor.counters[.routingUpdates] &+= 1
     }
 }
