@@ -316,6 +316,8 @@ class Bench:
                 "--batch", "64", "--sockets", str(LOADGEN_SOCKETS), "--seed", str(self.args.seed)]
         if workload.kind == "live" and self.args.live_rate > 0:
             argv += ["--rate", str(self.args.live_rate)]
+        if self.args.compact:
+            argv.append("--compact")
         if dry_run:
             argv.append("--dry-run")
         return argv
@@ -709,6 +711,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--relay-args", default="", help="extra relay arguments, shell-quoted, recorded as flags")
     parser.add_argument("--live-rate", type=float, default=0, help="loadgen --rate for live workloads (0 = flat out)")
     parser.add_argument("--names", type=int, default=10000, help="distinct metric names (default 10000)")
+    parser.add_argument("--compact", action="store_true",
+                        help="loadgen --compact: shorter names, ~45 lines per 1400-byte datagram (issue 3's W2) instead of ~36")
     parser.add_argument("--seed", type=int, default=1, help="loadgen seed (default 1)")
     parser.add_argument("--out", default=str(BENCH_DIR / "results"), help="directory for the JSON result")
     parser.add_argument("--no-build", action="store_true", help="fail instead of building missing bench tools")
