@@ -65,7 +65,7 @@ struct HealthKernelTests {
         router.setDown(1, true)
         var expected: [[String]] = [[], [], []]
         for line in sent {
-            switch router.route(name: String(line.prefix { $0 != ":" })) {
+            switch router.route(name: metricName(of: line)) {
             case .send(let backend), .rehash(_, let backend): expected[backend].append(line)
             default: Issue.record("unexpected decision")
             }
@@ -79,12 +79,11 @@ struct HealthKernelTests {
         #expect(harness.wait(for: 1, .up))
         try send(sent, to: harness.address)
         let back = try collect(from: harness.backends, expectedLines: sent.count)
-        let healthy = Router(backendCount: 3)
         for backend in 0..<3 {
-            #expect(back.lines[backend].sorted() == sent.filter { healthy.backend(forName: String($0.prefix { $0 != ":" })) == backend }.sorted())
+            #expect(back.lines[backend].sorted() == sent.filter { expectedBackend(of: $0, backends: 3) == backend }.sorted())
         }
         let counters = harness.stop()
-        #expect(counters[.linesRehashed] == UInt64(sent.filter { healthy.backend(forName: String($0.prefix { $0 != ":" })) == 1 }.count))
+        #expect(counters[.linesRehashed] == UInt64(sent.filter { expectedBackend(of: $0, backends: 3) == 1 }.count))
         #expect(occurrences(of: "backend down", in: harness.log.withLock { $0 }) == 1)
         #expect(occurrences(of: "backend up", in: harness.log.withLock { $0 }) == 1)
     }
@@ -96,7 +95,7 @@ struct HealthKernelTests {
         let deadPort = harness.backends[2].address.port
         harness.backends[2] = try TestBackend()  // the old socket closes: its port now refuses
         #expect(harness.backends[2].address.port != deadPort)
-        let toDead = lines(count: 2_000, prefix: "icmp").filter { Router(backendCount: 3).backend(forName: String($0.prefix { $0 != ":" })) == 2 }
+        let toDead = lines(count: 2_000, prefix: "icmp").filter { expectedBackend(of: $0, backends: 3) == 2 }
         // Keep sending until the monitor has seen the refusals (a bounded number of rounds).
         var rounds = 0
         while harness.relay.monitor.status[2].state == .up && rounds < 200 {
@@ -125,8 +124,7 @@ struct HealthKernelTests {
         harness.healthPorts[0].close()
         #expect(harness.wait(for: 0, .down))
         let sent = lines(count: 3_000, prefix: "hold")
-        let healthy = Router(backendCount: 3)
-        let toDown = sent.filter { healthy.backend(forName: String($0.prefix { $0 != ":" })) == 0 }
+        let toDown = sent.filter { expectedBackend(of: $0, backends: 3) == 0 }
         try send(sent, to: harness.address)
         let meanwhile = try collect(from: harness.backends, expectedLines: sent.count - toDown.count)
         #expect(meanwhile.lines[0].isEmpty, "a held backend received lines while down")
@@ -147,9 +145,8 @@ struct HealthKernelTests {
         let harness = try HealthHarness(policy: .hold) { $0.holdBytes = 4_096 }
         harness.healthPorts[0].close()
         #expect(harness.wait(for: 0, .down))
-        let healthy = Router(backendCount: 3)
-        let toDown = lines(count: 3_000, prefix: "overflow").filter { healthy.backend(forName: String($0.prefix { $0 != ":" })) == 0 }
-        let marker = lines(count: 100, prefix: "marker").first { healthy.backend(forName: String($0.prefix { $0 != ":" })) == 1 }!
+        let toDown = lines(count: 3_000, prefix: "overflow").filter { expectedBackend(of: $0, backends: 3) == 0 }
+        let marker = lines(count: 100, prefix: "marker").first { expectedBackend(of: $0, backends: 3) == 1 }!
         try send(toDown + [marker], to: harness.address)
         // Datagrams are relayed in order: once the marker reaches backend 1, every line for
         // backend 0 has been held (or dropped from the hold). Only then may it recover.
@@ -173,8 +170,7 @@ struct HealthKernelTests {
         harness.healthPorts[2].close()
         #expect(harness.wait(for: 2, .down))
         let sent = lines(count: 20_000, prefix: "drop")
-        let healthy = Router(backendCount: 3)
-        let toDown = sent.filter { healthy.backend(forName: String($0.prefix { $0 != ":" })) == 2 }
+        let toDown = sent.filter { expectedBackend(of: $0, backends: 3) == 2 }
         for chunk in stride(from: 0, to: sent.count, by: 40) {
             try send([sent[chunk..<min(chunk + 40, sent.count)].joined(separator: "\n")], to: harness.address)
         }

@@ -71,9 +71,12 @@ func send(_ datagrams: [String], to address: SocketAddress) throws {
     for datagram in datagrams { try sender.send(Array(datagram.utf8), to: address) }
 }
 
+/// The metric name of a StatsD line: the bytes before the first `:`.
+func metricName(of line: String) -> String { String(line.prefix { $0 != ":" }) }
+
 /// The backend index the Go StatsRelay would route `line` to.
 func expectedBackend(of line: String, backends: Int) -> Int {
-    Router(backendCount: backends).backend(forName: String(line.prefix { $0 != ":" }))
+    Router(backendCount: backends).backend(forName: metricName(of: line))
 }
 
 /// A relay running in this process on 127.0.0.1 with a kernel-chosen port.
