@@ -34,8 +34,10 @@ LOOPBACK = "127.0.0.1"
 RELAY_RCVBUF = 268_435_456
 # Each sink socket's buffer request (the kernel doubles it); large, so the sinks never drop.
 SINK_RCVBUF = 134_217_728
-# Distinct source ports of the load generator, so that SO_REUSEPORT groups see several flows.
-LOADGEN_SOCKETS = 16
+# Distinct source ports of the load generator: SO_REUSEPORT spreads flows, not datagrams, over the
+# workers, so a handful of flows splits unevenly (16 gave one of two workers 56-75% of the load), while
+# the many clients of a real fleet split evenly.
+LOADGEN_SOCKETS = 256
 # How long a sink or baseline waits after the last arrival before giving up on missing lines.
 IDLE_EXIT_DRAIN = 3.0
 IDLE_EXIT_LIVE = 1.5
@@ -43,6 +45,9 @@ IDLE_EXIT_LIVE = 1.5
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
 DRAIN_TIMEOUT = 120.0
+# With the sinks paused, the relay has finished a drain once their queues stop growing for this long
+# (several flush intervals).
+RELAY_QUIET = 0.3
 
 
 @dataclass(frozen=True)
@@ -67,8 +72,8 @@ def workloads(quick: bool) -> dict[str, Workload]:
             "live-w2": Workload("live-w2", "live", "w2", "packed", 400_000, 2.0),
         }
     return {
-        "drain-w1": Workload("drain-w1", "drain", "w1", "line", 300_000, 60.0),
-        "drain-w2": Workload("drain-w2", "drain", "w2", "packed", 60_000, 60.0),
+        "drain-w1": Workload("drain-w1", "drain", "w1", "line", 500_000, 60.0),
+        "drain-w2": Workload("drain-w2", "drain", "w2", "packed", 150_000, 60.0),
         "live-w1": Workload("live-w1", "live", "w1", "line", 5_000_000, 5.0),
         "live-w2": Workload("live-w2", "live", "w2", "packed", 1_000_000, 5.0),
     }
@@ -418,18 +423,36 @@ class Bench:
         record["offered"] = offered
         record["queue_kernel_drops"] = queued["RcvbufErrors"] - before["RcvbufErrors"]
         record["queued_bytes"] = sum(sock["rx_queue"] for sock in sockets)
+        # How SO_REUSEPORT spread the flows over the workers' sockets: the slowest share sets the time.
+        record["queued_bytes_per_socket"] = sorted((sock["rx_queue"] for sock in sockets), reverse=True)
         if record["queue_kernel_drops"]:
             record["problems"].append(f"{record['queue_kernel_drops']} datagrams dropped while queueing: "
                                       "the receive buffer is too small for this N")
         if offered["datagrams_sent"] != plan["datagrams_sent"]:
             record["problems"].append("loadgen stopped on --duration before --count")
+        pause_sinks = target == "relay" and not self.args.live_sinks
+        if pause_sinks:
+            # The sinks' own reading would compete with the relay for the cores; stopped, they leave the
+            # relay alone with its work (which includes the loopback delivery into their sockets).
+            os.kill(sinks.pid, signal.SIGSTOP)
+            if not wait_stopped(sinks):
+                record["problems"].append("sinks did not reach the stopped state within 2 s")
+        record["sinks_paused"] = pause_sinks
         cpu_before = proc_cpu(receiver.pid)
+        started_realtime = time.clock_gettime(time.CLOCK_REALTIME)
         started = monotonic()
         os.kill(receiver.pid, signal.SIGCONT)
         record["cont_monotonic"] = started
         if target == "relay":
+            if pause_sinks:
+                if not self.wait_relay_quiet(started + DRAIN_TIMEOUT):
+                    record["problems"].append(f"the relay did not finish sending within {DRAIN_TIMEOUT} s")
+                os.kill(sinks.pid, signal.SIGCONT)
             self.finish_relay(receiver, sinks, record, started + DRAIN_TIMEOUT, cpu_before)
-            last = (record.get("sink") or {}).get("last_arrival")
+            # The kernel stamped each datagram as it was queued on a sink socket: the drain ends when the
+            # last one was queued, however late the sink read it.
+            last_kernel = (record.get("sink") or {}).get("last_kernel_arrival")
+            last = started + (last_kernel - started_realtime) if last_kernel else None
         else:
             if receiver.wait(DRAIN_TIMEOUT) is None:
                 record["problems"].append(f"baseline did not drain within {DRAIN_TIMEOUT} s")
@@ -438,6 +461,23 @@ class Bench:
             last = (record.get("baseline") or {}).get("last_arrival")
         record["kernel_drops"] = udp_counters()["RcvbufErrors"] - before["RcvbufErrors"]
         record["elapsed_seconds"] = (last - started) if last else None
+
+    def wait_relay_quiet(self, deadline: float) -> bool:
+        """Waits until the relay's socket is empty and the sinks' queues stop growing for RELAY_QUIET seconds."""
+        sink_ports = set(self.sink_ports)
+        last_sizes: list[int] | None = None
+        quiet_since = monotonic()
+        while monotonic() < deadline:
+            sockets = udp_sockets()
+            relay_queue = sum(sock["rx_queue"] for sock in sockets if sock["port"] == self.port)
+            sizes = sorted(sock["rx_queue"] for sock in sockets if sock["port"] in sink_ports)
+            now = monotonic()
+            if relay_queue or sizes != last_sizes:
+                last_sizes, quiet_since = sizes, now
+            elif now - quiet_since >= RELAY_QUIET:
+                return True
+            time.sleep(0.01)
+        return False
 
     def live(self, workload: Workload, target: str, threads: int, record: dict) -> None:
         """Stream flat out (or at --live-rate) for the workload's duration and count what arrives."""
@@ -555,6 +595,8 @@ def derive(record: dict) -> None:
     record["cpu_seconds_per_million_lines"] = cpu / lines * 1e6 if cpu is not None and lines else None
     if record["lines_lost"]:
         record["problems"].append(f"{record['lines_lost']} lines lost")
+    queued = record.get("queued_bytes_per_socket") or []
+    record["busiest_socket_share"] = max(queued) / sum(queued) if len(queued) > 1 and sum(queued) else None
     record["valid"] = not record.get("queue_kernel_drops") and record.get("elapsed_seconds") is not None
 
 
@@ -563,7 +605,7 @@ def derive(record: dict) -> None:
 
 FIGURES = ["offered_lines_per_s", "offered_datagrams_per_s", "relayed_lines_per_s", "relayed_datagrams_per_s",
            "lines_lost", "kernel_drops", "relay_socket_drops", "sink_socket_drops", "elapsed_seconds",
-           "cpu_seconds", "cpu_seconds_per_million_lines", "peak_rss_kb", "malformed"]
+           "cpu_seconds", "cpu_seconds_per_million_lines", "peak_rss_kb", "malformed", "busiest_socket_share"]
 RATIOS = {"relayed_lines_per_s": "lines_per_s", "relayed_datagrams_per_s": "datagrams_per_s",
           "cpu_seconds_per_million_lines": "cpu_per_million_lines", "peak_rss_kb": "peak_rss"}
 
@@ -597,6 +639,13 @@ def summarize(records: list[dict]) -> list[dict]:
             for key, name in RATIOS.items():
                 if row.get(key) is not None and base.get(key):
                     row["vs_baseline"][name] = row[key] / base[key]
+    # Scaling: each relay row against the same workload's one-worker row of this run.
+    single = {row["workload"]: row for row in rows if row["target"] == "relay" and row["threads"] == 1}
+    for row in rows:
+        one = single.get(row["workload"])
+        row["vs_one_thread"] = None
+        if row["target"] == "relay" and one and row.get("relayed_lines_per_s") and one.get("relayed_lines_per_s"):
+            row["vs_one_thread"] = row["relayed_lines_per_s"] / one["relayed_lines_per_s"]
     return rows
 
 
@@ -613,7 +662,7 @@ def human(value, scale: float = 1.0, digits: int = 0) -> str:
 def print_table(rows: list[dict]) -> None:
     """Prints the summary rows as an aligned table, then every problem seen."""
     header = ["workload", "target", "offered l/s", "relayed l/s", "relayed dg/s", "lost lines", "kdrops",
-              "time s", "CPU s/Ml", "RSS MiB", "x l/s", "x CPU"]
+              "time s", "CPU s/Ml", "RSS MiB", "x l/s", "x CPU", "x t=1", "busiest"]
     table = [header]
     for row in rows:
         ratios = row["vs_baseline"]
@@ -630,6 +679,8 @@ def print_table(rows: list[dict]) -> None:
             human(row["peak_rss_kb"], 1024, 1),
             human(ratios.get("lines_per_s"), digits=2),
             human(ratios.get("cpu_per_million_lines"), digits=2),
+            human(row.get("vs_one_thread"), digits=2),
+            human(row.get("busiest_socket_share"), 0.01, 0) + ("%" if row.get("busiest_socket_share") else ""),
         ])
     widths = [max(len(line[column]) for line in table) for column in range(len(header))]
     for index, line in enumerate(table):
@@ -713,6 +764,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--names", type=int, default=10000, help="distinct metric names (default 10000)")
     parser.add_argument("--compact", action="store_true",
                         help="loadgen --compact: shorter names, ~45 lines per 1400-byte datagram (issue 3's W2) instead of ~36")
+    parser.add_argument("--live-sinks", action="store_true",
+                        help="drain: let the sinks read while the relay drains (by default they are stopped until "
+                             "the relay is done, so they do not compete for the cores; the time is the kernel's "
+                             "arrival stamp of the last datagram either way)")
     parser.add_argument("--seed", type=int, default=1, help="loadgen seed (default 1)")
     parser.add_argument("--out", default=str(BENCH_DIR / "results"), help="directory for the JSON result")
     parser.add_argument("--no-build", action="store_true", help="fail instead of building missing bench tools")
@@ -779,7 +834,8 @@ def main(argv: list[str]) -> int:
     rows = summarize(records)
     print()
     print(f"kernel {bench.context['kernel']}, {bench.context['liburing']}, {bench.context['cpus']} CPUs, "
-          f"runs {args.runs} (median), relay {bench.relay if bench.relay else '(baseline only)'}")
+          f"runs {args.runs} (median), relay {bench.relay if bench.relay else '(baseline only)'}, "
+          f"drain sinks {'live' if args.live_sinks else 'paused'}{', compact W2' if args.compact else ''}")
     print_table(rows)
     now = datetime.datetime.now().astimezone()
     out_dir = Path(args.out)

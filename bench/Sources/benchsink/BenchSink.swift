@@ -12,7 +12,9 @@ struct BenchSink: ParsableCommand {
         discussion: """
             One receiving thread per port. Stops on SIGINT/SIGTERM, when --expect-lines lines have arrived, \
             --idle-exit seconds after the last arrival, or after --max-seconds, and prints one JSON object on \
-            stdout. Arrival timestamps are CLOCK_MONOTONIC seconds.
+            stdout. Arrival timestamps are CLOCK_MONOTONIC seconds when this process read the datagram; \
+            kernel_arrival timestamps are CLOCK_REALTIME seconds when the kernel queued it on the socket \
+            (SO_TIMESTAMPNS), which stay right while this process is stopped or busy.
             """
     )
 
@@ -59,6 +61,7 @@ struct BenchSink: ParsableCommand {
         var effective = 0
         for port in portList {
             let listener = try openListener(LoopbackEndpoint(address: address, port: port), receiveBuffer: rcvbuf)
+            try ReceiveBatch.enableArrivalTimestamps(on: listener.fd)
             listeners.append((port, listener.fd))
             forced = forced && listener.forced
             effective = listener.effective
@@ -101,6 +104,7 @@ struct BenchSink: ParsableCommand {
             ("line_checksum", .string(hexChecksum(total.tally.checksum))),
             ("first_arrival", jsonTimestamp(total.firstArrival)),
             ("last_arrival", jsonTimestamp(total.lastArrival)),
+            ("last_kernel_arrival", jsonTimestamp(total.lastKernelArrival)),
             ("socket_drops", total.drops.map { .int($0) } ?? .null),
             ("stopped_by", .string(reason.rawValue)),
             ("expect_lines", .int(expectLines)),
@@ -132,6 +136,8 @@ struct PortStats: Sendable {
     var firstArrival: UInt64 = 0
     /// `monotonicNanoseconds()` when the last batch returned; 0 for none.
     var lastArrival: UInt64 = 0
+    /// The latest kernel arrival timestamp (`CLOCK_REALTIME` nanoseconds); 0 for none.
+    var lastKernelArrival: UInt64 = 0
     /// Kernel drops on the socket from `SO_MEMINFO`, when known.
     var drops: Int?
     /// The first malformed line, cut to 120 bytes.
@@ -151,6 +157,7 @@ struct PortStats: Sendable {
             firstArrival = other.firstArrival
         }
         lastArrival = max(lastArrival, other.lastArrival)
+        lastKernelArrival = max(lastKernelArrival, other.lastKernelArrival)
         if let otherDrops = other.drops {
             drops = (drops ?? 0) + otherDrops
         }
@@ -171,6 +178,7 @@ struct PortStats: Sendable {
             ("line_checksum", .string(hexChecksum(tally.checksum))),
             ("first_arrival", jsonTimestamp(firstArrival)),
             ("last_arrival", jsonTimestamp(lastArrival)),
+            ("last_kernel_arrival", jsonTimestamp(lastKernelArrival)),
             ("socket_drops", drops.map { .int($0) } ?? .null),
             ("malformed_sample", malformedSample.map { .string($0) } ?? .null),
         ])
@@ -179,7 +187,7 @@ struct PortStats: Sendable {
 
 /// Receives on `fd` until `control` says stop, scanning every datagram.
 func receive(fd: Int32, control: ReceiverControl, batch: Int, bufferSize: Int) -> PortStats {
-    let receiver = ReceiveBatch(count: batch, size: bufferSize)
+    let receiver = ReceiveBatch(count: batch, size: bufferSize, timestamps: true)
     var stats = PortStats()
     while !control.shouldStop {
         let received = receiver.receive(from: fd)
@@ -195,6 +203,7 @@ func receive(fd: Int32, control: ReceiverControl, batch: Int, bufferSize: Int) -
             if receiver.isTruncated(at: index) { stats.truncated += 1 }
             let payload = receiver.payload(at: index)
             stats.bytes += payload.count
+            stats.lastKernelArrival = max(stats.lastKernelArrival, receiver.arrivalTimestamp(at: index))
             if let bad = stats.tally.scan(payload), stats.malformedSample == nil {
                 stats.malformedSample = String(decoding: UnsafeRawBufferPointer(rebasing: bad.prefix(120)), as: UTF8.self)
             }

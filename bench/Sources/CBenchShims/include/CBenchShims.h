@@ -19,4 +19,12 @@ int cbench_sendmmsg(int fd, struct cbench_mmsghdr *vector, unsigned int count, i
 int cbench_recvmmsg(int fd, struct cbench_mmsghdr *vector, unsigned int count, int flags,
                     struct timespec *timeout);
 
+/// Asks the kernel to stamp every datagram received on `fd` with its arrival time
+/// (`SO_TIMESTAMPNS`, CLOCK_REALTIME); returns 0, or -1 with `errno` set.
+int cbench_enable_arrival_timestamps(int fd);
+
+/// The arrival time the kernel attached to a received message (`SCM_TIMESTAMPNS`), in
+/// nanoseconds since the epoch, or 0 if the message carries none.
+unsigned long long cbench_arrival_timestamp(const struct msghdr *header);
+
 #endif
