@@ -55,6 +55,7 @@ let package = Package(
         .executableTarget(
             name: "UringRelayBenchmarks",
             dependencies: [
+                "BenchKit",
                 .product(name: "Benchmark", package: "benchmark"),
                 .product(name: "UringRelay", package: "statsrelay"),
             ],

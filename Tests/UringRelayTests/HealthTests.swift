@@ -99,12 +99,17 @@ struct RouterHealthTests {
         #expect(router.route(name: "foo") == .drop(1))
     }
 
-    @Test("the primary cache answers exactly what the jump hash computes", arguments: [1, 3, 7, 64])
-    func primaryCache(_ backends: Int) {
-        var cache = PrimaryCache(entries: 64, backendCount: backends)
+    @Test("the primary cache answers exactly what the jump hash computes", arguments: [
+        (1, 64), (3, 64), (7, 64), (64, 64), (3, 32_768), (31, 64), (32, 64), (40_000, 64),
+    ])
+    func primaryCache(_ backends: Int, _ entries: Int) {
+        var cache = PrimaryCache(entries: entries, backendCount: backends)
+        // 64 hashes that all fall into one set (the change to bits 29-34 cancels the change to
+        // the low bits in the set index): many more than a set holds, told apart by their tags.
+        let base = FNV1a.hash64("collide")
+        let lookalikes = (0..<UInt64(64)).map { base ^ ($0 << 29) ^ $0 }
         for round in 0..<3 {
-            for name in Self.names.prefix(5_000) {
-                let hash = FNV1a.hash64(name)
+            for hash in Self.names.prefix(5_000).map(FNV1a.hash64) + lookalikes {
                 #expect(cache.primary(forHash: hash) == JumpHash.bucket(for: hash, buckets: backends), "round \(round)")
             }
         }

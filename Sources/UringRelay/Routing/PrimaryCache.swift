@@ -1,37 +1,74 @@
 /// Remembers the jump-hash bucket of recently seen key hashes, per worker.
 ///
-/// Computing the Go StatsRelay's bucket costs a chain of floating-point divisions per key
-/// (about 80 cycles for three backends), while a metric name recurs many times a second; a
-/// direct-mapped table indexed by the key's FNV-1a hash answers repeats in a few cycles.
-/// Only the primary bucket is cached: it depends on the backend count alone, never on health.
+/// Computing the Go StatsRelay's bucket costs a chain of floating-point divisions per key,
+/// while a metric name recurs many times a second. This is a two-way set-associative table
+/// of 8-byte entries, indexed by the key's FNV-1a hash: a set is 16 bytes, so a lookup is one
+/// cache line, and a name shares its set with one other without either being evicted.
+///
+/// An entry is the hash with its low set-index bits replaced by the bucket plus one (0 marks
+/// an empty entry). The set index is the low bits of `hash ^ hash >> 29`, so two hashes that
+/// agree in the entry's high bits and land in the same set are equal: the entry identifies
+/// its hash exactly, with no second load.
 public struct PrimaryCache: Sendable {
-    private var hashes: [UInt64]
-    /// The bucket plus one; 0 marks an empty entry.
-    private var buckets: [UInt32]
-    private let mask: Int
+    /// Two entries per set, the most recently filled first.
+    private var entries: [UInt64]
+    private let setMask: UInt64
+    private let tagMask: UInt64
+    /// Whether the bucket numbers fit in an entry; if not, every lookup computes.
+    private let enabled: Bool
     /// The backend count the cached buckets were computed for.
     public let backendCount: Int
 
-    /// A cache of `entries` (rounded up to a power of two) for `backendCount` backends.
-    public init(entries: Int = 16_384, backendCount: Int) {
-        var size = 1
-        while size < entries { size <<= 1 }
-        hashes = Array(repeating: 0, count: size)
-        buckets = Array(repeating: 0, count: size)
-        mask = size - 1
+    /// A cache of about `entries` entries (rounded up to a power of two, at least 64) for
+    /// `backendCount` backends.
+    public init(entries: Int = 32_768, backendCount: Int) {
+        var sets = 32
+        while sets * 2 < entries { sets <<= 1 }
+        self.entries = Array(repeating: 0, count: 2 * sets)
+        setMask = UInt64(sets - 1)
+        tagMask = ~setMask
+        enabled = UInt64(backendCount) < setMask
         self.backendCount = backendCount
+    }
+
+    /// One lookup's reads: the set of a hash and its two entries as they were when read.
+    ///
+    /// Reading the set early and deciding later lets the caller overlap the memory access with
+    /// other work (the next line's hash). The entries read are never wrong, only possibly out
+    /// of date, so deciding on them is exact; at worst a bucket is computed that was cached.
+    public struct Probe: Sendable {
+        /// The key hash.
+        public let hash: UInt64
+        fileprivate let set: Int
+        fileprivate let first: UInt64
+        fileprivate let second: UInt64
+    }
+
+    /// Reads the set of `hash`.
+    @inline(__always)
+    public func probe(_ hash: UInt64) -> Probe {
+        guard enabled else { return Probe(hash: hash, set: -1, first: 0, second: 0) }
+        // FNV-1a's high bits mix best; fold them into the set index.
+        let set = Int(truncatingIfNeeded: (hash ^ (hash >> 29)) & setMask) &<< 1
+        return Probe(hash: hash, set: set, first: entries[set], second: entries[set + 1])
+    }
+
+    /// The primary backend of a probed hash: `JumpHash.bucket(for: probe.hash, buckets: backendCount)`.
+    @inline(__always)
+    public mutating func primary(for probe: Probe) -> Int {
+        let tag = probe.hash & tagMask
+        if probe.first & tagMask == tag && probe.first != 0 { return Int(truncatingIfNeeded: probe.first & setMask) - 1 }
+        if probe.second & tagMask == tag && probe.second != 0 { return Int(truncatingIfNeeded: probe.second & setMask) - 1 }
+        let bucket = JumpHash.bucket(for: probe.hash, buckets: backendCount)
+        guard probe.set >= 0 else { return bucket }
+        entries[probe.set + 1] = probe.first
+        entries[probe.set] = tag | UInt64(bucket + 1)
+        return bucket
     }
 
     /// The primary backend of a key hash: `JumpHash.bucket(for: hash, buckets: backendCount)`.
     @inline(__always)
     public mutating func primary(forHash hash: UInt64) -> Int {
-        // FNV-1a's high bits mix best; fold them into the index.
-        let index = Int(truncatingIfNeeded: hash ^ (hash >> 29)) & mask
-        let cached = buckets[index]
-        if cached != 0 && hashes[index] == hash { return Int(cached) - 1 }
-        let bucket = JumpHash.bucket(for: hash, buckets: backendCount)
-        hashes[index] = hash
-        buckets[index] = UInt32(bucket + 1)
-        return bucket
+        primary(for: probe(hash))
     }
 }

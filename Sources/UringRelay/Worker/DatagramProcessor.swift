@@ -38,42 +38,55 @@ public struct DatagramProcessor: ~Copyable {
     }
 
     /// Splits `datagram` into lines and packs each valid one for its backend.
+    ///
+    /// Software-pipelined by one line: a line's cache set is read right after its name is
+    /// hashed, and the line is routed and packed only after the next line is hashed, so that
+    /// read overlaps the next hash instead of stalling. Lines are packed in datagram order.
     @inline(__always)
     public mutating func relay(datagram: RawSpan, now: UInt64) {
         var offset = 0
         let mayContainNul = datagram.contains(byte: 0)
+        var pending: (line: Range<Int>, probe: PrimaryCache.Probe)?
         while let line = LineScanner.next(in: datagram, from: &offset, mayContainNul: mayContainNul) {
             switch line {
             case .valid(let start, let end, let nameEnd):
                 counters[.linesReceived] &+= 1
-                let backend: Int
-                let hash = FNV1a.hash64(datagram.extracting(start..<nameEnd))
-                switch router.route(hash: hash, primary: primaries.primary(forHash: hash)) {
-                case .send(let primary):
-                    backend = primary
-                case .hold(let primary):
-                    // Batched as usual; the worker holds the packet instead of sending it.
-                    backend = primary
-                case .rehash(let primary, let other):
-                    counters[.linesRehashed] &+= 1
-                    counters[.linesRehashedAway, backend: primary] &+= 1
-                    backend = other
-                case .drop(let primary):
-                    counters[.linesDroppedBackendDown] &+= 1
-                    counters[.linesDroppedBackendDown, backend: primary] &+= 1
-                    continue
-                }
-                if assembler.append(datagram.extracting(start..<end), to: backend, now: now) {
-                    counters[.linesForwarded] &+= 1
-                } else {
-                    counters[.linesDroppedNoSendBuffer] &+= 1
-                }
+                let probe = primaries.probe(FNV1a.hash64(datagram.extracting(start..<nameEnd)))
+                if let (previous, previousProbe) = pending { pack(datagram.extracting(previous), previousProbe, now: now) }
+                pending = (start..<end, probe)
             case .empty:
                 counters[.emptyLines] &+= 1
             case .malformed(let reason):
                 counters[.linesReceived] &+= 1
                 counters[.dropped(reason)] &+= 1
             }
+        }
+        if let (previous, previousProbe) = pending { pack(datagram.extracting(previous), previousProbe, now: now) }
+    }
+
+    /// Routes one valid line by its probed hash and packs it into its backend's batch.
+    @inline(__always)
+    private mutating func pack(_ line: RawSpan, _ probe: PrimaryCache.Probe, now: UInt64) {
+        let backend: Int
+        switch router.route(hash: probe.hash, primary: primaries.primary(for: probe)) {
+        case .send(let primary):
+            backend = primary
+        case .hold(let primary):
+            // Batched as usual; the worker holds the packet instead of sending it.
+            backend = primary
+        case .rehash(let primary, let other):
+            counters[.linesRehashed] &+= 1
+            counters[.linesRehashedAway, backend: primary] &+= 1
+            backend = other
+        case .drop(let primary):
+            counters[.linesDroppedBackendDown] &+= 1
+            counters[.linesDroppedBackendDown, backend: primary] &+= 1
+            return
+        }
+        if assembler.append(line, to: backend, now: now) {
+            counters[.linesForwarded] &+= 1
+        } else {
+            counters[.linesDroppedNoSendBuffer] &+= 1
         }
     }
 
