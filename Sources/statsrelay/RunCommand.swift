@@ -38,7 +38,7 @@ struct RunCommand: ParsableCommand {
     var maxDatagram = 8192
 
     @Option(name: .customLong("receive-buffers"), help: "Receive buffers per worker in the provided-buffer ring (a power of two).")
-    var receiveBuffers = 512
+    var receiveBuffers = 128
 
     @Option(name: .customLong("min-wait"), help: "Once a completion is ready, how long a worker may wait for more before handling them (io_uring_enter2 minimum wait, Linux 6.12+; 0 disables).")
     var minWait = "100us"

@@ -21,8 +21,11 @@ public struct RelayConfiguration: Sendable, Equatable {
     /// The CPUs workers are pinned to, in order (`--cpus`); `nil` pins worker i to the i-th
     /// allowed CPU.
     public var cpus: [Int]?
-    /// Receive buffers per worker in the provided-buffer ring.
-    public var receiveBuffers: Int = 512
+    /// Receive buffers per worker in the provided-buffer ring. The kernel takes them in ring
+    /// order, so every buffer is touched once per cycle: few buffers keep the cycle in cache
+    /// (128 against 512: +13% lines/s on the W2 drain). They only need to cover one loop
+    /// turn's datagrams; the socket's receive buffer holds the rest while they are in use.
+    public var receiveBuffers: Int = 128
     /// How long a waiting worker lingers for more completions once one is ready
     /// (`io_uring_enter2` minimum wait).
     public var minimumWaitMicroseconds: UInt32 = 100
