@@ -14,6 +14,8 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        // RigidArray: fixed-capacity arrays without copy-on-write checks for the per-line state.
+        .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
     ],
     targets: [
         .systemLibrary(
@@ -26,6 +28,7 @@ let package = Package(
             dependencies: [
                 "CLiburing",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "BasicContainers", package: "swift-collections"),
             ],
             swiftSettings: strict
         ),

@@ -133,4 +133,34 @@ struct BatchAssemblerTests {
             index += 1
         }
     }
+
+    @Test("packets stay in order when slots are sent and reused before the ready queue empties")
+    func readyQueueReuse() throws {
+        // Each line fills a packet alone (packet length 4: "abc\n"), so every append after the
+        // first closes one. Taking one ready packet and freeing it per append, without ever
+        // draining the queue, cycles every slot through it many times over.
+        var assembler = try BatchAssembler(backendCount: 1, packetBytes: 4, maxLineBytes: 8)
+        var sent: [String] = []
+        let total = 3 * assembler.pool.capacity
+        for index in 0..<total {
+            var line = Array(String(format3(index % 1000)).utf8)
+            let appended = line.withUnsafeMutableBytes { assembler.append(UnsafeRawBufferPointer($0).bytes, to: 0, now: 0) }
+            #expect(appended)
+            if index >= 1, let slot = assembler.nextReady() {
+                sent.append(assembler.pool.withBytes(ofSlot: slot) { $0.withUnsafeBytes { String(decoding: $0, as: UTF8.self) } })
+                _ = assembler.completeSend(slot)
+            }
+        }
+        assembler.closeAll()
+        while let slot = assembler.nextReady() {
+            sent.append(assembler.pool.withBytes(ofSlot: slot) { $0.withUnsafeBytes { String(decoding: $0, as: UTF8.self) } })
+            _ = assembler.completeSend(slot)
+        }
+        #expect(sent == (0..<total).map { format3($0 % 1000) + "\n" })
+    }
+}
+
+/// `value` as three digits, zero-padded.
+func format3(_ value: Int) -> String {
+    String(repeating: "0", count: 3 - String(value).count) + String(value)
 }

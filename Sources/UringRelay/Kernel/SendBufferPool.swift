@@ -1,3 +1,4 @@
+import BasicContainers
 import CLiburing
 import Glibc
 
@@ -16,10 +17,12 @@ public struct SendBufferPool: ~Copyable {
     public let slotBytes: Int
     /// How many slots exist.
     public let capacity: Int
-    private var free: [Int32]
-    private var lengths: [Int32]
-    private var lines: [Int32]
-    private var backends: [Int32]
+    // Fixed-capacity arrays: written for every line, they must not pay an `Array`'s
+    // copy-on-write uniqueness check on each write.
+    private var free: RigidArray<Int32>
+    private var lengths: RigidArray<Int32>
+    private var lines: RigidArray<Int32>
+    private var backends: RigidArray<Int32>
 
     /// Maps `capacity` slots of `slotBytes` each.
     public init(capacity: Int, slotBytes: Int) throws(Errno) {
@@ -32,10 +35,11 @@ public struct SendBufferPool: ~Copyable {
         storage = memory
         self.slotBytes = slotBytes
         self.capacity = capacity
-        free = (0..<Int32(capacity)).reversed()
-        lengths = Array(repeating: 0, count: capacity)
-        lines = Array(repeating: 0, count: capacity)
-        backends = Array(repeating: -1, count: capacity)
+        free = RigidArray(capacity: capacity)
+        for slot in (0..<Int32(capacity)).reversed() { free.append(slot) }
+        lengths = RigidArray(repeating: 0, count: capacity)
+        lines = RigidArray(repeating: 0, count: capacity)
+        backends = RigidArray(repeating: -1, count: capacity)
     }
 
     deinit {
@@ -72,7 +76,9 @@ public struct SendBufferPool: ~Copyable {
 
     /// Lines in every slot that is not free (filling or in flight); for the exit report.
     public var linesInUse: Int {
-        backends.indices.reduce(0) { total, slot in backends[slot] >= 0 ? total + Int(lines[slot]) : total }
+        var total = 0
+        for slot in backends.indices where backends[slot] >= 0 { total += Int(lines[slot]) }
+        return total
     }
 
     /// Bytes packed into `slot` so far.
@@ -138,6 +144,7 @@ public struct SendBufferPool: ~Copyable {
     /// Checks that no slot is free twice and every free slot is unassigned; used in `assert`.
     public func verifyInvariants() -> Bool {
         guard free.count <= capacity else { return false }
-        return free.allSatisfy { backends[Int($0)] == -1 }
+        for index in free.indices where backends[Int(free[index])] != -1 { return false }
+        return true
     }
 }

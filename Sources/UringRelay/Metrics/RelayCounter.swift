@@ -106,16 +106,24 @@ public enum BackendCounter: Int, CaseIterable, Sendable {
 /// One worker's counters (or the sum of several): plain integers, written only by the worker
 /// that owns them, so the per-datagram path takes no lock and no atomic.
 public struct RelayCounters: Sendable, Equatable {
-    private var relay: [UInt64]
+    /// Room for every `RelayCounter`, stored inline: the per-line increments are plain stores,
+    /// with none of an `Array`'s copy-on-write uniqueness checks.
+    private var relay = InlineArray<32, UInt64>(repeating: 0)
     private var backend: [UInt64]
     /// How many backends are counted.
     public let backendCount: Int
 
     /// All zeros for `backendCount` backends.
     public init(backendCount: Int) {
+        precondition(RelayCounter.allCases.count <= 32, "RelayCounters.relay needs more room")
         self.backendCount = backendCount
-        relay = Array(repeating: 0, count: RelayCounter.allCases.count)
         backend = Array(repeating: 0, count: BackendCounter.allCases.count * backendCount)
+    }
+
+    /// Whether both hold the same counts.
+    public static func == (lhs: RelayCounters, rhs: RelayCounters) -> Bool {
+        lhs.backendCount == rhs.backendCount && lhs.backend == rhs.backend
+            && lhs.relay.indices.allSatisfy { lhs.relay[$0] == rhs.relay[$0] }
     }
 
     /// A relay-wide counter.

@@ -1,3 +1,5 @@
+import BasicContainers
+
 
 /// Packs lines into one outgoing datagram per backend and says when each is ready to send.
 ///
@@ -18,9 +20,11 @@ public struct BatchAssembler: ~Copyable {
     /// Free slots needed before a datagram is taken on: enough for every packet one datagram
     /// can close, so appending never runs out of slots midway.
     public let reserveSlots: Int
-    private var openSlot: [Int32]
-    private var openedAt: [UInt64]
-    private var ready: [Int32]
+    // Fixed-capacity arrays: touched for every line, without copy-on-write checks.
+    private var openSlot: RigidArray<Int32>
+    private var openedAt: RigidArray<UInt64>
+    /// Ready slots in order; at most every slot of the pool.
+    private var ready: RigidArray<Int32>
     private var readyHead = 0
 
     /// Creates an assembler and its pool.
@@ -39,10 +43,9 @@ public struct BatchAssembler: ~Copyable {
         pool = try SendBufferPool(capacity: capacity, slotBytes: max(packetBytes, maxLineBytes + 1))
         self.packetBytes = packetBytes
         self.backendCount = backendCount
-        openSlot = Array(repeating: -1, count: backendCount)
-        openedAt = Array(repeating: 0, count: backendCount)
-        ready = []
-        ready.reserveCapacity(capacity)
+        openSlot = RigidArray(repeating: -1, count: backendCount)
+        openedAt = RigidArray(repeating: 0, count: backendCount)
+        ready = RigidArray(capacity: capacity)
     }
 
     /// Whether there are enough free slots to take on one more datagram.
@@ -67,7 +70,7 @@ public struct BatchAssembler: ~Copyable {
             // Alone in its own packet, sent at once, after what was already open for this backend.
             guard let alone = pool.acquire(for: backend) else { return false }
             pool.append(line, to: alone)
-            ready.append(Int32(alone))
+            enqueue(Int32(alone))
             return true
         }
         if slot < 0 {
@@ -86,6 +89,17 @@ public struct BatchAssembler: ~Copyable {
         let slot = openSlot[backend]
         guard slot >= 0 else { return }
         openSlot[backend] = -1
+        enqueue(slot)
+    }
+
+    /// Appends a slot to the ready queue. Pending entries are distinct slots, so after the
+    /// entries already handed out are dropped there is always room.
+    @inline(__always)
+    private mutating func enqueue(_ slot: Int32) {
+        if ready.isFull {
+            ready.removeSubrange(0..<readyHead)
+            readyHead = 0
+        }
         ready.append(slot)
     }
 
@@ -116,7 +130,7 @@ public struct BatchAssembler: ~Copyable {
     public mutating func nextReady() -> Int? {
         guard readyHead < ready.count else {
             if readyHead > 0 {
-                ready.removeAll(keepingCapacity: true)
+                ready.removeAll()
                 readyHead = 0
             }
             return nil
@@ -144,7 +158,7 @@ public struct BatchAssembler: ~Copyable {
             return nil
         }
         pool.addLines(lines, to: slot)
-        ready.append(Int32(slot))
+        enqueue(Int32(slot))
         return lines
     }
 
@@ -153,6 +167,6 @@ public struct BatchAssembler: ~Copyable {
 
     /// Whether any batch is open or ready.
     public var hasPendingBatches: Bool {
-        readyHead < ready.count || openSlot.contains { $0 >= 0 }
+        readyHead < ready.count || openSlot.indices.contains { openSlot[$0] >= 0 }
     }
 }

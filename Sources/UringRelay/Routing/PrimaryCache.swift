@@ -1,3 +1,5 @@
+import BasicContainers
+
 /// Remembers the jump-hash bucket of recently seen key hashes, per worker.
 ///
 /// Computing the Go StatsRelay's bucket costs a chain of floating-point divisions per key,
@@ -9,9 +11,9 @@
 /// an empty entry). The set index is the low bits of `hash ^ hash >> 29`, so two hashes that
 /// agree in the entry's high bits and land in the same set are equal: the entry identifies
 /// its hash exactly, with no second load.
-public struct PrimaryCache: Sendable {
-    /// Two entries per set, the most recently filled first.
-    private var entries: [UInt64]
+public struct PrimaryCache: ~Copyable, Sendable {
+    /// Two entries per set, the most recently filled first (fixed size, no copy-on-write checks).
+    private var entries: RigidArray<UInt64>
     private let setMask: UInt64
     private let tagMask: UInt64
     /// Whether the bucket numbers fit in an entry; if not, every lookup computes.
@@ -24,7 +26,7 @@ public struct PrimaryCache: Sendable {
     public init(entries: Int = 32_768, backendCount: Int) {
         var sets = 32
         while sets * 2 < entries { sets <<= 1 }
-        self.entries = Array(repeating: 0, count: 2 * sets)
+        self.entries = RigidArray(repeating: 0, count: 2 * sets)
         setMask = UInt64(sets - 1)
         tagMask = ~setMask
         enabled = UInt64(backendCount) < setMask
