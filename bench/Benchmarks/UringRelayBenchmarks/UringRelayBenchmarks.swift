@@ -202,7 +202,7 @@ let benchmarks: @Sendable () -> Void = {
     }
 
     // What the relay does instead of the jump hash since it caches buckets per worker: a hit
-    // in its direct-mapped cache (the 36 names stay cached).
+    // in its two-way set-associative cache (the 36 names stay cached).
     Benchmark("PrimaryCache.primary", configuration: perItem) { benchmark in
         var cache = PrimaryCache(backendCount: backendCount)
         for hash in hashes { blackHole(cache.primary(forHash: hash)) }
