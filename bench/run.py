@@ -439,6 +439,7 @@ class Bench:
                 record["problems"].append("sinks did not reach the stopped state within 2 s")
         record["sinks_paused"] = pause_sinks
         cpu_before = proc_cpu(receiver.pid)
+        offset_before = time.clock_gettime(time.CLOCK_REALTIME) - monotonic()
         started_realtime = time.clock_gettime(time.CLOCK_REALTIME)
         started = monotonic()
         os.kill(receiver.pid, signal.SIGCONT)
@@ -453,6 +454,12 @@ class Bench:
             # last one was queued, however late the sink read it.
             last_kernel = (record.get("sink") or {}).get("last_kernel_arrival")
             last = started + (last_kernel - started_realtime) if last_kernel else None
+            # The stamps are CLOCK_REALTIME: a step of that clock during the drain (NTP) would skew
+            # the time, so the run is flagged and left out if realtime moved against monotonic.
+            step = abs(time.clock_gettime(time.CLOCK_REALTIME) - monotonic() - offset_before)
+            if step > 0.001:
+                record["clock_step_seconds"] = step
+                record["problems"].append(f"CLOCK_REALTIME stepped by {step:.4f} s against CLOCK_MONOTONIC")
         else:
             if receiver.wait(DRAIN_TIMEOUT) is None:
                 record["problems"].append(f"baseline did not drain within {DRAIN_TIMEOUT} s")
@@ -598,6 +605,15 @@ def derive(record: dict) -> None:
     queued = record.get("queued_bytes_per_socket") or []
     record["busiest_socket_share"] = max(queued) / sum(queued) if len(queued) > 1 and sum(queued) else None
     record["valid"] = not record.get("queue_kernel_drops") and record.get("elapsed_seconds") is not None
+    if record["kind"] == "drain" and record["target"] == "relay":
+        # A drain that lost or mangled lines ends sooner and would overstate the rate; its time
+        # also needs a kernel stamp on every datagram and a clock that did not step.
+        sink = record.get("sink") or {}
+        record["valid"] = (record["valid"] and record.get("lines_lost") == 0 and record.get("checksum_match") is True
+                           and not record.get("sink_socket_drops") and not sink.get("untimestamped")
+                           and not record.get("clock_step_seconds"))
+        if sink.get("untimestamped"):
+            record["problems"].append(f"{sink['untimestamped']} datagrams reached the sinks without a kernel timestamp")
 
 
 # ---------------------------------------------------------------------------------------------------------

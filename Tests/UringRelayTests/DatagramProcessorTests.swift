@@ -49,4 +49,38 @@ struct DatagramProcessorTests {
         #expect(processor.counters[.sendRefused, backend: 0] == 1)
         #expect(processor.counters[.linesSent, backend: 0] == 0)
     }
+
+    @Test("each backend gets its lines in datagram order, across junk lines and repeated names")
+    func orderPerBackend() throws {
+        // Built from names that repeat on consecutive lines (a cold cache sees the same name
+        // twice in a row) and junk between valid lines; the expected packets come from routing
+        // each valid line on its own, in order.
+        var processor = try DatagramProcessor(router: Router(backendCount: 3), packetBytes: 1400, maxDatagramBytes: 8192)
+        var text = ""
+        var expected = [String](repeating: "", count: 3)
+        for index in 0..<30 {
+            let name = "order.metric.\(index / 2)"
+            let line = "\(name):\(index)|c"
+            text += line + "\n"
+            expected[Router(backendCount: 3).backend(forName: name)] += line + "\n"
+            if index % 7 == 3 { text += "junk-without-colon\n\n:empty-name|c\n" }
+        }
+        var datagram = Array(text.utf8)
+        datagram.withUnsafeMutableBytes { raw in
+            processor.receive(.datagram(length: raw.count), UnsafeRawBufferPointer(raw).bytes, now: 0)
+        }
+        processor.assembler.closeAll()
+        var byBackend = [String](repeating: "", count: 3)
+        while let slot = processor.assembler.nextReady() {
+            byBackend[processor.assembler.pool.backend(of: slot)] += processor.assembler.pool.withBytes(ofSlot: slot) {
+                $0.withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
+            }
+            processor.sendCompleted(slot: slot, result: Int32(processor.assembler.pool.length(of: slot)))
+        }
+        #expect(byBackend == expected)
+        #expect(processor.counters[.linesForwarded] == 30)
+        #expect(processor.counters[.linesDroppedMissingColon] == 4)
+        #expect(processor.counters[.linesDroppedEmptyName] == 4)
+        #expect(processor.counters[.emptyLines] == 4)
+    }
 }

@@ -69,6 +69,7 @@ public struct SendBufferPool: ~Copyable {
     /// Returns a slot to the free stack (after its send completed, or unsent at shutdown).
     @inline(__always)
     public mutating func release(_ slot: Int) {
+        precondition(backends[slot] >= 0, "send slot released twice")
         backends[slot] = -1
         free.append(Int32(slot))
         assert(verifyInvariants())
@@ -141,9 +142,8 @@ public struct SendBufferPool: ~Copyable {
         UnsafeRawBufferPointer(start: storage + slot * slotBytes, count: Int(lengths[slot]))
     }
 
-    /// Checks that no slot is free twice and every free slot is unassigned; used in `assert`.
+    /// Checks that every free slot is unassigned; used in `assert`.
     public func verifyInvariants() -> Bool {
-        guard free.count <= capacity else { return false }
         for index in free.indices where backends[Int(free[index])] != -1 { return false }
         return true
     }

@@ -29,7 +29,8 @@ public struct PrimaryCache: ~Copyable, Sendable {
         self.entries = RigidArray(repeating: 0, count: 2 * sets)
         setMask = UInt64(sets - 1)
         tagMask = ~setMask
-        enabled = UInt64(backendCount) < setMask
+        // bucket + 1 <= backendCount must fit in the low set-index bits.
+        enabled = UInt64(backendCount) <= setMask
         self.backendCount = backendCount
     }
 
@@ -38,9 +39,9 @@ public struct PrimaryCache: ~Copyable, Sendable {
     /// Reading the set early and deciding later lets the caller overlap the memory access with
     /// other work (the next line's hash). The entries read are never wrong, only possibly out
     /// of date, so deciding on them is exact; at worst a bucket is computed that was cached.
-    public struct Probe: Sendable {
+    struct Probe: Sendable {
         /// The key hash.
-        public let hash: UInt64
+        let hash: UInt64
         fileprivate let set: Int
         fileprivate let first: UInt64
         fileprivate let second: UInt64
@@ -48,7 +49,7 @@ public struct PrimaryCache: ~Copyable, Sendable {
 
     /// Reads the set of `hash`.
     @inline(__always)
-    public func probe(_ hash: UInt64) -> Probe {
+    func probe(_ hash: UInt64) -> Probe {
         guard enabled else { return Probe(hash: hash, set: -1, first: 0, second: 0) }
         // FNV-1a's high bits mix best; fold them into the set index.
         let set = Int(truncatingIfNeeded: (hash ^ (hash >> 29)) & setMask) &<< 1
@@ -56,16 +57,28 @@ public struct PrimaryCache: ~Copyable, Sendable {
     }
 
     /// The primary backend of a probed hash: `JumpHash.bucket(for: probe.hash, buckets: backendCount)`.
+    /// The probe must come from this cache.
     @inline(__always)
-    public mutating func primary(for probe: Probe) -> Int {
+    mutating func primary(for probe: Probe) -> Int {
         let tag = probe.hash & tagMask
-        if probe.first & tagMask == tag && probe.first != 0 { return Int(truncatingIfNeeded: probe.first & setMask) - 1 }
-        if probe.second & tagMask == tag && probe.second != 0 { return Int(truncatingIfNeeded: probe.second & setMask) - 1 }
+        if let bucket = match(probe.first, probe.second, tag) { return bucket }
+        guard probe.set >= 0 else { return JumpHash.bucket(for: probe.hash, buckets: backendCount) }
+        // The probe may predate an insert into this set (the line before, maybe the same
+        // name): read the set again, now in L1, before computing.
+        let first = entries[probe.set]
+        if let bucket = match(first, entries[probe.set + 1], tag) { return bucket }
         let bucket = JumpHash.bucket(for: probe.hash, buckets: backendCount)
-        guard probe.set >= 0 else { return bucket }
-        entries[probe.set + 1] = probe.first
+        entries[probe.set + 1] = first
         entries[probe.set] = tag | UInt64(bucket + 1)
         return bucket
+    }
+
+    /// The bucket of the entry among `first` and `second` whose tag is `tag`, if any.
+    @inline(__always)
+    private func match(_ first: UInt64, _ second: UInt64, _ tag: UInt64) -> Int? {
+        if first & tagMask == tag && first != 0 { return Int(truncatingIfNeeded: first & setMask) - 1 }
+        if second & tagMask == tag && second != 0 { return Int(truncatingIfNeeded: second & setMask) - 1 }
+        return nil
     }
 
     /// The primary backend of a key hash: `JumpHash.bucket(for: hash, buckets: backendCount)`.

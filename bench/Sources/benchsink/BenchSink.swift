@@ -105,6 +105,7 @@ struct BenchSink: ParsableCommand {
             ("first_arrival", jsonTimestamp(total.firstArrival)),
             ("last_arrival", jsonTimestamp(total.lastArrival)),
             ("last_kernel_arrival", jsonTimestamp(total.lastKernelArrival)),
+            ("untimestamped", .int(total.untimestamped)),
             ("socket_drops", total.drops.map { .int($0) } ?? .null),
             ("stopped_by", .string(reason.rawValue)),
             ("expect_lines", .int(expectLines)),
@@ -138,6 +139,8 @@ struct PortStats: Sendable {
     var lastArrival: UInt64 = 0
     /// The latest kernel arrival timestamp (`CLOCK_REALTIME` nanoseconds); 0 for none.
     var lastKernelArrival: UInt64 = 0
+    /// Datagrams that came without a kernel arrival timestamp.
+    var untimestamped = 0
     /// Kernel drops on the socket from `SO_MEMINFO`, when known.
     var drops: Int?
     /// The first malformed line, cut to 120 bytes.
@@ -158,6 +161,7 @@ struct PortStats: Sendable {
         }
         lastArrival = max(lastArrival, other.lastArrival)
         lastKernelArrival = max(lastKernelArrival, other.lastKernelArrival)
+        untimestamped += other.untimestamped
         if let otherDrops = other.drops {
             drops = (drops ?? 0) + otherDrops
         }
@@ -203,7 +207,9 @@ func receive(fd: Int32, control: ReceiverControl, batch: Int, bufferSize: Int) -
             if receiver.isTruncated(at: index) { stats.truncated += 1 }
             let payload = receiver.payload(at: index)
             stats.bytes += payload.count
-            stats.lastKernelArrival = max(stats.lastKernelArrival, receiver.arrivalTimestamp(at: index))
+            let stamp = receiver.arrivalTimestamp(at: index)
+            if stamp == 0 { stats.untimestamped += 1 }
+            stats.lastKernelArrival = max(stats.lastKernelArrival, stamp)
             if let bad = stats.tally.scan(payload), stats.malformedSample == nil {
                 stats.malformedSample = String(decoding: UnsafeRawBufferPointer(rebasing: bad.prefix(120)), as: UTF8.self)
             }
