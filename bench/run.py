@@ -539,6 +539,12 @@ class Bench:
             record["relay_exit_code"] = relay.process.returncode
             record["problems"].append(f"relay died during the run (exit {relay.process.returncode})")
         lines = relay.stderr_lines()
+        # What the relay's start-up line says it set up: ring flags, minimum wait, buffers.
+        for line in lines[:15]:
+            for field in line.split():
+                key, _, value = field.partition("=")
+                if key in ("ring_flags", "min_wait", "receive_buffers", "send_slots", "rcvbuf_obtained") and value:
+                    record.setdefault("relay_setup", {})[key] = value
         record["relay_stderr_head"] = lines[:15]
         record["relay_stderr_tail"] = lines[-15:] if len(lines) > 15 else []
 
@@ -643,7 +649,8 @@ def summarize(records: list[dict]) -> list[dict]:
         row = {"workload": workload, "target": target, "threads": threads, "runs": len(group),
                "valid_runs": sum(record["valid"] for record in group),
                "problems": sorted({problem for record in group for problem in record["problems"]}),
-               "kernel": group[0]["kernel"], "liburing": group[0]["liburing"], "flags": group[0]["flags"]}
+               "kernel": group[0]["kernel"], "liburing": group[0]["liburing"], "flags": group[0]["flags"],
+               "relay_setup": group[0].get("relay_setup")}
         for key in FIGURES:
             row[key] = median_of(valid, key)
         rows.append(row)
@@ -704,6 +711,9 @@ def print_table(rows: list[dict]) -> None:
                         for column, (cell, width) in enumerate(zip(line, widths))))
         if index == 0:
             print("  ".join("-" * width for width in widths))
+    setups = sorted({json.dumps(row["relay_setup"], sort_keys=True) for row in rows if row.get("relay_setup")})
+    for setup in setups:
+        print("relay set-up: " + " ".join(f"{key}={value}" for key, value in json.loads(setup).items()))
     for row in rows:
         for problem in row["problems"]:
             print(f"! {row['workload']} {row['target']} t={row['threads']}: {problem}")
