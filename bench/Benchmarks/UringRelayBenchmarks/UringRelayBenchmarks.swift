@@ -119,6 +119,24 @@ func relayPool(
     return index
 }
 
+/// A processor over the benchmarks' backends, or `nil` after reporting the error.
+func makeProcessor(_ benchmark: Benchmark) -> DatagramProcessor? {
+    guard let processor = try? DatagramProcessor(
+        router: Router(backendCount: backendCount), packetBytes: packetBytes, maxDatagramBytes: maxDatagramBytes)
+    else {
+        benchmark.error("DatagramProcessor.init failed")
+        return nil
+    }
+    return processor
+}
+
+/// Reports an error unless every line relayed was packed (no slot shortage, nothing malformed).
+func checkEveryLinePacked(_ counters: RelayCounters, _ benchmark: Benchmark) {
+    if counters[.linesForwarded] != counters[.linesReceived] || counters[.linesReceived] == 0 {
+        benchmark.error("lines lost: \(counters[.linesReceived]) received, \(counters[.linesForwarded]) forwarded")
+    }
+}
+
 // MARK: - Benchmarks
 
 let benchmarks: @Sendable () -> Void = {
@@ -238,24 +256,14 @@ let benchmarks: @Sendable () -> Void = {
     //    Gated by Thresholds/UringRelayBenchmarks.DatagramProcessor.relay.p90.json (0 mallocs per
     //    1000 datagrams): `swift package --disable-sandbox benchmark thresholds check`.
     Benchmark("DatagramProcessor.relay", configuration: perDatagram) { benchmark in
-        guard var processor = try? DatagramProcessor(
-            router: Router(backendCount: backendCount), packetBytes: packetBytes,
-            maxDatagramBytes: maxDatagramBytes)
-        else {
-            benchmark.error("DatagramProcessor.init failed")
-            return
-        }
+        guard var processor = makeProcessor(benchmark) else { return }
         datagram.withUnsafeBytes { raw in
             relayDatagrams(&processor, raw.bytes, count: 1_000)
             benchmark.startMeasurement()
             relayDatagrams(&processor, raw.bytes, count: benchmark.scaledIterations.count)
             benchmark.stopMeasurement()
         }
-        // Every line relayed must have been packed (no slot shortage, nothing malformed).
-        let counters = processor.counters
-        if counters[.linesForwarded] != counters[.linesReceived] || counters[.linesReceived] == 0 {
-            benchmark.error("lines lost: \(counters[.linesReceived]) received, \(counters[.linesForwarded]) forwarded")
-        }
+        checkEveryLinePacked(processor.counters, benchmark)
     }
 
     // 5. The macro benchmark's W2 in miniature: 4096 different 1400-byte datagrams of the
@@ -265,13 +273,7 @@ let benchmarks: @Sendable () -> Void = {
     let mixPool = DatagramPool(
         catalog: MetricCatalog(count: 10_000, seed: 1, compact: true), mode: .packed, count: 4096, size: 1400, seed: 1)
     Benchmark("DatagramProcessor.relay (W2 mix, 10k names)", configuration: perDatagram) { benchmark in
-        guard var processor = try? DatagramProcessor(
-            router: Router(backendCount: backendCount), packetBytes: packetBytes,
-            maxDatagramBytes: maxDatagramBytes)
-        else {
-            benchmark.error("DatagramProcessor.init failed")
-            return
-        }
+        guard var processor = makeProcessor(benchmark) else { return }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 2048, alignment: 64)
         defer { buffer.deallocate() }
         var next = relayPool(&processor, mixPool, buffer, from: 0, count: 2 * mixPool.count)
@@ -279,10 +281,7 @@ let benchmarks: @Sendable () -> Void = {
         next = relayPool(&processor, mixPool, buffer, from: next, count: benchmark.scaledIterations.count)
         benchmark.stopMeasurement()
         blackHole(next)
-        let counters = processor.counters
-        if counters[.linesForwarded] != counters[.linesReceived] || counters[.linesReceived] == 0 {
-            benchmark.error("lines lost: \(counters[.linesReceived]) received, \(counters[.linesForwarded]) forwarded")
-        }
+        checkEveryLinePacked(processor.counters, benchmark)
     }
 }
 
