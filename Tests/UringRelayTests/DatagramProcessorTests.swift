@@ -3,6 +3,20 @@ import Testing
 
 @Suite("Datagram processor: parse, route, pack, count")
 struct DatagramProcessorTests {
+    /// Closes every batch, completes every packet as sent in full and returns what each backend
+    /// got, its packets concatenated in order.
+    static func flush(_ processor: inout DatagramProcessor) -> [Int: String] {
+        processor.assembler.closeAll()
+        var byBackend: [Int: String] = [:]
+        while let slot = processor.assembler.nextReady() {
+            byBackend[processor.assembler.pool.backend(of: slot), default: ""] += processor.assembler.pool.withBytes(ofSlot: slot) {
+                $0.withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
+            }
+            processor.sendCompleted(slot: slot, result: Int32(processor.assembler.pool.length(of: slot)))
+        }
+        return byBackend
+    }
+
     @Test("valid lines go to the backend their name hashes to; junk is counted by reason")
     func routesAndCounts() throws {
         var processor = try DatagramProcessor(router: Router(backendCount: 3), packetBytes: 1400, maxDatagramBytes: 8192)
@@ -11,14 +25,7 @@ struct DatagramProcessorTests {
             processor.receive(.datagram(length: raw.count), UnsafeRawBufferPointer(raw).bytes, now: 0)
         }
         processor.receive(.truncated(fullLength: 9000), [UInt8]().span.bytes, now: 0)
-        processor.assembler.closeAll()
-        var byBackend: [Int: String] = [:]
-        while let slot = processor.assembler.nextReady() {
-            byBackend[processor.assembler.pool.backend(of: slot)] = processor.assembler.pool.withBytes(ofSlot: slot) {
-                $0.withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
-            }
-            processor.sendCompleted(slot: slot, result: Int32(processor.assembler.pool.length(of: slot)))
-        }
+        let byBackend = Self.flush(&processor)
         #expect(byBackend == [0: "bar:2|c|#tag:x\n", 1: "foo:1|c\n", 2: "statsrelay.statsProcessed:3|g\n"])
         let counters = processor.counters
         #expect(counters[.datagramsReceived] == 1)
@@ -69,15 +76,8 @@ struct DatagramProcessorTests {
         datagram.withUnsafeMutableBytes { raw in
             processor.receive(.datagram(length: raw.count), UnsafeRawBufferPointer(raw).bytes, now: 0)
         }
-        processor.assembler.closeAll()
-        var byBackend = [String](repeating: "", count: 3)
-        while let slot = processor.assembler.nextReady() {
-            byBackend[processor.assembler.pool.backend(of: slot)] += processor.assembler.pool.withBytes(ofSlot: slot) {
-                $0.withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
-            }
-            processor.sendCompleted(slot: slot, result: Int32(processor.assembler.pool.length(of: slot)))
-        }
-        #expect(byBackend == expected)
+        let byBackend = Self.flush(&processor)
+        #expect((0..<3).map { byBackend[$0, default: ""] } == expected)
         #expect(processor.counters[.linesForwarded] == 30)
         #expect(processor.counters[.linesDroppedMissingColon] == 4)
         #expect(processor.counters[.linesDroppedEmptyName] == 4)
