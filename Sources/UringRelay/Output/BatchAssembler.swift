@@ -1,6 +1,5 @@
 import BasicContainers
 
-
 /// Packs lines into one outgoing datagram per backend and says when each is ready to send.
 ///
 /// Per backend there is at most one *open* batch, a slot of the send-buffer pool being
