@@ -41,7 +41,7 @@ struct RunCommand: ParsableCommand {
     var receiveBuffers = 128
 
     @Option(name: .customLong("min-wait"), help: "Once a completion is ready, how long a worker may wait for more before handling them (io_uring_enter2 minimum wait, Linux 6.12+; 0 disables).")
-    var minWait = "100us"
+    var minWait = "250us"
 
     @Option(name: .customLong("shutdown-timeout"), help: "Longest a stop may take: two thirds for receiving what is still arriving, the rest for the final sends.")
     var shutdownTimeout = "900ms"

@@ -27,8 +27,11 @@ public struct RelayConfiguration: Sendable, Equatable {
     /// turn's datagrams; the socket's receive buffer holds the rest while they are in use.
     public var receiveBuffers: Int = 128
     /// How long a waiting worker lingers for more completions once one is ready
-    /// (`io_uring_enter2` minimum wait).
-    public var minimumWaitMicroseconds: UInt32 = 100
+    /// (`io_uring_enter2` minimum wait). Each wake-up costs ~15-20 µs of CPU here, and with
+    /// DEFER_TASKRUN the datagrams that arrive meanwhile wait in the socket and are taken in one
+    /// go: 250 µs against 100 µs cuts CPU per line by a third at 200-400 k datagrams/s and
+    /// leaves the drain rate unchanged. A turn's arrivals must fit in the socket buffer.
+    public var minimumWaitMicroseconds: UInt32 = 250
 
     /// How backends are checked (`--health-check`).
     public var healthCheck: HealthCheckMode = .none

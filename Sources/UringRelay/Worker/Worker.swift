@@ -90,7 +90,7 @@ public struct Worker: ~Copyable {
     /// Completions a waiting worker asks for before the minimum wait lets it go with fewer.
     private static let completionBatch: UInt32 = 32
     /// The wait bound when no batch is open. Without a bound the kernel ends a minimum wait
-    /// that saw no completion with `ETIME`, which would wake an idle worker every 100 µs; with
+    /// that saw no completion with `ETIME`, which would wake an idle worker every 250 µs; with
     /// one it goes on waiting for the first completion.
     private static let idleWaitNanoseconds: UInt64 = 1_000_000_000
     private static let receiveUserData = UserData(.receive)
