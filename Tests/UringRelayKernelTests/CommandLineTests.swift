@@ -89,6 +89,45 @@ struct ProcessTests {
         #expect(received.lines[0].sorted() == lines.sorted())
     }
 
+    @Test("with two workers SIGTERM wakes both: datagrams queued on either worker's socket are all relayed")
+    func twoWorkersDrainOnSignal() throws {
+        let backends = try (0..<2).map { _ in try TestBackend() }
+        let relay = try RelayProcess(
+            ["--bind", "127.0.0.1", "--port", "0", "--threads", "2", "--rcvbuf", "16M", "--flush-interval", "60s"]
+                + backends.map(\.spec))
+        let address = try relay.listenAddress()  // logged once both workers are up
+        relay.signal(SIGSTOP)
+        // SO_REUSEPORT spreads flows: send from fresh sockets until both workers' sockets hold
+        // datagrams (each new flow lands on either with even odds; 64 flows bound it).
+        var lines: [String] = []
+        var flows = 0
+        while flows < 64 && Self.receiveQueues(port: address.port).filter({ $0 > 0 }).count < 2 {
+            let batch = (0..<50).map { "drain.two.\(flows).\($0 % 10):\($0)|c" }
+            try send(batch, to: address)
+            lines += batch
+            flows += 1
+        }
+        let queues = Self.receiveQueues(port: address.port)
+        #expect(queues.count == 2 && queues.allSatisfy { $0 > 0 }, "queued bytes per worker socket: \(queues)")
+        relay.signal(SIGTERM)
+        relay.signal(SIGCONT)
+        #expect(relay.waitForExit() == 0)
+        let received = try collect(from: backends, expectedLines: lines.count, seconds: 5)
+        #expect((received.lines[0] + received.lines[1]).sorted() == lines.sorted())
+        #expect(relay.counter("statsrelay.lines_forwarded") == UInt64(lines.count))
+    }
+
+    /// The receive-queue bytes of every IPv4 UDP socket bound to `port`, from `/proc/net/udp`.
+    static func receiveQueues(port: UInt16) -> [Int] {
+        guard let table = try? String(contentsOfFile: "/proc/net/udp", encoding: .utf8) else { return [] }
+        return table.split(separator: "\n").dropFirst().compactMap { row in
+            let fields = row.split(separator: " ")
+            guard fields.count > 4, let local = fields[1].split(separator: ":").last, UInt16(local, radix: 16) == port,
+                  let queue = fields[4].split(separator: ":").last else { return nil }
+            return Int(queue, radix: 16)
+        }
+    }
+
     @Test("an exhausted buffer ring is counted, re-armed, and loses nothing")
     func bufferRingExhausted() throws {
         let backends = [try TestBackend()]
