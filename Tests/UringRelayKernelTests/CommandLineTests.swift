@@ -79,7 +79,7 @@ struct ProcessTests {
         let backends = [try TestBackend()]
         let relay = try RelayProcess(["--bind", "127.0.0.1", "--port", "0", "--threads", "1", "--rcvbuf", "16M"] + backends.map(\.spec))
         let address = try relay.listenAddress()
-        relay.signal(SIGSTOP)
+        #expect(relay.stop(), "the relay did not stop")
         let lines = (0..<2_000).map { "queued.\($0 % 50):\($0)|c" }
         try send(lines, to: address)
         relay.signal(SIGTERM)
@@ -96,7 +96,7 @@ struct ProcessTests {
             ["--bind", "127.0.0.1", "--port", "0", "--threads", "2", "--rcvbuf", "16M", "--flush-interval", "60s"]
                 + backends.map(\.spec))
         let address = try relay.listenAddress()  // logged once both workers are up
-        relay.signal(SIGSTOP)
+        #expect(relay.stop(), "the relay did not stop")
         // SO_REUSEPORT spreads flows: send from fresh sockets until both workers' sockets hold
         // datagrams (each new flow lands on either with even odds; 64 flows bound it).
         var lines: [String] = []

@@ -17,9 +17,22 @@ final class HealthHarness: @unchecked Sendable {
         policy: DownPolicy, mode: HealthCheckMode = .tcp, sharedHealthPort: FakeHealthPort? = nil,
         configure: (inout RelayConfiguration) -> Void = { _ in }
     ) throws {
-        backends = try (0..<3).map { _ in try TestBackend() }
-        // Each backend's TCP health port has the number of its UDP port.
-        healthPorts = sharedHealthPort != nil ? [] : try backends.map { try FakeHealthPort(port: $0.address.port) }
+        // Each backend's TCP health port has the number of its UDP port. The TCP port of that
+        // number may be taken (an outgoing connection's ephemeral port, from health probes of a
+        // suite running alongside): then that backend is replaced by one on another UDP port.
+        var backends: [TestBackend] = []
+        var healthPorts: [FakeHealthPort] = []
+        for _ in 0..<50 where backends.count < 3 {
+            let backend = try TestBackend()
+            if sharedHealthPort == nil {
+                guard let healthPort = try Self.healthPort(on: backend.address.port) else { continue }
+                healthPorts.append(healthPort)
+            }
+            backends.append(backend)
+        }
+        try #require(backends.count == 3, "no UDP port whose TCP twin was free in 50 tries")
+        self.backends = backends
+        self.healthPorts = healthPorts
         var configuration = RelayConfiguration(backends: try backends.map { try BackendAddress(parsing: $0.spec) })
         configuration.bindHost = "127.0.0.1"
         configuration.port = 0
@@ -35,6 +48,15 @@ final class HealthHarness: @unchecked Sendable {
         let store = log
         relay = try Relay(configuration: configuration, logger: Logger(label: "test") { _ in CapturingLogHandler(store: store) })
         address = try relay.start().listen
+    }
+
+    /// A fake health port on TCP `port`, or `nil` if that port is taken.
+    static func healthPort(on port: UInt16) throws -> FakeHealthPort? {
+        do {
+            return try FakeHealthPort(port: port)
+        } catch let error as Errno where error.rawValue == EADDRINUSE {
+            return nil
+        }
     }
 
     /// Waits until backend `index` is in `state` as the monitor sees it.

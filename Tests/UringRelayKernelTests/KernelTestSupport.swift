@@ -163,6 +163,29 @@ final class RelayProcess: @unchecked Sendable {  // the log buffer is guarded by
 
     func signal(_ number: Int32) { kill(process.processIdentifier, number) }
 
+    /// Sends SIGSTOP and waits, at most `seconds`, until every thread of the relay is stopped.
+    /// `kill` returns before a busy or sleeping thread has stopped, and until then a worker may
+    /// still take datagrams from its socket. The kernel offers no event for another process
+    /// reaching the stopped state short of `waitpid`, which Foundation owns here, so this reads
+    /// each thread's state from /proc.
+    func stop(seconds: Double = 5) -> Bool {
+        signal(SIGSTOP)
+        let deadline = Date().addingTimeInterval(seconds)
+        let tasks = "/proc/\(process.processIdentifier)/task"
+        while Date() < deadline {
+            let threads = (try? FileManager.default.contentsOfDirectory(atPath: tasks)) ?? []
+            let states = threads.compactMap { thread -> Character? in
+                // The state follows the parenthesised command name: "PID (comm) S ...".
+                guard let stat = try? String(contentsOfFile: "\(tasks)/\(thread)/stat", encoding: .utf8),
+                      let close = stat.lastIndex(of: ")") else { return nil }
+                return stat[stat.index(after: close)...].first { $0 != " " }
+            }
+            if !states.isEmpty && states.allSatisfy({ $0 == "T" || $0 == "t" }) { return true }
+            usleep(1_000)
+        }
+        return false
+    }
+
     /// Waits for the process to exit, at most `seconds` (then kills it), and returns its status.
     func waitForExit(seconds: Double = 10) -> Int32? {
         if exited.wait(timeout: .now() + seconds) == .timedOut {
