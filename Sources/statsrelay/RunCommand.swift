@@ -40,7 +40,7 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("receive-buffers"), help: "Receive buffers per worker in the provided-buffer ring (a power of two).")
     var receiveBuffers = 128
 
-    @Option(name: .customLong("min-wait"), help: "Once a completion is ready, how long a worker may wait for more before handling them (io_uring_enter2 minimum wait, Linux 6.12+; 0 disables).")
+    @Option(name: .customLong("min-wait"), help: "How long, from its start, a worker's wait gathers completions (up to 32) before the first one ends it (io_uring_enter2 minimum wait, Linux 6.12+; 0 disables).")
     var minWait = "250us"
 
     @Option(name: .customLong("shutdown-timeout"), help: "Longest a stop may take: two thirds for receiving what is still arriving, the rest for the final sends.")

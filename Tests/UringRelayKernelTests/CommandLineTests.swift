@@ -30,7 +30,7 @@ struct ProcessTests {
             "--shutdown-timeout", "15ms",
         ] + backends.map(\.spec))
         let address = try relay.listenAddress()
-        relay.signal(SIGSTOP)
+        try #require(relay.suspend(), "the relay did not stop")
         // 10 ms of draining at about a million datagrams a second cannot take them all.
         let queued = (0..<60_000).map { "backlog.\($0 % 500):1|c" }
         try send(queued, to: address)
@@ -79,9 +79,10 @@ struct ProcessTests {
         let backends = [try TestBackend()]
         let relay = try RelayProcess(["--bind", "127.0.0.1", "--port", "0", "--threads", "1", "--rcvbuf", "16M"] + backends.map(\.spec))
         let address = try relay.listenAddress()
-        #expect(relay.stop(), "the relay did not stop")
+        try #require(relay.suspend(), "the relay did not stop")
         let lines = (0..<2_000).map { "queued.\($0 % 50):\($0)|c" }
         try send(lines, to: address)
+        #expect(Self.receiveQueues(port: address.port).allSatisfy { $0 > 0 }, "the datagrams must wait in the socket")
         relay.signal(SIGTERM)
         relay.signal(SIGCONT)
         #expect(relay.waitForExit() == 0)
@@ -96,7 +97,7 @@ struct ProcessTests {
             ["--bind", "127.0.0.1", "--port", "0", "--threads", "2", "--rcvbuf", "16M", "--flush-interval", "60s"]
                 + backends.map(\.spec))
         let address = try relay.listenAddress()  // logged once both workers are up
-        #expect(relay.stop(), "the relay did not stop")
+        try #require(relay.suspend(), "the relay did not stop")
         // SO_REUSEPORT spreads flows: send from fresh sockets until both workers' sockets hold
         // datagrams (each new flow lands on either with even odds; 64 flows bound it).
         var lines: [String] = []
@@ -133,7 +134,7 @@ struct ProcessTests {
         let backends = [try TestBackend()]
         let relay = try RelayProcess(["--bind", "127.0.0.1", "--port", "0", "--threads", "1", "--receive-buffers", "2"] + backends.map(\.spec))
         let address = try relay.listenAddress()
-        relay.signal(SIGSTOP)
+        try #require(relay.suspend(), "the relay did not stop")
         let lines = (0..<500).map { "burst.\($0):1|c" }
         try send(lines, to: address)
         relay.signal(SIGCONT)

@@ -165,10 +165,10 @@ final class RelayProcess: @unchecked Sendable {  // the log buffer is guarded by
 
     /// Sends SIGSTOP and waits, at most `seconds`, until every thread of the relay is stopped.
     /// `kill` returns before a busy or sleeping thread has stopped, and until then a worker may
-    /// still take datagrams from its socket. The kernel offers no event for another process
-    /// reaching the stopped state short of `waitpid`, which Foundation owns here, so this reads
-    /// each thread's state from /proc.
-    func stop(seconds: Double = 5) -> Bool {
+    /// still take datagrams from its socket. `waitid(WSTOPPED | WNOWAIT)` would report the
+    /// whole process stopping but not each thread, and the child belongs to Foundation's
+    /// `Process`; so this reads each thread's state from /proc.
+    func suspend(seconds: Double = 5) -> Bool {
         signal(SIGSTOP)
         let deadline = Date().addingTimeInterval(seconds)
         let tasks = "/proc/\(process.processIdentifier)/task"
@@ -176,8 +176,11 @@ final class RelayProcess: @unchecked Sendable {  // the log buffer is guarded by
             let threads = (try? FileManager.default.contentsOfDirectory(atPath: tasks)) ?? []
             let states = threads.compactMap { thread -> Character? in
                 // The state follows the parenthesised command name: "PID (comm) S ...".
-                guard let stat = try? String(contentsOfFile: "\(tasks)/\(thread)/stat", encoding: .utf8),
-                      let close = stat.lastIndex(of: ")") else { return nil }
+                // Decoded leniently: a thread's name may hold any bytes, and a thread skipped here
+                // would count as stopped.
+                guard let data = FileManager.default.contents(atPath: "\(tasks)/\(thread)/stat") else { return nil }
+                let stat = String(decoding: data, as: UTF8.self)
+                guard let close = stat.lastIndex(of: ")") else { return "?" }
                 return stat[stat.index(after: close)...].first { $0 != " " }
             }
             if !states.isEmpty && states.allSatisfy({ $0 == "T" || $0 == "t" }) { return true }
