@@ -3,6 +3,14 @@ import Testing
 
 @Suite("Datagram processor: parse, route, pack, count")
 struct DatagramProcessorTests {
+    /// Hands `text` to the processor as one whole received datagram.
+    static func receive(_ text: String, into processor: inout DatagramProcessor) {
+        var datagram = Array(text.utf8)
+        datagram.withUnsafeMutableBytes { raw in
+            processor.receive(.datagram(length: raw.count), UnsafeRawBufferPointer(raw).bytes, now: 0)
+        }
+    }
+
     /// Closes every batch, completes every packet as sent in full and returns what each backend
     /// got, its packets concatenated in order.
     static func flush(_ processor: inout DatagramProcessor) -> [Int: String] {
@@ -20,10 +28,7 @@ struct DatagramProcessorTests {
     @Test("valid lines go to the backend their name hashes to; junk is counted by reason")
     func routesAndCounts() throws {
         var processor = try DatagramProcessor(router: Router(backendCount: 3), packetBytes: 1400, maxDatagramBytes: 8192)
-        var datagram = Array("foo:1|c\nbar:2|c|#tag:x\r\n\nnoval\n:1|c\na\u{0}:1|c\nstatsrelay.statsProcessed:3|g\n".utf8)
-        datagram.withUnsafeMutableBytes { raw in
-            processor.receive(.datagram(length: raw.count), UnsafeRawBufferPointer(raw).bytes, now: 0)
-        }
+        Self.receive("foo:1|c\nbar:2|c|#tag:x\r\n\nnoval\n:1|c\na\u{0}:1|c\nstatsrelay.statsProcessed:3|g\n", into: &processor)
         processor.receive(.truncated(fullLength: 9000), [UInt8]().span.bytes, now: 0)
         let byBackend = Self.flush(&processor)
         #expect(byBackend == [0: "bar:2|c|#tag:x\n", 1: "foo:1|c\n", 2: "statsrelay.statsProcessed:3|g\n"])
@@ -43,10 +48,7 @@ struct DatagramProcessorTests {
     @Test("a failed send counts its lines as dropped for that backend")
     func sendFailure() throws {
         var processor = try DatagramProcessor(router: Router(backendCount: 1), packetBytes: 1400, maxDatagramBytes: 8192)
-        var datagram = Array("a:1|c\nb:1|c".utf8)
-        datagram.withUnsafeMutableBytes { raw in
-            processor.receive(.datagram(length: raw.count), UnsafeRawBufferPointer(raw).bytes, now: 0)
-        }
+        Self.receive("a:1|c\nb:1|c", into: &processor)
         processor.assembler.closeAll()
         let ready = processor.assembler.nextReady()
         let slot = try #require(ready)
@@ -72,10 +74,7 @@ struct DatagramProcessorTests {
             expected[Router(backendCount: 3).backend(forName: name)] += line + "\n"
             if index % 7 == 3 { text += "junk-without-colon\n\n:empty-name|c\n" }
         }
-        var datagram = Array(text.utf8)
-        datagram.withUnsafeMutableBytes { raw in
-            processor.receive(.datagram(length: raw.count), UnsafeRawBufferPointer(raw).bytes, now: 0)
-        }
+        Self.receive(text, into: &processor)
         let byBackend = Self.flush(&processor)
         #expect((0..<3).map { byBackend[$0, default: ""] } == expected)
         #expect(processor.counters[.linesForwarded] == 30)
