@@ -23,10 +23,20 @@ let package = Package(
             pkgConfig: "liburing",
             providers: [.apt(["liburing-dev"])]
         ),
+        // The only target that touches liburing and raw kernel memory: the compiler keeps the
+        // unsafe boundary, not a convention.
+        .target(
+            name: "RelayKernel",
+            dependencies: [
+                "CLiburing",
+                .product(name: "BasicContainers", package: "swift-collections"),
+            ],
+            swiftSettings: strict
+        ),
         .target(
             name: "UringRelay",
             dependencies: [
-                "CLiburing",
+                "RelayKernel",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "BasicContainers", package: "swift-collections"),
             ],
@@ -36,6 +46,7 @@ let package = Package(
             name: "statsrelay",
             dependencies: [
                 "UringRelay",
+                "RelayKernel",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -43,12 +54,12 @@ let package = Package(
         ),
         .testTarget(
             name: "UringRelayTests",
-            dependencies: ["UringRelay"],
+            dependencies: ["UringRelay", "RelayKernel"],
             swiftSettings: strict
         ),
         .testTarget(
             name: "UringRelayKernelTests",
-            dependencies: ["UringRelay", "statsrelay"],
+            dependencies: ["UringRelay", "RelayKernel", "statsrelay"],
             swiftSettings: strict
         ),
     ]

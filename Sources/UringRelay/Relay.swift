@@ -1,3 +1,4 @@
+import RelayKernel
 import Dispatch
 import Logging
 import Synchronization
@@ -23,6 +24,7 @@ public final class Relay: Sendable {
         var wakeups: [WakeupEvent] = []
         var threads: [WorkerThreadHandle] = []
         var counters: [RelayCounters] = []
+        var boards: [CounterBoard] = []
         var failures: [String] = []
         var listen: SocketAddress?
     }
@@ -72,6 +74,7 @@ public final class Relay: Sendable {
                 stopBudgetNanoseconds: config.shutdownTimeoutNanoseconds,
                 drainBudgetNanoseconds: config.shutdownTimeoutNanoseconds / 3 * 2,
                 holdBytes: config.holdBytes, routing: routing)
+            let board = settings.board
             let wakeup: WakeupEvent
             do throws(Errno) { wakeup = try WakeupEvent() } catch {
                 stopAndJoin()
@@ -110,6 +113,7 @@ public final class Relay: Sendable {
             state.withLock {
                 $0.wakeups.append(wakeup)
                 $0.threads.append(handle)
+                $0.boards.append(board)
             }
             switch started.wait() {
             case .success(let facts):
@@ -147,6 +151,15 @@ public final class Relay: Sendable {
             for counters in state.counters { total += counters }
             return (total, state.failures)
         }
+    }
+
+    /// Every worker's counters as last published (at most `CounterBoard.publishIntervalNanoseconds`
+    /// old), summed; safe from any thread while the relay runs.
+    public func liveCounters() -> RelayCounters {
+        let boards = state.withLock { $0.boards }
+        var total = RelayCounters(backendCount: backendAddresses.count)
+        for board in boards { if let counters = board.counters { total += counters } }
+        return total
     }
 
     private func stopAndJoin() {

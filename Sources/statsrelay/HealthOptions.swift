@@ -1,3 +1,4 @@
+import RelayKernel
 import ArgumentParser
 import UringRelay
 

@@ -1,3 +1,4 @@
+@testable import RelayKernel
 import Foundation
 import Glibc
 import Logging

@@ -1,3 +1,4 @@
+@testable import RelayKernel
 import Dispatch
 import Foundation
 import Glibc

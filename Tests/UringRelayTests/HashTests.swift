@@ -1,3 +1,4 @@
+@testable import RelayKernel
 import Testing
 @testable import UringRelay
 

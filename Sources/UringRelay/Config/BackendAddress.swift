@@ -1,3 +1,5 @@
+import RelayKernel
+
 /// A backend as given on the command line: `HOST:PORT[:INSTANCE]` or `[IPv6]:PORT[:INSTANCE]`.
 ///
 /// The instance is a label only, as in the Go StatsRelay: it never changes routing.

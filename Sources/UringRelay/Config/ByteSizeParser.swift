@@ -1,3 +1,5 @@
+import RelayKernel
+
 /// Parses byte sizes: `8388608`, `512K`, `8M`, `1G` (binary multiples; `KiB`/`MiB`/`GiB` too).
 public enum ByteSizeParser {
     /// The size in bytes.

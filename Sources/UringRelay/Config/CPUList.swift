@@ -1,3 +1,5 @@
+import RelayKernel
+
 /// Parses CPU lists in the kernel's `cpuset` syntax: `0-3,8`, `1`, `0,2-4`.
 public enum CPUList {
     /// The CPUs, sorted, without duplicates.

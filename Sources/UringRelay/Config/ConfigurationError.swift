@@ -1,3 +1,5 @@
+import RelayKernel
+
 /// A bad setting, named by the argument or key it came from and why it is bad.
 ///
 /// Renders as `invalid backend 'foo:99999': port must be 1-65535`.

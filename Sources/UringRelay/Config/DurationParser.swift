@@ -1,3 +1,5 @@
+import RelayKernel
+
 /// Parses durations written as operators write them: `10ms`, `1s`, `250us`, `2m`, `1.5s`.
 public enum DurationParser {
     /// The duration in nanoseconds.

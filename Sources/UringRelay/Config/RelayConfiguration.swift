@@ -1,3 +1,5 @@
+import RelayKernel
+
 /// Everything a relay needs to start, validated before any socket is opened.
 ///
 /// Defaults match the Go StatsRelay where it has the setting (port 8125, 1400-byte packets).

@@ -1,3 +1,5 @@
+import RelayKernel
+
 /// The relay's own counters, declared in one table: each case is one counter, with the name
 /// operators see (and the Prometheus endpoint will export).
 public enum RelayCounter: Int, CaseIterable, Sendable {

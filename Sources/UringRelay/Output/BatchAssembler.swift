@@ -1,3 +1,4 @@
+import RelayKernel
 import BasicContainers
 
 /// Packs lines into one outgoing datagram per backend and says when each is ready to send.

@@ -1,3 +1,5 @@
+import RelayKernel
+
 /// Packets kept for a backend that is down (`--on-backend-down hold`), oldest first, in a
 /// fixed byte ring: when a new packet does not fit, the oldest are dropped to make room.
 ///

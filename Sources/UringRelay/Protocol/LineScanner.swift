@@ -1,3 +1,5 @@
+import RelayKernel
+
 /// Splits a datagram into StatsD lines in place and checks each one, without copying.
 ///
 /// A datagram holds lines separated by `\n`; the last may lack one. A line is forwarded only

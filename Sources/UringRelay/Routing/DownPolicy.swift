@@ -1,3 +1,5 @@
+import RelayKernel
+
 /// What happens to the metrics of a backend that is down (`--on-backend-down`).
 public enum DownPolicy: String, Sendable, CaseIterable {
     /// Only the dead backend's metrics move, spread over live backends by a rule every relay

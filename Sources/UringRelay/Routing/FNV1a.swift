@@ -1,3 +1,5 @@
+import RelayKernel
+
 /// The 64-bit FNV-1a hash, as Go's `hash/fnv.New64a` computes it (the Go StatsRelay's key hash).
 public enum FNV1a {
     /// The FNV-1a 64 offset basis.

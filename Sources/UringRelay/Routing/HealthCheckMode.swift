@@ -1,3 +1,5 @@
+import RelayKernel
+
 /// How backends are checked (`--health-check`).
 public enum HealthCheckMode: String, Sendable, CaseIterable {
     /// No checks: every backend is always up (the Go StatsRelay's behaviour).

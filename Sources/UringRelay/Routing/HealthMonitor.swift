@@ -1,3 +1,4 @@
+import RelayKernel
 import Dispatch
 import Logging
 import Synchronization

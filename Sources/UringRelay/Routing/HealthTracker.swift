@@ -1,3 +1,5 @@
+import RelayKernel
+
 /// One backend's health as the checks see it: up or down, since when, and the run of results
 /// that decides the next change (`rise` successes bring it up, `fall` failures take it down).
 ///

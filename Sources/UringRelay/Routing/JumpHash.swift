@@ -1,3 +1,5 @@
+import RelayKernel
+
 /// Google's jump consistent hash (Lamping & Veach, 2014), computed as the Go StatsRelay
 /// computes it: the division in `float64`, so that both pick the same bucket for every key.
 public enum JumpHash {

@@ -1,3 +1,4 @@
+import RelayKernel
 import BasicContainers
 
 /// Remembers the jump-hash bucket of recently seen key hashes, per worker.

@@ -1,3 +1,5 @@
+import RelayKernel
+
 /// Picks the one backend a metric goes to, identically in every worker and every relay that
 /// has the same backend list and the same health view.
 ///

@@ -1,3 +1,4 @@
+import RelayKernel
 import Synchronization
 
 /// The health view and backend addresses every worker routes by, published by the health

@@ -1,4 +1,5 @@
 
+import RelayKernel
 import Glibc
 
 /// The per-datagram work of a worker, with no I/O: split into lines, check each, route it and

@@ -1,3 +1,5 @@
+import RelayKernel
+
 /// Filled receive buffers waiting to be processed, oldest first, in fixed storage.
 ///
 /// Receive completions are taken off the CQ at once (so send completions behind them are

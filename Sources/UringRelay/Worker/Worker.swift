@@ -1,4 +1,5 @@
-import CLiburing
+import RelayKernel
+
 import Glibc
 
 /// What a worker is started with: resolved addresses and sizes, the same for every worker.
@@ -28,6 +29,8 @@ public struct WorkerSettings: Sendable {
     public var holdBytes: Int = 4 << 20
     /// The shared health view and addresses, if a health monitor publishes them.
     public var routing: RoutingState?
+    /// Where the worker publishes its live counters.
+    public var board = CounterBoard()
 }
 
 /// Facts about a worker's kernel resources, for the start-up log.
@@ -163,6 +166,7 @@ public struct Worker: ~Copyable {
         var now = MonotonicClock.nanoseconds()
         var drainDeadline = UInt64.max
         var stopDeadline = UInt64.max
+        var nextPublish = now &+ CounterBoard.publishIntervalNanoseconds
         while true {
             buffers.publish()
             if !receiveArmed && phase != .flushing && buffers.available > 0 {
@@ -205,6 +209,10 @@ public struct Worker: ~Copyable {
             }
             replayHeld()
             queueReadySends()
+            if now >= nextPublish {
+                settings.board.publish(processor.counters)
+                nextPublish = now &+ CounterBoard.publishIntervalNanoseconds
+            }
             if phase == .flushing && sendsInFlight == 0 && !receiveArmed && queue.isEmpty
                 && !processor.assembler.hasPendingBatches {
                 break
@@ -225,6 +233,7 @@ public struct Worker: ~Copyable {
             processor.counters[.linesDroppedHeldAtExit] &+= UInt64(holds[backend].lines)
         }
         let counters = processor.counters
+        settings.board.publish(counters)
         let quiescent = sendsInFlight == 0 && !receiveArmed
         if !quiescent {
             // The kernel may still use this memory; keeping it mapped is the safe choice.

@@ -157,5 +157,12 @@ public struct ResolutionError: Error, CustomStringConvertible, Sendable {
     public var host: String
     /// The resolver's reason (`gai_strerror`).
     public var reason: String
+
+    /// A failure to resolve `host`, for `reason`.
+    public init(host: String, reason: String) {
+        self.host = host
+        self.reason = reason
+    }
+
     public var description: String { "resolve \(host): \(reason)" }
 }

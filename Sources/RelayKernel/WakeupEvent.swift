@@ -8,7 +8,7 @@ import Glibc
 /// last of the two lets go, never while the other may still use it.
 public final class WakeupEvent: Sendable {
     /// The eventfd.
-    let descriptor: Int32
+    package let descriptor: Int32
 
     /// Creates a non-blocking, close-on-exec eventfd.
     public init() throws(Errno) {
