@@ -53,6 +53,9 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("cpus"), help: "CPUs to pin workers to, e.g. 0-3,8 (default: the CPUs this process may use).")
     var cpus: String?
 
+    @Option(name: .customLong("io-backend"), help: "auto (io_uring where the kernel allows it, else portable), uring or portable (recvmmsg/sendmmsg).")
+    var ioBackend: IOBackendChoice = .auto
+
     @OptionGroup var health: HealthOptions
 
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
@@ -83,6 +86,7 @@ struct RunCommand: ParsableCommand {
         configuration.receiveBufferBytes = try ByteSizeParser.bytes(rcvbuf, argument: "--rcvbuf")
         configuration.maxDatagramBytes = maxDatagram
         configuration.receiveBuffers = receiveBuffers
+        configuration.ioBackend = ioBackend
         configuration.shutdownTimeoutNanoseconds = try DurationParser.nanoseconds(shutdownTimeout, argument: "--shutdown-timeout")
         let minimumWait = try DurationParser.nanoseconds(minWait, argument: "--min-wait")
         guard minimumWait <= 10_000_000 else {
@@ -189,3 +193,5 @@ struct StandardError: TextOutputStream {
         }
     }
 }
+
+extension IOBackendChoice: ExpressibleByArgument {}

@@ -10,6 +10,18 @@ import Testing
 let requiresIOUring = Testing.ConditionTrait.enabled(
     if: KernelSupport.isAvailable, Comment(rawValue: KernelSupport.unavailableReason ?? "io_uring available"))
 
+/// The I/O drivers every kernel test runs on: parametrise with `@Test(arguments: ioDrivers)`
+/// and call `try requireDriver(driver)` first.
+let ioDrivers: [IOBackendChoice] = [.uring, .portable]
+
+/// Cancels the running test case, reported as skipped with the reason, when `driver` cannot
+/// run on this host (io_uring blocked or missing); the portable driver runs everywhere.
+func requireDriver(_ driver: IOBackendChoice) throws {
+    if driver != .portable, let reason = KernelSupport.unavailableReason {
+        try Test.cancel(Comment(rawValue: "io_uring unavailable: \(reason)"))
+    }
+}
+
 /// Whether this host has an IPv6 loopback (containers sometimes disable IPv6).
 let ipv6LoopbackAvailable: Bool = (try? UDPSocket.bound(to: SocketAddress(numericHost: "::1", port: 0)!)) != nil
 
@@ -85,8 +97,11 @@ final class InProcessRelay: @unchecked Sendable {
     let relay: Relay
     let address: SocketAddress
 
-    init(backends: [TestBackend], configure: (inout RelayConfiguration) -> Void = { _ in }) throws {
+    init(
+        backends: [TestBackend], driver: IOBackendChoice = .uring, configure: (inout RelayConfiguration) -> Void = { _ in }
+    ) throws {
         var configuration = RelayConfiguration(backends: try backends.map { try BackendAddress(parsing: $0.spec) })
+        configuration.ioBackend = driver
         configuration.bindHost = "127.0.0.1"
         configuration.port = 0
         configuration.threads = 1

@@ -36,6 +36,9 @@ public struct RelayConfiguration: Sendable, Equatable {
     /// must fit in the socket buffer.
     public var minimumWaitMicroseconds: UInt32 = 250
 
+    /// Which I/O driver runs (`--io-backend`).
+    public var ioBackend: IOBackendChoice = .auto
+
     /// How backends are checked (`--health-check`).
     public var healthCheck: HealthCheckMode = .none
     /// The port checked, if not the mode's default (`--health-check-port`).
