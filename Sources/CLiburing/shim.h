@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <linux/sockios.h>
+#include <poll.h>
 
 #include <liburing.h>
 
@@ -49,6 +50,51 @@ static const unsigned cl_IORING_CQE_F_NOTIF = IORING_CQE_F_NOTIF;
 
 /// Size of the header the kernel writes before a multishot recvmsg payload.
 static const unsigned cl_recvmsg_out_size = sizeof(struct io_uring_recvmsg_out);
+
+// Which of the opcodes the uring driver uses the kernel lacks: 0 when it has them all, else
+// the first missing opcode number; -errno when the kernel cannot be asked.
+static inline int cl_first_missing_opcode(struct io_uring *ring) {
+    struct io_uring_probe *probe = io_uring_get_probe_ring(ring);
+    if (!probe) return -ENOSYS;
+    static const int needed[] = { IORING_OP_RECVMSG, IORING_OP_SEND, IORING_OP_POLL_ADD, IORING_OP_ASYNC_CANCEL };
+    int missing = 0;
+    for (unsigned i = 0; i < sizeof(needed) / sizeof(needed[0]); i++) {
+        if (!io_uring_opcode_supported(probe, needed[i])) { missing = needed[i]; break; }
+    }
+    io_uring_free_probe(probe);
+    return missing;
+}
+
+// The portable driver's batch calls. Glibc's module hides `struct mmsghdr`, `recvmmsg` and
+// `sendmmsg` behind _GNU_SOURCE; this twin has the kernel's layout and the calls go straight
+// to the system calls. Both return the count, or -errno.
+struct cl_mmsghdr {
+    struct msghdr msg_hdr;
+    unsigned int msg_len;
+};
+
+static inline int cl_recvmmsg(int fd, struct cl_mmsghdr *vector, unsigned int count, int flags) {
+    long ret = syscall(__NR_recvmmsg, fd, vector, count, flags, NULL);
+    return ret < 0 ? -errno : (int)ret;
+}
+
+static inline int cl_sendmmsg(int fd, struct cl_mmsghdr *vector, unsigned int count, int flags) {
+    long ret = syscall(__NR_sendmmsg, fd, vector, count, flags);
+    return ret < 0 ? -errno : (int)ret;
+}
+
+// `ppoll(2)` with a nanosecond timeout (negative: none); returns the ready count, or -errno.
+static inline int cl_ppoll(struct pollfd *fds, unsigned long count, long long timeout_ns) {
+    struct timespec ts;
+    struct timespec *bound = NULL;
+    if (timeout_ns >= 0) {
+        ts.tv_sec = timeout_ns / 1000000000LL;
+        ts.tv_nsec = timeout_ns % 1000000000LL;
+        bound = &ts;
+    }
+    long ret = syscall(__NR_ppoll, fds, count, bound, NULL, 0);
+    return ret < 0 ? -errno : (int)ret;
+}
 
 /// Publishes the SQEs prepared so far and enters the kernel once: submits them and waits
 /// for `wait_nr` completions, for at most `timeout_ns` (negative: no limit). With

@@ -31,6 +31,45 @@ public enum KernelSupport {
         return nil
     }()
 
+    /// Why the io_uring driver cannot run here with these sizes, or `nil` when it can: the
+    /// `auto` ladder's probe. Tries, in order, what the driver needs: ring set-up with its
+    /// flags, a provided-buffer ring of the real size (pinned memory: the memlock limit), the
+    /// opcodes it submits, and a first multishot `recvmsg` that must deliver a datagram sent
+    /// to itself on 127.0.0.1.
+    ///
+    /// - Returns: `operation: reason (errno N)`, for the start-up log.
+    public static func uringDriverFailure(receiveBuffers: Int, payloadBytes: Int) -> String? {
+        let ring: Ring
+        do throws(Errno) {
+            ring = try Ring(entries: 1024, completionEntries: UInt32(receiveBuffers + 1024 + 64))
+        } catch { return "io_uring_setup: \(error.operatorDescription)" }
+        let buffers: ProvidedBufferRing
+        do throws(Errno) {
+            buffers = try ProvidedBufferRing(ring: ring, groupID: 0, count: receiveBuffers, payloadBytes: payloadBytes)
+        } catch { return "io_uring_register_buf_ring \(receiveBuffers) buffers: \(error.operatorDescription)" }
+        let missing = ring.withUnsafeRingValue { cl_first_missing_opcode($0) }
+        if missing < 0 { return "io_uring_register PROBE: \(Errno(rawValue: -missing).operatorDescription)" }
+        if missing > 0 { return "io_uring opcode \(missing) is not supported by kernel \(release)" }
+        let socket: UDPSocket
+        do {
+            socket = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!)
+        } catch { return "\(error)" }
+        ring.armMultishotReceive(on: socket, buffers: buffers, userData: UserData(.receive))
+        do throws(Errno) {
+            try ring.submitAndWait(completions: 0, timeoutNanoseconds: 0, minimumWaitMicroseconds: 0)
+            try socket.send([0x70], to: socket.localAddress)
+            try ring.submitAndWait(completions: 1, timeoutNanoseconds: 500_000_000, minimumWaitMicroseconds: 0)
+        } catch { return "io_uring_enter: \(error.operatorDescription)" }
+        guard let completion = ring.nextCompletion() else {
+            return "multishot recvmsg: no completion within 500ms (kernel \(release))"
+        }
+        if completion.result < 0 {
+            return "multishot recvmsg: \(Errno(rawValue: -completion.result).operatorDescription) (Linux 6.0+ needed)"
+        }
+        guard completion.bufferID != nil else { return "multishot recvmsg: no provided buffer in the completion" }
+        return nil
+    }
+
     /// Whether io_uring with provided-buffer rings works here.
     public static var isAvailable: Bool { unavailableReason == nil }
 }

@@ -111,15 +111,8 @@ public struct ProvidedBufferRing: ~Copyable {
     /// How many buffers the kernel can fill right now.
     public var available: Int { count - held - unpublished }
 
-    /// The outcome of decoding one filled buffer.
-    public enum Payload {
-        /// The kernel's header is inconsistent with the completion; nothing can be read.
-        case malformed
-        /// The datagram was larger than a buffer and was cut (`MSG_TRUNC`).
-        case truncated(fullLength: Int)
-        /// A whole datagram of this many bytes.
-        case datagram(length: Int)
-    }
+    /// What a receive produced (shared with the portable driver).
+    public typealias Payload = ReceivedPayload
 
     /// Records that the kernel filled `bufferID`; the caller now holds it until `recycle`.
     @inline(__always)

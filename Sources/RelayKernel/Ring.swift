@@ -82,6 +82,11 @@ public struct Ring: ~Copyable {
         try body(ring)
     }
 
+    /// Lends the liburing handle for a call that cannot fail in Swift's terms.
+    func withUnsafeRingValue<Result>(_ body: (UnsafeMutablePointer<io_uring>) -> Result) -> Result {
+        body(ring)
+    }
+
     /// Takes a free SQE, first submitting the queue if it is full.
     ///
     /// A submit can fail for a moment (`EAGAIN` when the kernel is short of memory); it is

@@ -138,7 +138,7 @@ public struct SendBufferPool: ~Copyable {
     ///
     /// - Warning: the memory stays valid for the pool's lifetime; the slot must not be
     ///   released or refilled until the send's CQE arrives.
-    func unsafeBytes(ofSlot slot: Int) -> UnsafeRawBufferPointer {
+    package func unsafeBytes(ofSlot slot: Int) -> UnsafeRawBufferPointer {
         UnsafeRawBufferPointer(start: storage + slot * slotBytes, count: Int(lengths[slot]))
     }
 

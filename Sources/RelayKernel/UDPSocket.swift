@@ -7,7 +7,7 @@ import Glibc
 /// and of the tests, through the blocking `send` and `receive` helpers.
 public struct UDPSocket: ~Copyable {
     /// The file descriptor; valid for the owner's lifetime.
-    let descriptor: Int32
+    package let descriptor: Int32
 
     private init(descriptor: Int32) { self.descriptor = descriptor }
 

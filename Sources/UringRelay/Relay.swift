@@ -8,7 +8,7 @@ import Synchronization
 ///
 /// Every worker has its own ring, listening socket (`SO_REUSEPORT` on the same address),
 /// buffers, batches and backend sockets; they share only the read-only routing table.
-public final class Relay: Sendable {
+public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` are written once, in `start`, before any worker runs
     /// The validated configuration.
     public let configuration: RelayConfiguration
     /// The backends' resolved addresses, in routing order.
@@ -29,12 +29,23 @@ public final class Relay: Sendable {
         var listen: SocketAddress?
     }
 
+    /// Decides whether the io_uring driver can run here: `nil` when it can, else the reason.
+    public typealias UringProbe = @Sendable (_ settings: WorkerSettings) -> String?
+
+    /// The driver the workers run and, when `auto` chose the portable one, why.
+    public private(set) var driver: IOBackendChoice = .uring
+    /// Why the io_uring driver is not used, when it is not.
+    public private(set) var driverReason: String?
+    private let uringProbe: UringProbe
+
     /// Validates `configuration` and resolves every backend.
     ///
+    /// - Parameter uringProbe: decides whether io_uring can run (injectable for tests).
     /// - Throws: `ConfigurationError` naming the bad setting, or `ResolutionError`.
     public init(
         configuration: RelayConfiguration, logger: Logger,
-        resolver: @escaping HealthMonitor.Resolver = { host, port in try SocketAddress.resolve(host: host, port: port) }
+        resolver: @escaping HealthMonitor.Resolver = { host, port in try SocketAddress.resolve(host: host, port: port) },
+        uringProbe: @escaping UringProbe = { settings in KernelSupport.uringDriverFailure(receiveBuffers: settings.receiveBuffers, payloadBytes: settings.maxDatagramBytes) }
     ) throws {
         try configuration.validate()
         var resolved: [SocketAddress] = []
@@ -46,34 +57,52 @@ public final class Relay: Sendable {
         self.configuration = configuration
         self.backendAddresses = resolved
         self.logger = logger
-        routing = RoutingState(addresses: resolved)
+        self.uringProbe = uringProbe
+        routing = RoutingState(pool: BackendPool(backends: configuration.backends, addresses: resolved, policy: configuration.onBackendDown))
         monitor = try HealthMonitor(configuration: configuration, routing: routing, logger: logger, resolver: resolver)
     }
 
     /// The address the workers listen on, with the port actually bound (after `start`).
     public var listenAddress: SocketAddress? { state.withLock { $0.listen } }
 
+    /// Why the relay could not start a driver it was told to use (`--io-backend uring` where
+    /// io_uring cannot run): exit status 69 (`EX_UNAVAILABLE`).
+    public struct DriverUnavailable: Error, CustomStringConvertible, Sendable {
+        /// What failed and what an operator can do about it.
+        public var reason: String
+        public var description: String { "io_backend=uring is unavailable: \(reason)" }
+    }
+
     /// Starts every worker and returns once all are receiving, with the first worker's facts.
     ///
-    /// Workers start one after another so that, for port 0, the others join the port the
-    /// first one was given.
-    /// - Throws: `SystemCallError` from the first worker that could not start; the ones
-    ///   already started are stopped and joined first.
-    public func start() throws(SystemCallError) -> WorkerFacts {
+    /// Picks the driver first (`--io-backend`): `auto` probes io_uring with the settings the
+    /// workers will use and falls back to the portable driver on any failure. Workers start
+    /// one after another so that, for port 0, the others join the port the first one was given.
+    /// - Throws: `DriverUnavailable` when `uring` was demanded and cannot run;
+    ///   `SystemCallError` from the first worker that could not start (the ones already
+    ///   started are stopped and joined first).
+    public func start() throws -> WorkerFacts {
         let config = configuration
         var listen = SocketAddress(numericHost: config.bindHost, port: config.port)!
         let cpus = config.cpus ?? WorkerThread.allowedCPUs
-        let router = Router(backendCount: backendAddresses.count, policy: config.onBackendDown)
+        let probeSettings = WorkerSettings(configuration: config, listeners: [listen], routing: routing)
+        switch config.ioBackend {
+        case .portable:
+            driver = .portable
+            driverReason = "--io-backend portable"
+        case .uring, .auto:
+            if let failure = uringProbe(probeSettings) {
+                if config.ioBackend == .uring { throw DriverUnavailable(reason: failure) }
+                driver = .portable
+                driverReason = failure
+            } else {
+                driver = .uring
+            }
+        }
+        let driver = self.driver
         var firstFacts: WorkerFacts?
         for index in 0..<config.threads {
-            let settings = WorkerSettings(
-                listen: listen, backends: backendAddresses, packetBytes: config.packetBytes,
-                flushIntervalNanoseconds: config.flushIntervalNanoseconds,
-                receiveBufferBytes: config.receiveBufferBytes, maxDatagramBytes: config.maxDatagramBytes,
-                receiveBuffers: config.receiveBuffers, minimumWaitMicroseconds: config.minimumWaitMicroseconds,
-                stopBudgetNanoseconds: config.shutdownTimeoutNanoseconds,
-                drainBudgetNanoseconds: config.shutdownTimeoutNanoseconds / 3 * 2,
-                holdBytes: config.holdBytes, routing: routing)
+            let settings = WorkerSettings(configuration: config, listeners: [listen], routing: routing)
             let board = settings.board
             let wakeup: WakeupEvent
             do throws(Errno) { wakeup = try WakeupEvent() } catch {
@@ -89,20 +118,15 @@ public final class Relay: Sendable {
                     if let pinning {
                         logger.warning("worker could not be pinned", metadata: ["worker": "\(index)", "cpu": "\(cpu ?? -1)", "error": "\(pinning.operatorDescription)"])
                     }
-                    let worker: Worker
-                    do throws(SystemCallError) {
-                        worker = try Worker(settings: settings, router: router, wakeup: wakeup)
-                    } catch {
-                        started.report(.failure(error))
-                        return
-                    }
-                    started.report(.success(worker.facts))
-                    do {
-                        let counters = try worker.run()
+                    let outcome = Self.runWorker(driver: driver, settings: settings, wakeup: wakeup, started: started)
+                    switch outcome {
+                    case .success(let counters)?:
                         self.state.withLock { $0.counters.append(counters) }
-                    } catch {
-                        logger.critical("worker stopped on a ring failure", metadata: ["worker": "\(index)", "error": "\(error)"])
+                    case .failure(let error)?:
+                        logger.critical("worker stopped on a driver failure", metadata: ["worker": "\(index)", "error": "\(error)"])
                         self.state.withLock { $0.failures.append("worker \(index): \(error)") }
+                    case nil:
+                        break  // it never started; the start-up signal carried the error
                     }
                 }
             } catch {
@@ -134,6 +158,59 @@ public final class Relay: Sendable {
         return firstFacts!
     }
 
+    /// Opens a worker's driver on the calling (worker) thread, reports its start, runs it.
+    ///
+    /// - Returns: the counters, the driver's failure, or `nil` if it never started.
+    private static func runWorker(
+        driver: IOBackendChoice, settings: WorkerSettings, wakeup: WakeupEvent, started: StartupSignal
+    ) -> Result<RelayCounters, SystemCallError>? {
+        do throws(SystemCallError) {
+            switch driver {
+            case .portable:
+                let worker: PortableDriver
+                do throws(SystemCallError) { worker = try PortableDriver(settings: settings, wakeup: wakeup) } catch {
+                    started.report(.failure(error))
+                    return nil
+                }
+                started.report(.success(worker.facts))
+                return .success(try worker.run())
+            case .uring, .auto:
+                let worker: IOUringDriver
+                do throws(SystemCallError) { worker = try IOUringDriver(settings: settings, wakeup: wakeup) } catch {
+                    started.report(.failure(error))
+                    return nil
+                }
+                started.report(.success(worker.facts))
+                return .success(try worker.run())
+            }
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    /// Replaces the backends while the relay runs: every worker sends what it batched for the
+    /// old pool, then routes by the new one from a turn boundary on (no line lost or sent
+    /// twice; each line routed wholly by one pool). Backends that stay keep their counters.
+    ///
+    /// - Throws: `ConfigurationError` for an empty or duplicated list, `ResolutionError` for a
+    ///   name that does not resolve; the running pool is then left as it is.
+    public func replaceBackends(
+        _ backends: [BackendAddress],
+        resolver: HealthMonitor.Resolver = { host, port in try SocketAddress.resolve(host: host, port: port) }
+    ) throws {
+        var candidate = configuration
+        candidate.backends = backends
+        try candidate.validate()
+        var resolved: [SocketAddress] = []
+        for backend in backends {
+            guard let first = try resolver(backend.host, backend.port).first else {
+                throw ResolutionError(host: backend.host, reason: "no address")
+            }
+            resolved.append(first)
+        }
+        routing.replaceBackends(backends, addresses: resolved)
+    }
+
     /// Asks every worker to drain, flush and stop; returns at once (see `wait`).
     public func stop() {
         let wakeups = state.withLock { $0.wakeups }
@@ -147,7 +224,7 @@ public final class Relay: Sendable {
         let threads = state.withLock { $0.threads }
         for thread in threads { thread.join() }
         return state.withLock { state in
-            var total = RelayCounters(backendCount: backendAddresses.count)
+            var total = RelayCounters(backends: routing.current.identities)
             for counters in state.counters { total += counters }
             return (total, state.failures)
         }
@@ -157,7 +234,7 @@ public final class Relay: Sendable {
     /// old), summed; safe from any thread while the relay runs.
     public func liveCounters() -> RelayCounters {
         let boards = state.withLock { $0.boards }
-        var total = RelayCounters(backendCount: backendAddresses.count)
+        var total = RelayCounters(backends: routing.current.identities)
         for board in boards { if let counters = board.counters { total += counters } }
         return total
     }

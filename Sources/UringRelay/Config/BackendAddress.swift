@@ -11,6 +11,13 @@ public struct BackendAddress: Sendable, Equatable, CustomStringConvertible {
     /// The optional instance label.
     public var instance: String?
 
+    /// A backend from its parts (the host unbracketed).
+    public init(host: String, port: UInt16, instance: String? = nil) {
+        self.host = host
+        self.port = port
+        self.instance = instance
+    }
+
     /// Parses `HOST:PORT[:INSTANCE]` or `[IPv6]:PORT[:INSTANCE]`.
     ///
     /// - Throws: `ConfigurationError` for argument `backend`, saying which part is wrong.

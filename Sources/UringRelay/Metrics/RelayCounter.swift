@@ -29,6 +29,9 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
     case routingUpdates
     case datagramsDroppedAtExit
     case linesUnconfirmedAtExit
+    case poolChanges
+    case poolChangesFailed
+    case linesDroppedBackendRemoved
 
     /// The counter's name in lowercase dot notation.
     public var name: String {
@@ -59,6 +62,9 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
         case .routingUpdates: "statsrelay.routing_updates"
         case .datagramsDroppedAtExit: "statsrelay.datagrams_dropped.at_exit"
         case .linesUnconfirmedAtExit: "statsrelay.lines_unconfirmed_at_exit"
+        case .poolChanges: "statsrelay.pool_changes"
+        case .poolChangesFailed: "statsrelay.pool_changes_failed"
+        case .linesDroppedBackendRemoved: "statsrelay.lines_dropped.backend_removed"
         }
     }
 
@@ -107,24 +113,41 @@ public enum BackendCounter: Int, CaseIterable, Sendable {
 
 /// One worker's counters (or the sum of several): plain integers, written only by the worker
 /// that owns them, so the per-datagram path takes no lock and no atomic.
+///
+/// Per-backend counters are keyed by the backend's identity (`host:port[:instance]` as the
+/// operator wrote it), not by its position: when the backend pool changes, a backend that stays
+/// keeps its counters at its new position, and a removed backend's counters are kept aside
+/// (`retired`) so that nothing counted is ever lost from the report.
 public struct RelayCounters: Sendable, Equatable {
     /// Room for every `RelayCounter`, stored inline: the per-line increments are plain stores,
     /// with none of an `Array`'s copy-on-write uniqueness checks.
-    private var relay = InlineArray<32, UInt64>(repeating: 0)
+    private var relay = InlineArray<48, UInt64>(repeating: 0)
     private var backend: [UInt64]
-    /// How many backends are counted.
-    public let backendCount: Int
+    /// The identities of the backends counted by position, in pool order.
+    public private(set) var backends: [String]
+    /// Counters of backends no longer in the pool, by identity, in the order they left.
+    private var retired: [(backend: String, values: [UInt64])] = []
 
-    /// All zeros for `backendCount` backends.
-    public init(backendCount: Int) {
-        precondition(RelayCounter.allCases.count <= 32, "RelayCounters.relay needs more room")
-        self.backendCount = backendCount
-        backend = Array(repeating: 0, count: BackendCounter.allCases.count * backendCount)
+    /// How many backends are counted by position.
+    public var backendCount: Int { backends.count }
+
+    /// All zeros for these backends (identities in pool order).
+    public init(backends: [String]) {
+        precondition(RelayCounter.allCases.count <= 48, "RelayCounters.relay needs more room")
+        self.backends = backends
+        backend = Array(repeating: 0, count: BackendCounter.allCases.count * backends.count)
     }
 
-    /// Whether both hold the same counts.
+    /// All zeros for `backendCount` backends named by their position (`#0`, `#1`, …).
+    public init(backendCount: Int) {
+        self.init(backends: (0..<backendCount).map { "#\($0)" })
+    }
+
+    /// Whether both hold the same counts for the same backends.
     public static func == (lhs: RelayCounters, rhs: RelayCounters) -> Bool {
-        lhs.backendCount == rhs.backendCount && lhs.backend == rhs.backend
+        lhs.backends == rhs.backends && lhs.backend == rhs.backend
+            && lhs.retired.map(\.backend) == rhs.retired.map(\.backend)
+            && lhs.retired.map(\.values) == rhs.retired.map(\.values)
             && lhs.relay.indices.allSatisfy { lhs.relay[$0] == rhs.relay[$0] }
     }
 
@@ -135,27 +158,95 @@ public struct RelayCounters: Sendable, Equatable {
         set { relay[counter.rawValue] = newValue }
     }
 
-    /// A per-backend counter.
+    /// A per-backend counter, by the backend's position in the current pool.
     @inline(__always)
     public subscript(_ counter: BackendCounter, backend index: Int) -> UInt64 {
         get { backend[index * BackendCounter.allCases.count + counter.rawValue] }
         set { backend[index * BackendCounter.allCases.count + counter.rawValue] = newValue }
     }
 
-    /// Adds another worker's counters to these.
-    public static func += (lhs: inout RelayCounters, rhs: RelayCounters) {
-        precondition(lhs.backendCount == rhs.backendCount)
-        for index in lhs.relay.indices { lhs.relay[index] &+= rhs.relay[index] }
-        for index in lhs.backend.indices { lhs.backend[index] &+= rhs.backend[index] }
+    /// A per-backend counter by identity, whether the backend is in the pool or has left it.
+    public subscript(_ counter: BackendCounter, backend identity: String) -> UInt64 {
+        if let index = backends.firstIndex(of: identity) { return self[counter, backend: index] }
+        return retired.first { $0.backend == identity }.map { $0.values[counter.rawValue] } ?? 0
     }
 
-    /// Every counter as `name value` lines, backends labelled with their names.
-    public func report(backendNames: [String]) -> String {
+    /// Moves per-backend counters to a new pool's order: a backend in both keeps its counts at
+    /// its new position, a new one starts at zero, a removed one is retired (still reported).
+    public mutating func rekey(to newBackends: [String]) {
+        let width = BackendCounter.allCases.count
+        var moved = Array(repeating: UInt64(0), count: width * newBackends.count)
+        var position: [String: Int] = [:]
+        for (index, name) in newBackends.enumerated() { position[name] = index }
+        for (old, name) in backends.enumerated() {
+            let values = Array(backend[old * width..<(old + 1) * width])
+            if let new = position[name] {
+                moved.replaceSubrange(new * width..<(new + 1) * width, with: values)
+            } else {
+                retire(name, values)
+            }
+        }
+        // A backend that comes back takes its retired counts with it.
+        for (new, name) in newBackends.enumerated() {
+            if let index = retired.firstIndex(where: { $0.backend == name }) {
+                for offset in 0..<width { moved[new * width + offset] &+= retired[index].values[offset] }
+                retired.remove(at: index)
+            }
+        }
+        backends = newBackends
+        backend = moved
+    }
+
+    private mutating func retire(_ name: String, _ values: [UInt64]) {
+        if let index = retired.firstIndex(where: { $0.backend == name }) {
+            for offset in values.indices { retired[index].values[offset] &+= values[offset] }
+        } else {
+            retired.append((name, values))
+        }
+    }
+
+    /// Adds another worker's counters to these, backend by backend identity (the other's
+    /// backends that these lack are added at the end, or to the retired ones).
+    public static func += (lhs: inout RelayCounters, rhs: RelayCounters) {
+        for index in lhs.relay.indices { lhs.relay[index] &+= rhs.relay[index] }
+        let width = BackendCounter.allCases.count
+        if lhs.backends == rhs.backends {
+            for index in lhs.backend.indices { lhs.backend[index] &+= rhs.backend[index] }
+        } else {
+            for (other, name) in rhs.backends.enumerated() {
+                let values = Array(rhs.backend[other * width..<(other + 1) * width])
+                if let index = lhs.backends.firstIndex(of: name) {
+                    for offset in 0..<width { lhs.backend[index * width + offset] &+= values[offset] }
+                } else {
+                    lhs.backends.append(name)
+                    lhs.backend.append(contentsOf: values)
+                }
+            }
+        }
+        for entry in rhs.retired {
+            if let index = lhs.backends.firstIndex(of: entry.backend) {
+                for offset in 0..<width { lhs.backend[index * width + offset] &+= entry.values[offset] }
+            } else {
+                lhs.retire(entry.backend, entry.values)
+            }
+        }
+    }
+
+    /// Every counter as `name value` lines, backends labelled with their identities (those that
+    /// left the pool last). `backendNames`, if given, relabels the backends in the pool by position.
+    public func report(backendNames: [String]? = nil) -> String {
         var lines: [String] = []
         for counter in RelayCounter.allCases { lines.append("\(counter.name) \(self[counter])") }
-        for (index, name) in backendNames.enumerated() where index < backendCount {
+        var labelled: [(String, [UInt64])] = []
+        let width = BackendCounter.allCases.count
+        for (index, name) in backends.enumerated() {
+            let label = backendNames.flatMap { index < $0.count ? $0[index] : nil } ?? name
+            labelled.append((label, Array(backend[index * width..<(index + 1) * width])))
+        }
+        labelled += retired.map { ($0.backend, $0.values) }
+        for (name, values) in labelled {
             for counter in BackendCounter.allCases {
-                lines.append("\(counter.name){backend=\"\(name)\"} \(self[counter, backend: index])")
+                lines.append("\(counter.name){backend=\"\(name)\"} \(values[counter.rawValue])")
             }
         }
         return lines.joined(separator: "\n")

@@ -1,59 +1,84 @@
 import RelayKernel
 import Synchronization
 
-/// The health view and backend addresses every worker routes by, published by the health
-/// monitor and picked up by each worker once per loop turn (never per datagram).
+/// The backend pool every worker routes by: published by the health monitor (health view,
+/// re-resolved addresses) and by whoever changes the backends (a reload, a test), and picked
+/// up by each worker once per loop turn (never per datagram).
 ///
-/// Publishing bumps a generation number; a worker compares it with the one it last applied
-/// (one atomic load per turn) and, when it differs, copies the new snapshot under the lock.
+/// Publishing bumps the pool's generation; a worker compares it with the one it last applied
+/// (one atomic load per turn) and, when it differs, copies the new pool under the lock.
 /// Send refusals flow the other way: a worker adds to a backend's refusal count (only when a
 /// send fails) and the monitor takes the counts at each check.
 public final class RoutingState: Sendable {
-    /// What workers apply.
-    public struct Snapshot: Sendable, Equatable {
-        /// Which backends are down.
-        public var down: [Bool]
-        /// Where each backend is now.
-        public var addresses: [SocketAddress]
-        /// The generation this snapshot was published as.
-        public var generation: UInt64
-    }
-
     private let published = Atomic<UInt64>(0)
-    private let snapshot: Mutex<Snapshot>
-    private let refusals: [RefusalCount]
+    private let pool: Mutex<BackendPool>
+    private let refusals: Mutex<[String: UInt64]>
     private let subscribers = Mutex<[WakeupEvent]>([])
 
-    private final class RefusalCount: Sendable {
-        let value = Atomic<UInt64>(0)
+    /// Starts from `pool` (every backend up).
+    public init(pool: BackendPool) {
+        self.pool = Mutex(pool)
+        refusals = Mutex([:])
     }
 
-    /// All backends up, at their start-up addresses.
-    public init(addresses: [SocketAddress]) {
-        snapshot = Mutex(Snapshot(down: Array(repeating: false, count: addresses.count), addresses: addresses, generation: 0))
-        refusals = addresses.map { _ in RefusalCount() }
+    /// A pool of bare addresses (identities `host:port`), every backend up, policy `rehash`.
+    public convenience init(addresses: [SocketAddress]) {
+        let backends = addresses.map { address in
+            BackendAddress(host: address.host, port: address.port, instance: nil)
+        }
+        self.init(pool: BackendPool(backends: backends, addresses: addresses, policy: .rehash))
     }
 
     /// The latest generation published.
     @inline(__always)
     public var generation: UInt64 { published.load(ordering: .acquiring) }
 
-    /// The latest snapshot.
-    public var current: Snapshot { snapshot.withLock { $0 } }
+    /// The latest pool.
+    public var current: BackendPool { pool.withLock { $0 } }
 
-    /// Publishes a new health view and address list, and wakes every subscribed worker so an
-    /// idle one applies it (and replays held batches) without waiting for traffic.
-    public func publish(down: [Bool], addresses: [SocketAddress]) {
-        snapshot.withLock { current in
+    /// Publishes a new health view and address list for the current backends, and wakes every
+    /// subscribed worker so an idle one applies it (and replays held batches) without traffic.
+    ///
+    /// - Parameter membership: the membership generation the view was computed for; a view
+    ///   for backends that have since been replaced is ignored.
+    public func publish(down: [Bool], addresses: [SocketAddress], membership: UInt64? = nil) {
+        update { current in
+            guard membership.map({ $0 == current.membership }) ?? true, down.count == current.count,
+                  addresses.count == current.count else { return false }
             current.down = down
             current.addresses = addresses
+            return true
+        }
+    }
+
+    /// Replaces the backends: a pool change that every worker applies at a turn boundary after
+    /// sending the old pool's batches. Every backend starts up.
+    ///
+    /// - Precondition: one address per backend, at least one backend.
+    public func replaceBackends(_ backends: [BackendAddress], addresses: [SocketAddress], policy: DownPolicy? = nil) {
+        precondition(!backends.isEmpty && backends.count == addresses.count)
+        update { current in
+            current.backends = backends
+            current.addresses = addresses
+            current.down = Array(repeating: false, count: backends.count)
+            if let policy { current.policy = policy }
+            current.membership &+= 1
+            return true
+        }
+    }
+
+    private func update(_ change: (inout BackendPool) -> Bool) {
+        let changed = pool.withLock { current -> Bool in
+            guard change(&current) else { return false }
             current.generation &+= 1
             published.store(current.generation, ordering: .releasing)
+            return true
         }
+        guard changed else { return }
         for subscriber in subscribers.withLock({ $0 }) { subscriber.signal() }
     }
 
-    /// An event signalled at every publication, for one worker's ring to poll.
+    /// An event signalled at every publication, for one worker's loop to wait on.
     public func subscribe() throws(Errno) -> WakeupEvent {
         let event = try WakeupEvent()
         subscribers.withLock { $0.append(event) }
@@ -61,12 +86,22 @@ public final class RoutingState: Sendable {
     }
 
     /// Counts one `ECONNREFUSED` from a backend's socket.
-    public func reportRefusal(backend: Int) {
-        refusals[backend].value.wrappingAdd(1, ordering: .relaxed)
+    public func reportRefusal(backend identity: String) {
+        refusals.withLock { $0[identity, default: 0] &+= 1 }
     }
 
-    /// Takes (and resets) every backend's refusal count.
+    /// Takes (and resets) every backend's refusal count, by identity.
+    public func takeRefusalsByBackend() -> [String: UInt64] {
+        refusals.withLock { counts in
+            defer { counts = [:] }
+            return counts
+        }
+    }
+
+    /// Takes (and resets) the refusal counts of the current pool's backends, in pool order.
     public func takeRefusals() -> [UInt64] {
-        refusals.map { $0.value.exchange(0, ordering: .relaxed) }
+        let identities = current.identities
+        let counts = takeRefusalsByBackend()
+        return identities.map { counts[$0] ?? 0 }
     }
 }

@@ -14,17 +14,27 @@ public struct DatagramProcessor: ~Copyable {
     /// Primary buckets of recently seen names.
     private var primaries: PrimaryCache
 
-    /// A processor for `backendCount` backends.
-    public init(router: Router, packetBytes: Int, maxDatagramBytes: Int) throws(Errno) {
+    /// A processor for `router`'s backends, counting into `counters`.
+    ///
+    /// - Precondition: `counters` counts as many backends as `router` routes to.
+    public init(router: Router, packetBytes: Int, maxDatagramBytes: Int, counters: RelayCounters) throws(Errno) {
+        precondition(counters.backendCount == router.backendCount, "counters for another pool")
         self.router = router
         assembler = try BatchAssembler(backendCount: router.backendCount, packetBytes: packetBytes, maxLineBytes: maxDatagramBytes)
-        counters = RelayCounters(backendCount: router.backendCount)
+        self.counters = counters
         primaries = PrimaryCache(backendCount: router.backendCount)
+    }
+
+    /// A processor for `router`'s backends, counting from zero.
+    public init(router: Router, packetBytes: Int, maxDatagramBytes: Int) throws(Errno) {
+        try self.init(
+            router: router, packetBytes: packetBytes, maxDatagramBytes: maxDatagramBytes,
+            counters: RelayCounters(backendCount: router.backendCount))
     }
 
     /// Handles one received buffer: counts a truncated or malformed one, relays a whole one.
     @inline(__always)
-    public mutating func receive(_ payload: ProvidedBufferRing.Payload, _ bytes: RawSpan, now: UInt64) {
+    public mutating func receive(_ payload: ReceivedPayload, _ bytes: RawSpan, now: UInt64) {
         switch payload {
         case .datagram(let length):
             counters[.datagramsReceived] &+= 1

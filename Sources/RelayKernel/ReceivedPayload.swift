@@ -1,0 +1,10 @@
+/// What one receive produced, as checked against the kernel's own numbers before any of them
+/// is used as a length. Both drivers hand the relay core one of these with the bytes.
+public enum ReceivedPayload: Sendable {
+    /// The kernel's header for the receive did not add up; nothing is usable.
+    case malformed
+    /// The datagram was longer than the buffer (`MSG_TRUNC`); its bytes must not be used.
+    case truncated(fullLength: Int)
+    /// A whole datagram of `length` bytes (0 for an empty datagram).
+    case datagram(length: Int)
+}

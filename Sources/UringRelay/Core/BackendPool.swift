@@ -1,0 +1,49 @@
+import RelayKernel
+
+/// The backends one relay routes to, as one value: who they are, where they are, how names
+/// are spread over them and what happens when one is down.
+///
+/// A pool is published whole through `RoutingState` and applied by each worker at a loop turn
+/// boundary, like twemproxy's `server_pool`: every line is routed wholly by one pool. Two
+/// generation numbers tell what changed: `membership` when the backends themselves (their
+/// identities or order) change, which makes a worker close and send the old pool's batches
+/// before it switches; `generation` for any change, including the health view and addresses
+/// (applied in place).
+public struct BackendPool: Sendable, Equatable {
+    /// The backends as the operator wrote them, in routing order (their identity).
+    public var backends: [BackendAddress]
+    /// Where each backend is now (resolved; DNS re-resolution may move it).
+    public var addresses: [SocketAddress]
+    /// What happens to a down backend's lines.
+    public var policy: DownPolicy
+    /// Which backends are down (the health view).
+    public var down: [Bool]
+    /// Bumped whenever anything in the pool changes.
+    public var generation: UInt64 = 0
+    /// Bumped when the backends (identities or order) change.
+    public var membership: UInt64 = 0
+
+    /// A pool with every backend up.
+    ///
+    /// - Precondition: one address per backend.
+    public init(backends: [BackendAddress], addresses: [SocketAddress], policy: DownPolicy) {
+        precondition(backends.count == addresses.count, "one address per backend")
+        self.backends = backends
+        self.addresses = addresses
+        self.policy = policy
+        down = Array(repeating: false, count: backends.count)
+    }
+
+    /// How many backends the pool has.
+    public var count: Int { backends.count }
+
+    /// The backends' identities (`host:port[:instance]`), the keys of per-backend counters.
+    public var identities: [String] { backends.map(\.description) }
+
+    /// For each backend of `self`, its position in `other`, or `nil` if `other` lacks it.
+    public func positions(in other: BackendPool) -> [Int?] {
+        var position: [String: Int] = [:]
+        for (index, identity) in other.identities.enumerated() { position[identity] = index }
+        return identities.map { position[$0] }
+    }
+}

@@ -1,0 +1,322 @@
+import Glibc
+import RelayKernel
+
+/// The relay's work between receiving and sending, for one worker, whatever I/O driver feeds
+/// it: parse → route → pack, holding and replaying a down backend's packets, the backend pool
+/// in force and its changes, the stop phases and the accounting.
+///
+/// A driver (io_uring or portable) owns the kernel resources and calls, per loop turn:
+/// `receive` for each datagram (while `canAcceptDatagram`), `sendCompleted` for each send
+/// result, then `endTurn`; then it sends what `nextOutgoing` hands out. The core never sees a
+/// ring, a socket or a system call, and a driver never sees a StatsD line.
+///
+/// A pool change of membership (backends added, removed or reordered) is applied at a turn
+/// boundary, never inside a datagram: the core closes the old pool's batches and stops taking
+/// datagrams until the driver has sent them all (`pendingPool` is then handed to the driver to
+/// connect the new pool's sockets) and calls `completePoolChange`. No line is lost or sent
+/// twice, and each line is routed wholly by one pool.
+public struct RelayCore: ~Copyable {
+    /// Where a worker is in its life.
+    public enum Phase: Sendable {
+        /// Relaying.
+        case running
+        /// Stopping: still receiving what clients sent, until the socket is empty.
+        case draining
+        /// Stopping: receiving has ended; every batch is closed and sent.
+        case flushing
+    }
+
+    /// What the driver does after `endTurn`.
+    public enum TurnAction: Sendable, Equatable {
+        /// Go on as before.
+        case proceed
+        /// Stop receiving (cancel armed receives): the drain is over.
+        case stopReceiving
+    }
+
+    /// The per-datagram state: batches, router, counters.
+    public private(set) var processor: DatagramProcessor
+    /// The pool lines are routed by now.
+    public private(set) var pool: BackendPool
+    /// A membership change waiting for the old pool's batches to be sent.
+    public private(set) var pendingPool: BackendPool?
+    /// The stop phase.
+    public private(set) var phase = Phase.running
+    /// When the stop budget runs out (`.max` while running).
+    public private(set) var stopDeadline = UInt64.max
+    private var drainDeadline = UInt64.max
+    private var stopRequested = false
+    private var holds: [HoldBuffer]
+    private var identities: [String]
+    private var appliedGeneration: UInt64
+    private var nextPublish: UInt64
+    private let settings: WorkerSettings
+
+    /// Held packets queued again per turn once a backend is back, so a replay never starves
+    /// live traffic of send slots.
+    private static let replayPerTurn = 64
+
+    /// A core routing by `settings.routing`'s current pool.
+    ///
+    /// - Throws: `SystemCallError` when the send buffers cannot be mapped.
+    public init(settings: WorkerSettings) throws(SystemCallError) {
+        let pool = settings.routing.current
+        self.settings = settings
+        self.pool = pool
+        identities = pool.identities
+        appliedGeneration = pool.generation
+        processor = try Self.makeProcessor(for: pool, settings: settings, counters: RelayCounters(backends: pool.identities))
+        holds = pool.backends.map { _ in HoldBuffer(capacity: settings.holdBytes) }
+        nextPublish = MonotonicClock.nanoseconds() &+ CounterBoard.publishIntervalNanoseconds
+    }
+
+    private static func makeProcessor(
+        for pool: BackendPool, settings: WorkerSettings, counters: RelayCounters
+    ) throws(SystemCallError) -> DatagramProcessor {
+        var router = Router(backendCount: pool.count, policy: pool.policy)
+        for backend in pool.down.indices { router.setDown(backend, pool.down[backend]) }
+        do throws(Errno) {
+            return try DatagramProcessor(
+                router: router, packetBytes: settings.packetBytes, maxDatagramBytes: settings.maxDatagramBytes,
+                counters: counters)
+        } catch { throw SystemCallError("mmap", "send buffers", error) }
+    }
+
+    /// The send-buffer slots the driver sends from.
+    public var sendBuffers: SendBufferPool {
+        _read { yield processor.assembler.pool }
+    }
+
+    /// This worker's counters so far.
+    public var counters: RelayCounters { processor.counters }
+
+    /// Whether the core can take one more datagram now: the send buffers have room for its
+    /// worst case and no pool change is waiting for the old pool's batches.
+    @inline(__always)
+    public var canAcceptDatagram: Bool { pendingPool == nil && processor.assembler.canAcceptDatagram }
+
+    /// Relays one received datagram (or counts why it cannot be relayed).
+    ///
+    /// - Parameter listener: the index of the listener it came from.
+    @inline(__always)
+    public mutating func receive(_ payload: ReceivedPayload, _ bytes: RawSpan, listener: Int, now: UInt64) {
+        processor.receive(payload, bytes, now: now)
+    }
+
+    /// Counts a failed receive (a result that is neither data nor an expected end).
+    public mutating func countReceiveError() { processor.counters[.receiveErrors] &+= 1 }
+
+    /// Counts a receive that found the provided-buffer ring empty (`ENOBUFS`).
+    public mutating func countBufferRingExhausted() { processor.counters[.bufferRingExhausted] &+= 1 }
+
+    /// Counts a multishot receive the kernel ended and the driver armed again.
+    public mutating func countReceiveRearm() { processor.counters[.receiveRearms] &+= 1 }
+
+    /// Asks the core to stop: drain, flush, finish (see `Phase`).
+    public mutating func requestStop() { stopRequested = true }
+
+    /// Records one send's result and frees its slot.
+    ///
+    /// - Parameter result: bytes sent, or `-errno`.
+    @inline(__always)
+    public mutating func sendCompleted(slot: Int, result: Int32) {
+        if result == -ECONNREFUSED {
+            settings.routing.reportRefusal(backend: identities[processor.assembler.pool.backend(of: slot)])
+        }
+        processor.sendCompleted(slot: slot, result: result)
+    }
+
+    /// The turn's bookkeeping once its receives and send results are in: applies a newly
+    /// published pool, closes batches that are due, moves the stop phases on and queues held
+    /// packets again for backends that are back.
+    ///
+    /// - Parameter moreToReceive: whether anything received is still waiting in the driver or
+    ///   the socket (the drain ends when nothing is).
+    public mutating func endTurn(now: UInt64, moreToReceive: Bool) -> TurnAction {
+        applyPublishedPool()
+        processor.assembler.closeExpired(now: now, interval: settings.flushIntervalNanoseconds)
+        var action = TurnAction.proceed
+        switch phase {
+        case .running:
+            if stopRequested {
+                phase = .draining
+                drainDeadline = now &+ settings.drainBudgetNanoseconds
+                stopDeadline = now &+ settings.stopBudgetNanoseconds
+            }
+        case .draining:
+            if !moreToReceive || now >= drainDeadline {
+                phase = .flushing
+                action = .stopReceiving
+            }
+        case .flushing:
+            break
+        }
+        if phase == .flushing {
+            // Lines from receives that completed while receiving was being stopped go out too.
+            processor.assembler.closeAll()
+        }
+        replayHeld()
+        if now >= nextPublish {
+            settings.board.publish(processor.counters)
+            nextPublish = now &+ CounterBoard.publishIntervalNanoseconds
+        }
+        return action
+    }
+
+    /// The next ready packet to send: its send-buffer slot and backend index. Packets for a
+    /// backend that is down under the `hold` policy are held instead and never handed out.
+    @inline(__always)
+    public mutating func nextOutgoing() -> (slot: Int, backend: Int)? {
+        while let slot = processor.assembler.nextReady() {
+            let backend = processor.assembler.pool.backend(of: slot)
+            if processor.router.downCount > 0 && processor.router.policy == .hold && processor.router.down[backend] {
+                hold(slot, for: backend)
+                continue
+            }
+            return (slot, backend)
+        }
+        return nil
+    }
+
+    /// When the core next needs a turn without any I/O (a batch's flush deadline), if ever.
+    public func nextDeadline() -> UInt64? {
+        processor.assembler.nextDeadline(interval: settings.flushIntervalNanoseconds)
+    }
+
+    /// Whether batches are open or ready to send.
+    public var hasPendingBatches: Bool { processor.assembler.hasPendingBatches }
+
+    /// Whether a stopping core has nothing left to send; the driver adds its own conditions
+    /// (no send in flight, receiving ended).
+    public var isFlushed: Bool { phase == .flushing && !processor.assembler.hasPendingBatches }
+
+    /// Whether a membership change can be completed now: the old pool's batches are all sent
+    /// and confirmed (`sendsInFlight == 0`). The driver then connects `pendingPool`'s sockets and
+    /// calls `completePoolChange()`.
+    public func poolChangeReady(sendsInFlight: Int) -> Bool {
+        pendingPool != nil && sendsInFlight == 0 && !processor.assembler.hasPendingBatches
+    }
+
+    /// Switches to `pendingPool`: a new router, batches and cache sized for it, counters moved
+    /// by backend identity, held packets kept for the backends that stay.
+    ///
+    /// - Throws: `SystemCallError` if the new send buffers cannot be mapped; the old pool then
+    ///   stays in force and the change is counted as failed (not retried).
+    public mutating func completePoolChange() throws(SystemCallError) {
+        guard let next = pendingPool else { return }
+        var counters = processor.counters
+        let positions = pool.positions(in: next)
+        counters.rekey(to: next.identities)
+        var moved = next.backends.map { _ in HoldBuffer(capacity: settings.holdBytes) }
+        for (old, position) in positions.enumerated() where !holds[old].isEmpty {
+            if let position {
+                swap(&moved[position], &holds[old])
+            } else {
+                counters[.linesDroppedBackendRemoved] &+= UInt64(holds[old].lines)
+            }
+        }
+        let replacement: DatagramProcessor
+        do {
+            replacement = try Self.makeProcessor(for: next, settings: settings, counters: counters)
+        } catch {
+            abandonPoolChange()
+            throw error
+        }
+        pendingPool = nil
+        processor = replacement
+        holds = moved
+        pool = next
+        identities = next.identities
+        processor.counters[.poolChanges] &+= 1
+    }
+
+    /// Gives up a waiting membership change (the driver could not connect the new pool's
+    /// sockets): the old pool stays in force, and the failure is counted.
+    public mutating func abandonPoolChange() {
+        guard pendingPool != nil else { return }
+        pendingPool = nil
+        processor.counters[.poolChangesFailed] &+= 1
+    }
+
+    /// Counts what could not be relayed or confirmed when a worker stops, and publishes the
+    /// final counters.
+    ///
+    /// - Parameters:
+    ///   - unrelayedDatagrams: datagrams received but never relayed (stop budget exhausted).
+    ///   - sendsInFlight: sends whose completion never came.
+    public mutating func finish(unrelayedDatagrams: Int, sendsInFlight: Int) -> RelayCounters {
+        processor.counters[.datagramsDroppedAtExit] &+= UInt64(unrelayedDatagrams)
+        if sendsInFlight > 0 || processor.assembler.hasPendingBatches {
+            processor.counters[.linesUnconfirmedAtExit] &+= UInt64(processor.assembler.pool.linesInUse)
+        }
+        for backend in holds.indices where !holds[backend].isEmpty {
+            processor.counters[.linesDroppedHeldAtExit] &+= UInt64(holds[backend].lines)
+        }
+        settings.board.publish(processor.counters)
+        return processor.counters
+    }
+
+    /// Leaves the send buffers mapped when the core goes away (a send that could not be
+    /// confirmed complete may still read them).
+    public mutating func keepSendBuffersMapped() { processor.assembler.keepMappedAfterDestruction() }
+
+    /// Applies a newly published pool: the health view and addresses at once, a membership
+    /// change once the old pool's batches are sent.
+    private mutating func applyPublishedPool() {
+        let routing = settings.routing
+        guard routing.generation != appliedGeneration else { return }
+        let published = routing.current
+        appliedGeneration = published.generation
+        processor.counters[.routingUpdates] &+= 1
+        if published.membership != pool.membership {
+            pendingPool = published
+            processor.assembler.closeAll()
+            return
+        }
+        if pendingPool != nil {
+            // A health or address update for the pool still waiting to take over.
+            pendingPool = published
+            return
+        }
+        pool.down = published.down
+        pool.addresses = published.addresses
+        pool.generation = published.generation
+        for backend in pool.down.indices { processor.router.setDown(backend, pool.down[backend]) }
+    }
+
+    private mutating func hold(_ slot: Int, for backend: Int) {
+        let lines = processor.assembler.pool.lineCount(of: slot)
+        let (stored, dropped) = processor.assembler.pool.withBytes(ofSlot: slot) { bytes in
+            holds[backend].push(bytes, lines: lines)
+        }
+        _ = processor.assembler.completeSend(slot)
+        if stored {
+            processor.counters[.linesHeld] &+= UInt64(lines)
+            processor.counters[.linesHeld, backend: backend] &+= UInt64(lines)
+        }
+        if dropped > 0 {
+            processor.counters[.linesDroppedHoldOverflow] &+= UInt64(dropped)
+            processor.counters[.linesDroppedHoldOverflow, backend: backend] &+= UInt64(dropped)
+        }
+    }
+
+    /// Queues held packets again for backends that are back up, a bounded number per turn.
+    private mutating func replayHeld() {
+        guard processor.router.policy == .hold, pendingPool == nil else { return }
+        for backend in holds.indices where !holds[backend].isEmpty && !processor.router.down[backend] {
+            var budget = Self.replayPerTurn
+            while budget > 0, processor.assembler.pool.freeCount > 2 * processor.assembler.reserveSlots,
+                  let lines = processor.assembler.replay(from: &holds[backend], to: backend) {
+                processor.counters[.linesReplayed] &+= UInt64(lines)
+                processor.counters[.linesReplayed, backend: backend] &+= UInt64(lines)
+                budget -= 1
+            }
+        }
+    }
+
+    /// Whether held packets wait for a backend that is up (the driver keeps turning for them).
+    public var hasReplayPending: Bool {
+        guard processor.router.policy == .hold else { return false }
+        return holds.indices.contains { !holds[$0].isEmpty && !processor.router.down[$0] }
+    }
+}

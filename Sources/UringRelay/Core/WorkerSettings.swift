@@ -1,0 +1,70 @@
+import RelayKernel
+
+/// What a worker is started with: the same for every worker, derived from one
+/// `RelayConfiguration` (see `init(configuration:listeners:routing:)`) so that no default is
+/// kept twice.
+public struct WorkerSettings: Sendable {
+    /// The addresses the worker listens on, each with `SO_REUSEPORT`; a datagram's listener is
+    /// its index here.
+    public var listeners: [SocketAddress]
+    /// `--packet-len`.
+    public var packetBytes: Int
+    /// `--flush-interval` in nanoseconds.
+    public var flushIntervalNanoseconds: UInt64
+    /// `--rcvbuf`.
+    public var receiveBufferBytes: Int
+    /// `--max-datagram`.
+    public var maxDatagramBytes: Int
+    /// Receive buffers per worker (a power of two): provided buffers for the uring driver,
+    /// messages per `recvmmsg` for the portable one.
+    public var receiveBuffers: Int
+    /// The `io_uring_enter2` minimum wait (uring driver).
+    public var minimumWaitMicroseconds: UInt32
+    /// The longest a stopping worker spends draining and flushing before it gives up.
+    public var stopBudgetNanoseconds: UInt64
+    /// The longest a stopping worker keeps receiving while clients keep sending; the rest of
+    /// the stop budget is left for the final sends.
+    public var drainBudgetNanoseconds: UInt64
+    /// `--hold-bytes`: held packets per backend under the `hold` policy.
+    public var holdBytes: Int
+    /// The backend pool in force and its updates.
+    public var routing: RoutingState
+    /// Where the worker publishes its live counters.
+    public var board = CounterBoard()
+
+    /// Settings for one worker of `configuration`.
+    public init(configuration: RelayConfiguration, listeners: [SocketAddress], routing: RoutingState) {
+        self.listeners = listeners
+        packetBytes = configuration.packetBytes
+        flushIntervalNanoseconds = configuration.flushIntervalNanoseconds
+        receiveBufferBytes = configuration.receiveBufferBytes
+        maxDatagramBytes = configuration.maxDatagramBytes
+        receiveBuffers = configuration.receiveBuffers
+        minimumWaitMicroseconds = configuration.minimumWaitMicroseconds
+        stopBudgetNanoseconds = configuration.shutdownTimeoutNanoseconds
+        drainBudgetNanoseconds = configuration.shutdownTimeoutNanoseconds / 3 * 2
+        holdBytes = configuration.holdBytes
+        self.routing = routing
+    }
+}
+
+/// Facts about a worker's kernel resources, for the start-up log.
+public struct WorkerFacts: Sendable {
+    /// The driver that runs the worker.
+    public var driver: IOBackendChoice
+    /// The listening addresses with the ports actually bound.
+    public var listeners: [SocketAddress]
+    /// The first listening address.
+    public var listen: SocketAddress { listeners[0] }
+    /// The receive buffer the kernel granted.
+    public var receiveBufferBytes: Int
+    /// The ring's setup flags by name (empty for the portable driver).
+    public var ringFlags: [String]
+    /// Whether the kernel honours the minimum wait.
+    public var minimumWait: Bool
+    /// Receive buffers and their size.
+    public var receiveBuffers: Int
+    public var receiveBufferSize: Int
+    /// Send-buffer slots.
+    public var sendSlots: Int
+}

@@ -1,0 +1,250 @@
+import BasicContainers
+import Glibc
+import RelayKernel
+
+/// The io_uring driver: feeds a `RelayCore` from one ring, owned by one worker thread.
+///
+/// A multishot `recvmsg` stays armed on every listener, taking buffers from one
+/// provided-buffer ring; sends are `send` SQEs on connected backend sockets, submitted with the
+/// next wait. Each loop turn: publish recycled buffers, re-arm any receive the kernel ended,
+/// submit every queued send and wait for completions in one `io_uring_enter2`; then take every
+/// CQE off the queue, hand received datagrams to the core, let the core end its turn and queue
+/// the sends it hands out for the next turn's submit.
+///
+/// The kernel ends a multishot receive at every empty datagram (its zero-byte payload reads as
+/// the end of a stream). The turn after such an end does not wait out the minimum wait: it
+/// re-arms and returns at the first completion, so an empty datagram costs one extra
+/// `io_uring_enter`, never 250 µs of a disarmed socket.
+public struct IOUringDriver: ~Copyable {
+    private let ring: Ring
+    private var buffers: ProvidedBufferRing
+    private var listeners: RigidArray<UDPSocket>
+    private var connections: BackendConnections
+    private let wakeup: WakeupEvent
+    private let poolChanged: WakeupEvent
+    private var core: RelayCore
+    private var queue: ReceiveQueue
+    private let settings: WorkerSettings
+    private var receiveArmed: [Bool]
+    private var receiveEnded = false
+    private var receivedThisTurn = false
+    private var sendsInFlight = 0
+
+    /// Completions a waiting worker asks for before the minimum wait lets it go with fewer.
+    private static let completionBatch: UInt32 = 32
+    /// The wait bound when no batch is open. Without a bound the kernel ends a minimum wait
+    /// that saw no completion with `ETIME`, which would wake an idle worker every 250 µs; with
+    /// one it goes on waiting for the first completion.
+    private static let idleWaitNanoseconds: UInt64 = 1_000_000_000
+
+    /// Opens every kernel resource of one worker. Call on the worker's own thread: the ring
+    /// accepts submissions only from the thread that created it (`SINGLE_ISSUER`).
+    ///
+    /// - Throws: `SystemCallError` naming the step that failed.
+    public init(settings: WorkerSettings, wakeup: WakeupEvent) throws(SystemCallError) {
+        let core = try RelayCore(settings: settings)
+        let bufferCount = settings.receiveBuffers
+        let completions = UInt32(bufferCount + core.sendBuffers.capacity + 64)
+        let ring: Ring
+        do throws(Errno) { ring = try Ring(entries: 1024, completionEntries: completions) } catch {
+            throw SystemCallError("io_uring_queue_init", "", error)
+        }
+        let buffers: ProvidedBufferRing
+        do throws(Errno) {
+            buffers = try ProvidedBufferRing(ring: ring, groupID: 0, count: bufferCount, payloadBytes: settings.maxDatagramBytes)
+        } catch { throw SystemCallError("io_uring_register_buf_ring", "\(bufferCount) buffers", error) }
+        var listeners = RigidArray<UDPSocket>(capacity: settings.listeners.count)
+        for address in settings.listeners {
+            listeners.append(try UDPSocket.bound(to: address, reusePort: true, receiveBufferBytes: settings.receiveBufferBytes))
+        }
+        let pool = core.pool
+        let connections = try BackendConnections(pool: pool)
+        do throws(Errno) { poolChanged = try settings.routing.subscribe() } catch {
+            throw SystemCallError("eventfd", "routing updates", error)
+        }
+        self.connections = connections
+        self.settings = settings
+        self.wakeup = wakeup
+        self.core = core
+        self.ring = ring
+        self.buffers = buffers
+        self.listeners = listeners
+        receiveArmed = Array(repeating: false, count: settings.listeners.count)
+        queue = ReceiveQueue(capacity: bufferCount)
+    }
+
+    /// The facts worth logging once at start-up.
+    public var facts: WorkerFacts {
+        var bound: [SocketAddress] = []
+        for index in listeners.indices { bound.append(listeners[index].localAddress) }
+        return WorkerFacts(
+            driver: .uring, listeners: bound, receiveBufferBytes: listeners[0].receiveBufferBytes,
+            ringFlags: ring.setupFlagNames, minimumWait: ring.supportsMinimumWait,
+            receiveBuffers: buffers.count, receiveBufferSize: buffers.bufferBytes,
+            sendSlots: core.sendBuffers.capacity)
+    }
+
+    /// Relays until the wake-up event fires and everything received is sent, then closes the
+    /// ring and returns the counters.
+    ///
+    /// - Throws: `SystemCallError` if the ring itself fails (never for a bad datagram or a
+    ///   failing backend; those are counted).
+    public consuming func run() throws(SystemCallError) -> RelayCounters {
+        ring.armPoll(descriptor: wakeup.descriptor, userData: UserData(.wakeup))
+        ring.armPoll(descriptor: poolChanged.descriptor, userData: UserData(.routing))
+        var now = MonotonicClock.nanoseconds()
+        while true {
+            buffers.publish()
+            armReceives()
+            let (completions, timeout, minimumWait) = waitPlan(now: now)
+            receiveEnded = false
+            do {
+                try ring.submitAndWait(
+                    completions: completions, timeoutNanoseconds: timeout, minimumWaitMicroseconds: minimumWait)
+            } catch { throw SystemCallError("io_uring_enter", "", error) }
+            now = MonotonicClock.nanoseconds()
+            receivedThisTurn = false
+            while let completion = ring.nextCompletion() { handle(completion) }
+            relayQueued(now: now)
+            // After the completions: the pool eventfd is reset in there, so a publication made
+            // since is either seen here or fires the re-armed poll.
+            let moreToReceive = !queue.isEmpty || receivedThisTurn || anyListenerHasPending
+            if core.endTurn(now: now, moreToReceive: moreToReceive) == .stopReceiving {
+                for index in receiveArmed.indices where receiveArmed[index] {
+                    ring.cancel(UserData(.receive, index: UInt32(index)), userData: UserData(.cancel))
+                }
+            }
+            queueReadySends()
+            connections.follow(&core, sendsInFlight: sendsInFlight)
+            if core.isFlushed && sendsInFlight == 0 && !receiveArmed.contains(true) && queue.isEmpty { break }
+            if core.phase == .flushing && now >= core.stopDeadline {
+                // Out of time: still hand the last sends to the kernel and collect what completed.
+                try? ring.submitAndWait(completions: 0, timeoutNanoseconds: 0, minimumWaitMicroseconds: 0)
+                while let completion = ring.nextCompletion() { handle(completion) }
+                break
+            }
+        }
+        let counters = core.finish(unrelayedDatagrams: queue.count, sendsInFlight: sendsInFlight)
+        if sendsInFlight > 0 || receiveArmed.contains(true) {
+            // The kernel may still use this memory; keeping it mapped is the safe choice.
+            buffers.keepMappedAfterDestruction()
+            core.keepSendBuffersMapped()
+        }
+        ring.close()
+        return counters
+    }
+
+    private var anyListenerHasPending: Bool {
+        for index in listeners.indices where listeners[index].hasPendingDatagram { return true }
+        return false
+    }
+
+    /// Arms a multishot receive on every listener that has none, while receiving goes on.
+    private mutating func armReceives() {
+        guard core.phase != .flushing, buffers.available > 0 else { return }
+        for index in receiveArmed.indices where !receiveArmed[index] {
+            ring.armMultishotReceive(on: listeners[index], buffers: buffers, userData: UserData(.receive, index: UInt32(index)))
+            receiveArmed[index] = true
+        }
+    }
+
+    /// How many completions to wait for, for how long, and the minimum wait.
+    private func waitPlan(now: UInt64) -> (UInt32, UInt64?, UInt32) {
+        func until(_ deadline: UInt64) -> UInt64 { deadline > now ? deadline - now : 0 }
+        let flushDue = core.nextDeadline().map(until)
+        let minimumWait = settings.minimumWaitMicroseconds
+        switch core.phase {
+        case .running:
+            if !queue.isEmpty || core.pendingPool != nil || core.hasReplayPending {
+                // Waiting for sends to free slots; the flush deadline still bounds the wait.
+                return (1, min(flushDue ?? settings.flushIntervalNanoseconds, 1_000_000), 0)
+            }
+            if receiveEnded {
+                // The receive was just re-armed: take the next completion as it comes.
+                return (1, flushDue ?? Self.idleWaitNanoseconds, 0)
+            }
+            // Waiting for several completions is only safe with a minimum wait to cut it short;
+            // without one the worker would sit on a lone datagram (or its stop signal).
+            let batch = ring.supportsMinimumWait && minimumWait > 0 ? Self.completionBatch : 1
+            return (batch, flushDue ?? Self.idleWaitNanoseconds, minimumWait)
+        case .draining:
+            return (queue.isEmpty ? 0 : 1, min(until(core.stopDeadline), 1_000_000), 0)
+        case .flushing:
+            return (1, until(core.stopDeadline), 0)
+        }
+    }
+
+    /// Handles one CQE; a result is data, each case with its reason.
+    @inline(__always)
+    private mutating func handle(_ completion: Completion) {
+        switch completion.userData.kind {
+        case .receive:
+            if completion.result >= 0, let bufferID = completion.bufferID {
+                buffers.take(bufferID)
+                queue.push(bufferID: bufferID, result: completion.result, listener: UInt8(truncatingIfNeeded: completion.userData.index))
+                receivedThisTurn = true
+            } else if completion.result < 0 {
+                switch -completion.result {
+                case ENOBUFS:
+                    // Every buffer is held: re-armed once some are recycled this turn.
+                    core.countBufferRingExhausted()
+                case ECANCELED:
+                    break  // stopping
+                default:
+                    core.countReceiveError()
+                }
+            }
+            if !completion.hasMore {
+                let index = Int(completion.userData.index)
+                if index < receiveArmed.count { receiveArmed[index] = false }
+                if completion.result != -ECANCELED && core.phase != .flushing {
+                    core.countReceiveRearm()
+                    receiveEnded = true
+                }
+            }
+        case .send:
+            sendsInFlight -= 1
+            core.sendCompleted(slot: Int(completion.userData.index), result: completion.result)
+        case .wakeup:
+            core.requestStop()
+        case .cancel:
+            break  // the cancelled receive reports its own end
+        case .routing:
+            // Applied by the core this turn; re-armed here so no publication is missed.
+            if core.phase != .flushing {
+                poolChanged.reset()
+                ring.armPoll(descriptor: poolChanged.descriptor, userData: UserData(.routing))
+            }
+        case nil:
+            assertionFailure("completion with unknown user_data \(completion.userData)")
+        }
+    }
+
+    /// Relays queued datagrams, oldest first, while the core can take one more.
+    @inline(__always)
+    private mutating func relayQueued(now: UInt64) {
+        while core.canAcceptDatagram, let entry = queue.pop() {
+            Self.relay(entry, from: buffers, into: &core, now: now)
+            buffers.recycle(entry.bufferID)
+        }
+    }
+
+    @inline(__always)
+    private static func relay(
+        _ entry: ReceiveQueue.Entry, from buffers: borrowing ProvidedBufferRing, into core: inout RelayCore, now: UInt64
+    ) {
+        buffers.withPayload(of: entry.bufferID, result: entry.result) { payload, bytes in
+            core.receive(payload, bytes, listener: Int(entry.listener), now: now)
+        }
+    }
+
+    /// Turns every packet the core hands out into a `send` SQE, submitted with the next wait.
+    @inline(__always)
+    private mutating func queueReadySends() {
+        while let (slot, _) = core.nextOutgoing() {
+            ring.send(slot: slot, of: core.sendBuffers, to: connections.sockets, userData: UserData(.send, index: UInt32(slot)))
+            sendsInFlight += 1
+        }
+    }
+
+}

@@ -1,0 +1,193 @@
+import BasicContainers
+import Glibc
+import RelayKernel
+
+/// The portable driver: feeds a `RelayCore` with `recvmmsg(2)` and sends its packets with
+/// `sendmmsg(2)`, for hosts where io_uring is disabled or blocked (most containers' seccomp
+/// profiles). Same core, same counters, same stop and pool-change behaviour as the io_uring
+/// driver.
+///
+/// Each loop turn: wait (`ppoll`) until a listener, the stop event or the pool event is
+/// readable or the next flush deadline comes; take datagrams from every listener in batches
+/// (several batches while the socket stays full), sending ready packets whenever the send
+/// buffers run short; let the core end its turn; send what it hands out. While the listeners
+/// stay full, the wait is skipped (a batch that came back full means more is waiting) and the
+/// events are looked at with a zero-timeout poll every few turns.
+public struct PortableDriver: ~Copyable {
+    private var listeners: RigidArray<UDPSocket>
+    /// The listeners' descriptors, owned by `listeners`, for `recvmmsg` and `ppoll`.
+    private let listenerDescriptors: [Int32]
+    private var connections: BackendConnections
+    private let wakeup: WakeupEvent
+    private let poolChanged: WakeupEvent
+    private var core: RelayCore
+    private var batch: DatagramBatch
+    private var sends: SendBatch
+    private var poller: PollSet
+    private let settings: WorkerSettings
+
+    /// Batches taken from one listener per turn before the others get their turn.
+    private static let batchesPerTurn = 8
+    /// Busy turns between two looks at the stop and pool events.
+    private static let busyTurnsPerPoll = 16
+    /// The wait bound when nothing is due, so a stuck event is never waited on forever.
+    private static let idleWaitNanoseconds: UInt64 = 1_000_000_000
+
+    /// Opens every socket of one worker.
+    ///
+    /// - Throws: `SystemCallError` naming the step that failed.
+    public init(settings: WorkerSettings, wakeup: WakeupEvent) throws(SystemCallError) {
+        let core = try RelayCore(settings: settings)
+        let batch: DatagramBatch
+        do throws(Errno) {
+            batch = try DatagramBatch(count: min(settings.receiveBuffers, 256), payloadBytes: settings.maxDatagramBytes)
+        } catch { throw SystemCallError("mmap", "receive buffers", error) }
+        var listeners = RigidArray<UDPSocket>(capacity: settings.listeners.count)
+        for address in settings.listeners {
+            listeners.append(try UDPSocket.bound(to: address, reusePort: true, receiveBufferBytes: settings.receiveBufferBytes))
+        }
+        let pool = core.pool
+        let connections = try BackendConnections(pool: pool)
+        do throws(Errno) { poolChanged = try settings.routing.subscribe() } catch {
+            throw SystemCallError("eventfd", "routing updates", error)
+        }
+        var descriptors: [Int32] = []
+        for index in listeners.indices { descriptors.append(PollSet.descriptor(of: listeners[index])) }
+        listenerDescriptors = descriptors
+        descriptors.append(PollSet.descriptor(of: wakeup))
+        descriptors.append(PollSet.descriptor(of: poolChanged))
+        poller = PollSet(descriptors: descriptors)
+        sends = SendBatch(capacity: 256)
+        self.connections = connections
+        self.settings = settings
+        self.wakeup = wakeup
+        self.core = core
+        self.batch = batch
+        self.listeners = listeners
+    }
+
+    /// The facts worth logging once at start-up.
+    public var facts: WorkerFacts {
+        var bound: [SocketAddress] = []
+        for index in listeners.indices { bound.append(listeners[index].localAddress) }
+        return WorkerFacts(
+            driver: .portable, listeners: bound, receiveBufferBytes: listeners[0].receiveBufferBytes,
+            ringFlags: [], minimumWait: false, receiveBuffers: batch.count, receiveBufferSize: batch.payloadBytes,
+            sendSlots: core.sendBuffers.capacity)
+    }
+
+    private var wakeupIndex: Int { listeners.count }
+    private var poolChangedIndex: Int { listeners.count + 1 }
+
+    /// Relays until the wake-up event fires and everything received is sent, then returns the
+    /// counters.
+    ///
+    /// - Throws: `SystemCallError` if waiting itself fails (never for a bad datagram or a
+    ///   failing backend; those are counted).
+    public consuming func run() throws(SystemCallError) -> RelayCounters {
+        var now = MonotonicClock.nanoseconds()
+        var busy = false
+        var busyTurns = 0
+        var receiving = true
+        while true {
+            if !busy || busyTurns >= Self.busyTurnsPerPoll {
+                do throws(Errno) {
+                    try poller.wait(timeoutNanoseconds: busy ? 0 : waitTimeout(now: now))
+                } catch { throw SystemCallError("ppoll", "", error) }
+                busyTurns = 0
+                if poller.isReady(wakeupIndex) {
+                    core.requestStop()
+                    poller.ignore(wakeupIndex)
+                }
+                if poller.isReady(poolChangedIndex) { poolChanged.reset() }
+            }
+            now = MonotonicClock.nanoseconds()
+            busy = receiving ? receiveAll(now: now) : false
+            busyTurns += busy ? 1 : 0
+            if core.endTurn(now: now, moreToReceive: busy) == .stopReceiving {
+                receiving = false
+                for index in listeners.indices { poller.ignore(index) }
+            }
+            sendReady()
+            connections.follow(&core, sendsInFlight: 0)
+            if core.isFlushed { break }
+            if core.phase == .flushing && now >= core.stopDeadline { break }
+        }
+        return core.finish(unrelayedDatagrams: 0, sendsInFlight: 0)
+    }
+
+    /// How long the next wait may last: until the next flush deadline, briefly while held
+    /// packets are being replayed or the stop is draining.
+    private func waitTimeout(now: UInt64) -> UInt64 {
+        var timeout = core.nextDeadline().map { $0 > now ? $0 - now : 0 } ?? Self.idleWaitNanoseconds
+        switch core.phase {
+        case .running:
+            if core.hasReplayPending { timeout = min(timeout, 1_000_000) }
+        case .draining:
+            timeout = min(timeout, 1_000_000)
+        case .flushing:
+            timeout = 0
+        }
+        return timeout
+    }
+
+    /// Takes what is waiting on every listener, a few batches each.
+    ///
+    /// - Returns: whether a listener filled its last batch (more is probably waiting).
+    private mutating func receiveAll(now: UInt64) -> Bool {
+        var full = false
+        for index in listeners.indices {
+            for _ in 0..<Self.batchesPerTurn {
+                guard let taken = Self.receive(into: &batch, from: listenerDescriptors[index]) else {
+                    core.countReceiveError()
+                    break
+                }
+                for datagram in 0..<taken {
+                    if !core.canAcceptDatagram { makeRoom() }
+                    Self.relay(datagram, of: batch, listener: index, into: &core, now: now)
+                }
+                if taken < batch.count { break }
+                full = true
+            }
+        }
+        return full
+    }
+
+    /// One `recvmmsg`; `nil` when it failed.
+    private static func receive(into batch: inout DatagramBatch, from descriptor: Int32) -> Int? {
+        do throws(Errno) { return try batch.receive(descriptor: descriptor, limit: batch.count) } catch { return nil }
+    }
+
+    @inline(__always)
+    private static func relay(
+        _ datagram: Int, of batch: borrowing DatagramBatch, listener: Int, into core: inout RelayCore, now: UInt64
+    ) {
+        batch.withDatagram(datagram) { payload, bytes in
+            core.receive(payload, bytes, listener: listener, now: now)
+        }
+    }
+
+    /// Sends every ready packet and completes a waiting pool change, so the core can take the
+    /// next datagram: sends here finish before the call returns, so every slot comes back.
+    private mutating func makeRoom() {
+        sendReady()
+        connections.follow(&core, sendsInFlight: 0)
+    }
+
+    /// Sends every packet the core hands out, in batches, and hands the results back.
+    private mutating func sendReady() {
+        while let (slot, backend) = core.nextOutgoing() {
+            sends.append(slot: slot, backend: backend)
+            if sends.isFull { flushSends() }
+        }
+        flushSends()
+    }
+
+    private mutating func flushSends() {
+        guard sends.count > 0 else { return }
+        sends.send(from: core.sendBuffers, to: connections.sockets)
+        for index in 0..<sends.count { core.sendCompleted(slot: sends.slot(index), result: sends.result(index)) }
+        sends.removeAll()
+    }
+
+}
