@@ -15,7 +15,7 @@ final class HealthHarness: @unchecked Sendable {
     let log = LockedText()
 
     init(
-        policy: DownPolicy, mode: HealthCheckMode = .tcp, sharedHealthPort: FakeHealthPort? = nil,
+        driver: IOBackendChoice, policy: DownPolicy, mode: HealthCheckMode = .tcp, sharedHealthPort: FakeHealthPort? = nil,
         configure: (inout RelayConfiguration) -> Void = { _ in }
     ) throws {
         // Each backend's TCP health port has the number of its UDP port. The TCP port of that
@@ -45,6 +45,7 @@ final class HealthHarness: @unchecked Sendable {
         configuration.healthRise = 2
         configuration.healthFall = 2
         configuration.onBackendDown = policy
+        configuration.ioBackend = driver
         configure(&configuration)
         let store = log
         relay = try Relay(configuration: configuration, logger: Logger(label: "test") { _ in CapturingLogHandler(store: store) })
@@ -76,11 +77,12 @@ final class HealthHarness: @unchecked Sendable {
 /// Lines whose primary backend (of 3) is `backend`, and lines whose primary is another.
 func lines(count: Int, prefix: String) -> [String] { (0..<count).map { "\(prefix).\($0):1|c" } }
 
-@Suite("Backend health and failover on loopback", requiresIOUring, .serialized, .timeLimit(.minutes(1)))
+@Suite("Backend health and failover on loopback", .serialized, .timeLimit(.minutes(1)))
 struct HealthKernelTests {
-    @Test("rehash: a backend whose TCP check fails loses only its own metrics, which return when it recovers")
-    func rehashFailover() throws {
-        let harness = try HealthHarness(policy: .rehash)
+    @Test("rehash: a backend whose TCP check fails loses only its own metrics, which return when it recovers", arguments: ioDrivers)
+    func rehashFailover(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let harness = try HealthHarness(driver: driver, policy: .rehash)
         harness.healthPorts[1].close()
         #expect(harness.wait(for: 1, .down))
         let sent = lines(count: 3_000, prefix: "rehash")
@@ -111,10 +113,11 @@ struct HealthKernelTests {
         #expect(occurrences(of: "backend up", in: harness.log.withLock { $0 }) == 1)
     }
 
-    @Test("refused sends (ICMP port unreachable) take a backend down even while its TCP check passes")
-    func refusalsCountAsFailures() throws {
+    @Test("refused sends (ICMP port unreachable) take a backend down even while its TCP check passes", arguments: ioDrivers)
+    func refusalsCountAsFailures(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
         let shared = try FakeHealthPort()
-        let harness = try HealthHarness(policy: .rehash, sharedHealthPort: shared) { $0.healthRise = 100 }
+        let harness = try HealthHarness(driver: driver, policy: .rehash, sharedHealthPort: shared) { $0.healthRise = 100 }
         let deadPort = harness.backends[2].address.port
         harness.backends[2] = try TestBackend()  // the old socket closes: its port now refuses
         #expect(harness.backends[2].address.port != deadPort)
@@ -141,9 +144,10 @@ struct HealthKernelTests {
         #expect(counters[.linesSent, backend: 2] + counters[.linesDroppedSendError, backend: 2] + counters[.linesRehashedAway, backend: 2] == sentToDead)
     }
 
-    @Test("hold: a down backend's batches are kept and replayed, in order, when it recovers")
-    func holdReplays() throws {
-        let harness = try HealthHarness(policy: .hold)
+    @Test("hold: a down backend's batches are kept and replayed, in order, when it recovers", arguments: ioDrivers)
+    func holdReplays(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let harness = try HealthHarness(driver: driver, policy: .hold)
         harness.healthPorts[0].close()
         #expect(harness.wait(for: 0, .down))
         let sent = lines(count: 3_000, prefix: "hold")
@@ -163,9 +167,10 @@ struct HealthKernelTests {
         #expect(counters[.linesDroppedHoldOverflow] == 0)
     }
 
-    @Test("hold: past --hold-bytes the oldest batches are dropped and counted; the rest replay")
-    func holdOverflow() throws {
-        let harness = try HealthHarness(policy: .hold) { $0.holdBytes = 4_096 }
+    @Test("hold: past --hold-bytes the oldest batches are dropped and counted; the rest replay", arguments: ioDrivers)
+    func holdOverflow(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let harness = try HealthHarness(driver: driver, policy: .hold) { $0.holdBytes = 4_096 }
         harness.healthPorts[0].close()
         #expect(harness.wait(for: 0, .down))
         let toDown = lines(count: 3_000, prefix: "overflow").filter { expectedBackend(of: $0, backends: 3) == 0 }
@@ -187,9 +192,10 @@ struct HealthKernelTests {
         #expect(Array(toDown.suffix(arrived.count)) == arrived)
     }
 
-    @Test("drop: a down backend's lines are counted and dropped; the live ones get every one of theirs")
-    func dropCounts() throws {
-        let harness = try HealthHarness(policy: .drop)
+    @Test("drop: a down backend's lines are counted and dropped; the live ones get every one of theirs", arguments: ioDrivers)
+    func dropCounts(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let harness = try HealthHarness(driver: driver, policy: .drop)
         harness.healthPorts[2].close()
         #expect(harness.wait(for: 2, .down))
         let sent = lines(count: 20_000, prefix: "drop")
@@ -205,10 +211,11 @@ struct HealthKernelTests {
         #expect(counters[.linesForwarded] + counters[.linesDroppedBackendDown] == UInt64(sent.count))
     }
 
-    @Test("statsd-admin: 'health: down' from every backend drops and counts, logged once per change")
-    func allBackendsDown() throws {
+    @Test("statsd-admin: 'health: down' from every backend drops and counts, logged once per change", arguments: ioDrivers)
+    func allBackendsDown(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
         let admin = try FakeHealthPort()
-        let harness = try HealthHarness(policy: .rehash, mode: .statsdAdmin, sharedHealthPort: admin)
+        let harness = try HealthHarness(driver: driver, policy: .rehash, mode: .statsdAdmin, sharedHealthPort: admin)
         admin.answer("health: down\n")
         #expect(harness.relay.monitor.waitUntil(timeoutNanoseconds: 10_000_000_000) { $0.allSatisfy { $0.state == .down } })
         let sent = lines(count: 500, prefix: "nowhere")
@@ -225,8 +232,9 @@ struct HealthKernelTests {
         #expect(counters[.linesDroppedBackendDown] > 0)
     }
 
-    @Test("a backend name that changes address is followed without restart, and the change is logged")
-    func dnsChange() throws {
+    @Test("a backend name that changes address is followed without restart, and the change is logged", arguments: ioDrivers)
+    func dnsChange(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
         let first = try TestBackend()
         let second = try TestBackend()
         let target = Mutex(first.address)
@@ -239,6 +247,7 @@ struct HealthKernelTests {
         configuration.port = 0
         configuration.threads = 1
         configuration.dnsRefreshNanoseconds = 100_000_000
+        configuration.ioBackend = driver
         let log = LockedText()
         let relay = try Relay(configuration: configuration, logger: Logger(label: "test") { _ in CapturingLogHandler(store: log) }, resolver: resolver)
         let address = try relay.start().listen

@@ -140,9 +140,10 @@ final class RelayProcess: @unchecked Sendable {  // the log buffer is guarded by
     private let stdoutPipe = Pipe()
     private let stderrPipe = Pipe()
 
-    init(_ arguments: [String]) throws {
+    /// Starts `statsrelay` with `arguments`, on `driver` when given (`--io-backend`).
+    init(driver: IOBackendChoice? = nil, _ arguments: [String]) throws {
         process.executableURL = statsrelayExecutable
-        process.arguments = arguments
+        process.arguments = (driver.map { ["--io-backend", $0.rawValue] } ?? []) + arguments
         process.standardOutput = stdoutPipe
         process.standardError = stderrPipe
         stderrPipe.fileHandleForReading.readabilityHandler = { [log, logChanged] handle in

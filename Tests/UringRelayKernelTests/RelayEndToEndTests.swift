@@ -3,12 +3,13 @@ import Foundation
 import Testing
 @testable import UringRelay
 
-@Suite("Relay end to end on loopback", requiresIOUring, .serialized, .timeLimit(.minutes(1)))
+@Suite("Relay end to end on loopback", .serialized, .timeLimit(.minutes(1)))
 struct RelayEndToEndTests {
-    @Test("thousands of lines reach three backends, each exactly once where the hash sends it; junk is counted")
-    func relaysEveryLineOnce() throws {
+    @Test("thousands of lines reach three backends, each exactly once where the hash sends it; junk is counted", arguments: ioDrivers)
+    func relaysEveryLineOnce(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
         let backends = try (0..<3).map { _ in try TestBackend() }
-        let relay = try InProcessRelay(backends: backends)
+        let relay = try InProcessRelay(backends: backends, driver: driver)
         var expected: [[String]] = [[], [], []]
         var datagrams: [String] = []
         var line = 0
@@ -54,10 +55,11 @@ struct RelayEndToEndTests {
         #expect(counters[.sendErrors] == 0)
     }
 
-    @Test("a line longer than the packet length arrives alone and whole")
-    func longLineAlone() throws {
+    @Test("a line longer than the packet length arrives alone and whole", arguments: ioDrivers)
+    func longLineAlone(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
         let backends = [try TestBackend()]
-        let relay = try InProcessRelay(backends: backends) { $0.packetBytes = 200 }
+        let relay = try InProcessRelay(backends: backends, driver: driver) { $0.packetBytes = 200 }
         let long = "big.gauge:" + String(repeating: "7", count: 900) + "|g"
         try send(["a:1|c\n\(long)\nb:2|c"], to: relay.address)
         let received = try collect(from: backends, expectedLines: 3)
@@ -66,10 +68,11 @@ struct RelayEndToEndTests {
         #expect(received.lines[0].sorted() == ["a:1|c", "b:2|c", long].sorted())
     }
 
-    @Test("a datagram larger than --max-datagram is dropped whole and counted; its neighbours are relayed")
-    func truncatedDatagram() throws {
+    @Test("a datagram larger than --max-datagram is dropped whole and counted; its neighbours are relayed", arguments: ioDrivers)
+    func truncatedDatagram(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
         let backends = [try TestBackend()]
-        let relay = try InProcessRelay(backends: backends) { $0.maxDatagramBytes = 512 }
+        let relay = try InProcessRelay(backends: backends, driver: driver) { $0.maxDatagramBytes = 512 }
         let oversize = (0..<60).map { "trunc.\($0):1|c" }.joined(separator: "\n")
         #expect(oversize.utf8.count > 512)
         let exact = "x:" + String(repeating: "1", count: 510)
@@ -81,8 +84,9 @@ struct RelayEndToEndTests {
         #expect(counters[.datagramsReceived] == 3)
     }
 
-    @Test("a backend refusing datagrams (nothing listening) is counted and never stops the others")
-    func refusingBackend() throws {
+    @Test("a backend refusing datagrams (nothing listening) is counted and never stops the others", arguments: ioDrivers)
+    func refusingBackend(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
         let liveBackend = try TestBackend()
         // Bind then close a socket to get a port with nothing listening.
         let deadPort = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!).localAddress.port
@@ -126,10 +130,11 @@ struct RelayEndToEndTests {
         #expect(counters[.linesSent, backend: 1] + counters[.linesDroppedSendError, backend: 1] == UInt64(toDead))
     }
 
-    @Test("a lone line at low traffic is flushed by the timer, without waiting for more lines")
-    func loneLineFlushed() throws {
+    @Test("a lone line at low traffic is flushed by the timer, without waiting for more lines", arguments: ioDrivers)
+    func loneLineFlushed(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
         let backends = [try TestBackend()]
-        let relay = try InProcessRelay(backends: backends) { $0.flushIntervalNanoseconds = 20_000_000 }
+        let relay = try InProcessRelay(backends: backends, driver: driver) { $0.flushIntervalNanoseconds = 20_000_000 }
         try send(["lonely:1|c"], to: relay.address)
         let received = try collect(from: backends, expectedLines: 1, seconds: 5)
         #expect(received.lines[0] == ["lonely:1|c"])
@@ -137,10 +142,11 @@ struct RelayEndToEndTests {
     }
 
     @Test("without the kernel's minimum wait a worker still handles a lone datagram and its stop signal at once",
-          arguments: [UInt32(0), 100])
-    func withoutMinimumWait(_ microseconds: UInt32) throws {
+          arguments: ioDrivers, [UInt32(0), 100])
+    func withoutMinimumWait(driver: IOBackendChoice, _ microseconds: UInt32) throws {
+        try requireDriver(driver)
         let backends = [try TestBackend()]
-        let relay = try InProcessRelay(backends: backends) {
+        let relay = try InProcessRelay(backends: backends, driver: driver) {
             $0.minimumWaitMicroseconds = microseconds
             $0.flushIntervalNanoseconds = 1_000_000
         }
@@ -150,8 +156,9 @@ struct RelayEndToEndTests {
         #expect(counters[.linesForwarded] == 1)
     }
 
-    @Test("IPv6: listening on ::1 and relaying to [::1] backends", .enabled(if: ipv6LoopbackAvailable, "no IPv6 loopback here"))
-    func ipv6() throws {
+    @Test("IPv6: listening on ::1 and relaying to [::1] backends", .enabled(if: ipv6LoopbackAvailable, "no IPv6 loopback here"), arguments: ioDrivers)
+    func ipv6(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
         let backends = try (0..<2).map { _ in try TestBackend(host: "::1") }
         var configuration = RelayConfiguration(backends: [
             try BackendAddress(parsing: backends[0].spec), try BackendAddress(parsing: "\(backends[1].spec):b"),
@@ -173,10 +180,11 @@ struct RelayEndToEndTests {
         #expect(relay.wait().counters[.linesForwarded] == UInt64(sent.count))
     }
 
-    @Test("two workers share the port and route identically")
-    func twoWorkers() throws {
+    @Test("two workers share the port and route identically", arguments: ioDrivers)
+    func twoWorkers(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
         let backends = try (0..<3).map { _ in try TestBackend() }
-        let relay = try InProcessRelay(backends: backends) { $0.threads = 2 }
+        let relay = try InProcessRelay(backends: backends, driver: driver) { $0.threads = 2 }
         var expected: [[String]] = [[], [], []]
         var datagrams: [String] = []
         for index in 0..<2_000 {

@@ -126,14 +126,20 @@ public struct RelayCore: ~Copyable {
         processor.sendCompleted(slot: slot, result: result)
     }
 
-    /// The turn's bookkeeping once its receives and send results are in: applies a newly
-    /// published pool, closes batches that are due, moves the stop phases on and queues held
-    /// packets again for backends that are back.
+    /// Starts a turn, before its datagrams are relayed: applies a newly published pool (the
+    /// health view and addresses at once; a membership change once the old pool's batches are
+    /// sent), so datagrams that arrive after a publication are routed by it.
+    public mutating func beginTurn() {
+        applyPublishedPool()
+    }
+
+    /// The turn's bookkeeping once its receives and send results are in: closes batches that
+    /// are due, moves the stop phases on and queues held packets again for backends that are
+    /// back.
     ///
     /// - Parameter moreToReceive: whether anything received is still waiting in the driver or
     ///   the socket (the drain ends when nothing is).
     public mutating func endTurn(now: UInt64, moreToReceive: Bool) -> TurnAction {
-        applyPublishedPool()
         processor.assembler.closeExpired(now: now, interval: settings.flushIntervalNanoseconds)
         var action = TurnAction.proceed
         switch phase {

@@ -105,9 +105,10 @@ public struct IOUringDriver: ~Copyable {
             now = MonotonicClock.nanoseconds()
             receivedThisTurn = false
             while let completion = ring.nextCompletion() { handle(completion) }
-            relayQueued(now: now)
             // After the completions: the pool eventfd is reset in there, so a publication made
             // since is either seen here or fires the re-armed poll.
+            core.beginTurn()
+            relayQueued(now: now)
             let moreToReceive = !queue.isEmpty || receivedThisTurn || anyListenerHasPending
             if core.endTurn(now: now, moreToReceive: moreToReceive) == .stopReceiving {
                 for index in receiveArmed.indices where receiveArmed[index] {

@@ -102,6 +102,7 @@ public struct PortableDriver: ~Copyable {
                 if poller.isReady(poolChangedIndex) { poolChanged.reset() }
             }
             now = MonotonicClock.nanoseconds()
+            core.beginTurn()
             busy = receiving ? receiveAll(now: now) : false
             busyTurns += busy ? 1 : 0
             if core.endTurn(now: now, moreToReceive: busy) == .stopReceiving {
