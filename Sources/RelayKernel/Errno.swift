@@ -20,6 +20,10 @@ public struct Errno: Error, Equatable, Hashable, Sendable, CustomStringConvertib
     public static let notPermitted = Errno(rawValue: EPERM)
     /// `EACCES`.
     public static let permissionDenied = Errno(rawValue: EACCES)
+    /// `ENOMEM`.
+    public static let outOfMemory = Errno(rawValue: ENOMEM)
+    /// `EINVAL`.
+    public static let invalidArgument = Errno(rawValue: EINVAL)
     /// `EMSGSIZE`.
     public static let messageTooLong = Errno(rawValue: EMSGSIZE)
 

@@ -37,39 +37,62 @@ public enum KernelSupport {
     /// opcodes it submits, and a first multishot `recvmsg` that must deliver a datagram sent
     /// to itself on 127.0.0.1.
     ///
-    /// - Returns: `operation: reason (errno N)`, for the start-up log.
-    public static func uringDriverFailure(receiveBuffers: Int, payloadBytes: Int) -> String? {
+    /// - Returns: what failed, for the start-up log (`operation: reason (errno N)`).
+    public static func uringDriverFailure(receiveBuffers: Int, payloadBytes: Int) -> UringProbeFailure? {
         let ring: Ring
         do throws(Errno) {
             ring = try Ring(entries: 1024, completionEntries: UInt32(receiveBuffers + 1024 + 64))
-        } catch { return "io_uring_setup: \(error.operatorDescription)" }
+        } catch { return UringProbeFailure(operation: "io_uring_setup", errno: error) }
         let buffers: ProvidedBufferRing
         do throws(Errno) {
             buffers = try ProvidedBufferRing(ring: ring, groupID: 0, count: receiveBuffers, payloadBytes: payloadBytes)
-        } catch { return "io_uring_register_buf_ring \(receiveBuffers) buffers: \(error.operatorDescription)" }
+        } catch { return UringProbeFailure(operation: "io_uring_register_buf_ring \(receiveBuffers) buffers", errno: error) }
         let missing = ring.withUnsafeRingValue { cl_first_missing_opcode($0) }
-        if missing < 0 { return "io_uring_register PROBE: \(Errno(rawValue: -missing).operatorDescription)" }
-        if missing > 0 { return "io_uring opcode \(missing) is not supported by kernel \(release)" }
+        if missing < 0 { return UringProbeFailure(operation: "io_uring_register PROBE", errno: Errno(rawValue: -missing)) }
+        if missing > 0 { return UringProbeFailure(operation: "io_uring opcode \(missing)", detail: "not supported by kernel \(release)") }
         let socket: UDPSocket
         do {
             socket = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!)
-        } catch { return "\(error)" }
+        } catch { return UringProbeFailure(operation: "\(error.operation) \(error.target)", errno: error.errno) }
         ring.armMultishotReceive(on: socket, buffers: buffers, userData: UserData(.receive))
         do throws(Errno) {
             try ring.submitAndWait(completions: 0, timeoutNanoseconds: 0, minimumWaitMicroseconds: 0)
             try socket.send([0x70], to: socket.localAddress)
             try ring.submitAndWait(completions: 1, timeoutNanoseconds: 500_000_000, minimumWaitMicroseconds: 0)
-        } catch { return "io_uring_enter: \(error.operatorDescription)" }
+        } catch { return UringProbeFailure(operation: "io_uring_enter", errno: error) }
         guard let completion = ring.nextCompletion() else {
-            return "multishot recvmsg: no completion within 500ms (kernel \(release))"
+            return UringProbeFailure(operation: "multishot recvmsg", detail: "no completion within 500ms (kernel \(release))")
         }
         if completion.result < 0 {
-            return "multishot recvmsg: \(Errno(rawValue: -completion.result).operatorDescription) (Linux 6.0+ needed)"
+            return UringProbeFailure(operation: "multishot recvmsg (Linux 6.0+)", errno: Errno(rawValue: -completion.result))
         }
-        guard completion.bufferID != nil else { return "multishot recvmsg: no provided buffer in the completion" }
+        guard completion.bufferID != nil else {
+            return UringProbeFailure(operation: "multishot recvmsg", detail: "no provided buffer in the completion")
+        }
         return nil
     }
 
     /// Whether io_uring with provided-buffer rings works here.
     public static var isAvailable: Bool { unavailableReason == nil }
+}
+
+/// Why the io_uring driver cannot run: the step that failed and the kernel's answer.
+public struct UringProbeFailure: Error, CustomStringConvertible, Sendable {
+    /// The step, e.g. `io_uring_setup`.
+    public var operation: String
+    /// The kernel's error, when the step failed with one.
+    public var errno: Errno?
+    /// What went wrong when there is no error number.
+    public var detail: String?
+
+    public init(operation: String, errno: Errno? = nil, detail: String? = nil) {
+        self.operation = operation
+        self.errno = errno
+        self.detail = detail
+    }
+
+    /// `operation: reason (errno N)`.
+    public var description: String {
+        "\(operation): \(errno?.operatorDescription ?? detail ?? "failed")"
+    }
 }

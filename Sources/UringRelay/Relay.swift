@@ -30,7 +30,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     }
 
     /// Decides whether the io_uring driver can run here: `nil` when it can, else the reason.
-    public typealias UringProbe = @Sendable (_ settings: WorkerSettings) -> String?
+    public typealias UringProbe = @Sendable (_ settings: WorkerSettings) -> UringProbeFailure?
 
     /// The driver the workers run and, when `auto` chose the portable one, why.
     public private(set) var driver: IOBackendChoice = .uring
@@ -92,12 +92,18 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             driverReason = "--io-backend portable"
         case .uring, .auto:
             if let failure = uringProbe(probeSettings) {
-                if config.ioBackend == .uring { throw DriverUnavailable(reason: failure) }
+                let reason = IOUringAdvice.explain(failure)
+                if config.ioBackend == .uring { throw DriverUnavailable(reason: reason) }
                 driver = .portable
-                driverReason = failure
+                driverReason = reason
             } else {
                 driver = .uring
             }
+        }
+        if let driverReason {
+            logger.warning("io_backend=\(driver.rawValue) reason=\"\(driverReason)\"")
+        } else {
+            logger.info("io_backend=\(driver.rawValue)")
         }
         let driver = self.driver
         var firstFacts: WorkerFacts?
