@@ -14,8 +14,9 @@ import Glibc
 ///     ^^^^^^^^^^^^ ^^
 ///     first line   a line ends at `\n` (a `\r` before it is dropped), or at EOF
 ///
-/// Every system call goes through `systemCall`, which retries `EINTR`; the expected failures
-/// of a non-blocking socket (`EINPROGRESS`, `EAGAIN`) are stages, and the others are outcomes.
+/// Every system call but `close` goes through `systemCall`, which retries `EINTR`; the expected
+/// failures of a non-blocking socket (`EINPROGRESS`, `EAGAIN`) are stages, and the others are
+/// outcomes, never thrown past `run`.
 public enum TCPProbe {
     /// One probe to run.
     public struct Target: Sendable {
