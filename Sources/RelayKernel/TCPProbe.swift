@@ -4,8 +4,19 @@ import Glibc
 /// Health probes over TCP, all run at once with non-blocking sockets and one `poll(2)` loop,
 /// so a round takes at most one timeout however many backends there are.
 ///
-/// A probe connects; if it has a request it sends it and reads until the reply contains the
-/// expected bytes (etsy statsd's management port answers `health` with `health: up`).
+/// A probe connects; if it has a request it sends it and reads the reply's first line, and
+/// decides as soon as that line is complete, whether or not the server then closes the
+/// connection (etsy statsd's management port answers `health` with `health: up` or
+/// `health: down` and keeps the connection open for the next command):
+///
+///     health: up\n          → success
+///     health: down\n        → failure, reason `reply: 'health: down'`
+///     ^^^^^^^^^^^^ ^^
+///     first line   a line ends at `\n` (a `\r` before it is dropped), or at EOF
+///
+/// Every system call but `close` goes through `systemCall`, which retries `EINTR`; the expected
+/// failures of a non-blocking socket (`EINPROGRESS`, `EAGAIN`) are stages, and the others are
+/// outcomes, never thrown past `run`.
 public enum TCPProbe {
     /// One probe to run.
     public struct Target: Sendable {
@@ -13,7 +24,7 @@ public enum TCPProbe {
         public var address: SocketAddress
         /// Sent once connected, if any.
         public var request: [UInt8]?
-        /// Required in the reply, if any.
+        /// What the reply's first line must be (ignoring a trailing `\r`), if anything.
         public var expect: [UInt8]?
 
         public init(address: SocketAddress, request: [UInt8]? = nil, expect: [UInt8]? = nil) {
@@ -26,6 +37,12 @@ public enum TCPProbe {
     /// `nil` for success, or why the probe failed (`connect: Connection refused (errno 111)`).
     public typealias Outcome = String?
 
+    /// The longest reply line read: a statsd admin port answers in a dozen bytes, so a longer
+    /// line is not one and fails without being read further.
+    static let maximumReplyBytes = 256
+    /// The most bytes of a reply shown in an outcome (and so in the log).
+    static let shownReplyBytes = 64
+
     private enum Stage { case connecting, sending, reading, done }
 
     /// Runs every probe concurrently and returns their outcomes in order.
@@ -37,24 +54,29 @@ public enum TCPProbe {
         var descriptors: [Int32] = Array(repeating: -1, count: targets.count)
         var stages: [Stage] = Array(repeating: .done, count: targets.count)
         var replies: [[UInt8]] = Array(repeating: [], count: targets.count)
-        defer { for descriptor in descriptors where descriptor >= 0 { close(descriptor) } }
+        // Not through `systemCall`: Linux releases the descriptor even when `close` fails with
+        // EINTR, so a retry could close a descriptor another thread has just been given.
+        defer { for descriptor in descriptors where descriptor >= 0 { _ = close(descriptor) } }
 
         for (index, target) in targets.enumerated() {
             let domain = target.address.family == .ipv6 ? AF_INET6 : AF_INET
-            let descriptor = socket(domain, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-            guard descriptor >= 0 else {
-                outcomes[index] = "socket: \(Errno.current.operatorDescription)"
+            let kind = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
+            do throws(Errno) {
+                descriptors[index] = try systemCall { socket(domain, kind, 0) }
+            } catch {
+                outcomes[index] = "socket: \(error.operatorDescription)"
                 continue
             }
-            descriptors[index] = descriptor
-            let result = target.address.withUnsafeSockaddr { address, length in connect(descriptor, address, length) }
-            if result == 0 {
+            let descriptor = descriptors[index]
+            do throws(Errno) {
+                _ = try systemCall { target.address.withUnsafeSockaddr { address, length in connect(descriptor, address, length) } }
                 stages[index] = target.request == nil ? .done : .sending
                 if target.request == nil { outcomes[index] = nil }
-            } else if errno == EINPROGRESS {
+            } catch where error.rawValue == EINPROGRESS || error.rawValue == EALREADY {
+                // EALREADY: a connect retried after EINTR finds the first one still under way.
                 stages[index] = .connecting
-            } else {
-                outcomes[index] = "connect: \(Errno.current.operatorDescription)"
+            } catch {
+                outcomes[index] = "connect: \(error.operatorDescription)"
             }
         }
 
@@ -62,72 +84,85 @@ public enum TCPProbe {
         while true {
             let active = stages.indices.filter { stages[$0] != .done }
             if active.isEmpty { break }
-            let now = MonotonicClock.nanoseconds()
-            guard now < deadline else {
+            guard MonotonicClock.nanoseconds() < deadline else {
                 for index in active { outcomes[index] = "timed out after \(timeoutMilliseconds)ms" }
                 break
             }
             var pollers = active.map { index in
                 pollfd(fd: descriptors[index], events: Int16(stages[index] == .reading ? POLLIN : POLLOUT), revents: 0)
             }
-            let waited = poll(&pollers, nfds_t(pollers.count), Int32((deadline - now + 999_999) / 1_000_000))
-            if waited < 0 && errno != EINTR { break }
+            do throws(Errno) {
+                // The wait is computed again on each EINTR retry, so a signal never extends the round.
+                _ = try systemCall {
+                    let now = MonotonicClock.nanoseconds()
+                    let left = deadline > now ? (deadline - now + 999_999) / 1_000_000 : 0
+                    return poll(&pollers, nfds_t(pollers.count), Int32(left))
+                }
+            } catch {
+                for index in active { outcomes[index] = "poll: \(error.operatorDescription)" }
+                break
+            }
             for (slot, index) in active.enumerated() where pollers[slot].revents != 0 {
-                advance(index, targets[index], descriptors[index], &stages[index], &outcomes[index], &replies[index])
+                advance(targets[index], descriptors[index], &stages[index], &outcomes[index], &replies[index])
             }
         }
         return outcomes
     }
 
     private static func advance(
-        _ index: Int, _ target: Target, _ descriptor: Int32, _ stage: inout Stage, _ outcome: inout Outcome,
-        _ reply: inout [UInt8]
+        _ target: Target, _ descriptor: Int32, _ stage: inout Stage, _ outcome: inout Outcome, _ reply: inout [UInt8]
     ) {
         switch stage {
         case .connecting:
             var error: Int32 = 0
             var length = socklen_t(MemoryLayout<Int32>.size)
-            getsockopt(descriptor, SOL_SOCKET, SO_ERROR, &error, &length)
+            do throws(Errno) {
+                _ = try systemCall { getsockopt(descriptor, SOL_SOCKET, SO_ERROR, &error, &length) }
+            } catch let failure {
+                error = failure.rawValue
+            }
             if error != 0 {
                 outcome = "connect: \(Errno(rawValue: error).operatorDescription)"
                 stage = .done
             } else if target.request != nil {
                 stage = .sending
-                advance(index, target, descriptor, &stage, &outcome, &reply)
+                advance(target, descriptor, &stage, &outcome, &reply)
             } else {
                 outcome = nil
                 stage = .done
             }
         case .sending:
             let request = target.request ?? []
-            let sent = request.withUnsafeBytes { send(descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            if sent == request.count {
-                stage = .reading
-            } else if sent < 0 && errno == EAGAIN {
+            do throws(Errno) {
+                let sent = try systemCall { request.withUnsafeBytes { send(descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } }
+                if sent == request.count {
+                    stage = .reading
+                } else {
+                    outcome = "send: short write"
+                    stage = .done
+                }
+            } catch where error.rawValue == EAGAIN {
                 return
-            } else {
-                outcome = "send: \(sent < 0 ? Errno.current.operatorDescription : "short write")"
+            } catch {
+                outcome = "send: \(error.operatorDescription)"
                 stage = .done
             }
         case .reading:
-            var buffer = [UInt8](repeating: 0, count: 512)
-            let count = buffer.withUnsafeMutableBytes { recv(descriptor, $0.baseAddress, $0.count, 0) }
-            if count > 0 {
-                // Replies are short; anything past 4 KiB is not a statsd admin port.
-                reply += buffer.prefix(count)
-                if let expect = target.expect, contains(reply, expect) {
-                    outcome = nil
-                    stage = .done
-                } else if reply.count > 4096 {
-                    outcome = "reply: unexpected (over 4 KiB)"
-                    stage = .done
-                }
-            } else if count == 0 {
-                let shown = String(decoding: reply.prefix(64), as: UTF8.self).filter { !$0.isNewline }
-                outcome = "reply: \(reply.isEmpty ? "connection closed without a reply" : "'\(shown)'")"
+            // Read no further than the longest line allowed, plus one byte to see it is longer.
+            var buffer = [UInt8](repeating: 0, count: maximumReplyBytes + 1 - reply.count)
+            let count: Int
+            do throws(Errno) {
+                count = try systemCall { buffer.withUnsafeMutableBytes { recv(descriptor, $0.baseAddress, $0.count, 0) } }
+            } catch where error.rawValue == EAGAIN {
+                return
+            } catch {
+                outcome = "recv: \(error.operatorDescription)"
                 stage = .done
-            } else if errno != EAGAIN {
-                outcome = "recv: \(Errno.current.operatorDescription)"
+                return
+            }
+            reply += buffer.prefix(count)
+            if let verdict = judge(reply, expect: target.expect, closed: count == 0) {
+                outcome = verdict
                 stage = .done
             }
         case .done:
@@ -135,12 +170,43 @@ public enum TCPProbe {
         }
     }
 
-    private static func contains(_ haystack: [UInt8], _ needle: [UInt8]) -> Bool {
-        guard !needle.isEmpty else { return true }
-        guard haystack.count >= needle.count else { return false }
-        for start in 0...(haystack.count - needle.count) where haystack[start..<start + needle.count].elementsEqual(needle) {
-            return true
+    /// Decides a reply read so far, or returns `nil` while its first line is incomplete.
+    ///
+    /// - Parameters:
+    ///   - reply: the bytes received so far (at most `maximumReplyBytes + 1`).
+    ///   - expect: what the first line must be, or `nil` to accept any reply.
+    ///   - closed: whether the server closed the connection (EOF), which completes the line.
+    /// - Returns: `.some(nil)` for success, `.some(reason)` for a failure, `nil` to read on.
+    static func judge(_ reply: [UInt8], expect: [UInt8]?, closed: Bool) -> Outcome? {
+        let line: ArraySlice<UInt8>
+        if let end = reply.firstIndex(of: UInt8(ascii: "\n")) {
+            line = reply[..<end].last == UInt8(ascii: "\r") ? reply[..<(end - 1)] : reply[..<end]
+        } else if reply.count > maximumReplyBytes {
+            return .some("reply: no line end in the first \(maximumReplyBytes) bytes: \(shown(reply[...]))")
+        } else if closed {
+            if reply.isEmpty { return .some("reply: connection closed without a reply") }
+            line = reply[...]
+        } else {
+            return nil
         }
-        return false
+        guard let expect, !line.elementsEqual(expect) else { return .some(nil) }
+        return .some("reply: \(shown(line))")
+    }
+
+    /// A reply as it may be logged: quoted, at most `shownReplyBytes` bytes, printable ASCII
+    /// as is and every other byte as `\xNN`, so no wire byte reaches a log unescaped.
+    static func shown(_ bytes: ArraySlice<UInt8>) -> String {
+        var text = "'"
+        for byte in bytes.prefix(shownReplyBytes) {
+            if (0x20..<0x7f).contains(byte) && byte != UInt8(ascii: "\\") && byte != UInt8(ascii: "'") {
+                text.unicodeScalars.append(Unicode.Scalar(byte))
+            } else {
+                let hex = String(byte, radix: 16)
+                text += "\\x" + (hex.count == 1 ? "0" + hex : hex)
+            }
+        }
+        text += "'"
+        if bytes.count > shownReplyBytes { text += " (\(bytes.count) bytes, first \(shownReplyBytes) shown)" }
+        return text
     }
 }

@@ -4,8 +4,10 @@ import UringRelay
 
 /// Backend health checks and what happens to a dead backend's metrics; shared by `run` and `hash`.
 struct HealthOptions: ParsableArguments {
-    @Option(name: .customLong("health-check"), help: "none, tcp (connect to the backend's port) or statsd-admin (etsy statsd's management port: 'health' → 'health: up').")
-    var mode = "none"
+    @Option(name: .customLong("health-check"), help: ArgumentHelp(
+        "none, tcp (connect to the backend's port) or statsd-admin (etsy statsd's management port: 'health' → 'health: up').",
+        valueName: "mode"))
+    var mode: HealthCheckMode = .none
 
     @Option(name: .customLong("health-check-port"), help: "Port to check (default: the backend's port for tcp, 8126 for statsd-admin).")
     var port: Int?
@@ -22,8 +24,10 @@ struct HealthOptions: ParsableArguments {
     @Option(name: .customLong("health-fall"), help: "Consecutive failures (or rounds with refused sends) that take a backend down.")
     var fall = 3
 
-    @Option(name: .customLong("on-backend-down"), help: "rehash (move only its metrics to live backends), hold (keep its batches, bounded, until it recovers) or drop.")
-    var onBackendDown = "rehash"
+    @Option(name: .customLong("on-backend-down"), help: ArgumentHelp(
+        "rehash (move only its metrics to live backends), hold (keep its batches, bounded, until it recovers) or drop. With every backend down, rehash and drop fail open (send to the primaries).",
+        valueName: "policy"))
+    var onBackendDown: DownPolicy = .rehash
 
     @Option(name: .customLong("hold-bytes"), help: "Bytes held per backend per worker under 'hold' (K/M/G allowed); past it the oldest are dropped.")
     var holdBytes = "4M"
@@ -33,9 +37,6 @@ struct HealthOptions: ParsableArguments {
 
     /// Writes these options into `configuration`.
     func apply(to configuration: inout RelayConfiguration) throws(ConfigurationError) {
-        guard let mode = HealthCheckMode(rawValue: mode) else {
-            throw ConfigurationError(argument: "--health-check", value: mode, reason: "expected none, tcp or statsd-admin")
-        }
         configuration.healthCheck = mode
         if let port {
             guard (1...65_535).contains(port) else {
@@ -47,11 +48,12 @@ struct HealthOptions: ParsableArguments {
         configuration.healthTimeoutNanoseconds = try DurationParser.nanoseconds(timeout, argument: "--health-timeout")
         configuration.healthRise = rise
         configuration.healthFall = fall
-        guard let policy = DownPolicy(rawValue: onBackendDown) else {
-            throw ConfigurationError(argument: "--on-backend-down", value: onBackendDown, reason: "expected rehash, hold or drop")
-        }
-        configuration.onBackendDown = policy
+        configuration.onBackendDown = onBackendDown
         configuration.holdBytes = try ByteSizeParser.bytes(holdBytes, argument: "--hold-bytes")
         configuration.dnsRefreshNanoseconds = try DurationParser.nanoseconds(dnsRefresh, argument: "--dns-refresh")
     }
 }
+
+// argument-parser rejects any other value, naming it and the allowed ones, with exit status 64.
+extension HealthCheckMode: ExpressibleByArgument {}
+extension DownPolicy: ExpressibleByArgument {}

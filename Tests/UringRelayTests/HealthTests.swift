@@ -87,7 +87,7 @@ struct RouterHealthTests {
         }
     }
 
-    @Test("hold and drop keep the primary; every backend down drops under rehash")
+    @Test("hold and drop keep the primary while another backend is up")
     func policies() {
         for policy in [DownPolicy.hold, .drop] {
             var router = Router(backendCount: 3, policy: policy)
@@ -95,9 +95,50 @@ struct RouterHealthTests {
             #expect(router.route(name: "foo") == (policy == .hold ? .hold(1) : .drop(1)))  // foo → B
             #expect(router.route(name: "bar") == .send(0))
         }
-        var router = Router(backendCount: 3)
-        for backend in 0..<3 { router.setDown(backend, true) }
-        #expect(router.route(name: "foo") == .drop(1))
+    }
+
+    @Test("every backend down: rehash and drop fail open to each key's primary, hold still holds", arguments: [
+        (3, DownPolicy.rehash, true), (3, .drop, true), (3, .hold, false), (1, .rehash, true), (1, .drop, true), (1, .hold, false),
+    ])
+    func allDownFailsOpen(_ backends: Int, _ policy: DownPolicy, _ failsOpen: Bool) {
+        let healthy = Router(backendCount: backends, policy: policy)
+        var router = healthy
+        for backend in 0..<backends { router.setDown(backend, true) }
+        #expect(router.isFailingOpen == failsOpen)
+        for name in Self.names.prefix(2_000) {
+            let primary = healthy.backend(forName: name)
+            #expect(router.route(name: name) == (failsOpen ? .send(primary) : .hold(primary)), "\(name)")
+        }
+        // One backend back: failing open ends at once and the policy applies again.
+        router.setDown(0, false)
+        #expect(!router.isFailingOpen)
+        for name in Self.names.prefix(2_000) {
+            let primary = healthy.backend(forName: name)
+            #expect(router.route(name: name) == Self.decision(primary: primary, onlyLive: 0, policy: policy), "\(name)")
+        }
+    }
+
+    /// What the router must decide for a key when `onlyLive` is the one backend up.
+    static func decision(primary: Int, onlyLive: Int, policy: DownPolicy) -> Router.Decision {
+        switch policy {
+        case _ where primary == onlyLive: .send(primary)
+        case .rehash: .rehash(from: primary, to: onlyLive)
+        case .hold: .hold(primary)
+        case .drop: .drop(primary)
+        }
+    }
+
+    @Test("one backend up: no failing open; every key routes as the policy says", arguments: DownPolicy.allCases)
+    func oneUpIsUnchanged(_ policy: DownPolicy) {
+        let healthy = Router(backendCount: 3, policy: policy)
+        var router = healthy
+        router.setDown(0, true)
+        router.setDown(2, true)
+        #expect(!router.isFailingOpen)
+        for name in Self.names.prefix(2_000) {
+            let primary = healthy.backend(forName: name)
+            #expect(router.route(name: name) == Self.decision(primary: primary, onlyLive: 1, policy: policy), "\(name)")
+        }
     }
 
     @Test("the primary cache answers exactly what the jump hash computes", arguments: [
@@ -158,5 +199,56 @@ struct HoldBufferTests {
         let huge = [UInt8](repeating: UInt8(ascii: "z"), count: 40)
         #expect(huge.withUnsafeBytes { buffer.push($0.bytes, lines: 7) } == (false, 7))
         #expect(buffer.packets == 2)
+    }
+}
+
+@Suite("Health check verdicts")
+struct HealthCheckVerdictTests {
+    /// A reply read so far, whether the server closed, and the verdict: `incomplete` (read on),
+    /// `up` (success) or the failure's reason.
+    @Test("a statsd admin reply is judged on its first complete line, shown bounded and escaped", arguments: [
+        ("health: up\n", false, "up"),
+        ("health: up\r\n", false, "up"),
+        ("health: up\nextra", false, "up"),
+        ("health: up", true, "up"),
+        ("health: down\n", false, "reply: 'health: down'"),
+        ("health: down", true, "reply: 'health: down'"),
+        ("health: upside down\n", false, "reply: 'health: upside down'"),
+        ("health: u", false, "incomplete"),
+        ("", false, "incomplete"),
+        ("", true, "reply: connection closed without a reply"),
+        ("\u{1b}[31mhealth: 'up'\\\n", false, "reply: '\\x1b[31mhealth: \\x27up\\x27\\x5c'"),
+        ("h\u{e9}\n", false, "reply: 'h\\xc3\\xa9'"),
+        (String(repeating: "a", count: 257), false,
+         "reply: no line end in the first 256 bytes: '\(String(repeating: "a", count: 64))' (257 bytes, first 64 shown)"),
+        (String(repeating: "b", count: 100) + "\n", false, "reply: '\(String(repeating: "b", count: 64))' (100 bytes, first 64 shown)"),
+    ])
+    func statsdAdminReply(_ reply: String, _ closed: Bool, _ verdict: String) {
+        let judged = TCPProbe.judge(Array(reply.utf8), expect: Array("health: up".utf8), closed: closed)
+        #expect(judged.map { $0 ?? "up" } ?? "incomplete" == verdict)
+    }
+
+    @Test("without an expected reply any complete line passes")
+    func anyReply() {
+        #expect(TCPProbe.judge(Array("hello\n".utf8), expect: nil, closed: false) == .some(nil))
+        #expect(TCPProbe.judge(Array("hello".utf8), expect: nil, closed: false) == nil)
+    }
+
+    @Test("the first-round warning: only when every backend failed, with the likely mistake", arguments: [
+        (HealthCheckMode.tcp, ["connect: Connection refused (errno 111)", "connect: Connection refused (errno 111)"], "UDP-only"),
+        (.tcp, [nil, "connect: Connection refused (errno 111)"], nil),
+        (.statsdAdmin, ["reply: 'health: down'"], "8126"),
+        (.statsdAdmin, [nil], nil),
+        (.tcp, [], nil),
+        (.none, ["not run"], nil),
+    ] as [(HealthCheckMode, [String?], String?)])
+    func firstRoundHint(_ mode: HealthCheckMode, _ outcomes: [String?], _ mentions: String?) {
+        let hint = HealthMonitor.firstRoundHint(mode: mode, outcomes: outcomes)
+        if let mentions {
+            #expect(hint?.contains(mentions) == true, "\(hint ?? "no hint")")
+            #expect(hint?.contains("--health-check none") == true)
+        } else {
+            #expect(hint == nil)
+        }
     }
 }

@@ -11,6 +11,11 @@ import Synchronization
 /// result feeds the backend's `HealthTracker`. Every `dnsRefresh`, backends given by name are
 /// resolved again. A change of state or address is logged at info and published; nothing is
 /// logged per line or per check.
+///
+/// Two conditions are logged loudly because they mean the checks, not the backends, may be
+/// wrong: a first round in which every backend fails (a warning naming the likely mistake), and
+/// every backend down, when the router fails open under `rehash` and `drop` (an error when it
+/// starts, info when it ends, each start counted in `failOpenActivations`).
 public final class HealthMonitor: Sendable {
     /// Resolves a host to addresses (injectable so tests can change what a name points to).
     public typealias Resolver = @Sendable (String, UInt16) throws -> [SocketAddress]
@@ -34,6 +39,8 @@ public final class HealthMonitor: Sendable {
     private let thread = Mutex<WorkerThreadHandle?>(nil)
     private let statuses: Mutex<[BackendStatus]>
     private let updated = DispatchSemaphore(value: 0)
+    private let activations = Atomic<UInt64>(0)
+    private let failingOpen = Atomic<Bool>(false)
 
     /// A monitor for `configuration`'s backends, starting from `routing`'s addresses.
     public init(
@@ -54,6 +61,38 @@ public final class HealthMonitor: Sendable {
 
     /// The current state of every backend.
     public var status: [BackendStatus] { statuses.withLock { $0 } }
+
+    /// How many times every backend went down under a policy that fails open (`rehash`,
+    /// `drop`), so the workers relayed to the primaries as if healthy. Readable from any thread
+    /// (for the report at exit).
+    public var failOpenActivations: UInt64 { activations.load(ordering: .relaxed) }
+
+    /// Whether the relay is failing open now: every backend is down and the policy is not `hold`.
+    /// Set when the monitor publishes the health view; each worker follows at its next turn.
+    public var isFailingOpen: Bool { failingOpen.load(ordering: .relaxed) }
+
+    /// What is likely wrong when every backend failed the first round of checks, or `nil` when
+    /// at least one passed (or there was nothing to check).
+    ///
+    /// A check that fails everywhere at start is more often a wrong `--health-check` than a dead
+    /// pool: `tcp` needs a TCP listener on the port it checks, which UDP-only statsd daemons do
+    /// not have.
+    /// - Parameters:
+    ///   - mode: the check that ran.
+    ///   - outcomes: the round's outcomes, one per backend (`nil` for a pass).
+    public static func firstRoundHint(mode: HealthCheckMode, outcomes: [TCPProbe.Outcome]) -> String? {
+        guard !outcomes.isEmpty, !outcomes.contains(where: { $0 == nil }) else { return nil }
+        switch mode {
+        case .none:
+            return nil
+        case .tcp:
+            return "tcp needs a TCP listener on each backend's port (or on --health-check-port), and UDP-only statsd"
+                + " daemons have none; for etsy statsd use --health-check statsd-admin, otherwise --health-check none"
+        case .statsdAdmin:
+            return "statsd-admin needs etsy statsd's management port (8126 unless --health-check-port) reachable and"
+                + " answering 'health: up'; check the port and the management interface, or use --health-check none"
+        }
+    }
 
     /// Waits until `condition` holds for the backends' status (checked after every round), at
     /// most `timeoutNanoseconds`. For tests and tools that must act once a state is reached.
@@ -109,6 +148,7 @@ public final class HealthMonitor: Sendable {
         var nextCheck = now &+ config.healthIntervalNanoseconds
         var nextResolve = now &+ config.dnsRefreshNanoseconds
         var allDown = false
+        var firstRound = true
         while true {
             var due = named.isEmpty ? UInt64.max : nextResolve
             if config.healthCheck != .none { due = min(due, nextCheck) }
@@ -141,9 +181,21 @@ public final class HealthMonitor: Sendable {
             }
             if config.healthCheck != .none && now >= nextCheck {
                 nextCheck = now &+ config.healthIntervalNanoseconds
-                let outcomes = TCPProbe.run(targets(for: addresses), timeoutMilliseconds: Int(config.healthTimeoutNanoseconds / 1_000_000))
+                let probes = targets(for: addresses)
+                let outcomes = TCPProbe.run(probes, timeoutMilliseconds: Int(config.healthTimeoutNanoseconds / 1_000_000))
                 let refusals = routing.takeRefusals()
                 now = MonotonicClock.nanoseconds()
+                if firstRound {
+                    firstRound = false
+                    if let hint = Self.firstRoundHint(mode: config.healthCheck, outcomes: outcomes) {
+                        logger.warning("every backend failed its first health check: the check is likely wrong for these backends", metadata: [
+                            "health_check": "\(config.healthCheck.rawValue)",
+                            "checked": "\(probes.map { "\($0.address)" }.joined(separator: " "))",
+                            "reason": "\(outcomes.first.flatMap { $0 } ?? "")",
+                            "hint": "\(hint)",
+                        ])
+                    }
+                }
                 for index in 0..<count {
                     var failure = outcomes[index]
                     if failure == nil && refusals[index] > 0 {
@@ -165,11 +217,7 @@ public final class HealthMonitor: Sendable {
                 let nowAllDown = !down.contains(false)
                 if nowAllDown != allDown {
                     allDown = nowAllDown
-                    if allDown {
-                        logger.error("every backend is down", metadata: ["policy": "\(config.onBackendDown.rawValue)"])
-                    } else {
-                        logger.info("a backend is up again; relaying resumes")
-                    }
+                    logAllDown(allDown, policy: config.onBackendDown)
                 }
             }
             statuses.withLock { statuses in
@@ -183,6 +231,26 @@ public final class HealthMonitor: Sendable {
             }
             if changed { routing.publish(down: down, addresses: addresses) }
             updated.signal()
+        }
+    }
+
+    /// Logs (and, when the policy fails open, counts) every backend going down or one coming back.
+    private func logAllDown(_ allDown: Bool, policy: DownPolicy) {
+        let failsOpen = policy != .hold
+        switch (allDown, failsOpen) {
+        case (true, true):
+            let count = activations.add(1, ordering: .relaxed).newValue
+            failingOpen.store(true, ordering: .relaxed)
+            logger.error("every backend is down: failing open, relaying each metric to its primary as if healthy", metadata: [
+                "policy": "\(policy.rawValue)", "activations": "\(count)",
+            ])
+        case (true, false):
+            logger.error("every backend is down: holding their lines until one recovers", metadata: ["policy": "\(policy.rawValue)"])
+        case (false, true):
+            failingOpen.store(false, ordering: .relaxed)
+            logger.info("a backend is up again; failing open ends", metadata: ["policy": "\(policy.rawValue)"])
+        case (false, false):
+            logger.info("a backend is up again; relaying resumes", metadata: ["policy": "\(policy.rawValue)"])
         }
     }
 }

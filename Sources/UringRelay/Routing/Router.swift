@@ -11,17 +11,21 @@ import RelayKernel
 /// of further candidates, `jump(mix(hash, 1), n)`, `jump(mix(hash, 2), n)`, … and takes the
 /// first that is up. Keys of live backends never move; a dead backend's keys spread evenly over
 /// the others; and a second failure moves only the keys that were on the newly dead backend.
+///
+/// When every backend is down the router fails open (Envoy's panic mode): under `rehash` and
+/// `drop` each key goes to its primary as if every backend were healthy, because a check that
+/// fails everywhere is more often wrong (a `tcp` check against UDP-only daemons) than every
+/// daemon dead, and dropping everything loses the data either way. Under `hold` it still holds.
 public struct Router: Sendable, Equatable {
     /// The result of routing one key.
     public enum Decision: Equatable, Sendable {
-        /// Send to this backend, the primary.
+        /// Send to this backend, the primary (also while failing open: see `isFailingOpen`).
         case send(Int)
         /// The primary is down; send to another backend (`rehash`).
         case rehash(from: Int, to: Int)
         /// The primary is down and its lines are held for it (`hold`).
         case hold(Int)
-        /// The primary is down and the line has nowhere to go (`drop`, or `rehash` with every
-        /// backend down).
+        /// The primary is down and its lines are dropped (`drop`, while another backend is up).
         case drop(Int)
     }
 
@@ -33,6 +37,11 @@ public struct Router: Sendable, Equatable {
     public private(set) var down: [Bool]
     /// How many are down.
     public private(set) var downCount = 0
+
+    /// Whether every backend is down and the policy is not `hold`, so that `route` sends each
+    /// key to its primary as if healthy. The processor counts lines relayed meanwhile.
+    @inline(__always)
+    public var isFailingOpen: Bool { downCount == backendCount && policy != .hold }
 
     /// Candidates tried under `rehash` before falling back to a scan of the live backends.
     static let rehashAttempts: UInt64 = 64
@@ -82,9 +91,9 @@ public struct Router: Sendable, Equatable {
     private func fallback(hash: UInt64, primary: Int) -> Decision {
         switch policy {
         case .hold: return .hold(primary)
-        case .drop: return .drop(primary)
+        case .drop: return isFailingOpen ? .send(primary) : .drop(primary)
         case .rehash:
-            if downCount == backendCount { return .drop(primary) }
+            if isFailingOpen { return .send(primary) }
             for attempt in 1...Self.rehashAttempts {
                 let candidate = JumpHash.bucket(for: Self.mix(hash, attempt), buckets: backendCount)
                 if !down[candidate] { return .rehash(from: primary, to: candidate) }
