@@ -131,6 +131,7 @@ struct RunCommand: ParsableCommand {
         let (counters, failures) = relay.wait()
         let names = configuration.backends.map(\.description)
         printError(counters.report(backendNames: names))
+        printError("statsrelay.fail_open_activations \(relay.monitor.failOpenActivations)")
         let now = MonotonicClock.nanoseconds()
         for status in relay.monitor.status {
             printError("statsrelay.backend.up{backend=\"\(status.backend)\"} \(status.state == .up ? 1 : 0)")

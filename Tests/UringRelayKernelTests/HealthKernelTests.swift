@@ -211,7 +211,7 @@ struct HealthKernelTests {
         #expect(counters[.linesForwarded] + counters[.linesDroppedBackendDown] == UInt64(sent.count))
     }
 
-    @Test("statsd-admin: 'health: down' from every backend drops and counts, logged once per change", arguments: ioDrivers)
+    @Test("statsd-admin: 'health: down' from every backend fails open (lines reach their primaries), logged once per change", arguments: ioDrivers)
     func allBackendsDown(driver: IOBackendChoice) throws {
         try requireDriver(driver)
         let admin = try FakeHealthPort()
@@ -220,16 +220,20 @@ struct HealthKernelTests {
         #expect(harness.relay.monitor.waitUntil(timeoutNanoseconds: 10_000_000_000) { $0.allSatisfy { $0.state == .down } })
         let sent = lines(count: 500, prefix: "nowhere")
         try send(sent, to: harness.address)
+        let received = try collect(from: harness.backends, expectedLines: sent.count)
         admin.answer("health: up\n")
         #expect(harness.relay.monitor.waitUntil(timeoutNanoseconds: 10_000_000_000) { $0.allSatisfy { $0.state == .up } })
         let counters = harness.stop()
-        let received = try collect(from: harness.backends, expectedLines: 0, seconds: 0.2)
         let log = harness.log.withLock { $0 }
-        #expect(occurrences(of: "every backend is down", in: log) == 1)
-        #expect(occurrences(of: "a backend is up again", in: log) == 1)
-        #expect(occurrences(of: "reason=reply: 'health: down'", in: log) == 3)
-        #expect(UInt64(received.totalLines) + counters[.linesDroppedBackendDown] == UInt64(sent.count))
-        #expect(counters[.linesDroppedBackendDown] > 0)
+        #expect(occurrences(of: "every backend is down: failing open", in: log) == 1)
+        #expect(occurrences(of: "a backend is up again; failing open ends", in: log) == 1)
+        #expect(log.split(separator: "\n").filter { $0.hasPrefix("info backend down") && $0.contains("reason=reply: 'health: down'") }.count == 3)
+        for backend in 0..<3 {
+            #expect(received.lines[backend].sorted() == sent.filter { expectedBackend(of: $0, backends: 3) == backend }.sorted())
+        }
+        #expect(counters[.linesDroppedBackendDown] == 0)
+        #expect(counters[.linesFailOpen] == UInt64(sent.count))
+        #expect(harness.relay.monitor.failOpenActivations == 1)
     }
 
     @Test("a backend name that changes address is followed without restart, and the change is logged", arguments: ioDrivers)

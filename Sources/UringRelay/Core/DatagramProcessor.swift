@@ -81,6 +81,8 @@ public struct DatagramProcessor: ~Copyable {
         let backend: Int
         switch router.route(hash: probe.hash, primary: primaries.primary(for: probe)) {
         case .send(let primary):
+            // Every backend is down under rehash or drop: sent to its primary as if healthy.
+            if router.downCount != 0 && router.isFailingOpen { counters[.linesFailOpen] &+= 1 }
             backend = primary
         case .hold(let primary):
             // Batched as usual; the worker holds the packet instead of sending it.

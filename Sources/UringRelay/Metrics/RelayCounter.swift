@@ -22,6 +22,7 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
     case linesDroppedSendError
     case linesRehashed
     case linesDroppedBackendDown
+    case linesFailOpen
     case linesHeld
     case linesDroppedHoldOverflow
     case linesReplayed
@@ -55,6 +56,7 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
         case .linesDroppedSendError: "statsrelay.lines_dropped.send_error"
         case .linesRehashed: "statsrelay.lines_rehashed"
         case .linesDroppedBackendDown: "statsrelay.lines_dropped.backend_down"
+        case .linesFailOpen: "statsrelay.lines_fail_open"
         case .linesHeld: "statsrelay.lines_held"
         case .linesDroppedHoldOverflow: "statsrelay.lines_dropped.hold_overflow"
         case .linesReplayed: "statsrelay.lines_replayed"
