@@ -120,9 +120,11 @@ public final class HealthMonitor: Sendable {
     }
 
     /// The probe for each backend under the configured mode.
-    public func targets(for addresses: [SocketAddress]) -> [TCPProbe.Target] {
+    ///
+    /// - Parameter backends: the backends the addresses belong to (default: the configured ones).
+    public func targets(for addresses: [SocketAddress], backends: [BackendAddress]? = nil) -> [TCPProbe.Target] {
         let mode = configuration.healthCheck
-        return zip(configuration.backends, addresses).map { backend, address in
+        return zip(backends ?? configuration.backends, addresses).map { backend, address in
             var target = address
             target.port = configuration.healthCheckPort ?? mode.defaultPort(backendPort: backend.port)
             switch mode {
@@ -136,13 +138,16 @@ public final class HealthMonitor: Sendable {
 
     private func run() {
         let config = configuration
-        let count = config.backends.count
+        var pool = routing.current
+        var backends = pool.backends
+        var count = backends.count
         var trackers = (0..<count).map { _ in
             HealthTracker(rise: config.healthRise, fall: config.healthFall, now: MonotonicClock.nanoseconds())
         }
-        var addresses = routing.current.addresses
+        var addresses = pool.addresses
         var down = Array(repeating: false, count: count)
-        let named = config.backends.indices.filter { SocketAddress(numericHost: config.backends[$0].host, port: 0) == nil }
+        func namedBackends() -> [Int] { backends.indices.filter { SocketAddress(numericHost: backends[$0].host, port: 0) == nil } }
+        var named = namedBackends()
         var resolveFailing = Array(repeating: false, count: count)
         var now = MonotonicClock.nanoseconds()
         var nextCheck = now &+ config.healthIntervalNanoseconds
@@ -155,10 +160,34 @@ public final class HealthMonitor: Sendable {
             if stopEvent.wait(timeoutNanoseconds: due == .max ? nil : (due > now ? due - now : 0)) { return }
             now = MonotonicClock.nanoseconds()
             var changed = false
+            let latest = routing.current
+            if latest.membership != pool.membership {
+                // The backends were replaced: a backend that stays keeps its tracker (and so its
+                // state and history); a new one starts up, as the pool starts it.
+                var byIdentity: [String: HealthTracker] = [:]
+                for (index, backend) in backends.enumerated() { byIdentity[backend.description] = trackers[index] }
+                pool = latest
+                backends = latest.backends
+                count = backends.count
+                trackers = backends.map {
+                    byIdentity[$0.description] ?? HealthTracker(rise: config.healthRise, fall: config.healthFall, now: now)
+                }
+                addresses = latest.addresses
+                down = trackers.map { $0.state == .down }
+                named = namedBackends()
+                resolveFailing = Array(repeating: false, count: count)
+                let now = now
+                statuses.withLock { statuses in
+                    statuses = zip(backends, addresses).map {
+                        BackendStatus(backend: $0, address: $1, state: .up, since: now, changes: 0, lastFailure: nil)
+                    }
+                }
+                changed = true
+            }
             if !named.isEmpty && now >= nextResolve {
                 nextResolve = now &+ config.dnsRefreshNanoseconds
                 for index in named {
-                    let backend = config.backends[index]
+                    let backend = backends[index]
                     do {
                         let found = try resolver(backend.host, backend.port)
                         resolveFailing[index] = false
@@ -181,7 +210,7 @@ public final class HealthMonitor: Sendable {
             }
             if config.healthCheck != .none && now >= nextCheck {
                 nextCheck = now &+ config.healthIntervalNanoseconds
-                let probes = targets(for: addresses)
+                let probes = targets(for: addresses, backends: backends)
                 let outcomes = TCPProbe.run(probes, timeoutMilliseconds: Int(config.healthTimeoutNanoseconds / 1_000_000))
                 let refusals = routing.takeRefusals()
                 now = MonotonicClock.nanoseconds()
@@ -204,7 +233,7 @@ public final class HealthMonitor: Sendable {
                     guard let state = trackers[index].record(success: failure == nil, reason: failure, now: now) else { continue }
                     down[index] = state == .down
                     changed = true
-                    let backend = config.backends[index]
+                    let backend = backends[index]
                     if state == .down {
                         logger.info("backend down", metadata: [
                             "backend": "\(backend)", "reason": "\(failure ?? "")", "failures": "\(config.healthFall)",
@@ -229,7 +258,7 @@ public final class HealthMonitor: Sendable {
                     statuses[index].lastFailure = trackers[index].lastFailure
                 }
             }
-            if changed { routing.publish(down: down, addresses: addresses) }
+            if changed { routing.publish(down: down, addresses: addresses, membership: pool.membership) }
             updated.signal()
         }
     }

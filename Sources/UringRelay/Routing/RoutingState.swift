@@ -52,15 +52,18 @@ public final class RoutingState: Sendable {
     }
 
     /// Replaces the backends: a pool change that every worker applies at a turn boundary after
-    /// sending the old pool's batches. Every backend starts up.
+    /// sending the old pool's batches. A backend that stays keeps its health state; a new one
+    /// starts up (the health monitor takes it from there).
     ///
     /// - Precondition: one address per backend, at least one backend.
     public func replaceBackends(_ backends: [BackendAddress], addresses: [SocketAddress], policy: DownPolicy? = nil) {
         precondition(!backends.isEmpty && backends.count == addresses.count)
         update { current in
+            var wasDown: [String: Bool] = [:]
+            for (index, identity) in current.identities.enumerated() { wasDown[identity] = current.down[index] }
             current.backends = backends
             current.addresses = addresses
-            current.down = Array(repeating: false, count: backends.count)
+            current.down = backends.map { wasDown[$0.description] ?? false }
             if let policy { current.policy = policy }
             current.membership &+= 1
             return true
