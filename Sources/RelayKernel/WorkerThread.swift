@@ -83,12 +83,7 @@ public struct WorkerThread: ~Copyable, Sendable {
                     try systemCall { cl_sched_getaffinity(buffer.baseAddress, buffer.count * MemoryLayout<UInt>.size) }
                 }
                 // The kernel writes only its own mask size; the words past it stay zero.
-                let filled = min(words, Int(written) / MemoryLayout<UInt>.size)
-                var cpus: [Int] = []
-                for word in 0..<filled where mask[word] != 0 {
-                    for bit in 0..<bits where mask[word] & (1 << UInt(bit)) != 0 { cpus.append(word * bits + bit) }
-                }
-                return cpus
+                return cpus(inMask: mask.prefix(Int(written) / MemoryLayout<UInt>.size))
             } catch {
                 // EINVAL: the mask is smaller than the kernel's CPU count; try a larger one.
                 guard error.rawValue == EINVAL else { return [] }
@@ -96,5 +91,16 @@ public struct WorkerThread: ~Copyable, Sendable {
             }
         }
         return []
+    }
+
+    /// The CPU numbers set in an affinity mask laid out as `cpu_set_t` (CPU n is bit n % 64 of
+    /// word n / 64), in ascending order.
+    static func cpus(inMask words: ArraySlice<UInt>) -> [Int] {
+        let bits = UInt.bitWidth
+        var cpus: [Int] = []
+        for (offset, word) in words.enumerated() where word != 0 {
+            for bit in 0..<bits where word & (1 << UInt(bit)) != 0 { cpus.append(offset * bits + bit) }
+        }
+        return cpus
     }
 }
