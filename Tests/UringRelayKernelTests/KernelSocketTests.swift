@@ -2,6 +2,7 @@
 import Foundation
 import Glibc
 import Testing
+import UringRelay
 
 /// The kernel facts the relay's accounting rests on, each proven on loopback: refusals reach the
 /// error queue one per datagram, a second socket on the listening port is seen before binding,
@@ -106,6 +107,52 @@ struct KernelSocketTests {
         #expect(entries.refused == 5 && entries.reachedLimit)
         let rest = try Self.drainUntil(socket, accounts: accepted - 5, current: SocketErrorReport())
         #expect(rest.refused == accepted - 5 && !rest.reachedLimit)
+    }
+
+    @Test("a DeliveryLedger over real sockets: a dead backend's packets end refused or failed, never sent; a live one's all sent")
+    func ledgerOverRealSockets() throws {
+        let live = try TestBackend()
+        let sockets = try BackendSockets(
+            connecting: [try Self.deadAddress(host: "127.0.0.1"), live.address], sendBufferBytes: 1 << 20)
+        // More refusals than one undrained error queue holds (~255 of this size): the ledger's
+        // needsDrain must keep the queue from overflowing for the counts to add up.
+        let packets = 600
+        var ledgers = [DeliveryLedger(confirmationDelay: 20_000_000), DeliveryLedger(confirmationDelay: 20_000_000)]
+        for index in 0..<packets {
+            let packet = Array("ledger.\(index):1|c\nledger.\(index):2|c\n".utf8)
+            for backend in 0..<2 {
+                let sent = packet.withUnsafeBytes { Glibc.send(sockets.descriptors[backend], $0.baseAddress, $0.count, 0) }
+                let now = MonotonicClock.nanoseconds()
+                if sent == packet.count {
+                    ledgers[backend].accepted(lines: 2, bytes: packet.count, now: now)
+                } else {
+                    ledgers[backend].sendFailed(lines: 2, bytes: packet.count)
+                }
+                if ledgers[backend].needsDrain(now: now) { ledgers[backend].drained(sockets.takeErrors(backend), now: now) }
+            }
+        }
+        // Wait out the confirmation delay: poll both sockets (POLLERR wakes it early), then drain.
+        let deadline = MonotonicClock.nanoseconds() + 3_000_000_000
+        while ledgers.contains(where: { $0.unconfirmed.packets > 0 }), MonotonicClock.nanoseconds() < deadline {
+            var pollers = (0..<2).map { pollfd(fd: sockets.descriptors[$0], events: 0, revents: 0) }
+            _ = poll(&pollers, 2, 5)
+            for backend in 0..<2 {
+                let now = MonotonicClock.nanoseconds()
+                ledgers[backend].drained(sockets.takeErrors(backend), now: now)
+            }
+        }
+        for backend in 0..<2 { ledgers[backend].closeAtExit() }
+
+        let dead = ledgers[0]
+        #expect(dead.sent == DeliveryLedger.Counts(), "nothing sent to a dead port may be counted as sent")
+        #expect(dead.refused.packets + dead.sendErrors.packets == UInt64(packets))
+        #expect(dead.refused.lines + dead.sendErrors.lines == UInt64(2 * packets))
+        #expect(dead.refused.packets > 0 && dead.unattributedLosses == 0 && dead.unconfirmedAtExit.packets == 0)
+
+        let alive = ledgers[1]
+        #expect(alive.sent.packets == UInt64(packets) && alive.sent.lines == UInt64(2 * packets))
+        #expect(alive.refused.packets + alive.unreachable.packets + alive.sendErrors.packets == 0)
+        #expect(try collect(from: [live], expectedLines: 2 * packets, seconds: 5, settleMilliseconds: 20).totalLines == 2 * packets)
     }
 
     /// Drains `socket` until `current` plus what was drained accounts for `accepted` refusals, or
