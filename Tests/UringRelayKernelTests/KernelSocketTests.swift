@@ -56,8 +56,10 @@ struct KernelSocketTests {
             // Draining clears the pending error, so no send is failed for an earlier refusal.
             #expect(refusedSends == 0)
         case .onlyAtEnd:
-            // Undrained, each refusal fails the next send (which then sends nothing to refuse).
-            #expect(refusedSends == datagrams / 2)
+            // Undrained, a refusal fails the next send, which then sends nothing to refuse: on an
+            // idle loopback they alternate exactly (100 of 200); a softirq deferred to ksoftirqd
+            // can only make fewer sends fail, never two refusals fail more than one send.
+            #expect(refusedSends > 0 && refusedSends <= datagrams / 2)
         }
     }
 
