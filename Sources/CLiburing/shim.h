@@ -25,19 +25,19 @@
 #include <unistd.h>
 #include <linux/sockios.h>
 #include <poll.h>
+#include <linux/errqueue.h>
+#include <linux/sock_diag.h>
 
 #include <liburing.h>
 
 // Flags defined through enum-valued macros do not import into Swift.
 static const unsigned char cl_IOSQE_BUFFER_SELECT = IOSQE_BUFFER_SELECT;
-static const unsigned char cl_IOSQE_CQE_SKIP_SUCCESS = IOSQE_CQE_SKIP_SUCCESS;
 
 // Newer than liburing 2.3's headers; the values are kernel ABI.
 #ifndef IORING_FEAT_MIN_TIMEOUT
 #define IORING_FEAT_MIN_TIMEOUT (1U << 15)
 #endif
 static const unsigned cl_IORING_FEAT_MIN_TIMEOUT = IORING_FEAT_MIN_TIMEOUT;
-static const unsigned cl_IORING_FEAT_EXT_ARG = IORING_FEAT_EXT_ARG;
 static const unsigned cl_IORING_SETUP_SINGLE_ISSUER = IORING_SETUP_SINGLE_ISSUER;
 static const unsigned cl_IORING_SETUP_DEFER_TASKRUN = IORING_SETUP_DEFER_TASKRUN;
 static const unsigned cl_IORING_SETUP_COOP_TASKRUN = IORING_SETUP_COOP_TASKRUN;
@@ -46,7 +46,6 @@ static const unsigned cl_IORING_SETUP_SUBMIT_ALL = IORING_SETUP_SUBMIT_ALL;
 static const unsigned cl_IORING_CQE_F_MORE = IORING_CQE_F_MORE;
 static const unsigned cl_IORING_CQE_F_BUFFER = IORING_CQE_F_BUFFER;
 static const unsigned cl_IORING_CQE_BUFFER_SHIFT = IORING_CQE_BUFFER_SHIFT;
-static const unsigned cl_IORING_CQE_F_NOTIF = IORING_CQE_F_NOTIF;
 
 /// Size of the header the kernel writes before a multishot recvmsg payload.
 static const unsigned cl_recvmsg_out_size = sizeof(struct io_uring_recvmsg_out);
@@ -151,22 +150,69 @@ static inline void cl_set_thread_name(const char *name) {
 // built without; the system calls and the bit layout of cpu_set_t are stable kernel ABI.
 #define CL_CPU_BITS (8 * sizeof(unsigned long))
 
-/// Pins the calling thread to one CPU (`sched_setaffinity(2)`). Returns 0 or -errno.
-static inline int cl_pin_current_thread(int cpu) {
-    unsigned long mask[1024 / CL_CPU_BITS];
-    if (cpu < 0 || cpu >= 1024) return -EINVAL;
-    memset(mask, 0, sizeof(mask));
-    mask[cpu / CL_CPU_BITS] |= 1UL << (cpu % CL_CPU_BITS);
-    long rc = syscall(SYS_sched_setaffinity, 0, sizeof(mask), mask);
-    return rc < 0 ? -errno : 0;
+/// `sched_setaffinity(2)` for the calling thread with a mask of `bytes` bytes.
+/// Returns 0, or -1 with errno set (the system-call convention, for Swift's EINTR helper).
+static inline long cl_sched_setaffinity(const unsigned long *mask, size_t bytes) {
+    return syscall(SYS_sched_setaffinity, 0, bytes, mask);
 }
 
-/// The CPUs this process may run on, as a bitmask of the first 64. Returns 0 on error.
-static inline unsigned long long cl_allowed_cpus(void) {
-    unsigned long mask[1024 / CL_CPU_BITS];
-    memset(mask, 0, sizeof(mask));
-    if (syscall(SYS_sched_getaffinity, 0, sizeof(mask), mask) < 0) return 0;
-    return (unsigned long long)mask[0];
+/// `sched_getaffinity(2)` for the calling thread into a mask of `bytes` bytes (a multiple of
+/// sizeof(unsigned long)). Returns the number of bytes the kernel wrote, or -1 with errno set
+/// (EINVAL when the mask is smaller than the kernel's CPU count).
+static inline long cl_sched_getaffinity(unsigned long *mask, size_t bytes) {
+    return syscall(SYS_sched_getaffinity, 0, bytes, mask);
 }
+
+/// Bits in one word of a CPU mask (cpu_set_t's layout: CPU n is bit n % bits of word n / bits).
+static const unsigned cl_cpu_mask_word_bits = CL_CPU_BITS;
+
+// Socket error queue (IP_RECVERR / IPV6_RECVERR). The CMSG_* macros do not import into Swift.
+
+/// What the relay keeps of one error-queue entry (`struct sock_extended_err`, errqueue.h).
+struct cl_socket_error {
+    unsigned origin;  ///< SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6, SO_EE_ORIGIN_LOCAL, …; 0 if absent
+    unsigned error;   ///< ee_errno: ECONNREFUSED for an ICMP port unreachable
+    unsigned type;    ///< the ICMP type, for an ICMP origin
+    unsigned code;    ///< the ICMP code, for an ICMP origin
+};
+
+static const unsigned cl_SO_EE_ORIGIN_LOCAL = SO_EE_ORIGIN_LOCAL;
+static const unsigned cl_SO_EE_ORIGIN_ICMP = SO_EE_ORIGIN_ICMP;
+static const unsigned cl_SO_EE_ORIGIN_ICMP6 = SO_EE_ORIGIN_ICMP6;
+
+/// Takes the oldest entry off `fd`'s error queue without waiting (`recvmsg(2)` with
+/// MSG_ERRQUEUE | MSG_DONTWAIT) and fills `out` from its IP_RECVERR/IPV6_RECVERR control
+/// message. The entry's payload (the start of the refused datagram) is not copied.
+/// Returns 0 when an entry was taken, or -1 with errno set (EAGAIN: the queue is empty).
+static inline long cl_take_socket_error(int fd, struct cl_socket_error *out) {
+    union {
+        char bytes[CMSG_SPACE(sizeof(struct sock_extended_err) + sizeof(struct sockaddr_in6))];
+        struct cmsghdr alignment;
+    } control;
+    struct msghdr message;
+    memset(&message, 0, sizeof(message));
+    memset(out, 0, sizeof(*out));
+    message.msg_control = control.bytes;
+    message.msg_controllen = sizeof(control.bytes);
+    if (recvmsg(fd, &message, MSG_ERRQUEUE | MSG_DONTWAIT) < 0) return -1;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&message); c != NULL; c = CMSG_NXTHDR(&message, c)) {
+        if ((c->cmsg_level == SOL_IP && c->cmsg_type == IP_RECVERR) ||
+            (c->cmsg_level == SOL_IPV6 && c->cmsg_type == IPV6_RECVERR)) {
+            struct sock_extended_err error;
+            memcpy(&error, CMSG_DATA(c), sizeof(error));
+            out->origin = error.ee_origin;
+            out->error = error.ee_errno;
+            out->type = error.ee_type;
+            out->code = error.ee_code;
+        }
+    }
+    return 0;
+}
+
+// SO_MEMINFO (Linux 4.6+) fills SK_MEMINFO_VARS 32-bit words; the index names come from an
+// anonymous enum in linux/sock_diag.h, re-exported here as typed constants.
+static const int cl_SO_MEMINFO = SO_MEMINFO;
+static const unsigned cl_SK_MEMINFO_VARS = SK_MEMINFO_VARS;
+static const unsigned cl_SK_MEMINFO_DROPS = SK_MEMINFO_DROPS;
 
 #endif

@@ -1,19 +1,11 @@
-import CLiburing
 import Glibc
-
-/// Turns a liburing-style result (`-errno` on failure) into a value or a thrown `Errno`.
-///
-/// - Parameter result: the return of a liburing call or a completion's `res`.
-/// - Returns: the non-negative result.
-@inline(__always)
-func liburingResult(_ result: Int32) throws(Errno) -> Int32 {
-    if result < 0 { throw Errno(rawValue: -result) }
-    return result
-}
 
 /// Runs a libc system call that reports failure as `-1` and `errno`, retrying on `EINTR`.
 ///
-/// Every system call in `Kernel/` goes through here, so no caller forgets the retry.
+/// Every system call in `RelayKernel` goes through here, so no caller forgets the retry. Where a
+/// failure is data (`EAGAIN` from a non-blocking read), the caller catches it and says so.
+/// `close(2)` is the exception: on Linux the descriptor is gone even when it reports `EINTR`, so a
+/// retry could close a descriptor another thread has just been given.
 /// - Parameter call: the system call.
 /// - Returns: the call's non-negative result.
 @inline(__always)
@@ -29,7 +21,8 @@ func systemCall<Result: BinaryInteger>(_ call: () -> Result) throws(Errno) -> Re
 
 /// A failed system call at the edge of the program, named by operation and target.
 ///
-/// Renders as `bind udp 0.0.0.0:8125: Address already in use (errno 98)`.
+/// Renders as `bind udp 0.0.0.0:8125: Address already in use (errno 98)`, followed by `; ` and
+/// the hint when there is one (what the operator can do about it).
 public struct SystemCallError: Error, CustomStringConvertible, Sendable {
     /// What was attempted, e.g. `bind udp`.
     public var operation: String
@@ -37,16 +30,20 @@ public struct SystemCallError: Error, CustomStringConvertible, Sendable {
     public var target: String
     /// Why it failed.
     public var errno: Errno
+    /// What the operator can do about it, or `nil` when the reason says enough.
+    public var hint: String?
 
-    public init(_ operation: String, _ target: String, _ errno: Errno) {
+    public init(_ operation: String, _ target: String, _ errno: Errno, hint: String? = nil) {
         self.operation = operation
         self.target = target
         self.errno = errno
+        self.hint = hint
     }
 
     public var description: String {
-        target.isEmpty
+        let failure = target.isEmpty
             ? "\(operation): \(errno.operatorDescription)"
             : "\(operation) \(target): \(errno.operatorDescription)"
+        return hint.map { "\(failure); \($0)" } ?? failure
     }
 }

@@ -21,6 +21,7 @@ public struct UDPSocket: ~Copyable {
         } catch { throw SystemCallError("socket udp", address.description, error) }
     }
 
+    // close(2) is not retried: see `systemCall`.
     deinit { _ = CLiburing.close(descriptor) }
 
     /// Opens a socket bound to `address`.
@@ -56,14 +57,20 @@ public struct UDPSocket: ~Copyable {
         return socket
     }
 
-    /// Opens a socket connected to `address`, so that sends need no destination and
-    /// `ECONNREFUSED` (ICMP port unreachable) is reported on the next send.
+    /// Opens a socket connected to `address`, so that sends need no destination, with its error
+    /// queue enabled (`IP_RECVERR`/`IPV6_RECVERR`): each ICMP error about a datagram it sent
+    /// (port unreachable: `ECONNREFUSED`) is queued for `takeErrors(limit:)`, one entry per
+    /// datagram. Until the queue is drained the next send also fails with that error; see
+    /// `SocketErrorReport` for what was measured.
     ///
     /// - Parameter sendBufferBytes: requested `SO_SNDBUF` (forced where permitted).
     public static func connected(
         to address: SocketAddress, sendBufferBytes: Int? = nil
     ) throws(SystemCallError) -> UDPSocket {
         let socket = try open(for: address)
+        do throws(Errno) { try SocketErrorReport.enable(on: socket.descriptor, family: address.family) } catch {
+            throw SystemCallError(address.family == .ipv6 ? "setsockopt IPV6_RECVERR" : "setsockopt IP_RECVERR", address.description, error)
+        }
         if let bytes = sendBufferBytes {
             let value = Int32(clamping: bytes)
             // A smaller send buffer only means earlier EAGAIN; it is not worth failing over.
@@ -79,28 +86,83 @@ public struct UDPSocket: ~Copyable {
         return socket
     }
 
+    /// Checks that no other socket holds `address`, by binding a socket without `SO_REUSEPORT`
+    /// to it and closing it again.
+    ///
+    /// Sockets that share a port through `SO_REUSEPORT` split its datagrams between them, so a
+    /// second relay, or any stray socket that set the option on the same port, would silently
+    /// take part of the traffic. A bind without the option fails with `EADDRINUSE` if any socket
+    /// holds the address (or covers it, such as one bound to `0.0.0.0` on the same port), with
+    /// or without `SO_REUSEPORT`. Call it before the relay's own sockets bind; it proves nothing
+    /// for port 0, and a socket that binds after the probe is not seen.
+    /// - Throws: `SystemCallError` for `bind udp <address>`; for `EADDRINUSE` its hint says
+    ///   another process (or a stray `SO_REUSEPORT` socket) holds the address and that
+    ///   `--reuseport-group` shares it deliberately.
+    public static func probeExclusive(_ address: SocketAddress) throws(SystemCallError) {
+        let probe = try open(for: address)
+        do throws(Errno) {
+            _ = try address.withUnsafeSockaddr { pointer, length throws(Errno) in
+                try systemCall { bind(probe.descriptor, pointer, length) }
+            }
+        } catch {
+            let hint = error.rawValue == EADDRINUSE
+                ? "another process (or a stray socket with SO_REUSEPORT) holds this address and would silently "
+                    + "share its traffic; stop it, or pass --reuseport-group to share the port deliberately"
+                : nil
+            throw SystemCallError("bind udp", address.description, error, hint: hint)
+        }
+    }
+
+    /// How many datagrams the kernel dropped at this socket since it was opened, mostly because
+    /// the receive buffer was full (`SO_MEMINFO`'s `SK_MEMINFO_DROPS`, Linux 4.6+; the socket's
+    /// `sk_drops`, the `drops` column of `/proc/net/udp`).
+    ///
+    /// The kernel keeps it in 32 bits, so it wraps: count the change between two reads as
+    /// `UInt64(now &- before)`. It also counts datagrams refused by a socket filter or with a
+    /// bad checksum, which never reach the relay either. Reading it costs one system call, so
+    /// read it at counter publication, not per datagram. `nil` if the kernel lacks `SO_MEMINFO`.
+    public var kernelDrops: UInt32? {
+        var memory = [UInt32](repeating: 0, count: Int(cl_SK_MEMINFO_VARS))
+        var length = socklen_t(memory.count * MemoryLayout<UInt32>.size)
+        let read: Int32? = memory.withUnsafeMutableBytes { raw in
+            try? systemCall { getsockopt(descriptor, SOL_SOCKET, cl_SO_MEMINFO, raw.baseAddress, &length) }
+        }
+        let index = Int(cl_SK_MEMINFO_DROPS)
+        guard read != nil, Int(length) >= (index + 1) * MemoryLayout<UInt32>.size else { return nil }
+        return memory[index]
+    }
+
+    /// Drains this socket's error queue (connected sockets have it enabled) and counts what it
+    /// held; see `SocketErrorReport`.
+    ///
+    /// - Parameter limit: the most entries taken in one call.
+    public func takeErrors(limit: Int = SocketErrorReport.defaultLimit) -> SocketErrorReport {
+        SocketErrorReport.drain(descriptor, limit: limit)
+    }
+
     private func setOption(_ level: Int32, _ name: Int32, _ value: Int32) throws(Errno) {
         var value = value
         _ = try systemCall { setsockopt(descriptor, level, name, &value, socklen_t(MemoryLayout<Int32>.size)) }
     }
 
-    private func option(_ level: Int32, _ name: Int32) -> Int32 {
+    private func option(_ level: Int32, _ name: Int32) throws(Errno) -> Int32 {
         var value: Int32 = 0
         var length = socklen_t(MemoryLayout<Int32>.size)
-        _ = getsockopt(descriptor, level, name, &value, &length)
+        _ = try systemCall { getsockopt(descriptor, level, name, &value, &length) }
         return value
     }
 
     /// The receive buffer the kernel granted (`SO_RCVBUF` as read back; the kernel doubles
     /// the request to account for its bookkeeping).
-    public var receiveBufferBytes: Int { Int(option(SOL_SOCKET, SO_RCVBUF)) }
+    public var receiveBufferBytes: Int { Int((try? option(SOL_SOCKET, SO_RCVBUF)) ?? 0) }
 
     /// The address the socket is bound to (with the port the kernel chose for port 0).
     public var localAddress: SocketAddress {
         var storage = sockaddr_storage()
         var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        withUnsafeMutableBytes(of: &storage) { raw in
-            _ = getsockname(descriptor, raw.baseAddress!.assumingMemoryBound(to: sockaddr.self), &length)
+        // getsockname(2) on an open socket fails only with EBADF/EFAULT, which ownership rules out.
+        _ = withUnsafeMutableBytes(of: &storage) { raw in
+            try? systemCall { getsockname(descriptor, raw.baseAddress!.assumingMemoryBound(to: sockaddr.self), &length) }
         }
         return SocketAddress(storage: storage, length: length)
     }
@@ -109,8 +171,9 @@ public struct UDPSocket: ~Copyable {
     /// size of the next datagram; `MSG_PEEK` also catches a zero-length one).
     public var hasPendingDatagram: Bool {
         var byte: UInt8 = 0
-        let peeked = recv(descriptor, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC))
-        return peeked >= 0
+        // EAGAIN (nothing queued) is the answer `false`, not a failure.
+        let peeked = try? systemCall { recv(descriptor, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC)) }
+        return peeked != nil
     }
 
     /// Sends one datagram, blocking until the kernel takes it.

@@ -15,18 +15,21 @@ public final class WakeupEvent: Sendable {
         descriptor = try systemCall { eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK)) }
     }
 
+    // close(2) is not retried: see `systemCall`.
     deinit { _ = close(descriptor) }
 
     /// Makes the eventfd readable; safe from any thread, any number of times.
     public func signal() {
         var one: UInt64 = 1
+        // EAGAIN means the counter is already at its maximum: the event is signalled either way.
         _ = try? systemCall { write(descriptor, &one, MemoryLayout<UInt64>.size) }
     }
 
     /// Resets the event after it fired, so a poll on it waits for the next `signal()`.
     public func reset() {
         var count: UInt64 = 0
-        _ = read(descriptor, &count, MemoryLayout<UInt64>.size)
+        // EAGAIN means it was not signalled: already reset.
+        _ = try? systemCall { read(descriptor, &count, MemoryLayout<UInt64>.size) }
     }
 
     /// Waits until the event is signalled or the timeout passes.
@@ -36,22 +39,24 @@ public final class WakeupEvent: Sendable {
     public func wait(timeoutNanoseconds: UInt64?) -> Bool {
         var poller = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
         let deadline = timeoutNanoseconds.map { MonotonicClock.nanoseconds() &+ $0 }
-        while true {
-            var milliseconds: Int32 = -1
-            if let deadline {
-                let now = MonotonicClock.nanoseconds()
-                milliseconds = now >= deadline ? 0 : Int32(clamping: (deadline - now + 999_999) / 1_000_000)
-            }
-            let ready = poll(&poller, 1, milliseconds)
-            if ready > 0 { return true }
-            if ready == 0 { return false }
-            if errno != EINTR { return false }
+        // The timeout is recomputed on every call, so the EINTR retry in `systemCall` keeps the deadline.
+        do throws(Errno) {
+            return try systemCall { () -> Int32 in
+                var milliseconds: Int32 = -1
+                if let deadline {
+                    let now = MonotonicClock.nanoseconds()
+                    milliseconds = now >= deadline ? 0 : Int32(clamping: (deadline - now + 999_999) / 1_000_000)
+                }
+                return poll(&poller, 1, milliseconds)
+            } > 0
+        } catch {
+            return false  // poll(2) on one valid descriptor fails only for lack of memory
         }
     }
 
     /// Whether `signal()` has been called since the event was created.
     public var isSignalled: Bool {
         var poller = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
-        return poll(&poller, 1, 0) == 1
+        return (try? systemCall { poll(&poller, 1, 0) }) == 1
     }
 }

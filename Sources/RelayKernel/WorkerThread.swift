@@ -32,12 +32,12 @@ public struct WorkerThread: ~Copyable, Sendable {
             cl_set_thread_name(String(start.name.utf8.prefix(15))!)
             var pinning: Errno?
             if let cpu = start.cpu {
-                let pinned = cl_pin_current_thread(Int32(cpu))
-                if pinned != 0 { pinning = Errno(rawValue: -pinned) }
+                do throws(Errno) { try WorkerThread.pinCurrentThread(to: cpu) } catch { pinning = error }
             }
             start.body(pinning)
             return nil
         }, start)
+        // pthread functions return the error number instead of setting errno, and never EINTR.
         if result != 0 {
             Unmanaged<AnyObject>.fromOpaque(start).release()
             throw Errno(rawValue: result)
@@ -53,9 +53,54 @@ public struct WorkerThread: ~Copyable, Sendable {
 
     deinit { _ = pthread_detach(thread) }
 
-    /// The CPUs this process may run on (`sched_getaffinity(2)`), among the first 64.
+    /// The largest CPU number `pinCurrentThread(to:)` accepts, plus one (`--cpus` allows 0…1023).
+    public static let pinnableCPUs = 1024
+
+    /// Pins the calling thread to one CPU (`sched_setaffinity(2)`).
+    ///
+    /// - Throws: `EINVAL` for a CPU outside `0..<pinnableCPUs` or one the thread may not use.
+    static func pinCurrentThread(to cpu: Int) throws(Errno) {
+        guard (0..<pinnableCPUs).contains(cpu) else { throw Errno(rawValue: EINVAL) }
+        let bits = Int(cl_cpu_mask_word_bits)
+        var mask = [UInt](repeating: 0, count: pinnableCPUs / bits)
+        mask[cpu / bits] |= 1 << UInt(cpu % bits)
+        _ = try mask.withUnsafeBufferPointer { words throws(Errno) in
+            try systemCall { cl_sched_setaffinity(words.baseAddress, words.count * MemoryLayout<UInt>.size) }
+        }
+    }
+
+    /// The CPUs this process may run on (`sched_getaffinity(2)`), in ascending order, all of them
+    /// (the mask grows until it holds the kernel's CPU count, up to 65 536 CPUs).
+    ///
+    /// Empty only if the call fails, which it does not for the calling thread.
     public static var allowedCPUs: [Int] {
-        let mask = cl_allowed_cpus()
-        return (0..<64).filter { mask & (1 << UInt64($0)) != 0 }
+        let bits = Int(cl_cpu_mask_word_bits)
+        var words = pinnableCPUs / bits
+        while words * bits <= 65_536 {
+            var mask = [UInt](repeating: 0, count: words)
+            do throws(Errno) {
+                let written = try mask.withUnsafeMutableBufferPointer { buffer throws(Errno) in
+                    try systemCall { cl_sched_getaffinity(buffer.baseAddress, buffer.count * MemoryLayout<UInt>.size) }
+                }
+                // The kernel writes only its own mask size; the words past it stay zero.
+                return cpus(inMask: mask.prefix(Int(written) / MemoryLayout<UInt>.size))
+            } catch {
+                // EINVAL: the mask is smaller than the kernel's CPU count; try a larger one.
+                guard error.rawValue == EINVAL else { return [] }
+                words *= 2
+            }
+        }
+        return []
+    }
+
+    /// The CPU numbers set in an affinity mask laid out as `cpu_set_t` (CPU n is bit n % 64 of
+    /// word n / 64), in ascending order.
+    static func cpus(inMask words: ArraySlice<UInt>) -> [Int] {
+        let bits = UInt.bitWidth
+        var cpus: [Int] = []
+        for (offset, word) in words.enumerated() where word != 0 {
+            for bit in 0..<bits where word & (1 << UInt(bit)) != 0 { cpus.append(offset * bits + bit) }
+        }
+        return cpus
     }
 }

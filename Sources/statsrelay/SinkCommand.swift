@@ -113,9 +113,3 @@ final class SinkTotals: Sendable {
         }
     }
 }
-
-/// Lets one receive thread own a socket.
-final class SocketBox: @unchecked Sendable {  // used by exactly one thread after hand-over
-    let socket: UDPSocket
-    init(_ socket: consuming UDPSocket) { self.socket = socket }
-}

@@ -277,9 +277,3 @@ final class SteadySender: Sendable {
         thread.join()
     }
 }
-
-/// Hands a socket to one thread.
-final class SocketBox: @unchecked Sendable {  // used by one thread after hand-over
-    let socket: UDPSocket
-    init(_ socket: consuming UDPSocket) { self.socket = socket }
-}

@@ -1,0 +1,253 @@
+@testable import RelayKernel
+import Foundation
+import Glibc
+import Testing
+import UringRelay
+
+/// The kernel facts the relay's accounting rests on, each proven on loopback: refusals reach the
+/// error queue one per datagram, a second socket on the listening port is seen before binding,
+/// and the listening socket's drops are readable. These are socket-level tests, below any I/O
+/// driver, so they run once rather than per driver.
+@Suite("Kernel sockets: error queue, exclusive bind probe, drop counter", .serialized, .timeLimit(.minutes(1)))
+struct KernelSocketTests {
+    /// A loopback address of `host`'s family on a port nothing listens on (bound once by the
+    /// kernel's choice, then closed).
+    static func deadAddress(host: String) throws -> SocketAddress {
+        let holder = try UDPSocket.bound(to: SocketAddress(numericHost: host, port: 0)!)
+        return holder.localAddress
+    }
+
+    /// Loopback hosts to test, IPv6 only where the host has it.
+    static let hosts: [String] = ipv6LoopbackAvailable ? ["127.0.0.1", "::1"] : ["127.0.0.1"]
+
+    /// How a test drives its sends: drain the error queue after every send, or never until the end.
+    enum Draining: String, CaseIterable, CustomTestStringConvertible {
+        case afterEachSend, onlyAtEnd
+        var testDescription: String { rawValue }
+    }
+
+    @Test(
+        "to a port with nothing listening, refused datagrams plus failed sends account for every send, exactly",
+        arguments: hosts, Draining.allCases)
+    func deadPortAccountsForEverySend(host: String, draining: Draining) throws {
+        let datagrams = 200  // below what one undrained queue holds (about 255 entries of this size)
+        let socket = try UDPSocket.connected(to: try Self.deadAddress(host: host))
+        let payload = [UInt8](repeating: UInt8(ascii: "a"), count: 100)
+        var accepted = 0
+        var refusedSends = 0
+        var report = SocketErrorReport()
+        for _ in 0..<datagrams {
+            do throws(Errno) {
+                try socket.send(payload)
+                accepted += 1
+            } catch {
+                #expect(error.rawValue == ECONNREFUSED)
+                refusedSends += 1
+            }
+            if draining == .afterEachSend { report.add(socket.takeErrors()) }
+        }
+        report.add(try Self.drainUntil(socket, accounts: accepted, current: report))
+
+        #expect(report.refused == accepted, "every accepted datagram was refused once")
+        #expect(report.refused + refusedSends == datagrams)
+        #expect(report.unreachable == 0 && report.local == 0 && !report.reachedLimit)
+        switch draining {
+        case .afterEachSend:
+            // Draining clears the pending error, so no send is failed for an earlier refusal.
+            #expect(refusedSends == 0)
+        case .onlyAtEnd:
+            // Undrained, a refusal fails the next send, which then sends nothing to refuse: on an
+            // idle loopback they alternate exactly (100 of 200); a softirq deferred to ksoftirqd
+            // can only make fewer sends fail, never two refusals fail more than one send.
+            #expect(refusedSends > 0 && refusedSends <= datagrams / 2)
+        }
+    }
+
+    @Test("to a live port, every send succeeds and the error queue stays empty", arguments: hosts)
+    func livePortHasNoRefusals(host: String) throws {
+        let backend = try TestBackend(host: host)
+        let socket = try UDPSocket.connected(to: backend.address)
+        let datagrams = 200
+        for index in 0..<datagrams { try socket.send(Array("live.\(index):1|c\n".utf8)) }
+        let received = try collect(from: [backend], expectedLines: datagrams, seconds: 5, settleMilliseconds: 20)
+        #expect(received.totalLines == datagrams)
+        #expect(socket.takeErrors() == SocketErrorReport())
+    }
+
+    @Test("BackendSockets drains each backend's queue on its own: the dead one's refusals, none for the live one")
+    func backendSocketsTakeErrorsPerBackend() throws {
+        let live = try TestBackend()
+        let sockets = try BackendSockets(
+            connecting: [try Self.deadAddress(host: "127.0.0.1"), live.address], sendBufferBytes: 1 << 20)
+        let payload = Array("backend.line:1|c\n".utf8)
+        var failed = [0, 0]
+        for _ in 0..<50 {
+            for backend in 0..<2 {
+                let sent = payload.withUnsafeBytes { Glibc.send(sockets.descriptors[backend], $0.baseAddress, $0.count, 0) }
+                if sent < 0 { failed[backend] += 1 }
+            }
+        }
+        var dead = sockets.takeErrors(0)
+        let deadline = MonotonicClock.nanoseconds() + 2_000_000_000
+        while dead.refused + failed[0] < 50, MonotonicClock.nanoseconds() < deadline {
+            sched_yield()
+            dead.add(sockets.takeErrors(0))
+        }
+        #expect(dead.refused + failed[0] == 50)
+        #expect(failed[1] == 0)
+        #expect(sockets.takeErrors(1).isEmpty)
+        #expect(try collect(from: [live], expectedLines: 50, seconds: 5, settleMilliseconds: 20).totalLines == 50)
+    }
+
+    @Test("a drain takes no more entries than its limit, and says so; the rest stay for the next")
+    func drainIsBounded() throws {
+        let socket = try UDPSocket.connected(to: try Self.deadAddress(host: "127.0.0.1"))
+        var accepted = 0
+        for _ in 0..<20 where (try? socket.send([0x61])) != nil { accepted += 1 }
+        #expect(accepted > 5)
+        let entries = try Self.drainUntil(socket, accounts: 0, current: SocketErrorReport(), limit: 5)
+        #expect(entries.refused == 5 && entries.reachedLimit)
+        let rest = try Self.drainUntil(socket, accounts: accepted - 5, current: SocketErrorReport())
+        #expect(rest.refused == accepted - 5 && !rest.reachedLimit)
+    }
+
+    @Test("a DeliveryLedger over real sockets: a dead backend's packets end refused or failed, never sent; a live one's all sent")
+    func ledgerOverRealSockets() throws {
+        let live = try TestBackend()
+        let sockets = try BackendSockets(
+            connecting: [try Self.deadAddress(host: "127.0.0.1"), live.address], sendBufferBytes: 1 << 20)
+        // More refusals than one undrained error queue holds (~255 of this size): the ledger's
+        // needsDrain must keep the queue from overflowing for the counts to add up.
+        let packets = 600
+        var ledgers = [DeliveryLedger(confirmationDelay: 20_000_000), DeliveryLedger(confirmationDelay: 20_000_000)]
+        for index in 0..<packets {
+            let packet = Array("ledger.\(index):1|c\nledger.\(index):2|c\n".utf8)
+            for backend in 0..<2 {
+                let sent = packet.withUnsafeBytes { Glibc.send(sockets.descriptors[backend], $0.baseAddress, $0.count, 0) }
+                let now = MonotonicClock.nanoseconds()
+                if sent == packet.count {
+                    ledgers[backend].accepted(lines: 2, bytes: packet.count, now: now)
+                } else {
+                    ledgers[backend].sendFailed(lines: 2, bytes: packet.count)
+                }
+                if ledgers[backend].needsDrain(now: now) { ledgers[backend].drained(sockets.takeErrors(backend), now: now) }
+            }
+        }
+        // Wait out the confirmation delay: poll both sockets (POLLERR wakes it early), then drain.
+        let deadline = MonotonicClock.nanoseconds() + 3_000_000_000
+        while ledgers.contains(where: { $0.unconfirmed.packets > 0 }), MonotonicClock.nanoseconds() < deadline {
+            var pollers = (0..<2).map { pollfd(fd: sockets.descriptors[$0], events: 0, revents: 0) }
+            _ = poll(&pollers, 2, 5)
+            for backend in 0..<2 {
+                let now = MonotonicClock.nanoseconds()
+                ledgers[backend].drained(sockets.takeErrors(backend), now: now)
+            }
+        }
+        for backend in 0..<2 { ledgers[backend].closeAtExit() }
+
+        let dead = ledgers[0]
+        #expect(dead.sent == DeliveryLedger.Counts(), "nothing sent to a dead port may be counted as sent")
+        #expect(dead.refused.packets + dead.sendErrors.packets == UInt64(packets))
+        #expect(dead.refused.lines + dead.sendErrors.lines == UInt64(2 * packets))
+        #expect(dead.refused.packets > 0 && dead.unattributedLosses == 0 && dead.unconfirmedAtExit.packets == 0)
+
+        let alive = ledgers[1]
+        #expect(alive.sent.packets == UInt64(packets) && alive.sent.lines == UInt64(2 * packets))
+        #expect(alive.refused.packets + alive.unreachable.packets + alive.sendErrors.packets == 0)
+        #expect(try collect(from: [live], expectedLines: 2 * packets, seconds: 5, settleMilliseconds: 20).totalLines == 2 * packets)
+    }
+
+    /// Drains `socket` until `current` plus what was drained accounts for `accepted` refusals, or
+    /// two seconds pass (loopback delivers an ICMP before `send` returns; this only guards
+    /// against a softirq deferred to `ksoftirqd`).
+    static func drainUntil(
+        _ socket: borrowing UDPSocket, accounts accepted: Int, current: SocketErrorReport,
+        limit: Int = SocketErrorReport.defaultLimit
+    ) throws -> SocketErrorReport {
+        var drained = socket.takeErrors(limit: limit)
+        if drained.reachedLimit { return drained }
+        let deadline = MonotonicClock.nanoseconds() + 2_000_000_000
+        while current.refused + drained.refused < accepted, MonotonicClock.nanoseconds() < deadline {
+            sched_yield()
+            drained.add(socket.takeErrors(limit: limit))
+        }
+        return drained
+    }
+
+    // MARK: - Exclusive bind probe
+
+    @Test("a stray SO_REUSEPORT socket on the port makes the probe fail, naming the address and the way out")
+    func probeSeesStrayReusePortSocket() throws {
+        let stray = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!, reusePort: true)
+        let address = stray.localAddress
+        let error = #expect(throws: SystemCallError.self) { try UDPSocket.probeExclusive(address) }
+        #expect(error?.errno.rawValue == EADDRINUSE)
+        #expect(error?.description == "bind udp \(address): Address already in use (errno 98); another process "
+            + "(or a stray socket with SO_REUSEPORT) holds this address and would silently share its traffic; "
+            + "stop it, or pass --reuseport-group to share the port deliberately")
+        // Without the probe the relay's own SO_REUSEPORT bind would have joined the stray socket's group.
+        #expect(throws: Never.self) { _ = try UDPSocket.bound(to: address, reusePort: true) }
+    }
+
+    @Test("a port held without SO_REUSEPORT, or by a wildcard socket, makes the probe fail", arguments: [false, true])
+    func probeSeesPlainHolder(wildcard: Bool) throws {
+        let holder = try UDPSocket.bound(to: SocketAddress(numericHost: wildcard ? "0.0.0.0" : "127.0.0.1", port: 0)!)
+        let address = SocketAddress(numericHost: "127.0.0.1", port: holder.localAddress.port)!
+        let error = #expect(throws: SystemCallError.self) { try UDPSocket.probeExclusive(address) }
+        #expect(error?.errno.rawValue == EADDRINUSE)
+        #expect(error?.hint?.contains("--reuseport-group") == true)
+    }
+
+    @Test("a free port passes the probe, and the relay's SO_REUSEPORT sockets can bind it afterwards", arguments: hosts)
+    func probePassesOnFreePort(host: String) throws {
+        let address = try Self.deadAddress(host: host)
+        #expect(throws: Never.self) { try UDPSocket.probeExclusive(address) }
+        let first = try UDPSocket.bound(to: address, reusePort: true)
+        let second = try UDPSocket.bound(to: address, reusePort: true)
+        #expect(first.localAddress == address && second.localAddress == address)
+    }
+
+    // MARK: - Kernel drops
+
+    @Test("kernelDrops counts exactly the datagrams a full receive buffer dropped, as /proc/net/udp does")
+    func kernelDropsMatchLoss() throws {
+        let receiver = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!, receiveBufferBytes: 4096)
+        let address = receiver.localAddress
+        #expect(receiver.kernelDrops == 0)
+        let sender = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!)
+        let sent = 300  // a few KiB of buffer holds some dozens of these; the rest must drop
+        for index in 0..<sent { try sender.send(Array("burst.\(index):1|c".utf8), to: address) }
+
+        var received = 0
+        let deadline = MonotonicClock.nanoseconds() + 5_000_000_000
+        while received + Int(receiver.kernelDrops ?? 0) < sent, MonotonicClock.nanoseconds() < deadline {
+            if try receiver.receive(timeoutMilliseconds: 10) != nil { received += 1 }
+        }
+        let counted = receiver.kernelDrops
+        let drops = try #require(counted)
+        #expect(drops > 0, "the burst must overflow the buffer for this test to mean anything")
+        #expect(Int(drops) == sent - received)
+        #expect(Self.procNetUDPDrops(port: address.port) == UInt64(drops))
+    }
+
+    /// The `drops` column of `/proc/net/udp` for the socket bound to 127.0.0.1:`port`.
+    static func procNetUDPDrops(port: UInt16) -> UInt64? {
+        guard let table = try? String(contentsOfFile: "/proc/net/udp", encoding: .utf8) else { return nil }
+        let local = String(format: "0100007F:%04X", port)
+        for row in table.split(separator: "\n").dropFirst() {
+            let columns = row.split(separator: " ")
+            if columns.count > 1, columns[1] == local, let drops = columns.last { return UInt64(drops) }
+        }
+        return nil
+    }
+}
+
+extension SocketErrorReport {
+    /// Adds another drain's counts to this one.
+    mutating func add(_ other: SocketErrorReport) {
+        refused += other.refused
+        unreachable += other.unreachable
+        local += other.local
+        reachedLimit = reachedLimit || other.reachedLimit
+    }
+}
