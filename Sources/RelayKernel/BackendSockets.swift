@@ -60,6 +60,77 @@ public struct BackendSockets: ~Copyable {
 
     /// How many backends have a socket.
     public var count: Int { descriptors.count }
+
+    /// The sockets for a new backend pool, after a membership change: position `i` shares the
+    /// socket of old backend `keeping[i]` (a duplicate descriptor of the same socket, so its
+    /// error queue carries over) or, when `nil`, a new socket connected to `addresses[i]`.
+    /// The old sockets not kept are added to `retiring` (as duplicates, in old order), for
+    /// their error queues to be read until their packets are accounted for.
+    ///
+    /// Nothing changes in `self`; dropping it afterwards closes only its own descriptors.
+    /// - Throws: `SystemCallError` from a `dup` or a connect; nothing is left open or added then.
+    public func rebuilt(
+        keeping: [Int?], addresses: [SocketAddress], sendBufferBytes: Int, retiring: inout RetiringSockets
+    ) throws(SystemCallError) -> BackendSockets {
+        precondition(keeping.count == addresses.count)
+        var opened: [Int32] = []
+        var released: [Int32] = []
+        func closeAll() { for descriptor in opened + released { _ = close(descriptor) } }
+        do throws(SystemCallError) {
+            for (index, old) in keeping.enumerated() {
+                if let old {
+                    opened.append(try Self.duplicate(descriptors[old], addresses[index]))
+                } else {
+                    opened.append(try UDPSocket.connected(to: addresses[index], sendBufferBytes: sendBufferBytes).releaseDescriptor())
+                }
+            }
+            let kept = Set(keeping.compactMap { $0 })
+            for old in descriptors.indices where !kept.contains(old) {
+                released.append(try Self.duplicate(descriptors[old], nil))
+            }
+        } catch {
+            closeAll()
+            throw error
+        }
+        for descriptor in released { retiring.adopt(descriptor) }
+        return BackendSockets(owning: opened)
+    }
+
+    private init(owning descriptors: [Int32]) { self.descriptors = descriptors }
+
+    private static func duplicate(_ descriptor: Int32, _ address: SocketAddress?) throws(SystemCallError) -> Int32 {
+        do throws(Errno) { return try systemCall { fcntl(descriptor, F_DUPFD_CLOEXEC, 0) } } catch {
+            throw SystemCallError("dup", address?.description ?? "backend socket", error)
+        }
+    }
+}
+
+/// Sockets of backends that left the pool, kept open only so their error queues can still be
+/// read (`takeErrors`) until every packet sent on them is accounted for, then closed.
+public struct RetiringSockets: ~Copyable {
+    private var descriptors: [Int32] = []
+
+    /// None yet.
+    public init() {}
+
+    // close(2) is not retried: see `systemCall`.
+    deinit { for descriptor in descriptors { _ = close(descriptor) } }
+
+    /// Takes ownership of a descriptor (from `BackendSockets.rebuilt`).
+    mutating func adopt(_ descriptor: Int32) { descriptors.append(descriptor) }
+
+    /// How many sockets are retiring.
+    public var count: Int { descriptors.count }
+
+    /// Drains socket `index`'s error queue (see `BackendSockets.takeErrors`).
+    public func takeErrors(_ index: Int, limit: Int = SocketErrorReport.defaultLimit) -> SocketErrorReport {
+        SocketErrorReport.drain(descriptors[index], limit: limit)
+    }
+
+    /// Closes socket `index`; later ones move down by one.
+    public mutating func closeSocket(at index: Int) {
+        _ = close(descriptors.remove(at: index))  // not retried: see `systemCall`
+    }
 }
 
 extension UDPSocket {

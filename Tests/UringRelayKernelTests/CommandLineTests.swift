@@ -46,7 +46,11 @@ struct ProcessTests {
         let forwarded = try #require(relay.counter("statsrelay.lines_forwarded"))
         let received = try collect(from: backends, expectedLines: Int(forwarded), seconds: 5)
         #expect(forwarded > 0)
-        #expect(relay.counter("statsrelay.lines_unconfirmed_at_exit") == 0, "the final sends were submitted and completed")
+        // Every forwarded line was handed to the kernel: none failed, none was refused. With a
+        // 15 ms budget most cannot be confirmed (no refusal within 200 ms) and are counted as
+        // unconfirmed rather than sent.
+        #expect(relay.counter("statsrelay.send_errors") == 0, "the final sends were submitted and completed")
+        #expect(relay.counter("statsrelay.lines_dropped.refused") == 0)
         #expect(UInt64(received.totalLines) == forwarded)
         #expect(forwarded < UInt64(queued.count), "the drain budget ended the drain before the socket was empty")
     }

@@ -84,7 +84,7 @@ struct RelayEndToEndTests {
         #expect(counters[.datagramsReceived] == 3)
     }
 
-    @Test("a backend refusing datagrams (nothing listening) is counted and never stops the others", arguments: ioDrivers)
+    @Test("a backend refusing datagrams (nothing listening): none of its lines is counted as sent, each is refused or failed, and the others get every line", arguments: ioDrivers)
     func refusingBackend(driver: IOBackendChoice) throws {
         try requireDriver(driver)
         let liveBackend = try TestBackend()
@@ -126,8 +126,13 @@ struct RelayEndToEndTests {
         #expect(toDead > 0)
         #expect(receivedLive.sorted() == toLive.sorted())
         #expect(counters[.linesSent, backend: 0] == UInt64(toLive.count))
-        #expect(counters[.sendRefused, backend: 1] > 0)
-        #expect(counters[.linesSent, backend: 1] + counters[.linesDroppedSendError, backend: 1] == UInt64(toDead))
+        // Issue 8, defect 4: the ICMP refusal of packet N used to fail packet N+1, and N was
+        // counted as sent. Now the error queue attributes each refusal to its packet.
+        #expect(counters[.linesSent, backend: 1] == 0, "a delivery to a dead backend was claimed")
+        #expect(counters[.packetsRefused, backend: 1] > 0)
+        #expect(counters[.linesRefused, backend: 1] + counters[.linesDroppedSendError, backend: 1] == UInt64(toDead))
+        #expect(counters[.linesDroppedRefused] + counters[.linesDroppedSendError] == UInt64(toDead))
+        #expect(counters[.linesUnconfirmedAtExit] == 0)
     }
 
     @Test("a lone line at low traffic is flushed by the timer, without waiting for more lines", arguments: ioDrivers)

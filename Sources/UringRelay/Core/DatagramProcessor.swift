@@ -88,11 +88,9 @@ public struct DatagramProcessor: ~Copyable {
             // Batched as usual; the worker holds the packet instead of sending it.
             backend = primary
         case .rehash(let primary, let other):
-            counters[.linesRehashed] &+= 1
             counters[.linesRehashedAway, backend: primary] &+= 1
             backend = other
         case .drop(let primary):
-            counters[.linesDroppedBackendDown] &+= 1
             counters[.linesDroppedBackendDown, backend: primary] &+= 1
             return
         }
@@ -103,23 +101,27 @@ public struct DatagramProcessor: ~Copyable {
         }
     }
 
-    /// Records the completion of one packet's send and frees its slot.
+    /// Frees the slot of a packet whose send completed and says what it carried; what became
+    /// of it is counted from its backend's delivery ledger (`BackendConnections`).
     ///
     /// - Parameter result: the CQE's `res`: bytes sent, or `-errno`.
     @inline(__always)
-    public mutating func sendCompleted(slot: Int, result: Int32) {
+    public mutating func sendCompleted(slot: Int, result: Int32) -> SendOutcome {
         let sent = assembler.completeSend(slot)
-        if result >= 0 && Int(result) == sent.bytes {
-            counters[.packetsSent] &+= 1
-            counters[.linesSent, backend: sent.backend] &+= UInt64(sent.lines)
-            counters[.packetsSent, backend: sent.backend] &+= 1
-            counters[.bytesSent, backend: sent.backend] &+= UInt64(sent.bytes)
-        } else {
-            counters[.sendErrors] &+= 1
-            counters[.linesDroppedSendError] &+= UInt64(sent.lines)
-            counters[.sendErrors, backend: sent.backend] &+= 1
-            counters[.linesDroppedSendError, backend: sent.backend] &+= UInt64(sent.lines)
-            if result == -ECONNREFUSED { counters[.sendRefused, backend: sent.backend] &+= 1 }
-        }
+        return SendOutcome(backend: sent.backend, lines: sent.lines, bytes: sent.bytes, result: result)
     }
+}
+
+/// One packet's send, as completed: where it went, what it carried and the kernel's answer.
+public struct SendOutcome: Sendable, Equatable {
+    /// The backend's index in the pool it was sent by.
+    public var backend: Int
+    /// Lines and bytes in the packet.
+    public var lines: Int
+    public var bytes: Int
+    /// Bytes sent, or `-errno`.
+    public var result: Int32
+
+    /// Whether the kernel took the whole packet.
+    public var isAccepted: Bool { result >= 0 && Int(result) == bytes }
 }

@@ -115,15 +115,42 @@ public struct RelayCore: ~Copyable {
     /// Asks the core to stop: drain, flush, finish (see `Phase`).
     public mutating func requestStop() { stopRequested = true }
 
-    /// Records one send's result and frees its slot.
+    /// Frees a sent packet's slot and says what it carried, for its backend's delivery ledger.
+    /// A send refused outright (`ECONNREFUSED`: an earlier packet's ICMP refusal still pending)
+    /// is reported to the health monitor.
     ///
     /// - Parameter result: bytes sent, or `-errno`.
     @inline(__always)
-    public mutating func sendCompleted(slot: Int, result: Int32) {
+    public mutating func sendCompleted(slot: Int, result: Int32) -> SendOutcome {
+        let outcome = processor.sendCompleted(slot: slot, result: result)
         if result == -ECONNREFUSED {
-            settings.routing.reportRefusal(backend: identities[processor.assembler.pool.backend(of: slot)])
+            processor.counters[.sendRefused, backend: outcome.backend] &+= 1
+            settings.routing.reportRefusal(backend: identities[outcome.backend])
         }
-        processor.sendCompleted(slot: slot, result: result)
+        return outcome
+    }
+
+    /// Counts what a backend's delivery ledger settled (sent, refused, unreachable, failed,
+    /// unconfirmed) under the backend's identity, and reports refusals to the health monitor.
+    public mutating func countDelivery(_ report: DeliveryLedger.Report, backend identity: String) {
+        guard !report.isEmpty else { return }
+        processor.counters.add(report.sent.lines, to: .linesSent, backend: identity)
+        processor.counters.add(report.sent.packets, to: .packetsSent, backend: identity)
+        processor.counters.add(report.sent.bytes, to: .bytesSent, backend: identity)
+        processor.counters.add(report.sendErrors.packets, to: .sendErrors, backend: identity)
+        processor.counters.add(report.sendErrors.lines, to: .linesDroppedSendError, backend: identity)
+        processor.counters.add(report.refused.packets, to: .packetsRefused, backend: identity)
+        processor.counters.add(report.refused.lines, to: .linesRefused, backend: identity)
+        processor.counters.add(report.unreachable.lines, to: .linesUnreachable, backend: identity)
+        processor.counters.add(report.unconfirmedAtExit.lines, to: .linesUnconfirmed, backend: identity)
+        processor.counters.add(report.unattributedLosses, to: .unattributedLosses, backend: identity)
+        if report.refused.packets > 0 { settings.routing.reportRefusal(backend: identity) }
+    }
+
+    /// Counts datagrams the kernel dropped at the listening sockets (their receive queues were
+    /// full), as read from the sockets' drop counters by the driver.
+    public mutating func countKernelDrops(_ datagrams: UInt64) {
+        processor.counters[.datagramsDroppedKernel] &+= datagrams
     }
 
     /// Starts a turn, before its datagrams are relayed: applies a newly published pool (the
@@ -297,11 +324,9 @@ public struct RelayCore: ~Copyable {
         }
         _ = processor.assembler.completeSend(slot)
         if stored {
-            processor.counters[.linesHeld] &+= UInt64(lines)
             processor.counters[.linesHeld, backend: backend] &+= UInt64(lines)
         }
         if dropped > 0 {
-            processor.counters[.linesDroppedHoldOverflow] &+= UInt64(dropped)
             processor.counters[.linesDroppedHoldOverflow, backend: backend] &+= UInt64(dropped)
         }
     }
@@ -313,7 +338,6 @@ public struct RelayCore: ~Copyable {
             var budget = Self.replayPerTurn
             while budget > 0, processor.assembler.pool.freeCount > 2 * processor.assembler.reserveSlots,
                   let lines = processor.assembler.replay(from: &holds[backend], to: backend) {
-                processor.counters[.linesReplayed] &+= UInt64(lines)
                 processor.counters[.linesReplayed, backend: backend] &+= UInt64(lines)
                 budget -= 1
             }

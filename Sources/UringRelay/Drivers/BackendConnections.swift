@@ -1,14 +1,26 @@
 import RelayKernel
 
-/// A worker's connected sockets to the backends of the pool in force, kept in step with the
-/// pool: a backend whose address moved (DNS) is reconnected in place, and a membership change
-/// gets a new set of sockets once the core says the old pool's sends are all done. Shared by
-/// both drivers.
+/// A worker's connected sockets to the backends of the pool in force, each with the delivery
+/// ledger of what became of the packets sent on it, kept in step with the pool. Shared by both
+/// drivers.
+///
+/// - A backend whose address moved (DNS) is reconnected in place; its error queue is read
+///   first, so no refusal is lost with the old socket.
+/// - A membership change gets a new set of sockets once the core says the old pool's sends are
+///   all done. A backend that stays keeps its socket and ledger; a removed one is *retired*:
+///   its socket stays open, and its error queue read, until every packet sent on it is
+///   confirmed or refused, so a late refusal is still counted.
+/// - Every turn, `settle` reads the error queue of each socket whose ledger asks for it (every
+///   64 packets, and once its oldest packet is old enough to confirm) and counts the outcomes.
 struct BackendConnections: ~Copyable {
     /// One connected socket per backend of the core's pool, in pool order.
     private(set) var sockets: BackendSockets
+    private var ledgers: [DeliveryLedger]
+    private var identities: [String]
     private var addresses: [SocketAddress]
     private var generation: UInt64
+    /// Sockets of backends that left the pool, until their packets are all accounted for.
+    private var retired: RetiredSockets
 
     /// `SO_SNDBUF` for backend sockets: room for bursts without `EAGAIN`.
     static let sendBufferBytes = 4 << 20
@@ -16,37 +28,157 @@ struct BackendConnections: ~Copyable {
     /// Connects to `pool`'s backends.
     init(pool: BackendPool) throws(SystemCallError) {
         sockets = try BackendSockets(connecting: pool.addresses, sendBufferBytes: Self.sendBufferBytes)
+        ledgers = pool.backends.map { _ in DeliveryLedger() }
+        identities = pool.identities
         addresses = pool.addresses
         generation = pool.generation
+        retired = RetiredSockets()
+    }
+
+    /// Enters a completed send in its backend's ledger.
+    @inline(__always)
+    mutating func record(_ outcome: SendOutcome, now: UInt64) {
+        if outcome.isAccepted {
+            ledgers[outcome.backend].accepted(lines: outcome.lines, bytes: outcome.bytes, now: now)
+        } else {
+            ledgers[outcome.backend].sendFailed(lines: outcome.lines, bytes: outcome.bytes)
+        }
+    }
+
+    /// Reads the error queues that are due and counts what the ledgers settled.
+    mutating func settle(now: UInt64, into core: inout RelayCore) {
+        for backend in ledgers.indices where ledgers[backend].needsDrain(now: now) {
+            ledgers[backend].drained(sockets.takeErrors(backend), now: now)
+            core.countDelivery(ledgers[backend].takeReport(), backend: identities[backend])
+        }
+        retired.settle(now: now, into: &core)
+    }
+
+    /// When a ledger next has a packet old enough to confirm (so an idle worker wakes for it).
+    var nextConfirmation: UInt64? {
+        var earliest = retired.nextConfirmation
+        for ledger in ledgers {
+            if let due = ledger.nextConfirmation, earliest.map({ due < $0 }) ?? true { earliest = due }
+        }
+        return earliest
+    }
+
+    /// Whether every packet sent is confirmed, refused or failed.
+    var isSettled: Bool { nextConfirmation == nil }
+
+    /// At exit: reads every error queue once more and counts what is still unconfirmed as such.
+    mutating func finish(now: UInt64, into core: inout RelayCore) {
+        for backend in ledgers.indices {
+            ledgers[backend].drained(sockets.takeErrors(backend), now: now)
+            ledgers[backend].closeAtExit()
+            core.countDelivery(ledgers[backend].takeReport(), backend: identities[backend])
+        }
+        retired.finish(now: now, into: &core)
     }
 
     /// Follows the core's pool after its turn: completes a waiting membership change when no
     /// send is in flight, else reconnects backends whose address moved. A failed reconnect
     /// keeps the old address and is tried again next turn; a failed membership change keeps
     /// the old pool (the core counts it).
-    mutating func follow(_ core: inout RelayCore, sendsInFlight: Int) {
+    mutating func follow(_ core: inout RelayCore, sendsInFlight: Int, now: UInt64) {
         if core.poolChangeReady(sendsInFlight: sendsInFlight), let next = core.pendingPool {
-            do {
-                let replacement = try BackendSockets(connecting: next.addresses, sendBufferBytes: Self.sendBufferBytes)
-                try core.completePoolChange()
-                sockets = replacement
-                addresses = next.addresses
-                generation = core.pool.generation
-            } catch {
-                core.abandonPoolChange()
-            }
+            changeMembership(to: next, core: &core, now: now)
             return
         }
         guard core.pendingPool == nil, core.pool.generation != generation else { return }
         let wanted = core.pool.addresses
         var allMoved = true
         for backend in wanted.indices where wanted[backend] != addresses[backend] {
-            if (try? sockets.reconnect(backend, to: wanted[backend], sendBufferBytes: Self.sendBufferBytes)) != nil {
+            ledgers[backend].drained(sockets.takeErrors(backend), now: now)
+            do {
+                let lastErrors = try sockets.reconnect(backend, to: wanted[backend], sendBufferBytes: Self.sendBufferBytes)
+                ledgers[backend].drained(lastErrors, now: now)
                 addresses[backend] = wanted[backend]
-            } else {
+            } catch {
                 allMoved = false
             }
+            core.countDelivery(ledgers[backend].takeReport(), backend: identities[backend])
         }
         if allMoved { generation = core.pool.generation }
+    }
+
+    /// Switches to `next`'s sockets: a backend that stays at the same address keeps its socket
+    /// and ledger; the others' sockets retire with their ledgers.
+    private mutating func changeMembership(to next: BackendPool, core: inout RelayCore, now: UInt64) {
+        let keep = core.pool.positions(in: next)
+        var kept: [Int?] = Array(repeating: nil, count: next.count)
+        for (old, new) in keep.enumerated() {
+            if let new, addresses[old] == next.addresses[new] { kept[new] = old }
+        }
+        let retiredBefore = retired.sockets.count
+        let replacement: BackendSockets
+        do {
+            replacement = try sockets.rebuilt(
+                keeping: kept, addresses: next.addresses, sendBufferBytes: Self.sendBufferBytes, retiring: &retired.sockets)
+        } catch {
+            core.abandonPoolChange()
+            return
+        }
+        do { try core.completePoolChange() } catch {
+            // The old pool stays in force (the core counts the failure): undo the retirement.
+            while retired.sockets.count > retiredBefore { retired.sockets.closeSocket(at: retired.sockets.count - 1) }
+            return
+        }
+        var reused = Array(repeating: false, count: ledgers.count)
+        for old in kept.compactMap({ $0 }) { reused[old] = true }
+        var newLedgers = next.backends.map { _ in DeliveryLedger() }
+        for (new, old) in kept.enumerated() { if let old { newLedgers[new] = ledgers[old] } }
+        for old in ledgers.indices where !reused[old] {
+            retired.add(ledger: ledgers[old], identity: identities[old])
+        }
+        sockets = replacement
+        ledgers = newLedgers
+        identities = next.identities
+        addresses = next.addresses
+        generation = core.pool.generation
+        retired.settle(now: now, into: &core)
+    }
+}
+
+/// Sockets of backends that left the pool, each kept open with its ledger until every packet
+/// sent on it is confirmed or refused (a refusal arrives a round trip after the send).
+struct RetiredSockets: ~Copyable {
+    /// The sockets, added to by `BackendSockets.rebuilt` in the order their ledgers are added.
+    var sockets = RetiringSockets()
+    private var ledgers: [DeliveryLedger] = []
+    private var identities: [String] = []
+
+    /// Adds the ledger of the socket most recently retired without one.
+    mutating func add(ledger: DeliveryLedger, identity: String) {
+        ledgers.append(ledger)
+        identities.append(identity)
+    }
+
+    /// Reads the retired sockets' error queues, counts what settled, closes the settled ones.
+    mutating func settle(now: UInt64, into core: inout RelayCore) {
+        var index = 0
+        while index < ledgers.count {
+            ledgers[index].drained(sockets.takeErrors(index), now: now)
+            core.countDelivery(ledgers[index].takeReport(), backend: identities[index])
+            if ledgers[index].nextConfirmation == nil {
+                sockets.closeSocket(at: index)
+                ledgers.remove(at: index)
+                identities.remove(at: index)
+            } else {
+                index += 1
+            }
+        }
+    }
+
+    /// When the next retired packet can be confirmed.
+    var nextConfirmation: UInt64? { ledgers.compactMap(\.nextConfirmation).min() }
+
+    /// At exit: whatever is still unconfirmed is counted as such.
+    mutating func finish(now: UInt64, into core: inout RelayCore) {
+        for index in ledgers.indices {
+            ledgers[index].drained(sockets.takeErrors(index), now: now)
+            ledgers[index].closeAtExit()
+            core.countDelivery(ledgers[index].takeReport(), backend: identities[index])
+        }
     }
 }

@@ -29,6 +29,7 @@ public struct IOUringDriver: ~Copyable {
     private var receiveEnded = false
     private var receivedThisTurn = false
     private var sendsInFlight = 0
+    private var drops: ListenerDrops
 
     /// Completions a waiting worker asks for before the minimum wait lets it go with fewer.
     private static let completionBatch: UInt32 = 32
@@ -70,6 +71,7 @@ public struct IOUringDriver: ~Copyable {
         self.buffers = buffers
         self.listeners = listeners
         receiveArmed = Array(repeating: false, count: settings.listeners.count)
+        drops = ListenerDrops(count: settings.listeners.count)
         queue = ReceiveQueue(capacity: bufferCount)
     }
 
@@ -104,7 +106,7 @@ public struct IOUringDriver: ~Copyable {
             } catch { throw SystemCallError("io_uring_enter", "", error) }
             now = MonotonicClock.nanoseconds()
             receivedThisTurn = false
-            while let completion = ring.nextCompletion() { handle(completion) }
+            while let completion = ring.nextCompletion() { handle(completion, now: now) }
             // After the completions: the pool eventfd is reset in there, so a publication made
             // since is either seen here or fires the re-armed poll.
             core.beginTurn()
@@ -116,15 +118,21 @@ public struct IOUringDriver: ~Copyable {
                 }
             }
             queueReadySends()
-            connections.follow(&core, sendsInFlight: sendsInFlight)
-            if core.isFlushed && sendsInFlight == 0 && !receiveArmed.contains(true) && queue.isEmpty { break }
+            connections.follow(&core, sendsInFlight: sendsInFlight, now: now)
+            connections.settle(now: now, into: &core)
+            if drops.isDue(now: now) { countKernelDrops(now: now) }
+            if core.isFlushed && sendsInFlight == 0 && !receiveArmed.contains(true) && queue.isEmpty && connections.isSettled {
+                break
+            }
             if core.phase == .flushing && now >= core.stopDeadline {
                 // Out of time: still hand the last sends to the kernel and collect what completed.
                 try? ring.submitAndWait(completions: 0, timeoutNanoseconds: 0, minimumWaitMicroseconds: 0)
-                while let completion = ring.nextCompletion() { handle(completion) }
+                while let completion = ring.nextCompletion() { handle(completion, now: now) }
                 break
             }
         }
+        countKernelDrops(now: now)
+        connections.finish(now: MonotonicClock.nanoseconds(), into: &core)
         let counters = core.finish(unrelayedDatagrams: queue.count, sendsInFlight: sendsInFlight)
         if sendsInFlight > 0 || receiveArmed.contains(true) {
             // The kernel may still use this memory; keeping it mapped is the safe choice.
@@ -133,6 +141,14 @@ public struct IOUringDriver: ~Copyable {
         }
         ring.close()
         return counters
+    }
+
+    /// Counts what the kernel dropped at the listening sockets since the last reading.
+    private mutating func countKernelDrops(now: UInt64) {
+        for index in listeners.indices {
+            core.countKernelDrops(drops.newDrops(listener: index, counter: listeners[index].kernelDrops))
+        }
+        drops.wasRead(now: now)
     }
 
     private var anyListenerHasPending: Bool {
@@ -152,7 +168,8 @@ public struct IOUringDriver: ~Copyable {
     /// How many completions to wait for, for how long, and the minimum wait.
     private func waitPlan(now: UInt64) -> (UInt32, UInt64?, UInt32) {
         func until(_ deadline: UInt64) -> UInt64 { deadline > now ? deadline - now : 0 }
-        let flushDue = core.nextDeadline().map(until)
+        let due = [core.nextDeadline(), connections.nextConfirmation].compactMap { $0 }.min()
+        let flushDue = due.map(until)
         let minimumWait = settings.minimumWaitMicroseconds
         switch core.phase {
         case .running:
@@ -171,13 +188,13 @@ public struct IOUringDriver: ~Copyable {
         case .draining:
             return (queue.isEmpty ? 0 : 1, min(until(core.stopDeadline), 1_000_000), 0)
         case .flushing:
-            return (1, until(core.stopDeadline), 0)
+            return (1, min(until(core.stopDeadline), flushDue ?? .max), 0)
         }
     }
 
     /// Handles one CQE; a result is data, each case with its reason.
     @inline(__always)
-    private mutating func handle(_ completion: Completion) {
+    private mutating func handle(_ completion: Completion, now: UInt64) {
         switch completion.userData.kind {
         case .receive:
             if completion.result >= 0, let bufferID = completion.bufferID {
@@ -205,7 +222,7 @@ public struct IOUringDriver: ~Copyable {
             }
         case .send:
             sendsInFlight -= 1
-            core.sendCompleted(slot: Int(completion.userData.index), result: completion.result)
+            connections.record(core.sendCompleted(slot: Int(completion.userData.index), result: completion.result), now: now)
         case .wakeup:
             core.requestStop()
         case .cancel:

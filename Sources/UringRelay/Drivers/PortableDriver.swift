@@ -25,6 +25,7 @@ public struct PortableDriver: ~Copyable {
     private var sends: SendBatch
     private var poller: PollSet
     private let settings: WorkerSettings
+    private var drops: ListenerDrops
 
     /// Batches taken from one listener per turn before the others get their turn.
     private static let batchesPerTurn = 8
@@ -58,6 +59,7 @@ public struct PortableDriver: ~Copyable {
         descriptors.append(PollSet.descriptor(of: poolChanged))
         poller = PollSet(descriptors: descriptors)
         sends = SendBatch(capacity: 256)
+        drops = ListenerDrops(count: settings.listeners.count)
         self.connections = connections
         self.settings = settings
         self.wakeup = wakeup
@@ -109,25 +111,39 @@ public struct PortableDriver: ~Copyable {
                 receiving = false
                 for index in listeners.indices { poller.ignore(index) }
             }
-            sendReady()
-            connections.follow(&core, sendsInFlight: 0)
-            if core.isFlushed { break }
+            sendReady(now: now)
+            connections.follow(&core, sendsInFlight: 0, now: now)
+            connections.settle(now: now, into: &core)
+            if drops.isDue(now: now) { countKernelDrops(now: now) }
+            if core.isFlushed && connections.isSettled { break }
             if core.phase == .flushing && now >= core.stopDeadline { break }
         }
+        countKernelDrops(now: now)
+        connections.finish(now: MonotonicClock.nanoseconds(), into: &core)
         return core.finish(unrelayedDatagrams: 0, sendsInFlight: 0)
+    }
+
+    /// Counts what the kernel dropped at the listening sockets since the last reading.
+    private mutating func countKernelDrops(now: UInt64) {
+        for index in listeners.indices {
+            core.countKernelDrops(drops.newDrops(listener: index, counter: listeners[index].kernelDrops))
+        }
+        drops.wasRead(now: now)
     }
 
     /// How long the next wait may last: until the next flush deadline, briefly while held
     /// packets are being replayed or the stop is draining.
     private func waitTimeout(now: UInt64) -> UInt64 {
-        var timeout = core.nextDeadline().map { $0 > now ? $0 - now : 0 } ?? Self.idleWaitNanoseconds
+        let due = [core.nextDeadline(), connections.nextConfirmation].compactMap { $0 }.min()
+        var timeout = due.map { $0 > now ? $0 - now : 0 } ?? Self.idleWaitNanoseconds
         switch core.phase {
         case .running:
             if core.hasReplayPending { timeout = min(timeout, 1_000_000) }
         case .draining:
             timeout = min(timeout, 1_000_000)
         case .flushing:
-            timeout = 0
+            // Sends are done when this runs; what is left is confirming them.
+            break
         }
         return timeout
     }
@@ -144,7 +160,7 @@ public struct PortableDriver: ~Copyable {
                     break
                 }
                 for datagram in 0..<taken {
-                    if !core.canAcceptDatagram { makeRoom() }
+                    if !core.canAcceptDatagram { makeRoom(now: now) }
                     Self.relay(datagram, of: batch, listener: index, into: &core, now: now)
                 }
                 if taken < batch.count { break }
@@ -170,24 +186,26 @@ public struct PortableDriver: ~Copyable {
 
     /// Sends every ready packet and completes a waiting pool change, so the core can take the
     /// next datagram: sends here finish before the call returns, so every slot comes back.
-    private mutating func makeRoom() {
-        sendReady()
-        connections.follow(&core, sendsInFlight: 0)
+    private mutating func makeRoom(now: UInt64) {
+        sendReady(now: now)
+        connections.follow(&core, sendsInFlight: 0, now: now)
     }
 
     /// Sends every packet the core hands out, in batches, and hands the results back.
-    private mutating func sendReady() {
+    private mutating func sendReady(now: UInt64) {
         while let (slot, backend) = core.nextOutgoing() {
             sends.append(slot: slot, backend: backend)
-            if sends.isFull { flushSends() }
+            if sends.isFull { flushSends(now: now) }
         }
-        flushSends()
+        flushSends(now: now)
     }
 
-    private mutating func flushSends() {
+    private mutating func flushSends(now: UInt64) {
         guard sends.count > 0 else { return }
         sends.send(from: core.sendBuffers, to: connections.sockets)
-        for index in 0..<sends.count { core.sendCompleted(slot: sends.slot(index), result: sends.result(index)) }
+        for index in 0..<sends.count {
+            connections.record(core.sendCompleted(slot: sends.slot(index), result: sends.result(index)), now: now)
+        }
         sends.removeAll()
     }
 

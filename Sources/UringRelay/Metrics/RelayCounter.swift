@@ -33,6 +33,9 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
     case poolChanges
     case poolChangesFailed
     case linesDroppedBackendRemoved
+    case linesDroppedRefused
+    case linesDroppedUnreachable
+    case datagramsDroppedKernel
 
     /// The counter's name in lowercase dot notation.
     public var name: String {
@@ -67,6 +70,29 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
         case .poolChanges: "statsrelay.pool_changes"
         case .poolChangesFailed: "statsrelay.pool_changes_failed"
         case .linesDroppedBackendRemoved: "statsrelay.lines_dropped.backend_removed"
+        case .linesDroppedRefused: "statsrelay.lines_dropped.refused"
+        case .linesDroppedUnreachable: "statsrelay.lines_dropped.unreachable"
+        case .datagramsDroppedKernel: "statsrelay.datagrams_dropped.kernel"
+        }
+    }
+
+    /// The per-backend counter this relay-wide one adds up, if any. Such a total is never
+    /// incremented on its own: it is the sum of its backends' counts (current and retired)
+    /// plus anything counted for no backend, so a total and its parts can never disagree.
+    public var backendColumn: BackendCounter? {
+        switch self {
+        case .packetsSent: .packetsSent
+        case .sendErrors: .sendErrors
+        case .linesDroppedSendError: .linesDroppedSendError
+        case .linesRehashed: .linesRehashedAway
+        case .linesDroppedBackendDown: .linesDroppedBackendDown
+        case .linesHeld: .linesHeld
+        case .linesDroppedHoldOverflow: .linesDroppedHoldOverflow
+        case .linesReplayed: .linesReplayed
+        case .linesDroppedRefused: .linesRefused
+        case .linesDroppedUnreachable: .linesUnreachable
+        case .linesUnconfirmedAtExit: .linesUnconfirmed
+        default: nil
         }
     }
 
@@ -94,6 +120,11 @@ public enum BackendCounter: Int, CaseIterable, Sendable {
     case linesHeld
     case linesDroppedHoldOverflow
     case linesReplayed
+    case packetsRefused
+    case linesRefused
+    case linesUnreachable
+    case linesUnconfirmed
+    case unattributedLosses
 
     /// The counter's name; the backend is a label.
     public var name: String {
@@ -109,6 +140,11 @@ public enum BackendCounter: Int, CaseIterable, Sendable {
         case .linesHeld: "statsrelay.backend.lines_held"
         case .linesDroppedHoldOverflow: "statsrelay.backend.lines_dropped.hold_overflow"
         case .linesReplayed: "statsrelay.backend.lines_replayed"
+        case .packetsRefused: "statsrelay.backend.packets_refused"
+        case .linesRefused: "statsrelay.backend.lines_dropped.refused"
+        case .linesUnreachable: "statsrelay.backend.lines_dropped.unreachable"
+        case .linesUnconfirmed: "statsrelay.backend.lines_unconfirmed"
+        case .unattributedLosses: "statsrelay.backend.unattributed_losses"
         }
     }
 }
@@ -153,11 +189,47 @@ public struct RelayCounters: Sendable, Equatable {
             && lhs.relay.indices.allSatisfy { lhs.relay[$0] == rhs.relay[$0] }
     }
 
-    /// A relay-wide counter.
+    /// A relay-wide counter; for a total of a per-backend counter (`backendColumn`), the sum of
+    /// its backends' counts (keep such totals off the per-line path).
     @inline(__always)
     public subscript(_ counter: RelayCounter) -> UInt64 {
-        get { relay[counter.rawValue] }
-        set { relay[counter.rawValue] = newValue }
+        get {
+            guard let column = counter.backendColumn else { return relay[counter.rawValue] }
+            return relay[counter.rawValue] &+ total(column)
+        }
+        set {
+            guard let column = counter.backendColumn else {
+                relay[counter.rawValue] = newValue
+                return
+            }
+            relay[counter.rawValue] = newValue &- total(column)
+        }
+    }
+
+    /// The sum of a per-backend counter over every backend, current or retired.
+    public func total(_ counter: BackendCounter) -> UInt64 {
+        let width = BackendCounter.allCases.count
+        var sum: UInt64 = 0
+        var index = counter.rawValue
+        while index < backend.count {
+            sum &+= backend[index]
+            index += width
+        }
+        for entry in retired { sum &+= entry.values[counter.rawValue] }
+        return sum
+    }
+
+    /// Adds to a per-backend counter by identity, whether the backend is in the pool or has left
+    /// it (for outcomes that arrive after a pool change).
+    public mutating func add(_ value: UInt64, to counter: BackendCounter, backend identity: String) {
+        guard value > 0 else { return }
+        if let index = backends.firstIndex(of: identity) {
+            self[counter, backend: index] &+= value
+            return
+        }
+        var values = Array(repeating: UInt64(0), count: BackendCounter.allCases.count)
+        values[counter.rawValue] = value
+        retire(identity, values)
     }
 
     /// A per-backend counter, by the backend's position in the current pool.

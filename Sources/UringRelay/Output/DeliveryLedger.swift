@@ -60,6 +60,10 @@ public struct DeliveryLedger: Sendable, Equatable {
             Counts(packets: lhs.packets &+ rhs.packets, lines: lhs.lines &+ rhs.lines, bytes: lhs.bytes &+ rhs.bytes)
         }
 
+        static func - (lhs: Counts, rhs: Counts) -> Counts {
+            Counts(packets: lhs.packets &- rhs.packets, lines: lhs.lines &- rhs.lines, bytes: lhs.bytes &- rhs.bytes)
+        }
+
         public var description: String { "packets=\(packets) lines=\(lines) bytes=\(bytes)" }
     }
 
@@ -114,6 +118,8 @@ public struct DeliveryLedger: Sendable, Equatable {
     private var acceptedSinceDrain = 0
     /// Set by `closeAtExit()`: nothing more is accepted.
     public private(set) var isClosed = false
+    /// The outcomes already handed out by `takeReport()`.
+    private var reported = Report()
 
     /// An empty ledger.
     ///
@@ -247,6 +253,39 @@ public struct DeliveryLedger: Sendable, Equatable {
 }
 
 extension DeliveryLedger {
+    /// What became of packets since the last `takeReport()`: the part of each final outcome
+    /// not yet added to the relay's counters.
+    public struct Report: Sendable, Equatable {
+        public var sent = Counts()
+        public var refused = Counts()
+        public var unreachable = Counts()
+        public var sendErrors = Counts()
+        public var unconfirmedAtExit = Counts()
+        public var unattributedLosses: UInt64 = 0
+
+        /// Whether nothing happened.
+        public var isEmpty: Bool { self == Report() }
+    }
+
+    /// The outcomes since the last call, so each is counted once.
+    public mutating func takeReport() -> Report {
+        let now = Report(
+            sent: sent, refused: refused, unreachable: unreachable, sendErrors: sendErrors,
+            unconfirmedAtExit: unconfirmedAtExit, unattributedLosses: unattributedLosses)
+        let previous = reported
+        reported = now
+        return Report(
+            sent: now.sent - previous.sent, refused: now.refused - previous.refused,
+            unreachable: now.unreachable - previous.unreachable, sendErrors: now.sendErrors - previous.sendErrors,
+            unconfirmedAtExit: now.unconfirmedAtExit - previous.unconfirmedAtExit,
+            unattributedLosses: now.unattributedLosses &- previous.unattributedLosses)
+    }
+
+    /// When the oldest unconfirmed packet can be confirmed by a drain, if any is unconfirmed.
+    public var nextConfirmation: UInt64? {
+        count > 0 ? acceptedAt[head] &+ confirmationDelay : nil
+    }
+
     /// Records one drain of the backend's error queue; see `drained(refused:unreachable:now:)`.
     /// Local-origin entries are not counted: the send that caused them already failed.
     @inline(__always)

@@ -1,0 +1,25 @@
+/// Turns the listening sockets' kernel drop counters (`SO_MEMINFO`, 32 bits, wrapping) into
+/// counts of new drops, read at most every `CounterBoard.publishIntervalNanoseconds` and once
+/// at exit: datagrams the kernel threw away because a socket's receive queue was full (a
+/// stalled or overloaded worker) are counted, not only seen in `/proc/net/udp`.
+struct ListenerDrops {
+    private var last: [UInt32]
+    private var nextRead: UInt64 = 0
+
+    /// Drop counters for `count` listeners, all starting at zero (new sockets).
+    init(count: Int) { last = Array(repeating: 0, count: count) }
+
+    /// Whether the counters are due to be read at `now`.
+    func isDue(now: UInt64) -> Bool { now >= nextRead }
+
+    /// Records that the counters were read at `now`.
+    mutating func wasRead(now: UInt64) { nextRead = now &+ CounterBoard.publishIntervalNanoseconds }
+
+    /// The drops on listener `index` since its last reading, given its counter now (nil when
+    /// the kernel would not say).
+    mutating func newDrops(listener index: Int, counter: UInt32?) -> UInt64 {
+        guard let counter else { return 0 }
+        defer { last[index] = counter }
+        return UInt64(counter &- last[index])
+    }
+}
