@@ -78,13 +78,19 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     /// Picks the driver first (`--io-backend`): `auto` probes io_uring with the settings the
     /// workers will use and falls back to the portable driver on any failure. Workers start
     /// one after another so that, for port 0, the others join the port the first one was given.
-    /// - Throws: `DriverUnavailable` when `uring` was demanded and cannot run;
+    /// - Throws: `SystemCallError` when another socket already holds the listening address (unless
+    ///   `reusePortGroup`); `DriverUnavailable` when `uring` was demanded and cannot run;
     ///   `SystemCallError` from the first worker that could not start (the ones already
     ///   started are stopped and joined first).
     public func start() throws -> WorkerFacts {
         let config = configuration
         var listen = SocketAddress(numericHost: config.bindHost, port: config.port)!
         let cpus = config.cpus ?? WorkerThread.allowedCPUs
+        if config.port != 0 && !config.reusePortGroup {
+            // Every worker binds with SO_REUSEPORT; without this check a second relay, or any
+            // stray SO_REUSEPORT socket, on the port would take a share of the traffic unseen.
+            try UDPSocket.probeExclusive(listen)
+        }
         let probeSettings = WorkerSettings(configuration: config, listeners: [listen], routing: routing)
         switch config.ioBackend {
         case .portable:

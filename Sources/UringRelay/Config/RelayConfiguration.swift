@@ -36,6 +36,11 @@ public struct RelayConfiguration: Sendable, Equatable {
     /// must fit in the socket buffer.
     public var minimumWaitMicroseconds: UInt32 = 250
 
+    /// Whether this relay may share its port with other processes' `SO_REUSEPORT` sockets
+    /// (`--reuseport-group`). Off: start-up refuses a port another socket already holds, since
+    /// the kernel would silently split the traffic between them.
+    public var reusePortGroup = false
+
     /// Which I/O driver runs (`--io-backend`).
     public var ioBackend: IOBackendChoice = .auto
 
