@@ -339,6 +339,8 @@ class Bench:
         """The relay command line; its interface is fixed by the relay, --relay-args is appended."""
         argv = [str(self.relay), "--bind", LOOPBACK, "--port", str(self.port), "--threads", str(threads),
                 "--rcvbuf", str(RELAY_RCVBUF), "--packet-len", "1400", "--flush-interval", "10ms"]
+        if self.args.io_backend:
+            argv += ["--io-backend", self.args.io_backend]
         argv += shlex.split(self.args.relay_args)
         argv += [f"{LOOPBACK}:{port}" for port in self.sink_ports]
         return argv
@@ -539,11 +541,11 @@ class Bench:
             record["relay_exit_code"] = relay.process.returncode
             record["problems"].append(f"relay died during the run (exit {relay.process.returncode})")
         lines = relay.stderr_lines()
-        # What the relay's start-up line says it set up: ring flags, minimum wait, buffers.
+        # What the relay's start-up lines say it set up: io driver, ring flags, minimum wait, buffers.
         for line in lines[:15]:
             for field in line.split():
                 key, _, value = field.partition("=")
-                if key in ("ring_flags", "min_wait", "receive_buffers", "send_slots", "rcvbuf_obtained") and value:
+                if key in ("io_backend", "ring_flags", "min_wait", "receive_buffers", "send_slots", "rcvbuf_obtained") and value:
                     record.setdefault("relay_setup", {})[key] = value
         record["relay_stderr_head"] = lines[:15]
         record["relay_stderr_tail"] = lines[-15:] if len(lines) > 15 else []
@@ -785,6 +787,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--baseline-only", action="store_true", help="measure only the kernel baseline")
     parser.add_argument("--port", type=int, default=18125, help="relay/baseline UDP port (default 18125)")
     parser.add_argument("--sink-ports", default="9001,9002,9003", help="benchsink ports (default 9001,9002,9003)")
+    parser.add_argument("--io-backend", choices=["auto", "uring", "portable"],
+                        help="the relay's --io-backend (default: the relay's own default, auto); recorded as a flag")
     parser.add_argument("--relay-args", default="", help="extra relay arguments, shell-quoted, recorded as flags")
     parser.add_argument("--live-rate", type=float, default=0, help="loadgen --rate for live workloads (0 = flat out)")
     parser.add_argument("--names", type=int, default=10000, help="distinct metric names (default 10000)")
