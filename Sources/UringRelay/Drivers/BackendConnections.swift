@@ -56,11 +56,9 @@ struct BackendConnections: ~Copyable {
 
     /// When a ledger next has a packet old enough to confirm (so an idle worker wakes for it).
     var nextConfirmation: UInt64? {
-        var earliest = retired.nextConfirmation
-        for ledger in ledgers {
-            if let due = ledger.nextConfirmation, earliest.map({ due < $0 }) ?? true { earliest = due }
-        }
-        return earliest
+        var first = retired.nextConfirmation
+        for index in ledgers.indices { first = earliest(first, ledgers[index].nextConfirmation) }
+        return first
     }
 
     /// Whether every packet sent is confirmed, refused or failed.
@@ -171,7 +169,11 @@ struct RetiredSockets: ~Copyable {
     }
 
     /// When the next retired packet can be confirmed.
-    var nextConfirmation: UInt64? { ledgers.compactMap(\.nextConfirmation).min() }
+    var nextConfirmation: UInt64? {
+        var first: UInt64?
+        for index in ledgers.indices { first = earliest(first, ledgers[index].nextConfirmation) }
+        return first
+    }
 
     /// At exit: whatever is still unconfirmed is counted as such.
     mutating func finish(now: UInt64, into core: inout RelayCore) {
@@ -181,4 +183,12 @@ struct RetiredSockets: ~Copyable {
             core.countDelivery(ledgers[index].takeReport(), backend: identities[index])
         }
     }
+}
+
+/// The earlier of two optional deadlines (`nil` is "never").
+@inline(__always)
+func earliest(_ first: UInt64?, _ second: UInt64?) -> UInt64? {
+    guard let first else { return second }
+    guard let second else { return first }
+    return min(first, second)
 }

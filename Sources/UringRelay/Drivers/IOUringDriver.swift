@@ -111,7 +111,8 @@ public struct IOUringDriver: ~Copyable {
             // since is either seen here or fires the re-armed poll.
             core.beginTurn()
             relayQueued(now: now)
-            let moreToReceive = !queue.isEmpty || receivedThisTurn || anyListenerHasPending
+            // Only a draining core asks; the peek is a system call, not paid while running.
+            let moreToReceive = core.phase == .draining && (!queue.isEmpty || receivedThisTurn || anyListenerHasPending)
             if core.endTurn(now: now, moreToReceive: moreToReceive) == .stopReceiving {
                 for index in receiveArmed.indices where receiveArmed[index] {
                     ring.cancel(UserData(.receive, index: UInt32(index)), userData: UserData(.cancel))
@@ -168,8 +169,7 @@ public struct IOUringDriver: ~Copyable {
     /// How many completions to wait for, for how long, and the minimum wait.
     private func waitPlan(now: UInt64) -> (UInt32, UInt64?, UInt32) {
         func until(_ deadline: UInt64) -> UInt64 { deadline > now ? deadline - now : 0 }
-        let due = [core.nextDeadline(), connections.nextConfirmation].compactMap { $0 }.min()
-        let flushDue = due.map(until)
+        let flushDue = earliest(core.nextDeadline(), connections.nextConfirmation).map(until)
         let minimumWait = settings.minimumWaitMicroseconds
         switch core.phase {
         case .running:

@@ -134,8 +134,7 @@ public struct PortableDriver: ~Copyable {
     /// How long the next wait may last: until the next flush deadline, briefly while held
     /// packets are being replayed or the stop is draining.
     private func waitTimeout(now: UInt64) -> UInt64 {
-        let due = [core.nextDeadline(), connections.nextConfirmation].compactMap { $0 }.min()
-        var timeout = due.map { $0 > now ? $0 - now : 0 } ?? Self.idleWaitNanoseconds
+        var timeout = earliest(core.nextDeadline(), connections.nextConfirmation).map { $0 > now ? $0 - now : 0 } ?? Self.idleWaitNanoseconds
         switch core.phase {
         case .running:
             if core.hasReplayPending { timeout = min(timeout, 1_000_000) }
