@@ -35,7 +35,7 @@ public struct RelayCore: ~Copyable {
     }
 
     /// The per-datagram state: batches, router, counters.
-    public private(set) var processor: DatagramProcessor
+    private var processor: DatagramProcessor
     /// The pool lines are routed by now.
     public private(set) var pool: BackendPool
     /// A membership change waiting for the old pool's batches to be sent.
