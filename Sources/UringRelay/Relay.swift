@@ -84,8 +84,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     ///   started are stopped and joined first).
     public func start() throws -> WorkerFacts {
         let config = configuration
-        var listen = SocketAddress(numericHost: config.bindHost, port: config.port)!
-        let cpus = config.cpus ?? WorkerThread.allowedCPUs
+        let listen = SocketAddress(numericHost: config.bindHost, port: config.port)!
         if config.port != 0 && !config.reusePortGroup {
             // Every worker binds with SO_REUSEPORT; without this check a second relay, or any
             // stray SO_REUSEPORT socket, on the port would take a share of the traffic unseen.
@@ -106,19 +105,50 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
                 driver = .uring
             }
         }
+        var facts: WorkerFacts
+        do {
+            facts = try startWorkers(driver: driver, listen: listen)
+        } catch let error as SystemCallError where driver == .uring && error.operation.hasPrefix("io_uring") {
+            // The probe's ring passed, but every worker pins its own ring and buffer ring (the
+            // memlock limit is per user, and the probe's ring is released asynchronously): a
+            // worker's io_uring set-up can still fail. `auto` falls back; `uring` cannot run.
+            let failure = UringProbeFailure(
+                operation: error.target.isEmpty ? error.operation : "\(error.operation) \(error.target)", errno: error.errno)
+            let reason = IOUringAdvice.explain(failure)
+            if config.ioBackend == .uring { throw DriverUnavailable(reason: reason) }
+            driver = .portable
+            driverReason = reason
+            facts = try startWorkers(driver: .portable, listen: listen)
+        }
         if let driverReason {
             logger.warning("io_backend=\(driver.rawValue) reason=\"\(driverReason)\"")
         } else {
             logger.info("io_backend=\(driver.rawValue)")
         }
-        let driver = self.driver
+        do throws(Errno) { try monitor.start() } catch {
+            stopAndJoin()
+            throw SystemCallError("pthread_create", "health monitor", error)
+        }
+        return facts
+    }
+
+    /// Starts every worker on `driver`, one after another so that, for port 0, the others join
+    /// the port the first one was given.
+    ///
+    /// - Returns: the first worker's facts.
+    /// - Throws: `SystemCallError` from the first worker that could not start; the ones already
+    ///   started are then stopped and joined, and forgotten, so workers can be started again.
+    private func startWorkers(driver: IOBackendChoice, listen configured: SocketAddress) throws -> WorkerFacts {
+        let config = configuration
+        var listen = configured
+        let cpus = config.cpus ?? WorkerThread.allowedCPUs
         var firstFacts: WorkerFacts?
         for index in 0..<config.threads {
             let settings = WorkerSettings(configuration: config, listeners: [listen], routing: routing)
             let board = settings.board
             let wakeup: WakeupEvent
             do throws(Errno) { wakeup = try WakeupEvent() } catch {
-                stopAndJoin()
+                stopAndForgetWorkers()
                 throw SystemCallError("eventfd", "", error)
             }
             let cpu = cpus.isEmpty ? nil : cpus[index % cpus.count]
@@ -142,7 +172,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
                     }
                 }
             } catch {
-                stopAndJoin()
+                stopAndForgetWorkers()
                 throw SystemCallError("pthread_create", "worker \(index)", error)
             }
             let handle = WorkerThreadHandle(thread)
@@ -159,15 +189,27 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
                     state.withLock { $0.listen = facts.listen }
                 }
             case .failure(let error):
-                stopAndJoin()
+                stopAndForgetWorkers()
                 throw error
             }
         }
-        do throws(Errno) { try monitor.start() } catch {
-            stopAndJoin()
-            throw SystemCallError("pthread_create", "health monitor", error)
-        }
         return firstFacts!
+    }
+
+    /// Stops and joins the workers started so far and forgets them (the health monitor, not
+    /// yet started, is left alone so that it can still start).
+    private func stopAndForgetWorkers() {
+        let (wakeups, threads) = state.withLock { ($0.wakeups, $0.threads) }
+        for wakeup in wakeups { wakeup.signal() }
+        for thread in threads { thread.join() }
+        state.withLock { state in
+            state.wakeups = []
+            state.threads = []
+            state.boards = []
+            state.counters = []
+            state.failures = []
+            state.listen = nil
+        }
     }
 
     /// Opens a worker's driver on the calling (worker) thread, reports its start, runs it.

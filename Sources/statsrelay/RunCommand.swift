@@ -120,7 +120,10 @@ struct RunCommand: ParsableCommand {
             throw ExitCode(64)
         }
         let facts: WorkerFacts
-        do { facts = try relay.start() } catch {
+        do { facts = try relay.start() } catch let error as Relay.DriverUnavailable {
+            printError("\(error)")
+            throw ExitCode(69)  // EX_UNAVAILABLE: --io-backend uring where io_uring cannot run
+        } catch {
             printError("\(error)")
             throw ExitCode(71)
         }
