@@ -97,7 +97,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             driverReason = "--io-backend portable"
         case .uring, .auto:
             if let failure = uringProbe(probeSettings) {
-                let reason = IOUringAdvice.explain(failure)
+                let reason = IOUringAdvice.explain(failure, threads: config.threads)
                 if config.ioBackend == .uring { throw DriverUnavailable(reason: reason) }
                 driver = .portable
                 driverReason = reason
@@ -114,7 +114,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             // worker's io_uring set-up can still fail. `auto` falls back; `uring` cannot run.
             let failure = UringProbeFailure(
                 operation: error.target.isEmpty ? error.operation : "\(error.operation) \(error.target)", errno: error.errno)
-            let reason = IOUringAdvice.explain(failure)
+            let reason = IOUringAdvice.explain(failure, threads: config.threads)
             if config.ioBackend == .uring { throw DriverUnavailable(reason: reason) }
             driver = .portable
             driverReason = reason

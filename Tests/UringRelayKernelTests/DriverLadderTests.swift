@@ -212,8 +212,26 @@ struct DriverLadderTests {
         let line = child.logLine(containing: "io_backend=") ?? "no io_backend line in: \(child.standardError)"
         #expect(line.contains("io_backend=portable reason=\""), "\(line)")
         #expect(line.contains("Cannot allocate memory (errno 12)"), "\(line)")
-        #expect(line.contains("ulimit -l") && line.contains("LimitMEMLOCK="), "\(line)")
+        let advised = IOUringAdvice.memlockPerWorkerKiB * (threads + 1)
+        #expect(line.contains("ulimit -l \(advised)") && line.contains("LimitMEMLOCK=\(advised)K"), "\(line)")
         let expected = try relayExactly(datagrams: 200, to: address, backend: backend, prefix: "memlock")
+        child.signal(SIGTERM)
+        #expect(child.waitForExit() == 0, "\(child.standardError)")
+        #expect(child.counter("statsrelay.lines_forwarded") == UInt64(expected.count))
+    }
+
+    @Test("the memlock the advice names is enough: with it, auto runs io_uring", arguments: [1, 2])
+    func memlockAdviceSuffices(threads: Int) throws {
+        try requireDriver(.uring)
+        let backend = try TestBackend()
+        let advised = IOUringAdvice.memlockPerWorkerKiB * (threads + 1)
+        let child = try launch(.memlockLimit(bytes: advised << 10), ["--threads", "\(threads)"], backend: backend)
+        #expect(child.standardError.contains("listening on "), "relay did not start: \(child.standardError)")
+        guard child.process.isRunning else { return }
+        let address = try child.listenAddress()
+        let line = child.logLine(containing: "io_backend=") ?? "no io_backend line in: \(child.standardError)"
+        #expect(line.contains("io_backend=uring") && !line.contains("reason="), "\(line)")
+        let expected = try relayExactly(datagrams: 100, to: address, backend: backend, prefix: "advised")
         child.signal(SIGTERM)
         #expect(child.waitForExit() == 0, "\(child.standardError)")
         #expect(child.counter("statsrelay.lines_forwarded") == UInt64(expected.count))

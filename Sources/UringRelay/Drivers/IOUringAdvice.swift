@@ -3,14 +3,21 @@ import RelayKernel
 
 /// Turns a failed io_uring probe into what an operator can do about it.
 public enum IOUringAdvice {
+    /// Locked memory one worker's ring and provided-buffer ring need, with room to spare: a
+    /// worker with the default sizes failed at 192 KiB and started at 256 KiB (measured with the
+    /// probe's ring still counted, as it is at start-up).
+    public static let memlockPerWorkerKiB = 256
+
     /// The probe's failure, then the likely cause and the fix.
-    public static func explain(_ failure: UringProbeFailure) -> String {
-        guard let hint = hint(for: failure.errno) else { return failure.description }
+    ///
+    /// - Parameter threads: the workers that will run (the memlock advice scales with them).
+    public static func explain(_ failure: UringProbeFailure, threads: Int = 1) -> String {
+        guard let hint = hint(for: failure.errno, threads: threads) else { return failure.description }
         return "\(failure.description); \(hint)"
     }
 
     /// The cause and fix for an io_uring error number, if one is known.
-    public static func hint(for errno: Errno?) -> String? {
+    public static func hint(for errno: Errno?, threads: Int = 1) -> String? {
         guard let errno else { return nil }
         if errno == .notPermitted || errno == .permissionDenied {
             let sysctl = disabledSysctl
@@ -25,7 +32,9 @@ public enum IOUringAdvice {
         }
         if errno == .noFunction { return "this kernel has no io_uring (Linux 6.0+ needed)" }
         if errno == .outOfMemory {
-            return "the memlock limit is too low for the rings and receive buffers (raise `ulimit -l`, or LimitMEMLOCK= in the systemd unit, e.g. to 64M)"
+            let needed = memlockPerWorkerKiB * (threads + 1)
+            return "the memlock limit is too low for \(threads) worker ring(s) and their receive buffers: allow at least \(needed)K "
+                + "(`ulimit -l \(needed)`, or LimitMEMLOCK=\(needed)K in the systemd unit), or grant CAP_IPC_LOCK"
         }
         if errno == .invalidArgument { return "this kernel lacks an io_uring feature the relay uses (Linux 6.0+ needed)" }
         return nil
