@@ -1,0 +1,80 @@
+import RelayKernel
+import Synchronization
+
+/// The relay-wide bound on held packets (`--hold-bytes`) and the relay-wide replay rate
+/// (`--replay-rate`), shared by every worker's `HoldStore`.
+///
+/// Memory is reserved in whole chunks with one atomic compare-and-swap, never a lock, and only
+/// when a store needs a new chunk (about once per `chunkBytes` of held packets), so the sum of
+/// every worker's held chunks never exceeds `totalBytes`, even for a moment.
+///
+/// Chunks are 64 KiB, or smaller for a small total (a 64th of it, at least a page), so that
+/// many backends and workers can hold at once even then:
+///
+/// | `--hold-bytes` | chunk |
+/// |---|---|
+/// | 4 MiB and more | 64 KiB |
+/// | 1 MiB | 16 KiB |
+/// | 256 KiB and less | a page (4 KiB) |
+public final class HoldBudget: Sendable {
+    /// The most bytes of chunks every store together may hold (`--hold-bytes`).
+    public let totalBytes: Int
+    /// Bytes per chunk: the unit of reservation.
+    public let chunkBytes: Int
+    /// How many chunks fit in the total.
+    public let chunkLimit: Int
+    /// The replay rate for the whole relay in bytes per second (`--replay-rate`).
+    public let replayBytesPerSecond: Int
+    /// How many workers share the budget and the rate.
+    public let workers: Int
+    private let reservedChunks = Atomic<Int>(0)
+
+    /// The largest chunk, chosen so a packet never waits on more than one chunk's page faults.
+    public static let largestChunkBytes = 64 << 10
+
+    /// A budget of `totalBytes` and `replayBytesPerSecond` for `workers` workers.
+    ///
+    /// - Precondition: `totalBytes >= 0`, `replayBytesPerSecond > 0`, `workers > 0`.
+    public init(totalBytes: Int, replayBytesPerSecond: Int, workers: Int) {
+        precondition(totalBytes >= 0 && replayBytesPerSecond > 0 && workers > 0)
+        self.totalBytes = totalBytes
+        self.replayBytesPerSecond = replayBytesPerSecond
+        self.workers = workers
+        chunkBytes = Self.chunkBytes(forTotal: totalBytes)
+        chunkLimit = totalBytes / chunkBytes
+    }
+
+    /// The chunk size for a total: a power of two, 64 KiB at most, a 64th of the total when that
+    /// is smaller, never below the page size.
+    public static func chunkBytes(forTotal total: Int) -> Int {
+        let page = MappedChunks.pageBytes
+        var chunk = largestChunkBytes
+        while chunk > page && chunk * 64 > total { chunk /= 2 }
+        return max(chunk, page)
+    }
+
+    /// The replay rate of one worker: the relay's rate shared evenly (each worker replays the
+    /// packets it held itself).
+    public var replayBytesPerSecondPerWorker: Int { max(1, replayBytesPerSecond / workers) }
+
+    /// Bytes of chunks reserved by every store now.
+    public var bytesReserved: Int { reservedChunks.load(ordering: .relaxed) * chunkBytes }
+
+    /// Reserves one chunk; `false` when the total is reached.
+    func reserveChunk() -> Bool {
+        var current = reservedChunks.load(ordering: .relaxed)
+        while current < chunkLimit {
+            let (exchanged, original) = reservedChunks.compareExchange(
+                expected: current, desired: current + 1, ordering: .relaxed)
+            if exchanged { return true }
+            current = original
+        }
+        return false
+    }
+
+    /// Returns one reserved chunk.
+    func returnChunk() {
+        let previous = reservedChunks.subtract(1, ordering: .relaxed).oldValue
+        precondition(previous > 0, "hold budget returned more chunks than it reserved")
+    }
+}
