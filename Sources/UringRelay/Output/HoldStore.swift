@@ -153,6 +153,12 @@ public struct HoldStore: ~Copyable {
                 }
                 outcome.evictedBackend = victim
             }
+            guard queues[outcome.evictedBackend].packets > 0 else {
+                // Cannot happen (the victim was checked to cover the packet); never loop on it.
+                releaseSpares()
+                outcome.stored = false
+                return outcome
+            }
             outcome.evictedLines += dropHeadChunk(of: outcome.evictedBackend)
         }
         append(packet, lines: lines, to: backend)
