@@ -58,7 +58,8 @@ private func unpacedBudget(total: Int, workers: Int = 1) -> HoldBudget {
 
 private let largePackets = 65_536
 
-@Suite("Hold store")
+// Serialized: the resident-memory test reads the whole process's RSS.
+@Suite("Hold store", .serialized)
 struct HoldStoreTests {
     @Test("chunk sizes follow the total: 64 KiB from 4 MiB up, a 64th below, never under a page", arguments: [
         (67_108_864, 65_536), (4_194_304, 65_536), (2_097_152, 32_768), (1_048_576, 16_384), (262_144, 4_096),
@@ -382,7 +383,8 @@ struct HoldStoreTests {
         }
         let drained = try residentBytes()
         #expect(store.bytesInUse == 0)
-        #expect(full - before >= 56 << 20, "holding 64 MiB made it resident")
-        #expect(full - drained >= 56 << 20, "draining gave it back to the system")
+        // Other suites may run meanwhile and move RSS by a few MiB either way; 64 MiB stands out.
+        #expect(full - before >= 48 << 20, "holding 64 MiB made it resident: \(before) → \(full) bytes")
+        #expect(full - drained >= 48 << 20, "draining gave it back to the system: \(full) → \(drained) bytes")
     }
 }
