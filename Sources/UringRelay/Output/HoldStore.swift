@@ -80,7 +80,8 @@ public struct HoldStore: ~Copyable {
         replayBytesPerSecond = budget.replayBytesPerSecondPerWorker
         burstBytes = Self.burstPackets * packetBytes
         queues = Array(repeating: Queue(credit: burstBytes * Self.nanosecondsPerSecond), count: backendCount)
-        // The most chunks one packet can need (a 64 KiB line on 4 KiB chunks), so holding never grows it.
+        // Room for the chunks of the largest entry (a 64 KiB line) on the smallest chunks, so
+        // holding a packet does not grow it.
         spares.reserveCapacity(65_544 / MappedChunks.pageBytes + 2)
     }
 
@@ -143,7 +144,8 @@ public struct HoldStore: ~Copyable {
                 continue
             }
             if outcome.evictedBackend < 0 {
-                // One victim per call: room for one packet never needs more than one queue's chunks.
+                // One victim per call keeps the outcome simple; it is taken only if emptying it
+                // would make room, so nothing is dropped for a packet that is refused anyway.
                 guard let victim = largestQueue(preferring: backend),
                       needed <= (spares.count + queues[victim].chunks) * chunkBytes + (victim == backend ? 0 : room(of: backend))
                 else {
