@@ -170,6 +170,31 @@ struct HoldStoreTests {
         #expect(budget.bytesReserved == 0)
     }
 
+    @Test("a full budget rolls: each new packet replaces the oldest, also for packets spanning several chunks",
+          arguments: [100, 1_400, 4_088, 5_000, 9_000])
+    func rollingWindow(size: Int) {
+        let budget = unpacedBudget(total: 16 << 10)  // 4 chunks of 4 KiB
+        var store = HoldStore(backendCount: 1, budget: budget, packetBytes: largePackets)
+        var offered: [Held] = []
+        var dropped = 0
+        for sequence in 0..<200 {
+            let held = packet(backend: 0, sequence: sequence, size: size)
+            let outcome = store.hold(held, backend: 0)
+            offered.append(held)
+            #expect(outcome.stored, "a packet that fits the budget is always stored (\(sequence))")
+            #expect(outcome.evictedBackend == (outcome.evictedLines > 0 ? 0 : -1))
+            dropped += outcome.evictedLines
+            #expect(budget.bytesReserved <= budget.totalBytes)
+        }
+        let lines = offered.reduce(0) { $0 + $1.lines }
+        #expect(store.heldLines + dropped == lines)
+        let replayed = store.replayAll(backend: 0)
+        #expect(!replayed.isEmpty && Array(offered.suffix(replayed.count)) == replayed)
+        // The budget is used: less than one packet and a chunk of it is left free.
+        #expect(replayed.reduce(0) { $0 + $1.bytes.count + 16 } + size + 2 * budget.chunkBytes >= budget.totalBytes)
+        #expect(budget.bytesReserved == 0)
+    }
+
     @Test("a backend that just failed takes room from the longest-held one in the same worker, not from nothing")
     func newOutageNotStarved() {
         let budget = unpacedBudget(total: 64 << 10)  // 16 chunks of 4 KiB
