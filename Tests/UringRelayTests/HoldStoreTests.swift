@@ -228,6 +228,49 @@ struct HoldStoreTests {
         #expect(retried.stored, "room returned by one worker is usable by another")
     }
 
+    @Test("a worker above its fair share gives chunks back, its oldest packets first, to one that claims them")
+    func fairShareGiveBack() {
+        let budget = unpacedBudget(total: 64 << 10, workers: 2)  // 16 chunks of 4 KiB, 8 each
+        var hog = HoldStore(backendCount: 1, budget: budget, packetBytes: largePackets)
+        var late = HoldStore(backendCount: 1, budget: budget, packetBytes: largePackets)
+        var hogOffered: [Held] = [], lateOffered: [Held] = []
+        var hogDropped = 0, lateDropped = 0
+        func account(_ outcome: HoldStore.Outcome, _ held: Held, own: inout Int) {
+            if !outcome.stored { own += held.lines }
+            own += outcome.evictedLines  // each store only ever evicts its own queue here
+        }
+        for sequence in 0..<100 {
+            let held = packet(backend: 0, sequence: sequence, size: 1_000)
+            hogOffered.append(held)
+            account(hog.hold(held, backend: 0), held, own: &hogDropped)
+        }
+        #expect(hog.bytesInUse == budget.totalBytes)
+        let first = packet(backend: 0, sequence: 1_000, size: 1_000)
+        lateOffered.append(first)
+        let refused = late.hold(first, backend: 0)
+        account(refused, first, own: &lateDropped)
+        #expect(!refused.stored && budget.pendingClaims == 1, "refused, and the claim is filed")
+        // Both keep holding; the hog gives back what the late worker claims until both hold their share.
+        for sequence in 0..<200 {
+            let forHog = packet(backend: 0, sequence: 100 + sequence, size: 1_000)
+            hogOffered.append(forHog)
+            account(hog.hold(forHog, backend: 0), forHog, own: &hogDropped)
+            let forLate = packet(backend: 0, sequence: 1_001 + sequence, size: 1_000)
+            lateOffered.append(forLate)
+            account(late.hold(forLate, backend: 0), forLate, own: &lateDropped)
+            #expect(budget.bytesReserved <= budget.totalBytes)
+        }
+        let share = budget.fairShareChunks * budget.chunkBytes
+        #expect(abs(hog.bytesInUse - share) <= budget.chunkBytes && abs(late.bytesInUse - share) <= budget.chunkBytes,
+                "\(hog.bytesInUse) and \(late.bytesInUse) bytes against a share of \(share)")
+        #expect(hog.heldLines + hogDropped == hogOffered.reduce(0) { $0 + $1.lines })
+        #expect(late.heldLines + lateDropped == lateOffered.reduce(0) { $0 + $1.lines })
+        let hogKept = hog.replayAll(backend: 0)
+        let lateKept = late.replayAll(backend: 0)
+        #expect(Array(hogOffered.suffix(hogKept.count)) == hogKept)
+        #expect(Array(lateOffered.suffix(lateKept.count)) == lateKept)
+    }
+
     @Test("a packet larger than the whole budget is refused with its own lines, nothing else lost", arguments: [0, 4_096])
     func neverFits(total: Int) {
         let budget = unpacedBudget(total: total)

@@ -8,6 +8,12 @@ import Synchronization
 /// when a store needs a new chunk (about once per `chunkBytes` of held packets), so the sum of
 /// every worker's held chunks never exceeds `totalBytes`, even for a moment.
 ///
+/// Sharing: a worker may use more than its fair share (`fairShareChunks`) while the others do not
+/// need it. A worker below its share that finds the budget exhausted files a claim; a worker above
+/// its share then stops taking new chunks and gives one chunk back (its oldest packets) for each
+/// claim, the next time it holds a packet. So the oldest packets of the relay go first, not the
+/// newest packets of a worker that came late.
+///
 /// Chunks are 64 KiB, or smaller for a small total (a 64th of it, at least a page), so that
 /// many backends and workers can hold at once even then:
 ///
@@ -27,7 +33,11 @@ public final class HoldBudget: Sendable {
     public let replayBytesPerSecond: Int
     /// How many workers share the budget and the rate.
     public let workers: Int
+    /// A worker's fair share of the chunks (at least one).
+    public let fairShareChunks: Int
     private let reservedChunks = Atomic<Int>(0)
+    /// Chunks wanted by workers below their fair share; at most one per worker.
+    private let claims = Atomic<Int>(0)
 
     /// The largest chunk, chosen so a packet never waits on more than one chunk's page faults.
     public static let largestChunkBytes = 64 << 10
@@ -42,6 +52,7 @@ public final class HoldBudget: Sendable {
         self.workers = workers
         chunkBytes = Self.chunkBytes(forTotal: totalBytes)
         chunkLimit = totalBytes / chunkBytes
+        fairShareChunks = max(1, chunkLimit / workers)
     }
 
     /// The chunk size for a total: a power of two, 64 KiB at most, a 64th of the total when that
@@ -77,4 +88,32 @@ public final class HoldBudget: Sendable {
         let previous = reservedChunks.subtract(1, ordering: .relaxed).oldValue
         precondition(previous > 0, "hold budget returned more chunks than it reserved")
     }
+
+    /// Whether a worker below its share is waiting for a chunk.
+    var hasClaims: Bool { claims.load(ordering: .relaxed) > 0 }
+
+    /// Files a claim for a chunk (a worker below its share found the budget exhausted); claims
+    /// beyond one per worker are not recorded.
+    func claim() {
+        var current = claims.load(ordering: .relaxed)
+        while current < workers {
+            let (exchanged, original) = claims.compareExchange(expected: current, desired: current + 1, ordering: .relaxed)
+            if exchanged { return }
+            current = original
+        }
+    }
+
+    /// Takes one claim to satisfy; `false` when there is none.
+    func takeClaim() -> Bool {
+        var current = claims.load(ordering: .relaxed)
+        while current > 0 {
+            let (exchanged, original) = claims.compareExchange(expected: current, desired: current - 1, ordering: .relaxed)
+            if exchanged { return true }
+            current = original
+        }
+        return false
+    }
+
+    /// Claims waiting (for tests and logs).
+    public var pendingClaims: Int { claims.load(ordering: .relaxed) }
 }

@@ -18,7 +18,8 @@ import RelayKernel
 /// returned as soon as the head has moved past it, so a drained queue holds nothing and its
 /// memory leaves the process. When the budget is exhausted, room is made by dropping the oldest
 /// packets of this worker's largest queue (this backend's own if it is among the largest), so a
-/// backend that has been down for long cannot starve one that just failed.
+/// backend that has been down for long cannot starve one that just failed; a worker above its
+/// fair share gives chunks back to workers below theirs (see `HoldBudget`).
 ///
 /// Order: while a backend's queue is not empty (`isHolding`), its live packets must be held
 /// behind it, not sent, so nothing newer overtakes what is held. Replay (`replayNext`) is paced
@@ -33,6 +34,8 @@ public struct HoldStore: ~Copyable {
         var headOffset = 0
         var tailChunk = -1
         var tailOffset = 0
+        /// The chunk where the newest entry starts.
+        var newestChunk = -1
         var chunks = 0
         var packets = 0
         var lines = 0
@@ -139,10 +142,13 @@ public struct HoldStore: ~Copyable {
             return outcome
         }
         while needed > room(of: backend) + spares.count * chunkBytes {
-            if let chunk = takeChunkFromBudget() {
+            // Above its share, a store leaves free chunks to the stores that claimed them.
+            let aboveShare = memory.mappedCount > budget.fairShareChunks
+            if !(aboveShare && budget.hasClaims), let chunk = takeChunkFromBudget() {
                 spares.append(chunk)
                 continue
             }
+            if memory.mappedCount < budget.fairShareChunks { budget.claim() }
             if outcome.evictedBackend < 0 {
                 // One victim per call keeps the outcome simple; it is taken only if emptying it
                 // would make room, so nothing is dropped for a packet that is refused anyway.
@@ -165,8 +171,23 @@ public struct HoldStore: ~Copyable {
         }
         append(packet, lines: lines, to: backend)
         releaseSpares()
+        if budget.hasClaims && memory.mappedCount > budget.fairShareChunks { giveBackChunk(&outcome, holding: backend) }
         assert(verifyInvariants())
         return outcome
+    }
+
+    /// Satisfies one claim of a store below its share: drops this store's oldest chunk of packets
+    /// (from this call's victim, or the largest queue) and returns the chunk to the budget.
+    private mutating func giveBackChunk(_ outcome: inout Outcome, holding backend: Int) {
+        guard let victim = outcome.evictedBackend >= 0 ? outcome.evictedBackend : largestQueue(preferring: backend),
+              queues[victim].packets > 0,
+              // Never the packet just stored: its queue gives back only chunks before it.
+              victim != backend || queues[victim].headChunk != queues[victim].newestChunk,
+              budget.takeClaim()
+        else { return }
+        outcome.evictedBackend = victim
+        outcome.evictedLines += dropHeadChunk(of: victim)
+        releaseSpares()
     }
 
     /// Room left in the tail chunk of `backend`'s queue.
@@ -225,6 +246,7 @@ public struct HoldStore: ~Copyable {
         extendTailIfFull(of: backend)
         let headerChunk = queues[backend].tailChunk
         let headerOffset = queues[backend].tailOffset
+        queues[backend].newestChunk = headerChunk
         memory.store(UInt32(size), into: headerChunk, at: headerOffset)
         memory.store(UInt32(lines), into: headerChunk, at: headerOffset + 4)
         queues[backend].tailOffset += Self.headerBytes
