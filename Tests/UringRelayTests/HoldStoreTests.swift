@@ -250,11 +250,14 @@ struct HoldStoreTests {
         let refused = late.hold(first, backend: 0)
         account(refused, first, own: &lateDropped)
         #expect(!refused.stored && budget.pendingClaims == 1, "refused, and the claim is filed")
-        // Both keep holding; the hog gives back what the late worker claims until both hold their share.
+        // Both keep holding, the hog three times as much; it gives back what the late worker claims,
+        // and does not take it again, until both hold their share.
         for sequence in 0..<200 {
-            let forHog = packet(backend: 0, sequence: 100 + sequence, size: 1_000)
-            hogOffered.append(forHog)
-            account(hog.hold(forHog, backend: 0), forHog, own: &hogDropped)
+            for turn in 0..<3 {
+                let forHog = packet(backend: 0, sequence: 100 + 3 * sequence + turn, size: 1_000)
+                hogOffered.append(forHog)
+                account(hog.hold(forHog, backend: 0), forHog, own: &hogDropped)
+            }
             let forLate = packet(backend: 0, sequence: 1_001 + sequence, size: 1_000)
             lateOffered.append(forLate)
             account(late.hold(forLate, backend: 0), forLate, own: &lateDropped)

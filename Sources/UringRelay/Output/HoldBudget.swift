@@ -10,9 +10,15 @@ import Synchronization
 ///
 /// Sharing: a worker may use more than its fair share (`fairShareChunks`) while the others do not
 /// need it. A worker below its share that finds the budget exhausted files a claim; a worker above
-/// its share then stops taking new chunks and gives one chunk back (its oldest packets) for each
-/// claim, the next time it holds a packet. So the oldest packets of the relay go first, not the
-/// newest packets of a worker that came late.
+/// its share then stops taking new chunks and, the next time it holds a packet, gives one chunk
+/// back (its oldest packets) for each claim. A chunk given back is set aside: only a worker below
+/// its share may take it. So the oldest packets of the relay go first, not the newest packets of a
+/// worker that came late. Set-aside chunks nobody takes (the claimant's backend recovered) stay
+/// unused; there are never more than `workers` of them, since a worker claims only when none is
+/// set aside.
+///
+/// Both counts live in one atomic word (reserved in the low 32 bits, set aside in the high 32)
+/// so that reserving, returning and setting aside are each one compare-and-swap.
 ///
 /// Chunks are 64 KiB, or smaller for a small total (a 64th of it, at least a page), so that
 /// many backends and workers can hold at once even then:
@@ -35,7 +41,9 @@ public final class HoldBudget: Sendable {
     public let workers: Int
     /// A worker's fair share of the chunks (at least one).
     public let fairShareChunks: Int
-    private let reservedChunks = Atomic<Int>(0)
+    /// Reserved chunks (low 32 bits) and chunks set aside for claimants (high 32 bits).
+    private let chunks = Atomic<Int>(0)
+    private static let asideUnit = 1 << 32
     /// Chunks wanted by workers below their fair share; at most one per worker.
     private let claims = Atomic<Int>(0)
 
@@ -69,31 +77,49 @@ public final class HoldBudget: Sendable {
     public var replayBytesPerSecondPerWorker: Int { max(1, replayBytesPerSecond / workers) }
 
     /// Bytes of chunks reserved by every store now.
-    public var bytesReserved: Int { reservedChunks.load(ordering: .relaxed) * chunkBytes }
+    public var bytesReserved: Int { (chunks.load(ordering: .relaxed) & (Self.asideUnit - 1)) * chunkBytes }
 
-    /// Reserves one chunk; `false` when the total is reached.
-    func reserveChunk() -> Bool {
-        var current = reservedChunks.load(ordering: .relaxed)
-        while current < chunkLimit {
-            let (exchanged, original) = reservedChunks.compareExchange(
-                expected: current, desired: current + 1, ordering: .relaxed)
+    /// Chunks given back for claimants and not yet taken.
+    public var chunksSetAside: Int { chunks.load(ordering: .relaxed) / Self.asideUnit }
+
+    /// Reserves one chunk; `false` when the total is reached. A store below its fair share may take
+    /// a chunk set aside; others only the chunks not set aside.
+    func reserveChunk(belowShare: Bool) -> Bool {
+        var current = chunks.load(ordering: .relaxed)
+        while true {
+            let reserved = current & (Self.asideUnit - 1)
+            let aside = current / Self.asideUnit
+            let desired: Int
+            if belowShare && aside > 0 {
+                desired = current - Self.asideUnit + 1
+            } else if reserved + aside < chunkLimit {
+                desired = current + 1
+            } else {
+                return false
+            }
+            let (exchanged, original) = chunks.compareExchange(expected: current, desired: desired, ordering: .relaxed)
             if exchanged { return true }
             current = original
         }
-        return false
     }
 
     /// Returns one reserved chunk.
     func returnChunk() {
-        let previous = reservedChunks.subtract(1, ordering: .relaxed).oldValue
-        precondition(previous > 0, "hold budget returned more chunks than it reserved")
+        let previous = chunks.subtract(1, ordering: .relaxed).oldValue
+        precondition(previous & (Self.asideUnit - 1) > 0, "hold budget returned more chunks than it reserved")
+    }
+
+    /// Returns one reserved chunk and sets it aside for a store below its share.
+    func setAsideChunk() {
+        let previous = chunks.add(Self.asideUnit - 1, ordering: .relaxed).oldValue
+        precondition(previous & (Self.asideUnit - 1) > 0, "hold budget set aside a chunk it had not reserved")
     }
 
     /// Whether a worker below its share is waiting for a chunk.
     var hasClaims: Bool { claims.load(ordering: .relaxed) > 0 }
 
-    /// Files a claim for a chunk (a worker below its share found the budget exhausted); claims
-    /// beyond one per worker are not recorded.
+    /// Files a claim for a chunk (a worker below its share found the budget exhausted and nothing
+    /// set aside); claims beyond one per worker are not recorded.
     func claim() {
         var current = claims.load(ordering: .relaxed)
         while current < workers {

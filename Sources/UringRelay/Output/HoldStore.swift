@@ -144,7 +144,7 @@ public struct HoldStore: ~Copyable {
         while needed > room(of: backend) + spares.count * chunkBytes {
             // Above its share, a store leaves free chunks to the stores that claimed them.
             let aboveShare = memory.mappedCount > budget.fairShareChunks
-            if !(aboveShare && budget.hasClaims), let chunk = takeChunkFromBudget() {
+            if !(aboveShare && budget.hasClaims), let chunk = takeChunkFromBudget(belowShare: memory.mappedCount < budget.fairShareChunks) {
                 spares.append(chunk)
                 continue
             }
@@ -187,6 +187,11 @@ public struct HoldStore: ~Copyable {
         else { return }
         outcome.evictedBackend = victim
         outcome.evictedLines += dropHeadChunk(of: victim)
+        // One chunk per claim is set aside; more (a long packet spanned several) go back as usual.
+        if let chunk = spares.popLast() {
+            memory.unmap(chunk)
+            budget.setAsideChunk()
+        }
         releaseSpares()
     }
 
@@ -200,8 +205,8 @@ public struct HoldStore: ~Copyable {
 
     /// A chunk reserved from the budget and mapped, or nil when the budget is exhausted (or the
     /// system refused the mapping, which is handled alike).
-    private mutating func takeChunkFromBudget() -> Int? {
-        guard budget.reserveChunk() else { return nil }
+    private mutating func takeChunkFromBudget(belowShare: Bool) -> Int? {
+        guard budget.reserveChunk(belowShare: belowShare) else { return nil }
         do throws(Errno) {
             let chunk = try memory.map()
             while nextChunk.count <= chunk { nextChunk.append(-1) }
