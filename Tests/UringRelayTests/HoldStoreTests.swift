@@ -274,6 +274,24 @@ struct HoldStoreTests {
         #expect(Array(lateOffered.suffix(lateKept.count)) == lateKept)
     }
 
+    @Test("giving a chunk back never drops the packet just stored: another backend's oldest go")
+    func giveBackSparesNewPacket() {
+        let budget = unpacedBudget(total: 64 << 10, workers: 2)  // 16 chunks of 4 KiB, 8 each
+        var hog = HoldStore(backendCount: 16, budget: budget, packetBytes: largePackets)
+        var late = HoldStore(backendCount: 1, budget: budget, packetBytes: largePackets)
+        for backend in 0..<16 { _ = hog.hold(packet(backend: backend, sequence: 0, size: 1_000), backend: backend) }
+        #expect(hog.bytesInUse == budget.totalBytes)
+        let refused = late.hold(packet(backend: 0, sequence: 0, size: 1_000), backend: 0)
+        #expect(!refused.stored && budget.pendingClaims == 1)
+        let fresh = packet(backend: 3, sequence: 1, size: 1_000)
+        let outcome = hog.hold(fresh, backend: 3)
+        #expect(outcome.stored && outcome.evictedBackend >= 0 && outcome.evictedBackend != 3)
+        #expect(outcome.evictedLines == packet(backend: outcome.evictedBackend, sequence: 0, size: 1_000).lines)
+        #expect(hog.replayAll(backend: 3) == [packet(backend: 3, sequence: 0, size: 1_000), fresh])
+        let retried = late.hold(packet(backend: 0, sequence: 1, size: 1_000), backend: 0)
+        #expect(retried.stored, "the chunk given back went to the claimant")
+    }
+
     @Test("a packet larger than the whole budget is refused with its own lines, nothing else lost", arguments: [0, 4_096])
     func neverFits(total: Int) {
         let budget = unpacedBudget(total: total)

@@ -142,9 +142,7 @@ public struct HoldStore: ~Copyable {
             return outcome
         }
         while needed > room(of: backend) + spares.count * chunkBytes {
-            // Above its share, a store leaves free chunks to the stores that claimed them.
-            let aboveShare = memory.mappedCount > budget.fairShareChunks
-            if !(aboveShare && budget.hasClaims), let chunk = takeChunkFromBudget(belowShare: memory.mappedCount < budget.fairShareChunks) {
+            if let chunk = takeChunkFromBudget(belowShare: memory.mappedCount < budget.fairShareChunks) {
                 spares.append(chunk)
                 continue
             }
@@ -179,12 +177,12 @@ public struct HoldStore: ~Copyable {
     /// Satisfies one claim of a store below its share: drops this store's oldest chunk of packets
     /// (from this call's victim, or the largest queue) and returns the chunk to the budget.
     private mutating func giveBackChunk(_ outcome: inout Outcome, holding backend: Int) {
-        guard let victim = outcome.evictedBackend >= 0 ? outcome.evictedBackend : largestQueue(preferring: backend),
-              queues[victim].packets > 0,
-              // Never the packet just stored: its queue gives back only chunks before it.
-              victim != backend || queues[victim].headChunk != queues[victim].newestChunk,
-              budget.takeClaim()
-        else { return }
+        // Never the packet just stored: its queue gives back only chunks before the one it starts in.
+        let backendEligible = queues[backend].headChunk != queues[backend].newestChunk
+        let victim = outcome.evictedBackend >= 0
+            ? outcome.evictedBackend
+            : largestQueue(preferring: backend, excluding: backendEligible ? -1 : backend)
+        guard let victim, queues[victim].packets > 0, victim != backend || backendEligible, budget.takeClaim() else { return }
         outcome.evictedBackend = victim
         outcome.evictedLines += dropHeadChunk(of: victim)
         // One chunk per claim is set aside; more (a long packet spanned several) go back as usual.
@@ -219,10 +217,10 @@ public struct HoldStore: ~Copyable {
     }
 
     /// The queue with the most chunks, `preferred` among equals; nil when none holds a chunk.
-    private func largestQueue(preferring preferred: Int) -> Int? {
-        var best = queues[preferred].chunks > 0 ? preferred : -1
-        var most = queues[preferred].chunks
-        for backend in queues.indices where queues[backend].chunks > most {
+    private func largestQueue(preferring preferred: Int, excluding excluded: Int = -1) -> Int? {
+        var best = queues[preferred].chunks > 0 && preferred != excluded ? preferred : -1
+        var most = best < 0 ? 0 : queues[preferred].chunks
+        for backend in queues.indices where queues[backend].chunks > most && backend != excluded {
             best = backend
             most = queues[backend].chunks
         }
