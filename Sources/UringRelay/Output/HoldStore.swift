@@ -199,7 +199,7 @@ public struct HoldStore: ~Copyable {
     }
 
     /// Bytes an entry takes: the header and the packet, rounded up to 8.
-    private static func entryBytes(_ size: Int) -> Int { headerBytes + (size + 7) & ~7 }
+    private static func entryBytes(_ size: Int) -> Int { headerBytes + ((size + 7) & ~7) }
 
     /// A chunk reserved from the budget and mapped, or nil when the budget is exhausted (or the
     /// system refused the mapping, which is handled alike).
