@@ -58,8 +58,17 @@ public struct RelayConfiguration: Sendable, Equatable {
     public var healthFall = 3
     /// What happens to a down backend's metrics (`--on-backend-down`).
     public var onBackendDown: DownPolicy = .rehash
-    /// Bytes of batches held per backend per worker under `hold` (`--hold-bytes`).
-    public var holdBytes = 4 << 20
+    /// Bytes of batches held under `hold` for the whole relay, every backend and worker together
+    /// (`--hold-bytes`). 64 MiB keeps about a minute of a busy backend's traffic (1 MB/s: ~30k
+    /// lines/s), enough for a restart or deploy, at a cost no host notices; it is reserved in
+    /// chunks as packets are held and returned as they drain, so a healthy relay holds nothing.
+    public var holdBytes = 64 << 20
+    /// Bytes per second replayed to a recovering backend, for the whole relay (`--replay-rate`).
+    /// Live lines queue behind the replay, so this bounds everything the backend receives until
+    /// its queue drains. 1 MiB/s is ~750 full packets or 20-30k lines a second, within what a
+    /// recovering etsy statsd (one Node.js thread) takes, and a 208 KiB socket buffer (~90
+    /// packets) gives it over 100 ms of slack at that rate.
+    public var replayBytesPerSecond = 1 << 20
     /// How often backends given by name are resolved again (`--dns-refresh`).
     public var dnsRefreshNanoseconds: UInt64 = 30_000_000_000
 
@@ -121,8 +130,12 @@ public struct RelayConfiguration: Sendable, Equatable {
         if !(1...100).contains(healthFall) {
             throw ConfigurationError(argument: "--health-fall", value: "\(healthFall)", reason: "must be 1-100")
         }
-        if holdBytes < 0 || holdBytes > 1 << 30 {
-            throw ConfigurationError(argument: "--hold-bytes", value: "\(holdBytes)", reason: "must be 0 to 1 GiB")
+        if holdBytes < 0 || holdBytes > 2 << 30 {
+            throw ConfigurationError(argument: "--hold-bytes", value: "\(holdBytes)", reason: "must be 0 to 2 GiB")
+        }
+        if replayBytesPerSecond < 1 << 10 || replayBytesPerSecond > 1 << 30 {
+            throw ConfigurationError(
+                argument: "--replay-rate", value: "\(replayBytesPerSecond)", reason: "must be 1K to 1G bytes per second")
         }
         if shutdownTimeoutNanoseconds < 10_000_000 || shutdownTimeoutNanoseconds > 60_000_000_000 {
             throw ConfigurationError(
