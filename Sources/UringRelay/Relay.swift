@@ -37,6 +37,8 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     /// Why the io_uring driver is not used, when it is not.
     public private(set) var driverReason: String?
     private let uringProbe: UringProbe
+    /// The budget every worker's held packets share.
+    private let holdBudget: HoldBudget
 
     /// Validates `configuration` and resolves every backend.
     ///
@@ -58,6 +60,9 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         self.backendAddresses = resolved
         self.logger = logger
         self.uringProbe = uringProbe
+        holdBudget = HoldBudget(
+            totalBytes: configuration.holdBytes, replayBytesPerSecond: configuration.replayBytesPerSecond,
+            workers: configuration.threads)
         routing = RoutingState(pool: BackendPool(backends: configuration.backends, addresses: resolved, policy: configuration.onBackendDown))
         monitor = try HealthMonitor(configuration: configuration, routing: routing, logger: logger, resolver: resolver)
     }
@@ -90,7 +95,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             // stray SO_REUSEPORT socket, on the port would take a share of the traffic unseen.
             try UDPSocket.probeExclusive(listen)
         }
-        let probeSettings = WorkerSettings(configuration: config, listeners: [listen], routing: routing)
+        let probeSettings = WorkerSettings(configuration: config, listeners: [listen], routing: routing, holdBudget: holdBudget)
         switch config.ioBackend {
         case .portable:
             driver = .portable
@@ -144,7 +149,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         let cpus = config.cpus ?? WorkerThread.allowedCPUs
         var firstFacts: WorkerFacts?
         for index in 0..<config.threads {
-            let settings = WorkerSettings(configuration: config, listeners: [listen], routing: routing)
+            let settings = WorkerSettings(configuration: config, listeners: [listen], routing: routing, holdBudget: holdBudget)
             let board = settings.board
             let wakeup: WakeupEvent
             do throws(Errno) { wakeup = try WakeupEvent() } catch {

@@ -29,8 +29,11 @@ struct HealthOptions: ParsableArguments {
         valueName: "policy"))
     var onBackendDown: DownPolicy = .rehash
 
-    @Option(name: .customLong("hold-bytes"), help: "Bytes held per backend per worker under 'hold' (K/M/G allowed); past it the oldest are dropped.")
-    var holdBytes = "4M"
+    @Option(name: .customLong("hold-bytes"), help: "Bytes held under 'hold' for the whole relay, every backend and worker together (K/M/G allowed); past it the oldest are dropped and counted.")
+    var holdBytes = "64M"
+
+    @Option(name: .customLong("replay-rate"), help: "Bytes per second replayed to a backend that is back, for the whole relay (K/M/G allowed); its new lines queue behind the replay.")
+    var replayRate = "1M"
 
     @Option(name: .customLong("dns-refresh"), help: "How often backends given by name are resolved again.")
     var dnsRefresh = "30s"
@@ -50,6 +53,7 @@ struct HealthOptions: ParsableArguments {
         configuration.healthFall = fall
         configuration.onBackendDown = onBackendDown
         configuration.holdBytes = try ByteSizeParser.bytes(holdBytes, argument: "--hold-bytes")
+        configuration.replayBytesPerSecond = try ByteSizeParser.bytes(replayRate, argument: "--replay-rate")
         configuration.dnsRefreshNanoseconds = try DurationParser.nanoseconds(dnsRefresh, argument: "--dns-refresh")
     }
 }

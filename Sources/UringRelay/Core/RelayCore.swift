@@ -46,15 +46,14 @@ public struct RelayCore: ~Copyable {
     public private(set) var stopDeadline = UInt64.max
     private var drainDeadline = UInt64.max
     private var stopRequested = false
-    private var holds: [HoldBuffer]
+    private var holds: HoldStore
+    /// Slots of replayed packets, sent before any ready batch: they must not be held again.
+    private var replayed: [Int32]
+    private var replayedHead = 0
     private var identities: [String]
     private var appliedGeneration: UInt64
     private var nextPublish: UInt64
     private let settings: WorkerSettings
-
-    /// Held packets queued again per turn once a backend is back, so a replay never starves
-    /// live traffic of send slots.
-    private static let replayPerTurn = 64
 
     /// A core routing by `settings.routing`'s current pool.
     ///
@@ -66,7 +65,9 @@ public struct RelayCore: ~Copyable {
         identities = pool.identities
         appliedGeneration = pool.generation
         processor = try Self.makeProcessor(for: pool, settings: settings, counters: RelayCounters(backends: pool.identities))
-        holds = pool.backends.map { _ in HoldBuffer(capacity: settings.holdBytes) }
+        holds = HoldStore(backendCount: pool.count, budget: settings.holdBudget, packetBytes: settings.packetBytes)
+        replayed = []
+        replayed.reserveCapacity(processor.assembler.pool.capacity)
         nextPublish = MonotonicClock.nanoseconds() &+ CounterBoard.publishIntervalNanoseconds
     }
 
@@ -188,7 +189,7 @@ public struct RelayCore: ~Copyable {
             // Lines from receives that completed while receiving was being stopped go out too.
             processor.assembler.closeAll()
         }
-        replayHeld()
+        replayHeld(now: now)
         if now >= nextPublish {
             settings.board.publish(processor.counters)
             nextPublish = now &+ CounterBoard.publishIntervalNanoseconds
@@ -196,13 +197,24 @@ public struct RelayCore: ~Copyable {
         return action
     }
 
-    /// The next ready packet to send: its send-buffer slot and backend index. Packets for a
-    /// backend that is down under the `hold` policy are held instead and never handed out.
+    /// The next packet to send: its send-buffer slot and backend index. Replayed packets go
+    /// first. Under the `hold` policy a packet for a backend that is down, or whose held packets
+    /// are still being replayed (nothing newer may overtake them), is held instead.
     @inline(__always)
     public mutating func nextOutgoing() -> (slot: Int, backend: Int)? {
+        if replayedHead < replayed.count {
+            let slot = Int(replayed[replayedHead])
+            replayedHead += 1
+            if replayedHead == replayed.count {
+                replayed.removeAll(keepingCapacity: true)
+                replayedHead = 0
+            }
+            return (slot, processor.assembler.pool.backend(of: slot))
+        }
         while let slot = processor.assembler.nextReady() {
             let backend = processor.assembler.pool.backend(of: slot)
-            if processor.router.downCount > 0 && processor.router.policy == .hold && processor.router.down[backend] {
+            if processor.router.policy == .hold && (processor.router.downCount > 0 || holds.heldPackets > 0)
+                && (processor.router.down[backend] || holds.isHolding(backend)) {
                 hold(slot, for: backend)
                 continue
             }
@@ -211,9 +223,15 @@ public struct RelayCore: ~Copyable {
         return nil
     }
 
-    /// When the core next needs a turn without any I/O (a batch's flush deadline), if ever.
+    /// When the core next needs a turn without any I/O (a batch's flush deadline, the next
+    /// paced replay), if ever.
     public func nextDeadline() -> UInt64? {
-        processor.assembler.nextDeadline(interval: settings.flushIntervalNanoseconds)
+        let flush = processor.assembler.nextDeadline(interval: settings.flushIntervalNanoseconds)
+        guard processor.router.policy == .hold, holds.heldPackets > 0 else { return flush }
+        let router = processor.router
+        let replay = holds.nextReplayTime(now: MonotonicClock.nanoseconds(), isReplaying: { !router.down[$0] })
+        guard let replay else { return flush }
+        return flush.map { min($0, replay) } ?? replay
     }
 
     /// Whether batches are open or ready to send.
@@ -240,14 +258,6 @@ public struct RelayCore: ~Copyable {
         var counters = processor.counters
         let positions = pool.positions(in: next)
         counters.rekey(to: next.identities)
-        var moved = next.backends.map { _ in HoldBuffer(capacity: settings.holdBytes) }
-        for (old, position) in positions.enumerated() where !holds[old].isEmpty {
-            if let position {
-                swap(&moved[position], &holds[old])
-            } else {
-                counters[.linesDroppedBackendRemoved] &+= UInt64(holds[old].lines)
-            }
-        }
         let replacement: DatagramProcessor
         do {
             replacement = try Self.makeProcessor(for: next, settings: settings, counters: counters)
@@ -257,7 +267,9 @@ public struct RelayCore: ~Copyable {
         }
         pendingPool = nil
         processor = replacement
-        holds = moved
+        // Held packets follow their backend; a removed backend's are dropped and counted.
+        let removedLines = holds.remap(positions, newCount: next.count)
+        processor.counters[.linesDroppedBackendRemoved] &+= UInt64(removedLines)
         pool = next
         identities = next.identities
         processor.counters[.poolChanges] &+= 1
@@ -282,9 +294,7 @@ public struct RelayCore: ~Copyable {
         if sendsInFlight > 0 || processor.assembler.hasPendingBatches {
             processor.counters[.linesUnconfirmedAtExit] &+= UInt64(processor.assembler.pool.linesInUse)
         }
-        for backend in holds.indices where !holds[backend].isEmpty {
-            processor.counters[.linesDroppedHeldAtExit] &+= UInt64(holds[backend].lines)
-        }
+        processor.counters[.linesDroppedHeldAtExit] &+= UInt64(holds.heldLines)
         settings.board.publish(processor.counters)
         return processor.counters
     }
@@ -319,34 +329,30 @@ public struct RelayCore: ~Copyable {
 
     private mutating func hold(_ slot: Int, for backend: Int) {
         let lines = processor.assembler.pool.lineCount(of: slot)
-        let (stored, dropped) = processor.assembler.pool.withBytes(ofSlot: slot) { bytes in
-            holds[backend].push(bytes, lines: lines)
+        let outcome = processor.assembler.pool.withBytes(ofSlot: slot) { bytes in
+            holds.hold(bytes, lines: lines, backend: backend)
         }
         _ = processor.assembler.completeSend(slot)
-        if stored {
+        if outcome.stored {
             processor.counters[.linesHeld, backend: backend] &+= UInt64(lines)
+        } else {
+            processor.counters[.linesDroppedHoldOverflow, backend: backend] &+= UInt64(lines)
         }
-        if dropped > 0 {
-            processor.counters[.linesDroppedHoldOverflow, backend: backend] &+= UInt64(dropped)
+        if outcome.evictedLines > 0 {
+            processor.counters[.linesDroppedHoldOverflow, backend: outcome.evictedBackend] &+= UInt64(outcome.evictedLines)
         }
     }
 
-    /// Queues held packets again for backends that are back up, a bounded number per turn.
-    private mutating func replayHeld() {
-        guard processor.router.policy == .hold, pendingPool == nil else { return }
-        for backend in holds.indices where !holds[backend].isEmpty && !processor.router.down[backend] {
-            var budget = Self.replayPerTurn
-            while budget > 0, processor.assembler.pool.freeCount > 2 * processor.assembler.reserveSlots,
-                  let lines = processor.assembler.replay(from: &holds[backend], to: backend) {
+    /// Puts held packets back on the wire for backends that are up, oldest first, as fast as
+    /// the replay pace allows, ahead of any newer packet for them.
+    private mutating func replayHeld(now: UInt64) {
+        guard processor.router.policy == .hold, holds.heldPackets > 0, pendingPool == nil else { return }
+        for backend in 0..<holds.backendCount where holds.isHolding(backend) && !processor.router.down[backend] {
+            while processor.assembler.pool.freeCount > 2 * processor.assembler.reserveSlots,
+                  let (slot, lines) = processor.assembler.replay(from: &holds, backend: backend, now: now) {
+                replayed.append(Int32(slot))
                 processor.counters[.linesReplayed, backend: backend] &+= UInt64(lines)
-                budget -= 1
             }
         }
-    }
-
-    /// Whether held packets wait for a backend that is up (the driver keeps turning for them).
-    public var hasReplayPending: Bool {
-        guard processor.router.policy == .hold else { return false }
-        return holds.indices.contains { !holds[$0].isEmpty && !processor.router.down[$0] }
     }
 }

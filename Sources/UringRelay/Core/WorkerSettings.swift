@@ -25,15 +25,18 @@ public struct WorkerSettings: Sendable {
     /// The longest a stopping worker keeps receiving while clients keep sending; the rest of
     /// the stop budget is left for the final sends.
     public var drainBudgetNanoseconds: UInt64
-    /// `--hold-bytes`: held packets per backend under the `hold` policy.
-    public var holdBytes: Int
+    /// The relay-wide budget for held packets (`--hold-bytes`) and the replay pace
+    /// (`--replay-rate`), shared by every worker.
+    public var holdBudget: HoldBudget
     /// The backend pool in force and its updates.
     public var routing: RoutingState
     /// Where the worker publishes its live counters.
     public var board = CounterBoard()
 
-    /// Settings for one worker of `configuration`.
-    public init(configuration: RelayConfiguration, listeners: [SocketAddress], routing: RoutingState) {
+    /// Settings for one worker of `configuration`, sharing `holdBudget` with the other workers.
+    public init(
+        configuration: RelayConfiguration, listeners: [SocketAddress], routing: RoutingState, holdBudget: HoldBudget
+    ) {
         self.listeners = listeners
         packetBytes = configuration.packetBytes
         flushIntervalNanoseconds = configuration.flushIntervalNanoseconds
@@ -43,7 +46,7 @@ public struct WorkerSettings: Sendable {
         minimumWaitMicroseconds = configuration.minimumWaitMicroseconds
         stopBudgetNanoseconds = configuration.shutdownTimeoutNanoseconds
         drainBudgetNanoseconds = configuration.shutdownTimeoutNanoseconds / 3 * 2
-        holdBytes = configuration.holdBytes
+        self.holdBudget = holdBudget
         self.routing = routing
     }
 }

@@ -173,7 +173,7 @@ public struct IOUringDriver: ~Copyable {
         let minimumWait = settings.minimumWaitMicroseconds
         switch core.phase {
         case .running:
-            if !queue.isEmpty || core.pendingPool != nil || core.hasReplayPending {
+            if !queue.isEmpty || core.pendingPool != nil {
                 // Waiting for sends to free slots; the flush deadline still bounds the wait.
                 return (1, min(flushDue ?? settings.flushIntervalNanoseconds, 1_000_000), 0)
             }

@@ -131,13 +131,13 @@ public struct PortableDriver: ~Copyable {
         drops.wasRead(now: now)
     }
 
-    /// How long the next wait may last: until the next flush deadline, briefly while held
-    /// packets are being replayed or the stop is draining.
+    /// How long the next wait may last: until the next flush deadline, paced replay or
+    /// confirmation; briefly while the stop is draining.
     private func waitTimeout(now: UInt64) -> UInt64 {
         var timeout = earliest(core.nextDeadline(), connections.nextConfirmation).map { $0 > now ? $0 - now : 0 } ?? Self.idleWaitNanoseconds
         switch core.phase {
         case .running:
-            if core.hasReplayPending { timeout = min(timeout, 1_000_000) }
+            break  // the next paced replay is among the core's deadlines
         case .draining:
             timeout = min(timeout, 1_000_000)
         case .flushing:

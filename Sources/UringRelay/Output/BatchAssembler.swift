@@ -148,18 +148,18 @@ public struct BatchAssembler: ~Copyable {
         return carried
     }
 
-    /// Queues the oldest packet of `hold` to be sent to `backend` again.
-    ///
-    /// - Returns: its line count, or `nil` if `hold` is empty or no slot is free.
-    public mutating func replay(from hold: inout HoldBuffer, to backend: Int) -> Int? {
-        guard let length = hold.oldestLength, length <= pool.slotBytes, let slot = pool.acquire(for: backend) else { return nil }
-        guard let lines = hold.popOldest({ piece in pool.appendPacked(piece, to: slot) }) else {
+    /// Copies the oldest held packet of `backend` into a fresh slot, if the replay pace allows
+    /// it now, and returns the slot (for the caller to send at once, not through the ready
+    /// queue) and its line count.
+    public mutating func replay(from holds: inout HoldStore, backend: Int, now: UInt64) -> (slot: Int, lines: Int)? {
+        guard let length = holds.replayableLength(of: backend, now: now), length <= pool.slotBytes,
+              let slot = pool.acquire(for: backend) else { return nil }
+        guard let lines = holds.replayNext(backend: backend, now: now, { piece in pool.appendPacked(piece, to: slot) }) else {
             pool.release(slot)
             return nil
         }
         pool.addLines(lines, to: slot)
-        enqueue(Int32(slot))
-        return lines
+        return (slot, lines)
     }
 
     /// Leaves the pool's memory mapped after destruction (see `SendBufferPool`).
