@@ -1,3 +1,4 @@
+import CLiburing
 import Glibc
 
 /// Equal-sized chunks of anonymous memory, each its own `mmap(2)`, named by small integer ids.

@@ -91,7 +91,7 @@ func relayDatagrams(_ processor: inout DatagramProcessor, _ datagram: RawSpan, c
         processor.relay(datagram: datagram, now: 1)
         while let slot = processor.assembler.nextReady() {
             let length = processor.assembler.pool.length(of: slot)
-            processor.sendCompleted(slot: slot, result: Int32(length))
+            _ = processor.sendCompleted(slot: slot, result: Int32(length))
         }
     }
 }
@@ -111,7 +111,7 @@ func relayPool(
             processor.relay(datagram: UnsafeRawBufferPointer(rebasing: buffer[..<datagram.count]).bytes, now: 1)
             while let slot = processor.assembler.nextReady() {
                 let length = processor.assembler.pool.length(of: slot)
-                processor.sendCompleted(slot: slot, result: Int32(length))
+                _ = processor.sendCompleted(slot: slot, result: Int32(length))
             }
             index = index + 1 == pool.count ? 0 : index + 1
         }
