@@ -4,6 +4,11 @@ import PackageDescription
 /// Warnings are errors in our own targets only; dependencies keep their own settings.
 let strict: [SwiftSetting] = [.treatAllWarnings(as: .error)]
 
+/// The per-line path crosses from UringRelay into RelayKernel (send-buffer appends, buffer
+/// views): release builds optimise across the module boundary so those calls inline and
+/// specialise as they did when both were one module.
+let crossModule: [SwiftSetting] = [.unsafeFlags(["-cross-module-optimization"], .when(configuration: .release))]
+
 let package = Package(
     name: "statsrelay",
     platforms: [.macOS(.v15)],
@@ -31,7 +36,7 @@ let package = Package(
                 "CLiburing",
                 .product(name: "BasicContainers", package: "swift-collections"),
             ],
-            swiftSettings: strict
+            swiftSettings: strict + crossModule
         ),
         .target(
             name: "UringRelay",
