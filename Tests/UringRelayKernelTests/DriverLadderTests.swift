@@ -153,9 +153,9 @@ struct DriverLadderTests {
 
     /// Runs a child relay under `launcher` on one backend; cancels the test when the launcher
     /// itself could not apply the restriction.
-    private func launch(_ launcher: RelayLauncher, _ extra: [String], backend: TestBackend) throws -> LaunchedRelay {
+    private func launch(_ launcher: RelayLauncher, _ extra: [String], backend: TestBackend) throws -> RelayProcess {
         let python = try RelayLauncher.requirePython()
-        let child = try LaunchedRelay(launcher, python: python, ["--bind", "127.0.0.1", "--port", "0"] + extra + [backend.spec])
+        let child = try RelayProcess(launcher: launcher.command(python: python), ["--bind", "127.0.0.1", "--port", "0"] + extra + [backend.spec])
         _ = child.waitForLog("listening on ")
         if !child.process.isRunning, child.waitForExit() == 3, child.standardError.contains("launcher: ") {
             try Test.cancel(Comment(rawValue: "cannot restrict the child: \(child.standardError)"))

@@ -140,10 +140,20 @@ final class RelayProcess: @unchecked Sendable {  // the log buffer is guarded by
     private let stdoutPipe = Pipe()
     private let stderrPipe = Pipe()
 
-    /// Starts `statsrelay` with `arguments`, on `driver` when given (`--io-backend`).
-    init(driver: IOBackendChoice? = nil, _ arguments: [String]) throws {
-        process.executableURL = statsrelayExecutable
-        process.arguments = (driver.map { ["--io-backend", $0.rawValue] } ?? []) + arguments
+    private let reaped = Atomic<Bool>(false)
+
+    /// Starts `statsrelay` with `arguments`, on `driver` when given (`--io-backend`), under
+    /// `launcher` when given (a command that ends by executing its last arguments, e.g. one that
+    /// restricts the child first: see `RelayLauncher`).
+    init(driver: IOBackendChoice? = nil, launcher: [String] = [], _ arguments: [String]) throws {
+        let relayArguments = (driver.map { ["--io-backend", $0.rawValue] } ?? []) + arguments
+        if let program = launcher.first {
+            process.executableURL = URL(fileURLWithPath: program)
+            process.arguments = Array(launcher.dropFirst()) + [statsrelayExecutable.path] + relayArguments
+        } else {
+            process.executableURL = statsrelayExecutable
+            process.arguments = relayArguments
+        }
         process.standardOutput = stdoutPipe
         process.standardError = stderrPipe
         stderrPipe.fileHandleForReading.readabilityHandler = { [log, logChanged] handle in
@@ -159,14 +169,22 @@ final class RelayProcess: @unchecked Sendable {  // the log buffer is guarded by
     /// Everything written to standard error so far.
     var standardError: String { log.withLock { $0 } }
 
-    /// Waits until standard error contains `text`, at most `seconds`.
+    /// Waits until standard error contains `text` or the process exits, at most `seconds`.
     @discardableResult
     func waitForLog(_ text: String, seconds: Double = 20) -> Bool {
         let deadline = DispatchTime.now() + seconds
         while !standardError.contains(text) {
-            if logChanged.wait(timeout: deadline) == .timedOut { return standardError.contains(text) }
+            if !process.isRunning { return standardError.contains(text) }
+            if logChanged.wait(timeout: min(deadline, .now() + 0.1)) == .timedOut && DispatchTime.now() >= deadline {
+                return standardError.contains(text)
+            }
         }
         return true
+    }
+
+    /// The first standard-error line containing `text`.
+    func logLine(containing text: String) -> String? {
+        standardError.split(separator: "\n").first { $0.contains(text) }.map(String.init)
     }
 
     /// The port from the `listening on HOST:PORT` start-up line.
@@ -207,7 +225,9 @@ final class RelayProcess: @unchecked Sendable {  // the log buffer is guarded by
     }
 
     /// Waits for the process to exit, at most `seconds` (then kills it), and returns its status.
+    /// Later calls return the same status at once.
     func waitForExit(seconds: Double = 10) -> Int32? {
+        if reaped.load(ordering: .acquiring) { return process.terminationStatus }
         if exited.wait(timeout: .now() + seconds) == .timedOut {
             kill(process.processIdentifier, SIGKILL)
             return nil
@@ -216,6 +236,7 @@ final class RelayProcess: @unchecked Sendable {  // the log buffer is guarded by
         stderrPipe.fileHandleForReading.readabilityHandler = nil
         let rest = stderrPipe.fileHandleForReading.readDataToEndOfFile()
         log.withLock { $0 += String(decoding: rest, as: UTF8.self) }
+        reaped.store(true, ordering: .releasing)
         return process.terminationStatus
     }
 

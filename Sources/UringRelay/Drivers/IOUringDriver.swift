@@ -54,15 +54,10 @@ public struct IOUringDriver: ~Copyable {
         do throws(Errno) {
             buffers = try ProvidedBufferRing(ring: ring, groupID: 0, count: bufferCount, payloadBytes: settings.maxDatagramBytes)
         } catch { throw SystemCallError("io_uring_register_buf_ring", "\(bufferCount) buffers", error) }
-        var listeners = RigidArray<UDPSocket>(capacity: settings.listeners.count)
-        for address in settings.listeners {
-            listeners.append(try UDPSocket.bound(to: address, reusePort: true, receiveBufferBytes: settings.receiveBufferBytes))
-        }
+        let listeners = try WorkerSetup.listeners(settings)
         let pool = core.pool
         let connections = try BackendConnections(pool: pool)
-        do throws(Errno) { poolChanged = try settings.routing.subscribe() } catch {
-            throw SystemCallError("eventfd", "routing updates", error)
-        }
+        poolChanged = try WorkerSetup.poolEvents(settings)
         self.connections = connections
         self.settings = settings
         self.wakeup = wakeup
@@ -77,10 +72,8 @@ public struct IOUringDriver: ~Copyable {
 
     /// The facts worth logging once at start-up.
     public var facts: WorkerFacts {
-        var bound: [SocketAddress] = []
-        for index in listeners.indices { bound.append(listeners[index].localAddress) }
-        return WorkerFacts(
-            driver: .uring, listeners: bound, receiveBufferBytes: listeners[0].receiveBufferBytes,
+        WorkerFacts(
+            driver: .uring, listeners: WorkerSetup.boundAddresses(listeners), receiveBufferBytes: listeners[0].receiveBufferBytes,
             ringFlags: ring.setupFlagNames, minimumWait: ring.supportsMinimumWait,
             receiveBuffers: buffers.count, receiveBufferSize: buffers.bufferBytes,
             sendSlots: core.sendBuffers.capacity)

@@ -43,17 +43,11 @@ public struct PortableDriver: ~Copyable {
         do throws(Errno) {
             batch = try DatagramBatch(count: min(settings.receiveBuffers, 256), payloadBytes: settings.maxDatagramBytes)
         } catch { throw SystemCallError("mmap", "receive buffers", error) }
-        var listeners = RigidArray<UDPSocket>(capacity: settings.listeners.count)
-        for address in settings.listeners {
-            listeners.append(try UDPSocket.bound(to: address, reusePort: true, receiveBufferBytes: settings.receiveBufferBytes))
-        }
+        let listeners = try WorkerSetup.listeners(settings)
         let pool = core.pool
         let connections = try BackendConnections(pool: pool)
-        do throws(Errno) { poolChanged = try settings.routing.subscribe() } catch {
-            throw SystemCallError("eventfd", "routing updates", error)
-        }
-        var descriptors: [Int32] = []
-        for index in listeners.indices { descriptors.append(PollSet.descriptor(of: listeners[index])) }
+        poolChanged = try WorkerSetup.poolEvents(settings)
+        var descriptors = WorkerSetup.descriptors(listeners)
         listenerDescriptors = descriptors
         descriptors.append(PollSet.descriptor(of: wakeup))
         descriptors.append(PollSet.descriptor(of: poolChanged))
@@ -70,10 +64,8 @@ public struct PortableDriver: ~Copyable {
 
     /// The facts worth logging once at start-up.
     public var facts: WorkerFacts {
-        var bound: [SocketAddress] = []
-        for index in listeners.indices { bound.append(listeners[index].localAddress) }
-        return WorkerFacts(
-            driver: .portable, listeners: bound, receiveBufferBytes: listeners[0].receiveBufferBytes,
+        WorkerFacts(
+            driver: .portable, listeners: WorkerSetup.boundAddresses(listeners), receiveBufferBytes: listeners[0].receiveBufferBytes,
             ringFlags: [], minimumWait: false, receiveBuffers: batch.count, receiveBufferSize: batch.payloadBytes,
             sendSlots: core.sendBuffers.capacity)
     }

@@ -1,0 +1,36 @@
+import BasicContainers
+import RelayKernel
+
+/// The parts of a worker's start-up both drivers share.
+enum WorkerSetup {
+    /// Binds every listener of `settings` with `SO_REUSEPORT` (other workers join the same
+    /// addresses), in listener-id order.
+    static func listeners(_ settings: WorkerSettings) throws(SystemCallError) -> RigidArray<UDPSocket> {
+        var listeners = RigidArray<UDPSocket>(capacity: settings.listeners.count)
+        for address in settings.listeners {
+            listeners.append(try UDPSocket.bound(to: address, reusePort: true, receiveBufferBytes: settings.receiveBufferBytes))
+        }
+        return listeners
+    }
+
+    /// An event signalled whenever a new backend pool is published.
+    static func poolEvents(_ settings: WorkerSettings) throws(SystemCallError) -> WakeupEvent {
+        do throws(Errno) { return try settings.routing.subscribe() } catch {
+            throw SystemCallError("eventfd", "routing updates", error)
+        }
+    }
+
+    /// The listeners' descriptors, in listener-id order (for `ppoll` and `recvmmsg`).
+    static func descriptors(_ listeners: borrowing RigidArray<UDPSocket>) -> [Int32] {
+        var descriptors: [Int32] = []
+        for index in listeners.indices { descriptors.append(PollSet.descriptor(of: listeners[index])) }
+        return descriptors
+    }
+
+    /// The addresses the listeners are bound to (with the ports the kernel chose for port 0).
+    static func boundAddresses(_ listeners: borrowing RigidArray<UDPSocket>) -> [SocketAddress] {
+        var bound: [SocketAddress] = []
+        for index in listeners.indices { bound.append(listeners[index].localAddress) }
+        return bound
+    }
+}
