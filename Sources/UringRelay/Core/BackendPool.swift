@@ -14,6 +14,8 @@ public struct BackendPool: Sendable, Equatable {
     public var backends: [BackendAddress]
     /// Where each backend is now (resolved; DNS re-resolution may move it).
     public var addresses: [SocketAddress]
+    /// How names are spread over the backends.
+    public var hashMode: HashMode = .jump
     /// What happens to a down backend's lines.
     public var policy: DownPolicy
     /// Which backends are down (the health view).
@@ -46,4 +48,11 @@ public struct BackendPool: Sendable, Equatable {
         for (index, identity) in other.identities.enumerated() { position[identity] = index }
         return identities.map { position[$0] }
     }
+}
+
+/// How a pool spreads metric names over its backends.
+public enum HashMode: String, CaseIterable, Sendable {
+    /// FNV-1a 64 of the name, jump consistent hash over the backends in order: the Go
+    /// StatsRelay's choice (and carbon-c-relay's `jump_fnv1a_ch`).
+    case jump
 }
