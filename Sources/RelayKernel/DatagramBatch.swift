@@ -8,15 +8,15 @@ import Glibc
 /// Each buffer holds `payloadBytes + 1` bytes: a datagram that fills the extra byte is longer
 /// than `payloadBytes` even where the kernel does not report `MSG_TRUNC`.
 public struct DatagramBatch: ~Copyable {
-    private let storage: UnsafeMutableRawPointer
+    @usableFromInline let storage: UnsafeMutableRawPointer
     private let storageBytes: Int
     private let vectors: UnsafeMutablePointer<iovec>
-    private let headers: UnsafeMutablePointer<cl_mmsghdr>
+    @usableFromInline let headers: UnsafeMutablePointer<cl_mmsghdr>
     /// Datagrams one `receive` can take.
     public let count: Int
     /// The largest datagram taken whole.
     public let payloadBytes: Int
-    private let bufferBytes: Int
+    @usableFromInline let bufferBytes: Int
     /// How many datagrams the last `receive` took.
     public private(set) var received = 0
 
@@ -82,7 +82,7 @@ public struct DatagramBatch: ~Copyable {
 
     /// Lends datagram `index` of the last `receive` to `body` as a safe view, checked against
     /// the kernel's numbers first.
-    @inline(__always)
+    @inlinable @inline(__always)
     public func withDatagram<Result>(_ index: Int, _ body: (ReceivedPayload, RawSpan) -> Result) -> Result {
         let base = storage + index * bufferBytes
         let empty = UnsafeRawBufferPointer(start: base, count: 0).bytes

@@ -4,7 +4,7 @@ import Glibc
 /// Nanoseconds on `CLOCK_MONOTONIC`, read once per loop turn (a vDSO call, no system call).
 public enum MonotonicClock {
     /// The current monotonic time in nanoseconds.
-    @inline(__always)
+    @inlinable @inline(__always)
     public static func nanoseconds() -> UInt64 {
         var now = timespec()
         clock_gettime(CLOCK_MONOTONIC, &now)

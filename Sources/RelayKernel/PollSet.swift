@@ -4,7 +4,7 @@ import Glibc
 /// Fixed `pollfd` storage for one thread's wait on a few descriptors (`ppoll(2)`), so a loop
 /// turn waits with nanosecond timeouts and no allocation.
 public struct PollSet: ~Copyable {
-    private let entries: UnsafeMutablePointer<pollfd>
+    @usableFromInline let entries: UnsafeMutablePointer<pollfd>
     /// How many descriptors are watched.
     public let count: Int
 
@@ -43,6 +43,6 @@ public struct PollSet: ~Copyable {
     }
 
     /// Whether entry `index` was readable (or in error) at the last wait.
-    @inline(__always)
+    @inlinable @inline(__always)
     public func isReady(_ index: Int) -> Bool { entries[index].revents != 0 }
 }

@@ -22,11 +22,11 @@ import Glibc
 /// - Warning: close the ring this is registered with before this is destroyed: the kernel
 ///   writes into these buffers for as long as a receive is armed.
 public struct ProvidedBufferRing: ~Copyable {
-    private let ringEntries: UnsafeMutableRawPointer
+    @usableFromInline let ringEntries: UnsafeMutableRawPointer
     private let ringBytes: Int
-    private let storage: UnsafeMutableRawPointer
+    @usableFromInline let storage: UnsafeMutableRawPointer
     private let storageBytes: Int
-    private var bufferRing: UnsafeMutablePointer<io_uring_buf_ring> {
+    @inlinable var bufferRing: UnsafeMutablePointer<io_uring_buf_ring> {
         ringEntries.assumingMemoryBound(to: io_uring_buf_ring.self)
     }
     /// The `msghdr` the multishot receive was armed with; it sets the header layout.
@@ -39,9 +39,10 @@ public struct ProvidedBufferRing: ~Copyable {
     /// The size of each buffer, header included.
     public let bufferBytes: Int
     /// Buffers the kernel filled and the worker has not yet recycled.
-    public private(set) var held: Int = 0
+    public var held: Int { heldCount }
+    @usableFromInline var heldCount = 0
     /// Recycled buffers written to the ring but not yet published.
-    private var unpublished: Int = 0
+    @usableFromInline var unpublished: Int = 0
 
     /// The bytes before the payload in each buffer.
     public static var headerBytes: Int { Int(cl_recvmsg_out_size) }
@@ -102,7 +103,8 @@ public struct ProvidedBufferRing: ~Copyable {
     /// write into it (a receive that could not be confirmed cancelled).
     public mutating func keepMappedAfterDestruction() { keepsMapping = true }
 
-    private func write(bufferID: UInt16, at offset: Int) {
+    @inlinable @inline(__always)
+    func write(bufferID: UInt16, at offset: Int) {
         io_uring_buf_ring_add(
             bufferRing, storage + Int(bufferID) * bufferBytes, UInt32(bufferBytes), bufferID,
             io_uring_buf_ring_mask(UInt32(count)), Int32(offset))
@@ -115,9 +117,9 @@ public struct ProvidedBufferRing: ~Copyable {
     public typealias Payload = ReceivedPayload
 
     /// Records that the kernel filled `bufferID`; the caller now holds it until `recycle`.
-    @inline(__always)
+    @inlinable @inline(__always)
     public mutating func take(_ bufferID: UInt16) {
-        held += 1
+        heldCount += 1
         assert(verifyInvariants())
     }
 
@@ -127,7 +129,7 @@ public struct ProvidedBufferRing: ~Copyable {
     ///   - bufferID: from the CQE (`IORING_CQE_F_BUFFER`).
     ///   - result: the CQE's `res`: the bytes written into the buffer, header included.
     ///   - body: reads the payload; it must not keep it (the buffer is recycled afterwards).
-    @inline(__always)
+    @inlinable @inline(__always)
     public func withPayload<Result>(
         of bufferID: UInt16, result: Int32, _ body: (Payload, RawSpan) -> Result
     ) -> Result {
@@ -152,16 +154,16 @@ public struct ProvidedBufferRing: ~Copyable {
     /// Gives a held buffer back to the kernel (visible after the next `publish()`).
     ///
     /// - Precondition: `bufferID` was taken and not recycled since.
-    @inline(__always)
+    @inlinable @inline(__always)
     public mutating func recycle(_ bufferID: UInt16) {
         write(bufferID: bufferID, at: unpublished)
         unpublished += 1
-        held -= 1
+        heldCount -= 1
         assert(verifyInvariants())
     }
 
     /// Publishes every recycled buffer to the kernel with a single release store.
-    @inline(__always)
+    @inlinable @inline(__always)
     public mutating func publish() {
         guard unpublished > 0 else { return }
         io_uring_buf_ring_advance(bufferRing, Int32(unpublished))

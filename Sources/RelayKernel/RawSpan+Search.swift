@@ -6,7 +6,7 @@ extension RawSpan {
     /// bytes per instruction where a byte loop compares one.
     ///
     /// - Precondition: `range` lies within the span.
-    @inline(__always)
+    @inlinable @inline(__always)
     public func firstOffset(of byte: UInt8, in range: Range<Int>) -> Int? {
         precondition(range.lowerBound >= 0 && range.upperBound <= byteCount, "search range outside the span")
         guard !range.isEmpty else { return nil }
@@ -19,7 +19,7 @@ extension RawSpan {
     }
 
     /// Whether `byte` occurs anywhere in the span.
-    @inline(__always)
+    @inlinable @inline(__always)
     public func contains(byte: UInt8) -> Bool {
         firstOffset(of: byte, in: 0..<byteCount) != nil
     }

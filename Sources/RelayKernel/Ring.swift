@@ -9,7 +9,7 @@ import Glibc
 /// The liburing calls are `io_uring_queue_init_params(3)` and `io_uring_queue_exit(3)`.
 public struct Ring: ~Copyable {
     /// The liburing handle, allocated for the ring's lifetime (it must not move).
-    private let ring: UnsafeMutablePointer<io_uring>
+    @usableFromInline let ring: UnsafeMutablePointer<io_uring>
     /// Scratch for `io_uring_peek_batch_cqe`: pointers to ready CQEs.
 
     /// The setup flags the kernel accepted.
@@ -177,7 +177,7 @@ public struct Ring: ~Copyable {
     ///
     /// Loops over this end when the kernel has posted nothing more; this never enters the
     /// kernel (with `DEFER_TASKRUN`, nothing new is posted until the next `submitAndWait`).
-    @inline(__always)
+    @inlinable @inline(__always)
     public func nextCompletion() -> Completion? {
         var cqe = io_uring_cqe()
         guard cl_next_cqe(ring, &cqe) == 1 else { return nil }

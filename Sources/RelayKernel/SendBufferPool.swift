@@ -11,7 +11,7 @@ import Glibc
 ///
 /// - Warning: close the ring before this is destroyed while sends are in flight.
 public struct SendBufferPool: ~Copyable {
-    private let storage: UnsafeMutableRawPointer
+    @usableFromInline let storage: UnsafeMutableRawPointer
     private let storageBytes: Int
     /// Bytes per slot: the largest packet this pool can hold.
     public let slotBytes: Int
@@ -19,10 +19,10 @@ public struct SendBufferPool: ~Copyable {
     public let capacity: Int
     // Fixed-capacity arrays: written for every line, they must not pay an `Array`'s
     // copy-on-write uniqueness check on each write.
-    private var free: RigidArray<Int32>
-    private var lengths: RigidArray<Int32>
-    private var lines: RigidArray<Int32>
-    private var backends: RigidArray<Int32>
+    @usableFromInline var free: RigidArray<Int32>
+    @usableFromInline var lengths: RigidArray<Int32>
+    @usableFromInline var lines: RigidArray<Int32>
+    @usableFromInline var backends: RigidArray<Int32>
 
     /// Maps `capacity` slots of `slotBytes` each.
     public init(capacity: Int, slotBytes: Int) throws(Errno) {
@@ -56,7 +56,7 @@ public struct SendBufferPool: ~Copyable {
     public var freeCount: Int { free.count }
 
     /// Takes a free slot for `backend`, empty; `nil` when every slot is in use.
-    @inline(__always)
+    @inlinable @inline(__always)
     public mutating func acquire(for backend: Int) -> Int? {
         guard let slot = free.popLast() else { return nil }
         let index = Int(slot)
@@ -67,7 +67,7 @@ public struct SendBufferPool: ~Copyable {
     }
 
     /// Returns a slot to the free stack (after its send completed, or unsent at shutdown).
-    @inline(__always)
+    @inlinable @inline(__always)
     public mutating func release(_ slot: Int) {
         precondition(backends[slot] >= 0, "send slot released twice")
         backends[slot] = -1
@@ -83,21 +83,21 @@ public struct SendBufferPool: ~Copyable {
     }
 
     /// Bytes packed into `slot` so far.
-    @inline(__always)
+    @inlinable @inline(__always)
     public func length(of slot: Int) -> Int { Int(lengths[slot]) }
 
     /// Lines packed into `slot` so far.
-    @inline(__always)
+    @inlinable @inline(__always)
     public func lineCount(of slot: Int) -> Int { Int(lines[slot]) }
 
     /// The backend `slot` was acquired for.
-    @inline(__always)
+    @inlinable @inline(__always)
     public func backend(of slot: Int) -> Int { Int(backends[slot]) }
 
     /// Appends `line` and a `\n` to `slot`.
     ///
     /// - Precondition: `length(of: slot) + line.byteCount + 1 <= slotBytes`.
-    @inline(__always)
+    @inlinable @inline(__always)
     public mutating func append(_ line: RawSpan, to slot: Int) {
         let offset = Int(lengths[slot])
         let count = line.byteCount

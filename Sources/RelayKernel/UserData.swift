@@ -27,21 +27,21 @@ public struct UserData: Equatable, Sendable, CustomStringConvertible {
     public let rawValue: UInt64
 
     /// Packs a kind and an index.
-    @inline(__always)
+    @inlinable @inline(__always)
     public init(_ kind: Kind, index: UInt32 = 0) {
         rawValue = UInt64(kind.rawValue) << 56 | UInt64(index)
     }
 
     /// Wraps a value read from a CQE.
-    @inline(__always)
+    @inlinable @inline(__always)
     public init(rawValue: UInt64) { self.rawValue = rawValue }
 
     /// The kind, or `nil` for a value this program never submitted.
-    @inline(__always)
+    @inlinable @inline(__always)
     public var kind: Kind? { Kind(rawValue: UInt8(truncatingIfNeeded: rawValue >> 56)) }
 
     /// The low 32 bits.
-    @inline(__always)
+    @inlinable @inline(__always)
     public var index: UInt32 { UInt32(truncatingIfNeeded: rawValue) }
 
     public var description: String { "\(kind.map { "\($0)" } ?? "unknown")#\(index)" }

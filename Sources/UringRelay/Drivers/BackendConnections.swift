@@ -25,6 +25,13 @@ struct BackendConnections: ~Copyable {
     /// `SO_SNDBUF` for backend sockets: room for bursts without `EAGAIN`.
     static let sendBufferBytes = 4 << 20
 
+    /// How late past its confirmation time a packet may be confirmed. Under steady traffic the
+    /// oldest unconfirmed packet comes of age every few microseconds; without this slack every
+    /// turn would read every error queue and every wait would be cut to that gap, defeating
+    /// the minimum wait. With it, a backend's queue is read at most every 50 ms for age (and
+    /// every 64 packets for room), and confirmations lag by at most that.
+    static let confirmationSlackNanoseconds: UInt64 = 50_000_000
+
     /// Connects to `pool`'s backends.
     init(pool: BackendPool) throws(SystemCallError) {
         sockets = try BackendSockets(connecting: pool.addresses, sendBufferBytes: Self.sendBufferBytes)
@@ -47,22 +54,27 @@ struct BackendConnections: ~Copyable {
 
     /// Reads the error queues that are due and counts what the ledgers settled.
     mutating func settle(now: UInt64, into core: inout RelayCore) {
-        for backend in ledgers.indices where ledgers[backend].needsDrain(now: now) {
+        let aged = now &- Self.confirmationSlackNanoseconds
+        for backend in ledgers.indices where ledgers[backend].needsDrain(now: aged) {
             ledgers[backend].drained(sockets.takeErrors(backend), now: now)
             core.countDelivery(ledgers[backend].takeReport(), backend: identities[backend])
         }
         retired.settle(now: now, into: &core)
     }
 
-    /// When a ledger next has a packet old enough to confirm (so an idle worker wakes for it).
+    /// When a ledger's oldest packet will be due for confirmation, with the slack (so an idle
+    /// worker wakes for it, and a busy one is never woken early for it).
     var nextConfirmation: UInt64? {
         var first = retired.nextConfirmation
         for index in ledgers.indices { first = earliest(first, ledgers[index].nextConfirmation) }
-        return first
+        return first.map { $0 &+ Self.confirmationSlackNanoseconds }
     }
 
     /// Whether every packet sent is confirmed, refused or failed.
-    var isSettled: Bool { nextConfirmation == nil }
+    var isSettled: Bool {
+        if retired.nextConfirmation != nil { return false }
+        return ledgers.indices.allSatisfy { ledgers[$0].nextConfirmation == nil }
+    }
 
     /// At exit: reads every error queue once more and counts what is still unconfirmed as such.
     mutating func finish(now: UInt64, into core: inout RelayCore) {
