@@ -202,7 +202,7 @@ struct RunCommand: ParsableCommand {
             "threads": "\(configuration.threads)",
             "kernel": "\(KernelSupport.release)",
             "ring_flags": "\(facts.ringFlags.joined(separator: "|"))",
-            "min_wait": "\(facts.minimumWait ? "\(configuration.minimumWaitMicroseconds)us" : "unsupported")",
+            "min_wait": "\(configuration.minimumWaitMicroseconds == 0 ? "off" : facts.minimumWait ? "\(configuration.minimumWaitMicroseconds)us" : "unsupported")",
             "receive_buffers": "\(facts.receiveBuffers)x\(facts.receiveBufferSize)",
             "send_slots": "\(facts.sendSlots)",
             "health_check": "\(configuration.healthCheck.rawValue)",

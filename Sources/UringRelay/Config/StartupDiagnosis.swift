@@ -170,9 +170,10 @@ public enum StartupDiagnosis {
 
     private static func describe(_ budget: DescriptorBudget) -> String {
         let workers = budget.workers == 1 ? "1 worker" : "\(budget.workers) workers"
+        let backends = budget.perWorker - 4
         return "\(budget.alreadyOpen) already open, \(budget.perWorker) per worker × \(workers) (ring, listening "
-            + "socket, 2 eventfds, \(budget.perWorker - 4) backend sockets), \(budget.monitor) for the health "
-            + "monitor, \(budget.spare) spare"
+            + "socket, 2 eventfds, \(backends) backend socket\(backends == 1 ? "" : "s")), \(budget.monitor) for the "
+            + "health monitor, \(budget.spare) spare"
     }
 
     private static func raiseAdvice(_ needed: Int, host: HostLimits) -> String {
