@@ -30,8 +30,11 @@ func poll(seconds: Double, _ condition: () -> Bool) -> Bool {
 /// directly would pass the tests below even if it did not ignore `SIGPIPE` itself;
 /// `env --default-signal` (coreutils 8.31+) resets them before the relay starts.
 let defaultSignalsLauncher = URL(fileURLWithPath: "/usr/bin/env")
-func defaultSignalsArguments(_ arguments: [String]) -> [String] {
-    ["--default-signal", statsrelayExecutable.path] + arguments
+
+/// `env`'s arguments that start `statsrelay arguments` with default signal actions, through
+/// `launcher` (e.g. `prlimit --nofile=8`) when given.
+func defaultSignalsArguments(_ arguments: [String], launcher: [String] = []) -> [String] {
+    ["--default-signal"] + launcher + [statsrelayExecutable.path] + arguments
 }
 
 /// A relay child started with default signal actions, its standard error collected.
@@ -40,9 +43,10 @@ final class DefaultSignalRelay: @unchecked Sendable {  // the log is guarded by 
     private let log = LockedText()
     private let standardErrorPipe = Pipe()
 
-    init(_ arguments: [String]) throws {
+    /// Starts `statsrelay arguments`, through `launcher` when given.
+    init(_ arguments: [String], launcher: [String] = []) throws {
         process.executableURL = defaultSignalsLauncher
-        process.arguments = defaultSignalsArguments(arguments)
+        process.arguments = defaultSignalsArguments(arguments, launcher: launcher)
         process.standardOutput = FileHandle.nullDevice
         process.standardError = standardErrorPipe
         standardErrorPipe.fileHandleForReading.readabilityHandler = { [log] handle in
