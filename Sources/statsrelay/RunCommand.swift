@@ -159,7 +159,7 @@ struct RunCommand: ParsableCommand {
             switch signal {
             case SIGHUP:
                 logger.notice(
-                    "nothing to reload: the relay is configured by its command line only; restart it to change settings",
+                    "nothing to reload: the relay has no configuration file yet, only its command line; restart it to change settings",
                     metadata: ["signal": "\(name)"])
             case SIGUSR1:
                 logger.notice(
