@@ -1,16 +1,25 @@
 import CLiburing
 import Glibc
 
-/// Termination signals taken synchronously: blocked in every thread, then awaited with
-/// `sigwait(3)` on the main thread, so no handler runs at an arbitrary point.
+/// Signals taken synchronously: blocked in every thread, then awaited with `sigwait(3)` on the
+/// main thread, so no handler runs at an arbitrary point and no signal's default action (most
+/// of them terminate the process) can strike a worker.
 public struct SignalWaiter: Sendable {
     private let signals: [Int32]
 
-    /// Blocks `signals` for the calling thread and every thread it starts afterwards.
+    /// The signals the relay takes on its main thread: `SIGTERM` and `SIGINT` stop it;
+    /// `SIGHUP`, `SIGUSR1` and `SIGUSR2` are answered in the log and never stop it.
+    public static let relaySignals: [Int32] = [SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2]
+
+    /// Blocks `signals` for the calling thread and every thread it starts afterwards, and sets
+    /// `ignoring` to `SIG_IGN` for the whole process.
     ///
-    /// - Precondition: call before starting any worker thread.
-    public init(blocking signals: [Int32] = [SIGTERM, SIGINT]) {
+    /// Ignore `SIGPIPE`: then a write to a closed pipe or socket (a log reader that went away)
+    /// fails with `EPIPE` where the caller can count it, instead of killing the process.
+    /// - Precondition: call before starting any thread, so that none can take a blocked signal.
+    public init(blocking signals: [Int32] = [SIGTERM, SIGINT], ignoring ignored: [Int32] = []) {
         self.signals = signals
+        for signal in ignored { _ = Glibc.signal(signal, SIG_IGN) }
         var set = sigset_t()
         sigemptyset(&set)
         for signal in signals { sigaddset(&set, signal) }
@@ -33,6 +42,9 @@ public struct SignalWaiter: Sendable {
         case SIGTERM: "SIGTERM"
         case SIGINT: "SIGINT"
         case SIGHUP: "SIGHUP"
+        case SIGUSR1: "SIGUSR1"
+        case SIGUSR2: "SIGUSR2"
+        case SIGPIPE: "SIGPIPE"
         default: "signal \(signal)"
         }
     }

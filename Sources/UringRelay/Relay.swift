@@ -102,7 +102,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             driverReason = "--io-backend portable"
         case .uring, .auto:
             if let failure = uringProbe(probeSettings) {
-                let reason = IOUringAdvice.explain(failure, threads: config.threads)
+                let reason = Self.explain(failure, configuration: config)
                 if config.ioBackend == .uring { throw DriverUnavailable(reason: reason) }
                 driver = .portable
                 driverReason = reason
@@ -119,7 +119,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             // worker's io_uring set-up can still fail. `auto` falls back; `uring` cannot run.
             let failure = UringProbeFailure(
                 operation: error.target.isEmpty ? error.operation : "\(error.operation) \(error.target)", errno: error.errno)
-            let reason = IOUringAdvice.explain(failure, threads: config.threads)
+            let reason = Self.explain(failure, configuration: config)
             if config.ioBackend == .uring { throw DriverUnavailable(reason: reason) }
             driver = .portable
             driverReason = reason
@@ -215,6 +215,13 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             state.failures = []
             state.listen = nil
         }
+    }
+
+    /// The probe's failure, then its cause and fix where known (`StartupDiagnosis`).
+    private static func explain(_ failure: UringProbeFailure, configuration: RelayConfiguration) -> String {
+        guard let errno = failure.errno,
+              let advice = StartupDiagnosis.explainIOUring(errno, configuration: configuration) else { return failure.description }
+        return "\(failure.description); \(advice)"
     }
 
     /// Opens a worker's driver on the calling (worker) thread, reports its start, runs it.

@@ -9,7 +9,9 @@ struct HashCommand: ParsableCommand {
         abstract: "Print the backend each metric name is routed to.",
         discussion: """
             Give the backends exactly as the relay is given them (order matters). A name may also \
-            be a whole StatsD line: only the part before the first ':' is hashed. With \
+            be a whole StatsD line: only the part before the first ':' is hashed. NAME '-' reads \
+            names from standard input, one per line: use it for thousands of names (the argument \
+            parser takes time quadratic in the number of arguments). With \
             --health-check, every backend is checked once now and the routing shown is the one a \
             relay with the same health view uses (the --on-backend-down policy applies).
             """
@@ -20,7 +22,7 @@ struct HashCommand: ParsableCommand {
 
     @OptionGroup var health: HealthOptions
 
-    @Argument(help: "Metric names (or lines).")
+    @Argument(help: "Metric names (or lines); '-' reads them from standard input, one per line.")
     var names: [String]
 
     /// The backends, with comma-separated lists split.
@@ -52,7 +54,13 @@ struct HashCommand: ParsableCommand {
                 printError("backend \(parsed[index]) is down: \(failure)")
             }
         }
-        for name in names {
+        // Each name is hashed and printed as it is read: linear in the names, whatever their
+        // number. (Thousands given as arguments are slow before this runs: swift-argument-parser
+        // 1.8 re-copies the set of used arguments for every value of an array argument, and
+        // removes each consumed argument with a linear search.)
+        let fromInput = names == ["-"]
+        var given = names.makeIterator()
+        while let name = fromInput ? readLine(strippingNewline: true) : given.next() {
             let key = String(name.prefix { $0 != ":" })
             let hash = FNV1a.hash64(key)
             guard !parsed.isEmpty else {

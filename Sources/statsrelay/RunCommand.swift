@@ -88,7 +88,9 @@ struct RunCommand: ParsableCommand {
         configuration.receiveBuffers = receiveBuffers
         configuration.ioBackend = ioBackend
         configuration.shutdownTimeoutNanoseconds = try DurationParser.nanoseconds(shutdownTimeout, argument: "--shutdown-timeout")
-        let minimumWait = try DurationParser.nanoseconds(minWait, argument: "--min-wait")
+        // A bare 0 is how operators switch the minimum wait off (the help says so); any other
+        // value needs its unit.
+        let minimumWait = minWait == "0" ? 0 : try DurationParser.nanoseconds(minWait, argument: "--min-wait")
         guard minimumWait <= 10_000_000 else {
             throw ConfigurationError(argument: "--min-wait", value: minWait, reason: "must be at most 10ms")
         }
@@ -96,6 +98,15 @@ struct RunCommand: ParsableCommand {
         try health.apply(to: &configuration)
         let allowed = WorkerThread.allowedCPUs
         if let cpus { configuration.cpus = try CPUList.parse(cpus) }
+        // More workers than CPUs only compete for them (and each costs its buffers): refused
+        // unless the CPUs are named with --cpus, the operator's explicit choice.
+        if let threads, cpus == nil, !allowed.isEmpty, threads > allowed.count {
+            throw ConfigurationError(
+                argument: "--threads", value: "\(threads)",
+                reason: "this process may use \(allowed.count) CPU\(allowed.count == 1 ? "" : "s") "
+                    + "(\(allowed.map(String.init).joined(separator: ","))): give at most \(allowed.count), "
+                    + "or name the CPUs to pin workers to with --cpus")
+        }
         configuration.threads = threads ?? configuration.cpus?.count ?? max(1, allowed.count)
         try configuration.validate()
         return configuration
@@ -103,15 +114,16 @@ struct RunCommand: ParsableCommand {
 
     func run() throws {
         let level = Logger.Level(rawValue: logLevel) ?? .info
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        LoggingSystem.bootstrap { label in RelayLogHandler(label: label, level: level) }
         let logger = Logger(label: "statsrelay")
         let configuration = try makeConfiguration()
-        // Blocked before any worker starts, so only the main thread ever takes them.
-        let signals = SignalWaiter()
+        // Blocked before any thread starts, so only the main thread ever takes them; SIGPIPE
+        // is ignored so that a log reader going away is a counted write error, not death.
+        let signals = SignalWaiter(blocking: SignalWaiter.relaySignals, ignoring: [SIGPIPE])
+        if let refusal = StartupDiagnosis.checkDescriptors(configuration) {
+            printError(refusal)
+            throw ExitCode(71)
+        }
         let relay: Relay
         do {
             relay = try Relay(configuration: configuration, logger: logger)
@@ -123,29 +135,66 @@ struct RunCommand: ParsableCommand {
         do { facts = try relay.start() } catch let error as Relay.DriverUnavailable {
             printError("\(error)")
             throw ExitCode(69)  // EX_UNAVAILABLE: --io-backend uring where io_uring cannot run
+        } catch let error as SystemCallError {
+            printError(StartupDiagnosis.explain(error, configuration: configuration))
+            throw ExitCode(71)
         } catch {
             printError("\(error)")
             throw ExitCode(71)
         }
         logStartup(facts, configuration: configuration, relay: relay, logger: logger)
-        let signal = signals.wait()
-        logger.info("stopping: draining received datagrams and flushing batches", metadata: ["signal": "\(SignalWaiter.name(of: signal))"])
+        let stopSignal = waitForStop(signals, relay: relay, configuration: configuration, logger: logger)
+        logger.info("stopping: draining received datagrams and flushing batches", metadata: ["signal": "\(SignalWaiter.name(of: stopSignal))"])
         relay.stop()
         let (counters, failures) = relay.wait()
-        let names = configuration.backends.map(\.description)
-        printError(counters.report(backendNames: names))
-        printError("statsrelay.fail_open_activations \(relay.monitor.failOpenActivations)")
-        let now = MonotonicClock.nanoseconds()
-        for status in relay.monitor.status {
-            printError("statsrelay.backend.up{backend=\"\(status.backend)\"} \(status.state == .up ? 1 : 0)")
-            printError("statsrelay.backend.state_changes{backend=\"\(status.backend)\"} \(status.changes)")
-            printError("statsrelay.backend.state_seconds{backend=\"\(status.backend)\"} \((now - status.since) / 1_000_000_000)")
-        }
+        printError(report(counters, relay: relay, configuration: configuration))
         if !failures.isEmpty {
             for failure in failures { logger.error("\(failure)") }
             throw ExitCode(70)
         }
         logger.info("stopped")
+    }
+
+    /// Takes signals on the main thread until one that stops the relay (`SIGTERM`, `SIGINT`)
+    /// arrives, and returns it. The others are answered in the log and never stop it:
+    /// `SIGHUP` (nothing to reload yet), `SIGUSR1` (the live counters), `SIGUSR2` (ignored).
+    private func waitForStop(_ signals: SignalWaiter, relay: Relay, configuration: RelayConfiguration, logger: Logger) -> Int32 {
+        while true {
+            let signal = signals.wait()
+            let name = SignalWaiter.name(of: signal)
+            switch signal {
+            case SIGHUP:
+                logger.notice(
+                    "nothing to reload: the relay has no configuration file yet, only its command line; restart it to change settings",
+                    metadata: ["signal": "\(name)"])
+            case SIGUSR1:
+                logger.notice(
+                    "live counters (each worker publishes its own every 100ms) follow",
+                    metadata: ["signal": "\(name)"])
+                printError(report(relay.liveCounters(), relay: relay, configuration: configuration), patienceMilliseconds: 0)
+            case SIGUSR2:
+                logger.notice("ignored: SIGUSR2 has no meaning here", metadata: ["signal": "\(name)"])
+            default:
+                return signal
+            }
+        }
+    }
+
+    /// The counter report printed at exit and on `SIGUSR1`: the relay's counters, each
+    /// backend's health, and the log's own write errors.
+    private func report(_ counters: RelayCounters, relay: Relay, configuration: RelayConfiguration) -> String {
+        // Backends are labelled by identity, whatever pool each worker ended in.
+        var lines = [counters.report()]
+        lines.append("statsrelay.io_backend{driver=\"\(relay.driver.rawValue)\"} 1")
+        lines.append("statsrelay.fail_open_activations \(relay.monitor.failOpenActivations)")
+        let now = MonotonicClock.nanoseconds()
+        for status in relay.monitor.status {
+            lines.append("statsrelay.backend.up{backend=\"\(status.backend)\"} \(status.state == .up ? 1 : 0)")
+            lines.append("statsrelay.backend.state_changes{backend=\"\(status.backend)\"} \(status.changes)")
+            lines.append("statsrelay.backend.state_seconds{backend=\"\(status.backend)\"} \((now - status.since) / 1_000_000_000)")
+        }
+        lines.append("statsrelay.log_write_errors \(LogWriter.standardError.failedWrites)")
+        return lines.joined(separator: "\n")
     }
 
     private func logStartup(_ facts: WorkerFacts, configuration: RelayConfiguration, relay: Relay, logger: Logger) {
@@ -162,7 +211,7 @@ struct RunCommand: ParsableCommand {
             "threads": "\(configuration.threads)",
             "kernel": "\(KernelSupport.release)",
             "ring_flags": "\(facts.ringFlags.joined(separator: "|"))",
-            "min_wait": "\(facts.minimumWait ? "\(configuration.minimumWaitMicroseconds)us" : "unsupported")",
+            "min_wait": "\(configuration.minimumWaitMicroseconds == 0 ? "off" : facts.minimumWait ? "\(configuration.minimumWaitMicroseconds)us" : "unsupported")",
             "receive_buffers": "\(facts.receiveBuffers)x\(facts.receiveBufferSize)",
             "send_slots": "\(facts.sendSlots)",
             "health_check": "\(configuration.healthCheck.rawValue)",
@@ -176,26 +225,13 @@ struct RunCommand: ParsableCommand {
     }
 }
 
-/// Writes one line to standard error.
-func printError(_ text: String) {
-    var standardError = StandardError()
-    print(text, to: &standardError)
-}
-
-/// Standard error as a `TextOutputStream`.
-struct StandardError: TextOutputStream {
-    mutating func write(_ string: String) {
-        var text = string
-        text.withUTF8 { bytes in
-            var written = 0
-            while written < bytes.count {
-                let result = Glibc.write(2, bytes.baseAddress! + written, bytes.count - written)
-                if result < 0 && errno == EINTR { continue }
-                if result <= 0 { return }
-                written += result
-            }
-        }
-    }
+/// Writes one line to standard error through the process's one log writer: a reader that
+/// has gone away costs a counted write error (`statsrelay.log_write_errors`), never the process.
+///
+/// - Parameter patienceMilliseconds: how long to wait in all for a reader that is behind; the
+///   default suits start-up errors and the exit report, printed while no worker runs.
+func printError(_ text: String, patienceMilliseconds: Int32 = 1_000) {
+    LogWriter.standardError.write(text + "\n", patienceMilliseconds: patienceMilliseconds)
 }
 
 extension IOBackendChoice: ExpressibleByArgument {}

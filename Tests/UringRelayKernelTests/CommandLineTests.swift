@@ -130,7 +130,9 @@ struct ProcessTests {
 
     /// The receive-queue bytes of every IPv4 UDP socket bound to `port`, from `/proc/net/udp`.
     static func receiveQueues(port: UInt16) -> [Int] {
-        guard let table = try? String(contentsOfFile: "/proc/net/udp", encoding: .utf8) else { return [] }
+        // Read to the end: a single read of a /proc table returns only its first page.
+        guard let data = FileHandle(forReadingAtPath: "/proc/net/udp")?.readDataToEndOfFile(),
+              case let table = String(decoding: data, as: UTF8.self) else { return [] }
         return table.split(separator: "\n").dropFirst().compactMap { row in
             let fields = row.split(separator: " ")
             guard fields.count > 4, let local = fields[1].split(separator: ":").last, UInt16(local, radix: 16) == port,

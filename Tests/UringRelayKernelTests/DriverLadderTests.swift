@@ -16,9 +16,9 @@ struct ProbeFailureCase: Sendable, CustomTestStringConvertible {
     static let table: [ProbeFailureCase] = [
         ProbeFailureCase(failure: UringProbeFailure(operation: "io_uring_setup", errno: .notPermitted), advice: permissionAdvice),
         ProbeFailureCase(failure: UringProbeFailure(operation: "io_uring_setup", errno: .outOfMemory), advice: "ulimit -l"),
-        ProbeFailureCase(failure: UringProbeFailure(operation: "io_uring_setup", errno: .noFunction), advice: "Linux 6.0+"),
+        ProbeFailureCase(failure: UringProbeFailure(operation: "io_uring_setup", errno: .noFunction), advice: "has no io_uring"),
         ProbeFailureCase(
-            failure: UringProbeFailure(operation: "multishot recvmsg (Linux 6.0+)", errno: .invalidArgument), advice: "io_uring feature"),
+            failure: UringProbeFailure(operation: "multishot recvmsg (Linux 6.0+)", errno: .invalidArgument), advice: "rejected an io_uring feature"),
         ProbeFailureCase(failure: UringProbeFailure(operation: "io_uring opcode 27", detail: "not supported by kernel 5.4"), advice: nil),
     ]
 }
@@ -31,8 +31,8 @@ let permissionAdvice: String = {
     }
     let value = text.trimmingCharacters(in: .whitespacesAndNewlines)
     return value == "0"
-        ? "kernel.io_uring_disabled=0, so a seccomp profile blocks it (containers: allow io_uring_setup, io_uring_enter, io_uring_register)"
-        : "kernel.io_uring_disabled=\(value)"
+        ? "io_uring is blocked by a seccomp filter (kernel.io_uring_disabled = 0, so the sysctl is not the cause)"
+        : "kernel.io_uring_disabled = \(value)"
 }()
 
 /// A relay on one loopback backend whose io_uring probe is replaced, its log captured.
@@ -169,7 +169,7 @@ struct DriverLadderTests {
         let child = try launch(.seccompBlocksIOUringSetup, ["--threads", "1"], backend: backend)
         let address = try child.listenAddress()
         let line = child.logLine(containing: "io_backend=") ?? "no io_backend line in: \(child.standardError)"
-        #expect(line.contains("io_backend=portable reason=\"io_uring_setup: Operation not permitted (errno 1); \(permissionAdvice)\""), "\(line)")
+        #expect(line.contains("io_backend=portable reason=\"io_uring_setup: Operation not permitted (errno 1); \(permissionAdvice)"), "\(line)")
         let expected = try relayExactly(datagrams: 200, to: address, backend: backend, prefix: "seccomp")
         child.signal(SIGTERM)
         #expect(child.waitForExit() == 0, "\(child.standardError)")
@@ -212,7 +212,7 @@ struct DriverLadderTests {
         let line = child.logLine(containing: "io_backend=") ?? "no io_backend line in: \(child.standardError)"
         #expect(line.contains("io_backend=portable reason=\""), "\(line)")
         #expect(line.contains("Cannot allocate memory (errno 12)"), "\(line)")
-        let advised = IOUringAdvice.memlockPerWorkerKiB * (threads + 1)
+        let advised = Self.advisedLockedKiB(threads: threads)
         #expect(line.contains("ulimit -l \(advised)") && line.contains("LimitMEMLOCK=\(advised)K"), "\(line)")
         let expected = try relayExactly(datagrams: 200, to: address, backend: backend, prefix: "memlock")
         child.signal(SIGTERM)
@@ -220,11 +220,18 @@ struct DriverLadderTests {
         #expect(child.counter("statsrelay.lines_forwarded") == UInt64(expected.count))
     }
 
+    /// The locked-memory limit the advice names for the default configuration with `threads`.
+    static func advisedLockedKiB(threads: Int) -> Int {
+        var configuration = RelayConfiguration(backends: [try! BackendAddress(parsing: "127.0.0.1:9")])
+        configuration.threads = threads
+        return StartupDiagnosis.suggestedLockedBytes(configuration) >> 10
+    }
+
     @Test("the memlock the advice names is enough: with it, auto runs io_uring", arguments: [1, 2])
     func memlockAdviceSuffices(threads: Int) throws {
         try requireDriver(.uring)
         let backend = try TestBackend()
-        let advised = IOUringAdvice.memlockPerWorkerKiB * (threads + 1)
+        let advised = Self.advisedLockedKiB(threads: threads)
         let child = try launch(.memlockLimit(bytes: advised << 10), ["--threads", "\(threads)"], backend: backend)
         #expect(child.standardError.contains("listening on "), "relay did not start: \(child.standardError)")
         guard child.process.isRunning else { return }

@@ -232,7 +232,9 @@ struct KernelSocketTests {
 
     /// The `drops` column of `/proc/net/udp` for the socket bound to 127.0.0.1:`port`.
     static func procNetUDPDrops(port: UInt16) -> UInt64? {
-        guard let table = try? String(contentsOfFile: "/proc/net/udp", encoding: .utf8) else { return nil }
+        // Read to the end: a single read of a /proc table returns only its first page.
+        guard let data = FileHandle(forReadingAtPath: "/proc/net/udp")?.readDataToEndOfFile(),
+              case let table = String(decoding: data, as: UTF8.self) else { return nil }
         let local = String(format: "0100007F:%04X", port)
         for row in table.split(separator: "\n").dropFirst() {
             let columns = row.split(separator: " ")

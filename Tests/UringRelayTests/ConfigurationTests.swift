@@ -85,4 +85,29 @@ struct ConfigurationTests {
             #expect(error?.argument == argument)
         }
     }
+
+    /// Backend lists naming one host and port twice, and the error expected: the later entry,
+    /// and the earlier one it repeats (1-based), whatever the instance labels.
+    @Test("a host and port listed twice is refused, naming both entries", arguments: [
+        (["10.0.0.1:8125", "10.0.0.2:8125", "10.0.0.1:8125"], "10.0.0.1:8125", 1),
+        (["10.0.0.1:8125:a", "10.0.0.1:8125:b"], "10.0.0.1:8125:b", 1),
+        (["[::1]:8125", "10.0.0.1:8125", "[0:0::1]:8125"], "[0:0::1]:8125", 1),
+        (["statsd.example:8125", "other:8125", "STATSD.example:8125:x"], "STATSD.example:8125:x", 1),
+        (["a:1", "b:1", "c:1", "b:1:again"], "b:1:again", 2),
+    ])
+    func duplicateBackends(_ specs: [String], _ duplicate: String, _ first: Int) throws {
+        let backends = try specs.map { try BackendAddress(parsing: $0) }
+        let error = #expect(throws: ConfigurationError.self) { try RelayConfiguration(backends: backends).validate() }
+        #expect(error?.argument == "backend")
+        #expect(error?.value == "\(try BackendAddress(parsing: duplicate))")
+        #expect(error?.reason == "same host and port as backend \(first) ('\(backends[first - 1])'): give each backend once")
+    }
+
+    @Test("the same host on other ports, or other hosts on one port, are distinct backends", arguments: [
+        ["10.0.0.1:8125", "10.0.0.1:8126"],
+        ["10.0.0.1:8125", "10.0.0.2:8125", "[::1]:8125", "[::2]:8125", "statsd:8125"],
+    ])
+    func distinctBackends(_ specs: [String]) throws {
+        try RelayConfiguration(backends: specs.map { try BackendAddress(parsing: $0) }).validate()
+    }
 }

@@ -3,12 +3,20 @@ import Testing
 @testable import UringRelay
 
 /// Scans a whole datagram and renders each step as text, for table comparisons.
-func scan(_ text: [UInt8]) -> [String] {
+///
+/// - Parameter checked: check the datagram once for NUL and `\r` first and tell the scanner,
+///   as the relay does (its fast path for datagrams without them); otherwise the scanner
+///   looks in every line.
+func scan(_ text: [UInt8], checked: Bool = true) -> [String] {
     var results: [String] = []
     text.withUnsafeBytes { raw in
         let datagram = raw.bytes
         var offset = 0
-        while let line = LineScanner.next(in: datagram, from: &offset) {
+        let mayContainNul = !checked || datagram.contains(byte: 0)
+        let mayContainCarriageReturn = !checked || datagram.contains(byte: UInt8(ascii: "\r"))
+        while let line = LineScanner.next(
+            in: datagram, from: &offset, mayContainNul: mayContainNul, mayContainCarriageReturn: mayContainCarriageReturn
+        ) {
             switch line {
             case .valid(let start, let end, let nameEnd):
                 let name = String(decoding: text[start..<nameEnd], as: UTF8.self)
@@ -36,11 +44,18 @@ struct LineScannerTests {
         ("http.req:1|c|#env:prod,svc:web", ["ok http.req http.req:1|c|#env:prod,svc:web"]),
         ("name:with:colons:1|c", ["ok name name:with:colons:1|c"]),
         ("x:", ["ok x x:"]),
-        ("a\rb:1|c", ["ok a\rb a\rb:1|c"]),
+        // A lone "\r" ends a line as "\n" does: both metrics survive.
+        ("a:1|c\rb:2|c", ["ok a a:1|c", "ok b b:2|c"]),
+        ("a:1|c\rb:2|c\r", ["ok a a:1|c", "ok b b:2|c"]),
+        ("a:1|c\r\rb:2|c", ["ok a a:1|c", "empty", "ok b b:2|c"]),
+        ("a:1|c\r\r\nb:2|c", ["ok a a:1|c", "empty", "ok b b:2|c"]),
+        ("a:1|c\n\rb:2|c\r\nc:3|c", ["ok a a:1|c", "empty", "ok b b:2|c", "ok c c:3|c"]),
+        ("a:1|c\nb:2|c\rc:3|c", ["ok a a:1|c", "ok b b:2|c", "ok c c:3|c"]),
         ("gauge:-10|g\n\n\nnext:1|c", ["ok gauge gauge:-10|g", "empty", "empty", "ok next next:1|c"]),
     ])
     func forwards(_ datagram: String, _ expected: [String]) {
         #expect(scan(Array(datagram.utf8)) == expected)
+        #expect(scan(Array(datagram.utf8), checked: false) == expected)
     }
 
     /// `must_not_parse`: lines dropped, with their reason, and the lines around them intact.
@@ -49,6 +64,9 @@ struct LineScannerTests {
         (":1|c", ["bad emptyName"]),
         ("good:1|c\n:1|c\nalso:2|c", ["ok good good:1|c", "bad emptyName", "ok also also:2|c"]),
         ("bad line\ngood:1|c", ["bad missingColon", "ok good good:1|c"]),
+        // The "\r" splits the line: the part without a colon is dropped, the metric kept.
+        ("a\rb:1|c", ["bad missingColon", "ok b b:1|c"]),
+        ("a:1|c\r:2|c", ["ok a a:1|c", "bad emptyName"]),
         ("\n", ["empty"]),
         ("\r\n", ["empty"]),
         ("\r", ["empty"]),
@@ -56,6 +74,7 @@ struct LineScannerTests {
     ])
     func drops(_ datagram: String, _ expected: [String]) {
         #expect(scan(Array(datagram.utf8)) == expected)
+        #expect(scan(Array(datagram.utf8), checked: false) == expected)
     }
 
     @Test("a NUL anywhere in a line drops that line only")
@@ -73,10 +92,10 @@ struct LineScannerTests {
         #expect(scan(Array((line + "\n").utf8)) == ["ok \(name) \(line)"])
     }
 
-    @Test("every byte value outside the separators passes through unchanged")
+    @Test("every byte value outside the line endings passes through unchanged")
     func binarySafe() {
         var datagram: [UInt8] = Array("k:".utf8)
-        datagram += (1...255).map(UInt8.init).filter { $0 != UInt8(ascii: "\n") }
+        datagram += (1...255).map(UInt8.init).filter { $0 != UInt8(ascii: "\n") && $0 != UInt8(ascii: "\r") }
         let result = scan(datagram)
         #expect(result.count == 1)
         #expect(result.first?.hasPrefix("ok k ") == true)

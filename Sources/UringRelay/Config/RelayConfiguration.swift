@@ -86,6 +86,19 @@ public struct RelayConfiguration: Sendable, Equatable {
         if backends.isEmpty {
             throw ConfigurationError(argument: "backends", value: "", reason: "at least one backend HOST:PORT is required")
         }
+        // One host and port twice (whatever the instance labels) would give one statsd two
+        // slots of the hash ring, and no relay with the list written once would agree with it.
+        var seen: [String: Int] = [:]
+        for (index, backend) in backends.enumerated() {
+            let key = SocketAddress(numericHost: backend.host, port: backend.port)?.description
+                ?? "\(backend.host.lowercased()):\(backend.port)"
+            if let first = seen[key] {
+                throw ConfigurationError(
+                    argument: "backend", value: backend.description,
+                    reason: "same host and port as backend \(first + 1) ('\(backends[first])'): give each backend once")
+            }
+            seen[key] = index
+        }
         if SocketAddress(numericHost: bindHost, port: port) == nil {
             throw ConfigurationError(argument: "--bind", value: bindHost, reason: "not an IPv4 or IPv6 address")
         }

@@ -57,8 +57,10 @@ public struct DatagramProcessor: ~Copyable {
     public mutating func relay(datagram: RawSpan, now: UInt64) {
         var offset = 0
         let mayContainNul = datagram.contains(byte: 0)
+        let mayContainCarriageReturn = datagram.contains(byte: UInt8(ascii: "\r"))
         var pending: (line: Range<Int>, probe: PrimaryCache.Probe)?
-        while let line = LineScanner.next(in: datagram, from: &offset, mayContainNul: mayContainNul) {
+        while let line = LineScanner.next(
+            in: datagram, from: &offset, mayContainNul: mayContainNul, mayContainCarriageReturn: mayContainCarriageReturn) {
             switch line {
             case .valid(let start, let end, let nameEnd):
                 counters[.linesReceived] &+= 1

@@ -106,6 +106,8 @@ public struct IOUringDriver: ~Copyable {
             relayQueued(now: now)
             // Only a draining core asks; the peek is a system call, not paid while running.
             let moreToReceive = core.phase == .draining && (!queue.isEmpty || receivedThisTurn || anyListenerHasPending)
+            // Before the core ends its turn, so what the ledgers settle is in this turn's counters.
+            connections.settle(now: now, into: &core)
             if core.endTurn(now: now, moreToReceive: moreToReceive) == .stopReceiving {
                 for index in receiveArmed.indices where receiveArmed[index] {
                     ring.cancel(UserData(.receive, index: UInt32(index)), userData: UserData(.cancel))
@@ -113,7 +115,6 @@ public struct IOUringDriver: ~Copyable {
             }
             queueReadySends()
             connections.follow(&core, sendsInFlight: sendsInFlight, now: now)
-            connections.settle(now: now, into: &core)
             if drops.isDue(now: now) { countKernelDrops(now: now) }
             if core.isFlushed && sendsInFlight == 0 && !receiveArmed.contains(true) && queue.isEmpty && connections.isSettled {
                 break

@@ -99,13 +99,14 @@ public struct PortableDriver: ~Copyable {
             core.beginTurn()
             busy = receiving ? receiveAll(now: now) : false
             busyTurns += busy ? 1 : 0
+            // Before the core ends its turn, so what the ledgers settle is in this turn's counters.
+            connections.settle(now: now, into: &core)
             if core.endTurn(now: now, moreToReceive: busy) == .stopReceiving {
                 receiving = false
                 for index in listeners.indices { poller.ignore(index) }
             }
             sendReady(now: now)
             connections.follow(&core, sendsInFlight: 0, now: now)
-            connections.settle(now: now, into: &core)
             if drops.isDue(now: now) { countKernelDrops(now: now) }
             if core.isFlushed && connections.isSettled { break }
             if core.phase == .flushing && now >= core.stopDeadline { break }

@@ -2,16 +2,23 @@ import RelayKernel
 
 /// Splits a datagram into StatsD lines in place and checks each one, without copying.
 ///
-/// A datagram holds lines separated by `\n`; the last may lack one. A line is forwarded only
-/// if it has a non-empty name before its first `:` and no NUL byte (statsd daemons stop
-/// reading a datagram at a NUL, so one such line would destroy a whole outgoing batch):
+/// A datagram holds lines, each ended by `\n`, `\r\n` or a lone `\r` (the old Mac line ending);
+/// the last may lack one. `a:1|c\rb:2|c` is two lines, as it is to a statsd daemon that splits
+/// on either byte, and neither metric swallows the other. A line is forwarded only if it has a
+/// non-empty name before its first `:` and no NUL byte (statsd daemons stop reading a datagram
+/// at a NUL, so one such line would destroy a whole outgoing batch):
 /// ```
 /// api.requests:1|c|@0.1|#env:prod\r\n
 /// ^^^^^^^^^^^^ ^                   ^^
-/// name (key)   first ':'           "\r" dropped, "\n" ends the line
+/// name (key)   first ':'           "\r\n" (or "\n", or "\r") ends the line; not forwarded
 /// ```
 /// Nothing after the name is interpreted: values, types, sample rates and tags pass through
-/// byte for byte. Empty lines (and lines that are only `\r`) are skipped.
+/// byte for byte. Empty lines (and so a `\r` right after a line ending, as in `\r\r\n`) are
+/// skipped.
+///
+/// The common datagram has no `\r` at all: the caller checks that once per datagram (one
+/// `memchr`, like the NUL check) and passes `mayContainCarriageReturn: false`, so each line
+/// costs only its search for `\n`.
 public enum LineScanner {
     /// Why a line was not forwarded.
     public enum Malformation: Int, CaseIterable, Sendable {
@@ -33,23 +40,32 @@ public enum LineScanner {
         case malformed(Malformation)
     }
 
-    /// Scans the line that starts at `offset` and moves `offset` past its `\n`.
+    /// Scans the line that starts at `offset` and moves `offset` past its line ending.
     ///
     /// - Parameters:
     ///   - datagram: the received bytes.
     ///   - offset: where the line starts; on return, where the next one starts.
     ///   - mayContainNul: `false` when the caller has checked the whole datagram holds no NUL
     ///     (one `memchr` per datagram instead of one per line).
+    ///   - mayContainCarriageReturn: `false` when the caller has checked the whole datagram
+    ///     holds no `\r`; then only `\n` is looked for.
     /// - Returns: the line, or `nil` once `offset` reaches the end of the datagram.
     @inline(__always)
-    public static func next(in datagram: RawSpan, from offset: inout Int, mayContainNul: Bool = true) -> Line? {
+    public static func next(
+        in datagram: RawSpan, from offset: inout Int, mayContainNul: Bool = true, mayContainCarriageReturn: Bool = true
+    ) -> Line? {
         let count = datagram.byteCount
         let start = offset
         guard start < count else { return nil }
         let newline = datagram.firstOffset(of: UInt8(ascii: "\n"), in: start..<count) ?? count
         offset = newline < count ? newline + 1 : count
         var end = newline
-        if end > start && datagram.unsafeLoad(fromByteOffset: end - 1, as: UInt8.self) == UInt8(ascii: "\r") { end -= 1 }
+        if mayContainCarriageReturn, let carriageReturn = datagram.firstOffset(of: UInt8(ascii: "\r"), in: start..<newline) {
+            end = carriageReturn
+            // "\r\n" is one ending; a lone "\r" is an ending by itself, and the next line
+            // starts right after it.
+            if carriageReturn + 1 < newline { offset = carriageReturn + 1 }
+        }
         if end == start { return .empty }
         if mayContainNul && datagram.firstOffset(of: 0, in: start..<end) != nil { return .malformed(.nulByte) }
         guard let colon = datagram.firstOffset(of: UInt8(ascii: ":"), in: start..<end) else {

@@ -1,0 +1,136 @@
+@testable import RelayKernel
+import Glibc
+import Testing
+@testable import UringRelay
+
+@Suite("Start-up failures explained")
+struct StartupDiagnosisTests {
+    /// One worker, one backend, the defaults: the configuration the messages below describe.
+    static let configuration: RelayConfiguration = {
+        var configuration = RelayConfiguration(backends: [try! BackendAddress(parsing: "127.0.0.1:9001")])
+        configuration.threads = 2
+        return configuration
+    }()
+
+    static let queueInit = SystemCallError("io_uring_queue_init", "", Errno(rawValue: EPERM))
+
+    @Test("EPERM with kernel.io_uring_disabled = 2: the sysctl, its value and how to allow io_uring")
+    func disabledBySysctl() {
+        let text = StartupDiagnosis.explain(Self.queueInit, configuration: Self.configuration, host: HostLimits(ioUringDisabled: 2))
+        #expect(text == "io_uring_queue_init: Operation not permitted (errno 1): io_uring is disabled on this host "
+            + "(kernel.io_uring_disabled = 2): allow it with `sysctl -w kernel.io_uring_disabled=0` (and in "
+            + "/etc/sysctl.d/ to keep it), or set it to 1 and run the relay in kernel.io_uring_group")
+    }
+
+    @Test("EPERM with kernel.io_uring_disabled = 1: the group that may use io_uring, and how to join it")
+    func limitedToGroup() {
+        let text = StartupDiagnosis.explain(
+            Self.queueInit, configuration: Self.configuration, host: HostLimits(ioUringDisabled: 1, ioUringGroup: 995))
+        #expect(text.hasPrefix("io_uring_queue_init: Operation not permitted (errno 1): io_uring is limited to "
+            + "kernel.io_uring_group (group 995) and CAP_SYS_ADMIN (kernel.io_uring_disabled = 1)"))
+        #expect(text.contains("SupplementaryGroups="))
+        let noGroup = StartupDiagnosis.explainIOUring(
+            Errno(rawValue: EPERM), configuration: Self.configuration, host: HostLimits(ioUringDisabled: 1, ioUringGroup: -1))
+        #expect(noGroup?.contains("(no group (kernel.io_uring_group = -1))") == true)
+    }
+
+    @Test("EPERM with the sysctl at 0 or absent: a seccomp filter, and the three system calls to allow", arguments: [0, nil] as [Int?])
+    func blockedBySeccomp(_ sysctl: Int?) throws {
+        let text = try #require(StartupDiagnosis.explainIOUring(
+            Errno(rawValue: EPERM), configuration: Self.configuration, host: HostLimits(ioUringDisabled: sysctl)))
+        #expect(text.hasPrefix("io_uring is blocked by a seccomp filter ("
+            + (sysctl == nil ? "this kernel has no kernel.io_uring_disabled" : "kernel.io_uring_disabled = 0")
+            + ", so the sysctl is not the cause)"))
+        #expect(text.contains("io_uring_setup, io_uring_enter and io_uring_register"))
+    }
+
+    @Test("ENOMEM under a locked-memory limit: the limit, what the workers need, and LimitMEMLOCK= / ulimit -l")
+    func lockedMemory() {
+        let error = SystemCallError("io_uring_queue_init", "", Errno(rawValue: ENOMEM))
+        let text = StartupDiagnosis.explain(error, configuration: Self.configuration, host: HostLimits(lockedMemoryBytes: 96 << 10))
+        // 2 workers × (64 KiB of SQEs + 40 KiB of CQ ring + 4 KiB of buffer ring): a worker started under
+        // 108 KiB and failed under 104 KiB on Linux 6.18.
+        #expect(text == "io_uring_queue_init: Cannot allocate memory (errno 12): the locked-memory limit "
+            + "(RLIMIT_MEMLOCK) is 96 KiB and 2 workers need about 216 KiB (108 KiB each): for a user without "
+            + "CAP_IPC_LOCK, Linux charges every io_uring's rings and provided-buffer rings to it, summed over all "
+            + "of that user's processes (a relay still exiting included). Raise it: LimitMEMLOCK=1024K in the "
+            + "systemd unit, `ulimit -l 1024` in the shell that starts the relay, `docker run --ulimit "
+            + "memlock=1048576`, or grant CAP_IPC_LOCK")
+    }
+
+    @Test("ENOMEM with no locked-memory limit says the limit is not the cause")
+    func memoryWithoutLimit() throws {
+        let text = try #require(StartupDiagnosis.explainIOUring(
+            Errno(rawValue: ENOMEM), configuration: Self.configuration, host: HostLimits(lockedMemoryBytes: nil)))
+        #expect(text.contains("the locked-memory limit is unlimited, so it is not the cause"))
+    }
+
+    /// Each amount is where a relay started and 4 KiB less failed, on Linux 6.18 as an
+    /// unprivileged user (`prlimit --memlock`).
+    @Test("the locked memory needed grows with receive buffers and backends", arguments: [
+        (128, 1, 8192, 108 << 10),
+        // 4096 receive buffers: a 8192-entry CQ (128 KiB + 4 KiB SQ array + header) and a 64 KiB buffer ring.
+        (4096, 1, 8192, (64 + 136 + 64) << 10),
+        // 300 backends: 4 × (18 + 600 + 2) = 2480 send slots, so a 4096-entry CQ.
+        (128, 300, 8192, (64 + 72 + 4) << 10),
+    ])
+    func lockedBytes(_ buffers: Int, _ backendCount: Int, _ maxDatagram: Int, _ bytes: Int) throws {
+        var configuration = RelayConfiguration(backends: try (0..<backendCount).map { try BackendAddress(parsing: "10.0.\($0 / 250).\($0 % 250 + 1):8125") })
+        configuration.receiveBuffers = buffers
+        configuration.maxDatagramBytes = maxDatagram
+        #expect(StartupDiagnosis.lockedBytesPerWorker(configuration) == bytes)
+    }
+
+    @Test("errors with nothing to add pass through unchanged")
+    func passThrough() {
+        let bind = SystemCallError("bind udp", "0.0.0.0:8125", Errno(rawValue: EADDRINUSE))
+        #expect(StartupDiagnosis.explain(bind, configuration: Self.configuration, host: HostLimits()) == bind.description)
+        let ring = SystemCallError("io_uring_enter", "", Errno(rawValue: EBADF))
+        #expect(StartupDiagnosis.explain(ring, configuration: Self.configuration, host: HostLimits()) == ring.description)
+    }
+
+    @Test("the descriptors needed, part by part: stdio, each worker's ring, socket, eventfds and backends, the monitor")
+    func descriptorBudget() throws {
+        var configuration = RelayConfiguration(backends: try ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"].map { try BackendAddress(parsing: $0) })
+        configuration.threads = 2
+        let plain = StartupDiagnosis.descriptorsNeeded(configuration, alreadyOpen: 3)
+        #expect(plain == .init(alreadyOpen: 3, perWorker: 7, workers: 2, monitor: 1, spare: 8))
+        #expect(plain.total == 26)
+        configuration.healthCheck = .tcp
+        #expect(StartupDiagnosis.descriptorsNeeded(configuration, alreadyOpen: 3).monitor == 4)
+    }
+
+    @Test("too low an open-files limit is refused with the number needed and how to raise it; enough passes")
+    func descriptorCheck() throws {
+        var configuration = Self.configuration
+        configuration.threads = 1
+        let refusal = try #require(StartupDiagnosis.checkDescriptors(
+            configuration, host: HostLimits(openFiles: 8, openFilesHard: 8, openDescriptors: 3)))
+        #expect(refusal == "too few open files allowed: the relay needs 17 descriptors and RLIMIT_NOFILE is 8: 3 "
+            + "already open, 5 per worker × 1 worker (ring, listening socket, 2 eventfds, 1 backend socket), 1 for "
+            + "the health monitor, 8 spare. Raise it to at least 17: `ulimit -n 17` in the shell that starts the "
+            + "relay, LimitNOFILE=17 in the systemd unit, or `docker run --ulimit nofile=17` (the hard limit is 8: "
+            + "only root can raise it)")
+        #expect(StartupDiagnosis.checkDescriptors(configuration, host: HostLimits(openFiles: 17, openDescriptors: 3)) == nil)
+        #expect(StartupDiagnosis.checkDescriptors(configuration, host: HostLimits(openFiles: nil, openDescriptors: 3)) == nil)
+    }
+
+    @Test("EMFILE from any call names the open-files limit and the number needed")
+    func tooManyOpenFiles() {
+        let error = SystemCallError("socket udp", "127.0.0.1:39002", Errno(rawValue: EMFILE))
+        let text = StartupDiagnosis.explain(error, configuration: Self.configuration, host: HostLimits(openFiles: 8, openDescriptors: 3))
+        #expect(text.hasPrefix("socket udp 127.0.0.1:39002: Too many open files (errno 24): the open-files limit "
+            + "(RLIMIT_NOFILE, 8) is too low: the relay needs about 22 descriptors"))
+        #expect(text.contains("LimitNOFILE=22"))
+    }
+
+    @Test("this host's limits are read: the open-files limit and the descriptors open now")
+    func currentLimits() {
+        let host = HostLimits.current()
+        var limit = rlimit()
+        getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
+        #expect(host.openFiles == (limit.rlim_cur == rlim_t.max ? nil : UInt64(limit.rlim_cur)))
+        #expect(host.openDescriptors >= 3)
+        #expect(host.kernelRelease == KernelSupport.release)
+    }
+}
