@@ -53,6 +53,9 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("cpus"), help: "CPUs to pin workers to, e.g. 0-3,8 (default: the CPUs this process may use).")
     var cpus: String?
 
+    @Flag(name: .customLong("reuseport-group"), help: "Share the port with other processes' SO_REUSEPORT sockets (the kernel splits the traffic between them). Without it the relay refuses a port another socket holds.")
+    var reusePortGroup = false
+
     @Option(name: .customLong("io-backend"), help: "auto (io_uring where the kernel allows it, else portable), uring or portable (recvmmsg/sendmmsg).")
     var ioBackend: IOBackendChoice = .auto
 
@@ -87,6 +90,7 @@ struct RunCommand: ParsableCommand {
         configuration.maxDatagramBytes = maxDatagram
         configuration.receiveBuffers = receiveBuffers
         configuration.ioBackend = ioBackend
+        configuration.reusePortGroup = reusePortGroup
         configuration.shutdownTimeoutNanoseconds = try DurationParser.nanoseconds(shutdownTimeout, argument: "--shutdown-timeout")
         // A bare 0 is how operators switch the minimum wait off (the help says so); any other
         // value needs its unit.

@@ -49,3 +49,24 @@ struct ExclusivePortTests {
         #expect(throws: SystemCallError.self) { _ = try relay.start() }
     }
 }
+
+@Suite("The executable refuses a shared port", .serialized, .timeLimit(.minutes(1)))
+struct ExclusivePortCommandTests {
+    @Test("a second statsrelay on the port exits 71 naming the address; with --reuseport-group it starts", arguments: ioDrivers)
+    func secondProcessRefused(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let backend = try TestBackend()
+        let first = try RelayProcess(driver: driver, ["--bind", "127.0.0.1", "--port", "0", "--threads", "1", backend.spec])
+        let port = try first.listenAddress().port
+        let second = try RelayProcess.run(["--io-backend", driver.rawValue, "--bind", "127.0.0.1", "--port", "\(port)", "--threads", "1", backend.spec])
+        #expect(second.status == 71)
+        #expect(second.error.contains("bind udp 127.0.0.1:\(port): Address already in use (errno 98)"), "\(second.error)")
+        #expect(second.error.contains("--reuseport-group"))
+        let sharing = try RelayProcess(driver: driver, ["--bind", "127.0.0.1", "--port", "\(port)", "--threads", "1", "--reuseport-group", backend.spec])
+        #expect(try sharing.listenAddress().port == port)
+        sharing.signal(SIGTERM)
+        #expect(sharing.waitForExit() == 0)
+        first.signal(SIGTERM)
+        #expect(first.waitForExit() == 0)
+    }
+}
