@@ -27,7 +27,7 @@ for _ in $(seq 1 100); do
   if ! kill -0 "$RELAY" 2>/dev/null; then cat "$LOG/relay.err"; exit 1; fi
   sleep 0.1
 done
-head -n 1 "$LOG/relay.err"
+grep -E "io_backend=|listening on" "$LOG/relay.err"
 
 echo "== sending StatsD lines to 127.0.0.1:$PORT for ${SECONDS_TO_RUN}s"
 end=$((SECONDS + SECONDS_TO_RUN))
