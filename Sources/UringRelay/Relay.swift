@@ -230,28 +230,23 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     private static func runWorker(
         driver: IOBackendChoice, settings: WorkerSettings, wakeup: WakeupEvent, started: StartupSignal
     ) -> Result<RelayCounters, SystemCallError>? {
-        do throws(SystemCallError) {
-            switch driver {
-            case .portable:
-                let worker: PortableDriver
-                do throws(SystemCallError) { worker = try PortableDriver(settings: settings, wakeup: wakeup) } catch {
-                    started.report(.failure(error))
-                    return nil
-                }
-                started.report(.success(worker.facts))
-                return .success(try worker.run())
-            case .uring, .auto:
-                let worker: IOUringDriver
-                do throws(SystemCallError) { worker = try IOUringDriver(settings: settings, wakeup: wakeup) } catch {
-                    started.report(.failure(error))
-                    return nil
-                }
-                started.report(.success(worker.facts))
-                return .success(try worker.run())
-            }
-        } catch {
-            return .failure(error)
+        switch driver {
+        case .portable: run(PortableDriver.self, settings: settings, wakeup: wakeup, started: started)
+        case .uring, .auto: run(IOUringDriver.self, settings: settings, wakeup: wakeup, started: started)
         }
+    }
+
+    /// Opens one driver of type `Driver`, reports its start, runs it (see `runWorker`).
+    private static func run<Driver: IODriver & ~Copyable>(
+        _: Driver.Type, settings: WorkerSettings, wakeup: WakeupEvent, started: StartupSignal
+    ) -> Result<RelayCounters, SystemCallError>? {
+        let worker: Driver
+        do throws(SystemCallError) { worker = try Driver(settings: settings, wakeup: wakeup) } catch {
+            started.report(.failure(error))
+            return nil
+        }
+        started.report(.success(worker.facts))
+        do throws(SystemCallError) { return .success(try worker.run()) } catch { return .failure(error) }
     }
 
     /// Replaces the backends while the relay runs: every worker sends what it batched for the

@@ -26,20 +26,8 @@ final class FakeHealthPort: @unchecked Sendable {  // mutable state lives in `Sh
 
     /// Starts listening; `port` 0 picks one.
     init(port: UInt16 = 0) throws {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var one: Int32 = 1
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        let address = SocketAddress(numericHost: "127.0.0.1", port: port)!
-        let bound = address.withUnsafeSockaddr { bind(fd, $0, $1) }
-        guard bound == 0, listen(fd, 64) == 0 else {
-            let failure = Errno.current
-            Glibc.close(fd)
-            throw failure
-        }
-        var storage = sockaddr_in()
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        withUnsafeMutableBytes(of: &storage) { _ = getsockname(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), &length) }
-        self.port = UInt16(bigEndian: storage.sin_port)
+        let (fd, bound) = try listeningTCPSocket(port: port, reuseAddress: true, backlog: 64)
+        self.port = bound
         listener = fd
         thread = WorkerThreadHandle(try WorkerThread(name: "fake-health", cpu: nil) { [shared] _ in
             Self.serve(fd, shared)
@@ -103,4 +91,23 @@ struct CapturingLogHandler: LogHandler {
 /// How many lines of `log` contain `text`.
 func occurrences(of text: String, in log: String) -> Int {
     log.split(separator: "\n").filter { $0.contains(text) }.count
+}
+
+/// A listening TCP socket on 127.0.0.1:`port` (0: the kernel picks), and the port it got.
+func listeningTCPSocket(port: UInt16 = 0, reuseAddress: Bool = false, backlog: Int32 = 16) throws -> (descriptor: Int32, port: UInt16) {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    if reuseAddress {
+        var one: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+    }
+    let bound = SocketAddress(numericHost: "127.0.0.1", port: port)!.withUnsafeSockaddr { bind(fd, $0, $1) }
+    guard bound == 0, listen(fd, backlog) == 0 else {
+        let failure = Errno.current
+        Glibc.close(fd)
+        throw failure
+    }
+    var storage = sockaddr_in()
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    withUnsafeMutableBytes(of: &storage) { _ = getsockname(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), &length) }
+    return (fd, UInt16(bigEndian: storage.sin_port))
 }

@@ -17,17 +17,8 @@ final class KeptOpenAdminPort: @unchecked Sendable {  // the serving thread shar
     /// Listens on a kernel-chosen port and answers every `health` request with `chunks`, written
     /// one after another with a short pause between, so the probe may read them separately.
     init(answering chunks: [String]) throws {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        let bound = SocketAddress(numericHost: "127.0.0.1", port: 0)!.withUnsafeSockaddr { bind(fd, $0, $1) }
-        guard bound == 0, listen(fd, 16) == 0 else {
-            let failure = Errno.current
-            Glibc.close(fd)
-            throw failure
-        }
-        var storage = sockaddr_in()
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        withUnsafeMutableBytes(of: &storage) { _ = getsockname(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), &length) }
-        address = SocketAddress(numericHost: "127.0.0.1", port: UInt16(bigEndian: storage.sin_port))!
+        let (fd, port) = try listeningTCPSocket()
+        address = SocketAddress(numericHost: "127.0.0.1", port: port)!
         listener = fd
         let running = Running()
         self.running = running
