@@ -1,3 +1,4 @@
+import RelayKernel
 import Logging
 
 /// The relay's log handler: swift-log's standard line format (`TIMESTAMP LEVEL LABEL: METADATA

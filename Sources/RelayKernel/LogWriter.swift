@@ -1,4 +1,3 @@
-import RelayKernel
 import Glibc
 import Synchronization
 
