@@ -176,6 +176,20 @@ public struct UDPSocket: ~Copyable {
         return peeked != nil
     }
 
+    /// Takes every datagram still queued, without keeping any, and says how many there were:
+    /// for a listener about to close at stop, so that what it held is counted, not lost unseen.
+    ///
+    /// - Parameter limit: the most to take (a client still sending cannot keep this going).
+    public func discardPending(limit: Int = 1 << 20) -> Int {
+        var byte: UInt8 = 0
+        var discarded = 0
+        while discarded < limit,
+              (try? systemCall { recv(descriptor, &byte, 1, Int32(MSG_DONTWAIT | MSG_TRUNC)) }) != nil {
+            discarded += 1
+        }
+        return discarded
+    }
+
     /// Sends one datagram, blocking until the kernel takes it.
     ///
     /// - Parameter destination: required unless the socket is connected.

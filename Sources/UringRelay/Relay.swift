@@ -211,7 +211,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             state.wakeups = []
             state.threads = []
             state.boards = []
-            state.counters = []
+            // What the stopped workers relayed stays counted.
             state.failures = []
             state.listen = nil
         }

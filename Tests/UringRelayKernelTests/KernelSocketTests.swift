@@ -253,3 +253,21 @@ extension SocketErrorReport {
         reachedLimit = reachedLimit || other.reachedLimit
     }
 }
+
+@Suite("Closing a listener at stop")
+struct DiscardPendingTests {
+    @Test("discardPending takes and counts every queued datagram, empty ones included, and stops at its limit", arguments: [0, 1, 37])
+    func countsWhatWasQueued(queued: Int) throws {
+        let listener = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!, receiveBufferBytes: 1 << 20)
+        let sender = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!)
+        for index in 0..<queued { try sender.send(index % 3 == 0 ? [] : Array("late.\(index):1|c".utf8), to: listener.localAddress) }
+        if queued > 2 {
+            #expect(listener.discardPending(limit: 2) == 2)
+            #expect(listener.discardPending() == queued - 2)
+        } else {
+            #expect(listener.discardPending() == queued)
+        }
+        let stillQueued = listener.hasPendingDatagram
+        #expect(!stillQueued)
+    }
+}

@@ -148,6 +148,12 @@ public struct RelayCore: ~Copyable {
         if report.refused.packets > 0 { settings.routing.reportRefusal(backend: identity) }
     }
 
+    /// Counts datagrams that were still queued in a listening socket when receiving stopped
+    /// (they arrived after the drain ended) and are discarded as it closes.
+    public mutating func countDiscardedAtStop(_ datagrams: Int) {
+        processor.counters[.datagramsDroppedAtExit] &+= UInt64(datagrams)
+    }
+
     /// Counts datagrams the kernel dropped at the listening sockets (their receive queues were
     /// full), as read from the sockets' drop counters by the driver.
     public mutating func countKernelDrops(_ datagrams: UInt64) {

@@ -114,6 +114,11 @@ public struct IOUringDriver: ~Copyable {
                 }
             }
             queueReadySends()
+            if core.phase == .flushing && !listeners.isEmpty && !receiveArmed.contains(true) {
+                // Every receive has ended (cancelled): nothing more is taken from the sockets.
+                countKernelDrops(now: now)
+                WorkerSetup.closeListeners(&listeners, core: &core)
+            }
             connections.follow(&core, sendsInFlight: sendsInFlight, now: now)
             if drops.isDue(now: now) { countKernelDrops(now: now) }
             if core.isFlushed && sendsInFlight == 0 && !receiveArmed.contains(true) && queue.isEmpty && connections.isSettled {

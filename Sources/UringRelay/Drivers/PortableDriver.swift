@@ -104,6 +104,8 @@ public struct PortableDriver: ~Copyable {
             if core.endTurn(now: now, moreToReceive: busy) == .stopReceiving {
                 receiving = false
                 for index in listeners.indices { poller.ignore(index) }
+                countKernelDrops(now: now)
+                WorkerSetup.closeListeners(&listeners, core: &core)
             }
             sendReady(now: now)
             connections.follow(&core, sendsInFlight: 0, now: now)
@@ -134,8 +136,8 @@ public struct PortableDriver: ~Copyable {
         case .draining:
             timeout = min(timeout, 1_000_000)
         case .flushing:
-            // Sends are done when this runs; what is left is confirming them.
-            break
+            // Sends are done when this runs; what is left is confirming them, within the budget.
+            timeout = min(timeout, core.stopDeadline > now ? core.stopDeadline - now : 0)
         }
         return timeout
     }

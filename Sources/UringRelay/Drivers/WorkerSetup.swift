@@ -27,6 +27,17 @@ enum WorkerSetup {
         return descriptors
     }
 
+    /// Closes every listener once receiving has stopped: what each still holds (it arrived after
+    /// the drain ended) is taken and counted as dropped at exit, and closing hands the port's
+    /// traffic to any other `SO_REUSEPORT` socket still receiving, instead of letting it queue
+    /// unseen until the process exits.
+    static func closeListeners(_ listeners: inout RigidArray<UDPSocket>, core: inout RelayCore) {
+        var discarded = 0
+        for index in listeners.indices { discarded += listeners[index].discardPending() }
+        core.countDiscardedAtStop(discarded)
+        listeners.removeAll()
+    }
+
     /// The addresses the listeners are bound to (with the ports the kernel chose for port 0).
     static func boundAddresses(_ listeners: borrowing RigidArray<UDPSocket>) -> [SocketAddress] {
         var bound: [SocketAddress] = []

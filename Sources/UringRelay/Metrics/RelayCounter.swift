@@ -292,8 +292,14 @@ public struct RelayCounters: Sendable, Equatable {
                 if let index = lhs.backends.firstIndex(of: name) {
                     for offset in 0..<width { lhs.backend[index * width + offset] &+= values[offset] }
                 } else {
+                    // In the pool for the other worker: counts kept as retired here join it.
+                    var merged = values
+                    if let retiredIndex = lhs.retired.firstIndex(where: { $0.backend == name }) {
+                        for offset in 0..<width { merged[offset] &+= lhs.retired[retiredIndex].values[offset] }
+                        lhs.retired.remove(at: retiredIndex)
+                    }
                     lhs.backends.append(name)
-                    lhs.backend.append(contentsOf: values)
+                    lhs.backend.append(contentsOf: merged)
                 }
             }
         }

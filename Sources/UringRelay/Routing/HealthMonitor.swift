@@ -212,7 +212,8 @@ public final class HealthMonitor: Sendable {
                 nextCheck = now &+ config.healthIntervalNanoseconds
                 let probes = targets(for: addresses, backends: backends)
                 let outcomes = TCPProbe.run(probes, timeoutMilliseconds: Int(config.healthTimeoutNanoseconds / 1_000_000))
-                let refusals = routing.takeRefusals()
+                // By identity: the pool may have changed since this round's backends were taken.
+                let refusals = routing.takeRefusalsByBackend()
                 now = MonotonicClock.nanoseconds()
                 if firstRound {
                     firstRound = false
@@ -227,8 +228,8 @@ public final class HealthMonitor: Sendable {
                 }
                 for index in 0..<count {
                     var failure = outcomes[index]
-                    if failure == nil && refusals[index] > 0 {
-                        failure = "\(refusals[index]) sends refused (ICMP port unreachable)"
+                    if failure == nil, let refused = refusals[backends[index].description], refused > 0 {
+                        failure = "\(refused) sends refused (ICMP port unreachable)"
                     }
                     guard let state = trackers[index].record(success: failure == nil, reason: failure, now: now) else { continue }
                     down[index] = state == .down

@@ -100,11 +100,4 @@ public final class RoutingState: Sendable {
             return counts
         }
     }
-
-    /// Takes (and resets) the refusal counts of the current pool's backends, in pool order.
-    public func takeRefusals() -> [UInt64] {
-        let identities = current.identities
-        let counts = takeRefusalsByBackend()
-        return identities.map { counts[$0] ?? 0 }
-    }
 }
