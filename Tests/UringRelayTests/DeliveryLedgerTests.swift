@@ -36,9 +36,10 @@ struct DeliveryLedgerTests {
         }
     }
 
-    /// Runs `events` through a ledger with a 200 ms confirmation delay.
-    static func run(_ events: [Event]) -> DeliveryLedger {
-        var ledger = DeliveryLedger(confirmationDelay: 200_000_000)
+    /// Runs `events` through a ledger with a 200 ms confirmation delay and no doubt window
+    /// (these cases are about attribution; the window has its own test).
+    static func run(_ events: [Event], doubtWindow: UInt64 = 0) -> DeliveryLedger {
+        var ledger = DeliveryLedger(confirmationDelay: 200_000_000, doubtWindow: doubtWindow)
         for event in events {
             switch event {
             case .accept(let lines, let ms): ledger.accepted(lines: lines, bytes: lines * 10, now: ms * 1_000_000)
@@ -122,7 +123,7 @@ struct DeliveryLedgerTests {
 
     @Test("the queue keeps FIFO order while it grows and wraps", arguments: [1, 63, 64, 65, 1_000])
     func fifoAcrossGrowth(batch: Int) {
-        var ledger = DeliveryLedger(confirmationDelay: 1_000_000)
+        var ledger = DeliveryLedger(confirmationDelay: 1_000_000, doubtWindow: 0)
         var next = 1
         var expectedRefused: UInt64 = 0
         var expectedSent: UInt64 = 0
@@ -142,6 +143,25 @@ struct DeliveryLedgerTests {
         #expect(ledger.refused.lines == expectedRefused)
         #expect(ledger.sent.lines == expectedSent)
         #expect(ledger.unconfirmed == DeliveryLedger.Counts())
+        #expect(ledger.verifyInvariants())
+    }
+
+    @Test("within a second of an ICMP error, packets without an error of their own are doubted, not sent (remote hosts rate-limit ICMP)")
+    func doubtAfterAnError() {
+        let ledger = Self.run([
+            .accept(lines: 10, ms: 0),  // confirmed before any error: sent
+            .drain(refused: 0, ms: 300),
+            .accept(lines: 3, ms: 400),  // refused (the one error a rate-limited host sends)
+            .accept(lines: 4, ms: 410),  // no error of its own, but inside the window: doubted
+            .drain(refused: 1, ms: 450),
+            .accept(lines: 5, ms: 1_400),  // still within 1 s of the error at 450 ms
+            .accept(lines: 6, ms: 1_500),  // after the window: sent
+            .drain(refused: 0, ms: 2_000),
+        ], doubtWindow: 1_000_000_000)
+        #expect(ledger.sent.lines == 16)
+        #expect(ledger.refused.lines == 3)
+        #expect(ledger.doubted.lines == 9)
+        #expect(ledger.unconfirmed.packets == 0)
         #expect(ledger.verifyInvariants())
     }
 }

@@ -143,7 +143,7 @@ public struct RelayCore: ~Copyable {
         processor.counters.add(report.refused.packets, to: .packetsRefused, backend: identity)
         processor.counters.add(report.refused.lines, to: .linesRefused, backend: identity)
         processor.counters.add(report.unreachable.lines, to: .linesUnreachable, backend: identity)
-        processor.counters.add(report.unconfirmedAtExit.lines, to: .linesUnconfirmed, backend: identity)
+        processor.counters.add(report.unconfirmedAtExit.lines &+ report.doubted.lines, to: .linesUnconfirmed, backend: identity)
         processor.counters.add(report.unattributedLosses, to: .unattributedLosses, backend: identity)
         if report.refused.packets > 0 { settings.routing.reportRefusal(backend: identity) }
     }

@@ -16,11 +16,12 @@ import RelayKernel
 /// ```
 ///   send CQE ok ──► accepted ──► unconfirmed ──┬─ drain attributes an ICMP error ──► refused / unreachable
 ///   send CQE -errno ──► sendErrors             ├─ drain at ≥ acceptedAt + delay ───► sent
-///                                              └─ relay exits first ──────────────► unconfirmedAtExit
+///                                              ├─ relay exits first ──────────────► unconfirmedAtExit
+///                                              └─ due within 1 s of an ICMP error ► doubted
 /// ```
 ///
 /// Invariant (`verifyInvariants()`): `accepted == sent + refused + unreachable + unconfirmed +
-/// unconfirmedAtExit`, in packets, lines and bytes alike; every packet offered to the kernel is
+/// unconfirmedAtExit + doubted`, in packets, lines and bytes alike; every packet offered to the kernel is
 /// in `accepted` or `sendErrors`.
 ///
 /// What is exact and what is not:
@@ -99,6 +100,12 @@ public struct DeliveryLedger: Sendable, Equatable {
     /// Packets accepted whose confirmation delay had not passed (or that no drain saw after it)
     /// when the relay exited: transmitted, but whether the backend refused them is unknown.
     public private(set) var unconfirmedAtExit = Counts()
+    /// Packets accepted while the backend's host was refusing — within `doubtWindow` after an
+    /// ICMP error on this socket — that got no error of their own. Linux sends at most about one
+    /// ICMP error per second to a host (`net.ipv4.icmp_ratelimit`; loopback is exempt), so of a
+    /// dead remote backend's packets only about one a second is ever refused: the others cannot
+    /// be called sent. Whether they arrived is unknown.
+    public private(set) var doubted = Counts()
     /// ICMP errors that found no unconfirmed packet to attribute to: each arrived after the
     /// packet it reports had been counted as sent (it took longer than `confirmationDelay`), so
     /// `sent` over-counts by this many packets. Zero wherever the delay exceeds the round trip.
@@ -126,11 +133,28 @@ public struct DeliveryLedger: Sendable, Equatable {
     /// - Parameters:
     ///   - confirmationDelay: nanoseconds before an unrefused packet counts as sent.
     ///   - drainEvery: accepted packets between drains before `needsDrain` asks for one.
-    public init(confirmationDelay: UInt64 = defaultConfirmationDelay, drainEvery: Int = defaultDrainEvery) {
+    public init(
+        confirmationDelay: UInt64 = defaultConfirmationDelay, drainEvery: Int = defaultDrainEvery,
+        doubtWindow: UInt64 = defaultDoubtWindow
+    ) {
         precondition(drainEvery > 0)
         self.confirmationDelay = confirmationDelay
         self.drainEvery = drainEvery
+        self.doubtWindow = doubtWindow
     }
+
+    /// How long after an ICMP error the packets sent on the socket are doubted rather than
+    /// confirmed: Linux's default ICMP rate limit per host is one per second.
+    public static let defaultDoubtWindow: UInt64 = 1_000_000_000
+
+    /// Nanoseconds after an ICMP error during which accepted packets are `doubted`.
+    public let doubtWindow: UInt64
+    /// Packets accepted in `doubtedFrom...doubtedUntil` are doubted: from an ICMP error to the
+    /// window's end after the last error that followed it within the window.
+    private var doubtedFrom: UInt64 = 0
+    private var doubtedUntil: UInt64 = 0
+    /// Whether any ICMP error was seen yet (the range means nothing before).
+    private var sawError = false
 
     /// Records a packet the kernel accepted whole (its send completed with all its bytes).
     ///
@@ -186,9 +210,18 @@ public struct DeliveryLedger: Sendable, Equatable {
             let (lines, bytes) = removeOldest()
             if lost < refusedCount { refused.add(lines: lines, bytes: bytes) } else { unreachable.add(lines: lines, bytes: bytes) }
         }
+        if refusedCount + unreachableCount > 0 && doubtWindow > 0 {
+            // The host will stay silent about most packets for a while (ICMP rate limit): the
+            // ones still unconfirmed and those sent from now on are doubted, until a window
+            // passes with no error.
+            if !sawError || now > doubtedUntil { doubtedFrom = count > 0 ? min(acceptedAt[head], now) : now }
+            sawError = true
+            doubtedUntil = now &+ doubtWindow
+        }
         while count > 0, acceptedAt[head] &+ confirmationDelay <= now {
+            let doubtful = sawError && acceptedAt[head] >= doubtedFrom && acceptedAt[head] <= doubtedUntil
             let (lines, bytes) = removeOldest()
-            sent.add(lines: lines, bytes: bytes)
+            if doubtful { doubted.add(lines: lines, bytes: bytes) } else { sent.add(lines: lines, bytes: bytes) }
         }
         assert(verifyInvariants())
     }
@@ -208,7 +241,7 @@ public struct DeliveryLedger: Sendable, Equatable {
     /// Checks that every accepted packet is in exactly one of sent, refused, unreachable,
     /// unconfirmed and unconfirmed at exit, and that the queue matches the unconfirmed gauge.
     public func verifyInvariants() -> Bool {
-        guard accepted == sent + refused + unreachable + unconfirmed + unconfirmedAtExit else { return false }
+        guard accepted == sent + refused + unreachable + doubted + unconfirmed + unconfirmedAtExit else { return false }
         guard UInt64(count) == unconfirmed.packets, count <= acceptedAt.count else { return false }
         var lines: UInt64 = 0
         var bytes: UInt64 = 0
@@ -261,6 +294,7 @@ extension DeliveryLedger {
         public var unreachable = Counts()
         public var sendErrors = Counts()
         public var unconfirmedAtExit = Counts()
+        public var doubted = Counts()
         public var unattributedLosses: UInt64 = 0
 
         /// Whether nothing happened.
@@ -271,13 +305,14 @@ extension DeliveryLedger {
     public mutating func takeReport() -> Report {
         let now = Report(
             sent: sent, refused: refused, unreachable: unreachable, sendErrors: sendErrors,
-            unconfirmedAtExit: unconfirmedAtExit, unattributedLosses: unattributedLosses)
+            unconfirmedAtExit: unconfirmedAtExit, doubted: doubted, unattributedLosses: unattributedLosses)
         let previous = reported
         reported = now
         return Report(
             sent: now.sent - previous.sent, refused: now.refused - previous.refused,
             unreachable: now.unreachable - previous.unreachable, sendErrors: now.sendErrors - previous.sendErrors,
             unconfirmedAtExit: now.unconfirmedAtExit - previous.unconfirmedAtExit,
+            doubted: now.doubted - previous.doubted,
             unattributedLosses: now.unattributedLosses &- previous.unattributedLosses)
     }
 
