@@ -52,6 +52,8 @@ public struct RelayCore: ~Copyable {
     private var replayedHead = 0
     private var identities: [String]
     private var appliedGeneration: UInt64
+    /// When to try again a membership change that could not be applied (`.max`: none failed).
+    private var retryPoolChangeAt = UInt64.max
     private var nextPublish: UInt64
     private let settings: WorkerSettings
 
@@ -163,7 +165,13 @@ public struct RelayCore: ~Copyable {
     /// Starts a turn, before its datagrams are relayed: applies a newly published pool (the
     /// health view and addresses at once; a membership change once the old pool's batches are
     /// sent), so datagrams that arrive after a publication are routed by it.
-    public mutating func beginTurn() {
+    public mutating func beginTurn(now: UInt64) {
+        if now >= retryPoolChangeAt, pendingPool == nil, settings.routing.current.membership != pool.membership {
+            // A change that failed is tried again, at most once a second, until it succeeds:
+            // a worker left on an old pool would route differently from the others.
+            retryPoolChangeAt = .max
+            appliedGeneration = 0
+        }
         applyPublishedPool()
     }
 
@@ -258,7 +266,7 @@ public struct RelayCore: ~Copyable {
     /// by backend identity, held packets kept for the backends that stay.
     ///
     /// - Throws: `SystemCallError` if the new send buffers cannot be mapped; the old pool then
-    ///   stays in force and the change is counted as failed (not retried).
+    ///   stays in force, the failure is counted and the change is tried again (`beginTurn`).
     public mutating func completePoolChange() throws(SystemCallError) {
         guard let next = pendingPool else { return }
         var counters = processor.counters
@@ -281,13 +289,18 @@ public struct RelayCore: ~Copyable {
         processor.counters[.poolChanges] &+= 1
     }
 
-    /// Gives up a waiting membership change (the driver could not connect the new pool's
-    /// sockets): the old pool stays in force, and the failure is counted.
+    /// Gives up a waiting membership change for now (the driver could not connect the new
+    /// pool's sockets, or the send buffers could not be mapped): the old pool stays in force,
+    /// the failure is counted, and the change is tried again a second later.
     public mutating func abandonPoolChange() {
         guard pendingPool != nil else { return }
         pendingPool = nil
         processor.counters[.poolChangesFailed] &+= 1
+        retryPoolChangeAt = MonotonicClock.nanoseconds() &+ Self.poolChangeRetryNanoseconds
     }
+
+    /// How long after a failed pool change the worker tries it again.
+    static let poolChangeRetryNanoseconds: UInt64 = 1_000_000_000
 
     /// Counts what could not be relayed or confirmed when a worker stops, and publishes the
     /// final counters.

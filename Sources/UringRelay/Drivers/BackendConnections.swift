@@ -55,8 +55,12 @@ struct BackendConnections: ~Copyable {
     /// Reads the error queues that are due and counts what the ledgers settled.
     mutating func settle(now: UInt64, into core: inout RelayCore) {
         let aged = now &- Self.confirmationSlackNanoseconds
-        for backend in ledgers.indices where ledgers[backend].needsDrain(now: aged) {
-            ledgers[backend].drained(sockets.takeErrors(backend), now: now)
+        for backend in ledgers.indices {
+            if ledgers[backend].needsDrain(now: aged) {
+                ledgers[backend].drained(sockets.takeErrors(backend), now: now)
+            } else if !ledgers[backend].hasUnreportedFailures {
+                continue
+            }
             core.countDelivery(ledgers[backend].takeReport(), backend: identities[backend])
         }
         retired.settle(now: now, into: &core)

@@ -102,7 +102,7 @@ public struct IOUringDriver: ~Copyable {
             while let completion = ring.nextCompletion() { handle(completion, now: now) }
             // After the completions: the pool eventfd is reset in there, so a publication made
             // since is either seen here or fires the re-armed poll.
-            core.beginTurn()
+            core.beginTurn(now: now)
             relayQueued(now: now)
             // Only a draining core asks; the peek is a system call, not paid while running.
             let moreToReceive = core.phase == .draining && (!queue.isEmpty || receivedThisTurn || anyListenerHasPending)

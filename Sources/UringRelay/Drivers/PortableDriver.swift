@@ -96,7 +96,7 @@ public struct PortableDriver: ~Copyable {
                 if poller.isReady(poolChangedIndex) { poolChanged.reset() }
             }
             now = MonotonicClock.nanoseconds()
-            core.beginTurn()
+            core.beginTurn(now: now)
             busy = receiving ? receiveAll(now: now) : false
             busyTurns += busy ? 1 : 0
             // Before the core ends its turn, so what the ledgers settle is in this turn's counters.

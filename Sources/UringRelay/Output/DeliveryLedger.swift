@@ -316,6 +316,9 @@ extension DeliveryLedger {
             unattributedLosses: now.unattributedLosses &- previous.unattributedLosses)
     }
 
+    /// Whether failed sends have not been reported yet (they need no drain, only a report).
+    public var hasUnreportedFailures: Bool { sendErrors != reported.sendErrors }
+
     /// When the oldest unconfirmed packet can be confirmed by a drain, if any is unconfirmed.
     public var nextConfirmation: UInt64? {
         count > 0 ? acceptedAt[head] &+ confirmationDelay : nil
