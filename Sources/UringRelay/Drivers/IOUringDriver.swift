@@ -134,6 +134,7 @@ public struct IOUringDriver: ~Copyable {
         countKernelDrops(now: now)
         connections.finish(now: MonotonicClock.nanoseconds(), into: &core)
         let counters = core.finish(unrelayedDatagrams: queue.count, sendsInFlight: sendsInFlight)
+        settings.routing.unsubscribe(poolChanged)
         if sendsInFlight > 0 || receiveArmed.contains(true) {
             // The kernel may still use this memory; keeping it mapped is the safe choice.
             buffers.keepMappedAfterDestruction()

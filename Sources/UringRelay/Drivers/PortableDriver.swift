@@ -115,6 +115,7 @@ public struct PortableDriver: ~Copyable {
         }
         countKernelDrops(now: now)
         connections.finish(now: MonotonicClock.nanoseconds(), into: &core)
+        settings.routing.unsubscribe(poolChanged)
         return core.finish(unrelayedDatagrams: 0, sendsInFlight: 0)
     }
 

@@ -88,6 +88,11 @@ public final class RoutingState: Sendable {
         return event
     }
 
+    /// Stops signalling `event` (a worker that has stopped).
+    public func unsubscribe(_ event: WakeupEvent) {
+        subscribers.withLock { $0.removeAll { $0 === event } }
+    }
+
     /// Counts one `ECONNREFUSED` from a backend's socket.
     public func reportRefusal(backend identity: String) {
         refusals.withLock { $0[identity, default: 0] &+= 1 }
