@@ -21,6 +21,8 @@ struct BackendConnections: ~Copyable {
     private var generation: UInt64
     /// Sockets of backends that left the pool, until their packets are all accounted for.
     private var retired: RetiredSockets
+    /// When a failed reconnect (after an address change) may be tried again.
+    private var reconnectRetryAt: UInt64 = 0
 
     /// `SO_SNDBUF` for backend sockets: room for bursts without `EAGAIN`.
     static let sendBufferBytes = 4 << 20
@@ -99,7 +101,7 @@ struct BackendConnections: ~Copyable {
             changeMembership(to: next, core: &core, now: now)
             return
         }
-        guard core.pendingPool == nil, core.pool.generation != generation else { return }
+        guard core.pendingPool == nil, core.pool.generation != generation, now >= reconnectRetryAt else { return }
         let wanted = core.pool.addresses
         var allMoved = true
         for backend in wanted.indices where wanted[backend] != addresses[backend] {
@@ -113,7 +115,12 @@ struct BackendConnections: ~Copyable {
             }
             core.countDelivery(ledgers[backend].takeReport(), backend: identities[backend])
         }
-        if allMoved { generation = core.pool.generation }
+        if allMoved {
+            generation = core.pool.generation
+        } else {
+            // Opening sockets fails for a reason that lasts (no descriptors, no route): once a second.
+            reconnectRetryAt = now &+ 1_000_000_000
+        }
     }
 
     /// Switches to `next`'s sockets: a backend that stays at the same address keeps its socket
