@@ -32,18 +32,20 @@ public struct BackendSockets: ~Copyable {
     /// Points backend `index`'s socket at a new address (after DNS re-resolution).
     ///
     /// The descriptor number stays the same, so sends already queued still name it: a new
-    /// socket is connected and moved onto it with `dup2(2)`. The old socket's error queue goes
-    /// with it, so it is drained first and its report returned.
-    /// - Returns: what the old socket's error queue held (count it like `takeErrors(_:)`).
-    @discardableResult
-    public func reconnect(_ index: Int, to address: SocketAddress, sendBufferBytes: Int) throws(SystemCallError) -> SocketErrorReport {
+    /// socket is connected and moved onto it with `dup2(2)`. The old socket lives on in
+    /// `retiring` (a duplicate descriptor), so refusals for packets it already sent still reach
+    /// its error queue and are counted.
+    public func reconnect(
+        _ index: Int, to address: SocketAddress, sendBufferBytes: Int, retiring: inout RetiringSockets
+    ) throws(SystemCallError) {
         let replacement = try UDPSocket.connected(to: address, sendBufferBytes: sendBufferBytes).releaseDescriptor()
         defer { _ = close(replacement) }  // not retried: see `systemCall`
-        let report = takeErrors(index)
+        let old = try Self.duplicate(descriptors[index], address)
         do throws(Errno) { _ = try systemCall { dup2(replacement, descriptors[index]) } } catch {
+            _ = close(old)
             throw SystemCallError("dup2", address.description, error)
         }
-        return report
+        retiring.adopt(old)
     }
 
     /// Drains backend `index`'s error queue and counts what it held: each `refused` or

@@ -267,4 +267,54 @@ struct HealthKernelTests {
         #expect(try collect(from: [first], expectedLines: 0, seconds: 0.1).totalLines == 0)
         #expect(occurrences(of: "backend address changed", in: log.withLock { $0 }) == 1)
     }
+
+    @Test("a backend name that moves from a dead port to a live one: lines sent to the dead address count as refused, the rest as sent, none lost from the count", arguments: ioDrivers)
+    func dnsMoveAccountsForTheOldSocket(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        // A port with nothing listening: every datagram to it is refused.
+        let deadPort = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!).localAddress.port
+        let live = try TestBackend()
+        let target = Mutex(SocketAddress(numericHost: "127.0.0.1", port: deadPort)!)
+        let resolver: HealthMonitor.Resolver = { host, port in
+            if host == "statsd.test" { return [target.withLock { $0 }] }
+            return try SocketAddress.resolve(host: host, port: port)
+        }
+        var configuration = RelayConfiguration(backends: [try BackendAddress(parsing: "statsd.test:\(deadPort)")])
+        configuration.bindHost = "127.0.0.1"
+        configuration.port = 0
+        configuration.threads = 1
+        configuration.flushIntervalNanoseconds = 1_000_000
+        configuration.dnsRefreshNanoseconds = 100_000_000
+        configuration.ioBackend = driver
+        let relay = try Relay(configuration: configuration, logger: Logger(label: "test"), resolver: resolver)
+        let address = try relay.start().listen
+        let before = (0..<20).map { "to.dead.\($0):1|c" }
+        for line in before { try send([line], to: address) }
+        target.withLock { $0 = live.address }
+        #expect(relay.monitor.waitUntil(timeoutNanoseconds: 10_000_000_000) { $0[0].address == live.address })
+        // Wait for the workers to follow: a line reaches the new address.
+        var probes = 0
+        var arrived: [String] = []
+        while arrived.isEmpty && probes < 50 {
+            try send(["probe.\(probes):1|c"], to: address)
+            arrived = try collect(from: [live], expectedLines: 1, seconds: 0.2).lines[0]
+            probes += 1
+        }
+        let after = (0..<20).map { "to.live.\($0):1|c" }
+        for line in after { try send([line], to: address) }
+        let received = try collect(from: [live], expectedLines: after.count)
+        relay.stop()
+        let (counters, failures) = relay.wait()
+        #expect(failures.isEmpty)
+        #expect(received.lines[0].filter { $0.hasPrefix("to.live.") }.sorted() == after.sorted())
+        let backend = "statsd.test:\(deadPort)"
+        let late = try collect(from: [live], expectedLines: 0, seconds: 0.1)
+        let atLive = UInt64(arrived.count + received.totalLines + late.totalLines)
+        // Probes sent before the move landed at the dead port: refused (or failed) like the rest.
+        let total = UInt64(before.count + probes + after.count)
+        #expect(counters[.linesSent, backend: backend] == atLive, "only what the live address got counts as sent")
+        #expect(counters[.linesSent, backend: backend] + counters[.linesRefused, backend: backend]
+            + counters[.linesDroppedSendError, backend: backend] + counters[.linesUnconfirmed, backend: backend] == total)
+        #expect(counters[.linesRefused, backend: backend] + counters[.linesDroppedSendError, backend: backend] >= UInt64(before.count))
+    }
 }

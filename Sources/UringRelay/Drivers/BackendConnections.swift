@@ -4,8 +4,8 @@ import RelayKernel
 /// ledger of what became of the packets sent on it, kept in step with the pool. Shared by both
 /// drivers.
 ///
-/// - A backend whose address moved (DNS) is reconnected in place; its error queue is read
-///   first, so no refusal is lost with the old socket.
+/// - A backend whose address moved (DNS) is reconnected in place (same descriptor number);
+///   the old socket retires with its ledger, so no refusal is lost with it.
 /// - A membership change gets a new set of sockets once the core says the old pool's sends are
 ///   all done. A backend that stays keeps its socket and ledger; a removed one is *retired*:
 ///   its socket stays open, and its error queue read, until every packet sent on it is
@@ -105,15 +105,15 @@ struct BackendConnections: ~Copyable {
         let wanted = core.pool.addresses
         var allMoved = true
         for backend in wanted.indices where wanted[backend] != addresses[backend] {
-            ledgers[backend].drained(sockets.takeErrors(backend), now: now)
             do {
-                let lastErrors = try sockets.reconnect(backend, to: wanted[backend], sendBufferBytes: Self.sendBufferBytes)
-                ledgers[backend].drained(lastErrors, now: now)
+                // The old socket retires with the packets it sent: a late refusal still counts.
+                try sockets.reconnect(backend, to: wanted[backend], sendBufferBytes: Self.sendBufferBytes, retiring: &retired.sockets)
+                retired.add(ledger: ledgers[backend], identity: identities[backend])
+                ledgers[backend] = DeliveryLedger()
                 addresses[backend] = wanted[backend]
             } catch {
                 allMoved = false
             }
-            core.countDelivery(ledgers[backend].takeReport(), backend: identities[backend])
         }
         if allMoved {
             generation = core.pool.generation
