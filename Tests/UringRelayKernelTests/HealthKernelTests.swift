@@ -237,28 +237,38 @@ struct HealthKernelTests {
         #expect(harness.relay.monitor.failOpenActivations == 1)
     }
 
-    @Test("a backend name that changes address is followed without restart, and the change is logged", arguments: ioDrivers)
-    func dnsChange(driver: IOBackendChoice) throws {
-        try requireDriver(driver)
-        let first = try TestBackend()
-        let second = try TestBackend()
-        let target = Mutex(first.address)
+    /// A relay (not started) whose one backend is the name `statsd.test`, resolving to whatever
+    /// `target` holds (starting at `start`) and re-resolved every 100 ms; its log captured.
+    static func relayFollowingName(
+        from start: SocketAddress, driver: IOBackendChoice, configure: (inout RelayConfiguration) -> Void = { _ in }
+    ) throws -> (relay: Relay, target: NameTarget, log: LockedText) {
+        let target = NameTarget(start)
         let resolver: HealthMonitor.Resolver = { host, port in
-            if host == "statsd.test" { return [target.withLock { $0 }] }
+            if host == "statsd.test" { return [target.address] }
             return try SocketAddress.resolve(host: host, port: port)
         }
-        var configuration = RelayConfiguration(backends: [try BackendAddress(parsing: "statsd.test:\(first.address.port)")])
+        var configuration = RelayConfiguration(backends: [try BackendAddress(parsing: "statsd.test:\(start.port)")])
         configuration.bindHost = "127.0.0.1"
         configuration.port = 0
         configuration.threads = 1
         configuration.dnsRefreshNanoseconds = 100_000_000
         configuration.ioBackend = driver
+        configure(&configuration)
         let log = LockedText()
         let relay = try Relay(configuration: configuration, logger: Logger(label: "test") { _ in CapturingLogHandler(store: log) }, resolver: resolver)
+        return (relay, target, log)
+    }
+
+    @Test("a backend name that changes address is followed without restart, and the change is logged", arguments: ioDrivers)
+    func dnsChange(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let first = try TestBackend()
+        let second = try TestBackend()
+        let (relay, target, log) = try Self.relayFollowingName(from: first.address, driver: driver)
         let address = try relay.start().listen
         try send(["before.move:1|c"], to: address)
         #expect(try collect(from: [first], expectedLines: 1).lines[0] == ["before.move:1|c"])
-        target.withLock { $0 = second.address }
+        target.move(to: second.address)
         #expect(relay.monitor.waitUntil(timeoutNanoseconds: 10_000_000_000) { $0[0].address == second.address })
         try send(["after.move:1|c"], to: address)
         #expect(try collect(from: [second], expectedLines: 1).lines[0] == ["after.move:1|c"])
@@ -274,23 +284,12 @@ struct HealthKernelTests {
         // A port with nothing listening: every datagram to it is refused.
         let deadPort = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!).localAddress.port
         let live = try TestBackend()
-        let target = Mutex(SocketAddress(numericHost: "127.0.0.1", port: deadPort)!)
-        let resolver: HealthMonitor.Resolver = { host, port in
-            if host == "statsd.test" { return [target.withLock { $0 }] }
-            return try SocketAddress.resolve(host: host, port: port)
-        }
-        var configuration = RelayConfiguration(backends: [try BackendAddress(parsing: "statsd.test:\(deadPort)")])
-        configuration.bindHost = "127.0.0.1"
-        configuration.port = 0
-        configuration.threads = 1
-        configuration.flushIntervalNanoseconds = 1_000_000
-        configuration.dnsRefreshNanoseconds = 100_000_000
-        configuration.ioBackend = driver
-        let relay = try Relay(configuration: configuration, logger: Logger(label: "test"), resolver: resolver)
+        let (relay, target, _) = try Self.relayFollowingName(
+            from: SocketAddress(numericHost: "127.0.0.1", port: deadPort)!, driver: driver) { $0.flushIntervalNanoseconds = 1_000_000 }
         let address = try relay.start().listen
         let before = (0..<20).map { "to.dead.\($0):1|c" }
         for line in before { try send([line], to: address) }
-        target.withLock { $0 = live.address }
+        target.move(to: live.address)
         #expect(relay.monitor.waitUntil(timeoutNanoseconds: 10_000_000_000) { $0[0].address == live.address })
         // Wait for the workers to follow: a line reaches the new address.
         var probes = 0
@@ -317,4 +316,12 @@ struct HealthKernelTests {
             + counters[.linesDroppedSendError, backend: backend] + counters[.linesUnconfirmed, backend: backend] == total)
         #expect(counters[.linesRefused, backend: backend] + counters[.linesDroppedSendError, backend: backend] >= UInt64(before.count))
     }
+}
+
+/// Where a test's backend name resolves to now.
+final class NameTarget: Sendable {
+    private let current: Mutex<SocketAddress>
+    init(_ address: SocketAddress) { current = Mutex(address) }
+    var address: SocketAddress { current.withLock { $0 } }
+    func move(to address: SocketAddress) { current.withLock { $0 = address } }
 }
