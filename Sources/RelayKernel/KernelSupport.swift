@@ -13,23 +13,10 @@ public enum KernelSupport {
         }
     }
 
-    /// Why io_uring cannot be used here, or `nil` when a ring with a provided-buffer ring
-    /// can be created (covers the `kernel.io_uring_disabled` sysctl, `ENOSYS` and `EPERM`).
-    public static let unavailableReason: String? = {
-        let ring: Ring
-        do throws(Errno) { ring = try Ring(entries: 8, completionEntries: 16) } catch {
-            switch error {
-            case .noFunction: return "io_uring is not supported by kernel \(release) (ENOSYS)"
-            case .notPermitted, .permissionDenied:
-                return "io_uring is disabled here (kernel.io_uring_disabled or seccomp): \(error.operatorDescription)"
-            default: return "io_uring_queue_init failed: \(error.operatorDescription)"
-            }
-        }
-        do throws(Errno) { _ = try ProvidedBufferRing(ring: ring, groupID: 0, count: 2, payloadBytes: 64) } catch {
-            return "provided-buffer rings are not supported (Linux 5.19+ needed): \(error.operatorDescription)"
-        }
-        return nil
-    }()
+    /// Why the io_uring driver cannot run here with the default sizes, or `nil` when it can
+    /// (the `auto` ladder's probe, run once): tests skip their io_uring cases on it.
+    public static let unavailableReason: String? =
+        uringDriverFailure(receiveBuffers: 128, payloadBytes: 8192)?.description
 
     /// Why the io_uring driver cannot run here with these sizes, or `nil` when it can: the
     /// `auto` ladder's probe. Tries, in order, what the driver needs: ring set-up with its
@@ -71,9 +58,6 @@ public enum KernelSupport {
         }
         return nil
     }
-
-    /// Whether io_uring with provided-buffer rings works here.
-    public static var isAvailable: Bool { unavailableReason == nil }
 }
 
 /// Why the io_uring driver cannot run: the step that failed and the kernel's answer.

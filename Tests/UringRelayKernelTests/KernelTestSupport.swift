@@ -6,10 +6,6 @@ import Synchronization
 import Testing
 @testable import UringRelay
 
-/// Skips (and says why) where io_uring or provided-buffer rings are unavailable.
-let requiresIOUring = Testing.ConditionTrait.enabled(
-    if: KernelSupport.isAvailable, Comment(rawValue: KernelSupport.unavailableReason ?? "io_uring available"))
-
 /// The I/O drivers every kernel test runs on: parametrise with `@Test(arguments: ioDrivers)`
 /// and call `try requireDriver(driver)` first.
 let ioDrivers: [IOBackendChoice] = [.uring, .portable]
