@@ -99,7 +99,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         switch config.ioBackend {
         case .portable:
             driver = .portable
-            driverReason = "--io-backend portable"
+            driverReason = "chosen with --io-backend portable"
         case .uring, .auto:
             if let failure = uringProbe(probeSettings) {
                 let reason = Self.explain(failure, configuration: config)
@@ -125,7 +125,10 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             driverReason = reason
             facts = try startWorkers(driver: .portable, listen: listen)
         }
-        if let driverReason {
+        if config.ioBackend == .portable {
+            // The operator's choice, not a fallback: nothing to warn about.
+            logger.info("io_backend=\(driver.rawValue) reason=\"\(driverReason ?? "")\"")
+        } else if let driverReason {
             logger.warning("io_backend=\(driver.rawValue) reason=\"\(driverReason)\"")
         } else {
             logger.info("io_backend=\(driver.rawValue)")
