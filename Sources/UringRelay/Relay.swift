@@ -39,6 +39,8 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     private let uringProbe: UringProbe
     /// The budget every worker's held packets share.
     private let holdBudget: HoldBudget
+    /// Logs failed sends, rate-limited, from the published counters.
+    private let sendFailures: SendFailureWatch
 
     /// Validates `configuration` and resolves every backend.
     ///
@@ -60,6 +62,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         self.backendAddresses = resolved
         self.logger = logger
         self.uringProbe = uringProbe
+        sendFailures = SendFailureWatch(logger: logger)
         holdBudget = HoldBudget(
             totalBytes: configuration.holdBytes, replayBytesPerSecond: configuration.replayBytesPerSecond,
             workers: configuration.threads)
@@ -137,6 +140,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             stopAndJoin()
             throw SystemCallError("pthread_create", "health monitor", error)
         }
+        sendFailures.start { [weak self] in self?.liveCounters() ?? RelayCounters(backends: []) }
         return facts
     }
 
@@ -280,6 +284,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         let wakeups = state.withLock { $0.wakeups }
         for wakeup in wakeups { wakeup.signal() }
         monitor.stop()
+        sendFailures.stop()
     }
 
     /// Waits for every worker to finish and returns the summed counters, and the failures of
