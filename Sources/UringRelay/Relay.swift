@@ -39,6 +39,8 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     private let uringProbe: UringProbe
     /// The budget every worker's held packets share.
     private let holdBudget: HoldBudget
+    /// Logs failed sends, rate-limited, from the published counters.
+    private let sendFailures: SendFailureWatch
 
     /// Validates `configuration` and resolves every backend.
     ///
@@ -60,6 +62,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         self.backendAddresses = resolved
         self.logger = logger
         self.uringProbe = uringProbe
+        sendFailures = SendFailureWatch(logger: logger)
         holdBudget = HoldBudget(
             totalBytes: configuration.holdBytes, replayBytesPerSecond: configuration.replayBytesPerSecond,
             workers: configuration.threads)
@@ -99,7 +102,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         switch config.ioBackend {
         case .portable:
             driver = .portable
-            driverReason = "--io-backend portable"
+            driverReason = "chosen with --io-backend portable"
         case .uring, .auto:
             if let failure = uringProbe(probeSettings) {
                 let reason = Self.explain(failure, configuration: config)
@@ -125,7 +128,10 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             driverReason = reason
             facts = try startWorkers(driver: .portable, listen: listen)
         }
-        if let driverReason {
+        if config.ioBackend == .portable {
+            // The operator's choice, not a fallback: nothing to warn about.
+            logger.info("io_backend=\(driver.rawValue) reason=\"\(driverReason ?? "")\"")
+        } else if let driverReason {
             logger.warning("io_backend=\(driver.rawValue) reason=\"\(driverReason)\"")
         } else {
             logger.info("io_backend=\(driver.rawValue)")
@@ -134,6 +140,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             stopAndJoin()
             throw SystemCallError("pthread_create", "health monitor", error)
         }
+        sendFailures.start { [weak self] in self?.liveCounters() ?? RelayCounters(backends: []) }
         return facts
     }
 
@@ -277,6 +284,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         let wakeups = state.withLock { $0.wakeups }
         for wakeup in wakeups { wakeup.signal() }
         monitor.stop()
+        sendFailures.stop()
     }
 
     /// Waits for every worker to finish and returns the summed counters, and the failures of

@@ -9,19 +9,19 @@ struct HealthOptions: ParsableArguments {
         valueName: "mode"))
     var mode: HealthCheckMode = .none
 
-    @Option(name: .customLong("health-check-port"), help: "Port to check (default: the backend's port for tcp, 8126 for statsd-admin).")
+    @Option(name: .customLong("health-check-port"), parsing: .unconditional, help: "Port to check (default: the backend's port for tcp, 8126 for statsd-admin).")
     var port: Int?
 
-    @Option(name: .customLong("health-interval"), help: "Time between checks.")
+    @Option(name: .customLong("health-interval"), parsing: .unconditional, help: "Time between checks.")
     var interval = "1s"
 
-    @Option(name: .customLong("health-timeout"), help: "Longest a check may take.")
+    @Option(name: .customLong("health-timeout"), parsing: .unconditional, help: "Longest a check may take.")
     var timeout = "500ms"
 
-    @Option(name: .customLong("health-rise"), help: "Consecutive successes that bring a backend up.")
+    @Option(name: .customLong("health-rise"), parsing: .unconditional, help: "Consecutive successes that bring a backend up.")
     var rise = 2
 
-    @Option(name: .customLong("health-fall"), help: "Consecutive failures (or rounds with refused sends) that take a backend down.")
+    @Option(name: .customLong("health-fall"), parsing: .unconditional, help: "Consecutive failures (or rounds with refused sends) that take a backend down.")
     var fall = 3
 
     @Option(name: .customLong("on-backend-down"), help: ArgumentHelp(
@@ -29,13 +29,13 @@ struct HealthOptions: ParsableArguments {
         valueName: "policy"))
     var onBackendDown: DownPolicy = .rehash
 
-    @Option(name: .customLong("hold-bytes"), help: "Bytes held under 'hold' for the whole relay, every backend and worker together (K/M/G allowed); past it the oldest are dropped and counted.")
+    @Option(name: .customLong("hold-bytes"), parsing: .unconditional, help: "Bytes held under 'hold' for the whole relay, every backend and worker together (K/M/G allowed); past it the oldest are dropped and counted.")
     var holdBytes = "64M"
 
-    @Option(name: .customLong("replay-rate"), help: "Bytes per second replayed to a backend that is back, for the whole relay (K/M/G allowed); its new lines queue behind the replay.")
+    @Option(name: .customLong("replay-rate"), parsing: .unconditional, help: "Bytes per second replayed to a backend that is back, for the whole relay (K/M/G allowed); its new lines queue behind the replay.")
     var replayRate = "1M"
 
-    @Option(name: .customLong("dns-refresh"), help: "How often backends given by name are resolved again.")
+    @Option(name: .customLong("dns-refresh"), parsing: .unconditional, help: "How often backends given by name are resolved again.")
     var dnsRefresh = "30s"
 
     /// Writes these options into `configuration`.
@@ -47,14 +47,18 @@ struct HealthOptions: ParsableArguments {
             }
             configuration.healthCheckPort = UInt16(port)
         }
-        configuration.healthIntervalNanoseconds = try DurationParser.nanoseconds(interval, argument: "--health-interval")
-        configuration.healthTimeoutNanoseconds = try DurationParser.nanoseconds(timeout, argument: "--health-timeout")
+        configuration.healthIntervalNanoseconds = try DurationParser.nanoseconds(
+            interval, argument: "--health-interval", in: RelayConfiguration.healthIntervalLimits)
+        configuration.healthTimeoutNanoseconds = try DurationParser.nanoseconds(
+            timeout, argument: "--health-timeout", in: RelayConfiguration.healthTimeoutLimits)
         configuration.healthRise = rise
         configuration.healthFall = fall
         configuration.onBackendDown = onBackendDown
-        configuration.holdBytes = try ByteSizeParser.bytes(holdBytes, argument: "--hold-bytes")
-        configuration.replayBytesPerSecond = try ByteSizeParser.bytes(replayRate, argument: "--replay-rate")
-        configuration.dnsRefreshNanoseconds = try DurationParser.nanoseconds(dnsRefresh, argument: "--dns-refresh")
+        configuration.holdBytes = try ByteSizeParser.bytes(holdBytes, argument: "--hold-bytes", in: RelayConfiguration.holdBytesLimits)
+        configuration.replayBytesPerSecond = try ByteSizeParser.bytes(
+            replayRate, argument: "--replay-rate", in: RelayConfiguration.replayRateLimits)
+        configuration.dnsRefreshNanoseconds = try DurationParser.nanoseconds(
+            dnsRefresh, argument: "--dns-refresh", in: RelayConfiguration.dnsRefreshLimits)
     }
 }
 

@@ -19,35 +19,35 @@ struct RunCommand: ParsableCommand {
     @Option(name: [.customLong("bind"), .customLong("bind", withSingleDash: true)], help: "Address to listen on.")
     var bind = "0.0.0.0"
 
-    @Option(name: [.customLong("port"), .customLong("port", withSingleDash: true)], help: "UDP port to listen on.")
+    @Option(name: [.customLong("port"), .customLong("port", withSingleDash: true)], parsing: .unconditional, help: "UDP port to listen on.")
     var port = 8125
 
     @Option(
-        name: [.customLong("packet-len"), .customLong("packetlen", withSingleDash: true)],
+        name: [.customLong("packet-len"), .customLong("packetlen", withSingleDash: true)], parsing: .unconditional,
         help: "Largest outgoing datagram in bytes (a longer single line goes alone).")
     var packetLen = 1400
 
-    @Option(name: .customLong("flush-interval"), help: "Longest a line waits in a batch (e.g. 10ms, 1s).")
+    @Option(name: .customLong("flush-interval"), parsing: .unconditional, help: "Longest a line waits in a batch (e.g. 10ms, 1s).")
     var flushInterval = "10ms"
 
     @Option(
-        name: [.customLong("rcvbuf"), .customLong("bufsize", withSingleDash: true)],
+        name: [.customLong("rcvbuf"), .customLong("bufsize", withSingleDash: true)], parsing: .unconditional,
         help: "Socket receive buffer to request, bytes (K/M/G suffixes allowed).")
     var rcvbuf = "8M"
 
-    @Option(name: .customLong("max-datagram"), help: "Largest datagram received whole; larger ones are dropped and counted.")
+    @Option(name: .customLong("max-datagram"), parsing: .unconditional, help: "Largest datagram received whole; larger ones are dropped and counted.")
     var maxDatagram = 8192
 
-    @Option(name: .customLong("receive-buffers"), help: "Receive buffers per worker in the provided-buffer ring (a power of two).")
+    @Option(name: .customLong("receive-buffers"), parsing: .unconditional, help: "Receive buffers per worker in the provided-buffer ring (a power of two).")
     var receiveBuffers = 128
 
-    @Option(name: .customLong("min-wait"), help: "How long, from its start, a worker's wait gathers completions (up to 32) before the first one ends it (io_uring_enter2 minimum wait, Linux 6.12+; 0 disables).")
+    @Option(name: .customLong("min-wait"), parsing: .unconditional, help: "How long, from its start, a worker's wait gathers completions (up to 32) before the first one ends it (io_uring_enter2 minimum wait, Linux 6.12+; 0 disables).")
     var minWait = "250us"
 
-    @Option(name: .customLong("shutdown-timeout"), help: "Longest a stop may take: two thirds for receiving what is still arriving, the rest for the final sends.")
+    @Option(name: .customLong("shutdown-timeout"), parsing: .unconditional, help: "Longest a stop may take: two thirds for receiving what is still arriving, the rest for the final sends.")
     var shutdownTimeout = "900ms"
 
-    @Option(name: .customLong("threads"), help: "Worker threads, each pinned to its own CPU (default: the CPUs this process may use).")
+    @Option(name: .customLong("threads"), parsing: .unconditional, help: "Worker threads, each pinned to its own CPU (default: the CPUs this process may use).")
     var threads: Int?
 
     @Option(name: .customLong("cpus"), help: "CPUs to pin workers to, e.g. 0-3,8 (default: the CPUs this process may use).")
@@ -85,19 +85,20 @@ struct RunCommand: ParsableCommand {
         }
         configuration.port = UInt16(port)
         configuration.packetBytes = packetLen
-        configuration.flushIntervalNanoseconds = try DurationParser.nanoseconds(flushInterval, argument: "--flush-interval")
-        configuration.receiveBufferBytes = try ByteSizeParser.bytes(rcvbuf, argument: "--rcvbuf")
+        configuration.flushIntervalNanoseconds = try DurationParser.nanoseconds(
+            flushInterval, argument: "--flush-interval", in: RelayConfiguration.flushIntervalLimits)
+        configuration.receiveBufferBytes = try ByteSizeParser.bytes(
+            rcvbuf, argument: "--rcvbuf", in: RelayConfiguration.receiveBufferLimits)
         configuration.maxDatagramBytes = maxDatagram
         configuration.receiveBuffers = receiveBuffers
         configuration.ioBackend = ioBackend
         configuration.reusePortGroup = reusePortGroup
-        configuration.shutdownTimeoutNanoseconds = try DurationParser.nanoseconds(shutdownTimeout, argument: "--shutdown-timeout")
+        configuration.shutdownTimeoutNanoseconds = try DurationParser.nanoseconds(
+            shutdownTimeout, argument: "--shutdown-timeout", in: RelayConfiguration.shutdownTimeoutLimits)
         // A bare 0 is how operators switch the minimum wait off (the help says so); any other
         // value needs its unit.
-        let minimumWait = minWait == "0" ? 0 : try DurationParser.nanoseconds(minWait, argument: "--min-wait")
-        guard minimumWait <= 10_000_000 else {
-            throw ConfigurationError(argument: "--min-wait", value: minWait, reason: "must be at most 10ms")
-        }
+        let minimumWait = minWait == "0"
+            ? 0 : try DurationParser.nanoseconds(minWait, argument: "--min-wait", in: RelayConfiguration.minimumWaitLimits)
         configuration.minimumWaitMicroseconds = UInt32(minimumWait / 1_000)
         try health.apply(to: &configuration)
         let allowed = WorkerThread.allowedCPUs

@@ -39,9 +39,15 @@ final class TestBackend: @unchecked Sendable {  // used from one test at a time
 struct Received {
     var datagrams: [[String]]
 
-    /// The lines each backend received, in arrival order.
+    /// The lines each backend received, in arrival order. Each ends with `\n`, but for a line
+    /// alone in its packet because it would not fit with one (`BatchAssembler`).
     var lines: [[String]] {
-        datagrams.map { $0.flatMap { $0.split(separator: "\n", omittingEmptySubsequences: false).dropLast().map(String.init) } }
+        datagrams.map {
+            $0.flatMap { datagram in
+                let lines = datagram.split(separator: "\n", omittingEmptySubsequences: false)
+                return (datagram.hasSuffix("\n") ? lines.dropLast() : lines[...]).map(String.init)
+            }
+        }
     }
 
     var totalLines: Int { lines.reduce(0) { $0 + $1.count } }

@@ -102,19 +102,26 @@ public struct RelayConfiguration: Sendable, Equatable {
         if SocketAddress(numericHost: bindHost, port: port) == nil {
             throw ConfigurationError(argument: "--bind", value: bindHost, reason: "not an IPv4 or IPv6 address")
         }
-        if !(2...65_507).contains(packetBytes) {
-            throw ConfigurationError(argument: "--packet-len", value: "\(packetBytes)", reason: "must be 2-65507 bytes")
+        if !(2...BatchAssembler.largestDatagramBytes).contains(packetBytes) {
+            throw ConfigurationError(
+                argument: "--packet-len", value: "\(packetBytes)", reason: "must be 2-\(BatchAssembler.largestDatagramBytes) bytes")
         }
         if !(1...65_535).contains(maxDatagramBytes) {
             throw ConfigurationError(argument: "--max-datagram", value: "\(maxDatagramBytes)", reason: "must be 1-65535 bytes")
         }
-        if flushIntervalNanoseconds < 100_000 || flushIntervalNanoseconds > 60_000_000_000 {
+        if !Self.flushIntervalLimits.contains(flushIntervalNanoseconds) {
             throw ConfigurationError(
                 argument: "--flush-interval", value: DurationParser.format(flushIntervalNanoseconds),
-                reason: "must be between 100us and 60s")
+                reason: DurationParser.describe(Self.flushIntervalLimits))
         }
-        if receiveBufferBytes < 4096 || receiveBufferBytes > Int(Int32.max) {
-            throw ConfigurationError(argument: "--rcvbuf", value: "\(receiveBufferBytes)", reason: "must be 4096 bytes to 2 GiB")
+        if !Self.minimumWaitLimits.contains(UInt64(minimumWaitMicroseconds) * 1_000) {
+            throw ConfigurationError(
+                argument: "--min-wait", value: "\(minimumWaitMicroseconds)us", reason: DurationParser.describe(Self.minimumWaitLimits))
+        }
+        if !Self.receiveBufferLimits.contains(receiveBufferBytes) {
+            throw ConfigurationError(
+                argument: "--rcvbuf", value: ByteSizeParser.format(receiveBufferBytes),
+                reason: ByteSizeParser.describe(Self.receiveBufferLimits))
         }
         if !(1...256).contains(threads) {
             throw ConfigurationError(argument: "--threads", value: "\(threads)", reason: "must be 1-256")
@@ -128,14 +135,16 @@ public struct RelayConfiguration: Sendable, Equatable {
             throw ConfigurationError(
                 argument: "--receive-buffers", value: "\(receiveBuffers)", reason: "must be a power of two from 1 to 32768")
         }
-        if healthIntervalNanoseconds < 10_000_000 {
+        if !Self.healthIntervalLimits.contains(healthIntervalNanoseconds) {
             throw ConfigurationError(
-                argument: "--health-interval", value: DurationParser.format(healthIntervalNanoseconds), reason: "must be at least 10ms")
+                argument: "--health-interval", value: DurationParser.format(healthIntervalNanoseconds),
+                reason: DurationParser.describe(Self.healthIntervalLimits))
         }
-        if healthTimeoutNanoseconds < 1_000_000 || healthTimeoutNanoseconds > healthIntervalNanoseconds {
+        if healthTimeoutNanoseconds < Self.healthTimeoutLimits.lowerBound || healthTimeoutNanoseconds > healthIntervalNanoseconds {
             throw ConfigurationError(
                 argument: "--health-timeout", value: DurationParser.format(healthTimeoutNanoseconds),
-                reason: "must be at least 1ms and no longer than --health-interval")
+                reason: "must be between \(DurationParser.format(Self.healthTimeoutLimits.lowerBound)) and "
+                    + "--health-interval (\(DurationParser.format(healthIntervalNanoseconds)))")
         }
         if !(1...100).contains(healthRise) {
             throw ConfigurationError(argument: "--health-rise", value: "\(healthRise)", reason: "must be 1-100")
@@ -143,21 +152,24 @@ public struct RelayConfiguration: Sendable, Equatable {
         if !(1...100).contains(healthFall) {
             throw ConfigurationError(argument: "--health-fall", value: "\(healthFall)", reason: "must be 1-100")
         }
-        if holdBytes < 0 || holdBytes > 2 << 30 {
-            throw ConfigurationError(argument: "--hold-bytes", value: "\(holdBytes)", reason: "must be 0 to 2 GiB")
-        }
-        if replayBytesPerSecond < 1 << 10 || replayBytesPerSecond > 1 << 30 {
+        if !Self.holdBytesLimits.contains(holdBytes) {
             throw ConfigurationError(
-                argument: "--replay-rate", value: "\(replayBytesPerSecond)", reason: "must be 1K to 1G bytes per second")
+                argument: "--hold-bytes", value: ByteSizeParser.format(holdBytes), reason: ByteSizeParser.describe(Self.holdBytesLimits))
         }
-        if shutdownTimeoutNanoseconds < 10_000_000 || shutdownTimeoutNanoseconds > 60_000_000_000 {
+        if !Self.replayRateLimits.contains(replayBytesPerSecond) {
+            throw ConfigurationError(
+                argument: "--replay-rate", value: ByteSizeParser.format(replayBytesPerSecond),
+                reason: ByteSizeParser.describe(Self.replayRateLimits))
+        }
+        if !Self.shutdownTimeoutLimits.contains(shutdownTimeoutNanoseconds) {
             throw ConfigurationError(
                 argument: "--shutdown-timeout", value: DurationParser.format(shutdownTimeoutNanoseconds),
-                reason: "must be between 10ms and 60s")
+                reason: DurationParser.describe(Self.shutdownTimeoutLimits))
         }
-        if dnsRefreshNanoseconds < 100_000_000 {
+        if !Self.dnsRefreshLimits.contains(dnsRefreshNanoseconds) {
             throw ConfigurationError(
-                argument: "--dns-refresh", value: DurationParser.format(dnsRefreshNanoseconds), reason: "must be at least 100ms")
+                argument: "--dns-refresh", value: DurationParser.format(dnsRefreshNanoseconds),
+                reason: DurationParser.describe(Self.dnsRefreshLimits))
         }
         if backends.count > 65_535 {
             throw ConfigurationError(argument: "backends", value: "\(backends.count)", reason: "at most 65535 backends")

@@ -352,9 +352,11 @@ public struct RelayCore: ~Copyable {
             holds.hold(bytes, lines: lines, backend: backend)
         }
         _ = processor.assembler.completeSend(slot)
-        if outcome.stored {
-            processor.counters[.linesHeld, backend: backend] &+= UInt64(lines)
-        } else {
+        // Held whether or not it could be stored: each held line then ends exactly once as
+        // replayed, hold_overflow (this one at once, when it did not fit), held_at_exit or
+        // backend_removed, at every --hold-bytes, 0 included.
+        processor.counters[.linesHeld, backend: backend] &+= UInt64(lines)
+        if !outcome.stored {
             processor.counters[.linesDroppedHoldOverflow, backend: backend] &+= UInt64(lines)
         }
         if outcome.evictedLines > 0 {

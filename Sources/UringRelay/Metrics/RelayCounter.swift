@@ -11,6 +11,7 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
     case linesDroppedMissingColon
     case linesDroppedEmptyName
     case linesDroppedNulByte
+    case linesDroppedTooLong
     case linesDroppedNoSendBuffer
     case datagramsTruncated
     case datagramsMalformedHeader
@@ -48,6 +49,7 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
         case .linesDroppedMissingColon: "statsrelay.lines_dropped.missing_colon"
         case .linesDroppedEmptyName: "statsrelay.lines_dropped.empty_name"
         case .linesDroppedNulByte: "statsrelay.lines_dropped.nul_byte"
+        case .linesDroppedTooLong: "statsrelay.lines_dropped.too_long"
         case .linesDroppedNoSendBuffer: "statsrelay.lines_dropped.no_send_buffer"
         case .datagramsTruncated: "statsrelay.datagrams_dropped.truncated"
         case .datagramsMalformedHeader: "statsrelay.datagrams_dropped.bad_receive_header"
@@ -103,6 +105,7 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
         case .missingColon: .linesDroppedMissingColon
         case .emptyName: .linesDroppedEmptyName
         case .nulByte: .linesDroppedNulByte
+        case .tooLong: .linesDroppedTooLong
         }
     }
 }

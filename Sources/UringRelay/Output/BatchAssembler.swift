@@ -4,10 +4,26 @@ import BasicContainers
 /// Packs lines into one outgoing datagram per backend and says when each is ready to send.
 ///
 /// Per backend there is at most one *open* batch, a slot of the send-buffer pool being
-/// filled. Each line is followed by `\n`; a batch never exceeds `packetBytes`:
+/// filled. Each line is followed by `\n`, and the newline counts toward the length: a batch
+/// never exceeds `packetBytes`, newlines included.
 /// - a line that does not fit closes the open batch (it becomes *ready*) and opens a new one;
-/// - a line longer than `packetBytes - 1` closes the open batch and goes alone in its own;
+/// - a line that cannot fit with its newline (`packetBytes` bytes or more) closes the open
+///   batch and goes alone in its own packet, *without* a newline: a line of exactly
+///   `packetBytes` goes out as exactly `packetBytes`, and the longest line UDP over IPv4 can
+///   carry (`largestDatagramBytes`, 65 507 bytes) can still be sent. Longer lines never reach
+///   the assembler: the scanner drops and counts them (`LineScanner.Malformation.tooLong`);
 /// - a batch is also closed `flushInterval` after its first line (see `closeExpired`).
+/// ```
+/// packetBytes 16; lines a:1|c, b:22|c, c.name:12|ms, x:12345678901|ms (16 bytes):
+///   "a:1|c\nb:22|c\n"     13 bytes: with "c.name:12|ms\n" it would be 26
+///   "c.name:12|ms\n"      13 bytes: the next line cannot fit with its newline
+///   "x:12345678901|ms"    16 bytes: alone, without a newline
+/// ```
+/// A StatsD server ends a line at `\n` or at the end of the datagram (etsy statsd splits the
+/// datagram on `\n`; statsite appends a final newline where one is missing), so a packet's last
+/// line needs no newline. The Go StatsRelay sends every line with its newline and does not
+/// count it toward `-packetlen`: its packets can run a byte over, and a 65 507-byte line fails to go.
+///
 /// Ready slots are queued in order; the worker turns each into a `send` SQE and, when its
 /// completion arrives, calls `completeSend` to free the slot. No empty batch is ever ready.
 public struct BatchAssembler: ~Copyable {
@@ -15,6 +31,10 @@ public struct BatchAssembler: ~Copyable {
     public internal(set) var pool: SendBufferPool
     /// The largest datagram sent, unless a single line is longer.
     public let packetBytes: Int
+    /// The largest UDP payload over IPv4 (65 535 minus the 20-byte IP and 8-byte UDP headers):
+    /// the longest line the relay can send to any backend. IPv6 carries 20 bytes more, but
+    /// where a line goes may change (rehash, a DNS move), so whether it can be sent must not.
+    public static let largestDatagramBytes = 65_507
     /// How many backends there are.
     public let backendCount: Int
     /// Free slots needed before a datagram is taken on: enough for every packet one datagram
@@ -58,6 +78,7 @@ public struct BatchAssembler: ~Copyable {
     ///   - line: the line's bytes, without `\n`.
     ///   - now: the loop turn's monotonic time, recorded when a batch opens.
     /// - Returns: `false` if no slot was free (the line is not packed; the caller counts it).
+    /// - Precondition: `line.byteCount <= largestDatagramBytes` (the scanner drops longer ones).
     @inline(__always)
     public mutating func append(_ line: RawSpan, to backend: Int, now: UInt64) -> Bool {
         let needed = line.byteCount + 1
@@ -67,9 +88,12 @@ public struct BatchAssembler: ~Copyable {
             slot = -1
         }
         if needed > packetBytes {
-            // Alone in its own packet, sent at once, after what was already open for this backend.
+            // Alone in its own packet, sent at once, after what was already open for this
+            // backend; without its newline, which would take it past --packet-len (or, at
+            // 65 507 bytes, past what UDP over IPv4 carries).
             guard let alone = pool.acquire(for: backend) else { return false }
-            pool.append(line, to: alone)
+            pool.appendPacked(line, to: alone)
+            pool.addLines(1, to: alone)
             enqueue(Int32(alone))
             return true
         }

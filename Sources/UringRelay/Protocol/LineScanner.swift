@@ -5,8 +5,9 @@ import RelayKernel
 /// A datagram holds lines, each ended by `\n`, `\r\n` or a lone `\r` (the old Mac line ending);
 /// the last may lack one. `a:1|c\rb:2|c` is two lines, as it is to a statsd daemon that splits
 /// on either byte, and neither metric swallows the other. A line is forwarded only if it has a
-/// non-empty name before its first `:` and no NUL byte (statsd daemons stop reading a datagram
-/// at a NUL, so one such line would destroy a whole outgoing batch):
+/// non-empty name before its first `:`, no NUL byte (statsd daemons stop reading a datagram
+/// at a NUL, so one such line would destroy a whole outgoing batch) and at most 65 507 bytes
+/// (the most a UDP datagram to an IPv4 backend can carry):
 /// ```
 /// api.requests:1|c|@0.1|#env:prod\r\n
 /// ^^^^^^^^^^^^ ^                   ^^
@@ -28,6 +29,10 @@ public enum LineScanner {
         case emptyName
         /// The line contains a NUL byte.
         case nulByte
+        /// The line is longer than any UDP datagram to a backend can be
+        /// (`BatchAssembler.largestDatagramBytes`, 65 507 bytes): only a client sending over IPv6
+        /// can send one. Counted here so that it never becomes a send that fails.
+        case tooLong
     }
 
     /// One step of the scan.
@@ -67,6 +72,7 @@ public enum LineScanner {
             if carriageReturn + 1 < newline { offset = carriageReturn + 1 }
         }
         if end == start { return .empty }
+        if end - start > BatchAssembler.largestDatagramBytes { return .malformed(.tooLong) }
         if mayContainNul && datagram.firstOffset(of: 0, in: start..<end) != nil { return .malformed(.nulByte) }
         guard let colon = datagram.firstOffset(of: UInt8(ascii: ":"), in: start..<end) else {
             return .malformed(.missingColon)

@@ -1,0 +1,150 @@
+import RelayKernel
+import Testing
+@testable import UringRelay
+
+/// Workers (cores) sharing one routing state and one hold budget, policy `hold`, backend 0
+/// down: what a relay with `--on-backend-down hold --hold-bytes B` runs.
+private struct HoldingWorkers: ~Copyable {
+    let routing: RoutingState
+    let addresses: [SocketAddress]
+    let workers: Int
+    // Cores are non-copyable: no array of them; a relay here has one or two workers.
+    var first: RelayCore
+    var second: RelayCore?
+    var now: UInt64 = 1_000_000_000
+    /// Lines each backend was sent, by every worker (replayed ones included).
+    var sentLines = [0, 0]
+
+    init(holdBytes: Int, workers: Int) throws {
+        precondition((1...2).contains(workers))
+        let backends = try ["127.0.0.1:9001", "127.0.0.1:9002"].map { try BackendAddress(parsing: $0) }
+        let addresses = backends.map { SocketAddress(numericHost: $0.host, port: $0.port)! }
+        var configuration = RelayConfiguration(backends: backends)
+        configuration.packetBytes = 200
+        configuration.onBackendDown = .hold
+        configuration.holdBytes = holdBytes
+        configuration.threads = workers
+        try configuration.validate()
+        let routing = RoutingState(pool: BackendPool(backends: backends, addresses: addresses, policy: .hold))
+        // A replay rate that never makes the test wait: pacing is HoldStoreTests' subject.
+        let budget = HoldBudget(totalBytes: holdBytes, replayBytesPerSecond: 1 << 30, workers: workers)
+        func settings() -> WorkerSettings {
+            WorkerSettings(
+                configuration: configuration, listeners: [SocketAddress(numericHost: "127.0.0.1", port: 0)!], routing: routing,
+                holdBudget: budget)
+        }
+        let firstCore = try RelayCore(settings: settings())
+        var secondCore: RelayCore? = nil
+        if workers == 2 { secondCore = try RelayCore(settings: settings()) }
+        first = firstCore
+        second = secondCore
+        self.routing = routing
+        self.addresses = addresses
+        self.workers = workers
+        routing.publish(down: [true, false], addresses: addresses)
+    }
+
+    /// One loop turn of worker `index`: a datagram in, the turn's bookkeeping (a second later
+    /// than the last, so every batch is due and the replay pace allows its burst), every
+    /// outgoing packet sent at once.
+    mutating func turn(_ index: Int, datagram: [UInt8]? = nil) {
+        now += 1_000_000_000
+        if index == 0 {
+            Self.turn(&first, now: now, datagram: datagram, sentLines: &sentLines)
+        } else if var core = second.take() {
+            Self.turn(&core, now: now, datagram: datagram, sentLines: &sentLines)
+            second = consume core
+        }
+    }
+
+    private static func turn(_ core: inout RelayCore, now: UInt64, datagram: [UInt8]?, sentLines: inout [Int]) {
+        core.beginTurn(now: now)
+        if let datagram {
+            let accepting = core.canAcceptDatagram
+            #expect(accepting)
+            core.receive(.datagram(length: datagram.count), datagram.span.bytes, listener: 0, now: now)
+        }
+        _ = core.endTurn(now: now, moreToReceive: false)
+        while let (slot, backend) = core.nextOutgoing() {
+            let outcome = core.sendCompleted(slot: slot, result: Int32(core.sendBuffers.length(of: slot)))
+            sentLines[backend] += outcome.lines
+        }
+    }
+
+    /// Every worker's counters once each has stopped.
+    mutating func finish() -> RelayCounters {
+        var total = RelayCounters(backends: routing.current.identities)
+        total += first.finish(unrelayedDatagrams: 0, sendsInFlight: 0)
+        if var core = second.take() {
+            total += core.finish(unrelayedDatagrams: 0, sendsInFlight: 0)
+            second = consume core
+        }
+        return total
+    }
+}
+
+/// `count` datagrams of five lines with distinct names, and how many of their lines the Go
+/// StatsRelay's routing sends to each of two backends.
+private func traffic(_ count: Int) -> (datagrams: [[UInt8]], linesPerBackend: [Int]) {
+    let router = Router(backendCount: 2)
+    var perBackend = [0, 0]
+    let datagrams = (0..<count).map { index in
+        let lines = (0..<5).map { "hold.\(index).\($0):\(index)|c" }
+        for line in lines { perBackend[router.backend(forName: String(line.prefix { $0 != ":" }))] += 1 }
+        return Array(lines.joined(separator: "\n").utf8)
+    }
+    return (datagrams, perBackend)
+}
+
+@Suite("Hold accounting: every held line ends once, as replayed, hold_overflow, held_at_exit or backend_removed")
+struct HoldAccountingTests {
+    /// `--hold-bytes` 0 holds nothing (every held line overflows at once), 4 KiB holds one chunk
+    /// (overflow evicts), 64 MiB (the default) holds everything sent here; with one worker and
+    /// with two sharing the budget (claims and chunks given back); a backend that stays down to
+    /// the end, and one that comes back part way through its replay.
+    @Test("held = replayed + hold_overflow + held_at_exit, and held is every line routed to the down backend",
+          arguments: [0, 4_096, 64 << 20], [1, 2])
+    func identity(holdBytes: Int, workers: Int) throws {
+        var relay = try HoldingWorkers(holdBytes: holdBytes, workers: workers)
+        let (datagrams, linesPerBackend) = traffic(400)
+        for (index, datagram) in datagrams.enumerated() { relay.turn(index % workers, datagram: datagram) }
+        for index in 0..<workers { relay.turn(index) }
+        #expect(relay.sentLines == [0, linesPerBackend[1]], "backend 1 got its lines at once; backend 0 got none while down")
+
+        // Backend 0 comes back: a few turns replay part of what is held, the rest is left at exit.
+        relay.routing.publish(down: [false, false], addresses: relay.addresses)
+        for _ in 0..<3 {
+            for index in 0..<workers { relay.turn(index) }
+        }
+        let counters = relay.finish()
+
+        let held = counters[.linesHeld]
+        let replayed = counters[.linesReplayed]
+        let overflow = counters[.linesDroppedHoldOverflow]
+        let atExit = counters[.linesDroppedHeldAtExit]
+        #expect(held == UInt64(linesPerBackend[0]), "every line for the down backend was held")
+        #expect(held == replayed + overflow + atExit + counters[.linesDroppedBackendRemoved])
+        #expect(replayed == UInt64(relay.sentLines[0]), "what was replayed reached backend 0")
+        for backend in 0..<2 {
+            #expect(counters[.linesHeld, backend: backend] == counters[.linesReplayed, backend: backend]
+                + counters[.linesDroppedHoldOverflow, backend: backend]
+                + (backend == 0 ? atExit : 0))
+        }
+        switch holdBytes {
+        case 0:
+            #expect(overflow == held && replayed == 0 && atExit == 0, "--hold-bytes 0 holds nothing")
+        case 4_096:
+            #expect(overflow > 0 && overflow < held, "one chunk holds some, the rest overflows")
+        default:
+            #expect(overflow == 0 && replayed > 0 && atExit > 0, "all held; part replayed, the rest left at exit")
+        }
+    }
+
+    @Test("--hold-bytes 0 is accepted: it means hold nothing")
+    func zeroIsValid() throws {
+        var configuration = RelayConfiguration(backends: [try BackendAddress(parsing: "127.0.0.1:9001")])
+        configuration.onBackendDown = .hold
+        configuration.holdBytes = 0
+        try configuration.validate()
+    }
+}
