@@ -102,3 +102,32 @@ func holdsListeningTCPSocket(pid: Int32) throws -> Bool {
     }
     return false
 }
+
+/// Sends `request` as is on a new TCP connection to `address` and returns everything the
+/// server wrote before it closed the connection (at most 5 s).
+func rawHTTPExchange(_ request: [UInt8], with address: AdminAddress) throws -> String {
+    let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    try #require(descriptor >= 0)
+    defer { close(descriptor) }
+    var timeout = timeval(tv_sec: 5, tv_usec: 0)
+    setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    var target = try #require(SocketAddress(numericHost: address.host, port: address.port))
+    let connected = withUnsafePointer(to: &target.storage) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(descriptor, $0, target.length) }
+    }
+    try #require(connected == 0, "connect: errno \(errno)")
+    var offset = 0
+    while offset < request.count {
+        let written = request[offset...].withUnsafeBytes { send(descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        if written <= 0 { break }  // the server closed the connection: what it answered is read below
+        offset += written
+    }
+    var reply: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let count = buffer.withUnsafeMutableBytes { recv(descriptor, $0.baseAddress, $0.count, 0) }
+        if count <= 0 { break }
+        reply += buffer[..<count]
+    }
+    return String(decoding: reply, as: UTF8.self)
+}
