@@ -124,9 +124,14 @@ func rawHTTPExchange(_ request: [UInt8], with address: AdminAddress) throws -> S
     }
     var reply: [UInt8] = []
     var buffer = [UInt8](repeating: 0, count: 4096)
+    let started = Date()
     while true {
         let count = buffer.withUnsafeMutableBytes { recv(descriptor, $0.baseAddress, $0.count, 0) }
-        if count <= 0 { break }
+        if count < 0 {
+            let code = errno
+            return String(decoding: reply, as: UTF8.self) + "<recv errno \(code) after \(Date().timeIntervalSince(started))s, sent \(offset)>"
+        }
+        if count == 0 { break }
         reply += buffer[..<count]
     }
     return String(decoding: reply, as: UTF8.self)
