@@ -129,6 +129,38 @@ struct AdminEndpointTests {
         #expect(on.waitForExit() == 0)
     }
 
+    @Test("the admin thread stays off the workers' CPUs when --cpus leaves one free", arguments: ioDrivers)
+    func adminThreadOffWorkerCPUs(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let allowed = WorkerThread.allowedCPUs
+        guard allowed.count >= 2 else {
+            try Test.cancel("this process may use only CPU \(allowed.map(String.init).joined()): no CPU is left free of workers")
+        }
+        let backend = try TestBackend()
+        let relay = try RelayProcess(driver: driver, [
+            "--admin", "127.0.0.1:0", "--bind", "127.0.0.1", "--port", "0", "--threads", "1", "--cpus", "\(allowed[0])", backend.spec,
+        ])
+        _ = try adminAddress(of: relay)
+        defer {
+            relay.signal(SIGTERM)
+            _ = relay.waitForExit()
+        }
+        // Each thread's name and the CPUs it may run on, from /proc.
+        let tasks = "/proc/\(relay.process.processIdentifier)/task"
+        var threads: [String: String] = [:]
+        for task in try FileManager.default.contentsOfDirectory(atPath: tasks) {
+            let name = try String(contentsOfFile: "\(tasks)/\(task)/comm", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+            let status = try String(contentsOfFile: "\(tasks)/\(task)/status", encoding: .utf8)
+            let cpus = status.split(separator: "\n").first { $0.hasPrefix("Cpus_allowed_list:") }?.split(separator: "\t").last
+            threads[name] = cpus.map(String.init)
+        }
+        #expect(threads["statsrelay-w0"] == "\(allowed[0])", "\(threads)")
+        let admin = try #require(threads.first { $0.key.hasPrefix("NIO-ELT") }, "no event-loop thread: \(threads)")
+        let adminCPUs = admin.value
+        #expect(!(try CPUList.parse(adminCPUs)).contains(allowed[0]), "admin thread may run on the worker's CPU: \(adminCPUs)")
+        #expect(!(try CPUList.parse(adminCPUs)).isEmpty)
+    }
+
     @Test("a second relay on a taken admin port exits 71 naming the address, before it relays anything", arguments: ioDrivers)
     func adminPortTaken(driver: IOBackendChoice) throws {
         try requireDriver(driver)
