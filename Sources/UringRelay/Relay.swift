@@ -28,6 +28,8 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         var failures: [String] = []
         var listen: SocketAddress?
         var stopping = false
+        /// Set once `start` has succeeded: every worker runs and `driver` is final.
+        var started = false
     }
 
     /// Decides whether the io_uring driver can run here: `nil` when it can, else the reason.
@@ -135,6 +137,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             stopAndJoin()
             throw SystemCallError("pthread_create", "health monitor", error)
         }
+        state.withLock { $0.started = true }
         return facts
     }
 
@@ -304,12 +307,13 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         return total
     }
 
-    /// What the admin endpoint reads: whether a stop was asked for, when each started worker
-    /// last published its counters (monotonic nanoseconds, in worker order), and the failures
-    /// of workers that stopped on an error.
-    public var workerStatus: (stopping: Bool, publishedAt: [UInt64], failures: [String]) {
-        let (stopping, boards, failures) = state.withLock { ($0.stopping, $0.boards, $0.failures) }
-        return (stopping, boards.map(\.publishedAt), failures)
+    /// What the admin endpoint reads: whether `start` has succeeded (every worker runs and
+    /// `driver` is final; read under the same lock, so `driver` may be read after it), whether a
+    /// stop was asked for, when each started worker last published its counters (monotonic
+    /// nanoseconds, in worker order), and the failures of workers that stopped on an error.
+    public var workerStatus: (started: Bool, stopping: Bool, publishedAt: [UInt64], failures: [String]) {
+        let (started, stopping, boards, failures) = state.withLock { ($0.started, $0.stopping, $0.boards, $0.failures) }
+        return (started, stopping, boards.map(\.publishedAt), failures)
     }
 
     /// The CPUs the workers are pinned to (`--cpus`, else the ones this process may use).

@@ -7,17 +7,20 @@ struct AdminTests {
     static let second: UInt64 = 1_000_000_000
 
     @Test("/healthz verdicts", arguments: [
-        (false, 2, [9, 9] as [UInt64], [] as [String], true, "ok"),
-        (false, 2, [7, 9], [], true, "ok"),  // 3 s exactly is not yet stale
-        (false, 2, [6, 9], [], false, "worker 0 has published no counters for 4.0s (stale after 3.0s)"),
-        (false, 2, [9], [], false, "starting: 1 of 2 workers running"),
-        (false, 1, [9], ["worker 0: io_uring_enter: Bad file descriptor (errno 9)\nmore"], false,
+        (true, false, 2, [9, 9] as [UInt64], [] as [String], true, "ok"),
+        (true, false, 2, [7, 9], [], true, "ok"),  // 3 s exactly is not yet stale
+        (true, false, 2, [6, 9], [], false, "worker 0 has published no counters for 4.0s (stale after 3.0s)"),
+        (false, false, 2, [9], [], false, "starting: 1 of 2 workers started"),
+        (false, false, 1, [9], [], false, "starting: 1 of 1 workers started"),
+        (true, false, 1, [9], ["worker 0: io_uring_enter: Bad file descriptor (errno 9)\nmore"], false,
          "stopped on a failure: worker 0: io_uring_enter: Bad file descriptor (errno 9) more"),
-        (true, 2, [9, 9], [], false, "stopping: draining and flushing before exit"),
+        (true, true, 2, [9, 9], [], false, "stopping: draining and flushing before exit"),
     ])
-    func verdicts(stopping: Bool, workers: Int, publishedSeconds: [UInt64], failures: [String], healthy: Bool, reason: String) {
+    func verdicts(
+        started: Bool, stopping: Bool, workers: Int, publishedSeconds: [UInt64], failures: [String], healthy: Bool, reason: String
+    ) {
         let verdict = HealthVerdict.evaluate(
-            stopping: stopping, expectedWorkers: workers, publishedAt: publishedSeconds.map { $0 * Self.second },
+            started: started, stopping: stopping, expectedWorkers: workers, publishedAt: publishedSeconds.map { $0 * Self.second },
             failures: failures, now: 10 * Self.second)
         #expect(verdict == HealthVerdict(healthy: healthy, reason: reason))
     }
@@ -76,8 +79,8 @@ struct AdminTests {
         #expect(endpoint.respond(method: "GET", target: "/nope").status == 404)
         #expect(endpoint.respond(method: "GET", target: "/" + String(repeating: "a", count: 2_000)).status == 414)
         #expect(endpoint.respond(method: "GET", target: "/").body.contains("statsrelay 1.2.3"))
-        #expect(endpoint.respond(method: "GET", target: "/healthz") == .init(status: 503, body: "starting: 0 of 1 workers running\n"))
-        #expect(endpoint.respond(method: "GET", target: "/metrics?x=1") == .init(status: 503, body: "starting: 0 of 1 workers running\n"))
+        #expect(endpoint.respond(method: "GET", target: "/healthz") == .init(status: 503, body: "starting: 0 of 1 workers started\n"))
+        #expect(endpoint.respond(method: "GET", target: "/metrics?x=1") == .init(status: 503, body: "starting: 0 of 1 workers started\n"))
     }
 
     @Test("the status table: one row per backend, a total, the facts and the losses")

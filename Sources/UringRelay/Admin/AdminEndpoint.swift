@@ -46,10 +46,10 @@ public struct AdminEndpoint: Sendable {
         switch path {
         case "/metrics":
             let status = relay.workerStatus
-            if status.publishedAt.count < relay.configuration.threads, !status.stopping {
+            if !status.started {
                 // The driver is chosen and the workers start one after another: until then the
                 // counters and the driver would be those of a relay that is not running yet.
-                return Response(status: 503, body: "starting: \(status.publishedAt.count) of \(relay.configuration.threads) workers running\n")
+                return Response(status: 503, body: "starting: \(status.publishedAt.count) of \(relay.configuration.threads) workers started\n")
             }
             let snapshot = relay.snapshot(version: version, startTimeUnixSeconds: startTimeUnixSeconds)
             return Response(status: 200, contentType: PrometheusExposition.contentType, body: PrometheusExposition.render(snapshot))
@@ -67,7 +67,7 @@ public struct AdminEndpoint: Sendable {
     public func health(now: UInt64 = MonotonicClock.nanoseconds()) -> HealthVerdict {
         let status = relay.workerStatus
         return HealthVerdict.evaluate(
-            stopping: status.stopping, expectedWorkers: relay.configuration.threads, publishedAt: status.publishedAt,
+            started: status.started, stopping: status.stopping, expectedWorkers: relay.configuration.threads, publishedAt: status.publishedAt,
             failures: status.failures, now: now)
     }
 }

@@ -23,6 +23,7 @@ public struct HealthVerdict: Sendable, Equatable {
     /// The verdict for a relay in this state.
     ///
     /// - Parameters:
+    ///   - started: whether the relay's start has completed (every worker runs).
     ///   - stopping: whether a stop was asked for.
     ///   - expectedWorkers: how many workers the relay runs when started.
     ///   - publishedAt: when each started worker last published (monotonic nanoseconds).
@@ -30,15 +31,15 @@ public struct HealthVerdict: Sendable, Equatable {
     ///   - now: the monotonic time.
     ///   - staleAfter: see `staleAfterNanoseconds`.
     public static func evaluate(
-        stopping: Bool, expectedWorkers: Int, publishedAt: [UInt64], failures: [String], now: UInt64,
+        started: Bool, stopping: Bool, expectedWorkers: Int, publishedAt: [UInt64], failures: [String], now: UInt64,
         staleAfter: UInt64 = staleAfterNanoseconds
     ) -> HealthVerdict {
         if stopping { return HealthVerdict(healthy: false, reason: "stopping: draining and flushing before exit") }
         if let failure = failures.first {
             return HealthVerdict(healthy: false, reason: oneLine("stopped on a failure: \(failure)"))
         }
-        if publishedAt.count < expectedWorkers {
-            return HealthVerdict(healthy: false, reason: "starting: \(publishedAt.count) of \(expectedWorkers) workers running")
+        if !started || publishedAt.count < expectedWorkers {
+            return HealthVerdict(healthy: false, reason: "starting: \(publishedAt.count) of \(expectedWorkers) workers started")
         }
         let ages = publishedAt.map { now &- min(now, $0) }
         if let stalest = ages.indices.max(by: { ages[$0] < ages[$1] }), ages[stalest] > staleAfter {
