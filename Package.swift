@@ -21,6 +21,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         // RigidArray: fixed-capacity arrays without copy-on-write checks for the per-line state.
         .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
+        // The admin endpoint (/metrics, /healthz) and `statsrelay status`: HTTP/1.1 on one event
+        // loop thread of its own, never on a worker.
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
     ],
     targets: [
         .systemLibrary(
@@ -44,6 +47,9 @@ let package = Package(
                 "RelayKernel",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "BasicContainers", package: "swift-collections"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
             swiftSettings: strict
         ),

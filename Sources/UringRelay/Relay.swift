@@ -27,6 +27,9 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         var boards: [CounterBoard] = []
         var failures: [String] = []
         var listen: SocketAddress?
+        var stopping = false
+        /// Set once `start` has succeeded: every worker runs and `driver` is final.
+        var started = false
     }
 
     /// Decides whether the io_uring driver can run here: `nil` when it can, else the reason.
@@ -141,6 +144,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             throw SystemCallError("pthread_create", "health monitor", error)
         }
         sendFailures.start { [weak self] in self?.liveCounters() ?? RelayCounters(backends: []) }
+        state.withLock { $0.started = true }
         return facts
     }
 
@@ -281,7 +285,10 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
 
     /// Asks every worker to drain, flush and stop; returns at once (see `wait`).
     public func stop() {
-        let wakeups = state.withLock { $0.wakeups }
+        let wakeups = state.withLock { state in
+            state.stopping = true
+            return state.wakeups
+        }
         for wakeup in wakeups { wakeup.signal() }
         monitor.stop()
         sendFailures.stop()
@@ -307,6 +314,24 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         for board in boards { if let counters = board.counters { total += counters } }
         return total
     }
+
+    /// What the admin endpoint reads: whether `start` has succeeded (every worker runs and
+    /// `driver` is final; read under the same lock, so `driver` may be read after it), whether a
+    /// stop was asked for, when each started worker last published its counters (monotonic
+    /// nanoseconds, in worker order), and the failures of workers that stopped on an error.
+    public var workerStatus: (started: Bool, stopping: Bool, publishedAt: [UInt64], failures: [String]) {
+        let (started, stopping, boards, failures) = state.withLock { ($0.started, $0.stopping, $0.boards, $0.failures) }
+        return (started, stopping, boards.map(\.publishedAt), failures)
+    }
+
+    /// The CPUs the workers are pinned to (`--cpus`, else the ones this process may use).
+    public var workerCPUs: [Int] {
+        let cpus = configuration.cpus ?? WorkerThread.allowedCPUs
+        return Array(cpus.prefix(configuration.threads))
+    }
+
+    /// Bytes of hold memory the workers have taken for down backends' packets, all together.
+    public var holdBytesInUse: Int { holdBudget.bytesReserved }
 
     private func stopAndJoin() {
         stop()

@@ -61,6 +61,9 @@ struct RunCommand: ParsableCommand {
 
     @OptionGroup var health: HealthOptions
 
+    @Option(name: .customLong("admin"), help: "Admin endpoint (GET /metrics, /healthz), ADDR:PORT or none; loopback by default.")
+    var admin = AdminAddress.defaultSpec
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel = "info"
 
@@ -69,6 +72,7 @@ struct RunCommand: ParsableCommand {
 
     func validate() throws {
         do { _ = try makeConfiguration() } catch { throw ValidationError(error.description) }
+        do { _ = try AdminAddress.parse(admin) } catch { throw ValidationError(error.description) }
         if Logger.Level(rawValue: logLevel) == nil {
             throw ValidationError("invalid --log-level '\(logLevel)': expected trace, debug, info, notice, warning, error or critical")
         }
@@ -136,6 +140,20 @@ struct RunCommand: ParsableCommand {
             printError("\(error)")
             throw ExitCode(64)
         }
+        // Bound before the workers start, so a taken admin port fails before anything relays;
+        // it answers 503 `starting` until they run, and stops after the exit report.
+        let adminServer: AdminServer?
+        do {
+            adminServer = try AdminAddress.parse(admin).map { address throws(SystemCallError) in
+                try AdminServer(
+                    address: address, endpoint: AdminEndpoint(relay: relay, version: StatsRelayVersion.number),
+                    avoidingCPUs: relay.workerCPUs)
+            }
+        } catch {
+            printError("\(error)")
+            throw ExitCode(71)
+        }
+        defer { adminServer?.stop() }
         let facts: WorkerFacts
         do { facts = try relay.start() } catch let error as Relay.DriverUnavailable {
             printError("\(error)")
@@ -148,6 +166,9 @@ struct RunCommand: ParsableCommand {
             throw ExitCode(71)
         }
         logStartup(facts, configuration: configuration, relay: relay, logger: logger)
+        if let adminServer {
+            logger.info("admin endpoint on http://\(adminServer.address) (GET /metrics, /healthz)")
+        }
         let stopSignal = waitForStop(signals, relay: relay, configuration: configuration, logger: logger)
         logger.info("stopping: draining received datagrams and flushing batches", metadata: ["signal": "\(SignalWaiter.name(of: stopSignal))"])
         relay.stop()

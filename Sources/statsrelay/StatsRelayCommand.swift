@@ -9,12 +9,14 @@ struct StatsRelayCommand: ParsableCommand {
         commandName: "statsrelay",
         abstract: "A StatsD relay on io_uring: each metric name goes to exactly one backend.",
         version: StatsRelayVersion.string,
-        subcommands: [RunCommand.self, HashCommand.self, SinkCommand.self],
+        subcommands: [RunCommand.self, HashCommand.self, SinkCommand.self, StatusCommand.self],
         defaultSubcommand: RunCommand.self
     )
 }
 
 /// The version printed by `--version`.
 enum StatsRelayVersion {
-    static let string = "statsrelay 0.1.0"
+    /// The version number alone (`statsrelay_build_info{version=…}`).
+    static let number = "0.1.0"
+    static let string = "statsrelay \(number)"
 }

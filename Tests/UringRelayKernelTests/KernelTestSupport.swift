@@ -148,7 +148,7 @@ final class RelayProcess: @unchecked Sendable {  // the log buffer is guarded by
     /// `launcher` when given (a command that ends by executing its last arguments, e.g. one that
     /// restricts the child first: see `RelayLauncher`).
     init(driver: IOBackendChoice? = nil, launcher: [String] = [], _ arguments: [String]) throws {
-        let relayArguments = (driver.map { ["--io-backend", $0.rawValue] } ?? []) + arguments
+        let relayArguments = adminOff((driver.map { ["--io-backend", $0.rawValue] } ?? []) + arguments)
         if let program = launcher.first {
             process.executableURL = URL(fileURLWithPath: program)
             process.arguments = Array(launcher.dropFirst()) + [statsrelayExecutable.path] + relayArguments
@@ -252,7 +252,7 @@ final class RelayProcess: @unchecked Sendable {  // the log buffer is guarded by
     static func run(_ arguments: [String]) throws -> (status: Int32, output: String, error: String) {
         let process = Process()
         process.executableURL = statsrelayExecutable
-        process.arguments = arguments
+        process.arguments = adminOff(arguments)
         let output = Pipe()
         let error = Pipe()
         process.standardOutput = output

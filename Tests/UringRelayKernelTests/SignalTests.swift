@@ -34,7 +34,7 @@ let defaultSignalsLauncher = URL(fileURLWithPath: "/usr/bin/env")
 /// `env`'s arguments that start `statsrelay arguments` with default signal actions, through
 /// `launcher` (e.g. `prlimit --nofile=8`) when given.
 func defaultSignalsArguments(_ arguments: [String], launcher: [String] = []) -> [String] {
-    ["--default-signal"] + launcher + [statsrelayExecutable.path] + arguments
+    ["--default-signal"] + launcher + [statsrelayExecutable.path] + adminOff(arguments)
 }
 
 /// A relay child started with default signal actions, its standard error collected.

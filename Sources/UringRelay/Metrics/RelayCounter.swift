@@ -172,6 +172,9 @@ public struct RelayCounters: Sendable, Equatable {
     /// How many backends are counted by position.
     public var backendCount: Int { backends.count }
 
+    /// Every backend counted: those in the pool in pool order, then those that left it.
+    public var countedBackends: [String] { backends + retired.map(\.backend) }
+
     /// All zeros for these backends (identities in pool order).
     public init(backends: [String]) {
         precondition(RelayCounter.allCases.count <= 48, "RelayCounters.relay needs more room")

@@ -1,0 +1,204 @@
+/// One family of the Prometheus exposition (`GET /metrics`): its name, type, HELP text, labels
+/// and where its samples come from, declared in one table (`all`) beside the counter tables.
+///
+/// Counter families are not named here by hand for each counter: a `RelayCounter` or
+/// `BackendCounter` is exported under the name its dot name gives (`exposition(ofCounterNamed:)`),
+/// so a renamed counter moves with its table. `all` only adds the HELP text and the labels of
+/// each family those names produce; a test checks that every counter's family has one.
+public struct MetricFamily: Sendable, Equatable {
+    /// The Prometheus metric type.
+    public enum Kind: String, Sendable {
+        case counter, gauge
+    }
+
+    /// Where a family's samples come from.
+    public enum Source: Sendable, Equatable {
+        /// The `RelayCounter`s whose exposition family is this one.
+        case relayCounters
+        /// The `BackendCounter`s whose exposition family is this one, one sample per backend.
+        case backendCounters
+        /// 1 while the health view has the backend up, 0 while down.
+        case backendUp
+        /// How many times the backend went down or came back.
+        case backendStateChanges
+        /// When the backend's current state began.
+        case backendStateSince
+        /// Times every backend was down and the relay failed open.
+        case failOpenActivations
+        /// 1 while the relay fails open.
+        case failingOpen
+        /// Bytes of hold memory taken.
+        case holdInUseBytes
+        /// The hold bound (`--hold-bytes`).
+        case holdLimitBytes
+        /// The io driver in use, as a label.
+        case ioDriver
+        /// The version, as a label.
+        case buildInfo
+        /// The ring fingerprint and hash mode, as labels.
+        case ringFingerprint
+        /// Workers started.
+        case workers
+        /// Age of each worker's last counter publication.
+        case workerCountersAge
+        /// Log lines dropped because stderr could not take them.
+        case logWriteErrors
+        /// When the relay started.
+        case startTime
+    }
+
+    /// The family's name, `statsrelay_…`.
+    public var name: String
+    /// Counter or gauge.
+    public var kind: Kind
+    /// The HELP text: what one sample means.
+    public var help: String
+    /// The label names its samples carry, in order.
+    public var labels: [String]
+    /// Where the samples come from.
+    public var source: Source
+
+    /// A family of the table.
+    public init(_ name: String, _ kind: Kind, _ labels: [String] = [], _ source: Source, help: String) {
+        self.name = name
+        self.kind = kind
+        self.help = help
+        self.labels = labels
+        self.source = source
+    }
+
+    /// Every family the endpoint exports, in the order it exports them.
+    ///
+    /// Families the relay cannot fill yet are left out rather than exported empty: per-listener
+    /// counts (the relay has one listener; its counts carry its `listener` label) and config
+    /// reloads (no configuration file yet).
+    public static let all: [MetricFamily] = [
+        // Input.
+        .init("statsrelay_datagrams_received_total", .counter, ["listener"], .relayCounters,
+              help: "UDP datagrams received, empty ones included."),
+        .init("statsrelay_bytes_received_total", .counter, ["listener"], .relayCounters,
+              help: "Bytes of datagram payload received."),
+        .init("statsrelay_lines_received_total", .counter, ["listener"], .relayCounters,
+              help: "StatsD lines received (each is forwarded, or dropped and counted by reason)."),
+        .init("statsrelay_lines_empty_total", .counter, [], .relayCounters,
+              help: "Empty lines skipped."),
+        .init("statsrelay_datagrams_dropped_total", .counter, ["listener", "reason"], .relayCounters,
+              help: "Datagrams not relayed, by reason: truncated (larger than --max-datagram), bad_receive_header, at_exit (received but not relayed when the stop budget ran out), kernel (dropped by the kernel because the listening socket's receive queue was full)."),
+        .init("statsrelay_lines_forwarded_total", .counter, [], .relayCounters,
+              help: "Lines packed into a packet for a backend."),
+        .init("statsrelay_lines_dropped_total", .counter, ["reason"], .relayCounters,
+              help: "Lines not delivered, by reason: malformed (missing_colon, empty_name, nul_byte), no_send_buffer, the sums over backends of send_error, refused, unreachable, backend_down and hold_overflow, and held_at_exit, backend_removed."),
+        .init("statsrelay_lines_unconfirmed_at_exit_total", .counter, [], .relayCounters,
+              help: "Lines a stop could not confirm as sent: still batched or in flight when the stop budget ran out, plus the backends' unconfirmed lines."),
+        // Receive path.
+        .init("statsrelay_buffer_ring_exhausted_total", .counter, [], .relayCounters,
+              help: "Times the io_uring provided-buffer ring ran out of receive buffers (the kernel kept the datagrams; the receive was re-armed)."),
+        .init("statsrelay_receive_rearms_total", .counter, [], .relayCounters,
+              help: "Multishot receives re-armed (io_uring driver; every empty datagram ends one)."),
+        .init("statsrelay_receive_errors_total", .counter, [], .relayCounters,
+              help: "Receives that failed."),
+        // Output, summed over backends.
+        .init("statsrelay_packets_sent_total", .counter, [], .relayCounters,
+              help: "Packets the kernel took whole and no refusal came back for within 200 ms, all backends."),
+        .init("statsrelay_send_errors_total", .counter, [], .relayCounters,
+              help: "Packets the kernel did not take (the send failed), all backends."),
+        // Dead backends and pool changes.
+        .init("statsrelay_lines_rehashed_total", .counter, [], .relayCounters,
+              help: "Lines of a down backend routed to a live one (--on-backend-down rehash)."),
+        .init("statsrelay_lines_fail_open_total", .counter, [], .relayCounters,
+              help: "Lines routed to their primary while every backend was down (failing open)."),
+        .init("statsrelay_lines_held_total", .counter, [], .relayCounters,
+              help: "Lines held for a down backend, or queued behind its replay (--on-backend-down hold)."),
+        .init("statsrelay_lines_replayed_total", .counter, [], .relayCounters,
+              help: "Held lines sent to a backend that came back."),
+        .init("statsrelay_routing_updates_total", .counter, [], .relayCounters,
+              help: "Pool publications (health view, addresses, backends) applied by the workers."),
+        .init("statsrelay_pool_changes_total", .counter, [], .relayCounters,
+              help: "Backend lists replaced, counted per worker."),
+        .init("statsrelay_pool_changes_failed_total", .counter, [], .relayCounters,
+              help: "Backend list changes a worker could not apply (the old pool stays; tried again a second later)."),
+        // Per backend.
+        .init("statsrelay_backend_lines_sent_total", .counter, ["backend"], .backendCounters,
+              help: "Lines in packets the kernel took whole and no refusal came back for within 200 ms."),
+        .init("statsrelay_backend_packets_sent_total", .counter, ["backend"], .backendCounters,
+              help: "Packets the kernel took whole and no refusal came back for within 200 ms."),
+        .init("statsrelay_backend_bytes_sent_total", .counter, ["backend"], .backendCounters,
+              help: "Bytes of the packets counted in statsrelay_backend_packets_sent_total."),
+        .init("statsrelay_backend_send_errors_total", .counter, ["backend"], .backendCounters,
+              help: "Packets the kernel did not take (the send failed; nothing was transmitted)."),
+        .init("statsrelay_backend_send_refused_total", .counter, ["backend"], .backendCounters,
+              help: "Of the failed sends, those that failed with ECONNREFUSED (an earlier refusal pending on the socket)."),
+        .init("statsrelay_backend_lines_dropped_total", .counter, ["backend", "reason"], .backendCounters,
+              help: "The backend's lines not delivered, by reason: send_error (the send failed), refused (ICMP port unreachable), unreachable (another ICMP error), backend_down (--on-backend-down drop), hold_overflow (the hold bound was reached)."),
+        .init("statsrelay_backend_packets_refused_total", .counter, ["backend"], .backendCounters,
+              help: "Packets taken by the kernel, then refused by the backend's host (nothing listening on the port)."),
+        .init("statsrelay_backend_lines_unconfirmed_total", .counter, ["backend"], .backendCounters,
+              help: "Lines sent whose arrival is unknown: the relay stopped or the backend left the pool before 200 ms passed, or they were sent within a second of an ICMP error from the same host."),
+        .init("statsrelay_backend_unattributed_losses_total", .counter, ["backend"], .backendCounters,
+              help: "Refusals that came after their packet was counted as sent (a round trip over 200 ms): packets_sent is too high by this many."),
+        .init("statsrelay_backend_lines_rehashed_away_total", .counter, ["backend"], .backendCounters,
+              help: "Lines whose primary is this backend, routed to another while it was down."),
+        .init("statsrelay_backend_lines_held_total", .counter, ["backend"], .backendCounters,
+              help: "Lines held for this backend while it was down, or queued behind its replay."),
+        .init("statsrelay_backend_lines_replayed_total", .counter, ["backend"], .backendCounters,
+              help: "Held lines sent to this backend after it came back."),
+        .init("statsrelay_backend_up", .gauge, ["backend"], .backendUp,
+              help: "1 while the health view has the backend up, 0 while down (always 1 with --health-check none)."),
+        .init("statsrelay_backend_state_changes_total", .counter, ["backend"], .backendStateChanges,
+              help: "Times the backend went down or came back up."),
+        .init("statsrelay_backend_state_since_timestamp_seconds", .gauge, ["backend"], .backendStateSince,
+              help: "Unix time the backend's current state (up or down) began; the relay's start if it never changed."),
+        .init("statsrelay_fail_open_activations_total", .counter, [], .failOpenActivations,
+              help: "Times every backend was down and the relay began failing open."),
+        .init("statsrelay_failing_open", .gauge, [], .failingOpen,
+              help: "1 while every backend is down and the relay fails open, else 0."),
+        // Holding.
+        .init("statsrelay_hold_in_use_bytes", .gauge, [], .holdInUseBytes,
+              help: "Bytes of memory taken to hold down backends' packets, all workers together."),
+        .init("statsrelay_hold_limit_bytes", .gauge, [], .holdLimitBytes,
+              help: "The bound on held packets' memory (--hold-bytes)."),
+        // The process.
+        .init("statsrelay_io_driver_info", .gauge, ["driver"], .ioDriver,
+              help: "The io driver the workers run: uring or portable (value 1)."),
+        .init("statsrelay_build_info", .gauge, ["version"], .buildInfo,
+              help: "The relay's version (value 1)."),
+        .init("statsrelay_ring_fingerprint_info", .gauge, ["fingerprint", "hash_mode"], .ringFingerprint,
+              help: "FNV-1a 64 of the hash mode and the backend identities in routing order (value 1): relays of one pool must show the same fingerprint."),
+        .init("statsrelay_workers", .gauge, [], .workers,
+              help: "Worker threads started."),
+        .init("statsrelay_worker_counters_age_seconds", .gauge, ["worker"], .workerCountersAge,
+              help: "Seconds since the worker last published its counters (every 100 ms while busy, about every second while idle)."),
+        .init("statsrelay_log_write_errors_total", .counter, [], .logWriteErrors,
+              help: "Log lines and reports dropped, wholly or in part, because stderr could not take them."),
+        .init("statsrelay_start_time_seconds", .gauge, [], .startTime,
+              help: "Unix time the relay started."),
+    ]
+
+    /// The family and `reason` label a counter is exported under, from its dot name:
+    /// `statsrelay.lines_forwarded` → `statsrelay_lines_forwarded_total`,
+    /// `statsrelay.lines_dropped.nul_byte` → `statsrelay_lines_dropped_total{reason="nul_byte"}`,
+    /// `statsrelay.backend.lines_dropped.refused` →
+    /// `statsrelay_backend_lines_dropped_total{reason="refused"}` (the backend is a label too).
+    public static func exposition(ofCounterNamed dotName: String) -> (family: String, reason: String?) {
+        var parts = dotName.split(separator: ".").map(String.init)
+        if parts.first == "statsrelay" { parts.removeFirst() }
+        var prefix = "statsrelay_"
+        if parts.count > 1, parts.first == "backend" {
+            parts.removeFirst()
+            prefix += "backend_"
+        }
+        let reason = parts.count > 1 ? parts.removeLast() : nil
+        let base = prefix + parts.joined(separator: "_") + "_total"
+        return (String(base.map { $0.isASCII && ($0.isLetter || $0.isNumber) ? $0 : "_" }), reason)
+    }
+}
+
+extension RelayCounter {
+    /// The Prometheus family and `reason` label this counter is exported under.
+    public var exposition: (family: String, reason: String?) { MetricFamily.exposition(ofCounterNamed: name) }
+}
+
+extension BackendCounter {
+    /// The Prometheus family and `reason` label this counter is exported under (with `backend`).
+    public var exposition: (family: String, reason: String?) { MetricFamily.exposition(ofCounterNamed: name) }
+}

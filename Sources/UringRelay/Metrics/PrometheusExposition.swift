@@ -1,0 +1,165 @@
+/// Renders a `RelaySnapshot` in the Prometheus text exposition format (version 0.0.4), the body
+/// of `GET /metrics`: every family of `MetricFamily.all`, each with its `# HELP` and `# TYPE`
+/// lines, then its samples.
+///
+/// ```
+/// # HELP statsrelay_lines_dropped_total Lines not delivered, by reason: …
+/// # TYPE statsrelay_lines_dropped_total counter
+/// statsrelay_lines_dropped_total{reason="missing_colon"} 3
+///                               ^^^^^^^^^^^^^^^^^^^^^^^^ label values escaped: \\ \" \n
+/// ```
+public enum PrometheusExposition {
+    /// The `Content-Type` of the exposition.
+    public static let contentType = "text/plain; version=0.0.4; charset=utf-8"
+
+    /// The exposition of `snapshot`.
+    ///
+    /// A counter whose family is missing from `families` (a counter added or renamed without a
+    /// HELP line in the table) is still exported, after the others, with a HELP line saying so.
+    public static func render(_ snapshot: RelaySnapshot, families: [MetricFamily] = MetricFamily.all) -> String {
+        var text = ""
+        text.reserveCapacity(16_384)
+        for family in families + undeclaredCounterFamilies(declared: families) {
+            text += "# HELP \(family.name) \(escapeHelp(family.help))\n"
+            text += "# TYPE \(family.name) \(family.kind.rawValue)\n"
+            for sample in samples(of: family, in: snapshot) {
+                text += family.name
+                if !sample.labels.isEmpty {
+                    text += "{"
+                    text += sample.labels.map { "\($0.name)=\"\(escapeLabelValue($0.value))\"" }.joined(separator: ",")
+                    text += "}"
+                }
+                text += " \(sample.value)\n"
+            }
+        }
+        return text
+    }
+
+    /// A label value as the format writes it between quotes: `\` as `\\`, `"` as `\"`, a line
+    /// feed as `\n`.
+    public static func escapeLabelValue(_ value: String) -> String {
+        var escaped = ""
+        escaped.reserveCapacity(value.utf8.count)
+        for character in value.unicodeScalars {
+            switch character {
+            case "\\": escaped += "\\\\"
+            case "\"": escaped += "\\\""
+            case "\n": escaped += "\\n"
+            default: escaped.unicodeScalars.append(character)
+            }
+        }
+        return escaped
+    }
+
+    /// A HELP text as the format writes it: `\` as `\\`, a line feed as `\n`.
+    public static func escapeHelp(_ help: String) -> String {
+        var escaped = ""
+        for character in help.unicodeScalars {
+            switch character {
+            case "\\": escaped += "\\\\"
+            case "\n": escaped += "\\n"
+            default: escaped.unicodeScalars.append(character)
+            }
+        }
+        return escaped
+    }
+
+    /// A float as the format writes it (`NaN`, `+Inf` and `-Inf` for the non-finite ones).
+    public static func format(_ value: Double) -> String {
+        if value.isNaN { return "NaN" }
+        if value.isInfinite { return value > 0 ? "+Inf" : "-Inf" }
+        return "\(value)"
+    }
+
+    /// One line of a family: its labels in the family's order, and its value as written.
+    struct Sample {
+        var labels: [(name: String, value: String)]
+        var value: String
+    }
+
+    /// Counter families the counter tables produce that `declared` lacks.
+    static func undeclaredCounterFamilies(declared: [MetricFamily]) -> [MetricFamily] {
+        let names = Set(declared.map(\.name))
+        var missing: [MetricFamily] = []
+        var seen: Set<String> = []
+        for counter in RelayCounter.allCases {
+            let (family, reason) = counter.exposition
+            guard !names.contains(family), seen.insert(family).inserted else { continue }
+            missing.append(MetricFamily(
+                family, .counter, reason == nil ? [] : ["reason"], .relayCounters,
+                help: "The relay's counter \(counter.name) (no HELP declared in MetricFamily.all)."))
+        }
+        for counter in BackendCounter.allCases {
+            let (family, reason) = counter.exposition
+            guard !names.contains(family), seen.insert(family).inserted else { continue }
+            missing.append(MetricFamily(
+                family, .counter, reason == nil ? ["backend"] : ["backend", "reason"], .backendCounters,
+                help: "The backend counter \(counter.name) (no HELP declared in MetricFamily.all)."))
+        }
+        return missing
+    }
+
+    /// The samples of one family.
+    static func samples(of family: MetricFamily, in snapshot: RelaySnapshot) -> [Sample] {
+        /// The family's labels that `values` names, in the family's order.
+        func labels(_ values: [String: String]) -> [(name: String, value: String)] {
+            family.labels.compactMap { name in values[name].map { (name, $0) } }
+        }
+        func one(_ value: String, _ values: [String: String] = [:]) -> [Sample] {
+            [Sample(labels: labels(values), value: value)]
+        }
+        switch family.source {
+        case .relayCounters:
+            // Today every worker has the one listener; with several, per-listener counts come
+            // with them, and until then the counts are labelled with all of them.
+            let listener = snapshot.listeners.count == 1 ? snapshot.listeners[0] : snapshot.listeners.joined(separator: ",")
+            return RelayCounter.allCases.compactMap { counter in
+                let (name, reason) = counter.exposition
+                guard name == family.name else { return nil }
+                var values = ["listener": listener]
+                if let reason { values["reason"] = reason }
+                return Sample(labels: labels(values), value: "\(snapshot.counters[counter])")
+            }
+        case .backendCounters:
+            var samples: [Sample] = []
+            for backend in snapshot.counters.countedBackends {
+                for counter in BackendCounter.allCases {
+                    let (name, reason) = counter.exposition
+                    guard name == family.name else { continue }
+                    var values = ["backend": backend]
+                    if let reason { values["reason"] = reason }
+                    samples.append(Sample(labels: labels(values), value: "\(snapshot.counters[counter, backend: backend])"))
+                }
+            }
+            return samples
+        case .backendUp:
+            return snapshot.backends.flatMap { one($0.up ? "1" : "0", ["backend": $0.identity]) }
+        case .backendStateChanges:
+            return snapshot.backends.flatMap { one("\($0.stateChanges)", ["backend": $0.identity]) }
+        case .backendStateSince:
+            return snapshot.backends.flatMap { one(format($0.stateSinceUnixSeconds), ["backend": $0.identity]) }
+        case .failOpenActivations:
+            return one("\(snapshot.failOpenActivations)")
+        case .failingOpen:
+            return one(snapshot.failingOpen ? "1" : "0")
+        case .holdInUseBytes:
+            return one("\(snapshot.holdInUseBytes)")
+        case .holdLimitBytes:
+            return one("\(snapshot.holdLimitBytes)")
+        case .ioDriver:
+            return one("1", ["driver": snapshot.ioDriver])
+        case .buildInfo:
+            return one("1", ["version": snapshot.version])
+        case .ringFingerprint:
+            return one("1", ["fingerprint": snapshot.ringFingerprint, "hash_mode": snapshot.hashMode])
+        case .workers:
+            return one("\(snapshot.workerCounterAgesSeconds.count)")
+        case .workerCountersAge:
+            return snapshot.workerCounterAgesSeconds.enumerated().flatMap { one(format($1), ["worker": "\($0)"]) }
+        case .logWriteErrors:
+            return one("\(snapshot.logWriteErrors)")
+        case .startTime:
+            return one(format(snapshot.startTimeUnixSeconds))
+        }
+    }
+}
