@@ -36,6 +36,45 @@ public struct SignalWaiter: Sendable {
         return received
     }
 
+    /// Waits until one of the signals arrives, `event` is signalled, or the timeout passes.
+    ///
+    /// For a wait that must answer a stop at once while something else completes on another
+    /// thread (the start-up's name lookups). The signals stay blocked: a `signalfd(2)` reads
+    /// them, polled with the event's eventfd.
+    /// - Parameter timeoutNanoseconds: the longest wait; `nil` waits without limit.
+    /// - Returns: the signal taken, or `nil` when the event is signalled or the time is up (or
+    ///   the signalfd cannot be created; the caller then looks at its event and waits again).
+    public func wait(orUntil event: WakeupEvent, timeoutNanoseconds: UInt64?) -> Int32? {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for signal in signals { sigaddset(&set, signal) }
+        guard let descriptor = try? systemCall({ signalfd(-1, &set, Int32(SFD_CLOEXEC | SFD_NONBLOCK)) }) else {
+            _ = event.wait(timeoutNanoseconds: timeoutNanoseconds.map { min($0, 10_000_000) } ?? 10_000_000)
+            return nil
+        }
+        // close(2) is not retried: see `systemCall`.
+        defer { _ = close(descriptor) }
+        var pollers = [
+            pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0),
+            pollfd(fd: event.descriptor, events: Int16(POLLIN), revents: 0),
+        ]
+        let deadline = timeoutNanoseconds.map { MonotonicClock.nanoseconds() &+ $0 }
+        // The timeout is recomputed on every EINTR retry, so the deadline holds.
+        _ = try? systemCall { () -> Int32 in
+            var milliseconds: Int32 = -1
+            if let deadline {
+                let now = MonotonicClock.nanoseconds()
+                milliseconds = now >= deadline ? 0 : Int32(clamping: (deadline - now + 999_999) / 1_000_000)
+            }
+            return poll(&pollers, nfds_t(pollers.count), milliseconds)
+        }
+        guard pollers[0].revents != 0 else { return nil }
+        var info = signalfd_siginfo()
+        let size = MemoryLayout<signalfd_siginfo>.size
+        guard (try? systemCall({ read(descriptor, &info, size) })) == size else { return nil }
+        return Int32(bitPattern: info.ssi_signo)
+    }
+
     /// The conventional name of a signal number, for the log.
     public static func name(of signal: Int32) -> String {
         switch signal {

@@ -45,11 +45,19 @@ public enum TCPProbe {
 
     private enum Stage { case connecting, sending, reading, done }
 
+    /// What a probe not finished when its round was cancelled reports.
+    public static let cancelledOutcome = "cancelled: the relay is stopping"
+
     /// Runs every probe concurrently and returns their outcomes in order.
     ///
-    /// - Parameter timeoutMilliseconds: the bound for the whole round; a probe not finished by
-    ///   then fails with `timed out`.
-    public static func run(_ targets: [Target], timeoutMilliseconds: Int) -> [Outcome] {
+    /// - Parameters:
+    ///   - timeoutMilliseconds: the bound for the whole round; a probe not finished by then fails
+    ///     with `timed out`. A probe times out only once `poll` has found it not ready with the
+    ///     deadline passed: a thread that was not scheduled for a while still takes the answers
+    ///     that arrived meanwhile.
+    ///   - cancel: ends the round early when signalled (a stop); unfinished probes then report
+    ///     `cancelledOutcome`.
+    public static func run(_ targets: [Target], timeoutMilliseconds: Int, cancel: WakeupEvent? = nil) -> [Outcome] {
         var outcomes: [Outcome] = Array(repeating: "not run", count: targets.count)
         var descriptors: [Int32] = Array(repeating: -1, count: targets.count)
         var stages: [Stage] = Array(repeating: .done, count: targets.count)
@@ -84,23 +92,34 @@ public enum TCPProbe {
         while true {
             let active = stages.indices.filter { stages[$0] != .done }
             if active.isEmpty { break }
-            guard MonotonicClock.nanoseconds() < deadline else {
-                for index in active { outcomes[index] = "timed out after \(timeoutMilliseconds)ms" }
-                break
-            }
             var pollers = active.map { index in
                 pollfd(fd: descriptors[index], events: Int16(stages[index] == .reading ? POLLIN : POLLOUT), revents: 0)
             }
+            if let cancel { pollers.append(pollfd(fd: cancel.descriptor, events: Int16(POLLIN), revents: 0)) }
+            let ready: Int32
             do throws(Errno) {
-                // The wait is computed again on each EINTR retry, so a signal never extends the round.
-                _ = try systemCall {
+                // The wait is computed again on each EINTR retry, so a signal never extends the
+                // round; past the deadline it is 0, a last look at what is ready.
+                ready = try systemCall {
                     let now = MonotonicClock.nanoseconds()
                     let left = deadline > now ? (deadline - now + 999_999) / 1_000_000 : 0
-                    return poll(&pollers, nfds_t(pollers.count), Int32(left))
+                    return poll(&pollers, nfds_t(pollers.count), Int32(clamping: left))
                 }
             } catch {
                 for index in active { outcomes[index] = "poll: \(error.operatorDescription)" }
                 break
+            }
+            if cancel != nil && pollers[active.count].revents != 0 {
+                for index in active { outcomes[index] = cancelledOutcome }
+                break
+            }
+            if ready == 0 {
+                // Nothing ready: only now does the deadline decide.
+                guard MonotonicClock.nanoseconds() < deadline else {
+                    for index in active { outcomes[index] = "timed out after \(timeoutMilliseconds)ms" }
+                    break
+                }
+                continue
             }
             for (slot, index) in active.enumerated() where pollers[slot].revents != 0 {
                 advance(targets[index], descriptors[index], &stages[index], &outcomes[index], &replies[index])

@@ -45,32 +45,58 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     /// Logs failed sends, rate-limited, from the published counters.
     private let sendFailures: SendFailureWatch
 
-    /// Validates `configuration` and resolves every backend.
+    /// Validates `configuration` and resolves every backend, waiting for the resolver at most
+    /// `resolverLimitNanoseconds` (the lookups run concurrently: `BackendLookup`).
     ///
     /// - Parameter uringProbe: decides whether io_uring can run (injectable for tests).
-    /// - Throws: `ConfigurationError` naming the bad setting, or `ResolutionError`.
-    public init(
+    /// - Throws: `ConfigurationError` naming the bad setting or backend (one whose address is
+    ///   unusable, another backend's, or reaches the relay's own listener);
+    ///   `BackendResolutionError` for a name without an address; `SystemCallError` when an
+    ///   eventfd cannot be created.
+    public convenience init(
         configuration: RelayConfiguration, logger: Logger,
-        resolver: @escaping HealthMonitor.Resolver = { host, port in try SocketAddress.resolve(host: host, port: port) },
+        resolver: @escaping HealthMonitor.Resolver = BackendResolver.system,
+        resolverLimitNanoseconds: UInt64 = BackendLookup.defaultLimitNanoseconds,
         uringProbe: @escaping UringProbe = { settings in KernelSupport.uringDriverFailure(receiveBuffers: settings.receiveBuffers, payloadBytes: settings.maxDatagramBytes) }
     ) throws {
         try configuration.validate()
-        var resolved: [SocketAddress] = []
-        for backend in configuration.backends {
-            let addresses = try resolver(backend.host, backend.port)
-            guard let first = addresses.first else { throw ResolutionError(host: backend.host, reason: "no address") }
-            resolved.append(first)
-        }
+        let lookup = try BackendLookup(backends: configuration.backends, resolver: resolver, limitNanoseconds: resolverLimitNanoseconds)
+        let addresses = try lookup.wait()
+        try self.init(configuration: configuration, addresses: addresses, logger: logger, resolver: resolver, uringProbe: uringProbe)
+    }
+
+    /// Validates `configuration` with its backends' addresses already resolved (by a
+    /// `BackendLookup` its caller waited for, as the command does while answering signals).
+    ///
+    /// - Parameters:
+    ///   - addresses: one per backend, in routing order.
+    ///   - resolver: looks names up again at each `--dns-refresh`.
+    /// - Throws: as the other initialiser, but never `BackendResolutionError`.
+    public init(
+        configuration: RelayConfiguration, addresses: [SocketAddress], logger: Logger,
+        resolver: @escaping HealthMonitor.Resolver = BackendResolver.system,
+        uringProbe: @escaping UringProbe = { settings in KernelSupport.uringDriverFailure(receiveBuffers: settings.receiveBuffers, payloadBytes: settings.maxDatagramBytes) }
+    ) throws {
+        try configuration.validate()
+        precondition(addresses.count == configuration.backends.count, "one address per backend")
+        // The listener's port is known now unless it is 0 (then `start` checks once bound).
+        try BackendAddressCheck.verify(
+            backends: configuration.backends, addresses: addresses,
+            listeners: [SocketAddress(numericHost: configuration.bindHost, port: configuration.port)!])
         self.configuration = configuration
-        self.backendAddresses = resolved
+        self.backendAddresses = addresses
         self.logger = logger
         self.uringProbe = uringProbe
         sendFailures = SendFailureWatch(logger: logger)
         holdBudget = HoldBudget(
             totalBytes: configuration.holdBytes, replayBytesPerSecond: configuration.replayBytesPerSecond,
             workers: configuration.threads)
-        routing = RoutingState(pool: BackendPool(backends: configuration.backends, addresses: resolved, policy: configuration.onBackendDown))
-        monitor = try HealthMonitor(configuration: configuration, routing: routing, logger: logger, resolver: resolver)
+        routing = RoutingState(pool: BackendPool(backends: configuration.backends, addresses: addresses, policy: configuration.onBackendDown))
+        do throws(Errno) {
+            monitor = try HealthMonitor(configuration: configuration, routing: routing, logger: logger, resolver: resolver)
+        } catch {
+            throw SystemCallError("eventfd", "health monitor", error)
+        }
     }
 
     /// The address the workers listen on, with the port actually bound (after `start`).
@@ -131,6 +157,15 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             driverReason = reason
             facts = try startWorkers(driver: .portable, listen: listen)
         }
+        if config.port == 0 {
+            // The kernel chose the port: only now can a backend be found to reach it.
+            do throws(ConfigurationError) {
+                try BackendAddressCheck.verify(backends: config.backends, addresses: backendAddresses, listeners: [facts.listen])
+            } catch {
+                stopAndForgetWorkers()
+                throw error
+            }
+        }
         if config.ioBackend == .portable {
             // The operator's choice, not a fallback: nothing to warn about.
             logger.info("io_backend=\(driver.rawValue) reason=\"\(driverReason ?? "")\"")
@@ -139,7 +174,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         } else {
             logger.info("io_backend=\(driver.rawValue)")
         }
-        do throws(Errno) { try monitor.start() } catch {
+        do throws(Errno) { try monitor.start(listeners: [facts.listen]) } catch {
             stopAndJoin()
             throw SystemCallError("pthread_create", "health monitor", error)
         }
@@ -264,23 +299,23 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     /// old pool, then routes by the new one from a turn boundary on (no line lost or sent
     /// twice; each line routed wholly by one pool). Backends that stay keep their counters.
     ///
-    /// - Throws: `ConfigurationError` for an empty or duplicated list, `ResolutionError` for a
-    ///   name that does not resolve; the running pool is then left as it is.
+    /// The names are looked up concurrently (`BackendLookup`), waiting at most
+    /// `resolverLimitNanoseconds`.
+    /// - Throws: `ConfigurationError` for an empty or duplicated list, or a backend whose address
+    ///   is unusable or reaches this relay's listener; `BackendResolutionError` for a name
+    ///   without an address; the running pool is then left as it is.
     public func replaceBackends(
         _ backends: [BackendAddress],
-        resolver: HealthMonitor.Resolver = { host, port in try SocketAddress.resolve(host: host, port: port) }
+        resolver: @escaping HealthMonitor.Resolver = BackendResolver.system,
+        resolverLimitNanoseconds: UInt64 = BackendLookup.defaultLimitNanoseconds
     ) throws {
         var candidate = configuration
         candidate.backends = backends
         try candidate.validate()
-        var resolved: [SocketAddress] = []
-        for backend in backends {
-            guard let first = try resolver(backend.host, backend.port).first else {
-                throw ResolutionError(host: backend.host, reason: "no address")
-            }
-            resolved.append(first)
-        }
-        routing.replaceBackends(backends, addresses: resolved)
+        let addresses = try BackendLookup(backends: backends, resolver: resolver, limitNanoseconds: resolverLimitNanoseconds).wait()
+        let listen = state.withLock { $0.listen } ?? SocketAddress(numericHost: configuration.bindHost, port: configuration.port)!
+        try BackendAddressCheck.verify(backends: backends, addresses: addresses, listeners: [listen])
+        routing.replaceBackends(backends, addresses: addresses)
     }
 
     /// Asks every worker to drain, flush and stop; returns at once (see `wait`).

@@ -86,9 +86,7 @@ struct HashCommand: ParsableCommand {
         var targets: [TCPProbe.Target] = []
         let monitor = try HealthMonitor(
             configuration: configuration,
-            routing: RoutingState(addresses: try configuration.backends.map {
-                try SocketAddress.resolve(host: $0.host, port: $0.port)[0]
-            }),
+            routing: RoutingState(addresses: try BackendLookup(backends: configuration.backends).wait()),
             logger: .init(label: "hash"))
         targets = monitor.targets(for: monitor.status.map(\.address))
         return TCPProbe.run(targets, timeoutMilliseconds: Int(configuration.healthTimeoutNanoseconds / 1_000_000))

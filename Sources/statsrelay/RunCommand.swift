@@ -122,9 +122,17 @@ struct RunCommand: ParsableCommand {
     }
 
     func run() throws {
+        // Before anything is opened: a closed 0, 1 or 2 would go to the relay's first eventfd or
+        // socket, and the log and exit report with it.
+        let reopened = StandardDescriptors.openMissing()
         let level = Logger.Level(rawValue: logLevel) ?? .info
         LoggingSystem.bootstrap { label in RelayLogHandler(label: label, level: level) }
         let logger = Logger(label: "statsrelay")
+        if !reopened.isEmpty {
+            logger.notice("descriptors closed at start now hold /dev/null", metadata: [
+                "descriptors": "\(reopened.map(String.init).joined(separator: ","))",
+            ])
+        }
         let configuration = try makeConfiguration()
         // Blocked before any thread starts, so only the main thread ever takes them; SIGPIPE
         // is ignored so that a log reader going away is a counted write error, not death.
@@ -133,12 +141,25 @@ struct RunCommand: ParsableCommand {
             printError(refusal)
             throw ExitCode(71)
         }
-        let relay: Relay
+        let addresses: [SocketAddress]
         do {
-            relay = try Relay(configuration: configuration, logger: logger)
+            addresses = try resolveBackends(configuration, signals: signals, logger: logger)
+        } catch let error as BackendResolutionError {
+            printError("\(error)")
+            throw ExitCode(75)  // EX_TEMPFAIL: the resolver, not the command line, is at fault
         } catch {
             printError("\(error)")
+            throw ExitCode(71)
+        }
+        let relay: Relay
+        do {
+            relay = try Relay(configuration: configuration, addresses: addresses, logger: logger)
+        } catch let error as ConfigurationError {
+            printError("\(error)")
             throw ExitCode(64)
+        } catch {
+            printError("\(error)")
+            throw ExitCode(71)  // an eventfd the health monitor could not have
         }
         // Bound before the workers start, so a taken admin port fails before anything relays;
         // it answers 503 `starting` until they run, and stops after the exit report.
@@ -155,7 +176,10 @@ struct RunCommand: ParsableCommand {
         }
         defer { adminServer?.stop() }
         let facts: WorkerFacts
-        do { facts = try relay.start() } catch let error as Relay.DriverUnavailable {
+        do { facts = try relay.start() } catch let error as ConfigurationError {
+            printError("\(error)")
+            throw ExitCode(64)  // a backend reaching the port the kernel chose (--port 0)
+        } catch let error as Relay.DriverUnavailable {
             printError("\(error)")
             throw ExitCode(69)  // EX_UNAVAILABLE: --io-backend uring where io_uring cannot run
         } catch let error as SystemCallError {
@@ -179,6 +203,41 @@ struct RunCommand: ParsableCommand {
             throw ExitCode(70)
         }
         logger.info("stopped")
+    }
+
+    /// Looks the backends' names up, all at once on lookup threads, while the main thread keeps
+    /// answering signals: `SIGTERM` or `SIGINT` ends the wait at once, as a resolver that does
+    /// not answer within `BackendLookup.defaultLimitNanoseconds` does.
+    ///
+    /// - Throws: `BackendResolutionError` naming the first backend without an address and why
+    ///   (the resolver's reason, no answer in time, or the stop signal); `SystemCallError` when
+    ///   the lookups' eventfd cannot be created.
+    private func resolveBackends(_ configuration: RelayConfiguration, signals: SignalWaiter, logger: Logger) throws -> [SocketAddress] {
+        let lookup = try BackendLookup(backends: configuration.backends)
+        if !lookup.collect() {
+            logger.info("resolving backend names", metadata: [
+                "backends": "\(lookup.unanswered.map(\.description).joined(separator: " "))",
+            ])
+        }
+        let started = MonotonicClock.nanoseconds()
+        while !lookup.collect() {
+            let left = lookup.remainingNanoseconds
+            if left == 0 { break }
+            guard let signal = signals.wait(orUntil: lookup.answered, timeoutNanoseconds: left) else { continue }
+            let name = SignalWaiter.name(of: signal)
+            guard signal == SIGTERM || signal == SIGINT else {
+                logger.notice("ignored: the relay is still resolving its backends' names", metadata: ["signal": "\(name)"])
+                continue
+            }
+            let unanswered = lookup.unanswered
+            lookup.abandon()
+            let waited = Double((MonotonicClock.nanoseconds() - started) / 1_000_000) / 1_000
+            throw BackendResolutionError(
+                backend: unanswered.first ?? configuration.backends[0],
+                reason: "stopped by \(name) after \(waited)s without an answer from the resolver"
+                    + (unanswered.count > 1 ? " (nor for \(unanswered.dropFirst().map(\.description).joined(separator: " ")))" : ""))
+        }
+        return try lookup.addresses()
     }
 
     /// Takes signals on the main thread until one that stops the relay (`SIGTERM`, `SIGINT`)

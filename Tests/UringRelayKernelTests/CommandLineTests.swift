@@ -207,7 +207,6 @@ struct ProcessTests {
         (["--flush-interval", "soon", "127.0.0.1:9"], "--flush-interval 'soon'"),
         (["--bind", "example", "127.0.0.1:9"], "--bind 'example'"),
         (["--no-such-flag", "127.0.0.1:9"], "--no-such-flag"),
-        (["no-such-host.invalid:8125"], "resolve no-such-host.invalid"),
         (["--on-backend-down", "retry", "127.0.0.1:9"], "The value 'retry' is invalid for '--on-backend-down <policy>'"),
         (["--health-check", "http", "127.0.0.1:9"], "The value 'http' is invalid for '--health-check <mode>'"),
         (["--io-backend", "epoll", "127.0.0.1:9"], "The value 'epoll' is invalid for '--io-backend"),

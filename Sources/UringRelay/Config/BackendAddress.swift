@@ -1,6 +1,8 @@
 import RelayKernel
 
-/// A backend as given on the command line: `HOST:PORT[:INSTANCE]` or `[IPv6]:PORT[:INSTANCE]`.
+/// A backend as given on the command line: `HOST:PORT[:INSTANCE]` or `[IPv6]:PORT[:INSTANCE]`,
+/// where an IPv6 address may name its interface after `%` (`[fe80::1%eth0]:8125`), as a
+/// link-local one must.
 ///
 /// The instance is a label only, as in the Go StatsRelay: it never changes routing.
 public struct BackendAddress: Sendable, Equatable, CustomStringConvertible {
@@ -32,6 +34,15 @@ public struct BackendAddress: Sendable, Equatable, CustomStringConvertible {
             rest = text[text.index(after: close)...]
             guard rest.hasPrefix(":") else { throw invalid("expected ':PORT' after ']'") }
             rest = rest.dropFirst()
+            if let percent = host.firstIndex(of: "%") {
+                let zone = String(host[host.index(after: percent)...])
+                guard SocketAddress(numericHost: String(host[..<percent]), port: 0)?.family == .ipv6 else {
+                    throw invalid("'\(host[..<percent])' is not an IPv6 address")
+                }
+                guard SocketAddress.interfaceIndex(named: zone) != nil else {
+                    throw invalid(zone.isEmpty ? "empty interface after '%'" : "no interface '\(zone)' on this host (after '%')")
+                }
+            }
             guard SocketAddress(numericHost: host, port: 0)?.family == .ipv6 else {
                 throw invalid("'\(host)' is not an IPv6 address")
             }
@@ -56,6 +67,9 @@ public struct BackendAddress: Sendable, Equatable, CustomStringConvertible {
             instance = nil
         }
         if host.contains(where: { $0 == " " || $0 == "/" }) { throw invalid("host contains a space or '/'") }
+        if !text.hasPrefix("["), host.contains("%") {
+            throw invalid("'%' names an IPv6 address's interface, only inside brackets: [ADDRESS%INTERFACE]:PORT")
+        }
     }
 
     /// The address as an operator wrote it: `10.0.0.1:8125:a`, `[::1]:8125`.

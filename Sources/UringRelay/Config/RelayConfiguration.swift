@@ -88,9 +88,11 @@ public struct RelayConfiguration: Sendable, Equatable {
         }
         // One host and port twice (whatever the instance labels) would give one statsd two
         // slots of the hash ring, and no relay with the list written once would agree with it.
+        // Spellings of one address that only a lookup reveals (`127.1`, `localhost`) are caught
+        // once resolved (`BackendAddressCheck`); numeric ones are compared canonical here.
         var seen: [String: Int] = [:]
         for (index, backend) in backends.enumerated() {
-            let key = SocketAddress(numericHost: backend.host, port: backend.port)?.description
+            let key = SocketAddress(numericHost: backend.host, port: backend.port)?.canonical.description
                 ?? "\(backend.host.lowercased()):\(backend.port)"
             if let first = seen[key] {
                 throw ConfigurationError(

@@ -9,16 +9,20 @@ import Synchronization
 /// Each interval: one round of probes (all at once, bounded by the timeout), plus any send
 /// refusals the workers reported since the last round (a refusal is a failed check); each
 /// result feeds the backend's `HealthTracker`. Every `dnsRefresh`, backends given by name are
-/// resolved again. A change of state or address is logged at info and published; nothing is
-/// logged per line or per check.
+/// looked up again on lookup threads (`BackendResolver`): the monitor asks and takes the
+/// answers as they come, so a resolver that never answers delays neither a check nor a stop
+/// nor another name's lookup. An answer that would make a backend unusable (a broadcast or
+/// multicast address, one of the relay's listeners, another backend's address) is not applied:
+/// the backend keeps its address, and it is logged once. A change of state or address is
+/// logged at info and published; nothing is logged per line or per check.
 ///
 /// Two conditions are logged loudly because they mean the checks, not the backends, may be
 /// wrong: a first round in which every backend fails (a warning naming the likely mistake), and
 /// every backend down, when the router fails open under `rehash` and `drop` (an error when it
 /// starts, info when it ends, each start counted in `failOpenActivations`).
 public final class HealthMonitor: Sendable {
-    /// Resolves a host to addresses (injectable so tests can change what a name points to).
-    public typealias Resolver = @Sendable (String, UInt16) throws -> [SocketAddress]
+    /// Resolves a host to addresses (see `BackendResolver.Resolver`).
+    public typealias Resolver = BackendResolver.Resolver
 
     /// One backend's state for operators.
     public struct BackendStatus: Sendable {
@@ -34,8 +38,10 @@ public final class HealthMonitor: Sendable {
     private let configuration: RelayConfiguration
     private let routing: RoutingState
     private let logger: Logger
-    private let resolver: Resolver
+    private let lookups: BackendResolver
     private let stopEvent: WakeupEvent
+    private let stopping = Atomic<Bool>(false)
+    private let listeners = Mutex<[SocketAddress]>([])
     private let thread = Mutex<WorkerThreadHandle?>(nil)
     private let statuses: Mutex<[BackendStatus]>
     private let updated = DispatchSemaphore(value: 0)
@@ -43,14 +49,17 @@ public final class HealthMonitor: Sendable {
     private let failingOpen = Atomic<Bool>(false)
 
     /// A monitor for `configuration`'s backends, starting from `routing`'s addresses.
+    ///
+    /// - Parameter resolver: looks names up at each refresh, on lookup threads.
+    /// - Throws: `Errno` when an eventfd cannot be created.
     public init(
         configuration: RelayConfiguration, routing: RoutingState, logger: Logger,
-        resolver: @escaping Resolver = { host, port in try SocketAddress.resolve(host: host, port: port) }
+        resolver: @escaping Resolver = BackendResolver.system
     ) throws(Errno) {
         self.configuration = configuration
         self.routing = routing
         self.logger = logger
-        self.resolver = resolver
+        lookups = try BackendResolver(resolver: resolver)
         stopEvent = try WakeupEvent()
         let now = MonotonicClock.nanoseconds()
         let addresses = routing.current.addresses
@@ -107,16 +116,24 @@ public final class HealthMonitor: Sendable {
     }
 
     /// Starts the monitor's thread (unpinned: it is off the data path).
-    public func start() throws(Errno) {
+    ///
+    /// - Parameter listeners: the relay's listening addresses, with their bound ports: a DNS
+    ///   refresh never moves a backend onto one of them (`BackendAddressCheck`).
+    public func start(listeners: [SocketAddress] = []) throws(Errno) {
+        self.listeners.withLock { $0 = listeners }
         let handle = WorkerThreadHandle(try WorkerThread(name: "statsrelay-hc", cpu: nil) { [self] _ in run() })
         thread.withLock { $0 = handle }
     }
 
-    /// Stops the thread and waits for it.
+    /// Stops the thread and waits for it: at most the time to finish a log line or a
+    /// publication, since a probe round ends as soon as the stop is signalled and lookups run
+    /// elsewhere. Lookups still running are abandoned, never waited for.
     public func stop() {
+        stopping.store(true, ordering: .releasing)
         stopEvent.signal()
         let handle = thread.withLock { $0 }
         handle?.join()
+        lookups.close()
     }
 
     /// The probe for each backend under the configured mode.
@@ -136,6 +153,16 @@ public final class HealthMonitor: Sendable {
         }
     }
 
+    /// What the monitor knows of one backend's name between refreshes.
+    private struct NameState {
+        /// The resolver's last failure was logged (cleared by an answer).
+        var failing = false
+        /// A refresh found the previous lookup still unanswered, and it was logged.
+        var stuck = false
+        /// The last address refused for it (logged once per refused address).
+        var refused: SocketAddress?
+    }
+
     private func run() {
         let config = configuration
         var pool = routing.current
@@ -148,7 +175,8 @@ public final class HealthMonitor: Sendable {
         var down = Array(repeating: false, count: count)
         func namedBackends() -> [Int] { backends.indices.filter { SocketAddress(numericHost: backends[$0].host, port: 0) == nil } }
         var named = namedBackends()
-        var resolveFailing = Array(repeating: false, count: count)
+        var names = Array(repeating: NameState(), count: count)
+        var events = PollSet(descriptors: [PollSet.descriptor(of: stopEvent), PollSet.descriptor(of: lookups.answered)])
         var now = MonotonicClock.nanoseconds()
         var nextCheck = now &+ config.healthIntervalNanoseconds
         var nextResolve = now &+ config.dnsRefreshNanoseconds
@@ -157,7 +185,9 @@ public final class HealthMonitor: Sendable {
         while true {
             var due = named.isEmpty ? UInt64.max : nextResolve
             if config.healthCheck != .none { due = min(due, nextCheck) }
-            if stopEvent.wait(timeoutNanoseconds: due == .max ? nil : (due > now ? due - now : 0)) { return }
+            // Woken by a stop, an answer from a lookup, or the next due time.
+            _ = try? events.wait(timeoutNanoseconds: due == .max ? nil : (due > now ? due - now : 0))
+            if stopping.load(ordering: .acquiring) { return }
             now = MonotonicClock.nanoseconds()
             var changed = false
             let latest = routing.current
@@ -175,7 +205,7 @@ public final class HealthMonitor: Sendable {
                 addresses = latest.addresses
                 down = trackers.map { $0.state == .down }
                 named = namedBackends()
-                resolveFailing = Array(repeating: false, count: count)
+                names = Array(repeating: NameState(), count: count)
                 let now = now
                 statuses.withLock { statuses in
                     statuses = zip(backends, addresses).map {
@@ -186,32 +216,33 @@ public final class HealthMonitor: Sendable {
             }
             if !named.isEmpty && now >= nextResolve {
                 nextResolve = now &+ config.dnsRefreshNanoseconds
-                for index in named {
-                    let backend = backends[index]
-                    do {
-                        let found = try resolver(backend.host, backend.port)
-                        resolveFailing[index] = false
-                        if let first = found.first, !found.contains(addresses[index]) {
-                            logger.info("backend address changed", metadata: [
-                                "backend": "\(backend)", "from": "\(addresses[index])", "to": "\(first)",
-                            ])
-                            addresses[index] = first
-                            changed = true
-                        }
-                    } catch {
-                        if !resolveFailing[index] {
-                            logger.warning("backend name did not resolve; keeping its last address", metadata: [
-                                "backend": "\(backend)", "address": "\(addresses[index])", "error": "\(error)",
-                            ])
-                        }
-                        resolveFailing[index] = true
+                var asked: Set<BackendResolver.Name> = []
+                for index in named where asked.insert(BackendResolver.Name(backends[index])).inserted {
+                    let name = BackendResolver.Name(backends[index])
+                    if lookups.request(name) { continue }
+                    // The previous refresh's lookup has not answered: nothing new is started.
+                    let waiting = lookups.pendingSince(name).map { now &- $0 } ?? 0
+                    for other in named where BackendResolver.Name(backends[other]) == name && !names[other].stuck {
+                        names[other].stuck = true
+                        logger.warning("backend name lookup has not answered; keeping its last address", metadata: [
+                            "backend": "\(backends[other])", "address": "\(addresses[other])",
+                            "waiting": "\(DurationParser.format(waiting / 1_000_000 * 1_000_000))",
+                        ])
                     }
+                }
+            }
+            lookups.answered.reset()
+            for answer in lookups.takeAnswers() {
+                for index in named where BackendResolver.Name(backends[index]) == answer.name {
+                    if apply(answer, to: index, backends: backends, addresses: &addresses, names: &names) { changed = true }
                 }
             }
             if config.healthCheck != .none && now >= nextCheck {
                 nextCheck = now &+ config.healthIntervalNanoseconds
                 let probes = targets(for: addresses, backends: backends)
-                let outcomes = TCPProbe.run(probes, timeoutMilliseconds: Int(config.healthTimeoutNanoseconds / 1_000_000))
+                let outcomes = TCPProbe.run(
+                    probes, timeoutMilliseconds: Int(config.healthTimeoutNanoseconds / 1_000_000), cancel: stopEvent)
+                if stopping.load(ordering: .acquiring) { return }
                 // By identity: the pool may have changed since this round's backends were taken.
                 let refusals = routing.takeRefusalsByBackend()
                 now = MonotonicClock.nanoseconds()
@@ -250,6 +281,8 @@ public final class HealthMonitor: Sendable {
                     logAllDown(allDown, policy: config.onBackendDown)
                 }
             }
+            // Routing first: whoever reads a status finds the routing already reflecting it.
+            if changed { routing.publish(down: down, addresses: addresses, membership: pool.membership) }
             statuses.withLock { statuses in
                 for index in 0..<count {
                     statuses[index].address = addresses[index]
@@ -259,8 +292,55 @@ public final class HealthMonitor: Sendable {
                     statuses[index].lastFailure = trackers[index].lastFailure
                 }
             }
-            if changed { routing.publish(down: down, addresses: addresses, membership: pool.membership) }
             updated.signal()
+        }
+    }
+
+    /// Applies a lookup's answer to backend `index`: logs a failure once (the address stays),
+    /// moves the backend to a new address if its name moved and the address is usable, or
+    /// keeps the old one and logs why once.
+    ///
+    /// - Returns: whether the backend's address changed.
+    private func apply(
+        _ answer: BackendResolver.Answer, to index: Int, backends: [BackendAddress], addresses: inout [SocketAddress],
+        names: inout [NameState]
+    ) -> Bool {
+        let backend = backends[index]
+        names[index].stuck = false
+        switch answer.result {
+        case .failure(let error):
+            if !names[index].failing {
+                logger.warning("backend name did not resolve; keeping its last address", metadata: [
+                    "backend": "\(backend)", "address": "\(addresses[index])", "error": "\(error)",
+                ])
+            }
+            names[index].failing = true
+            return false
+        case .success(let found):
+            names[index].failing = false
+            guard let chosen = BackendResolver.choose(from: found, keeping: addresses[index]),
+                  chosen != addresses[index] else {
+                names[index].refused = nil
+                return false
+            }
+            let listeners = self.listeners.withLock { $0 }
+            if let reason = BackendAddressCheck.refusal(
+                of: chosen, for: index, backends: backends, addresses: addresses, listeners: listeners, earlierOnly: false
+            ) {
+                if names[index].refused != chosen {
+                    names[index].refused = chosen
+                    logger.warning("backend name moved to an address it cannot have; keeping its last address", metadata: [
+                        "backend": "\(backend)", "address": "\(addresses[index])", "refused": "\(chosen)", "reason": "\(reason)",
+                    ])
+                }
+                return false
+            }
+            names[index].refused = nil
+            logger.info("backend address changed", metadata: [
+                "backend": "\(backend)", "from": "\(addresses[index])", "to": "\(chosen)",
+            ])
+            addresses[index] = chosen
+            return true
         }
     }
 

@@ -1,0 +1,123 @@
+import RelayKernel
+
+/// The rules a backend's resolved address must meet, whatever its spelling: one statsd at one
+/// unicast address that is not one of this relay's own listeners, and no two backends at one
+/// address. Checked at start-up (a breach exits 64 naming the backend) and for every address a
+/// DNS refresh brings (a breach keeps the old address and is logged).
+///
+/// Addresses are compared resolved and canonical (`SocketAddress.canonical`), so `127.1`,
+/// `0x7f000001`, `localhost` and `[::ffff:127.0.0.1]` are all `127.0.0.1`.
+public enum BackendAddressCheck {
+    /// Why `address` cannot be a backend, or `nil` when it can.
+    ///
+    /// - Refused: the unspecified address (`0.0.0.0`, `::`: Linux delivers it to this host);
+    ///   a multicast group (it may hold several statsd daemons or none, so a metric would be
+    ///   counted in several places or nowhere, and no refusal ever comes back); a broadcast
+    ///   address (`255.255.255.255`, or a local network's, which the kernel refuses to connect
+    ///   to); an IPv6 link-local address without its interface.
+    /// - Not refused: a destination without a route now (`ENETUNREACH`): the backend socket's
+    ///   own `connect` reports it at start-up, and a route may come later.
+    public static func unusable(_ address: SocketAddress) -> String? {
+        let canonical = address.canonical
+        if canonical.isUnspecified {
+            return "the unspecified address \(canonical.host) is not a destination (Linux delivers it to this host)"
+        }
+        if canonical.isMulticast {
+            return "\(canonical.host) is a multicast group: a metric must go to exactly one statsd, and a group may"
+                + " hold several or none; give each backend's own unicast address"
+        }
+        if canonical.isLimitedBroadcast {
+            return "\(canonical.host) is the broadcast address: a metric must go to exactly one statsd, not to every host of a network"
+        }
+        if canonical.isLinkLocal && canonical.scopeID == 0 {
+            return "\(canonical.host) is link-local and needs its interface: write [\(canonical.host)%INTERFACE]:\(canonical.port)"
+        }
+        switch canonical.connectFailure() {
+        case Errno.permissionDenied?:
+            return "\(canonical.host) is the broadcast address of a network this host is on: a metric must go to exactly"
+                + " one statsd, not to every host of a network"
+        case Errno.invalidArgument?:
+            return "the kernel refuses \(canonical.description) as a destination (connect: Invalid argument)"
+        default:
+            return nil
+        }
+    }
+
+    /// Which of `listeners` a datagram sent to `address` would reach, or `nil`.
+    ///
+    /// A listener bound to one address is reached by that address only; one bound to a
+    /// wildcard (`0.0.0.0`, `::`) by every address of this host on its port: `127.0.0.0/8`,
+    /// `::1` and every interface's addresses (`SocketAddress.localAddresses`), and, for `::`,
+    /// this host's IPv4 addresses too unless `net.ipv6.bindv6only` is set.
+    /// - Parameters:
+    ///   - local: this host's addresses, when the caller has them already.
+    public static func reachedListener(
+        from address: SocketAddress, listeners: [SocketAddress], local: [SocketAddress]? = nil
+    ) -> SocketAddress? {
+        let target = address.canonical
+        var localAddresses = local
+        for listener in listeners {
+            let bound = listener.canonical
+            guard bound.port == target.port else { continue }
+            if bound.sameHost(as: target) { return listener }
+            guard bound.isUnspecified else { continue }
+            guard bound.family == target.family
+                || (bound.family == .ipv6 && target.family == .ipv4 && SocketAddress.ipv6WildcardAcceptsIPv4) else { continue }
+            if target.isLoopback || target.isUnspecified { return listener }
+            if localAddresses == nil { localAddresses = SocketAddress.localAddresses() }
+            if localAddresses!.contains(where: { $0.sameHost(as: target) }) { return listener }
+        }
+        return nil
+    }
+
+    /// Checks every backend's address at start-up, in routing order.
+    ///
+    /// - Parameters:
+    ///   - backends: the backends as written.
+    ///   - addresses: where each resolved to (the same order).
+    ///   - listeners: the relay's listening addresses; a listener with port 0 is skipped (its
+    ///     port is not known until it is bound).
+    /// - Throws: `ConfigurationError` for argument `backend` naming the first backend whose
+    ///   address is unusable, reaches a listener, or is the address of an earlier backend (both
+    ///   named).
+    public static func verify(
+        backends: [BackendAddress], addresses: [SocketAddress], listeners: [SocketAddress]
+    ) throws(ConfigurationError) {
+        let local = SocketAddress.localAddresses()
+        let bound = listeners.filter { $0.port != 0 }
+        for index in backends.indices {
+            if let reason = refusal(of: addresses[index], for: index, backends: backends, addresses: addresses, listeners: bound, local: local) {
+                throw ConfigurationError(argument: "backend", value: backends[index].description, reason: reason)
+            }
+        }
+    }
+
+    /// Why `address` cannot be backend `index`'s, given the other backends' addresses and the
+    /// listeners, or `nil` when it can: unusable (`unusable`), reaching a listener
+    /// (`reachedListener`), or another backend's address.
+    ///
+    /// - Parameters:
+    ///   - address: the candidate address of backend `index`.
+    ///   - addresses: every backend's address; entry `index` is ignored.
+    ///   - earlierOnly: compare with the backends before `index` only (start-up, so the
+    ///     message names the first of the two).
+    public static func refusal(
+        of address: SocketAddress, for index: Int, backends: [BackendAddress], addresses: [SocketAddress],
+        listeners: [SocketAddress], local: [SocketAddress]? = nil, earlierOnly: Bool = true
+    ) -> String? {
+        // Say where a name (or an unusual spelling of an address) led.
+        let written = SocketAddress(numericHost: backends[index].host, port: address.port)?.canonical
+        let resolvedNote = written.map { $0.sameHost(as: address.canonical) } == true ? "" : " (resolved to \(address.canonical))"
+        if let reason = unusable(address) { return reason + resolvedNote }
+        if let listener = reachedListener(from: address, listeners: listeners, local: local) {
+            return "reaches this relay's own listener \(listener)\(resolvedNote): every line sent to it would come back"
+                + " to the relay and be relayed again, forever; give the address of a statsd, not of this relay"
+        }
+        let others = earlierOnly ? Array(addresses.indices.prefix(index)) : addresses.indices.filter { $0 != index }
+        for other in others where addresses[other].canonical == address.canonical {
+            return "same address as backend \(other + 1) ('\(backends[other])'): both are \(address.canonical);"
+                + " give each backend once"
+        }
+        return nil
+    }
+}
