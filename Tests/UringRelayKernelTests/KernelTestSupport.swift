@@ -18,6 +18,42 @@ func requireDriver(_ driver: IOBackendChoice) throws {
     }
 }
 
+/// The driver a relay told to use `choice` must run: `auto` runs io_uring where this host
+/// allows it (the same probe the relay runs), the others run as told.
+func driverExpected(for choice: IOBackendChoice) -> IOBackendChoice {
+    choice == .auto ? (KernelSupport.unavailableReason == nil ? .uring : .portable) : choice
+}
+
+/// How many io_uring instances process `pid` holds open (its `anon_inode:[io_uring]`
+/// descriptors), read from `/proc`: a fact about the driver that ran, independent of what the
+/// relay says of itself. Only meaningful for a child process: this test process runs other
+/// suites' relays at the same time.
+func openRings(pid: Int32) -> Int {
+    let directory = "/proc/\(pid)/fd"
+    let descriptors = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+    return descriptors.filter { descriptor in
+        (try? FileManager.default.destinationOfSymbolicLink(atPath: "\(directory)/\(descriptor)")) == "anon_inode:[io_uring]"
+    }.count
+}
+
+/// Checks that a started child relay runs the driver `choice` asks for: its start-up log
+/// names it (`io_backend=uring`, `io_backend=portable …`), and it holds an io_uring open
+/// exactly when that driver is io_uring (each worker keeps its ring until it stops).
+func expectDriverRan(_ choice: IOBackendChoice, pid: Int32, log: String, sourceLocation: SourceLocation = #_sourceLocation) {
+    let driver = driverExpected(for: choice)
+    let line = log.split(separator: "\n").first { $0.contains("io_backend=") }.map(String.init)
+    #expect(line?.contains("io_backend=\(driver.rawValue)") == true, "start-up log: \(line ?? log)", sourceLocation: sourceLocation)
+    let rings = openRings(pid: pid)
+    #expect((rings > 0) == (driver == .uring), "\(rings) io_uring instances open under the \(driver) driver", sourceLocation: sourceLocation)
+}
+
+/// Checks the exit (or `SIGUSR1`) report names the driver `choice` asks for.
+func expectReportNames(_ choice: IOBackendChoice, in log: String, sourceLocation: SourceLocation = #_sourceLocation) {
+    let driver = driverExpected(for: choice)
+    let lines = log.split(separator: "\n").filter { $0.hasPrefix("statsrelay.io_backend{") }
+    #expect(lines.last == "statsrelay.io_backend{driver=\"\(driver.rawValue)\"} 1", "\(lines)", sourceLocation: sourceLocation)
+}
+
 /// Whether this host has an IPv6 loopback (containers sometimes disable IPv6).
 let ipv6LoopbackAvailable: Bool = (try? UDPSocket.bound(to: SocketAddress(numericHost: "::1", port: 0)!)) != nil
 
@@ -83,9 +119,10 @@ func send(_ datagrams: [String], to address: SocketAddress) throws {
 /// The metric name of a StatsD line: the bytes before the first `:`.
 func metricName(of line: String) -> String { String(line.prefix { $0 != ":" }) }
 
-/// The backend index the Go StatsRelay would route `line` to.
+/// The backend index the Go StatsRelay would route `line` to (from `ReferenceRouting`, not the
+/// relay's router).
 func expectedBackend(of line: String, backends: Int) -> Int {
-    Router(backendCount: backends).backend(forName: metricName(of: line))
+    ReferenceRouting.primary(metricName(of: line), backends: backends)
 }
 
 /// A relay running in this process on 127.0.0.1 with a kernel-chosen port.
@@ -93,17 +130,21 @@ final class InProcessRelay: @unchecked Sendable {
     let relay: Relay
     let address: SocketAddress
 
+    /// Starts a relay on `driver` (no default: every kernel test names the driver it runs)
+    /// and checks that driver is the one running.
     init(
-        backends: [TestBackend], driver: IOBackendChoice = .uring, configure: (inout RelayConfiguration) -> Void = { _ in }
+        backends: [TestBackend], driver: IOBackendChoice, configure: (inout RelayConfiguration) -> Void = { _ in },
+        sourceLocation: SourceLocation = #_sourceLocation
     ) throws {
         var configuration = RelayConfiguration(backends: try backends.map { try BackendAddress(parsing: $0.spec) })
-        configuration.ioBackend = driver
         configuration.bindHost = "127.0.0.1"
         configuration.port = 0
         configuration.threads = 1
         configure(&configuration)
+        configuration.ioBackend = driver
         relay = try Relay(configuration: configuration, logger: .init(label: "test"))
         address = try relay.start().listen
+        #expect(relay.driver == driverExpected(for: driver), "the relay runs \(relay.driver)", sourceLocation: sourceLocation)
     }
 
     /// Stops the relay (drain, flush) and returns its counters.
@@ -137,12 +178,19 @@ final class RelayProcess: @unchecked Sendable {  // the log buffer is guarded by
     private let stderrPipe = Pipe()
 
     private let reaped = Atomic<Bool>(false)
+    /// The `--io-backend` the relay was started with.
+    let driver: IOBackendChoice
 
-    /// Starts `statsrelay` with `arguments`, on `driver` when given (`--io-backend`), under
-    /// `launcher` when given (a command that ends by executing its last arguments, e.g. one that
-    /// restricts the child first: see `RelayLauncher`).
-    init(driver: IOBackendChoice? = nil, launcher: [String] = [], _ arguments: [String]) throws {
-        let relayArguments = (driver.map { ["--io-backend", $0.rawValue] } ?? []) + arguments
+    /// Starts `statsrelay --io-backend driver` with `arguments`, under `launcher` when given (a
+    /// command that ends by executing its last arguments, e.g. one that restricts the child
+    /// first: see `RelayLauncher`).
+    ///
+    /// The driver has no default: every test says which one it runs. Once the relay listens
+    /// (`listenAddress()`) and once it has exited 0 (`waitForExit`), the driver that ran is
+    /// checked, except under `auto`, where the test checks what the ladder chose.
+    init(driver: IOBackendChoice, launcher: [String] = [], _ arguments: [String]) throws {
+        self.driver = driver
+        let relayArguments = ["--io-backend", driver.rawValue] + arguments
         if let program = launcher.first {
             process.executableURL = URL(fileURLWithPath: program)
             process.arguments = Array(launcher.dropFirst()) + [statsrelayExecutable.path] + relayArguments
@@ -183,12 +231,13 @@ final class RelayProcess: @unchecked Sendable {  // the log buffer is guarded by
         standardError.split(separator: "\n").first { $0.contains(text) }.map(String.init)
     }
 
-    /// The port from the `listening on HOST:PORT` start-up line.
-    func listenAddress() throws -> SocketAddress {
-        #expect(waitForLog("listening on "), "relay did not start: \(standardError)")
-        let line = try #require(standardError.split(separator: "\n").first { $0.contains("listening on ") })
-        let spec = try #require(line.split(separator: "listening on ").last)
-        let port = try #require(spec.split(separator: ":").last.flatMap { UInt16($0) })
+    /// The port from the `listening on HOST:PORT` start-up line; checks the driver that runs.
+    func listenAddress(sourceLocation: SourceLocation = #_sourceLocation) throws -> SocketAddress {
+        #expect(waitForLog("listening on "), "relay did not start: \(standardError)", sourceLocation: sourceLocation)
+        let line = try #require(standardError.split(separator: "\n").first { $0.contains("listening on ") }, sourceLocation: sourceLocation)
+        let spec = try #require(line.split(separator: "listening on ").last, sourceLocation: sourceLocation)
+        let port = try #require(spec.split(separator: ":").last.flatMap { UInt16($0) }, sourceLocation: sourceLocation)
+        if driver != .auto { expectDriverRan(driver, pid: process.processIdentifier, log: standardError, sourceLocation: sourceLocation) }
         return SocketAddress(numericHost: "127.0.0.1", port: port)!
     }
 
@@ -221,8 +270,9 @@ final class RelayProcess: @unchecked Sendable {  // the log buffer is guarded by
     }
 
     /// Waits for the process to exit, at most `seconds` (then kills it), and returns its status.
-    /// Later calls return the same status at once.
-    func waitForExit(seconds: Double = 10) -> Int32? {
+    /// Later calls return the same status at once. After an exit 0, checks that the exit
+    /// report names the driver the relay was told to use.
+    func waitForExit(seconds: Double = 10, sourceLocation: SourceLocation = #_sourceLocation) -> Int32? {
         if reaped.load(ordering: .acquiring) { return process.terminationStatus }
         if exited.wait(timeout: .now() + seconds) == .timedOut {
             kill(process.processIdentifier, SIGKILL)
@@ -233,6 +283,9 @@ final class RelayProcess: @unchecked Sendable {  // the log buffer is guarded by
         let rest = stderrPipe.fileHandleForReading.readDataToEndOfFile()
         log.withLock { $0 += String(decoding: rest, as: UTF8.self) }
         reaped.store(true, ordering: .releasing)
+        if process.terminationReason == .exit && process.terminationStatus == 0 && driver != .auto {
+            expectReportNames(driver, in: standardError, sourceLocation: sourceLocation)
+        }
         return process.terminationStatus
     }
 
@@ -268,15 +321,23 @@ final class SteadySender: Sendable {
     private let shared = Shared()
     private let thread: WorkerThreadHandle
 
-    init(to address: SocketAddress, maxDatagrams: Int) throws {
+    /// Starts sending `datagram(index)` (by default the one line `steady.<index % 1000>:1|c`)
+    /// for `index` in `0..<maxDatagrams`, from its own socket on 127.0.0.1.
+    init(
+        to address: SocketAddress, maxDatagrams: Int,
+        datagram: @escaping @Sendable (Int) -> [UInt8] = { Array("steady.\($0 % 1000):1|c".utf8) }
+    ) throws {
         let socket = SocketBox(try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!))
         thread = WorkerThreadHandle(try WorkerThread(name: "test-sender", cpu: nil) { [shared] _ in
             for index in 0..<maxDatagrams where shared.running.load(ordering: .relaxed) {
-                try? socket.socket.send(Array("steady.\(index % 1000):1|c".utf8), to: address)
+                try? socket.socket.send(datagram(index), to: address)
                 shared.sent.add(1, ordering: .relaxed)
             }
         })
     }
+
+    /// How many datagrams went out so far (every one after `stop()`).
+    var sent: Int { shared.sent.load(ordering: .relaxed) }
 
     /// Waits (polling the counter, bounded by `seconds`) until `count` datagrams went out.
     func waitUntilSent(_ count: Int, seconds: Double) -> Bool {
@@ -293,4 +354,65 @@ final class SteadySender: Sendable {
         shared.running.store(false, ordering: .relaxed)
         thread.join()
     }
+}
+
+/// `--threads 2` for a child relay: with fewer than two CPUs allowed, `--cpus` names two so the
+/// relay accepts it (a worker that cannot be pinned runs unpinned).
+var twoWorkerArguments: [String] {
+    WorkerThread.allowedCPUs.count >= 2 ? ["--threads", "2"] : ["--threads", "2", "--cpus", "0-1"]
+}
+
+/// The receive-queue bytes of every IPv4 UDP socket bound to `port`, from `/proc/net/udp`.
+func udpReceiveQueues(port: UInt16) -> [Int] {
+    // Read to the end: a single read of a /proc table returns only its first page.
+    guard let data = FileHandle(forReadingAtPath: "/proc/net/udp")?.readDataToEndOfFile(),
+          case let table = String(decoding: data, as: UTF8.self) else { return [] }
+    return table.split(separator: "\n").dropFirst().compactMap { row in
+        let fields = row.split(separator: " ")
+        guard fields.count > 4, let local = fields[1].split(separator: ":").last, UInt16(local, radix: 16) == port,
+              let queue = fields[4].split(separator: ":").last else { return nil }
+        return Int(queue, radix: 16)
+    }
+}
+
+/// Sends `batch(flow)` from a fresh socket (a new flow: `SO_REUSEPORT` hashes each to one
+/// worker's socket) for flow 0, 1, … until every one of the `workers` listening sockets on
+/// `address`'s port holds datagrams, at most `maxFlows` flows (each flow lands on either of two
+/// sockets with even odds: 64 leave a chance of 2⁻⁶³ that one socket got none).
+///
+/// The relay must be stopped (`RelayProcess.suspend()`), or its workers empty the sockets as
+/// the datagrams arrive. Returns every line sent, flow by flow, and the queued bytes per socket.
+func spreadOverWorkers(
+    _ address: SocketAddress, workers: Int = 2, maxFlows: Int = 64, batch: (Int) -> [String]
+) throws -> (lines: [[String]], queues: [Int]) {
+    var lines: [[String]] = []
+    while lines.count < maxFlows && udpReceiveQueues(port: address.port).filter({ $0 > 0 }).count < workers {
+        let flow = batch(lines.count)
+        try send(flow, to: address)
+        lines.append(flow)
+    }
+    return (lines, udpReceiveQueues(port: address.port))
+}
+
+/// How much longer than its `--shutdown-timeout` a stop may take as a test sees it: signal
+/// delivery, joining threads, printing the report, the process exit, on a loaded 2-CPU machine.
+/// A bound on the documented deadline, not a speed: a stop that overran its budget by this
+/// much would be a broken promise.
+let stopSlackSeconds = 1.0
+
+/// The report counters that together count the forwarded lines a stop could not confirm (still
+/// in a batch, in flight, or sent without 200 ms to wait for a refusal). One place to follow a
+/// rename or split of these counters.
+let unconfirmedAtExitNames = ["statsrelay.lines_unconfirmed_at_exit"]
+/// The same counters in `RelayCounters`.
+let unconfirmedAtExitCounters: [RelayCounter] = [.linesUnconfirmedAtExit]
+
+/// The forwarded lines a stop could not confirm, from a printed report.
+func unconfirmedAtExit(in report: [String: UInt64]) -> UInt64 {
+    unconfirmedAtExitNames.reduce(0) { $0 + (report[$1] ?? 0) }
+}
+
+/// The forwarded lines a stop could not confirm, from a relay's counters.
+func unconfirmedAtExit(in counters: RelayCounters) -> UInt64 {
+    unconfirmedAtExitCounters.reduce(0) { $0 + counters[$1] }
 }
