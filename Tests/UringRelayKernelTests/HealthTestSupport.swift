@@ -111,3 +111,19 @@ func listeningTCPSocket(port: UInt16 = 0, reuseAddress: Bool = false, backlog: I
     withUnsafeMutableBytes(of: &storage) { _ = getsockname(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), &length) }
     return (fd, UInt16(bigEndian: storage.sin_port))
 }
+
+/// `count` UDP backends on 127.0.0.1, each with a `FakeHealthPort` on the TCP port of the same
+/// number (so `--health-check tcp` checks it); a backend whose TCP twin is taken (an outgoing
+/// connection's ephemeral port) is replaced by one on another UDP port.
+func backendsWithHealthTwins(_ count: Int) throws -> (backends: [TestBackend], twins: [FakeHealthPort]) {
+    var backends: [TestBackend] = []
+    var twins: [FakeHealthPort] = []
+    for _ in 0..<50 where backends.count < count {
+        let backend = try TestBackend()
+        guard let twin = try HealthHarness.healthPort(on: backend.address.port) else { continue }
+        backends.append(backend)
+        twins.append(twin)
+    }
+    guard backends.count == count else { throw Errno(rawValue: EADDRINUSE) }
+    return (backends, twins)
+}

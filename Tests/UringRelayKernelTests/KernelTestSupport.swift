@@ -416,3 +416,21 @@ func unconfirmedAtExit(in report: [String: UInt64]) -> UInt64 {
 func unconfirmedAtExit(in counters: RelayCounters) -> UInt64 {
     unconfirmedAtExitCounters.reduce(0) { $0 + counters[$1] }
 }
+
+extension RelayProcess {
+    /// Sends `SIGUSR1` and waits, at most `seconds`, for the whole report it prints; returns
+    /// that report's counters (`nil` if none came).
+    func liveReport(seconds: Double = 3) -> [String: UInt64]? {
+        /// Complete report ends seen so far: the last line of a report is the log's own errors.
+        func ends(_ log: String) -> Int {
+            log.split(separator: "\n", omittingEmptySubsequences: false).dropLast()
+                .filter { $0.hasPrefix("statsrelay.log_write_errors ") }.count
+        }
+        let before = ends(standardError)
+        signal(SIGUSR1)
+        guard poll(seconds: seconds, { ends(standardError) > before }) else { return nil }
+        let log = standardError
+        guard let notice = log.range(of: "live counters", options: .backwards) else { return nil }
+        return lastReport(in: String(log[notice.upperBound...]))
+    }
+}
