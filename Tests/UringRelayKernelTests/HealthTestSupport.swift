@@ -94,8 +94,11 @@ func occurrences(of text: String, in log: String) -> Int {
 }
 
 /// A listening TCP socket on 127.0.0.1:`port` (0: the kernel picks), and the port it got.
+///
+/// Non-blocking: a server polls it, then accepts; a connection reset between the two would
+/// leave a blocking `accept` waiting for the next one, and a server being stopped hanging.
 func listeningTCPSocket(port: UInt16 = 0, reuseAddress: Bool = false, backlog: Int32 = 16) throws -> (descriptor: Int32, port: UInt16) {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
     if reuseAddress {
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))

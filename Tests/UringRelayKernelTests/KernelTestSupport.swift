@@ -210,6 +210,11 @@ final class RelayProcess: @unchecked Sendable {  // the log buffer is guarded by
         try process.run()
     }
 
+    /// A relay a failed test left running is killed, not left behind.
+    deinit {
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+    }
+
     /// Everything written to standard error so far.
     var standardError: String { log.withLock { $0 } }
 

@@ -63,6 +63,11 @@ final class DefaultSignalRelay: @unchecked Sendable {  // the log is guarded by 
         try process.run()
     }
 
+    /// A relay a failed test left running is killed, not left behind.
+    deinit {
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+    }
+
     var standardError: String { log.withLock { $0 } }
 
     /// Polls the log until it contains `text`, at most `seconds`.
