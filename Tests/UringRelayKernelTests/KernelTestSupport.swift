@@ -294,9 +294,9 @@ final class RelayProcess: @unchecked Sendable {  // the log buffer is guarded by
         return process.terminationStatus
     }
 
-    /// A counter's value from the report printed at exit.
+    /// A counter's value from the report printed last (at exit, once the relay has exited).
     func counter(_ name: String) -> UInt64? {
-        standardError.split(separator: "\n").first { $0.hasPrefix(name + " ") }
+        standardError.split(separator: "\n").last { $0.hasPrefix(name + " ") }
             .flatMap { UInt64($0.split(separator: " ").last ?? "") }
     }
 
