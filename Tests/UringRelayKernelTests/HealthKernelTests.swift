@@ -47,6 +47,7 @@ final class HealthHarness: @unchecked Sendable {
         configuration.onBackendDown = policy
         configuration.ioBackend = driver
         configure(&configuration)
+        if configuration.threads == 1 && configuration.cpus == nil { configuration.cpus = [nextTestCPU()] }
         let store = log
         relay = try Relay(configuration: configuration, logger: Logger(label: "test") { _ in CapturingLogHandler(store: store) })
         address = try relay.start().listen
@@ -62,9 +63,12 @@ final class HealthHarness: @unchecked Sendable {
         }
     }
 
-    /// Waits until backend `index` is in `state` as the monitor sees it.
+    /// Waits until backend `index` is in `state` as the monitor sees it and as the routing the
+    /// workers read has it (the monitor's view can come first), so every datagram sent from
+    /// then on is routed by it.
     func wait(for index: Int, _ state: HealthTracker.State) -> Bool {
         relay.monitor.waitUntil(timeoutNanoseconds: 10_000_000_000) { $0[index].state == state }
+            && poll(seconds: 10) { relay.routing.current.down[index] == (state == .down) }
     }
 
     func stop() -> RelayCounters {

@@ -40,7 +40,8 @@ func defaultSignalsArguments(_ arguments: [String], launcher: [String] = []) -> 
 /// A relay child started with default signal actions, its standard error collected.
 final class DefaultSignalRelay: @unchecked Sendable {  // the log is guarded by `LockedText`
     let process = Process()
-    private let log = LockedText()
+    private var reader: PipeReader?
+    private var log: LockedText { reader?.text ?? LockedText() }
     private let standardErrorPipe = Pipe()
     /// The `--io-backend` the relay was started with.
     let driver: IOBackendChoice
@@ -56,11 +57,8 @@ final class DefaultSignalRelay: @unchecked Sendable {  // the log is guarded by 
         process.arguments = defaultSignalsArguments(["--io-backend", driver.rawValue] + arguments, launcher: launcher)
         process.standardOutput = FileHandle.nullDevice
         process.standardError = standardErrorPipe
-        standardErrorPipe.fileHandleForReading.readabilityHandler = { [log] handle in
-            let data = handle.availableData
-            if !data.isEmpty { log.withLock { $0 += String(decoding: data, as: UTF8.self) } }
-        }
         try process.run()
+        reader = PipeReader(standardErrorPipe.fileHandleForReading)
     }
 
     /// A relay a failed test left running is killed, not left behind.
@@ -91,9 +89,7 @@ final class DefaultSignalRelay: @unchecked Sendable {  // the log is guarded by 
         let exited = poll(seconds: seconds) { !process.isRunning }
         if !exited { signal(SIGKILL) }
         process.waitUntilExit()
-        standardErrorPipe.fileHandleForReading.readabilityHandler = nil
-        let rest = standardErrorPipe.fileHandleForReading.readDataToEndOfFile()
-        log.withLock { $0 += String(decoding: rest, as: UTF8.self) }
+        #expect(reader?.waitForEnd(seconds: 5) == true, "standard error did not end", sourceLocation: sourceLocation)
         guard exited, process.terminationReason == .exit else { return nil }
         if process.terminationStatus == 0 && driver != .auto {
             expectReportNames(driver, in: standardError, sourceLocation: sourceLocation)

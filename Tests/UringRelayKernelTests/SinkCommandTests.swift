@@ -8,8 +8,10 @@ import Testing
 final class SinkProcess: @unchecked Sendable {  // the texts are guarded by `LockedText`
     let process = Process()
     let ports: [UInt16]
-    private let output = LockedText()
-    private let errors = LockedText()
+    private var outputReader: PipeReader?
+    private var errorReader: PipeReader?
+    private var output: LockedText { outputReader?.text ?? LockedText() }
+    private var errors: LockedText { errorReader?.text ?? LockedText() }
     private let outputPipe = Pipe()
     private let errorPipe = Pipe()
 
@@ -21,13 +23,9 @@ final class SinkProcess: @unchecked Sendable {  // the texts are guarded by `Loc
         process.arguments = ["sink"] + ports.flatMap { ["--port", "\($0)"] } + extra
         process.standardOutput = outputPipe
         process.standardError = errorPipe
-        for (pipe, text) in [(outputPipe, output), (errorPipe, errors)] {
-            pipe.fileHandleForReading.readabilityHandler = { handle in
-                let data = handle.availableData
-                if !data.isEmpty { text.withLock { $0 += String(decoding: data, as: UTF8.self) } }
-            }
-        }
         try process.run()
+        outputReader = PipeReader(outputPipe.fileHandleForReading)
+        errorReader = PipeReader(errorPipe.fileHandleForReading)
         // Bound: each port shows up in /proc/net/udp.
         let bound = poll(seconds: 10) { [ports] in ports.allSatisfy { !udpReceiveQueues(port: $0).isEmpty } || !process.isRunning }
         #expect(bound && process.isRunning, "the sink did not bind its ports: \(standardError)")
@@ -45,11 +43,7 @@ final class SinkProcess: @unchecked Sendable {  // the texts are guarded by `Loc
         let exited = poll(seconds: seconds) { !process.isRunning }
         if !exited { kill(process.processIdentifier, SIGKILL) }
         process.waitUntilExit()
-        for (pipe, text) in [(outputPipe, output), (errorPipe, errors)] {
-            pipe.fileHandleForReading.readabilityHandler = nil
-            let rest = pipe.fileHandleForReading.readDataToEndOfFile()
-            text.withLock { $0 += String(decoding: rest, as: UTF8.self) }
-        }
+        for reader in [outputReader, errorReader] { #expect(reader?.waitForEnd(seconds: 5) == true, "the sink's output did not end") }
         return exited && process.terminationReason == .exit ? process.terminationStatus : nil
     }
 

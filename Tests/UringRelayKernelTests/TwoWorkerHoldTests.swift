@@ -23,6 +23,10 @@ struct TwoWorkerHoldTests {
 
         twins[0].close()
         #expect(relay.waitForLog("] backend down", seconds: 10), "\(relay.standardError)")
+        // The log says what the monitor decided; the workers route by it once each has applied
+        // the publication (one each: every backend was up until now).
+        let applied = poll(seconds: 5) { (relay.liveReport()?["statsrelay.routing_updates"] ?? 0) >= 2 }
+        #expect(applied, "the workers did not apply the backend's fall: \(lastReport(in: relay.standardError)["statsrelay.routing_updates"] ?? 0)")
         // Stopped while the clients send, so each worker's socket is seen to take some of them.
         try #require(relay.suspend(), "the relay did not stop")
         let (flows, queues) = try spreadOverWorkers(address) { flow in (0..<30).map { "hold.two.\(flow).\($0):\($0)|c" } }
