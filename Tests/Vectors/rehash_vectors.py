@@ -5,7 +5,9 @@
 
 prints the Swift argument tables (mix: hash, attempt, result; rehash: name, backends, down,
 primary, target) pasted into Tests/UringRelayTests/HashTests.swift
-(`mixVectors`, `rehashVectors`). Definitions (docs/operations.md, "How relays stay in agreement"):
+(`mixVectors`, `rehashVectors`). Definitions: docs/operations.md, "How relays stay in agreement"
+(which names the mixer only as "a fixed 64-bit mixer"; its definition is the router's documented
+one, `Router.mix`, written out here):
 
 - FNV-1a 64 of the metric name's bytes (offset basis 0xcbf29ce484222325, prime 0x100000001b3),
   as Go's hash/fnv New64a.
