@@ -28,6 +28,7 @@ struct ProcessTests {
     func sigtermPastTheDrainBudget(driver: IOBackendChoice) throws {
         try requireDriver(driver)
         let backends = try (0..<2).map { _ in try TestBackend() }
+        let timeout = 0.015
         let relay = try RelayProcess(driver: driver, [
             "--bind", "127.0.0.1", "--port", "0", "--threads", "1", "--flush-interval", "60s", "--rcvbuf", "64M",
             "--shutdown-timeout", "15ms",
@@ -38,21 +39,41 @@ struct ProcessTests {
         let queued = (0..<60_000).map { "backlog.\($0 % 500):1|c" }
         try send(queued, to: address)
         let traffic = try SteadySender(to: address, maxDatagrams: 400_000)
+        let signalled = MonotonicClock.nanoseconds()
         relay.signal(SIGTERM)
         relay.signal(SIGCONT)
         let status = relay.waitForExit(seconds: 10)
+        let stopSeconds = Double(MonotonicClock.nanoseconds() - signalled) / 1e9
         traffic.stop()
         #expect(status == 0)
-        let forwarded = try #require(relay.counter("statsrelay.lines_forwarded"))
+        // The deadline is the relay's own; the slack is for this side (signal delivery, the
+        // report, the process exit, a loaded machine), not for the relay's stop.
+        withKnownIssue(Comment(rawValue: StopDefect.portableSeesStopLate), isIntermittent: true) {
+            #expect(stopSeconds < timeout + stopSlackSeconds, "SIGTERM to exit took \(stopSeconds) s with a \(timeout) s --shutdown-timeout")
+        } when: { driver == .portable }
+        let report = lastReport(in: relay.standardError)
+        let forwarded = try #require(report["statsrelay.lines_forwarded"])
         let received = try collect(from: backends, expectedLines: Int(forwarded), seconds: 5)
         #expect(forwarded > 0)
-        // Every forwarded line was handed to the kernel: none failed, none was refused. With a
-        // 15 ms budget most cannot be confirmed (no refusal within 200 ms) and are counted as
-        // unconfirmed rather than sent.
-        #expect(relay.counter("statsrelay.send_errors") == 0, "the final sends were submitted and completed")
-        #expect(relay.counter("statsrelay.lines_dropped.refused") == 0)
-        #expect(UInt64(received.totalLines) == forwarded)
         #expect(forwarded < UInt64(queued.count), "the drain budget ended the drain before the socket was empty")
+        #expect(UInt64(received.totalLines) == forwarded)
+        // What was left is counted: every datagram queued before the signal was received, or
+        // dropped by the kernel (a full buffer), or still queued when receiving stopped and
+        // counted then; none of those sent later is counted twice.
+        let accounted = (report["statsrelay.datagrams_received"] ?? 0) + (report["statsrelay.datagrams_dropped.at_exit"] ?? 0)
+            + (report["statsrelay.datagrams_dropped.kernel"] ?? 0)
+        #expect(accounted <= UInt64(queued.count + traffic.sent))
+        withKnownIssue(Comment(rawValue: StopDefect.uringLeftoversUncounted), isIntermittent: true) {
+            #expect((report["statsrelay.datagrams_dropped.at_exit"] ?? 0) > 0, "datagrams left in the socket were not counted")
+            #expect(accounted >= UInt64(queued.count), "of \(queued.count) datagrams queued before SIGTERM only \(accounted) are accounted for")
+        } when: { driver == .uring }
+        // ... and every forwarded line was handed to the kernel (none failed, none refused) and
+        // ends as sent or, since a 15 ms budget cannot wait out the 200 ms confirmation, as
+        // unconfirmed: never lost from the count, never counted twice.
+        #expect(report["statsrelay.send_errors"] == 0, "the final sends were submitted and completed")
+        #expect(report["statsrelay.lines_dropped.refused"] == 0)
+        let sent = backends.map { report["statsrelay.backend.lines_sent{backend=\"\($0.spec)\"}"] ?? 0 }.reduce(0, +)
+        #expect(sent + unconfirmedAtExit(in: report) == forwarded, "sent \(sent), unconfirmed \(unconfirmedAtExit(in: report))")
     }
 
     @Test("an idle worker sleeps: it does not wake up thousands of times a second", arguments: ioDrivers)
@@ -91,7 +112,7 @@ struct ProcessTests {
         try #require(relay.suspend(), "the relay did not stop")
         let lines = (0..<2_000).map { "queued.\($0 % 50):\($0)|c" }
         try send(lines, to: address)
-        #expect(Self.receiveQueues(port: address.port).allSatisfy { $0 > 0 }, "the datagrams must wait in the socket")
+        #expect(udpReceiveQueues(port: address.port).allSatisfy { $0 > 0 }, "the datagrams must wait in the socket")
         relay.signal(SIGTERM)
         relay.signal(SIGCONT)
         #expect(relay.waitForExit() == 0)
@@ -104,21 +125,12 @@ struct ProcessTests {
         try requireDriver(driver)
         let backends = try (0..<2).map { _ in try TestBackend() }
         let relay = try RelayProcess(driver: driver,
-            ["--bind", "127.0.0.1", "--port", "0", "--threads", "2", "--rcvbuf", "16M", "--flush-interval", "60s"]
+            ["--bind", "127.0.0.1", "--port", "0", "--rcvbuf", "16M", "--flush-interval", "60s"] + twoWorkerArguments
                 + backends.map(\.spec))
         let address = try relay.listenAddress()  // logged once both workers are up
         try #require(relay.suspend(), "the relay did not stop")
-        // SO_REUSEPORT spreads flows: send from fresh sockets until both workers' sockets hold
-        // datagrams (each new flow lands on either with even odds; 64 flows bound it).
-        var lines: [String] = []
-        var flows = 0
-        while flows < 64 && Self.receiveQueues(port: address.port).filter({ $0 > 0 }).count < 2 {
-            let batch = (0..<50).map { "drain.two.\(flows).\($0 % 10):\($0)|c" }
-            try send(batch, to: address)
-            lines += batch
-            flows += 1
-        }
-        let queues = Self.receiveQueues(port: address.port)
+        let (flows, queues) = try spreadOverWorkers(address) { flow in (0..<50).map { "drain.two.\(flow).\($0 % 10):\($0)|c" } }
+        let lines = flows.flatMap { $0 }
         #expect(queues.count == 2 && queues.allSatisfy { $0 > 0 }, "queued bytes per worker socket: \(queues)")
         relay.signal(SIGTERM)
         relay.signal(SIGCONT)
@@ -126,19 +138,6 @@ struct ProcessTests {
         let received = try collect(from: backends, expectedLines: lines.count, seconds: 5)
         #expect((received.lines[0] + received.lines[1]).sorted() == lines.sorted())
         #expect(relay.counter("statsrelay.lines_forwarded") == UInt64(lines.count))
-    }
-
-    /// The receive-queue bytes of every IPv4 UDP socket bound to `port`, from `/proc/net/udp`.
-    static func receiveQueues(port: UInt16) -> [Int] {
-        // Read to the end: a single read of a /proc table returns only its first page.
-        guard let data = FileHandle(forReadingAtPath: "/proc/net/udp")?.readDataToEndOfFile(),
-              case let table = String(decoding: data, as: UTF8.self) else { return [] }
-        return table.split(separator: "\n").dropFirst().compactMap { row in
-            let fields = row.split(separator: " ")
-            guard fields.count > 4, let local = fields[1].split(separator: ":").last, UInt16(local, radix: 16) == port,
-                  let queue = fields[4].split(separator: ":").last else { return nil }
-            return Int(queue, radix: 16)
-        }
     }
 
     @Test("a burst larger than the receive buffers loses nothing: an exhausted buffer ring is counted and re-armed (uring); recvmmsg takes it in batches of 2 (portable)", arguments: ioDrivers)
@@ -163,17 +162,35 @@ struct ProcessTests {
         }
     }
 
-    @Test("the Go StatsRelay's single-dash flags are accepted", arguments: ioDrivers)
+    @Test("the Go StatsRelay's single-dash flags are accepted and take effect: -bind, -port, -packetlen, -bufsize", arguments: ioDrivers)
     func goFlags(driver: IOBackendChoice) throws {
         try requireDriver(driver)
         let backend = try TestBackend()
-        let relay = try RelayProcess(driver: driver, ["-bind", "127.0.0.1", "-port", "0", "-packetlen", "512", "-bufsize", "1048576", "--threads", "1", backend.spec])
+        // A port the kernel just handed out and took back: free, and not the default 8125.
+        let port = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!).localAddress.port
+        // A 60 s flush interval: batches leave only when full (or at the stop), so their size is
+        // what -packetlen allows.
+        let relay = try RelayProcess(driver: driver, [
+            "-bind", "127.0.0.1", "-port", "\(port)", "-packetlen", "512", "-bufsize", "1048576",
+            "--threads", "1", "--flush-interval", "60s", backend.spec,
+        ])
         let address = try relay.listenAddress()
-        try send(["go:1|c"], to: address)
-        _ = try collect(from: [backend], expectedLines: 1, seconds: 5)
+        #expect(address.port == port)
+        let startup = relay.logLine(containing: "listening on ") ?? ""
+        #expect(startup.contains("listening on 127.0.0.1:\(port)"), "\(startup)")
+        #expect(startup.contains("packet_len=512"), "\(startup)")
+        #expect(startup.contains("rcvbuf_requested=1048576"), "\(startup)")
+        let lines = (0..<300).map { "go.flag.\($0):\($0)|c" }
+        try send(stride(from: 0, to: lines.count, by: 30).map { lines[$0..<$0 + 30].joined(separator: "\n") }, to: address)
         relay.signal(SIGINT)
         #expect(relay.waitForExit() == 0)
-        #expect(relay.standardError.contains("packet_len=512"))
+        let received = try collect(from: [backend], expectedLines: lines.count, seconds: 5)
+        #expect(received.lines[0].sorted() == lines.sorted())
+        let longest = lines.map { $0.utf8.count + 1 }.max()!
+        let sizes = received.datagrams[0].map(\.utf8.count)
+        #expect(sizes.allSatisfy { $0 <= 512 }, "datagram sizes \(sizes)")
+        // Every batch but the last closed because the next line did not fit in 512 bytes.
+        #expect(sizes.dropLast().allSatisfy { $0 > 512 - longest }, "datagram sizes \(sizes)")
     }
 
     @Test("--cpus pins each worker thread to its CPU", arguments: ioDrivers)
@@ -224,12 +241,13 @@ struct ProcessTests {
         #expect(result.error.contains(message), "stderr: \(result.error)")
     }
 
-    @Test("a busy port is reported as operation, address and reason")
-    func busyPort() throws {
+    @Test("a busy port exits 71, reported as operation, address and reason", arguments: ioDrivers)
+    func busyPort(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
         let holder = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!)
         let port = holder.localAddress.port
-        let result = try RelayProcess.run(["--bind", "127.0.0.1", "--port", "\(port)", "--threads", "1", "127.0.0.1:9"])
-        #expect(result.status != 0)
+        let result = try RelayProcess.run(["--io-backend", driver.rawValue, "--bind", "127.0.0.1", "--port", "\(port)", "--threads", "1", "127.0.0.1:9"])
+        #expect(result.status == 71)
         #expect(result.error.contains("bind udp 127.0.0.1:\(port): Address already in use (errno 98)"), "stderr: \(result.error)")
     }
 
@@ -250,10 +268,9 @@ struct ProcessTests {
         #expect(result.status == 0)
         #expect(result.error.contains("backend \(backends[1]) is down: connect: Connection refused"))
         let lines = result.output.split(separator: "\n").map(String.init)
-        var router = Router(backendCount: 3)
-        router.setDown(1, true)
-        guard case .rehash(_, let fooTarget) = router.route(name: "foo") else { Issue.record("foo not rehashed"); return }
-        #expect(lines.first?.hasPrefix("foo \(backends[fooTarget]) ") == true)
+        // foo's primary is backend 1 (B); with it down its first live candidate is backend 2
+        // (Tests/Vectors/rehash_vectors.py); bar's primary, backend 0, is up.
+        #expect(lines.first?.hasPrefix("foo \(backends[2]) ") == true, "\(lines)")
         #expect(lines.first?.hasSuffix("(\(backends[1]) is down: rehashed)") == true)
         #expect(lines.last?.hasPrefix("bar \(backends[0]) ") == true)
     }

@@ -155,7 +155,8 @@ struct DriverLadderTests {
     /// itself could not apply the restriction.
     private func launch(_ launcher: RelayLauncher, _ extra: [String], backend: TestBackend) throws -> RelayProcess {
         let python = try RelayLauncher.requirePython()
-        let child = try RelayProcess(launcher: launcher.command(python: python), ["--bind", "127.0.0.1", "--port", "0"] + extra + [backend.spec])
+        let child = try RelayProcess(
+            driver: .auto, launcher: launcher.command(python: python), ["--bind", "127.0.0.1", "--port", "0"] + extra + [backend.spec])
         _ = child.waitForLog("listening on ")
         if !child.process.isRunning, child.waitForExit() == 3, child.standardError.contains("launcher: ") {
             try Test.cancel(Comment(rawValue: "cannot restrict the child: \(child.standardError)"))
@@ -170,9 +171,11 @@ struct DriverLadderTests {
         let address = try child.listenAddress()
         let line = child.logLine(containing: "io_backend=") ?? "no io_backend line in: \(child.standardError)"
         #expect(line.contains("io_backend=portable reason=\"io_uring_setup: Operation not permitted (errno 1); \(permissionAdvice)"), "\(line)")
+        #expect(openRings(pid: child.process.processIdentifier) == 0, "the portable driver holds no io_uring")
         let expected = try relayExactly(datagrams: 200, to: address, backend: backend, prefix: "seccomp")
         child.signal(SIGTERM)
         #expect(child.waitForExit() == 0, "\(child.standardError)")
+        expectReportNames(.portable, in: child.standardError)
         #expect(child.counter("statsrelay.lines_forwarded") == UInt64(expected.count))
         #expect(child.counter("statsrelay.datagrams_received") == 200)
     }
@@ -206,17 +209,18 @@ struct DriverLadderTests {
             _ = child.waitForExit()
             try Test.cancel("this kernel does not account io_uring memory to RLIMIT_MEMLOCK")
         }
-        #expect(child.standardError.contains("listening on "), "relay did not start: \(child.standardError)")
-        guard child.process.isRunning else { return }
+        try #require(child.standardError.contains("listening on ") && child.process.isRunning, "the relay is not running: \(child.standardError)")
         let address = try child.listenAddress()
         let line = child.logLine(containing: "io_backend=") ?? "no io_backend line in: \(child.standardError)"
         #expect(line.contains("io_backend=portable reason=\""), "\(line)")
+        #expect(openRings(pid: child.process.processIdentifier) == 0, "the portable driver holds no io_uring")
         #expect(line.contains("Cannot allocate memory (errno 12)"), "\(line)")
         let advised = Self.advisedLockedKiB(threads: threads)
         #expect(line.contains("ulimit -l \(advised)") && line.contains("LimitMEMLOCK=\(advised)K"), "\(line)")
         let expected = try relayExactly(datagrams: 200, to: address, backend: backend, prefix: "memlock")
         child.signal(SIGTERM)
         #expect(child.waitForExit() == 0, "\(child.standardError)")
+        expectReportNames(.portable, in: child.standardError)
         #expect(child.counter("statsrelay.lines_forwarded") == UInt64(expected.count))
     }
 
@@ -233,14 +237,15 @@ struct DriverLadderTests {
         let backend = try TestBackend()
         let advised = Self.advisedLockedKiB(threads: threads)
         let child = try launch(.memlockLimit(bytes: advised << 10), ["--threads", "\(threads)"], backend: backend)
-        #expect(child.standardError.contains("listening on "), "relay did not start: \(child.standardError)")
-        guard child.process.isRunning else { return }
+        try #require(child.standardError.contains("listening on ") && child.process.isRunning, "the relay is not running: \(child.standardError)")
         let address = try child.listenAddress()
         let line = child.logLine(containing: "io_backend=") ?? "no io_backend line in: \(child.standardError)"
         #expect(line.contains("io_backend=uring") && !line.contains("reason="), "\(line)")
+        #expect(openRings(pid: child.process.processIdentifier) == threads, "one ring per worker")
         let expected = try relayExactly(datagrams: 100, to: address, backend: backend, prefix: "advised")
         child.signal(SIGTERM)
         #expect(child.waitForExit() == 0, "\(child.standardError)")
+        expectReportNames(.uring, in: child.standardError)
         #expect(child.counter("statsrelay.lines_forwarded") == UInt64(expected.count))
     }
 }

@@ -33,6 +33,7 @@ struct ExclusivePortTests {
         sharing.reusePortGroup = true
         let joined = try Relay(configuration: sharing, logger: .init(label: "test"))
         #expect(try joined.start().listen.port == port)
+        #expect(joined.driver == driver)
         joined.stop()
         #expect(joined.wait().failures.isEmpty)
         _ = first.stop()

@@ -94,8 +94,11 @@ func occurrences(of text: String, in log: String) -> Int {
 }
 
 /// A listening TCP socket on 127.0.0.1:`port` (0: the kernel picks), and the port it got.
+///
+/// Non-blocking: a server polls it, then accepts; a connection reset between the two would
+/// leave a blocking `accept` waiting for the next one, and a server being stopped hanging.
 func listeningTCPSocket(port: UInt16 = 0, reuseAddress: Bool = false, backlog: Int32 = 16) throws -> (descriptor: Int32, port: UInt16) {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
     if reuseAddress {
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
@@ -110,4 +113,20 @@ func listeningTCPSocket(port: UInt16 = 0, reuseAddress: Bool = false, backlog: I
     var length = socklen_t(MemoryLayout<sockaddr_in>.size)
     withUnsafeMutableBytes(of: &storage) { _ = getsockname(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), &length) }
     return (fd, UInt16(bigEndian: storage.sin_port))
+}
+
+/// `count` UDP backends on 127.0.0.1, each with a `FakeHealthPort` on the TCP port of the same
+/// number (so `--health-check tcp` checks it); a backend whose TCP twin is taken (an outgoing
+/// connection's ephemeral port) is replaced by one on another UDP port.
+func backendsWithHealthTwins(_ count: Int) throws -> (backends: [TestBackend], twins: [FakeHealthPort]) {
+    var backends: [TestBackend] = []
+    var twins: [FakeHealthPort] = []
+    for _ in 0..<50 where backends.count < count {
+        let backend = try TestBackend()
+        guard let twin = try HealthHarness.healthPort(on: backend.address.port) else { continue }
+        backends.append(backend)
+        twins.append(twin)
+    }
+    guard backends.count == count else { throw Errno(rawValue: EADDRINUSE) }
+    return (backends, twins)
 }

@@ -18,6 +18,42 @@ func requireDriver(_ driver: IOBackendChoice) throws {
     }
 }
 
+/// The driver a relay told to use `choice` must run: `auto` runs io_uring where this host
+/// allows it (the same probe the relay runs), the others run as told.
+func driverExpected(for choice: IOBackendChoice) -> IOBackendChoice {
+    choice == .auto ? (KernelSupport.unavailableReason == nil ? .uring : .portable) : choice
+}
+
+/// How many io_uring instances process `pid` holds open (its `anon_inode:[io_uring]`
+/// descriptors), read from `/proc`: a fact about the driver that ran, independent of what the
+/// relay says of itself. Only meaningful for a child process: this test process runs other
+/// suites' relays at the same time.
+func openRings(pid: Int32) -> Int {
+    let directory = "/proc/\(pid)/fd"
+    let descriptors = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+    return descriptors.filter { descriptor in
+        (try? FileManager.default.destinationOfSymbolicLink(atPath: "\(directory)/\(descriptor)")) == "anon_inode:[io_uring]"
+    }.count
+}
+
+/// Checks that a started child relay runs the driver `choice` asks for: its start-up log
+/// names it (`io_backend=uring`, `io_backend=portable …`), and it holds an io_uring open
+/// exactly when that driver is io_uring (each worker keeps its ring until it stops).
+func expectDriverRan(_ choice: IOBackendChoice, pid: Int32, log: String, sourceLocation: SourceLocation = #_sourceLocation) {
+    let driver = driverExpected(for: choice)
+    let line = log.split(separator: "\n").first { $0.contains("io_backend=") }.map(String.init)
+    #expect(line?.contains("io_backend=\(driver.rawValue)") == true, "start-up log: \(line ?? log)", sourceLocation: sourceLocation)
+    let rings = openRings(pid: pid)
+    #expect((rings > 0) == (driver == .uring), "\(rings) io_uring instances open under the \(driver) driver", sourceLocation: sourceLocation)
+}
+
+/// Checks the exit (or `SIGUSR1`) report names the driver `choice` asks for.
+func expectReportNames(_ choice: IOBackendChoice, in log: String, sourceLocation: SourceLocation = #_sourceLocation) {
+    let driver = driverExpected(for: choice)
+    let lines = log.split(separator: "\n").filter { $0.hasPrefix("statsrelay.io_backend{") }
+    #expect(lines.last == "statsrelay.io_backend{driver=\"\(driver.rawValue)\"} 1", "\(lines)", sourceLocation: sourceLocation)
+}
+
 /// Whether this host has an IPv6 loopback (containers sometimes disable IPv6).
 let ipv6LoopbackAvailable: Bool = (try? UDPSocket.bound(to: SocketAddress(numericHost: "::1", port: 0)!)) != nil
 
@@ -89,27 +125,44 @@ func send(_ datagrams: [String], to address: SocketAddress) throws {
 /// The metric name of a StatsD line: the bytes before the first `:`.
 func metricName(of line: String) -> String { String(line.prefix { $0 != ":" }) }
 
-/// The backend index the Go StatsRelay would route `line` to.
+/// The backend index the Go StatsRelay would route `line` to (from `ReferenceRouting`, not the
+/// relay's router).
 func expectedBackend(of line: String, backends: Int) -> Int {
-    Router(backendCount: backends).backend(forName: metricName(of: line))
+    ReferenceRouting.primary(metricName(of: line), backends: backends)
 }
+
+/// The CPU for the next single-worker relay started in this process, in turn over the CPUs
+/// allowed. A relay pins worker i to the i-th allowed CPU by default, so every one-worker relay
+/// of the suites running side by side would otherwise share the first CPU.
+func nextTestCPU() -> Int {
+    let cpus = WorkerThread.allowedCPUs
+    guard !cpus.isEmpty else { return 0 }
+    return cpus[testCPUTurn.add(1, ordering: .relaxed).oldValue % cpus.count]
+}
+
+private let testCPUTurn = Atomic<Int>(0)
 
 /// A relay running in this process on 127.0.0.1 with a kernel-chosen port.
 final class InProcessRelay: @unchecked Sendable {
     let relay: Relay
     let address: SocketAddress
 
+    /// Starts a relay on `driver` (no default: every kernel test names the driver it runs)
+    /// and checks that driver is the one running.
     init(
-        backends: [TestBackend], driver: IOBackendChoice = .uring, configure: (inout RelayConfiguration) -> Void = { _ in }
+        backends: [TestBackend], driver: IOBackendChoice, configure: (inout RelayConfiguration) -> Void = { _ in },
+        sourceLocation: SourceLocation = #_sourceLocation
     ) throws {
         var configuration = RelayConfiguration(backends: try backends.map { try BackendAddress(parsing: $0.spec) })
-        configuration.ioBackend = driver
         configuration.bindHost = "127.0.0.1"
         configuration.port = 0
         configuration.threads = 1
         configure(&configuration)
+        configuration.ioBackend = driver
+        if configuration.threads == 1 && configuration.cpus == nil { configuration.cpus = [nextTestCPU()] }
         relay = try Relay(configuration: configuration, logger: .init(label: "test"))
         address = try relay.start().listen
+        #expect(relay.driver == driverExpected(for: driver), "the relay runs \(relay.driver)", sourceLocation: sourceLocation)
     }
 
     /// Stops the relay (drain, flush) and returns its counters.
@@ -133,22 +186,62 @@ final class LockedText: Sendable {
     func withLock<Result: Sendable>(_ body: (inout String) -> Result) -> Result { text.withLock { body(&$0) } }
 }
 
+/// Reads a pipe on a thread of its own until every writer has closed it, keeping the text.
+///
+/// Not Foundation's `readabilityHandler`: a handler block still running when it is removed
+/// appends its data after the reader has looked, and a report read at exit could go missing.
+final class PipeReader: Sendable {
+    let text = LockedText()
+    private let ended = DispatchSemaphore(value: 0)
+
+    /// Starts reading `handle`; `onChange` runs after each piece is appended.
+    init(_ handle: FileHandle, onChange: @escaping @Sendable () -> Void = {}) {
+        let thread = Thread { [text, ended] in
+            while true {
+                let data = handle.availableData  // blocks until data, or empty at the end
+                if data.isEmpty { break }
+                text.withLock { $0 += String(decoding: data, as: UTF8.self) }
+                onChange()
+            }
+            ended.signal()
+        }
+        thread.start()
+    }
+
+    /// Waits until the pipe has ended, at most `seconds`; whether it has.
+    func waitForEnd(seconds: Double) -> Bool { ended.wait(timeout: .now() + seconds) == .success }
+}
+
 /// A `statsrelay` child process whose standard error is watched for events.
 final class RelayProcess: @unchecked Sendable {  // the log buffer is guarded by `log`
     let process = Process()
-    private let log = LockedText()
+    private var reader: PipeReader?
+    private var log: LockedText { reader?.text ?? LockedText() }
     private let logChanged = DispatchSemaphore(value: 0)
     private let exited = DispatchSemaphore(value: 0)
     private let stdoutPipe = Pipe()
     private let stderrPipe = Pipe()
 
     private let reaped = Atomic<Bool>(false)
+    /// The `--io-backend` the relay was started with.
+    let driver: IOBackendChoice
+    /// Whether `listenAddress` and `waitForExit` check the driver that ran.
+    private let checksDriver: Bool
 
-    /// Starts `statsrelay` with `arguments`, on `driver` when given (`--io-backend`), under
-    /// `launcher` when given (a command that ends by executing its last arguments, e.g. one that
-    /// restricts the child first: see `RelayLauncher`).
-    init(driver: IOBackendChoice? = nil, launcher: [String] = [], _ arguments: [String]) throws {
-        let relayArguments = adminOff((driver.map { ["--io-backend", $0.rawValue] } ?? []) + arguments)
+    /// Starts `statsrelay --io-backend driver` with `arguments`, under `launcher` when given (a
+    /// command that ends by executing its last arguments, e.g. one that restricts the child
+    /// first: see `RelayLauncher`).
+    ///
+    /// The driver has no default: every test says which one it runs. Once the relay listens
+    /// (`listenAddress()`) and once it has exited 0 (`waitForExit`), the driver that ran is
+    /// checked, except under `auto`, where the test checks what the ladder chose.
+    ///
+    /// - Parameter checksDriver: `false` where the launched process is not the relay itself (a
+    ///   tracer forks it) or its standard error is closed: the test then checks the driver itself.
+    init(driver: IOBackendChoice, launcher: [String] = [], checksDriver: Bool = true, _ arguments: [String]) throws {
+        self.driver = driver
+        self.checksDriver = checksDriver && driver != .auto
+        let relayArguments = adminOff(["--io-backend", driver.rawValue] + arguments)
         if let program = launcher.first {
             process.executableURL = URL(fileURLWithPath: program)
             process.arguments = Array(launcher.dropFirst()) + [statsrelayExecutable.path] + relayArguments
@@ -158,14 +251,14 @@ final class RelayProcess: @unchecked Sendable {  // the log buffer is guarded by
         }
         process.standardOutput = stdoutPipe
         process.standardError = stderrPipe
-        stderrPipe.fileHandleForReading.readabilityHandler = { [log, logChanged] handle in
-            let data = handle.availableData
-            guard !data.isEmpty else { return }
-            log.withLock { $0 += String(decoding: data, as: UTF8.self) }
-            logChanged.signal()
-        }
         process.terminationHandler = { [exited] _ in exited.signal() }
         try process.run()
+        reader = PipeReader(stderrPipe.fileHandleForReading) { [logChanged] in logChanged.signal() }
+    }
+
+    /// A relay a failed test left running is killed, not left behind.
+    deinit {
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
     }
 
     /// Everything written to standard error so far.
@@ -189,12 +282,13 @@ final class RelayProcess: @unchecked Sendable {  // the log buffer is guarded by
         standardError.split(separator: "\n").first { $0.contains(text) }.map(String.init)
     }
 
-    /// The port from the `listening on HOST:PORT` start-up line.
-    func listenAddress() throws -> SocketAddress {
-        #expect(waitForLog("listening on "), "relay did not start: \(standardError)")
-        let line = try #require(standardError.split(separator: "\n").first { $0.contains("listening on ") })
-        let spec = try #require(line.split(separator: "listening on ").last)
-        let port = try #require(spec.split(separator: ":").last.flatMap { UInt16($0) })
+    /// The port from the `listening on HOST:PORT` start-up line; checks the driver that runs.
+    func listenAddress(sourceLocation: SourceLocation = #_sourceLocation) throws -> SocketAddress {
+        #expect(waitForLog("listening on "), "relay did not start: \(standardError)", sourceLocation: sourceLocation)
+        let line = try #require(standardError.split(separator: "\n").first { $0.contains("listening on ") }, sourceLocation: sourceLocation)
+        let spec = try #require(line.split(separator: "listening on ").last, sourceLocation: sourceLocation)
+        let port = try #require(spec.split(separator: ":").last.flatMap { UInt16($0) }, sourceLocation: sourceLocation)
+        if checksDriver { expectDriverRan(driver, pid: process.processIdentifier, log: standardError, sourceLocation: sourceLocation) }
         return SocketAddress(numericHost: "127.0.0.1", port: port)!
     }
 
@@ -227,24 +321,26 @@ final class RelayProcess: @unchecked Sendable {  // the log buffer is guarded by
     }
 
     /// Waits for the process to exit, at most `seconds` (then kills it), and returns its status.
-    /// Later calls return the same status at once.
-    func waitForExit(seconds: Double = 10) -> Int32? {
+    /// Later calls return the same status at once. After an exit 0, checks that the exit
+    /// report names the driver the relay was told to use.
+    func waitForExit(seconds: Double = 10, sourceLocation: SourceLocation = #_sourceLocation) -> Int32? {
         if reaped.load(ordering: .acquiring) { return process.terminationStatus }
         if exited.wait(timeout: .now() + seconds) == .timedOut {
             kill(process.processIdentifier, SIGKILL)
             return nil
         }
-        // The child has exited, so its end of the pipe is closed: this read ends at EOF.
-        stderrPipe.fileHandleForReading.readabilityHandler = nil
-        let rest = stderrPipe.fileHandleForReading.readDataToEndOfFile()
-        log.withLock { $0 += String(decoding: rest, as: UTF8.self) }
+        // The child has exited, so its end of the pipe is closed: the reader reaches the end.
+        #expect(reader?.waitForEnd(seconds: 5) == true, "standard error did not end", sourceLocation: sourceLocation)
         reaped.store(true, ordering: .releasing)
+        if process.terminationReason == .exit && process.terminationStatus == 0 && checksDriver {
+            expectReportNames(driver, in: standardError, sourceLocation: sourceLocation)
+        }
         return process.terminationStatus
     }
 
-    /// A counter's value from the report printed at exit.
+    /// A counter's value from the report printed last (at exit, once the relay has exited).
     func counter(_ name: String) -> UInt64? {
-        standardError.split(separator: "\n").first { $0.hasPrefix(name + " ") }
+        standardError.split(separator: "\n").last { $0.hasPrefix(name + " ") }
             .flatMap { UInt64($0.split(separator: " ").last ?? "") }
     }
 
@@ -274,15 +370,23 @@ final class SteadySender: Sendable {
     private let shared = Shared()
     private let thread: WorkerThreadHandle
 
-    init(to address: SocketAddress, maxDatagrams: Int) throws {
+    /// Starts sending `datagram(index)` (by default the one line `steady.<index % 1000>:1|c`)
+    /// for `index` in `0..<maxDatagrams`, from its own socket on 127.0.0.1.
+    init(
+        to address: SocketAddress, maxDatagrams: Int,
+        datagram: @escaping @Sendable (Int) -> [UInt8] = { Array("steady.\($0 % 1000):1|c".utf8) }
+    ) throws {
         let socket = SocketBox(try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!))
         thread = WorkerThreadHandle(try WorkerThread(name: "test-sender", cpu: nil) { [shared] _ in
             for index in 0..<maxDatagrams where shared.running.load(ordering: .relaxed) {
-                try? socket.socket.send(Array("steady.\(index % 1000):1|c".utf8), to: address)
+                try? socket.socket.send(datagram(index), to: address)
                 shared.sent.add(1, ordering: .relaxed)
             }
         })
     }
+
+    /// How many datagrams went out so far (every one after `stop()`).
+    var sent: Int { shared.sent.load(ordering: .relaxed) }
 
     /// Waits (polling the counter, bounded by `seconds`) until `count` datagrams went out.
     func waitUntilSent(_ count: Int, seconds: Double) -> Bool {
@@ -299,4 +403,101 @@ final class SteadySender: Sendable {
         shared.running.store(false, ordering: .relaxed)
         thread.join()
     }
+}
+
+/// `--threads 2` for a child relay: with fewer than two CPUs allowed, `--cpus` names two so the
+/// relay accepts it (a worker that cannot be pinned runs unpinned).
+var twoWorkerArguments: [String] {
+    WorkerThread.allowedCPUs.count >= 2 ? ["--threads", "2"] : ["--threads", "2", "--cpus", "0-1"]
+}
+
+/// The receive-queue bytes of every IPv4 UDP socket bound to `port`, from `/proc/net/udp`.
+func udpReceiveQueues(port: UInt16) -> [Int] {
+    // Read to the end: a single read of a /proc table returns only its first page.
+    guard let data = FileHandle(forReadingAtPath: "/proc/net/udp")?.readDataToEndOfFile(),
+          case let table = String(decoding: data, as: UTF8.self) else { return [] }
+    return table.split(separator: "\n").dropFirst().compactMap { row in
+        let fields = row.split(separator: " ")
+        guard fields.count > 4, let local = fields[1].split(separator: ":").last, UInt16(local, radix: 16) == port,
+              let queue = fields[4].split(separator: ":").last else { return nil }
+        return Int(queue, radix: 16)
+    }
+}
+
+/// Sends `batch(flow)` from a fresh socket (a new flow: `SO_REUSEPORT` hashes each to one
+/// worker's socket) for flow 0, 1, … until every one of the `workers` listening sockets on
+/// `address`'s port holds datagrams, at most `maxFlows` flows (each flow lands on either of two
+/// sockets with even odds: 64 leave a chance of 2⁻⁶³ that one socket got none).
+///
+/// The relay must be stopped (`RelayProcess.suspend()`), or its workers empty the sockets as
+/// the datagrams arrive. Returns every line sent, flow by flow, and the queued bytes per socket.
+func spreadOverWorkers(
+    _ address: SocketAddress, workers: Int = 2, maxFlows: Int = 64, batch: (Int) -> [String]
+) throws -> (lines: [[String]], queues: [Int]) {
+    var lines: [[String]] = []
+    while lines.count < maxFlows && udpReceiveQueues(port: address.port).filter({ $0 > 0 }).count < workers {
+        let flow = batch(lines.count)
+        try send(flow, to: address)
+        lines.append(flow)
+    }
+    return (lines, udpReceiveQueues(port: address.port))
+}
+
+/// How much longer than its `--shutdown-timeout` a stop may take as a test sees it: signal
+/// delivery, joining threads, printing the report, the process exit, on a loaded 2-CPU machine
+/// (with other builds beside it, at five times more runnable threads than CPUs, a 15 ms stop
+/// of the io_uring driver was seen to take 1.36 s from SIGTERM to exit).
+/// A bound on the documented deadline, not a speed: a stop that overran its budget by this
+/// much would be a broken promise.
+let stopSlackSeconds = 2.0
+
+/// The report counters that together count the forwarded lines a stop could not confirm (still
+/// in a batch, in flight, or sent without 200 ms to wait for a refusal). One place to follow a
+/// rename or split of these counters.
+let unconfirmedAtExitNames = ["statsrelay.lines_unconfirmed_at_exit"]
+/// The same counters in `RelayCounters`.
+let unconfirmedAtExitCounters: [RelayCounter] = [.linesUnconfirmedAtExit]
+
+/// The forwarded lines a stop could not confirm, from a printed report.
+func unconfirmedAtExit(in report: [String: UInt64]) -> UInt64 {
+    unconfirmedAtExitNames.reduce(0) { $0 + (report[$1] ?? 0) }
+}
+
+/// The forwarded lines a stop could not confirm, from a relay's counters.
+func unconfirmedAtExit(in counters: RelayCounters) -> UInt64 {
+    unconfirmedAtExitCounters.reduce(0) { $0 + counters[$1] }
+}
+
+extension RelayProcess {
+    /// Sends `SIGUSR1` and waits, at most `seconds`, for the whole report it prints; returns
+    /// that report's counters (`nil` if none came).
+    func liveReport(seconds: Double = 3) -> [String: UInt64]? {
+        /// Complete report ends seen so far: the last line of a report is the log's own errors.
+        func ends(_ log: String) -> Int {
+            log.split(separator: "\n", omittingEmptySubsequences: false).dropLast()
+                .filter { $0.hasPrefix("statsrelay.log_write_errors ") }.count
+        }
+        let before = ends(standardError)
+        signal(SIGUSR1)
+        guard poll(seconds: seconds, { ends(standardError) > before }) else { return nil }
+        let log = standardError
+        guard let notice = log.range(of: "live counters", options: .backwards) else { return nil }
+        return lastReport(in: String(log[notice.upperBound...]))
+    }
+}
+
+/// Product defects the stop tests expose on a loaded machine, reported and not fixed here (the
+/// tests record them as known issues, and pass without them once they are fixed).
+enum StopDefect {
+    /// `PortableDriver.run` polls its wake-up event only every 16 busy turns of up to 8
+    /// `recvmmsg` batches (16 × 8 × 128 = 16 384 datagrams), and the core starts the stop budget
+    /// when it sees the request: under a backlog on a slow (debug) or loaded worker, a stop is
+    /// seen seconds late and overruns `--shutdown-timeout` by as much.
+    static let portableSeesStopLate =
+        "portable driver: the stop request is read only every 16 busy turns, so its budget starts late"
+    /// `IOUringDriver.run` counts and closes the listening sockets only once every cancelled
+    /// receive has ended; when the stop deadline passes first it breaks out of its loop and the
+    /// sockets close without `discardPending`: the datagrams they hold are lost uncounted.
+    static let uringLeftoversUncounted =
+        "io_uring driver: a stop whose deadline passes before its receives end closes the listeners without counting what they hold"
 }

@@ -17,11 +17,16 @@ enum RelayLauncher: Sendable, CustomStringConvertible {
     /// `RLIMIT_MEMLOCK` lowered to `bytes` and `CAP_IPC_LOCK` dropped from the bounding set (so
     /// root, too, is held to the limit), as for a non-root service with a low `LimitMEMLOCK=`.
     case memlockLimit(bytes: Int)
+    /// `CAP_NET_ADMIN` dropped from the bounding set, so even root cannot pass
+    /// `net.core.rmem_max` with `SO_RCVBUFFORCE`, as for an unprivileged service. (A launcher
+    /// without the capability to drop carries on: the relay lacks it anyway.)
+    case withoutNetAdmin
 
     var description: String {
         switch self {
         case .seccompBlocksIOUringSetup: "seccomp filter failing io_uring_setup with EPERM"
         case .memlockLimit(let bytes): "RLIMIT_MEMLOCK \(bytes / 1024)K without CAP_IPC_LOCK"
+        case .withoutNetAdmin: "without CAP_NET_ADMIN"
         }
     }
 
@@ -30,6 +35,7 @@ enum RelayLauncher: Sendable, CustomStringConvertible {
         switch self {
         case .seccompBlocksIOUringSetup: "seccomp"
         case .memlockLimit(let bytes): "memlock=\(bytes)"
+        case .withoutNetAdmin: "no-net-admin"
         }
     }
 
@@ -64,6 +70,8 @@ enum RelayLauncher: Sendable, CustomStringConvertible {
                 limit = int(mode.split("=")[1])
                 resource.setrlimit(resource.RLIMIT_MEMLOCK, (limit, limit))
                 if libc.prctl(24, 14, 0, 0, 0) != 0: fail("prctl PR_CAPBSET_DROP CAP_IPC_LOCK")
+            elif mode == "no-net-admin":
+                if libc.prctl(24, 12, 0, 0, 0) != 0 and os.geteuid() == 0: fail("prctl PR_CAPBSET_DROP CAP_NET_ADMIN")
             os.execv(sys.argv[2], sys.argv[2:])
             """
         return [python.path, "-c", program, mode]

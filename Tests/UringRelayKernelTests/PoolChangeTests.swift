@@ -50,7 +50,7 @@ struct PoolChangeTests {
     static func firstPool(routing name: String, to backend: String, in pools: [[String]], from: Int) -> Int? {
         for index in from..<pools.count {
             let pool = pools[index]
-            if pool[Router(backendCount: pool.count).backend(forName: name)] == backend { return index }
+            if pool[ReferenceRouting.primary(name, backends: pool.count)] == backend { return index }
         }
         return nil
     }
@@ -79,8 +79,13 @@ struct PoolChangeTests {
         }
         sender.join()
         let total = datagrams * sender.linesPerDatagram
+        // Every line reaches a backend while the relay runs (open batches leave within the 1 s
+        // flush interval); only then is it stopped, so no line depends on the stop's drain
+        // budget, which a slow worker on a loaded machine can run out of.
+        var received = try collect(from: backends, expectedLines: total, seconds: 20)
         let counters = relay.stop()
-        let received = try collect(from: backends, expectedLines: total, seconds: 20)
+        let late = try collect(from: backends, expectedLines: 0, seconds: 0.2)
+        for backend in received.datagrams.indices { received.datagrams[backend] += late.datagrams[backend] }
         // Which backend each line reached, and how often.
         var arrivals: [Int: [String]] = [:]
         for (backend, lines) in received.lines.enumerated() {
@@ -105,7 +110,11 @@ struct PoolChangeTests {
         }
         #expect(misrouted == 0)
         #expect(current == pools.count - 1, "the last pool never took over")
-        #expect(counters[.poolChanges] == UInt64(pools.count - 1))
+        // Every publication is applied or superseded (checked above: the pools in force never go
+        // back, and the last one took over). Two published between a worker's turns merge into one
+        // change to the later pool, so the count is at least one and at most one per publication.
+        #expect((1...UInt64(pools.count - 1)).contains(counters[.poolChanges]), "\(counters[.poolChanges]) changes for \(pools.count - 1) publications")
+        #expect(counters[.routingUpdates] >= counters[.poolChanges])
         #expect(counters[.linesForwarded] == UInt64(total))
         // Counters follow identities: every backend's sent lines equal what it received.
         for (backend, spec) in specs.enumerated() {

@@ -97,8 +97,10 @@ struct RelayEndToEndTests {
         configuration.port = 0
         configuration.threads = 1
         configuration.flushIntervalNanoseconds = 1_000_000
+        configuration.ioBackend = driver
         let relay = try Relay(configuration: configuration, logger: .init(label: "test"))
         let address = try relay.start().listen
+        #expect(relay.driver == driver)
         var toLive: [String] = []
         var receivedLive: [String] = []
         var toDead = 0
@@ -171,8 +173,10 @@ struct RelayEndToEndTests {
         configuration.bindHost = "::1"
         configuration.port = 0
         configuration.threads = 1
+        configuration.ioBackend = driver
         let relay = try Relay(configuration: configuration, logger: .init(label: "test"))
         let listen = try relay.start().listen
+        #expect(relay.driver == driver)
         #expect(listen.description.hasPrefix("[::1]:"))
         let sent = (0..<200).map { "v6.metric.\($0):1|c" }
         let sender = try UDPSocket.bound(to: SocketAddress(numericHost: "::1", port: 0)!)
@@ -185,25 +189,27 @@ struct RelayEndToEndTests {
         #expect(relay.wait().counters[.linesForwarded] == UInt64(sent.count))
     }
 
-    @Test("two workers share the port and route identically", arguments: ioDrivers)
+    @Test("two workers share the port and route identically: both workers' sockets take traffic, and every line reaches the backend its hash names", arguments: ioDrivers)
     func twoWorkers(driver: IOBackendChoice) throws {
         try requireDriver(driver)
         let backends = try (0..<3).map { _ in try TestBackend() }
-        let relay = try InProcessRelay(backends: backends, driver: driver) { $0.threads = 2 }
+        // A child relay, so it can be stopped while the flows are spread: a worker's socket is
+        // emptied only by that worker, so a socket holding datagrams proves its worker relays.
+        let relay = try RelayProcess(driver: driver, ["--bind", "127.0.0.1", "--port", "0", "--rcvbuf", "16M"] + twoWorkerArguments + backends.map(\.spec))
+        let address = try relay.listenAddress()
+        try #require(relay.suspend(), "the relay did not stop")
+        // Every flow carries the same 40 names, so each name passes through both workers.
+        let (flows, queues) = try spreadOverWorkers(address) { flow in (0..<40).map { "w.metric.\($0):\(flow)|c" } }
+        #expect(queues.count == 2 && queues.allSatisfy { $0 > 0 }, "queued bytes per worker socket: \(queues)")
+        relay.signal(SIGCONT)
+        let lines = flows.flatMap { $0 }
         var expected: [[String]] = [[], [], []]
-        var datagrams: [String] = []
-        for index in 0..<2_000 {
-            let line = "w.metric.\(index % 300):\(index)|c"
-            expected[expectedBackend(of: line, backends: 3)].append(line)
-            datagrams.append(line)
-        }
-        // Several senders, so SO_REUSEPORT spreads the flows over both workers.
-        for chunk in stride(from: 0, to: datagrams.count, by: 250) {
-            try send(Array(datagrams[chunk..<min(chunk + 250, datagrams.count)]), to: relay.address)
-        }
-        let received = try collect(from: backends, expectedLines: datagrams.count)
-        let counters = relay.stop()
-        for backend in 0..<3 { #expect(received.lines[backend].sorted() == expected[backend].sorted()) }
-        #expect(counters[.linesForwarded] == UInt64(datagrams.count))
+        for line in lines { expected[expectedBackend(of: line, backends: 3)].append(line) }
+        let received = try collect(from: backends, expectedLines: lines.count)
+        relay.signal(SIGTERM)
+        #expect(relay.waitForExit() == 0)
+        for backend in 0..<3 { #expect(received.lines[backend].sorted() == expected[backend].sorted(), "backend \(backend)") }
+        #expect(relay.counter("statsrelay.lines_forwarded") == UInt64(lines.count))
+        #expect(relay.standardError.contains("threads=2"))
     }
 }

@@ -39,8 +39,10 @@ struct ResolverNamespaceTests {
         defer { try? FileManager.default.removeItem(at: hosts.deletingLastPathComponent()) }
         let network = try Self.namespace(hosts: hosts)
         let python = try network.requireAvailable()
+        // It exits before any driver is chosen: `.auto` asserts none.
         let relay = try RelayProcess(
-            launcher: network.launcher(python: python), ["--bind", "127.0.0.1", "--port", "0", "statsd.blackhole.test:9000"])
+            driver: .auto, launcher: network.launcher(python: python),
+            ["--bind", "127.0.0.1", "--port", "0", "statsd.blackhole.test:9000"])
         #expect(relay.waitForLog("resolving backend names"), "\(relay.standardError)")
         relay.signal(SIGTERM)
         // getaddrinfo would go on for a minute and a half; the stop must not wait for it.

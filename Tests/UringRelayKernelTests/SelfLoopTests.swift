@@ -104,7 +104,8 @@ struct SelfLoopTests {
         let python = try Self.network.requireAvailable()
         let port = "\(try unusedPort())"
         let written = backend.replacingOccurrences(of: "PORT", with: port)
-        let relay = try RelayProcess(launcher: Self.network.launcher(python: python), ["--port", port, written])
+        // It exits before any driver is chosen: `.auto` asserts none.
+        let relay = try RelayProcess(driver: .auto, launcher: Self.network.launcher(python: python), ["--port", port, written])
         #expect(relay.waitForExit() == 64, "\(relay.standardError)")
         #expect(relay.standardError.contains("invalid backend '\(written)': \(reason.replacingOccurrences(of: "PORT", with: port))"),
                 "\(relay.standardError)")

@@ -40,20 +40,30 @@ func defaultSignalsArguments(_ arguments: [String], launcher: [String] = []) -> 
 /// A relay child started with default signal actions, its standard error collected.
 final class DefaultSignalRelay: @unchecked Sendable {  // the log is guarded by `LockedText`
     let process = Process()
-    private let log = LockedText()
+    private var reader: PipeReader?
+    private var log: LockedText { reader?.text ?? LockedText() }
     private let standardErrorPipe = Pipe()
+    /// The `--io-backend` the relay was started with.
+    let driver: IOBackendChoice
 
-    /// Starts `statsrelay arguments`, through `launcher` when given.
-    init(_ arguments: [String], launcher: [String] = []) throws {
+    /// Starts `statsrelay --io-backend driver arguments`, through `launcher` when given.
+    ///
+    /// The driver has no default: every test says which one it runs. Once the relay listens
+    /// (`listenAddress()`) and once it has exited 0 (`waitForExit`), the driver that ran is
+    /// checked, except under `auto`.
+    init(driver: IOBackendChoice, _ arguments: [String], launcher: [String] = []) throws {
+        self.driver = driver
         process.executableURL = defaultSignalsLauncher
-        process.arguments = defaultSignalsArguments(arguments, launcher: launcher)
+        process.arguments = defaultSignalsArguments(["--io-backend", driver.rawValue] + arguments, launcher: launcher)
         process.standardOutput = FileHandle.nullDevice
         process.standardError = standardErrorPipe
-        standardErrorPipe.fileHandleForReading.readabilityHandler = { [log] handle in
-            let data = handle.availableData
-            if !data.isEmpty { log.withLock { $0 += String(decoding: data, as: UTF8.self) } }
-        }
         try process.run()
+        reader = PipeReader(standardErrorPipe.fileHandleForReading)
+    }
+
+    /// A relay a failed test left running is killed, not left behind.
+    deinit {
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
     }
 
     var standardError: String { log.withLock { $0 } }
@@ -61,26 +71,29 @@ final class DefaultSignalRelay: @unchecked Sendable {  // the log is guarded by 
     /// Polls the log until it contains `text`, at most `seconds`.
     func waitForLog(_ text: String, seconds: Double = 20) -> Bool { poll(seconds: seconds) { standardError.contains(text) } }
 
-    /// The address from the `listening on HOST:PORT` start-up line.
-    func listenAddress() throws -> SocketAddress {
-        #expect(waitForLog("listening on "), "relay did not start: \(standardError)")
-        let line = try #require(standardError.split(separator: "\n").first { $0.contains("listening on ") })
-        let port = try #require(line.split(separator: ":").last.flatMap { UInt16($0) })
+    /// The address from the `listening on HOST:PORT` start-up line; checks the driver that runs.
+    func listenAddress(sourceLocation: SourceLocation = #_sourceLocation) throws -> SocketAddress {
+        #expect(waitForLog("listening on "), "relay did not start: \(standardError)", sourceLocation: sourceLocation)
+        let line = try #require(standardError.split(separator: "\n").first { $0.contains("listening on ") }, sourceLocation: sourceLocation)
+        let port = try #require(line.split(separator: ":").last.flatMap { UInt16($0) }, sourceLocation: sourceLocation)
+        if driver != .auto { expectDriverRan(driver, pid: process.processIdentifier, log: standardError, sourceLocation: sourceLocation) }
         return SocketAddress(numericHost: "127.0.0.1", port: port)!
     }
 
     func signal(_ number: Int32) { kill(process.processIdentifier, number) }
 
     /// Waits for the exit, at most `seconds` (then kills it), and returns the status; `nil`
-    /// when it did not exit in time or was killed by a signal.
-    func waitForExit(seconds: Double = 10) -> Int32? {
+    /// when it did not exit in time or was killed by a signal. After an exit 0, checks that
+    /// the exit report names the driver the relay was told to use.
+    func waitForExit(seconds: Double = 10, sourceLocation: SourceLocation = #_sourceLocation) -> Int32? {
         let exited = poll(seconds: seconds) { !process.isRunning }
         if !exited { signal(SIGKILL) }
         process.waitUntilExit()
-        standardErrorPipe.fileHandleForReading.readabilityHandler = nil
-        let rest = standardErrorPipe.fileHandleForReading.readDataToEndOfFile()
-        log.withLock { $0 += String(decoding: rest, as: UTF8.self) }
+        #expect(reader?.waitForEnd(seconds: 5) == true, "standard error did not end", sourceLocation: sourceLocation)
         guard exited, process.terminationReason == .exit else { return nil }
+        if process.terminationStatus == 0 && driver != .auto {
+            expectReportNames(driver, in: standardError, sourceLocation: sourceLocation)
+        }
         return process.terminationStatus
     }
 }
@@ -91,9 +104,7 @@ struct SignalTests {
     func everydaySignals(driver: IOBackendChoice) throws {
         try requireDriver(driver)
         let backends = try (0..<2).map { _ in try TestBackend() }
-        let relay = try DefaultSignalRelay([
-            "--bind", "127.0.0.1", "--port", "0", "--threads", "1", "--io-backend", driver.rawValue,
-        ] + backends.map(\.spec))
+        let relay = try DefaultSignalRelay(driver: driver, ["--bind", "127.0.0.1", "--port", "0", "--threads", "1"] + backends.map(\.spec))
         let address = try relay.listenAddress()
         var sent: [String] = []
         var delivered: [String] = []
@@ -141,6 +152,7 @@ struct SignalTests {
         let perBackend = (0..<2).map { live["statsrelay.backend.lines_sent{backend=\"\(backends[$0].spec)\"}"] ?? 0 }
         #expect(perBackend.reduce(0, +) == UInt64(sent.count))
         #expect(live["statsrelay.backend.up{backend=\"\(backends[0].spec)\"}"] == 1)
+        expectReportNames(driver, in: relay.standardError)
         try batch("after-usr1", signal: nil)
 
         relay.signal(SIGTERM)
@@ -176,6 +188,7 @@ struct SignalTests {
         }
         let line = try #require(log.split(separator: "\n").first { $0.contains("listening on ") }, "no start-up line: \(log)")
         let port = try #require(line.split(separator: ":").last.flatMap { UInt16($0) })
+        expectDriverRan(driver, pid: process.processIdentifier, log: log)
         try standardError.fileHandleForReading.close()
         let address = SocketAddress(numericHost: "127.0.0.1", port: port)!
 

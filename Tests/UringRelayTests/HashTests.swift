@@ -80,4 +80,70 @@ struct HashTests {
         let expected = 20_000 / (backends + 1)
         #expect(moved > expected / 2 && moved < expected * 2)
     }
+
+    // Fixed vectors for the rehash candidates, computed from the definitions by
+    // Tests/Vectors/rehash_vectors.py (FNV-1a 64, the float64 jump hash, splitmix64's finaliser as the
+    // mixer, first live candidate): a change to the mixer or to the candidate rule fails here,
+    // where no value is taken from the router itself. Relays of different versions behind one
+    // balancer must agree on these.
+    static let mixVectors: [(UInt64, UInt64, UInt64)] = [
+        (0x0000000000000000, 0, 0x0000000000000000),
+        (0x0000000000000000, 1, 0xe220a8397b1dcdaf),
+        (0xdcb27518fed9d577, 1, 0x2e42db5a5768ac8d),
+        (0xdcb27518fed9d577, 2, 0x6bff6783ec363485),
+        (0xffffffffffffffff, 64, 0xf63b7b9046fea981),
+        (0x0123456789abcdef, 7, 0xb8fc5b1060708c05),
+    ]
+    static let rehashVectors: [(String, Int, [Int], Int, Int)] = [
+        ("foo", 3, [1], 1, 2),
+        ("foobar", 3, [1], 1, 2),
+        ("users.unique", 3, [1], 1, 0),
+        ("svc.1.metric", 3, [1], 1, 2),
+        ("svc.3.metric", 3, [1], 1, 2),
+        ("svc.8.metric", 3, [1], 1, 2),
+        ("svc.10.metric", 3, [1], 1, 0),
+        ("svc.11.metric", 3, [1], 1, 0),
+        ("bar", 3, [0], 0, 2),
+        ("changed", 3, [0], 0, 1),
+        ("api.requests.host-7.status_200", 3, [0], 0, 2),
+        ("svc.0.metric", 3, [0], 0, 2),
+        ("changed", 5, [0], 0, 1),
+        ("api.requests.host-7.status_200", 5, [0], 0, 4),
+        ("svc.0.metric", 5, [0], 0, 2),
+        ("bar", 5, [0, 3], 3, 4),
+        ("changed", 5, [0, 3], 0, 1),
+        ("api.requests.host-7.status_200", 5, [0, 3], 0, 4),
+        ("svc.0.metric", 5, [0, 3], 0, 2),
+        ("svc.9.metric", 5, [0, 3], 3, 2),
+        ("svc.10.metric", 5, [0, 3], 3, 4),
+        ("foobar", 8, [3, 5, 6], 5, 2),
+        ("svc.3.metric", 8, [3, 5, 6], 6, 4),
+        ("svc.9.metric", 8, [3, 5, 6], 3, 1),
+        ("svc.10.metric", 8, [3, 5, 6], 6, 7),
+        ("foo", 8, [0, 1, 2, 3], 1, 5),
+        ("changed", 8, [0, 1, 2, 3], 0, 4),
+        ("a", 8, [0, 1, 2, 3], 2, 7),
+        ("api.requests.host-7.status_200", 8, [0, 1, 2, 3], 0, 5),
+        ("db.query.latency.3", 8, [0, 1, 2, 3], 2, 4),
+        ("queue.depth.q12", 8, [0, 1, 2, 3], 2, 4),
+        ("users.unique", 8, [0, 1, 2, 3], 1, 4),
+        ("svc.5.metric", 8, [0, 1, 2, 3], 2, 5),
+        ("svc.6.metric", 8, [0, 1, 2, 3], 2, 4),
+        ("svc.9.metric", 8, [0, 1, 2, 3], 3, 5),
+        ("svc.11.metric", 8, [0, 1, 2, 3], 1, 7),
+    ]
+
+    @Test("the rehash mixer is splitmix64's finaliser of hash + attempt × 0x9e3779b97f4a7c15", arguments: mixVectors)
+    func rehashMixer(_ hash: UInt64, _ attempt: UInt64, _ mixed: UInt64) {
+        #expect(Router.mix(hash, attempt) == mixed)
+    }
+
+    @Test("a key whose primary is down goes to its first live candidate, as computed from the definition",
+          arguments: rehashVectors)
+    func rehashTargets(_ name: String, _ backends: Int, _ down: [Int], _ primary: Int, _ target: Int) {
+        var router = Router(backendCount: backends, policy: .rehash)
+        for backend in down { router.setDown(backend, true) }
+        #expect(Router(backendCount: backends).backend(forName: name) == primary)
+        #expect(router.route(name: name) == .rehash(from: primary, to: target))
+    }
 }

@@ -58,8 +58,7 @@ private func unpacedBudget(total: Int, workers: Int = 1) -> HoldBudget {
 
 private let largePackets = 65_536
 
-// Serialized: the resident-memory test reads the whole process's RSS.
-@Suite("Hold store", .serialized)
+@Suite("Hold store")
 struct HoldStoreTests {
     @Test("chunk sizes follow the total: 64 KiB from 4 MiB up, a 64th below, never under a page", arguments: [
         (67_108_864, 65_536), (4_194_304, 65_536), (2_097_152, 32_768), (1_048_576, 16_384), (262_144, 4_096),
@@ -447,33 +446,54 @@ struct HoldStoreTests {
         #expect(store.replayOne(backend: 0, now: next)?.bytes.count == 100)
     }
 
-    @Test("the process's resident memory falls when a large hold drains (chunks are unmapped, not kept by malloc)")
-    func residentMemoryFalls() throws {
-        func residentBytes() throws -> Int {
-            let statm = try String(contentsOfFile: "/proc/self/statm", encoding: .utf8)
-            let fields = statm.split(separator: " ")
-            return try #require(Int(fields[1])) * MappedChunks.pageBytes
-        }
-        let total = 96 << 20
-        let budget = unpacedBudget(total: total)
+    @Test("a drained hold gives its memory back to the system: every chunk it replayed from is unmapped, none kept by malloc or the store")
+    func drainedMemoryLeavesTheProcess() throws {
+        // Not the process's RSS: other suites run in this process at the same time and move it
+        // by megabytes. Instead, each piece a replay hands out lies in a chunk; once the store
+        // has drained, every such address must be unmapped (a write(2) from it fails with
+        // EFAULT) or, if the kernel has since mapped it for someone else, hold other bytes.
+        // Memory kept by the store or by malloc would still hold the packet there.
+        let budget = unpacedBudget(total: 96 << 20)
         var store = HoldStore(backendCount: 1, budget: budget, packetBytes: largePackets)
-        let before = try residentBytes()
         let held = packet(backend: 0, sequence: 0, size: 1_400)
         var count = 0
         while store.bytesInUse < 64 << 20 {
             _ = store.hold(held, backend: 0)
             count += 1
         }
-        let full = try residentBytes()
+        #expect(store.bytesInUse >= 64 << 20)
+        // Where each replayed piece lay, and its first bytes.
+        var pieces: [(address: UInt, bytes: [UInt8])] = []
+        pieces.reserveCapacity(2 * count)
         var now: UInt64 = 1_000_000_000
         for _ in 0..<count {
             now += 1_000_000_000
-            _ = store.replayNext(backend: 0, now: now) { _ in }
+            _ = store.replayNext(backend: 0, now: now) { piece in
+                piece.withUnsafeBytes { raw in
+                    guard let base = raw.baseAddress, raw.count >= 8 else { return }
+                    pieces.append((UInt(bitPattern: base), Array(raw.prefix(8))))
+                }
+            }
         }
-        let drained = try residentBytes()
         #expect(store.bytesInUse == 0)
-        // Other suites may run meanwhile and move RSS by a few MiB either way; 64 MiB stands out.
-        #expect(full - before >= 48 << 20, "holding 64 MiB made it resident: \(before) → \(full) bytes")
-        #expect(full - drained >= 48 << 20, "draining gave it back to the system: \(full) → \(drained) bytes")
+        #expect(pieces.count >= count, "\(pieces.count) pieces for \(count) packets")
+        var ends: [Int32] = [0, 0]
+        try #require(pipe(&ends) == 0)
+        defer { close(ends[0]); close(ends[1]) }
+        var stillHeld = 0
+        var unmapped = 0
+        var probe = [UInt8](repeating: 0, count: 8)
+        for piece in pieces {
+            let written = write(ends[1], UnsafeRawPointer(bitPattern: piece.address), 8)
+            if written < 0 {
+                #expect(errno == EFAULT)
+                unmapped += 1
+                continue
+            }
+            _ = probe.withUnsafeMutableBytes { read(ends[0], $0.baseAddress, 8) }
+            if probe == piece.bytes { stillHeld += 1 }
+        }
+        #expect(stillHeld == 0, "\(stillHeld) of \(pieces.count) replayed pieces are still mapped with their packet's bytes")
+        #expect(unmapped > 0, "no replayed piece's memory was unmapped")
     }
 }

@@ -92,12 +92,32 @@ struct LineScannerTests {
         #expect(scan(Array((line + "\n").utf8)) == ["ok \(name) \(line)"])
     }
 
-    @Test("every byte value outside the line endings passes through unchanged")
-    func binarySafe() {
-        var datagram: [UInt8] = Array("k:".utf8)
-        datagram += (1...255).map(UInt8.init).filter { $0 != UInt8(ascii: "\n") && $0 != UInt8(ascii: "\r") }
-        let result = scan(datagram)
-        #expect(result.count == 1)
-        #expect(result.first?.hasPrefix("ok k ") == true)
+    @Test("every byte value outside the line endings and NUL passes through unchanged", arguments: [true, false])
+    func binarySafe(checked: Bool) {
+        // Every byte value but NUL, "\n" and "\r", after the name, as one line: the scanner must
+        // hand back exactly these bytes (compared as bytes: most are not valid UTF-8).
+        var line: [UInt8] = Array("k:".utf8)
+        line += (1...255).map(UInt8.init).filter { $0 != UInt8(ascii: "\n") && $0 != UInt8(ascii: "\r") }
+        #expect(line.count == 2 + 253)
+        for ending in [[], [UInt8(ascii: "\n")], Array("\r\n".utf8)] as [[UInt8]] {
+            let datagram = line + ending
+            var found: [(bytes: [UInt8], name: [UInt8])] = []
+            var others: [LineScanner.Line] = []
+            datagram.withUnsafeBytes { raw in
+                var offset = 0
+                while let next = LineScanner.next(
+                    in: raw.bytes, from: &offset, mayContainNul: !checked, mayContainCarriageReturn: !checked || ending.contains(UInt8(ascii: "\r"))
+                ) {
+                    if case .valid(let start, let end, let nameEnd) = next {
+                        found.append((Array(datagram[start..<end]), Array(datagram[start..<nameEnd])))
+                    } else {
+                        others.append(next)
+                    }
+                }
+            }
+            #expect(found.count == 1 && others.isEmpty, "ending \(ending): \(others)")
+            #expect(found.first?.bytes == line, "ending \(ending)")
+            #expect(found.first?.name == Array("k".utf8))
+        }
     }
 }
