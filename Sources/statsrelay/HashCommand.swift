@@ -23,7 +23,11 @@ struct HashCommand: ParsableCommand {
     @Option(name: .customLong("backends"), help: "Backends in routing order, HOST:PORT[:INSTANCE][=WEIGHT], comma-separated or repeated.")
     var backends: [String] = []
 
-    @Option(name: .customLong("hash"), help: "jump (FNV-1a 64 and jump hash: the Go StatsRelay), etsy (etsy statsd proxy.js's hashring) or ketama (twemproxy's md5 ketama).")
+    @Option(
+        name: .customLong("hash"),
+        help: ArgumentHelp(
+            "jump (FNV-1a 64 and jump hash: the Go StatsRelay), etsy (etsy statsd proxy.js's hashring) or ketama (twemproxy's md5 ketama).",
+            valueName: "mode"))
     var hash: HashMode = .jump
 
     @OptionGroup var health: HealthOptions

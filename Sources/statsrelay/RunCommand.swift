@@ -62,8 +62,11 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("io-backend"), help: "auto (io_uring where the kernel allows it, else portable), uring or portable (recvmmsg/sendmmsg).")
     var ioBackend: IOBackendChoice = .auto
 
-    // Routing: how names are spread over the backends.
-    @Option(name: .customLong("hash"), help: "jump (FNV-1a 64 and jump hash: the Go StatsRelay), etsy (etsy statsd proxy.js's hashring) or ketama (twemproxy's md5 ketama).")
+    @Option(
+        name: .customLong("hash"),
+        help: ArgumentHelp(
+            "jump (FNV-1a 64 and jump hash: the Go StatsRelay), etsy (etsy statsd proxy.js's hashring) or ketama (twemproxy's md5 ketama).",
+            valueName: "mode"))
     var hash: HashMode = .jump
 
     @OptionGroup var health: HealthOptions

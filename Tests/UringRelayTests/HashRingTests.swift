@@ -4,7 +4,8 @@ import Testing
 
 /// The etsy and ketama modes against `Tests/Vectors/hash-vectors.tsv`, which an independent
 /// Python implementation of each algorithm's definition wrote (and which node's own arithmetic
-/// confirms for etsy: `node Tests/Vectors/check_etsy.js`).
+/// confirms for etsy, `node Tests/Vectors/check_etsy.js`, and C's float arithmetic for ketama's
+/// point counts, `Tests/Vectors/check_ketama_points.c`).
 @Suite("etsy and ketama hash rings against independent vectors")
 struct HashRingTests {
     @Test("the vector file was read whole")

@@ -4,7 +4,9 @@ definitions with Python's own hashlib.md5, answer for a fixed set of backends an
 
 This is the independent implementation the Swift tests compare against; it shares no code with
 the relay. Run it from anywhere: `python3 Tests/Vectors/hash_vectors.py`. The output is
-deterministic, so a rerun that changes the file means a definition here changed.
+deterministic, so a rerun that changes the file means a definition here changed. Two further
+checks of the file, each in the language whose arithmetic the peer uses: `node check_etsy.js`
+(the whole etsy algorithm) and `check_ketama_points.c` (twemproxy's float point count).
 
 The definitions:
 

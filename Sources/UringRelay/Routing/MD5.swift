@@ -47,14 +47,46 @@ public enum MD5 {
     struct Block {
         var w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15: UInt32
 
-        /// The block whose word `k` is `word(k)`.
+        /// The 64 bytes of `span` from `base`.
         @inline(__always)
-        init(_ word: (Int) -> UInt32) {
-            (w0, w1, w2, w3) = (word(0), word(1), word(2), word(3))
-            (w4, w5, w6, w7) = (word(4), word(5), word(6), word(7))
-            (w8, w9, w10, w11) = (word(8), word(9), word(10), word(11))
-            (w12, w13, w14, w15) = (word(12), word(13), word(14), word(15))
+        init(_ span: Span<UInt8>, at base: Int) {
+            (w0, w1, w2, w3) = (word(span, base), word(span, base &+ 4), word(span, base &+ 8), word(span, base &+ 12))
+            (w4, w5, w6, w7) = (word(span, base &+ 16), word(span, base &+ 20), word(span, base &+ 24), word(span, base &+ 28))
+            (w8, w9, w10, w11) = (word(span, base &+ 32), word(span, base &+ 36), word(span, base &+ 40), word(span, base &+ 44))
+            (w12, w13, w14, w15) = (word(span, base &+ 48), word(span, base &+ 52), word(span, base &+ 56), word(span, base &+ 60))
         }
+
+        /// A block of the padded end of the message: bytes of `span` from `base` while there
+        /// are any, then 0x80 and zeros; with `bits`, the message length in bits in words 14-15.
+        @inline(__always)
+        init(padding span: Span<UInt8>, at base: Int, bits: UInt64?) {
+            (w0, w1, w2, w3) = (tail(span, base), tail(span, base &+ 4), tail(span, base &+ 8), tail(span, base &+ 12))
+            (w4, w5, w6, w7) = (tail(span, base &+ 16), tail(span, base &+ 20), tail(span, base &+ 24), tail(span, base &+ 28))
+            (w8, w9, w10, w11) = (tail(span, base &+ 32), tail(span, base &+ 36), tail(span, base &+ 40), tail(span, base &+ 44))
+            (w12, w13) = (tail(span, base &+ 48), tail(span, base &+ 52))
+            if let bits {
+                (w14, w15) = (UInt32(truncatingIfNeeded: bits), UInt32(truncatingIfNeeded: bits >> 32))
+            } else {
+                (w14, w15) = (tail(span, base &+ 56), tail(span, base &+ 60))
+            }
+        }
+    }
+
+    /// Bytes `at..<at + 4` of `span`, little-endian.
+    @inline(__always)
+    static func word(_ span: Span<UInt8>, _ at: Int) -> UInt32 {
+        UInt32(span[at]) | UInt32(span[at &+ 1]) << 8 | UInt32(span[at &+ 2]) << 16 | UInt32(span[at &+ 3]) << 24
+    }
+
+    /// Bytes `at..<at + 4` of the padded message: `span`'s bytes, then 0x80, then zeros.
+    @inline(__always)
+    static func tail(_ span: Span<UInt8>, _ at: Int) -> UInt32 {
+        let count = span.count
+        if at &+ 4 <= count { return word(span, at) }
+        if at > count { return 0 }
+        var word: UInt32 = 0x80 << (8 &* UInt32(truncatingIfNeeded: count &- at))
+        for byte in 0..<(count &- at) { word |= UInt32(span[at &+ byte]) << (8 &* UInt32(truncatingIfNeeded: byte)) }
+        return word
     }
 
     /// The digest of `bytes`.
@@ -64,33 +96,18 @@ public enum MD5 {
         let count = span.count
         var state = Digest(a: 0x6745_2301, b: 0xefcd_ab89, c: 0x98ba_dcfe, d: 0x1032_5476)
         var base = 0
-        while count - base >= 64 {
-            compress(&state, Block { k in
-                let at = base &+ 4 &* k
-                return UInt32(span[at]) | UInt32(span[at + 1]) << 8 | UInt32(span[at + 2]) << 16 | UInt32(span[at + 3]) << 24
-            })
+        while count &- base >= 64 {
+            compress(&state, Block(span, at: base))
             base &+= 64
         }
         // The rest, then 0x80, zeros to 56 bytes mod 64 and the length in bits, little-endian:
-        // one block, or two when fewer than 9 bytes are left after the rest.
-        let rest = count - base
+        // one block, or two when the rest leaves fewer than 8 bytes for the length.
         let bits = UInt64(count) &* 8
-        let blocks = rest < 56 ? 1 : 2
-        for block in 0..<blocks {
-            let start = base &+ 64 &* block
-            compress(&state, Block { k in
-                if block == blocks - 1 && k >= 14 {
-                    return UInt32(truncatingIfNeeded: k == 14 ? bits : bits >> 32)
-                }
-                var word: UInt32 = 0
-                for byte in 0..<4 {
-                    let at = start &+ 4 &* k &+ byte
-                    let value: UInt32 = at < count ? UInt32(span[at]) : at == count ? 0x80 : 0
-                    word |= value << (8 * byte)
-                }
-                return word
-            })
+        if count &- base >= 56 {
+            compress(&state, Block(padding: span, at: base, bits: nil))
+            base &+= 64
         }
+        compress(&state, Block(padding: span, at: base, bits: bits))
         return state
     }
 
