@@ -91,7 +91,8 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         holdBudget = HoldBudget(
             totalBytes: configuration.holdBytes, replayBytesPerSecond: configuration.replayBytesPerSecond,
             workers: configuration.threads)
-        routing = RoutingState(pool: BackendPool(backends: configuration.backends, addresses: addresses, policy: configuration.onBackendDown))
+        routing = RoutingState(pool: BackendPool(
+            backends: configuration.backends, addresses: addresses, hashMode: configuration.hashMode, policy: configuration.onBackendDown))
         do throws(Errno) {
             monitor = try HealthMonitor(configuration: configuration, routing: routing, logger: logger, resolver: resolver)
         } catch {

@@ -8,17 +8,27 @@ struct HashCommand: ParsableCommand {
         commandName: "hash",
         abstract: "Print the backend each metric name is routed to.",
         discussion: """
-            Give the backends exactly as the relay is given them (order matters). A name may also \
-            be a whole StatsD line: only the part before the first ':' is hashed. NAME '-' reads \
-            names from standard input, one per line: use it for thousands of names (the argument \
-            parser takes time quadratic in the number of arguments). With \
+            Give the backends and --hash exactly as the relay is given them (under jump, order \
+            matters; on the etsy and ketama rings, host:port and weights do). A name may also be \
+            a whole StatsD line: only the part before the first ':' is hashed. Each answer shows \
+            the backend's index and the key's value: fnv1a64 under jump, md5 (the first 4 bytes \
+            of the name's md5 read little-endian, its place on the ring) under etsy and ketama. \
+            NAME '-' reads names from standard input, one per line: use it for thousands of names \
+            (the argument parser takes time quadratic in the number of arguments). With \
             --health-check, every backend is checked once now and the routing shown is the one a \
             relay with the same health view uses (the --on-backend-down policy applies).
             """
     )
 
-    @Option(name: .customLong("backends"), help: "Backends in routing order, comma-separated or repeated.")
+    @Option(name: .customLong("backends"), help: "Backends in routing order, HOST:PORT[:INSTANCE][=WEIGHT], comma-separated or repeated.")
     var backends: [String] = []
+
+    @Option(
+        name: .customLong("hash"),
+        help: ArgumentHelp(
+            "jump (FNV-1a 64 and jump hash: the Go StatsRelay), etsy (etsy statsd proxy.js's hashring) or ketama (twemproxy's md5 ketama).",
+            valueName: "mode"))
+    var hash: HashMode = .jump
 
     @OptionGroup var health: HealthOptions
 
@@ -38,6 +48,7 @@ struct HashCommand: ParsableCommand {
         do {
             var configuration = RelayConfiguration(backends: try parsedBackends())
             try health.apply(to: &configuration)
+            try hash.check(configuration.backends)
         } catch { throw ValidationError(error.description) }
         if names.isEmpty { throw ValidationError("give at least one metric NAME") }
     }
@@ -46,7 +57,12 @@ struct HashCommand: ParsableCommand {
         let parsed = try parsedBackends()
         var configuration = RelayConfiguration(backends: parsed)
         try health.apply(to: &configuration)
-        var router = Router(backendCount: max(parsed.count, 1), policy: configuration.onBackendDown)
+        // Without backends only the key values are printed.
+        var router = parsed.isEmpty
+            ? Router(backendCount: 1, policy: configuration.onBackendDown)
+            : Router(backends: parsed, hashMode: hash, policy: configuration.onBackendDown)
+        let valueLabel = hash == .jump ? "fnv1a64" : "md5"
+        let valueDigits = hash == .jump ? 1 : 8
         if configuration.healthCheck != .none && !parsed.isEmpty {
             for (index, failure) in try checkOnce(configuration).enumerated() {
                 guard let failure else { continue }
@@ -62,13 +78,14 @@ struct HashCommand: ParsableCommand {
         var given = names.makeIterator()
         while let name = fromInput ? readLine(strippingNewline: true) : given.next() {
             let key = String(name.prefix { $0 != ":" })
-            let hash = FNV1a.hash64(key)
+            let hex = String(Router.keyValue(forName: key, hashMode: hash), radix: 16)
+            let value = "\(valueLabel)=0x\(String(repeating: "0", count: max(0, valueDigits - hex.count)))\(hex)"
             guard !parsed.isEmpty else {
-                print("\(key) fnv1a64=0x\(String(hash, radix: 16))")
+                print("\(key) \(value)")
                 continue
             }
-            let details = "index=\(router.primary(forHash: hash)) fnv1a64=0x\(String(hash, radix: 16))"
-            switch router.route(hash: hash) {
+            let details = "index=\(router.backend(forName: key)) \(value)"
+            switch router.route(name: key) {
             case .send(let index):
                 print("\(key) \(parsed[index]) \(details)")
             case .rehash(let primary, let other):
@@ -92,3 +109,5 @@ struct HashCommand: ParsableCommand {
         return TCPProbe.run(targets, timeoutMilliseconds: Int(configuration.healthTimeoutNanoseconds / 1_000_000))
     }
 }
+
+extension HashMode: ExpressibleByArgument {}

@@ -10,9 +10,12 @@ struct RunCommand: ParsableCommand {
         commandName: "run",
         abstract: "Relay StatsD over UDP to backends (the default command).",
         discussion: """
-            BACKEND is HOST:PORT[:INSTANCE] or [IPv6]:PORT[:INSTANCE]. Each metric name is hashed \
-            (FNV-1a 64, jump consistent hash, as the Go StatsRelay does) to one backend, in the order \
-            given. The Go StatsRelay spellings -bind, -port, -packetlen and -bufsize are accepted.
+            BACKEND is HOST:PORT[:INSTANCE][=WEIGHT] or [IPv6]:PORT[:INSTANCE][=WEIGHT]. Each metric \
+            name is hashed to one backend: by default (--hash jump) with FNV-1a 64 and the jump \
+            consistent hash over the backends in the order given, as the Go StatsRelay does; \
+            --hash etsy and --hash ketama place it on etsy statsd proxy.js's or twemproxy's md5 \
+            ring, where WEIGHT applies. The Go StatsRelay spellings -bind, -port, -packetlen and \
+            -bufsize are accepted.
             """
     )
 
@@ -59,6 +62,13 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("io-backend"), help: "auto (io_uring where the kernel allows it, else portable), uring or portable (recvmmsg/sendmmsg).")
     var ioBackend: IOBackendChoice = .auto
 
+    @Option(
+        name: .customLong("hash"),
+        help: ArgumentHelp(
+            "jump (FNV-1a 64 and jump hash: the Go StatsRelay), etsy (etsy statsd proxy.js's hashring) or ketama (twemproxy's md5 ketama).",
+            valueName: "mode"))
+    var hash: HashMode = .jump
+
     @OptionGroup var health: HealthOptions
 
     @Option(name: .customLong("admin"), help: "Admin endpoint (GET /metrics, /healthz), ADDR:PORT or none; loopback by default.")
@@ -67,7 +77,7 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel = "info"
 
-    @Argument(help: "Backends, HOST:PORT[:INSTANCE], in routing order.")
+    @Argument(help: "Backends, HOST:PORT[:INSTANCE][=WEIGHT], in routing order.")
     var backends: [String] = []
 
     func validate() throws {
@@ -83,6 +93,7 @@ struct RunCommand: ParsableCommand {
         var parsed: [BackendAddress] = []
         for backend in backends { parsed.append(try BackendAddress(parsing: backend)) }
         var configuration = RelayConfiguration(backends: parsed)
+        configuration.hashMode = hash
         configuration.bindHost = bind
         guard (0...65_535).contains(port) else {
             throw ConfigurationError(argument: "--port", value: "\(port)", reason: "must be 0-65535")
@@ -301,6 +312,7 @@ struct RunCommand: ParsableCommand {
             "send_slots": "\(facts.sendSlots)",
             "health_check": "\(configuration.healthCheck.rawValue)",
             "on_backend_down": "\(configuration.onBackendDown.rawValue)",
+            "hash": "\(configuration.hashMode.rawValue)",
         ])
         if facts.receiveBufferBytes < configuration.receiveBufferBytes {
             logger.warning("receive buffer smaller than requested: raise net.core.rmem_max or run with CAP_NET_ADMIN", metadata: [

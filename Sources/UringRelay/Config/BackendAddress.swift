@@ -4,7 +4,10 @@ import RelayKernel
 /// where an IPv6 address may name its interface after `%` (`[fe80::1%eth0]:8125`), as a
 /// link-local one must.
 ///
-/// The instance is a label only, as in the Go StatsRelay: it never changes routing.
+/// The instance is a label only, as in the Go StatsRelay: it never changes routing. A weight
+/// for the `etsy` and `ketama` rings follows `=` at the end (`10.0.0.1:8125:a=2`), where no
+/// instance label, port or address can be mistaken for it; an instance label therefore never
+/// contains `=`.
 public struct BackendAddress: Sendable, Equatable, CustomStringConvertible {
     /// The host: an IPv4 or IPv6 literal (no brackets) or a DNS name.
     public var host: String
@@ -12,20 +15,40 @@ public struct BackendAddress: Sendable, Equatable, CustomStringConvertible {
     public var port: UInt16
     /// The optional instance label.
     public var instance: String?
+    /// The weight on the `etsy` and `ketama` rings (`=WEIGHT`), `nil` when not given (weight 1).
+    /// Not part of the identity: a backend keeps its counters and health when only its weight
+    /// changes.
+    public var weight: Int?
+
+    /// The largest weight accepted.
+    public static let maximumWeight = 65_535
 
     /// A backend from its parts (the host unbracketed).
-    public init(host: String, port: UInt16, instance: String? = nil) {
+    public init(host: String, port: UInt16, instance: String? = nil, weight: Int? = nil) {
         self.host = host
         self.port = port
         self.instance = instance
+        self.weight = weight
     }
 
-    /// Parses `HOST:PORT[:INSTANCE]` or `[IPv6]:PORT[:INSTANCE]`.
+    /// Parses `HOST:PORT[:INSTANCE][=WEIGHT]` or `[IPv6]:PORT[:INSTANCE][=WEIGHT]`.
     ///
     /// - Throws: `ConfigurationError` for argument `backend`, saying which part is wrong.
-    public init(parsing text: String) throws(ConfigurationError) {
+    public init(parsing written: String) throws(ConfigurationError) {
         func invalid(_ reason: String) -> ConfigurationError {
-            ConfigurationError(argument: "backend", value: text, reason: reason)
+            ConfigurationError(argument: "backend", value: written, reason: reason)
+        }
+        var text = written
+        if let equals = written.firstIndex(of: "=") {
+            let weightText = written[written.index(after: equals)...]
+            guard weightText.allSatisfy({ ("0"..."9").contains($0) }), let weight = Int(weightText),
+                  (1...Self.maximumWeight).contains(weight) else {
+                throw invalid("weight after '=' must be 1-\(Self.maximumWeight) (an instance label cannot contain '=')")
+            }
+            self.weight = weight
+            text = String(written[..<equals])
+        } else {
+            weight = nil
         }
         var rest: Substring
         if text.hasPrefix("[") {

@@ -56,6 +56,8 @@ public struct RelayConfiguration: Sendable, Equatable {
     public var healthRise = 2
     /// Consecutive failures that take a backend down (`--health-fall`).
     public var healthFall = 3
+    /// How metric names are spread over the backends (`--hash`).
+    public var hashMode: HashMode = .jump
     /// What happens to a down backend's metrics (`--on-backend-down`).
     public var onBackendDown: DownPolicy = .rehash
     /// Bytes of batches held under `hold` for the whole relay, every backend and worker together
@@ -101,6 +103,7 @@ public struct RelayConfiguration: Sendable, Equatable {
             }
             seen[key] = index
         }
+        try hashMode.check(backends)
         if SocketAddress(numericHost: bindHost, port: port) == nil {
             throw ConfigurationError(argument: "--bind", value: bindHost, reason: "not an IPv4 or IPv6 address")
         }

@@ -14,7 +14,8 @@ public struct BackendPool: Sendable, Equatable {
     public var backends: [BackendAddress]
     /// Where each backend is now (resolved; DNS re-resolution may move it).
     public var addresses: [SocketAddress]
-    /// How names are spread over the backends.
+    /// How names are spread over the backends (`--hash`); with the backends and their weights,
+    /// it makes the ring a worker builds when it takes the pool (`Router(pool:)`).
     public var hashMode: HashMode = .jump
     /// What happens to a down backend's lines.
     public var policy: DownPolicy
@@ -28,10 +29,11 @@ public struct BackendPool: Sendable, Equatable {
     /// A pool with every backend up.
     ///
     /// - Precondition: one address per backend.
-    public init(backends: [BackendAddress], addresses: [SocketAddress], policy: DownPolicy) {
+    public init(backends: [BackendAddress], addresses: [SocketAddress], hashMode: HashMode = .jump, policy: DownPolicy) {
         precondition(backends.count == addresses.count, "one address per backend")
         self.backends = backends
         self.addresses = addresses
+        self.hashMode = hashMode
         self.policy = policy
         down = Array(repeating: false, count: backends.count)
     }
@@ -48,11 +50,4 @@ public struct BackendPool: Sendable, Equatable {
         for (index, identity) in other.identities.enumerated() { position[identity] = index }
         return identities.map { position[$0] }
     }
-}
-
-/// How a pool spreads metric names over its backends.
-public enum HashMode: String, CaseIterable, Sendable {
-    /// FNV-1a 64 of the name, jump consistent hash over the backends in order: the Go
-    /// StatsRelay's choice (and carbon-c-relay's `jump_fnv1a_ch`).
-    case jump
 }

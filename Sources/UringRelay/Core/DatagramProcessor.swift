@@ -58,15 +58,15 @@ public struct DatagramProcessor: ~Copyable {
         var offset = 0
         let mayContainNul = datagram.contains(byte: 0)
         let mayContainCarriageReturn = datagram.contains(byte: UInt8(ascii: "\r"))
-        var pending: (line: Range<Int>, probe: PrimaryCache.Probe)?
+        var pending: (line: Range<Int>, nameEnd: Int, probe: PrimaryCache.Probe)?
         while let line = LineScanner.next(
             in: datagram, from: &offset, mayContainNul: mayContainNul, mayContainCarriageReturn: mayContainCarriageReturn) {
             switch line {
             case .valid(let start, let end, let nameEnd):
                 counters[.linesReceived] &+= 1
                 let probe = primaries.probe(FNV1a.hash64(datagram.extracting(start..<nameEnd)))
-                if let (previous, previousProbe) = pending { pack(datagram.extracting(previous), previousProbe, now: now) }
-                pending = (start..<end, probe)
+                if let previous = pending { pack(previous, in: datagram, now: now) }
+                pending = (start..<end, nameEnd, probe)
             case .empty:
                 counters[.emptyLines] &+= 1
             case .malformed(let reason):
@@ -74,14 +74,20 @@ public struct DatagramProcessor: ~Copyable {
                 counters[.dropped(reason)] &+= 1
             }
         }
-        if let (previous, previousProbe) = pending { pack(datagram.extracting(previous), previousProbe, now: now) }
+        if let previous = pending { pack(previous, in: datagram, now: now) }
     }
 
-    /// Routes one valid line by its probed hash and packs it into its backend's batch.
+    /// Routes one valid line of `datagram` by its probed hash (its name, for a ring mode's md5
+    /// on a cache miss) and packs it into its backend's batch.
     @inline(__always)
-    private mutating func pack(_ line: RawSpan, _ probe: PrimaryCache.Probe, now: UInt64) {
+    private mutating func pack(
+        _ pending: (line: Range<Int>, nameEnd: Int, probe: PrimaryCache.Probe), in datagram: RawSpan, now: UInt64
+    ) {
+        let line = datagram.extracting(pending.line)
+        let key = datagram.extracting(pending.line.lowerBound..<pending.nameEnd)
+        let primary = primaries.primary(for: pending.probe, key: key, router: router)
         let backend: Int
-        switch router.route(hash: probe.hash, primary: primaries.primary(for: probe)) {
+        switch router.route(key: key, hash: pending.probe.hash, primary: primary) {
         case .send(let primary):
             // Every backend is down under rehash or drop: sent to its primary as if healthy.
             if router.downCount != 0 && router.isFailingOpen { counters[.linesFailOpen] &+= 1 }

@@ -76,11 +76,9 @@ public struct RelayCore: ~Copyable {
     private static func makeProcessor(
         for pool: BackendPool, settings: WorkerSettings, counters: RelayCounters
     ) throws(SystemCallError) -> DatagramProcessor {
-        var router = Router(backendCount: pool.count, policy: pool.policy)
-        for backend in pool.down.indices { router.setDown(backend, pool.down[backend]) }
         do throws(Errno) {
             return try DatagramProcessor(
-                router: router, packetBytes: settings.packetBytes, maxDatagramBytes: settings.maxDatagramBytes,
+                router: Router(pool: pool), packetBytes: settings.packetBytes, maxDatagramBytes: settings.maxDatagramBytes,
                 counters: counters)
         } catch { throw SystemCallError("mmap", "send buffers", error) }
     }

@@ -1,10 +1,11 @@
 import RelayKernel
 import BasicContainers
 
-/// Remembers the jump-hash bucket of recently seen key hashes, per worker.
+/// Remembers the primary backend of recently seen key hashes, per worker.
 ///
-/// Computing the Go StatsRelay's bucket costs a chain of floating-point divisions per key,
-/// while a metric name recurs many times a second. This is a two-way set-associative table
+/// Computing the primary costs a chain of floating-point divisions per key under `jump`, and an
+/// md5 of the name and a binary search of the ring under `etsy` and `ketama`, while a metric
+/// name recurs many times a second. This is a two-way set-associative table
 /// of 8-byte entries, indexed by the key's FNV-1a hash: a set is 16 bytes, so a lookup is one
 /// cache line, and a name shares its set with one other without either being evicted.
 ///
@@ -12,6 +13,11 @@ import BasicContainers
 /// an empty entry). The set index is the low bits of `hash ^ hash >> 29`, so two hashes that
 /// agree in the entry's high bits and land in the same set are equal: the entry identifies
 /// its hash exactly, with no second load.
+///
+/// Under `jump` the backend is a function of the FNV-1a 64 alone, so the cache is exact. On a
+/// ring it is a function of the name's md5, which the cache does not keep: two names with the
+/// same FNV-1a 64 (for distinct names, a 2⁻⁶⁴ chance per pair) in one set at once would share
+/// the first one's backend.
 public struct PrimaryCache: ~Copyable, Sendable {
     /// Two entries per set, the most recently filled first (fixed size, no copy-on-write checks).
     private var entries: RigidArray<UInt64>
@@ -57,21 +63,33 @@ public struct PrimaryCache: ~Copyable, Sendable {
         return Probe(hash: hash, set: set, first: entries[set], second: entries[set + 1])
     }
 
-    /// The primary backend of a probed hash: `JumpHash.bucket(for: probe.hash, buckets: backendCount)`.
-    /// The probe must come from this cache.
+    /// The primary backend of a probed key: `router.primary(key: key, hash: probe.hash)`.
+    /// The probe must come from this cache, for `key`'s FNV-1a 64.
     @inline(__always)
-    mutating func primary(for probe: Probe) -> Int {
+    mutating func primary(for probe: Probe, key: RawSpan, router: borrowing Router) -> Int {
+        if let bucket = cached(probe) { return bucket }
+        let bucket = router.primary(key: key, hash: probe.hash)
+        insert(probe, bucket)
+        return bucket
+    }
+
+    /// The cached backend of a probed hash, if any.
+    @inline(__always)
+    private func cached(_ probe: Probe) -> Int? {
         let tag = probe.hash & tagMask
         if let bucket = match(probe.first, probe.second, tag) { return bucket }
-        guard probe.set >= 0 else { return JumpHash.bucket(for: probe.hash, buckets: backendCount) }
+        guard probe.set >= 0 else { return nil }
         // The probe may predate an insert into this set (the line before, maybe the same
         // name): read the set again, now in L1, before computing.
-        let first = entries[probe.set]
-        if let bucket = match(first, entries[probe.set + 1], tag) { return bucket }
-        let bucket = JumpHash.bucket(for: probe.hash, buckets: backendCount)
-        entries[probe.set + 1] = first
-        entries[probe.set] = tag | UInt64(bucket + 1)
-        return bucket
+        return match(entries[probe.set], entries[probe.set + 1], tag)
+    }
+
+    /// Caches `bucket` for a probed hash, as the set's most recent entry.
+    @inline(__always)
+    private mutating func insert(_ probe: Probe, _ bucket: Int) {
+        guard probe.set >= 0 else { return }
+        entries[probe.set + 1] = entries[probe.set]
+        entries[probe.set] = (probe.hash & tagMask) | UInt64(bucket + 1)
     }
 
     /// The bucket of the entry among `first` and `second` whose tag is `tag`, if any.
@@ -82,9 +100,22 @@ public struct PrimaryCache: ~Copyable, Sendable {
         return nil
     }
 
-    /// The primary backend of a key hash: `JumpHash.bucket(for: hash, buckets: backendCount)`.
+    /// The primary backend of a key: `router.primary(key: key, hash: hash)`.
+    ///
+    /// - Parameter hash: `key`'s FNV-1a 64.
+    @inline(__always)
+    public mutating func primary(key: RawSpan, hash: UInt64, router: borrowing Router) -> Int {
+        primary(for: probe(hash), key: key, router: router)
+    }
+
+    /// The primary backend of a key hash under `jump`: `JumpHash.bucket(for: hash, buckets:
+    /// backendCount)`.
     @inline(__always)
     public mutating func primary(forHash hash: UInt64) -> Int {
-        primary(for: probe(hash))
+        let probe = probe(hash)
+        if let bucket = cached(probe) { return bucket }
+        let bucket = JumpHash.bucket(for: hash, buckets: backendCount)
+        insert(probe, bucket)
+        return bucket
     }
 }

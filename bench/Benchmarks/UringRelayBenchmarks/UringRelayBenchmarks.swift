@@ -119,10 +119,14 @@ func relayPool(
     return index
 }
 
-/// A processor over the benchmarks' backends, or `nil` after reporting the error.
-func makeProcessor(_ benchmark: Benchmark) -> DatagramProcessor? {
-    guard let processor = try? DatagramProcessor(
-        router: Router(backendCount: backendCount), packetBytes: packetBytes, maxDatagramBytes: maxDatagramBytes)
+/// The benchmarks' backends as written, for the ring modes (whose points are named after them).
+let ringBackends = (1...backendCount).map { BackendAddress(host: "10.0.0.\($0)", port: 8125) }
+
+/// A processor over the benchmarks' backends in `hashMode`, or `nil` after reporting the error.
+func makeProcessor(_ benchmark: Benchmark, hashMode: HashMode = .jump) -> DatagramProcessor? {
+    let router = hashMode == .jump
+        ? Router(backendCount: backendCount) : Router(backends: ringBackends, hashMode: hashMode)
+    guard let processor = try? DatagramProcessor(router: router, packetBytes: packetBytes, maxDatagramBytes: maxDatagramBytes)
     else {
         benchmark.error("DatagramProcessor.init failed")
         return nil
@@ -219,6 +223,34 @@ let benchmarks: @Sendable () -> Void = {
         }
     }
 
+    // The ring modes' per-name work when the cache misses: md5 of the name, then (in
+    // Router.route) a binary search of the ring (120 points for etsy, 480 for ketama, over 3
+    // backends) and the health check.
+    Benchmark("MD5.leadingWord", configuration: perItem) { benchmark in
+        names.withUnsafeBytes { raw in
+            let span = raw.bytes
+            var index = 0
+            for _ in benchmark.scaledIterations {
+                blackHole(MD5.leadingWord(span.extracting(nameRanges[index])))
+                index = index + 1 == nameRanges.count ? 0 : index + 1
+            }
+        }
+    }
+
+    for mode in [HashMode.etsy, .ketama] {
+        let ringRouter = Router(backends: ringBackends, hashMode: mode)
+        Benchmark("Router.route (\(mode))", configuration: perItem) { benchmark in
+            names.withUnsafeBytes { raw in
+                let span = raw.bytes
+                var index = 0
+                for _ in benchmark.scaledIterations {
+                    blackHole(ringRouter.route(key: span.extracting(nameRanges[index])))
+                    index = index + 1 == nameRanges.count ? 0 : index + 1
+                }
+            }
+        }
+    }
+
     // What the relay does instead of the jump hash since it caches buckets per worker: a hit
     // in its two-way set-associative cache (the 36 names stay cached).
     Benchmark("PrimaryCache.primary", configuration: perItem) { benchmark in
@@ -282,6 +314,22 @@ let benchmarks: @Sendable () -> Void = {
         benchmark.stopMeasurement()
         blackHole(next)
         checkEveryLinePacked(processor.counters, benchmark)
+    }
+
+    // 6. The same in the ring modes (--hash etsy, --hash ketama): the cache answers repeats as
+    //    under jump; each miss pays an md5 and a ring search instead of the jump hash.
+    for mode in [HashMode.etsy, .ketama] {
+        Benchmark("DatagramProcessor.relay (W2 mix, 10k names, \(mode))", configuration: perDatagram) { benchmark in
+            guard var processor = makeProcessor(benchmark, hashMode: mode) else { return }
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 2048, alignment: 64)
+            defer { buffer.deallocate() }
+            var next = relayPool(&processor, mixPool, buffer, from: 0, count: 2 * mixPool.count)
+            benchmark.startMeasurement()
+            next = relayPool(&processor, mixPool, buffer, from: next, count: benchmark.scaledIterations.count)
+            benchmark.stopMeasurement()
+            blackHole(next)
+            checkEveryLinePacked(processor.counters, benchmark)
+        }
     }
 }
 
