@@ -120,11 +120,7 @@ struct SinkCommandTests {
         let bound = poll(seconds: 10) { !udpReceiveQueues(port: port).isEmpty || !process.isRunning }
         kill(process.processIdentifier, SIGTERM)
         process.waitUntilExit()
-        // A product defect, reported: the duration parser takes no bare 0 (only "0ms"), so the
-        // sink exits 64; remove this wrapper once it is accepted.
-        withKnownIssue("statsrelay sink --report-every 0 exits 64: invalid --report-every '0'") {
-            #expect(bound && process.terminationStatus == 0, "exit status \(process.terminationStatus)")
-        }
+        #expect(bound && process.terminationStatus == 0, "exit status \(process.terminationStatus)")
     }
 
     @Test("a port already taken exits 71 with the failed call, address and reason")

@@ -41,13 +41,13 @@ struct ConfigurationTests {
 
     @Test(arguments: [
         ("10ms", UInt64(10_000_000)), ("1s", 1_000_000_000), ("250us", 250_000), ("1.5s", 1_500_000_000),
-        ("2m", 120_000_000_000), ("500ns", 500),
+        ("2m", 120_000_000_000), ("500ns", 500), ("0", 0),
     ])
     func durations(_ text: String, _ nanoseconds: UInt64) throws {
         #expect(try DurationParser.nanoseconds(text, argument: "--flush-interval") == nanoseconds)
     }
 
-    @Test(arguments: ["10", "ms", "-1s", "1d", "fast", ""])
+    @Test(arguments: ["10", "ms", "-1s", "1d", "fast", "", "00", "-0"])
     func badDurations(_ text: String) {
         #expect(throws: ConfigurationError.self) { try DurationParser.nanoseconds(text, argument: "--flush-interval") }
     }

@@ -11,7 +11,7 @@ public enum DurationParser {
     /// The duration in nanoseconds.
     ///
     /// - Parameters:
-    ///   - text: a number followed by `ns`, `us`, `µs`, `ms`, `s`, `m` or `h`.
+    ///   - text: a number followed by `ns`, `us`, `µs`, `ms`, `s`, `m` or `h`, or a bare `0`.
     ///   - argument: the option name, for the error.
     ///   - limits: the values the option takes, if known here: a value outside them (a negative
     ///     one included) is refused naming them, with the text as written.
@@ -20,6 +20,13 @@ public enum DurationParser {
     public static func nanoseconds(
         _ text: String, argument: String, in limits: ClosedRange<UInt64>? = nil
     ) throws(ConfigurationError) -> UInt64 {
+        // A bare 0 needs no unit (as in Go): it is how operators switch an interval off.
+        if text == "0" {
+            if let limits, !limits.contains(0) {
+                throw ConfigurationError(argument: argument, value: text, reason: describe(limits))
+            }
+            return 0
+        }
         for unit in units where text.hasSuffix(unit.suffix) {
             let number = text.dropLast(unit.suffix.count)
             // "10ms" also ends in "s": only accept the number if the rest parses.
