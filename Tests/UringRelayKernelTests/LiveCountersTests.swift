@@ -45,15 +45,8 @@ struct LiveCountersTests {
         relay.signal(SIGTERM)
         #expect(relay.waitForExit() == 0)
         #expect(relay.counter("statsrelay.lines_dropped.missing_colon") == 2)
-        // A product defect, reported: a worker publishes its counters only at the end of a turn
-        // at least 100 ms after its last publication, and an idle worker's next turn comes at its
-        // 1 s idle timeout, so a datagram that lands within 100 ms of a publication stays unseen
-        // for up to a second. Intermittent only because a loaded machine can delay the second
-        // datagram past the interval; remove this wrapper once workers publish on time.
-        withKnownIssue("an idle worker publishes only at its next wake-up, up to its 1 s idle wait later", isIntermittent: true) {
-            #expect((age ?? .infinity) <= Self.promisedSeconds + Self.slackSeconds,
-                    "the second datagram showed \(age.map { "\($0) s" } ?? "never") after it was sent")
-        }
+        #expect((age ?? .infinity) <= Self.promisedSeconds + Self.slackSeconds,
+                "the second datagram showed \(age.map { "\($0) s" } ?? "never") after it was sent")
     }
 
     @Test("a busy worker's counters in SIGUSR1 reports lag the traffic by at most 100 ms", arguments: ioDrivers)

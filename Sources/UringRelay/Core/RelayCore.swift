@@ -55,6 +55,10 @@ public struct RelayCore: ~Copyable {
     /// When to try again a membership change that could not be applied (`.max`: none failed).
     private var retryPoolChangeAt = UInt64.max
     private var nextPublish: UInt64
+    /// Whether a turn ended since the last publication (its counters may not be on the board
+    /// yet): the next publication is then a deadline, so live counters are never more than a
+    /// publication interval old, even for a worker that goes idle right after.
+    private var hasUnpublishedTurn = false
     private let settings: WorkerSettings
 
     /// A core routing by `settings.routing`'s current pool.
@@ -205,6 +209,9 @@ public struct RelayCore: ~Copyable {
         if now >= nextPublish {
             settings.board.publish(processor.counters)
             nextPublish = now &+ CounterBoard.publishIntervalNanoseconds
+            hasUnpublishedTurn = false
+        } else {
+            hasUnpublishedTurn = true
         }
         return action
     }
@@ -236,9 +243,10 @@ public struct RelayCore: ~Copyable {
     }
 
     /// When the core next needs a turn without any I/O (a batch's flush deadline, the next
-    /// paced replay), if ever.
+    /// paced replay, the publication of a turn's counters), if ever.
     public func nextDeadline() -> UInt64? {
-        let flush = processor.assembler.nextDeadline(interval: settings.flushIntervalNanoseconds)
+        var flush = processor.assembler.nextDeadline(interval: settings.flushIntervalNanoseconds)
+        if hasUnpublishedTurn { flush = flush.map { min($0, nextPublish) } ?? nextPublish }
         guard processor.router.policy == .hold, holds.heldPackets > 0 else { return flush }
         let router = processor.router
         let replay = holds.nextReplayTime(now: MonotonicClock.nanoseconds(), isReplaying: { !router.down[$0] })
