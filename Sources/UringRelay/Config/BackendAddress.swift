@@ -12,12 +12,19 @@ public struct BackendAddress: Sendable, Equatable, CustomStringConvertible {
     public var port: UInt16
     /// The optional instance label.
     public var instance: String?
+    /// The port this backend's health check connects to, when it has its own (a configuration
+    /// file's `health-check-port` under a backend: several statsd daemons on one host each have
+    /// their own management port); `nil` takes `--health-check-port`, else the mode's default.
+    /// Not part of the identity (`description`): it changes how the backend is checked, never
+    /// where its lines go.
+    public var healthCheckPort: UInt16?
 
     /// A backend from its parts (the host unbracketed).
-    public init(host: String, port: UInt16, instance: String? = nil) {
+    public init(host: String, port: UInt16, instance: String? = nil, healthCheckPort: UInt16? = nil) {
         self.host = host
         self.port = port
         self.instance = instance
+        self.healthCheckPort = healthCheckPort
     }
 
     /// Parses `HOST:PORT[:INSTANCE]` or `[IPv6]:PORT[:INSTANCE]`.
@@ -70,6 +77,7 @@ public struct BackendAddress: Sendable, Equatable, CustomStringConvertible {
         if !text.hasPrefix("["), host.contains("%") {
             throw invalid("'%' names an IPv6 address's interface, only inside brackets: [ADDRESS%INTERFACE]:PORT")
         }
+        healthCheckPort = nil
     }
 
     /// The address as an operator wrote it: `10.0.0.1:8125:a`, `[::1]:8125`.
