@@ -406,7 +406,7 @@ struct RunCommand: ParsableCommand {
     }
 
     /// The counter report printed at exit and on `SIGUSR1`: the relay's counters, each
-    /// backend's health, and the log's own write errors.
+    /// backend's health, the configuration reloads by result, and the log's own write errors.
     private func report(_ counters: RelayCounters, relay: Relay, configuration: RelayConfiguration) -> String {
         // Backends are labelled by identity, whatever pool each worker ended in.
         var lines = [counters.report()]
@@ -418,6 +418,8 @@ struct RunCommand: ParsableCommand {
             lines.append("statsrelay.backend.state_changes{backend=\"\(status.backend)\"} \(status.changes)")
             lines.append("statsrelay.backend.state_seconds{backend=\"\(status.backend)\"} \((now - status.since) / 1_000_000_000)")
         }
+        lines.append("statsrelay.config_reloads{result=\"success\"} \(relay.reloads.succeeded)")
+        lines.append("statsrelay.config_reloads{result=\"failure\"} \(relay.reloads.failed)")
         lines.append("statsrelay.log_write_errors \(LogWriter.standardError.failedWrites)")
         return lines.joined(separator: "\n")
     }

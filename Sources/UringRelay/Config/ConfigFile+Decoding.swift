@@ -155,10 +155,10 @@ extension ConfigFile {
             switch decoding {
             case .typeMismatch(let type, let context):
                 let path = Self.path(context.codingPath)
-                return error(path, line: lines[path], value: values[path], Self.expectation(type))
+                return error(path, line: lines[path], value: values[path], Self.expectation(type, at: path))
             case .valueNotFound(let type, let context):
                 let path = Self.path(context.codingPath)
-                return error(path, line: lines[path], value: values[path], Self.expectation(type))
+                return error(path, line: lines[path], value: values[path], Self.expectation(type, at: path))
             case .keyNotFound(let key, let context):
                 let path = Self.path(context.codingPath)
                 let what = path.hasPrefix("backends") ? "a backend written as a mapping needs its address" : "required"
@@ -171,15 +171,31 @@ extension ConfigFile {
             }
         }
 
-        /// What a value of `type` looks like, for a wrong one.
-        static func expectation(_ type: Any.Type) -> String {
+        /// The keys whose values are integers or booleans (the others are text, or lists).
+        static let integerKeys: Set<String> = [
+            "port", "packet-len", "max-datagram", "receive-buffers", "threads", "health-check-port", "health-rise", "health-fall",
+        ]
+
+        /// What the value at `path` looks like, for a wrong one of `type` (the type Yams wanted:
+        /// the field's, or a node kind when the value is a list or mapping where a single value
+        /// belongs, or the reverse).
+        static func expectation(_ type: Any.Type, at path: String) -> String {
+            let key = String(path.split(separator: ".").last ?? "")
+            if path.hasPrefix("backends["), !path.contains(".") {
+                return "expected HOST:PORT[:INSTANCE] or a mapping of address, label and health-check-port"
+            }
+            if path.hasPrefix("listeners["), !path.contains(".") {
+                return "expected ADDR:PORT or a mapping of bind and port"
+            }
             switch type {
-            case is Int.Type, is Int?.Type: "expected an integer"
-            case is Bool.Type, is Bool?.Type: "expected true or false"
-            case is String.Type, is String?.Type: "expected a single value (text or a number)"
-            case is Node.Sequence.Type, is Array<ConfigFile.Backend>.Type, is Array<ConfigFile.Listener>.Type: "expected a list"
-            case is Node.Mapping.Type, is ConfigFile.Backend.Type: "expected a mapping (key: value)"
-            default: "expected a value of type \(type)"
+            case is Int.Type: return "expected an integer"
+            case is Bool.Type: return "expected true or false"
+            case is Node.Sequence.Type: return "expected a list"
+            case is Node.Mapping.Type: return "expected a mapping of keys to values (key: value)"
+            default:
+                if integerKeys.contains(key) { return "expected an integer" }
+                if key == "reuseport-group" { return "expected true or false" }
+                return "expected a single value (text or a number)"
             }
         }
     }

@@ -73,11 +73,18 @@ extension ConfigFile {
     public static func key(named name: String) -> Key? { keys.first { $0.name == name } }
 
     /// The known key closest to `unknown`, when it is close enough to be a likely misspelling:
-    /// at most a third of its letters edited (Levenshtein distance), or the same words in
-    /// another spelling (`packet_len`, `packetlen`, `PacketLen`).
+    /// the same words in another spelling (`packet_len`, `packetlen`, `PacketLen`), the only key
+    /// holding all its words (`health-port` → `health-check-port`), or at most a third of its
+    /// letters edited (Levenshtein distance).
     public static func suggestion(for unknown: String, among known: [String]) -> String? {
         func folded(_ text: String) -> String { String(text.lowercased().filter { $0.isLetter || $0.isNumber }) }
         if let same = known.first(where: { folded($0) == folded(unknown) }) { return same }
+        func words(_ text: String) -> Set<String> {
+            Set(text.lowercased().split { !($0.isLetter || $0.isNumber) }.map(String.init))
+        }
+        let unknownWords = words(unknown)
+        let holding = known.filter { unknownWords.count > 1 && unknownWords.isSubset(of: words($0)) }
+        if holding.count == 1 { return holding[0] }
         let scored = known.map { ($0, editDistance(unknown.lowercased(), $0)) }
         guard let best = scored.min(by: { $0.1 < $1.1 }) else { return nil }
         return best.1 <= max(1, max(unknown.count, best.0.count) / 3) ? best.0 : nil

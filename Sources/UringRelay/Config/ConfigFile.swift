@@ -220,11 +220,9 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
                     if backend.instance != nil {
                         throw invalid(labelPath, label, "the address already has an instance label ('\(entry.address)'): give the label once")
                     }
-                    backend = try at(labelPath) { () throws(ConfigurationError) in
-                        do { return try BackendAddress(parsing: "\(entry.address):\(label)") } catch {
-                            throw ConfigurationError(argument: labelPath, value: label, reason: "must not be empty")
-                        }
-                    }
+                    // As the short form's INSTANCE: no ':' (it would end the label there).
+                    if label.contains(":") { throw invalid(labelPath, label, "a label must not contain ':'") }
+                    backend.instance = label
                 }
                 if let checkPort = entry.healthCheckPort {
                     backend.healthCheckPort = try portNumber("backends[\(index)].health-check-port", checkPort, lowest: 1)
