@@ -238,6 +238,8 @@ struct ConfigFileTests {
          "invalid --threads '3': this process may use 2 CPUs (0,1): give at most 2, or name the CPUs to pin workers to with --cpus"),
         // A bad key the flag overrides is never looked at.
         ("packet-len: 1\nbackends: [127.0.0.1:9001]", flags { $0.packetLen = 1400 }, nil),
+        ("flush-interval: 2m\nbackends: [127.0.0.1:9001]", flags { $0.flushInterval = "10ms" }, nil),
+        ("backends: [127.0.0.1:99999]", flags { $0.backends = [.init(address: "127.0.0.1:9001")] }, nil),
         // A good flag leaves a bad key of another option bad.
         ("packet-len: 1\nbackends: [127.0.0.1:9001]", flags { $0.port = 9000 },
          "test.yaml:1: packet-len: invalid value '1': must be 2-65507 bytes"),

@@ -13,7 +13,9 @@ extension ConfigFile {
     public static func resolve(file: ConfigFile?, flags: ConfigFile, allowedCPUs: [Int]) throws -> RelayConfiguration {
         var configuration = RelayConfiguration(backends: [])
         if let file {
-            do { try file.apply(to: &configuration) } catch { throw file.located(error) }
+            // A key a flag overrides is not read at all: a bad value there is never in force.
+            let kept = file.overridden(by: flags)
+            do { try kept.apply(to: &configuration) } catch { throw file.located(error) }
         }
         do { try flags.apply(to: &configuration) } catch { throw Self.asFlag(error) }
         if let threads = flags.threads {
@@ -30,6 +32,18 @@ extension ConfigFile {
             throw error
         }
         return configuration
+    }
+
+    /// This file without the keys `flags` sets (positional backends take the whole list).
+    public func overridden(by flags: ConfigFile) -> ConfigFile {
+        var kept = self
+        func drop<T>(_ key: WritableKeyPath<ConfigFile, T?>) { if flags[keyPath: key] != nil { kept[keyPath: key] = nil } }
+        drop(\.bind); drop(\.port); drop(\.backends); drop(\.packetLen); drop(\.flushInterval); drop(\.shutdownTimeout)
+        drop(\.rcvbuf); drop(\.maxDatagram); drop(\.receiveBuffers); drop(\.minWait); drop(\.threads); drop(\.cpus)
+        drop(\.ioBackend); drop(\.reuseportGroup); drop(\.healthCheck); drop(\.healthCheckPort); drop(\.healthInterval)
+        drop(\.healthTimeout); drop(\.healthRise); drop(\.healthFall); drop(\.onBackendDown); drop(\.holdBytes)
+        drop(\.replayRate); drop(\.dnsRefresh); drop(\.admin); drop(\.logLevel)
+        return kept
     }
 
     /// An error of `apply(to:)` on the command line's settings, named by the flag as the
