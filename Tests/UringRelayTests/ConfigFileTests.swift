@@ -367,3 +367,38 @@ struct ConfigFileTests {
         }
     }
 }
+
+/// `deploy/statsrelay.yaml`, the example the package installs as `/etc/statsrelay/statsrelay.yaml`.
+@Suite("The example configuration file")
+struct ExampleConfigFileTests {
+    /// The example's text, from the package's `deploy/` directory.
+    static func example() throws -> String {
+        let root = #filePath.split(separator: "/", omittingEmptySubsequences: false).dropLast(3).joined(separator: "/")
+        return String(decoding: try FileContents.read(path: root + "/deploy/statsrelay.yaml"), as: UTF8.self)
+    }
+
+    @Test("as shipped it sets nothing (every key commented out); uncommented it is valid and holds every key")
+    func everyKeyCommented() throws {
+        let text = try Self.example()
+        #expect(try ConfigFile.parse(text, source: "statsrelay.yaml").keysSet.isEmpty)
+        // A commented-out setting is `#key: value` or a list or mapping line `#  - …`; prose is `# …`.
+        let uncommented = text.split(separator: "\n", omittingEmptySubsequences: false).map { line -> Substring in
+            guard line.hasPrefix("#"), line.count > 1 else { return line }
+            let next = line.dropFirst()
+            return next.hasPrefix(" ") && !next.hasPrefix("  ") ? line : next
+        }.joined(separator: "\n")
+        let file = try ConfigFile.parse(uncommented, source: "statsrelay.yaml")
+        let keys = Set(ConfigFile.keys.map(\.name)).subtracting(["bind", "port"])
+        #expect(file.keysSet == keys)
+        #expect(text.contains("\"bind: 0.0.0.0\"") && text.contains("\"port: 8125\""))
+        let configuration = try ConfigFile.resolve(file: file, flags: ConfigFile(), allowedCPUs: [0, 1])
+        // The values shown are the defaults, but for the examples of what has none.
+        var defaults = RelayConfiguration(backends: configuration.backends)
+        defaults.threads = 4
+        defaults.cpus = [0, 1, 2, 3]
+        defaults.healthCheckPort = 8126
+        #expect(configuration == defaults)
+        #expect(configuration.backends.map(\.description) == ["10.0.0.1:8125:a", "10.0.0.2:8125:b", "10.0.0.3:8125:c"])
+        #expect(configuration.backends[2].healthCheckPort == 8126)
+    }
+}
