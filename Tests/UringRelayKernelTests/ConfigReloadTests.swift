@@ -169,6 +169,10 @@ struct ConfigReloadTests {
         duplicated.healthCheck = .none
         #expect(throws: ConfigurationError.self) { try relay.relay.reload(to: duplicated) }
         #expect(relay.relay.reloads.failed == 1)
+        let metrics = PrometheusExposition.render(relay.relay.snapshot(version: "test", startTimeUnixSeconds: 0))
+        #expect(metrics.contains("statsrelay_config_reloads_total{result=\"success\"} 1\n"), "\(metrics)")
+        #expect(metrics.contains("statsrelay_config_reloads_total{result=\"failure\"} 1\n"))
+        #expect(metrics.contains("statsrelay_config_last_reload_successful 0\n"))
         #expect(relay.relay.configurationInForce == checked)
         #expect(relay.relay.routing.current.backends == checked.backends)
 

@@ -402,3 +402,39 @@ struct ExampleConfigFileTests {
         #expect(configuration.backends[2].healthCheckPort == 8126)
     }
 }
+
+/// The configuration reload families of `/metrics`.
+@Suite("Configuration reloads on /metrics")
+struct ConfigReloadMetricsTests {
+    @Test("reloads by result, whether the last one succeeded, and when the configuration in force was loaded")
+    func families() {
+        var snapshot = exampleSnapshot()
+        snapshot.configReloadsSucceeded = 4
+        snapshot.configReloadsFailed = 2
+        snapshot.configLastReloadSuccessful = false
+        snapshot.configLastReloadSuccessUnixSeconds = 1_700_000_123.5
+        let text = PrometheusExposition.render(snapshot)
+        #expect(text.contains("""
+            # TYPE statsrelay_config_reloads_total counter
+            statsrelay_config_reloads_total{result="success"} 4
+            statsrelay_config_reloads_total{result="failure"} 2
+
+            """))
+        #expect(text.contains("# TYPE statsrelay_config_last_reload_successful gauge\nstatsrelay_config_last_reload_successful 0\n"))
+        #expect(text.contains("statsrelay_config_last_reload_success_timestamp_seconds 1700000123.5\n"))
+        // Before any reload: successful, loaded at the start.
+        let fresh = PrometheusExposition.render(exampleSnapshot())
+        #expect(fresh.contains("statsrelay_config_reloads_total{result=\"failure\"} 0\n"))
+        #expect(fresh.contains("statsrelay_config_last_reload_successful 1\n"))
+    }
+
+    @Test("the counts follow the reloads recorded")
+    func counts() {
+        let counts = ConfigFileReloadCounts()
+        #expect(counts.succeeded == 0 && counts.failed == 0 && !counts.lastReloadFailed && counts.lastSuccessUnixSeconds == nil)
+        counts.recordFailure()
+        #expect(counts.failed == 1 && counts.lastReloadFailed)
+        counts.recordSuccess(at: 1_700_000_000.25)
+        #expect(counts.succeeded == 1 && !counts.lastReloadFailed && counts.lastSuccessUnixSeconds == 1_700_000_000.25)
+    }
+}
