@@ -104,15 +104,18 @@ struct ConfigReloadTests {
         #expect(!log.contains("nothing to reload"))
     }
 
-    @Test("SIGHUP changes the log level of every logger at once: notices vanish at error and come back at info", arguments: ioDrivers)
+    @Test("SIGHUP changes the log level of every logger at once (notices vanish at error and come back at info); the command line still overrides the file", arguments: ioDrivers)
     func logLevel(driver: IOBackendChoice) throws {
         try requireDriver(driver)
         let backend = try TestBackend()
-        let file = try TemporaryConfigFile(Self.yaml([backend.spec], extra: "log-level: info"))
+        // The file names the other driver: the command line's --io-backend must win, at start and
+        // at each reload.
+        let other = "io-backend: \(driver == .uring ? "portable" : "uring")"
+        let file = try TemporaryConfigFile(Self.yaml([backend.spec], extra: "log-level: info\n\(other)"))
         let relay = try RelayProcess(driver: driver, ["--config", file.path])
         _ = try relay.listenAddress()
         #expect(relay.standardError.contains("io_backend=\(driver.rawValue)"), "\(relay.standardError)")
-        try file.write(Self.yaml([backend.spec], extra: "log-level: error"))
+        try file.write(Self.yaml([backend.spec], extra: "log-level: error\n\(other)"))
         relay.signal(SIGHUP)
         // Signals are taken one at a time: the report SIGUSR1 prints (not a log line, so printed
         // at any level) comes once the reload is done.
@@ -121,9 +124,12 @@ struct ConfigReloadTests {
         #expect(!relay.standardError.contains("live counters"), "a notice logged at level error: \(relay.standardError)")
         #expect(!relay.standardError.contains("configuration reloaded"), "\(relay.standardError)")
 
-        try file.write(Self.yaml([backend.spec], extra: "log-level: info"))
+        try file.write(Self.yaml([backend.spec], extra: "log-level: info\n\(other)"))
         relay.signal(SIGHUP)
         #expect(relay.waitForLog("configuration reloaded", seconds: 10), "\(relay.standardError)")
+        let overridden = try #require(relay.logLine(containing: "options given on the command line override the file"))
+        #expect(overridden.contains("keys=io-backend"), "\(overridden)")
+        #expect(!relay.standardError.contains("key=io-backend"), "the file's io-backend was taken for a change: \(relay.standardError)")
         let applied = try #require(relay.logLine(containing: "key=log-level"))
         #expect(applied.contains("reload: applied") && applied.contains("from=error") && applied.contains("to=info"), "\(applied)")
         relay.signal(SIGUSR1)
