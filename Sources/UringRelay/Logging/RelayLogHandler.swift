@@ -22,11 +22,31 @@ public struct RelayLogHandler: LogHandler {
 
         /// The level in force; setting it takes effect for the next log call on any thread.
         public var level: Logger.Level {
-            get { Logger.Level.allCases[Int(raw.load(ordering: .relaxed))] }
+            get {
+                switch raw.load(ordering: .relaxed) {
+                case 0: .trace
+                case 1: .debug
+                case 2: .info
+                case 3: .notice
+                case 4: .warning
+                case 5: .error
+                default: .critical
+                }
+            }
             set { raw.store(Self.code(newValue), ordering: .relaxed) }
         }
 
-        private static func code(_ level: Logger.Level) -> UInt8 { UInt8(Logger.Level.allCases.firstIndex(of: level)!) }
+        private static func code(_ level: Logger.Level) -> UInt8 {
+            switch level {
+            case .trace: 0
+            case .debug: 1
+            case .info: 2
+            case .notice: 3
+            case .warning: 4
+            case .error: 5
+            case .critical: 6
+            }
+        }
     }
 
     /// Formats the line; its stream is the shared writer. Its own level is left at `trace`:
