@@ -24,6 +24,9 @@ let package = Package(
         // The admin endpoint (/metrics, /healthz) and `statsrelay status`: HTTP/1.1 on one event
         // loop thread of its own, never on a worker.
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
+        // The configuration file (`--config`): YAML decoded with Codable, its nodes' marks giving
+        // each error its line. See docs/configuration.md for why Yams.
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.0"),
     ],
     targets: [
         .systemLibrary(
@@ -50,6 +53,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Yams", package: "Yams"),
             ],
             swiftSettings: strict
         ),

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Debian package statsrelay_VERSION_ARCH.deb (Debian 12) from this checkout:
-#   release binary (static Swift standard library), the systemd unit, /etc/default/statsrelay
-#   (a conffile), a man page made from the binary's --help, docs and the keepalived example, and
+#   release binary (static Swift standard library), the systemd unit, /etc/default/statsrelay and
+#   /etc/statsrelay/statsrelay.yaml (conffiles), a man page made from the binary's --help, docs and
+#   the keepalived example, and
 #   maintainer scripts that create the statsrelay system user and enable the unit.
 #
 #   scripts/build-deb.sh [--output DIR] [--binary PATH] [--version V]
@@ -66,22 +67,26 @@ trap 'rm -rf "$work"' EXIT
 root="$work/root"
 doc="$root/usr/share/doc/statsrelay"
 
-install -d -m 755 "$root/DEBIAN" "$root/usr/bin" "$root/lib/systemd/system" "$root/etc/default" \
-    "$doc/examples" "$root/usr/share/man/man1"
+install -d -m 755 "$root/DEBIAN" "$root/usr/bin" "$root/lib/systemd/system" "$root/etc/default" "$root/etc/statsrelay" \
+    "$doc/examples" "$root/usr/share/man/man1" "$root/usr/share/lintian/overrides"
 
-# As dh_strip does for an executable: no debug sections, symbols or compiler notes (28 MB → ~8).
+# As dh_strip does for an executable: no debug sections, symbols or compiler notes (99 MB → ~66,
+# most of it Foundation and its ICU data, which Yams brings: docs/configuration.md#why-yams).
 # The build ID note stays, so a core dump still matches the unstripped binary of this build.
 install -m 755 "$binary" "$root/usr/bin/statsrelay"
 strip --remove-section=.comment --remove-section=.note "$root/usr/bin/statsrelay"
 
 install -m 644 deploy/statsrelay.service "$root/lib/systemd/system/statsrelay.service"
 install -m 644 deploy/statsrelay.default "$root/etc/default/statsrelay"
+install -m 644 deploy/statsrelay.yaml "$root/etc/statsrelay/statsrelay.yaml"
 install -m 644 deploy/keepalived.conf.example "$doc/examples/keepalived.conf.example"
 install -m 644 deploy/debian/copyright "$doc/copyright"
+install -m 644 deploy/debian/lintian-overrides "$root/usr/share/lintian/overrides/statsrelay"
 # Policy 12.3: documentation over 4 KiB compressed with gzip -9n (the unit points at the .gz).
 install -m 644 README.md "$doc/README.md"
 install -m 644 docs/operations.md "$doc/operations.md"
-gzip -9n "$doc/README.md" "$doc/operations.md"
+install -m 644 docs/configuration.md "$doc/configuration.md"
+gzip -9n "$doc/README.md" "$doc/operations.md" "$doc/configuration.md"
 
 cat >"$work/changelog" <<EOF
 statsrelay ($version) unstable; urgency=medium
@@ -118,7 +123,7 @@ roff_block() {
     echo "(see"
     echo ".BR systemctl (1)"
     echo "and the unit statsrelay.service)."
-    for command in run hash sink; do
+    for command in run check-config hash sink; do
         echo ".SH \"statsrelay $command\""
         echo ".nf"
         "$binary" help "$command" | roff_block
@@ -128,6 +133,9 @@ roff_block() {
     echo ".TP"
     echo ".I /etc/default/statsrelay"
     echo "STATSRELAY_OPTS and STATSRELAY_BACKENDS, the service's command line."
+    echo ".TP"
+    echo ".I /etc/statsrelay/statsrelay.yaml"
+    echo "The configuration file, every key commented out; used with \\fB\\-\\-config\\fR in STATSRELAY_OPTS, reloaded on SIGHUP."
     echo ".TP"
     echo ".I /lib/systemd/system/statsrelay.service"
     echo "The systemd unit."
@@ -140,7 +148,7 @@ chmod 644 "$root/usr/share/man/man1/statsrelay.1.gz"
 for script in postinst prerm postrm; do
     install -m 755 "deploy/debian/$script" "$root/DEBIAN/$script"
 done
-echo /etc/default/statsrelay >"$root/DEBIAN/conffiles"
+printf '%s\n' /etc/default/statsrelay /etc/statsrelay/statsrelay.yaml >"$root/DEBIAN/conffiles"
 
 # Shared-library dependencies with the versions the symbols need (libc6, liburing2, libstdc++6,
 # libgcc-s1), as dh_shlibdeps finds them. adduser: postinst. procps: /bin/kill in ExecReload=.

@@ -2,7 +2,8 @@
 # CI check of the Debian package: builds it with scripts/build-deb.sh, then checks its metadata
 # and contents without installing it (nothing is started, no user is created):
 #   - control fields: name, version = the packaged binary's --version, architecture, Depends
-#     (libc6, liburing2, adduser, procps), /etc/default/statsrelay as a conffile;
+#     (libc6, liburing2, adduser, procps), /etc/default/statsrelay and /etc/statsrelay/statsrelay.yaml
+#     as conffiles;
 #   - the files, their owners and modes; md5sums; maintainer scripts' shell syntax;
 #   - the packaged binary runs from the extracted tree, has the Swift standard library linked in
 #     and every shared library it needs present here;
@@ -63,7 +64,7 @@ for package in libc6 liburing2 adduser procps; do
     if [[ ", $depends," == *", $package"[\ ,]* ]]; then pass "Depends: $package"; else fail "Depends lacks $package: $depends"; fi
 done
 [ -n "$(field Maintainer)" ] && pass "Maintainer" || fail "no Maintainer"
-[ "$(cat "$work/control/conffiles")" = /etc/default/statsrelay ] && pass "conffiles" \
+[ "$(cat "$work/control/conffiles")" = "$(printf '%s\n' /etc/default/statsrelay /etc/statsrelay/statsrelay.yaml)" ] && pass "conffiles" \
     || fail "conffiles: $(cat "$work/control/conffiles")"
 
 # Maintainer scripts.
@@ -88,17 +89,20 @@ expect_file() {
 expect_file -rwxr-xr-x usr/bin/statsrelay
 expect_file -rw-r--r-- lib/systemd/system/statsrelay.service
 expect_file -rw-r--r-- etc/default/statsrelay
+expect_file -rw-r--r-- etc/statsrelay/statsrelay.yaml
+expect_file -rw-r--r-- usr/share/lintian/overrides/statsrelay
 expect_file -rw-r--r-- usr/share/man/man1/statsrelay.1.gz
-for doc in copyright changelog.gz README.md.gz operations.md.gz examples/keepalived.conf.example; do
+for doc in copyright changelog.gz README.md.gz operations.md.gz configuration.md.gz examples/keepalived.conf.example; do
     expect_file -rw-r--r-- "usr/share/doc/statsrelay/$doc"
 done
-if grep -vE '^d' <<<"$contents" | grep -vE ' \./(usr/bin/statsrelay|lib/systemd/system/statsrelay\.service|etc/default/statsrelay|usr/share/man/man1/statsrelay\.1\.gz|usr/share/doc/statsrelay/.*)$' >"$work/unexpected"; then
+if grep -vE '^d' <<<"$contents" | grep -vE ' \./(usr/bin/statsrelay|lib/systemd/system/statsrelay\.service|etc/default/statsrelay|etc/statsrelay/statsrelay\.yaml|usr/share/lintian/overrides/statsrelay|usr/share/man/man1/statsrelay\.1\.gz|usr/share/doc/statsrelay/.*)$' >"$work/unexpected"; then
     fail "unexpected files: $(cat "$work/unexpected")"
 else
     pass "no other files"
 fi
 cmp -s deploy/statsrelay.service "$root/lib/systemd/system/statsrelay.service" && pass "unit is deploy/statsrelay.service" || fail "unit differs from deploy/"
 cmp -s deploy/statsrelay.default "$root/etc/default/statsrelay" && pass "/etc/default/statsrelay is deploy/statsrelay.default" || fail "default file differs from deploy/"
+cmp -s deploy/statsrelay.yaml "$root/etc/statsrelay/statsrelay.yaml" && pass "/etc/statsrelay/statsrelay.yaml is deploy/statsrelay.yaml" || fail "configuration file differs from deploy/"
 (cd "$root" && md5sum --quiet -c "$work/control/md5sums") && pass "md5sums" || fail "md5sums do not match"
 
 # The environment file as shipped sets no backends (the package then enables but does not start).

@@ -17,6 +17,10 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     public let routing: RoutingState
     /// Checks backends and re-resolves their names.
     public let monitor: HealthMonitor
+    /// How the configuration reloads went (`reload`), for `/metrics`.
+    public let reloads = ConfigFileReloadCounts()
+    /// The configuration in force: `configuration` as started, then as each reload left it.
+    private let inForce: Mutex<RelayConfiguration>
     private let logger: Logger
     private let state = Mutex(State())
 
@@ -84,6 +88,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             backends: configuration.backends, addresses: addresses,
             listeners: [SocketAddress(numericHost: configuration.bindHost, port: configuration.port)!])
         self.configuration = configuration
+        inForce = Mutex(configuration)
         self.backendAddresses = addresses
         self.logger = logger
         self.uringProbe = uringProbe
@@ -317,6 +322,74 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         let listen = state.withLock { $0.listen } ?? SocketAddress(numericHost: configuration.bindHost, port: configuration.port)!
         try BackendAddressCheck.verify(backends: backends, addresses: addresses, listeners: [listen])
         routing.replaceBackends(backends, addresses: addresses)
+    }
+
+    /// The configuration in force: as started, with what each reload applied.
+    public var configurationInForce: RelayConfiguration { inForce.withLock { $0 } }
+
+    /// Reloads: applies what of `candidate` can change while the relay runs, keeps the rest at
+    /// its running value (`ConfigFileReload` says which and why), and counts the reload.
+    ///
+    /// Applied: backends added, removed, reordered or relabelled, and the down-policy, as one
+    /// pool change every worker takes at a turn boundary after sending the old pool's batches
+    /// (no line lost or sent twice, each routed wholly by one pool); the health checks and the
+    /// name refresh, taken by the monitor between two rounds. The log level is the caller's to
+    /// apply (`result.logLevel`).
+    /// - Parameters:
+    ///   - candidate: the new configuration, validated (`RelayConfiguration.validate`).
+    ///   - addresses: its backends' addresses, resolved (a `BackendLookup` the caller waited for).
+    /// - Throws: `ConfigurationError` for a backend whose address is unusable, another backend's
+    ///   or reaching this relay's listener (the running one, or the file's, which applies at the
+    ///   next start); nothing is changed then, and the failure is counted.
+    @discardableResult
+    public func reload(to candidate: RelayConfiguration, addresses: [SocketAddress]) throws(ConfigurationError) -> ConfigFileReload {
+        do throws(ConfigurationError) {
+            try candidate.validate()
+            precondition(addresses.count == candidate.backends.count, "one address per backend")
+            var listeners = [state.withLock { $0.listen } ?? SocketAddress(numericHost: configuration.bindHost, port: configuration.port)!]
+            if let next = SocketAddress(numericHost: candidate.bindHost, port: candidate.port), next.port != 0, next != listeners[0] {
+                listeners.append(next)
+            }
+            try BackendAddressCheck.verify(backends: candidate.backends, addresses: addresses, listeners: listeners)
+        } catch {
+            reloads.recordFailure()
+            throw error
+        }
+        let plan = inForce.withLock { running in
+            let plan = ConfigFileReload(running: running, candidate: candidate, holdBytesInUse: holdBudget.bytesReserved)
+            running = plan.result
+            return plan
+        }
+        let next = plan.result
+        let pool = routing.current
+        if next.backends != pool.backends || next.onBackendDown != pool.policy {
+            // Addresses from this reload's lookups; the monitor re-resolves names from here on.
+            let byBackend = Dictionary(zip(candidate.backends.map(\.description), addresses), uniquingKeysWith: { first, _ in first })
+            routing.replaceBackends(next.backends, addresses: next.backends.map { byBackend[$0.description]! }, policy: next.onBackendDown)
+        }
+        monitor.update(next)
+        reloads.recordSuccess(at: Relay.unixTime())
+        return plan
+    }
+
+    /// `reload(to:addresses:)`, looking the backends' names up first (concurrently, waiting at
+    /// most `resolverLimitNanoseconds`): for callers that need not answer signals meanwhile.
+    ///
+    /// - Throws: as `reload(to:addresses:)`, and `BackendResolutionError` for a name without an
+    ///   address (counted as a failed reload).
+    @discardableResult
+    public func reload(
+        to candidate: RelayConfiguration, resolver: @escaping HealthMonitor.Resolver = BackendResolver.system,
+        resolverLimitNanoseconds: UInt64 = BackendLookup.defaultLimitNanoseconds
+    ) throws -> ConfigFileReload {
+        let addresses: [SocketAddress]
+        do {
+            addresses = try BackendLookup(backends: candidate.backends, resolver: resolver, limitNanoseconds: resolverLimitNanoseconds).wait()
+        } catch {
+            reloads.recordFailure()
+            throw error
+        }
+        return try reload(to: candidate, addresses: addresses)
     }
 
     /// Asks every worker to drain, flush and stop; returns at once (see `wait`).

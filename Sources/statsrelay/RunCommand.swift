@@ -4,7 +4,7 @@ import Glibc
 import Logging
 import UringRelay
 
-/// The relay itself: `statsrelay [options] BACKEND…`.
+/// The relay itself: `statsrelay [options] BACKEND…`, or `statsrelay --config FILE`.
 struct RunCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "run",
@@ -15,40 +15,48 @@ struct RunCommand: ParsableCommand {
             consistent hash over the backends in the order given, as the Go StatsRelay does; \
             --hash etsy and --hash ketama place it on etsy statsd proxy.js's or twemproxy's md5 \
             ring, where WEIGHT applies. The Go StatsRelay spellings -bind, -port, -packetlen and \
-            -bufsize are accepted.
+            -bufsize are accepted. \
+            With --config FILE, every option can be set in a YAML file under its long name \
+            (packet-len: 1400); an option given here overrides the file, and SIGHUP reloads the file \
+            (see docs/configuration.md). 'statsrelay check-config FILE' checks a file first.
             """
     )
 
-    @Option(name: [.customLong("bind"), .customLong("bind", withSingleDash: true)], help: "Address to listen on.")
-    var bind = "0.0.0.0"
+    @Option(name: .customLong("config"), help: ArgumentHelp(
+        "YAML configuration file: every option under its long name, backends in a list. Options given on the command line override it; SIGHUP reloads it.",
+        valueName: "file"))
+    var config: String?
 
-    @Option(name: [.customLong("port"), .customLong("port", withSingleDash: true)], parsing: .unconditional, help: "UDP port to listen on.")
-    var port = 8125
+    @Option(name: [.customLong("bind"), .customLong("bind", withSingleDash: true)], help: "Address to listen on (default: 0.0.0.0).")
+    var bind: String?
+
+    @Option(name: [.customLong("port"), .customLong("port", withSingleDash: true)], parsing: .unconditional, help: "UDP port to listen on (default: 8125).")
+    var port: Int?
 
     @Option(
         name: [.customLong("packet-len"), .customLong("packetlen", withSingleDash: true)], parsing: .unconditional,
-        help: "Largest outgoing datagram in bytes (a longer single line goes alone).")
-    var packetLen = 1400
+        help: "Largest outgoing datagram in bytes (a longer single line goes alone) (default: 1400).")
+    var packetLen: Int?
 
-    @Option(name: .customLong("flush-interval"), parsing: .unconditional, help: "Longest a line waits in a batch (e.g. 10ms, 1s).")
-    var flushInterval = "10ms"
+    @Option(name: .customLong("flush-interval"), parsing: .unconditional, help: "Longest a line waits in a batch (e.g. 10ms, 1s) (default: 10ms).")
+    var flushInterval: String?
 
     @Option(
         name: [.customLong("rcvbuf"), .customLong("bufsize", withSingleDash: true)], parsing: .unconditional,
-        help: "Socket receive buffer to request, bytes (K/M/G suffixes allowed).")
-    var rcvbuf = "8M"
+        help: "Socket receive buffer to request, bytes (K/M/G suffixes allowed) (default: 8M).")
+    var rcvbuf: String?
 
-    @Option(name: .customLong("max-datagram"), parsing: .unconditional, help: "Largest datagram received whole; larger ones are dropped and counted.")
-    var maxDatagram = 8192
+    @Option(name: .customLong("max-datagram"), parsing: .unconditional, help: "Largest datagram received whole; larger ones are dropped and counted (default: 8192).")
+    var maxDatagram: Int?
 
-    @Option(name: .customLong("receive-buffers"), parsing: .unconditional, help: "Receive buffers per worker in the provided-buffer ring (a power of two).")
-    var receiveBuffers = 128
+    @Option(name: .customLong("receive-buffers"), parsing: .unconditional, help: "Receive buffers per worker in the provided-buffer ring (a power of two) (default: 128).")
+    var receiveBuffers: Int?
 
-    @Option(name: .customLong("min-wait"), parsing: .unconditional, help: "How long, from its start, a worker's wait gathers completions (up to 32) before the first one ends it (io_uring_enter2 minimum wait, Linux 6.12+; 0 disables).")
-    var minWait = "250us"
+    @Option(name: .customLong("min-wait"), parsing: .unconditional, help: "How long, from its start, a worker's wait gathers completions (up to 32) before the first one ends it (io_uring_enter2 minimum wait, Linux 6.12+; 0 disables) (default: 250us).")
+    var minWait: String?
 
-    @Option(name: .customLong("shutdown-timeout"), parsing: .unconditional, help: "Longest a stop may take: two thirds for receiving what is still arriving, the rest for the final sends.")
-    var shutdownTimeout = "900ms"
+    @Option(name: .customLong("shutdown-timeout"), parsing: .unconditional, help: "Longest a stop may take: two thirds for receiving what is still arriving, the rest for the final sends (default: 900ms).")
+    var shutdownTimeout: String?
 
     @Option(name: .customLong("threads"), parsing: .unconditional, help: "Worker threads, each pinned to its own CPU (default: the CPUs this process may use).")
     var threads: Int?
@@ -56,95 +64,96 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("cpus"), help: "CPUs to pin workers to, e.g. 0-3,8 (default: the CPUs this process may use).")
     var cpus: String?
 
-    @Flag(name: .customLong("reuseport-group"), help: "Share the port with other processes' SO_REUSEPORT sockets (the kernel splits the traffic between them). Without it the relay refuses a port another socket holds.")
-    var reusePortGroup = false
+    @Flag(name: .customLong("reuseport-group"), inversion: .prefixedNo, help: "Share the port with other processes' SO_REUSEPORT sockets (the kernel splits the traffic between them). Without it the relay refuses a port another socket holds (default: off).")
+    var reusePortGroup: Bool?
 
-    @Option(name: .customLong("io-backend"), help: "auto (io_uring where the kernel allows it, else portable), uring or portable (recvmmsg/sendmmsg).")
-    var ioBackend: IOBackendChoice = .auto
+    @Option(name: .customLong("io-backend"), help: "auto (io_uring where the kernel allows it, else portable), uring or portable (recvmmsg/sendmmsg) (default: auto).")
+    var ioBackend: IOBackendChoice?
 
     @Option(
         name: .customLong("hash"),
         help: ArgumentHelp(
-            "jump (FNV-1a 64 and jump hash: the Go StatsRelay), etsy (etsy statsd proxy.js's hashring) or ketama (twemproxy's md5 ketama).",
+            "jump (FNV-1a 64 and jump hash: the Go StatsRelay), etsy (etsy statsd proxy.js's hashring) or ketama (twemproxy's md5 ketama) (default: jump).",
             valueName: "mode"))
-    var hash: HashMode = .jump
+    var hash: HashMode?
 
     @OptionGroup var health: HealthOptions
 
-    @Option(name: .customLong("admin"), help: "Admin endpoint (GET /metrics, /healthz), ADDR:PORT or none; loopback by default.")
-    var admin = AdminAddress.defaultSpec
+    @Option(name: .customLong("admin"), help: "Admin endpoint (GET /metrics, /healthz), ADDR:PORT or none; loopback by default (default: \(AdminAddress.defaultSpec)).")
+    var admin: String?
 
-    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
-    var logLevel = "info"
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical (default: info).")
+    var logLevel: String?
 
-    @Argument(help: "Backends, HOST:PORT[:INSTANCE][=WEIGHT], in routing order.")
+    @Argument(help: "Backends, HOST:PORT[:INSTANCE][=WEIGHT], in routing order (they replace the configuration file's).")
     var backends: [String] = []
 
+    /// How long a reload waits for the resolver before it is refused (start-up waits longer,
+    /// `BackendLookup.defaultLimitNanoseconds`: a reload has a configuration to keep running).
+    static let reloadResolverLimitNanoseconds: UInt64 = 10_000_000_000
+
     func validate() throws {
-        do { _ = try makeConfiguration() } catch { throw ValidationError(error.description) }
-        do { _ = try AdminAddress.parse(admin) } catch { throw ValidationError(error.description) }
-        if Logger.Level(rawValue: logLevel) == nil {
-            throw ValidationError("invalid --log-level '\(logLevel)': expected trace, debug, info, notice, warning, error or critical")
-        }
+        do { _ = try makeConfiguration() } catch { throw ValidationError("\(error)") }
     }
 
-    /// The relay configuration the options describe.
-    func makeConfiguration() throws(ConfigurationError) -> RelayConfiguration {
-        var parsed: [BackendAddress] = []
-        for backend in backends { parsed.append(try BackendAddress(parsing: backend)) }
-        var configuration = RelayConfiguration(backends: parsed)
-        configuration.hashMode = hash
-        configuration.bindHost = bind
-        guard (0...65_535).contains(port) else {
-            throw ConfigurationError(argument: "--port", value: "\(port)", reason: "must be 0-65535")
-        }
-        configuration.port = UInt16(port)
-        configuration.packetBytes = packetLen
-        configuration.flushIntervalNanoseconds = try DurationParser.nanoseconds(
-            flushInterval, argument: "--flush-interval", in: RelayConfiguration.flushIntervalLimits)
-        configuration.receiveBufferBytes = try ByteSizeParser.bytes(
-            rcvbuf, argument: "--rcvbuf", in: RelayConfiguration.receiveBufferLimits)
-        configuration.maxDatagramBytes = maxDatagram
-        configuration.receiveBuffers = receiveBuffers
-        configuration.ioBackend = ioBackend
-        configuration.reusePortGroup = reusePortGroup
-        configuration.shutdownTimeoutNanoseconds = try DurationParser.nanoseconds(
-            shutdownTimeout, argument: "--shutdown-timeout", in: RelayConfiguration.shutdownTimeoutLimits)
-        // A bare 0 is how operators switch the minimum wait off (the help says so); any other
-        // value needs its unit.
-        let minimumWait = minWait == "0"
-            ? 0 : try DurationParser.nanoseconds(minWait, argument: "--min-wait", in: RelayConfiguration.minimumWaitLimits)
-        configuration.minimumWaitMicroseconds = UInt32(minimumWait / 1_000)
-        try health.apply(to: &configuration)
-        let allowed = WorkerThread.allowedCPUs
-        if let cpus { configuration.cpus = try CPUList.parse(cpus) }
-        // More workers than CPUs only compete for them (and each costs its buffers): refused
-        // unless the CPUs are named with --cpus, the operator's explicit choice.
-        if let threads, cpus == nil, !allowed.isEmpty, threads > allowed.count {
-            throw ConfigurationError(
-                argument: "--threads", value: "\(threads)",
-                reason: "this process may use \(allowed.count) CPU\(allowed.count == 1 ? "" : "s") "
-                    + "(\(allowed.map(String.init).joined(separator: ","))): give at most \(allowed.count), "
-                    + "or name the CPUs to pin workers to with --cpus")
-        }
-        configuration.threads = threads ?? configuration.cpus?.count ?? max(1, allowed.count)
-        try configuration.validate()
-        return configuration
+    /// The options given on the command line, under their configuration-file keys; the ones
+    /// not given are `nil`, so that they leave the file's value (or the default) in force.
+    func flagSettings() -> ConfigFile {
+        var settings = ConfigFile()
+        settings.bind = bind
+        settings.port = port
+        settings.packetLen = packetLen
+        settings.flushInterval = flushInterval
+        settings.rcvbuf = rcvbuf
+        settings.maxDatagram = maxDatagram
+        settings.receiveBuffers = receiveBuffers
+        settings.minWait = minWait
+        settings.shutdownTimeout = shutdownTimeout
+        settings.threads = threads
+        settings.cpus = cpus
+        settings.reuseportGroup = reusePortGroup
+        settings.ioBackend = ioBackend?.rawValue
+        settings.hash = hash?.rawValue
+        health.write(to: &settings)
+        settings.admin = admin
+        settings.logLevel = logLevel
+        settings.backends = backends.isEmpty ? nil : backends.map { ConfigFile.Backend(address: $0) }
+        return settings
+    }
+
+    /// The relay configuration: defaults, then the configuration file (`--config`), then the
+    /// options given on the command line.
+    ///
+    /// - Throws: `ConfigFileError` for the file (unreadable, or a bad key or value: path, line,
+    ///   key, value, reason), `ConfigurationError` for a bad option.
+    func makeConfiguration() throws -> RelayConfiguration {
+        try makeConfiguration(file: config.map { path throws(ConfigFileError) in try ConfigFile.load(path: path) })
+    }
+
+    /// The relay configuration from `file` (already read) and the command line's options.
+    func makeConfiguration(file: ConfigFile?) throws -> RelayConfiguration {
+        try ConfigFile.resolve(file: file, flags: flagSettings(), allowedCPUs: WorkerThread.allowedCPUs)
     }
 
     func run() throws {
         // Before anything is opened: a closed 0, 1 or 2 would go to the relay's first eventfd or
         // socket, and the log and exit report with it.
         let reopened = StandardDescriptors.openMissing()
-        let level = Logger.Level(rawValue: logLevel) ?? .info
-        LoggingSystem.bootstrap { label in RelayLogHandler(label: label, level: level) }
+        let configuration: RelayConfiguration
+        do { configuration = try makeConfiguration() } catch {
+            // Checked by `validate()` already: only a file changed since then gets here.
+            printError("\(error)")
+            throw ExitCode(64)
+        }
+        // One level for every logger, changed in place by a reload's log-level.
+        let levelControl = RelayLogHandler.LevelControl(configuration.logLevel)
+        LoggingSystem.bootstrap { label in RelayLogHandler(label: label, level: levelControl) }
         let logger = Logger(label: "statsrelay")
         if !reopened.isEmpty {
             logger.notice("descriptors closed at start now hold /dev/null", metadata: [
                 "descriptors": "\(reopened.map(String.init).joined(separator: ","))",
             ])
         }
-        let configuration = try makeConfiguration()
         // Blocked before any thread starts, so only the main thread ever takes them; SIGPIPE
         // is ignored so that a log reader going away is a counted write error, not death.
         let signals = SignalWaiter(blocking: SignalWaiter.relaySignals, ignoring: [SIGPIPE])
@@ -176,7 +185,7 @@ struct RunCommand: ParsableCommand {
         // it answers 503 `starting` until they run, and stops after the exit report.
         let adminServer: AdminServer?
         do {
-            adminServer = try AdminAddress.parse(admin).map { address throws(SystemCallError) in
+            adminServer = try AdminAddress.parse(configuration.admin).map { address throws(SystemCallError) in
                 try AdminServer(
                     address: address, endpoint: AdminEndpoint(relay: relay, version: StatsRelayVersion.number),
                     avoidingCPUs: relay.workerCPUs)
@@ -204,7 +213,7 @@ struct RunCommand: ParsableCommand {
         if let adminServer {
             logger.info("admin endpoint on http://\(adminServer.address) (GET /metrics, /healthz)")
         }
-        let stopSignal = waitForStop(signals, relay: relay, configuration: configuration, logger: logger)
+        let stopSignal = waitForStop(signals, relay: relay, configuration: configuration, levelControl: levelControl, logger: logger)
         logger.info("stopping: draining received datagrams and flushing batches", metadata: ["signal": "\(SignalWaiter.name(of: stopSignal))"])
         relay.stop()
         let (counters, failures) = relay.wait()
@@ -231,43 +240,68 @@ struct RunCommand: ParsableCommand {
             ])
         }
         let started = MonotonicClock.nanoseconds()
-        while !lookup.collect() {
-            let left = lookup.remainingNanoseconds
-            if left == 0 { break }
-            guard let signal = signals.wait(orUntil: lookup.answered, timeoutNanoseconds: left) else { continue }
-            let name = SignalWaiter.name(of: signal)
-            guard signal == SIGTERM || signal == SIGINT else {
-                logger.notice("ignored: the relay is still resolving its backends' names", metadata: ["signal": "\(name)"])
-                continue
-            }
+        let stop = Self.awaitLookup(lookup, signals: signals) { signal in
+            logger.notice("ignored: the relay is still resolving its backends' names", metadata: ["signal": "\(SignalWaiter.name(of: signal))"])
+        }
+        if let stop {
             let unanswered = lookup.unanswered
             lookup.abandon()
             let waited = Double((MonotonicClock.nanoseconds() - started) / 1_000_000) / 1_000
             throw BackendResolutionError(
                 backend: unanswered.first ?? configuration.backends[0],
-                reason: "stopped by \(name) after \(waited)s without an answer from the resolver"
+                reason: "stopped by \(SignalWaiter.name(of: stop)) after \(waited)s without an answer from the resolver"
                     + (unanswered.count > 1 ? " (nor for \(unanswered.dropFirst().map(\.description).joined(separator: " ")))" : ""))
         }
         return try lookup.addresses()
     }
 
+    /// Waits until every name of `lookup` has answered or its limit passes, taking signals
+    /// meanwhile: a stop (`SIGTERM`, `SIGINT`) ends the wait and is returned; any other signal
+    /// goes to `other` and the wait goes on.
+    ///
+    /// - Returns: the stop signal that ended the wait, or `nil` when the lookup ended.
+    private static func awaitLookup(_ lookup: BackendLookup, signals: SignalWaiter, other: (Int32) -> Void) -> Int32? {
+        while !lookup.collect() {
+            let left = lookup.remainingNanoseconds
+            if left == 0 { break }
+            guard let signal = signals.wait(orUntil: lookup.answered, timeoutNanoseconds: left) else { continue }
+            if signal == SIGTERM || signal == SIGINT { return signal }
+            other(signal)
+        }
+        return nil
+    }
+
     /// Takes signals on the main thread until one that stops the relay (`SIGTERM`, `SIGINT`)
     /// arrives, and returns it. The others are answered in the log and never stop it:
-    /// `SIGHUP` (nothing to reload yet), `SIGUSR1` (the live counters), `SIGUSR2` (ignored).
-    private func waitForStop(_ signals: SignalWaiter, relay: Relay, configuration: RelayConfiguration, logger: Logger) -> Int32 {
+    /// `SIGHUP` (reload the configuration file; without `--config`, nothing to reload),
+    /// `SIGUSR1` (the live counters), `SIGUSR2` (ignored).
+    private func waitForStop(
+        _ signals: SignalWaiter, relay: Relay, configuration: RelayConfiguration, levelControl: RelayLogHandler.LevelControl,
+        logger: Logger
+    ) -> Int32 {
+        var reloadAgain = false
         while true {
-            let signal = signals.wait()
+            let signal: Int32
+            if reloadAgain {
+                reloadAgain = false
+                signal = SIGHUP
+            } else {
+                signal = signals.wait()
+            }
             let name = SignalWaiter.name(of: signal)
             switch signal {
             case SIGHUP:
-                logger.notice(
-                    "nothing to reload: the relay has no configuration file yet, only its command line; restart it to change settings",
-                    metadata: ["signal": "\(name)"])
+                guard let path = config else {
+                    logger.notice(
+                        "nothing to reload: the relay was started without --config, only its command line; restart it to change settings",
+                        metadata: ["signal": "\(name)"])
+                    continue
+                }
+                if let stop = reload(path, signals: signals, relay: relay, levelControl: levelControl, logger: logger, again: &reloadAgain) {
+                    return stop
+                }
             case SIGUSR1:
-                logger.notice(
-                    "live counters (each worker publishes its own every 100ms) follow",
-                    metadata: ["signal": "\(name)"])
-                printError(report(relay.liveCounters(), relay: relay, configuration: configuration), patienceMilliseconds: 0)
+                logCounters(relay: relay, configuration: configuration, logger: logger)
             case SIGUSR2:
                 logger.notice("ignored: SIGUSR2 has no meaning here", metadata: ["signal": "\(name)"])
             default:
@@ -276,8 +310,114 @@ struct RunCommand: ParsableCommand {
         }
     }
 
+    /// `SIGUSR1`: the live counters, in the format of the exit report.
+    private func logCounters(relay: Relay, configuration: RelayConfiguration, logger: Logger) {
+        logger.notice("live counters (each worker publishes its own every 100ms) follow", metadata: ["signal": "SIGUSR1"])
+        printError(report(relay.liveCounters(), relay: relay, configuration: configuration), patienceMilliseconds: 0)
+    }
+
+    /// `SIGHUP` with `--config`: reads the file again, with the command line's options over it,
+    /// validates it whole (backend names resolved while signals are still answered), then
+    /// applies what can change while the relay runs (`Relay.reload`) and logs, key by key, what
+    /// was applied and what keeps its running value until the next start. A file that cannot
+    /// be used changes nothing: its error (key, value, reason) is logged and the reload counted
+    /// as failed.
+    ///
+    /// - Parameter again: set when another `SIGHUP` arrived during this reload (it reloads again).
+    /// - Returns: a stop signal that arrived while names were being resolved (the reload is then
+    ///   abandoned), else `nil`.
+    private func reload(
+        _ path: String, signals: SignalWaiter, relay: Relay, levelControl: RelayLogHandler.LevelControl, logger: Logger,
+        again: inout Bool
+    ) -> Int32? {
+        logger.notice("reloading the configuration file", metadata: ["signal": "SIGHUP", "file": "\(path)"])
+        func refuse(_ error: any Error, key: String) {
+            relay.reloads.recordFailure()
+            logger.error("reload refused: the running configuration is unchanged", metadata: [
+                "file": "\(path)", "key": "\(key)", "error": "\(error)",
+            ])
+        }
+        let file: ConfigFile
+        let candidate: RelayConfiguration
+        do {
+            file = try ConfigFile.load(path: path)
+            candidate = try makeConfiguration(file: file)
+        } catch let error as ConfigFileError {
+            refuse(error, key: error.keyPath)
+            return nil
+        } catch let error as ConfigurationError {
+            refuse(error, key: error.argument)
+            return nil
+        } catch {
+            refuse(error, key: "")
+            return nil
+        }
+        let addresses: [SocketAddress]
+        do {
+            let lookup = try BackendLookup(backends: candidate.backends, limitNanoseconds: Self.reloadResolverLimitNanoseconds)
+            let stop = Self.awaitLookup(lookup, signals: signals) { signal in
+                switch signal {
+                case SIGHUP: again = true
+                case SIGUSR1: logCounters(relay: relay, configuration: relay.configurationInForce, logger: logger)
+                default: logger.notice("ignored: the relay is reloading", metadata: ["signal": "\(SignalWaiter.name(of: signal))"])
+                }
+            }
+            if let stop {
+                lookup.abandon()
+                relay.reloads.recordFailure()
+                logger.notice("reload abandoned: stopping", metadata: ["signal": "\(SignalWaiter.name(of: stop))"])
+                return stop
+            }
+            addresses = try lookup.addresses()
+        } catch let error as BackendResolutionError {
+            let index = candidate.backends.firstIndex(of: error.backend).map { "backends[\($0)]" } ?? "backends"
+            refuse(error, key: index)
+            return nil
+        } catch {
+            refuse(error, key: "")
+            return nil
+        }
+        let plan: ConfigFileReload
+        do { plan = try relay.reload(to: candidate, addresses: addresses) } catch {
+            // Counted by the relay. A backend whose address it refused: say where it is in the file.
+            var key = error.argument
+            var message = "\(error)"
+            if file.backends != nil && flagSettings().backends == nil {
+                let located = file.located(error)
+                key = located.keyPath
+                message = "\(located)"
+            }
+            logger.error("reload refused: the running configuration is unchanged", metadata: [
+                "file": "\(path)", "key": "\(key)", "error": "\(message)",
+            ])
+            return nil
+        }
+        levelControl.level = plan.result.logLevel
+        let overridden = flagSettings().keysSet.intersection(file.keysSet)
+        if !overridden.isEmpty {
+            logger.notice("reload: options given on the command line override the file", metadata: [
+                "keys": "\(overridden.sorted().joined(separator: ","))",
+            ])
+        }
+        for change in plan.changes {
+            if change.applied {
+                logger.info("reload: applied", metadata: ["key": "\(change.key)", "from": "\(change.running)", "to": "\(change.file)"])
+            } else {
+                logger.warning("reload: kept the running value", metadata: [
+                    "key": "\(change.key)", "running": "\(change.running)", "file": "\(change.file)", "reason": "\(change.reason ?? "")",
+                ])
+            }
+        }
+        logger.notice("configuration reloaded", metadata: [
+            "file": "\(path)",
+            "applied": "\(plan.applied.map(\.key).joined(separator: ","))",
+            "kept": "\(plan.kept.map(\.key).joined(separator: ","))",
+        ])
+        return nil
+    }
+
     /// The counter report printed at exit and on `SIGUSR1`: the relay's counters, each
-    /// backend's health, and the log's own write errors.
+    /// backend's health, the configuration reloads by result, and the log's own write errors.
     private func report(_ counters: RelayCounters, relay: Relay, configuration: RelayConfiguration) -> String {
         // Backends are labelled by identity, whatever pool each worker ended in.
         var lines = [counters.report()]
@@ -289,6 +429,8 @@ struct RunCommand: ParsableCommand {
             lines.append("statsrelay.backend.state_changes{backend=\"\(status.backend)\"} \(status.changes)")
             lines.append("statsrelay.backend.state_seconds{backend=\"\(status.backend)\"} \((now - status.since) / 1_000_000_000)")
         }
+        lines.append("statsrelay.config_reloads{result=\"success\"} \(relay.reloads.succeeded)")
+        lines.append("statsrelay.config_reloads{result=\"failure\"} \(relay.reloads.failed)")
         lines.append("statsrelay.log_write_errors \(LogWriter.standardError.failedWrites)")
         return lines.joined(separator: "\n")
     }

@@ -2,14 +2,15 @@ import RelayKernel
 import ArgumentParser
 import UringRelay
 
-/// `statsrelay`: relays StatsD lines to backends by metric name; `hash` and `sink` help operate it.
+/// `statsrelay`: relays StatsD lines to backends by metric name; `check-config`, `hash`, `sink` and
+/// `status` help operate it.
 @main
 struct StatsRelayCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "statsrelay",
         abstract: "A StatsD relay on io_uring: each metric name goes to exactly one backend.",
         version: StatsRelayVersion.string,
-        subcommands: [RunCommand.self, HashCommand.self, SinkCommand.self, StatusCommand.self],
+        subcommands: [RunCommand.self, CheckConfigCommand.self, HashCommand.self, SinkCommand.self, StatusCommand.self],
         defaultSubcommand: RunCommand.self
     )
 }

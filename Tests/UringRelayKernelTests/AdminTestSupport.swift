@@ -8,7 +8,7 @@ import Testing
 /// one or run another subcommand: the default admin port (8127) is one per host, so relays that
 /// tests start side by side (and other test runs on the machine) would take it from each other.
 func adminOff(_ arguments: [String]) -> [String] {
-    let subcommands: Set<String> = ["hash", "sink", "status", "help", "--version", "--help", "-h"]
+    let subcommands: Set<String> = ["check-config", "hash", "sink", "status", "help", "--version", "--help", "-h"]
     if let first = arguments.first, subcommands.contains(first) { return arguments }
     if arguments.contains("--admin") { return arguments }
     return ["--admin", "none"] + arguments

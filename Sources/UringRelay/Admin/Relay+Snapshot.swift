@@ -23,7 +23,7 @@ extension Relay {
                 stateSinceUnixSeconds: unixNow - Double(now &- min(now, status.since)) / 1e9)
         }
         let listen = listenAddress ?? SocketAddress(numericHost: configuration.bindHost, port: configuration.port)
-        return RelaySnapshot(
+        var snapshot = RelaySnapshot(
             counters: liveCounters(), backends: backends,
             listeners: listen.map { ["udp:\($0)"] } ?? [],
             ioDriver: driver.rawValue, version: version, hashMode: pool.hashMode.rawValue,
@@ -32,6 +32,11 @@ extension Relay {
             failingOpen: monitor.isFailingOpen,
             workerCounterAgesSeconds: workers.publishedAt.map { Double(now &- min(now, $0)) / 1e9 },
             logWriteErrors: LogWriter.standardError.failedWrites, startTimeUnixSeconds: startTimeUnixSeconds)
+        snapshot.configReloadsSucceeded = reloads.succeeded
+        snapshot.configReloadsFailed = reloads.failed
+        snapshot.configLastReloadSuccessful = !reloads.lastReloadFailed
+        snapshot.configLastReloadSuccessUnixSeconds = reloads.lastSuccessUnixSeconds ?? startTimeUnixSeconds
+        return snapshot
     }
 
     /// The wall-clock time in seconds since the Unix epoch (`CLOCK_REALTIME`).

@@ -19,16 +19,23 @@ public struct BackendAddress: Sendable, Equatable, CustomStringConvertible {
     /// Not part of the identity: a backend keeps its counters and health when only its weight
     /// changes.
     public var weight: Int?
+    /// The port this backend's health check connects to, when it has its own (a configuration
+    /// file's `health-check-port` under a backend: several statsd daemons on one host each have
+    /// their own management port); `nil` takes `--health-check-port`, else the mode's default.
+    /// Not part of the identity (`description`): it changes how the backend is checked, never
+    /// where its lines go.
+    public var healthCheckPort: UInt16?
 
     /// The largest weight accepted.
     public static let maximumWeight = 65_535
 
     /// A backend from its parts (the host unbracketed).
-    public init(host: String, port: UInt16, instance: String? = nil, weight: Int? = nil) {
+    public init(host: String, port: UInt16, instance: String? = nil, weight: Int? = nil, healthCheckPort: UInt16? = nil) {
         self.host = host
         self.port = port
         self.instance = instance
         self.weight = weight
+        self.healthCheckPort = healthCheckPort
     }
 
     /// Parses `HOST:PORT[:INSTANCE][=WEIGHT]` or `[IPv6]:PORT[:INSTANCE][=WEIGHT]`.
@@ -93,6 +100,7 @@ public struct BackendAddress: Sendable, Equatable, CustomStringConvertible {
         if !text.hasPrefix("["), host.contains("%") {
             throw invalid("'%' names an IPv6 address's interface, only inside brackets: [ADDRESS%INTERFACE]:PORT")
         }
+        healthCheckPort = nil
     }
 
     /// The address as an operator wrote it: `10.0.0.1:8125:a`, `[::1]:8125`.

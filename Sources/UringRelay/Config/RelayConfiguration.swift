@@ -1,8 +1,11 @@
+import Logging
 import RelayKernel
 
-/// Everything a relay needs to start, validated before any socket is opened.
+/// Everything a relay needs to start, validated before any socket is opened: what the command
+/// line's flags and the configuration file's keys (`ConfigFile`) hold, one field per key.
 ///
 /// Defaults match the Go StatsRelay where it has the setting (port 8125, 1400-byte packets).
+/// These defaults are the only ones: the command line and the file set only what they name.
 public struct RelayConfiguration: Sendable, Equatable {
     /// The address to listen on (`--bind`).
     public var bindHost: String = "0.0.0.0"
@@ -77,6 +80,11 @@ public struct RelayConfiguration: Sendable, Equatable {
     /// How long a stop may take (`--shutdown-timeout`): two thirds for receiving what is still
     /// arriving, the rest for the final sends.
     public var shutdownTimeoutNanoseconds: UInt64 = 900_000_000
+
+    /// The admin endpoint's address, `ADDR:PORT` or `none` (`--admin`; see `AdminAddress`).
+    public var admin: String = AdminAddress.defaultSpec
+    /// The lowest level logged (`--log-level`).
+    public var logLevel: Logger.Level = .info
 
     /// A configuration with defaults for everything but the backends.
     public init(backends: [BackendAddress]) {
@@ -175,6 +183,12 @@ public struct RelayConfiguration: Sendable, Equatable {
             throw ConfigurationError(
                 argument: "--dns-refresh", value: DurationParser.format(dnsRefreshNanoseconds),
                 reason: DurationParser.describe(Self.dnsRefreshLimits))
+        }
+        _ = try AdminAddress.parse(admin, argument: "--admin")
+        for backend in backends {
+            if let port = backend.healthCheckPort, port == 0 {
+                throw ConfigurationError(argument: "backend", value: backend.description, reason: "health-check-port must be 1-65535")
+            }
         }
         if backends.count > 65_535 {
             throw ConfigurationError(argument: "backends", value: "\(backends.count)", reason: "at most 65535 backends")

@@ -1,20 +1,72 @@
 import RelayKernel
 import Logging
+import Synchronization
 
 /// The relay's log handler: swift-log's standard line format (`TIMESTAMP LEVEL LABEL: METADATA
 /// [SOURCE] MESSAGE`, the one operators and tests already read), written through
 /// `LogWriter.standardError`, so a log line that cannot be written is dropped and counted
 /// (`statsrelay.log_write_errors`) and never stops, slows or kills the relay.
 ///
-/// Bootstrap it once at start-up: `LoggingSystem.bootstrap { RelayLogHandler(label: $0, level: level) }`.
+/// Bootstrap it once at start-up: `LoggingSystem.bootstrap { RelayLogHandler(label: $0, level: control) }`.
+/// Every handler made with one `LevelControl` follows it: a reload changes the level of every
+/// logger at once (`LevelControl.level`), with one atomic store.
 public struct RelayLogHandler: LogHandler {
-    /// Formats the line; its stream is the shared writer.
+    /// The lowest level logged, shared by every handler made with it and changeable while the
+    /// relay runs (`log-level` at a reload). Reading it is one relaxed atomic load, as every log
+    /// call does through `Logger.logLevel`.
+    public final class LevelControl: Sendable {
+        private let raw: Atomic<UInt8>
+
+        /// A control starting at `level`.
+        public init(_ level: Logger.Level) { raw = Atomic(Self.code(level)) }
+
+        /// The level in force; setting it takes effect for the next log call on any thread.
+        public var level: Logger.Level {
+            get {
+                switch raw.load(ordering: .relaxed) {
+                case 0: .trace
+                case 1: .debug
+                case 2: .info
+                case 3: .notice
+                case 4: .warning
+                case 5: .error
+                default: .critical
+                }
+            }
+            set { raw.store(Self.code(newValue), ordering: .relaxed) }
+        }
+
+        private static func code(_ level: Logger.Level) -> UInt8 {
+            switch level {
+            case .trace: 0
+            case .debug: 1
+            case .info: 2
+            case .notice: 3
+            case .warning: 4
+            case .error: 5
+            case .critical: 6
+            }
+        }
+    }
+
+    /// Formats the line; its stream is the shared writer. Its own level is left at `trace`:
+    /// the level is decided by `logLevel` before an event reaches it.
     private var formatter: StreamLogHandler
+    /// The level shared with other handlers.
+    private let control: LevelControl
+    /// A level set on this handler alone (`logger.logLevel = …`), which overrides `control`.
+    private var override: Logger.Level?
+
+    /// A handler for loggers labelled `label`, logging at the level `control` holds and above.
+    public init(label: String, level control: LevelControl, writer: LogWriter = .standardError) {
+        formatter = StreamLogHandler(label: label, stream: Output(writer: writer))
+        formatter.logLevel = .trace
+        self.control = control
+    }
 
     /// A handler for loggers labelled `label`, logging at `level` and above.
     public init(label: String, level: Logger.Level = .info, writer: LogWriter = .standardError) {
-        formatter = StreamLogHandler(label: label, stream: Output(writer: writer))
-        formatter.logLevel = level
+        self.init(label: label, level: LevelControl(level), writer: writer)
     }
 
     public func log(event: LogEvent) { formatter.log(event: event) }
@@ -35,8 +87,8 @@ public struct RelayLogHandler: LogHandler {
     }
 
     public var logLevel: Logger.Level {
-        get { formatter.logLevel }
-        set { formatter.logLevel = newValue }
+        get { override ?? control.level }
+        set { override = newValue }
     }
 
     /// The formatter's stream: one `write` per log line, which never waits for the reader.

@@ -45,6 +45,12 @@ public struct MetricFamily: Sendable, Equatable {
         case logWriteErrors
         /// When the relay started.
         case startTime
+        /// Configuration reloads by result.
+        case configReloads
+        /// Whether the last reload succeeded.
+        case configLastReloadSuccessful
+        /// When the configuration in force was loaded.
+        case configLastReloadSuccessTime
     }
 
     /// The family's name, `statsrelay_…`.
@@ -70,8 +76,7 @@ public struct MetricFamily: Sendable, Equatable {
     /// Every family the endpoint exports, in the order it exports them.
     ///
     /// Families the relay cannot fill yet are left out rather than exported empty: per-listener
-    /// counts (the relay has one listener; its counts carry its `listener` label) and config
-    /// reloads (no configuration file yet).
+    /// counts (the relay has one listener; its counts carry its `listener` label).
     public static let all: [MetricFamily] = [
         // Input.
         .init("statsrelay_datagrams_received_total", .counter, ["listener"], .relayCounters,
@@ -172,6 +177,13 @@ public struct MetricFamily: Sendable, Equatable {
               help: "Log lines and reports dropped, wholly or in part, because stderr could not take them."),
         .init("statsrelay_start_time_seconds", .gauge, [], .startTime,
               help: "Unix time the relay started."),
+        // The configuration file.
+        .init("statsrelay_config_reloads_total", .counter, ["result"], .configReloads,
+              help: "Configuration reloads (SIGHUP with --config) by result: success (the file is in force, keys that need a restart kept) or failure (the file was refused whole; the running configuration is untouched)."),
+        .init("statsrelay_config_last_reload_successful", .gauge, [], .configLastReloadSuccessful,
+              help: "1 unless the last reload failed (1 before any reload)."),
+        .init("statsrelay_config_last_reload_success_timestamp_seconds", .gauge, [], .configLastReloadSuccessTime,
+              help: "Unix time the configuration in force was loaded: the last successful reload, else the start."),
     ]
 
     /// The family and `reason` label a counter is exported under, from its dot name:

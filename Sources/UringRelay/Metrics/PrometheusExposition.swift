@@ -160,6 +160,13 @@ public enum PrometheusExposition {
             return one("\(snapshot.logWriteErrors)")
         case .startTime:
             return one(format(snapshot.startTimeUnixSeconds))
+        case .configReloads:
+            return one("\(snapshot.configReloadsSucceeded)", ["result": "success"])
+                + one("\(snapshot.configReloadsFailed)", ["result": "failure"])
+        case .configLastReloadSuccessful:
+            return one(snapshot.configLastReloadSuccessful ? "1" : "0")
+        case .configLastReloadSuccessTime:
+            return one(format(snapshot.configLastReloadSuccessUnixSeconds))
         }
     }
 }

@@ -49,6 +49,13 @@ public struct RelaySnapshot: Sendable {
     public var logWriteErrors: UInt64
     /// Unix time the relay started.
     public var startTimeUnixSeconds: Double
+    /// Configuration reloads that succeeded and failed (`Relay.reloads`).
+    public var configReloadsSucceeded: UInt64 = 0
+    public var configReloadsFailed: UInt64 = 0
+    /// Whether the last reload succeeded (`true` before any).
+    public var configLastReloadSuccessful = true
+    /// Unix time the configuration in force was loaded: the last successful reload, else the start.
+    public var configLastReloadSuccessUnixSeconds: Double = 0
 
     /// A snapshot of the given values (see each property).
     public init(

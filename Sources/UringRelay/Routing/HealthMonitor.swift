@@ -20,6 +20,10 @@ import Synchronization
 /// wrong: a first round in which every backend fails (a warning naming the likely mistake), and
 /// every backend down, when the router fails open under `rehash` and `drop` (an error when it
 /// starts, info when it ends, each start counted in `failOpenActivations`).
+///
+/// Its settings (the check, its port, interval, timeout, rise and fall, the down-policy it logs,
+/// the name refresh interval) can change while it runs (`update`, a reload): they are taken
+/// between two rounds, never during one.
 public final class HealthMonitor: Sendable {
     /// Resolves a host to addresses (see `BackendResolver.Resolver`).
     public typealias Resolver = BackendResolver.Resolver
@@ -35,7 +39,11 @@ public final class HealthMonitor: Sendable {
         public var lastFailure: String?
     }
 
-    private let configuration: RelayConfiguration
+    /// The settings in force; `update` replaces them and the loop takes them between rounds.
+    private let settings: Mutex<RelayConfiguration>
+    /// Signalled by `update` and `wake`, so that a waiting monitor takes new settings or a new
+    /// pool at once.
+    private let settingsChanged: WakeupEvent
     private let routing: RoutingState
     private let logger: Logger
     private let lookups: BackendResolver
@@ -56,11 +64,12 @@ public final class HealthMonitor: Sendable {
         configuration: RelayConfiguration, routing: RoutingState, logger: Logger,
         resolver: @escaping Resolver = BackendResolver.system
     ) throws(Errno) {
-        self.configuration = configuration
+        settings = Mutex(configuration)
         self.routing = routing
         self.logger = logger
         lookups = try BackendResolver(resolver: resolver)
         stopEvent = try WakeupEvent()
+        settingsChanged = try WakeupEvent()
         let now = MonotonicClock.nanoseconds()
         let addresses = routing.current.addresses
         statuses = Mutex(zip(configuration.backends, addresses).map {
@@ -70,6 +79,21 @@ public final class HealthMonitor: Sendable {
 
     /// The current state of every backend.
     public var status: [BackendStatus] { statuses.withLock { $0 } }
+
+    /// Replaces the monitor's settings (a reload): the health check (`healthCheck`,
+    /// `healthCheckPort`, interval, timeout, rise, fall), the down-policy it logs and the name
+    /// refresh interval. Taken at the next round boundary: a round in progress ends under the
+    /// settings it began with. A backend keeps its state and its run of results; with new rise
+    /// or fall, the next result is counted against them. Turning checks off (`none`) brings every
+    /// backend up, as `none` means.
+    public func update(_ configuration: RelayConfiguration) {
+        settings.withLock { $0 = configuration }
+        settingsChanged.signal()
+    }
+
+    /// Makes the monitor look at the routing state now (after a change of backends), rather
+    /// than at its next check or refresh: the status operators read follows the new pool at once.
+    public func wake() { settingsChanged.signal() }
 
     /// How many times every backend went down under a policy that fails open (`rehash`,
     /// `drop`), so the workers relayed to the primaries as if healthy. Readable from any thread
@@ -139,11 +163,14 @@ public final class HealthMonitor: Sendable {
     /// The probe for each backend under the configured mode.
     ///
     /// - Parameter backends: the backends the addresses belong to (default: the configured ones).
+    /// A backend's own `healthCheckPort` comes first, then `--health-check-port`, then the
+    /// mode's default.
     public func targets(for addresses: [SocketAddress], backends: [BackendAddress]? = nil) -> [TCPProbe.Target] {
+        let configuration = settings.withLock { $0 }
         let mode = configuration.healthCheck
         return zip(backends ?? configuration.backends, addresses).map { backend, address in
             var target = address
-            target.port = configuration.healthCheckPort ?? mode.defaultPort(backendPort: backend.port)
+            target.port = backend.healthCheckPort ?? configuration.healthCheckPort ?? mode.defaultPort(backendPort: backend.port)
             switch mode {
             case .statsdAdmin:
                 return TCPProbe.Target(address: target, request: Array("health\n".utf8), expect: Array("health: up".utf8))
@@ -164,7 +191,7 @@ public final class HealthMonitor: Sendable {
     }
 
     private func run() {
-        let config = configuration
+        var config = settings.withLock { $0 }
         var pool = routing.current
         var backends = pool.backends
         var count = backends.count
@@ -176,7 +203,9 @@ public final class HealthMonitor: Sendable {
         func namedBackends() -> [Int] { backends.indices.filter { SocketAddress(numericHost: backends[$0].host, port: 0) == nil } }
         var named = namedBackends()
         var names = Array(repeating: NameState(), count: count)
-        var events = PollSet(descriptors: [PollSet.descriptor(of: stopEvent), PollSet.descriptor(of: lookups.answered)])
+        var events = PollSet(descriptors: [
+            PollSet.descriptor(of: stopEvent), PollSet.descriptor(of: lookups.answered), PollSet.descriptor(of: settingsChanged),
+        ])
         var now = MonotonicClock.nanoseconds()
         var nextCheck = now &+ config.healthIntervalNanoseconds
         var nextResolve = now &+ config.dnsRefreshNanoseconds
@@ -190,6 +219,37 @@ public final class HealthMonitor: Sendable {
             if stopping.load(ordering: .acquiring) { return }
             now = MonotonicClock.nanoseconds()
             var changed = false
+            // Between rounds: new settings from a reload.
+            settingsChanged.reset()
+            let latestSettings = settings.withLock { $0 }
+            if latestSettings != config {
+                let previous = config
+                config = latestSettings
+                for index in trackers.indices {
+                    trackers[index].rise = config.healthRise
+                    trackers[index].fall = config.healthFall
+                }
+                if config.healthIntervalNanoseconds != previous.healthIntervalNanoseconds || config.healthCheck != previous.healthCheck {
+                    nextCheck = now &+ config.healthIntervalNanoseconds
+                }
+                if config.dnsRefreshNanoseconds != previous.dnsRefreshNanoseconds {
+                    nextResolve = now &+ config.dnsRefreshNanoseconds
+                }
+                if config.healthCheck == .none && previous.healthCheck != .none {
+                    // No checks: every backend is up, as it is from the start under `none`.
+                    trackers = trackers.map { _ in HealthTracker(rise: config.healthRise, fall: config.healthFall, now: now) }
+                    if down.contains(true) {
+                        down = Array(repeating: false, count: count)
+                        changed = true
+                        logger.info("health checks off: every backend is up", metadata: ["health_check": "none"])
+                    }
+                    if allDown {
+                        allDown = false
+                        logAllDown(false, policy: config.onBackendDown)
+                    }
+                }
+                if config.healthCheck != .none && previous.healthCheck == .none { firstRound = true }
+            }
             let latest = routing.current
             if latest.membership != pool.membership {
                 // The backends were replaced: a backend that stays keeps its tracker (and so its

@@ -16,10 +16,10 @@ public struct HealthTracker: Sendable, Equatable {
     public private(set) var streak = 0
     /// How many state changes so far.
     public private(set) var changes = 0
-    /// Successes needed to come up.
-    public let rise: Int
-    /// Failures needed to go down.
-    public let fall: Int
+    /// Successes needed to come up (a reload may change it: the next result counts against it).
+    public var rise: Int
+    /// Failures needed to go down (a reload may change it, as `rise`).
+    public var fall: Int
     /// Why the last check failed, for the log.
     public private(set) var lastFailure: String?
 

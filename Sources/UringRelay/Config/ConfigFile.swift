@@ -1,0 +1,379 @@
+import Logging
+import RelayKernel
+
+/// The configuration file (`--config FILE`): YAML, one key per long option, decoded with
+/// `Codable` (Yams), every key optional.
+///
+/// ```yaml
+/// port: 8125                      # a key is a long option's name: --packet-len → packet-len
+/// packet-len: 1400
+/// on-backend-down: hold
+/// backends:                       # routing order, as on the command line
+///   - 10.0.0.1:8125:a             # HOST:PORT[:INSTANCE] …
+///   - address: 10.0.0.2:8125      # … or a mapping with per-backend settings
+///     label: b                    #   the INSTANCE label
+///     health-check-port: 8136     #   this statsd's own management port
+/// ```
+///
+/// A value holds what the flag's argument holds, written the same way (`10ms`, `8M`, `0-3,8`).
+/// What the file leaves out keeps its default (`RelayConfiguration`); a flag given on the command
+/// line overrides the file (`apply(to:)` on the file, then on the flags). Reading is strict: an
+/// unknown key, a key twice, a wrong type or a bad value is refused with its key path and line
+/// (`ConfigFileError`).
+public struct ConfigFile: Sendable, Equatable, Decodable {
+    /// One listening address: `"ADDR:PORT"` (`[IPv6]:PORT`) or a mapping `{bind, port}`.
+    public struct Listener: Sendable, Equatable, Decodable {
+        /// The address as written in the `"ADDR:PORT"` form.
+        public var text: String?
+        /// The mapping form's `bind` (default `0.0.0.0`).
+        public var bind: String?
+        /// The mapping form's `port` (default 8125).
+        public var port: Int?
+
+        public init(text: String? = nil, bind: String? = nil, port: Int? = nil) {
+            self.text = text
+            self.bind = bind
+            self.port = port
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case bind, port
+        }
+
+        public init(from decoder: any Decoder) throws {
+            if let text = try? decoder.singleValueContainer().decode(String.self) {
+                self.init(text: text)
+                return
+            }
+            let keyed = try decoder.container(keyedBy: CodingKeys.self)
+            self.init(bind: try keyed.decodeIfPresent(String.self, forKey: .bind), port: try keyed.decodeIfPresent(Int.self, forKey: .port))
+        }
+    }
+
+    /// One backend: `"HOST:PORT[:INSTANCE]"`, or a mapping with `address` and per-backend settings.
+    public struct Backend: Sendable, Equatable, Decodable {
+        /// `HOST:PORT[:INSTANCE]` or `[IPv6]:PORT[:INSTANCE]`.
+        public var address: String
+        /// The instance label (the `:INSTANCE` of the short form): part of the backend's identity
+        /// in counters, never of its route.
+        public var label: String?
+        /// The port this backend's health check connects to (its own statsd management port).
+        public var healthCheckPort: Int?
+
+        public init(address: String, label: String? = nil, healthCheckPort: Int? = nil) {
+            self.address = address
+            self.label = label
+            self.healthCheckPort = healthCheckPort
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case address, label
+            case healthCheckPort = "health-check-port"
+        }
+
+        public init(from decoder: any Decoder) throws {
+            if let text = try? decoder.singleValueContainer().decode(String.self) {
+                self.init(address: text)
+                return
+            }
+            let keyed = try decoder.container(keyedBy: CodingKeys.self)
+            self.init(
+                address: try keyed.decode(String.self, forKey: .address),
+                label: try keyed.decodeIfPresent(String.self, forKey: .label),
+                healthCheckPort: try keyed.decodeIfPresent(Int.self, forKey: .healthCheckPort))
+        }
+    }
+
+    public var listeners: [Listener]?
+    public var bind: String?
+    public var port: Int?
+    public var backends: [Backend]?
+    public var packetLen: Int?
+    public var flushInterval: String?
+    public var shutdownTimeout: String?
+    public var rcvbuf: String?
+    public var maxDatagram: Int?
+    public var receiveBuffers: Int?
+    public var minWait: String?
+    public var threads: Int?
+    public var cpus: String?
+    public var ioBackend: String?
+    public var hash: String?
+    public var reuseportGroup: Bool?
+    public var healthCheck: String?
+    public var healthCheckPort: Int?
+    public var healthInterval: String?
+    public var healthTimeout: String?
+    public var healthRise: Int?
+    public var healthFall: Int?
+    public var onBackendDown: String?
+    public var holdBytes: String?
+    public var replayRate: String?
+    public var dnsRefresh: String?
+    public var admin: String?
+    public var logLevel: String?
+
+    /// Where the settings came from, for errors: the file's path as given.
+    public var source = "command line"
+    /// The line of each key path the file has (`port`, `backends[1]`, `backends[1].label`).
+    public var lines: [String: Int] = [:]
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case listeners, bind, port, backends
+        case packetLen = "packet-len"
+        case flushInterval = "flush-interval"
+        case shutdownTimeout = "shutdown-timeout"
+        case rcvbuf
+        case maxDatagram = "max-datagram"
+        case receiveBuffers = "receive-buffers"
+        case minWait = "min-wait"
+        case threads, cpus
+        case ioBackend = "io-backend"
+        case hash
+        case reuseportGroup = "reuseport-group"
+        case healthCheck = "health-check"
+        case healthCheckPort = "health-check-port"
+        case healthInterval = "health-interval"
+        case healthTimeout = "health-timeout"
+        case healthRise = "health-rise"
+        case healthFall = "health-fall"
+        case onBackendDown = "on-backend-down"
+        case holdBytes = "hold-bytes"
+        case replayRate = "replay-rate"
+        case dnsRefresh = "dns-refresh"
+        case admin
+        case logLevel = "log-level"
+    }
+
+    /// Nothing set: every key keeps its default (or, for the command line, the file's value).
+    public init() {}
+
+    /// The keys this file (or command line) sets, by name.
+    public var keysSet: Set<String> {
+        var keys: Set<String> = []
+        func note(_ key: CodingKeys, _ value: Any?) { if value != nil { keys.insert(key.rawValue) } }
+        note(.listeners, listeners); note(.bind, bind); note(.port, port); note(.backends, backends)
+        note(.packetLen, packetLen); note(.flushInterval, flushInterval); note(.shutdownTimeout, shutdownTimeout)
+        note(.rcvbuf, rcvbuf); note(.maxDatagram, maxDatagram); note(.receiveBuffers, receiveBuffers)
+        note(.minWait, minWait); note(.threads, threads); note(.cpus, cpus); note(.ioBackend, ioBackend)
+        note(.hash, hash)
+        note(.reuseportGroup, reuseportGroup); note(.healthCheck, healthCheck); note(.healthCheckPort, healthCheckPort)
+        note(.healthInterval, healthInterval); note(.healthTimeout, healthTimeout); note(.healthRise, healthRise)
+        note(.healthFall, healthFall); note(.onBackendDown, onBackendDown); note(.holdBytes, holdBytes)
+        note(.replayRate, replayRate); note(.dnsRefresh, dnsRefresh); note(.admin, admin); note(.logLevel, logLevel)
+        return keys
+    }
+
+    /// Writes every key this file sets into `configuration`, leaving the others as they are.
+    ///
+    /// `threads` is not written here (its default depends on `cpus` and on every source: see
+    /// `RelayConfiguration.settleThreads`). Checks that need several keys at once are left to
+    /// `RelayConfiguration.validate()`.
+    /// - Throws: `ConfigurationError` whose `argument` is the key path (`flush-interval`,
+    ///   `backends[2]`, `listeners[0].port`) and whose `value` is the value as written.
+    public func apply(to configuration: inout RelayConfiguration) throws(ConfigurationError) {
+        func invalid(_ path: String, _ value: String, _ reason: String) -> ConfigurationError {
+            ConfigurationError(argument: path, value: value, reason: reason)
+        }
+        /// Runs a parser that names its own argument, and names the key path instead.
+        func at<T>(_ path: String, _ body: () throws(ConfigurationError) -> T) throws(ConfigurationError) -> T {
+            do { return try body() } catch { throw invalid(path, error.value, error.reason) }
+        }
+        func portNumber(_ path: String, _ value: Int, lowest: Int = 0) throws(ConfigurationError) -> UInt16 {
+            guard (lowest...65_535).contains(value) else { throw invalid(path, "\(value)", "must be \(lowest)-65535") }
+            return UInt16(value)
+        }
+
+        if let listeners {
+            if bind != nil || port != nil {
+                throw invalid(
+                    "listeners", "", "give either listeners or bind and port (the one-listener shorthand), not both")
+            }
+            guard let first = listeners.first else {
+                throw invalid("listeners", "[]", "at least one listener is required")
+            }
+            if listeners.count > 1 {
+                throw invalid(
+                    "listeners[1]", listeners[1].text ?? "\(listeners[1].bind ?? "0.0.0.0"):\(listeners[1].port ?? 8125)",
+                    "one UDP listener for now; several come with the workers' control channel (issue 13, section 1):"
+                        + " run one relay per address meanwhile")
+            }
+            if let text = first.text {
+                let (host, number) = try Self.parseListener(text, path: "listeners[0]")
+                configuration.bindHost = host
+                configuration.port = number
+            } else {
+                if let bind = first.bind { configuration.bindHost = bind } else { configuration.bindHost = "0.0.0.0" }
+                configuration.port = try portNumber("listeners[0].port", first.port ?? 8125)
+                if SocketAddress(numericHost: configuration.bindHost, port: 0) == nil {
+                    throw invalid("listeners[0].bind", configuration.bindHost, "not an IPv4 or IPv6 address")
+                }
+            }
+        }
+        if let bind { configuration.bindHost = bind }
+        if let port { configuration.port = try portNumber("port", port) }
+        if let backends {
+            var parsed: [BackendAddress] = []
+            for (index, entry) in backends.enumerated() {
+                let isMapping = entry.label != nil || entry.healthCheckPort != nil || lines["backends[\(index)].address"] != nil
+                let path = isMapping ? "backends[\(index)].address" : "backends[\(index)]"
+                var backend = try at(path) { () throws(ConfigurationError) in try BackendAddress(parsing: entry.address) }
+                if let label = entry.label {
+                    let labelPath = "backends[\(index)].label"
+                    if backend.instance != nil {
+                        throw invalid(labelPath, label, "the address already has an instance label ('\(entry.address)'): give the label once")
+                    }
+                    // As the short form's INSTANCE: no ':' (it would end the label there).
+                    if label.contains(":") { throw invalid(labelPath, label, "a label must not contain ':'") }
+                    backend.instance = label
+                }
+                if let checkPort = entry.healthCheckPort {
+                    backend.healthCheckPort = try portNumber("backends[\(index)].health-check-port", checkPort, lowest: 1)
+                }
+                parsed.append(backend)
+            }
+            configuration.backends = parsed
+        }
+        if let packetLen { configuration.packetBytes = packetLen }
+        if let flushInterval {
+            configuration.flushIntervalNanoseconds = try at("flush-interval") { () throws(ConfigurationError) in
+                try DurationParser.nanoseconds(flushInterval, argument: "", in: RelayConfiguration.flushIntervalLimits)
+            }
+        }
+        if let shutdownTimeout {
+            configuration.shutdownTimeoutNanoseconds = try at("shutdown-timeout") { () throws(ConfigurationError) in
+                try DurationParser.nanoseconds(shutdownTimeout, argument: "", in: RelayConfiguration.shutdownTimeoutLimits)
+            }
+        }
+        if let rcvbuf {
+            configuration.receiveBufferBytes = try at("rcvbuf") { () throws(ConfigurationError) in
+                try ByteSizeParser.bytes(rcvbuf, argument: "", in: RelayConfiguration.receiveBufferLimits)
+            }
+        }
+        if let maxDatagram { configuration.maxDatagramBytes = maxDatagram }
+        if let receiveBuffers { configuration.receiveBuffers = receiveBuffers }
+        if let minWait {
+            // A bare 0 is how operators switch the minimum wait off; any other value needs its unit.
+            let nanoseconds = minWait == "0" ? 0 : try at("min-wait") { () throws(ConfigurationError) in
+                try DurationParser.nanoseconds(minWait, argument: "", in: RelayConfiguration.minimumWaitLimits)
+            }
+            configuration.minimumWaitMicroseconds = UInt32(nanoseconds / 1_000)
+        }
+        if let cpus { configuration.cpus = try at("cpus") { () throws(ConfigurationError) in try CPUList.parse(cpus) } }
+        if let ioBackend {
+            guard let choice = IOBackendChoice(rawValue: ioBackend) else {
+                throw invalid("io-backend", ioBackend, "expected \(Self.choices(IOBackendChoice.allCases.map(\.rawValue)))")
+            }
+            configuration.ioBackend = choice
+        }
+        if let hash {
+            guard let mode = HashMode(rawValue: hash) else {
+                throw invalid("hash", hash, "expected \(Self.choices(HashMode.allCases.map(\.rawValue)))")
+            }
+            configuration.hashMode = mode
+        }
+        if let reuseportGroup { configuration.reusePortGroup = reuseportGroup }
+        if let healthCheck {
+            guard let mode = HealthCheckMode(rawValue: healthCheck) else {
+                throw invalid("health-check", healthCheck, "expected \(Self.choices(HealthCheckMode.allCases.map(\.rawValue)))")
+            }
+            configuration.healthCheck = mode
+        }
+        if let healthCheckPort { configuration.healthCheckPort = try portNumber("health-check-port", healthCheckPort, lowest: 1) }
+        if let healthInterval {
+            configuration.healthIntervalNanoseconds = try at("health-interval") { () throws(ConfigurationError) in
+                try DurationParser.nanoseconds(healthInterval, argument: "", in: RelayConfiguration.healthIntervalLimits)
+            }
+        }
+        if let healthTimeout {
+            configuration.healthTimeoutNanoseconds = try at("health-timeout") { () throws(ConfigurationError) in
+                try DurationParser.nanoseconds(healthTimeout, argument: "", in: RelayConfiguration.healthTimeoutLimits)
+            }
+        }
+        if let healthRise { configuration.healthRise = healthRise }
+        if let healthFall { configuration.healthFall = healthFall }
+        if let onBackendDown {
+            guard let policy = DownPolicy(rawValue: onBackendDown) else {
+                throw invalid("on-backend-down", onBackendDown, "expected \(Self.choices(DownPolicy.allCases.map(\.rawValue)))")
+            }
+            configuration.onBackendDown = policy
+        }
+        if let holdBytes {
+            configuration.holdBytes = try at("hold-bytes") { () throws(ConfigurationError) in
+                try ByteSizeParser.bytes(holdBytes, argument: "", in: RelayConfiguration.holdBytesLimits)
+            }
+        }
+        if let replayRate {
+            configuration.replayBytesPerSecond = try at("replay-rate") { () throws(ConfigurationError) in
+                try ByteSizeParser.bytes(replayRate, argument: "", in: RelayConfiguration.replayRateLimits)
+            }
+        }
+        if let dnsRefresh {
+            configuration.dnsRefreshNanoseconds = try at("dns-refresh") { () throws(ConfigurationError) in
+                try DurationParser.nanoseconds(dnsRefresh, argument: "", in: RelayConfiguration.dnsRefreshLimits)
+            }
+        }
+        if let admin {
+            _ = try at("admin") { () throws(ConfigurationError) in try AdminAddress.parse(admin) }
+            configuration.admin = admin
+        }
+        if let logLevel {
+            guard let level = Logger.Level(rawValue: logLevel) else {
+                throw invalid("log-level", logLevel, "expected \(Self.choices(Logger.Level.allCases.map(\.rawValue)))")
+            }
+            configuration.logLevel = level
+        }
+    }
+
+    /// `a, b or c`.
+    static func choices(_ names: [String]) -> String {
+        names.count < 2 ? names.joined() : names.dropLast().joined(separator: ", ") + " or " + names.last!
+    }
+
+    /// A listener written `ADDR:PORT` or `[IPv6]:PORT` (port 0: the kernel chooses).
+    static func parseListener(_ text: String, path: String) throws(ConfigurationError) -> (host: String, port: UInt16) {
+        func invalid(_ reason: String) -> ConfigurationError { ConfigurationError(argument: path, value: text, reason: reason) }
+        let host: Substring
+        let portText: Substring
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else {
+                throw invalid("expected ADDR:PORT or [IPv6]:PORT")
+            }
+            host = text[text.index(after: text.startIndex)..<close]
+            portText = text[text.index(close, offsetBy: 2)...]
+        } else {
+            guard let colon = text.lastIndex(of: ":"), !text[..<colon].contains(":") else {
+                throw invalid("expected ADDR:PORT or [IPv6]:PORT")
+            }
+            host = text[..<colon]
+            portText = text[text.index(after: colon)...]
+        }
+        guard let port = UInt16(portText) else { throw invalid("port must be 0-65535") }
+        guard SocketAddress(numericHost: String(host), port: port) != nil else {
+            throw invalid("'\(host)' is not an IPv4 or IPv6 address")
+        }
+        return (String(host), port)
+    }
+}
+
+extension RelayConfiguration {
+    /// Sets `threads` from what was asked for, or to its default: one worker per CPU named in
+    /// `cpus`, else per CPU this process may use.
+    ///
+    /// More workers than CPUs only compete for them (and each costs its buffers): refused unless
+    /// the CPUs are named (`cpus`), the operator's explicit choice.
+    /// - Parameters:
+    ///   - requested: the `threads` asked for, if any.
+    ///   - argument: how to name it in an error (`--threads`, or the file's key `threads`).
+    ///   - allowed: the CPUs this process may use.
+    public mutating func settleThreads(requested: Int?, argument: String, allowed: [Int]) throws(ConfigurationError) {
+        if let requested, cpus == nil, !allowed.isEmpty, requested > allowed.count {
+            throw ConfigurationError(
+                argument: argument, value: "\(requested)",
+                reason: "this process may use \(allowed.count) CPU\(allowed.count == 1 ? "" : "s") "
+                    + "(\(allowed.map(String.init).joined(separator: ","))): give at most \(allowed.count), "
+                    + "or name the CPUs to pin workers to with --cpus")
+        }
+        threads = requested ?? cpus?.count ?? max(1, allowed.count)
+    }
+}

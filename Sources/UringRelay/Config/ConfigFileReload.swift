@@ -1,0 +1,90 @@
+/// What a reload (SIGHUP) does with a new configuration: key by key, what changed, and whether
+/// it is applied now or kept at its running value until the next start.
+///
+/// Applied now (`ConfigFile.Reload.applied`): `backends` (added, removed, reordered, a backend's
+/// label or health-check port), `on-backend-down`, the health checks (`health-check`,
+/// `health-check-port`, `health-interval`, `health-timeout`, `health-rise`, `health-fall`),
+/// `dns-refresh` and `log-level`. Every other key keeps its running value and is logged as
+/// needing a restart. One exception is decided here: leaving `hold` while packets are held would
+/// leave them to be dropped at exit, so it waits until none is held (the reload says so; reload
+/// again once `statsrelay_hold_in_use_bytes` is 0).
+public struct ConfigFileReload: Sendable, Equatable {
+    /// One key whose value differs between the running configuration and the file.
+    public struct Change: Sendable, Equatable {
+        /// The key, e.g. `packet-len`.
+        public var key: String
+        /// The running value, as a log shows it.
+        public var running: String
+        /// The file's value.
+        public var file: String
+        /// Whether it was applied.
+        public var applied: Bool
+        /// Why not, when it was not: the key's rule (`ConfigFile.Reload`) or the reason it waits.
+        public var reason: String?
+    }
+
+    /// The changed keys, in `ConfigFile.keys` order.
+    public var changes: [Change]
+    /// The configuration in force after the reload: the running one with the applied keys
+    /// taken from the file.
+    public var result: RelayConfiguration
+
+    /// The plan for going from `running` to `candidate`.
+    ///
+    /// - Parameters:
+    ///   - running: the configuration in force.
+    ///   - candidate: the new configuration, validated.
+    ///   - holdBytesInUse: bytes held for down backends now (`Relay.holdBytesInUse`).
+    public init(running: RelayConfiguration, candidate: RelayConfiguration, holdBytesInUse: Int) {
+        var result = running
+        var changes: [Change] = []
+        for key in ConfigFile.keys where key.name != "bind" && key.name != "port" {
+            let before = ConfigFile.value(of: key.name, in: running)
+            let after = ConfigFile.value(of: key.name, in: candidate)
+            // A backend's health-check port is not in its one-line form when unchanged elsewhere.
+            let differs = key.name == "backends" ? running.backends != candidate.backends : before != after
+            guard differs else { continue }
+            var change = Change(key: key.name, running: before, file: after, applied: false, reason: nil)
+            switch key.reload {
+            case .applied:
+                if key.name == "on-backend-down", running.onBackendDown == .hold, holdBytesInUse > 0 {
+                    change.reason = "\(holdBytesInUse) bytes are held for down backends, which leaving hold would drop at exit:"
+                        + " reload again once they are replayed (statsrelay_hold_in_use_bytes 0)"
+                } else {
+                    change.applied = true
+                    Self.take(key.name, from: candidate, into: &result)
+                }
+            case .atNextStart:
+                change.reason = "needs a restart: the workers take it only when they start, until each has a control channel"
+                    + " (issue 13, section 1); applied at next start"
+            case .restart:
+                change.reason = "needs a restart: fixed for the life of the process; applied at next start"
+            }
+            changes.append(change)
+        }
+        self.changes = changes
+        self.result = result
+    }
+
+    /// Copies the value of the reloadable key `key` from `candidate` into `result`.
+    private static func take(_ key: String, from candidate: RelayConfiguration, into result: inout RelayConfiguration) {
+        switch key {
+        case "backends": result.backends = candidate.backends
+        case "health-check": result.healthCheck = candidate.healthCheck
+        case "health-check-port": result.healthCheckPort = candidate.healthCheckPort
+        case "health-interval": result.healthIntervalNanoseconds = candidate.healthIntervalNanoseconds
+        case "health-timeout": result.healthTimeoutNanoseconds = candidate.healthTimeoutNanoseconds
+        case "health-rise": result.healthRise = candidate.healthRise
+        case "health-fall": result.healthFall = candidate.healthFall
+        case "on-backend-down": result.onBackendDown = candidate.onBackendDown
+        case "dns-refresh": result.dnsRefreshNanoseconds = candidate.dnsRefreshNanoseconds
+        case "log-level": result.logLevel = candidate.logLevel
+        default: preconditionFailure("key '\(key)' is not reloadable")
+        }
+    }
+
+    /// The keys applied.
+    public var applied: [Change] { changes.filter(\.applied) }
+    /// The keys kept at their running value.
+    public var kept: [Change] { changes.filter { !$0.applied } }
+}
