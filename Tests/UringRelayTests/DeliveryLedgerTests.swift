@@ -43,7 +43,7 @@ struct DeliveryLedgerTests {
         for event in events {
             switch event {
             case .accept(let lines, let ms): ledger.accepted(lines: lines, bytes: lines * 10, now: ms * 1_000_000)
-            case .fail(let lines): ledger.sendFailed(lines: lines, bytes: lines * 10)
+            case .fail(let lines): ledger.sendFailed(lines: lines, bytes: lines * 10, now: 0)
             case .drain(let refused, let unreachable, let ms):
                 ledger.drained(refused: refused, unreachable: unreachable, now: ms * 1_000_000)
             case .close: ledger.closeAtExit()
