@@ -157,6 +157,7 @@ struct DeliveryLedgerTests {
             .accept(lines: 5, ms: 1_400),  // still within 1 s of the error at 450 ms
             .accept(lines: 6, ms: 1_500),  // after the window: sent
             .drain(refused: 0, ms: 2_000),
+            .drain(refused: 0, ms: 2_400),  // the 1 400 ms packet is decided a window after it
         ], doubtWindow: 1_000_000_000)
         #expect(ledger.sent.lines == 16)
         #expect(ledger.refused.lines == 3)

@@ -12,7 +12,9 @@ import RelayKernel
 /// - a drain finds an error whose quote matches it (`PacketFingerprint.couldBeQuoted(by:)`;
 ///   among equal matches, the oldest packet takes it), or
 /// - a complete drain finds it at least `confirmationDelay` old after that drain's errors were
-///   attributed: no error came for it within the delay, so it is counted as sent (or doubted).
+///   attributed: no error came for it within the delay, so it is counted as sent — or, in an
+///   episode of errors that may be rate-limited, as doubted once the episode has been watched
+///   for `doubtWindow` after it.
 ///
 /// ```
 ///   send ok ──► accepted ──► unconfirmed ──┬─ an error quotes it ────────────────► refused / unreachable
@@ -27,8 +29,9 @@ import RelayKernel
 ///
 /// An error that quotes a packet whose send failed is that failure's echo, not a second loss:
 /// a local firewall's reject fails the send with `EPERM` *and* queues an ICMP error about the
-/// packet. Failed sends are remembered for `confirmationDelay` so their echoes are recognised
-/// rather than charged to a packet that arrived.
+/// packet. Failed sends are remembered so their echoes are recognised rather than charged to a
+/// packet that arrived: until the second complete drain after them (an echo is queued during
+/// the send, or by a deferred softirq soon after), and at least `confirmationDelay`.
 ///
 /// What is exact and what is not:
 /// - Each packet's outcome is exact when the error queue is drained before it overflows
@@ -126,6 +129,8 @@ public struct DeliveryLedger: Sendable, Equatable {
     /// packet a second and says nothing of the rest, so those cannot be called sent; whether
     /// they arrived is unknown. A host that refuses more often than that (loopback, which is
     /// exempt, or a host with the limit off) is reporting every refusal: nothing is doubted.
+    /// The decision for such a packet waits until the episode has been watched for
+    /// `doubtWindow` after it, so a burst's first errors alone never doom it.
     public private(set) var doubted = Counts()
     /// ICMP errors that matched no unconfirmed packet and no recent failed send: each arrived
     /// after the packet it reports had been counted as sent (it took longer than
@@ -161,6 +166,7 @@ public struct DeliveryLedger: Sendable, Equatable {
     // echoes: a ring of power-of-two capacity that grows while they come faster than they age.
     private var failedFingerprints: [PacketFingerprint] = []
     private var failedAt: [UInt64] = []
+    private var failedAfterDrain: [UInt64] = []
     private var failedEchoed: [Bool] = []
     private var failedHead = 0
     private var failedCount = 0
@@ -170,6 +176,8 @@ public struct DeliveryLedger: Sendable, Equatable {
     private var offeredSinceDrain = 0
     /// When the drain under way began (`beginDrain`).
     private var drainTime: UInt64 = 0
+    /// Complete drains so far.
+    private var completedDrains: UInt64 = 0
 
     // The current episode of ICMP errors: errors no more than `doubtWindow` apart. Packets
     // accepted in `doubtedFrom...doubtedUntil` are doubted if the episode looks rate-limited.
@@ -228,14 +236,14 @@ public struct DeliveryLedger: Sendable, Equatable {
     }
 
     /// Records a packet whose send failed (a result of `-errno`, or fewer bytes than the
-    /// packet), remembering it for `confirmationDelay` so an echo of its failure is not charged
-    /// to another packet.
+    /// packet), remembering it a while so an echo of its failure is not charged to another
+    /// packet.
     @inline(__always)
     public mutating func sendFailed(lines: Int, bytes: Int, fingerprint: PacketFingerprint = PacketFingerprint(), now: UInt64) {
         sendErrors.add(lines: lines, bytes: bytes)
         offeredSinceDrain += 1
         let mask = failedAt.count &- 1
-        while failedCount > 0 && (failedEchoed[failedHead] || failedAt[failedHead] &+ confirmationDelay < now) {
+        while failedCount > 0 && (failedEchoed[failedHead] || !mayEcho(failedHead, at: now)) {
             failedHead = (failedHead + 1) & mask
             failedCount -= 1
         }
@@ -243,8 +251,16 @@ public struct DeliveryLedger: Sendable, Equatable {
         let slot = (failedHead + failedCount) & (failedAt.count - 1)
         failedFingerprints[slot] = fingerprint
         failedAt[slot] = now
+        failedAfterDrain[slot] = completedDrains
         failedEchoed[slot] = false
         failedCount += 1
+    }
+
+    /// Whether the failed send in ring slot `slot` may still be echoed by an entry read at
+    /// `time`: no second complete drain since it failed, or less than `confirmationDelay`.
+    @inline(__always)
+    private func mayEcho(_ slot: Int, at time: UInt64) -> Bool {
+        completedDrains <= failedAfterDrain[slot] &+ 1 || failedAt[slot] &+ confirmationDelay >= time
     }
 
     /// Whether the driver should drain the backend's error queue now: enough packets were
@@ -253,7 +269,7 @@ public struct DeliveryLedger: Sendable, Equatable {
     @inline(__always)
     public func needsDrain(now: UInt64) -> Bool {
         if offeredSinceDrain >= drainEvery { return true }
-        return count > 0 && acceptedAt[slot(head)] &+ confirmationDelay <= now
+        return nextConfirmation.map { $0 <= now } ?? false
     }
 
     /// Starts a drain of the backend's error queue made at `now` (read the clock before
@@ -284,19 +300,20 @@ public struct DeliveryLedger: Sendable, Equatable {
     }
 
     /// Ends the drain begun at `now`: when it took every entry there was (`complete`, the
-    /// drain did not stop at its limit), counts as sent, or doubted, every packet accepted at
-    /// least `confirmationDelay` before `now`. An incomplete drain confirms nothing: a refusal
-    /// may still be queued behind the limit.
+    /// drain did not stop at its limit), counts as sent every packet accepted at least
+    /// `confirmationDelay` before `now`, oldest first, and as doubted those of an episode of
+    /// errors that may have hidden refusals once the episode has been watched for
+    /// `doubtWindow` after them (`decisionTime`). An incomplete drain confirms nothing: a
+    /// refusal may still be queued behind the limit.
     public mutating func endDrain(now: UInt64, complete: Bool = true) {
         guard complete else {
             assert(verifyInvariants())
             return
         }
         offeredSinceDrain = 0
-        let mayHide = episodeMayHideRefusals
-        while count > 0, acceptedAt[slot(head)] &+ confirmationDelay <= now {
-            let at = acceptedAt[slot(head)]
-            let doubtful = mayHide && at >= doubtedFrom && at <= doubtedUntil
+        completedDrains &+= 1
+        while count > 0, decisionTime(ofAcceptedAt: acceptedAt[slot(head)]) <= now {
+            let doubtful = isDoubted(acceptedAt: acceptedAt[slot(head)])
             let (lines, bytes) = removeHead()
             unconfirmed.packets -= 1
             unconfirmed.lines -= UInt64(lines)
@@ -404,12 +421,12 @@ public struct DeliveryLedger: Sendable, Equatable {
         return nil
     }
 
-    /// Finds the oldest remembered failed send, failed within `confirmationDelay` of the drain
-    /// and not yet echoed, that `quote` could be about, and marks it echoed.
+    /// Finds the oldest remembered failed send that may still be echoed (`mayEcho`) and was
+    /// not yet, that `quote` could be about, and marks it echoed.
     private mutating func echoFailure(quotedBy quote: PacketFingerprint) -> Bool {
         for offset in 0..<failedCount {
             let slot = (failedHead + offset) & (failedAt.count - 1)
-            guard !failedEchoed[slot], failedAt[slot] &+ confirmationDelay >= drainTime,
+            guard !failedEchoed[slot], mayEcho(slot, at: drainTime),
                   failedFingerprints[slot].couldBeQuoted(by: quote) else { continue }
             failedEchoed[slot] = true
             return true
@@ -422,15 +439,18 @@ public struct DeliveryLedger: Sendable, Equatable {
         let capacity = max(16, failedAt.count * 2)
         var prints = [PacketFingerprint](repeating: PacketFingerprint(), count: capacity)
         var times = [UInt64](repeating: 0, count: capacity)
+        var drains = [UInt64](repeating: 0, count: capacity)
         var echoed = [Bool](repeating: false, count: capacity)
         for offset in 0..<failedCount {
             let old = (failedHead + offset) & (failedAt.count - 1)
             prints[offset] = failedFingerprints[old]
             times[offset] = failedAt[old]
+            drains[offset] = failedAfterDrain[old]
             echoed[offset] = failedEchoed[old]
         }
         failedFingerprints = prints
         failedAt = times
+        failedAfterDrain = drains
         failedEchoed = echoed
         failedHead = 0
     }
@@ -547,7 +567,23 @@ extension DeliveryLedger {
 
     /// When the oldest unconfirmed packet can be confirmed by a drain, if any is unconfirmed.
     public var nextConfirmation: UInt64? {
-        count > 0 ? acceptedAt[slot(head)] &+ confirmationDelay : nil
+        count > 0 ? decisionTime(ofAcceptedAt: acceptedAt[slot(head)]) : nil
+    }
+
+    /// When a packet accepted at `at` with no error of its own can be counted: after the
+    /// confirmation delay; if it falls in an episode of errors that may be rate-limited, not
+    /// before the episode has been watched for `doubtWindow` after it (more errors in that
+    /// time show the host is not rate-limiting, and the packet is sent after all).
+    @inline(__always)
+    private func decisionTime(ofAcceptedAt at: UInt64) -> UInt64 {
+        let confirmed = at &+ confirmationDelay
+        return isDoubted(acceptedAt: at) ? max(confirmed, at &+ doubtWindow) : confirmed
+    }
+
+    /// Whether a packet accepted at `at` with no error of its own would be doubted now.
+    @inline(__always)
+    private func isDoubted(acceptedAt at: UInt64) -> Bool {
+        episodeMayHideRefusals && at >= doubtedFrom && at <= doubtedUntil
     }
 
     /// Drains backend `index`'s error queue in `sockets` into this ledger, as one drain at
