@@ -175,6 +175,7 @@ struct cl_socket_error {
     unsigned error;   ///< ee_errno: ECONNREFUSED for an ICMP port unreachable
     unsigned type;    ///< the ICMP type, for an ICMP origin
     unsigned code;    ///< the ICMP code, for an ICMP origin
+    unsigned long quote_length;  ///< bytes of the offending datagram copied to `quote`
 };
 
 static const unsigned cl_SO_EE_ORIGIN_LOCAL = SO_EE_ORIGIN_LOCAL;
@@ -182,20 +183,26 @@ static const unsigned cl_SO_EE_ORIGIN_ICMP = SO_EE_ORIGIN_ICMP;
 static const unsigned cl_SO_EE_ORIGIN_ICMP6 = SO_EE_ORIGIN_ICMP6;
 
 /// Takes the oldest entry off `fd`'s error queue without waiting (`recvmsg(2)` with
-/// MSG_ERRQUEUE | MSG_DONTWAIT) and fills `out` from its IP_RECVERR/IPV6_RECVERR control
-/// message. The entry's payload (the start of the refused datagram) is not copied.
+/// MSG_ERRQUEUE | MSG_DONTWAIT), fills `out` from its IP_RECVERR/IPV6_RECVERR control message
+/// and copies the entry's payload — the start of the offending datagram, as the ICMP error
+/// quoted it — to `quote` (at most `quote_capacity` bytes).
 /// Returns 0 when an entry was taken, or -1 with errno set (EAGAIN: the queue is empty).
-static inline long cl_take_socket_error(int fd, struct cl_socket_error *out) {
+static inline long cl_take_socket_error(int fd, struct cl_socket_error *out, void *quote, size_t quote_capacity) {
     union {
         char bytes[CMSG_SPACE(sizeof(struct sock_extended_err) + sizeof(struct sockaddr_in6))];
         struct cmsghdr alignment;
     } control;
     struct msghdr message;
+    struct iovec vector = { quote, quote_capacity };
     memset(&message, 0, sizeof(message));
     memset(out, 0, sizeof(*out));
+    message.msg_iov = &vector;
+    message.msg_iovlen = 1;
     message.msg_control = control.bytes;
     message.msg_controllen = sizeof(control.bytes);
-    if (recvmsg(fd, &message, MSG_ERRQUEUE | MSG_DONTWAIT) < 0) return -1;
+    ssize_t copied = recvmsg(fd, &message, MSG_ERRQUEUE | MSG_DONTWAIT);
+    if (copied < 0) return -1;
+    out->quote_length = (unsigned long)copied;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&message); c != NULL; c = CMSG_NXTHDR(&message, c)) {
         if ((c->cmsg_level == SOL_IP && c->cmsg_type == IP_RECVERR) ||
             (c->cmsg_level == SOL_IPV6 && c->cmsg_type == IPV6_RECVERR)) {

@@ -8,7 +8,7 @@ import Glibc
 /// unreachable: `takeErrors(_:)` drains one backend's queue.
 public struct BackendSockets: ~Copyable {
     /// The descriptors, in backend order.
-    let descriptors: [Int32]
+    private(set) var descriptors: [Int32]
 
     /// Connects one socket to each address, in order.
     ///
@@ -29,33 +29,37 @@ public struct BackendSockets: ~Copyable {
     // close(2) is not retried: see `systemCall`.
     deinit { for descriptor in descriptors { _ = close(descriptor) } }
 
-    /// Points backend `index`'s socket at a new address (after DNS re-resolution).
+    /// Points backend `index` at a new address (after DNS re-resolution): a new socket,
+    /// connected to `address`, takes its place; the old one moves to `retiring` with its
+    /// descriptor number.
     ///
-    /// The descriptor number stays the same, so sends already queued still name it: a new
-    /// socket is connected and moved onto it with `dup2(2)`. The old socket lives on in
-    /// `retiring` (a duplicate descriptor), so refusals for packets it already sent still reach
-    /// its error queue and are counted.
-    public func reconnect(
+    /// A send prepared before the move names the old descriptor and goes out on the old
+    /// socket, whenever the kernel issues it; refusals for it reach the old socket's error
+    /// queue. Keep the retired socket open until every send prepared for it has completed.
+    public mutating func reconnect(
         _ index: Int, to address: SocketAddress, sendBufferBytes: Int, retiring: inout RetiringSockets
     ) throws(SystemCallError) {
         let replacement = try UDPSocket.connected(to: address, sendBufferBytes: sendBufferBytes).releaseDescriptor()
-        defer { _ = close(replacement) }  // not retried: see `systemCall`
-        let old = try Self.duplicate(descriptors[index], address)
-        do throws(Errno) { _ = try systemCall { dup2(replacement, descriptors[index]) } } catch {
-            _ = close(old)
-            throw SystemCallError("dup2", address.description, error)
-        }
-        retiring.adopt(old)
+        retiring.adopt(descriptors[index])
+        descriptors[index] = replacement
     }
 
-    /// Drains backend `index`'s error queue and counts what it held: each `refused` or
-    /// `unreachable` entry is one datagram the kernel accepted (its send succeeded) that never
-    /// reached the backend. Never blocks; at most `limit` entries are taken.
+    /// Drains backend `index`'s error queue, hands each entry to `sink` and counts them: each
+    /// `refused` or `unreachable` entry is one datagram the kernel accepted (its send
+    /// succeeded) that never reached the backend, or the echo of one whose send failed (a
+    /// local firewall's reject). Never blocks; at most `limit` entries are taken.
     ///
     /// Drain a backend that had sends often enough that fewer than ~150 refusals can pile up
     /// (the queue lives in the socket's receive buffer and drops entries beyond it); draining
     /// also clears the pending error that would otherwise fail the next send. A poll for
     /// `POLLERR` on the socket fires when an entry arrives. See `SocketErrorReport`.
+    public func takeErrors<Sink: SocketErrorSink>(
+        _ index: Int, limit: Int = SocketErrorReport.defaultLimit, into sink: inout Sink
+    ) -> SocketErrorReport {
+        SocketErrorReport.drain(descriptors[index], limit: limit, into: &sink)
+    }
+
+    /// Drains backend `index`'s error queue and only counts what it held.
     public func takeErrors(_ index: Int, limit: Int = SocketErrorReport.defaultLimit) -> SocketErrorReport {
         SocketErrorReport.drain(descriptors[index], limit: limit)
     }
@@ -107,8 +111,8 @@ public struct BackendSockets: ~Copyable {
     }
 }
 
-/// Sockets of backends that left the pool, kept open only so their error queues can still be
-/// read (`takeErrors`) until every packet sent on them is accounted for, then closed.
+/// Sockets of backends that left the pool or moved, kept open only so their error queues can
+/// still be read (`takeErrors`) until every packet sent on them is accounted for, then closed.
 public struct RetiringSockets: ~Copyable {
     private var descriptors: [Int32] = []
 
@@ -118,15 +122,17 @@ public struct RetiringSockets: ~Copyable {
     // close(2) is not retried: see `systemCall`.
     deinit { for descriptor in descriptors { _ = close(descriptor) } }
 
-    /// Takes ownership of a descriptor (from `BackendSockets.rebuilt`).
+    /// Takes ownership of a descriptor (from `BackendSockets.rebuilt` or `reconnect`).
     mutating func adopt(_ descriptor: Int32) { descriptors.append(descriptor) }
 
     /// How many sockets are retiring.
     public var count: Int { descriptors.count }
 
-    /// Drains socket `index`'s error queue (see `BackendSockets.takeErrors`).
-    public func takeErrors(_ index: Int, limit: Int = SocketErrorReport.defaultLimit) -> SocketErrorReport {
-        SocketErrorReport.drain(descriptors[index], limit: limit)
+    /// Drains socket `index`'s error queue into `sink` (see `BackendSockets.takeErrors`).
+    public func takeErrors<Sink: SocketErrorSink>(
+        _ index: Int, limit: Int = SocketErrorReport.defaultLimit, into sink: inout Sink
+    ) -> SocketErrorReport {
+        SocketErrorReport.drain(descriptors[index], limit: limit, into: &sink)
     }
 
     /// Closes socket `index`; later ones move down by one.

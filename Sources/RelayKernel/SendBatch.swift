@@ -13,6 +13,7 @@ public struct SendBatch: ~Copyable {
     private var backends: [Int32]
     private var order: [Int32]
     private var results: [Int32]
+    private var retried: [Bool]
     /// Packets one batch holds.
     public let capacity: Int
     /// Packets added since the last `removeAll`.
@@ -28,6 +29,7 @@ public struct SendBatch: ~Copyable {
         backends = Array(repeating: 0, count: capacity)
         order = Array(repeating: 0, count: capacity)
         results = Array(repeating: 0, count: capacity)
+        retried = Array(repeating: false, count: capacity)
     }
 
     deinit {
@@ -45,6 +47,7 @@ public struct SendBatch: ~Copyable {
         precondition(count < capacity, "send batch is full")
         slots[count] = Int32(slot)
         backends[count] = Int32(backend)
+        retried[count] = false
         count += 1
     }
 
@@ -54,11 +57,20 @@ public struct SendBatch: ~Copyable {
     /// The result of packet `index` after `send`: bytes sent or `-errno`, as a CQE's `res`.
     public func result(_ index: Int) -> Int32 { results[index] }
 
+    /// Whether packet `index` was sent twice: its first send failed with `ECONNREFUSED`, an
+    /// earlier datagram's refusal still pending on the socket (see `send`).
+    public func wasRetried(_ index: Int) -> Bool { retried[index] }
+
     /// Forgets every packet (after their results have been taken).
     public mutating func removeAll() { count = 0 }
 
     /// Sends every added packet, grouped by backend (each backend's packets in the order they
     /// were added), and records each one's `result`.
+    ///
+    /// A packet whose send fails with `ECONNREFUSED` is sent once more before the packets after
+    /// it: that error was an earlier datagram's ICMP refusal left pending on the socket (the
+    /// kernel reports it to the next send and transmits nothing), not this packet's, and
+    /// reporting it cleared it.
     public mutating func send(from pool: borrowing SendBufferPool, to sockets: borrowing BackendSockets) {
         guard count > 0 else { return }
         // A stable grouping by backend: insertion sort is fine for a batch this size.
@@ -95,21 +107,50 @@ public struct SendBatch: ~Copyable {
 
     /// One backend's packets: `sendmmsg` sends a prefix and reports an error only for the
     /// first packet it could not send, so the call is repeated past each failure.
+    ///
+    /// A call that sent some packets and then failed returns their count and drops the error
+    /// of the packet it stopped at (`__sys_sendmmsg` returns an error only when nothing was
+    /// sent). That packet either met a refusal left pending by an earlier datagram (the error
+    /// is then cleared, nothing was transmitted) or failed on its own. A pending error set
+    /// anew in that send says the second: a local firewall's reject fails the send with
+    /// `EPERM` and queues an ICMP error about the packet at once. So the packet is counted as
+    /// failed when the socket holds a pending error again (taken here, as the next send would),
+    /// and sent once more otherwise.
     private mutating func sendGroup(_ range: Range<Int>, descriptor: Int32) {
         var next = range.lowerBound
         while next < range.upperBound {
-            let result = cl_sendmmsg(descriptor, headers + next, UInt32(range.upperBound - next), 0)
+            let requested = range.upperBound - next
+            let result = cl_sendmmsg(descriptor, headers + next, UInt32(requested), 0)
             if result > 0 {
                 for index in next..<next + Int(result) {
                     results[Int(order[index])] = Int32(clamping: headers[index].msg_len)
                 }
                 next += Int(result)
+                if Int(result) < requested {
+                    let stopped = Int(order[next])
+                    if retried[stopped] || Self.takePendingError(descriptor) != 0 {
+                        results[stopped] = -EIO  // failed; the kernel did not say why
+                        next += 1
+                    } else {
+                        retried[stopped] = true
+                    }
+                }
             } else if result == -EINTR {
                 continue
+            } else if result == -ECONNREFUSED && !retried[Int(order[next])] {
+                retried[Int(order[next])] = true
             } else {
                 results[Int(order[next])] = result == 0 ? -EIO : result
                 next += 1
             }
         }
+    }
+
+    /// Takes the socket's pending error (`SO_ERROR`, which clears it as a send would), or 0.
+    private static func takePendingError(_ descriptor: Int32) -> Int32 {
+        var error: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        guard getsockopt(descriptor, SOL_SOCKET, SO_ERROR, &error, &length) == 0 else { return 0 }
+        return error
     }
 }

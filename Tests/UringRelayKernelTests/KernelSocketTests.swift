@@ -125,12 +125,13 @@ struct KernelSocketTests {
             for backend in 0..<2 {
                 let sent = packet.withUnsafeBytes { Glibc.send(sockets.descriptors[backend], $0.baseAddress, $0.count, 0) }
                 let now = MonotonicClock.nanoseconds()
+                let fingerprint = packet.withUnsafeBytes { PacketFingerprint(unsafeBytes: $0) }
                 if sent == packet.count {
-                    ledgers[backend].accepted(lines: 2, bytes: packet.count, now: now)
+                    ledgers[backend].accepted(lines: 2, bytes: packet.count, fingerprint: fingerprint, now: now)
                 } else {
-                    ledgers[backend].sendFailed(lines: 2, bytes: packet.count)
+                    ledgers[backend].sendFailed(lines: 2, bytes: packet.count, fingerprint: fingerprint, now: now)
                 }
-                if ledgers[backend].needsDrain(now: now) { ledgers[backend].drained(sockets.takeErrors(backend), now: now) }
+                if ledgers[backend].needsDrain(now: now) { ledgers[backend].drain(backend, of: sockets, now: now) }
             }
         }
         // Wait out the confirmation delay: poll both sockets (POLLERR wakes it early), then drain.
@@ -140,7 +141,7 @@ struct KernelSocketTests {
             _ = poll(&pollers, 2, 5)
             for backend in 0..<2 {
                 let now = MonotonicClock.nanoseconds()
-                ledgers[backend].drained(sockets.takeErrors(backend), now: now)
+                ledgers[backend].drain(backend, of: sockets, now: now)
             }
         }
         for backend in 0..<2 { ledgers[backend].closeAtExit() }

@@ -43,7 +43,7 @@ struct DeliveryLedgerTests {
         for event in events {
             switch event {
             case .accept(let lines, let ms): ledger.accepted(lines: lines, bytes: lines * 10, now: ms * 1_000_000)
-            case .fail(let lines): ledger.sendFailed(lines: lines, bytes: lines * 10)
+            case .fail(let lines): ledger.sendFailed(lines: lines, bytes: lines * 10, now: 0)
             case .drain(let refused, let unreachable, let ms):
                 ledger.drained(refused: refused, unreachable: unreachable, now: ms * 1_000_000)
             case .close: ledger.closeAtExit()
@@ -157,6 +157,7 @@ struct DeliveryLedgerTests {
             .accept(lines: 5, ms: 1_400),  // still within 1 s of the error at 450 ms
             .accept(lines: 6, ms: 1_500),  // after the window: sent
             .drain(refused: 0, ms: 2_000),
+            .drain(refused: 0, ms: 2_400),  // the 1 400 ms packet is decided a window after it
         ], doubtWindow: 1_000_000_000)
         #expect(ledger.sent.lines == 16)
         #expect(ledger.refused.lines == 3)

@@ -5,13 +5,14 @@ import Synchronization
 import Testing
 @testable import UringRelay
 
-/// Counters for backends `a:1` and `b:2` with the given failed sends (packets, lines, refused).
+/// Counters for backends `a:1` and `b:2` with the given failed sends (packets, lines; the third
+/// value, sends retried after a pending refusal, is no failure and must not show).
 private func counters(a: (UInt64, UInt64, UInt64) = (0, 0, 0), b: (UInt64, UInt64, UInt64) = (0, 0, 0)) -> RelayCounters {
     var counters = RelayCounters(backends: ["a:1", "b:2"])
     for (index, failed) in [a, b].enumerated() {
         counters[.sendErrors, backend: index] = failed.0
         counters[.linesDroppedSendError, backend: index] = failed.1
-        counters[.sendRefused, backend: index] = failed.2
+        counters[.sendRetries, backend: index] = failed.2
     }
     return counters
 }
@@ -53,14 +54,14 @@ struct SendFailureLogTests {
     func rateLimited() {
         var log = SendFailureLog()
         #expect(log.check(counters(a: (1, 3, 0)), now: 100 * second)
-            == [.init(backend: "a:1", packets: 1, lines: 3, refused: 0, sinceLast: nil)])
+            == [.init(backend: "a:1", packets: 1, lines: 3, sinceLast: nil)])
         #expect(log.check(counters(a: (5, 20, 2)), now: 101 * second).isEmpty)
         #expect(log.check(counters(a: (9, 40, 2)), now: 109 * second).isEmpty)
         #expect(log.check(counters(a: (9, 40, 2)), now: 110 * second)
-            == [.init(backend: "a:1", packets: 8, lines: 37, refused: 2, sinceLast: 10 * second)])
+            == [.init(backend: "a:1", packets: 8, lines: 37, sinceLast: 10 * second)])
         #expect(log.check(counters(a: (9, 40, 2)), now: 200 * second).isEmpty, "no new failure, no line")
         #expect(log.check(counters(a: (10, 41, 2)), now: 201 * second)
-            == [.init(backend: "a:1", packets: 1, lines: 1, refused: 0, sinceLast: 91 * second)])
+            == [.init(backend: "a:1", packets: 1, lines: 1, sinceLast: 91 * second)])
     }
 
     @Test("each backend has its own limit")
@@ -68,7 +69,7 @@ struct SendFailureLogTests {
         var log = SendFailureLog()
         #expect(log.check(counters(a: (1, 1, 0)), now: 100 * second).map(\.backend) == ["a:1"])
         #expect(log.check(counters(a: (2, 2, 0), b: (4, 4, 4)), now: 102 * second)
-            == [.init(backend: "b:2", packets: 4, lines: 4, refused: 4, sinceLast: nil)])
+            == [.init(backend: "b:2", packets: 4, lines: 4, sinceLast: nil)])
     }
 
     @Test("the watch reads the counters on its own timer and logs at error")
@@ -81,7 +82,7 @@ struct SendFailureLogTests {
         #expect(capture.logged.wait(timeout: .now() + 10) == .success, "no log line within 10 s")
         let line = try #require(capture.lines.withLock { $0.first })
         #expect(line.hasPrefix("error sends to a backend failed"), "\(line)")
-        #expect(line.contains("backend=b:2") && line.contains("packets=3") && line.contains("lines=12") && line.contains("refused=1"), "\(line)")
+        #expect(line.contains("backend=b:2") && line.contains("packets=3") && line.contains("lines=12"), "\(line)")
         #expect(line.contains("counter=statsrelay.backend.send_errors"), "\(line)")
     }
 }

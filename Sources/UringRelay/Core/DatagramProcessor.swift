@@ -129,6 +129,8 @@ public struct SendOutcome: Sendable, Equatable {
     public var bytes: Int
     /// Bytes sent, or `-errno`.
     public var result: Int32
+    /// What identifies the packet in an ICMP error that quotes it (filled by `RelayCore`).
+    public var fingerprint = PacketFingerprint()
 
     /// Whether the kernel took the whole packet.
     public var isAccepted: Bool { result >= 0 && Int(result) == bytes }

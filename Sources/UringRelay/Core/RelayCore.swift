@@ -60,6 +60,16 @@ public struct RelayCore: ~Copyable {
     /// publication interval old, even for a worker that goes idle right after.
     private var hasUnpublishedTurn = false
     private let settings: WorkerSettings
+    /// Per send slot: `handedOut` once `nextOutgoing` gave it to the driver, `retried` once a
+    /// send of it was tried again; cleared when its send completes.
+    private var slotStates: [SlotState]
+
+    /// What the core knows of a send slot's send.
+    private struct SlotState: OptionSet {
+        let rawValue: UInt8
+        static let handedOut = SlotState(rawValue: 1)
+        static let retried = SlotState(rawValue: 2)
+    }
 
     /// A core routing by `settings.routing`'s current pool.
     ///
@@ -74,7 +84,10 @@ public struct RelayCore: ~Copyable {
         holds = HoldStore(backendCount: pool.count, budget: settings.holdBudget, packetBytes: settings.packetBytes)
         replayed = []
         replayed.reserveCapacity(processor.assembler.pool.capacity)
+        slotStates = Array(repeating: [], count: processor.assembler.pool.capacity)
         nextPublish = MonotonicClock.nanoseconds() &+ CounterBoard.publishIntervalNanoseconds
+        // The health monitor reads this worker's refusals from what it publishes.
+        settings.routing.watchRefusals(on: settings.board)
     }
 
     private static func makeProcessor(
@@ -120,23 +133,41 @@ public struct RelayCore: ~Copyable {
     /// Asks the core to stop: drain, flush, finish (see `Phase`).
     public mutating func requestStop() { stopRequested = true }
 
-    /// Frees a sent packet's slot and says what it carried, for its backend's delivery ledger.
-    /// A send refused outright (`ECONNREFUSED`: an earlier packet's ICMP refusal still pending)
-    /// is reported to the health monitor.
-    ///
-    /// - Parameter result: bytes sent, or `-errno`.
+    /// Whether a failed send should be tried again: the first time a slot's send fails with
+    /// `ECONNREFUSED`. That error is an earlier packet's ICMP refusal left pending on the
+    /// socket, which the kernel reported to this send instead of transmitting it (and cleared):
+    /// this packet is not the lost one. The driver sends the slot again, before any later send
+    /// to the same backend, and calls `sendCompleted` only with the final result.
     @inline(__always)
-    public mutating func sendCompleted(slot: Int, result: Int32) -> SendOutcome {
-        let outcome = processor.sendCompleted(slot: slot, result: result)
-        if result == -ECONNREFUSED {
-            processor.counters[.sendRefused, backend: outcome.backend] &+= 1
-            settings.routing.reportRefusal(backend: identities[outcome.backend])
+    public mutating func retriesSend(slot: Int, result: Int32) -> Bool {
+        guard result == -ECONNREFUSED, !slotStates[slot].contains(.retried) else { return false }
+        slotStates[slot].insert(.retried)
+        return true
+    }
+
+    /// Frees a sent packet's slot and says what it carried, for its backend's delivery ledger:
+    /// its lines, bytes, the kernel's final answer and its fingerprint (to match the ICMP
+    /// errors that quote it). A send that was tried again is counted in `send_retries`.
+    ///
+    /// - Parameters:
+    ///   - result: bytes sent, or `-errno`, of the last try.
+    ///   - retried: whether the driver tried the send again on its own (the portable driver's
+    ///     `SendBatch`); a retry asked for by `retriesSend` is known already.
+    @inline(__always)
+    public mutating func sendCompleted(slot: Int, result: Int32, retried: Bool = false) -> SendOutcome {
+        let fingerprint = processor.assembler.pool.withBytes(ofSlot: slot) { PacketFingerprint($0) }
+        var outcome = processor.sendCompleted(slot: slot, result: result)
+        outcome.fingerprint = fingerprint
+        if retried || slotStates[slot].contains(.retried) {
+            processor.counters[.sendRetries, backend: outcome.backend] &+= 1
         }
+        slotStates[slot] = []
         return outcome
     }
 
     /// Counts what a backend's delivery ledger settled (sent, refused, unreachable, failed,
-    /// unconfirmed) under the backend's identity, and reports refusals to the health monitor.
+    /// doubted, unconfirmed at exit) under the backend's identity. The health monitor learns of
+    /// refusals from these counters as the worker publishes them, with no call on this path.
     public mutating func countDelivery(_ report: DeliveryLedger.Report, backend identity: String) {
         guard !report.isEmpty else { return }
         processor.counters.add(report.sent.lines, to: .linesSent, backend: identity)
@@ -147,9 +178,9 @@ public struct RelayCore: ~Copyable {
         processor.counters.add(report.refused.packets, to: .packetsRefused, backend: identity)
         processor.counters.add(report.refused.lines, to: .linesRefused, backend: identity)
         processor.counters.add(report.unreachable.lines, to: .linesUnreachable, backend: identity)
-        processor.counters.add(report.unconfirmedAtExit.lines &+ report.doubted.lines, to: .linesUnconfirmed, backend: identity)
+        processor.counters.add(report.doubted.lines, to: .linesDoubted, backend: identity)
+        processor.counters.add(report.unconfirmedAtExit.lines, to: .linesUnconfirmedAtExit, backend: identity)
         processor.counters.add(report.unattributedLosses, to: .unattributedLosses, backend: identity)
-        if report.refused.packets > 0 { settings.routing.reportRefusal(backend: identity) }
     }
 
     /// Counts datagrams that were still queued in a listening socket when receiving stopped
@@ -228,6 +259,7 @@ public struct RelayCore: ~Copyable {
                 replayed.removeAll(keepingCapacity: true)
                 replayedHead = 0
             }
+            slotStates[slot].insert(.handedOut)
             return (slot, processor.assembler.pool.backend(of: slot))
         }
         while let slot = processor.assembler.nextReady() {
@@ -237,6 +269,7 @@ public struct RelayCore: ~Copyable {
                 hold(slot, for: backend)
                 continue
             }
+            slotStates[slot].insert(.handedOut)
             return (slot, backend)
         }
         return nil
@@ -287,6 +320,8 @@ public struct RelayCore: ~Copyable {
         }
         pendingPool = nil
         processor = replacement
+        // Every send of the old pool has completed (the change waits for them).
+        slotStates = Array(repeating: [], count: processor.assembler.pool.capacity)
         // Held packets follow their backend; a removed backend's are dropped and counted.
         let removedLines = holds.remap(positions, newCount: next.count)
         processor.counters[.linesDroppedBackendRemoved] &+= UInt64(removedLines)
@@ -308,17 +343,32 @@ public struct RelayCore: ~Copyable {
     /// How long after a failed pool change the worker tries it again.
     static let poolChangeRetryNanoseconds: UInt64 = 1_000_000_000
 
-    /// Counts what could not be relayed or confirmed when a worker stops, and publishes the
-    /// final counters.
+    /// Counts what could not be relayed or sent when a worker stops, and publishes the final
+    /// counters: lines in packets never handed to the kernel (`lines_dropped.unsent_at_exit`),
+    /// lines in sends handed to it whose completion never came (`lines_in_flight_at_exit`),
+    /// held lines (`lines_dropped.held_at_exit`).
     ///
     /// - Parameters:
     ///   - unrelayedDatagrams: datagrams received but never relayed (stop budget exhausted).
-    ///   - sendsInFlight: sends whose completion never came.
+    ///   - sendsInFlight: sends whose completion never came, by the driver's count (checked
+    ///     against the slots handed out).
     public mutating func finish(unrelayedDatagrams: Int, sendsInFlight: Int) -> RelayCounters {
         processor.counters[.datagramsDroppedAtExit] &+= UInt64(unrelayedDatagrams)
-        if sendsInFlight > 0 || processor.assembler.hasPendingBatches {
-            processor.counters[.linesUnconfirmedAtExit] &+= UInt64(processor.assembler.pool.linesInUse)
+        var unsent: UInt64 = 0
+        var inFlight: UInt64 = 0
+        var inFlightSlots = 0
+        for slot in slotStates.indices where processor.assembler.pool.backend(of: slot) >= 0 {
+            let lines = UInt64(processor.assembler.pool.lineCount(of: slot))
+            if slotStates[slot].contains(.handedOut) {
+                inFlight &+= lines
+                inFlightSlots += 1
+            } else {
+                unsent &+= lines
+            }
         }
+        assert(inFlightSlots == sendsInFlight, "\(inFlightSlots) slots handed out, \(sendsInFlight) sends in flight")
+        processor.counters[.linesDroppedUnsentAtExit] &+= unsent
+        processor.counters[.linesInFlightAtExit] &+= inFlight
         processor.counters[.linesDroppedHeldAtExit] &+= UInt64(holds.heldLines)
         settings.board.publish(processor.counters)
         return processor.counters

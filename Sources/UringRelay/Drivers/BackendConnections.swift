@@ -4,12 +4,16 @@ import RelayKernel
 /// ledger of what became of the packets sent on it, kept in step with the pool. Shared by both
 /// drivers.
 ///
-/// - A backend whose address moved (DNS) is reconnected in place (same descriptor number);
-///   the old socket retires with its ledger, so no refusal is lost with it.
+/// - Every send's outcome lands in the ledger of the socket it was sent on: the driver says
+///   which slot it hands to the kernel (`sending`), and the completion (`record`) goes to that
+///   socket's ledger, even if the backend has moved to another socket since.
+/// - A backend whose address moved (DNS) gets a new socket; the old one retires with its
+///   ledger and its descriptor number, which sends already prepared still name.
 /// - A membership change gets a new set of sockets once the core says the old pool's sends are
-///   all done. A backend that stays keeps its socket and ledger; a removed one is *retired*:
-///   its socket stays open, and its error queue read, until every packet sent on it is
-///   confirmed or refused, so a late refusal is still counted.
+///   all done. A backend that stays keeps its socket and ledger; a removed one is *retired*.
+/// - A retired socket stays open until every send on it has completed and every packet sent
+///   on it is confirmed or refused, so a late refusal is still counted; its error queue is
+///   read only when its ledger asks, like any other, then it is closed.
 /// - Every turn, `settle` reads the error queue of each socket whose ledger asks for it (every
 ///   64 packets, and once its oldest packet is old enough to confirm) and counts the outcomes.
 struct BackendConnections: ~Copyable {
@@ -19,7 +23,14 @@ struct BackendConnections: ~Copyable {
     private var identities: [String]
     private var addresses: [SocketAddress]
     private var generation: UInt64
-    /// Sockets of backends that left the pool, until their packets are all accounted for.
+    /// Per backend: the number of its current socket, unique among this worker's sockets.
+    private var socketNumbers: [UInt32]
+    /// Per backend: sends handed to the kernel on its current socket and not yet completed.
+    private var inFlight: [Int]
+    /// Per send slot: the number of the socket its send in flight went on.
+    private var sentOn: [UInt32]
+    private var nextSocketNumber: UInt32 = 0
+    /// Sockets of backends that left the pool or moved, until their packets are all accounted for.
     private var retired: RetiredSockets
     /// When a failed reconnect (after an address change) may be tried again.
     private var reconnectRetryAt: UInt64 = 0
@@ -35,22 +46,57 @@ struct BackendConnections: ~Copyable {
     static let confirmationSlackNanoseconds: UInt64 = 50_000_000
 
     /// Connects to `pool`'s backends.
-    init(pool: BackendPool) throws(SystemCallError) {
+    ///
+    /// - Parameter sendSlots: how many send slots the core's send buffers have.
+    init(pool: BackendPool, sendSlots: Int) throws(SystemCallError) {
         sockets = try BackendSockets(connecting: pool.addresses, sendBufferBytes: Self.sendBufferBytes)
         ledgers = pool.backends.map { _ in DeliveryLedger() }
         identities = pool.identities
         addresses = pool.addresses
         generation = pool.generation
+        socketNumbers = pool.backends.indices.map { UInt32($0) }
+        nextSocketNumber = UInt32(pool.count)
+        inFlight = Array(repeating: 0, count: pool.count)
+        sentOn = Array(repeating: 0, count: sendSlots)
         retired = RetiredSockets()
     }
 
-    /// Enters a completed send in its backend's ledger.
+    /// Notes that `slot`'s packet is being handed to the kernel on `backend`'s current socket
+    /// (a first send or a retry): call it when the send is prepared, before any reconnect.
     @inline(__always)
-    mutating func record(_ outcome: SendOutcome, now: UInt64) {
-        if outcome.isAccepted {
-            ledgers[outcome.backend].accepted(lines: outcome.lines, bytes: outcome.bytes, now: now)
+    mutating func sending(slot: Int, backend: Int) {
+        sentOn[slot] = socketNumbers[backend]
+        inFlight[backend] += 1
+    }
+
+    /// Notes that `slot`'s failed send is being tried again on `backend`'s current socket: if
+    /// the backend moved to another socket since the first try, the send now counts there.
+    @inline(__always)
+    mutating func resending(slot: Int, backend: Int) {
+        guard sentOn[slot] != socketNumbers[backend] else { return }
+        retired.forgetSend(socket: sentOn[slot])
+        sending(slot: slot, backend: backend)
+    }
+
+    /// Enters a completed send in the ledger of the socket it was sent on.
+    @inline(__always)
+    mutating func record(_ outcome: SendOutcome, slot: Int, now: UInt64) {
+        let backend = outcome.backend
+        if sentOn[slot] == socketNumbers[backend] {
+            inFlight[backend] -= 1
+            Self.enter(outcome, in: &ledgers[backend], now: now)
         } else {
-            ledgers[outcome.backend].sendFailed(lines: outcome.lines, bytes: outcome.bytes)
+            retired.record(outcome, socket: sentOn[slot], now: now)
+        }
+    }
+
+    /// Enters a send's outcome in `ledger`.
+    @inline(__always)
+    fileprivate static func enter(_ outcome: SendOutcome, in ledger: inout DeliveryLedger, now: UInt64) {
+        if outcome.isAccepted {
+            ledger.accepted(lines: outcome.lines, bytes: outcome.bytes, fingerprint: outcome.fingerprint, now: now)
+        } else {
+            ledger.sendFailed(lines: outcome.lines, bytes: outcome.bytes, fingerprint: outcome.fingerprint, now: now)
         }
     }
 
@@ -59,13 +105,13 @@ struct BackendConnections: ~Copyable {
         let aged = now &- Self.confirmationSlackNanoseconds
         for backend in ledgers.indices {
             if ledgers[backend].needsDrain(now: aged) {
-                ledgers[backend].drained(sockets.takeErrors(backend), now: now)
+                ledgers[backend].drain(backend, of: sockets, now: now)
             } else if !ledgers[backend].hasUnreportedFailures {
                 continue
             }
             core.countDelivery(ledgers[backend].takeReport(), backend: identities[backend])
         }
-        retired.settle(now: now, into: &core)
+        retired.settle(now: now, aged: aged, into: &core)
     }
 
     /// When a ledger's oldest packet will be due for confirmation, with the slack (so an idle
@@ -85,7 +131,7 @@ struct BackendConnections: ~Copyable {
     /// At exit: reads every error queue once more and counts what is still unconfirmed as such.
     mutating func finish(now: UInt64, into core: inout RelayCore) {
         for backend in ledgers.indices {
-            ledgers[backend].drained(sockets.takeErrors(backend), now: now)
+            ledgers[backend].drain(backend, of: sockets, now: now)
             ledgers[backend].closeAtExit()
             core.countDelivery(ledgers[backend].takeReport(), backend: identities[backend])
         }
@@ -94,8 +140,8 @@ struct BackendConnections: ~Copyable {
 
     /// Follows the core's pool after its turn: completes a waiting membership change when no
     /// send is in flight, else reconnects backends whose address moved. A failed reconnect
-    /// keeps the old address and is tried again next turn; a failed membership change keeps
-    /// the old pool (the core counts it).
+    /// keeps the old address and is tried again a second later; a failed membership change
+    /// keeps the old pool (the core counts it).
     mutating func follow(_ core: inout RelayCore, sendsInFlight: Int, now: UInt64) {
         if core.poolChangeReady(sendsInFlight: sendsInFlight), let next = core.pendingPool {
             changeMembership(to: next, core: &core, now: now)
@@ -106,10 +152,13 @@ struct BackendConnections: ~Copyable {
         var allMoved = true
         for backend in wanted.indices where wanted[backend] != addresses[backend] {
             do {
-                // The old socket retires with the packets it sent: a late refusal still counts.
+                // The old socket retires with the packets it sent and the sends still in
+                // flight on it: their outcomes and late refusals still count, in its ledger.
                 try sockets.reconnect(backend, to: wanted[backend], sendBufferBytes: Self.sendBufferBytes, retiring: &retired.sockets)
-                retired.add(ledger: ledgers[backend], identity: identities[backend])
+                retired.add(ledger: ledgers[backend], identity: identities[backend], socket: socketNumbers[backend], inFlight: inFlight[backend])
                 ledgers[backend] = DeliveryLedger()
+                socketNumbers[backend] = takeSocketNumber()
+                inFlight[backend] = 0
                 addresses[backend] = wanted[backend]
             } catch {
                 allMoved = false
@@ -123,8 +172,13 @@ struct BackendConnections: ~Copyable {
         }
     }
 
+    private mutating func takeSocketNumber() -> UInt32 {
+        defer { nextSocketNumber &+= 1 }
+        return nextSocketNumber
+    }
+
     /// Switches to `next`'s sockets: a backend that stays at the same address keeps its socket
-    /// and ledger; the others' sockets retire with their ledgers.
+    /// and ledger; the others' sockets retire with their ledgers. No send is in flight.
     private mutating func changeMembership(to next: BackendPool, core: inout RelayCore, now: UInt64) {
         let keep = core.pool.positions(in: next)
         var kept: [Int?] = Array(repeating: nil, count: next.count)
@@ -148,43 +202,83 @@ struct BackendConnections: ~Copyable {
         var reused = Array(repeating: false, count: ledgers.count)
         for old in kept.compactMap({ $0 }) { reused[old] = true }
         var newLedgers = next.backends.map { _ in DeliveryLedger() }
-        for (new, old) in kept.enumerated() { if let old { newLedgers[new] = ledgers[old] } }
+        var newNumbers: [UInt32] = []
+        for (new, old) in kept.enumerated() {
+            if let old {
+                newLedgers[new] = ledgers[old]
+                newNumbers.append(socketNumbers[old])
+            } else {
+                newNumbers.append(takeSocketNumber())
+            }
+        }
         for old in ledgers.indices where !reused[old] {
-            retired.add(ledger: ledgers[old], identity: identities[old])
+            retired.add(ledger: ledgers[old], identity: identities[old], socket: socketNumbers[old], inFlight: 0)
         }
         sockets = replacement
         ledgers = newLedgers
         identities = next.identities
         addresses = next.addresses
+        socketNumbers = newNumbers
+        inFlight = Array(repeating: 0, count: next.count)
+        // The core's new send buffers may differ in number.
+        sentOn = Array(repeating: 0, count: core.sendBuffers.capacity)
         generation = core.pool.generation
-        retired.settle(now: now, into: &core)
+        retired.settle(now: now, aged: now &- Self.confirmationSlackNanoseconds, into: &core)
     }
 }
 
-/// Sockets of backends that left the pool, each kept open with its ledger until every packet
-/// sent on it is confirmed or refused (a refusal arrives a round trip after the send).
+/// Sockets of backends that left the pool or moved, each kept open with its ledger until every
+/// send on it has completed and every packet sent on it is confirmed or refused (a refusal
+/// arrives a round trip after the send).
 struct RetiredSockets: ~Copyable {
-    /// The sockets, added to by `BackendSockets.rebuilt` in the order their ledgers are added.
+    /// The sockets, added to by `BackendSockets.rebuilt` and `reconnect` in the order their
+    /// ledgers are added.
     var sockets = RetiringSockets()
     private var ledgers: [DeliveryLedger] = []
     private var identities: [String] = []
+    private var numbers: [UInt32] = []
+    private var inFlight: [Int] = []
 
-    /// Adds the ledger of the socket most recently retired without one.
-    mutating func add(ledger: DeliveryLedger, identity: String) {
+    /// Adds the ledger of the socket most recently retired without one, with its number and
+    /// the sends still in flight on it.
+    mutating func add(ledger: DeliveryLedger, identity: String, socket number: UInt32, inFlight sends: Int) {
         ledgers.append(ledger)
         identities.append(identity)
+        numbers.append(number)
+        inFlight.append(sends)
     }
 
-    /// Reads the retired sockets' error queues, counts what settled, closes the settled ones.
-    mutating func settle(now: UInt64, into core: inout RelayCore) {
+    /// Enters a completed send in the ledger of retired socket `number` it was sent on.
+    mutating func record(_ outcome: SendOutcome, socket number: UInt32, now: UInt64) {
+        guard let index = numbers.firstIndex(of: number) else {
+            assertionFailure("a send completed on socket \(number), which is neither current nor retired")
+            return
+        }
+        inFlight[index] -= 1
+        BackendConnections.enter(outcome, in: &ledgers[index], now: now)
+    }
+
+    /// Notes that a send in flight on retired socket `number` moved to another socket.
+    mutating func forgetSend(socket number: UInt32) {
+        guard let index = numbers.firstIndex(of: number) else { return }
+        inFlight[index] -= 1
+    }
+
+    /// Reads the error queues of retired sockets whose ledgers ask for it, counts what settled,
+    /// and closes each socket once nothing is in flight on it and its ledger is settled.
+    mutating func settle(now: UInt64, aged: UInt64, into core: inout RelayCore) {
         var index = 0
         while index < ledgers.count {
-            ledgers[index].drained(sockets.takeErrors(index), now: now)
+            if ledgers[index].needsDrain(now: aged) {
+                ledgers[index].drain(index, of: sockets, now: now)
+            }
             core.countDelivery(ledgers[index].takeReport(), backend: identities[index])
-            if ledgers[index].nextConfirmation == nil {
+            if inFlight[index] == 0 && ledgers[index].nextConfirmation == nil {
                 sockets.closeSocket(at: index)
                 ledgers.remove(at: index)
                 identities.remove(at: index)
+                numbers.remove(at: index)
+                inFlight.remove(at: index)
             } else {
                 index += 1
             }
@@ -201,7 +295,7 @@ struct RetiredSockets: ~Copyable {
     /// At exit: whatever is still unconfirmed is counted as such.
     mutating func finish(now: UInt64, into core: inout RelayCore) {
         for index in ledgers.indices {
-            ledgers[index].drained(sockets.takeErrors(index), now: now)
+            ledgers[index].drain(index, of: sockets, now: now)
             ledgers[index].closeAtExit()
             core.countDelivery(ledgers[index].takeReport(), backend: identities[index])
         }

@@ -56,7 +56,7 @@ public struct IOUringDriver: ~Copyable {
         } catch { throw SystemCallError("io_uring_register_buf_ring", "\(bufferCount) buffers", error) }
         let listeners = try WorkerSetup.listeners(settings)
         let pool = core.pool
-        let connections = try BackendConnections(pool: pool)
+        let connections = try BackendConnections(pool: pool, sendSlots: core.sendBuffers.capacity)
         poolChanged = try WorkerSetup.poolEvents(settings)
         self.connections = connections
         self.settings = settings
@@ -221,8 +221,17 @@ public struct IOUringDriver: ~Copyable {
                 }
             }
         case .send:
+            let slot = Int(completion.userData.index)
+            if core.retriesSend(slot: slot, result: completion.result) {
+                // An earlier packet's refusal, pending on the socket, failed this send untransmitted:
+                // once more, still in flight.
+                let backend = core.sendBuffers.backend(of: slot)
+                connections.resending(slot: slot, backend: backend)
+                ring.send(slot: slot, of: core.sendBuffers, to: connections.sockets, userData: completion.userData)
+                break
+            }
             sendsInFlight -= 1
-            connections.record(core.sendCompleted(slot: Int(completion.userData.index), result: completion.result), now: now)
+            connections.record(core.sendCompleted(slot: slot, result: completion.result), slot: slot, now: now)
         case .wakeup:
             core.requestStop()
         case .cancel:
@@ -259,7 +268,8 @@ public struct IOUringDriver: ~Copyable {
     /// Turns every packet the core hands out into a `send` SQE, submitted with the next wait.
     @inline(__always)
     private mutating func queueReadySends() {
-        while let (slot, _) = core.nextOutgoing() {
+        while let (slot, backend) = core.nextOutgoing() {
+            connections.sending(slot: slot, backend: backend)
             ring.send(slot: slot, of: core.sendBuffers, to: connections.sockets, userData: UserData(.send, index: UInt32(slot)))
             sendsInFlight += 1
         }

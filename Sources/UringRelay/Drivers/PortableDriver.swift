@@ -45,7 +45,7 @@ public struct PortableDriver: ~Copyable {
         } catch { throw SystemCallError("mmap", "receive buffers", error) }
         let listeners = try WorkerSetup.listeners(settings)
         let pool = core.pool
-        let connections = try BackendConnections(pool: pool)
+        let connections = try BackendConnections(pool: pool, sendSlots: core.sendBuffers.capacity)
         poolChanged = try WorkerSetup.poolEvents(settings)
         var descriptors = WorkerSetup.descriptors(listeners)
         listenerDescriptors = descriptors
@@ -189,6 +189,7 @@ public struct PortableDriver: ~Copyable {
     /// Sends every packet the core hands out, in batches, and hands the results back.
     private mutating func sendReady(now: UInt64) {
         while let (slot, backend) = core.nextOutgoing() {
+            connections.sending(slot: slot, backend: backend)
             sends.append(slot: slot, backend: backend)
             if sends.isFull { flushSends(now: now) }
         }
@@ -199,7 +200,11 @@ public struct PortableDriver: ~Copyable {
         guard sends.count > 0 else { return }
         sends.send(from: core.sendBuffers, to: connections.sockets)
         for index in 0..<sends.count {
-            connections.record(core.sendCompleted(slot: sends.slot(index), result: sends.result(index)), now: now)
+            // A send the batch tried again (an earlier packet's pending refusal failed it) has
+            // its second result here.
+            let slot = sends.slot(index)
+            let outcome = core.sendCompleted(slot: slot, result: sends.result(index), retried: sends.wasRetried(index))
+            connections.record(outcome, slot: slot, now: now)
         }
         sends.removeAll()
     }

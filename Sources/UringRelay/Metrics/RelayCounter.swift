@@ -31,6 +31,9 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
     case routingUpdates
     case datagramsDroppedAtExit
     case linesUnconfirmedAtExit
+    case linesDoubted
+    case linesDroppedUnsentAtExit
+    case linesInFlightAtExit
     case poolChanges
     case poolChangesFailed
     case linesDroppedBackendRemoved
@@ -69,6 +72,9 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
         case .routingUpdates: "statsrelay.routing_updates"
         case .datagramsDroppedAtExit: "statsrelay.datagrams_dropped.at_exit"
         case .linesUnconfirmedAtExit: "statsrelay.lines_unconfirmed_at_exit"
+        case .linesDoubted: "statsrelay.lines_doubted"
+        case .linesDroppedUnsentAtExit: "statsrelay.lines_dropped.unsent_at_exit"
+        case .linesInFlightAtExit: "statsrelay.lines_in_flight_at_exit"
         case .poolChanges: "statsrelay.pool_changes"
         case .poolChangesFailed: "statsrelay.pool_changes_failed"
         case .linesDroppedBackendRemoved: "statsrelay.lines_dropped.backend_removed"
@@ -93,7 +99,8 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
         case .linesReplayed: .linesReplayed
         case .linesDroppedRefused: .linesRefused
         case .linesDroppedUnreachable: .linesUnreachable
-        case .linesUnconfirmedAtExit: .linesUnconfirmed
+        case .linesUnconfirmedAtExit: .linesUnconfirmedAtExit
+        case .linesDoubted: .linesDoubted
         default: nil
         }
     }
@@ -116,7 +123,7 @@ public enum BackendCounter: Int, CaseIterable, Sendable {
     case packetsSent
     case bytesSent
     case sendErrors
-    case sendRefused
+    case sendRetries
     case linesDroppedSendError
     case linesRehashedAway
     case linesDroppedBackendDown
@@ -126,7 +133,8 @@ public enum BackendCounter: Int, CaseIterable, Sendable {
     case packetsRefused
     case linesRefused
     case linesUnreachable
-    case linesUnconfirmed
+    case linesDoubted
+    case linesUnconfirmedAtExit
     case unattributedLosses
 
     /// The counter's name; the backend is a label.
@@ -136,7 +144,7 @@ public enum BackendCounter: Int, CaseIterable, Sendable {
         case .packetsSent: "statsrelay.backend.packets_sent"
         case .bytesSent: "statsrelay.backend.bytes_sent"
         case .sendErrors: "statsrelay.backend.send_errors"
-        case .sendRefused: "statsrelay.backend.send_refused"
+        case .sendRetries: "statsrelay.backend.send_retries"
         case .linesDroppedSendError: "statsrelay.backend.lines_dropped.send_error"
         case .linesRehashedAway: "statsrelay.backend.lines_rehashed_away"
         case .linesDroppedBackendDown: "statsrelay.backend.lines_dropped.backend_down"
@@ -146,7 +154,8 @@ public enum BackendCounter: Int, CaseIterable, Sendable {
         case .packetsRefused: "statsrelay.backend.packets_refused"
         case .linesRefused: "statsrelay.backend.lines_dropped.refused"
         case .linesUnreachable: "statsrelay.backend.lines_dropped.unreachable"
-        case .linesUnconfirmed: "statsrelay.backend.lines_unconfirmed"
+        case .linesDoubted: "statsrelay.backend.lines_doubted"
+        case .linesUnconfirmedAtExit: "statsrelay.backend.lines_unconfirmed_at_exit"
         case .unattributedLosses: "statsrelay.backend.unattributed_losses"
         }
     }
@@ -236,6 +245,12 @@ public struct RelayCounters: Sendable, Equatable {
         var values = Array(repeating: UInt64(0), count: BackendCounter.allCases.count)
         values[counter.rawValue] = value
         retire(identity, values)
+    }
+
+    /// A per-backend counter for every backend counted, current or retired, by identity.
+    public func values(of counter: BackendCounter) -> [(backend: String, value: UInt64)] {
+        backends.indices.map { (backends[$0], self[counter, backend: $0]) }
+            + retired.map { ($0.backend, $0.values[counter.rawValue]) }
     }
 
     /// A per-backend counter, by the backend's position in the current pool.

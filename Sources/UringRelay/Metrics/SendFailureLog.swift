@@ -17,9 +17,6 @@ public struct SendFailureLog: Sendable {
         public var packets: UInt64
         /// Their lines, lost (`lines_dropped.send_error`).
         public var lines: UInt64
-        /// Of the packets, sends that failed with `ECONNREFUSED` (`send_refused`): an ICMP port
-        /// unreachable for an earlier packet was still pending on the socket.
-        public var refused: UInt64
         /// Nanoseconds since the backend's previous line, or `nil` for its first.
         public var sinceLast: UInt64?
     }
@@ -27,7 +24,7 @@ public struct SendFailureLog: Sendable {
     /// The shortest time between two lines about one backend.
     public let quietNanoseconds: UInt64
     /// Per backend identity: the counts as of its last line, and when that was.
-    private var told: [String: (packets: UInt64, lines: UInt64, refused: UInt64, at: UInt64)] = [:]
+    private var told: [String: (packets: UInt64, lines: UInt64, at: UInt64)] = [:]
 
     /// A log that says nothing about a backend more often than every `quietNanoseconds`.
     public init(quietNanoseconds: UInt64 = 10_000_000_000) {
@@ -43,11 +40,10 @@ public struct SendFailureLog: Sendable {
             guard packets > (previous?.packets ?? 0) else { continue }
             if let previous, now &- previous.at < quietNanoseconds { continue }
             let lines = counters[.linesDroppedSendError, backend: backend]
-            let refused = counters[.sendRefused, backend: backend]
             entries.append(Entry(
                 backend: backend, packets: packets &- (previous?.packets ?? 0), lines: lines &- (previous?.lines ?? 0),
-                refused: refused &- min(refused, previous?.refused ?? 0), sinceLast: previous.map { now &- $0.at }))
-            told[backend] = (packets, lines, refused, now)
+                sinceLast: previous.map { now &- $0.at }))
+            told[backend] = (packets, lines, now)
         }
         return entries
     }

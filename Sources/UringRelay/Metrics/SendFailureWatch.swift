@@ -54,7 +54,6 @@ public final class SendFailureWatch: Sendable {
                 "backend": "\(entry.backend)",
                 "packets": "\(entry.packets)",
                 "lines": "\(entry.lines)",
-                "refused": "\(entry.refused)",
                 "period": "\(entry.sinceLast.map { "\(($0 + 500_000_000) / 1_000_000_000)s" } ?? "since start")",
                 "counter": "statsrelay.backend.send_errors",
             ])

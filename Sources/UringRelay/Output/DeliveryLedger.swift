@@ -1,42 +1,53 @@
 import RelayKernel
 
-/// One backend socket's account of what became of each packet the kernel accepted: the counters
-/// never claim a delivery the network reported lost.
+/// One backend socket's account of what became of each packet offered to the kernel: every
+/// packet gets exactly one outcome, and the counters never claim a delivery the network
+/// reported lost.
 ///
-/// UDP confirms nothing, but a backend's host that has no socket on the port answers each
-/// datagram with ICMP port unreachable, and the backend socket's error queue
-/// (`BackendSockets.takeErrors(_:)`) then holds exactly one entry per refused datagram. The
-/// refusal arrives a round trip after the send, so a packet the kernel accepted is
+/// UDP confirms nothing, but a backend's host that has no socket on the port (or a firewall
+/// that rejects) answers a datagram with ICMP port unreachable, and the socket's error queue
+/// (`BackendSockets.takeErrors(_:into:)`) then holds one entry for it, quoting the datagram's
+/// start. The refusal arrives a round trip after the send, so a packet the kernel accepted is
 /// *unconfirmed* until either
-/// - a drain of the error queue attributes a refusal to it: refusals go to the oldest
-///   unconfirmed packets first (FIFO), or
-/// - a drain finds it at least `confirmationDelay` old after the refusals of that drain were
-///   attributed: no refusal came for it within the delay, so it is counted as sent.
+/// - a drain finds an error whose quote matches it (`PacketFingerprint.couldBeQuoted(by:)`;
+///   among equal matches, the oldest packet takes it), or
+/// - a complete drain finds it at least `confirmationDelay` old after that drain's errors were
+///   attributed: no error came for it within the delay, so it is counted as sent — or, in an
+///   episode of errors that may be rate-limited, as doubted once the episode has been watched
+///   for `doubtWindow` after it.
 ///
 /// ```
-///   send CQE ok ──► accepted ──► unconfirmed ──┬─ drain attributes an ICMP error ──► refused / unreachable
-///   send CQE -errno ──► sendErrors             ├─ drain at ≥ acceptedAt + delay ───► sent
-///                                              ├─ relay exits first ──────────────► unconfirmedAtExit
-///                                              └─ due within 1 s of an ICMP error ► doubted
+///   send ok ──► accepted ──► unconfirmed ──┬─ an error quotes it ────────────────► refused / unreachable
+///   send -errno ──► sendErrors             ├─ complete drain at ≥ acceptedAt + delay ► sent, or doubted
+///      ▲ an error quoting a recent failed  └─ relay exits first ──────────────────► unconfirmedAtExit
+///        send is its echo: counted nowhere
 /// ```
 ///
-/// Invariant (`verifyInvariants()`): `accepted == sent + refused + unreachable + unconfirmed +
-/// unconfirmedAtExit + doubted`, in packets, lines and bytes alike; every packet offered to the kernel is
-/// in `accepted` or `sendErrors`.
+/// Invariant (`verifyInvariants()`): `accepted == sent + refused + unreachable + doubted +
+/// unconfirmed + unconfirmedAtExit`, in packets, lines and bytes alike; every packet offered to
+/// the kernel is in `accepted` or `sendErrors`, never both.
+///
+/// An error that quotes a packet whose send failed is that failure's echo, not a second loss:
+/// a local firewall's reject fails the send with `EPERM` *and* queues an ICMP error about the
+/// packet. Failed sends are remembered so their echoes are recognised rather than charged to a
+/// packet that arrived: until the second complete drain after them (an echo is queued during
+/// the send, or by a deferred softirq soon after), and at least `confirmationDelay`.
 ///
 /// What is exact and what is not:
-/// - Packet counts are exact when the error queue is drained before it overflows (`needsDrain`)
-///   and every ICMP error returns within `confirmationDelay`; an error that comes later is
-///   counted in `unattributedLosses` if nothing is left to attribute it to.
-/// - Line and byte counts are exact whenever the refused packets are the oldest unconfirmed
-///   ones: a dead backend, a backend coming back, any backend with all or none refused. When a
-///   backend dies mid-stream, the refusals of its first refused packets are attributed to the
-///   packets still unconfirmed from just before (at most `confirmationDelay` of traffic), so
-///   lines can move between `sent` and `refused` in that window; packet totals stay exact.
+/// - Each packet's outcome is exact when the error queue is drained before it overflows
+///   (`needsDrain`), every ICMP error returns within `confirmationDelay`, and the packets
+///   differ in what an error quotes of them (up to `PacketFingerprint.hashedBytes`). Packets
+///   that are equal there (a hot counter repeated whole) are told apart by age only: the
+///   oldest is taken, which may move lines between `sent` and `refused`, never packets.
+/// - An error that comes after its packet was counted as sent, or that matches nothing, is
+///   counted in `unattributedLosses`.
+/// - A host that rate-limits its ICMP errors reports only some refusals: see `doubted`.
 ///
-/// Pure logic: the driver feeds it send results and drain reports with a monotonic clock
-/// (nanoseconds). Steady state allocates nothing; the unconfirmed queue grows to the number of
-/// packets sent within `confirmationDelay` plus one drain interval and stays at that size.
+/// Pure logic: the driver feeds it send results and drains with a monotonic clock
+/// (nanoseconds). Steady state allocates nothing; the queue grows to the number of packets
+/// sent within `confirmationDelay` plus one drain interval and stays at that size. Matching
+/// an error costs O(1) for a quote of at least `hashedBytes` bytes (a hash index), and a scan
+/// from the oldest packet for a shorter one (an empty quote matches the oldest at once).
 public struct DeliveryLedger: Sendable, Equatable {
     /// Packets, with their lines and bytes.
     public struct Counts: Sendable, Equatable, CustomStringConvertible {
@@ -76,10 +87,21 @@ public struct DeliveryLedger: Sendable, Equatable {
     /// the ~150 entries a default-sized error queue holds before the kernel drops entries.
     public static let defaultDrainEvery = 64
 
+    /// How long after an ICMP error the packets sent on the socket may be doubted: Linux's
+    /// default ICMP rate limit per host is one error a second.
+    public static let defaultDoubtWindow: UInt64 = 1_000_000_000
+
+    /// Linux's per-host ICMP rate limit: a token bucket of one error per `icmp_ratelimit`
+    /// (1 000 ms) holding at most `XRLIM_BURST_FACTOR` (6) tokens (`inet_peer_xrlim_allow`).
+    /// A host that sent more errors than this allows in an episode is not rate-limiting them.
+    public static let icmpRateLimitBurst: UInt64 = 6
+
     /// Nanoseconds a packet stays unconfirmed at least.
     public let confirmationDelay: UInt64
     /// Accepted packets between drains that make `needsDrain` true.
     public let drainEvery: Int
+    /// Nanoseconds after an ICMP error during which packets may be `doubted` (0: never).
+    public let doubtWindow: UInt64
 
     /// Packets the kernel accepted for the backend (the send completed with all its bytes).
     public private(set) var accepted = Counts()
@@ -87,42 +109,85 @@ public struct DeliveryLedger: Sendable, Equatable {
     /// them. As close to "delivered" as UDP can tell: they may still be lost on the network or
     /// dropped by a full receive buffer at the backend, which no one reports.
     public private(set) var sent = Counts()
-    /// Packets accepted and then refused by the backend's host with ICMP (or ICMPv6) port
-    /// unreachable: nothing listened on the port. Their lines never reached a backend.
+    /// Packets accepted and then refused by the backend's host (or a firewall on the way) with
+    /// ICMP (or ICMPv6) port unreachable. Their lines never reached a backend.
     public private(set) var refused = Counts()
     /// Packets accepted and then reported undeliverable by another ICMP error (host or network
     /// unreachable, TTL exceeded, too big for the path): lost on the way.
     public private(set) var unreachable = Counts()
-    /// Packets the kernel did not accept: the send failed (`ECONNREFUSED` for a refusal still
-    /// pending from an earlier packet, `ENOBUFS`, `EMSGSIZE`, a short send). Nothing of them
-    /// was transmitted.
+    /// Packets the kernel did not accept: the send failed (`EPERM` from a local firewall,
+    /// `ENOBUFS`, `EMSGSIZE`, a short send, or a refusal still pending from an earlier packet
+    /// that was also there when the send was tried again). Nothing of them was transmitted.
     public private(set) var sendErrors = Counts()
     /// Packets accepted whose confirmation delay had not passed (or that no drain saw after it)
     /// when the relay exited: transmitted, but whether the backend refused them is unknown.
     public private(set) var unconfirmedAtExit = Counts()
-    /// Packets accepted while the backend's host was refusing — within `doubtWindow` after an
-    /// ICMP error on this socket — that got no error of their own. Linux sends at most about one
-    /// ICMP error per second to a host (`net.ipv4.icmp_ratelimit`; loopback is exempt), so of a
-    /// dead remote backend's packets only about one a second is ever refused: the others cannot
-    /// be called sent. Whether they arrived is unknown.
+    /// Packets accepted while the backend's host may have been hiding refusals, that got no
+    /// error of their own: sent within `doubtWindow` of an ICMP error on this socket, in an
+    /// episode of errors no more frequent than Linux's per-host ICMP rate limit allows
+    /// (`icmpRateLimitBurst` plus one a second). A dead *remote* backend refuses about one
+    /// packet a second and says nothing of the rest, so those cannot be called sent; whether
+    /// they arrived is unknown. A host that refuses more often than that (loopback, which is
+    /// exempt, or a host with the limit off) is reporting every refusal: nothing is doubted.
+    /// The decision for such a packet waits until the episode has been watched for
+    /// `doubtWindow` after it, so a burst's first errors alone never doom it.
     public private(set) var doubted = Counts()
-    /// ICMP errors that found no unconfirmed packet to attribute to: each arrived after the
-    /// packet it reports had been counted as sent (it took longer than `confirmationDelay`), so
-    /// `sent` over-counts by this many packets. Zero wherever the delay exceeds the round trip.
+    /// ICMP errors that matched no unconfirmed packet and no recent failed send: each arrived
+    /// after the packet it reports had been counted as sent (it took longer than
+    /// `confirmationDelay`), so `sent` over-counts by this many packets. Zero wherever the
+    /// delay exceeds the round trip.
     public private(set) var unattributedLosses: UInt64 = 0
+    /// ICMP errors that quoted a packet whose send had failed: the echo of a local firewall's
+    /// reject, already counted in `sendErrors`.
+    public private(set) var echoesOfFailedSends: UInt64 = 0
 
     /// Packets accepted and not yet confirmed, refused or closed out: the "in flight" gauge.
     public private(set) var unconfirmed = Counts()
 
-    /// The unconfirmed packets, oldest first, in a ring of power-of-two capacity: when each was
-    /// accepted (monotonic nanoseconds), its lines and its bytes.
+    // The queue of accepted packets, in acceptance order. Packet number `s` (counted from the
+    // ledger's start) lives in slot `s & (capacity - 1)`; `head` is the oldest still queued.
+    // A packet an error matched is *settled* where it stands and leaves the queue when it
+    // reaches the head; the head itself is never settled.
     private var acceptedAt: [UInt64] = []
     private var lineCounts: [UInt32] = []
     private var byteCounts: [UInt32] = []
-    private var head = 0
+    private var fingerprints: [PacketFingerprint] = []
+    private var settled: [Bool] = []
+    private var head: UInt64 = 0
     private var count = 0
-    /// Packets accepted since the last drain.
-    private var acceptedSinceDrain = 0
+    // A hash index over the queued packets of at least `hashedBytes` bytes: per bucket
+    // (`hash & (capacity - 1)`), its oldest and newest packet number plus one (0: empty), and
+    // per packet the next newer one of its bucket.
+    private var bucketOldest: [UInt64] = []
+    private var bucketNewest: [UInt64] = []
+    private var newerInBucket: [UInt64] = []
+
+    // Failed sends of the last `confirmationDelay` not yet echoed, oldest first, for their
+    // echoes: a ring of power-of-two capacity that grows while they come faster than they age.
+    private var failedFingerprints: [PacketFingerprint] = []
+    private var failedAt: [UInt64] = []
+    private var failedAfterDrain: [UInt64] = []
+    private var failedEchoed: [Bool] = []
+    private var failedHead = 0
+    private var failedCount = 0
+
+    /// Packets offered (accepted or failed) since the last complete drain: each may leave an
+    /// entry in the error queue.
+    private var offeredSinceDrain = 0
+    /// When the drain under way began (`beginDrain`).
+    private var drainTime: UInt64 = 0
+    /// Complete drains so far.
+    private var completedDrains: UInt64 = 0
+
+    // The current episode of ICMP errors: errors no more than `doubtWindow` apart. Packets
+    // accepted in `doubtedFrom...doubtedUntil` are doubted if the episode looks rate-limited.
+    private var sawError = false
+    private var episodeStart: UInt64 = 0
+    private var episodeLastError: UInt64 = 0
+    private var episodeErrors: UInt64 = 0
+    private var doubtedFrom: UInt64 = 0
+    private var doubtedUntil: UInt64 = 0
+
     /// Set by `closeAtExit()`: nothing more is accepted.
     public private(set) var isClosed = false
     /// The outcomes already handed out by `takeReport()`.
@@ -133,6 +198,7 @@ public struct DeliveryLedger: Sendable, Equatable {
     /// - Parameters:
     ///   - confirmationDelay: nanoseconds before an unrefused packet counts as sent.
     ///   - drainEvery: accepted packets between drains before `needsDrain` asks for one.
+    ///   - doubtWindow: nanoseconds after an ICMP error during which packets may be doubted.
     public init(
         confirmationDelay: UInt64 = defaultConfirmationDelay, drainEvery: Int = defaultDrainEvery,
         doubtWindow: UInt64 = defaultDoubtWindow
@@ -143,44 +209,58 @@ public struct DeliveryLedger: Sendable, Equatable {
         self.doubtWindow = doubtWindow
     }
 
-    /// How long after an ICMP error the packets sent on the socket are doubted rather than
-    /// confirmed: Linux's default ICMP rate limit per host is one per second.
-    public static let defaultDoubtWindow: UInt64 = 1_000_000_000
-
-    /// Nanoseconds after an ICMP error during which accepted packets are `doubted`.
-    public let doubtWindow: UInt64
-    /// Packets accepted in `doubtedFrom...doubtedUntil` are doubted: from an ICMP error to the
-    /// window's end after the last error that followed it within the window.
-    private var doubtedFrom: UInt64 = 0
-    private var doubtedUntil: UInt64 = 0
-    /// Whether any ICMP error was seen yet (the range means nothing before).
-    private var sawError = false
-
     /// Records a packet the kernel accepted whole (its send completed with all its bytes).
     ///
     /// - Parameters:
     ///   - lines: the StatsD lines in the packet.
     ///   - bytes: its length.
+    ///   - fingerprint: the packet's fingerprint, to match the errors that quote it.
     ///   - now: monotonic nanoseconds, not earlier than any time given before.
     /// - Precondition: the ledger is not closed.
     @inline(__always)
-    public mutating func accepted(lines: Int, bytes: Int, now: UInt64) {
+    public mutating func accepted(lines: Int, bytes: Int, fingerprint: PacketFingerprint = PacketFingerprint(), now: UInt64) {
         precondition(!isClosed, "a packet accepted after closeAtExit()")
         if count == acceptedAt.count { grow() }
-        let slot = (head + count) & (acceptedAt.count - 1)
+        let number = head &+ UInt64(count)
+        let slot = self.slot(number)
         acceptedAt[slot] = now
         lineCounts[slot] = UInt32(clamping: lines)
         byteCounts[slot] = UInt32(clamping: bytes)
+        fingerprints[slot] = fingerprint
+        settled[slot] = false
         count += 1
-        acceptedSinceDrain += 1
+        index(number)
+        offeredSinceDrain += 1
         accepted.add(lines: lines, bytes: bytes)
         unconfirmed.add(lines: lines, bytes: bytes)
     }
 
-    /// Records a packet whose send failed (a CQE with `-errno`, or fewer bytes than the packet).
+    /// Records a packet whose send failed (a result of `-errno`, or fewer bytes than the
+    /// packet), remembering it a while so an echo of its failure is not charged to another
+    /// packet.
     @inline(__always)
-    public mutating func sendFailed(lines: Int, bytes: Int) {
+    public mutating func sendFailed(lines: Int, bytes: Int, fingerprint: PacketFingerprint = PacketFingerprint(), now: UInt64) {
         sendErrors.add(lines: lines, bytes: bytes)
+        offeredSinceDrain += 1
+        let mask = failedAt.count &- 1
+        while failedCount > 0 && (failedEchoed[failedHead] || !mayEcho(failedHead, at: now)) {
+            failedHead = (failedHead + 1) & mask
+            failedCount -= 1
+        }
+        if failedCount == failedAt.count { growFailures() }
+        let slot = (failedHead + failedCount) & (failedAt.count - 1)
+        failedFingerprints[slot] = fingerprint
+        failedAt[slot] = now
+        failedAfterDrain[slot] = completedDrains
+        failedEchoed[slot] = false
+        failedCount += 1
+    }
+
+    /// Whether the failed send in ring slot `slot` may still be echoed by an entry read at
+    /// `time`: no second complete drain since it failed, or less than `confirmationDelay`.
+    @inline(__always)
+    private func mayEcho(_ slot: Int, at time: UInt64) -> Bool {
+        completedDrains <= failedAfterDrain[slot] &+ 1 || failedAt[slot] &+ confirmationDelay >= time
     }
 
     /// Whether the driver should drain the backend's error queue now: enough packets were
@@ -188,42 +268,77 @@ public struct DeliveryLedger: Sendable, Equatable {
     /// packet is old enough to be confirmed. O(1); call it once per loop turn.
     @inline(__always)
     public func needsDrain(now: UInt64) -> Bool {
-        if acceptedSinceDrain >= drainEvery { return true }
-        return count > 0 && acceptedAt[head] &+ confirmationDelay <= now
+        if offeredSinceDrain >= drainEvery { return true }
+        return nextConfirmation.map { $0 <= now } ?? false
     }
 
-    /// Records one drain of the backend's error queue, made at `now` (read the clock before
-    /// draining): attributes its losses to the oldest unconfirmed packets, then counts as sent
-    /// every packet accepted at least `confirmationDelay` before `now`.
-    ///
-    /// - Parameters:
-    ///   - refused: ICMP port-unreachable entries (`SocketErrorReport.refused`).
-    ///   - unreachable: other ICMP error entries (`SocketErrorReport.unreachable`).
-    ///   - now: when the drain began, in monotonic nanoseconds.
-    public mutating func drained(refused refusedCount: Int, unreachable unreachableCount: Int, now: UInt64) {
-        acceptedSinceDrain = 0
-        for lost in 0..<(refusedCount + unreachableCount) {
-            guard count > 0 else {
-                unattributedLosses &+= UInt64(refusedCount + unreachableCount - lost)
-                break
-            }
-            let (lines, bytes) = removeOldest()
-            if lost < refusedCount { refused.add(lines: lines, bytes: bytes) } else { unreachable.add(lines: lines, bytes: bytes) }
+    /// Starts a drain of the backend's error queue made at `now` (read the clock before
+    /// draining): hand it each entry with `take(_:)`, then call `endDrain`.
+    public mutating func beginDrain(now: UInt64) { drainTime = now }
+
+    /// Attributes one error-queue entry: to the oldest unconfirmed packet it could quote,
+    /// else to the failed send it echoes, else to no one (`unattributedLosses`). Entries of
+    /// local origin are not counted: the send that caused them already failed.
+    public mutating func take(_ error: SocketError) {
+        guard error.kind != .local else { return }
+        if let number = oldestQueued(quotedBy: error.quote) {
+            let slot = self.slot(number)
+            let (lines, bytes) = (Int(lineCounts[slot]), Int(byteCounts[slot]))
+            if error.kind == .refused { refused.add(lines: lines, bytes: bytes) } else { unreachable.add(lines: lines, bytes: bytes) }
+            settled[slot] = true
+            unconfirmed.packets -= 1
+            unconfirmed.lines -= UInt64(lines)
+            unconfirmed.bytes -= UInt64(bytes)
+            while count > 0 && settled[self.slot(head)] { removeHead() }
+            noteError()
+        } else if echoFailure(quotedBy: error.quote) {
+            echoesOfFailedSends &+= 1
+        } else {
+            unattributedLosses &+= 1
+            noteError()
         }
-        if refusedCount + unreachableCount > 0 && doubtWindow > 0 {
-            // The host will stay silent about most packets for a while (ICMP rate limit): the
-            // ones still unconfirmed and those sent from now on are doubted, until a window
-            // passes with no error.
-            if !sawError || now > doubtedUntil { doubtedFrom = count > 0 ? min(acceptedAt[head], now) : now }
-            sawError = true
-            doubtedUntil = now &+ doubtWindow
+    }
+
+    /// Ends the drain begun at `now`: when it took every entry there was (`complete`, the
+    /// drain did not stop at its limit), counts as sent every packet accepted at least
+    /// `confirmationDelay` before `now`, oldest first, and as doubted those of an episode of
+    /// errors that may have hidden refusals once the episode has been watched for
+    /// `doubtWindow` after them (`decisionTime`). An incomplete drain confirms nothing: a
+    /// refusal may still be queued behind the limit.
+    public mutating func endDrain(now: UInt64, complete: Bool = true) {
+        guard complete else {
+            assert(verifyInvariants())
+            return
         }
-        while count > 0, acceptedAt[head] &+ confirmationDelay <= now {
-            let doubtful = sawError && acceptedAt[head] >= doubtedFrom && acceptedAt[head] <= doubtedUntil
-            let (lines, bytes) = removeOldest()
+        offeredSinceDrain = 0
+        completedDrains &+= 1
+        while count > 0, decisionTime(ofAcceptedAt: acceptedAt[slot(head)]) <= now {
+            let doubtful = isDoubted(acceptedAt: acceptedAt[slot(head)])
+            let (lines, bytes) = removeHead()
+            unconfirmed.packets -= 1
+            unconfirmed.lines -= UInt64(lines)
+            unconfirmed.bytes -= UInt64(bytes)
             if doubtful { doubted.add(lines: lines, bytes: bytes) } else { sent.add(lines: lines, bytes: bytes) }
+            while count > 0 && settled[slot(head)] { removeHead() }
         }
         assert(verifyInvariants())
+    }
+
+    /// One whole drain at `now` of entries already taken off a queue (tests, replays).
+    public mutating func drained(_ errors: [SocketError], now: UInt64) {
+        beginDrain(now: now)
+        for error in errors { take(error) }
+        endDrain(now: now)
+    }
+
+    /// One whole drain at `now` of `refused` port-unreachable and `unreachable` other ICMP
+    /// entries that quote nothing (as from a router that quotes only the UDP header): each
+    /// matches the oldest unconfirmed packet.
+    public mutating func drained(refused refusedCount: Int, unreachable unreachableCount: Int, now: UInt64) {
+        drained(
+            Array(repeating: SocketError(.refused), count: refusedCount)
+                + Array(repeating: SocketError(.unreachable), count: unreachableCount),
+            now: now)
     }
 
     /// Closes the account at exit: every packet still unconfirmed is counted in
@@ -231,59 +346,190 @@ public struct DeliveryLedger: Sendable, Equatable {
     /// confirmation delay, if the shutdown allows) so that as few as possible remain.
     public mutating func closeAtExit() {
         while count > 0 {
-            let (lines, bytes) = removeOldest()
-            unconfirmedAtExit.add(lines: lines, bytes: bytes)
+            let wasSettled = settled[slot(head)]
+            let (lines, bytes) = removeHead()
+            if !wasSettled { unconfirmedAtExit.add(lines: lines, bytes: bytes) }
         }
+        unconfirmed = Counts()
         isClosed = true
         assert(verifyInvariants())
     }
 
     /// Checks that every accepted packet is in exactly one of sent, refused, unreachable,
-    /// unconfirmed and unconfirmed at exit, and that the queue matches the unconfirmed gauge.
+    /// doubted, unconfirmed and unconfirmed at exit, that the queue matches the unconfirmed
+    /// gauge, and that every unsettled packet of the hash index can be found through it.
     public func verifyInvariants() -> Bool {
         guard accepted == sent + refused + unreachable + doubted + unconfirmed + unconfirmedAtExit else { return false }
-        guard UInt64(count) == unconfirmed.packets, count <= acceptedAt.count else { return false }
-        var lines: UInt64 = 0
-        var bytes: UInt64 = 0
-        for offset in 0..<count {
-            let slot = (head + offset) & (acceptedAt.count - 1)
-            lines += UInt64(lineCounts[slot])
-            bytes += UInt64(byteCounts[slot])
+        guard count <= acceptedAt.count, count == 0 || !settled[slot(head)] else { return false }
+        var queued = Counts()
+        for offset in 0..<UInt64(count) {
+            let slot = self.slot(head &+ offset)
+            guard !settled[slot] else { continue }
+            queued.add(lines: Int(lineCounts[slot]), bytes: Int(byteCounts[slot]))
+            if isIndexed(fingerprints[slot]) && oldestQueued(quotedBy: fingerprints[slot]).map({ $0 > head &+ offset }) ?? true {
+                return false
+            }
         }
-        return lines == unconfirmed.lines && bytes == unconfirmed.bytes
+        return queued == unconfirmed
     }
 
-    /// Takes the oldest unconfirmed packet off the queue.
+    /// The slot of packet number `number`.
     @inline(__always)
-    private mutating func removeOldest() -> (lines: Int, bytes: Int) {
-        let lines = Int(lineCounts[head])
-        let bytes = Int(byteCounts[head])
-        head = (head + 1) & (acceptedAt.count - 1)
-        count -= 1
-        unconfirmed.packets -= 1
-        unconfirmed.lines -= UInt64(lines)
-        unconfirmed.bytes -= UInt64(bytes)
-        return (lines, bytes)
+    private func slot(_ number: UInt64) -> Int { Int(truncatingIfNeeded: number) & (acceptedAt.count - 1) }
+
+    /// Whether a packet of this fingerprint goes into the hash index: only those whose hash
+    /// covers `hashedBytes`, the only ones a quote that long can match.
+    @inline(__always)
+    private func isIndexed(_ fingerprint: PacketFingerprint) -> Bool { fingerprint.length >= PacketFingerprint.hashedBytes }
+
+    @inline(__always)
+    private func bucket(_ fingerprint: PacketFingerprint) -> Int {
+        Int(truncatingIfNeeded: fingerprint.hash) & (bucketOldest.count - 1)
     }
 
-    /// Doubles the ring (at least 64 slots), keeping the packets in order from slot 0.
+    /// Adds queued packet `number` to the hash index, as its bucket's newest.
+    @inline(__always)
+    private mutating func index(_ number: UInt64) {
+        let slot = self.slot(number)
+        guard isIndexed(fingerprints[slot]) else { return }
+        let bucket = self.bucket(fingerprints[slot])
+        newerInBucket[slot] = 0
+        if bucketOldest[bucket] == 0 {
+            bucketOldest[bucket] = number &+ 1
+        } else {
+            newerInBucket[self.slot(bucketNewest[bucket] &- 1)] = number &+ 1
+        }
+        bucketNewest[bucket] = number &+ 1
+    }
+
+    /// The oldest unsettled queued packet that `quote` could be about.
+    private func oldestQueued(quotedBy quote: PacketFingerprint) -> UInt64? {
+        guard count > 0 else { return nil }
+        if quote.length >= PacketFingerprint.hashedBytes {
+            var link = bucketOldest[bucket(quote)]
+            while link != 0 {
+                let slot = self.slot(link &- 1)
+                if !settled[slot] && fingerprints[slot].couldBeQuoted(by: quote) { return link &- 1 }
+                link = newerInBucket[slot]
+            }
+            return nil
+        }
+        for offset in 0..<UInt64(count) {
+            let slot = self.slot(head &+ offset)
+            if !settled[slot] && fingerprints[slot].couldBeQuoted(by: quote) { return head &+ offset }
+        }
+        return nil
+    }
+
+    /// Finds the oldest remembered failed send that may still be echoed (`mayEcho`) and was
+    /// not yet, that `quote` could be about, and marks it echoed.
+    private mutating func echoFailure(quotedBy quote: PacketFingerprint) -> Bool {
+        for offset in 0..<failedCount {
+            let slot = (failedHead + offset) & (failedAt.count - 1)
+            guard !failedEchoed[slot], mayEcho(slot, at: drainTime),
+                  failedFingerprints[slot].couldBeQuoted(by: quote) else { continue }
+            failedEchoed[slot] = true
+            return true
+        }
+        return false
+    }
+
+    /// Doubles the ring of failed sends (at least 16 slots), oldest first from slot 0.
+    private mutating func growFailures() {
+        let capacity = max(16, failedAt.count * 2)
+        var prints = [PacketFingerprint](repeating: PacketFingerprint(), count: capacity)
+        var times = [UInt64](repeating: 0, count: capacity)
+        var drains = [UInt64](repeating: 0, count: capacity)
+        var echoed = [Bool](repeating: false, count: capacity)
+        for offset in 0..<failedCount {
+            let old = (failedHead + offset) & (failedAt.count - 1)
+            prints[offset] = failedFingerprints[old]
+            times[offset] = failedAt[old]
+            drains[offset] = failedAfterDrain[old]
+            echoed[offset] = failedEchoed[old]
+        }
+        failedFingerprints = prints
+        failedAt = times
+        failedAfterDrain = drains
+        failedEchoed = echoed
+        failedHead = 0
+    }
+
+    /// Counts an ICMP error (not an echo) into the current episode, opening a new one when the
+    /// last error is more than `doubtWindow` old.
+    private mutating func noteError() {
+        guard doubtWindow > 0 else { return }
+        if !sawError || drainTime > doubtedUntil {
+            // The packets still unconfirmed when the host began refusing are in the episode too.
+            episodeStart = drainTime
+            episodeErrors = 0
+            doubtedFrom = count > 0 ? min(acceptedAt[slot(head)], drainTime) : drainTime
+        }
+        sawError = true
+        episodeErrors &+= 1
+        episodeLastError = drainTime
+        doubtedUntil = drainTime &+ doubtWindow
+    }
+
+    /// Whether the current episode's errors are few enough to be all a rate-limiting host
+    /// would send: then packets without an error of their own may have been refused silently.
+    private var episodeMayHideRefusals: Bool {
+        guard sawError && doubtWindow > 0 else { return false }
+        let seconds = (episodeLastError &- episodeStart) / 1_000_000_000
+        return episodeErrors <= Self.icmpRateLimitBurst &+ 1 &+ seconds
+    }
+
+    /// Takes the head packet off the queue (and the hash index); the caller counts it.
+    @inline(__always)
+    @discardableResult
+    private mutating func removeHead() -> (lines: Int, bytes: Int) {
+        let slot = self.slot(head)
+        if isIndexed(fingerprints[slot]) {
+            let bucket = self.bucket(fingerprints[slot])
+            // The head is its bucket's oldest if it is in the index at all (a settled packet
+            // may have been left out when the queue grew).
+            if bucketOldest[bucket] == head &+ 1 {
+                bucketOldest[bucket] = newerInBucket[slot]
+                if bucketOldest[bucket] == 0 { bucketNewest[bucket] = 0 }
+            }
+        }
+        head &+= 1
+        count -= 1
+        return (Int(lineCounts[slot]), Int(byteCounts[slot]))
+    }
+
+    /// Doubles the queue (at least 64 slots), keeping every packet's number, and rebuilds the
+    /// hash index over the unsettled ones.
     private mutating func grow() {
         let capacity = max(64, acceptedAt.count * 2)
+        let mask = capacity - 1
         var times = [UInt64](repeating: 0, count: capacity)
         var lines = [UInt32](repeating: 0, count: capacity)
         var bytes = [UInt32](repeating: 0, count: capacity)
-        for offset in 0..<count {
-            let slot = (head + offset) & (acceptedAt.count - 1)
-            times[offset] = acceptedAt[slot]
-            lines[offset] = lineCounts[slot]
-            bytes[offset] = byteCounts[slot]
+        var prints = [PacketFingerprint](repeating: PacketFingerprint(), count: capacity)
+        var marks = [Bool](repeating: false, count: capacity)
+        for offset in 0..<UInt64(count) {
+            let old = slot(head &+ offset)
+            let new = Int(truncatingIfNeeded: head &+ offset) & mask
+            times[new] = acceptedAt[old]
+            lines[new] = lineCounts[old]
+            bytes[new] = byteCounts[old]
+            prints[new] = fingerprints[old]
+            marks[new] = settled[old]
         }
         acceptedAt = times
         lineCounts = lines
         byteCounts = bytes
-        head = 0
+        fingerprints = prints
+        settled = marks
+        bucketOldest = [UInt64](repeating: 0, count: capacity)
+        bucketNewest = [UInt64](repeating: 0, count: capacity)
+        newerInBucket = [UInt64](repeating: 0, count: capacity)
+        for offset in 0..<UInt64(count) where !settled[slot(head &+ offset)] { index(head &+ offset) }
     }
 }
+
+extension DeliveryLedger: SocketErrorSink {}
 
 extension DeliveryLedger {
     /// What became of packets since the last `takeReport()`: the part of each final outcome
@@ -321,13 +567,43 @@ extension DeliveryLedger {
 
     /// When the oldest unconfirmed packet can be confirmed by a drain, if any is unconfirmed.
     public var nextConfirmation: UInt64? {
-        count > 0 ? acceptedAt[head] &+ confirmationDelay : nil
+        count > 0 ? decisionTime(ofAcceptedAt: acceptedAt[slot(head)]) : nil
     }
 
-    /// Records one drain of the backend's error queue; see `drained(refused:unreachable:now:)`.
-    /// Local-origin entries are not counted: the send that caused them already failed.
+    /// When a packet accepted at `at` with no error of its own can be counted: after the
+    /// confirmation delay; if it falls in an episode of errors that may be rate-limited, not
+    /// before the episode has been watched for `doubtWindow` after it (more errors in that
+    /// time show the host is not rate-limiting, and the packet is sent after all).
     @inline(__always)
-    public mutating func drained(_ report: SocketErrorReport, now: UInt64) {
-        drained(refused: report.refused, unreachable: report.unreachable, now: now)
+    private func decisionTime(ofAcceptedAt at: UInt64) -> UInt64 {
+        let confirmed = at &+ confirmationDelay
+        return isDoubted(acceptedAt: at) ? max(confirmed, at &+ doubtWindow) : confirmed
+    }
+
+    /// Whether a packet accepted at `at` with no error of its own would be doubted now.
+    @inline(__always)
+    private func isDoubted(acceptedAt at: UInt64) -> Bool {
+        episodeMayHideRefusals && at >= doubtedFrom && at <= doubtedUntil
+    }
+
+    /// Drains backend `index`'s error queue in `sockets` into this ledger, as one drain at
+    /// `now` (see `beginDrain`, `take`, `endDrain`).
+    ///
+    /// - Returns: what the drain counted.
+    @discardableResult
+    public mutating func drain(_ index: Int, of sockets: borrowing BackendSockets, now: UInt64) -> SocketErrorReport {
+        beginDrain(now: now)
+        let report = sockets.takeErrors(index, into: &self)
+        endDrain(now: now, complete: !report.reachedLimit)
+        return report
+    }
+
+    /// Drains retired socket `index`'s error queue into this ledger, as one drain at `now`.
+    @discardableResult
+    public mutating func drain(_ index: Int, of sockets: borrowing RetiringSockets, now: UInt64) -> SocketErrorReport {
+        beginDrain(now: now)
+        let report = sockets.takeErrors(index, into: &self)
+        endDrain(now: now, complete: !report.reachedLimit)
+        return report
     }
 }

@@ -7,18 +7,25 @@ import Synchronization
 ///
 /// Publishing bumps the pool's generation; a worker compares it with the one it last applied
 /// (one atomic load per turn) and, when it differs, copies the new pool under the lock.
-/// Send refusals flow the other way: a worker adds to a backend's refusal count (only when a
-/// send fails) and the monitor takes the counts at each check.
+/// Send refusals flow the other way without touching the send path: each worker counts them
+/// in its own counters (`packets_refused`, `send_retries`), which it publishes to its
+/// `CounterBoard` at most every 100 ms anyway; the monitor reads the boards at each check and
+/// takes what grew since (`takeRefusalsByBackend`).
 public final class RoutingState: Sendable {
     private let published = Atomic<UInt64>(0)
     private let pool: Mutex<BackendPool>
-    private let refusals: Mutex<[String: UInt64]>
+    private let refusals = Mutex(RefusalIntake())
     private let subscribers = Mutex<[WakeupEvent]>([])
+
+    /// The workers' boards the monitor reads refusals from, each with the counts already taken.
+    private struct RefusalIntake {
+        var boards: [CounterBoard] = []
+        var taken: [[String: UInt64]] = []
+    }
 
     /// Starts from `pool` (every backend up).
     public init(pool: BackendPool) {
         self.pool = Mutex(pool)
-        refusals = Mutex([:])
     }
 
     /// A pool of bare addresses (identities `host:port`), every backend up, policy `rehash`.
@@ -93,16 +100,40 @@ public final class RoutingState: Sendable {
         subscribers.withLock { $0.removeAll { $0 === event } }
     }
 
-    /// Counts one `ECONNREFUSED` from a backend's socket.
-    public func reportRefusal(backend identity: String) {
-        refusals.withLock { $0[identity, default: 0] &+= 1 }
+    /// Reads a worker's refusals from `board` from now on (once per board; at a worker's start).
+    public func watchRefusals(on board: CounterBoard) {
+        refusals.withLock { intake in
+            guard !intake.boards.contains(where: { $0 === board }) else { return }
+            intake.boards.append(board)
+            intake.taken.append(board.counters.map(Self.refusals(in:)) ?? [:])
+        }
     }
 
-    /// Takes (and resets) every backend's refusal count, by identity.
+    /// Takes every backend's refusals since the last call, by identity, summed over the
+    /// workers as each last published them: packets refused by ICMP port unreachable, and
+    /// sends that met such a refusal still pending. Called by the health monitor, off the
+    /// data path.
     public func takeRefusalsByBackend() -> [String: UInt64] {
-        refusals.withLock { counts in
-            defer { counts = [:] }
-            return counts
+        refusals.withLock { intake in
+            var fresh: [String: UInt64] = [:]
+            for index in intake.boards.indices {
+                guard let counters = intake.boards[index].counters else { continue }
+                let now = Self.refusals(in: counters)
+                for (identity, total) in now {
+                    let before = intake.taken[index][identity] ?? 0
+                    if total > before { fresh[identity, default: 0] &+= total - before }
+                }
+                intake.taken[index] = now
+            }
+            return fresh
         }
+    }
+
+    /// A worker's refusal evidence per backend identity: refused packets plus retried sends.
+    private static func refusals(in counters: RelayCounters) -> [String: UInt64] {
+        var byBackend: [String: UInt64] = [:]
+        for (identity, value) in counters.values(of: .packetsRefused) { byBackend[identity, default: 0] &+= value }
+        for (identity, value) in counters.values(of: .sendRetries) { byBackend[identity, default: 0] &+= value }
+        return byBackend
     }
 }

@@ -1,0 +1,102 @@
+/// What identifies a sent datagram when an ICMP error quotes it back: its length, its first
+/// 8 bytes and a hash of its first `hashedBytes` bytes. Computed for every packet sent (from
+/// its send slot) and for the quote of every error-queue entry, with the same function, so a
+/// refusal can be matched to the packet it reports (`couldBeQuoted(by:)`).
+///
+/// An ICMP error carries the start of the offending IP datagram; the kernel hands its UDP
+/// payload to the error queue as the entry's data (`ip_icmp_error`/`ipv6_icmp_error`). How much
+/// is quoted depends on the host that answers: Linux quotes up to 576 bytes of IP packet in
+/// all (520 bytes of UDP payload over IPv4, more over IPv6), routers following RFC 1812 as much
+/// as fits in 576 bytes, old ones (RFC 792) only the UDP header, which leaves an empty quote.
+/// So a quote is a prefix of its packet, of any length up to the whole packet:
+///
+/// ```
+///  packet  |0 ....... 8 ............................ hashedBytes ........... length|
+///  quote   |0 ....... 8 ........ L|                     (L < hashedBytes: head only)
+///  quote   |0 ....... 8 ............................ hashedBytes ...... L|  (hash)
+/// ```
+/// - a quote at least `min(hashedBytes, packet length)` long is compared by hash: both hashed
+///   the same bytes, the packet's first `min(hashedBytes, length)`;
+/// - a shorter quote (a stingy router) is compared on its first `min(L, 8)` bytes;
+/// - a quote longer than the packet is not of it.
+///
+/// Equal packets (a hot counter repeated) have equal fingerprints: the ledger then takes the
+/// oldest. Nothing is allocated; hashing reads at most `hashedBytes` bytes, a word at a time.
+public struct PacketFingerprint: Sendable, Equatable, CustomStringConvertible {
+    /// How many leading bytes the hash covers: nearly all of the 520 bytes a Linux host quotes
+    /// over IPv4, so packets that differ anywhere in what is quoted differ here too.
+    public static let hashedBytes = 512
+
+    /// The datagram's length (for a quote: the quote's length).
+    public var length: Int
+    /// The first 8 bytes, little-endian, zero beyond `length`.
+    public var head: UInt64
+    /// A hash of the first `min(hashedBytes, length)` bytes.
+    public var hash: UInt64
+
+    /// The fingerprint of an empty datagram (or an empty quote, which matches any packet).
+    public init() {
+        length = 0
+        head = 0
+        hash = Self.hash(of: UnsafeRawBufferPointer(start: nil, count: 0))
+    }
+
+    /// The fingerprint of `bytes`.
+    public init(_ bytes: RawSpan) {
+        self = bytes.withUnsafeBytes { Self(unsafeBytes: $0) }
+    }
+
+    /// The fingerprint of the bytes at `bytes` (a received quote, a send slot).
+    init(unsafeBytes bytes: UnsafeRawBufferPointer) {
+        length = bytes.count
+        var first: UInt64 = 0
+        for offset in 0..<min(8, bytes.count) { first |= UInt64(bytes[offset]) << (8 * UInt64(offset)) }
+        head = first
+        hash = Self.hash(of: UnsafeRawBufferPointer(rebasing: bytes.prefix(Self.hashedBytes)))
+    }
+
+    /// Whether an error-queue entry quoting `quote` can be about this packet: the quote is a
+    /// prefix of it, as far as the fingerprints can tell (see the type's rules).
+    @inline(__always)
+    public func couldBeQuoted(by quote: PacketFingerprint) -> Bool {
+        guard quote.length <= length else { return false }
+        if quote.length >= min(Self.hashedBytes, length) { return quote.hash == hash }
+        let compared = min(quote.length, 8)
+        let mask: UInt64 = compared == 8 ? .max : (1 << (8 * UInt64(compared))) &- 1
+        return (head ^ quote.head) & mask == 0
+    }
+
+    public var description: String {
+        "length=\(length) head=0x\(String(head, radix: 16)) hash=0x\(String(hash, radix: 16))"
+    }
+
+    /// A 64-bit hash of `bytes`: 8-byte words mixed with a multiply-rotate step, the tail
+    /// zero-padded, the length folded in, then the `fmix64` finaliser of MurmurHash3.
+    @inline(__always)
+    private static func hash(of bytes: UnsafeRawBufferPointer) -> UInt64 {
+        let multiplier: UInt64 = 0x9E37_79B9_7F4A_7C15
+        var state = UInt64(bytes.count) &* multiplier
+        var offset = 0
+        while offset + 8 <= bytes.count {
+            let word = UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self))
+            state = ((state ^ word) &* multiplier).rotated(left: 29)
+            offset += 8
+        }
+        if offset < bytes.count {
+            var word: UInt64 = 0
+            for index in offset..<bytes.count { word |= UInt64(bytes[index]) << (8 * UInt64(index - offset)) }
+            state = ((state ^ word) &* multiplier).rotated(left: 29)
+        }
+        state ^= state >> 33
+        state &*= 0xFF51_AFD7_ED55_8CCD
+        state ^= state >> 33
+        state &*= 0xC4CE_B9FE_1A85_EC53
+        state ^= state >> 33
+        return state
+    }
+}
+
+extension UInt64 {
+    @inline(__always)
+    fileprivate func rotated(left count: UInt64) -> UInt64 { (self << count) | (self >> (64 - count)) }
+}

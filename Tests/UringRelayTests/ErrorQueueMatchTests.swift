@@ -1,0 +1,295 @@
+import RelayKernel
+import Testing
+@testable import UringRelay
+
+/// A packet of StatsD lines for these tests: `lines` lines starting `name.0:1|c`, so packets
+/// differ from their first bytes on, and the line count says which packet a count came from.
+struct TestPacket {
+    let bytes: [UInt8]
+    let lines: Int
+
+    init(_ name: String, lines: Int, padTo length: Int = 0) {
+        var text = (0..<lines).map { "\(name).\($0):1|c\n" }.joined()
+        if text.utf8.count < length { text += String(repeating: "x", count: length - text.utf8.count) }
+        bytes = Array(text.utf8)
+        self.lines = lines
+    }
+
+    var fingerprint: PacketFingerprint { PacketFingerprint(bytes.span.bytes) }
+
+    /// The fingerprint of an ICMP error's quote of this packet: its first `length` bytes, as
+    /// a Linux host quotes 520 of them over IPv4.
+    func quote(_ length: Int = 520) -> PacketFingerprint { PacketFingerprint(Array(bytes.prefix(length)).span.bytes) }
+
+    func refusal(_ length: Int = 520) -> SocketError { SocketError(.refused, quote: quote(length)) }
+}
+
+@Suite("Packet fingerprints: a quote matches the packet it is a prefix of")
+struct PacketFingerprintTests {
+    static let long = TestPacket("fingerprint.long", lines: 60, padTo: 1_400)
+    static let short = TestPacket("fingerprint.short", lines: 3)
+
+    /// (what, packet, quote bytes, whether the quote is of the packet by the documented rules).
+    static let cases: [(String, [UInt8], [UInt8], Bool)] = [
+        ("a short packet quoted whole", short.bytes, short.bytes, true),
+        ("a long packet's first 520 bytes (Linux over IPv4)", long.bytes, Array(long.bytes.prefix(520)), true),
+        ("a long packet quoted whole", long.bytes, long.bytes, true),
+        ("the first 512 bytes exactly", long.bytes, Array(long.bytes.prefix(512)), true),
+        ("a quote that differs at byte 300", long.bytes, changed(Array(long.bytes.prefix(520)), at: 300), false),
+        ("a quote that differs at byte 0", short.bytes, changed(short.bytes, at: 0), false),
+        ("a quote one byte longer than the packet", short.bytes, short.bytes + [0x0A], false),
+        ("another packet's quote of the same length", short.bytes, TestPacket("fingerprint.other", lines: 3).bytes, false),
+        ("an empty quote (a router that quotes the UDP header only) matches any packet", long.bytes, [], true),
+        ("a 5-byte quote with the same first bytes", long.bytes, Array(long.bytes.prefix(5)), true),
+        ("a 5-byte quote with other first bytes", long.bytes, Array("other".utf8), false),
+        // The documented limits: a partial quote shorter than 512 bytes of a longer packet is
+        // compared on its first 8 bytes, and bytes past 512 are not compared at all.
+        ("a 100-byte quote, same first 8 bytes, different after (compared on 8 bytes only)",
+         long.bytes, Array(long.bytes.prefix(8)) + Array(repeating: 0x41, count: 92), true),
+        ("a 600-byte quote that differs at byte 550 (past the hashed 512)", long.bytes, changed(Array(long.bytes.prefix(600)), at: 550), true),
+    ]
+
+    static func changed(_ bytes: [UInt8], at offset: Int) -> [UInt8] {
+        var copy = bytes
+        copy[offset] ^= 0x20
+        return copy
+    }
+
+    @Test("couldBeQuoted(by:)", arguments: cases)
+    func matching(what: String, packet: [UInt8], quote: [UInt8], expected: Bool) {
+        let print = PacketFingerprint(packet.span.bytes)
+        #expect(print.couldBeQuoted(by: PacketFingerprint(quote.span.bytes)) == expected, "\(what)")
+    }
+
+    @Test("the fingerprint keeps the length and the first 8 bytes as they are")
+    func lengthAndHead() {
+        let print = PacketFingerprint(Array("abcdefghij".utf8).span.bytes)
+        #expect(print.length == 10)
+        #expect(print.head == 0x6867_6665_6463_6261)  // "abcdefgh", little-endian
+        #expect(PacketFingerprint(Array("ab".utf8).span.bytes).head == 0x6261)
+    }
+}
+
+@Suite("Delivery ledger: each error goes to the packet it quotes (issue 12, defect 4)")
+struct ErrorQueueMatchTests {
+    static let delay: UInt64 = 200_000_000
+
+    /// A ledger with a 200 ms delay and no doubt window (these cases are about attribution;
+    /// doubt has its own suite), the given packets accepted at 0 ms.
+    static func ledger(accepting packets: [TestPacket], doubtWindow: UInt64 = 0) -> DeliveryLedger {
+        var ledger = DeliveryLedger(confirmationDelay: delay, doubtWindow: doubtWindow)
+        for packet in packets {
+            ledger.accepted(lines: packet.lines, bytes: packet.bytes.count, fingerprint: packet.fingerprint, now: 0)
+        }
+        return ledger
+    }
+
+    static let packets = [
+        TestPacket("match.a", lines: 1, padTo: 1_400), TestPacket("match.b", lines: 2, padTo: 1_400),
+        TestPacket("match.c", lines: 4, padTo: 1_400), TestPacket("match.d", lines: 8, padTo: 100),
+        TestPacket("match.e", lines: 16),
+    ]
+
+    @Test("a refusal is charged to the packet it quotes, not to the oldest one", arguments: 0..<5)
+    func chargedToTheQuotedPacket(refused index: Int) {
+        var ledger = Self.ledger(accepting: Self.packets)
+        ledger.drained([Self.packets[index].refusal()], now: 1_000_000)
+        ledger.drained([], now: Self.delay + 1_000_000)
+        #expect(ledger.refused == DeliveryLedger.Counts(packets: 1, lines: UInt64(Self.packets[index].lines), bytes: UInt64(Self.packets[index].bytes.count)))
+        #expect(ledger.sent.lines == UInt64(31 - Self.packets[index].lines))
+        #expect(ledger.unattributedLosses == 0 && ledger.unconfirmed.packets == 0)
+    }
+
+    @Test("several refusals in one drain, in any order, each to its own packet")
+    func severalInOneDrain() {
+        var ledger = Self.ledger(accepting: Self.packets)
+        ledger.drained([Self.packets[4].refusal(), Self.packets[1].refusal(), SocketError(.unreachable, quote: Self.packets[3].quote())], now: 1_000)
+        #expect(ledger.refused.lines == 18)
+        #expect(ledger.unreachable.lines == 8)
+        ledger.drained([], now: Self.delay)
+        #expect(ledger.sent.lines == 5)
+    }
+
+    @Test("equal packets: the oldest takes the refusal")
+    func equalPacketsOldestFirst() {
+        let same = TestPacket("match.same", lines: 3, padTo: 1_400)
+        var ledger = DeliveryLedger(confirmationDelay: Self.delay, doubtWindow: 0)
+        ledger.accepted(lines: 3, bytes: same.bytes.count, fingerprint: same.fingerprint, now: 0)
+        ledger.accepted(lines: 3, bytes: same.bytes.count, fingerprint: same.fingerprint, now: 10_000_000)
+        ledger.drained([same.refusal()], now: 20_000_000)
+        // Only the first packet (accepted at 0) is old enough to confirm at 200 ms: if the
+        // second had taken the refusal, the first would be sent now.
+        ledger.drained([], now: Self.delay)
+        #expect(ledger.sent.packets == 0 && ledger.refused.packets == 1 && ledger.unconfirmed.packets == 1)
+    }
+
+    @Test("a local firewall's reject: the failed send's ICMP echo is recognised, not charged to a packet that arrived")
+    func echoOfAFailedSend() {
+        let arrived = TestPacket("echo.arrived", lines: 5, padTo: 1_400)
+        let rejected = TestPacket("echo.rejected", lines: 7, padTo: 1_400)
+        var ledger = DeliveryLedger(confirmationDelay: Self.delay, doubtWindow: 0)
+        ledger.accepted(lines: 5, bytes: arrived.bytes.count, fingerprint: arrived.fingerprint, now: 0)
+        ledger.sendFailed(lines: 7, bytes: rejected.bytes.count, fingerprint: rejected.fingerprint, now: 0)
+        ledger.drained([rejected.refusal()], now: 1_000)
+        ledger.drained([], now: Self.delay)
+        #expect(ledger.sent.lines == 5, "the packet that arrived is sent")
+        #expect(ledger.sendErrors.lines == 7 && ledger.refused.packets == 0, "the rejected one is counted once, as a failed send")
+        #expect(ledger.echoesOfFailedSends == 1 && ledger.unattributedLosses == 0)
+    }
+
+    @Test("an echo is taken once per failed send; a second one, or one after two more drains and the confirmation delay, is unattributed")
+    func echoesAreBounded() {
+        let rejected = TestPacket("echo.once", lines: 1, padTo: 700)
+        var ledger = DeliveryLedger(confirmationDelay: Self.delay)
+        ledger.sendFailed(lines: 1, bytes: rejected.bytes.count, fingerprint: rejected.fingerprint, now: 0)
+        ledger.drained([rejected.refusal(), rejected.refusal()], now: 1_000)
+        #expect(ledger.echoesOfFailedSends == 1 && ledger.unattributedLosses == 1)
+        ledger.sendFailed(lines: 1, bytes: rejected.bytes.count, fingerprint: rejected.fingerprint, now: 1_000_000_000)
+        ledger.drained([], now: 1_000_000_000 + Self.delay + 1)
+        // One complete drain since the failure: an echo read now, however late, is still its
+        // own (a long turn may separate a failure from the next drain).
+        ledger.drained([rejected.refusal()], now: 1_000_000_000 + Self.delay + 2)
+        #expect(ledger.echoesOfFailedSends == 2 && ledger.unattributedLosses == 1)
+        ledger.sendFailed(lines: 1, bytes: rejected.bytes.count, fingerprint: rejected.fingerprint, now: 2_000_000_000)
+        ledger.drained([], now: 2_000_000_000 + 1)
+        ledger.drained([], now: 2_000_000_000 + 2)
+        ledger.drained([rejected.refusal()], now: 2_000_000_000 + Self.delay + 1)
+        #expect(ledger.echoesOfFailedSends == 2 && ledger.unattributedLosses == 2)
+    }
+
+    @Test("the echoes of a burst of failed sends larger than one drain interval are all recognised")
+    func manyEchoes() {
+        var ledger = DeliveryLedger(confirmationDelay: Self.delay)
+        let rejected = (0..<300).map { TestPacket("echo.burst.\($0)", lines: 1, padTo: 600) }
+        for packet in rejected { ledger.sendFailed(lines: 1, bytes: packet.bytes.count, fingerprint: packet.fingerprint, now: 5) }
+        ledger.drained(rejected.reversed().map { $0.refusal() }, now: 10)
+        #expect(ledger.echoesOfFailedSends == 300 && ledger.unattributedLosses == 0)
+    }
+
+    @Test("a refusal for a packet already counted as sent, or for no packet at all, is unattributed and takes nothing from sent")
+    func lateRefusal() {
+        var ledger = Self.ledger(accepting: Array(Self.packets.prefix(2)))
+        ledger.drained([], now: Self.delay)
+        #expect(ledger.sent.lines == 3)
+        ledger.drained([Self.packets[0].refusal(), Self.packets[4].refusal()], now: Self.delay + 1)
+        #expect(ledger.sent.lines == 3 && ledger.refused.packets == 0 && ledger.unattributedLosses == 2)
+    }
+
+    @Test("errors of local origin are no further loss")
+    func localErrorsIgnored() {
+        var ledger = Self.ledger(accepting: [Self.packets[0]])
+        ledger.drained([SocketError(.local, quote: Self.packets[0].quote())], now: Self.delay)
+        #expect(ledger.sent.lines == 1 && ledger.unattributedLosses == 0)
+    }
+
+    @Test("a drain that stopped at its limit confirms nothing: a refusal may still be queued")
+    func incompleteDrainConfirmsNothing() {
+        var ledger = Self.ledger(accepting: Self.packets)
+        ledger.beginDrain(now: Self.delay)
+        ledger.take(Self.packets[2].refusal())
+        ledger.endDrain(now: Self.delay, complete: false)
+        #expect(ledger.sent.packets == 0 && ledger.refused.lines == 4 && ledger.unconfirmed.packets == 4)
+        #expect(ledger.needsDrain(now: Self.delay))
+        ledger.drained([Self.packets[0].refusal()], now: Self.delay)
+        #expect(ledger.sent.lines == 26 && ledger.refused.lines == 5)
+    }
+
+    @Test("the hash index finds the quoted packet across growth and wrap-around", arguments: [63, 64, 65, 700])
+    func indexAcrossGrowth(batch: Int) {
+        var ledger = DeliveryLedger(confirmationDelay: 1_000, doubtWindow: 0)
+        var expectedRefused: UInt64 = 0
+        var expectedSent: UInt64 = 0
+        var next = 1
+        for round in 0..<6 {
+            var packets: [(packet: TestPacket, lines: Int)] = []
+            for _ in 0..<batch {
+                // Packet n counts n lines: the refused line total names exactly which were taken.
+                packets.append((TestPacket("grow.\(next)", lines: 1, padTo: 600), next))
+                ledger.accepted(lines: next, bytes: 600, fingerprint: packets.last!.packet.fingerprint, now: UInt64(round) * 10)
+                next += 1
+            }
+            // Refuse every third packet of this round, newest first, then confirm the rest.
+            let refusedHere = stride(from: packets.count - 1, through: 0, by: -3).map { packets[$0] }
+            let roundLines = packets.reduce(0) { $0 + UInt64($1.lines) }
+            let refusedLines = refusedHere.reduce(0) { $0 + UInt64($1.lines) }
+            expectedRefused += refusedLines
+            expectedSent += roundLines - refusedLines
+            ledger.drained(refusedHere.map { $0.packet.refusal() }, now: UInt64(round) * 10 + 1)
+            if round % 2 == 1 { ledger.drained([], now: UInt64(round) * 10 + 1_000) }
+        }
+        ledger.drained([], now: 1_000_000)
+        #expect(ledger.refused.lines == expectedRefused)
+        #expect(ledger.sent.lines == expectedSent)
+        #expect(ledger.unattributedLosses == 0 && ledger.unconfirmed == DeliveryLedger.Counts())
+        #expect(ledger.verifyInvariants())
+    }
+
+    @Test("short packets (under the hashed length) are matched by a scan, whole quote against whole packet")
+    func shortPacketsScanned() {
+        let small = (0..<40).map { TestPacket("small.\($0)", lines: $0 + 1) }
+        var ledger = Self.ledger(accepting: small)
+        ledger.drained([small[37].refusal(), small[2].refusal()], now: 1)
+        ledger.drained([], now: Self.delay)
+        #expect(ledger.refused.lines == 38 + 3)
+        #expect(ledger.sent.packets == 38)
+    }
+}
+
+@Suite("Delivery ledger: doubt only what a rate-limiting host may have hidden")
+struct DoubtEpisodeTests {
+    static let delay: UInt64 = 200_000_000
+    static let second: UInt64 = 1_000_000_000
+
+    /// Packets at `every` ms from 0 to `until` ms; the ones at `refusedAt` ms are refused in
+    /// a drain at once; drains every 50 ms; returns the ledger after a final drain at 10 s.
+    static func run(every: UInt64, until: UInt64, refusedAt: Set<UInt64>) -> DeliveryLedger {
+        var ledger = DeliveryLedger(confirmationDelay: delay)
+        var time: UInt64 = 0
+        while time <= until {
+            let packet = TestPacket("doubt.\(time)", lines: 1, padTo: 600)
+            ledger.accepted(lines: 1, bytes: packet.bytes.count, fingerprint: packet.fingerprint, now: time * 1_000_000)
+            ledger.drained(refusedAt.contains(time) ? [packet.refusal()] : [], now: time * 1_000_000 + 1)
+            time += every
+        }
+        ledger.drained([], now: 10 * second)
+        return ledger
+    }
+
+    @Test("a dead remote backend (one refusal a second, the rest silent): unrefused packets are doubted, not sent")
+    func rateLimitedHostIsDoubted() {
+        let ledger = Self.run(every: 10, until: 3_000, refusedAt: [0, 990, 1_980, 2_970])
+        #expect(ledger.refused.packets == 4)
+        #expect(ledger.sent.packets == 0, "nothing sent to a host that may be hiding refusals is counted as sent")
+        #expect(ledger.doubted.packets == 297)
+    }
+
+    @Test("a host refusing one packet in 20, more often than a rate limit allows: every refusal is reported, the rest are sent")
+    func frequentRefusalsAreNotDoubted() {
+        let refused = Set(stride(from: UInt64(0), through: 990, by: 20))
+        let ledger = Self.run(every: 1, until: 999, refusedAt: refused)
+        #expect(ledger.refused.packets == 50)
+        #expect(ledger.sent.packets == 950)
+        #expect(ledger.doubted.packets == 0)
+    }
+
+    @Test("a burst's first few refusals do not doom the packets around them: they are decided a window later")
+    func decisionWaitsForTheEpisode() {
+        // 3 refusals in the first 30 ms, then 10 more at 500 ms: 13 in half a second, more than
+        // a rate-limiting host sends (6 + 1 a second), so nothing was hidden.
+        let refused: Set<UInt64> = [0, 10, 20, 500, 510, 520, 530, 540, 550, 560, 570, 580, 590]
+        let ledger = Self.run(every: 10, until: 600, refusedAt: refused)
+        #expect(ledger.refused.packets == 13)
+        #expect(ledger.sent.packets == 61 - 13)
+        #expect(ledger.doubted.packets == 0)
+    }
+
+    @Test("outside an episode (a window after the last error), packets are sent again")
+    func episodeEnds() {
+        let ledger = Self.run(every: 100, until: 3_000, refusedAt: [500])
+        #expect(ledger.refused.packets == 1)
+        // Doubted: what was unconfirmed at the error (accepted from 300 ms, the delay before)
+        // and what came within a second after it: 300, 400, 600, … 1 500 (12 packets).
+        #expect(ledger.doubted.packets == 12)
+        #expect(ledger.sent.packets == 31 - 1 - 12)
+    }
+}
