@@ -47,7 +47,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     public init(
         configuration: RelayConfiguration, logger: Logger,
         resolver: @escaping HealthMonitor.Resolver = { host, port in try SocketAddress.resolve(host: host, port: port) },
-        uringProbe: @escaping UringProbe = { settings in KernelSupport.uringDriverFailure(receiveBuffers: settings.receiveBuffers, payloadBytes: settings.maxDatagramBytes) }
+        uringProbe: @escaping UringProbe = { settings in KernelSupport.uringDriverFailure(sizing: settings.ringSizing, payloadBytes: settings.maxDatagramBytes) }
     ) throws {
         try configuration.validate()
         var resolved: [SocketAddress] = []

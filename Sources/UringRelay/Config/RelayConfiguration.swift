@@ -76,6 +76,10 @@ public struct RelayConfiguration: Sendable, Equatable {
     /// arriving, the rest for the final sends.
     public var shutdownTimeoutNanoseconds: UInt64 = 900_000_000
 
+    /// `SO_SNDBUF` requested for each backend socket: room for bursts without `EAGAIN`. No flag
+    /// sets it; tests shrink it to put sends under send-buffer pressure.
+    public var backendSendBufferBytes = 4 << 20
+
     /// A configuration with defaults for everything but the backends.
     public init(backends: [BackendAddress]) {
         self.backends = backends

@@ -115,6 +115,10 @@ public struct RelayCore: ~Copyable {
     /// Counts a multishot receive the kernel ended and the driver armed again.
     public mutating func countReceiveRearm() { processor.counters[.receiveRearms] &+= 1 }
 
+    /// Counts a request the io_uring driver put off to its next turn: the submission queue was
+    /// full and the kernel took none of it.
+    public mutating func countSubmissionDeferred() { processor.counters[.submissionsDeferred] &+= 1 }
+
     /// Asks the core to stop: drain, flush, finish (see `Phase`).
     public mutating func requestStop() { stopRequested = true }
 

@@ -24,8 +24,8 @@ struct BackendConnections: ~Copyable {
     /// When a failed reconnect (after an address change) may be tried again.
     private var reconnectRetryAt: UInt64 = 0
 
-    /// `SO_SNDBUF` for backend sockets: room for bursts without `EAGAIN`.
-    static let sendBufferBytes = 4 << 20
+    /// `SO_SNDBUF` for backend sockets (`WorkerSettings.backendSendBufferBytes`).
+    private let sendBufferBytes: Int
 
     /// How late past its confirmation time a packet may be confirmed. Under steady traffic the
     /// oldest unconfirmed packet comes of age every few microseconds; without this slack every
@@ -34,9 +34,10 @@ struct BackendConnections: ~Copyable {
     /// every 64 packets for room), and confirmations lag by at most that.
     static let confirmationSlackNanoseconds: UInt64 = 50_000_000
 
-    /// Connects to `pool`'s backends.
-    init(pool: BackendPool) throws(SystemCallError) {
-        sockets = try BackendSockets(connecting: pool.addresses, sendBufferBytes: Self.sendBufferBytes)
+    /// Connects to `pool`'s backends, each socket with `sendBufferBytes` of `SO_SNDBUF`.
+    init(pool: BackendPool, sendBufferBytes: Int) throws(SystemCallError) {
+        self.sendBufferBytes = sendBufferBytes
+        sockets = try BackendSockets(connecting: pool.addresses, sendBufferBytes: sendBufferBytes)
         ledgers = pool.backends.map { _ in DeliveryLedger() }
         identities = pool.identities
         addresses = pool.addresses
@@ -107,7 +108,7 @@ struct BackendConnections: ~Copyable {
         for backend in wanted.indices where wanted[backend] != addresses[backend] {
             do {
                 // The old socket retires with the packets it sent: a late refusal still counts.
-                try sockets.reconnect(backend, to: wanted[backend], sendBufferBytes: Self.sendBufferBytes, retiring: &retired.sockets)
+                try sockets.reconnect(backend, to: wanted[backend], sendBufferBytes: sendBufferBytes, retiring: &retired.sockets)
                 retired.add(ledger: ledgers[backend], identity: identities[backend])
                 ledgers[backend] = DeliveryLedger()
                 addresses[backend] = wanted[backend]
@@ -135,7 +136,7 @@ struct BackendConnections: ~Copyable {
         let replacement: BackendSockets
         do {
             replacement = try sockets.rebuilt(
-                keeping: kept, addresses: next.addresses, sendBufferBytes: Self.sendBufferBytes, retiring: &retired.sockets)
+                keeping: kept, addresses: next.addresses, sendBufferBytes: sendBufferBytes, retiring: &retired.sockets)
         } catch {
             core.abandonPoolChange()
             return

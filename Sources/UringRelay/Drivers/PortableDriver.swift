@@ -45,7 +45,7 @@ public struct PortableDriver: ~Copyable {
         } catch { throw SystemCallError("mmap", "receive buffers", error) }
         let listeners = try WorkerSetup.listeners(settings)
         let pool = core.pool
-        let connections = try BackendConnections(pool: pool)
+        let connections = try BackendConnections(pool: pool, sendBufferBytes: settings.backendSendBufferBytes)
         poolChanged = try WorkerSetup.poolEvents(settings)
         var descriptors = WorkerSetup.descriptors(listeners)
         listenerDescriptors = descriptors

@@ -17,6 +17,7 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
     case bufferRingExhausted
     case receiveRearms
     case receiveErrors
+    case submissionsDeferred
     case packetsSent
     case sendErrors
     case linesDroppedSendError
@@ -54,6 +55,7 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
         case .bufferRingExhausted: "statsrelay.buffer_ring_exhausted"
         case .receiveRearms: "statsrelay.receive_rearms"
         case .receiveErrors: "statsrelay.receive_errors"
+        case .submissionsDeferred: "statsrelay.submissions_deferred"
         case .packetsSent: "statsrelay.packets_sent"
         case .sendErrors: "statsrelay.send_errors"
         case .linesDroppedSendError: "statsrelay.lines_dropped.send_error"
