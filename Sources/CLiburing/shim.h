@@ -83,6 +83,13 @@ static inline int cl_sendmmsg(int fd, struct cl_mmsghdr *vector, unsigned int co
     return ret < 0 ? -errno : (int)ret;
 }
 
+// Bytes charged to a socket's send buffer and not yet freed (`SIOCOUTQ`: for UDP the socket's
+// write allocation, datagrams queued below it included); -errno on failure. ioctl is variadic.
+static inline int cl_socket_send_queue_bytes(int fd) {
+    int bytes = 0;
+    return ioctl(fd, SIOCOUTQ, &bytes) < 0 ? -errno : bytes;
+}
+
 // `unshare(CLONE_NEWNET)` for the calling thread (Glibc's module hides `unshare`); 0 or -errno.
 #ifndef CLONE_NEWNET
 #define CLONE_NEWNET 0x40000000

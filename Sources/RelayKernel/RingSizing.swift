@@ -1,3 +1,4 @@
+import CLiburing
 import Glibc
 
 /// The sizes of one worker's kernel objects, derived in this one place: the send slots and
@@ -64,7 +65,7 @@ public struct RingSizing: Sendable, Equatable {
     /// per CQE, then the SQ index array of 4 bytes per entry); the provided-buffer ring, 16
     /// bytes per buffer (the buffers themselves are ordinary memory, not pinned).
     /// - Parameter pageBytes: the page size (this host's unless given).
-    public func lockedBytes(pageBytes: Int = Int(sysconf(Int32(_SC_PAGESIZE)))) -> Int {
+    public func lockedBytes(pageBytes: Int = RingSizing.hostPageBytes) -> Int {
         func pages(_ bytes: Int) -> Int { (bytes + pageBytes - 1) / pageBytes * pageBytes }
         let submissions = Self.powerOfTwo(atLeast: Self.submissionEntries)
         let completions = Self.powerOfTwo(atLeast: completionEntries)
@@ -72,6 +73,9 @@ public struct RingSizing: Sendable, Equatable {
         return pages(submissions * 64) + pages(ringHeader + completions * 16 + submissions * 4)
             + pages(receiveBuffers * 16)
     }
+
+    /// This host's page size.
+    public static var hostPageBytes: Int { Int(sysconf(Int32(_SC_PAGESIZE))) }
 
     /// The smallest power of two that is at least `value` (the kernel's `roundup_pow_of_two`).
     static func powerOfTwo(atLeast value: Int) -> Int {

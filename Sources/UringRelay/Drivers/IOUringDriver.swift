@@ -227,20 +227,27 @@ public struct IOUringDriver: ~Copyable {
         func until(_ deadline: UInt64) -> UInt64 { deadline > now ? deadline - now : 0 }
         let flushDue = earliest(core.nextDeadline(), connections.nextConfirmation).map(until)
         let minimumWait = settings.minimumWaitMicroseconds
+        // Waiting for several completions is only safe with a minimum wait to cut it short;
+        // without one the worker would sit on a lone datagram (or its stop signal).
+        let batching = ring.supportsMinimumWait && minimumWait > 0
+        // The sends linked after a chain's first are started by the kernel's deferred task work,
+        // which a wait runs only as far as the completions it waits for: waiting for every send
+        // in flight lets whole chains complete in this wait (a send held up by a full socket
+        // buffer is cut short by the minimum wait).
+        let sendsInFlight = UInt32(clamping: sends.inFlight)
         switch core.phase {
         case .running:
             if !queue.isEmpty || core.pendingPool != nil || submissionsDeferred {
                 // Waiting for sends to free slots (or for room in the submission queue); the
                 // flush deadline still bounds the wait.
-                return (1, min(flushDue ?? settings.flushIntervalNanoseconds, 1_000_000), 0)
+                let bound = min(flushDue ?? settings.flushIntervalNanoseconds, 1_000_000)
+                return batching ? (max(1, sendsInFlight), bound, minimumWait) : (1, bound, 0)
             }
             if receiveEnded {
                 // The receive was just re-armed: take the next completion as it comes.
                 return (1, flushDue ?? Self.idleWaitNanoseconds, 0)
             }
-            // Waiting for several completions is only safe with a minimum wait to cut it short;
-            // without one the worker would sit on a lone datagram (or its stop signal).
-            let batch = ring.supportsMinimumWait && minimumWait > 0 ? Self.completionBatch : 1
+            let batch = batching ? max(Self.completionBatch, sendsInFlight) : 1
             return (batch, flushDue ?? Self.idleWaitNanoseconds, minimumWait)
         case .draining:
             return (queue.isEmpty ? 0 : 1, min(until(core.stopDeadline), 1_000_000), 0)

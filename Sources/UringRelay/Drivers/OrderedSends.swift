@@ -7,17 +7,24 @@ import RelayKernel
 ///
 /// A `send` SQE that finds the socket's send buffer full does not fail: the kernel polls the
 /// socket and tries again when there is room. Meanwhile a later send to the same socket, in the
-/// same submission or a later one, can find room first and overtake it. So the sends of one
-/// backend go as one *chain* at a time: the packets queued for it, linked in order
-/// (`IOSQE_IO_HARDLINK`, so the kernel starts each only when the one before has completed), and
-/// the next chain only once every send of this one has completed. Packets handed out meanwhile
-/// wait here in order. In steady state each turn's sends complete within its own
-/// `io_uring_enter`, so a backend's chain is over before the next turn's packets come.
+/// same submission or a later one, can find room first and overtake it. Two ways out, chosen
+/// per backend and turn, and never while a send of that backend is still in flight:
+/// - *unlinked*: one packet alone (it has nothing to overtake), or several with room for them
+///   all in the socket's send buffer, even charged at more than the kernel charges (`SIOCOUTQ`
+///   against `SO_SNDBUF`, one `ioctl` per backend and turn). Only the worker sends on the socket,
+///   so its room can only grow until the sends are issued: none waits, and the kernel issues
+///   them in submission order, each done before the next. This is the steady state, at the cost
+///   of that `ioctl`.
+/// - *chain*: otherwise the packets go as one chain, linked in order (`IOSQE_IO_HARDLINK`: the
+///   kernel starts each only when the one before has completed), all in one submission, and
+///   the backend's next packets wait here until every send of the chain has completed. A link
+///   costs a pass through the kernel's deferred task work per send, so it is kept for a socket
+///   under pressure, whose link is the limit then anyway.
 ///
 /// A hard link, not a plain one: a send that fails (a refusal still pending on the socket)
 /// does not cancel the ones after it, so a dead backend costs no more turns than a live one.
 /// A send the kernel cancels all the same (`ECANCELED`: a chain it could not start) keeps its
-/// place and goes again in the next chain, before anything newer.
+/// place and goes again before anything newer.
 ///
 /// ```
 ///   backend b:  head[b] → slot → slot → slot → tail[b]      (previous/next: per slot, −1 ends)
@@ -42,8 +49,10 @@ struct OrderedSends: ~Copyable {
     private var backendOf: RigidArray<Int32>
     private var head: RigidArray<Int32>
     private var tail: RigidArray<Int32>
-    /// Per backend: sends of its chain still in flight.
+    /// Per backend: sends still in flight.
     private var submitted: RigidArray<Int32>
+    /// Per backend: its socket's send-buffer limit as the kernel applies it (−1: not read yet).
+    private var sendBufferLimit: RigidArray<Int32>
     /// Sends handed to the kernel whose completion has not come.
     private(set) var inFlight = 0
     /// Sends queued here, not yet submitted.
@@ -58,7 +67,14 @@ struct OrderedSends: ~Copyable {
         head = RigidArray(repeating: -1, count: backends)
         tail = RigidArray(repeating: -1, count: backends)
         submitted = RigidArray(repeating: 0, count: backends)
+        sendBufferLimit = RigidArray(repeating: -1, count: backends)
     }
+
+    /// The most the kernel can charge a socket for a datagram of `bytes`: its buffer rounded up
+    /// to a power of two, the `sk_buff` and its shared info (under 1 KiB on 64-bit kernels),
+    /// with room to spare.
+    @inline(__always)
+    static func charge(ofPacket bytes: Int) -> Int { 2 * bytes + 2048 }
 
     /// Sends handed out and not completed: queued here or in flight.
     var count: Int { queued + inFlight }
@@ -84,8 +100,9 @@ struct OrderedSends: ~Copyable {
         queued += 1
     }
 
-    /// Submits, for every backend whose previous chain is over, the packets queued for it as
-    /// one linked chain, as far as the submission queue has room.
+    /// Submits, for every backend with no send in flight, the packets queued for it: unlinked
+    /// when its socket has room for them all, else as one linked chain as far as the submission
+    /// queue has room.
     ///
     /// - Throws: `Errno` when the submission queue is full and the kernel takes none of it
     ///   (`Ring.makeRoom`); what was not submitted stays queued for the next turn.
@@ -94,29 +111,71 @@ struct OrderedSends: ~Copyable {
     ) throws(Errno) {
         guard queued > 0 else { return }
         for backend in head.indices where submitted[backend] == 0 && head[backend] >= 0 {
-            var room = ring.freeSubmissions
-            if room == 0 {
-                try ring.makeRoom()
-                room = ring.freeSubmissions
-                if room == 0 { throw Errno(rawValue: EAGAIN) }
-            }
-            // The whole chain goes in this submission (a link does not reach across two), so it
-            // is cut where the queue is full; the rest follows in the next chain.
-            var slot = Int(head[backend])
-            while slot >= 0 && room > 0 {
-                let following = Int(next[slot])
-                room -= 1
-                // With room left, taking the SQE cannot fail, so a link never dangles.
-                try ring.send(
-                    slot: slot, of: pool, to: sockets, userData: UserData(.send, index: UInt32(slot)),
-                    linkedToNext: following >= 0 && room > 0)
-                place[slot] = Place.submitted.rawValue
-                submitted[backend] += 1
-                queued -= 1
-                inFlight += 1
-                slot = following
+            // A packet alone (the common case with one-line datagrams) has nothing to overtake.
+            if head[backend] == tail[backend] || hasRoom(for: backend, pool: pool, sockets: sockets) {
+                try submitUnlinked(backend, to: ring, from: pool, over: sockets)
+            } else {
+                try submitChain(backend, to: ring, from: pool, over: sockets)
             }
         }
+    }
+
+    /// Whether `backend`'s socket has room for every packet queued for it.
+    private mutating func hasRoom(for backend: Int, pool: borrowing SendBufferPool, sockets: borrowing BackendSockets) -> Bool {
+        if sendBufferLimit[backend] < 0 { sendBufferLimit[backend] = Int32(clamping: sockets.sendBufferLimit(backend) ?? 0) }
+        guard let charged = sockets.sendQueueBytes(backend) else { return false }
+        var needed = charged
+        var slot = Int(head[backend])
+        while slot >= 0 {
+            needed += Self.charge(ofPacket: pool.length(of: slot))
+            slot = Int(next[slot])
+        }
+        return needed < Int(sendBufferLimit[backend])
+    }
+
+    /// Submits every packet queued for `backend`, unlinked, in order; a full submission queue
+    /// is submitted midway (the sends before complete as they are issued).
+    private mutating func submitUnlinked(
+        _ backend: Int, to ring: borrowing Ring, from pool: borrowing SendBufferPool, over sockets: borrowing BackendSockets
+    ) throws(Errno) {
+        var slot = Int(head[backend])
+        while slot >= 0 {
+            try ring.send(slot: slot, of: pool, to: sockets, userData: UserData(.send, index: UInt32(slot)))
+            markSubmitted(slot, backend)
+            slot = Int(next[slot])
+        }
+    }
+
+    /// Submits the packets queued for `backend` as one linked chain, all in this submission
+    /// (a link does not reach across two), so cut where the submission queue is full.
+    private mutating func submitChain(
+        _ backend: Int, to ring: borrowing Ring, from pool: borrowing SendBufferPool, over sockets: borrowing BackendSockets
+    ) throws(Errno) {
+        var room = ring.freeSubmissions
+        if room == 0 {
+            try ring.makeRoom()
+            room = ring.freeSubmissions
+            if room == 0 { throw Errno(rawValue: EAGAIN) }
+        }
+        var slot = Int(head[backend])
+        while slot >= 0 && room > 0 {
+            let following = Int(next[slot])
+            room -= 1
+            // With room left, taking the SQE cannot fail, so a link never dangles.
+            try ring.send(
+                slot: slot, of: pool, to: sockets, userData: UserData(.send, index: UInt32(slot)),
+                linkedToNext: following >= 0 && room > 0)
+            markSubmitted(slot, backend)
+            slot = following
+        }
+    }
+
+    @inline(__always)
+    private mutating func markSubmitted(_ slot: Int, _ backend: Int) {
+        place[slot] = Place.submitted.rawValue
+        submitted[backend] += 1
+        queued -= 1
+        inFlight += 1
     }
 
     /// Takes the completion of `slot`'s send out of its chain.

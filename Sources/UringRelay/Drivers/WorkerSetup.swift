@@ -31,9 +31,15 @@ enum WorkerSetup {
     /// the drain ended) is taken and counted as dropped at exit, and closing hands the port's
     /// traffic to any other `SO_REUSEPORT` socket still receiving, instead of letting it queue
     /// unseen until the process exits.
+    ///
+    /// Taking them costs time in proportion to what a client sent, so it gets half of what is
+    /// left of the stop budget, the other half staying for the final sends; what a socket still
+    /// holds after that goes uncounted with it.
     static func closeListeners(_ listeners: inout RigidArray<UDPSocket>, core: inout RelayCore) {
+        let now = MonotonicClock.nanoseconds()
+        let deadline = core.stopDeadline > now ? now + (core.stopDeadline - now) / 2 : now
         var discarded = 0
-        for index in listeners.indices { discarded += listeners[index].discardPending() }
+        for index in listeners.indices { discarded += listeners[index].discardPending(deadline: deadline) }
         core.countDiscardedAtStop(discarded)
         listeners.removeAll()
     }
