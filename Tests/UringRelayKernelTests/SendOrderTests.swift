@@ -36,6 +36,8 @@ struct SendOrderTests {
             try loopback.shape(port: backend.address.port)
             let relay = try InProcessRelay(backends: [backend], driver: driver) { configuration in
                 configuration.backendSendBufferBytes = 4096
+                // Away from the other tests' relays, which run on the first CPU.
+                configuration.cpus = [WorkerThread.allowedCPUs.last ?? 0]
             }
             let sender = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!)
             var datagram: [UInt8] = []

@@ -143,6 +143,13 @@ public struct IOUringDriver: ~Copyable {
                 // Out of time: still hand the last sends to the kernel and collect what completed.
                 try? ring.submitAndWait(completions: 0, timeoutNanoseconds: 0, minimumWaitMicroseconds: 0)
                 while let completion = ring.nextCompletion() { handle(completion, now: now) }
+                if !listeners.isEmpty {
+                    // A receive whose cancellation has not come yet takes nothing more: with
+                    // DEFER_TASKRUN it would only do so inside a wait, and there is none left.
+                    // So what the listeners hold can still be counted before they close.
+                    countKernelDrops(now: now)
+                    WorkerSetup.closeListeners(&listeners, core: &core)
+                }
                 break
             }
         }

@@ -33,16 +33,21 @@ enum WorkerSetup {
     /// unseen until the process exits.
     ///
     /// Taking them costs time in proportion to what a client sent, so it gets half of what is
-    /// left of the stop budget, the other half staying for the final sends; what a socket still
-    /// holds after that goes uncounted with it.
+    /// left of the stop budget, the other half staying for the final sends, and at least a
+    /// millisecond (some 5 000 datagrams) when the budget is spent; what a socket still holds
+    /// after that goes uncounted with it.
     static func closeListeners(_ listeners: inout RigidArray<UDPSocket>, core: inout RelayCore) {
         let now = MonotonicClock.nanoseconds()
-        let deadline = core.stopDeadline > now ? now + (core.stopDeadline - now) / 2 : now
+        let half = core.stopDeadline > now ? (core.stopDeadline - now) / 2 : 0
+        let deadline = now + max(half, minimumDiscardNanoseconds)
         var discarded = 0
         for index in listeners.indices { discarded += listeners[index].discardPending(deadline: deadline) }
         core.countDiscardedAtStop(discarded)
         listeners.removeAll()
     }
+
+    /// The least time `closeListeners` spends counting what the listeners hold.
+    static let minimumDiscardNanoseconds: UInt64 = 1_000_000
 
     /// The addresses the listeners are bound to (with the ports the kernel chose for port 0).
     static func boundAddresses(_ listeners: borrowing RigidArray<UDPSocket>) -> [SocketAddress] {
