@@ -39,7 +39,7 @@ struct OrderedSends: ~Copyable {
         case absent
         /// Queued, not yet submitted.
         case queued
-        /// Submitted in its backend's chain; its CQE has not come.
+        /// Submitted; its CQE has not come.
         case submitted
     }
 
