@@ -33,6 +33,7 @@
 
 // Flags defined through enum-valued macros do not import into Swift.
 static const unsigned char cl_IOSQE_BUFFER_SELECT = IOSQE_BUFFER_SELECT;
+static const unsigned char cl_IOSQE_IO_HARDLINK = IOSQE_IO_HARDLINK;
 
 // Newer than liburing 2.3's headers; the values are kernel ABI.
 #ifndef IORING_FEAT_MIN_TIMEOUT
@@ -81,6 +82,31 @@ static inline int cl_recvmmsg(int fd, struct cl_mmsghdr *vector, unsigned int co
 static inline int cl_sendmmsg(int fd, struct cl_mmsghdr *vector, unsigned int count, int flags) {
     long ret = syscall(__NR_sendmmsg, fd, vector, count, flags);
     return ret < 0 ? -errno : (int)ret;
+}
+
+// Bytes charged to a socket's send buffer and not yet freed (`SIOCOUTQ`: for UDP the socket's
+// write allocation, datagrams queued below it included); -errno on failure. ioctl is variadic.
+static inline int cl_socket_send_queue_bytes(int fd) {
+    int bytes = 0;
+    return ioctl(fd, SIOCOUTQ, &bytes) < 0 ? -errno : bytes;
+}
+
+// `unshare(CLONE_NEWNET)` for the calling thread (Glibc's module hides `unshare`); 0 or -errno.
+#ifndef CLONE_NEWNET
+#define CLONE_NEWNET 0x40000000
+#endif
+static inline int cl_unshare_network(void) {
+    long ret = syscall(__NR_unshare, CLONE_NEWNET);
+    return ret < 0 ? -errno : 0;
+}
+
+// The calling thread's id (`gettid(2)`, hidden like `unshare`).
+static inline int cl_gettid(void) { return (int)syscall(__NR_gettid); }
+
+// `pipe2(fds, O_CLOEXEC)` (hidden like `unshare`); 0 or -errno.
+static inline int cl_pipe_cloexec(int fds[2]) {
+    long ret = syscall(__NR_pipe2, fds, 02000000 /* O_CLOEXEC */);
+    return ret < 0 ? -errno : 0;
 }
 
 // `ppoll(2)` with a nanosecond timeout (negative: none); returns the ready count, or -errno.

@@ -13,23 +13,32 @@ public enum KernelSupport {
         }
     }
 
-    /// Why the io_uring driver cannot run here with the default sizes, or `nil` when it can
-    /// (the `auto` ladder's probe, run once): tests skip their io_uring cases on it.
+    /// Why the io_uring driver cannot run here with the default sizes (128 receive buffers of
+    /// 8192 bytes, 1400-byte packets, one backend), or `nil` when it can (the `auto` ladder's
+    /// probe, run once): tests skip their io_uring cases on it.
     public static let unavailableReason: String? =
-        uringDriverFailure(receiveBuffers: 128, payloadBytes: 8192)?.description
+        uringDriverFailure(
+            sizing: RingSizing(receiveBuffers: 128, packetBytes: 1400, maxLineBytes: 8192, backendCount: 1),
+            payloadBytes: 8192)?.description
 
     /// Why the io_uring driver cannot run here with these sizes, or `nil` when it can: the
     /// `auto` ladder's probe. Tries, in order, what the driver needs: ring set-up with its
-    /// flags, a provided-buffer ring of the real size (pinned memory: the memlock limit), the
-    /// opcodes it submits, and a first multishot `recvmsg` that must deliver a datagram sent
-    /// to itself on 127.0.0.1.
+    /// flags and the worker's queue sizes, a provided-buffer ring of the real size (pinned
+    /// memory: the memlock limit), the opcodes it submits, and a first multishot `recvmsg` that
+    /// must deliver a datagram sent to itself on 127.0.0.1.
     ///
+    /// The kernel frees the probe's ring in the background after it is closed, so its pinned
+    /// memory may still be charged while the workers start (see `RingSizing.lockedBytes`).
+    /// - Parameters:
+    ///   - sizing: the sizes a worker will use.
+    ///   - payloadBytes: the size of each receive buffer.
     /// - Returns: what failed, for the start-up log (`operation: reason (errno N)`).
-    public static func uringDriverFailure(receiveBuffers: Int, payloadBytes: Int) -> UringProbeFailure? {
+    public static func uringDriverFailure(sizing: RingSizing, payloadBytes: Int) -> UringProbeFailure? {
         let ring: Ring
         do throws(Errno) {
-            ring = try Ring(entries: 1024, completionEntries: UInt32(receiveBuffers + 1024 + 64))
+            ring = try Ring(sizing: sizing)
         } catch { return UringProbeFailure(operation: "io_uring_setup", errno: error) }
+        let receiveBuffers = sizing.receiveBuffers
         let buffers: ProvidedBufferRing
         do throws(Errno) {
             buffers = try ProvidedBufferRing(ring: ring, groupID: 0, count: receiveBuffers, payloadBytes: payloadBytes)
@@ -41,8 +50,8 @@ public enum KernelSupport {
         do {
             socket = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!)
         } catch { return UringProbeFailure(operation: "\(error.operation) \(error.target)", errno: error.errno) }
-        ring.armMultishotReceive(on: socket, buffers: buffers, userData: UserData(.receive))
         do throws(Errno) {
+            try ring.armMultishotReceive(on: socket, buffers: buffers, userData: UserData(.receive))
             try ring.submitAndWait(completions: 0, timeoutNanoseconds: 0, minimumWaitMicroseconds: 0)
             try socket.send([0x70], to: socket.localAddress)
             try ring.submitAndWait(completions: 1, timeoutNanoseconds: 500_000_000, minimumWaitMicroseconds: 0)

@@ -10,7 +10,6 @@ import Glibc
 public struct Ring: ~Copyable {
     /// The liburing handle, allocated for the ring's lifetime (it must not move).
     @usableFromInline let ring: UnsafeMutablePointer<io_uring>
-    /// Scratch for `io_uring_peek_batch_cqe`: pointers to ready CQEs.
 
     /// The setup flags the kernel accepted.
     public let setupFlags: UInt32
@@ -51,6 +50,11 @@ public struct Ring: ~Copyable {
         throw Errno(rawValue: -lastError)
     }
 
+    /// Creates a ring with the queue sizes of `sizing` (see `init(entries:completionEntries:)`).
+    public init(sizing: RingSizing) throws(Errno) {
+        try self.init(entries: UInt32(RingSizing.submissionEntries), completionEntries: UInt32(clamping: sizing.completionEntries))
+    }
+
     deinit {
         io_uring_queue_exit(ring)
         ring.deallocate()
@@ -58,9 +62,6 @@ public struct Ring: ~Copyable {
 
     /// Closes the ring (`io_uring_queue_exit(3)`), cancelling whatever is still armed.
     public consuming func close() {}
-
-    /// Whether completions wait for the owner to enter the kernel (`IORING_SETUP_DEFER_TASKRUN`).
-    public var defersTaskRun: Bool { setupFlags & cl_IORING_SETUP_DEFER_TASKRUN != 0 }
 
     /// Whether the kernel honours a minimum wait time in `io_uring_enter2`
     /// (`IORING_FEAT_MIN_TIMEOUT`, Linux 6.12).
@@ -87,19 +88,29 @@ public struct Ring: ~Copyable {
         body(ring)
     }
 
+    /// SQEs that can be prepared before the queue is full.
+    public var freeSubmissions: Int { Int(io_uring_sq_space_left(ring)) }
+
+    /// Hands every prepared SQE to the kernel now (`io_uring_enter` without waiting), to make
+    /// room in a full submission queue.
+    ///
+    /// - Throws: `Errno` when the kernel took none of them (`EAGAIN`/`ENOMEM` when it is short
+    ///   of memory, `EBUSY` while completions overflow): the SQEs stay queued and are submitted
+    ///   with the next wait.
+    public func makeRoom() throws(Errno) {
+        let result = cl_submit_and_wait_min(ring, 0, 0, 0)
+        if result < 0 { throw Errno(rawValue: -result) }
+    }
+
     /// Takes a free SQE, first submitting the queue if it is full.
     ///
-    /// A submit can fail for a moment (`EAGAIN` when the kernel is short of memory); it is
-    /// retried, yielding the CPU in between, before this gives up.
-    private func nextSubmission() -> UnsafeMutablePointer<io_uring_sqe> {
+    /// - Throws: `Errno` when the queue is full and the kernel took none of it (see
+    ///   `makeRoom`); nothing was prepared, and the caller tries again next turn.
+    private func nextSubmission() throws(Errno) -> UnsafeMutablePointer<io_uring_sqe> {
         if let sqe = io_uring_get_sqe(ring) { return sqe }
-        for _ in 0..<10_000 {
-            // The queue is full: hand what is queued to the kernel to make room.
-            _ = cl_submit_and_wait_min(ring, 0, 0, 0)
-            if let sqe = io_uring_get_sqe(ring) { return sqe }
-            sched_yield()
-        }
-        preconditionFailure("io_uring submission queue still full after 10000 submits")
+        try makeRoom()
+        guard let sqe = io_uring_get_sqe(ring) else { throw Errno(rawValue: EAGAIN) }
+        return sqe
     }
 
     /// Arms a multishot `recvmsg` that takes buffers from a provided-buffer group.
@@ -109,8 +120,11 @@ public struct Ring: ~Copyable {
     ///   - socket: the listening socket.
     ///   - buffers: the buffer ring that supplies the buffers and the `msghdr` layout.
     ///   - userData: returned in every CQE of this request.
-    public func armMultishotReceive(on socket: borrowing UDPSocket, buffers: borrowing ProvidedBufferRing, userData: UserData) {
-        let sqe = nextSubmission()
+    /// - Throws: `Errno` when no SQE could be had (see `nextSubmission`).
+    public func armMultishotReceive(
+        on socket: borrowing UDPSocket, buffers: borrowing ProvidedBufferRing, userData: UserData
+    ) throws(Errno) {
+        let sqe = try nextSubmission()
         io_uring_prep_recvmsg_multishot(sqe, socket.descriptor, buffers.messageHeader, 0)
         sqe.pointee.flags |= cl_IOSQE_BUFFER_SELECT
         sqe.pointee.buf_group = buffers.groupID
@@ -120,20 +134,32 @@ public struct Ring: ~Copyable {
     /// Queues a `send` of a packed send-buffer slot to its backend's connected socket.
     ///
     /// The liburing call is `io_uring_prep_send(3)`, without `MSG_DONTWAIT` so that a full
-    /// socket buffer makes the kernel wait for room instead of failing with `EAGAIN`.
+    /// socket buffer makes the kernel wait for room (it polls the socket and tries again)
+    /// instead of failing with `EAGAIN`. Such a wait does not hold back a later send on the same
+    /// socket: only a link (`linkedToNext`) does.
+    /// - Parameter linkedToNext: link the next SQE prepared to this one (`IOSQE_IO_HARDLINK`):
+    ///   the kernel starts it only once this send has completed, whatever its result. The next
+    ///   SQE must be prepared before the queue is next submitted (see `freeSubmissions`): a link
+    ///   does not reach across two submissions.
     /// - Precondition: the slot stays untouched until this send's CQE arrives.
-    public func send(slot: Int, of pool: borrowing SendBufferPool, to sockets: borrowing BackendSockets, userData: UserData) {
-        let sqe = nextSubmission()
+    /// - Throws: `Errno` when no SQE could be had (see `nextSubmission`).
+    public func send(
+        slot: Int, of pool: borrowing SendBufferPool, to sockets: borrowing BackendSockets, userData: UserData,
+        linkedToNext: Bool = false
+    ) throws(Errno) {
+        let sqe = try nextSubmission()
         let bytes = pool.unsafeBytes(ofSlot: slot)
         io_uring_prep_send(sqe, sockets.descriptors[pool.backend(of: slot)], bytes.baseAddress, bytes.count, 0)
+        if linkedToNext { sqe.pointee.flags |= cl_IOSQE_IO_HARDLINK }
         io_uring_sqe_set_data64(sqe, userData.rawValue)
     }
 
     /// Arms a one-shot poll for readability of `descriptor` (the wake-up eventfd).
     ///
     /// The liburing call is `io_uring_prep_poll_add(3)`.
-    public func armPoll(descriptor: Int32, userData: UserData) {
-        let sqe = nextSubmission()
+    /// - Throws: `Errno` when no SQE could be had (see `nextSubmission`).
+    public func armPoll(descriptor: Int32, userData: UserData) throws(Errno) {
+        let sqe = try nextSubmission()
         io_uring_prep_poll_add(sqe, descriptor, UInt32(POLLIN))
         io_uring_sqe_set_data64(sqe, userData.rawValue)
     }
@@ -141,8 +167,9 @@ public struct Ring: ~Copyable {
     /// Asks the kernel to cancel the request carrying `target`.
     ///
     /// The liburing call is `io_uring_prep_cancel64(3)`.
-    public func cancel(_ target: UserData, userData: UserData) {
-        let sqe = nextSubmission()
+    /// - Throws: `Errno` when no SQE could be had (see `nextSubmission`).
+    public func cancel(_ target: UserData, userData: UserData) throws(Errno) {
+        let sqe = try nextSubmission()
         io_uring_prep_cancel64(sqe, target.rawValue, 0)
         io_uring_sqe_set_data64(sqe, userData.rawValue)
     }

@@ -152,9 +152,11 @@ public struct UDPSocket: ~Copyable {
         return value
     }
 
-    /// The receive buffer the kernel granted (`SO_RCVBUF` as read back; the kernel doubles
-    /// the request to account for its bookkeeping).
-    public var receiveBufferBytes: Int { Int((try? option(SOL_SOCKET, SO_RCVBUF)) ?? 0) }
+    /// The receive buffer the kernel granted, in the units of the request: half of `SO_RCVBUF`
+    /// as read back, since the kernel doubles what it grants to cover its bookkeeping (a request
+    /// of 8 MiB reads back as 16 MiB). An unprivileged request above `net.core.rmem_max` is
+    /// granted `rmem_max`, so this is then less than what was asked for.
+    public var receiveBufferBytes: Int { Int((try? option(SOL_SOCKET, SO_RCVBUF)) ?? 0) / 2 }
 
     /// The address the socket is bound to (with the port the kernel chose for port 0).
     public var localAddress: SocketAddress {
@@ -176,16 +178,42 @@ public struct UDPSocket: ~Copyable {
         return peeked != nil
     }
 
+    /// Makes the socket take no further datagram while keeping the ones it holds: connects it
+    /// to its own address, so the kernel delivers to it only what comes from there (nothing
+    /// does) and gives other clients' datagrams to the port's other `SO_REUSEPORT` sockets, or
+    /// answers them with port unreachable. `connect(2)` leaves the receive queue as it is, so
+    /// what it held can then be counted to the end (`discardPending`) however fast clients send.
+    public func refuseNewDatagrams() throws(Errno) {
+        // A wildcard address as a destination is this host: the socket is bound to the
+        // address it routes from, which no client's datagram comes from.
+        _ = try localAddress.withUnsafeSockaddr { pointer, length throws(Errno) in
+            try systemCall { connect(descriptor, pointer, length) }
+        }
+    }
+
     /// Takes every datagram still queued, without keeping any, and says how many there were:
     /// for a listener about to close at stop, so that what it held is counted, not lost unseen.
     ///
-    /// - Parameter limit: the most to take (a client still sending cannot keep this going).
-    public func discardPending(limit: Int = 1 << 20) -> Int {
-        var byte: UInt8 = 0
+    /// Takes them in batches of up to 256 per `recvmmsg(2)` (`MSG_DONTWAIT | MSG_TRUNC`, no
+    /// buffer: nothing is copied), empty datagrams included, and looks at the clock after each
+    /// batch: however much a client sent, the work ends at `deadline` (plus one batch). What is
+    /// still queued then stays in the socket.
+    /// - Parameters:
+    ///   - limit: the most to take.
+    ///   - deadline: a `MonotonicClock` time after which no further batch is taken.
+    public func discardPending(limit: Int = .max, deadline: UInt64 = .max) -> Int {
+        var headers = [cl_mmsghdr](repeating: cl_mmsghdr(), count: 256)
         var discarded = 0
-        while discarded < limit,
-              (try? systemCall { recv(descriptor, &byte, 1, Int32(MSG_DONTWAIT | MSG_TRUNC)) }) != nil {
-            discarded += 1
+        while discarded < limit {
+            let wanted = UInt32(min(headers.count, limit - discarded))
+            let taken = headers.withUnsafeMutableBufferPointer { buffer in
+                cl_recvmmsg(descriptor, buffer.baseAddress, wanted, Int32(MSG_DONTWAIT | MSG_TRUNC))
+            }
+            if taken == -EINTR { continue }
+            // EAGAIN: the queue is empty; any other error ends the count as well.
+            guard taken > 0 else { break }
+            discarded += Int(taken)
+            if MonotonicClock.nanoseconds() >= deadline { break }
         }
         return discarded
     }

@@ -1,5 +1,6 @@
 import CLiburing
 import Glibc
+import Synchronization
 
 /// An eventfd that another thread signals to wake a worker out of its ring wait.
 ///
@@ -9,6 +10,8 @@ import Glibc
 public final class WakeupEvent: Sendable {
     /// The eventfd.
     package let descriptor: Int32
+    /// Set by `signal()`, cleared by `reset()`: what `isPending` reads without a system call.
+    private let pending = Atomic<Bool>(false)
 
     /// Creates a non-blocking, close-on-exec eventfd.
     public init() throws(Errno) {
@@ -20,6 +23,7 @@ public final class WakeupEvent: Sendable {
 
     /// Makes the eventfd readable; safe from any thread, any number of times.
     public func signal() {
+        pending.store(true, ordering: .releasing)
         var one: UInt64 = 1
         // EAGAIN means the counter is already at its maximum: the event is signalled either way.
         _ = try? systemCall { write(descriptor, &one, MemoryLayout<UInt64>.size) }
@@ -27,6 +31,7 @@ public final class WakeupEvent: Sendable {
 
     /// Resets the event after it fired, so a poll on it waits for the next `signal()`.
     public func reset() {
+        pending.store(false, ordering: .releasing)
         var count: UInt64 = 0
         // EAGAIN means it was not signalled: already reset.
         _ = try? systemCall { read(descriptor, &count, MemoryLayout<UInt64>.size) }
@@ -53,6 +58,10 @@ public final class WakeupEvent: Sendable {
             return false  // poll(2) on one valid descriptor fails only for lack of memory
         }
     }
+
+    /// Whether `signal()` has been called since the last `reset()`: one atomic load, for a loop
+    /// that polls the eventfd only now and then but must notice a stop at once.
+    public var isPending: Bool { pending.load(ordering: .acquiring) }
 
     /// Whether `signal()` has been called since the event was created.
     public var isSignalled: Bool {

@@ -61,7 +61,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         configuration: RelayConfiguration, logger: Logger,
         resolver: @escaping HealthMonitor.Resolver = BackendResolver.system,
         resolverLimitNanoseconds: UInt64 = BackendLookup.defaultLimitNanoseconds,
-        uringProbe: @escaping UringProbe = { settings in KernelSupport.uringDriverFailure(receiveBuffers: settings.receiveBuffers, payloadBytes: settings.maxDatagramBytes) }
+        uringProbe: @escaping UringProbe = { settings in KernelSupport.uringDriverFailure(sizing: settings.ringSizing, payloadBytes: settings.maxDatagramBytes) }
     ) throws {
         try configuration.validate()
         let lookup = try BackendLookup(backends: configuration.backends, resolver: resolver, limitNanoseconds: resolverLimitNanoseconds)
@@ -79,7 +79,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     public init(
         configuration: RelayConfiguration, addresses: [SocketAddress], logger: Logger,
         resolver: @escaping HealthMonitor.Resolver = BackendResolver.system,
-        uringProbe: @escaping UringProbe = { settings in KernelSupport.uringDriverFailure(receiveBuffers: settings.receiveBuffers, payloadBytes: settings.maxDatagramBytes) }
+        uringProbe: @escaping UringProbe = { settings in KernelSupport.uringDriverFailure(sizing: settings.ringSizing, payloadBytes: settings.maxDatagramBytes) }
     ) throws {
         try configuration.validate()
         precondition(addresses.count == configuration.backends.count, "one address per backend")

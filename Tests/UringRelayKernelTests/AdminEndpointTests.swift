@@ -201,7 +201,7 @@ struct AdminEndpointTests {
         #expect(status.output.contains("\nio driver \(driver.rawValue), 1 workers; ring of 2 backends, hash jump, fingerprint "))
         for (index, backend) in backends.enumerated() {
             let row = try #require(rows.first { $0.first == backend.spec }, "no row for \(backend.spec): \(status.output)")
-            // BACKEND STATE SINCE LINES-SENT LINES/S DROPPED UNCONFIRMED HELD
+            // BACKEND STATE SINCE LINES-SENT LINES/S DROPPED DOUBTED HELD
             #expect(row.count == 8)
             #expect(row[1] == "up")
             #expect(row[3] == "\(received.lines[index].count)")

@@ -48,9 +48,7 @@ struct ProcessTests {
         #expect(status == 0)
         // The deadline is the relay's own; the slack is for this side (signal delivery, the
         // report, the process exit, a loaded machine), not for the relay's stop.
-        withKnownIssue(Comment(rawValue: StopDefect.portableSeesStopLate), isIntermittent: true) {
-            #expect(stopSeconds < timeout + stopSlackSeconds, "SIGTERM to exit took \(stopSeconds) s with a \(timeout) s --shutdown-timeout")
-        } when: { driver == .portable }
+        #expect(stopSeconds < timeout + stopSlackSeconds, "SIGTERM to exit took \(stopSeconds) s with a \(timeout) s --shutdown-timeout")
         let report = lastReport(in: relay.standardError)
         let forwarded = try #require(report["statsrelay.lines_forwarded"])
         let received = try collect(from: backends, expectedLines: Int(forwarded), seconds: 5)
@@ -63,10 +61,15 @@ struct ProcessTests {
         let accounted = (report["statsrelay.datagrams_received"] ?? 0) + (report["statsrelay.datagrams_dropped.at_exit"] ?? 0)
             + (report["statsrelay.datagrams_dropped.kernel"] ?? 0)
         #expect(accounted <= UInt64(queued.count + traffic.sent))
-        withKnownIssue(Comment(rawValue: StopDefect.uringLeftoversUncounted), isIntermittent: true) {
-            #expect((report["statsrelay.datagrams_dropped.at_exit"] ?? 0) > 0, "datagrams left in the socket were not counted")
+        #expect((report["statsrelay.datagrams_dropped.at_exit"] ?? 0) > 0, "datagrams left in the socket were not counted")
+        // The listener takes nothing new once receiving stops, and what it holds is counted to
+        // the end, unless the count runs out of its time (at least 50 ms: a loaded machine and
+        // a debug build take some 30 000 datagrams in that); then the listener says so.
+        if report["statsrelay.listeners_closed_uncounted"] ?? 0 == 0 {
             #expect(accounted >= UInt64(queued.count), "of \(queued.count) datagrams queued before SIGTERM only \(accounted) are accounted for")
-        } when: { driver == .uring }
+        } else {
+            #expect(report["statsrelay.listeners_closed_uncounted"] == 1, "one listener")
+        }
         // ... and every forwarded line was handed to the kernel (none failed, none refused) and
         // ends as sent or, since a 15 ms budget cannot wait out the 200 ms confirmation, as
         // unconfirmed: never lost from the count, never counted twice.

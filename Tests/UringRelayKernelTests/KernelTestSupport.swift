@@ -485,19 +485,3 @@ extension RelayProcess {
         return lastReport(in: String(log[notice.upperBound...]))
     }
 }
-
-/// Product defects the stop tests expose on a loaded machine, reported and not fixed here (the
-/// tests record them as known issues, and pass without them once they are fixed).
-enum StopDefect {
-    /// `PortableDriver.run` polls its wake-up event only every 16 busy turns of up to 8
-    /// `recvmmsg` batches (16 × 8 × 128 = 16 384 datagrams), and the core starts the stop budget
-    /// when it sees the request: under a backlog on a slow (debug) or loaded worker, a stop is
-    /// seen seconds late and overruns `--shutdown-timeout` by as much.
-    static let portableSeesStopLate =
-        "portable driver: the stop request is read only every 16 busy turns, so its budget starts late"
-    /// `IOUringDriver.run` counts and closes the listening sockets only once every cancelled
-    /// receive has ended; when the stop deadline passes first it breaks out of its loop and the
-    /// sockets close without `discardPending`: the datagrams they hold are lost uncounted.
-    static let uringLeftoversUncounted =
-        "io_uring driver: a stop whose deadline passes before its receives end closes the listeners without counting what they hold"
-}

@@ -234,7 +234,7 @@ struct RefusalSocketTests {
             configuration: configuration, listeners: [SocketAddress(numericHost: "127.0.0.1", port: 0)!], routing: routing,
             holdBudget: HoldBudget(totalBytes: 1 << 20, replayBytesPerSecond: 1 << 20, workers: 1))
         var core = try RelayCore(settings: settings)
-        var connections = try BackendConnections(pool: core.pool, sendSlots: core.sendBuffers.capacity)
+        var connections = try BackendConnections(pool: core.pool, sendSlots: core.sendBuffers.capacity, sendBufferBytes: settings.backendSendBufferBytes)
 
         // A packet handed to the kernel on the socket to the dead address…
         let before = Self.packet(into: &core, "before.move:1|c")

@@ -99,10 +99,10 @@ struct AdminTests {
             statsrelay 9.8.7 at 127.0.0.1:8127: healthy (ok)
             io driver portable, 2 workers; ring of 2 backends, hash jump, fingerprint 0123456789abcdef
 
-            BACKEND        STATE  SINCE  LINES SENT  LINES/S  DROPPED  UNCONFIRMED  HELD
-            10.0.0.1:8125  up     1h02m  20          5.0      0        0            0
-            10.0.0.2:8125  DOWN   1h02m  13          5.0      5        0            0
-            total                        33          10.0     5        0            0
+            BACKEND        STATE  SINCE  LINES SENT  LINES/S  DROPPED  DOUBTED  HELD
+            10.0.0.1:8125  up     1h02m  20          5.0      0        0        0
+            10.0.0.2:8125  DOWN   1h02m  13          5.0      5        0        0
+            total                        33          10.0     5        0        0
 
             received: 12 datagrams, 40 lines (0.0/s); forwarded 33 lines
             lines dropped: missing_colon 7, refused 5

@@ -49,7 +49,7 @@ public struct StatusReport: Sendable {
         for sample in all("statsrelay_backend_lines_sent_total") {
             if let backend = sample.labels["backend"], !rows.contains(backend) { rows.append(backend) }
         }
-        var table: [[String]] = [["BACKEND", "STATE", "SINCE", "LINES SENT", "LINES/S", "DROPPED", "UNCONFIRMED", "HELD"]]
+        var table: [[String]] = [["BACKEND", "STATE", "SINCE", "LINES SENT", "LINES/S", "DROPPED", "DOUBTED", "HELD"]]
         for backend in rows {
             let labels = ["backend": backend]
             let up = first("statsrelay_backend_up", labels)
@@ -60,14 +60,14 @@ public struct StatusReport: Sendable {
                 integer(sum("statsrelay_backend_lines_sent_total", labels)),
                 rate("statsrelay_backend_lines_sent_total", labels),
                 integer(sum("statsrelay_backend_lines_dropped_total", labels)),
-                integer(sum("statsrelay_backend_lines_unconfirmed_total", labels)),
+                integer(sum("statsrelay_backend_lines_doubted_total", labels)),
                 integer(sum("statsrelay_backend_lines_held_total", labels)),
             ])
         }
         table.append([
             "total", "", "",
             integer(sum("statsrelay_backend_lines_sent_total")), rate("statsrelay_backend_lines_sent_total"),
-            integer(sum("statsrelay_backend_lines_dropped_total")), integer(sum("statsrelay_backend_lines_unconfirmed_total")),
+            integer(sum("statsrelay_backend_lines_dropped_total")), integer(sum("statsrelay_backend_lines_doubted_total")),
             integer(sum("statsrelay_backend_lines_held_total")),
         ])
         lines += Self.columns(table)

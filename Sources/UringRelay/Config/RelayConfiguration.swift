@@ -85,6 +85,9 @@ public struct RelayConfiguration: Sendable, Equatable {
     public var admin: String = AdminAddress.defaultSpec
     /// The lowest level logged (`--log-level`).
     public var logLevel: Logger.Level = .info
+    /// `SO_SNDBUF` requested for each backend socket: room for bursts without `EAGAIN`. No flag
+    /// sets it; tests shrink it to put sends under send-buffer pressure.
+    public var backendSendBufferBytes = 4 << 20
 
     /// A configuration with defaults for everything but the backends.
     public init(backends: [BackendAddress]) {

@@ -78,25 +78,27 @@ public enum StartupDiagnosis {
 
     private static func memoryAdvice(configuration: RelayConfiguration, host: HostLimits) -> String {
         let perWorker = lockedBytesPerWorker(configuration)
-        let needed = perWorker * configuration.threads
+        let needed = lockedBytesNeeded(configuration)
         let workers = configuration.threads == 1 ? "1 worker needs" : "\(configuration.threads) workers need"
+        let parts = "\(kibibytes(perWorker)) each, and as much again for the start-up probe's ring, which the kernel "
+            + "frees in the background"
         guard let limit = host.lockedMemoryBytes else {
-            return "the kernel could not allocate memory for the rings (\(workers) about \(kibibytes(needed)); the "
+            return "the kernel could not allocate memory for the rings (\(workers) \(kibibytes(needed)): \(parts); the "
                 + "locked-memory limit is unlimited, so it is not the cause): free memory, or lower --threads"
         }
         let suggested = suggestedLockedBytes(needed: needed)
-        return "the locked-memory limit (RLIMIT_MEMLOCK) is \(kibibytes(limit)) and \(workers) about "
-            + "\(kibibytes(needed)) (\(kibibytes(perWorker)) each): for a user without CAP_IPC_LOCK, Linux charges "
+        return "the locked-memory limit (RLIMIT_MEMLOCK) is \(kibibytes(limit)) and \(workers) \(kibibytes(needed)) "
+            + "(\(parts)): for a user without CAP_IPC_LOCK, Linux charges "
             + "every io_uring's rings and provided-buffer rings to it, summed over all of that user's processes "
             + "(a relay still exiting included). Raise it: LimitMEMLOCK=\(suggested >> 10)K in the systemd unit, "
             + "`ulimit -l \(suggested >> 10)` in the shell that starts the relay, "
             + "`docker run --ulimit memlock=\(suggested)`, or grant CAP_IPC_LOCK"
     }
 
-    /// The locked-memory limit the advice suggests for `configuration`: twice what its workers
-    /// need, in whole MiB, at least 1 MiB.
+    /// The locked-memory limit the advice suggests for `configuration`: twice what it needs
+    /// (`lockedBytesNeeded`), in whole MiB, at least 1 MiB.
     public static func suggestedLockedBytes(_ configuration: RelayConfiguration) -> Int {
-        suggestedLockedBytes(needed: lockedBytesPerWorker(configuration) * configuration.threads)
+        suggestedLockedBytes(needed: lockedBytesNeeded(configuration))
     }
 
     /// Twice what is needed (room for a restart while the old relay's rings are still being
@@ -106,26 +108,19 @@ public enum StartupDiagnosis {
         return max(mebibyte, (2 * needed + mebibyte - 1) / mebibyte * mebibyte)
     }
 
-    /// The locked memory one io_uring worker's kernel objects are charged, in bytes, as
-    /// Linux 6.x accounts them: each region rounded up to pages.
-    ///
-    /// Mirrors what a worker creates: a ring of 1024 SQEs (64 bytes each); a completion queue
-    /// sized for every receive buffer, every send slot and 64 more, rounded up to a power of
-    /// two (16 bytes per CQE), sharing its region with the SQ index array (4 bytes per SQE)
-    /// and the ring header; and the provided-buffer ring (16 bytes per receive buffer; the
-    /// buffers themselves are not pinned). Measured on 6.18 with the defaults: 108 KiB.
+    /// The lowest `RLIMIT_MEMLOCK` an io_uring relay of `configuration` starts under (a user
+    /// without `CAP_IPC_LOCK`, nothing else of that user's pinned): every worker's ring and
+    /// buffer ring, plus the start-up probe's, which has the same sizes and which the kernel
+    /// frees in the background after the probe closes it, so it is still charged while the
+    /// workers start.
+    public static func lockedBytesNeeded(_ configuration: RelayConfiguration) -> Int {
+        lockedBytesPerWorker(configuration) * (configuration.threads + 1)
+    }
+
+    /// The locked memory one io_uring worker's ring and provided-buffer ring are charged, in
+    /// bytes, as Linux 6.x accounts them (`RingSizing.lockedBytes`). 108 KiB with the defaults.
     public static func lockedBytesPerWorker(_ configuration: RelayConfiguration) -> Int {
-        let page = 4096
-        func pages(_ bytes: Int) -> Int { (bytes + page - 1) / page * page }
-        let submissions = 1024
-        let reserve = 3 * (configuration.maxDatagramBytes / max(configuration.packetBytes, 1) + 1)
-            + 2 * configuration.backends.count + 2
-        let sendSlots = max(1024, 4 * reserve)
-        var completions = 1
-        while completions < configuration.receiveBuffers + sendSlots + 64 { completions <<= 1 }
-        let ringHeader = 64
-        return pages(submissions * 64) + pages(ringHeader + completions * 16 + submissions * 4)
-            + pages(configuration.receiveBuffers * 16)
+        configuration.ringSizing.lockedBytes()
     }
 
     /// The descriptors a relay needs at start-up, part by part.

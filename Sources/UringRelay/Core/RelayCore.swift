@@ -130,6 +130,10 @@ public struct RelayCore: ~Copyable {
     /// Counts a multishot receive the kernel ended and the driver armed again.
     public mutating func countReceiveRearm() { processor.counters[.receiveRearms] &+= 1 }
 
+    /// Counts a request the io_uring driver put off to its next turn: the submission queue was
+    /// full and the kernel took none of it.
+    public mutating func countSubmissionDeferred() { processor.counters[.submissionsDeferred] &+= 1 }
+
     /// Asks the core to stop: drain, flush, finish (see `Phase`).
     public mutating func requestStop() { stopRequested = true }
 
@@ -184,9 +188,11 @@ public struct RelayCore: ~Copyable {
     }
 
     /// Counts datagrams that were still queued in a listening socket when receiving stopped
-    /// (they arrived after the drain ended) and are discarded as it closes.
-    public mutating func countDiscardedAtStop(_ datagrams: Int) {
+    /// (they arrived after the drain ended) and are discarded as it closes, and the listeners
+    /// that closed still holding datagrams it had no time to count.
+    public mutating func countDiscardedAtStop(_ datagrams: Int, listenersLeftUncounted: Int = 0) {
         processor.counters[.datagramsDroppedAtExit] &+= UInt64(datagrams)
+        processor.counters[.listenersClosedUncounted] &+= UInt64(listenersLeftUncounted)
     }
 
     /// Counts datagrams the kernel dropped at the listening sockets (their receive queues were

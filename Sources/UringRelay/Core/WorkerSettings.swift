@@ -32,6 +32,8 @@ public struct WorkerSettings: Sendable {
     public var routing: RoutingState
     /// Where the worker publishes its live counters.
     public var board = CounterBoard()
+    /// `SO_SNDBUF` requested for each backend socket (see `RelayConfiguration.backendSendBufferBytes`).
+    public var backendSendBufferBytes: Int
 
     /// Settings for one worker of `configuration`, sharing `holdBudget` with the other workers.
     public init(
@@ -44,10 +46,30 @@ public struct WorkerSettings: Sendable {
         maxDatagramBytes = configuration.maxDatagramBytes
         receiveBuffers = configuration.receiveBuffers
         minimumWaitMicroseconds = configuration.minimumWaitMicroseconds
+        backendSendBufferBytes = configuration.backendSendBufferBytes
         stopBudgetNanoseconds = configuration.shutdownTimeoutNanoseconds
         drainBudgetNanoseconds = configuration.shutdownTimeoutNanoseconds / 3 * 2
         self.holdBudget = holdBudget
         self.routing = routing
+    }
+}
+
+extension WorkerSettings {
+    /// The sizes of this worker's send slots, queues and pinned memory for a pool of
+    /// `backendCount` backends.
+    public func ringSizing(backendCount: Int) -> RingSizing {
+        RingSizing(receiveBuffers: receiveBuffers, packetBytes: packetBytes, maxLineBytes: maxDatagramBytes, backendCount: backendCount)
+    }
+
+    /// The sizes for the pool in force now (what the start-up probe tries).
+    public var ringSizing: RingSizing { ringSizing(backendCount: routing.current.count) }
+}
+
+extension RelayConfiguration {
+    /// The sizes of each worker's send slots, queues and pinned memory, with the configured
+    /// backends (what the memlock advice is computed from).
+    public var ringSizing: RingSizing {
+        RingSizing(receiveBuffers: receiveBuffers, packetBytes: packetBytes, maxLineBytes: maxDatagramBytes, backendCount: backends.count)
     }
 }
 

@@ -35,8 +35,8 @@ struct BackendConnections: ~Copyable {
     /// When a failed reconnect (after an address change) may be tried again.
     private var reconnectRetryAt: UInt64 = 0
 
-    /// `SO_SNDBUF` for backend sockets: room for bursts without `EAGAIN`.
-    static let sendBufferBytes = 4 << 20
+    /// `SO_SNDBUF` for backend sockets (`WorkerSettings.backendSendBufferBytes`).
+    private let sendBufferBytes: Int
 
     /// How late past its confirmation time a packet may be confirmed. Under steady traffic the
     /// oldest unconfirmed packet comes of age every few microseconds; without this slack every
@@ -45,11 +45,12 @@ struct BackendConnections: ~Copyable {
     /// every 64 packets for room), and confirmations lag by at most that.
     static let confirmationSlackNanoseconds: UInt64 = 50_000_000
 
-    /// Connects to `pool`'s backends.
+    /// Connects to `pool`'s backends, each socket with `sendBufferBytes` of `SO_SNDBUF`.
     ///
     /// - Parameter sendSlots: how many send slots the core's send buffers have.
-    init(pool: BackendPool, sendSlots: Int) throws(SystemCallError) {
-        sockets = try BackendSockets(connecting: pool.addresses, sendBufferBytes: Self.sendBufferBytes)
+    init(pool: BackendPool, sendSlots: Int, sendBufferBytes: Int) throws(SystemCallError) {
+        self.sendBufferBytes = sendBufferBytes
+        sockets = try BackendSockets(connecting: pool.addresses, sendBufferBytes: sendBufferBytes)
         ledgers = pool.backends.map { _ in DeliveryLedger() }
         identities = pool.identities
         addresses = pool.addresses
@@ -69,13 +70,16 @@ struct BackendConnections: ~Copyable {
         inFlight[backend] += 1
     }
 
-    /// Notes that `slot`'s failed send is being tried again on `backend`'s current socket: if
-    /// the backend moved to another socket since the first try, the send now counts there.
+    /// Takes back `sending(slot:backend:)` for a send the kernel did not make (cancelled, or
+    /// failed by an earlier packet's pending refusal): it goes again later, marked anew on the
+    /// socket the backend has then.
     @inline(__always)
-    mutating func resending(slot: Int, backend: Int) {
-        guard sentOn[slot] != socketNumbers[backend] else { return }
-        retired.forgetSend(socket: sentOn[slot])
-        sending(slot: slot, backend: backend)
+    mutating func withdrawn(slot: Int, backend: Int) {
+        if sentOn[slot] == socketNumbers[backend] {
+            inFlight[backend] -= 1
+        } else {
+            retired.forgetSend(socket: sentOn[slot])
+        }
     }
 
     /// Enters a completed send in the ledger of the socket it was sent on.
@@ -154,7 +158,7 @@ struct BackendConnections: ~Copyable {
             do {
                 // The old socket retires with the packets it sent and the sends still in
                 // flight on it: their outcomes and late refusals still count, in its ledger.
-                try sockets.reconnect(backend, to: wanted[backend], sendBufferBytes: Self.sendBufferBytes, retiring: &retired.sockets)
+                try sockets.reconnect(backend, to: wanted[backend], sendBufferBytes: sendBufferBytes, retiring: &retired.sockets)
                 retired.add(ledger: ledgers[backend], identity: identities[backend], socket: socketNumbers[backend], inFlight: inFlight[backend])
                 ledgers[backend] = DeliveryLedger()
                 socketNumbers[backend] = takeSocketNumber()
@@ -189,7 +193,7 @@ struct BackendConnections: ~Copyable {
         let replacement: BackendSockets
         do {
             replacement = try sockets.rebuilt(
-                keeping: kept, addresses: next.addresses, sendBufferBytes: Self.sendBufferBytes, retiring: &retired.sockets)
+                keeping: kept, addresses: next.addresses, sendBufferBytes: sendBufferBytes, retiring: &retired.sockets)
         } catch {
             core.abandonPoolChange()
             return

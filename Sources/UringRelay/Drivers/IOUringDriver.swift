@@ -6,10 +6,14 @@ import RelayKernel
 ///
 /// A multishot `recvmsg` stays armed on every listener, taking buffers from one
 /// provided-buffer ring; sends are `send` SQEs on connected backend sockets, submitted with the
-/// next wait. Each loop turn: publish recycled buffers, re-arm any receive the kernel ended,
-/// submit every queued send and wait for completions in one `io_uring_enter2`; then take every
-/// CQE off the queue, hand received datagrams to the core, let the core end its turn and queue
-/// the sends it hands out for the next turn's submit.
+/// next wait, in order per backend (`OrderedSends`). Each loop turn: publish recycled buffers,
+/// re-arm any receive the kernel ended, submit every queued send and wait for completions in
+/// one `io_uring_enter2`; then take every CQE off the queue, hand received datagrams to the
+/// core, let the core end its turn and queue the sends it hands out for the next turn's submit.
+///
+/// A request that finds the submission queue full is not lost: the queue is submitted to make
+/// room, and if the kernel takes none of it (short of memory, completions overflowing) the
+/// request is counted (`submissions_deferred`), the turn ends and it is made again next turn.
 ///
 /// The kernel ends a multishot receive at every empty datagram (its zero-byte payload reads as
 /// the end of a stream). The turn after such an end does not wait out the minimum wait: it
@@ -28,8 +32,16 @@ public struct IOUringDriver: ~Copyable {
     private var receiveArmed: [Bool]
     private var receiveEnded = false
     private var receivedThisTurn = false
-    private var sendsInFlight = 0
+    private var sends: OrderedSends
     private var drops: ListenerDrops
+    /// Polls to arm (again) before the next wait: the stop signal's, the pool publications'.
+    private var wakeupPollWanted = true
+    private var routingPollWanted = true
+    /// Receives whose cancellation is still to be submitted (receiving is stopping).
+    private var cancelWanted: [Bool]
+    /// A request found no room in the submission queue since the last wait: nothing more is
+    /// prepared before the next one, which is kept short.
+    private var submissionsDeferred = false
 
     /// Completions a waiting worker asks for before the minimum wait lets it go with fewer.
     private static let completionBatch: UInt32 = 32
@@ -45,9 +57,10 @@ public struct IOUringDriver: ~Copyable {
     public init(settings: WorkerSettings, wakeup: WakeupEvent) throws(SystemCallError) {
         let core = try RelayCore(settings: settings)
         let bufferCount = settings.receiveBuffers
-        let completions = UInt32(bufferCount + core.sendBuffers.capacity + 64)
+        let sizing = settings.ringSizing(backendCount: core.pool.count)
+        assert(sizing.sendSlots == core.sendBuffers.capacity, "the send slots and the ring are sized apart")
         let ring: Ring
-        do throws(Errno) { ring = try Ring(entries: 1024, completionEntries: completions) } catch {
+        do throws(Errno) { ring = try Ring(sizing: sizing) } catch {
             throw SystemCallError("io_uring_queue_init", "", error)
         }
         let buffers: ProvidedBufferRing
@@ -56,8 +69,10 @@ public struct IOUringDriver: ~Copyable {
         } catch { throw SystemCallError("io_uring_register_buf_ring", "\(bufferCount) buffers", error) }
         let listeners = try WorkerSetup.listeners(settings)
         let pool = core.pool
-        let connections = try BackendConnections(pool: pool, sendSlots: core.sendBuffers.capacity)
+        let connections = try BackendConnections(
+            pool: pool, sendSlots: core.sendBuffers.capacity, sendBufferBytes: settings.backendSendBufferBytes)
         poolChanged = try WorkerSetup.poolEvents(settings)
+        sends = OrderedSends(backends: pool.count, slots: core.sendBuffers.capacity)
         self.connections = connections
         self.settings = settings
         self.wakeup = wakeup
@@ -66,6 +81,7 @@ public struct IOUringDriver: ~Copyable {
         self.buffers = buffers
         self.listeners = listeners
         receiveArmed = Array(repeating: false, count: settings.listeners.count)
+        cancelWanted = Array(repeating: false, count: settings.listeners.count)
         drops = ListenerDrops(count: settings.listeners.count)
         queue = ReceiveQueue(capacity: bufferCount)
     }
@@ -85,18 +101,19 @@ public struct IOUringDriver: ~Copyable {
     /// - Throws: `SystemCallError` if the ring itself fails (never for a bad datagram or a
     ///   failing backend; those are counted).
     public consuming func run() throws(SystemCallError) -> RelayCounters {
-        ring.armPoll(descriptor: wakeup.descriptor, userData: UserData(.wakeup))
-        ring.armPoll(descriptor: poolChanged.descriptor, userData: UserData(.routing))
         var now = MonotonicClock.nanoseconds()
         while true {
             buffers.publish()
+            armPolls()
             armReceives()
+            submitCancels()
             let (completions, timeout, minimumWait) = waitPlan(now: now)
             receiveEnded = false
             do {
                 try ring.submitAndWait(
                     completions: completions, timeoutNanoseconds: timeout, minimumWaitMicroseconds: minimumWait)
             } catch { throw SystemCallError("io_uring_enter", "", error) }
+            submissionsDeferred = false
             now = MonotonicClock.nanoseconds()
             receivedThisTurn = false
             while let completion = ring.nextCompletion() { handle(completion, now: now) }
@@ -109,9 +126,8 @@ public struct IOUringDriver: ~Copyable {
             // Before the core ends its turn, so what the ledgers settle is in this turn's counters.
             connections.settle(now: now, into: &core)
             if core.endTurn(now: now, moreToReceive: moreToReceive) == .stopReceiving {
-                for index in receiveArmed.indices where receiveArmed[index] {
-                    ring.cancel(UserData(.receive, index: UInt32(index)), userData: UserData(.cancel))
-                }
+                cancelWanted = receiveArmed
+                submitCancels()
             }
             queueReadySends()
             if core.phase == .flushing && !listeners.isEmpty && !receiveArmed.contains(true) {
@@ -119,23 +135,30 @@ public struct IOUringDriver: ~Copyable {
                 countKernelDrops(now: now)
                 WorkerSetup.closeListeners(&listeners, core: &core)
             }
-            connections.follow(&core, sendsInFlight: sendsInFlight, now: now)
+            connections.follow(&core, sendsInFlight: sends.count, now: now)
             if drops.isDue(now: now) { countKernelDrops(now: now) }
-            if core.isFlushed && sendsInFlight == 0 && !receiveArmed.contains(true) && queue.isEmpty && connections.isSettled {
+            if core.isFlushed && sends.isEmpty && !receiveArmed.contains(true) && queue.isEmpty && connections.isSettled {
                 break
             }
             if core.phase == .flushing && now >= core.stopDeadline {
                 // Out of time: still hand the last sends to the kernel and collect what completed.
                 try? ring.submitAndWait(completions: 0, timeoutNanoseconds: 0, minimumWaitMicroseconds: 0)
                 while let completion = ring.nextCompletion() { handle(completion, now: now) }
+                if !listeners.isEmpty {
+                    // A receive whose cancellation has not come yet takes nothing more: with
+                    // DEFER_TASKRUN it would only do so inside a wait, and there is none left.
+                    // So what the listeners hold can still be counted before they close.
+                    countKernelDrops(now: now)
+                    WorkerSetup.closeListeners(&listeners, core: &core)
+                }
                 break
             }
         }
         countKernelDrops(now: now)
         connections.finish(now: MonotonicClock.nanoseconds(), into: &core)
-        let counters = core.finish(unrelayedDatagrams: queue.count, sendsInFlight: sendsInFlight)
+        let counters = core.finish(unrelayedDatagrams: queue.count, sendsInFlight: sends.count)
         settings.routing.unsubscribe(poolChanged)
-        if sendsInFlight > 0 || receiveArmed.contains(true) {
+        if sends.inFlight > 0 || receiveArmed.contains(true) {
             // The kernel may still use this memory; keeping it mapped is the safe choice.
             buffers.keepMappedAfterDestruction()
             core.keepSendBuffersMapped()
@@ -160,10 +183,51 @@ public struct IOUringDriver: ~Copyable {
     /// Arms a multishot receive on every listener that has none, while receiving goes on.
     private mutating func armReceives() {
         guard core.phase != .flushing, buffers.available > 0 else { return }
-        for index in receiveArmed.indices where !receiveArmed[index] {
-            ring.armMultishotReceive(on: listeners[index], buffers: buffers, userData: UserData(.receive, index: UInt32(index)))
-            receiveArmed[index] = true
+        for index in receiveArmed.indices where !receiveArmed[index] && !submissionsDeferred {
+            do throws(Errno) {
+                try ring.armMultishotReceive(on: listeners[index], buffers: buffers, userData: UserData(.receive, index: UInt32(index)))
+                receiveArmed[index] = true
+            } catch { deferSubmissions() }
         }
+    }
+
+    /// Arms the polls that are wanted: the stop signal's once, the pool publications' again
+    /// after each publication (not once stopping).
+    private mutating func armPolls() {
+        if wakeupPollWanted && !submissionsDeferred {
+            do throws(Errno) {
+                try ring.armPoll(descriptor: wakeup.descriptor, userData: UserData(.wakeup))
+                wakeupPollWanted = false
+            } catch { deferSubmissions() }
+        }
+        if routingPollWanted && !submissionsDeferred {
+            do throws(Errno) {
+                try ring.armPoll(descriptor: poolChanged.descriptor, userData: UserData(.routing))
+                routingPollWanted = false
+            } catch { deferSubmissions() }
+        }
+    }
+
+    /// Submits the cancellation of every receive that is still to be cancelled.
+    private mutating func submitCancels() {
+        for index in cancelWanted.indices where cancelWanted[index] && !submissionsDeferred {
+            guard receiveArmed[index] else {
+                cancelWanted[index] = false
+                continue
+            }
+            do throws(Errno) {
+                try ring.cancel(UserData(.receive, index: UInt32(index)), userData: UserData(.cancel))
+                cancelWanted[index] = false
+            } catch { deferSubmissions() }
+        }
+    }
+
+    /// Counts a request that found the submission queue full with the kernel taking none of
+    /// it, and prepares nothing more before the next wait; what was not prepared is prepared
+    /// again then.
+    private mutating func deferSubmissions() {
+        core.countSubmissionDeferred()
+        submissionsDeferred = true
     }
 
     /// How many completions to wait for, for how long, and the minimum wait.
@@ -171,19 +235,27 @@ public struct IOUringDriver: ~Copyable {
         func until(_ deadline: UInt64) -> UInt64 { deadline > now ? deadline - now : 0 }
         let flushDue = earliest(core.nextDeadline(), connections.nextConfirmation).map(until)
         let minimumWait = settings.minimumWaitMicroseconds
+        // Waiting for several completions is only safe with a minimum wait to cut it short;
+        // without one the worker would sit on a lone datagram (or its stop signal).
+        let batching = ring.supportsMinimumWait && minimumWait > 0
+        // The sends linked after a chain's first are started by the kernel's deferred task work,
+        // which a wait runs only as far as the completions it waits for: waiting for every send
+        // in flight lets whole chains complete in this wait (a send held up by a full socket
+        // buffer is cut short by the minimum wait).
+        let sendsInFlight = UInt32(clamping: sends.inFlight)
         switch core.phase {
         case .running:
-            if !queue.isEmpty || core.pendingPool != nil {
-                // Waiting for sends to free slots; the flush deadline still bounds the wait.
-                return (1, min(flushDue ?? settings.flushIntervalNanoseconds, 1_000_000), 0)
+            if !queue.isEmpty || core.pendingPool != nil || submissionsDeferred {
+                // Waiting for sends to free slots (or for room in the submission queue); the
+                // flush deadline still bounds the wait.
+                let bound = min(flushDue ?? settings.flushIntervalNanoseconds, 1_000_000)
+                return batching ? (max(1, sendsInFlight), bound, minimumWait) : (1, bound, 0)
             }
             if receiveEnded {
                 // The receive was just re-armed: take the next completion as it comes.
                 return (1, flushDue ?? Self.idleWaitNanoseconds, 0)
             }
-            // Waiting for several completions is only safe with a minimum wait to cut it short;
-            // without one the worker would sit on a lone datagram (or its stop signal).
-            let batch = ring.supportsMinimumWait && minimumWait > 0 ? Self.completionBatch : 1
+            let batch = batching ? max(Self.completionBatch, sendsInFlight) : 1
             return (batch, flushDue ?? Self.idleWaitNanoseconds, minimumWait)
         case .draining:
             return (queue.isEmpty ? 0 : 1, min(until(core.stopDeadline), 1_000_000), 0)
@@ -222,25 +294,24 @@ public struct IOUringDriver: ~Copyable {
             }
         case .send:
             let slot = Int(completion.userData.index)
-            if core.retriesSend(slot: slot, result: completion.result) {
-                // An earlier packet's refusal, pending on the socket, failed this send untransmitted:
-                // once more, still in flight.
-                let backend = core.sendBuffers.backend(of: slot)
-                connections.resending(slot: slot, backend: backend)
-                ring.send(slot: slot, of: core.sendBuffers, to: connections.sockets, userData: completion.userData)
+            // An earlier packet's refusal, pending on the socket, failed this send untransmitted
+            // (`retriesSend`), or the kernel cancelled it unsent: it goes again, in its place.
+            let retry = core.retriesSend(slot: slot, result: completion.result)
+            guard sends.completed(slot: slot, result: retry ? -ECANCELED : completion.result) else {
+                connections.withdrawn(slot: slot, backend: core.sendBuffers.backend(of: slot))
                 break
             }
-            sendsInFlight -= 1
             connections.record(core.sendCompleted(slot: slot, result: completion.result), slot: slot, now: now)
         case .wakeup:
             core.requestStop()
         case .cancel:
             break  // the cancelled receive reports its own end
         case .routing:
-            // Applied by the core this turn; re-armed here so no publication is missed.
+            // Applied by the core this turn; re-armed before the next wait, after the reset, so
+            // no publication is missed.
             if core.phase != .flushing {
                 poolChanged.reset()
-                ring.armPoll(descriptor: poolChanged.descriptor, userData: UserData(.routing))
+                routingPollWanted = true
             }
         case nil:
             assertionFailure("completion with unknown user_data \(completion.userData)")
@@ -265,14 +336,18 @@ public struct IOUringDriver: ~Copyable {
         }
     }
 
-    /// Turns every packet the core hands out into a `send` SQE, submitted with the next wait.
+    /// Queues every packet the core hands out behind the earlier ones for its backend, and
+    /// turns what can go into `send` SQEs, submitted with the next wait.
     @inline(__always)
     private mutating func queueReadySends() {
+        sends.follow(backends: core.pool.count, slots: core.sendBuffers.capacity)
         while let (slot, backend) = core.nextOutgoing() {
-            connections.sending(slot: slot, backend: backend)
-            ring.send(slot: slot, of: core.sendBuffers, to: connections.sockets, userData: UserData(.send, index: UInt32(slot)))
-            sendsInFlight += 1
+            sends.enqueue(slot: slot, backend: backend)
         }
+        guard !submissionsDeferred else { return }
+        do throws(Errno) {
+            try sends.submit(to: ring, from: core.sendBuffers, over: &connections)
+        } catch { deferSubmissions() }
     }
 
 }

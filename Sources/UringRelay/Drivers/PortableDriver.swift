@@ -29,7 +29,8 @@ public struct PortableDriver: ~Copyable {
 
     /// Batches taken from one listener per turn before the others get their turn.
     private static let batchesPerTurn = 8
-    /// Busy turns between two looks at the stop and pool events.
+    /// Busy turns between two polls of the stop and pool events (a stop is seen every turn:
+    /// `WakeupEvent.isPending`).
     private static let busyTurnsPerPoll = 16
     /// The wait bound when nothing is due, so a stuck event is never waited on forever.
     private static let idleWaitNanoseconds: UInt64 = 1_000_000_000
@@ -45,7 +46,8 @@ public struct PortableDriver: ~Copyable {
         } catch { throw SystemCallError("mmap", "receive buffers", error) }
         let listeners = try WorkerSetup.listeners(settings)
         let pool = core.pool
-        let connections = try BackendConnections(pool: pool, sendSlots: core.sendBuffers.capacity)
+        let connections = try BackendConnections(
+            pool: pool, sendSlots: core.sendBuffers.capacity, sendBufferBytes: settings.backendSendBufferBytes)
         poolChanged = try WorkerSetup.poolEvents(settings)
         var descriptors = WorkerSetup.descriptors(listeners)
         listenerDescriptors = descriptors
@@ -94,6 +96,9 @@ public struct PortableDriver: ~Copyable {
                     poller.ignore(wakeupIndex)
                 }
                 if poller.isReady(poolChangedIndex) { poolChanged.reset() }
+            } else if core.phase == .running && wakeup.isPending {
+                // A busy loop polls only every few turns; a stop's budget starts when it is asked.
+                core.requestStop()
             }
             now = MonotonicClock.nanoseconds()
             core.beginTurn(now: now)

@@ -18,6 +18,7 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
     case bufferRingExhausted
     case receiveRearms
     case receiveErrors
+    case submissionsDeferred
     case packetsSent
     case sendErrors
     case linesDroppedSendError
@@ -30,6 +31,7 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
     case linesDroppedHeldAtExit
     case routingUpdates
     case datagramsDroppedAtExit
+    case listenersClosedUncounted
     case linesUnconfirmedAtExit
     case linesDoubted
     case linesDroppedUnsentAtExit
@@ -59,6 +61,7 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
         case .bufferRingExhausted: "statsrelay.buffer_ring_exhausted"
         case .receiveRearms: "statsrelay.receive_rearms"
         case .receiveErrors: "statsrelay.receive_errors"
+        case .submissionsDeferred: "statsrelay.submissions_deferred"
         case .packetsSent: "statsrelay.packets_sent"
         case .sendErrors: "statsrelay.send_errors"
         case .linesDroppedSendError: "statsrelay.lines_dropped.send_error"
@@ -71,6 +74,7 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
         case .linesDroppedHeldAtExit: "statsrelay.lines_dropped.held_at_exit"
         case .routingUpdates: "statsrelay.routing_updates"
         case .datagramsDroppedAtExit: "statsrelay.datagrams_dropped.at_exit"
+        case .listenersClosedUncounted: "statsrelay.listeners_closed_uncounted"
         case .linesUnconfirmedAtExit: "statsrelay.lines_unconfirmed_at_exit"
         case .linesDoubted: "statsrelay.lines_doubted"
         case .linesDroppedUnsentAtExit: "statsrelay.lines_dropped.unsent_at_exit"

@@ -55,11 +55,9 @@ public struct BatchAssembler: ~Copyable {
     ///   - maxLineBytes: the longest line possible (the largest datagram accepted).
     public init(backendCount: Int, packetBytes: Int, maxLineBytes: Int) throws(Errno) {
         precondition(backendCount > 0 && packetBytes > 1)
-        // A closed batch and the line that closed it together exceed packetBytes, so a datagram
-        // of D bytes closes at most 2D/P batches per backend plus one each, and each line longer
-        // than P takes one more slot.
-        reserveSlots = 3 * (maxLineBytes / packetBytes + 1) + 2 * backendCount + 2
-        let capacity = max(1024, 4 * reserveSlots)
+        // The reserve arithmetic is explained at RingSizing, which the ring is sized by too.
+        let capacity: Int
+        (reserveSlots, capacity) = RingSizing.sendSlots(packetBytes: packetBytes, maxLineBytes: maxLineBytes, backendCount: backendCount)
         pool = try SendBufferPool(capacity: capacity, slotBytes: max(packetBytes, maxLineBytes + 1))
         self.packetBytes = packetBytes
         self.backendCount = backendCount

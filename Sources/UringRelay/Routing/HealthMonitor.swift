@@ -7,7 +7,7 @@ import Synchronization
 /// and re-resolved addresses to the workers through `RoutingState`.
 ///
 /// Each interval: one round of probes (all at once, bounded by the timeout), plus any send
-/// refusals the workers reported since the last round (a refusal is a failed check); each
+/// refusals the workers published in the last two publication intervals (a refusal is a failed check); each
 /// result feeds the backend's `HealthTracker`. Every `dnsRefresh`, backends given by name are
 /// looked up again on lookup threads (`BackendResolver`): the monitor asks and takes the
 /// answers as they come, so a resolver that never answers delays neither a check nor a stop
@@ -25,6 +25,11 @@ import Synchronization
 /// the name refresh interval) can change while it runs (`update`, a reload): they are taken
 /// between two rounds, never during one.
 public final class HealthMonitor: Sendable {
+    /// How long refusals taken from the workers' counters keep failing their backend's checks:
+    /// two publication intervals, so that every round between two publications of a worker
+    /// still refused to sees them.
+    static let refusalMemoryNanoseconds: UInt64 = 2 * CounterBoard.publishIntervalNanoseconds
+
     /// Resolves a host to addresses (see `BackendResolver.Resolver`).
     public typealias Resolver = BackendResolver.Resolver
 
@@ -211,6 +216,10 @@ public final class HealthMonitor: Sendable {
         var nextResolve = now &+ config.dnsRefreshNanoseconds
         var allDown = false
         var firstRound = true
+        // Refusals by identity, with when they were last taken: a worker publishes its counters
+        // at most every `CounterBoard.publishIntervalNanoseconds`, so with checks more frequent
+        // than that a round can fall between two publications and see none.
+        var recentRefusals: [String: (at: UInt64, count: UInt64)] = [:]
         while true {
             var due = named.isEmpty ? UInt64.max : nextResolve
             if config.healthCheck != .none { due = min(due, nextCheck) }
@@ -306,6 +315,8 @@ public final class HealthMonitor: Sendable {
                 // By identity: the pool may have changed since this round's backends were taken.
                 let refusals = routing.takeRefusalsByBackend()
                 now = MonotonicClock.nanoseconds()
+                for (identity, count) in refusals where count > 0 { recentRefusals[identity] = (now, count) }
+                recentRefusals = recentRefusals.filter { now &- $0.value.at <= Self.refusalMemoryNanoseconds }
                 if firstRound {
                     firstRound = false
                     if let hint = Self.firstRoundHint(mode: config.healthCheck, outcomes: outcomes) {
@@ -319,8 +330,8 @@ public final class HealthMonitor: Sendable {
                 }
                 for index in 0..<count {
                     var failure = outcomes[index]
-                    if failure == nil, let refused = refusals[backends[index].description], refused > 0 {
-                        failure = "\(refused) sends refused (ICMP port unreachable)"
+                    if failure == nil, let refused = recentRefusals[backends[index].description] {
+                        failure = "\(refused.count) sends refused (ICMP port unreachable)"
                     }
                     guard let state = trackers[index].record(success: failure == nil, reason: failure, now: now) else { continue }
                     down[index] = state == .down
