@@ -1,7 +1,7 @@
 /// What identifies a sent datagram when an ICMP error quotes it back: its length, its first
 /// 8 bytes and a hash of its first `hashedBytes` bytes. Computed for every packet sent (from
 /// its send slot) and for the quote of every error-queue entry, with the same function, so a
-/// refusal can be matched to the packet it reports (`couldBeQuoted(by:)`).
+/// refusal can be matched to the packet it reports (`match(by:)`).
 ///
 /// An ICMP error carries the start of the offending IP datagram; the kernel hands its UDP
 /// payload to the error queue as the entry's data (`ip_icmp_error`/`ipv6_icmp_error`). How much
@@ -16,9 +16,14 @@
 ///  quote   |0 ....... 8 ............................ hashedBytes ...... L|  (hash)
 /// ```
 /// - a quote at least `min(hashedBytes, packet length)` long is compared by hash: both hashed
-///   the same bytes, the packet's first `min(hashedBytes, length)`;
-/// - a shorter quote (a stingy router) is compared on its first `min(L, 8)` bytes;
+///   the same bytes, the packet's first `min(hashedBytes, length)` (a `.hashed` match);
+/// - a shorter quote (a stingy router) is compared on its first `min(L, 8)` bytes only (a
+///   `.head` match, weaker: many packets share their first bytes);
 /// - a quote longer than the packet is not of it.
+///
+/// A hashed match is preferred to a head match: a Linux host quotes the whole datagram up to
+/// 520 bytes, so a 120-byte quote is most likely a whole 120-byte packet, not the start of a
+/// 1 400-byte one that merely begins alike.
 ///
 /// Equal packets (a hot counter repeated) have equal fingerprints: the ledger then takes the
 /// oldest. Nothing is allocated; hashing reads at most `hashedBytes` bytes, a word at a time.
@@ -55,16 +60,32 @@ public struct PacketFingerprint: Sendable, Equatable, CustomStringConvertible {
         hash = Self.hash(of: UnsafeRawBufferPointer(rebasing: bytes.prefix(Self.hashedBytes)))
     }
 
-    /// Whether an error-queue entry quoting `quote` can be about this packet: the quote is a
-    /// prefix of it, as far as the fingerprints can tell (see the type's rules).
+    /// How well a quote matches a packet, weakest first.
+    public enum Match: Int, Comparable, Sendable {
+        /// The quote is not of this packet.
+        case none
+        /// The quote is shorter than what the hash covers and its first bytes (up to 8) agree.
+        case head
+        /// The quote covers what the hash covers, and the hashes agree.
+        case hashed
+
+        public static func < (lhs: Match, rhs: Match) -> Bool { lhs.rawValue < rhs.rawValue }
+    }
+
+    /// How an error-queue entry quoting `quote` matches this packet (see the type's rules).
     @inline(__always)
-    public func couldBeQuoted(by quote: PacketFingerprint) -> Bool {
-        guard quote.length <= length else { return false }
-        if quote.length >= min(Self.hashedBytes, length) { return quote.hash == hash }
+    public func match(by quote: PacketFingerprint) -> Match {
+        guard quote.length <= length else { return .none }
+        if quote.length >= min(Self.hashedBytes, length) { return quote.hash == hash ? .hashed : .none }
         let compared = min(quote.length, 8)
         let mask: UInt64 = compared == 8 ? .max : (1 << (8 * UInt64(compared))) &- 1
-        return (head ^ quote.head) & mask == 0
+        return (head ^ quote.head) & mask == 0 ? .head : .none
     }
+
+    /// Whether an error-queue entry quoting `quote` can be about this packet: the quote is a
+    /// prefix of it, as far as the fingerprints can tell.
+    @inline(__always)
+    public func couldBeQuoted(by quote: PacketFingerprint) -> Bool { match(by: quote) != .none }
 
     public var description: String {
         "length=\(length) head=0x\(String(head, radix: 16)) hash=0x\(String(hash, radix: 16))"

@@ -137,6 +137,28 @@ struct ErrorQueueMatchTests {
         #expect(ledger.echoesOfFailedSends == 1 && ledger.unattributedLosses == 0)
     }
 
+    @Test("a whole quote of a small failed packet is its echo, not the start of a larger packet that begins alike")
+    func exactMatchBeforeHeadMatch() {
+        // The first packet of a burst, flushed small by the timer, rejected by a local firewall;
+        // the next, full-sized, arrived. Both begin with the same metric prefix.
+        let small = TestPacket("burst.metric", lines: 5)
+        let large = TestPacket("burst.metric", lines: 60, padTo: 1_400)
+        #expect(large.fingerprint.match(by: small.quote()) == .head)
+        #expect(small.fingerprint.match(by: small.quote()) == .hashed)
+        var ledger = DeliveryLedger(confirmationDelay: Self.delay, doubtWindow: 0)
+        ledger.sendFailed(lines: 5, bytes: small.bytes.count, fingerprint: small.fingerprint, now: 0)
+        ledger.accepted(lines: 60, bytes: large.bytes.count, fingerprint: large.fingerprint, now: 0)
+        ledger.drained([small.refusal()], now: 1_000)
+        ledger.drained([], now: Self.delay)
+        #expect(ledger.echoesOfFailedSends == 1 && ledger.refused.packets == 0 && ledger.sent.lines == 60)
+        // With no exact match anywhere, a short quote still finds the packet that begins with it
+        // (a router that quotes only the first bytes).
+        var other = DeliveryLedger(confirmationDelay: Self.delay, doubtWindow: 0)
+        other.accepted(lines: 60, bytes: large.bytes.count, fingerprint: large.fingerprint, now: 0)
+        other.drained([large.refusal(100)], now: 1_000)
+        #expect(other.refused.lines == 60)
+    }
+
     @Test("an echo is taken once per failed send; a second one, or one after two more drains and the confirmation delay, is unattributed")
     func echoesAreBounded() {
         let rejected = TestPacket("echo.once", lines: 1, padTo: 700)

@@ -9,8 +9,9 @@ import RelayKernel
 /// (`BackendSockets.takeErrors(_:into:)`) then holds one entry for it, quoting the datagram's
 /// start. The refusal arrives a round trip after the send, so a packet the kernel accepted is
 /// *unconfirmed* until either
-/// - a drain finds an error whose quote matches it (`PacketFingerprint.couldBeQuoted(by:)`;
-///   among equal matches, the oldest packet takes it), or
+/// - a drain finds an error whose quote matches it (`PacketFingerprint.match(by:)`: a hashed
+///   match before a match of the first bytes only; among equal matches, the oldest packet
+///   takes it), or
 /// - a complete drain finds it at least `confirmationDelay` old after that drain's errors were
 ///   attributed: no error came for it within the delay, so it is counted as sent — or, in an
 ///   episode of errors that may be rate-limited, as doubted once the episode has been watched
@@ -276,27 +277,38 @@ public struct DeliveryLedger: Sendable, Equatable {
     /// draining): hand it each entry with `take(_:)`, then call `endDrain`.
     public mutating func beginDrain(now: UInt64) { drainTime = now }
 
-    /// Attributes one error-queue entry: to the oldest unconfirmed packet it could quote,
-    /// else to the failed send it echoes, else to no one (`unattributedLosses`). Entries of
-    /// local origin are not counted: the send that caused them already failed.
+    /// Attributes one error-queue entry: to the oldest unconfirmed packet whose hash it
+    /// matches, else to the failed send it echoes so, else to the oldest unconfirmed packet
+    /// whose first bytes it matches, else to such a failed send, else to no one
+    /// (`unattributedLosses`). Entries of local origin are not counted: the send that caused
+    /// them already failed.
     public mutating func take(_ error: SocketError) {
         guard error.kind != .local else { return }
-        if let number = oldestQueued(quotedBy: error.quote) {
-            let slot = self.slot(number)
-            let (lines, bytes) = (Int(lineCounts[slot]), Int(byteCounts[slot]))
-            if error.kind == .refused { refused.add(lines: lines, bytes: bytes) } else { unreachable.add(lines: lines, bytes: bytes) }
-            settled[slot] = true
-            unconfirmed.packets -= 1
-            unconfirmed.lines -= UInt64(lines)
-            unconfirmed.bytes -= UInt64(bytes)
-            while count > 0 && settled[self.slot(head)] { removeHead() }
-            noteError()
-        } else if echoFailure(quotedBy: error.quote) {
+        if let number = oldestQueued(quotedBy: error.quote, .hashed) {
+            settle(number, error.kind)
+        } else if echoFailure(quotedBy: error.quote, .hashed) {
+            echoesOfFailedSends &+= 1
+        } else if let number = oldestQueued(quotedBy: error.quote, .head) {
+            settle(number, error.kind)
+        } else if echoFailure(quotedBy: error.quote, .head) {
             echoesOfFailedSends &+= 1
         } else {
             unattributedLosses &+= 1
             noteError()
         }
+    }
+
+    /// Counts queued packet `number` as refused or unreachable, by the error's `kind`.
+    private mutating func settle(_ number: UInt64, _ kind: SocketError.Kind) {
+        let slot = self.slot(number)
+        let (lines, bytes) = (Int(lineCounts[slot]), Int(byteCounts[slot]))
+        if kind == .refused { refused.add(lines: lines, bytes: bytes) } else { unreachable.add(lines: lines, bytes: bytes) }
+        settled[slot] = true
+        unconfirmed.packets -= 1
+        unconfirmed.lines -= UInt64(lines)
+        unconfirmed.bytes -= UInt64(bytes)
+        while count > 0 && settled[self.slot(head)] { removeHead() }
+        noteError()
     }
 
     /// Ends the drain begun at `now`: when it took every entry there was (`complete`, the
@@ -366,7 +378,7 @@ public struct DeliveryLedger: Sendable, Equatable {
             let slot = self.slot(head &+ offset)
             guard !settled[slot] else { continue }
             queued.add(lines: Int(lineCounts[slot]), bytes: Int(byteCounts[slot]))
-            if isIndexed(fingerprints[slot]) && oldestQueued(quotedBy: fingerprints[slot]).map({ $0 > head &+ offset }) ?? true {
+            if isIndexed(fingerprints[slot]) && oldestQueued(quotedBy: fingerprints[slot], .hashed).map({ $0 > head &+ offset }) ?? true {
                 return false
             }
         }
@@ -402,32 +414,34 @@ public struct DeliveryLedger: Sendable, Equatable {
         bucketNewest[bucket] = number &+ 1
     }
 
-    /// The oldest unsettled queued packet that `quote` could be about.
-    private func oldestQueued(quotedBy quote: PacketFingerprint) -> UInt64? {
+    /// The oldest unsettled queued packet that `quote` matches with `strength`.
+    private func oldestQueued(quotedBy quote: PacketFingerprint, _ strength: PacketFingerprint.Match) -> UInt64? {
         guard count > 0 else { return nil }
         if quote.length >= PacketFingerprint.hashedBytes {
+            // Only hashed matches are possible, and only among indexed packets.
+            guard strength == .hashed else { return nil }
             var link = bucketOldest[bucket(quote)]
             while link != 0 {
                 let slot = self.slot(link &- 1)
-                if !settled[slot] && fingerprints[slot].couldBeQuoted(by: quote) { return link &- 1 }
+                if !settled[slot] && fingerprints[slot].match(by: quote) == .hashed { return link &- 1 }
                 link = newerInBucket[slot]
             }
             return nil
         }
         for offset in 0..<UInt64(count) {
             let slot = self.slot(head &+ offset)
-            if !settled[slot] && fingerprints[slot].couldBeQuoted(by: quote) { return head &+ offset }
+            if !settled[slot] && fingerprints[slot].match(by: quote) == strength { return head &+ offset }
         }
         return nil
     }
 
     /// Finds the oldest remembered failed send that may still be echoed (`mayEcho`) and was
-    /// not yet, that `quote` could be about, and marks it echoed.
-    private mutating func echoFailure(quotedBy quote: PacketFingerprint) -> Bool {
+    /// not yet, that `quote` matches with `strength`, and marks it echoed.
+    private mutating func echoFailure(quotedBy quote: PacketFingerprint, _ strength: PacketFingerprint.Match) -> Bool {
         for offset in 0..<failedCount {
             let slot = (failedHead + offset) & (failedAt.count - 1)
             guard !failedEchoed[slot], mayEcho(slot, at: drainTime),
-                  failedFingerprints[slot].couldBeQuoted(by: quote) else { continue }
+                  failedFingerprints[slot].match(by: quote) == strength else { continue }
             failedEchoed[slot] = true
             return true
         }
