@@ -50,18 +50,12 @@ public struct DatagramBatch: ~Copyable {
         headers.deallocate()
     }
 
-    /// Takes up to `limit` (at most `count`) waiting datagrams from `socket` without waiting
-    /// (`recvmmsg(2)` with `MSG_DONTWAIT`).
+    /// Takes up to `limit` (at most `count`) waiting datagrams from a socket's descriptor (see
+    /// `PollSet.descriptor(of:)`) without waiting (`recvmmsg(2)` with `MSG_DONTWAIT`); by
+    /// descriptor, so a caller that cannot borrow the socket while it mutates this batch can.
     ///
     /// - Returns: how many were taken; 0 when none is waiting.
     /// - Throws: `Errno` for a failure other than "nothing waiting" (`EAGAIN`).
-    public mutating func receive(from socket: borrowing UDPSocket, limit: Int) throws(Errno) -> Int {
-        try receive(descriptor: socket.descriptor, limit: limit)
-    }
-
-    /// `receive(from:limit:)` on a socket's descriptor (see `PollSet.descriptor(of:)`), for a
-    /// caller that cannot borrow the socket while it mutates this batch.
-    ///
     /// - Precondition: `descriptor` belongs to a UDP socket that outlives the call.
     public mutating func receive(descriptor: Int32, limit: Int) throws(Errno) -> Int {
         received = 0

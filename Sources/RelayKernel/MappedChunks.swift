@@ -68,9 +68,6 @@ public struct MappedChunks: ~Copyable {
         mappedCount -= 1
     }
 
-    /// Whether `id` names a mapped chunk.
-    public func isMapped(_ id: Int) -> Bool { bases.indices.contains(id) && bases[id] != nil }
-
     /// Copies `bytes` into chunk `id` at `offset`.
     ///
     /// - Precondition: `offset + bytes.byteCount <= chunkBytes`.

@@ -2,8 +2,10 @@ import Glibc
 
 /// Runs a libc system call that reports failure as `-1` and `errno`, retrying on `EINTR`.
 ///
-/// Every system call in `RelayKernel` goes through here, so no caller forgets the retry. Where a
-/// failure is data (`EAGAIN` from a non-blocking read), the caller catches it and says so.
+/// Every libc call in `RelayKernel` that reports failure through `errno` goes through here, so no
+/// caller forgets the retry; liburing's and the shim's calls return `-errno` instead, and their
+/// callers switch on it where they make them. Where a failure is data (`EAGAIN` from a
+/// non-blocking read), the caller catches it and says so.
 /// `close(2)` is the exception: on Linux the descriptor is gone even when it reports `EINTR`, so a
 /// retry could close a descriptor another thread has just been given.
 /// - Parameter call: the system call.

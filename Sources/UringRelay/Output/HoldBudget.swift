@@ -79,9 +79,6 @@ public final class HoldBudget: Sendable {
     /// Bytes of chunks reserved by every store now.
     public var bytesReserved: Int { (chunks.load(ordering: .relaxed) & (Self.asideUnit - 1)) * chunkBytes }
 
-    /// Chunks given back for claimants and not yet taken.
-    public var chunksSetAside: Int { chunks.load(ordering: .relaxed) / Self.asideUnit }
-
     /// Reserves one chunk; `false` when the total is reached. A store below its fair share may take
     /// a chunk set aside; others only the chunks not set aside.
     func reserveChunk(belowShare: Bool) -> Bool {
