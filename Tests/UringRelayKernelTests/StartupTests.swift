@@ -47,6 +47,21 @@ struct StartupTests {
         enough.signal(SIGTERM)
         #expect(enough.waitForExit() == 0, "stderr: \(enough.standardError)")
         #expect(received.lines.flatMap { $0 }.sorted() == lines.sorted())
+
+        // With the admin endpoint on, its event loop, listening socket and a connection count
+        // too (6, as docs/operations.md states them): one fewer than that fails, that many serves.
+        let withAdmin = ["--admin", "127.0.0.1:0"] + arguments
+        let adminNeeded = needed + 6
+        let adminShort = try DefaultSignalRelay(driver: driver, withAdmin, launcher: openFilesLimit(adminNeeded - 1))
+        #expect(adminShort.waitForExit() == 71, "stderr: \(adminShort.standardError)")
+        #expect(adminShort.standardError.contains("6 for the admin endpoint"), "stderr: \(adminShort.standardError)")
+        let adminEnough = try DefaultSignalRelay(driver: driver, withAdmin, launcher: openFilesLimit(adminNeeded))
+        let adminAddress = try adminEnough.listenAddress()
+        try send(lines, to: adminAddress)
+        let again = try collect(from: backends, expectedLines: lines.count, seconds: 5)
+        adminEnough.signal(SIGTERM)
+        #expect(adminEnough.waitForExit() == 0, "stderr: \(adminEnough.standardError)")
+        #expect(again.lines.flatMap { $0 }.sorted() == lines.sorted())
     }
 
     @Test("--min-wait 0 is accepted, turns the minimum wait off, and the relay relays", arguments: ioDrivers)

@@ -90,13 +90,18 @@ struct StartupDiagnosisTests {
         #expect(StartupDiagnosis.explain(ring, configuration: Self.configuration, host: HostLimits()) == ring.description)
     }
 
-    @Test("the descriptors needed, part by part: stdio, each worker's ring, socket, eventfds and backends, the monitor")
+    @Test("the descriptors needed, part by part: stdio, each worker's ring, socket, eventfds and backends, the monitor, the admin endpoint")
     func descriptorBudget() throws {
         var configuration = RelayConfiguration(backends: try ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"].map { try BackendAddress(parsing: $0) })
         configuration.threads = 2
+        configuration.admin = "none"
         let plain = StartupDiagnosis.descriptorsNeeded(configuration, alreadyOpen: 3)
-        #expect(plain == .init(alreadyOpen: 3, perWorker: 7, workers: 2, monitor: 1, spare: 8))
+        #expect(plain == .init(alreadyOpen: 3, perWorker: 7, workers: 2, monitor: 1, admin: 0, spare: 8))
         #expect(plain.total == 26)
+        configuration.admin = AdminAddress.defaultSpec
+        // Measured: the endpoint's event loop has two epoll instances, an eventfd and a
+        // timerfd; then its listening socket and one scrape's connection.
+        #expect(StartupDiagnosis.descriptorsNeeded(configuration, alreadyOpen: 3).total == 26 + 6)
         configuration.healthCheck = .tcp
         #expect(StartupDiagnosis.descriptorsNeeded(configuration, alreadyOpen: 3).monitor == 4)
     }
@@ -105,6 +110,7 @@ struct StartupDiagnosisTests {
     func descriptorCheck() throws {
         var configuration = Self.configuration
         configuration.threads = 1
+        configuration.admin = "none"
         let refusal = try #require(StartupDiagnosis.checkDescriptors(
             configuration, host: HostLimits(openFiles: 8, openFilesHard: 8, openDescriptors: 3)))
         #expect(refusal == "too few open files allowed: the relay needs 17 descriptors and RLIMIT_NOFILE is 8: 3 "
@@ -121,8 +127,11 @@ struct StartupDiagnosisTests {
         let error = SystemCallError("socket udp", "127.0.0.1:39002", Errno(rawValue: EMFILE))
         let text = StartupDiagnosis.explain(error, configuration: Self.configuration, host: HostLimits(openFiles: 8, openDescriptors: 3))
         #expect(text.hasPrefix("socket udp 127.0.0.1:39002: Too many open files (errno 24): the open-files limit "
-            + "(RLIMIT_NOFILE, 8) is too low: the relay needs about 22 descriptors"))
-        #expect(text.contains("LimitNOFILE=22"))
+            + "(RLIMIT_NOFILE, 8) is too low: the relay needs about 28 descriptors"))
+        // 3 open + 2 workers × (ring, socket, 2 eventfds, 1 backend) + the monitor's eventfd +
+        // the admin endpoint (on by default) + 8 spare.
+        #expect(text.contains("1 for the health monitor, 6 for the admin endpoint, 8 spare"))
+        #expect(text.contains("LimitNOFILE=28"))
     }
 
     @Test("this host's limits are read: the open-files limit and the descriptors open now")

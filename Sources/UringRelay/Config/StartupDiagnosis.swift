@@ -134,20 +134,27 @@ public enum StartupDiagnosis {
         public var workers: Int
         /// The health monitor: its stop eventfd, and one socket per backend during a check.
         public var monitor: Int
+        /// The admin endpoint (`--admin`, 0 with `none`): its event loop (two epoll instances,
+        /// an eventfd, a timerfd), its listening socket and one connection.
+        public var admin: Int = 0
         /// Room for what comes and goes: name resolution, a backend socket replaced after an
         /// address change.
         public var spare: Int
 
         /// Everything, the lowest open-files limit the relay starts under.
-        public var total: Int { alreadyOpen + perWorker * workers + monitor + spare }
+        public var total: Int { alreadyOpen + perWorker * workers + monitor + admin + spare }
     }
+
+    /// What the admin endpoint takes, as measured in `/proc/PID/fd` with and without it.
+    static let adminDescriptors = 6
 
     /// What `configuration` needs, given `alreadyOpen` descriptors.
     public static func descriptorsNeeded(_ configuration: RelayConfiguration, alreadyOpen: Int) -> DescriptorBudget {
         let backends = configuration.backends.count
         return DescriptorBudget(
             alreadyOpen: alreadyOpen, perWorker: 4 + backends, workers: configuration.threads,
-            monitor: 1 + (configuration.healthCheck == .none ? 0 : backends), spare: 8)
+            monitor: 1 + (configuration.healthCheck == .none ? 0 : backends),
+            admin: configuration.admin == "none" ? 0 : adminDescriptors, spare: 8)
     }
 
     /// A refusal naming how many descriptors are needed and how to allow them, or `nil` when
@@ -174,7 +181,7 @@ public enum StartupDiagnosis {
         let backends = budget.perWorker - 4
         return "\(budget.alreadyOpen) already open, \(budget.perWorker) per worker × \(workers) (ring, listening "
             + "socket, 2 eventfds, \(backends) backend socket\(backends == 1 ? "" : "s")), \(budget.monitor) for the "
-            + "health monitor, \(budget.spare) spare"
+            + "health monitor, \(budget.admin > 0 ? "\(budget.admin) for the admin endpoint, " : "")\(budget.spare) spare"
     }
 
     private static func raiseAdvice(_ needed: Int, host: HostLimits) -> String {
