@@ -96,10 +96,10 @@ struct ReportTests {
     ) throws -> (process: Process, log: String) {
         let process = Process()
         process.executableURL = statsrelayExecutable
-        process.arguments = [
+        process.arguments = adminOff([
             "--io-backend", driver.rawValue, "--bind", "127.0.0.1", "--port", "0", "--threads", "1",
             "--shutdown-timeout", "100ms", backend.spec,
-        ]
+        ])
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle(fileDescriptor: ends[1], closeOnDealloc: false)
         try process.run()
