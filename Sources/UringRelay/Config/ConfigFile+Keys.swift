@@ -62,6 +62,8 @@ extension ConfigFile {
         Key("dns-refresh", .applied),
         Key("admin", .restart),
         Key("log-level", .applied),
+        Key("flap-hold-max", .applied),
+        Key("flap-hold", .applied),
     ]
 
     /// The keys of one entry of `listeners` written as a mapping.

@@ -112,6 +112,8 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
     public var dnsRefresh: String?
     public var admin: String?
     public var logLevel: String?
+    public var flapHoldMax: String?
+    public var flapHold: String?
 
     /// Where the settings came from, for errors: the file's path as given.
     public var source = "command line"
@@ -143,6 +145,8 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
         case dnsRefresh = "dns-refresh"
         case admin
         case logLevel = "log-level"
+        case flapHoldMax = "flap-hold-max"
+        case flapHold = "flap-hold"
     }
 
     /// Nothing set: every key keeps its default (or, for the command line, the file's value).
@@ -161,6 +165,8 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
         note(.healthInterval, healthInterval); note(.healthTimeout, healthTimeout); note(.healthRise, healthRise)
         note(.healthFall, healthFall); note(.onBackendDown, onBackendDown); note(.holdBytes, holdBytes)
         note(.replayRate, replayRate); note(.dnsRefresh, dnsRefresh); note(.admin, admin); note(.logLevel, logLevel)
+        note(.flapHoldMax, flapHoldMax)
+        note(.flapHold, flapHold)
         return keys
     }
 
@@ -322,6 +328,16 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
                 throw invalid("log-level", logLevel, "expected \(Self.choices(Logger.Level.allCases.map(\.rawValue)))")
             }
             configuration.logLevel = level
+        }
+        if let flapHoldMax {
+            configuration.flapHoldMaxNanoseconds = try at("flap-hold-max") { () throws(ConfigurationError) in
+                try DurationParser.nanoseconds(flapHoldMax, argument: "", in: RelayConfiguration.flapHoldMaxLimits)
+            }
+        }
+        if let flapHold {
+            configuration.flapHoldNanoseconds = try at("flap-hold") { () throws(ConfigurationError) in
+                try DurationParser.nanoseconds(flapHold, argument: "", in: RelayConfiguration.flapHoldLimits)
+            }
         }
     }
 

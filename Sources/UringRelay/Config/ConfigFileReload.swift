@@ -79,6 +79,8 @@ public struct ConfigFileReload: Sendable, Equatable {
         case "on-backend-down": result.onBackendDown = candidate.onBackendDown
         case "dns-refresh": result.dnsRefreshNanoseconds = candidate.dnsRefreshNanoseconds
         case "log-level": result.logLevel = candidate.logLevel
+        case "flap-hold-max": result.flapHoldMaxNanoseconds = candidate.flapHoldMaxNanoseconds
+        case "flap-hold": result.flapHoldNanoseconds = candidate.flapHoldNanoseconds
         default: preconditionFailure("key '\(key)' is not reloadable")
         }
     }

@@ -14,6 +14,10 @@ extension RelayConfiguration {
     public static let healthIntervalLimits: ClosedRange<UInt64> = 10_000_000...3_600_000_000_000
     /// `--health-timeout`: at least 1 ms; at most `--health-interval` (checked in `validate()`).
     public static let healthTimeoutLimits: ClosedRange<UInt64> = 1_000_000...healthIntervalLimits.upperBound
+    /// `--flap-hold`: 0 (no flap damping) to 1 h.
+    public static let flapHoldLimits: ClosedRange<UInt64> = 0...3_600_000_000_000
+    /// `--flap-hold-max`: at least `--flap-hold` (checked in `validate()`), at most 24 h.
+    public static let flapHoldMaxLimits: ClosedRange<UInt64> = 0...86_400_000_000_000
     /// `--dns-refresh`: 100 ms to 24 h.
     public static let dnsRefreshLimits: ClosedRange<UInt64> = 100_000_000...86_400_000_000_000
     /// `--rcvbuf`: a page to the most `setsockopt` takes (an `int`).

@@ -59,6 +59,15 @@ public struct RelayConfiguration: Sendable, Equatable {
     public var healthRise = 2
     /// Consecutive failures that take a backend down (`--health-fall`).
     public var healthFall = 3
+    /// The hold-down of a backend's first flap (`--flap-hold`; 0 turns flap damping off): a
+    /// backend that goes down again within `flapHoldMaxNanoseconds` of coming up stays down at
+    /// least this long, doubled at each further flap (`HealthTracker`). 30 s keeps a backend
+    /// flapping every second down for most of a minute after its second down, where without it
+    /// its names would move twice a second.
+    public var flapHoldNanoseconds: UInt64 = 30_000_000_000
+    /// The longest hold-down, and how long a backend must stay up for its flaps to be forgotten
+    /// (`--flap-hold-max`).
+    public var flapHoldMaxNanoseconds: UInt64 = 600_000_000_000
     /// How metric names are spread over the backends (`--hash`).
     public var hashMode: HashMode = .jump
     /// What happens to a down backend's metrics (`--on-backend-down`).
@@ -167,6 +176,16 @@ public struct RelayConfiguration: Sendable, Equatable {
         }
         if !(1...100).contains(healthFall) {
             throw ConfigurationError(argument: "--health-fall", value: "\(healthFall)", reason: "must be 1-100")
+        }
+        if !Self.flapHoldLimits.contains(flapHoldNanoseconds) {
+            throw ConfigurationError(
+                argument: "--flap-hold", value: DurationParser.format(flapHoldNanoseconds), reason: DurationParser.describe(Self.flapHoldLimits))
+        }
+        if !Self.flapHoldMaxLimits.contains(flapHoldMaxNanoseconds) || flapHoldMaxNanoseconds < flapHoldNanoseconds {
+            throw ConfigurationError(
+                argument: "--flap-hold-max", value: DurationParser.format(flapHoldMaxNanoseconds),
+                reason: "must be between --flap-hold (\(DurationParser.format(flapHoldNanoseconds))) and "
+                    + DurationParser.format(Self.flapHoldMaxLimits.upperBound))
         }
         if !Self.holdBytesLimits.contains(holdBytes) {
             throw ConfigurationError(
