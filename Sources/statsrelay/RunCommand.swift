@@ -82,6 +82,9 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("admin"), help: "Admin endpoint (GET /metrics, /healthz), ADDR:PORT or none; loopback by default (default: \(AdminAddress.defaultSpec)).")
     var admin: String?
 
+    @Option(name: .customLong("stop-delay"), parsing: .unconditional, help: "On SIGTERM, keep relaying this long with /healthz already 503 'stopping' (a load balancer takes the relay out first), then drain and exit; a second SIGTERM or a SIGINT ends the delay, and SIGINT alone has none (default: 0).")
+    var stopDelay: String?
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical (default: info).")
     var logLevel: String?
 
@@ -117,6 +120,7 @@ struct RunCommand: ParsableCommand {
         health.write(to: &settings)
         settings.admin = admin
         settings.logLevel = logLevel
+        settings.stopDelay = stopDelay
         settings.backends = backends.isEmpty ? nil : backends.map { ConfigFile.Backend(address: $0) }
         return settings
     }
@@ -183,11 +187,12 @@ struct RunCommand: ParsableCommand {
         }
         // Bound before the workers start, so a taken admin port fails before anything relays;
         // it answers 503 `starting` until they run, and stops after the exit report.
+        let stopNotice = StopNotice()
         let adminServer: AdminServer?
         do {
             adminServer = try AdminAddress.parse(configuration.admin).map { address throws(SystemCallError) in
                 try AdminServer(
-                    address: address, endpoint: AdminEndpoint(relay: relay, version: StatsRelayVersion.number),
+                    address: address, endpoint: AdminEndpoint(relay: relay, version: StatsRelayVersion.number, stopNotice: stopNotice),
                     avoidingCPUs: relay.workerCPUs)
             }
         } catch {
@@ -214,6 +219,8 @@ struct RunCommand: ParsableCommand {
             logger.info("admin endpoint on http://\(adminServer.address) (GET /metrics, /healthz)")
         }
         let stopSignal = waitForStop(signals, relay: relay, configuration: configuration, levelControl: levelControl, logger: logger)
+        stopNotice.announce()
+        delayStop(after: stopSignal, signals: signals, relay: relay, logger: logger)
         logger.info("stopping: draining received datagrams and flushing batches", metadata: ["signal": "\(SignalWaiter.name(of: stopSignal))"])
         relay.stop()
         let (counters, failures) = relay.wait()
@@ -306,6 +313,44 @@ struct RunCommand: ParsableCommand {
                 logger.notice("ignored: SIGUSR2 has no meaning here", metadata: ["signal": "\(name)"])
             default:
                 return signal
+            }
+        }
+    }
+
+    /// The stop delay (`--stop-delay`, as in force after any reload): after a `SIGTERM`, the
+    /// relay keeps relaying for the delay while `/healthz` already answers 503 (`StopNotice`,
+    /// announced by the caller), so a balancer takes it out of its pool before the drain.
+    ///
+    /// A stop asked for again ends the delay at once: a second `SIGTERM`, or `SIGINT` (an
+    /// operator pressing Ctrl-C twice wants a faster stop, not a slower one). A first `SIGINT`
+    /// has no delay at all: Ctrl-C at a terminal means now. Meanwhile `SIGUSR1` prints the
+    /// counters; `SIGHUP` and `SIGUSR2` are logged and ignored (the relay is going away).
+    private func delayStop(after signal: Int32, signals: SignalWaiter, relay: Relay, logger: Logger) {
+        let delay = relay.configurationInForce.stopDelayNanoseconds
+        guard delay > 0, signal == SIGTERM else { return }
+        logger.info("out of service: /healthz answers 503 while the relay keeps relaying until the stop delay ends", metadata: [
+            "signal": "\(SignalWaiter.name(of: signal))", "stop_delay": "\(DurationParser.format(delay))",
+        ])
+        let deadline = MonotonicClock.nanoseconds() &+ delay
+        // Never signalled: the wait ends on a signal or at the deadline.
+        let never = try? WakeupEvent()
+        while true {
+            let now = MonotonicClock.nanoseconds()
+            guard now < deadline else { return }
+            guard let never else {
+                usleep(UInt32(min(deadline - now, 100_000_000) / 1_000))
+                continue
+            }
+            guard let next = signals.wait(orUntil: never, timeoutNanoseconds: deadline - now) else { continue }
+            let name = SignalWaiter.name(of: next)
+            switch next {
+            case SIGTERM, SIGINT:
+                logger.notice("stop delay cut short: stopping now", metadata: ["signal": "\(name)"])
+                return
+            case SIGUSR1:
+                logCounters(relay: relay, configuration: relay.configurationInForce, logger: logger)
+            default:
+                logger.notice("ignored: the relay is stopping", metadata: ["signal": "\(name)"])
             }
         }
     }

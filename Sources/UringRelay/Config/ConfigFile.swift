@@ -112,6 +112,7 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
     public var dnsRefresh: String?
     public var admin: String?
     public var logLevel: String?
+    public var stopDelay: String?
     public var flapHoldMax: String?
     public var flapHold: String?
 
@@ -145,6 +146,7 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
         case dnsRefresh = "dns-refresh"
         case admin
         case logLevel = "log-level"
+        case stopDelay = "stop-delay"
         case flapHoldMax = "flap-hold-max"
         case flapHold = "flap-hold"
     }
@@ -165,6 +167,7 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
         note(.healthInterval, healthInterval); note(.healthTimeout, healthTimeout); note(.healthRise, healthRise)
         note(.healthFall, healthFall); note(.onBackendDown, onBackendDown); note(.holdBytes, holdBytes)
         note(.replayRate, replayRate); note(.dnsRefresh, dnsRefresh); note(.admin, admin); note(.logLevel, logLevel)
+        note(.stopDelay, stopDelay)
         note(.flapHoldMax, flapHoldMax)
         note(.flapHold, flapHold)
         return keys
@@ -328,6 +331,11 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
                 throw invalid("log-level", logLevel, "expected \(Self.choices(Logger.Level.allCases.map(\.rawValue)))")
             }
             configuration.logLevel = level
+        }
+        if let stopDelay {
+            configuration.stopDelayNanoseconds = try at("stop-delay") { () throws(ConfigurationError) in
+                try DurationParser.nanoseconds(stopDelay, argument: "", in: RelayConfiguration.stopDelayLimits)
+            }
         }
         if let flapHoldMax {
             configuration.flapHoldMaxNanoseconds = try at("flap-hold-max") { () throws(ConfigurationError) in

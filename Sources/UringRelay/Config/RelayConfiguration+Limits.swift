@@ -10,6 +10,9 @@ extension RelayConfiguration {
     public static let minimumWaitLimits: ClosedRange<UInt64> = 0...10_000_000
     /// `--shutdown-timeout`: 10 ms to 60 s (systemd's stop timeout is 90 s by default).
     public static let shutdownTimeoutLimits: ClosedRange<UInt64> = 10_000_000...60_000_000_000
+    /// `--stop-delay`: 0 (drain at once) to 10 min (a balancer's checks need seconds; systemd's
+    /// `TimeoutStopSec` must cover it with `--shutdown-timeout`).
+    public static let stopDelayLimits: ClosedRange<UInt64> = 0...600_000_000_000
     /// `--health-interval`: 10 ms to 1 h.
     public static let healthIntervalLimits: ClosedRange<UInt64> = 10_000_000...3_600_000_000_000
     /// `--health-timeout`: at least 1 ms; at most `--health-interval` (checked in `validate()`).

@@ -90,6 +90,11 @@ public struct RelayConfiguration: Sendable, Equatable {
     /// arriving, the rest for the final sends.
     public var shutdownTimeoutNanoseconds: UInt64 = 900_000_000
 
+    /// How long the relay keeps relaying after `SIGTERM` with `/healthz` already 503 `stopping`
+    /// (`--stop-delay`), so a load balancer takes it out of its pool before the drain begins.
+    /// 0: the drain begins at once.
+    public var stopDelayNanoseconds: UInt64 = 0
+
     /// The admin endpoint's address, `ADDR:PORT` or `none` (`--admin`; see `AdminAddress`).
     public var admin: String = AdminAddress.defaultSpec
     /// The lowest level logged (`--log-level`).
@@ -200,6 +205,10 @@ public struct RelayConfiguration: Sendable, Equatable {
             throw ConfigurationError(
                 argument: "--shutdown-timeout", value: DurationParser.format(shutdownTimeoutNanoseconds),
                 reason: DurationParser.describe(Self.shutdownTimeoutLimits))
+        }
+        if !Self.stopDelayLimits.contains(stopDelayNanoseconds) {
+            throw ConfigurationError(
+                argument: "--stop-delay", value: DurationParser.format(stopDelayNanoseconds), reason: DurationParser.describe(Self.stopDelayLimits))
         }
         if !Self.dnsRefreshLimits.contains(dnsRefreshNanoseconds) {
             throw ConfigurationError(
