@@ -82,6 +82,10 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("admin"), help: "Admin endpoint (GET /metrics, /healthz), ADDR:PORT or none; loopback by default (default: \(AdminAddress.defaultSpec)).")
     var admin: String?
 
+    @Option(name: .customLong("log-format"), help: ArgumentHelp(
+        "text (swift-log's line) or json (one JSON object per line, metadata as keys) (default: text).", valueName: "format"))
+    var logFormat: RelayLogHandler.Format?
+
     @Option(name: .customLong("stop-delay"), parsing: .unconditional, help: "On SIGTERM, keep relaying this long with /healthz already 503 'stopping' (a load balancer takes the relay out first), then drain and exit; a second SIGTERM or a SIGINT ends the delay, and SIGINT alone has none (default: 0).")
     var stopDelay: String?
 
@@ -121,6 +125,7 @@ struct RunCommand: ParsableCommand {
         settings.admin = admin
         settings.logLevel = logLevel
         settings.stopDelay = stopDelay
+        settings.logFormat = logFormat?.rawValue
         settings.backends = backends.isEmpty ? nil : backends.map { ConfigFile.Backend(address: $0) }
         return settings
     }
@@ -151,7 +156,8 @@ struct RunCommand: ParsableCommand {
         }
         // One level for every logger, changed in place by a reload's log-level.
         let levelControl = RelayLogHandler.LevelControl(configuration.logLevel)
-        LoggingSystem.bootstrap { label in RelayLogHandler(label: label, level: levelControl) }
+        let logFormat = configuration.logFormat
+        LoggingSystem.bootstrap { label in RelayLogHandler(label: label, level: levelControl, format: logFormat) }
         let logger = Logger(label: "statsrelay")
         if !reopened.isEmpty {
             logger.notice("descriptors closed at start now hold /dev/null", metadata: [
@@ -519,3 +525,4 @@ func printError(_ text: String, patienceMilliseconds: Int32 = 1_000) {
 }
 
 extension IOBackendChoice: ExpressibleByArgument {}
+extension RelayLogHandler.Format: ExpressibleByArgument {}

@@ -62,6 +62,7 @@ extension ConfigFile {
         Key("dns-refresh", .applied),
         Key("admin", .restart),
         Key("log-level", .applied),
+        Key("log-format", .restart),
         Key("stop-delay", .applied),
         Key("flap-hold-max", .applied),
         Key("flap-hold", .applied),

@@ -112,6 +112,7 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
     public var dnsRefresh: String?
     public var admin: String?
     public var logLevel: String?
+    public var logFormat: String?
     public var stopDelay: String?
     public var flapHoldMax: String?
     public var flapHold: String?
@@ -146,6 +147,7 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
         case dnsRefresh = "dns-refresh"
         case admin
         case logLevel = "log-level"
+        case logFormat = "log-format"
         case stopDelay = "stop-delay"
         case flapHoldMax = "flap-hold-max"
         case flapHold = "flap-hold"
@@ -167,6 +169,7 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
         note(.healthInterval, healthInterval); note(.healthTimeout, healthTimeout); note(.healthRise, healthRise)
         note(.healthFall, healthFall); note(.onBackendDown, onBackendDown); note(.holdBytes, holdBytes)
         note(.replayRate, replayRate); note(.dnsRefresh, dnsRefresh); note(.admin, admin); note(.logLevel, logLevel)
+        note(.logFormat, logFormat)
         note(.stopDelay, stopDelay)
         note(.flapHoldMax, flapHoldMax)
         note(.flapHold, flapHold)
@@ -331,6 +334,12 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
                 throw invalid("log-level", logLevel, "expected \(Self.choices(Logger.Level.allCases.map(\.rawValue)))")
             }
             configuration.logLevel = level
+        }
+        if let logFormat {
+            guard let format = RelayLogHandler.Format(rawValue: logFormat) else {
+                throw invalid("log-format", logFormat, "expected \(Self.choices(RelayLogHandler.Format.allCases.map(\.rawValue)))")
+            }
+            configuration.logFormat = format
         }
         if let stopDelay {
             configuration.stopDelayNanoseconds = try at("stop-delay") { () throws(ConfigurationError) in

@@ -99,6 +99,8 @@ public struct RelayConfiguration: Sendable, Equatable {
     public var admin: String = AdminAddress.defaultSpec
     /// The lowest level logged (`--log-level`).
     public var logLevel: Logger.Level = .info
+    /// How log events are written (`--log-format`): swift-log's text line, or one JSON object per line.
+    public var logFormat: RelayLogHandler.Format = .text
     /// `SO_SNDBUF` requested for each backend socket: room for bursts without `EAGAIN`. No flag
     /// sets it; tests shrink it to put sends under send-buffer pressure.
     public var backendSendBufferBytes = 4 << 20
