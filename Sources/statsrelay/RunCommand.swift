@@ -86,6 +86,12 @@ struct RunCommand: ParsableCommand {
         "text (swift-log's line) or json (one JSON object per line, metadata as keys) (default: text).", valueName: "format"))
     var logFormat: RelayLogHandler.Format?
 
+    @Option(name: .customLong("self-metrics-interval"), parsing: .unconditional, help: "Every interval, send the relay's own counters (lines received/forwarded/dropped, per-backend lines sent/dropped as deltas, backends up and hold bytes as gauges) as StatsD lines to its own listener, routed like any line; 0 turns it off (default: 0).")
+    var selfMetricsInterval: String?
+
+    @Option(name: [.customLong("prefix"), .customLong("prefix", withSingleDash: true)], help: "First segment of the self-metrics' names (default: statsrelay).")
+    var prefix: String?
+
     @Option(name: .customLong("stop-delay"), parsing: .unconditional, help: "On SIGTERM, keep relaying this long with /healthz already 503 'stopping' (a load balancer takes the relay out first), then drain and exit; a second SIGTERM or a SIGINT ends the delay, and SIGINT alone has none (default: 0).")
     var stopDelay: String?
 
@@ -125,6 +131,8 @@ struct RunCommand: ParsableCommand {
         settings.admin = admin
         settings.logLevel = logLevel
         settings.stopDelay = stopDelay
+        settings.selfMetricsInterval = selfMetricsInterval
+        settings.prefix = prefix
         settings.logFormat = logFormat?.rawValue
         settings.backends = backends.isEmpty ? nil : backends.map { ConfigFile.Backend(address: $0) }
         return settings
@@ -224,9 +232,12 @@ struct RunCommand: ParsableCommand {
         if let adminServer {
             logger.info("admin endpoint on http://\(adminServer.address) (GET /metrics, /healthz)")
         }
+        let selfMetrics = startSelfMetrics(relay: relay, listen: facts.listen, configuration: configuration, logger: logger)
         let stopSignal = waitForStop(signals, relay: relay, configuration: configuration, levelControl: levelControl, logger: logger)
         stopNotice.announce()
         delayStop(after: stopSignal, signals: signals, relay: relay, logger: logger)
+        // Before the drain: a report sent during it could arrive after the listener closed.
+        selfMetrics?.stop()
         logger.info("stopping: draining received datagrams and flushing batches", metadata: ["signal": "\(SignalWaiter.name(of: stopSignal))"])
         relay.stop()
         let (counters, failures) = relay.wait()
@@ -320,6 +331,28 @@ struct RunCommand: ParsableCommand {
             default:
                 return signal
             }
+        }
+    }
+
+    /// Starts sending the relay's counters into its own stream (`--self-metrics-interval`), or
+    /// returns `nil` when it is off. A reporter that cannot start is logged and left off: the
+    /// relay itself runs.
+    private func startSelfMetrics(relay: Relay, listen: SocketAddress, configuration: RelayConfiguration, logger: Logger) -> SelfMetricsReporter? {
+        let interval = configuration.selfMetricsIntervalNanoseconds
+        guard interval > 0 else { return nil }
+        let target = SelfMetricsReporter.target(for: listen)
+        do {
+            let reporter = try SelfMetricsReporter(
+                relay: relay, prefix: configuration.selfMetricsPrefix, intervalNanoseconds: interval, target: target,
+                packetBytes: min(configuration.packetBytes, configuration.maxDatagramBytes), logger: logger)
+            try reporter.start()
+            logger.info("self-metrics: the relay's counters go to its own listener as StatsD lines", metadata: [
+                "prefix": "\(configuration.selfMetricsPrefix)", "interval": "\(DurationParser.format(interval))", "target": "\(target)",
+            ])
+            return reporter
+        } catch {
+            logger.error("self-metrics could not start; the relay runs without them", metadata: ["error": "\(error)"])
+            return nil
         }
     }
 

@@ -62,6 +62,8 @@ extension ConfigFile {
         Key("dns-refresh", .applied),
         Key("admin", .restart),
         Key("log-level", .applied),
+        Key("prefix", .restart),
+        Key("self-metrics-interval", .restart),
         Key("log-format", .restart),
         Key("stop-delay", .applied),
         Key("flap-hold-max", .applied),

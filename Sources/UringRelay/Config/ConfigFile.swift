@@ -112,6 +112,8 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
     public var dnsRefresh: String?
     public var admin: String?
     public var logLevel: String?
+    public var prefix: String?
+    public var selfMetricsInterval: String?
     public var logFormat: String?
     public var stopDelay: String?
     public var flapHoldMax: String?
@@ -147,6 +149,8 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
         case dnsRefresh = "dns-refresh"
         case admin
         case logLevel = "log-level"
+        case prefix = "prefix"
+        case selfMetricsInterval = "self-metrics-interval"
         case logFormat = "log-format"
         case stopDelay = "stop-delay"
         case flapHoldMax = "flap-hold-max"
@@ -169,6 +173,8 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
         note(.healthInterval, healthInterval); note(.healthTimeout, healthTimeout); note(.healthRise, healthRise)
         note(.healthFall, healthFall); note(.onBackendDown, onBackendDown); note(.holdBytes, holdBytes)
         note(.replayRate, replayRate); note(.dnsRefresh, dnsRefresh); note(.admin, admin); note(.logLevel, logLevel)
+        note(.prefix, prefix)
+        note(.selfMetricsInterval, selfMetricsInterval)
         note(.logFormat, logFormat)
         note(.stopDelay, stopDelay)
         note(.flapHoldMax, flapHoldMax)
@@ -334,6 +340,12 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
                 throw invalid("log-level", logLevel, "expected \(Self.choices(Logger.Level.allCases.map(\.rawValue)))")
             }
             configuration.logLevel = level
+        }
+        if let prefix { configuration.selfMetricsPrefix = prefix }
+        if let selfMetricsInterval {
+            configuration.selfMetricsIntervalNanoseconds = try at("self-metrics-interval") { () throws(ConfigurationError) in
+                try DurationParser.nanoseconds(selfMetricsInterval, argument: "", in: 0...RelayConfiguration.selfMetricsIntervalLimits.upperBound)
+            }
         }
         if let logFormat {
             guard let format = RelayLogHandler.Format(rawValue: logFormat) else {

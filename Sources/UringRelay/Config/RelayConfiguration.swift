@@ -95,6 +95,12 @@ public struct RelayConfiguration: Sendable, Equatable {
     /// 0: the drain begins at once.
     public var stopDelayNanoseconds: UInt64 = 0
 
+    /// How often the relay's own counters are sent into the relayed stream as StatsD lines
+    /// (`--self-metrics-interval`; `SelfMetricsReporter`); 0 (the default): never.
+    public var selfMetricsIntervalNanoseconds: UInt64 = 0
+    /// The first segment of those lines' names (`--prefix`, as the Go StatsRelay's `-prefix`).
+    public var selfMetricsPrefix = "statsrelay"
+
     /// The admin endpoint's address, `ADDR:PORT` or `none` (`--admin`; see `AdminAddress`).
     public var admin: String = AdminAddress.defaultSpec
     /// The lowest level logged (`--log-level`).
@@ -207,6 +213,14 @@ public struct RelayConfiguration: Sendable, Equatable {
             throw ConfigurationError(
                 argument: "--shutdown-timeout", value: DurationParser.format(shutdownTimeoutNanoseconds),
                 reason: DurationParser.describe(Self.shutdownTimeoutLimits))
+        }
+        if selfMetricsIntervalNanoseconds != 0 && !Self.selfMetricsIntervalLimits.contains(selfMetricsIntervalNanoseconds) {
+            throw ConfigurationError(
+                argument: "--self-metrics-interval", value: DurationParser.format(selfMetricsIntervalNanoseconds),
+                reason: "must be 0 (off) or " + DurationParser.describe(Self.selfMetricsIntervalLimits).replacing("must be ", with: ""))
+        }
+        if let reason = Self.prefixProblem(selfMetricsPrefix) {
+            throw ConfigurationError(argument: "--prefix", value: selfMetricsPrefix, reason: reason)
         }
         if !Self.stopDelayLimits.contains(stopDelayNanoseconds) {
             throw ConfigurationError(
