@@ -233,7 +233,14 @@ struct RunCommand: ParsableCommand {
             logger.info("admin endpoint on http://\(adminServer.address) (GET /metrics, /healthz)")
         }
         let selfMetrics = startSelfMetrics(relay: relay, listen: facts.listen, configuration: configuration, logger: logger)
-        let stopSignal = waitForStop(signals, relay: relay, configuration: configuration, levelControl: levelControl, logger: logger)
+        // Type=notify: systemd counts the start as done only now, every worker listening.
+        let notifier = ServiceNotifier.fromEnvironment(logger: logger)
+        let readyStatus = "relaying udp \(facts.listen) to \(configuration.backends.count) backends"
+        notifier?.ready(status: readyStatus)
+        let stopSignal = waitForStop(
+            signals, relay: relay, configuration: configuration, levelControl: levelControl, notifier: notifier, readyStatus: readyStatus,
+            logger: logger)
+        notifier?.stopping(status: "stopping (\(SignalWaiter.name(of: stopSignal))): draining and flushing")
         stopNotice.announce()
         delayStop(after: stopSignal, signals: signals, relay: relay, logger: logger)
         // Before the drain: a report sent during it could arrive after the listener closed.
@@ -299,9 +306,12 @@ struct RunCommand: ParsableCommand {
     /// arrives, and returns it. The others are answered in the log and never stop it:
     /// `SIGHUP` (reload the configuration file; without `--config`, nothing to reload),
     /// `SIGUSR1` (the live counters), `SIGUSR2` (ignored).
+    ///
+    /// A reload is announced to systemd (`notifier`): `RELOADING=1` when it begins, `READY=1`
+    /// with `readyStatus` when it ends, whatever its result.
     private func waitForStop(
         _ signals: SignalWaiter, relay: Relay, configuration: RelayConfiguration, levelControl: RelayLogHandler.LevelControl,
-        logger: Logger
+        notifier: ServiceNotifier?, readyStatus: String, logger: Logger
     ) -> Int32 {
         var reloadAgain = false
         while true {
@@ -321,9 +331,11 @@ struct RunCommand: ParsableCommand {
                         metadata: ["signal": "\(name)"])
                     continue
                 }
+                notifier?.reloading()
                 if let stop = reload(path, signals: signals, relay: relay, levelControl: levelControl, logger: logger, again: &reloadAgain) {
                     return stop
                 }
+                notifier?.ready(status: readyStatus)
             case SIGUSR1:
                 logCounters(relay: relay, configuration: configuration, logger: logger)
             case SIGUSR2:
