@@ -37,10 +37,15 @@ struct ServiceNotifyTests {
 
         let ready = try #require(try Self.next(socket), "no READY=1: \(relay.standardError)")
         #expect(ready["READY"] == "1")
-        #expect(ready["STATUS"]?.hasPrefix("relaying udp 127.0.0.1:") == true)
-        // Ready only once it listens: the start-up line is already written.
-        #expect(relay.standardError.contains("listening on 127.0.0.1:"))
-        let listen = try relay.listenAddress()
+        // Ready only once it listens: the port READY's status names takes a line at once (the
+        // log, read through a pipe by another thread, may not have it yet).
+        let status = try #require(ready["STATUS"])
+        #expect(status.hasPrefix("relaying udp 127.0.0.1:"))
+        let port = try #require(status.split(separator: " ").dropFirst(2).first?.split(separator: ":").last.flatMap { UInt16($0) })
+        let listen = SocketAddress(numericHost: "127.0.0.1", port: port)!
+        try send(["at.ready:1|c"], to: listen)
+        #expect(try collect(from: [backend], expectedLines: 1).lines[0] == ["at.ready:1|c"])
+        #expect(try relay.listenAddress() == listen)
 
         let before = MonotonicClock.nanoseconds() / 1_000
         relay.signal(SIGHUP)
