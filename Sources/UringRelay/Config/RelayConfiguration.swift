@@ -197,7 +197,7 @@ public struct RelayConfiguration: Sendable, Equatable {
         if !Self.flapHoldMaxLimits.contains(flapHoldMaxNanoseconds) || flapHoldMaxNanoseconds < flapHoldNanoseconds {
             throw ConfigurationError(
                 argument: "--flap-hold-max", value: DurationParser.format(flapHoldMaxNanoseconds),
-                reason: "must be between --flap-hold (\(DurationParser.format(flapHoldNanoseconds))) and "
+                reason: "must be at least flap-hold (\(DurationParser.format(flapHoldNanoseconds))) and at most "
                     + DurationParser.format(Self.flapHoldMaxLimits.upperBound))
         }
         if !Self.holdBytesLimits.contains(holdBytes) {
