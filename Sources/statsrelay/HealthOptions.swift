@@ -41,6 +41,12 @@ struct HealthOptions: ParsableArguments {
     @Option(name: .customLong("dns-refresh"), parsing: .unconditional, help: "How often backends given by name are resolved again (default: 30s).")
     var dnsRefresh: String?
 
+    @Option(name: .customLong("flap-hold"), parsing: .unconditional, help: "Flap damping: a backend down again within --flap-hold-max of coming up stays down at least this long, doubled at each further flap; 0 turns damping off (default: 30s).")
+    var flapHold: String?
+
+    @Option(name: .customLong("flap-hold-max"), parsing: .unconditional, help: "The longest flap hold-down, and how long a backend must stay up for its flaps to be forgotten (default: 10m).")
+    var flapHoldMax: String?
+
     /// Writes the options given into `settings`, under their configuration-file keys.
     func write(to settings: inout ConfigFile) {
         settings.healthCheck = mode?.rawValue
@@ -53,6 +59,8 @@ struct HealthOptions: ParsableArguments {
         settings.holdBytes = holdBytes
         settings.replayRate = replayRate
         settings.dnsRefresh = dnsRefresh
+        settings.flapHold = flapHold
+        settings.flapHoldMax = flapHoldMax
     }
 
     /// Writes the options given into `configuration`.

@@ -82,6 +82,19 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("admin"), help: "Admin endpoint (GET /metrics, /healthz), ADDR:PORT or none; loopback by default (default: \(AdminAddress.defaultSpec)).")
     var admin: String?
 
+    @Option(name: .customLong("log-format"), help: ArgumentHelp(
+        "text (swift-log's line) or json (one JSON object per line, metadata as keys) (default: text).", valueName: "format"))
+    var logFormat: RelayLogHandler.Format?
+
+    @Option(name: .customLong("self-metrics-interval"), parsing: .unconditional, help: "Every interval, send the relay's own counters (lines received/forwarded/dropped, per-backend lines sent/dropped as deltas, backends up and hold bytes as gauges) as StatsD lines to its own listener, routed like any line; 0 turns it off (default: 0).")
+    var selfMetricsInterval: String?
+
+    @Option(name: [.customLong("prefix"), .customLong("prefix", withSingleDash: true)], help: "First segment of the self-metrics' names (default: statsrelay).")
+    var prefix: String?
+
+    @Option(name: .customLong("stop-delay"), parsing: .unconditional, help: "On SIGTERM, keep relaying this long with /healthz already 503 'stopping' (a load balancer takes the relay out first), then drain and exit; a second SIGTERM or a SIGINT ends the delay, and SIGINT alone has none (default: 0).")
+    var stopDelay: String?
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical (default: info).")
     var logLevel: String?
 
@@ -117,6 +130,10 @@ struct RunCommand: ParsableCommand {
         health.write(to: &settings)
         settings.admin = admin
         settings.logLevel = logLevel
+        settings.stopDelay = stopDelay
+        settings.selfMetricsInterval = selfMetricsInterval
+        settings.prefix = prefix
+        settings.logFormat = logFormat?.rawValue
         settings.backends = backends.isEmpty ? nil : backends.map { ConfigFile.Backend(address: $0) }
         return settings
     }
@@ -147,7 +164,8 @@ struct RunCommand: ParsableCommand {
         }
         // One level for every logger, changed in place by a reload's log-level.
         let levelControl = RelayLogHandler.LevelControl(configuration.logLevel)
-        LoggingSystem.bootstrap { label in RelayLogHandler(label: label, level: levelControl) }
+        let logFormat = configuration.logFormat
+        LoggingSystem.bootstrap { label in RelayLogHandler(label: label, level: levelControl, format: logFormat) }
         let logger = Logger(label: "statsrelay")
         if !reopened.isEmpty {
             logger.notice("descriptors closed at start now hold /dev/null", metadata: [
@@ -183,11 +201,12 @@ struct RunCommand: ParsableCommand {
         }
         // Bound before the workers start, so a taken admin port fails before anything relays;
         // it answers 503 `starting` until they run, and stops after the exit report.
+        let stopNotice = StopNotice()
         let adminServer: AdminServer?
         do {
             adminServer = try AdminAddress.parse(configuration.admin).map { address throws(SystemCallError) in
                 try AdminServer(
-                    address: address, endpoint: AdminEndpoint(relay: relay, version: StatsRelayVersion.number),
+                    address: address, endpoint: AdminEndpoint(relay: relay, version: StatsRelayVersion.number, stopNotice: stopNotice),
                     avoidingCPUs: relay.workerCPUs)
             }
         } catch {
@@ -213,7 +232,19 @@ struct RunCommand: ParsableCommand {
         if let adminServer {
             logger.info("admin endpoint on http://\(adminServer.address) (GET /metrics, /healthz)")
         }
-        let stopSignal = waitForStop(signals, relay: relay, configuration: configuration, levelControl: levelControl, logger: logger)
+        let selfMetrics = startSelfMetrics(relay: relay, listen: facts.listen, configuration: configuration, logger: logger)
+        // Type=notify: systemd counts the start as done only now, every worker listening.
+        let notifier = ServiceNotifier.fromEnvironment(logger: logger)
+        let readyStatus = "relaying udp \(facts.listen) to \(configuration.backends.count) backends"
+        notifier?.ready(status: readyStatus)
+        let stopSignal = waitForStop(
+            signals, relay: relay, configuration: configuration, levelControl: levelControl, notifier: notifier, readyStatus: readyStatus,
+            logger: logger)
+        notifier?.stopping(status: "stopping (\(SignalWaiter.name(of: stopSignal))): draining and flushing")
+        stopNotice.announce()
+        delayStop(after: stopSignal, signals: signals, relay: relay, logger: logger)
+        // Before the drain: a report sent during it could arrive after the listener closed.
+        selfMetrics?.stop()
         logger.info("stopping: draining received datagrams and flushing batches", metadata: ["signal": "\(SignalWaiter.name(of: stopSignal))"])
         relay.stop()
         let (counters, failures) = relay.wait()
@@ -275,9 +306,12 @@ struct RunCommand: ParsableCommand {
     /// arrives, and returns it. The others are answered in the log and never stop it:
     /// `SIGHUP` (reload the configuration file; without `--config`, nothing to reload),
     /// `SIGUSR1` (the live counters), `SIGUSR2` (ignored).
+    ///
+    /// A reload is announced to systemd (`notifier`): `RELOADING=1` when it begins, `READY=1`
+    /// with `readyStatus` when it ends, whatever its result.
     private func waitForStop(
         _ signals: SignalWaiter, relay: Relay, configuration: RelayConfiguration, levelControl: RelayLogHandler.LevelControl,
-        logger: Logger
+        notifier: ServiceNotifier?, readyStatus: String, logger: Logger
     ) -> Int32 {
         var reloadAgain = false
         while true {
@@ -297,15 +331,77 @@ struct RunCommand: ParsableCommand {
                         metadata: ["signal": "\(name)"])
                     continue
                 }
+                notifier?.reloading()
                 if let stop = reload(path, signals: signals, relay: relay, levelControl: levelControl, logger: logger, again: &reloadAgain) {
                     return stop
                 }
+                notifier?.ready(status: readyStatus)
             case SIGUSR1:
                 logCounters(relay: relay, configuration: configuration, logger: logger)
             case SIGUSR2:
                 logger.notice("ignored: SIGUSR2 has no meaning here", metadata: ["signal": "\(name)"])
             default:
                 return signal
+            }
+        }
+    }
+
+    /// Starts sending the relay's counters into its own stream (`--self-metrics-interval`), or
+    /// returns `nil` when it is off. A reporter that cannot start is logged and left off: the
+    /// relay itself runs.
+    private func startSelfMetrics(relay: Relay, listen: SocketAddress, configuration: RelayConfiguration, logger: Logger) -> SelfMetricsReporter? {
+        let interval = configuration.selfMetricsIntervalNanoseconds
+        guard interval > 0 else { return nil }
+        let target = SelfMetricsReporter.target(for: listen)
+        do {
+            let reporter = try SelfMetricsReporter(
+                relay: relay, prefix: configuration.selfMetricsPrefix, intervalNanoseconds: interval, target: target,
+                packetBytes: min(configuration.packetBytes, configuration.maxDatagramBytes), logger: logger)
+            try reporter.start()
+            logger.info("self-metrics: the relay's counters go to its own listener as StatsD lines", metadata: [
+                "prefix": "\(configuration.selfMetricsPrefix)", "interval": "\(DurationParser.format(interval))", "target": "\(target)",
+            ])
+            return reporter
+        } catch {
+            logger.error("self-metrics could not start; the relay runs without them", metadata: ["error": "\(error)"])
+            return nil
+        }
+    }
+
+    /// The stop delay (`--stop-delay`, as in force after any reload): after a `SIGTERM`, the
+    /// relay keeps relaying for the delay while `/healthz` already answers 503 (`StopNotice`,
+    /// announced by the caller), so a balancer takes it out of its pool before the drain.
+    ///
+    /// A stop asked for again ends the delay at once: a second `SIGTERM`, or `SIGINT` (an
+    /// operator pressing Ctrl-C twice wants a faster stop, not a slower one). A first `SIGINT`
+    /// has no delay at all: Ctrl-C at a terminal means now. Meanwhile `SIGUSR1` prints the
+    /// counters; `SIGHUP` and `SIGUSR2` are logged and ignored (the relay is going away).
+    private func delayStop(after signal: Int32, signals: SignalWaiter, relay: Relay, logger: Logger) {
+        let delay = relay.configurationInForce.stopDelayNanoseconds
+        guard delay > 0, signal == SIGTERM else { return }
+        logger.info("out of service: /healthz answers 503 while the relay keeps relaying until the stop delay ends", metadata: [
+            "signal": "\(SignalWaiter.name(of: signal))", "stop_delay": "\(DurationParser.format(delay))",
+        ])
+        let deadline = MonotonicClock.nanoseconds() &+ delay
+        // Never signalled: the wait ends on a signal or at the deadline.
+        let never = try? WakeupEvent()
+        while true {
+            let now = MonotonicClock.nanoseconds()
+            guard now < deadline else { return }
+            guard let never else {
+                usleep(UInt32(min(deadline - now, 100_000_000) / 1_000))
+                continue
+            }
+            guard let next = signals.wait(orUntil: never, timeoutNanoseconds: deadline - now) else { continue }
+            let name = SignalWaiter.name(of: next)
+            switch next {
+            case SIGTERM, SIGINT:
+                logger.notice("stop delay cut short: stopping now", metadata: ["signal": "\(name)"])
+                return
+            case SIGUSR1:
+                logCounters(relay: relay, configuration: relay.configurationInForce, logger: logger)
+            default:
+                logger.notice("ignored: the relay is stopping", metadata: ["signal": "\(name)"])
             }
         }
     }
@@ -474,3 +570,4 @@ func printError(_ text: String, patienceMilliseconds: Int32 = 1_000) {
 }
 
 extension IOBackendChoice: ExpressibleByArgument {}
+extension RelayLogHandler.Format: ExpressibleByArgument {}

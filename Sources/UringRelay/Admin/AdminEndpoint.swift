@@ -26,16 +26,20 @@ public struct AdminEndpoint: Sendable {
     private let relay: Relay
     private let version: String
     private let startTimeUnixSeconds: Double
+    private let stopNotice: StopNotice
 
     /// The endpoint of `relay`.
     ///
     /// - Parameters:
     ///   - version: the relay's version, for `statsrelay_build_info`.
     ///   - startTimeUnixSeconds: when the relay started, for `statsrelay_start_time_seconds`.
-    public init(relay: Relay, version: String, startTimeUnixSeconds: Double = Relay.unixTime()) {
+    ///   - stopNotice: announced when a stop begins with `--stop-delay`: `/healthz` answers 503
+    ///     from then on, while the relay still relays.
+    public init(relay: Relay, version: String, startTimeUnixSeconds: Double = Relay.unixTime(), stopNotice: StopNotice = StopNotice()) {
         self.relay = relay
         self.version = version
         self.startTimeUnixSeconds = startTimeUnixSeconds
+        self.stopNotice = stopNotice
     }
 
     /// The answer to `method target` (the request's method and target as sent).
@@ -67,7 +71,7 @@ public struct AdminEndpoint: Sendable {
     public func health(now: UInt64 = MonotonicClock.nanoseconds()) -> HealthVerdict {
         let status = relay.workerStatus
         return HealthVerdict.evaluate(
-            started: status.started, stopping: status.stopping, expectedWorkers: relay.configuration.threads, publishedAt: status.publishedAt,
+            started: status.started, stopping: status.stopping, stopAnnounced: stopNotice.isAnnounced, expectedWorkers: relay.configuration.threads, publishedAt: status.publishedAt,
             failures: status.failures, now: now)
     }
 }

@@ -25,16 +25,21 @@ public struct HealthVerdict: Sendable, Equatable {
     /// - Parameters:
     ///   - started: whether the relay's start has completed (every worker runs).
     ///   - stopping: whether a stop was asked for.
+    ///   - stopAnnounced: whether a stop was announced (`--stop-delay`): the relay still relays
+    ///     but is going out of service.
     ///   - expectedWorkers: how many workers the relay runs when started.
     ///   - publishedAt: when each started worker last published (monotonic nanoseconds).
     ///   - failures: workers that stopped on an error.
     ///   - now: the monotonic time.
     ///   - staleAfter: see `staleAfterNanoseconds`.
     public static func evaluate(
-        started: Bool, stopping: Bool, expectedWorkers: Int, publishedAt: [UInt64], failures: [String], now: UInt64,
+        started: Bool, stopping: Bool, stopAnnounced: Bool = false, expectedWorkers: Int, publishedAt: [UInt64], failures: [String], now: UInt64,
         staleAfter: UInt64 = staleAfterNanoseconds
     ) -> HealthVerdict {
         if stopping { return HealthVerdict(healthy: false, reason: "stopping: draining and flushing before exit") }
+        if stopAnnounced {
+            return HealthVerdict(healthy: false, reason: "stopping: out of service for --stop-delay, still relaying until the drain")
+        }
         if let failure = failures.first {
             return HealthVerdict(healthy: false, reason: oneLine("stopped on a failure: \(failure)"))
         }

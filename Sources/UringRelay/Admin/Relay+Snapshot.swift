@@ -18,9 +18,11 @@ extension Relay {
         let pool = routing.current
         let workers = workerStatus
         let backends = monitor.status.map { status in
-            RelaySnapshot.Backend(
+            var backend = RelaySnapshot.Backend(
                 identity: status.backend.description, up: status.state == .up, stateChanges: status.changes,
                 stateSinceUnixSeconds: unixNow - Double(now &- min(now, status.since)) / 1e9)
+            backend.flapHolds = status.flapHolds
+            return backend
         }
         let listen = listenAddress ?? SocketAddress(numericHost: configuration.bindHost, port: configuration.port)
         var snapshot = RelaySnapshot(

@@ -53,7 +53,10 @@ public struct StatusReport: Sendable {
         for backend in rows {
             let labels = ["backend": backend]
             let up = first("statsrelay_backend_up", labels)
-            let state = up.map { $0.value == 1 ? "up" : "DOWN" } ?? "removed"
+            // A down backend held by flap damping says so: it will not come back at its next check.
+            let flaps = first("statsrelay_backend_flap_holds_total", labels).map { Int($0.value) } ?? 0
+            let down = flaps > 0 ? "DOWN (flapping: \(flaps) hold\(flaps == 1 ? "" : "s"))" : "DOWN"
+            let state = up.map { $0.value == 1 ? "up" : down } ?? "removed"
             let since = first("statsrelay_backend_state_since_timestamp_seconds", labels).map { Self.duration(unixNow - $0.value) } ?? "-"
             table.append([
                 backend, state, since,

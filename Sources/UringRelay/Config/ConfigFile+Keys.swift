@@ -62,6 +62,12 @@ extension ConfigFile {
         Key("dns-refresh", .applied),
         Key("admin", .restart),
         Key("log-level", .applied),
+        Key("prefix", .restart),
+        Key("self-metrics-interval", .restart),
+        Key("log-format", .restart),
+        Key("stop-delay", .applied),
+        Key("flap-hold-max", .applied),
+        Key("flap-hold", .applied),
     ]
 
     /// The keys of one entry of `listeners` written as a mapping.

@@ -43,6 +43,12 @@ extension ConfigFile {
         drop(\.ioBackend); drop(\.hash); drop(\.reuseportGroup); drop(\.healthCheck); drop(\.healthCheckPort); drop(\.healthInterval)
         drop(\.healthTimeout); drop(\.healthRise); drop(\.healthFall); drop(\.onBackendDown); drop(\.holdBytes)
         drop(\.replayRate); drop(\.dnsRefresh); drop(\.admin); drop(\.logLevel)
+        drop(\.prefix)
+        drop(\.selfMetricsInterval)
+        drop(\.logFormat)
+        drop(\.stopDelay)
+        drop(\.flapHoldMax)
+        drop(\.flapHold)
         return kept
     }
 

@@ -72,6 +72,12 @@ extension ConfigFile {
         case "dns-refresh": return scalar(DurationParser.format(c.dnsRefreshNanoseconds))
         case "admin": return scalar(c.admin)
         case "log-level": return scalar(c.logLevel.rawValue)
+        case "prefix": return scalar(c.selfMetricsPrefix)
+        case "self-metrics-interval": return scalar(DurationParser.format(c.selfMetricsIntervalNanoseconds))
+        case "log-format": return scalar(c.logFormat.rawValue)
+        case "stop-delay": return scalar(DurationParser.format(c.stopDelayNanoseconds))
+        case "flap-hold-max": return scalar(DurationParser.format(c.flapHoldMaxNanoseconds))
+        case "flap-hold": return scalar(DurationParser.format(c.flapHoldNanoseconds))
         default: preconditionFailure("no key '\(key)' in ConfigFile.keys")
         }
     }

@@ -112,6 +112,12 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
     public var dnsRefresh: String?
     public var admin: String?
     public var logLevel: String?
+    public var prefix: String?
+    public var selfMetricsInterval: String?
+    public var logFormat: String?
+    public var stopDelay: String?
+    public var flapHoldMax: String?
+    public var flapHold: String?
 
     /// Where the settings came from, for errors: the file's path as given.
     public var source = "command line"
@@ -143,6 +149,12 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
         case dnsRefresh = "dns-refresh"
         case admin
         case logLevel = "log-level"
+        case prefix = "prefix"
+        case selfMetricsInterval = "self-metrics-interval"
+        case logFormat = "log-format"
+        case stopDelay = "stop-delay"
+        case flapHoldMax = "flap-hold-max"
+        case flapHold = "flap-hold"
     }
 
     /// Nothing set: every key keeps its default (or, for the command line, the file's value).
@@ -161,6 +173,12 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
         note(.healthInterval, healthInterval); note(.healthTimeout, healthTimeout); note(.healthRise, healthRise)
         note(.healthFall, healthFall); note(.onBackendDown, onBackendDown); note(.holdBytes, holdBytes)
         note(.replayRate, replayRate); note(.dnsRefresh, dnsRefresh); note(.admin, admin); note(.logLevel, logLevel)
+        note(.prefix, prefix)
+        note(.selfMetricsInterval, selfMetricsInterval)
+        note(.logFormat, logFormat)
+        note(.stopDelay, stopDelay)
+        note(.flapHoldMax, flapHoldMax)
+        note(.flapHold, flapHold)
         return keys
     }
 
@@ -322,6 +340,33 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
                 throw invalid("log-level", logLevel, "expected \(Self.choices(Logger.Level.allCases.map(\.rawValue)))")
             }
             configuration.logLevel = level
+        }
+        if let prefix { configuration.selfMetricsPrefix = prefix }
+        if let selfMetricsInterval {
+            configuration.selfMetricsIntervalNanoseconds = try at("self-metrics-interval") { () throws(ConfigurationError) in
+                try DurationParser.nanoseconds(selfMetricsInterval, argument: "", in: 0...RelayConfiguration.selfMetricsIntervalLimits.upperBound)
+            }
+        }
+        if let logFormat {
+            guard let format = RelayLogHandler.Format(rawValue: logFormat) else {
+                throw invalid("log-format", logFormat, "expected \(Self.choices(RelayLogHandler.Format.allCases.map(\.rawValue)))")
+            }
+            configuration.logFormat = format
+        }
+        if let stopDelay {
+            configuration.stopDelayNanoseconds = try at("stop-delay") { () throws(ConfigurationError) in
+                try DurationParser.nanoseconds(stopDelay, argument: "", in: RelayConfiguration.stopDelayLimits)
+            }
+        }
+        if let flapHoldMax {
+            configuration.flapHoldMaxNanoseconds = try at("flap-hold-max") { () throws(ConfigurationError) in
+                try DurationParser.nanoseconds(flapHoldMax, argument: "", in: RelayConfiguration.flapHoldMaxLimits)
+            }
+        }
+        if let flapHold {
+            configuration.flapHoldNanoseconds = try at("flap-hold") { () throws(ConfigurationError) in
+                try DurationParser.nanoseconds(flapHold, argument: "", in: RelayConfiguration.flapHoldLimits)
+            }
         }
     }
 

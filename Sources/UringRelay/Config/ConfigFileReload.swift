@@ -4,7 +4,7 @@
 /// Applied now (`ConfigFile.Reload.applied`): `backends` (added, removed, reordered, a backend's
 /// label or health-check port), `on-backend-down`, the health checks (`health-check`,
 /// `health-check-port`, `health-interval`, `health-timeout`, `health-rise`, `health-fall`),
-/// `dns-refresh` and `log-level`. Every other key keeps its running value and is logged as
+/// flap damping (`flap-hold`, `flap-hold-max`), `dns-refresh`, `stop-delay` and `log-level`. Every other key keeps its running value and is logged as
 /// needing a restart. One exception is decided here: leaving `hold` while packets are held would
 /// leave them to be dropped at exit, so it waits until none is held (the reload says so; reload
 /// again once `statsrelay_hold_in_use_bytes` is 0).
@@ -79,6 +79,9 @@ public struct ConfigFileReload: Sendable, Equatable {
         case "on-backend-down": result.onBackendDown = candidate.onBackendDown
         case "dns-refresh": result.dnsRefreshNanoseconds = candidate.dnsRefreshNanoseconds
         case "log-level": result.logLevel = candidate.logLevel
+        case "stop-delay": result.stopDelayNanoseconds = candidate.stopDelayNanoseconds
+        case "flap-hold-max": result.flapHoldMaxNanoseconds = candidate.flapHoldMaxNanoseconds
+        case "flap-hold": result.flapHoldNanoseconds = candidate.flapHoldNanoseconds
         default: preconditionFailure("key '\(key)' is not reloadable")
         }
     }

@@ -59,6 +59,15 @@ public struct RelayConfiguration: Sendable, Equatable {
     public var healthRise = 2
     /// Consecutive failures that take a backend down (`--health-fall`).
     public var healthFall = 3
+    /// The hold-down of a backend's first flap (`--flap-hold`; 0 turns flap damping off): a
+    /// backend that goes down again within `flapHoldMaxNanoseconds` of coming up stays down at
+    /// least this long, doubled at each further flap (`HealthTracker`). 30 s keeps a backend
+    /// flapping every second down for most of a minute after its second down, where without it
+    /// its names would move twice a second.
+    public var flapHoldNanoseconds: UInt64 = 30_000_000_000
+    /// The longest hold-down, and how long a backend must stay up for its flaps to be forgotten
+    /// (`--flap-hold-max`).
+    public var flapHoldMaxNanoseconds: UInt64 = 600_000_000_000
     /// How metric names are spread over the backends (`--hash`).
     public var hashMode: HashMode = .jump
     /// What happens to a down backend's metrics (`--on-backend-down`).
@@ -81,10 +90,23 @@ public struct RelayConfiguration: Sendable, Equatable {
     /// arriving, the rest for the final sends.
     public var shutdownTimeoutNanoseconds: UInt64 = 900_000_000
 
+    /// How long the relay keeps relaying after `SIGTERM` with `/healthz` already 503 `stopping`
+    /// (`--stop-delay`), so a load balancer takes it out of its pool before the drain begins.
+    /// 0: the drain begins at once.
+    public var stopDelayNanoseconds: UInt64 = 0
+
+    /// How often the relay's own counters are sent into the relayed stream as StatsD lines
+    /// (`--self-metrics-interval`; `SelfMetricsReporter`); 0 (the default): never.
+    public var selfMetricsIntervalNanoseconds: UInt64 = 0
+    /// The first segment of those lines' names (`--prefix`, as the Go StatsRelay's `-prefix`).
+    public var selfMetricsPrefix = "statsrelay"
+
     /// The admin endpoint's address, `ADDR:PORT` or `none` (`--admin`; see `AdminAddress`).
     public var admin: String = AdminAddress.defaultSpec
     /// The lowest level logged (`--log-level`).
     public var logLevel: Logger.Level = .info
+    /// How log events are written (`--log-format`): swift-log's text line, or one JSON object per line.
+    public var logFormat: RelayLogHandler.Format = .text
     /// `SO_SNDBUF` requested for each backend socket: room for bursts without `EAGAIN`. No flag
     /// sets it; tests shrink it to put sends under send-buffer pressure.
     public var backendSendBufferBytes = 4 << 20
@@ -168,6 +190,16 @@ public struct RelayConfiguration: Sendable, Equatable {
         if !(1...100).contains(healthFall) {
             throw ConfigurationError(argument: "--health-fall", value: "\(healthFall)", reason: "must be 1-100")
         }
+        if !Self.flapHoldLimits.contains(flapHoldNanoseconds) {
+            throw ConfigurationError(
+                argument: "--flap-hold", value: DurationParser.format(flapHoldNanoseconds), reason: DurationParser.describe(Self.flapHoldLimits))
+        }
+        if !Self.flapHoldMaxLimits.contains(flapHoldMaxNanoseconds) || flapHoldMaxNanoseconds < flapHoldNanoseconds {
+            throw ConfigurationError(
+                argument: "--flap-hold-max", value: DurationParser.format(flapHoldMaxNanoseconds),
+                reason: "must be at least flap-hold (\(DurationParser.format(flapHoldNanoseconds))) and at most "
+                    + DurationParser.format(Self.flapHoldMaxLimits.upperBound))
+        }
         if !Self.holdBytesLimits.contains(holdBytes) {
             throw ConfigurationError(
                 argument: "--hold-bytes", value: ByteSizeParser.format(holdBytes), reason: ByteSizeParser.describe(Self.holdBytesLimits))
@@ -181,6 +213,18 @@ public struct RelayConfiguration: Sendable, Equatable {
             throw ConfigurationError(
                 argument: "--shutdown-timeout", value: DurationParser.format(shutdownTimeoutNanoseconds),
                 reason: DurationParser.describe(Self.shutdownTimeoutLimits))
+        }
+        if selfMetricsIntervalNanoseconds != 0 && !Self.selfMetricsIntervalLimits.contains(selfMetricsIntervalNanoseconds) {
+            throw ConfigurationError(
+                argument: "--self-metrics-interval", value: DurationParser.format(selfMetricsIntervalNanoseconds),
+                reason: "must be 0 (off) or " + DurationParser.describe(Self.selfMetricsIntervalLimits).replacing("must be ", with: ""))
+        }
+        if let reason = Self.prefixProblem(selfMetricsPrefix) {
+            throw ConfigurationError(argument: "--prefix", value: selfMetricsPrefix, reason: reason)
+        }
+        if !Self.stopDelayLimits.contains(stopDelayNanoseconds) {
+            throw ConfigurationError(
+                argument: "--stop-delay", value: DurationParser.format(stopDelayNanoseconds), reason: DurationParser.describe(Self.stopDelayLimits))
         }
         if !Self.dnsRefreshLimits.contains(dnsRefreshNanoseconds) {
             throw ConfigurationError(

@@ -7,6 +7,9 @@ import Synchronization
 /// `LogWriter.standardError`, so a log line that cannot be written is dropped and counted
 /// (`statsrelay.log_write_errors`) and never stops, slows or kills the relay.
 ///
+/// With `format` `.json` (`--log-format json`), each event is one JSON object on one line
+/// instead (`JSONLogLine`): the same events, the same writer.
+///
 /// Bootstrap it once at start-up: `LoggingSystem.bootstrap { RelayLogHandler(label: $0, level: control) }`.
 /// Every handler made with one `LevelControl` follows it: a reload changes the level of every
 /// logger at once (`LevelControl.level`), with one atomic store.
@@ -49,6 +52,14 @@ public struct RelayLogHandler: LogHandler {
         }
     }
 
+    /// How events are written (`--log-format`).
+    public enum Format: String, Sendable, CaseIterable {
+        /// swift-log's standard line: `TIMESTAMP LEVEL LABEL: METADATA [SOURCE] MESSAGE`.
+        case text
+        /// One JSON object per line (`JSONLogLine`).
+        case json
+    }
+
     /// Formats the line; its stream is the shared writer. Its own level is left at `trace`:
     /// the level is decided by `logLevel` before an event reaches it.
     private var formatter: StreamLogHandler
@@ -56,20 +67,40 @@ public struct RelayLogHandler: LogHandler {
     private let control: LevelControl
     /// A level set on this handler alone (`logger.logLevel = …`), which overrides `control`.
     private var override: Logger.Level?
+    private let format: Format
+    private let label: String
+    private let writer: LogWriter
 
-    /// A handler for loggers labelled `label`, logging at the level `control` holds and above.
-    public init(label: String, level control: LevelControl, writer: LogWriter = .standardError) {
+    /// A handler for loggers labelled `label`, logging at the level `control` holds and above,
+    /// in `format`.
+    public init(label: String, level control: LevelControl, format: Format = .text, writer: LogWriter = .standardError) {
         formatter = StreamLogHandler(label: label, stream: Output(writer: writer))
         formatter.logLevel = .trace
         self.control = control
+        self.format = format
+        self.label = label
+        self.writer = writer
     }
 
-    /// A handler for loggers labelled `label`, logging at `level` and above.
-    public init(label: String, level: Logger.Level = .info, writer: LogWriter = .standardError) {
-        self.init(label: label, level: LevelControl(level), writer: writer)
+    /// A handler for loggers labelled `label`, logging at `level` and above, in `format`.
+    public init(label: String, level: Logger.Level = .info, format: Format = .text, writer: LogWriter = .standardError) {
+        self.init(label: label, level: LevelControl(level), format: format, writer: writer)
     }
 
-    public func log(event: LogEvent) { formatter.log(event: event) }
+    public func log(event: LogEvent) {
+        switch format {
+        case .text:
+            formatter.log(event: event)
+        case .json:
+            // Merged as StreamLogHandler merges them: the handler's, the provider's, the event's.
+            var merged = formatter.metadata
+            if let provided = formatter.metadataProvider?.get() { merged.merge(provided) { _, new in new } }
+            if let metadata = event.metadata { merged.merge(metadata) { _, new in new } }
+            writer.write(JSONLogLine.render(
+                level: event.level, message: event.message.description, label: label, source: event.source, metadata: merged,
+                error: event.error.map { "\($0)" }, unixSeconds: Relay.unixTime()))
+        }
+    }
 
     public var metadataProvider: Logger.MetadataProvider? {
         get { formatter.metadataProvider }

@@ -21,6 +21,7 @@ public struct MetricFamily: Sendable, Equatable {
         case backendUp
         /// How many times the backend went down or came back.
         case backendStateChanges
+        case backendFlapHolds
         /// When the backend's current state began.
         case backendStateSince
         /// Times every backend was down and the relay failed open.
@@ -161,6 +162,8 @@ public struct MetricFamily: Sendable, Equatable {
               help: "1 while the health view has the backend up, 0 while down (always 1 with --health-check none)."),
         .init("statsrelay_backend_state_changes_total", .counter, ["backend"], .backendStateChanges,
               help: "Times the backend went down or came back up."),
+        .init("statsrelay_backend_flap_holds_total", .counter, ["backend"], .backendFlapHolds,
+              help: "Times the backend went down again soon after coming up (--flap-hold-max) and was held down (flap damping)."),
         .init("statsrelay_backend_state_since_timestamp_seconds", .gauge, ["backend"], .backendStateSince,
               help: "Unix time the backend's current state (up or down) began; the relay's start if it never changed."),
         .init("statsrelay_fail_open_activations_total", .counter, [], .failOpenActivations,

@@ -136,6 +136,8 @@ public enum PrometheusExposition {
             return snapshot.backends.flatMap { one($0.up ? "1" : "0", ["backend": $0.identity]) }
         case .backendStateChanges:
             return snapshot.backends.flatMap { one("\($0.stateChanges)", ["backend": $0.identity]) }
+        case .backendFlapHolds:
+            return snapshot.backends.flatMap { one("\($0.flapHolds)", ["backend": $0.identity]) }
         case .backendStateSince:
             return snapshot.backends.flatMap { one(format($0.stateSinceUnixSeconds), ["backend": $0.identity]) }
         case .failOpenActivations:

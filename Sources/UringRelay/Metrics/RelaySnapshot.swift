@@ -11,6 +11,8 @@ public struct RelaySnapshot: Sendable {
         public var stateChanges: Int
         /// Unix time its current state began.
         public var stateSinceUnixSeconds: Double
+        /// Times it went down as a flap and was held down (flap damping).
+        public var flapHolds = 0
 
         /// A backend's health at the moment of the snapshot.
         public init(identity: String, up: Bool, stateChanges: Int, stateSinceUnixSeconds: Double) {

@@ -42,6 +42,10 @@ public final class HealthMonitor: Sendable {
         public var since: UInt64
         public var changes: Int
         public var lastFailure: String?
+        /// Times it went down as a flap and was held down (`HealthTracker`'s flap damping).
+        public var flapHolds = 0
+        /// Monotonic nanoseconds when its current hold-down ends, while it is held down.
+        public var heldUntil: UInt64?
     }
 
     /// The settings in force; `update` replaces them and the loop takes them between rounds.
@@ -200,9 +204,7 @@ public final class HealthMonitor: Sendable {
         var pool = routing.current
         var backends = pool.backends
         var count = backends.count
-        var trackers = (0..<count).map { _ in
-            HealthTracker(rise: config.healthRise, fall: config.healthFall, now: MonotonicClock.nanoseconds())
-        }
+        var trackers = (0..<count).map { _ in Self.tracker(config, now: MonotonicClock.nanoseconds()) }
         var addresses = pool.addresses
         var down = Array(repeating: false, count: count)
         func namedBackends() -> [Int] { backends.indices.filter { SocketAddress(numericHost: backends[$0].host, port: 0) == nil } }
@@ -237,6 +239,8 @@ public final class HealthMonitor: Sendable {
                 for index in trackers.indices {
                     trackers[index].rise = config.healthRise
                     trackers[index].fall = config.healthFall
+                    trackers[index].flapHoldNanoseconds = config.flapHoldNanoseconds
+                    trackers[index].flapHoldMaxNanoseconds = config.flapHoldMaxNanoseconds
                 }
                 if config.healthIntervalNanoseconds != previous.healthIntervalNanoseconds || config.healthCheck != previous.healthCheck {
                     nextCheck = now &+ config.healthIntervalNanoseconds
@@ -246,7 +250,7 @@ public final class HealthMonitor: Sendable {
                 }
                 if config.healthCheck == .none && previous.healthCheck != .none {
                     // No checks: every backend is up, as it is from the start under `none`.
-                    trackers = trackers.map { _ in HealthTracker(rise: config.healthRise, fall: config.healthFall, now: now) }
+                    trackers = trackers.map { _ in Self.tracker(config, now: now) }
                     if down.contains(true) {
                         down = Array(repeating: false, count: count)
                         changed = true
@@ -269,7 +273,7 @@ public final class HealthMonitor: Sendable {
                 backends = latest.backends
                 count = backends.count
                 trackers = backends.map {
-                    byIdentity[$0.description] ?? HealthTracker(rise: config.healthRise, fall: config.healthFall, now: now)
+                    byIdentity[$0.description] ?? Self.tracker(config, now: now)
                 }
                 addresses = latest.addresses
                 down = trackers.map { $0.state == .down }
@@ -337,7 +341,15 @@ public final class HealthMonitor: Sendable {
                     down[index] = state == .down
                     changed = true
                     let backend = backends[index]
-                    if state == .down {
+                    if state == .down, trackers[index].holdNanoseconds > 0 {
+                        // Logged once, at the change: the hold itself changes nothing more.
+                        logger.warning("backend down again soon after coming up: flapping, held down", metadata: [
+                            "backend": "\(backend)", "reason": "\(failure ?? "")", "failures": "\(config.healthFall)",
+                            "policy": "\(config.onBackendDown.rawValue)",
+                            "hold_down": "\(DurationParser.format(trackers[index].holdNanoseconds))",
+                            "flap_holds": "\(trackers[index].flapHolds)",
+                        ])
+                    } else if state == .down {
                         logger.info("backend down", metadata: [
                             "backend": "\(backend)", "reason": "\(failure ?? "")", "failures": "\(config.healthFall)",
                             "policy": "\(config.onBackendDown.rawValue)",
@@ -361,10 +373,19 @@ public final class HealthMonitor: Sendable {
                     statuses[index].since = trackers[index].since
                     statuses[index].changes = trackers[index].changes
                     statuses[index].lastFailure = trackers[index].lastFailure
+                    statuses[index].flapHolds = trackers[index].flapHolds
+                    statuses[index].heldUntil = trackers[index].heldUntil
                 }
             }
             updated.signal()
         }
+    }
+
+    /// A tracker for a backend that is up as of `now`, under `config`'s rise, fall and flap damping.
+    static func tracker(_ config: RelayConfiguration, now: UInt64) -> HealthTracker {
+        HealthTracker(
+            rise: config.healthRise, fall: config.healthFall, now: now, flapHoldNanoseconds: config.flapHoldNanoseconds,
+            flapHoldMaxNanoseconds: config.flapHoldMaxNanoseconds)
     }
 
     /// Applies a lookup's answer to backend `index`: logs a failure once (the address stays),
