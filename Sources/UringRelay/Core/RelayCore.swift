@@ -15,6 +15,12 @@ import RelayKernel
 /// datagrams until the driver has sent them all (`pendingPool` is then handed to the driver to
 /// connect the new pool's sockets) and calls `completePoolChange`. No line is lost or sent
 /// twice, and each line is routed wholly by one pool.
+///
+/// What the worker is told while it runs (`WorkerCommand`: stop, new settings, follow the
+/// pool) the driver hands to `apply(_:now:)` at the start of a turn, in the order sent. A new
+/// packet length takes the same path as a membership change: the open batches close (they go
+/// out at the old length), no datagram is taken until they are all sent, then the send buffers
+/// are made again for the new length (`pendingPool` is then the pool in force).
 public struct RelayCore: ~Copyable {
     /// Where a worker is in its life.
     public enum Phase: Sendable {
@@ -59,7 +65,7 @@ public struct RelayCore: ~Copyable {
     /// yet): the next publication is then a deadline, so live counters are never more than a
     /// publication interval old, even for a worker that goes idle right after.
     private var hasUnpublishedTurn = false
-    private let settings: WorkerSettings
+    private var settings: WorkerSettings
     /// Per send slot: `handedOut` once `nextOutgoing` gave it to the driver, `retried` once a
     /// send of it was tried again; cleared when its send completes.
     private var slotStates: [SlotState]
@@ -137,6 +143,41 @@ public struct RelayCore: ~Copyable {
     /// Asks the core to stop: drain, flush, finish (see `Phase`).
     public mutating func requestStop() { stopRequested = true }
 
+    /// Applies one command from the worker's control channel, at a turn boundary.
+    ///
+    /// `applySettings`: the flush interval holds at once, for the batches open too. A new packet
+    /// length closes every open batch (packed at the old length, they go out as they are) and
+    /// waits, taking no datagram, until they are sent; then the send buffers are made for the
+    /// new length (through `pendingPool`, as a membership change). No line is lost, split or
+    /// sent twice. A stopping worker keeps its packet length: its batches are being flushed.
+    public mutating func apply(_ command: WorkerCommand, now: UInt64) {
+        switch command {
+        case .stop:
+            requestStop()
+        case .followPool:
+            applyPublishedPool()
+        case .applySettings(let packetBytes, let flushIntervalNanoseconds):
+            settings.flushIntervalNanoseconds = flushIntervalNanoseconds
+            guard packetBytes != settings.packetBytes, !stopRequested else { return }
+            settings.packetBytes = packetBytes
+            startRebuild()
+        }
+    }
+
+    /// The packet length in force: the send buffers' (a new one waits for the old batches).
+    public var packetBytes: Int { processor.assembler.packetBytes }
+
+    /// The flush interval in force.
+    public var flushIntervalNanoseconds: UInt64 { settings.flushIntervalNanoseconds }
+
+    /// Closes every open batch and waits for them to be sent before the send buffers are made
+    /// again (for a new packet length): the pool in force becomes the pending one, unless a
+    /// membership change is waiting already (it makes the buffers with the new length too).
+    private mutating func startRebuild() {
+        processor.assembler.closeAll()
+        if pendingPool == nil { pendingPool = pool }
+    }
+
     /// Whether a failed send should be tried again: the first time a slot's send fails with
     /// `ECONNREFUSED`. That error is an earlier packet's ICMP refusal left pending on the
     /// socket, which the kernel reported to this send instead of transmitting it (and cleared):
@@ -210,6 +251,11 @@ public struct RelayCore: ~Copyable {
             // a worker left on an old pool would route differently from the others.
             retryPoolChangeAt = .max
             appliedGeneration = 0
+        }
+        if now >= retryPoolChangeAt, pendingPool == nil, settings.packetBytes != processor.assembler.packetBytes {
+            // The same for send buffers of a new packet length that could not be made.
+            retryPoolChangeAt = .max
+            startRebuild()
         }
         applyPublishedPool()
     }
@@ -326,6 +372,7 @@ public struct RelayCore: ~Copyable {
         }
         pendingPool = nil
         processor = replacement
+        let membershipChanged = next.membership != pool.membership
         // Every send of the old pool has completed (the change waits for them).
         slotStates = Array(repeating: [], count: processor.assembler.pool.capacity)
         // Held packets follow their backend; a removed backend's are dropped and counted.
@@ -333,7 +380,8 @@ public struct RelayCore: ~Copyable {
         processor.counters[.linesDroppedBackendRemoved] &+= UInt64(removedLines)
         pool = next
         identities = next.identities
-        processor.counters[.poolChanges] &+= 1
+        // A rebuild for a new packet length keeps the pool: not a pool change.
+        if membershipChanged { processor.counters[.poolChanges] &+= 1 }
     }
 
     /// Gives up a waiting membership change for now (the driver could not connect the new

@@ -18,8 +18,7 @@ public struct PortableDriver: ~Copyable {
     /// The listeners' descriptors, owned by `listeners`, for `recvmmsg` and `ppoll`.
     private let listenerDescriptors: [Int32]
     private var connections: BackendConnections
-    private let wakeup: WakeupEvent
-    private let poolChanged: WakeupEvent
+    private let control: WorkerControl
     private var core: RelayCore
     private var batch: DatagramBatch
     private var sends: SendBatch
@@ -29,8 +28,8 @@ public struct PortableDriver: ~Copyable {
 
     /// Batches taken from one listener per turn before the others get their turn.
     private static let batchesPerTurn = 8
-    /// Busy turns between two polls of the stop and pool events (a stop is seen every turn:
-    /// `WakeupEvent.isPending`).
+    /// Busy turns between two polls of the control event (a command is seen every turn:
+    /// `WorkerControl.hasPending`).
     private static let busyTurnsPerPoll = 16
     /// The wait bound when nothing is due, so a stuck event is never waited on forever.
     private static let idleWaitNanoseconds: UInt64 = 1_000_000_000
@@ -38,7 +37,7 @@ public struct PortableDriver: ~Copyable {
     /// Opens every socket of one worker.
     ///
     /// - Throws: `SystemCallError` naming the step that failed.
-    public init(settings: WorkerSettings, wakeup: WakeupEvent) throws(SystemCallError) {
+    public init(settings: WorkerSettings, control: WorkerControl) throws(SystemCallError) {
         let core = try RelayCore(settings: settings)
         let batch: DatagramBatch
         do throws(Errno) {
@@ -48,17 +47,15 @@ public struct PortableDriver: ~Copyable {
         let pool = core.pool
         let connections = try BackendConnections(
             pool: pool, sendSlots: core.sendBuffers.capacity, sendBufferBytes: settings.backendSendBufferBytes)
-        poolChanged = try WorkerSetup.poolEvents(settings)
         var descriptors = WorkerSetup.descriptors(listeners)
         listenerDescriptors = descriptors
-        descriptors.append(PollSet.descriptor(of: wakeup))
-        descriptors.append(PollSet.descriptor(of: poolChanged))
+        descriptors.append(PollSet.descriptor(of: control.wakeup))
         poller = PollSet(descriptors: descriptors)
         sends = SendBatch(capacity: 256)
         drops = ListenerDrops(count: settings.listeners.count)
         self.connections = connections
         self.settings = settings
-        self.wakeup = wakeup
+        self.control = control
         self.core = core
         self.batch = batch
         self.listeners = listeners
@@ -72,11 +69,12 @@ public struct PortableDriver: ~Copyable {
             sendSlots: core.sendBuffers.capacity)
     }
 
-    private var wakeupIndex: Int { listeners.count }
-    private var poolChangedIndex: Int { listeners.count + 1 }
+    /// The control event's place in the poll set: after every listener's, which stay in the
+    /// set (ignored) once the listeners close, so the place never moves.
+    private var controlIndex: Int { listenerDescriptors.count }
 
-    /// Relays until the wake-up event fires and everything received is sent, then returns the
-    /// counters.
+    /// Relays, applying what its control channel says at each turn's start, until told to stop
+    /// and everything received is sent; then returns the counters.
     ///
     /// - Throws: `SystemCallError` if waiting itself fails (never for a bad datagram or a
     ///   failing backend; those are counted).
@@ -85,22 +83,21 @@ public struct PortableDriver: ~Copyable {
         var busy = false
         var busyTurns = 0
         var receiving = true
+        // A pool published from here on wakes the worker through its control event.
+        settings.routing.subscribe(control.wakeup)
         while true {
             if !busy || busyTurns >= Self.busyTurnsPerPoll {
                 do throws(Errno) {
                     try poller.wait(timeoutNanoseconds: busy ? 0 : waitTimeout(now: now))
                 } catch { throw SystemCallError("ppoll", "", error) }
                 busyTurns = 0
-                if poller.isReady(wakeupIndex) {
-                    core.requestStop()
-                    poller.ignore(wakeupIndex)
-                }
-                if poller.isReady(poolChangedIndex) { poolChanged.reset() }
-            } else if core.phase == .running && wakeup.isPending {
-                // A busy loop polls only every few turns; a stop's budget starts when it is asked.
-                core.requestStop()
+                // Reset before the commands are taken: one sent after the take fires it again.
+                if poller.isReady(controlIndex) { control.wakeup.reset() }
             }
             now = MonotonicClock.nanoseconds()
+            // Every turn, busy or not (one atomic load when nothing is queued): a stop's budget
+            // starts when it is asked.
+            control.apply(to: &core, now: now)
             core.beginTurn(now: now)
             busy = receiving ? receiveAll(now: now) : false
             busyTurns += busy ? 1 : 0
@@ -120,7 +117,7 @@ public struct PortableDriver: ~Copyable {
         }
         countKernelDrops(now: now)
         connections.finish(now: MonotonicClock.nanoseconds(), into: &core)
-        settings.routing.unsubscribe(poolChanged)
+        settings.routing.unsubscribe(control.wakeup)
         return core.finish(unrelayedDatagrams: 0, sendsInFlight: 0)
     }
 
