@@ -29,7 +29,7 @@ struct RelayCoreCommandTests {
     @Test("a new packet length closes the open batch at the old length, takes no datagram until it is sent, then packs at the new one; no line lost, split or sent twice, and no pool change counted")
     func packetLengthChange() throws {
         let settings = try RelayCoreTests.settings(["127.0.0.1:9001"])
-        var core = try RelayCore(settings: settings)
+        var core = try RelayCore(settings: settings, now: 0)
         core.beginTurn(now: 0)
         // 6 lines of 13 bytes with their newlines: one 78-byte batch under the default 1400.
         let before = (0..<6).map { "before.\($0):1|c" }
@@ -41,7 +41,7 @@ struct RelayCoreCommandTests {
         #expect(old == [before.map { "\($0)\n" }.joined()], "the open batch went out whole, at the old length")
         let ready = core.poolChangeReady(sendsInFlight: 0)
         #expect(ready)
-        try core.completePoolChange()
+        try core.completePoolChange(now: 0)
         let packetBytes = core.packetBytes
         let acceptingAfter = core.canAcceptDatagram
         #expect(packetBytes == 40)
@@ -59,12 +59,12 @@ struct RelayCoreCommandTests {
     @Test("commands apply in the order sent: of two settings the later holds")
     func inOrder() throws {
         let settings = try RelayCoreTests.settings(["127.0.0.1:9001"])
-        var core = try RelayCore(settings: settings)
+        var core = try RelayCore(settings: settings, now: 0)
         core.apply(.applySettings(packetBytes: 300, flushIntervalNanoseconds: 7_000_000), now: 0)
         core.apply(.applySettings(packetBytes: 200, flushIntervalNanoseconds: 3_000_000), now: 0)
         let interval = core.flushIntervalNanoseconds
         #expect(interval == 3_000_000)
-        try core.completePoolChange()
+        try core.completePoolChange(now: 0)
         let packetBytes = core.packetBytes
         #expect(packetBytes == 200)
     }
@@ -72,7 +72,7 @@ struct RelayCoreCommandTests {
     @Test("a stop command starts the stop at the next turn's end")
     func stop() throws {
         let settings = try RelayCoreTests.settings(["127.0.0.1:9001"])
-        var core = try RelayCore(settings: settings)
+        var core = try RelayCore(settings: settings, now: 0)
         core.apply(.stop, now: 5)
         _ = core.endTurn(now: 5, moreToReceive: true)
         let phase = core.phase

@@ -8,7 +8,9 @@ import RelayKernel
 /// A driver (io_uring or portable) owns the kernel resources and calls, per loop turn:
 /// `receive` for each datagram (while `canAcceptDatagram`), `sendCompleted` for each send
 /// result, then `endTurn`; then it sends what `nextOutgoing` hands out. The core never sees a
-/// ring, a socket or a system call, and a driver never sees a StatsD line.
+/// ring, a socket or a system call, and a driver never sees a StatsD line. Nor does it read a
+/// clock: every call that needs the time takes it (`now`, monotonic nanoseconds), so a test
+/// drives it with a clock of its own.
 ///
 /// A pool change of membership (backends added, removed or reordered) is applied at a turn
 /// boundary, never inside a datagram: the core closes the old pool's batches and stops taking
@@ -77,10 +79,10 @@ public struct RelayCore: ~Copyable {
         static let retried = SlotState(rawValue: 2)
     }
 
-    /// A core routing by `settings.routing`'s current pool.
+    /// A core routing by `settings.routing`'s current pool, started at `now`.
     ///
     /// - Throws: `SystemCallError` when the send buffers cannot be mapped.
-    public init(settings: WorkerSettings) throws(SystemCallError) {
+    public init(settings: WorkerSettings, now: UInt64) throws(SystemCallError) {
         let pool = settings.routing.current
         self.settings = settings
         self.pool = pool
@@ -91,7 +93,7 @@ public struct RelayCore: ~Copyable {
         replayed = []
         replayed.reserveCapacity(processor.assembler.pool.capacity)
         slotStates = Array(repeating: [], count: processor.assembler.pool.capacity)
-        nextPublish = MonotonicClock.nanoseconds() &+ CounterBoard.publishIntervalNanoseconds
+        nextPublish = now &+ CounterBoard.publishIntervalNanoseconds
         // The health monitor reads this worker's refusals from what it publishes.
         settings.routing.watchRefusals(on: settings.board)
     }
@@ -290,7 +292,7 @@ public struct RelayCore: ~Copyable {
         }
         replayHeld(now: now)
         if now >= nextPublish {
-            settings.board.publish(processor.counters)
+            settings.board.publish(processor.counters, at: now)
             nextPublish = now &+ CounterBoard.publishIntervalNanoseconds
             hasUnpublishedTurn = false
         } else {
@@ -329,12 +331,12 @@ public struct RelayCore: ~Copyable {
 
     /// When the core next needs a turn without any I/O (a batch's flush deadline, the next
     /// paced replay, the publication of a turn's counters), if ever.
-    public func nextDeadline() -> UInt64? {
+    public func nextDeadline(now: UInt64) -> UInt64? {
         var flush = processor.assembler.nextDeadline(interval: settings.flushIntervalNanoseconds)
         if hasUnpublishedTurn { flush = flush.map { min($0, nextPublish) } ?? nextPublish }
         guard processor.router.policy == .hold, holds.heldPackets > 0 else { return flush }
         let router = processor.router
-        let replay = holds.nextReplayTime(now: MonotonicClock.nanoseconds(), isReplaying: { !router.down[$0] })
+        let replay = holds.nextReplayTime(now: now, isReplaying: { !router.down[$0] })
         guard let replay else { return flush }
         return flush.map { min($0, replay) } ?? replay
     }
@@ -358,7 +360,7 @@ public struct RelayCore: ~Copyable {
     ///
     /// - Throws: `SystemCallError` if the new send buffers cannot be mapped; the old pool then
     ///   stays in force, the failure is counted and the change is tried again (`beginTurn`).
-    public mutating func completePoolChange() throws(SystemCallError) {
+    public mutating func completePoolChange(now: UInt64) throws(SystemCallError) {
         guard let next = pendingPool else { return }
         var counters = processor.counters
         let positions = pool.positions(in: next)
@@ -367,7 +369,7 @@ public struct RelayCore: ~Copyable {
         do {
             replacement = try Self.makeProcessor(for: next, settings: settings, counters: counters)
         } catch {
-            abandonPoolChange()
+            abandonPoolChange(now: now)
             throw error
         }
         pendingPool = nil
@@ -387,11 +389,11 @@ public struct RelayCore: ~Copyable {
     /// Gives up a waiting membership change for now (the driver could not connect the new
     /// pool's sockets, or the send buffers could not be mapped): the old pool stays in force,
     /// the failure is counted, and the change is tried again a second later.
-    public mutating func abandonPoolChange() {
+    public mutating func abandonPoolChange(now: UInt64) {
         guard pendingPool != nil else { return }
         pendingPool = nil
         processor.counters[.poolChangesFailed] &+= 1
-        retryPoolChangeAt = MonotonicClock.nanoseconds() &+ Self.poolChangeRetryNanoseconds
+        retryPoolChangeAt = now &+ Self.poolChangeRetryNanoseconds
     }
 
     /// How long after a failed pool change the worker tries it again.
@@ -406,7 +408,8 @@ public struct RelayCore: ~Copyable {
     ///   - unrelayedDatagrams: datagrams received but never relayed (stop budget exhausted).
     ///   - sendsInFlight: sends whose completion never came, by the driver's count (checked
     ///     against the slots handed out).
-    public mutating func finish(unrelayedDatagrams: Int, sendsInFlight: Int) -> RelayCounters {
+    ///   - now: the time of the last publication.
+    public mutating func finish(unrelayedDatagrams: Int, sendsInFlight: Int, now: UInt64) -> RelayCounters {
         processor.counters[.datagramsDroppedAtExit] &+= UInt64(unrelayedDatagrams)
         var unsent: UInt64 = 0
         var inFlight: UInt64 = 0
@@ -424,7 +427,7 @@ public struct RelayCore: ~Copyable {
         processor.counters[.linesDroppedUnsentAtExit] &+= unsent
         processor.counters[.linesInFlightAtExit] &+= inFlight
         processor.counters[.linesDroppedHeldAtExit] &+= UInt64(holds.heldLines)
-        settings.board.publish(processor.counters)
+        settings.board.publish(processor.counters, at: now)
         return processor.counters
     }
 

@@ -53,7 +53,7 @@ public struct IOUringDriver: ~Copyable {
     ///
     /// - Throws: `SystemCallError` naming the step that failed.
     public init(settings: WorkerSettings, control: WorkerControl) throws(SystemCallError) {
-        let core = try RelayCore(settings: settings)
+        let core = try RelayCore(settings: settings, now: MonotonicClock.nanoseconds())
         let bufferCount = settings.receiveBuffers
         let sizing = settings.ringSizing(backendCount: core.pool.count)
         assert(sizing.sendSlots == core.sendBuffers.capacity, "the send slots and the ring are sized apart")
@@ -155,8 +155,9 @@ public struct IOUringDriver: ~Copyable {
             }
         }
         countKernelDrops(now: now)
-        connections.finish(now: MonotonicClock.nanoseconds(), into: &core)
-        let counters = core.finish(unrelayedDatagrams: queue.count, sendsInFlight: sends.count)
+        let end = MonotonicClock.nanoseconds()
+        connections.finish(now: end, into: &core)
+        let counters = core.finish(unrelayedDatagrams: queue.count, sendsInFlight: sends.count, now: end)
         settings.routing.unsubscribe(control.wakeup)
         if sends.inFlight > 0 || receiveArmed.contains(true) {
             // The kernel may still use this memory; keeping it mapped is the safe choice.
@@ -228,7 +229,7 @@ public struct IOUringDriver: ~Copyable {
     /// How many completions to wait for, for how long, and the minimum wait.
     private func waitPlan(now: UInt64) -> (UInt32, UInt64?, UInt32) {
         func until(_ deadline: UInt64) -> UInt64 { deadline > now ? deadline - now : 0 }
-        let flushDue = earliest(core.nextDeadline(), connections.nextConfirmation).map(until)
+        let flushDue = earliest(core.nextDeadline(now: now), connections.nextConfirmation).map(until)
         let minimumWait = settings.minimumWaitMicroseconds
         // Waiting for several completions is only safe with a minimum wait to cut it short;
         // without one the worker would sit on a lone datagram (or its stop signal).

@@ -38,7 +38,7 @@ public struct PortableDriver: ~Copyable {
     ///
     /// - Throws: `SystemCallError` naming the step that failed.
     public init(settings: WorkerSettings, control: WorkerControl) throws(SystemCallError) {
-        let core = try RelayCore(settings: settings)
+        let core = try RelayCore(settings: settings, now: MonotonicClock.nanoseconds())
         let batch: DatagramBatch
         do throws(Errno) {
             batch = try DatagramBatch(count: min(settings.receiveBuffers, 256), payloadBytes: settings.maxDatagramBytes)
@@ -116,9 +116,10 @@ public struct PortableDriver: ~Copyable {
             if core.phase == .flushing && now >= core.stopDeadline { break }
         }
         countKernelDrops(now: now)
-        connections.finish(now: MonotonicClock.nanoseconds(), into: &core)
+        let end = MonotonicClock.nanoseconds()
+        connections.finish(now: end, into: &core)
         settings.routing.unsubscribe(control.wakeup)
-        return core.finish(unrelayedDatagrams: 0, sendsInFlight: 0)
+        return core.finish(unrelayedDatagrams: 0, sendsInFlight: 0, now: end)
     }
 
     /// Counts what the kernel dropped at the listening sockets since the last reading.
@@ -132,7 +133,7 @@ public struct PortableDriver: ~Copyable {
     /// How long the next wait may last: until the next flush deadline, paced replay or
     /// confirmation; briefly while the stop is draining.
     private func waitTimeout(now: UInt64) -> UInt64 {
-        var timeout = earliest(core.nextDeadline(), connections.nextConfirmation).map { $0 > now ? $0 - now : 0 } ?? Self.idleWaitNanoseconds
+        var timeout = earliest(core.nextDeadline(now: now), connections.nextConfirmation).map { $0 > now ? $0 - now : 0 } ?? Self.idleWaitNanoseconds
         switch core.phase {
         case .running:
             break  // the next paced replay is among the core's deadlines
