@@ -267,7 +267,7 @@ public struct IOUringDriver: ~Copyable {
         case .receive:
             if completion.result >= 0, let bufferID = completion.bufferID {
                 buffers.take(bufferID)
-                queue.push(bufferID: bufferID, result: completion.result, listener: UInt8(truncatingIfNeeded: completion.userData.index))
+                queue.push(bufferID: bufferID, result: completion.result, listener: completion.userData.index)
                 receivedThisTurn = true
             } else if completion.result < 0 {
                 switch -completion.result {
