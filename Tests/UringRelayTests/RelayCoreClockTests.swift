@@ -6,7 +6,7 @@ import Testing
 /// the publication of its counters follow only the times it is given.
 @Suite("Relay core: a manual clock")
 struct RelayCoreClockTests {
-    @Test("a batch is due exactly one flush interval after it opened, by the times given (a day past any real monotonic clock), and the counters are published with the turn's time")
+    @Test("a batch is due exactly one flush interval after it opened, by the times given (a year past any real monotonic clock); the counters are published with the turn's time, and an idle core wakes for a heartbeat every 250 ms")
     func flushDeadline() throws {
         var settings = try RelayCoreTests.settings(["127.0.0.1:9001"])
         settings.flushIntervalNanoseconds = 10_000_000
@@ -38,5 +38,14 @@ struct RelayCoreClockTests {
         _ = core.endTurn(now: start + 100_000_000, moreToReceive: false)
         #expect(settings.board.publishedAt == start + 100_000_000)
         #expect(settings.board.counters?[.linesForwarded] == 1)
+        // Idle from here: the next turn is the heartbeat, 250 ms after that publication, and it
+        // publishes again.
+        let heartbeat = core.nextDeadline(now: start + 100_000_000)
+        #expect(heartbeat == start + 350_000_000)
+        core.beginTurn(now: start + 350_000_000)
+        _ = core.endTurn(now: start + 350_000_000, moreToReceive: false)
+        #expect(settings.board.publishedAt == start + 350_000_000)
+        let nextHeartbeat = core.nextDeadline(now: start + 350_000_000)
+        #expect(nextHeartbeat == start + 600_000_000)
     }
 }

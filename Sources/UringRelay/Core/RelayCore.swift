@@ -63,6 +63,8 @@ public struct RelayCore: ~Copyable {
     /// When to try again a membership change that could not be applied (`.max`: none failed).
     private var retryPoolChangeAt = UInt64.max
     private var nextPublish: UInt64
+    /// When the counters were last published (or the core started): the heartbeat counts from it.
+    private var lastPublished: UInt64
     /// Whether a turn ended since the last publication (its counters may not be on the board
     /// yet): the next publication is then a deadline, so live counters are never more than a
     /// publication interval old, even for a worker that goes idle right after.
@@ -94,6 +96,7 @@ public struct RelayCore: ~Copyable {
         replayed.reserveCapacity(processor.assembler.pool.capacity)
         slotStates = Array(repeating: [], count: processor.assembler.pool.capacity)
         nextPublish = now &+ CounterBoard.publishIntervalNanoseconds
+        lastPublished = now
         // The health monitor reads this worker's refusals from what it publishes.
         settings.routing.watchRefusals(on: settings.board)
     }
@@ -294,6 +297,7 @@ public struct RelayCore: ~Copyable {
         if now >= nextPublish {
             settings.board.publish(processor.counters, at: now)
             nextPublish = now &+ CounterBoard.publishIntervalNanoseconds
+            lastPublished = now
             hasUnpublishedTurn = false
         } else {
             hasUnpublishedTurn = true
@@ -329,11 +333,18 @@ public struct RelayCore: ~Copyable {
         return nil
     }
 
-    /// When the core next needs a turn without any I/O (a batch's flush deadline, the next
-    /// paced replay, the publication of a turn's counters), if ever.
+    /// The longest a worker goes without publishing its counters, busy or idle: its heartbeat,
+    /// which `/healthz` reads (`CounterBoard.publishedAt`). An idle worker wakes for it.
+    public static let heartbeatNanoseconds: UInt64 = 250_000_000
+
+    /// When the core next needs a turn without any I/O: a batch's flush deadline, the next
+    /// paced replay, the publication of a turn's counters, or the heartbeat (so never `nil`
+    /// today; optional for the drivers' sake).
     public func nextDeadline(now: UInt64) -> UInt64? {
         var flush = processor.assembler.nextDeadline(interval: settings.flushIntervalNanoseconds)
-        if hasUnpublishedTurn { flush = flush.map { min($0, nextPublish) } ?? nextPublish }
+        // The turn that wakes for it ends past `nextPublish` (the heartbeat is the longer), so it publishes.
+        let publication = hasUnpublishedTurn ? nextPublish : lastPublished &+ Self.heartbeatNanoseconds
+        flush = flush.map { min($0, publication) } ?? publication
         guard processor.router.policy == .hold, holds.heldPackets > 0 else { return flush }
         let router = processor.router
         let replay = holds.nextReplayTime(now: now, isReplaying: { !router.down[$0] })
