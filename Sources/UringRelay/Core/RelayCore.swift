@@ -148,6 +148,9 @@ public struct RelayCore: ~Copyable {
     /// Asks the core to stop: drain, flush, finish (see `Phase`).
     public mutating func requestStop() { stopRequested = true }
 
+    /// Whether a stop was asked for (the phase moves on only at the turn's end).
+    public var isStopRequested: Bool { stopRequested }
+
     /// Applies one command from the worker's control channel, at a turn boundary.
     ///
     /// `applySettings`: the flush interval holds at once, for the batches open too. A new packet
@@ -194,6 +197,11 @@ public struct RelayCore: ~Copyable {
         slotStates[slot].insert(.retried)
         return true
     }
+
+    /// Takes back a packet `nextOutgoing` handed out that the driver never handed to the kernel
+    /// and now will not (a stopping worker out of time, its backend's socket full): it is
+    /// counted at exit as never sent (`lines_dropped.unsent_at_exit`), not as in flight.
+    public mutating func withdrawSend(slot: Int) { slotStates[slot].remove(.handedOut) }
 
     /// Frees a sent packet's slot and says what it carried, for its backend's delivery ledger:
     /// its lines, bytes, the kernel's final answer and its fingerprint (to match the ICMP
