@@ -56,6 +56,44 @@ struct RelayCoreCommandTests {
         #expect(changes == 0)
     }
 
+    @Test("a packet length whose smaller send buffers could not carry the packets held for a down backend waits until they are replayed; relaying goes on meanwhile")
+    func packetLengthWaitsForHeldPackets() throws {
+        let backends = [try BackendAddress(parsing: "127.0.0.1:9001")]
+        var configuration = RelayConfiguration(backends: backends)
+        configuration.packetBytes = 1000
+        configuration.maxDatagramBytes = 100
+        let routing = RoutingState(pool: BackendPool(
+            backends: backends, addresses: [SocketAddress(numericHost: "127.0.0.1", port: 9001)!], policy: .hold))
+        let settings = WorkerSettings(
+            configuration: configuration, listeners: [SocketAddress(numericHost: "127.0.0.1", port: 0)!], routing: routing,
+            holdBudget: HoldBudget(totalBytes: 1 << 20, replayBytesPerSecond: 1 << 30, workers: 1))
+        var core = try RelayCore(settings: settings, now: 0)
+        routing.publish(down: [true], addresses: [SocketAddress(numericHost: "127.0.0.1", port: 9001)!])
+        core.beginTurn(now: 0)
+        // 60 lines of 14-15 bytes: about 900 bytes, one packet at 1000, held (the backend is down).
+        let lines = (0..<60).map { "held.\($0):1|c" }
+        for chunk in stride(from: 0, to: lines.count, by: 6) {
+            Self.receive(Array(lines[chunk..<chunk + 6]), into: &core, now: 0)
+        }
+        _ = core.endTurn(now: 1_000_000_000, moreToReceive: false)
+        #expect(Self.sendAll(&core).isEmpty, "held, not sent")
+        core.apply(.applySettings(packetBytes: 200, flushIntervalNanoseconds: 10_000_000), now: 1_000_000_000)
+        let waiting = (core.packetBytes, core.pendingPool == nil, core.canAcceptDatagram)
+        #expect(waiting == (1000, true, true), "the change waits, and datagrams are still taken")
+
+        routing.publish(down: [false], addresses: [SocketAddress(numericHost: "127.0.0.1", port: 9001)!])
+        core.beginTurn(now: 2_000_000_000)
+        _ = core.endTurn(now: 2_000_000_000, moreToReceive: false)
+        let replayed = Self.sendAll(&core)
+        #expect(replayed.joined() == lines.map { "\($0)\n" }.joined(), "the held packet went out whole")
+        core.beginTurn(now: 3_000_000_000)
+        let ready = core.poolChangeReady(sendsInFlight: 0)
+        #expect(ready, "with nothing held, the new length is taken")
+        try core.completePoolChange(now: 3_000_000_000)
+        let packetBytes = core.packetBytes
+        #expect(packetBytes == 200)
+    }
+
     @Test("commands apply in the order sent: of two settings the later holds")
     func inOrder() throws {
         let settings = try RelayCoreTests.settings(["127.0.0.1:9001"])

@@ -90,7 +90,8 @@ public struct RelayCore: ~Copyable {
         self.pool = pool
         identities = pool.identities
         appliedGeneration = pool.generation
-        processor = try Self.makeProcessor(for: pool, settings: settings, counters: RelayCounters(backends: pool.identities))
+        processor = try Self.makeProcessor(
+            for: pool, packetBytes: settings.packetBytes, settings: settings, counters: RelayCounters(backends: pool.identities))
         holds = HoldStore(backendCount: pool.count, budget: settings.holdBudget, packetBytes: settings.packetBytes)
         replayed = []
         replayed.reserveCapacity(processor.assembler.pool.capacity)
@@ -102,11 +103,11 @@ public struct RelayCore: ~Copyable {
     }
 
     private static func makeProcessor(
-        for pool: BackendPool, settings: WorkerSettings, counters: RelayCounters
+        for pool: BackendPool, packetBytes: Int, settings: WorkerSettings, counters: RelayCounters
     ) throws(SystemCallError) -> DatagramProcessor {
         do throws(Errno) {
             return try DatagramProcessor(
-                router: Router(pool: pool), packetBytes: settings.packetBytes, maxDatagramBytes: settings.maxDatagramBytes,
+                router: Router(pool: pool), packetBytes: packetBytes, maxDatagramBytes: settings.maxDatagramBytes,
                 counters: counters)
         } catch { throw SystemCallError("mmap", "send buffers", error) }
     }
@@ -158,6 +159,8 @@ public struct RelayCore: ~Copyable {
     /// waits, taking no datagram, until they are sent; then the send buffers are made for the
     /// new length (through `pendingPool`, as a membership change). No line is lost, split or
     /// sent twice. A stopping worker keeps its packet length: its batches are being flushed.
+    /// Held packets that the new, smaller send buffers could not carry make the change wait
+    /// until none is held (`beginTurn` looks every turn).
     public mutating func apply(_ command: WorkerCommand, now: UInt64) {
         switch command {
         case .stop:
@@ -168,8 +171,14 @@ public struct RelayCore: ~Copyable {
             settings.flushIntervalNanoseconds = flushIntervalNanoseconds
             guard packetBytes != settings.packetBytes, !stopRequested else { return }
             settings.packetBytes = packetBytes
-            startRebuild()
+            if pendingPool == nil, heldPacketsFitNewLength { startRebuild() }
         }
+    }
+
+    /// Whether held packets fit the send buffers a new packet length makes (a replayed packet
+    /// goes out whole from one slot): always when nothing is held or the slots do not shrink.
+    private var heldPacketsFitNewLength: Bool {
+        holds.heldPackets == 0 || max(settings.packetBytes, settings.maxDatagramBytes + 1) >= processor.assembler.pool.slotBytes
     }
 
     /// The packet length in force: the send buffers' (a new one waits for the old batches).
@@ -265,8 +274,10 @@ public struct RelayCore: ~Copyable {
             retryPoolChangeAt = .max
             appliedGeneration = 0
         }
-        if now >= retryPoolChangeAt, pendingPool == nil, settings.packetBytes != processor.assembler.packetBytes {
-            // The same for send buffers of a new packet length that could not be made.
+        if pendingPool == nil, settings.packetBytes != processor.assembler.packetBytes, !stopRequested,
+           retryPoolChangeAt == .max || now >= retryPoolChangeAt, heldPacketsFitNewLength {
+            // A new packet length still to take: its send buffers could not be made (tried
+            // again a second later), or held packets were waiting to be replayed.
             retryPoolChangeAt = .max
             startRebuild()
         }
@@ -386,7 +397,9 @@ public struct RelayCore: ~Copyable {
         counters.rekey(to: next.identities)
         let replacement: DatagramProcessor
         do {
-            replacement = try Self.makeProcessor(for: next, settings: settings, counters: counters)
+            // A new packet length waits while held packets would not fit its buffers.
+            let packetBytes = heldPacketsFitNewLength ? settings.packetBytes : processor.assembler.packetBytes
+            replacement = try Self.makeProcessor(for: next, packetBytes: packetBytes, settings: settings, counters: counters)
         } catch {
             abandonPoolChange(now: now)
             throw error
