@@ -5,7 +5,10 @@ import Glibc
 /// portable driver's counterpart of `send` SQEs.
 ///
 /// The backend sockets are blocking, so a full socket buffer makes the call wait for room, as
-/// the uring driver's sends do, rather than fail with `EAGAIN`.
+/// the uring driver's sends do, rather than fail with `EAGAIN`; unless the send is made
+/// `nonBlocking` (a worker that is stopping must not wait on a slow backend past its budget):
+/// then a packet that finds no room, and every later one for the same backend in the batch,
+/// has the result `-EAGAIN` and was not sent.
 public struct SendBatch: ~Copyable {
     private let vectors: UnsafeMutablePointer<iovec>
     private let headers: UnsafeMutablePointer<cl_mmsghdr>
@@ -71,7 +74,9 @@ public struct SendBatch: ~Copyable {
     /// it: that error was an earlier datagram's ICMP refusal left pending on the socket (the
     /// kernel reports it to the next send and transmits nothing), not this packet's, and
     /// reporting it cleared it.
-    public mutating func send(from pool: borrowing SendBufferPool, to sockets: borrowing BackendSockets) {
+    ///
+    /// - Parameter nonBlocking: send with `MSG_DONTWAIT` (see the type's description).
+    public mutating func send(from pool: borrowing SendBufferPool, to sockets: borrowing BackendSockets, nonBlocking: Bool = false) {
         guard count > 0 else { return }
         // A stable grouping by backend: insertion sort is fine for a batch this size.
         for index in 0..<count { order[index] = Int32(index) }
@@ -100,7 +105,7 @@ public struct SendBatch: ~Copyable {
                 headers[end] = header
                 end += 1
             }
-            sendGroup(start..<end, descriptor: sockets.descriptors[backend])
+            sendGroup(start..<end, descriptor: sockets.descriptors[backend], flags: nonBlocking ? Int32(MSG_DONTWAIT) : 0)
             start = end
         }
     }
@@ -116,11 +121,15 @@ public struct SendBatch: ~Copyable {
     /// `EPERM` and queues an ICMP error about the packet at once. So the packet is counted as
     /// failed when the socket holds a pending error again (taken here, as the next send would),
     /// and sent once more otherwise.
-    private mutating func sendGroup(_ range: Range<Int>, descriptor: Int32) {
+    ///
+    /// With `MSG_DONTWAIT`, a call that finds the socket buffer full fails with `EAGAIN` (or
+    /// stops short, and the call for the packet it stopped at fails so): that packet and the
+    /// rest of the group are left unsent with `-EAGAIN`, in order, for the caller to send later.
+    private mutating func sendGroup(_ range: Range<Int>, descriptor: Int32, flags: Int32) {
         var next = range.lowerBound
         while next < range.upperBound {
             let requested = range.upperBound - next
-            let result = cl_sendmmsg(descriptor, headers + next, UInt32(requested), 0)
+            let result = cl_sendmmsg(descriptor, headers + next, UInt32(requested), flags)
             if result > 0 {
                 for index in next..<next + Int(result) {
                     results[Int(order[index])] = Int32(clamping: headers[index].msg_len)
@@ -137,6 +146,13 @@ public struct SendBatch: ~Copyable {
                 }
             } else if result == -EINTR {
                 continue
+            } else if result == -EAGAIN {
+                for index in next..<range.upperBound {
+                    // Not a refusal retried: a full buffer (the retry after a short call met it too).
+                    retried[Int(order[index])] = false
+                    results[Int(order[index])] = -EAGAIN
+                }
+                return
             } else if result == -ECONNREFUSED && !retried[Int(order[next])] {
                 retried[Int(order[next])] = true
             } else {

@@ -25,7 +25,8 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     private let state = Mutex(State())
 
     private struct State: ~Copyable {
-        var wakeups: [WakeupEvent] = []
+        /// Each started worker's control channel, in worker order.
+        var controls: [WorkerControl] = []
         var threads: [WorkerThreadHandle] = []
         var counters: [RelayCounters] = []
         var boards: [CounterBoard] = []
@@ -203,8 +204,8 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         for index in 0..<config.threads {
             let settings = WorkerSettings(configuration: config, listeners: [listen], routing: routing, holdBudget: holdBudget)
             let board = settings.board
-            let wakeup: WakeupEvent
-            do throws(Errno) { wakeup = try WakeupEvent() } catch {
+            let control: WorkerControl
+            do throws(Errno) { control = try WorkerControl() } catch {
                 stopAndForgetWorkers()
                 throw SystemCallError("eventfd", "", error)
             }
@@ -217,7 +218,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
                     if let pinning {
                         logger.warning("worker could not be pinned", metadata: ["worker": "\(index)", "cpu": "\(cpu ?? -1)", "error": "\(pinning.operatorDescription)"])
                     }
-                    let outcome = Self.runWorker(driver: driver, settings: settings, wakeup: wakeup, started: started)
+                    let outcome = Self.runWorker(driver: driver, settings: settings, control: control, started: started)
                     switch outcome {
                     case .success(let counters)?:
                         self.state.withLock { $0.counters.append(counters) }
@@ -234,7 +235,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             }
             let handle = WorkerThreadHandle(thread)
             state.withLock {
-                $0.wakeups.append(wakeup)
+                $0.controls.append(control)
                 $0.threads.append(handle)
                 $0.boards.append(board)
             }
@@ -256,11 +257,11 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     /// Stops and joins the workers started so far and forgets them (the health monitor, not
     /// yet started, is left alone so that it can still start).
     private func stopAndForgetWorkers() {
-        let (wakeups, threads) = state.withLock { ($0.wakeups, $0.threads) }
-        for wakeup in wakeups { wakeup.signal() }
+        let (controls, threads) = state.withLock { ($0.controls, $0.threads) }
+        for control in controls { control.send(.stop) }
         for thread in threads { thread.join() }
         state.withLock { state in
-            state.wakeups = []
+            state.controls = []
             state.threads = []
             state.boards = []
             // What the stopped workers relayed stays counted.
@@ -280,20 +281,23 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     ///
     /// - Returns: the counters, the driver's failure, or `nil` if it never started.
     private static func runWorker(
-        driver: IOBackendChoice, settings: WorkerSettings, wakeup: WakeupEvent, started: StartupSignal
+        driver: IOBackendChoice, settings: WorkerSettings, control: WorkerControl, started: StartupSignal
     ) -> Result<RelayCounters, SystemCallError>? {
+        // However the worker ends (stopped, failed to start, failed running), a command sent to
+        // it from then on, or still queued, is refused at once: nothing waits for it.
+        defer { control.close() }
         switch driver {
-        case .portable: run(PortableDriver.self, settings: settings, wakeup: wakeup, started: started)
-        case .uring, .auto: run(IOUringDriver.self, settings: settings, wakeup: wakeup, started: started)
+        case .portable: return run(PortableDriver.self, settings: settings, control: control, started: started)
+        case .uring, .auto: return run(IOUringDriver.self, settings: settings, control: control, started: started)
         }
     }
 
     /// Opens one driver of type `Driver`, reports its start, runs it (see `runWorker`).
     private static func run<Driver: IODriver & ~Copyable>(
-        _: Driver.Type, settings: WorkerSettings, wakeup: WakeupEvent, started: StartupSignal
+        _: Driver.Type, settings: WorkerSettings, control: WorkerControl, started: StartupSignal
     ) -> Result<RelayCounters, SystemCallError>? {
         let worker: Driver
-        do throws(SystemCallError) { worker = try Driver(settings: settings, wakeup: wakeup) } catch {
+        do throws(SystemCallError) { worker = try Driver(settings: settings, control: control) } catch {
             started.report(.failure(error))
             return nil
         }
@@ -332,9 +336,15 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     ///
     /// Applied: backends added, removed, reordered or relabelled, and the down-policy, as one
     /// pool change every worker takes at a turn boundary after sending the old pool's batches
-    /// (no line lost or sent twice, each routed wholly by one pool); the health checks and the
-    /// name refresh, taken by the monitor between two rounds. The log level is the caller's to
-    /// apply (`result.logLevel`).
+    /// (no line lost or sent twice, each routed wholly by one pool); the packet length and the
+    /// flush interval, sent to every worker's control channel (`WorkerCommand.applySettings`);
+    /// the health checks and the name refresh, taken by the monitor between two rounds. The log
+    /// level is the caller's to apply (`result.logLevel`).
+    ///
+    /// The reload counts as a success only once every worker has applied it at a turn boundary,
+    /// awaited at most `workerAnswerNanoseconds`: a worker that stopped, or did not answer in
+    /// time, makes it a failure (`result` is then in force in the workers that did apply it, and
+    /// `workersNotApplied` says how many did not).
     /// - Parameters:
     ///   - candidate: the new configuration, validated (`RelayConfiguration.validate`).
     ///   - addresses: its backends' addresses, resolved (a `BackendLookup` the caller waited for).
@@ -368,8 +378,40 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             routing.replaceBackends(next.backends, addresses: next.backends.map { byBackend[$0.description]! }, policy: next.onBackendDown)
         }
         monitor.update(next)
-        reloads.recordSuccess(at: Relay.unixTime())
-        return plan
+        var reported = plan
+        let answers = tellWorkers([
+            .applySettings(packetBytes: next.packetBytes, flushIntervalNanoseconds: next.flushIntervalNanoseconds),
+            .followPool,
+        ])
+        reported.workersNotApplied = answers.refused + answers.unanswered
+        if reported.workersNotApplied == 0 {
+            reloads.recordSuccess(at: Relay.unixTime())
+        } else {
+            reloads.recordFailure()
+        }
+        return reported
+    }
+
+    /// How long a reload waits for every worker to apply it.
+    public static let workerAnswerNanoseconds: UInt64 = 2_000_000_000
+
+    /// Sends `commands` to every started worker, in order, and waits (at most
+    /// `workerAnswerNanoseconds`) until each has applied the last (so all of them: a worker
+    /// applies its commands in order).
+    ///
+    /// - Returns: how many workers applied them, refused them (stopped) and did not answer in time.
+    @discardableResult
+    public func tellWorkers(
+        _ commands: [WorkerCommand], timeoutNanoseconds: UInt64 = Relay.workerAnswerNanoseconds
+    ) -> CommandReceipt.Outcome {
+        let controls = state.withLock { $0.controls }
+        guard let last = commands.last else { return CommandReceipt.Outcome(applied: controls.count, refused: 0, unanswered: 0) }
+        let receipt = CommandReceipt(workers: controls.count)
+        for control in controls {
+            for command in commands.dropLast() { control.send(command) }
+            control.send(last, receipt: receipt)
+        }
+        return receipt.wait(timeoutNanoseconds: timeoutNanoseconds)
     }
 
     /// `reload(to:addresses:)`, looking the backends' names up first (concurrently, waiting at
@@ -394,11 +436,11 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
 
     /// Asks every worker to drain, flush and stop; returns at once (see `wait`).
     public func stop() {
-        let wakeups = state.withLock { state in
+        let controls = state.withLock { state in
             state.stopping = true
-            return state.wakeups
+            return state.controls
         }
-        for wakeup in wakeups { wakeup.signal() }
+        for control in controls { control.send(.stop) }
         monitor.stop()
         sendFailures.stop()
     }

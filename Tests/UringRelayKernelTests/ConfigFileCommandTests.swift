@@ -50,9 +50,9 @@ struct ConfigFileCommandTests {
             #expect(output.contains("\n\(key.name):"), "\(key.name) is missing:\n\(output)")
         }
         #expect(output.contains("\nlisteners:  # reload: needs a restart\n- 0.0.0.0:9125\n"), "\(output)")
-        #expect(output.contains("\npacket-len: 512  # reload: needs a restart\n"), "\(output)")
+        #expect(output.contains("\npacket-len: 512  # reload: applied at SIGHUP\n"), "\(output)")
         #expect(output.contains("\non-backend-down: hold  # reload: applied at SIGHUP\n"), "\(output)")
-        #expect(output.contains("\nflush-interval: 10ms  # reload: needs a restart\n"), "\(output)")  // a default
+        #expect(output.contains("\nflush-interval: 10ms  # reload: applied at SIGHUP\n"), "\(output)")  // a default
         #expect(output.contains("""
 
             backends:  # reload: applied at SIGHUP

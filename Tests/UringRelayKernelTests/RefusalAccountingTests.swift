@@ -233,7 +233,7 @@ struct RefusalSocketTests {
         let settings = WorkerSettings(
             configuration: configuration, listeners: [SocketAddress(numericHost: "127.0.0.1", port: 0)!], routing: routing,
             holdBudget: HoldBudget(totalBytes: 1 << 20, replayBytesPerSecond: 1 << 20, workers: 1))
-        var core = try RelayCore(settings: settings)
+        var core = try RelayCore(settings: settings, now: 0)
         var connections = try BackendConnections(pool: core.pool, sendSlots: core.sendBuffers.capacity, sendBufferBytes: settings.backendSendBufferBytes)
 
         // A packet handed to the kernel on the socket to the dead address…
@@ -263,7 +263,7 @@ struct RefusalSocketTests {
 
         // Loopback queued the refusal during the send; the final drains read both sockets.
         connections.finish(now: 40, into: &core)
-        let counters = core.finish(unrelayedDatagrams: 0, sendsInFlight: 0)
+        let counters = core.finish(unrelayedDatagrams: 0, sendsInFlight: 0, now: 40)
         let identity = backend.description
         #expect(counters[.linesRefused, backend: identity] == 1, "the packet sent on the old socket was refused there")
         #expect(counters[.unattributedLosses, backend: identity] == 0, "its refusal found its packet")

@@ -294,7 +294,7 @@ struct ConfigFileTests {
         #expect(try ConfigFile.resolve(file: file, flags: ConfigFile(), allowedCPUs: [0, 1]) == configuration)
     }
 
-    @Test("a reload applies backends, down-policy, health checks, dns-refresh and log level, and keeps the others with the reason")
+    @Test("a reload applies backends, packet length, flush interval, down-policy, health checks, dns-refresh and log level, and keeps the others with the reason")
     func reloadPlan() throws {
         let running = Self.expected(Self.one)
         var candidate = running
@@ -305,17 +305,21 @@ struct ConfigFileTests {
         candidate.dnsRefreshNanoseconds = 5_000_000_000
         candidate.logLevel = .debug
         candidate.packetBytes = 512
+        candidate.flushIntervalNanoseconds = 50_000_000
+        candidate.shutdownTimeoutNanoseconds = 2_000_000_000
         candidate.threads = 1
         candidate.port = 9000
         let plan = ConfigFileReload(running: running, candidate: candidate, holdBytesInUse: 0)
-        #expect(plan.applied.map(\.key) == ["backends", "health-check", "health-rise", "on-backend-down", "dns-refresh", "log-level"])
-        #expect(plan.kept.map(\.key) == ["listeners", "packet-len", "threads"])
-        #expect(plan.kept.first { $0.key == "packet-len" } == ConfigFileReload.Change(
-            key: "packet-len", running: "1400", file: "512", applied: false,
-            reason: "needs a restart: the workers take it only when they start, until each has a control channel (issue 13, section 1); applied at next start"))
+        #expect(plan.applied.map(\.key) == [
+            "backends", "packet-len", "flush-interval", "health-check", "health-rise", "on-backend-down", "dns-refresh", "log-level",
+        ])
+        #expect(plan.kept.map(\.key) == ["listeners", "shutdown-timeout", "threads"])
+        #expect(plan.kept.first { $0.key == "shutdown-timeout" } == ConfigFileReload.Change(
+            key: "shutdown-timeout", running: "900ms", file: "2s", applied: false,
+            reason: "needs a restart: the workers take it only when they start; applied at next start"))
         #expect(plan.kept.first { $0.key == "threads" }?.reason == "needs a restart: fixed for the life of the process; applied at next start")
         var want = candidate
-        want.packetBytes = 1400
+        want.shutdownTimeoutNanoseconds = running.shutdownTimeoutNanoseconds
         want.threads = 2
         want.port = 8125
         #expect(plan.result == want)

@@ -33,9 +33,9 @@ private struct HoldingWorkers: ~Copyable {
                 configuration: configuration, listeners: [SocketAddress(numericHost: "127.0.0.1", port: 0)!], routing: routing,
                 holdBudget: budget)
         }
-        let firstCore = try RelayCore(settings: settings())
+        let firstCore = try RelayCore(settings: settings(), now: 0)
         var secondCore: RelayCore? = nil
-        if workers == 2 { secondCore = try RelayCore(settings: settings()) }
+        if workers == 2 { secondCore = try RelayCore(settings: settings(), now: 0) }
         first = firstCore
         second = secondCore
         self.routing = routing
@@ -74,9 +74,9 @@ private struct HoldingWorkers: ~Copyable {
     /// Every worker's counters once each has stopped.
     mutating func finish() -> RelayCounters {
         var total = RelayCounters(backends: routing.current.identities)
-        total += first.finish(unrelayedDatagrams: 0, sendsInFlight: 0)
+        total += first.finish(unrelayedDatagrams: 0, sendsInFlight: 0, now: 0)
         if var core = second.take() {
-            total += core.finish(unrelayedDatagrams: 0, sendsInFlight: 0)
+            total += core.finish(unrelayedDatagrams: 0, sendsInFlight: 0, now: 0)
             second = consume core
         }
         return total

@@ -53,7 +53,7 @@ struct SendRetryCoreTests {
     /// A core with one backend that has packed `lines` lines into one packet per line.
     static func core(lines: Int) throws -> RelayCore {
         let settings = try RelayCoreTests.settings(["127.0.0.1:9001"])
-        var core = try RelayCore(settings: settings)
+        var core = try RelayCore(settings: settings, now: 0)
         core.beginTurn(now: 0)
         for index in 0..<lines {
             // A line the size of the packet limit goes alone: one packet per line.
@@ -112,7 +112,7 @@ struct SendRetryCoreTests {
         let completed = try #require(next)
         _ = core.sendCompleted(slot: completed.slot, result: completed.length)
         // The third packet is never handed out.
-        let counters = core.finish(unrelayedDatagrams: 0, sendsInFlight: 1)
+        let counters = core.finish(unrelayedDatagrams: 0, sendsInFlight: 1, now: 0)
         #expect(counters[.linesInFlightAtExit] == 1)
         #expect(counters[.linesDroppedUnsentAtExit] == 1)
         #expect(counters[.linesUnconfirmedAtExit] == 0 && counters[.linesDoubted] == 0)

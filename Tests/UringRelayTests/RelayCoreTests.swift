@@ -18,7 +18,7 @@ struct RelayCoreTests {
     @Test("a membership change waits for the old pool's batches, then switches; counters follow identities")
     func changeAfterBatchesAreSent() throws {
         let settings = try Self.settings(["127.0.0.1:9001", "127.0.0.1:9002"])
-        var core = try RelayCore(settings: settings)
+        var core = try RelayCore(settings: settings, now: 0)
         core.beginTurn(now: 0)
         core.receive(.datagram(length: 11), Array("kept:1|c\nx:1".utf8).span.bytes, listener: 0, now: 0)
         settings.routing.replaceBackends(
@@ -36,7 +36,7 @@ struct RelayCoreTests {
         #expect(sent.map(\.lines).reduce(0, +) == 2, "the batches open at the change went out by the old pool")
         let ready = core.poolChangeReady(sendsInFlight: 0)
         #expect(ready)
-        try core.completePoolChange()
+        try core.completePoolChange(now: 0)
         let identities = core.pool.identities
         let acceptingAfter = core.canAcceptDatagram
         let changes = core.counters[.poolChanges]
@@ -48,14 +48,14 @@ struct RelayCoreTests {
     @Test("a pool change that could not be applied is tried again a second later, not forgotten")
     func failedChangeIsRetried() throws {
         let settings = try Self.settings(["127.0.0.1:9001"])
-        var core = try RelayCore(settings: settings)
+        var core = try RelayCore(settings: settings, now: 0)
         settings.routing.replaceBackends(
             [try BackendAddress(parsing: "127.0.0.1:9004")], addresses: [SocketAddress(numericHost: "127.0.0.1", port: 9004)!])
         let start = MonotonicClock.nanoseconds()
         core.beginTurn(now: start)
         let pendingFirst = core.pendingPool != nil
         #expect(pendingFirst)
-        core.abandonPoolChange()  // as a driver does when the new sockets cannot be opened
+        core.abandonPoolChange(now: start)  // as a driver does when the new sockets cannot be opened
         let failed = core.counters[.poolChangesFailed]
         #expect(failed == 1)
         core.beginTurn(now: start)

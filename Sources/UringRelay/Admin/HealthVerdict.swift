@@ -2,8 +2,8 @@
 /// recently and no stop was asked for; 503 with a one-line reason otherwise.
 ///
 /// A worker publishes its counters at a loop turn boundary (`CounterBoard`): every 100 ms while
-/// traffic flows, and when its idle wait ends (at most a second) while none does. A board left
-/// unpublished for `staleAfterNanoseconds` means the worker's loop is stuck or gone.
+/// traffic flows, and at least every 250 ms (`RelayCore.heartbeatNanoseconds`) while none does.
+/// A board left unpublished for `staleAfterNanoseconds` means the worker's loop is stuck or gone.
 public struct HealthVerdict: Sendable, Equatable {
     /// Whether the relay is healthy (200) or not (503).
     public var healthy: Bool
@@ -16,9 +16,9 @@ public struct HealthVerdict: Sendable, Equatable {
         self.reason = reason
     }
 
-    /// How long a worker may go without publishing before it counts as stale: three idle waits
-    /// (a second each), so an idle worker is never stale but a stuck one is within 3 s.
-    public static let staleAfterNanoseconds: UInt64 = 3_000_000_000
+    /// How long a worker may go without publishing before it counts as stale: four heartbeats,
+    /// so an idle worker on a busy host is not stale, but a stuck one is within a second.
+    public static let staleAfterNanoseconds: UInt64 = 4 * RelayCore.heartbeatNanoseconds
 
     /// The verdict for a relay in this state.
     ///

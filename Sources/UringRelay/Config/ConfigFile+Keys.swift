@@ -1,10 +1,11 @@
 extension ConfigFile {
     /// What a SIGHUP does with a key whose value changed in the file.
     public enum Reload: String, Sendable, CaseIterable {
-        /// Applied at once: backends, down-policy, health checks, name refresh, log level.
+        /// Applied at once: backends, down-policy, packet length, flush interval, health checks,
+        /// name refresh, log level.
         case applied
-        /// Kept (and logged): the workers take it only when they start, until each has a control
-        /// channel to be told while running (issue 13, section 1). The file's value applies at the
+        /// Kept (and logged): the workers take it only when they start (their control channel
+        /// does not carry it yet: listeners, the stop budget). The file's value applies at the
         /// next start.
         case atNextStart = "at-next-start"
         /// Kept (and logged): fixed for the life of the process (threads and their CPUs, rings and
@@ -38,8 +39,8 @@ extension ConfigFile {
         Key("bind", .atNextStart),
         Key("port", .atNextStart),
         Key("backends", .applied),
-        Key("packet-len", .atNextStart),
-        Key("flush-interval", .atNextStart),
+        Key("packet-len", .applied),
+        Key("flush-interval", .applied),
         Key("shutdown-timeout", .atNextStart),
         Key("rcvbuf", .restart),
         Key("max-datagram", .restart),

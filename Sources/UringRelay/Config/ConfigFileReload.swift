@@ -2,7 +2,8 @@
 /// it is applied now or kept at its running value until the next start.
 ///
 /// Applied now (`ConfigFile.Reload.applied`): `backends` (added, removed, reordered, a backend's
-/// label or health-check port), `on-backend-down`, the health checks (`health-check`,
+/// label or health-check port), `on-backend-down`, `packet-len`, `flush-interval` (through every
+/// worker's control channel), the health checks (`health-check`,
 /// `health-check-port`, `health-interval`, `health-timeout`, `health-rise`, `health-fall`),
 /// flap damping (`flap-hold`, `flap-hold-max`), `dns-refresh`, `stop-delay` and `log-level`. Every other key keeps its running value and is logged as
 /// needing a restart. One exception is decided here: leaving `hold` while packets are held would
@@ -28,6 +29,10 @@ public struct ConfigFileReload: Sendable, Equatable {
     /// The configuration in force after the reload: the running one with the applied keys
     /// taken from the file.
     public var result: RelayConfiguration
+    /// Workers that did not apply the reload (stopped, or not answering within
+    /// `Relay.workerAnswerNanoseconds`): 0 when every worker did (`Relay.reload` counts the
+    /// reload a success only then).
+    public var workersNotApplied = 0
 
     /// The plan for going from `running` to `candidate`.
     ///
@@ -55,8 +60,7 @@ public struct ConfigFileReload: Sendable, Equatable {
                     Self.take(key.name, from: candidate, into: &result)
                 }
             case .atNextStart:
-                change.reason = "needs a restart: the workers take it only when they start, until each has a control channel"
-                    + " (issue 13, section 1); applied at next start"
+                change.reason = "needs a restart: the workers take it only when they start; applied at next start"
             case .restart:
                 change.reason = "needs a restart: fixed for the life of the process; applied at next start"
             }
@@ -77,6 +81,8 @@ public struct ConfigFileReload: Sendable, Equatable {
         case "health-rise": result.healthRise = candidate.healthRise
         case "health-fall": result.healthFall = candidate.healthFall
         case "on-backend-down": result.onBackendDown = candidate.onBackendDown
+        case "packet-len": result.packetBytes = candidate.packetBytes
+        case "flush-interval": result.flushIntervalNanoseconds = candidate.flushIntervalNanoseconds
         case "dns-refresh": result.dnsRefreshNanoseconds = candidate.dnsRefreshNanoseconds
         case "log-level": result.logLevel = candidate.logLevel
         case "stop-delay": result.stopDelayNanoseconds = candidate.stopDelayNanoseconds

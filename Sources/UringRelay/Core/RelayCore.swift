@@ -8,13 +8,21 @@ import RelayKernel
 /// A driver (io_uring or portable) owns the kernel resources and calls, per loop turn:
 /// `receive` for each datagram (while `canAcceptDatagram`), `sendCompleted` for each send
 /// result, then `endTurn`; then it sends what `nextOutgoing` hands out. The core never sees a
-/// ring, a socket or a system call, and a driver never sees a StatsD line.
+/// ring, a socket or a system call, and a driver never sees a StatsD line. Nor does it read a
+/// clock: every call that needs the time takes it (`now`, monotonic nanoseconds), so a test
+/// drives it with a clock of its own.
 ///
 /// A pool change of membership (backends added, removed or reordered) is applied at a turn
 /// boundary, never inside a datagram: the core closes the old pool's batches and stops taking
 /// datagrams until the driver has sent them all (`pendingPool` is then handed to the driver to
 /// connect the new pool's sockets) and calls `completePoolChange`. No line is lost or sent
 /// twice, and each line is routed wholly by one pool.
+///
+/// What the worker is told while it runs (`WorkerCommand`: stop, new settings, follow the
+/// pool) the driver hands to `apply(_:now:)` at the start of a turn, in the order sent. A new
+/// packet length takes the same path as a membership change: the open batches close (they go
+/// out at the old length), no datagram is taken until they are all sent, then the send buffers
+/// are made again for the new length (`pendingPool` is then the pool in force).
 public struct RelayCore: ~Copyable {
     /// Where a worker is in its life.
     public enum Phase: Sendable {
@@ -55,11 +63,13 @@ public struct RelayCore: ~Copyable {
     /// When to try again a membership change that could not be applied (`.max`: none failed).
     private var retryPoolChangeAt = UInt64.max
     private var nextPublish: UInt64
+    /// When the counters were last published (or the core started): the heartbeat counts from it.
+    private var lastPublished: UInt64
     /// Whether a turn ended since the last publication (its counters may not be on the board
     /// yet): the next publication is then a deadline, so live counters are never more than a
     /// publication interval old, even for a worker that goes idle right after.
     private var hasUnpublishedTurn = false
-    private let settings: WorkerSettings
+    private var settings: WorkerSettings
     /// Per send slot: `handedOut` once `nextOutgoing` gave it to the driver, `retried` once a
     /// send of it was tried again; cleared when its send completes.
     private var slotStates: [SlotState]
@@ -71,31 +81,33 @@ public struct RelayCore: ~Copyable {
         static let retried = SlotState(rawValue: 2)
     }
 
-    /// A core routing by `settings.routing`'s current pool.
+    /// A core routing by `settings.routing`'s current pool, started at `now`.
     ///
     /// - Throws: `SystemCallError` when the send buffers cannot be mapped.
-    public init(settings: WorkerSettings) throws(SystemCallError) {
+    public init(settings: WorkerSettings, now: UInt64) throws(SystemCallError) {
         let pool = settings.routing.current
         self.settings = settings
         self.pool = pool
         identities = pool.identities
         appliedGeneration = pool.generation
-        processor = try Self.makeProcessor(for: pool, settings: settings, counters: RelayCounters(backends: pool.identities))
+        processor = try Self.makeProcessor(
+            for: pool, packetBytes: settings.packetBytes, settings: settings, counters: RelayCounters(backends: pool.identities))
         holds = HoldStore(backendCount: pool.count, budget: settings.holdBudget, packetBytes: settings.packetBytes)
         replayed = []
         replayed.reserveCapacity(processor.assembler.pool.capacity)
         slotStates = Array(repeating: [], count: processor.assembler.pool.capacity)
-        nextPublish = MonotonicClock.nanoseconds() &+ CounterBoard.publishIntervalNanoseconds
+        nextPublish = now &+ CounterBoard.publishIntervalNanoseconds
+        lastPublished = now
         // The health monitor reads this worker's refusals from what it publishes.
         settings.routing.watchRefusals(on: settings.board)
     }
 
     private static func makeProcessor(
-        for pool: BackendPool, settings: WorkerSettings, counters: RelayCounters
+        for pool: BackendPool, packetBytes: Int, settings: WorkerSettings, counters: RelayCounters
     ) throws(SystemCallError) -> DatagramProcessor {
         do throws(Errno) {
             return try DatagramProcessor(
-                router: Router(pool: pool), packetBytes: settings.packetBytes, maxDatagramBytes: settings.maxDatagramBytes,
+                router: Router(pool: pool), packetBytes: packetBytes, maxDatagramBytes: settings.maxDatagramBytes,
                 counters: counters)
         } catch { throw SystemCallError("mmap", "send buffers", error) }
     }
@@ -137,6 +149,52 @@ public struct RelayCore: ~Copyable {
     /// Asks the core to stop: drain, flush, finish (see `Phase`).
     public mutating func requestStop() { stopRequested = true }
 
+    /// Whether a stop was asked for (the phase moves on only at the turn's end).
+    public var isStopRequested: Bool { stopRequested }
+
+    /// Applies one command from the worker's control channel, at a turn boundary.
+    ///
+    /// `applySettings`: the flush interval holds at once, for the batches open too. A new packet
+    /// length closes every open batch (packed at the old length, they go out as they are) and
+    /// waits, taking no datagram, until they are sent; then the send buffers are made for the
+    /// new length (through `pendingPool`, as a membership change). No line is lost, split or
+    /// sent twice. A stopping worker keeps its packet length: its batches are being flushed.
+    /// Held packets that the new, smaller send buffers could not carry make the change wait
+    /// until none is held (`beginTurn` looks every turn).
+    public mutating func apply(_ command: WorkerCommand, now: UInt64) {
+        switch command {
+        case .stop:
+            requestStop()
+        case .followPool:
+            applyPublishedPool()
+        case .applySettings(let packetBytes, let flushIntervalNanoseconds):
+            settings.flushIntervalNanoseconds = flushIntervalNanoseconds
+            guard packetBytes != settings.packetBytes, !stopRequested else { return }
+            settings.packetBytes = packetBytes
+            if pendingPool == nil, heldPacketsFitNewLength { startRebuild() }
+        }
+    }
+
+    /// Whether held packets fit the send buffers a new packet length makes (a replayed packet
+    /// goes out whole from one slot): always when nothing is held or the slots do not shrink.
+    private var heldPacketsFitNewLength: Bool {
+        holds.heldPackets == 0 || max(settings.packetBytes, settings.maxDatagramBytes + 1) >= processor.assembler.pool.slotBytes
+    }
+
+    /// The packet length in force: the send buffers' (a new one waits for the old batches).
+    public var packetBytes: Int { processor.assembler.packetBytes }
+
+    /// The flush interval in force.
+    public var flushIntervalNanoseconds: UInt64 { settings.flushIntervalNanoseconds }
+
+    /// Closes every open batch and waits for them to be sent before the send buffers are made
+    /// again (for a new packet length): the pool in force becomes the pending one, unless a
+    /// membership change is waiting already (it makes the buffers with the new length too).
+    private mutating func startRebuild() {
+        processor.assembler.closeAll()
+        if pendingPool == nil { pendingPool = pool }
+    }
+
     /// Whether a failed send should be tried again: the first time a slot's send fails with
     /// `ECONNREFUSED`. That error is an earlier packet's ICMP refusal left pending on the
     /// socket, which the kernel reported to this send instead of transmitting it (and cleared):
@@ -148,6 +206,11 @@ public struct RelayCore: ~Copyable {
         slotStates[slot].insert(.retried)
         return true
     }
+
+    /// Takes back a packet `nextOutgoing` handed out that the driver never handed to the kernel
+    /// and now will not (a stopping worker out of time, its backend's socket full): it is
+    /// counted at exit as never sent (`lines_dropped.unsent_at_exit`), not as in flight.
+    public mutating func withdrawSend(slot: Int) { slotStates[slot].remove(.handedOut) }
 
     /// Frees a sent packet's slot and says what it carried, for its backend's delivery ledger:
     /// its lines, bytes, the kernel's final answer and its fingerprint (to match the ICMP
@@ -211,6 +274,13 @@ public struct RelayCore: ~Copyable {
             retryPoolChangeAt = .max
             appliedGeneration = 0
         }
+        if pendingPool == nil, settings.packetBytes != processor.assembler.packetBytes, !stopRequested,
+           retryPoolChangeAt == .max || now >= retryPoolChangeAt, heldPacketsFitNewLength {
+            // A new packet length still to take: its send buffers could not be made (tried
+            // again a second later), or held packets were waiting to be replayed.
+            retryPoolChangeAt = .max
+            startRebuild()
+        }
         applyPublishedPool()
     }
 
@@ -244,8 +314,9 @@ public struct RelayCore: ~Copyable {
         }
         replayHeld(now: now)
         if now >= nextPublish {
-            settings.board.publish(processor.counters)
+            settings.board.publish(processor.counters, at: now)
             nextPublish = now &+ CounterBoard.publishIntervalNanoseconds
+            lastPublished = now
             hasUnpublishedTurn = false
         } else {
             hasUnpublishedTurn = true
@@ -281,14 +352,21 @@ public struct RelayCore: ~Copyable {
         return nil
     }
 
-    /// When the core next needs a turn without any I/O (a batch's flush deadline, the next
-    /// paced replay, the publication of a turn's counters), if ever.
-    public func nextDeadline() -> UInt64? {
+    /// The longest a worker goes without publishing its counters, busy or idle: its heartbeat,
+    /// which `/healthz` reads (`CounterBoard.publishedAt`). An idle worker wakes for it.
+    public static let heartbeatNanoseconds: UInt64 = 250_000_000
+
+    /// When the core next needs a turn without any I/O: a batch's flush deadline, the next
+    /// paced replay, the publication of a turn's counters, or the heartbeat (so never `nil`
+    /// today; optional for the drivers' sake).
+    public func nextDeadline(now: UInt64) -> UInt64? {
         var flush = processor.assembler.nextDeadline(interval: settings.flushIntervalNanoseconds)
-        if hasUnpublishedTurn { flush = flush.map { min($0, nextPublish) } ?? nextPublish }
+        // The turn that wakes for it ends past `nextPublish` (the heartbeat is the longer), so it publishes.
+        let publication = hasUnpublishedTurn ? nextPublish : lastPublished &+ Self.heartbeatNanoseconds
+        flush = flush.map { min($0, publication) } ?? publication
         guard processor.router.policy == .hold, holds.heldPackets > 0 else { return flush }
         let router = processor.router
-        let replay = holds.nextReplayTime(now: MonotonicClock.nanoseconds(), isReplaying: { !router.down[$0] })
+        let replay = holds.nextReplayTime(now: now, isReplaying: { !router.down[$0] })
         guard let replay else { return flush }
         return flush.map { min($0, replay) } ?? replay
     }
@@ -312,20 +390,23 @@ public struct RelayCore: ~Copyable {
     ///
     /// - Throws: `SystemCallError` if the new send buffers cannot be mapped; the old pool then
     ///   stays in force, the failure is counted and the change is tried again (`beginTurn`).
-    public mutating func completePoolChange() throws(SystemCallError) {
+    public mutating func completePoolChange(now: UInt64) throws(SystemCallError) {
         guard let next = pendingPool else { return }
         var counters = processor.counters
         let positions = pool.positions(in: next)
         counters.rekey(to: next.identities)
         let replacement: DatagramProcessor
         do {
-            replacement = try Self.makeProcessor(for: next, settings: settings, counters: counters)
+            // A new packet length waits while held packets would not fit its buffers.
+            let packetBytes = heldPacketsFitNewLength ? settings.packetBytes : processor.assembler.packetBytes
+            replacement = try Self.makeProcessor(for: next, packetBytes: packetBytes, settings: settings, counters: counters)
         } catch {
-            abandonPoolChange()
+            abandonPoolChange(now: now)
             throw error
         }
         pendingPool = nil
         processor = replacement
+        let membershipChanged = next.membership != pool.membership
         // Every send of the old pool has completed (the change waits for them).
         slotStates = Array(repeating: [], count: processor.assembler.pool.capacity)
         // Held packets follow their backend; a removed backend's are dropped and counted.
@@ -333,17 +414,18 @@ public struct RelayCore: ~Copyable {
         processor.counters[.linesDroppedBackendRemoved] &+= UInt64(removedLines)
         pool = next
         identities = next.identities
-        processor.counters[.poolChanges] &+= 1
+        // A rebuild for a new packet length keeps the pool: not a pool change.
+        if membershipChanged { processor.counters[.poolChanges] &+= 1 }
     }
 
     /// Gives up a waiting membership change for now (the driver could not connect the new
     /// pool's sockets, or the send buffers could not be mapped): the old pool stays in force,
     /// the failure is counted, and the change is tried again a second later.
-    public mutating func abandonPoolChange() {
+    public mutating func abandonPoolChange(now: UInt64) {
         guard pendingPool != nil else { return }
         pendingPool = nil
         processor.counters[.poolChangesFailed] &+= 1
-        retryPoolChangeAt = MonotonicClock.nanoseconds() &+ Self.poolChangeRetryNanoseconds
+        retryPoolChangeAt = now &+ Self.poolChangeRetryNanoseconds
     }
 
     /// How long after a failed pool change the worker tries it again.
@@ -358,7 +440,8 @@ public struct RelayCore: ~Copyable {
     ///   - unrelayedDatagrams: datagrams received but never relayed (stop budget exhausted).
     ///   - sendsInFlight: sends whose completion never came, by the driver's count (checked
     ///     against the slots handed out).
-    public mutating func finish(unrelayedDatagrams: Int, sendsInFlight: Int) -> RelayCounters {
+    ///   - now: the time of the last publication.
+    public mutating func finish(unrelayedDatagrams: Int, sendsInFlight: Int, now: UInt64) -> RelayCounters {
         processor.counters[.datagramsDroppedAtExit] &+= UInt64(unrelayedDatagrams)
         var unsent: UInt64 = 0
         var inFlight: UInt64 = 0
@@ -376,7 +459,7 @@ public struct RelayCore: ~Copyable {
         processor.counters[.linesDroppedUnsentAtExit] &+= unsent
         processor.counters[.linesInFlightAtExit] &+= inFlight
         processor.counters[.linesDroppedHeldAtExit] &+= UInt64(holds.heldLines)
-        settings.board.publish(processor.counters)
+        settings.board.publish(processor.counters, at: now)
         return processor.counters
     }
 

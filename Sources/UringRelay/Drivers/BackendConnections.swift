@@ -195,10 +195,10 @@ struct BackendConnections: ~Copyable {
             replacement = try sockets.rebuilt(
                 keeping: kept, addresses: next.addresses, sendBufferBytes: sendBufferBytes, retiring: &retired.sockets)
         } catch {
-            core.abandonPoolChange()
+            core.abandonPoolChange(now: now)
             return
         }
-        do { try core.completePoolChange() } catch {
+        do { try core.completePoolChange(now: now) } catch {
             // The old pool stays in force (the core counts the failure): undo the retirement.
             while retired.sockets.count > retiredBefore { retired.sockets.closeSocket(at: retired.sockets.count - 1) }
             return

@@ -24,8 +24,7 @@ public struct IOUringDriver: ~Copyable {
     private var buffers: ProvidedBufferRing
     private var listeners: RigidArray<UDPSocket>
     private var connections: BackendConnections
-    private let wakeup: WakeupEvent
-    private let poolChanged: WakeupEvent
+    private let control: WorkerControl
     private var core: RelayCore
     private var queue: ReceiveQueue
     private let settings: WorkerSettings
@@ -34,9 +33,8 @@ public struct IOUringDriver: ~Copyable {
     private var receivedThisTurn = false
     private var sends: OrderedSends
     private var drops: ListenerDrops
-    /// Polls to arm (again) before the next wait: the stop signal's, the pool publications'.
+    /// Whether the control event's poll is to be armed (again) before the next wait.
     private var wakeupPollWanted = true
-    private var routingPollWanted = true
     /// Receives whose cancellation is still to be submitted (receiving is stopping).
     private var cancelWanted: [Bool]
     /// A request found no room in the submission queue since the last wait: nothing more is
@@ -54,8 +52,8 @@ public struct IOUringDriver: ~Copyable {
     /// accepts submissions only from the thread that created it (`SINGLE_ISSUER`).
     ///
     /// - Throws: `SystemCallError` naming the step that failed.
-    public init(settings: WorkerSettings, wakeup: WakeupEvent) throws(SystemCallError) {
-        let core = try RelayCore(settings: settings)
+    public init(settings: WorkerSettings, control: WorkerControl) throws(SystemCallError) {
+        let core = try RelayCore(settings: settings, now: MonotonicClock.nanoseconds())
         let bufferCount = settings.receiveBuffers
         let sizing = settings.ringSizing(backendCount: core.pool.count)
         assert(sizing.sendSlots == core.sendBuffers.capacity, "the send slots and the ring are sized apart")
@@ -71,11 +69,10 @@ public struct IOUringDriver: ~Copyable {
         let pool = core.pool
         let connections = try BackendConnections(
             pool: pool, sendSlots: core.sendBuffers.capacity, sendBufferBytes: settings.backendSendBufferBytes)
-        poolChanged = try WorkerSetup.poolEvents(settings)
         sends = OrderedSends(backends: pool.count, slots: core.sendBuffers.capacity)
         self.connections = connections
         self.settings = settings
-        self.wakeup = wakeup
+        self.control = control
         self.core = core
         self.ring = ring
         self.buffers = buffers
@@ -95,13 +92,15 @@ public struct IOUringDriver: ~Copyable {
             sendSlots: core.sendBuffers.capacity)
     }
 
-    /// Relays until the wake-up event fires and everything received is sent, then closes the
-    /// ring and returns the counters.
+    /// Relays, applying what its control channel says at each turn's start, until told to stop
+    /// and everything received is sent; then closes the ring and returns the counters.
     ///
     /// - Throws: `SystemCallError` if the ring itself fails (never for a bad datagram or a
     ///   failing backend; those are counted).
     public consuming func run() throws(SystemCallError) -> RelayCounters {
         var now = MonotonicClock.nanoseconds()
+        // A pool published from here on wakes the worker through its control event.
+        settings.routing.subscribe(control.wakeup)
         while true {
             buffers.publish()
             armPolls()
@@ -117,8 +116,9 @@ public struct IOUringDriver: ~Copyable {
             now = MonotonicClock.nanoseconds()
             receivedThisTurn = false
             while let completion = ring.nextCompletion() { handle(completion, now: now) }
-            // After the completions: the pool eventfd is reset in there, so a publication made
-            // since is either seen here or fires the re-armed poll.
+            // After the completions: the control event is reset in there, so a command or a
+            // publication made since is either seen here or fires the re-armed poll.
+            control.apply(to: &core, now: now)
             core.beginTurn(now: now)
             relayQueued(now: now)
             // Only a draining core asks; the peek is a system call, not paid while running.
@@ -155,9 +155,10 @@ public struct IOUringDriver: ~Copyable {
             }
         }
         countKernelDrops(now: now)
-        connections.finish(now: MonotonicClock.nanoseconds(), into: &core)
-        let counters = core.finish(unrelayedDatagrams: queue.count, sendsInFlight: sends.count)
-        settings.routing.unsubscribe(poolChanged)
+        let end = MonotonicClock.nanoseconds()
+        connections.finish(now: end, into: &core)
+        let counters = core.finish(unrelayedDatagrams: queue.count, sendsInFlight: sends.count, now: end)
+        settings.routing.unsubscribe(control.wakeup)
         if sends.inFlight > 0 || receiveArmed.contains(true) {
             // The kernel may still use this memory; keeping it mapped is the safe choice.
             buffers.keepMappedAfterDestruction()
@@ -191,19 +192,14 @@ public struct IOUringDriver: ~Copyable {
         }
     }
 
-    /// Arms the polls that are wanted: the stop signal's once, the pool publications' again
-    /// after each publication (not once stopping).
+    /// Arms the control event's poll when it is wanted: at start and again after each time it
+    /// fired (a one-shot poll, re-armed after the event was reset, so nothing is missed and a
+    /// signalled event never fires twice).
     private mutating func armPolls() {
         if wakeupPollWanted && !submissionsDeferred {
             do throws(Errno) {
-                try ring.armPoll(descriptor: wakeup.descriptor, userData: UserData(.wakeup))
+                try ring.armPoll(descriptor: control.wakeup.descriptor, userData: UserData(.wakeup))
                 wakeupPollWanted = false
-            } catch { deferSubmissions() }
-        }
-        if routingPollWanted && !submissionsDeferred {
-            do throws(Errno) {
-                try ring.armPoll(descriptor: poolChanged.descriptor, userData: UserData(.routing))
-                routingPollWanted = false
             } catch { deferSubmissions() }
         }
     }
@@ -233,7 +229,7 @@ public struct IOUringDriver: ~Copyable {
     /// How many completions to wait for, for how long, and the minimum wait.
     private func waitPlan(now: UInt64) -> (UInt32, UInt64?, UInt32) {
         func until(_ deadline: UInt64) -> UInt64 { deadline > now ? deadline - now : 0 }
-        let flushDue = earliest(core.nextDeadline(), connections.nextConfirmation).map(until)
+        let flushDue = earliest(core.nextDeadline(now: now), connections.nextConfirmation).map(until)
         let minimumWait = settings.minimumWaitMicroseconds
         // Waiting for several completions is only safe with a minimum wait to cut it short;
         // without one the worker would sit on a lone datagram (or its stop signal).
@@ -271,7 +267,7 @@ public struct IOUringDriver: ~Copyable {
         case .receive:
             if completion.result >= 0, let bufferID = completion.bufferID {
                 buffers.take(bufferID)
-                queue.push(bufferID: bufferID, result: completion.result, listener: UInt8(truncatingIfNeeded: completion.userData.index))
+                queue.push(bufferID: bufferID, result: completion.result, listener: completion.userData.index)
                 receivedThisTurn = true
             } else if completion.result < 0 {
                 switch -completion.result {
@@ -303,16 +299,15 @@ public struct IOUringDriver: ~Copyable {
             }
             connections.record(core.sendCompleted(slot: slot, result: completion.result), slot: slot, now: now)
         case .wakeup:
-            core.requestStop()
+            // A command or a pool publication: taken this turn (`WorkerControl.apply`,
+            // `beginTurn`); the poll is re-armed before the next wait, after the reset, so none
+            // is missed, and one that comes while stopping wakes the worker once, not every turn.
+            control.wakeup.reset()
+            wakeupPollWanted = true
         case .cancel:
             break  // the cancelled receive reports its own end
         case .routing:
-            // Applied by the core this turn; re-armed before the next wait, after the reset, so
-            // no publication is missed.
-            if core.phase != .flushing {
-                poolChanged.reset()
-                routingPollWanted = true
-            }
+            assertionFailure("no routing poll is armed: publications fire the control event")
         case nil:
             assertionFailure("completion with unknown user_data \(completion.userData)")
         }

@@ -13,24 +13,42 @@ import RelayKernel
 /// buffers run short; let the core end its turn; send what it hands out. While the listeners
 /// stay full, the wait is skipped (a batch that came back full means more is waiting) and the
 /// events are looked at with a zero-timeout poll every few turns.
+///
+/// Sends block on a full socket buffer while the worker runs (backpressure, as the uring
+/// driver's sends wait in the kernel), but not once it is stopping or a command waits for it:
+/// a slow backend must not hold a stop past its budget. A packet that then finds no room is
+/// *deferred*, sent again first at the next turn (in order, with every later packet for its
+/// backend behind it); a datagram that finds no send slot free waits in the receive batch for
+/// the next turn. At a stop out of time, what is still deferred is counted as never sent
+/// (`lines_dropped.unsent_at_exit`) and what the batch still holds as dropped at exit.
 public struct PortableDriver: ~Copyable {
     private var listeners: RigidArray<UDPSocket>
     /// The listeners' descriptors, owned by `listeners`, for `recvmmsg` and `ppoll`.
     private let listenerDescriptors: [Int32]
     private var connections: BackendConnections
-    private let wakeup: WakeupEvent
-    private let poolChanged: WakeupEvent
+    private let control: WorkerControl
     private var core: RelayCore
     private var batch: DatagramBatch
     private var sends: SendBatch
     private var poller: PollSet
     private let settings: WorkerSettings
     private var drops: ListenerDrops
+    /// The received datagrams of `batch` not yet relayed: from `batchNext` to `batchCount`,
+    /// from listener `batchListener` (a datagram that found no free send slot waits there).
+    private var batchNext = 0
+    private var batchCount = 0
+    private var batchListener = 0
+    /// Packets handed out by the core that found their socket buffer full in a non-blocking
+    /// send, oldest first, sent again before anything else; `spare` is swapped with it.
+    private var deferred: [(slot: Int, backend: Int)] = []
+    private var spare: [(slot: Int, backend: Int)] = []
+    /// Per backend, during one `sendReady`: a packet for it was deferred, so every later one is.
+    private var blocked: [Bool] = []
 
     /// Batches taken from one listener per turn before the others get their turn.
     private static let batchesPerTurn = 8
-    /// Busy turns between two polls of the stop and pool events (a stop is seen every turn:
-    /// `WakeupEvent.isPending`).
+    /// Busy turns between two polls of the control event (a command is seen every turn:
+    /// `WorkerControl.hasPending`).
     private static let busyTurnsPerPoll = 16
     /// The wait bound when nothing is due, so a stuck event is never waited on forever.
     private static let idleWaitNanoseconds: UInt64 = 1_000_000_000
@@ -38,8 +56,8 @@ public struct PortableDriver: ~Copyable {
     /// Opens every socket of one worker.
     ///
     /// - Throws: `SystemCallError` naming the step that failed.
-    public init(settings: WorkerSettings, wakeup: WakeupEvent) throws(SystemCallError) {
-        let core = try RelayCore(settings: settings)
+    public init(settings: WorkerSettings, control: WorkerControl) throws(SystemCallError) {
+        let core = try RelayCore(settings: settings, now: MonotonicClock.nanoseconds())
         let batch: DatagramBatch
         do throws(Errno) {
             batch = try DatagramBatch(count: min(settings.receiveBuffers, 256), payloadBytes: settings.maxDatagramBytes)
@@ -48,17 +66,17 @@ public struct PortableDriver: ~Copyable {
         let pool = core.pool
         let connections = try BackendConnections(
             pool: pool, sendSlots: core.sendBuffers.capacity, sendBufferBytes: settings.backendSendBufferBytes)
-        poolChanged = try WorkerSetup.poolEvents(settings)
         var descriptors = WorkerSetup.descriptors(listeners)
         listenerDescriptors = descriptors
-        descriptors.append(PollSet.descriptor(of: wakeup))
-        descriptors.append(PollSet.descriptor(of: poolChanged))
+        descriptors.append(PollSet.descriptor(of: control.wakeup))
         poller = PollSet(descriptors: descriptors)
         sends = SendBatch(capacity: 256)
+        deferred.reserveCapacity(core.sendBuffers.capacity)
+        spare.reserveCapacity(core.sendBuffers.capacity)
         drops = ListenerDrops(count: settings.listeners.count)
         self.connections = connections
         self.settings = settings
-        self.wakeup = wakeup
+        self.control = control
         self.core = core
         self.batch = batch
         self.listeners = listeners
@@ -72,11 +90,12 @@ public struct PortableDriver: ~Copyable {
             sendSlots: core.sendBuffers.capacity)
     }
 
-    private var wakeupIndex: Int { listeners.count }
-    private var poolChangedIndex: Int { listeners.count + 1 }
+    /// The control event's place in the poll set: after every listener's, which stay in the
+    /// set (ignored) once the listeners close, so the place never moves.
+    private var controlIndex: Int { listenerDescriptors.count }
 
-    /// Relays until the wake-up event fires and everything received is sent, then returns the
-    /// counters.
+    /// Relays, applying what its control channel says at each turn's start, until told to stop
+    /// and everything received is sent; then returns the counters.
     ///
     /// - Throws: `SystemCallError` if waiting itself fails (never for a bad datagram or a
     ///   failing backend; those are counted).
@@ -85,22 +104,21 @@ public struct PortableDriver: ~Copyable {
         var busy = false
         var busyTurns = 0
         var receiving = true
+        // A pool published from here on wakes the worker through its control event.
+        settings.routing.subscribe(control.wakeup)
         while true {
             if !busy || busyTurns >= Self.busyTurnsPerPoll {
                 do throws(Errno) {
                     try poller.wait(timeoutNanoseconds: busy ? 0 : waitTimeout(now: now))
                 } catch { throw SystemCallError("ppoll", "", error) }
                 busyTurns = 0
-                if poller.isReady(wakeupIndex) {
-                    core.requestStop()
-                    poller.ignore(wakeupIndex)
-                }
-                if poller.isReady(poolChangedIndex) { poolChanged.reset() }
-            } else if core.phase == .running && wakeup.isPending {
-                // A busy loop polls only every few turns; a stop's budget starts when it is asked.
-                core.requestStop()
+                // Reset before the commands are taken: one sent after the take fires it again.
+                if poller.isReady(controlIndex) { control.wakeup.reset() }
             }
             now = MonotonicClock.nanoseconds()
+            // Every turn, busy or not (one atomic load when nothing is queued): a stop's budget
+            // starts when it is asked.
+            control.apply(to: &core, now: now)
             core.beginTurn(now: now)
             busy = receiving ? receiveAll(now: now) : false
             busyTurns += busy ? 1 : 0
@@ -113,15 +131,18 @@ public struct PortableDriver: ~Copyable {
                 WorkerSetup.closeListeners(&listeners, core: &core)
             }
             sendReady(now: now)
-            connections.follow(&core, sendsInFlight: 0, now: now)
+            // Deferred packets hold slots of the pool in force: a pool change waits for them.
+            connections.follow(&core, sendsInFlight: deferred.count, now: now)
             if drops.isDue(now: now) { countKernelDrops(now: now) }
-            if core.isFlushed && connections.isSettled { break }
+            if core.isFlushed && connections.isSettled && deferred.isEmpty { break }
             if core.phase == .flushing && now >= core.stopDeadline { break }
         }
         countKernelDrops(now: now)
-        connections.finish(now: MonotonicClock.nanoseconds(), into: &core)
-        settings.routing.unsubscribe(poolChanged)
-        return core.finish(unrelayedDatagrams: 0, sendsInFlight: 0)
+        for (slot, _) in deferred { core.withdrawSend(slot: slot) }
+        let end = MonotonicClock.nanoseconds()
+        connections.finish(now: end, into: &core)
+        settings.routing.unsubscribe(control.wakeup)
+        return core.finish(unrelayedDatagrams: batchCount - batchNext, sendsInFlight: 0, now: end)
     }
 
     /// Counts what the kernel dropped at the listening sockets since the last reading.
@@ -135,23 +156,29 @@ public struct PortableDriver: ~Copyable {
     /// How long the next wait may last: until the next flush deadline, paced replay or
     /// confirmation; briefly while the stop is draining.
     private func waitTimeout(now: UInt64) -> UInt64 {
-        var timeout = earliest(core.nextDeadline(), connections.nextConfirmation).map { $0 > now ? $0 - now : 0 } ?? Self.idleWaitNanoseconds
+        var timeout = earliest(core.nextDeadline(now: now), connections.nextConfirmation).map { $0 > now ? $0 - now : 0 } ?? Self.idleWaitNanoseconds
         switch core.phase {
         case .running:
             break  // the next paced replay is among the core's deadlines
         case .draining:
             timeout = min(timeout, 1_000_000)
         case .flushing:
-            // Sends are done when this runs; what is left is confirming them, within the budget.
+            // Sends are done when this runs, but for deferred ones; what is left is confirming
+            // them, within the budget.
             timeout = min(timeout, core.stopDeadline > now ? core.stopDeadline - now : 0)
         }
+        // A full socket buffer is not polled for room: deferred packets are tried every millisecond.
+        if !deferred.isEmpty { timeout = min(timeout, 1_000_000) }
         return timeout
     }
 
-    /// Takes what is waiting on every listener, a few batches each.
+    /// Relays what the last receive batch still holds, then takes what is waiting on every
+    /// listener, a few batches each.
     ///
-    /// - Returns: whether a listener filled its last batch (more is probably waiting).
+    /// - Returns: whether more is probably waiting: a listener filled its last batch, or a
+    ///   datagram found no free send slot and waits in the batch.
     private mutating func receiveAll(now: UInt64) -> Bool {
+        guard relayBatch(now: now) else { return true }
         var full = false
         for index in listeners.indices {
             for _ in 0..<Self.batchesPerTurn {
@@ -159,15 +186,30 @@ public struct PortableDriver: ~Copyable {
                     core.countReceiveError()
                     break
                 }
-                for datagram in 0..<taken {
-                    if !core.canAcceptDatagram { makeRoom(now: now) }
-                    Self.relay(datagram, of: batch, listener: index, into: &core, now: now)
-                }
+                (batchNext, batchCount, batchListener) = (0, taken, index)
+                guard relayBatch(now: now) else { return true }
                 if taken < batch.count { break }
                 full = true
             }
         }
         return full
+    }
+
+    /// Relays the batch's datagrams not yet relayed, sending ready packets whenever the send
+    /// slots run short.
+    ///
+    /// - Returns: `false` when a datagram found no free slot even then (sends that could not
+    ///   wait for room): it and the ones after it wait for the next turn.
+    private mutating func relayBatch(now: UInt64) -> Bool {
+        while batchNext < batchCount {
+            if !core.canAcceptDatagram {
+                makeRoom(now: now)
+                if !core.canAcceptDatagram { return false }
+            }
+            Self.relay(batchNext, of: batch, listener: batchListener, into: &core, now: now)
+            batchNext += 1
+        }
+        return true
     }
 
     /// One `recvmmsg`; `nil` when it failed.
@@ -185,29 +227,54 @@ public struct PortableDriver: ~Copyable {
     }
 
     /// Sends every ready packet and completes a waiting pool change, so the core can take the
-    /// next datagram: sends here finish before the call returns, so every slot comes back.
+    /// next datagram: blocking sends finish before the call returns, so every slot comes back
+    /// (non-blocking ones may leave some deferred).
     private mutating func makeRoom(now: UInt64) {
         sendReady(now: now)
-        connections.follow(&core, sendsInFlight: 0, now: now)
+        connections.follow(&core, sendsInFlight: deferred.count, now: now)
     }
 
-    /// Sends every packet the core hands out, in batches, and hands the results back.
+    /// Sends the deferred packets, then every packet the core hands out, in batches, and hands
+    /// the results back. Non-blocking once the worker is stopping or a command waits for it.
     private mutating func sendReady(now: UInt64) {
-        while let (slot, backend) = core.nextOutgoing() {
-            connections.sending(slot: slot, backend: backend)
-            sends.append(slot: slot, backend: backend)
-            if sends.isFull { flushSends(now: now) }
-        }
-        flushSends(now: now)
+        let nonBlocking = core.isStopRequested || control.hasPending
+        if blocked.count != core.pool.count { blocked = Array(repeating: false, count: core.pool.count) }
+        for backend in blocked.indices { blocked[backend] = false }
+        swap(&deferred, &spare)
+        for index in spare.indices { send(spare[index].slot, to: spare[index].backend, nonBlocking: nonBlocking, now: now) }
+        spare.removeAll(keepingCapacity: true)
+        while let (slot, backend) = core.nextOutgoing() { send(slot, to: backend, nonBlocking: nonBlocking, now: now) }
+        flushSends(nonBlocking: nonBlocking, now: now)
     }
 
-    private mutating func flushSends(now: UInt64) {
+    /// Adds one packet to the send batch, or defers it behind an earlier packet for its backend
+    /// that was deferred in this call.
+    @inline(__always)
+    private mutating func send(_ slot: Int, to backend: Int, nonBlocking: Bool, now: UInt64) {
+        if blocked[backend] {
+            deferred.append((slot, backend))
+            return
+        }
+        connections.sending(slot: slot, backend: backend)
+        sends.append(slot: slot, backend: backend)
+        if sends.isFull { flushSends(nonBlocking: nonBlocking, now: now) }
+    }
+
+    private mutating func flushSends(nonBlocking: Bool, now: UInt64) {
         guard sends.count > 0 else { return }
-        sends.send(from: core.sendBuffers, to: connections.sockets)
+        sends.send(from: core.sendBuffers, to: connections.sockets, nonBlocking: nonBlocking)
         for index in 0..<sends.count {
+            let slot = sends.slot(index)
+            let backend = core.sendBuffers.backend(of: slot)
+            if sends.result(index) == -EAGAIN {
+                // No room and no waiting for it: sent again later, in order.
+                connections.withdrawn(slot: slot, backend: backend)
+                deferred.append((slot, backend))
+                blocked[backend] = true
+                continue
+            }
             // A send the batch tried again (an earlier packet's pending refusal failed it) has
             // its second result here.
-            let slot = sends.slot(index)
             let outcome = core.sendCompleted(slot: slot, result: sends.result(index), retried: sends.wasRetried(index))
             connections.record(outcome, slot: slot, now: now)
         }

@@ -4,11 +4,12 @@
 /// never stuck) and parked here while the core cannot take more. Every entry holds one
 /// provided buffer, so the capacity is the buffer count and the queue can never overflow.
 struct ReceiveQueue {
-    /// One filled buffer: its id, the completion's result and the listener it came from.
-    struct Entry {
+    /// One filled buffer: its id, the completion's result and the listener it came from (its
+    /// id as the receive's `UserData.index` carries it: 32 bits, never cut).
+    struct Entry: Equatable {
         var bufferID: UInt16
         var result: Int32
-        var listener: UInt8
+        var listener: UInt32
     }
 
     private var entries: [Entry]
@@ -28,7 +29,7 @@ struct ReceiveQueue {
     ///
     /// - Precondition: fewer than `capacity` entries are waiting.
     @inline(__always)
-    mutating func push(bufferID: UInt16, result: Int32, listener: UInt8) {
+    mutating func push(bufferID: UInt16, result: Int32, listener: UInt32) {
         precondition(count < entries.count, "receive queue holds more entries than there are buffers")
         let tail = (head + count) % entries.count
         entries[tail] = Entry(bufferID: bufferID, result: result, listener: listener)

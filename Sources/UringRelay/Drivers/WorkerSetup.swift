@@ -13,13 +13,6 @@ enum WorkerSetup {
         return listeners
     }
 
-    /// An event signalled whenever a new backend pool is published.
-    static func poolEvents(_ settings: WorkerSettings) throws(SystemCallError) -> WakeupEvent {
-        do throws(Errno) { return try settings.routing.subscribe() } catch {
-            throw SystemCallError("eventfd", "routing updates", error)
-        }
-    }
-
     /// The listeners' descriptors, in listener-id order (for `ppoll` and `recvmmsg`).
     static func descriptors(_ listeners: borrowing RigidArray<UDPSocket>) -> [Int32] {
         var descriptors: [Int32] = []

@@ -18,8 +18,9 @@ public final class CounterBoard: Sendable {
 
     /// Replaces the published counters and stamps the time (the worker's heartbeat: `/healthz`
     /// calls a worker stale when its board has not been published for a while).
-    public func publish(_ counters: RelayCounters) {
-        let now = MonotonicClock.nanoseconds()
+    ///
+    /// - Parameter now: the monotonic time of the publication (a worker passes its turn's time).
+    public func publish(_ counters: RelayCounters, at now: UInt64 = MonotonicClock.nanoseconds()) {
         latest.withLock { $0 = (counters, now) }
     }
 

@@ -88,11 +88,10 @@ public final class RoutingState: Sendable {
         for subscriber in subscribers.withLock({ $0 }) { subscriber.signal() }
     }
 
-    /// An event signalled at every publication, for one worker's loop to wait on.
-    public func subscribe() throws(Errno) -> WakeupEvent {
-        let event = try WakeupEvent()
+    /// Signals `event` at every publication: a worker's control event (`WorkerControl.wakeup`),
+    /// so an idle worker wakes and takes the new pool at its next turn.
+    public func subscribe(_ event: WakeupEvent) {
         subscribers.withLock { $0.append(event) }
-        return event
     }
 
     /// Stops signalling `event` (a worker that has stopped).
