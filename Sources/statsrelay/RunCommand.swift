@@ -504,6 +504,14 @@ struct RunCommand: ParsableCommand {
                 ])
             }
         }
+        if plan.workersNotApplied > 0 {
+            // Counted as a failure by the relay: the workers that answered run the new settings.
+            logger.error("reload incomplete: some workers did not apply it in time", metadata: [
+                "file": "\(path)", "workers_not_applied": "\(plan.workersNotApplied)",
+                "applied": "\(plan.applied.map(\.key).joined(separator: ","))",
+            ])
+            return nil
+        }
         logger.notice("configuration reloaded", metadata: [
             "file": "\(path)",
             "applied": "\(plan.applied.map(\.key).joined(separator: ","))",
