@@ -83,9 +83,14 @@ struct AdminTests {
         #expect(endpoint.respond(method: "GET", target: "/metrics?x=1") == .init(status: 503, body: "starting: 0 of 1 workers started\n"))
     }
 
-    @Test("the status table: one row per backend, a total, the facts and the losses")
+    @Test("the status table: one row per backend, a total, the facts, the losses and the configuration's reloads")
     func statusTable() {
-        let now = PrometheusSample.parse(PrometheusExposition.render(exampleSnapshot(backends: ["10.0.0.1:8125", "10.0.0.2:8125"])))
+        var snapshot = exampleSnapshot(backends: ["10.0.0.1:8125", "10.0.0.2:8125"])
+        snapshot.configReloadsSucceeded = 2
+        snapshot.configReloadsFailed = 1
+        snapshot.configLastReloadSuccessful = false
+        snapshot.configLastReloadSuccessUnixSeconds = 1_700_003_600.5
+        let now = PrometheusSample.parse(PrometheusExposition.render(snapshot))
         // 10 lines a backend in the 2 s between the two scrapes.
         let before = now.map { sample in
             var sample = sample
@@ -108,6 +113,7 @@ struct AdminTests {
             lines dropped: missing_colon 7, refused 5
             datagrams dropped: kernel 2
             held: 64.0 KiB of 64.0 MiB in use; unconfirmed at exit so far: 0
+            configuration: in force for 2m05s; reloads: 2 succeeded, 1 failed; THE LAST RELOAD FAILED (the log says why)
 
             """)
     }

@@ -85,6 +85,12 @@ public struct StatusReport: Sendable {
         lines.append(
             "held: \(bytes(sum("statsrelay_hold_in_use_bytes"))) of \(bytes(sum("statsrelay_hold_limit_bytes"))) in use; "
                 + "unconfirmed at exit so far: \(integer(sum("statsrelay_lines_unconfirmed_at_exit_total")))")
+        let loaded = first("statsrelay_config_last_reload_success_timestamp_seconds").map { Self.duration(unixNow - $0.value) } ?? "-"
+        let lastFailed = first("statsrelay_config_last_reload_successful").map { $0.value == 0 } ?? false
+        lines.append(
+            "configuration: in force for \(loaded); reloads: \(integer(sum("statsrelay_config_reloads_total", ["result": "success"]))) "
+                + "succeeded, \(integer(sum("statsrelay_config_reloads_total", ["result": "failure"]))) failed"
+                + (lastFailed ? "; THE LAST RELOAD FAILED (the log says why)" : ""))
         return lines.joined(separator: "\n") + "\n"
     }
 
