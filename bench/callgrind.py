@@ -216,7 +216,7 @@ def threads(pid: int) -> dict[str, str]:
 # ---------------------------------------------------------------- callgrind
 
 def control(pid: int, flag: str) -> None:
-    subprocess.run(["callgrind_control", flag, str(pid)], check=True, stdout=subprocess.DEVNULL,
+    subprocess.run(["callgrind_control", flag, str(pid)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                    timeout=120)
 
 
@@ -228,7 +228,7 @@ def dump(pid: int, out_prefix: Path) -> tuple[int, Path]:
     while time.monotonic() < deadline:
         new = set(out_prefix.parent.glob(out_prefix.name + ".*")) - before
         for f in new:
-            m = re.search(r"^totals:\s+(\d+)", f.read_text(errors="replace"), re.M)
+            m = re.search(r"^summary:\s+(\d+)", f.read_text(errors="replace"), re.M)
             if m:
                 return int(m.group(1)), f
         time.sleep(0.1)
@@ -257,13 +257,13 @@ def wait_for(cond, seconds: float, what: str, step: float = 0.02) -> None:
 
 
 def measure(relay: Path, driver: str, workload: str, n: int, work: Path, sinks: Sinks,
-            idle_seconds: float) -> dict:
+            idle_seconds: float, rnd: int) -> dict:
     warm = datagrams_for(workload, WARMUP[workload])
     dgrams = datagrams_for(workload, n)
     lines = sum(d.count(b"\n") for d in dgrams)
     warm_lines = sum(d.count(b"\n") for d in warm)
-    prefix = work / f"cg.{driver}.{workload}"
-    log = open(work / f"relay.{driver}.{workload}.log", "w")
+    prefix = work / f"cg.{driver}.{workload}.r{rnd}"
+    log = open(work / f"relay.{driver}.{workload}.r{rnd}.log", "w")
     cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={prefix}",
            str(relay), "run", "--io-backend", driver, "--admin", "none", "--bind", "127.0.0.1",
            "--port", str(RELAY_PORT), "--threads", "1", "--rcvbuf", "268435456",
@@ -281,9 +281,8 @@ def measure(relay: Path, driver: str, workload: str, n: int, work: Path, sinks: 
         wait_for(lambda: sinks.lines - base >= warm_lines, 120, "the warm-up lines at the sinks")
         # Let the main thread reach its signal wait if it can (portable: at once).
         try:
-            wait_for(lambda: any(v == "do_sigtimedwait" or "sigtimedwait" in v
-                                 for k, v in threads(proc.pid).items() if k.startswith("callgrind")
-                                 or k.startswith("statsrelay/")), 5, "main thread", 0.1)
+            wait_for(lambda: any("sigtimedwait" in v for k, v in threads(proc.pid).items()
+                                 if k.split("/")[1] == str(proc.pid)), 5, "main thread", 0.1)
             result["main_thread_in_sigwait"] = True
         except RuntimeError:
             result["main_thread_in_sigwait"] = False
@@ -332,6 +331,7 @@ def measure(relay: Path, driver: str, workload: str, n: int, work: Path, sinks: 
             result["sigterm_exit"] = proc.returncode
         except subprocess.TimeoutExpired:
             result["sigterm_exit"] = None  # did not stop: see the README (valgrind < 3.23 and io_uring_enter)
+            result["threads_after_sigterm"] = threads(proc.pid)  # name/tid -> wchan
             proc.kill()
             proc.wait()
         log.close()
@@ -345,7 +345,9 @@ def annotate(dumpfile: str, top: int) -> list[str]:
     rows = []
     for l in out.splitlines():
         m = re.match(r"^\s*([\d,]+)\s+\(\s*([\d.]+)%\)\s+(.*)$", l)
-        if m and "PROGRAM TOTALS" not in l:
+        # Frames on the worker's stack for the whole interval (thread entry, the closures around
+        # the driver's run loop) come out with ~100 % "self" cost in a mid-run dump: left out.
+        if m and "PROGRAM TOTALS" not in l and float(m.group(2)) < 90:
             rows.append((m.group(1), m.group(2), m.group(3)))
     rows = rows[:top]
     demangler = shutil.which("swift-demangle")
@@ -389,12 +391,13 @@ def main() -> int:
             for driver in a.drivers.split(","):
                 for workload in a.workloads.split(","):
                     n = a.n_w1 if workload == "w1" else a.n_w2
-                    r = measure(relay, driver, workload, n, work, sinks, a.idle_seconds)
+                    r = measure(relay, driver, workload, n, work, sinks, a.idle_seconds, rnd + 1)
                     r["round"] = rnd + 1
                     results.append(r)
                     print(f"{driver:8} {workload}  {r['ir_per_line']:8.1f} Ir/line  {r['ir_per_datagram']:9.1f} Ir/datagram"
                           f"  (drain {r['ir_drain']:,} - idle {r['ir_idle_scaled']:,}; {n} datagrams, {r['lines']} lines;"
-                          f" rcvbuf errors {r['rcvbuf_errors_while_queueing']}; sigterm exit {r['sigterm_exit']};"
+                          f" rcvbuf errors {r['rcvbuf_errors_while_queueing']}; main thread in sigwait {r['main_thread_in_sigwait']};"
+                          f" sigterm exit {r['sigterm_exit']};"
                           f" {'valid' if r['valid'] else 'INVALID'})", flush=True)
     finally:
         sinks.stop = True
@@ -449,8 +452,8 @@ def main() -> int:
             limit = ref["ir_per_line"] * (1 + tol)
             verdict = "ok" if got <= limit else "FAIL"
             print(f"check {k:14} {got:8.1f} Ir/line vs committed {ref['ir_per_line']:8.1f} (limit {limit:.1f}): {verdict}")
-            if got > limit:
-                status = max(status, 1) if status != 2 else 2
+            if got > limit and status == 0:
+                status = 1
     if not a.keep:
         shutil.rmtree(work, ignore_errors=True)
     else:
