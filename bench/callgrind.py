@@ -256,8 +256,12 @@ def wait_for(cond, seconds: float, what: str, step: float = 0.02) -> None:
         time.sleep(step)
 
 
+class Stalled(RuntimeError):
+    """The drain made no progress: the run is retried in a fresh process."""
+
+
 def measure(relay: Path, driver: str, workload: str, n: int, work: Path, sinks: Sinks,
-            idle_seconds: float, rnd: int) -> dict:
+            idle_seconds: float, rnd: int, stall: float = 120) -> dict:
     warm = datagrams_for(workload, WARMUP[workload])
     dgrams = datagrams_for(workload, n)
     lines = sum(d.count(b"\n") for d in dgrams)
@@ -308,8 +312,12 @@ def measure(relay: Path, driver: str, workload: str, n: int, work: Path, sinks: 
         base = sinks.lines
         c0 = time.monotonic()
         os.kill(proc.pid, signal.SIGCONT)
-        wait_for(lambda: sinks.lines - base >= lines and relay_socket(RELAY_PORT)[0] == 0, 600,
-                 "the drain")
+        try:
+            wait_for(lambda: sinks.lines - base >= lines and relay_socket(RELAY_PORT)[0] == 0, stall,
+                     "the drain")
+        except RuntimeError:
+            raise Stalled(f"{driver} {workload}: drain stalled: {sinks.lines - base} of {lines} lines at the sinks,"
+                          f" {relay_socket(RELAY_PORT)[0]} bytes still queued, threads {threads(proc.pid)}")
         result["drain_seconds"] = round(time.monotonic() - c0, 2)
         total, dumpfile = dump(proc.pid, prefix)
         span = time.monotonic() - z0
@@ -385,13 +393,24 @@ def main() -> int:
     subprocess.run(["objcopy", "--strip-debug", str(a.relay), str(relay)], check=True)
     sinks = Sinks()
     results = []
+    stalls: list[str] = []
     began = time.monotonic()
     try:
         for rnd in range(a.repeat):
             for driver in a.drivers.split(","):
                 for workload in a.workloads.split(","):
                     n = a.n_w1 if workload == "w1" else a.n_w2
-                    r = measure(relay, driver, workload, n, work, sinks, a.idle_seconds, rnd + 1)
+                    for attempt in (1, 2):
+                        try:
+                            r = measure(relay, driver, workload, n, work, sinks, a.idle_seconds,
+                                        rnd + 1 + 10 * (attempt - 1))
+                            break
+                        except Stalled as e:
+                            print(f"retrying once: {e}", file=sys.stderr, flush=True)
+                            stalls.append(str(e))
+                            if attempt == 2:
+                                raise
+                    r["attempt"] = attempt
                     r["round"] = rnd + 1
                     results.append(r)
                     print(f"{driver:8} {workload}  {r['ir_per_line']:8.1f} Ir/line  {r['ir_per_datagram']:9.1f} Ir/datagram"
@@ -420,7 +439,8 @@ def main() -> int:
     context = {"kernel": os.uname().release, "seconds": round(elapsed), **json.loads(a.meta),
                "valgrind": subprocess.run(["valgrind", "--version"], capture_output=True, text=True).stdout.strip()}
     if a.json:
-        a.json.write_text(json.dumps({"context": context, "measurements": results, "profile": profile}, indent=1) + "\n")
+        a.json.write_text(json.dumps({"context": context, "measurements": results, "profile": profile,
+                                      "stalls": stalls}, indent=1) + "\n")
 
     invalid = [r for r in results if not r["valid"]]
     for r in invalid:
