@@ -31,7 +31,8 @@ for tool in valgrind callgrind_control callgrind_annotate objcopy python3 unshar
 done
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 DIRTY=$(git -C "$ROOT" status --porcelain -- Sources Package.swift 2>/dev/null | head -1)
-META=$(printf '{"commit": "%s%s", "relay": "%s", "command": "bench/callgrind.sh %s"}' \
-  "$COMMIT" "${DIRTY:+ (Sources modified)}" "$RELAY" "${ARGS[*]:-}")
+SOURCES=$(git -C "$ROOT" log -1 --format=%h -- Sources Package.swift 2>/dev/null || echo unknown)
+META=$(printf '{"commit": "%s%s", "sources_commit": "%s", "relay": "%s", "command": "bench/callgrind.sh %s"}' \
+  "$COMMIT" "${DIRTY:+ (Sources modified)}" "$SOURCES" "$RELAY" "${ARGS[*]:-}")
 exec unshare -n bash -c 'ip link set lo up && exec python3 "$0" "$@"' "$HERE/callgrind.py" \
   --relay "$RELAY" --thresholds "$HERE/Thresholds/instructions-per-line.json" --meta "$META" ${ARGS[@]+"${ARGS[@]}"}
