@@ -1,3 +1,4 @@
+import CLiburing
 import Glibc
 
 /// A Unix datagram socket (`AF_UNIX`, `SOCK_DGRAM`, close-on-exec): what `sd_notify(3)` sends

@@ -31,7 +31,8 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         var counters: [RelayCounters] = []
         var boards: [CounterBoard] = []
         var failures: [String] = []
-        var listen: SocketAddress?
+        /// The listeners' addresses with the ports bound, in listener-id order (after `start`).
+        var listeners: [SocketAddress] = []
         var stopping = false
         /// Set once `start` has succeeded: every worker runs and `driver` is final.
         var started = false
@@ -84,10 +85,9 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     ) throws {
         try configuration.validate()
         precondition(addresses.count == configuration.backends.count, "one address per backend")
-        // The listener's port is known now unless it is 0 (then `start` checks once bound).
+        // The listeners' ports are known now unless 0 (then `start` checks once bound).
         try BackendAddressCheck.verify(
-            backends: configuration.backends, addresses: addresses,
-            listeners: [SocketAddress(numericHost: configuration.bindHost, port: configuration.port)!])
+            backends: configuration.backends, addresses: addresses, listeners: configuration.listenAddresses)
         self.configuration = configuration
         inForce = Mutex(configuration)
         self.backendAddresses = addresses
@@ -106,8 +106,15 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         }
     }
 
-    /// The address the workers listen on, with the port actually bound (after `start`).
-    public var listenAddress: SocketAddress? { state.withLock { $0.listen } }
+    /// The first address the workers listen on, with the port actually bound (after `start`).
+    public var listenAddress: SocketAddress? { state.withLock { $0.listeners.first } }
+
+    /// Every address the workers listen on, in listener-id order, with the ports actually
+    /// bound (after `start`; the configured ones before).
+    public var listenAddresses: [SocketAddress] {
+        let bound = state.withLock { $0.listeners }
+        return bound.isEmpty ? configurationInForce.listenAddresses : bound
+    }
 
     /// Why the relay could not start a driver it was told to use (`--io-backend uring` where
     /// io_uring cannot run): exit status 69 (`EX_UNAVAILABLE`).
@@ -128,13 +135,13 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     ///   started are stopped and joined first).
     public func start() throws -> WorkerFacts {
         let config = configuration
-        let listen = SocketAddress(numericHost: config.bindHost, port: config.port)!
-        if config.port != 0 && !config.reusePortGroup {
+        let listen = config.listenAddresses
+        if !config.reusePortGroup {
             // Every worker binds with SO_REUSEPORT; without this check a second relay, or any
             // stray SO_REUSEPORT socket, on the port would take a share of the traffic unseen.
-            try UDPSocket.probeExclusive(listen)
+            for address in listen where address.port != 0 { try UDPSocket.probeExclusive(address) }
         }
-        let probeSettings = WorkerSettings(configuration: config, listeners: [listen], routing: routing, holdBudget: holdBudget)
+        let probeSettings = WorkerSettings(configuration: config, listeners: listen, routing: routing, holdBudget: holdBudget)
         switch config.ioBackend {
         case .portable:
             driver = .portable
@@ -164,10 +171,10 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             driverReason = reason
             facts = try startWorkers(driver: .portable, listen: listen)
         }
-        if config.port == 0 {
-            // The kernel chose the port: only now can a backend be found to reach it.
+        if listen.contains(where: { $0.port == 0 }) {
+            // The kernel chose a port: only now can a backend be found to reach it.
             do throws(ConfigurationError) {
-                try BackendAddressCheck.verify(backends: config.backends, addresses: backendAddresses, listeners: [facts.listen])
+                try BackendAddressCheck.verify(backends: config.backends, addresses: backendAddresses, listeners: facts.listeners)
             } catch {
                 stopAndForgetWorkers()
                 throw error
@@ -181,7 +188,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         } else {
             logger.info("io_backend=\(driver.rawValue)")
         }
-        do throws(Errno) { try monitor.start(listeners: [facts.listen]) } catch {
+        do throws(Errno) { try monitor.start(listeners: facts.listeners) } catch {
             stopAndJoin()
             throw SystemCallError("pthread_create", "health monitor", error)
         }
@@ -196,13 +203,13 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     /// - Returns: the first worker's facts.
     /// - Throws: `SystemCallError` from the first worker that could not start; the ones already
     ///   started are then stopped and joined, and forgotten, so workers can be started again.
-    private func startWorkers(driver: IOBackendChoice, listen configured: SocketAddress) throws -> WorkerFacts {
+    private func startWorkers(driver: IOBackendChoice, listen configured: [SocketAddress]) throws -> WorkerFacts {
         let config = configuration
         var listen = configured
         let cpus = config.cpus ?? WorkerThread.allowedCPUs
         var firstFacts: WorkerFacts?
         for index in 0..<config.threads {
-            let settings = WorkerSettings(configuration: config, listeners: [listen], routing: routing, holdBudget: holdBudget)
+            let settings = WorkerSettings(configuration: config, listeners: listen, routing: routing, holdBudget: holdBudget)
             let board = settings.board
             let control: WorkerControl
             do throws(Errno) { control = try WorkerControl() } catch {
@@ -242,9 +249,9 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             switch started.wait() {
             case .success(let facts):
                 if index == 0 {
-                    listen = facts.listen
+                    listen = facts.listeners
                     firstFacts = facts
-                    state.withLock { $0.listen = facts.listen }
+                    state.withLock { $0.listeners = facts.listeners }
                 }
             case .failure(let error):
                 stopAndForgetWorkers()
@@ -266,7 +273,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             state.boards = []
             // What the stopped workers relayed stays counted.
             state.failures = []
-            state.listen = nil
+            state.listeners = []
         }
     }
 
@@ -323,8 +330,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         candidate.backends = backends
         try candidate.validate()
         let addresses = try BackendLookup(backends: backends, resolver: resolver, limitNanoseconds: resolverLimitNanoseconds).wait()
-        let listen = state.withLock { $0.listen } ?? SocketAddress(numericHost: configuration.bindHost, port: configuration.port)!
-        try BackendAddressCheck.verify(backends: backends, addresses: addresses, listeners: [listen])
+        try BackendAddressCheck.verify(backends: backends, addresses: addresses, listeners: listenAddresses)
         routing.replaceBackends(backends, addresses: addresses)
     }
 
@@ -356,8 +362,8 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         do throws(ConfigurationError) {
             try candidate.validate()
             precondition(addresses.count == candidate.backends.count, "one address per backend")
-            var listeners = [state.withLock { $0.listen } ?? SocketAddress(numericHost: configuration.bindHost, port: configuration.port)!]
-            if let next = SocketAddress(numericHost: candidate.bindHost, port: candidate.port), next.port != 0, next != listeners[0] {
+            var listeners = listenAddresses
+            for next in candidate.listenAddresses where next.port != 0 && !listeners.contains(next) {
                 listeners.append(next)
             }
             try BackendAddressCheck.verify(backends: candidate.backends, addresses: addresses, listeners: listeners)

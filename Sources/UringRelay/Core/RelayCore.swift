@@ -73,6 +73,8 @@ public struct RelayCore: ~Copyable {
     /// Per send slot: `handedOut` once `nextOutgoing` gave it to the driver, `retried` once a
     /// send of it was tried again; cleared when its send completes.
     private var slotStates: [SlotState]
+    /// Per driver listener (by the driver's index), its position in the counters' listeners.
+    private var listenerPositions: [Int] = []
 
     /// What the core knows of a send slot's send.
     private struct SlotState: OptionSet {
@@ -127,10 +129,26 @@ public struct RelayCore: ~Copyable {
 
     /// Relays one received datagram (or counts why it cannot be relayed).
     ///
-    /// - Parameter listener: the index of the listener it came from.
+    /// - Parameter listener: the index of the listener it came from among the driver's
+    ///   listeners (`nameListeners`); its share of the received counts is counted apart.
     @inline(__always)
     public mutating func receive(_ payload: ReceivedPayload, _ bytes: RawSpan, listener: Int, now: UInt64) {
+        let datagrams = processor.counters[.datagramsReceived]
+        let bytesBefore = processor.counters[.bytesReceived]
+        let lines = processor.counters[.linesReceived]
         processor.receive(payload, bytes, now: now)
+        guard listener < listenerPositions.count else { return }
+        let position = listenerPositions[listener]
+        processor.counters[.datagramsReceived, listener: position] &+= processor.counters[.datagramsReceived] &- datagrams
+        processor.counters[.bytesReceived, listener: position] &+= processor.counters[.bytesReceived] &- bytesBefore
+        processor.counters[.linesReceived, listener: position] &+= processor.counters[.linesReceived] &- lines
+    }
+
+    /// Names the driver's listeners, in the driver's order (their `listener` label,
+    /// `udp:ADDRESS:PORT` with the port bound): what each receives is counted apart from here
+    /// on. Call when the driver's listeners change (start, reload), never per datagram.
+    public mutating func nameListeners(_ names: [String]) {
+        listenerPositions = names.map { processor.counters.countListener($0) }
     }
 
     /// Counts a failed receive (a result that is neither data nor an expected end).

@@ -53,7 +53,7 @@ public struct IOUringDriver: ~Copyable {
     ///
     /// - Throws: `SystemCallError` naming the step that failed.
     public init(settings: WorkerSettings, control: WorkerControl) throws(SystemCallError) {
-        let core = try RelayCore(settings: settings, now: MonotonicClock.nanoseconds())
+        var core = try RelayCore(settings: settings, now: MonotonicClock.nanoseconds())
         let bufferCount = settings.receiveBuffers
         let sizing = settings.ringSizing(backendCount: core.pool.count)
         assert(sizing.sendSlots == core.sendBuffers.capacity, "the send slots and the ring are sized apart")
@@ -66,6 +66,7 @@ public struct IOUringDriver: ~Copyable {
             buffers = try ProvidedBufferRing(ring: ring, groupID: 0, count: bufferCount, payloadBytes: settings.maxDatagramBytes)
         } catch { throw SystemCallError("io_uring_register_buf_ring", "\(bufferCount) buffers", error) }
         let listeners = try WorkerSetup.listeners(settings)
+        core.nameListeners(WorkerSetup.labels(listeners))
         let pool = core.pool
         let connections = try BackendConnections(
             pool: pool, sendSlots: core.sendBuffers.capacity, sendBufferBytes: settings.backendSendBufferBytes)

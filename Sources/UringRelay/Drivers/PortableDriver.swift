@@ -57,12 +57,13 @@ public struct PortableDriver: ~Copyable {
     ///
     /// - Throws: `SystemCallError` naming the step that failed.
     public init(settings: WorkerSettings, control: WorkerControl) throws(SystemCallError) {
-        let core = try RelayCore(settings: settings, now: MonotonicClock.nanoseconds())
+        var core = try RelayCore(settings: settings, now: MonotonicClock.nanoseconds())
         let batch: DatagramBatch
         do throws(Errno) {
             batch = try DatagramBatch(count: min(settings.receiveBuffers, 256), payloadBytes: settings.maxDatagramBytes)
         } catch { throw SystemCallError("mmap", "receive buffers", error) }
         let listeners = try WorkerSetup.listeners(settings)
+        core.nameListeners(WorkerSetup.labels(listeners))
         let pool = core.pool
         let connections = try BackendConnections(
             pool: pool, sendSlots: core.sendBuffers.capacity, sendBufferBytes: settings.backendSendBufferBytes)

@@ -54,6 +54,14 @@ enum WorkerSetup {
     /// receive buffer of small datagrams (about 80 000) takes some 15 ms.
     static let minimumDiscardNanoseconds: UInt64 = 50_000_000
 
+    /// The listeners' `listener` labels (`udp:ADDRESS:PORT`, with the port bound), in order.
+    static func labels(_ listeners: borrowing RigidArray<UDPSocket>) -> [String] {
+        boundAddresses(listeners).map(label)
+    }
+
+    /// The `listener` label of a UDP listener bound to `address`.
+    static func label(_ address: SocketAddress) -> String { "udp:\(address)" }
+
     /// The addresses the listeners are bound to (with the ports the kernel chose for port 0).
     static func boundAddresses(_ listeners: borrowing RigidArray<UDPSocket>) -> [SocketAddress] {
         var bound: [SocketAddress] = []
