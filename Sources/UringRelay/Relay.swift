@@ -31,8 +31,13 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         var counters: [RelayCounters] = []
         var boards: [CounterBoard] = []
         var failures: [String] = []
-        /// The listeners' addresses with the ports bound, in listener-id order (after `start`).
+        /// The listeners' addresses with the ports bound (after `start`), as configured, and
+        /// their ids, in the same order.
         var listeners: [SocketAddress] = []
+        var configuredListeners: [SocketAddress] = []
+        var listenerIDs: [UInt32] = []
+        /// The id the next listener added by a reload takes.
+        var nextListenerID: UInt32 = 0
         var stopping = false
         /// Set once `start` has succeeded: every worker runs and `driver` is final.
         var started = false
@@ -251,7 +256,12 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
                 if index == 0 {
                     listen = facts.listeners
                     firstFacts = facts
-                    state.withLock { $0.listeners = facts.listeners }
+                    state.withLock {
+                        $0.listeners = facts.listeners
+                        $0.configuredListeners = configured
+                        $0.listenerIDs = facts.listeners.indices.map { UInt32($0) }
+                        $0.nextListenerID = UInt32(facts.listeners.count)
+                    }
                 }
             case .failure(let error):
                 stopAndForgetWorkers()
@@ -371,6 +381,11 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             reloads.recordFailure()
             throw error
         }
+        let listenerChange: ListenerChange
+        do throws(ConfigurationError) { listenerChange = try prepareListeners(candidate.listenAddresses) } catch {
+            reloads.recordFailure()
+            throw error
+        }
         let plan = inForce.withLock { running in
             let plan = ConfigFileReload(running: running, candidate: candidate, holdBytesInUse: holdBudget.bytesReserved)
             running = plan.result
@@ -385,11 +400,12 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         }
         monitor.update(next)
         var reported = plan
+        let listenerAnswers = changeListeners(listenerChange)
         let answers = tellWorkers([
             .applySettings(packetBytes: next.packetBytes, flushIntervalNanoseconds: next.flushIntervalNanoseconds),
             .followPool,
         ])
-        reported.workersNotApplied = answers.refused + answers.unanswered
+        reported.workersNotApplied = max(answers.refused + answers.unanswered, listenerAnswers.refused + listenerAnswers.unanswered)
         if reported.workersNotApplied == 0 {
             reloads.recordSuccess(at: Relay.unixTime())
         } else {
@@ -398,8 +414,98 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         return reported
     }
 
+    /// The listeners a reload adds (bound, one socket per worker) and removes (by id).
+    struct ListenerChange {
+        /// Per listener added: its address as configured and bound, its id, and one socket per
+        /// worker, in worker order.
+        var added: [(configured: SocketAddress, bound: SocketAddress, id: UInt32, sockets: [SocketHandOver])] = []
+        /// The ids removed, with their configured addresses.
+        var removed: [(configured: SocketAddress, id: UInt32)] = []
+        var isEmpty: Bool { added.isEmpty && removed.isEmpty }
+    }
+
+    /// Binds what `wanted` adds to the running listeners (compared as configured), one
+    /// `SO_REUSEPORT` socket per worker, and names what it removes; nothing is changed.
+    ///
+    /// - Throws: `ConfigurationError` naming the listener that cannot be bound, with the
+    ///   system's reason and errno (the sockets bound so far close).
+    private func prepareListeners(_ wanted: [SocketAddress]) throws(ConfigurationError) -> ListenerChange {
+        let (running, ids, workers, started) = state.withLock { ($0.configuredListeners, $0.listenerIDs, $0.controls.count, $0.started) }
+        var change = ListenerChange()
+        guard started else { return change }
+        for (index, address) in running.enumerated() where !wanted.contains(address) {
+            change.removed.append((address, ids[index]))
+        }
+        var nextID = state.withLock { $0.nextListenerID }
+        for (index, address) in wanted.enumerated() where !running.contains(address) {
+            var sockets: [SocketHandOver] = []
+            var bound = address
+            do throws(SystemCallError) {
+                if address.port != 0 && !configuration.reusePortGroup { try UDPSocket.probeExclusive(address) }
+                for _ in 0..<workers {
+                    let socket = try UDPSocket.bound(to: bound, reusePort: true, receiveBufferBytes: configuration.receiveBufferBytes)
+                    // Port 0: the other workers join the port the first socket was given.
+                    bound = socket.localAddress
+                    sockets.append(SocketHandOver(socket))
+                }
+            } catch {
+                throw ConfigurationError(argument: "listeners[\(index)]", value: address.description, reason: "\(error)")
+            }
+            change.added.append((address, bound, nextID, sockets))
+            nextID += 1
+        }
+        return change
+    }
+
+    /// Sends `change` to every worker and waits until each has applied it: an added listener
+    /// receiving in every worker, a removed one closed in every worker with what it held taken.
+    private func changeListeners(_ change: ListenerChange) -> CommandReceipt.Outcome {
+        let workers = state.withLock { $0.controls.count }
+        guard !change.isEmpty else { return CommandReceipt.Outcome(applied: workers, refused: 0, unanswered: 0) }
+        let outcome = tellEachWorker { worker in
+            change.added.map { WorkerCommand.addListener(id: $0.id, socket: $0.sockets[worker]) }
+                + change.removed.map { WorkerCommand.removeListener(id: $0.id) }
+        }
+        state.withLock { state in
+            for (configured, id) in change.removed {
+                guard let index = state.listenerIDs.firstIndex(of: id) else { continue }
+                _ = configured
+                state.listeners.remove(at: index)
+                state.configuredListeners.remove(at: index)
+                state.listenerIDs.remove(at: index)
+            }
+            for added in change.added {
+                state.listeners.append(added.bound)
+                state.configuredListeners.append(added.configured)
+                state.listenerIDs.append(added.id)
+                state.nextListenerID = max(state.nextListenerID, added.id + 1)
+            }
+        }
+        return outcome
+    }
+
     /// How long a reload waits for every worker to apply it.
     public static let workerAnswerNanoseconds: UInt64 = 2_000_000_000
+
+    /// Sends each started worker its own commands (`commands(worker)`), in order, and waits (at
+    /// most `timeoutNanoseconds`) until each has applied its last.
+    @discardableResult
+    func tellEachWorker(
+        timeoutNanoseconds: UInt64 = Relay.workerAnswerNanoseconds, _ commands: (Int) -> [WorkerCommand]
+    ) -> CommandReceipt.Outcome {
+        let controls = state.withLock { $0.controls }
+        let receipt = CommandReceipt(workers: controls.count)
+        for (worker, control) in controls.enumerated() {
+            let list = commands(worker)
+            guard let last = list.last else {
+                receipt.workerApplied()
+                continue
+            }
+            for command in list.dropLast() { control.send(command) }
+            control.send(last, receipt: receipt)
+        }
+        return receipt.wait(timeoutNanoseconds: timeoutNanoseconds)
+    }
 
     /// Sends `commands` to every started worker, in order, and waits (at most
     /// `workerAnswerNanoseconds`) until each has applied the last (so all of them: a worker
