@@ -401,6 +401,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         monitor.update(next)
         var reported = plan
         let listenerAnswers = changeListeners(listenerChange)
+        if !listenerChange.isEmpty { monitor.updateListeners(listenAddresses) }
         let answers = tellWorkers([
             .applySettings(packetBytes: next.packetBytes, flushIntervalNanoseconds: next.flushIntervalNanoseconds),
             .followPool,

@@ -41,3 +41,27 @@ struct ListenerConfigTests {
         }
     }
 }
+
+/// `--listen ADDR:PORT`, repeatable: the command line's form of `listeners`.
+@Suite("Listener flags")
+struct ListenerFlagTests {
+    static func flags(_ listen: [String]) -> ConfigFile {
+        var flags = ConfigFile()
+        flags.listeners = listen.map { ConfigFile.Listener(text: $0) }
+        return flags
+    }
+
+    @Test("--listen given twice replaces the file's listeners, bind and port included")
+    func replacesFile() throws {
+        let configuration = try ListenerConfigTests.resolved(
+            "bind: 127.0.0.2\nport: 9000\nbackends: [127.0.0.1:9001]", flags: Self.flags(["127.0.0.1:9125", "[::1]:9126"]))
+        #expect(configuration.listenAddresses.map(\.description) == ["127.0.0.1:9125", "[::1]:9126"])
+    }
+
+    @Test("a bad --listen is named as the flag")
+    func badFlag() {
+        #expect(throws: ConfigurationError(argument: "--listen", value: "localhost:9125", reason: "'localhost' is not an IPv4 or IPv6 address")) {
+            _ = try ListenerConfigTests.resolved("backends: [127.0.0.1:9001]", flags: Self.flags(["localhost:9125"]))
+        }
+    }
+}
