@@ -31,7 +31,13 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         var counters: [RelayCounters] = []
         var boards: [CounterBoard] = []
         var failures: [String] = []
-        var listen: SocketAddress?
+        /// The listeners' addresses with the ports bound (after `start`), as configured, and
+        /// their ids, in the same order.
+        var listeners: [SocketAddress] = []
+        var configuredListeners: [SocketAddress] = []
+        var listenerIDs: [UInt32] = []
+        /// The id the next listener added by a reload takes.
+        var nextListenerID: UInt32 = 0
         var stopping = false
         /// Set once `start` has succeeded: every worker runs and `driver` is final.
         var started = false
@@ -84,10 +90,9 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     ) throws {
         try configuration.validate()
         precondition(addresses.count == configuration.backends.count, "one address per backend")
-        // The listener's port is known now unless it is 0 (then `start` checks once bound).
+        // The listeners' ports are known now unless 0 (then `start` checks once bound).
         try BackendAddressCheck.verify(
-            backends: configuration.backends, addresses: addresses,
-            listeners: [SocketAddress(numericHost: configuration.bindHost, port: configuration.port)!])
+            backends: configuration.backends, addresses: addresses, listeners: configuration.listenAddresses)
         self.configuration = configuration
         inForce = Mutex(configuration)
         self.backendAddresses = addresses
@@ -106,8 +111,15 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         }
     }
 
-    /// The address the workers listen on, with the port actually bound (after `start`).
-    public var listenAddress: SocketAddress? { state.withLock { $0.listen } }
+    /// The first address the workers listen on, with the port actually bound (after `start`).
+    public var listenAddress: SocketAddress? { state.withLock { $0.listeners.first } }
+
+    /// Every address the workers listen on, in listener-id order, with the ports actually
+    /// bound (after `start`; the configured ones before).
+    public var listenAddresses: [SocketAddress] {
+        let bound = state.withLock { $0.listeners }
+        return bound.isEmpty ? configurationInForce.listenAddresses : bound
+    }
 
     /// Why the relay could not start a driver it was told to use (`--io-backend uring` where
     /// io_uring cannot run): exit status 69 (`EX_UNAVAILABLE`).
@@ -128,13 +140,13 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     ///   started are stopped and joined first).
     public func start() throws -> WorkerFacts {
         let config = configuration
-        let listen = SocketAddress(numericHost: config.bindHost, port: config.port)!
-        if config.port != 0 && !config.reusePortGroup {
+        let listen = config.listenAddresses
+        if !config.reusePortGroup {
             // Every worker binds with SO_REUSEPORT; without this check a second relay, or any
             // stray SO_REUSEPORT socket, on the port would take a share of the traffic unseen.
-            try UDPSocket.probeExclusive(listen)
+            for address in listen where address.port != 0 { try UDPSocket.probeExclusive(address) }
         }
-        let probeSettings = WorkerSettings(configuration: config, listeners: [listen], routing: routing, holdBudget: holdBudget)
+        let probeSettings = WorkerSettings(configuration: config, listeners: listen, routing: routing, holdBudget: holdBudget)
         switch config.ioBackend {
         case .portable:
             driver = .portable
@@ -164,10 +176,10 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             driverReason = reason
             facts = try startWorkers(driver: .portable, listen: listen)
         }
-        if config.port == 0 {
-            // The kernel chose the port: only now can a backend be found to reach it.
+        if listen.contains(where: { $0.port == 0 }) {
+            // The kernel chose a port: only now can a backend be found to reach it.
             do throws(ConfigurationError) {
-                try BackendAddressCheck.verify(backends: config.backends, addresses: backendAddresses, listeners: [facts.listen])
+                try BackendAddressCheck.verify(backends: config.backends, addresses: backendAddresses, listeners: facts.listeners)
             } catch {
                 stopAndForgetWorkers()
                 throw error
@@ -181,7 +193,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         } else {
             logger.info("io_backend=\(driver.rawValue)")
         }
-        do throws(Errno) { try monitor.start(listeners: [facts.listen]) } catch {
+        do throws(Errno) { try monitor.start(listeners: facts.listeners) } catch {
             stopAndJoin()
             throw SystemCallError("pthread_create", "health monitor", error)
         }
@@ -196,13 +208,13 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     /// - Returns: the first worker's facts.
     /// - Throws: `SystemCallError` from the first worker that could not start; the ones already
     ///   started are then stopped and joined, and forgotten, so workers can be started again.
-    private func startWorkers(driver: IOBackendChoice, listen configured: SocketAddress) throws -> WorkerFacts {
+    private func startWorkers(driver: IOBackendChoice, listen configured: [SocketAddress]) throws -> WorkerFacts {
         let config = configuration
         var listen = configured
         let cpus = config.cpus ?? WorkerThread.allowedCPUs
         var firstFacts: WorkerFacts?
         for index in 0..<config.threads {
-            let settings = WorkerSettings(configuration: config, listeners: [listen], routing: routing, holdBudget: holdBudget)
+            let settings = WorkerSettings(configuration: config, listeners: listen, routing: routing, holdBudget: holdBudget)
             let board = settings.board
             let control: WorkerControl
             do throws(Errno) { control = try WorkerControl() } catch {
@@ -242,9 +254,14 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             switch started.wait() {
             case .success(let facts):
                 if index == 0 {
-                    listen = facts.listen
+                    listen = facts.listeners
                     firstFacts = facts
-                    state.withLock { $0.listen = facts.listen }
+                    state.withLock {
+                        $0.listeners = facts.listeners
+                        $0.configuredListeners = configured
+                        $0.listenerIDs = facts.listeners.indices.map { UInt32($0) }
+                        $0.nextListenerID = UInt32(facts.listeners.count)
+                    }
                 }
             case .failure(let error):
                 stopAndForgetWorkers()
@@ -266,7 +283,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             state.boards = []
             // What the stopped workers relayed stays counted.
             state.failures = []
-            state.listen = nil
+            state.listeners = []
         }
     }
 
@@ -323,8 +340,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         candidate.backends = backends
         try candidate.validate()
         let addresses = try BackendLookup(backends: backends, resolver: resolver, limitNanoseconds: resolverLimitNanoseconds).wait()
-        let listen = state.withLock { $0.listen } ?? SocketAddress(numericHost: configuration.bindHost, port: configuration.port)!
-        try BackendAddressCheck.verify(backends: backends, addresses: addresses, listeners: [listen])
+        try BackendAddressCheck.verify(backends: backends, addresses: addresses, listeners: listenAddresses)
         routing.replaceBackends(backends, addresses: addresses)
     }
 
@@ -356,12 +372,17 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         do throws(ConfigurationError) {
             try candidate.validate()
             precondition(addresses.count == candidate.backends.count, "one address per backend")
-            var listeners = [state.withLock { $0.listen } ?? SocketAddress(numericHost: configuration.bindHost, port: configuration.port)!]
-            if let next = SocketAddress(numericHost: candidate.bindHost, port: candidate.port), next.port != 0, next != listeners[0] {
+            var listeners = listenAddresses
+            for next in candidate.listenAddresses where next.port != 0 && !listeners.contains(next) {
                 listeners.append(next)
             }
             try BackendAddressCheck.verify(backends: candidate.backends, addresses: addresses, listeners: listeners)
         } catch {
+            reloads.recordFailure()
+            throw error
+        }
+        let listenerChange: ListenerChange
+        do throws(ConfigurationError) { listenerChange = try prepareListeners(candidate.listenAddresses) } catch {
             reloads.recordFailure()
             throw error
         }
@@ -379,11 +400,13 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         }
         monitor.update(next)
         var reported = plan
+        let listenerAnswers = changeListeners(listenerChange)
+        if !listenerChange.isEmpty { monitor.updateListeners(listenAddresses) }
         let answers = tellWorkers([
             .applySettings(packetBytes: next.packetBytes, flushIntervalNanoseconds: next.flushIntervalNanoseconds),
             .followPool,
         ])
-        reported.workersNotApplied = answers.refused + answers.unanswered
+        reported.workersNotApplied = max(answers.refused + answers.unanswered, listenerAnswers.refused + listenerAnswers.unanswered)
         if reported.workersNotApplied == 0 {
             reloads.recordSuccess(at: Relay.unixTime())
         } else {
@@ -392,8 +415,98 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         return reported
     }
 
+    /// The listeners a reload adds (bound, one socket per worker) and removes (by id).
+    struct ListenerChange {
+        /// Per listener added: its address as configured and bound, its id, and one socket per
+        /// worker, in worker order.
+        var added: [(configured: SocketAddress, bound: SocketAddress, id: UInt32, sockets: [SocketHandOver])] = []
+        /// The ids removed, with their configured addresses.
+        var removed: [(configured: SocketAddress, id: UInt32)] = []
+        var isEmpty: Bool { added.isEmpty && removed.isEmpty }
+    }
+
+    /// Binds what `wanted` adds to the running listeners (compared as configured), one
+    /// `SO_REUSEPORT` socket per worker, and names what it removes; nothing is changed.
+    ///
+    /// - Throws: `ConfigurationError` naming the listener that cannot be bound, with the
+    ///   system's reason and errno (the sockets bound so far close).
+    private func prepareListeners(_ wanted: [SocketAddress]) throws(ConfigurationError) -> ListenerChange {
+        let (running, ids, workers, started) = state.withLock { ($0.configuredListeners, $0.listenerIDs, $0.controls.count, $0.started) }
+        var change = ListenerChange()
+        guard started else { return change }
+        for (index, address) in running.enumerated() where !wanted.contains(address) {
+            change.removed.append((address, ids[index]))
+        }
+        var nextID = state.withLock { $0.nextListenerID }
+        for (index, address) in wanted.enumerated() where !running.contains(address) {
+            var sockets: [SocketHandOver] = []
+            var bound = address
+            do throws(SystemCallError) {
+                if address.port != 0 && !configuration.reusePortGroup { try UDPSocket.probeExclusive(address) }
+                for _ in 0..<workers {
+                    let socket = try UDPSocket.bound(to: bound, reusePort: true, receiveBufferBytes: configuration.receiveBufferBytes)
+                    // Port 0: the other workers join the port the first socket was given.
+                    bound = socket.localAddress
+                    sockets.append(SocketHandOver(socket))
+                }
+            } catch {
+                throw ConfigurationError(argument: "listeners[\(index)]", value: address.description, reason: "\(error)")
+            }
+            change.added.append((address, bound, nextID, sockets))
+            nextID += 1
+        }
+        return change
+    }
+
+    /// Sends `change` to every worker and waits until each has applied it: an added listener
+    /// receiving in every worker, a removed one closed in every worker with what it held taken.
+    private func changeListeners(_ change: ListenerChange) -> CommandReceipt.Outcome {
+        let workers = state.withLock { $0.controls.count }
+        guard !change.isEmpty else { return CommandReceipt.Outcome(applied: workers, refused: 0, unanswered: 0) }
+        let outcome = tellEachWorker { worker in
+            change.added.map { WorkerCommand.addListener(id: $0.id, socket: $0.sockets[worker]) }
+                + change.removed.map { WorkerCommand.removeListener(id: $0.id) }
+        }
+        state.withLock { state in
+            for (configured, id) in change.removed {
+                guard let index = state.listenerIDs.firstIndex(of: id) else { continue }
+                _ = configured
+                state.listeners.remove(at: index)
+                state.configuredListeners.remove(at: index)
+                state.listenerIDs.remove(at: index)
+            }
+            for added in change.added {
+                state.listeners.append(added.bound)
+                state.configuredListeners.append(added.configured)
+                state.listenerIDs.append(added.id)
+                state.nextListenerID = max(state.nextListenerID, added.id + 1)
+            }
+        }
+        return outcome
+    }
+
     /// How long a reload waits for every worker to apply it.
     public static let workerAnswerNanoseconds: UInt64 = 2_000_000_000
+
+    /// Sends each started worker its own commands (`commands(worker)`), in order, and waits (at
+    /// most `timeoutNanoseconds`) until each has applied its last.
+    @discardableResult
+    func tellEachWorker(
+        timeoutNanoseconds: UInt64 = Relay.workerAnswerNanoseconds, _ commands: (Int) -> [WorkerCommand]
+    ) -> CommandReceipt.Outcome {
+        let controls = state.withLock { $0.controls }
+        let receipt = CommandReceipt(workers: controls.count)
+        for (worker, control) in controls.enumerated() {
+            let list = commands(worker)
+            guard let last = list.last else {
+                receipt.workerApplied()
+                continue
+            }
+            for command in list.dropLast() { control.send(command) }
+            control.send(last, receipt: receipt)
+        }
+        return receipt.wait(timeoutNanoseconds: timeoutNanoseconds)
+    }
 
     /// Sends `commands` to every started worker, in order, and waits (at most
     /// `workerAnswerNanoseconds`) until each has applied the last (so all of them: a worker

@@ -53,7 +53,7 @@ struct CheckConfigCommand: ParsableCommand {
         do {
             try BackendAddressCheck.verify(
                 backends: configuration.backends, addresses: addresses,
-                listeners: [SocketAddress(numericHost: configuration.bindHost, port: configuration.port)!])
+                listeners: configuration.listenAddresses)
         } catch {
             printError("\(parsed.located(error))")
             throw ExitCode(64)

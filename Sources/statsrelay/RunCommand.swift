@@ -33,6 +33,9 @@ struct RunCommand: ParsableCommand {
     @Option(name: [.customLong("port"), .customLong("port", withSingleDash: true)], parsing: .unconditional, help: "UDP port to listen on (default: 8125).")
     var port: Int?
 
+    @Option(name: .customLong("listen"), help: "A UDP listener, ADDR:PORT or [IPv6]:PORT; repeat for several. Replaces the file's listeners; not with --bind/--port.")
+    var listen: [String] = []
+
     @Option(
         name: [.customLong("packet-len"), .customLong("packetlen", withSingleDash: true)], parsing: .unconditional,
         help: "Largest outgoing datagram in bytes (a longer single line goes alone) (default: 1400).")
@@ -115,6 +118,7 @@ struct RunCommand: ParsableCommand {
         var settings = ConfigFile()
         settings.bind = bind
         settings.port = port
+        if !listen.isEmpty { settings.listeners = listen.map { ConfigFile.Listener(text: $0) } }
         settings.packetLen = packetLen
         settings.flushInterval = flushInterval
         settings.rcvbuf = rcvbuf
@@ -543,7 +547,7 @@ struct RunCommand: ParsableCommand {
         let backends = zip(configuration.backends, relay.backendAddresses).enumerated().map { index, pair in
             pair.0.host == pair.1.host ? "\(index):\(pair.0)" : "\(index):\(pair.0)=\(pair.1)"
         }
-        logger.info("listening on \(facts.listen)", metadata: [
+        logger.info("listening on \(facts.listeners.map(\.description).joined(separator: ", "))", metadata: [
             "backends": "\(backends.joined(separator: " "))",
             "packet_len": "\(configuration.packetBytes)",
             "flush_interval": "\(DurationParser.format(configuration.flushIntervalNanoseconds))",

@@ -24,10 +24,9 @@ extension Relay {
             backend.flapHolds = status.flapHolds
             return backend
         }
-        let listen = listenAddress ?? SocketAddress(numericHost: configuration.bindHost, port: configuration.port)
         var snapshot = RelaySnapshot(
             counters: liveCounters(), backends: backends,
-            listeners: listen.map { ["udp:\($0)"] } ?? [],
+            listeners: listenAddresses.map(WorkerSetup.label),
             ioDriver: driver.rawValue, version: version, hashMode: pool.hashMode.rawValue,
             ringFingerprint: pool.ringFingerprint, holdInUseBytes: holdBytesInUse,
             holdLimitBytes: configuration.holdBytes, failOpenActivations: monitor.failOpenActivations,

@@ -1,11 +1,11 @@
 extension ConfigFile {
     /// What a SIGHUP does with a key whose value changed in the file.
     public enum Reload: String, Sendable, CaseIterable {
-        /// Applied at once: backends, down-policy, packet length, flush interval, health checks,
-        /// name refresh, log level.
+        /// Applied at once: listeners, backends, down-policy, packet length, flush interval,
+        /// health checks, name refresh, log level.
         case applied
         /// Kept (and logged): the workers take it only when they start (their control channel
-        /// does not carry it yet: listeners, the stop budget). The file's value applies at the
+        /// does not carry it yet: the stop budget). The file's value applies at the
         /// next start.
         case atNextStart = "at-next-start"
         /// Kept (and logged): fixed for the life of the process (threads and their CPUs, rings and
@@ -35,9 +35,9 @@ extension ConfigFile {
     /// Every top-level key, in the order `render` writes them. `bind` and `port` are the
     /// one-listener shorthand of `listeners`.
     public static let keys: [Key] = [
-        Key("listeners", .atNextStart),
-        Key("bind", .atNextStart),
-        Key("port", .atNextStart),
+        Key("listeners", .applied),
+        Key("bind", .applied),
+        Key("port", .applied),
         Key("backends", .applied),
         Key("packet-len", .applied),
         Key("flush-interval", .applied),

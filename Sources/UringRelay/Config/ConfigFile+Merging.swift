@@ -49,6 +49,12 @@ extension ConfigFile {
         drop(\.stopDelay)
         drop(\.flapHoldMax)
         drop(\.flapHold)
+        if flags.listeners != nil {
+            // `--listen` replaces every listener of the file, whichever form it used.
+            kept.listeners = nil
+            kept.bind = nil
+            kept.port = nil
+        }
         return kept
     }
 
@@ -56,7 +62,13 @@ extension ConfigFile {
     /// command line spells it: `--packet-len`, or `backend` for a positional backend.
     public static func asFlag(_ error: ConfigurationError) -> ConfigurationError {
         var named = error
-        named.argument = error.argument.hasPrefix("backends") ? "backend" : "--" + error.argument
+        if error.argument.hasPrefix("backends") {
+            named.argument = "backend"
+        } else if error.argument.hasPrefix("listeners") {
+            named.argument = "--listen"
+        } else {
+            named.argument = "--" + error.argument
+        }
         return named
     }
 

@@ -34,7 +34,7 @@ extension ConfigFile {
         switch key {
         case "listeners":
             let host = c.bindHost.contains(":") ? "[\(c.bindHost)]" : c.bindHost
-            return Node.sequence(Node.Sequence([scalar("\(host):\(c.port)")]))
+            return Node.sequence(Node.Sequence([scalar("\(host):\(c.port)")] + c.additionalListeners.map { scalar($0.description) }))
         case "bind": return scalar(c.bindHost)
         case "port": return scalar("\(c.port)")
         case "backends":

@@ -207,26 +207,29 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
                 throw invalid(
                     "listeners", "", "give either listeners or bind and port (the one-listener shorthand), not both")
             }
-            guard let first = listeners.first else {
+            guard !listeners.isEmpty else {
                 throw invalid("listeners", "[]", "at least one listener is required")
             }
-            if listeners.count > 1 {
-                throw invalid(
-                    "listeners[1]", listeners[1].text ?? "\(listeners[1].bind ?? "0.0.0.0"):\(listeners[1].port ?? 8125)",
-                    "one UDP listener for now; several come with the workers' control channel (issue 13, section 1):"
-                        + " run one relay per address meanwhile")
-            }
-            if let text = first.text {
-                let (host, number) = try Self.parseListener(text, path: "listeners[0]")
-                configuration.bindHost = host
-                configuration.port = number
-            } else {
-                if let bind = first.bind { configuration.bindHost = bind } else { configuration.bindHost = "0.0.0.0" }
-                configuration.port = try portNumber("listeners[0].port", first.port ?? 8125)
-                if SocketAddress(numericHost: configuration.bindHost, port: 0) == nil {
-                    throw invalid("listeners[0].bind", configuration.bindHost, "not an IPv4 or IPv6 address")
+            var addresses: [SocketAddress] = []
+            for (index, entry) in listeners.enumerated() {
+                let host: String
+                let number: UInt16
+                if let text = entry.text {
+                    (host, number) = try Self.parseListener(text, path: "listeners[\(index)]")
+                } else {
+                    host = entry.bind ?? "0.0.0.0"
+                    number = try portNumber("listeners[\(index)].port", entry.port ?? 8125)
+                    if SocketAddress(numericHost: host, port: 0) == nil {
+                        throw invalid("listeners[\(index)].bind", host, "not an IPv4 or IPv6 address")
+                    }
                 }
+                if index == 0 {
+                    configuration.bindHost = host
+                    configuration.port = number
+                }
+                addresses.append(SocketAddress(numericHost: host, port: number)!)
             }
+            configuration.additionalListeners = Array(addresses.dropFirst())
         }
         if let bind { configuration.bindHost = bind }
         if let port { configuration.port = try portNumber("port", port) }

@@ -1,7 +1,8 @@
 /// What a reload (SIGHUP) does with a new configuration: key by key, what changed, and whether
 /// it is applied now or kept at its running value until the next start.
 ///
-/// Applied now (`ConfigFile.Reload.applied`): `backends` (added, removed, reordered, a backend's
+/// Applied now (`ConfigFile.Reload.applied`): `listeners` (UDP listeners added or removed, a
+/// removed one drained first: `Relay.reload`), `backends` (added, removed, reordered, a backend's
 /// label or health-check port), `on-backend-down`, `packet-len`, `flush-interval` (through every
 /// worker's control channel), the health checks (`health-check`,
 /// `health-check-port`, `health-interval`, `health-timeout`, `health-rise`, `health-fall`),
@@ -74,6 +75,10 @@ public struct ConfigFileReload: Sendable, Equatable {
     private static func take(_ key: String, from candidate: RelayConfiguration, into result: inout RelayConfiguration) {
         switch key {
         case "backends": result.backends = candidate.backends
+        case "listeners":
+            result.bindHost = candidate.bindHost
+            result.port = candidate.port
+            result.additionalListeners = candidate.additionalListeners
         case "health-check": result.healthCheck = candidate.healthCheck
         case "health-check-port": result.healthCheckPort = candidate.healthCheckPort
         case "health-interval": result.healthIntervalNanoseconds = candidate.healthIntervalNanoseconds

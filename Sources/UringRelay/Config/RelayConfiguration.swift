@@ -11,6 +11,10 @@ public struct RelayConfiguration: Sendable, Equatable {
     public var bindHost: String = "0.0.0.0"
     /// The UDP port to listen on (`--port`); 0 lets the kernel choose (tests).
     public var port: UInt16 = 8125
+    /// The UDP listeners after the first (`bindHost`:`port`): the file's `listeners` from its
+    /// second entry on, or `--listen` given more than once. Every worker opens one
+    /// `SO_REUSEPORT` socket on each.
+    public var additionalListeners: [SocketAddress] = []
     /// The backends, in routing order.
     public var backends: [BackendAddress]
     /// The largest outgoing datagram (`--packet-len`), unless a single line is longer.
@@ -116,6 +120,11 @@ public struct RelayConfiguration: Sendable, Equatable {
         self.backends = backends
     }
 
+    /// Every UDP listener, in listener-id order: `bindHost`:`port`, then `additionalListeners`.
+    public var listenAddresses: [SocketAddress] {
+        [SocketAddress(numericHost: bindHost, port: port) ?? SocketAddress(numericHost: "0.0.0.0", port: port)!] + additionalListeners
+    }
+
     /// Checks every setting and names the first bad one.
     public func validate() throws(ConfigurationError) {
         if backends.isEmpty {
@@ -139,6 +148,16 @@ public struct RelayConfiguration: Sendable, Equatable {
         try hashMode.check(backends)
         if SocketAddress(numericHost: bindHost, port: port) == nil {
             throw ConfigurationError(argument: "--bind", value: bindHost, reason: "not an IPv4 or IPv6 address")
+        }
+        // Two sockets of one worker on one address would split its traffic between them for
+        // nothing (and two wildcard ports cannot both be told apart in the labels).
+        let addresses = listenAddresses
+        for (index, address) in addresses.enumerated() where address.port != 0 {
+            if let first = addresses[..<index].firstIndex(where: { $0.canonical == address.canonical }) {
+                throw ConfigurationError(
+                    argument: "listeners[\(index)]", value: address.description,
+                    reason: "same address as listeners[\(first)]: give each listener once")
+            }
         }
         if !(2...BatchAssembler.largestDatagramBytes).contains(packetBytes) {
             throw ConfigurationError(

@@ -73,6 +73,8 @@ public struct RelayCore: ~Copyable {
     /// Per send slot: `handedOut` once `nextOutgoing` gave it to the driver, `retried` once a
     /// send of it was tried again; cleared when its send completes.
     private var slotStates: [SlotState]
+    /// Per listener id, its position in the counters' listeners.
+    private var listenerPositions: [Int] = []
 
     /// What the core knows of a send slot's send.
     private struct SlotState: OptionSet {
@@ -127,10 +129,31 @@ public struct RelayCore: ~Copyable {
 
     /// Relays one received datagram (or counts why it cannot be relayed).
     ///
-    /// - Parameter listener: the index of the listener it came from.
+    /// - Parameter listener: the id of the listener it came from (`nameListener`); its share of
+    ///   the received counts is counted apart.
     @inline(__always)
-    public mutating func receive(_ payload: ReceivedPayload, _ bytes: RawSpan, listener: Int, now: UInt64) {
+    public mutating func receive(_ payload: ReceivedPayload, _ bytes: RawSpan, listener: UInt32, now: UInt64) {
+        let datagrams = processor.counters[.datagramsReceived]
+        let bytesBefore = processor.counters[.bytesReceived]
+        let lines = processor.counters[.linesReceived]
         processor.receive(payload, bytes, now: now)
+        let id = Int(listener)
+        guard id < listenerPositions.count else { return }
+        let position = listenerPositions[id]
+        processor.counters[.datagramsReceived, listener: position] &+= processor.counters[.datagramsReceived] &- datagrams
+        processor.counters[.bytesReceived, listener: position] &+= processor.counters[.bytesReceived] &- bytesBefore
+        processor.counters[.linesReceived, listener: position] &+= processor.counters[.linesReceived] &- lines
+    }
+
+    /// Names listener `id` (its `listener` label, `udp:ADDRESS:PORT` with the port bound): what
+    /// it receives is counted apart from here on. Call when a listener opens (start, reload),
+    /// never per datagram.
+    public mutating func nameListener(id: UInt32, label: String) {
+        let index = Int(id)
+        if listenerPositions.count <= index {
+            listenerPositions.append(contentsOf: repeatElement(0, count: index + 1 - listenerPositions.count))
+        }
+        listenerPositions[index] = processor.counters.countListener(label)
     }
 
     /// Counts a failed receive (a result that is neither data nor an expected end).
@@ -172,6 +195,8 @@ public struct RelayCore: ~Copyable {
             guard packetBytes != settings.packetBytes, !stopRequested else { return }
             settings.packetBytes = packetBytes
             if pendingPool == nil, heldPacketsFitNewLength { startRebuild() }
+        case .addListener, .removeListener:
+            assertionFailure("listener commands are the driver's (`WorkerControl.take`)")
         }
     }
 

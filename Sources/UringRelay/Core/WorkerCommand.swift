@@ -1,3 +1,5 @@
+import RelayKernel
+
 /// What a worker is told while it runs, through its `WorkerControl`: applied at a turn
 /// boundary, in the order sent, never inside a datagram.
 public enum WorkerCommand: Sendable, Equatable {
@@ -11,4 +13,12 @@ public enum WorkerCommand: Sendable, Equatable {
     /// membership change after the old pool's batches are sent. Workers also look at the
     /// published pool every turn; this command lets a sender await that every worker took it.
     case followPool
+    /// Receive on this socket from now on, as listener `id` (`udp:ADDRESS:PORT` in the counts):
+    /// the sender bound it, `SO_REUSEPORT`, one per worker, so a bind error refused the reload
+    /// before any worker was told. Applied by the driver, not the core.
+    case addListener(id: UInt32, socket: SocketHandOver)
+    /// Stop taking datagrams on listener `id`: it is connected to itself (takes nothing new),
+    /// what it holds is received and relayed, then it closes. The worker answers the receipt
+    /// once it has closed. Applied by the driver, not the core.
+    case removeListener(id: UInt32)
 }

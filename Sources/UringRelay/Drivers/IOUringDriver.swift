@@ -22,13 +22,21 @@ import RelayKernel
 public struct IOUringDriver: ~Copyable {
     private let ring: Ring
     private var buffers: ProvidedBufferRing
-    private var listeners: RigidArray<UDPSocket>
+    private var listeners: UniqueArray<UDPSocket>
     private var connections: BackendConnections
     private let control: WorkerControl
     private var core: RelayCore
     private var queue: ReceiveQueue
     private let settings: WorkerSettings
+    /// Per listener (in `listeners` order): its id (the receive's `user_data` index), whether
+    /// its multishot receive is armed, and whether it is being removed (connected to itself,
+    /// what it holds still taken and relayed; its receive cancelled once it holds nothing, and
+    /// it closes once the cancellation has completed).
+    private var listenerIDs: [UInt32]
     private var receiveArmed: [Bool]
+    private var draining: [Bool]
+    /// The receipts of removals waiting for their listeners to close.
+    private var drainReceipts: [CommandReceipt] = []
     private var receiveEnded = false
     private var receivedThisTurn = false
     private var sends: OrderedSends
@@ -53,7 +61,7 @@ public struct IOUringDriver: ~Copyable {
     ///
     /// - Throws: `SystemCallError` naming the step that failed.
     public init(settings: WorkerSettings, control: WorkerControl) throws(SystemCallError) {
-        let core = try RelayCore(settings: settings, now: MonotonicClock.nanoseconds())
+        var core = try RelayCore(settings: settings, now: MonotonicClock.nanoseconds())
         let bufferCount = settings.receiveBuffers
         let sizing = settings.ringSizing(backendCount: core.pool.count)
         assert(sizing.sendSlots == core.sendBuffers.capacity, "the send slots and the ring are sized apart")
@@ -66,6 +74,8 @@ public struct IOUringDriver: ~Copyable {
             buffers = try ProvidedBufferRing(ring: ring, groupID: 0, count: bufferCount, payloadBytes: settings.maxDatagramBytes)
         } catch { throw SystemCallError("io_uring_register_buf_ring", "\(bufferCount) buffers", error) }
         let listeners = try WorkerSetup.listeners(settings)
+        let ids = settings.listeners.indices.map { UInt32($0) }
+        for (id, label) in zip(ids, WorkerSetup.labels(listeners)) { core.nameListener(id: id, label: label) }
         let pool = core.pool
         let connections = try BackendConnections(
             pool: pool, sendSlots: core.sendBuffers.capacity, sendBufferBytes: settings.backendSendBufferBytes)
@@ -77,6 +87,8 @@ public struct IOUringDriver: ~Copyable {
         self.ring = ring
         self.buffers = buffers
         self.listeners = listeners
+        listenerIDs = ids
+        draining = Array(repeating: false, count: ids.count)
         receiveArmed = Array(repeating: false, count: settings.listeners.count)
         cancelWanted = Array(repeating: false, count: settings.listeners.count)
         drops = ListenerDrops(count: settings.listeners.count)
@@ -118,7 +130,8 @@ public struct IOUringDriver: ~Copyable {
             while let completion = ring.nextCompletion() { handle(completion, now: now) }
             // After the completions: the control event is reset in there, so a command or a
             // publication made since is either seen here or fires the re-armed poll.
-            control.apply(to: &core, now: now)
+            applyCommands(now: now)
+            if draining.contains(true) && core.phase != .flushing { followDrains(now: now) }
             core.beginTurn(now: now)
             relayQueued(now: now)
             // Only a draining core asks; the peek is a system call, not paid while running.
@@ -134,6 +147,7 @@ public struct IOUringDriver: ~Copyable {
                 // Every receive has ended (cancelled): nothing more is taken from the sockets.
                 countKernelDrops(now: now)
                 WorkerSetup.closeListeners(&listeners, core: &core)
+                forgetListeners()
             }
             connections.follow(&core, sendsInFlight: sends.count, now: now)
             if drops.isDue(now: now) { countKernelDrops(now: now) }
@@ -150,6 +164,7 @@ public struct IOUringDriver: ~Copyable {
                     // So what the listeners hold can still be counted before they close.
                     countKernelDrops(now: now)
                     WorkerSetup.closeListeners(&listeners, core: &core)
+                    forgetListeners()
                 }
                 break
             }
@@ -159,6 +174,7 @@ public struct IOUringDriver: ~Copyable {
         connections.finish(now: end, into: &core)
         let counters = core.finish(unrelayedDatagrams: queue.count, sendsInFlight: sends.count, now: end)
         settings.routing.unsubscribe(control.wakeup)
+        for receipt in drainReceipts { receipt.workerRefused() }
         if sends.inFlight > 0 || receiveArmed.contains(true) {
             // The kernel may still use this memory; keeping it mapped is the safe choice.
             buffers.keepMappedAfterDestruction()
@@ -166,6 +182,81 @@ public struct IOUringDriver: ~Copyable {
         }
         ring.close()
         return counters
+    }
+
+    /// Applies every queued command in order: the listener commands here, the rest in the core.
+    /// A listener added once the core stops receiving is closed at once (its receipt refused).
+    private mutating func applyCommands(now: UInt64) {
+        guard control.hasPending else { return }
+        for (command, receipt) in control.take() {
+            switch command {
+            case .addListener(let id, let handOver):
+                guard core.phase == .running, !core.isStopRequested, let socket = handOver.take() else {
+                    receipt?.workerRefused()
+                    continue
+                }
+                core.nameListener(id: id, label: WorkerSetup.label(socket.localAddress))
+                listeners.append(socket)
+                listenerIDs.append(id)
+                receiveArmed.append(false)
+                cancelWanted.append(false)
+                draining.append(false)
+                drops.append()
+                receipt?.workerApplied()
+            case .removeListener(let id):
+                guard core.phase != .flushing, let index = listenerIDs.firstIndex(of: id) else {
+                    // Not here (or every listener closed by a stop already): nothing to drain.
+                    receipt?.workerApplied()
+                    continue
+                }
+                // Should connect(2) fail, the listener still closes once it reads empty.
+                try? listeners[index].refuseNewDatagrams()
+                draining[index] = true
+                if let receipt { drainReceipts.append(receipt) }
+            default:
+                core.apply(command, now: now)
+                receipt?.workerApplied()
+            }
+        }
+    }
+
+    /// Moves each listener being removed on: while its socket holds datagrams its receive stays
+    /// armed (re-armed if the kernel ended it); once it holds none its receive is cancelled;
+    /// once that cancellation has completed (the receive reported its end) it closes, taking
+    /// nothing more. The removals are answered once none is left.
+    private mutating func followDrains(now: UInt64) {
+        var index = listeners.count - 1
+        while index >= 0 {
+            defer { index -= 1 }
+            guard draining[index] else { continue }
+            if listeners[index].hasPendingDatagram { continue }
+            if receiveArmed[index] {
+                // Connected to itself, it takes nothing new: what it held is in the buffers.
+                // (Asked again each turn until the receive reports its end; a cancellation
+                // that finds it gone completes as a `.cancel` CQE, ignored.)
+                cancelWanted[index] = true
+                continue
+            }
+            core.countKernelDrops(drops.newDrops(listener: index, counter: listeners[index].kernelDrops))
+            _ = listeners.remove(at: index)
+            listenerIDs.remove(at: index)
+            receiveArmed.remove(at: index)
+            cancelWanted.remove(at: index)
+            draining.remove(at: index)
+            drops.remove(at: index)
+        }
+        if !draining.contains(true) {
+            for receipt in drainReceipts { receipt.workerApplied() }
+            drainReceipts.removeAll()
+        }
+    }
+
+    /// Answers the removals waiting once a stop closed every listener: they closed with the
+    /// others. (The per-listener receive states stay: a cancellation may still be on its way.)
+    private mutating func forgetListeners() {
+        for index in draining.indices { draining[index] = false }
+        for receipt in drainReceipts { receipt.workerApplied() }
+        drainReceipts.removeAll()
     }
 
     /// Counts what the kernel dropped at the listening sockets since the last reading.
@@ -186,7 +277,7 @@ public struct IOUringDriver: ~Copyable {
         guard core.phase != .flushing, buffers.available > 0 else { return }
         for index in receiveArmed.indices where !receiveArmed[index] && !submissionsDeferred {
             do throws(Errno) {
-                try ring.armMultishotReceive(on: listeners[index], buffers: buffers, userData: UserData(.receive, index: UInt32(index)))
+                try ring.armMultishotReceive(on: listeners[index], buffers: buffers, userData: UserData(.receive, index: listenerIDs[index]))
                 receiveArmed[index] = true
             } catch { deferSubmissions() }
         }
@@ -212,7 +303,7 @@ public struct IOUringDriver: ~Copyable {
                 continue
             }
             do throws(Errno) {
-                try ring.cancel(UserData(.receive, index: UInt32(index)), userData: UserData(.cancel))
+                try ring.cancel(UserData(.receive, index: listenerIDs[index]), userData: UserData(.cancel))
                 cancelWanted[index] = false
             } catch { deferSubmissions() }
         }
@@ -281,8 +372,7 @@ public struct IOUringDriver: ~Copyable {
                 }
             }
             if !completion.hasMore {
-                let index = Int(completion.userData.index)
-                if index < receiveArmed.count { receiveArmed[index] = false }
+                if let index = listenerIDs.firstIndex(of: completion.userData.index) { receiveArmed[index] = false }
                 if completion.result != -ECANCELED && core.phase != .flushing {
                     core.countReceiveRearm()
                     receiveEnded = true
@@ -327,7 +417,7 @@ public struct IOUringDriver: ~Copyable {
         _ entry: ReceiveQueue.Entry, from buffers: borrowing ProvidedBufferRing, into core: inout RelayCore, now: UInt64
     ) {
         buffers.withPayload(of: entry.bufferID, result: entry.result) { payload, bytes in
-            core.receive(payload, bytes, listener: Int(entry.listener), now: now)
+            core.receive(payload, bytes, listener: entry.listener, now: now)
         }
     }
 

@@ -9,6 +9,12 @@ struct ListenerDrops {
     /// Drop counters for `count` listeners, all starting at zero (new sockets).
     init(count: Int) { last = Array(repeating: 0, count: count) }
 
+    /// Starts counting a new listener's drops, after the others (a new socket: from zero).
+    mutating func append() { last.append(0) }
+
+    /// Stops counting listener `index`'s drops (it closed); the later ones move down one.
+    mutating func remove(at index: Int) { last.remove(at: index) }
+
     /// Whether the counters are due to be read at `now`.
     func isDue(now: UInt64) -> Bool { now >= nextRead }
 

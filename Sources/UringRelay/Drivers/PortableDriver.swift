@@ -22,9 +22,15 @@ import RelayKernel
 /// the next turn. At a stop out of time, what is still deferred is counted as never sent
 /// (`lines_dropped.unsent_at_exit`) and what the batch still holds as dropped at exit.
 public struct PortableDriver: ~Copyable {
-    private var listeners: RigidArray<UDPSocket>
+    private var listeners: UniqueArray<UDPSocket>
     /// The listeners' descriptors, owned by `listeners`, for `recvmmsg` and `ppoll`.
-    private let listenerDescriptors: [Int32]
+    private var listenerDescriptors: [Int32]
+    /// Per listener (in `listeners` order): its id, and whether it is being removed (connected
+    /// to itself, what it holds still taken and relayed, closed once empty).
+    private var listenerIDs: [UInt32]
+    private var draining: [Bool]
+    /// The receipts of removals waiting for their listeners to close.
+    private var drainReceipts: [CommandReceipt] = []
     private var connections: BackendConnections
     private let control: WorkerControl
     private var core: RelayCore
@@ -34,10 +40,10 @@ public struct PortableDriver: ~Copyable {
     private let settings: WorkerSettings
     private var drops: ListenerDrops
     /// The received datagrams of `batch` not yet relayed: from `batchNext` to `batchCount`,
-    /// from listener `batchListener` (a datagram that found no free send slot waits there).
+    /// from the listener of id `batchListener` (a datagram that found no free send slot waits there).
     private var batchNext = 0
     private var batchCount = 0
-    private var batchListener = 0
+    private var batchListener: UInt32 = 0
     /// Packets handed out by the core that found their socket buffer full in a non-blocking
     /// send, oldest first, sent again before anything else; `spare` is swapped with it.
     private var deferred: [(slot: Int, backend: Int)] = []
@@ -57,12 +63,14 @@ public struct PortableDriver: ~Copyable {
     ///
     /// - Throws: `SystemCallError` naming the step that failed.
     public init(settings: WorkerSettings, control: WorkerControl) throws(SystemCallError) {
-        let core = try RelayCore(settings: settings, now: MonotonicClock.nanoseconds())
+        var core = try RelayCore(settings: settings, now: MonotonicClock.nanoseconds())
         let batch: DatagramBatch
         do throws(Errno) {
             batch = try DatagramBatch(count: min(settings.receiveBuffers, 256), payloadBytes: settings.maxDatagramBytes)
         } catch { throw SystemCallError("mmap", "receive buffers", error) }
         let listeners = try WorkerSetup.listeners(settings)
+        let ids = settings.listeners.indices.map { UInt32($0) }
+        for (id, label) in zip(ids, WorkerSetup.labels(listeners)) { core.nameListener(id: id, label: label) }
         let pool = core.pool
         let connections = try BackendConnections(
             pool: pool, sendSlots: core.sendBuffers.capacity, sendBufferBytes: settings.backendSendBufferBytes)
@@ -80,6 +88,8 @@ public struct PortableDriver: ~Copyable {
         self.core = core
         self.batch = batch
         self.listeners = listeners
+        listenerIDs = ids
+        draining = Array(repeating: false, count: ids.count)
     }
 
     /// The facts worth logging once at start-up.
@@ -91,7 +101,8 @@ public struct PortableDriver: ~Copyable {
     }
 
     /// The control event's place in the poll set: after every listener's, which stay in the
-    /// set (ignored) once the listeners close, so the place never moves.
+    /// set (ignored) once the listeners close at a stop; a listener added or removed rebuilds
+    /// the set.
     private var controlIndex: Int { listenerDescriptors.count }
 
     /// Relays, applying what its control channel says at each turn's start, until told to stop
@@ -118,9 +129,10 @@ public struct PortableDriver: ~Copyable {
             now = MonotonicClock.nanoseconds()
             // Every turn, busy or not (one atomic load when nothing is queued): a stop's budget
             // starts when it is asked.
-            control.apply(to: &core, now: now)
+            applyCommands(now: now, receiving: receiving)
             core.beginTurn(now: now)
             busy = receiving ? receiveAll(now: now) : false
+            if receiving && draining.contains(true) { closeDrainedListeners(now: now) }
             busyTurns += busy ? 1 : 0
             // Before the core ends its turn, so what the ledgers settle is in this turn's counters.
             connections.settle(now: now, into: &core)
@@ -129,6 +141,9 @@ public struct PortableDriver: ~Copyable {
                 for index in listeners.indices { poller.ignore(index) }
                 countKernelDrops(now: now)
                 WorkerSetup.closeListeners(&listeners, core: &core)
+                // A listener being removed is closed with the others: its removal is done.
+                for receipt in drainReceipts { receipt.workerApplied() }
+                drainReceipts.removeAll()
             }
             sendReady(now: now)
             // Deferred packets hold slots of the pool in force: a pool change waits for them.
@@ -142,6 +157,7 @@ public struct PortableDriver: ~Copyable {
         let end = MonotonicClock.nanoseconds()
         connections.finish(now: end, into: &core)
         settings.routing.unsubscribe(control.wakeup)
+        for receipt in drainReceipts { receipt.workerRefused() }
         return core.finish(unrelayedDatagrams: batchCount - batchNext, sendsInFlight: 0, now: end)
     }
 
@@ -151,6 +167,69 @@ public struct PortableDriver: ~Copyable {
             core.countKernelDrops(drops.newDrops(listener: index, counter: listeners[index].kernelDrops))
         }
         drops.wasRead(now: now)
+    }
+
+    /// Applies every queued command in order: the listener commands here, the rest in the core.
+    /// A listener added once receiving has stopped is closed at once (its receipt refused).
+    private mutating func applyCommands(now: UInt64, receiving: Bool) {
+        guard control.hasPending else { return }
+        for (command, receipt) in control.take() {
+            switch command {
+            case .addListener(let id, let handOver):
+                guard receiving, let socket = handOver.take() else {
+                    receipt?.workerRefused()
+                    continue
+                }
+                core.nameListener(id: id, label: WorkerSetup.label(socket.localAddress))
+                listenerDescriptors.append(PollSet.descriptor(of: socket))
+                listeners.append(socket)
+                listenerIDs.append(id)
+                draining.append(false)
+                drops.append()
+                rebuildPollSet()
+                receipt?.workerApplied()
+            case .removeListener(let id):
+                guard receiving, let index = listenerIDs.firstIndex(of: id) else {
+                    // Not here (or every listener closed by a stop already): nothing to drain.
+                    receipt?.workerApplied()
+                    continue
+                }
+                // Should connect(2) fail, the listener still closes once it reads empty.
+                try? listeners[index].refuseNewDatagrams()
+                draining[index] = true
+                if let receipt { drainReceipts.append(receipt) }
+            default:
+                core.apply(command, now: now)
+                receipt?.workerApplied()
+            }
+        }
+    }
+
+    /// Closes every listener being removed that holds nothing more (its last datagrams relayed,
+    /// none waiting in the receive batch), then answers the removals once none is left.
+    private mutating func closeDrainedListeners(now: UInt64) {
+        var index = listeners.count - 1
+        while index >= 0 {
+            defer { index -= 1 }
+            guard draining[index], !(batchNext < batchCount && batchListener == listenerIDs[index]),
+                  !listeners[index].hasPendingDatagram else { continue }
+            core.countKernelDrops(drops.newDrops(listener: index, counter: listeners[index].kernelDrops))
+            _ = listeners.remove(at: index)
+            listenerDescriptors.remove(at: index)
+            listenerIDs.remove(at: index)
+            draining.remove(at: index)
+            drops.remove(at: index)
+            rebuildPollSet()
+        }
+        if !draining.contains(true) {
+            for receipt in drainReceipts { receipt.workerApplied() }
+            drainReceipts.removeAll()
+        }
+    }
+
+    /// A poll set of the listeners now, the control event last.
+    private mutating func rebuildPollSet() {
+        poller = PollSet(descriptors: listenerDescriptors + [PollSet.descriptor(of: control.wakeup)])
     }
 
     /// How long the next wait may last: until the next flush deadline, paced replay or
@@ -186,7 +265,7 @@ public struct PortableDriver: ~Copyable {
                     core.countReceiveError()
                     break
                 }
-                (batchNext, batchCount, batchListener) = (0, taken, index)
+                (batchNext, batchCount, batchListener) = (0, taken, listenerIDs[index])
                 guard relayBatch(now: now) else { return true }
                 if taken < batch.count { break }
                 full = true
@@ -219,7 +298,7 @@ public struct PortableDriver: ~Copyable {
 
     @inline(__always)
     private static func relay(
-        _ datagram: Int, of batch: borrowing DatagramBatch, listener: Int, into core: inout RelayCore, now: UInt64
+        _ datagram: Int, of batch: borrowing DatagramBatch, listener: UInt32, into core: inout RelayCore, now: UInt64
     ) {
         batch.withDatagram(datagram) { payload, bytes in
             core.receive(payload, bytes, listener: listener, now: now)

@@ -5,8 +5,8 @@ import RelayKernel
 enum WorkerSetup {
     /// Binds every listener of `settings` with `SO_REUSEPORT` (other workers join the same
     /// addresses), in listener-id order.
-    static func listeners(_ settings: WorkerSettings) throws(SystemCallError) -> RigidArray<UDPSocket> {
-        var listeners = RigidArray<UDPSocket>(capacity: settings.listeners.count)
+    static func listeners(_ settings: WorkerSettings) throws(SystemCallError) -> UniqueArray<UDPSocket> {
+        var listeners = UniqueArray<UDPSocket>(minimumCapacity: settings.listeners.count)
         for address in settings.listeners {
             listeners.append(try UDPSocket.bound(to: address, reusePort: true, receiveBufferBytes: settings.receiveBufferBytes))
         }
@@ -14,7 +14,7 @@ enum WorkerSetup {
     }
 
     /// The listeners' descriptors, in listener-id order (for `ppoll` and `recvmmsg`).
-    static func descriptors(_ listeners: borrowing RigidArray<UDPSocket>) -> [Int32] {
+    static func descriptors(_ listeners: borrowing UniqueArray<UDPSocket>) -> [Int32] {
         var descriptors: [Int32] = []
         for index in listeners.indices { descriptors.append(PollSet.descriptor(of: listeners[index])) }
         return descriptors
@@ -32,7 +32,7 @@ enum WorkerSetup {
     /// `minimumDiscardNanoseconds` when the budget is spent; a listener that still holds
     /// datagrams after that closes with them uncounted, and is counted in
     /// `listeners_closed_uncounted`.
-    static func closeListeners(_ listeners: inout RigidArray<UDPSocket>, core: inout RelayCore) {
+    static func closeListeners(_ listeners: inout UniqueArray<UDPSocket>, core: inout RelayCore) {
         for index in listeners.indices {
             // Should connect(2) fail, the count below is still bounded by its deadline.
             try? listeners[index].refuseNewDatagrams()
@@ -54,8 +54,16 @@ enum WorkerSetup {
     /// receive buffer of small datagrams (about 80 000) takes some 15 ms.
     static let minimumDiscardNanoseconds: UInt64 = 50_000_000
 
+    /// The listeners' `listener` labels (`udp:ADDRESS:PORT`, with the port bound), in order.
+    static func labels(_ listeners: borrowing UniqueArray<UDPSocket>) -> [String] {
+        boundAddresses(listeners).map(label)
+    }
+
+    /// The `listener` label of a UDP listener bound to `address`.
+    static func label(_ address: SocketAddress) -> String { "udp:\(address)" }
+
     /// The addresses the listeners are bound to (with the ports the kernel chose for port 0).
-    static func boundAddresses(_ listeners: borrowing RigidArray<UDPSocket>) -> [SocketAddress] {
+    static func boundAddresses(_ listeners: borrowing UniqueArray<UDPSocket>) -> [SocketAddress] {
         var bound: [SocketAddress] = []
         for index in listeners.indices { bound.append(listeners[index].localAddress) }
         return bound

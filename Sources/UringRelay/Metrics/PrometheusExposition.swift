@@ -110,8 +110,14 @@ public enum PrometheusExposition {
         }
         switch family.source {
         case .relayCounters:
-            // Today every worker has the one listener; with several, per-listener counts come
-            // with them, and until then the counts are labelled with all of them.
+            // The received families are counted per listener; the drop reasons are not split
+            // by listener, so with several they carry all of them in one label value.
+            if let split = ListenerCounter.allCases.first(where: { $0.total.exposition.family == family.name }),
+               !snapshot.counters.listeners.isEmpty {
+                return snapshot.counters.listeners.map { name in
+                    Sample(labels: labels(["listener": name]), value: "\(snapshot.counters[split, listener: name])")
+                }
+            }
             let listener = snapshot.listeners.count == 1 ? snapshot.listeners[0] : snapshot.listeners.joined(separator: ",")
             return RelayCounter.allCases.compactMap { counter in
                 let (name, reason) = counter.exposition

@@ -181,6 +181,17 @@ public struct RelayCounters: Sendable, Equatable {
     public private(set) var backends: [String]
     /// Counters of backends no longer in the pool, by identity, in the order they left.
     private var retired: [(backend: String, values: [UInt64])] = []
+    /// The listeners counted apart (their `listener` label, e.g. `udp:127.0.0.1:8125`), and per
+    /// listener, at `index * ListenerCounter.allCases.count`, its `ListenerCounter`s.
+    public private(set) var listeners: [String] = []
+    /// Read and written through `self[_:listener:]` (`RelayCounters+Listeners.swift`).
+    var listenerValues: [UInt64] = []
+
+    /// Starts counting listener `name`, from zero, after the ones counted.
+    mutating func appendListener(_ name: String) {
+        listeners.append(name)
+        listenerValues.append(contentsOf: repeatElement(0, count: ListenerCounter.allCases.count))
+    }
 
     /// How many backends are counted by position.
     public var backendCount: Int { backends.count }
@@ -203,6 +214,7 @@ public struct RelayCounters: Sendable, Equatable {
     /// Whether both hold the same counts for the same backends.
     public static func == (lhs: RelayCounters, rhs: RelayCounters) -> Bool {
         lhs.backends == rhs.backends && lhs.backend == rhs.backend
+            && lhs.listeners == rhs.listeners && lhs.listenerValues == rhs.listenerValues
             && lhs.retired.map(\.backend) == rhs.retired.map(\.backend)
             && lhs.retired.map(\.values) == rhs.retired.map(\.values)
             && lhs.relay.indices.allSatisfy { lhs.relay[$0] == rhs.relay[$0] }
@@ -308,6 +320,12 @@ public struct RelayCounters: Sendable, Equatable {
     /// backends that these lack are added at the end, or to the retired ones).
     public static func += (lhs: inout RelayCounters, rhs: RelayCounters) {
         for index in lhs.relay.indices { lhs.relay[index] &+= rhs.relay[index] }
+        for (other, name) in rhs.listeners.enumerated() {
+            let index = lhs.countListener(name)
+            for counter in ListenerCounter.allCases {
+                lhs[counter, listener: index] &+= rhs[counter, listener: other]
+            }
+        }
         let width = BackendCounter.allCases.count
         if lhs.backends == rhs.backends {
             for index in lhs.backend.indices { lhs.backend[index] &+= rhs.backend[index] }

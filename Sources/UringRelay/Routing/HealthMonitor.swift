@@ -158,6 +158,12 @@ public final class HealthMonitor: Sendable {
         thread.withLock { $0 = handle }
     }
 
+    /// The relay's listening addresses after a reload added or removed some: what a DNS refresh
+    /// checks a backend's new address against from now on.
+    public func updateListeners(_ listeners: [SocketAddress]) {
+        self.listeners.withLock { $0 = listeners }
+    }
+
     /// Stops the thread and waits for it: at most the time to finish a log line or a
     /// publication, since a probe round ends as soon as the stop is signalled and lookups run
     /// elsewhere. Lookups still running are abandoned, never waited for.

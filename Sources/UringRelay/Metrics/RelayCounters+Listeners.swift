@@ -1,0 +1,42 @@
+/// What is counted apart for each listener (the `listener` label of the received families).
+public enum ListenerCounter: Int, CaseIterable, Sendable {
+    /// Datagrams received on the listener (`RelayCounter.datagramsReceived`).
+    case datagramsReceived
+    /// Bytes of their payload (`RelayCounter.bytesReceived`).
+    case bytesReceived
+    /// Lines in them (`RelayCounter.linesReceived`).
+    case linesReceived
+
+    /// The relay-wide counter this one splits by listener.
+    public var total: RelayCounter {
+        switch self {
+        case .datagramsReceived: .datagramsReceived
+        case .bytesReceived: .bytesReceived
+        case .linesReceived: .linesReceived
+        }
+    }
+}
+
+extension RelayCounters {
+    /// A listener's counter, by its position in `listeners`.
+    @inline(__always)
+    public subscript(_ counter: ListenerCounter, listener index: Int) -> UInt64 {
+        get { listenerValues[index * ListenerCounter.allCases.count + counter.rawValue] }
+        set { listenerValues[index * ListenerCounter.allCases.count + counter.rawValue] = newValue }
+    }
+
+    /// A listener's counter by its label; 0 for a listener never counted.
+    public subscript(_ counter: ListenerCounter, listener name: String) -> UInt64 {
+        guard let index = listeners.firstIndex(of: name) else { return 0 }
+        return self[counter, listener: index]
+    }
+
+    /// The position of listener `name` in `listeners`, which counts it from zero when it is new
+    /// (at a worker's start or a reload, never per datagram).
+    @discardableResult
+    public mutating func countListener(_ name: String) -> Int {
+        if let index = listeners.firstIndex(of: name) { return index }
+        appendListener(name)
+        return listeners.count - 1
+    }
+}
