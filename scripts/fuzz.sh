@@ -13,7 +13,7 @@
 #                             past a datagram); default fuzzer,address
 #   FUZZ_CONFIGURATION=debug  with the product's assert()s on (default release: in debug the
 #                             send-slot pool checks every free slot on each release, which makes
-#                             the processor target 100 times slower)
+#                             the processor target hundreds of times slower)
 #
 # The sanitizers go to swiftc as one -sanitize=fuzzer,address: SwiftPM's --sanitize=fuzzer
 # --sanitize=address passes two -sanitize= options and swiftc keeps only the last, so the Swift
