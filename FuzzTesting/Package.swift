@@ -26,6 +26,7 @@ let package = Package(
         .executableTarget(name: "FuzzDatagramProcessor", dependencies: ["FuzzSupport", relay], swiftSettings: strict),
         .executableTarget(name: "FuzzBackendAddress", dependencies: ["FuzzSupport", relay], swiftSettings: strict),
         .executableTarget(name: "FuzzConfigValues", dependencies: ["FuzzSupport", relay], swiftSettings: strict),
+        .executableTarget(name: "FuzzConfigFile", dependencies: ["FuzzSupport", relay], swiftSettings: strict),
     ],
     swiftLanguageModes: [.v6]
 )

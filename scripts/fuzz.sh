@@ -2,13 +2,14 @@
 # Fuzzes the relay's parsers with libFuzzer: builds FuzzTesting/ (a package of its own, so that
 # libFuzzer's main does not clash with the test runner's) in release with libFuzzer and
 # AddressSanitizer, then for each target
-#   1. replays every seed of its corpus and every crash kept in FuzzTesting/Regressions/<target>/,
+#   1. replays every seed of its corpus and every crash kept in FuzzTesting/Crashes/<target>/,
 #      each input whole, once: any failure fails the run;
 #   2. fuzzes it for SECONDS (default 60) with the corpus and a dictionary, new inputs going to
 #      FuzzTesting/.build/fuzz/<target>/corpus (kept between runs, never committed).
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]     targets: FuzzLineScanner FuzzDatagramProcessor
-#                                             FuzzBackendAddress FuzzConfigValues (default: all)
+#                                             FuzzBackendAddress FuzzConfigValues FuzzConfigFile
+#                                             (default: all)
 #   FUZZ_SANITIZERS=fuzzer    without AddressSanitizer (faster; guard pages still catch reads
 #                             past a datagram); default fuzzer,address
 #   FUZZ_CONFIGURATION=debug  with the product's assert()s on (default release: in debug the
@@ -22,7 +23,7 @@
 #
 # Exit status 0 when nothing failed. A crash leaves its input in
 # FuzzTesting/.build/fuzz/<target>/artifacts/; then (FuzzTesting/README.md):
-#   cp that file FuzzTesting/Regressions/<target>/<what-it-shows>; add a test in
+#   cp that file FuzzTesting/Crashes/<target>/<what-it-shows>; add a test in
 #   Tests/UringRelayTests reproducing it; fix the product; scripts/fuzz.sh 0 <target> replays it.
 # Prints one summary line per target: target, seconds fuzzed (wall, CPU), executions, result.
 set -euo pipefail
@@ -38,7 +39,7 @@ if [[ ! "$seconds" =~ ^[0-9]+$ ]]; then
 fi
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(FuzzLineScanner FuzzDatagramProcessor FuzzBackendAddress FuzzConfigValues)
+    targets=(FuzzLineScanner FuzzDatagramProcessor FuzzBackendAddress FuzzConfigValues FuzzConfigFile)
 fi
 
 build=(-c "${FUZZ_CONFIGURATION:-release}" --sanitize=fuzzer -Xswiftc "-sanitize=${FUZZ_SANITIZERS:-fuzzer,address}")
@@ -53,12 +54,14 @@ corpus_of() {
         FuzzLineScanner | FuzzDatagramProcessor) echo Corpus/Datagrams ;;
         FuzzBackendAddress) echo Corpus/BackendAddresses ;;
         FuzzConfigValues) echo Corpus/ConfigValues ;;
+        FuzzConfigFile) echo Corpus/ConfigFiles ;;
         *) echo "unknown target $1" >&2; exit 64 ;;
     esac
 }
 dictionary_of() {
     case "$1" in
         FuzzLineScanner | FuzzDatagramProcessor) echo Dictionaries/statsd.dict ;;
+        FuzzConfigFile) echo Dictionaries/yaml.dict ;;
         *) echo Dictionaries/config.dict ;;
     esac
 }
@@ -66,6 +69,7 @@ max_len_of() {
     case "$1" in
         FuzzLineScanner) echo 70000 ;;
         FuzzDatagramProcessor) echo 8192 ;;
+        FuzzConfigFile) echo 4096 ;;
         *) echo 256 ;;
     esac
 }
@@ -78,8 +82,8 @@ for target in "${targets[@]}"; do
     mkdir -p "$work/corpus" "$work/artifacts"
 
     inputs=("$corpus"/* )
-    for kept in Regressions/"$target"/*; do [ -f "$kept" ] && [ "${kept##*/}" != README.md ] && inputs+=("$kept"); done
-    echo "== $target: replaying ${#inputs[@]} inputs (corpus and Regressions/$target)"
+    for kept in Crashes/"$target"/*; do [ -f "$kept" ] && [ "${kept##*/}" != README.md ] && inputs+=("$kept"); done
+    echo "== $target: replaying ${#inputs[@]} inputs (corpus and Crashes/$target)"
     if ! "$bin/$target" -rss_limit_mb=4096 "${inputs[@]}" > "$work/replay.log" 2>&1; then
         tail -n 40 "$work/replay.log"
         echo "!! $target failed on a kept input (log: FuzzTesting/$work/replay.log)"
