@@ -17,11 +17,28 @@ let source = "fuzz.yaml"
 /// The CPUs `resolve` may give workers (the default `threads` is their count).
 let allowedCPUs = [0, 1]
 
+/// The number of lines of `text` as YAML counts them (libyaml's marks): a line ends at LF, CR,
+/// CR LF (one break), NEL, LS or PS. Counting LF only was wrong: a file of lone CRs (old Mac
+/// line ends) is one line to `wc -l` but many to the parser, which reports its own line numbers.
+func yamlLineCount(_ text: String) -> Int {
+    var lines = 1
+    var afterCR = false
+    for scalar in text.unicodeScalars {
+        switch scalar {
+        case "\n": if !afterCR { lines += 1 }
+        case "\r", "\u{85}", "\u{2028}", "\u{2029}": lines += 1
+        default: break
+        }
+        afterCR = scalar == "\r"
+    }
+    return lines
+}
+
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzConfigFile(_ data: UnsafeRawPointer?, _ size: Int) -> CInt {
     let input = UnsafeRawBufferPointer(start: data, count: size)
     guard let text = String(validating: input, as: UTF8.self) else { return 0 }
-    let lineCount = text.utf8.count { $0 == UInt8(ascii: "\n") } + 1
+    let lineCount = yamlLineCount(text)
     let file: ConfigFile
     do {
         file = try ConfigFile.parse(text, source: source)
