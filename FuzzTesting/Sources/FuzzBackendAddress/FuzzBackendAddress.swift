@@ -6,8 +6,10 @@ import UringRelay
 // inputs with one are skipped). Checked:
 // - it never traps, whatever the text;
 // - an accepted address has a host (no space or '/'), a port from 1 to 65 535, no empty
-//   instance, and its `description` (the address as logged and used as the backend's
-//   identity) parses back to the same address;
+//   instance, a weight within 1...maximumWeight when given, and its `description` (the address
+//   as logged and used as the backend's identity, which leaves the weight out by design: a
+//   backend keeps its counters when only its weight changes) parses back to the same address
+//   without its weight;
 // - a refused one is a `ConfigurationError` for `backend` carrying the text as written and a
 //   reason.
 
@@ -23,8 +25,12 @@ public func fuzzBackendAddress(_ data: UnsafeRawPointer?, _ size: Int) -> CInt {
                 "accepted host \"\(address.host)\" from \"\(text)\"")
         require(address.port > 0, "accepted port 0 from \"\(text)\"")
         require(address.instance.map { !$0.isEmpty } ?? true, "accepted an empty instance from \"\(text)\"")
+        require(address.weight.map { (1...BackendAddress.maximumWeight).contains($0) } ?? true,
+                "accepted weight \(String(describing: address.weight)) from \"\(text)\"")
+        var identity = address
+        identity.weight = nil
         let again = try? BackendAddress(parsing: address.description)
-        require(again == address, "\"\(text)\" -> \(address) -> \"\(address.description)\" -> \(String(describing: again))")
+        require(again == identity, "\"\(text)\" -> \(address) -> \"\(address.description)\" -> \(String(describing: again))")
     } catch {
         require(error.argument == "backend" && error.value == text && !error.reason.isEmpty, "error \(error) for \"\(text)\"")
     }
