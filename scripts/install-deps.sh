@@ -6,6 +6,10 @@
 #   systemd, strace            systemd-analyze verify of the unit and its system call filter
 #   python3                    launchers that set limits and seccomp filters for start-up tests
 # Tests whose tool is missing skip and say why; this makes sure none has to.
+# The CI gates need nothing more: libFuzzer and the ASan/TSan runtimes ship with the Swift
+# toolchain (lib/clang/*/lib/linux), as does the clang that builds scripts/tsan-mutex-shim.c
+# (with the libc6-dev headers the toolchain itself requires); the allocation gate counts with
+# ordo-one/benchmark's own malloc interposer, not jemalloc.
 set -euo pipefail
 wanted=(liburing-dev pkg-config nftables iproute2 prometheus systemd strace python3)
 missing=()

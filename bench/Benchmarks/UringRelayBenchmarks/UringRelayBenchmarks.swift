@@ -8,6 +8,7 @@
 
 import BenchKit
 import Benchmark
+import Glibc
 import UringRelay
 
 // MARK: - Workload
@@ -143,17 +144,26 @@ func checkEveryLinePacked(_ counters: RelayCounters, _ benchmark: Benchmark) {
 
 // MARK: - Benchmarks
 
+/// Set by scripts/alloc-gate.sh (`STATSRELAY_ALLOC_GATE=1`): count allocations only, over a
+/// few measured iterations of each benchmark, so that the zero-allocation gate runs in seconds.
+/// An allocation per line or per datagram shows in every iteration (a million lines, a
+/// thousand datagrams), so a few iterations are enough to see it.
+let allocationGateOnly = getenv("STATSRELAY_ALLOC_GATE") != nil
+
 let benchmarks: @Sendable () -> Void = {
     // No .cpuTotal: on Linux the harness reads it from /proc/self/stat in 10 ms ticks (coarser
     // than one measured iteration) and allocates 16 times per sample doing so, which would hide
     // the code's own allocations. These loops are single-threaded: CPU time = wall time.
-    let metrics: [BenchmarkMetric] = [.wallClock, .throughput, .mallocCountTotal]
+    let metrics: [BenchmarkMetric] =
+        allocationGateOnly ? [.mallocCountTotal] : [.wallClock, .throughput, .mallocCountTotal]
     // Cheap operations (a few ns): a million per measured iteration.
     let perItem = Benchmark.Configuration(
-        metrics: metrics, scalingFactor: .mega, maxDuration: .seconds(2), maxIterations: 200)
+        metrics: metrics, scalingFactor: .mega, maxDuration: allocationGateOnly ? .milliseconds(500) : .seconds(2),
+        maxIterations: allocationGateOnly ? 10 : 200)
     // A whole datagram (about 1 µs): a thousand per measured iteration.
     let perDatagram = Benchmark.Configuration(
-        metrics: metrics, scalingFactor: .kilo, maxDuration: .seconds(3), maxIterations: 2000)
+        metrics: metrics, scalingFactor: .kilo, maxDuration: allocationGateOnly ? .milliseconds(500) : .seconds(3),
+        maxIterations: allocationGateOnly ? 20 : 2000)
 
     let (datagram, linesPerDatagram) = makeDatagram()
     let (names, nameRanges) = makeNames(count: linesPerDatagram)
