@@ -64,6 +64,29 @@ struct SelfMetricsTests {
         _ = subject.stop()
     }
 
+    @Test("after a reload moves the relay's listener, reports go to the new one and still arrive", arguments: ioDrivers)
+    func reportsFollowAMovedListener(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let backends = try (0..<2).map { _ in try TestBackend() }
+        let subject = try InProcessRelay(backends: backends, driver: driver)
+        #expect(subject.relay.driver == driver)
+        let reporter = try SelfMetricsReporter(
+            relay: subject.relay, prefix: "moved", intervalNanoseconds: 3_600_000_000_000,
+            target: subject.address, packetBytes: 1400, logger: Logger(label: "test"))
+        let newPort = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!).localAddress.port
+        var next = subject.relay.configurationInForce
+        next.port = newPort
+        let plan = try subject.relay.reload(to: next)
+        #expect(plan.workersNotApplied == 0)
+        #expect(subject.relay.listenAddresses.map(\.port) == [newPort])
+
+        let report = reporter.reportNow()
+        let arrived = try collect(from: backends, expectedLines: report.count)
+        #expect(arrived.lines.flatMap { $0 }.sorted() == report.sorted())
+        #expect(reporter.sendFailures == 0)
+        _ = subject.stop()
+    }
+
     @Test("--self-metrics-interval 200ms --prefix P: reports arrive every interval while the relay runs, routed by name", arguments: ioDrivers)
     func periodicReports(driver: IOBackendChoice) throws {
         try requireDriver(driver)

@@ -170,9 +170,12 @@ public struct IOUringDriver: ~Copyable {
             }
         }
         countKernelDrops(now: now)
+        // Queued behind a chain still in flight, or held back by a full submission queue: never
+        // handed to the kernel, so never sent, not in flight.
+        for slot in sends.queuedSlots { core.withdrawSend(slot: slot) }
         let end = MonotonicClock.nanoseconds()
         connections.finish(now: end, into: &core)
-        let counters = core.finish(unrelayedDatagrams: queue.count, sendsInFlight: sends.count, now: end)
+        let counters = core.finish(unrelayedDatagrams: queue.count, sendsInFlight: sends.inFlight, now: end)
         settings.routing.unsubscribe(control.wakeup)
         for receipt in drainReceipts { receipt.workerRefused() }
         if sends.inFlight > 0 || receiveArmed.contains(true) {

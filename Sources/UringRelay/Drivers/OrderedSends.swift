@@ -82,6 +82,10 @@ struct OrderedSends: ~Copyable {
     /// Whether no send is queued or in flight.
     var isEmpty: Bool { count == 0 }
 
+    /// The slots queued here and never handed to the kernel (for a stop out of time: they are
+    /// counted as never sent, not as in flight). Allocates; not for the send path.
+    var queuedSlots: [Int] { place.indices.filter { place[$0] == Place.queued.rawValue } }
+
     /// Sizes the queues for the core's pool, after a membership change (which waits until no
     /// send is left, so nothing queued is lost).
     mutating func follow(backends: Int, slots: Int) {

@@ -102,6 +102,14 @@ public final class SelfMetricsReporter: Sendable {
         }
     }
 
+    /// The relay's first listener as it is now (a reload may have moved or removed the one of the
+    /// start), or the start's when the relay has none of the sending socket's family.
+    private var currentTarget: SocketAddress {
+        guard let first = relay.listenAddresses.first else { return target }
+        let now = Self.target(for: first)
+        return now.family == target.family ? now : target
+    }
+
     /// Sends one report now: the deltas since the last report (or the relay's start), and the
     /// gauges. Called by the thread every interval; tests call it to control when.
     ///
@@ -115,6 +123,7 @@ public final class SelfMetricsReporter: Sendable {
         }
         let up = relay.monitor.status.filter { $0.state == .up }.count
         let lines = Self.lines(prefix: prefix, previous: before, current: current, backendsUp: up, holdInUseBytes: relay.holdBytesInUse)
+        let target = currentTarget
         for datagram in Self.datagrams(lines, packetBytes: packetBytes) {
             do throws(Errno) { try socket.socket.send(datagram, to: target) } catch {
                 if failedSends.add(1, ordering: .relaxed).newValue == 1 {
