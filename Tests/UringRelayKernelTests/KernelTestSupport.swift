@@ -92,6 +92,15 @@ struct Received {
 /// Receives from every backend until `expectedLines` lines have arrived in all, or `seconds`
 /// pass, then keeps listening `settle` milliseconds more to catch any duplicate or extra line.
 func collect(from backends: [TestBackend], expectedLines: Int, seconds: Double = 15, settleMilliseconds: Int32 = 100) throws -> Received {
+    try collect(from: backends, seconds: seconds, settleMilliseconds: settleMilliseconds) { $0.totalLines >= expectedLines }
+}
+
+/// Receives from every backend until `complete` holds of what arrived, or `seconds` pass, then
+/// keeps listening until `settle` milliseconds pass with nothing more, to catch any duplicate or
+/// line that should not come.
+func collect(
+    from backends: [TestBackend], seconds: Double = 15, settleMilliseconds: Int32 = 100, until complete: (Received) -> Bool
+) throws -> Received {
     var received = Received(datagrams: Array(repeating: [], count: backends.count))
     let deadline = Date().addingTimeInterval(seconds)
     var settling = false
@@ -103,7 +112,7 @@ func collect(from backends: [TestBackend], expectedLines: Int, seconds: Double =
                 got = true
             }
         }
-        if received.totalLines >= expectedLines {
+        if settling || complete(received) {
             if settling && !got { break }
             settling = true
         }

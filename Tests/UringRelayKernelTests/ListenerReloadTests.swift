@@ -44,33 +44,6 @@ struct ListenerReloadTests {
         }
     }
 
-    /// Receives from every backend until `complete` holds, then 200 ms more to catch a duplicate
-    /// or a line that should not come; at most `seconds`.
-    static func collectUntil(from backends: [TestBackend], seconds: Double = 15, _ complete: (Received) -> Bool) throws -> Received {
-        var received = Received(datagrams: Array(repeating: [], count: backends.count))
-        let deadline = Date().addingTimeInterval(seconds)
-        var completeAt: Date?
-        while Date() < deadline {
-            var got = false
-            for (index, backend) in backends.enumerated() {
-                while let datagram = try backend.socket.receive(timeoutMilliseconds: 0) {
-                    received.datagrams[index].append(String(decoding: datagram.bytes, as: UTF8.self))
-                    got = true
-                }
-            }
-            if let completeAt {
-                if Date().timeIntervalSince(completeAt) > 0.2 { break }
-            } else if complete(received) {
-                completeAt = Date()
-            }
-            if !got {
-                var pollers = backends.map { pollfd(fd: $0.socket.descriptor, events: Int16(POLLIN), revents: 0) }
-                _ = poll(&pollers, nfds_t(pollers.count), 20)
-            }
-        }
-        return received
-    }
-
     @Test("under live traffic a reload moves the relay from one listener to another: the new one receives, the removed one stops receiving, and every line sent to it before the reload began arrives exactly once", arguments: ioDrivers)
     func moveListener(driver: IOBackendChoice) throws {
         try requireDriver(driver)
@@ -108,7 +81,7 @@ struct ListenerReloadTests {
         try? send((0..<50).map { "late.\($0):1|c" }, to: old)
         // Not a count of lines: some live lines sent during the reload may be refused, and more
         // than `before` arrive. Done once every line that must arrive has, then 200 ms more.
-        let received = try Self.collectUntil(from: backends) { received in
+        let received = try collect(from: backends, settleMilliseconds: 200) { received in
             let lines = Set(received.lines.flatMap { $0 })
             return (0..<before).allSatisfy { lines.contains("live.\($0):1|c") }
                 && burst.allSatisfy(lines.contains) && fresh.allSatisfy(lines.contains)
