@@ -122,9 +122,10 @@ public struct SendBatch: ~Copyable {
     /// failed when the socket holds a pending error again (taken here, as the next send would),
     /// and sent once more otherwise.
     ///
-    /// With `MSG_DONTWAIT`, a call that finds the socket buffer full fails with `EAGAIN` (or
-    /// stops short, and the call for the packet it stopped at fails so): that packet and the
-    /// rest of the group are left unsent with `-EAGAIN`, in order, for the caller to send later.
+    /// With `MSG_DONTWAIT`, a call that finds the socket buffer full fails with `EAGAIN` or
+    /// stops short: that packet and the rest of the group are left unsent with `-EAGAIN`, in
+    /// order, for the caller to send later. A short call is not retried at once then: room may
+    /// have come back in between, and the packet would be taken for a refusal retried.
     private mutating func sendGroup(_ range: Range<Int>, descriptor: Int32, flags: Int32) {
         var next = range.lowerBound
         while next < range.upperBound {
@@ -140,6 +141,12 @@ public struct SendBatch: ~Copyable {
                     if retried[stopped] || Self.takePendingError(descriptor) != 0 {
                         results[stopped] = -EIO  // failed; the kernel did not say why
                         next += 1
+                    } else if flags & Int32(MSG_DONTWAIT) != 0 {
+                        // A full buffer stops a non-blocking call short just as a consumed
+                        // refusal does, and the two cannot be told apart: the packet and the
+                        // rest wait for room (sent again later, in order), not counted as retried.
+                        for index in next..<range.upperBound { results[Int(order[index])] = -EAGAIN }
+                        return
                     } else {
                         retried[stopped] = true
                     }
