@@ -239,11 +239,9 @@ struct RunCommand: ParsableCommand {
         let selfMetrics = startSelfMetrics(relay: relay, listen: facts.listen, configuration: configuration, logger: logger)
         // Type=notify: systemd counts the start as done only now, every worker listening.
         let notifier = ServiceNotifier.fromEnvironment(logger: logger)
-        let readyStatus = "relaying udp \(facts.listen) to \(configuration.backends.count) backends"
-        notifier?.ready(status: readyStatus)
+        notifier?.ready(status: Self.readyStatus(relay))
         let stopSignal = waitForStop(
-            signals, relay: relay, configuration: configuration, levelControl: levelControl, notifier: notifier, readyStatus: readyStatus,
-            logger: logger)
+            signals, relay: relay, configuration: configuration, levelControl: levelControl, notifier: notifier, logger: logger)
         notifier?.stopping(status: "stopping (\(SignalWaiter.name(of: stopSignal))): draining and flushing")
         stopNotice.announce()
         delayStop(after: stopSignal, signals: signals, relay: relay, logger: logger)
@@ -258,6 +256,13 @@ struct RunCommand: ParsableCommand {
             throw ExitCode(70)
         }
         logger.info("stopped")
+    }
+
+    /// The line `systemctl status` shows while the relay runs: its listeners and backends as
+    /// they are now (a reload may have changed both).
+    static func readyStatus(_ relay: Relay) -> String {
+        let listeners = relay.listenAddresses.map(\.description).joined(separator: " ")
+        return "relaying udp \(listeners) to \(relay.configurationInForce.backends.count) backends"
     }
 
     /// Looks the backends' names up, all at once on lookup threads, while the main thread keeps
@@ -312,10 +317,10 @@ struct RunCommand: ParsableCommand {
     /// `SIGUSR1` (the live counters), `SIGUSR2` (ignored).
     ///
     /// A reload is announced to systemd (`notifier`): `RELOADING=1` when it begins, `READY=1`
-    /// with `readyStatus` when it ends, whatever its result.
+    /// with the status in force (`readyStatus`) when it ends, whatever its result.
     private func waitForStop(
         _ signals: SignalWaiter, relay: Relay, configuration: RelayConfiguration, levelControl: RelayLogHandler.LevelControl,
-        notifier: ServiceNotifier?, readyStatus: String, logger: Logger
+        notifier: ServiceNotifier?, logger: Logger
     ) -> Int32 {
         var reloadAgain = false
         while true {
@@ -339,7 +344,7 @@ struct RunCommand: ParsableCommand {
                 if let stop = reload(path, signals: signals, relay: relay, levelControl: levelControl, logger: logger, again: &reloadAgain) {
                     return stop
                 }
-                notifier?.ready(status: readyStatus)
+                notifier?.ready(status: Self.readyStatus(relay))
             case SIGUSR1:
                 logCounters(relay: relay, configuration: configuration, logger: logger)
             case SIGUSR2:

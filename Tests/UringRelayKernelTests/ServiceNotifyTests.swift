@@ -22,7 +22,7 @@ struct ServiceNotifyTests {
         return fields
     }
 
-    @Test("READY=1 once listening, RELOADING=1 with MONOTONIC_USEC then READY=1 around a SIGHUP reload, STOPPING=1 at stop",
+    @Test("READY=1 once listening, RELOADING=1 with MONOTONIC_USEC then READY=1 with the status in force around a SIGHUP reload, STOPPING=1 at stop",
           arguments: ioDrivers)
     func lifecycle(driver: IOBackendChoice) throws {
         try requireDriver(driver)
@@ -47,6 +47,10 @@ struct ServiceNotifyTests {
         #expect(try collect(from: [backend], expectedLines: 1).lines[0] == ["at.ready:1|c"])
         #expect(try relay.listenAddress() == listen)
 
+        // The reload adds a backend: READY's status after it says so.
+        let second = try TestBackend()
+        try "bind: 127.0.0.1\nport: 0\nthreads: 1\nbackends: [\"\(backend.spec)\", \"\(second.spec)\"]\n"
+            .write(toFile: config, atomically: true, encoding: .utf8)
         let before = MonotonicClock.nanoseconds() / 1_000
         relay.signal(SIGHUP)
         let reloading = try #require(try Self.next(socket))
@@ -56,12 +60,13 @@ struct ServiceNotifyTests {
         #expect(stamp >= before && stamp <= after, "MONOTONIC_USEC \(stamp) outside [\(before), \(after)]")
         let reloaded = try #require(try Self.next(socket))
         #expect(reloaded["READY"] == "1")
+        #expect(reloaded["STATUS"] == "relaying udp \(listen) to 2 backends", "the status in force after the reload")
         // The log comes through a pipe another thread reads: it may lag the notification.
         #expect(relay.waitForLog("configuration reloaded"))
 
         // Still relaying after the reload.
         try send(["after.reload:1|c"], to: listen)
-        #expect(try collect(from: [backend], expectedLines: 1).lines[0] == ["after.reload:1|c"])
+        #expect(try collect(from: [backend, second], expectedLines: 1).lines.flatMap { $0 } == ["after.reload:1|c"])
 
         relay.signal(SIGTERM)
         let stopping = try #require(try Self.next(socket))
