@@ -431,7 +431,9 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     /// - Throws: `ConfigurationError` naming the listener that cannot be bound, with the
     ///   system's reason and errno (the sockets bound so far close).
     private func prepareListeners(_ wanted: [SocketAddress]) throws(ConfigurationError) -> ListenerChange {
-        let (running, ids, workers, started) = state.withLock { ($0.configuredListeners, $0.listenerIDs, $0.controls.count, $0.started) }
+        let (running, ids, workers, started, held) = state.withLock {
+            ($0.configuredListeners, $0.listenerIDs, $0.controls.count, $0.started, $0.listeners)
+        }
         var change = ListenerChange()
         guard started else { return change }
         for (index, address) in running.enumerated() where !wanted.contains(address) {
@@ -442,7 +444,12 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             var sockets: [SocketHandOver] = []
             var bound = address
             do throws(SystemCallError) {
-                if address.port != 0 && !configuration.reusePortGroup { try UDPSocket.probeExclusive(address) }
+                // The relay's own sockets on an overlapping address (a move between a wildcard and
+                // a specific address on one port) would fail the probe: the port was proven
+                // exclusive when they bound, and SO_REUSEPORT lets the new sockets join.
+                if address.port != 0 && !configuration.reusePortGroup && !held.contains(where: { Self.overlap($0, address) }) {
+                    try UDPSocket.probeExclusive(address)
+                }
                 for _ in 0..<workers {
                     let socket = try UDPSocket.bound(to: bound, reusePort: true, receiveBufferBytes: configuration.receiveBufferBytes)
                     // Port 0: the other workers join the port the first socket was given.
@@ -456,6 +463,17 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             nextID += 1
         }
         return change
+    }
+
+    /// Whether a datagram to one of the two addresses could be taken by a socket bound to the
+    /// other: the same port, and one of them a wildcard of its family (an IPv6 wildcard also
+    /// takes IPv4, dual-stack).
+    static func overlap(_ one: SocketAddress, _ other: SocketAddress) -> Bool {
+        guard one.port == other.port else { return false }
+        func covers(_ wildcard: SocketAddress, _ address: SocketAddress) -> Bool {
+            wildcard.isUnspecified && (wildcard.family == address.family || wildcard.family == .ipv6)
+        }
+        return covers(one, other) || covers(other, one)
     }
 
     /// Sends `change` to every worker and waits until each has applied it: an added listener
