@@ -193,6 +193,25 @@ static inline long cl_sched_getaffinity(unsigned long *mask, size_t bytes) {
 /// Bits in one word of a CPU mask (cpu_set_t's layout: CPU n is bit n % bits of word n / bits).
 static const unsigned cl_cpu_mask_word_bits = CL_CPU_BITS;
 
+// SO_REUSEPORT steering: a classic BPF program for the group (SO_ATTACH_REUSEPORT_CBPF,
+// Linux 4.5+). The BPF_STMT macros do not import into Swift.
+#include <linux/filter.h>
+
+/// Attaches to the SO_REUSEPORT group of `fd` a program that gives each datagram to socket
+/// `random % group_size` of the group (SKF_AD_RANDOM, a fresh pseudo-random number per packet),
+/// so even one client's datagrams spread over every socket. An index the group does not have
+/// (a socket closed) falls back to the kernel's hash of the 4-tuple.
+/// Returns 0, or -1 with errno set.
+static inline int cl_attach_reuseport_random(int fd, unsigned group_size) {
+    struct sock_filter code[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, (unsigned)(SKF_AD_OFF + SKF_AD_RANDOM)),
+        BPF_STMT(BPF_ALU | BPF_MOD | BPF_K, group_size),
+        BPF_STMT(BPF_RET | BPF_A, 0),
+    };
+    struct sock_fprog program = { .len = 3, .filter = code };
+    return setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &program, sizeof(program));
+}
+
 // Socket error queue (IP_RECVERR / IPV6_RECVERR). The CMSG_* macros do not import into Swift.
 
 /// What the relay keeps of one error-queue entry (`struct sock_extended_err`, errqueue.h).

@@ -57,6 +57,20 @@ public struct UDPSocket: ~Copyable {
         return socket
     }
 
+    /// Makes the kernel spread this socket's `SO_REUSEPORT` group's datagrams at random over
+    /// the group's first `groupSize` sockets, instead of hashing each one's source and
+    /// destination (which keeps one client on one socket). One program serves the whole group:
+    /// attaching it again from another member replaces it with the same.
+    ///
+    /// - Precondition: `groupSize` ≥ 1.
+    /// - Throws: `SystemCallError` for `setsockopt SO_ATTACH_REUSEPORT_CBPF`.
+    public func spreadReusePortGroup(over groupSize: Int) throws(SystemCallError) {
+        precondition(groupSize >= 1)
+        do throws(Errno) {
+            _ = try systemCall { cl_attach_reuseport_random(descriptor, UInt32(groupSize)) }
+        } catch { throw SystemCallError("setsockopt SO_ATTACH_REUSEPORT_CBPF", localAddress.description, error) }
+    }
+
     /// Opens a socket connected to `address`, so that sends need no destination, with its error
     /// queue enabled (`IP_RECVERR`/`IPV6_RECVERR`): each ICMP error about a datagram it sent
     /// (port unreachable: `ECONNREFUSED`) is queued for `takeErrors(limit:)`, one entry per

@@ -452,6 +452,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
                 }
                 for _ in 0..<workers {
                     let socket = try UDPSocket.bound(to: bound, reusePort: true, receiveBufferBytes: configuration.receiveBufferBytes)
+                    if configuration.reusePortSteering == .random && workers > 1 { try socket.spreadReusePortGroup(over: workers) }
                     // Port 0: the other workers join the port the first socket was given.
                     bound = socket.localAddress
                     sockets.append(SocketHandOver(socket))

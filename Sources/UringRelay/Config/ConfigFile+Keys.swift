@@ -51,6 +51,7 @@ extension ConfigFile {
         Key("io-backend", .restart),
         Key("hash", .restart),
         Key("reuseport-group", .restart),
+        Key("reuseport-steering", .restart),
         Key("health-check", .applied),
         Key("health-check-port", .applied),
         Key("health-interval", .applied),

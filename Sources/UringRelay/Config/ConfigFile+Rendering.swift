@@ -60,6 +60,7 @@ extension ConfigFile {
         case "io-backend": return scalar(c.ioBackend.rawValue)
         case "hash": return scalar(c.hashMode.rawValue)
         case "reuseport-group": return scalar(c.reusePortGroup ? "true" : "false")
+        case "reuseport-steering": return scalar(c.reusePortSteering.rawValue)
         case "health-check": return scalar(c.healthCheck.rawValue)
         case "health-check-port": return optional(c.healthCheckPort)
         case "health-interval": return scalar(DurationParser.format(c.healthIntervalNanoseconds))

@@ -100,6 +100,7 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
     public var ioBackend: String?
     public var hash: String?
     public var reuseportGroup: Bool?
+    public var reuseportSteering: String?
     public var healthCheck: String?
     public var healthCheckPort: Int?
     public var healthInterval: String?
@@ -137,6 +138,7 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
         case ioBackend = "io-backend"
         case hash
         case reuseportGroup = "reuseport-group"
+        case reuseportSteering = "reuseport-steering"
         case healthCheck = "health-check"
         case healthCheckPort = "health-check-port"
         case healthInterval = "health-interval"
@@ -169,7 +171,7 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
         note(.rcvbuf, rcvbuf); note(.maxDatagram, maxDatagram); note(.receiveBuffers, receiveBuffers)
         note(.minWait, minWait); note(.threads, threads); note(.cpus, cpus); note(.ioBackend, ioBackend)
         note(.hash, hash)
-        note(.reuseportGroup, reuseportGroup); note(.healthCheck, healthCheck); note(.healthCheckPort, healthCheckPort)
+        note(.reuseportGroup, reuseportGroup); note(.reuseportSteering, reuseportSteering); note(.healthCheck, healthCheck); note(.healthCheckPort, healthCheckPort)
         note(.healthInterval, healthInterval); note(.healthTimeout, healthTimeout); note(.healthRise, healthRise)
         note(.healthFall, healthFall); note(.onBackendDown, onBackendDown); note(.holdBytes, holdBytes)
         note(.replayRate, replayRate); note(.dnsRefresh, dnsRefresh); note(.admin, admin); note(.logLevel, logLevel)
@@ -294,6 +296,12 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
             configuration.hashMode = mode
         }
         if let reuseportGroup { configuration.reusePortGroup = reuseportGroup }
+        if let reuseportSteering {
+            guard let steering = ReusePortSteering(rawValue: reuseportSteering) else {
+                throw invalid("reuseport-steering", reuseportSteering, "expected \(Self.choices(ReusePortSteering.allCases.map(\.rawValue)))")
+            }
+            configuration.reusePortSteering = steering
+        }
         if let healthCheck {
             guard let mode = HealthCheckMode(rawValue: healthCheck) else {
                 throw invalid("health-check", healthCheck, "expected \(Self.choices(HealthCheckMode.allCases.map(\.rawValue)))")

@@ -48,6 +48,9 @@ public struct RelayConfiguration: Sendable, Equatable {
     /// the kernel would silently split the traffic between them.
     public var reusePortGroup = false
 
+    /// How each listener's datagrams are spread over the workers (`--reuseport-steering`).
+    public var reusePortSteering: ReusePortSteering = .hash
+
     /// Which I/O driver runs (`--io-backend`).
     public var ioBackend: IOBackendChoice = .auto
 
@@ -182,6 +185,11 @@ public struct RelayConfiguration: Sendable, Equatable {
         }
         if !(1...256).contains(threads) {
             throw ConfigurationError(argument: "--threads", value: "\(threads)", reason: "must be 1-256")
+        }
+        if reusePortSteering == .random && reusePortGroup {
+            throw ConfigurationError(
+                argument: "--reuseport-steering", value: reusePortSteering.rawValue,
+                reason: "cannot be used with --reuseport-group: the program steers over this relay's workers only, and would starve or overrun the other processes' sockets in the group")
         }
         if let cpus, cpus.count < threads {
             throw ConfigurationError(

@@ -32,6 +32,9 @@ public struct WorkerSettings: Sendable {
     public var routing: RoutingState
     /// Where the worker publishes its live counters.
     public var board = CounterBoard()
+    /// Spread each listener's datagrams at random over this many workers' sockets
+    /// (`--reuseport-steering random` with several workers), or `nil` for the kernel's hash.
+    public var reusePortSpread: Int?
     /// `SO_SNDBUF` requested for each backend socket (see `RelayConfiguration.backendSendBufferBytes`).
     public var backendSendBufferBytes: Int
 
@@ -47,6 +50,7 @@ public struct WorkerSettings: Sendable {
         receiveBuffers = configuration.receiveBuffers
         minimumWaitMicroseconds = configuration.minimumWaitMicroseconds
         backendSendBufferBytes = configuration.backendSendBufferBytes
+        reusePortSpread = configuration.reusePortSteering == .random && configuration.threads > 1 ? configuration.threads : nil
         stopBudgetNanoseconds = configuration.shutdownTimeoutNanoseconds
         drainBudgetNanoseconds = configuration.shutdownTimeoutNanoseconds / 3 * 2
         self.holdBudget = holdBudget

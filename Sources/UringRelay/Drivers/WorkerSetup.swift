@@ -8,7 +8,9 @@ enum WorkerSetup {
     static func listeners(_ settings: WorkerSettings) throws(SystemCallError) -> UniqueArray<UDPSocket> {
         var listeners = UniqueArray<UDPSocket>(minimumCapacity: settings.listeners.count)
         for address in settings.listeners {
-            listeners.append(try UDPSocket.bound(to: address, reusePort: true, receiveBufferBytes: settings.receiveBufferBytes))
+            let socket = try UDPSocket.bound(to: address, reusePort: true, receiveBufferBytes: settings.receiveBufferBytes)
+            if let spread = settings.reusePortSpread { try socket.spreadReusePortGroup(over: spread) }
+            listeners.append(socket)
         }
         return listeners
     }
