@@ -318,7 +318,7 @@ class Bench:
         argv = [self.path("loadgen"), "--target", f"{LOOPBACK}:{self.port}",
                 "--count", str(workload.count), "--duration", str(workload.duration),
                 "--mode", workload.mode, "--size", "1400", "--names", str(self.args.names),
-                "--batch", str(self.args.loadgen_batch), "--sockets", str(LOADGEN_SOCKETS), "--seed", str(self.args.seed)]
+                "--batch", str(self.args.loadgen_batch), "--sockets", str(self.args.loadgen_sockets), "--seed", str(self.args.seed)]
         if workload.kind == "live" and self.args.live_rate > 0:
             argv += ["--rate", str(self.args.live_rate)]
         if self.args.compact:
@@ -797,6 +797,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--loadgen-batch", type=int, default=64,
                         help="datagrams per sendmmsg(2) call (default 64); with --live-rate, small batches "
                              "make arrivals smoother, as from many clients")
+    parser.add_argument("--loadgen-sockets", type=int, default=LOADGEN_SOCKETS,
+                        help=f"the load generator's sending sockets (distinct source ports, default {LOADGEN_SOCKETS}); "
+                             "1 is one busy client, which SO_REUSEPORT's hash keeps on one worker")
     parser.add_argument("--live-sinks", action="store_true",
                         help="drain: let the sinks read while the relay drains (by default they are stopped until "
                              "the relay is done, so they do not compete for the cores; the time is the kernel's "
@@ -880,7 +883,7 @@ def main(argv: list[str]) -> int:
               "options": {key: value for key, value in vars(args).items()},
               "workloads": {workload.name: vars(workload) for workload in selected},
               "constants": {"relay_rcvbuf": RELAY_RCVBUF, "sink_rcvbuf": SINK_RCVBUF,
-                            "loadgen_sockets": LOADGEN_SOCKETS},
+                            "loadgen_sockets": args.loadgen_sockets},
               "summary": rows, "measurements": records}
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {out}")
