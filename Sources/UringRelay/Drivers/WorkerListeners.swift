@@ -124,6 +124,15 @@ struct WorkerListeners: ~Copyable {
         guard let index = index(of: id) else { return false }
         // Should connect(2) fail it still takes datagrams: the drain's bound closes it then.
         try? entries[index].socket.refuseNewDatagrams()
+        return beginDrain(id: id, receipt: receipt, now: now)
+    }
+
+    /// Marks listener `id` as draining, bounded by `removalDrainNanoseconds` from `now`, without
+    /// refusing new datagrams: what `startRemoval` leaves when `connect(2)` failed.
+    ///
+    /// - Returns: `false` when no such listener is open.
+    mutating func beginDrain(id: UInt32, receipt: CommandReceipt?, now: UInt64) -> Bool {
+        guard let index = index(of: id) else { return false }
         if entries[index].drainDeadline == nil { entries[index].drainDeadline = now &+ Self.removalDrainNanoseconds }
         if let receipt { removals.append(receipt) }
         return true
