@@ -93,8 +93,10 @@ protocol WorkerTransport: ~Copyable {
 /// closes (the ring exits before its buffers unmap), then the core's send buffers, the
 /// listeners and the backend sockets go with `worker`.
 struct WorkerLoop<Transport: WorkerTransport & ~Copyable>: ~Copyable {
-    var worker: WorkerState
+    // Declared in teardown order, for a loop dropped without running: the transport (the
+    // ring) goes before the worker's send buffers and sockets.
     var transport: Transport
+    var worker: WorkerState
 
     /// Relays, applying the control channel's commands at each turn's start, until told to stop
     /// and everything received is sent, or until waiting fails; then tears down in order.
