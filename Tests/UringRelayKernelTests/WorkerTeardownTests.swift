@@ -73,6 +73,8 @@ struct WorkerTeardownTests {
         let openError = Mutex<SystemCallError?>(nil)
         let exit = Mutex<WorkerExit?>(nil)
         let started = DispatchSemaphore(value: 0)
+        /// Signalled once `run` returned (before the thread ends).
+        let ended = DispatchSemaphore(value: 0)
     }
 
     /// One worker's settings: listening on `listen`, relaying to `backend`.
@@ -96,6 +98,7 @@ struct WorkerTeardownTests {
         link.started.signal()
         let exit = worker.run()
         link.exit.withLock { $0 = exit }
+        link.ended.signal()
     }
 
     /// Starts a worker thread on `driver` and waits until it has opened (or failed to).
@@ -145,6 +148,7 @@ struct WorkerTeardownTests {
         fault.failWait.store(true, ordering: .releasing)
         // Wakes the worker: the wait after this turn fails.
         _ = control.send(.followPool)
+        try #require(link.ended.wait(timeout: .now() + 10) == .success, "the worker did not end within 10 s of its failure")
         thread.join()
         let exit = try #require(link.exit.withLock { $0 })
         #expect(exit.failure?.description == FaultyTransport<PortableDriver>.injected.description)

@@ -153,6 +153,7 @@ extension IOUringDriver: WorkerTransport {
     /// kernel may still write into the receive buffers or read the send buffers: both are kept
     /// mapped.
     consuming func close(_ worker: inout WorkerState) {
+        if worker.listeners.anyReceiveArmed { cancelReceives(&worker) }
         if sends.inFlight > 0 || worker.listeners.anyReceiveArmed || worker.listeners.closedWithReceiveArmed {
             buffers.keepMappedAfterDestruction()
             worker.core.keepSendBuffersMapped()
@@ -164,6 +165,30 @@ extension IOUringDriver: WorkerTransport {
 }
 
 extension IOUringDriver {
+    /// The longest a worker that ends with receives still armed (its wait failed) waits for
+    /// their cancellations before the ring exits.
+    private static let cancelBeforeExitNanoseconds: UInt64 = 100_000_000
+
+    /// Cancels every receive still armed and waits, at most `cancelBeforeExitNanoseconds`, for
+    /// their ends, so the ring rarely exits with a receive that may still write into its
+    /// buffers (a worker whose wait failed). What completes meanwhile is not counted any more:
+    /// the counters were taken.
+    private mutating func cancelReceives(_ worker: inout WorkerState) {
+        submissionsDeferred = false
+        for index in worker.listeners.indices { worker.listeners[index].cancelWanted = worker.listeners[index].receiveArmed }
+        let deadline = MonotonicClock.nanoseconds() &+ Self.cancelBeforeExitNanoseconds
+        while worker.listeners.anyReceiveArmed {
+            submitCancels(&worker)
+            let now = MonotonicClock.nanoseconds()
+            guard now < deadline else { return }
+            do throws(Errno) {
+                try ring.submitAndWait(completions: 1, timeoutNanoseconds: deadline - now, minimumWaitMicroseconds: 0)
+            } catch { return }  // the ring itself fails: its buffers stay mapped
+            submissionsDeferred = false
+            while let completion = ring.nextCompletion() { handle(completion, worker: &worker, now: now) }
+        }
+    }
+
     /// Arms a multishot receive on every listener that has none, while receiving goes on.
     private mutating func armReceives(_ worker: inout WorkerState) {
         guard worker.core.phase != .flushing, buffers.available > 0 else { return }
