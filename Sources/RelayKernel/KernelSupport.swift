@@ -39,33 +39,67 @@ public enum KernelSupport {
             ring = try Ring(sizing: sizing)
         } catch { return UringProbeFailure(operation: "io_uring_setup", errno: error) }
         let receiveBuffers = sizing.receiveBuffers
-        let buffers: ProvidedBufferRing
+        var buffers: ProvidedBufferRing
         do throws(Errno) {
             buffers = try ProvidedBufferRing(ring: ring, groupID: 0, count: receiveBuffers, payloadBytes: payloadBytes)
-        } catch { return UringProbeFailure(operation: "io_uring_register_buf_ring \(receiveBuffers) buffers", errno: error) }
+        } catch {
+            ring.close()
+            return UringProbeFailure(operation: "io_uring_register_buf_ring \(receiveBuffers) buffers", errno: error)
+        }
+        let (failure, receiveEnded) = probeReceive(ring: ring, buffers: buffers)
+        // Teardown in one order on every path: the ring exits before the buffers it may write
+        // into are unmapped; a receive whose end never came keeps them mapped (once per start).
+        if !receiveEnded { buffers.keepMappedAfterDestruction() }
+        ring.close()
+        _ = consume buffers
+        return failure
+    }
+
+    /// The probe's steps after its rings are made: the opcodes, then a multishot `recvmsg` on a
+    /// socket of its own that must deliver a datagram sent to itself; the receive is then
+    /// cancelled and its end awaited (at most 500 ms).
+    ///
+    /// - Returns: what failed, if anything, and whether no receive is left armed.
+    private static func probeReceive(ring: borrowing Ring, buffers: borrowing ProvidedBufferRing) -> (UringProbeFailure?, Bool) {
         let missing = ring.withUnsafeRingValue { cl_first_missing_opcode($0) }
-        if missing < 0 { return UringProbeFailure(operation: "io_uring_register PROBE", errno: Errno(rawValue: -missing)) }
-        if missing > 0 { return UringProbeFailure(operation: "io_uring opcode \(missing)", detail: "not supported by kernel \(release)") }
+        if missing < 0 { return (UringProbeFailure(operation: "io_uring_register PROBE", errno: Errno(rawValue: -missing)), true) }
+        if missing > 0 { return (UringProbeFailure(operation: "io_uring opcode \(missing)", detail: "not supported by kernel \(release)"), true) }
         let socket: UDPSocket
         do {
             socket = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!)
-        } catch { return UringProbeFailure(operation: "\(error.operation) \(error.target)", errno: error.errno) }
+        } catch { return (UringProbeFailure(operation: "\(error.operation) \(error.target)", errno: error.errno), true) }
+        var armed = false
+        var failure: UringProbeFailure?
         do throws(Errno) {
             try ring.armMultishotReceive(on: socket, buffers: buffers, userData: UserData(.receive))
             try ring.submitAndWait(completions: 0, timeoutNanoseconds: 0, minimumWaitMicroseconds: 0)
+            armed = true
             try socket.send([0x70], to: socket.localAddress)
             try ring.submitAndWait(completions: 1, timeoutNanoseconds: 500_000_000, minimumWaitMicroseconds: 0)
-        } catch { return UringProbeFailure(operation: "io_uring_enter", errno: error) }
-        guard let completion = ring.nextCompletion() else {
-            return UringProbeFailure(operation: "multishot recvmsg", detail: "no completion within 500ms (kernel \(release))")
-        }
-        if completion.result < 0 {
-            return UringProbeFailure(operation: "multishot recvmsg (Linux 6.0+)", errno: Errno(rawValue: -completion.result))
-        }
-        guard completion.bufferID != nil else {
-            return UringProbeFailure(operation: "multishot recvmsg", detail: "no provided buffer in the completion")
-        }
-        return nil
+            if let completion = ring.nextCompletion() {
+                if completion.result < 0 {
+                    failure = UringProbeFailure(operation: "multishot recvmsg (Linux 6.0+)", errno: Errno(rawValue: -completion.result))
+                } else if completion.bufferID == nil {
+                    failure = UringProbeFailure(operation: "multishot recvmsg", detail: "no provided buffer in the completion")
+                }
+                if !completion.hasMore { armed = false }
+            } else {
+                failure = UringProbeFailure(operation: "multishot recvmsg", detail: "no completion within 500ms (kernel \(release))")
+            }
+        } catch { failure = UringProbeFailure(operation: "io_uring_enter", errno: error) }
+        guard armed else { return (failure, true) }
+        // Cancelled, the receive reports its end (`ECANCELED`, no `MORE` flag).
+        let deadline = MonotonicClock.nanoseconds() &+ 500_000_000
+        do throws(Errno) {
+            try ring.cancel(UserData(.receive), userData: UserData(.cancel))
+            while armed, MonotonicClock.nanoseconds() < deadline {
+                try ring.submitAndWait(completions: 1, timeoutNanoseconds: 100_000_000, minimumWaitMicroseconds: 0)
+                while let completion = ring.nextCompletion() {
+                    if completion.userData.kind == .receive && !completion.hasMore { armed = false }
+                }
+            }
+        } catch {}
+        return (failure, !armed)
     }
 }
 

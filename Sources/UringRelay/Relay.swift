@@ -230,15 +230,15 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
                     if let pinning {
                         logger.warning("worker could not be pinned", metadata: ["worker": "\(index)", "cpu": "\(cpu ?? -1)", "error": "\(pinning.operatorDescription)"])
                     }
-                    let outcome = Self.runWorker(driver: driver, settings: settings, control: control, started: started)
-                    switch outcome {
-                    case .success(let counters)?:
-                        self.state.withLock { $0.counters.append(counters) }
-                    case .failure(let error)?:
+                    // A worker that never started has nothing counted: its start-up signal carried the error.
+                    guard let exit = Self.runWorker(driver: driver, settings: settings, control: control, started: started) else { return }
+                    if let error = exit.failure {
                         logger.critical("worker stopped on a driver failure", metadata: ["worker": "\(index)", "error": "\(error)"])
-                        self.state.withLock { $0.failures.append("worker \(index): \(error)") }
-                    case nil:
-                        break  // it never started; the start-up signal carried the error
+                    }
+                    // A worker that failed keeps what it counted in the exit report.
+                    self.state.withLock { state in
+                        state.counters.append(exit.counters)
+                        if let error = exit.failure { state.failures.append("worker \(index): \(error)") }
                     }
                 }
             } catch {
@@ -296,10 +296,11 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
 
     /// Opens a worker's driver on the calling (worker) thread, reports its start, runs it.
     ///
-    /// - Returns: the counters, the driver's failure, or `nil` if it never started.
-    private static func runWorker(
+    /// - Returns: how it ended (its counters, and its failure if it failed running), or `nil`
+    ///   if it never started.
+    static func runWorker(
         driver: IOBackendChoice, settings: WorkerSettings, control: WorkerControl, started: StartupSignal
-    ) -> Result<RelayCounters, SystemCallError>? {
+    ) -> WorkerExit? {
         // However the worker ends (stopped, failed to start, failed running), a command sent to
         // it from then on, or still queued, is refused at once: nothing waits for it.
         defer { control.close() }
@@ -309,17 +310,18 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         }
     }
 
-    /// Opens one driver of type `Driver`, reports its start, runs it (see `runWorker`).
+    /// Opens one worker on driver `Driver`, reports its start, runs it (see `runWorker`). A
+    /// start that fails has released what it opened, in its order, before the report.
     private static func run<Driver: IODriver & ~Copyable>(
         _: Driver.Type, settings: WorkerSettings, control: WorkerControl, started: StartupSignal
-    ) -> Result<RelayCounters, SystemCallError>? {
-        let worker: Driver
-        do throws(SystemCallError) { worker = try Driver(settings: settings, control: control) } catch {
+    ) -> WorkerExit? {
+        let worker: WorkerLoop<Driver>
+        do throws(SystemCallError) { worker = try WorkerLoop<Driver>(settings: settings, control: control) } catch {
             started.report(.failure(error))
             return nil
         }
         started.report(.success(worker.facts))
-        do throws(SystemCallError) { return .success(try worker.run()) } catch { return .failure(error) }
+        return worker.run()
     }
 
     /// Replaces the backends while the relay runs: every worker sends what it batched for the
@@ -487,9 +489,12 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
                 + change.removed.map { WorkerCommand.removeListener(id: $0.id) }
         }
         state.withLock { state in
-            for (configured, id) in change.removed {
+            // A removed listener leaves the state once every worker answered its removal: closed
+            // there (a worker drains it for at most `WorkerListeners.removalDrainNanoseconds`) or
+            // refused (the worker stopped, and closed it with the others). One a worker has not
+            // answered yet stays, so the next reload asks for its removal again.
+            for (_, id) in change.removed where outcome.unanswered == 0 {
                 guard let index = state.listenerIDs.firstIndex(of: id) else { continue }
-                _ = configured
                 state.listeners.remove(at: index)
                 state.configuredListeners.remove(at: index)
                 state.listenerIDs.remove(at: index)

@@ -40,15 +40,15 @@ struct FinalFlushWakeupTests {
     /// Opens `Driver` on the calling thread and runs it, handing its first listener's address
     /// and, at the end, its counters out.
     static func run<Driver: IODriver & ~Copyable>(_: Driver.Type, settings: WorkerSettings, control: WorkerControl, shared: WorkerLink) {
-        let driver: Driver
-        do { driver = try Driver(settings: settings, control: control) } catch {
+        let driver: WorkerLoop<Driver>
+        do { driver = try WorkerLoop<Driver>(settings: settings, control: control) } catch {
             shared.started.signal()
             return
         }
         shared.listen.withLock { $0 = driver.facts.listen }
         shared.started.signal()
-        let result = try? driver.run()
-        shared.counters.withLock { $0 = result }
+        let result = driver.run()
+        shared.counters.withLock { $0 = result.counters }
     }
 
     @Test("a stopping worker waiting for its sends' confirmation while pools are published every 2 ms uses a small part of a CPU", arguments: ioDrivers)

@@ -283,10 +283,15 @@ public struct RelayCore: ~Copyable {
         processor.counters[.listenersClosedUncounted] &+= UInt64(listenersLeftUncounted)
     }
 
-    /// Counts datagrams the kernel dropped at the listening sockets (their receive queues were
-    /// full), as read from the sockets' drop counters by the driver.
-    public mutating func countKernelDrops(_ datagrams: UInt64) {
+    /// Counts datagrams the kernel dropped at listener `id`'s socket (its receive queue was
+    /// full), as read from the socket's drop counter by the driver: in the total and in the
+    /// listener's own count.
+    public mutating func countKernelDrops(_ datagrams: UInt64, listener id: UInt32) {
+        guard datagrams > 0 else { return }
         processor.counters[.datagramsDroppedKernel] &+= datagrams
+        let index = Int(id)
+        guard index < listenerPositions.count else { return }
+        processor.counters[.datagramsDroppedKernel, listener: listenerPositions[index]] &+= datagrams
     }
 
     /// Starts a turn, before its datagrams are relayed: applies a newly published pool (the

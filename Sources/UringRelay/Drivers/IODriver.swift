@@ -1,19 +1,16 @@
 import RelayKernel
 
-/// An I/O driver: what feeds one worker's `RelayCore` from the kernel. Opened on the worker's
-/// own thread, it reports its facts once, then runs until its control channel tells it to stop.
-public protocol IODriver: ~Copyable {
-    /// Opens every kernel resource of one worker.
+/// An I/O driver: the transport steps (`WorkerTransport`) that feed one worker's `RelayCore`
+/// from the kernel, run by the turn skeleton `WorkerLoop`. Opened on the worker's own thread.
+protocol IODriver: WorkerTransport & ~Copyable {
+    /// Opens the driver's own kernel resources for `worker` (already open).
     ///
-    /// - Throws: `SystemCallError` naming the step that failed.
-    init(settings: WorkerSettings, control: WorkerControl) throws(SystemCallError)
+    /// - Throws: `SystemCallError` naming the step that failed; what it opened so far is
+    ///   released in its teardown order.
+    init(opening worker: borrowing WorkerState) throws(SystemCallError)
 
     /// The facts worth logging once at start-up.
-    var facts: WorkerFacts { get }
-
-    /// Relays, applying its control channel's commands at turn boundaries, until told to stop
-    /// and everything received is sent; then returns the counters.
-    consuming func run() throws(SystemCallError) -> RelayCounters
+    func facts(_ worker: borrowing WorkerState) -> WorkerFacts
 }
 
 extension IOUringDriver: IODriver {}

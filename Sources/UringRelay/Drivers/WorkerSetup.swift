@@ -15,13 +15,6 @@ enum WorkerSetup {
         return listeners
     }
 
-    /// The listeners' descriptors, in listener-id order (for `ppoll` and `recvmmsg`).
-    static func descriptors(_ listeners: borrowing UniqueArray<UDPSocket>) -> [Int32] {
-        var descriptors: [Int32] = []
-        for index in listeners.indices { descriptors.append(PollSet.descriptor(of: listeners[index])) }
-        return descriptors
-    }
-
     /// Closes every listener once receiving has stopped: what each still holds (it arrived after
     /// the drain ended) is taken and counted as dropped at exit, and closing hands the port's
     /// traffic to any other `SO_REUSEPORT` socket still receiving, instead of letting it queue
@@ -56,18 +49,6 @@ enum WorkerSetup {
     /// receive buffer of small datagrams (about 80 000) takes some 15 ms.
     static let minimumDiscardNanoseconds: UInt64 = 50_000_000
 
-    /// The listeners' `listener` labels (`udp:ADDRESS:PORT`, with the port bound), in order.
-    static func labels(_ listeners: borrowing UniqueArray<UDPSocket>) -> [String] {
-        boundAddresses(listeners).map(label)
-    }
-
     /// The `listener` label of a UDP listener bound to `address`.
     static func label(_ address: SocketAddress) -> String { "udp:\(address)" }
-
-    /// The addresses the listeners are bound to (with the ports the kernel chose for port 0).
-    static func boundAddresses(_ listeners: borrowing UniqueArray<UDPSocket>) -> [SocketAddress] {
-        var bound: [SocketAddress] = []
-        for index in listeners.indices { bound.append(listeners[index].localAddress) }
-        return bound
-    }
 }

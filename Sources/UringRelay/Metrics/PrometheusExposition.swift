@@ -110,22 +110,27 @@ public enum PrometheusExposition {
         }
         switch family.source {
         case .relayCounters:
-            // The received families are counted per listener; the drop reasons are not split
-            // by listener, so with several they carry all of them in one label value.
-            if let split = ListenerCounter.allCases.first(where: { $0.total.exposition.family == family.name }),
-               !snapshot.counters.listeners.isEmpty {
-                return snapshot.counters.listeners.map { name in
-                    Sample(labels: labels(["listener": name]), value: "\(snapshot.counters[split, listener: name])")
+            // The received families and the kernel's drops are counted per listener; the other
+            // drop reasons are not split by listener, so with several they carry all of them
+            // in one label value.
+            let listener = snapshot.listeners.count == 1 ? snapshot.listeners[0] : snapshot.listeners.joined(separator: ",")
+            var samples: [Sample] = []
+            for counter in RelayCounter.allCases {
+                let (name, reason) = counter.exposition
+                guard name == family.name else { continue }
+                var values: [String: String] = [:]
+                if let reason { values["reason"] = reason }
+                if let split = ListenerCounter.split(of: counter), !snapshot.counters.listeners.isEmpty {
+                    for name in snapshot.counters.listeners {
+                        values["listener"] = name
+                        samples.append(Sample(labels: labels(values), value: "\(snapshot.counters[split, listener: name])"))
+                    }
+                } else {
+                    values["listener"] = listener
+                    samples.append(Sample(labels: labels(values), value: "\(snapshot.counters[counter])"))
                 }
             }
-            let listener = snapshot.listeners.count == 1 ? snapshot.listeners[0] : snapshot.listeners.joined(separator: ",")
-            return RelayCounter.allCases.compactMap { counter in
-                let (name, reason) = counter.exposition
-                guard name == family.name else { return nil }
-                var values = ["listener": listener]
-                if let reason { values["reason"] = reason }
-                return Sample(labels: labels(values), value: "\(snapshot.counters[counter])")
-            }
+            return samples
         case .backendCounters:
             var samples: [Sample] = []
             for backend in snapshot.counters.countedBackends {

@@ -1,4 +1,5 @@
-/// What is counted apart for each listener (the `listener` label of the received families).
+/// What is counted apart for each listener (the `listener` label of the received families and
+/// of `datagrams_dropped{reason="kernel"}`).
 public enum ListenerCounter: Int, CaseIterable, Sendable {
     /// Datagrams received on the listener (`RelayCounter.datagramsReceived`).
     case datagramsReceived
@@ -6,6 +7,9 @@ public enum ListenerCounter: Int, CaseIterable, Sendable {
     case bytesReceived
     /// Lines in them (`RelayCounter.linesReceived`).
     case linesReceived
+    /// Datagrams the kernel dropped at the listener's sockets, their receive queues full
+    /// (`RelayCounter.datagramsDroppedKernel`).
+    case datagramsDroppedKernel
 
     /// The relay-wide counter this one splits by listener.
     public var total: RelayCounter {
@@ -13,7 +17,13 @@ public enum ListenerCounter: Int, CaseIterable, Sendable {
         case .datagramsReceived: .datagramsReceived
         case .bytesReceived: .bytesReceived
         case .linesReceived: .linesReceived
+        case .datagramsDroppedKernel: .datagramsDroppedKernel
         }
+    }
+
+    /// The listener counter that splits `counter` by listener, if one does.
+    public static func split(of counter: RelayCounter) -> ListenerCounter? {
+        ListenerCounter.allCases.first { $0.total == counter }
     }
 }
 
