@@ -34,6 +34,10 @@ public struct WorkerSettings: Sendable {
     public var board = CounterBoard()
     /// `SO_SNDBUF` requested for each backend socket (see `RelayConfiguration.backendSendBufferBytes`).
     public var backendSendBufferBytes: Int
+    /// `--validate` (fixed for the worker's life).
+    public var validation: ValidationMode = .loose
+    /// `--hash-key` (fixed for the worker's life).
+    public var hashKey: HashKeyMode = .name
 
     /// Settings for one worker of `configuration`, sharing `holdBudget` with the other workers.
     public init(
@@ -51,6 +55,8 @@ public struct WorkerSettings: Sendable {
         drainBudgetNanoseconds = configuration.shutdownTimeoutNanoseconds / 3 * 2
         self.holdBudget = holdBudget
         self.routing = routing
+        validation = configuration.validation
+        hashKey = configuration.hashKey
     }
 }
 
