@@ -24,6 +24,7 @@ let package = Package(
         .target(name: "FuzzSupport", dependencies: [relay], swiftSettings: strict),
         .executableTarget(name: "FuzzLineScanner", dependencies: ["FuzzSupport", relay], swiftSettings: strict),
         .executableTarget(name: "FuzzDatagramProcessor", dependencies: ["FuzzSupport", relay], swiftSettings: strict),
+        .executableTarget(name: "FuzzDogStatsD", dependencies: ["FuzzSupport", relay], swiftSettings: strict),
         .executableTarget(name: "FuzzBackendAddress", dependencies: ["FuzzSupport", relay], swiftSettings: strict),
         .executableTarget(name: "FuzzConfigValues", dependencies: ["FuzzSupport", relay], swiftSettings: strict),
         .executableTarget(name: "FuzzConfigFile", dependencies: ["FuzzSupport", relay], swiftSettings: strict),

@@ -8,7 +8,8 @@
 #      FuzzTesting/.build/fuzz/<target>/corpus (kept between runs, never committed).
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]     targets: FuzzLineScanner FuzzDatagramProcessor
-#                                             FuzzBackendAddress FuzzConfigValues FuzzConfigFile
+#                                             FuzzDogStatsD FuzzBackendAddress FuzzConfigValues
+#                                             FuzzConfigFile
 #                                             (default: all)
 #   FUZZ_SANITIZERS=fuzzer    without AddressSanitizer (faster; guard pages still catch reads
 #                             past a datagram); default fuzzer,address
@@ -39,7 +40,7 @@ if [[ ! "$seconds" =~ ^[0-9]+$ ]]; then
 fi
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(FuzzLineScanner FuzzDatagramProcessor FuzzBackendAddress FuzzConfigValues FuzzConfigFile)
+    targets=(FuzzLineScanner FuzzDatagramProcessor FuzzDogStatsD FuzzBackendAddress FuzzConfigValues FuzzConfigFile)
 fi
 
 build=(-c "${FUZZ_CONFIGURATION:-release}" --sanitize=fuzzer -Xswiftc "-sanitize=${FUZZ_SANITIZERS:-fuzzer,address}")
@@ -52,6 +53,7 @@ bin=$(swift build "${build[@]}" --show-bin-path)
 corpus_of() {
     case "$1" in
         FuzzLineScanner | FuzzDatagramProcessor) echo Corpus/Datagrams ;;
+        FuzzDogStatsD) echo Corpus/DogStatsD ;;
         FuzzBackendAddress) echo Corpus/BackendAddresses ;;
         FuzzConfigValues) echo Corpus/ConfigValues ;;
         FuzzConfigFile) echo Corpus/ConfigFiles ;;
@@ -60,7 +62,7 @@ corpus_of() {
 }
 dictionary_of() {
     case "$1" in
-        FuzzLineScanner | FuzzDatagramProcessor) echo Dictionaries/statsd.dict ;;
+        FuzzLineScanner | FuzzDatagramProcessor | FuzzDogStatsD) echo Dictionaries/statsd.dict ;;
         FuzzConfigFile) echo Dictionaries/yaml.dict ;;
         *) echo Dictionaries/config.dict ;;
     esac
@@ -69,6 +71,7 @@ max_len_of() {
     case "$1" in
         FuzzLineScanner) echo 70000 ;;
         FuzzDatagramProcessor) echo 8192 ;;
+        FuzzDogStatsD) echo 8193 ;;
         FuzzConfigFile) echo 4096 ;;
         *) echo 256 ;;
     esac

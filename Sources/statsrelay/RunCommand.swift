@@ -104,6 +104,16 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical (default: info).")
     var logLevel: String?
 
+    @Option(name: .customLong("validate"), help: ArgumentHelp(
+        "loose (anything with a name passes, as the Go StatsRelay) or strict (also drop and count lines whose type, value, sample rate, tags or other DogStatsD fields are invalid) (default: loose).",
+        valueName: "mode"))
+    var validationMode: String?
+
+    @Option(name: .customLong("hash-key"), help: ArgumentHelp(
+        "name (route by the metric name, a service check's name, an event's title) or name+tags (by the name and its tags sorted, so tag order never splits a series) (default: name).",
+        valueName: "key"))
+    var hashKey: String?
+
     @Argument(help: "Backends, HOST:PORT[:INSTANCE][=WEIGHT], in routing order (they replace the configuration file's).")
     var backends: [String] = []
 
@@ -142,6 +152,8 @@ struct RunCommand: ParsableCommand {
         settings.selfMetricsInterval = selfMetricsInterval
         settings.prefix = prefix
         settings.logFormat = logFormat?.rawValue
+        settings.validate = validationMode
+        settings.hashKey = hashKey
         settings.backends = backends.isEmpty ? nil : backends.map { ConfigFile.Backend(address: $0) }
         return settings
     }
@@ -572,6 +584,8 @@ struct RunCommand: ParsableCommand {
             "health_check": "\(configuration.healthCheck.rawValue)",
             "on_backend_down": "\(configuration.onBackendDown.rawValue)",
             "hash": "\(configuration.hashMode.rawValue)",
+            "validate": "\(configuration.validation.rawValue)",
+            "hash_key": "\(configuration.hashKey.rawValue)",
         ])
         if facts.receiveBufferBytes < configuration.receiveBufferBytes {
             logger.warning("receive buffer smaller than requested: raise net.core.rmem_max or run with CAP_NET_ADMIN", metadata: [

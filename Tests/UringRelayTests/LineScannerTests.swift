@@ -18,8 +18,8 @@ func scan(_ text: [UInt8], checked: Bool = true) -> [String] {
             in: datagram, from: &offset, mayContainNul: mayContainNul, mayContainCarriageReturn: mayContainCarriageReturn
         ) {
             switch line {
-            case .valid(let start, let end, let nameEnd):
-                let name = String(decoding: text[start..<nameEnd], as: UTF8.self)
+            case .valid(let start, let end, let key):
+                let name = String(decoding: text[key], as: UTF8.self)
                 let whole = String(decoding: text[start..<end], as: UTF8.self)
                 results.append("ok \(name) \(whole)")
             case .empty:
@@ -108,8 +108,8 @@ struct LineScannerTests {
                 while let next = LineScanner.next(
                     in: raw.bytes, from: &offset, mayContainNul: !checked, mayContainCarriageReturn: !checked || ending.contains(UInt8(ascii: "\r"))
                 ) {
-                    if case .valid(let start, let end, let nameEnd) = next {
-                        found.append((Array(datagram[start..<end]), Array(datagram[start..<nameEnd])))
+                    if case .valid(let start, let end, let key) = next {
+                        found.append((Array(datagram[start..<end]), Array(datagram[key])))
                     } else {
                         others.append(next)
                     }

@@ -89,7 +89,7 @@ struct PacketLengthTests {
             let bytes = Array(line(length).utf8)
             var offset = 0
             let scanned = LineScanner.next(in: bytes.span.bytes, from: &offset)
-            #expect(scanned == (expected ? .valid(start: 0, end: length, nameEnd: 3) : .malformed(.tooLong)))
+            #expect(scanned == (expected ? .valid(start: 0, end: length, key: 0..<3) : .malformed(.tooLong)))
         }
     }
 

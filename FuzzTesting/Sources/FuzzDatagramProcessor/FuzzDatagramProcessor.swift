@@ -130,8 +130,8 @@ func run(_ setup: Setup, _ processor: inout DatagramProcessor, now: inout UInt64
         switch line {
         case .empty: empty += 1
         case .malformed(let reason): droppedByReason[reason, default: 0] += 1
-        case .valid(let start, let end, let nameEnd):
-            let decision = input.withUnsafeBytes { router.route(key: $0.bytes.extracting(start..<nameEnd)) }
+        case .valid(let start, let end, let key):
+            let decision = input.withUnsafeBytes { router.route(key: $0.bytes.extracting(key)) }
             let backend: Int
             switch decision {
             case .send(let primary), .hold(let primary): backend = primary

@@ -18,9 +18,10 @@ func scan(_ datagram: RawSpan, mayContainNul: Bool, mayContainCarriageReturn: Bo
     var offset = 0
     while let line = LineScanner.next(
         in: datagram, from: &offset, mayContainNul: mayContainNul, mayContainCarriageReturn: mayContainCarriageReturn) {
-        if case .valid(let start, let end, let nameEnd) = line {
-            require(0 <= start && start < nameEnd && nameEnd < end && end <= datagram.byteCount,
-                    "line \(start)..<\(end) (name to \(nameEnd)) outside a datagram of \(datagram.byteCount) bytes")
+        if case .valid(let start, let end, let key) = line {
+            require(0 <= start && start <= key.lowerBound && key.lowerBound < key.upperBound && key.upperBound <= end
+                        && end <= datagram.byteCount,
+                    "line \(start)..<\(end) (key \(key)) outside a datagram of \(datagram.byteCount) bytes")
             require(offset > end || offset == datagram.byteCount, "offset \(offset) did not pass the line ending at \(end)")
         }
         require(offset <= datagram.byteCount, "offset \(offset) past the datagram's \(datagram.byteCount) bytes")

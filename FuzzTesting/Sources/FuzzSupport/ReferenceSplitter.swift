@@ -6,8 +6,11 @@ import UringRelay
 /// A line ends at `\n`, at `\r\n` or at a lone `\r`; the last line may have no ending; an
 /// ending with nothing before it is an empty line; nothing follows the last ending. A non-empty
 /// line is, checked in this order: too long (more than `BatchAssembler.largestDatagramBytes`
-/// bytes), holding a NUL, without a `:`, starting with `:`, or else valid, its name the bytes
-/// before the first `:`.
+/// bytes), holding a NUL, then by its form: a line starting `_sc|` is a service check keyed by
+/// the bytes up to the next `|` (none: `emptyName`); one starting `_e{` an event keyed by its
+/// title, whose `{T,X}` header must be two numbers of 1-6 digits with `T` title bytes, `|`, `X`
+/// text bytes then the end or `|` (else `badEventHeader`; `T` = 0 is `emptyName`); any other
+/// is without a `:`, starting with `:`, or else valid, its key the bytes before the first `:`.
 public enum ReferenceSplitter {
     /// Every line of `datagram` in order, in `LineScanner`'s terms.
     public static func lines(_ datagram: [UInt8]) -> [LineScanner.Line] {
@@ -36,8 +39,39 @@ public enum ReferenceSplitter {
         if range.isEmpty { return .empty }
         if range.count > BatchAssembler.largestDatagramBytes { return .malformed(.tooLong) }
         if datagram[range].contains(0) { return .malformed(.nulByte) }
+        let line = Array(datagram[range])
+        let base = range.lowerBound
+        if line.starts(with: Array("_sc|".utf8)) {
+            let name = line[4...].prefix { $0 != UInt8(ascii: "|") }
+            if name.isEmpty { return .malformed(.emptyName) }
+            return .valid(start: range.lowerBound, end: range.upperBound, key: base + 4..<base + 4 + name.count)
+        }
+        if line.starts(with: Array("_e{".utf8)) {
+            guard let title = eventTitle(line) else { return .malformed(.badEventHeader) }
+            if title.isEmpty { return .malformed(.emptyName) }
+            return .valid(start: range.lowerBound, end: range.upperBound, key: base + title.lowerBound..<base + title.upperBound)
+        }
         guard let colon = datagram[range].firstIndex(of: UInt8(ascii: ":")) else { return .malformed(.missingColon) }
         if colon == range.lowerBound { return .malformed(.emptyName) }
-        return .valid(start: range.lowerBound, end: range.upperBound, nameEnd: colon)
+        return .valid(start: range.lowerBound, end: range.upperBound, key: range.lowerBound..<colon)
+    }
+
+    /// The title's offsets within the event `line`, or `nil` when its header does not hold.
+    static func eventTitle(_ line: [UInt8]) -> Range<Int>? {
+        // `_e{` digits `,` digits `}:` read as text, then the lengths checked against the rest.
+        guard let close = line.firstIndex(of: UInt8(ascii: "}")) else { return nil }
+        let inside = line[3..<close].split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false)
+        guard inside.count == 2,
+              inside.allSatisfy({ (1...6).contains($0.count) && $0.allSatisfy { (48...57).contains($0) } }),
+              close + 1 < line.count, line[close + 1] == UInt8(ascii: ":"),
+              let titleLength = Int(String(decoding: inside[0], as: UTF8.self)),
+              let textLength = Int(String(decoding: inside[1], as: UTF8.self))
+        else { return nil }
+        let titleStart = close + 2
+        let rest = line.count - titleStart
+        guard titleLength + 1 + textLength <= rest, line[titleStart + titleLength] == UInt8(ascii: "|") else { return nil }
+        let textEnd = titleStart + titleLength + 1 + textLength
+        guard textEnd == line.count || line[textEnd] == UInt8(ascii: "|") else { return nil }
+        return titleStart..<titleStart + titleLength
     }
 }

@@ -70,6 +70,8 @@ extension ConfigFile {
         Key("stop-delay", .applied),
         Key("flap-hold-max", .applied),
         Key("flap-hold", .applied),
+        Key("validate", .restart),
+        Key("hash-key", .restart),
     ]
 
     /// The keys of one entry of `listeners` written as a mapping.

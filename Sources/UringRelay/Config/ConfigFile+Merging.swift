@@ -49,6 +49,8 @@ extension ConfigFile {
         drop(\.stopDelay)
         drop(\.flapHoldMax)
         drop(\.flapHold)
+        drop(\.validate)
+        drop(\.hashKey)
         if flags.listeners != nil {
             // `--listen` replaces every listener of the file, whichever form it used.
             kept.listeners = nil

@@ -79,6 +79,8 @@ extension ConfigFile {
         case "stop-delay": return scalar(DurationParser.format(c.stopDelayNanoseconds))
         case "flap-hold-max": return scalar(DurationParser.format(c.flapHoldMaxNanoseconds))
         case "flap-hold": return scalar(DurationParser.format(c.flapHoldNanoseconds))
+        case "validate": return scalar(c.validation.rawValue)
+        case "hash-key": return scalar(c.hashKey.rawValue)
         default: preconditionFailure("no key '\(key)' in ConfigFile.keys")
         }
     }

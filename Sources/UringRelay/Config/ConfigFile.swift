@@ -119,6 +119,8 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
     public var stopDelay: String?
     public var flapHoldMax: String?
     public var flapHold: String?
+    public var validate: String?
+    public var hashKey: String?
 
     /// Where the settings came from, for errors: the file's path as given.
     public var source = "command line"
@@ -157,6 +159,8 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
         case stopDelay = "stop-delay"
         case flapHoldMax = "flap-hold-max"
         case flapHold = "flap-hold"
+        case validate
+        case hashKey = "hash-key"
     }
 
     /// Nothing set: every key keeps its default (or, for the command line, the file's value).
@@ -181,6 +185,8 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
         note(.stopDelay, stopDelay)
         note(.flapHoldMax, flapHoldMax)
         note(.flapHold, flapHold)
+        note(.validate, validate)
+        note(.hashKey, hashKey)
         return keys
     }
 
@@ -378,6 +384,18 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
             configuration.flapHoldNanoseconds = try at("flap-hold") { () throws(ConfigurationError) in
                 try DurationParser.nanoseconds(flapHold, argument: "", in: RelayConfiguration.flapHoldLimits)
             }
+        }
+        if let validate {
+            guard let mode = ValidationMode(rawValue: validate) else {
+                throw invalid("validate", validate, "expected \(Self.choices(ValidationMode.allCases.map(\.rawValue)))")
+            }
+            configuration.validation = mode
+        }
+        if let hashKey {
+            guard let mode = HashKeyMode(rawValue: hashKey) else {
+                throw invalid("hash-key", hashKey, "expected \(Self.choices(HashKeyMode.allCases.map(\.rawValue)))")
+            }
+            configuration.hashKey = mode
         }
     }
 

@@ -77,6 +77,10 @@ public struct RelayConfiguration: Sendable, Equatable {
     public var flapHoldMaxNanoseconds: UInt64 = 600_000_000_000
     /// How metric names are spread over the backends (`--hash`).
     public var hashMode: HashMode = .jump
+    /// How lines are checked before they are routed (`--validate`).
+    public var validation: ValidationMode = .loose
+    /// What routes a line (`--hash-key`).
+    public var hashKey: HashKeyMode = .name
     /// What happens to a down backend's metrics (`--on-backend-down`).
     public var onBackendDown: DownPolicy = .rehash
     /// Bytes of batches held under `hold` for the whole relay, every backend and worker together

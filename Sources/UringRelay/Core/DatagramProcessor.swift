@@ -4,6 +4,10 @@ import Glibc
 
 /// The per-datagram work of a worker, with no I/O: split into lines, check each, route it and
 /// pack it into its backend's batch. Counters are plain fields; nothing here allocates.
+///
+/// `--validate` and `--hash-key` are fixed for a processor (a worker's, for its life). Each of
+/// their four pairs has its own copy of the line loop, specialised on a `LineValidation` and a
+/// `KeyPolicy` type: the mode is tested once per datagram, never per line.
 public struct DatagramProcessor: ~Copyable {
     /// The batches being packed, one per backend.
     public var assembler: BatchAssembler
@@ -13,23 +17,38 @@ public struct DatagramProcessor: ~Copyable {
     public var counters: RelayCounters
     /// Primary buckets of recently seen names.
     private var primaries: PrimaryCache
+    /// `--validate`.
+    public let validation: ValidationMode
+    /// `--hash-key`.
+    public let hashKey: HashKeyMode
+    /// Scratch room for `name+tags` keys.
+    private var routingKey: RoutingKey
 
     /// A processor for `router`'s backends, counting into `counters`.
     ///
     /// - Precondition: `counters` counts as many backends as `router` routes to.
-    public init(router: Router, packetBytes: Int, maxDatagramBytes: Int, counters: RelayCounters) throws(Errno) {
+    public init(
+        router: Router, packetBytes: Int, maxDatagramBytes: Int, counters: RelayCounters,
+        validation: ValidationMode = .loose, hashKey: HashKeyMode = .name
+    ) throws(Errno) {
         precondition(counters.backendCount == router.backendCount, "counters for another pool")
         self.router = router
+        self.validation = validation
+        self.hashKey = hashKey
+        routingKey = RoutingKey(maxLineBytes: maxDatagramBytes)
         assembler = try BatchAssembler(backendCount: router.backendCount, packetBytes: packetBytes, maxLineBytes: maxDatagramBytes)
         self.counters = counters
         primaries = PrimaryCache(backendCount: router.backendCount)
     }
 
     /// A processor for `router`'s backends, counting from zero.
-    public init(router: Router, packetBytes: Int, maxDatagramBytes: Int) throws(Errno) {
+    public init(
+        router: Router, packetBytes: Int, maxDatagramBytes: Int, validation: ValidationMode = .loose,
+        hashKey: HashKeyMode = .name
+    ) throws(Errno) {
         try self.init(
             router: router, packetBytes: packetBytes, maxDatagramBytes: maxDatagramBytes,
-            counters: RelayCounters(backendCount: router.backendCount))
+            counters: RelayCounters(backendCount: router.backendCount), validation: validation, hashKey: hashKey)
     }
 
     /// Handles one received buffer: counts a truncated or malformed one, relays a whole one.
@@ -49,24 +68,51 @@ public struct DatagramProcessor: ~Copyable {
     }
 
     /// Splits `datagram` into lines and packs each valid one for its backend.
+    @inline(__always)
+    public mutating func relay(datagram: RawSpan, now: UInt64) {
+        switch (validation, hashKey) {
+        case (.loose, .name): relay(datagram, now: now, LooseValidation.self, NameKey.self)
+        case (.strict, .name): relay(datagram, now: now, StrictValidation.self, NameKey.self)
+        case (.loose, .nameAndTags): relay(datagram, now: now, LooseValidation.self, NameAndTagsKey.self)
+        case (.strict, .nameAndTags): relay(datagram, now: now, StrictValidation.self, NameAndTagsKey.self)
+        }
+    }
+
+    /// A line scanned, checked and hashed, waiting to be routed and packed.
+    private struct Pending {
+        var line: Range<Int>
+        var key: Range<Int>
+        /// Whether the routing key is the written-out `name+tags` key rather than `key`'s bytes.
+        var isComposite: Bool
+        var probe: PrimaryCache.Probe
+    }
+
+    /// The line loop for one `--validate` mode and one `--hash-key` mode.
     ///
-    /// Software-pipelined by one line: a line's cache set is read right after its name is
+    /// Software-pipelined by one line: a line's cache set is read right after its key is
     /// hashed, and the line is routed and packed only after the next line is hashed, so that
     /// read overlaps the next hash instead of stalling. Lines are packed in datagram order.
     @inline(__always)
-    public mutating func relay(datagram: RawSpan, now: UInt64) {
+    private mutating func relay<Validation: LineValidation, Key: KeyPolicy>(
+        _ datagram: RawSpan, now: UInt64, _: Validation.Type, _: Key.Type
+    ) {
         var offset = 0
         let mayContainNul = datagram.contains(byte: 0)
         let mayContainCarriageReturn = datagram.contains(byte: UInt8(ascii: "\r"))
-        var pending: (line: Range<Int>, nameEnd: Int, probe: PrimaryCache.Probe)?
+        var pending: Pending?
         while let line = LineScanner.next(
             in: datagram, from: &offset, mayContainNul: mayContainNul, mayContainCarriageReturn: mayContainCarriageReturn) {
             switch line {
-            case .valid(let start, let end, let nameEnd):
+            case .valid(let start, let end, let key):
                 counters[.linesReceived] &+= 1
-                let probe = primaries.probe(FNV1a.hash64(datagram.extracting(start..<nameEnd)))
+                if let reason = Validation.check(datagram, line: start..<end, key: key) {
+                    counters[.dropped(reason)] &+= 1
+                    continue
+                }
+                let (hash, isComposite) = Key.hash(datagram, line: start..<end, key: key, scratch: &routingKey)
+                let probe = primaries.probe(hash)
                 if let previous = pending { pack(previous, in: datagram, now: now) }
-                pending = (start..<end, nameEnd, probe)
+                pending = Pending(line: start..<end, key: key, isComposite: isComposite, probe: probe)
             case .empty:
                 counters[.emptyLines] &+= 1
             case .malformed(let reason):
@@ -77,17 +123,23 @@ public struct DatagramProcessor: ~Copyable {
         if let previous = pending { pack(previous, in: datagram, now: now) }
     }
 
-    /// Routes one valid line of `datagram` by its probed hash (its name, for a ring mode's md5
-    /// on a cache miss) and packs it into its backend's batch.
+    /// Routes one valid line of `datagram` by its probed hash (and, on a ring's cache miss or
+    /// rehash, the md5 of its key) and packs it into its backend's batch.
     @inline(__always)
-    private mutating func pack(
-        _ pending: (line: Range<Int>, nameEnd: Int, probe: PrimaryCache.Probe), in datagram: RawSpan, now: UInt64
-    ) {
+    private mutating func pack(_ pending: Pending, in datagram: RawSpan, now: UInt64) {
         let line = datagram.extracting(pending.line)
-        let key = datagram.extracting(pending.line.lowerBound..<pending.nameEnd)
-        let primary = primaries.primary(for: pending.probe, key: key, router: router)
+        let decision: Router.Decision
+        if pending.isComposite && router.hashMode != .jump {
+            // A ring places the key by its md5: write the name+tags key out. (Under `jump`
+            // the hash is all that routes it.)
+            decision = Self.routeWritten(pending, in: datagram, scratch: &routingKey, cache: &primaries, router: router)
+        } else {
+            let key = datagram.extracting(pending.key)
+            let primary = primaries.primary(for: pending.probe, key: key, router: router)
+            decision = router.route(key: key, hash: pending.probe.hash, primary: primary)
+        }
         let backend: Int
-        switch router.route(key: key, hash: pending.probe.hash, primary: primary) {
+        switch decision {
         case .send(let primary):
             // Every backend is down under rehash or drop: sent to its primary as if healthy.
             if router.downCount != 0 && router.isFailingOpen { counters[.linesFailOpen] &+= 1 }
@@ -107,6 +159,18 @@ public struct DatagramProcessor: ~Copyable {
         } else {
             counters[.linesDroppedNoSendBuffer] &+= 1
         }
+    }
+
+    /// Routes a line by its written-out `name+tags` key (for a ring's md5). Static, on its
+    /// parts, so that the key borrowed from the scratch and the cache updated are seen apart.
+    @inline(__always)
+    private static func routeWritten(
+        _ pending: Pending, in datagram: RawSpan, scratch: inout RoutingKey, cache: inout PrimaryCache, router: borrowing Router
+    ) -> Router.Decision {
+        scratch.write(datagram, line: pending.line, key: pending.key)
+        let key = scratch.written.span.bytes
+        let primary = cache.primary(for: pending.probe, key: key, router: router)
+        return router.route(key: key, hash: pending.probe.hash, primary: primary)
     }
 
     /// Frees the slot of a packet whose send completed and says what it carried; what became

@@ -110,7 +110,7 @@ public struct RelayCore: ~Copyable {
         do throws(Errno) {
             return try DatagramProcessor(
                 router: Router(pool: pool), packetBytes: packetBytes, maxDatagramBytes: settings.maxDatagramBytes,
-                counters: counters)
+                counters: counters, validation: settings.validation, hashKey: settings.hashKey)
         } catch { throw SystemCallError("mmap", "send buffers", error) }
     }
 

@@ -37,6 +37,10 @@ public struct WorkerSettings: Sendable {
     public var reusePortSpread: Int?
     /// `SO_SNDBUF` requested for each backend socket (see `RelayConfiguration.backendSendBufferBytes`).
     public var backendSendBufferBytes: Int
+    /// `--validate` (fixed for the worker's life).
+    public var validation: ValidationMode = .loose
+    /// `--hash-key` (fixed for the worker's life).
+    public var hashKey: HashKeyMode = .name
 
     /// Settings for one worker of `configuration`, sharing `holdBudget` with the other workers.
     public init(
@@ -55,6 +59,8 @@ public struct WorkerSettings: Sendable {
         drainBudgetNanoseconds = configuration.shutdownTimeoutNanoseconds / 3 * 2
         self.holdBudget = holdBudget
         self.routing = routing
+        validation = configuration.validation
+        hashKey = configuration.hashKey
     }
 }
 

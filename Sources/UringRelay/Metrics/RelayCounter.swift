@@ -42,6 +42,16 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
     case linesDroppedRefused
     case linesDroppedUnreachable
     case datagramsDroppedKernel
+    case linesDroppedBadEventHeader
+    case linesDroppedBadName
+    case linesDroppedBadValue
+    case linesDroppedBadType
+    case linesDroppedBadSampleRate
+    case linesDroppedBadTags
+    case linesDroppedBadTimestamp
+    case linesDroppedBadField
+    case linesDroppedBadServiceCheck
+    case linesDroppedBadEvent
 
     /// The counter's name in lowercase dot notation.
     public var name: String {
@@ -85,6 +95,16 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
         case .linesDroppedRefused: "statsrelay.lines_dropped.refused"
         case .linesDroppedUnreachable: "statsrelay.lines_dropped.unreachable"
         case .datagramsDroppedKernel: "statsrelay.datagrams_dropped.kernel"
+        case .linesDroppedBadEventHeader: "statsrelay.lines_dropped.bad_event_header"
+        case .linesDroppedBadName: "statsrelay.lines_dropped.bad_name"
+        case .linesDroppedBadValue: "statsrelay.lines_dropped.bad_value"
+        case .linesDroppedBadType: "statsrelay.lines_dropped.bad_type"
+        case .linesDroppedBadSampleRate: "statsrelay.lines_dropped.bad_sample_rate"
+        case .linesDroppedBadTags: "statsrelay.lines_dropped.bad_tags"
+        case .linesDroppedBadTimestamp: "statsrelay.lines_dropped.bad_timestamp"
+        case .linesDroppedBadField: "statsrelay.lines_dropped.bad_field"
+        case .linesDroppedBadServiceCheck: "statsrelay.lines_dropped.bad_service_check"
+        case .linesDroppedBadEvent: "statsrelay.lines_dropped.bad_event"
         }
     }
 
@@ -117,6 +137,16 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
         case .emptyName: .linesDroppedEmptyName
         case .nulByte: .linesDroppedNulByte
         case .tooLong: .linesDroppedTooLong
+        case .badEventHeader: .linesDroppedBadEventHeader
+        case .badName: .linesDroppedBadName
+        case .badValue: .linesDroppedBadValue
+        case .badType: .linesDroppedBadType
+        case .badSampleRate: .linesDroppedBadSampleRate
+        case .badTags: .linesDroppedBadTags
+        case .badTimestamp: .linesDroppedBadTimestamp
+        case .badField: .linesDroppedBadField
+        case .badServiceCheck: .linesDroppedBadServiceCheck
+        case .badEvent: .linesDroppedBadEvent
         }
     }
 }
@@ -175,7 +205,7 @@ public enum BackendCounter: Int, CaseIterable, Sendable {
 public struct RelayCounters: Sendable, Equatable {
     /// Room for every `RelayCounter`, stored inline: the per-line increments are plain stores,
     /// with none of an `Array`'s copy-on-write uniqueness checks.
-    private var relay = InlineArray<48, UInt64>(repeating: 0)
+    private var relay = InlineArray<64, UInt64>(repeating: 0)
     private var backend: [UInt64]
     /// The identities of the backends counted by position, in pool order.
     public private(set) var backends: [String]
@@ -201,7 +231,7 @@ public struct RelayCounters: Sendable, Equatable {
 
     /// All zeros for these backends (identities in pool order).
     public init(backends: [String]) {
-        precondition(RelayCounter.allCases.count <= 48, "RelayCounters.relay needs more room")
+        precondition(RelayCounter.allCases.count <= 64, "RelayCounters.relay needs more room")
         self.backends = backends
         backend = Array(repeating: 0, count: BackendCounter.allCases.count * backends.count)
     }

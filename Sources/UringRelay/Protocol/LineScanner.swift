@@ -13,9 +13,14 @@ import RelayKernel
 /// ^^^^^^^^^^^^ ^                   ^^
 /// name (key)   first ':'           "\r\n" (or "\n", or "\r") ends the line; not forwarded
 /// ```
-/// Nothing after the name is interpreted: values, types, sample rates and tags pass through
-/// byte for byte. Empty lines (and so a `\r` right after a line ending, as in `\r\r\n`) are
-/// skipped.
+/// Nothing after the name is interpreted here: values, types, sample rates and tags pass
+/// through byte for byte (`--validate strict` checks them afterwards, `LineValidator`). Empty
+/// lines (and so a `\r` right after a line ending, as in `\r\r\n`) are skipped.
+///
+/// Two DogStatsD forms have no metric name before a `:` and are keyed otherwise (`DogStatsD`):
+/// a service check `_sc|name|status|…` by its name, an event `_e{5,4}:title|text|…` by its
+/// title, whose length the `{title,text}` header gives (a header that does not fit the line
+/// is `badEventHeader`, in every mode).
 ///
 /// The common datagram has no `\r` at all: the caller checks that once per datagram (one
 /// `memchr`, like the NUL check) and passes `mayContainCarriageReturn: false`, so each line
@@ -33,12 +38,37 @@ public enum LineScanner {
         /// (`BatchAssembler.largestDatagramBytes`, 65 507 bytes): only a client sending over IPv6
         /// can send one. Counted here so that it never becomes a send that fails.
         case tooLong
+        /// An event (`_e{`) whose `{title,text}` length header is not two numbers that fit the
+        /// line with `:title|text` (`DogStatsD.eventKey`). Checked in every `--validate` mode:
+        /// such a header cannot be routed by its title.
+        case badEventHeader
+        // The reasons below are `--validate strict`'s only (`LineValidator`).
+        /// A metric name holding `|` (strict).
+        case badName
+        /// A value that is empty, or not a number for a `c`, `g`, `ms`, `h` or `d` (strict).
+        case badValue
+        /// No type, or a type other than `c`, `g`, `ms`, `h`, `s`, `d` (strict).
+        case badType
+        /// A sample rate `|@R` that is not a decimal number in (0, 1] (strict).
+        case badSampleRate
+        /// A tags field `|#…` that is empty or holds an empty tag (strict).
+        case badTags
+        /// A timestamp `|T…` that is not digits (strict).
+        case badTimestamp
+        /// An empty, unknown or repeated field, or an empty container id `|c:` (strict).
+        case badField
+        /// A service check whose status is not 0, 1, 2 or 3, or whose `d:` is not digits (strict).
+        case badServiceCheck
+        /// An event whose `d:` is not digits, `p:` not `normal`/`low`, or `t:` not `error`,
+        /// `warning`, `info`, `success` (strict).
+        case badEvent
     }
 
     /// One step of the scan.
     public enum Line: Equatable, Sendable {
-        /// A line to forward: bytes `start..<end` (no `\r`, no `\n`), name `start..<nameEnd`.
-        case valid(start: Int, end: Int, nameEnd: Int)
+        /// A line to forward: bytes `start..<end` (no `\r`, no `\n`); `key` is what routes it:
+        /// a metric's name (`start..<` its first `:`), a service check's name, an event's title.
+        case valid(start: Int, end: Int, key: Range<Int>)
         /// An empty line; skipped.
         case empty
         /// A line that is dropped, and why.
@@ -74,10 +104,14 @@ public enum LineScanner {
         if end == start { return .empty }
         if end - start > BatchAssembler.largestDatagramBytes { return .malformed(.tooLong) }
         if mayContainNul && datagram.firstOffset(of: 0, in: start..<end) != nil { return .malformed(.nulByte) }
+        // One load and compare per line; only lines starting with `_` look further.
+        if Span<UInt8>(_bytes: datagram)[start] == UInt8(ascii: "_"), let line = DogStatsD.scan(datagram, start..<end) {
+            return line
+        }
         guard let colon = datagram.firstOffset(of: UInt8(ascii: ":"), in: start..<end) else {
             return .malformed(.missingColon)
         }
         if colon == start { return .malformed(.emptyName) }
-        return .valid(start: start, end: end, nameEnd: colon)
+        return .valid(start: start, end: end, key: start..<colon)
     }
 }

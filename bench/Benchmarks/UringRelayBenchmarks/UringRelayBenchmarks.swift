@@ -120,14 +120,47 @@ func relayPool(
     return index
 }
 
+/// DogStatsD lines as an agent sends them: tagged metrics whose tags come in varying order,
+/// multi-value distributions, container ids and timestamps, service checks and events, every
+/// one valid under `--validate strict`, as many as fit a 1400-byte datagram.
+func makeDogStatsDDatagram(limit: Int = 1400) -> (bytes: [UInt8], lines: Int) {
+    var lines: [String] = []
+    for index in 0..<64 {
+        let host = index % 16
+        switch index % 8 {
+        case 0: lines.append("http.req:1|c|#env:prod,svc:web,host:h\(host)")
+        case 1: lines.append("http.req:1|c|#host:h\(host),svc:web,env:prod")
+        case 2: lines.append("http.latency:12.5|ms|@0.1|#svc:web,env:prod")
+        case 3: lines.append("queue.depth:+3|g|#shard:\(index % 7)")
+        case 4: lines.append("req.size:1.5:2:3|d|#az:b,env:prod|c:83c0a99c|T1656581400")
+        case 5: lines.append("users.unique:u\(index)|s")
+        case 6: lines.append("_sc|db.ping|0|#env:prod,role:primary|m:ok")
+        default: lines.append("_e{6,9}:deploy|version \(index % 10)|p:low|#env:prod")
+        }
+    }
+    var bytes: [UInt8] = []
+    var count = 0
+    for line in lines {
+        let utf8 = Array(line.utf8)
+        guard bytes.count + utf8.count + 1 <= limit else { break }
+        bytes += utf8
+        bytes.append(UInt8(ascii: "\n"))
+        count += 1
+    }
+    return (bytes, count)
+}
+
 /// The benchmarks' backends as written, for the ring modes (whose points are named after them).
 let ringBackends = (1...backendCount).map { BackendAddress(host: "10.0.0.\($0)", port: 8125) }
 
 /// A processor over the benchmarks' backends in `hashMode`, or `nil` after reporting the error.
-func makeProcessor(_ benchmark: Benchmark, hashMode: HashMode = .jump) -> DatagramProcessor? {
+func makeProcessor(
+    _ benchmark: Benchmark, hashMode: HashMode = .jump, validation: ValidationMode = .loose, hashKey: HashKeyMode = .name
+) -> DatagramProcessor? {
     let router = hashMode == .jump
         ? Router(backendCount: backendCount) : Router(backends: ringBackends, hashMode: hashMode)
-    guard let processor = try? DatagramProcessor(router: router, packetBytes: packetBytes, maxDatagramBytes: maxDatagramBytes)
+    guard let processor = try? DatagramProcessor(
+        router: router, packetBytes: packetBytes, maxDatagramBytes: maxDatagramBytes, validation: validation, hashKey: hashKey)
     else {
         benchmark.error("DatagramProcessor.init failed")
         return nil
@@ -341,5 +374,28 @@ let benchmarks: @Sendable () -> Void = {
             checkEveryLinePacked(processor.counters, benchmark)
         }
     }
-}
 
+    // 7. DogStatsD (issue 14): one 1400-byte datagram of tagged metrics, service checks and
+    //    events, under each --validate and --hash-key pair (loose/name is today's path over
+    //    DogStatsD lines; strict/name+tags checks every field and sorts every tag list). A
+    //    figure divided by the datagram's line count is the cost per line. Gated at 0 mallocs
+    //    (Thresholds/): the strict validator and the name+tags key allocate nothing.
+    let (dogDatagram, dogLines) = makeDogStatsDDatagram()
+    for (validation, hashKey, mode) in [
+        (ValidationMode.loose, HashKeyMode.name, HashMode.jump), (.strict, .name, .jump), (.loose, .nameAndTags, .jump),
+        (.strict, .nameAndTags, .jump), (.strict, .nameAndTags, .ketama),
+    ] {
+        let ring = mode == .jump ? "" : ", \(mode)"
+        let label = "DatagramProcessor.relay (DogStatsD \(dogLines) lines, \(validation.rawValue), \(hashKey.rawValue)\(ring))"
+        Benchmark(label, configuration: perDatagram) { benchmark in
+            guard var processor = makeProcessor(benchmark, hashMode: mode, validation: validation, hashKey: hashKey) else { return }
+            dogDatagram.withUnsafeBytes { raw in
+                relayDatagrams(&processor, raw.bytes, count: 1_000)
+                benchmark.startMeasurement()
+                relayDatagrams(&processor, raw.bytes, count: benchmark.scaledIterations.count)
+                benchmark.stopMeasurement()
+            }
+            checkEveryLinePacked(processor.counters, benchmark)
+        }
+    }
+}
