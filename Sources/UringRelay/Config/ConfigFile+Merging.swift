@@ -49,6 +49,7 @@ extension ConfigFile {
         drop(\.stopDelay)
         drop(\.flapHoldMax)
         drop(\.flapHold)
+        drop(\.controlSocket)
         if flags.listeners != nil {
             // `--listen` replaces every listener of the file, whichever form it used.
             kept.listeners = nil

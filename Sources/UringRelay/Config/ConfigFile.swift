@@ -111,6 +111,7 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
     public var replayRate: String?
     public var dnsRefresh: String?
     public var admin: String?
+    public var controlSocket: String?
     public var logLevel: String?
     public var prefix: String?
     public var selfMetricsInterval: String?
@@ -148,6 +149,7 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
         case replayRate = "replay-rate"
         case dnsRefresh = "dns-refresh"
         case admin
+        case controlSocket = "control-socket"
         case logLevel = "log-level"
         case prefix = "prefix"
         case selfMetricsInterval = "self-metrics-interval"
@@ -179,6 +181,7 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
         note(.stopDelay, stopDelay)
         note(.flapHoldMax, flapHoldMax)
         note(.flapHold, flapHold)
+        note(.controlSocket, controlSocket)
         return keys
     }
 
@@ -337,6 +340,11 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
         if let admin {
             _ = try at("admin") { () throws(ConfigurationError) in try AdminAddress.parse(admin) }
             configuration.admin = admin
+        }
+        if let controlSocket {
+            configuration.controlSocket = try at("control-socket") { () throws(ConfigurationError) in
+                try RelayConfiguration.controlSocketPath(controlSocket)
+            }
         }
         if let logLevel {
             guard let level = Logger.Level(rawValue: logLevel) else {

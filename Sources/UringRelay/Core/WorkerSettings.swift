@@ -34,6 +34,9 @@ public struct WorkerSettings: Sendable {
     public var board = CounterBoard()
     /// `SO_SNDBUF` requested for each backend socket (see `RelayConfiguration.backendSendBufferBytes`).
     public var backendSendBufferBytes: Int
+    /// The worker's part in a takeover: sockets it inherits, where it leaves copies of its own
+    /// (`nil`: binds its own and keeps no copy).
+    public var handOver: WorkerHandOver?
 
     /// Settings for one worker of `configuration`, sharing `holdBudget` with the other workers.
     public init(

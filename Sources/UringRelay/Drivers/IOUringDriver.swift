@@ -91,7 +91,7 @@ public struct IOUringDriver: ~Copyable {
         draining = Array(repeating: false, count: ids.count)
         receiveArmed = Array(repeating: false, count: settings.listeners.count)
         cancelWanted = Array(repeating: false, count: settings.listeners.count)
-        drops = ListenerDrops(count: settings.listeners.count)
+        drops = ListenerDrops(baselines: WorkerSetup.dropBaselines(self.listeners, settings: settings))
         queue = ReceiveQueue(capacity: bufferCount)
     }
 

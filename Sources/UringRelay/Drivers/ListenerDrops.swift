@@ -9,6 +9,10 @@ struct ListenerDrops {
     /// Drop counters for `count` listeners, all starting at zero (new sockets).
     init(count: Int) { last = Array(repeating: 0, count: count) }
 
+    /// Drop counters starting from `baselines` (`WorkerSetup.dropBaselines`: an inherited
+    /// socket's drops before this process took it are not counted again).
+    init(baselines: [UInt32]) { last = baselines }
+
     /// Starts counting a new listener's drops, after the others (a new socket: from zero).
     mutating func append() { last.append(0) }
 

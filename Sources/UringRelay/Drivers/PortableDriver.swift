@@ -81,7 +81,7 @@ public struct PortableDriver: ~Copyable {
         sends = SendBatch(capacity: 256)
         deferred.reserveCapacity(core.sendBuffers.capacity)
         spare.reserveCapacity(core.sendBuffers.capacity)
-        drops = ListenerDrops(count: settings.listeners.count)
+        drops = ListenerDrops(baselines: WorkerSetup.dropBaselines(listeners, settings: settings))
         self.connections = connections
         self.settings = settings
         self.control = control

@@ -4,13 +4,34 @@ import RelayKernel
 /// The parts of a worker's start-up both drivers share.
 enum WorkerSetup {
     /// Binds every listener of `settings` with `SO_REUSEPORT` (other workers join the same
-    /// addresses), in listener-id order.
+    /// addresses), in listener-id order; or, for a relay that took over from another process,
+    /// opens a duplicate of the socket this worker inherited for each (`WorkerHandOver`), with
+    /// no bind: a fresh socket beside it would join the port's group and take a share of the
+    /// traffic. Each socket's copy goes to the registry, for the next takeover.
     static func listeners(_ settings: WorkerSettings) throws(SystemCallError) -> UniqueArray<UDPSocket> {
         var listeners = UniqueArray<UDPSocket>(minimumCapacity: settings.listeners.count)
-        for address in settings.listeners {
-            listeners.append(try UDPSocket.bound(to: address, reusePort: true, receiveBufferBytes: settings.receiveBufferBytes))
+        for (index, address) in settings.listeners.enumerated() {
+            let socket = if let inherited = settings.handOver?.inherited {
+                try inherited[index].socket.duplicate()
+            } else {
+                try UDPSocket.bound(to: address, reusePort: true, receiveBufferBytes: settings.receiveBufferBytes)
+            }
+            if let handOver = settings.handOver {
+                handOver.registry.keep(SocketBox(try socket.duplicate()), listener: UInt32(index), worker: handOver.worker)
+            }
+            listeners.append(socket)
         }
         return listeners
+    }
+
+    /// The kernel drop counter each listener starts from (`ListenerDrops`): its value now for
+    /// an inherited socket, whose earlier drops the previous process counted; 0 for one this
+    /// worker bound.
+    static func dropBaselines(_ listeners: borrowing UniqueArray<UDPSocket>, settings: WorkerSettings) -> [UInt32] {
+        var baselines: [UInt32] = []
+        let inherited = settings.handOver?.inherited != nil
+        for index in listeners.indices { baselines.append(inherited ? listeners[index].kernelDrops ?? 0 : 0) }
+        return baselines
     }
 
     /// The listeners' descriptors, in listener-id order (for `ppoll` and `recvmmsg`).
@@ -32,7 +53,15 @@ enum WorkerSetup {
     /// `minimumDiscardNanoseconds` when the budget is spent; a listener that still holds
     /// datagrams after that closes with them uncounted, and is counted in
     /// `listeners_closed_uncounted`.
+    ///
+    /// When another process shares the sockets (`ListenerRegistry.listenersShared`: a takeover),
+    /// they close as they are: connecting one to itself would refuse the datagrams the other
+    /// process is there to take, and what it holds is that process's to relay.
     static func closeListeners(_ listeners: inout UniqueArray<UDPSocket>, core: inout RelayCore) {
+        if core.settings.handOver?.registry.listenersShared == true {
+            listeners.removeAll()
+            return
+        }
         for index in listeners.indices {
             // Should connect(2) fail, the count below is still bounded by its deadline.
             try? listeners[index].refuseNewDatagrams()
