@@ -45,10 +45,20 @@ public final class TakeoverClient: Sendable {
         }
         let box = ControlConnection(socket)
         let request = TakeoverMessage.takeover(version: TakeoverMessage.version, threads: threads, listeners: listeners.map(\.description))
+        var sendError: Errno?
         do throws(Errno) { try box.socket.sendFrame(request.encoded, timeoutMilliseconds: messageTimeoutMilliseconds) } catch {
-            throw Failure(exitStatus: 75, message: "takeover: could not send the request to \(path): \(error)")
+            // A relay busy with another takeover refuses at once and closes, maybe before the
+            // request arrived (EPIPE): its refusal is still there to read.
+            sendError = error
         }
-        let (first, stray) = try read(box.socket, timeoutMilliseconds: offerTimeoutMilliseconds, path: path)
+        let first: TakeoverMessage
+        let stray: [SocketBox]
+        do throws(Failure) {
+            (first, stray) = try read(box.socket, timeoutMilliseconds: sendError == nil ? offerTimeoutMilliseconds : 1_000, path: path)
+        } catch {
+            if let sendError { throw Failure(exitStatus: 75, message: "takeover: could not send the request to \(path): \(sendError)") }
+            throw error
+        }
         guard stray.isEmpty else { throw Failure(exitStatus: 71, message: "takeover: \(path) sent sockets before its offer") }
         let pid: Int32
         switch first {
