@@ -24,16 +24,17 @@ extension UDPSocket {
 
     /// Why this socket cannot serve as a listener inherited for `expected`, or `nil` when it
     /// can: it must be a bound UDP socket (`SO_TYPE` `SOCK_DGRAM`, `SO_PROTOCOL` UDP, IPv4 or
-    /// IPv6) with `SO_REUSEPORT` set (the port's other workers share it), bound to `expected`
+    /// IPv6) with `SO_REUSEPORT` set (the port's other workers share it) unless
+    /// `requiringReusePort` is false (one socket every worker reads), bound to `expected`
     /// (port 0 in `expected` accepts any port).
-    public func listenerMismatch(expected: SocketAddress?) -> String? {
+    public func listenerMismatch(expected: SocketAddress?, requiringReusePort: Bool = true) -> String? {
         guard let type = try? option(SOL_SOCKET, SO_TYPE), type == Int32(SOCK_DGRAM.rawValue) else {
             return "not a datagram socket (SO_TYPE)"
         }
         guard let proto = try? option(SOL_SOCKET, SO_PROTOCOL), proto == Int32(IPPROTO_UDP) else {
             return "not a UDP socket (SO_PROTOCOL)"
         }
-        guard let reuse = try? option(SOL_SOCKET, SO_REUSEPORT), reuse != 0 else {
+        guard !requiringReusePort || (try? option(SOL_SOCKET, SO_REUSEPORT)).map({ $0 != 0 }) == true else {
             return "SO_REUSEPORT is not set"
         }
         var storage = sockaddr_storage()

@@ -156,7 +156,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         defer {
             // The workers hold their duplicates; the previous process still holds the originals.
             inherited = nil
-            if inheriting != nil && state.withLock({ $0.started }) { listenerRegistry.shareListeners(false) }
+            if let inheriting, !inheriting.heldElsewhere, state.withLock({ $0.started }) { listenerRegistry.shareListeners(false) }
         }
         let config = configuration
         let listen = inheriting?.addresses ?? config.listenAddresses
@@ -234,7 +234,9 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         var firstFacts: WorkerFacts?
         for index in 0..<config.threads {
             var workerSettings = WorkerSettings(configuration: config, listeners: listen, routing: routing, holdBudget: holdBudget)
-            workerSettings.handOver = WorkerHandOver(worker: index, registry: listenerRegistry, inherited: inherited?.sockets(worker: index))
+            workerSettings.handOver = WorkerHandOver(
+                worker: index, registry: listenerRegistry, inherited: inherited?.sockets(worker: index),
+                sharedByWorkers: inherited?.sharedByWorkers ?? [])
             let settings = workerSettings
             let board = settings.board
             let control: WorkerControl

@@ -230,6 +230,24 @@ struct RunCommand: ParsableCommand {
                 "control_socket": "\(takeover)", "from_pid": "\(takeoverClient?.predecessor ?? 0)",
                 "listeners": "\(inherited?.addresses.map(\.description).joined(separator: ",") ?? "")",
             ])
+        } else {
+            // Socket activation (deploy/statsrelay.socket): systemd holds the sockets across restarts.
+            do {
+                if let passed = try SystemdListenSockets.take() {
+                    let activated = try SocketActivation.listeners(passed, configuration: configuration)
+                    inherited = activated
+                    logger.notice("socket activation: relaying on the sockets systemd passed", metadata: [
+                        "sockets": "\(passed.count)", "listeners": "\(activated.addresses.map(\.description).joined(separator: ","))",
+                        "names": "\(passed.map(\.name).joined(separator: ":"))",
+                    ])
+                }
+            } catch let error as ConfigurationError {
+                printError("\(error)")
+                throw ExitCode(64)
+            } catch {
+                printError("\(error)")
+                throw ExitCode(71)
+            }
         }
         // Bound before the workers start, so a taken admin port fails before anything relays;
         // it answers 503 `starting` until they run, and stops after the exit report. On a

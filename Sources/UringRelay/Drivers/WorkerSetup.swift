@@ -26,11 +26,18 @@ enum WorkerSetup {
 
     /// The kernel drop counter each listener starts from (`ListenerDrops`): its value now for
     /// an inherited socket, whose earlier drops the previous process counted; 0 for one this
-    /// worker bound.
-    static func dropBaselines(_ listeners: borrowing UniqueArray<UDPSocket>, settings: WorkerSettings) -> [UInt32] {
-        var baselines: [UInt32] = []
-        let inherited = settings.handOver?.inherited != nil
-        for index in listeners.indices { baselines.append(inherited ? listeners[index].kernelDrops ?? 0 : 0) }
+    /// worker bound; `nil` (not counted) for a socket every worker reads, but in worker 0.
+    static func dropBaselines(_ listeners: borrowing UniqueArray<UDPSocket>, settings: WorkerSettings) -> [UInt32?] {
+        var baselines: [UInt32?] = []
+        let handOver = settings.handOver
+        for index in listeners.indices {
+            guard let handOver, handOver.inherited != nil else {
+                baselines.append(0)
+                continue
+            }
+            let shared = index < handOver.sharedByWorkers.count && handOver.sharedByWorkers[index]
+            baselines.append(shared && handOver.worker != 0 ? nil : listeners[index].kernelDrops ?? 0)
+        }
         return baselines
     }
 

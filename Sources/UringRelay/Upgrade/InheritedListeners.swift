@@ -7,6 +7,10 @@ public struct InheritedListeners: Sendable {
     public var addresses: [SocketAddress]
     /// Per listener (in `addresses` order), one socket per worker, in worker order.
     public var sockets: [[SocketBox]]
+    /// Whether another process keeps holding the sockets after the start (systemd, for socket
+    /// activation): the relay's stop then always closes them as they are, so what they hold
+    /// waits there for the next start (`ListenerRegistry.listenersShared`).
+    public var heldElsewhere = false
 
     /// Sockets of `addresses.count` listeners, `sockets[listener][worker]`.
     ///
@@ -20,6 +24,9 @@ public struct InheritedListeners: Sendable {
 
     /// How many workers the sockets are for.
     public var workers: Int { sockets.first?.count ?? 0 }
+
+    /// Per listener, whether every worker reads the one socket.
+    public var sharedByWorkers: [Bool] { sockets.map { list in list.count > 1 && list.allSatisfy { $0 === list[0] } } }
 
     /// Worker `worker`'s socket of each listener, in listener-id order.
     public func sockets(worker: Int) -> [SocketBox] { sockets.map { $0[worker] } }

@@ -11,11 +11,15 @@ public struct WorkerHandOver: Sendable {
     /// bind its own. The worker relays on a duplicate of it (so a retry on another driver
     /// finds it again) and never binds a fresh socket beside it.
     public var inherited: [SocketBox]?
+    /// Per inherited listener, whether every worker reads that one socket (socket activation
+    /// with one socket per listener): its kernel drops are then counted by worker 0 alone.
+    public var sharedByWorkers: [Bool]
 
     /// A worker's hand-over part.
-    public init(worker: Int, registry: ListenerRegistry, inherited: [SocketBox]? = nil) {
+    public init(worker: Int, registry: ListenerRegistry, inherited: [SocketBox]? = nil, sharedByWorkers: [Bool] = []) {
         self.worker = worker
         self.registry = registry
         self.inherited = inherited
+        self.sharedByWorkers = sharedByWorkers
     }
 }
