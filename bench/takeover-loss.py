@@ -3,9 +3,9 @@
 without losing a datagram").
 
     cd bench && ./takeover-loss.py [--io-backend uring|portable] [--seconds 30] [--rate 100000] \
-        [--takeovers 5] [--threads 2] [--relay ../.build/release/statsrelay]
+        [--takeovers 5] [--threads 2] [--port 18175] [--relay ../.build/release/statsrelay]
 
-Starts the release relay (--admin none, 127.0.0.1:18145, --threads, --control-socket in a
+Starts the release relay (--admin none, 127.0.0.1:18175 or --port, --threads, --control-socket in a
 temporary directory) relaying to one sink socket on 127.0.0.1. A sender process offers --rate
 lines/s for --seconds, in datagrams of 16 sequence-numbered lines (take.<n>:1|c) from one
 socket. Meanwhile, --takeovers times, spread over the traffic, a new relay is started with
@@ -31,7 +31,7 @@ import tempfile
 import time
 
 LINES_PER_DATAGRAM = 16
-PORT = 18145
+PORT = 18175
 
 
 def lines_of(datagram):
@@ -107,8 +107,10 @@ def main():
     ap.add_argument("--rate", type=int, default=100_000)
     ap.add_argument("--takeovers", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--port", type=int, default=PORT)
     ap.add_argument("--relay", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".build", "release", "statsrelay"))
     args = ap.parse_args()
+    globals()["PORT"] = args.port
     ctx = mp.get_context("fork")
 
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
