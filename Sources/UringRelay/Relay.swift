@@ -152,11 +152,12 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             precondition(inheriting.workers == configuration.threads && inheriting.addresses.count == configuration.listenAddresses.count)
             inherited = inheriting
             listenerRegistry.shareListeners(true)
+            if inheriting.heldElsewhere { listenerRegistry.holdElsewhere() }
         }
         defer {
             // The workers hold their duplicates; the previous process still holds the originals.
             inherited = nil
-            if let inheriting, !inheriting.heldElsewhere, state.withLock({ $0.started }) { listenerRegistry.shareListeners(false) }
+            if inheriting != nil && state.withLock({ $0.started }) { listenerRegistry.shareListeners(false) }
         }
         let config = configuration
         let listen = inheriting?.addresses ?? config.listenAddresses

@@ -255,6 +255,8 @@ struct RunCommand: ParsableCommand {
         let stopNotice = StopNotice()
         var adminServer: AdminServer?
         var controlServer: ControlServer?
+        // Whatever the exit: the path is removed (if still this relay's) and the thread joined.
+        defer { controlServer?.stop() }
         if takeoverClient == nil {
             do {
                 adminServer = try makeAdminServer(configuration, relay: relay, stopNotice: stopNotice)
@@ -285,6 +287,8 @@ struct RunCommand: ParsableCommand {
             printError("\(error)")
             throw ExitCode(71)
         }
+        // The workers hold their own descriptors now.
+        inherited = nil
         logStartup(facts, configuration: configuration, relay: relay, logger: logger)
         if let takeoverClient {
             completeTakeover(takeoverClient, logger: logger)

@@ -180,6 +180,34 @@ struct TakeoverTests {
         #expect(next.counter("statsrelay.lines_forwarded") == 100)
     }
 
+    @Test(
+        "a new relay that fails to start on the received sockets says so, and the old relay keeps relaying on them untouched",
+        arguments: ioDrivers)
+    func newRelayFails(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let python = try RelayLauncher.requirePython()
+        let backend = try TestBackend()
+        let control = ControlPath()
+        let running = try RelayProcess(driver: driver, Self.arguments(port: 0, threads: Self.oneWorker, control: control, backend: backend))
+        let address = try running.listenAddress()
+        #expect(running.waitForLog("control socket on \(control.path)"), "\(running.standardError)")
+        // The new relay demands io_uring where a seccomp filter refuses it: it receives the
+        // sockets, cannot start, says `failed` and exits 69.
+        let failing = try RelayProcess(
+            driver: .uring, launcher: RelayLauncher.seccompBlocksIOUringSetup.command(python: python), checksDriver: false,
+            Self.arguments(port: address.port, threads: Self.oneWorker, control: control, backend: backend, takeover: true))
+        #expect(failing.waitForExit() == 69, "\(failing.standardError)")
+        #expect(failing.standardError.contains("takeover: received the running relay's listening sockets"), "\(failing.standardError)")
+        #expect(running.waitForLog("takeover failed in the new relay; this one keeps running"), "\(running.standardError)")
+        #expect(running.standardError.contains("the new relay failed: io_backend=uring is unavailable"), "\(running.standardError)")
+
+        try send((0..<100).map(Self.line), to: address)
+        #expect(Set(try collect(from: [backend], expectedLines: 100).lines[0]) == Set((0..<100).map(Self.line)))
+        running.signal(SIGTERM)
+        #expect(running.waitForExit() == 0, "\(running.standardError)")
+        #expect(running.counter("statsrelay.lines_forwarded") == 100)
+    }
+
     @Test("a control socket path held by a file that is not a socket is refused at start with exit 71")
     func notASocket() throws {
         let control = ControlPath()

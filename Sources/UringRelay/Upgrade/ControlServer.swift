@@ -14,8 +14,8 @@ import Synchronization
 /// 2. send `offer`, then per listener one `sockets` frame carrying every worker's socket;
 /// 3. wait for `ready`: until then nothing here changes, and `failed`, a closed connection,
 ///    garbage or silence past `readyTimeoutMilliseconds` leave this relay running as it was;
-/// 4. on `ready`: mark the listeners shared (the stop closes them as they are), give up the
-///    path (closed, removed if still this socket's), and fire `handedOver`: the caller stops
+/// 4. on `ready`: the listeners stay marked shared (from the offer on: the stop closes them as
+///    they are), give up the path (closed, removed if still this socket's), and fire `handedOver`: the caller stops
 ///    the relay and, once every batch is sent, calls `finishHandOver`, which sends `done`.
 ///
 /// Nothing read from the wire is logged but a verb it knows and a reason cut to 200 printable
@@ -170,6 +170,9 @@ public final class ControlServer: Sendable {
             try? connection.sendFrame(TakeoverMessage.refused(code: refusal.code, reason: refusal.reason).encoded, timeoutMilliseconds: 1_000)
             return false
         }
+        // From the offer on, another process may hold the sockets: a stop that begins now (a
+        // SIGTERM during the handshake) must not connect them to themselves under the new relay.
+        relay.listenerRegistry.shareListeners(true)
         do throws(Errno) {
             let pid = getpid()
             try connection.sendFrame(
@@ -183,19 +186,20 @@ public final class ControlServer: Sendable {
         } catch {
             metadata["error"] = "\(error)"
             logger.warning("takeover abandoned: the sockets could not be sent; this relay keeps running", metadata: metadata)
+            relay.listenerRegistry.shareListeners(false)
             return false
         }
         logger.notice("takeover: listening sockets sent; waiting for the new relay to start on them", metadata: metadata)
         switch awaitReady(connection) {
         case .success:
             successorPID.store(peer?.pid ?? -1, ordering: .releasing)
-            // Before the stop is asked: the workers close the shared sockets as they are.
-            relay.listenerRegistry.shareListeners(true)
             logger.notice("takeover: the new relay is relaying; this one stops receiving, sends what it took and exits", metadata: metadata)
             return true
         case .failure(let problem):
             metadata["error"] = "\(problem)"
             logger.warning("takeover failed in the new relay; this one keeps running", metadata: metadata)
+            // The new relay has stopped its workers (or never started them), or will exit.
+            relay.listenerRegistry.shareListeners(false)
             return false
         }
     }

@@ -12,6 +12,7 @@ import Synchronization
 public final class ListenerRegistry: Sendable {
     private let copies = Mutex<[UInt32: [Int: SocketBox]]>([:])
     private let shared = Atomic<Bool>(false)
+    private let heldElsewhere = Atomic<Bool>(false)
 
     /// An empty registry, listeners not shared.
     public init() {}
@@ -44,6 +45,14 @@ public final class ListenerRegistry: Sendable {
     /// still holds is the other process's to relay, not this one's to discard.
     public var listenersShared: Bool { shared.load(ordering: .acquiring) }
 
-    /// Sets `listenersShared`, before the workers are told to stop.
-    public func shareListeners(_ isShared: Bool) { shared.store(isShared, ordering: .releasing) }
+    /// Sets `listenersShared`, before the workers are told to stop (never back to `false`
+    /// after `holdElsewhere`).
+    public func shareListeners(_ isShared: Bool) { shared.store(isShared || heldElsewhere.load(ordering: .acquiring), ordering: .releasing) }
+
+    /// Marks the listening sockets as held by another process for good (systemd, socket
+    /// activation): `listenersShared` stays `true`.
+    public func holdElsewhere() {
+        heldElsewhere.store(true, ordering: .releasing)
+        shared.store(true, ordering: .releasing)
+    }
 }
