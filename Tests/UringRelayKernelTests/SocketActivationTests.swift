@@ -88,6 +88,21 @@ struct SocketActivationTests {
         }
     }
 
+    @Test("systemd-analyze verify passes on deploy/statsrelay.socket beside the service, with no warning")
+    func socketUnitVerifies() throws {
+        let analyze = try DeployTools.require("systemd-analyze")
+        let service = try DeployTools.unitWithBuiltBinary()
+        let directory = service.deletingLastPathComponent()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let socketUnit = directory.appendingPathComponent("statsrelay.socket")
+        try String(contentsOf: DeployTools.unitFile.deletingLastPathComponent().appendingPathComponent("statsrelay.socket"), encoding: .utf8)
+            .write(to: socketUnit, atomically: true, encoding: .utf8)
+        let result = try DeployTools.run(analyze, ["verify", "--man=no", socketUnit.path])
+        #expect(result.status == 0, "systemd-analyze verify failed:\n\(result.output)")
+        let findings = result.output.split(separator: "\n").filter { $0.contains("statsrelay.socket") || $0.contains("statsrelay.service") }
+        #expect(findings.isEmpty, "systemd-analyze verify reported:\n\(findings.joined(separator: "\n"))")
+    }
+
     @Test("under systemd-socket-activate, datagrams sent before the relay ran are relayed, by two workers reading the one socket", arguments: ioDrivers)
     func systemdSocketActivate(driver: IOBackendChoice) throws {
         try requireDriver(driver)
