@@ -56,7 +56,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     /// Logs failed sends, rate-limited, from the published counters.
     private let sendFailures: SendFailureWatch
     /// Every worker's copy of every listening socket, for a takeover (`ControlServer`).
-    public let listenerRegistry = ListenerRegistry()
+    public let listenerRegistry: ListenerRegistry
     /// The sockets taken over from the previous process, while `start` uses them.
     private var inherited: InheritedListeners?
 
@@ -99,6 +99,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             backends: configuration.backends, addresses: addresses, listeners: configuration.listenAddresses)
         self.configuration = configuration
         inForce = Mutex(configuration)
+        listenerRegistry = ListenerRegistry(keepsCopies: configuration.controlSocket != nil)
         self.backendAddresses = addresses
         self.logger = logger
         self.uringProbe = uringProbe
@@ -473,6 +474,8 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
                     let socket = try UDPSocket.bound(to: bound, reusePort: true, receiveBufferBytes: configuration.receiveBufferBytes)
                     // Port 0: the other workers join the port the first socket was given.
                     bound = socket.localAddress
+                    // (A reload is rare: a copy made and closed at once without --control-socket
+                    // costs less than the branch the region checker cannot follow.)
                     copies.append(SocketBox(try socket.duplicate()))
                     sockets.append(SocketHandOver(socket))
                 }
@@ -504,6 +507,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
                 state.listenerIDs.remove(at: index)
             }
             for added in change.added {
+                // `keep` ignores them when the relay keeps no copies.
                 for (worker, copy) in added.copies.enumerated() { listenerRegistry.keep(copy, listener: added.id, worker: worker) }
                 state.listeners.append(added.bound)
                 state.configuredListeners.append(added.configured)

@@ -1,3 +1,4 @@
+import RelayKernel
 import Testing
 @testable import UringRelay
 
@@ -46,5 +47,22 @@ struct TakeoverMessageTests {
         #expect(logged == String(repeating: "x", count: 200) + "…")
         #expect(TakeoverMessage.loggable("a\u{1b}b\nc") == "a?b?c")
         #expect(TakeoverMessage.refused(code: .busy, reason: "a\nb").encoded == Array("refused code=busy reason=a?b".utf8))
+    }
+}
+
+/// What `--control-socket` adds to the descriptors a relay needs.
+@Suite("Takeover: descriptor budget")
+struct TakeoverDescriptorBudgetTests {
+    @Test("with a control socket, each worker keeps a copy of each listening socket, and the control socket is one more")
+    func budget() throws {
+        var configuration = RelayConfiguration(backends: [try BackendAddress(parsing: "127.0.0.1:1")])
+        configuration.threads = 4
+        configuration.admin = "none"
+        configuration.additionalListeners = [SocketAddress(numericHost: "127.0.0.1", port: 9000)!]
+        let without = StartupDiagnosis.descriptorsNeeded(configuration, alreadyOpen: 3)
+        configuration.controlSocket = "/run/statsrelay/control.sock"
+        let with = StartupDiagnosis.descriptorsNeeded(configuration, alreadyOpen: 3)
+        #expect(with.takeoverCopies == 2)
+        #expect(with.total == without.total + 4 * 2 + 1)
     }
 }

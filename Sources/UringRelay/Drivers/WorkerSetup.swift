@@ -16,7 +16,7 @@ enum WorkerSetup {
             } else {
                 try UDPSocket.bound(to: address, reusePort: true, receiveBufferBytes: settings.receiveBufferBytes)
             }
-            if let handOver = settings.handOver {
+            if let handOver = settings.handOver, handOver.registry.keepsCopies {
                 handOver.registry.keep(SocketBox(try socket.duplicate()), listener: UInt32(index), worker: handOver.worker)
             }
             listeners.append(socket)

@@ -14,11 +14,15 @@ public final class ListenerRegistry: Sendable {
     private let shared = Atomic<Bool>(false)
     private let heldElsewhere = Atomic<Bool>(false)
 
-    /// An empty registry, listeners not shared.
-    public init() {}
+    /// Whether copies are kept at all (only a relay with a control socket can hand over).
+    public let keepsCopies: Bool
+
+    /// An empty registry, listeners not shared, keeping copies if `keepsCopies`.
+    public init(keepsCopies: Bool = true) { self.keepsCopies = keepsCopies }
 
     /// Keeps `copy` as worker `worker`'s socket for listener `listener` (replacing any before).
     public func keep(_ copy: SocketBox, listener: UInt32, worker: Int) {
+        guard keepsCopies else { return }
         copies.withLock { $0[listener, default: [:]][worker] = copy }
     }
 
