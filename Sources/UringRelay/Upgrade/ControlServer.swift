@@ -271,10 +271,15 @@ public final class ControlServer: Sendable {
 
     /// Why a message could not be taken.
     enum ReadProblem: Error, CustomStringConvertible {
+        /// No whole frame: closed, timed out, a bad length.
         case frame(UnixStreamSocket.FrameError)
+        /// A frame that is no message (its size only: its bytes are never logged).
         case malformed(bytes: Int)
+        /// A message out of turn (its verb).
         case unexpected(String)
+        /// The new relay said it could not start (its reason, logged cut and printable).
         case failed(String)
+        /// This relay is stopping.
         case stopped
 
         var description: String {
