@@ -80,6 +80,7 @@ install -m 644 deploy/statsrelay.service "$root/lib/systemd/system/statsrelay.se
 install -m 644 deploy/statsrelay.default "$root/etc/default/statsrelay"
 install -m 644 deploy/statsrelay.yaml "$root/etc/statsrelay/statsrelay.yaml"
 install -m 644 deploy/keepalived.conf.example "$doc/examples/keepalived.conf.example"
+install -m 644 deploy/statsrelay.socket "$doc/examples/statsrelay.socket"
 install -m 644 deploy/debian/copyright "$doc/copyright"
 install -m 644 deploy/debian/lintian-overrides "$root/usr/share/lintian/overrides/statsrelay"
 # Policy 12.3: documentation over 4 KiB compressed with gzip -9n (the unit points at the .gz).

@@ -92,7 +92,7 @@ expect_file -rw-r--r-- etc/default/statsrelay
 expect_file -rw-r--r-- etc/statsrelay/statsrelay.yaml
 expect_file -rw-r--r-- usr/share/lintian/overrides/statsrelay
 expect_file -rw-r--r-- usr/share/man/man1/statsrelay.1.gz
-for doc in copyright changelog.gz README.md.gz operations.md.gz configuration.md.gz examples/keepalived.conf.example; do
+for doc in copyright changelog.gz README.md.gz operations.md.gz configuration.md.gz examples/keepalived.conf.example examples/statsrelay.socket; do
     expect_file -rw-r--r-- "usr/share/doc/statsrelay/$doc"
 done
 if grep -vE '^d' <<<"$contents" | grep -vE ' \./(usr/bin/statsrelay|lib/systemd/system/statsrelay\.service|etc/default/statsrelay|etc/statsrelay/statsrelay\.yaml|usr/share/lintian/overrides/statsrelay|usr/share/man/man1/statsrelay\.1\.gz|usr/share/doc/statsrelay/.*)$' >"$work/unexpected"; then

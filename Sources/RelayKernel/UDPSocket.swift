@@ -9,7 +9,8 @@ public struct UDPSocket: ~Copyable {
     /// The file descriptor; valid for the owner's lifetime.
     package let descriptor: Int32
 
-    private init(descriptor: Int32) { self.descriptor = descriptor }
+    /// Owns `descriptor` (see `UDPSocket+HandOver.swift` for descriptors that come from elsewhere).
+    init(descriptor: Int32) { self.descriptor = descriptor }
 
     /// Opens an unbound socket of `address`'s family.
     private static func open(for address: SocketAddress) throws(SystemCallError) -> UDPSocket {
@@ -159,7 +160,7 @@ public struct UDPSocket: ~Copyable {
         _ = try systemCall { setsockopt(descriptor, level, name, &value, socklen_t(MemoryLayout<Int32>.size)) }
     }
 
-    private func option(_ level: Int32, _ name: Int32) throws(Errno) -> Int32 {
+    func option(_ level: Int32, _ name: Int32) throws(Errno) -> Int32 {
         var value: Int32 = 0
         var length = socklen_t(MemoryLayout<Int32>.size)
         _ = try systemCall { getsockopt(descriptor, level, name, &value, &length) }

@@ -55,6 +55,10 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     private let holdBudget: HoldBudget
     /// Logs failed sends, rate-limited, from the published counters.
     private let sendFailures: SendFailureWatch
+    /// Every worker's copy of every listening socket, for a takeover (`ControlServer`).
+    public let listenerRegistry: ListenerRegistry
+    /// The sockets taken over from the previous process, while `start` uses them.
+    private var inherited: InheritedListeners?
 
     /// Validates `configuration` and resolves every backend, waiting for the resolver at most
     /// `resolverLimitNanoseconds` (the lookups run concurrently: `BackendLookup`).
@@ -95,6 +99,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             backends: configuration.backends, addresses: addresses, listeners: configuration.listenAddresses)
         self.configuration = configuration
         inForce = Mutex(configuration)
+        listenerRegistry = ListenerRegistry(keepsCopies: configuration.controlSocket != nil)
         self.backendAddresses = addresses
         self.logger = logger
         self.uringProbe = uringProbe
@@ -138,10 +143,26 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     ///   `reusePortGroup`); `DriverUnavailable` when `uring` was demanded and cannot run;
     ///   `SystemCallError` from the first worker that could not start (the ones already
     ///   started are stopped and joined first).
-    public func start() throws -> WorkerFacts {
+    ///
+    /// - Parameter inheriting: the listening sockets taken over from the previous process
+    ///   (`TakeoverClient`): the workers relay on them instead of binding (no exclusive-bind
+    ///   probe; they are this relay's by hand-over). While the start runs, they count as shared
+    ///   with that process, so a failed start stops its workers without touching them.
+    public func start(inheriting: InheritedListeners? = nil) throws -> WorkerFacts {
+        if let inheriting {
+            precondition(inheriting.workers == configuration.threads && inheriting.addresses.count == configuration.listenAddresses.count)
+            inherited = inheriting
+            listenerRegistry.shareListeners(true)
+            if inheriting.heldElsewhere { listenerRegistry.holdElsewhere() }
+        }
+        defer {
+            // The workers hold their duplicates; the previous process still holds the originals.
+            inherited = nil
+            if inheriting != nil && state.withLock({ $0.started }) { listenerRegistry.shareListeners(false) }
+        }
         let config = configuration
-        let listen = config.listenAddresses
-        if !config.reusePortGroup {
+        let listen = inheriting?.addresses ?? config.listenAddresses
+        if !config.reusePortGroup && inheriting == nil {
             // Every worker binds with SO_REUSEPORT; without this check a second relay, or any
             // stray SO_REUSEPORT socket, on the port would take a share of the traffic unseen.
             for address in listen where address.port != 0 { try UDPSocket.probeExclusive(address) }
@@ -214,7 +235,11 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         let cpus = config.cpus ?? WorkerThread.allowedCPUs
         var firstFacts: WorkerFacts?
         for index in 0..<config.threads {
-            let settings = WorkerSettings(configuration: config, listeners: listen, routing: routing, holdBudget: holdBudget)
+            var workerSettings = WorkerSettings(configuration: config, listeners: listen, routing: routing, holdBudget: holdBudget)
+            workerSettings.handOver = WorkerHandOver(
+                worker: index, registry: listenerRegistry, inherited: inherited?.sockets(worker: index),
+                sharedByWorkers: inherited?.sharedByWorkers ?? [])
+            let settings = workerSettings
             let board = settings.board
             let control: WorkerControl
             do throws(Errno) { control = try WorkerControl() } catch {
@@ -277,6 +302,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         let (controls, threads) = state.withLock { ($0.controls, $0.threads) }
         for control in controls { control.send(.stop) }
         for thread in threads { thread.join() }
+        listenerRegistry.forgetAll()
         state.withLock { state in
             state.controls = []
             state.threads = []
@@ -421,7 +447,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     struct ListenerChange {
         /// Per listener added: its address as configured and bound, its id, and one socket per
         /// worker, in worker order.
-        var added: [(configured: SocketAddress, bound: SocketAddress, id: UInt32, sockets: [SocketHandOver])] = []
+        var added: [(configured: SocketAddress, bound: SocketAddress, id: UInt32, sockets: [SocketHandOver], copies: [SocketBox])] = []
         /// The ids removed, with their configured addresses.
         var removed: [(configured: SocketAddress, id: UInt32)] = []
         var isEmpty: Bool { added.isEmpty && removed.isEmpty }
@@ -444,6 +470,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         var nextID = state.withLock { $0.nextListenerID }
         for (index, address) in wanted.enumerated() where !running.contains(address) {
             var sockets: [SocketHandOver] = []
+            var copies: [SocketBox] = []
             var bound = address
             do throws(SystemCallError) {
                 // The relay's own sockets on an overlapping address (a move between a wildcard and
@@ -457,12 +484,15 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
                     if configuration.reusePortSteering == .random && workers > 1 { try socket.spreadReusePortGroup(over: workers) }
                     // Port 0: the other workers join the port the first socket was given.
                     bound = socket.localAddress
+                    // (A reload is rare: a copy made and closed at once without --control-socket
+                    // costs less than the branch the region checker cannot follow.)
+                    copies.append(SocketBox(try socket.duplicate()))
                     sockets.append(SocketHandOver(socket))
                 }
             } catch {
                 throw ConfigurationError(argument: "listeners[\(index)]", value: address.description, reason: "\(error)")
             }
-            change.added.append((address, bound, nextID, sockets))
+            change.added.append((address, bound, nextID, sockets, copies))
             nextID += 1
         }
         return change
@@ -489,17 +519,21 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
                 + change.removed.map { WorkerCommand.removeListener(id: $0.id) }
         }
         state.withLock { state in
-            // A removed listener leaves the state once every worker answered its removal: closed
-            // there (a worker drains it for at most `WorkerListeners.removalDrainNanoseconds`) or
-            // refused (the worker stopped, and closed it with the others). One a worker has not
-            // answered yet stays, so the next reload asks for its removal again.
+            // A removed listener leaves the state (and the takeover registry) once every worker
+            // answered its removal: closed there (a worker drains it for at most
+            // `WorkerListeners.removalDrainNanoseconds`) or refused (the worker stopped, and closed
+            // it with the others). One a worker has not answered yet stays, so the next reload
+            // asks for its removal again.
             for (_, id) in change.removed where outcome.unanswered == 0 {
+                listenerRegistry.forget(listener: id)
                 guard let index = state.listenerIDs.firstIndex(of: id) else { continue }
                 state.listeners.remove(at: index)
                 state.configuredListeners.remove(at: index)
                 state.listenerIDs.remove(at: index)
             }
             for added in change.added {
+                // `keep` ignores them when the relay keeps no copies.
+                for (worker, copy) in added.copies.enumerated() { listenerRegistry.keep(copy, listener: added.id, worker: worker) }
                 state.listeners.append(added.bound)
                 state.configuredListeners.append(added.configured)
                 state.listenerIDs.append(added.id)
@@ -587,6 +621,8 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     public func wait() -> (counters: RelayCounters, failures: [String]) {
         let threads = state.withLock { $0.threads }
         for thread in threads { thread.join() }
+        // Every worker has closed its listeners: the copies are all that holds them open.
+        listenerRegistry.forgetAll()
         return state.withLock { state in
             var total = RelayCounters(backends: routing.current.identities)
             for counters in state.counters { total += counters }
@@ -610,6 +646,13 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     public var workerStatus: (started: Bool, stopping: Bool, publishedAt: [UInt64], failures: [String]) {
         let (started, stopping, boards, failures) = state.withLock { ($0.started, $0.stopping, $0.boards, $0.failures) }
         return (started, stopping, boards.map(\.publishedAt), failures)
+    }
+
+    /// What a takeover is checked against and hands over: the listeners as configured and as
+    /// bound, their ids (for `listenerRegistry`), how many workers run, and whether the relay
+    /// has started and is stopping.
+    var handOverView: (configured: [SocketAddress], bound: [SocketAddress], ids: [UInt32], workers: Int, started: Bool, stopping: Bool) {
+        state.withLock { ($0.configuredListeners, $0.listeners, $0.listenerIDs, $0.controls.count, $0.started, $0.stopping) }
     }
 
     /// The CPUs the workers are pinned to (`--cpus`, else the ones this process may use).

@@ -88,6 +88,16 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("admin"), help: "Admin endpoint (GET /metrics, /healthz), ADDR:PORT or none; loopback by default (default: \(AdminAddress.defaultSpec)).")
     var admin: String?
 
+    @Option(name: .customLong("control-socket"), help: ArgumentHelp(
+        "Serve takeovers on this Unix stream socket (mode 0600): 'statsrelay run --takeover PATH' hands the listening sockets to a new relay without losing a datagram; none turns it off (default: none).",
+        valueName: "path"))
+    var controlSocket: String?
+
+    @Option(name: .customLong("takeover"), help: ArgumentHelp(
+        "Take the listening sockets over from the relay serving this control socket (same listeners and --threads), start on them, then let it finish and exit.",
+        valueName: "path"))
+    var takeover: String?
+
     @Option(name: .customLong("log-format"), help: ArgumentHelp(
         "text (swift-log's line) or json (one JSON object per line, metadata as keys) (default: text).", valueName: "format"))
     var logFormat: RelayLogHandler.Format?
@@ -147,6 +157,7 @@ struct RunCommand: ParsableCommand {
         settings.hash = hash?.rawValue
         health.write(to: &settings)
         settings.admin = admin
+        settings.controlSocket = controlSocket
         settings.logLevel = logLevel
         settings.stopDelay = stopDelay
         settings.selfMetricsInterval = selfMetricsInterval
@@ -219,36 +230,105 @@ struct RunCommand: ParsableCommand {
             printError("\(error)")
             throw ExitCode(71)  // an eventfd the health monitor could not have
         }
-        // Bound before the workers start, so a taken admin port fails before anything relays;
-        // it answers 503 `starting` until they run, and stops after the exit report.
-        let stopNotice = StopNotice()
-        let adminServer: AdminServer?
-        do {
-            adminServer = try AdminAddress.parse(configuration.admin).map { address throws(SystemCallError) in
-                try AdminServer(
-                    address: address, endpoint: AdminEndpoint(relay: relay, version: StatsRelayVersion.number, stopNotice: stopNotice),
-                    avoidingCPUs: relay.workerCPUs)
+        // A takeover first receives the running relay's listening sockets (it keeps running
+        // unchanged if anything fails before `ready`).
+        var takeoverClient: TakeoverClient?
+        var inherited: InheritedListeners?
+        if let takeover {
+            do throws(TakeoverClient.Failure) {
+                (takeoverClient, inherited) = try TakeoverClient.begin(
+                    path: takeover, threads: configuration.threads, listeners: configuration.listenAddresses)
+            } catch {
+                printError("\(error)")
+                throw ExitCode(error.exitStatus)
             }
-        } catch {
-            printError("\(error)")
-            throw ExitCode(71)
+            logger.notice("takeover: received the running relay's listening sockets", metadata: [
+                "control_socket": "\(takeover)", "from_pid": "\(takeoverClient?.predecessor ?? 0)",
+                "listeners": "\(inherited?.addresses.map(\.description).joined(separator: ",") ?? "")",
+            ])
+        } else {
+            // Socket activation (deploy/statsrelay.socket): systemd holds the sockets across restarts.
+            do {
+                if let passed = try SystemdListenSockets.take() {
+                    let activated = try SocketActivation.listeners(passed, configuration: configuration)
+                    inherited = activated
+                    logger.notice("socket activation: relaying on the sockets systemd passed", metadata: [
+                        "sockets": "\(passed.count)", "listeners": "\(activated.addresses.map(\.description).joined(separator: ","))",
+                        "names": "\(passed.map(\.name).joined(separator: ":"))",
+                    ])
+                }
+            } catch let error as ConfigurationError {
+                printError("\(error)")
+                throw ExitCode(64)
+            } catch {
+                printError("\(error)")
+                throw ExitCode(71)
+            }
+        }
+        // Bound before the workers start, so a taken admin port fails before anything relays;
+        // it answers 503 `starting` until they run, and stops after the exit report. On a
+        // takeover the old relay holds the port until it is done: bound after it (`done`).
+        let stopNotice = StopNotice()
+        var adminServer: AdminServer?
+        var controlServer: ControlServer?
+        // Whatever the exit: the path is removed (if still this relay's) and the thread joined.
+        defer { controlServer?.stop() }
+        if takeoverClient == nil {
+            do {
+                adminServer = try makeAdminServer(configuration, relay: relay, stopNotice: stopNotice)
+                controlServer = try configuration.controlSocket.map { path throws(SystemCallError) in
+                    try ControlServer(path: path, relay: relay, logger: logger)
+                }
+            } catch {
+                printError("\(error)")
+                throw ExitCode(71)
+            }
         }
         defer { adminServer?.stop() }
         let facts: WorkerFacts
-        do { facts = try relay.start() } catch let error as ConfigurationError {
+        do { facts = try relay.start(inheriting: inherited) } catch let error as ConfigurationError {
+            takeoverClient?.fail(reason: "\(error)")
             printError("\(error)")
             throw ExitCode(64)  // a backend reaching the port the kernel chose (--port 0)
         } catch let error as Relay.DriverUnavailable {
+            takeoverClient?.fail(reason: "\(error)")
             printError("\(error)")
             throw ExitCode(69)  // EX_UNAVAILABLE: --io-backend uring where io_uring cannot run
         } catch let error as SystemCallError {
+            takeoverClient?.fail(reason: "\(error)")
             printError(StartupDiagnosis.explain(error, configuration: configuration))
             throw ExitCode(71)
         } catch {
+            takeoverClient?.fail(reason: "\(error)")
             printError("\(error)")
             throw ExitCode(71)
         }
+        // The workers hold their own descriptors now.
+        inherited = nil
         logStartup(facts, configuration: configuration, relay: relay, logger: logger)
+        if let takeoverClient {
+            completeTakeover(takeoverClient, logger: logger)
+            do {
+                adminServer = try makeAdminServer(configuration, relay: relay, stopNotice: stopNotice)
+            } catch {
+                logger.error("admin endpoint could not start after the takeover; the relay runs without it", metadata: ["error": "\(error)"])
+            }
+            do {
+                controlServer = try configuration.controlSocket.map { path throws(SystemCallError) in
+                    try ControlServer(path: path, relay: relay, logger: logger)
+                }
+            } catch {
+                logger.error("control socket could not be bound after the takeover; no further takeover is possible", metadata: ["error": "\(error)"])
+            }
+        }
+        if let controlServer {
+            do throws(SystemCallError) {
+                try controlServer.start()
+                logger.info("control socket on \(controlServer.path) (statsrelay run --takeover \(controlServer.path) upgrades without loss)")
+            } catch {
+                logger.error("control socket could not start; no takeover is possible", metadata: ["error": "\(error)"])
+            }
+        }
         if let adminServer {
             logger.info("admin endpoint on http://\(adminServer.address) (GET /metrics, /healthz)")
         }
@@ -257,16 +337,32 @@ struct RunCommand: ParsableCommand {
         let notifier = ServiceNotifier.fromEnvironment(logger: logger)
         notifier?.ready(status: Self.readyStatus(relay))
         let stopSignal = waitForStop(
-            signals, relay: relay, configuration: configuration, levelControl: levelControl, notifier: notifier, logger: logger)
-        notifier?.stopping(status: "stopping (\(SignalWaiter.name(of: stopSignal))): draining and flushing")
+            signals, relay: relay, configuration: configuration, levelControl: levelControl, notifier: notifier,
+            handOver: controlServer?.handedOver, logger: logger)
+        let handedOver = stopSignal == Self.handedOverSignal
         stopNotice.announce()
-        delayStop(after: stopSignal, signals: signals, relay: relay, logger: logger)
+        if handedOver {
+            notifier?.stopping(status: "handed over to pid \(controlServer?.successor ?? 0): flushing")
+            logger.notice("handed over: the new relay receives on the listening sockets; sending what this one took, then exiting", metadata: [
+                "successor_pid": "\(controlServer?.successor ?? 0)",
+            ])
+        } else {
+            notifier?.stopping(status: "stopping (\(SignalWaiter.name(of: stopSignal))): draining and flushing")
+            delayStop(after: stopSignal, signals: signals, relay: relay, logger: logger)
+        }
         // Before the drain: a report sent during it could arrive after the listener closed.
         selfMetrics?.stop()
-        logger.info("stopping: draining received datagrams and flushing batches", metadata: ["signal": "\(SignalWaiter.name(of: stopSignal))"])
+        if !handedOver {
+            logger.info("stopping: draining received datagrams and flushing batches", metadata: ["signal": "\(SignalWaiter.name(of: stopSignal))"])
+        }
         relay.stop()
         let (counters, failures) = relay.wait()
         printError(report(counters, relay: relay, configuration: configuration))
+        if handedOver {
+            controlServer?.finishHandOver(counters)
+        } else {
+            controlServer?.stop()
+        }
         if !failures.isEmpty {
             for failure in failures { logger.error("\(failure)") }
             throw ExitCode(70)
@@ -336,7 +432,7 @@ struct RunCommand: ParsableCommand {
     /// with the status in force (`readyStatus`) when it ends, whatever its result.
     private func waitForStop(
         _ signals: SignalWaiter, relay: Relay, configuration: RelayConfiguration, levelControl: RelayLogHandler.LevelControl,
-        notifier: ServiceNotifier?, logger: Logger
+        notifier: ServiceNotifier?, handOver: WakeupEvent?, logger: Logger
     ) -> Int32 {
         var reloadAgain = false
         while true {
@@ -344,6 +440,12 @@ struct RunCommand: ParsableCommand {
             if reloadAgain {
                 reloadAgain = false
                 signal = SIGHUP
+            } else if let handOver {
+                guard let next = signals.wait(orUntil: handOver, timeoutNanoseconds: nil) else {
+                    if handOver.isSignalled { return Self.handedOverSignal }
+                    continue
+                }
+                signal = next
             } else {
                 signal = signals.wait()
             }
@@ -368,6 +470,36 @@ struct RunCommand: ParsableCommand {
             default:
                 return signal
             }
+        }
+    }
+
+    /// What `waitForStop` returns when a takeover, not a signal, ends the relay (no signal is 0).
+    static let handedOverSignal: Int32 = 0
+
+    /// The admin endpoint, or `nil` with `--admin none`.
+    private func makeAdminServer(_ configuration: RelayConfiguration, relay: Relay, stopNotice: StopNotice) throws -> AdminServer? {
+        try AdminAddress.parse(configuration.admin).map { address throws(SystemCallError) in
+            try AdminServer(
+                address: address, endpoint: AdminEndpoint(relay: relay, version: StatsRelayVersion.number, stopNotice: stopNotice),
+                avoidingCPUs: relay.workerCPUs)
+        }
+    }
+
+    /// Tells the old relay this one relays (`ready`) and waits, at most a minute, for it to
+    /// finish (`done`), logging its final counts: only then is the control socket's path free
+    /// for this relay, and the admin port.
+    private func completeTakeover(_ client: TakeoverClient, logger: Logger) {
+        do throws(TakeoverClient.Failure) { try client.ready() } catch {
+            logger.error("\(error)")
+            return
+        }
+        if let done = client.awaitDone(timeoutMilliseconds: 60_000) {
+            logger.notice("takeover complete: the old relay sent every batch and exited", metadata: [
+                "from_pid": "\(client.predecessor)", "old_lines_received": "\(done.received)",
+                "old_lines_forwarded": "\(done.forwarded)", "old_lines_dropped": "\(done.dropped)",
+            ])
+        } else {
+            logger.warning("takeover: the old relay did not report its end; carrying on", metadata: ["from_pid": "\(client.predecessor)"])
         }
     }
 

@@ -63,6 +63,7 @@ extension ConfigFile {
         Key("replay-rate", .restart),
         Key("dns-refresh", .applied),
         Key("admin", .restart),
+        Key("control-socket", .restart),
         Key("log-level", .applied),
         Key("prefix", .restart),
         Key("self-metrics-interval", .restart),

@@ -51,6 +51,7 @@ extension ConfigFile {
         drop(\.flapHold)
         drop(\.validate)
         drop(\.hashKey)
+        drop(\.controlSocket)
         if flags.listeners != nil {
             // `--listen` replaces every listener of the file, whichever form it used.
             kept.listeners = nil

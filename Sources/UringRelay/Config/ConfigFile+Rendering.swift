@@ -72,6 +72,7 @@ extension ConfigFile {
         case "replay-rate": return scalar(ByteSizeParser.format(c.replayBytesPerSecond))
         case "dns-refresh": return scalar(DurationParser.format(c.dnsRefreshNanoseconds))
         case "admin": return scalar(c.admin)
+        case "control-socket": return scalar(c.controlSocket ?? "none")
         case "log-level": return scalar(c.logLevel.rawValue)
         case "prefix": return scalar(c.selfMetricsPrefix)
         case "self-metrics-interval": return scalar(DurationParser.format(c.selfMetricsIntervalNanoseconds))

@@ -112,6 +112,7 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
     public var replayRate: String?
     public var dnsRefresh: String?
     public var admin: String?
+    public var controlSocket: String?
     public var logLevel: String?
     public var prefix: String?
     public var selfMetricsInterval: String?
@@ -152,6 +153,7 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
         case replayRate = "replay-rate"
         case dnsRefresh = "dns-refresh"
         case admin
+        case controlSocket = "control-socket"
         case logLevel = "log-level"
         case prefix = "prefix"
         case selfMetricsInterval = "self-metrics-interval"
@@ -187,6 +189,7 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
         note(.flapHold, flapHold)
         note(.validate, validate)
         note(.hashKey, hashKey)
+        note(.controlSocket, controlSocket)
         return keys
     }
 
@@ -351,6 +354,11 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
         if let admin {
             _ = try at("admin") { () throws(ConfigurationError) in try AdminAddress.parse(admin) }
             configuration.admin = admin
+        }
+        if let controlSocket {
+            configuration.controlSocket = try at("control-socket") { () throws(ConfigurationError) in
+                try RelayConfiguration.controlSocketPath(controlSocket)
+            }
         }
         if let logLevel {
             guard let level = Logger.Level(rawValue: logLevel) else {

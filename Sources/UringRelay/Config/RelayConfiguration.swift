@@ -114,6 +114,8 @@ public struct RelayConfiguration: Sendable, Equatable {
 
     /// The admin endpoint's address, `ADDR:PORT` or `none` (`--admin`; see `AdminAddress`).
     public var admin: String = AdminAddress.defaultSpec
+    /// The control socket's path (`--control-socket`; `ControlServer`), or `nil` for none.
+    public var controlSocket: String?
     /// The lowest level logged (`--log-level`).
     public var logLevel: Logger.Level = .info
     /// How log events are written (`--log-format`): swift-log's text line, or one JSON object per line.

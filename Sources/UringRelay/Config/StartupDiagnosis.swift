@@ -140,9 +140,12 @@ public enum StartupDiagnosis {
         /// Room for what comes and goes: name resolution, a backend socket replaced after an
         /// address change.
         public var spare: Int
+        /// With `--control-socket`: per worker, a copy of each listening socket kept for a
+        /// takeover (`ListenerRegistry`), and the control socket itself (in `spare`'s stead: 1).
+        public var takeoverCopies: Int = 0
 
         /// Everything, the lowest open-files limit the relay starts under.
-        public var total: Int { alreadyOpen + perWorker * workers + monitor + admin + spare }
+        public var total: Int { alreadyOpen + (perWorker + takeoverCopies) * workers + monitor + admin + spare + (takeoverCopies > 0 ? 1 : 0) }
     }
 
     /// What the admin endpoint takes, as measured in `/proc/PID/fd` with and without it.
@@ -154,7 +157,8 @@ public enum StartupDiagnosis {
         return DescriptorBudget(
             alreadyOpen: alreadyOpen, perWorker: 4 + backends, workers: configuration.threads,
             monitor: 1 + (configuration.healthCheck == .none ? 0 : backends),
-            admin: configuration.admin == "none" ? 0 : adminDescriptors, spare: 8)
+            admin: configuration.admin == "none" ? 0 : adminDescriptors, spare: 8,
+            takeoverCopies: configuration.controlSocket == nil ? 0 : configuration.listenAddresses.count)
     }
 
     /// A refusal naming how many descriptors are needed and how to allow them, or `nil` when
@@ -181,7 +185,10 @@ public enum StartupDiagnosis {
         let backends = budget.perWorker - 4
         return "\(budget.alreadyOpen) already open, \(budget.perWorker) per worker × \(workers) (ring, listening "
             + "socket, 2 eventfds, \(backends) backend socket\(backends == 1 ? "" : "s")), \(budget.monitor) for the "
-            + "health monitor, \(budget.admin > 0 ? "\(budget.admin) for the admin endpoint, " : "")\(budget.spare) spare"
+            + "health monitor, \(budget.admin > 0 ? "\(budget.admin) for the admin endpoint, " : "")"
+            + (budget.takeoverCopies > 0
+                ? "\(budget.takeoverCopies) per worker and 1 for the control socket (--control-socket keeps a copy of each listening socket), " : "")
+            + "\(budget.spare) spare"
     }
 
     private static func raiseAdvice(_ needed: Int, host: HostLimits) -> String {

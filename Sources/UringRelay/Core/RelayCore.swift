@@ -69,7 +69,7 @@ public struct RelayCore: ~Copyable {
     /// yet): the next publication is then a deadline, so live counters are never more than a
     /// publication interval old, even for a worker that goes idle right after.
     private var hasUnpublishedTurn = false
-    private var settings: WorkerSettings
+    private(set) var settings: WorkerSettings
     /// Per send slot: `handedOut` once `nextOutgoing` gave it to the driver, `retried` once a
     /// send of it was tried again; cleared when its send completes.
     private var slotStates: [SlotState]

@@ -41,6 +41,9 @@ public struct WorkerSettings: Sendable {
     public var validation: ValidationMode = .loose
     /// `--hash-key` (fixed for the worker's life).
     public var hashKey: HashKeyMode = .name
+    /// The worker's part in a takeover: sockets it inherits, where it leaves copies of its own
+    /// (`nil`: binds its own and keeps no copy).
+    public var handOver: WorkerHandOver?
 
     /// Settings for one worker of `configuration`, sharing `holdBudget` with the other workers.
     public init(

@@ -10,8 +10,12 @@ struct WorkerListener: ~Copyable {
     /// Set while it is being removed: when its drain ends at the latest (monotonic
     /// nanoseconds), whether or not it reads empty by then.
     var drainDeadline: UInt64?
-    /// The socket's kernel drop counter (`SO_MEMINFO`, 32 bits, wrapping) at its last reading.
+    /// The socket's kernel drop counter (`SO_MEMINFO`, 32 bits, wrapping) at its last reading
+    /// (for an inherited socket, its value when this process took it).
     var dropBaseline: UInt32 = 0
+    /// Whether this worker counts the socket's drops: not when every worker reads one socket
+    /// (socket activation), where worker 0 counts them once for all.
+    var countsDrops = true
     /// io_uring only (the portable driver never arms one): its multishot receive is armed.
     var receiveArmed = false
     /// io_uring only: the cancellation of its receive is still to be submitted.
@@ -50,11 +54,15 @@ struct WorkerListeners: ~Copyable {
     /// - Throws: `SystemCallError` from the first that cannot be bound (those bound close).
     init(settings: WorkerSettings, core: inout RelayCore) throws(SystemCallError) {
         var sockets = try WorkerSetup.listeners(settings)
+        let baselines = WorkerSetup.dropBaselines(sockets, settings: settings)
         entries = UniqueArray(minimumCapacity: sockets.count)
         var id = UInt32(sockets.count)
         while !sockets.isEmpty {
             id -= 1
-            entries.insert(WorkerListener(id: id, socket: sockets.removeLast()), at: 0)
+            var listener = WorkerListener(id: id, socket: sockets.removeLast())
+            listener.dropBaseline = baselines[Int(id)] ?? 0
+            listener.countsDrops = baselines[Int(id)] != nil
+            entries.insert(listener, at: 0)
         }
         for index in entries.indices {
             core.nameListener(id: entries[index].id, label: WorkerSetup.label(entries[index].socket.localAddress))
@@ -213,7 +221,7 @@ struct WorkerListeners: ~Copyable {
 
     private mutating func countDrops(at index: Int, core: inout RelayCore) {
         // nil when the kernel would not say.
-        guard let counter = entries[index].socket.kernelDrops else { return }
+        guard entries[index].countsDrops, let counter = entries[index].socket.kernelDrops else { return }
         let new = UInt64(counter &- entries[index].dropBaseline)
         entries[index].dropBaseline = counter
         core.countKernelDrops(new, listener: entries[index].id)

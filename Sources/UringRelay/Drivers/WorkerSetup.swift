@@ -4,15 +4,44 @@ import RelayKernel
 /// The parts of a worker's start-up both drivers share.
 enum WorkerSetup {
     /// Binds every listener of `settings` with `SO_REUSEPORT` (other workers join the same
-    /// addresses), in listener-id order.
+    /// addresses), in listener-id order; or, for a relay that took over from another process,
+    /// opens a duplicate of the socket this worker inherited for each (`WorkerHandOver`), with
+    /// no bind: a fresh socket beside it would join the port's group and take a share of the
+    /// traffic. Each socket's copy goes to the registry, for the next takeover.
     static func listeners(_ settings: WorkerSettings) throws(SystemCallError) -> UniqueArray<UDPSocket> {
         var listeners = UniqueArray<UDPSocket>(minimumCapacity: settings.listeners.count)
-        for address in settings.listeners {
-            let socket = try UDPSocket.bound(to: address, reusePort: true, receiveBufferBytes: settings.receiveBufferBytes)
-            if let spread = settings.reusePortSpread { try socket.spreadReusePortGroup(over: spread) }
+        for (index, address) in settings.listeners.enumerated() {
+            let socket: UDPSocket
+            if let inherited = settings.handOver?.inherited {
+                // Its group's steering program, if any, came with it.
+                socket = try inherited[index].socket.duplicate()
+            } else {
+                socket = try UDPSocket.bound(to: address, reusePort: true, receiveBufferBytes: settings.receiveBufferBytes)
+                if let spread = settings.reusePortSpread { try socket.spreadReusePortGroup(over: spread) }
+            }
+            if let handOver = settings.handOver, handOver.registry.keepsCopies {
+                handOver.registry.keep(SocketBox(try socket.duplicate()), listener: UInt32(index), worker: handOver.worker)
+            }
             listeners.append(socket)
         }
         return listeners
+    }
+
+    /// The kernel drop counter each listener starts from (`WorkerListeners`): its value now for
+    /// an inherited socket, whose earlier drops the previous process counted; 0 for one this
+    /// worker bound; `nil` (not counted) for a socket every worker reads, but in worker 0.
+    static func dropBaselines(_ listeners: borrowing UniqueArray<UDPSocket>, settings: WorkerSettings) -> [UInt32?] {
+        var baselines: [UInt32?] = []
+        let handOver = settings.handOver
+        for index in listeners.indices {
+            guard let handOver, handOver.inherited != nil else {
+                baselines.append(0)
+                continue
+            }
+            let shared = index < handOver.sharedByWorkers.count && handOver.sharedByWorkers[index]
+            baselines.append(shared && handOver.worker != 0 ? nil : listeners[index].kernelDrops ?? 0)
+        }
+        return baselines
     }
 
     /// Closes every listener once receiving has stopped: what each still holds (it arrived after
@@ -27,7 +56,15 @@ enum WorkerSetup {
     /// `minimumDiscardNanoseconds` when the budget is spent; a listener that still holds
     /// datagrams after that closes with them uncounted, and is counted in
     /// `listeners_closed_uncounted`.
+    ///
+    /// When another process shares the sockets (`ListenerRegistry.listenersShared`: a takeover),
+    /// they close as they are: connecting one to itself would refuse the datagrams the other
+    /// process is there to take, and what it holds is that process's to relay.
     static func closeListeners(_ listeners: inout UniqueArray<UDPSocket>, core: inout RelayCore) {
+        if core.settings.handOver?.registry.listenersShared == true {
+            listeners.removeAll()
+            return
+        }
         for index in listeners.indices {
             // Should connect(2) fail, the count below is still bounded by its deadline.
             try? listeners[index].refuseNewDatagrams()

@@ -1,0 +1,305 @@
+import Glibc
+import Logging
+import RelayKernel
+import Synchronization
+
+/// The relay's control socket (`--control-socket PATH`): a Unix stream socket, mode 0600, on
+/// which a new relay process takes the listening sockets over (`statsrelay run --takeover`).
+///
+/// It runs on a thread of its own and serves one takeover at a time; a connection made while
+/// one is under way is refused (`busy`). The old side of the handshake (docs/operations.md,
+/// "Upgrade"):
+/// 1. read `takeover` (what the new process would run); refuse it if its thread count or
+///    listeners differ from the running ones, or the relay is stopping;
+/// 2. send `offer`, then per listener one `sockets` frame carrying every worker's socket;
+/// 3. wait for `ready`: until then nothing here changes, and `failed`, a closed connection,
+///    garbage or silence past `readyTimeoutMilliseconds` leave this relay running as it was;
+/// 4. on `ready`: the listeners stay marked shared (from the offer on: the stop closes them as
+///    they are), give up the path (closed, removed if still this socket's), and fire `handedOver`: the caller stops
+///    the relay and, once every batch is sent, calls `finishHandOver`, which sends `done`.
+///
+/// Nothing read from the wire is logged but a verb it knows and a reason cut to 200 printable
+/// characters (`TakeoverMessage.loggable`).
+public final class ControlServer: Sendable {
+    /// The path served.
+    public let path: String
+    /// Fired once a successor is relaying on the sockets: stop the relay (handed over).
+    public let handedOver: WakeupEvent
+    private let listener: Mutex<UnixStreamSocket?>
+    /// The counters the relay finished with, for `done` (set by `finishHandOver`).
+    private let finalCounters = Mutex<RelayCounters?>(nil)
+    private let finished: WakeupEvent
+    private let successorPID = Atomic<Int32>(0)
+    private let stopEvent: WakeupEvent
+    private let thread = Mutex<WorkerThreadHandle?>(nil)
+    private let relay: Relay
+    private let logger: Logger
+    private let readyTimeoutMilliseconds: Int32
+    private let messageTimeoutMilliseconds: Int32
+
+    /// Binds the control socket at `path` (a file left by a relay that died is replaced; a
+    /// socket a running relay serves is refused).
+    ///
+    /// - Parameters:
+    ///   - readyTimeoutMilliseconds: how long a successor may take, from the offer, to start
+    ///     its workers and say `ready`.
+    ///   - messageTimeoutMilliseconds: how long a peer may take to send one whole message.
+    /// - Throws: `SystemCallError` for the socket, its bind (with the reason and a hint), or
+    ///   the events.
+    public init(
+        path: String, relay: Relay, logger: Logger, readyTimeoutMilliseconds: Int32 = 30_000, messageTimeoutMilliseconds: Int32 = 5_000
+    ) throws(SystemCallError) {
+        self.path = path
+        self.relay = relay
+        self.logger = logger
+        self.readyTimeoutMilliseconds = readyTimeoutMilliseconds
+        self.messageTimeoutMilliseconds = messageTimeoutMilliseconds
+        do throws(Errno) {
+            handedOver = try WakeupEvent()
+            stopEvent = try WakeupEvent()
+            finished = try WakeupEvent()
+        } catch { throw SystemCallError("eventfd", "control socket", error) }
+        listener = Mutex(try UnixStreamSocket.listening(at: path))
+    }
+
+    /// Starts serving on a thread of its own.
+    ///
+    /// - Throws: `SystemCallError` when the thread cannot be created.
+    public func start() throws(SystemCallError) {
+        do throws(Errno) {
+            let handle = WorkerThreadHandle(try WorkerThread(name: "statsrelay-ctl", cpu: nil) { [self] _ in serve() })
+            thread.withLock { $0 = handle }
+        } catch { throw SystemCallError("pthread_create", "control socket", error) }
+    }
+
+    /// Stops serving, closes the socket and removes its path if it is still this socket's.
+    public func stop() {
+        stopEvent.signal()
+        let handle = thread.withLock { $0.take() }
+        handle?.join()
+        closeListener()
+    }
+
+    /// The pid of the process that took the sockets over, once `handedOver` fired.
+    public var successor: Int32? {
+        let pid = successorPID.load(ordering: .acquiring)
+        return pid == 0 ? nil : pid
+    }
+
+    /// Tells the successor this relay has stopped with `counters` (`done`), closes the
+    /// connection and the server's thread; call after the relay's workers have finished.
+    public func finishHandOver(_ counters: RelayCounters) {
+        finalCounters.withLock { $0 = counters }
+        finished.signal()
+        let handle = thread.withLock { $0.take() }
+        handle?.join()
+    }
+
+    /// Sends `done` with the counters `finishHandOver` left (waiting for them until stopped).
+    private func sendDone(_ connection: borrowing UnixStreamSocket) {
+        var poller = PollSet(descriptors: [PollSet.descriptor(of: finished), PollSet.descriptor(of: stopEvent)])
+        while !finished.isSignalled && !stopEvent.isSignalled { try? poller.wait(timeoutNanoseconds: nil) }
+        guard let counters = finalCounters.withLock({ $0 }) else { return }
+        let dropped = RelayCounter.allCases.filter { $0.name.hasPrefix("statsrelay.lines_dropped.") }.reduce(UInt64(0)) { $0 + counters[$1] }
+        let message = TakeoverMessage.done(received: counters[.linesReceived], forwarded: counters[.linesForwarded], dropped: dropped)
+        do throws(Errno) { try connection.sendFrame(message.encoded, timeoutMilliseconds: messageTimeoutMilliseconds) } catch {
+            logger.warning("takeover: could not tell the new relay this one has finished", metadata: ["error": "\(error)"])
+        }
+    }
+
+    private func closeListener() {
+        listener.withLock { socket in
+            socket?.removePathIfOwned()
+            socket = nil
+        }
+    }
+
+    /// The thread's loop: accept, serve one takeover at a time, until stopped or handed over.
+    private func serve() {
+        guard let descriptor = listener.withLock({ $0?.descriptor }) else { return }
+        var poller = PollSet(descriptors: [descriptor, PollSet.descriptor(of: stopEvent)])
+        while !stopEvent.isSignalled {
+            do throws(Errno) { try poller.wait(timeoutNanoseconds: nil) } catch {
+                logger.error("control socket: poll failed; takeovers are off", metadata: ["error": "\(error)"])
+                return
+            }
+            if poller.isReady(1) { return }
+            guard poller.isReady(0) else { continue }
+            let accepted: UnixStreamSocket?
+            do throws(Errno) { accepted = try listener.withLock { socket throws(Errno) in try socket?.accept() } } catch {
+                logger.warning("control socket: accept failed", metadata: ["error": "\(error)"])
+                continue
+            }
+            guard let connection = accepted else { continue }
+            if session(connection) {
+                // Handed over: the path is the successor's to bind once this relay is done.
+                closeListener()
+                handedOver.signal()
+                sendDone(connection)
+                return
+            }
+        }
+    }
+
+    /// Serves one takeover on `connection`; whether the sockets were handed over (then the
+    /// caller keeps the connection for `done`).
+    private func session(_ connection: borrowing UnixStreamSocket) -> Bool {
+        let peer = connection.peer
+        var metadata: Logger.Metadata = ["peer_pid": "\(peer?.pid ?? 0)"]
+        let request: TakeoverMessage
+        switch read(connection, timeoutMilliseconds: messageTimeoutMilliseconds) {
+        case .success(let message): request = message
+        case .failure(let problem):
+            metadata["error"] = "\(problem)"
+            logger.warning("control socket: a connection sent no takeover request; ignored", metadata: metadata)
+            try? connection.sendFrame(TakeoverMessage.refused(code: .malformed, reason: "\(problem)").encoded, timeoutMilliseconds: 1_000)
+            return false
+        }
+        guard case .takeover(let version, let threads, let listeners) = request else {
+            metadata["verb"] = "\(request.verb)"
+            logger.warning("control socket: expected a takeover request; ignored", metadata: metadata)
+            try? connection.sendFrame(TakeoverMessage.refused(code: .malformed, reason: "expected takeover, got \(request.verb)").encoded, timeoutMilliseconds: 1_000)
+            return false
+        }
+        let offer: [(address: SocketAddress, sockets: [SocketBox])]
+        switch prepareOffer(version: version, threads: threads, listeners: listeners) {
+        case .success(let prepared): offer = prepared
+        case .failure(let refusal):
+            metadata["reason"] = "\(TakeoverMessage.loggable(refusal.reason))"
+            logger.warning("takeover refused: this relay keeps running", metadata: metadata)
+            try? connection.sendFrame(TakeoverMessage.refused(code: refusal.code, reason: refusal.reason).encoded, timeoutMilliseconds: 1_000)
+            return false
+        }
+        // From the offer on, another process may hold the sockets: a stop that begins now (a
+        // SIGTERM during the handshake) must not connect them to themselves under the new relay.
+        relay.listenerRegistry.shareListeners(true)
+        do throws(Errno) {
+            let pid = getpid()
+            try connection.sendFrame(
+                TakeoverMessage.offer(version: TakeoverMessage.version, threads: threads, listeners: offer.count, pid: pid).encoded,
+                timeoutMilliseconds: messageTimeoutMilliseconds)
+            for (index, listener) in offer.enumerated() {
+                try connection.sendFrame(
+                    TakeoverMessage.sockets(index: index, address: listener.address.description).encoded, passing: listener.sockets,
+                    timeoutMilliseconds: messageTimeoutMilliseconds)
+            }
+        } catch {
+            metadata["error"] = "\(error)"
+            logger.warning("takeover abandoned: the sockets could not be sent; this relay keeps running", metadata: metadata)
+            relay.listenerRegistry.shareListeners(false)
+            return false
+        }
+        logger.notice("takeover: listening sockets sent; waiting for the new relay to start on them", metadata: metadata)
+        switch awaitReady(connection) {
+        case .success:
+            successorPID.store(peer?.pid ?? -1, ordering: .releasing)
+            logger.notice("takeover: the new relay is relaying; this one stops receiving, sends what it took and exits", metadata: metadata)
+            return true
+        case .failure(let problem):
+            metadata["error"] = "\(problem)"
+            logger.warning("takeover failed in the new relay; this one keeps running", metadata: metadata)
+            // The new relay has stopped its workers (or never started them), or will exit.
+            relay.listenerRegistry.shareListeners(false)
+            return false
+        }
+    }
+
+    /// Why a takeover was refused.
+    private struct Refusal: Error {
+        var code: TakeoverMessage.RefusalCode
+        var reason: String
+    }
+
+    /// Checks a request against the running relay and gathers every worker's socket of each
+    /// listener, in listener-id order.
+    private func prepareOffer(
+        version: Int, threads: Int, listeners: [String]
+    ) -> Result<[(address: SocketAddress, sockets: [SocketBox])], Refusal> {
+        guard version == TakeoverMessage.version else {
+            return .failure(Refusal(code: .version, reason: "protocol version \(version) asked, this relay speaks \(TakeoverMessage.version)"))
+        }
+        let view = relay.handOverView
+        guard view.started, !view.stopping else { return .failure(Refusal(code: .busy, reason: "the relay is not running (starting or stopping)")) }
+        guard threads == view.workers else {
+            return .failure(Refusal(code: .mismatch, reason: "threads differ: the running relay has \(view.workers) workers, the new one asks for \(threads); every worker owns one socket of each listener"))
+        }
+        let running = zip(view.configured, view.bound).map { configured, bound in
+            configured == bound ? bound.description : "\(configured) (bound \(bound))"
+        }
+        let matches = listeners.count == view.bound.count && zip(listeners, zip(view.configured, view.bound)).allSatisfy { asked, pair in
+            asked == pair.0.description || asked == pair.1.description
+        }
+        guard matches else {
+            return .failure(Refusal(code: .mismatch, reason: "listeners differ: running \(running.joined(separator: ", ")); asked \(listeners.joined(separator: ", ")); change listeners with a reload (SIGHUP) before or after the upgrade"))
+        }
+        guard threads <= UnixStreamSocket.maximumDescriptorsPerFrame else {
+            return .failure(Refusal(code: .mismatch, reason: "more than \(UnixStreamSocket.maximumDescriptorsPerFrame) workers"))
+        }
+        var offer: [(address: SocketAddress, sockets: [SocketBox])] = []
+        for (address, id) in zip(view.bound, view.ids) {
+            guard let sockets = relay.listenerRegistry.sockets(listener: id, workers: threads) else {
+                return .failure(Refusal(code: .busy, reason: "listener \(address) is not open in every worker"))
+            }
+            offer.append((address, sockets))
+        }
+        return .success(offer)
+    }
+
+    /// Waits for the successor's answer, refusing other connections meanwhile (`busy`).
+    private func awaitReady(_ connection: borrowing UnixStreamSocket) -> Result<Void, ReadProblem> {
+        guard let descriptor = listener.withLock({ $0?.descriptor }) else { return .failure(.stopped) }
+        var poller = PollSet(descriptors: [connection.descriptor, descriptor, PollSet.descriptor(of: stopEvent)])
+        let deadline = MonotonicClock.nanoseconds() &+ UInt64(readyTimeoutMilliseconds) * 1_000_000
+        while true {
+            let now = MonotonicClock.nanoseconds()
+            guard now < deadline else { return .failure(.frame(.timedOut)) }
+            do throws(Errno) { try poller.wait(timeoutNanoseconds: deadline - now) } catch { return .failure(.frame(.system(error))) }
+            if poller.isReady(2) { return .failure(.stopped) }
+            if poller.isReady(1), let other = try? listener.withLock({ socket throws(Errno) in try socket?.accept() }) {
+                logger.warning("control socket: a second takeover was refused while one is under way", metadata: ["peer_pid": "\(other.peer?.pid ?? 0)"])
+                try? other.sendFrame(TakeoverMessage.refused(code: .busy, reason: "another takeover is under way").encoded, timeoutMilliseconds: 1_000)
+            }
+            guard poller.isReady(0) else { continue }
+            switch read(connection, timeoutMilliseconds: messageTimeoutMilliseconds) {
+            case .success(.ready): return .success(())
+            case .success(.failed(let reason)): return .failure(.failed(reason))
+            case .success(let other): return .failure(.unexpected(other.verb))
+            case .failure(let problem): return .failure(problem)
+            }
+        }
+    }
+
+    /// Why a message could not be taken.
+    enum ReadProblem: Error, CustomStringConvertible {
+        /// No whole frame: closed, timed out, a bad length.
+        case frame(UnixStreamSocket.FrameError)
+        /// A frame that is no message (its size only: its bytes are never logged).
+        case malformed(bytes: Int)
+        /// A message out of turn (its verb).
+        case unexpected(String)
+        /// The new relay said it could not start (its reason, logged cut and printable).
+        case failed(String)
+        /// This relay is stopping.
+        case stopped
+
+        var description: String {
+            switch self {
+            case .frame(let error): "\(error)"
+            case .malformed(let bytes): "malformed message (\(bytes) bytes)"
+            case .unexpected(let verb): "unexpected message '\(verb)'"
+            case .failed(let reason): "the new relay failed: \(TakeoverMessage.loggable(reason))"
+            case .stopped: "this relay is stopping"
+            }
+        }
+    }
+
+    /// Reads one message; sockets a peer sent with it uninvited are closed.
+    private func read(_ connection: borrowing UnixStreamSocket, timeoutMilliseconds: Int32) -> Result<TakeoverMessage, ReadProblem> {
+        let frame: (payload: [UInt8], sockets: [SocketBox])
+        do throws(UnixStreamSocket.FrameError) { frame = try connection.receiveFrame(timeoutMilliseconds: timeoutMilliseconds) } catch {
+            return .failure(.frame(error))
+        }
+        guard let message = TakeoverMessage(decoding: frame.payload) else { return .failure(.malformed(bytes: frame.payload.count)) }
+        return .success(message)
+    }
+}

@@ -1,0 +1,33 @@
+import RelayKernel
+
+/// The listening sockets a relay received from the one it takes over: per listener, its bound
+/// address and one socket per worker, checked (`UDPSocket.listenerMismatch`).
+public struct InheritedListeners: Sendable {
+    /// The bound addresses, in listener-id order.
+    public var addresses: [SocketAddress]
+    /// Per listener (in `addresses` order), one socket per worker, in worker order.
+    public var sockets: [[SocketBox]]
+    /// Whether another process keeps holding the sockets after the start (systemd, for socket
+    /// activation): the relay's stop then always closes them as they are, so what they hold
+    /// waits there for the next start (`ListenerRegistry.listenersShared`).
+    public var heldElsewhere = false
+
+    /// Sockets of `addresses.count` listeners, `sockets[listener][worker]`.
+    ///
+    /// - Precondition: one entry of `sockets` per address, each with the same number of sockets.
+    public init(addresses: [SocketAddress], sockets: [[SocketBox]]) {
+        precondition(addresses.count == sockets.count, "one socket list per listener")
+        precondition(Set(sockets.map(\.count)).count <= 1, "the same number of sockets for every listener")
+        self.addresses = addresses
+        self.sockets = sockets
+    }
+
+    /// How many workers the sockets are for.
+    public var workers: Int { sockets.first?.count ?? 0 }
+
+    /// Per listener, whether every worker reads the one socket.
+    public var sharedByWorkers: [Bool] { sockets.map { list in list.count > 1 && list.allSatisfy { $0 === list[0] } } }
+
+    /// Worker `worker`'s socket of each listener, in listener-id order.
+    public func sockets(worker: Int) -> [SocketBox] { sockets.map { $0[worker] } }
+}

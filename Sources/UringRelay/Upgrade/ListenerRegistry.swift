@@ -1,0 +1,62 @@
+import RelayKernel
+import Synchronization
+
+/// The relay's own copy of every listening socket, per listener id and worker, kept so that a
+/// takeover (`ControlServer`) can pass them to the next process; and whether the listening
+/// sockets are shared with another process.
+///
+/// A copy is a second descriptor of the worker's socket (`UDPSocket.duplicate`): it adds no
+/// socket to the port's `SO_REUSEPORT` group and takes no datagram itself. The relay forgets a
+/// listener's copies when a reload removes it (so that the socket can close) and all of them
+/// once its workers have stopped.
+public final class ListenerRegistry: Sendable {
+    private let copies = Mutex<[UInt32: [Int: SocketBox]]>([:])
+    private let shared = Atomic<Bool>(false)
+    private let heldElsewhere = Atomic<Bool>(false)
+
+    /// Whether copies are kept at all (only a relay with a control socket can hand over).
+    public let keepsCopies: Bool
+
+    /// An empty registry, listeners not shared, keeping copies if `keepsCopies`.
+    public init(keepsCopies: Bool = true) { self.keepsCopies = keepsCopies }
+
+    /// Keeps `copy` as worker `worker`'s socket for listener `listener` (replacing any before).
+    public func keep(_ copy: SocketBox, listener: UInt32, worker: Int) {
+        guard keepsCopies else { return }
+        copies.withLock { $0[listener, default: [:]][worker] = copy }
+    }
+
+    /// Forgets listener `listener`'s copies (a reload removed it): they close.
+    public func forget(listener: UInt32) { _ = copies.withLock { $0.removeValue(forKey: listener) } }
+
+    /// Forgets every copy (the workers stopped, or a failed start is undone).
+    public func forgetAll() { copies.withLock { $0 = [:] } }
+
+    /// Listener `listener`'s copies for workers `0..<workers`, in worker order; `nil` unless
+    /// every worker's is there.
+    public func sockets(listener: UInt32, workers: Int) -> [SocketBox]? {
+        copies.withLock { all in
+            guard let byWorker = all[listener] else { return nil }
+            let list = (0..<workers).compactMap { byWorker[$0] }
+            return list.count == workers ? list : nil
+        }
+    }
+
+    /// Whether another process holds the same listening sockets: a successor that took them
+    /// over, or a predecessor still draining while this process starts on them. A worker's
+    /// stop then closes its listeners as they are (`WorkerSetup.closeListeners`): connecting
+    /// one to itself would refuse datagrams the other process is there to take, and what it
+    /// still holds is the other process's to relay, not this one's to discard.
+    public var listenersShared: Bool { shared.load(ordering: .acquiring) }
+
+    /// Sets `listenersShared`, before the workers are told to stop (never back to `false`
+    /// after `holdElsewhere`).
+    public func shareListeners(_ isShared: Bool) { shared.store(isShared || heldElsewhere.load(ordering: .acquiring), ordering: .releasing) }
+
+    /// Marks the listening sockets as held by another process for good (systemd, socket
+    /// activation): `listenersShared` stays `true`.
+    public func holdElsewhere() {
+        heldElsewhere.store(true, ordering: .releasing)
+        shared.store(true, ordering: .releasing)
+    }
+}

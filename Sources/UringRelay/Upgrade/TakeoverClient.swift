@@ -1,0 +1,146 @@
+import Glibc
+import RelayKernel
+
+/// The new relay's side of a takeover (`statsrelay run --takeover PATH`): asks the running
+/// relay at `PATH` for its listening sockets, checks them, and, once this relay relays on
+/// them, says `ready` and waits for the old one's `done`.
+///
+/// The steps, in the order the command takes them (docs/operations.md, "Upgrade"):
+/// `begin` (connect, `takeover`, receive and check `offer` and every `sockets` frame), start
+/// the workers on the sockets, then `ready` (or `fail` with the reason), then `awaitDone`.
+public final class TakeoverClient: Sendable {
+    private let connection: ControlConnection
+    /// The old relay's pid, as it said in its offer.
+    public let predecessor: Int32
+    private let messageTimeoutMilliseconds: Int32
+
+    /// Why a takeover did not happen: each names what the operator can do.
+    public struct Failure: Error, CustomStringConvertible, Sendable {
+        /// The exit status it calls for: 64 for a request the running relay refuses as it
+        /// stands (listeners, threads, protocol version), 75 for a try-again-later (no relay
+        /// there, busy, stopping), 71 for sockets that fail the checks or a broken exchange.
+        public var exitStatus: Int32
+        /// What happened.
+        public var message: String
+        public var description: String { message }
+    }
+
+    private init(connection: ControlConnection, predecessor: Int32, messageTimeoutMilliseconds: Int32) {
+        self.connection = connection
+        self.predecessor = predecessor
+        self.messageTimeoutMilliseconds = messageTimeoutMilliseconds
+    }
+
+    /// Connects to the relay at `path` and takes its listening sockets for a relay of
+    /// `threads` workers on `listeners` (as configured).
+    ///
+    /// - Throws: `Failure`; the old relay then keeps running unchanged.
+    public static func begin(
+        path: String, threads: Int, listeners: [SocketAddress], messageTimeoutMilliseconds: Int32 = 5_000,
+        offerTimeoutMilliseconds: Int32 = 10_000
+    ) throws(Failure) -> (client: TakeoverClient, listeners: InheritedListeners) {
+        let socket: UnixStreamSocket
+        do throws(SystemCallError) { socket = try UnixStreamSocket.connected(to: path) } catch {
+            throw Failure(exitStatus: 75, message: "takeover: no running relay reachable at \(path): \(error)")
+        }
+        let box = ControlConnection(socket)
+        let request = TakeoverMessage.takeover(version: TakeoverMessage.version, threads: threads, listeners: listeners.map(\.description))
+        var sendError: Errno?
+        do throws(Errno) { try box.socket.sendFrame(request.encoded, timeoutMilliseconds: messageTimeoutMilliseconds) } catch {
+            // A relay busy with another takeover refuses at once and closes, maybe before the
+            // request arrived (EPIPE): its refusal is still there to read.
+            sendError = error
+        }
+        let first: TakeoverMessage
+        let stray: [SocketBox]
+        do throws(Failure) {
+            (first, stray) = try read(box.socket, timeoutMilliseconds: sendError == nil ? offerTimeoutMilliseconds : 1_000, path: path)
+        } catch {
+            if let sendError { throw Failure(exitStatus: 75, message: "takeover: could not send the request to \(path): \(sendError)") }
+            throw error
+        }
+        guard stray.isEmpty else { throw Failure(exitStatus: 71, message: "takeover: \(path) sent sockets before its offer") }
+        let pid: Int32
+        switch first {
+        case .offer(let version, let offeredThreads, let count, let offeredPID):
+            guard version == TakeoverMessage.version, offeredThreads == threads, count == listeners.count else {
+                throw Failure(exitStatus: 71, message: "takeover: \(path) offered \(offeredThreads) workers × \(count) listeners (version \(version)), not \(threads) × \(listeners.count)")
+            }
+            pid = offeredPID
+        case .refused(let code, let reason):
+            let status: Int32 = code == .mismatch || code == .version ? 64 : 75
+            throw Failure(exitStatus: status, message: "takeover refused by the running relay (\(code.rawValue)): \(TakeoverMessage.loggable(reason)); it keeps running")
+        default:
+            throw Failure(exitStatus: 71, message: "takeover: \(path) answered '\(first.verb)', not an offer")
+        }
+        var addresses: [SocketAddress] = []
+        var sockets: [[SocketBox]] = []
+        for (index, wanted) in listeners.enumerated() {
+            let (message, passed) = try read(box.socket, timeoutMilliseconds: messageTimeoutMilliseconds, path: path)
+            guard case .sockets(index, let spec) = message else {
+                throw Failure(exitStatus: 71, message: "takeover: \(path) sent '\(message.verb)' where listener \(index)'s sockets were due")
+            }
+            guard passed.count == threads else {
+                throw Failure(exitStatus: 71, message: "takeover: listener \(index) came with \(passed.count) sockets, not \(threads)")
+            }
+            // The old relay matched `wanted` against its configured or bound address; the
+            // sockets themselves must be bound to the one it names, and to a port `wanted` allows.
+            let bound = passed[0].socket.localAddress
+            for socket in passed {
+                if let problem = socket.socket.listenerMismatch(expected: bound) ?? (socket.socket.localAddress.description == spec ? nil : "bound to \(socket.socket.localAddress), offered as \(TakeoverMessage.loggable(spec))") {
+                    throw Failure(exitStatus: 71, message: "takeover: a socket passed for listener \(index) fails its check: \(problem)")
+                }
+            }
+            if let problem = passed[0].socket.listenerMismatch(expected: wanted) {
+                throw Failure(exitStatus: 64, message: "takeover: listener \(index) (\(wanted)): \(problem)")
+            }
+            addresses.append(bound)
+            sockets.append(passed)
+        }
+        return (TakeoverClient(connection: box, predecessor: pid, messageTimeoutMilliseconds: messageTimeoutMilliseconds),
+                InheritedListeners(addresses: addresses, sockets: sockets))
+    }
+
+    /// Tells the old relay this one relays on the sockets: it stops receiving, sends what it
+    /// took and exits.
+    ///
+    /// - Throws: `Failure` (75) when it cannot be told: it then keeps running beside this one,
+    ///   both relaying from the same sockets, until it is stopped.
+    public func ready() throws(Failure) {
+        do throws(Errno) { try connection.socket.sendFrame(TakeoverMessage.ready.encoded, timeoutMilliseconds: messageTimeoutMilliseconds) } catch {
+            throw Failure(exitStatus: 75, message: "takeover: could not tell the old relay (pid \(predecessor)) to stop: \(error)")
+        }
+    }
+
+    /// Tells the old relay this one could not start on the sockets: it keeps running.
+    public func fail(reason: String) {
+        try? connection.socket.sendFrame(TakeoverMessage.failed(reason: reason).encoded, timeoutMilliseconds: messageTimeoutMilliseconds)
+    }
+
+    /// Waits, at most `timeoutMilliseconds`, for the old relay's `done`: its final counts, or
+    /// `nil` when it closed the connection without them or did not answer in time.
+    public func awaitDone(timeoutMilliseconds: Int32) -> (received: UInt64, forwarded: UInt64, dropped: UInt64)? {
+        guard let frame = try? connection.socket.receiveFrame(timeoutMilliseconds: timeoutMilliseconds),
+              case .done(let received, let forwarded, let dropped)? = TakeoverMessage(decoding: frame.payload) else { return nil }
+        return (received, forwarded, dropped)
+    }
+
+    private static func read(
+        _ socket: borrowing UnixStreamSocket, timeoutMilliseconds: Int32, path: String
+    ) throws(Failure) -> (TakeoverMessage, [SocketBox]) {
+        let frame: (payload: [UInt8], sockets: [SocketBox])
+        do throws(UnixStreamSocket.FrameError) { frame = try socket.receiveFrame(timeoutMilliseconds: timeoutMilliseconds) } catch {
+            throw Failure(exitStatus: 75, message: "takeover: no answer from \(path): \(error)")
+        }
+        guard let message = TakeoverMessage(decoding: frame.payload) else {
+            throw Failure(exitStatus: 71, message: "takeover: \(path) sent a malformed message (\(frame.payload.count) bytes)")
+        }
+        return (message, frame.sockets)
+    }
+}
+
+/// The client's connection, shared by its steps (one thread uses it: the command's).
+final class ControlConnection: @unchecked Sendable {
+    let socket: UnixStreamSocket
+    init(_ socket: consuming UnixStreamSocket) { self.socket = socket }
+}

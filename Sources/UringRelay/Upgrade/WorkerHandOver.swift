@@ -1,0 +1,25 @@
+import RelayKernel
+
+/// A worker's part in handing listening sockets from one relay process to the next.
+public struct WorkerHandOver: Sendable {
+    /// The worker's index (its socket of each listener is the `worker`-th).
+    public var worker: Int
+    /// Where the worker leaves a copy of each listening socket it opens, by listener id
+    /// (`0..<count` at start-up), and the flag its stop honours.
+    public var registry: ListenerRegistry
+    /// Per listener, the socket this worker inherits from the previous process, or `nil` to
+    /// bind its own. The worker relays on a duplicate of it (so a retry on another driver
+    /// finds it again) and never binds a fresh socket beside it.
+    public var inherited: [SocketBox]?
+    /// Per inherited listener, whether every worker reads that one socket (socket activation
+    /// with one socket per listener): its kernel drops are then counted by worker 0 alone.
+    public var sharedByWorkers: [Bool]
+
+    /// A worker's hand-over part.
+    public init(worker: Int, registry: ListenerRegistry, inherited: [SocketBox]? = nil, sharedByWorkers: [Bool] = []) {
+        self.worker = worker
+        self.registry = registry
+        self.inherited = inherited
+        self.sharedByWorkers = sharedByWorkers
+    }
+}
