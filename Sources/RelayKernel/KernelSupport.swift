@@ -24,7 +24,7 @@ public enum KernelSupport {
     /// Why the io_uring driver cannot run here with these sizes, or `nil` when it can: the
     /// `auto` ladder's probe. Tries, in order, what the driver needs: ring set-up with its
     /// flags and the worker's queue sizes, a provided-buffer ring of the real size (pinned
-    /// memory: the memlock limit), the opcodes it submits, and a first multishot `recvmsg` that
+    /// memory: the memlock limit), the opcodes it submits, and a first multishot `recv` that
     /// must deliver a datagram sent to itself on 127.0.0.1.
     ///
     /// The kernel frees the probe's ring in the background after it is closed, so its pinned
@@ -57,13 +57,13 @@ public enum KernelSupport {
             try ring.submitAndWait(completions: 1, timeoutNanoseconds: 500_000_000, minimumWaitMicroseconds: 0)
         } catch { return UringProbeFailure(operation: "io_uring_enter", errno: error) }
         guard let completion = ring.nextCompletion() else {
-            return UringProbeFailure(operation: "multishot recvmsg", detail: "no completion within 500ms (kernel \(release))")
+            return UringProbeFailure(operation: "multishot recv", detail: "no completion within 500ms (kernel \(release))")
         }
         if completion.result < 0 {
-            return UringProbeFailure(operation: "multishot recvmsg (Linux 6.0+)", errno: Errno(rawValue: -completion.result))
+            return UringProbeFailure(operation: "multishot recv (Linux 6.0+)", errno: Errno(rawValue: -completion.result))
         }
         guard completion.bufferID != nil else {
-            return UringProbeFailure(operation: "multishot recvmsg", detail: "no provided buffer in the completion")
+            return UringProbeFailure(operation: "multishot recv", detail: "no provided buffer in the completion")
         }
         return nil
     }

@@ -4,7 +4,7 @@ import RelayKernel
 
 /// The io_uring driver: feeds a `RelayCore` from one ring, owned by one worker thread.
 ///
-/// A multishot `recvmsg` stays armed on every listener, taking buffers from one
+/// A multishot `recv` stays armed on every listener, taking buffers from one
 /// provided-buffer ring; sends are `send` SQEs on connected backend sockets, submitted with the
 /// next wait, in order per backend (`OrderedSends`). Each loop turn: publish recycled buffers,
 /// re-arm any receive the kernel ended, submit every queued send and wait for completions in
@@ -362,6 +362,11 @@ public struct IOUringDriver: ~Copyable {
             if completion.result >= 0, let bufferID = completion.bufferID {
                 buffers.take(bufferID)
                 queue.push(bufferID: bufferID, result: completion.result, listener: completion.userData.index)
+                receivedThisTurn = true
+            } else if completion.result == 0 {
+                // An empty datagram: multishot `recv` takes no buffer for it (and ends). It has
+                // no line to keep in order with the queued datagrams, so it is counted now.
+                core.receive(.datagram(length: 0), RawSpan(), listener: completion.userData.index, now: now)
                 receivedThisTurn = true
             } else if completion.result < 0 {
                 switch -completion.result {
