@@ -366,7 +366,7 @@ public struct IOUringDriver: ~Copyable {
             } else if completion.result == 0 {
                 // An empty datagram: multishot `recv` takes no buffer for it (and ends). It has
                 // no line to keep in order with the queued datagrams, so it is counted now.
-                core.receive(.datagram(length: 0), RawSpan(), listener: completion.userData.index, now: now)
+                countEmptyDatagram(listener: completion.userData.index, now: now)
                 receivedThisTurn = true
             } else if completion.result < 0 {
                 switch -completion.result {
@@ -409,6 +409,13 @@ public struct IOUringDriver: ~Copyable {
         case nil:
             assertionFailure("completion with unknown user_data \(completion.userData)")
         }
+    }
+
+    /// Counts an empty datagram received. Kept out of line: `handle` runs for every CQE, and
+    /// this rare path would otherwise inline a second copy of the core's whole receive path.
+    @inline(never)
+    private mutating func countEmptyDatagram(listener: UInt32, now: UInt64) {
+        core.receive(.datagram(length: 0), RawSpan(), listener: listener, now: now)
     }
 
     /// Relays queued datagrams, oldest first, while the core can take one more.
