@@ -50,7 +50,11 @@ def main() -> int:
             if backend:
                 command += ["--io-backend", backend]
             print(f"... round {round_number + 1}/{args.rounds} {label}", flush=True)
-            subprocess.run(command, check=True, stdout=subprocess.DEVNULL, timeout=1800)
+            # run.py exits 1 when a run saw a problem (kernel drops, say); its result is still
+            # written, and the rows it marks invalid are skipped below.
+            code = subprocess.run(command, stdout=subprocess.DEVNULL, timeout=1800).returncode
+            if code != 0:
+                print(f"    run.py exited {code} (see {target}); invalid rows are skipped", flush=True)
             result = json.loads(next(iter(set(target.glob("*.json")) - before)).read_text())
             baselines = {(r["workload"], r["threads"]): r for r in result["summary"] if r["target"] == "baseline"}
             for row in result["summary"]:

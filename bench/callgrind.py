@@ -268,7 +268,7 @@ def measure(relay: Path, driver: str, workload: str, n: int, work: Path, sinks: 
     warm_lines = sum(d.count(b"\n") for d in warm)
     prefix = work / f"cg.{driver}.{workload}.r{rnd}"
     log = open(work / f"relay.{driver}.{workload}.r{rnd}.log", "w")
-    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={prefix}",
+    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={prefix}"] + (["--dump-instr=yes"] if DUMP_INSTR else []) + [
            str(relay), "run", "--io-backend", driver, "--admin", "none", "--bind", "127.0.0.1",
            "--port", str(RELAY_PORT), "--threads", "1", "--rcvbuf", "268435456",
            "--packet-len", "1400", "--flush-interval", "10ms"] + [f"127.0.0.1:{p}" for p in SINK_PORTS]
@@ -368,6 +368,9 @@ def annotate(dumpfile: str, top: int) -> list[str]:
 
 # ---------------------------------------------------------------- main
 
+DUMP_INSTR = False
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--relay", required=True, type=Path)
@@ -380,11 +383,17 @@ def main() -> int:
     ap.add_argument("--thresholds", type=Path, required=True)
     ap.add_argument("--check", action="store_true", help="exit 1 if a figure is > tolerance above the file's")
     ap.add_argument("--update", action="store_true", help="write the figures into --thresholds")
+    ap.add_argument("--lower-only", action="store_true",
+                    help="with --update: write a figure only where it is below the committed one; keep the others")
     ap.add_argument("--annotate", type=int, default=0, help="top N functions of the W1 uring run")
     ap.add_argument("--json", type=Path, help="write every measurement here")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (dumps, logs)")
     ap.add_argument("--meta", default="{}", help="JSON merged into the output's context")
+    ap.add_argument("--dump-instr", action="store_true",
+                    help="count per instruction address too (callgrind --dump-instr=yes; with --keep, for bench/callgrind-hot.py)")
     a = ap.parse_args()
+    global DUMP_INSTR
+    DUMP_INSTR = a.dump_instr
 
     work = Path(tempfile.mkdtemp(prefix="callgrind-"))
     # valgrind 3.19's DWARF reader gives up on Swift 6.3's debug info ("Possibly corrupted
@@ -449,14 +458,29 @@ def main() -> int:
     status = 2 if invalid else 0
 
     if a.update and not invalid:
+        measured = {k: {"ir_per_line": max(v["ir_per_line"]), "ir_per_datagram": max(v["ir_per_datagram"])}
+                    for k, v in sorted(figures.items())}
+        if a.lower_only:
+            # A figure goes down when a change earned it; one that went up stays as committed
+            # (raising it is a decision of its own: a plain --update).
+            old = json.loads(a.thresholds.read_text())
+            merged = dict(old["figures"])
+            for k, v in measured.items():
+                if k not in merged or v["ir_per_line"] < merged[k]["ir_per_line"]:
+                    merged[k] = v
+                    print(f"lowered {k}: {v['ir_per_line']:.1f} Ir/line")
+                else:
+                    print(f"kept {k}: committed {merged[k]['ir_per_line']:.1f} <= measured {v['ir_per_line']:.1f}")
+            context = dict(context, lowered=sorted(k for k in measured if merged[k] is measured[k]),
+                           kept_from=old.get("context", {}).get("commit"))
+            measured = dict(sorted(merged.items()))
         doc = {
             "what": "user-space instructions (callgrind Ir) per line and per datagram, drain of N datagrams, "
                     "one worker, --admin none, sinks live; bench/callgrind.sh",
             "tolerance": 0.05,
             "context": context,
             "n": {"w1": a.n_w1, "w2": a.n_w2},
-            "figures": {k: {"ir_per_line": max(v["ir_per_line"]), "ir_per_datagram": max(v["ir_per_datagram"])}
-                        for k, v in sorted(figures.items())},
+            "figures": measured,
         }
         a.thresholds.write_text(json.dumps(doc, indent=1) + "\n")
         print(f"wrote {a.thresholds}")

@@ -49,15 +49,12 @@ static const unsigned cl_IORING_CQE_F_MORE = IORING_CQE_F_MORE;
 static const unsigned cl_IORING_CQE_F_BUFFER = IORING_CQE_F_BUFFER;
 static const unsigned cl_IORING_CQE_BUFFER_SHIFT = IORING_CQE_BUFFER_SHIFT;
 
-/// Size of the header the kernel writes before a multishot recvmsg payload.
-static const unsigned cl_recvmsg_out_size = sizeof(struct io_uring_recvmsg_out);
-
 // Which of the opcodes the uring driver uses the kernel lacks: 0 when it has them all, else
 // the first missing opcode number; -errno when the kernel cannot be asked.
 static inline int cl_first_missing_opcode(struct io_uring *ring) {
     struct io_uring_probe *probe = io_uring_get_probe_ring(ring);
     if (!probe) return -ENOSYS;
-    static const int needed[] = { IORING_OP_RECVMSG, IORING_OP_SEND, IORING_OP_POLL_ADD, IORING_OP_ASYNC_CANCEL };
+    static const int needed[] = { IORING_OP_RECV, IORING_OP_SEND, IORING_OP_POLL_ADD, IORING_OP_ASYNC_CANCEL };
     int missing = 0;
     for (unsigned i = 0; i < sizeof(needed) / sizeof(needed[0]); i++) {
         if (!io_uring_opcode_supported(probe, needed[i])) { missing = needed[i]; break; }

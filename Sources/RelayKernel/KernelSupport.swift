@@ -24,7 +24,7 @@ public enum KernelSupport {
     /// Why the io_uring driver cannot run here with these sizes, or `nil` when it can: the
     /// `auto` ladder's probe. Tries, in order, what the driver needs: ring set-up with its
     /// flags and the worker's queue sizes, a provided-buffer ring of the real size (pinned
-    /// memory: the memlock limit), the opcodes it submits, and a first multishot `recvmsg` that
+    /// memory: the memlock limit), the opcodes it submits, and a first multishot `recv` that
     /// must deliver a datagram sent to itself on 127.0.0.1.
     ///
     /// The kernel frees the probe's ring in the background after it is closed, so its pinned
@@ -55,7 +55,7 @@ public enum KernelSupport {
         return failure
     }
 
-    /// The probe's steps after its rings are made: the opcodes, then a multishot `recvmsg` on a
+    /// The probe's steps after its rings are made: the opcodes, then a multishot `recv` on a
     /// socket of its own that must deliver a datagram sent to itself; the receive is then
     /// cancelled and its end awaited (at most 500 ms).
     ///
@@ -78,13 +78,13 @@ public enum KernelSupport {
             try ring.submitAndWait(completions: 1, timeoutNanoseconds: 500_000_000, minimumWaitMicroseconds: 0)
             if let completion = ring.nextCompletion() {
                 if completion.result < 0 {
-                    failure = UringProbeFailure(operation: "multishot recvmsg (Linux 6.0+)", errno: Errno(rawValue: -completion.result))
+                    failure = UringProbeFailure(operation: "multishot recv (Linux 6.0+)", errno: Errno(rawValue: -completion.result))
                 } else if completion.bufferID == nil {
-                    failure = UringProbeFailure(operation: "multishot recvmsg", detail: "no provided buffer in the completion")
+                    failure = UringProbeFailure(operation: "multishot recv", detail: "no provided buffer in the completion")
                 }
                 if !completion.hasMore { armed = false }
             } else {
-                failure = UringProbeFailure(operation: "multishot recvmsg", detail: "no completion within 500ms (kernel \(release))")
+                failure = UringProbeFailure(operation: "multishot recv", detail: "no completion within 500ms (kernel \(release))")
             }
         } catch { failure = UringProbeFailure(operation: "io_uring_enter", errno: error) }
         guard armed else { return (failure, true) }

@@ -7,17 +7,24 @@ import Glibc
 /// and registers them with `io_uring_register_buf_ring(3)`, as liburing's
 /// `examples/io_uring-udp.c` does.
 ///
-/// Each buffer receives one datagram through multishot `recvmsg`, laid out by the kernel as:
+/// Each buffer receives one datagram through a multishot `recv` (`IORING_OP_RECV`), payload
+/// only, from its first byte; buffers sit `stride` bytes apart:
 /// ```
-/// +---------------------------+------------------------------------------+
-/// | io_uring_recvmsg_out (16) | payload (up to bufferBytes - 16)         |
-/// | namelen controllen        |                                          |
-/// | payloadlen flags          |                                          |
-/// +---------------------------+------------------------------------------+
+///  0                        maxPayloadBytes  bufferBytes           stride
+/// +---------------------------------------+--+---------------------+
+/// | payload (a datagram that is accepted) |+1| padding to 64 bytes |
+/// +---------------------------------------+--+---------------------+
 /// ```
-/// (no name and no control data are asked for). A buffer the kernel has filled is *held* by
+/// The kernel is given `bufferBytes = maxPayloadBytes + 1` bytes per buffer, and the receive is
+/// armed with `MSG_TRUNC`, which makes UDP report a datagram's full length even when only the
+/// buffer's worth was copied. So a result above `maxPayloadBytes` is a datagram too long for
+/// the relay: the one byte more makes that hold even where a kernel ignored `MSG_TRUNC` (its
+/// result would then be exactly `bufferBytes`). A buffer the kernel has filled is *held* by
 /// the worker until `recycle(_:)` gives it back; `publish()` makes recycled buffers visible
 /// to the kernel with one store.
+///
+/// An empty datagram takes no buffer: multishot `recv` reports it as a result of 0 without
+/// `IORING_CQE_F_BUFFER` and ends (see `Ring.armMultishotReceive`).
 ///
 /// - Warning: close the ring this is registered with before this is destroyed: the kernel
 ///   writes into these buffers for as long as a receive is armed.
@@ -29,34 +36,38 @@ public struct ProvidedBufferRing: ~Copyable {
     @inlinable var bufferRing: UnsafeMutablePointer<io_uring_buf_ring> {
         ringEntries.assumingMemoryBound(to: io_uring_buf_ring.self)
     }
-    /// The `msghdr` the multishot receive was armed with; it sets the header layout.
-    let messageHeader: UnsafeMutablePointer<msghdr>
 
     /// The buffer group ID SQEs select from.
     public let groupID: UInt16
     /// How many buffers the ring holds (a power of two).
     public let count: Int
-    /// The size of each buffer, header included.
+    /// The bytes the kernel may write into each buffer: `maxPayloadBytes + 1`.
     public let bufferBytes: Int
+    /// The longest datagram relayed (`--max-datagram`); a longer one is truncated.
+    public let maxPayloadBytes: Int
+    /// The distance between the starts of two buffers: `bufferBytes` rounded up to a cache
+    /// line, so every payload starts aligned (the line scanner reads it in vector loads).
+    @usableFromInline let stride: Int
     /// Buffers the kernel filled and the worker has not yet recycled.
     public var held: Int { heldCount }
     @usableFromInline var heldCount = 0
     /// Recycled buffers written to the ring but not yet published.
     @usableFromInline var unpublished: Int = 0
 
-    /// The bytes before the payload in each buffer.
-    public static var headerBytes: Int { Int(cl_recvmsg_out_size) }
-
-    /// Maps `count` buffers of `payloadBytes` each (plus the receive header), registers them
-    /// as group `groupID`, and gives them all to the kernel.
+    /// Maps `count` buffers for datagrams of up to `payloadBytes` (one byte more each, to tell
+    /// a longer datagram; see the type), registers them as group `groupID`, and gives them all
+    /// to the kernel.
     ///
-    /// - Precondition: `count` is a power of two no larger than 32768.
+    /// - Precondition: `count` is a power of two no larger than 32768; `payloadBytes` is
+    ///   positive and below 65535 (a UDP payload; the kernel takes a buffer length of 32 bits).
     public init(ring: borrowing Ring, groupID: UInt16, count: Int, payloadBytes: Int) throws(Errno) {
         precondition(count > 0 && count & (count - 1) == 0 && count <= 32_768, "buffer count must be a power of two ≤ 32768")
-        let bufferBytes = Self.headerBytes + payloadBytes
+        precondition(payloadBytes > 0 && payloadBytes < 65_536, "a datagram payload is 1-65535 bytes")
+        let bufferBytes = payloadBytes + 1
+        let stride = (bufferBytes + 63) & ~63
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
         let ringBytes = (count * MemoryLayout<io_uring_buf>.stride + page - 1) / page * page
-        let storageBytes = (count * bufferBytes + page - 1) / page * page
+        let storageBytes = (count * stride + page - 1) / page * page
         guard let entries = mmap(nil, ringBytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0),
               entries != MAP_FAILED else { throw Errno.current }
         guard let buffers = mmap(nil, storageBytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0),
@@ -78,12 +89,12 @@ public struct ProvidedBufferRing: ~Copyable {
         self.groupID = groupID
         self.count = count
         self.bufferBytes = bufferBytes
+        self.maxPayloadBytes = payloadBytes
+        self.stride = stride
         self.ringBytes = ringBytes
         self.storageBytes = storageBytes
         ringEntries = entries
         storage = buffers
-        messageHeader = .allocate(capacity: 1)
-        messageHeader.initialize(to: msghdr())
         io_uring_buf_ring_init(bufferRing)
         for id in 0..<count { write(bufferID: UInt16(id), at: id) }
         io_uring_buf_ring_advance(bufferRing, Int32(count))
@@ -94,7 +105,6 @@ public struct ProvidedBufferRing: ~Copyable {
         guard !keepsMapping else { return }
         munmap(ringEntries, ringBytes)
         munmap(storage, storageBytes)
-        messageHeader.deallocate()
     }
 
     private var keepsMapping = false
@@ -106,7 +116,7 @@ public struct ProvidedBufferRing: ~Copyable {
     @inlinable @inline(__always)
     func write(bufferID: UInt16, at offset: Int) {
         io_uring_buf_ring_add(
-            bufferRing, storage + Int(bufferID) * bufferBytes, UInt32(bufferBytes), bufferID,
+            bufferRing, storage + Int(bufferID) * stride, UInt32(bufferBytes), bufferID,
             io_uring_buf_ring_mask(UInt32(count)), Int32(offset))
     }
 
@@ -123,32 +133,33 @@ public struct ProvidedBufferRing: ~Copyable {
         assert(verifyInvariants())
     }
 
-    /// Decodes a filled buffer and lends its payload to `body` as a safe view.
+    /// Checks a filled buffer against the kernel's numbers and lends its payload to `body` as a
+    /// safe view.
     ///
     /// - Parameters:
     ///   - bufferID: from the CQE (`IORING_CQE_F_BUFFER`).
-    ///   - result: the CQE's `res`: the bytes written into the buffer, header included.
+    ///   - result: the CQE's `res`: the datagram's length (its full length, with `MSG_TRUNC`,
+    ///     even when only `bufferBytes` of it were copied).
     ///   - body: reads the payload; it must not keep it (the buffer is recycled afterwards).
+    /// - Returns: what `body` returns, given `.datagram(length:)` and the bytes for a datagram
+    ///   of at most `maxPayloadBytes`; `.truncated(fullLength:)` and no bytes for a longer one
+    ///   (never relayed in part: its cut last line would carry a wrong value); `.malformed` and
+    ///   no bytes for numbers that cannot come from a receive.
     @inlinable @inline(__always)
     public func withPayload<Result>(
         of bufferID: UInt16, result: Int32, _ body: (Payload, RawSpan) -> Result
     ) -> Result {
-        let header = Self.headerBytes
-        let base = storage + Int(bufferID) * bufferBytes
-        let empty = UnsafeRawBufferPointer(start: base, count: 0).bytes
+        let base = storage + Int(bufferID) * stride
         // The kernel's own numbers are checked before any is used as a length.
-        guard Int(bufferID) < count, result >= Int32(header), Int(result) <= bufferBytes else {
-            return body(.malformed, empty)
+        guard Int(bufferID) < count, result >= 0 else {
+            return body(.malformed, UnsafeRawBufferPointer(start: storage, count: 0).bytes)
         }
-        let out = base.loadUnaligned(as: io_uring_recvmsg_out.self)
-        let written = Int(result) - header
-        if out.flags & UInt32(MSG_TRUNC) != 0 || Int(out.payloadlen) > written {
-            return body(.truncated(fullLength: Int(out.payloadlen)), empty)
+        let length = Int(result)
+        if length > maxPayloadBytes {
+            return body(.truncated(fullLength: length), UnsafeRawBufferPointer(start: base, count: 0).bytes)
         }
-        let length = Int(out.payloadlen)
         // The buffer is held by this worker until recycled, so the view cannot change under it.
-        let payload = UnsafeRawBufferPointer(start: base + header, count: length).bytes
-        return body(.datagram(length: length), payload)
+        return body(.datagram(length: length), UnsafeRawBufferPointer(start: base, count: length).bytes)
     }
 
     /// Gives a held buffer back to the kernel (visible after the next `publish()`).

@@ -11,7 +11,7 @@
 public struct UserData: Equatable, Sendable, CustomStringConvertible {
     /// Which operation a completion belongs to.
     public enum Kind: UInt8, Sendable {
-        /// The multishot `recvmsg` on the listening socket.
+        /// The multishot `recv` on the listening socket.
         case receive = 1
         /// A `send` of one packed batch; the index is its send-buffer slot.
         case send = 2

@@ -2,7 +2,7 @@
 public enum IOBackendChoice: String, CaseIterable, Sendable {
     /// io_uring when the kernel allows everything the uring driver uses, else portable.
     case auto
-    /// The io_uring driver: multishot `recvmsg` on a provided-buffer ring, batched sends.
+    /// The io_uring driver: multishot `recv` on a provided-buffer ring, batched sends.
     case uring
     /// The portable driver: `recvmmsg`/`sendmmsg`, for where io_uring is blocked.
     case portable

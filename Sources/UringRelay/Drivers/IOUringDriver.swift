@@ -5,7 +5,7 @@ import RelayKernel
 /// The io_uring driver's transport steps (`WorkerTransport`, run by `WorkerLoop`): feeds a
 /// `RelayCore` from one ring, owned by one worker thread.
 ///
-/// A multishot `recvmsg` stays armed on every listener, taking buffers from one
+/// A multishot `recv` stays armed on every listener, taking buffers from one
 /// provided-buffer ring; sends are `send` SQEs on connected backend sockets, submitted with the
 /// next wait, in order per backend (`OrderedSends`). Its wait step publishes recycled buffers,
 /// re-arms any receive the kernel ended, submits every queued send and waits for completions
@@ -278,6 +278,11 @@ extension IOUringDriver {
                 buffers.take(bufferID)
                 queue.push(bufferID: bufferID, result: completion.result, listener: completion.userData.index)
                 receivedThisTurn = true
+            } else if completion.result == 0 {
+                // An empty datagram: multishot `recv` takes no buffer for it (and ends). It has
+                // no line to keep in order with the queued datagrams, so it is counted now.
+                countEmptyDatagram(listener: completion.userData.index, now: now)
+                receivedThisTurn = true
             } else if completion.result < 0 {
                 switch -completion.result {
                 case ENOBUFS:
@@ -319,6 +324,13 @@ extension IOUringDriver {
         case nil:
             assertionFailure("completion with unknown user_data \(completion.userData)")
         }
+    }
+
+    /// Counts an empty datagram received. Kept out of line: `handle` runs for every CQE, and
+    /// this rare path would otherwise inline a second copy of the core's whole receive path.
+    @inline(never)
+    private mutating func countEmptyDatagram(listener: UInt32, now: UInt64) {
+        core.receive(.datagram(length: 0), RawSpan(), listener: listener, now: now)
     }
 
     /// Relays queued datagrams, oldest first, while the core can take one more.
