@@ -281,7 +281,7 @@ extension IOUringDriver {
             } else if completion.result == 0 {
                 // An empty datagram: multishot `recv` takes no buffer for it (and ends). It has
                 // no line to keep in order with the queued datagrams, so it is counted now.
-                countEmptyDatagram(listener: completion.userData.index, now: now)
+                Self.countEmptyDatagram(into: &worker.core, listener: completion.userData.index, now: now)
                 receivedThisTurn = true
             } else if completion.result < 0 {
                 switch -completion.result {
@@ -329,7 +329,7 @@ extension IOUringDriver {
     /// Counts an empty datagram received. Kept out of line: `handle` runs for every CQE, and
     /// this rare path would otherwise inline a second copy of the core's whole receive path.
     @inline(never)
-    private mutating func countEmptyDatagram(listener: UInt32, now: UInt64) {
+    private static func countEmptyDatagram(into core: inout RelayCore, listener: UInt32, now: UInt64) {
         core.receive(.datagram(length: 0), RawSpan(), listener: listener, now: now)
     }
 
