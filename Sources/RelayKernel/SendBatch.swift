@@ -124,8 +124,10 @@ public struct SendBatch: ~Copyable {
     ///
     /// With `MSG_DONTWAIT`, a call that finds the socket buffer full fails with `EAGAIN` or
     /// stops short: that packet and the rest of the group are left unsent with `-EAGAIN`, in
-    /// order, for the caller to send later. A short call is not retried at once then: room may
-    /// have come back in between, and the packet would be taken for a refusal retried.
+    /// order, for the caller to send later. A short non-blocking call is taken for a full
+    /// buffer, not retried, when the socket's charged bytes leave no room for two more such
+    /// packets (`sendBufferFull`): retrying it at once would send it if room came back in
+    /// between, and count a full buffer as a refusal retried.
     private mutating func sendGroup(_ range: Range<Int>, descriptor: Int32, flags: Int32) {
         var next = range.lowerBound
         while next < range.upperBound {
@@ -141,10 +143,9 @@ public struct SendBatch: ~Copyable {
                     if retried[stopped] || Self.takePendingError(descriptor) != 0 {
                         results[stopped] = -EIO  // failed; the kernel did not say why
                         next += 1
-                    } else if flags & Int32(MSG_DONTWAIT) != 0 {
-                        // A full buffer stops a non-blocking call short just as a consumed
-                        // refusal does, and the two cannot be told apart: the packet and the
-                        // rest wait for room (sent again later, in order), not counted as retried.
+                    } else if flags & Int32(MSG_DONTWAIT) != 0 && Self.sendBufferFull(descriptor, packetBytes: vectors[next].iov_len) {
+                        // A full buffer stopped the call (not a refusal): the packet and the
+                        // rest wait for room, sent again later in order, not counted as retried.
                         for index in next..<range.upperBound { results[Int(order[index])] = -EAGAIN }
                         return
                     } else {
@@ -167,6 +168,19 @@ public struct SendBatch: ~Copyable {
                 next += 1
             }
         }
+    }
+
+    /// Whether a non-blocking call that stopped short was stopped by a full send buffer: what
+    /// the socket has charged and not freed (`SIOCOUTQ`) leaves no room for two more packets of
+    /// `packetBytes` with the kernel's overhead (a few hundred bytes to 2 KiB a datagram) under
+    /// its limit (`SO_SNDBUF`). With that much room it was an earlier datagram's refusal. When
+    /// the kernel cannot say, a full buffer (the packet goes again later either way).
+    private static func sendBufferFull(_ descriptor: Int32, packetBytes: Int) -> Bool {
+        let charged = cl_socket_send_queue_bytes(descriptor)
+        var limit: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        guard charged >= 0, getsockopt(descriptor, SOL_SOCKET, SO_SNDBUF, &limit, &length) == 0 else { return true }
+        return Int(charged) + 2 * (packetBytes + 2_048) > Int(limit)
     }
 
     /// Takes the socket's pending error (`SO_ERROR`, which clears it as a send would), or 0.
