@@ -35,6 +35,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import contextlib  # noqa: E402
 import io  # noqa: E402
 
+import benchlib  # noqa: E402
+
 with contextlib.redirect_stdout(io.StringIO()):  # the module prints its vectors when loaded
     from rehash_vectors import fnv1a64, jump  # noqa: E402  the reference routing, not the relay's
 
@@ -141,16 +143,8 @@ def udp_drops(port):
 
 
 def one_run(args, steering, ctx):
-    socks = []
-    for _ in range(2):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            s.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)  # SO_RCVBUFFORCE
-        except OSError:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 20)
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    specs = [f"127.0.0.1:{s.getsockname()[1]}" for s in socks]
+    socks = benchlib.sink_sockets(2, rcvbuf=64 << 20)
+    specs = [benchlib.address_of(s) for s in socks]
     log = tempfile.NamedTemporaryFile("w+", prefix="heavy-client.", delete=False)
     relay = subprocess.Popen(
         [args.relay, "--bind", "127.0.0.1", "--port", str(PORT), "--threads", str(args.threads), "--admin", "none",

@@ -24,14 +24,13 @@ import os
 import re
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "Tests", "Vectors"))
+import benchlib  # noqa: E402
 import contextlib  # noqa: E402
 import io  # noqa: E402
 
@@ -44,46 +43,11 @@ LENGTHS = [1400, 512]
 
 
 def lines_of(datagram):
-    first = datagram * LINES_PER_DATAGRAM
-    return "\n".join(f"reload.{n}:1|c" for n in range(first, first + LINES_PER_DATAGRAM)).encode()
+    return benchlib.numbered_lines("reload", datagram, LINES_PER_DATAGRAM)
 
 
 def sender(count, rate, sent):
-    """Sends datagrams 0..count-1 paced to `rate` lines/s; `sent` counts whole sends."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    interval = LINES_PER_DATAGRAM / rate
-    start = time.monotonic()
-    for datagram in range(count):
-        due = start + datagram * interval
-        delay = due - time.monotonic()
-        if delay > 0.0005:
-            time.sleep(delay)
-        sock.sendto(lines_of(datagram), ("127.0.0.1", PORT))
-        sent.value = datagram + 1
-
-
-def receiver(socks, path, stop):
-    """Writes every packet each sink receives to `path` as (backend, length, bytes) until
-    `stop` is set and one second passes with nothing arriving."""
-    import selectors
-    sel = selectors.DefaultSelector()
-    for index, sock in enumerate(socks):
-        sock.setblocking(False)
-        sel.register(sock, selectors.EVENT_READ, index)
-    last = time.monotonic()
-    with open(path, "wb") as out:
-        while True:
-            events = sel.select(0.1)
-            for key, _ in events:
-                while True:
-                    try:
-                        data = key.fileobj.recv(65536)
-                    except BlockingIOError:
-                        break
-                    out.write(struct.pack("<BI", key.data, len(data)) + data)
-                    last = time.monotonic()
-            if stop.is_set() and time.monotonic() - last > 1.0:
-                return
+    benchlib.paced_sender(PORT, "reload", LINES_PER_DATAGRAM, count, rate, sent)
 
 
 def yaml(pool, length, driver):
@@ -94,12 +58,10 @@ def yaml(pool, length, driver):
 
 def received_datagrams():
     """The relay's datagrams_received counter from /metrics (at most 250 ms old)."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{ADMIN}/metrics", timeout=5).read().decode()
-    return sum(int(float(v)) for v in re.findall(r"^statsrelay_datagrams_received_total(?:\{[^}]*\})? (\S+)$", text, re.M))
+    return benchlib.metric(benchlib.scrape(ADMIN), "statsrelay_datagrams_received_total")
 
 
-def metric(text, name):
-    return sum(int(float(v)) for v in re.findall(rf"^{name}(?:\{{[^}}]*\}})? (\S+)$", text, re.M))
+metric = benchlib.metric
 
 
 def main():
@@ -112,16 +74,8 @@ def main():
     args = ap.parse_args()
     ctx = mp.get_context("fork")
 
-    socks = []
-    for _ in range(4):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            s.setsockopt(socket.SOL_SOCKET, 33, 32 << 20)  # SO_RCVBUFFORCE, as root
-        except OSError:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 20)
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    specs = [f"127.0.0.1:{s.getsockname()[1]}" for s in socks]
+    socks = benchlib.sink_sockets(4)
+    specs = [benchlib.address_of(s) for s in socks]
     pools = [[specs[0], specs[1], specs[2]], [specs[2], specs[3]]]
     work = tempfile.mkdtemp(prefix="reload-loss.")
     config = os.path.join(work, "statsrelay.yaml")
@@ -147,7 +101,7 @@ def main():
 
     stop = ctx.Event()
     packets = os.path.join(work, "packets")
-    rx = ctx.Process(target=receiver, args=(socks, packets, stop))
+    rx = ctx.Process(target=benchlib.record_packets, args=(socks, packets, stop))
     rx.start()
     datagrams = int(args.seconds * args.rate / LINES_PER_DATAGRAM)
     sent = ctx.Value("q", 0, lock=False)
@@ -188,7 +142,7 @@ def main():
         time.sleep(0.1)
     lag = time.monotonic() - (deadline - 120)
     time.sleep(0.5)
-    metrics = urllib.request.urlopen(f"http://127.0.0.1:{ADMIN}/metrics", timeout=5).read().decode()
+    metrics = benchlib.scrape(ADMIN)
     relay.send_signal(signal.SIGTERM)
     status = relay.wait(timeout=30)
     stop.set()
@@ -209,15 +163,9 @@ def main():
         windows_hi[d] = bisect.bisect_right(read_before, d)
     too_long = []
     packet_count = 0
-    with open(packets, "rb") as f:
-        data = f.read()
-    offset = 0
     line_re = re.compile(rb"^reload\.(\d+):1\|c$")
-    while offset < len(data):
-        backend, length = struct.unpack_from("<BI", data, offset)
-        offset += 5
-        packet = data[offset:offset + length]
-        offset += length
+    for backend, packet in benchlib.recorded_packets(packets):
+        length = len(packet)
         packet_count += 1
         allowed = 0
         for line in packet.split(b"\n"):

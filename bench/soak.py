@@ -42,7 +42,8 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
+
+import benchlib
 
 PORT, ADMIN = 18145, 18147
 NAMES = 10_000
@@ -188,13 +189,10 @@ def yaml(specs, length, rise, driver, threads):
 
 
 def scrape():
-    text = urllib.request.urlopen(f"http://127.0.0.1:{ADMIN}/metrics", timeout=5).read().decode()
-    return text
+    return benchlib.scrape(ADMIN)
 
 
-def metric(text, name, labels=""):
-    pattern = rf"^{name}\{{[^}}]*{re.escape(labels)}[^}}]*\}} (\S+)$" if labels else rf"^{name}(?:\{{[^}}]*\}})? (\S+)$"
-    return sum(int(float(v)) for v in re.findall(pattern, text, re.M))
+metric = benchlib.metric
 
 
 def rss_kib(pid):
@@ -230,19 +228,14 @@ def main():
 
     socks, health = [], []
     while len(socks) < 4:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            s.setsockopt(socket.SOL_SOCKET, 33, 32 << 20)  # SO_RCVBUFFORCE, as root
-        except OSError:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 20)
-        s.bind(("127.0.0.1", 0))
+        [s] = benchlib.sink_sockets(1)
         try:
             health.append(HealthPort(s.getsockname()[1]))
         except OSError:
             s.close()  # that TCP port is taken: another UDP port
             continue
         socks.append(s)
-    specs = [f"127.0.0.1:{s.getsockname()[1]}" for s in socks]
+    specs = [benchlib.address_of(s) for s in socks]
     work = tempfile.mkdtemp(prefix="soak.")
     config = os.path.join(work, "statsrelay.yaml")
     with open(config, "w") as f:

@@ -23,51 +23,19 @@ import os
 import platform
 import re
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 
+import benchlib
+
 LINES_PER_DATAGRAM = 16
 PORT = 18175
 
 
-def lines_of(datagram):
-    first = datagram * LINES_PER_DATAGRAM
-    return "\n".join(f"take.{n}:1|c" for n in range(first, first + LINES_PER_DATAGRAM)).encode()
-
-
 def sender(count, rate, sent):
-    """Sends datagrams 0..count-1 paced to `rate` lines/s; `sent` counts whole sends."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    interval = LINES_PER_DATAGRAM / rate
-    start = time.monotonic()
-    for datagram in range(count):
-        due = start + datagram * interval
-        delay = due - time.monotonic()
-        if delay > 0.0005:
-            time.sleep(delay)
-        sock.sendto(lines_of(datagram), ("127.0.0.1", PORT))
-        sent.value = datagram + 1
-
-
-def receiver(sock, path, stop):
-    """Writes every packet the sink receives to `path` until `stop` is set and one second
-    passes with nothing arriving."""
-    sock.settimeout(0.1)
-    last = time.monotonic()
-    with open(path, "wb") as out:
-        while True:
-            try:
-                data = sock.recv(65536)
-                out.write(struct.pack("<I", len(data)) + data)
-                last = time.monotonic()
-            except socket.timeout:
-                pass
-            if stop.is_set() and time.monotonic() - last > 1.0:
-                return
+    benchlib.paced_sender(PORT, "take", LINES_PER_DATAGRAM, count, rate, sent)
 
 
 class Relay:
@@ -113,13 +81,8 @@ def main():
     globals()["PORT"] = args.port
     ctx = mp.get_context("fork")
 
-    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        sink.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)  # SO_RCVBUFFORCE, as root
-    except OSError:
-        sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 20)
-    sink.bind(("127.0.0.1", 0))
-    spec = f"127.0.0.1:{sink.getsockname()[1]}"
+    [sink] = benchlib.sink_sockets(1, rcvbuf=64 << 20)
+    spec = benchlib.address_of(sink)
     work = tempfile.mkdtemp(prefix="takeover-loss.")
     control = os.path.join(work, "control.sock")
 
@@ -129,7 +92,7 @@ def main():
 
     stop = ctx.Event()
     packets = os.path.join(work, "packets")
-    rx = ctx.Process(target=receiver, args=(sink, packets, stop))
+    rx = ctx.Process(target=benchlib.record_packets, args=([sink], packets, stop))
     rx.start()
     datagrams = int(args.seconds * args.rate / LINES_PER_DATAGRAM)
     sent = ctx.Value("q", 0, lock=False)
@@ -172,13 +135,7 @@ def main():
     lines_sent = sent.value * LINES_PER_DATAGRAM
     seen = bytearray(lines_sent)
     received = duplicated = foreign = 0
-    with open(packets, "rb") as f:
-        data = f.read()
-    offset = 0
-    while offset < len(data):
-        (length,) = struct.unpack_from("<I", data, offset)
-        payload = data[offset + 4: offset + 4 + length]
-        offset += 4 + length
+    for _, payload in benchlib.recorded_packets(packets):
         for line in payload.split(b"\n"):
             if not line:
                 continue
