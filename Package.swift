@@ -67,14 +67,20 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // The routing written again from its definition, for both test targets' expectations.
+        .target(
+            name: "RoutingReference",
+            path: "Tests/RoutingReference",
+            swiftSettings: strict
+        ),
         .testTarget(
             name: "UringRelayTests",
-            dependencies: ["UringRelay", "RelayKernel"],
+            dependencies: ["UringRelay", "RelayKernel", "RoutingReference"],
             swiftSettings: strict
         ),
         .testTarget(
             name: "UringRelayKernelTests",
-            dependencies: ["UringRelay", "RelayKernel", "statsrelay"],
+            dependencies: ["UringRelay", "RelayKernel", "statsrelay", "RoutingReference"],
             swiftSettings: strict
         ),
     ]

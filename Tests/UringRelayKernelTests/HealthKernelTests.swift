@@ -1,7 +1,8 @@
-@testable import RelayKernel
 import Foundation
 import Glibc
 import Logging
+@testable import RelayKernel
+import RoutingReference
 import Synchronization
 import Testing
 @testable import UringRelay

@@ -1,7 +1,8 @@
-@testable import RelayKernel
 import Dispatch
 import Foundation
 import Glibc
+@testable import RelayKernel
+import RoutingReference
 import Synchronization
 import Testing
 @testable import UringRelay

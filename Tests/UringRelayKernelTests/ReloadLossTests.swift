@@ -1,6 +1,7 @@
-@testable import RelayKernel
 import Foundation
 import Glibc
+@testable import RelayKernel
+import RoutingReference
 import Synchronization
 import Testing
 @testable import UringRelay

@@ -1,29 +1,12 @@
 @testable import RelayKernel
+import RoutingReference
 import Testing
 @testable import UringRelay
 
-/// Routing written again from its definition (docs/operations.md, "DogStatsD lines"), never
-/// from the code under test: FNV-1a 64, the Go StatsRelay's jump hash, and the `name+tags`
-/// key built with strings.
+/// The `name+tags` key written again from its definition (docs/operations.md, "DogStatsD
+/// lines") with strings, never from the code under test; FNV-1a 64 and the jump hash are
+/// `ReferenceRouting`'s.
 enum DogStatsDReference {
-    static func fnv1a64(_ bytes: some Sequence<UInt8>) -> UInt64 {
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in bytes { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
-        return hash
-    }
-
-    static func jump(_ key: UInt64, _ buckets: Int) -> Int {
-        var key = key
-        var bucket: Int64 = -1
-        var next: Int64 = 0
-        while next < Int64(buckets) {
-            bucket = next
-            key = key &* 2_862_933_555_777_941_757 &+ 1
-            next = Int64(Double(bucket + 1) * (Double(Int64(1) << 31) / Double((key >> 33) + 1)))
-        }
-        return Int(bucket)
-    }
-
     /// The `name+tags` key: the name alone without tags; else `name|#` and the non-empty tags
     /// sorted by their bytes, joined by `,`; past 64 tags, `name|#~` and the 16 hex digits of
     /// the sum of the tags' FNV-1a 64.
@@ -31,7 +14,7 @@ enum DogStatsDReference {
         let kept = tags.filter { !$0.isEmpty }.map { Array($0.utf8) }
         if kept.isEmpty { return Array(name.utf8) }
         if kept.count > 64 {
-            let sum = kept.reduce(UInt64(0)) { $0 &+ fnv1a64($1) }
+            let sum = kept.reduce(UInt64(0)) { $0 &+ ReferenceRouting.fnv1a64($1) }
             let hex = String(sum, radix: 16)
             return Array("\(name)|#~\(String(repeating: "0", count: 16 - hex.count))\(hex)".utf8)
         }
@@ -259,7 +242,7 @@ struct DogStatsDTests {
     func dogStatsDRouting(_ line: String, _ key: String) throws {
         for backends in [3, 7, 16] {
             let relayed = try relayThrough(line, backends: backends)
-            let expected = DogStatsDReference.jump(DogStatsDReference.fnv1a64(key.utf8), backends)
+            let expected = ReferenceRouting.jump(ReferenceRouting.fnv1a64(key.utf8), backends)
             #expect(relayed.lines[expected] == [line], "\(backends) backends")
         }
     }
@@ -311,7 +294,7 @@ struct DogStatsDTests {
             // A ring places the key by its md5 (the router's name path, held to the peers'
             // vectors in HashModeRoutingTests); jump by its FNV-1a 64.
             let expected = ringRouter?.backend(forName: String(decoding: key, as: UTF8.self))
-                ?? DogStatsDReference.jump(DogStatsDReference.fnv1a64(key), backends)
+                ?? ReferenceRouting.jump(ReferenceRouting.fnv1a64(key), backends)
             for round in 0..<4 {
                 let order = round == 0 ? tags : tags.shuffled(using: &generator)
                 let text = Self.line(name, order, suffix, form: form)
@@ -335,7 +318,7 @@ struct DogStatsDTests {
     func strictNameAndTags() throws {
         let relayed = try relayThrough(
             "a:1|c|#y,x\na:1|c|#x,y\na:1|c|#x,,y\n", backends: 7, validation: .strict, hashKey: .nameAndTags)
-        let expected = DogStatsDReference.jump(DogStatsDReference.fnv1a64(Array("a|#x,y".utf8)), 7)
+        let expected = ReferenceRouting.jump(ReferenceRouting.fnv1a64(Array("a|#x,y".utf8)), 7)
         #expect(relayed.lines[expected] == ["a:1|c|#y,x", "a:1|c|#x,y"])
         #expect(relayed.counters[.linesDroppedBadTags] == 1)
     }

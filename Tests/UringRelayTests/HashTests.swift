@@ -1,4 +1,5 @@
 @testable import RelayKernel
+import RoutingReference
 import Testing
 @testable import UringRelay
 
@@ -26,20 +27,6 @@ struct HashTests {
         #expect(JumpHash.bucket(for: key, buckets: buckets) == expected)
     }
 
-    /// The jump hash exactly as the Go StatsRelay writes it, one division per step; the relay's
-    /// version computes the first divisions ahead and must agree with it on every key.
-    static func referenceJump(_ key: UInt64, _ buckets: Int) -> Int {
-        var key = key
-        var bucket: Int64 = -1
-        var next: Int64 = 0
-        while next < Int64(buckets) {
-            bucket = next
-            key = key &* 2_862_933_555_777_941_757 &+ 1
-            next = Int64(Double(bucket + 1) * (Double(Int64(1) << 31) / Double((key >> 33) + 1)))
-        }
-        return Int(bucket)
-    }
-
     @Test("the jump hash agrees with the reference loop on every key",
           arguments: [1, 2, 3, 5, 8, 57, 1000, 1 << 20, Int(Int32.max)])
     func jumpHashMatchesReference(_ buckets: Int) {
@@ -51,7 +38,7 @@ struct HashTests {
         }
         keys += (0..<2_000).map { FNV1a.hash64("metric.\($0)") } + [0, 1, .max, .max - 1, 1 << 63]
         for key in keys {
-            #expect(JumpHash.bucket(for: key, buckets: buckets) == Self.referenceJump(key, buckets), "key \(key)")
+            #expect(JumpHash.bucket(for: key, buckets: buckets) == ReferenceRouting.jump(key, buckets), "key \(key)")
         }
     }
 
