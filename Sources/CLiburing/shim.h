@@ -209,6 +209,14 @@ static inline int cl_attach_reuseport_random(int fd, unsigned group_size) {
     return setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &program, sizeof(program));
 }
 
+/// Detaches the program of `fd`'s SO_REUSEPORT group, if any: the kernel's hash of the 4-tuple
+/// picks the socket again. Returns 0, or -1 with errno set (ENOENT: the group had none; EINVAL:
+/// the socket is in no group).
+static inline int cl_detach_reuseport(int fd) {
+    int unused = 0;
+    return setsockopt(fd, SOL_SOCKET, SO_DETACH_REUSEPORT_BPF, &unused, sizeof(unused));
+}
+
 // Socket error queue (IP_RECVERR / IPV6_RECVERR). The CMSG_* macros do not import into Swift.
 
 /// What the relay keeps of one error-queue entry (`struct sock_extended_err`, errqueue.h).

@@ -72,6 +72,19 @@ public struct UDPSocket: ~Copyable {
         } catch { throw SystemCallError("setsockopt SO_ATTACH_REUSEPORT_CBPF", localAddress.description, error) }
     }
 
+    /// Takes any steering program off this socket's `SO_REUSEPORT` group, so the kernel's hash
+    /// of each datagram's source and destination picks the socket again. A group without a
+    /// program, or a socket in no group, is left as it is.
+    ///
+    /// - Throws: `SystemCallError` for `setsockopt SO_DETACH_REUSEPORT_BPF`.
+    public func hashReusePortGroup() throws(SystemCallError) {
+        do throws(Errno) {
+            _ = try systemCall { cl_detach_reuseport(descriptor) }
+        } catch where error.rawValue == ENOENT || error.rawValue == EINVAL {
+            return
+        } catch { throw SystemCallError("setsockopt SO_DETACH_REUSEPORT_BPF", localAddress.description, error) }
+    }
+
     /// Opens a socket connected to `address`, so that sends need no destination, with its error
     /// queue enabled (`IP_RECVERR`/`IPV6_RECVERR`): each ICMP error about a datagram it sent
     /// (port unreachable: `ECONNREFUSED`) is queued for `takeErrors(limit:)`, one entry per

@@ -12,9 +12,15 @@ enum WorkerSetup {
         var listeners = UniqueArray<UDPSocket>(minimumCapacity: settings.listeners.count)
         for (index, address) in settings.listeners.enumerated() {
             let socket: UDPSocket
-            if let inherited = settings.handOver?.inherited {
-                // Its group's steering program, if any, came with it.
+            if let handOver = settings.handOver, let inherited = handOver.inherited {
                 socket = try inherited[index].socket.duplicate()
+                // The group's program, if any, came with it: this relay's --reuseport-steering
+                // replaces it (one program per group, so worker 0 sets it for all). A socket
+                // every worker reads is in no group.
+                let shared = index < handOver.sharedByWorkers.count && handOver.sharedByWorkers[index]
+                if handOver.worker == 0 && !shared {
+                    if let spread = settings.reusePortSpread { try socket.spreadReusePortGroup(over: spread) } else { try socket.hashReusePortGroup() }
+                }
             } else {
                 socket = try UDPSocket.bound(to: address, reusePort: true, receiveBufferBytes: settings.receiveBufferBytes)
                 if let spread = settings.reusePortSpread { try socket.spreadReusePortGroup(over: spread) }
