@@ -409,8 +409,21 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             reloads.recordFailure()
             throw error
         }
+        // A reload that changes the listeners has the set to itself until applied: a takeover
+        // under way would not hand over a listener added after its offer, and would hand over
+        // one closed under the new relay.
+        let wanted = candidate.listenAddresses
+        let running = state.withLock { $0.configuredListeners }
+        let changesListeners = running.contains { !wanted.contains($0) } || wanted.contains { !running.contains($0) }
+        if changesListeners && !listenerRegistry.takeListenerSet(for: .reload) {
+            reloads.recordFailure()
+            throw ConfigurationError(
+                argument: "listeners", value: wanted.map(\.description).joined(separator: ","),
+                reason: "a takeover is under way: the listeners cannot change now (the new relay reads its own configuration; reload it after the takeover, or this relay if the takeover fails)")
+        }
+        defer { if changesListeners { listenerRegistry.releaseListenerSet(from: .reload) } }
         let listenerChange: ListenerChange
-        do throws(ConfigurationError) { listenerChange = try prepareListeners(candidate.listenAddresses) } catch {
+        do throws(ConfigurationError) { listenerChange = try prepareListeners(wanted) } catch {
             reloads.recordFailure()
             throw error
         }

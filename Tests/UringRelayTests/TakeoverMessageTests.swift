@@ -66,3 +66,22 @@ struct TakeoverDescriptorBudgetTests {
         #expect(with.total == without.total + 4 * 2 + 1)
     }
 }
+
+/// The listener set held by one of a takeover and a reload at a time (`ListenerRegistry`).
+@Suite("Listener set: a takeover and a reload exclude each other")
+struct ListenerSetUseTests {
+    @Test("while one use holds it the other is refused; only the holder gives it back", arguments: [
+        (ListenerRegistry.ListenerSetUse.takeover, ListenerRegistry.ListenerSetUse.reload),
+        (.reload, .takeover),
+    ])
+    func exclusion(_ holder: ListenerRegistry.ListenerSetUse, _ other: ListenerRegistry.ListenerSetUse) {
+        let registry = ListenerRegistry(keepsCopies: false)
+        #expect(registry.takeListenerSet(for: holder))
+        #expect(!registry.takeListenerSet(for: other))
+        #expect(!registry.takeListenerSet(for: holder))
+        registry.releaseListenerSet(from: other)
+        #expect(!registry.takeListenerSet(for: other), "released by the one that does not hold it")
+        registry.releaseListenerSet(from: holder)
+        #expect(registry.takeListenerSet(for: other))
+    }
+}

@@ -161,14 +161,22 @@ public final class ControlServer: Sendable {
             try? connection.sendFrame(TakeoverMessage.refused(code: .malformed, reason: "expected takeover, got \(request.verb)").encoded, timeoutMilliseconds: 1_000)
             return false
         }
-        let offer: [(address: SocketAddress, sockets: [SocketBox])]
-        switch prepareOffer(version: version, threads: threads, listeners: listeners) {
-        case .success(let prepared): offer = prepared
-        case .failure(let refusal):
+        func refuse(_ refusal: Refusal) -> Bool {
             metadata["reason"] = "\(TakeoverMessage.loggable(refusal.reason))"
             logger.warning("takeover refused: this relay keeps running", metadata: metadata)
             try? connection.sendFrame(TakeoverMessage.refused(code: refusal.code, reason: refusal.reason).encoded, timeoutMilliseconds: 1_000)
             return false
+        }
+        // The listener set stays as offered until the takeover fails, or for good.
+        guard relay.listenerRegistry.takeListenerSet(for: .takeover) else {
+            return refuse(Refusal(code: .busy, reason: "a reload is changing the listeners; try again once it is done"))
+        }
+        let offer: [(address: SocketAddress, sockets: [SocketBox])]
+        switch prepareOffer(version: version, threads: threads, listeners: listeners) {
+        case .success(let prepared): offer = prepared
+        case .failure(let refusal):
+            relay.listenerRegistry.releaseListenerSet(from: .takeover)
+            return refuse(refusal)
         }
         // From the offer on, another process may hold the sockets: a stop that begins now (a
         // SIGTERM during the handshake) must not connect them to themselves under the new relay.
@@ -187,6 +195,7 @@ public final class ControlServer: Sendable {
             metadata["error"] = "\(error)"
             logger.warning("takeover abandoned: the sockets could not be sent; this relay keeps running", metadata: metadata)
             relay.listenerRegistry.shareListeners(false)
+            relay.listenerRegistry.releaseListenerSet(from: .takeover)
             return false
         }
         logger.notice("takeover: listening sockets sent; waiting for the new relay to start on them", metadata: metadata)
@@ -200,6 +209,7 @@ public final class ControlServer: Sendable {
             logger.warning("takeover failed in the new relay; this one keeps running", metadata: metadata)
             // The new relay has stopped its workers (or never started them), or will exit.
             relay.listenerRegistry.shareListeners(false)
+            relay.listenerRegistry.releaseListenerSet(from: .takeover)
             return false
         }
     }

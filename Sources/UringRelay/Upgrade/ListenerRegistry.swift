@@ -13,6 +13,16 @@ public final class ListenerRegistry: Sendable {
     private let copies = Mutex<[UInt32: [Int: SocketBox]]>([:])
     private let shared = Atomic<Bool>(false)
     private let heldElsewhere = Atomic<Bool>(false)
+    private let listenerSet = Mutex<ListenerSetUse?>(nil)
+
+    /// What has the set of listeners to itself for a while: a takeover, from its offer until it
+    /// fails (or for good, once handed over), or a reload changing the listeners. Either would
+    /// make the other wrong: a listener added after the offer is not handed over, and a listener
+    /// removed after it would be closed under the new relay.
+    public enum ListenerSetUse: Sendable, Equatable {
+        case takeover
+        case reload
+    }
 
     /// Whether copies are kept at all (only a relay with a control socket can hand over).
     public let keepsCopies: Bool
@@ -24,6 +34,22 @@ public final class ListenerRegistry: Sendable {
     public func keep(_ copy: SocketBox, listener: UInt32, worker: Int) {
         guard keepsCopies else { return }
         copies.withLock { $0[listener, default: [:]][worker] = copy }
+    }
+
+    /// Takes the listener set for `use`; `false` (nothing taken) while the other use has it.
+    public func takeListenerSet(for use: ListenerSetUse) -> Bool {
+        listenerSet.withLock { current in
+            guard current == nil else { return false }
+            current = use
+            return true
+        }
+    }
+
+    /// Gives the listener set back after `use` (a reload applied, a takeover that failed).
+    public func releaseListenerSet(from use: ListenerSetUse) {
+        listenerSet.withLock { current in
+            if current == use { current = nil }
+        }
     }
 
     /// Forgets listener `listener`'s copies (a reload removed it): they close.
