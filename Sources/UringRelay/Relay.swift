@@ -238,7 +238,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             var workerSettings = WorkerSettings(configuration: config, listeners: listen, routing: routing, holdBudget: holdBudget)
             workerSettings.handOver = WorkerHandOver(
                 worker: index, registry: listenerRegistry, inherited: inherited?.sockets(worker: index),
-                sharedByWorkers: inherited?.sharedByWorkers ?? [])
+                sharedByWorkers: inherited?.sharedByWorkers ?? [], inheritedDropBaselines: inherited?.dropBaselines?.map { $0[index] })
             let settings = workerSettings
             let board = settings.board
             let control: WorkerControl

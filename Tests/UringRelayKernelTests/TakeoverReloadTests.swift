@@ -39,7 +39,7 @@ struct TakeoverReloadTests {
             let request = TakeoverMessage.takeover(version: TakeoverMessage.version, threads: 1, listeners: [first.description])
             try holder.sendFrame(request.encoded, timeoutMilliseconds: 2_000)
             let offer = try holder.receiveFrame(timeoutMilliseconds: 5_000)
-            #expect(TakeoverMessage(decoding: offer.payload) == .offer(version: 1, threads: 1, listeners: 1, pid: relay.process.processIdentifier))
+            #expect(TakeoverMessage(decoding: offer.payload) == .offer(version: TakeoverMessage.version, threads: 1, listeners: 1, pid: relay.process.processIdentifier))
             let sockets = try holder.receiveFrame(timeoutMilliseconds: 5_000)
             #expect(sockets.sockets.count == 1)
 

@@ -11,6 +11,7 @@ struct TakeoverMessageTests {
         .refused(code: .busy, reason: "another takeover is under way"),
         .offer(version: 1, threads: 2, listeners: 3, pid: 4242),
         .sockets(index: 2, address: "[::1]:8125"),
+        .sockets(index: 0, address: "127.0.0.1:8125", drops: [17, nil, 4_294_967_295]),
         .ready,
         .failed(reason: "bind udp 0.0.0.0:8125: Address already in use (errno 98)"),
         .done(received: 100, forwarded: 99, dropped: 1),
@@ -25,13 +26,19 @@ struct TakeoverMessageTests {
             == "takeover version=1 threads=2 listeners=127.0.0.1:8125,[::1]:8125")
         #expect(String(decoding: TakeoverMessage.done(received: 3, forwarded: 2, dropped: 1).encoded, as: UTF8.self)
             == "done received=3 forwarded=2 dropped=1")
+        // Version 1's form has no drops; version 2 adds them, `-` for a counter not known.
+        #expect(String(decoding: TakeoverMessage.sockets(index: 1, address: "127.0.0.1:8125").encoded, as: UTF8.self)
+            == "sockets index=1 address=127.0.0.1:8125")
+        #expect(String(decoding: TakeoverMessage.sockets(index: 1, address: "127.0.0.1:8125", drops: [5, nil]).encoded, as: UTF8.self)
+            == "sockets index=1 address=127.0.0.1:8125 drops=5,-")
     }
 
     @Test("anything else is not a message", arguments: [
         "", "hello", "ready now", "ready extra=1", "takeover version=1 threads=2", "takeover version=x threads=2 listeners=a",
         "takeover version=1 threads=2 listeners=", "takeover version=1 version=1 threads=2 listeners=a",
         "refused code=bogus reason=x", "refused code=busy", "offer version=1 threads=2 listeners=1 pid=big",
-        "sockets index=0", "failed", "done received=1 forwarded=2", "done received=-1 forwarded=2 dropped=0",
+        "sockets index=0", "sockets index=0 address=a drops=1,x", "sockets index=0 address=a drops=4294967296",
+        "sockets index=0 address=a drops=1,,2", "sockets index=0 address=a extra=1", "failed", "done received=1 forwarded=2", "done received=-1 forwarded=2 dropped=0",
         "ready\n", "ready\u{7f}",
     ])
     func rejects(text: String) {

@@ -33,6 +33,9 @@ struct WorkerListener: ~Copyable {
 struct WorkerListeners: ~Copyable {
     private var entries: UniqueArray<WorkerListener>
     private var nextDropRead: UInt64 = 0
+    /// Where a takeover freezes what this relay counts of the kernel drops, and this worker's
+    /// index there (`nil`: no takeover can happen).
+    private let handOver: (registry: ListenerRegistry, worker: Int)?
     /// The receipts of removals whose listeners are still draining.
     private var removals: [CommandReceipt] = []
     /// Whether a receive was still armed on a listener when a stop out of time closed them all
@@ -53,6 +56,7 @@ struct WorkerListeners: ~Copyable {
     ///
     /// - Throws: `SystemCallError` from the first that cannot be bound (those bound close).
     init(settings: WorkerSettings, core: inout RelayCore) throws(SystemCallError) {
+        handOver = settings.handOver.map { ($0.registry, $0.worker) }
         var sockets = try WorkerSetup.listeners(settings)
         let baselines = WorkerSetup.dropBaselines(sockets, settings: settings)
         entries = UniqueArray(minimumCapacity: sockets.count)
@@ -221,7 +225,14 @@ struct WorkerListeners: ~Copyable {
 
     private mutating func countDrops(at index: Int, core: inout RelayCore) {
         // nil when the kernel would not say.
-        guard entries[index].countsDrops, let counter = entries[index].socket.kernelDrops else { return }
+        guard entries[index].countsDrops else { return }
+        let reading = if let handOver {
+            handOver.registry.kernelDrops(
+                of: entries[index].socket, listener: entries[index].id, worker: handOver.worker, since: entries[index].dropBaseline)
+        } else {
+            entries[index].socket.kernelDrops
+        }
+        guard let counter = reading else { return }
         let new = UInt64(counter &- entries[index].dropBaseline)
         entries[index].dropBaseline = counter
         core.countKernelDrops(new, listener: entries[index].id)

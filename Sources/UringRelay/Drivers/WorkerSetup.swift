@@ -33,9 +33,10 @@ enum WorkerSetup {
         return listeners
     }
 
-    /// The kernel drop counter each listener starts from (`WorkerListeners`): its value now for
-    /// an inherited socket, whose earlier drops the previous process counted; 0 for one this
-    /// worker bound; `nil` (not counted) for a socket every worker reads, but in worker 0.
+    /// The kernel drop counter each listener starts from (`WorkerListeners`): for an inherited
+    /// socket, where the previous process stopped counting (it says so from protocol version 2
+    /// on), else its value now; 0 for one this worker bound; `nil` (not counted) for a socket
+    /// every worker reads, but in worker 0.
     static func dropBaselines(_ listeners: borrowing UniqueArray<UDPSocket>, settings: WorkerSettings) -> [UInt32?] {
         var baselines: [UInt32?] = []
         let handOver = settings.handOver
@@ -45,7 +46,13 @@ enum WorkerSetup {
                 continue
             }
             let shared = index < handOver.sharedByWorkers.count && handOver.sharedByWorkers[index]
-            baselines.append(shared && handOver.worker != 0 ? nil : listeners[index].kernelDrops ?? 0)
+            if shared && handOver.worker != 0 {
+                baselines.append(nil)
+            } else if let given = handOver.inheritedDropBaselines, index < given.count, let baseline = given[index] {
+                baselines.append(baseline)
+            } else {
+                baselines.append(listeners[index].kernelDrops ?? 0)
+            }
         }
         return baselines
     }

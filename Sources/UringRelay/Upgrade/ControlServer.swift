@@ -171,7 +171,7 @@ public final class ControlServer: Sendable {
         guard relay.listenerRegistry.takeListenerSet(for: .takeover) else {
             return refuse(Refusal(code: .busy, reason: "a reload is changing the listeners; try again once it is done"))
         }
-        let offer: [(address: SocketAddress, sockets: [SocketBox])]
+        let offer: [(address: SocketAddress, id: UInt32, sockets: [SocketBox])]
         switch prepareOffer(version: version, threads: threads, listeners: listeners) {
         case .success(let prepared): offer = prepared
         case .failure(let refusal):
@@ -181,20 +181,27 @@ public final class ControlServer: Sendable {
         // From the offer on, another process may hold the sockets: a stop that begins now (a
         // SIGTERM during the handshake) must not connect them to themselves under the new relay.
         relay.listenerRegistry.shareListeners(true)
+        // From version 2 on, the kernel drops counted here stop at the counters' values now and
+        // the new relay counts from them: no drop of the sockets both relays read is counted
+        // twice or not at all.
+        let frozen = version >= 2
+            ? relay.listenerRegistry.freezeKernelDrops(listeners: offer.map(\.id), copies: offer.map(\.sockets))
+            : nil
         do throws(Errno) {
             let pid = getpid()
             try connection.sendFrame(
-                TakeoverMessage.offer(version: TakeoverMessage.version, threads: threads, listeners: offer.count, pid: pid).encoded,
+                TakeoverMessage.offer(version: version, threads: threads, listeners: offer.count, pid: pid).encoded,
                 timeoutMilliseconds: messageTimeoutMilliseconds)
             for (index, listener) in offer.enumerated() {
                 try connection.sendFrame(
-                    TakeoverMessage.sockets(index: index, address: listener.address.description).encoded, passing: listener.sockets,
-                    timeoutMilliseconds: messageTimeoutMilliseconds)
+                    TakeoverMessage.sockets(index: index, address: listener.address.description, drops: frozen?[index]).encoded,
+                    passing: listener.sockets, timeoutMilliseconds: messageTimeoutMilliseconds)
             }
         } catch {
             metadata["error"] = "\(error)"
             logger.warning("takeover abandoned: the sockets could not be sent; this relay keeps running", metadata: metadata)
             relay.listenerRegistry.shareListeners(false)
+            relay.listenerRegistry.thawKernelDrops()
             relay.listenerRegistry.releaseListenerSet(from: .takeover)
             return false
         }
@@ -209,6 +216,7 @@ public final class ControlServer: Sendable {
             logger.warning("takeover failed in the new relay; this one keeps running", metadata: metadata)
             // The new relay has stopped its workers (or never started them), or will exit.
             relay.listenerRegistry.shareListeners(false)
+            relay.listenerRegistry.thawKernelDrops()
             relay.listenerRegistry.releaseListenerSet(from: .takeover)
             return false
         }
@@ -224,9 +232,11 @@ public final class ControlServer: Sendable {
     /// listener, in listener-id order.
     private func prepareOffer(
         version: Int, threads: Int, listeners: [String]
-    ) -> Result<[(address: SocketAddress, sockets: [SocketBox])], Refusal> {
-        guard version == TakeoverMessage.version else {
-            return .failure(Refusal(code: .version, reason: "protocol version \(version) asked, this relay speaks \(TakeoverMessage.version)"))
+    ) -> Result<[(address: SocketAddress, id: UInt32, sockets: [SocketBox])], Refusal> {
+        guard TakeoverMessage.versions.contains(version) else {
+            return .failure(Refusal(
+                code: .version,
+                reason: "protocol version \(version) asked, this relay speaks \(TakeoverMessage.versions.map(String.init).joined(separator: ", "))"))
         }
         let view = relay.handOverView
         guard view.started, !view.stopping else { return .failure(Refusal(code: .busy, reason: "the relay is not running (starting or stopping)")) }
@@ -245,12 +255,12 @@ public final class ControlServer: Sendable {
         guard threads <= UnixStreamSocket.maximumDescriptorsPerFrame else {
             return .failure(Refusal(code: .mismatch, reason: "more than \(UnixStreamSocket.maximumDescriptorsPerFrame) workers"))
         }
-        var offer: [(address: SocketAddress, sockets: [SocketBox])] = []
+        var offer: [(address: SocketAddress, id: UInt32, sockets: [SocketBox])] = []
         for (address, id) in zip(view.bound, view.ids) {
             guard let sockets = relay.listenerRegistry.sockets(listener: id, workers: threads) else {
                 return .failure(Refusal(code: .busy, reason: "listener \(address) is not open in every worker"))
             }
-            offer.append((address, sockets))
+            offer.append((address, id, sockets))
         }
         return .success(offer)
     }

@@ -11,6 +11,9 @@ public struct InheritedListeners: Sendable {
     /// activation): the relay's stop then always closes them as they are, so what they hold
     /// waits there for the next start (`ListenerRegistry.listenersShared`).
     public var heldElsewhere = false
+    /// Per listener and worker, the kernel drop counter at which the previous relay stopped
+    /// counting that socket's drops (`sockets … drops=`, protocol version 2), or `nil`.
+    public var dropBaselines: [[UInt32?]]?
 
     /// Sockets of `addresses.count` listeners, `sockets[listener][worker]`.
     ///

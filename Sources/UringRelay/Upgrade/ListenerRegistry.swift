@@ -14,6 +14,8 @@ public final class ListenerRegistry: Sendable {
     private let shared = Atomic<Bool>(false)
     private let heldElsewhere = Atomic<Bool>(false)
     private let listenerSet = Mutex<ListenerSetUse?>(nil)
+    private let dropLimits = Mutex<[UInt32: [Int: UInt32]]>([:])
+    private let hasDropLimits = Atomic<Bool>(false)
 
     /// What has the set of listeners to itself for a while: a takeover, from its offer until it
     /// fails (or for good, once handed over), or a reload changing the listeners. Either would
@@ -49,6 +51,52 @@ public final class ListenerRegistry: Sendable {
     public func releaseListenerSet(from use: ListenerSetUse) {
         listenerSet.withLock { current in
             if current == use { current = nil }
+        }
+    }
+
+    /// Worker `worker`'s reading of listener `listener`'s kernel drop counter (`socket`'s), as
+    /// far as this relay counts it: the counter, or the value a takeover froze it at
+    /// (`freezeKernelDrops`) when it has gone past it. Reading and freezing exclude each other,
+    /// so a reading is either before the freeze (at most its value) or limited by it.
+    ///
+    /// One atomic load while no takeover is under way; read at counter publication, never per
+    /// datagram.
+    public func kernelDrops(of socket: borrowing UDPSocket, listener: UInt32, worker: Int, since baseline: UInt32) -> UInt32? {
+        guard hasDropLimits.load(ordering: .acquiring) else { return socket.kernelDrops }
+        return dropLimits.withLock { limits in
+            guard let counter = socket.kernelDrops else { return nil }
+            guard let limit = limits[listener]?[worker] else { return counter }
+            // Wrapping distances from the last reading: whichever comes first.
+            return limit &- baseline < counter &- baseline ? limit : counter
+        }
+    }
+
+    /// Freezes, for a takeover, what this relay counts of the kernel drops of the sockets in
+    /// `copies` (listener id → each worker's copy, in worker order): returns each one's counter
+    /// now, per listener in `ids` order and worker, for the new relay to count from. Drops from
+    /// then on are the new relay's; `thawKernelDrops` gives them back if the takeover fails.
+    public func freezeKernelDrops(listeners ids: [UInt32], copies: [[SocketBox]]) -> [[UInt32?]] {
+        dropLimits.withLock { limits in
+            var frozen: [[UInt32?]] = []
+            for (id, sockets) in zip(ids, copies) {
+                var values: [UInt32?] = []
+                for (worker, copy) in sockets.enumerated() {
+                    let value = copy.socket.kernelDrops
+                    if let value { limits[id, default: [:]][worker] = value }
+                    values.append(value)
+                }
+                frozen.append(values)
+            }
+            hasDropLimits.store(!limits.isEmpty, ordering: .releasing)
+            return frozen
+        }
+    }
+
+    /// Counts every kernel drop again (a takeover failed after `freezeKernelDrops`).
+    public func thawKernelDrops() {
+        dropLimits.withLock { limits in
+            limits = [:]
+            hasDropLimits.store(false, ordering: .releasing)
         }
     }
 

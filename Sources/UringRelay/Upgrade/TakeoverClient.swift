@@ -39,45 +39,38 @@ public final class TakeoverClient: Sendable {
         path: String, threads: Int, listeners: [SocketAddress], messageTimeoutMilliseconds: Int32 = 5_000,
         offerTimeoutMilliseconds: Int32 = 10_000
     ) throws(Failure) -> (client: TakeoverClient, listeners: InheritedListeners) {
-        let socket: UnixStreamSocket
-        do throws(SystemCallError) { socket = try UnixStreamSocket.connected(to: path) } catch {
-            throw Failure(exitStatus: 75, message: "takeover: no running relay reachable at \(path): \(error)")
-        }
-        let box = ControlConnection(socket)
-        let request = TakeoverMessage.takeover(version: TakeoverMessage.version, threads: threads, listeners: listeners.map(\.description))
-        var sendError: Errno?
-        do throws(Errno) { try box.socket.sendFrame(request.encoded, timeoutMilliseconds: messageTimeoutMilliseconds) } catch {
-            // A relay busy with another takeover refuses at once and closes, maybe before the
-            // request arrived (EPIPE): its refusal is still there to read.
-            sendError = error
-        }
-        let first: TakeoverMessage
-        let stray: [SocketBox]
-        do throws(Failure) {
-            (first, stray) = try read(box.socket, timeoutMilliseconds: sendError == nil ? offerTimeoutMilliseconds : 1_000, path: path)
-        } catch {
-            if let sendError { throw Failure(exitStatus: 75, message: "takeover: could not send the request to \(path): \(sendError)") }
-            throw error
-        }
-        guard stray.isEmpty else { throw Failure(exitStatus: 71, message: "takeover: \(path) sent sockets before its offer") }
+        // The newest version first; a relay that speaks only an older one refuses it
+        // (`code=version`) and is asked again in the next older.
+        var version = TakeoverMessage.version
+        var box: ControlConnection
         let pid: Int32
-        switch first {
-        case .offer(let version, let offeredThreads, let count, let offeredPID):
-            guard version == TakeoverMessage.version, offeredThreads == threads, count == listeners.count else {
-                throw Failure(exitStatus: 71, message: "takeover: \(path) offered \(offeredThreads) workers × \(count) listeners (version \(version)), not \(threads) × \(listeners.count)")
+        while true {
+            box = try request(path: path, version: version, threads: threads, listeners: listeners, messageTimeoutMilliseconds: messageTimeoutMilliseconds)
+            let (first, stray) = try firstAnswer(box, path: path, offerTimeoutMilliseconds: offerTimeoutMilliseconds)
+            guard stray.isEmpty else { throw Failure(exitStatus: 71, message: "takeover: \(path) sent sockets before its offer") }
+            switch first {
+            case .offer(let offeredVersion, let offeredThreads, let count, let offeredPID):
+                guard offeredVersion == version, offeredThreads == threads, count == listeners.count else {
+                    throw Failure(exitStatus: 71, message: "takeover: \(path) offered \(offeredThreads) workers × \(count) listeners (version \(offeredVersion)), not \(threads) × \(listeners.count) (version \(version))")
+                }
+                pid = offeredPID
+            case .refused(.version, _) where version > TakeoverMessage.versions.lowerBound:
+                version -= 1
+                continue
+            case .refused(let code, let reason):
+                let status: Int32 = code == .mismatch || code == .version ? 64 : 75
+                throw Failure(exitStatus: status, message: "takeover refused by the running relay (\(code.rawValue)): \(TakeoverMessage.loggable(reason)); it keeps running")
+            default:
+                throw Failure(exitStatus: 71, message: "takeover: \(path) answered '\(first.verb)', not an offer")
             }
-            pid = offeredPID
-        case .refused(let code, let reason):
-            let status: Int32 = code == .mismatch || code == .version ? 64 : 75
-            throw Failure(exitStatus: status, message: "takeover refused by the running relay (\(code.rawValue)): \(TakeoverMessage.loggable(reason)); it keeps running")
-        default:
-            throw Failure(exitStatus: 71, message: "takeover: \(path) answered '\(first.verb)', not an offer")
+            break
         }
         var addresses: [SocketAddress] = []
         var sockets: [[SocketBox]] = []
+        var dropBaselines: [[UInt32?]?] = []
         for (index, wanted) in listeners.enumerated() {
             let (message, passed) = try read(box.socket, timeoutMilliseconds: messageTimeoutMilliseconds, path: path)
-            guard case .sockets(index, let spec) = message else {
+            guard case .sockets(index, let spec, let drops) = message else {
                 throw Failure(exitStatus: 71, message: "takeover: \(path) sent '\(message.verb)' where listener \(index)'s sockets were due")
             }
             guard passed.count == threads else {
@@ -96,9 +89,42 @@ public final class TakeoverClient: Sendable {
             }
             addresses.append(bound)
             sockets.append(passed)
+            dropBaselines.append(drops?.count == threads ? drops : nil)
         }
-        return (TakeoverClient(connection: box, predecessor: pid, messageTimeoutMilliseconds: messageTimeoutMilliseconds),
-                InheritedListeners(addresses: addresses, sockets: sockets))
+        var inherited = InheritedListeners(addresses: addresses, sockets: sockets)
+        // Only whole: otherwise every socket's drops are counted from their value at start.
+        if dropBaselines.allSatisfy({ $0 != nil }) { inherited.dropBaselines = dropBaselines.map { $0! } }
+        return (TakeoverClient(connection: box, predecessor: pid, messageTimeoutMilliseconds: messageTimeoutMilliseconds), inherited)
+    }
+
+    /// Connects to `path` and asks, in protocol `version`, for the sockets.
+    private static func request(
+        path: String, version: Int, threads: Int, listeners: [SocketAddress], messageTimeoutMilliseconds: Int32
+    ) throws(Failure) -> ControlConnection {
+        let socket: UnixStreamSocket
+        do throws(SystemCallError) { socket = try UnixStreamSocket.connected(to: path) } catch {
+            throw Failure(exitStatus: 75, message: "takeover: no running relay reachable at \(path): \(error)")
+        }
+        let box = ControlConnection(socket)
+        let request = TakeoverMessage.takeover(version: version, threads: threads, listeners: listeners.map(\.description))
+        do throws(Errno) { try box.socket.sendFrame(request.encoded, timeoutMilliseconds: messageTimeoutMilliseconds) } catch {
+            // A relay busy with another takeover refuses at once and closes, maybe before the
+            // request arrived (EPIPE): its refusal is still there to read.
+            box.sendError = error
+        }
+        return box
+    }
+
+    /// The running relay's answer to the request: an offer or a refusal.
+    private static func firstAnswer(
+        _ box: ControlConnection, path: String, offerTimeoutMilliseconds: Int32
+    ) throws(Failure) -> (TakeoverMessage, [SocketBox]) {
+        do throws(Failure) {
+            return try read(box.socket, timeoutMilliseconds: box.sendError == nil ? offerTimeoutMilliseconds : 1_000, path: path)
+        } catch {
+            if let sendError = box.sendError { throw Failure(exitStatus: 75, message: "takeover: could not send the request to \(path): \(sendError)") }
+            throw error
+        }
     }
 
     /// Tells the old relay this one relays on the sockets: it stops receiving, sends what it
@@ -142,5 +168,7 @@ public final class TakeoverClient: Sendable {
 /// The client's connection, shared by its steps (one thread uses it: the command's).
 final class ControlConnection: @unchecked Sendable {
     let socket: UnixStreamSocket
+    /// Why the request could not be sent, if it could not (a refusal may still be there to read).
+    var sendError: Errno?
     init(_ socket: consuming UnixStreamSocket) { self.socket = socket }
 }

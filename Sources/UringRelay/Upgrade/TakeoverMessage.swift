@@ -4,15 +4,20 @@
 /// A message is printable ASCII: a verb, then `key=value` fields separated by spaces; a
 /// `reason=` field, when present, is the last and runs to the end (it may hold spaces).
 /// ```
-/// takeover version=1 threads=2 listeners=127.0.0.1:8125,[::1]:8125     new → old
+/// takeover version=2 threads=2 listeners=127.0.0.1:8125,[::1]:8125     new → old
 /// refused code=mismatch reason=listeners differ: …                    old → new
-/// offer version=1 threads=2 listeners=2 pid=4242                      old → new
-/// sockets index=0 address=127.0.0.1:8125        (+ one socket per worker, SCM_RIGHTS)
+/// offer version=2 threads=2 listeners=2 pid=4242                      old → new
+/// sockets index=0 address=127.0.0.1:8125 drops=17,0   (+ one socket per worker, SCM_RIGHTS)
 /// ready                                                               new → old
 /// failed reason=bind …                                                new → old
 /// done received=1000 forwarded=1000 dropped=0                         old → new
 /// ```
 /// The handshake and what each side does in between: docs/operations.md, "Upgrade".
+///
+/// Versions: the new relay asks for the newest it speaks; an old relay that speaks only an
+/// older one refuses (`code=version`) and the new relay asks again with that one. The offer
+/// names the version both then speak. Version 2 adds `drops=` to `sockets`: per worker, the
+/// socket's kernel drop counter when the old relay stopped counting it (`-`: unknown).
 public enum TakeoverMessage: Equatable, Sendable {
     /// The new process asks for the listening sockets, saying what it would run.
     case takeover(version: Int, threads: Int, listeners: [String])
@@ -20,8 +25,9 @@ public enum TakeoverMessage: Equatable, Sendable {
     case refused(code: RefusalCode, reason: String)
     /// The old process hands over: `listeners` `sockets` messages follow.
     case offer(version: Int, threads: Int, listeners: Int, pid: Int32)
-    /// Listener `index` (bound to `address`): the frame carries one socket per worker.
-    case sockets(index: Int, address: String)
+    /// Listener `index` (bound to `address`): the frame carries one socket per worker; from
+    /// version 2, each one's kernel drop counter where the old relay stopped counting it.
+    case sockets(index: Int, address: String, drops: [UInt32?]? = nil)
     /// The new process relays on the sockets: the old one may stop.
     case ready
     /// The new process could not start on the sockets: the old one keeps running.
@@ -29,8 +35,10 @@ public enum TakeoverMessage: Equatable, Sendable {
     /// The old process has stopped and sent every batch: its final counts.
     case done(received: UInt64, forwarded: UInt64, dropped: UInt64)
 
-    /// The protocol version this relay speaks.
-    public static let version = 1
+    /// The newest protocol version this relay speaks (and asks for).
+    public static let version = 2
+    /// Every version this relay speaks.
+    public static let versions: ClosedRange<Int> = 1...version
 
     /// Why an old process refused a takeover.
     public enum RefusalCode: String, Sendable {
@@ -51,7 +59,8 @@ public enum TakeoverMessage: Equatable, Sendable {
             "takeover version=\(version) threads=\(threads) listeners=\(listeners.joined(separator: ","))"
         case .refused(let code, let reason): "refused code=\(code.rawValue) reason=\(Self.printable(reason))"
         case .offer(let version, let threads, let listeners, let pid): "offer version=\(version) threads=\(threads) listeners=\(listeners) pid=\(pid)"
-        case .sockets(let index, let address): "sockets index=\(index) address=\(address)"
+        case .sockets(let index, let address, let drops):
+            "sockets index=\(index) address=\(address)" + (drops.map { " drops=" + $0.map { $0.map(String.init) ?? "-" }.joined(separator: ",") } ?? "")
         case .ready: "ready"
         case .failed(let reason): "failed reason=\(Self.printable(reason))"
         case .done(let received, let forwarded, let dropped): "done received=\(received) forwarded=\(forwarded) dropped=\(dropped)"
@@ -90,8 +99,22 @@ public enum TakeoverMessage: Equatable, Sendable {
                   let listeners = number("listeners"), let pid = number("pid", Int32.self) else { return nil }
             self = .offer(version: version, threads: threads, listeners: listeners, pid: pid)
         case "sockets":
-            guard fields.count == 2, reason == nil, let index = number("index"), let address = fields["address"], !address.isEmpty else { return nil }
-            self = .sockets(index: index, address: address)
+            guard fields.count == (fields["drops"] == nil ? 2 : 3), reason == nil, let index = number("index"),
+                  let address = fields["address"], !address.isEmpty else { return nil }
+            var drops: [UInt32?]?
+            if let list = fields["drops"] {
+                var values: [UInt32?] = []
+                for item in list.split(separator: ",", omittingEmptySubsequences: false) {
+                    if item == "-" {
+                        values.append(nil)
+                    } else {
+                        guard let value = UInt32(item) else { return nil }
+                        values.append(value)
+                    }
+                }
+                drops = values
+            }
+            self = .sockets(index: index, address: address, drops: drops)
         case "ready":
             guard fields.isEmpty, reason == nil else { return nil }
             self = .ready

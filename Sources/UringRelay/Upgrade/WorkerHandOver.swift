@@ -14,12 +14,21 @@ public struct WorkerHandOver: Sendable {
     /// Per inherited listener, whether every worker reads that one socket (socket activation
     /// with one socket per listener): its kernel drops are then counted by worker 0 alone.
     public var sharedByWorkers: [Bool]
+    /// Per inherited listener, the kernel drop counter of this worker's socket when the
+    /// previous relay stopped counting its drops (it says so from protocol version 2 on): this
+    /// worker counts from there, so no drop is counted by both or by neither. `nil` (a version 1
+    /// peer, socket activation): from the counter's value at start.
+    public var inheritedDropBaselines: [UInt32?]?
 
     /// A worker's hand-over part.
-    public init(worker: Int, registry: ListenerRegistry, inherited: [SocketBox]? = nil, sharedByWorkers: [Bool] = []) {
+    public init(
+        worker: Int, registry: ListenerRegistry, inherited: [SocketBox]? = nil, sharedByWorkers: [Bool] = [],
+        inheritedDropBaselines: [UInt32?]? = nil
+    ) {
         self.worker = worker
         self.registry = registry
         self.inherited = inherited
         self.sharedByWorkers = sharedByWorkers
+        self.inheritedDropBaselines = inheritedDropBaselines
     }
 }
