@@ -19,7 +19,14 @@ struct ReusePortSteeringTests {
             driver: driver,
             ["--bind", "127.0.0.1", "--port", "0", "--rcvbuf", "4M", "--reuseport-steering", steering.rawValue]
                 + twoWorkerArguments + backends.map(\.spec))
-        let address = try relay.listenAddress()
+        return try Self.queuesOfOneClient(relay: relay, address: try relay.listenAddress(), backends: backends)
+    }
+
+    /// Stops `relay` (two workers on `address`, relaying to `backends`) while one client socket
+    /// sends 200 one-line datagrams: returns the bytes queued in each of the listener's sockets,
+    /// then resumes and stops it, checking every line reached the backend its hash names, the
+    /// relay exited 0 and ran two workers.
+    static func queuesOfOneClient(relay: RelayProcess, address: SocketAddress, backends: [TestBackend]) throws -> [Int] {
         try #require(relay.suspend(), "the relay did not stop")
         let lines = (0..<200).map { "steer.\($0):1|c" }
         let client = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!)
@@ -28,9 +35,11 @@ struct ReusePortSteeringTests {
         relay.signal(SIGCONT)
         let received = try collect(from: backends, expectedLines: lines.count)
         relay.signal(SIGTERM)
-        #expect(relay.waitForExit() == 0)
-        for backend in 0..<2 {
-            #expect(received.lines[backend].sorted() == lines.filter { expectedBackend(of: $0, backends: 2) == backend }.sorted(), "backend \(backend)")
+        #expect(relay.waitForExit() == 0, "\(relay.standardError)")
+        for backend in 0..<backends.count {
+            #expect(
+                received.lines[backend].sorted() == lines.filter { expectedBackend(of: $0, backends: backends.count) == backend }.sorted(),
+                "backend \(backend)")
         }
         #expect(relay.standardError.contains("threads=2"))
         return queues

@@ -25,20 +25,7 @@ struct SteeringTakeoverTests {
         let new = try RelayProcess(driver: driver, arguments(port: address.port, steering: after, takeover: true))
         try #require(new.waitForLog("takeover complete"), "\(new.standardError)")
         #expect(old.waitForExit(seconds: 10) == 0, "\(old.standardError)")
-        try #require(new.suspend(), "the new relay did not stop")
-        let lines = (0..<200).map { "steer.\($0):1|c" }
-        let client = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!)
-        for line in lines { try client.send(Array(line.utf8), to: address) }
-        let queues = udpReceiveQueues(port: address.port)
-        new.signal(SIGCONT)
-        let received = try collect(from: backends, expectedLines: lines.count)
-        new.signal(SIGTERM)
-        #expect(new.waitForExit() == 0, "\(new.standardError)")
-        for backend in 0..<2 {
-            #expect(received.lines[backend].sorted() == lines.filter { expectedBackend(of: $0, backends: 2) == backend }.sorted(), "backend \(backend)")
-        }
-        #expect(new.standardError.contains("threads=2"))
-        return queues
+        return try ReusePortSteeringTests.queuesOfOneClient(relay: new, address: address, backends: backends)
     }
 
     @Test("hash, then a takeover asking for random: one client socket's 200 datagrams wait in both workers' sockets", arguments: ioDrivers)

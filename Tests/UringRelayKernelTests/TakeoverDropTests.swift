@@ -15,7 +15,7 @@ struct TakeoverDropTests {
     /// offer named, and the socket's drop counter after the overflow.
     struct Overflow: ~Copyable {
         let relay: RelayProcess
-        let holder: UnixStreamSocket
+        let held: TakeoverTests.HeldOffer
         let offered: UInt32
         let after: UInt32
     }
@@ -26,15 +26,10 @@ struct TakeoverDropTests {
         ] + TakeoverTests.oneWorker + [backend.spec])
         let address = try relay.listenAddress()
         try #require(relay.waitForLog("control socket on \(control.path)"), "\(relay.standardError)")
-        let holder = try UnixStreamSocket.connected(to: control.path)
-        try holder.sendFrame(
-            TakeoverMessage.takeover(version: 2, threads: 1, listeners: [address.description]).encoded, timeoutMilliseconds: 2_000)
-        let offer = try holder.receiveFrame(timeoutMilliseconds: 5_000)
-        #expect(TakeoverMessage(decoding: offer.payload) == .offer(version: 2, threads: 1, listeners: 1, pid: relay.process.processIdentifier))
-        let frame = try holder.receiveFrame(timeoutMilliseconds: 5_000)
-        guard case .sockets(0, address.description, let drops?)? = TakeoverMessage(decoding: frame.payload), drops.count == 1,
-              let offered = drops[0], let passed = frame.sockets.first else {
-            Issue.record("sockets frame \(String(decoding: frame.payload, as: UTF8.self)) with \(frame.sockets.count) sockets")
+        let held = try TakeoverTests.takeOffer(control: control, address: address, relay: relay, version: 2)
+        guard case .sockets(0, address.description, let drops?)? = held.message, drops.count == 1,
+              let offered = drops[0], let passed = held.sockets.first else {
+            Issue.record("sockets frame \(String(decoding: held.payload, as: UTF8.self)) with \(held.sockets.count) sockets")
             throw Errno(rawValue: EPROTO)
         }
         try #require(relay.suspend(), "the relay did not stop")
@@ -42,7 +37,7 @@ struct TakeoverDropTests {
         let reading = passed.socket.kernelDrops
         let after = try #require(reading)
         #expect(after &- offered > 0, "the overflow dropped nothing")
-        return Overflow(relay: relay, holder: holder, offered: offered, after: after)
+        return Overflow(relay: relay, held: held, offered: offered, after: after)
     }
 
     @Test("handed over: the old relay counts none of the drops after its offer (the new relay's)", arguments: ioDrivers)
@@ -51,7 +46,7 @@ struct TakeoverDropTests {
         let backend = try TestBackend()
         let control = TakeoverTests.ControlPath()
         let run = try overflowAfterOffer(driver: driver, backend: backend, control: control)
-        try run.holder.sendFrame(TakeoverMessage.ready.encoded, timeoutMilliseconds: 2_000)
+        try run.held.connection.sendFrame(TakeoverMessage.ready.encoded, timeoutMilliseconds: 2_000)
         run.relay.signal(SIGCONT)
         #expect(run.relay.waitForExit() == 0, "\(run.relay.standardError)")
         #expect(run.relay.counter("statsrelay.datagrams_dropped.kernel") == 0, "\(run.relay.standardError)")
@@ -66,7 +61,7 @@ struct TakeoverDropTests {
         let backend = try TestBackend()
         let control = TakeoverTests.ControlPath()
         let run = try overflowAfterOffer(driver: driver, backend: backend, control: control)
-        try run.holder.sendFrame(TakeoverMessage.failed(reason: "test").encoded, timeoutMilliseconds: 2_000)
+        try run.held.connection.sendFrame(TakeoverMessage.failed(reason: "test").encoded, timeoutMilliseconds: 2_000)
         run.relay.signal(SIGCONT)
         #expect(run.relay.waitForLog("takeover failed in the new relay; this one keeps running"), "\(run.relay.standardError)")
         run.relay.signal(SIGTERM)
@@ -89,14 +84,8 @@ struct TakeoverDropTests {
         let address = try relay.listenAddress()
         try #require(relay.waitForLog("control socket on \(control.path)"), "\(relay.standardError)")
         do {
-            let holder = try UnixStreamSocket.connected(to: control.path)
-            try holder.sendFrame(
-                TakeoverMessage.takeover(version: 1, threads: 1, listeners: [address.description]).encoded, timeoutMilliseconds: 2_000)
-            let offer = try holder.receiveFrame(timeoutMilliseconds: 5_000)
-            #expect(TakeoverMessage(decoding: offer.payload) == .offer(version: 1, threads: 1, listeners: 1, pid: relay.process.processIdentifier))
-            let frame = try holder.receiveFrame(timeoutMilliseconds: 5_000)
-            #expect(String(decoding: frame.payload, as: UTF8.self) == "sockets index=0 address=\(address)")
-            #expect(frame.sockets.count == 1)
+            let held = try TakeoverTests.takeOffer(control: control, address: address, relay: relay, version: 1)
+            #expect(String(decoding: held.payload, as: UTF8.self) == "sockets index=0 address=\(address)")
         }
         #expect(relay.waitForLog("takeover failed in the new relay; this one keeps running"), "\(relay.standardError)")
         relay.signal(SIGTERM)

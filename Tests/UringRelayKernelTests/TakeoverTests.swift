@@ -28,6 +28,32 @@ struct TakeoverTests {
     /// The distinct line `take.INDEX:1|c`.
     static func line(_ index: Int) -> String { "take.\(index):1|c" }
 
+    /// A successor played by a test that has taken a one-worker relay's offer and holds it
+    /// (never saying `ready` unless the test does).
+    struct HeldOffer: ~Copyable {
+        /// The test's end of the takeover.
+        let connection: UnixStreamSocket
+        /// The `sockets` frame: its message and the socket it carried.
+        let message: TakeoverMessage?
+        let payload: [UInt8]
+        let sockets: [SocketBox]
+    }
+
+    /// Asks `relay` (one worker, one listener on `address`) at `control` for its sockets in
+    /// protocol `version`, checks its offer, and returns the `sockets` frame with the connection.
+    static func takeOffer(
+        control: ControlPath, address: SocketAddress, relay: RelayProcess, version: Int = TakeoverMessage.version
+    ) throws -> HeldOffer {
+        let connection = try UnixStreamSocket.connected(to: control.path)
+        let request = TakeoverMessage.takeover(version: version, threads: 1, listeners: [address.description])
+        try connection.sendFrame(request.encoded, timeoutMilliseconds: 2_000)
+        let offer = try connection.receiveFrame(timeoutMilliseconds: 5_000)
+        #expect(TakeoverMessage(decoding: offer.payload) == .offer(version: version, threads: 1, listeners: 1, pid: relay.process.processIdentifier))
+        let frame = try connection.receiveFrame(timeoutMilliseconds: 5_000)
+        #expect(frame.sockets.count == 1)
+        return HeldOffer(connection: connection, message: TakeoverMessage(decoding: frame.payload), payload: frame.payload, sockets: frame.sockets)
+    }
+
     @Test(
         "continuous traffic through four successive takeovers and a stop: every line arrives exactly once, each relay's counters reconcile",
         arguments: ioDrivers)
@@ -124,23 +150,19 @@ struct TakeoverTests {
 
         // A takeover held open by the test before `ready`.
         do {
-            let holder = try UnixStreamSocket.connected(to: control.path)
-            let request = TakeoverMessage.takeover(version: TakeoverMessage.version, threads: 1, listeners: [address.description])
-            try holder.sendFrame(request.encoded, timeoutMilliseconds: 2_000)
-            let offer = try holder.receiveFrame(timeoutMilliseconds: 5_000)
-            #expect(TakeoverMessage(decoding: offer.payload) == .offer(version: TakeoverMessage.version, threads: 1, listeners: 1, pid: running.process.processIdentifier))
-            let sockets = try holder.receiveFrame(timeoutMilliseconds: 5_000)
+            let held = try Self.takeOffer(control: control, address: address, relay: running)
             // Version 2: with the socket's kernel drop counter where this relay stopped counting (none yet).
-            #expect(TakeoverMessage(decoding: sockets.payload) == .sockets(index: 0, address: address.description, drops: [0]))
-            #expect(sockets.sockets.count == 1)
-            #expect(sockets.sockets.first?.socket.localAddress == address)
-            #expect(sockets.sockets.first?.socket.listenerMismatch(expected: address) == nil)
+            #expect(held.message == .sockets(index: 0, address: address.description, drops: [0]))
+            let passed = held.sockets
+            #expect(passed.first?.socket.localAddress == address)
+            #expect(passed.first?.socket.listenerMismatch(expected: address) == nil)
 
             let second = try RelayProcess.run(
                 ["--io-backend", driver.rawValue] + Self.arguments(port: address.port, threads: Self.oneWorker, control: control, backend: backend, takeover: true))
             #expect(second.status == 75, "\(second.error)")
             #expect(second.error.contains("(busy): another takeover is under way"), "\(second.error)")
             // The holder goes away without `ready`: the relay keeps its sockets and runs on.
+            _ = consume held
         }
         #expect(running.waitForLog("takeover failed in the new relay; this one keeps running"), "\(running.standardError)")
 
