@@ -83,21 +83,28 @@ public struct DatagramProcessor: ~Copyable {
     /// Splits `datagram` into lines and packs each valid one for its backend.
     @inline(__always)
     public mutating func relay(datagram: RawSpan, now: UInt64) {
+        // The rewriting loops stay out of line: the loops without a rewrite are inlined as
+        // they were, behind one test per datagram.
         if rewriter.isActive {
-            relay(datagram, now: now, Rewriting.self)
-        } else {
-            relay(datagram, now: now, NoRewrite.self)
+            relayRewriting(datagram, now: now)
+            return
+        }
+        switch (validation, hashKey) {
+        case (.loose, .name): relay(datagram, now: now, LooseValidation.self, NameKey.self, NoRewrite.self)
+        case (.strict, .name): relay(datagram, now: now, StrictValidation.self, NameKey.self, NoRewrite.self)
+        case (.loose, .nameAndTags): relay(datagram, now: now, LooseValidation.self, NameAndTagsKey.self, NoRewrite.self)
+        case (.strict, .nameAndTags): relay(datagram, now: now, StrictValidation.self, NameAndTagsKey.self, NoRewrite.self)
         }
     }
 
-    /// `relay(datagram:now:)` for one rewrite policy.
-    @inline(__always)
-    private mutating func relay<Rewrite: RewritePolicy>(_ datagram: RawSpan, now: UInt64, _: Rewrite.Type) {
+    /// `relay(datagram:now:)` with `--metrics-prefix` or `--metrics-tags`.
+    @inline(never)
+    private mutating func relayRewriting(_ datagram: RawSpan, now: UInt64) {
         switch (validation, hashKey) {
-        case (.loose, .name): relay(datagram, now: now, LooseValidation.self, NameKey.self, Rewrite.self)
-        case (.strict, .name): relay(datagram, now: now, StrictValidation.self, NameKey.self, Rewrite.self)
-        case (.loose, .nameAndTags): relay(datagram, now: now, LooseValidation.self, NameAndTagsKey.self, Rewrite.self)
-        case (.strict, .nameAndTags): relay(datagram, now: now, StrictValidation.self, NameAndTagsKey.self, Rewrite.self)
+        case (.loose, .name): relay(datagram, now: now, LooseValidation.self, NameKey.self, Rewriting.self)
+        case (.strict, .name): relay(datagram, now: now, StrictValidation.self, NameKey.self, Rewriting.self)
+        case (.loose, .nameAndTags): relay(datagram, now: now, LooseValidation.self, NameAndTagsKey.self, Rewriting.self)
+        case (.strict, .nameAndTags): relay(datagram, now: now, StrictValidation.self, NameAndTagsKey.self, Rewriting.self)
         }
     }
 
@@ -109,8 +116,6 @@ public struct DatagramProcessor: ~Copyable {
         /// than `key`'s bytes.
         var isComposite: Bool
         var probe: PrimaryCache.Probe
-        /// How the line is rewritten (only read under `Rewriting`).
-        var edit: LineRewriter.Edit
     }
 
     /// The line loop for one `--validate` mode, one `--hash-key` mode and one rewrite policy.
@@ -126,6 +131,8 @@ public struct DatagramProcessor: ~Copyable {
         let mayContainNul = datagram.contains(byte: 0)
         let mayContainCarriageReturn = datagram.contains(byte: UInt8(ascii: "\r"))
         var pending: Pending?
+        // How the pending line is rewritten (under `Rewriting` only).
+        var pendingEdit = LineRewriter.Edit.none
         while let line = LineScanner.next(
             in: datagram, from: &offset, mayContainNul: mayContainNul, mayContainCarriageReturn: mayContainCarriageReturn) {
             switch line {
@@ -135,22 +142,26 @@ public struct DatagramProcessor: ~Copyable {
                     counters[.dropped(reason)] &+= 1
                     continue
                 }
-                var seed = FNV1a.offsetBasis
-                var edit = LineRewriter.Edit(isPrefixed: false, insertAt: end, insert: 0..<0, length: end &- start)
                 if Rewrite.isActive {
-                    edit = rewriter.edit(datagram, line: start..<end, key: key)
+                    let edit = rewriter.edit(datagram, line: start..<end, key: key)
                     // Never cut: a line the rewrite takes past what UDP carries is dropped whole.
                     if edit.length > BatchAssembler.largestDatagramBytes {
                         counters[.dropped(.tooLongRewritten)] &+= 1
                         continue
                     }
-                    if edit.isPrefixed { seed = rewriter.prefixSeed }
+                    let seed = edit.isPrefixed ? rewriter.prefixSeed : FNV1a.offsetBasis
+                    let (hash, isComposite) = Key.hash(datagram, line: start..<end, key: key, seed: seed, scratch: &routingKey)
+                    let probe = primaries.probe(hash)
+                    if let previous = pending { packRewritten(previous, pendingEdit, in: datagram, now: now, Key.self) }
+                    pending = Pending(line: start..<end, key: key, isComposite: isComposite || edit.isPrefixed, probe: probe)
+                    pendingEdit = edit
+                } else {
+                    let (hash, isComposite) = Key.hash(
+                        datagram, line: start..<end, key: key, seed: FNV1a.offsetBasis, scratch: &routingKey)
+                    let probe = primaries.probe(hash)
+                    if let previous = pending { pack(previous, in: datagram, now: now) }
+                    pending = Pending(line: start..<end, key: key, isComposite: isComposite, probe: probe)
                 }
-                let (hash, isComposite) = Key.hash(datagram, line: start..<end, key: key, seed: seed, scratch: &routingKey)
-                let probe = primaries.probe(hash)
-                if let previous = pending { pack(previous, in: datagram, now: now, Key.self, Rewrite.self) }
-                pending = Pending(
-                    line: start..<end, key: key, isComposite: isComposite || edit.isPrefixed, probe: probe, edit: edit)
             case .empty:
                 counters[.emptyLines] &+= 1
             case .malformed(let reason):
@@ -158,67 +169,88 @@ public struct DatagramProcessor: ~Copyable {
                 counters[.dropped(reason)] &+= 1
             }
         }
-        if let previous = pending { pack(previous, in: datagram, now: now, Key.self, Rewrite.self) }
+        if let previous = pending {
+            if Rewrite.isActive {
+                packRewritten(previous, pendingEdit, in: datagram, now: now, Key.self)
+            } else {
+                pack(previous, in: datagram, now: now)
+            }
+        }
     }
 
     /// Routes one valid line of `datagram` by its probed hash (and, on a ring's cache miss or
     /// rehash, the md5 of its key) and packs it into its backend's batch.
     @inline(__always)
-    private mutating func pack<Key: KeyPolicy, Rewrite: RewritePolicy>(
-        _ pending: Pending, in datagram: RawSpan, now: UInt64, _: Key.Type, _: Rewrite.Type
-    ) {
-        let decision: Router.Decision
-        if pending.isComposite && router.hashMode != .jump {
-            // A ring places the key by its md5: write the name+tags key (or the prefixed name)
-            // out. (Under `jump` the hash is all that routes it.)
-            decision = Self.routeWritten(
-                pending, in: datagram, rewriter: rewriter, withTags: Key.includesTags, scratch: &routingKey, cache: &primaries,
-                router: router)
-        } else {
-            let key = datagram.extracting(pending.key)
-            let primary = primaries.primary(for: pending.probe, key: key, router: router)
-            decision = router.route(key: key, hash: pending.probe.hash, primary: primary)
-        }
-        let backend: Int
-        switch decision {
-        case .send(let primary):
-            // Every backend is down under rehash or drop: sent to its primary as if healthy.
-            if router.downCount != 0 && router.isFailingOpen { counters[.linesFailOpen] &+= 1 }
-            backend = primary
-        case .hold(let primary):
-            // Batched as usual; the worker holds the packet instead of sending it.
-            backend = primary
-        case .rehash(let primary, let other):
-            counters[.linesRehashedAway, backend: primary] &+= 1
-            backend = other
-        case .drop(let primary):
-            counters[.linesDroppedBackendDown, backend: primary] &+= 1
-            return
-        }
-        let appended: Bool
-        if Rewrite.isActive {
-            appended = Self.appendRewritten(pending, of: datagram, to: backend, now: now, rewriter: rewriter, assembler: &assembler)
-        } else {
-            appended = assembler.append(datagram.extracting(pending.line), to: backend, now: now)
-        }
-        if appended {
+    private mutating func pack(_ pending: Pending, in datagram: RawSpan, now: UInt64) {
+        guard let backend = route(pending, in: datagram, isPrefixed: false, withTags: true) else { return }
+        if assembler.append(datagram.extracting(pending.line), to: backend, now: now) {
             counters[.linesForwarded] &+= 1
         } else {
             counters[.linesDroppedNoSendBuffer] &+= 1
         }
     }
 
-    /// Routes a line by its written-out `name+tags` key (for a ring's md5). Static, on its
-    /// parts, so that the key borrowed from the scratch and the cache updated are seen apart.
+    /// `pack` for a line rewritten as `edit` says: routed by its rewritten key, copied once,
+    /// in pieces, straight into the packet.
+    @inline(__always)
+    private mutating func packRewritten<Key: KeyPolicy>(
+        _ pending: Pending, _ edit: LineRewriter.Edit, in datagram: RawSpan, now: UInt64, _: Key.Type
+    ) {
+        guard let backend = route(pending, in: datagram, isPrefixed: edit.isPrefixed, withTags: Key.includesTags) else { return }
+        if Self.appendRewritten(pending, edit, of: datagram, to: backend, now: now, rewriter: rewriter, assembler: &assembler) {
+            counters[.linesForwarded] &+= 1
+        } else {
+            counters[.linesDroppedNoSendBuffer] &+= 1
+        }
+    }
+
+    /// The backend a pending line goes to, or `nil` when it is dropped (counted here).
+    ///
+    /// - Parameters:
+    ///   - isPrefixed: whether its written-out key starts with `--metrics-prefix`.
+    ///   - withTags: whether its written-out key holds its tags (`name+tags`).
+    @inline(__always)
+    private mutating func route(_ pending: Pending, in datagram: RawSpan, isPrefixed: Bool, withTags: Bool) -> Int? {
+        let decision: Router.Decision
+        if pending.isComposite && router.hashMode != .jump {
+            // A ring places the key by its md5: write the name+tags key (or the prefixed name)
+            // out. (Under `jump` the hash is all that routes it.)
+            decision = Self.routeWritten(
+                pending, in: datagram, isPrefixed: isPrefixed, rewriter: rewriter, withTags: withTags, scratch: &routingKey,
+                cache: &primaries, router: router)
+        } else {
+            let key = datagram.extracting(pending.key)
+            let primary = primaries.primary(for: pending.probe, key: key, router: router)
+            decision = router.route(key: key, hash: pending.probe.hash, primary: primary)
+        }
+        switch decision {
+        case .send(let primary):
+            // Every backend is down under rehash or drop: sent to its primary as if healthy.
+            if router.downCount != 0 && router.isFailingOpen { counters[.linesFailOpen] &+= 1 }
+            return primary
+        case .hold(let primary):
+            // Batched as usual; the worker holds the packet instead of sending it.
+            return primary
+        case .rehash(let primary, let other):
+            counters[.linesRehashedAway, backend: primary] &+= 1
+            return other
+        case .drop(let primary):
+            counters[.linesDroppedBackendDown, backend: primary] &+= 1
+            return nil
+        }
+    }
+
+    /// Routes a line by its written-out key (for a ring's md5). Static, on its parts, so that
+    /// the key borrowed from the scratch and the cache updated are seen apart.
     @inline(__always)
     private static func routeWritten(
-        _ pending: Pending, in datagram: RawSpan, rewriter: borrowing LineRewriter, withTags: Bool, scratch: inout RoutingKey,
-        cache: inout PrimaryCache, router: borrowing Router
+        _ pending: Pending, in datagram: RawSpan, isPrefixed: Bool, rewriter: borrowing LineRewriter, withTags: Bool,
+        scratch: inout RoutingKey, cache: inout PrimaryCache, router: borrowing Router
     ) -> Router.Decision {
         let prefix = rewriter.prefix.span.bytes
         scratch.write(
-            datagram, line: pending.line, key: pending.key,
-            prefix: prefix.extracting(0..<(pending.edit.isPrefixed ? prefix.byteCount : 0)), withTags: withTags)
+            datagram, line: pending.line, key: pending.key, prefix: prefix.extracting(0..<(isPrefixed ? prefix.byteCount : 0)),
+            withTags: withTags)
         let key = scratch.written.span.bytes
         let primary = cache.primary(for: pending.probe, key: key, router: router)
         return router.route(key: key, hash: pending.probe.hash, primary: primary)
@@ -228,10 +260,9 @@ public struct DatagramProcessor: ~Copyable {
     /// its parts, as `routeWritten`).
     @inline(__always)
     private static func appendRewritten(
-        _ pending: Pending, of datagram: RawSpan, to backend: Int, now: UInt64, rewriter: borrowing LineRewriter,
-        assembler: inout BatchAssembler
+        _ pending: Pending, _ edit: LineRewriter.Edit, of datagram: RawSpan, to backend: Int, now: UInt64,
+        rewriter: borrowing LineRewriter, assembler: inout BatchAssembler
     ) -> Bool {
-        let edit = pending.edit
         let prefix = rewriter.prefix.span.bytes
         return assembler.append(
             prefix: prefix.extracting(0..<(edit.isPrefixed ? prefix.byteCount : 0)),

@@ -88,14 +88,30 @@ public struct BatchAssembler: ~Copyable {
     /// - Precondition: `line.byteCount <= largestDatagramBytes` (the scanner drops longer ones).
     @inline(__always)
     public mutating func append(_ line: RawSpan, to backend: Int, now: UInt64) -> Bool {
-        guard let (slot, isAlone) = slot(forLineOf: line.byteCount, backend: backend, now: now) else { return false }
-        if isAlone {
-            pool.appendPacked(line, to: slot)
-            pool.addLines(1, to: slot)
-            enqueue(Int32(slot))
-        } else {
-            pool.append(line, to: slot)
+        // `slot(forLineOf:backend:now:)` written out: this is the path of every line.
+        let needed = line.byteCount + 1
+        var slot = Int(openSlot[backend])
+        if slot >= 0 && pool.length(of: slot) + needed > packetBytes {
+            close(backend)
+            slot = -1
         }
+        if needed > packetBytes {
+            // Alone in its own packet, sent at once, after what was already open for this
+            // backend; without its newline, which would take it past --packet-len (or, at
+            // 65 507 bytes, past what UDP over IPv4 carries).
+            guard let alone = pool.acquire(for: backend) else { return false }
+            pool.appendPacked(line, to: alone)
+            pool.addLines(1, to: alone)
+            enqueue(Int32(alone))
+            return true
+        }
+        if slot < 0 {
+            guard let fresh = pool.acquire(for: backend) else { return false }
+            slot = fresh
+            openSlot[backend] = Int32(fresh)
+            openedAt[backend] = now
+        }
+        pool.append(line, to: slot)
         return true
     }
 

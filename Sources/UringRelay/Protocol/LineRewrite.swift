@@ -189,6 +189,9 @@ struct LineRewriter: ~Copyable {
         var insert: Range<Int>
         /// The rewritten line's length, without its newline.
         var length: Int
+
+        /// No rewrite.
+        static let none = Edit(isPrefixed: false, insertAt: 0, insert: 0..<0, length: 0)
     }
 
     /// How the valid line `line` of `datagram`, keyed by `key`, is rewritten.
