@@ -271,7 +271,7 @@ def measure(relay: Path, driver: str, workload: str, n: int, work: Path, sinks: 
     cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={prefix}"] + (["--dump-instr=yes"] if DUMP_INSTR else []) + [
            str(relay), "run", "--io-backend", driver, "--admin", "none", "--bind", "127.0.0.1",
            "--port", str(RELAY_PORT), "--threads", "1", "--rcvbuf", "268435456",
-           "--packet-len", "1400", "--flush-interval", "10ms"] + [f"127.0.0.1:{p}" for p in SINK_PORTS]
+           "--packet-len", "1400", "--flush-interval", "10ms"] + RELAY_ARGS + [f"127.0.0.1:{p}" for p in SINK_PORTS]
     started = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=log, stderr=log)
     result: dict = {"driver": driver, "workload": workload, "datagrams": n, "lines": lines}
@@ -369,6 +369,7 @@ def annotate(dumpfile: str, top: int) -> list[str]:
 # ---------------------------------------------------------------- main
 
 DUMP_INSTR = False
+RELAY_ARGS: list[str] = []
 
 
 def main() -> int:
@@ -389,11 +390,17 @@ def main() -> int:
     ap.add_argument("--json", type=Path, help="write every measurement here")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (dumps, logs)")
     ap.add_argument("--meta", default="{}", help="JSON merged into the output's context")
+    ap.add_argument("--relay-arg", action="append", default=[],
+                    help="an extra relay option (repeatable), e.g. --relay-arg=--metrics-prefix=eu: "
+                         "never with --update (the thresholds are for the defaults)")
     ap.add_argument("--dump-instr", action="store_true",
                     help="count per instruction address too (callgrind --dump-instr=yes; with --keep, for bench/callgrind-hot.py)")
     a = ap.parse_args()
-    global DUMP_INSTR
+    global DUMP_INSTR, RELAY_ARGS
     DUMP_INSTR = a.dump_instr
+    RELAY_ARGS = a.relay_arg
+    if RELAY_ARGS and a.update:
+        ap.error("--relay-arg with --update: the thresholds are for the default options")
 
     work = Path(tempfile.mkdtemp(prefix="callgrind-"))
     # valgrind 3.19's DWARF reader gives up on Swift 6.3's debug info ("Possibly corrupted

@@ -124,6 +124,16 @@ struct RunCommand: ParsableCommand {
         valueName: "key"))
     var hashKey: String?
 
+    @Option(name: [.customLong("metrics-prefix"), .customLong("metrics-prefix", withSingleDash: true)], help: ArgumentHelp(
+        "Prepend P. to every metric's name (the prefixed name is its routing key); DogStatsD service checks and events keep their names. No ':', '|', line ending or NUL; restart-only (default: none).",
+        valueName: "P"))
+    var metricsPrefix: String?
+
+    @Option(name: [.customLong("metrics-tags"), .customLong("metrics-tags", withSingleDash: true)], help: ArgumentHelp(
+        "Append the tags T (k:v,k2) to every line: ',T' after its tags, or a new '|#T' field when it has none (before a service check's m: message). Not part of the routing key; restart-only (default: none).",
+        valueName: "T"))
+    var metricsTags: String?
+
     @Argument(help: "Backends, HOST:PORT[:INSTANCE][=WEIGHT], in routing order (they replace the configuration file's).")
     var backends: [String] = []
 
@@ -165,6 +175,8 @@ struct RunCommand: ParsableCommand {
         settings.logFormat = logFormat?.rawValue
         settings.validate = validationMode
         settings.hashKey = hashKey
+        settings.metricsPrefix = metricsPrefix
+        settings.metricsTags = metricsTags
         settings.backends = backends.isEmpty ? nil : backends.map { ConfigFile.Backend(address: $0) }
         return settings
     }
@@ -718,6 +730,8 @@ struct RunCommand: ParsableCommand {
             "hash": "\(configuration.hashMode.rawValue)",
             "validate": "\(configuration.validation.rawValue)",
             "hash_key": "\(configuration.hashKey.rawValue)",
+            "metrics_prefix": "\(configuration.rewrite.prefix)",
+            "metrics_tags": "\(configuration.rewrite.tags)",
         ])
         if facts.receiveBufferBytes < configuration.receiveBufferBytes {
             logger.warning("receive buffer smaller than requested: raise net.core.rmem_max or run with CAP_NET_ADMIN", metadata: [

@@ -398,6 +398,7 @@ struct ExampleConfigFileTests {
         defaults.threads = 4
         defaults.cpus = [0, 1, 2, 3]
         defaults.healthCheckPort = 8126
+        defaults.rewrite = try LineRewrite(prefix: "eu-west", tags: "dc:eu-west,relay")
         #expect(configuration == defaults)
         #expect(configuration.backends.map(\.description) == ["10.0.0.1:8125:a", "10.0.0.2:8125:b", "10.0.0.3:8125:c"])
         #expect(configuration.backends[2].healthCheckPort == 8126)

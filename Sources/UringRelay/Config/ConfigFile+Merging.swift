@@ -51,6 +51,8 @@ extension ConfigFile {
         drop(\.flapHold)
         drop(\.validate)
         drop(\.hashKey)
+        drop(\.metricsPrefix)
+        drop(\.metricsTags)
         drop(\.controlSocket)
         if flags.listeners != nil {
             // `--listen` replaces every listener of the file, whichever form it used.

@@ -82,6 +82,9 @@ extension ConfigFile {
         case "flap-hold": return scalar(DurationParser.format(c.flapHoldNanoseconds))
         case "validate": return scalar(c.validation.rawValue)
         case "hash-key": return scalar(c.hashKey.rawValue)
+        // Empty written `""`: a bare `key:` would read back as null.
+        case "metrics-prefix": return Node(c.rewrite.prefix, .implicit, .doubleQuoted)
+        case "metrics-tags": return Node(c.rewrite.tags, .implicit, .doubleQuoted)
         default: preconditionFailure("no key '\(key)' in ConfigFile.keys")
         }
     }

@@ -122,6 +122,8 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
     public var flapHold: String?
     public var validate: String?
     public var hashKey: String?
+    public var metricsPrefix: String?
+    public var metricsTags: String?
 
     /// Where the settings came from, for errors: the file's path as given.
     public var source = "command line"
@@ -163,6 +165,8 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
         case flapHold = "flap-hold"
         case validate
         case hashKey = "hash-key"
+        case metricsPrefix = "metrics-prefix"
+        case metricsTags = "metrics-tags"
     }
 
     /// Nothing set: every key keeps its default (or, for the command line, the file's value).
@@ -189,6 +193,8 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
         note(.flapHold, flapHold)
         note(.validate, validate)
         note(.hashKey, hashKey)
+        note(.metricsPrefix, metricsPrefix)
+        note(.metricsTags, metricsTags)
         note(.controlSocket, controlSocket)
         return keys
     }
@@ -404,6 +410,11 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
                 throw invalid("hash-key", hashKey, "expected \(Self.choices(HashKeyMode.allCases.map(\.rawValue)))")
             }
             configuration.hashKey = mode
+        }
+        if metricsPrefix != nil || metricsTags != nil {
+            configuration.rewrite = try LineRewrite(
+                prefix: metricsPrefix ?? configuration.rewrite.prefix, tags: metricsTags ?? configuration.rewrite.tags,
+                prefixArgument: "metrics-prefix", tagsArgument: "metrics-tags")
         }
     }
 

@@ -81,6 +81,8 @@ public struct RelayConfiguration: Sendable, Equatable {
     public var validation: ValidationMode = .loose
     /// What routes a line (`--hash-key`).
     public var hashKey: HashKeyMode = .name
+    /// What is written around every relayed line (`--metrics-prefix`, `--metrics-tags`).
+    public var rewrite = LineRewrite()
     /// What happens to a down backend's metrics (`--on-backend-down`).
     public var onBackendDown: DownPolicy = .rehash
     /// Bytes of batches held under `hold` for the whole relay, every backend and worker together

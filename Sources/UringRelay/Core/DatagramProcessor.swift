@@ -5,9 +5,11 @@ import Glibc
 /// The per-datagram work of a worker, with no I/O: split into lines, check each, route it and
 /// pack it into its backend's batch. Counters are plain fields; nothing here allocates.
 ///
-/// `--validate` and `--hash-key` are fixed for a processor (a worker's, for its life). Each of
-/// their four pairs has its own copy of the line loop, specialised on a `LineValidation` and a
-/// `KeyPolicy` type: the mode is tested once per datagram, never per line.
+/// `--validate`, `--hash-key` and the rewrite (`--metrics-prefix`, `--metrics-tags`) are fixed
+/// for a processor (a worker's, for its life). Each of their combinations has its own copy of
+/// the line loop, specialised on a `LineValidation`, a `KeyPolicy` and a `RewritePolicy` type:
+/// the modes are tested once per datagram, never per line, and without a rewrite the loop has
+/// no rewriting code at all.
 public struct DatagramProcessor: ~Copyable {
     /// The batches being packed, one per backend.
     public var assembler: BatchAssembler
@@ -23,20 +25,30 @@ public struct DatagramProcessor: ~Copyable {
     public let hashKey: HashKeyMode
     /// Scratch room for `name+tags` keys.
     private var routingKey: RoutingKey
+    /// `--metrics-prefix` and `--metrics-tags`.
+    public let rewrite: LineRewrite
+    /// The rewrite's bytes.
+    private let rewriter: LineRewriter
 
     /// A processor for `router`'s backends, counting into `counters`.
     ///
     /// - Precondition: `counters` counts as many backends as `router` routes to.
     public init(
         router: Router, packetBytes: Int, maxDatagramBytes: Int, counters: RelayCounters,
-        validation: ValidationMode = .loose, hashKey: HashKeyMode = .name
+        validation: ValidationMode = .loose, hashKey: HashKeyMode = .name, rewrite: LineRewrite = LineRewrite()
     ) throws(Errno) {
         precondition(counters.backendCount == router.backendCount, "counters for another pool")
         self.router = router
         self.validation = validation
         self.hashKey = hashKey
-        routingKey = RoutingKey(maxLineBytes: maxDatagramBytes)
-        assembler = try BatchAssembler(backendCount: router.backendCount, packetBytes: packetBytes, maxLineBytes: maxDatagramBytes)
+        self.rewrite = rewrite
+        rewriter = LineRewriter(rewrite)
+        // A rewritten line is at most `growth` bytes longer (lines that would pass 65 507 are
+        // dropped before they reach the assembler).
+        routingKey = RoutingKey(maxLineBytes: maxDatagramBytes &+ rewrite.growth)
+        assembler = try BatchAssembler(
+            backendCount: router.backendCount, packetBytes: packetBytes, maxLineBytes: maxDatagramBytes &+ rewrite.growth,
+            datagramBytes: rewrite.rewrittenDatagramBytes(maxDatagramBytes))
         self.counters = counters
         primaries = PrimaryCache(backendCount: router.backendCount)
     }
@@ -44,11 +56,12 @@ public struct DatagramProcessor: ~Copyable {
     /// A processor for `router`'s backends, counting from zero.
     public init(
         router: Router, packetBytes: Int, maxDatagramBytes: Int, validation: ValidationMode = .loose,
-        hashKey: HashKeyMode = .name
+        hashKey: HashKeyMode = .name, rewrite: LineRewrite = LineRewrite()
     ) throws(Errno) {
         try self.init(
             router: router, packetBytes: packetBytes, maxDatagramBytes: maxDatagramBytes,
-            counters: RelayCounters(backendCount: router.backendCount), validation: validation, hashKey: hashKey)
+            counters: RelayCounters(backendCount: router.backendCount), validation: validation, hashKey: hashKey,
+            rewrite: rewrite)
     }
 
     /// Handles one received buffer: counts a truncated or malformed one, relays a whole one.
@@ -70,11 +83,28 @@ public struct DatagramProcessor: ~Copyable {
     /// Splits `datagram` into lines and packs each valid one for its backend.
     @inline(__always)
     public mutating func relay(datagram: RawSpan, now: UInt64) {
+        // The rewriting loops stay out of line: the loops without a rewrite are inlined as
+        // they were, behind one test per datagram.
+        if rewriter.isActive {
+            relayRewriting(datagram, now: now)
+            return
+        }
         switch (validation, hashKey) {
-        case (.loose, .name): relay(datagram, now: now, LooseValidation.self, NameKey.self)
-        case (.strict, .name): relay(datagram, now: now, StrictValidation.self, NameKey.self)
-        case (.loose, .nameAndTags): relay(datagram, now: now, LooseValidation.self, NameAndTagsKey.self)
-        case (.strict, .nameAndTags): relay(datagram, now: now, StrictValidation.self, NameAndTagsKey.self)
+        case (.loose, .name): relay(datagram, now: now, LooseValidation.self, NameKey.self, NoRewrite.self)
+        case (.strict, .name): relay(datagram, now: now, StrictValidation.self, NameKey.self, NoRewrite.self)
+        case (.loose, .nameAndTags): relay(datagram, now: now, LooseValidation.self, NameAndTagsKey.self, NoRewrite.self)
+        case (.strict, .nameAndTags): relay(datagram, now: now, StrictValidation.self, NameAndTagsKey.self, NoRewrite.self)
+        }
+    }
+
+    /// `relay(datagram:now:)` with `--metrics-prefix` or `--metrics-tags`.
+    @inline(never)
+    private mutating func relayRewriting(_ datagram: RawSpan, now: UInt64) {
+        switch (validation, hashKey) {
+        case (.loose, .name): relay(datagram, now: now, LooseValidation.self, NameKey.self, Rewriting.self)
+        case (.strict, .name): relay(datagram, now: now, StrictValidation.self, NameKey.self, Rewriting.self)
+        case (.loose, .nameAndTags): relay(datagram, now: now, LooseValidation.self, NameAndTagsKey.self, Rewriting.self)
+        case (.strict, .nameAndTags): relay(datagram, now: now, StrictValidation.self, NameAndTagsKey.self, Rewriting.self)
         }
     }
 
@@ -82,24 +112,27 @@ public struct DatagramProcessor: ~Copyable {
     private struct Pending {
         var line: Range<Int>
         var key: Range<Int>
-        /// Whether the routing key is the written-out `name+tags` key rather than `key`'s bytes.
+        /// Whether the routing key is written out (`name+tags`, or a prefixed name) rather
+        /// than `key`'s bytes.
         var isComposite: Bool
         var probe: PrimaryCache.Probe
     }
 
-    /// The line loop for one `--validate` mode and one `--hash-key` mode.
+    /// The line loop for one `--validate` mode, one `--hash-key` mode and one rewrite policy.
     ///
     /// Software-pipelined by one line: a line's cache set is read right after its key is
     /// hashed, and the line is routed and packed only after the next line is hashed, so that
     /// read overlaps the next hash instead of stalling. Lines are packed in datagram order.
     @inline(__always)
-    private mutating func relay<Validation: LineValidation, Key: KeyPolicy>(
-        _ datagram: RawSpan, now: UInt64, _: Validation.Type, _: Key.Type
+    private mutating func relay<Validation: LineValidation, Key: KeyPolicy, Rewrite: RewritePolicy>(
+        _ datagram: RawSpan, now: UInt64, _: Validation.Type, _: Key.Type, _: Rewrite.Type
     ) {
         var offset = 0
         let mayContainNul = datagram.contains(byte: 0)
         let mayContainCarriageReturn = datagram.contains(byte: UInt8(ascii: "\r"))
         var pending: Pending?
+        // How the pending line is rewritten (under `Rewriting` only).
+        var pendingEdit = LineRewriter.Edit.none
         while let line = LineScanner.next(
             in: datagram, from: &offset, mayContainNul: mayContainNul, mayContainCarriageReturn: mayContainCarriageReturn) {
             switch line {
@@ -109,10 +142,26 @@ public struct DatagramProcessor: ~Copyable {
                     counters[.dropped(reason)] &+= 1
                     continue
                 }
-                let (hash, isComposite) = Key.hash(datagram, line: start..<end, key: key, scratch: &routingKey)
-                let probe = primaries.probe(hash)
-                if let previous = pending { pack(previous, in: datagram, now: now) }
-                pending = Pending(line: start..<end, key: key, isComposite: isComposite, probe: probe)
+                if Rewrite.isActive {
+                    let edit = rewriter.edit(datagram, line: start..<end, key: key)
+                    // Never cut: a line the rewrite takes past what UDP carries is dropped whole.
+                    if edit.length > BatchAssembler.largestDatagramBytes {
+                        counters[.dropped(.tooLongRewritten)] &+= 1
+                        continue
+                    }
+                    let seed = edit.isPrefixed ? rewriter.prefixSeed : FNV1a.offsetBasis
+                    let (hash, isComposite) = Key.hash(datagram, line: start..<end, key: key, seed: seed, scratch: &routingKey)
+                    let probe = primaries.probe(hash)
+                    if let previous = pending { packRewritten(previous, pendingEdit, in: datagram, now: now, Key.self) }
+                    pending = Pending(line: start..<end, key: key, isComposite: isComposite || edit.isPrefixed, probe: probe)
+                    pendingEdit = edit
+                } else {
+                    let (hash, isComposite) = Key.hash(
+                        datagram, line: start..<end, key: key, seed: FNV1a.offsetBasis, scratch: &routingKey)
+                    let probe = primaries.probe(hash)
+                    if let previous = pending { pack(previous, in: datagram, now: now) }
+                    pending = Pending(line: start..<end, key: key, isComposite: isComposite, probe: probe)
+                }
             case .empty:
                 counters[.emptyLines] &+= 1
             case .malformed(let reason):
@@ -120,57 +169,106 @@ public struct DatagramProcessor: ~Copyable {
                 counters[.dropped(reason)] &+= 1
             }
         }
-        if let previous = pending { pack(previous, in: datagram, now: now) }
+        if let previous = pending {
+            if Rewrite.isActive {
+                packRewritten(previous, pendingEdit, in: datagram, now: now, Key.self)
+            } else {
+                pack(previous, in: datagram, now: now)
+            }
+        }
     }
 
     /// Routes one valid line of `datagram` by its probed hash (and, on a ring's cache miss or
     /// rehash, the md5 of its key) and packs it into its backend's batch.
     @inline(__always)
     private mutating func pack(_ pending: Pending, in datagram: RawSpan, now: UInt64) {
-        let line = datagram.extracting(pending.line)
-        let decision: Router.Decision
-        if pending.isComposite && router.hashMode != .jump {
-            // A ring places the key by its md5: write the name+tags key out. (Under `jump`
-            // the hash is all that routes it.)
-            decision = Self.routeWritten(pending, in: datagram, scratch: &routingKey, cache: &primaries, router: router)
-        } else {
-            let key = datagram.extracting(pending.key)
-            let primary = primaries.primary(for: pending.probe, key: key, router: router)
-            decision = router.route(key: key, hash: pending.probe.hash, primary: primary)
-        }
-        let backend: Int
-        switch decision {
-        case .send(let primary):
-            // Every backend is down under rehash or drop: sent to its primary as if healthy.
-            if router.downCount != 0 && router.isFailingOpen { counters[.linesFailOpen] &+= 1 }
-            backend = primary
-        case .hold(let primary):
-            // Batched as usual; the worker holds the packet instead of sending it.
-            backend = primary
-        case .rehash(let primary, let other):
-            counters[.linesRehashedAway, backend: primary] &+= 1
-            backend = other
-        case .drop(let primary):
-            counters[.linesDroppedBackendDown, backend: primary] &+= 1
-            return
-        }
-        if assembler.append(line, to: backend, now: now) {
+        guard let backend = route(pending, in: datagram, isPrefixed: false, withTags: true) else { return }
+        if assembler.append(datagram.extracting(pending.line), to: backend, now: now) {
             counters[.linesForwarded] &+= 1
         } else {
             counters[.linesDroppedNoSendBuffer] &+= 1
         }
     }
 
-    /// Routes a line by its written-out `name+tags` key (for a ring's md5). Static, on its
-    /// parts, so that the key borrowed from the scratch and the cache updated are seen apart.
+    /// `pack` for a line rewritten as `edit` says: routed by its rewritten key, copied once,
+    /// in pieces, straight into the packet.
+    @inline(__always)
+    private mutating func packRewritten<Key: KeyPolicy>(
+        _ pending: Pending, _ edit: LineRewriter.Edit, in datagram: RawSpan, now: UInt64, _: Key.Type
+    ) {
+        guard let backend = route(pending, in: datagram, isPrefixed: edit.isPrefixed, withTags: Key.includesTags) else { return }
+        if Self.appendRewritten(pending, edit, of: datagram, to: backend, now: now, rewriter: rewriter, assembler: &assembler) {
+            counters[.linesForwarded] &+= 1
+        } else {
+            counters[.linesDroppedNoSendBuffer] &+= 1
+        }
+    }
+
+    /// The backend a pending line goes to, or `nil` when it is dropped (counted here).
+    ///
+    /// - Parameters:
+    ///   - isPrefixed: whether its written-out key starts with `--metrics-prefix`.
+    ///   - withTags: whether its written-out key holds its tags (`name+tags`).
+    @inline(__always)
+    private mutating func route(_ pending: Pending, in datagram: RawSpan, isPrefixed: Bool, withTags: Bool) -> Int? {
+        let decision: Router.Decision
+        if pending.isComposite && router.hashMode != .jump {
+            // A ring places the key by its md5: write the name+tags key (or the prefixed name)
+            // out. (Under `jump` the hash is all that routes it.)
+            decision = Self.routeWritten(
+                pending, in: datagram, isPrefixed: isPrefixed, rewriter: rewriter, withTags: withTags, scratch: &routingKey,
+                cache: &primaries, router: router)
+        } else {
+            let key = datagram.extracting(pending.key)
+            let primary = primaries.primary(for: pending.probe, key: key, router: router)
+            decision = router.route(key: key, hash: pending.probe.hash, primary: primary)
+        }
+        switch decision {
+        case .send(let primary):
+            // Every backend is down under rehash or drop: sent to its primary as if healthy.
+            if router.downCount != 0 && router.isFailingOpen { counters[.linesFailOpen] &+= 1 }
+            return primary
+        case .hold(let primary):
+            // Batched as usual; the worker holds the packet instead of sending it.
+            return primary
+        case .rehash(let primary, let other):
+            counters[.linesRehashedAway, backend: primary] &+= 1
+            return other
+        case .drop(let primary):
+            counters[.linesDroppedBackendDown, backend: primary] &+= 1
+            return nil
+        }
+    }
+
+    /// Routes a line by its written-out key (for a ring's md5). Static, on its parts, so that
+    /// the key borrowed from the scratch and the cache updated are seen apart.
     @inline(__always)
     private static func routeWritten(
-        _ pending: Pending, in datagram: RawSpan, scratch: inout RoutingKey, cache: inout PrimaryCache, router: borrowing Router
+        _ pending: Pending, in datagram: RawSpan, isPrefixed: Bool, rewriter: borrowing LineRewriter, withTags: Bool,
+        scratch: inout RoutingKey, cache: inout PrimaryCache, router: borrowing Router
     ) -> Router.Decision {
-        scratch.write(datagram, line: pending.line, key: pending.key)
+        let prefix = rewriter.prefix.span.bytes
+        scratch.write(
+            datagram, line: pending.line, key: pending.key, prefix: prefix.extracting(0..<(isPrefixed ? prefix.byteCount : 0)),
+            withTags: withTags)
         let key = scratch.written.span.bytes
         let primary = cache.primary(for: pending.probe, key: key, router: router)
         return router.route(key: key, hash: pending.probe.hash, primary: primary)
+    }
+
+    /// Packs a rewritten line, copied once, in pieces, straight into the packet (static, on
+    /// its parts, as `routeWritten`).
+    @inline(__always)
+    private static func appendRewritten(
+        _ pending: Pending, _ edit: LineRewriter.Edit, of datagram: RawSpan, to backend: Int, now: UInt64,
+        rewriter: borrowing LineRewriter, assembler: inout BatchAssembler
+    ) -> Bool {
+        let prefix = rewriter.prefix.span.bytes
+        return assembler.append(
+            prefix: prefix.extracting(0..<(edit.isPrefixed ? prefix.byteCount : 0)),
+            head: datagram.extracting(pending.line.lowerBound..<edit.insertAt),
+            insert: rewriter.tagPieces.span.bytes.extracting(edit.insert),
+            tail: datagram.extracting(edit.insertAt..<pending.line.upperBound), to: backend, now: now)
     }
 
     /// Frees the slot of a packet whose send completed and says what it carried; what became

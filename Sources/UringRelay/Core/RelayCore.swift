@@ -110,7 +110,7 @@ public struct RelayCore: ~Copyable {
         do throws(Errno) {
             return try DatagramProcessor(
                 router: Router(pool: pool), packetBytes: packetBytes, maxDatagramBytes: settings.maxDatagramBytes,
-                counters: counters, validation: settings.validation, hashKey: settings.hashKey)
+                counters: counters, validation: settings.validation, hashKey: settings.hashKey, rewrite: settings.rewrite)
         } catch { throw SystemCallError("mmap", "send buffers", error) }
     }
 

@@ -41,6 +41,8 @@ public struct WorkerSettings: Sendable {
     public var validation: ValidationMode = .loose
     /// `--hash-key` (fixed for the worker's life).
     public var hashKey: HashKeyMode = .name
+    /// `--metrics-prefix` and `--metrics-tags` (fixed for the worker's life).
+    public var rewrite = LineRewrite()
     /// The worker's part in a takeover: sockets it inherits, where it leaves copies of its own
     /// (`nil`: binds its own and keeps no copy).
     public var handOver: WorkerHandOver?
@@ -64,6 +66,7 @@ public struct WorkerSettings: Sendable {
         self.routing = routing
         validation = configuration.validation
         hashKey = configuration.hashKey
+        rewrite = configuration.rewrite
     }
 }
 
@@ -71,7 +74,10 @@ extension WorkerSettings {
     /// The sizes of this worker's send slots, queues and pinned memory for a pool of
     /// `backendCount` backends.
     public func ringSizing(backendCount: Int) -> RingSizing {
-        RingSizing(receiveBuffers: receiveBuffers, packetBytes: packetBytes, maxLineBytes: maxDatagramBytes, backendCount: backendCount)
+        // Rewritten lines fill more packets per datagram: the reserve is sized for them.
+        RingSizing(
+            receiveBuffers: receiveBuffers, packetBytes: packetBytes,
+            maxLineBytes: rewrite.rewrittenDatagramBytes(maxDatagramBytes), backendCount: backendCount)
     }
 
     /// The sizes for the pool in force now (what the start-up probe tries).
@@ -82,7 +88,9 @@ extension RelayConfiguration {
     /// The sizes of each worker's send slots, queues and pinned memory, with the configured
     /// backends (what the memlock advice is computed from).
     public var ringSizing: RingSizing {
-        RingSizing(receiveBuffers: receiveBuffers, packetBytes: packetBytes, maxLineBytes: maxDatagramBytes, backendCount: backends.count)
+        RingSizing(
+            receiveBuffers: receiveBuffers, packetBytes: packetBytes,
+            maxLineBytes: rewrite.rewrittenDatagramBytes(maxDatagramBytes), backendCount: backends.count)
     }
 }
 

@@ -95,7 +95,7 @@ public struct MetricFamily: Sendable, Equatable {
         .init("statsrelay_lines_forwarded_total", .counter, [], .relayCounters,
               help: "Lines packed into a packet for a backend."),
         .init("statsrelay_lines_dropped_total", .counter, ["reason"], .relayCounters,
-              help: "Lines not delivered, by reason: malformed (missing_colon, empty_name, nul_byte, too_long, bad_event_header), invalid under --validate strict (bad_name, bad_value, bad_type, bad_sample_rate, bad_tags, bad_timestamp, bad_field, bad_service_check, bad_event), no_send_buffer, the sums over backends of send_error, refused, unreachable, backend_down and hold_overflow, and held_at_exit, unsent_at_exit (packed but never handed to the kernel when the stop budget ran out), backend_removed."),
+              help: "Lines not delivered, by reason: malformed (missing_colon, empty_name, nul_byte, too_long, bad_event_header), too_long_rewritten (over 65507 bytes once --metrics-prefix/--metrics-tags are added), invalid under --validate strict (bad_name, bad_value, bad_type, bad_sample_rate, bad_tags, bad_timestamp, bad_field, bad_service_check, bad_event), no_send_buffer, the sums over backends of send_error, refused, unreachable, backend_down and hold_overflow, and held_at_exit, unsent_at_exit (packed but never handed to the kernel when the stop budget ran out), backend_removed."),
         .init("statsrelay_lines_unconfirmed_at_exit_total", .counter, [], .relayCounters,
               help: "Lines the kernel took that a stop could not confirm as arrived: sent less than 200 ms before the exit, so a refusal could still have come, all backends."),
         .init("statsrelay_lines_in_flight_at_exit_total", .counter, [], .relayCounters,

@@ -52,6 +52,7 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
     case linesDroppedBadField
     case linesDroppedBadServiceCheck
     case linesDroppedBadEvent
+    case linesDroppedTooLongRewritten
 
     /// The counter's name in lowercase dot notation.
     public var name: String {
@@ -105,6 +106,7 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
         case .linesDroppedBadField: "statsrelay.lines_dropped.bad_field"
         case .linesDroppedBadServiceCheck: "statsrelay.lines_dropped.bad_service_check"
         case .linesDroppedBadEvent: "statsrelay.lines_dropped.bad_event"
+        case .linesDroppedTooLongRewritten: "statsrelay.lines_dropped.too_long_rewritten"
         }
     }
 
@@ -150,6 +152,7 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
         case .badField: .linesDroppedBadField
         case .badServiceCheck: .linesDroppedBadServiceCheck
         case .badEvent: .linesDroppedBadEvent
+        case .tooLongRewritten: .linesDroppedTooLongRewritten
         }
     }
 }

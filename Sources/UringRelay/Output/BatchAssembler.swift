@@ -47,23 +47,32 @@ public struct BatchAssembler: ~Copyable {
     private var ready: RigidArray<Int32>
     private var readyHead = 0
 
+    /// `\n`, appended after a rewritten line's pieces.
+    private let newline: RigidArray<UInt8>
+
     /// Creates an assembler and its pool.
     ///
     /// - Parameters:
     ///   - backendCount: backends to batch for.
     ///   - packetBytes: the packet length limit (`--packet-len`).
-    ///   - maxLineBytes: the longest line possible (the largest datagram accepted).
-    public init(backendCount: Int, packetBytes: Int, maxLineBytes: Int) throws(Errno) {
+    ///   - maxLineBytes: the longest line possible (the largest datagram accepted, plus what a
+    ///     rewrite adds to a line).
+    ///   - datagramBytes: the most bytes one datagram's lines add up to, newlines included
+    ///     (more than `maxLineBytes` when lines are rewritten: `LineRewrite.rewrittenDatagramBytes`);
+    ///     `nil`: `maxLineBytes`.
+    public init(backendCount: Int, packetBytes: Int, maxLineBytes: Int, datagramBytes: Int? = nil) throws(Errno) {
         precondition(backendCount > 0 && packetBytes > 1)
         // The reserve arithmetic is explained at RingSizing, which the ring is sized by too.
         let capacity: Int
-        (reserveSlots, capacity) = RingSizing.sendSlots(packetBytes: packetBytes, maxLineBytes: maxLineBytes, backendCount: backendCount)
+        (reserveSlots, capacity) = RingSizing.sendSlots(
+            packetBytes: packetBytes, maxLineBytes: datagramBytes ?? maxLineBytes, backendCount: backendCount)
         pool = try SendBufferPool(capacity: capacity, slotBytes: max(packetBytes, maxLineBytes + 1))
         self.packetBytes = packetBytes
         self.backendCount = backendCount
         openSlot = RigidArray(repeating: -1, count: backendCount)
         openedAt = RigidArray(repeating: 0, count: backendCount)
         ready = RigidArray(capacity: capacity)
+        newline = RigidArray(repeating: UInt8(ascii: "\n"), count: 1)
     }
 
     /// Whether there are enough free slots to take on one more datagram.
@@ -79,6 +88,7 @@ public struct BatchAssembler: ~Copyable {
     /// - Precondition: `line.byteCount <= largestDatagramBytes` (the scanner drops longer ones).
     @inline(__always)
     public mutating func append(_ line: RawSpan, to backend: Int, now: UInt64) -> Bool {
+        // `slot(forLineOf:backend:now:)` written out: this is the path of every line.
         let needed = line.byteCount + 1
         var slot = Int(openSlot[backend])
         if slot >= 0 && pool.length(of: slot) + needed > packetBytes {
@@ -103,6 +113,64 @@ public struct BatchAssembler: ~Copyable {
         }
         pool.append(line, to: slot)
         return true
+    }
+
+    /// Appends one rewritten line for `backend`, copied once from its pieces into the packet:
+    /// `prefix`, `head`, `insert`, `tail` (`LineRewriter`). Packed exactly as `append` packs a
+    /// line of the pieces' total length, which is what counts toward `packetBytes`.
+    ///
+    /// - Returns: `false` if no slot was free.
+    /// - Precondition: the pieces add up to at most `largestDatagramBytes` and `maxLineBytes`.
+    @inline(__always)
+    public mutating func append(
+        prefix: RawSpan, head: RawSpan, insert: RawSpan, tail: RawSpan, to backend: Int, now: UInt64
+    ) -> Bool {
+        let length = prefix.byteCount &+ head.byteCount &+ insert.byteCount &+ tail.byteCount
+        guard let (slot, isAlone) = slot(forLineOf: length, backend: backend, now: now) else { return false }
+        if !prefix.isEmpty { pool.appendPacked(prefix, to: slot) }
+        pool.appendPacked(head, to: slot)
+        if !insert.isEmpty { pool.appendPacked(insert, to: slot) }
+        if !tail.isEmpty { pool.appendPacked(tail, to: slot) }
+        pool.addLines(1, to: slot)
+        if isAlone {
+            enqueue(Int32(slot))
+        } else {
+            Self.appendNewline(to: slot, of: &pool, newline)
+        }
+        return true
+    }
+
+    /// Appends `\n` to `slot` (static, on its parts: the newline is read while the pool is written).
+    @inline(__always)
+    private static func appendNewline(to slot: Int, of pool: inout SendBufferPool, _ newline: borrowing RigidArray<UInt8>) {
+        pool.appendPacked(newline.span.bytes, to: slot)
+    }
+
+    /// The slot a line of `length` bytes goes into for `backend`, and whether it goes alone
+    /// (then without its newline, and the caller queues the slot at once); `nil` when no slot
+    /// is free. Closes the open batch if the line and its newline do not fit in it.
+    @inline(__always)
+    private mutating func slot(forLineOf length: Int, backend: Int, now: UInt64) -> (Int, Bool)? {
+        let needed = length + 1
+        var slot = Int(openSlot[backend])
+        if slot >= 0 && pool.length(of: slot) + needed > packetBytes {
+            close(backend)
+            slot = -1
+        }
+        if needed > packetBytes {
+            // Alone in its own packet, sent at once, after what was already open for this
+            // backend; without its newline, which would take it past --packet-len (or, at
+            // 65 507 bytes, past what UDP over IPv4 carries).
+            guard let alone = pool.acquire(for: backend) else { return nil }
+            return (alone, true)
+        }
+        if slot < 0 {
+            guard let fresh = pool.acquire(for: backend) else { return nil }
+            slot = fresh
+            openSlot[backend] = Int32(fresh)
+            openedAt[backend] = now
+        }
+        return (slot, false)
     }
 
     /// Closes `backend`'s open batch, if any, making it ready.

@@ -144,4 +144,36 @@ public enum DogStatsD {
         }
         return nil
     }
+
+    /// Where `--metrics-tags` go in a valid line: right after the bytes of its first tags field
+    /// (`existing`, the bytes after `#`), wherever that field sits among the others; with no
+    /// tags field, at the line's end, or for a service check before its `|m:` message, which
+    /// must stay last (it runs to the end of the line, `|` and all).
+    /// ```
+    /// a:1|c|#env:prod|T1656581400      offset after "prod"; existing "env:prod"
+    /// a:1|c|T1656581400                offset at the end; existing nil
+    /// _sc|db|2|h:db1|m:down|x          offset at "|m:"; existing nil
+    /// ```
+    ///
+    /// - Parameter key: the line's key, as `LineScanner` found it.
+    public static func tagInsertion(_ datagram: RawSpan, line: Range<Int>, key: Range<Int>) -> (offset: Int, existing: Range<Int>?) {
+        let bytes = Span<UInt8>(_bytes: datagram)
+        let end = line.upperBound
+        let isServiceCheck = key.lowerBound != line.lowerBound && form(of: bytes, line) == .serviceCheck
+        var bar = datagram.firstOffset(of: UInt8(ascii: "|"), in: fieldsStart(bytes, line: line, key: key)..<end)
+        while let at = bar {
+            let fieldStart = at &+ 1
+            let fieldEnd = datagram.firstOffset(of: UInt8(ascii: "|"), in: fieldStart..<end) ?? end
+            if fieldStart < end {
+                let first = bytes[fieldStart]
+                if first == UInt8(ascii: "#") { return (fieldEnd, fieldStart &+ 1..<fieldEnd) }
+                if isServiceCheck && first == UInt8(ascii: "m") && fieldEnd &- fieldStart >= 2
+                    && bytes[fieldStart &+ 1] == UInt8(ascii: ":") {
+                    return (at, nil)
+                }
+            }
+            bar = fieldEnd < end ? fieldEnd : nil
+        }
+        return (end, nil)
+    }
 }

@@ -42,6 +42,10 @@ public enum LineScanner {
         /// line with `:title|text` (`DogStatsD.eventKey`). Checked in every `--validate` mode:
         /// such a header cannot be routed by its title.
         case badEventHeader
+        /// A line that `--metrics-prefix`/`--metrics-tags` would make longer than any UDP
+        /// datagram to a backend can be (65 507 bytes, `BatchAssembler.largestDatagramBytes`):
+        /// dropped whole, never cut (`LineRewrite`).
+        case tooLongRewritten
         // The reasons below are `--validate strict`'s only (`LineValidator`).
         /// A metric name holding `|` (strict).
         case badName

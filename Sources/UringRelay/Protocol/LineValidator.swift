@@ -96,82 +96,74 @@ public enum LineValidator {
         let statusEnd = datagram.firstOffset(of: UInt8(ascii: "|"), in: key.upperBound &+ 1..<end) ?? end
         let status = key.upperBound &+ 1..<statusEnd
         guard status.count == 1, bytes[status.lowerBound] &- UInt8(ascii: "0") < 4 else { return .badServiceCheck }
-        var seen = Seen()
-        var fieldStart = statusEnd
-        while fieldStart < end {
-            let start = fieldStart &+ 1
-            let fieldEnd = datagram.firstOffset(of: UInt8(ascii: "|"), in: start..<end) ?? end
-            fieldStart = fieldEnd
-            guard start < fieldEnd else { return .badField }
-            let field = start..<fieldEnd
-            if bytes[start] == UInt8(ascii: "#") {
-                guard seen.first(.tags) else { return .badField }
-                if !areTags(datagram, start &+ 1..<fieldEnd) { return .badTags }
-                continue
-            }
-            guard field.count >= 2, bytes[start &+ 1] == UInt8(ascii: ":") else { return .badField }
-            let value = start &+ 2..<fieldEnd
-            switch bytes[start] {
-            case UInt8(ascii: "d"):
-                guard seen.first(.timestamp) else { return .badField }
-                if !isDigits(bytes, value) { return .badServiceCheck }
-            case UInt8(ascii: "h"):
-                guard seen.first(.host), !value.isEmpty else { return .badField }
-            case UInt8(ascii: "m"):
-                // The message is last and takes the rest of the line, `|` and all.
-                return nil
-            default:
-                return .badField
-            }
-        }
-        return nil
+        return checkFields(datagram, bytes, from: statusEnd, end: end, ServiceCheckFields.self)
     }
 
     private static func checkEvent(
         _ datagram: RawSpan, _ bytes: Span<UInt8>, line: Range<Int>, key: Range<Int>
     ) -> LineScanner.Malformation? {
-        let end = line.upperBound
         guard let header = DogStatsD.eventHeader(bytes, line) else { return .badEventHeader }
+        return checkFields(datagram, bytes, from: header.text.upperBound, end: line.upperBound, EventFields.self)
+    }
+
+    /// The optional fields of a service check or an event, `|#tags` or `|X:value`, from `from`
+    /// (the `|` before the first) to `end`: each known to the form at most once, with its
+    /// value checked as the form's table says (`FieldTable`).
+    @inline(__always)
+    private static func checkFields<Table: FieldTable>(
+        _ datagram: RawSpan, _ bytes: Span<UInt8>, from: Int, end: Int, _: Table.Type
+    ) -> LineScanner.Malformation? {
         var seen = Seen()
-        var fieldStart = header.text.upperBound
+        var fieldStart = from
         while fieldStart < end {
             let start = fieldStart &+ 1
             let fieldEnd = datagram.firstOffset(of: UInt8(ascii: "|"), in: start..<end) ?? end
             fieldStart = fieldEnd
             guard start < fieldEnd else { return .badField }
-            let field = start..<fieldEnd
             if bytes[start] == UInt8(ascii: "#") {
                 guard seen.first(.tags) else { return .badField }
                 if !areTags(datagram, start &+ 1..<fieldEnd) { return .badTags }
                 continue
             }
-            guard field.count >= 2, bytes[start &+ 1] == UInt8(ascii: ":") else { return .badField }
+            guard fieldEnd &- start >= 2, bytes[start &+ 1] == UInt8(ascii: ":"),
+                  let rule = Table.rule(for: bytes[start]) else { return .badField }
             let value = start &+ 2..<fieldEnd
-            switch bytes[start] {
-            case UInt8(ascii: "d"):
-                guard seen.first(.timestamp) else { return .badField }
-                if !isDigits(bytes, value) { return .badEvent }
-            case UInt8(ascii: "p"):
-                guard seen.first(.priority) else { return .badField }
+            guard seen.first(rule.field) else { return .badField }
+            switch rule.value {
+            case .nonEmpty:
+                if value.isEmpty { return .badField }
+            case .digits:
+                if !isDigits(bytes, value) { return Table.fault }
+            case .priority:
                 let word = Word(bytes, value)
-                if word != Word.normal && word != Word.low { return .badEvent }
-            case UInt8(ascii: "t"):
-                guard seen.first(.alert) else { return .badField }
+                if word != Word.normal && word != Word.low { return Table.fault }
+            case .alert:
                 let word = Word(bytes, value)
-                if word != Word.error && word != Word.warning && word != Word.info && word != Word.success { return .badEvent }
-            case UInt8(ascii: "h"):
-                guard seen.first(.host), !value.isEmpty else { return .badField }
-            case UInt8(ascii: "k"):
-                guard seen.first(.aggregation), !value.isEmpty else { return .badField }
-            case UInt8(ascii: "s"):
-                guard seen.first(.source), !value.isEmpty else { return .badField }
-            default:
-                return .badField
+                if word != Word.error && word != Word.warning && word != Word.info && word != Word.success { return Table.fault }
+            case .restOfLine:
+                // The message is last and takes the rest of the line, `|` and all.
+                return nil
             }
         }
         return nil
     }
 
+    /// What one `X:value` field of a service check or an event is, and how its value is checked.
+    struct FieldRule {
+        /// What it is, to refuse it given twice.
+        let field: Seen.Field
+        let value: ValueRule
+    }
+
+    /// How a field's value is checked (a fault is `badField` for `nonEmpty`, the form's own
+    /// reason otherwise).
+    enum ValueRule {
+        case nonEmpty, digits, priority, alert
+        /// The rest of the line, whatever it holds (a service check's `m:`).
+        case restOfLine
+    }
+
+    // MARK: - Pieces
     // MARK: - Pieces
 
     /// Whether `range` is a decimal number: `[+-]?(D+(.D*)?|.D+)([eE][+-]?D+)?`.
@@ -255,7 +247,7 @@ public enum LineValidator {
     struct Seen {
         enum Field: UInt16 {
             case rate = 1, tags = 2, timestamp = 4, container = 8, host = 16, priority = 32, alert = 64
-            case aggregation = 128, source = 256
+            case aggregation = 128, source = 256, message = 512
         }
 
         private var bits: UInt16 = 0
@@ -265,6 +257,48 @@ public enum LineValidator {
         mutating func first(_ field: Field) -> Bool {
             defer { bits |= field.rawValue }
             return bits & field.rawValue == 0
+        }
+    }
+}
+
+/// The `X:value` fields one DogStatsD form allows, by their letter (`LineValidator.checkFields`).
+protocol FieldTable {
+    /// The rule of the field whose letter is `letter`, or `nil` for one the form does not have.
+    static func rule(for letter: UInt8) -> LineValidator.FieldRule?
+    /// The reason for a bad value of a field checked beyond `nonEmpty`.
+    static var fault: LineScanner.Malformation { get }
+}
+
+/// A service check's fields: `d:` digits, `h:` host, `m:` message (last, the rest of the line).
+enum ServiceCheckFields: FieldTable {
+    static var fault: LineScanner.Malformation { .badServiceCheck }
+
+    @inline(__always)
+    static func rule(for letter: UInt8) -> LineValidator.FieldRule? {
+        switch letter {
+        case UInt8(ascii: "d"): LineValidator.FieldRule(field: .timestamp, value: .digits)
+        case UInt8(ascii: "h"): LineValidator.FieldRule(field: .host, value: .nonEmpty)
+        case UInt8(ascii: "m"): LineValidator.FieldRule(field: .message, value: .restOfLine)
+        default: nil
+        }
+    }
+}
+
+/// An event's fields: `d:` digits, `h:` host, `k:` aggregation key, `p:` priority, `s:` source,
+/// `t:` alert type.
+enum EventFields: FieldTable {
+    static var fault: LineScanner.Malformation { .badEvent }
+
+    @inline(__always)
+    static func rule(for letter: UInt8) -> LineValidator.FieldRule? {
+        switch letter {
+        case UInt8(ascii: "d"): LineValidator.FieldRule(field: .timestamp, value: .digits)
+        case UInt8(ascii: "h"): LineValidator.FieldRule(field: .host, value: .nonEmpty)
+        case UInt8(ascii: "k"): LineValidator.FieldRule(field: .aggregation, value: .nonEmpty)
+        case UInt8(ascii: "p"): LineValidator.FieldRule(field: .priority, value: .priority)
+        case UInt8(ascii: "s"): LineValidator.FieldRule(field: .source, value: .nonEmpty)
+        case UInt8(ascii: "t"): LineValidator.FieldRule(field: .alert, value: .alert)
+        default: nil
         }
     }
 }

@@ -130,12 +130,15 @@ public struct RoutingKey: ~Copyable {
 
     /// The FNV-1a 64 of the key of `line`, computed as its bytes stream past; `nil` when the
     /// line has no tag (its key is its name: hash `key` as under `--hash-key name`).
+    ///
+    /// - Parameter seed: the hash state the name's bytes continue: the offset basis, or the
+    ///   state after a `--metrics-prefix` (`LineRewriter.prefixSeed`).
     @inline(__always)
-    public mutating func hash(_ datagram: RawSpan, line: Range<Int>, key: Range<Int>) -> UInt64? {
+    public mutating func hash(_ datagram: RawSpan, line: Range<Int>, key: Range<Int>, seed: UInt64 = FNV1a.offsetBasis) -> UInt64? {
         let collected = collect(datagram, line: line, key: key)
         if case .none = collected { return nil }
         let bytes = Span<UInt8>(_bytes: datagram)
-        var hash = Self.feed(FNV1a.offsetBasis, bytes, key)
+        var hash = Self.feed(seed, bytes, key)
         hash = Self.feed(hash, UInt8(ascii: "|"))
         hash = Self.feed(hash, UInt8(ascii: "#"))
         switch collected {
@@ -155,10 +158,17 @@ public struct RoutingKey: ~Copyable {
 
     /// Writes the key of `line` out, to be read from `written` (the name itself when the line
     /// has no tag).
-    public mutating func write(_ datagram: RawSpan, line: Range<Int>, key: Range<Int>) {
-        let collected = collect(datagram, line: line, key: key)
+    ///
+    /// - Parameters:
+    ///   - prefix: bytes written before the name (`P.` of `--metrics-prefix`), or empty.
+    ///   - withTags: `false` for `--hash-key name`: the (prefixed) name alone.
+    public mutating func write(
+        _ datagram: RawSpan, line: Range<Int>, key: Range<Int>, prefix: RawSpan = RawSpan(), withTags: Bool = true
+    ) {
+        let collected = withTags ? collect(datagram, line: line, key: key) : .none
         let bytes = Span<UInt8>(_bytes: datagram)
         written.removeAll()
+        written.append(copying: Span<UInt8>(_bytes: prefix))
         written.append(copying: bytes.extracting(key))
         if case .none = collected { return }
         written.append(UInt8(ascii: "|"))
@@ -183,13 +193,23 @@ public struct RoutingKey: ~Copyable {
         return nibble < 10 ? UInt8(ascii: "0") &+ nibble : UInt8(ascii: "a") &+ nibble &- 10
     }
 
+    /// The FNV-1a 64 of `bytes` continuing from `seed`: `FNV1a.hash64(bytes)` when `seed` is
+    /// the offset basis (the same loop, so a constant seed compiles to the same code).
     @inline(__always)
-    private static func feed(_ hash: UInt64, _ byte: UInt8) -> UInt64 {
+    static func hash(continuing seed: UInt64, _ bytes: RawSpan) -> UInt64 {
+        let span = Span<UInt8>(_bytes: bytes)
+        var hash = seed
+        for index in span.indices { hash = (hash ^ UInt64(span[index])) &* FNV1a.prime }
+        return hash
+    }
+
+    @inline(__always)
+    static func feed(_ hash: UInt64, _ byte: UInt8) -> UInt64 {
         (hash ^ UInt64(byte)) &* FNV1a.prime
     }
 
     @inline(__always)
-    private static func feed(_ hash: UInt64, _ bytes: Span<UInt8>, _ range: Range<Int>) -> UInt64 {
+    static func feed(_ hash: UInt64, _ bytes: Span<UInt8>, _ range: Range<Int>) -> UInt64 {
         var hash = hash
         for index in range { hash = (hash ^ UInt64(bytes[index])) &* FNV1a.prime }
         return hash

@@ -155,12 +155,14 @@ let ringBackends = (1...backendCount).map { BackendAddress(host: "10.0.0.\($0)",
 
 /// A processor over the benchmarks' backends in `hashMode`, or `nil` after reporting the error.
 func makeProcessor(
-    _ benchmark: Benchmark, hashMode: HashMode = .jump, validation: ValidationMode = .loose, hashKey: HashKeyMode = .name
+    _ benchmark: Benchmark, hashMode: HashMode = .jump, validation: ValidationMode = .loose, hashKey: HashKeyMode = .name,
+    rewrite: LineRewrite = LineRewrite()
 ) -> DatagramProcessor? {
     let router = hashMode == .jump
         ? Router(backendCount: backendCount) : Router(backends: ringBackends, hashMode: hashMode)
     guard let processor = try? DatagramProcessor(
-        router: router, packetBytes: packetBytes, maxDatagramBytes: maxDatagramBytes, validation: validation, hashKey: hashKey)
+        router: router, packetBytes: packetBytes, maxDatagramBytes: maxDatagramBytes, validation: validation, hashKey: hashKey,
+        rewrite: rewrite)
     else {
         benchmark.error("DatagramProcessor.init failed")
         return nil
@@ -396,6 +398,27 @@ let benchmarks: @Sendable () -> Void = {
                 benchmark.stopMeasurement()
             }
             checkEveryLinePacked(processor.counters, benchmark)
+        }
+    }
+
+    // 8. Rewriting (--metrics-prefix, --metrics-tags): the 36-line datagram of benchmark 4 and
+    //    the DogStatsD one of 7, each line prefixed (metrics), tagged (after its tags, or a new
+    //    field) and copied once into its packet from its pieces. Compare with 4 and 7 (loose,
+    //    name), which run the loop without rewriting code. Gated at 0 mallocs (Thresholds/).
+    let rewrite = try! LineRewrite(prefix: "eu-west", tags: "dc:eu-west,relay")
+    for (name, bytes) in [("36 lines", datagram), ("DogStatsD \(dogLines) lines", dogDatagram)] {
+        for mode in [HashMode.jump, .ketama] {
+            let ring = mode == .jump ? "" : ", \(mode)"
+            Benchmark("DatagramProcessor.relay (rewrite, \(name)\(ring))", configuration: perDatagram) { benchmark in
+                guard var processor = makeProcessor(benchmark, hashMode: mode, rewrite: rewrite) else { return }
+                bytes.withUnsafeBytes { raw in
+                    relayDatagrams(&processor, raw.bytes, count: 1_000)
+                    benchmark.startMeasurement()
+                    relayDatagrams(&processor, raw.bytes, count: benchmark.scaledIterations.count)
+                    benchmark.stopMeasurement()
+                }
+                checkEveryLinePacked(processor.counters, benchmark)
+            }
         }
     }
 }
