@@ -1,4 +1,5 @@
 import Foundation
+import RoutingReference
 import Testing
 @testable import UringRelay
 
