@@ -73,6 +73,8 @@ extension ConfigFile {
         Key("flap-hold", .applied),
         Key("validate", .restart),
         Key("hash-key", .restart),
+        Key("sendproto", .restart),
+        Key("tcp-backend-queue", .restart),
     ]
 
     /// The keys of one entry of `listeners` written as a mapping.

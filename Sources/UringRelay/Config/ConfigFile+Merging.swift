@@ -51,6 +51,7 @@ extension ConfigFile {
         drop(\.flapHold)
         drop(\.validate)
         drop(\.hashKey)
+        drop(\.sendproto); drop(\.tcpBackendQueue)
         drop(\.controlSocket)
         if flags.listeners != nil {
             // `--listen` replaces every listener of the file, whichever form it used.

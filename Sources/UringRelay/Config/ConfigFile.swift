@@ -122,6 +122,8 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
     public var flapHold: String?
     public var validate: String?
     public var hashKey: String?
+    public var sendproto: String?
+    public var tcpBackendQueue: String?
 
     /// Where the settings came from, for errors: the file's path as given.
     public var source = "command line"
@@ -163,6 +165,8 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
         case flapHold = "flap-hold"
         case validate
         case hashKey = "hash-key"
+        case sendproto
+        case tcpBackendQueue = "tcp-backend-queue"
     }
 
     /// Nothing set: every key keeps its default (or, for the command line, the file's value).
@@ -189,6 +193,7 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
         note(.flapHold, flapHold)
         note(.validate, validate)
         note(.hashKey, hashKey)
+        note(.sendproto, sendproto); note(.tcpBackendQueue, tcpBackendQueue)
         note(.controlSocket, controlSocket)
         return keys
     }
@@ -404,6 +409,17 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
                 throw invalid("hash-key", hashKey, "expected \(Self.choices(HashKeyMode.allCases.map(\.rawValue)))")
             }
             configuration.hashKey = mode
+        }
+        if let sendproto {
+            guard let transport = BackendTransport(sendProtocol: sendproto) else {
+                throw invalid("sendproto", sendproto, "expected UDP or TCP")
+            }
+            configuration.sendProtocol = transport
+        }
+        if let tcpBackendQueue {
+            configuration.tcpBackendQueueBytes = try at("tcp-backend-queue") { () throws(ConfigurationError) in
+                try ByteSizeParser.bytes(tcpBackendQueue, argument: "", in: RelayConfiguration.tcpBackendQueueLimits)
+            }
         }
     }
 

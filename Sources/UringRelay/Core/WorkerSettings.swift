@@ -41,6 +41,11 @@ public struct WorkerSettings: Sendable {
     public var validation: ValidationMode = .loose
     /// `--hash-key` (fixed for the worker's life).
     public var hashKey: HashKeyMode = .name
+    /// `--sendproto`: the transport of backends written without a scheme (fixed for the
+    /// worker's life).
+    public var sendProtocol: BackendTransport = .udp
+    /// `--tcp-backend-queue`: bytes held per TCP backend (fixed for the worker's life).
+    public var tcpBackendQueueBytes = RelayConfiguration.defaultTCPBackendQueueBytes
     /// The worker's part in a takeover: sockets it inherits, where it leaves copies of its own
     /// (`nil`: binds its own and keeps no copy).
     public var handOver: WorkerHandOver?
@@ -64,6 +69,8 @@ public struct WorkerSettings: Sendable {
         self.routing = routing
         validation = configuration.validation
         hashKey = configuration.hashKey
+        sendProtocol = configuration.sendProtocol
+        tcpBackendQueueBytes = configuration.tcpBackendQueueBytes
     }
 }
 

@@ -127,7 +127,7 @@ extension IOUringDriver: WorkerTransport {
     }
 
     @inline(__always)
-    mutating func send(_ worker: inout WorkerState, now: UInt64) { queueReadySends(&worker) }
+    mutating func send(_ worker: inout WorkerState, now: UInt64) { queueReadySends(&worker, now: now) }
 
     var sendsPending: Int { sends.count }
 
@@ -238,7 +238,9 @@ extension IOUringDriver {
     /// How many completions to wait for, for how long, and the minimum wait.
     private func waitPlan(_ worker: borrowing WorkerState, now: UInt64) -> (UInt32, UInt64?, UInt32) {
         func until(_ deadline: UInt64) -> UInt64 { deadline > now ? deadline - now : 0 }
-        let flushDue = earliest(worker.core.nextDeadline(now: now), worker.connections.nextConfirmation).map(until)
+        var flushDue = earliest(worker.core.nextDeadline(now: now), worker.connections.nextConfirmation).map(until)
+        // A TCP backend connecting or with a full send buffer is looked at again within a millisecond.
+        if worker.connections.streamsWantWritable { flushDue = min(flushDue ?? 1_000_000, 1_000_000) }
         let minimumWait = minimumWaitMicroseconds
         // Waiting for several completions is only safe with a minimum wait to cut it short;
         // without one the worker would sit on a lone datagram (or its stop signal).
@@ -354,11 +356,16 @@ extension IOUringDriver {
     /// Queues every packet the core hands out behind the earlier ones for its backend, and
     /// turns what can go into `send` SQEs, submitted with the next wait.
     @inline(__always)
-    private mutating func queueReadySends(_ worker: inout WorkerState) {
+    private mutating func queueReadySends(_ worker: inout WorkerState, now: UInt64) {
         sends.follow(backends: worker.core.pool.count, slots: worker.core.sendBuffers.capacity)
         while let (slot, backend) = worker.core.nextOutgoing() {
-            sends.enqueue(slot: slot, backend: backend)
+            if worker.connections.isStream(backend) {
+                worker.connections.enqueueStream(slot: slot, backend: backend, core: &worker.core)
+            } else {
+                sends.enqueue(slot: slot, backend: backend)
+            }
         }
+        if worker.connections.hasStreams { worker.connections.progressStreams(now: now, writes: true) }
         guard !submissionsDeferred else { return }
         do throws(Errno) {
             try sends.submit(to: ring, from: worker.core.sendBuffers, over: &worker.connections)

@@ -161,7 +161,7 @@ extension PortableDriver {
             timeout = min(timeout, worker.core.stopDeadline > now ? worker.core.stopDeadline - now : 0)
         }
         // A full socket buffer is not polled for room: deferred packets are tried every millisecond.
-        if !deferred.isEmpty { timeout = min(timeout, 1_000_000) }
+        if !deferred.isEmpty || worker.connections.streamsWantWritable { timeout = min(timeout, 1_000_000) }
         return timeout
     }
 
@@ -238,12 +238,17 @@ extension PortableDriver {
         spare.removeAll(keepingCapacity: true)
         while let (slot, backend) = worker.core.nextOutgoing() { send(slot, to: backend, nonBlocking: nonBlocking, worker: &worker, now: now) }
         flushSends(nonBlocking: nonBlocking, worker: &worker, now: now)
+        if worker.connections.hasStreams { worker.connections.progressStreams(now: now, writes: true) }
     }
 
     /// Adds one packet to the send batch, or defers it behind an earlier packet for its backend
     /// that was deferred in this call.
     @inline(__always)
     private mutating func send(_ slot: Int, to backend: Int, nonBlocking: Bool, worker: inout WorkerState, now: UInt64) {
+        if worker.connections.isStream(backend) {
+            worker.connections.enqueueStream(slot: slot, backend: backend, core: &worker.core)
+            return
+        }
         if blocked[backend] {
             deferred.append((slot, backend))
             return
