@@ -162,6 +162,35 @@ struct TCPBackendTests {
         #expect(counters[.linesReceived] == counters.total(.linesSent) + unconfirmedAtExit(in: counters) + droppedLines(counters))
     }
 
+    @Test("a connection reset with bytes unacknowledged counts their lines as lost (SIOCOUTQ at the reset)", arguments: ioDrivers)
+    func lostAtReset(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        // It never reads: its small window fills, then the relay's bytes wait unacknowledged
+        // in its own send buffer until the backend dies and resets the connection.
+        let backend = try TCPTestBackend(reading: false, receiveBufferBytes: 4_096)
+        defer { backend.close() }
+        let relay = try startRelay([backend.spec], driver: driver) {
+            $0.backendSendBufferBytes = 16_384
+            $0.tcpBackendQueueBytes = 64 << 10
+        }
+        let identity = "127.0.0.1:\(backend.port)"
+        let lines = numberedLines(0..<5_000, pad: 30)
+        try send(datagrams(of: lines, perDatagram: 50), to: relay.address)
+        #expect(backend.wait { _ in relay.relay.liveCounters()[.linesDroppedTCPQueueFull, backend: identity] > 0 }, "the queue filled")
+        backend.kill()
+        // The reset is seen at the next write or poll; more lines make sure one is tried.
+        let seen = backend.wait { _ in
+            try? send(datagrams(of: numberedLines(5_000..<5_010, pad: 30), perDatagram: 10), to: relay.address)
+            return relay.relay.liveCounters()[.tcpConnectionFailures, backend: identity] > 0
+        }
+        #expect(seen, "the reset was seen")
+        let counters = relay.stop()
+        let lost = counters[.tcpLinesLostAtReset, backend: identity]
+        #expect(lost > 0 && lost <= counters[.linesSent, backend: identity], "lost \(lost) of \(counters[.linesSent, backend: identity]) sent")
+        #expect(counters[.tcpBytesLostAtReset, backend: identity] >= lost * 40, "each line is over 40 bytes")
+        #expect(counters[.linesReceived] == counters.total(.linesSent) + droppedLines(counters))
+    }
+
     @Test("partial writes (tiny SO_SNDBUF, slow reader) resume where they stopped: no line cut or sent twice", arguments: ioDrivers)
     func partialWrites(driver: IOBackendChoice) throws {
         try requireDriver(driver)

@@ -7,14 +7,16 @@ extension BackendConnections {
     /// One link per TCP backend of `pool`; `linkOf` is set to each backend's link index (−1: UDP).
     static func makeLinks(
         for pool: BackendPool, sendProtocol: BackendTransport, queueBytes: Int, sendBufferBytes: Int, now: UInt64,
-        linkOf: inout [Int]
+        linkOf: inout [Int], nextLinkID: inout UInt16
     ) -> RigidArray<TCPBackendLink> {
         let streamed = pool.backends.map { ($0.transport ?? sendProtocol) == .tcp }
         var links = RigidArray<TCPBackendLink>(capacity: streamed.count { $0 })
         linkOf = Array(repeating: -1, count: pool.count)
         for backend in pool.backends.indices where streamed[backend] {
             linkOf[backend] = links.count
-            links.append(TCPBackendLink(address: pool.addresses[backend], queueBytes: queueBytes, sendBufferBytes: sendBufferBytes, now: now))
+            links.append(TCPBackendLink(
+                id: nextLinkID, address: pool.addresses[backend], queueBytes: queueBytes, sendBufferBytes: sendBufferBytes, now: now))
+            nextLinkID &+= 1
         }
         return links
     }
@@ -40,6 +42,25 @@ extension BackendConnections {
     /// is queued without waiting.
     mutating func progressStreams(now: UInt64, writes: Bool) {
         for index in links.indices { links[index].progress(now: now, writes: writes) }
+    }
+
+    /// The link whose requests carry `index` (`TCPBackendLink.requestIndex`), if it still lives.
+    private func link(forRequest index: UInt32) -> Int? {
+        let id = UInt16(truncatingIfNeeded: index >> 16)
+        for position in links.indices where links[position].id == id { return position }
+        return nil
+    }
+
+    /// A TCP backend's `send` SQE completed (io_uring driver).
+    mutating func streamSendCompleted(request index: UInt32, result: Int32, now: UInt64) {
+        guard let position = link(forRequest: index) else { return }
+        links[position].writeCompleted(result: result, connection: UInt16(truncatingIfNeeded: index), now: now)
+    }
+
+    /// A TCP backend's writability poll completed (io_uring driver).
+    mutating func streamPollCompleted(request index: UInt32) {
+        guard let position = link(forRequest: index) else { return }
+        links[position].pollCompleted(connection: UInt16(truncatingIfNeeded: index))
     }
 
     /// Whether a link waits for its socket to become writable (connecting, or its send
@@ -100,7 +121,9 @@ extension BackendConnections {
                 newLinks.append(link)
             } else {
                 newLinks.append(TCPBackendLink(
-                    address: next.addresses[backend], queueBytes: streamQueueBytes, sendBufferBytes: sendBufferBytes, now: now))
+                    id: nextLinkID, address: next.addresses[backend], queueBytes: streamQueueBytes, sendBufferBytes: sendBufferBytes,
+                    now: now))
+                nextLinkID &+= 1
             }
         }
         for k in old.indices {

@@ -51,6 +51,8 @@ struct BackendConnections: ~Copyable {
     let sendProtocol: BackendTransport
     /// Bytes each TCP link may hold (`--tcp-backend-queue`).
     let streamQueueBytes: Int
+    /// The id the next TCP link takes.
+    var nextLinkID: UInt16 = 0
 
     /// How late past its confirmation time a packet may be confirmed. Under steady traffic the
     /// oldest unconfirmed packet comes of age every few microseconds; without this slack every
@@ -70,10 +72,12 @@ struct BackendConnections: ~Copyable {
         self.sendProtocol = sendProtocol
         self.streamQueueBytes = streamQueueBytes
         var linkOf: [Int] = []
+        var nextLinkID: UInt16 = 0
         links = Self.makeLinks(
             for: pool, sendProtocol: sendProtocol, queueBytes: streamQueueBytes, sendBufferBytes: sendBufferBytes, now: now,
-            linkOf: &linkOf)
+            linkOf: &linkOf, nextLinkID: &nextLinkID)
         self.linkOf = linkOf
+        self.nextLinkID = nextLinkID
         sockets = try BackendSockets(connecting: pool.addresses, sendBufferBytes: sendBufferBytes)
         ledgers = pool.backends.map { _ in DeliveryLedger() }
         identities = pool.identities

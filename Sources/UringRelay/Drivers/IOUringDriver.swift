@@ -238,9 +238,7 @@ extension IOUringDriver {
     /// How many completions to wait for, for how long, and the minimum wait.
     private func waitPlan(_ worker: borrowing WorkerState, now: UInt64) -> (UInt32, UInt64?, UInt32) {
         func until(_ deadline: UInt64) -> UInt64 { deadline > now ? deadline - now : 0 }
-        var flushDue = earliest(worker.core.nextDeadline(now: now), worker.connections.nextConfirmation).map(until)
-        // A TCP backend connecting or with a full send buffer is looked at again within a millisecond.
-        if worker.connections.streamsWantWritable { flushDue = min(flushDue ?? 1_000_000, 1_000_000) }
+        let flushDue = earliest(worker.core.nextDeadline(now: now), worker.connections.nextConfirmation).map(until)
         let minimumWait = minimumWaitMicroseconds
         // Waiting for several completions is only safe with a minimum wait to cut it short;
         // without one the worker would sit on a lone datagram (or its stop signal).
@@ -319,6 +317,11 @@ extension IOUringDriver {
             // is missed, and one that comes while stopping wakes the worker once, not every turn.
             worker.control.wakeup.reset()
             wakeupPollWanted = true
+        case .streamSend:
+            worker.connections.streamSendCompleted(request: completion.userData.index, result: completion.result, now: now)
+        case .streamPoll:
+            // Writable, connected, failed or reset: the send step looks at the link again.
+            worker.connections.streamPollCompleted(request: completion.userData.index)
         case .cancel:
             break  // the cancelled receive reports its own end
         case .routing:
@@ -365,11 +368,42 @@ extension IOUringDriver {
                 sends.enqueue(slot: slot, backend: backend)
             }
         }
-        if worker.connections.hasStreams { worker.connections.progressStreams(now: now, writes: true) }
+        if worker.connections.hasStreams {
+            worker.connections.progressStreams(now: now, writes: false)
+            submitStreams(&worker)
+        }
         guard !submissionsDeferred else { return }
         do throws(Errno) {
             try sends.submit(to: ring, from: worker.core.sendBuffers, over: &worker.connections)
         } catch { deferSubmissions(&worker.core) }
     }
 
+    /// Turns each TCP backend's queued bytes into a `send` SQE (one in flight per link, its
+    /// partial result resumed by the next), and arms a writability poll for each link that is
+    /// connecting or found its socket full; all submitted with the next wait.
+    private mutating func submitStreams(_ worker: inout WorkerState) {
+        for index in worker.connections.links.indices where !submissionsDeferred {
+            if let write = worker.connections.links[index].takeWrite() {
+                do throws(Errno) {
+                    try ring.sendStream(
+                        write.bytes, descriptor: write.descriptor,
+                        userData: UserData(.streamSend, index: worker.connections.links[index].requestIndex))
+                } catch {
+                    worker.connections.links[index].writeNotSubmitted()
+                    deferSubmissions(&worker.core)
+                    return
+                }
+            }
+            if worker.connections.links[index].needsPoll, let descriptor = worker.connections.links[index].pollDescriptor {
+                do throws(Errno) {
+                    try ring.armWritablePoll(
+                        descriptor: descriptor, userData: UserData(.streamPoll, index: worker.connections.links[index].requestIndex))
+                    worker.connections.links[index].pollArmed()
+                } catch {
+                    deferSubmissions(&worker.core)
+                    return
+                }
+            }
+        }
+    }
 }

@@ -42,6 +42,8 @@ struct PortableDriver: ~Copyable {
     private var spare: [(slot: Int, backend: Int)] = []
     /// Per backend, during one `sendReady`: a packet for it was deferred, so every later one is.
     private var blocked: [Bool] = []
+    /// The poll set's entries for TCP backends' sockets, after the control event's: one per link.
+    private var streamEntries = 0
     /// Whether the listeners are still read (until the core stops receiving).
     private var receiving = true
     /// The last turn's receive left more waiting: the next wait is skipped (but every
@@ -70,7 +72,8 @@ struct PortableDriver: ~Copyable {
         spare.reserveCapacity(worker.core.sendBuffers.capacity)
         wakeupDescriptor = PollSet.descriptor(of: worker.control.wakeup)
         receivers = Self.receivers(of: worker.listeners)
-        poller = PollSet(descriptors: receivers.map(\.descriptor) + [wakeupDescriptor])
+        streamEntries = worker.connections.links.count
+        poller = PollSet(descriptors: receivers.map(\.descriptor) + [wakeupDescriptor], writers: streamEntries)
     }
 
     /// The facts worth logging once at start-up.
@@ -100,6 +103,7 @@ extension PortableDriver: WorkerTransport {
     @inline(__always)
     mutating func wait(_ worker: inout WorkerState, now: UInt64) throws(SystemCallError) {
         guard !busy || busyTurns >= Self.busyTurnsPerPoll else { return }
+        if worker.connections.hasStreams || streamEntries > 0 { watchStreams(worker) }
         do throws(Errno) {
             try poller.wait(timeoutNanoseconds: busy ? 0 : waitTimeout(worker, now: now))
         } catch { throw SystemCallError("ppoll", "", error) }
@@ -117,10 +121,11 @@ extension PortableDriver: WorkerTransport {
 
     var unrelayedListener: UInt32? { batchNext < batchCount ? batchListener : nil }
 
-    /// Rebuilds the poll set: the listeners now, the control event last.
+    /// Rebuilds the poll set: the listeners now, the control event, then the TCP backends.
     mutating func listenersChanged(_ worker: borrowing WorkerState) {
         receivers = Self.receivers(of: worker.listeners)
-        poller = PollSet(descriptors: receivers.map(\.descriptor) + [wakeupDescriptor])
+        streamEntries = worker.connections.links.count
+        poller = PollSet(descriptors: receivers.map(\.descriptor) + [wakeupDescriptor], writers: streamEntries)
     }
 
     /// Stops reading the listeners; they close in this turn (nothing of theirs is in flight).
@@ -161,7 +166,7 @@ extension PortableDriver {
             timeout = min(timeout, worker.core.stopDeadline > now ? worker.core.stopDeadline - now : 0)
         }
         // A full socket buffer is not polled for room: deferred packets are tried every millisecond.
-        if !deferred.isEmpty || worker.connections.streamsWantWritable { timeout = min(timeout, 1_000_000) }
+        if !deferred.isEmpty { timeout = min(timeout, 1_000_000) }
         return timeout
     }
 
@@ -279,4 +284,15 @@ extension PortableDriver {
         sends.removeAll()
     }
 
+    /// Points the poll set's TCP entries at the sockets of links waiting to become writable
+    /// (connecting, or their send buffer full), the others at nothing; the set is made again
+    /// only when the number of links changed (a pool change).
+    private mutating func watchStreams(_ worker: borrowing WorkerState) {
+        if streamEntries != worker.connections.links.count { listenersChanged(worker) }
+        let first = receivers.count + 1
+        for index in worker.connections.links.indices {
+            let waiting = worker.connections.links[index].wantsWritable
+            poller.watchWritable(first + index, descriptor: waiting ? worker.connections.links[index].pollDescriptor : nil)
+        }
+    }
 }

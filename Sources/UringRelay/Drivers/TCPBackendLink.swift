@@ -56,7 +56,11 @@ struct TCPBackendLink: ~Copyable {
     /// A `send` SQE on the current connection is in flight (io_uring driver).
     private(set) var sendInFlight = false
     /// Bumped at every new connection, so a completion of a send on a dead one is recognised.
-    private(set) var connectionNumber: UInt32 = 0
+    private(set) var connectionNumber: UInt16 = 0
+    /// This link's number among the worker's links (unique while it lives), for `user_data`.
+    let id: UInt16
+    /// The connection on which a writability poll is armed (io_uring driver), if any.
+    private var pollArmedOn: UInt16?
     private let sendBufferBytes: Int?
     private var counts = StreamCounts()
     private var reported = StreamCounts()
@@ -73,7 +77,8 @@ struct TCPBackendLink: ~Copyable {
     /// A link to `address` holding at most `queueBytes`, connecting at once.
     ///
     /// - Parameter sendBufferBytes: `SO_SNDBUF` for its sockets, or `nil` for autotuning.
-    init(address: SocketAddress, queueBytes: Int, sendBufferBytes: Int?, now: UInt64) {
+    init(id: UInt16, address: SocketAddress, queueBytes: Int, sendBufferBytes: Int?, now: UInt64) {
+        self.id = id
         self.address = address
         self.sendBufferBytes = sendBufferBytes
         queue = StreamSendQueue(capacity: queueBytes)
@@ -180,16 +185,43 @@ struct TCPBackendLink: ~Copyable {
         }
     }
 
+    /// The `user_data` index of this link's requests on its current connection:
+    ///
+    /// ```
+    ///  31              16 15               0
+    /// +------------------+------------------+
+    /// | link id (16)     | connection (16)  |
+    /// +------------------+------------------+
+    /// ```
+    var requestIndex: UInt32 { UInt32(id) << 16 | UInt32(connectionNumber) }
+
     /// The bytes for the next `send` SQE (io_uring driver), when one may go: connected, none
-    /// in flight, bytes unwritten. Marks the send in flight.
+    /// in flight, bytes unwritten (one contiguous piece, at most `writeLimit`). Marks the send
+    /// in flight.
     mutating func takeWrite() -> (descriptor: Int32, bytes: UnsafeRawBufferPointer)? {
         guard state == .connected, !sendInFlight, hasUnwritten, let descriptor = pollDescriptor else { return nil }
         sendInFlight = true
         return (descriptor, queue.unsafeContiguousBytes(from: written, limit: Self.writeLimit))
     }
 
+    /// Takes back `takeWrite` when its SQE could not be had (the submission queue full).
+    mutating func writeNotSubmitted() { sendInFlight = false }
+
+    /// Whether a writability poll should be armed (io_uring driver): the link waits for it and
+    /// none is armed on this connection.
+    var needsPoll: Bool { wantsWritable && pollArmedOn != connectionNumber }
+
+    /// Notes the poll armed on the current connection.
+    mutating func pollArmed() { pollArmedOn = connectionNumber }
+
+    /// A writability poll on connection `number` completed: the next `progress` looks again.
+    mutating func pollCompleted(connection number: UInt16) {
+        if pollArmedOn == number { pollArmedOn = nil }
+        if number == connectionNumber { blocked = false }
+    }
+
     /// A `send` SQE on connection `number` completed with `result` (bytes, or `-errno`).
-    mutating func writeCompleted(result: Int32, connection number: UInt32, now: UInt64) {
+    mutating func writeCompleted(result: Int32, connection number: UInt16, now: UInt64) {
         sendInFlight = false
         guard number == connectionNumber, state == .connected else { return }  // a dead connection's
         if result > 0 {
