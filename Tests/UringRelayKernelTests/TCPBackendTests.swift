@@ -191,6 +191,31 @@ struct TCPBackendTests {
         #expect(counters[.linesReceived] == counters.total(.linesSent) + droppedLines(counters))
     }
 
+    @Test("a stop writes what the queue holds within the stop budget and counts the rest; the backend gets exactly the lines counted sent", arguments: ioDrivers)
+    func stopWritesTheQueue(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        // A slow reader behind small buffers: when the stop comes, most of the queue is unwritten.
+        let backend = try TCPTestBackend(receiveBufferBytes: 4_096, readChunk: 512)
+        defer { backend.close() }
+        let relay = try startRelay([backend.spec], driver: driver) {
+            $0.backendSendBufferBytes = 4_096
+            $0.shutdownTimeoutNanoseconds = 300_000_000
+        }
+        let identity = "127.0.0.1:\(backend.port)"
+        let lines = numberedLines(0..<20_000)
+        try send(datagrams(of: lines, perDatagram: 100), to: relay.address)
+        #expect(backend.wait { $0.lines.count > 0 }, "writing began")
+        let counters = relay.stop()
+        let sent = counters[.linesSent, backend: identity]
+        let unsent = counters[.linesDroppedTCPUnsentAtExit, backend: identity]
+        #expect(sent + unsent + counters[.linesDroppedTCPQueueFull, backend: identity] == UInt64(counters[.linesReceived]))
+        #expect(counters[.linesReceived] == UInt64(lines.count), "every datagram was taken before the stop")
+        // What the kernel accepted it still delivers after the exit: the backend gets every line counted sent, in order.
+        #expect(backend.wait { $0.lines.count >= Int(sent) })
+        usleep(100_000)
+        #expect(backend.lines == Array(lines.prefix(Int(sent))), "exactly the lines counted sent, in order, none cut")
+    }
+
     @Test("partial writes (tiny SO_SNDBUF, slow reader) resume where they stopped: no line cut or sent twice", arguments: ioDrivers)
     func partialWrites(driver: IOBackendChoice) throws {
         try requireDriver(driver)
