@@ -216,6 +216,40 @@ struct TCPBackendTests {
         #expect(backend.lines == Array(lines.prefix(Int(sent))), "exactly the lines counted sent, in order, none cut")
     }
 
+    @Test("pool changes keep a TCP backend's connection; its lines arrive once; a removed one keeps its counts", arguments: ioDrivers)
+    func poolChanges(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let tcp = try TCPTestBackend()
+        defer { tcp.close() }
+        let udp = try (0..<2).map { _ in try TestBackend() }
+        let relay = try startRelay([tcp.spec, udp[0].spec], driver: driver)
+        let pools = [[udp[0].spec, tcp.spec, udp[1].spec], [udp[1].spec, tcp.spec], [udp[0].spec, udp[1].spec]]
+        var udpLines: [[String]] = [[], []]
+        var sent = 0
+        for (step, pool) in ([[tcp.spec, udp[0].spec]] + pools).enumerated() {
+            if step > 0 { try relay.relay.replaceBackends(pool.map { try BackendAddress(parsing: $0) }) }
+            // Wait for the change to be in force before the step's lines (every worker applies it at a turn).
+            #expect(tcp.wait { _ in relay.relay.liveCounters()[.poolChanges] == UInt64(step) })
+            let lines = numberedLines(sent..<sent + 500)
+            sent += 500
+            try send(datagrams(of: lines, perDatagram: 10), to: relay.address)
+            let tcpWanted = tcp.lines.count + lines.count { line in
+                pool[expectedBackend(of: line, backends: pool.count)] == tcp.spec
+            }
+            #expect(tcp.wait { $0.lines.count >= tcpWanted })
+            let udpWanted = lines.filter { pool[expectedBackend(of: $0, backends: pool.count)] != tcp.spec }.count
+            let received = try collect(from: udp, expectedLines: udpWanted)
+            for index in udp.indices { udpLines[index] += received.lines[index] }
+        }
+        let counters = relay.stop()
+        let all = tcp.lines + udpLines[0] + udpLines[1]
+        #expect(all.count == sent && Set(all).count == sent, "every line once")
+        #expect(tcp.accepted == 1, "the TCP backend kept its connection through the changes")
+        let identity = "127.0.0.1:\(tcp.port)"
+        #expect(counters[.linesSent, backend: identity] == UInt64(tcp.lines.count), "its counts kept after its removal")
+        #expect(counters[.tcpConnects, backend: identity] == 1)
+    }
+
     @Test("partial writes (tiny SO_SNDBUF, slow reader) resume where they stopped: no line cut or sent twice", arguments: ioDrivers)
     func partialWrites(driver: IOBackendChoice) throws {
         try requireDriver(driver)
