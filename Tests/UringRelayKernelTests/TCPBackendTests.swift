@@ -250,6 +250,33 @@ struct TCPBackendTests {
         #expect(counters[.tcpConnects, backend: identity] == 1)
     }
 
+    @Test("a TCP backend removed by a reload still writes what its queue held: no line lost", arguments: ioDrivers)
+    func removedWritesItsQueue(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        // A slow reader behind small buffers: at the removal most of its lines are still queued.
+        let tcp = try TCPTestBackend(receiveBufferBytes: 4_096, readChunk: 512, readPauseMicroseconds: 5_000)
+        defer { tcp.close() }
+        let udp = try TestBackend()
+        let relay = try startRelay([tcp.spec, udp.spec], driver: driver) { $0.backendSendBufferBytes = 4_096 }
+        let lines = numberedLines(0..<2_000)
+        try send(datagrams(of: lines, perDatagram: 100), to: relay.address)
+        #expect(tcp.wait { $0.lines.count > 0 }, "writing began")
+        try relay.relay.replaceBackends([try BackendAddress(parsing: udp.spec)])
+        let atRemoval = tcp.lines.count
+        #expect(tcp.wait { _ in relay.relay.liveCounters()[.poolChanges] == 1 })
+        let identity = "127.0.0.1:\(tcp.port)"
+        let udpLines = try collect(from: [udp]) { $0.totalLines + tcp.lines.count >= lines.count }.lines[0]
+        #expect(tcp.wait { $0.lines.count + udpLines.count >= lines.count })
+        // More than its socket buffers (8 KiB sent, 4 KiB received: under 450 of these lines)
+        // could hold at the removal: the removed backend's link went on writing.
+        #expect(tcp.lines.count - atRemoval > 500, "\(tcp.lines.count - atRemoval) lines arrived after the removal")
+        let counters = relay.stop()
+        #expect(counters[.linesDroppedTCPUnsentAtExit, backend: identity] == 0)
+        #expect(UInt64(tcp.lines.count) == counters[.linesSent, backend: identity])
+        let all = tcp.lines + udpLines
+        #expect(all.count == lines.count && Set(all) == Set(lines), "every line once")
+    }
+
     @Test("partial writes (tiny SO_SNDBUF, slow reader) resume where they stopped: no line cut or sent twice", arguments: ioDrivers)
     func partialWrites(driver: IOBackendChoice) throws {
         try requireDriver(driver)

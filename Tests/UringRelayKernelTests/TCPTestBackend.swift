@@ -23,6 +23,7 @@ final class TCPTestBackend: @unchecked Sendable {  // its state is behind `state
     private let reading: Bool
     private let receiveBufferBytes: Int32?
     private let readChunk: Int
+    private let readPauseMicroseconds: UInt32
     private let state = Mutex(State())
     private var thread: Thread?
     private let done = DispatchSemaphore(value: 0)
@@ -33,7 +34,10 @@ final class TCPTestBackend: @unchecked Sendable {  // its state is behind `state
     ///   - reading: read what arrives (off: accept and never read, a backend that stopped).
     ///   - receiveBufferBytes: `SO_RCVBUF` of accepted connections (small: fills at once).
     ///   - readChunk: the most bytes one `read` takes (small: a slow reader).
-    init(reading: Bool = true, receiveBufferBytes: Int32? = nil, readChunk: Int = 1 << 16) throws {
+    ///   - readPauseMicroseconds: a pause after each round of reads (a slower reader still:
+    ///     it paces the backend, it synchronises nothing).
+    init(reading: Bool = true, receiveBufferBytes: Int32? = nil, readChunk: Int = 1 << 16, readPauseMicroseconds: UInt32 = 0) throws {
+        self.readPauseMicroseconds = readPauseMicroseconds
         self.reading = reading
         self.receiveBufferBytes = receiveBufferBytes
         self.readChunk = readChunk
@@ -104,6 +108,7 @@ final class TCPTestBackend: @unchecked Sendable {  // its state is behind `state
                 }
             }
             guard reading else { continue }
+            if readPauseMicroseconds > 0 { usleep(readPauseMicroseconds) }
             for entry in polls.dropFirst() where entry.revents != 0 {
                 state.withLock { state in
                     // Read under the lock, and only a connection still open: a descriptor

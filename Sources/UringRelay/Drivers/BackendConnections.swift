@@ -53,6 +53,11 @@ struct BackendConnections: ~Copyable {
     let streamQueueBytes: Int
     /// The id the next TCP link takes.
     var nextLinkID: UInt16 = 0
+    /// Links of TCP backends a pool change removed, still writing what they held, each with
+    /// its backend's identity and when it is given up (`retiredLinkDeadlines`).
+    var retiredLinks = UniqueArray<TCPBackendLink>()
+    var retiredLinkIdentities: [String] = []
+    var retiredLinkDeadlines: [UInt64] = []
 
     /// How late past its confirmation time a packet may be confirmed. Under steady traffic the
     /// oldest unconfirmed packet comes of age every few microseconds; without this slack every
@@ -144,7 +149,7 @@ struct BackendConnections: ~Copyable {
             core.countDelivery(ledgers[backend].takeReport(), backend: identities[backend])
         }
         retired.settle(now: now, aged: aged, into: &core)
-        reportStreams(into: &core)
+        reportStreams(into: &core, now: now)
     }
 
     /// When a ledger's oldest packet will be due for confirmation, with the slack (so an idle

@@ -383,27 +383,32 @@ extension IOUringDriver {
     /// connecting or found its socket full; all submitted with the next wait.
     private mutating func submitStreams(_ worker: inout WorkerState) {
         for index in worker.connections.links.indices where !submissionsDeferred {
-            if let write = worker.connections.links[index].takeWrite() {
-                do throws(Errno) {
-                    try ring.sendStream(
-                        write.bytes, descriptor: write.descriptor,
-                        userData: UserData(.streamSend, index: worker.connections.links[index].requestIndex))
-                } catch {
-                    worker.connections.links[index].writeNotSubmitted()
-                    deferSubmissions(&worker.core)
-                    return
-                }
-            }
-            if worker.connections.links[index].needsPoll, let descriptor = worker.connections.links[index].pollDescriptor {
-                do throws(Errno) {
-                    try ring.armWritablePoll(
-                        descriptor: descriptor, userData: UserData(.streamPoll, index: worker.connections.links[index].requestIndex))
-                    worker.connections.links[index].pollArmed()
-                } catch {
-                    deferSubmissions(&worker.core)
-                    return
-                }
+            if !Self.submit(&worker.connections.links[index], to: ring) { deferSubmissions(&worker.core) }
+        }
+        for index in worker.connections.retiredLinks.indices where !submissionsDeferred {
+            if !Self.submit(&worker.connections.retiredLinks[index], to: ring) { deferSubmissions(&worker.core) }
+        }
+    }
+
+    /// Prepares `link`'s next `send` SQE and its writability poll, as it needs them.
+    ///
+    /// - Returns: `false` when the submission queue was full (what was not prepared is
+    ///   prepared again next turn).
+    private static func submit(_ link: inout TCPBackendLink, to ring: borrowing Ring) -> Bool {
+        if let write = link.takeWrite() {
+            do throws(Errno) {
+                try ring.sendStream(write.bytes, descriptor: write.descriptor, userData: UserData(.streamSend, index: link.requestIndex))
+            } catch {
+                link.writeNotSubmitted()
+                return false
             }
         }
+        if link.needsPoll, let descriptor = link.pollDescriptor {
+            do throws(Errno) {
+                try ring.armWritablePoll(descriptor: descriptor, userData: UserData(.streamPoll, index: link.requestIndex))
+                link.pollArmed()
+            } catch { return false }
+        }
+        return true
     }
 }

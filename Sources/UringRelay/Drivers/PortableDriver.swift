@@ -72,7 +72,7 @@ struct PortableDriver: ~Copyable {
         spare.reserveCapacity(worker.core.sendBuffers.capacity)
         wakeupDescriptor = PollSet.descriptor(of: worker.control.wakeup)
         receivers = Self.receivers(of: worker.listeners)
-        streamEntries = worker.connections.links.count
+        streamEntries = worker.connections.links.count + worker.connections.retiredLinks.count
         poller = PollSet(descriptors: receivers.map(\.descriptor) + [wakeupDescriptor], writers: streamEntries)
     }
 
@@ -124,7 +124,7 @@ extension PortableDriver: WorkerTransport {
     /// Rebuilds the poll set: the listeners now, the control event, then the TCP backends.
     mutating func listenersChanged(_ worker: borrowing WorkerState) {
         receivers = Self.receivers(of: worker.listeners)
-        streamEntries = worker.connections.links.count
+        streamEntries = worker.connections.links.count + worker.connections.retiredLinks.count
         poller = PollSet(descriptors: receivers.map(\.descriptor) + [wakeupDescriptor], writers: streamEntries)
     }
 
@@ -288,11 +288,16 @@ extension PortableDriver {
     /// (connecting, or their send buffer full), the others at nothing; the set is made again
     /// only when the number of links changed (a pool change).
     private mutating func watchStreams(_ worker: borrowing WorkerState) {
-        if streamEntries != worker.connections.links.count { listenersChanged(worker) }
+        let links = worker.connections.links.count
+        if streamEntries != links + worker.connections.retiredLinks.count { listenersChanged(worker) }
         let first = receivers.count + 1
         for index in worker.connections.links.indices {
             let waiting = worker.connections.links[index].wantsWritable
             poller.watchWritable(first + index, descriptor: waiting ? worker.connections.links[index].pollDescriptor : nil)
+        }
+        for index in worker.connections.retiredLinks.indices {
+            let waiting = worker.connections.retiredLinks[index].wantsWritable
+            poller.watchWritable(first + links + index, descriptor: waiting ? worker.connections.retiredLinks[index].pollDescriptor : nil)
         }
     }
 }
