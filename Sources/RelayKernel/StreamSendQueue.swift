@@ -112,16 +112,30 @@ public struct StreamSendQueue: ~Copyable {
         return (count, pastLast)
     }
 
-    /// Writes the bytes from `offset` to `end` (both pieces when they wrap) to `socket`
-    /// without waiting (`sendmsg(2)` with `MSG_DONTWAIT | MSG_NOSIGNAL`).
+    /// The offset just past the first `\n` in `from..<to`, or `nil` when there is none.
+    ///
+    /// - Precondition: `start` ≤ `from` ≤ `to` ≤ `end`.
+    public func firstNewline(from: UInt64, to: UInt64) -> UInt64? {
+        precondition(from >= start && from <= to && to <= end, "searched outside the queue")
+        var offset = from
+        while offset < to {
+            if storage.load(fromByteOffset: position(offset), as: UInt8.self) == UInt8(ascii: "\n") { return offset &+ 1 }
+            offset &+= 1
+        }
+        return nil
+    }
+
+    /// Writes the bytes from `offset` to `limit` (`end` when `nil`; both pieces when they
+    /// wrap) to `socket` without waiting (`sendmsg(2)` with `MSG_DONTWAIT | MSG_NOSIGNAL`).
     ///
     /// - Returns: the bytes the kernel accepted (possibly fewer: a partial write), or
     ///   `-errno` (`-EAGAIN` when its send buffer is full).
-    /// - Precondition: `start` ≤ `offset` < `end`.
-    public func write(from offset: UInt64, to socket: borrowing TCPBackendSocket) -> Int {
-        precondition(offset >= start && offset < end, "written outside the queue")
+    /// - Precondition: `start` ≤ `offset` < `limit` ≤ `end`.
+    public func write(from offset: UInt64, upTo limit: UInt64? = nil, to socket: borrowing TCPBackendSocket) -> Int {
+        let stop = limit ?? end
+        precondition(offset >= start && offset < stop && stop <= end, "written outside the queue")
         let at = position(offset)
-        let length = Int(end &- offset)
+        let length = Int(stop &- offset)
         let first = min(length, capacity - at)
         var pieces = (
             iovec(iov_base: storage + at, iov_len: first),

@@ -61,6 +61,10 @@ struct TCPBackendLink: ~Copyable {
     let id: UInt16
     /// The connection on which a writability poll is armed (io_uring driver), if any.
     private var pollArmedOn: UInt16?
+    /// Whether a full queue may ask the kernel what was acknowledged (`SIOCOUTQ`): once per
+    /// turn (`progress`), so a backend that stopped reading costs one `ioctl` a turn, not one
+    /// per packet dropped.
+    private var mayAskAcknowledged = true
     private let sendBufferBytes: Int?
     private var counts = StreamCounts()
     private var reported = StreamCounts()
@@ -134,8 +138,11 @@ struct TCPBackendLink: ~Copyable {
     @inline(__always)
     mutating func enqueue(slot: Int, of pool: borrowing SendBufferPool) {
         if queue.append(slot: slot, of: pool) != nil { return }
-        releaseAcknowledged()
-        if queue.append(slot: slot, of: pool) != nil { return }
+        if mayAskAcknowledged {
+            mayAskAcknowledged = false
+            releaseAcknowledged()
+            if queue.append(slot: slot, of: pool) != nil { return }
+        }
         counts.queueFullLines &+= UInt64(pool.lineCount(of: slot))
         counts.queueFullBytes &+= UInt64(pool.length(of: slot))
     }
@@ -144,6 +151,7 @@ struct TCPBackendLink: ~Copyable {
     /// way, and (unless `writes` is false: the io_uring driver writes with SQEs) writes what
     /// is queued, without waiting.
     mutating func progress(now: UInt64, writes: Bool) {
+        mayAskAcknowledged = true
         switch state {
         case .waiting(let retryAt):
             guard now >= retryAt, hasUnwritten else { return }
@@ -316,9 +324,15 @@ struct TCPBackendLink: ~Copyable {
         connect(now: now)
     }
 
-    /// At exit: what is still queued, unwritten, is dropped and counted (`tcp_unsent_at_exit`);
-    /// the socket closes, and the kernel goes on delivering what it accepted.
+    /// At exit: a line the last write cut is offered once more (its rest only, without
+    /// waiting), so the backend does not get it cut; what is still queued, unwritten, is
+    /// dropped and counted (`tcp_unsent_at_exit`); the socket closes, and the kernel goes on
+    /// delivering what it accepted.
     mutating func finish() {
+        if state == .connected, !sendInFlight, written > linesWritten, let lineEnd = queue.firstNewline(from: written, to: queue.end) {
+            let from = written
+            if let result = withSocket({ queue.write(from: from, upTo: lineEnd, to: $0) }), result > 0 { accepted(result) }
+        }
         if linesWritten < queue.end {
             counts.atExitLines &+= UInt64(queue.newlines(from: linesWritten, to: queue.end).count)
             counts.atExitBytes &+= queue.end &- linesWritten
