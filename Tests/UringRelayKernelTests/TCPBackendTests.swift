@@ -277,6 +277,41 @@ struct TCPBackendTests {
         #expect(all.count == lines.count && Set(all) == Set(lines), "every line once")
     }
 
+    @Test("refused connections take a TCP backend down even while its health check passes", arguments: ioDrivers)
+    func refusalsTakeItDown(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let live = try TCPTestBackend()
+        defer { live.close() }
+        // The dead backend's check port answers (a listener of its own); its data port refuses.
+        let checker = try TCPTestBackend()
+        defer { checker.close() }
+        let dead = try TCPTestBackend()
+        dead.close()
+        var deadBackend = try BackendAddress(parsing: dead.spec)
+        deadBackend.healthCheckPort = checker.port
+        let relay = try InProcessRelay(backends: [], driver: driver) { configuration in
+            configuration.backends = [try! BackendAddress(parsing: live.spec), deadBackend]
+            configuration.healthCheck = .tcp
+            configuration.healthIntervalNanoseconds = 50_000_000
+            configuration.healthTimeoutNanoseconds = 40_000_000
+            configuration.healthFall = 2
+        }
+        // Traffic for both keeps the dead one's link reconnecting (it backs off, 100 ms first).
+        let sender = try SteadySender(to: relay.address, maxDatagrams: 2_000_000) { index in
+            Array("tcp.health.\(index % 500):1|c".utf8)
+        }
+        let down = relay.relay.monitor.waitUntil(timeoutNanoseconds: 10_000_000_000) { statuses in
+            statuses.count == 2 && statuses[1].state == .down
+        }
+        sender.stop()
+        let statuses = relay.relay.monitor.status
+        _ = relay.stop()
+        #expect(down, "the backend whose connections are refused went down")
+        #expect(statuses.first?.state == .up, "the live one stayed up")
+        #expect(statuses.last?.lastFailure?.contains("TCP connections refused or reset") == true, "\(statuses.last?.lastFailure ?? "none")")
+        #expect(checker.accepted > 0, "its health check connected (and passed)")
+    }
+
     @Test("partial writes (tiny SO_SNDBUF, slow reader) resume where they stopped: no line cut or sent twice", arguments: ioDrivers)
     func partialWrites(driver: IOBackendChoice) throws {
         try requireDriver(driver)
