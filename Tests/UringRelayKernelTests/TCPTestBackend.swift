@@ -17,6 +17,8 @@ final class TCPTestBackend: @unchecked Sendable {  // its state is behind `state
         var streams: [[UInt8]] = []
         var accepted = 0
         var running = true
+        /// Reading is held off (connections are still accepted).
+        var paused = false
     }
 
     let port: UInt16
@@ -89,10 +91,10 @@ final class TCPTestBackend: @unchecked Sendable {  // its state is behind `state
     private func run() {
         var buffer = [UInt8](repeating: 0, count: readChunk)
         while true {
-            let (listener, connections, running) = state.withLock { ($0.listener, $0.connections, $0.running) }
+            let (listener, connections, running, paused) = state.withLock { ($0.listener, $0.connections, $0.running, $0.paused) }
             guard running else { break }
             var polls = [pollfd(fd: listener, events: Int16(POLLIN), revents: 0)]
-            if reading { polls += connections.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) } }
+            if reading && !paused { polls += connections.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) } }
             _ = poll(&polls, nfds_t(polls.count), 20)
             if listener >= 0, polls[0].revents != 0 {
                 // Under the lock, and only the listener still open (see the reads).
@@ -107,7 +109,7 @@ final class TCPTestBackend: @unchecked Sendable {  // its state is behind `state
                     }
                 }
             }
-            guard reading else { continue }
+            guard reading && !paused else { continue }
             if readPauseMicroseconds > 0 { usleep(readPauseMicroseconds) }
             for entry in polls.dropFirst() where entry.revents != 0 {
                 state.withLock { state in
@@ -138,6 +140,9 @@ final class TCPTestBackend: @unchecked Sendable {  // its state is behind `state
             state.streamOf = []
         }
     }
+
+    /// Holds off reading (what arrives waits in the connections' buffers), or lets it go on.
+    func pauseReading(_ paused: Bool) { state.withLock { $0.paused = paused } }
 
     /// Listens again on the same port.
     func restart() throws {
