@@ -17,7 +17,23 @@ public struct PollSet: ~Copyable {
         }
     }
 
+    /// Watches each of `descriptors` for readability, then keeps `writers` more entries, unused
+    /// until `watchWritable` fills them.
+    public init(descriptors: [Int32], writers: Int) {
+        count = descriptors.count + writers
+        entries = .allocate(capacity: max(1, count))
+        for (index, descriptor) in descriptors.enumerated() {
+            entries[index] = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
+        }
+        for index in descriptors.count..<count { entries[index] = pollfd(fd: -1, events: 0, revents: 0) }
+    }
+
     deinit { entries.deallocate() }
+
+    /// Watches entry `index` for writability of `descriptor`, or nothing (`nil`).
+    public mutating func watchWritable(_ index: Int, descriptor: Int32?) {
+        entries[index] = pollfd(fd: descriptor ?? -1, events: Int16(POLLOUT), revents: 0)
+    }
 
     /// The descriptor of a listening socket, for `init(descriptors:)`.
     public static func descriptor(of socket: borrowing UDPSocket) -> Int32 { socket.descriptor }

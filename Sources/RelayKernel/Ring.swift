@@ -173,6 +173,30 @@ public struct Ring: ~Copyable {
         io_uring_sqe_set_data64(sqe, userData.rawValue)
     }
 
+    /// Queues a `send` of `bytes` on a TCP backend's connected socket.
+    ///
+    /// The liburing call is `io_uring_prep_send(3)` with `MSG_NOSIGNAL` (a reset connection
+    /// fails the send with `EPIPE` instead of raising `SIGPIPE`). A stream socket may take
+    /// fewer bytes than asked (a partial send): the caller resumes from where it stopped.
+    /// - Precondition: `bytes` stays untouched until this send's CQE arrives.
+    /// - Throws: `Errno` when no SQE could be had (see `nextSubmission`).
+    public func sendStream(_ bytes: UnsafeRawBufferPointer, descriptor: Int32, userData: UserData) throws(Errno) {
+        let sqe = try nextSubmission()
+        io_uring_prep_send(sqe, descriptor, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL))
+        io_uring_sqe_set_data64(sqe, userData.rawValue)
+    }
+
+    /// Arms a one-shot poll for writability of `descriptor` (a TCP backend's socket that is
+    /// connecting, or whose send buffer is full); an error or hang-up ends it too.
+    ///
+    /// The liburing call is `io_uring_prep_poll_add(3)` with `POLLOUT`.
+    /// - Throws: `Errno` when no SQE could be had (see `nextSubmission`).
+    public func armWritablePoll(descriptor: Int32, userData: UserData) throws(Errno) {
+        let sqe = try nextSubmission()
+        io_uring_prep_poll_add(sqe, descriptor, UInt32(POLLOUT))
+        io_uring_sqe_set_data64(sqe, userData.rawValue)
+    }
+
     /// Asks the kernel to cancel the request carrying `target`.
     ///
     /// The liburing call is `io_uring_prep_cancel64(3)`.

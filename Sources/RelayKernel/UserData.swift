@@ -21,6 +21,11 @@ public struct UserData: Equatable, Sendable, CustomStringConvertible {
         case cancel = 4
         /// The poll on the eventfd that says a new routing snapshot was published.
         case routing = 5
+        /// A `send` on a TCP backend's connection; the index is `StreamUserData`'s.
+        case streamSend = 16
+        /// A poll for writability of a TCP backend's socket (connecting, or its send buffer
+        /// full); the index is `StreamUserData`'s.
+        case streamPoll = 17
     }
 
     /// The packed value as the kernel sees it.

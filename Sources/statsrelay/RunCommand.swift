@@ -134,7 +134,17 @@ struct RunCommand: ParsableCommand {
         valueName: "T"))
     var metricsTags: String?
 
-    @Argument(help: "Backends, HOST:PORT[:INSTANCE][=WEIGHT], in routing order (they replace the configuration file's).")
+    @Option(name: [.customLong("sendproto"), .customLong("sendproto", withSingleDash: true)], help: ArgumentHelp(
+        "UDP or TCP: the transport of backends written without udp:// or tcp:// (the Go StatsRelay's -sendproto) (default: UDP).",
+        valueName: "protocol"))
+    var sendproto: String?
+
+    @Option(name: .customLong("tcp-backend-queue"), help: ArgumentHelp(
+        "Per TCP backend and worker, the most bytes held while it connects or is slow (queued, or written and not yet acknowledged); beyond it packets are dropped and counted (default: 4MiB).",
+        valueName: "bytes"))
+    var tcpBackendQueue: String?
+
+    @Argument(help: "Backends, [udp://|tcp://]HOST:PORT[:INSTANCE][=WEIGHT], in routing order (they replace the configuration file's).")
     var backends: [String] = []
 
     /// How long a reload waits for the resolver before it is refused (start-up waits longer,
@@ -177,6 +187,8 @@ struct RunCommand: ParsableCommand {
         settings.hashKey = hashKey
         settings.metricsPrefix = metricsPrefix
         settings.metricsTags = metricsTags
+        settings.sendproto = sendproto
+        settings.tcpBackendQueue = tcpBackendQueue
         settings.backends = backends.isEmpty ? nil : backends.map { ConfigFile.Backend(address: $0) }
         return settings
     }
@@ -710,7 +722,8 @@ struct RunCommand: ParsableCommand {
 
     private func logStartup(_ facts: WorkerFacts, configuration: RelayConfiguration, relay: Relay, logger: Logger) {
         let backends = zip(configuration.backends, relay.backendAddresses).enumerated().map { index, pair in
-            pair.0.host == pair.1.host ? "\(index):\(pair.0)" : "\(index):\(pair.0)=\(pair.1)"
+            let written = (pair.0.transport ?? configuration.sendProtocol) == .tcp ? "tcp://\(pair.0)" : "\(pair.0)"
+            return pair.0.host == pair.1.host ? "\(index):\(written)" : "\(index):\(written)=\(pair.1)"
         }
         logger.info("listening on \(facts.listeners.map(\.description).joined(separator: ", "))", metadata: [
             "backends": "\(backends.joined(separator: " "))",

@@ -1,8 +1,12 @@
 import RelayKernel
 
-/// A backend as given on the command line: `HOST:PORT[:INSTANCE]` or `[IPv6]:PORT[:INSTANCE]`,
-/// where an IPv6 address may name its interface after `%` (`[fe80::1%eth0]:8125`), as a
-/// link-local one must.
+/// A backend as given on the command line: `[SCHEME://]HOST:PORT[:INSTANCE]` or
+/// `[SCHEME://][IPv6]:PORT[:INSTANCE]`, where an IPv6 address may name its interface after `%`
+/// (`[fe80::1%eth0]:8125`), as a link-local one must, and the scheme is `udp` or `tcp`.
+///
+/// The scheme chooses the transport only (`transport`): it is not part of the identity
+/// (`description`), so `tcp://10.0.0.1:8125` routes, counts and is checked as `10.0.0.1:8125`.
+/// A backend written without one takes `--sendproto` (`RelayConfiguration.sendProtocol`).
 ///
 /// The instance is a label only, as in the Go StatsRelay: it never changes routing. A weight
 /// for the `etsy` and `ketama` rings follows `=` at the end (`10.0.0.1:8125:a=2`), where no
@@ -26,11 +30,19 @@ public struct BackendAddress: Sendable, Equatable, CustomStringConvertible {
     /// where its lines go.
     public var healthCheckPort: UInt16?
 
+    /// The transport written before `://`, or `nil` when none was (the relay's
+    /// `--sendproto` applies). Not part of the identity.
+    public var transport: BackendTransport?
+
     /// The largest weight accepted.
     public static let maximumWeight = 65_535
 
     /// A backend from its parts (the host unbracketed).
-    public init(host: String, port: UInt16, instance: String? = nil, weight: Int? = nil, healthCheckPort: UInt16? = nil) {
+    public init(
+        host: String, port: UInt16, instance: String? = nil, weight: Int? = nil, healthCheckPort: UInt16? = nil,
+        transport: BackendTransport? = nil
+    ) {
+        self.transport = transport
         self.host = host
         self.port = port
         self.instance = instance
@@ -38,22 +50,34 @@ public struct BackendAddress: Sendable, Equatable, CustomStringConvertible {
         self.healthCheckPort = healthCheckPort
     }
 
-    /// Parses `HOST:PORT[:INSTANCE][=WEIGHT]` or `[IPv6]:PORT[:INSTANCE][=WEIGHT]`.
+    /// Parses `[SCHEME://]HOST:PORT[:INSTANCE][=WEIGHT]` or
+    /// `[SCHEME://][IPv6]:PORT[:INSTANCE][=WEIGHT]`, the scheme `udp` or `tcp`.
     ///
     /// - Throws: `ConfigurationError` for argument `backend`, saying which part is wrong.
     public init(parsing written: String) throws(ConfigurationError) {
         func invalid(_ reason: String) -> ConfigurationError {
             ConfigurationError(argument: "backend", value: written, reason: reason)
         }
-        var text = written
-        if let equals = written.firstIndex(of: "=") {
-            let weightText = written[written.index(after: equals)...]
+        var unschemed = Substring(written)
+        if let colon = written.firstIndex(of: ":"), written[colon...].hasPrefix("://") {
+            let scheme = written[..<colon]
+            guard let transport = BackendTransport(rawValue: scheme.lowercased()) else {
+                throw invalid("unknown scheme '\(scheme)://' (expected udp:// or tcp://)")
+            }
+            self.transport = transport
+            unschemed = written[written.index(colon, offsetBy: 3)...]
+        } else {
+            transport = nil
+        }
+        var text = String(unschemed)
+        if let equals = text.firstIndex(of: "=") {
+            let weightText = text[text.index(after: equals)...]
             guard weightText.allSatisfy({ ("0"..."9").contains($0) }), let weight = Int(weightText),
                   (1...Self.maximumWeight).contains(weight) else {
                 throw invalid("weight after '=' must be 1-\(Self.maximumWeight) (an instance label cannot contain '=')")
             }
             self.weight = weight
-            text = String(written[..<equals])
+            text = String(text[..<equals])
         } else {
             weight = nil
         }
@@ -103,9 +127,14 @@ public struct BackendAddress: Sendable, Equatable, CustomStringConvertible {
         healthCheckPort = nil
     }
 
-    /// The address as an operator wrote it: `10.0.0.1:8125:a`, `[::1]:8125`.
+    /// The address as an operator wrote it, without its scheme: `10.0.0.1:8125:a`, `[::1]:8125`.
+    /// The backend's identity (counters, health, the hash rings), whatever its transport.
     public var description: String {
         let hostPart = host.contains(":") ? "[\(host)]" : host
         return instance.map { "\(hostPart):\(port):\($0)" } ?? "\(hostPart):\(port)"
     }
+
+    /// The address with its scheme when one was written (`tcp://10.0.0.1:8125`), as a
+    /// configuration file renders it.
+    public var withScheme: String { transport.map { "\($0.rawValue)://\(description)" } ?? description }
 }

@@ -75,6 +75,8 @@ extension ConfigFile {
         Key("hash-key", .restart),
         Key("metrics-prefix", .restart),
         Key("metrics-tags", .restart),
+        Key("sendproto", .restart),
+        Key("tcp-backend-queue", .restart),
     ]
 
     /// The keys of one entry of `listeners` written as a mapping.

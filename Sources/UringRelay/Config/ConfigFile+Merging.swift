@@ -53,6 +53,7 @@ extension ConfigFile {
         drop(\.hashKey)
         drop(\.metricsPrefix)
         drop(\.metricsTags)
+        drop(\.sendproto); drop(\.tcpBackendQueue)
         drop(\.controlSocket)
         if flags.listeners != nil {
             // `--listen` replaces every listener of the file, whichever form it used.

@@ -39,10 +39,10 @@ extension ConfigFile {
         case "port": return scalar("\(c.port)")
         case "backends":
             return Node.sequence(Node.Sequence(c.backends.map { backend -> Node in
-                guard let checkPort = backend.healthCheckPort else { return scalar(backend.description) }
+                guard let checkPort = backend.healthCheckPort else { return scalar(backend.withScheme) }
                 var address = backend
                 address.instance = nil
-                var pairs: [(Node, Node)] = [(Node("address"), scalar(address.description))]
+                var pairs: [(Node, Node)] = [(Node("address"), scalar(address.withScheme))]
                 if let label = backend.instance { pairs.append((Node("label"), scalar(label))) }
                 pairs.append((Node("health-check-port"), scalar("\(checkPort)")))
                 return Node.mapping(Node.Mapping(pairs))
@@ -85,6 +85,8 @@ extension ConfigFile {
         // Empty written `""`: a bare `key:` would read back as null.
         case "metrics-prefix": return Node(c.rewrite.prefix, .implicit, .doubleQuoted)
         case "metrics-tags": return Node(c.rewrite.tags, .implicit, .doubleQuoted)
+        case "sendproto": return scalar(c.sendProtocol.rawValue.uppercased())
+        case "tcp-backend-queue": return scalar(ByteSizeParser.format(c.tcpBackendQueueBytes))
         default: preconditionFailure("no key '\(key)' in ConfigFile.keys")
         }
     }

@@ -124,6 +124,8 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
     public var hashKey: String?
     public var metricsPrefix: String?
     public var metricsTags: String?
+    public var sendproto: String?
+    public var tcpBackendQueue: String?
 
     /// Where the settings came from, for errors: the file's path as given.
     public var source = "command line"
@@ -167,6 +169,8 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
         case hashKey = "hash-key"
         case metricsPrefix = "metrics-prefix"
         case metricsTags = "metrics-tags"
+        case sendproto
+        case tcpBackendQueue = "tcp-backend-queue"
     }
 
     /// Nothing set: every key keeps its default (or, for the command line, the file's value).
@@ -195,6 +199,7 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
         note(.hashKey, hashKey)
         note(.metricsPrefix, metricsPrefix)
         note(.metricsTags, metricsTags)
+        note(.sendproto, sendproto); note(.tcpBackendQueue, tcpBackendQueue)
         note(.controlSocket, controlSocket)
         return keys
     }
@@ -415,6 +420,17 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
             configuration.rewrite = try LineRewrite(
                 prefix: metricsPrefix ?? configuration.rewrite.prefix, tags: metricsTags ?? configuration.rewrite.tags,
                 prefixArgument: "metrics-prefix", tagsArgument: "metrics-tags")
+        }
+        if let sendproto {
+            guard let transport = BackendTransport(sendProtocol: sendproto) else {
+                throw invalid("sendproto", sendproto, "expected UDP or TCP")
+            }
+            configuration.sendProtocol = transport
+        }
+        if let tcpBackendQueue {
+            configuration.tcpBackendQueueBytes = try at("tcp-backend-queue") { () throws(ConfigurationError) in
+                try ByteSizeParser.bytes(tcpBackendQueue, argument: "", in: RelayConfiguration.tcpBackendQueueLimits)
+            }
         }
     }
 

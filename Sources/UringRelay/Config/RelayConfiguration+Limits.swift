@@ -42,6 +42,8 @@ extension RelayConfiguration {
     public static let receiveBufferLimits: ClosedRange<Int> = 4_096...Int(Int32.max)
     /// `--hold-bytes`: 0 (hold nothing) to 2 GiB.
     public static let holdBytesLimits: ClosedRange<Int> = 0...(2 << 30)
+    /// `--tcp-backend-queue`: 64 KiB to 1 GiB.
+    public static let tcpBackendQueueLimits: ClosedRange<Int> = (64 << 10)...(1 << 30)
     /// `--replay-rate`: 1 KiB/s to 1 GiB/s.
     public static let replayRateLimits: ClosedRange<Int> = (1 << 10)...(1 << 30)
 }

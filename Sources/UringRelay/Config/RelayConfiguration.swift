@@ -125,6 +125,16 @@ public struct RelayConfiguration: Sendable, Equatable {
     /// `SO_SNDBUF` requested for each backend socket: room for bursts without `EAGAIN`. No flag
     /// sets it; tests shrink it to put sends under send-buffer pressure.
     public var backendSendBufferBytes = 4 << 20
+    /// The transport of backends written without a scheme (`--sendproto`, the Go StatsRelay's
+    /// `-sendproto`): UDP unless told.
+    public var sendProtocol: BackendTransport = .udp
+    /// Per TCP backend and worker, the most bytes held for it and not yet acknowledged by its
+    /// kernel (queued while connecting or blocked, or written and unacknowledged)
+    /// (`--tcp-backend-queue`); beyond it a packet is dropped and counted.
+    public var tcpBackendQueueBytes = RelayConfiguration.defaultTCPBackendQueueBytes
+    /// `--tcp-backend-queue`'s default: 4 MiB, a second of a 30 000 lines/s backend's lines
+    /// at ~130 bytes a line, per worker.
+    public static let defaultTCPBackendQueueBytes = 4 << 20
 
     /// A configuration with defaults for everything but the backends.
     public init(backends: [BackendAddress]) {

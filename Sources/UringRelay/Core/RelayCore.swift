@@ -273,6 +273,22 @@ public struct RelayCore: ~Copyable {
         processor.counters.add(report.doubted.lines, to: .linesDoubted, backend: identity)
         processor.counters.add(report.unconfirmedAtExit.lines, to: .linesUnconfirmedAtExit, backend: identity)
         processor.counters.add(report.unattributedLosses, to: .unattributedLosses, backend: identity)
+        if report.stream != StreamCounts() { countStream(report.stream, backend: identity) }
+    }
+
+    /// Counts a TCP backend's stream outcomes (`StreamCounts`) under the backend's identity.
+    private mutating func countStream(_ stream: StreamCounts, backend identity: String) {
+        processor.counters.add(stream.sentLines, to: .linesSent, backend: identity)
+        processor.counters.add(stream.sentBytes, to: .bytesSent, backend: identity)
+        processor.counters.add(stream.writes, to: .packetsSent, backend: identity)
+        processor.counters.add(stream.queueFullLines, to: .linesDroppedTCPQueueFull, backend: identity)
+        processor.counters.add(stream.queueFullBytes, to: .bytesDroppedTCPQueueFull, backend: identity)
+        processor.counters.add(stream.atExitLines, to: .linesDroppedTCPUnsentAtExit, backend: identity)
+        processor.counters.add(stream.atExitBytes, to: .bytesDroppedTCPUnsentAtExit, backend: identity)
+        processor.counters.add(stream.lostAtResetLines, to: .tcpLinesLostAtReset, backend: identity)
+        processor.counters.add(stream.lostAtResetBytes, to: .tcpBytesLostAtReset, backend: identity)
+        processor.counters.add(stream.connects, to: .tcpConnects, backend: identity)
+        processor.counters.add(stream.connectionFailures, to: .tcpConnectionFailures, backend: identity)
     }
 
     /// Counts datagrams that were still queued in a listening socket when receiving stopped

@@ -43,6 +43,11 @@ public struct WorkerSettings: Sendable {
     public var hashKey: HashKeyMode = .name
     /// `--metrics-prefix` and `--metrics-tags` (fixed for the worker's life).
     public var rewrite = LineRewrite()
+    /// `--sendproto`: the transport of backends written without a scheme (fixed for the
+    /// worker's life).
+    public var sendProtocol: BackendTransport = .udp
+    /// `--tcp-backend-queue`: bytes held per TCP backend (fixed for the worker's life).
+    public var tcpBackendQueueBytes = RelayConfiguration.defaultTCPBackendQueueBytes
     /// The worker's part in a takeover: sockets it inherits, where it leaves copies of its own
     /// (`nil`: binds its own and keeps no copy).
     public var handOver: WorkerHandOver?
@@ -67,6 +72,8 @@ public struct WorkerSettings: Sendable {
         validation = configuration.validation
         hashKey = configuration.hashKey
         rewrite = configuration.rewrite
+        sendProtocol = configuration.sendProtocol
+        tcpBackendQueueBytes = configuration.tcpBackendQueueBytes
     }
 }
 

@@ -1,3 +1,4 @@
+import BasicContainers
 import RelayKernel
 
 /// A worker's connected sockets to the backends of the pool in force, each with the delivery
@@ -16,11 +17,16 @@ import RelayKernel
 ///   read only when its ledger asks, like any other, then it is closed.
 /// - Every turn, `settle` reads the error queue of each socket whose ledger asks for it (every
 ///   64 packets, and once its oldest packet is old enough to confirm) and counts the outcomes.
+/// - A TCP backend (`tcp://`, or `--sendproto TCP`) also has a `TCPBackendLink`: the driver
+///   hands its packets to `enqueueStream` instead of sending them, which copies them into the
+///   link's queue and frees their slots at once; the link writes them on its connection
+///   (`progressStreams`, or `send` SQEs on the io_uring driver). Its UDP socket stays open,
+///   unused, so every per-backend array keeps one entry per backend.
 struct BackendConnections: ~Copyable {
     /// One connected socket per backend of the core's pool, in pool order.
     private(set) var sockets: BackendSockets
     private var ledgers: [DeliveryLedger]
-    private var identities: [String]
+    private(set) var identities: [String]
     private var addresses: [SocketAddress]
     private var generation: UInt64
     /// Per backend: the number of its current socket, unique among this worker's sockets.
@@ -36,7 +42,22 @@ struct BackendConnections: ~Copyable {
     private var reconnectRetryAt: UInt64 = 0
 
     /// `SO_SNDBUF` for backend sockets (`WorkerSettings.backendSendBufferBytes`).
-    private let sendBufferBytes: Int
+    let sendBufferBytes: Int
+    /// The TCP backends' links, in pool order of their backends.
+    var links: RigidArray<TCPBackendLink>
+    /// Per backend: its link's index in `links`, or −1 for a UDP backend.
+    var linkOf: [Int]
+    /// The transport of backends written without a scheme (`--sendproto`).
+    let sendProtocol: BackendTransport
+    /// Bytes each TCP link may hold (`--tcp-backend-queue`).
+    let streamQueueBytes: Int
+    /// The id the next TCP link takes.
+    var nextLinkID: UInt16 = 0
+    /// Links of TCP backends a pool change removed, still writing what they held, each with
+    /// its backend's identity and when it is given up (`retiredLinkDeadlines`).
+    var retiredLinks = UniqueArray<TCPBackendLink>()
+    var retiredLinkIdentities: [String] = []
+    var retiredLinkDeadlines: [UInt64] = []
 
     /// How late past its confirmation time a packet may be confirmed. Under steady traffic the
     /// oldest unconfirmed packet comes of age every few microseconds; without this slack every
@@ -48,8 +69,20 @@ struct BackendConnections: ~Copyable {
     /// Connects to `pool`'s backends, each socket with `sendBufferBytes` of `SO_SNDBUF`.
     ///
     /// - Parameter sendSlots: how many send slots the core's send buffers have.
-    init(pool: BackendPool, sendSlots: Int, sendBufferBytes: Int) throws(SystemCallError) {
+    init(
+        pool: BackendPool, sendSlots: Int, sendBufferBytes: Int, sendProtocol: BackendTransport = .udp,
+        streamQueueBytes: Int = RelayConfiguration.defaultTCPBackendQueueBytes, now: UInt64 = 0
+    ) throws(SystemCallError) {
         self.sendBufferBytes = sendBufferBytes
+        self.sendProtocol = sendProtocol
+        self.streamQueueBytes = streamQueueBytes
+        var linkOf: [Int] = []
+        var nextLinkID: UInt16 = 0
+        links = Self.makeLinks(
+            for: pool, sendProtocol: sendProtocol, queueBytes: streamQueueBytes, sendBufferBytes: sendBufferBytes, now: now,
+            linkOf: &linkOf, nextLinkID: &nextLinkID)
+        self.linkOf = linkOf
+        self.nextLinkID = nextLinkID
         sockets = try BackendSockets(connecting: pool.addresses, sendBufferBytes: sendBufferBytes)
         ledgers = pool.backends.map { _ in DeliveryLedger() }
         identities = pool.identities
@@ -116,6 +149,7 @@ struct BackendConnections: ~Copyable {
             core.countDelivery(ledgers[backend].takeReport(), backend: identities[backend])
         }
         retired.settle(now: now, aged: aged, into: &core)
+        reportStreams(into: &core, now: now)
     }
 
     /// When a ledger's oldest packet will be due for confirmation, with the slack (so an idle
@@ -123,12 +157,12 @@ struct BackendConnections: ~Copyable {
     var nextConfirmation: UInt64? {
         var first = retired.nextConfirmation
         for index in ledgers.indices { first = earliest(first, ledgers[index].nextConfirmation) }
-        return first.map { $0 &+ Self.confirmationSlackNanoseconds }
+        return earliest(first.map { $0 &+ Self.confirmationSlackNanoseconds }, nextStreamDeadline)
     }
 
     /// Whether every packet sent is confirmed, refused or failed.
     var isSettled: Bool {
-        if retired.nextConfirmation != nil { return false }
+        if retired.nextConfirmation != nil || !streamsSettled { return false }
         return ledgers.indices.allSatisfy { ledgers[$0].nextConfirmation == nil }
     }
 
@@ -140,6 +174,7 @@ struct BackendConnections: ~Copyable {
             core.countDelivery(ledgers[backend].takeReport(), backend: identities[backend])
         }
         retired.finish(now: now, into: &core)
+        finishStreams(into: &core)
     }
 
     /// Follows the core's pool after its turn: completes a waiting membership change when no
@@ -164,6 +199,7 @@ struct BackendConnections: ~Copyable {
                 socketNumbers[backend] = takeSocketNumber()
                 inFlight[backend] = 0
                 addresses[backend] = wanted[backend]
+                if linkOf[backend] >= 0 { links[linkOf[backend]].move(to: wanted[backend], now: now) }
             } catch {
                 allMoved = false
             }
@@ -218,6 +254,7 @@ struct BackendConnections: ~Copyable {
         for old in ledgers.indices where !reused[old] {
             retired.add(ledger: ledgers[old], identity: identities[old], socket: socketNumbers[old], inFlight: 0)
         }
+        rebuildLinks(for: next, keeping: kept, core: &core, now: now)
         sockets = replacement
         ledgers = newLedgers
         identities = next.identities

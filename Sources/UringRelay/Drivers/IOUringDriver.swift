@@ -127,7 +127,7 @@ extension IOUringDriver: WorkerTransport {
     }
 
     @inline(__always)
-    mutating func send(_ worker: inout WorkerState, now: UInt64) { queueReadySends(&worker) }
+    mutating func send(_ worker: inout WorkerState, now: UInt64) { queueReadySends(&worker, now: now) }
 
     var sendsPending: Int { sends.count }
 
@@ -317,6 +317,11 @@ extension IOUringDriver {
             // is missed, and one that comes while stopping wakes the worker once, not every turn.
             worker.control.wakeup.reset()
             wakeupPollWanted = true
+        case .streamSend:
+            worker.connections.streamSendCompleted(request: completion.userData.index, result: completion.result, now: now)
+        case .streamPoll:
+            // Writable, connected, failed or reset: the send step looks at the link again.
+            worker.connections.streamPollCompleted(request: completion.userData.index)
         case .cancel:
             break  // the cancelled receive reports its own end
         case .routing:
@@ -354,10 +359,18 @@ extension IOUringDriver {
     /// Queues every packet the core hands out behind the earlier ones for its backend, and
     /// turns what can go into `send` SQEs, submitted with the next wait.
     @inline(__always)
-    private mutating func queueReadySends(_ worker: inout WorkerState) {
+    private mutating func queueReadySends(_ worker: inout WorkerState, now: UInt64) {
         sends.follow(backends: worker.core.pool.count, slots: worker.core.sendBuffers.capacity)
         while let (slot, backend) = worker.core.nextOutgoing() {
-            sends.enqueue(slot: slot, backend: backend)
+            if worker.connections.isStream(backend) {
+                worker.connections.enqueueStream(slot: slot, backend: backend, core: &worker.core)
+            } else {
+                sends.enqueue(slot: slot, backend: backend)
+            }
+        }
+        if worker.connections.hasStreams {
+            worker.connections.progressStreams(now: now, writes: false)
+            submitStreams(&worker)
         }
         guard !submissionsDeferred else { return }
         do throws(Errno) {
@@ -365,4 +378,37 @@ extension IOUringDriver {
         } catch { deferSubmissions(&worker.core) }
     }
 
+    /// Turns each TCP backend's queued bytes into a `send` SQE (one in flight per link, its
+    /// partial result resumed by the next), and arms a writability poll for each link that is
+    /// connecting or found its socket full; all submitted with the next wait.
+    private mutating func submitStreams(_ worker: inout WorkerState) {
+        for index in worker.connections.links.indices where !submissionsDeferred {
+            if !Self.submit(&worker.connections.links[index], to: ring) { deferSubmissions(&worker.core) }
+        }
+        for index in worker.connections.retiredLinks.indices where !submissionsDeferred {
+            if !Self.submit(&worker.connections.retiredLinks[index], to: ring) { deferSubmissions(&worker.core) }
+        }
+    }
+
+    /// Prepares `link`'s next `send` SQE and its writability poll, as it needs them.
+    ///
+    /// - Returns: `false` when the submission queue was full (what was not prepared is
+    ///   prepared again next turn).
+    private static func submit(_ link: inout TCPBackendLink, to ring: borrowing Ring) -> Bool {
+        if let write = link.takeWrite() {
+            do throws(Errno) {
+                try ring.sendStream(write.bytes, descriptor: write.descriptor, userData: UserData(.streamSend, index: link.requestIndex))
+            } catch {
+                link.writeNotSubmitted()
+                return false
+            }
+        }
+        if link.needsPoll, let descriptor = link.pollDescriptor {
+            do throws(Errno) {
+                try ring.armWritablePoll(descriptor: descriptor, userData: UserData(.streamPoll, index: link.requestIndex))
+                link.pollArmed()
+            } catch { return false }
+        }
+        return true
+    }
 }

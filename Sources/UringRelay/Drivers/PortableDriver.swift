@@ -42,6 +42,8 @@ struct PortableDriver: ~Copyable {
     private var spare: [(slot: Int, backend: Int)] = []
     /// Per backend, during one `sendReady`: a packet for it was deferred, so every later one is.
     private var blocked: [Bool] = []
+    /// The poll set's entries for TCP backends' sockets, after the control event's: one per link.
+    private var streamEntries = 0
     /// Whether the listeners are still read (until the core stops receiving).
     private var receiving = true
     /// The last turn's receive left more waiting: the next wait is skipped (but every
@@ -70,7 +72,8 @@ struct PortableDriver: ~Copyable {
         spare.reserveCapacity(worker.core.sendBuffers.capacity)
         wakeupDescriptor = PollSet.descriptor(of: worker.control.wakeup)
         receivers = Self.receivers(of: worker.listeners)
-        poller = PollSet(descriptors: receivers.map(\.descriptor) + [wakeupDescriptor])
+        streamEntries = worker.connections.links.count + worker.connections.retiredLinks.count
+        poller = PollSet(descriptors: receivers.map(\.descriptor) + [wakeupDescriptor], writers: streamEntries)
     }
 
     /// The facts worth logging once at start-up.
@@ -100,6 +103,7 @@ extension PortableDriver: WorkerTransport {
     @inline(__always)
     mutating func wait(_ worker: inout WorkerState, now: UInt64) throws(SystemCallError) {
         guard !busy || busyTurns >= Self.busyTurnsPerPoll else { return }
+        if worker.connections.hasStreams || streamEntries > 0 { watchStreams(worker) }
         do throws(Errno) {
             try poller.wait(timeoutNanoseconds: busy ? 0 : waitTimeout(worker, now: now))
         } catch { throw SystemCallError("ppoll", "", error) }
@@ -117,10 +121,11 @@ extension PortableDriver: WorkerTransport {
 
     var unrelayedListener: UInt32? { batchNext < batchCount ? batchListener : nil }
 
-    /// Rebuilds the poll set: the listeners now, the control event last.
+    /// Rebuilds the poll set: the listeners now, the control event, then the TCP backends.
     mutating func listenersChanged(_ worker: borrowing WorkerState) {
         receivers = Self.receivers(of: worker.listeners)
-        poller = PollSet(descriptors: receivers.map(\.descriptor) + [wakeupDescriptor])
+        streamEntries = worker.connections.links.count + worker.connections.retiredLinks.count
+        poller = PollSet(descriptors: receivers.map(\.descriptor) + [wakeupDescriptor], writers: streamEntries)
     }
 
     /// Stops reading the listeners; they close in this turn (nothing of theirs is in flight).
@@ -238,12 +243,17 @@ extension PortableDriver {
         spare.removeAll(keepingCapacity: true)
         while let (slot, backend) = worker.core.nextOutgoing() { send(slot, to: backend, nonBlocking: nonBlocking, worker: &worker, now: now) }
         flushSends(nonBlocking: nonBlocking, worker: &worker, now: now)
+        if worker.connections.hasStreams { worker.connections.progressStreams(now: now, writes: true) }
     }
 
     /// Adds one packet to the send batch, or defers it behind an earlier packet for its backend
     /// that was deferred in this call.
     @inline(__always)
     private mutating func send(_ slot: Int, to backend: Int, nonBlocking: Bool, worker: inout WorkerState, now: UInt64) {
+        if worker.connections.isStream(backend) {
+            worker.connections.enqueueStream(slot: slot, backend: backend, core: &worker.core)
+            return
+        }
         if blocked[backend] {
             deferred.append((slot, backend))
             return
@@ -274,4 +284,20 @@ extension PortableDriver {
         sends.removeAll()
     }
 
+    /// Points the poll set's TCP entries at the sockets of links waiting to become writable
+    /// (connecting, or their send buffer full), the others at nothing; the set is made again
+    /// only when the number of links changed (a pool change).
+    private mutating func watchStreams(_ worker: borrowing WorkerState) {
+        let links = worker.connections.links.count
+        if streamEntries != links + worker.connections.retiredLinks.count { listenersChanged(worker) }
+        let first = receivers.count + 1
+        for index in worker.connections.links.indices {
+            let waiting = worker.connections.links[index].wantsWritable
+            poller.watchWritable(first + index, descriptor: waiting ? worker.connections.links[index].pollDescriptor : nil)
+        }
+        for index in worker.connections.retiredLinks.indices {
+            let waiting = worker.connections.retiredLinks[index].wantsWritable
+            poller.watchWritable(first + links + index, descriptor: waiting ? worker.connections.retiredLinks[index].pollDescriptor : nil)
+        }
+    }
 }

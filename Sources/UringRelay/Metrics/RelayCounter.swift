@@ -53,6 +53,8 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
     case linesDroppedBadServiceCheck
     case linesDroppedBadEvent
     case linesDroppedTooLongRewritten
+    case linesDroppedTCPQueueFull
+    case linesDroppedTCPUnsentAtExit
 
     /// The counter's name in lowercase dot notation.
     public var name: String {
@@ -107,6 +109,8 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
         case .linesDroppedBadServiceCheck: "statsrelay.lines_dropped.bad_service_check"
         case .linesDroppedBadEvent: "statsrelay.lines_dropped.bad_event"
         case .linesDroppedTooLongRewritten: "statsrelay.lines_dropped.too_long_rewritten"
+        case .linesDroppedTCPQueueFull: "statsrelay.lines_dropped.tcp_queue_full"
+        case .linesDroppedTCPUnsentAtExit: "statsrelay.lines_dropped.tcp_unsent_at_exit"
         }
     }
 
@@ -130,6 +134,8 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
         case .linesDroppedUnreachable: .linesUnreachable
         case .linesUnconfirmedAtExit: .linesUnconfirmedAtExit
         case .linesDoubted: .linesDoubted
+        case .linesDroppedTCPQueueFull: .linesDroppedTCPQueueFull
+        case .linesDroppedTCPUnsentAtExit: .linesDroppedTCPUnsentAtExit
         default: nil
         }
     }
@@ -176,6 +182,14 @@ public enum BackendCounter: Int, CaseIterable, Sendable {
     case linesDoubted
     case linesUnconfirmedAtExit
     case unattributedLosses
+    case linesDroppedTCPQueueFull
+    case bytesDroppedTCPQueueFull
+    case linesDroppedTCPUnsentAtExit
+    case bytesDroppedTCPUnsentAtExit
+    case tcpLinesLostAtReset
+    case tcpBytesLostAtReset
+    case tcpConnects
+    case tcpConnectionFailures
 
     /// The counter's name; the backend is a label.
     public var name: String {
@@ -197,6 +211,14 @@ public enum BackendCounter: Int, CaseIterable, Sendable {
         case .linesDoubted: "statsrelay.backend.lines_doubted"
         case .linesUnconfirmedAtExit: "statsrelay.backend.lines_unconfirmed_at_exit"
         case .unattributedLosses: "statsrelay.backend.unattributed_losses"
+        case .linesDroppedTCPQueueFull: "statsrelay.backend.lines_dropped.tcp_queue_full"
+        case .bytesDroppedTCPQueueFull: "statsrelay.backend.bytes_dropped.tcp_queue_full"
+        case .linesDroppedTCPUnsentAtExit: "statsrelay.backend.lines_dropped.tcp_unsent_at_exit"
+        case .bytesDroppedTCPUnsentAtExit: "statsrelay.backend.bytes_dropped.tcp_unsent_at_exit"
+        case .tcpLinesLostAtReset: "statsrelay.backend.tcp_lines_lost_at_reset"
+        case .tcpBytesLostAtReset: "statsrelay.backend.tcp_bytes_lost_at_reset"
+        case .tcpConnects: "statsrelay.backend.tcp_connects"
+        case .tcpConnectionFailures: "statsrelay.backend.tcp_connection_failures"
         }
     }
 }

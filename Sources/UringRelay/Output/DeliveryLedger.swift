@@ -556,6 +556,8 @@ extension DeliveryLedger {
         public var unconfirmedAtExit = Counts()
         public var doubted = Counts()
         public var unattributedLosses: UInt64 = 0
+        /// A TCP backend's stream outcomes (`TCPBackendLink`); zero for a UDP backend.
+        public var stream = StreamCounts()
 
         /// Whether nothing happened.
         public var isEmpty: Bool { self == Report() }

@@ -341,7 +341,7 @@ public final class HealthMonitor: Sendable {
                 for index in 0..<count {
                     var failure = outcomes[index]
                     if failure == nil, let refused = recentRefusals[backends[index].description] {
-                        failure = "\(refused.count) sends refused (ICMP port unreachable)"
+                        failure = "\(refused.count) sends refused (ICMP port unreachable, or TCP connections refused or reset)"
                     }
                     guard let state = trackers[index].record(success: failure == nil, reason: failure, now: now) else { continue }
                     down[index] = state == .down

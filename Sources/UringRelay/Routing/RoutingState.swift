@@ -128,11 +128,13 @@ public final class RoutingState: Sendable {
         }
     }
 
-    /// A worker's refusal evidence per backend identity: refused packets plus retried sends.
+    /// A worker's refusal evidence per backend identity: refused packets plus retried sends,
+    /// plus a TCP backend's failed connections (refused, timed out, reset).
     private static func refusals(in counters: RelayCounters) -> [String: UInt64] {
         var byBackend: [String: UInt64] = [:]
         for (identity, value) in counters.values(of: .packetsRefused) { byBackend[identity, default: 0] &+= value }
         for (identity, value) in counters.values(of: .sendRetries) { byBackend[identity, default: 0] &+= value }
+        for (identity, value) in counters.values(of: .tcpConnectionFailures) { byBackend[identity, default: 0] &+= value }
         return byBackend
     }
 }

@@ -1,0 +1,350 @@
+import Glibc
+import RelayKernel
+
+/// One worker's persistent TCP connection to one backend, with the bytes it holds for it
+/// (`StreamSendQueue`, bounded by `--tcp-backend-queue`) and the account of its lines.
+///
+/// The core's packets (each line ending in `\n`) are copied into the queue as they are handed
+/// out, so a TCP backend never holds a send slot: a slow or dead one cannot stall the others.
+/// The queue is written back to back on the stream in large writes, never waiting: a partial
+/// write is resumed at the byte where it stopped.
+///
+/// ```
+///   waiting ──(retry time)──► connecting ──(writable, SO_ERROR 0)──► connected
+///      ▲                          │ refused / unreachable /              │ reset, EPIPE,
+///      └──── backoff ─────────────┴── no answer in 2 s ◄─────────────────┘ peer closed
+/// ```
+/// Reconnect backoff: 100 ms after the first failure, doubling each failure after, at most
+/// 5 s; back to 100 ms once a write on a new connection is accepted.
+///
+/// Accounting, every line queued ends exactly once:
+/// - *sent* when the write that carries its last byte is accepted by the kernel;
+/// - *tcp_queue_full* when its packet found no room in the queue (nothing of it is queued);
+/// - *tcp_unsent_at_exit* when it was still queued, unwritten, when the worker exited.
+/// When a connection fails, `SIOCOUTQ` (still readable after a reset) says how many bytes
+/// written on it the backend's kernel never acknowledged: the lines ending in them were
+/// counted sent and are counted again in *lost at reset*. A line cut by the failure (its
+/// first bytes written, not its `\n`) is not sent yet: it is written again whole on the next
+/// connection. Bytes are kept until acknowledged (or until a line starts after them), which
+/// is why the queue bound covers written-but-unacknowledged bytes too.
+struct TCPBackendLink: ~Copyable {
+    /// Where the connection stands.
+    enum State: Equatable {
+        /// No connection; the next attempt is at `retryAt`.
+        case waiting(retryAt: UInt64)
+        /// Connecting since `since`.
+        case connecting(since: UInt64)
+        /// Connected.
+        case connected
+    }
+
+    /// The backend's address now.
+    private(set) var address: SocketAddress
+    private var socket: TCPBackendSocket?
+    private var queue: StreamSendQueue
+    private(set) var state: State
+    /// Bytes the kernel accepted, as a stream offset.
+    private var written: UInt64 = 0
+    /// Just past the last `\n` written: where the next line starts.
+    private var linesWritten: UInt64 = 0
+    /// Where the current connection's stream began.
+    private var connectionStart: UInt64 = 0
+    /// Failures since a write was last accepted (the backoff's exponent).
+    private var failures = 0
+    /// The last write found the socket's buffer full: wait for it to be writable.
+    private(set) var blocked = false
+    /// A `send` SQE on the current connection is in flight (io_uring driver).
+    private(set) var sendInFlight = false
+    /// Bumped at every new connection, so a completion of a send on a dead one is recognised.
+    private(set) var connectionNumber: UInt16 = 0
+    /// This link's number among the worker's links (unique while it lives), for `user_data`.
+    let id: UInt16
+    /// The connection on which a writability poll is armed (io_uring driver), if any.
+    private var pollArmedOn: UInt16?
+    /// Whether a full queue may ask the kernel what was acknowledged (`SIOCOUTQ`): once per
+    /// turn (`progress`), so a backend that stopped reading costs one `ioctl` a turn, not one
+    /// per packet dropped.
+    private var mayAskAcknowledged = true
+    private let sendBufferBytes: Int?
+    private var counts = StreamCounts()
+    private var reported = StreamCounts()
+
+    /// The first backoff after a failure.
+    static let firstBackoffNanoseconds: UInt64 = 100_000_000
+    /// The longest backoff.
+    static let maximumBackoffNanoseconds: UInt64 = 5_000_000_000
+    /// How long a connection may take before it is given up (and counted as failed).
+    static let connectTimeoutNanoseconds: UInt64 = 2_000_000_000
+    /// The most bytes one write hands the kernel (a `send` SQE: one contiguous piece).
+    static let writeLimit = 256 << 10
+
+    /// A link to `address` holding at most `queueBytes`, connecting at once.
+    ///
+    /// - Parameter sendBufferBytes: `SO_SNDBUF` for its sockets, or `nil` for autotuning.
+    init(id: UInt16, address: SocketAddress, queueBytes: Int, sendBufferBytes: Int?, now: UInt64) {
+        self.id = id
+        self.address = address
+        self.sendBufferBytes = sendBufferBytes
+        queue = StreamSendQueue(capacity: queueBytes)
+        socket = nil
+        state = .waiting(retryAt: 0)
+        connect(now: now)
+    }
+
+    /// Whether bytes wait to be written.
+    var hasUnwritten: Bool { written < queue.end }
+
+    /// Whether the worker must be woken when the socket becomes writable: connecting, or
+    /// connected with its send buffer full.
+    var wantsWritable: Bool {
+        switch state {
+        case .connecting: true
+        case .connected: blocked && hasUnwritten && !sendInFlight
+        case .waiting: false
+        }
+    }
+
+    /// The descriptor to poll for writability, while there is a socket.
+    var pollDescriptor: Int32? { withSocket { $0.pollDescriptor } }
+
+    /// Lends the socket, while there is one.
+    private func withSocket<Result>(_ body: (borrowing TCPBackendSocket) -> Result) -> Result? {
+        switch socket {
+        case .some(let open): body(open)
+        case .none: nil
+        }
+    }
+
+    /// When the link needs a turn without any I/O: its next connection attempt, or the end of
+    /// a connection attempt's time.
+    var nextDeadline: UInt64? {
+        switch state {
+        case .waiting(let retryAt): hasUnwritten ? retryAt : nil
+        case .connecting(let since): since &+ Self.connectTimeoutNanoseconds
+        case .connected: nil
+        }
+    }
+
+    /// Whether nothing more can come of what is held before an exit: everything is written,
+    /// or the backend is not connected (waiting out a backoff: what is queued is dropped at
+    /// exit rather than holding the stop).
+    var isSettled: Bool {
+        if case .waiting = state { return !sendInFlight }
+        return !hasUnwritten && !sendInFlight
+    }
+
+    /// Queues `slot`'s packet (and a final `\n` if it has none); a packet that does not fit
+    /// is dropped and counted (`tcp_queue_full`), lines and bytes.
+    @inline(__always)
+    mutating func enqueue(slot: Int, of pool: borrowing SendBufferPool) {
+        if queue.append(slot: slot, of: pool) != nil { return }
+        if mayAskAcknowledged {
+            mayAskAcknowledged = false
+            releaseAcknowledged()
+            if queue.append(slot: slot, of: pool) != nil { return }
+        }
+        counts.queueFullLines &+= UInt64(pool.lineCount(of: slot))
+        counts.queueFullBytes &+= UInt64(pool.length(of: slot))
+    }
+
+    /// Moves the connection on: connects when a backoff is over, finishes a connection under
+    /// way, and (unless `writes` is false: the io_uring driver writes with SQEs) writes what
+    /// is queued, without waiting.
+    mutating func progress(now: UInt64, writes: Bool) {
+        mayAskAcknowledged = true
+        switch state {
+        case .waiting(let retryAt):
+            guard now >= retryAt, hasUnwritten else { return }
+            connect(now: now)
+            guard state == .connected else { return }
+        case .connecting(let since):
+            switch withSocket({ $0.connectionState() }) ?? .failed(Errno(rawValue: EBADF)) {
+            case .connecting:
+                if now &- since >= Self.connectTimeoutNanoseconds { fail(now: now) }
+                return
+            case .failed:
+                fail(now: now)
+                return
+            case .connected:
+                state = .connected
+                counts.connects &+= 1
+            }
+        case .connected:
+            break
+        }
+        guard writes else { return }
+        var rounds = 0
+        // A few writes: the queue may wrap, or the kernel may take part of it and then more.
+        while hasUnwritten && rounds < 4 {
+            rounds += 1
+            let from = written
+            guard let result = withSocket({ queue.write(from: from, to: $0) }) else { return }
+            if result > 0 {
+                blocked = false
+                accepted(result)
+                continue
+            }
+            if result == -Int(EAGAIN) {
+                blocked = true
+            } else {
+                fail(now: now)
+            }
+            return
+        }
+    }
+
+    /// The `user_data` index of this link's requests on its current connection:
+    ///
+    /// ```
+    ///  31              16 15               0
+    /// +------------------+------------------+
+    /// | link id (16)     | connection (16)  |
+    /// +------------------+------------------+
+    /// ```
+    var requestIndex: UInt32 { UInt32(id) << 16 | UInt32(connectionNumber) }
+
+    /// The bytes for the next `send` SQE (io_uring driver), when one may go: connected, none
+    /// in flight, bytes unwritten (one contiguous piece, at most `writeLimit`). Marks the send
+    /// in flight.
+    mutating func takeWrite() -> (descriptor: Int32, bytes: UnsafeRawBufferPointer)? {
+        guard state == .connected, !sendInFlight, hasUnwritten, let descriptor = pollDescriptor else { return nil }
+        sendInFlight = true
+        return (descriptor, queue.unsafeContiguousBytes(from: written, limit: Self.writeLimit))
+    }
+
+    /// Takes back `takeWrite` when its SQE could not be had (the submission queue full).
+    mutating func writeNotSubmitted() { sendInFlight = false }
+
+    /// Whether a writability poll should be armed (io_uring driver): the link waits for it and
+    /// none is armed on this connection.
+    var needsPoll: Bool { wantsWritable && pollArmedOn != connectionNumber }
+
+    /// Notes the poll armed on the current connection.
+    mutating func pollArmed() { pollArmedOn = connectionNumber }
+
+    /// A writability poll on connection `number` completed: the next `progress` looks again.
+    mutating func pollCompleted(connection number: UInt16) {
+        if pollArmedOn == number { pollArmedOn = nil }
+        if number == connectionNumber { blocked = false }
+    }
+
+    /// A `send` SQE on connection `number` completed with `result` (bytes, or `-errno`).
+    mutating func writeCompleted(result: Int32, connection number: UInt16, now: UInt64) {
+        sendInFlight = false
+        guard number == connectionNumber, state == .connected else { return }  // a dead connection's
+        if result > 0 {
+            blocked = false
+            accepted(Int(result))
+        } else if result == -EAGAIN {
+            blocked = true
+        } else if result != -ECANCELED && result != -EINTR {
+            fail(now: now)
+        }
+    }
+
+    /// The kernel accepted `count` more bytes: the lines they end are sent.
+    @inline(__always)
+    private mutating func accepted(_ count: Int) {
+        let end = written &+ UInt64(count)
+        let (lines, pastLast) = queue.newlines(from: written, to: end)
+        written = end
+        counts.writes &+= 1
+        failures = 0
+        if let pastLast {
+            counts.sentLines &+= UInt64(lines)
+            counts.sentBytes &+= pastLast &- linesWritten
+            linesWritten = pastLast
+        }
+    }
+
+    /// Frees the bytes the backend's kernel acknowledged, short of the line being written.
+    private mutating func releaseAcknowledged() {
+        guard state == .connected, let unacknowledged = withSocket({ $0.unacknowledgedBytes }) ?? nil else { return }
+        let acknowledged = max(written &- UInt64(min(unacknowledged, Int(written &- connectionStart))), queue.start)
+        queue.release(upTo: max(queue.start, min(acknowledged, linesWritten)))
+    }
+
+    /// Opens a socket and starts connecting; a failure at once counts and backs off.
+    private mutating func connect(now: UInt64) {
+        do throws(Errno) {
+            let opened = try TCPBackendSocket.connecting(to: address, sendBufferBytes: sendBufferBytes)
+            let connected = opened.connectedAtOnce
+            socket = consume opened
+            connectionNumber &+= 1
+            connectionStart = written
+            blocked = false
+            if connected {
+                state = .connected
+                counts.connects &+= 1
+            } else {
+                state = .connecting(since: now)
+            }
+        } catch {
+            socket = nil
+            counts.connectionFailures &+= 1
+            backOff(now: now)
+        }
+    }
+
+    /// The connection failed: counts what it never delivered, closes it, and backs off. The
+    /// line it cut is written again whole on the next connection.
+    private mutating func fail(now: UInt64) {
+        if state == .connected, let unacknowledged = withSocket({ $0.unacknowledgedBytes }) ?? nil {
+            let acknowledged = max(written &- UInt64(min(unacknowledged, Int(written &- connectionStart))), queue.start)
+            if acknowledged < linesWritten {
+                counts.lostAtResetLines &+= UInt64(queue.newlines(from: acknowledged, to: linesWritten).count)
+                counts.lostAtResetBytes &+= linesWritten &- acknowledged
+            }
+        }
+        counts.connectionFailures &+= 1
+        socket = nil
+        written = linesWritten
+        queue.release(upTo: max(queue.start, linesWritten))
+        blocked = false
+        backOff(now: now)
+    }
+
+    private mutating func backOff(now: UInt64) {
+        let delay = min(Self.firstBackoffNanoseconds << UInt64(min(failures, 16)), Self.maximumBackoffNanoseconds)
+        failures += 1
+        state = .waiting(retryAt: now &+ delay)
+    }
+
+    /// Points the link at a new address (the backend's name resolved elsewhere): the
+    /// connection closes (the kernel still delivers what it accepted) and a new one is made
+    /// at once; the queue is kept. A line the old connection had only partly written is
+    /// written again whole on the new one.
+    mutating func move(to newAddress: SocketAddress, now: UInt64) {
+        address = newAddress
+        socket = nil
+        written = linesWritten
+        queue.release(upTo: max(queue.start, linesWritten))
+        blocked = false
+        failures = 0
+        connect(now: now)
+    }
+
+    /// At exit: a line the last write cut is offered once more (its rest only, without
+    /// waiting), so the backend does not get it cut; what is still queued, unwritten, is
+    /// dropped and counted (`tcp_unsent_at_exit`); the socket closes, and the kernel goes on
+    /// delivering what it accepted.
+    mutating func finish() {
+        if state == .connected, !sendInFlight, written > linesWritten, let lineEnd = queue.firstNewline(from: written, to: queue.end) {
+            let from = written
+            if let result = withSocket({ queue.write(from: from, upTo: lineEnd, to: $0) }), result > 0 { accepted(result) }
+        }
+        if linesWritten < queue.end {
+            counts.atExitLines &+= UInt64(queue.newlines(from: linesWritten, to: queue.end).count)
+            counts.atExitBytes &+= queue.end &- linesWritten
+            queue.truncate(at: linesWritten)
+        }
+        written = linesWritten
+        if sendInFlight { queue.keepAllocatedAfterDestruction() }
+    }
+
+    /// The outcomes since the last call, so each is counted once.
+    mutating func takeReport() -> StreamCounts {
+        defer { reported = counts }
+        return counts - reported
+    }
+}

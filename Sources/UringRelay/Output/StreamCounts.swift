@@ -1,0 +1,48 @@
+/// What became of the lines a worker queued for one TCP backend (`TCPBackendLink`), for its
+/// counters: every line queued ends exactly once as sent, dropped because the queue was full,
+/// or dropped at exit; `lostAtReset` is a part of `sent`, not another end.
+///
+/// A line counts as sent when the write carrying its last byte (its `\n`) was accepted by the
+/// kernel; its bytes are counted with it, so a line cut by a failed connection and written
+/// again whole on the next one counts once.
+public struct StreamCounts: Sendable, Equatable {
+    /// Lines (and their bytes) the kernel accepted whole.
+    public var sentLines: UInt64 = 0
+    public var sentBytes: UInt64 = 0
+    /// Writes (`sendmsg` calls or `send` SQEs) that the kernel took bytes from.
+    public var writes: UInt64 = 0
+    /// Lines (and bytes) dropped because the backend's queue (`--tcp-backend-queue`) had no
+    /// room for their packet: the backend was connecting, down, or slower than the traffic.
+    public var queueFullLines: UInt64 = 0
+    public var queueFullBytes: UInt64 = 0
+    /// Lines (and bytes) still queued, not written, when the worker exited.
+    public var atExitLines: UInt64 = 0
+    public var atExitBytes: UInt64 = 0
+    /// Of the lines sent, those whose bytes the backend's kernel had not acknowledged when the
+    /// connection failed (reset, or timed out): written, counted as sent, and lost.
+    public var lostAtResetLines: UInt64 = 0
+    public var lostAtResetBytes: UInt64 = 0
+    /// Connections made.
+    public var connects: UInt64 = 0
+    /// Connections that failed: refused, unreachable, timed out while connecting, or reset
+    /// (or closed by the backend) once made. Each is evidence for the health monitor.
+    public var connectionFailures: UInt64 = 0
+
+    public init() {}
+
+    static func - (lhs: StreamCounts, rhs: StreamCounts) -> StreamCounts {
+        var difference = StreamCounts()
+        difference.sentLines = lhs.sentLines &- rhs.sentLines
+        difference.sentBytes = lhs.sentBytes &- rhs.sentBytes
+        difference.writes = lhs.writes &- rhs.writes
+        difference.queueFullLines = lhs.queueFullLines &- rhs.queueFullLines
+        difference.queueFullBytes = lhs.queueFullBytes &- rhs.queueFullBytes
+        difference.atExitLines = lhs.atExitLines &- rhs.atExitLines
+        difference.atExitBytes = lhs.atExitBytes &- rhs.atExitBytes
+        difference.lostAtResetLines = lhs.lostAtResetLines &- rhs.lostAtResetLines
+        difference.lostAtResetBytes = lhs.lostAtResetBytes &- rhs.lostAtResetBytes
+        difference.connects = lhs.connects &- rhs.connects
+        difference.connectionFailures = lhs.connectionFailures &- rhs.connectionFailures
+        return difference
+    }
+}

@@ -1,0 +1,191 @@
+import Foundation
+import Glibc
+import Synchronization
+@testable import RelayKernel
+
+/// A TCP StatsD backend on 127.0.0.1 for the TCP-backend tests: it listens, accepts every
+/// connection and (unless `reading` is off) reads everything sent, on a thread of its own.
+/// `kill()` closes the listener and every connection, as a dead process's kernel does;
+/// `restart()` listens again on the same port.
+final class TCPTestBackend: @unchecked Sendable {  // its state is behind `state`; the thread is joined in `close`
+    private struct State {
+        var listener: Int32 = -1
+        var connections: [Int32] = []
+        /// Per open connection (same order): its index in `streams`.
+        var streamOf: [Int] = []
+        /// Bytes received, per connection in accept order.
+        var streams: [[UInt8]] = []
+        var accepted = 0
+        var running = true
+        /// Reading is held off (connections are still accepted).
+        var paused = false
+    }
+
+    let port: UInt16
+    private let reading: Bool
+    private let receiveBufferBytes: Int32?
+    private let readChunk: Int
+    private let readPauseMicroseconds: UInt32
+    private let state = Mutex(State())
+    private var thread: Thread?
+    private let done = DispatchSemaphore(value: 0)
+
+    /// Listens on a kernel-chosen port.
+    ///
+    /// - Parameters:
+    ///   - reading: read what arrives (off: accept and never read, a backend that stopped).
+    ///   - receiveBufferBytes: `SO_RCVBUF` of accepted connections (small: fills at once).
+    ///   - readChunk: the most bytes one `read` takes (small: a slow reader).
+    ///   - readPauseMicroseconds: a pause after each round of reads (a slower reader still:
+    ///     it paces the backend, it synchronises nothing).
+    init(reading: Bool = true, receiveBufferBytes: Int32? = nil, readChunk: Int = 1 << 16, readPauseMicroseconds: UInt32 = 0) throws {
+        self.readPauseMicroseconds = readPauseMicroseconds
+        self.reading = reading
+        self.receiveBufferBytes = receiveBufferBytes
+        self.readChunk = readChunk
+        let listener = try Self.listen(port: 0, receiveBufferBytes: receiveBufferBytes)
+        var address = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(listener, $0, &length) }
+        }
+        port = UInt16(bigEndian: address.sin_port)
+        state.withLock { $0.listener = listener }
+        let thread = Thread { [self] in run() }
+        self.thread = thread
+        thread.start()
+    }
+
+    deinit { close() }
+
+    /// `tcp://127.0.0.1:PORT`, as given to the relay.
+    var spec: String { "tcp://127.0.0.1:\(port)" }
+
+    /// The address without scheme (for `--sendproto TCP`).
+    var plainSpec: String { "127.0.0.1:\(port)" }
+
+    private static func listen(port: UInt16, receiveBufferBytes: Int32?) throws -> Int32 {
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+        guard descriptor >= 0 else { throw Errno(rawValue: errno) }
+        var one: Int32 = 1
+        setsockopt(descriptor, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        if var size = receiveBufferBytes {
+            // Set on the listener so accepted connections start with it (the window is fixed at the handshake).
+            setsockopt(descriptor, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+        }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = port.bigEndian
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0, Glibc.listen(descriptor, 64) == 0 else {
+            let code = errno
+            Glibc.close(descriptor)
+            throw Errno(rawValue: code)
+        }
+        return descriptor
+    }
+
+    private func run() {
+        var buffer = [UInt8](repeating: 0, count: readChunk)
+        while true {
+            let (listener, connections, running, paused) = state.withLock { ($0.listener, $0.connections, $0.running, $0.paused) }
+            guard running else { break }
+            var polls = [pollfd(fd: listener, events: Int16(POLLIN), revents: 0)]
+            if reading && !paused { polls += connections.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) } }
+            _ = poll(&polls, nfds_t(polls.count), 20)
+            if listener >= 0, polls[0].revents != 0 {
+                // Under the lock, and only the listener still open (see the reads).
+                state.withLock {
+                    while $0.listener == listener {
+                        let accepted = accept(listener, nil, nil)
+                        guard accepted >= 0 else { break }
+                        $0.connections.append(accepted)
+                        $0.streamOf.append($0.streams.count)
+                        $0.streams.append([])
+                        $0.accepted += 1
+                    }
+                }
+            }
+            guard reading && !paused else { continue }
+            if readPauseMicroseconds > 0 { usleep(readPauseMicroseconds) }
+            for entry in polls.dropFirst() where entry.revents != 0 {
+                state.withLock { state in
+                    // Read under the lock, and only a connection still open: a descriptor
+                    // `kill` closed may already be reused elsewhere in this process.
+                    guard let index = state.connections.firstIndex(of: entry.fd) else { return }
+                    let count = read(entry.fd, &buffer, buffer.count)
+                    if count > 0 {
+                        state.streams[state.streamOf[index]].append(contentsOf: buffer[0..<count])
+                    } else if count == 0 || (errno != EAGAIN && errno != EINTR) {
+                        Glibc.close(entry.fd)
+                        state.connections.remove(at: index)
+                        state.streamOf.remove(at: index)
+                    }
+                }
+            }
+        }
+        done.signal()
+    }
+
+    /// Closes the listener and every connection (unread data makes the kernel reset them).
+    func kill() {
+        state.withLock { state in
+            for connection in state.connections { Glibc.close(connection) }
+            if state.listener >= 0 { Glibc.close(state.listener) }
+            state.listener = -1
+            state.connections = []
+            state.streamOf = []
+        }
+    }
+
+    /// Holds off reading (what arrives waits in the connections' buffers), or lets it go on.
+    func pauseReading(_ paused: Bool) { state.withLock { $0.paused = paused } }
+
+    /// Listens again on the same port.
+    func restart() throws {
+        let listener = try Self.listen(port: port, receiveBufferBytes: receiveBufferBytes)
+        state.withLock { $0.listener = listener }
+    }
+
+    /// Stops the thread and closes everything.
+    func close() {
+        let wasRunning = state.withLock { state -> Bool in
+            let was = state.running
+            state.running = false
+            return was
+        }
+        guard wasRunning else { return }
+        done.wait()
+        kill()
+    }
+
+    /// Connections accepted so far.
+    var accepted: Int { state.withLock { $0.accepted } }
+
+    /// The bytes each connection delivered, in accept order.
+    var streams: [[UInt8]] { state.withLock { $0.streams } }
+
+    /// Every whole line received (each ended by `\n`), over all connections in accept order;
+    /// a connection's unterminated tail (a line cut when it died) is not a line.
+    var lines: [String] {
+        streams.flatMap { stream -> [String] in
+            let text = String(decoding: stream, as: UTF8.self)
+            var parts = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+            parts.removeLast()  // after the last "\n": empty, or a cut line
+            return parts
+        }
+    }
+
+    /// Waits, polling every 10 ms for at most `seconds`, until `condition` holds.
+    func wait(seconds: Double = 15, until condition: (TCPTestBackend) -> Bool) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if condition(self) { return true }
+            usleep(10_000)
+        }
+        return condition(self)
+    }
+}
