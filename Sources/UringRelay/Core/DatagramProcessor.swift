@@ -182,21 +182,44 @@ public struct DatagramProcessor: ~Copyable {
     /// rehash, the md5 of its key) and packs it into its backend's batch.
     @inline(__always)
     private mutating func pack(_ pending: Pending, in datagram: RawSpan, now: UInt64) {
-        guard let backend = route(pending, in: datagram, isPrefixed: false, withTags: true) else { return }
-        if assembler.append(datagram.extracting(pending.line), to: backend, now: now) {
+        let line = datagram.extracting(pending.line)
+        let decision: Router.Decision
+        if pending.isComposite && router.hashMode != .jump {
+            // A ring places the key by its md5: write the name+tags key out. (Under `jump`
+            // the hash is all that routes it.)
+            decision = Self.routeWritten(pending, in: datagram, scratch: &routingKey, cache: &primaries, router: router)
+        } else {
+            let key = datagram.extracting(pending.key)
+            let primary = primaries.primary(for: pending.probe, key: key, router: router)
+            decision = router.route(key: key, hash: pending.probe.hash, primary: primary)
+        }
+        guard let backend = backend(for: decision) else { return }
+        if assembler.append(line, to: backend, now: now) {
             counters[.linesForwarded] &+= 1
         } else {
             counters[.linesDroppedNoSendBuffer] &+= 1
         }
     }
 
-    /// `pack` for a line rewritten as `edit` says: routed by its rewritten key, copied once,
-    /// in pieces, straight into the packet.
+    /// `pack` for a line rewritten as `edit` says: routed by its rewritten key (on a ring, the
+    /// prefixed name, with its tags under `name+tags`, written out), copied once, in pieces,
+    /// straight into the packet. Apart from `pack`, so that the line path without a rewrite
+    /// carries none of this.
     @inline(__always)
     private mutating func packRewritten<Key: KeyPolicy>(
         _ pending: Pending, _ edit: LineRewriter.Edit, in datagram: RawSpan, now: UInt64, _: Key.Type
     ) {
-        guard let backend = route(pending, in: datagram, isPrefixed: edit.isPrefixed, withTags: Key.includesTags) else { return }
+        let decision: Router.Decision
+        if pending.isComposite && router.hashMode != .jump {
+            decision = Self.routeRewritten(
+                pending, in: datagram, isPrefixed: edit.isPrefixed, rewriter: rewriter, withTags: Key.includesTags,
+                scratch: &routingKey, cache: &primaries, router: router)
+        } else {
+            let key = datagram.extracting(pending.key)
+            let primary = primaries.primary(for: pending.probe, key: key, router: router)
+            decision = router.route(key: key, hash: pending.probe.hash, primary: primary)
+        }
+        guard let backend = backend(for: decision) else { return }
         if Self.appendRewritten(pending, edit, of: datagram, to: backend, now: now, rewriter: rewriter, assembler: &assembler) {
             counters[.linesForwarded] &+= 1
         } else {
@@ -204,25 +227,9 @@ public struct DatagramProcessor: ~Copyable {
         }
     }
 
-    /// The backend a pending line goes to, or `nil` when it is dropped (counted here).
-    ///
-    /// - Parameters:
-    ///   - isPrefixed: whether its written-out key starts with `--metrics-prefix`.
-    ///   - withTags: whether its written-out key holds its tags (`name+tags`).
+    /// The backend a routing decision sends a line to, or `nil` when it is dropped (counted here).
     @inline(__always)
-    private mutating func route(_ pending: Pending, in datagram: RawSpan, isPrefixed: Bool, withTags: Bool) -> Int? {
-        let decision: Router.Decision
-        if pending.isComposite && router.hashMode != .jump {
-            // A ring places the key by its md5: write the name+tags key (or the prefixed name)
-            // out. (Under `jump` the hash is all that routes it.)
-            decision = Self.routeWritten(
-                pending, in: datagram, isPrefixed: isPrefixed, rewriter: rewriter, withTags: withTags, scratch: &routingKey,
-                cache: &primaries, router: router)
-        } else {
-            let key = datagram.extracting(pending.key)
-            let primary = primaries.primary(for: pending.probe, key: key, router: router)
-            decision = router.route(key: key, hash: pending.probe.hash, primary: primary)
-        }
+    private mutating func backend(for decision: Router.Decision) -> Int? {
         switch decision {
         case .send(let primary):
             // Every backend is down under rehash or drop: sent to its primary as if healthy.
@@ -240,10 +247,22 @@ public struct DatagramProcessor: ~Copyable {
         }
     }
 
-    /// Routes a line by its written-out key (for a ring's md5). Static, on its parts, so that
-    /// the key borrowed from the scratch and the cache updated are seen apart.
+    /// Routes a line by its written-out `name+tags` key (for a ring's md5). Static, on its
+    /// parts, so that the key borrowed from the scratch and the cache updated are seen apart.
     @inline(__always)
     private static func routeWritten(
+        _ pending: Pending, in datagram: RawSpan, scratch: inout RoutingKey, cache: inout PrimaryCache, router: borrowing Router
+    ) -> Router.Decision {
+        scratch.write(datagram, line: pending.line, key: pending.key)
+        let key = scratch.written.span.bytes
+        let primary = cache.primary(for: pending.probe, key: key, router: router)
+        return router.route(key: key, hash: pending.probe.hash, primary: primary)
+    }
+
+    /// `routeWritten` for a rewritten line: its key written out with the prefix (if the line
+    /// is prefixed) and its tags (if `withTags`).
+    @inline(__always)
+    private static func routeRewritten(
         _ pending: Pending, in datagram: RawSpan, isPrefixed: Bool, rewriter: borrowing LineRewriter, withTags: Bool,
         scratch: inout RoutingKey, cache: inout PrimaryCache, router: borrowing Router
     ) -> Router.Decision {
