@@ -1,4 +1,5 @@
 import BasicContainers
+import Glibc
 import RelayKernel
 
 /// The parts of a worker's start-up both drivers share.
@@ -15,6 +16,11 @@ enum WorkerSetup {
             if let inherited = settings.handOver?.inherited {
                 // Its group's steering program, if any, came with it.
                 socket = try inherited[index].socket.duplicate()
+            } else if let shared = settings.handOver?.shared[index] {
+                // A Unix datagram listener: bound once by the relay, read by every worker.
+                socket = try shared.socket.duplicate()
+            } else if address.family == .unix {
+                throw SystemCallError("bind unix", address.host, Errno(rawValue: EINVAL), hint: "a Unix listener is bound by the relay, not by a worker")
             } else {
                 socket = try UDPSocket.bound(to: address, reusePort: true, receiveBufferBytes: settings.receiveBufferBytes)
                 if let spread = settings.reusePortSpread { try socket.spreadReusePortGroup(over: spread) }
@@ -35,7 +41,9 @@ enum WorkerSetup {
         let handOver = settings.handOver
         for index in listeners.indices {
             guard let handOver, handOver.inherited != nil else {
-                baselines.append(0)
+                // A socket every worker reads (a Unix listener) is counted by worker 0 alone.
+                let shared = handOver?.shared[index] != nil
+                baselines.append(shared && handOver?.worker != 0 ? nil : 0)
                 continue
             }
             let shared = index < handOver.sharedByWorkers.count && handOver.sharedByWorkers[index]
@@ -86,6 +94,9 @@ enum WorkerSetup {
     /// receive buffer of small datagrams (about 80 000) takes some 15 ms.
     static let minimumDiscardNanoseconds: UInt64 = 50_000_000
 
-    /// The `listener` label of a UDP listener bound to `address`.
-    static func label(_ address: SocketAddress) -> String { "udp:\(address)" }
+    /// The `listener` label of a listener bound to `address`: `udp:ADDR:PORT`, or
+    /// `unixgram:PATH` for a Unix datagram listener.
+    static func label(_ address: SocketAddress) -> String {
+        address.family == .unix ? "unixgram:\(address.host)" : "udp:\(address)"
+    }
 }

@@ -14,12 +14,20 @@ public struct WorkerHandOver: Sendable {
     /// Per inherited listener, whether every worker reads that one socket (socket activation
     /// with one socket per listener): its kernel drops are then counted by worker 0 alone.
     public var sharedByWorkers: [Bool]
+    /// Per listener index, the one socket the relay bound for every worker to read (a Unix
+    /// datagram listener: a path cannot be bound once per worker); the worker relays on a
+    /// duplicate. Not used when `inherited` is set.
+    public var shared: [Int: SocketBox]
 
     /// A worker's hand-over part.
-    public init(worker: Int, registry: ListenerRegistry, inherited: [SocketBox]? = nil, sharedByWorkers: [Bool] = []) {
+    public init(
+        worker: Int, registry: ListenerRegistry, inherited: [SocketBox]? = nil, sharedByWorkers: [Bool] = [],
+        shared: [Int: SocketBox] = [:]
+    ) {
         self.worker = worker
         self.registry = registry
         self.inherited = inherited
         self.sharedByWorkers = sharedByWorkers
+        self.shared = shared
     }
 }
