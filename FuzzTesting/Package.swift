@@ -28,6 +28,7 @@ let package = Package(
         .executableTarget(name: "FuzzBackendAddress", dependencies: ["FuzzSupport", relay], swiftSettings: strict),
         .executableTarget(name: "FuzzConfigValues", dependencies: ["FuzzSupport", relay], swiftSettings: strict),
         .executableTarget(name: "FuzzConfigFile", dependencies: ["FuzzSupport", relay], swiftSettings: strict),
+        .executableTarget(name: "FuzzStreamLineFramer", dependencies: ["FuzzSupport", relay], swiftSettings: strict),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -9,7 +9,7 @@
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]     targets: FuzzLineScanner FuzzDatagramProcessor
 #                                             FuzzDogStatsD FuzzBackendAddress FuzzConfigValues
-#                                             FuzzConfigFile
+#                                             FuzzConfigFile FuzzStreamLineFramer
 #                                             (default: all)
 #   FUZZ_SANITIZERS=fuzzer    without AddressSanitizer (faster; guard pages still catch reads
 #                             past a datagram); default fuzzer,address
@@ -40,7 +40,7 @@ if [[ ! "$seconds" =~ ^[0-9]+$ ]]; then
 fi
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(FuzzLineScanner FuzzDatagramProcessor FuzzDogStatsD FuzzBackendAddress FuzzConfigValues FuzzConfigFile)
+    targets=(FuzzLineScanner FuzzDatagramProcessor FuzzDogStatsD FuzzBackendAddress FuzzConfigValues FuzzConfigFile FuzzStreamLineFramer)
 fi
 
 build=(-c "${FUZZ_CONFIGURATION:-release}" --sanitize=fuzzer -Xswiftc "-sanitize=${FUZZ_SANITIZERS:-fuzzer,address}")
@@ -57,12 +57,13 @@ corpus_of() {
         FuzzBackendAddress) echo Corpus/BackendAddresses ;;
         FuzzConfigValues) echo Corpus/ConfigValues ;;
         FuzzConfigFile) echo Corpus/ConfigFiles ;;
+        FuzzStreamLineFramer) echo Corpus/Streams ;;
         *) echo "unknown target $1" >&2; exit 64 ;;
     esac
 }
 dictionary_of() {
     case "$1" in
-        FuzzLineScanner | FuzzDatagramProcessor | FuzzDogStatsD) echo Dictionaries/statsd.dict ;;
+        FuzzLineScanner | FuzzDatagramProcessor | FuzzDogStatsD | FuzzStreamLineFramer) echo Dictionaries/statsd.dict ;;
         FuzzConfigFile) echo Dictionaries/yaml.dict ;;
         *) echo Dictionaries/config.dict ;;
     esac
@@ -73,6 +74,7 @@ max_len_of() {
         FuzzDatagramProcessor) echo 8192 ;;
         FuzzDogStatsD) echo 8193 ;;
         FuzzConfigFile) echo 4096 ;;
+        FuzzStreamLineFramer) echo 20000 ;;
         *) echo 256 ;;
     esac
 }

@@ -1,16 +1,23 @@
 import CLiburing
 import Glibc
 
-/// An IPv4 or IPv6 socket address (`struct sockaddr_storage` with its length).
+/// An IPv4 or IPv6 socket address, or a Unix socket's path (`struct sockaddr_storage` with its
+/// length; see `SocketAddress+Unix.swift` for the Unix one, a listener's, which has no port).
 public struct SocketAddress: Sendable, Equatable, CustomStringConvertible {
     /// The address family.
-    public enum Family: Sendable { case ipv4, ipv6 }
+    public enum Family: Sendable { case ipv4, ipv6, unix }
 
     var storage: sockaddr_storage
     var length: socklen_t
 
     /// The family of this address.
-    public var family: Family { Int32(storage.ss_family) == AF_INET6 ? .ipv6 : .ipv4 }
+    public var family: Family {
+        switch Int32(storage.ss_family) {
+        case AF_INET6: .ipv6
+        case AF_UNIX: .unix
+        default: .ipv4
+        }
+    }
 
     /// Parses a numeric IPv4 (`127.0.0.1`) or IPv6 (`::1`, no brackets) host and a port. An IPv6
     /// host may name its zone after `%` (RFC 4007), by interface name or index: `fe80::1%eth0`,
@@ -112,6 +119,7 @@ public struct SocketAddress: Sendable, Equatable, CustomStringConvertible {
                 switch family {
                 case .ipv4: UInt16(bigEndian: raw.load(as: sockaddr_in.self).sin_port)
                 case .ipv6: UInt16(bigEndian: raw.load(as: sockaddr_in6.self).sin6_port)
+                case .unix: 0
                 }
             }
         }
@@ -128,6 +136,8 @@ public struct SocketAddress: Sendable, Equatable, CustomStringConvertible {
                     var address = raw.load(as: sockaddr_in6.self)
                     address.sin6_port = newValue.bigEndian
                     raw.storeBytes(of: address, as: sockaddr_in6.self)
+                case .unix:
+                    break  // a path has no port
                 }
             }
         }
@@ -136,6 +146,7 @@ public struct SocketAddress: Sendable, Equatable, CustomStringConvertible {
     /// The numeric host, without brackets; an IPv6 zone follows `%`, by interface name where the
     /// interface still exists (`fe80::1%eth0`), else by index.
     public var host: String {
+        if family == .unix { return unixPath ?? "" }
         let numeric = withUnsafeBytes(of: storage) { raw in
             var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN) + 1)
             switch family {
@@ -145,6 +156,8 @@ public struct SocketAddress: Sendable, Equatable, CustomStringConvertible {
             case .ipv6:
                 var address = raw.load(as: sockaddr_in6.self).sin6_addr
                 inet_ntop(AF_INET6, &address, &text, socklen_t(text.count))
+            case .unix:
+                break
             }
             return String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         }
@@ -161,12 +174,13 @@ public struct SocketAddress: Sendable, Equatable, CustomStringConvertible {
         return withUnsafeBytes(of: storage) { $0.load(as: sockaddr_in6.self).sin6_scope_id }
     }
 
-    /// The address's bytes in network order: 4 for IPv4, 16 for IPv6.
+    /// The address's bytes in network order: 4 for IPv4, 16 for IPv6, none for a Unix path.
     public var addressBytes: [UInt8] {
         withUnsafeBytes(of: storage) { raw in
             switch family {
             case .ipv4: withUnsafeBytes(of: raw.load(as: sockaddr_in.self).sin_addr) { Array($0) }
             case .ipv6: withUnsafeBytes(of: raw.load(as: sockaddr_in6.self).sin6_addr) { Array($0) }
+            case .unix: []
             }
         }
     }
@@ -195,10 +209,11 @@ public struct SocketAddress: Sendable, Equatable, CustomStringConvertible {
 
     /// Whether this is the unspecified address (`0.0.0.0`, `::`): a wildcard to bind to, and,
     /// as a destination, this host (Linux sends to loopback).
-    public var isUnspecified: Bool { addressBytes.allSatisfy { $0 == 0 } }
+    public var isUnspecified: Bool { family != .unix && addressBytes.allSatisfy { $0 == 0 } }
 
     /// Whether this is a multicast group (`224.0.0.0/4`, `ff00::/8`).
     public var isMulticast: Bool {
+        guard family != .unix else { return false }
         let bytes = addressBytes
         return family == .ipv4 ? bytes[0] & 0xf0 == 0xe0 : bytes[0] == 0xff
     }
@@ -215,6 +230,7 @@ public struct SocketAddress: Sendable, Equatable, CustomStringConvertible {
 
     /// Whether this is a loopback address (`127.0.0.0/8`, `::1`): this host, whatever its interfaces.
     public var isLoopback: Bool {
+        guard family != .unix else { return false }
         let bytes = addressBytes
         return family == .ipv4 ? bytes[0] == 127 : bytes[0..<15].allSatisfy { $0 == 0 } && bytes[15] == 1
     }
@@ -224,9 +240,13 @@ public struct SocketAddress: Sendable, Equatable, CustomStringConvertible {
         family == other.family && scopeID == other.scopeID && addressBytes == other.addressBytes
     }
 
-    /// `127.0.0.1:8125` or `[::1]:8125`.
+    /// `127.0.0.1:8125`, `[::1]:8125`, or `unix:/run/statsrelay.sock` for a Unix path.
     public var description: String {
-        family == .ipv6 ? "[\(host)]:\(port)" : "\(host):\(port)"
+        switch family {
+        case .ipv4: "\(host):\(port)"
+        case .ipv6: "[\(host)]:\(port)"
+        case .unix: "unix:\(host)"
+        }
     }
 
     public static func == (lhs: SocketAddress, rhs: SocketAddress) -> Bool {

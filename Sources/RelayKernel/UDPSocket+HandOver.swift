@@ -23,13 +23,19 @@ extension UDPSocket {
     public static func adopting(descriptor: Int32) -> UDPSocket { UDPSocket(descriptor: descriptor) }
 
     /// Why this socket cannot serve as a listener inherited for `expected`, or `nil` when it
-    /// can: it must be a bound UDP socket (`SO_TYPE` `SOCK_DGRAM`, `SO_PROTOCOL` UDP, IPv4 or
+    /// can: for a Unix `expected`, a datagram socket bound to that path; else a bound UDP socket (`SO_TYPE` `SOCK_DGRAM`, `SO_PROTOCOL` UDP, IPv4 or
     /// IPv6) with `SO_REUSEPORT` set (the port's other workers share it) unless
     /// `requiringReusePort` is false (one socket every worker reads), bound to `expected`
     /// (port 0 in `expected` accepts any port).
     public func listenerMismatch(expected: SocketAddress?, requiringReusePort: Bool = true) -> String? {
         guard let type = try? option(SOL_SOCKET, SO_TYPE), type == Int32(SOCK_DGRAM.rawValue) else {
             return "not a datagram socket (SO_TYPE)"
+        }
+        if expected?.family == .unix {
+            // A Unix datagram listener: one socket every worker reads, no SO_REUSEPORT.
+            let bound = localAddress
+            guard bound.family == .unix else { return "not a Unix socket (getsockname)" }
+            return bound == expected ? nil : "bound to \(bound), not \(expected!)"
         }
         guard let proto = try? option(SOL_SOCKET, SO_PROTOCOL), proto == Int32(IPPROTO_UDP) else {
             return "not a UDP socket (SO_PROTOCOL)"

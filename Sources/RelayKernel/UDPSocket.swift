@@ -4,7 +4,8 @@ import Glibc
 /// A UDP socket: the one owner of its file descriptor, closed when the owner goes away.
 ///
 /// The relay's listeners and backend sockets are these; so are the sockets of `statsrelay sink`
-/// and of the tests, through the blocking `send` and `receive` helpers.
+/// and of the tests, through the blocking `send` and `receive` helpers. A Unix datagram
+/// listener is one too (`UDPSocket+UnixListener.swift`): a worker reads both alike.
 public struct UDPSocket: ~Copyable {
     /// The file descriptor; valid for the owner's lifetime.
     package let descriptor: Int32
@@ -168,7 +169,7 @@ public struct UDPSocket: ~Copyable {
         SocketErrorReport.drain(descriptor, limit: limit)
     }
 
-    private func setOption(_ level: Int32, _ name: Int32, _ value: Int32) throws(Errno) {
+    func setOption(_ level: Int32, _ name: Int32, _ value: Int32) throws(Errno) {
         var value = value
         _ = try systemCall { setsockopt(descriptor, level, name, &value, socklen_t(MemoryLayout<Int32>.size)) }
     }

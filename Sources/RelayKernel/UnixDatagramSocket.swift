@@ -58,6 +58,33 @@ public struct UnixDatagramSocket: ~Copyable, Sendable {
         }
     }
 
+    /// A socket connected to the one bound at `path`: a client of a Unix datagram listener,
+    /// whose `send(_:)` waits while the listener's queue is full (no datagram is lost).
+    ///
+    /// - Throws: `Errno` (`ENOENT` or `ECONNREFUSED`: nobody listens there).
+    public static func connected(to path: String) throws(Errno) -> UnixDatagramSocket {
+        let socket = try unbound()
+        var (address, length) = try makeAddress(path)
+        let descriptor = socket.descriptor
+        _ = try systemCall {
+            withUnsafePointer(to: &address) { pointer in
+                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(descriptor, $0, length) }
+            }
+        }
+        return socket
+    }
+
+    /// Sends `bytes` as one datagram to the connected peer, waiting for room in its queue.
+    ///
+    /// - Throws: `Errno` (`ECONNREFUSED`: the listener closed; `EPERM`: it takes no new
+    ///   datagram, being removed).
+    public func send(_ bytes: [UInt8]) throws(Errno) {
+        let descriptor = descriptor
+        _ = try systemCall {
+            bytes.withUnsafeBytes { buffer in Glibc.send(descriptor, buffer.baseAddress, buffer.count, Int32(MSG_NOSIGNAL)) }
+        }
+    }
+
     /// Receives one datagram, waiting at most `timeoutMilliseconds`; `nil` when none came.
     public func receive(timeoutMilliseconds: Int32, maximumBytes: Int = 4_096) throws(Errno) -> [UInt8]? {
         var waiter = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)

@@ -38,6 +38,9 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         var listenerIDs: [UInt32] = []
         /// The id the next listener added by a reload takes.
         var nextListenerID: UInt32 = 0
+        /// The socket file of each Unix datagram listener, by listener id: removed when a
+        /// reload removes the listener and at exit, unless a successor took the sockets over.
+        var unixFiles: [UInt32: UnixListenerFile] = [:]
         var stopping = false
         /// Set once `start` has succeeded: every worker runs and `driver` is final.
         var started = false
@@ -167,6 +170,14 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             // stray SO_REUSEPORT socket, on the port would take a share of the traffic unseen.
             for address in listen where address.port != 0 { try UDPSocket.probeExclusive(address) }
         }
+        let shared: [Int: SocketBox]
+        do { shared = try bindUnixListeners(listen, inherited: inheriting != nil) } catch {
+            removeUnixFiles()
+            throw error
+        }
+        var startedWorkers = false
+        // A failed start leaves no socket file behind (unless the sockets are another's).
+        defer { if !startedWorkers { removeUnixFiles() } }
         let probeSettings = WorkerSettings(configuration: config, listeners: listen, routing: routing, holdBudget: holdBudget)
         switch config.ioBackend {
         case .portable:
@@ -184,7 +195,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         }
         var facts: WorkerFacts
         do {
-            facts = try startWorkers(driver: driver, listen: listen)
+            facts = try startWorkers(driver: driver, listen: listen, shared: shared)
         } catch let error as SystemCallError where driver == .uring && error.operation.hasPrefix("io_uring") {
             // The probe's ring passed, but every worker pins its own ring and buffer ring (the
             // memlock limit is per user, and the probe's ring is released asynchronously): a
@@ -195,7 +206,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             if config.ioBackend == .uring { throw DriverUnavailable(reason: reason) }
             driver = .portable
             driverReason = reason
-            facts = try startWorkers(driver: .portable, listen: listen)
+            facts = try startWorkers(driver: .portable, listen: listen, shared: shared)
         }
         if listen.contains(where: { $0.port == 0 }) {
             // The kernel chose a port: only now can a backend be found to reach it.
@@ -220,6 +231,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         }
         sendFailures.start { [weak self] in self?.liveCounters() ?? RelayCounters(backends: []) }
         state.withLock { $0.started = true }
+        startedWorkers = true
         return facts
     }
 
@@ -229,7 +241,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     /// - Returns: the first worker's facts.
     /// - Throws: `SystemCallError` from the first worker that could not start; the ones already
     ///   started are then stopped and joined, and forgotten, so workers can be started again.
-    private func startWorkers(driver: IOBackendChoice, listen configured: [SocketAddress]) throws -> WorkerFacts {
+    private func startWorkers(driver: IOBackendChoice, listen configured: [SocketAddress], shared: [Int: SocketBox]) throws -> WorkerFacts {
         let config = configuration
         var listen = configured
         let cpus = config.cpus ?? WorkerThread.allowedCPUs
@@ -238,7 +250,8 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             var workerSettings = WorkerSettings(configuration: config, listeners: listen, routing: routing, holdBudget: holdBudget)
             workerSettings.handOver = WorkerHandOver(
                 worker: index, registry: listenerRegistry, inherited: inherited?.sockets(worker: index),
-                sharedByWorkers: inherited?.sharedByWorkers ?? [], inheritedDropBaselines: inherited?.dropBaselines?.map { $0[index] })
+                sharedByWorkers: inherited?.sharedByWorkers ?? [], inheritedDropBaselines: inherited?.dropBaselines?.map { $0[index] },
+                shared: shared)
             let settings = workerSettings
             let board = settings.board
             let control: WorkerControl
@@ -294,6 +307,40 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             }
         }
         return firstFacts!
+    }
+
+    /// Binds each Unix datagram listener of `listen` once, for every worker to read a duplicate
+    /// of (`WorkerHandOver.shared`), replacing a stale socket file; or, for listeners taken
+    /// over (`inherited`), only notes their files, to be removed at exit.
+    ///
+    /// - Returns: the sockets by listener index.
+    /// - Throws: `SystemCallError` for the first that cannot be bound (a live relay there).
+    private func bindUnixListeners(_ listen: [SocketAddress], inherited: Bool) throws(SystemCallError) -> [Int: SocketBox] {
+        var shared: [Int: SocketBox] = [:]
+        for (index, address) in listen.enumerated() {
+            guard let path = address.unixPath else { continue }
+            if inherited {
+                if let file = UnixListenerFile.current(at: path) { state.withLock { $0.unixFiles[UInt32(index)] = file } }
+                continue
+            }
+            let socket = try UDPSocket.listening(
+                unixPath: path, mode: configuration.unixSocketMode(for: path), receiveBufferBytes: configuration.receiveBufferBytes)
+            if let file = UnixListenerFile.current(at: path) { state.withLock { $0.unixFiles[UInt32(index)] = file } }
+            shared[index] = SocketBox(socket)
+        }
+        return shared
+    }
+
+    /// Removes the socket file of every Unix datagram listener (at exit, or after a failed
+    /// start), unless another process holds the sockets (a successor took them over: the
+    /// files are its own now).
+    private func removeUnixFiles() {
+        guard !listenerRegistry.listenersShared else { return }
+        let files = state.withLock { state in
+            defer { state.unixFiles = [:] }
+            return Array(state.unixFiles.values)
+        }
+        for file in files { file.removeIfOwned() }
     }
 
     /// Stops and joins the workers started so far and forgets them (the health monitor, not
@@ -423,7 +470,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         }
         defer { if changesListeners { listenerRegistry.releaseListenerSet(from: .reload) } }
         let listenerChange: ListenerChange
-        do throws(ConfigurationError) { listenerChange = try prepareListeners(wanted) } catch {
+        do throws(ConfigurationError) { listenerChange = try prepareListeners(wanted, modes: candidate) } catch {
             reloads.recordFailure()
             throw error
         }
@@ -460,7 +507,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     struct ListenerChange {
         /// Per listener added: its address as configured and bound, its id, and one socket per
         /// worker, in worker order.
-        var added: [(configured: SocketAddress, bound: SocketAddress, id: UInt32, sockets: [SocketHandOver], copies: [SocketBox])] = []
+        var added: [(configured: SocketAddress, bound: SocketAddress, id: UInt32, sockets: [SocketHandOver], copies: [SocketBox], file: UnixListenerFile?)] = []
         /// The ids removed, with their configured addresses.
         var removed: [(configured: SocketAddress, id: UInt32)] = []
         var isEmpty: Bool { added.isEmpty && removed.isEmpty }
@@ -471,7 +518,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     ///
     /// - Throws: `ConfigurationError` naming the listener that cannot be bound, with the
     ///   system's reason and errno (the sockets bound so far close).
-    private func prepareListeners(_ wanted: [SocketAddress]) throws(ConfigurationError) -> ListenerChange {
+    private func prepareListeners(_ wanted: [SocketAddress], modes: RelayConfiguration) throws(ConfigurationError) -> ListenerChange {
         let (running, ids, workers, started, held) = state.withLock {
             ($0.configuredListeners, $0.listenerIDs, $0.controls.count, $0.started, $0.listeners)
         }
@@ -485,7 +532,24 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             var sockets: [SocketHandOver] = []
             var copies: [SocketBox] = []
             var bound = address
+            var file: UnixListenerFile?
             do throws(SystemCallError) {
+                if let path = address.unixPath {
+                    // One socket for every worker: a path binds once.
+                    let socket = try UDPSocket.listening(
+                        unixPath: path, mode: modes.unixSocketMode(for: path), receiveBufferBytes: configuration.receiveBufferBytes)
+                    file = UnixListenerFile.current(at: path)
+                    // (Boxed: a duplicate made through a Sendable owner can be sent on.)
+                    let original = SocketBox(socket)
+                    for _ in 0..<workers {
+                        copies.append(SocketBox(try original.socket.duplicate()))
+                        let duplicate = try original.socket.duplicate()
+                        sockets.append(SocketHandOver(duplicate))
+                    }
+                    change.added.append((address, address, nextID, sockets, copies, file))
+                    nextID += 1
+                    continue
+                }
                 // The relay's own sockets on an overlapping address (a move between a wildcard and
                 // a specific address on one port) would fail the probe: the port was proven
                 // exclusive when they bound, and SO_REUSEPORT lets the new sockets join.
@@ -503,9 +567,11 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
                     sockets.append(SocketHandOver(socket))
                 }
             } catch {
+                file?.removeIfOwned()
+                for added in change.added { added.file?.removeIfOwned() }
                 throw ConfigurationError(argument: "listeners[\(index)]", value: address.description, reason: "\(error)")
             }
-            change.added.append((address, bound, nextID, sockets, copies))
+            change.added.append((address, bound, nextID, sockets, copies, nil))
             nextID += 1
         }
         return change
@@ -539,6 +605,8 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             // asks for its removal again.
             for (_, id) in change.removed where outcome.unanswered == 0 {
                 listenerRegistry.forget(listener: id)
+                // Every worker closed it: its file goes (but not a successor's, by then).
+                state.unixFiles.removeValue(forKey: id)?.removeIfOwned()
                 guard let index = state.listenerIDs.firstIndex(of: id) else { continue }
                 state.listeners.remove(at: index)
                 state.configuredListeners.remove(at: index)
@@ -551,6 +619,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
                 state.configuredListeners.append(added.configured)
                 state.listenerIDs.append(added.id)
                 state.nextListenerID = max(state.nextListenerID, added.id + 1)
+                if let file = added.file { state.unixFiles[added.id] = file }
             }
         }
         return outcome
@@ -636,6 +705,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         for thread in threads { thread.join() }
         // Every worker has closed its listeners: the copies are all that holds them open.
         listenerRegistry.forgetAll()
+        removeUnixFiles()
         return state.withLock { state in
             var total = RelayCounters(backends: routing.current.identities)
             for counters in state.counters { total += counters }

@@ -33,8 +33,17 @@ struct RunCommand: ParsableCommand {
     @Option(name: [.customLong("port"), .customLong("port", withSingleDash: true)], parsing: .unconditional, help: "UDP port to listen on (default: 8125).")
     var port: Int?
 
-    @Option(name: .customLong("listen"), help: "A UDP listener, ADDR:PORT or [IPv6]:PORT; repeat for several. Replaces the file's listeners; not with --bind/--port.")
+    @Option(name: .customLong("listen"), help: "A listener: UDP ADDR:PORT or [IPv6]:PORT, or a Unix datagram socket unix:PATH; repeat for several. Replaces the file's listeners; not with --bind/--port.")
     var listen: [String] = []
+
+    @Option(name: .customLong("unix-socket"), help: ArgumentHelp(
+        "A Unix datagram socket to receive on besides the UDP listeners (the DogStatsD clients' socket); repeat for several. A stale file is replaced; the file is removed at exit.",
+        valueName: "path"))
+    var unixSocket: [String] = []
+
+    @Option(name: .customLong("unix-socket-mode"), help: ArgumentHelp(
+        "File mode of the --unix-socket files, octal: who may send (default: 0660).", valueName: "mode"))
+    var unixSocketMode: String?
 
     @Option(
         name: [.customLong("packet-len"), .customLong("packetlen", withSingleDash: true)], parsing: .unconditional,
@@ -162,6 +171,7 @@ struct RunCommand: ParsableCommand {
         settings.bind = bind
         settings.port = port
         if !listen.isEmpty { settings.listeners = listen.map { ConfigFile.Listener(text: $0) } }
+        if !unixSocket.isEmpty { settings.unixSockets = unixSocket.map { ConfigFile.Listener(unix: $0, mode: unixSocketMode) } }
         settings.packetLen = packetLen
         settings.flushInterval = flushInterval
         settings.rcvbuf = rcvbuf

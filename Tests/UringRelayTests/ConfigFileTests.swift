@@ -128,7 +128,7 @@ struct ConfigFileTests {
         ("backends:\n  - address: 127.0.0.1:9001\n    health-port: 8126",
          "test.yaml:3: backends[0].health-port: unknown key (did you mean 'health-check-port'?); an entry's keys are address, label, health-check-port"),
         ("listeners:\n  - adress: 127.0.0.1\nbackends: [127.0.0.1:9001]",
-         "test.yaml:2: listeners[0].adress: unknown key; an entry's keys are bind, port"),
+         "test.yaml:2: listeners[0].adress: unknown key; an entry's keys are bind, port, unix, mode"),
         ("port: 1\nbackends: [127.0.0.1:9001]\nport: 2", "test.yaml:3: port: given twice (first on line 1): give each key once"),
         // Wrong types.
         ("port: eighty\nbackends: [127.0.0.1:9001]", "test.yaml:1: port: invalid value 'eighty': expected an integer"),

@@ -185,7 +185,7 @@ extension ConfigFile {
                 return "expected HOST:PORT[:INSTANCE] or a mapping of address, label and health-check-port"
             }
             if path.hasPrefix("listeners["), !path.contains(".") {
-                return "expected ADDR:PORT or a mapping of bind and port"
+                return "expected ADDR:PORT, unix:PATH, or a mapping of bind and port (or unix and mode)"
             }
             switch type {
             case is Int.Type: return "expected an integer"

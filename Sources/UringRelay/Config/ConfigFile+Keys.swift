@@ -80,7 +80,7 @@ extension ConfigFile {
     ]
 
     /// The keys of one entry of `listeners` written as a mapping.
-    public static let listenerKeys = ["bind", "port"]
+    public static let listenerKeys = ["bind", "port", "unix", "mode"]
 
     /// The keys of one entry of `backends` written as a mapping.
     public static let backendKeys = ["address", "label", "health-check-port"]

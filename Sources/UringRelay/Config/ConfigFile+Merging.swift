@@ -68,7 +68,9 @@ extension ConfigFile {
     /// command line spells it: `--packet-len`, or `backend` for a positional backend.
     public static func asFlag(_ error: ConfigurationError) -> ConfigurationError {
         var named = error
-        if error.argument.hasPrefix("backends") {
+        if error.argument.hasPrefix("unix-socket") {
+            named.argument = error.argument.hasSuffix(".mode") ? "--unix-socket-mode" : "--unix-socket"
+        } else if error.argument.hasPrefix("backends") {
             named.argument = "backend"
         } else if error.argument.hasPrefix("listeners") {
             named.argument = "--listen"

@@ -34,7 +34,11 @@ extension ConfigFile {
         switch key {
         case "listeners":
             let host = c.bindHost.contains(":") ? "[\(c.bindHost)]" : c.bindHost
-            return Node.sequence(Node.Sequence([scalar("\(host):\(c.port)")] + c.additionalListeners.map { scalar($0.description) }))
+            return Node.sequence(Node.Sequence([scalar("\(host):\(c.port)")] + c.additionalListeners.map { address -> Node in
+                guard let path = address.unixPath else { return scalar(address.description) }
+                let mode = "0" + String(c.unixSocketMode(for: path), radix: 8)
+                return Node.mapping(Node.Mapping([(Node("unix"), scalar(path)), (Node("mode"), scalar(mode))]))
+            }))
         case "bind": return scalar(c.bindHost)
         case "port": return scalar("\(c.port)")
         case "backends":

@@ -21,23 +21,31 @@ import RelayKernel
 /// unknown key, a key twice, a wrong type or a bad value is refused with its key path and line
 /// (`ConfigFileError`).
 public struct ConfigFile: Sendable, Equatable, Decodable {
-    /// One listening address: `"ADDR:PORT"` (`[IPv6]:PORT`) or a mapping `{bind, port}`.
+    /// One listener, of one kind: UDP written `"ADDR:PORT"` (`[IPv6]:PORT`) or as a mapping
+    /// `{bind, port}`; a Unix datagram socket written `"unix:PATH"` or as a mapping
+    /// `{unix: PATH, mode: "0660"}`.
     public struct Listener: Sendable, Equatable, Decodable {
-        /// The address as written in the `"ADDR:PORT"` form.
+        /// The address as written in the `"ADDR:PORT"` (or `"unix:PATH"`) form.
         public var text: String?
         /// The mapping form's `bind` (default `0.0.0.0`).
         public var bind: String?
         /// The mapping form's `port` (default 8125).
         public var port: Int?
+        /// The mapping form's `unix`: a Unix datagram socket's path.
+        public var unix: String?
+        /// The mapping form's `mode` for `unix`: octal permission bits (default `0660`).
+        public var mode: String?
 
-        public init(text: String? = nil, bind: String? = nil, port: Int? = nil) {
+        public init(text: String? = nil, bind: String? = nil, port: Int? = nil, unix: String? = nil, mode: String? = nil) {
             self.text = text
             self.bind = bind
             self.port = port
+            self.unix = unix
+            self.mode = mode
         }
 
         enum CodingKeys: String, CodingKey {
-            case bind, port
+            case bind, port, unix, mode
         }
 
         public init(from decoder: any Decoder) throws {
@@ -46,7 +54,9 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
                 return
             }
             let keyed = try decoder.container(keyedBy: CodingKeys.self)
-            self.init(bind: try keyed.decodeIfPresent(String.self, forKey: .bind), port: try keyed.decodeIfPresent(Int.self, forKey: .port))
+            self.init(
+                bind: try keyed.decodeIfPresent(String.self, forKey: .bind), port: try keyed.decodeIfPresent(Int.self, forKey: .port),
+                unix: try keyed.decodeIfPresent(String.self, forKey: .unix), mode: try keyed.decodeIfPresent(String.self, forKey: .mode))
         }
     }
 
@@ -85,6 +95,9 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
     }
 
     public var listeners: [Listener]?
+    /// Unix datagram listeners added to the others (`--unix-socket`, with `--unix-socket-mode`):
+    /// the command line's only; a file writes them among its `listeners`.
+    public var unixSockets: [Listener]?
     public var bind: String?
     public var port: Int?
     public var backends: [Backend]?
@@ -234,6 +247,16 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
             }
             var addresses: [SocketAddress] = []
             for (index, entry) in listeners.enumerated() {
+                if let unix = try Self.unixListener(entry, path: "listeners[\(index)]") {
+                    if index == 0 {
+                        throw invalid(
+                            "listeners[0]", unix.address.description,
+                            "the first listener is UDP (ADDR:PORT: the relay's own address); give Unix sockets after it")
+                    }
+                    addresses.append(unix.address)
+                    configuration.unixSocketModes[unix.address.host] = unix.mode
+                    continue
+                }
                 let host: String
                 let number: UInt16
                 if let text = entry.text {
@@ -252,6 +275,11 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
                 addresses.append(SocketAddress(numericHost: host, port: number)!)
             }
             configuration.additionalListeners = Array(addresses.dropFirst())
+        }
+        for (index, entry) in (unixSockets ?? []).enumerated() {
+            guard let unix = try Self.unixListener(entry, path: "unix-socket[\(index)]") else { continue }
+            configuration.additionalListeners.append(unix.address)
+            configuration.unixSocketModes[unix.address.host] = unix.mode
         }
         if let bind { configuration.bindHost = bind }
         if let port { configuration.port = try portNumber("port", port) }
@@ -437,6 +465,48 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
     /// `a, b or c`.
     static func choices(_ names: [String]) -> String {
         names.count < 2 ? names.joined() : names.dropLast().joined(separator: ", ") + " or " + names.last!
+    }
+
+    /// The Unix datagram listener `entry` names (`"unix:PATH"`, or `{unix: PATH, mode}`) and
+    /// its mode, or `nil` for a UDP one.
+    ///
+    /// - Throws: `ConfigurationError` at `path` for a path that cannot be bound (empty, too
+    ///   long, abstract) or a mode that is not octal `0`-`0777`, or UDP keys mixed in.
+    static func unixListener(_ entry: Listener, path: String) throws(ConfigurationError) -> (address: SocketAddress, mode: UInt32)? {
+        let written: String
+        let at: String
+        if let unix = entry.unix {
+            guard entry.bind == nil, entry.port == nil else {
+                throw ConfigurationError(argument: path, value: unix, reason: "a Unix listener has no bind or port: give unix (and mode) alone")
+            }
+            (written, at) = (unix, path + ".unix")
+        } else if let text = entry.text, text.hasPrefix("unix:") {
+            (written, at) = (String(text.dropFirst(5)), path)
+        } else {
+            if entry.mode != nil {
+                throw ConfigurationError(argument: path + ".mode", value: entry.mode!, reason: "mode applies to a Unix listener (unix: PATH)")
+            }
+            return nil
+        }
+        guard let address = SocketAddress(unixPath: written) else {
+            throw ConfigurationError(
+                argument: at, value: written, reason: "a Unix socket needs a file system path of 1-107 bytes (no abstract @name)")
+        }
+        var mode = RelayConfiguration.defaultUnixSocketMode
+        if let text = entry.mode {
+            guard let parsed = parseMode(text) else {
+                throw ConfigurationError(argument: path + ".mode", value: text, reason: "expected octal permission bits 0-0777, e.g. 0660")
+            }
+            mode = parsed
+        }
+        return (address, mode)
+    }
+
+    /// Octal permission bits `0`-`0777` (`660`, `0660`, `0o660`).
+    public static func parseMode(_ text: String) -> UInt32? {
+        let digits = text.hasPrefix("0o") ? String(text.dropFirst(2)) : text
+        guard !digits.isEmpty, digits.count <= 4, let mode = UInt32(digits, radix: 8), mode <= 0o777 else { return nil }
+        return mode
     }
 
     /// A listener written `ADDR:PORT` or `[IPv6]:PORT` (port 0: the kernel chooses).

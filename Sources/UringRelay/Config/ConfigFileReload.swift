@@ -79,6 +79,7 @@ public struct ConfigFileReload: Sendable, Equatable {
             result.bindHost = candidate.bindHost
             result.port = candidate.port
             result.additionalListeners = candidate.additionalListeners
+            result.unixSocketModes = candidate.unixSocketModes
         case "health-check": result.healthCheck = candidate.healthCheck
         case "health-check-port": result.healthCheckPort = candidate.healthCheckPort
         case "health-interval": result.healthIntervalNanoseconds = candidate.healthIntervalNanoseconds

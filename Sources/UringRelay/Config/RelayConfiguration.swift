@@ -15,6 +15,9 @@ public struct RelayConfiguration: Sendable, Equatable {
     /// second entry on, or `--listen` given more than once. Every worker opens one
     /// `SO_REUSEPORT` socket on each.
     public var additionalListeners: [SocketAddress] = []
+    /// The file mode of each Unix datagram listener (of `additionalListeners`), by path;
+    /// `defaultUnixSocketMode` for one not named (`--unix-socket-mode`, a listener's `mode`).
+    public var unixSocketModes: [String: UInt32] = [:]
     /// The backends, in routing order.
     public var backends: [BackendAddress]
     /// The largest outgoing datagram (`--packet-len`), unless a single line is longer.
@@ -141,6 +144,13 @@ public struct RelayConfiguration: Sendable, Equatable {
         self.backends = backends
     }
 
+    /// The mode a Unix datagram listener's file gets unless told otherwise: its owner and group
+    /// may send.
+    public static let defaultUnixSocketMode: UInt32 = 0o660
+
+    /// The file mode of the Unix datagram listener at `path`.
+    public func unixSocketMode(for path: String) -> UInt32 { unixSocketModes[path] ?? Self.defaultUnixSocketMode }
+
     /// Every UDP listener, in listener-id order: `bindHost`:`port`, then `additionalListeners`.
     public var listenAddresses: [SocketAddress] {
         [SocketAddress(numericHost: bindHost, port: port) ?? SocketAddress(numericHost: "0.0.0.0", port: port)!] + additionalListeners
@@ -178,6 +188,13 @@ public struct RelayConfiguration: Sendable, Equatable {
                 throw ConfigurationError(
                     argument: "listeners[\(index)]", value: address.description,
                     reason: "same address as listeners[\(first)]: give each listener once")
+            }
+        }
+        for (index, address) in addresses.enumerated() where address.family == .unix {
+            if let first = addresses[..<index].firstIndex(of: address) {
+                throw ConfigurationError(
+                    argument: "listeners[\(index)]", value: address.description,
+                    reason: "same path as listeners[\(first)]: give each listener once")
             }
         }
         if !(2...BatchAssembler.largestDatagramBytes).contains(packetBytes) {

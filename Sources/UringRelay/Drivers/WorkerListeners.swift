@@ -5,7 +5,8 @@ import RelayKernel
 struct WorkerListener: ~Copyable {
     /// Its id: the `listener` the core counts it under, and the receive's `UserData.index`.
     let id: UInt32
-    /// The listening socket (`SO_REUSEPORT`: every worker has its own on the same address).
+    /// The listening socket (UDP, `SO_REUSEPORT`: every worker has its own on the same
+    /// address; a Unix datagram listener: every worker reads a duplicate of the one socket).
     let socket: UDPSocket
     /// Set while it is being removed: when its drain ends at the latest (monotonic
     /// nanoseconds), whether or not it reads empty by then.
@@ -121,10 +122,14 @@ struct WorkerListeners: ~Copyable {
     /// The receive buffer the kernel granted the first listener.
     var receiveBufferBytes: Int { entries.isEmpty ? 0 : entries[0].socket.receiveBufferBytes }
 
-    /// Adds listener `id`, naming it in `core`.
+    /// Adds listener `id`, naming it in `core`. A Unix datagram listener is one socket every
+    /// worker reads: only worker 0 counts its kernel drops.
     mutating func add(id: UInt32, socket: consuming UDPSocket, core: inout RelayCore) {
-        core.nameListener(id: id, label: WorkerSetup.label(socket.localAddress))
-        entries.append(WorkerListener(id: id, socket: socket))
+        let address = socket.localAddress
+        core.nameListener(id: id, label: WorkerSetup.label(address))
+        var listener = WorkerListener(id: id, socket: socket)
+        listener.countsDrops = address.family != .unix || (core.settings.handOver?.worker ?? 0) == 0
+        entries.append(listener)
     }
 
     /// Starts removing listener `id`: it is connected to itself, so it takes no new datagram,

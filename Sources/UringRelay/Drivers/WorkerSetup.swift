@@ -1,4 +1,5 @@
 import BasicContainers
+import Glibc
 import RelayKernel
 
 /// The parts of a worker's start-up both drivers share.
@@ -16,11 +17,16 @@ enum WorkerSetup {
                 socket = try inherited[index].socket.duplicate()
                 // The group's program, if any, came with it: this relay's --reuseport-steering
                 // replaces it (one program per group, so worker 0 sets it for all). A socket
-                // every worker reads is in no group.
+                // every worker reads (a Unix listener's included) is in no group.
                 let shared = index < handOver.sharedByWorkers.count && handOver.sharedByWorkers[index]
-                if handOver.worker == 0 && !shared {
+                if handOver.worker == 0 && !shared && address.family != .unix {
                     if let spread = settings.reusePortSpread { try socket.spreadReusePortGroup(over: spread) } else { try socket.hashReusePortGroup() }
                 }
+            } else if let shared = settings.handOver?.shared[index] {
+                // A Unix datagram listener: bound once by the relay, read by every worker.
+                socket = try shared.socket.duplicate()
+            } else if address.family == .unix {
+                throw SystemCallError("bind unix", address.host, Errno(rawValue: EINVAL), hint: "a Unix listener is bound by the relay, not by a worker")
             } else {
                 socket = try UDPSocket.bound(to: address, reusePort: true, receiveBufferBytes: settings.receiveBufferBytes)
                 if let spread = settings.reusePortSpread { try socket.spreadReusePortGroup(over: spread) }
@@ -42,10 +48,14 @@ enum WorkerSetup {
         let handOver = settings.handOver
         for index in listeners.indices {
             guard let handOver, handOver.inherited != nil else {
-                baselines.append(0)
+                // A socket every worker reads (a Unix listener) is counted by worker 0 alone.
+                let shared = handOver?.shared[index] != nil
+                baselines.append(shared && handOver?.worker != 0 ? nil : 0)
                 continue
             }
-            let shared = index < handOver.sharedByWorkers.count && handOver.sharedByWorkers[index]
+            // Every worker reads one socket of a Unix listener, handed over or not.
+            let shared = (index < handOver.sharedByWorkers.count && handOver.sharedByWorkers[index])
+                || (index < settings.listeners.count && settings.listeners[index].family == .unix)
             if shared && handOver.worker != 0 {
                 baselines.append(nil)
             } else if let given = handOver.inheritedDropBaselines, index < given.count, let baseline = given[index] {
@@ -99,6 +109,9 @@ enum WorkerSetup {
     /// receive buffer of small datagrams (about 80 000) takes some 15 ms.
     static let minimumDiscardNanoseconds: UInt64 = 50_000_000
 
-    /// The `listener` label of a UDP listener bound to `address`.
-    static func label(_ address: SocketAddress) -> String { "udp:\(address)" }
+    /// The `listener` label of a listener bound to `address`: `udp:ADDR:PORT`, or
+    /// `unixgram:PATH` for a Unix datagram listener.
+    static func label(_ address: SocketAddress) -> String {
+        address.family == .unix ? "unixgram:\(address.host)" : "udp:\(address)"
+    }
 }

@@ -28,8 +28,13 @@ public struct InheritedListeners: Sendable {
     /// How many workers the sockets are for.
     public var workers: Int { sockets.first?.count ?? 0 }
 
-    /// Per listener, whether every worker reads the one socket.
-    public var sharedByWorkers: [Bool] { sockets.map { list in list.count > 1 && list.allSatisfy { $0 === list[0] } } }
+    /// Per listener, whether every worker reads the one socket (a Unix datagram listener
+    /// always: its duplicates came over as separate descriptors of one socket).
+    public var sharedByWorkers: [Bool] {
+        zip(addresses, sockets).map { address, list in
+            address.family == .unix || (list.count > 1 && list.allSatisfy { $0 === list[0] })
+        }
+    }
 
     /// Worker `worker`'s socket of each listener, in listener-id order.
     public func sockets(worker: Int) -> [SocketBox] { sockets.map { $0[worker] } }

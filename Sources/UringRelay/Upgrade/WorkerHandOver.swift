@@ -19,16 +19,21 @@ public struct WorkerHandOver: Sendable {
     /// worker counts from there, so no drop is counted by both or by neither. `nil` (a version 1
     /// peer, socket activation): from the counter's value at start.
     public var inheritedDropBaselines: [UInt32?]?
+    /// Per listener index, the one socket the relay bound for every worker to read (a Unix
+    /// datagram listener: a path cannot be bound once per worker); the worker relays on a
+    /// duplicate. Not used when `inherited` is set.
+    public var shared: [Int: SocketBox]
 
     /// A worker's hand-over part.
     public init(
         worker: Int, registry: ListenerRegistry, inherited: [SocketBox]? = nil, sharedByWorkers: [Bool] = [],
-        inheritedDropBaselines: [UInt32?]? = nil
+        inheritedDropBaselines: [UInt32?]? = nil, shared: [Int: SocketBox] = [:]
     ) {
         self.worker = worker
         self.registry = registry
         self.inherited = inherited
         self.sharedByWorkers = sharedByWorkers
         self.inheritedDropBaselines = inheritedDropBaselines
+        self.shared = shared
     }
 }
