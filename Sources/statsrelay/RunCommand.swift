@@ -124,6 +124,20 @@ struct RunCommand: ParsableCommand {
         valueName: "key"))
     var hashKey: String?
 
+    @Option(name: .customLong("mirror"), help: ArgumentHelp(
+        "Mirror pool backends, HOST:PORT[:INSTANCE][=WEIGHT], in its routing order: a copy of every line (or of --mirror-sample's share of names) also goes to them, best effort, never at the primary pool's expense. Repeat the option or give a comma-separated list (default: none; restart to change).",
+        valueName: "backends"))
+    var mirror: [String] = []
+
+    @Option(name: .customLong("mirror-hash"), help: ArgumentHelp(
+        "How names are spread over the mirror's backends: jump, etsy or ketama, as --hash (default: jump).", valueName: "mode"))
+    var mirrorHash: String?
+
+    @Option(name: .customLong("mirror-sample"), parsing: .unconditional, help: ArgumentHelp(
+        "The share of metric names mirrored, in (0, 1]: a name is always or never mirrored, so a mirrored series is complete (default: 1).",
+        valueName: "rate"))
+    var mirrorSample: String?
+
     @Argument(help: "Backends, HOST:PORT[:INSTANCE][=WEIGHT], in routing order (they replace the configuration file's).")
     var backends: [String] = []
 
@@ -165,6 +179,10 @@ struct RunCommand: ParsableCommand {
         settings.logFormat = logFormat?.rawValue
         settings.validate = validationMode
         settings.hashKey = hashKey
+        let mirrorList = mirror.flatMap { $0.split(separator: ",", omittingEmptySubsequences: false).map(String.init) }
+        settings.mirror = mirrorList.isEmpty ? nil : mirrorList
+        settings.mirrorHash = mirrorHash
+        settings.mirrorSample = mirrorSample
         settings.backends = backends.isEmpty ? nil : backends.map { ConfigFile.Backend(address: $0) }
         return settings
     }

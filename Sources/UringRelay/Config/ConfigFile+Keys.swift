@@ -73,6 +73,9 @@ extension ConfigFile {
         Key("flap-hold", .applied),
         Key("validate", .restart),
         Key("hash-key", .restart),
+        Key("mirror", .restart),
+        Key("mirror-hash", .restart),
+        Key("mirror-sample", .restart),
     ]
 
     /// The keys of one entry of `listeners` written as a mapping.

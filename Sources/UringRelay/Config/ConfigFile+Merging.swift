@@ -52,6 +52,7 @@ extension ConfigFile {
         drop(\.validate)
         drop(\.hashKey)
         drop(\.controlSocket)
+        drop(\.mirror); drop(\.mirrorHash); drop(\.mirrorSample)
         if flags.listeners != nil {
             // `--listen` replaces every listener of the file, whichever form it used.
             kept.listeners = nil
@@ -69,6 +70,8 @@ extension ConfigFile {
             named.argument = "backend"
         } else if error.argument.hasPrefix("listeners") {
             named.argument = "--listen"
+        } else if error.argument.hasPrefix("mirror[") {
+            named.argument = "--mirror"
         } else {
             named.argument = "--" + error.argument
         }

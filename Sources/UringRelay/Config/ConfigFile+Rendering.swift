@@ -82,6 +82,9 @@ extension ConfigFile {
         case "flap-hold": return scalar(DurationParser.format(c.flapHoldNanoseconds))
         case "validate": return scalar(c.validation.rawValue)
         case "hash-key": return scalar(c.hashKey.rawValue)
+        case "mirror": return Node.sequence(Node.Sequence(c.mirror.map { scalar($0.description) }))
+        case "mirror-hash": return scalar(c.mirrorHashMode.rawValue)
+        case "mirror-sample": return scalar("\(c.mirrorSample)")
         default: preconditionFailure("no key '\(key)' in ConfigFile.keys")
         }
     }

@@ -122,6 +122,12 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
     public var flapHold: String?
     public var validate: String?
     public var hashKey: String?
+    /// `--mirror`: the mirror pool's backends, in its routing order.
+    public var mirror: [String]?
+    /// `--mirror-hash`.
+    public var mirrorHash: String?
+    /// `--mirror-sample`, as written (a number in (0, 1]).
+    public var mirrorSample: String?
 
     /// Where the settings came from, for errors: the file's path as given.
     public var source = "command line"
@@ -163,6 +169,9 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
         case flapHold = "flap-hold"
         case validate
         case hashKey = "hash-key"
+        case mirror
+        case mirrorHash = "mirror-hash"
+        case mirrorSample = "mirror-sample"
     }
 
     /// Nothing set: every key keeps its default (or, for the command line, the file's value).
@@ -190,6 +199,7 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
         note(.validate, validate)
         note(.hashKey, hashKey)
         note(.controlSocket, controlSocket)
+        note(.mirror, mirror); note(.mirrorHash, mirrorHash); note(.mirrorSample, mirrorSample)
         return keys
     }
 
@@ -266,6 +276,7 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
             }
             configuration.backends = parsed
         }
+        try applyMirror(to: &configuration)
         if let packetLen { configuration.packetBytes = packetLen }
         if let flushInterval {
             configuration.flushIntervalNanoseconds = try at("flush-interval") { () throws(ConfigurationError) in

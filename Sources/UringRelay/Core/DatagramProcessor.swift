@@ -23,20 +23,31 @@ public struct DatagramProcessor: ~Copyable {
     public let hashKey: HashKeyMode
     /// Scratch room for `name+tags` keys.
     private var routingKey: RoutingKey
+    /// Whether a mirror pool gets copies (`--mirror`); tested once per datagram.
+    public let isMirroring: Bool
+    /// Where a mirrored line goes in the mirror pool (a one-backend stand-in without a mirror).
+    public let mirrorRouter: Router
+    /// Which keys are mirrored.
+    public let mirrorSample: MirrorSample
 
     /// A processor for `router`'s backends, counting into `counters`.
     ///
     /// - Precondition: `counters` counts as many backends as `router` routes to.
     public init(
         router: Router, packetBytes: Int, maxDatagramBytes: Int, counters: RelayCounters,
-        validation: ValidationMode = .loose, hashKey: HashKeyMode = .name
+        validation: ValidationMode = .loose, hashKey: HashKeyMode = .name, mirror: MirrorPool? = nil
     ) throws(Errno) {
         precondition(counters.backendCount == router.backendCount, "counters for another pool")
         self.router = router
         self.validation = validation
         self.hashKey = hashKey
+        isMirroring = mirror != nil
+        mirrorRouter = mirror.map { Router(pool: $0.pool) } ?? Router(backendCount: 1)
+        mirrorSample = mirror?.sample ?? MirrorSample(rate: 1)
         routingKey = RoutingKey(maxLineBytes: maxDatagramBytes)
-        assembler = try BatchAssembler(backendCount: router.backendCount, packetBytes: packetBytes, maxLineBytes: maxDatagramBytes)
+        assembler = try BatchAssembler(
+            backendCount: router.backendCount, mirrorBackendCount: mirror?.count ?? 0, packetBytes: packetBytes,
+            maxLineBytes: maxDatagramBytes)
         self.counters = counters
         primaries = PrimaryCache(backendCount: router.backendCount)
     }
@@ -44,11 +55,12 @@ public struct DatagramProcessor: ~Copyable {
     /// A processor for `router`'s backends, counting from zero.
     public init(
         router: Router, packetBytes: Int, maxDatagramBytes: Int, validation: ValidationMode = .loose,
-        hashKey: HashKeyMode = .name
+        hashKey: HashKeyMode = .name, mirror: MirrorPool? = nil
     ) throws(Errno) {
         try self.init(
             router: router, packetBytes: packetBytes, maxDatagramBytes: maxDatagramBytes,
-            counters: RelayCounters(backendCount: router.backendCount), validation: validation, hashKey: hashKey)
+            counters: RelayCounters(backendCount: router.backendCount), validation: validation, hashKey: hashKey,
+            mirror: mirror)
     }
 
     /// Handles one received buffer: counts a truncated or malformed one, relays a whole one.
@@ -67,14 +79,26 @@ public struct DatagramProcessor: ~Copyable {
         }
     }
 
-    /// Splits `datagram` into lines and packs each valid one for its backend.
+    /// Splits `datagram` into lines and packs each valid one for its backend (and, when its
+    /// key is sampled, a copy for the mirror pool's).
     @inline(__always)
     public mutating func relay(datagram: RawSpan, now: UInt64) {
+        if isMirroring {
+            relay(datagram, now: now, Mirroring.self)
+        } else {
+            relay(datagram, now: now, NotMirroring.self)
+        }
+    }
+
+    /// `relay(datagram:now:)` for one mirror mode: the line loops are specialised on it too, so
+    /// a relay without a mirror pays nothing for it per line.
+    @inline(__always)
+    private mutating func relay<Mirror: MirrorMode>(_ datagram: RawSpan, now: UInt64, _: Mirror.Type) {
         switch (validation, hashKey) {
-        case (.loose, .name): relay(datagram, now: now, LooseValidation.self, NameKey.self)
-        case (.strict, .name): relay(datagram, now: now, StrictValidation.self, NameKey.self)
-        case (.loose, .nameAndTags): relay(datagram, now: now, LooseValidation.self, NameAndTagsKey.self)
-        case (.strict, .nameAndTags): relay(datagram, now: now, StrictValidation.self, NameAndTagsKey.self)
+        case (.loose, .name): relay(datagram, now: now, LooseValidation.self, NameKey.self, Mirror.self)
+        case (.strict, .name): relay(datagram, now: now, StrictValidation.self, NameKey.self, Mirror.self)
+        case (.loose, .nameAndTags): relay(datagram, now: now, LooseValidation.self, NameAndTagsKey.self, Mirror.self)
+        case (.strict, .nameAndTags): relay(datagram, now: now, StrictValidation.self, NameAndTagsKey.self, Mirror.self)
         }
     }
 
@@ -93,8 +117,8 @@ public struct DatagramProcessor: ~Copyable {
     /// hashed, and the line is routed and packed only after the next line is hashed, so that
     /// read overlaps the next hash instead of stalling. Lines are packed in datagram order.
     @inline(__always)
-    private mutating func relay<Validation: LineValidation, Key: KeyPolicy>(
-        _ datagram: RawSpan, now: UInt64, _: Validation.Type, _: Key.Type
+    private mutating func relay<Validation: LineValidation, Key: KeyPolicy, Mirror: MirrorMode>(
+        _ datagram: RawSpan, now: UInt64, _: Validation.Type, _: Key.Type, _: Mirror.Type
     ) {
         var offset = 0
         let mayContainNul = datagram.contains(byte: 0)
@@ -111,7 +135,7 @@ public struct DatagramProcessor: ~Copyable {
                 }
                 let (hash, isComposite) = Key.hash(datagram, line: start..<end, key: key, scratch: &routingKey)
                 let probe = primaries.probe(hash)
-                if let previous = pending { pack(previous, in: datagram, now: now) }
+                if let previous = pending { pack(previous, in: datagram, now: now, Mirror.self) }
                 pending = Pending(line: start..<end, key: key, isComposite: isComposite, probe: probe)
             case .empty:
                 counters[.emptyLines] &+= 1
@@ -120,14 +144,17 @@ public struct DatagramProcessor: ~Copyable {
                 counters[.dropped(reason)] &+= 1
             }
         }
-        if let previous = pending { pack(previous, in: datagram, now: now) }
+        if let previous = pending { pack(previous, in: datagram, now: now, Mirror.self) }
     }
 
     /// Routes one valid line of `datagram` by its probed hash (and, on a ring's cache miss or
-    /// rehash, the md5 of its key) and packs it into its backend's batch.
+    /// rehash, the md5 of its key) and packs it into its backend's batch; under `Mirroring`,
+    /// first packs a copy for the mirror pool when its key is sampled, whatever becomes of
+    /// the line in the primary pool.
     @inline(__always)
-    private mutating func pack(_ pending: Pending, in datagram: RawSpan, now: UInt64) {
+    private mutating func pack<Mirror: MirrorMode>(_ pending: Pending, in datagram: RawSpan, now: UInt64, _: Mirror.Type) {
         let line = datagram.extracting(pending.line)
+        if Mirror.isOn && mirrorSample.contains(hash: pending.probe.hash) { mirror(pending, line, in: datagram, now: now) }
         let decision: Router.Decision
         if pending.isComposite && router.hashMode != .jump {
             // A ring places the key by its md5: write the name+tags key out. (Under `jump`
@@ -159,6 +186,34 @@ public struct DatagramProcessor: ~Copyable {
         } else {
             counters[.linesDroppedNoSendBuffer] &+= 1
         }
+    }
+
+    /// Packs a copy of a sampled line for its mirror backend (by the mirror's hash mode, with
+    /// no health view), or counts it dropped when the mirror's send slots are all in use.
+    @inline(__always)
+    private mutating func mirror(_ pending: Pending, _ line: RawSpan, in datagram: RawSpan, now: UInt64) {
+        let backend: Int
+        if mirrorRouter.hashMode == .jump {
+            backend = JumpHash.bucket(for: pending.probe.hash, buckets: mirrorRouter.backendCount)
+        } else if pending.isComposite {
+            backend = Self.mirrorBackendWritten(pending, in: datagram, scratch: &routingKey, router: mirrorRouter)
+        } else {
+            backend = mirrorRouter.primary(key: datagram.extracting(pending.key), hash: pending.probe.hash)
+        }
+        if assembler.appendMirror(line, to: backend, now: now) {
+            counters[.mirrorLines] &+= 1
+        } else {
+            counters[.mirrorLinesDroppedNoSendBuffer] &+= 1
+        }
+    }
+
+    /// The mirror backend of a line by its written-out `name+tags` key (for a ring's md5).
+    @inline(never)
+    private static func mirrorBackendWritten(
+        _ pending: Pending, in datagram: RawSpan, scratch: inout RoutingKey, router: borrowing Router
+    ) -> Int {
+        scratch.write(datagram, line: pending.line, key: pending.key)
+        return router.primary(key: scratch.written.span.bytes, hash: pending.probe.hash)
     }
 
     /// Routes a line by its written-out `name+tags` key (for a ring's md5). Static, on its
@@ -198,4 +253,21 @@ public struct SendOutcome: Sendable, Equatable {
 
     /// Whether the kernel took the whole packet.
     public var isAccepted: Bool { result >= 0 && Int(result) == bytes }
+}
+
+/// Whether a processor's line loop packs copies for a mirror pool: a type parameter, so the
+/// loop without a mirror is compiled without the test.
+protocol MirrorMode {
+    /// Whether lines are mirrored.
+    static var isOn: Bool { get }
+}
+
+/// No mirror pool (`--mirror` not given).
+enum NotMirroring: MirrorMode {
+    static var isOn: Bool { false }
+}
+
+/// A mirror pool gets copies of sampled lines.
+enum Mirroring: MirrorMode {
+    static var isOn: Bool { true }
 }

@@ -41,6 +41,8 @@ public struct WorkerSettings: Sendable {
     public var validation: ValidationMode = .loose
     /// `--hash-key` (fixed for the worker's life).
     public var hashKey: HashKeyMode = .name
+    /// The mirror pool (`--mirror`, fixed for the process's life), if any.
+    public var mirror: MirrorPool?
     /// The worker's part in a takeover: sockets it inherits, where it leaves copies of its own
     /// (`nil`: binds its own and keeps no copy).
     public var handOver: WorkerHandOver?
@@ -71,7 +73,9 @@ extension WorkerSettings {
     /// The sizes of this worker's send slots, queues and pinned memory for a pool of
     /// `backendCount` backends.
     public func ringSizing(backendCount: Int) -> RingSizing {
-        RingSizing(receiveBuffers: receiveBuffers, packetBytes: packetBytes, maxLineBytes: maxDatagramBytes, backendCount: backendCount)
+        RingSizing(
+            receiveBuffers: receiveBuffers, packetBytes: packetBytes, maxLineBytes: maxDatagramBytes, backendCount: backendCount,
+            mirrorBackendCount: mirror?.count ?? 0)
     }
 
     /// The sizes for the pool in force now (what the start-up probe tries).
@@ -82,7 +86,9 @@ extension RelayConfiguration {
     /// The sizes of each worker's send slots, queues and pinned memory, with the configured
     /// backends (what the memlock advice is computed from).
     public var ringSizing: RingSizing {
-        RingSizing(receiveBuffers: receiveBuffers, packetBytes: packetBytes, maxLineBytes: maxDatagramBytes, backendCount: backends.count)
+        RingSizing(
+            receiveBuffers: receiveBuffers, packetBytes: packetBytes, maxLineBytes: maxDatagramBytes, backendCount: backends.count,
+            mirrorBackendCount: mirror.count)
     }
 }
 
