@@ -254,4 +254,18 @@ struct MirrorTests {
         #expect(configuration.mirrorSample == 0.25)
         #expect(["mirror", "mirror-hash", "mirror-sample"].allSatisfy { ConfigFile.key(named: $0)?.reload == .restart })
     }
+
+    @Test("a reload that changes the mirror keeps the running one and says it needs a restart")
+    func reloadKeepsMirror() throws {
+        var running = RelayConfiguration(backends: [try BackendAddress(parsing: "127.0.0.1:9")])
+        running.mirror = [try BackendAddress(parsing: "127.0.0.1:10")]
+        var candidate = running
+        candidate.mirror = [try BackendAddress(parsing: "127.0.0.1:11")]
+        candidate.mirrorHashMode = .etsy
+        candidate.mirrorSample = 0.5
+        let plan = ConfigFileReload(running: running, candidate: candidate, holdBytesInUse: 0)
+        #expect(plan.changes.map(\.key) == ["mirror", "mirror-hash", "mirror-sample"])
+        #expect(plan.changes.allSatisfy { !$0.applied && $0.reason?.contains("needs a restart") == true })
+        #expect(plan.result == running)
+    }
 }
