@@ -737,6 +737,16 @@ struct RunCommand: ParsableCommand {
             "validate": "\(configuration.validation.rawValue)",
             "hash_key": "\(configuration.hashKey.rawValue)",
         ])
+        if let mirror = relay.mirrorPool {
+            let targets = zip(mirror.pool.backends, mirror.pool.addresses).enumerated().map { index, pair in
+                pair.0.host == pair.1.host ? "\(index):\(pair.0)" : "\(index):\(pair.0)=\(pair.1)"
+            }
+            logger.info("mirroring to \(mirror.count) backends", metadata: [
+                "mirror": "\(targets.joined(separator: " "))",
+                "mirror_hash": "\(mirror.pool.hashMode.rawValue)",
+                "mirror_sample": "\(mirror.sample.rate)",
+            ])
+        }
         if facts.receiveBufferBytes < configuration.receiveBufferBytes {
             logger.warning("receive buffer smaller than requested: raise net.core.rmem_max or run with CAP_NET_ADMIN", metadata: [
                 "requested": "\(configuration.receiveBufferBytes)", "obtained": "\(facts.receiveBufferBytes)",

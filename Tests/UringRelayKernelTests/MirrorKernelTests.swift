@@ -144,6 +144,30 @@ struct MirrorKernelTests {
         #expect(run.mirrorArrived == 0)
     }
 
+    @Test("a stop sends the mirror's open batches with the primary's: with a 30 s flush interval, every line and every copy arrives once the relay stops",
+          arguments: ioDrivers)
+    func stopFlushesMirror(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let primaries = try (0..<2).map { _ in try TestBackend() }
+        let mirrors = try (0..<2).map { _ in try TestBackend() }
+        let relay = try InProcessRelay(backends: primaries, driver: driver) { configuration in
+            configuration.mirror = mirrors.map { try! BackendAddress(parsing: $0.spec) }
+            configuration.flushIntervalNanoseconds = 30_000_000_000
+        }
+        let lines = mirrorLines(40, prefix: "at-stop")
+        try send(datagrams(lines, perDatagram: 4), to: relay.address)
+        // Taken in (not flushed: the batches are far from full and the interval far off) before the stop.
+        #expect(poll(seconds: 5) { relay.relay.liveCounters()[.mirrorLines] == UInt64(lines.count) })
+        let early = try collect(from: primaries + mirrors, expectedLines: 1, seconds: 0.2)
+        #expect(early.totalLines == 0, "sent before the stop: \(early.lines)")
+        let counters = relay.stop()
+        let received = try collect(from: primaries + mirrors, expectedLines: 2 * lines.count, seconds: 5)
+        #expect(received.lines[0...1].flatMap { $0 }.sorted() == lines.sorted())
+        #expect(received.lines[2...3].flatMap { $0 }.sorted() == lines.sorted())
+        #expect(counters[.mirrorLinesDroppedUnsentAtExit] == 0)
+        #expect(counters[.linesDroppedUnsentAtExit] == 0)
+    }
+
     @Test("mirror options: a bad value exits 64 naming the option", arguments: [
         (["--mirror-sample", "0"], "--mirror-sample"),
         (["--mirror-sample", "-0.5"], "--mirror-sample"),
