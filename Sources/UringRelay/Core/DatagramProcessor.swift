@@ -84,10 +84,17 @@ public struct DatagramProcessor: ~Copyable {
     @inline(__always)
     public mutating func relay(datagram: RawSpan, now: UInt64) {
         if isMirroring {
-            relay(datagram, now: now, Mirroring.self)
+            relayMirroring(datagram, now: now)
         } else {
             relay(datagram, now: now, NotMirroring.self)
         }
+    }
+
+    /// `relay(datagram:now:)` with a mirror pool, out of line: its four line loops are not
+    /// inlined beside the no-mirror ones (which would double the inlined code of every caller).
+    @inline(never)
+    private mutating func relayMirroring(_ datagram: RawSpan, now: UInt64) {
+        relay(datagram, now: now, Mirroring.self)
     }
 
     /// `relay(datagram:now:)` for one mirror mode: the line loops are specialised on it too, so
