@@ -142,7 +142,10 @@ public struct DatagramProcessor: ~Copyable {
                 }
                 let (hash, isComposite) = Key.hash(datagram, line: start..<end, key: key, scratch: &routingKey)
                 let probe = primaries.probe(hash)
-                if let previous = pending { pack(previous, in: datagram, now: now, Mirror.self) }
+                if let previous = pending {
+                    if Mirror.isOn { mirrorIfSampled(previous, in: datagram, now: now) }
+                    pack(previous, in: datagram, now: now)
+                }
                 pending = Pending(line: start..<end, key: key, isComposite: isComposite, probe: probe)
             case .empty:
                 counters[.emptyLines] &+= 1
@@ -151,17 +154,17 @@ public struct DatagramProcessor: ~Copyable {
                 counters[.dropped(reason)] &+= 1
             }
         }
-        if let previous = pending { pack(previous, in: datagram, now: now, Mirror.self) }
+        if let previous = pending {
+            if Mirror.isOn { mirrorIfSampled(previous, in: datagram, now: now) }
+            pack(previous, in: datagram, now: now)
+        }
     }
 
     /// Routes one valid line of `datagram` by its probed hash (and, on a ring's cache miss or
-    /// rehash, the md5 of its key) and packs it into its backend's batch; under `Mirroring`,
-    /// first packs a copy for the mirror pool when its key is sampled, whatever becomes of
-    /// the line in the primary pool.
+    /// rehash, the md5 of its key) and packs it into its backend's batch.
     @inline(__always)
-    private mutating func pack<Mirror: MirrorMode>(_ pending: Pending, in datagram: RawSpan, now: UInt64, _: Mirror.Type) {
+    private mutating func pack(_ pending: Pending, in datagram: RawSpan, now: UInt64) {
         let line = datagram.extracting(pending.line)
-        if Mirror.isOn && mirrorSample.contains(hash: pending.probe.hash) { mirror(pending, line, in: datagram, now: now) }
         let decision: Router.Decision
         if pending.isComposite && router.hashMode != .jump {
             // A ring places the key by its md5: write the name+tags key out. (Under `jump`
@@ -193,6 +196,15 @@ public struct DatagramProcessor: ~Copyable {
         } else {
             counters[.linesDroppedNoSendBuffer] &+= 1
         }
+    }
+
+    /// Under `Mirroring`, before the line is packed for the primary pool: packs a copy for the
+    /// mirror pool when its key is sampled, whatever becomes of the line in the primary pool.
+    /// Apart from `pack`, which stays as it is without a mirror (its inlining unchanged).
+    @inline(__always)
+    private mutating func mirrorIfSampled(_ pending: Pending, in datagram: RawSpan, now: UInt64) {
+        guard mirrorSample.contains(hash: pending.probe.hash) else { return }
+        mirror(pending, datagram.extracting(pending.line), in: datagram, now: now)
     }
 
     /// Packs a copy of a sampled line for its mirror backend (by the mirror's hash mode, with
