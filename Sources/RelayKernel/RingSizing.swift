@@ -19,8 +19,10 @@ public struct RingSizing: Sendable, Equatable {
     /// Free send slots needed before a datagram is taken on: enough for every packet one
     /// datagram can close, so packing it never runs out of slots midway.
     public let reserveSlots: Int
-    /// Send-buffer slots: packets packed or in flight at once.
+    /// Send-buffer slots: packets packed or in flight at once, the mirror pool's included.
     public let sendSlots: Int
+    /// Of `sendSlots`, those only the mirror pool (`--mirror`) may take: 0 without a mirror.
+    public let mirrorSlots: Int
 
     /// Submission queue entries. The queue is submitted whenever it fills, so this bounds the
     /// SQEs prepared between two `io_uring_enter` calls, not the requests in flight.
@@ -37,9 +39,21 @@ public struct RingSizing: Sendable, Equatable {
     ///   - packetBytes: the packet length limit (`--packet-len`).
     ///   - maxLineBytes: the longest line possible (the largest datagram accepted).
     ///   - backendCount: backends in the pool the send slots are made for.
-    public init(receiveBuffers: Int, packetBytes: Int, maxLineBytes: Int, backendCount: Int) {
+    ///   - mirrorBackendCount: backends in the mirror pool (`--mirror`), which get send slots
+    ///     of their own, as many as a pool of that size would, on top of the primary's.
+    public init(receiveBuffers: Int, packetBytes: Int, maxLineBytes: Int, backendCount: Int, mirrorBackendCount: Int = 0) {
         self.receiveBuffers = receiveBuffers
-        (reserveSlots, sendSlots) = Self.sendSlots(packetBytes: packetBytes, maxLineBytes: maxLineBytes, backendCount: backendCount)
+        let primarySlots: Int
+        (reserveSlots, primarySlots) = Self.sendSlots(packetBytes: packetBytes, maxLineBytes: maxLineBytes, backendCount: backendCount)
+        mirrorSlots = Self.mirrorSlots(packetBytes: packetBytes, maxLineBytes: maxLineBytes, mirrorBackendCount: mirrorBackendCount)
+        sendSlots = primarySlots + mirrorSlots
+    }
+
+    /// The send slots of a mirror pool of `mirrorBackendCount` backends: as many as a primary
+    /// pool of that size gets, none without a mirror.
+    public static func mirrorSlots(packetBytes: Int, maxLineBytes: Int, mirrorBackendCount: Int) -> Int {
+        guard mirrorBackendCount > 0 else { return 0 }
+        return sendSlots(packetBytes: packetBytes, maxLineBytes: maxLineBytes, backendCount: mirrorBackendCount).count
     }
 
     /// The send slots for a pool of `backendCount` backends and the reserve a datagram needs.

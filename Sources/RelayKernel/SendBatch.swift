@@ -75,8 +75,14 @@ public struct SendBatch: ~Copyable {
     /// kernel reports it to the next send and transmits nothing), not this packet's, and
     /// reporting it cleared it.
     ///
-    /// - Parameter nonBlocking: send with `MSG_DONTWAIT` (see the type's description).
-    public mutating func send(from pool: borrowing SendBufferPool, to sockets: borrowing BackendSockets, nonBlocking: Bool = false) {
+    /// - Parameters:
+    ///   - nonBlocking: send with `MSG_DONTWAIT` (see the type's description).
+    ///   - nonBlockingFrom: backends from this index on are always sent with `MSG_DONTWAIT`
+    ///     (a mirror pool's sockets, which must never make the worker wait).
+    public mutating func send(
+        from pool: borrowing SendBufferPool, to sockets: borrowing BackendSockets, nonBlocking: Bool = false,
+        nonBlockingFrom: Int = .max
+    ) {
         guard count > 0 else { return }
         // A stable grouping by backend: insertion sort is fine for a batch this size.
         for index in 0..<count { order[index] = Int32(index) }
@@ -105,7 +111,7 @@ public struct SendBatch: ~Copyable {
                 headers[end] = header
                 end += 1
             }
-            sendGroup(start..<end, descriptor: sockets.descriptors[backend], flags: nonBlocking ? Int32(MSG_DONTWAIT) : 0)
+            sendGroup(start..<end, descriptor: sockets.descriptors[backend], flags: nonBlocking || backend >= nonBlockingFrom ? Int32(MSG_DONTWAIT) : 0)
             start = end
         }
     }

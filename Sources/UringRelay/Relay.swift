@@ -15,6 +15,8 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     public let backendAddresses: [SocketAddress]
     /// The health view and addresses the workers route by.
     public let routing: RoutingState
+    /// The mirror pool (`--mirror`), resolved once at start, fixed for the process's life.
+    public let mirrorPool: MirrorPool?
     /// Checks backends and re-resolves their names.
     public let monitor: HealthMonitor
     /// How the configuration reloads went (`reload`), for `/metrics`.
@@ -112,6 +114,21 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             workers: configuration.threads)
         routing = RoutingState(pool: BackendPool(
             backends: configuration.backends, addresses: addresses, hashMode: configuration.hashMode, policy: configuration.onBackendDown))
+        if configuration.mirror.isEmpty {
+            mirrorPool = nil
+        } else {
+            // Resolved once, here: the mirror is fixed for the process's life (no DNS refresh).
+            let mirrorAddresses = try BackendLookup(backends: configuration.mirror, resolver: resolver).wait()
+            do {
+                try BackendAddressCheck.verify(
+                    backends: configuration.mirror, addresses: mirrorAddresses, listeners: configuration.listenAddresses)
+            } catch {
+                throw ConfigurationError(argument: "--mirror", value: error.value, reason: error.reason)
+            }
+            mirrorPool = MirrorPool(
+                backends: configuration.mirror, addresses: mirrorAddresses, hashMode: configuration.mirrorHashMode,
+                rate: configuration.mirrorSample)
+        }
         do throws(Errno) {
             monitor = try HealthMonitor(configuration: configuration, routing: routing, logger: logger, resolver: resolver)
         } catch {
@@ -178,7 +195,8 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         var startedWorkers = false
         // A failed start leaves no socket file behind (unless the sockets are another's).
         defer { if !startedWorkers { removeUnixFiles() } }
-        let probeSettings = WorkerSettings(configuration: config, listeners: listen, routing: routing, holdBudget: holdBudget)
+        var probeSettings = WorkerSettings(configuration: config, listeners: listen, routing: routing, holdBudget: holdBudget)
+        probeSettings.mirror = mirrorPool
         switch config.ioBackend {
         case .portable:
             driver = .portable
@@ -248,6 +266,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         var firstFacts: WorkerFacts?
         for index in 0..<config.threads {
             var workerSettings = WorkerSettings(configuration: config, listeners: listen, routing: routing, holdBudget: holdBudget)
+            workerSettings.mirror = mirrorPool
             workerSettings.handOver = WorkerHandOver(
                 worker: index, registry: listenerRegistry, inherited: inherited?.sockets(worker: index),
                 sharedByWorkers: inherited?.sharedByWorkers ?? [], inheritedDropBaselines: inherited?.dropBaselines?.map { $0[index] },

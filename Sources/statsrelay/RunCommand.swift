@@ -153,6 +153,20 @@ struct RunCommand: ParsableCommand {
         valueName: "bytes"))
     var tcpBackendQueue: String?
 
+    @Option(name: .customLong("mirror"), help: ArgumentHelp(
+        "Mirror pool backends, HOST:PORT[:INSTANCE][=WEIGHT], in its routing order: a copy of every line (or of --mirror-sample's share of names) also goes to them, best effort, never at the primary pool's expense. Repeat the option or give a comma-separated list (default: none; restart to change).",
+        valueName: "backends"))
+    var mirror: [String] = []
+
+    @Option(name: .customLong("mirror-hash"), help: ArgumentHelp(
+        "How names are spread over the mirror's backends: jump, etsy or ketama, as --hash (default: jump).", valueName: "mode"))
+    var mirrorHash: String?
+
+    @Option(name: .customLong("mirror-sample"), parsing: .unconditional, help: ArgumentHelp(
+        "The share of metric names mirrored, in (0, 1]: a name is always or never mirrored, so a mirrored series is complete (default: 1).",
+        valueName: "rate"))
+    var mirrorSample: String?
+
     @Argument(help: "Backends, [udp://|tcp://]HOST:PORT[:INSTANCE][=WEIGHT], in routing order (they replace the configuration file's).")
     var backends: [String] = []
 
@@ -199,6 +213,10 @@ struct RunCommand: ParsableCommand {
         settings.metricsTags = metricsTags
         settings.sendproto = sendproto
         settings.tcpBackendQueue = tcpBackendQueue
+        let mirrorList = mirror.flatMap { $0.split(separator: ",", omittingEmptySubsequences: false).map(String.init) }
+        settings.mirror = mirrorList.isEmpty ? nil : mirrorList
+        settings.mirrorHash = mirrorHash
+        settings.mirrorSample = mirrorSample
         settings.backends = backends.isEmpty ? nil : backends.map { ConfigFile.Backend(address: $0) }
         return settings
     }
@@ -756,6 +774,16 @@ struct RunCommand: ParsableCommand {
             "metrics_prefix": "\(configuration.rewrite.prefix)",
             "metrics_tags": "\(configuration.rewrite.tags)",
         ])
+        if let mirror = relay.mirrorPool {
+            let targets = zip(mirror.pool.backends, mirror.pool.addresses).enumerated().map { index, pair in
+                pair.0.host == pair.1.host ? "\(index):\(pair.0)" : "\(index):\(pair.0)=\(pair.1)"
+            }
+            logger.info("mirroring to \(mirror.count) backends", metadata: [
+                "mirror": "\(targets.joined(separator: " "))",
+                "mirror_hash": "\(mirror.pool.hashMode.rawValue)",
+                "mirror_sample": "\(mirror.sample.rate)",
+            ])
+        }
         if facts.receiveBufferBytes < configuration.receiveBufferBytes {
             logger.warning("receive buffer smaller than requested: raise net.core.rmem_max or run with CAP_NET_ADMIN", metadata: [
                 "requested": "\(configuration.receiveBufferBytes)", "obtained": "\(facts.receiveBufferBytes)",

@@ -77,6 +77,9 @@ extension ConfigFile {
         Key("metrics-tags", .restart),
         Key("sendproto", .restart),
         Key("tcp-backend-queue", .restart),
+        Key("mirror", .restart),
+        Key("mirror-hash", .restart),
+        Key("mirror-sample", .restart),
     ]
 
     /// The keys of one entry of `listeners` written as a mapping.

@@ -55,6 +55,7 @@ extension ConfigFile {
         drop(\.metricsTags)
         drop(\.sendproto); drop(\.tcpBackendQueue)
         drop(\.controlSocket)
+        drop(\.mirror); drop(\.mirrorHash); drop(\.mirrorSample)
         if flags.listeners != nil {
             // `--listen` replaces every listener of the file, whichever form it used.
             kept.listeners = nil
@@ -74,6 +75,8 @@ extension ConfigFile {
             named.argument = "backend"
         } else if error.argument.hasPrefix("listeners") {
             named.argument = "--listen"
+        } else if error.argument.hasPrefix("mirror[") {
+            named.argument = "--mirror"
         } else {
             named.argument = "--" + error.argument
         }

@@ -91,6 +91,9 @@ extension ConfigFile {
         case "metrics-tags": return Node(c.rewrite.tags, .implicit, .doubleQuoted)
         case "sendproto": return scalar(c.sendProtocol.rawValue.uppercased())
         case "tcp-backend-queue": return scalar(ByteSizeParser.format(c.tcpBackendQueueBytes))
+        case "mirror": return Node.sequence(Node.Sequence(c.mirror.map { scalar($0.description) }))
+        case "mirror-hash": return scalar(c.mirrorHashMode.rawValue)
+        case "mirror-sample": return scalar("\(c.mirrorSample)")
         default: preconditionFailure("no key '\(key)' in ConfigFile.keys")
         }
     }

@@ -139,6 +139,12 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
     public var metricsTags: String?
     public var sendproto: String?
     public var tcpBackendQueue: String?
+    /// `--mirror`: the mirror pool's backends, in its routing order.
+    public var mirror: [String]?
+    /// `--mirror-hash`.
+    public var mirrorHash: String?
+    /// `--mirror-sample`, as written (a number in (0, 1]).
+    public var mirrorSample: String?
 
     /// Where the settings came from, for errors: the file's path as given.
     public var source = "command line"
@@ -184,6 +190,9 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
         case metricsTags = "metrics-tags"
         case sendproto
         case tcpBackendQueue = "tcp-backend-queue"
+        case mirror
+        case mirrorHash = "mirror-hash"
+        case mirrorSample = "mirror-sample"
     }
 
     /// Nothing set: every key keeps its default (or, for the command line, the file's value).
@@ -214,6 +223,7 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
         note(.metricsTags, metricsTags)
         note(.sendproto, sendproto); note(.tcpBackendQueue, tcpBackendQueue)
         note(.controlSocket, controlSocket)
+        note(.mirror, mirror); note(.mirrorHash, mirrorHash); note(.mirrorSample, mirrorSample)
         return keys
     }
 
@@ -305,6 +315,7 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
             }
             configuration.backends = parsed
         }
+        try applyMirror(to: &configuration)
         if let packetLen { configuration.packetBytes = packetLen }
         if let flushInterval {
             configuration.flushIntervalNanoseconds = try at("flush-interval") { () throws(ConfigurationError) in

@@ -86,6 +86,12 @@ public struct RelayConfiguration: Sendable, Equatable {
     public var hashKey: HashKeyMode = .name
     /// What is written around every relayed line (`--metrics-prefix`, `--metrics-tags`).
     public var rewrite = LineRewrite()
+    /// The mirror pool's backends (`--mirror`), in its routing order; empty: no mirror.
+    public var mirror: [BackendAddress] = []
+    /// How metric names are spread over the mirror's backends (`--mirror-hash`).
+    public var mirrorHashMode: HashMode = .jump
+    /// The share of metric names (routing keys) mirrored (`--mirror-sample`), in (0, 1].
+    public var mirrorSample = 1.0
     /// What happens to a down backend's metrics (`--on-backend-down`).
     public var onBackendDown: DownPolicy = .rehash
     /// Bytes of batches held under `hold` for the whole relay, every backend and worker together
@@ -177,6 +183,7 @@ public struct RelayConfiguration: Sendable, Equatable {
             seen[key] = index
         }
         try hashMode.check(backends)
+        try validateMirror()
         if SocketAddress(numericHost: bindHost, port: port) == nil {
             throw ConfigurationError(argument: "--bind", value: bindHost, reason: "not an IPv4 or IPv6 address")
         }

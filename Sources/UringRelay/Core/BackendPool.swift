@@ -25,6 +25,10 @@ public struct BackendPool: Sendable, Equatable {
     public var generation: UInt64 = 0
     /// Bumped when the backends (identities or order) change.
     public var membership: UInt64 = 0
+    /// How many of the last backends are a mirror pool's, appended only to open and follow
+    /// sockets (`RelayCore.sendPool`); their identities are prefixed `mirror/`. 0 for a pool
+    /// lines are routed by.
+    public var mirrorTail = 0
 
     /// A pool with every backend up.
     ///
@@ -42,7 +46,24 @@ public struct BackendPool: Sendable, Equatable {
     public var count: Int { backends.count }
 
     /// The backends' identities (`host:port[:instance]`), the keys of per-backend counters.
-    public var identities: [String] { backends.map(\.description) }
+    public var identities: [String] {
+        guard mirrorTail > 0 else { return backends.map(\.description) }
+        return backends.indices.map { index in
+            index < count - mirrorTail ? backends[index].description : MirrorPool.identityPrefix + backends[index].description
+        }
+    }
+
+    /// This pool with `mirror`'s backends appended past its own (`mirrorTail`): the sockets a
+    /// worker sends on, the primary's at their routing positions, the mirror's after them.
+    public func appendingMirror(_ mirror: MirrorPool?) -> BackendPool {
+        guard let mirror else { return self }
+        var joined = self
+        joined.backends += mirror.pool.backends
+        joined.addresses += mirror.pool.addresses
+        joined.down += mirror.pool.down
+        joined.mirrorTail = mirror.count
+        return joined
+    }
 
     /// For each backend of `self`, its position in `other`, or `nil` if `other` lacks it.
     public func positions(in other: BackendPool) -> [Int?] {

@@ -29,13 +29,20 @@ public struct DatagramProcessor: ~Copyable {
     public let rewrite: LineRewrite
     /// The rewrite's bytes.
     private let rewriter: LineRewriter
+    /// Whether a mirror pool gets copies (`--mirror`); tested once per datagram.
+    public let isMirroring: Bool
+    /// Where a mirrored line goes in the mirror pool (a one-backend stand-in without a mirror).
+    public let mirrorRouter: Router
+    /// Which keys are mirrored.
+    public let mirrorSample: MirrorSample
 
     /// A processor for `router`'s backends, counting into `counters`.
     ///
     /// - Precondition: `counters` counts as many backends as `router` routes to.
     public init(
         router: Router, packetBytes: Int, maxDatagramBytes: Int, counters: RelayCounters,
-        validation: ValidationMode = .loose, hashKey: HashKeyMode = .name, rewrite: LineRewrite = LineRewrite()
+        validation: ValidationMode = .loose, hashKey: HashKeyMode = .name, rewrite: LineRewrite = LineRewrite(),
+        mirror: MirrorPool? = nil
     ) throws(Errno) {
         precondition(counters.backendCount == router.backendCount, "counters for another pool")
         self.router = router
@@ -43,11 +50,15 @@ public struct DatagramProcessor: ~Copyable {
         self.hashKey = hashKey
         self.rewrite = rewrite
         rewriter = LineRewriter(rewrite)
+        isMirroring = mirror != nil
+        mirrorRouter = mirror.map { Router(pool: $0.pool) } ?? Router(backendCount: 1)
+        mirrorSample = mirror?.sample ?? MirrorSample(rate: 1)
         // A rewritten line is at most `growth` bytes longer (lines that would pass 65 507 are
         // dropped before they reach the assembler).
         routingKey = RoutingKey(maxLineBytes: maxDatagramBytes &+ rewrite.growth)
         assembler = try BatchAssembler(
-            backendCount: router.backendCount, packetBytes: packetBytes, maxLineBytes: maxDatagramBytes &+ rewrite.growth,
+            backendCount: router.backendCount, mirrorBackendCount: mirror?.count ?? 0, packetBytes: packetBytes,
+            maxLineBytes: maxDatagramBytes &+ rewrite.growth,
             datagramBytes: rewrite.rewrittenDatagramBytes(maxDatagramBytes))
         self.counters = counters
         primaries = PrimaryCache(backendCount: router.backendCount)
@@ -56,12 +67,12 @@ public struct DatagramProcessor: ~Copyable {
     /// A processor for `router`'s backends, counting from zero.
     public init(
         router: Router, packetBytes: Int, maxDatagramBytes: Int, validation: ValidationMode = .loose,
-        hashKey: HashKeyMode = .name, rewrite: LineRewrite = LineRewrite()
+        hashKey: HashKeyMode = .name, rewrite: LineRewrite = LineRewrite(), mirror: MirrorPool? = nil
     ) throws(Errno) {
         try self.init(
             router: router, packetBytes: packetBytes, maxDatagramBytes: maxDatagramBytes,
             counters: RelayCounters(backendCount: router.backendCount), validation: validation, hashKey: hashKey,
-            rewrite: rewrite)
+            rewrite: rewrite, mirror: mirror)
     }
 
     /// Handles one received buffer: counts a truncated or malformed one, relays a whole one.
@@ -80,31 +91,45 @@ public struct DatagramProcessor: ~Copyable {
         }
     }
 
-    /// Splits `datagram` into lines and packs each valid one for its backend.
+    /// Splits `datagram` into lines and packs each valid one for its backend (and, when its
+    /// key is sampled, a copy for the mirror pool's).
     @inline(__always)
     public mutating func relay(datagram: RawSpan, now: UInt64) {
-        // The rewriting loops stay out of line: the loops without a rewrite are inlined as
-        // they were, behind one test per datagram.
+        // The rewriting and the mirroring loops stay out of line: the loops with neither are
+        // inlined as they were, behind two tests per datagram.
         if rewriter.isActive {
             relayRewriting(datagram, now: now)
-            return
-        }
-        switch (validation, hashKey) {
-        case (.loose, .name): relay(datagram, now: now, LooseValidation.self, NameKey.self, NoRewrite.self)
-        case (.strict, .name): relay(datagram, now: now, StrictValidation.self, NameKey.self, NoRewrite.self)
-        case (.loose, .nameAndTags): relay(datagram, now: now, LooseValidation.self, NameAndTagsKey.self, NoRewrite.self)
-        case (.strict, .nameAndTags): relay(datagram, now: now, StrictValidation.self, NameAndTagsKey.self, NoRewrite.self)
+        } else if isMirroring {
+            relayMirroring(datagram, now: now)
+        } else {
+            relay(datagram, now: now, NoRewrite.self, NotMirroring.self)
         }
     }
 
-    /// `relay(datagram:now:)` with `--metrics-prefix` or `--metrics-tags`.
+    /// `relay(datagram:now:)` with `--metrics-prefix` or `--metrics-tags` (never with a mirror:
+    /// the configuration refuses the two together).
     @inline(never)
     private mutating func relayRewriting(_ datagram: RawSpan, now: UInt64) {
+        relay(datagram, now: now, Rewriting.self, NotMirroring.self)
+    }
+
+    /// `relay(datagram:now:)` with a mirror pool.
+    @inline(never)
+    private mutating func relayMirroring(_ datagram: RawSpan, now: UInt64) {
+        relay(datagram, now: now, NoRewrite.self, Mirroring.self)
+    }
+
+    /// `relay(datagram:now:)` for one rewrite policy and one mirror mode: the line loops are
+    /// specialised on them too, so a relay with neither pays nothing for them per line.
+    @inline(__always)
+    private mutating func relay<Rewrite: RewritePolicy, Mirror: MirrorMode>(
+        _ datagram: RawSpan, now: UInt64, _: Rewrite.Type, _: Mirror.Type
+    ) {
         switch (validation, hashKey) {
-        case (.loose, .name): relay(datagram, now: now, LooseValidation.self, NameKey.self, Rewriting.self)
-        case (.strict, .name): relay(datagram, now: now, StrictValidation.self, NameKey.self, Rewriting.self)
-        case (.loose, .nameAndTags): relay(datagram, now: now, LooseValidation.self, NameAndTagsKey.self, Rewriting.self)
-        case (.strict, .nameAndTags): relay(datagram, now: now, StrictValidation.self, NameAndTagsKey.self, Rewriting.self)
+        case (.loose, .name): relay(datagram, now: now, LooseValidation.self, NameKey.self, Rewrite.self, Mirror.self)
+        case (.strict, .name): relay(datagram, now: now, StrictValidation.self, NameKey.self, Rewrite.self, Mirror.self)
+        case (.loose, .nameAndTags): relay(datagram, now: now, LooseValidation.self, NameAndTagsKey.self, Rewrite.self, Mirror.self)
+        case (.strict, .nameAndTags): relay(datagram, now: now, StrictValidation.self, NameAndTagsKey.self, Rewrite.self, Mirror.self)
         }
     }
 
@@ -118,14 +143,15 @@ public struct DatagramProcessor: ~Copyable {
         var probe: PrimaryCache.Probe
     }
 
-    /// The line loop for one `--validate` mode, one `--hash-key` mode and one rewrite policy.
+    /// The line loop for one `--validate` mode, one `--hash-key` mode, one rewrite policy and
+    /// one mirror mode.
     ///
     /// Software-pipelined by one line: a line's cache set is read right after its key is
     /// hashed, and the line is routed and packed only after the next line is hashed, so that
     /// read overlaps the next hash instead of stalling. Lines are packed in datagram order.
     @inline(__always)
-    private mutating func relay<Validation: LineValidation, Key: KeyPolicy, Rewrite: RewritePolicy>(
-        _ datagram: RawSpan, now: UInt64, _: Validation.Type, _: Key.Type, _: Rewrite.Type
+    private mutating func relay<Validation: LineValidation, Key: KeyPolicy, Rewrite: RewritePolicy, Mirror: MirrorMode>(
+        _ datagram: RawSpan, now: UInt64, _: Validation.Type, _: Key.Type, _: Rewrite.Type, _: Mirror.Type
     ) {
         var offset = 0
         let mayContainNul = datagram.contains(byte: 0)
@@ -159,7 +185,10 @@ public struct DatagramProcessor: ~Copyable {
                     let (hash, isComposite) = Key.hash(
                         datagram, line: start..<end, key: key, seed: FNV1a.offsetBasis, scratch: &routingKey)
                     let probe = primaries.probe(hash)
-                    if let previous = pending { pack(previous, in: datagram, now: now) }
+                    if let previous = pending {
+                        if Mirror.isOn { mirrorIfSampled(previous, in: datagram, now: now) }
+                        pack(previous, in: datagram, now: now)
+                    }
                     pending = Pending(line: start..<end, key: key, isComposite: isComposite, probe: probe)
                 }
             case .empty:
@@ -173,6 +202,7 @@ public struct DatagramProcessor: ~Copyable {
             if Rewrite.isActive {
                 packRewritten(previous, pendingEdit, in: datagram, now: now, Key.self)
             } else {
+                if Mirror.isOn { mirrorIfSampled(previous, in: datagram, now: now) }
                 pack(previous, in: datagram, now: now)
             }
         }
@@ -247,6 +277,43 @@ public struct DatagramProcessor: ~Copyable {
         }
     }
 
+    /// Under `Mirroring`, before the line is packed for the primary pool: packs a copy for the
+    /// mirror pool when its key is sampled, whatever becomes of the line in the primary pool.
+    /// Apart from `pack`, which stays as it is without a mirror (its inlining unchanged).
+    @inline(__always)
+    private mutating func mirrorIfSampled(_ pending: Pending, in datagram: RawSpan, now: UInt64) {
+        guard mirrorSample.contains(hash: pending.probe.hash) else { return }
+        mirror(pending, datagram.extracting(pending.line), in: datagram, now: now)
+    }
+
+    /// Packs a copy of a sampled line for its mirror backend (by the mirror's hash mode, with
+    /// no health view), or counts it dropped when the mirror's send slots are all in use.
+    @inline(__always)
+    private mutating func mirror(_ pending: Pending, _ line: RawSpan, in datagram: RawSpan, now: UInt64) {
+        let backend: Int
+        if mirrorRouter.hashMode == .jump {
+            backend = JumpHash.bucket(for: pending.probe.hash, buckets: mirrorRouter.backendCount)
+        } else if pending.isComposite {
+            backend = Self.mirrorBackendWritten(pending, in: datagram, scratch: &routingKey, router: mirrorRouter)
+        } else {
+            backend = mirrorRouter.primary(key: datagram.extracting(pending.key), hash: pending.probe.hash)
+        }
+        if assembler.appendMirror(line, to: backend, now: now) {
+            counters[.mirrorLines] &+= 1
+        } else {
+            counters[.mirrorLinesDroppedNoSendBuffer] &+= 1
+        }
+    }
+
+    /// The mirror backend of a line by its written-out `name+tags` key (for a ring's md5).
+    @inline(never)
+    private static func mirrorBackendWritten(
+        _ pending: Pending, in datagram: RawSpan, scratch: inout RoutingKey, router: borrowing Router
+    ) -> Int {
+        scratch.write(datagram, line: pending.line, key: pending.key)
+        return router.primary(key: scratch.written.span.bytes, hash: pending.probe.hash)
+    }
+
     /// Routes a line by its written-out `name+tags` key (for a ring's md5). Static, on its
     /// parts, so that the key borrowed from the scratch and the cache updated are seen apart.
     @inline(__always)
@@ -315,4 +382,21 @@ public struct SendOutcome: Sendable, Equatable {
 
     /// Whether the kernel took the whole packet.
     public var isAccepted: Bool { result >= 0 && Int(result) == bytes }
+}
+
+/// Whether a processor's line loop packs copies for a mirror pool: a type parameter, so the
+/// loop without a mirror is compiled without the test.
+protocol MirrorMode {
+    /// Whether lines are mirrored.
+    static var isOn: Bool { get }
+}
+
+/// No mirror pool (`--mirror` not given).
+enum NotMirroring: MirrorMode {
+    static var isOn: Bool { false }
+}
+
+/// A mirror pool gets copies of sampled lines.
+enum Mirroring: MirrorMode {
+    static var isOn: Bool { true }
 }

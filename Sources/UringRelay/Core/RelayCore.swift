@@ -46,6 +46,8 @@ public struct RelayCore: ~Copyable {
     private var processor: DatagramProcessor
     /// The pool lines are routed by now.
     public private(set) var pool: BackendPool
+    /// The mirror pool (`--mirror`), fixed for the worker's life, if any.
+    public let mirror: MirrorPool?
     /// A membership change waiting for the old pool's batches to be sent.
     public private(set) var pendingPool: BackendPool?
     /// The stop phase.
@@ -90,6 +92,7 @@ public struct RelayCore: ~Copyable {
         let pool = settings.routing.current
         self.settings = settings
         self.pool = pool
+        mirror = settings.mirror
         identities = pool.identities
         appliedGeneration = pool.generation
         processor = try Self.makeProcessor(
@@ -110,9 +113,20 @@ public struct RelayCore: ~Copyable {
         do throws(Errno) {
             return try DatagramProcessor(
                 router: Router(pool: pool), packetBytes: packetBytes, maxDatagramBytes: settings.maxDatagramBytes,
-                counters: counters, validation: settings.validation, hashKey: settings.hashKey, rewrite: settings.rewrite)
+                counters: counters, validation: settings.validation, hashKey: settings.hashKey, rewrite: settings.rewrite,
+                mirror: settings.mirror)
         } catch { throw SystemCallError("mmap", "send buffers", error) }
     }
+
+    /// The backends this worker sends to, for its sockets: the pool in force, then the mirror
+    /// pool's backends (send-slot backend indices `pool.count…`). Allocates: not per turn.
+    public var sendPool: BackendPool { pool.appendingMirror(mirror) }
+
+    /// `pendingPool` with the mirror's backends appended, as `sendPool`.
+    public var pendingSendPool: BackendPool? { pendingPool?.appendingMirror(mirror) }
+
+    /// How many backend sockets the worker sends on: the pool's and the mirror's.
+    public var sendTargetCount: Int { processor.assembler.backendCount + processor.assembler.mirrorBackendCount }
 
     /// The send-buffer slots the driver sends from.
     public var sendBuffers: SendBufferPool {
@@ -251,7 +265,11 @@ public struct RelayCore: ~Copyable {
         var outcome = processor.sendCompleted(slot: slot, result: result)
         outcome.fingerprint = fingerprint
         if retried || slotStates[slot].contains(.retried) {
-            processor.counters[.sendRetries, backend: outcome.backend] &+= 1
+            if processor.assembler.isMirror(outcome.backend) {
+                processor.counters[.mirrorSendRetries] &+= 1
+            } else {
+                processor.counters[.sendRetries, backend: outcome.backend] &+= 1
+            }
         }
         slotStates[slot] = []
         return outcome
@@ -262,6 +280,10 @@ public struct RelayCore: ~Copyable {
     /// refusals from these counters as the worker publishes them, with no call on this path.
     public mutating func countDelivery(_ report: DeliveryLedger.Report, backend identity: String) {
         guard !report.isEmpty else { return }
+        if MirrorPool.isMirror(identity: identity) {
+            countMirrorDelivery(report)
+            return
+        }
         processor.counters.add(report.sent.lines, to: .linesSent, backend: identity)
         processor.counters.add(report.sent.packets, to: .packetsSent, backend: identity)
         processor.counters.add(report.sent.bytes, to: .bytesSent, backend: identity)
@@ -289,6 +311,19 @@ public struct RelayCore: ~Copyable {
         processor.counters.add(stream.lostAtResetBytes, to: .tcpBytesLostAtReset, backend: identity)
         processor.counters.add(stream.connects, to: .tcpConnects, backend: identity)
         processor.counters.add(stream.connectionFailures, to: .tcpConnectionFailures, backend: identity)
+    }
+
+    /// Counts what a mirror backend's delivery ledger settled, in the mirror's counters (all
+    /// mirror backends together; a refusal from the mirror never marks anything down).
+    private mutating func countMirrorDelivery(_ report: DeliveryLedger.Report) {
+        processor.counters[.mirrorLinesSent] &+= UInt64(report.sent.lines)
+        processor.counters[.mirrorPacketsSent] &+= UInt64(report.sent.packets)
+        processor.counters[.mirrorBytesSent] &+= UInt64(report.sent.bytes)
+        processor.counters[.mirrorLinesDroppedSendError] &+= UInt64(report.sendErrors.lines)
+        processor.counters[.mirrorLinesDroppedRefused] &+= UInt64(report.refused.lines)
+        processor.counters[.mirrorLinesDroppedUnreachable] &+= UInt64(report.unreachable.lines)
+        processor.counters[.mirrorLinesDoubted] &+= UInt64(report.doubted.lines)
+        processor.counters[.mirrorLinesUnconfirmedAtExit] &+= UInt64(report.unconfirmedAtExit.lines)
     }
 
     /// Counts datagrams that were still queued in a listening socket when receiving stopped
@@ -387,8 +422,9 @@ public struct RelayCore: ~Copyable {
         }
         while let slot = processor.assembler.nextReady() {
             let backend = processor.assembler.pool.backend(of: slot)
+            // A mirror packet (past the pool's backends) is never held.
             if processor.router.policy == .hold && (processor.router.downCount > 0 || holds.heldPackets > 0)
-                && (processor.router.down[backend] || holds.isHolding(backend)) {
+                && !processor.assembler.isMirror(backend) && (processor.router.down[backend] || holds.isHolding(backend)) {
                 hold(slot, for: backend)
                 continue
             }
@@ -489,21 +525,25 @@ public struct RelayCore: ~Copyable {
     ///   - now: the time of the last publication.
     public mutating func finish(unrelayedDatagrams: Int, sendsInFlight: Int, now: UInt64) -> RelayCounters {
         processor.counters[.datagramsDroppedAtExit] &+= UInt64(unrelayedDatagrams)
-        var unsent: UInt64 = 0
-        var inFlight: UInt64 = 0
+        // Index 0 for the primary pool, 1 for the mirror's.
+        var unsent: [UInt64] = [0, 0]
+        var inFlight: [UInt64] = [0, 0]
         var inFlightSlots = 0
         for slot in slotStates.indices where processor.assembler.pool.backend(of: slot) >= 0 {
             let lines = UInt64(processor.assembler.pool.lineCount(of: slot))
+            let side = processor.assembler.isMirror(processor.assembler.pool.backend(of: slot)) ? 1 : 0
             if slotStates[slot].contains(.handedOut) {
-                inFlight &+= lines
+                inFlight[side] &+= lines
                 inFlightSlots += 1
             } else {
-                unsent &+= lines
+                unsent[side] &+= lines
             }
         }
         assert(inFlightSlots == sendsInFlight, "\(inFlightSlots) slots handed out, \(sendsInFlight) sends in flight")
-        processor.counters[.linesDroppedUnsentAtExit] &+= unsent
-        processor.counters[.linesInFlightAtExit] &+= inFlight
+        processor.counters[.linesDroppedUnsentAtExit] &+= unsent[0]
+        processor.counters[.linesInFlightAtExit] &+= inFlight[0]
+        processor.counters[.mirrorLinesDroppedUnsentAtExit] &+= unsent[1]
+        processor.counters[.mirrorLinesInFlightAtExit] &+= inFlight[1]
         processor.counters[.linesDroppedHeldAtExit] &+= UInt64(holds.heldLines)
         settings.board.publish(processor.counters, at: now)
         return processor.counters
@@ -560,7 +600,8 @@ public struct RelayCore: ~Copyable {
     private mutating func replayHeld(now: UInt64) {
         guard processor.router.policy == .hold, holds.heldPackets > 0, pendingPool == nil else { return }
         for backend in 0..<holds.backendCount where holds.isHolding(backend) && !processor.router.down[backend] {
-            while processor.assembler.pool.freeCount > 2 * processor.assembler.reserveSlots,
+            // The mirror's unused slots are not the primary's to replay into.
+            while processor.assembler.pool.freeCount - processor.assembler.mirrorSlotsFree > 2 * processor.assembler.reserveSlots,
                   let (slot, lines) = processor.assembler.replay(from: &holds, backend: backend, now: now) {
                 replayed.append(Int32(slot))
                 processor.counters[.linesReplayed, backend: backend] &+= UInt64(lines)

@@ -48,6 +48,8 @@ public struct WorkerSettings: Sendable {
     public var sendProtocol: BackendTransport = .udp
     /// `--tcp-backend-queue`: bytes held per TCP backend (fixed for the worker's life).
     public var tcpBackendQueueBytes = RelayConfiguration.defaultTCPBackendQueueBytes
+    /// The mirror pool (`--mirror`, fixed for the process's life), if any.
+    public var mirror: MirrorPool?
     /// The worker's part in a takeover: sockets it inherits, where it leaves copies of its own
     /// (`nil`: binds its own and keeps no copy).
     public var handOver: WorkerHandOver?
@@ -84,7 +86,8 @@ extension WorkerSettings {
         // Rewritten lines fill more packets per datagram: the reserve is sized for them.
         RingSizing(
             receiveBuffers: receiveBuffers, packetBytes: packetBytes,
-            maxLineBytes: rewrite.rewrittenDatagramBytes(maxDatagramBytes), backendCount: backendCount)
+            maxLineBytes: rewrite.rewrittenDatagramBytes(maxDatagramBytes), backendCount: backendCount,
+            mirrorBackendCount: mirror?.count ?? 0)
     }
 
     /// The sizes for the pool in force now (what the start-up probe tries).
@@ -97,7 +100,8 @@ extension RelayConfiguration {
     public var ringSizing: RingSizing {
         RingSizing(
             receiveBuffers: receiveBuffers, packetBytes: packetBytes,
-            maxLineBytes: rewrite.rewrittenDatagramBytes(maxDatagramBytes), backendCount: backends.count)
+            maxLineBytes: rewrite.rewrittenDatagramBytes(maxDatagramBytes), backendCount: backends.count,
+            mirrorBackendCount: mirror.count)
     }
 }
 

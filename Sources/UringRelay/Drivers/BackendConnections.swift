@@ -182,7 +182,7 @@ struct BackendConnections: ~Copyable {
     /// keeps the old address and is tried again a second later; a failed membership change
     /// keeps the old pool (the core counts it).
     mutating func follow(_ core: inout RelayCore, sendsInFlight: Int, now: UInt64) {
-        if core.poolChangeReady(sendsInFlight: sendsInFlight), let next = core.pendingPool {
+        if core.poolChangeReady(sendsInFlight: sendsInFlight), let next = core.pendingSendPool {
             changeMembership(to: next, core: &core, now: now)
             return
         }
@@ -220,7 +220,7 @@ struct BackendConnections: ~Copyable {
     /// Switches to `next`'s sockets: a backend that stays at the same address keeps its socket
     /// and ledger; the others' sockets retire with their ledgers. No send is in flight.
     private mutating func changeMembership(to next: BackendPool, core: inout RelayCore, now: UInt64) {
-        let keep = core.pool.positions(in: next)
+        let keep = core.sendPool.positions(in: next)
         var kept: [Int?] = Array(repeating: nil, count: next.count)
         for (old, new) in keep.enumerated() {
             if let new, addresses[old] == next.addresses[new] { kept[new] = old }

@@ -66,7 +66,7 @@ struct IOUringDriver: ~Copyable {
             ring.close()
             throw SystemCallError("io_uring_register_buf_ring", "\(bufferCount) buffers", error)
         }
-        sends = OrderedSends(backends: worker.core.pool.count, slots: worker.core.sendBuffers.capacity)
+        sends = OrderedSends(backends: worker.core.sendTargetCount, slots: worker.core.sendBuffers.capacity)
         minimumWaitMicroseconds = settings.minimumWaitMicroseconds
         flushIntervalNanoseconds = settings.flushIntervalNanoseconds
         self.ring = ring
@@ -360,7 +360,7 @@ extension IOUringDriver {
     /// turns what can go into `send` SQEs, submitted with the next wait.
     @inline(__always)
     private mutating func queueReadySends(_ worker: inout WorkerState, now: UInt64) {
-        sends.follow(backends: worker.core.pool.count, slots: worker.core.sendBuffers.capacity)
+        sends.follow(backends: worker.core.sendTargetCount, slots: worker.core.sendBuffers.capacity)
         while let (slot, backend) = worker.core.nextOutgoing() {
             if worker.connections.isStream(backend) {
                 worker.connections.enqueueStream(slot: slot, backend: backend, core: &worker.core)

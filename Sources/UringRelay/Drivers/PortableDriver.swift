@@ -236,7 +236,7 @@ extension PortableDriver {
     /// the results back. Non-blocking once the worker is stopping or a command waits for it.
     private mutating func sendReady(_ worker: inout WorkerState, now: UInt64) {
         let nonBlocking = worker.core.isStopRequested || worker.control.hasPending
-        if blocked.count != worker.core.pool.count { blocked = Array(repeating: false, count: worker.core.pool.count) }
+        if blocked.count != worker.core.sendTargetCount { blocked = Array(repeating: false, count: worker.core.sendTargetCount) }
         for backend in blocked.indices { blocked[backend] = false }
         swap(&deferred, &spare)
         for index in spare.indices { send(spare[index].slot, to: spare[index].backend, nonBlocking: nonBlocking, worker: &worker, now: now) }
@@ -265,7 +265,10 @@ extension PortableDriver {
 
     private mutating func flushSends(nonBlocking: Bool, worker: inout WorkerState, now: UInt64) {
         guard sends.count > 0 else { return }
-        sends.send(from: worker.core.sendBuffers, to: worker.connections.sockets, nonBlocking: nonBlocking)
+        // The mirror's sockets (past the pool's) never block: a slow mirror must not hold up the primary.
+        sends.send(
+            from: worker.core.sendBuffers, to: worker.connections.sockets, nonBlocking: nonBlocking,
+            nonBlockingFrom: worker.core.pool.count)
         for index in 0..<sends.count {
             let slot = sends.slot(index)
             let backend = worker.core.sendBuffers.backend(of: slot)

@@ -16,7 +16,7 @@ struct WorkerState: ~Copyable {
         var core = try RelayCore(settings: settings, now: MonotonicClock.nanoseconds())
         let listeners = try WorkerListeners(settings: settings, core: &core)
         let connections = try BackendConnections(
-            pool: core.pool, sendSlots: core.sendBuffers.capacity, sendBufferBytes: settings.backendSendBufferBytes,
+            pool: core.sendPool, sendSlots: core.sendBuffers.capacity, sendBufferBytes: settings.backendSendBufferBytes,
             sendProtocol: settings.sendProtocol, streamQueueBytes: settings.tcpBackendQueueBytes, now: MonotonicClock.nanoseconds())
         self.core = core
         self.listeners = listeners

@@ -185,6 +185,25 @@ public struct MetricFamily: Sendable, Equatable {
               help: "Bytes of memory taken to hold down backends' packets, all workers together."),
         .init("statsrelay_hold_limit_bytes", .gauge, [], .holdLimitBytes,
               help: "The bound on held packets' memory (--hold-bytes)."),
+        // The mirror pool (--mirror), all mirror backends together.
+        .init("statsrelay_mirror_lines_mirrored_total", .counter, [], .relayCounters,
+              help: "Copies of sampled lines packed for the mirror pool (--mirror, --mirror-sample)."),
+        .init("statsrelay_mirror_lines_dropped_total", .counter, ["reason"], .relayCounters,
+              help: "Mirror copies not delivered, by reason: no_send_buffer (the mirror's own send slots were all in use: a slow or stuck mirror; never a primary's loss), send_error, refused (ICMP port unreachable), unreachable (another ICMP error), unsent_at_exit (packed, never handed to the kernel before the stop budget ran out)."),
+        .init("statsrelay_mirror_lines_sent_total", .counter, [], .relayCounters,
+              help: "Mirror lines in packets the kernel took whole and no refusal came back for within 200 ms."),
+        .init("statsrelay_mirror_packets_sent_total", .counter, [], .relayCounters,
+              help: "Mirror packets the kernel took whole and no refusal came back for within 200 ms."),
+        .init("statsrelay_mirror_bytes_sent_total", .counter, [], .relayCounters,
+              help: "Bytes of the packets counted in statsrelay_mirror_packets_sent_total."),
+        .init("statsrelay_mirror_send_retries_total", .counter, [], .relayCounters,
+              help: "Mirror sends met by an earlier packet's pending refusal and sent once more: not a loss."),
+        .init("statsrelay_mirror_lines_doubted_total", .counter, [], .relayCounters,
+              help: "Mirror lines the kernel took, sent during an episode of ICMP errors the host may have rate-limited: maybe lost."),
+        .init("statsrelay_mirror_lines_unconfirmed_at_exit_total", .counter, [], .relayCounters,
+              help: "Mirror lines the kernel took less than 200 ms before the relay stopped: a refusal could still have come."),
+        .init("statsrelay_mirror_lines_in_flight_at_exit_total", .counter, [], .relayCounters,
+              help: "Mirror lines in sends handed to the kernel whose completion never came before the stop budget ran out."),
         // The process.
         .init("statsrelay_io_driver_info", .gauge, ["driver"], .ioDriver,
               help: "The io driver the workers run: uring or portable (value 1)."),
@@ -213,14 +232,14 @@ public struct MetricFamily: Sendable, Equatable {
     /// `statsrelay.lines_forwarded` → `statsrelay_lines_forwarded_total`,
     /// `statsrelay.lines_dropped.nul_byte` → `statsrelay_lines_dropped_total{reason="nul_byte"}`,
     /// `statsrelay.backend.lines_dropped.refused` →
-    /// `statsrelay_backend_lines_dropped_total{reason="refused"}` (the backend is a label too).
+    /// `statsrelay_backend_lines_dropped_total{reason="refused"}` (the backend is a label too),
+    /// `statsrelay.mirror.lines_dropped.refused` → `statsrelay_mirror_lines_dropped_total{reason="refused"}`.
     public static func exposition(ofCounterNamed dotName: String) -> (family: String, reason: String?) {
         var parts = dotName.split(separator: ".").map(String.init)
         if parts.first == "statsrelay" { parts.removeFirst() }
         var prefix = "statsrelay_"
-        if parts.count > 1, parts.first == "backend" {
-            parts.removeFirst()
-            prefix += "backend_"
+        if parts.count > 1, parts.first == "backend" || parts.first == "mirror" {
+            prefix += parts.removeFirst() + "_"
         }
         let reason = parts.count > 1 ? parts.removeLast() : nil
         let base = prefix + parts.joined(separator: "_") + "_total"

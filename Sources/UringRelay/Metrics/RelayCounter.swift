@@ -55,6 +55,19 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
     case linesDroppedTooLongRewritten
     case linesDroppedTCPQueueFull
     case linesDroppedTCPUnsentAtExit
+    case mirrorLines
+    case mirrorLinesDroppedNoSendBuffer
+    case mirrorLinesSent
+    case mirrorPacketsSent
+    case mirrorBytesSent
+    case mirrorSendRetries
+    case mirrorLinesDroppedSendError
+    case mirrorLinesDroppedRefused
+    case mirrorLinesDroppedUnreachable
+    case mirrorLinesDroppedUnsentAtExit
+    case mirrorLinesDoubted
+    case mirrorLinesUnconfirmedAtExit
+    case mirrorLinesInFlightAtExit
 
     /// The counter's name in lowercase dot notation.
     public var name: String {
@@ -111,6 +124,19 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
         case .linesDroppedTooLongRewritten: "statsrelay.lines_dropped.too_long_rewritten"
         case .linesDroppedTCPQueueFull: "statsrelay.lines_dropped.tcp_queue_full"
         case .linesDroppedTCPUnsentAtExit: "statsrelay.lines_dropped.tcp_unsent_at_exit"
+        case .mirrorLines: "statsrelay.mirror.lines_mirrored"
+        case .mirrorLinesDroppedNoSendBuffer: "statsrelay.mirror.lines_dropped.no_send_buffer"
+        case .mirrorLinesSent: "statsrelay.mirror.lines_sent"
+        case .mirrorPacketsSent: "statsrelay.mirror.packets_sent"
+        case .mirrorBytesSent: "statsrelay.mirror.bytes_sent"
+        case .mirrorSendRetries: "statsrelay.mirror.send_retries"
+        case .mirrorLinesDroppedSendError: "statsrelay.mirror.lines_dropped.send_error"
+        case .mirrorLinesDroppedRefused: "statsrelay.mirror.lines_dropped.refused"
+        case .mirrorLinesDroppedUnreachable: "statsrelay.mirror.lines_dropped.unreachable"
+        case .mirrorLinesDroppedUnsentAtExit: "statsrelay.mirror.lines_dropped.unsent_at_exit"
+        case .mirrorLinesDoubted: "statsrelay.mirror.lines_doubted"
+        case .mirrorLinesUnconfirmedAtExit: "statsrelay.mirror.lines_unconfirmed_at_exit"
+        case .mirrorLinesInFlightAtExit: "statsrelay.mirror.lines_in_flight_at_exit"
         }
     }
 

@@ -1,4 +1,11 @@
 import RelayKernel
+///
+/// With a mirror pool (`--mirror`), its backends are batched here too, at indices past the
+/// primary pool's (`backendCount + m`, `appendMirror`), from slots of their own: the pool has
+/// `mirrorSlots` more slots, and the mirror never holds more than that many at once. So the
+/// primary pool always has every slot it would have without a mirror (`canAcceptDatagram`
+/// does not count the mirror's unused share as free), and a mirror whose slots are all in use
+/// (a slow or stuck mirror backend) loses its own lines, never a primary's slot.
 import BasicContainers
 
 /// Packs lines into one outgoing datagram per backend and says when each is ready to send.
@@ -35,8 +42,14 @@ public struct BatchAssembler: ~Copyable {
     /// the longest line the relay can send to any backend. IPv6 carries 20 bytes more, but
     /// where a line goes may change (rehash, a DNS move), so whether it can be sent must not.
     public static let largestDatagramBytes = 65_507
-    /// How many backends there are.
+    /// How many backends there are in the primary pool.
     public let backendCount: Int
+    /// How many backends the mirror pool has (0: no mirror).
+    public let mirrorBackendCount: Int
+    /// Slots only the mirror may take, in all.
+    public let mirrorSlots: Int
+    /// Of `mirrorSlots`, those not in use: the pool's free slots beyond the primary's.
+    public private(set) var mirrorSlotsFree: Int
     /// Free slots needed before a datagram is taken on: enough for every packet one datagram
     /// can close, so appending never runs out of slots midway.
     public let reserveSlots: Int
@@ -60,24 +73,34 @@ public struct BatchAssembler: ~Copyable {
     ///   - datagramBytes: the most bytes one datagram's lines add up to, newlines included
     ///     (more than `maxLineBytes` when lines are rewritten: `LineRewrite.rewrittenDatagramBytes`);
     ///     `nil`: `maxLineBytes`.
-    public init(backendCount: Int, packetBytes: Int, maxLineBytes: Int, datagramBytes: Int? = nil) throws(Errno) {
-        precondition(backendCount > 0 && packetBytes > 1)
+    ///   - mirrorBackendCount: backends of the mirror pool (0: none), batched at indices
+    ///     `backendCount…` from slots of their own.
+    public init(
+        backendCount: Int, mirrorBackendCount: Int = 0, packetBytes: Int, maxLineBytes: Int, datagramBytes: Int? = nil
+    ) throws(Errno) {
+        precondition(backendCount > 0 && mirrorBackendCount >= 0 && packetBytes > 1)
         // The reserve arithmetic is explained at RingSizing, which the ring is sized by too.
-        let capacity: Int
-        (reserveSlots, capacity) = RingSizing.sendSlots(
-            packetBytes: packetBytes, maxLineBytes: datagramBytes ?? maxLineBytes, backendCount: backendCount)
+        let sizing = RingSizing(
+            receiveBuffers: 0, packetBytes: packetBytes, maxLineBytes: datagramBytes ?? maxLineBytes, backendCount: backendCount,
+            mirrorBackendCount: mirrorBackendCount)
+        let capacity = sizing.sendSlots
+        reserveSlots = sizing.reserveSlots
+        mirrorSlots = sizing.mirrorSlots
+        mirrorSlotsFree = sizing.mirrorSlots
         pool = try SendBufferPool(capacity: capacity, slotBytes: max(packetBytes, maxLineBytes + 1))
         self.packetBytes = packetBytes
         self.backendCount = backendCount
-        openSlot = RigidArray(repeating: -1, count: backendCount)
-        openedAt = RigidArray(repeating: 0, count: backendCount)
+        self.mirrorBackendCount = mirrorBackendCount
+        openSlot = RigidArray(repeating: -1, count: backendCount + mirrorBackendCount)
+        openedAt = RigidArray(repeating: 0, count: backendCount + mirrorBackendCount)
         ready = RigidArray(capacity: capacity)
         newline = RigidArray(repeating: UInt8(ascii: "\n"), count: 1)
     }
 
-    /// Whether there are enough free slots to take on one more datagram.
+    /// Whether there are enough free slots to take on one more datagram: the primary pool's
+    /// (the mirror's unused slots are not its to take; the mirror never holds a datagram back).
     @inline(__always)
-    public var canAcceptDatagram: Bool { pool.freeCount >= reserveSlots }
+    public var canAcceptDatagram: Bool { pool.freeCount - mirrorSlotsFree >= reserveSlots }
 
     /// Appends one line for `backend`.
     ///
@@ -114,6 +137,42 @@ public struct BatchAssembler: ~Copyable {
         pool.append(line, to: slot)
         return true
     }
+
+    /// Appends one line for mirror backend `mirror` (0-based in the mirror pool), from the
+    /// mirror's own slots: as `append`, but `false` also when the mirror's slots are all in use.
+    ///
+    /// - Precondition: `mirror < mirrorBackendCount`; `line.byteCount <= largestDatagramBytes`.
+    @inline(__always)
+    public mutating func appendMirror(_ line: RawSpan, to mirror: Int, now: UInt64) -> Bool {
+        let backend = backendCount + mirror
+        let needed = line.byteCount + 1
+        var slot = Int(openSlot[backend])
+        if slot >= 0 && pool.length(of: slot) + needed > packetBytes {
+            close(backend)
+            slot = -1
+        }
+        if needed > packetBytes {
+            guard mirrorSlotsFree > 0, let alone = pool.acquire(for: backend) else { return false }
+            mirrorSlotsFree -= 1
+            pool.appendPacked(line, to: alone)
+            pool.addLines(1, to: alone)
+            enqueue(Int32(alone))
+            return true
+        }
+        if slot < 0 {
+            guard mirrorSlotsFree > 0, let fresh = pool.acquire(for: backend) else { return false }
+            mirrorSlotsFree -= 1
+            slot = fresh
+            openSlot[backend] = Int32(fresh)
+            openedAt[backend] = now
+        }
+        pool.append(line, to: slot)
+        return true
+    }
+
+    /// Whether `backend` (an index of `pool.backend(of:)`) is one of the mirror pool's.
+    @inline(__always)
+    public func isMirror(_ backend: Int) -> Bool { backend >= backendCount }
 
     /// Appends one rewritten line for `backend`, copied once from its pieces into the packet:
     /// `prefix`, `head`, `insert`, `tail` (`LineRewriter`). Packed exactly as `append` packs a
@@ -195,20 +254,20 @@ public struct BatchAssembler: ~Copyable {
 
     /// Closes every batch opened at or before `now - interval`.
     public mutating func closeExpired(now: UInt64, interval: UInt64) {
-        for backend in 0..<backendCount where openSlot[backend] >= 0 && now &- openedAt[backend] >= interval {
+        for backend in openSlot.indices where openSlot[backend] >= 0 && now &- openedAt[backend] >= interval {
             close(backend)
         }
     }
 
     /// Closes every open batch (at shutdown).
     public mutating func closeAll() {
-        for backend in 0..<backendCount { close(backend) }
+        for backend in openSlot.indices { close(backend) }
     }
 
     /// When the oldest open batch falls due, or `nil` when none is open.
     public func nextDeadline(interval: UInt64) -> UInt64? {
         var earliest: UInt64?
-        for backend in 0..<backendCount where openSlot[backend] >= 0 {
+        for backend in openSlot.indices where openSlot[backend] >= 0 {
             let due = openedAt[backend] &+ interval
             if earliest.map({ due < $0 }) ?? true { earliest = due }
         }
@@ -235,6 +294,7 @@ public struct BatchAssembler: ~Copyable {
     public mutating func completeSend(_ slot: Int) -> (backend: Int, lines: Int, bytes: Int) {
         let carried = (pool.backend(of: slot), pool.lineCount(of: slot), pool.length(of: slot))
         pool.release(slot)
+        if carried.0 >= backendCount { mirrorSlotsFree += 1 }
         return carried
     }
 

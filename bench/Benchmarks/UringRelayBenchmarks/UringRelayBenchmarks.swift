@@ -9,6 +9,7 @@
 import BenchKit
 import Benchmark
 import Glibc
+import RelayKernel
 import UringRelay
 
 // MARK: - Workload
@@ -156,18 +157,26 @@ let ringBackends = (1...backendCount).map { BackendAddress(host: "10.0.0.\($0)",
 /// A processor over the benchmarks' backends in `hashMode`, or `nil` after reporting the error.
 func makeProcessor(
     _ benchmark: Benchmark, hashMode: HashMode = .jump, validation: ValidationMode = .loose, hashKey: HashKeyMode = .name,
-    rewrite: LineRewrite = LineRewrite()
+    rewrite: LineRewrite = LineRewrite(),
+    mirror: MirrorPool? = nil
 ) -> DatagramProcessor? {
     let router = hashMode == .jump
         ? Router(backendCount: backendCount) : Router(backends: ringBackends, hashMode: hashMode)
     guard let processor = try? DatagramProcessor(
         router: router, packetBytes: packetBytes, maxDatagramBytes: maxDatagramBytes, validation: validation, hashKey: hashKey,
-        rewrite: rewrite)
+        rewrite: rewrite, mirror: mirror)
     else {
         benchmark.error("DatagramProcessor.init failed")
         return nil
     }
     return processor
+}
+
+/// A mirror pool of three backends (`--mirror`) in `hashMode`, sampling `rate` of the names.
+func makeMirror(hashMode: HashMode, rate: Double) -> MirrorPool {
+    let backends = (1...3).map { BackendAddress(host: "10.0.1.\($0)", port: 8125) }
+    let addresses = (1...3).map { SocketAddress(numericHost: "10.0.1.\($0)", port: 8125)! }
+    return MirrorPool(backends: backends, addresses: addresses, hashMode: hashMode, rate: rate)
 }
 
 /// Reports an error unless every line relayed was packed (no slot shortage, nothing malformed).
@@ -418,6 +427,27 @@ let benchmarks: @Sendable () -> Void = {
                     benchmark.stopMeasurement()
                 }
                 checkEveryLinePacked(processor.counters, benchmark)
+            }
+        }
+    }
+
+    // 9. The mirror pool (--mirror, issue 14): the W2 mix with a copy of every line (jump, rate
+    //    1) or of a tenth of the names (ketama: an md5 per mirrored line), the mirror's packets
+    //    completed as the primary's. Gated at 0 mallocs (Thresholds/). Compare with 5 (no
+    //    mirror) for the copy's cost; 5 itself shows the no-mirror path's.
+    for (mode, rate) in [(HashMode.jump, 1.0), (.ketama, 0.1)] {
+        Benchmark("DatagramProcessor.relay (W2 mix, 10k names, mirror \(mode) \(rate))", configuration: perDatagram) { benchmark in
+            guard var processor = makeProcessor(benchmark, mirror: makeMirror(hashMode: mode, rate: rate)) else { return }
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 2048, alignment: 64)
+            defer { buffer.deallocate() }
+            var next = relayPool(&processor, mixPool, buffer, from: 0, count: 2 * mixPool.count)
+            benchmark.startMeasurement()
+            next = relayPool(&processor, mixPool, buffer, from: next, count: benchmark.scaledIterations.count)
+            benchmark.stopMeasurement()
+            blackHole(next)
+            checkEveryLinePacked(processor.counters, benchmark)
+            if processor.counters[.mirrorLines] == 0 || processor.counters[.mirrorLinesDroppedNoSendBuffer] != 0 {
+                benchmark.error("mirror: \(processor.counters[.mirrorLines]) copied, \(processor.counters[.mirrorLinesDroppedNoSendBuffer]) dropped")
             }
         }
     }
