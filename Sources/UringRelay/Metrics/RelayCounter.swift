@@ -259,7 +259,7 @@ public enum BackendCounter: Int, CaseIterable, Sendable {
 public struct RelayCounters: Sendable, Equatable {
     /// Room for every `RelayCounter`, stored inline: the per-line increments are plain stores,
     /// with none of an `Array`'s copy-on-write uniqueness checks.
-    private var relay = InlineArray<64, UInt64>(repeating: 0)
+    private var relay = InlineArray<96, UInt64>(repeating: 0)
     private var backend: [UInt64]
     /// The identities of the backends counted by position, in pool order.
     public private(set) var backends: [String]
@@ -285,7 +285,7 @@ public struct RelayCounters: Sendable, Equatable {
 
     /// All zeros for these backends (identities in pool order).
     public init(backends: [String]) {
-        precondition(RelayCounter.allCases.count <= 64, "RelayCounters.relay needs more room")
+        precondition(RelayCounter.allCases.count <= 96, "RelayCounters.relay needs more room")
         self.backends = backends
         backend = Array(repeating: 0, count: BackendCounter.allCases.count * backends.count)
     }
