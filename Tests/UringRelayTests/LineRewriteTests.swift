@@ -1,4 +1,5 @@
 @testable import RelayKernel
+import RoutingReference
 import Testing
 @testable import UringRelay
 
@@ -38,19 +39,8 @@ private func rewrite(
     return Rewritten(packets: packets, counters: processor.counters)
 }
 
-/// FNV-1a 64 and the Go StatsRelay's jump hash, written again from their definitions.
-private func referenceBackend(_ key: String, _ buckets: Int) -> Int {
-    var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-    for byte in key.utf8 { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
-    var bucket: Int64 = -1
-    var next: Int64 = 0
-    while next < Int64(buckets) {
-        bucket = next
-        hash = hash &* 2_862_933_555_777_941_757 &+ 1
-        next = Int64(Double(bucket + 1) * (Double(Int64(1) << 31) / Double((hash >> 33) + 1)))
-    }
-    return Int(bucket)
-}
+/// The backend the Go StatsRelay's routing gives `key` among `buckets` (`ReferenceRouting`).
+private func referenceBackend(_ key: String, _ buckets: Int) -> Int { ReferenceRouting.primary(key, backends: buckets) }
 
 @Suite("Rewriting: --metrics-prefix and --metrics-tags")
 struct LineRewriteTests {

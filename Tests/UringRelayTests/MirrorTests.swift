@@ -1,22 +1,18 @@
 @testable import RelayKernel
+import RoutingReference
 import Testing
 @testable import UringRelay
 
 /// The mirror sample and routing written again from their documented definitions
-/// (docs/operations.md#mirroring), so the expectations never come from the code under test.
+/// (docs/operations.md#mirroring), so the expectations never come from the code under test;
+/// FNV-1a 64 and the jump hash are `ReferenceRouting`'s.
 enum MirrorReference {
-    static func fnv1a64(_ name: String) -> UInt64 {
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in name.utf8 { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
-        return hash
-    }
-
     /// The metric name of a StatsD line: the bytes before the first `:`.
     static func name(_ line: String) -> String { String(line.prefix { $0 != ":" }) }
 
     /// splitmix64's finaliser of the FNV-1a 64 hash XOR ASCII `mirror_s`.
     static func sampleValue(_ name: String) -> UInt64 {
-        var z = fnv1a64(name) ^ 0x6d69_7272_6f72_5f73
+        var z = ReferenceRouting.fnv1a64(name) ^ 0x6d69_7272_6f72_5f73
         z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
         z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
         return z ^ (z >> 31)
@@ -25,19 +21,6 @@ enum MirrorReference {
     /// Whether `name` is mirrored at `rate`: its sample value is below `rate × 2⁶⁴`.
     static func isSampled(_ name: String, rate: Double) -> Bool {
         rate >= 1 || Double(sampleValue(name)) < rate * 18_446_744_073_709_551_616.0
-    }
-
-    /// Jump consistent hash (Lamping and Veach), the division in float64 as the Go StatsRelay.
-    static func jump(_ key: UInt64, _ buckets: Int) -> Int {
-        var key = key
-        var bucket: Int64 = -1
-        var next: Int64 = 0
-        while next < Int64(buckets) {
-            bucket = next
-            key = key &* 2_862_933_555_777_941_757 &+ 1
-            next = Int64(Double(bucket + 1) * (Double(Int64(1) << 31) / Double((key >> 33) + 1)))
-        }
-        return Int(bucket)
     }
 }
 
@@ -65,7 +48,7 @@ struct MirrorTests {
         var names = Array(repeating: 0, count: backends)
         var sampled = Array(repeating: 0, count: backends)
         for name in Self.names {
-            let primary = MirrorReference.jump(MirrorReference.fnv1a64(name), backends)
+            let primary = ReferenceRouting.jump(ReferenceRouting.fnv1a64(name), backends)
             names[primary] += 1
             if sample.contains(key: name) {
                 total += 1
@@ -130,11 +113,11 @@ struct MirrorTests {
         let byBackend = Self.flush(&processor)
         let mirrored = lines.filter { MirrorReference.isSampled(MirrorReference.name($0), rate: rate) }
         for backend in 0..<2 {
-            let expected = lines.filter { MirrorReference.jump(MirrorReference.fnv1a64(MirrorReference.name($0)), 2) == backend }
+            let expected = lines.filter { ReferenceRouting.jump(ReferenceRouting.fnv1a64(MirrorReference.name($0)), 2) == backend }
             #expect(byBackend[backend] ?? [] == expected, "primary \(backend)")
         }
         for mirror in 0..<3 {
-            let expected = mirrored.filter { MirrorReference.jump(MirrorReference.fnv1a64(MirrorReference.name($0)), 3) == mirror }
+            let expected = mirrored.filter { ReferenceRouting.jump(ReferenceRouting.fnv1a64(MirrorReference.name($0)), 3) == mirror }
             #expect(byBackend[2 + mirror] ?? [] == expected, "mirror \(mirror)")
         }
         #expect(counters(processor)[.linesForwarded] == UInt64(lines.count))
