@@ -144,29 +144,14 @@ public struct BatchAssembler: ~Copyable {
     /// - Precondition: `mirror < mirrorBackendCount`; `line.byteCount <= largestDatagramBytes`.
     @inline(__always)
     public mutating func appendMirror(_ line: RawSpan, to mirror: Int, now: UInt64) -> Bool {
-        let backend = backendCount + mirror
-        let needed = line.byteCount + 1
-        var slot = Int(openSlot[backend])
-        if slot >= 0 && pool.length(of: slot) + needed > packetBytes {
-            close(backend)
-            slot = -1
+        guard let (slot, isAlone) = slot(forLineOf: line.byteCount, backend: backendCount + mirror, now: now) else { return false }
+        pool.appendPacked(line, to: slot)
+        pool.addLines(1, to: slot)
+        if isAlone {
+            enqueue(Int32(slot))
+        } else {
+            Self.appendNewline(to: slot, of: &pool, newline)
         }
-        if needed > packetBytes {
-            guard mirrorSlotsFree > 0, let alone = pool.acquire(for: backend) else { return false }
-            mirrorSlotsFree -= 1
-            pool.appendPacked(line, to: alone)
-            pool.addLines(1, to: alone)
-            enqueue(Int32(alone))
-            return true
-        }
-        if slot < 0 {
-            guard mirrorSlotsFree > 0, let fresh = pool.acquire(for: backend) else { return false }
-            mirrorSlotsFree -= 1
-            slot = fresh
-            openSlot[backend] = Int32(fresh)
-            openedAt[backend] = now
-        }
-        pool.append(line, to: slot)
         return true
     }
 
@@ -220,16 +205,25 @@ public struct BatchAssembler: ~Copyable {
             // Alone in its own packet, sent at once, after what was already open for this
             // backend; without its newline, which would take it past --packet-len (or, at
             // 65 507 bytes, past what UDP over IPv4 carries).
-            guard let alone = pool.acquire(for: backend) else { return nil }
+            guard let alone = acquire(for: backend) else { return nil }
             return (alone, true)
         }
         if slot < 0 {
-            guard let fresh = pool.acquire(for: backend) else { return nil }
+            guard let fresh = acquire(for: backend) else { return nil }
             slot = fresh
             openSlot[backend] = Int32(fresh)
             openedAt[backend] = now
         }
         return (slot, false)
+    }
+
+    /// A free slot for `backend`; a mirror backend's only from the mirror's own share.
+    @inline(__always)
+    private mutating func acquire(for backend: Int) -> Int? {
+        guard backend >= backendCount else { return pool.acquire(for: backend) }
+        guard mirrorSlotsFree > 0, let slot = pool.acquire(for: backend) else { return nil }
+        mirrorSlotsFree -= 1
+        return slot
     }
 
     /// Closes `backend`'s open batch, if any, making it ready.
