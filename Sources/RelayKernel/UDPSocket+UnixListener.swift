@@ -72,29 +72,10 @@ extension UDPSocket {
                 try systemCall { bind(descriptor, pointer, length) }
             }
         }
-        do throws(Errno) {
-            try bindOnce()
-        } catch where error.rawValue == EADDRINUSE {
-            var status = stat()
-            guard lstat(path, &status) == 0, (status.st_mode & S_IFMT) == S_IFSOCK else {
-                throw SystemCallError("bind unix", path, error, hint: "the path exists and is not a socket; remove it or choose another")
-            }
-            if answers(at: address) {
-                throw SystemCallError(
-                    "bind unix", path, error,
-                    hint: "a running process (another relay?) receives on this socket; stop it, or choose another path")
-            }
-            // Nobody has it open: a file left by a relay that died. Replace it.
-            _ = unlink(path)
-            do throws(Errno) { try bindOnce() } catch { throw SystemCallError("bind unix", path, error) }
-        } catch {
-            throw SystemCallError("bind unix", path, error)
-        }
-        // The umask decided the mode until here; `mode` says who may send.
-        do throws(Errno) { _ = try systemCall { chmod(path, mode_t(mode)) } } catch {
-            _ = unlink(path)
-            throw SystemCallError("chmod \(String(mode, radix: 8))", path, error)
-        }
+        try UnixSocketPath.bind(
+            path, mode: mode_t(mode),
+            servedHint: "a running process (another relay?) receives on this socket; stop it, or choose another path",
+            isServed: { answers(at: address) }, bindOnce: bindOnce)
         return socket
     }
 

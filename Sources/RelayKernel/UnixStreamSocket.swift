@@ -46,29 +46,11 @@ public struct UnixStreamSocket: ~Copyable {
                 }
             }
         }
-        do throws(Errno) {
-            try bindOnce()
-        } catch where error.rawValue == EADDRINUSE {
-            var status = stat()
-            guard lstat(path, &status) == 0, (status.st_mode & S_IFMT) == S_IFSOCK else {
-                throw SystemCallError("bind unix", path, error, hint: "the path exists and is not a socket; remove it or choose another")
-            }
-            if (try? connected(to: path)) != nil {
-                throw SystemCallError(
-                    "bind unix", path, error,
-                    hint: "a running relay serves this control socket; take it over with --takeover \(path), or stop it first")
-            }
-            // Nobody accepts there: a file left by a relay that died. Replace it.
-            _ = unlink(path)
-            do throws(Errno) { try bindOnce() } catch { throw SystemCallError("bind unix", path, error) }
-        } catch {
-            throw SystemCallError("bind unix", path, error)
-        }
-        // The umask leaves at most 0755 until here, and connecting needs write permission.
-        do throws(Errno) { _ = try systemCall { chmod(path, 0o600) } } catch {
-            _ = unlink(path)
-            throw SystemCallError("chmod 0600", path, error)
-        }
+        // 0600: connecting needs write permission, and only the relay's user may take over.
+        try UnixSocketPath.bind(
+            path, mode: 0o600,
+            servedHint: "a running relay serves this control socket; take it over with --takeover \(path), or stop it first",
+            isServed: { (try? connected(to: path)) != nil }, bindOnce: bindOnce)
         do throws(Errno) {
             _ = try systemCall { listen(descriptor, backlog) }
             let flags = try systemCall { fcntl(descriptor, F_GETFL) }
