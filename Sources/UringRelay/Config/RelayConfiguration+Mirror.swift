@@ -12,17 +12,6 @@ extension RelayConfiguration {
                 reason: "expected a number in (0, 1]: the share of metric names mirrored")
         }
         guard !mirror.isEmpty else { return }
-        // Not built together yet: a mirror of rewritten lines, and TCP to a mirror backend.
-        if !rewrite.isEmpty {
-            throw ConfigurationError(
-                argument: "--mirror", value: mirror.map(\.description).joined(separator: ","),
-                reason: "cannot be combined with --metrics-prefix or --metrics-tags yet")
-        }
-        for backend in mirror where (backend.transport ?? sendProtocol) == .tcp {
-            throw ConfigurationError(
-                argument: "--mirror", value: backend.description,
-                reason: "a mirror backend is sent UDP only (tcp://, or --sendproto TCP without udp://, is not supported for the mirror)")
-        }
         var seen: Set<String> = []
         for backend in mirror {
             let key = SocketAddress(numericHost: backend.host, port: backend.port)?.canonical.description

@@ -5,11 +5,12 @@ import Glibc
 /// The per-datagram work of a worker, with no I/O: split into lines, check each, route it and
 /// pack it into its backend's batch. Counters are plain fields; nothing here allocates.
 ///
-/// `--validate`, `--hash-key` and the rewrite (`--metrics-prefix`, `--metrics-tags`) are fixed
-/// for a processor (a worker's, for its life). Each of their combinations has its own copy of
-/// the line loop, specialised on a `LineValidation`, a `KeyPolicy` and a `RewritePolicy` type:
-/// the modes are tested once per datagram, never per line, and without a rewrite the loop has
-/// no rewriting code at all.
+/// `--validate`, `--hash-key`, the rewrite (`--metrics-prefix`, `--metrics-tags`) and the
+/// mirror (`--mirror`) are fixed for a processor (a worker's, for its life). Each of their
+/// combinations has its own copy of the line loop, specialised on a `LineValidation`, a
+/// `KeyPolicy`, a `RewritePolicy` and a `MirrorMode` type: the modes are tested once per
+/// datagram, never per line, and without a rewrite or a mirror the loop has no rewriting or
+/// mirroring code at all.
 public struct DatagramProcessor: ~Copyable {
     /// The batches being packed, one per backend.
     public var assembler: BatchAssembler
@@ -106,11 +107,22 @@ public struct DatagramProcessor: ~Copyable {
         }
     }
 
-    /// `relay(datagram:now:)` with `--metrics-prefix` or `--metrics-tags` (never with a mirror:
-    /// the configuration refuses the two together).
+    /// `relay(datagram:now:)` with `--metrics-prefix` or `--metrics-tags`, with or without a
+    /// mirror pool (tested once per datagram, on the rewriting path only).
     @inline(never)
     private mutating func relayRewriting(_ datagram: RawSpan, now: UInt64) {
-        relay(datagram, now: now, Rewriting.self, NotMirroring.self)
+        if isMirroring {
+            relayRewritingMirroring(datagram, now: now)
+        } else {
+            relay(datagram, now: now, Rewriting.self, NotMirroring.self)
+        }
+    }
+
+    /// `relay(datagram:now:)` with a rewrite and a mirror pool: the mirror gets the line as
+    /// rewritten, sampled and routed by its rewritten key.
+    @inline(never)
+    private mutating func relayRewritingMirroring(_ datagram: RawSpan, now: UInt64) {
+        relay(datagram, now: now, Rewriting.self, Mirroring.self)
     }
 
     /// `relay(datagram:now:)` with a mirror pool.
@@ -178,7 +190,10 @@ public struct DatagramProcessor: ~Copyable {
                     let seed = edit.isPrefixed ? rewriter.prefixSeed : FNV1a.offsetBasis
                     let (hash, isComposite) = Key.hash(datagram, line: start..<end, key: key, seed: seed, scratch: &routingKey)
                     let probe = primaries.probe(hash)
-                    if let previous = pending { packRewritten(previous, pendingEdit, in: datagram, now: now, Key.self) }
+                    if let previous = pending {
+                        if Mirror.isOn { mirrorRewrittenIfSampled(previous, pendingEdit, in: datagram, now: now, Key.self) }
+                        packRewritten(previous, pendingEdit, in: datagram, now: now, Key.self)
+                    }
                     pending = Pending(line: start..<end, key: key, isComposite: isComposite || edit.isPrefixed, probe: probe)
                     pendingEdit = edit
                 } else {
@@ -200,6 +215,7 @@ public struct DatagramProcessor: ~Copyable {
         }
         if let previous = pending {
             if Rewrite.isActive {
+                if Mirror.isOn { mirrorRewrittenIfSampled(previous, pendingEdit, in: datagram, now: now, Key.self) }
                 packRewritten(previous, pendingEdit, in: datagram, now: now, Key.self)
             } else {
                 if Mirror.isOn { mirrorIfSampled(previous, in: datagram, now: now) }
@@ -303,6 +319,49 @@ public struct DatagramProcessor: ~Copyable {
         } else {
             counters[.mirrorLinesDroppedNoSendBuffer] &+= 1
         }
+    }
+
+    /// Under `Rewriting` and `Mirroring`, before the rewritten line is packed for the primary
+    /// pool: packs the same rewritten bytes for the mirror when its rewritten key is sampled
+    /// (the hash the loop made of it: the prefixed name, with its tags under `name+tags`),
+    /// routed by that key too. A line the rewrite makes too long never gets here: it is
+    /// counted once, in `lines_dropped.too_long_rewritten`, and neither sent nor mirrored.
+    @inline(__always)
+    private mutating func mirrorRewrittenIfSampled<Key: KeyPolicy>(
+        _ pending: Pending, _ edit: LineRewriter.Edit, in datagram: RawSpan, now: UInt64, _: Key.Type
+    ) {
+        guard mirrorSample.contains(hash: pending.probe.hash) else { return }
+        let mirror: Int
+        if mirrorRouter.hashMode == .jump {
+            mirror = JumpHash.bucket(for: pending.probe.hash, buckets: mirrorRouter.backendCount)
+        } else if pending.isComposite {
+            mirror = Self.mirrorBackendRewritten(
+                pending, in: datagram, isPrefixed: edit.isPrefixed, rewriter: rewriter, withTags: Key.includesTags,
+                scratch: &routingKey, router: mirrorRouter)
+        } else {
+            mirror = mirrorRouter.primary(key: datagram.extracting(pending.key), hash: pending.probe.hash)
+        }
+        // Mirror backend m is batched at `backendCount + m`, from the mirror's own slots.
+        let target = assembler.backendCount &+ mirror
+        if Self.appendRewritten(pending, edit, of: datagram, to: target, now: now, rewriter: rewriter, assembler: &assembler) {
+            counters[.mirrorLines] &+= 1
+        } else {
+            counters[.mirrorLinesDroppedNoSendBuffer] &+= 1
+        }
+    }
+
+    /// The mirror backend of a rewritten line by its written-out key (for a ring's md5): the
+    /// prefix if the line is prefixed, the name, and its tags if `withTags`.
+    @inline(never)
+    private static func mirrorBackendRewritten(
+        _ pending: Pending, in datagram: RawSpan, isPrefixed: Bool, rewriter: borrowing LineRewriter, withTags: Bool,
+        scratch: inout RoutingKey, router: borrowing Router
+    ) -> Int {
+        let prefix = rewriter.prefix.span.bytes
+        scratch.write(
+            datagram, line: pending.line, key: pending.key, prefix: prefix.extracting(0..<(isPrefixed ? prefix.byteCount : 0)),
+            withTags: withTags)
+        return router.primary(key: scratch.written.span.bytes, hash: pending.probe.hash)
     }
 
     /// The mirror backend of a line by its written-out `name+tags` key (for a ring's md5).

@@ -324,6 +324,16 @@ public struct RelayCore: ~Copyable {
         processor.counters[.mirrorLinesDroppedUnreachable] &+= UInt64(report.unreachable.lines)
         processor.counters[.mirrorLinesDoubted] &+= UInt64(report.doubted.lines)
         processor.counters[.mirrorLinesUnconfirmedAtExit] &+= UInt64(report.unconfirmedAtExit.lines)
+        // A TCP mirror backend's link: what it wrote, and what its queue dropped or held at exit.
+        let stream = report.stream
+        guard stream != StreamCounts() else { return }
+        processor.counters[.mirrorLinesSent] &+= stream.sentLines
+        processor.counters[.mirrorBytesSent] &+= stream.sentBytes
+        processor.counters[.mirrorPacketsSent] &+= stream.writes
+        processor.counters[.mirrorLinesDroppedTCPQueueFull] &+= stream.queueFullLines
+        processor.counters[.mirrorLinesDroppedTCPUnsentAtExit] &+= stream.atExitLines
+        processor.counters[.mirrorTCPLinesLostAtReset] &+= stream.lostAtResetLines
+        processor.counters[.mirrorTCPConnectionFailures] &+= stream.connectionFailures
     }
 
     /// Counts datagrams that were still queued in a listening socket when receiving stopped

@@ -68,6 +68,10 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
     case mirrorLinesDoubted
     case mirrorLinesUnconfirmedAtExit
     case mirrorLinesInFlightAtExit
+    case mirrorLinesDroppedTCPQueueFull
+    case mirrorLinesDroppedTCPUnsentAtExit
+    case mirrorTCPLinesLostAtReset
+    case mirrorTCPConnectionFailures
 
     /// The counter's name in lowercase dot notation.
     public var name: String {
@@ -137,6 +141,10 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
         case .mirrorLinesDoubted: "statsrelay.mirror.lines_doubted"
         case .mirrorLinesUnconfirmedAtExit: "statsrelay.mirror.lines_unconfirmed_at_exit"
         case .mirrorLinesInFlightAtExit: "statsrelay.mirror.lines_in_flight_at_exit"
+        case .mirrorLinesDroppedTCPQueueFull: "statsrelay.mirror.lines_dropped.tcp_queue_full"
+        case .mirrorLinesDroppedTCPUnsentAtExit: "statsrelay.mirror.lines_dropped.tcp_unsent_at_exit"
+        case .mirrorTCPLinesLostAtReset: "statsrelay.mirror.tcp_lines_lost_at_reset"
+        case .mirrorTCPConnectionFailures: "statsrelay.mirror.tcp_connection_failures"
         }
     }
 

@@ -162,6 +162,8 @@ public struct BatchAssembler: ~Copyable {
     /// Appends one rewritten line for `backend`, copied once from its pieces into the packet:
     /// `prefix`, `head`, `insert`, `tail` (`LineRewriter`). Packed exactly as `append` packs a
     /// line of the pieces' total length, which is what counts toward `packetBytes`.
+    /// `backend` may be a mirror backend's index (`backendCount + m`): its slot then comes from
+    /// the mirror's own share, as `appendMirror`'s.
     ///
     /// - Returns: `false` if no slot was free.
     /// - Precondition: the pieces add up to at most `largestDatagramBytes` and `maxLineBytes`.
