@@ -39,6 +39,8 @@ struct MirrorTCPKernelTests {
             streamBytes += stream.count
             #expect(String(decoding: stream, as: UTF8.self) == expected.map { $0 + "\n" }.joined(), "mirror \(index): every line and its newline, in order, nothing else")
             #expect(mirror.accepted == 1, "one persistent connection")
+            #expect(counters[.linesSent, mirror: mirror.plainSpec] == UInt64(expected.count), "mirror \(index)'s own count")
+            #expect(counters[.bytesSent, mirror: mirror.plainSpec] == UInt64(stream.count))
         }
         #expect(counters[.linesForwarded] == UInt64(lines.count))
         #expect(counters[.mirrorLines] == UInt64(lines.count))
@@ -77,6 +79,8 @@ struct MirrorTCPKernelTests {
         let full = counters[.mirrorLinesDroppedTCPQueueFull]
         #expect(full > 0, "the mirror's queue bound was reached")
         #expect(counters[.mirrorLinesSent] + full + counters[.mirrorLinesDroppedTCPUnsentAtExit] == mirrored, "each mirrored line ends exactly once")
+        #expect(counters[.linesDroppedTCPQueueFull, mirror: mirror.plainSpec] == full, "the one mirror backend's own count")
+        #expect(counters[.linesSent, mirror: mirror.plainSpec] == counters[.mirrorLinesSent])
         if dead {
             #expect(counters[.mirrorLinesSent] == 0)
             #expect(counters[.mirrorTCPConnectionFailures] > 0)

@@ -62,6 +62,7 @@ public struct DatagramProcessor: ~Copyable {
             maxLineBytes: maxDatagramBytes &+ rewrite.growth,
             datagramBytes: rewrite.rewrittenDatagramBytes(maxDatagramBytes))
         self.counters = counters
+        if let mirror { self.counters.countMirrorBackends(mirror.pool.identities) }
         primaries = PrimaryCache(backendCount: router.backendCount)
     }
 
@@ -318,6 +319,7 @@ public struct DatagramProcessor: ~Copyable {
             counters[.mirrorLines] &+= 1
         } else {
             counters[.mirrorLinesDroppedNoSendBuffer] &+= 1
+            counters[MirrorBackendCounter.linesDroppedNoSendBuffer, mirror: backend] &+= 1
         }
     }
 
@@ -347,6 +349,7 @@ public struct DatagramProcessor: ~Copyable {
             counters[.mirrorLines] &+= 1
         } else {
             counters[.mirrorLinesDroppedNoSendBuffer] &+= 1
+            counters[MirrorBackendCounter.linesDroppedNoSendBuffer, mirror: mirror] &+= 1
         }
     }
 

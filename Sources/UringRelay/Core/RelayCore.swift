@@ -281,7 +281,7 @@ public struct RelayCore: ~Copyable {
     public mutating func countDelivery(_ report: DeliveryLedger.Report, backend identity: String) {
         guard !report.isEmpty else { return }
         if MirrorPool.isMirror(identity: identity) {
-            countMirrorDelivery(report)
+            countMirrorDelivery(report, identity: identity)
             return
         }
         processor.counters.add(report.sent.lines, to: .linesSent, backend: identity)
@@ -314,8 +314,23 @@ public struct RelayCore: ~Copyable {
     }
 
     /// Counts what a mirror backend's delivery ledger settled, in the mirror's counters (all
-    /// mirror backends together; a refusal from the mirror never marks anything down).
-    private mutating func countMirrorDelivery(_ report: DeliveryLedger.Report) {
+    /// mirror backends together, and the backend's own `MirrorBackendCounter`s; a refusal from
+    /// the mirror never marks anything down).
+    private mutating func countMirrorDelivery(_ report: DeliveryLedger.Report, identity: String) {
+        let stream = report.stream
+        processor.counters.add(UInt64(report.sent.lines), to: .linesSent, mirrorIdentity: identity)
+        processor.counters.add(UInt64(report.sent.packets), to: .packetsSent, mirrorIdentity: identity)
+        processor.counters.add(UInt64(report.sent.bytes), to: .bytesSent, mirrorIdentity: identity)
+        processor.counters.add(UInt64(report.sendErrors.lines), to: .linesDroppedSendError, mirrorIdentity: identity)
+        processor.counters.add(UInt64(report.refused.lines), to: .linesDroppedRefused, mirrorIdentity: identity)
+        processor.counters.add(UInt64(report.unreachable.lines), to: .linesDroppedUnreachable, mirrorIdentity: identity)
+        if stream != StreamCounts() {
+            processor.counters.add(stream.sentLines, to: .linesSent, mirrorIdentity: identity)
+            processor.counters.add(stream.writes, to: .packetsSent, mirrorIdentity: identity)
+            processor.counters.add(stream.sentBytes, to: .bytesSent, mirrorIdentity: identity)
+            processor.counters.add(stream.queueFullLines, to: .linesDroppedTCPQueueFull, mirrorIdentity: identity)
+            processor.counters.add(stream.atExitLines, to: .linesDroppedTCPUnsentAtExit, mirrorIdentity: identity)
+        }
         processor.counters[.mirrorLinesSent] &+= UInt64(report.sent.lines)
         processor.counters[.mirrorPacketsSent] &+= UInt64(report.sent.packets)
         processor.counters[.mirrorBytesSent] &+= UInt64(report.sent.bytes)
@@ -325,7 +340,6 @@ public struct RelayCore: ~Copyable {
         processor.counters[.mirrorLinesDoubted] &+= UInt64(report.doubted.lines)
         processor.counters[.mirrorLinesUnconfirmedAtExit] &+= UInt64(report.unconfirmedAtExit.lines)
         // A TCP mirror backend's link: what it wrote, and what its queue dropped or held at exit.
-        let stream = report.stream
         guard stream != StreamCounts() else { return }
         processor.counters[.mirrorLinesSent] &+= stream.sentLines
         processor.counters[.mirrorBytesSent] &+= stream.sentBytes
@@ -547,6 +561,10 @@ public struct RelayCore: ~Copyable {
                 inFlightSlots += 1
             } else {
                 unsent[side] &+= lines
+                if side == 1 {
+                    let mirror = processor.assembler.pool.backend(of: slot) - processor.assembler.backendCount
+                    processor.counters[MirrorBackendCounter.linesDroppedUnsentAtExit, mirror: mirror] &+= lines
+                }
             }
         }
         assert(inFlightSlots == sendsInFlight, "\(inFlightSlots) slots handed out, \(sendsInFlight) sends in flight")

@@ -52,6 +52,9 @@ public struct MetricFamily: Sendable, Equatable {
         case configLastReloadSuccessful
         /// When the configuration in force was loaded.
         case configLastReloadSuccessTime
+        /// The `MirrorBackendCounter`s whose exposition family is this one, one sample per
+        /// mirror backend.
+        case mirrorBackendCounters
     }
 
     /// The family's name, `statsrelay_…`.
@@ -206,6 +209,15 @@ public struct MetricFamily: Sendable, Equatable {
               help: "Mirror lines in sends handed to the kernel whose completion never came before the stop budget ran out."),
         .init("statsrelay_mirror_tcp_lines_lost_at_reset_total", .counter, [], .relayCounters,
               help: "Lines counted as sent to a TCP mirror backend whose bytes its kernel had not acknowledged when the connection failed: lost."),
+        // Per mirror backend (label `backend`: the mirror backend as written).
+        .init("statsrelay_mirror_backend_lines_sent_total", .counter, ["backend"], .mirrorBackendCounters,
+              help: "A mirror backend's lines in packets the kernel took whole and no refusal came back for within 200 ms (over TCP: lines whose last byte a write handed the kernel)."),
+        .init("statsrelay_mirror_backend_packets_sent_total", .counter, ["backend"], .mirrorBackendCounters,
+              help: "A mirror backend's packets the kernel took whole and no refusal came back for within 200 ms (over TCP: writes)."),
+        .init("statsrelay_mirror_backend_bytes_sent_total", .counter, ["backend"], .mirrorBackendCounters,
+              help: "Bytes of the lines counted in statsrelay_mirror_backend_lines_sent_total."),
+        .init("statsrelay_mirror_backend_lines_dropped_total", .counter, ["backend", "reason"], .mirrorBackendCounters,
+              help: "A mirror backend's copies not delivered, by reason, as statsrelay_mirror_lines_dropped_total: no_send_buffer, send_error, refused, unreachable, unsent_at_exit, tcp_queue_full, tcp_unsent_at_exit."),
         .init("statsrelay_mirror_tcp_connection_failures_total", .counter, [], .relayCounters,
               help: "TCP connections to mirror backends refused, timed out, unreachable or reset, counted per worker (the mirror has no health checks)."),
         // The process.
@@ -244,6 +256,8 @@ public struct MetricFamily: Sendable, Equatable {
         var prefix = "statsrelay_"
         if parts.count > 1, parts.first == "backend" || parts.first == "mirror" {
             prefix += parts.removeFirst() + "_"
+            // `statsrelay.mirror.backend.…`: a mirror backend's own counters.
+            if prefix == "statsrelay_mirror_", parts.count > 1, parts.first == "backend" { prefix += parts.removeFirst() + "_" }
         }
         let reason = parts.count > 1 ? parts.removeLast() : nil
         let base = prefix + parts.joined(separator: "_") + "_total"

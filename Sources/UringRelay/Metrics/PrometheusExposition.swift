@@ -96,6 +96,13 @@ public enum PrometheusExposition {
                 family, .counter, reason == nil ? ["backend"] : ["backend", "reason"], .backendCounters,
                 help: "The backend counter \(counter.name) (no HELP declared in MetricFamily.all)."))
         }
+        for counter in MirrorBackendCounter.allCases {
+            let (family, reason) = counter.exposition
+            guard !names.contains(family), seen.insert(family).inserted else { continue }
+            missing.append(MetricFamily(
+                family, .counter, reason == nil ? ["backend"] : ["backend", "reason"], .mirrorBackendCounters,
+                help: "The mirror backend counter \(counter.name) (no HELP declared in MetricFamily.all)."))
+        }
         return missing
     }
 
@@ -140,6 +147,18 @@ public enum PrometheusExposition {
                     var values = ["backend": backend]
                     if let reason { values["reason"] = reason }
                     samples.append(Sample(labels: labels(values), value: "\(snapshot.counters[counter, backend: backend])"))
+                }
+            }
+            return samples
+        case .mirrorBackendCounters:
+            var samples: [Sample] = []
+            for backend in snapshot.counters.mirrorBackends {
+                for counter in MirrorBackendCounter.allCases {
+                    let (name, reason) = counter.exposition
+                    guard name == family.name else { continue }
+                    var values = ["backend": backend]
+                    if let reason { values["reason"] = reason }
+                    samples.append(Sample(labels: labels(values), value: "\(snapshot.counters[counter, mirror: backend])"))
                 }
             }
             return samples

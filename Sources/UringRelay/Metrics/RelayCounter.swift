@@ -278,6 +278,11 @@ public struct RelayCounters: Sendable, Equatable {
     public private(set) var listeners: [String] = []
     /// Read and written through `self[_:listener:]` (`RelayCounters+Listeners.swift`).
     var listenerValues: [UInt64] = []
+    /// The mirror pool's backends counted apart (as written, without `mirror/`), and per mirror
+    /// backend, at `index * MirrorBackendCounter.allCases.count`, its `MirrorBackendCounter`s
+    /// (`RelayCounters+Mirror.swift`).
+    public internal(set) var mirrorBackends: [String] = []
+    var mirrorValues: [UInt64] = []
 
     /// Starts counting listener `name`, from zero, after the ones counted.
     mutating func appendListener(_ name: String) {
@@ -307,6 +312,7 @@ public struct RelayCounters: Sendable, Equatable {
     public static func == (lhs: RelayCounters, rhs: RelayCounters) -> Bool {
         lhs.backends == rhs.backends && lhs.backend == rhs.backend
             && lhs.listeners == rhs.listeners && lhs.listenerValues == rhs.listenerValues
+            && lhs.mirrorBackends == rhs.mirrorBackends && lhs.mirrorValues == rhs.mirrorValues
             && lhs.retired.map(\.backend) == rhs.retired.map(\.backend)
             && lhs.retired.map(\.values) == rhs.retired.map(\.values)
             && lhs.relay.indices.allSatisfy { lhs.relay[$0] == rhs.relay[$0] }
@@ -418,6 +424,7 @@ public struct RelayCounters: Sendable, Equatable {
                 lhs[counter, listener: index] &+= rhs[counter, listener: other]
             }
         }
+        lhs.addMirrorBackends(of: rhs)
         let width = BackendCounter.allCases.count
         if lhs.backends == rhs.backends {
             for index in lhs.backend.indices { lhs.backend[index] &+= rhs.backend[index] }
@@ -462,6 +469,11 @@ public struct RelayCounters: Sendable, Equatable {
         for (name, values) in labelled {
             for counter in BackendCounter.allCases {
                 lines.append("\(counter.name){backend=\"\(name)\"} \(values[counter.rawValue])")
+            }
+        }
+        for name in mirrorBackends {
+            for counter in MirrorBackendCounter.allCases {
+                lines.append("\(counter.name){backend=\"\(name)\"} \(self[counter, mirror: name])")
             }
         }
         return lines.joined(separator: "\n")
