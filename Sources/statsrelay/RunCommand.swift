@@ -154,7 +154,7 @@ struct RunCommand: ParsableCommand {
     var tcpBackendQueue: String?
 
     @Option(name: .customLong("mirror"), help: ArgumentHelp(
-        "Mirror pool backends, HOST:PORT[:INSTANCE][=WEIGHT], in its routing order: a copy of every line (or of --mirror-sample's share of names) also goes to them, best effort, never at the primary pool's expense. Repeat the option or give a comma-separated list (default: none; restart to change).",
+        "Mirror pool backends, [udp://|tcp://]HOST:PORT[:INSTANCE][=WEIGHT], in its routing order (a line is sent to them as it is to the primary pool, rewritten by --metrics-prefix/--metrics-tags): a copy of every line (or of --mirror-sample's share of names) also goes to them, best effort, never at the primary pool's expense. Repeat the option or give a comma-separated list (default: none; restart to change).",
         valueName: "backends"))
     var mirror: [String] = []
 

@@ -14,15 +14,22 @@ struct MirrorTCPKernelTests {
         (0..<count).map { "mtcp.\(tag).\($0).\(String(repeating: "x", count: 20)):\($0)|c" }
     }
 
-    @Test("tcp:// mirror backends get every line of the names jump hash gives them, byte-exact, in order, each ended by a newline; counted as the mirror's",
-          arguments: ioDrivers)
-    func delivered(driver: IOBackendChoice) throws {
+    @Test("TCP mirror backends (tcp://, or no scheme under --sendproto TCP) get every line of the names jump hash gives them, byte-exact, in order, each ended by a newline; counted as the mirror's",
+          arguments: ioDrivers, [false, true])
+    func delivered(driver: IOBackendChoice, bySendProtocol: Bool) throws {
         try requireDriver(driver)
         let primaries = try (0..<2).map { _ in try TestBackend() }
         let mirrors = try (0..<2).map { _ in try TCPTestBackend() }
         defer { mirrors.forEach { $0.close() } }
         let relay = try InProcessRelay(backends: primaries, driver: driver) { configuration in
-            configuration.mirror = mirrors.map { try! BackendAddress(parsing: $0.spec) }
+            if bySendProtocol {
+                // The primary stays on UDP by its scheme; the mirror's take --sendproto's TCP.
+                configuration.sendProtocol = .tcp
+                configuration.backends = primaries.map { try! BackendAddress(parsing: "udp://" + $0.spec) }
+                configuration.mirror = mirrors.map { try! BackendAddress(parsing: $0.plainSpec) }
+            } else {
+                configuration.mirror = mirrors.map { try! BackendAddress(parsing: $0.spec) }
+            }
         }
         let lines = Self.lines(2_000, tag: "ok")
         try send(datagrams(lines, perDatagram: 10), to: relay.address)
