@@ -29,10 +29,12 @@ def parse(path, needle):
         if line.startswith(("fn=", "fl=", "fi=", "fe=", "ob=", "cob=", "cfn=", "cfi=", "cfl=")):
             key, _, value = line.partition("=")
             m = re.match(r"\((\d+)\)(?: (.*))?", value)
+            # A function's name is given once, where its number first appears: often in a
+            # call's `cfn=` line before its own `fn=` block.
+            if key in ("fn", "cfn") and m and m.group(2):
+                names[m.group(1)] = m.group(2)
             if key == "fn":
                 if m:
-                    if m.group(2):
-                        names[m.group(1)] = m.group(2)
                     name = names.get(m.group(1), "")
                 else:
                     name = value

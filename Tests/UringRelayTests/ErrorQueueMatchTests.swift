@@ -70,6 +70,42 @@ struct PacketFingerprintTests {
     }
 }
 
+/// The fingerprint's hash as its documentation defines it, one byte at a time: 8-byte
+/// little-endian words mixed by `((state ^ word) * K) rotl 29` from `state = length * K`, the tail
+/// zero-padded into one last word, then MurmurHash3's `fmix64`, over the first 512 bytes.
+private func referenceFingerprintHash(_ bytes: [UInt8]) -> UInt64 {
+    let multiplier: UInt64 = 0x9E37_79B9_7F4A_7C15
+    let hashed = Array(bytes.prefix(PacketFingerprint.hashedBytes))
+    var state = UInt64(hashed.count) &* multiplier
+    for start in stride(from: 0, to: hashed.count, by: 8) {
+        var word: UInt64 = 0
+        for (shift, byte) in hashed[start..<min(start + 8, hashed.count)].enumerated() {
+            word |= UInt64(byte) << (8 * UInt64(shift))
+        }
+        let mixed = (state ^ word) &* multiplier
+        state = (mixed << 29) | (mixed >> 35)
+    }
+    state ^= state >> 33
+    state &*= 0xFF51_AFD7_ED55_8CCD
+    state ^= state >> 33
+    state &*= 0xC4CE_B9FE_1A85_EC53
+    state ^= state >> 33
+    return state
+}
+
+@Suite("Packet fingerprint hash: the documented definition at every length")
+struct PacketFingerprintHashTests {
+    @Test("every length from 0 to 530 bytes (odd and even word counts, every tail) hashes as defined, and 1 400 as its first 512")
+    func hashMatchesDefinition() {
+        var generator = SystemRandomNumberGenerator()
+        let bytes = (0..<1_400).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        for length in Array(0...530) + [1_400] {
+            let packet = Array(bytes.prefix(length))
+            #expect(PacketFingerprint(packet.span.bytes).hash == referenceFingerprintHash(packet), "length \(length)")
+        }
+    }
+}
+
 @Suite("Delivery ledger: each error goes to the packet it quotes (issue 12, defect 4)")
 struct ErrorQueueMatchTests {
     static let delay: UInt64 = 200_000_000
