@@ -131,9 +131,10 @@ public struct SendBatch: ~Copyable {
     /// With `MSG_DONTWAIT`, a call that finds the socket buffer full fails with `EAGAIN` or
     /// stops short: that packet and the rest of the group are left unsent with `-EAGAIN`, in
     /// order, for the caller to send later. A short non-blocking call is taken for a full
-    /// buffer, not retried, when the socket's charged bytes leave no room for two more such
-    /// packets (`sendBufferFull`): retrying it at once would send it if room came back in
-    /// between, and count a full buffer as a refusal retried.
+    /// buffer, not retried, when the socket holds no error (`holdsNoError`: no refusal can
+    /// have stopped it) or its charged bytes leave no room for two more such packets
+    /// (`sendBufferFull`): retrying it at once would send it if room came back in between,
+    /// and count a full buffer as a refusal retried.
     private mutating func sendGroup(_ range: Range<Int>, descriptor: Int32, flags: Int32) {
         var next = range.lowerBound
         while next < range.upperBound {
@@ -149,7 +150,9 @@ public struct SendBatch: ~Copyable {
                     if retried[stopped] || Self.takePendingError(descriptor) != 0 {
                         results[stopped] = -EIO  // failed; the kernel did not say why
                         next += 1
-                    } else if flags & Int32(MSG_DONTWAIT) != 0 && Self.sendBufferFull(descriptor, packetBytes: vectors[next].iov_len) {
+                    } else if flags & Int32(MSG_DONTWAIT) != 0
+                        && (Self.holdsNoError(descriptor) || Self.sendBufferFull(descriptor, packetBytes: vectors[next].iov_len))
+                    {
                         // A full buffer stopped the call (not a refusal): the packet and the
                         // rest wait for room, sent again later in order, not counted as retried.
                         for index in next..<range.upperBound { results[Int(order[index])] = -EAGAIN }
@@ -187,6 +190,17 @@ public struct SendBatch: ~Copyable {
         var length = socklen_t(MemoryLayout<Int32>.size)
         guard charged >= 0, getsockopt(descriptor, SOL_SOCKET, SO_SNDBUF, &limit, &length) == 0 else { return true }
         return Int(charged) + 2 * (packetBytes + 2_048) > Int(limit)
+    }
+
+    /// Whether the socket holds no error at all: no pending error and an empty error queue
+    /// (`poll` reports neither as `POLLERR`). A refusal that fails a send always leaves its
+    /// entry in the error queue (the backend sockets have `IP_RECVERR`, and the kernel clears
+    /// the pending error only with the queue's last ICMP entry), so a short non-blocking call
+    /// with none was stopped by a full buffer, even when room has come back since (a worker
+    /// descheduled between the call and the `SIOCOUTQ` check of `sendBufferFull`).
+    private static func holdsNoError(_ descriptor: Int32) -> Bool {
+        var entry = pollfd(fd: descriptor, events: 0, revents: 0)
+        return poll(&entry, 1, 0) == 0
     }
 
     /// Takes the socket's pending error (`SO_ERROR`, which clears it as a send would), or 0.
