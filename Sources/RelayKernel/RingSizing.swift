@@ -71,6 +71,14 @@ public struct RingSizing: Sendable, Equatable {
     /// per send slot, so every completion that can be outstanding at once has a place.
     public var completionEntries: Int { receiveBuffers + sendSlots + Self.completionSpare }
 
+    /// The most completion queue entries a ring can have (the kernel's `IORING_MAX_CQ_ENTRIES`,
+    /// twice its 32 768 submission entries): `io_uring_setup` fails with `EINVAL` above it.
+    public static let maximumCompletionEntries = 65_536
+
+    /// Whether the completion queue this sizing asks for is larger than any ring can have:
+    /// many send slots (a small `--packet-len` for long lines, a mirror) and receive buffers.
+    public var exceedsCompletionLimit: Bool { completionEntries > Self.maximumCompletionEntries }
+
     /// The bytes Linux 6.x charges to `RLIMIT_MEMLOCK` for one worker's ring and buffer ring
     /// (a user without `CAP_IPC_LOCK`), computed as the kernel sizes them: queue sizes rounded
     /// up to powers of two, each region rounded up to whole pages.

@@ -44,6 +44,46 @@ struct StartupDiagnosisTests {
         #expect(text.contains("io_uring_setup, io_uring_enter and io_uring_register"))
     }
 
+    /// (--packet-len, --max-datagram, --receive-buffers, mirror backends, --metrics-prefix, whether
+    /// the ring is over the kernel's 65 536 completions).
+    static let completionCases: [(Int, Int, Int, Int, String, Bool)] = [
+        (1_400, 8_192, 128, 0, "", false),  // the defaults: 1 216
+        (64, 65_535, 128, 0, "", false),  // 12 496
+        (64, 65_535, 128, 0, "twenty.characters.ab", true),  // lines counted as rewritten: 98 524
+        (64, 65_535, 32_768, 1, "", false),  // 57 440: a mirror doubles the send slots
+        (16, 65_535, 32_768, 1, "", true),  // 131 168
+        (2, 65_535, 128, 0, "", true),  // 393 424
+    ]
+
+    @Test("EINVAL from a ring over 65 536 completions names that limit, the count needed and the options that size it; any other EINVAL a kernel too old", arguments: completionCases)
+    func completionLimit(packet: Int, maxDatagram: Int, receiveBuffers: Int, mirrors: Int, prefix: String, over: Bool) throws {
+        var configuration = Self.configuration
+        configuration.packetBytes = packet
+        configuration.maxDatagramBytes = maxDatagram
+        configuration.receiveBuffers = receiveBuffers
+        configuration.mirror = try (0..<mirrors).map { try BackendAddress(parsing: "127.0.0.1:\(9100 + $0)") }
+        configuration.rewrite = try LineRewrite(prefix: prefix, tags: "")
+        // The queue asked for, from the documented formulas: a datagram of D bytes holds at most
+        // D / 3 + 1 lines, each grown by `P.`; a reserve of 3 × (datagram ÷ packet + 1) +
+        // 2 × backends + 2 slots, four reserves and at least 1 024, as many again for a mirror
+        // pool of its size, plus the receive buffers and 64 spare.
+        let longest = maxDatagram + (prefix.isEmpty ? 0 : (maxDatagram / 3 + 1) * (prefix.utf8.count + 1))
+        func slots(_ backends: Int) -> Int { max(1_024, 4 * (3 * (longest / packet + 1) + 2 * backends + 2)) }
+        let needed = receiveBuffers + slots(1) + (mirrors > 0 ? slots(mirrors) : 0) + 64
+        #expect((needed > 65_536) == over, "\(needed) completions")
+        let text = try #require(StartupDiagnosis.explainIOUring(Errno(rawValue: EINVAL), configuration: configuration))
+        if over {
+            #expect(text.hasPrefix("io_uring allows at most 65536 completions per ring, and this configuration needs \(needed) "))
+            let lines = prefix.isEmpty
+                ? "lines of up to \(maxDatagram) bytes (--max-datagram)"
+                : "lines of up to \(longest) bytes (--max-datagram \(maxDatagram), as rewritten)"
+            #expect(text.contains("--packet-len \(packet) is small for \(lines)"), "\(text)")
+            #expect(text.hasSuffix("or run --io-backend portable"))
+        } else {
+            #expect(text.contains("rejected an io_uring feature"))
+        }
+    }
+
     @Test("ENOMEM under a locked-memory limit: the limit, what the workers need, and LimitMEMLOCK= / ulimit -l")
     func lockedMemory() {
         let error = SystemCallError("io_uring_queue_init", "", Errno(rawValue: ENOMEM))

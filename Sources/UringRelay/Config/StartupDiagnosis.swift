@@ -38,7 +38,8 @@ public enum StartupDiagnosis {
     ///   else a seccomp filter (a container's default profile blocks io_uring).
     /// - `ENOMEM`: the locked-memory limit, with the amount this configuration needs.
     /// - `ENOSYS`: no io_uring in this kernel (or a filter that answers `ENOSYS`).
-    /// - `EINVAL`: a kernel too old for the features used.
+    /// - `EINVAL`: a completion queue larger than io_uring allows (named with the options that
+    ///   size it), else a kernel too old for the features used.
     public static func explainIOUring(_ errno: Errno, configuration: RelayConfiguration, host: HostLimits = .current()) -> String? {
         switch errno.rawValue {
         case EPERM, EACCES:
@@ -48,12 +49,31 @@ public enum StartupDiagnosis {
         case ENOSYS:
             return "this kernel (\(host.kernelRelease)) has no io_uring: it was built without CONFIG_IO_URING, or a "
                 + "seccomp filter answers ENOSYS for io_uring_setup; the relay needs Linux 6.1 or later with io_uring"
+        case EINVAL where configuration.ringSizing.exceedsCompletionLimit:
+            return completionLimitAdvice(configuration: configuration)
         case EINVAL:
             return "the kernel (\(host.kernelRelease)) rejected an io_uring feature the relay uses (provided-buffer "
                 + "rings, multishot receive): Linux 6.1 or later is needed"
         default:
             return nil
         }
+    }
+
+    /// Why a ring of `configuration`'s sizes cannot exist: one completion entry per receive
+    /// buffer and send slot, and the send slots grow with the longest line over the packet
+    /// length (each line longer than a packet takes a slot of its own).
+    private static func completionLimitAdvice(configuration: RelayConfiguration) -> String {
+        let sizing = configuration.ringSizing
+        let longest = configuration.rewrite.rewrittenDatagramBytes(configuration.maxDatagramBytes)
+        let lines = longest == configuration.maxDatagramBytes
+            ? "lines of up to \(longest) bytes (--max-datagram)"
+            : "lines of up to \(longest) bytes (--max-datagram \(configuration.maxDatagramBytes), as rewritten)"
+        let mirror = configuration.mirror.isEmpty ? "" : ", the mirror's \(sizing.mirrorSlots) included"
+        return "io_uring allows at most \(RingSizing.maximumCompletionEntries) completions per ring, and this "
+            + "configuration needs \(sizing.completionEntries) (\(sizing.receiveBuffers) receive buffers, "
+            + "\(sizing.sendSlots) send slots\(mirror), \(RingSizing.completionSpare) spare): --packet-len "
+            + "\(configuration.packetBytes) is small for \(lines); raise --packet-len, lower --max-datagram or "
+            + "--receive-buffers, or run --io-backend portable"
     }
 
     private static func permissionAdvice(host: HostLimits) -> String {
