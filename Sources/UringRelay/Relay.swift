@@ -38,6 +38,8 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         var listeners: [SocketAddress] = []
         var configuredListeners: [SocketAddress] = []
         var listenerIDs: [UInt32] = []
+        /// The TCP ingest listeners' addresses with the ports bound (after `start`).
+        var tcpListeners: [SocketAddress] = []
         /// The id the next listener added by a reload takes.
         var nextListenerID: UInt32 = 0
         /// The socket file of each Unix datagram listener, by listener id: removed when a
@@ -186,6 +188,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             // Every worker binds with SO_REUSEPORT; without this check a second relay, or any
             // stray SO_REUSEPORT socket, on the port would take a share of the traffic unseen.
             for address in listen where address.port != 0 { try UDPSocket.probeExclusive(address) }
+            for address in config.tcpListenAddresses where address.port != 0 { try TCPListenSocket.probeExclusive(address) }
         }
         let shared: [Int: SocketBox]
         do { shared = try bindUnixListeners(listen, inherited: inheriting != nil) } catch {
@@ -262,11 +265,13 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     private func startWorkers(driver: IOBackendChoice, listen configured: [SocketAddress], shared: [Int: SocketBox]) throws -> WorkerFacts {
         let config = configuration
         var listen = configured
+        var tcpListen = config.tcpListenAddresses
         let cpus = config.cpus ?? WorkerThread.allowedCPUs
         var firstFacts: WorkerFacts?
         for index in 0..<config.threads {
             var workerSettings = WorkerSettings(configuration: config, listeners: listen, routing: routing, holdBudget: holdBudget)
             workerSettings.mirror = mirrorPool
+            workerSettings.tcpListeners = tcpListen
             workerSettings.handOver = WorkerHandOver(
                 worker: index, registry: listenerRegistry, inherited: inherited?.sockets(worker: index),
                 sharedByWorkers: inherited?.sharedByWorkers ?? [], inheritedDropBaselines: inherited?.dropBaselines?.map { $0[index] },
@@ -312,12 +317,16 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             case .success(let facts):
                 if index == 0 {
                     listen = facts.listeners
+                    // Port 0: the other workers join the ports the first one was given.
+                    tcpListen = facts.tcpListeners
                     firstFacts = facts
                     state.withLock {
                         $0.listeners = facts.listeners
                         $0.configuredListeners = configured
                         $0.listenerIDs = facts.listeners.indices.map { UInt32($0) }
-                        $0.nextListenerID = UInt32(facts.listeners.count)
+                        $0.tcpListeners = facts.tcpListeners
+                        // The TCP listeners take the ids after the others' (`WorkerSettings.tcpListenerID`).
+                        $0.nextListenerID = UInt32(facts.listeners.count + facts.tcpListeners.count)
                     }
                 }
             case .failure(let error):
@@ -436,6 +445,13 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         let addresses = try BackendLookup(backends: backends, resolver: resolver, limitNanoseconds: resolverLimitNanoseconds).wait()
         try BackendAddressCheck.verify(backends: backends, addresses: addresses, listeners: listenAddresses)
         routing.replaceBackends(backends, addresses: addresses)
+    }
+
+    /// The TCP ingest listeners' addresses, with the ports bound once started (the configured
+    /// ones before).
+    public var tcpListenAddresses: [SocketAddress] {
+        let bound = state.withLock { $0.tcpListeners }
+        return bound.isEmpty ? configurationInForce.tcpListenAddresses : bound
     }
 
     /// The configuration in force: as started, with what each reload applied.

@@ -68,6 +68,16 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
     case mirrorLinesDoubted
     case mirrorLinesUnconfirmedAtExit
     case mirrorLinesInFlightAtExit
+    case tcpConnectionsAccepted
+    case tcpConnectionsRefused
+    case tcpConnectionsClosedPeer
+    case tcpConnectionsClosedIdle
+    case tcpConnectionsClosedTooLong
+    case tcpConnectionsClosedError
+    case tcpConnectionsClosedStop
+    case tcpAcceptErrors
+    case linesDroppedTCPPartial
+    case tcpBytesDroppedPartial
 
     /// The counter's name in lowercase dot notation.
     public var name: String {
@@ -137,6 +147,16 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
         case .mirrorLinesDoubted: "statsrelay.mirror.lines_doubted"
         case .mirrorLinesUnconfirmedAtExit: "statsrelay.mirror.lines_unconfirmed_at_exit"
         case .mirrorLinesInFlightAtExit: "statsrelay.mirror.lines_in_flight_at_exit"
+        case .tcpConnectionsAccepted: "statsrelay.tcp_connections_accepted"
+        case .tcpConnectionsRefused: "statsrelay.tcp_connections_refused"
+        case .tcpConnectionsClosedPeer: "statsrelay.tcp_connections_closed.peer"
+        case .tcpConnectionsClosedIdle: "statsrelay.tcp_connections_closed.idle"
+        case .tcpConnectionsClosedTooLong: "statsrelay.tcp_connections_closed.too_long"
+        case .tcpConnectionsClosedError: "statsrelay.tcp_connections_closed.error"
+        case .tcpConnectionsClosedStop: "statsrelay.tcp_connections_closed.stop"
+        case .tcpAcceptErrors: "statsrelay.tcp_accept_errors"
+        case .linesDroppedTCPPartial: "statsrelay.lines_dropped.tcp_partial"
+        case .tcpBytesDroppedPartial: "statsrelay.tcp_bytes_dropped.partial"
         }
     }
 
