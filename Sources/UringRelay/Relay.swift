@@ -103,7 +103,8 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         precondition(addresses.count == configuration.backends.count, "one address per backend")
         // The listeners' ports are known now unless 0 (then `start` checks once bound).
         try BackendAddressCheck.verify(
-            backends: configuration.backends, addresses: addresses, listeners: configuration.listenAddresses)
+            backends: configuration.backends, addresses: addresses, listeners: configuration.listenAddresses,
+            tcpListeners: configuration.tcpListenAddresses, sendProtocol: configuration.sendProtocol)
         self.configuration = configuration
         inForce = Mutex(configuration)
         listenerRegistry = ListenerRegistry(keepsCopies: configuration.controlSocket != nil)
@@ -229,10 +230,12 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             driverReason = reason
             facts = try startWorkers(driver: .portable, listen: listen, shared: shared)
         }
-        if listen.contains(where: { $0.port == 0 }) {
+        if listen.contains(where: { $0.port == 0 }) || config.tcpListenAddresses.contains(where: { $0.port == 0 }) {
             // The kernel chose a port: only now can a backend be found to reach it.
             do throws(ConfigurationError) {
-                try BackendAddressCheck.verify(backends: config.backends, addresses: backendAddresses, listeners: facts.listeners)
+                try BackendAddressCheck.verify(
+                    backends: config.backends, addresses: backendAddresses, listeners: facts.listeners,
+                    tcpListeners: facts.tcpListeners, sendProtocol: config.sendProtocol)
             } catch {
                 stopAndForgetWorkers()
                 throw error
@@ -486,7 +489,9 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             for next in candidate.listenAddresses where next.port != 0 && !listeners.contains(next) {
                 listeners.append(next)
             }
-            try BackendAddressCheck.verify(backends: candidate.backends, addresses: addresses, listeners: listeners)
+            try BackendAddressCheck.verify(
+                backends: candidate.backends, addresses: addresses, listeners: listeners,
+                tcpListeners: tcpListenAddresses + candidate.tcpListenAddresses, sendProtocol: candidate.sendProtocol)
         } catch {
             reloads.recordFailure()
             throw error
