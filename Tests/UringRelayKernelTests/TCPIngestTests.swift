@@ -270,6 +270,42 @@ struct TCPIngestTests {
         #expect(counters[.tcpConnectionsClosedStop, listener: "tcp:\(tcp)"] == 5)
     }
 
+    @Test("a reload adds a tcp: listener (accepting in every worker, counted under its label) and removes it: no new connection is accepted, an open one still relays until it closes", arguments: ioDrivers)
+    func reloadAddsAndRemoves(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let backend = try TestBackend()
+        let relay = try InProcessRelay(backends: [backend], driver: driver) { configuration in
+            configuration.threads = 2
+            let cpu = nextTestCPU()
+            configuration.cpus = [cpu, cpu]
+        }
+        #expect(relay.relay.tcpListenAddresses.isEmpty)
+        var next = relay.relay.configurationInForce
+        next.tcpListeners = [SocketAddress(numericHost: "127.0.0.1", port: 0)!]
+        let added = try relay.relay.reload(to: next, addresses: [backend.address])
+        #expect(added.workersNotApplied == 0)
+        let tcp = try #require(relay.relay.tcpListenAddresses.first)
+        #expect(tcp.port != 0)
+        // Several connections, so both workers' sockets are likely to take some.
+        let clients = try (0..<8).map { _ in try TCPIngestClient(to: tcp) }
+        for (index, client) in clients.enumerated() { try client.write("added.\(index):1|c\n") }
+        let first = try collect(from: [backend], expectedLines: clients.count)
+        #expect(first.lines[0].sorted() == (0..<clients.count).map { "added.\($0):1|c" }.sorted())
+        var without = relay.relay.configurationInForce
+        without.tcpListeners = []
+        let removed = try relay.relay.reload(to: without, addresses: [backend.address])
+        #expect(removed.workersNotApplied == 0)
+        #expect(relay.relay.tcpListenAddresses.isEmpty)
+        #expect(throws: Errno.self, "the removed listener accepts no new connection") { _ = try TCPIngestClient(to: tcp) }
+        try clients[0].write("still.open:1|c\n")
+        let later = try collect(from: [backend], expectedLines: 1)
+        #expect(later.lines[0] == ["still.open:1|c"], "a connection open at the removal still relays")
+        let counters = relay.stop()
+        let label = "tcp:\(tcp)"
+        #expect(counters[.tcpConnectionsAccepted, listener: label] == UInt64(clients.count))
+        #expect(counters[.tcpConnectionsClosedStop, listener: label] == UInt64(clients.count))
+    }
+
     @Test("a TCP port another socket holds is refused at start, naming the address", arguments: ioDrivers)
     func portHeld(driver: IOBackendChoice) throws {
         try requireDriver(driver)

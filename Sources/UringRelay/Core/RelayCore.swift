@@ -225,7 +225,7 @@ public struct RelayCore: ~Copyable {
             guard packetBytes != settings.packetBytes, !stopRequested else { return }
             settings.packetBytes = packetBytes
             if pendingPool == nil, heldPacketsFitNewLength { startRebuild() }
-        case .addListener, .removeListener:
+        case .addListener, .removeListener, .addTCPListener, .removeTCPListener:
             assertionFailure("listener commands are the driver's (`WorkerControl.take`)")
         }
     }

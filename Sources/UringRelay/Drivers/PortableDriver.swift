@@ -34,7 +34,7 @@ struct PortableDriver: ~Copyable {
     /// The TCP ingest's epoll descriptor (its listening sockets and connections), polled after
     /// the control event's: one descriptor however many connections, so the poll set stays
     /// small and is never rebuilt per connection.
-    private let ingestDescriptors: [Int32]
+    private var ingestDescriptors: [Int32]
     /// The received datagrams of `batch` not yet relayed: from `batchNext` to `batchCount`,
     /// from the listener of id `batchListener` (a datagram that found no free send slot waits there).
     private var batchNext = 0
@@ -130,6 +130,7 @@ extension PortableDriver: WorkerTransport {
     /// Rebuilds the poll set: the listeners now, the control event, then the TCP backends.
     mutating func listenersChanged(_ worker: borrowing WorkerState) {
         receivers = Self.receivers(of: worker.listeners)
+        ingestDescriptors = worker.tcp.pollDescriptor.map { [$0] } ?? []
         streamEntries = worker.connections.links.count + worker.connections.retiredLinks.count
         poller = PollSet(descriptors: receivers.map(\.descriptor) + [wakeupDescriptor] + ingestDescriptors, writers: streamEntries)
     }

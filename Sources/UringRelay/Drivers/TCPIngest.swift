@@ -43,8 +43,8 @@ struct TCPIngestConnection: ~Copyable {
 struct TCPIngest: ~Copyable {
     private var listeners: UniqueArray<TCPIngestListener>
     private var connections: UniqueArray<TCPIngestConnection>
-    /// Not open when the worker has no TCP listener.
-    private let poll: EventPoll
+    /// Not open while the worker has had no TCP listener.
+    private var poll: EventPoll
     private var buffer: StreamReadBuffer
     private let maximumLineBytes: Int
     private let maximumConnections: Int
@@ -155,6 +155,32 @@ struct TCPIngest: ~Copyable {
             }
             index -= 1
         }
+    }
+
+    /// Adds TCP listener `id` (a reload), naming it in `core`; the epoll instance is opened if
+    /// the worker had none.
+    ///
+    /// - Returns: `false` when it could not be watched (it closes; the reload is refused).
+    mutating func add(id: UInt32, socket: consuming TCPListenSocket, core: inout RelayCore) -> Bool {
+        guard accepting else { return false }
+        if !poll.isOpen {
+            do throws(SystemCallError) { poll = try EventPoll(capacity: 256) } catch { return false }
+            buffer = StreamReadBuffer(capacity: maximumLineBytes)
+        }
+        do throws(Errno) { try poll.add(socket.pollDescriptor, token: Self.listenerTokenBit | UInt64(id)) } catch { return false }
+        core.nameListener(id: id, label: Self.label(socket.localAddress))
+        listeners.append(TCPIngestListener(id: id, socket: socket))
+        if nextIdleCheck == .max { nextIdleCheck = MonotonicClock.nanoseconds() &+ idleCheckInterval }
+        return true
+    }
+
+    /// Closes TCP listener `id`'s listening socket (a reload removed it): no new connection is
+    /// accepted on it; the connections it accepted stay open until they close, idle out, or
+    /// the worker stops.
+    mutating func remove(id: UInt32) {
+        guard let index = listenerIndex(of: id) else { return }
+        let listener = listeners.remove(at: index)
+        poll.remove(listener.socket.pollDescriptor)
     }
 
     /// Closes the listening sockets: no connection is accepted any more (those waiting in the

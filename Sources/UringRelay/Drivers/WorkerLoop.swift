@@ -200,6 +200,17 @@ struct WorkerLoop<Transport: WorkerTransport & ~Copyable>: ~Copyable {
                 worker.listeners.add(id: id, socket: socket, core: &worker.core)
                 transport.listenersChanged(worker)
                 receipt?.workerApplied()
+            case .addTCPListener(let id, let handOver):
+                guard worker.core.phase == .running, !worker.core.isStopRequested, let socket = handOver.take(),
+                      worker.tcp.add(id: id, socket: socket, core: &worker.core) else {
+                    receipt?.workerRefused()
+                    continue
+                }
+                transport.listenersChanged(worker)
+                receipt?.workerApplied()
+            case .removeTCPListener(let id):
+                worker.tcp.remove(id: id)
+                receipt?.workerApplied()
             case .removeListener(let id):
                 guard worker.core.phase != .flushing,
                       worker.listeners.startRemoval(id: id, receipt: receipt, now: now) else {
