@@ -306,6 +306,34 @@ struct TCPIngestTests {
         #expect(counters[.tcpConnectionsClosedStop, listener: label] == UInt64(clients.count))
     }
 
+    @Test("UDP, TCP and Unix listeners at once (two workers): every line relayed once, each counted under its own label; the status lists all three", arguments: ioDrivers)
+    func mixedListeners(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let path = temporaryUnixPath("tcpmix")
+        let backends = try (0..<2).map { _ in try TestBackend() }
+        let (relay, tcp) = try self.relay(backends, driver: driver) { configuration in
+            configuration.threads = 2
+            let cpu = nextTestCPU()
+            configuration.cpus = [cpu, cpu]
+            configuration.additionalListeners = [SocketAddress(unixPath: path)!]
+        }
+        let viaUDP = (0..<200).map { "mix.udp.\($0):1|c" }
+        let viaUnix = (0..<200).map { "mix.unix.\($0):1|c" }
+        let viaTCP = (0..<600).map { "mix.tcp.\($0):1|c" }
+        let clients = try (0..<6).map { _ in try TCPIngestClient(to: tcp) }
+        for (index, line) in viaTCP.enumerated() { try clients[index % clients.count].write(line + "\n") }
+        try send(viaUDP, to: relay.address)
+        try sendUnix(viaUnix, to: path)
+        let received = try collect(from: backends, expectedLines: viaUDP.count + viaUnix.count + viaTCP.count)
+        #expect(received.lines.flatMap { $0 }.sorted() == (viaUDP + viaUnix + viaTCP).sorted())
+        #expect(relay.relay.snapshot(version: "test", startTimeUnixSeconds: 0).listeners == ["udp:\(relay.address)", "unixgram:\(path)", "tcp:\(tcp)"])
+        let counters = relay.stop()
+        #expect(counters[.linesReceived, listener: "udp:\(relay.address)"] == UInt64(viaUDP.count))
+        #expect(counters[.linesReceived, listener: "unixgram:\(path)"] == UInt64(viaUnix.count))
+        #expect(counters[.linesReceived, listener: "tcp:\(tcp)"] == UInt64(viaTCP.count))
+        #expect(counters[.tcpConnectionsAccepted, listener: "tcp:\(tcp)"] == UInt64(clients.count))
+    }
+
     @Test("a TCP port another socket holds is refused at start, naming the address", arguments: ioDrivers)
     func portHeld(driver: IOBackendChoice) throws {
         try requireDriver(driver)
