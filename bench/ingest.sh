@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Ingest throughput and CPU per line by transport: COUNT one-line datagrams from one sender
 # (bench/ingest-sender.c) to the relay's UDP listener and to its Unix datagram socket
-# (--unix-socket), at each --threads, on each io driver; backend: `statsrelay sink` on loopback.
+# (--unix-socket), and as newline-ended lines over one TCP connection to --tcp-port, at each
+# --threads, on each io driver; backend: `statsrelay sink` on loopback.
 #
 #   bench/ingest.sh [COUNT] [THREADS...]        default: 2000000 lines, threads 1 2
 #   STATSRELAY=.build/release/statsrelay        the relay binary (build it with -c release)
-#   DRIVERS="uring portable"  TRANSPORTS="udp unix"
+#   DRIVERS="uring portable"  TRANSPORTS="udp unix tcp"
 #
 # A Unix datagram socket queues at most net.unix.max_dgram_qlen datagrams (default 10) from
 # senders before they wait: measure with it raised in a private network namespace, e.g.
@@ -25,7 +26,7 @@ threads=("$@")
 [ ${#threads[@]} -eq 0 ] && threads=(1 2)
 relay=${STATSRELAY:-.build/release/statsrelay}
 drivers=${DRIVERS:-uring portable}
-transports=${TRANSPORTS:-udp unix}
+transports=${TRANSPORTS:-udp unix tcp}
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 cc -O2 -o "$work/sender" bench/ingest-sender.c
@@ -40,14 +41,17 @@ for driver in $drivers; do
   for transport in $transports; do
     for n in "${threads[@]}"; do
       port=$((20000 + RANDOM % 20000))
+      tcp_port=$((port + 1))
       path="$work/relay.sock"
-      "$relay" run --admin none --io-backend "$driver" --bind 127.0.0.1 --port "$port" --unix-socket "$path" \
+      "$relay" run --admin none --io-backend "$driver" --bind 127.0.0.1 --port "$port" --unix-socket "$path" --tcp-port "$tcp_port" \
         --threads "$n" --rcvbuf 64M "127.0.0.1:$sink_port" 2>"$work/log" &
       pid=$!
       for _ in $(seq 100); do grep -q "listening on" "$work/log" && break; sleep 0.1; done
       before=$(cpu_of $pid)
       if [ "$transport" = unix ]; then
         seconds=$("$work/sender" unix "$path" "$count")
+      elif [ "$transport" = tcp ]; then
+        seconds=$("$work/sender" tcp 127.0.0.1 "$tcp_port" "$count")
       else
         seconds=$("$work/sender" udp 127.0.0.1 "$port" "$count")
       fi

@@ -28,6 +28,7 @@
 #include <poll.h>
 #include <linux/errqueue.h>
 #include <linux/sock_diag.h>
+#include <sys/epoll.h>
 
 #include <liburing.h>
 
@@ -83,6 +84,44 @@ static inline int cl_sendmmsg(int fd, struct cl_mmsghdr *vector, unsigned int co
 
 // Bytes charged to a socket's send buffer and not yet freed (`SIOCOUTQ`: for UDP the socket's
 // write allocation, datagrams queued below it included); -errno on failure. ioctl is variadic.
+/* epoll for the TCP ingest (`EventPoll`): `struct epoll_event` is packed on x86-64, so the
+   shim reads and writes it and Swift sees only descriptors and 64-bit tokens. Each returns
+   -errno on failure. */
+static inline int cl_epoll_create(void) {
+    int fd = epoll_create1(EPOLL_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
+static inline int cl_epoll_control(int epfd, int op, int fd, unsigned long long token) {
+    struct epoll_event event;
+    memset(&event, 0, sizeof event);
+    event.events = EPOLLIN | EPOLLRDHUP;
+    event.data.u64 = token;
+    return epoll_ctl(epfd, op, fd, &event) < 0 ? -errno : 0;
+}
+
+static inline int cl_epoll_add(int epfd, int fd, unsigned long long token) { return cl_epoll_control(epfd, EPOLL_CTL_ADD, fd, token); }
+static inline int cl_epoll_modify(int epfd, int fd, unsigned long long token) { return cl_epoll_control(epfd, EPOLL_CTL_MOD, fd, token); }
+static inline int cl_epoll_remove(int epfd, int fd) { return cl_epoll_control(epfd, EPOLL_CTL_DEL, fd, 0); }
+
+/* accept4(2) with SOCK_NONBLOCK | SOCK_CLOEXEC, through syscall(2): Glibc declares accept4 only
+   under _GNU_SOURCE. Returns the new descriptor or -errno. */
+static inline int cl_accept_nonblocking(int fd) {
+    long result = syscall(SYS_accept4, fd, (void *)0, (void *)0, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    return result < 0 ? -errno : (int)result;
+}
+
+/* Takes at most `count` (<= 256) ready descriptors without waiting; their tokens go to `tokens`. */
+static inline int cl_epoll_ready(int epfd, unsigned long long *tokens, int count) {
+    struct epoll_event events[256];
+    if (count > 256) count = 256;
+    int ready;
+    do { ready = epoll_wait(epfd, events, count, 0); } while (ready < 0 && errno == EINTR);
+    if (ready < 0) return -errno;
+    for (int i = 0; i < ready; i++) tokens[i] = events[i].data.u64;
+    return ready;
+}
+
 static inline int cl_socket_send_queue_bytes(int fd) {
     int bytes = 0;
     return ioctl(fd, SIOCOUTQ, &bytes) < 0 ? -errno : bytes;

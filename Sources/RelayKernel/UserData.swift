@@ -26,6 +26,9 @@ public struct UserData: Equatable, Sendable, CustomStringConvertible {
         /// A poll for writability of a TCP backend's socket (connecting, or its send buffer
         /// full); the index is `StreamUserData`'s.
         case streamPoll = 17
+        /// The poll on a worker's TCP ingest epoll descriptor (its listening sockets and
+        /// connections, `EventPoll`).
+        case ingestPoll = 18
     }
 
     /// The packed value as the kernel sees it.

@@ -38,6 +38,11 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         var listeners: [SocketAddress] = []
         var configuredListeners: [SocketAddress] = []
         var listenerIDs: [UInt32] = []
+        /// The TCP ingest listeners' addresses with the ports bound (after `start`), as
+        /// configured, and their ids, in the same order.
+        var tcpListeners: [SocketAddress] = []
+        var configuredTCPListeners: [SocketAddress] = []
+        var tcpListenerIDs: [UInt32] = []
         /// The id the next listener added by a reload takes.
         var nextListenerID: UInt32 = 0
         /// The socket file of each Unix datagram listener, by listener id: removed when a
@@ -101,7 +106,8 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         precondition(addresses.count == configuration.backends.count, "one address per backend")
         // The listeners' ports are known now unless 0 (then `start` checks once bound).
         try BackendAddressCheck.verify(
-            backends: configuration.backends, addresses: addresses, listeners: configuration.listenAddresses)
+            backends: configuration.backends, addresses: addresses, listeners: configuration.listenAddresses,
+            tcpListeners: configuration.tcpListenAddresses, sendProtocol: configuration.sendProtocol)
         self.configuration = configuration
         inForce = Mutex(configuration)
         listenerRegistry = ListenerRegistry(keepsCopies: configuration.controlSocket != nil)
@@ -186,6 +192,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             // Every worker binds with SO_REUSEPORT; without this check a second relay, or any
             // stray SO_REUSEPORT socket, on the port would take a share of the traffic unseen.
             for address in listen where address.port != 0 { try UDPSocket.probeExclusive(address) }
+            for address in config.tcpListenAddresses where address.port != 0 { try TCPListenSocket.probeExclusive(address) }
         }
         let shared: [Int: SocketBox]
         do { shared = try bindUnixListeners(listen, inherited: inheriting != nil) } catch {
@@ -226,10 +233,12 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             driverReason = reason
             facts = try startWorkers(driver: .portable, listen: listen, shared: shared)
         }
-        if listen.contains(where: { $0.port == 0 }) {
+        if listen.contains(where: { $0.port == 0 }) || config.tcpListenAddresses.contains(where: { $0.port == 0 }) {
             // The kernel chose a port: only now can a backend be found to reach it.
             do throws(ConfigurationError) {
-                try BackendAddressCheck.verify(backends: config.backends, addresses: backendAddresses, listeners: facts.listeners)
+                try BackendAddressCheck.verify(
+                    backends: config.backends, addresses: backendAddresses, listeners: facts.listeners,
+                    tcpListeners: facts.tcpListeners, sendProtocol: config.sendProtocol)
             } catch {
                 stopAndForgetWorkers()
                 throw error
@@ -262,11 +271,13 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     private func startWorkers(driver: IOBackendChoice, listen configured: [SocketAddress], shared: [Int: SocketBox]) throws -> WorkerFacts {
         let config = configuration
         var listen = configured
+        var tcpListen = config.tcpListenAddresses
         let cpus = config.cpus ?? WorkerThread.allowedCPUs
         var firstFacts: WorkerFacts?
         for index in 0..<config.threads {
             var workerSettings = WorkerSettings(configuration: config, listeners: listen, routing: routing, holdBudget: holdBudget)
             workerSettings.mirror = mirrorPool
+            workerSettings.tcpListeners = tcpListen
             workerSettings.handOver = WorkerHandOver(
                 worker: index, registry: listenerRegistry, inherited: inherited?.sockets(worker: index),
                 sharedByWorkers: inherited?.sharedByWorkers ?? [], inheritedDropBaselines: inherited?.dropBaselines?.map { $0[index] },
@@ -312,12 +323,18 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             case .success(let facts):
                 if index == 0 {
                     listen = facts.listeners
+                    // Port 0: the other workers join the ports the first one was given.
+                    tcpListen = facts.tcpListeners
                     firstFacts = facts
                     state.withLock {
                         $0.listeners = facts.listeners
                         $0.configuredListeners = configured
                         $0.listenerIDs = facts.listeners.indices.map { UInt32($0) }
-                        $0.nextListenerID = UInt32(facts.listeners.count)
+                        $0.tcpListeners = facts.tcpListeners
+                        $0.configuredTCPListeners = config.tcpListenAddresses
+                        $0.tcpListenerIDs = facts.tcpListeners.indices.map { UInt32(facts.listeners.count + $0) }
+                        // The TCP listeners take the ids after the others' (`WorkerSettings.tcpListenerID`).
+                        $0.nextListenerID = UInt32(facts.listeners.count + facts.tcpListeners.count)
                     }
                 }
             case .failure(let error):
@@ -438,6 +455,13 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         routing.replaceBackends(backends, addresses: addresses)
     }
 
+    /// The TCP ingest listeners' addresses, with the ports bound once started (the configured
+    /// ones before).
+    public var tcpListenAddresses: [SocketAddress] {
+        let bound = state.withLock { $0.tcpListeners }
+        return bound.isEmpty ? configurationInForce.tcpListenAddresses : bound
+    }
+
     /// The configuration in force: as started, with what each reload applied.
     public var configurationInForce: RelayConfiguration { inForce.withLock { $0 } }
 
@@ -470,7 +494,9 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             for next in candidate.listenAddresses where next.port != 0 && !listeners.contains(next) {
                 listeners.append(next)
             }
-            try BackendAddressCheck.verify(backends: candidate.backends, addresses: addresses, listeners: listeners)
+            try BackendAddressCheck.verify(
+                backends: candidate.backends, addresses: addresses, listeners: listeners,
+                tcpListeners: tcpListenAddresses + candidate.tcpListenAddresses, sendProtocol: candidate.sendProtocol)
         } catch {
             reloads.recordFailure()
             throw error
@@ -493,6 +519,15 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             reloads.recordFailure()
             throw error
         }
+        let tcpChange: TCPListenerChange
+        do throws(ConfigurationError) {
+            var wantedTCP = configurationInForce
+            wantedTCP.tcpListeners = candidate.tcpListeners
+            tcpChange = try prepareTCPListeners(wantedTCP.tcpListenAddresses, skippingIDs: listenerChange.added.count)
+        } catch {
+            reloads.recordFailure()
+            throw error
+        }
         let plan = inForce.withLock { running in
             let plan = ConfigFileReload(running: running, candidate: candidate, holdBytesInUse: holdBudget.bytesReserved)
             running = plan.result
@@ -508,12 +543,15 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         monitor.update(next)
         var reported = plan
         let listenerAnswers = changeListeners(listenerChange)
+        let tcpAnswers = changeTCPListeners(tcpChange)
         if !listenerChange.isEmpty { monitor.updateListeners(listenAddresses) }
         let answers = tellWorkers([
             .applySettings(packetBytes: next.packetBytes, flushIntervalNanoseconds: next.flushIntervalNanoseconds),
             .followPool,
         ])
-        reported.workersNotApplied = max(answers.refused + answers.unanswered, listenerAnswers.refused + listenerAnswers.unanswered)
+        reported.workersNotApplied = max(
+            answers.refused + answers.unanswered, listenerAnswers.refused + listenerAnswers.unanswered,
+            tcpAnswers.refused + tcpAnswers.unanswered)
         if reported.workersNotApplied == 0 {
             reloads.recordSuccess(at: Relay.unixTime())
         } else {
@@ -639,6 +677,79 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
                 state.listenerIDs.append(added.id)
                 state.nextListenerID = max(state.nextListenerID, added.id + 1)
                 if let file = added.file { state.unixFiles[added.id] = file }
+            }
+        }
+        return outcome
+    }
+
+    /// The TCP listeners a reload adds (bound, one socket per worker) and removes (by id).
+    struct TCPListenerChange {
+        /// Per listener added: its address as configured and bound, its id, and one socket per
+        /// worker, in worker order.
+        var added: [(configured: SocketAddress, bound: SocketAddress, id: UInt32, sockets: [TCPListenerHandOver])] = []
+        /// The ids removed, with their configured addresses.
+        var removed: [(configured: SocketAddress, id: UInt32)] = []
+        var isEmpty: Bool { added.isEmpty && removed.isEmpty }
+    }
+
+    /// Binds what `wanted` adds to the running TCP listeners (compared as configured), one
+    /// `SO_REUSEPORT` listening socket per worker, with ids after the `skippingIDs` the UDP
+    /// listeners of the same reload take; names what it removes; nothing is changed.
+    ///
+    /// - Throws: `ConfigurationError` naming the listener that cannot be bound, with the
+    ///   system's reason (the sockets bound so far close).
+    private func prepareTCPListeners(_ wanted: [SocketAddress], skippingIDs: Int) throws(ConfigurationError) -> TCPListenerChange {
+        let (running, ids, workers, started, firstID) = state.withLock {
+            ($0.configuredTCPListeners, $0.tcpListenerIDs, $0.controls.count, $0.started, $0.nextListenerID)
+        }
+        var change = TCPListenerChange()
+        guard started else { return change }
+        for (index, address) in running.enumerated() where !wanted.contains(address) {
+            change.removed.append((address, ids[index]))
+        }
+        var nextID = firstID + UInt32(skippingIDs)
+        for address in wanted where !running.contains(address) {
+            var sockets: [TCPListenerHandOver] = []
+            var bound = address
+            do throws(SystemCallError) {
+                if address.port != 0 && !configuration.reusePortGroup { try TCPListenSocket.probeExclusive(address) }
+                for _ in 0..<workers {
+                    let socket = try TCPListenSocket.listening(on: bound)
+                    // Port 0: the other workers join the port the first socket was given.
+                    bound = socket.localAddress
+                    sockets.append(TCPListenerHandOver(socket))
+                }
+            } catch {
+                throw ConfigurationError(argument: "listeners", value: "tcp:\(address)", reason: "\(error)")
+            }
+            change.added.append((address, bound, nextID, sockets))
+            nextID += 1
+        }
+        return change
+    }
+
+    /// Sends `change` to every worker and waits until each has applied it: an added TCP
+    /// listener accepting in every worker, a removed one's listening socket closed in every
+    /// worker (its open connections stay until they close, idle out, or the relay stops).
+    private func changeTCPListeners(_ change: TCPListenerChange) -> CommandReceipt.Outcome {
+        let workers = state.withLock { $0.controls.count }
+        guard !change.isEmpty else { return CommandReceipt.Outcome(applied: workers, refused: 0, unanswered: 0) }
+        let outcome = tellEachWorker { worker in
+            change.added.map { WorkerCommand.addTCPListener(id: $0.id, socket: $0.sockets[worker]) }
+                + change.removed.map { WorkerCommand.removeTCPListener(id: $0.id) }
+        }
+        state.withLock { state in
+            for (_, id) in change.removed where outcome.unanswered == 0 {
+                guard let index = state.tcpListenerIDs.firstIndex(of: id) else { continue }
+                state.tcpListeners.remove(at: index)
+                state.configuredTCPListeners.remove(at: index)
+                state.tcpListenerIDs.remove(at: index)
+            }
+            for added in change.added {
+                state.tcpListeners.append(added.bound)
+                state.configuredTCPListeners.append(added.configured)
+                state.tcpListenerIDs.append(added.id)
+                state.nextListenerID = max(state.nextListenerID, added.id + 1)
             }
         }
         return outcome

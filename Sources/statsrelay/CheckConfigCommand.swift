@@ -53,7 +53,8 @@ struct CheckConfigCommand: ParsableCommand {
         do {
             try BackendAddressCheck.verify(
                 backends: configuration.backends, addresses: addresses,
-                listeners: configuration.listenAddresses)
+                listeners: configuration.listenAddresses, tcpListeners: configuration.tcpListenAddresses,
+                sendProtocol: configuration.sendProtocol)
         } catch {
             printError("\(parsed.located(error))")
             throw ExitCode(64)

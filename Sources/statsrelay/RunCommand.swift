@@ -153,6 +153,21 @@ struct RunCommand: ParsableCommand {
         valueName: "bytes"))
     var tcpBackendQueue: String?
 
+    @Option(name: [.customLong("tcp-port"), .customLong("tcp-port", withSingleDash: true)], help: ArgumentHelp(
+        "Also take newline-delimited StatsD over TCP on this port, on the first listener's address (--bind) (default: no TCP listener).",
+        valueName: "port"))
+    var tcpPort: Int?
+
+    @Option(name: .customLong("tcp-max-connections"), help: ArgumentHelp(
+        "The most TCP ingest connections open at once, relay-wide, split evenly over the workers; beyond it a connection is accepted and closed at once, and counted (default: 10000).",
+        valueName: "count"))
+    var tcpMaxConnections: Int?
+
+    @Option(name: .customLong("tcp-idle-timeout"), help: ArgumentHelp(
+        "A TCP ingest connection that sends nothing this long is closed and counted (default: 5m).",
+        valueName: "duration"))
+    var tcpIdleTimeout: String?
+
     @Option(name: .customLong("mirror"), help: ArgumentHelp(
         "Mirror pool backends, [udp://|tcp://]HOST:PORT[:INSTANCE][=WEIGHT], in its routing order (a line is sent to them as it is to the primary pool, rewritten by --metrics-prefix/--metrics-tags): a copy of every line (or of --mirror-sample's share of names) also goes to them, best effort, never at the primary pool's expense. Repeat the option or give a comma-separated list (default: none; restart to change).",
         valueName: "backends"))
@@ -213,6 +228,9 @@ struct RunCommand: ParsableCommand {
         settings.metricsTags = metricsTags
         settings.sendproto = sendproto
         settings.tcpBackendQueue = tcpBackendQueue
+        settings.tcpPort = tcpPort
+        settings.tcpMaxConnections = tcpMaxConnections
+        settings.tcpIdleTimeout = tcpIdleTimeout
         let mirrorList = mirror.flatMap { $0.split(separator: ",", omittingEmptySubsequences: false).map(String.init) }
         settings.mirror = mirrorList.isEmpty ? nil : mirrorList
         settings.mirrorHash = mirrorHash

@@ -128,7 +128,7 @@ struct ConfigFileTests {
         ("backends:\n  - address: 127.0.0.1:9001\n    health-port: 8126",
          "test.yaml:3: backends[0].health-port: unknown key (did you mean 'health-check-port'?); an entry's keys are address, label, health-check-port"),
         ("listeners:\n  - adress: 127.0.0.1\nbackends: [127.0.0.1:9001]",
-         "test.yaml:2: listeners[0].adress: unknown key; an entry's keys are bind, port, unix, mode"),
+         "test.yaml:2: listeners[0].adress: unknown key; an entry's keys are bind, port, unix, mode, tcp"),
         ("port: 1\nbackends: [127.0.0.1:9001]\nport: 2", "test.yaml:3: port: given twice (first on line 1): give each key once"),
         // Wrong types.
         ("port: eighty\nbackends: [127.0.0.1:9001]", "test.yaml:1: port: invalid value 'eighty': expected an integer"),
@@ -399,6 +399,7 @@ struct ExampleConfigFileTests {
         defaults.cpus = [0, 1, 2, 3]
         defaults.healthCheckPort = 8126
         defaults.rewrite = try LineRewrite(prefix: "eu-west", tags: "dc:eu-west,relay")
+        defaults.tcpPort = 8125
         #expect(configuration == defaults)
         #expect(configuration.backends.map(\.description) == ["10.0.0.1:8125:a", "10.0.0.2:8125:b", "10.0.0.3:8125:c"])
         #expect(configuration.backends[2].healthCheckPort == 8126)

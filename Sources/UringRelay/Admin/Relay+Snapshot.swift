@@ -26,7 +26,7 @@ extension Relay {
         }
         var snapshot = RelaySnapshot(
             counters: liveCounters(), backends: backends,
-            listeners: listenAddresses.map(WorkerSetup.label),
+            listeners: listenAddresses.map(WorkerSetup.label) + tcpListenAddresses.map(TCPIngest.label),
             ioDriver: driver.rawValue, version: version, hashMode: pool.hashMode.rawValue,
             ringFingerprint: pool.ringFingerprint, holdInUseBytes: holdBytesInUse,
             holdLimitBytes: configuration.holdBytes, failOpenActivations: monitor.failOpenActivations,

@@ -80,15 +80,26 @@ public enum BackendAddressCheck {
     /// - Throws: `ConfigurationError` for argument `backend` naming the first backend whose
     ///   address is unusable, reaches a listener, or is the address of an earlier backend (both
     ///   named).
+    ///
+    /// A TCP backend (`tcp://`, or no scheme with `sendProtocol` TCP) is also refused when it
+    /// reaches one of `tcpListeners`, the relay's own TCP ingest listeners.
     public static func verify(
-        backends: [BackendAddress], addresses: [SocketAddress], listeners: [SocketAddress]
+        backends: [BackendAddress], addresses: [SocketAddress], listeners: [SocketAddress],
+        tcpListeners: [SocketAddress] = [], sendProtocol: BackendTransport = .udp
     ) throws(ConfigurationError) {
         let local = SocketAddress.localAddresses()
         let bound = listeners.filter { $0.port != 0 }
+        let boundTCP = tcpListeners.filter { $0.port != 0 }
         for index in backends.indices {
             if let reason = refusal(of: addresses[index], for: index, backends: backends, addresses: addresses, listeners: bound, local: local) {
                 throw ConfigurationError(argument: "backend", value: backends[index].description, reason: reason)
             }
+            guard (backends[index].transport ?? sendProtocol) == .tcp,
+                  let listener = reachedListener(from: addresses[index], listeners: boundTCP, local: local) else { continue }
+            throw ConfigurationError(
+                argument: "backend", value: backends[index].withScheme,
+                reason: "reaches this relay's own TCP listener tcp:\(listener): every line sent to it would come back"
+                    + " to the relay and be relayed again, forever; give the address of a statsd, not of this relay")
         }
     }
 

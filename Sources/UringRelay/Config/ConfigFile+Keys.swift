@@ -77,13 +77,16 @@ extension ConfigFile {
         Key("metrics-tags", .restart),
         Key("sendproto", .restart),
         Key("tcp-backend-queue", .restart),
+        Key("tcp-port", .restart),
+        Key("tcp-max-connections", .restart),
+        Key("tcp-idle-timeout", .restart),
         Key("mirror", .restart),
         Key("mirror-hash", .restart),
         Key("mirror-sample", .restart),
     ]
 
     /// The keys of one entry of `listeners` written as a mapping.
-    public static let listenerKeys = ["bind", "port", "unix", "mode"]
+    public static let listenerKeys = ["bind", "port", "unix", "mode", "tcp"]
 
     /// The keys of one entry of `backends` written as a mapping.
     public static let backendKeys = ["address", "label", "health-check-port"]

@@ -54,6 +54,7 @@ extension ConfigFile {
         drop(\.metricsPrefix)
         drop(\.metricsTags)
         drop(\.sendproto); drop(\.tcpBackendQueue)
+        drop(\.tcpPort); drop(\.tcpMaxConnections); drop(\.tcpIdleTimeout)
         drop(\.controlSocket)
         drop(\.mirror); drop(\.mirrorHash); drop(\.mirrorSample)
         if flags.listeners != nil {

@@ -38,7 +38,7 @@ extension ConfigFile {
                 guard let path = address.unixPath else { return scalar(address.description) }
                 let mode = "0" + String(c.unixSocketMode(for: path), radix: 8)
                 return Node.mapping(Node.Mapping([(Node("unix"), scalar(path)), (Node("mode"), scalar(mode))]))
-            }))
+            } + c.tcpListeners.map { scalar("tcp:\($0)") }))
         case "bind": return scalar(c.bindHost)
         case "port": return scalar("\(c.port)")
         case "backends":
@@ -91,6 +91,9 @@ extension ConfigFile {
         case "metrics-tags": return Node(c.rewrite.tags, .implicit, .doubleQuoted)
         case "sendproto": return scalar(c.sendProtocol.rawValue.uppercased())
         case "tcp-backend-queue": return scalar(ByteSizeParser.format(c.tcpBackendQueueBytes))
+        case "tcp-port": return optional(c.tcpPort)
+        case "tcp-max-connections": return scalar("\(c.tcpMaxConnections)")
+        case "tcp-idle-timeout": return scalar(DurationParser.format(c.tcpIdleTimeoutNanoseconds))
         case "mirror": return Node.sequence(Node.Sequence(c.mirror.map { scalar($0.description) }))
         case "mirror-hash": return scalar(c.mirrorHashMode.rawValue)
         case "mirror-sample": return scalar("\(c.mirrorSample)")

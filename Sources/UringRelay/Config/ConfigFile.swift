@@ -35,17 +35,22 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
         public var unix: String?
         /// The mapping form's `mode` for `unix`: octal permission bits (default `0660`).
         public var mode: String?
+        /// The mapping form's `tcp`: a TCP ingest listener's `ADDR:PORT`.
+        public var tcp: String?
 
-        public init(text: String? = nil, bind: String? = nil, port: Int? = nil, unix: String? = nil, mode: String? = nil) {
+        public init(
+            text: String? = nil, bind: String? = nil, port: Int? = nil, unix: String? = nil, mode: String? = nil, tcp: String? = nil
+        ) {
             self.text = text
             self.bind = bind
             self.port = port
             self.unix = unix
             self.mode = mode
+            self.tcp = tcp
         }
 
         enum CodingKeys: String, CodingKey {
-            case bind, port, unix, mode
+            case bind, port, unix, mode, tcp
         }
 
         public init(from decoder: any Decoder) throws {
@@ -56,7 +61,8 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
             let keyed = try decoder.container(keyedBy: CodingKeys.self)
             self.init(
                 bind: try keyed.decodeIfPresent(String.self, forKey: .bind), port: try keyed.decodeIfPresent(Int.self, forKey: .port),
-                unix: try keyed.decodeIfPresent(String.self, forKey: .unix), mode: try keyed.decodeIfPresent(String.self, forKey: .mode))
+                unix: try keyed.decodeIfPresent(String.self, forKey: .unix), mode: try keyed.decodeIfPresent(String.self, forKey: .mode),
+                tcp: try keyed.decodeIfPresent(String.self, forKey: .tcp))
         }
     }
 
@@ -139,6 +145,12 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
     public var metricsTags: String?
     public var sendproto: String?
     public var tcpBackendQueue: String?
+    /// `--tcp-port`: a TCP ingest listener on the first listener's address.
+    public var tcpPort: Int?
+    /// `--tcp-max-connections`.
+    public var tcpMaxConnections: Int?
+    /// `--tcp-idle-timeout`, as written.
+    public var tcpIdleTimeout: String?
     /// `--mirror`: the mirror pool's backends, in its routing order.
     public var mirror: [String]?
     /// `--mirror-hash`.
@@ -190,6 +202,9 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
         case metricsTags = "metrics-tags"
         case sendproto
         case tcpBackendQueue = "tcp-backend-queue"
+        case tcpPort = "tcp-port"
+        case tcpMaxConnections = "tcp-max-connections"
+        case tcpIdleTimeout = "tcp-idle-timeout"
         case mirror
         case mirrorHash = "mirror-hash"
         case mirrorSample = "mirror-sample"
@@ -222,6 +237,7 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
         note(.metricsPrefix, metricsPrefix)
         note(.metricsTags, metricsTags)
         note(.sendproto, sendproto); note(.tcpBackendQueue, tcpBackendQueue)
+        note(.tcpPort, tcpPort); note(.tcpMaxConnections, tcpMaxConnections); note(.tcpIdleTimeout, tcpIdleTimeout)
         note(.controlSocket, controlSocket)
         note(.mirror, mirror); note(.mirrorHash, mirrorHash); note(.mirrorSample, mirrorSample)
         return keys
@@ -256,7 +272,17 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
                 throw invalid("listeners", "[]", "at least one listener is required")
             }
             var addresses: [SocketAddress] = []
+            var tcp: [SocketAddress] = []
             for (index, entry) in listeners.enumerated() {
+                if let address = try Self.tcpListener(entry, path: "listeners[\(index)]") {
+                    if index == 0 {
+                        throw invalid(
+                            "listeners[0]", "tcp:\(address)",
+                            "the first listener is UDP (ADDR:PORT: the relay's own address); give TCP listeners after it")
+                    }
+                    tcp.append(address)
+                    continue
+                }
                 if let unix = try Self.unixListener(entry, path: "listeners[\(index)]") {
                     if index == 0 {
                         throw invalid(
@@ -285,6 +311,7 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
                 addresses.append(SocketAddress(numericHost: host, port: number)!)
             }
             configuration.additionalListeners = Array(addresses.dropFirst())
+            configuration.tcpListeners = tcp
         }
         for (index, entry) in (unixSockets ?? []).enumerated() {
             guard let unix = try Self.unixListener(entry, path: "unix-socket[\(index)]") else { continue }
@@ -292,6 +319,18 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
             configuration.unixSocketModes[unix.address.host] = unix.mode
         }
         if let bind { configuration.bindHost = bind }
+        if let tcpPort { configuration.tcpPort = try portNumber("tcp-port", tcpPort) }
+        if let tcpMaxConnections {
+            guard RelayConfiguration.tcpMaxConnectionsLimits.contains(tcpMaxConnections) else {
+                throw invalid("tcp-max-connections", "\(tcpMaxConnections)", "must be 1-1000000")
+            }
+            configuration.tcpMaxConnections = tcpMaxConnections
+        }
+        if let tcpIdleTimeout {
+            configuration.tcpIdleTimeoutNanoseconds = try at("tcp-idle-timeout") { () throws(ConfigurationError) in
+                try DurationParser.nanoseconds(tcpIdleTimeout, argument: "", in: RelayConfiguration.tcpIdleTimeoutLimits)
+            }
+        }
         if let port { configuration.port = try portNumber("port", port) }
         if let backends {
             var parsed: [BackendAddress] = []
@@ -511,6 +550,31 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
             mode = parsed
         }
         return (address, mode)
+    }
+
+    /// The TCP ingest listener `entry` names (`"tcp:ADDR:PORT"`, or `{tcp: "ADDR:PORT"}`), or
+    /// `nil` for another kind.
+    ///
+    /// - Throws: `ConfigurationError` at `path` for an address that is not `ADDR:PORT` or
+    ///   `[IPv6]:PORT` with a numeric address, or other keys mixed in.
+    static func tcpListener(_ entry: Listener, path: String) throws(ConfigurationError) -> SocketAddress? {
+        let written: String
+        let at: String
+        if let tcp = entry.tcp {
+            guard entry.bind == nil, entry.port == nil, entry.unix == nil, entry.mode == nil else {
+                throw ConfigurationError(argument: path, value: tcp, reason: "a TCP listener is tcp: ADDR:PORT alone (no bind, port, unix or mode)")
+            }
+            (written, at) = (tcp, path + ".tcp")
+        } else if let text = entry.text, text.hasPrefix("tcp:") {
+            (written, at) = (String(text.dropFirst(4)), path)
+        } else {
+            return nil
+        }
+        let (host, port) = try parseListener(written, path: at)
+        guard let address = SocketAddress(numericHost: host, port: port) else {
+            throw ConfigurationError(argument: at, value: written, reason: "not a numeric IPv4 or IPv6 address")
+        }
+        return address
     }
 
     /// Octal permission bits `0`-`0777` (`660`, `0660`, `0o660`).

@@ -80,6 +80,8 @@ public struct ConfigFileReload: Sendable, Equatable {
             result.port = candidate.port
             result.additionalListeners = candidate.additionalListeners
             result.unixSocketModes = candidate.unixSocketModes
+            // The file's tcp: listeners (tcp-port, a key of its own, needs a restart).
+            result.tcpListeners = candidate.tcpListeners
         case "health-check": result.healthCheck = candidate.healthCheck
         case "health-check-port": result.healthCheckPort = candidate.healthCheckPort
         case "health-interval": result.healthIntervalNanoseconds = candidate.healthIntervalNanoseconds

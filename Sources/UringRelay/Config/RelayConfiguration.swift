@@ -18,6 +18,14 @@ public struct RelayConfiguration: Sendable, Equatable {
     /// The file mode of each Unix datagram listener (of `additionalListeners`), by path;
     /// `defaultUnixSocketMode` for one not named (`--unix-socket-mode`, a listener's `mode`).
     public var unixSocketModes: [String: UInt32] = [:]
+    /// `--tcp-port`: a TCP ingest listener on `bindHost` at this port (`nil`: none).
+    public var tcpPort: UInt16?
+    /// The other TCP ingest listeners (the file's `tcp:ADDR:PORT` listeners), in order.
+    public var tcpListeners: [SocketAddress] = []
+    /// `--tcp-max-connections`: open TCP ingest connections, relay-wide (split over workers).
+    public var tcpMaxConnections = RelayConfiguration.defaultTCPMaxConnections
+    /// `--tcp-idle-timeout`: a TCP ingest connection that sends nothing this long is closed.
+    public var tcpIdleTimeoutNanoseconds = RelayConfiguration.defaultTCPIdleTimeoutNanoseconds
     /// The backends, in routing order.
     public var backends: [BackendAddress]
     /// The largest outgoing datagram (`--packet-len`), unless a single line is longer.
@@ -184,6 +192,7 @@ public struct RelayConfiguration: Sendable, Equatable {
         }
         try hashMode.check(backends)
         try validateMirror()
+        try validateTCPIngest()
         if SocketAddress(numericHost: bindHost, port: port) == nil {
             throw ConfigurationError(argument: "--bind", value: bindHost, reason: "not an IPv4 or IPv6 address")
         }

@@ -170,6 +170,22 @@ public struct RelayCore: ~Copyable {
         listenerPositions[index] = processor.counters.countListener(label)
     }
 
+    /// Counts `count` of a listener's own counter (a TCP listener's connections), relay-wide
+    /// and under listener `id`. Not per line: per connection event.
+    public mutating func count(_ counter: ListenerCounter, listener id: UInt32, by count: UInt64 = 1) {
+        processor.counters[counter.total] &+= count
+        let index = Int(id)
+        guard index < listenerPositions.count else { return }
+        processor.counters[counter, listener: listenerPositions[index]] &+= count
+    }
+
+    /// Counts a relay-wide counter that no line's path counts (a TCP listener's accept errors,
+    /// the partial lines its connections held when they closed at a stop).
+    public mutating func count(_ counter: RelayCounter, by count: UInt64 = 1) {
+        precondition(counter.backendColumn == nil, "a per-backend total is counted per backend")
+        processor.counters[counter] &+= count
+    }
+
     /// Counts a failed receive (a result that is neither data nor an expected end).
     public mutating func countReceiveError() { processor.counters[.receiveErrors] &+= 1 }
 
@@ -209,7 +225,7 @@ public struct RelayCore: ~Copyable {
             guard packetBytes != settings.packetBytes, !stopRequested else { return }
             settings.packetBytes = packetBytes
             if pendingPool == nil, heldPacketsFitNewLength { startRebuild() }
-        case .addListener, .removeListener:
+        case .addListener, .removeListener, .addTCPListener, .removeTCPListener:
             assertionFailure("listener commands are the driver's (`WorkerControl.take`)")
         }
     }

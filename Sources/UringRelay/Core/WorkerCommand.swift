@@ -21,4 +21,12 @@ public enum WorkerCommand: Sendable, Equatable {
     /// what it holds is received and relayed, then it closes. The worker answers the receipt
     /// once it has closed. Applied by the driver, not the core.
     case removeListener(id: UInt32)
+    /// Accept TCP ingest connections on this listening socket from now on, as listener `id`
+    /// (`tcp:ADDRESS:PORT` in the counts): the sender bound it, one per worker. Applied by the
+    /// driver, not the core.
+    case addTCPListener(id: UInt32, socket: TCPListenerHandOver)
+    /// Close TCP listener `id`'s listening socket: no new connection is accepted on it. Its
+    /// open connections stay open until their clients close them, they idle out, or the relay
+    /// stops. Applied by the driver, not the core.
+    case removeTCPListener(id: UInt32)
 }

@@ -50,6 +50,15 @@ public struct WorkerSettings: Sendable {
     public var tcpBackendQueueBytes = RelayConfiguration.defaultTCPBackendQueueBytes
     /// The mirror pool (`--mirror`, fixed for the process's life), if any.
     public var mirror: MirrorPool?
+    /// The TCP ingest listeners' addresses (`RelayConfiguration.tcpListenAddresses`; after the
+    /// first worker started, with the ports it was given), each bound by every worker with
+    /// `SO_REUSEPORT`; their listener ids follow the UDP and Unix listeners' (`tcpListenerID`).
+    public var tcpListeners: [SocketAddress] = []
+    /// The most TCP ingest connections this worker keeps open
+    /// (`RelayConfiguration.tcpMaxConnectionsPerWorker`).
+    public var tcpMaxConnections = RelayConfiguration.defaultTCPMaxConnections
+    /// `--tcp-idle-timeout`.
+    public var tcpIdleTimeoutNanoseconds = RelayConfiguration.defaultTCPIdleTimeoutNanoseconds
     /// The worker's part in a takeover: sockets it inherits, where it leaves copies of its own
     /// (`nil`: binds its own and keeps no copy).
     public var handOver: WorkerHandOver?
@@ -76,7 +85,14 @@ public struct WorkerSettings: Sendable {
         rewrite = configuration.rewrite
         sendProtocol = configuration.sendProtocol
         tcpBackendQueueBytes = configuration.tcpBackendQueueBytes
+        tcpListeners = configuration.tcpListenAddresses
+        tcpMaxConnections = configuration.tcpMaxConnectionsPerWorker
+        tcpIdleTimeoutNanoseconds = configuration.tcpIdleTimeoutNanoseconds
     }
+
+    /// The listener id of TCP listener `index` (of `tcpListeners`): after every start-up UDP
+    /// and Unix listener's.
+    public func tcpListenerID(_ index: Int) -> UInt32 { UInt32(listeners.count + index) }
 }
 
 extension WorkerSettings {
@@ -124,4 +140,6 @@ public struct WorkerFacts: Sendable {
     public var receiveBufferSize: Int
     /// Send-buffer slots.
     public var sendSlots: Int
+    /// The TCP ingest listeners' addresses with the ports actually bound.
+    public var tcpListeners: [SocketAddress] = []
 }

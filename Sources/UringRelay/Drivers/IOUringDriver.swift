@@ -34,6 +34,8 @@ struct IOUringDriver: ~Copyable {
     private var receivedThisTurn = false
     /// Whether the control event's poll is to be armed (again) before the next wait.
     private var wakeupPollWanted = true
+    /// Whether the poll on the TCP ingest's epoll descriptor is armed.
+    private var ingestPollArmed = false
     /// A request found no room in the submission queue since the last wait: nothing more is
     /// prepared before the next one, which is kept short.
     private var submissionsDeferred = false
@@ -80,7 +82,7 @@ struct IOUringDriver: ~Copyable {
             driver: .uring, listeners: worker.listeners.boundAddresses, receiveBufferBytes: worker.listeners.receiveBufferBytes,
             ringFlags: ring.setupFlagNames, minimumWait: ring.supportsMinimumWait,
             receiveBuffers: buffers.count, receiveBufferSize: buffers.bufferBytes,
-            sendSlots: worker.core.sendBuffers.capacity)
+            sendSlots: worker.core.sendBuffers.capacity, tcpListeners: worker.tcp.boundAddresses)
     }
 }
 
@@ -93,6 +95,7 @@ extension IOUringDriver: WorkerTransport {
     mutating func wait(_ worker: inout WorkerState, now: UInt64) throws(SystemCallError) {
         buffers.publish()
         armPoll(&worker)
+        armIngestPoll(&worker)
         armReceives(&worker)
         submitCancels(&worker)
         let (completions, timeout, minimumWait) = waitPlan(worker, now: now)
@@ -213,6 +216,17 @@ extension IOUringDriver {
         }
     }
 
+    /// Arms a one-shot poll on the TCP ingest's epoll descriptor (its listening sockets and
+    /// connections) while receiving goes on; re-armed after each time it fired and the ready
+    /// ones were served (epoll is level-triggered: what was left unread fires it again).
+    private mutating func armIngestPoll(_ worker: inout WorkerState) {
+        guard !ingestPollArmed, !submissionsDeferred, worker.core.phase != .flushing, let descriptor = worker.tcp.pollDescriptor else { return }
+        do throws(Errno) {
+            try ring.armPoll(descriptor: descriptor, userData: UserData(.ingestPoll))
+            ingestPollArmed = true
+        } catch { deferSubmissions(&worker.core) }
+    }
+
     /// Submits the cancellation of every receive that is still to be cancelled.
     private mutating func submitCancels(_ worker: inout WorkerState) {
         for index in worker.listeners.indices where worker.listeners[index].cancelWanted && !submissionsDeferred {
@@ -238,7 +252,7 @@ extension IOUringDriver {
     /// How many completions to wait for, for how long, and the minimum wait.
     private func waitPlan(_ worker: borrowing WorkerState, now: UInt64) -> (UInt32, UInt64?, UInt32) {
         func until(_ deadline: UInt64) -> UInt64 { deadline > now ? deadline - now : 0 }
-        let flushDue = earliest(worker.core.nextDeadline(now: now), worker.connections.nextConfirmation).map(until)
+        let flushDue = earliest(earliest(worker.core.nextDeadline(now: now), worker.connections.nextConfirmation), worker.tcp.nextDeadline).map(until)
         let minimumWait = minimumWaitMicroseconds
         // Waiting for several completions is only safe with a minimum wait to cut it short;
         // without one the worker would sit on a lone datagram (or its stop signal).
@@ -322,6 +336,10 @@ extension IOUringDriver {
         case .streamPoll:
             // Writable, connected, failed or reset: the send step looks at the link again.
             worker.connections.streamPollCompleted(request: completion.userData.index)
+        case .ingestPoll:
+            // A TCP listener or connection is ready: served after the datagrams this turn.
+            ingestPollArmed = false
+            worker.tcpReady = true
         case .cancel:
             break  // the cancelled receive reports its own end
         case .routing:

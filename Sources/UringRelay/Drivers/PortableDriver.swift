@@ -31,6 +31,10 @@ struct PortableDriver: ~Copyable {
     private var receivers: [(id: UInt32, descriptor: Int32)] = []
     /// The control event's descriptor, polled after the listeners'.
     private let wakeupDescriptor: Int32
+    /// The TCP ingest's epoll descriptor (its listening sockets and connections), polled after
+    /// the control event's: one descriptor however many connections, so the poll set stays
+    /// small and is never rebuilt per connection.
+    private var ingestDescriptors: [Int32]
     /// The received datagrams of `batch` not yet relayed: from `batchNext` to `batchCount`,
     /// from the listener of id `batchListener` (a datagram that found no free send slot waits there).
     private var batchNext = 0
@@ -71,9 +75,10 @@ struct PortableDriver: ~Copyable {
         deferred.reserveCapacity(worker.core.sendBuffers.capacity)
         spare.reserveCapacity(worker.core.sendBuffers.capacity)
         wakeupDescriptor = PollSet.descriptor(of: worker.control.wakeup)
+        ingestDescriptors = worker.tcp.pollDescriptor.map { [$0] } ?? []
         receivers = Self.receivers(of: worker.listeners)
         streamEntries = worker.connections.links.count + worker.connections.retiredLinks.count
-        poller = PollSet(descriptors: receivers.map(\.descriptor) + [wakeupDescriptor], writers: streamEntries)
+        poller = PollSet(descriptors: receivers.map(\.descriptor) + [wakeupDescriptor] + ingestDescriptors, writers: streamEntries)
     }
 
     /// The facts worth logging once at start-up.
@@ -81,7 +86,7 @@ struct PortableDriver: ~Copyable {
         WorkerFacts(
             driver: .portable, listeners: worker.listeners.boundAddresses, receiveBufferBytes: worker.listeners.receiveBufferBytes,
             ringFlags: [], minimumWait: false, receiveBuffers: batch.count, receiveBufferSize: batch.payloadBytes,
-            sendSlots: worker.core.sendBuffers.capacity)
+            sendSlots: worker.core.sendBuffers.capacity, tcpListeners: worker.tcp.boundAddresses)
     }
 
     /// The ids and descriptors of `listeners`, in order.
@@ -110,6 +115,7 @@ extension PortableDriver: WorkerTransport {
         busyTurns = 0
         // Reset before the commands are taken: one sent after the take fires it again.
         if poller.isReady(receivers.count) { worker.control.wakeup.reset() }
+        if !ingestDescriptors.isEmpty && poller.isReady(receivers.count + 1) { worker.tcpReady = true }
     }
 
     @inline(__always)
@@ -124,8 +130,9 @@ extension PortableDriver: WorkerTransport {
     /// Rebuilds the poll set: the listeners now, the control event, then the TCP backends.
     mutating func listenersChanged(_ worker: borrowing WorkerState) {
         receivers = Self.receivers(of: worker.listeners)
+        ingestDescriptors = worker.tcp.pollDescriptor.map { [$0] } ?? []
         streamEntries = worker.connections.links.count + worker.connections.retiredLinks.count
-        poller = PollSet(descriptors: receivers.map(\.descriptor) + [wakeupDescriptor], writers: streamEntries)
+        poller = PollSet(descriptors: receivers.map(\.descriptor) + [wakeupDescriptor] + ingestDescriptors, writers: streamEntries)
     }
 
     /// Stops reading the listeners; they close in this turn (nothing of theirs is in flight).
@@ -154,7 +161,7 @@ extension PortableDriver {
     /// How long the next wait may last: until the next flush deadline, paced replay or
     /// confirmation; briefly while the stop is draining.
     private func waitTimeout(_ worker: borrowing WorkerState, now: UInt64) -> UInt64 {
-        var timeout = earliest(worker.core.nextDeadline(now: now), worker.connections.nextConfirmation).map { $0 > now ? $0 - now : 0 } ?? Self.idleWaitNanoseconds
+        var timeout = earliest(earliest(worker.core.nextDeadline(now: now), worker.connections.nextConfirmation), worker.tcp.nextDeadline).map { $0 > now ? $0 - now : 0 } ?? Self.idleWaitNanoseconds
         switch worker.core.phase {
         case .running:
             break  // the next paced replay is among the core's deadlines
@@ -293,7 +300,7 @@ extension PortableDriver {
     private mutating func watchStreams(_ worker: borrowing WorkerState) {
         let links = worker.connections.links.count
         if streamEntries != links + worker.connections.retiredLinks.count { listenersChanged(worker) }
-        let first = receivers.count + 1
+        let first = receivers.count + 1 + ingestDescriptors.count
         for index in worker.connections.links.indices {
             let waiting = worker.connections.links[index].wantsWritable
             poller.watchWritable(first + index, descriptor: waiting ? worker.connections.links[index].pollDescriptor : nil)

@@ -6,6 +6,10 @@ struct WorkerState: ~Copyable {
     var core: RelayCore
     var listeners: WorkerListeners
     var connections: BackendConnections
+    /// The TCP ingest listeners and connections (`TCPIngest`).
+    var tcp: TCPIngest
+    /// The driver saw the TCP ingest's epoll descriptor readable in its last wait.
+    var tcpReady = false
     let control: WorkerControl
     let settings: WorkerSettings
 
@@ -15,12 +19,14 @@ struct WorkerState: ~Copyable {
     init(settings: WorkerSettings, control: WorkerControl) throws(SystemCallError) {
         var core = try RelayCore(settings: settings, now: MonotonicClock.nanoseconds())
         let listeners = try WorkerListeners(settings: settings, core: &core)
+        let tcp = try TCPIngest(settings: settings, core: &core)
         let connections = try BackendConnections(
             pool: core.sendPool, sendSlots: core.sendBuffers.capacity, sendBufferBytes: settings.backendSendBufferBytes,
             sendProtocol: settings.sendProtocol, streamQueueBytes: settings.tcpBackendQueueBytes, now: MonotonicClock.nanoseconds())
         self.core = core
         self.listeners = listeners
         self.connections = connections
+        self.tcp = tcp
         self.control = control
         self.settings = settings
     }
@@ -110,6 +116,7 @@ struct WorkerLoop<Transport: WorkerTransport & ~Copyable>: ~Copyable {
         var failure: SystemCallError?
         do throws(SystemCallError) { try turns(now: &now) } catch { failure = error }
         worker.listeners.countDrops(core: &worker.core, now: now)
+        worker.tcp.closeAll(core: &worker.core)
         let (unrelayed, inFlight) = transport.finish(&worker)
         let end = MonotonicClock.nanoseconds()
         worker.connections.finish(now: end, into: &worker.core)
@@ -132,7 +139,12 @@ struct WorkerLoop<Transport: WorkerTransport & ~Copyable>: ~Copyable {
             // it is asked.
             applyCommands(now: now)
             worker.core.beginTurn(now: now)
-            let moreToReceive = transport.receive(&worker, now: now)
+            var moreToReceive = transport.receive(&worker, now: now)
+            if worker.tcpReady && worker.core.phase != .flushing {
+                worker.tcpReady = false
+                if worker.tcp.service(core: &worker.core, now: now) { moreToReceive = true }
+            }
+            worker.tcp.closeIdle(core: &worker.core, now: now)
             if worker.core.phase != .flushing && worker.listeners.isDraining {
                 let waiting = transport.unrelayedListener
                 if worker.listeners.followRemovals(now: now, core: &worker.core, unrelayedListener: waiting) {
@@ -149,6 +161,11 @@ struct WorkerLoop<Transport: WorkerTransport & ~Copyable>: ~Copyable {
                 // sends, so counting what they hold gets its share of the stop budget.
                 worker.listeners.closeAll(core: &worker.core, now: now)
                 transport.listenersChanged(worker)
+            }
+            if worker.core.phase == .flushing && !worker.tcp.isClosed {
+                // The drain is over: what the connections still hold unframed is a partial
+                // line each, counted as they close.
+                worker.tcp.closeAll(core: &worker.core)
             }
             transport.send(&worker, now: now)
             worker.connections.follow(&worker.core, sendsInFlight: transport.sendsPending, now: now)
@@ -182,6 +199,17 @@ struct WorkerLoop<Transport: WorkerTransport & ~Copyable>: ~Copyable {
                 }
                 worker.listeners.add(id: id, socket: socket, core: &worker.core)
                 transport.listenersChanged(worker)
+                receipt?.workerApplied()
+            case .addTCPListener(let id, let handOver):
+                guard worker.core.phase == .running, !worker.core.isStopRequested, let socket = handOver.take(),
+                      worker.tcp.add(id: id, socket: socket, core: &worker.core) else {
+                    receipt?.workerRefused()
+                    continue
+                }
+                transport.listenersChanged(worker)
+                receipt?.workerApplied()
+            case .removeTCPListener(let id):
+                worker.tcp.remove(id: id)
                 receipt?.workerApplied()
             case .removeListener(let id):
                 guard worker.core.phase != .flushing,

@@ -55,6 +55,8 @@ public struct MetricFamily: Sendable, Equatable {
         /// The `MirrorBackendCounter`s whose exposition family is this one, one sample per
         /// mirror backend.
         case mirrorBackendCounters
+        /// TCP ingest connections open, per TCP listener (accepted less closed).
+        case tcpConnectionsOpen
     }
 
     /// The family's name, `statsrelay_…`.
@@ -89,6 +91,18 @@ public struct MetricFamily: Sendable, Equatable {
               help: "Bytes of datagram payload received."),
         .init("statsrelay_lines_received_total", .counter, ["listener"], .relayCounters,
               help: "StatsD lines received (each is forwarded, or dropped and counted by reason)."),
+        .init("statsrelay_tcp_connections_accepted_total", .counter, ["listener"], .relayCounters,
+              help: "TCP ingest connections accepted and kept open (those refused over --tcp-max-connections are not counted here)."),
+        .init("statsrelay_tcp_connections_refused_total", .counter, ["listener"], .relayCounters,
+              help: "TCP ingest connections accepted and closed at once because the worker already held its share of --tcp-max-connections."),
+        .init("statsrelay_tcp_connections_closed_total", .counter, ["listener", "reason"], .relayCounters,
+              help: "TCP ingest connections closed by the relay, by reason: peer (the client closed or reset it), idle (nothing received for --tcp-idle-timeout), too_long (a line longer than --max-datagram), error (a read failed), stop (the relay stopped or the listener was removed)."),
+        .init("statsrelay_tcp_connections_open", .gauge, ["listener"], .tcpConnectionsOpen,
+              help: "TCP ingest connections open now (accepted less closed)."),
+        .init("statsrelay_tcp_accept_errors_total", .counter, [], .relayCounters,
+              help: "accept(2) calls on a TCP listener that failed (out of descriptors: EMFILE, ENFILE; or a connection reset before it was taken); the connection stays in the kernel's queue or is gone."),
+        .init("statsrelay_tcp_bytes_dropped_total", .counter, ["reason"], .relayCounters,
+              help: "Bytes of TCP ingest input not relayed, by reason: partial (a line begun and not ended by its newline when the relay closed the connection: at a stop, for idle, or after a failed read; a client that closes its side has its last line relayed without a newline instead)."),
         .init("statsrelay_lines_empty_total", .counter, [], .relayCounters,
               help: "Empty lines skipped."),
         .init("statsrelay_datagrams_dropped_total", .counter, ["listener", "reason"], .relayCounters,
@@ -98,7 +112,7 @@ public struct MetricFamily: Sendable, Equatable {
         .init("statsrelay_lines_forwarded_total", .counter, [], .relayCounters,
               help: "Lines packed into a packet for a backend."),
         .init("statsrelay_lines_dropped_total", .counter, ["reason"], .relayCounters,
-              help: "Lines not delivered, by reason: malformed (missing_colon, empty_name, nul_byte, too_long, bad_event_header), too_long_rewritten (over 65507 bytes once --metrics-prefix/--metrics-tags are added), invalid under --validate strict (bad_name, bad_value, bad_type, bad_sample_rate, bad_tags, bad_timestamp, bad_field, bad_service_check, bad_event), no_send_buffer, the sums over backends of send_error, refused, unreachable, backend_down and hold_overflow, and held_at_exit, unsent_at_exit (packed but never handed to the kernel when the stop budget ran out), backend_removed, and for TCP backends tcp_queue_full and tcp_unsent_at_exit."),
+              help: "Lines not delivered, by reason: malformed (missing_colon, empty_name, nul_byte, too_long, bad_event_header), too_long_rewritten (over 65507 bytes once --metrics-prefix/--metrics-tags are added), invalid under --validate strict (bad_name, bad_value, bad_type, bad_sample_rate, bad_tags, bad_timestamp, bad_field, bad_service_check, bad_event), no_send_buffer, the sums over backends of send_error, refused, unreachable, backend_down and hold_overflow, and held_at_exit, unsent_at_exit (packed but never handed to the kernel when the stop budget ran out), backend_removed, for TCP backends tcp_queue_full and tcp_unsent_at_exit, and for TCP ingest tcp_partial (a line begun without its newline on a connection the relay closed: at a stop, idle, or after a failed read)."),
         .init("statsrelay_lines_unconfirmed_at_exit_total", .counter, [], .relayCounters,
               help: "Lines the kernel took that a stop could not confirm as arrived: sent less than 200 ms before the exit, so a refusal could still have come, all backends."),
         .init("statsrelay_lines_in_flight_at_exit_total", .counter, [], .relayCounters,

@@ -128,7 +128,7 @@ public enum PrometheusExposition {
                 var values: [String: String] = [:]
                 if let reason { values["reason"] = reason }
                 if let split = ListenerCounter.split(of: counter), !snapshot.counters.listeners.isEmpty {
-                    for name in snapshot.counters.listeners {
+                    for name in snapshot.counters.listeners where !split.isTCP || name.hasPrefix("tcp:") {
                         values["listener"] = name
                         samples.append(Sample(labels: labels(values), value: "\(snapshot.counters[split, listener: name])"))
                     }
@@ -199,6 +199,12 @@ public enum PrometheusExposition {
             return one(snapshot.configLastReloadSuccessful ? "1" : "0")
         case .configLastReloadSuccessTime:
             return one(format(snapshot.configLastReloadSuccessUnixSeconds))
+        case .tcpConnectionsOpen:
+            let counters = snapshot.counters
+            return counters.listeners.filter { $0.hasPrefix("tcp:") }.flatMap { name in
+                let closed = ListenerCounter.tcpCloseReasons.reduce(UInt64(0)) { $0 &+ counters[$1, listener: name] }
+                return one("\(counters[.tcpConnectionsAccepted, listener: name] &- closed)", ["listener": name])
+            }
         }
     }
 }

@@ -72,6 +72,16 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
     case mirrorLinesDroppedTCPUnsentAtExit
     case mirrorTCPLinesLostAtReset
     case mirrorTCPConnectionFailures
+    case tcpConnectionsAccepted
+    case tcpConnectionsRefused
+    case tcpConnectionsClosedPeer
+    case tcpConnectionsClosedIdle
+    case tcpConnectionsClosedTooLong
+    case tcpConnectionsClosedError
+    case tcpConnectionsClosedStop
+    case tcpAcceptErrors
+    case linesDroppedTCPPartial
+    case tcpBytesDroppedPartial
 
     /// The counter's name in lowercase dot notation.
     public var name: String {
@@ -145,6 +155,16 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
         case .mirrorLinesDroppedTCPUnsentAtExit: "statsrelay.mirror.lines_dropped.tcp_unsent_at_exit"
         case .mirrorTCPLinesLostAtReset: "statsrelay.mirror.tcp_lines_lost_at_reset"
         case .mirrorTCPConnectionFailures: "statsrelay.mirror.tcp_connection_failures"
+        case .tcpConnectionsAccepted: "statsrelay.tcp_connections_accepted"
+        case .tcpConnectionsRefused: "statsrelay.tcp_connections_refused"
+        case .tcpConnectionsClosedPeer: "statsrelay.tcp_connections_closed.peer"
+        case .tcpConnectionsClosedIdle: "statsrelay.tcp_connections_closed.idle"
+        case .tcpConnectionsClosedTooLong: "statsrelay.tcp_connections_closed.too_long"
+        case .tcpConnectionsClosedError: "statsrelay.tcp_connections_closed.error"
+        case .tcpConnectionsClosedStop: "statsrelay.tcp_connections_closed.stop"
+        case .tcpAcceptErrors: "statsrelay.tcp_accept_errors"
+        case .linesDroppedTCPPartial: "statsrelay.lines_dropped.tcp_partial"
+        case .tcpBytesDroppedPartial: "statsrelay.tcp_bytes_dropped.partial"
         }
     }
 

@@ -10,6 +10,16 @@ public enum ListenerCounter: Int, CaseIterable, Sendable {
     /// Datagrams the kernel dropped at the listener's sockets, their receive queues full
     /// (`RelayCounter.datagramsDroppedKernel`).
     case datagramsDroppedKernel
+    /// TCP connections accepted and kept (`RelayCounter.tcpConnectionsAccepted`).
+    case tcpConnectionsAccepted
+    /// TCP connections accepted and closed at once, over `--tcp-max-connections`.
+    case tcpConnectionsRefused
+    /// TCP connections closed, by reason (`RelayCounter.tcpConnectionsClosed…`).
+    case tcpConnectionsClosedPeer
+    case tcpConnectionsClosedIdle
+    case tcpConnectionsClosedTooLong
+    case tcpConnectionsClosedError
+    case tcpConnectionsClosedStop
 
     /// The relay-wide counter this one splits by listener.
     public var total: RelayCounter {
@@ -18,8 +28,24 @@ public enum ListenerCounter: Int, CaseIterable, Sendable {
         case .bytesReceived: .bytesReceived
         case .linesReceived: .linesReceived
         case .datagramsDroppedKernel: .datagramsDroppedKernel
+        case .tcpConnectionsAccepted: .tcpConnectionsAccepted
+        case .tcpConnectionsRefused: .tcpConnectionsRefused
+        case .tcpConnectionsClosedPeer: .tcpConnectionsClosedPeer
+        case .tcpConnectionsClosedIdle: .tcpConnectionsClosedIdle
+        case .tcpConnectionsClosedTooLong: .tcpConnectionsClosedTooLong
+        case .tcpConnectionsClosedError: .tcpConnectionsClosedError
+        case .tcpConnectionsClosedStop: .tcpConnectionsClosedStop
         }
     }
+
+    /// Whether only TCP listeners (`tcp:…`) have this counter.
+    public var isTCP: Bool { rawValue >= ListenerCounter.tcpConnectionsAccepted.rawValue }
+
+    /// Why a TCP ingest connection closed, as its listener counter.
+    public static let tcpCloseReasons: [ListenerCounter] = [
+        .tcpConnectionsClosedPeer, .tcpConnectionsClosedIdle, .tcpConnectionsClosedTooLong, .tcpConnectionsClosedError,
+        .tcpConnectionsClosedStop,
+    ]
 
     /// The listener counter that splits `counter` by listener, if one does.
     public static func split(of counter: RelayCounter) -> ListenerCounter? {

@@ -1,0 +1,185 @@
+import CLiburing
+import Glibc
+
+/// A listening TCP socket of a TCP ingest listener: the one owner of its descriptor, closed
+/// when the owner goes away.
+///
+/// Non-blocking, with `SO_REUSEPORT`: every worker binds its own on the listener's address and
+/// the kernel spreads new connections over them (by the hash of the connection's addresses), so
+/// a worker accepts only its own share and no accept is ever shared between threads.
+public struct TCPListenSocket: ~Copyable {
+    /// The file descriptor; valid for the owner's lifetime.
+    package let descriptor: Int32
+    /// The address bound, with the port the kernel chose for port 0.
+    public let localAddress: SocketAddress
+
+    /// The backlog asked of `listen(2)` (the kernel caps it at `net.core.somaxconn`): a burst of
+    /// clients connecting at once waits there until the worker's next turn accepts them.
+    public static let backlog: Int32 = 4096
+
+    private init(descriptor: Int32, localAddress: SocketAddress) {
+        self.descriptor = descriptor
+        self.localAddress = localAddress
+    }
+
+    // close(2) is not retried: see `systemCall`.
+    deinit { _ = CLiburing.close(descriptor) }
+
+    private static func open(for address: SocketAddress) throws(SystemCallError) -> Int32 {
+        let domain = address.family == .ipv6 ? AF_INET6 : AF_INET
+        do throws(Errno) {
+            return try systemCall {
+                socket(domain, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            }
+        } catch { throw SystemCallError("socket tcp", address.description, error) }
+    }
+
+    /// Opens a non-blocking socket listening on `address` with `SO_REUSEPORT` (and
+    /// `SO_REUSEADDR`, so a restart is not refused by the last run's connections in `TIME_WAIT`).
+    ///
+    /// - Throws: `SystemCallError` naming the failed call and the address (`bind tcp ADDR`).
+    public static func listening(on address: SocketAddress) throws(SystemCallError) -> TCPListenSocket {
+        let descriptor = try open(for: address)
+        var one: Int32 = 1
+        let size = socklen_t(MemoryLayout<Int32>.size)
+        if setsockopt(descriptor, SOL_SOCKET, SO_REUSEADDR, &one, size) < 0
+            || setsockopt(descriptor, SOL_SOCKET, SO_REUSEPORT, &one, size) < 0 {
+            let error = Errno(rawValue: errno)
+            _ = CLiburing.close(descriptor)
+            throw SystemCallError("setsockopt SO_REUSEPORT", address.description, error)
+        }
+        do throws(Errno) {
+            _ = try address.withUnsafeSockaddr { pointer, length throws(Errno) in
+                try systemCall { bind(descriptor, pointer, length) }
+            }
+            _ = try systemCall { listen(descriptor, backlog) }
+        } catch {
+            _ = CLiburing.close(descriptor)
+            throw SystemCallError("bind tcp", address.description, error)
+        }
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        // getsockname(2) on an open socket fails only with EBADF/EFAULT, which ownership rules out.
+        _ = withUnsafeMutableBytes(of: &storage) { raw in
+            getsockname(descriptor, raw.baseAddress!.assumingMemoryBound(to: sockaddr.self), &length)
+        }
+        return TCPListenSocket(descriptor: descriptor, localAddress: SocketAddress(storage: storage, length: length))
+    }
+
+    /// Checks that no other socket holds TCP `address`, by binding a socket without
+    /// `SO_REUSEPORT` to it and closing it again (as `UDPSocket.probeExclusive` does for UDP):
+    /// another relay on the port would otherwise silently take a share of the connections.
+    ///
+    /// - Throws: `SystemCallError` for `bind tcp <address>`, with a hint for `EADDRINUSE`.
+    public static func probeExclusive(_ address: SocketAddress) throws(SystemCallError) {
+        let descriptor = try open(for: address)
+        defer { _ = CLiburing.close(descriptor) }
+        var one: Int32 = 1
+        // SO_REUSEADDR alone does not share a listening port; it only lets the probe past the
+        // last run's connections in TIME_WAIT.
+        _ = setsockopt(descriptor, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        do throws(Errno) {
+            _ = try address.withUnsafeSockaddr { pointer, length throws(Errno) in
+                try systemCall { bind(descriptor, pointer, length) }
+            }
+        } catch {
+            let hint = error.rawValue == EADDRINUSE
+                ? "another process (or a stray socket with SO_REUSEPORT) holds this address and would silently "
+                    + "share its connections; stop it, or pass --reuseport-group to share the port deliberately"
+                : nil
+            throw SystemCallError("bind tcp", address.description, error, hint: hint)
+        }
+    }
+
+    /// What one `accept` found.
+    public enum Accepted: ~Copyable {
+        /// A new connection (non-blocking).
+        case connection(TCPIngestSocket)
+        /// None is waiting.
+        case none
+        /// The accept failed (`EMFILE`, `ENFILE`, `ENOBUFS`, a connection aborted before it
+        /// was taken): data, not an end of the listener.
+        case failed(Errno)
+    }
+
+    /// Takes one waiting connection without blocking (`accept4`, non-blocking, close-on-exec).
+    public func accept() -> Accepted {
+        while true {
+            let result = cl_accept_nonblocking(descriptor)
+            if result >= 0 { return .connection(TCPIngestSocket(descriptor: result)) }
+            let code = -result
+            if code == EINTR { continue }
+            if code == EAGAIN || code == EWOULDBLOCK { return .none }
+            return .failed(Errno(rawValue: code))
+        }
+    }
+
+    /// The descriptor, for an `EventPoll`.
+    public var pollDescriptor: Int32 { descriptor }
+}
+
+/// One accepted TCP ingest connection: the one owner of its descriptor, closed when the owner
+/// goes away. The relay only reads from it: it never writes to a client, so a client that
+/// stops reading can never block a worker.
+public struct TCPIngestSocket: ~Copyable {
+    /// The file descriptor; valid for the owner's lifetime.
+    package let descriptor: Int32
+
+    init(descriptor: Int32) { self.descriptor = descriptor }
+
+    // close(2) is not retried: see `systemCall`.
+    deinit { _ = CLiburing.close(descriptor) }
+
+    /// What one read found.
+    public enum ReadResult: Equatable, Sendable {
+        /// `count` bytes (at least 1) were read into the buffer's start.
+        case bytes(Int)
+        /// Nothing is waiting.
+        case wouldBlock
+        /// The peer closed its side (no more bytes will come).
+        case closed
+        /// The read failed (`ECONNRESET`, …).
+        case failed(Errno)
+    }
+
+    /// Reads without blocking at most `limit` bytes into `buffer`'s start (lent on with
+    /// `buffer.withBytes(count:)`, the count this returns).
+    public func read(into buffer: borrowing StreamReadBuffer, limit: Int) -> ReadResult {
+        let count = min(limit, buffer.capacity)
+        while true {
+            let result = recv(descriptor, buffer.storage, count, Int32(MSG_DONTWAIT))
+            if result > 0 { return .bytes(result) }
+            if result == 0 { return count == 0 ? .wouldBlock : .closed }
+            let code = errno
+            if code == EINTR { continue }
+            if code == EAGAIN || code == EWOULDBLOCK { return .wouldBlock }
+            return .failed(Errno(rawValue: code))
+        }
+    }
+
+    /// The descriptor, for an `EventPoll`.
+    public var pollDescriptor: Int32 { descriptor }
+}
+
+/// One worker's read buffer for its TCP ingest connections, allocated once: each read goes
+/// into it and is framed before the next (the worker's one thread does both, in turn).
+public struct StreamReadBuffer: ~Copyable {
+    fileprivate let storage: UnsafeMutableRawPointer
+    /// Its size in bytes.
+    public let capacity: Int
+    /// A buffer of `capacity` bytes.
+    public init(capacity: Int) {
+        self.capacity = max(1, capacity)
+        storage = .allocate(byteCount: self.capacity, alignment: 16)
+    }
+
+    deinit { storage.deallocate() }
+
+    /// Lends the first `count` bytes, the last read's (`TCPIngestSocket.read` said how many).
+    public func withBytes<Result>(count: Int, _ body: (RawSpan) -> Result) -> Result {
+        precondition(count >= 0 && count <= capacity)
+        // The storage is written only by a read, which the worker makes after the bytes lent
+        // here have been framed (one thread: never during `body`).
+        return body(UnsafeRawBufferPointer(start: storage, count: count).bytes)
+    }
+}

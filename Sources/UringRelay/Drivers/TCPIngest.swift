@@ -1,0 +1,318 @@
+import BasicContainers
+import Glibc
+import RelayKernel
+
+/// One TCP ingest listener of a worker: its own `SO_REUSEPORT` listening socket and its id.
+struct TCPIngestListener: ~Copyable {
+    /// Its listener id (the core counts it under `tcp:ADDR:PORT`).
+    let id: UInt32
+    let socket: TCPListenSocket
+}
+
+/// One open TCP ingest connection: its socket, its line framer (room for one partial line,
+/// `--max-datagram` bytes, reserved at accept) and when it last sent something.
+struct TCPIngestConnection: ~Copyable {
+    let socket: TCPIngestSocket
+    var framer: StreamLineFramer
+    /// The listener it came in on.
+    let listener: UInt32
+    /// Told apart from a connection that takes its place in the table (its epoll token holds it).
+    let serial: UInt32
+    /// When it last delivered bytes (or was accepted), monotonic nanoseconds.
+    var lastActivity: UInt64
+}
+
+/// A worker's TCP ingest: its listening sockets (one per TCP listener, bound by this worker
+/// with `SO_REUSEPORT`, so the kernel spreads connections over the workers), the connections it
+/// accepted, and one epoll instance holding them all. Shared by both drivers: each waits on the
+/// epoll descriptor beside its own (the portable driver in its `ppoll` set, the io_uring driver
+/// with a poll request) and calls `service` when it is readable.
+///
+/// Per connection, bytes are read (non-blocking, into one buffer of the worker's) and framed
+/// (`StreamLineFramer`): only complete lines go to the core, exactly as a datagram's lines do,
+/// counted under the connection's listener. Each read takes at most `--max-datagram` bytes less
+/// the partial line held, so what one read hands on (the completed partial line and the whole
+/// lines after it) is never more than one datagram's worth: the core's send-slot reserve for
+/// one datagram covers it. Nothing is allocated per read or per line; a connection's framer is
+/// allocated at its accept.
+///
+/// The relay never writes to a client, so a client that stops reading never blocks a worker.
+/// A connection closes when its peer closes (its last line relayed even without a newline),
+/// on a read error, on a line longer than `--max-datagram`, after `--tcp-idle-timeout` without
+/// a byte, and at a stop; each close counted by reason under its listener.
+struct TCPIngest: ~Copyable {
+    private var listeners: UniqueArray<TCPIngestListener>
+    private var connections: UniqueArray<TCPIngestConnection>
+    /// Not open while the worker has had no TCP listener.
+    private var poll: EventPoll
+    private var buffer: StreamReadBuffer
+    private let maximumLineBytes: Int
+    private let maximumConnections: Int
+    private let idleTimeoutNanoseconds: UInt64
+    private var nextSerial: UInt32 = 0
+    /// When idle connections are looked for next.
+    private(set) var nextIdleCheck: UInt64 = .max
+    /// Whether the listening sockets are still open (closed once the core stops running).
+    private(set) var accepting = true
+
+    /// A token's top bit marks a listening socket (its low 32 bits its listener id); without it,
+    /// a connection (low 32 bits its position, the next 31 its serial).
+    private static let listenerTokenBit: UInt64 = 1 << 63
+    /// Connections accepted from one listener per `service` (the rest wait in the backlog).
+    private static let acceptsPerService = 256
+    /// Reads of one connection per `service` before the others get their turn.
+    private static let readsPerService = 4
+    /// How often idle connections are looked for at most: a tenth of the timeout, and at
+    /// least every second.
+    private var idleCheckInterval: UInt64 { max(1_000_000, min(idleTimeoutNanoseconds / 10, 1_000_000_000)) }
+
+    /// Binds this worker's socket of each TCP listener of `settings` (ids
+    /// `settings.tcpListenerID`) and names each in `core`.
+    ///
+    /// - Throws: `SystemCallError` from the first that cannot be bound or watched.
+    init(settings: WorkerSettings, core: inout RelayCore) throws(SystemCallError) {
+        maximumLineBytes = settings.maxDatagramBytes
+        maximumConnections = settings.tcpMaxConnections
+        idleTimeoutNanoseconds = settings.tcpIdleTimeoutNanoseconds
+        listeners = UniqueArray(minimumCapacity: settings.tcpListeners.count)
+        connections = UniqueArray(minimumCapacity: 0)
+        buffer = StreamReadBuffer(capacity: settings.tcpListeners.isEmpty ? 1 : settings.maxDatagramBytes)
+        guard !settings.tcpListeners.isEmpty else {
+            poll = EventPoll()
+            return
+        }
+        let poll = try EventPoll(capacity: 256)
+        for (index, address) in settings.tcpListeners.enumerated() {
+            let socket = try TCPListenSocket.listening(on: address)
+            let id = settings.tcpListenerID(index)
+            do throws(Errno) { try poll.add(socket.pollDescriptor, token: Self.listenerTokenBit | UInt64(id)) } catch {
+                throw SystemCallError("epoll_ctl", "tcp \(address)", error)
+            }
+            core.nameListener(id: id, label: Self.label(socket.localAddress))
+            listeners.append(TCPIngestListener(id: id, socket: socket))
+        }
+        self.poll = poll
+        nextIdleCheck = MonotonicClock.nanoseconds() &+ idleCheckInterval
+    }
+
+    /// The `listener` label of a TCP listener bound to `address`.
+    static func label(_ address: SocketAddress) -> String { "tcp:\(address)" }
+
+    /// The epoll descriptor to wait on, when there is a TCP listener or connection.
+    var pollDescriptor: Int32? { poll.pollDescriptor }
+
+    /// The bound addresses of the listening sockets, in order.
+    var boundAddresses: [SocketAddress] {
+        var bound: [SocketAddress] = []
+        for index in listeners.indices { bound.append(listeners[index].socket.localAddress) }
+        return bound
+    }
+
+    /// How many connections are open.
+    var openConnections: Int { connections.count }
+
+    /// When the next idle check is due (`nil`: no connection to check).
+    var nextDeadline: UInt64? { connections.isEmpty ? nil : nextIdleCheck }
+
+    /// Accepts and reads what the epoll instance reports ready: new connections (while the core
+    /// runs), and each ready connection's bytes, framed, as far as the core takes them.
+    ///
+    /// - Returns: whether something was read, or left unread for want of room in the core
+    ///   (more is probably waiting).
+    mutating func service(core: inout RelayCore, now: UInt64) -> Bool {
+        guard poll.isOpen else { return false }
+        if accepting && core.phase != .running { stopAccepting() }
+        let ready = poll.takeReady()
+        var more = ready == poll.capacity
+        for index in 0..<ready {
+            let token = poll.token(at: index)
+            if token & Self.listenerTokenBit != 0 {
+                accept(listener: UInt32(truncatingIfNeeded: token), core: &core, now: now)
+                continue
+            }
+            let position = Int(UInt32(truncatingIfNeeded: token))
+            let serial = UInt32(truncatingIfNeeded: token >> 32)
+            // A connection moved or closed earlier in this batch: level-triggered, its bytes
+            // are reported again at the next call.
+            guard position < connections.count, connections[position].serial == serial else {
+                more = true
+                continue
+            }
+            if read(at: position, core: &core, now: now) { more = true }
+        }
+        return more
+    }
+
+    /// Closes the connections silent for `--tcp-idle-timeout` and counts them; at most every
+    /// `idleCheckInterval`.
+    mutating func closeIdle(core: inout RelayCore, now: UInt64) {
+        guard now >= nextIdleCheck else { return }
+        nextIdleCheck = now &+ idleCheckInterval
+        var index = connections.count - 1
+        while index >= 0 {
+            if now &- connections[index].lastActivity >= idleTimeoutNanoseconds {
+                close(at: index, reason: .tcpConnectionsClosedIdle, core: &core)
+            }
+            index -= 1
+        }
+    }
+
+    /// Adds TCP listener `id` (a reload), naming it in `core`; the epoll instance is opened if
+    /// the worker had none.
+    ///
+    /// - Returns: `false` when it could not be watched (it closes; the reload is refused).
+    mutating func add(id: UInt32, socket: consuming TCPListenSocket, core: inout RelayCore) -> Bool {
+        guard accepting else { return false }
+        if !poll.isOpen {
+            do throws(SystemCallError) { poll = try EventPoll(capacity: 256) } catch { return false }
+            buffer = StreamReadBuffer(capacity: maximumLineBytes)
+        }
+        do throws(Errno) { try poll.add(socket.pollDescriptor, token: Self.listenerTokenBit | UInt64(id)) } catch { return false }
+        core.nameListener(id: id, label: Self.label(socket.localAddress))
+        listeners.append(TCPIngestListener(id: id, socket: socket))
+        if nextIdleCheck == .max { nextIdleCheck = MonotonicClock.nanoseconds() &+ idleCheckInterval }
+        return true
+    }
+
+    /// Closes TCP listener `id`'s listening socket (a reload removed it): no new connection is
+    /// accepted on it; the connections it accepted stay open until they close, idle out, or
+    /// the worker stops.
+    mutating func remove(id: UInt32) {
+        guard let index = listenerIndex(of: id) else { return }
+        let listener = listeners.remove(at: index)
+        poll.remove(listener.socket.pollDescriptor)
+    }
+
+    /// Closes the listening sockets: no connection is accepted any more (those waiting in the
+    /// backlog are reset by the kernel as the sockets close).
+    mutating func stopAccepting() {
+        accepting = false
+        while !listeners.isEmpty {
+            let listener = listeners.removeLast()
+            poll.remove(listener.socket.pollDescriptor)
+        }
+    }
+
+    /// Closes every connection (at the end of a stop's drain): the partial line each holds is
+    /// counted as dropped (`lines_dropped{reason="tcp_partial"}` and its bytes), and each close
+    /// under `reason="stop"`.
+    mutating func closeAll(core: inout RelayCore) {
+        stopAccepting()
+        while !connections.isEmpty { close(at: connections.count - 1, reason: .tcpConnectionsClosedStop, core: &core) }
+    }
+
+    /// Whether nothing is open any more (no listening socket, no connection).
+    var isClosed: Bool { listeners.isEmpty && connections.isEmpty }
+
+    /// Accepts what waits on listener `id`: up to `acceptsPerService`; over this worker's share
+    /// of `--tcp-max-connections` a connection is accepted and closed at once, and counted.
+    private mutating func accept(listener id: UInt32, core: inout RelayCore, now: UInt64) {
+        guard accepting, let index = listenerIndex(of: id) else { return }
+        for _ in 0..<Self.acceptsPerService {
+            switch listeners[index].socket.accept() {
+            case .none:
+                return
+            case .failed:
+                core.count(.tcpAcceptErrors)
+                return
+            case .connection(let socket):
+                guard connections.count < maximumConnections else {
+                    // Closed as it goes out of scope: the client sees its connection end at once.
+                    _ = consume socket
+                    core.count(.tcpConnectionsRefused, listener: id)
+                    continue
+                }
+                let serial = nextSerial & 0x7FFF_FFFF
+                nextSerial &+= 1
+                do throws(Errno) { try poll.add(socket.pollDescriptor, token: Self.token(position: connections.count, serial: serial)) } catch {
+                    core.count(.tcpAcceptErrors)
+                    continue
+                }
+                connections.append(TCPIngestConnection(
+                    socket: socket, framer: StreamLineFramer(maximumLineBytes: maximumLineBytes), listener: id, serial: serial,
+                    lastActivity: now))
+                core.count(.tcpConnectionsAccepted, listener: id)
+            }
+        }
+    }
+
+    private func listenerIndex(of id: UInt32) -> Int? {
+        for index in listeners.indices where listeners[index].id == id { return index }
+        return nil
+    }
+
+    private static func token(position: Int, serial: UInt32) -> UInt64 { UInt64(serial) << 32 | UInt64(position) }
+
+    /// Reads connection `position` a few times, framing each read into the core.
+    ///
+    /// - Returns: whether it may hold more (its reads were cut short, or the core had no room).
+    private mutating func read(at position: Int, core: inout RelayCore, now: UInt64) -> Bool {
+        for _ in 0..<Self.readsPerService {
+            guard core.canAcceptDatagram else { return true }
+            // What one read completes (the partial line held) and the whole lines after it
+            // add up to at most one datagram's worth (`maximumLineBytes`, and a completed
+            // line's newline): the core's reserve for one datagram covers them.
+            let limit = max(1, maximumLineBytes - connections[position].framer.partialByteCount)
+            let result = connections[position].socket.read(into: buffer, limit: limit)
+            switch result {
+            case .bytes(let count):
+                connections[position].lastActivity = now
+                let listener = connections[position].listener
+                let outcome = Self.frame(buffer, count: count, into: &connections[position].framer, listener: listener, core: &core, now: now)
+                if outcome == .lineTooLong {
+                    close(at: position, reason: .tcpConnectionsClosedTooLong, core: &core)
+                    return false
+                }
+            case .wouldBlock:
+                return false
+            case .closed:
+                let listener = connections[position].listener
+                // A client's last line need not end with a newline: it is relayed as it is.
+                connections[position].framer.finish { line in
+                    core.receive(.datagram(length: line.byteCount), line, listener: listener, now: now)
+                }
+                close(at: position, reason: .tcpConnectionsClosedPeer, core: &core)
+                return false
+            case .failed(let error):
+                close(at: position, reason: error.rawValue == ECONNRESET ? .tcpConnectionsClosedPeer : .tcpConnectionsClosedError, core: &core)
+                return false
+            }
+        }
+        return true
+    }
+
+    /// Closes connection `position`, counting why and the partial line it still held; the last
+    /// connection takes its place in the table (its epoll token is updated).
+    private mutating func close(at position: Int, reason: ListenerCounter, core: inout RelayCore) {
+        let held = connections[position].framer.partialByteCount
+        if held > 0 {
+            core.count(.linesDroppedTCPPartial)
+            core.count(.tcpBytesDroppedPartial, by: UInt64(held))
+        }
+        core.count(reason, listener: connections[position].listener)
+        let last = connections.count - 1
+        if position != last { connections.swapAt(position, last) }
+        let closed = connections.removeLast()
+        poll.remove(closed.socket.pollDescriptor)
+        _ = consume closed
+        guard position != last else { return }
+        do throws(Errno) {
+            try poll.modify(connections[position].socket.pollDescriptor, token: Self.token(position: position, serial: connections[position].serial))
+        } catch {
+            // Its events would never find it again: it closes rather than hang unread.
+            close(at: position, reason: .tcpConnectionsClosedError, core: &core)
+        }
+    }
+
+    /// Frames the last read's bytes with `framer`, handing each run of complete lines to the
+    /// core as a datagram of listener `listener`.
+    private static func frame(
+        _ buffer: borrowing StreamReadBuffer, count: Int, into framer: inout StreamLineFramer, listener: UInt32, core: inout RelayCore, now: UInt64
+    ) -> StreamLineFramer.Outcome {
+        buffer.withBytes(count: count) { bytes in
+            framer.feed(bytes) { lines in
+                core.receive(.datagram(length: lines.byteCount), lines, listener: listener, now: now)
+            }
+        }
+    }
+}

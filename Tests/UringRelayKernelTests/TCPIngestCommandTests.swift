@@ -1,0 +1,51 @@
+@testable import RelayKernel
+import Foundation
+import Glibc
+import Testing
+@testable import UringRelay
+
+/// A free TCP port on 127.0.0.1 (bound and closed at once).
+func unusedTCPPort() throws -> UInt16 {
+    try TCPListenSocket.listening(on: SocketAddress(numericHost: "127.0.0.1", port: 0)!).localAddress.port
+}
+
+/// The `statsrelay` executable with TCP ingest: `--tcp-port` beside the UDP listener, a second
+/// process on the TCP port refused (exit 71), a `tcp://` backend that is the relay's own TCP
+/// listener refused (exit 64).
+@Suite("The executable with TCP ingest", .serialized, .timeLimit(.minutes(1)))
+struct TCPIngestCommandTests {
+    @Test("--tcp-port: lines over TCP and datagrams over UDP both relayed, counted under tcp:ADDR and udp:ADDR; a second statsrelay on the TCP port exits 71 naming it", arguments: ioDrivers)
+    func tcpPortBesideUDP(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let backend = try TestBackend()
+        let tcpPort = try unusedTCPPort()
+        let first = try RelayProcess(driver: driver, ["--bind", "127.0.0.1", "--port", "0", "--tcp-port", "\(tcpPort)", "--threads", "1", backend.spec])
+        let listen = try first.listenAddress()
+        let client = try TCPIngestClient(to: SocketAddress(numericHost: "127.0.0.1", port: tcpPort)!)
+        try client.write("over.tcp:1|c\n")
+        try send(["over.udp:1|c"], to: listen)
+        let received = try collect(from: [backend], expectedLines: 2)
+        #expect(received.lines[0].sorted() == ["over.tcp:1|c", "over.udp:1|c"])
+        let second = try RelayProcess.run(["--io-backend", driver.rawValue, "--bind", "127.0.0.1", "--port", "0", "--tcp-port", "\(tcpPort)", "--threads", "1", backend.spec])
+        #expect(second.status == 71)
+        #expect(second.error.contains("bind tcp 127.0.0.1:\(tcpPort): Address already in use (errno 98)"), "\(second.error)")
+        first.signal(SIGTERM)
+        #expect(first.waitForExit() == 0)
+        #expect(first.counter("statsrelay.lines_received") == 2)
+        #expect(first.counter("statsrelay.tcp_connections_accepted") == 1)
+        #expect(first.counter("statsrelay.tcp_connections_closed.stop") == 1)
+    }
+
+    @Test("a tcp:// backend that is the relay's own TCP listener exits 64 naming it; a UDP backend on that port is no loop")
+    func selfLoop() throws {
+        let port = try unusedTCPPort()
+        let udpPort = try unusedPort()
+        let result = try RelayProcess.run(["--bind", "127.0.0.1", "--port", "\(udpPort)", "--tcp-port", "\(port)", "tcp://127.0.0.1:\(port)"])
+        #expect(result.status == 64, "\(result.error)")
+        #expect(result.error.contains("invalid backend 'tcp://127.0.0.1:\(port)': reaches this relay's own TCP listener tcp:127.0.0.1:\(port)"), "\(result.error)")
+        #expect(!result.error.contains("listening on"))
+        let sendproto = try RelayProcess.run(["--bind", "127.0.0.1", "--port", "\(udpPort)", "--tcp-port", "\(port)", "--sendproto", "TCP", "127.0.0.1:\(port)"])
+        #expect(sendproto.status == 64, "\(sendproto.error)")
+        #expect(sendproto.error.contains("reaches this relay's own TCP listener"), "\(sendproto.error)")
+    }
+}
