@@ -62,6 +62,12 @@ struct TCPIngest: ~Copyable {
     private static let acceptsPerService = 256
     /// Reads of one connection per `service` before the others get their turn.
     private static let readsPerService = 4
+    /// How long accepting pauses after an accept failed for want of a descriptor or memory.
+    static let acceptPauseNanoseconds: UInt64 = 100_000_000
+    /// When accepting resumes after such a failure (`.max`: not paused). Meanwhile the
+    /// listening sockets are out of the epoll set: a level-triggered listener whose waiting
+    /// connection cannot be taken would otherwise wake the worker at once, turn after turn.
+    private(set) var acceptPausedUntil: UInt64 = .max
     /// How often idle connections are looked for at most: a tenth of the timeout, and at
     /// least every second.
     private var idleCheckInterval: UInt64 { max(1_000_000, min(idleTimeoutNanoseconds / 10, 1_000_000_000)) }
@@ -112,7 +118,11 @@ struct TCPIngest: ~Copyable {
     var openConnections: Int { connections.count }
 
     /// When the next idle check is due (`nil`: no connection to check).
-    var nextDeadline: UInt64? { connections.isEmpty ? nil : nextIdleCheck }
+    var nextDeadline: UInt64? {
+        let idle = connections.isEmpty ? UInt64.max : nextIdleCheck
+        let earliest = min(idle, acceptPausedUntil)
+        return earliest == .max ? nil : earliest
+    }
 
     /// Accepts and reads what the epoll instance reports ready: new connections (while the core
     /// runs), and each ready connection's bytes, framed, as far as the core takes them.
@@ -146,6 +156,7 @@ struct TCPIngest: ~Copyable {
     /// Closes the connections silent for `--tcp-idle-timeout` and counts them; at most every
     /// `idleCheckInterval`.
     mutating func closeIdle(core: inout RelayCore, now: UInt64) {
+        if now >= acceptPausedUntil { resumeAccepting() }
         guard now >= nextIdleCheck else { return }
         nextIdleCheck = now &+ idleCheckInterval
         var index = connections.count - 1
@@ -167,7 +178,10 @@ struct TCPIngest: ~Copyable {
             do throws(SystemCallError) { poll = try EventPoll(capacity: 256) } catch { return false }
             buffer = StreamReadBuffer(capacity: maximumLineBytes)
         }
-        do throws(Errno) { try poll.add(socket.pollDescriptor, token: Self.listenerTokenBit | UInt64(id)) } catch { return false }
+        // While accepting is paused it joins the set with the others, when they are put back.
+        if acceptPausedUntil == .max {
+            do throws(Errno) { try poll.add(socket.pollDescriptor, token: Self.listenerTokenBit | UInt64(id)) } catch { return false }
+        }
         core.nameListener(id: id, label: Self.label(socket.localAddress))
         listeners.append(TCPIngestListener(id: id, socket: socket))
         if nextIdleCheck == .max { nextIdleCheck = MonotonicClock.nanoseconds() &+ idleCheckInterval }
@@ -212,8 +226,15 @@ struct TCPIngest: ~Copyable {
             switch listeners[index].socket.accept() {
             case .none:
                 return
-            case .failed:
+            case .failed(let error):
                 core.count(.tcpAcceptErrors)
+                switch error.rawValue {
+                case EMFILE, ENFILE, ENOBUFS, ENOMEM:
+                    // The connection stays in the listen queue until a descriptor frees up.
+                    pauseAccepting(now: now)
+                default:
+                    break  // this connection's own failure (aborted before it was taken)
+                }
                 return
             case .connection(let socket):
                 guard connections.count < maximumConnections else {
@@ -232,6 +253,27 @@ struct TCPIngest: ~Copyable {
                     socket: socket, framer: StreamLineFramer(maximumLineBytes: maximumLineBytes), listener: id, serial: serial,
                     lastActivity: now))
                 core.count(.tcpConnectionsAccepted, listener: id)
+            }
+        }
+    }
+
+    /// Takes the listening sockets out of the epoll set until `acceptPauseNanoseconds` from
+    /// `now` (`closeIdle` puts them back).
+    private mutating func pauseAccepting(now: UInt64) {
+        guard acceptPausedUntil == .max else { return }
+        acceptPausedUntil = now &+ Self.acceptPauseNanoseconds
+        for index in listeners.indices { poll.remove(listeners[index].socket.pollDescriptor) }
+    }
+
+    /// Puts the listening sockets back into the epoll set after a pause; one that cannot be
+    /// added (out of memory) is tried again after another pause.
+    private mutating func resumeAccepting() {
+        acceptPausedUntil = .max
+        guard accepting else { return }
+        for index in listeners.indices {
+            let listener = listeners[index].id
+            do throws(Errno) { try poll.add(listeners[index].socket.pollDescriptor, token: Self.listenerTokenBit | UInt64(listener)) } catch {
+                acceptPausedUntil = MonotonicClock.nanoseconds() &+ Self.acceptPauseNanoseconds
             }
         }
     }
