@@ -280,6 +280,7 @@ struct RunCommand: ParsableCommand {
             printError(refusal)
             throw ExitCode(71)
         }
+        fitOpenFilesToTCPIngest(configuration, logger: logger)
         let addresses: [SocketAddress]
         do {
             addresses = try resolveBackends(configuration, signals: signals, logger: logger)
@@ -442,6 +443,20 @@ struct RunCommand: ParsableCommand {
 
     /// The line `systemctl status` shows while the relay runs: its listeners and backends as
     /// they are now (a reload may have changed both).
+    /// Raises the soft open-files limit towards the hard one as far as TCP ingest's
+    /// connections need (one descriptor each, up to `--tcp-max-connections`), and warns when
+    /// even the hard limit leaves room for fewer.
+    private func fitOpenFilesToTCPIngest(_ configuration: RelayConfiguration, logger: Logger) {
+        let host = HostLimits.current()
+        let fit = StartupDiagnosis.tcpOpenFiles(configuration, host: host)
+        if let soft = fit.raiseTo, HostLimits.setOpenFilesSoftLimit(soft) {
+            logger.info("raised the open-files limit for TCP ingest connections", metadata: [
+                "from": "\(host.openFiles ?? 0)", "to": "\(soft)", "tcp_max_connections": "\(configuration.tcpMaxConnections)",
+            ])
+        }
+        if let warning = fit.warning { logger.warning("\(warning)") }
+    }
+
     static func readyStatus(_ relay: Relay) -> String {
         let listeners = relay.listenAddresses.map(\.description).joined(separator: " ")
         return "relaying udp \(listeners) to \(relay.configurationInForce.backends.count) backends"

@@ -23,6 +23,14 @@ struct TCPAcceptPauseTests {
         let relay = try RelayProcess(driver: driver, ["--bind", "127.0.0.1", "--port", "0", "--tcp-port", "\(tcpPort)", "--threads", "1", "--admin", "none", backend.spec])
         _ = try relay.listenAddress()
         let pid = relay.process.processIdentifier
+        let address = SocketAddress(numericHost: "127.0.0.1", port: tcpPort)!
+        // A connection relayed and closed first: the worker has opened all it keeps open
+        // before its descriptors are counted.
+        let probe = try TCPIngestClient(to: address)
+        try probe.write("probe:1|c\n")
+        probe.finish()
+        _ = try collect(from: [backend], expectedLines: 1)
+        try #require(probe.waitForClose(seconds: 10))
         // The lowest free descriptor is always taken: with the limit one above the highest one
         // open, the relay can hold as many connections as there are holes below it, plus one.
         let open = openDescriptors(pid: pid)
@@ -30,7 +38,6 @@ struct TCPAcceptPauseTests {
         let room = highest + 1 - open.count + 1
         let limited = try RelayProcess.runTool("/usr/bin/prlimit", ["--pid", "\(pid)", "--nofile=\(highest + 2):\(highest + 2)"])
         try #require(limited.status == 0, "prlimit: \(limited.output)")
-        let address = SocketAddress(numericHost: "127.0.0.1", port: tcpPort)!
         let started = Date()
         // The connections that take every descriptor left, held open: their lines arriving
         // says they were accepted.
@@ -60,12 +67,35 @@ struct TCPAcceptPauseTests {
         let elapsed = Date().timeIntervalSince(started)
         relay.signal(SIGTERM)
         #expect(relay.waitForExit() == 0)
-        #expect(relay.counter("statsrelay.tcp_connections_accepted") == UInt64(room + waitingCount))
+        #expect(relay.counter("statsrelay.tcp_connections_accepted") == UInt64(1 + room + waitingCount))
         let errors = try #require(relay.counter("statsrelay.tcp_accept_errors"))
         #expect(errors >= 1, "the descriptor limit was never met: room for \(room) connections below descriptor \(highest + 2)")
         // One failed accept per pause of 100 ms at most (and one more as the last pause began);
         // a worker woken again at once by the waiting connection counts thousands.
         let bound = UInt64(elapsed / 0.1) + 2
         #expect(errors <= bound, "\(errors) accept errors in \(elapsed) s: accepting did not pause")
+    }
+
+    @Test("under a soft open-files limit too low for --tcp-max-connections the relay raises it to the hard limit, warns with the connections that fit, and relays over TCP", arguments: ioDrivers)
+    func raisesOpenFilesForTCP(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let backend = try TestBackend()
+        let tcpPort = try unusedTCPPort()
+        let relay = try RelayProcess(
+            driver: driver, launcher: ["/usr/bin/prlimit", "--nofile=200:400"],
+            ["--bind", "127.0.0.1", "--port", "0", "--tcp-port", "\(tcpPort)", "--tcp-max-connections", "1000", "--threads", "1", "--admin", "none", backend.spec])
+        _ = try relay.listenAddress()
+        let limits = try String(contentsOfFile: "/proc/\(relay.process.processIdentifier)/limits", encoding: .utf8)
+        let openFiles = limits.split(separator: "\n").first { $0.hasPrefix("Max open files") }?.split(separator: " ", omittingEmptySubsequences: true)
+        #expect(openFiles?.dropFirst(3).prefix(2).map(String.init) == ["400", "400"], "\(limits)")
+        #expect(relay.waitForLog("raised the open-files limit for TCP ingest connections"), "\(relay.standardError)")
+        #expect(relay.waitForLog("leaves room for about"), "\(relay.standardError)")
+        #expect(relay.standardError.contains("--tcp-max-connections 1000"), "\(relay.standardError)")
+        let client = try TCPIngestClient(to: SocketAddress(numericHost: "127.0.0.1", port: tcpPort)!)
+        try client.write("raised.limit:1|c\n")
+        let received = try collect(from: [backend], expectedLines: 1)
+        #expect(received.lines[0] == ["raised.limit:1|c"])
+        relay.signal(SIGTERM)
+        #expect(relay.waitForExit() == 0)
     }
 }

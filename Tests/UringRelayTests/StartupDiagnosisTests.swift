@@ -84,6 +84,38 @@ struct StartupDiagnosisTests {
         }
     }
 
+    /// (soft, hard open-files limits, whether TCP ingest is on, the soft limit expected to be
+    /// set, whether a warning is expected).
+    static let tcpOpenFilesCases: [(UInt64, UInt64?, Bool, Bool, Bool)] = [
+        (1_024, 524_288, true, true, false),  // raised to what is needed, the hard limit allows it
+        (1_024, nil, true, true, false),  // an unlimited hard limit
+        (1_024, 2_048, true, true, true),  // raised to the hard limit, still short: warned
+        (1_024, 1_024, true, false, true),  // nothing to raise: warned
+        (1_000_000, 1_000_000, true, false, false),  // enough already
+        (1_024, 524_288, false, false, false),  // no TCP ingest: left alone
+    ]
+
+    @Test("TCP ingest: the soft open-files limit is raised towards the hard one for --tcp-max-connections, with a warning naming the connections room when the hard limit is short", arguments: tcpOpenFilesCases)
+    func tcpOpenFiles(soft: UInt64, hard: UInt64?, tcp: Bool, raised: Bool, warned: Bool) {
+        var configuration = Self.configuration
+        configuration.tcpPort = tcp ? 8125 : nil
+        configuration.tcpMaxConnections = 10_000
+        // As docs/operations.md states it: 3 open, per worker a ring, a listening socket, 2
+        // eventfds and a socket per backend, the monitor's eventfd, 6 for the admin endpoint,
+        // 8 spare; then per worker a TCP listening socket and an epoll instance, and a
+        // descriptor per connection.
+        let wanted: UInt64 = 3 + 2 * (4 + 1) + 1 + 6 + 8 + 2 * (1 + 1) + 10_000
+        let fit = StartupDiagnosis.tcpOpenFiles(
+            configuration, host: HostLimits(openFiles: soft, openFilesHard: hard, openDescriptors: 3))
+        #expect(fit.raiseTo == (raised ? min(wanted, hard ?? wanted) : nil))
+        #expect((fit.warning != nil) == warned)
+        if let warning = fit.warning, let hard {
+            let room = Int(hard) - Int(wanted - 10_000)
+            #expect(warning.hasPrefix("the open-files limit (RLIMIT_NOFILE, hard \(hard)) leaves room for about \(room) TCP ingest connections of --tcp-max-connections 10000"), "\(warning)")
+            #expect(warning.contains("LimitNOFILE=\(wanted)"))
+        }
+    }
+
     @Test("ENOMEM under a locked-memory limit: the limit, what the workers need, and LimitMEMLOCK= / ulimit -l")
     func lockedMemory() {
         let error = SystemCallError("io_uring_queue_init", "", Errno(rawValue: ENOMEM))

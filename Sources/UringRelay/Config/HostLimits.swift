@@ -37,6 +37,16 @@ public struct HostLimits: Sendable, Equatable {
         self.kernelRelease = kernelRelease
     }
 
+    /// Sets this process's soft `RLIMIT_NOFILE` to `soft` (at most the hard limit).
+    ///
+    /// - Returns: whether the kernel took it.
+    public static func setOpenFilesSoftLimit(_ soft: UInt64) -> Bool {
+        var limit = rlimit()
+        guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return false }
+        limit.rlim_cur = rlim_t(min(soft, UInt64(limit.rlim_max)))
+        return setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0
+    }
+
     /// This host's and this process's values now.
     public static func current() -> HostLimits {
         var memlock = rlimit()

@@ -181,6 +181,42 @@ public enum StartupDiagnosis {
             takeoverCopies: configuration.controlSocket == nil ? 0 : configuration.listenAddresses.count)
     }
 
+    /// What the open-files limit should be for TCP ingest: the start-up budget
+    /// (`descriptorsNeeded`), plus per worker a listening socket per TCP listener and its
+    /// epoll instance, plus one descriptor per connection up to `--tcp-max-connections`.
+    /// `nil` without TCP listeners.
+    public static func descriptorsForTCPIngest(_ configuration: RelayConfiguration, alreadyOpen: Int) -> Int? {
+        let listeners = configuration.tcpListenAddresses.count
+        guard listeners > 0 else { return nil }
+        return descriptorsNeeded(configuration, alreadyOpen: alreadyOpen).total + configuration.threads * (listeners + 1)
+            + configuration.tcpMaxConnections
+    }
+
+    /// How the open-files limit is fitted to TCP ingest at start: the soft limit to raise, up
+    /// to the hard one (as far as `--tcp-max-connections` needs), and a warning when even the
+    /// hard limit leaves room for fewer connections than `--tcp-max-connections`.
+    public struct TCPOpenFiles: Sendable, Equatable {
+        /// The soft `RLIMIT_NOFILE` to set, or `nil` to leave it.
+        public var raiseTo: UInt64?
+        /// Why fewer connections than `--tcp-max-connections` can be open, or `nil`.
+        public var warning: String?
+    }
+
+    /// The soft limit to raise for TCP ingest, and what to warn of (`TCPOpenFiles`).
+    public static func tcpOpenFiles(_ configuration: RelayConfiguration, host: HostLimits) -> TCPOpenFiles {
+        guard let wanted = descriptorsForTCPIngest(configuration, alreadyOpen: host.openDescriptors),
+              let soft = host.openFiles, soft < UInt64(wanted) else { return TCPOpenFiles() }
+        let reachable = min(UInt64(wanted), host.openFilesHard ?? UInt64(wanted))
+        let raiseTo = reachable > soft ? reachable : nil
+        guard reachable < UInt64(wanted) else { return TCPOpenFiles(raiseTo: raiseTo) }
+        let room = max(0, Int(reachable) - (wanted - configuration.tcpMaxConnections))
+        let warning = "the open-files limit (RLIMIT_NOFILE, hard \(reachable)) leaves room for about \(room) TCP ingest "
+            + "connections of --tcp-max-connections \(configuration.tcpMaxConnections): more wait in the listen queue "
+            + "(counted in statsrelay.tcp_accept_errors) until one closes. Raise it to \(wanted): LimitNOFILE=\(wanted) "
+            + "in the systemd unit, `ulimit -n \(wanted)` in the shell that starts the relay, or lower --tcp-max-connections"
+        return TCPOpenFiles(raiseTo: raiseTo, warning: warning)
+    }
+
     /// A refusal naming how many descriptors are needed and how to allow them, or `nil` when
     /// the open-files limit is high enough.
     public static func checkDescriptors(_ configuration: RelayConfiguration, host: HostLimits = .current()) -> String? {
