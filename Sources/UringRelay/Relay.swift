@@ -146,6 +146,11 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         return bound.isEmpty ? configurationInForce.listenAddresses : bound
     }
 
+    /// Every listener's label, in listener-id order, as the counters' `listener` label and
+    /// `/status` name it (`udp:127.0.0.1:8125`, `unixgram:/run/statsrelay.sock`): what the
+    /// systemd status line names.
+    public var listenerLabels: [String] { listenAddresses.map(WorkerSetup.label) }
+
     /// Why the relay could not start a driver it was told to use (`--io-backend uring` where
     /// io_uring cannot run): exit status 69 (`EX_UNAVAILABLE`).
     public struct DriverUnavailable: Error, CustomStringConvertible, Sendable {
