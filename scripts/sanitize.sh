@@ -53,11 +53,6 @@ for sanitizer in "${sanitizers[@]}"; do
     # what arrived after the bound is neither received nor a kernel drop (seen under ASan: 20 812
     # of 24 000 datagrams accounted, io_uring only). A time bound, not a memory error or a race.
     skips=(--skip 'EmptyDatagramTests/steadyStreamBesideJunk')
-    # The same kind of bound: a stop far behind a 10 Mbit/s link must end within 1.5 s of a
-    # 300 ms budget with sends still unconfirmed at its deadline; slowed by a sanitizer, the
-    # portable worker has sent (or not yet packed) everything by then (seen under ASan on
-    # 2026-12-03, before and after that day's merges: 1.50-1.65 s, none unconfirmed).
-    skips+=(--skip 'StopBoundTests/stalledStopIsBounded')
     unset SWIFT_EXEC
     preload=
     case "$sanitizer" in

@@ -6,9 +6,10 @@ import Glibc
 ///
 /// The backend sockets are blocking, so a full socket buffer makes the call wait for room, as
 /// the uring driver's sends do, rather than fail with `EAGAIN`; unless the send is made
-/// `nonBlocking` (a worker that is stopping must not wait on a slow backend past its budget):
-/// then a packet that finds no room, and every later one for the same backend in the batch,
-/// has the result `-EAGAIN` and was not sent.
+/// `nonBlocking` (a worker that is stopping must not wait on a slow backend past its budget),
+/// or its wait is bounded (`waitNanoseconds`: a worker that waits for room must still see a
+/// stop, or any command, soon): then a packet that finds no room (in time), and every later
+/// one for the same backend in the batch, has the result `-EAGAIN` and was not sent.
 public struct SendBatch: ~Copyable {
     private let vectors: UnsafeMutablePointer<iovec>
     private let headers: UnsafeMutablePointer<cl_mmsghdr>
@@ -79,11 +80,17 @@ public struct SendBatch: ~Copyable {
     ///   - nonBlocking: send with `MSG_DONTWAIT` (see the type's description).
     ///   - nonBlockingFrom: backends from this index on are always sent with `MSG_DONTWAIT`
     ///     (a mirror pool's sockets, which must never make the worker wait).
+    ///   - waitNanoseconds: the longest the blocking sends of this call wait for room in full
+    ///     socket buffers, all backends together; `.max` (the default) waits as long as it
+    ///     takes. A bounded wait sends with `MSG_DONTWAIT` and waits for room with `poll(2)`
+    ///     (`POLLOUT`) until its deadline: a blocking `sendmmsg` cannot be interrupted, and one
+    ///     of 256 packets behind a 10 Mbit/s link blocks for some 300 ms.
     public mutating func send(
         from pool: borrowing SendBufferPool, to sockets: borrowing BackendSockets, nonBlocking: Bool = false,
-        nonBlockingFrom: Int = .max
+        nonBlockingFrom: Int = .max, waitNanoseconds: UInt64 = .max
     ) {
         guard count > 0 else { return }
+        let waitUntil = waitNanoseconds == .max ? UInt64.max : MonotonicClock.nanoseconds() &+ waitNanoseconds
         // A stable grouping by backend: insertion sort is fine for a batch this size.
         for index in 0..<count { order[index] = Int32(index) }
         if count > 1 {
@@ -111,7 +118,7 @@ public struct SendBatch: ~Copyable {
                 headers[end] = header
                 end += 1
             }
-            sendGroup(start..<end, descriptor: sockets.descriptors[backend], flags: nonBlocking || backend >= nonBlockingFrom ? Int32(MSG_DONTWAIT) : 0)
+            sendGroup(start..<end, descriptor: sockets.descriptors[backend], waitUntil: nonBlocking || backend >= nonBlockingFrom ? 0 : waitUntil)
             start = end
         }
     }
@@ -130,12 +137,15 @@ public struct SendBatch: ~Copyable {
     ///
     /// With `MSG_DONTWAIT`, a call that finds the socket buffer full fails with `EAGAIN` or
     /// stops short: that packet and the rest of the group are left unsent with `-EAGAIN`, in
-    /// order, for the caller to send later. A short non-blocking call is taken for a full
-    /// buffer, not retried, when the socket holds no error (`holdsNoError`: no refusal can
-    /// have stopped it) or its charged bytes leave no room for two more such packets
-    /// (`sendBufferFull`): retrying it at once would send it if room came back in between,
-    /// and count a full buffer as a refusal retried.
-    private mutating func sendGroup(_ range: Range<Int>, descriptor: Int32, flags: Int32) {
+    /// order, for the caller to send later, once `waitUntil` (a `MonotonicClock` time; 0: no
+    /// wait, `.max`: a blocking send, without `MSG_DONTWAIT`) has passed; before it, the call
+    /// waits for room and goes on. A short non-blocking call is taken for a full buffer, not
+    /// retried, when the socket holds no error (`holdsNoError`: no refusal can have stopped
+    /// it) or its charged bytes leave no room for two more such packets (`sendBufferFull`):
+    /// retrying it at once would send it if room came back in between, and count a full
+    /// buffer as a refusal retried.
+    private mutating func sendGroup(_ range: Range<Int>, descriptor: Int32, waitUntil: UInt64) {
+        let flags = waitUntil == .max ? 0 : Int32(MSG_DONTWAIT)
         var next = range.lowerBound
         while next < range.upperBound {
             let requested = range.upperBound - next
@@ -154,7 +164,9 @@ public struct SendBatch: ~Copyable {
                         && (Self.holdsNoError(descriptor) || Self.sendBufferFull(descriptor, packetBytes: vectors[next].iov_len))
                     {
                         // A full buffer stopped the call (not a refusal): the packet and the
-                        // rest wait for room, sent again later in order, not counted as retried.
+                        // rest wait for room, here until `waitUntil`, else sent again later in
+                        // order, not counted as retried.
+                        if Self.waitForRoom(descriptor, until: waitUntil) { continue }
                         for index in next..<range.upperBound { results[Int(order[index])] = -EAGAIN }
                         return
                     } else {
@@ -164,6 +176,7 @@ public struct SendBatch: ~Copyable {
             } else if result == -EINTR {
                 continue
             } else if result == -EAGAIN {
+                if Self.waitForRoom(descriptor, until: waitUntil) { continue }
                 for index in next..<range.upperBound {
                     // Not a refusal retried: a full buffer (the retry after a short call met it too).
                     retried[Int(order[index])] = false
@@ -201,6 +214,20 @@ public struct SendBatch: ~Copyable {
     private static func holdsNoError(_ descriptor: Int32) -> Bool {
         var entry = pollfd(fd: descriptor, events: 0, revents: 0)
         return poll(&entry, 1, 0) == 0
+    }
+
+    /// Waits until the socket has room to send (`POLLOUT`) or `deadline` comes, if it has not
+    /// already.
+    ///
+    /// - Returns: whether to try the send again (`false` once `deadline` has passed).
+    private static func waitForRoom(_ descriptor: Int32, until deadline: UInt64) -> Bool {
+        let now = MonotonicClock.nanoseconds()
+        guard now < deadline else { return false }
+        var poller = pollfd(fd: descriptor, events: Int16(POLLOUT), revents: 0)
+        // Rounded up, so the last wait reaches the deadline; EINTR is one more try.
+        let milliseconds = deadline == .max ? -1 : Int32(clamping: (deadline - now + 999_999) / 1_000_000)
+        _ = poll(&poller, 1, milliseconds)
+        return true
     }
 
     /// Takes the socket's pending error (`SO_ERROR`, which clears it as a send would), or 0.

@@ -17,6 +17,20 @@ public struct UnixListenerFile: Sendable, Equatable {
         return UnixListenerFile(path: path, device: UInt64(status.st_dev), inode: UInt64(status.st_ino))
     }
 
+    /// Sets the file's permission bits (`chmod(2)`), if the path still names this socket file:
+    /// a mode changed by a reload.
+    ///
+    /// - Throws: `SystemCallError` for `chmod PATH`: the system's reason, or `ENOENT` with a hint
+    ///   when the path no longer names this socket (removed, or another file put there).
+    public func setMode(_ mode: UInt32) throws(SystemCallError) {
+        guard UnixListenerFile.current(at: path) == self else {
+            throw SystemCallError(
+                "chmod", path, Errno(rawValue: ENOENT),
+                hint: "the path no longer names this relay's socket (removed, or another file put there): left as it is")
+        }
+        do throws(Errno) { _ = try systemCall { chmod(path, mode_t(mode)) } } catch { throw SystemCallError("chmod", path, error) }
+    }
+
     /// Removes the path if it still names this socket file; closes nothing.
     ///
     /// - Returns: whether it was removed.

@@ -152,6 +152,11 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         return bound.isEmpty ? configurationInForce.listenAddresses : bound
     }
 
+    /// Every listener's label, in listener-id order, as the counters' `listener` label and
+    /// `/status` name it (`udp:127.0.0.1:8125`, `unixgram:/run/statsrelay.sock`): what the
+    /// systemd status line names.
+    public var listenerLabels: [String] { listenAddresses.map(WorkerSetup.label) }
+
     /// Why the relay could not start a driver it was told to use (`--io-backend uring` where
     /// io_uring cannot run): exit status 69 (`EX_UNAVAILABLE`).
     public struct DriverUnavailable: Error, CustomStringConvertible, Sendable {
@@ -514,8 +519,15 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
                 reason: "a takeover is under way: the listeners cannot change now (the new relay reads its own configuration; reload it after the takeover, or this relay if the takeover fails)")
         }
         defer { if changesListeners { listenerRegistry.releaseListenerSet(from: .reload) } }
+        let modesChanged: [(file: UnixListenerFile, previous: UInt32)]
+        do throws(ConfigurationError) { modesChanged = try changeUnixModes(to: candidate) } catch {
+            reloads.recordFailure()
+            throw error
+        }
         let listenerChange: ListenerChange
         do throws(ConfigurationError) { listenerChange = try prepareListeners(wanted, modes: candidate) } catch {
+            // Nothing of a failed reload stays in force: the modes go back.
+            for (file, previous) in modesChanged.reversed() { try? file.setMode(previous) }
             reloads.recordFailure()
             throw error
         }
@@ -558,6 +570,43 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             reloads.recordFailure()
         }
         return reported
+    }
+
+    /// Sets the mode `candidate` gives each Unix listener it keeps, where it changed, on the
+    /// listener's socket file (`--unix-socket-mode`, a listener's `mode`): at the reload, not at
+    /// the next start.
+    ///
+    /// - Returns: the files changed, with their previous modes (to restore should the reload
+    ///   fail later).
+    /// - Throws: `ConfigurationError` naming the path when a mode cannot be set: the file is no
+    ///   longer this relay's (removed or replaced), it is systemd's (socket activation: its mode
+    ///   is the socket unit's `SocketMode=`), or `chmod` failed; the modes set before it go back.
+    private func changeUnixModes(to candidate: RelayConfiguration) throws(ConfigurationError) -> [(file: UnixListenerFile, previous: UInt32)] {
+        let running = configurationInForce
+        let (configured, ids, files) = state.withLock { ($0.configuredListeners, $0.listenerIDs, $0.unixFiles) }
+        let wanted = candidate.listenAddresses
+        var changed: [(file: UnixListenerFile, previous: UInt32)] = []
+        for (index, address) in configured.enumerated() {
+            guard let path = address.unixPath, wanted.contains(address) else { continue }
+            let mode = candidate.unixSocketMode(for: path)
+            let previous = running.unixSocketMode(for: path)
+            guard mode != previous else { continue }
+            let reason: String
+            if listenerRegistry.isHeldElsewhere {
+                reason = "the socket is systemd's (socket activation): set its mode with SocketMode= in the socket unit"
+            } else if let file = files[ids[index]] {
+                do throws(SystemCallError) {
+                    try file.setMode(mode)
+                    changed.append((file, previous))
+                    continue
+                } catch { reason = "\(error)" }
+            } else {
+                reason = "the relay holds no file for this listener: its mode cannot change"
+            }
+            for (file, previous) in changed.reversed() { try? file.setMode(previous) }
+            throw ConfigurationError(argument: "unix-socket-mode", value: "\(path) \(String(mode, radix: 8))", reason: reason)
+        }
+        return changed
     }
 
     /// The listeners a reload adds (bound, one socket per worker) and removes (by id).

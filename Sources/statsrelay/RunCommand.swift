@@ -458,8 +458,8 @@ struct RunCommand: ParsableCommand {
     }
 
     static func readyStatus(_ relay: Relay) -> String {
-        let listeners = relay.listenAddresses.map(\.description).joined(separator: " ")
-        return "relaying udp \(listeners) to \(relay.configurationInForce.backends.count) backends"
+        // Each listener by its own label, so a Unix or TCP listener is named as what it is.
+        "relaying \(relay.listenerLabels.joined(separator: " ")) to \(relay.configurationInForce.backends.count) backends"
     }
 
     /// Looks the backends' names up, all at once on lookup threads, while the main thread keeps

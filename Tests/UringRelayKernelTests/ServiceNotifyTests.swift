@@ -40,8 +40,8 @@ struct ServiceNotifyTests {
         // Ready only once it listens: the port READY's status names takes a line at once (the
         // log, read through a pipe by another thread, may not have it yet).
         let status = try #require(ready["STATUS"])
-        #expect(status.hasPrefix("relaying udp 127.0.0.1:"))
-        let port = try #require(status.split(separator: " ").dropFirst(2).first?.split(separator: ":").last.flatMap { UInt16($0) })
+        #expect(status.hasPrefix("relaying udp:127.0.0.1:"))
+        let port = try #require(status.split(separator: " ").dropFirst(1).first?.split(separator: ":").last.flatMap { UInt16($0) })
         let listen = SocketAddress(numericHost: "127.0.0.1", port: port)!
         try send(["at.ready:1|c"], to: listen)
         #expect(try collect(from: [backend], expectedLines: 1).lines[0] == ["at.ready:1|c"])
@@ -60,7 +60,7 @@ struct ServiceNotifyTests {
         #expect(stamp >= before && stamp <= after, "MONOTONIC_USEC \(stamp) outside [\(before), \(after)]")
         let reloaded = try #require(try Self.next(socket))
         #expect(reloaded["READY"] == "1")
-        #expect(reloaded["STATUS"] == "relaying udp \(listen) to 2 backends", "the status in force after the reload")
+        #expect(reloaded["STATUS"] == "relaying udp:\(listen) to 2 backends", "the status in force after the reload")
         // The log comes through a pipe another thread reads: it may lag the notification.
         #expect(relay.waitForLog("configuration reloaded"))
 
@@ -74,6 +74,27 @@ struct ServiceNotifyTests {
         #expect(stopping["STATUS"]?.contains("SIGTERM") == true)
         #expect(relay.waitForExit(seconds: 15) == 0)
         #expect(try socket.receive(timeoutMilliseconds: 0) == nil, "a notification after STOPPING=1")
+    }
+
+    @Test("READY=1's status names each listener by its label: a UDP one and a Unix datagram one", arguments: ioDrivers)
+    func statusNamesUnixListener(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let path = Self.socketPath("notify-unix")
+        let socket = try UnixDatagramSocket.bound(to: path)
+        defer { unlink(path) }
+        let unixPath = temporaryUnixPath("status")
+        let backend = try TestBackend()
+        let relay = try RelayProcess(driver: driver, launcher: ["/usr/bin/env", "NOTIFY_SOCKET=\(path)"], [
+            "--bind", "127.0.0.1", "--port", "0", "--threads", "1", "--unix-socket", unixPath, backend.spec])
+        let ready = try #require(try Self.next(socket), "no READY=1: \(relay.standardError)")
+        #expect(ready["READY"] == "1")
+        let listen = SocketAddress(numericHost: "127.0.0.1", port: try UnixListenerCommandTests.udpPort(of: relay))!
+        #expect(ready["STATUS"] == "relaying udp:\(listen) unixgram:\(unixPath) to 1 backends")
+        // The Unix listener the status names takes lines.
+        try sendUnix(["named.unix:1|c"], to: unixPath)
+        #expect(try collect(from: [backend], expectedLines: 1).lines[0] == ["named.unix:1|c"])
+        relay.signal(SIGTERM)
+        #expect(relay.waitForExit(seconds: 15) == 0)
     }
 
     @Test("without NOTIFY_SOCKET nothing is sent and the relay runs as before", arguments: ioDrivers)

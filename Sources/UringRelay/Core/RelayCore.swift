@@ -202,6 +202,13 @@ public struct RelayCore: ~Copyable {
     /// Asks the core to stop: drain, flush, finish (see `Phase`).
     public mutating func requestStop() { stopRequested = true }
 
+    /// Whether a driver should take no more datagrams in this turn: a stop was asked for at
+    /// its start (the drain begins at the turn's end), or the drain has run out of time at
+    /// `now` (the phase moves on at the turn's end).
+    public func endsReceiving(now: UInt64) -> Bool {
+        (stopRequested && phase == .running) || (phase == .draining && now >= drainDeadline)
+    }
+
     /// Whether a stop was asked for (the phase moves on only at the turn's end).
     public var isStopRequested: Bool { stopRequested }
 

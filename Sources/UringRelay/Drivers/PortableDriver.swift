@@ -62,6 +62,11 @@ struct PortableDriver: ~Copyable {
     private static let busyTurnsPerPoll = 16
     /// The wait bound when nothing is due, so a stuck event is never waited on forever.
     private static let idleWaitNanoseconds: UInt64 = 1_000_000_000
+    /// The longest one batch of sends waits for room behind a slow backend while running:
+    /// what is still unsent then is deferred, tried again first next turn, so the worker sees
+    /// a stop or a command within about this long (`StopBoundTests`), not after the link has
+    /// carried a whole batch (some 300 ms at 10 Mbit/s).
+    static let blockingWaitNanoseconds: UInt64 = 10_000_000
 
     /// Maps the receive batch for `worker`.
     ///
@@ -195,6 +200,11 @@ extension PortableDriver {
                 guard relayBatch(&worker, now: now) else { return true }
                 if taken < batch.count { break }
                 full = true
+                // A batch's work takes long on a slow or loaded CPU (a sanitizer, a busy host:
+                // 0.3-0.7 s for a turn's batches was seen under ASan): a command waiting (a
+                // stop), a stop just asked for or a drain out of time ends the turn here, so a
+                // stop's budget starts and ends within one batch of where it should.
+                if worker.control.hasPending || worker.core.endsReceiving(now: MonotonicClock.nanoseconds()) { return true }
             }
         }
         return full
@@ -242,21 +252,20 @@ extension PortableDriver {
     /// Sends the deferred packets, then every packet the core hands out, in batches, and hands
     /// the results back. Non-blocking once the worker is stopping or a command waits for it.
     private mutating func sendReady(_ worker: inout WorkerState, now: UInt64) {
-        let nonBlocking = worker.core.isStopRequested || worker.control.hasPending
         if blocked.count != worker.core.sendTargetCount { blocked = Array(repeating: false, count: worker.core.sendTargetCount) }
         for backend in blocked.indices { blocked[backend] = false }
         swap(&deferred, &spare)
-        for index in spare.indices { send(spare[index].slot, to: spare[index].backend, nonBlocking: nonBlocking, worker: &worker, now: now) }
+        for index in spare.indices { send(spare[index].slot, to: spare[index].backend, worker: &worker, now: now) }
         spare.removeAll(keepingCapacity: true)
-        while let (slot, backend) = worker.core.nextOutgoing() { send(slot, to: backend, nonBlocking: nonBlocking, worker: &worker, now: now) }
-        flushSends(nonBlocking: nonBlocking, worker: &worker, now: now)
+        while let (slot, backend) = worker.core.nextOutgoing() { send(slot, to: backend, worker: &worker, now: now) }
+        flushSends(worker: &worker, now: now)
         if worker.connections.hasStreams { worker.connections.progressStreams(now: now, writes: true) }
     }
 
     /// Adds one packet to the send batch, or defers it behind an earlier packet for its backend
     /// that was deferred in this call.
     @inline(__always)
-    private mutating func send(_ slot: Int, to backend: Int, nonBlocking: Bool, worker: inout WorkerState, now: UInt64) {
+    private mutating func send(_ slot: Int, to backend: Int, worker: inout WorkerState, now: UInt64) {
         if worker.connections.isStream(backend) {
             worker.connections.enqueueStream(slot: slot, backend: backend, core: &worker.core)
             return
@@ -267,15 +276,19 @@ extension PortableDriver {
         }
         worker.connections.sending(slot: slot, backend: backend)
         sends.append(slot: slot, backend: backend)
-        if sends.isFull { flushSends(nonBlocking: nonBlocking, worker: &worker, now: now) }
+        if sends.isFull { flushSends(worker: &worker, now: now) }
     }
 
-    private mutating func flushSends(nonBlocking: Bool, worker: inout WorkerState, now: UInt64) {
+    /// Sends the batch: waiting for room in a full socket buffer at most `blockingWaitNanoseconds`
+    /// while running, not at all once a stop is asked for or any command waits (asked before
+    /// every batch, so a stop that comes while a turn sends is seen at the next batch).
+    private mutating func flushSends(worker: inout WorkerState, now: UInt64) {
         guard sends.count > 0 else { return }
+        let nonBlocking = worker.core.isStopRequested || worker.control.hasPending
         // The mirror's sockets (past the pool's) never block: a slow mirror must not hold up the primary.
         sends.send(
             from: worker.core.sendBuffers, to: worker.connections.sockets, nonBlocking: nonBlocking,
-            nonBlockingFrom: worker.core.pool.count)
+            nonBlockingFrom: worker.core.pool.count, waitNanoseconds: Self.blockingWaitNanoseconds)
         for index in 0..<sends.count {
             let slot = sends.slot(index)
             let backend = worker.core.sendBuffers.backend(of: slot)

@@ -125,7 +125,11 @@ public final class ListenerRegistry: Sendable {
 
     /// Sets `listenersShared`, before the workers are told to stop (never back to `false`
     /// after `holdElsewhere`).
-    public func shareListeners(_ isShared: Bool) { shared.store(isShared || heldElsewhere.load(ordering: .acquiring), ordering: .releasing) }
+    /// Whether another process (systemd, socket activation) holds the listening sockets for
+    /// good: their files are its, not the relay's.
+    public var isHeldElsewhere: Bool { heldElsewhere.load(ordering: .acquiring) }
+
+        public func shareListeners(_ isShared: Bool) { shared.store(isShared || heldElsewhere.load(ordering: .acquiring), ordering: .releasing) }
 
     /// Marks the listening sockets as held by another process for good (systemd, socket
     /// activation): `listenersShared` stays `true`.

@@ -3,17 +3,20 @@ import RelayKernel
 /// Listening sockets from systemd (`deploy/statsrelay.socket`, `LISTEN_FDS`), matched to the
 /// configured listeners.
 ///
-/// Per listener, systemd passes either one socket, which every worker reads (the unit as
+/// Per UDP listener, systemd passes either one socket, which every worker reads (the unit as
 /// shipped: see docs/operations.md, "Socket activation"), or exactly one socket per worker,
-/// each with `SO_REUSEPORT`. The sockets stay systemd's: the relay's stop closes its
-/// descriptors without touching the sockets, so `systemctl restart` keeps them, and what
-/// arrives meanwhile waits in them for the next start.
+/// each with `SO_REUSEPORT`; per Unix datagram listener (`--unix-socket`, `ListenDatagram=` of
+/// a path), one `AF_UNIX` `SOCK_DGRAM` socket bound to its path, which every worker reads, as
+/// when the relay binds it. The sockets stay systemd's: the relay's stop closes its
+/// descriptors without touching the sockets (nor a Unix socket's file), so `systemctl restart`
+/// keeps them, and what arrives meanwhile waits in them for the next start.
 public enum SocketActivation {
     /// Matches `passed` (address and name per socket) to `configuration`'s listeners.
     ///
     /// - Throws: `ConfigurationError` (exit 64) naming the socket or listener that does not
-    ///   fit: not a bound UDP socket, bound to an address no listener has, a listener without
-    ///   one, or a count that is neither 1 nor `--threads`.
+    ///   fit: not a bound UDP socket or Unix datagram socket, bound to an address or path no
+    ///   listener has, a listener without one, or a count that is neither 1 nor `--threads`
+    ///   (1 for a Unix listener: a path binds once).
     public static func listeners(
         _ passed: [(socket: SocketBox, name: String)], configuration: RelayConfiguration
     ) throws(ConfigurationError) -> InheritedListeners {
@@ -21,10 +24,13 @@ public enum SocketActivation {
         var byListener = Array(repeating: [SocketBox](), count: wanted.count)
         for (index, entry) in passed.enumerated() {
             let label = "LISTEN_FDS socket \(index)\(entry.name.isEmpty ? "" : " (\(entry.name))")"
-            if let problem = entry.socket.socket.listenerMismatch(expected: nil, requiringReusePort: false) {
+            // A Unix socket is checked against its own path (any listener's, if none is bound
+            // to it: refused below, naming the path).
+            let bound = entry.socket.socket.localAddress
+            let expected: SocketAddress? = bound.family == .unix ? bound : nil
+            if let problem = entry.socket.socket.listenerMismatch(expected: expected, requiringReusePort: false) {
                 throw ConfigurationError(argument: "LISTEN_FDS", value: label, reason: problem)
             }
-            let bound = entry.socket.socket.localAddress
             guard let listener = wanted.firstIndex(of: bound) else {
                 throw ConfigurationError(
                     argument: "LISTEN_FDS", value: label,
@@ -35,6 +41,10 @@ public enum SocketActivation {
         var sockets: [[SocketBox]] = []
         for (address, list) in zip(wanted, byListener) {
             switch list.count {
+            case _ where address.family == .unix && list.count > 1:
+                throw ConfigurationError(
+                    argument: "LISTEN_FDS", value: "\(address)",
+                    reason: "\(list.count) sockets passed for this Unix listener: expected 1 (a path binds once; every worker reads it)")
             case 1:
                 sockets.append(Array(repeating: list[0], count: configuration.threads))
             case configuration.threads:
