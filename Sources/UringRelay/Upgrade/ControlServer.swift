@@ -199,10 +199,11 @@ public final class ControlServer: Sendable {
             }
         } catch {
             metadata["error"] = "\(error)"
-            logger.warning("takeover abandoned: the sockets could not be sent; this relay keeps running", metadata: metadata)
             relay.listenerRegistry.shareListeners(false)
             relay.listenerRegistry.thawKernelDrops()
             relay.listenerRegistry.releaseListenerSet(from: .takeover)
+            // Logged once the listeners are free again: a reload asked on seeing it is not refused.
+            logger.warning("takeover abandoned: the sockets could not be sent; this relay keeps running", metadata: metadata)
             return false
         }
         logger.notice("takeover: listening sockets sent; waiting for the new relay to start on them", metadata: metadata)
@@ -213,11 +214,12 @@ public final class ControlServer: Sendable {
             return true
         case .failure(let problem):
             metadata["error"] = "\(problem)"
-            logger.warning("takeover failed in the new relay; this one keeps running", metadata: metadata)
             // The new relay has stopped its workers (or never started them), or will exit.
             relay.listenerRegistry.shareListeners(false)
             relay.listenerRegistry.thawKernelDrops()
             relay.listenerRegistry.releaseListenerSet(from: .takeover)
+            // Logged once the listeners are free again: a reload asked on seeing it is not refused.
+            logger.warning("takeover failed in the new relay; this one keeps running", metadata: metadata)
             return false
         }
     }
