@@ -111,6 +111,12 @@ static inline int cl_accept_nonblocking(int fd) {
     return result < 0 ? -errno : (int)result;
 }
 
+/* A multishot accept (io_uring_prep_multishot_accept, Linux 5.19) whose connections come
+   non-blocking and close-on-exec, as cl_accept_nonblocking's do. */
+static inline void cl_prep_multishot_accept_nonblocking(struct io_uring_sqe *sqe, int fd) {
+    io_uring_prep_multishot_accept(sqe, fd, (struct sockaddr *)0, (socklen_t *)0, SOCK_NONBLOCK | SOCK_CLOEXEC);
+}
+
 /* Takes at most `count` (<= 256) ready descriptors without waiting; their tokens go to `tokens`. */
 static inline int cl_epoll_ready(int epfd, unsigned long long *tokens, int count) {
     struct epoll_event events[256];

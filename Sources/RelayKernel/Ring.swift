@@ -140,6 +140,20 @@ public struct Ring: ~Copyable {
         io_uring_sqe_set_data64(sqe, userData.rawValue)
     }
 
+    /// Arms a multishot `accept` on a TCP ingest listening socket.
+    ///
+    /// The liburing call is `io_uring_prep_multishot_accept(3)` (Linux 5.19) with
+    /// `SOCK_NONBLOCK | SOCK_CLOEXEC`. Each CQE is one connection: `res` is its new descriptor
+    /// (take it with `TCPIngestSocket.accepted(by:)`) or `-errno`. The kernel ends the accept (a
+    /// CQE without `IORING_CQE_F_MORE`) when an accept fails (`EMFILE`, `ENFILE`, …), when it is
+    /// cancelled, and when the socket stops listening.
+    /// - Throws: `Errno` when no SQE could be had (see `nextSubmission`).
+    public func armMultishotAccept(on socket: borrowing TCPListenSocket, userData: UserData) throws(Errno) {
+        let sqe = try nextSubmission()
+        cl_prep_multishot_accept_nonblocking(sqe, socket.descriptor)
+        io_uring_sqe_set_data64(sqe, userData.rawValue)
+    }
+
     /// Queues a `send` of a packed send-buffer slot to its backend's connected socket.
     ///
     /// The liburing call is `io_uring_prep_send(3)`, without `MSG_DONTWAIT` so that a full

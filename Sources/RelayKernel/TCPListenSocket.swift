@@ -114,6 +114,12 @@ public struct TCPListenSocket: ~Copyable {
         }
     }
 
+    /// Stops listening at once (`shutdown(SHUT_RD)`, as HAProxy pauses a listener): a new
+    /// connection is refused and those waiting in the backlog are reset, while the descriptor
+    /// stays open for a multishot accept still armed on it, whose end (its cancellation) comes
+    /// later; the port is released when the owner closes it.
+    public func stopListening() { _ = shutdown(descriptor, Int32(SHUT_RD)) }
+
     /// The descriptor, for an `EventPoll`.
     public var pollDescriptor: Int32 { descriptor }
 }
@@ -126,6 +132,12 @@ public struct TCPIngestSocket: ~Copyable {
     package let descriptor: Int32
 
     init(descriptor: Int32) { self.descriptor = descriptor }
+
+    /// Takes the connection a multishot accept's CQE carries (`Ring.armMultishotAccept`), or
+    /// `nil` when the CQE is an error (`res < 0`).
+    public static func accepted(by completion: Completion) -> TCPIngestSocket? {
+        completion.result >= 0 ? TCPIngestSocket(descriptor: completion.result) : nil
+    }
 
     // close(2) is not retried: see `systemCall`.
     deinit { _ = CLiburing.close(descriptor) }

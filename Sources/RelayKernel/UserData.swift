@@ -29,6 +29,9 @@ public struct UserData: Equatable, Sendable, CustomStringConvertible {
         /// The poll on a worker's TCP ingest epoll descriptor (its listening sockets and
         /// connections, `EventPoll`).
         case ingestPoll = 18
+        /// The multishot accept on one of a worker's TCP ingest listening sockets (io_uring
+        /// driver); the index is the listener's id.
+        case accept = 19
     }
 
     /// The packed value as the kernel sees it.

@@ -6,7 +6,7 @@ import RelayKernel
 /// `RelayCore` from one ring, owned by one worker thread.
 ///
 /// A multishot `recv` stays armed on every listener, taking buffers from one
-/// provided-buffer ring; sends are `send` SQEs on connected backend sockets, submitted with the
+/// provided-buffer ring, and a multishot `accept` on every TCP ingest listening socket; sends are `send` SQEs on connected backend sockets, submitted with the
 /// next wait, in order per backend (`OrderedSends`). Its wait step publishes recycled buffers,
 /// re-arms any receive the kernel ended, submits every queued send and waits for completions
 /// in one `io_uring_enter2`, then takes every CQE off the queue; its receive step hands the
@@ -96,8 +96,10 @@ extension IOUringDriver: WorkerTransport {
         buffers.publish()
         armPoll(&worker)
         armIngestPoll(&worker)
+        armAccepts(&worker, now: now)
         armReceives(&worker)
         submitCancels(&worker)
+        submitAcceptCancels(&worker)
         let (completions, timeout, minimumWait) = waitPlan(worker, now: now)
         receiveEnded = false
         do {
@@ -135,7 +137,7 @@ extension IOUringDriver: WorkerTransport {
     var sendsPending: Int { sends.count }
 
     func isIdle(_ worker: borrowing WorkerState) -> Bool {
-        sends.isEmpty && queue.isEmpty && !worker.listeners.anyReceiveArmed
+        sends.isEmpty && queue.isEmpty && !worker.listeners.anyReceiveArmed && !worker.tcp.anyAcceptArmed
     }
 
     /// Still hands the last sends to the kernel and collects what completed.
@@ -216,8 +218,8 @@ extension IOUringDriver {
         }
     }
 
-    /// Arms a one-shot poll on the TCP ingest's epoll descriptor (its listening sockets and
-    /// connections) while receiving goes on; re-armed after each time it fired and the ready
+    /// Arms a one-shot poll on the TCP ingest's epoll descriptor (its connections: the
+    /// listening sockets have multishot accepts, `armAccepts`) while receiving goes on; re-armed after each time it fired and the ready
     /// ones were served (epoll is level-triggered: what was left unread fires it again).
     private mutating func armIngestPoll(_ worker: inout WorkerState) {
         guard !ingestPollArmed, !submissionsDeferred, worker.core.phase != .flushing, let descriptor = worker.tcp.pollDescriptor else { return }
@@ -225,6 +227,34 @@ extension IOUringDriver {
             try ring.armPoll(descriptor: descriptor, userData: UserData(.ingestPoll))
             ingestPollArmed = true
         } catch { deferSubmissions(&worker.core) }
+    }
+
+    /// Arms a multishot accept on every TCP listening socket that has none while the core runs
+    /// (the first time, the listening sockets leave the epoll set); once it stops running, the
+    /// listening sockets stop listening and their accepts are cancelled.
+    private mutating func armAccepts(_ worker: inout WorkerState, now: UInt64) {
+        worker.tcp.acceptByCompletions()
+        guard worker.core.phase == .running else {
+            if worker.tcp.accepting { worker.tcp.stopAccepting() }
+            return
+        }
+        for index in worker.tcp.listeners.indices where worker.tcp.wantsAccept(at: index, now: now) && !submissionsDeferred {
+            do throws(Errno) {
+                try ring.armMultishotAccept(on: worker.tcp.listeners[index].socket, userData: UserData(.accept, index: worker.tcp.listeners[index].id))
+                worker.tcp.armed(at: index)
+            } catch { deferSubmissions(&worker.core) }
+        }
+    }
+
+    /// Submits the cancellation of every retiring TCP listener's accept (a reload removed it,
+    /// or the worker stopped accepting); each listener closes once its accept's end comes.
+    private mutating func submitAcceptCancels(_ worker: inout WorkerState) {
+        for index in worker.tcp.retiring.indices where worker.tcp.retiring[index].cancelWanted && !submissionsDeferred {
+            do throws(Errno) {
+                try ring.cancel(UserData(.accept, index: worker.tcp.retiring[index].id), userData: UserData(.cancel))
+                worker.tcp.cancelSubmitted(at: index)
+            } catch { deferSubmissions(&worker.core) }
+        }
     }
 
     /// Submits the cancellation of every receive that is still to be cancelled.
@@ -340,8 +370,11 @@ extension IOUringDriver {
             // A TCP listener or connection is ready: served after the datagrams this turn.
             ingestPollArmed = false
             worker.tcpReady = true
+        case .accept:
+            // A connection, an error or the accept's end (`TCPIngest.accepted`).
+            worker.tcp.accepted(completion, core: &worker.core, now: now)
         case .cancel:
-            break  // the cancelled receive reports its own end
+            break  // the cancelled receive or accept reports its own end
         case .routing:
             assertionFailure("no routing poll is armed: publications fire the control event")
         case nil:

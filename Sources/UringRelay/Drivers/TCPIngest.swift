@@ -7,6 +7,13 @@ struct TCPIngestListener: ~Copyable {
     /// Its listener id (the core counts it under `tcp:ADDR:PORT`).
     let id: UInt32
     let socket: TCPListenSocket
+    /// Whether a multishot accept is armed on it (io_uring driver).
+    var acceptArmed = false
+    /// Its accept is to be cancelled (it was removed, or the worker stops accepting).
+    var cancelWanted = false
+    /// Not before when its accept is armed again after running out of descriptors (`EMFILE`,
+    /// `ENFILE`) or memory, monotonic nanoseconds; 0: at once.
+    var retryAt: UInt64 = 0
 }
 
 /// One open TCP ingest connection: its socket, its line framer (room for one partial line,
@@ -24,9 +31,12 @@ struct TCPIngestConnection: ~Copyable {
 
 /// A worker's TCP ingest: its listening sockets (one per TCP listener, bound by this worker
 /// with `SO_REUSEPORT`, so the kernel spreads connections over the workers), the connections it
-/// accepted, and one epoll instance holding them all. Shared by both drivers: each waits on the
-/// epoll descriptor beside its own (the portable driver in its `ppoll` set, the io_uring driver
-/// with a poll request) and calls `service` when it is readable.
+/// accepted, and one epoll instance holding the connections (and, under the portable driver,
+/// the listening sockets). Shared by both drivers: each waits on the epoll descriptor beside its
+/// own (the portable driver in its `ppoll` set, the io_uring driver with a poll request) and
+/// calls `service` when it is readable. The io_uring driver takes the listening sockets out of
+/// epoll (`acceptByCompletions`) and keeps a multishot accept armed on each instead: each
+/// connection it completes is handed on with `accepted(_:core:now:)`.
 ///
 /// Per connection, bytes are read (non-blocking, into one buffer of the worker's) and framed
 /// (`StreamLineFramer`): only complete lines go to the core, exactly as a datagram's lines do,
@@ -41,7 +51,14 @@ struct TCPIngestConnection: ~Copyable {
 /// on a read error, on a line longer than `--max-datagram`, after `--tcp-idle-timeout` without
 /// a byte, and at a stop; each close counted by reason under its listener.
 struct TCPIngest: ~Copyable {
-    private var listeners: UniqueArray<TCPIngestListener>
+    private(set) var listeners: UniqueArray<TCPIngestListener>
+    /// Listeners removed (a reload, a stop) while a multishot accept was armed on them: each
+    /// closes once its accept has ended (the cancellation completed), so the kernel never
+    /// accepts on a descriptor that was closed and perhaps reused.
+    private(set) var retiring: UniqueArray<TCPIngestListener>
+    /// The io_uring driver accepts with multishot accepts: the listening sockets are not in
+    /// the epoll set.
+    private(set) var completionAccepts = false
     private var connections: UniqueArray<TCPIngestConnection>
     /// Not open while the worker has had no TCP listener.
     private var poll: EventPoll
@@ -62,11 +79,13 @@ struct TCPIngest: ~Copyable {
     private static let acceptsPerService = 256
     /// Reads of one connection per `service` before the others get their turn.
     private static let readsPerService = 4
-    /// How long accepting pauses after an accept failed for want of a descriptor or memory.
+    /// How long accepting pauses after an accept failed for want of a descriptor or memory:
+    /// on the epoll path the listening sockets leave the epoll set (a level-triggered listener
+    /// whose waiting connection cannot be taken would otherwise wake the worker at once, turn
+    /// after turn); on the io_uring driver the multishot accept is armed again only then. The
+    /// connection waits in the listen queue meanwhile.
     static let acceptPauseNanoseconds: UInt64 = 100_000_000
-    /// When accepting resumes after such a failure (`.max`: not paused). Meanwhile the
-    /// listening sockets are out of the epoll set: a level-triggered listener whose waiting
-    /// connection cannot be taken would otherwise wake the worker at once, turn after turn.
+    /// When the epoll path's accepting resumes after such a failure (`.max`: not paused).
     private(set) var acceptPausedUntil: UInt64 = .max
     /// How often idle connections are looked for at most: a tenth of the timeout, and at
     /// least every second.
@@ -82,6 +101,7 @@ struct TCPIngest: ~Copyable {
         idleTimeoutNanoseconds = settings.tcpIdleTimeoutNanoseconds
         listeners = UniqueArray(minimumCapacity: settings.tcpListeners.count)
         connections = UniqueArray(minimumCapacity: 0)
+        retiring = UniqueArray(minimumCapacity: 0)
         buffer = StreamReadBuffer(capacity: settings.tcpListeners.isEmpty ? 1 : settings.maxDatagramBytes)
         guard !settings.tcpListeners.isEmpty else {
             poll = EventPoll()
@@ -117,11 +137,14 @@ struct TCPIngest: ~Copyable {
     /// How many connections are open.
     var openConnections: Int { connections.count }
 
-    /// When the next idle check is due (`nil`: no connection to check).
+    /// When the next idle check, or accepting again after `EMFILE`, is due (`nil`: none).
     var nextDeadline: UInt64? {
-        let idle = connections.isEmpty ? UInt64.max : nextIdleCheck
-        let earliest = min(idle, acceptPausedUntil)
-        return earliest == .max ? nil : earliest
+        var due: UInt64? = connections.isEmpty ? nil : nextIdleCheck
+        if acceptPausedUntil != .max { due = min(due ?? .max, acceptPausedUntil) }
+        for index in listeners.indices where listeners[index].retryAt != 0 && !listeners[index].acceptArmed {
+            due = min(due ?? .max, listeners[index].retryAt)
+        }
+        return due
     }
 
     /// Accepts and reads what the epoll instance reports ready: new connections (while the core
@@ -178,8 +201,9 @@ struct TCPIngest: ~Copyable {
             do throws(SystemCallError) { poll = try EventPoll(capacity: 256) } catch { return false }
             buffer = StreamReadBuffer(capacity: maximumLineBytes)
         }
-        // While accepting is paused it joins the set with the others, when they are put back.
-        if acceptPausedUntil == .max {
+        // While the epoll path's accepting is paused it joins the set with the others, when
+        // they are put back.
+        if !completionAccepts && acceptPausedUntil == .max {
             do throws(Errno) { try poll.add(socket.pollDescriptor, token: Self.listenerTokenBit | UInt64(id)) } catch { return false }
         }
         core.nameListener(id: id, label: Self.label(socket.localAddress))
@@ -193,8 +217,7 @@ struct TCPIngest: ~Copyable {
     /// the worker stops.
     mutating func remove(id: UInt32) {
         guard let index = listenerIndex(of: id) else { return }
-        let listener = listeners.remove(at: index)
-        poll.remove(listener.socket.pollDescriptor)
+        retire(listeners.remove(at: index))
     }
 
     /// Closes the listening sockets: no connection is accepted any more (those waiting in the
@@ -202,8 +225,84 @@ struct TCPIngest: ~Copyable {
     mutating func stopAccepting() {
         accepting = false
         while !listeners.isEmpty {
-            let listener = listeners.removeLast()
+            retire(listeners.removeLast())
+        }
+    }
+
+    /// Closes a listener taken out of `listeners`; one with a multishot accept armed stops
+    /// listening at once (no new connection) and waits in `retiring` for its accept's
+    /// cancellation to complete before it closes.
+    private mutating func retire(_ listener: consuming TCPIngestListener) {
+        guard completionAccepts else {
             poll.remove(listener.socket.pollDescriptor)
+            return
+        }
+        guard listener.acceptArmed else { return }
+        listener.socket.stopListening()
+        listener.cancelWanted = true
+        retiring.append(listener)
+    }
+
+    /// Takes the listening sockets out of the epoll set: the io_uring driver keeps a multishot
+    /// accept armed on each instead (`armed(at:)`, `accepted(_:core:now:)`). Called by that
+    /// driver before its first wait; the second call does nothing.
+    mutating func acceptByCompletions() {
+        guard !completionAccepts else { return }
+        completionAccepts = true
+        for index in listeners.indices { poll.remove(listeners[index].socket.pollDescriptor) }
+    }
+
+    /// Whether listener `index` wants its multishot accept armed: none is, and a retry after
+    /// `EMFILE` is not pending.
+    func wantsAccept(at index: Int, now: UInt64) -> Bool {
+        !listeners[index].acceptArmed && listeners[index].retryAt <= now
+    }
+
+    /// Listener `index`'s multishot accept was armed.
+    mutating func armed(at index: Int) {
+        listeners[index].acceptArmed = true
+        listeners[index].retryAt = 0
+    }
+
+    /// Retiring listener `index`'s cancellation was submitted.
+    mutating func cancelSubmitted(at index: Int) { retiring[index].cancelWanted = false }
+
+    /// Whether a multishot accept is armed on any listener, retiring ones included.
+    var anyAcceptArmed: Bool {
+        if !retiring.isEmpty { return true }
+        for index in listeners.indices where listeners[index].acceptArmed { return true }
+        return false
+    }
+
+    /// Takes one CQE of listener `completion.userData.index`'s multishot accept: a connection
+    /// joins the table as `service`'s accepts do (the same limit, the same counters, a listener
+    /// retiring included: the kernel took it from the backlog before the cancellation); an
+    /// error is counted (`tcp_accept_errors`; out of descriptors or memory, the accept waits
+    /// `acceptPauseNanoseconds` before it is armed again); a cancellation is not. At the accept's
+    /// end (no `IORING_CQE_F_MORE`) a listener is armed again next turn, a retiring one closes.
+    mutating func accepted(_ completion: Completion, core: inout RelayCore, now: UInt64) {
+        let id = completion.userData.index
+        let live = listenerIndex(of: id)
+        if let socket = TCPIngestSocket.accepted(by: completion) {
+            adopt(socket, listener: id, core: &core, now: now)
+        } else if let live, completion.result != -ECANCELED {
+            core.count(.tcpAcceptErrors)
+            switch -completion.result {
+            case EMFILE, ENFILE, ENOBUFS, ENOMEM:
+                listeners[live].retryAt = now &+ Self.acceptPauseNanoseconds
+            default:
+                break  // a connection aborted before it was taken, …: armed again next turn
+            }
+        }
+        guard !completion.hasMore else { return }
+        if let live {
+            listeners[live].acceptArmed = false
+        } else {
+            for index in retiring.indices where retiring[index].id == id {
+                // Its accept has ended: the kernel holds the descriptor no more, so it closes.
+                _ = retiring.remove(at: index)
+                break
+            }
         }
     }
 
@@ -237,22 +336,7 @@ struct TCPIngest: ~Copyable {
                 }
                 return
             case .connection(let socket):
-                guard connections.count < maximumConnections else {
-                    // Closed as it goes out of scope: the client sees its connection end at once.
-                    _ = consume socket
-                    core.count(.tcpConnectionsRefused, listener: id)
-                    continue
-                }
-                let serial = nextSerial & 0x7FFF_FFFF
-                nextSerial &+= 1
-                do throws(Errno) { try poll.add(socket.pollDescriptor, token: Self.token(position: connections.count, serial: serial)) } catch {
-                    core.count(.tcpAcceptErrors)
-                    continue
-                }
-                connections.append(TCPIngestConnection(
-                    socket: socket, framer: StreamLineFramer(maximumLineBytes: maximumLineBytes), listener: id, serial: serial,
-                    lastActivity: now))
-                core.count(.tcpConnectionsAccepted, listener: id)
+                adopt(socket, listener: id, core: &core, now: now)
             }
         }
     }
@@ -269,13 +353,34 @@ struct TCPIngest: ~Copyable {
     /// added (out of memory) is tried again after another pause.
     private mutating func resumeAccepting() {
         acceptPausedUntil = .max
-        guard accepting else { return }
+        guard accepting, !completionAccepts else { return }
         for index in listeners.indices {
             let listener = listeners[index].id
             do throws(Errno) { try poll.add(listeners[index].socket.pollDescriptor, token: Self.listenerTokenBit | UInt64(listener)) } catch {
                 acceptPausedUntil = MonotonicClock.nanoseconds() &+ Self.acceptPauseNanoseconds
             }
         }
+    }
+
+    /// Adds a connection accepted on listener `id` to the table and the epoll set; over this
+    /// worker's share of `--tcp-max-connections` it is closed at once and counted refused.
+    private mutating func adopt(_ socket: consuming TCPIngestSocket, listener id: UInt32, core: inout RelayCore, now: UInt64) {
+        guard connections.count < maximumConnections else {
+            // Closed as it goes out of scope: the client sees its connection end at once.
+            _ = consume socket
+            core.count(.tcpConnectionsRefused, listener: id)
+            return
+        }
+        let serial = nextSerial & 0x7FFF_FFFF
+        nextSerial &+= 1
+        do throws(Errno) { try poll.add(socket.pollDescriptor, token: Self.token(position: connections.count, serial: serial)) } catch {
+            core.count(.tcpAcceptErrors)
+            return
+        }
+        connections.append(TCPIngestConnection(
+            socket: socket, framer: StreamLineFramer(maximumLineBytes: maximumLineBytes), listener: id, serial: serial,
+            lastActivity: now))
+        core.count(.tcpConnectionsAccepted, listener: id)
     }
 
     private func listenerIndex(of id: UInt32) -> Int? {
