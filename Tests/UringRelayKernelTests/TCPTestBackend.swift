@@ -10,6 +10,9 @@ import Synchronization
 final class TCPTestBackend: @unchecked Sendable {  // its state is behind `state`; the thread is joined in `close`
     private struct State {
         var listener: Int32 = -1
+        /// While killed: a socket bound to the port and not listening, so that connections are
+        /// refused and no other test's socket takes the port meanwhile (the tests run at once).
+        var placeholder: Int32 = -1
         var connections: [Int32] = []
         /// Per open connection (same order): its index in `streams`.
         var streamOf: [Int] = []
@@ -65,6 +68,17 @@ final class TCPTestBackend: @unchecked Sendable {  // its state is behind `state
     var plainSpec: String { "127.0.0.1:\(port)" }
 
     private static func listen(port: UInt16, receiveBufferBytes: Int32?) throws -> Int32 {
+        let descriptor = try bound(port: port, receiveBufferBytes: receiveBufferBytes)
+        guard Glibc.listen(descriptor, 64) == 0 else {
+            let code = errno
+            Glibc.close(descriptor)
+            throw Errno(rawValue: code)
+        }
+        return descriptor
+    }
+
+    /// A non-blocking TCP socket bound to 127.0.0.1:`port`, not listening yet.
+    private static func bound(port: UInt16, receiveBufferBytes: Int32?) throws -> Int32 {
         let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
         guard descriptor >= 0 else { throw Errno(rawValue: errno) }
         var one: Int32 = 1
@@ -80,7 +94,7 @@ final class TCPTestBackend: @unchecked Sendable {  // its state is behind `state
         let bound = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
-        guard bound == 0, Glibc.listen(descriptor, 64) == 0 else {
+        guard bound == 0 else {
             let code = errno
             Glibc.close(descriptor)
             throw Errno(rawValue: code)
@@ -130,12 +144,22 @@ final class TCPTestBackend: @unchecked Sendable {  // its state is behind `state
         done.signal()
     }
 
-    /// Closes the listener and every connection (unread data makes the kernel reset them).
+    /// Closes the listener and every connection (unread data makes the kernel reset them); the
+    /// port stays held by a socket that does not listen, so connections to it are refused.
     func kill() {
+        closeAll()
+        let placeholder = try? Self.bound(port: port, receiveBufferBytes: receiveBufferBytes)
+        state.withLock { $0.placeholder = placeholder ?? -1 }
+    }
+
+    /// Closes the listener, the connections and any placeholder.
+    private func closeAll() {
         state.withLock { state in
             for connection in state.connections { Glibc.close(connection) }
             if state.listener >= 0 { Glibc.close(state.listener) }
+            if state.placeholder >= 0 { Glibc.close(state.placeholder) }
             state.listener = -1
+            state.placeholder = -1
             state.connections = []
             state.streamOf = []
         }
@@ -146,6 +170,19 @@ final class TCPTestBackend: @unchecked Sendable {  // its state is behind `state
 
     /// Listens again on the same port.
     func restart() throws {
+        let placeholder = state.withLock { state in
+            defer { state.placeholder = -1 }
+            return state.placeholder
+        }
+        if placeholder >= 0 {
+            guard Glibc.listen(placeholder, 64) == 0 else {
+                let code = errno
+                Glibc.close(placeholder)
+                throw Errno(rawValue: code)
+            }
+            state.withLock { $0.listener = placeholder }
+            return
+        }
         let listener = try Self.listen(port: port, receiveBufferBytes: receiveBufferBytes)
         state.withLock { $0.listener = listener }
     }
@@ -159,7 +196,7 @@ final class TCPTestBackend: @unchecked Sendable {  // its state is behind `state
         }
         guard wasRunning else { return }
         done.wait()
-        kill()
+        closeAll()
     }
 
     /// Connections accepted so far.
