@@ -26,4 +26,31 @@ struct ListenerIdTests {
         #expect(popped.map(\.bufferID) == (0..<listeners.count).map { UInt16($0) })
         #expect(popped.map(\.result) == (0..<listeners.count).map { Int32(100 + $0) })
     }
+
+    @Test("the receive queue keeps entries in order across many wraps, full to its capacity, at any capacity", arguments: [1, 3, 8, 100, 128])
+    func receiveQueueWraps(capacity: Int) {
+        var queue = ReceiveQueue(capacity: capacity)
+        var next = 0
+        var expected = 0
+        var outOfOrder = 0
+        // Fill to capacity, take all but one, fill again: the head goes round many times.
+        for _ in 0..<50 {
+            while queue.count < capacity {
+                queue.push(bufferID: UInt16(truncatingIfNeeded: next), result: Int32(next), listener: UInt32(next))
+                next += 1
+            }
+            while queue.count > min(1, capacity - 1), let entry = queue.pop() {
+                if entry.result != Int32(expected) || entry.listener != UInt32(expected) { outOfOrder += 1 }
+                expected += 1
+            }
+        }
+        while let entry = queue.pop() {
+            if entry.result != Int32(expected) { outOfOrder += 1 }
+            expected += 1
+        }
+        #expect(outOfOrder == 0)
+        #expect(expected == next, "every entry pushed came out once")
+        let emptied = queue.isEmpty
+        #expect(emptied)
+    }
 }

@@ -1,9 +1,11 @@
+import BasicContainers
+
 /// Filled receive buffers waiting to be processed, oldest first, in fixed storage.
 ///
 /// Receive completions are taken off the CQ at once (so send completions behind them are
 /// never stuck) and parked here while the core cannot take more. Every entry holds one
 /// provided buffer, so the capacity is the buffer count and the queue can never overflow.
-struct ReceiveQueue {
+struct ReceiveQueue: ~Copyable {
     /// One filled buffer: its id, the completion's result and the listener it came from (its
     /// id as the receive's `UserData.index` carries it: 32 bits, never cut).
     struct Entry: Equatable {
@@ -12,37 +14,46 @@ struct ReceiveQueue {
         var listener: UInt32
     }
 
-    private var entries: [Entry]
+    /// Room for `capacity` entries, rounded up to a power of two so an index wraps with a
+    /// mask, not a division; non-copyable storage, so a push pays no uniqueness check.
+    private var entries: RigidArray<Entry>
+    /// `entries.count - 1`.
+    private let mask: Int
+    /// The most entries held at once (the buffer count).
+    private let capacity: Int
     private var head = 0
     /// How many entries are waiting.
     private(set) var count = 0
 
     /// A queue for at most `capacity` entries.
     init(capacity: Int) {
-        entries = Array(repeating: Entry(bufferID: 0, result: 0, listener: 0), count: capacity)
+        self.capacity = capacity
+        var size = 1
+        while size < capacity { size <<= 1 }
+        mask = size - 1
+        entries = RigidArray(capacity: size)
+        for _ in 0..<size { entries.append(Entry(bufferID: 0, result: 0, listener: 0)) }
     }
 
-    /// Whether nothing is waiting.
     var isEmpty: Bool { count == 0 }
 
-    /// Appends a filled buffer.
+    /// Parks a filled buffer behind those waiting.
     ///
-    /// - Precondition: fewer than `capacity` entries are waiting.
+    /// - Precondition: fewer than `capacity` entries are waiting (one per buffer).
     @inline(__always)
     mutating func push(bufferID: UInt16, result: Int32, listener: UInt32) {
-        precondition(count < entries.count, "receive queue holds more entries than there are buffers")
-        let tail = (head + count) % entries.count
-        entries[tail] = Entry(bufferID: bufferID, result: result, listener: listener)
-        count += 1
+        precondition(count < capacity, "receive queue holds more entries than there are buffers")
+        entries[(head &+ count) & mask] = Entry(bufferID: bufferID, result: result, listener: listener)
+        count &+= 1
     }
 
-    /// Removes and returns the oldest entry.
+    /// Takes the oldest entry, or `nil` when none is waiting.
     @inline(__always)
     mutating func pop() -> Entry? {
         guard count > 0 else { return nil }
         let entry = entries[head]
-        head = (head + 1) % entries.count
-        count -= 1
+        head = (head &+ 1) & mask
+        count &-= 1
         return entry
     }
 }
