@@ -10,6 +10,22 @@ struct ListenerConfigTests {
         try ConfigFile.resolve(file: try ConfigFile.parse(yaml, source: "test.yaml"), flags: flags, allowedCPUs: [0, 1])
     }
 
+    /// Records an issue unless resolving `yaml` fails with a `ConfigFileError` at `keyPath` whose
+    /// reason contains `reason`.
+    static func expectRefused(
+        _ yaml: String, keyPath: String, reason: String, sourceLocation: SourceLocation = #_sourceLocation
+    ) {
+        do {
+            _ = try resolved(yaml)
+            Issue.record("accepted: \(yaml)", sourceLocation: sourceLocation)
+        } catch let error as ConfigFileError {
+            #expect(error.keyPath == keyPath, "\(error)", sourceLocation: sourceLocation)
+            #expect(error.reason.contains(reason), "\(error)", sourceLocation: sourceLocation)
+        } catch {
+            Issue.record("not a ConfigFileError: \(error)", sourceLocation: sourceLocation)
+        }
+    }
+
     @Test("three listeners in both forms, in order")
     func several() throws {
         let configuration = try Self.resolved(

@@ -81,14 +81,14 @@ public struct MetricFamily: Sendable, Equatable {
 
     /// Every family the endpoint exports, in the order it exports them.
     ///
-    /// Families the relay cannot fill yet are left out rather than exported empty: per-listener
-    /// counts (the relay has one listener; its counts carry its `listener` label).
+    /// Families the relay cannot fill are left out rather than exported empty. Input counts
+    /// carry a `listener` label (`udp:…`, `unix:…`, `tcp:…`), one series per listener.
     public static let all: [MetricFamily] = [
         // Input.
         .init("statsrelay_datagrams_received_total", .counter, ["listener"], .relayCounters,
-              help: "UDP datagrams received, empty ones included."),
+              help: "Datagrams received on a UDP or Unix listener, empty ones included; on a TCP listener, the runs of complete lines handed on (one per read, two when a read completes a held line)."),
         .init("statsrelay_bytes_received_total", .counter, ["listener"], .relayCounters,
-              help: "Bytes of datagram payload received."),
+              help: "Bytes received: datagram payloads; on a TCP listener, the bytes of complete lines."),
         .init("statsrelay_lines_received_total", .counter, ["listener"], .relayCounters,
               help: "StatsD lines received (each is forwarded, or dropped and counted by reason)."),
         .init("statsrelay_tcp_connections_accepted_total", .counter, ["listener"], .relayCounters,
