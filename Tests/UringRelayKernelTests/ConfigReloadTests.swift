@@ -65,34 +65,14 @@ struct ConfigReloadTests {
         let total = datagrams * sender.linesPerDatagram
         let received = try collect(from: backends, expectedLines: total, seconds: 20)
 
-        var arrivals: [Int: [String]] = [:]
-        for (backend, lines) in received.lines.enumerated() {
-            for line in lines {
-                let index = Int(line.dropFirst("pool.".count).prefix { $0 != ":" })!
-                arrivals[index, default: []].append(specs[backend])
-            }
-        }
-        #expect(arrivals.count == total, "lines lost: \(total - arrivals.count)")
-        #expect(arrivals.values.allSatisfy { $0.count == 1 }, "a line arrived twice")
-        // One worker relays in order, so the pools in force never go back: a line's backend must
-        // be its route under the pool of the line before it, or of a later pool. The refused
-        // file's single backend is no pool here: a line routed by it would be misrouted.
-        var current = 0
-        var misrouted = 0
-        for index in 0..<total {
-            guard let backend = arrivals[index]?.first else { continue }
-            if let pool = PoolChangeTests.firstPool(routing: "pool.\(index)", to: backend, in: pools, from: current) {
-                current = pool
-            } else {
-                misrouted += 1
-            }
-        }
-        #expect(misrouted == 0)
-        #expect(current == pools.count - 1, "the last pool never took over")
+        // The refused file's single backend is no pool here: a line routed by it is misrouted.
+        PoolChangeTests.expectArrivedOnceInPoolOrder(received.lines, specs: specs, pools: pools, total: total)
 
         let log = relay.standardError
         #expect(relay.counter("statsrelay.pool_changes") == UInt64(pools.count - 1))
-        #expect(relay.counter("statsrelay.lines_forwarded") == UInt64(total))
+        #expect(
+            relay.counter("statsrelay.lines_forwarded") == UInt64(total),
+            "received \(relay.counter("statsrelay.datagrams_received").map(String.init) ?? "?") datagrams; the kernel dropped \(relay.counter("statsrelay.datagrams_dropped.kernel").map(String.init) ?? "?")")
         #expect(relay.counter("statsrelay.config_reloads{result=\"success\"}") == UInt64(pools.count - 1))
         #expect(relay.counter("statsrelay.config_reloads{result=\"failure\"}") == 1)
         let refused = try #require(relay.logLine(containing: "reload refused"))

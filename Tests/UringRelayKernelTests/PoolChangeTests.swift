@@ -56,6 +56,38 @@ struct PoolChangeTests {
         return nil
     }
 
+    /// Checks lines `pool.0` … `pool.<total-1>` received by the backends `specs` (`lines[b]` what
+    /// backend `b` got): each arrived exactly once, and, as one worker relays in order so the pools
+    /// in force never go back, each at its route under the pool of the line before it or of a
+    /// later pool, the last pool taking over in the end. A line routed by anything else (a refused
+    /// file's pool, a stale one) counts as misrouted.
+    static func expectArrivedOnceInPoolOrder(
+        _ lines: [[String]], specs: [String], pools: [[String]], total: Int,
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) {
+        var arrivals: [Int: [String]] = [:]
+        for (backend, received) in lines.enumerated() {
+            for line in received {
+                let index = Int(line.dropFirst("pool.".count).prefix { $0 != ":" })!
+                arrivals[index, default: []].append(specs[backend])
+            }
+        }
+        #expect(arrivals.count == total, "lines lost: \(total - arrivals.count)", sourceLocation: sourceLocation)
+        #expect(arrivals.values.allSatisfy { $0.count == 1 }, "a line arrived twice", sourceLocation: sourceLocation)
+        var current = 0
+        var misrouted = 0
+        for index in 0..<total {
+            guard let backend = arrivals[index]?.first else { continue }
+            if let pool = firstPool(routing: "pool.\(index)", to: backend, in: pools, from: current) {
+                current = pool
+            } else {
+                misrouted += 1
+            }
+        }
+        #expect(misrouted == 0, sourceLocation: sourceLocation)
+        #expect(current == pools.count - 1, "the last pool never took over", sourceLocation: sourceLocation)
+    }
+
     @Test("backends added, removed and reordered under traffic: every line arrives once, at the backend the pool in force routed it to", arguments: ioDrivers)
     func changesUnderTraffic(driver: IOBackendChoice) throws {
         try requireDriver(driver)
@@ -87,30 +119,7 @@ struct PoolChangeTests {
         let counters = relay.stop()
         let late = try collect(from: backends, expectedLines: 0, seconds: 0.2)
         for backend in received.datagrams.indices { received.datagrams[backend] += late.datagrams[backend] }
-        // Which backend each line reached, and how often.
-        var arrivals: [Int: [String]] = [:]
-        for (backend, lines) in received.lines.enumerated() {
-            for line in lines {
-                let index = Int(line.dropFirst("pool.".count).prefix { $0 != ":" })!
-                arrivals[index, default: []].append(specs[backend])
-            }
-        }
-        #expect(arrivals.count == total, "lines lost: \(total - arrivals.count)")
-        #expect(arrivals.values.allSatisfy { $0.count == 1 }, "a line arrived twice")
-        // One worker relays in order, so the pools in force never go back: a line's backend
-        // must be its route under the pool of the line before it, or of a later pool.
-        var current = 0
-        var misrouted = 0
-        for index in 0..<total {
-            guard let backend = arrivals[index]?.first else { continue }
-            if let pool = Self.firstPool(routing: "pool.\(index)", to: backend, in: pools, from: current) {
-                current = pool
-            } else {
-                misrouted += 1
-            }
-        }
-        #expect(misrouted == 0)
-        #expect(current == pools.count - 1, "the last pool never took over")
+        Self.expectArrivedOnceInPoolOrder(received.lines, specs: specs, pools: pools, total: total)
         // Every publication is applied or superseded (checked above: the pools in force never go
         // back, and the last one took over). Two published between a worker's turns merge into one
         // change to the later pool, so the count is at least one and at most one per publication.
