@@ -93,6 +93,12 @@ public struct TCPBackendSocket: ~Copyable {
         return getsockopt(descriptor, SOL_SOCKET, SO_SNDBUF, &value, &length) < 0 ? nil : Int(value)
     }
 
+    /// Shuts the writing side down (`shutdown(SHUT_WR)`): what the kernel accepted is still
+    /// delivered, then a FIN; a `send` waiting in the kernel for room (an io_uring `send` SQE
+    /// to a peer that stopped reading) fails at once with `EPIPE`, or returns what it had
+    /// already taken, so its completion comes and the connection can be let go.
+    public func shutDownWriting() { _ = shutdown(descriptor, Int32(SHUT_WR)) }
+
     /// The descriptor, for a poll set that waits for writability.
     public var pollDescriptor: Int32 { descriptor }
 }

@@ -396,3 +396,83 @@ struct TCPBackendCommandLineTests {
         #expect(result.error.contains(message), "stderr: \(result.error)")
     }
 }
+
+/// A TCP backend that stops reading while its name moves, or while a reload removes it: the
+/// io_uring driver's `send` waiting in the kernel for room on the old connection is ended
+/// (its socket's writing side shut down), so the link goes on at the new address, or is
+/// finished and freed, instead of waiting for a peer that never reads.
+@Suite("TCP backends stuck in a send: name moves and removals", .serialized)
+struct TCPBackendStuckSendTests {
+    @Test("a name moving off a backend that stopped reading: lines sent after the move reach the new address; every line is accounted for", arguments: ioDrivers)
+    func moveOffStuck(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let stuck = try TCPTestBackend(reading: false, receiveBufferBytes: 4_096)
+        defer { stuck.close() }
+        let good = try TCPTestBackend()
+        defer { good.close() }
+        let book = NameBook(["moving.test": SocketAddress(numericHost: "127.0.0.1", port: stuck.port)!])
+        let (relay, listen, log) = try relayFollowing(names: [("tcp://moving.test", stuck.port)], book: book, driver: driver) {
+            $0.tcpBackendQueueBytes = 64 << 10
+            $0.backendSendBufferBytes = 4_096
+        }
+        let identity = "moving.test:\(stuck.port)"
+        try send(datagrams(of: numberedLines(0..<5_000, pad: 30), perDatagram: 50), to: listen)
+        // The queue fills only once the old connection's buffers are full: a send then waits.
+        #expect(stuck.wait { _ in relay.liveCounters()[.linesDroppedTCPQueueFull, backend: identity] > 0 }, "the old connection stopped taking bytes")
+        book.point("moving.test", to: SocketAddress(numericHost: "127.0.0.1", port: good.port)!)
+        // Probes until one reaches the new address (the worker follows at its next turn after
+        // the refresh; a probe before that finds the queue full and is counted dropped).
+        var probes = 0
+        var arrived = false
+        while !arrived && probes < 40 {
+            try send(["moved.probe.\(probes):1|c"], to: listen)
+            probes += 1
+            arrived = good.wait(seconds: 0.25) { $0.lines.contains { $0.hasPrefix("moved.probe.") } }
+        }
+        #expect(arrived, "a line sent after the move reached the new address (\(probes) probes)")
+        #expect(log.withLock { $0 }.contains("backend address changed"))
+        relay.stop()
+        let counters = relay.wait().counters
+        #expect(counters[.linesReceived] == counters.total(.linesSent) + droppedLines(counters), "every line is sent or dropped, counted once")
+    }
+
+    @Test("a backend removed by a reload while it stopped reading: once its time to write is out, the relay lets its connection go; every line is accounted for", arguments: ioDrivers)
+    func removedWhileStuck(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let stuck = try TCPTestBackend(reading: false, receiveBufferBytes: 4_096)
+        defer { stuck.close() }
+        let udp = try TestBackend()
+        let relay = try startRelay([stuck.spec, udp.spec], driver: driver) {
+            $0.tcpBackendQueueBytes = 64 << 10
+            $0.backendSendBufferBytes = 4_096
+        }
+        let identity = "127.0.0.1:\(stuck.port)"
+        try send(datagrams(of: numberedLines(0..<5_000, pad: 30), perDatagram: 50), to: relay.address)
+        #expect(stuck.wait { _ in relay.relay.liveCounters()[.linesDroppedTCPQueueFull, backend: identity] > 0 }, "the connection stopped taking bytes")
+        #expect(Self.states(ofConnectionsTo: stuck.port) == ["01"], "one connection, established")
+        try relay.relay.replaceBackends([try BackendAddress(parsing: udp.spec)])
+        // A second to write (TCPBackendLink's grace for a removed backend), then given up: its
+        // socket must close (FIN_WAIT1, its FIN behind the unread bytes), not stay established
+        // under a send the kernel holds for as long as the peer's window stays shut.
+        #expect(
+            stuck.wait(seconds: 10) { _ in !Self.states(ofConnectionsTo: stuck.port).contains("01") },
+            "still established: \(Self.states(ofConnectionsTo: stuck.port))")
+        let counters = relay.stop()
+        #expect(counters[.linesDroppedTCPUnsentAtExit, backend: identity] > 0, "what it never wrote is counted")
+        #expect(counters[.linesReceived] == counters.total(.linesSent) + droppedLines(counters), "every line is sent or dropped, counted once")
+    }
+
+    /// The states (`/proc/net/tcp`'s `st`, hex: `01` established, `04` FIN_WAIT1, …) of the
+    /// IPv4 sockets connected to 127.0.0.1:`port` in the calling thread's network namespace
+    /// (`thread-self`: another suite may have moved the process's first thread elsewhere).
+    static func states(ofConnectionsTo port: UInt16) -> [String] {
+        // Read whole (FileContents reads to the end: a proc file reports no size).
+        guard let bytes = try? FileContents.read(path: "/proc/thread-self/net/tcp") else { return [] }
+        let table = String(decoding: bytes, as: UTF8.self)
+        let remote = String(format: "0100007F:%04X", port)
+        return table.split(separator: "\n").dropFirst().compactMap { row in
+            let fields = row.split(separator: " ")
+            return fields.count > 3 && fields[2] == remote ? String(fields[3]) : nil
+        }
+    }
+}

@@ -30,6 +30,9 @@ extension BackendConnections {
 
     /// How long a TCP backend removed from the pool may go on writing what its link held.
     static let retiredLinkNanoseconds: UInt64 = 1_000_000_000
+    /// How long, after that, a given-up link waits for the completion of a `send` it ended
+    /// (`TCPBackendLink.abandon`) before it is finished anyway, its queue left allocated.
+    static let abandonedSendNanoseconds: UInt64 = 1_000_000_000
 
     /// Copies `slot`'s packet into `backend`'s link queue (or drops and counts it when the
     /// queue is full) and frees the slot: the core is done with it.
@@ -115,7 +118,13 @@ extension BackendConnections {
         }
         var index = 0
         while index < retiredLinks.count {
-            let done = retiredLinks[index].isSettled || now >= retiredLinkDeadlines[index]
+            if now >= retiredLinkDeadlines[index], !retiredLinks[index].isAbandoned {
+                // Out of time: given up; the send it ended gets its own short deadline.
+                retiredLinks[index].abandon()
+                let (later, overflow) = now.addingReportingOverflow(Self.abandonedSendNanoseconds)
+                retiredLinkDeadlines[index] = overflow ? .max : later
+            }
+            let done = retiredLinks[index].isSettled || (retiredLinks[index].isAbandoned && now >= retiredLinkDeadlines[index])
             if done { retiredLinks[index].finish() }
             var report = DeliveryLedger.Report()
             report.stream = retiredLinks[index].takeReport()

@@ -55,6 +55,9 @@ struct TCPBackendLink: ~Copyable {
     private(set) var blocked = false
     /// A `send` SQE on the current connection is in flight (io_uring driver).
     private(set) var sendInFlight = false
+    /// Given up (a removed backend out of time): nothing more is connected or written; only
+    /// the completion of a send still in flight is awaited, its bytes counted.
+    private(set) var isAbandoned = false
     /// Bumped at every new connection, so a completion of a send on a dead one is recognised.
     private(set) var connectionNumber: UInt16 = 0
     /// This link's number among the worker's links (unique while it lives), for `user_data`.
@@ -97,7 +100,8 @@ struct TCPBackendLink: ~Copyable {
     /// Whether the worker must be woken when the socket becomes writable: connecting, or
     /// connected with its send buffer full.
     var wantsWritable: Bool {
-        switch state {
+        if isAbandoned { return false }
+        return switch state {
         case .connecting: true
         case .connected: blocked && hasUnwritten && !sendInFlight
         case .waiting: false
@@ -118,7 +122,8 @@ struct TCPBackendLink: ~Copyable {
     /// When the link needs a turn without any I/O: its next connection attempt, or the end of
     /// a connection attempt's time.
     var nextDeadline: UInt64? {
-        switch state {
+        if isAbandoned { return nil }
+        return switch state {
         case .waiting(let retryAt): hasUnwritten ? retryAt : nil
         case .connecting(let since): since &+ Self.connectTimeoutNanoseconds
         case .connected: nil
@@ -129,6 +134,7 @@ struct TCPBackendLink: ~Copyable {
     /// or the backend is not connected (waiting out a backoff: what is queued is dropped at
     /// exit rather than holding the stop).
     var isSettled: Bool {
+        if isAbandoned { return !sendInFlight }
         if case .waiting = state { return !sendInFlight }
         return !hasUnwritten && !sendInFlight
     }
@@ -152,6 +158,7 @@ struct TCPBackendLink: ~Copyable {
     /// is queued, without waiting.
     mutating func progress(now: UInt64, writes: Bool) {
         mayAskAcknowledged = true
+        if isAbandoned { return }
         switch state {
         case .waiting(let retryAt):
             guard now >= retryAt, hasUnwritten else { return }
@@ -207,7 +214,7 @@ struct TCPBackendLink: ~Copyable {
     /// in flight, bytes unwritten (one contiguous piece, at most `writeLimit`). Marks the send
     /// in flight.
     mutating func takeWrite() -> (descriptor: Int32, bytes: UnsafeRawBufferPointer)? {
-        guard state == .connected, !sendInFlight, hasUnwritten, let descriptor = pollDescriptor else { return nil }
+        guard state == .connected, !sendInFlight, !isAbandoned, hasUnwritten, let descriptor = pollDescriptor else { return nil }
         sendInFlight = true
         return (descriptor, queue.unsafeContiguousBytes(from: written, limit: Self.writeLimit))
     }
@@ -232,6 +239,11 @@ struct TCPBackendLink: ~Copyable {
     mutating func writeCompleted(result: Int32, connection number: UInt16, now: UInt64) {
         sendInFlight = false
         guard number == connectionNumber, state == .connected else { return }  // a dead connection's
+        if isAbandoned {
+            // Ended by `abandon`: what it had taken still counts; its EPIPE is no failure.
+            if result > 0 { accepted(Int(result)) }
+            return
+        }
         if result > 0 {
             blocked = false
             accepted(Int(result))
@@ -316,12 +328,32 @@ struct TCPBackendLink: ~Copyable {
     /// written again whole on the new one.
     mutating func move(to newAddress: SocketAddress, now: UInt64) {
         address = newAddress
+        endWaitingSend()
         socket = nil
         written = linesWritten
         queue.release(upTo: max(queue.start, linesWritten))
         blocked = false
         failures = 0
         connect(now: now)
+    }
+
+    /// Gives the link up (a removed backend out of time): no more connecting or writing, and a
+    /// `send` waiting in the kernel on the connection is ended (`endWaitingSend`), so its
+    /// completion comes soon and the link can be finished without leaving its queue to the
+    /// kernel. Idempotent.
+    mutating func abandon() {
+        guard !isAbandoned else { return }
+        isAbandoned = true
+        endWaitingSend()
+    }
+
+    /// Ends a `send` SQE waiting in the kernel on the current connection for room that a peer
+    /// which stopped reading never makes: the socket's writing side is shut down, so the send
+    /// fails at once (`EPIPE`) or returns what it had taken. Without it, a DNS move would wait
+    /// for that completion before writing to the new address, and a removed backend's socket
+    /// and queue would stay with the kernel for as long as the peer keeps its window shut.
+    private func endWaitingSend() {
+        if sendInFlight { _ = withSocket { $0.shutDownWriting() } }
     }
 
     /// At exit: a line the last write cut is offered once more (its rest only, without
