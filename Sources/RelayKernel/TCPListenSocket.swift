@@ -155,15 +155,26 @@ extension TCPListenSocket {
     }
 
     /// A listening socket of its own on the socket `box` carries (a duplicate: the box keeps its
-    /// descriptor), received from another process; check it first with `listenerMismatch`.
+    /// descriptor), received from another process, made non-blocking; check it first with
+    /// `listenerMismatch`.
     ///
-    /// - Throws: `SystemCallError` for `fcntl F_DUPFD_CLOEXEC`.
+    /// systemd passes its sockets blocking (`NonBlocking=no` by default): an `accept` on one
+    /// whose connection another worker took first would block that worker for good. The flag
+    /// belongs to the socket's open file, so systemd's descriptor turns non-blocking too, which
+    /// it does not mind (it only polls a socket it does not accept on).
+    /// - Throws: `SystemCallError` for `fcntl F_DUPFD_CLOEXEC` or `fcntl F_SETFL O_NONBLOCK`.
     public static func adopting(_ box: SocketBox) throws(SystemCallError) -> TCPListenSocket {
         let descriptor = box.socket.descriptor
+        let copy: Int32
+        do throws(Errno) { copy = try systemCall { fcntl(descriptor, F_DUPFD_CLOEXEC, 0) } } catch {
+            throw SystemCallError("fcntl F_DUPFD_CLOEXEC", "tcp listener", error)
+        }
+        let socket = TCPListenSocket(descriptor: copy, localAddress: boundAddress(of: copy) ?? box.socket.localAddress)
         do throws(Errno) {
-            let copy = try systemCall { fcntl(descriptor, F_DUPFD_CLOEXEC, 0) }
-            return TCPListenSocket(descriptor: copy, localAddress: boundAddress(of: copy) ?? box.socket.localAddress)
-        } catch { throw SystemCallError("fcntl F_DUPFD_CLOEXEC", "tcp listener", error) }
+            let flags = try systemCall { fcntl(copy, F_GETFL) }
+            if flags & O_NONBLOCK == 0 { _ = try systemCall { fcntl(copy, F_SETFL, flags | O_NONBLOCK) } }
+        } catch { throw SystemCallError("fcntl F_SETFL O_NONBLOCK", "tcp \(socket.localAddress)", error) }
+        return socket
     }
 
     /// Whether `box` carries a stream socket (`SO_TYPE` `SOCK_STREAM`): a TCP listener's, to be
