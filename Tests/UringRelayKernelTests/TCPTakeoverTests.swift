@@ -245,3 +245,40 @@ final class ConnectingClients: Sendable {
                 shared.written.withLock { $0 })
     }
 }
+
+/// A relay with TCP listeners against a successor too old to take them (protocol version 2).
+@Suite("Takeover of TCP ingest listeners: an older successor")
+struct TCPTakeoverOlderPeerTests {
+    @Test("a version 2 request names no TCP listener: the datagram listeners alone are offered, and the relay says its TCP listeners are not handed over", arguments: ioDrivers)
+    func versionTwoRequest(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let backend = try TestBackend()
+        let control = TakeoverTests.ControlPath()
+        let tcpPort = try unusedTCPPort()
+        let running = try RelayProcess(
+            driver: driver,
+            TCPTakeoverTests.arguments(udpPort: 0, tcpPort: tcpPort, threads: TakeoverTests.oneWorker, control: control, backend: backend))
+        let udp = try running.listenAddress()
+        #expect(running.waitForLog("control socket on \(control.path)"), "\(running.standardError)")
+        do {
+            let connection = try UnixStreamSocket.connected(to: control.path)
+            try connection.sendFrame(
+                TakeoverMessage.takeover(version: 2, threads: 1, listeners: [udp.description]).encoded, timeoutMilliseconds: 2_000)
+            let offer = try connection.receiveFrame(timeoutMilliseconds: 5_000)
+            #expect(TakeoverMessage(decoding: offer.payload) == .offer(version: 2, threads: 1, listeners: 1, pid: running.process.processIdentifier))
+            let frame = try connection.receiveFrame(timeoutMilliseconds: 5_000)
+            #expect(TakeoverMessage(decoding: frame.payload) == .sockets(index: 0, address: udp.description, drops: [0]))
+            #expect(frame.sockets.count == 1)
+            // Gone without `ready`: the relay keeps running as it was.
+        }
+        #expect(running.waitForLog("takeover in protocol version 2: the new relay takes no TCP listener over"), "\(running.standardError)")
+        #expect(running.waitForLog("takeover failed in the new relay; this one keeps running"), "\(running.standardError)")
+        let client = try TCPIngestClient(to: SocketAddress(numericHost: "127.0.0.1", port: tcpPort)!)
+        try client.write((0..<20).map { TCPTakeoverTests.line(0, $0) + "\n" }.joined())
+        client.finish()
+        #expect(Set(try collect(from: [backend], expectedLines: 20).lines[0]) == Set((0..<20).map { TCPTakeoverTests.line(0, $0) }))
+        running.signal(SIGTERM)
+        #expect(running.waitForExit() == 0, "\(running.standardError)")
+        #expect(running.counter("statsrelay.tcp_connections_accepted") == 1)
+    }
+}
