@@ -22,51 +22,63 @@ struct TCPTakeoverTests {
     }
 
     @Test(
-        "a takeover while clients keep connecting over TCP: no connect refused, every connection accepted by exactly one relay, no line duplicated, a line lost only on a connection the old relay closed at its stop",
+        "two successive takeovers while clients keep connecting over TCP: no connect refused, every connection accepted by exactly one relay, no line duplicated, a line lost only on a connection an old relay closed at its stop",
         arguments: ioDrivers)
     func connectsDuringTakeover(driver: IOBackendChoice) throws {
         try requireDriver(driver)
         let backend = try TestBackend()
         let control = TakeoverTests.ControlPath()
         let tcpPort = try unusedTCPPort()
-        let old = try RelayProcess(
+        var current = try RelayProcess(
             driver: driver, Self.arguments(udpPort: 0, tcpPort: tcpPort, threads: twoWorkerArguments, control: control, backend: backend))
-        let udp = try old.listenAddress()
-        #expect(old.waitForLog("listening on 127.0.0.1:\(udp.port), tcp:127.0.0.1:\(tcpPort)"), "\(old.standardError)")
-        #expect(old.waitForLog("control socket on \(control.path)"), "\(old.standardError)")
+        let udp = try current.listenAddress()
+        #expect(current.waitForLog("listening on 127.0.0.1:\(udp.port), tcp:127.0.0.1:\(tcpPort)"), "\(current.standardError)")
+        #expect(current.waitForLog("control socket on \(control.path)"), "\(current.standardError)")
 
         let lines = 10
         let clients = try ConnectingClients(
-            to: SocketAddress(numericHost: "127.0.0.1", port: tcpPort)!, linesPerConnection: lines, maxConnections: 3_000, seconds: 20, line: Self.line)
+            to: SocketAddress(numericHost: "127.0.0.1", port: tcpPort)!, linesPerConnection: lines, maxConnections: 4_000, seconds: 30, line: Self.line)
         #expect(clients.waitUntilDone(100, seconds: 5))
-        let next = try RelayProcess(
-            driver: driver,
-            Self.arguments(udpPort: udp.port, tcpPort: tcpPort, threads: twoWorkerArguments, control: control, backend: backend, takeover: true))
-        _ = try next.listenAddress()
-        #expect(next.waitForLog("takeover complete"), "\(next.standardError)")
-        // The new relay names the TCP listener as the old one did (its label and id).
-        #expect(next.standardError.contains("listening on 127.0.0.1:\(udp.port), tcp:127.0.0.1:\(tcpPort)"), "\(next.standardError)")
-        #expect(!next.standardError.contains("hands over no TCP listener"), "\(next.standardError)")
-        #expect(old.waitForExit(seconds: 10) == 0, "\(old.standardError)")
-        // Connections keep coming, served by the new relay alone now.
-        let atExit = clients.done
-        #expect(clients.waitUntilDone(atExit + 100, seconds: 5))
+        var old: [RelayProcess] = []
+        for step in 1...2 {
+            let next = try RelayProcess(
+                driver: driver,
+                Self.arguments(udpPort: udp.port, tcpPort: tcpPort, threads: twoWorkerArguments, control: control, backend: backend, takeover: true))
+            _ = try next.listenAddress()
+            #expect(next.waitForLog("takeover complete"), "step \(step): \(next.standardError)")
+            #expect(next.waitForLog("control socket on \(control.path)"), "step \(step): \(next.standardError)")
+            // The new relay names the TCP listener as the old one did (its label and id).
+            #expect(next.standardError.contains("listening on 127.0.0.1:\(udp.port), tcp:127.0.0.1:\(tcpPort)"), "\(next.standardError)")
+            #expect(!next.standardError.contains("hands over no TCP listener"), "\(next.standardError)")
+            #expect(current.waitForExit(seconds: 10) == 0, "step \(step): \(current.standardError)")
+            old.append(current)
+            current = next
+            // Connections keep coming, served by the new relay alone now.
+            let atExit = clients.done
+            #expect(clients.waitUntilDone(atExit + 100, seconds: 5), "step \(step)")
+        }
         let result = clients.stop()
-        next.signal(SIGTERM)
-        #expect(next.waitForExit(seconds: 10) == 0, "\(next.standardError)")
+        current.signal(SIGTERM)
+        #expect(current.waitForExit(seconds: 10) == 0, "\(current.standardError)")
 
-        #expect(result.refused == 0, "connects refused during the takeover")
-        let oldAccepted = try #require(old.counter("statsrelay.tcp_connections_accepted"))
-        let newAccepted = try #require(next.counter("statsrelay.tcp_connections_accepted"))
+        #expect(result.refused == 0, "connects refused during the takeovers")
+        #expect(result.failed == 0)
         // Each relay counts from zero: together they accepted every connection once.
-        #expect(oldAccepted + newAccepted == UInt64(result.connected), "old \(oldAccepted) + new \(newAccepted) accepted, \(result.connected) connected")
-        #expect(oldAccepted > 0 && newAccepted > 0)
-        // The old relay's counters explain its connections: each closed once, by its client or its stop.
-        let oldClosedStop = old.counter("statsrelay.tcp_connections_closed.stop") ?? 0
-        let oldClosed = (old.counter("statsrelay.tcp_connections_closed.peer") ?? 0) + oldClosedStop
-            + (old.counter("statsrelay.tcp_connections_closed.error") ?? 0)
-        #expect(oldClosed == oldAccepted, "\(old.standardError)")
-        #expect(next.counter("statsrelay.tcp_connections_refused") == 0)
+        var accepted: [UInt64] = []
+        var closedAtStop: UInt64 = 0
+        for (index, relay) in (old + [current]).enumerated() {
+            let count = try #require(relay.counter("statsrelay.tcp_connections_accepted"), "relay \(index)")
+            accepted.append(count)
+            // Its counters explain its connections: each closed once, by its client or its stop.
+            let stop = relay.counter("statsrelay.tcp_connections_closed.stop") ?? 0
+            let closed = (relay.counter("statsrelay.tcp_connections_closed.peer") ?? 0) + stop
+                + (relay.counter("statsrelay.tcp_connections_closed.error") ?? 0)
+            #expect(closed == count, "relay \(index): \(relay.standardError)")
+            #expect(relay.counter("statsrelay.tcp_connections_refused") == 0, "relay \(index)")
+            if index < old.count { closedAtStop += stop }
+        }
+        #expect(accepted.reduce(0, +) == UInt64(result.connected), "accepted \(accepted), \(result.connected) connected")
+        #expect(accepted.allSatisfy { $0 > 0 }, "accepted \(accepted)")
 
         let expected = result.written.count * lines
         let received = try collect(from: [backend], expectedLines: expected, seconds: 15)
@@ -75,9 +87,9 @@ struct TCPTakeoverTests {
         #expect(distinct.count == all.count, "\(all.count - distinct.count) lines duplicated")
         var incomplete = 0
         for connection in result.written where !(0..<lines).allSatisfy({ distinct.contains(Self.line(connection, $0)) }) { incomplete += 1 }
-        // Only a connection the old relay closed at its stop can miss lines.
-        #expect(UInt64(incomplete) <= oldClosedStop, "\(incomplete) connections missing lines; the old relay closed \(oldClosedStop) at its stop")
-        let relayed = (old.counter("statsrelay.lines_forwarded") ?? 0) + (next.counter("statsrelay.lines_forwarded") ?? 0)
+        // Only a connection an old relay closed at its stop can miss lines.
+        #expect(UInt64(incomplete) <= closedAtStop, "\(incomplete) connections missing lines; the old relays closed \(closedAtStop) at their stops")
+        let relayed = (old + [current]).reduce(UInt64(0)) { $0 + ($1.counter("statsrelay.lines_forwarded") ?? 0) }
         #expect(relayed == UInt64(all.count), "the relays forwarded \(relayed) lines, the backend got \(all.count)")
     }
 
