@@ -294,3 +294,56 @@ struct TCPTakeoverOlderPeerTests {
         #expect(running.counter("statsrelay.tcp_connections_accepted") == 1)
     }
 }
+
+/// TCP listeners a reload adds: the listener set is the takeover's or the reload's, never both;
+/// one added by a reload is handed over like one configured at start.
+@Suite("Takeover of TCP ingest listeners added by a reload", .serialized, .timeLimit(.minutes(1)))
+struct TCPTakeoverReloadTests {
+    @Test(
+        "a reload adding a TCP listener while a takeover holds the offer is refused; applied once it fails, the listener is handed over by the next takeover and accepts in the new relay",
+        arguments: ioDrivers)
+    func reloadAddedListenerHandedOver(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let backend = try TestBackend()
+        let control = TakeoverTests.ControlPath()
+        let udp = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!).localAddress
+        let tcp = SocketAddress(numericHost: "127.0.0.1", port: try unusedTCPPort())!
+        let file = try TemporaryConfigFile(TakeoverReloadTests.yaml(listeners: [udp.description], control: control.path, backend: backend))
+        let cpu = "\(nextTestCPU())"
+        let first = try RelayProcess(driver: driver, ["--config", file.path, "--cpus", cpu])
+        #expect(try first.listenAddress() == udp)
+        #expect(first.waitForLog("control socket on \(control.path)"), "\(first.standardError)")
+
+        do {
+            let held = try TakeoverTests.takeOffer(control: control, address: udp, relay: first)
+            try file.write(TakeoverReloadTests.yaml(listeners: [udp.description, "tcp:\(tcp)"], control: control.path, backend: backend))
+            first.signal(SIGHUP)
+            #expect(first.waitForLog("a takeover is under way: the listeners cannot change now", seconds: 10), "\(first.standardError)")
+            #expect(throws: Errno(rawValue: ECONNREFUSED)) { _ = try TCPIngestClient(to: tcp) }
+            _ = consume held
+        }
+        #expect(first.waitForLog("takeover failed in the new relay; this one keeps running"), "\(first.standardError)")
+        first.signal(SIGHUP)
+        #expect(first.waitForLog("reload: applied", seconds: 10), "\(first.standardError)")
+        let before = try TCPIngestClient(to: tcp)
+        try before.write("tcpreload.before:1|c\n")
+        before.finish()
+        #expect(Set(try collect(from: [backend], expectedLines: 1).lines[0]) == ["tcpreload.before:1|c"])
+
+        let second = try RelayProcess(driver: driver, ["--config", file.path, "--cpus", cpu, "--takeover", control.path])
+        #expect(try second.listenAddress() == udp)
+        #expect(second.waitForLog("takeover complete"), "\(second.standardError)")
+        #expect(second.standardError.contains("listening on \(udp), tcp:\(tcp)"), "\(second.standardError)")
+        #expect(first.waitForExit() == 0, "\(first.standardError)")
+        let after = try TCPIngestClient(to: tcp)
+        try after.write("tcpreload.after:1|c\n")
+        after.finish()
+        #expect(Set(try collect(from: [backend], expectedLines: 1).lines[0]) == ["tcpreload.after:1|c"])
+        #expect(after.waitForClose(seconds: 5))
+        second.signal(SIGTERM)
+        #expect(second.waitForExit() == 0, "\(second.standardError)")
+        #expect(first.counter("statsrelay.config_reloads{result=\"failure\"}") == 1)
+        #expect(first.counter("statsrelay.tcp_connections_accepted") == 1)
+        #expect(second.counter("statsrelay.tcp_connections_accepted") == 1)
+    }
+}
