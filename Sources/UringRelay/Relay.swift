@@ -199,6 +199,11 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             // stray SO_REUSEPORT socket, on the port would take a share of the traffic unseen.
             for address in listen where address.port != 0 { try UDPSocket.probeExclusive(address) }
             for address in config.tcpListenAddresses where address.port != 0 { try TCPListenSocket.probeExclusive(address) }
+        } else if !config.reusePortGroup, let inheriting, inheriting.heldElsewhere, inheriting.tcpSockets.isEmpty {
+            // systemd passed the datagram sockets alone: the relay binds its TCP listeners, and
+            // nobody else may hold their ports. (A takeover from an older relay, which hands over
+            // no TCP listener, binds beside the old relay's on purpose: no probe then.)
+            for address in config.tcpListenAddresses where address.port != 0 { try TCPListenSocket.probeExclusive(address) }
         }
         let shared: [Int: SocketBox]
         do { shared = try bindUnixListeners(listen, inherited: inheriting != nil) } catch {
