@@ -521,8 +521,8 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         var wantedTCPConfiguration = configurationInForce
         wantedTCPConfiguration.tcpListeners = candidate.tcpListeners
         let wantedTCP = wantedTCPConfiguration.tcpListenAddresses
-        let changesListeners = running.contains { !wanted.contains($0) } || wanted.contains { !running.contains($0) }
-            || runningTCP.contains { !wantedTCP.contains($0) } || wantedTCP.contains { !runningTCP.contains($0) }
+        let changesListeners = !Self.listenerDifference(running: running, wanted: wanted).isEmpty
+            || !Self.listenerDifference(running: runningTCP, wanted: wantedTCP).isEmpty
         if changesListeners && !listenerRegistry.takeListenerSet(for: .reload) {
             reloads.recordFailure()
             throw ConfigurationError(
@@ -618,6 +618,23 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         return changed
     }
 
+    /// What a reload changes of one kind of listener (datagram or TCP), compared as configured:
+    /// the running ones `wanted` no longer has (their positions among `running`), and the
+    /// addresses it adds (their positions among `wanted`). The one comparison both kinds'
+    /// preparations and the listener-set lock go by.
+    struct ListenerDifference {
+        var removed: [(index: Int, configured: SocketAddress)]
+        var added: [(index: Int, address: SocketAddress)]
+        var isEmpty: Bool { removed.isEmpty && added.isEmpty }
+    }
+
+    /// The difference between the `running` listeners and the `wanted` ones.
+    static func listenerDifference(running: [SocketAddress], wanted: [SocketAddress]) -> ListenerDifference {
+        ListenerDifference(
+            removed: running.enumerated().filter { !wanted.contains($0.element) }.map { ($0.offset, $0.element) },
+            added: wanted.enumerated().filter { !running.contains($0.element) }.map { ($0.offset, $0.element) })
+    }
+
     /// The listeners a reload adds (bound, one socket per worker) and removes (by id).
     struct ListenerChange {
         /// Per listener added: its address as configured and bound, its id, and one socket per
@@ -639,11 +656,10 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         }
         var change = ListenerChange()
         guard started else { return change }
-        for (index, address) in running.enumerated() where !wanted.contains(address) {
-            change.removed.append((address, ids[index]))
-        }
+        let difference = Self.listenerDifference(running: running, wanted: wanted)
+        change.removed = difference.removed.map { ($0.configured, ids[$0.index]) }
         var nextID = state.withLock { $0.nextListenerID }
-        for (index, address) in wanted.enumerated() where !running.contains(address) {
+        for (index, address) in difference.added {
             var sockets: [SocketHandOver] = []
             var copies: [SocketBox] = []
             var bound = address
@@ -762,11 +778,10 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         }
         var change = TCPListenerChange()
         guard started else { return change }
-        for (index, address) in running.enumerated() where !wanted.contains(address) {
-            change.removed.append((address, ids[index]))
-        }
+        let difference = Self.listenerDifference(running: running, wanted: wanted)
+        change.removed = difference.removed.map { ($0.configured, ids[$0.index]) }
         var nextID = firstID + UInt32(skippingIDs)
-        for address in wanted where !running.contains(address) {
+        for (_, address) in difference.added {
             var sockets: [TCPListenerHandOver] = []
             var copies: [SocketBox] = []
             var bound = address
