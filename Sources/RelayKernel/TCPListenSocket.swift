@@ -124,6 +124,100 @@ public struct TCPListenSocket: ~Copyable {
     public var pollDescriptor: Int32 { descriptor }
 }
 
+/// Listening TCP sockets that cross a process boundary: copied for the next process (a
+/// takeover), adopted from the previous one or from systemd, and checked before use.
+///
+/// Descriptors travel between processes in `SocketBox`es, the carrier `UnixStreamSocket`'s
+/// frames and `SystemdListenSockets` use for any socket: a box holding a TCP listening socket
+/// is only ever checked (`listenerMismatch(_:expected:)`) and re-owned here (`adopting`), never
+/// read as a UDP socket.
+extension TCPListenSocket {
+    /// A second owner of the same listening socket (`fcntl(F_DUPFD_CLOEXEC)`): the socket, its
+    /// backlog and its place in the port's `SO_REUSEPORT` group stay until every owner has closed.
+    ///
+    /// - Throws: `SystemCallError` for `fcntl F_DUPFD_CLOEXEC`, with this socket's address.
+    public func duplicate() throws(SystemCallError) -> TCPListenSocket {
+        let descriptor = self.descriptor
+        do throws(Errno) {
+            return TCPListenSocket(descriptor: try systemCall { fcntl(descriptor, F_DUPFD_CLOEXEC, 0) }, localAddress: localAddress)
+        } catch { throw SystemCallError("fcntl F_DUPFD_CLOEXEC", "tcp \(localAddress)", error) }
+    }
+
+    /// A copy of this socket boxed for passing to another process (`UnixStreamSocket.sendFrame`)
+    /// or keeping in a `ListenerRegistry`.
+    ///
+    /// - Throws: `SystemCallError` for `fcntl F_DUPFD_CLOEXEC`.
+    public func passable() throws(SystemCallError) -> SocketBox {
+        let descriptor = self.descriptor
+        do throws(Errno) {
+            return SocketBox(UDPSocket(descriptor: try systemCall { fcntl(descriptor, F_DUPFD_CLOEXEC, 0) }))
+        } catch { throw SystemCallError("fcntl F_DUPFD_CLOEXEC", "tcp \(localAddress)", error) }
+    }
+
+    /// A listening socket of its own on the socket `box` carries (a duplicate: the box keeps its
+    /// descriptor), received from another process, made non-blocking; check it first with
+    /// `listenerMismatch`.
+    ///
+    /// systemd passes its sockets blocking (`NonBlocking=no` by default): an `accept` on one
+    /// whose connection another worker took first would block that worker for good. The flag
+    /// belongs to the socket's open file, so systemd's descriptor turns non-blocking too, which
+    /// it does not mind (it only polls a socket it does not accept on).
+    /// - Throws: `SystemCallError` for `fcntl F_DUPFD_CLOEXEC` or `fcntl F_SETFL O_NONBLOCK`.
+    public static func adopting(_ box: SocketBox) throws(SystemCallError) -> TCPListenSocket {
+        let descriptor = box.socket.descriptor
+        let copy: Int32
+        do throws(Errno) { copy = try systemCall { fcntl(descriptor, F_DUPFD_CLOEXEC, 0) } } catch {
+            throw SystemCallError("fcntl F_DUPFD_CLOEXEC", "tcp listener", error)
+        }
+        let socket = TCPListenSocket(descriptor: copy, localAddress: boundAddress(of: copy) ?? box.socket.localAddress)
+        do throws(Errno) {
+            let flags = try systemCall { fcntl(copy, F_GETFL) }
+            if flags & O_NONBLOCK == 0 { _ = try systemCall { fcntl(copy, F_SETFL, flags | O_NONBLOCK) } }
+        } catch { throw SystemCallError("fcntl F_SETFL O_NONBLOCK", "tcp \(socket.localAddress)", error) }
+        return socket
+    }
+
+    /// Whether `box` carries a stream socket (`SO_TYPE` `SOCK_STREAM`): a TCP listener's, to be
+    /// checked with `listenerMismatch`, rather than a datagram socket.
+    public static func isStream(_ box: SocketBox) -> Bool {
+        (try? box.socket.option(SOL_SOCKET, SO_TYPE)) == Int32(SOCK_STREAM.rawValue)
+    }
+
+    /// The address `box`'s socket is bound to (`getsockname`), or `nil` when it is no bound IPv4
+    /// or IPv6 socket.
+    public static func boundAddress(of box: SocketBox) -> SocketAddress? { boundAddress(of: box.socket.descriptor) }
+
+    private static func boundAddress(of descriptor: Int32) -> SocketAddress? {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let named = withUnsafeMutableBytes(of: &storage) { raw in
+            try? systemCall { getsockname(descriptor, raw.baseAddress!.assumingMemoryBound(to: sockaddr.self), &length) }
+        }
+        guard named != nil, storage.ss_family == sa_family_t(AF_INET) || storage.ss_family == sa_family_t(AF_INET6) else { return nil }
+        return SocketAddress(storage: storage, length: length)
+    }
+
+    /// Why the socket `box` carries cannot serve as a TCP ingest listener for `expected`, or
+    /// `nil` when it can: a TCP socket (`SO_TYPE` `SOCK_STREAM`, `SO_PROTOCOL` TCP, IPv4 or
+    /// IPv6) that is listening (`SO_ACCEPTCONN`), with `SO_REUSEPORT` unless
+    /// `requiringReusePort` is false (one socket every worker accepts on), bound to `expected`
+    /// (port 0 in `expected` accepts any port).
+    public static func listenerMismatch(_ box: SocketBox, expected: SocketAddress?, requiringReusePort: Bool = true) -> String? {
+        guard (try? box.socket.option(SOL_SOCKET, SO_TYPE)) == Int32(SOCK_STREAM.rawValue) else { return "not a stream socket (SO_TYPE)" }
+        guard (try? box.socket.option(SOL_SOCKET, SO_PROTOCOL)) == Int32(IPPROTO_TCP) else { return "not a TCP socket (SO_PROTOCOL)" }
+        guard let address = boundAddress(of: box.socket.descriptor) else { return "not an IPv4 or IPv6 socket (getsockname)" }
+        guard address.port != 0 else { return "not bound (getsockname: port 0)" }
+        guard (try? box.socket.option(SOL_SOCKET, SO_ACCEPTCONN)).map({ $0 != 0 }) == true else {
+            return "not listening (SO_ACCEPTCONN: systemd's ListenStream= makes a listening socket)"
+        }
+        guard !requiringReusePort || box.socket.reusesPort else { return "SO_REUSEPORT is not set" }
+        if let expected, expected != address, !(expected.port == 0 && expected.family == address.family) {
+            return "bound to \(address), not \(expected)"
+        }
+        return nil
+    }
+}
+
 /// One accepted TCP ingest connection: the one owner of its descriptor, closed when the owner
 /// goes away. The relay only reads from it: it never writes to a client, so a client that
 /// stops reading can never block a worker.

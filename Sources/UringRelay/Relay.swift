@@ -182,6 +182,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     public func start(inheriting: InheritedListeners? = nil) throws -> WorkerFacts {
         if let inheriting {
             precondition(inheriting.workers == configuration.threads && inheriting.addresses.count == configuration.listenAddresses.count)
+            precondition(inheriting.tcpSockets.isEmpty || inheriting.tcpAddresses.count == configuration.tcpListenAddresses.count)
             inherited = inheriting
             listenerRegistry.shareListeners(true)
             if inheriting.heldElsewhere { listenerRegistry.holdElsewhere() }
@@ -197,6 +198,11 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             // Every worker binds with SO_REUSEPORT; without this check a second relay, or any
             // stray SO_REUSEPORT socket, on the port would take a share of the traffic unseen.
             for address in listen where address.port != 0 { try UDPSocket.probeExclusive(address) }
+            for address in config.tcpListenAddresses where address.port != 0 { try TCPListenSocket.probeExclusive(address) }
+        } else if !config.reusePortGroup, let inheriting, inheriting.heldElsewhere, inheriting.tcpSockets.isEmpty {
+            // systemd passed the datagram sockets alone: the relay binds its TCP listeners, and
+            // nobody else may hold their ports. (A takeover from an older relay, which hands over
+            // no TCP listener, binds beside the old relay's on purpose: no probe then.)
             for address in config.tcpListenAddresses where address.port != 0 { try TCPListenSocket.probeExclusive(address) }
         }
         let shared: [Int: SocketBox]
@@ -276,7 +282,8 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     private func startWorkers(driver: IOBackendChoice, listen configured: [SocketAddress], shared: [Int: SocketBox]) throws -> WorkerFacts {
         let config = configuration
         var listen = configured
-        var tcpListen = config.tcpListenAddresses
+        // Inherited TCP listening sockets are bound already: their addresses, ports included.
+        var tcpListen = inherited.map { $0.tcpAddresses.isEmpty ? config.tcpListenAddresses : $0.tcpAddresses } ?? config.tcpListenAddresses
         let cpus = config.cpus ?? WorkerThread.allowedCPUs
         var firstFacts: WorkerFacts?
         for index in 0..<config.threads {
@@ -286,7 +293,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             workerSettings.handOver = WorkerHandOver(
                 worker: index, registry: listenerRegistry, inherited: inherited?.sockets(worker: index),
                 sharedByWorkers: inherited?.sharedByWorkers ?? [], inheritedDropBaselines: inherited?.dropBaselines?.map { $0[index] },
-                shared: shared)
+                shared: shared, inheritedTCP: inherited?.tcpSockets(worker: index))
             let settings = workerSettings
             let board = settings.board
             let control: WorkerControl
@@ -510,8 +517,12 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         // under way would not hand over a listener added after its offer, and would hand over
         // one closed under the new relay.
         let wanted = candidate.listenAddresses
-        let running = state.withLock { $0.configuredListeners }
-        let changesListeners = running.contains { !wanted.contains($0) } || wanted.contains { !running.contains($0) }
+        let (running, runningTCP) = state.withLock { ($0.configuredListeners, $0.configuredTCPListeners) }
+        var wantedTCPConfiguration = configurationInForce
+        wantedTCPConfiguration.tcpListeners = candidate.tcpListeners
+        let wantedTCP = wantedTCPConfiguration.tcpListenAddresses
+        let changesListeners = !Self.listenerDifference(running: running, wanted: wanted).isEmpty
+            || !Self.listenerDifference(running: runningTCP, wanted: wantedTCP).isEmpty
         if changesListeners && !listenerRegistry.takeListenerSet(for: .reload) {
             reloads.recordFailure()
             throw ConfigurationError(
@@ -533,9 +544,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         }
         let tcpChange: TCPListenerChange
         do throws(ConfigurationError) {
-            var wantedTCP = configurationInForce
-            wantedTCP.tcpListeners = candidate.tcpListeners
-            tcpChange = try prepareTCPListeners(wantedTCP.tcpListenAddresses, skippingIDs: listenerChange.added.count)
+            tcpChange = try prepareTCPListeners(wantedTCP, skippingIDs: listenerChange.added.count)
         } catch {
             reloads.recordFailure()
             throw error
@@ -609,6 +618,23 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         return changed
     }
 
+    /// What a reload changes of one kind of listener (datagram or TCP), compared as configured:
+    /// the running ones `wanted` no longer has (their positions among `running`), and the
+    /// addresses it adds (their positions among `wanted`). The one comparison both kinds'
+    /// preparations and the listener-set lock go by.
+    struct ListenerDifference {
+        var removed: [(index: Int, configured: SocketAddress)]
+        var added: [(index: Int, address: SocketAddress)]
+        var isEmpty: Bool { removed.isEmpty && added.isEmpty }
+    }
+
+    /// The difference between the `running` listeners and the `wanted` ones.
+    static func listenerDifference(running: [SocketAddress], wanted: [SocketAddress]) -> ListenerDifference {
+        ListenerDifference(
+            removed: running.enumerated().filter { !wanted.contains($0.element) }.map { ($0.offset, $0.element) },
+            added: wanted.enumerated().filter { !running.contains($0.element) }.map { ($0.offset, $0.element) })
+    }
+
     /// The listeners a reload adds (bound, one socket per worker) and removes (by id).
     struct ListenerChange {
         /// Per listener added: its address as configured and bound, its id, and one socket per
@@ -630,11 +656,10 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         }
         var change = ListenerChange()
         guard started else { return change }
-        for (index, address) in running.enumerated() where !wanted.contains(address) {
-            change.removed.append((address, ids[index]))
-        }
+        let difference = Self.listenerDifference(running: running, wanted: wanted)
+        change.removed = difference.removed.map { ($0.configured, ids[$0.index]) }
         var nextID = state.withLock { $0.nextListenerID }
-        for (index, address) in wanted.enumerated() where !running.contains(address) {
+        for (index, address) in difference.added {
             var sockets: [SocketHandOver] = []
             var copies: [SocketBox] = []
             var bound = address
@@ -735,7 +760,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     struct TCPListenerChange {
         /// Per listener added: its address as configured and bound, its id, and one socket per
         /// worker, in worker order.
-        var added: [(configured: SocketAddress, bound: SocketAddress, id: UInt32, sockets: [TCPListenerHandOver])] = []
+        var added: [(configured: SocketAddress, bound: SocketAddress, id: UInt32, sockets: [TCPListenerHandOver], copies: [SocketBox])] = []
         /// The ids removed, with their configured addresses.
         var removed: [(configured: SocketAddress, id: UInt32)] = []
         var isEmpty: Bool { added.isEmpty && removed.isEmpty }
@@ -753,12 +778,12 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         }
         var change = TCPListenerChange()
         guard started else { return change }
-        for (index, address) in running.enumerated() where !wanted.contains(address) {
-            change.removed.append((address, ids[index]))
-        }
+        let difference = Self.listenerDifference(running: running, wanted: wanted)
+        change.removed = difference.removed.map { ($0.configured, ids[$0.index]) }
         var nextID = firstID + UInt32(skippingIDs)
-        for address in wanted where !running.contains(address) {
+        for (_, address) in difference.added {
             var sockets: [TCPListenerHandOver] = []
+            var copies: [SocketBox] = []
             var bound = address
             do throws(SystemCallError) {
                 if address.port != 0 && !configuration.reusePortGroup { try TCPListenSocket.probeExclusive(address) }
@@ -766,12 +791,14 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
                     let socket = try TCPListenSocket.listening(on: bound)
                     // Port 0: the other workers join the port the first socket was given.
                     bound = socket.localAddress
+                    // The registry's copy, for a takeover (none kept without --control-socket).
+                    if listenerRegistry.keepsCopies { copies.append(try socket.passable()) }
                     sockets.append(TCPListenerHandOver(socket))
                 }
             } catch {
                 throw ConfigurationError(argument: "listeners", value: "tcp:\(address)", reason: "\(error)")
             }
-            change.added.append((address, bound, nextID, sockets))
+            change.added.append((address, bound, nextID, sockets, copies))
             nextID += 1
         }
         return change
@@ -789,12 +816,14 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         }
         state.withLock { state in
             for (_, id) in change.removed where outcome.unanswered == 0 {
+                listenerRegistry.forget(listener: id)
                 guard let index = state.tcpListenerIDs.firstIndex(of: id) else { continue }
                 state.tcpListeners.remove(at: index)
                 state.configuredTCPListeners.remove(at: index)
                 state.tcpListenerIDs.remove(at: index)
             }
             for added in change.added {
+                for (worker, copy) in added.copies.enumerated() { listenerRegistry.keep(copy, listener: added.id, worker: worker) }
                 state.tcpListeners.append(added.bound)
                 state.configuredTCPListeners.append(added.configured)
                 state.tcpListenerIDs.append(added.id)
@@ -911,10 +940,30 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     }
 
     /// What a takeover is checked against and hands over: the listeners as configured and as
-    /// bound, their ids (for `listenerRegistry`), how many workers run, and whether the relay
-    /// has started and is stopping.
-    var handOverView: (configured: [SocketAddress], bound: [SocketAddress], ids: [UInt32], workers: Int, started: Bool, stopping: Bool) {
-        state.withLock { ($0.configuredListeners, $0.listeners, $0.listenerIDs, $0.controls.count, $0.started, $0.stopping) }
+    /// bound, their ids (for `listenerRegistry`), the same of the TCP ingest listeners, how many
+    /// workers run, and whether the relay has started and is stopping.
+    var handOverView: HandOverView {
+        state.withLock {
+            HandOverView(
+                configured: $0.configuredListeners, bound: $0.listeners, ids: $0.listenerIDs,
+                tcpConfigured: $0.configuredTCPListeners, tcpBound: $0.tcpListeners, tcpIDs: $0.tcpListenerIDs,
+                workers: $0.controls.count, started: $0.started, stopping: $0.stopping)
+        }
+    }
+
+    /// The running listeners as a takeover sees them (`handOverView`).
+    struct HandOverView {
+        /// The UDP and Unix datagram listeners as configured, as bound, and their ids.
+        var configured: [SocketAddress]
+        var bound: [SocketAddress]
+        var ids: [UInt32]
+        /// The TCP ingest listeners as configured, as bound, and their ids.
+        var tcpConfigured: [SocketAddress]
+        var tcpBound: [SocketAddress]
+        var tcpIDs: [UInt32]
+        var workers: Int
+        var started: Bool
+        var stopping: Bool
     }
 
     /// The CPUs the workers are pinned to (`--cpus`, else the ones this process may use).

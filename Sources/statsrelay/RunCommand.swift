@@ -308,7 +308,8 @@ struct RunCommand: ParsableCommand {
         if let takeover {
             do throws(TakeoverClient.Failure) {
                 (takeoverClient, inherited) = try TakeoverClient.begin(
-                    path: takeover, threads: configuration.threads, listeners: configuration.listenAddresses)
+                    path: takeover, threads: configuration.threads, listeners: configuration.listenAddresses,
+                    tcpListeners: configuration.tcpListenAddresses)
             } catch {
                 printError("\(error)")
                 throw ExitCode(error.exitStatus)
@@ -316,7 +317,11 @@ struct RunCommand: ParsableCommand {
             logger.notice("takeover: received the running relay's listening sockets", metadata: [
                 "control_socket": "\(takeover)", "from_pid": "\(takeoverClient?.predecessor ?? 0)",
                 "listeners": "\(inherited?.addresses.map(\.description).joined(separator: ",") ?? "")",
+                "tcp_listeners": "\(inherited?.tcpAddresses.map(\.description).joined(separator: ",") ?? "")",
             ])
+            if !configuration.tcpListenAddresses.isEmpty && inherited?.tcpSockets.isEmpty != false {
+                logger.warning("takeover: the running relay speaks an older protocol and hands over no TCP listener; this relay binds its own beside them, and connections waiting in the old relay's TCP backlogs are reset as it stops")
+            }
         } else {
             // Socket activation (deploy/statsrelay.socket): systemd holds the sockets across restarts.
             do {
@@ -325,6 +330,7 @@ struct RunCommand: ParsableCommand {
                     inherited = activated
                     logger.notice("socket activation: relaying on the sockets systemd passed", metadata: [
                         "sockets": "\(passed.count)", "listeners": "\(activated.addresses.map(\.description).joined(separator: ","))",
+                        "tcp_listeners": "\(activated.tcpAddresses.map(\.description).joined(separator: ","))",
                         "names": "\(passed.map(\.name).joined(separator: ":"))",
                     ])
                 }
@@ -786,7 +792,9 @@ struct RunCommand: ParsableCommand {
             let written = (pair.0.transport ?? configuration.sendProtocol) == .tcp ? "tcp://\(pair.0)" : "\(pair.0)"
             return pair.0.host == pair.1.host ? "\(index):\(written)" : "\(index):\(written)=\(pair.1)"
         }
-        logger.info("listening on \(facts.listeners.map(\.description).joined(separator: ", "))", metadata: [
+        // The TCP ingest listeners by their label (`tcp:ADDR:PORT`), after the datagram ones.
+        let listening = facts.listeners.map(\.description) + facts.tcpListeners.map { "tcp:\($0)" }
+        logger.info("listening on \(listening.joined(separator: ", "))", metadata: [
             "backends": "\(backends.joined(separator: " "))",
             "packet_len": "\(configuration.packetBytes)",
             "flush_interval": "\(DurationParser.format(configuration.flushIntervalNanoseconds))",

@@ -297,7 +297,9 @@ final class RelayProcess: @unchecked Sendable {  // the log buffer is guarded by
         #expect(waitForLog("listening on "), "relay did not start: \(standardError)", sourceLocation: sourceLocation)
         let line = try #require(standardError.split(separator: "\n").first { $0.contains("listening on ") }, sourceLocation: sourceLocation)
         let spec = try #require(line.split(separator: "listening on ").last, sourceLocation: sourceLocation)
-        let port = try #require(spec.split(separator: ":").last.flatMap { UInt16($0) }, sourceLocation: sourceLocation)
+        // The first listener's (TCP listeners, `tcp:ADDR`, follow the datagram ones).
+        let first = spec.split(separator: ", ").first ?? spec
+        let port = try #require(first.split(separator: ":").last.flatMap { UInt16($0) }, sourceLocation: sourceLocation)
         if checksDriver { expectDriverRan(driver, pid: process.processIdentifier, log: standardError, sourceLocation: sourceLocation) }
         return SocketAddress(numericHost: "127.0.0.1", port: port)!
     }

@@ -5,7 +5,8 @@ import Testing
 @testable import UringRelay
 
 /// The new relay's side of the takeover versions, against an old relay played by the test: it
-/// asks for version 2, falls back to 1 when refused with `code=version`, and counts kernel drops
+/// asks for the newest version, falls back one version at a time when refused with
+/// `code=version`, and counts kernel drops
 /// from where the old relay says it stopped (version 2) or from its own start (version 1).
 @Suite("Takeover protocol versions: the new relay's side", .serialized, .timeLimit(.minutes(1)))
 struct TakeoverVersionTests {
@@ -54,9 +55,9 @@ struct TakeoverVersionTests {
             driver: driver, ["--bind", "127.0.0.1", "--port", "\(port)", "--takeover", control.path] + TakeoverTests.oneWorker + [backend.spec])
         let connection = try accept(server)
         let request = try connection.receiveFrame(timeoutMilliseconds: 10_000)
-        #expect(TakeoverMessage(decoding: request.payload) == .takeover(version: 2, threads: 1, listeners: ["127.0.0.1:\(port)"]))
+        #expect(TakeoverMessage(decoding: request.payload) == .takeover(version: TakeoverMessage.version, threads: 1, listeners: ["127.0.0.1:\(port)"]))
         // The old relay says it counted all but the last 100 drops.
-        try handOver(connection, version: 2, listener: listener, drops: [drops - 100])
+        try handOver(connection, version: TakeoverMessage.version, listener: listener, drops: [drops - 100])
         #expect(relay.waitForLog("takeover complete"), "\(relay.standardError)")
         relay.signal(SIGTERM)
         #expect(relay.waitForExit() == 0, "\(relay.standardError)")
@@ -73,13 +74,14 @@ struct TakeoverVersionTests {
         let port = listener.socket.localAddress.port
         let relay = try RelayProcess(
             driver: driver, ["--bind", "127.0.0.1", "--port", "\(port)", "--takeover", control.path] + TakeoverTests.oneWorker + [backend.spec])
-        do {
+        // Each version above 1, newest first (version 3 added TCP listeners, none here).
+        for version in stride(from: TakeoverMessage.version, to: 1, by: -1) {
             let first = try accept(server)
             let request = try first.receiveFrame(timeoutMilliseconds: 10_000)
-            #expect(TakeoverMessage(decoding: request.payload) == .takeover(version: 2, threads: 1, listeners: ["127.0.0.1:\(port)"]))
+            #expect(TakeoverMessage(decoding: request.payload) == .takeover(version: version, threads: 1, listeners: ["127.0.0.1:\(port)"]))
             // What a relay of version 1 answers (ControlServer before version 2).
             try first.sendFrame(
-                TakeoverMessage.refused(code: .version, reason: "protocol version 2 asked, this relay speaks 1").encoded, timeoutMilliseconds: 2_000)
+                TakeoverMessage.refused(code: .version, reason: "protocol version \(version) asked, this relay speaks 1").encoded, timeoutMilliseconds: 2_000)
         }
         let second = try accept(server)
         let request = try second.receiveFrame(timeoutMilliseconds: 10_000)

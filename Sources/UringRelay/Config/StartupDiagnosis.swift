@@ -160,7 +160,7 @@ public enum StartupDiagnosis {
         /// Room for what comes and goes: name resolution, a backend socket replaced after an
         /// address change.
         public var spare: Int
-        /// With `--control-socket`: per worker, a copy of each listening socket kept for a
+        /// With `--control-socket`: per worker, a copy of each listening socket (TCP ones too) kept for a
         /// takeover (`ListenerRegistry`), and the control socket itself (in `spare`'s stead: 1).
         public var takeoverCopies: Int = 0
 
@@ -178,7 +178,7 @@ public enum StartupDiagnosis {
             alreadyOpen: alreadyOpen, perWorker: 4 + backends, workers: configuration.threads,
             monitor: 1 + (configuration.healthCheck == .none ? 0 : backends),
             admin: configuration.admin == "none" ? 0 : adminDescriptors, spare: 8,
-            takeoverCopies: configuration.controlSocket == nil ? 0 : configuration.listenAddresses.count)
+            takeoverCopies: configuration.controlSocket == nil ? 0 : configuration.listenAddresses.count + configuration.tcpListenAddresses.count)
     }
 
     /// What the open-files limit should be for TCP ingest: the start-up budget

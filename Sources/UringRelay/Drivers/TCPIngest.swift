@@ -71,6 +71,9 @@ struct TCPIngest: ~Copyable {
     private(set) var nextIdleCheck: UInt64 = .max
     /// Whether the listening sockets are still open (closed once the core stops running).
     private(set) var accepting = true
+    /// Says whether another process holds the listening sockets too (a takeover, systemd):
+    /// then a retiring listener must not stop listening (`retire`).
+    private let registry: ListenerRegistry?
 
     /// A token's top bit marks a listening socket (its low 32 bits its listener id); without it,
     /// a connection (low 32 bits its position, the next 31 its serial).
@@ -97,6 +100,7 @@ struct TCPIngest: ~Copyable {
     /// - Throws: `SystemCallError` from the first that cannot be bound or watched.
     init(settings: WorkerSettings, core: inout RelayCore) throws(SystemCallError) {
         maximumLineBytes = settings.maxDatagramBytes
+        registry = settings.handOver?.registry
         maximumConnections = settings.tcpMaxConnections
         idleTimeoutNanoseconds = settings.tcpIdleTimeoutNanoseconds
         listeners = UniqueArray(minimumCapacity: settings.tcpListeners.count)
@@ -109,7 +113,8 @@ struct TCPIngest: ~Copyable {
         }
         let poll = try EventPoll(capacity: 256)
         for (index, address) in settings.tcpListeners.enumerated() {
-            let socket = try TCPListenSocket.listening(on: address)
+            // Inherited (a takeover, systemd) or bound; its copy kept for the next takeover.
+            let socket = try WorkerHandOver.tcpListenSocket(settings, index: index)
             let id = settings.tcpListenerID(index)
             do throws(Errno) { try poll.add(socket.pollDescriptor, token: Self.listenerTokenBit | UInt64(id)) } catch {
                 throw SystemCallError("epoll_ctl", "tcp \(address)", error)
@@ -233,12 +238,15 @@ struct TCPIngest: ~Copyable {
     /// listening at once (no new connection) and waits in `retiring` for its accept's
     /// cancellation to complete before it closes.
     private mutating func retire(_ listener: consuming TCPIngestListener) {
+        // Stopped at once (not only closed: the registry's copy for a takeover would keep it
+        // listening), unless another process holds it (a successor's after a takeover,
+        // systemd's): shutdown(2) would end it, and reset its backlog, for that process too.
+        if registry?.listenersShared != true { listener.socket.stopListening() }
         guard completionAccepts else {
             poll.remove(listener.socket.pollDescriptor)
             return
         }
         guard listener.acceptArmed else { return }
-        listener.socket.stopListening()
         listener.cancelWanted = true
         retiring.append(listener)
     }

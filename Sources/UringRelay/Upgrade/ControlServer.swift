@@ -171,7 +171,7 @@ public final class ControlServer: Sendable {
         guard relay.listenerRegistry.takeListenerSet(for: .takeover) else {
             return refuse(Refusal(code: .busy, reason: "a reload is changing the listeners; try again once it is done"))
         }
-        let offer: [(address: SocketAddress, id: UInt32, sockets: [SocketBox])]
+        let offer: [OfferedListener]
         switch prepareOffer(version: version, threads: threads, listeners: listeners) {
         case .success(let prepared): offer = prepared
         case .failure(let refusal):
@@ -184,8 +184,10 @@ public final class ControlServer: Sendable {
         // From version 2 on, the kernel drops counted here stop at the counters' values now and
         // the new relay counts from them: no drop of the sockets both relays read is counted
         // twice or not at all.
+        // (TCP listening sockets have no such counter.)
+        let datagramListeners = offer.filter { !$0.isTCP }
         let frozen = version >= 2
-            ? relay.listenerRegistry.freezeKernelDrops(listeners: offer.map(\.id), copies: offer.map(\.sockets))
+            ? relay.listenerRegistry.freezeKernelDrops(listeners: datagramListeners.map(\.id), copies: datagramListeners.map(\.sockets))
             : nil
         do throws(Errno) {
             let pid = getpid()
@@ -193,8 +195,10 @@ public final class ControlServer: Sendable {
                 TakeoverMessage.offer(version: version, threads: threads, listeners: offer.count, pid: pid).encoded,
                 timeoutMilliseconds: messageTimeoutMilliseconds)
             for (index, listener) in offer.enumerated() {
+                // The datagram listeners come first, in the order `frozen` has them.
+                let drops = listener.isTCP ? nil : frozen?[index]
                 try connection.sendFrame(
-                    TakeoverMessage.sockets(index: index, address: listener.address.description, drops: frozen?[index]).encoded,
+                    TakeoverMessage.sockets(index: index, address: listener.spec, drops: drops).encoded,
                     passing: listener.sockets, timeoutMilliseconds: messageTimeoutMilliseconds)
             }
         } catch {
@@ -224,6 +228,15 @@ public final class ControlServer: Sendable {
         }
     }
 
+    /// One listener offered: its address as the `sockets` frame names it (`tcp:ADDR` for a TCP
+    /// ingest listener), its id, and every worker's socket of it, in worker order.
+    private struct OfferedListener {
+        var spec: String
+        var id: UInt32
+        var sockets: [SocketBox]
+        var isTCP: Bool
+    }
+
     /// Why a takeover was refused.
     private struct Refusal: Error {
         var code: TakeoverMessage.RefusalCode
@@ -231,10 +244,13 @@ public final class ControlServer: Sendable {
     }
 
     /// Checks a request against the running relay and gathers every worker's socket of each
-    /// listener, in listener-id order.
-    private func prepareOffer(
-        version: Int, threads: Int, listeners: [String]
-    ) -> Result<[(address: SocketAddress, id: UInt32, sockets: [SocketBox])], Refusal> {
+    /// listener: the datagram listeners in listener-id order, then (from protocol version 3
+    /// on) the TCP ingest listeners in theirs, named `tcp:ADDR`.
+    ///
+    /// A request of version 2 or older comes from a relay that takes no TCP listener over: it is
+    /// matched against the datagram listeners alone, and the TCP listeners are not offered (that
+    /// relay binds its own beside them; what waits in this relay's backlogs is reset as it stops).
+    private func prepareOffer(version: Int, threads: Int, listeners: [String]) -> Result<[OfferedListener], Refusal> {
         guard TakeoverMessage.versions.contains(version) else {
             return .failure(Refusal(
                 code: .version,
@@ -245,11 +261,15 @@ public final class ControlServer: Sendable {
         guard threads == view.workers else {
             return .failure(Refusal(code: .mismatch, reason: "threads differ: the running relay has \(view.workers) workers, the new one asks for \(threads); every worker owns one socket of each listener"))
         }
-        let running = zip(view.configured, view.bound).map { configured, bound in
-            configured == bound ? bound.description : "\(configured) (bound \(bound))"
+        let withTCP = version >= TakeoverMessage.tcpVersion
+        // Each running listener as the request may name it: as configured or as bound.
+        var candidates = zip(view.configured, view.bound).map { (configured: $0.description, bound: $1.description) }
+        if withTCP {
+            candidates += zip(view.tcpConfigured, view.tcpBound).map { (configured: TCPIngest.label($0), bound: TCPIngest.label($1)) }
         }
-        let matches = listeners.count == view.bound.count && zip(listeners, zip(view.configured, view.bound)).allSatisfy { asked, pair in
-            asked == pair.0.description || asked == pair.1.description
+        let running = candidates.map { $0.configured == $0.bound ? $0.bound : "\($0.configured) (bound \($0.bound))" }
+        let matches = listeners.count == candidates.count && zip(listeners, candidates).allSatisfy { asked, candidate in
+            asked == candidate.configured || asked == candidate.bound
         }
         guard matches else {
             return .failure(Refusal(code: .mismatch, reason: "listeners differ: running \(running.joined(separator: ", ")); asked \(listeners.joined(separator: ", ")); change listeners with a reload (SIGHUP) before or after the upgrade"))
@@ -257,12 +277,22 @@ public final class ControlServer: Sendable {
         guard threads <= UnixStreamSocket.maximumDescriptorsPerFrame else {
             return .failure(Refusal(code: .mismatch, reason: "more than \(UnixStreamSocket.maximumDescriptorsPerFrame) workers"))
         }
-        var offer: [(address: SocketAddress, id: UInt32, sockets: [SocketBox])] = []
+        var offer: [OfferedListener] = []
         for (address, id) in zip(view.bound, view.ids) {
             guard let sockets = relay.listenerRegistry.sockets(listener: id, workers: threads) else {
                 return .failure(Refusal(code: .busy, reason: "listener \(address) is not open in every worker"))
             }
-            offer.append((address, id, sockets))
+            offer.append(OfferedListener(spec: address.description, id: id, sockets: sockets, isTCP: false))
+        }
+        if withTCP {
+            for (address, id) in zip(view.tcpBound, view.tcpIDs) {
+                guard let sockets = relay.listenerRegistry.sockets(listener: id, workers: threads) else {
+                    return .failure(Refusal(code: .busy, reason: "listener \(TCPIngest.label(address)) is not open in every worker"))
+                }
+                offer.append(OfferedListener(spec: TCPIngest.label(address), id: id, sockets: sockets, isTCP: true))
+            }
+        } else if !view.tcpBound.isEmpty {
+            logger.warning("takeover in protocol version \(version): the new relay takes no TCP listener over; it binds its own, and connections waiting in this relay's TCP backlogs are reset as it stops")
         }
         return .success(offer)
     }

@@ -14,6 +14,13 @@ public struct InheritedListeners: Sendable {
     /// Per listener and worker, the kernel drop counter at which the previous relay stopped
     /// counting that socket's drops (`sockets … drops=`, protocol version 2), or `nil`.
     public var dropBaselines: [[UInt32?]]?
+    /// The TCP ingest listeners' bound addresses, in the configuration's order
+    /// (`RelayConfiguration.tcpListenAddresses`); empty when none came (none configured, or a
+    /// predecessor of protocol version 2 or older, which hands over no TCP listener).
+    public var tcpAddresses: [SocketAddress] = []
+    /// Per TCP listener (in `tcpAddresses` order), one listening socket per worker, in worker
+    /// order (the same socket for every worker when systemd passed one for the listener).
+    public var tcpSockets: [[SocketBox]] = []
 
     /// Sockets of `addresses.count` listeners, `sockets[listener][worker]`.
     ///
@@ -26,7 +33,7 @@ public struct InheritedListeners: Sendable {
     }
 
     /// How many workers the sockets are for.
-    public var workers: Int { sockets.first?.count ?? 0 }
+    public var workers: Int { sockets.first?.count ?? tcpSockets.first?.count ?? 0 }
 
     /// Per listener, whether every worker reads the one socket (a Unix datagram listener
     /// always: its duplicates came over as separate descriptors of one socket).
@@ -38,4 +45,7 @@ public struct InheritedListeners: Sendable {
 
     /// Worker `worker`'s socket of each listener, in listener-id order.
     public func sockets(worker: Int) -> [SocketBox] { sockets.map { $0[worker] } }
+
+    /// Worker `worker`'s listening socket of each TCP listener, or `nil` when none came.
+    public func tcpSockets(worker: Int) -> [SocketBox]? { tcpSockets.isEmpty ? nil : tcpSockets.map { $0[worker] } }
 }

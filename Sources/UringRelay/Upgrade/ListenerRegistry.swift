@@ -5,8 +5,9 @@ import Synchronization
 /// takeover (`ControlServer`) can pass them to the next process; and whether the listening
 /// sockets are shared with another process.
 ///
-/// A copy is a second descriptor of the worker's socket (`UDPSocket.duplicate`): it adds no
-/// socket to the port's `SO_REUSEPORT` group and takes no datagram itself. The relay forgets a
+/// A copy is a second descriptor of the worker's socket (`UDPSocket.duplicate`; for a TCP ingest
+/// listener, of its listening socket, `TCPListenSocket.passable`): it adds no socket to the
+/// port's `SO_REUSEPORT` group and takes no datagram or connection itself. The relay forgets a
 /// listener's copies when a reload removes it (so that the socket can close) and all of them
 /// once its workers have stopped.
 public final class ListenerRegistry: Sendable {

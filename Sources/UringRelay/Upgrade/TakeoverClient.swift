@@ -32,11 +32,14 @@ public final class TakeoverClient: Sendable {
     }
 
     /// Connects to the relay at `path` and takes its listening sockets for a relay of
-    /// `threads` workers on `listeners` (as configured).
+    /// `threads` workers on `listeners` and TCP ingest listeners `tcpListeners` (as configured).
     ///
+    /// The TCP listeners come over from a relay of protocol version 3 on; an older one hands
+    /// over its datagram listeners alone (`InheritedListeners.tcpSockets` is then empty, and
+    /// this relay binds its own TCP listeners).
     /// - Throws: `Failure`; the old relay then keeps running unchanged.
     public static func begin(
-        path: String, threads: Int, listeners: [SocketAddress], messageTimeoutMilliseconds: Int32 = 5_000,
+        path: String, threads: Int, listeners: [SocketAddress], tcpListeners: [SocketAddress] = [], messageTimeoutMilliseconds: Int32 = 5_000,
         offerTimeoutMilliseconds: Int32 = 10_000
     ) throws(Failure) -> (client: TakeoverClient, listeners: InheritedListeners) {
         // The newest version first; a relay that speaks only an older one refuses it
@@ -44,14 +47,16 @@ public final class TakeoverClient: Sendable {
         var version = TakeoverMessage.version
         var box: ControlConnection
         let pid: Int32
+        var named: [String] = []
         while true {
-            box = try request(path: path, version: version, threads: threads, listeners: listeners, messageTimeoutMilliseconds: messageTimeoutMilliseconds)
+            named = listeners.map(\.description) + (version >= TakeoverMessage.tcpVersion ? tcpListeners.map(TCPIngest.label) : [])
+            box = try request(path: path, version: version, threads: threads, listeners: named, messageTimeoutMilliseconds: messageTimeoutMilliseconds)
             let (first, stray) = try firstAnswer(box, path: path, offerTimeoutMilliseconds: offerTimeoutMilliseconds)
             guard stray.isEmpty else { throw Failure(exitStatus: 71, message: "takeover: \(path) sent sockets before its offer") }
             switch first {
             case .offer(let offeredVersion, let offeredThreads, let count, let offeredPID):
-                guard offeredVersion == version, offeredThreads == threads, count == listeners.count else {
-                    throw Failure(exitStatus: 71, message: "takeover: \(path) offered \(offeredThreads) workers × \(count) listeners (version \(offeredVersion)), not \(threads) × \(listeners.count) (version \(version))")
+                guard offeredVersion == version, offeredThreads == threads, count == named.count else {
+                    throw Failure(exitStatus: 71, message: "takeover: \(path) offered \(offeredThreads) workers × \(count) listeners (version \(offeredVersion)), not \(threads) × \(named.count) (version \(version))")
                 }
                 pid = offeredPID
             case .refused(.version, _) where version > TakeoverMessage.versions.lowerBound:
@@ -94,19 +99,48 @@ public final class TakeoverClient: Sendable {
         var inherited = InheritedListeners(addresses: addresses, sockets: sockets)
         // Only whole: otherwise every socket's drops are counted from their value at start.
         if dropBaselines.allSatisfy({ $0 != nil }) { inherited.dropBaselines = dropBaselines.map { $0! } }
+        if version >= TakeoverMessage.tcpVersion {
+            for (offset, wanted) in tcpListeners.enumerated() {
+                let index = listeners.count + offset
+                let (message, passed) = try read(box.socket, timeoutMilliseconds: messageTimeoutMilliseconds, path: path)
+                guard case .sockets(index, let spec, _) = message else {
+                    throw Failure(exitStatus: 71, message: "takeover: \(path) sent '\(message.verb)' where listener \(index)'s sockets were due")
+                }
+                guard passed.count == threads else {
+                    throw Failure(exitStatus: 71, message: "takeover: listener \(index) came with \(passed.count) sockets, not \(threads)")
+                }
+                // Every worker's listening socket, bound to the address the old relay names.
+                guard let bound = TCPListenSocket.boundAddress(of: passed[0]) else {
+                    throw Failure(exitStatus: 71, message: "takeover: a socket passed for listener \(index) is no TCP socket")
+                }
+                for socket in passed {
+                    // (No SO_REUSEPORT asked: one socket every worker accepts on, from systemd, is as good.)
+                    let problem = TCPListenSocket.listenerMismatch(socket, expected: bound, requiringReusePort: false)
+                        ?? (TCPIngest.label(bound) == spec ? nil : "bound to \(TCPIngest.label(bound)), offered as \(TakeoverMessage.loggable(spec))")
+                    if let problem {
+                        throw Failure(exitStatus: 71, message: "takeover: a socket passed for listener \(index) fails its check: \(problem)")
+                    }
+                }
+                if let problem = TCPListenSocket.listenerMismatch(passed[0], expected: wanted, requiringReusePort: false) {
+                    throw Failure(exitStatus: 64, message: "takeover: listener \(index) (\(TCPIngest.label(wanted))): \(problem)")
+                }
+                inherited.tcpAddresses.append(bound)
+                inherited.tcpSockets.append(passed)
+            }
+        }
         return (TakeoverClient(connection: box, predecessor: pid, messageTimeoutMilliseconds: messageTimeoutMilliseconds), inherited)
     }
 
     /// Connects to `path` and asks, in protocol `version`, for the sockets.
     private static func request(
-        path: String, version: Int, threads: Int, listeners: [SocketAddress], messageTimeoutMilliseconds: Int32
+        path: String, version: Int, threads: Int, listeners: [String], messageTimeoutMilliseconds: Int32
     ) throws(Failure) -> ControlConnection {
         let socket: UnixStreamSocket
         do throws(SystemCallError) { socket = try UnixStreamSocket.connected(to: path) } catch {
             throw Failure(exitStatus: 75, message: "takeover: no running relay reachable at \(path): \(error)")
         }
         let box = ControlConnection(socket)
-        let request = TakeoverMessage.takeover(version: version, threads: threads, listeners: listeners.map(\.description))
+        let request = TakeoverMessage.takeover(version: version, threads: threads, listeners: listeners)
         do throws(Errno) { try box.socket.sendFrame(request.encoded, timeoutMilliseconds: messageTimeoutMilliseconds) } catch {
             // A relay busy with another takeover refuses at once and closes, maybe before the
             // request arrived (EPIPE): its refusal is still there to read.

@@ -4,10 +4,11 @@
 /// A message is printable ASCII: a verb, then `key=value` fields separated by spaces; a
 /// `reason=` field, when present, is the last and runs to the end (it may hold spaces).
 /// ```
-/// takeover version=2 threads=2 listeners=127.0.0.1:8125,[::1]:8125     new → old
+/// takeover version=3 threads=2 listeners=127.0.0.1:8125,tcp:127.0.0.1:8126  new → old
 /// refused code=mismatch reason=listeners differ: …                    old → new
-/// offer version=2 threads=2 listeners=2 pid=4242                      old → new
+/// offer version=3 threads=2 listeners=2 pid=4242                      old → new
 /// sockets index=0 address=127.0.0.1:8125 drops=17,0   (+ one socket per worker, SCM_RIGHTS)
+/// sockets index=1 address=tcp:127.0.0.1:8126         (+ one listening socket per worker)
 /// ready                                                               new → old
 /// failed reason=bind …                                                new → old
 /// done received=1000 forwarded=1000 dropped=0                         old → new
@@ -18,6 +19,10 @@
 /// older one refuses (`code=version`) and the new relay asks again with that one. The offer
 /// names the version both then speak. Version 2 adds `drops=` to `sockets`: per worker, the
 /// socket's kernel drop counter when the old relay stopped counting it (`-`: unknown).
+/// Version 3 adds the TCP ingest listeners: named `tcp:ADDR` after the datagram listeners in
+/// `takeover`'s list, each handed over in a `sockets` frame of its own (`address=tcp:ADDR`, no
+/// `drops=`) carrying every worker's listening socket; a version 2 request names none, and an
+/// old relay then hands over its datagram listeners alone.
 public enum TakeoverMessage: Equatable, Sendable {
     /// The new process asks for the listening sockets, saying what it would run.
     case takeover(version: Int, threads: Int, listeners: [String])
@@ -36,7 +41,9 @@ public enum TakeoverMessage: Equatable, Sendable {
     case done(received: UInt64, forwarded: UInt64, dropped: UInt64)
 
     /// The newest protocol version this relay speaks (and asks for).
-    public static let version = 2
+    public static let version = 3
+    /// The first version that hands over TCP ingest listeners.
+    public static let tcpVersion = 3
     /// Every version this relay speaks.
     public static let versions: ClosedRange<Int> = 1...version
 

@@ -23,11 +23,15 @@ public struct WorkerHandOver: Sendable {
     /// datagram listener: a path cannot be bound once per worker); the worker relays on a
     /// duplicate. Not used when `inherited` is set.
     public var shared: [Int: SocketBox]
+    /// Per TCP ingest listener (in `WorkerSettings.tcpListeners` order), the listening socket
+    /// this worker inherits (a takeover, socket activation), or `nil` to bind its own. The worker
+    /// accepts on a duplicate of it (so a retry on another driver finds it again).
+    public var inheritedTCP: [SocketBox]?
 
     /// A worker's hand-over part.
     public init(
         worker: Int, registry: ListenerRegistry, inherited: [SocketBox]? = nil, sharedByWorkers: [Bool] = [],
-        inheritedDropBaselines: [UInt32?]? = nil, shared: [Int: SocketBox] = [:]
+        inheritedDropBaselines: [UInt32?]? = nil, shared: [Int: SocketBox] = [:], inheritedTCP: [SocketBox]? = nil
     ) {
         self.worker = worker
         self.registry = registry
@@ -35,5 +39,25 @@ public struct WorkerHandOver: Sendable {
         self.sharedByWorkers = sharedByWorkers
         self.inheritedDropBaselines = inheritedDropBaselines
         self.shared = shared
+        self.inheritedTCP = inheritedTCP
+    }
+
+    /// Opens a worker's listening socket of TCP listener `index` of `settings`: a duplicate of
+    /// the one it inherited, with no bind (a fresh socket beside it would join the port's group
+    /// and take a share of the connections), else one bound with `SO_REUSEPORT`. Its copy goes
+    /// to the registry under the listener's id (`settings.tcpListenerID`), for the next takeover.
+    ///
+    /// - Throws: `SystemCallError` for the bind (`bind tcp ADDR`) or a duplicate.
+    static func tcpListenSocket(_ settings: WorkerSettings, index: Int) throws(SystemCallError) -> TCPListenSocket {
+        let socket: TCPListenSocket
+        if let inherited = settings.handOver?.inheritedTCP, index < inherited.count {
+            socket = try TCPListenSocket.adopting(inherited[index])
+        } else {
+            socket = try TCPListenSocket.listening(on: settings.tcpListeners[index])
+        }
+        if let handOver = settings.handOver, handOver.registry.keepsCopies {
+            handOver.registry.keep(try socket.passable(), listener: settings.tcpListenerID(index), worker: handOver.worker)
+        }
+        return socket
     }
 }
