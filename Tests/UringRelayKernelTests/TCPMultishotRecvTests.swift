@@ -195,19 +195,20 @@ struct TCPMultishotRecvTests {
         }
     }
 
-    @Test("a core short of send slots (--packet-len 200, 64 KiB lines allowed) while 4 clients send 1.6 MB flat out: nothing lost or repeated, each connection's lines in order", arguments: ioDrivers)
+    @Test("a core short of send slots (--packet-len 64, --max-datagram 512) while 4 clients send 160 KB flat out: nothing lost or repeated, each connection's lines in order", arguments: ioDrivers)
     func coreWithoutRoom(driver: IOBackendChoice) throws {
         try requireDriver(driver)
         let backend = try TestBackend()
         let (relay, tcp) = try self.relay([backend], driver: driver) { configuration in
-            // Each datagram's reserve is some 980 slots of 3 930: the core refuses input after
-            // some 600 KB packed in one turn, far less than the 4 MiB the group holds.
-            configuration.packetBytes = 200
-            configuration.maxDatagramBytes = 65_000
-            configuration.tcpReceiveBuffers = 1_024
+            // 1 024 send slots of 64 bytes, 31 of them each datagram's reserve, each held until
+            // its packet's confirmation window passes: the core refuses input after some 60 KB,
+            // far less than the clients send and the 1 MiB the group holds (parking was seen
+            // to happen here, instrumented once, on both paths of `relayReceived`).
+            configuration.packetBytes = 64
+            configuration.maxDatagramBytes = 512
         }
         let senders = 4
-        let perSender = 20_000
+        let perSender = 2_000
         let clients = try (0..<senders).map { _ in try TCPIngestClient(to: tcp) }
         let group = DispatchGroup()
         let failures = LockedText()
