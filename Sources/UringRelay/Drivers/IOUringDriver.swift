@@ -363,10 +363,7 @@ extension IOUringDriver {
                 // The receive was just re-armed: take the next completion as it comes.
                 return (1, flushDue ?? Self.idleWaitNanoseconds, 0)
             }
-            // A TCP connection's multishot receive posts few CQEs, each with all that waited on
-            // its socket: waiting for a batch of them would leave its bytes in the socket (and
-            // the client held by flow control) until the wait's bound.
-            let batch = batching && !worker.tcp.anyReceiveArmed ? max(Self.completionBatch, sendsInFlight) : max(1, sendsInFlight)
+            let batch = batching ? max(Self.completionBatch, sendsInFlight) : 1
             return (batch, flushDue ?? Self.idleWaitNanoseconds, minimumWait)
         case .draining:
             return (queue.isEmpty && !streamsReady ? 0 : 1, min(until(worker.core.stopDeadline), 1_000_000), 0)
