@@ -41,6 +41,27 @@ static const unsigned char cl_IOSQE_IO_HARDLINK = IOSQE_IO_HARDLINK;
 #define IORING_FEAT_MIN_TIMEOUT (1U << 15)
 #endif
 static const unsigned cl_IORING_FEAT_MIN_TIMEOUT = IORING_FEAT_MIN_TIMEOUT;
+// Receive bundles (Linux 6.10), also newer than liburing 2.3; the values are kernel ABI, from
+// include/uapi/linux/io_uring.h: IORING_RECVSEND_BUNDLE is a flag of the recv SQE's ioprio
+// (beside IORING_RECV_MULTISHOT), IORING_FEAT_RECVSEND_BUNDLE a bit of io_uring_params.features.
+#ifndef IORING_RECVSEND_BUNDLE
+#define IORING_RECVSEND_BUNDLE (1U << 4)
+#endif
+#ifndef IORING_FEAT_RECVSEND_BUNDLE
+#define IORING_FEAT_RECVSEND_BUNDLE (1U << 14)
+#endif
+static const unsigned cl_IORING_FEAT_RECVSEND_BUNDLE = IORING_FEAT_RECVSEND_BUNDLE;
+
+/* A multishot recv on a TCP ingest connection into buffer group `group` (no MSG_TRUNC: a
+   stream has no datagram length to report), with IORING_RECVSEND_BUNDLE when `bundle`: one
+   CQE then covers as many consecutive buffers of the group as the bytes waiting fill. */
+static inline void cl_prep_stream_recv_multishot(struct io_uring_sqe *sqe, int fd, unsigned short group, int bundle) {
+    io_uring_prep_recv_multishot(sqe, fd, (void *)0, 0, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = group;
+    if (bundle) sqe->ioprio |= IORING_RECVSEND_BUNDLE;
+}
+
 static const unsigned cl_IORING_SETUP_SINGLE_ISSUER = IORING_SETUP_SINGLE_ISSUER;
 static const unsigned cl_IORING_SETUP_DEFER_TASKRUN = IORING_SETUP_DEFER_TASKRUN;
 static const unsigned cl_IORING_SETUP_COOP_TASKRUN = IORING_SETUP_COOP_TASKRUN;

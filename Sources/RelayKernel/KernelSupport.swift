@@ -21,10 +21,19 @@ public enum KernelSupport {
             sizing: RingSizing(receiveBuffers: 128, packetBytes: 1400, maxLineBytes: 8192, backendCount: 1),
             payloadBytes: 8192)?.description
 
+    /// Whether this kernel's rings take receive bundles (`IORING_FEAT_RECVSEND_BUNDLE`, Linux
+    /// 6.10), from the features of a small ring set up once; `false` without io_uring.
+    public static let receiveBundlesAvailable: Bool = {
+        do throws(Errno) {
+            let ring = try Ring(entries: 4, completionEntries: 8)
+            return ring.supportsReceiveBundles
+        } catch { return false }
+    }()
+
     /// Why the io_uring driver cannot run here with these sizes, or `nil` when it can: the
     /// `auto` ladder's probe. Tries, in order, what the driver needs: ring set-up with its
     /// flags and the worker's queue sizes, a provided-buffer ring of the real size (pinned
-    /// memory: the memlock limit), the opcodes it submits, and a first multishot `recv` that
+    /// memory: the memlock limit) and the TCP receive group's ring when the workers have one, the opcodes it submits, and a first multishot `recv` that
     /// must deliver a datagram sent to itself on 127.0.0.1.
     ///
     /// The kernel frees the probe's ring in the background after it is closed, so its pinned
@@ -46,12 +55,24 @@ public enum KernelSupport {
             ring.close()
             return UringProbeFailure(operation: "io_uring_register_buf_ring \(receiveBuffers) buffers", errno: error)
         }
+        // The TCP receive group, when the workers will have one: its ring is pinned too (its
+        // buffers are not, so the probe's are small).
+        var streamBuffers = StreamBufferRing()
+        if sizing.streamReceiveBuffers > 0 {
+            do throws(Errno) {
+                streamBuffers = try StreamBufferRing(ring: ring, groupID: 1, count: sizing.streamReceiveBuffers, bufferBytes: 64)
+            } catch {
+                ring.close()
+                return UringProbeFailure(operation: "io_uring_register_buf_ring \(sizing.streamReceiveBuffers) TCP buffers", errno: error)
+            }
+        }
         let (failure, receiveEnded) = probeReceive(ring: ring, buffers: buffers)
         // Teardown in one order on every path: the ring exits before the buffers it may write
         // into are unmapped; a receive whose end never came keeps them mapped (once per start).
         if !receiveEnded { buffers.keepMappedAfterDestruction() }
         ring.close()
         _ = consume buffers
+        _ = consume streamBuffers
         return failure
     }
 

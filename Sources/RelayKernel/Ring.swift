@@ -140,6 +140,30 @@ public struct Ring: ~Copyable {
         io_uring_sqe_set_data64(sqe, userData.rawValue)
     }
 
+    /// Whether the kernel takes receive bundles (`IORING_FEAT_RECVSEND_BUNDLE`, Linux 6.10): one
+    /// multishot `recv` CQE covering several provided buffers.
+    public var supportsReceiveBundles: Bool { features & cl_IORING_FEAT_RECVSEND_BUNDLE != 0 }
+
+    /// Arms a multishot `recv` on a TCP ingest connection that takes buffers from
+    /// `buffers`' group (`StreamBufferRing`).
+    ///
+    /// The liburing call is `io_uring_prep_recv_multishot(3)` with `IOSQE_BUFFER_SELECT`, and
+    /// with `bundle` the ioprio flag `IORING_RECVSEND_BUNDLE` (Linux 6.10: ask
+    /// `supportsReceiveBundles` first). Each CQE carries the bytes that waited on the socket:
+    /// `res` bytes in the buffer its flags name (with a bundle, in that buffer and the ring's
+    /// next ones: `StreamBufferRing.take`). The kernel ends the receive (a CQE without
+    /// `IORING_CQE_F_MORE`) at the peer's close (`res` 0), on an error (`-ECONNRESET`, …),
+    /// when the group has no buffer left (`-ENOBUFS`: the bytes stay in the socket), and when
+    /// it is cancelled (`-ECANCELED`).
+    /// - Throws: `Errno` when no SQE could be had (see `nextSubmission`).
+    public func armMultishotStreamReceive(
+        on socket: borrowing TCPIngestSocket, buffers: borrowing StreamBufferRing, bundle: Bool, userData: UserData
+    ) throws(Errno) {
+        let sqe = try nextSubmission()
+        cl_prep_stream_recv_multishot(sqe, socket.descriptor, buffers.groupID, bundle ? 1 : 0)
+        io_uring_sqe_set_data64(sqe, userData.rawValue)
+    }
+
     /// Arms a multishot `accept` on a TCP ingest listening socket.
     ///
     /// The liburing call is `io_uring_prep_multishot_accept(3)` (Linux 5.19) with

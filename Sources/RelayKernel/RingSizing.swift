@@ -8,14 +8,17 @@ import Glibc
 /// ```
 ///   send slots      max(1024, 4 × reserve)   reserve = 3 × (maxLine / packet + 1) + 2 × backends + 2
 ///   SQ entries      1024
-///   CQ entries      receive buffers + send slots + 64, rounded up to a power of two by the kernel
+///   CQ entries      receive buffers + TCP receive buffers + send slots + 64, rounded up to a power of two
 ///   pinned bytes    pages(SQ × 64)                              the SQE array
 ///                 + pages(64 + CQ × 16 + SQ × 4)                ring header, CQEs, SQ index array
 ///                 + pages(receive buffers × 16)                 the provided-buffer ring
+///                 + pages(TCP receive buffers × 16)             the TCP receive group's ring
 /// ```
 public struct RingSizing: Sendable, Equatable {
     /// Provided buffers in the worker's buffer ring (`--receive-buffers`).
     public let receiveBuffers: Int
+    /// Provided buffers in the worker's TCP ingest receive group (0: none).
+    public let streamReceiveBuffers: Int
     /// Free send slots needed before a datagram is taken on: enough for every packet one
     /// datagram can close, so packing it never runs out of slots midway.
     public let reserveSlots: Int
@@ -41,8 +44,14 @@ public struct RingSizing: Sendable, Equatable {
     ///   - backendCount: backends in the pool the send slots are made for.
     ///   - mirrorBackendCount: backends in the mirror pool (`--mirror`), which get send slots
     ///     of their own, as many as a pool of that size would, on top of the primary's.
-    public init(receiveBuffers: Int, packetBytes: Int, maxLineBytes: Int, backendCount: Int, mirrorBackendCount: Int = 0) {
+    ///   - streamReceiveBuffers: buffers in the TCP ingest receive group (`StreamBufferRing`),
+    ///     0 without one.
+    public init(
+        receiveBuffers: Int, packetBytes: Int, maxLineBytes: Int, backendCount: Int, mirrorBackendCount: Int = 0,
+        streamReceiveBuffers: Int = 0
+    ) {
         self.receiveBuffers = receiveBuffers
+        self.streamReceiveBuffers = streamReceiveBuffers
         let primarySlots: Int
         (reserveSlots, primarySlots) = Self.sendSlots(packetBytes: packetBytes, maxLineBytes: maxLineBytes, backendCount: backendCount)
         mirrorSlots = Self.mirrorSlots(packetBytes: packetBytes, maxLineBytes: maxLineBytes, mirrorBackendCount: mirrorBackendCount)
@@ -69,7 +78,7 @@ public struct RingSizing: Sendable, Equatable {
 
     /// Completion queue entries asked for (`IORING_SETUP_CQSIZE`): one per receive buffer and
     /// per send slot, so every completion that can be outstanding at once has a place.
-    public var completionEntries: Int { receiveBuffers + sendSlots + Self.completionSpare }
+    public var completionEntries: Int { receiveBuffers + streamReceiveBuffers + sendSlots + Self.completionSpare }
 
     /// The most completion queue entries a ring can have (the kernel's `IORING_MAX_CQ_ENTRIES`,
     /// twice its 32 768 submission entries): `io_uring_setup` fails with `EINVAL` above it.
@@ -93,7 +102,7 @@ public struct RingSizing: Sendable, Equatable {
         let completions = Self.powerOfTwo(atLeast: completionEntries)
         let ringHeader = 64
         return pages(submissions * 64) + pages(ringHeader + completions * 16 + submissions * 4)
-            + pages(receiveBuffers * 16)
+            + pages(receiveBuffers * 16) + (streamReceiveBuffers > 0 ? pages(streamReceiveBuffers * 16) : 0)
     }
 
     /// This host's page size.

@@ -32,6 +32,9 @@ public struct UserData: Equatable, Sendable, CustomStringConvertible {
         /// The multishot accept on one of a worker's TCP ingest listening sockets (io_uring
         /// driver); the index is the listener's id.
         case accept = 19
+        /// The multishot `recv` on one of a worker's TCP ingest connections (io_uring driver);
+        /// the index is the connection's slot (`TCPIngest`), stable for its lifetime.
+        case streamReceive = 20
     }
 
     /// The packed value as the kernel sees it.

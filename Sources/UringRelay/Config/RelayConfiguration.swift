@@ -26,6 +26,13 @@ public struct RelayConfiguration: Sendable, Equatable {
     public var tcpMaxConnections = RelayConfiguration.defaultTCPMaxConnections
     /// `--tcp-idle-timeout`: a TCP ingest connection that sends nothing this long is closed.
     public var tcpIdleTimeoutNanoseconds = RelayConfiguration.defaultTCPIdleTimeoutNanoseconds
+    /// How the io_uring driver reads TCP ingest connections (`TCPReceiveMode`; no flag: the
+    /// benchmark's switch, `STATSRELAY_TCP_RECEIVE`).
+    public var tcpReceive = TCPReceiveMode.fromEnvironment
+    /// Buffers in each io_uring worker's TCP receive group (a power of two, 1-32768).
+    public var tcpReceiveBuffers = RelayConfiguration.defaultTCPReceiveBuffers
+    /// The bytes of each buffer of the TCP receive group.
+    public var tcpReceiveBufferBytes = RelayConfiguration.defaultTCPReceiveBufferBytes
     /// The backends, in routing order.
     public var backends: [BackendAddress]
     /// The largest outgoing datagram (`--packet-len`), unless a single line is longer.

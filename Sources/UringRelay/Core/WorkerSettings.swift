@@ -59,6 +59,10 @@ public struct WorkerSettings: Sendable {
     public var tcpMaxConnections = RelayConfiguration.defaultTCPMaxConnections
     /// `--tcp-idle-timeout`.
     public var tcpIdleTimeoutNanoseconds = RelayConfiguration.defaultTCPIdleTimeoutNanoseconds
+    /// How the io_uring driver reads TCP ingest connections, and its TCP buffer group.
+    public var tcpReceive = TCPReceiveMode.auto
+    public var tcpReceiveBuffers = RelayConfiguration.defaultTCPReceiveBuffers
+    public var tcpReceiveBufferBytes = RelayConfiguration.defaultTCPReceiveBufferBytes
     /// The worker's part in a takeover: sockets it inherits, where it leaves copies of its own
     /// (`nil`: binds its own and keeps no copy).
     public var handOver: WorkerHandOver?
@@ -88,6 +92,9 @@ public struct WorkerSettings: Sendable {
         tcpListeners = configuration.tcpListenAddresses
         tcpMaxConnections = configuration.tcpMaxConnectionsPerWorker
         tcpIdleTimeoutNanoseconds = configuration.tcpIdleTimeoutNanoseconds
+        tcpReceive = configuration.tcpReceive
+        tcpReceiveBuffers = configuration.tcpReceiveBuffers
+        tcpReceiveBufferBytes = configuration.tcpReceiveBufferBytes
     }
 
     /// The listener id of TCP listener `index` (of `tcpListeners`): after every start-up UDP
@@ -103,8 +110,13 @@ extension WorkerSettings {
         RingSizing(
             receiveBuffers: receiveBuffers, packetBytes: packetBytes,
             maxLineBytes: rewrite.rewrittenDatagramBytes(maxDatagramBytes), backendCount: backendCount,
-            mirrorBackendCount: mirror?.count ?? 0)
+            mirrorBackendCount: mirror?.count ?? 0, streamReceiveBuffers: tcpReceiveGroupBuffers)
     }
+
+    /// Buffers of the io_uring worker's TCP receive group: none unless the worker starts with a
+    /// TCP listener (a relay without one pins nothing more; a listener added by a reload is
+    /// then read through epoll) and reads by completions.
+    public var tcpReceiveGroupBuffers: Int { tcpListeners.isEmpty || tcpReceive == .epoll ? 0 : tcpReceiveBuffers }
 
     /// The sizes for the pool in force now (what the start-up probe tries).
     public var ringSizing: RingSizing { ringSizing(backendCount: routing.current.count) }
@@ -117,7 +129,8 @@ extension RelayConfiguration {
         RingSizing(
             receiveBuffers: receiveBuffers, packetBytes: packetBytes,
             maxLineBytes: rewrite.rewrittenDatagramBytes(maxDatagramBytes), backendCount: backends.count,
-            mirrorBackendCount: mirror.count)
+            mirrorBackendCount: mirror.count,
+            streamReceiveBuffers: tcpListenAddresses.isEmpty || tcpReceive == .epoll ? 0 : tcpReceiveBuffers)
     }
 }
 
@@ -142,4 +155,17 @@ public struct WorkerFacts: Sendable {
     public var sendSlots: Int
     /// The TCP ingest listeners' addresses with the ports actually bound.
     public var tcpListeners: [SocketAddress] = []
+    /// How the TCP ingest connections are read.
+    public var tcpReads: TCPReads = .epoll
+
+    /// How a worker reads its TCP ingest connections.
+    public enum TCPReads: String, Sendable {
+        /// Non-blocking `recv(2)` on the connections epoll reports ready (the portable driver;
+        /// io_uring without a TCP receive group).
+        case epoll
+        /// A multishot `recv` per connection into the TCP receive group, one buffer per CQE.
+        case multishot
+        /// The same with receive bundles (`IORING_RECVSEND_BUNDLE`): a CQE may fill several.
+        case bundles
+    }
 }

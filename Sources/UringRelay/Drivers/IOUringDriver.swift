@@ -6,7 +6,9 @@ import RelayKernel
 /// `RelayCore` from one ring, owned by one worker thread.
 ///
 /// A multishot `recv` stays armed on every listener, taking buffers from one
-/// provided-buffer ring, and a multishot `accept` on every TCP ingest listening socket; sends are `send` SQEs on connected backend sockets, submitted with the
+/// provided-buffer ring, a multishot `accept` on every TCP ingest listening socket, and a
+/// multishot `recv` on every TCP ingest connection, taking buffers from a group of their own
+/// (`StreamBufferRing`, receive bundles where the kernel has them); sends are `send` SQEs on connected backend sockets, submitted with the
 /// next wait, in order per backend (`OrderedSends`). Its wait step publishes recycled buffers,
 /// re-arms any receive the kernel ended, submits every queued send and waits for completions
 /// in one `io_uring_enter2`, then takes every CQE off the queue; its receive step hands the
@@ -26,6 +28,12 @@ struct IOUringDriver: ~Copyable {
     // write into are unmapped.
     private let ring: Ring
     private var buffers: ProvidedBufferRing
+    /// The TCP receive group until the first wait hands it to the TCP ingest
+    /// (`TCPIngest.readByCompletions`); empty without TCP listeners at start.
+    private var streamBuffers: StreamBufferRing
+    /// Whether the connections' receives are armed with `IORING_RECVSEND_BUNDLE`: the kernel
+    /// has them (`IORING_FEAT_RECVSEND_BUNDLE`) and `--tcp-receive` is `auto`.
+    private let bundles: Bool
     private var queue: ReceiveQueue
     private var sends: OrderedSends
     private let minimumWaitMicroseconds: UInt32
@@ -62,12 +70,22 @@ struct IOUringDriver: ~Copyable {
             throw SystemCallError("io_uring_queue_init", "", error)
         }
         let buffers: ProvidedBufferRing
-        do throws(Errno) {
-            buffers = try ProvidedBufferRing(ring: ring, groupID: 0, count: bufferCount, payloadBytes: settings.maxDatagramBytes)
+        do throws(SystemCallError) {
+            buffers = try Self.datagramGroup(ring: ring, count: bufferCount, payloadBytes: settings.maxDatagramBytes)
         } catch {
             ring.close()
-            throw SystemCallError("io_uring_register_buf_ring", "\(bufferCount) buffers", error)
+            throw error
         }
+        let streamBuffers: StreamBufferRing
+        do throws(SystemCallError) {
+            streamBuffers = try Self.streamGroup(ring: ring, count: settings.tcpReceiveGroupBuffers, bufferBytes: settings.tcpReceiveBufferBytes)
+        } catch {
+            ring.close()
+            throw error
+        }
+        self.streamBuffers = streamBuffers
+        let kernelBundles = ring.supportsReceiveBundles
+        bundles = settings.tcpReceive == .auto && kernelBundles
         sends = OrderedSends(backends: worker.core.sendTargetCount, slots: worker.core.sendBuffers.capacity)
         minimumWaitMicroseconds = settings.minimumWaitMicroseconds
         flushIntervalNanoseconds = settings.flushIntervalNanoseconds
@@ -76,13 +94,29 @@ struct IOUringDriver: ~Copyable {
         queue = ReceiveQueue(capacity: bufferCount)
     }
 
+    /// The UDP receive group, buffer group 0.
+    private static func datagramGroup(ring: borrowing Ring, count: Int, payloadBytes: Int) throws(SystemCallError) -> ProvidedBufferRing {
+        do throws(Errno) { return try ProvidedBufferRing(ring: ring, groupID: 0, count: count, payloadBytes: payloadBytes) } catch {
+            throw SystemCallError("io_uring_register_buf_ring", "\(count) buffers", error)
+        }
+    }
+
+    /// The TCP receive group, buffer group 1 (none when `count` is 0: no TCP listener at start).
+    private static func streamGroup(ring: borrowing Ring, count: Int, bufferBytes: Int) throws(SystemCallError) -> StreamBufferRing {
+        guard count > 0 else { return StreamBufferRing() }
+        do throws(Errno) { return try StreamBufferRing(ring: ring, groupID: 1, count: count, bufferBytes: bufferBytes) } catch {
+            throw SystemCallError("io_uring_register_buf_ring", "\(count) TCP buffers", error)
+        }
+    }
+
     /// The facts worth logging once at start-up.
     func facts(_ worker: borrowing WorkerState) -> WorkerFacts {
         WorkerFacts(
             driver: .uring, listeners: worker.listeners.boundAddresses, receiveBufferBytes: worker.listeners.receiveBufferBytes,
             ringFlags: ring.setupFlagNames, minimumWait: ring.supportsMinimumWait,
             receiveBuffers: buffers.count, receiveBufferSize: buffers.bufferBytes,
-            sendSlots: worker.core.sendBuffers.capacity, tcpListeners: worker.tcp.boundAddresses)
+            sendSlots: worker.core.sendBuffers.capacity, tcpListeners: worker.tcp.boundAddresses,
+            tcpReads: streamBuffers.isRegistered || worker.tcp.completionReads ? (bundles ? .bundles : .multishot) : .epoll)
     }
 }
 
@@ -97,6 +131,7 @@ extension IOUringDriver: WorkerTransport {
         armPoll(&worker)
         armIngestPoll(&worker)
         armAccepts(&worker, now: now)
+        armStreamReceives(&worker)
         armReceives(&worker)
         submitCancels(&worker)
         submitAcceptCancels(&worker)
@@ -115,8 +150,9 @@ extension IOUringDriver: WorkerTransport {
     @inline(__always)
     mutating func receive(_ worker: inout WorkerState, now: UInt64) -> Bool {
         relayQueued(&worker.core, now: now)
+        let streams = worker.core.phase != .flushing && worker.tcp.relayReceived(core: &worker.core, now: now)
         // Only a draining core asks; the peek is a system call, not paid while running.
-        return worker.core.phase == .draining && (!queue.isEmpty || receivedThisTurn || worker.listeners.anyPending)
+        return worker.core.phase == .draining && (!queue.isEmpty || receivedThisTurn || streams || worker.listeners.anyPending)
     }
 
     /// None: the receive queue holds datagrams of listeners that may have closed; they are
@@ -138,6 +174,7 @@ extension IOUringDriver: WorkerTransport {
 
     func isIdle(_ worker: borrowing WorkerState) -> Bool {
         sends.isEmpty && queue.isEmpty && !worker.listeners.anyReceiveArmed && !worker.tcp.anyAcceptArmed
+            && !worker.tcp.anyReceiveArmed
     }
 
     /// Still hands the last sends to the kernel and collects what completed.
@@ -159,6 +196,8 @@ extension IOUringDriver: WorkerTransport {
     /// mapped.
     consuming func close(_ worker: inout WorkerState) {
         if worker.listeners.anyReceiveArmed { cancelReceives(&worker) }
+        // A TCP connection's receive whose end never came may still write into its group.
+        if worker.tcp.anyReceiveArmed { worker.tcp.keepBuffersMapped() }
         if sends.inFlight > 0 || worker.listeners.anyReceiveArmed || worker.listeners.closedWithReceiveArmed {
             buffers.keepMappedAfterDestruction()
             worker.core.keepSendBuffersMapped()
@@ -222,7 +261,9 @@ extension IOUringDriver {
     /// listening sockets have multishot accepts, `armAccepts`) while receiving goes on; re-armed after each time it fired and the ready
     /// ones were served (epoll is level-triggered: what was left unread fires it again).
     private mutating func armIngestPoll(_ worker: inout WorkerState) {
-        guard !ingestPollArmed, !submissionsDeferred, worker.core.phase != .flushing, let descriptor = worker.tcp.pollDescriptor else { return }
+        // Read by completions, nothing is in the epoll set (the accepts are multishot too).
+        guard !ingestPollArmed, !submissionsDeferred, worker.core.phase != .flushing, !worker.tcp.completionReads,
+              let descriptor = worker.tcp.pollDescriptor else { return }
         do throws(Errno) {
             try ring.armPoll(descriptor: descriptor, userData: UserData(.ingestPoll))
             ingestPollArmed = true
@@ -244,6 +285,21 @@ extension IOUringDriver {
                 worker.tcp.armed(at: index)
             } catch { deferSubmissions(&worker.core) }
         }
+    }
+
+    /// Hands the TCP receive group to the TCP ingest before the first wait (its connections are
+    /// then read by multishot receives), publishes the buffers it recycled, arms the receive
+    /// of each connection that wants one and submits the cancellations of those closed while
+    /// armed (`TCPIngest.armReceives`, `submitReceiveCancels`).
+    private mutating func armStreamReceives(_ worker: inout WorkerState) {
+        if streamBuffers.isRegistered { worker.tcp.readByCompletions(&streamBuffers, bundles: bundles) }
+        guard worker.tcp.completionReads else { return }
+        worker.tcp.publishBuffers()
+        guard !submissionsDeferred else { return }
+        do throws(Errno) {
+            try worker.tcp.submitReceiveCancels(on: ring)
+            if worker.core.phase != .flushing { try worker.tcp.armReceives(on: ring) }
+        } catch { deferSubmissions(&worker.core) }
     }
 
     /// Submits the cancellation of every retiring TCP listener's accept (a reload removed it,
@@ -292,9 +348,12 @@ extension IOUringDriver {
         // in flight lets whole chains complete in this wait (a send held up by a full socket
         // buffer is cut short by the minimum wait).
         let sendsInFlight = UInt32(clamping: sends.inFlight)
+        // Parked TCP bytes the core has room for are relayed next turn without waiting.
+        let streamsReady = worker.tcp.hasReady
+        if streamsReady && worker.core.phase != .flushing && worker.core.canAcceptDatagram { return (0, 0, 0) }
         switch worker.core.phase {
         case .running:
-            if !queue.isEmpty || worker.core.pendingPool != nil || submissionsDeferred {
+            if !queue.isEmpty || streamsReady || worker.core.pendingPool != nil || submissionsDeferred {
                 // Waiting for sends to free slots (or for room in the submission queue); the
                 // flush deadline still bounds the wait.
                 let bound = min(flushDue ?? flushIntervalNanoseconds, 1_000_000)
@@ -307,7 +366,7 @@ extension IOUringDriver {
             let batch = batching ? max(Self.completionBatch, sendsInFlight) : 1
             return (batch, flushDue ?? Self.idleWaitNanoseconds, minimumWait)
         case .draining:
-            return (queue.isEmpty ? 0 : 1, min(until(worker.core.stopDeadline), 1_000_000), 0)
+            return (queue.isEmpty && !streamsReady ? 0 : 1, min(until(worker.core.stopDeadline), 1_000_000), 0)
         case .flushing:
             return (1, min(until(worker.core.stopDeadline), flushDue ?? .max), 0)
         }
@@ -373,6 +432,9 @@ extension IOUringDriver {
         case .accept:
             // A connection, an error or the accept's end (`TCPIngest.accepted`).
             worker.tcp.accepted(completion, core: &worker.core, now: now)
+        case .streamReceive:
+            // A connection's bytes, its end, or its receive's end (`TCPIngest.received`).
+            worker.tcp.received(completion, core: &worker.core, now: now)
         case .cancel:
             break  // the cancelled receive or accept reports its own end
         case .routing:

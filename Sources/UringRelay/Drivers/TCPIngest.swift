@@ -27,6 +27,38 @@ struct TCPIngestConnection: ~Copyable {
     let serial: UInt32
     /// When it last delivered bytes (or was accepted), monotonic nanoseconds.
     var lastActivity: UInt64
+    /// Its slot in `TCPIngest`'s slot table: the `user_data` index of its multishot receive,
+    /// stable while it is in the table (its position is not: the table is compacted).
+    let slot: UInt32
+
+    // Reads by completions (io_uring driver), `TCPIngest.relayReceived`:
+    /// A multishot receive is armed on it.
+    var receiveArmed = false
+    /// Its receive is to be cancelled (it was closed while armed).
+    var cancelWanted = false
+    /// Closed by the relay (counted already) while its receive was armed: its socket closes
+    /// after the receive's last CQE, so the kernel never posts for a closed descriptor.
+    var closing = false
+    /// Its stream ended (the peer closed it, reset it, or a read failed): what it holds
+    /// parked is relayed first, then it closes.
+    var end: StreamEnd?
+    /// It waits in the ready queue.
+    var queued = false
+    /// Its received buffers not yet relayed, oldest first (a list through
+    /// `TCPIngest.parkedNext`), and the bytes of the first already relayed.
+    var firstParked = TCPIngest.noBuffer
+    var lastParked = TCPIngest.noBuffer
+    var parkedOffset = 0
+}
+
+/// How a TCP ingest connection's stream ended, as its multishot receive reported it.
+enum StreamEnd {
+    /// The peer closed its side (`res` 0): its last line is relayed even without `\n`.
+    case closed
+    /// The peer reset the connection (`ECONNRESET`): counted as a peer close.
+    case reset
+    /// Another read error: counted under `reason="error"`.
+    case failed
 }
 
 /// A worker's TCP ingest: its listening sockets (one per TCP listener, bound by this worker
@@ -60,6 +92,29 @@ struct TCPIngest: ~Copyable {
     /// the epoll set.
     private(set) var completionAccepts = false
     private var connections: UniqueArray<TCPIngestConnection>
+    /// Each slot's position in `connections` (-1: free). A slot is freed only when its
+    /// connection leaves the table, after its receive's last CQE.
+    private var slotPositions: [Int32] = []
+    private var freeSlots: [UInt32] = []
+    /// The io_uring driver reads the connections with multishot receives into `streamBuffers`
+    /// (`readByCompletions`): the connections are not in the epoll set.
+    private(set) var completionReads = false
+    /// Its receives are armed with `IORING_RECVSEND_BUNDLE`.
+    private(set) var bundles = false
+    /// The TCP receive group (io_uring driver; none under the portable driver).
+    private var streamBuffers = StreamBufferRing()
+    /// Per buffer id: the next parked buffer of the same connection, and its bytes.
+    private var parkedNext: [UInt16] = []
+    private var parkedLength: [Int32] = []
+    /// Slots of the connections with parked bytes or an end to relay, in turn order.
+    private var ready = SlotQueue()
+    /// Multishot receives armed (closing connections' included).
+    private(set) var receivesArmed = 0
+    /// Connections closing (counted, in the table until their receive's last CQE).
+    private var closingCount = 0
+    /// Some connection may want its receive armed, or cancelled.
+    private var armScanWanted = false
+    private var cancelScanWanted = false
     /// Not open while the worker has had no TCP listener.
     private var poll: EventPoll
     private var buffer: StreamReadBuffer
@@ -80,8 +135,13 @@ struct TCPIngest: ~Copyable {
     private static let listenerTokenBit: UInt64 = 1 << 63
     /// Connections accepted from one listener per `service` (the rest wait in the backlog).
     private static let acceptsPerService = 256
-    /// Reads of one connection per `service` before the others get their turn.
+    /// Reads of one connection per `service` before the others get their turn (and, reading
+    /// by completions, pieces of its parked bytes per visit).
     private static let readsPerService = 4
+    /// Connections visited per `relayReceived` (as many as one epoll `service` reports).
+    private static let visitsPerTurn = 1024
+    /// No buffer (the end of a parked list).
+    static let noBuffer = UInt16.max
     /// How long accepting pauses after an accept failed for want of a descriptor or memory:
     /// on the epoll path the listening sockets leave the epoll set (a level-triggered listener
     /// whose waiting connection cannot be taken would otherwise wake the worker at once, turn
@@ -139,8 +199,9 @@ struct TCPIngest: ~Copyable {
         return bound
     }
 
-    /// How many connections are open.
-    var openConnections: Int { connections.count }
+    /// How many connections are open (not counting those closed and waiting for their
+    /// receive's end).
+    var openConnections: Int { connections.count - closingCount }
 
     /// When the next idle check, or accepting again after `EMFILE`, is due (`nil`: none).
     var nextDeadline: UInt64? {
@@ -189,7 +250,7 @@ struct TCPIngest: ~Copyable {
         nextIdleCheck = now &+ idleCheckInterval
         var index = connections.count - 1
         while index >= 0 {
-            if now &- connections[index].lastActivity >= idleTimeoutNanoseconds {
+            if !connections[index].closing && now &- connections[index].lastActivity >= idleTimeoutNanoseconds {
                 close(at: index, reason: .tcpConnectionsClosedIdle, core: &core)
             }
             index -= 1
@@ -319,11 +380,20 @@ struct TCPIngest: ~Copyable {
     /// under `reason="stop"`.
     mutating func closeAll(core: inout RelayCore) {
         stopAccepting()
-        while !connections.isEmpty { close(at: connections.count - 1, reason: .tcpConnectionsClosedStop, core: &core) }
+        // From the end: a connection that leaves the table at once is replaced by one already
+        // closed, or closing.
+        var index = connections.count - 1
+        while index >= 0 {
+            if index < connections.count && !connections[index].closing {
+                close(at: index, reason: .tcpConnectionsClosedStop, core: &core)
+            }
+            index -= 1
+        }
     }
 
-    /// Whether nothing is open any more (no listening socket, no connection).
-    var isClosed: Bool { listeners.isEmpty && connections.isEmpty }
+    /// Whether nothing is open any more (no listening socket, no connection but those closed
+    /// and waiting for their receive's end).
+    var isClosed: Bool { listeners.isEmpty && connections.count == closingCount }
 
     /// Accepts what waits on listener `id`: up to `acceptsPerService`; over this worker's share
     /// of `--tcp-max-connections` a connection is accepted and closed at once, and counted.
@@ -381,13 +451,26 @@ struct TCPIngest: ~Copyable {
         }
         let serial = nextSerial & 0x7FFF_FFFF
         nextSerial &+= 1
-        do throws(Errno) { try poll.add(socket.pollDescriptor, token: Self.token(position: connections.count, serial: serial)) } catch {
-            core.count(.tcpAcceptErrors)
-            return
+        if completionReads {
+            // Its multishot receive is armed at the next wait (`armReceives`).
+            armScanWanted = true
+        } else {
+            do throws(Errno) { try poll.add(socket.pollDescriptor, token: Self.token(position: connections.count, serial: serial)) } catch {
+                core.count(.tcpAcceptErrors)
+                return
+            }
         }
+        let slot: UInt32
+        if let free = freeSlots.popLast() {
+            slot = free
+        } else {
+            slot = UInt32(slotPositions.count)
+            slotPositions.append(-1)
+        }
+        slotPositions[Int(slot)] = Int32(connections.count)
         connections.append(TCPIngestConnection(
             socket: socket, framer: StreamLineFramer(maximumLineBytes: maximumLineBytes), listener: id, serial: serial,
-            lastActivity: now))
+            lastActivity: now, slot: slot))
         core.count(.tcpConnectionsAccepted, listener: id)
     }
 
@@ -436,8 +519,11 @@ struct TCPIngest: ~Copyable {
         return true
     }
 
-    /// Closes connection `position`, counting why and the partial line it still held; the last
-    /// connection takes its place in the table (its epoll token is updated).
+    /// Closes connection `position`, counting why and the partial line it still held. Read by
+    /// completions, the buffers it had parked go back to the group (bytes received and not yet
+    /// framed: unread, as what an epoll reader leaves in the socket), and with its receive
+    /// still armed it stays in the table, `closing`, until the receive's last CQE (its
+    /// cancellation is submitted at the next wait); otherwise it leaves the table now.
     private mutating func close(at position: Int, reason: ListenerCounter, core: inout RelayCore) {
         let held = connections[position].framer.partialByteCount
         if held > 0 {
@@ -445,12 +531,33 @@ struct TCPIngest: ~Copyable {
             core.count(.tcpBytesDroppedPartial, by: UInt64(held))
         }
         core.count(reason, listener: connections[position].listener)
+        if completionReads {
+            releaseParked(at: position)
+            if connections[position].receiveArmed {
+                connections[position].closing = true
+                connections[position].cancelWanted = true
+                closingCount += 1
+                cancelScanWanted = true
+                return
+            }
+        }
+        removeConnection(at: position, core: &core)
+    }
+
+    /// Takes connection `position` out of the table (its socket closes); the last connection
+    /// takes its place (its slot, and its epoll token, follow).
+    private mutating func removeConnection(at position: Int, core: inout RelayCore) {
         let last = connections.count - 1
         if position != last { connections.swapAt(position, last) }
         let closed = connections.removeLast()
-        poll.remove(closed.socket.pollDescriptor)
+        if !completionReads { poll.remove(closed.socket.pollDescriptor) }
+        if closed.closing { closingCount -= 1 }
+        slotPositions[Int(closed.slot)] = -1
+        freeSlots.append(closed.slot)
         _ = consume closed
         guard position != last else { return }
+        slotPositions[Int(connections[position].slot)] = Int32(position)
+        guard !completionReads else { return }
         do throws(Errno) {
             try poll.modify(connections[position].socket.pollDescriptor, token: Self.token(position: position, serial: connections[position].serial))
         } catch {
@@ -469,5 +576,301 @@ struct TCPIngest: ~Copyable {
                 core.receive(.datagram(length: lines.byteCount), lines, listener: listener, now: now)
             }
         }
+    }
+}
+
+/// Reads by completions (io_uring driver): each connection has a multishot `recv` armed into
+/// the TCP receive group (`StreamBufferRing`), with receive bundles where the kernel has them.
+///
+/// A CQE's buffers are *parked* on their connection (a list through `parkedNext`, oldest
+/// first) and the connection joins the ready queue; `relayReceived` then frames them into the
+/// core in turn, connection after connection, in pieces of at most `--max-datagram` less the
+/// partial line held (the core's reserve for one datagram covers what one piece completes),
+/// and only while the core can take a datagram. What the core has no room for stays parked,
+/// at the exact byte (`parkedOffset`), its buffer not yet back in the group, and is relayed
+/// first next turn: nothing is lost or repeated, and a connection's bytes keep their order.
+/// A buffer returns to the group once its last byte is framed.
+///
+/// While buffers are parked the group may run dry: the kernel ends a receive that finds no
+/// buffer (`-ENOBUFS`, counted in `tcp_buffer_ring_exhausted`), and the bytes wait in the
+/// socket (TCP flow control holds the client). Such a connection is armed again only once its
+/// own parked bytes are relayed and the group has a buffer free, so a connection that sends
+/// faster than the core takes waits for itself, not for the others.
+extension TCPIngest {
+    /// Switches this worker's connection reads to multishot receives into `buffers`' group
+    /// (taken from the caller, which gets an empty group back); `bundles`: arm them with
+    /// `IORING_RECVSEND_BUNDLE`. Called by the io_uring driver before its first wait, before
+    /// any connection is accepted; without a registered group, reads stay on epoll.
+    mutating func readByCompletions(_ buffers: inout StreamBufferRing, bundles: Bool) {
+        guard !completionReads, buffers.isRegistered, connections.isEmpty else { return }
+        swap(&streamBuffers, &buffers)
+        completionReads = true
+        self.bundles = bundles
+        parkedNext = Array(repeating: Self.noBuffer, count: streamBuffers.count)
+        parkedLength = Array(repeating: 0, count: streamBuffers.count)
+        ready = SlotQueue(capacity: streamBuffers.count)
+    }
+
+    /// The buffers and size of the TCP receive group (0 when reads go through epoll).
+    var receiveGroup: (buffers: Int, bytes: Int) { (streamBuffers.count, streamBuffers.bufferBytes) }
+
+    /// Hands the buffers recycled since the last wait back to the kernel.
+    mutating func publishBuffers() { streamBuffers.publish() }
+
+    /// Whether any connection's multishot receive is armed.
+    var anyReceiveArmed: Bool { receivesArmed > 0 }
+
+    /// Whether parked bytes (or a stream's end) wait to be relayed.
+    var hasReady: Bool { !ready.isEmpty }
+
+    /// The kernel may still write into the receive group (a receive whose end never came):
+    /// it stays mapped when this goes away.
+    mutating func keepBuffersMapped() { streamBuffers.keepMappedAfterDestruction() }
+
+    /// Arms the multishot receive of each open connection that has none and nothing of its own
+    /// parked (after `-ENOBUFS` it waits for its bytes to be relayed first), at most as many
+    /// as the group has buffers free (each may take one at once); the others are looked at
+    /// again next turn.
+    ///
+    /// - Throws: `Errno` when the submission queue had no room (the rest are armed next turn).
+    mutating func armReceives(on ring: borrowing Ring) throws(Errno) {
+        guard completionReads, armScanWanted else { return }
+        var budget = streamBuffers.available
+        var left = false
+        for position in connections.indices
+        where !connections[position].receiveArmed && !connections[position].closing && connections[position].end == nil {
+            guard connections[position].firstParked == Self.noBuffer, budget > 0 else {
+                left = true
+                continue
+            }
+            try ring.armMultishotStreamReceive(
+                on: connections[position].socket, buffers: streamBuffers, bundle: bundles,
+                userData: UserData(.streamReceive, index: connections[position].slot))
+            connections[position].receiveArmed = true
+            receivesArmed += 1
+            budget -= 1
+        }
+        armScanWanted = left
+    }
+
+    /// Submits the cancellation of the receive of each connection closed while it was armed.
+    ///
+    /// - Throws: `Errno` when the submission queue had no room (the rest go next turn).
+    mutating func submitReceiveCancels(on ring: borrowing Ring) throws(Errno) {
+        guard cancelScanWanted else { return }
+        for position in connections.indices where connections[position].cancelWanted {
+            try ring.cancel(UserData(.streamReceive, index: connections[position].slot), userData: UserData(.cancel))
+            connections[position].cancelWanted = false
+        }
+        cancelScanWanted = false
+    }
+
+    /// Takes one CQE of a connection's multishot receive: its buffers are parked on the
+    /// connection (or, when it is closing, go straight back); the stream's end or a read error
+    /// is noted, to act on once what is parked before it is relayed; `-ENOBUFS` is counted
+    /// and the receive armed again later; a cancellation is not counted. At the receive's end
+    /// (no `IORING_CQE_F_MORE`) a closing connection leaves the table and its socket closes.
+    mutating func received(_ completion: Completion, core: inout RelayCore, now: UInt64) {
+        let slot = Int(completion.userData.index)
+        guard slot < slotPositions.count, slotPositions[slot] >= 0 else {
+            assertionFailure("a receive completion for slot \(slot), which holds no connection")
+            return
+        }
+        let position = Int(slotPositions[slot])
+        if completion.result > 0 {
+            core.count(.tcpReceiveCompletions)
+            if let first = completion.bufferID, let taken = streamBuffers.take(firstID: first, result: completion.result, bundle: bundles) {
+                core.count(.tcpReceiveBuffers, by: UInt64(taken))
+                park(taken, bytes: Int(completion.result), at: position)
+                connections[position].lastActivity = now
+            } else {
+                // Numbers no receive can give: the stream cannot be followed any more.
+                assertionFailure("receive completion \(completion.result) bytes, flags \(completion.flags)")
+                if connections[position].end == nil { connections[position].end = .failed }
+            }
+        } else if completion.result == 0 {
+            if connections[position].end == nil { connections[position].end = .closed }
+        } else {
+            switch -completion.result {
+            case ENOBUFS:
+                core.count(.tcpBufferRingExhausted)
+            case ECANCELED:
+                break  // closed by the relay (`close(at:reason:core:)`)
+            case ECONNRESET:
+                if connections[position].end == nil { connections[position].end = .reset }
+            default:
+                if connections[position].end == nil { connections[position].end = .failed }
+            }
+        }
+        if !connections[position].closing && (connections[position].firstParked != Self.noBuffer || connections[position].end != nil) {
+            enqueue(at: position)
+        }
+        guard !completion.hasMore else { return }
+        connections[position].receiveArmed = false
+        receivesArmed -= 1
+        if connections[position].closing {
+            removeConnection(at: position, core: &core)
+        } else if connections[position].end == nil {
+            armScanWanted = true
+        }
+    }
+
+    /// Parks the `taken` buffers the last `take` covered (`bytes` in all) on connection
+    /// `position`, after what it holds already; a closing connection's go straight back.
+    private mutating func park(_ taken: Int, bytes: Int, at position: Int) {
+        let size = streamBuffers.bufferBytes
+        for index in 0..<taken {
+            let id = streamBuffers.takenID(index, of: taken)
+            if connections[position].closing {
+                streamBuffers.recycle(id)
+                continue
+            }
+            parkedNext[Int(id)] = Self.noBuffer
+            parkedLength[Int(id)] = Int32(min(size, bytes - index * size))
+            let last = connections[position].lastParked
+            if last == Self.noBuffer {
+                connections[position].firstParked = id
+                connections[position].parkedOffset = 0
+            } else {
+                parkedNext[Int(last)] = id
+            }
+            connections[position].lastParked = id
+        }
+    }
+
+    /// Gives connection `position`'s parked buffers back to the group.
+    private mutating func releaseParked(at position: Int) {
+        var id = connections[position].firstParked
+        while id != Self.noBuffer {
+            let next = parkedNext[Int(id)]
+            streamBuffers.recycle(id)
+            id = next
+        }
+        connections[position].firstParked = Self.noBuffer
+        connections[position].lastParked = Self.noBuffer
+        connections[position].parkedOffset = 0
+    }
+
+    private mutating func enqueue(at position: Int) {
+        guard !connections[position].queued else { return }
+        connections[position].queued = true
+        ready.append(connections[position].slot)
+    }
+
+    /// Relays the parked bytes of the ready connections, in turn (`readsPerService` pieces per
+    /// visit), while the core can take a datagram; a stream that ended once its bytes are
+    /// relayed closes (a peer's close relays its last line even without `\n`).
+    ///
+    /// - Returns: whether some are still waiting (the core ran out of room, or the turn's
+    ///   visits were used up).
+    mutating func relayReceived(core: inout RelayCore, now: UInt64) -> Bool {
+        guard completionReads else { return false }
+        var visits = 0
+        while visits < Self.visitsPerTurn, let slot = ready.first {
+            guard core.canAcceptDatagram else { return true }
+            ready.removeFirst()
+            visits += 1
+            let position = Int(slotPositions[Int(slot)])
+            // A stale entry: the connection left the table (its slot may serve another now).
+            guard position >= 0, connections[position].queued else { continue }
+            connections[position].queued = false
+            guard !connections[position].closing else { continue }
+            if relayParked(at: position, core: &core, now: now) { enqueue(at: position) }
+        }
+        return !ready.isEmpty
+    }
+
+    /// Frames connection `position`'s parked bytes into the core, at most `readsPerService`
+    /// pieces, each at most `--max-datagram` less the partial line held.
+    ///
+    /// - Returns: whether it still has bytes parked, or an end to act on.
+    private mutating func relayParked(at position: Int, core: inout RelayCore, now: UInt64) -> Bool {
+        let listener = connections[position].listener
+        for _ in 0..<Self.readsPerService {
+            guard core.canAcceptDatagram else { return true }
+            let id = connections[position].firstParked
+            guard id != Self.noBuffer else {
+                guard let end = connections[position].end else { return false }
+                switch end {
+                case .closed:
+                    // A client's last line need not end with a newline: it is relayed as it is.
+                    connections[position].framer.finish { line in
+                        core.receive(.datagram(length: line.byteCount), line, listener: listener, now: now)
+                    }
+                    close(at: position, reason: .tcpConnectionsClosedPeer, core: &core)
+                case .reset:
+                    close(at: position, reason: .tcpConnectionsClosedPeer, core: &core)
+                case .failed:
+                    close(at: position, reason: .tcpConnectionsClosedError, core: &core)
+                }
+                return false
+            }
+            let offset = connections[position].parkedOffset
+            let length = Int(parkedLength[Int(id)])
+            // What one piece completes (the partial line held) and the whole lines after it add
+            // up to at most one datagram's worth: the core's reserve for one datagram covers them.
+            let limit = max(1, maximumLineBytes - connections[position].framer.partialByteCount)
+            let end = min(length, offset + limit)
+            let outcome = Self.frame(
+                streamBuffers, bufferID: id, range: offset..<end, into: &connections[position].framer, listener: listener, core: &core, now: now)
+            if end == length {
+                let next = parkedNext[Int(id)]
+                connections[position].firstParked = next
+                if next == Self.noBuffer { connections[position].lastParked = Self.noBuffer }
+                connections[position].parkedOffset = 0
+                streamBuffers.recycle(id)
+            } else {
+                connections[position].parkedOffset = end
+            }
+            if outcome == .lineTooLong {
+                close(at: position, reason: .tcpConnectionsClosedTooLong, core: &core)
+                return false
+            }
+        }
+        return connections[position].firstParked != Self.noBuffer || connections[position].end != nil
+    }
+
+    /// Frames `range` of parked buffer `bufferID` with `framer`, handing each run of complete
+    /// lines to the core as a datagram of listener `listener`.
+    private static func frame(
+        _ buffers: borrowing StreamBufferRing, bufferID: UInt16, range: Range<Int>, into framer: inout StreamLineFramer,
+        listener: UInt32, core: inout RelayCore, now: UInt64
+    ) -> StreamLineFramer.Outcome {
+        buffers.withBytes(of: bufferID, in: range) { bytes in
+            framer.feed(bytes) { lines in
+                core.receive(.datagram(length: lines.byteCount), lines, listener: listener, now: now)
+            }
+        }
+    }
+}
+
+/// A first-in first-out queue of connection slots, grown (never per read) when full.
+struct SlotQueue {
+    private var storage: [UInt32]
+    private var head = 0
+    private(set) var count = 0
+
+    init(capacity: Int = 1) { storage = Array(repeating: 0, count: max(1, capacity)) }
+
+    var isEmpty: Bool { count == 0 }
+
+    var first: UInt32? { count > 0 ? storage[head] : nil }
+
+    mutating func append(_ slot: UInt32) {
+        if count == storage.count {
+            // Unrolled into a larger array, oldest first.
+            var grown = Array(repeating: UInt32(0), count: storage.count * 2)
+            for index in 0..<count { grown[index] = storage[(head + index) % storage.count] }
+            storage = grown
+            head = 0
+        }
+        storage[(head + count) % storage.count] = slot
+        count += 1
+    }
+
+    mutating func removeFirst() {
+        precondition(count > 0)
+        head = (head + 1) % storage.count
+        count -= 1
     }
 }

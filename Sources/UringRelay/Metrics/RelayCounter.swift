@@ -82,6 +82,9 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
     case tcpAcceptErrors
     case linesDroppedTCPPartial
     case tcpBytesDroppedPartial
+    case tcpReceiveCompletions
+    case tcpReceiveBuffers
+    case tcpBufferRingExhausted
 
     /// The counter's name in lowercase dot notation.
     public var name: String {
@@ -165,6 +168,9 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
         case .tcpAcceptErrors: "statsrelay.tcp_accept_errors"
         case .linesDroppedTCPPartial: "statsrelay.lines_dropped.tcp_partial"
         case .tcpBytesDroppedPartial: "statsrelay.tcp_bytes_dropped.partial"
+        case .tcpReceiveCompletions: "statsrelay.tcp_receive_completions"
+        case .tcpReceiveBuffers: "statsrelay.tcp_receive_buffers"
+        case .tcpBufferRingExhausted: "statsrelay.tcp_buffer_ring_exhausted"
         }
     }
 
