@@ -153,10 +153,9 @@ public struct RelayCore: ~Copyable {
         processor.receive(payload, bytes, now: now)
         let id = Int(listener)
         guard id < listenerPositions.count else { return }
-        let position = listenerPositions[id]
-        processor.counters[.datagramsReceived, listener: position] &+= processor.counters[.datagramsReceived] &- datagrams
-        processor.counters[.bytesReceived, listener: position] &+= processor.counters[.bytesReceived] &- bytesBefore
-        processor.counters[.linesReceived, listener: position] &+= processor.counters[.linesReceived] &- lines
+        processor.counters.addReceived(
+            listener: listenerPositions[id], datagrams: processor.counters[.datagramsReceived] &- datagrams,
+            bytes: processor.counters[.bytesReceived] &- bytesBefore, lines: processor.counters[.linesReceived] &- lines)
     }
 
     /// Names listener `id` (its `listener` label, `udp:ADDRESS:PORT` with the port bound): what
