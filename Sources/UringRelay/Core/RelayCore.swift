@@ -49,7 +49,12 @@ public struct RelayCore: ~Copyable {
     /// The mirror pool (`--mirror`), fixed for the worker's life, if any.
     public let mirror: MirrorPool?
     /// A membership change waiting for the old pool's batches to be sent.
-    public private(set) var pendingPool: BackendPool?
+    public private(set) var pendingPool: BackendPool? {
+        didSet { poolChangePending = pendingPool != nil }
+    }
+    /// Whether `pendingPool` is set, kept beside it for `canAcceptDatagram` (per datagram):
+    /// testing the optional itself copies the pool there, a retain and a release.
+    private var poolChangePending = false
     /// The stop phase.
     public private(set) var phase = Phase.running
     /// When the stop budget runs out (`.max` while running).
@@ -139,7 +144,7 @@ public struct RelayCore: ~Copyable {
     /// Whether the core can take one more datagram now: the send buffers have room for its
     /// worst case and no pool change is waiting for the old pool's batches.
     @inline(__always)
-    public var canAcceptDatagram: Bool { pendingPool == nil && processor.assembler.canAcceptDatagram }
+    public var canAcceptDatagram: Bool { !poolChangePending && processor.assembler.canAcceptDatagram }
 
     /// Relays one received datagram (or counts why it cannot be relayed).
     ///
