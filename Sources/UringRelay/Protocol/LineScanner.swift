@@ -104,13 +104,26 @@ public enum LineScanner {
             offset = stop < count ? stop &+ 1 : count
             if stop == start { return .empty }
             if stop &- start > BatchAssembler.largestDatagramBytes { return .malformed(.tooLong) }
-            if Span<UInt8>(_bytes: datagram)[start] == UInt8(ascii: "_"), let line = DogStatsD.scan(datagram, start..<stop) {
+            if Span<UInt8>(_bytes: datagram)[start] == UInt8(ascii: "_"), let line = dogStatsD(datagram, start..<stop) {
                 return line
             }
             guard let colon = firstColon else { return .malformed(.missingColon) }
             if colon == start { return .malformed(.emptyName) }
             return .valid(start: start, end: stop, key: start..<colon)
         }
+        return general(
+            in: datagram, from: &offset, mayContainNul: mayContainNul, mayContainCarriageReturn: mayContainCarriageReturn)
+    }
+
+    /// `next` for a line that stops at a `\r` or a NUL: each byte class looked for on its own.
+    /// Out of line, as `dogStatsD`: the line loop that inlines `next` stays small (its
+    /// optimiser then inlines what the common line needs).
+    @inline(never)
+    static func general(
+        in datagram: RawSpan, from offset: inout Int, mayContainNul: Bool, mayContainCarriageReturn: Bool
+    ) -> Line? {
+        let count = datagram.byteCount
+        let start = offset
         let newline = datagram.firstOffset(of: UInt8(ascii: "\n"), in: start..<count) ?? count
         offset = newline < count ? newline + 1 : count
         var end = newline
@@ -124,7 +137,7 @@ public enum LineScanner {
         if end - start > BatchAssembler.largestDatagramBytes { return .malformed(.tooLong) }
         if mayContainNul && datagram.firstOffset(of: 0, in: start..<end) != nil { return .malformed(.nulByte) }
         // One load and compare per line; only lines starting with `_` look further.
-        if Span<UInt8>(_bytes: datagram)[start] == UInt8(ascii: "_"), let line = DogStatsD.scan(datagram, start..<end) {
+        if Span<UInt8>(_bytes: datagram)[start] == UInt8(ascii: "_"), let line = dogStatsD(datagram, start..<end) {
             return line
         }
         guard let colon = datagram.firstOffset(of: UInt8(ascii: ":"), in: start..<end) else {
@@ -132,5 +145,12 @@ public enum LineScanner {
         }
         if colon == start { return .malformed(.emptyName) }
         return .valid(start: start, end: end, key: start..<colon)
+    }
+
+    /// A line starting with `_`: a service check or an event (`DogStatsD.scan`), or `nil` for a
+    /// metric whose name starts with `_`. Out of line: few lines take it.
+    @inline(never)
+    static func dogStatsD(_ datagram: RawSpan, _ line: Range<Int>) -> Line? {
+        DogStatsD.scan(datagram, line)
     }
 }
