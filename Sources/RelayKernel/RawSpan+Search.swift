@@ -18,6 +18,25 @@ extension RawSpan {
         }
     }
 
+    /// Where the line that starts at `start` stops: the offset of the first `\n`, `\r` or NUL at
+    /// or after `start` (`byteCount` when there is none), and of the first `:` before it
+    /// (`nil` when there is none). One pass over the line (`cl_line_stop`, 16 bytes at a
+    /// time) finds what a `\n`, a `:`, a `\r` and a NUL search each found before.
+    ///
+    /// - Precondition: `0 <= start <= byteCount`.
+    @inlinable @inline(__always)
+    public func lineStop(from start: Int) -> (stop: Int, colon: Int?) {
+        precondition(start >= 0 && start <= byteCount, "line start outside the span")
+        let length = byteCount &- start
+        guard length > 0 else { return (start, nil) }
+        return withUnsafeBytes { raw in
+            var colon = 0
+            // `raw` is the span's own memory: non-empty here, so it has a base address.
+            let stop = cl_line_stop(raw.baseAddress.unsafelyUnwrapped.assumingMemoryBound(to: UInt8.self) + start, length, &colon)
+            return (start &+ stop, colon < length ? start &+ colon : nil)
+        }
+    }
+
     /// Whether `byte` occurs anywhere in the span.
     @inlinable @inline(__always)
     public func contains(byte: UInt8) -> Bool {

@@ -271,6 +271,32 @@ public struct Ring: ~Copyable {
         }
     }
 
+    /// The CQEs ready now, to be read in order with `nextCompletion(in:)` and handed back to the
+    /// kernel together with `release(_:)`: one load of the kernel's tail and one store of the
+    /// head per batch, where `nextCompletion()` pays both (and a call) per CQE.
+    @inlinable @inline(__always)
+    public func readyCompletions() -> CompletionBatch {
+        let head = ring.pointee.cq.khead.pointee
+        return CompletionBatch(first: head, end: head &+ io_uring_cq_ready(ring))
+    }
+
+    /// The next CQE of `batch`, copied out, or `nil` once the batch is read; its slot stays
+    /// the reader's until `release(batch)`.
+    @inlinable @inline(__always)
+    public func nextCompletion(in batch: inout CompletionBatch) -> Completion? {
+        guard batch.next != batch.end else { return nil }
+        let cqe = ring.pointee.cq.cqes[Int(batch.next & ring.pointee.cq.ring_mask)]
+        batch.next &+= 1
+        return Completion(userData: UserData(rawValue: cqe.user_data), result: cqe.res, flags: cqe.flags)
+    }
+
+    /// Hands the slots of the CQEs read from `batch` back to the kernel
+    /// (`io_uring_cq_advance(3)`: a store-release of the queue's head).
+    @inlinable @inline(__always)
+    public func release(_ batch: CompletionBatch) {
+        io_uring_cq_advance(ring, batch.next &- batch.first)
+    }
+
     /// Takes the oldest ready CQE out of the completion queue, or `nil` when none is ready.
     ///
     /// Loops over this end when the kernel has posted nothing more; this never enters the
@@ -281,4 +307,26 @@ public struct Ring: ~Copyable {
         guard cl_next_cqe(ring, &cqe) == 1 else { return nil }
         return Completion(userData: UserData(rawValue: cqe.user_data), result: cqe.res, flags: cqe.flags)
     }
+}
+
+/// A run of CQEs that were ready in the completion queue at one look (`Ring.readyCompletions`),
+/// read in order; positions count as the queue's head and tail do, wrapping at 2³².
+public struct CompletionBatch {
+    /// The queue's head when the batch was taken.
+    @usableFromInline let first: UInt32
+    /// The position of the next CQE to read.
+    @usableFromInline var next: UInt32
+    /// One past the last CQE that was ready.
+    @usableFromInline let end: UInt32
+
+    @usableFromInline
+    init(first: UInt32, end: UInt32) {
+        self.first = first
+        next = first
+        self.end = end
+    }
+
+    /// Whether no CQE was ready.
+    @inlinable
+    public var isEmpty: Bool { first == end }
 }

@@ -167,13 +167,10 @@ public struct DatagramProcessor: ~Copyable {
         _ datagram: RawSpan, now: UInt64, _: Validation.Type, _: Key.Type, _: Rewrite.Type, _: Mirror.Type
     ) {
         var offset = 0
-        let mayContainNul = datagram.contains(byte: 0)
-        let mayContainCarriageReturn = datagram.contains(byte: UInt8(ascii: "\r"))
         var pending: Pending?
         // How the pending line is rewritten (under `Rewriting` only).
         var pendingEdit = LineRewriter.Edit.none
-        while let line = LineScanner.next(
-            in: datagram, from: &offset, mayContainNul: mayContainNul, mayContainCarriageReturn: mayContainCarriageReturn) {
+        while let line = LineScanner.next(in: datagram, from: &offset) {
             switch line {
             case .valid(let start, let end, let key):
                 counters[.linesReceived] &+= 1

@@ -49,7 +49,12 @@ public struct RelayCore: ~Copyable {
     /// The mirror pool (`--mirror`), fixed for the worker's life, if any.
     public let mirror: MirrorPool?
     /// A membership change waiting for the old pool's batches to be sent.
-    public private(set) var pendingPool: BackendPool?
+    public private(set) var pendingPool: BackendPool? {
+        didSet { poolChangePending = pendingPool != nil }
+    }
+    /// Whether `pendingPool` is set, kept beside it for `canAcceptDatagram` (per datagram):
+    /// testing the optional itself copies the pool there, a retain and a release.
+    private var poolChangePending = false
     /// The stop phase.
     public private(set) var phase = Phase.running
     /// When the stop budget runs out (`.max` while running).
@@ -139,7 +144,7 @@ public struct RelayCore: ~Copyable {
     /// Whether the core can take one more datagram now: the send buffers have room for its
     /// worst case and no pool change is waiting for the old pool's batches.
     @inline(__always)
-    public var canAcceptDatagram: Bool { pendingPool == nil && processor.assembler.canAcceptDatagram }
+    public var canAcceptDatagram: Bool { !poolChangePending && processor.assembler.canAcceptDatagram }
 
     /// Relays one received datagram (or counts why it cannot be relayed).
     ///
@@ -153,10 +158,9 @@ public struct RelayCore: ~Copyable {
         processor.receive(payload, bytes, now: now)
         let id = Int(listener)
         guard id < listenerPositions.count else { return }
-        let position = listenerPositions[id]
-        processor.counters[.datagramsReceived, listener: position] &+= processor.counters[.datagramsReceived] &- datagrams
-        processor.counters[.bytesReceived, listener: position] &+= processor.counters[.bytesReceived] &- bytesBefore
-        processor.counters[.linesReceived, listener: position] &+= processor.counters[.linesReceived] &- lines
+        processor.counters.addReceived(
+            listener: listenerPositions[id], datagrams: processor.counters[.datagramsReceived] &- datagrams,
+            bytes: processor.counters[.bytesReceived] &- bytesBefore, lines: processor.counters[.linesReceived] &- lines)
     }
 
     /// Names listener `id` (its `listener` label, `udp:ADDRESS:PORT` with the port bound): what

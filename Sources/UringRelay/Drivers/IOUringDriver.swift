@@ -144,7 +144,7 @@ extension IOUringDriver: WorkerTransport {
         submissionsDeferred = false
         receivedThisTurn = false
         let taken = MonotonicClock.nanoseconds()
-        while let completion = ring.nextCompletion() { handle(completion, worker: &worker, now: taken) }
+        handleCompletions(&worker, now: taken)
     }
 
     @inline(__always)
@@ -180,7 +180,7 @@ extension IOUringDriver: WorkerTransport {
     /// Still hands the last sends to the kernel and collects what completed.
     mutating func lastCompletions(_ worker: inout WorkerState, now: UInt64) {
         try? ring.submitAndWait(completions: 0, timeoutNanoseconds: 0, minimumWaitMicroseconds: 0)
-        while let completion = ring.nextCompletion() { handle(completion, worker: &worker, now: now) }
+        handleCompletions(&worker, now: now)
     }
 
     mutating func finish(_ worker: inout WorkerState) -> (unrelayed: Int, inFlight: Int) {
@@ -229,7 +229,7 @@ extension IOUringDriver {
                 try ring.submitAndWait(completions: 1, timeoutNanoseconds: deadline - now, minimumWaitMicroseconds: 0)
             } catch { return }  // the ring itself fails: its buffers stay mapped
             submissionsDeferred = false
-            while let completion = ring.nextCompletion() { handle(completion, worker: &worker, now: now) }
+            handleCompletions(&worker, now: now)
         }
     }
 
@@ -369,6 +369,19 @@ extension IOUringDriver {
             return (queue.isEmpty && !streamsReady ? 0 : 1, min(until(worker.core.stopDeadline), 1_000_000), 0)
         case .flushing:
             return (1, min(until(worker.core.stopDeadline), flushDue ?? .max), 0)
+        }
+    }
+
+    /// Handles every CQE ready, a batch at a time: a batch's queue slots go back to the kernel
+    /// in one store once it is handled, and whatever the kernel posted meanwhile (a submit to
+    /// make room enters the kernel) comes in the next batch.
+    @inline(__always)
+    private mutating func handleCompletions(_ worker: inout WorkerState, now: UInt64) {
+        while true {
+            var batch = ring.readyCompletions()
+            if batch.isEmpty { return }
+            while let completion = ring.nextCompletion(in: &batch) { handle(completion, worker: &worker, now: now) }
+            ring.release(batch)
         }
     }
 

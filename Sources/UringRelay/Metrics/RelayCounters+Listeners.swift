@@ -61,6 +61,18 @@ extension RelayCounters {
         set { listenerValues[index * ListenerCounter.allCases.count + counter.rawValue] = newValue }
     }
 
+    /// Adds one receive's counts to listener `index`'s received counters: the array is checked
+    /// for a unique owner once for the three (the subscript's setter checks at every store), on
+    /// the per-datagram path.
+    @inline(__always)
+    public mutating func addReceived(listener index: Int, datagrams: UInt64, bytes: UInt64, lines: UInt64) {
+        let base = index &* ListenerCounter.allCases.count
+        var values = listenerValues.mutableSpan
+        values[base &+ ListenerCounter.datagramsReceived.rawValue] &+= datagrams
+        values[base &+ ListenerCounter.bytesReceived.rawValue] &+= bytes
+        values[base &+ ListenerCounter.linesReceived.rawValue] &+= lines
+    }
+
     /// A listener's counter by its label; 0 for a listener never counted.
     public subscript(_ counter: ListenerCounter, listener name: String) -> UInt64 {
         guard let index = listeners.firstIndex(of: name) else { return 0 }

@@ -22,9 +22,9 @@ import RelayKernel
 /// title, whose length the `{title,text}` header gives (a header that does not fit the line
 /// is `badEventHeader`, in every mode).
 ///
-/// The common datagram has no `\r` at all: the caller checks that once per datagram (one
-/// `memchr`, like the NUL check) and passes `mayContainCarriageReturn: false`, so each line
-/// costs only its search for `\n`.
+/// The common line has no `\r` and no NUL: one scan per line (`RawSpan.lineStop`) finds its
+/// `\n` and its first `:` together, and only a line that stops at a `\r` or a NUL is looked
+/// at again, byte class by byte class.
 public enum LineScanner {
     /// Why a line was not forwarded.
     public enum Malformation: Int, CaseIterable, Sendable {
@@ -85,9 +85,9 @@ public enum LineScanner {
     ///   - datagram: the received bytes.
     ///   - offset: where the line starts; on return, where the next one starts.
     ///   - mayContainNul: `false` when the caller has checked the whole datagram holds no NUL
-    ///     (one `memchr` per datagram instead of one per line).
+    ///     (only a line that stops at a `\r` or NUL reads it: the common line needs no check).
     ///   - mayContainCarriageReturn: `false` when the caller has checked the whole datagram
-    ///     holds no `\r`; then only `\n` is looked for.
+    ///     holds no `\r` (read as `mayContainNul` is).
     /// - Returns: the line, or `nil` once `offset` reaches the end of the datagram.
     @inline(__always)
     public static func next(
@@ -96,6 +96,34 @@ public enum LineScanner {
         let count = datagram.byteCount
         let start = offset
         guard start < count else { return nil }
+        // The common line ends at a `\n` (or the datagram's end) with no `\r` or NUL before it:
+        // one scan finds that end and the first `:`. A line that stops at a `\r` or a NUL takes
+        // the general path below.
+        let (stop, firstColon) = datagram.lineStop(from: start)
+        if stop == count || Span<UInt8>(_bytes: datagram)[stop] == UInt8(ascii: "\n") {
+            offset = stop < count ? stop &+ 1 : count
+            if stop == start { return .empty }
+            if stop &- start > BatchAssembler.largestDatagramBytes { return .malformed(.tooLong) }
+            if Span<UInt8>(_bytes: datagram)[start] == UInt8(ascii: "_"), let line = dogStatsD(datagram, start..<stop) {
+                return line
+            }
+            guard let colon = firstColon else { return .malformed(.missingColon) }
+            if colon == start { return .malformed(.emptyName) }
+            return .valid(start: start, end: stop, key: start..<colon)
+        }
+        return general(
+            in: datagram, from: &offset, mayContainNul: mayContainNul, mayContainCarriageReturn: mayContainCarriageReturn)
+    }
+
+    /// `next` for a line that stops at a `\r` or a NUL: each byte class looked for on its own.
+    /// Out of line, as `dogStatsD`: the line loop that inlines `next` stays small (its
+    /// optimiser then inlines what the common line needs).
+    @inline(never)
+    static func general(
+        in datagram: RawSpan, from offset: inout Int, mayContainNul: Bool, mayContainCarriageReturn: Bool
+    ) -> Line? {
+        let count = datagram.byteCount
+        let start = offset
         let newline = datagram.firstOffset(of: UInt8(ascii: "\n"), in: start..<count) ?? count
         offset = newline < count ? newline + 1 : count
         var end = newline
@@ -109,7 +137,7 @@ public enum LineScanner {
         if end - start > BatchAssembler.largestDatagramBytes { return .malformed(.tooLong) }
         if mayContainNul && datagram.firstOffset(of: 0, in: start..<end) != nil { return .malformed(.nulByte) }
         // One load and compare per line; only lines starting with `_` look further.
-        if Span<UInt8>(_bytes: datagram)[start] == UInt8(ascii: "_"), let line = DogStatsD.scan(datagram, start..<end) {
+        if Span<UInt8>(_bytes: datagram)[start] == UInt8(ascii: "_"), let line = dogStatsD(datagram, start..<end) {
             return line
         }
         guard let colon = datagram.firstOffset(of: UInt8(ascii: ":"), in: start..<end) else {
@@ -117,5 +145,12 @@ public enum LineScanner {
         }
         if colon == start { return .malformed(.emptyName) }
         return .valid(start: start, end: end, key: start..<colon)
+    }
+
+    /// A line starting with `_`: a service check or an event (`DogStatsD.scan`), or `nil` for a
+    /// metric whose name starts with `_`. Out of line: few lines take it.
+    @inline(never)
+    static func dogStatsD(_ datagram: RawSpan, _ line: Range<Int>) -> Line? {
+        DogStatsD.scan(datagram, line)
     }
 }

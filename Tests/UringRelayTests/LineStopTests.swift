@@ -1,0 +1,79 @@
+import RelayKernel
+import Testing
+@testable import UringRelay
+
+/// `RawSpan.lineStop(from:)`, the one scan per line that finds where a line stops (`\n`, `\r`
+/// or NUL) and its first `:` (16 bytes at a time, the last block overlapping the one before).
+@Suite("Line stop scan")
+struct LineStopTests {
+    /// The answer byte by byte, as the definition says: the first `\n`, `\r` or NUL at or after
+    /// `start` (else the end), and the first `:` before it (else none).
+    private static func reference(_ bytes: [UInt8], from start: Int) -> (stop: Int, colon: Int?) {
+        var stop = bytes.count
+        for index in start..<bytes.count where bytes[index] == 10 || bytes[index] == 13 || bytes[index] == 0 {
+            stop = index
+            break
+        }
+        let colon = (start..<stop).first { bytes[$0] == UInt8(ascii: ":") }
+        return (stop, colon)
+    }
+
+    private static func lineStop(_ bytes: [UInt8], from start: Int) -> (stop: Int, colon: Int?) {
+        bytes.withUnsafeBytes { $0.bytes.lineStop(from: start) }
+    }
+
+    /// A stop byte and a colon at every position around the 16-byte block edges, in lines of
+    /// every length up to 50 bytes, from several starts.
+    @Test(arguments: [UInt8(ascii: "\n"), UInt8(ascii: "\r"), 0])
+    func stopAndColonAtEveryPosition(stopByte: UInt8) {
+        var mismatches: [String] = []
+        for length in 0...50 {
+            for stopAt in [-1] + Array(0..<length) {
+                for colonAt in [-1, 0, 1, 14, 15, 16, 17, 31, 32, 33, length - 1] where colonAt < length {
+                    var bytes = [UInt8](repeating: UInt8(ascii: "a"), count: length)
+                    if colonAt >= 0 { bytes[colonAt] = UInt8(ascii: ":") }
+                    if stopAt >= 0 { bytes[stopAt] = stopByte }
+                    for start in [0, 1, 3, 17] where start <= length {
+                        let found = Self.lineStop(bytes, from: start)
+                        let expected = Self.reference(bytes, from: start)
+                        if found.stop != expected.stop || found.colon != expected.colon {
+                            mismatches.append("length \(length), stop at \(stopAt), colon at \(colonAt), start \(start)")
+                        }
+                    }
+                }
+            }
+        }
+        #expect(mismatches.isEmpty)
+    }
+
+    /// Hand-written cases: the colon after the stop is not the line's, a byte below `\r` that
+    /// is none of the three (a tab) does not stop the line, an empty rest stops at once.
+    @Test(arguments: [
+        ("api.requests.host-1.status_200:1|c\nb:2|c", 0, 34, 30),
+        ("api.requests.host-1.status_200:1|c\nb:2|c", 35, 40, 36),
+        ("no.colon.in.this.first.line.at.all\nb:2|c", 0, 34, nil),
+        ("tab\tbefore.the.colon.and.more.bytes:1|c", 0, 39, 35),
+        ("a.b.c.d.e.f.g.h.i.j.k.l.m.n:1|c\r\nx", 0, 31, 27),
+        ("abcdefghijklmnopq\0rstu:1|c", 0, 17, nil),
+        ("x:1|c", 5, 5, nil),
+    ] as [(String, Int, Int, Int?)])
+    func handWritten(text: String, start: Int, stop: Int, colon: Int?) {
+        let found = Self.lineStop(Array(text.utf8), from: start)
+        #expect(found.stop == stop)
+        #expect(found.colon == colon)
+    }
+
+    /// Lines longer than one block that end in `\r\n`, a lone `\r` or hold a NUL near a block
+    /// edge take the scanner's general path and split as the line rules say.
+    @Test(arguments: [
+        ("abcdefghijklmno:1|c\r\nq:2|c", ["ok abcdefghijklmno abcdefghijklmno:1|c", "ok q q:2|c"]),
+        ("abcdefghijklmnop:1|c\rq:2|c", ["ok abcdefghijklmnop abcdefghijklmnop:1|c", "ok q q:2|c"]),
+        ("abcdefghijklmnopqrstuvwxyz0123:1|c\0\nq:2|c", ["bad nulByte", "ok q q:2|c"]),
+        ("abcdefghijklmnop\0q:1|c\nr:2|c", ["bad nulByte", "ok r r:2|c"]),
+        ("abcdefghijklmnopqrstuvwxyz0123456789\r\n:1|c", ["bad missingColon", "bad emptyName"]),
+    ])
+    func longLinesOnTheGeneralPath(text: String, expected: [String]) {
+        #expect(scan(Array(text.utf8), checked: false) == expected)
+        #expect(scan(Array(text.utf8), checked: true) == expected)
+    }
+}
