@@ -29,6 +29,7 @@ let package = Package(
         .executableTarget(name: "FuzzConfigValues", dependencies: ["FuzzSupport", relay], swiftSettings: strict),
         .executableTarget(name: "FuzzConfigFile", dependencies: ["FuzzSupport", relay], swiftSettings: strict),
         .executableTarget(name: "FuzzStreamLineFramer", dependencies: ["FuzzSupport", relay], swiftSettings: strict),
+        .executableTarget(name: "FuzzTCPIngest", dependencies: ["FuzzSupport", relay], swiftSettings: strict),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -10,7 +10,7 @@
 #   scripts/fuzz.sh [SECONDS] [TARGET...]     targets: FuzzLineScanner FuzzDatagramProcessor
 #                                             FuzzDogStatsD FuzzBackendAddress FuzzConfigValues
 #                                             FuzzConfigFile FuzzStreamLineFramer
-#                                             (default: all)
+#                                             FuzzTCPIngest (default: all)
 #   FUZZ_SANITIZERS=fuzzer    without AddressSanitizer (faster; guard pages still catch reads
 #                             past a datagram); default fuzzer,address
 #   FUZZ_CONFIGURATION=debug  with the product's assert()s on (default release: in debug the
@@ -40,7 +40,7 @@ if [[ ! "$seconds" =~ ^[0-9]+$ ]]; then
 fi
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(FuzzLineScanner FuzzDatagramProcessor FuzzDogStatsD FuzzBackendAddress FuzzConfigValues FuzzConfigFile FuzzStreamLineFramer)
+    targets=(FuzzLineScanner FuzzDatagramProcessor FuzzDogStatsD FuzzBackendAddress FuzzConfigValues FuzzConfigFile FuzzStreamLineFramer FuzzTCPIngest)
 fi
 
 build=(-c "${FUZZ_CONFIGURATION:-release}" --sanitize=fuzzer -Xswiftc "-sanitize=${FUZZ_SANITIZERS:-fuzzer,address}")
@@ -58,12 +58,13 @@ corpus_of() {
         FuzzConfigValues) echo Corpus/ConfigValues ;;
         FuzzConfigFile) echo Corpus/ConfigFiles ;;
         FuzzStreamLineFramer) echo Corpus/Streams ;;
+        FuzzTCPIngest) echo Corpus/TCPStreams ;;
         *) echo "unknown target $1" >&2; exit 64 ;;
     esac
 }
 dictionary_of() {
     case "$1" in
-        FuzzLineScanner | FuzzDatagramProcessor | FuzzDogStatsD | FuzzStreamLineFramer) echo Dictionaries/statsd.dict ;;
+        FuzzLineScanner | FuzzDatagramProcessor | FuzzDogStatsD | FuzzStreamLineFramer | FuzzTCPIngest) echo Dictionaries/statsd.dict ;;
         FuzzConfigFile) echo Dictionaries/yaml.dict ;;
         *) echo Dictionaries/config.dict ;;
     esac
@@ -74,7 +75,7 @@ max_len_of() {
         FuzzDatagramProcessor) echo 8192 ;;
         FuzzDogStatsD) echo 8193 ;;
         FuzzConfigFile) echo 4096 ;;
-        FuzzStreamLineFramer) echo 20000 ;;
+        FuzzStreamLineFramer | FuzzTCPIngest) echo 20000 ;;
         *) echo 256 ;;
     esac
 }
