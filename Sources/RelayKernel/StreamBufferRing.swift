@@ -77,27 +77,9 @@ public struct StreamBufferRing: ~Copyable {
         precondition(count > 0 && count & (count - 1) == 0 && count <= 32_768, "buffer count must be a power of two ≤ 32768")
         precondition(bufferBytes > 0 && bufferBytes <= 1 << 20, "a stream buffer is 1 byte to 1 MiB")
         let stride = (bufferBytes + 63) & ~63
-        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
-        let ringBytes = (count * MemoryLayout<io_uring_buf>.stride + page - 1) / page * page
-        let storageBytes = (count * stride + page - 1) / page * page
-        guard let entries = mmap(nil, ringBytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0),
-              entries != MAP_FAILED else { throw Errno.current }
-        guard let buffers = mmap(nil, storageBytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0),
-              buffers != MAP_FAILED else {
-            let failure = Errno.current
-            munmap(entries, ringBytes)
-            throw failure
-        }
-        var registration = io_uring_buf_reg()
-        registration.ring_addr = UInt64(UInt(bitPattern: entries))
-        registration.ring_entries = UInt32(count)
-        registration.bgid = groupID
-        let registered = try ring.withUnsafeRing { handle in io_uring_register_buf_ring(handle, &registration, 0) }
-        if registered < 0 {
-            munmap(entries, ringBytes)
-            munmap(buffers, storageBytes)
-            throw Errno(rawValue: -registered)
-        }
+        let mapping = try BufferGroupMapping(ring: ring, groupID: groupID, count: count, stride: stride)
+        let (entries, buffers) = (mapping.entries, mapping.buffers)
+        let (ringBytes, storageBytes) = (mapping.entriesBytes, mapping.buffersBytes)
         ringEntries = entries
         storage = buffers
         self.ringBytes = ringBytes
