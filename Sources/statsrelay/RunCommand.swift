@@ -814,6 +814,7 @@ struct RunCommand: ParsableCommand {
             "hash_key": "\(configuration.hashKey.rawValue)",
             "metrics_prefix": "\(configuration.rewrite.prefix)",
             "metrics_tags": "\(configuration.rewrite.tags)",
+            "tcp_reads": "\(facts.tcpListeners.isEmpty ? "none" : facts.tcpReads.rawValue)",
         ])
         if let mirror = relay.mirrorPool {
             let targets = zip(mirror.pool.backends, mirror.pool.addresses).enumerated().map { index, pair in

@@ -21,6 +21,15 @@ struct TCPIngestCommandTests {
         let tcpPort = try unusedTCPPort()
         let first = try RelayProcess(driver: driver, ["--bind", "127.0.0.1", "--port", "0", "--tcp-port", "\(tcpPort)", "--threads", "1", backend.spec])
         let listen = try first.listenAddress()
+        // How the connections are read, in the start-up line: by completions on io_uring (receive
+        // bundles where the ring has them), through epoll on the portable driver.
+        let startup = first.logLine(containing: "listening on ") ?? ""
+        #expect(startup.contains("tcp:127.0.0.1:\(tcpPort)"), "\(startup)")
+        if driver == .uring {
+            #expect(startup.contains("tcp_reads=bundles") || startup.contains("tcp_reads=multishot"), "\(startup)")
+        } else {
+            #expect(startup.contains("tcp_reads=epoll"), "\(startup)")
+        }
         let client = try TCPIngestClient(to: SocketAddress(numericHost: "127.0.0.1", port: tcpPort)!)
         try client.write("over.tcp:1|c\n")
         try send(["over.udp:1|c"], to: listen)
