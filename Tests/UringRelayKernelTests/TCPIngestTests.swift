@@ -6,8 +6,8 @@ import Testing
 @testable import UringRelay
 
 /// A blocking TCP client of the relay's TCP listener, for the tests (plain Glibc calls: test
-/// code, not the relay's).
-final class TCPIngestClient {
+/// code, not the relay's); it writes text or raw bytes (junk included).
+final class TCPIngestClient: @unchecked Sendable {  // each used from one thread at a time
     let descriptor: Int32
 
     /// Connects to `address` (loopback IPv4).
@@ -27,8 +27,10 @@ final class TCPIngestClient {
     deinit { Glibc.close(descriptor) }
 
     /// Writes all of `text`.
-    func write(_ text: String) throws {
-        let bytes = Array(text.utf8)
+    func write(_ text: String) throws { try write(Array(text.utf8)) }
+
+    /// Writes all of `bytes`.
+    func write(_ bytes: [UInt8]) throws {
         var sent = 0
         while sent < bytes.count {
             let result = bytes[sent...].withUnsafeBytes { Glibc.send(descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }

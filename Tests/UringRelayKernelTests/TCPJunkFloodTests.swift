@@ -5,54 +5,6 @@ import Synchronization
 import Testing
 @testable import UringRelay
 
-/// A blocking TCP client that writes raw bytes (junk included), for the flood tests.
-private final class RawTCPClient: @unchecked Sendable {  // each used from one thread at a time
-    let descriptor: Int32
-
-    /// Connects to `address` (loopback IPv4).
-    init(to address: SocketAddress) throws {
-        descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard descriptor >= 0 else { throw Errno(rawValue: errno) }
-        let result = address.withUnsafeSockaddr { pointer, length in connect(descriptor, pointer, length) }
-        guard result == 0 else {
-            let code = errno
-            Glibc.close(descriptor)
-            throw Errno(rawValue: code)
-        }
-    }
-
-    deinit { Glibc.close(descriptor) }
-
-    /// Writes all of `bytes`.
-    func write(_ bytes: [UInt8]) throws {
-        var sent = 0
-        while sent < bytes.count {
-            let result = bytes[sent...].withUnsafeBytes { Glibc.send(descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            if result < 0 {
-                if errno == EINTR { continue }
-                throw Errno(rawValue: errno)
-            }
-            sent += result
-        }
-    }
-
-    /// Closes the writing side (FIN).
-    func finish() { shutdown(descriptor, Int32(SHUT_WR)) }
-
-    /// Waits up to `seconds` for the relay to close the connection (end of stream or reset).
-    func waitForClose(seconds: Double) -> Bool {
-        let deadline = Date().addingTimeInterval(seconds)
-        var scratch = [UInt8](repeating: 0, count: 256)
-        while Date() < deadline {
-            var entry = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
-            guard poll(&entry, 1, 50) > 0 else { continue }
-            let result = scratch.withUnsafeMutableBytes { recv(descriptor, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
-            if result == 0 || (result < 0 && errno != EAGAIN && errno != EINTR) { return true }
-        }
-        return false
-    }
-}
-
 /// One kind of junk line and the reason the relay must count it under, written from the
 /// protocol's rules (docs/operations.md#counters), not read from the relay.
 private struct Junk {
@@ -131,7 +83,7 @@ struct TCPJunkFloodTests {
         let done = DispatchGroup()
 
         // The steady client: its lines in writes of a few lines, then its close.
-        let steadyClient = try RawTCPClient(to: tcp)
+        let steadyClient = try TCPIngestClient(to: tcp)
         done.enter()
         DispatchQueue.global().async {
             defer { done.leave() }
@@ -152,7 +104,7 @@ struct TCPJunkFloodTests {
             let deadline = Date().addingTimeInterval(20)
             for _ in 0..<Self.junkConnections where Date() < deadline {
                 do {
-                    let client = try RawTCPClient(to: tcp)
+                    let client = try TCPIngestClient(to: tcp)
                     for _ in 0..<Self.blocks { try client.write(block) }
                     try client.write(overLong)
                     if client.waitForClose(seconds: 5) { closedOnTime.withLock { $0 += 1 } }
@@ -177,7 +129,7 @@ struct TCPJunkFloodTests {
         #expect(waitForCounters(relay.relay) { $0[.tcpConnectionsClosedPeer, listener: label] == 1 }, "the steady client's close was read")
 
         // The relay still relays: a new client's line arrives.
-        let after = try RawTCPClient(to: tcp)
+        let after = try TCPIngestClient(to: tcp)
         try after.write(Array("after.flood:1|c\n".utf8))
         let later = try collect(from: backends, expectedLines: 1)
         #expect(later.lines.flatMap { $0 } == ["after.flood:1|c"])
