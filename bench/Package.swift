@@ -23,6 +23,8 @@ let package = Package(
     ],
     targets: [
         .target(name: "CBenchShims"),
+        // kernelbaseline's bare io_uring receive loop (Debian's liburing-dev, as the relay's).
+        .target(name: "CBenchUring", linkerSettings: [.linkedLibrary("uring")]),
         .target(
             name: "BenchKit",
             dependencies: ["CBenchShims"],
@@ -48,6 +50,7 @@ let package = Package(
             name: "kernelbaseline",
             dependencies: [
                 "BenchKit",
+                "CBenchUring",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings

@@ -29,6 +29,11 @@ def main() -> int:
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--workloads", default="drain")
     parser.add_argument("--compact", action="store_true")
+    parser.add_argument("--baseline-mode", choices=["recvmmsg", "uring-recv"], default="recvmmsg",
+                        help="run.py --baseline-mode: the kernel baseline every variant's run is measured beside")
+    parser.add_argument("--live-rate", type=float, default=0, help="run.py --live-rate (live workloads; 0 = flat out)")
+    parser.add_argument("--loadgen-batch", type=int, help="run.py --loadgen-batch")
+    parser.add_argument("--loadgen-sockets", type=int, help="run.py --loadgen-sockets")
     parser.add_argument("--out", default=str(BENCH / "results" / "ab" / time.strftime("%Y-%m-%dT%H%M%S")))
     args = parser.parse_args()
     variants = []
@@ -47,6 +52,13 @@ def main() -> int:
                        "--workloads", args.workloads, "--out", str(target)]
             if args.compact:
                 command.append("--compact")
+            command += ["--baseline-mode", args.baseline_mode]
+            if args.live_rate:
+                command += ["--live-rate", str(args.live_rate)]
+            if args.loadgen_batch:
+                command += ["--loadgen-batch", str(args.loadgen_batch)]
+            if args.loadgen_sockets:
+                command += ["--loadgen-sockets", str(args.loadgen_sockets)]
             if backend:
                 command += ["--io-backend", backend]
             print(f"... round {round_number + 1}/{args.rounds} {label}", flush=True)
@@ -84,6 +96,9 @@ def main() -> int:
         print(f"{label:10} {workload:9} {threads:>2} {len(samples):>2} {median:>17,.0f} "
               f"{(f'{ratio:.3f}' if ratio else '-'):>10} {kernel:>9.3f} {cpu:>9.3f}")
     (out / "summary.json").write_text(json.dumps({"variants": variants, "rounds": args.rounds, "compact": args.compact,
+                                                   "baseline_mode": args.baseline_mode, "live_rate": args.live_rate,
+                                                   "loadgen_batch": args.loadgen_batch,
+                                                   "loadgen_sockets": args.loadgen_sockets,
                                                    "threads": args.threads, "summary": summary}, indent=1))
     print(f"\nwrote {out / 'summary.json'}")
     return 0

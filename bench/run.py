@@ -2,7 +2,8 @@
 """Macro benchmark runner for statsrelay: loadgen -> relay -> benchsink on loopback, with a kernel baseline.
 
 One command runs the selected workloads against the relay at each thread count and against
-`kernelbaseline` (the bare recvmmsg path) in the same invocation, prints a table of medians and writes
+`kernelbaseline` (the bare recvmmsg path, or with --baseline-mode uring-recv a bare multishot io_uring
+recv loop) in the same invocation, prints a table of medians and writes
 every measurement to bench/results/<date>-<kernel>.json. See bench/README.md for what each figure means.
 
 Traffic goes to 127.0.0.1 only. Every wait below is bounded in time; every loop is bounded in count.
@@ -348,6 +349,7 @@ class Bench:
     def baseline_argv(self, expect: int, idle: float) -> list[str]:
         """The kernelbaseline command line, with the relay's buffer size and bounded by --max-seconds."""
         return [self.path("kernelbaseline"), "--port", str(self.port), "--rcvbuf", str(RELAY_RCVBUF),
+                "--mode", self.args.baseline_mode,
                 "--batch", "64", "--buffer-size", "2048", "--expect-datagrams", str(expect),
                 "--idle-exit", str(idle), "--max-seconds", str(DRAIN_TIMEOUT + 60)]
 
@@ -804,6 +806,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="drain: let the sinks read while the relay drains (by default they are stopped until "
                              "the relay is done, so they do not compete for the cores; the time is the kernel's "
                              "arrival stamp of the last datagram either way)")
+    parser.add_argument("--baseline-mode", choices=["recvmmsg", "uring-recv"], default="recvmmsg",
+                        help="how the kernel baseline receives: recvmmsg(2), 64 a call (default; the portable "
+                             "driver's receive), or one multishot io_uring recv on 128 provided buffers waiting "
+                             "for 32 completions (the io_uring driver's receive)")
     parser.add_argument("--seed", type=int, default=1, help="loadgen seed (default 1)")
     parser.add_argument("--out", default=str(BENCH_DIR / "results"), help="directory for the JSON result")
     parser.add_argument("--no-build", action="store_true", help="fail instead of building missing bench tools")
