@@ -64,7 +64,7 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("receive-buffers"), parsing: .unconditional, help: "Receive buffers per worker in the provided-buffer ring (a power of two) (default: 128).")
     var receiveBuffers: Int?
 
-    @Option(name: .customLong("min-wait"), parsing: .unconditional, help: "How long, from its start, a worker's wait gathers completions (up to 32) before the first one ends it (io_uring_enter2 minimum wait, Linux 6.12+; 0 disables) (default: 250us).")
+    @Option(name: .customLong("min-wait"), parsing: .unconditional, help: "How long, from its start, a worker's wait gathers completions (up to 32) before the first one ends it (io_uring_enter2 minimum wait, Linux 6.12+; 0 disables); lengthened up to 4 times (at most a quarter of --flush-interval) while a wait gathers fewer than 64 datagrams (default: 250us).")
     var minWait: String?
 
     @Option(name: .customLong("shutdown-timeout"), parsing: .unconditional, help: "Longest a stop may take: two thirds for receiving what is still arriving, the rest for the final sends (default: 900ms).")

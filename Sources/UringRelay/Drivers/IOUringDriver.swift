@@ -36,7 +36,8 @@ struct IOUringDriver: ~Copyable {
     private let bundles: Bool
     private var queue: ReceiveQueue
     private var sends: OrderedSends
-    private let minimumWaitMicroseconds: UInt32
+    /// `--min-wait`, lengthened at low arrival rates.
+    private var adaptiveWait: AdaptiveMinimumWait
     private let flushIntervalNanoseconds: UInt64
     private var receiveEnded = false
     private var receivedThisTurn = false
@@ -87,7 +88,9 @@ struct IOUringDriver: ~Copyable {
         let kernelBundles = ring.supportsReceiveBundles
         bundles = settings.tcpReceive == .auto && kernelBundles
         sends = OrderedSends(backends: worker.core.sendTargetCount, slots: worker.core.sendBuffers.capacity)
-        minimumWaitMicroseconds = settings.minimumWaitMicroseconds
+        adaptiveWait = AdaptiveMinimumWait(
+            floorMicroseconds: settings.minimumWaitMicroseconds, flushIntervalNanoseconds: settings.flushIntervalNanoseconds,
+            receiveBuffers: bufferCount)
         flushIntervalNanoseconds = settings.flushIntervalNanoseconds
         self.ring = ring
         self.buffers = buffers
@@ -144,7 +147,9 @@ extension IOUringDriver: WorkerTransport {
         submissionsDeferred = false
         receivedThisTurn = false
         let taken = MonotonicClock.nanoseconds()
+        let queuedBefore = queue.count
         handleCompletions(&worker, now: taken)
+        adaptiveWait.observe(datagrams: queue.count &- queuedBefore, end: taken)
     }
 
     @inline(__always)
@@ -339,7 +344,7 @@ extension IOUringDriver {
     private func waitPlan(_ worker: borrowing WorkerState, now: UInt64) -> (UInt32, UInt64?, UInt32) {
         func until(_ deadline: UInt64) -> UInt64 { deadline > now ? deadline - now : 0 }
         let flushDue = earliest(earliest(worker.core.nextDeadline(now: now), worker.connections.nextConfirmation), worker.tcp.nextDeadline).map(until)
-        let minimumWait = minimumWaitMicroseconds
+        let minimumWait = adaptiveWait.minimum(flushDue: flushDue)
         // Waiting for several completions is only safe with a minimum wait to cut it short;
         // without one the worker would sit on a lone datagram (or its stop signal).
         let batching = ring.supportsMinimumWait && minimumWait > 0

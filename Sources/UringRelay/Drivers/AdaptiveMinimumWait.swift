@@ -1,0 +1,63 @@
+/// The io_uring wait's minimum wait, adapted to the arrival rate as a network card's interrupt
+/// moderation is: at a low rate a wake-up costs as much as at a high one, so the wait is
+/// lengthened until one wake-up gathers about `targetDatagrams`, between `--min-wait` and
+/// `ceilingMicroseconds`.
+///
+/// Below saturation the multishot receive is one pending item to the kernel however many
+/// datagrams wait, so it is the minimum wait, not the batch of completions asked for, that ends
+/// a wait (docs/performance.md, "the minimum wait"). With `--min-wait 250us` a worker at 50 000
+/// datagrams/s wakes 4 000 times a second for ~12 datagrams each; adapted, ~780 times for 64.
+/// Above `targetDatagrams` / `--min-wait` (256 000 datagrams/s with the defaults) the wait is
+/// `--min-wait`, as without adaptation, so the socket buffer and the provided buffers hold one
+/// wait's arrivals as before. What it costs: a datagram waits in the socket up to the adapted
+/// wait (at most `ceilingMicroseconds`, 1 ms with the defaults) before it is read, where it
+/// waited up to `--min-wait`; a batch still leaves by its flush deadline (the wait never
+/// outlasts the deadline by more than `--min-wait`, as before).
+struct AdaptiveMinimumWait {
+    /// `--min-wait`: the shortest minimum wait, and the only one when adaptation is off.
+    let floorMicroseconds: UInt32
+    /// The longest: four times `--min-wait`, at most a quarter of `--flush-interval`.
+    let ceilingMicroseconds: UInt32
+    /// The datagrams one wake-up should gather: half the provided buffers, at most 64, so one
+    /// wait's arrivals always fit the buffers.
+    let targetDatagrams: UInt64
+    /// The minimum wait for the next wait, microseconds.
+    private(set) var microseconds: UInt32
+    /// When the previous wait ended (monotonic nanoseconds); 0 before the first.
+    private var previousEnd: UInt64 = 0
+
+    /// An adaptation between `floorMicroseconds` (`--min-wait`; 0 turns it off, as it turns off
+    /// the minimum wait) and four times it, bounded by a quarter of the flush interval.
+    init(floorMicroseconds: UInt32, flushIntervalNanoseconds: UInt64, receiveBuffers: Int) {
+        self.floorMicroseconds = floorMicroseconds
+        let ceiling = min(UInt64(floorMicroseconds) * 4, flushIntervalNanoseconds / 4_000)
+        ceilingMicroseconds = max(floorMicroseconds, UInt32(clamping: ceiling))
+        targetDatagrams = UInt64(max(1, min(64, receiveBuffers / 2)))
+        microseconds = floorMicroseconds
+    }
+
+    /// Learns from a wait that ended at `end` having taken `datagrams`: the rate over the whole
+    /// turn (from the previous wait's end) sets the next minimum wait. A wait that took none (ended by a send, a timer
+    /// or a command) says nothing of the rate and changes nothing.
+    mutating func observe(datagrams: Int, end: UInt64) {
+        defer { previousEnd = end }
+        guard datagrams > 0, previousEnd != 0, end > previousEnd, ceilingMicroseconds > floorMicroseconds else { return }
+        // The wait that would gather `targetDatagrams` at this turn's rate.
+        let period = end - previousEnd
+        let wanted = period.multipliedReportingOverflow(by: targetDatagrams)
+        let wantedMicroseconds = wanted.overflow ? UInt64.max : wanted.partialValue / (UInt64(datagrams) * 1_000)
+        let current = UInt64(microseconds)
+        let target = max(UInt64(floorMicroseconds), min(wantedMicroseconds, UInt64(ceilingMicroseconds)))
+        // Shortened at once (a faster rate must not overfill the socket and the buffers),
+        // lengthened half-way (rounded up, so the target is reached), so one slow turn does
+        // not swing it.
+        microseconds = UInt32(target > current ? (current + target + 1) / 2 : target)
+    }
+
+    /// The minimum wait for a wait whose flush deadline is `flushDue` nanoseconds away (`nil`
+    /// when no batch is open): never more than `--min-wait` past that deadline.
+    func minimum(flushDue: UInt64?) -> UInt32 {
+        guard let flushDue, microseconds > floorMicroseconds else { return microseconds }
+        return max(floorMicroseconds, min(microseconds, UInt32(clamping: flushDue / 1_000)))
+    }
+}
