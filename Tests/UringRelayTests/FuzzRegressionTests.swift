@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 import UringRelay
 
@@ -31,6 +32,45 @@ struct FuzzRegressionTests {
     ])
     func carriageReturnLines(_ yaml: String, _ line: Int) {
         #expect(Self.refusedLine(yaml) == line)
+    }
+
+    /// The reason a configuration file is refused for, or `nil` when it is not.
+    static func refusal(_ yaml: String) -> String? {
+        do {
+            _ = try ConfigFile.parse(yaml, source: "test.yaml")
+            return nil
+        } catch {
+            return error.description
+        }
+    }
+
+    // FuzzConfigFile, Crashes/FuzzConfigFile/base-sixty-integer-overflows: a plain `port:` value
+    // of many `:`-separated parts crashed the relay (start, check-config, and a running relay at
+    // a reload). YAML 1.1 reads digits separated by `:` as one base-60 number, and Yams traps on
+    // the overflow (`Int.*`) instead of failing the decode. Such a value is now refused, naming
+    // the key, the line and the value; a small base-60 number is still the number YAML says.
+    @Test("a base-60 number too large for an integer is refused naming its key and line, never a crash", arguments: [
+        ("port: 1:0:0:0:0:0:0:0:0:0:0:0\nbackends: [127.0.0.1:9001]", "test.yaml:1: port: invalid value '1:0:0:0:0:0:0:0:0:0:0:0'"),
+        ("backends: [127.0.0.1:9001]\nthreads: 999999999999999999:0", "test.yaml:2: threads: invalid value '999999999999999999:0'"),
+        ("backends:\n  - address: 127.0.0.1:9001\n    health-check-port: -1_0:0:0:0:0:0:0:0:0:0:0:0",
+         "test.yaml:3: backends[0].health-check-port: invalid value '-1_0:0:0:0:0:0:0:0:0:0:0:0'"),
+        ("listeners:\n  - {bind: 127.0.0.1, port: 9:9:9:9:9:9:9:9:9:9:9:9}\nbackends: [127.0.0.1:9001]",
+         "test.yaml:2: listeners[0].port: invalid value '9:9:9:9:9:9:9:9:9:9:9:9'"),
+    ])
+    func baseSixtyOverflowRefused(_ yaml: String, _ start: String) throws {
+        let reason = try #require(Self.refusal(yaml))
+        #expect(reason.hasPrefix(start), "\(reason)")
+        #expect(reason.contains("a number too large: YAML reads digits separated by ':' as one base-60 number"))
+    }
+
+    @Test("the fuzzer's input that crashed is refused; a small base-60 number and a quoted one are read as YAML says")
+    func baseSixtyFuzzInput() throws {
+        let crash = try String(contentsOfFile: #filePath.replacingOccurrences(
+            of: "Tests/UringRelayTests/FuzzRegressionTests.swift", with: "FuzzTesting/Crashes/FuzzConfigFile/base-sixty-integer-overflows"), encoding: .utf8)
+        #expect(Self.refusal(crash)?.contains("base-60") == true)
+        let small = try ConfigFile.parse("port: 2:15\nbackends: [127.0.0.1:9001]", source: "test.yaml")
+        #expect(small.port == 135)
+        #expect(Self.refusal("metrics-tags: \"a:1:2:3:4:5:6:7:8:9:10:11:12\"\nbackends: [127.0.0.1:9001]") == nil)
     }
 
     // FuzzBackendAddress, Crashes/FuzzBackendAddress/weight-is-not-in-the-description: the

@@ -119,7 +119,45 @@ extension ConfigFile {
                 seen[name] = line ?? 0
                 lines[prefix + name] = line
                 values[prefix + name] = Self.text(of: value)
+                try checkBaseSixty(value, path: prefix + name)
             }
+        }
+
+        /// Refuses a plain scalar that YAML 1.1 reads as a base-60 number (digits separated by
+        /// `:`, `1:30` is 90) too large for an integer: the decoder (Yams) would trap on the
+        /// overflow and end the relay, at start or at a reload, instead of naming the value.
+        private func checkBaseSixty(_ node: Node, path: String) throws(ConfigFileError) {
+            switch node {
+            case .scalar(let scalar):
+                guard scalar.style == .plain || scalar.style == .any, scalar.string.contains(":"),
+                    Self.baseSixtyOverflows(scalar.string)
+                else { return }
+                throw error(
+                    path, line: node.mark?.line, value: Self.text(of: node),
+                    "a number too large: YAML reads digits separated by ':' as one base-60 number (1:30 is 90); quote the value if it is text")
+            case .sequence(let sequence):
+                for (index, entry) in sequence.enumerated() { try checkBaseSixty(entry, path: "\(path)[\(index)]") }
+            case .mapping(let mapping):
+                for (key, value) in mapping { try checkBaseSixty(value, path: "\(path).\(key.string ?? "?")") }
+            }
+        }
+
+        /// Whether `text`, read as Yams reads a base-60 integer (underscores dropped, a sign,
+        /// then each `:`-separated part that is a number, least significant last), overflows `Int`.
+        static func baseSixtyOverflows(_ text: String) -> Bool {
+            var digits = text.filter { $0 != "_" }
+            if digits.hasPrefix("-") || digits.hasPrefix("+") { digits.removeFirst() }
+            var base = 1
+            var value = 0
+            for part in digits.split(separator: ":", omittingEmptySubsequences: false).reversed() {
+                guard let digit = Int(part) else { continue }
+                let (product, productOverflow) = digit.multipliedReportingOverflow(by: base)
+                let (sum, sumOverflow) = value.addingReportingOverflow(product)
+                let (nextBase, baseOverflow) = base.multipliedReportingOverflow(by: 60)
+                if productOverflow || sumOverflow || baseOverflow { return true }
+                (value, base) = (sum, nextBase)
+            }
+            return false
         }
 
         private mutating func record(_ path: String, _ node: Node) {
