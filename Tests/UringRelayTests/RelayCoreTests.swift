@@ -45,6 +45,49 @@ struct RelayCoreTests {
         #expect(changes == 1)
     }
 
+    @Test("each listener's received datagrams, bytes and lines are its own, however its datagrams interleave and whenever the counters are read")
+    func listenerSharesOfReceivedTotals() throws {
+        let settings = try Self.settings(["127.0.0.1:9001"])
+        var core = try RelayCore(settings: settings, now: 0)
+        core.nameListener(id: 0, label: "udp:127.0.0.1:8125")
+        core.nameListener(id: 1, label: "udp:127.0.0.1:8126")
+        core.beginTurn(now: 0)
+        func receive(_ text: String, listener: UInt32) {
+            let bytes = Array(text.utf8)
+            core.receive(.datagram(length: bytes.count), bytes.span.bytes, listener: listener, now: 0)
+        }
+        receive("a:1|c", listener: 0)
+        receive("b:1|c\nc:1|c", listener: 0)
+        receive("d:1|c", listener: 1)
+        // Listener 7 was never named: counted in the totals only.
+        receive("e:1|c\nf:1|c\ng:1|c", listener: 7)
+        let midway = core.counters
+        #expect(midway[.datagramsReceived, listener: "udp:127.0.0.1:8125"] == 2)
+        #expect(midway[.bytesReceived, listener: "udp:127.0.0.1:8125"] == 16)
+        #expect(midway[.linesReceived, listener: "udp:127.0.0.1:8125"] == 3)
+        #expect(midway[.linesReceived, listener: "udp:127.0.0.1:8126"] == 1)
+        receive("h:1|c", listener: 1)
+        receive("i:1|c\nj:1|c", listener: 0)
+        // Named while its datagrams are being received: what came before is still its own.
+        core.nameListener(id: 0, label: "udp:127.0.0.1:8125")
+        receive("k:1|c", listener: 0)
+        _ = core.endTurn(now: CounterBoard.publishIntervalNanoseconds, moreToReceive: false)
+        let published = try #require(settings.board.counters)
+        receive("l:1|c", listener: 1)
+        let final = core.finish(unrelayedDatagrams: 0, sendsInFlight: 0, now: CounterBoard.publishIntervalNanoseconds)
+        #expect(published[.datagramsReceived, listener: "udp:127.0.0.1:8125"] == 4)
+        #expect(published[.linesReceived, listener: "udp:127.0.0.1:8125"] == 6)
+        #expect(published[.linesReceived, listener: "udp:127.0.0.1:8126"] == 2)
+        #expect(final[.datagramsReceived] == 8)
+        #expect(final[.linesReceived] == 12)
+        #expect(final[.datagramsReceived, listener: "udp:127.0.0.1:8125"] == 4)
+        #expect(final[.bytesReceived, listener: "udp:127.0.0.1:8125"] == 16 + 11 + 5)
+        #expect(final[.datagramsReceived, listener: "udp:127.0.0.1:8126"] == 3)
+        #expect(final[.bytesReceived, listener: "udp:127.0.0.1:8126"] == 15)
+        #expect(final[.linesReceived, listener: "udp:127.0.0.1:8126"] == 3)
+        #expect(core.counters == final)
+    }
+
     @Test("a pool change that could not be applied is tried again a second later, not forgotten")
     func failedChangeIsRetried() throws {
         let settings = try Self.settings(["127.0.0.1:9001"])

@@ -148,12 +148,28 @@ public struct DatagramProcessor: ~Copyable {
 
     /// A line scanned, checked and hashed, waiting to be routed and packed.
     private struct Pending {
-        var line: Range<Int>
-        var key: Range<Int>
+        /// `line` and `key` held in 32 bits (the datagram's length is checked to fit, once per
+        /// datagram): fewer words to store and pass a line.
+        private var lineStart, lineEnd, keyStart, keyEnd: Int32
+        var line: Range<Int> { Range(uncheckedBounds: (Int(lineStart), Int(lineEnd))) }
+        var key: Range<Int> { Range(uncheckedBounds: (Int(keyStart), Int(keyEnd))) }
         /// Whether the routing key is written out (`name+tags`, or a prefixed name) rather
         /// than `key`'s bytes.
         var isComposite: Bool
         var probe: PrimaryCache.Probe
+
+        /// No line: what the loop's pending line is before the first (`hasPending` false).
+        static var none: Pending { Pending(line: 0..<0, key: 0..<0, isComposite: false, probe: .none) }
+
+        /// A line of a datagram shorter than `Int32.max` bytes.
+        init(line: Range<Int>, key: Range<Int>, isComposite: Bool, probe: PrimaryCache.Probe) {
+            lineStart = Int32(truncatingIfNeeded: line.lowerBound)
+            lineEnd = Int32(truncatingIfNeeded: line.upperBound)
+            keyStart = Int32(truncatingIfNeeded: key.lowerBound)
+            keyEnd = Int32(truncatingIfNeeded: key.upperBound)
+            self.isComposite = isComposite
+            self.probe = probe
+        }
     }
 
     /// The line loop for one `--validate` mode, one `--hash-key` mode, one rewrite policy and
@@ -166,8 +182,13 @@ public struct DatagramProcessor: ~Copyable {
     private mutating func relay<Validation: LineValidation, Key: KeyPolicy, Rewrite: RewritePolicy, Mirror: MirrorMode>(
         _ datagram: RawSpan, now: UInt64, _: Validation.Type, _: Key.Type, _: Rewrite.Type, _: Mirror.Type
     ) {
+        // Lines are held in `Pending`'s 32-bit offsets.
+        precondition(datagram.byteCount <= Int(Int32.max), "datagram too long")
         var offset = 0
-        var pending: Pending?
+        // Not an optional: `pack` then borrows the variable itself, where the unwrapped copy
+        // of an optional was copied again a line to pass it.
+        var pending = Pending.none
+        var hasPending = false
         // How the pending line is rewritten (under `Rewriting` only).
         var pendingEdit = LineRewriter.Edit.none
         while let line = LineScanner.next(in: datagram, from: &offset) {
@@ -188,21 +209,23 @@ public struct DatagramProcessor: ~Copyable {
                     let seed = edit.isPrefixed ? rewriter.prefixSeed : FNV1a.offsetBasis
                     let (hash, isComposite) = Key.hash(datagram, line: start..<end, key: key, seed: seed, scratch: &routingKey)
                     let probe = primaries.probe(hash)
-                    if let previous = pending {
-                        if Mirror.isOn { mirrorRewrittenIfSampled(previous, pendingEdit, in: datagram, now: now, Key.self) }
-                        packRewritten(previous, pendingEdit, in: datagram, now: now, Key.self)
+                    if hasPending {
+                        if Mirror.isOn { mirrorRewrittenIfSampled(pending, pendingEdit, in: datagram, now: now, Key.self) }
+                        packRewritten(pending, pendingEdit, in: datagram, now: now, Key.self)
                     }
                     pending = Pending(line: start..<end, key: key, isComposite: isComposite || edit.isPrefixed, probe: probe)
+                    hasPending = true
                     pendingEdit = edit
                 } else {
                     let (hash, isComposite) = Key.hash(
                         datagram, line: start..<end, key: key, seed: FNV1a.offsetBasis, scratch: &routingKey)
                     let probe = primaries.probe(hash)
-                    if let previous = pending {
-                        if Mirror.isOn { mirrorIfSampled(previous, in: datagram, now: now) }
-                        pack(previous, in: datagram, now: now)
+                    if hasPending {
+                        if Mirror.isOn { mirrorIfSampled(pending, in: datagram, now: now) }
+                        pack(pending, in: datagram, now: now)
                     }
                     pending = Pending(line: start..<end, key: key, isComposite: isComposite, probe: probe)
+                    hasPending = true
                 }
             case .empty:
                 counters[.emptyLines] &+= 1
@@ -211,13 +234,13 @@ public struct DatagramProcessor: ~Copyable {
                 counters[.dropped(reason)] &+= 1
             }
         }
-        if let previous = pending {
+        if hasPending {
             if Rewrite.isActive {
-                if Mirror.isOn { mirrorRewrittenIfSampled(previous, pendingEdit, in: datagram, now: now, Key.self) }
-                packRewritten(previous, pendingEdit, in: datagram, now: now, Key.self)
+                if Mirror.isOn { mirrorRewrittenIfSampled(pending, pendingEdit, in: datagram, now: now, Key.self) }
+                packRewritten(pending, pendingEdit, in: datagram, now: now, Key.self)
             } else {
-                if Mirror.isOn { mirrorIfSampled(previous, in: datagram, now: now) }
-                pack(previous, in: datagram, now: now)
+                if Mirror.isOn { mirrorIfSampled(pending, in: datagram, now: now) }
+                pack(pending, in: datagram, now: now)
             }
         }
     }

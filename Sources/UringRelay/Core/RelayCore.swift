@@ -82,6 +82,28 @@ public struct RelayCore: ~Copyable {
     private var slotStates: [SlotState]
     /// Per listener id, its position in the counters' listeners.
     private var listenerPositions: [Int] = []
+    /// The listener whose datagrams are being received (`UInt32.max` before the first), and
+    /// the received totals when its run of datagrams began: its share of the totals is their
+    /// growth since, added to its own counters only when a datagram of another listener comes
+    /// or the counters are read (`settleListenerShare`). Per datagram, the listener's counts
+    /// then cost one comparison, not three read-modify-writes of a copy-on-write array.
+    private var receivingListener = UInt32.max
+    private var receivingSince = ReceivedTotals()
+
+    /// The relay-wide received totals (`processor.receive` is the only thing that counts them).
+    private struct ReceivedTotals {
+        var datagrams: UInt64 = 0
+        var bytes: UInt64 = 0
+        var lines: UInt64 = 0
+
+        init() {}
+
+        init(_ counters: borrowing RelayCounters) {
+            datagrams = counters[.datagramsReceived]
+            bytes = counters[.bytesReceived]
+            lines = counters[.linesReceived]
+        }
+    }
 
     /// What the core knows of a send slot's send.
     private struct SlotState: OptionSet {
@@ -139,7 +161,33 @@ public struct RelayCore: ~Copyable {
     }
 
     /// This worker's counters so far.
-    public var counters: RelayCounters { processor.counters }
+    public var counters: RelayCounters {
+        var counters = processor.counters
+        Self.addListenerShare(of: receivingListener, since: receivingSince, positions: listenerPositions, to: &counters)
+        return counters
+    }
+
+    /// Adds to `listener`'s received counters what the totals grew by `since` (nothing for a
+    /// listener never named).
+    private static func addListenerShare(
+        of listener: UInt32, since: ReceivedTotals, positions: [Int], to counters: inout RelayCounters
+    ) {
+        let id = Int(listener)
+        guard id < positions.count else { return }
+        let now = ReceivedTotals(counters)
+        counters.addReceived(
+            listener: positions[id], datagrams: now.datagrams &- since.datagrams, bytes: now.bytes &- since.bytes,
+            lines: now.lines &- since.lines)
+    }
+
+    /// Adds the receiving listener's share of the totals to its counters: before its run of
+    /// datagrams ends, and before the counters are published, handed out or a listener renamed.
+    @inline(never)
+    private mutating func settleListenerShare() {
+        Self.addListenerShare(
+            of: receivingListener, since: receivingSince, positions: listenerPositions, to: &processor.counters)
+        receivingSince = ReceivedTotals(processor.counters)
+    }
 
     /// Whether the core can take one more datagram now: the send buffers have room for its
     /// worst case and no pool change is waiting for the old pool's batches.
@@ -152,21 +200,18 @@ public struct RelayCore: ~Copyable {
     ///   the received counts is counted apart.
     @inline(__always)
     public mutating func receive(_ payload: ReceivedPayload, _ bytes: RawSpan, listener: UInt32, now: UInt64) {
-        let datagrams = processor.counters[.datagramsReceived]
-        let bytesBefore = processor.counters[.bytesReceived]
-        let lines = processor.counters[.linesReceived]
+        if listener != receivingListener {
+            settleListenerShare()
+            receivingListener = listener
+        }
         processor.receive(payload, bytes, now: now)
-        let id = Int(listener)
-        guard id < listenerPositions.count else { return }
-        processor.counters.addReceived(
-            listener: listenerPositions[id], datagrams: processor.counters[.datagramsReceived] &- datagrams,
-            bytes: processor.counters[.bytesReceived] &- bytesBefore, lines: processor.counters[.linesReceived] &- lines)
     }
 
     /// Names listener `id` (its `listener` label, `udp:ADDRESS:PORT` with the port bound): what
     /// it receives is counted apart from here on. Call when a listener opens (start, reload),
     /// never per datagram.
     public mutating func nameListener(id: UInt32, label: String) {
+        settleListenerShare()
         let index = Int(id)
         if listenerPositions.count <= index {
             listenerPositions.append(contentsOf: repeatElement(0, count: index + 1 - listenerPositions.count))
@@ -177,7 +222,10 @@ public struct RelayCore: ~Copyable {
     /// Counts `count` of a listener's own counter (a TCP listener's connections), relay-wide
     /// and under listener `id`. Not per line: per connection event.
     public mutating func count(_ counter: ListenerCounter, listener id: UInt32, by count: UInt64 = 1) {
+        // A received total counted here is no datagram's: kept out of the receiving listener's share.
+        if counter.total.isReceivedTotal { settleListenerShare() }
         processor.counters[counter.total] &+= count
+        if counter.total.isReceivedTotal { receivingSince = ReceivedTotals(processor.counters) }
         let index = Int(id)
         guard index < listenerPositions.count else { return }
         processor.counters[counter, listener: listenerPositions[index]] &+= count
@@ -187,7 +235,9 @@ public struct RelayCore: ~Copyable {
     /// the partial lines its connections held when they closed at a stop).
     public mutating func count(_ counter: RelayCounter, by count: UInt64 = 1) {
         precondition(counter.backendColumn == nil, "a per-backend total is counted per backend")
+        if counter.isReceivedTotal { settleListenerShare() }
         processor.counters[counter] &+= count
+        if counter.isReceivedTotal { receivingSince = ReceivedTotals(processor.counters) }
     }
 
     /// Counts a failed receive (a result that is neither data nor an expected end).
@@ -446,6 +496,7 @@ public struct RelayCore: ~Copyable {
         }
         replayHeld(now: now)
         if now >= nextPublish {
+            settleListenerShare()
             settings.board.publish(processor.counters, at: now)
             nextPublish = now &+ CounterBoard.publishIntervalNanoseconds
             lastPublished = now
@@ -600,6 +651,7 @@ public struct RelayCore: ~Copyable {
         processor.counters[.mirrorLinesDroppedUnsentAtExit] &+= unsent[1]
         processor.counters[.mirrorLinesInFlightAtExit] &+= inFlight[1]
         processor.counters[.linesDroppedHeldAtExit] &+= UInt64(holds.heldLines)
+        settleListenerShare()
         settings.board.publish(processor.counters, at: now)
         return processor.counters
     }
@@ -663,4 +715,9 @@ public struct RelayCore: ~Copyable {
             }
         }
     }
+}
+
+extension RelayCounter {
+    /// Whether `RelayCore` splits this total among listeners by its growth (`receivingSince`).
+    fileprivate var isReceivedTotal: Bool { self == .datagramsReceived || self == .bytesReceived || self == .linesReceived }
 }

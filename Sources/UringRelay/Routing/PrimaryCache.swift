@@ -52,6 +52,9 @@ public struct PrimaryCache: ~Copyable, Sendable {
         fileprivate let set: Int
         fileprivate let first: UInt64
         fileprivate let second: UInt64
+
+        /// A probe of no key (a placeholder, never looked up).
+        static var none: Probe { Probe(hash: 0, set: -1, first: 0, second: 0) }
     }
 
     /// Reads the set of `hash`.
