@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-import UringRelay
+@testable import UringRelay
 
 /// Inputs the fuzz targets of FuzzTesting/ once failed on, replayed through the product's API
 /// without libFuzzer. Each input is also kept whole in `FuzzTesting/Crashes/<target>/`, which
@@ -71,6 +71,58 @@ struct FuzzRegressionTests {
         let small = try ConfigFile.parse("port: 2:15\nbackends: [127.0.0.1:9001]", source: "test.yaml")
         #expect(small.port == 135)
         #expect(Self.refusal("metrics-tags: \"a:1:2:3:4:5:6:7:8:9:10:11:12\"\nbackends: [127.0.0.1:9001]") == nil)
+    }
+
+    // FuzzConfigFile, Crashes/FuzzConfigFile/nested-flow-mappings-overflow-the-parser-stack (found
+    // the same evening, on the fixed code): 3 KB of `{` overflowed Yams' recursive composer's
+    // stack (SIGSEGV, natively too, from about 5 000 levels of `[`; `- - - …` the same), ending
+    // `run`, `check-config` and a running relay at a reload. A text whose nesting bound
+    // (`YAMLNestingBound`) passes 1 000 is now refused before the parser sees it.
+    @Test("a text nested thousands of levels deep is refused at its line before it is parsed, never a crash", arguments: [
+        ("port: " + String(repeating: "[", count: 5_000) + String(repeating: "]", count: 5_000), 1),
+        ("port:\n  " + String(repeating: "- ", count: 5_000) + "x", 2),
+        ("backends: [127.0.0.1:9001]\n" + String(repeating: "{", count: 3_000), 2),
+        ("a:\n" + String(repeating: " ", count: 1_200) + "b: 1", 2),
+    ])
+    func deepNestingRefused(_ yaml: String, _ line: Int) throws {
+        let reason = try #require(Self.refusal(yaml))
+        #expect(reason.hasPrefix("test.yaml:\(line): nested too deeply: more than 1000 levels"), "\(reason.prefix(200))")
+    }
+
+    @Test("the fuzzer's deeply nested input is refused; a file with 300 quoted IPv6 backends is not")
+    func deepNestingFuzzInput() throws {
+        let crash = try String(contentsOfFile: #filePath.replacingOccurrences(
+            of: "Tests/UringRelayTests/FuzzRegressionTests.swift",
+            with: "FuzzTesting/Crashes/FuzzConfigFile/nested-flow-mappings-overflow-the-parser-stack"), encoding: .utf8)
+        #expect(Self.refusal(crash)?.contains("nested too deeply") == true)
+        let backends = (1...300).map { "  - \"[::1]:\(9000 + $0)\"" }.joined(separator: "\n")
+        let file = try ConfigFile.parse("backends:\n" + backends, source: "test.yaml")
+        #expect(file.backends?.count == 300)
+    }
+
+    /// Texts of about `levels` levels, each with the depth YAML nests it to (collections and the
+    /// scalar inside them), in each way YAML nests.
+    static func nested(_ levels: Int) -> [(text: String, depth: Int)] {
+        // a: [[[1]]]: the mapping, the sequences, the scalar.
+        let flow = "a: " + String(repeating: "[", count: levels) + "1" + String(repeating: "]", count: levels)
+        // - - - 1: the sequences and the scalar.
+        let compact = String(repeating: "- ", count: levels) + "1"
+        // k0:\n- k1:\n  - k2:\n    - 1: a mapping, then a sequence at its key's indentation
+        // holding a mapping, and so on; the last sequence holds the scalar.
+        var ladder = "k0:"
+        for step in 1...levels { ladder += "\n" + String(repeating: " ", count: 2 * (step - 1)) + "- k\(step):" }
+        ladder += "\n" + String(repeating: " ", count: 2 * levels) + "- 1"
+        // k0:\n k1:\n  k2:\n   1: mappings one column deeper each.
+        let mappings = (0..<levels).map { String(repeating: " ", count: $0) + "k\($0):" }.joined(separator: "\n")
+            + "\n" + String(repeating: " ", count: levels) + "1"
+        return [(flow, levels + 2), (compact, levels + 1), (ladder, 2 * levels + 3), (mappings, levels + 1)]
+    }
+
+    @Test("the nesting bound is never below the depth YAML nests to", arguments: [1, 2, 3, 5, 8, 13, 40])
+    func nestingBoundIsAnUpperBound(_ levels: Int) {
+        for (text, depth) in Self.nested(levels) {
+            #expect(YAMLNestingBound.measure(text).bound >= depth, "\(text)")
+        }
     }
 
     // FuzzBackendAddress, Crashes/FuzzBackendAddress/weight-is-not-in-the-description: the

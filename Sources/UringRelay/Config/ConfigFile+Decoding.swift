@@ -27,6 +27,12 @@ extension ConfigFile {
     /// - Parameter source: the file's name, for errors.
     /// - Throws: `ConfigFileError`.
     public static func parse(_ text: String, source: String) throws(ConfigFileError) -> ConfigFile {
+        // Before the parser, whose recursion a deeply nested text would overflow (a crash).
+        if let line = YAMLNestingBound.measure(text).line {
+            throw ConfigFileError(
+                source: source, line: line, keyPath: "", value: nil,
+                reason: "nested too deeply: more than \(YAMLNestingBound.limit) levels of collections (counting every '[' and '{' and each line's indentation); a configuration is a few levels deep")
+        }
         let root: Node?
         do { root = try Yams.compose(yaml: text) } catch {
             throw syntaxError(error, source: source)
