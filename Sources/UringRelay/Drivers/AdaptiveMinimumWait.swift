@@ -37,8 +37,8 @@ struct AdaptiveMinimumWait {
     }
 
     /// Learns from a wait that ended at `end` having taken `datagrams`: the rate over the whole
-    /// turn (from the previous wait's end) sets the next minimum wait. A wait that took none (ended by a send, a timer
-    /// or a command) says nothing of the rate and changes nothing.
+    /// turn (from the previous wait's end) sets the next minimum wait. A wait that took none
+    /// (ended by a send, a timer or a command) says nothing of the rate and changes nothing.
     mutating func observe(datagrams: Int, end: UInt64) {
         defer { previousEnd = end }
         guard datagrams > 0, previousEnd != 0, end > previousEnd, ceilingMicroseconds > floorMicroseconds else { return }
