@@ -125,6 +125,26 @@ struct FuzzRegressionTests {
         }
     }
 
+    // FuzzBackendAddress, Crashes/FuzzBackendAddress/prepend-character-joins-the-colon: `M`,
+    // U+06DD (a Unicode prepend character), `:[1:5` parsed as host `M۝:[1`, port 5 (Swift's
+    // `Character` view joins U+06DD with the `:` after it, so the split on `:` missed it), and
+    // its description `[M۝:[1]:5` did not parse back. A host past ASCII is now refused.
+    @Test("a backend host that is not ASCII is refused, the prepend-character input among them", arguments: [
+        ("M\u{6DD}:[1:5", "host is not ASCII"),
+        ("caf\u{E9}.example:8125", "host is not ASCII"),
+        // The prepend character hides the only `:` from the `Character` view: no port at all.
+        ("\u{6DD}:8125", "expected HOST:PORT"),
+        ("tcp://h\u{6DD}:8125", "expected HOST:PORT"),
+    ])
+    func nonASCIIHostRefused(_ written: String, _ reason: String) {
+        do {
+            let address = try BackendAddress(parsing: written)
+            Issue.record("accepted as \(address)")
+        } catch {
+            #expect(error.reason.contains(reason), "\(error)")
+        }
+    }
+
     // FuzzBackendAddress, Crashes/FuzzBackendAddress/weight-is-not-in-the-description: the
     // target expected `description` to parse back to the whole address, but the weight (`=2`,
     // added with the etsy and ketama rings) is left out of it on purpose: the description is the

@@ -110,6 +110,12 @@ public struct BackendAddress: Sendable, Equatable, CustomStringConvertible {
             rest = text[parts[1].startIndex...]
         }
         guard !host.isEmpty else { throw invalid("empty host") }
+        // A host name is ASCII (an international one is written in its `xn--` form). Past ASCII,
+        // Swift's `Character` view can join a `:` with a character before it (a prepend
+        // character such as U+06DD), and the `:`s above would not be where the bytes say.
+        guard host.utf8.allSatisfy({ $0 < 0x80 }) else {
+            throw invalid("host is not ASCII (write an international domain name in its xn-- form)")
+        }
         let portAndInstance = rest.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false)
         guard let portText = portAndInstance.first, !portText.isEmpty else { throw invalid("missing port") }
         guard let port = UInt16(portText), port > 0 else { throw invalid("port must be 1-65535") }
