@@ -208,6 +208,49 @@ struct KernelSocketTests {
         #expect(first.localAddress == address && second.localAddress == address)
     }
 
+    @Test("port 0 with SO_REUSEPORT is never a port another SO_REUSEPORT socket of this user holds, and the relay's other sockets can join it")
+    func reusePortZeroAvoidsHeldPorts() throws {
+        // Other programs' sockets, bound as they would be: SO_REUSEPORT, port 0, the kernel's
+        // choice. The kernel lets such binds share a port (2 of every 100 did in a run of 900), so
+        // with this many a plain port-0 bind of the same kind lands on one of theirs (expected
+        // collisions ≈ 600 × 600 ÷ 28 000 ≈ 13 in the default port range).
+        let count = 600
+        var limit = rlimit()
+        getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+        try #require(limit.rlim_cur >= rlim_t(3 * count), "needs \(3 * count) descriptors, ulimit -n is \(limit.rlim_cur)")
+        var others: [Int32] = []
+        defer { for descriptor in others { close(descriptor) } }
+        var held = Set<UInt16>()
+        for _ in 0..<count {
+            let descriptor = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            try #require(descriptor >= 0)
+            others.append(descriptor)
+            var one: Int32 = 1
+            try #require(setsockopt(descriptor, SOL_SOCKET, SO_REUSEPORT, &one, socklen_t(MemoryLayout<Int32>.size)) == 0)
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_addr.s_addr = in_addr_t(0x7f00_0001).bigEndian
+            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+            let bound = withUnsafeMutablePointer(to: &address) { pointer in
+                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, length) == 0 && getsockname(descriptor, $0, &length) == 0 }
+            }
+            try #require(bound)
+            held.insert(UInt16(bigEndian: address.sin_port))
+        }
+        var ours: [SocketBox] = []
+        for _ in 0..<count {
+            ours.append(SocketBox(try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!, reusePort: true)))
+        }
+        let ports = ours.map { $0.socket.localAddress.port }
+        let joined = ports.filter(held.contains)
+        #expect(joined.isEmpty, "ports shared with another program's SO_REUSEPORT socket: \(joined)")
+        #expect(Set(ports).count == count, "each port 0 bind got a port of its own")
+        // The relay's other workers bind the port the first was given, with SO_REUSEPORT: they join.
+        let first = ours[0].socket.localAddress
+        let joining = try UDPSocket.bound(to: first, reusePort: true)
+        #expect(joining.localAddress == first)
+    }
+
     // MARK: - Kernel drops
 
     @Test("kernelDrops counts exactly the datagrams a full receive buffer dropped, as /proc/net/udp does")
