@@ -132,9 +132,9 @@ struct FuzzRegressionTests {
     @Test("a backend host that is not ASCII is refused, the prepend-character input among them", arguments: [
         ("M\u{6DD}:[1:5", "host is not ASCII"),
         ("caf\u{E9}.example:8125", "host is not ASCII"),
-        // The prepend character hides the only `:` from the `Character` view: no port at all.
-        ("\u{6DD}:8125", "expected HOST:PORT"),
-        ("tcp://h\u{6DD}:8125", "expected HOST:PORT"),
+        // The prepend character hid the only `:` from the `Character` view; the bytes show it.
+        ("\u{6DD}:8125", "host is not ASCII"),
+        ("tcp://h\u{6DD}:8125", "host is not ASCII"),
     ])
     func nonASCIIHostRefused(_ written: String, _ reason: String) {
         do {
@@ -142,6 +142,29 @@ struct FuzzRegressionTests {
             Issue.record("accepted as \(address)")
         } catch {
             #expect(error.reason.contains(reason), "\(error)")
+        }
+    }
+
+    // The same joining hid a `=` or a `:` after a prepend character in the instance label or
+    // the scheme: `h:5:a۝=2` kept `a۝=2` as the instance (a label that may not contain `=`)
+    // with no weight. The separators are now found in the UTF-8 bytes.
+    @Test("separators after a prepend character are seen: the weight, a third ':', the scheme", arguments: [
+        ("h:5:a\u{6DD}=2", "a\u{6DD}" as String?, 2 as Int?, nil as String?),
+        ("[::1]:8125:\u{6DD}=7", "\u{6DD}", 7, nil),
+        ("h:5:\u{6DD}", "\u{6DD}", nil, nil),
+        ("h:5:a\u{6DD}:b", nil, nil, "too many ':'"),
+        ("udp\u{6DD}://h:1", nil, nil, "unknown scheme"),
+        ("h:5:a\u{6DD}=", nil, nil, "weight after '='"),
+    ])
+    func separatorsFoundInBytes(_ written: String, _ instance: String?, _ weight: Int?, _ refusal: String?) throws {
+        do {
+            let address = try BackendAddress(parsing: written)
+            #expect(refusal == nil, "accepted as \(address)")
+            #expect(address.instance == instance && address.weight == weight)
+            #expect(address.instance?.utf8.contains(UInt8(ascii: "=")) != true)
+            #expect(try BackendAddress(parsing: address.description).instance == instance)
+        } catch {
+            #expect(refusal.map { error.reason.contains($0) } == true, "\(error)")
         }
     }
 

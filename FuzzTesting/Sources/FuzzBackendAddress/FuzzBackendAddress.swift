@@ -5,8 +5,8 @@ import UringRelay
 // (argv is bytes: invalid UTF-8 is repaired as Swift repairs argv; it never holds a NUL, so
 // inputs with one are skipped). Checked:
 // - it never traps, whatever the text;
-// - an accepted address has a host (no space or '/'), a port from 1 to 65 535, no empty
-//   instance, a weight within 1...maximumWeight when given, and its `description` (the address
+// - an accepted address has an ASCII host (no space or '/'), a port from 1 to 65 535, no
+//   empty instance and none holding the byte '=' (it would be the weight's), a weight within 1...maximumWeight when given, and its `description` (the address
 //   as logged and used as the backend's identity, which leaves the weight out by design: a
 //   backend keeps its counters when only its weight changes) parses back to the same address
 //   without its weight;
@@ -23,7 +23,9 @@ public func fuzzBackendAddress(_ data: UnsafeRawPointer?, _ size: Int) -> CInt {
         require(!address.host.isEmpty, "accepted an empty host from \"\(text)\"")
         require(!address.host.contains(where: { $0 == " " || $0 == "/" }),
                 "accepted host \"\(address.host)\" from \"\(text)\"")
+        require(address.host.utf8.allSatisfy { $0 < 0x80 }, "accepted a host past ASCII from \"\(text)\"")
         require(address.port > 0, "accepted port 0 from \"\(text)\"")
+        require(!(address.instance?.utf8.contains(UInt8(ascii: "=")) ?? false), "accepted an instance holding '=' from \"\(text)\"")
         require(address.instance.map { !$0.isEmpty } ?? true, "accepted an empty instance from \"\(text)\"")
         require(address.weight.map { (1...BackendAddress.maximumWeight).contains($0) } ?? true,
                 "accepted weight \(String(describing: address.weight)) from \"\(text)\"")

@@ -53,43 +53,49 @@ public struct BackendAddress: Sendable, Equatable, CustomStringConvertible {
     /// Parses `[SCHEME://]HOST:PORT[:INSTANCE][=WEIGHT]` or
     /// `[SCHEME://][IPv6]:PORT[:INSTANCE][=WEIGHT]`, the scheme `udp` or `tcp`.
     ///
+    /// The separators are found in the UTF-8 bytes, never in the `Character` view: past ASCII
+    /// a character before a `:` or `=` can join it into one grapheme (a prepend character such
+    /// as U+06DD), which a `Character` search would not see.
+    ///
     /// - Throws: `ConfigurationError` for argument `backend`, saying which part is wrong.
     public init(parsing written: String) throws(ConfigurationError) {
         func invalid(_ reason: String) -> ConfigurationError {
             ConfigurationError(argument: "backend", value: written, reason: reason)
         }
-        var unschemed = Substring(written)
-        if let colon = written.firstIndex(of: ":"), written[colon...].hasPrefix("://") {
-            let scheme = written[..<colon]
+        /// Where `byte` (ASCII) first is in `text`, by its UTF-8 bytes.
+        func first(_ byte: Unicode.Scalar, in text: Substring) -> String.Index? { text.utf8.firstIndex(of: UInt8(ascii: byte)) }
+        var text = Substring(written)
+        if let colon = first(":", in: text), text.utf8[colon...].starts(with: "://".utf8) {
+            let scheme = text[..<colon]
             guard let transport = BackendTransport(rawValue: scheme.lowercased()) else {
                 throw invalid("unknown scheme '\(scheme)://' (expected udp:// or tcp://)")
             }
             self.transport = transport
-            unschemed = written[written.index(colon, offsetBy: 3)...]
+            text = text[text.utf8.index(colon, offsetBy: 3)...]
         } else {
             transport = nil
         }
-        var text = String(unschemed)
-        if let equals = text.firstIndex(of: "=") {
-            let weightText = text[text.index(after: equals)...]
-            guard weightText.allSatisfy({ ("0"..."9").contains($0) }), let weight = Int(weightText),
-                  (1...Self.maximumWeight).contains(weight) else {
+        if let equals = first("=", in: text) {
+            let weightText = text[text.utf8.index(after: equals)...]
+            guard !weightText.isEmpty, weightText.utf8.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }),
+                  let weight = Int(weightText), (1...Self.maximumWeight).contains(weight) else {
                 throw invalid("weight after '=' must be 1-\(Self.maximumWeight) (an instance label cannot contain '=')")
             }
             self.weight = weight
-            text = String(text[..<equals])
+            text = text[..<equals]
         } else {
             weight = nil
         }
+        let bracketed = text.utf8.first == UInt8(ascii: "[")
         var rest: Substring
-        if text.hasPrefix("[") {
-            guard let close = text.firstIndex(of: "]") else { throw invalid("missing ']' after IPv6 address") }
-            host = String(text[text.index(after: text.startIndex)..<close])
-            rest = text[text.index(after: close)...]
-            guard rest.hasPrefix(":") else { throw invalid("expected ':PORT' after ']'") }
-            rest = rest.dropFirst()
-            if let percent = host.firstIndex(of: "%") {
-                let zone = String(host[host.index(after: percent)...])
+        if bracketed {
+            guard let close = first("]", in: text) else { throw invalid("missing ']' after IPv6 address") }
+            host = String(text[text.utf8.index(after: text.startIndex)..<close])
+            rest = text[text.utf8.index(after: close)...]
+            guard rest.utf8.first == UInt8(ascii: ":") else { throw invalid("expected ':PORT' after ']'") }
+            rest = rest[rest.utf8.index(after: rest.startIndex)...]
+            if let percent = first("%", in: Substring(host)) {
+                let zone = String(host[host.utf8.index(after: percent)...])
                 guard SocketAddress(numericHost: String(host[..<percent]), port: 0)?.family == .ipv6 else {
                     throw invalid("'\(host[..<percent])' is not an IPv6 address")
                 }
@@ -101,33 +107,32 @@ public struct BackendAddress: Sendable, Equatable, CustomStringConvertible {
                 throw invalid("'\(host)' is not an IPv6 address")
             }
         } else {
-            let parts = text.split(separator: ":", omittingEmptySubsequences: false)
-            guard parts.count >= 2 else { throw invalid("expected HOST:PORT[:INSTANCE]") }
-            guard parts.count <= 3 else {
+            guard let colon = first(":", in: text) else { throw invalid("expected HOST:PORT[:INSTANCE]") }
+            host = String(text[..<colon])
+            rest = text[text.utf8.index(after: colon)...]
+            if let second = first(":", in: rest), first(":", in: rest[rest.utf8.index(after: second)...]) != nil {
                 throw invalid("too many ':' (write IPv6 addresses as [ADDRESS]:PORT)")
             }
-            host = String(parts[0])
-            rest = text[parts[1].startIndex...]
         }
         guard !host.isEmpty else { throw invalid("empty host") }
-        // A host name is ASCII (an international one is written in its `xn--` form). Past ASCII,
-        // Swift's `Character` view can join a `:` with a character before it (a prepend
-        // character such as U+06DD), and the `:`s above would not be where the bytes say.
+        // A host name is ASCII (an international one is written in its `xn--` form).
         guard host.utf8.allSatisfy({ $0 < 0x80 }) else {
             throw invalid("host is not ASCII (write an international domain name in its xn-- form)")
         }
-        let portAndInstance = rest.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false)
-        guard let portText = portAndInstance.first, !portText.isEmpty else { throw invalid("missing port") }
+        let instanceColon = first(":", in: rest)
+        let portText = rest[..<(instanceColon ?? rest.endIndex)]
+        guard !portText.isEmpty else { throw invalid("missing port") }
         guard let port = UInt16(portText), port > 0 else { throw invalid("port must be 1-65535") }
         self.port = port
-        if portAndInstance.count == 2 {
-            guard !portAndInstance[1].isEmpty else { throw invalid("empty instance after ':'") }
-            instance = String(portAndInstance[1])
+        if let instanceColon {
+            let label = rest[rest.utf8.index(after: instanceColon)...]
+            guard !label.isEmpty else { throw invalid("empty instance after ':'") }
+            instance = String(label)
         } else {
             instance = nil
         }
-        if host.contains(where: { $0 == " " || $0 == "/" }) { throw invalid("host contains a space or '/'") }
-        if !text.hasPrefix("["), host.contains("%") {
+        if host.utf8.contains(where: { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "/") }) { throw invalid("host contains a space or '/'") }
+        if !bracketed, host.utf8.contains(UInt8(ascii: "%")) {
             throw invalid("'%' names an IPv6 address's interface, only inside brackets: [ADDRESS%INTERFACE]:PORT")
         }
         healthCheckPort = nil
