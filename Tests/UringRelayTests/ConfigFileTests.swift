@@ -142,7 +142,7 @@ struct ConfigFileTests {
         ("backends:\n  - label: a", "test.yaml:2: backends[0]: missing key 'address': a backend written as a mapping needs its address"),
         ("backends:\n  - [127.0.0.1:9001]",
          "test.yaml:2: backends[0]: invalid value '[127.0.0.1:9001]': expected HOST:PORT[:INSTANCE] or a mapping of address, label and health-check-port"),
-        ("backends:\n  - address: 127.0.0.1:9001\n    label: a:b", "test.yaml:3: backends[0].label: invalid value 'a:b': a label must not contain ':'"),
+        ("backends:\n  - address: 127.0.0.1:9001\n    label: a:b", "test.yaml:3: backends[0].label: invalid value 'a:b': a label must not contain ':' or '='"),
         ("port: [8125]\nbackends: [127.0.0.1:9001]", "test.yaml:1: port: invalid value '[8125]': expected an integer"),
         ("- port: 1", "test.yaml:1: invalid value '[{port: 1}]': expected a mapping of keys to values (key: value), one key per option"),
         // Bad values.

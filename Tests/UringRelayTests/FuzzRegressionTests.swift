@@ -125,6 +125,47 @@ struct FuzzRegressionTests {
         }
     }
 
+    // FuzzConfigFile, Crashes/FuzzConfigFile/backend-weight-lost-when-rendered: under `hash:
+    // ketama`, `127.040.2:90=01` (weight 1) was printed by `check-config` as `127.040.2:90`,
+    // without its weight: the renderer wrote each backend's identity, which leaves the weight out
+    // (and, for mirrors, the scheme too). A backend of weight 5 read back with weight 1, a TCP
+    // mirror as a UDP one. Now a file is printed with every backend's scheme and weight.
+    @Test("check-config prints every backend's and mirror's weight and scheme, and the text reads back the same", arguments: [
+        "backends: [10.0.0.1:8125=5, tcp://10.0.0.2:8125:b=2, udp://10.0.0.3:8125]\nhash: ketama\n",
+        "backends:\n  - address: tcp://10.0.0.1:8125=7\n    label: a\n    health-check-port: 8126\n  - 10.0.0.2:8125\nhash: etsy\n",
+        "backends: [10.0.0.1:8125]\nmirror: [tcp://10.0.0.9:8125=3, 10.0.0.8:8125]\nmirror-hash: ketama\n",
+    ])
+    func renderKeepsWeightsAndSchemes(_ yaml: String) throws {
+        try Self.checkRenderRoundTrip(yaml)
+    }
+
+    @Test("the fuzzer's input (a weight of 01 under ketama) is printed with its weight and reads back the same")
+    func renderWeightFuzzInput() throws {
+        let crash = try String(contentsOfFile: #filePath.replacingOccurrences(
+            of: "Tests/UringRelayTests/FuzzRegressionTests.swift",
+            with: "FuzzTesting/Crashes/FuzzConfigFile/backend-weight-lost-when-rendered"), encoding: .utf8)
+        try Self.checkRenderRoundTrip(crash)
+    }
+
+    /// Checks that `yaml` resolves to a configuration with a weighted backend or mirror, and
+    /// that what `check-config` prints of it resolves to the same, weights and schemes included.
+    static func checkRenderRoundTrip(_ yaml: String) throws {
+        let configuration = try ConfigFile.resolve(file: try ConfigFile.parse(yaml, source: "test.yaml"), flags: ConfigFile(), allowedCPUs: [0, 1])
+        #expect((configuration.backends + configuration.mirror).contains { $0.weight != nil })
+        let rendered = ConfigFile.render(configuration)
+        let again = try ConfigFile.resolve(file: try ConfigFile.parse(rendered, source: "rendered.yaml"), flags: ConfigFile(), allowedCPUs: [0, 1])
+        #expect(again == configuration, "\(rendered)")
+        #expect(again.backends.map(\.weight) == configuration.backends.map(\.weight))
+        #expect(again.backends.map(\.transport) == configuration.backends.map(\.transport))
+        #expect(again.mirror.map(\.weight) == configuration.mirror.map(\.weight))
+        #expect(again.mirror.map(\.transport) == configuration.mirror.map(\.transport))
+    }
+
+    @Test("a backend label holding '=' is refused at its line: printed as INSTANCE, a weight would start there")
+    func labelWithEqualsRefused() {
+        #expect(Self.refusedLine("backends:\n  - address: 127.0.0.1:9001\n    label: a=b\n") == 3)
+    }
+
     // FuzzBackendAddress, Crashes/FuzzBackendAddress/prepend-character-joins-the-colon: `M`,
     // U+06DD (a Unicode prepend character), `:[1:5` parsed as host `M۝:[1`, port 5 (Swift's
     // `Character` view joins U+06DD with the `:` after it, so the split on `:` missed it), and

@@ -145,7 +145,11 @@ public struct BackendAddress: Sendable, Equatable, CustomStringConvertible {
         return instance.map { "\(hostPart):\(port):\($0)" } ?? "\(hostPart):\(port)"
     }
 
-    /// The address with its scheme when one was written (`tcp://10.0.0.1:8125`), as a
-    /// configuration file renders it.
+    /// The address with its scheme when one was written (`tcp://10.0.0.1:8125`).
     public var withScheme: String { transport.map { "\($0.rawValue)://\(description)" } ?? description }
+
+    /// The address as a configuration file renders it: with its scheme when one was written and
+    /// its weight when one was given (`tcp://10.0.0.1:8125:a=2`). It parses back to this address
+    /// (less `healthCheckPort`, which a file writes beside it).
+    public var written: String { weight.map { "\(withScheme)=\($0)" } ?? withScheme }
 }

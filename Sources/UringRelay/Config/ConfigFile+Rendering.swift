@@ -43,10 +43,10 @@ extension ConfigFile {
         case "port": return scalar("\(c.port)")
         case "backends":
             return Node.sequence(Node.Sequence(c.backends.map { backend -> Node in
-                guard let checkPort = backend.healthCheckPort else { return scalar(backend.withScheme) }
+                guard let checkPort = backend.healthCheckPort else { return scalar(backend.written) }
                 var address = backend
                 address.instance = nil
-                var pairs: [(Node, Node)] = [(Node("address"), scalar(address.withScheme))]
+                var pairs: [(Node, Node)] = [(Node("address"), scalar(address.written))]
                 if let label = backend.instance { pairs.append((Node("label"), scalar(label))) }
                 pairs.append((Node("health-check-port"), scalar("\(checkPort)")))
                 return Node.mapping(Node.Mapping(pairs))
@@ -94,7 +94,7 @@ extension ConfigFile {
         case "tcp-port": return optional(c.tcpPort)
         case "tcp-max-connections": return scalar("\(c.tcpMaxConnections)")
         case "tcp-idle-timeout": return scalar(DurationParser.format(c.tcpIdleTimeoutNanoseconds))
-        case "mirror": return Node.sequence(Node.Sequence(c.mirror.map { scalar($0.description) }))
+        case "mirror": return Node.sequence(Node.Sequence(c.mirror.map { scalar($0.written) }))
         case "mirror-hash": return scalar(c.mirrorHashMode.rawValue)
         case "mirror-sample": return scalar("\(c.mirrorSample)")
         default: preconditionFailure("no key '\(key)' in ConfigFile.keys")

@@ -343,8 +343,11 @@ public struct ConfigFile: Sendable, Equatable, Decodable {
                     if backend.instance != nil {
                         throw invalid(labelPath, label, "the address already has an instance label ('\(entry.address)'): give the label once")
                     }
-                    // As the short form's INSTANCE: no ':' (it would end the label there).
-                    if label.contains(":") { throw invalid(labelPath, label, "a label must not contain ':'") }
+                    // As the short form's INSTANCE: no ':' (it would end the label there) and no
+                    // '=' (a weight would start there).
+                    if label.utf8.contains(UInt8(ascii: ":")) || label.utf8.contains(UInt8(ascii: "=")) {
+                        throw invalid(labelPath, label, "a label must not contain ':' or '='")
+                    }
                     backend.instance = label
                 }
                 if let checkPort = entry.healthCheckPort {
