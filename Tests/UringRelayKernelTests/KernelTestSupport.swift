@@ -28,13 +28,34 @@ func driverExpected(for choice: IOBackendChoice) -> IOBackendChoice {
 /// How many io_uring instances process `pid` holds open (its `anon_inode:[io_uring]`
 /// descriptors), read from `/proc`: a fact about the driver that ran, independent of what the
 /// relay says of itself. Only meaningful for a child process: this test process runs other
-/// suites' relays at the same time.
-func openRings(pid: Int32) -> Int {
+/// suites' relays at the same time. `-1` when `/proc/PID/fd` could not be listed, so that no
+/// comparison (`== 0` for the portable driver among them) passes on a failed read.
+func openRings(pid: Int32) -> Int { (try? readOpenRings(pid: pid)) ?? -1 }
+
+/// `openRings`, or the error that kept `/proc/PID/fd` from being listed (tried three times: a
+/// failed listing says nothing about the relay).
+func readOpenRings(pid: Int32) throws -> Int {
     let directory = "/proc/\(pid)/fd"
-    let descriptors = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
-    return descriptors.filter { descriptor in
-        (try? FileManager.default.destinationOfSymbolicLink(atPath: "\(directory)/\(descriptor)")) == "anon_inode:[io_uring]"
-    }.count
+    var attempt = 1
+    while true {
+        do {
+            let descriptors = try FileManager.default.contentsOfDirectory(atPath: directory)
+            // A descriptor closed between the listing and its readlink is not a ring.
+            return descriptors.filter { descriptor in
+                (try? FileManager.default.destinationOfSymbolicLink(atPath: "\(directory)/\(descriptor)")) == "anon_inode:[io_uring]"
+            }.count
+        } catch where attempt < 3 {
+            attempt += 1
+        }
+    }
+}
+
+/// What each descriptor of process `pid` points to (for a failure message), `nil` when
+/// `/proc/PID/fd` cannot be listed.
+func fileDescriptorLinks(pid: Int32) -> [String]? {
+    let directory = "/proc/\(pid)/fd"
+    guard let descriptors = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return nil }
+    return descriptors.compactMap { try? FileManager.default.destinationOfSymbolicLink(atPath: "\(directory)/\($0)") }
 }
 
 /// Checks that a started child relay runs the driver `choice` asks for: its start-up log
@@ -44,8 +65,12 @@ func expectDriverRan(_ choice: IOBackendChoice, pid: Int32, log: String, sourceL
     let driver = driverExpected(for: choice)
     let line = log.split(separator: "\n").first { $0.contains("io_backend=") }.map(String.init)
     #expect(line?.contains("io_backend=\(driver.rawValue)") == true, "start-up log: \(line ?? log)", sourceLocation: sourceLocation)
-    let rings = openRings(pid: pid)
-    #expect((rings > 0) == (driver == .uring), "\(rings) io_uring instances open under the \(driver) driver", sourceLocation: sourceLocation)
+    let rings: Int
+    do { rings = try readOpenRings(pid: pid) } catch {
+        Issue.record("could not list /proc/\(pid)/fd: \(error)", sourceLocation: sourceLocation)
+        return
+    }
+    #expect((rings > 0) == (driver == .uring), "\(rings) io_uring instances open under the \(driver) driver (\(String(describing: fileDescriptorLinks(pid: pid))))", sourceLocation: sourceLocation)
 }
 
 /// Checks the exit (or `SIGUSR1`) report names the driver `choice` asks for.
