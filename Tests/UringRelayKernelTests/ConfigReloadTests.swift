@@ -39,10 +39,12 @@ struct ConfigReloadTests {
         let address = try relay.listenAddress()
         #expect(relay.standardError.contains("io_backend=\(driver.rawValue)"), "\(relay.standardError)")
         let datagrams = 6_000
-        let sender = try NumberedSender(to: address, datagrams: datagrams, linesPerDatagram: 10, pauseMicroseconds: 100)
         // Reload at steps spread over the traffic; the invalid file comes between the third and
-        // the last pool, with backends that would route differently had it been applied.
+        // the last pool, with backends that would route differently had it been applied. The
+        // last part is sent once the last reload is applied, so that its pool takes over.
         let steps = pools.count + 1
+        let sender = try NumberedSender(
+            to: address, datagrams: datagrams, linesPerDatagram: 10, pauseMicroseconds: 100, holdBefore: datagrams * (steps - 1) / steps)
         var step = 1
         for (index, pool) in pools.enumerated().dropFirst() {
             if index == pools.count - 1 {
@@ -59,6 +61,7 @@ struct ConfigReloadTests {
             relay.signal(SIGHUP)
             #expect(relay.waitForLog("to=[\(pool.joined(separator: ", "))]", seconds: 10), "\(relay.standardError)")
         }
+        sender.release()
         sender.join()
         let total = datagrams * sender.linesPerDatagram
         // Every line relayed before the stop: what this test checks is routing across reloads,

@@ -11,16 +11,26 @@ import Testing
 final class NumberedSender: Sendable {
     private final class Shared: Sendable {
         let sent = Atomic<Int>(0)
+        let released = Atomic<Bool>(false)
     }
     private let shared = Shared()
     private let thread: WorkerThreadHandle
     let linesPerDatagram: Int
 
-    init(to address: SocketAddress, datagrams: Int, linesPerDatagram: Int, pauseMicroseconds: UInt32) throws {
+    /// Starts sending `datagrams` datagrams of `linesPerDatagram` numbered lines.
+    ///
+    /// - Parameter holdBefore: a datagram the sender waits before (at most 20 s) until
+    ///   `release()`: so that what follows is sent only after a change the test made (the
+    ///   last pool of a series, applied), however slowly a loaded host applied it.
+    init(to address: SocketAddress, datagrams: Int, linesPerDatagram: Int, pauseMicroseconds: UInt32, holdBefore: Int? = nil) throws {
         let socket = SocketBox(try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!))
         self.linesPerDatagram = linesPerDatagram
         thread = WorkerThreadHandle(try WorkerThread(name: "test-numbered", cpu: nil) { [shared] _ in
             for datagram in 0..<datagrams {
+                if datagram == holdBefore {
+                    let deadline = MonotonicClock.nanoseconds() + 20_000_000_000
+                    while !shared.released.load(ordering: .acquiring) && MonotonicClock.nanoseconds() < deadline { usleep(1_000) }
+                }
                 let first = datagram * linesPerDatagram
                 let text = (first..<first + linesPerDatagram).map { "pool.\($0):1|c" }.joined(separator: "\n")
                 try? socket.socket.send(Array(text.utf8), to: address)
@@ -40,6 +50,9 @@ final class NumberedSender: Sendable {
         }
         return true
     }
+
+    /// Lets a sender held at `holdBefore` go on.
+    func release() { shared.released.store(true, ordering: .releasing) }
 
     func join() { thread.join() }
 }
@@ -105,11 +118,14 @@ struct PoolChangeTests {
             [specs[0], specs[1], specs[2]],  // the start again
         ]
         let datagrams = 3_000
-        let sender = try NumberedSender(to: relay.address, datagrams: datagrams, linesPerDatagram: 10, pauseMicroseconds: 100)
+        // The last part is sent once the last pool is in place, so that it takes over.
+        let last = datagrams * (pools.count - 1) / pools.count
+        let sender = try NumberedSender(to: relay.address, datagrams: datagrams, linesPerDatagram: 10, pauseMicroseconds: 100, holdBefore: last)
         for (step, pool) in pools.enumerated().dropFirst() {
             #expect(sender.waitUntilSent(datagrams * step / pools.count))
             try relay.relay.replaceBackends(try pool.map { try BackendAddress(parsing: $0) })
         }
+        sender.release()
         sender.join()
         let total = datagrams * sender.linesPerDatagram
         // Every line reaches a backend while the relay runs (open batches leave within the 1 s
