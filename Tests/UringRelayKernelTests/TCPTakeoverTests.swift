@@ -36,8 +36,11 @@ struct TCPTakeoverTests {
         #expect(current.waitForLog("control socket on \(control.path)"), "\(current.standardError)")
 
         let lines = 10
+        // Bounds well past what a slow run needs (a loaded host's takeovers took ~40 s while the
+        // clients made 4 000 connections: the old bounds ended them before the last step), and
+        // within the ephemeral ports a run's closed connections hold in TIME_WAIT.
         let clients = try ConnectingClients(
-            to: SocketAddress(numericHost: "127.0.0.1", port: tcpPort)!, linesPerConnection: lines, maxConnections: 4_000, seconds: 30, line: Self.line)
+            to: SocketAddress(numericHost: "127.0.0.1", port: tcpPort)!, linesPerConnection: lines, maxConnections: 12_000, seconds: 90, line: Self.line)
         #expect(clients.waitUntilDone(100, seconds: 5))
         var old: [RelayProcess] = []
         for step in 1...2 {
