@@ -17,10 +17,11 @@ struct StopBudgetTests {
         let harness = try HealthHarness(driver: driver, policy: .hold) { $0.shutdownTimeoutNanoseconds = timeout }
         harness.healthPorts[0].close()
         #expect(harness.wait(for: 0, .down))
-        // Two clients sending as fast as they can (a third of the names go to the held
-        // backend): more than one worker takes, so the socket is full through the whole stop.
-        // One-line datagrams keep each of the worker's turns short.
-        let floods = try (0..<2).map { _ in try SteadySender(to: harness.address, maxDatagrams: 3_000_000) }
+        // Four clients sending as fast as they can (a third of the names go to the held
+        // backend): more than the workers take, so the socket is full through the whole stop
+        // (two were not always, on a host busy with other suites' relays). One-line datagrams
+        // keep each of the worker's turns short.
+        let floods = try (0..<4).map { _ in try SteadySender(to: harness.address, maxDatagrams: 3_000_000) }
         defer { for flood in floods { flood.stop() } }
         // Traffic is flowing and lines for the down backend are held (each worker publishes its
         // counters every 100 ms while busy).
