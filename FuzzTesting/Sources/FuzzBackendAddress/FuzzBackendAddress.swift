@@ -6,10 +6,13 @@ import UringRelay
 // inputs with one are skipped). Checked:
 // - it never traps, whatever the text;
 // - an accepted address has an ASCII host (no space or '/'), a port from 1 to 65 535, no
-//   empty instance and none holding the byte '=' (it would be the weight's), a weight within 1...maximumWeight when given, and its `description` (the address
-//   as logged and used as the backend's identity, which leaves the weight out by design: a
-//   backend keeps its counters when only its weight changes) parses back to the same address
-//   without its weight;
+//   empty instance and none holding the byte '=' (it would be the weight's), a weight within
+//   1...maximumWeight when given;
+// - its `description` (the address as logged and used as the backend's identity, which leaves
+//   out by design the weight, so that a backend keeps its counters when only its weight
+//   changes, and the scheme, which chooses the transport only) parses back to the same
+//   address without its weight and transport;
+// - its `written` form (what a configuration file is printed with) parses back to it whole;
 // - a refused one is a `ConfigurationError` for `backend` carrying the text as written and a
 //   reason.
 
@@ -31,8 +34,11 @@ public func fuzzBackendAddress(_ data: UnsafeRawPointer?, _ size: Int) -> CInt {
                 "accepted weight \(String(describing: address.weight)) from \"\(text)\"")
         var identity = address
         identity.weight = nil
+        identity.transport = nil
         let again = try? BackendAddress(parsing: address.description)
         require(again == identity, "\"\(text)\" -> \(address) -> \"\(address.description)\" -> \(String(describing: again))")
+        let whole = try? BackendAddress(parsing: address.written)
+        require(whole == address, "\"\(text)\" -> \(address) -> written \"\(address.written)\" -> \(String(describing: whole))")
     } catch {
         require(error.argument == "backend" && error.value == text && !error.reason.isEmpty, "error \(error) for \"\(text)\"")
     }
