@@ -32,30 +32,26 @@ func driverExpected(for choice: IOBackendChoice) -> IOBackendChoice {
 /// comparison (`== 0` for the portable driver among them) passes on a failed read.
 func openRings(pid: Int32) -> Int { (try? readOpenRings(pid: pid)) ?? -1 }
 
-/// `openRings`, or the error that kept `/proc/PID/fd` from being listed (tried three times: a
-/// failed listing says nothing about the relay).
+/// `openRings`, or the error that kept `/proc/PID/fd` from being listed.
 func readOpenRings(pid: Int32) throws -> Int {
+    try fileDescriptorLinks(pid: pid).filter { $0 == "anon_inode:[io_uring]" }.count
+}
+
+/// What each descriptor of process `pid` points to, read from `/proc/PID/fd` (the listing tried
+/// three times: a failed listing says nothing about the relay; a descriptor closed between the
+/// listing and its readlink is left out).
+func fileDescriptorLinks(pid: Int32) throws -> [String] {
     let directory = "/proc/\(pid)/fd"
     var attempt = 1
     while true {
         do {
-            let descriptors = try FileManager.default.contentsOfDirectory(atPath: directory)
-            // A descriptor closed between the listing and its readlink is not a ring.
-            return descriptors.filter { descriptor in
-                (try? FileManager.default.destinationOfSymbolicLink(atPath: "\(directory)/\(descriptor)")) == "anon_inode:[io_uring]"
-            }.count
+            return try FileManager.default.contentsOfDirectory(atPath: directory).compactMap {
+                try? FileManager.default.destinationOfSymbolicLink(atPath: "\(directory)/\($0)")
+            }
         } catch where attempt < 3 {
             attempt += 1
         }
     }
-}
-
-/// What each descriptor of process `pid` points to (for a failure message), `nil` when
-/// `/proc/PID/fd` cannot be listed.
-func fileDescriptorLinks(pid: Int32) -> [String]? {
-    let directory = "/proc/\(pid)/fd"
-    guard let descriptors = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return nil }
-    return descriptors.compactMap { try? FileManager.default.destinationOfSymbolicLink(atPath: "\(directory)/\($0)") }
 }
 
 /// Checks that a started child relay runs the driver `choice` asks for: its start-up log
@@ -70,7 +66,7 @@ func expectDriverRan(_ choice: IOBackendChoice, pid: Int32, log: String, sourceL
         Issue.record("could not list /proc/\(pid)/fd: \(error)", sourceLocation: sourceLocation)
         return
     }
-    #expect((rings > 0) == (driver == .uring), "\(rings) io_uring instances open under the \(driver) driver (\(String(describing: fileDescriptorLinks(pid: pid))))", sourceLocation: sourceLocation)
+    #expect((rings > 0) == (driver == .uring), "\(rings) io_uring instances open under the \(driver) driver (\(String(describing: try? fileDescriptorLinks(pid: pid))))", sourceLocation: sourceLocation)
 }
 
 /// Checks the exit (or `SIGUSR1`) report names the driver `choice` asks for.
