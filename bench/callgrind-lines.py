@@ -50,14 +50,15 @@ def costs(path):
             continue
         fields = line.split()
         token = fields[0]
-        # Callgrind writes instruction addresses in hex, absolute (`0x6606f0`) or as a
-        # difference from the previous one (`+4`, `-1c`: hex too, without `0x`).
+        # Callgrind writes instruction addresses absolute in hex (`0x6606f0`) or as a
+        # difference from the previous one in decimal (`+4`, `-28`): read as hex, every
+        # difference of 10 or more would shift the addresses after it.
         if token == "*":
             pass
         elif token[0] == "+":
-            address += int(token[1:], 16)
+            address += int(token[1:])
         elif token[0] == "-":
-            address -= int(token[1:], 16)
+            address -= int(token[1:])
         else:
             address = int(token, 16)
         if skip_next:
