@@ -442,6 +442,9 @@ class Bench:
             if not wait_stopped(sinks):
                 record["problems"].append("sinks did not reach the stopped state within 2 s")
         record["sinks_paused"] = pause_sinks
+        profiler = self.start_profiler(receiver.pid, workload, threads) if target == "relay" else None
+        if profiler:
+            record["perf_data"] = str(self.profile_path)
         cpu_before = proc_cpu(receiver.pid)
         offset_before = time.clock_gettime(time.CLOCK_REALTIME) - monotonic()
         started_realtime = time.clock_gettime(time.CLOCK_REALTIME)
@@ -452,7 +455,9 @@ class Bench:
             if pause_sinks:
                 if not self.wait_relay_quiet(started + DRAIN_TIMEOUT):
                     record["problems"].append(f"the relay did not finish sending within {DRAIN_TIMEOUT} s")
+                self.stop_profiler(profiler)
                 os.kill(sinks.pid, signal.SIGCONT)
+            self.stop_profiler(profiler)  # with --live-sinks, it ran until here
             self.finish_relay(receiver, sinks, record, started + DRAIN_TIMEOUT, cpu_before)
             # The kernel stamped each datagram as it was queued on a sink socket: the drain ends when the
             # last one was queued, however late the sink read it.
@@ -472,6 +477,34 @@ class Bench:
             last = (record.get("baseline") or {}).get("last_arrival")
         record["kernel_drops"] = udp_counters()["RcvbufErrors"] - before["RcvbufErrors"]
         record["elapsed_seconds"] = (last - started) if last else None
+
+    def start_profiler(self, pid: int, workload: Workload, threads: int) -> subprocess.Popen | None:
+        """`perf record` on the (stopped) relay's threads, into --perf-record DIR; None without it."""
+        if not self.args.perf_record:
+            return None
+        directory = Path(self.args.perf_record)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.profile_runs = getattr(self, "profile_runs", 0) + 1
+        self.profile_path = directory / f"{workload.name}-t{threads}-{self.profile_runs}.perf.data"
+        profiler = subprocess.Popen(
+            ["perf", "record", "-q", "-g", "-e", "cpu-clock", "-F", "4000", "-p", str(pid), "-o", str(self.profile_path)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Attached once it has written its file's header (the relay is stopped meanwhile).
+        deadline = monotonic() + 5
+        while not self.profile_path.exists() and profiler.poll() is None and monotonic() < deadline:
+            time.sleep(0.01)
+        return profiler
+
+    @staticmethod
+    def stop_profiler(profiler: subprocess.Popen | None) -> None:
+        """Ends a `perf record` (SIGINT writes its file) within 10 s."""
+        if profiler is None:
+            return
+        profiler.send_signal(signal.SIGINT)
+        try:
+            profiler.wait(10)
+        except subprocess.TimeoutExpired:
+            profiler.kill()
 
     def wait_relay_quiet(self, deadline: float) -> bool:
         """Waits until the relay's socket is empty and the sinks' queues stop growing for RELAY_QUIET seconds."""
@@ -814,6 +847,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--out", default=str(BENCH_DIR / "results"), help="directory for the JSON result")
     parser.add_argument("--no-build", action="store_true", help="fail instead of building missing bench tools")
     parser.add_argument("--keep-logs", action="store_true", help="keep the tools' stdout/stderr files")
+    parser.add_argument("--perf-record", metavar="DIR",
+                        help="drain: sample the relay with `perf record -e cpu-clock` (user and kernel, "
+                             "its threads only) from SIGCONT until it is done, one perf.data per run in DIR "
+                             "(read with `perf report -i FILE --sort sym`); the CPU it costs is in the figures")
     args = parser.parse_args(argv)
     if args.threads is None:
         args.threads = "1" if args.quick else "1,2"
