@@ -16,6 +16,11 @@ public struct SendBatch: ~Copyable {
     private var slots: [Int32]
     private var backends: [Int32]
     private var order: [Int32]
+    /// Per backend index, the scratch of `send`'s grouping (a count, then a position); grown
+    /// when a packet for a higher backend index is first added, never shrunk.
+    private var groupStarts: [Int32] = []
+    /// The highest backend index among the packets added, -1 with none.
+    private var highestBackend = -1
     private var results: [Int32]
     private var retried: [Bool]
     /// Packets one batch holds.
@@ -53,6 +58,12 @@ public struct SendBatch: ~Copyable {
         backends[count] = Int32(backend)
         retried[count] = false
         count += 1
+        if backend > highestBackend {
+            highestBackend = backend
+            if backend >= groupStarts.count {
+                groupStarts.append(contentsOf: repeatElement(0, count: backend + 1 - groupStarts.count))
+            }
+        }
     }
 
     /// The slot of packet `index` (in the order added).
@@ -66,7 +77,10 @@ public struct SendBatch: ~Copyable {
     public func wasRetried(_ index: Int) -> Bool { retried[index] }
 
     /// Forgets every packet (after their results have been taken).
-    public mutating func removeAll() { count = 0 }
+    public mutating func removeAll() {
+        count = 0
+        highestBackend = -1
+    }
 
     /// Sends every added packet, grouped by backend (each backend's packets in the order they
     /// were added), and records each one's `result`.
@@ -91,19 +105,7 @@ public struct SendBatch: ~Copyable {
     ) {
         guard count > 0 else { return }
         let waitUntil = waitNanoseconds == .max ? UInt64.max : MonotonicClock.nanoseconds() &+ waitNanoseconds
-        // A stable grouping by backend: insertion sort is fine for a batch this size.
-        for index in 0..<count { order[index] = Int32(index) }
-        if count > 1 {
-            for index in 1..<count {
-                let moving = order[index]
-                var position = index
-                while position > 0 && backends[Int(order[position - 1])] > backends[Int(moving)] {
-                    order[position] = order[position - 1]
-                    position -= 1
-                }
-                order[position] = moving
-            }
-        }
+        groupByBackend()
         var start = 0
         while start < count {
             let backend = Int(backends[Int(order[start])])
@@ -120,6 +122,26 @@ public struct SendBatch: ~Copyable {
             }
             sendGroup(start..<end, descriptor: sockets.descriptors[backend], waitUntil: nonBlocking || backend >= nonBlockingFrom ? 0 : waitUntil)
             start = end
+        }
+    }
+
+    /// Fills `order` with the packets' indices grouped by backend, ascending, each backend's in
+    /// the order they were added: a counting sort, linear in the packets and the backends (an
+    /// insertion sort cost ~1 000 instructions a packet with 256 packets over 3 backends).
+    private mutating func groupByBackend() {
+        let groups = highestBackend + 1
+        for backend in 0..<groups { groupStarts[backend] = 0 }
+        for index in 0..<count { groupStarts[Int(backends[index])] &+= 1 }
+        var position: Int32 = 0
+        for backend in 0..<groups {
+            let packets = groupStarts[backend]
+            groupStarts[backend] = position
+            position &+= packets
+        }
+        for index in 0..<count {
+            let backend = Int(backends[index])
+            order[Int(groupStarts[backend])] = Int32(index)
+            groupStarts[backend] &+= 1
         }
     }
 
