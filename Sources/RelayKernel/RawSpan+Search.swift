@@ -37,6 +37,17 @@ extension RawSpan {
         }
     }
 
+    /// The FNV-1a 64 of the span's bytes continuing from `seed` (`cl_fnv1a64`, eight bytes a
+    /// turn; the FNV-1a 64 of the bytes when `seed` is the offset basis).
+    @inlinable @inline(__always)
+    public func fnv1a64(continuing seed: UInt64) -> UInt64 {
+        guard byteCount > 0 else { return seed }
+        return withUnsafeBytes { raw in
+            // Non-empty, so the span's memory has a base address.
+            cl_fnv1a64(seed, raw.baseAddress.unsafelyUnwrapped.assumingMemoryBound(to: UInt8.self), byteCount)
+        }
+    }
+
     /// Whether `byte` occurs anywhere in the span.
     @inlinable @inline(__always)
     public func contains(byte: UInt8) -> Bool {

@@ -17,6 +17,23 @@ struct HashTests {
         #expect(FNV1a.hash64(input) == expected)
     }
 
+    /// The eight-bytes-a-turn loop (`RawSpan.fnv1a64`) against the byte-at-a-time reference, at
+    /// every length from 0 to 70 (every tail of four, two and one bytes after 0-8 turns), from
+    /// the offset basis and from a seed as a `--metrics-prefix` leaves it.
+    @Test("the unrolled FNV-1a 64 equals the byte loop at every length and seed")
+    func unrolledMatchesReference() {
+        var generator = SystemRandomNumberGenerator()
+        let bytes = (0..<70).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        let prefixSeed = ReferenceRouting.fnv1a64("eu-west.")
+        for length in 0...bytes.count {
+            let input = Array(bytes.prefix(length))
+            #expect(FNV1a.hash64(input.span.bytes) == ReferenceRouting.fnv1a64(input), "length \(length)")
+            #expect(
+                input.span.bytes.fnv1a64(continuing: prefixSeed) == ReferenceRouting.fnv1a64(Array("eu-west.".utf8) + input),
+                "length \(length) after a prefix")
+        }
+    }
+
     /// Vectors shared by the Go, C, Python and Elixir jump hash implementations.
     @Test(arguments: [
         (UInt64(1), 1, 0), (42, 57, 43), (0xDEAD_10CC, 1, 0), (0xDEAD_10CC, 666, 361), (256, 1024, 520),

@@ -7,15 +7,10 @@ public enum FNV1a {
     /// The FNV-1a 64 prime.
     public static let prime: UInt64 = 0x0000_0100_0000_01b3
 
-    /// Hashes `bytes`.
+    /// Hashes `bytes` (`RawSpan.fnv1a64`, the loop every routing key is hashed with).
     @inline(__always)
     public static func hash64(_ bytes: RawSpan) -> UInt64 {
-        let span = Span<UInt8>(_bytes: bytes)
-        var hash = offsetBasis
-        for index in span.indices {
-            hash = (hash ^ UInt64(span[index])) &* prime
-        }
-        return hash
+        bytes.fnv1a64(continuing: offsetBasis)
     }
 
     /// Hashes the UTF-8 bytes of `text`.
