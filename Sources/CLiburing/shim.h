@@ -442,4 +442,50 @@ unsigned long long cl_fnv1a64(unsigned long long hash, const unsigned char *byte
     return hash;
 }
 
+/// Copies `length` bytes from `source` to `destination` (not overlapping): a line into its
+/// packet (RelayKernel/SendBufferPool.swift). Lines are short (a StatsD line ~40 bytes), and a
+/// `memcpy` call in the middle of the worker's loop cost its call and the spills around it; up
+/// to 64 bytes this is two to four loads and stores, each pair overlapping in the middle, never
+/// reading or writing outside the `length` bytes. Longer lines go to `memcpy`.
+static inline __attribute__((always_inline))
+void cl_copy_line(unsigned char *destination, const unsigned char *source, size_t length) {
+#if defined(__SSE2__)
+    if (length > 64) {
+        memcpy(destination, source, length);
+    } else if (length > 32) {
+        __m128i a = _mm_loadu_si128((const __m128i *)source);
+        __m128i b = _mm_loadu_si128((const __m128i *)(source + 16));
+        __m128i c = _mm_loadu_si128((const __m128i *)(source + length - 32));
+        __m128i d = _mm_loadu_si128((const __m128i *)(source + length - 16));
+        _mm_storeu_si128((__m128i *)destination, a);
+        _mm_storeu_si128((__m128i *)(destination + 16), b);
+        _mm_storeu_si128((__m128i *)(destination + length - 32), c);
+        _mm_storeu_si128((__m128i *)(destination + length - 16), d);
+    } else if (length > 16) {
+        __m128i a = _mm_loadu_si128((const __m128i *)source);
+        __m128i b = _mm_loadu_si128((const __m128i *)(source + length - 16));
+        _mm_storeu_si128((__m128i *)destination, a);
+        _mm_storeu_si128((__m128i *)(destination + length - 16), b);
+    } else if (length >= 8) {
+        unsigned long long a, b;
+        memcpy(&a, source, 8);
+        memcpy(&b, source + length - 8, 8);
+        memcpy(destination, &a, 8);
+        memcpy(destination + length - 8, &b, 8);
+    } else if (length >= 4) {
+        unsigned a, b;
+        memcpy(&a, source, 4);
+        memcpy(&b, source + length - 4, 4);
+        memcpy(destination, &a, 4);
+        memcpy(destination + length - 4, &b, 4);
+    } else if (length > 0) {
+        destination[0] = source[0];
+        destination[length / 2] = source[length / 2];
+        destination[length - 1] = source[length - 1];
+    }
+#else
+    memcpy(destination, source, length);
+#endif
+}
+
 #endif

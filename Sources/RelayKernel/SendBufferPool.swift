@@ -101,14 +101,21 @@ public struct SendBufferPool: ~Copyable {
     public mutating func append(_ line: RawSpan, to slot: Int) {
         let offset = Int(lengths[slot])
         let count = line.byteCount
-        precondition(offset + count + 1 <= slotBytes, "line does not fit in the send slot")
-        let destination = storage + slot * slotBytes + offset
+        let end = offset + count + 1
+        precondition(end <= slotBytes, "line does not fit in the send slot")
+        // `slot` was checked by the subscript above, `end` against the slot: the arithmetic
+        // below cannot overflow (it runs for every line).
+        let destination = storage + (slot &* slotBytes &+ offset)
         line.withUnsafeBytes { source in
-            if let base = source.baseAddress { destination.copyMemory(from: base, byteCount: count) }
+            // A line is short: copied inline, not through a `memcpy` call (`cl_copy_line`).
+            if let base = source.baseAddress {
+                cl_copy_line(
+                    destination.assumingMemoryBound(to: UInt8.self), base.assumingMemoryBound(to: UInt8.self), count)
+            }
         }
         destination.storeBytes(of: UInt8(ascii: "\n"), toByteOffset: count, as: UInt8.self)
-        lengths[slot] = Int32(offset + count + 1)
-        lines[slot] += 1
+        lengths[slot] = Int32(truncatingIfNeeded: end)
+        lines[slot] &+= 1
     }
 
     /// Appends already packed bytes (a held packet, possibly in pieces) to `slot`.
