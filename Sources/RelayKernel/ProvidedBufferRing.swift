@@ -48,6 +48,10 @@ public struct ProvidedBufferRing: ~Copyable {
     /// The distance between the starts of two buffers: `bufferBytes` rounded up to a cache
     /// line, so every payload starts aligned (the line scanner reads it in vector loads).
     @usableFromInline let stride: Int
+    /// `bufferBytes` and the ring's index mask as `io_uring_buf_ring_add` takes them, converted
+    /// once: `recycle` runs for every datagram.
+    @usableFromInline let lengthField: UInt32
+    @usableFromInline let ringMask: Int32
     /// Buffers the kernel filled and the worker has not yet recycled.
     public var held: Int { heldCount }
     @usableFromInline var heldCount = 0
@@ -73,6 +77,8 @@ public struct ProvidedBufferRing: ~Copyable {
         self.bufferBytes = bufferBytes
         self.maxPayloadBytes = payloadBytes
         self.stride = stride
+        lengthField = UInt32(bufferBytes)
+        ringMask = io_uring_buf_ring_mask(UInt32(count))
         self.ringBytes = ringBytes
         self.storageBytes = storageBytes
         ringEntries = entries
@@ -97,9 +103,10 @@ public struct ProvidedBufferRing: ~Copyable {
 
     @inlinable @inline(__always)
     func write(bufferID: UInt16, at offset: Int) {
+        // `offset` counts the buffers recycled since the last publish, at most `count`.
         io_uring_buf_ring_add(
-            bufferRing, storage + Int(bufferID) * stride, UInt32(bufferBytes), bufferID,
-            io_uring_buf_ring_mask(UInt32(count)), Int32(offset))
+            bufferRing, storage + Int(bufferID) &* stride, lengthField, bufferID, ringMask,
+            Int32(truncatingIfNeeded: offset))
     }
 
     /// How many buffers the kernel can fill right now.
@@ -111,7 +118,7 @@ public struct ProvidedBufferRing: ~Copyable {
     /// Records that the kernel filled `bufferID`; the caller now holds it until `recycle`.
     @inlinable @inline(__always)
     public mutating func take(_ bufferID: UInt16) {
-        heldCount += 1
+        heldCount &+= 1
         assert(verifyInvariants())
     }
 
@@ -150,8 +157,8 @@ public struct ProvidedBufferRing: ~Copyable {
     @inlinable @inline(__always)
     public mutating func recycle(_ bufferID: UInt16) {
         write(bufferID: bufferID, at: unpublished)
-        unpublished += 1
-        heldCount -= 1
+        unpublished &+= 1
+        heldCount &-= 1
         assert(verifyInvariants())
     }
 
