@@ -16,9 +16,10 @@ public struct SendBatch: ~Copyable {
     private var slots: [Int32]
     private var backends: [Int32]
     private var order: [Int32]
-    /// Per backend index, the scratch of `send`'s grouping (a count, then a position); grown
-    /// when a packet for a higher backend index is first added, never shrunk.
-    private var groupStarts: [Int32] = []
+    /// Per backend index, the scratch of `send`'s grouping (a count, then a position): sized
+    /// for the backends known at the start, grown only when a packet for a higher backend
+    /// index is first added (a reload that added backends), never shrunk.
+    private var groupStarts: [Int32]
     /// The highest backend index among the packets added, -1 with none.
     private var highestBackend = -1
     private var results: [Int32]
@@ -28,10 +29,12 @@ public struct SendBatch: ~Copyable {
     /// Packets added since the last `removeAll`.
     public private(set) var count = 0
 
-    /// Room for `capacity` packets.
-    public init(capacity: Int) {
+    /// Room for `capacity` packets, to `backends` backends (more can be added; see
+    /// `groupStarts`).
+    public init(capacity: Int, backends backendCount: Int = 1) {
         precondition(capacity > 0)
         self.capacity = capacity
+        groupStarts = Array(repeating: 0, count: max(backendCount, 1))
         vectors = .allocate(capacity: capacity)
         headers = .allocate(capacity: capacity)
         slots = Array(repeating: 0, count: capacity)

@@ -76,7 +76,7 @@ struct PortableDriver: ~Copyable {
         do throws(Errno) {
             batch = try DatagramBatch(count: min(settings.receiveBuffers, 256), payloadBytes: settings.maxDatagramBytes)
         } catch { throw SystemCallError("mmap", "receive buffers", error) }
-        sends = SendBatch(capacity: 256)
+        sends = SendBatch(capacity: 256, backends: worker.core.sendTargetCount)
         deferred.reserveCapacity(worker.core.sendBuffers.capacity)
         spare.reserveCapacity(worker.core.sendBuffers.capacity)
         wakeupDescriptor = PollSet.descriptor(of: worker.control.wakeup)
