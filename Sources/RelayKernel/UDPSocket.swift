@@ -101,6 +101,29 @@ public struct UDPSocket: ~Copyable {
         } catch { throw SystemCallError("setsockopt SO_ATTACH_REUSEPORT_CBPF", localAddress.description, error) }
     }
 
+    /// Makes this socket the one of its `SO_REUSEPORT` group that takes the datagrams the
+    /// kernel receives on `cpu` (`SO_INCOMING_CPU`), or, with `nil`, takes that preference off.
+    ///
+    /// Once any socket of a group has a CPU set (Linux 6.1 on), the kernel's hash picks a
+    /// datagram's socket among those whose CPU is the one processing it (the sender's CPU on
+    /// loopback, the receive queue's interrupt CPU for a NIC), and among all when none has it.
+    /// An older kernel takes the option without steering by it. A program attached to the group
+    /// (`spreadReusePortGroup(over:)`) decides before the preference is looked at.
+    ///
+    /// - Throws: `SystemCallError` for `setsockopt SO_INCOMING_CPU`.
+    public func preferIncomingCPU(_ cpu: Int?) throws(SystemCallError) {
+        do throws(Errno) { try setOption(SOL_SOCKET, SO_INCOMING_CPU, Int32(cpu ?? -1)) } catch {
+            throw SystemCallError("setsockopt SO_INCOMING_CPU", localAddress.description, error)
+        }
+    }
+
+    /// The CPU whose datagrams this socket prefers (`preferIncomingCPU(_:)`), or `nil` when it
+    /// has none set.
+    public var incomingCPU: Int? {
+        guard let cpu = try? option(SOL_SOCKET, SO_INCOMING_CPU), cpu >= 0 else { return nil }
+        return Int(cpu)
+    }
+
     /// Takes any steering program off this socket's `SO_REUSEPORT` group, so the kernel's hash
     /// of each datagram's source and destination picks the socket again. A group without a
     /// program, or a socket in no group, is left as it is.

@@ -109,6 +109,8 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             backends: configuration.backends, addresses: addresses, listeners: configuration.listenAddresses,
             tcpListeners: configuration.tcpListenAddresses, sendProtocol: configuration.sendProtocol)
         self.configuration = configuration
+        let cpus = configuration.cpus ?? WorkerThread.allowedCPUs
+        assignedCPUs = (0..<configuration.threads).map { cpus.isEmpty ? nil : cpus[$0 % cpus.count] }
         inForce = Mutex(configuration)
         listenerRegistry = ListenerRegistry(keepsCopies: configuration.controlSocket != nil)
         self.backendAddresses = addresses
@@ -284,10 +286,12 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         var listen = configured
         // Inherited TCP listening sockets are bound already: their addresses, ports included.
         var tcpListen = inherited.map { $0.tcpAddresses.isEmpty ? config.tcpListenAddresses : $0.tcpAddresses } ?? config.tcpListenAddresses
-        let cpus = config.cpus ?? WorkerThread.allowedCPUs
+        let cpus = assignedCPUs
         var firstFacts: WorkerFacts?
         for index in 0..<config.threads {
+            let cpu = cpus[index]
             var workerSettings = WorkerSettings(configuration: config, listeners: listen, routing: routing, holdBudget: holdBudget)
+            workerSettings.incomingCPU = steersByCPU ? cpu : nil
             workerSettings.mirror = mirrorPool
             workerSettings.tcpListeners = tcpListen
             workerSettings.handOver = WorkerHandOver(
@@ -301,14 +305,16 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
                 stopAndForgetWorkers()
                 throw SystemCallError("eventfd", "", error)
             }
-            let cpu = cpus.isEmpty ? nil : cpus[index % cpus.count]
             let started = StartupSignal()
             let logger = self.logger
             let thread: WorkerThread
             do throws(Errno) {
                 thread = try WorkerThread(name: "statsrelay-w\(index)", cpu: cpu) { [self] pinning in
+                    var settings = settings
                     if let pinning {
                         logger.warning("worker could not be pinned", metadata: ["worker": "\(index)", "cpu": "\(cpu ?? -1)", "error": "\(pinning.operatorDescription)"])
+                        // Its sockets would take another CPU's datagrams: the hash places them.
+                        settings.incomingCPU = nil
                     }
                     // A worker that never started has nothing counted: its start-up signal carried the error.
                     guard let exit = Self.runWorker(driver: driver, settings: settings, control: control, started: started) else { return }
@@ -687,9 +693,10 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
                 if address.port != 0 && !configuration.reusePortGroup && !held.contains(where: { Self.overlap($0, address) }) {
                     try UDPSocket.probeExclusive(address)
                 }
-                for _ in 0..<workers {
+                for worker in 0..<workers {
                     let socket = try UDPSocket.bound(to: bound, reusePort: true, receiveBufferBytes: configuration.receiveBufferBytes)
                     if configuration.reusePortSteering == .random && workers > 1 { try socket.spreadReusePortGroup(over: workers) }
+                    if steersByCPU, let cpu = assignedCPUs[worker] { try socket.preferIncomingCPU(cpu) }
                     // Port 0: the other workers join the port the first socket was given.
                     bound = socket.localAddress
                     // (A reload is rare: a copy made and closed at once without --control-socket
@@ -967,10 +974,15 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     }
 
     /// The CPUs the workers are pinned to (`--cpus`, else the ones this process may use).
-    public var workerCPUs: [Int] {
-        let cpus = configuration.cpus ?? WorkerThread.allowedCPUs
-        return Array(cpus.prefix(configuration.threads))
-    }
+    public var workerCPUs: [Int] { assignedCPUs.compactMap { $0 } }
+
+    /// The CPU each worker is pinned to, in worker order (`--cpus`, else the ones this process
+    /// could use when the relay was made, taken in turn; `nil` when none could be read).
+    private let assignedCPUs: [Int?]
+
+    /// Whether each worker's listening sockets take the datagrams received on its CPU
+    /// (`--reuseport-steering cpu`; with one worker there is nothing to steer).
+    private var steersByCPU: Bool { configuration.reusePortSteering == .cpu && configuration.threads > 1 }
 
     /// Bytes of hold memory the workers have taken for down backends' packets, all together.
     public var holdBytesInUse: Int { holdBudget.bytesReserved }

@@ -153,6 +153,28 @@ func send(_ datagrams: [String], to address: SocketAddress) throws {
     for datagram in datagrams { try sender.send(Array(datagram.utf8), to: address) }
 }
 
+/// Sends `batch(flow)` for `flows` flows, each from a fresh socket, from a thread pinned to
+/// `cpu`: on loopback the kernel receives each datagram on the sender's CPU (no RPS on `lo`), so
+/// this is how a test makes datagrams arrive on a chosen CPU. Returns every line sent.
+func sendPinned(to cpu: Int, flows: Int, to address: SocketAddress, batch: @escaping @Sendable (Int) -> [String]) throws -> [String] {
+    let outcome = Mutex<Result<[String], any Error>>(.success([]))
+    let thread = try WorkerThread(name: "test-cpu\(cpu)", cpu: cpu) { pinning in
+        outcome.withLock { result in
+            result = Result {
+                if let pinning { throw pinning }
+                var sent: [String] = []
+                for flow in 0..<flows {
+                    try send(batch(flow), to: address)
+                    sent += batch(flow)
+                }
+                return sent
+            }
+        }
+    }
+    thread.join()
+    return try outcome.withLock { try $0.get() }
+}
+
 /// The metric name of a StatsD line: the bytes before the first `:`.
 func metricName(of line: String) -> String { String(line.prefix { $0 != ":" }) }
 

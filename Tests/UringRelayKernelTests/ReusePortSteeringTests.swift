@@ -6,7 +6,7 @@ import Testing
 
 /// `--reuseport-steering`: which worker's socket of a listener's `SO_REUSEPORT` group takes each
 /// datagram. One client socket, two workers: the kernel's hash keeps it on one worker; the random
-/// program spreads it over both.
+/// program spreads it over both; `cpu` gives each worker what arrives on its CPU.
 @Suite("SO_REUSEPORT steering: one busy client over every worker", .serialized, .timeLimit(.minutes(1)))
 struct ReusePortSteeringTests {
     /// A two-worker relay child with `steering`, stopped (SIGSTOP) while one client socket sends
@@ -62,9 +62,125 @@ struct ReusePortSteeringTests {
         #expect(queues.allSatisfy { $0 > 0 }, "queued bytes per worker socket: \(queues)")
     }
 
-    @Test("a bad steering, and random with --reuseport-group, exit 64 naming the option", arguments: [
-        (["--reuseport-steering", "cpu", "127.0.0.1:9"], "reuseport-steering"),
+    /// The first two CPUs this process may use, or a skip where it has fewer.
+    static func twoCPUs() throws -> (Int, Int) {
+        let cpus = WorkerThread.allowedCPUs
+        guard cpus.count >= 2 else { try Test.cancel("needs two CPUs to steer between, has \(cpus)") }
+        return (cpus[0], cpus[1])
+    }
+
+    /// With the relay stopped (SIGSTOP), 16 client sockets send 4 datagrams each from a thread
+    /// on `first`, then 16 more from one on `second`: returns the bytes queued in each of the
+    /// listener's sockets after each, and the lines sent.
+    static func queuesByCPU(address: SocketAddress, first: Int, second: Int) throws -> (first: [Int], second: [Int], lines: [String]) {
+        func batch(_ cpu: Int) -> @Sendable (Int) -> [String] {
+            { flow in (0..<4).map { "cpu\(cpu).flow\(flow).\($0):1|c" } }
+        }
+        var lines = try sendPinned(to: first, flows: 16, to: address, batch: batch(first))
+        let afterFirst = udpReceiveQueues(port: address.port)
+        lines += try sendPinned(to: second, flows: 16, to: address, batch: batch(second))
+        return (afterFirst, udpReceiveQueues(port: address.port), lines)
+    }
+
+    @Test("SO_INCOMING_CPU: of two sockets in a group, each takes every datagram sent from its CPU (16 client sockets each), and reads back its CPU")
+    func incomingCPUPicksTheSocket() throws {
+        let (first, second) = try Self.twoCPUs()
+        let one = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!, reusePort: true)
+        let address = one.localAddress
+        let other = try UDPSocket.bound(to: address, reusePort: true)
+        try one.preferIncomingCPU(first)
+        try other.preferIncomingCPU(second)
+        #expect(one.incomingCPU == first && other.incomingCPU == second)
+        let (afterFirst, afterSecond, _) = try Self.queuesByCPU(address: address, first: first, second: second)
+        #expect(afterFirst.count == 2 && afterFirst.filter { $0 > 0 }.count == 1, "after the first CPU's flows: \(afterFirst)")
+        #expect(afterSecond.count == 2 && afterSecond.allSatisfy { $0 > 0 }, "after the second CPU's: \(afterSecond)")
+        #expect(zip(afterFirst, afterSecond).filter { $0 == $1 }.count == 1, "the first CPU's socket took none of the second's: \(afterFirst) → \(afterSecond)")
+        try other.preferIncomingCPU(nil)
+        #expect(other.incomingCPU == nil)
+    }
+
+    @Test("cpu: 16 client sockets on one CPU all wait in one worker's socket, 16 on the other CPU all in the other worker's, and every line reaches its backend", arguments: ioDrivers)
+    func cpuSteersByReceivingCPU(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let (first, second) = try Self.twoCPUs()
+        let backends = try (0..<2).map { _ in try TestBackend() }
+        let relay = try RelayProcess(
+            driver: driver,
+            ["--bind", "127.0.0.1", "--port", "0", "--rcvbuf", "4M", "--reuseport-steering", "cpu",
+             "--threads", "2", "--cpus", "\(first),\(second)"] + backends.map(\.spec))
+        let address = try relay.listenAddress()
+        try Self.expectSteeredByCPU(relay: relay, address: address, cpus: (first, second), backends: backends)
+    }
+
+    /// Stops `relay` (two workers pinned to `cpus`, on `address`, relaying to `backends`) while
+    /// 16 client sockets send from each CPU in turn: checks that each CPU's datagrams all wait
+    /// in one socket, a different one per CPU; then resumes and stops it, checking every line
+    /// reached the backend its hash names, the relay exited 0 and ran two workers.
+    static func expectSteeredByCPU(relay: RelayProcess, address: SocketAddress, cpus: (Int, Int), backends: [TestBackend]) throws {
+        try #require(relay.suspend(), "the relay did not stop")
+        let (afterFirst, afterSecond, lines) = try queuesByCPU(address: address, first: cpus.0, second: cpus.1)
+        relay.signal(SIGCONT)
+        let received = try collect(from: backends, expectedLines: lines.count)
+        relay.signal(SIGTERM)
+        #expect(relay.waitForExit() == 0, "\(relay.standardError)")
+        // With the hash, 16 flows all on one of two sockets would be a 1 in 2^15 chance.
+        #expect(afterFirst.count == 2 && afterFirst.filter { $0 > 0 }.count == 1, "after CPU \(cpus.0)'s flows: \(afterFirst)")
+        #expect(afterSecond.count == 2 && afterSecond.allSatisfy { $0 > 0 }, "after CPU \(cpus.1)'s: \(afterSecond)")
+        #expect(zip(afterFirst, afterSecond).filter { $0 == $1 }.count == 1, "CPU \(cpus.0)'s socket took none of CPU \(cpus.1)'s: \(afterFirst) → \(afterSecond)")
+        for backend in 0..<backends.count {
+            #expect(
+                received.lines[backend].sorted() == lines.filter { expectedBackend(of: $0, backends: backends.count) == backend }.sorted(),
+                "backend \(backend)")
+        }
+        #expect(relay.standardError.contains("threads=2"))
+    }
+
+    /// The CPU preference (`SO_INCOMING_CPU`) of every UDP socket this process holds on `port`,
+    /// read through a duplicate of each descriptor in `/proc/self/fd`.
+    static func incomingCPUs(port: UInt16) -> [Int?] {
+        let descriptors = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
+        return descriptors.compactMap { name -> Int?? in
+            guard let descriptor = Int32(name),
+                  let link = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(name)"),
+                  link.hasPrefix("socket:") else { return nil }
+            let copy = fcntl(descriptor, F_DUPFD_CLOEXEC, 0)
+            guard copy >= 0 else { return nil }
+            let socket = UDPSocket.adopting(descriptor: copy)
+            let address = socket.localAddress
+            guard address.family != .unix, address.port == port else { return nil }
+            return .some(socket.incomingCPU)
+        }
+    }
+
+    @Test("cpu: the start-up listener's sockets prefer the two workers' CPUs, and so do those of a listener a reload adds", arguments: ioDrivers)
+    func reloadAddsSteeredListener(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let (first, second) = try Self.twoCPUs()
+        let backends = try (0..<2).map { _ in try TestBackend() }
+        let relay = try InProcessRelay(backends: backends, driver: driver) { configuration in
+            configuration.threads = 2
+            configuration.cpus = [first, second]
+            configuration.reusePortSteering = .cpu
+        }
+        #expect(relay.relay.driver == driver)
+        let started = Self.incomingCPUs(port: relay.address.port)
+        // A port free a moment ago for the new listener (bound again at once by the reload).
+        let newPort = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!).localAddress.port
+        var next = relay.relay.configurationInForce
+        next.additionalListeners.append(SocketAddress(numericHost: "127.0.0.1", port: newPort)!)
+        let plan = try relay.relay.reload(to: next)
+        #expect(plan.applied.map(\.key) == ["listeners"])
+        let added = Self.incomingCPUs(port: newPort)
+        _ = relay.stop()
+        // Each worker's socket may have duplicates (the worker's and the takeover registry's).
+        #expect(Set(started) == [first, second], "the start-up listener's sockets: \(started)")
+        #expect(Set(added) == [first, second], "the added listener's sockets: \(added)")
+    }
+
+    @Test("a bad steering, and random or cpu with --reuseport-group, exit 64 naming the option", arguments: [
+        (["--reuseport-steering", "round-robin", "127.0.0.1:9"], "reuseport-steering"),
         (["--reuseport-steering", "random", "--reuseport-group", "127.0.0.1:9"], "--reuseport-steering 'random'"),
+        (["--reuseport-steering", "cpu", "--reuseport-group", "127.0.0.1:9"], "--reuseport-steering 'cpu'"),
     ])
     func badSteering(_ arguments: [String], _ message: String) throws {
         let result = try RelayProcess.run(arguments)

@@ -245,10 +245,10 @@ public struct RelayConfiguration: Sendable, Equatable {
         if !(1...256).contains(threads) {
             throw ConfigurationError(argument: "--threads", value: "\(threads)", reason: "must be 1-256")
         }
-        if reusePortSteering == .random && reusePortGroup {
+        if reusePortSteering != .hash && reusePortGroup {
             throw ConfigurationError(
                 argument: "--reuseport-steering", value: reusePortSteering.rawValue,
-                reason: "cannot be used with --reuseport-group: the program steers over this relay's workers only, and would starve or overrun the other processes' sockets in the group")
+                reason: "cannot be used with --reuseport-group: it steers over this relay's workers only, and would starve or overrun the other processes' sockets in the group")
         }
         if let cpus, cpus.count < threads {
             throw ConfigurationError(

@@ -35,6 +35,10 @@ public struct WorkerSettings: Sendable {
     /// Spread each listener's datagrams at random over this many workers' sockets
     /// (`--reuseport-steering random` with several workers), or `nil` for the kernel's hash.
     public var reusePortSpread: Int?
+    /// The CPU whose datagrams this worker's listening sockets take (`--reuseport-steering cpu`
+    /// with several workers: the CPU the worker is pinned to), or `nil` for none. Set per worker
+    /// by the relay; `nil` here also clears what a previous process set on inherited sockets.
+    public var incomingCPU: Int?
     /// `SO_SNDBUF` requested for each backend socket (see `RelayConfiguration.backendSendBufferBytes`).
     public var backendSendBufferBytes: Int
     /// `--validate` (fixed for the worker's life).

@@ -19,8 +19,12 @@ enum WorkerSetup {
                 // replaces it (one program per group, so worker 0 sets it for all). A socket
                 // every worker reads (a Unix listener's included) is in no group.
                 let shared = index < handOver.sharedByWorkers.count && handOver.sharedByWorkers[index]
-                if handOver.worker == 0 && !shared && address.family != .unix {
-                    if let spread = settings.reusePortSpread { try socket.spreadReusePortGroup(over: spread) } else { try socket.hashReusePortGroup() }
+                if !shared && address.family != .unix {
+                    if handOver.worker == 0 {
+                        if let spread = settings.reusePortSpread { try socket.spreadReusePortGroup(over: spread) } else { try socket.hashReusePortGroup() }
+                    }
+                    // Each socket's CPU is its own: every worker sets (or clears) its own.
+                    try socket.preferIncomingCPU(settings.incomingCPU)
                 }
             } else if let shared = settings.handOver?.shared[index] {
                 // A Unix datagram listener: bound once by the relay, read by every worker.
@@ -30,6 +34,7 @@ enum WorkerSetup {
             } else {
                 socket = try UDPSocket.bound(to: address, reusePort: true, receiveBufferBytes: settings.receiveBufferBytes)
                 if let spread = settings.reusePortSpread { try socket.spreadReusePortGroup(over: spread) }
+                if let cpu = settings.incomingCPU { try socket.preferIncomingCPU(cpu) }
             }
             if let handOver = settings.handOver, handOver.registry.keepsCopies {
                 handOver.registry.keep(SocketBox(try socket.duplicate()), listener: UInt32(index), worker: handOver.worker)
