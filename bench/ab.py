@@ -34,6 +34,8 @@ def main() -> int:
     parser.add_argument("--live-rate", type=float, default=0, help="run.py --live-rate (live workloads; 0 = flat out)")
     parser.add_argument("--loadgen-batch", type=int, help="run.py --loadgen-batch")
     parser.add_argument("--loadgen-sockets", type=int, help="run.py --loadgen-sockets")
+    parser.add_argument("--loadgen-cpus", help="run.py --loadgen-cpus (one pinned load generator per CPU)")
+    parser.add_argument("--relay-args", help="run.py --relay-args, the same for every variant")
     parser.add_argument("--out", default=str(BENCH / "results" / "ab" / time.strftime("%Y-%m-%dT%H%M%S")))
     args = parser.parse_args()
     variants = []
@@ -59,6 +61,10 @@ def main() -> int:
                 command += ["--loadgen-batch", str(args.loadgen_batch)]
             if args.loadgen_sockets:
                 command += ["--loadgen-sockets", str(args.loadgen_sockets)]
+            if args.loadgen_cpus:
+                command += ["--loadgen-cpus", args.loadgen_cpus]
+            if args.relay_args:
+                command += ["--relay-args", args.relay_args]
             if backend:
                 command += ["--io-backend", backend]
             print(f"... round {round_number + 1}/{args.rounds} {label}", flush=True)
@@ -99,6 +105,7 @@ def main() -> int:
                                                    "baseline_mode": args.baseline_mode, "live_rate": args.live_rate,
                                                    "loadgen_batch": args.loadgen_batch,
                                                    "loadgen_sockets": args.loadgen_sockets,
+                                                   "loadgen_cpus": args.loadgen_cpus, "relay_args": args.relay_args,
                                                    "threads": args.threads, "summary": summary}, indent=1))
     print(f"\nwrote {out / 'summary.json'}")
     return 0

@@ -298,6 +298,33 @@ def wait_stopped(child: Child, timeout: float = 2.0) -> bool:
 # Measurements
 
 
+def merge_loadgen(parts: list[dict]) -> dict:
+    """The JSON of several loadgen processes (or dry runs) as if one had sent it all: counts and
+    the wrapping line checksum summed, the send window from the first start to the last end."""
+    if len(parts) == 1:
+        return parts[0]
+    merged = dict(parts[0])
+    for key in ("datagrams_sent", "lines_sent", "bytes_sent", "sendmmsg_calls", "sendmmsg_errors"):
+        if key in merged:
+            merged[key] = sum(part[key] for part in parts)
+    merged["line_checksum"] = f"{sum(int(part['line_checksum'], 16) for part in parts) % (1 << 64):016x}"
+    if "start_monotonic" in merged:
+        merged["start_monotonic"] = min(part["start_monotonic"] for part in parts)
+        merged["end_monotonic"] = max(part["end_monotonic"] for part in parts)
+        elapsed = merged["end_monotonic"] - merged["start_monotonic"]
+        merged["seconds"] = elapsed
+        merged["datagrams_per_s"] = merged["datagrams_sent"] / elapsed if elapsed > 0 else 0
+        merged["lines_per_s"] = merged["lines_sent"] / elapsed if elapsed > 0 else 0
+        merged["stopped_by"] = "count" if all(part["stopped_by"] == "count" for part in parts) else "duration"
+        errors: dict[str, int] = {}
+        for part in parts:
+            for name, count in part.get("errors", {}).items():
+                errors[name] = errors.get(name, 0) + count
+        merged["errors"] = errors
+    merged["processes"] = len(parts)
+    return merged
+
+
 class Bench:
     """Everything one invocation needs: tool paths, options, a scratch directory and the shared context."""
 
@@ -316,13 +343,16 @@ class Bench:
         return str(TOOLS_DIR / tool)
 
     def loadgen_argv(self, workload: Workload, dry_run: bool = False) -> list[str]:
-        """The loadgen command line of a workload, aimed at the relay or baseline port."""
+        """The loadgen command line of a workload, aimed at the relay or baseline port: with
+        --loadgen-cpus, that of each of its processes (its share of the count, rate and sockets)."""
+        parts = len(self.args.loadgen_cpu_list) or 1
         argv = [self.path("loadgen"), "--target", f"{LOOPBACK}:{self.port}",
-                "--count", str(workload.count), "--duration", str(workload.duration),
+                "--count", str(workload.count // parts), "--duration", str(workload.duration),
                 "--mode", workload.mode, "--size", "1400", "--names", str(self.args.names),
-                "--batch", str(self.args.loadgen_batch), "--sockets", str(self.args.loadgen_sockets), "--seed", str(self.args.seed)]
+                "--batch", str(self.args.loadgen_batch), "--sockets", str(max(1, self.args.loadgen_sockets // parts)),
+                "--seed", str(self.args.seed)]
         if workload.kind == "live" and self.args.live_rate > 0:
-            argv += ["--rate", str(self.args.live_rate)]
+            argv += ["--rate", str(self.args.live_rate / parts)]
         if self.args.compact:
             argv.append("--compact")
         if dry_run:
@@ -334,7 +364,9 @@ class Bench:
         if workload.name not in self.plans:
             output = subprocess.run(self.loadgen_argv(workload, dry_run=True), capture_output=True,
                                     text=True, timeout=120, check=True).stdout
-            self.plans[workload.name] = json.loads(output)
+            part = json.loads(output)
+            # Every process of --loadgen-cpus sends the same datagrams (same seed and share).
+            self.plans[workload.name] = merge_loadgen([part] * max(1, len(self.args.loadgen_cpu_list)))
         return self.plans[workload.name]
 
     def relay_argv(self, threads: int) -> list[str]:
@@ -366,17 +398,26 @@ class Bench:
         return Child(f"{self.counter:03d}-{name}", argv, self.workdir)
 
     def run_loadgen(self, workload: Workload) -> dict:
-        """Runs loadgen to completion (bounded) and returns its JSON."""
-        loadgen = self.child("loadgen", self.loadgen_argv(workload))
-        if loadgen.wait(workload.duration + 60) is None:
-            loadgen.stop()
-            raise RuntimeError("loadgen did not finish within its duration + 60 s")
-        result = loadgen.json()
-        if loadgen.process.returncode != 0 or result is None:
-            raise RuntimeError(f"loadgen failed ({loadgen.process.returncode}): "
-                               + " | ".join(loadgen.stderr_lines()[-5:]))
-        loadgen.forget()
-        return result
+        """Runs loadgen to completion (bounded) and returns its JSON: with --loadgen-cpus, one
+        process pinned to each CPU listed, all at once, their JSON merged."""
+        argv = self.loadgen_argv(workload)
+        cpus = self.args.loadgen_cpu_list
+        loadgens = [self.child(f"loadgen-cpu{cpu}", ["taskset", "-c", str(cpu)] + argv) for cpu in cpus] \
+            or [self.child("loadgen", argv)]
+        deadline = monotonic() + workload.duration + 60
+        results = []
+        for loadgen in loadgens:
+            if loadgen.wait(deadline - monotonic()) is None:
+                for running in loadgens:
+                    running.stop()
+                raise RuntimeError("loadgen did not finish within its duration + 60 s")
+            result = loadgen.json()
+            if loadgen.process.returncode != 0 or result is None:
+                raise RuntimeError(f"loadgen failed ({loadgen.process.returncode}): "
+                                   + " | ".join(loadgen.stderr_lines()[-5:]))
+            loadgen.forget()
+            results.append(result)
+        return merge_loadgen(results) if cpus else results[0]
 
     def start_relay(self, threads: int) -> Child:
         """Starts the relay and waits until it listens."""
@@ -401,7 +442,7 @@ class Bench:
             "threads": threads, "run": run, "date": datetime.datetime.now().astimezone().isoformat(),
             "loadavg": Path("/proc/loadavg").read_text().split()[:3],
             "kernel": self.context["kernel"], "liburing": self.context["liburing"],
-            "loadgen_args": self.loadgen_argv(workload)[1:], "problems": [],
+            "loadgen_args": self.loadgen_argv(workload)[1:], "loadgen_cpus": self.args.loadgen_cpu_list, "problems": [],
         }
         ensure_ports_free([self.port])
         try:
@@ -842,6 +883,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--loadgen-sockets", type=int, default=LOADGEN_SOCKETS,
                         help=f"the load generator's sending sockets (distinct source ports, default {LOADGEN_SOCKETS}); "
                              "1 is one busy client, which SO_REUSEPORT's hash keeps on one worker")
+    parser.add_argument("--loadgen-cpus", default="",
+                        help="comma-separated CPUs: run one load generator per CPU, pinned there (taskset), "
+                             "each sending its share of the count, rate and sockets at once, so datagrams "
+                             "arrive on every CPU listed (on loopback the kernel receives a datagram on its "
+                             "sender's CPU); default: one process where the scheduler puts it")
     parser.add_argument("--live-sinks", action="store_true",
                         help="drain: let the sinks read while the relay drains (by default they are stopped until "
                              "the relay is done, so they do not compete for the cores; the time is the kernel's "
@@ -863,6 +909,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.threads = "1" if args.quick else "1,2"
     if args.runs is None:
         args.runs = 1 if args.quick else 3
+    try:
+        args.loadgen_cpu_list = [int(value) for value in args.loadgen_cpus.split(",") if value.strip()]
+    except ValueError:
+        parser.error("--loadgen-cpus takes comma-separated CPU numbers")
     if args.loadgen_batch < 1 or args.loadgen_batch > 1024:
         parser.error("--loadgen-batch must be within 1..1024")
     if args.runs < 1 or args.runs > 50:
