@@ -13,6 +13,22 @@ public enum KernelSupport {
         }
     }
 
+    /// The major and minor version of a kernel release (`6.18.44-fc-v1252` → 6, 18), or `nil`
+    /// when `release` does not start with two dot-separated numbers.
+    public static func version(of release: String) -> (major: Int, minor: Int)? {
+        let parts = release.split(separator: ".", maxSplits: 2, omittingEmptySubsequences: false)
+        guard parts.count >= 2, let major = Int(parts[0]),
+              let minor = Int(parts[1].prefix { ("0"..."9").contains($0) }) else { return nil }
+        return (major, minor)
+    }
+
+    /// Whether the running kernel is `major.minor` or newer; `false` when its release cannot
+    /// be read as a version.
+    public static func isAtLeast(_ major: Int, _ minor: Int) -> Bool {
+        guard let running = version(of: release) else { return false }
+        return (running.major, running.minor) >= (major, minor)
+    }
+
     /// Why the io_uring driver cannot run here with the default sizes (128 receive buffers of
     /// 8192 bytes, 1400-byte packets, one backend), or `nil` when it can (the `auto` ladder's
     /// probe, run once): tests skip their io_uring cases on it.

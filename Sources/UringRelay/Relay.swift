@@ -265,6 +265,10 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         } else {
             logger.info("io_backend=\(driver.rawValue)")
         }
+        if steersByCPU && !KernelSupport.isAtLeast(6, 1) {
+            // The option is taken, but the reuseport selection looks at it only from 6.1 on.
+            logger.warning("--reuseport-steering cpu needs Linux 6.1 or newer: the kernel's hash still picks each datagram's worker", metadata: ["kernel": "\(KernelSupport.release)"])
+        }
         do throws(Errno) { try monitor.start(listeners: facts.listeners) } catch {
             stopAndJoin()
             throw SystemCallError("pthread_create", "health monitor", error)
