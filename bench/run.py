@@ -913,6 +913,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.loadgen_cpu_list = [int(value) for value in args.loadgen_cpus.split(",") if value.strip()]
     except ValueError:
         parser.error("--loadgen-cpus takes comma-separated CPU numbers")
+    if args.loadgen_cpu_list and args.loadgen_sockets < len(args.loadgen_cpu_list):
+        parser.error("--loadgen-cpus needs at least one sending socket per CPU (--loadgen-sockets)")
     if args.loadgen_batch < 1 or args.loadgen_batch > 1024:
         parser.error("--loadgen-batch must be within 1..1024")
     if args.runs < 1 or args.runs > 50:
@@ -939,6 +941,10 @@ def main(argv: list[str]) -> int:
                  "root), pass --relay PATH, or measure only the baseline with --baseline-only")
     ensure_tools(not args.no_build)
     selected = select_workloads(args.workloads, workloads(args.quick))
+    parts = len(args.loadgen_cpu_list)
+    if parts and any(workload.count % parts for workload in selected):
+        sys.exit(f"run.py: --loadgen-cpus splits each workload's count over {parts} processes; "
+                 f"counts {[workload.count for workload in selected]} do not divide")
     workdir = Path(tempfile.mkdtemp(prefix="statsrelay-bench-"))
     bench = Bench(args, workdir)
     if args.baseline_only:

@@ -13,20 +13,30 @@ public enum KernelSupport {
         }
     }
 
-    /// The major and minor version of a kernel release (`6.18.44-fc-v1252` → 6, 18), or `nil`
-    /// when `release` does not start with two dot-separated numbers.
-    public static func version(of release: String) -> (major: Int, minor: Int)? {
-        let parts = release.split(separator: ".", maxSplits: 2, omittingEmptySubsequences: false)
-        guard parts.count >= 2, let major = Int(parts[0]),
-              let minor = Int(parts[1].prefix { ("0"..."9").contains($0) }) else { return nil }
-        return (major, minor)
+    /// The version a kernel release starts with (`6.18.44-fc-v1252` → 6, 18, 44; a missing
+    /// patch level is 0), or `nil` when `release` does not start with two dot-separated numbers.
+    public static func version(of release: String) -> (major: Int, minor: Int, patch: Int)? {
+        func number(_ text: Substring) -> Int? { Int(text.prefix { ("0"..."9").contains($0) }) }
+        let parts = release.split(separator: ".", maxSplits: 3, omittingEmptySubsequences: false)
+        guard parts.count >= 2, let major = Int(parts[0]), let minor = number(parts[1]) else { return nil }
+        // "6.10-rc3": the minor's digits end the version.
+        let patch = parts.count > 2 && parts[1].allSatisfy({ ("0"..."9").contains($0) }) ? number(parts[2]) ?? 0 : 0
+        return (major, minor, patch)
     }
 
-    /// Whether the running kernel is `major.minor` or newer; `false` when its release cannot
-    /// be read as a version.
-    public static func isAtLeast(_ major: Int, _ minor: Int) -> Bool {
-        guard let running = version(of: release) else { return false }
-        return (running.major, running.minor) >= (major, minor)
+    /// Whether a kernel of `release` picks a socket of a `SO_REUSEPORT` group by the CPU each
+    /// set with `SO_INCOMING_CPU`: from Linux 6.2 (commit b261eda84ec1), and the stable 6.1.2,
+    /// 6.0.16 and 5.15.86 it was backported to. Earlier kernels take the option, but their fast
+    /// reuseport selection hashes past it. (A distribution may have backported it elsewhere.)
+    public static func selectsReusePortByIncomingCPU(release: String) -> Bool {
+        guard let (major, minor, patch) = version(of: release) else { return false }
+        switch (major, minor) {
+        case let (major, minor) where (major, minor) >= (6, 2): return true
+        case (6, 1): return patch >= 2
+        case (6, 0): return patch >= 16
+        case (5, 15): return patch >= 86
+        default: return false
+        }
     }
 
     /// Why the io_uring driver cannot run here with the default sizes (128 receive buffers of

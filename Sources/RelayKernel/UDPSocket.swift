@@ -104,10 +104,11 @@ public struct UDPSocket: ~Copyable {
     /// Makes this socket the one of its `SO_REUSEPORT` group that takes the datagrams the
     /// kernel receives on `cpu` (`SO_INCOMING_CPU`), or, with `nil`, takes that preference off.
     ///
-    /// Once any socket of a group has a CPU set (Linux 6.1 on), the kernel's hash picks a
-    /// datagram's socket among those whose CPU is the one processing it (the sender's CPU on
-    /// loopback, the receive queue's interrupt CPU for a NIC), and among all when none has it.
-    /// An older kernel takes the option without steering by it. A program attached to the group
+    /// Once any socket of a group has a CPU set (`KernelSupport.selectsReusePortByIncomingCPU`:
+    /// Linux 6.2 on), the kernel takes, from the socket its hash points at onwards, the first
+    /// whose CPU is the one doing the datagram's protocol processing (the sender's on loopback;
+    /// for a NIC the receive interrupt's, or the one RPS picks), and the hashed one when none
+    /// has that CPU. An older kernel takes the option without steering by it. A program attached to the group
     /// (`spreadReusePortGroup(over:)`) decides before the preference is looked at.
     ///
     /// - Throws: `SystemCallError` for `setsockopt SO_INCOMING_CPU`.

@@ -265,9 +265,9 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         } else {
             logger.info("io_backend=\(driver.rawValue)")
         }
-        if steersByCPU && !KernelSupport.isAtLeast(6, 1) {
-            // The option is taken, but the reuseport selection looks at it only from 6.1 on.
-            logger.warning("--reuseport-steering cpu needs Linux 6.1 or newer: the kernel's hash still picks each datagram's worker", metadata: ["kernel": "\(KernelSupport.release)"])
+        if steersByCPU && !KernelSupport.selectsReusePortByIncomingCPU(release: KernelSupport.release) {
+            // The option is taken either way; an older selection hashes past it.
+            logger.warning("--reuseport-steering cpu may not steer on this kernel: the selection by SO_INCOMING_CPU came with Linux 6.2 (stable 6.1.2, 6.0.16, 5.15.86); without it the kernel's hash picks each datagram's worker", metadata: ["kernel": "\(KernelSupport.release)"])
         }
         do throws(Errno) { try monitor.start(listeners: facts.listeners) } catch {
             stopAndJoin()
@@ -697,10 +697,10 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
                 if address.port != 0 && !configuration.reusePortGroup && !held.contains(where: { Self.overlap($0, address) }) {
                     try UDPSocket.probeExclusive(address)
                 }
-                for worker in 0..<workers {
+                for _ in 0..<workers {
                     let socket = try UDPSocket.bound(to: bound, reusePort: true, receiveBufferBytes: configuration.receiveBufferBytes)
                     if configuration.reusePortSteering == .random && workers > 1 { try socket.spreadReusePortGroup(over: workers) }
-                    if steersByCPU, let cpu = assignedCPUs[worker] { try socket.preferIncomingCPU(cpu) }
+                    // `--reuseport-steering cpu`: each worker sets its CPU as it takes the socket.
                     // Port 0: the other workers join the port the first socket was given.
                     bound = socket.localAddress
                     // (A reload is rare: a copy made and closed at once without --control-socket

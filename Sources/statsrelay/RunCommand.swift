@@ -79,7 +79,7 @@ struct RunCommand: ParsableCommand {
     @Flag(name: .customLong("reuseport-group"), inversion: .prefixedNo, help: "Share the port with other processes' SO_REUSEPORT sockets (the kernel splits the traffic between them). Without it the relay refuses a port another socket holds (default: off).")
     var reusePortGroup: Bool?
 
-    @Option(name: .customLong("reuseport-steering"), help: "hash (the kernel's: one client socket stays on one worker), random (a BPF program spreads every datagram over all workers, so one busy client uses them all; a client's datagrams may then be relayed out of order) or cpu (each worker takes what the kernel receives on its CPU, so a datagram is read where it arrived; Linux 6.1+) (default: hash).")
+    @Option(name: .customLong("reuseport-steering"), help: "hash (the kernel's: one client socket stays on one worker), random (a BPF program spreads every datagram over all workers, so one busy client uses them all; a client's datagrams may then be relayed out of order) or cpu (each worker takes what the kernel receives on its CPU, so a datagram is read where it arrived; Linux 6.2+) (default: hash).")
     var reusePortSteering: String?
 
     @Option(name: .customLong("io-backend"), help: "auto (io_uring where the kernel allows it, else portable), uring or portable (recvmmsg/sendmmsg) (default: auto).")

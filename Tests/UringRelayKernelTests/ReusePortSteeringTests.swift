@@ -69,6 +69,19 @@ struct ReusePortSteeringTests {
         return (cpus[0], cpus[1])
     }
 
+    /// `twoCPUs()`, where loopback datagrams can be steered by the CPU that sends them: a skip
+    /// on a kernel whose reuseport selection ignores `SO_INCOMING_CPU`, or with RPS on `lo`
+    /// (another CPU would then receive them).
+    static func steeringCPUs() throws -> (Int, Int) {
+        let cpus = try twoCPUs()
+        guard KernelSupport.selectsReusePortByIncomingCPU(release: KernelSupport.release) else {
+            try Test.cancel("kernel \(KernelSupport.release) does not select reuseport sockets by SO_INCOMING_CPU")
+        }
+        let rps = (try? String(contentsOfFile: "/sys/class/net/lo/queues/rx-0/rps_cpus", encoding: .utf8)) ?? ""
+        guard rps.allSatisfy({ "0,\n".contains($0) }) else { try Test.cancel("RPS is on for lo (rps_cpus \(rps)): loopback datagrams are received on other CPUs") }
+        return cpus
+    }
+
     /// With the relay stopped (SIGSTOP), 16 client sockets send 4 datagrams each from a thread
     /// on `first`, then 16 more from one on `second`: returns the bytes queued in each of the
     /// listener's sockets after each, and the lines sent.
@@ -84,7 +97,7 @@ struct ReusePortSteeringTests {
 
     @Test("SO_INCOMING_CPU: of two sockets in a group, each takes every datagram sent from its CPU (16 client sockets each), and reads back its CPU")
     func incomingCPUPicksTheSocket() throws {
-        let (first, second) = try Self.twoCPUs()
+        let (first, second) = try Self.steeringCPUs()
         let one = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!, reusePort: true)
         let address = one.localAddress
         let other = try UDPSocket.bound(to: address, reusePort: true)
@@ -102,7 +115,7 @@ struct ReusePortSteeringTests {
     @Test("cpu: 16 client sockets on one CPU all wait in one worker's socket, 16 on the other CPU all in the other worker's, and every line reaches its backend", arguments: ioDrivers)
     func cpuSteersByReceivingCPU(driver: IOBackendChoice) throws {
         try requireDriver(driver)
-        let (first, second) = try Self.twoCPUs()
+        let (first, second) = try Self.steeringCPUs()
         let backends = try (0..<2).map { _ in try TestBackend() }
         let relay = try RelayProcess(
             driver: driver,
@@ -135,46 +148,35 @@ struct ReusePortSteeringTests {
         #expect(relay.standardError.contains("threads=2"))
     }
 
-    /// The CPU preference (`SO_INCOMING_CPU`) of every UDP socket this process holds on `port`,
-    /// read through a duplicate of each descriptor in `/proc/self/fd`.
-    static func incomingCPUs(port: UInt16) -> [Int?] {
-        let descriptors = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
-        return descriptors.compactMap { name -> Int?? in
-            guard let descriptor = Int32(name),
-                  let link = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(name)"),
-                  link.hasPrefix("socket:") else { return nil }
-            let copy = fcntl(descriptor, F_DUPFD_CLOEXEC, 0)
-            guard copy >= 0 else { return nil }
-            let socket = UDPSocket.adopting(descriptor: copy)
-            let address = socket.localAddress
-            guard address.family != .unix, address.port == port else { return nil }
-            return .some(socket.incomingCPU)
-        }
-    }
-
-    @Test("cpu: the start-up listener's sockets prefer the two workers' CPUs, and so do those of a listener a reload adds", arguments: ioDrivers)
+    @Test("cpu: each worker's socket prefers the CPU that worker is pinned to, and so does its socket of a listener a reload adds", arguments: ioDrivers)
     func reloadAddsSteeredListener(driver: IOBackendChoice) throws {
         try requireDriver(driver)
         let (first, second) = try Self.twoCPUs()
         let backends = try (0..<2).map { _ in try TestBackend() }
         let relay = try InProcessRelay(backends: backends, driver: driver) { configuration in
             configuration.threads = 2
-            configuration.cpus = [first, second]
+            // Reversed, so that a worker taking the other's CPU, or the CPUs in list order, shows.
+            configuration.cpus = [second, first]
             configuration.reusePortSteering = .cpu
+            // The takeover registry's copies of each worker's sockets, in worker order (never served).
+            configuration.controlSocket = "/run/statsrelay/control.sock"
         }
         #expect(relay.relay.driver == driver)
-        let started = Self.incomingCPUs(port: relay.address.port)
+        let registry = relay.relay.listenerRegistry
+        let started = registry.sockets(listener: 0, workers: 2)?.map { $0.socket.incomingCPU }
         // A port free a moment ago for the new listener (bound again at once by the reload).
         let newPort = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!).localAddress.port
         var next = relay.relay.configurationInForce
         next.additionalListeners.append(SocketAddress(numericHost: "127.0.0.1", port: newPort)!)
         let plan = try relay.relay.reload(to: next)
         #expect(plan.applied.map(\.key) == ["listeners"])
-        let added = Self.incomingCPUs(port: newPort)
+        #expect(plan.workersNotApplied == 0)
+        let added = registry.sockets(listener: 1, workers: 2)?.map { $0.socket.incomingCPU }
+        let addedPorts = registry.sockets(listener: 1, workers: 2)?.map { $0.socket.localAddress.port }
         _ = relay.stop()
-        // Each worker's socket may have duplicates (the worker's and the takeover registry's).
-        #expect(Set(started) == [first, second], "the start-up listener's sockets: \(started)")
-        #expect(Set(added) == [first, second], "the added listener's sockets: \(added)")
+        #expect(started == [second, first], "the start-up listener's sockets, by worker")
+        #expect(addedPorts == [newPort, newPort])
+        #expect(added == [second, first], "the added listener's sockets, by worker")
     }
 
     @Test("a bad steering, and random or cpu with --reuseport-group, exit 64 naming the option", arguments: [

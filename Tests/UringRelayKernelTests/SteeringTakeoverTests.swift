@@ -59,7 +59,7 @@ struct SteeringTakeoverTests {
     @Test("hash, then a takeover asking for cpu: each CPU's 16 client sockets all wait in one worker's socket, a different one per CPU", arguments: ioDrivers)
     func cpuReplacesHash(driver: IOBackendChoice) throws {
         try requireDriver(driver)
-        let cpus = try ReusePortSteeringTests.twoCPUs()
+        let cpus = try ReusePortSteeringTests.steeringCPUs()
         let (relay, address, backends) = try takeover(driver: driver, before: .hash, after: .cpu, cpus: cpus)
         try ReusePortSteeringTests.expectSteeredByCPU(relay: relay, address: address, cpus: cpus, backends: backends)
     }
@@ -67,7 +67,7 @@ struct SteeringTakeoverTests {
     @Test("cpu, then a takeover asking for hash: 32 client sockets on one CPU spread over both workers' sockets again", arguments: ioDrivers)
     func hashReplacesCPU(driver: IOBackendChoice) throws {
         try requireDriver(driver)
-        let cpus = try ReusePortSteeringTests.twoCPUs()
+        let cpus = try ReusePortSteeringTests.steeringCPUs()
         let (relay, address, backends) = try takeover(driver: driver, before: .cpu, after: .hash, cpus: cpus)
         try #require(relay.suspend(), "the relay did not stop")
         let lines = try sendPinned(to: cpus.0, flows: 32, to: address) { flow in ["spread.\(flow):1|c"] }

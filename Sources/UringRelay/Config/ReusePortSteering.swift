@@ -11,7 +11,7 @@ public enum ReusePortSteering: String, CaseIterable, Sendable {
     /// either order (see docs/operations.md: a gauge's last value may be an earlier one).
     case random
     /// Each worker's socket takes the datagrams the kernel receives on the CPU that worker is
-    /// pinned to (`SO_INCOMING_CPU`, Linux 6.1 on), and the kernel's hash places those received
+    /// pinned to (`SO_INCOMING_CPU`; Linux 6.2 on, stable 6.1.2, 6.0.16, 5.15.86), and the kernel's hash places those received
     /// on a CPU without a worker. A datagram is then read, and its buffer freed, on the CPU that
     /// received it: no cross-CPU frees or their interrupts. Clients keep their order as with
     /// `hash` while their traffic arrives on one CPU (a NIC's receive queue, or a loopback

@@ -126,6 +126,9 @@ struct WorkerListeners: ~Copyable {
     /// worker reads: only worker 0 counts its kernel drops.
     mutating func add(id: UInt32, socket: consuming UDPSocket, core: inout RelayCore) {
         let address = socket.localAddress
+        // As `WorkerSetup.listeners` does at start: this worker's CPU (`nil` if its pinning
+        // failed), which only the worker knows. setsockopt on an open UDP socket does not fail.
+        if address.family != .unix, let cpu = core.settings.incomingCPU { try? socket.preferIncomingCPU(cpu) }
         core.nameListener(id: id, label: WorkerSetup.label(address))
         var listener = WorkerListener(id: id, socket: socket)
         listener.countsDrops = address.family != .unix || (core.settings.handOver?.worker ?? 0) == 0
