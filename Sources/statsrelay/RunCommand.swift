@@ -802,6 +802,8 @@ struct RunCommand: ParsableCommand {
             "rcvbuf_requested": "\(configuration.receiveBufferBytes)",
             "rcvbuf_obtained": "\(facts.receiveBufferBytes)",
             "threads": "\(configuration.threads)",
+            "cpus": "\(relay.workerCPUs.map(String.init).joined(separator: ","))",
+            "reuseport_steering": "\(configuration.reusePortSteering.rawValue)",
             "kernel": "\(KernelSupport.release)",
             "ring_flags": "\(facts.ringFlags.joined(separator: "|"))",
             "min_wait": "\(configuration.minimumWaitMicroseconds == 0 ? "off" : facts.minimumWait ? "\(configuration.minimumWaitMicroseconds)us" : "unsupported")",

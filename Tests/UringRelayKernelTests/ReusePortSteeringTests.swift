@@ -128,7 +128,8 @@ struct ReusePortSteeringTests {
     /// Stops `relay` (two workers pinned to `cpus`, on `address`, relaying to `backends`) while
     /// 16 client sockets send from each CPU in turn: checks that each CPU's datagrams all wait
     /// in one socket, a different one per CPU; then resumes and stops it, checking every line
-    /// reached the backend its hash names, the relay exited 0 and ran two workers.
+    /// reached the backend its hash names, the relay exited 0 and said it ran two workers on
+    /// `cpus` steered by CPU.
     static func expectSteeredByCPU(relay: RelayProcess, address: SocketAddress, cpus: (Int, Int), backends: [TestBackend]) throws {
         try #require(relay.suspend(), "the relay did not stop")
         let (afterFirst, afterSecond, lines) = try queuesByCPU(address: address, first: cpus.0, second: cpus.1)
@@ -145,7 +146,10 @@ struct ReusePortSteeringTests {
                 received.lines[backend].sorted() == lines.filter { expectedBackend(of: $0, backends: backends.count) == backend }.sorted(),
                 "backend \(backend)")
         }
+        // What the start-up line tells the operator: the steering and each worker's CPU.
         #expect(relay.standardError.contains("threads=2"))
+        #expect(relay.standardError.contains("cpus=\(cpus.0),\(cpus.1) "), "\(relay.standardError)")
+        #expect(relay.standardError.contains("reuseport_steering=cpu"))
     }
 
     @Test("cpu: each worker's socket prefers the CPU that worker is pinned to, and so does its socket of a listener a reload adds", arguments: ioDrivers)
