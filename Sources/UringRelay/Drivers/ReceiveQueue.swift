@@ -1,4 +1,4 @@
-import BasicContainers
+import RelayKernel
 
 /// Filled receive buffers waiting to be processed, oldest first, in fixed storage.
 ///
@@ -15,10 +15,9 @@ struct ReceiveQueue: ~Copyable {
     }
 
     /// Room for `capacity` entries, rounded up to a power of two so an index wraps with a
-    /// mask, not a division; non-copyable storage, so a push pays no uniqueness check.
-    private var entries: RigidArray<Entry>
-    /// `entries.count - 1`.
-    private let mask: Int
+    /// mask, not a division (and needs no bounds check); non-copyable storage, so a push pays
+    /// no uniqueness check.
+    private var entries: MaskedTable<Entry>
     /// The most entries held at once (the buffer count).
     private let capacity: Int
     private var head = 0
@@ -28,11 +27,7 @@ struct ReceiveQueue: ~Copyable {
     /// A queue for at most `capacity` entries.
     init(capacity: Int) {
         self.capacity = capacity
-        var size = 1
-        while size < capacity { size <<= 1 }
-        mask = size - 1
-        entries = RigidArray(capacity: size)
-        for _ in 0..<size { entries.append(Entry(bufferID: 0, result: 0, listener: 0)) }
+        entries = MaskedTable(repeating: Entry(bufferID: 0, result: 0, listener: 0), minimumCount: capacity)
     }
 
     var isEmpty: Bool { count == 0 }
@@ -43,7 +38,7 @@ struct ReceiveQueue: ~Copyable {
     @inline(__always)
     mutating func push(bufferID: UInt16, result: Int32, listener: UInt32) {
         precondition(count < capacity, "receive queue holds more entries than there are buffers")
-        entries[(head &+ count) & mask] = Entry(bufferID: bufferID, result: result, listener: listener)
+        entries[wrapping: head &+ count] = Entry(bufferID: bufferID, result: result, listener: listener)
         count &+= 1
     }
 
@@ -51,8 +46,8 @@ struct ReceiveQueue: ~Copyable {
     @inline(__always)
     mutating func pop() -> Entry? {
         guard count > 0 else { return nil }
-        let entry = entries[head]
-        head = (head &+ 1) & mask
+        let entry = entries[wrapping: head]
+        head = (head &+ 1) & entries.mask
         count &-= 1
         return entry
     }

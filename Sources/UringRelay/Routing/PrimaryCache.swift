@@ -1,5 +1,4 @@
 import RelayKernel
-import BasicContainers
 
 /// Remembers the primary backend of recently seen key hashes, per worker.
 ///
@@ -19,8 +18,9 @@ import BasicContainers
 /// same FNV-1a 64 (for distinct names, a 2⁻⁶⁴ chance per pair) in one set at once would share
 /// the first one's backend.
 public struct PrimaryCache: ~Copyable, Sendable {
-    /// Two entries per set, the most recently filled first (fixed size, no copy-on-write checks).
-    private var entries: RigidArray<UInt64>
+    /// Two entries per set, the most recently filled first (fixed size, no copy-on-write checks;
+    /// a set's index is masked, so its two reads need no bounds checks).
+    private var entries: MaskedTable<UInt64>
     private let setMask: UInt64
     private let tagMask: UInt64
     /// Whether the bucket numbers fit in an entry; if not, every lookup computes.
@@ -33,7 +33,7 @@ public struct PrimaryCache: ~Copyable, Sendable {
     public init(entries: Int = 32_768, backendCount: Int) {
         var sets = 32
         while sets * 2 < entries { sets <<= 1 }
-        self.entries = RigidArray(repeating: 0, count: 2 * sets)
+        self.entries = MaskedTable(repeating: 0, minimumCount: 2 * sets)
         setMask = UInt64(sets - 1)
         tagMask = ~setMask
         // bucket + 1 <= backendCount must fit in the low set-index bits.
@@ -63,7 +63,7 @@ public struct PrimaryCache: ~Copyable, Sendable {
         guard enabled else { return Probe(hash: hash, set: -1, first: 0, second: 0) }
         // FNV-1a's high bits mix best; fold them into the set index.
         let set = Int(truncatingIfNeeded: (hash ^ (hash >> 29)) & setMask) &<< 1
-        return Probe(hash: hash, set: set, first: entries[set], second: entries[set + 1])
+        return Probe(hash: hash, set: set, first: entries[wrapping: set], second: entries[wrapping: set &+ 1])
     }
 
     /// The primary backend of a probed key: `router.primary(key: key, hash: probe.hash)`.
@@ -84,15 +84,15 @@ public struct PrimaryCache: ~Copyable, Sendable {
         guard probe.set >= 0 else { return nil }
         // The probe may predate an insert into this set (the line before, maybe the same
         // name): read the set again, now in L1, before computing.
-        return match(entries[probe.set], entries[probe.set + 1], tag)
+        return match(entries[wrapping: probe.set], entries[wrapping: probe.set &+ 1], tag)
     }
 
     /// Caches `bucket` for a probed hash, as the set's most recent entry.
     @inline(__always)
     private mutating func insert(_ probe: Probe, _ bucket: Int) {
         guard probe.set >= 0 else { return }
-        entries[probe.set + 1] = entries[probe.set]
-        entries[probe.set] = (probe.hash & tagMask) | UInt64(bucket + 1)
+        entries[wrapping: probe.set &+ 1] = entries[wrapping: probe.set]
+        entries[wrapping: probe.set] = (probe.hash & tagMask) | UInt64(bucket + 1)
     }
 
     /// The bucket of the entry among `first` and `second` whose tag is `tag`, if any.
