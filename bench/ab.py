@@ -74,7 +74,9 @@ def main() -> int:
             if code != 0:
                 print(f"    run.py exited {code} (see {target}); invalid rows are skipped", flush=True)
             result = json.loads(next(iter(set(target.glob("*.json")) - before)).read_text())
-            baselines = {(r["workload"], r["threads"]): r for r in result["summary"] if r["target"] == "baseline"}
+            # A baseline with no valid run has no rate to compare with: its ratio is left out.
+            baselines = {(r["workload"], r["threads"]): r for r in result["summary"]
+                         if r["target"] == "baseline" and r.get("valid_runs") and r.get("relayed_lines_per_s")}
             for row in result["summary"]:
                 if row["target"] != "relay" or not row.get("valid_runs"):
                     continue

@@ -696,6 +696,12 @@ def derive(record: dict) -> None:
     queued = record.get("queued_bytes_per_socket") or []
     record["busiest_socket_share"] = max(queued) / sum(queued) if len(queued) > 1 and sum(queued) else None
     record["valid"] = not record.get("queue_kernel_drops") and record.get("elapsed_seconds") is not None
+    if record["kind"] == "drain" and elapsed is not None and elapsed <= 0:
+        # The receiver took the datagrams while they were offered, not after SIGCONT (seen once with
+        # the io_uring baseline: 0 bytes queued, its last arrival before the continue): no drain.
+        record["valid"] = False
+        record["problems"].append(f"drain ended {-elapsed:.4f} s before the receiver was continued: "
+                                  f"it was not stopped while the load was queued ({record.get('queued_bytes')} bytes queued)")
     if record["kind"] == "drain" and record["target"] == "relay":
         # A drain that lost or mangled lines ends sooner and would overstate the rate; its time
         # also needs a kernel stamp on every datagram and a clock that did not step.
