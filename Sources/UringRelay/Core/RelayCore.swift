@@ -55,6 +55,9 @@ public struct RelayCore: ~Copyable {
     /// Whether `pendingPool` is set, kept beside it for `canAcceptDatagram` (per datagram):
     /// testing the optional itself copies the pool there, a retain and a release.
     private var poolChangePending = false
+    /// Whether a membership change is waiting (`pendingPool` is set), without copying the pool
+    /// out to compare it with `nil` (a `memcpy` of the pool a loop turn where drivers asked).
+    public var hasPendingPool: Bool { poolChangePending }
     /// The stop phase.
     public private(set) var phase = Phase.running
     /// When the stop budget runs out (`.max` while running).
@@ -285,7 +288,7 @@ public struct RelayCore: ~Copyable {
             settings.flushIntervalNanoseconds = flushIntervalNanoseconds
             guard packetBytes != settings.packetBytes, !stopRequested else { return }
             settings.packetBytes = packetBytes
-            if pendingPool == nil, heldPacketsFitNewLength { startRebuild() }
+            if !poolChangePending, heldPacketsFitNewLength { startRebuild() }
         case .addListener, .removeListener, .addTCPListener, .removeTCPListener:
             assertionFailure("listener commands are the driver's (`WorkerControl.take`)")
         }
@@ -308,7 +311,7 @@ public struct RelayCore: ~Copyable {
     /// membership change is waiting already (it makes the buffers with the new length too).
     private mutating func startRebuild() {
         processor.assembler.closeAll()
-        if pendingPool == nil { pendingPool = pool }
+        if !poolChangePending { pendingPool = pool }
     }
 
     /// Whether a failed send should be tried again: the first time a slot's send fails with
@@ -450,13 +453,13 @@ public struct RelayCore: ~Copyable {
     /// health view and addresses at once; a membership change once the old pool's batches are
     /// sent), so datagrams that arrive after a publication are routed by it.
     public mutating func beginTurn(now: UInt64) {
-        if now >= retryPoolChangeAt, pendingPool == nil, settings.routing.current.membership != pool.membership {
+        if now >= retryPoolChangeAt, !poolChangePending, settings.routing.current.membership != pool.membership {
             // A change that failed is tried again, at most once a second, until it succeeds:
             // a worker left on an old pool would route differently from the others.
             retryPoolChangeAt = .max
             appliedGeneration = 0
         }
-        if pendingPool == nil, settings.packetBytes != processor.assembler.packetBytes, !stopRequested,
+        if !poolChangePending, settings.packetBytes != processor.assembler.packetBytes, !stopRequested,
            retryPoolChangeAt == .max || now >= retryPoolChangeAt, heldPacketsFitNewLength {
             // A new packet length still to take: its send buffers could not be made (tried
             // again a second later), or held packets were waiting to be replayed.
@@ -543,6 +546,7 @@ public struct RelayCore: ~Copyable {
     /// When the core next needs a turn without any I/O: a batch's flush deadline, the next
     /// paced replay, the publication of a turn's counters, or the heartbeat (so never `nil`
     /// today; optional for the drivers' sake).
+    @inline(__always)
     public func nextDeadline(now: UInt64) -> UInt64? {
         var flush = processor.assembler.nextDeadline(interval: settings.flushIntervalNanoseconds)
         // The turn that wakes for it ends past `nextPublish` (the heartbeat is the longer), so it publishes.
@@ -566,7 +570,7 @@ public struct RelayCore: ~Copyable {
     /// and confirmed (`sendsInFlight == 0`). The driver then connects `pendingPool`'s sockets and
     /// calls `completePoolChange()`.
     public func poolChangeReady(sendsInFlight: Int) -> Bool {
-        pendingPool != nil && sendsInFlight == 0 && !processor.assembler.hasPendingBatches
+        poolChangePending && sendsInFlight == 0 && !processor.assembler.hasPendingBatches
     }
 
     /// Switches to `pendingPool`: a new router, batches and cache sized for it, counters moved
@@ -606,7 +610,7 @@ public struct RelayCore: ~Copyable {
     /// pool's sockets, or the send buffers could not be mapped): the old pool stays in force,
     /// the failure is counted, and the change is tried again a second later.
     public mutating func abandonPoolChange(now: UInt64) {
-        guard pendingPool != nil else { return }
+        guard poolChangePending else { return }
         pendingPool = nil
         processor.counters[.poolChangesFailed] &+= 1
         retryPoolChangeAt = now &+ Self.poolChangeRetryNanoseconds
@@ -673,7 +677,7 @@ public struct RelayCore: ~Copyable {
             processor.assembler.closeAll()
             return
         }
-        if pendingPool != nil {
+        if poolChangePending {
             // A health or address update for the pool still waiting to take over.
             pendingPool = published
             return
@@ -705,7 +709,7 @@ public struct RelayCore: ~Copyable {
     /// Puts held packets back on the wire for backends that are up, oldest first, as fast as
     /// the replay pace allows, ahead of any newer packet for them.
     private mutating func replayHeld(now: UInt64) {
-        guard processor.router.policy == .hold, holds.heldPackets > 0, pendingPool == nil else { return }
+        guard processor.router.policy == .hold, holds.heldPackets > 0, !poolChangePending else { return }
         for backend in 0..<holds.backendCount where holds.isHolding(backend) && !processor.router.down[backend] {
             // The mirror's unused slots are not the primary's to replay into.
             while processor.assembler.pool.freeCount - processor.assembler.mirrorSlotsFree > 2 * processor.assembler.reserveSlots,

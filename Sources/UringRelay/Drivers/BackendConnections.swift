@@ -154,6 +154,7 @@ struct BackendConnections: ~Copyable {
 
     /// When a ledger's oldest packet will be due for confirmation, with the slack (so an idle
     /// worker wakes for it, and a busy one is never woken early for it).
+    @inline(__always)
     var nextConfirmation: UInt64? {
         var first = retired.nextConfirmation
         for index in ledgers.indices { first = earliest(first, ledgers[index].nextConfirmation) }
@@ -186,7 +187,7 @@ struct BackendConnections: ~Copyable {
             changeMembership(to: next, core: &core, now: now)
             return
         }
-        guard core.pendingPool == nil, core.pool.generation != generation, now >= reconnectRetryAt else { return }
+        guard !core.hasPendingPool, core.pool.generation != generation, now >= reconnectRetryAt else { return }
         let wanted = core.pool.addresses
         var allMoved = true
         for backend in wanted.indices where wanted[backend] != addresses[backend] {

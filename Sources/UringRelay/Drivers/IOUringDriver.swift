@@ -138,7 +138,7 @@ extension IOUringDriver: WorkerTransport {
         armReceives(&worker)
         submitCancels(&worker)
         submitAcceptCancels(&worker)
-        let (completions, timeout, minimumWait) = waitPlan(worker, now: now)
+        let (completions, timeout, minimumWait) = waitPlan(&worker, now: now)
         receiveEnded = false
         do {
             try ring.submitAndWait(
@@ -341,7 +341,10 @@ extension IOUringDriver {
     }
 
     /// How many completions to wait for, for how long, and the minimum wait.
-    private func waitPlan(_ worker: borrowing WorkerState, now: UInt64) -> (UInt32, UInt64?, UInt32) {
+    ///
+    /// `worker` is `inout` though only read: borrowed, each of its parts asked here (the core,
+    /// the connections, TCP ingest) was copied out first, three `memcpy` calls a loop turn.
+    private func waitPlan(_ worker: inout WorkerState, now: UInt64) -> (UInt32, UInt64?, UInt32) {
         func until(_ deadline: UInt64) -> UInt64 { deadline > now ? deadline - now : 0 }
         let flushDue = earliest(earliest(worker.core.nextDeadline(now: now), worker.connections.nextConfirmation), worker.tcp.nextDeadline).map(until)
         let minimumWait = adaptiveWait.minimum(flushDue: flushDue)
@@ -358,7 +361,7 @@ extension IOUringDriver {
         if streamsReady && worker.core.phase != .flushing && worker.core.canAcceptDatagram { return (0, 0, 0) }
         switch worker.core.phase {
         case .running:
-            if !queue.isEmpty || streamsReady || worker.core.pendingPool != nil || submissionsDeferred {
+            if !queue.isEmpty || streamsReady || worker.core.hasPendingPool || submissionsDeferred {
                 // Waiting for sends to free slots (or for room in the submission queue); the
                 // flush deadline still bounds the wait.
                 let bound = min(flushDue ?? flushIntervalNanoseconds, 1_000_000)

@@ -204,6 +204,7 @@ struct TCPIngest: ~Copyable {
     var openConnections: Int { connections.count - closingCount }
 
     /// When the next idle check, or accepting again after `EMFILE`, is due (`nil`: none).
+    @inline(__always)
     var nextDeadline: UInt64? {
         var due: UInt64? = connections.isEmpty ? nil : nextIdleCheck
         if acceptPausedUntil != .max { due = min(due ?? .max, acceptPausedUntil) }
