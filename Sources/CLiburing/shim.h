@@ -520,7 +520,7 @@ unsigned long long cl_fingerprint_word(const unsigned char *bytes) {
 /// `bytes`, four a turn. Runs for every packet sent, over up to 64 words: with the rotate
 /// written as `__builtin_rotateleft64` each word is an `xor` from memory, an `imul` and a `rol`
 /// (Swift's shifts-and-or became two multiplies, a shift and an or: 8.5 instructions a word
-/// with the loop's, against ~3.8 here).
+/// with the loop's, against 4.25 here).
 static inline __attribute__((always_inline))
 unsigned long long cl_fingerprint_words(unsigned long long state, const unsigned char *bytes, size_t words) {
     const unsigned long long multiplier = 0x9E3779B97F4A7C15ULL;
