@@ -342,8 +342,9 @@ extension IOUringDriver {
 
     /// How many completions to wait for, for how long, and the minimum wait.
     ///
-    /// `worker` is `inout` though only read: borrowed, each of its parts asked here (the core,
-    /// the connections, TCP ingest) was copied out first, three `memcpy` calls a loop turn.
+    /// `worker` is `inout` though only read, and the three deadlines asked of its parts (the
+    /// core, the connections, TCP ingest) are inlined: with a borrowed state and out-of-line
+    /// getters each part was copied out first, three `memcpy` calls a loop turn.
     private func waitPlan(_ worker: inout WorkerState, now: UInt64) -> (UInt32, UInt64?, UInt32) {
         func until(_ deadline: UInt64) -> UInt64 { deadline > now ? deadline - now : 0 }
         let flushDue = earliest(earliest(worker.core.nextDeadline(now: now), worker.connections.nextConfirmation), worker.tcp.nextDeadline).map(until)
