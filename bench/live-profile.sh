@@ -24,8 +24,9 @@ SINK=$!
   --io-backend "$IO" --admin none 127.0.0.1:29001 127.0.0.1:29002 127.0.0.1:29003 > "$OUT/relay.$IO.log" 2>&1 &
 RELAY_PID=$!
 trap 'kill "$RELAY_PID" "$SINK" 2>/dev/null || true' EXIT
-# Bounded waits for both to listen.
+# Bounded waits for both to listen; a relay that could not start (the port taken) ends the run.
 for _ in $(seq 100); do ss -uln | grep -q ':28125 ' && ss -uln | grep -q ':29003 ' && break; sleep 0.05; done
+kill -0 "$RELAY_PID" 2>/dev/null || { echo "the relay did not start: $OUT/relay.$IO.log" >&2; exit 1; }
 timeout 20 "$BIN/loadgen" --target 127.0.0.1:28125 --count $((RATE * 8)) --duration 8 --mode line --size 1400 \
   --names 10000 --batch 4 --sockets 256 --seed 1 --rate "$RATE" > "$OUT/loadgen.$IO.json" 2>&1 &
 LOADGEN=$!
@@ -33,9 +34,11 @@ sleep 1
 before=$(awk '{print $14 + $15}' "/proc/$RELAY_PID/stat")
 perf record -g -e cpu-clock -F 4000 -p "$RELAY_PID" -o "$OUT/live.$IO.$RATE.perf.data" -- sleep 5 2> "$OUT/perf.err"
 after=$(awk '{print $14 + $15}' "/proc/$RELAY_PID/stat")
-echo "relay CPU in the 5 s sampled: $(( (after - before) * 10 )) ms (sampling adds to it)"
+echo "relay CPU in the 5 s sampled: $(( (after - before) * 1000 / $(getconf CLK_TCK) )) ms (sampling adds to it)"
 wait "$LOADGEN"
-kill -TERM "$RELAY_PID"; wait "$RELAY_PID" && echo "relay exited 0"
+kill -TERM "$RELAY_PID"
+status=0; wait "$RELAY_PID" || status=$?
+echo "relay exited $status"
 wait "$SINK" || true
 trap - EXIT
 echo "profile: $OUT/live.$IO.$RATE.perf.data  (./profile-split.py it)"
