@@ -26,6 +26,11 @@ public struct DatagramProcessor: ~Copyable {
     public let hashKey: HashKeyMode
     /// Scratch room for `name+tags` keys.
     private var routingKey: RoutingKey
+    /// The line the loop without a rewrite has hashed and not yet packed. A field, not a local
+    /// of the loop: the loop stores a line here and `pack` reads it from here, where a local was
+    /// copied into a fresh argument for each call, from spill slots at a datagram's last line
+    /// (issue 16: 30 instructions less per W1 datagram, W2 unchanged).
+    private var pending = Pending.none
     /// `--metrics-prefix` and `--metrics-tags`.
     public let rewrite: LineRewrite
     /// The rewrite's bytes.
@@ -185,7 +190,8 @@ public struct DatagramProcessor: ~Copyable {
         // Lines are held in `Pending`'s 32-bit offsets.
         precondition(datagram.byteCount <= Int(Int32.max), "datagram too long")
         var offset = 0
-        // Not an optional: `pack` then borrows the variable itself, where the unwrapped copy
+        // Under `Rewriting`, the line hashed and not yet packed (without, `self.pending`). Not an
+        // optional: `packRewritten` then borrows the variable itself, where the unwrapped copy
         // of an optional was copied again a line to pass it.
         var pending = Pending.none
         var hasPending = false
@@ -221,10 +227,10 @@ public struct DatagramProcessor: ~Copyable {
                         datagram, line: start..<end, key: key, seed: FNV1a.offsetBasis, scratch: &routingKey)
                     let probe = primaries.probe(hash)
                     if hasPending {
-                        if Mirror.isOn { mirrorIfSampled(pending, in: datagram, now: now) }
-                        pack(pending, in: datagram, now: now)
+                        if Mirror.isOn { mirrorIfSampled(in: datagram, now: now) }
+                        pack(in: datagram, now: now)
                     }
-                    pending = Pending(line: start..<end, key: key, isComposite: isComposite, probe: probe)
+                    self.pending = Pending(line: start..<end, key: key, isComposite: isComposite, probe: probe)
                     hasPending = true
                 }
             case .empty:
@@ -239,16 +245,17 @@ public struct DatagramProcessor: ~Copyable {
                 if Mirror.isOn { mirrorRewrittenIfSampled(pending, pendingEdit, in: datagram, now: now, Key.self) }
                 packRewritten(pending, pendingEdit, in: datagram, now: now, Key.self)
             } else {
-                if Mirror.isOn { mirrorIfSampled(pending, in: datagram, now: now) }
-                pack(pending, in: datagram, now: now)
+                if Mirror.isOn { mirrorIfSampled(in: datagram, now: now) }
+                pack(in: datagram, now: now)
             }
         }
     }
 
-    /// Routes one valid line of `datagram` by its probed hash (and, on a ring's cache miss or
-    /// rehash, the md5 of its key) and packs it into its backend's batch.
+    /// Routes the pending line of `datagram` (`self.pending`) by its probed hash (and, on a
+    /// ring's cache miss or rehash, the md5 of its key) and packs it into its backend's batch.
     @inline(__always)
-    private mutating func pack(_ pending: Pending, in datagram: RawSpan, now: UInt64) {
+    private mutating func pack(in datagram: RawSpan, now: UInt64) {
+        let pending = self.pending
         let line = datagram.extracting(pending.line)
         let decision: Router.Decision
         if pending.isComposite && router.hashMode != .jump {
@@ -314,11 +321,13 @@ public struct DatagramProcessor: ~Copyable {
         }
     }
 
-    /// Under `Mirroring`, before the line is packed for the primary pool: packs a copy for the
-    /// mirror pool when its key is sampled, whatever becomes of the line in the primary pool.
-    /// Apart from `pack`, which stays as it is without a mirror (its inlining unchanged).
+    /// Under `Mirroring`, before the pending line (`self.pending`) is packed for the primary
+    /// pool: packs a copy for the mirror pool when its key is sampled, whatever becomes of the
+    /// line in the primary pool. Apart from `pack`, which stays as it is without a mirror (its
+    /// inlining unchanged).
     @inline(__always)
-    private mutating func mirrorIfSampled(_ pending: Pending, in datagram: RawSpan, now: UInt64) {
+    private mutating func mirrorIfSampled(in datagram: RawSpan, now: UInt64) {
+        let pending = self.pending
         guard mirrorSample.contains(hash: pending.probe.hash) else { return }
         mirror(pending, datagram.extracting(pending.line), in: datagram, now: now)
     }
