@@ -255,7 +255,7 @@ public struct DatagramProcessor: ~Copyable {
     /// ring's cache miss or rehash, the md5 of its key) and packs it into its backend's batch.
     @inline(__always)
     private mutating func pack(in datagram: RawSpan, now: UInt64) {
-        let pending = self.pending
+        // The pending line's parts are read where they are used, not copied out whole first.
         let line = datagram.extracting(pending.line)
         let decision: Router.Decision
         if pending.isComposite && router.hashMode != .jump {
