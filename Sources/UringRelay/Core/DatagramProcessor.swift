@@ -262,10 +262,12 @@ public struct DatagramProcessor: ~Copyable {
             // A ring places the key by its md5: write the name+tags key out. (Under `jump`
             // the hash is all that routes it.)
             decision = Self.routeWritten(pending, in: datagram, scratch: &routingKey, cache: &primaries, router: router)
+        } else if let primary = primaries.cachedPrimary(for: pending.probe), router.downCount == 0 {
+            // The common case, read from the fields where they lie: the router is copied out
+            // only on the paths below, which call its methods.
+            decision = .send(primary)
         } else {
-            let key = datagram.extracting(pending.key)
-            let primary = primaries.primary(for: pending.probe, key: key, router: router)
-            decision = router.route(key: key, hash: pending.probe.hash, primary: primary)
+            decision = routeUncached(in: datagram)
         }
         guard let backend = backend(for: decision) else { return }
         if assembler.append(line, to: backend, now: now) {
@@ -273,6 +275,15 @@ public struct DatagramProcessor: ~Copyable {
         } else {
             counters[.linesDroppedNoSendBuffer] &+= 1
         }
+    }
+
+    /// `pack`'s routing of the pending line when its primary is not cached or a backend is
+    /// down. Out of line: rare, and it copies the router.
+    @inline(never)
+    private mutating func routeUncached(in datagram: RawSpan) -> Router.Decision {
+        let key = datagram.extracting(pending.key)
+        let primary = primaries.primary(for: pending.probe, key: key, router: router)
+        return router.route(key: key, hash: pending.probe.hash, primary: primary)
     }
 
     /// `pack` for a line rewritten as `edit` says: routed by its rewritten key (on a ring, the

@@ -76,6 +76,11 @@ public struct PrimaryCache: ~Copyable, Sendable {
         return bucket
     }
 
+    /// The cached primary backend of a probed key, if any (`primary(for:key:router:)` without
+    /// computing it on a miss).
+    @inline(__always)
+    func cachedPrimary(for probe: Probe) -> Int? { cached(probe) }
+
     /// The cached backend of a probed hash, if any.
     @inline(__always)
     private func cached(_ probe: Probe) -> Int? {
