@@ -82,4 +82,45 @@ struct DatagramProcessorTests {
         #expect(processor.counters[.linesDroppedEmptyName] == 4)
         #expect(processor.counters[.emptyLines] == 4)
     }
+
+    @Test(
+        "a name whose primary is cached follows the health view: rehashed, held or dropped while its backend is down, back on recovery",
+        arguments: DownPolicy.allCases)
+    func cachedPrimaryFollowsHealth(policy: DownPolicy) throws {
+        var processor = try DatagramProcessor(
+            router: Router(backendCount: 3, policy: policy), packetBytes: 1400, maxDatagramBytes: 8192)
+        let names = (0..<24).map { "health.cached.\($0)" }
+        let text = names.map { "\($0):1|c\n" }.joined()
+        Self.receive(text, into: &processor)  // every primary now cached
+        let healthy = Self.flush(&processor)
+        let dead = Router(backendCount: 3).backend(forName: names[0])
+        let onDead = names.filter { Router(backendCount: 3).backend(forName: $0) == dead }
+        #expect(onDead.count < names.count, "some names must stay on live backends")
+
+        processor.router.setDown(dead, true)
+        Self.receive(text, into: &processor)
+        // Where each line must go, from the router alone (no cache).
+        var expected: [Int: String] = [:]
+        for name in names {
+            switch processor.router.route(name: name) {
+            case .send(let backend), .hold(let backend), .rehash(_, let backend): expected[backend, default: ""] += "\(name):1|c\n"
+            case .drop: break
+            }
+        }
+        #expect(Self.flush(&processor) == expected)
+        switch policy {
+        case .rehash:
+            #expect(expected[dead] == nil)
+            #expect(processor.counters[.linesRehashedAway, backend: dead] == UInt64(onDead.count))
+        case .hold:
+            #expect(expected == healthy)
+        case .drop:
+            #expect(expected[dead] == nil)
+            #expect(processor.counters[.linesDroppedBackendDown, backend: dead] == UInt64(onDead.count))
+        }
+
+        processor.router.setDown(dead, false)
+        Self.receive(text, into: &processor)
+        #expect(Self.flush(&processor) == healthy)
+    }
 }
