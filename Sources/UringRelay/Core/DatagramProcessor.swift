@@ -205,9 +205,9 @@ public struct DatagramProcessor: ~Copyable {
         // Lines are held in `Pending`'s 32-bit offsets.
         precondition(datagram.byteCount <= Int(Int32.max), "datagram too long")
         var offset = 0
-        // Under `Rewriting`, the line hashed and not yet packed (without, `self.pending`). Not an
-        // optional: `packRewritten` then borrows the variable itself, where the unwrapped copy
-        // of an optional was copied again a line to pass it.
+        // Under `Rewriting` only: the line hashed and not yet packed (the loop without a rewrite
+        // keeps it in `self.pending`). Not an optional: `packRewritten` then borrows the variable
+        // itself, where the unwrapped copy of an optional was copied again a line to pass it.
         var pending = Pending.none
         var hasPending = false
         // How the pending line is rewritten (under `Rewriting` only).
