@@ -110,9 +110,3 @@ struct NetworkNamespace: Sendable {
 final class NamespaceOutcome<Value: Sendable>: Sendable {
     let value = Mutex<Result<Value, any Error>?>(nil)
 }
-
-/// A free UDP port on 127.0.0.1 at the time of the call (for a relay that never binds it, or
-/// one in its own network namespace).
-func unusedPort() throws -> UInt16 {
-    try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!).localAddress.port
-}

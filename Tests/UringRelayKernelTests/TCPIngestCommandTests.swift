@@ -4,11 +4,6 @@ import Glibc
 import Testing
 @testable import UringRelay
 
-/// A free TCP port on 127.0.0.1 (bound and closed at once).
-func unusedTCPPort() throws -> UInt16 {
-    try TCPListenSocket.listening(on: SocketAddress(numericHost: "127.0.0.1", port: 0)!).localAddress.port
-}
-
 /// The `statsrelay` executable with TCP ingest: `--tcp-port` beside the UDP listener, a second
 /// process on the TCP port refused (exit 71), a `tcp://` backend that is the relay's own TCP
 /// listener refused (exit 64).
