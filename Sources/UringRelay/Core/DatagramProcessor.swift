@@ -42,8 +42,8 @@ public struct DatagramProcessor: ~Copyable {
     /// Which keys are mirrored.
     public let mirrorSample: MirrorSample
     /// The defaults: no rewrite, no mirror, `--validate loose`, `--hash-key name`. Their line
-    /// loop is chosen on this one test per datagram, the four it stands for (two bytes each)
-    /// read only when it is false.
+    /// loop is chosen on this one test per datagram; the four settings it stands for are read
+    /// only when it is false.
     private let isPlain: Bool
 
     /// A processor for `router`'s backends, counting into `counters`.
