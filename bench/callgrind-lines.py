@@ -2,7 +2,7 @@
 """Instructions of a callgrind dump by source line, with the chain of inlined calls each came
 through: where a path's instructions go when everything is inlined into one function.
 
-  bench/callgrind-lines.py DUMP BINARY_WITH_DEBUG_INFO [--per 200000] [--top 40] [--depth 4]
+  bench/callgrind-lines.py DUMP BINARY_WITH_DEBUG_INFO [--per 200000] [--top 40] [--depth 4] [--symbols]
 
 DUMP comes from `bench/callgrind.sh --dump-instr --keep` (the instruction addresses). valgrind
 3.19 cannot read Swift 6.3's debug info, so callgrind.sh runs a copy stripped of it; the
@@ -13,9 +13,12 @@ was inlined through), for the binary's own code only (`ob=` the relay).
 
 Prints the Ir (divided by --per: the lines or datagrams queued) by innermost source line, then
 by chain of --depth lines, innermost first (`<compiler-generated>` is Swift's retain/release,
-bounds and overflow checks, copies).
+bounds and overflow checks, copies). With --symbols, by function symbol instead (`nm -S`, names
+demangled by `swift demangle --simplified`): which out-of-line functions a path calls, and what
+each costs.
 """
 import argparse
+import bisect
 import collections
 import re
 import subprocess
@@ -92,6 +95,35 @@ def frames(binary, addresses):
     return result
 
 
+def symbols(binary, by_address):
+    """Ir by the function symbol (`nm -S` ranges) each address lies in."""
+    ranges = []
+    for line in subprocess.run(["nm", "-S", "--defined-only", binary], capture_output=True, text=True, check=True).stdout.splitlines():
+        fields = line.split()
+        if len(fields) == 4 and fields[2] in "tTwW":
+            ranges.append((int(fields[0], 16), int(fields[1], 16), fields[3]))
+    ranges.sort()
+    starts = [start for start, _, _ in ranges]
+    by_symbol = collections.Counter()
+    for address, ir in by_address.items():
+        index = bisect.bisect_right(starts, address) - 1
+        if index >= 0 and address < ranges[index][0] + ranges[index][1]:
+            by_symbol[ranges[index][2]] += ir
+        else:
+            by_symbol["?"] += ir
+    return by_symbol
+
+
+def demangled(names):
+    """`swift demangle --simplified` of each name (unchanged where that is unavailable)."""
+    try:
+        output = subprocess.run(["swift", "demangle", "--simplified"], input="\n".join(names), capture_output=True,
+                                text=True, check=True).stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        return names
+    return output if len(output) == len(names) else names
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dump")
@@ -100,10 +132,18 @@ def main():
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--depth", type=int, default=4, help="source lines shown per chain")
     parser.add_argument("--min", type=float, default=0.05, help="skip addresses under this many Ir per --per")
+    parser.add_argument("--symbols", action="store_true", help="Ir by function symbol instead of by source line")
     args = parser.parse_args()
     by_address = costs(args.dump)
     if not by_address:
         sys.exit("no cost for the relay's own code: was the dump made with --dump-instr?")
+    if args.symbols:
+        top = symbols(args.binary, by_address).most_common(args.top)
+        total = sum(by_address.values())
+        print(f"relay's own code: {total / args.per:.1f} Ir per unit, by function symbol:")
+        for (_, ir), name in zip(top, demangled([name for name, _ in top])):
+            print(f"{ir / args.per:9.1f}  {name[:160]}")
+        return
     kept = [a for a, ir in by_address.items() if ir / args.per >= args.min]
     located = frames(args.binary, kept)
     innermost = collections.Counter()

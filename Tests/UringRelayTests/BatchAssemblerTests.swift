@@ -2,9 +2,12 @@
 import Testing
 @testable import UringRelay
 
-/// Packs `lines` for `backend`s and returns every packet made ready, as text, in order.
+/// Packs `lines` for `backend`s and returns every packet made ready, as text, in order; with
+/// `openBatchFirst`, as the datagram processor does: `appendToOpenBatch` first, `append` when
+/// that packs nothing.
 func pack(
-    _ lines: [(String, Int)], backends: Int = 2, packetBytes: Int, maxLine: Int = 8192, closeAll: Bool = true
+    _ lines: [(String, Int)], backends: Int = 2, packetBytes: Int, maxLine: Int = 8192, closeAll: Bool = true,
+    openBatchFirst: Bool = false
 ) throws -> [(backend: Int, text: String)] {
     var assembler = try BatchAssembler(backendCount: backends, packetBytes: packetBytes, maxLineBytes: maxLine)
     var packets: [(Int, String)] = []
@@ -19,7 +22,10 @@ func pack(
     }
     for (line, backend) in lines {
         var bytes = Array(line.utf8)
-        let appended = bytes.withUnsafeMutableBytes { assembler.append(UnsafeRawBufferPointer($0).bytes, to: backend, now: 0) }
+        let appended = bytes.withUnsafeMutableBytes { buffer in
+            let line = UnsafeRawBufferPointer(buffer).bytes
+            return (openBatchFirst && assembler.appendToOpenBatch(line, of: backend)) || assembler.append(line, to: backend, now: 0)
+        }
         #expect(appended)
         drain()
     }
@@ -35,10 +41,10 @@ func pack(
 @Suite("Batch assembler")
 struct BatchAssemblerTests {
     @Test("lines are packed up to the packet length, each followed by a newline, never more (a line too long for it goes alone, without one)",
-          arguments: [16, 64, 100, 1400, 8192])
-    func packingLimit(_ packetBytes: Int) throws {
+          arguments: [16, 64, 100, 1400, 8192], [false, true])
+    func packingLimit(_ packetBytes: Int, openBatchFirst: Bool) throws {
         let lines = (0..<500).map { ("metric.\($0 % 37).name:\($0)|c", $0 % 2) }
-        let packets = try pack(lines, packetBytes: packetBytes)
+        let packets = try pack(lines, packetBytes: packetBytes, openBatchFirst: openBatchFirst)
         for packet in packets {
             #expect(!packet.text.isEmpty)
             let packetLines = packet.text.split(separator: "\n")
@@ -70,12 +76,47 @@ struct BatchAssemblerTests {
         #expect(packets.map(\.text) == ["a:1|c\n", long, "b:2|c\n"])
     }
 
-    @Test("a line exactly filling the packet (with its newline) is packed, one byte more is alone without its newline")
-    func exactFit() throws {
+    @Test("a line exactly filling the packet (with its newline) is packed, one byte more is alone without its newline",
+          arguments: [false, true])
+    func exactFit(openBatchFirst: Bool) throws {
         let exact = "e:" + String(repeating: "1", count: 61)  // 63 bytes + "\n" = 64
-        #expect(try pack([(exact, 0)], backends: 1, packetBytes: 64).map(\.text) == [exact + "\n"])
+        #expect(try pack([(exact, 0)], backends: 1, packetBytes: 64, openBatchFirst: openBatchFirst).map(\.text) == [exact + "\n"])
         let over = exact + "2"
-        #expect(try pack([("x:1|c", 0), (over, 0)], backends: 1, packetBytes: 64).map(\.text) == ["x:1|c\n", over])
+        #expect(
+            try pack([("x:1|c", 0), (over, 0)], backends: 1, packetBytes: 64, openBatchFirst: openBatchFirst).map(\.text)
+                == ["x:1|c\n", over])
+    }
+
+    @Test("the open-batch path packs a line only into its backend's open batch, and only where the line and its newline fit; otherwise it packs nothing")
+    func openBatchPath() throws {
+        var assembler = try BatchAssembler(backendCount: 2, packetBytes: 16, maxLineBytes: 8192)
+        func appendToOpen(_ text: String, _ backend: Int) -> Bool {
+            var bytes = Array(text.utf8)
+            return bytes.withUnsafeMutableBytes { assembler.appendToOpenBatch(UnsafeRawBufferPointer($0).bytes, of: backend) }
+        }
+        func append(_ text: String, _ backend: Int) -> Bool {
+            var bytes = Array(text.utf8)
+            return bytes.withUnsafeMutableBytes { assembler.append(UnsafeRawBufferPointer($0).bytes, to: backend, now: 0) }
+        }
+        #expect(!appendToOpen("a:1|c", 0))  // no batch open
+        #expect(append("a:1|c", 0))  // opens it: 6 bytes
+        #expect(appendToOpen("b:22|c", 0))  // 13
+        #expect(!appendToOpen("c:1|c", 1))  // backend 1 has none open
+        #expect(!appendToOpen("cc:4", 0))  // 13 + 5 > 16
+        #expect(appendToOpen("c:", 0))  // 13 + 3 = 16: exactly full
+        #expect(!appendToOpen("d", 0))
+        #expect(assembler.nextReady() == nil)  // the path never closes a batch
+        assembler.closeAll()
+        var packets: [(Int, String)] = []
+        while let slot = assembler.nextReady() {
+            let text = assembler.pool.withBytes(ofSlot: slot) { bytes in
+                bytes.withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
+            }
+            packets.append((assembler.pool.backend(of: slot), text))
+            #expect(assembler.completeSend(slot).lines == 3)
+        }
+        #expect(packets.map(\.0) == [0])
+        #expect(packets.map(\.1) == ["a:1|c\nb:22|c\nc:\n"])
     }
 
     @Test("nothing is sent for a backend without lines, and no packet is empty")

@@ -268,8 +268,24 @@ public struct DatagramProcessor: ~Copyable {
 
     /// Routes the pending line of `datagram` (`self.pending`) by its probed hash (and, on a
     /// ring's cache miss or rehash, the md5 of its key) and packs it into its backend's batch.
+    ///
+    /// The common line (its primary cached, every backend up, room in the open batch) is packed
+    /// here, inlined in the line loop; any other goes through `packRouted`, out of line, whose
+    /// registers and stack the common line then does not pay for.
     @inline(__always)
     private mutating func pack(in datagram: RawSpan, now: UInt64) {
+        if !pending.isComposite, router.downCount == 0, let primary = primaries.cachedPrimary(for: pending.probe),
+           assembler.appendToOpenBatch(datagram.extracting(pending.line), of: primary) {
+            counters[.linesForwarded] &+= 1
+            return
+        }
+        packRouted(in: datagram, now: now)
+    }
+
+    /// `pack` of a line whose primary is not cached, whose key is written out, while a backend
+    /// is down, or that opens a batch.
+    @inline(never)
+    private mutating func packRouted(in datagram: RawSpan, now: UInt64) {
         // The pending line's parts are read where they are used, not copied out whole first.
         let line = datagram.extracting(pending.line)
         let decision: Router.Decision

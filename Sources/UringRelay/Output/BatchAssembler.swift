@@ -138,6 +138,18 @@ public struct BatchAssembler: ~Copyable {
         return true
     }
 
+    /// `append` of a line that fits in `backend`'s open batch, with its newline: packs it and
+    /// returns `true`; otherwise packs nothing and returns `false` (the caller then calls
+    /// `append`, which opens or closes a batch). The common line's whole path: small enough to
+    /// be inlined in the line loop without the registers the rest of `append` needs.
+    @inline(__always)
+    public mutating func appendToOpenBatch(_ line: RawSpan, of backend: Int) -> Bool {
+        let slot = Int(openSlot[backend])
+        guard slot >= 0 && pool.length(of: slot) &+ line.byteCount &+ 1 <= packetBytes else { return false }
+        pool.append(line, to: slot)
+        return true
+    }
+
     /// Appends one line for mirror backend `mirror` (0-based in the mirror pool), from the
     /// mirror's own slots: as `append`, but `false` also when the mirror's slots are all in use.
     ///
