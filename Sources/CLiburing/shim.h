@@ -504,6 +504,47 @@ void cl_copy_line(unsigned char *destination, const unsigned char *source, size_
 #endif
 }
 
+/// `a * b` as 128 bits, its two halves xored: the mixing step of the name hash below.
+static inline __attribute__((always_inline))
+unsigned long long cl_fold_multiply(unsigned long long a, unsigned long long b) {
+    unsigned __int128 product = (unsigned __int128)a * b;
+    return (unsigned long long)product ^ (unsigned long long)(product >> 64);
+}
+
+/// A seeded 64-bit hash of `bytes[0..<length)`, eight bytes a step (the primary cache's key,
+/// UringRelay/Routing/PrimaryCache.swift): each 8-byte word is xored into the state, which is
+/// then multiplied by a constant and folded (`cl_fold_multiply`); the last word is the eight
+/// bytes that end at `length`, overlapping the one before, and shorter names are read as two
+/// overlapping 4-byte halves or as their first, middle and last byte, so every byte is read
+/// and none outside the name. The length is mixed into the seed. About a third of FNV-1a's
+/// instructions for a common name (two a byte, `cl_fnv1a64`), and not a routing hash: it only
+/// finds a name's cached backend.
+static inline __attribute__((always_inline))
+unsigned long long cl_name_hash(unsigned long long seed, const unsigned char *bytes, size_t length) {
+    const unsigned long long step = 0x9E3779B97F4A7C15ULL, last = 0xD6E8FEB86659FD93ULL;
+    unsigned long long state = seed ^ (length * 0xFF51AFD7ED558CCDULL);
+    unsigned long long word;
+    if (length >= 8) {
+        const unsigned char *end = bytes + length - 8;
+        for (; bytes < end; bytes += 8) {
+            memcpy(&word, bytes, 8);
+            state = cl_fold_multiply(state ^ word, step);
+        }
+        memcpy(&word, end, 8);
+    } else if (length >= 4) {
+        unsigned first, second;
+        memcpy(&first, bytes, 4);
+        memcpy(&second, bytes + length - 4, 4);
+        word = ((unsigned long long)first << 32) | second;
+    } else if (length > 0) {
+        word = (unsigned long long)bytes[0] | ((unsigned long long)bytes[length / 2] << 8)
+            | ((unsigned long long)bytes[length - 1] << 16);
+    } else {
+        word = 0;
+    }
+    return cl_fold_multiply(state ^ word, last);
+}
+
 /// One 8-byte word of the packet fingerprint's hash, read little-endian.
 static inline __attribute__((always_inline))
 unsigned long long cl_fingerprint_word(const unsigned char *bytes) {

@@ -84,6 +84,36 @@ struct DatagramProcessorTests {
     }
 
     @Test(
+        "a line found in the cache by its name's hash goes where the router sends it, cached or not, with every backend up or one down, under every hash mode",
+        arguments: HashMode.allCases)
+    func nameHashProbesRouteAsTheRouter(mode: HashMode) throws {
+        let router = Router(backends: (1...5).map { BackendAddress(host: "10.0.0.\($0)", port: 8125) }, hashMode: mode)
+        var processor = try DatagramProcessor(router: router, packetBytes: 1400, maxDatagramBytes: 8192)
+        // Names of every length from 1 to 40 bytes (each of the hash's read shapes), then longer.
+        let names = (1...40).map { String(repeating: "n", count: $0 - 1) + "x" } + (0..<2_000).map { "probe.\($0 * 7_919).count" }
+        for round in 0..<4 {
+            // Round 0 fills the cache; rounds 1 and 2 find every name in it; in round 2 backend
+            // 1 is down (a cached line is then routed by its FNV-1a 64); round 3 is up again.
+            processor.router.setDown(1, round == 2)
+            var expected: [Int: String] = [:]
+            for chunk in stride(from: 0, to: names.count, by: 40) {
+                var text = ""
+                for name in names[chunk..<min(chunk + 40, names.count)] {
+                    text += "\(name):\(round)|c\n"
+                    switch processor.router.route(name: name) {
+                    case .send(let backend), .hold(let backend), .rehash(_, let backend): expected[backend, default: ""] += "\(name):\(round)|c\n"
+                    case .drop: break
+                    }
+                }
+                Self.receive(text, into: &processor)
+            }
+            #expect(Self.flush(&processor) == expected, "round \(round)")
+            #expect(expected[1] == nil || round != 2, "round 2 must move the lines off backend 1")
+        }
+        #expect(processor.counters[.linesForwarded] == UInt64(4 * names.count))
+    }
+
+    @Test(
         "a name whose primary is cached follows the health view: rehashed, held or dropped while its backend is down, back on recovery",
         arguments: DownPolicy.allCases)
     func cachedPrimaryFollowsHealth(policy: DownPolicy) throws {

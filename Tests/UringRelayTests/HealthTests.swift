@@ -141,6 +141,29 @@ struct RouterHealthTests {
         }
     }
 
+    @Test("a name's cache hash reads every byte: any one byte changed in a name of 0 to 40 bytes changes it; equal names hash alike; the seed and the length change it")
+    func nameHashReadsEveryByte() {
+        func hash(_ bytes: [UInt8], seed: UInt64 = 0x5eed) -> UInt64 {
+            bytes.span.bytes.nameHash(seed: seed)
+        }
+        var seen = Set<UInt64>()
+        for length in 0...40 {
+            let name = (0..<length).map { UInt8(ascii: "a") &+ UInt8($0 % 26) }
+            let original = hash(name)
+            #expect(hash(name) == original)
+            #expect(hash(name, seed: 1) != original, "length \(length)")
+            // Names of one repeated byte differ only in their length.
+            #expect(seen.insert(hash([UInt8](repeating: UInt8(ascii: "z"), count: length))).inserted, "length \(length)")
+            for position in 0..<length {
+                for flip: UInt8 in [0x01, 0x80] {
+                    var changed = name
+                    changed[position] ^= flip
+                    #expect(hash(changed) != original, "length \(length), byte \(position)")
+                }
+            }
+        }
+    }
+
     @Test("the primary cache answers exactly what the jump hash computes", arguments: [
         // 64 entries are 32 sets: 31 backends is the most an entry holds, 32 turns the cache off.
         (1, 64), (3, 64), (7, 64), (64, 64), (3, 32_768), (30, 64), (31, 64), (32, 64), (40_000, 64),

@@ -238,12 +238,20 @@ public struct DatagramProcessor: ~Copyable {
                     hasPending = true
                     pendingEdit = edit
                 } else {
-                    let (hash, isComposite) = Key.hash(
-                        datagram, line: start..<end, key: key, seed: FNV1a.offsetBasis, scratch: &routingKey)
+                    let hash: UInt64
+                    let isComposite: Bool
+                    if Self.probesByNameHash(Key.self, Mirror.self) {
+                        // The name's FNV-1a 64 is computed only if the cache misses (`routeUncached`).
+                        hash = primaries.nameHash(datagram.extracting(key))
+                        isComposite = false
+                    } else {
+                        (hash, isComposite) = Key.hash(
+                            datagram, line: start..<end, key: key, seed: FNV1a.offsetBasis, scratch: &routingKey)
+                    }
                     let probe = primaries.probe(hash)
                     if hasPending {
                         if Mirror.isOn { mirrorIfSampled(in: datagram, now: now) }
-                        pack(in: datagram, now: now)
+                        pack(in: datagram, now: now, probedByNameHash: Self.probesByNameHash(Key.self, Mirror.self))
                     }
                     self.pending = Pending(line: start..<end, key: key, isComposite: isComposite, probe: probe)
                     hasPending = true
@@ -261,9 +269,18 @@ public struct DatagramProcessor: ~Copyable {
                 packRewritten(pending, pendingEdit, in: datagram, now: now, Key.self)
             } else {
                 if Mirror.isOn { mirrorIfSampled(in: datagram, now: now) }
-                pack(in: datagram, now: now)
+                pack(in: datagram, now: now, probedByNameHash: Self.probesByNameHash(Key.self, Mirror.self))
             }
         }
+    }
+
+    /// Whether the line loop without a rewrite probes the cache by the name's `nameHash` rather
+    /// than its routing key's FNV-1a 64: under `--hash-key name` (the key is the name's bytes)
+    /// without a mirror (which samples by the FNV-1a). Fixed for a processor, as its cache's
+    /// index must be (`PrimaryCache`).
+    @inline(__always)
+    private static func probesByNameHash<Key: KeyPolicy, Mirror: MirrorMode>(_: Key.Type, _: Mirror.Type) -> Bool {
+        !Key.includesTags && !Mirror.isOn
     }
 
     /// Routes the pending line of `datagram` (`self.pending`) by its probed hash (and, on a
@@ -272,20 +289,23 @@ public struct DatagramProcessor: ~Copyable {
     /// The common line (its primary cached, every backend up, room in the open batch) is packed
     /// here, inlined in the line loop; any other goes through `packRouted`, out of line, whose
     /// registers and stack the common line then does not pay for.
+    ///
+    /// - Parameter probedByNameHash: whether the pending line's probe is of its name's
+    ///   `nameHash` (then its FNV-1a 64 is computed here if it must be routed).
     @inline(__always)
-    private mutating func pack(in datagram: RawSpan, now: UInt64) {
+    private mutating func pack(in datagram: RawSpan, now: UInt64, probedByNameHash: Bool) {
         if !pending.isComposite, router.downCount == 0, let primary = primaries.cachedPrimary(for: pending.probe),
            assembler.appendToOpenBatch(datagram.extracting(pending.line), of: primary) {
             counters[.linesForwarded] &+= 1
             return
         }
-        packRouted(in: datagram, now: now)
+        packRouted(in: datagram, now: now, probedByNameHash: probedByNameHash)
     }
 
     /// `pack` of a line whose primary is not cached, whose key is written out, while a backend
     /// is down, or that opens a batch.
     @inline(never)
-    private mutating func packRouted(in datagram: RawSpan, now: UInt64) {
+    private mutating func packRouted(in datagram: RawSpan, now: UInt64, probedByNameHash: Bool) {
         // The pending line's parts are read where they are used, not copied out whole first.
         let line = datagram.extracting(pending.line)
         let decision: Router.Decision
@@ -298,7 +318,7 @@ public struct DatagramProcessor: ~Copyable {
             // only on the paths below, which call its methods.
             decision = .send(primary)
         } else {
-            decision = routeUncached(in: datagram)
+            decision = routeUncached(in: datagram, probedByNameHash: probedByNameHash)
         }
         guard let backend = backend(for: decision) else { return }
         if assembler.append(line, to: backend, now: now) {
@@ -311,10 +331,11 @@ public struct DatagramProcessor: ~Copyable {
     /// `pack`'s routing of the pending line when its primary is not cached or a backend is
     /// down. Out of line: rare, and it copies the router.
     @inline(never)
-    private mutating func routeUncached(in datagram: RawSpan) -> Router.Decision {
+    private mutating func routeUncached(in datagram: RawSpan, probedByNameHash: Bool) -> Router.Decision {
         let key = datagram.extracting(pending.key)
-        let primary = primaries.primary(for: pending.probe, key: key, router: router)
-        return router.route(key: key, hash: pending.probe.hash, primary: primary)
+        let hash = probedByNameHash ? RoutingKey.hash(continuing: FNV1a.offsetBasis, key) : pending.probe.hash
+        let primary = primaries.primary(for: pending.probe, key: key, hash: hash, router: router)
+        return router.route(key: key, hash: hash, primary: primary)
     }
 
     /// `pack` for a line rewritten as `edit` says: routed by its rewritten key (on a ring, the
