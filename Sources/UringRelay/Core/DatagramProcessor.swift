@@ -314,8 +314,9 @@ public struct DatagramProcessor: ~Copyable {
             // the hash is all that routes it.)
             decision = Self.routeWritten(pending, in: datagram, scratch: &routingKey, cache: &primaries, router: router)
         } else if let primary = primaries.cachedPrimary(for: pending.probe), router.downCount == 0 {
-            // The common case, read from the fields where they lie: the router is copied out
-            // only on the paths below, which call its methods.
+            // Cached with every backend up: here because the line opens a batch (or a composite
+            // key under `jump`). Read from the fields where they lie: the router is copied out
+            // only by `routeUncached`, which calls its methods.
             decision = .send(primary)
         } else {
             decision = routeUncached(in: datagram, probedByNameHash: probedByNameHash)
