@@ -65,7 +65,8 @@ public struct PrimaryCache: ~Copyable, Sendable {
     /// other work (the next line's hash). The entries read are never wrong, only possibly out
     /// of date, so deciding on them is exact; at worst a bucket is computed that was cached.
     struct Probe: Sendable {
-        /// The key hash.
+        /// The hash probed by: the key's FNV-1a 64, or its `nameHash` in the line loop that
+        /// probes by that (`DatagramProcessor`).
         let hash: UInt64
         fileprivate let set: Int
         fileprivate let first: UInt64
