@@ -87,7 +87,8 @@ public struct BatchAssembler: ~Copyable {
         reserveSlots = sizing.reserveSlots
         mirrorSlots = sizing.mirrorSlots
         mirrorSlotsFree = sizing.mirrorSlots
-        pool = try SendBufferPool(capacity: capacity, slotBytes: max(packetBytes, maxLineBytes + 1))
+        pool = try SendBufferPool(
+            capacity: capacity, slotBytes: max(packetBytes, maxLineBytes + 1), packetLimit: packetBytes)
         self.packetBytes = packetBytes
         self.backendCount = backendCount
         self.mirrorBackendCount = mirrorBackendCount
@@ -145,9 +146,7 @@ public struct BatchAssembler: ~Copyable {
     @inline(__always)
     public mutating func appendToOpenBatch(_ line: RawSpan, of backend: Int) -> Bool {
         let slot = Int(openSlot[backend])
-        guard slot >= 0 && pool.length(of: slot) &+ line.byteCount &+ 1 <= packetBytes else { return false }
-        pool.append(line, to: slot)
-        return true
+        return slot >= 0 && pool.append(line, toSlotIfRoom: slot)
     }
 
     /// Appends one line for mirror backend `mirror` (0-based in the mirror pool), from the

@@ -129,8 +129,9 @@ public struct PrimaryCache: ~Copyable, Sendable {
     /// The bucket of the entry among `first` and `second` whose tag is `tag`, if any.
     @inline(__always)
     private func match(_ first: UInt64, _ second: UInt64, _ tag: UInt64) -> Int? {
-        if first & tagMask == tag && first != 0 { return Int(truncatingIfNeeded: first & setMask) - 1 }
-        if second & tagMask == tag && second != 0 { return Int(truncatingIfNeeded: second & setMask) - 1 }
+        // An entry's low bits are its bucket + 1, at least 1: `&- 1` cannot go below 0.
+        if first & tagMask == tag && first != 0 { return Int(truncatingIfNeeded: first & setMask) &- 1 }
+        if second & tagMask == tag && second != 0 { return Int(truncatingIfNeeded: second & setMask) &- 1 }
         return nil
     }
 
