@@ -34,6 +34,43 @@ struct SendBufferPoolTests {
             #expect(pool.length(of: low) == slotBytes)
         }
     }
+
+    /// `append(_:toSlotIfRoom:)`, the common line's path: a line goes in while the slot, with
+    /// its newline, stays within the packet limit (to the byte), and a line that does not fit
+    /// leaves the slot exactly as it was; a limit above the slot's size is the slot's size.
+    @Test("a line is appended only while the slot stays within the packet limit, to the byte; a refused line changes nothing",
+          arguments: [(slotBytes: 64, packetLimit: 40 as Int?), (64, 64), (64, 1_000), (64, nil)])
+    func appendIfRoom(slotBytes: Int, packetLimit: Int?) throws {
+        var pool = try SendBufferPool(capacity: 1, slotBytes: slotBytes, packetLimit: packetLimit)
+        let limit = min(packetLimit ?? slotBytes, slotBytes)
+        #expect(pool.packetLimit == limit)
+        let acquired = pool.acquire(for: 0)
+        let slot = try #require(acquired)
+        // (The pool is not copyable: each result is taken out before it is checked.)
+        func state(_ pool: borrowing SendBufferPool) -> (length: Int, lines: Int, bytes: [UInt8]) {
+            (pool.length(of: slot), pool.lineCount(of: slot), pool.withBytes(ofSlot: slot) { Array(copying: $0) })
+        }
+        let first = Array("a:1|c".utf8)
+        let firstFits = pool.append(first.span.bytes, toSlotIfRoom: slot)
+        #expect(firstFits)
+        // Exactly the room left, newline included: fits; one byte more: refused.
+        let room = limit - (first.count + 1)
+        let tooLong = [UInt8](repeating: UInt8(ascii: "x"), count: room)
+        let tooLongFits = pool.append(tooLong.span.bytes, toSlotIfRoom: slot)
+        #expect(!tooLongFits)
+        let afterRefusal = state(pool)
+        #expect(afterRefusal.length == first.count + 1 && afterRefusal.lines == 1 && afterRefusal.bytes == first + [10])
+        let exact = [UInt8](repeating: UInt8(ascii: "y"), count: room - 1)
+        let exactFits = pool.append(exact.span.bytes, toSlotIfRoom: slot)
+        #expect(exactFits)
+        let full = state(pool)
+        #expect(full.length == limit && full.lines == 2 && full.bytes == first + [10] + exact + [10])
+        // Full: even an empty line (its newline) is refused.
+        let emptyFits = pool.append([UInt8]().span.bytes, toSlotIfRoom: slot)
+        #expect(!emptyFits)
+        let stillFull = state(pool)
+        #expect(stillFull.length == limit && stillFull.lines == 2)
+    }
 }
 
 extension Array where Element == UInt8 {
