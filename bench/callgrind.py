@@ -305,7 +305,8 @@ def measure(relay: Path, driver: str, workload: str, n: int, work: Path, sinks: 
         os.kill(proc.pid, signal.SIGSTOP)
         errs0 = udp_snmp()["RcvbufErrors"]
         send(dgrams)
-        errs1 = udp_snmp()["RcvbufErrors"]
+        snmp1 = udp_snmp()
+        errs1, in_errors1 = snmp1["RcvbufErrors"], snmp1["InErrors"]
         queued, drops = relay_socket(RELAY_PORT)
         result["rcvbuf_errors_while_queueing"] = errs1 - errs0
         result["queued_bytes"] = queued
@@ -316,8 +317,23 @@ def measure(relay: Path, driver: str, workload: str, n: int, work: Path, sinks: 
             wait_for(lambda: sinks.lines - base >= lines and relay_socket(RELAY_PORT)[0] == 0, stall,
                      "the drain")
         except RuntimeError:
-            raise Stalled(f"{driver} {workload}: drain stalled: {sinks.lines - base} of {lines} lines at the sinks,"
-                          f" {relay_socket(RELAY_PORT)[0]} bytes still queued, threads {threads(proc.pid)}")
+            snmp = udp_snmp()
+            at_stall = sinks.lines - base
+            still_queued, relay_drops = relay_socket(RELAY_PORT) or (-1, drops)
+            stalled_threads = threads(proc.pid)
+            # Whether the relay still held the missing lines: stopped, it flushes what it holds.
+            proc.send_signal(signal.SIGTERM)
+            try:
+                wait_for(lambda: sinks.lines - base >= lines, 20, "the lines after SIGTERM")
+            except RuntimeError:
+                pass
+            raise Stalled(f"{driver} {workload}: drain stalled: {at_stall} of {lines} lines at the sinks"
+                          f" ({sinks.lines - base} once the relay was told to stop),"
+                          f" {still_queued} bytes still queued, in the drain UDP receive buffer errors"
+                          f" {snmp['RcvbufErrors'] - errs1} (the relay's socket: {relay_drops - drops})"
+                          f" and receive errors {snmp['InErrors'] - in_errors1} (a datagram refused for want of UDP"
+                          f" memory, udp_mem, counts only there),"
+                          f" threads {stalled_threads}")
         result["drain_seconds"] = round(time.monotonic() - c0, 2)
         total, dumpfile = dump(proc.pid, prefix)
         span = time.monotonic() - z0
@@ -344,6 +360,21 @@ def measure(relay: Path, driver: str, workload: str, n: int, work: Path, sinks: 
             proc.wait()
         log.close()
     return result
+
+
+def exit_counters(work: Path, driver: str, workload: str, rnd: int) -> str:
+    """The forwarding and loss counters the relay printed at its exit (its log), non-zero ones."""
+    wanted = ("datagrams_received", "lines_received", "lines_forwarded", "packets_sent", "lines_dropped",
+              "datagrams_dropped", "send_errors", "lines_held", "lines_rehashed", "lines_replayed", "kernel")
+    found = []
+    try:
+        for l in (work / f"relay.{driver}.{workload}.r{rnd}.log").read_text(errors="replace").splitlines():
+            f = l.split()
+            if len(f) == 2 and f[0].startswith("statsrelay.") and any(w in f[0] for w in wanted) and f[1] != "0":
+                found.append(f"{f[0][len('statsrelay.'):]}={f[1]}")
+    except OSError as e:
+        return f"(no log: {e})"
+    return " ".join(found) or "(none printed: the relay did not stop)"
 
 
 def annotate(dumpfile: str, top: int) -> list[str]:
@@ -423,6 +454,9 @@ def main() -> int:
                             break
                         except Stalled as e:
                             print(f"retrying once: {e}", file=sys.stderr, flush=True)
+                            # The stalled relay's own account at its exit: where the missing lines went.
+                            print(f"  the stalled relay's counters: {exit_counters(work, driver, workload, rnd + 1 + 10 * (attempt - 1))}",
+                                  file=sys.stderr, flush=True)
                             stalls.append(str(e))
                             if attempt == 2:
                                 raise
