@@ -19,21 +19,25 @@ extension RawSpan {
     }
 
     /// Where the line that starts at `start` stops: the offset of the first `\n`, `\r` or NUL at
-    /// or after `start` (`byteCount` when there is none), and of the first `:` before it
-    /// (`nil` when there is none). One pass over the line (`cl_line_stop`, 16 bytes at a
-    /// time) finds what a `\n`, a `:`, a `\r` and a NUL search each found before.
+    /// or after `start` (`byteCount` when there is none), whether it is a `\n` or the span's end
+    /// (the common line's ending; a `\r` or NUL needs a closer look), and the offset of the first
+    /// `:` before it (`nil` when there is none). One pass over the line (`cl_line_stop`, 16 bytes
+    /// at a time) finds what a `\n`, a `:`, a `\r` and a NUL search each found before.
     ///
     /// - Precondition: `0 <= start <= byteCount`.
     @inlinable @inline(__always)
-    public func lineStop(from start: Int) -> (stop: Int, colon: Int?) {
+    public func lineStop(from start: Int) -> (stop: Int, endsAtNewline: Bool, colon: Int?) {
         precondition(start >= 0 && start <= byteCount, "line start outside the span")
         let length = byteCount &- start
-        guard length > 0 else { return (start, nil) }
+        guard length > 0 else { return (start, true, nil) }
         return withUnsafeBytes { raw in
             var colon = 0
             // `raw` is the span's own memory: non-empty here, so it has a base address.
-            let stop = cl_line_stop(raw.baseAddress.unsafelyUnwrapped.assumingMemoryBound(to: UInt8.self) + start, length, &colon)
-            return (start &+ stop, colon < length ? start &+ colon : nil)
+            let line = raw.baseAddress.unsafelyUnwrapped.assumingMemoryBound(to: UInt8.self) + start
+            let stop = cl_line_stop(line, length, &colon)
+            // `stop < length` is a byte of the line: read without a second bounds check.
+            let endsAtNewline = stop == length || line[stop] == UInt8(ascii: "\n")
+            return (start &+ stop, endsAtNewline, colon < length ? start &+ colon : nil)
         }
     }
 

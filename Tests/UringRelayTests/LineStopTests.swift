@@ -7,18 +7,19 @@ import Testing
 @Suite("Line stop scan")
 struct LineStopTests {
     /// The answer byte by byte, as the definition says: the first `\n`, `\r` or NUL at or after
-    /// `start` (else the end), and the first `:` before it (else none).
-    private static func reference(_ bytes: [UInt8], from start: Int) -> (stop: Int, colon: Int?) {
+    /// `start` (else the end), whether that is a `\n` or the end, and the first `:` before it
+    /// (else none).
+    private static func reference(_ bytes: [UInt8], from start: Int) -> (stop: Int, endsAtNewline: Bool, colon: Int?) {
         var stop = bytes.count
         for index in start..<bytes.count where bytes[index] == 10 || bytes[index] == 13 || bytes[index] == 0 {
             stop = index
             break
         }
         let colon = (start..<stop).first { bytes[$0] == UInt8(ascii: ":") }
-        return (stop, colon)
+        return (stop, stop == bytes.count || bytes[stop] == 10, colon)
     }
 
-    private static func lineStop(_ bytes: [UInt8], from start: Int) -> (stop: Int, colon: Int?) {
+    private static func lineStop(_ bytes: [UInt8], from start: Int) -> (stop: Int, endsAtNewline: Bool, colon: Int?) {
         bytes.withUnsafeBytes { $0.bytes.lineStop(from: start) }
     }
 
@@ -36,7 +37,8 @@ struct LineStopTests {
                     for start in [0, 1, 3, 17] where start <= length {
                         let found = Self.lineStop(bytes, from: start)
                         let expected = Self.reference(bytes, from: start)
-                        if found.stop != expected.stop || found.colon != expected.colon {
+                        if found.stop != expected.stop || found.colon != expected.colon
+                            || found.endsAtNewline != expected.endsAtNewline {
                             mismatches.append("length \(length), stop at \(stopAt), colon at \(colonAt), start \(start)")
                         }
                     }
@@ -58,9 +60,11 @@ struct LineStopTests {
         ("x:1|c", 5, 5, nil),
     ] as [(String, Int, Int, Int?)])
     func handWritten(text: String, start: Int, stop: Int, colon: Int?) {
-        let found = Self.lineStop(Array(text.utf8), from: start)
+        let bytes = Array(text.utf8)
+        let found = Self.lineStop(bytes, from: start)
         #expect(found.stop == stop)
         #expect(found.colon == colon)
+        #expect(found.endsAtNewline == (stop == bytes.count || bytes[stop] == UInt8(ascii: "\n")))
     }
 
     /// Lines longer than one block that end in `\r\n`, a lone `\r` or hold a NUL near a block

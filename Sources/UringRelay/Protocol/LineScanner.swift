@@ -99,8 +99,8 @@ public enum LineScanner {
         // The common line ends at a `\n` (or the datagram's end) with no `\r` or NUL before it:
         // one scan finds that end and the first `:`. A line that stops at a `\r` or a NUL takes
         // the general path below.
-        let (stop, firstColon) = datagram.lineStop(from: start)
-        if stop == count || Span<UInt8>(_bytes: datagram)[stop] == UInt8(ascii: "\n") {
+        let (stop, endsAtNewline, firstColon) = datagram.lineStop(from: start)
+        if endsAtNewline {
             offset = stop < count ? stop &+ 1 : count
             if stop == start { return .empty }
             if stop &- start > BatchAssembler.largestDatagramBytes { return .malformed(.tooLong) }
