@@ -192,6 +192,18 @@ def udp_snmp() -> dict[str, int]:
     return dict(zip(rows[0][1:], map(int, rows[1][1:])))
 
 
+def ip_udp_counters() -> dict[str, int]:
+    """Every IP and UDP counter of /proc/net/snmp and /proc/net/netstat, as "Table:Name"."""
+    out = {}
+    for path in ("/proc/net/snmp", "/proc/net/netstat"):
+        rows = Path(path).read_text().splitlines()
+        for names, values in zip(rows[::2], rows[1::2]):
+            for name, value in zip(names.split()[1:], values.split()[1:]):
+                if value.lstrip("-").isdigit():
+                    out[names.split()[0] + name] = int(value)
+    return out
+
+
 def relay_socket(port: int) -> tuple[int, int] | None:
     """(rx_queue bytes, drops) of the socket bound to 127.0.0.1:port, or None."""
     want = f"0100007F:{port:04X}"
@@ -216,12 +228,16 @@ def threads(pid: int) -> dict[str, str]:
 # ---------------------------------------------------------------- callgrind
 
 def control(pid: int, flag: str) -> None:
+    if NATIVE:
+        return
     subprocess.run(["callgrind_control", flag, str(pid)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                    timeout=120)
 
 
 def dump(pid: int, out_prefix: Path) -> tuple[int, Path]:
-    """callgrind_control -d, then the total Ir of the new dump file."""
+    """callgrind_control -d, then the total Ir of the new dump file (0 in `--native` runs)."""
+    if NATIVE:
+        return 0, out_prefix
     before = set(out_prefix.parent.glob(out_prefix.name + ".*"))
     control(pid, "-d")
     deadline = time.monotonic() + 60
@@ -261,14 +277,17 @@ class Stalled(RuntimeError):
 
 
 def measure(relay: Path, driver: str, workload: str, n: int, work: Path, sinks: Sinks,
-            idle_seconds: float, rnd: int, stall: float = 120) -> dict:
+            idle_seconds: float, rnd: int, stall: float | None = None) -> dict:
+    stall = STALL_SECONDS if stall is None else stall
     warm = datagrams_for(workload, WARMUP[workload])
     dgrams = datagrams_for(workload, n)
     lines = sum(d.count(b"\n") for d in dgrams)
     warm_lines = sum(d.count(b"\n") for d in warm)
     prefix = work / f"cg.{driver}.{workload}.r{rnd}"
     log = open(work / f"relay.{driver}.{workload}.r{rnd}.log", "w")
-    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={prefix}"] + (["--dump-instr=yes"] if DUMP_INSTR else []) + [
+    valgrind = [] if NATIVE else ["valgrind", "--tool=callgrind", f"--callgrind-out-file={prefix}"] + (
+        ["--dump-instr=yes"] if DUMP_INSTR else [])
+    cmd = valgrind + [
            str(relay), "run", "--io-backend", driver, "--admin", "none", "--bind", "127.0.0.1",
            "--port", str(RELAY_PORT), "--threads", "1", "--rcvbuf", "268435456",
            "--packet-len", "1400", "--flush-interval", "10ms"] + RELAY_ARGS + [f"127.0.0.1:{p}" for p in SINK_PORTS]
@@ -307,6 +326,7 @@ def measure(relay: Path, driver: str, workload: str, n: int, work: Path, sinks: 
         send(dgrams)
         snmp1 = udp_snmp()
         errs1, in_errors1 = snmp1["RcvbufErrors"], snmp1["InErrors"]
+        counters1, sink_datagrams1 = ip_udp_counters(), sinks.datagrams
         queued, drops = relay_socket(RELAY_PORT)
         result["rcvbuf_errors_while_queueing"] = errs1 - errs0
         result["queued_bytes"] = queued
@@ -321,6 +341,10 @@ def measure(relay: Path, driver: str, workload: str, n: int, work: Path, sinks: 
             at_stall = sinks.lines - base
             still_queued, relay_drops = relay_socket(RELAY_PORT) or (-1, drops)
             stalled_threads = threads(proc.pid)
+            counters = ip_udp_counters()
+            moved = {k: v - counters1.get(k, 0) for k, v in counters.items() if v != counters1.get(k, 0)}
+            sink_queues = [relay_socket(port) for port in SINK_PORTS]
+            sink_datagrams = sinks.datagrams - sink_datagrams1
             # Whether the relay still held the missing lines: stopped, it flushes what it holds.
             proc.send_signal(signal.SIGTERM)
             try:
@@ -333,7 +357,8 @@ def measure(relay: Path, driver: str, workload: str, n: int, work: Path, sinks: 
                           f" {snmp['RcvbufErrors'] - errs1} (the relay's socket: {relay_drops - drops})"
                           f" and receive errors {snmp['InErrors'] - in_errors1} (a datagram refused for want of UDP"
                           f" memory, udp_mem, counts only there),"
-                          f" threads {stalled_threads}")
+                          f" {sink_datagrams} datagrams read by the sinks in the drain, their sockets' (queued, drops)"
+                          f" {sink_queues}, the IP and UDP counters that moved {moved}, threads {stalled_threads}")
         result["drain_seconds"] = round(time.monotonic() - c0, 2)
         total, dumpfile = dump(proc.pid, prefix)
         span = time.monotonic() - z0
@@ -365,7 +390,8 @@ def measure(relay: Path, driver: str, workload: str, n: int, work: Path, sinks: 
 def exit_counters(work: Path, driver: str, workload: str, rnd: int) -> str:
     """The forwarding and loss counters the relay printed at its exit (its log), non-zero ones."""
     wanted = ("datagrams_received", "lines_received", "lines_forwarded", "packets_sent", "lines_dropped",
-              "datagrams_dropped", "send_errors", "lines_held", "lines_rehashed", "lines_replayed", "kernel")
+              "datagrams_dropped", "send_errors", "lines_held", "lines_rehashed", "lines_replayed", "kernel",
+              "unconfirmed", "lines_sent", "refused", "unreachable", "doubted")
     found = []
     try:
         for l in (work / f"relay.{driver}.{workload}.r{rnd}.log").read_text(errors="replace").splitlines():
@@ -401,6 +427,9 @@ def annotate(dumpfile: str, top: int) -> list[str]:
 
 DUMP_INSTR = False
 RELAY_ARGS: list[str] = []
+# `--native`: the relay runs without valgrind (no instruction counts), to check its drains.
+NATIVE = False
+STALL_SECONDS = 120.0
 
 
 def main() -> int:
@@ -424,12 +453,19 @@ def main() -> int:
     ap.add_argument("--relay-arg", action="append", default=[],
                     help="an extra relay option (repeatable), e.g. --relay-arg=--metrics-prefix=eu: "
                          "never with --update (the thresholds are for the defaults)")
+    ap.add_argument("--native", action="store_true",
+                    help="run the relay without valgrind: no figures, only whether every drain delivers every line")
+    ap.add_argument("--stall-seconds", type=float, default=120.0, help="a drain without progress this long stalls")
     ap.add_argument("--dump-instr", action="store_true",
                     help="count per instruction address too (callgrind --dump-instr=yes; with --keep, for bench/callgrind-hot.py)")
     a = ap.parse_args()
-    global DUMP_INSTR, RELAY_ARGS
+    global DUMP_INSTR, RELAY_ARGS, NATIVE, STALL_SECONDS
     DUMP_INSTR = a.dump_instr
     RELAY_ARGS = a.relay_arg
+    NATIVE = a.native
+    STALL_SECONDS = a.stall_seconds
+    if NATIVE and (a.update or a.check):
+        ap.error("--native measures no instructions: not with --update or --check")
     if RELAY_ARGS and a.update:
         ap.error("--relay-arg with --update: the thresholds are for the default options")
 
