@@ -8,7 +8,8 @@ section "Instructions per line (callgrind)".
 For each io driver and workload: the relay runs under `valgrind --tool=callgrind` with one
 worker, `--admin none` and three live sinks (a thread of this script reading and counting
 lines). After a warm-up of WARMUP datagrams, the counters are zeroed (`callgrind_control -z`),
-the relay is SIGSTOPped, N datagrams are queued into its socket (RcvbufErrors must not move),
+the relay is SIGSTOPped (and every thread seen stopped), N datagrams are queued into its socket
+(RcvbufErrors must not move),
 it is SIGCONTed, and once its socket is empty and the sinks have every line, the counters are
 dumped (`callgrind_control -d`). An idle interval measured the same way with N = 0 in the same
 process is subtracted, scaled to the drain's length (it is 0 when the relay does not wake while
@@ -214,6 +215,18 @@ def relay_socket(port: int) -> tuple[int, int] | None:
     return None
 
 
+def stopped(pid: int) -> bool:
+    """Whether every thread of pid is stopped (state T or t in /proc/PID/task/TID/stat)."""
+    states = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            # The state follows the command name, which is in parentheses and may hold spaces.
+            states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+        except (OSError, IndexError):
+            continue
+    return bool(states) and all(state in ("T", "t") for state in states)
+
+
 def threads(pid: int) -> dict[str, str]:
     """name -> wchan of each thread of pid."""
     out = {}
@@ -322,6 +335,10 @@ def measure(relay: Path, driver: str, workload: str, n: int, work: Path, sinks: 
         control(proc.pid, "-z")
         z0 = time.monotonic()
         os.kill(proc.pid, signal.SIGSTOP)
+        # kill() returns before the stop takes effect: a worker descheduled just then (a build on
+        # the other core) would otherwise relay the first datagrams queued before `base` below
+        # is read, and those lines would never count at the sinks (a drain "stalled" short).
+        wait_for(lambda: stopped(proc.pid), 30, "the relay to stop")
         errs0 = udp_snmp()["RcvbufErrors"]
         send(dgrams)
         snmp1 = udp_snmp()
