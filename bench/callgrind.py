@@ -341,8 +341,7 @@ def measure(relay: Path, driver: str, workload: str, n: int, work: Path, sinks: 
         wait_for(lambda: stopped(proc.pid), 30, "the relay to stop")
         errs0 = udp_snmp()["RcvbufErrors"]
         send(dgrams)
-        snmp1 = udp_snmp()
-        errs1, in_errors1 = snmp1["RcvbufErrors"], snmp1["InErrors"]
+        errs1 = udp_snmp()["RcvbufErrors"]
         counters1, sink_datagrams1 = ip_udp_counters(), sinks.datagrams
         queued, drops = relay_socket(RELAY_PORT)
         result["rcvbuf_errors_while_queueing"] = errs1 - errs0
@@ -354,7 +353,6 @@ def measure(relay: Path, driver: str, workload: str, n: int, work: Path, sinks: 
             wait_for(lambda: sinks.lines - base >= lines and relay_socket(RELAY_PORT)[0] == 0, stall,
                      "the drain")
         except RuntimeError:
-            snmp = udp_snmp()
             at_stall = sinks.lines - base
             still_queued, relay_drops = relay_socket(RELAY_PORT) or (-1, drops)
             stalled_threads = threads(proc.pid)
@@ -369,13 +367,11 @@ def measure(relay: Path, driver: str, workload: str, n: int, work: Path, sinks: 
             except RuntimeError:
                 pass
             raise Stalled(f"{driver} {workload}: drain stalled: {at_stall} of {lines} lines at the sinks"
-                          f" ({sinks.lines - base} once the relay was told to stop),"
-                          f" {still_queued} bytes still queued, in the drain UDP receive buffer errors"
-                          f" {snmp['RcvbufErrors'] - errs1} (the relay's socket: {relay_drops - drops})"
-                          f" and receive errors {snmp['InErrors'] - in_errors1} (a datagram refused for want of UDP"
-                          f" memory, udp_mem, counts only there),"
+                          f" ({sinks.lines - base} once the relay was told to stop), {still_queued} bytes still"
+                          f" queued in the relay's socket ({relay_drops - drops} dropped there in the drain),"
                           f" {sink_datagrams} datagrams read by the sinks in the drain, their sockets' (queued, drops)"
-                          f" {sink_queues}, the IP and UDP counters that moved {moved}, threads {stalled_threads}")
+                          f" {sink_queues}, the IP and UDP counters that moved in the drain {moved},"
+                          f" threads {stalled_threads}")
         result["drain_seconds"] = round(time.monotonic() - c0, 2)
         total, dumpfile = dump(proc.pid, prefix)
         span = time.monotonic() - z0
