@@ -218,7 +218,11 @@ def relay_socket(port: int) -> tuple[int, int] | None:
 def stopped(pid: int) -> bool:
     """Whether every thread of pid is stopped (state T or t in /proc/PID/task/TID/stat)."""
     states = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return False  # gone: the wait for the stop then times out, naming it
+    for task in tasks:
         try:
             # The state follows the command name, which is in parentheses and may hold spaces.
             states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])

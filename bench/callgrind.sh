@@ -4,7 +4,7 @@
 #
 #   bench/callgrind.sh [--relay PATH] [--check | --update [--lower-only]] [--repeat K] [--annotate 10]
 #                      [--n-w1 200000] [--n-w2 20000] [--drivers uring,portable] [--workloads w1,w2]
-#                      [--json FILE] [--keep] [--native [--stall-seconds 10]]
+#                      [--json FILE] [--keep] [--native] [--stall-seconds 120]
 #
 #   --check    exit 1 when a driver x workload figure is more than 5 % above
 #              bench/Thresholds/instructions-per-line.json (exit 2: a run was invalid)
@@ -12,6 +12,7 @@
 #   --lower-only  with --update: only the figures that went down are written, the rest kept
 #   --native   the relay without valgrind, no figures: whether every drain delivers every line
 #              (a stall reports where the missing lines were; see bench/README.md)
+#   --stall-seconds  a drain with no progress this long is retried once, then fails (default 120)
 #
 # Needs root, valgrind (callgrind_control, callgrind_annotate), objcopy, python3 >= 3.9 and unshare.
 # Runs in a network namespace of its own (unshare -n): relay on 127.0.0.1:18125, sinks on

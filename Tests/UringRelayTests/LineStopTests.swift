@@ -3,7 +3,8 @@ import Testing
 @testable import UringRelay
 
 /// `RawSpan.lineStop(from:)`, the one scan per line that finds where a line stops (`\n`, `\r`
-/// or NUL) and its first `:` (16 bytes at a time, the last block overlapping the one before).
+/// or NUL), whether that is a `\n` (or the end), and its first `:` (16 bytes at a time, the last
+/// block overlapping the one before).
 @Suite("Line stop scan")
 struct LineStopTests {
     /// The answer byte by byte, as the definition says: the first `\n`, `\r` or NUL at or after
