@@ -140,6 +140,10 @@ public struct SendBufferPool: ~Copyable {
         // `slot` was checked by the subscript, `end` against the slot: the arithmetic below
         // cannot overflow (it runs for every line).
         let destination = storage + (slot &* slotBytes &+ Int(fill.length))
+        // The fill is written first: its operands are then dead during the copy, which would
+        // otherwise keep them in spill slots around it (the compiler cannot move the store
+        // past a copy through raw pointers).
+        fills[slot] = Fill(length: Int32(truncatingIfNeeded: end), lines: fill.lines &+ 1)
         line.withUnsafeBytes { source in
             // A line is short: copied inline, not through a `memcpy` call (`cl_copy_line`).
             if let base = source.baseAddress {
@@ -148,7 +152,6 @@ public struct SendBufferPool: ~Copyable {
             }
         }
         destination.storeBytes(of: UInt8(ascii: "\n"), toByteOffset: count, as: UInt8.self)
-        fills[slot] = Fill(length: Int32(truncatingIfNeeded: end), lines: fill.lines &+ 1)
     }
 
     /// Appends already packed bytes (a held packet, possibly in pieces) to `slot`.
