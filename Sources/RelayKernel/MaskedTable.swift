@@ -16,24 +16,19 @@ public struct MaskedTable<Element: BitwiseCopyable>: ~Copyable {
     public var count: Int { mask &+ 1 }
 
     /// A table of at least `minimumCount` slots (rounded up to a power of two, at least 1),
-    /// each holding `value`, its first slot at a multiple of `alignment` bytes (a power of two;
-    /// the element's own alignment by default): a table read in groups of slots can keep each
-    /// group within one cache line.
-    public init(repeating value: Element, minimumCount: Int, alignment: Int = MemoryLayout<Element>.alignment) {
+    /// each holding `value`.
+    public init(repeating value: Element, minimumCount: Int) {
         precondition(minimumCount >= 0 && minimumCount <= 1 << 40, "table size out of range")
-        precondition(alignment > 0 && alignment & (alignment - 1) == 0, "alignment not a power of two")
         var count = 1
         while count < minimumCount { count <<= 1 }
-        storage = UnsafeMutableRawPointer.allocate(
-            byteCount: count * MemoryLayout<Element>.stride, alignment: max(alignment, MemoryLayout<Element>.alignment)
-        ).bindMemory(to: Element.self, capacity: count)
+        storage = UnsafeMutablePointer<Element>.allocate(capacity: count)
         storage.initialize(repeating: value, count: count)
         mask = count - 1
     }
 
     deinit {
         // `Element` is bitwise-copyable: nothing to deinitialise.
-        UnsafeMutableRawPointer(storage).deallocate()
+        storage.deallocate()
     }
 
     /// The slot `index & mask`: any index, wrapped into the table.

@@ -4,12 +4,9 @@ import RelayKernel
 ///
 /// Computing the primary costs a chain of floating-point divisions per key under `jump`, and an
 /// md5 of the name and a binary search of the ring under `etsy` and `ketama`, while a metric
-/// name recurs many times a second. This is a four-way set-associative table of 8-byte entries,
-/// indexed by the key's hash: a set is 32 bytes, aligned, so a lookup is one cache line, and a
-/// name shares its set with three others without any being evicted. A line's probe reads the
-/// set's two most recent entries ahead (`probe(_:)`); the other two are read only when neither
-/// matches. (Two ways missed ~4 % of the lookups with 10 000 names in 32 768 entries, each a
-/// computed route of ~340 instructions: sets of three names or more thrashed, issue 16.)
+/// name recurs many times a second. This is a two-way set-associative table
+/// of 8-byte entries, indexed by the key's FNV-1a hash: a set is 16 bytes, so a lookup is one
+/// cache line, and a name shares its set with one other without either being evicted.
 ///
 /// An entry is the hash with its low set-index bits replaced by the bucket plus one (0 marks
 /// an empty entry). The set index is the low bits of `hash ^ hash >> 29`, so two hashes that
@@ -31,8 +28,8 @@ import RelayKernel
 /// A cache is indexed by one hash or the other for its life: a worker's processor never
 /// changes its `--hash-key` or its mirror.
 public struct PrimaryCache: ~Copyable, Sendable {
-    /// Four entries per set, the most recently filled first (fixed size, no copy-on-write checks;
-    /// a set's index is masked, so its reads need no bounds checks).
+    /// Two entries per set, the most recently filled first (fixed size, no copy-on-write checks;
+    /// a set's index is masked, so its two reads need no bounds checks).
     private var entries: MaskedTable<UInt64>
     private let setMask: UInt64
     private let tagMask: UInt64
@@ -43,13 +40,12 @@ public struct PrimaryCache: ~Copyable, Sendable {
     /// `nameHash`'s seed, drawn for this cache.
     private let nameSeed: UInt64
 
-    /// A cache of about `entries` entries (rounded up to a power of two, at least 128: 32 sets)
-    /// for `backendCount` backends.
+    /// A cache of about `entries` entries (rounded up to a power of two, at least 64) for
+    /// `backendCount` backends.
     public init(entries: Int = 32_768, backendCount: Int) {
         var sets = 32
-        while sets * Self.ways < entries { sets <<= 1 }
-        // A set's four entries in one 64-byte cache line.
-        self.entries = MaskedTable(repeating: 0, minimumCount: Self.ways * sets, alignment: 64)
+        while sets * 2 < entries { sets <<= 1 }
+        self.entries = MaskedTable(repeating: 0, minimumCount: 2 * sets)
         setMask = UInt64(sets - 1)
         tagMask = ~setMask
         // bucket + 1 <= backendCount must fit in the low set-index bits.
@@ -63,11 +59,7 @@ public struct PrimaryCache: ~Copyable, Sendable {
     @inline(__always)
     func nameHash(_ name: RawSpan) -> UInt64 { name.nameHash(seed: nameSeed) }
 
-    /// Entries per set.
-    private static var ways: Int { 4 }
-
-    /// One lookup's reads: the set of a hash and its two most recent entries as they were when
-    /// read.
+    /// One lookup's reads: the set of a hash and its two entries as they were when read.
     ///
     /// Reading the set early and deciding later lets the caller overlap the memory access with
     /// other work (the next line's hash). The entries read are never wrong, only possibly out
@@ -89,7 +81,7 @@ public struct PrimaryCache: ~Copyable, Sendable {
     func probe(_ hash: UInt64) -> Probe {
         guard enabled else { return Probe(hash: hash, set: -1, first: 0, second: 0) }
         // FNV-1a's high bits mix best; fold them into the set index.
-        let set = Int(truncatingIfNeeded: (hash ^ (hash >> 29)) & setMask) &<< 2
+        let set = Int(truncatingIfNeeded: (hash ^ (hash >> 29)) & setMask) &<< 1
         return Probe(hash: hash, set: set, first: entries[wrapping: set], second: entries[wrapping: set &+ 1])
     }
 
@@ -121,20 +113,15 @@ public struct PrimaryCache: ~Copyable, Sendable {
         let tag = probe.hash & tagMask
         if let bucket = match(probe.first, probe.second, tag) { return bucket }
         guard probe.set >= 0 else { return nil }
-        // The set's older two, and its newer two again: the probe may predate an insert into
-        // this set (the line before, maybe the same name). In L1 now, before computing.
-        if let bucket = match(entries[wrapping: probe.set &+ 2], entries[wrapping: probe.set &+ 3], tag) {
-            return bucket
-        }
+        // The probe may predate an insert into this set (the line before, maybe the same
+        // name): read the set again, now in L1, before computing.
         return match(entries[wrapping: probe.set], entries[wrapping: probe.set &+ 1], tag)
     }
 
-    /// Caches `bucket` for a probed hash, as the set's most recent entry; the oldest leaves.
+    /// Caches `bucket` for a probed hash, as the set's most recent entry.
     @inline(__always)
     private mutating func insert(_ probe: Probe, _ bucket: Int) {
         guard probe.set >= 0 else { return }
-        entries[wrapping: probe.set &+ 3] = entries[wrapping: probe.set &+ 2]
-        entries[wrapping: probe.set &+ 2] = entries[wrapping: probe.set &+ 1]
         entries[wrapping: probe.set &+ 1] = entries[wrapping: probe.set]
         entries[wrapping: probe.set] = (probe.hash & tagMask) | UInt64(bucket + 1)
     }
