@@ -180,4 +180,23 @@ struct RouterHealthTests {
             }
         }
     }
+
+    @Test("two names in one set of the primary cache are both kept; a third evicts the one cached first", arguments: [
+        1, 2, 3,
+    ])
+    func primaryCacheSetHoldsTwo(_ newcomers: Int) {
+        var cache = PrimaryCache(backendCount: 7)
+        // Hashes that all fall into one set, as in the test above.
+        let base = FNV1a.hash64("collide")
+        let hashes = (0..<UInt64(newcomers)).map { base ^ ($0 << 29) ^ $0 }
+        for hash in hashes { _ = cache.primary(forHash: hash) }
+        for (index, hash) in hashes.enumerated() {
+            let cached = cache.cachedPrimary(for: cache.probe(hash))
+            if index == 0 && newcomers == 3 {
+                #expect(cached == nil, "the first of three is evicted")
+            } else {
+                #expect(cached == JumpHash.bucket(for: hash, buckets: 7), "name \(index) of \(newcomers)")
+            }
+        }
+    }
 }
