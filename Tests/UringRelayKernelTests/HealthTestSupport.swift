@@ -11,7 +11,10 @@ import Synchronization
 ///
 /// `close()` stops listening but keeps the port bound (`shutdown(2)` on the listening socket,
 /// as HAProxy pauses a listener), so no other socket, such as a health probe's ephemeral
-/// source port, can take the port before `reopen()` listens again.
+/// source port or another test's listener, can take the port before `reopen()` listens again.
+/// That needs the port bound by number (a socket bound to port 0 gives its port back at
+/// `shutdown`, and `listen` then picks another) and `SO_REUSEADDR` off once bound (a shut
+/// listener's port is open to any bind with `SO_REUSEADDR` while its own flag is on).
 final class FakeHealthPort: @unchecked Sendable {  // mutable state lives in `Shared`
     /// What the serving thread shares with the owner.
     private final class Shared: Sendable {
@@ -26,7 +29,7 @@ final class FakeHealthPort: @unchecked Sendable {  // mutable state lives in `Sh
 
     /// Starts listening; `port` 0 picks one.
     init(port: UInt16 = 0) throws {
-        let (fd, bound) = try listeningTCPSocket(port: port, reuseAddress: true, backlog: 64)
+        let (fd, bound) = try Self.listenByNumber(port: port)
         self.port = bound
         listener = fd
         thread = WorkerThreadHandle(try WorkerThread(name: "fake-health", cpu: nil) { [shared] _ in
@@ -49,6 +52,33 @@ final class FakeHealthPort: @unchecked Sendable {  // mutable state lives in `Sh
     /// Listens again on the same port.
     func reopen() throws {
         guard listen(listener, 64) == 0 else { throw Errno.current }
+    }
+
+    /// A listener on 127.0.0.1:`port`, bound by number even when `port` is 0 (the kernel's pick
+    /// is held by a reservation while the listener binds it), with `SO_REUSEADDR` cleared.
+    private static func listenByNumber(port: UInt16) throws -> (descriptor: Int32, port: UInt16) {
+        var reservation: Int32 = -1
+        defer { if reservation >= 0 { Glibc.close(reservation) } }
+        var number = port
+        if port == 0 {
+            // Bound with SO_REUSEADDR and not listening, the reservation lets the listener bind
+            // the same port, and no other socket takes it in between.
+            reservation = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var one: Int32 = 1
+            setsockopt(reservation, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+            guard SocketAddress(numericHost: "127.0.0.1", port: 0)!.withUnsafeSockaddr({ bind(reservation, $0, $1) }) == 0 else {
+                throw Errno.current
+            }
+            number = boundPort(of: reservation)
+        }
+        let (fd, bound) = try listeningTCPSocket(port: number, reuseAddress: true, backlog: 64)
+        var zero: Int32 = 0
+        guard setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &zero, socklen_t(MemoryLayout<Int32>.size)) == 0 else {
+            let failure = Errno.current
+            Glibc.close(fd)
+            throw failure
+        }
+        return (fd, bound)
     }
 
     private static func serve(_ listener: Int32, _ shared: Shared) {
@@ -109,10 +139,15 @@ func listeningTCPSocket(port: UInt16 = 0, reuseAddress: Bool = false, backlog: I
         Glibc.close(fd)
         throw failure
     }
+    return (fd, boundPort(of: fd))
+}
+
+/// The port an IPv4 socket is bound to.
+func boundPort(of fd: Int32) -> UInt16 {
     var storage = sockaddr_in()
     var length = socklen_t(MemoryLayout<sockaddr_in>.size)
     withUnsafeMutableBytes(of: &storage) { _ = getsockname(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), &length) }
-    return (fd, UInt16(bigEndian: storage.sin_port))
+    return UInt16(bigEndian: storage.sin_port)
 }
 
 /// `count` UDP backends on 127.0.0.1, each with a `FakeHealthPort` on the TCP port of the same

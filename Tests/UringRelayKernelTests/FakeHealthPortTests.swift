@@ -1,0 +1,32 @@
+@testable import RelayKernel
+import Glibc
+import Testing
+
+/// The health tests' stand-in port keeps its promise: a closed port refuses connects and no
+/// other socket takes it, so a test that closes it sees its backends go down.
+@Suite("The fake health port", .timeLimit(.minutes(1)))
+struct FakeHealthPortTests {
+    @Test(
+        "closed, it refuses connects and another test's listener cannot take its port; reopened, it accepts on the same port",
+        arguments: [false, true])
+    func closeKeepsThePort(byNumber: Bool) throws {
+        let health = try byNumber ? FakeHealthPort(port: try freeTCPPort()) : FakeHealthPort()
+        let address = SocketAddress(numericHost: "127.0.0.1", port: health.port)!
+        _ = try TCPIngestClient(to: address)
+        for _ in 0..<2 {
+            health.close()
+            #expect(throws: Errno(rawValue: ECONNREFUSED)) { _ = try TCPIngestClient(to: address) }
+            // backendsWithHealthTwins binds this way, by number with SO_REUSEADDR.
+            #expect(throws: Errno(rawValue: EADDRINUSE)) { Glibc.close(try listeningTCPSocket(port: health.port, reuseAddress: true).descriptor) }
+            try health.reopen()
+            _ = try TCPIngestClient(to: address)
+        }
+    }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (bound with port 0 and closed).
+private func freeTCPPort() throws -> UInt16 {
+    let (fd, port) = try listeningTCPSocket()
+    Glibc.close(fd)
+    return port
+}
