@@ -339,24 +339,119 @@ static const int cl_SO_MEMINFO = SO_MEMINFO;
 static const unsigned cl_SK_MEMINFO_VARS = SK_MEMINFO_VARS;
 static const unsigned cl_SK_MEMINFO_DROPS = SK_MEMINFO_DROPS;
 
+/// `a * b` as 128 bits, its two halves xored: the mixing step of the name hash below.
+static inline __attribute__((always_inline))
+unsigned long long cl_fold_multiply(unsigned long long a, unsigned long long b) {
+    unsigned __int128 product = (unsigned __int128)a * b;
+    return (unsigned long long)product ^ (unsigned long long)(product >> 64);
+}
+
+/// The name hash's two secrets (UringRelay/Routing/PrimaryCache.swift draws them per cache).
+struct cl_name_hash_seeds {
+    unsigned long long state;
+    unsigned long long key;
+};
+
+/// One 16-byte block of the name hash, as two little-endian words: the state xored with the
+/// first, multiplied by the second xored with the secret key, folded (`cl_fold_multiply`). A
+/// block the name ends in is zero past the name's end.
+static inline __attribute__((always_inline))
+unsigned long long cl_name_hash_block(unsigned long long state, unsigned long long low, unsigned long long high,
+                                      unsigned long long key) {
+    return cl_fold_multiply(state ^ low, high ^ key);
+}
+
+/// Up to eight bytes read as a little-endian word, zero past `count` (1...8), reading only
+/// `bytes[0..<count)`.
+static inline __attribute__((always_inline))
+unsigned long long cl_partial_word(const unsigned char *bytes, size_t count) {
+    unsigned long long word;
+    if (count >= 8) {
+        memcpy(&word, bytes, 8);
+    } else if (count >= 4) {
+        unsigned first, last;
+        memcpy(&first, bytes, 4);
+        memcpy(&last, bytes + count - 4, 4);
+        word = (unsigned long long)first | (((unsigned long long)last >> (8 * (8 - count))) << 32);
+    } else {
+        word = (unsigned long long)bytes[0] | ((unsigned long long)bytes[count >> 1] << (8 * (count >> 1)))
+            | ((unsigned long long)bytes[count - 1] << (8 * (count - 1)));
+    }
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    word = __builtin_bswap64(word) >> (8 * (8 - (count < 8 ? count : 8)));
+#endif
+    return word;
+}
+
+/// A seeded 64-bit hash of `bytes[0..<length)`, sixteen bytes a step (the primary cache's key,
+/// UringRelay/Routing/PrimaryCache.swift): the name read as 16-byte blocks from its first byte,
+/// the last zero past the name's end, each mixed into the state with one 128-bit multiply by a
+/// secret (`cl_name_hash_block`). Reads every byte of the name and none outside it. The length
+/// is not mixed in: the zeros past the end give it for a name without NUL bytes, and no line
+/// holding a NUL is forwarded, so none is hashed (UringRelay/Protocol/LineScanner.swift). The
+/// line scan computes the same hash from the blocks it reads anyway (`cl_line_stop`); this is
+/// the hash of a name the scan did not hash. Not a routing hash: it only finds a name's cached
+/// backend.
+static inline __attribute__((always_inline))
+unsigned long long cl_name_hash(struct cl_name_hash_seeds seeds, const unsigned char *bytes, size_t length) {
+    unsigned long long state = seeds.state;
+    size_t offset = 0;
+    for (; offset + 16 <= length; offset += 16) {
+        unsigned long long low, high;
+        memcpy(&low, bytes + offset, 8);
+        memcpy(&high, bytes + offset + 8, 8);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        low = __builtin_bswap64(low);
+        high = __builtin_bswap64(high);
+#endif
+        state = cl_name_hash_block(state, low, high, seeds.key);
+    }
+    size_t rest = length - offset;
+    if (rest > 0) {
+        unsigned long long low = cl_partial_word(bytes + offset, rest);
+        unsigned long long high = rest > 8 ? cl_partial_word(bytes + offset + 8, rest - 8) : 0;
+        state = cl_name_hash_block(state, low, high, seeds.key);
+    }
+    return state;
+}
+
 // ---- Line scanning (RelayKernel/RawSpan+Search.swift) ----
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
 
 #if defined(__SSE2__)
+/// Bytes 0..<16 set in the first 16, clear in the last: `cl_name_tail_masks + 16 - n` keeps a
+/// block's first `n` bytes.
+static const unsigned char cl_name_tail_masks[32] = {
+    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+
 /// One 16-byte block of `cl_line_stop` at `offset`, `keep` masking off the bytes seen already:
 /// records the block's first ':' while none is found, and returns 1 with `*stop` set when the
 /// block holds a '\n', '\r' or NUL. A block is first tested for any byte up to '\r' (one
 /// compare: '\n', '\r' and NUL are the only such bytes in a common line), and only then for
-/// the three exactly.
+/// the three exactly. With `hashing` (a block that starts a multiple of 16 bytes after the
+/// line), a block before the first ':' is mixed into `*hash` whole, and the one holding it up
+/// to the ':' (`cl_name_hash_block`).
 static inline __attribute__((always_inline))
 int cl_line_block(const unsigned char *bytes, size_t offset, unsigned keep, size_t length, size_t *found_colon,
-                  size_t *stop) {
+                  size_t *stop, int hashing, unsigned long long *hash, unsigned long long key) {
     __m128i v = _mm_loadu_si128((const __m128i *)(bytes + offset));
     if (*found_colon == length) {
         unsigned colon_bits = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(':'))) & keep;
-        if (colon_bits) *found_colon = offset + (size_t)__builtin_ctz(colon_bits);
+        if (colon_bits) {
+            unsigned at = (unsigned)__builtin_ctz(colon_bits);
+            *found_colon = offset + at;
+            if (hashing && at > 0) {
+                __m128i name = _mm_and_si128(v, _mm_loadu_si128((const __m128i *)(cl_name_tail_masks + 16 - at)));
+                *hash = cl_name_hash_block(*hash, (unsigned long long)_mm_cvtsi128_si64(name),
+                                           (unsigned long long)_mm_cvtsi128_si64(_mm_unpackhi_epi64(name, name)), key);
+            }
+        } else if (hashing) {
+            *hash = cl_name_hash_block(*hash, (unsigned long long)_mm_cvtsi128_si64(v),
+                                       (unsigned long long)_mm_cvtsi128_si64(_mm_unpackhi_epi64(v, v)), key);
+        }
     }
     const __m128i carriage = _mm_set1_epi8('\r');
     if (((unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_min_epu8(v, carriage), v)) & keep) == 0) return 0;
@@ -377,27 +472,59 @@ int cl_line_block(const unsigned char *bytes, size_t offset, unsigned keep, size
 /// made before. Never reads outside `bytes[0..<length)`: the last partial block is read as the
 /// 16 bytes that end at `length`, overlapping the block before, with the bytes already seen
 /// masked off.
+///
+/// With `hashing`, `*name_hash` gets `cl_name_hash(seeds, bytes, *colon)`, computed from the
+/// blocks read anyway (the last, overlapping one shifted into place), and `*hashed` is 1; with
+/// no ':' before the stop, or fewer than 16 bytes to read, `*hashed` is 0 and the caller hashes
+/// the name itself. (Little-endian: the SSE2 path is x86-64's.)
 static inline __attribute__((always_inline))
-size_t cl_line_stop(const unsigned char *bytes, size_t length, size_t *colon) {
+size_t cl_line_stop(const unsigned char *bytes, size_t length, size_t *colon, int hashing,
+                    struct cl_name_hash_seeds seeds, unsigned long long *name_hash, int *hashed) {
     size_t found_colon = length;
     size_t offset = 0;
+    *hashed = 0;
 #if defined(__SSE2__)
     if (length >= 16) {
         size_t stop = length;
+        unsigned long long hash = seeds.state;
         for (; offset + 16 <= length; offset += 16) {
-            if (cl_line_block(bytes, offset, 0xffffu, length, &found_colon, &stop)) goto found;
+            if (cl_line_block(bytes, offset, 0xffffu, length, &found_colon, &stop, hashing, &hash, seeds.key)) goto found;
         }
         if (offset < length) {
             // The last 16 bytes, overlapping what was seen.
+            int colon_before = found_colon < length;
             size_t last = length - 16;
             unsigned keep = (0xffffu << (unsigned)(offset - last)) & 0xffffu;
-            if (cl_line_block(bytes, last, keep, length, &found_colon, &stop)) goto found;
+            int stopped = cl_line_block(bytes, last, keep, length, &found_colon, &stop, 0, &hash, seeds.key);
+            if (hashing && !colon_before && found_colon < length && found_colon > offset) {
+                // The name ends in this block: its last block, `bytes[offset..<found_colon)`, is
+                // these 16 bytes shifted down by `offset - last` and cut at the ':'.
+                // SSE2 shifts bytes only by constants: the shift is a store and a load.
+                unsigned char shifted[32] = {0};
+                memcpy(shifted, bytes + last, 16);
+                __m128i name = _mm_and_si128(
+                    _mm_loadu_si128((const __m128i *)(shifted + (offset - last))),
+                    _mm_loadu_si128((const __m128i *)(cl_name_tail_masks + 16 - (found_colon - offset))));
+                hash = cl_name_hash_block(hash, (unsigned long long)_mm_cvtsi128_si64(name),
+                                          (unsigned long long)_mm_cvtsi128_si64(_mm_unpackhi_epi64(name, name)), seeds.key);
+            }
+            if (stopped) goto found;
         }
     found:
-        *colon = found_colon < stop ? found_colon : length;
+        if (found_colon < stop) {
+            *colon = found_colon;
+            if (hashing) {
+                *name_hash = hash;
+                *hashed = 1;
+            }
+        } else {
+            *colon = length;
+        }
         return stop;
     }
 #endif
+    (void)seeds;
+    (void)name_hash;
     for (; offset < length; offset++) {
         unsigned char byte = bytes[offset];
         if (byte == '\n' || byte == '\r' || byte == 0) break;
@@ -502,47 +629,6 @@ void cl_copy_line(unsigned char *destination, const unsigned char *source, size_
 #else
     memcpy(destination, source, length);
 #endif
-}
-
-/// `a * b` as 128 bits, its two halves xored: the mixing step of the name hash below.
-static inline __attribute__((always_inline))
-unsigned long long cl_fold_multiply(unsigned long long a, unsigned long long b) {
-    unsigned __int128 product = (unsigned __int128)a * b;
-    return (unsigned long long)product ^ (unsigned long long)(product >> 64);
-}
-
-/// A seeded 64-bit hash of `bytes[0..<length)`, eight bytes a step (the primary cache's key,
-/// UringRelay/Routing/PrimaryCache.swift): each 8-byte word is xored into the state, which is
-/// then multiplied by a constant and folded (`cl_fold_multiply`); the last word is the eight
-/// bytes that end at `length`, overlapping the one before, and shorter names are read as two
-/// overlapping 4-byte halves or as their first, middle and last byte, so every byte is read
-/// and none outside the name. The length is mixed into the seed. About a third of FNV-1a's
-/// instructions for a common name (two a byte, `cl_fnv1a64`), and not a routing hash: it only
-/// finds a name's cached backend.
-static inline __attribute__((always_inline))
-unsigned long long cl_name_hash(unsigned long long seed, const unsigned char *bytes, size_t length) {
-    const unsigned long long step = 0x9E3779B97F4A7C15ULL, last = 0xD6E8FEB86659FD93ULL;
-    unsigned long long state = seed ^ (length * 0xFF51AFD7ED558CCDULL);
-    unsigned long long word;
-    if (length >= 8) {
-        const unsigned char *end = bytes + length - 8;
-        for (; bytes < end; bytes += 8) {
-            memcpy(&word, bytes, 8);
-            state = cl_fold_multiply(state ^ word, step);
-        }
-        memcpy(&word, end, 8);
-    } else if (length >= 4) {
-        unsigned first, second;
-        memcpy(&first, bytes, 4);
-        memcpy(&second, bytes + length - 4, 4);
-        word = ((unsigned long long)first << 32) | second;
-    } else if (length > 0) {
-        word = (unsigned long long)bytes[0] | ((unsigned long long)bytes[length / 2] << 8)
-            | ((unsigned long long)bytes[length - 1] << 16);
-    } else {
-        word = 0;
-    }
-    return cl_fold_multiply(state ^ word, last);
 }
 
 /// One 8-byte word of the packet fingerprint's hash, read little-endian.

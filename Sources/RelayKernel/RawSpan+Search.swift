@@ -27,17 +27,33 @@ extension RawSpan {
     /// - Precondition: `0 <= start <= byteCount`.
     @inlinable @inline(__always)
     public func lineStop(from start: Int) -> (stop: Int, endsAtNewline: Bool, colon: Int?) {
+        let found = lineStop(from: start, hashingNameWith: nil)
+        return (found.stop, found.endsAtNewline, found.colon)
+    }
+
+    /// `lineStop(from:)` that also hashes the name before the `:` with `seeds` from the blocks
+    /// the scan reads (`cl_line_stop`): `nameHash` is `extracting(start..<colon).nameHash(seeds:)`
+    /// when the scan could take it from them, `nil` when it could not (no `:` before the stop, a
+    /// `:` in the line's last 16 bytes read overlapping, `seeds` nil) and the caller must.
+    ///
+    /// - Precondition: `0 <= start <= byteCount`.
+    @inlinable @inline(__always)
+    public func lineStop(from start: Int, hashingNameWith seeds: NameHashSeeds?)
+        -> (stop: Int, endsAtNewline: Bool, colon: Int?, nameHash: UInt64?)
+    {
         precondition(start >= 0 && start <= byteCount, "line start outside the span")
         let length = byteCount &- start
-        guard length > 0 else { return (start, true, nil) }
+        guard length > 0 else { return (start, true, nil, nil) }
         return withUnsafeBytes { raw in
             var colon = 0
+            var hash: UInt64 = 0
+            var hashed: Int32 = 0
             // `raw` is the span's own memory: non-empty here, so it has a base address.
             let line = raw.baseAddress.unsafelyUnwrapped.assumingMemoryBound(to: UInt8.self) + start
-            let stop = cl_line_stop(line, length, &colon)
+            let stop = cl_line_stop(line, length, &colon, seeds == nil ? 0 : 1, seeds?.seeds ?? cl_name_hash_seeds(), &hash, &hashed)
             // `stop < length` is a byte of the line: read without a second bounds check.
             let endsAtNewline = stop == length || line[stop] == UInt8(ascii: "\n")
-            return (start &+ stop, endsAtNewline, colon < length ? start &+ colon : nil)
+            return (start &+ stop, endsAtNewline, colon < length ? start &+ colon : nil, hashed != 0 ? hash : nil)
         }
     }
 
@@ -52,14 +68,15 @@ extension RawSpan {
         }
     }
 
-    /// A seeded 64-bit hash of the span's bytes, eight bytes a step (`cl_name_hash`): what the
-    /// primary cache finds a name by, in about a third of FNV-1a's instructions. Not a routing
-    /// hash: no relay routes by it, and it changes with `seed`.
+    /// A seeded 64-bit hash of the span's bytes, sixteen bytes a step (`cl_name_hash`): what the
+    /// primary cache finds a name by, in about a third of FNV-1a's instructions, and what a line
+    /// scan computes on the way (`lineStop(from:hashingNameWith:)`). Not a routing hash: no relay
+    /// routes by it, and it changes with `seeds`.
     @inlinable @inline(__always)
-    public func nameHash(seed: UInt64) -> UInt64 {
+    public func nameHash(seeds: NameHashSeeds) -> UInt64 {
         withUnsafeBytes { raw in
             // An empty span reads nothing: its base address is never dereferenced.
-            cl_name_hash(seed, raw.baseAddress?.assumingMemoryBound(to: UInt8.self), byteCount)
+            cl_name_hash(seeds.seeds, raw.baseAddress?.assumingMemoryBound(to: UInt8.self), byteCount)
         }
     }
 
@@ -67,5 +84,23 @@ extension RawSpan {
     @inlinable @inline(__always)
     public func contains(byte: UInt8) -> Bool {
         firstOffset(of: byte, in: 0..<byteCount) != nil
+    }
+}
+
+/// The two secrets of a name hash (`RawSpan.nameHash(seeds:)`): drawn once per cache, so no one
+/// outside the process can choose two names that share a hash.
+public struct NameHashSeeds: Sendable {
+    /// The seeds as the C hash takes them.
+    @usableFromInline let seeds: cl_name_hash_seeds
+
+    /// Seeds of these two values.
+    @inlinable
+    public init(state: UInt64, key: UInt64) {
+        seeds = cl_name_hash_seeds(state: state, key: key)
+    }
+
+    /// Two random seeds.
+    public static func random() -> NameHashSeeds {
+        NameHashSeeds(state: UInt64.random(in: .min ... .max), key: UInt64.random(in: .min ... .max))
     }
 }

@@ -141,10 +141,10 @@ struct RouterHealthTests {
         }
     }
 
-    @Test("a name's cache hash reads every byte: any one byte changed in a name of 0 to 40 bytes changes it; equal names hash alike; the seed and the length change it")
+    @Test("a name's cache hash reads every byte: any one byte changed in a name of 0 to 40 bytes changes it; equal names hash alike; each seed and the length change it")
     func nameHashReadsEveryByte() {
-        func hash(_ bytes: [UInt8], seed: UInt64 = 0x5eed) -> UInt64 {
-            bytes.span.bytes.nameHash(seed: seed)
+        func hash(_ bytes: [UInt8], seed: UInt64 = 0x5eed, key: UInt64 = 0x6b65_7973) -> UInt64 {
+            bytes.span.bytes.nameHash(seeds: NameHashSeeds(state: seed, key: key))
         }
         var seen = Set<UInt64>()
         for length in 0...40 {
@@ -152,6 +152,8 @@ struct RouterHealthTests {
             let original = hash(name)
             #expect(hash(name) == original)
             #expect(hash(name, seed: 1) != original, "length \(length)")
+            // An empty name reads no block: only the first seed is in its hash.
+            #expect(length == 0 || hash(name, key: 1) != original, "length \(length)")
             // Names of one repeated byte differ only in their length.
             #expect(seen.insert(hash([UInt8](repeating: UInt8(ascii: "z"), count: length))).inserted, "length \(length)")
             for position in 0..<length {

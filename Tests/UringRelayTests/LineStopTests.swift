@@ -82,3 +82,62 @@ struct LineStopTests {
         #expect(scan(Array(text.utf8), checked: true) == expected)
     }
 }
+
+/// The name hash the line scan computes on the way (`RawSpan.lineStop(from:hashingNameWith:)`):
+/// the primary cache finds a name by it, so it must be the name's own `nameHash`, whatever the
+/// line's place in the datagram.
+@Suite("Line stop scan: the name's hash")
+struct LineStopNameHashTests {
+    private static let seeds = NameHashSeeds(state: 0x0123_4567_89ab_cdef, key: 0xfedc_ba98_7654_3210)
+
+    /// Names of 1 to 70 bytes, values of 0 to 20, each line alone, at the end of a datagram and
+    /// in the middle of one: wherever the scan gives a hash, it is the name's `nameHash`, and it
+    /// gives one for every line with 16 bytes or more from its start to the datagram's end
+    /// (the `:` in a block read whole or in the last one, read overlapping the one before).
+    @Test(arguments: [0, 1, 15, 16, 17])
+    func scannedHashIsTheNamesHash(paddingBefore: Int) {
+        var mismatches: [String] = []
+        var hashed = 0
+        var expectedHashed = 0
+        for nameLength in 1...70 {
+            let name = (0..<nameLength).map { UInt8(ascii: "a") &+ UInt8(($0 * 7 + nameLength) % 26) }
+            let expected = name.span.bytes.nameHash(seeds: Self.seeds)
+            for valueLength in [0, 1, 5, 20] {
+                let line = name + [UInt8(ascii: ":")] + [UInt8](repeating: UInt8(ascii: "7"), count: valueLength)
+                for after in [[], Array("\nnext:1|c".utf8), Array("\nx".utf8) + [UInt8](repeating: 0x2e, count: 40)] as [[UInt8]] {
+                    let before = [UInt8](repeating: UInt8(ascii: "b"), count: paddingBefore) + (paddingBefore > 0 ? [10] : [])
+                    let datagram = before + line + after
+                    let found = datagram.withUnsafeBytes { $0.bytes.lineStop(from: before.count, hashingNameWith: Self.seeds) }
+                    let rest = datagram.count - before.count
+                    // Hashed wherever the scan reads blocks: 16 bytes or more to the end.
+                    let shouldHash = rest >= 16
+                    if shouldHash { expectedHashed += 1 }
+                    if let hash = found.nameHash {
+                        hashed += 1
+                        if hash != expected { mismatches.append("name \(nameLength), value \(valueLength), after \(after.count)") }
+                    } else if shouldHash {
+                        mismatches.append("no hash: name \(nameLength), value \(valueLength), after \(after.count)")
+                    }
+                    #expect(found.colon == before.count + nameLength)
+                }
+            }
+        }
+        #expect(mismatches.isEmpty)
+        #expect(hashed == expectedHashed)
+    }
+
+    /// No `:` before the stop, or none at all: no hash (the line is dropped, or its key is not
+    /// the bytes before a `:`), and none without seeds.
+    @Test(arguments: [
+        "abcdefghijklmnopqrstuvwxyz-no-colon-in-this-line\nb:1|c",
+        "abcdefghijklmnopqrstuvwxyz-newline-first\nbefore:the-colon",
+        "a-line-with-no-colon-at-all-and-long-enough",
+    ])
+    func noHashWithoutAColon(text: String) {
+        let bytes = Array(text.utf8)
+        #expect(bytes.withUnsafeBytes { $0.bytes.lineStop(from: 0, hashingNameWith: Self.seeds) }.nameHash == nil)
+        let withColon = Array("a-twenty-byte-name-x:1|c\n".utf8)
+        #expect(withColon.withUnsafeBytes { $0.bytes.lineStop(from: 0, hashingNameWith: nil) }.nameHash == nil)
+        #expect(withColon.withUnsafeBytes { $0.bytes.lineStop(from: 0, hashingNameWith: Self.seeds) }.nameHash != nil)
+    }
+}

@@ -212,7 +212,10 @@ public struct DatagramProcessor: ~Copyable {
         var hasPending = false
         // How the pending line is rewritten (under `Rewriting` only).
         var pendingEdit = LineRewriter.Edit.none
-        while let line = LineScanner.next(in: datagram, from: &offset) {
+        // The name's cache hash, where the scan computed it (`probesByNameHash` only).
+        var scannedHash: UInt64?
+        let seeds = Self.probesByNameHash(Key.self, Mirror.self) && !Rewrite.isActive ? primaries.nameSeeds : nil
+        while let line = LineScanner.next(in: datagram, from: &offset, hashingNameWith: seeds, nameHash: &scannedHash) {
             switch line {
             case .valid(let start, let end, let key):
                 counters[.linesReceived] &+= 1
@@ -242,7 +245,7 @@ public struct DatagramProcessor: ~Copyable {
                     let isComposite: Bool
                     if Self.probesByNameHash(Key.self, Mirror.self) {
                         // The name's FNV-1a 64 is computed only if the cache misses (`routeUncached`).
-                        hash = primaries.nameHash(datagram.extracting(key))
+                        hash = scannedHash ?? primaries.nameHash(datagram.extracting(key))
                         isComposite = false
                     } else {
                         (hash, isComposite) = Key.hash(

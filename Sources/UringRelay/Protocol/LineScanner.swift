@@ -93,13 +93,29 @@ public enum LineScanner {
     public static func next(
         in datagram: RawSpan, from offset: inout Int, mayContainNul: Bool = true, mayContainCarriageReturn: Bool = true
     ) -> Line? {
+        var nameHash: UInt64?
+        return next(
+            in: datagram, from: &offset, hashingNameWith: nil, nameHash: &nameHash, mayContainNul: mayContainNul,
+            mayContainCarriageReturn: mayContainCarriageReturn)
+    }
+
+    /// `next` that also hashes a metric's name with `seeds` where the scan can, from the blocks
+    /// it reads (`RawSpan.lineStop(from:hashingNameWith:)`): `nameHash` is the `.valid` line's
+    /// `key.nameHash(seeds:)`, or `nil` when the caller must compute it (the scan could not, or
+    /// the key is not the bytes before the first `:`: a service check's or an event's).
+    @inline(__always)
+    public static func next(
+        in datagram: RawSpan, from offset: inout Int, hashingNameWith seeds: NameHashSeeds?, nameHash: inout UInt64?,
+        mayContainNul: Bool = true, mayContainCarriageReturn: Bool = true
+    ) -> Line? {
         let count = datagram.byteCount
         let start = offset
         guard start < count else { return nil }
         // The common line ends at a `\n` (or the datagram's end) with no `\r` or NUL before it:
         // one scan finds that end and the first `:`. A line that stops at a `\r` or a NUL takes
         // the general path below.
-        let (stop, endsAtNewline, firstColon) = datagram.lineStop(from: start)
+        let (stop, endsAtNewline, firstColon, scannedHash) = datagram.lineStop(from: start, hashingNameWith: seeds)
+        nameHash = nil
         if endsAtNewline {
             offset = stop < count ? stop &+ 1 : count
             if stop == start { return .empty }
@@ -109,6 +125,7 @@ public enum LineScanner {
             }
             guard let colon = firstColon else { return .malformed(.missingColon) }
             if colon == start { return .malformed(.emptyName) }
+            nameHash = scannedHash
             return .valid(start: start, end: stop, key: start..<colon)
         }
         return general(

@@ -24,11 +24,12 @@ import RelayKernel
 /// the first one's backend.
 ///
 /// The line loop for `--hash-key name` without a mirror indexes it by `nameHash` instead, a
-/// seeded hash that reads a name eight bytes a step: a name found in the cache then costs no
+/// seeded hash that reads a name sixteen bytes a step, computed by the line scan from the blocks
+/// it reads anyway where it can (`RawSpan.lineStop(from:hashingNameWith:)`): a name found in the cache then costs no
 /// FNV-1a 64 at all, which is computed only on a miss (to route it) — on the common path, the
 /// largest share of a line's instructions (issue 16). Two names with the same `nameHash` in
 /// one set would share a backend, under `jump` too: for distinct names, a 2⁻⁶⁴ chance per pair
-/// as for the FNV-1a on a ring, and with the seed drawn at random for each cache, not a pair
+/// as for the FNV-1a on a ring, and with the seeds drawn at random for each cache, not a pair
 /// anyone outside can make up (FNV-1a collisions can be; under `jump` they route alike anyway).
 /// A cache is indexed by one hash or the other for its life: a worker's processor never
 /// changes its `--hash-key` or its mirror.
@@ -42,8 +43,8 @@ public struct PrimaryCache: ~Copyable, Sendable {
     private let enabled: Bool
     /// The backend count the cached buckets were computed for.
     public let backendCount: Int
-    /// `nameHash`'s seed, drawn for this cache.
-    private let nameSeed: UInt64
+    /// `nameHash`'s seeds, drawn for this cache.
+    let nameSeeds: NameHashSeeds
 
     /// A cache of about `entries` entries (rounded up to a power of two, at least 64) for
     /// `backendCount` backends.
@@ -56,13 +57,13 @@ public struct PrimaryCache: ~Copyable, Sendable {
         // bucket + 1 <= backendCount must fit in the low set-index bits.
         enabled = UInt64(backendCount) <= setMask
         self.backendCount = backendCount
-        nameSeed = UInt64.random(in: .min ... .max)
+        nameSeeds = NameHashSeeds.random()
     }
 
     /// The hash the line loop for `--hash-key name` probes by (`probe(_:)`) in place of the
     /// name's FNV-1a 64: `RawSpan.nameHash`, seeded for this cache.
     @inline(__always)
-    func nameHash(_ name: RawSpan) -> UInt64 { name.nameHash(seed: nameSeed) }
+    func nameHash(_ name: RawSpan) -> UInt64 { name.nameHash(seeds: nameSeeds) }
 
     /// One lookup's reads: the set of a hash and its two entries as they were when read.
     ///
