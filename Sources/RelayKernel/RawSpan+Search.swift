@@ -33,8 +33,8 @@ extension RawSpan {
 
     /// `lineStop(from:)` that also hashes the name before the `:` with `seeds` from the blocks
     /// the scan reads (`cl_line_stop`): `nameHash` is `extracting(start..<colon).nameHash(seeds:)`
-    /// when the scan could take it from them, `nil` when it could not (no `:` before the stop, a
-    /// `:` in the line's last 16 bytes read overlapping, `seeds` nil) and the caller must.
+    /// when the scan could take it from them, `nil` when it could not (no `:` before the stop,
+    /// fewer than 16 bytes from `start` to the span's end, `seeds` nil) and the caller must.
     ///
     /// - Precondition: `0 <= start <= byteCount`.
     @inlinable @inline(__always)
@@ -50,7 +50,8 @@ extension RawSpan {
             var hashed: Int32 = 0
             // `raw` is the span's own memory: non-empty here, so it has a base address.
             let line = raw.baseAddress.unsafelyUnwrapped.assumingMemoryBound(to: UInt8.self) + start
-            let stop = cl_line_stop(line, length, &colon, seeds == nil ? 0 : 1, seeds?.seeds ?? cl_name_hash_seeds(), &hash, &hashed)
+            let stop = cl_line_stop(
+                line, length, &colon, seeds == nil ? 0 : 1, seeds?.seeds ?? cl_name_hash_seeds(), &hash, &hashed)
             // `stop < length` is a byte of the line: read without a second bounds check.
             let endsAtNewline = stop == length || line[stop] == UInt8(ascii: "\n")
             return (start &+ stop, endsAtNewline, colon < length ? start &+ colon : nil, hashed != 0 ? hash : nil)
