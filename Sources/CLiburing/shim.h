@@ -361,26 +361,37 @@ unsigned long long cl_name_hash_block(unsigned long long state, unsigned long lo
     return cl_fold_multiply(state ^ low, high ^ key);
 }
 
-/// Up to eight bytes read as a little-endian word, zero past `count` (1...8), reading only
-/// `bytes[0..<count)`.
+/// Eight bytes read as a little-endian word.
 static inline __attribute__((always_inline))
-unsigned long long cl_partial_word(const unsigned char *bytes, size_t count) {
+unsigned long long cl_load_le64(const unsigned char *bytes) {
     unsigned long long word;
-    if (count >= 8) {
-        memcpy(&word, bytes, 8);
-    } else if (count >= 4) {
-        unsigned first, last;
-        memcpy(&first, bytes, 4);
-        memcpy(&last, bytes + count - 4, 4);
-        word = (unsigned long long)first | (((unsigned long long)last >> (8 * (8 - count))) << 32);
-    } else {
-        word = (unsigned long long)bytes[0] | ((unsigned long long)bytes[count >> 1] << (8 * (count >> 1)))
-            | ((unsigned long long)bytes[count - 1] << (8 * (count - 1)));
-    }
+    memcpy(&word, bytes, 8);
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    word = __builtin_bswap64(word) >> (8 * (8 - (count < 8 ? count : 8)));
+    word = __builtin_bswap64(word);
 #endif
     return word;
+}
+
+/// Four bytes read as a little-endian word.
+static inline __attribute__((always_inline))
+unsigned long long cl_load_le32(const unsigned char *bytes) {
+    unsigned word;
+    memcpy(&word, bytes, 4);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    word = __builtin_bswap32(word);
+#endif
+    return word;
+}
+
+/// Up to eight bytes read as a little-endian word, zero past `count` (1...8), reading only
+/// `bytes[0..<count)`: the first four and the four that end at `count` (shifted to drop the
+/// overlap), or each of one to three bytes.
+static inline __attribute__((always_inline))
+unsigned long long cl_partial_word(const unsigned char *bytes, size_t count) {
+    if (count >= 8) return cl_load_le64(bytes);
+    if (count >= 4) return cl_load_le32(bytes) | ((cl_load_le32(bytes + count - 4) >> (8 * (8 - count))) << 32);
+    return (unsigned long long)bytes[0] | ((unsigned long long)bytes[count >> 1] << (8 * (count >> 1)))
+        | ((unsigned long long)bytes[count - 1] << (8 * (count - 1)));
 }
 
 /// A seeded 64-bit hash of `bytes[0..<length)`, sixteen bytes a step (the primary cache's key,
@@ -397,14 +408,7 @@ unsigned long long cl_name_hash(struct cl_name_hash_seeds seeds, const unsigned 
     unsigned long long state = seeds.state;
     size_t offset = 0;
     for (; offset + 16 <= length; offset += 16) {
-        unsigned long long low, high;
-        memcpy(&low, bytes + offset, 8);
-        memcpy(&high, bytes + offset + 8, 8);
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-        low = __builtin_bswap64(low);
-        high = __builtin_bswap64(high);
-#endif
-        state = cl_name_hash_block(state, low, high, seeds.key);
+        state = cl_name_hash_block(state, cl_load_le64(bytes + offset), cl_load_le64(bytes + offset + 8), seeds.key);
     }
     size_t rest = length - offset;
     if (rest > 0) {
@@ -418,6 +422,14 @@ unsigned long long cl_name_hash(struct cl_name_hash_seeds seeds, const unsigned 
 // ---- Line scanning (RelayKernel/RawSpan+Search.swift) ----
 #if defined(__SSE2__)
 #include <emmintrin.h>
+#endif
+
+/// Whether `cl_line_stop` can hash a name on the way (its 16-byte block path, SSE2); without,
+/// it reads bytes one by one and leaves every name to `cl_name_hash`.
+#if defined(__SSE2__)
+static const int cl_line_stop_hashes_names = 1;
+#else
+static const int cl_line_stop_hashes_names = 0;
 #endif
 
 #if defined(__SSE2__)

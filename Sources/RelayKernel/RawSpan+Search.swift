@@ -34,7 +34,8 @@ extension RawSpan {
     /// `lineStop(from:)` that also hashes the name before the `:` with `seeds` from the blocks
     /// the scan reads (`cl_line_stop`): `nameHash` is `extracting(start..<colon).nameHash(seeds:)`
     /// when the scan could take it from them, `nil` when it could not (no `:` before the stop,
-    /// fewer than 16 bytes from `start` to the span's end, `seeds` nil) and the caller must.
+    /// fewer than 16 bytes from `start` to the span's end, `seeds` nil, or a build whose scan
+    /// reads bytes one by one: `scanHashesNames` false) and the caller must.
     ///
     /// - Precondition: `0 <= start <= byteCount`.
     @inlinable @inline(__always)
@@ -68,6 +69,10 @@ extension RawSpan {
             cl_fnv1a64(seed, raw.baseAddress.unsafelyUnwrapped.assumingMemoryBound(to: UInt8.self), byteCount)
         }
     }
+
+    /// Whether `lineStop(from:hashingNameWith:)` hashes names at all on this build (its 16-byte
+    /// block scan is SSE2's).
+    public static var scanHashesNames: Bool { cl_line_stop_hashes_names != 0 }
 
     /// A seeded 64-bit hash of the span's bytes, sixteen bytes a step (`cl_name_hash`): what the
     /// primary cache finds a name by, in about a third of FNV-1a's instructions, and what a line

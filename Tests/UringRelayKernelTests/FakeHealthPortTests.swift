@@ -10,7 +10,7 @@ struct FakeHealthPortTests {
         "closed, it refuses connects and another test's listener cannot take its port; reopened, it accepts on the same port",
         arguments: [false, true])
     func closeKeepsThePort(byNumber: Bool) throws {
-        let health = try byNumber ? FakeHealthPort(port: try freeTCPPort()) : FakeHealthPort()
+        let health = try byNumber ? fakeHealthPortOnAFreePort() : FakeHealthPort()
         let address = SocketAddress(numericHost: "127.0.0.1", port: health.port)!
         _ = try TCPIngestClient(to: address)
         for _ in 0..<2 {
@@ -24,9 +24,13 @@ struct FakeHealthPortTests {
     }
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago (bound with port 0 and closed).
-private func freeTCPPort() throws -> UInt16 {
-    let (fd, port) = try listeningTCPSocket()
-    Glibc.close(fd)
-    return port
+/// A `FakeHealthPort` bound by the number of a port that was free a moment ago (bound with
+/// port 0 and closed); another test may take it in between, so another is tried then.
+private func fakeHealthPortOnAFreePort() throws -> FakeHealthPort {
+    for _ in 0..<20 {
+        let (fd, port) = try listeningTCPSocket()
+        Glibc.close(fd)
+        if let health = try HealthHarness.healthPort(on: port) { return health }
+    }
+    throw Errno(rawValue: EADDRINUSE)
 }

@@ -85,8 +85,18 @@ final class FakeHealthPort: @unchecked Sendable {  // mutable state lives in `Sh
         while shared.running.load(ordering: .relaxed) {
             var poller = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
             guard poll(&poller, 1, 20) == 1 else { continue }
+            guard poller.revents & Int16(POLLIN) != 0 else {
+                // Shut (`close()`): the socket reports a hang-up at once, every time; wait as
+                // an idle poll would rather than spin.
+                _ = poll(nil, 0, 20)
+                continue
+            }
             let connection = accept(listener, nil, nil)
             guard connection >= 0 else { continue }
+            // A connection inherits the listener's SO_REUSEADDR, cleared: set it again, or the
+            // TIME_WAIT this end leaves would keep the port from a later bind with the flag.
+            var one: Int32 = 1
+            setsockopt(connection, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
             var request = [UInt8](repeating: 0, count: 64)
             var waiter = pollfd(fd: connection, events: Int16(POLLIN), revents: 0)
             if poll(&waiter, 1, 200) == 1 {
