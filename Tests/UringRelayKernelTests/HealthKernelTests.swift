@@ -281,8 +281,9 @@ struct HealthKernelTests {
     @Test("a backend name that moves from a dead port to a live one: lines sent to the dead address count as refused, the rest as sent, none lost from the count", arguments: ioDrivers)
     func dnsMoveAccountsForTheOldSocket(driver: IOBackendChoice) throws {
         try requireDriver(driver)
-        // A port with nothing listening: every datagram to it is refused.
-        let deadPort = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!).localAddress.port
+        // A port with nothing listening: every datagram to it is refused (below the ephemeral
+        // range, so no other test's socket takes it meanwhile).
+        let deadPort = try unusedPort()
         let live = try TestBackend()
         let (relay, target, _) = try Self.relayFollowingName(
             from: SocketAddress(numericHost: "127.0.0.1", port: deadPort)!, driver: driver) { $0.flushIntervalNanoseconds = 1_000_000 }

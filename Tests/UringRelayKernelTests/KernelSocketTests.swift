@@ -10,11 +10,11 @@ import UringRelay
 /// driver, so they run once rather than per driver.
 @Suite("Kernel sockets: error queue, exclusive bind probe, drop counter", .serialized, .timeLimit(.minutes(1)))
 struct KernelSocketTests {
-    /// A loopback address of `host`'s family on a port nothing listens on (bound once by the
-    /// kernel's choice, then closed).
+    /// A loopback address of `host`'s family on a port nothing listens on (`unusedPort()`).
     static func deadAddress(host: String) throws -> SocketAddress {
-        let holder = try UDPSocket.bound(to: SocketAddress(numericHost: host, port: 0)!)
-        return holder.localAddress
+        // Below the ephemeral range: a port bound and closed again could be taken by another
+        // test's socket meanwhile, and would then take the datagrams instead of refusing them.
+        SocketAddress(numericHost: host, port: try unusedPort())!
     }
 
     /// Loopback hosts to test, IPv6 only where the host has it.

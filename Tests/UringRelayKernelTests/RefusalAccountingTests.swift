@@ -191,9 +191,10 @@ struct CollectedErrors: SocketErrorSink {
 
 @Suite("Refusals below the drivers: ordered retries, quotes, the socket a send went on", .serialized, .timeLimit(.minutes(1)))
 struct RefusalSocketTests {
-    /// A loopback port with nothing listening.
+    /// A loopback port with nothing listening, below the ephemeral range (a port bound and
+    /// closed again could be taken by another test's socket meanwhile).
     static func deadAddress() throws -> SocketAddress {
-        try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!).localAddress
+        SocketAddress(numericHost: "127.0.0.1", port: try unusedPort())!
     }
 
     @Test("sendmmsg to a refusing port: each send failed by the previous packet's refusal goes again before the next, and each error quotes its own packet, in order")

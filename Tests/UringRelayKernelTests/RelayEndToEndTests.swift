@@ -88,8 +88,9 @@ struct RelayEndToEndTests {
     func refusingBackend(driver: IOBackendChoice) throws {
         try requireDriver(driver)
         let liveBackend = try TestBackend()
-        // Bind then close a socket to get a port with nothing listening.
-        let deadPort = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!).localAddress.port
+        // A port with nothing listening, below the ephemeral range: a port bound and closed again
+        // could be taken by another test's socket meanwhile, which would then receive its lines.
+        let deadPort = try unusedPort()
         var configuration = RelayConfiguration(backends: [
             try BackendAddress(parsing: liveBackend.spec), try BackendAddress(parsing: "127.0.0.1:\(deadPort)"),
         ])
