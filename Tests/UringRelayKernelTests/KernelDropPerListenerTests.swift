@@ -11,7 +11,7 @@ struct KernelDropPerListenerTests {
         try requireDriver(driver)
         let backend = try TestBackend()
         // Two ports known before the relay binds them.
-        let ports = try (0..<2).map { _ in try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!).localAddress.port }
+        let ports = try (0..<2).map { _ in try unusedPort() }
         let addresses = ports.map { SocketAddress(numericHost: "127.0.0.1", port: $0)! }
         let labels = addresses.map { "udp:\($0)" }
         let relay = try RelayProcess(driver: driver, [

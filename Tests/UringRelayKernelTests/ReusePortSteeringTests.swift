@@ -168,8 +168,8 @@ struct ReusePortSteeringTests {
         #expect(relay.relay.driver == driver)
         let registry = relay.relay.listenerRegistry
         let started = registry.sockets(listener: 0, workers: 2)?.map { $0.socket.incomingCPU }
-        // A port free a moment ago for the new listener (bound again at once by the reload).
-        let newPort = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!).localAddress.port
+        // A free port for the new listener, below the ephemeral range (`unusedPort()`).
+        let newPort = try unusedPort()
         var next = relay.relay.configurationInForce
         next.additionalListeners.append(SocketAddress(numericHost: "127.0.0.1", port: newPort)!)
         let plan = try relay.relay.reload(to: next)

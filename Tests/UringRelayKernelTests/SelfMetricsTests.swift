@@ -73,7 +73,7 @@ struct SelfMetricsTests {
         let reporter = try SelfMetricsReporter(
             relay: subject.relay, prefix: "moved", intervalNanoseconds: 3_600_000_000_000,
             target: subject.address, packetBytes: 1400, logger: Logger(label: "test"))
-        let newPort = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!).localAddress.port
+        let newPort = try unusedPort()
         var next = subject.relay.configurationInForce
         next.port = newPort
         let plan = try subject.relay.reload(to: next)

@@ -111,7 +111,7 @@ struct SocketActivationTests {
             try Test.cancel("systemd-socket-activate is not installed")
         }
         let backend = try TestBackend()
-        let port = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!).localAddress.port
+        let port = try unusedPort()
         let relay = try RelayProcess(
             driver: driver, launcher: [activate, "--datagram", "-l", "127.0.0.1:\(port)", "--fdname=statsrelay"],
             ["--bind", "127.0.0.1", "--port", "\(port)"] + twoWorkerArguments + [backend.spec])
