@@ -646,12 +646,7 @@ void cl_copy_line(unsigned char *destination, const unsigned char *source, size_
 /// One 8-byte word of the packet fingerprint's hash, read little-endian.
 static inline __attribute__((always_inline))
 unsigned long long cl_fingerprint_word(const unsigned char *bytes) {
-    unsigned long long word;
-    memcpy(&word, bytes, 8);
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    word = __builtin_bswap64(word);
-#endif
-    return word;
+    return cl_load_le64(bytes);
 }
 
 /// The word loop of the packet fingerprint's hash (RelayKernel/PacketFingerprint.swift):
