@@ -26,9 +26,8 @@ import RelayKernel
 /// The line loop for `--hash-key name` without a mirror indexes it by `nameHash` instead, a
 /// seeded hash that reads a name sixteen bytes a step, computed by the line scan from the blocks
 /// it reads anyway where it can (`RawSpan.lineStop(from:hashingNameWith:)`): a name found in the
-/// cache then costs no
-/// FNV-1a 64 at all, which is computed only on a miss (to route it) — on the common path, the
-/// largest share of a line's instructions (issue 16). Two names with the same `nameHash` in
+/// cache then costs no FNV-1a 64 at all, which is computed only on a miss (to route it) — on
+/// the common path, the largest share of a line's instructions (issue 16). Two names with the same `nameHash` in
 /// one set would share a backend, under `jump` too: for distinct names, a 2⁻⁶⁴ chance per pair
 /// as for the FNV-1a on a ring, and with the seeds drawn at random for each cache, not a pair
 /// anyone outside can make up (FNV-1a collisions can be; under `jump` they route alike anyway).
