@@ -169,8 +169,8 @@ struct ProcessTests {
     func goFlags(driver: IOBackendChoice) throws {
         try requireDriver(driver)
         let backend = try TestBackend()
-        // A port the kernel just handed out and took back: free, and not the default 8125.
-        let port = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!).localAddress.port
+        // A free port below the ephemeral range (`unusedPort()`), not the default 8125.
+        let port = try unusedPort()
         // A 60 s flush interval: batches leave only when full (or at the stop), so their size is
         // what -packetlen allows.
         let relay = try RelayProcess(driver: driver, [

@@ -55,8 +55,8 @@ struct ListenerReloadTests {
         }
         #expect(relay.relay.driver == driver)
         let old = relay.address
-        // A port free a moment ago for the new listener (bound again at once by the reload).
-        let newPort = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!).localAddress.port
+        // A free port for the new listener (`unusedPort()`), bound by the reload.
+        let newPort = try unusedPort()
         let new = SocketAddress(numericHost: "127.0.0.1", port: newPort)!
 
         let sender = try LiveSender(to: old, startAfter: 2_000)

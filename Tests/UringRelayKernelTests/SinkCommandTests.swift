@@ -15,10 +15,10 @@ final class SinkProcess: @unchecked Sendable {  // the texts are guarded by `Loc
     private let outputPipe = Pipe()
     private let errorPipe = Pipe()
 
-    /// Starts `statsrelay sink` on `ports` (kernel-chosen free ports when not given) with
+    /// Starts `statsrelay sink` on `ports` (free ports below the ephemeral range, `unusedPort()`) with
     /// `extra` options, and waits until every port is bound.
     init(ports count: Int, _ extra: [String] = []) throws {
-        ports = try (0..<count).map { _ in try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!).localAddress.port }
+        ports = try (0..<count).map { _ in try unusedPort() }
         process.executableURL = statsrelayExecutable
         process.arguments = ["sink"] + ports.flatMap { ["--port", "\($0)"] } + extra
         process.standardOutput = outputPipe
@@ -108,7 +108,7 @@ struct SinkCommandTests {
 
     @Test("--report-every 0, which the help gives as 'only at exit', is accepted")
     func reportEveryZero() throws {
-        let port = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!).localAddress.port
+        let port = try unusedPort()
         let process = Process()
         process.executableURL = statsrelayExecutable
         process.arguments = ["sink", "--port", "\(port)", "--report-every", "0"]

@@ -136,7 +136,7 @@ struct TCPSocketActivationTests {
         try requireDriver(driver)
         let python = try RelayLauncher.requirePython()
         let backend = try TestBackend()
-        let udpPort = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!).localAddress.port
+        let udpPort = try unusedPort()
         let tcpPort = try unusedTCPPort()
         let relay = try RelayProcess(
             driver: driver, launcher: [python.path, "-c", Self.launcherProgram, "\(udpPort)", "\(tcpPort)"],

@@ -309,7 +309,7 @@ struct TCPTakeoverReloadTests {
         try requireDriver(driver)
         let backend = try TestBackend()
         let control = TakeoverTests.ControlPath()
-        let udp = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!).localAddress
+        let udp = SocketAddress(numericHost: "127.0.0.1", port: try unusedPort())!
         let tcp = SocketAddress(numericHost: "127.0.0.1", port: try unusedTCPPort())!
         let file = try TemporaryConfigFile(TakeoverReloadTests.yaml(listeners: [udp.description], control: control.path, backend: backend))
         let cpu = "\(nextTestCPU())"

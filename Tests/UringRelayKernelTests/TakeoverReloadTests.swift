@@ -25,9 +25,9 @@ struct TakeoverReloadTests {
         try requireDriver(driver)
         let backend = try TestBackend()
         let control = TakeoverTests.ControlPath()
-        // Ports free a moment ago, bound again at once by the relay.
-        let first = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!).localAddress
-        let second = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!).localAddress
+        // Free ports below the ephemeral range (`unusedPort()`), bound by the relay.
+        let first = SocketAddress(numericHost: "127.0.0.1", port: try unusedPort())!
+        let second = SocketAddress(numericHost: "127.0.0.1", port: try unusedPort())!
         let file = try TemporaryConfigFile(Self.yaml(listeners: [first.description], control: control.path, backend: backend))
         let relay = try RelayProcess(driver: driver, ["--config", file.path, "--cpus", "\(nextTestCPU())"])
         #expect(try relay.listenAddress() == first)

@@ -121,7 +121,7 @@ struct TakeoverTests {
             ["--io-backend", driver.rawValue] + Self.arguments(port: address.port, threads: twoWorkerArguments, control: control, backend: backend, takeover: true))
         #expect(threads.status == 64, "\(threads.error)")
         #expect(threads.error.contains("takeover refused by the running relay (mismatch): threads differ: the running relay has 1 workers, the new one asks for 2"), "\(threads.error)")
-        let other = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!).localAddress.port
+        let other = try unusedPort()
         let listeners = try RelayProcess.run(
             ["--io-backend", driver.rawValue] + Self.arguments(port: other, threads: Self.oneWorker, control: control, backend: backend, takeover: true))
         #expect(listeners.status == 64, "\(listeners.error)")

@@ -163,7 +163,7 @@ struct WorkerTeardownTests {
         try requireDriver(driver)
         let backend = try TestBackend()
         // A port known before the worker binds it, so the test can see it released.
-        let listen = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!).localAddress
+        let listen = SocketAddress(numericHost: "127.0.0.1", port: try unusedPort())!
         let settings = try Self.settings(backend, listen: listen)
         let control = try WorkerControl()
         FaultSwitch.register(FaultSwitch(failOpen: true), for: control)
