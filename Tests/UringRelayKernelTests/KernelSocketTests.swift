@@ -213,7 +213,8 @@ struct KernelSocketTests {
         // In a network namespace of its own: the "other programs'" sockets below are port-0
         // SO_REUSEPORT binds, and on the host's loopback they would land on ports the relays of
         // tests running beside this one listen on, join those relays' groups and take a share
-        // of their datagrams (seen in CI: one whole datagram of RelayEndToEndTests missing).
+        // of their datagrams (shown against the relay; the likely cause of one whole datagram
+        // of RelayEndToEndTests missing in a local CI run, docs/reliability.md).
         let count = 600
         // The suite itself holds some thousands at its peak: raise the soft limit if it is low.
         var limit = rlimit()
