@@ -149,19 +149,15 @@ public struct DeliveryLedger: Sendable, Equatable {
     // ledger's start) lives in slot `s & (capacity - 1)`; `head` is the oldest still queued.
     // A packet an error matched is *settled* where it stands and leaves the queue when it
     // reaches the head; the head itself is never settled.
-    private var acceptedAt: [UInt64] = []
-    private var lineCounts: [UInt32] = []
-    private var byteCounts: [UInt32] = []
-    private var fingerprints: [PacketFingerprint] = []
-    private var settled: [Bool] = []
+    // One element a packet (`QueuedPacket`): recording a packet checks one buffer's
+    // uniqueness and bounds, where a column a field checked five.
+    private var queue: [QueuedPacket] = []
     private var head: UInt64 = 0
     private var count = 0
     // A hash index over the queued packets of at least `hashedBytes` bytes: per bucket
     // (`hash & (capacity - 1)`), its oldest and newest packet number plus one (0: empty), and
-    // per packet the next newer one of its bucket.
-    private var bucketOldest: [UInt64] = []
-    private var bucketNewest: [UInt64] = []
-    private var newerInBucket: [UInt64] = []
+    // per packet the next newer one of its bucket (`QueuedPacket.newerInBucket`).
+    private var buckets: [IndexBucket] = []
 
     // Failed sends of the last `confirmationDelay` not yet echoed, oldest first, for their
     // echoes: a ring of power-of-two capacity that grows while they come faster than they age.
@@ -221,14 +217,11 @@ public struct DeliveryLedger: Sendable, Equatable {
     @inline(__always)
     public mutating func accepted(lines: Int, bytes: Int, fingerprint: PacketFingerprint = PacketFingerprint(), now: UInt64) {
         precondition(!isClosed, "a packet accepted after closeAtExit()")
-        if count == acceptedAt.count { grow() }
+        if count == queue.count { grow() }
         let number = head &+ UInt64(count)
         let slot = self.slot(number)
-        acceptedAt[slot] = now
-        lineCounts[slot] = UInt32(clamping: lines)
-        byteCounts[slot] = UInt32(clamping: bytes)
-        fingerprints[slot] = fingerprint
-        settled[slot] = false
+        queue[slot] = QueuedPacket(
+            acceptedAt: now, fingerprint: fingerprint, lines: UInt32(clamping: lines), bytes: UInt32(clamping: bytes))
         count += 1
         index(number)
         offeredSinceDrain += 1
@@ -301,13 +294,13 @@ public struct DeliveryLedger: Sendable, Equatable {
     /// Counts queued packet `number` as refused or unreachable, by the error's `kind`.
     private mutating func settle(_ number: UInt64, _ kind: SocketError.Kind) {
         let slot = self.slot(number)
-        let (lines, bytes) = (Int(lineCounts[slot]), Int(byteCounts[slot]))
+        let (lines, bytes) = (Int(queue[slot].lines), Int(queue[slot].bytes))
         if kind == .refused { refused.add(lines: lines, bytes: bytes) } else { unreachable.add(lines: lines, bytes: bytes) }
-        settled[slot] = true
+        queue[slot].settled = true
         unconfirmed.packets -= 1
         unconfirmed.lines -= UInt64(lines)
         unconfirmed.bytes -= UInt64(bytes)
-        while count > 0 && settled[self.slot(head)] { removeHead() }
+        while count > 0 && queue[self.slot(head)].settled { removeHead() }
         noteError()
     }
 
@@ -324,14 +317,14 @@ public struct DeliveryLedger: Sendable, Equatable {
         }
         offeredSinceDrain = 0
         completedDrains &+= 1
-        while count > 0, decisionTime(ofAcceptedAt: acceptedAt[slot(head)]) <= now {
-            let doubtful = isDoubted(acceptedAt: acceptedAt[slot(head)])
+        while count > 0, decisionTime(ofAcceptedAt: queue[slot(head)].acceptedAt) <= now {
+            let doubtful = isDoubted(acceptedAt: queue[slot(head)].acceptedAt)
             let (lines, bytes) = removeHead()
             unconfirmed.packets -= 1
             unconfirmed.lines -= UInt64(lines)
             unconfirmed.bytes -= UInt64(bytes)
             if doubtful { doubted.add(lines: lines, bytes: bytes) } else { sent.add(lines: lines, bytes: bytes) }
-            while count > 0 && settled[slot(head)] { removeHead() }
+            while count > 0 && queue[slot(head)].settled { removeHead() }
         }
         assert(verifyInvariants())
     }
@@ -358,7 +351,7 @@ public struct DeliveryLedger: Sendable, Equatable {
     /// confirmation delay, if the shutdown allows) so that as few as possible remain.
     public mutating func closeAtExit() {
         while count > 0 {
-            let wasSettled = settled[slot(head)]
+            let wasSettled = queue[slot(head)].settled
             let (lines, bytes) = removeHead()
             if !wasSettled { unconfirmedAtExit.add(lines: lines, bytes: bytes) }
         }
@@ -372,13 +365,13 @@ public struct DeliveryLedger: Sendable, Equatable {
     /// gauge, and that every unsettled packet of the hash index can be found through it.
     public func verifyInvariants() -> Bool {
         guard accepted == sent + refused + unreachable + doubted + unconfirmed + unconfirmedAtExit else { return false }
-        guard count <= acceptedAt.count, count == 0 || !settled[slot(head)] else { return false }
+        guard count <= queue.count, count == 0 || !queue[slot(head)].settled else { return false }
         var queued = Counts()
         for offset in 0..<UInt64(count) {
             let slot = self.slot(head &+ offset)
-            guard !settled[slot] else { continue }
-            queued.add(lines: Int(lineCounts[slot]), bytes: Int(byteCounts[slot]))
-            if isIndexed(fingerprints[slot]) && oldestQueued(quotedBy: fingerprints[slot], .hashed).map({ $0 > head &+ offset }) ?? true {
+            guard !queue[slot].settled else { continue }
+            queued.add(lines: Int(queue[slot].lines), bytes: Int(queue[slot].bytes))
+            if isIndexed(queue[slot].fingerprint) && oldestQueued(quotedBy: queue[slot].fingerprint, .hashed).map({ $0 > head &+ offset }) ?? true {
                 return false
             }
         }
@@ -387,7 +380,7 @@ public struct DeliveryLedger: Sendable, Equatable {
 
     /// The slot of packet number `number`.
     @inline(__always)
-    private func slot(_ number: UInt64) -> Int { Int(truncatingIfNeeded: number) & (acceptedAt.count - 1) }
+    private func slot(_ number: UInt64) -> Int { Int(truncatingIfNeeded: number) & (queue.count - 1) }
 
     /// Whether a packet of this fingerprint goes into the hash index: only those whose hash
     /// covers `hashedBytes`, the only ones a quote that long can match.
@@ -396,22 +389,22 @@ public struct DeliveryLedger: Sendable, Equatable {
 
     @inline(__always)
     private func bucket(_ fingerprint: PacketFingerprint) -> Int {
-        Int(truncatingIfNeeded: fingerprint.hash) & (bucketOldest.count - 1)
+        Int(truncatingIfNeeded: fingerprint.hash) & (buckets.count - 1)
     }
 
     /// Adds queued packet `number` to the hash index, as its bucket's newest.
     @inline(__always)
     private mutating func index(_ number: UInt64) {
         let slot = self.slot(number)
-        guard isIndexed(fingerprints[slot]) else { return }
-        let bucket = self.bucket(fingerprints[slot])
-        newerInBucket[slot] = 0
-        if bucketOldest[bucket] == 0 {
-            bucketOldest[bucket] = number &+ 1
+        // The packet's own link is 0 already: it is the newest (`QueuedPacket`'s start, `grow`).
+        guard isIndexed(queue[slot].fingerprint) else { return }
+        let bucket = self.bucket(queue[slot].fingerprint)
+        if buckets[bucket].oldest == 0 {
+            buckets[bucket].oldest = number &+ 1
         } else {
-            newerInBucket[self.slot(bucketNewest[bucket] &- 1)] = number &+ 1
+            queue[self.slot(buckets[bucket].newest &- 1)].newerInBucket = number &+ 1
         }
-        bucketNewest[bucket] = number &+ 1
+        buckets[bucket].newest = number &+ 1
     }
 
     /// The oldest unsettled queued packet that `quote` matches with `strength`.
@@ -420,17 +413,17 @@ public struct DeliveryLedger: Sendable, Equatable {
         if quote.length >= PacketFingerprint.hashedBytes {
             // Only hashed matches are possible, and only among indexed packets.
             guard strength == .hashed else { return nil }
-            var link = bucketOldest[bucket(quote)]
+            var link = buckets[bucket(quote)].oldest
             while link != 0 {
                 let slot = self.slot(link &- 1)
-                if !settled[slot] && fingerprints[slot].match(by: quote) == .hashed { return link &- 1 }
-                link = newerInBucket[slot]
+                if !queue[slot].settled && queue[slot].fingerprint.match(by: quote) == .hashed { return link &- 1 }
+                link = queue[slot].newerInBucket
             }
             return nil
         }
         for offset in 0..<UInt64(count) {
             let slot = self.slot(head &+ offset)
-            if !settled[slot] && fingerprints[slot].match(by: quote) == strength { return head &+ offset }
+            if !queue[slot].settled && queue[slot].fingerprint.match(by: quote) == strength { return head &+ offset }
         }
         return nil
     }
@@ -477,7 +470,7 @@ public struct DeliveryLedger: Sendable, Equatable {
             // The packets still unconfirmed when the host began refusing are in the episode too.
             episodeStart = drainTime
             episodeErrors = 0
-            doubtedFrom = count > 0 ? min(acceptedAt[slot(head)], drainTime) : drainTime
+            doubtedFrom = count > 0 ? min(queue[slot(head)].acceptedAt, drainTime) : drainTime
         }
         sawError = true
         episodeErrors &+= 1
@@ -498,48 +491,57 @@ public struct DeliveryLedger: Sendable, Equatable {
     @discardableResult
     private mutating func removeHead() -> (lines: Int, bytes: Int) {
         let slot = self.slot(head)
-        if isIndexed(fingerprints[slot]) {
-            let bucket = self.bucket(fingerprints[slot])
+        if isIndexed(queue[slot].fingerprint) {
+            let bucket = self.bucket(queue[slot].fingerprint)
             // The head is its bucket's oldest if it is in the index at all (a settled packet
             // may have been left out when the queue grew).
-            if bucketOldest[bucket] == head &+ 1 {
-                bucketOldest[bucket] = newerInBucket[slot]
-                if bucketOldest[bucket] == 0 { bucketNewest[bucket] = 0 }
+            if buckets[bucket].oldest == head &+ 1 {
+                buckets[bucket].oldest = queue[slot].newerInBucket
+                if buckets[bucket].oldest == 0 { buckets[bucket].newest = 0 }
             }
         }
         head &+= 1
         count -= 1
-        return (Int(lineCounts[slot]), Int(byteCounts[slot]))
+        return (Int(queue[slot].lines), Int(queue[slot].bytes))
     }
 
     /// Doubles the queue (at least 64 slots), keeping every packet's number, and rebuilds the
     /// hash index over the unsettled ones.
     private mutating func grow() {
-        let capacity = max(64, acceptedAt.count * 2)
+        let capacity = max(64, queue.count * 2)
         let mask = capacity - 1
-        var times = [UInt64](repeating: 0, count: capacity)
-        var lines = [UInt32](repeating: 0, count: capacity)
-        var bytes = [UInt32](repeating: 0, count: capacity)
-        var prints = [PacketFingerprint](repeating: PacketFingerprint(), count: capacity)
-        var marks = [Bool](repeating: false, count: capacity)
+        var packets = [QueuedPacket](repeating: QueuedPacket(), count: capacity)
         for offset in 0..<UInt64(count) {
-            let old = slot(head &+ offset)
-            let new = Int(truncatingIfNeeded: head &+ offset) & mask
-            times[new] = acceptedAt[old]
-            lines[new] = lineCounts[old]
-            bytes[new] = byteCounts[old]
-            prints[new] = fingerprints[old]
-            marks[new] = settled[old]
+            var packet = queue[slot(head &+ offset)]
+            // The index is built again below.
+            packet.newerInBucket = 0
+            packets[Int(truncatingIfNeeded: head &+ offset) & mask] = packet
         }
-        acceptedAt = times
-        lineCounts = lines
-        byteCounts = bytes
-        fingerprints = prints
-        settled = marks
-        bucketOldest = [UInt64](repeating: 0, count: capacity)
-        bucketNewest = [UInt64](repeating: 0, count: capacity)
-        newerInBucket = [UInt64](repeating: 0, count: capacity)
-        for offset in 0..<UInt64(count) where !settled[slot(head &+ offset)] { index(head &+ offset) }
+        queue = packets
+        buckets = [IndexBucket](repeating: IndexBucket(), count: capacity)
+        for offset in 0..<UInt64(count) where !queue[slot(head &+ offset)].settled { index(head &+ offset) }
+    }
+}
+
+extension DeliveryLedger {
+    /// One accepted packet in the queue.
+    fileprivate struct QueuedPacket: Sendable, Equatable {
+        /// When the kernel accepted it (monotonic nanoseconds).
+        var acceptedAt: UInt64 = 0
+        /// What an error that quotes it matches.
+        var fingerprint = PacketFingerprint()
+        /// The next newer queued packet of its hash bucket, plus one (0: none).
+        var newerInBucket: UInt64 = 0
+        var lines: UInt32 = 0
+        var bytes: UInt32 = 0
+        /// An error matched it; it leaves the queue when it reaches the head.
+        var settled = false
+    }
+
+    /// One bucket of the hash index: its oldest and newest packet number, plus one (0: empty).
+    fileprivate struct IndexBucket: Sendable, Equatable {
+        var oldest: UInt64 = 0
+        var newest: UInt64 = 0
     }
 }
 
@@ -583,7 +585,7 @@ extension DeliveryLedger {
 
     /// When the oldest unconfirmed packet can be confirmed by a drain, if any is unconfirmed.
     public var nextConfirmation: UInt64? {
-        count > 0 ? decisionTime(ofAcceptedAt: acceptedAt[slot(head)]) : nil
+        count > 0 ? decisionTime(ofAcceptedAt: queue[slot(head)].acceptedAt) : nil
     }
 
     /// When a packet accepted at `at` with no error of its own can be counted: after the
