@@ -161,10 +161,7 @@ public struct DeliveryLedger: Sendable, Equatable {
 
     // Failed sends of the last `confirmationDelay` not yet echoed, oldest first, for their
     // echoes: a ring of power-of-two capacity that grows while they come faster than they age.
-    private var failedFingerprints: [PacketFingerprint] = []
-    private var failedAt: [UInt64] = []
-    private var failedAfterDrain: [UInt64] = []
-    private var failedEchoed: [Bool] = []
+    private var failed: [FailedSend] = []
     private var failedHead = 0
     private var failedCount = 0
 
@@ -236,17 +233,14 @@ public struct DeliveryLedger: Sendable, Equatable {
     public mutating func sendFailed(lines: Int, bytes: Int, fingerprint: PacketFingerprint = PacketFingerprint(), now: UInt64) {
         sendErrors.add(lines: lines, bytes: bytes)
         offeredSinceDrain += 1
-        let mask = failedAt.count &- 1
-        while failedCount > 0 && (failedEchoed[failedHead] || !mayEcho(failedHead, at: now)) {
+        let mask = failed.count &- 1
+        while failedCount > 0 && (failed[failedHead].echoed || !mayEcho(failedHead, at: now)) {
             failedHead = (failedHead + 1) & mask
             failedCount -= 1
         }
-        if failedCount == failedAt.count { growFailures() }
-        let slot = (failedHead + failedCount) & (failedAt.count - 1)
-        failedFingerprints[slot] = fingerprint
-        failedAt[slot] = now
-        failedAfterDrain[slot] = completedDrains
-        failedEchoed[slot] = false
+        if failedCount == failed.count { growFailures() }
+        let slot = (failedHead + failedCount) & (failed.count - 1)
+        failed[slot] = FailedSend(fingerprint: fingerprint, at: now, afterDrain: completedDrains)
         failedCount += 1
     }
 
@@ -254,7 +248,7 @@ public struct DeliveryLedger: Sendable, Equatable {
     /// `time`: no second complete drain since it failed, or less than `confirmationDelay`.
     @inline(__always)
     private func mayEcho(_ slot: Int, at time: UInt64) -> Bool {
-        completedDrains <= failedAfterDrain[slot] &+ 1 || failedAt[slot] &+ confirmationDelay >= time
+        completedDrains <= failed[slot].afterDrain &+ 1 || failed[slot].at &+ confirmationDelay >= time
     }
 
     /// Whether the driver should drain the backend's error queue now: enough packets were
@@ -432,10 +426,10 @@ public struct DeliveryLedger: Sendable, Equatable {
     /// not yet, that `quote` matches with `strength`, and marks it echoed.
     private mutating func echoFailure(quotedBy quote: PacketFingerprint, _ strength: PacketFingerprint.Match) -> Bool {
         for offset in 0..<failedCount {
-            let slot = (failedHead + offset) & (failedAt.count - 1)
-            guard !failedEchoed[slot], mayEcho(slot, at: drainTime),
-                  failedFingerprints[slot].match(by: quote) == strength else { continue }
-            failedEchoed[slot] = true
+            let slot = (failedHead + offset) & (failed.count - 1)
+            guard !failed[slot].echoed, mayEcho(slot, at: drainTime),
+                  failed[slot].fingerprint.match(by: quote) == strength else { continue }
+            failed[slot].echoed = true
             return true
         }
         return false
@@ -443,22 +437,10 @@ public struct DeliveryLedger: Sendable, Equatable {
 
     /// Doubles the ring of failed sends (at least 16 slots), oldest first from slot 0.
     private mutating func growFailures() {
-        let capacity = max(16, failedAt.count * 2)
-        var prints = [PacketFingerprint](repeating: PacketFingerprint(), count: capacity)
-        var times = [UInt64](repeating: 0, count: capacity)
-        var drains = [UInt64](repeating: 0, count: capacity)
-        var echoed = [Bool](repeating: false, count: capacity)
-        for offset in 0..<failedCount {
-            let old = (failedHead + offset) & (failedAt.count - 1)
-            prints[offset] = failedFingerprints[old]
-            times[offset] = failedAt[old]
-            drains[offset] = failedAfterDrain[old]
-            echoed[offset] = failedEchoed[old]
-        }
-        failedFingerprints = prints
-        failedAt = times
-        failedAfterDrain = drains
-        failedEchoed = echoed
+        let capacity = max(16, failed.count * 2)
+        var sends = [FailedSend](repeating: FailedSend(), count: capacity)
+        for offset in 0..<failedCount { sends[offset] = failed[(failedHead + offset) & (failed.count - 1)] }
+        failed = sends
         failedHead = 0
     }
 
@@ -536,6 +518,18 @@ extension DeliveryLedger {
         var bytes: UInt32 = 0
         /// An error matched it; it leaves the queue when it reaches the head.
         var settled = false
+    }
+
+    /// A failed send remembered for the ICMP echo of its failure.
+    fileprivate struct FailedSend: Sendable, Equatable {
+        /// What its echo would quote.
+        var fingerprint = PacketFingerprint()
+        /// When it failed (monotonic nanoseconds).
+        var at: UInt64 = 0
+        /// How many complete drains there had been when it failed.
+        var afterDrain: UInt64 = 0
+        /// An echo of it was taken.
+        var echoed = false
     }
 
     /// One bucket of the hash index: its oldest and newest packet number, plus one (0: empty).
