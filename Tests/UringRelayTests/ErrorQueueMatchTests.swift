@@ -224,6 +224,39 @@ struct ErrorQueueMatchTests {
         #expect(ledger.echoesOfFailedSends == 300 && ledger.unattributedLosses == 0)
     }
 
+    @Test("failed sends stay oldest first when their ring wraps and grows: an echo marks the oldest identical one, a later echo the younger")
+    func failedSendsKeepTheirOrderAcrossGrowth() {
+        // Delay 1 000 ns: a failed send may be echoed until two more complete drains and 1 000 ns
+        // have passed.
+        var ledger = DeliveryLedger(confirmationDelay: 1_000, doubtWindow: 0)
+        // Fifteen failures, all echoed, leave the ring's (16 slots) next entry in its last slot.
+        let echoedFirst = (0..<15).map { TestPacket("wrap.first.\($0)", lines: 1, padTo: 600) }
+        for packet in echoedFirst { ledger.sendFailed(lines: 1, bytes: 600, fingerprint: packet.fingerprint, now: 0) }
+        ledger.drained(echoedFirst.map { $0.refusal() }, now: 1)
+        #expect(ledger.echoesOfFailedSends == 15)
+        // The older of two identical failed packets goes in the last slot, the younger (two
+        // complete drains later) in the first after the wrap; then fillers until the ring is
+        // full, and one more, which grows it.
+        let repeated = TestPacket("wrap.repeated", lines: 1, padTo: 600)
+        ledger.sendFailed(lines: 1, bytes: 600, fingerprint: repeated.fingerprint, now: 2)
+        ledger.drained([], now: 3)
+        ledger.drained([], now: 4)
+        ledger.sendFailed(lines: 1, bytes: 600, fingerprint: repeated.fingerprint, now: 5)
+        let fillers = (0..<15).map { TestPacket("wrap.filler.\($0)", lines: 1, padTo: 600) }
+        for packet in fillers { ledger.sendFailed(lines: 1, bytes: 600, fingerprint: packet.fingerprint, now: 5) }
+        // One echo: it is the older one's (the oldest that matches).
+        ledger.drained([repeated.refusal()], now: 6)
+        #expect(ledger.echoesOfFailedSends == 16 && ledger.unattributedLosses == 0)
+        // Past the older one's time, within the younger's: a second echo is the younger one's.
+        // Had the growth put the younger first, the first echo would have marked it, and this
+        // one would find only the older, too old to echo: an unattributed loss.
+        ledger.drained([repeated.refusal()], now: 1_003)
+        #expect(ledger.echoesOfFailedSends == 17 && ledger.unattributedLosses == 0)
+        // Every filler is still remembered after the growth.
+        ledger.drained(fillers.map { $0.refusal() }, now: 1_004)
+        #expect(ledger.echoesOfFailedSends == 32 && ledger.unattributedLosses == 0)
+    }
+
     @Test("a refusal for a packet already counted as sent, or for no packet at all, is unattributed and takes nothing from sent")
     func lateRefusal() {
         var ledger = Self.ledger(accepting: Array(Self.packets.prefix(2)))

@@ -356,10 +356,18 @@ public struct DeliveryLedger: Sendable, Equatable {
 
     /// Checks that every accepted packet is in exactly one of sent, refused, unreachable,
     /// doubted, unconfirmed and unconfirmed at exit, that the queue matches the unconfirmed
-    /// gauge, and that every unsettled packet of the hash index can be found through it.
+    /// gauge, that every unsettled packet of the hash index can be found through it, and that
+    /// each bucket's newest packet is queued and links to none.
     public func verifyInvariants() -> Bool {
         guard accepted == sent + refused + unreachable + doubted + unconfirmed + unconfirmedAtExit else { return false }
         guard count <= queue.count, count == 0 || !queue[slot(head)].settled else { return false }
+        // A link is a packet number plus one: the queued packets' are head + 1 ... head + count.
+        func isQueued(_ link: UInt64) -> Bool { link &- 1 &- head < UInt64(count) }
+        for bucket in buckets where bucket.oldest != 0 || bucket.newest != 0 {
+            guard isQueued(bucket.oldest), isQueued(bucket.newest), queue[slot(bucket.newest &- 1)].newerInBucket == 0 else {
+                return false
+            }
+        }
         var queued = Counts()
         for offset in 0..<UInt64(count) {
             let slot = self.slot(head &+ offset)
