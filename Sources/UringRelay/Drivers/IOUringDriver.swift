@@ -390,8 +390,9 @@ extension IOUringDriver {
             var batch = ring.readyCompletions()
             if batch.isEmpty { return }
             while let completion = ring.nextCompletion(in: &batch) {
-                // The common CQE, a datagram whose receive stays armed, is parked without the
-                // switch over every kind (`handle` takes every other, with the same outcome).
+                // The common CQE, a datagram whose receive stays armed, is parked here without
+                // the switch over every kind; `handle`, which takes every other CQE, would park
+                // it the same way.
                 if completion.userData.rawValue >> 56 == UInt64(UserData.Kind.receive.rawValue), completion.hasMore,
                    completion.result >= 0, let bufferID = completion.bufferID {
                     park(bufferID, of: completion)
