@@ -6,13 +6,16 @@
 /// Below saturation the multishot receive is one pending item to the kernel however many
 /// datagrams wait, so it is the minimum wait, not the batch of completions asked for, that ends
 /// a wait (docs/performance.md, "the minimum wait"). With `--min-wait 250us` a worker at 50 000
-/// datagrams/s wakes 4 000 times a second for ~12 datagrams each; adapted, ~780 times for 64.
-/// Above `targetDatagrams` / `--min-wait` (256 000 datagrams/s with the defaults) the wait is
-/// `--min-wait`, as without adaptation, so the socket buffer and the provided buffers hold one
-/// wait's arrivals as before. What it costs: a datagram waits in the socket up to the adapted
-/// wait (at most `ceilingMicroseconds`, 1 ms with the defaults) before it is read, where it
-/// waited up to `--min-wait`; a batch still leaves by its flush deadline (the wait never
-/// outlasts the deadline by more than `--min-wait`, as before).
+/// datagrams/s wakes 4 000 times a second for ~12 datagrams each; adapted, ~1 000 times for ~50
+/// (the 1 ms ceiling; 64 would take 1.28 ms). Above `targetDatagrams` / `--min-wait` (256 000
+/// datagrams/s with the defaults) the wait is `--min-wait`, as without adaptation, so at a
+/// steady rate the socket buffer and the provided buffers hold one wait's arrivals as before.
+/// The wait under way when the rate jumps is the adapted one, though (nothing in the kernel ends
+/// it early), and takes what arrives in it: up to `ceilingMicroseconds` of the new rate. What it
+/// costs: a datagram waits in the socket up to the adapted wait (at most `ceilingMicroseconds`,
+/// 1 ms with the defaults) before it is read, where it waited up to `--min-wait`; a batch still
+/// leaves by its flush deadline (the wait never outlasts the deadline by more than `--min-wait`,
+/// as before, counted from the turn's `now`: the turn's own work before the wait comes on top).
 struct AdaptiveMinimumWait {
     /// `--min-wait`: the shortest minimum wait, and the only one when adaptation is off.
     let floorMicroseconds: UInt32
@@ -54,8 +57,9 @@ struct AdaptiveMinimumWait {
         microseconds = UInt32(target > current ? (current + target + 1) / 2 : target)
     }
 
-    /// The minimum wait for a wait whose flush deadline is `flushDue` nanoseconds away (`nil`
-    /// when no batch is open): never more than `--min-wait` past that deadline.
+    /// The minimum wait for a wait whose next deadline is `flushDue` nanoseconds away (`nil`:
+    /// none; the core always has one, its heartbeat publication): never more than `--min-wait`
+    /// past that deadline.
     func minimum(flushDue: UInt64?) -> UInt32 {
         guard let flushDue, microseconds > floorMicroseconds else { return microseconds }
         return max(floorMicroseconds, min(microseconds, UInt32(clamping: flushDue / 1_000)))
