@@ -10,7 +10,7 @@
 /// handler owns the completion, the index says which of its resources it concerns.
 public struct UserData: Equatable, Sendable, CustomStringConvertible {
     /// Which operation a completion belongs to.
-    public enum Kind: UInt8, Sendable {
+    public enum Kind: UInt8, Sendable, CaseIterable {
         /// The multishot `recv` on the listening socket.
         case receive = 1
         /// A `send` of one packed batch; the index is its send-buffer slot.
@@ -53,6 +53,10 @@ public struct UserData: Equatable, Sendable, CustomStringConvertible {
     /// The kind, or `nil` for a value this program never submitted.
     @inlinable @inline(__always)
     public var kind: Kind? { Kind(rawValue: UInt8(truncatingIfNeeded: rawValue >> 56)) }
+
+    /// Whether the kind is `kind`: one compare, where `kind` decodes first (a hot loop's test).
+    @inlinable @inline(__always)
+    public func isKind(_ kind: Kind) -> Bool { rawValue >> 56 == UInt64(kind.rawValue) }
 
     /// The low 32 bits.
     @inlinable @inline(__always)

@@ -467,7 +467,24 @@ var twoWorkerArguments: [String] {
 }
 
 /// The receive-queue bytes of every IPv4 UDP socket bound to `port`, from `/proc/net/udp`.
+///
+/// The table comes a page per read, each read finding its place again by counting rows: a
+/// socket that another test closes meanwhile shifts the rows, and one of `port`'s can be
+/// skipped (seen once in a full parallel run: one of two sockets missing). So it is read until
+/// two readings agree, at most five times: most callers stop the relay first, so the queues
+/// on `port` stand still; where something still reads them, the last reading is returned.
 func udpReceiveQueues(port: UInt16) -> [Int] {
+    var previous = udpReceiveQueuesOnce(port: port)
+    for _ in 0..<4 {
+        let reading = udpReceiveQueuesOnce(port: port)
+        if reading == previous { return reading }
+        previous = reading
+    }
+    return previous
+}
+
+/// One reading of `udpReceiveQueues`.
+private func udpReceiveQueuesOnce(port: UInt16) -> [Int] {
     // Read to the end: a single read of a /proc table returns only its first page.
     guard let data = FileHandle(forReadingAtPath: "/proc/net/udp")?.readDataToEndOfFile(),
           case let table = String(decoding: data, as: UTF8.self) else { return [] }

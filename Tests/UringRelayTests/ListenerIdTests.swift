@@ -13,6 +13,21 @@ struct ListenerIdTests {
         #expect(data.index == listener)
     }
 
+    @Test("isKind agrees with kind for every kind, whatever the index (the completion loop's fast test)",
+          arguments: [UInt32(0), 1, 255, 256, UInt32.max])
+    func isKindAgrees(index: UInt32) {
+        for kind in UserData.Kind.allCases {
+            let data = UserData(kind, index: index)
+            for other in UserData.Kind.allCases {
+                #expect(data.isKind(other) == (data.kind == other), "\(kind) asked for \(other)")
+            }
+        }
+        // A value this program never submitted is none of them.
+        let foreign = UserData(rawValue: 0xFF << 56 | UInt64(index))
+        #expect(foreign.kind == nil)
+        #expect(!UserData.Kind.allCases.contains { foreign.isKind($0) })
+    }
+
     @Test("the receive queue hands back each entry's listener id whole, in order")
     func receiveQueue() {
         let listeners: [UInt32] = [0, 255, 256, 300, 65_535, 65_536, 1 << 31, UInt32.max]

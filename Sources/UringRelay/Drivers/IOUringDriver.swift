@@ -393,7 +393,7 @@ extension IOUringDriver {
                 // The common CQE, a datagram whose receive stays armed, is parked here without
                 // the switch over every kind; `handle`, which takes every other CQE, would park
                 // it the same way.
-                if completion.userData.rawValue >> 56 == UInt64(UserData.Kind.receive.rawValue), completion.hasMore,
+                if completion.userData.isKind(.receive), completion.hasMore,
                    completion.result >= 0, let bufferID = completion.bufferID {
                     park(bufferID, of: completion)
                     continue
