@@ -262,9 +262,13 @@ struct TCPMultishotRecvTests {
         let count = 30
         let clients = try (0..<count).map { _ in try TCPIngestClient(to: tcp) }
         for (index, client) in clients.enumerated() { try client.write("stop.\(index):1|c\nstop.half.\(index)") }
-        _ = try collect(from: [backend], expectedLines: count)
+        let received = try collect(from: [backend], expectedLines: count)
+        #expect(received.lines[0].sorted() == (0..<count).map { "stop.\($0):1|c" }.sorted(), "each complete line relayed once, whole")
         let counters = relay.stop()
+        #expect(counters[.tcpConnectionsAccepted, listener: label] == UInt64(count))
         #expect(counters[.tcpConnectionsClosedStop, listener: label] == UInt64(count))
+        let otherCloses: [ListenerCounter] = [.tcpConnectionsClosedPeer, .tcpConnectionsClosedIdle, .tcpConnectionsClosedTooLong, .tcpConnectionsClosedError]
+        #expect(otherCloses.map { counters[$0, listener: label] } == [0, 0, 0, 0], "closed for no other reason (peer, idle, too long, error)")
         #expect(counters[.linesDroppedTCPPartial] == UInt64(count))
         #expect(counters[.tcpBytesDroppedPartial] == UInt64((0..<count).map { "stop.half.\($0)".utf8.count }.reduce(0, +)))
         #expect(counters[.linesReceived, listener: label] == UInt64(count))
