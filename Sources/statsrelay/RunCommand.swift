@@ -64,7 +64,7 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("receive-buffers"), parsing: .unconditional, help: "Receive buffers per worker in the provided-buffer ring (a power of two) (default: 128).")
     var receiveBuffers: Int?
 
-    @Option(name: .customLong("min-wait"), parsing: .unconditional, help: "How long, from its start, a worker's wait gathers completions (up to 32) before the first one ends it (io_uring_enter2 minimum wait, Linux 6.12+; 0 disables); lengthened up to 4 times (at most a quarter of --flush-interval) while a wait gathers fewer than 64 datagrams (default: 250us).")
+    @Option(name: .customLong("min-wait"), parsing: .unconditional, help: "How long, from its start, a worker's wait gathers completions (up to 32) before the first one ends it (io_uring_enter2 minimum wait, Linux 6.12+; 0 disables); lengthened up to 4 times (at most a quarter of --flush-interval, and --rcvbuf / 1 KiB microseconds) while a wait gathers fewer than 64 datagrams (default: 250us).")
     var minWait: String?
 
     @Option(name: .customLong("shutdown-timeout"), parsing: .unconditional, help: "Longest a stop may take: two thirds for receiving what is still arriving, the rest for the final sends (default: 900ms).")
@@ -787,6 +787,15 @@ struct RunCommand: ParsableCommand {
         return lines.joined(separator: "\n")
     }
 
+    /// The start-up log's `min_wait`: `off` (`--min-wait 0`), `unsupported` (a kernel or driver
+    /// without it), `250us`, or `250us-1000us` where it adapts to the arrival rate up to that.
+    static func minimumWaitDescription(_ floorMicroseconds: UInt32, facts: WorkerFacts) -> String {
+        guard floorMicroseconds > 0 else { return "off" }
+        guard facts.minimumWait else { return "unsupported" }
+        let ceiling = facts.adaptiveWaitCeilingMicroseconds
+        return ceiling > floorMicroseconds ? "\(floorMicroseconds)us-\(ceiling)us" : "\(floorMicroseconds)us"
+    }
+
     private func logStartup(_ facts: WorkerFacts, configuration: RelayConfiguration, relay: Relay, logger: Logger) {
         let backends = zip(configuration.backends, relay.backendAddresses).enumerated().map { index, pair in
             let written = (pair.0.transport ?? configuration.sendProtocol) == .tcp ? "tcp://\(pair.0)" : "\(pair.0)"
@@ -806,7 +815,7 @@ struct RunCommand: ParsableCommand {
             "reuseport_steering": "\(configuration.reusePortSteering.rawValue)",
             "kernel": "\(KernelSupport.release)",
             "ring_flags": "\(facts.ringFlags.joined(separator: "|"))",
-            "min_wait": "\(configuration.minimumWaitMicroseconds == 0 ? "off" : facts.minimumWait ? "\(configuration.minimumWaitMicroseconds)us" : "unsupported")",
+            "min_wait": "\(Self.minimumWaitDescription(configuration.minimumWaitMicroseconds, facts: facts))",
             "receive_buffers": "\(facts.receiveBuffers)x\(facts.receiveBufferSize)",
             "send_slots": "\(facts.sendSlots)",
             "health_check": "\(configuration.healthCheck.rawValue)",

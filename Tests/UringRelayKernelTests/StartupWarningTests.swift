@@ -75,6 +75,46 @@ struct StartupWarningTests {
         #expect(relay.waitForExit() == 0)
     }
 
+    /// The start-up line's `min_wait` value (`off`, `unsupported`, `250us` or `250us-1000us`).
+    static func minimumWait(in line: String) -> String? {
+        line.split(separator: " ").first { $0.hasPrefix("min_wait=") }.map { String($0.dropFirst("min_wait=".count)) }
+    }
+
+    @Test(
+        "the minimum wait adapts only as far as the socket buffer holds: --rcvbuf 128K waits --min-wait alone; a buffer of 1 MiB or more adapts up to 1 ms; the start-up log says which (io_uring; the portable driver has no minimum wait)",
+        arguments: ioDrivers)
+    func minimumWaitBoundedByBuffer(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let backend = try TestBackend()
+        for rcvbuf in ["128K", "8M"] {
+            let relay = try RelayProcess(driver: driver, ["--bind", "127.0.0.1", "--port", "0", "--threads", "1", "--rcvbuf", rcvbuf, backend.spec])
+            let address = try relay.listenAddress()
+            let startup = relay.logLine(containing: "listening on ") ?? ""
+            let obtained = try #require(Self.value(of: "rcvbuf_obtained", in: startup), "\(startup)")
+            let expected: String
+            if driver == .portable {
+                expected = "unsupported"
+            } else if rcvbuf == "128K" {
+                // At most 128 KiB whatever the privileges: 125 µs at 1 M datagrams/s, under --min-wait.
+                #expect(obtained <= 128 << 10, "\(startup)")
+                expected = "250us"
+            } else if obtained >= 1 << 20 {
+                expected = "250us-1000us"
+            } else {
+                // Cut by net.core.rmem_max without CAP_NET_ADMIN: between the two.
+                let ceiling = min(1_000, obtained / 1_024)
+                expected = ceiling > 250 ? "250us-\(ceiling)us" : "250us"
+            }
+            #expect(Self.minimumWait(in: startup) == expected, "--rcvbuf \(rcvbuf): \(startup)")
+            let lines = (0..<50).map { "wait.range.\(rcvbuf).\($0):1|c" }
+            try send(lines, to: address)
+            let received = try collect(from: [backend], expectedLines: lines.count, seconds: 5)
+            relay.signal(SIGTERM)
+            #expect(relay.waitForExit() == 0)
+            #expect(received.lines[0].sorted() == lines.sorted())
+        }
+    }
+
     /// The CPU list (`Cpus_allowed_list`) of the relay's thread named `name`.
     static func affinity(of pid: Int32, thread name: String) throws -> String? {
         let tasks = "/proc/\(pid)/task"

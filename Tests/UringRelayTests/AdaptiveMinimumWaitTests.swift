@@ -6,9 +6,10 @@ import Testing
 /// lasts its minimum wait plus a fixed handling time, and takes the datagrams that arrived at a
 /// steady rate meanwhile), so the adaptation is checked without a clock.
 @Suite struct AdaptiveMinimumWaitTests {
-    /// The defaults: `--min-wait 250us`, `--flush-interval 10ms`, 128 receive buffers.
+    /// The defaults: `--min-wait 250us`, `--flush-interval 10ms`, 128 receive buffers, the
+    /// 8 MiB socket buffer `--rcvbuf` asks for.
     static func defaults() -> AdaptiveMinimumWait {
-        AdaptiveMinimumWait(floorMicroseconds: 250, flushIntervalNanoseconds: 10_000_000, receiveBuffers: 128)
+        AdaptiveMinimumWait(floorMicroseconds: 250, flushIntervalNanoseconds: 10_000_000, receiveBuffers: 128, socketBufferBytes: 8 << 20)
     }
 
     /// Runs `turns` turns at `rate` datagrams/s from `start` (nanoseconds), each lasting the
@@ -36,9 +37,26 @@ import Testing
         #expect(wait.ceilingMicroseconds == 1_000)
         #expect(wait.targetDatagrams == 64)
         #expect(wait.microseconds == 250)
-        let short = AdaptiveMinimumWait(floorMicroseconds: 250, flushIntervalNanoseconds: 2_000_000, receiveBuffers: 16)
+        let short = AdaptiveMinimumWait(floorMicroseconds: 250, flushIntervalNanoseconds: 2_000_000, receiveBuffers: 16, socketBufferBytes: 8 << 20)
         #expect(short.ceilingMicroseconds == 500)
         #expect(short.targetDatagrams == 8)
+    }
+
+    /// A wait at the ceiling must fit the socket buffer at 1 M datagrams/s of ~2 KiB: the buffer
+    /// bounds the ceiling to `--rcvbuf` / 1 024 µs, never below `--min-wait`.
+    @Test(
+        "the socket buffer bounds the ceiling to --rcvbuf / 1 KiB µs: no adaptation with the 208 KiB of the default rmem_max, 1 ms from 1 MiB",
+        arguments: [
+            (0, 250), (208 << 10, 250), (250 << 10, 250), (256 << 10, 256), (300 << 10, 300), (512 << 10, 512), (1 << 20, 1_000),
+            (8 << 20, 1_000),
+        ] as [(Int, UInt32)])
+    func bufferBoundsCeiling(socketBufferBytes: Int, ceiling: UInt32) {
+        var wait = AdaptiveMinimumWait(
+            floorMicroseconds: 250, flushIntervalNanoseconds: 10_000_000, receiveBuffers: 128, socketBufferBytes: socketBufferBytes)
+        #expect(wait.ceilingMicroseconds == ceiling)
+        // At 10 000 datagrams/s (64 would take 6.4 ms) the wait goes to the ceiling and no further.
+        Self.run(&wait, rate: 10_000, turns: 30)
+        #expect(wait.microseconds == ceiling)
     }
 
     /// At a steady rate the wait settles where one turn gathers `targetDatagrams`, within the bounds.
@@ -84,10 +102,10 @@ import Testing
 
     @Test("--min-wait 0 (no minimum wait) and a flush interval under four --min-waits leave nothing to adapt")
     func adaptationOff() {
-        var off = AdaptiveMinimumWait(floorMicroseconds: 0, flushIntervalNanoseconds: 10_000_000, receiveBuffers: 128)
+        var off = AdaptiveMinimumWait(floorMicroseconds: 0, flushIntervalNanoseconds: 10_000_000, receiveBuffers: 128, socketBufferBytes: 8 << 20)
         Self.run(&off, rate: 10_000, turns: 20)
         #expect(off.microseconds == 0)
-        var tight = AdaptiveMinimumWait(floorMicroseconds: 250, flushIntervalNanoseconds: 1_000_000, receiveBuffers: 128)
+        var tight = AdaptiveMinimumWait(floorMicroseconds: 250, flushIntervalNanoseconds: 1_000_000, receiveBuffers: 128, socketBufferBytes: 8 << 20)
         #expect(tight.ceilingMicroseconds == 250)
         Self.run(&tight, rate: 10_000, turns: 20)
         #expect(tight.microseconds == 250)

@@ -157,6 +157,9 @@ public struct WorkerFacts: Sendable {
     public var receiveBufferSize: Int
     /// Send-buffer slots.
     public var sendSlots: Int
+    /// The longest the adapted minimum wait may grow to (`AdaptiveMinimumWait`); `--min-wait`
+    /// where it does not adapt, 0 on the portable driver, which has no minimum wait.
+    public var adaptiveWaitCeilingMicroseconds: UInt32 = 0
     /// The TCP ingest listeners' addresses with the ports actually bound.
     public var tcpListeners: [SocketAddress] = []
     /// How the TCP ingest connections are read.

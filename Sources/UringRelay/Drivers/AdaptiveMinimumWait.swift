@@ -11,7 +11,8 @@
 /// datagrams/s with the defaults) the wait is `--min-wait`, as without adaptation, so at a
 /// steady rate the socket buffer and the provided buffers hold one wait's arrivals as before.
 /// The wait under way when the rate jumps is the adapted one, though (nothing in the kernel ends
-/// it early), and takes what arrives in it: up to `ceilingMicroseconds` of the new rate. What it
+/// it early), and takes what arrives in it: up to `ceilingMicroseconds` of the new rate, which
+/// the socket buffer must hold (`bufferMicroseconds` bounds the ceiling). What it
 /// costs: a datagram waits in the socket up to the adapted wait (at most `ceilingMicroseconds`,
 /// 1 ms with the defaults) before it is read, where it waited up to `--min-wait`; a batch still
 /// leaves by its flush deadline (the wait never outlasts the deadline by more than `--min-wait`,
@@ -19,7 +20,8 @@
 struct AdaptiveMinimumWait {
     /// `--min-wait`: the shortest minimum wait, and the only one when adaptation is off.
     let floorMicroseconds: UInt32
-    /// The longest: four times `--min-wait`, at most a quarter of `--flush-interval`.
+    /// The longest: four times `--min-wait`, at most a quarter of `--flush-interval`, and at
+    /// most what the socket buffer holds (`bufferMicroseconds`).
     let ceilingMicroseconds: UInt32
     /// The datagrams one wake-up should gather: half the provided buffers, at most 64, so one
     /// wait's arrivals always fit the buffers.
@@ -30,14 +32,28 @@ struct AdaptiveMinimumWait {
     private var previousEnd: UInt64 = 0
 
     /// An adaptation between `floorMicroseconds` (`--min-wait`; 0 turns it off, as it turns off
-    /// the minimum wait) and four times it, bounded by a quarter of the flush interval.
-    init(floorMicroseconds: UInt32, flushIntervalNanoseconds: UInt64, receiveBuffers: Int) {
+    /// the minimum wait) and four times it, bounded by a quarter of the flush interval and by
+    /// what a socket buffer of `socketBufferBytes` (`--rcvbuf` as granted) holds.
+    init(floorMicroseconds: UInt32, flushIntervalNanoseconds: UInt64, receiveBuffers: Int, socketBufferBytes: Int) {
         self.floorMicroseconds = floorMicroseconds
-        let ceiling = min(UInt64(floorMicroseconds) * 4, flushIntervalNanoseconds / 4_000)
+        let ceiling = min(
+            UInt64(floorMicroseconds) * 4, flushIntervalNanoseconds / 4_000,
+            Self.bufferMicroseconds(socketBufferBytes: socketBufferBytes))
         ceilingMicroseconds = max(floorMicroseconds, UInt32(clamping: ceiling))
         targetDatagrams = UInt64(max(1, min(64, receiveBuffers / 2)))
         microseconds = floorMicroseconds
     }
+
+    /// How long a socket buffer of `socketBufferBytes` (`--rcvbuf` as granted; the kernel
+    /// charges datagrams against twice that) takes to fill at 1 000 000 datagrams/s of ~2 KiB
+    /// each, what the kernel charges for a small datagram from a network card (its `truesize`;
+    /// on loopback about half): `socketBufferBytes` / 1 024 microseconds.
+    ///
+    /// The wait under way when the rate jumps is the adapted one, and nothing ends it early, so
+    /// the adaptation never waits longer than that: a worker whose buffer is small (the start-up
+    /// warning; 208 KiB under the default `net.core.rmem_max`) waits `--min-wait` as without
+    /// adaptation, and risks no more than it did. 8 MiB holds 8 ms, far above the ceiling.
+    static func bufferMicroseconds(socketBufferBytes: Int) -> UInt64 { UInt64(max(0, socketBufferBytes)) / 1_024 }
 
     /// Learns from a wait that ended at `end` having taken `datagrams`: the rate over the whole
     /// turn (from the previous wait's end) sets the next minimum wait. A wait that took none

@@ -90,7 +90,7 @@ struct IOUringDriver: ~Copyable {
         sends = OrderedSends(backends: worker.core.sendTargetCount, slots: worker.core.sendBuffers.capacity)
         adaptiveWait = AdaptiveMinimumWait(
             floorMicroseconds: settings.minimumWaitMicroseconds, flushIntervalNanoseconds: settings.flushIntervalNanoseconds,
-            receiveBuffers: bufferCount)
+            receiveBuffers: bufferCount, socketBufferBytes: worker.listeners.receiveBufferBytes)
         flushIntervalNanoseconds = settings.flushIntervalNanoseconds
         self.ring = ring
         self.buffers = buffers
@@ -118,7 +118,8 @@ struct IOUringDriver: ~Copyable {
             driver: .uring, listeners: worker.listeners.boundAddresses, receiveBufferBytes: worker.listeners.receiveBufferBytes,
             ringFlags: ring.setupFlagNames, minimumWait: ring.supportsMinimumWait,
             receiveBuffers: buffers.count, receiveBufferSize: buffers.bufferBytes,
-            sendSlots: worker.core.sendBuffers.capacity, tcpListeners: worker.tcp.boundAddresses,
+            sendSlots: worker.core.sendBuffers.capacity, adaptiveWaitCeilingMicroseconds: adaptiveWait.ceilingMicroseconds,
+            tcpListeners: worker.tcp.boundAddresses,
             tcpReads: streamBuffers.isRegistered || worker.tcp.completionReads ? (bundles ? .bundles : .multishot) : .epoll)
     }
 }
