@@ -50,8 +50,18 @@ final class FakeHealthPort: @unchecked Sendable {  // mutable state lives in `Sh
     func close() { shutdown(listener, Int32(SHUT_RDWR)) }
 
     /// Listens again on the same port.
+    ///
+    /// `listen` takes the port again as a bind would, so with `SO_REUSEADDR` off it conflicts
+    /// with any connection this port still has: one `serve` has not closed yet, or the
+    /// TIME_WAIT of one it closed first (`EADDRINUSE`, seen once in a full run). Those have the
+    /// flag (`serve` sets it), so it is on for the `listen` alone and off again after.
     func reopen() throws {
-        guard listen(listener, 64) == 0 else { throw Errno.current }
+        var flag: Int32 = 1
+        setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &flag, socklen_t(MemoryLayout<Int32>.size))
+        let listened = listen(listener, 64) == 0 ? nil : Errno.current
+        flag = 0
+        setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &flag, socklen_t(MemoryLayout<Int32>.size))
+        if let listened { throw listened }
     }
 
     /// A listener on 127.0.0.1:`port`, bound by number even when `port` is 0 (the kernel's pick

@@ -233,6 +233,37 @@ var statsrelayExecutable: URL {
     return me.deletingLastPathComponent().appendingPathComponent("statsrelay")
 }
 
+/// The `statsrelay` executable where a process of another user can run it: the one built, when
+/// every directory above it lets others through; else a copy, made once, in a directory of its
+/// own under the temporary directory (a clone under `/root`, mode 700, or a `.build` made 750).
+let statsrelayExecutableForOtherUsers: Result<URL, any Error> = Result {
+    let built = statsrelayExecutable
+    var directory = built.deletingLastPathComponent()
+    var reachable = true
+    while directory.path != "/" {
+        var status = stat()
+        guard stat(directory.path, &status) == 0 else { reachable = false; break }
+        if status.st_mode & S_IXOTH == 0 { reachable = false; break }
+        directory.deleteLastPathComponent()
+    }
+    if reachable { return built }
+    let temporary = FileManager.default.temporaryDirectory
+    // The copies of test processes that have ended go first (one per process, ~50 MB).
+    for name in (try? FileManager.default.contentsOfDirectory(atPath: temporary.path)) ?? []
+    where name.hasPrefix("statsrelay-tests-") {
+        if let pid = Int32(name.dropFirst("statsrelay-tests-".count)), kill(pid, 0) != 0 && errno == ESRCH {
+            try? FileManager.default.removeItem(at: temporary.appendingPathComponent(name))
+        }
+    }
+    let copyDirectory = temporary.appendingPathComponent("statsrelay-tests-\(getpid())")
+    try? FileManager.default.removeItem(at: copyDirectory)
+    try FileManager.default.createDirectory(at: copyDirectory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
+    let copy = copyDirectory.appendingPathComponent("statsrelay")
+    try FileManager.default.copyItem(at: built, to: copy)
+    try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: copy.path)
+    return copy
+}
+
 /// Text appended from one thread and read from another.
 final class LockedText: Sendable {
     private let text = Mutex("")
@@ -289,17 +320,22 @@ final class RelayProcess: @unchecked Sendable {  // the log buffer is guarded by
     /// (`listenAddress()`) and once it has exited 0 (`waitForExit`), the driver that ran is
     /// checked, except under `auto`, where the test checks what the ladder chose.
     ///
-    /// - Parameter checksDriver: `false` where the launched process is not the relay itself (a
-    ///   tracer forks it) or its standard error is closed: the test then checks the driver itself.
-    init(driver: IOBackendChoice, launcher: [String] = [], checksDriver: Bool = true, _ arguments: [String]) throws {
+    /// - Parameters:
+    ///   - checksDriver: `false` where the launched process is not the relay itself (a tracer
+    ///     forks it) or its standard error is closed: the test then checks the driver itself.
+    ///   - executable: the relay to run (default: the one built beside this test bundle).
+    init(
+        driver: IOBackendChoice, launcher: [String] = [], checksDriver: Bool = true, executable: URL = statsrelayExecutable,
+        _ arguments: [String]
+    ) throws {
         self.driver = driver
         self.checksDriver = checksDriver && driver != .auto
         let relayArguments = adminOff(["--io-backend", driver.rawValue] + arguments)
         if let program = launcher.first {
             process.executableURL = URL(fileURLWithPath: program)
-            process.arguments = Array(launcher.dropFirst()) + [statsrelayExecutable.path] + relayArguments
+            process.arguments = Array(launcher.dropFirst()) + [executable.path] + relayArguments
         } else {
-            process.executableURL = statsrelayExecutable
+            process.executableURL = executable
             process.arguments = relayArguments
         }
         process.standardOutput = stdoutPipe

@@ -63,7 +63,9 @@ struct Restriction: Sendable, CustomStringConvertible {
     /// exits; cancels the test when the launcher could not apply the restriction.
     func launch(driver: IOBackendChoice, _ arguments: [String]) throws -> RelayProcess {
         let python = try RelayLauncher.requirePython()
-        let child = try RelayProcess(driver: driver, launcher: command(python: python), arguments)
+        // Run as another user, the relay must be reachable by one.
+        let executable = user == nil ? statsrelayExecutable : try statsrelayExecutableForOtherUsers.get()
+        let child = try RelayProcess(driver: driver, launcher: command(python: python), executable: executable, arguments)
         _ = child.waitForLog("listening on ")
         if !child.process.isRunning, child.waitForExit() == 3, child.standardError.contains("launcher: ") {
             try Test.cancel(Comment(rawValue: "cannot restrict the child (\(self)): \(child.standardError)"))
