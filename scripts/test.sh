@@ -5,9 +5,9 @@
 # A test that never returns would hold the run (and CI) until an outer limit, and Swift
 # Testing's `.timeLimit` cannot end a test blocked in a system call. So a watchdog stops the
 # test process after TEST_TIME_LIMIT seconds (default 1200; a whole run takes ~2.5 min on 2
-# cores). Where gdb is installed it first prints every thread's stack (the hung test's function
-# is in one of them) and flushes the process's output, so the log's last "started" lines
-# without their "passed" name the test too.
+# cores), with the processes it started. Where gdb is installed it first prints every thread's
+# stack (the hung test's function is in one of them) and flushes the process's output, so the
+# log's last "started" lines without their "passed" name the test too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
@@ -29,7 +29,7 @@ descendants() {
 }
 
 watchdog() {
-    local deadline=$((SECONDS + limit)) process
+    local deadline=$((SECONDS + limit)) process started
     while ((SECONDS < deadline)); do sleep 2; done
     echo "scripts/test.sh: the tests ran past ${limit} s (TEST_TIME_LIMIT); stopping them" >&2
     for process in $(descendants $$); do
@@ -39,7 +39,11 @@ watchdog() {
             timeout 120 gdb -p "$process" -batch -ex 'info threads' -ex 'thread apply all bt 40' \
                 -ex 'call (int) fflush(0)' </dev/null >&2 2>&1 || true
         fi
-        kill -KILL "$process" 2>/dev/null || true
+        # Stopped first, so it starts nothing more: the relays and clients it started would
+        # outlive it, holding their ports.
+        kill -STOP "$process" 2>/dev/null || true
+        started=$(descendants "$process")
+        kill -KILL "$process" $started 2>/dev/null || true
     done
 }
 
