@@ -103,8 +103,6 @@ static inline int cl_sendmmsg(int fd, struct cl_mmsghdr *vector, unsigned int co
     return ret < 0 ? -errno : (int)ret;
 }
 
-// Bytes charged to a socket's send buffer and not yet freed (`SIOCOUTQ`: for UDP the socket's
-// write allocation, datagrams queued below it included); -errno on failure. ioctl is variadic.
 /* epoll for the TCP ingest (`EventPoll`): `struct epoll_event` is packed on x86-64, so the
    shim reads and writes it and Swift sees only descriptors and 64-bit tokens. Each returns
    -errno on failure. */
@@ -149,9 +147,18 @@ static inline int cl_epoll_ready(int epfd, unsigned long long *tokens, int count
     return ready;
 }
 
+// Bytes charged to a socket's send buffer and not yet freed (`SIOCOUTQ`: for UDP the socket's
+// write allocation, datagrams queued below it included); -errno on failure. ioctl is variadic.
 static inline int cl_socket_send_queue_bytes(int fd) {
     int bytes = 0;
     return ioctl(fd, SIOCOUTQ, &bytes) < 0 ? -errno : bytes;
+}
+
+// Bytes received on a TCP socket and not yet read (`SIOCINQ`: a FIN received is not counted);
+// -errno on failure (`EINVAL` on a listening socket). ioctl is variadic.
+static inline int cl_socket_receive_queue_bytes(int fd) {
+    int bytes = 0;
+    return ioctl(fd, SIOCINQ, &bytes) < 0 ? -errno : bytes;
 }
 
 // `unshare(CLONE_NEWNET)` for the calling thread (Glibc's module hides `unshare`); 0 or -errno.

@@ -265,6 +265,10 @@ public struct TCPIngestSocket: ~Copyable {
 
     /// The descriptor, for an `EventPoll`.
     public var pollDescriptor: Int32 { descriptor }
+
+    /// The bytes the kernel has received on this connection and nobody has read yet
+    /// (`SIOCINQ`); 0 when it cannot say.
+    public var unreadByteCount: Int { max(0, Int(cl_socket_receive_queue_bytes(descriptor))) }
 }
 
 /// One worker's read buffer for its TCP ingest connections, allocated once: each read goes

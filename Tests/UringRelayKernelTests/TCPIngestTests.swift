@@ -42,6 +42,37 @@ final class TCPIngestClient: @unchecked Sendable {  // each used from one thread
         }
     }
 
+    /// Waits up to `seconds` until the peer's kernel has acknowledged every byte written (the
+    /// socket's send queue, `tx_queue` in `/proc/net/tcp`, is empty): they are then in the
+    /// relay's socket, read or not.
+    func waitUntilAcknowledged(seconds: Double) -> Bool {
+        /// The port of this socket's own end (`getsockname`) or its peer's (`getpeername`).
+        func port(_ name: (Int32, UnsafeMutablePointer<sockaddr>, UnsafeMutablePointer<socklen_t>) -> Int32) -> UInt16? {
+            var address = sockaddr_in()
+            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+            let result = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { name(descriptor, $0, &length) } }
+            return result == 0 ? UInt16(bigEndian: address.sin_port) : nil
+        }
+        guard let local = port({ getsockname($0, $1, $2) }), let remote = port({ getpeername($0, $1, $2) }) else { return false }
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            // Read to the end: a single read of a /proc table returns only its first page.
+            let table = String(decoding: FileHandle(forReadingAtPath: "/proc/net/tcp")?.readDataToEndOfFile() ?? Data(), as: UTF8.self)
+            // This connection's row (its two ports; loopback IPv4), whatever other sockets use
+            // one of them (a TIME_WAIT, another test's).
+            let queued = table.split(separator: "\n").dropFirst().compactMap { row -> Int? in
+                let fields = row.split(separator: " ")
+                guard fields.count > 4, let ownPort = fields[1].split(separator: ":").last, UInt16(ownPort, radix: 16) == local,
+                      let peerPort = fields[2].split(separator: ":").last, UInt16(peerPort, radix: 16) == remote,
+                      let sendQueue = fields[4].split(separator: ":").first else { return nil }
+                return Int(sendQueue, radix: 16)
+            }
+            if queued == [0] { return true }
+            usleep(2_000)
+        }
+        return false
+    }
+
     /// Closes the writing side (FIN): the relay reads the end of the stream.
     func finish() { shutdown(descriptor, Int32(SHUT_WR)) }
 
@@ -173,7 +204,9 @@ struct TCPIngestTests {
         #expect(counters[.tcpConnectionsRefused, listener: label] == 0)
     }
 
-    @Test("a line longer than --max-datagram closes that connection only (counted too_long); the lines before it and another client's are relayed", arguments: ioDrivers)
+    @Test(
+        "a line longer than --max-datagram closes that connection only (counted too_long); the lines before it and another client's are relayed; every byte it sent is relayed or counted dropped (too_long, unread)",
+        arguments: ioDrivers)
     func overLongLine(driver: IOBackendChoice) throws {
         try requireDriver(driver)
         let backend = try TestBackend()
@@ -181,7 +214,12 @@ struct TCPIngestTests {
         let long = try TCPIngestClient(to: tcp)
         let other = try TCPIngestClient(to: tcp)
         try other.write("other.before:1|c\n")
-        try long.write("long.before:1|c\n" + "long.too:" + String(repeating: "9", count: 600))
+        // One write, one loopback segment: all of it is in the relay's socket before the relay
+        // reads any, so every byte is either read or still there when the connection closes.
+        let before = "long.before:1|c\n"
+        let after = (0..<100).map { "long.after.\($0):1|c\n" }.joined()
+        let sent = before + "long.too:" + String(repeating: "9", count: 600) + "\n" + after
+        try long.write(sent)
         #expect(long.waitForClose(seconds: 5), "the relay closes the connection with the over-long line")
         try other.write("other.after:1|c\n")
         let received = try collect(from: [backend], expectedLines: 3)
@@ -190,6 +228,12 @@ struct TCPIngestTests {
         let label = "tcp:\(tcp)"
         #expect(counters[.tcpConnectionsClosedTooLong, listener: label] == 1)
         #expect(counters[.tcpConnectionsClosedStop, listener: label] == 1, "the other connection stayed open")
+        // The over-long line's first 513 bytes at least were read and thrown away with it; what
+        // was not read (parked unframed, or still in the socket) is counted unread.
+        #expect(counters[.tcpBytesDroppedTooLong] >= 513)
+        #expect(counters[.tcpBytesDroppedUnread] > 0, "the lines after the over-long one were never read")
+        #expect(counters[.tcpBytesDroppedTooLong] + counters[.tcpBytesDroppedUnread] == UInt64(sent.utf8.count - before.utf8.count))
+        #expect(counters[.tcpBytesDroppedPartial] == 0)
     }
 
     @Test("--tcp-max-connections: a connection over the limit is accepted and closed at once, and counted refused", arguments: ioDrivers)
@@ -270,6 +314,49 @@ struct TCPIngestTests {
         #expect(counters[.linesDroppedTCPPartial] == 5)
         #expect(counters[.tcpBytesDroppedPartial] == UInt64((0..<5).map { "stop.\($0).partial:1".utf8.count }.reduce(0, +)))
         #expect(counters[.tcpConnectionsClosedStop, listener: "tcp:\(tcp)"] == 5)
+    }
+
+    @Test(
+        "a stop whose connections still hold bytes while the TCP receive group is dry (one 64-byte buffer): with time, the drain relays every complete line, none left unread; out of time (10 ms), what is left is counted unread, every byte relayed or counted",
+        arguments: ioDrivers, [UInt64(5_000_000_000), 10_000_000])
+    func stopWithBytesUnread(driver: IOBackendChoice, shutdownTimeout: UInt64) throws {
+        try requireDriver(driver)
+        let backend = try TestBackend()
+        let (relay, tcp) = try self.relay([backend], driver: driver) { configuration in
+            configuration.shutdownTimeoutNanoseconds = shutdownTimeout
+            // io_uring: every receive but one runs out of buffers (-ENOBUFS) and waits to be armed
+            // again, a piece of 64 bytes a turn; the portable driver reads through epoll.
+            configuration.tcpReceiveBuffers = 1
+            configuration.tcpReceiveBufferBytes = 64
+        }
+        let clients = try (0..<8).map { _ in try TCPIngestClient(to: tcp) }
+        #expect(waitForCounters(relay.relay) { $0[.tcpConnectionsAccepted] == UInt64(clients.count) })
+        var sent = 0
+        var complete = 0
+        for (index, client) in clients.enumerated() {
+            // 16 KiB a connection, within the receive window its socket opens at once, then half
+            // a line: far more than one 64-byte buffer a turn reads before the stop.
+            let lines = (0..<800).map { "dry.\(index).\($0):1|c\n" }.joined()
+            try client.write(lines + "dry.\(index).half:1")
+            sent += lines.utf8.count + "dry.\(index).half:1".utf8.count
+            complete += lines.utf8.count
+        }
+        for client in clients { try #require(client.waitUntilAcknowledged(seconds: 10), "the relay's kernel took every byte") }
+        let counters = relay.stop()
+        let label = "tcp:\(tcp)"
+        #expect(counters[.tcpConnectionsClosedStop, listener: label] == UInt64(clients.count))
+        let relayed = counters[.bytesReceived, listener: label]
+        let unread = counters[.tcpBytesDroppedUnread]
+        let partial = counters[.tcpBytesDroppedPartial]
+        #expect(relayed + partial + unread == UInt64(sent), "relayed \(relayed), partial \(partial), unread \(unread) of \(sent)")
+        #expect(counters[.tcpBytesDroppedTooLong] == 0)
+        if shutdownTimeout > 1_000_000_000 {
+            #expect(relayed == UInt64(complete), "every complete line relayed")
+            #expect(unread == 0)
+            #expect(counters[.linesDroppedTCPPartial] == UInt64(clients.count))
+            let received = try collect(from: [backend], expectedLines: 800 * clients.count)
+            #expect(received.totalLines == 800 * clients.count)
+        }
     }
 
     @Test("a reload adds a tcp: listener (accepting in every worker, counted under its label) and removes it: no new connection is accepted, an open one still relays until it closes", arguments: ioDrivers)

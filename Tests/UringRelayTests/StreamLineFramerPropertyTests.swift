@@ -47,7 +47,11 @@ struct StreamLineFramerPropertyTests {
                 for index in 0..<bytes.count { delivered.append(bytes[index]) }
             }
             if !framer.verifyInvariants() { faults.append("invariants broken") }
-            if outcome == .lineTooLong { return (delivered, true, faults) }
+            if outcome == .lineTooLong {
+                // What the refusal threw away and what went before it add up to what was fed.
+                if delivered.count + framer.discardedByteCount != end { faults.append("\(delivered.count) delivered + \(framer.discardedByteCount) discarded of \(end) fed") }
+                return (delivered, true, faults)
+            }
         }
         framer.finish { run in
             let bytes = Span<UInt8>(_bytes: run)

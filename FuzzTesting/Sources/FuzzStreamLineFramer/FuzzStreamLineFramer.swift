@@ -10,7 +10,8 @@ import UringRelay
 // - with no line over the maximum (the last, unterminated one included), every read is
 //   `.framed` and the runs delivered, with what `finish` delivers, are the stream, byte for byte;
 // - with one, some read answers `.lineTooLong`, and what was delivered before is exactly the
-//   stream up to that line's first byte (no line of it, and nothing after it, goes on);
+//   stream up to that line's first byte (no line of it, and nothing after it, goes on), and
+//   the bytes it says it discarded (`discardedByteCount`) are the rest of what was fed;
 // - the result is the same whatever the cuts: the stream whole in one read, one byte per read,
 //   and the seeded cuts.
 
@@ -46,7 +47,10 @@ func run(_ stream: [UInt8], cuts: [Int], maximum: Int) -> (delivered: [UInt8], r
             for index in 0..<bytes.count { delivered.append(bytes[index]) }
         }
         require(framer.verifyInvariants(), "invariants broken after a read")
-        if outcome == .lineTooLong { return (delivered, true) }
+        if outcome == .lineTooLong {
+            require(delivered.count + framer.discardedByteCount == end, "delivered and discarded bytes do not add up to the bytes fed")
+            return (delivered, true)
+        }
     }
     framer.finish { run in
         let bytes = Span<UInt8>(_bytes: run)

@@ -392,6 +392,28 @@ struct TCPIngest: ~Copyable {
         }
     }
 
+    /// Counts, as the worker ends (after `closeAll`, before its counters are taken), what the
+    /// connections still in the table (closed, their receive's end not come: a stop out of
+    /// time, a failed wait) hold unread in their sockets: they close with the ring, after the
+    /// counters are taken. With `IORING_SETUP_DEFER_TASKRUN` no receive takes bytes from them
+    /// before then (only inside a wait); without it, what one takes later was counted here.
+    mutating func countUnreadAtExit(core: inout RelayCore) {
+        for position in connections.indices { Self.countUnread(connections[position].socket, core: &core) }
+    }
+
+    /// Whether an open connection (not closed by the relay, its stream not ended) has bytes
+    /// waiting in its socket (`SIOCINQ`): a system call per connection, asked only by a
+    /// draining worker that found nothing else to receive. On the io_uring driver a receive
+    /// that ran out of buffers (`-ENOBUFS`) is armed again only at the next wait, and an armed
+    /// one takes what waits only inside it: without this a drain could end while connections
+    /// still hold what their clients sent before the stop.
+    var holdsUnreadBytes: Bool {
+        for position in connections.indices where !connections[position].closing && connections[position].end == nil {
+            if connections[position].socket.unreadByteCount > 0 { return true }
+        }
+        return false
+    }
+
     /// Whether nothing is open any more (no listening socket, no connection but those closed
     /// and waiting for their receive's end).
     var isClosed: Bool { listeners.isEmpty && connections.count == closingCount }
@@ -445,6 +467,8 @@ struct TCPIngest: ~Copyable {
     /// worker's share of `--tcp-max-connections` it is closed at once and counted refused.
     private mutating func adopt(_ socket: consuming TCPIngestSocket, listener id: UInt32, core: inout RelayCore, now: UInt64) {
         guard connections.count < maximumConnections else {
+            // What the client sent before it was taken is never read.
+            Self.countUnread(socket, core: &core)
             // Closed as it goes out of scope: the client sees its connection end at once.
             _ = consume socket
             core.count(.tcpConnectionsRefused, listener: id)
@@ -458,6 +482,7 @@ struct TCPIngest: ~Copyable {
         } else {
             do throws(Errno) { try poll.add(socket.pollDescriptor, token: Self.token(position: connections.count, serial: serial)) } catch {
                 core.count(.tcpAcceptErrors)
+                Self.countUnread(socket, core: &core)
                 return
             }
         }
@@ -480,6 +505,13 @@ struct TCPIngest: ~Copyable {
         return nil
     }
 
+    /// Counts what the kernel received on `socket` and nobody read (`tcp_bytes_dropped{reason="unread"}`),
+    /// just before the socket closes.
+    private static func countUnread(_ socket: borrowing TCPIngestSocket, core: inout RelayCore) {
+        let unread = socket.unreadByteCount
+        if unread > 0 { core.count(.tcpBytesDroppedUnread, by: UInt64(unread)) }
+    }
+
     private static func token(position: Int, serial: UInt32) -> UInt64 { UInt64(serial) << 32 | UInt64(position) }
 
     /// Reads connection `position` a few times, framing each read into the core.
@@ -499,6 +531,7 @@ struct TCPIngest: ~Copyable {
                 let listener = connections[position].listener
                 let outcome = Self.frame(buffer, count: count, into: &connections[position].framer, listener: listener, core: &core, now: now)
                 if outcome == .lineTooLong {
+                    core.count(.tcpBytesDroppedTooLong, by: UInt64(connections[position].framer.discardedByteCount))
                     close(at: position, reason: .tcpConnectionsClosedTooLong, core: &core)
                     return false
                 }
@@ -522,9 +555,10 @@ struct TCPIngest: ~Copyable {
 
     /// Closes connection `position`, counting why and the partial line it still held. Read by
     /// completions, the buffers it had parked go back to the group (bytes received and not yet
-    /// framed: unread, as what an epoll reader leaves in the socket), and with its receive
-    /// still armed it stays in the table, `closing`, until the receive's last CQE (its
-    /// cancellation is submitted at the next wait); otherwise it leaves the table now.
+    /// framed: counted unread, as what an epoll reader leaves in the socket is when the socket
+    /// closes), and with its receive still armed it stays in the table, `closing`, until the
+    /// receive's last CQE (its cancellation is submitted at the next wait; what the receive
+    /// still takes meanwhile is counted unread too); otherwise it leaves the table now.
     private mutating func close(at position: Int, reason: ListenerCounter, core: inout RelayCore) {
         let held = connections[position].framer.partialByteCount
         if held > 0 {
@@ -533,7 +567,7 @@ struct TCPIngest: ~Copyable {
         }
         core.count(reason, listener: connections[position].listener)
         if completionReads {
-            releaseParked(at: position)
+            core.count(.tcpBytesDroppedUnread, by: UInt64(releaseParked(at: position)))
             if connections[position].receiveArmed {
                 connections[position].closing = true
                 connections[position].cancelWanted = true
@@ -545,12 +579,16 @@ struct TCPIngest: ~Copyable {
         removeConnection(at: position, core: &core)
     }
 
-    /// Takes connection `position` out of the table (its socket closes); the last connection
-    /// takes its place (its slot, and its epoll token, follow).
+    /// Takes connection `position` out of the table (its socket closes, and what the kernel
+    /// received on it that was never read is counted unread); the last connection takes its
+    /// place (its slot, and its epoll token, follow).
     private mutating func removeConnection(at position: Int, core: inout RelayCore) {
         let last = connections.count - 1
         if position != last { connections.swapAt(position, last) }
         let closed = connections.removeLast()
+        // A client's bytes that come after this are refused by the kernel (the client sees
+        // its connection reset): the relay never had them.
+        Self.countUnread(closed.socket, core: &core)
         if !completionReads { poll.remove(closed.socket.pollDescriptor) }
         if closed.closing { closingCount -= 1 }
         slotPositions[Int(closed.slot)] = -1
@@ -682,7 +720,8 @@ extension TCPIngest {
             core.count(.tcpReceiveCompletions)
             if let first = completion.bufferID, let taken = streamBuffers.take(firstID: first, result: completion.result, bundle: bundles) {
                 core.count(.tcpReceiveBuffers, by: UInt64(taken))
-                park(taken, bytes: Int(completion.result), at: position)
+                let dropped = park(taken, bytes: Int(completion.result), at: position)
+                if dropped > 0 { core.count(.tcpBytesDroppedUnread, by: UInt64(dropped)) }
                 connections[position].lastActivity = now
             } else {
                 // Numbers no receive can give: the stream cannot be followed any more.
@@ -718,14 +757,16 @@ extension TCPIngest {
 
     /// Parks the `taken` buffers the last `take` covered (`bytes` in all) on connection
     /// `position`, after what it holds already; a closing connection's go straight back.
-    private mutating func park(_ taken: Int, bytes: Int, at position: Int) {
+    ///
+    /// - Returns: the bytes that went straight back (never to be read).
+    private mutating func park(_ taken: Int, bytes: Int, at position: Int) -> Int {
         let size = streamBuffers.bufferBytes
+        guard !connections[position].closing else {
+            for index in 0..<taken { streamBuffers.recycle(streamBuffers.takenID(index, of: taken)) }
+            return bytes
+        }
         for index in 0..<taken {
             let id = streamBuffers.takenID(index, of: taken)
-            if connections[position].closing {
-                streamBuffers.recycle(id)
-                continue
-            }
             parkedNext[Int(id)] = Self.noBuffer
             parkedLength[Int(id)] = Int32(min(size, bytes - index * size))
             let last = connections[position].lastParked
@@ -737,19 +778,25 @@ extension TCPIngest {
             }
             connections[position].lastParked = id
         }
+        return 0
     }
 
     /// Gives connection `position`'s parked buffers back to the group.
-    private mutating func releaseParked(at position: Int) {
+    ///
+    /// - Returns: the bytes they held that were not yet framed.
+    private mutating func releaseParked(at position: Int) -> Int {
+        var unframed = -connections[position].parkedOffset
         var id = connections[position].firstParked
         while id != Self.noBuffer {
             let next = parkedNext[Int(id)]
+            unframed += Int(parkedLength[Int(id)])
             streamBuffers.recycle(id)
             id = next
         }
         connections[position].firstParked = Self.noBuffer
         connections[position].lastParked = Self.noBuffer
         connections[position].parkedOffset = 0
+        return max(0, unframed)
     }
 
     private mutating func enqueue(at position: Int) {
@@ -824,6 +871,7 @@ extension TCPIngest {
                 connections[position].parkedOffset = end
             }
             if outcome == .lineTooLong {
+                core.count(.tcpBytesDroppedTooLong, by: UInt64(connections[position].framer.discardedByteCount))
                 close(at: position, reason: .tcpConnectionsClosedTooLong, core: &core)
                 return false
             }

@@ -117,6 +117,7 @@ struct WorkerLoop<Transport: WorkerTransport & ~Copyable>: ~Copyable {
         do throws(SystemCallError) { try turns(now: &now) } catch { failure = error }
         worker.listeners.countDrops(core: &worker.core, now: now)
         worker.tcp.closeAll(core: &worker.core)
+        worker.tcp.countUnreadAtExit(core: &worker.core)
         let (unrelayed, inFlight) = transport.finish(&worker)
         let end = MonotonicClock.nanoseconds()
         worker.connections.finish(now: end, into: &worker.core)
@@ -144,6 +145,8 @@ struct WorkerLoop<Transport: WorkerTransport & ~Copyable>: ~Copyable {
                 worker.tcpReady = false
                 if worker.tcp.service(core: &worker.core, now: now) { moreToReceive = true }
             }
+            // A drain ends only once the connections' sockets are empty too (or its budget is out).
+            if !moreToReceive && worker.core.phase == .draining && worker.tcp.holdsUnreadBytes { moreToReceive = true }
             worker.tcp.closeIdle(core: &worker.core, now: now)
             if worker.core.phase != .flushing && worker.listeners.isDraining {
                 let waiting = transport.unrelayedListener

@@ -102,7 +102,7 @@ public struct MetricFamily: Sendable, Equatable {
         .init("statsrelay_tcp_accept_errors_total", .counter, [], .relayCounters,
               help: "accept(2) calls on a TCP listener that failed (out of descriptors: EMFILE, ENFILE; or a connection reset before it was taken); the connection stays in the kernel's queue or is gone."),
         .init("statsrelay_tcp_bytes_dropped_total", .counter, ["reason"], .relayCounters,
-              help: "Bytes of TCP ingest input not relayed, by reason: partial (a line begun and not ended by its newline when the relay closed the connection: at a stop, for idle, or after a failed read; a client that closes its side has its last line relayed without a newline instead)."),
+              help: "Bytes of TCP ingest input not relayed, by reason: partial (a line begun and not ended by its newline when the relay closed the connection: at a stop, for idle, or after a failed read; a client that closes its side has its last line relayed without a newline instead), too_long (what was read of a line longer than --max-datagram, and what followed it in the same read), unread (received by this host on a connection the relay closed, or refused over --tcp-max-connections, and never read: left in the socket or in the receive buffers when it closed)."),
         .init("statsrelay_tcp_receive_completions_total", .counter, [], .relayCounters,
               help: "io_uring driver: completions of the TCP ingest connections' multishot receives that carried bytes (one read each, of one buffer or a bundle of several); 0 on the portable driver, which reads TCP with recv(2) through epoll."),
         .init("statsrelay_tcp_receive_buffers_total", .counter, [], .relayCounters,

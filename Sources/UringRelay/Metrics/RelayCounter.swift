@@ -82,6 +82,8 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
     case tcpAcceptErrors
     case linesDroppedTCPPartial
     case tcpBytesDroppedPartial
+    case tcpBytesDroppedTooLong
+    case tcpBytesDroppedUnread
     case tcpReceiveCompletions
     case tcpReceiveBuffers
     case tcpBufferRingExhausted
@@ -168,6 +170,8 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
         case .tcpAcceptErrors: "statsrelay.tcp_accept_errors"
         case .linesDroppedTCPPartial: "statsrelay.lines_dropped.tcp_partial"
         case .tcpBytesDroppedPartial: "statsrelay.tcp_bytes_dropped.partial"
+        case .tcpBytesDroppedTooLong: "statsrelay.tcp_bytes_dropped.too_long"
+        case .tcpBytesDroppedUnread: "statsrelay.tcp_bytes_dropped.unread"
         case .tcpReceiveCompletions: "statsrelay.tcp_receive_completions"
         case .tcpReceiveBuffers: "statsrelay.tcp_receive_buffers"
         case .tcpBufferRingExhausted: "statsrelay.tcp_buffer_ring_exhausted"

@@ -25,6 +25,10 @@ public struct StreamLineFramer: ~Copyable {
     public let maximumLineBytes: Int
     /// The line begun by the last read and not yet ended (never holds a `\n`).
     private var partial: RigidArray<UInt8>
+    /// The bytes the last `.lineTooLong` threw away: the partial line held, and the bytes of
+    /// that `feed` from the over-long line's start (what followed it in the same read
+    /// included), so the bytes fed add up to those delivered and those discarded.
+    public private(set) var discardedByteCount = 0
 
     /// What a `feed` found.
     public enum Outcome: Equatable, Sendable {
@@ -67,7 +71,7 @@ public struct StreamLineFramer: ~Copyable {
             guard let newline = bytes.firstOffset(of: UInt8(ascii: "\n"), in: 0..<count) else {
                 return keep(bytes, from: 0)
             }
-            guard partial.count + newline <= maximumLineBytes else { return tooLong() }
+            guard partial.count + newline <= maximumLineBytes else { return tooLong(discarding: count) }
             partial.append(copying: Span<UInt8>(_bytes: bytes).extracting(0..<newline + 1))
             deliver(partial.span.bytes)
             partial.removeAll()
@@ -82,7 +86,7 @@ public struct StreamLineFramer: ~Copyable {
                 let newline = bytes.firstOffset(of: UInt8(ascii: "\n"), in: lineStart..<last + 1)!
                 guard newline - lineStart <= maximumLineBytes else {
                     if lineStart > start { deliver(bytes.extracting(start..<lineStart)) }
-                    return tooLong()
+                    return tooLong(discarding: count - lineStart)
                 }
                 lineStart = newline + 1
             }
@@ -103,12 +107,14 @@ public struct StreamLineFramer: ~Copyable {
     private mutating func keep(_ bytes: RawSpan, from start: Int) -> Outcome {
         let rest = bytes.byteCount - start
         guard rest > 0 else { return .framed }
-        guard partial.count + rest <= maximumLineBytes else { return tooLong() }
+        guard partial.count + rest <= maximumLineBytes else { return tooLong(discarding: rest) }
         partial.append(copying: Span<UInt8>(_bytes: bytes).extracting(start..<bytes.byteCount))
         return .framed
     }
 
-    private mutating func tooLong() -> Outcome {
+    /// Drops the partial line held and `bytes` of the current feed (its undelivered end).
+    private mutating func tooLong(discarding bytes: Int) -> Outcome {
+        discardedByteCount = partial.count + bytes
         partial.removeAll()
         return .lineTooLong
     }
