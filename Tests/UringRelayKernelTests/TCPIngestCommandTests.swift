@@ -40,6 +40,40 @@ struct TCPIngestCommandTests {
         #expect(first.counter("statsrelay.tcp_connections_closed.stop") == 1)
     }
 
+    @Test(
+        "a stop asked while connections wait in the backlog (the relay stopped as they connected and wrote) relays every complete line they sent: none reset, each counted accepted and closed stop, its half line dropped",
+        arguments: ioDrivers)
+    func stopTakesTheBacklog(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let backend = try TestBackend()
+        let tcpPort = try unusedTCPPort()
+        let relay = try RelayProcess(driver: driver, ["--bind", "127.0.0.1", "--port", "0", "--tcp-port", "\(tcpPort)", "--threads", "1", backend.spec])
+        _ = try relay.listenAddress()
+        try #require(relay.suspend(), "the relay did not stop")
+        // The kernel completes each handshake and takes each write while the relay is stopped:
+        // the connections wait in the backlog, their bytes acknowledged.
+        let clients = try (0..<8).map { _ in try TCPIngestClient(to: SocketAddress(numericHost: "127.0.0.1", port: tcpPort)!) }
+        var expected: [String] = []
+        for (index, client) in clients.enumerated() {
+            let lines = (0..<50).map { "backlog.\(index).\($0):1|c" }
+            expected += lines
+            try client.write(lines.map { $0 + "\n" }.joined() + "backlog.\(index).half:1")
+        }
+        for client in clients { try #require(client.waitUntilAcknowledged(seconds: 10), "the relay's kernel took every byte") }
+        // The stop is asked before the relay runs again: whether a worker takes the backlog in
+        // its last running turn or as its socket stops listening (which of the two is not in
+        // this test's hands: TCPBacklogTests drives the second), nothing is reset.
+        relay.signal(SIGTERM)
+        relay.signal(SIGCONT)
+        #expect(relay.waitForExit() == 0)
+        let received = try collect(from: [backend], expectedLines: expected.count, seconds: 5)
+        #expect(received.lines[0].sorted() == expected.sorted(), "every complete line relayed")
+        #expect(relay.counter("statsrelay.tcp_connections_accepted") == UInt64(clients.count))
+        #expect(relay.counter("statsrelay.tcp_connections_closed.stop") == UInt64(clients.count))
+        #expect(relay.counter("statsrelay.lines_dropped.tcp_partial") == UInt64(clients.count))
+        #expect(relay.counter("statsrelay.tcp_bytes_dropped.unread") == 0)
+    }
+
     @Test("a tcp:// backend that is the relay's own TCP listener exits 64 naming it; a UDP backend on that port is no loop")
     func selfLoop() throws {
         let port = try unusedTCPPort()

@@ -282,7 +282,7 @@ extension IOUringDriver {
     private mutating func armAccepts(_ worker: inout WorkerState, now: UInt64) {
         worker.tcp.acceptByCompletions()
         guard worker.core.phase == .running else {
-            if worker.tcp.accepting { worker.tcp.stopAccepting() }
+            if worker.tcp.accepting { worker.tcp.stopAccepting(core: &worker.core, now: now) }
             return
         }
         for index in worker.tcp.listeners.indices where worker.tcp.wantsAccept(at: index, now: now) && !submissionsDeferred {

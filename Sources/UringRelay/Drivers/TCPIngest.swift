@@ -221,7 +221,7 @@ struct TCPIngest: ~Copyable {
     ///   (more is probably waiting).
     mutating func service(core: inout RelayCore, now: UInt64) -> Bool {
         guard poll.isOpen else { return false }
-        if accepting && core.phase != .running { stopAccepting() }
+        if accepting && core.phase != .running { stopAccepting(core: &core, now: now) }
         let ready = poll.takeReady()
         var more = ready == poll.capacity
         for index in 0..<ready {
@@ -280,30 +280,42 @@ struct TCPIngest: ~Copyable {
     }
 
     /// Closes TCP listener `id`'s listening socket (a reload removed it): no new connection is
-    /// accepted on it; the connections it accepted stay open until they close, idle out, or
-    /// the worker stops.
-    mutating func remove(id: UInt32) {
+    /// accepted on it once those already waiting are taken (`retire`); the connections it
+    /// accepted stay open until they close, idle out, or the worker stops.
+    mutating func remove(id: UInt32, core: inout RelayCore, now: UInt64) {
         guard let index = listenerIndex(of: id) else { return }
-        retire(listeners.remove(at: index))
+        retire(listeners.remove(at: index), core: &core, now: now)
     }
 
-    /// Closes the listening sockets: no connection is accepted any more (those waiting in the
-    /// backlog are reset by the kernel as the sockets close).
-    mutating func stopAccepting() {
+    /// Closes the listening sockets: no connection is accepted any more once those already
+    /// waiting in their backlogs are taken (`retire`), so a stop's drain reads them too.
+    mutating func stopAccepting(core: inout RelayCore, now: UInt64) {
         accepting = false
         while !listeners.isEmpty {
-            retire(listeners.removeLast())
+            retire(listeners.removeLast(), core: &core, now: now)
         }
     }
+
+    /// Connections taken from a listening socket's backlog as it stops listening, at most.
+    private static let backlogTakenAtRetire = 65_536
 
     /// Closes a listener taken out of `listeners`; one with a multishot accept armed stops
     /// listening at once (no new connection) and waits in `retiring` for its accept's
     /// cancellation to complete before it closes.
-    private mutating func retire(_ listener: consuming TCPIngestListener) {
+    ///
+    /// Stopping a listening socket resets the connections still in its backlog, with the bytes
+    /// their clients sent and the kernel acknowledged: they are taken first, as `service`'s
+    /// accepts take them (over `--tcp-max-connections` refused and counted), and read like the
+    /// others. One that completes its handshake between the last accept and the stop is reset
+    /// (its client sees it), as one after it is refused.
+    private mutating func retire(_ listener: consuming TCPIngestListener, core: inout RelayCore, now: UInt64) {
         // Stopped at once (not only closed: the registry's copy for a takeover would keep it
         // listening), unless another process holds it (a successor's after a takeover,
         // systemd's): shutdown(2) would end it, and reset its backlog, for that process too.
-        if registry?.listenersShared != true { listener.socket.stopListening() }
+        if registry?.listenersShared != true {
+            takeBacklog(of: listener, core: &core, now: now)
+            listener.socket.stopListening()
+        }
         guard completionAccepts else {
             poll.remove(listener.socket.pollDescriptor)
             return
@@ -379,8 +391,8 @@ struct TCPIngest: ~Copyable {
     /// Closes every connection (at the end of a stop's drain): the partial line each holds is
     /// counted as dropped (`lines_dropped{reason="tcp_partial"}` and its bytes), and each close
     /// under `reason="stop"`.
-    mutating func closeAll(core: inout RelayCore) {
-        stopAccepting()
+    mutating func closeAll(core: inout RelayCore, now: UInt64) {
+        stopAccepting(core: &core, now: now)
         // From the end: a connection that leaves the table at once is replaced by one already
         // closed, or closing.
         var index = connections.count - 1
@@ -396,7 +408,9 @@ struct TCPIngest: ~Copyable {
     /// connections still in the table (closed, their receive's end not come: a stop out of
     /// time, a failed wait) hold unread in their sockets: they close with the ring, after the
     /// counters are taken. With `IORING_SETUP_DEFER_TASKRUN` no receive takes bytes from them
-    /// before then (only inside a wait); without it, what one takes later was counted here.
+    /// before then (only inside a wait); without it (before Linux 6.1) one may move some into a
+    /// buffer whose completion comes only after the counters: those are missed. Bytes that
+    /// reach the sockets after this count are not counted either.
     mutating func countUnreadAtExit(core: inout RelayCore) {
         for position in connections.indices { Self.countUnread(connections[position].socket, core: &core) }
     }
@@ -459,6 +473,27 @@ struct TCPIngest: ~Copyable {
             let listener = listeners[index].id
             do throws(Errno) { try poll.add(listeners[index].socket.pollDescriptor, token: Self.listenerTokenBit | UInt64(listener)) } catch {
                 acceptPausedUntil = MonotonicClock.nanoseconds() &+ Self.acceptPauseNanoseconds
+            }
+        }
+    }
+
+    /// Accepts every connection waiting in `listener`'s backlog (at most
+    /// `backlogTakenAtRetire`), as it is about to stop listening.
+    private mutating func takeBacklog(of listener: borrowing TCPIngestListener, core: inout RelayCore, now: UInt64) {
+        for _ in 0..<Self.backlogTakenAtRetire {
+            switch listener.socket.accept() {
+            case .none:
+                return
+            case .failed(let error):
+                core.count(.tcpAcceptErrors)
+                switch error.rawValue {
+                case EMFILE, ENFILE, ENOBUFS, ENOMEM:
+                    return  // out of descriptors or memory: what is left is reset with the backlog
+                default:
+                    continue  // this connection's own failure (aborted before it was taken)
+                }
+            case .connection(let socket):
+                adopt(socket, listener: listener.id, core: &core, now: now)
             }
         }
     }

@@ -116,7 +116,7 @@ struct WorkerLoop<Transport: WorkerTransport & ~Copyable>: ~Copyable {
         var failure: SystemCallError?
         do throws(SystemCallError) { try turns(now: &now) } catch { failure = error }
         worker.listeners.countDrops(core: &worker.core, now: now)
-        worker.tcp.closeAll(core: &worker.core)
+        worker.tcp.closeAll(core: &worker.core, now: now)
         worker.tcp.countUnreadAtExit(core: &worker.core)
         let (unrelayed, inFlight) = transport.finish(&worker)
         let end = MonotonicClock.nanoseconds()
@@ -168,7 +168,7 @@ struct WorkerLoop<Transport: WorkerTransport & ~Copyable>: ~Copyable {
             if worker.core.phase == .flushing && !worker.tcp.isClosed {
                 // The drain is over: what the connections still hold unframed is a partial
                 // line each, counted as they close.
-                worker.tcp.closeAll(core: &worker.core)
+                worker.tcp.closeAll(core: &worker.core, now: now)
             }
             transport.send(&worker, now: now)
             worker.connections.follow(&worker.core, sendsInFlight: transport.sendsPending, now: now)
@@ -212,7 +212,7 @@ struct WorkerLoop<Transport: WorkerTransport & ~Copyable>: ~Copyable {
                 transport.listenersChanged(worker)
                 receipt?.workerApplied()
             case .removeTCPListener(let id):
-                worker.tcp.remove(id: id)
+                worker.tcp.remove(id: id, core: &worker.core, now: now)
                 receipt?.workerApplied()
             case .removeListener(let id):
                 guard worker.core.phase != .flushing,
