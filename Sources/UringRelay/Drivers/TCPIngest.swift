@@ -289,6 +289,7 @@ struct TCPIngest: ~Copyable {
 
     /// Closes the listening sockets: no connection is accepted any more once those already
     /// waiting in their backlogs are taken (`retire`), so a stop's drain reads them too.
+    @inline(never)  // once per worker and stop: kept out of the worker loop's code
     mutating func stopAccepting(core: inout RelayCore, now: UInt64) {
         accepting = false
         while !listeners.isEmpty {
@@ -362,6 +363,7 @@ struct TCPIngest: ~Copyable {
     /// error is counted (`tcp_accept_errors`; out of descriptors or memory, the accept waits
     /// `acceptPauseNanoseconds` before it is armed again); a cancellation is not. At the accept's
     /// end (no `IORING_CQE_F_MORE`) a listener is armed again next turn, a retiring one closes.
+    @inline(never)  // out of the driver's completion loop, which the datagrams' completions share
     mutating func accepted(_ completion: Completion, core: inout RelayCore, now: UInt64) {
         let id = completion.userData.index
         let live = listenerIndex(of: id)
@@ -421,7 +423,8 @@ struct TCPIngest: ~Copyable {
     /// that ran out of buffers (`-ENOBUFS`) is armed again only at the next wait, and an armed
     /// one takes what waits only inside it: without this a drain could end while connections
     /// still hold what their clients sent before the stop.
-    var holdsUnreadBytes: Bool {
+    @inline(never)  // a draining worker's rare question: kept out of the worker loop's code
+    func holdsUnreadBytes() -> Bool {
         for position in connections.indices where !connections[position].closing && connections[position].end == nil {
             if connections[position].socket.unreadByteCount > 0 { return true }
         }
@@ -594,6 +597,7 @@ struct TCPIngest: ~Copyable {
     /// closes), and with its receive still armed it stays in the table, `closing`, until the
     /// receive's last CQE (its cancellation is submitted at the next wait; what the receive
     /// still takes meanwhile is counted unread too); otherwise it leaves the table now.
+    @inline(never)  // once per connection: kept out of the worker loop's code
     private mutating func close(at position: Int, reason: ListenerCounter, core: inout RelayCore) {
         let held = connections[position].framer.partialByteCount
         if held > 0 {

@@ -146,7 +146,7 @@ struct WorkerLoop<Transport: WorkerTransport & ~Copyable>: ~Copyable {
                 if worker.tcp.service(core: &worker.core, now: now) { moreToReceive = true }
             }
             // A drain ends only once the connections' sockets are empty too (or its budget is out).
-            if !moreToReceive && worker.core.phase == .draining && worker.tcp.holdsUnreadBytes { moreToReceive = true }
+            if !moreToReceive && worker.core.phase == .draining && worker.tcp.holdsUnreadBytes() { moreToReceive = true }
             worker.tcp.closeIdle(core: &worker.core, now: now)
             if worker.core.phase != .flushing && worker.listeners.isDraining {
                 let waiting = transport.unrelayedListener
