@@ -440,22 +440,45 @@ struct TCPIngest: ~Copyable {
     private mutating func accept(listener id: UInt32, core: inout RelayCore, now: UInt64) {
         guard accepting, let index = listenerIndex(of: id) else { return }
         for _ in 0..<Self.acceptsPerService {
-            switch listeners[index].socket.accept() {
+            switch take(listeners[index].socket.accept(), listener: id, core: &core, now: now) {
+            case .taken:
+                continue
             case .none:
                 return
-            case .failed(let error):
-                core.count(.tcpAcceptErrors)
-                switch error.rawValue {
-                case EMFILE, ENFILE, ENOBUFS, ENOMEM:
-                    // The connection stays in the listen queue until a descriptor frees up.
-                    pauseAccepting(now: now)
-                default:
-                    break  // this connection's own failure (aborted before it was taken)
-                }
+            case .outOfResources:
+                // The connection stays in the listen queue until a descriptor frees up.
+                pauseAccepting(now: now)
                 return
-            case .connection(let socket):
-                adopt(socket, listener: id, core: &core, now: now)
             }
+        }
+    }
+
+    /// What one accept of a listening socket came to (`take`).
+    private enum AcceptStep {
+        /// A connection was taken (adopted or refused), or this one failed on its own (aborted
+        /// before it was taken): the next may follow.
+        case taken
+        /// Nothing waits.
+        case none
+        /// Out of descriptors or memory (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`; counted): what
+        /// waits stays in the backlog.
+        case outOfResources
+    }
+
+    /// Adopts the connection `accepted` holds (listener `id`), or counts its failure.
+    private mutating func take(_ accepted: consuming TCPListenSocket.Accepted, listener id: UInt32, core: inout RelayCore, now: UInt64) -> AcceptStep {
+        switch consume accepted {
+        case .none:
+            return .none
+        case .failed(let error):
+            core.count(.tcpAcceptErrors)
+            switch error.rawValue {
+            case EMFILE, ENFILE, ENOBUFS, ENOMEM: return .outOfResources
+            default: return .taken
+            }
+        case .connection(let socket):
+            adopt(socket, listener: id, core: &core, now: now)
+            return .taken
         }
     }
 
@@ -484,20 +507,8 @@ struct TCPIngest: ~Copyable {
     /// `backlogTakenAtRetire`), as it is about to stop listening.
     private mutating func takeBacklog(of listener: borrowing TCPIngestListener, core: inout RelayCore, now: UInt64) {
         for _ in 0..<Self.backlogTakenAtRetire {
-            switch listener.socket.accept() {
-            case .none:
-                return
-            case .failed(let error):
-                core.count(.tcpAcceptErrors)
-                switch error.rawValue {
-                case EMFILE, ENFILE, ENOBUFS, ENOMEM:
-                    return  // out of descriptors or memory: what is left is reset with the backlog
-                default:
-                    continue  // this connection's own failure (aborted before it was taken)
-                }
-            case .connection(let socket):
-                adopt(socket, listener: listener.id, core: &core, now: now)
-            }
+            // Out of descriptors or memory, what is left is reset with the backlog.
+            guard take(listener.socket.accept(), listener: listener.id, core: &core, now: now) == .taken else { return }
         }
     }
 
