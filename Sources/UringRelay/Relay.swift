@@ -129,7 +129,8 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             let mirrorAddresses = try BackendLookup(backends: configuration.mirror, resolver: resolver).wait()
             do {
                 try BackendAddressCheck.verify(
-                    backends: configuration.mirror, addresses: mirrorAddresses, listeners: configuration.listenAddresses)
+                    backends: configuration.mirror, addresses: mirrorAddresses, listeners: configuration.listenAddresses,
+                    tcpListeners: configuration.tcpListenAddresses, sendProtocol: configuration.sendProtocol)
             } catch {
                 throw ConfigurationError(argument: "--mirror", value: error.value, reason: error.reason)
             }
@@ -269,7 +270,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             // The option is taken either way; an older selection hashes past it.
             logger.warning("--reuseport-steering cpu may not steer on this kernel: the selection by SO_INCOMING_CPU came with Linux 6.2 (stable 6.1.2, 6.0.16, 5.15.86); without it the kernel's hash picks each datagram's worker", metadata: ["kernel": "\(KernelSupport.release)"])
         }
-        do throws(Errno) { try monitor.start(listeners: facts.listeners) } catch {
+        do throws(Errno) { try monitor.start(listeners: .init(udp: facts.listeners, tcp: facts.tcpListeners)) } catch {
             stopAndJoin()
             throw SystemCallError("pthread_create", "health monitor", error)
         }
@@ -473,7 +474,9 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         candidate.backends = backends
         try candidate.validate()
         let addresses = try BackendLookup(backends: backends, resolver: resolver, limitNanoseconds: resolverLimitNanoseconds).wait()
-        try BackendAddressCheck.verify(backends: backends, addresses: addresses, listeners: listenAddresses)
+        try BackendAddressCheck.verify(
+            backends: backends, addresses: addresses, listeners: listenAddresses,
+            tcpListeners: tcpListenAddresses, sendProtocol: configurationInForce.sendProtocol)
         routing.replaceBackends(backends, addresses: addresses)
     }
 
@@ -575,7 +578,9 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         var reported = plan
         let listenerAnswers = changeListeners(listenerChange)
         let tcpAnswers = changeTCPListeners(tcpChange)
-        if !listenerChange.isEmpty { monitor.updateListeners(listenAddresses) }
+        if !listenerChange.isEmpty || !tcpChange.isEmpty {
+            monitor.updateListeners(.init(udp: listenAddresses, tcp: tcpListenAddresses))
+        }
         let answers = tellWorkers([
             .applySettings(packetBytes: next.packetBytes, flushIntervalNanoseconds: next.flushIntervalNanoseconds),
             .followPool,

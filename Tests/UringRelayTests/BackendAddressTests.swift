@@ -120,6 +120,45 @@ struct BackendAddressTests {
         #expect(error.reason.hasPrefix("reaches this relay's own listener 0.0.0.0:41125"), "\(error.reason)")
     }
 
+    @Test("a backend loops only through a listener of its own transport: refused there, accepted on the other's port",
+          arguments: [
+              // (backend as written, --sendproto, the listener on its port is TCP, refused)
+              ("127.0.0.1:41125", BackendTransport.udp, false, true),
+              ("127.0.0.1:41125", BackendTransport.udp, true, false),
+              ("udp://127.0.0.1:41125", BackendTransport.tcp, false, true),
+              ("udp://127.0.0.1:41125", BackendTransport.tcp, true, false),
+              ("tcp://127.0.0.1:41125", BackendTransport.udp, true, true),
+              ("tcp://127.0.0.1:41125", BackendTransport.udp, false, false),
+              ("127.0.0.1:41125", BackendTransport.tcp, true, true),
+              ("127.0.0.1:41125", BackendTransport.tcp, false, false),
+          ])
+    func loopByTransport(_ written: String, _ sendProtocol: BackendTransport, _ tcpListener: Bool, _ refused: Bool) throws {
+        let backends = [try BackendAddress(parsing: written)]
+        let addresses = [address("127.0.0.1", 41125)]
+        // The other transport listens on another port, so only the transport decides.
+        let same = address("0.0.0.0", 41125)
+        let other = address("0.0.0.0", 41126)
+        let own = BackendAddressCheck.OwnListeners(udp: [tcpListener ? other : same], tcp: [tcpListener ? same : other])
+        let atStart = Result { () throws(ConfigurationError) in
+            try BackendAddressCheck.verify(
+                backends: backends, addresses: addresses, listeners: own.udp, tcpListeners: own.tcp, sendProtocol: sendProtocol)
+        }
+        // What a DNS refresh checks a backend's new address with.
+        let atRefresh = BackendAddressCheck.refusal(
+            of: addresses[0], for: 0, backends: backends, addresses: addresses, listeners: own, sendProtocol: sendProtocol,
+            earlierOnly: false)
+        #expect((atRefresh != nil) == refused, "\(atRefresh ?? "accepted")")
+        switch atStart {
+        case .success:
+            #expect(!refused)
+        case .failure(let error):
+            #expect(refused, "\(error.reason)")
+            let listener = tcpListener ? "TCP listener tcp:0.0.0.0:41125" : "listener 0.0.0.0:41125"
+            #expect(error.reason.hasPrefix("reaches this relay's own \(listener):"), "\(error.reason)")
+            #expect(error.reason == atRefresh)
+        }
+    }
+
     @Test("a listener on port 0 (not bound yet) is not compared")
     func unboundListener() throws {
         let backends = [try BackendAddress(parsing: "127.0.0.1:41125")]

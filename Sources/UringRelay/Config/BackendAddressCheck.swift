@@ -75,53 +75,69 @@ public enum BackendAddressCheck {
     /// - Parameters:
     ///   - backends: the backends as written.
     ///   - addresses: where each resolved to (the same order).
-    ///   - listeners: the relay's listening addresses; a listener with port 0 is skipped (its
+    ///   - listeners: the relay's UDP listening addresses; a listener with port 0 is skipped (its
     ///     port is not known until it is bound).
+    ///   - tcpListeners: the relay's TCP ingest listeners, likewise.
+    ///   - sendProtocol: the transport of a backend written without a scheme.
     /// - Throws: `ConfigurationError` for argument `backend` naming the first backend whose
-    ///   address is unusable, reaches a listener, or is the address of an earlier backend (both
-    ///   named).
-    ///
-    /// A TCP backend (`tcp://`, or no scheme with `sendProtocol` TCP) is also refused when it
-    /// reaches one of `tcpListeners`, the relay's own TCP ingest listeners.
+    ///   address is unusable, reaches a listener of its own transport, or is the address of an
+    ///   earlier backend (both named).
     public static func verify(
         backends: [BackendAddress], addresses: [SocketAddress], listeners: [SocketAddress],
         tcpListeners: [SocketAddress] = [], sendProtocol: BackendTransport = .udp
     ) throws(ConfigurationError) {
+        let own = OwnListeners(udp: listeners.filter { $0.port != 0 }, tcp: tcpListeners.filter { $0.port != 0 })
         let local = SocketAddress.localAddresses()
-        let bound = listeners.filter { $0.port != 0 }
-        let boundTCP = tcpListeners.filter { $0.port != 0 }
         for index in backends.indices {
-            if let reason = refusal(of: addresses[index], for: index, backends: backends, addresses: addresses, listeners: bound, local: local) {
-                throw ConfigurationError(argument: "backend", value: backends[index].description, reason: reason)
+            if let reason = refusal(
+                of: addresses[index], for: index, backends: backends, addresses: addresses, listeners: own,
+                sendProtocol: sendProtocol, local: local
+            ) {
+                let written = backends[index]
+                let value = (written.transport ?? sendProtocol) == .tcp ? written.withScheme : written.description
+                throw ConfigurationError(argument: "backend", value: value, reason: reason)
             }
-            guard (backends[index].transport ?? sendProtocol) == .tcp,
-                  let listener = reachedListener(from: addresses[index], listeners: boundTCP, local: local) else { continue }
-            throw ConfigurationError(
-                argument: "backend", value: backends[index].withScheme,
-                reason: "reaches this relay's own TCP listener tcp:\(listener): every line sent to it would come back"
-                    + " to the relay and be relayed again, forever; give the address of a statsd, not of this relay")
+        }
+    }
+
+    /// The relay's own listening addresses, by transport: a backend loops back to the relay only
+    /// through a listener of its own transport (a UDP datagram never reaches a TCP listener on the
+    /// same port, nor a TCP connection a UDP socket).
+    public struct OwnListeners: Sendable, Equatable {
+        /// The UDP listeners.
+        public var udp: [SocketAddress]
+        /// The TCP ingest listeners.
+        public var tcp: [SocketAddress]
+
+        public init(udp: [SocketAddress] = [], tcp: [SocketAddress] = []) {
+            self.udp = udp
+            self.tcp = tcp
         }
     }
 
     /// Why `address` cannot be backend `index`'s, given the other backends' addresses and the
-    /// listeners, or `nil` when it can: unusable (`unusable`), reaching a listener
-    /// (`reachedListener`), or another backend's address.
+    /// listeners, or `nil` when it can: unusable (`unusable`), reaching a listener of the
+    /// backend's transport (`reachedListener`), or another backend's address.
     ///
     /// - Parameters:
     ///   - address: the candidate address of backend `index`.
     ///   - addresses: every backend's address; entry `index` is ignored.
+    ///   - listeners: the relay's own listeners; a UDP backend is compared with the UDP ones, a
+    ///     TCP backend (`tcp://`, or no scheme with `sendProtocol` TCP) with the TCP ones.
     ///   - earlierOnly: compare with the backends before `index` only (start-up, so the
     ///     message names the first of the two).
     public static func refusal(
         of address: SocketAddress, for index: Int, backends: [BackendAddress], addresses: [SocketAddress],
-        listeners: [SocketAddress], local: [SocketAddress]? = nil, earlierOnly: Bool = true
+        listeners: OwnListeners, sendProtocol: BackendTransport = .udp, local: [SocketAddress]? = nil, earlierOnly: Bool = true
     ) -> String? {
         // Say where a name (or an unusual spelling of an address) led.
         let written = SocketAddress(numericHost: backends[index].host, port: address.port)?.canonical
         let resolvedNote = written.map { $0.sameHost(as: address.canonical) } == true ? "" : " (resolved to \(address.canonical))"
         if let reason = unusable(address) { return reason + resolvedNote }
-        if let listener = reachedListener(from: address, listeners: listeners, local: local) {
-            return "reaches this relay's own listener \(listener)\(resolvedNote): every line sent to it would come back"
+        let overTCP = (backends[index].transport ?? sendProtocol) == .tcp
+        if let listener = reachedListener(from: address, listeners: overTCP ? listeners.tcp : listeners.udp, local: local) {
+            let named = overTCP ? "TCP listener tcp:\(listener)" : "listener \(listener)"
+            return "reaches this relay's own \(named)\(resolvedNote): every line sent to it would come back"
                 + " to the relay and be relayed again, forever; give the address of a statsd, not of this relay"
         }
         let others = earlierOnly ? Array(addresses.indices.prefix(index)) : addresses.indices.filter { $0 != index }

@@ -58,7 +58,7 @@ public final class HealthMonitor: Sendable {
     private let lookups: BackendResolver
     private let stopEvent: WakeupEvent
     private let stopping = Atomic<Bool>(false)
-    private let listeners = Mutex<[SocketAddress]>([])
+    private let listeners = Mutex(BackendAddressCheck.OwnListeners())
     private let thread = Mutex<WorkerThreadHandle?>(nil)
     private let statuses: Mutex<[BackendStatus]>
     private let updated = DispatchSemaphore(value: 0)
@@ -150,9 +150,10 @@ public final class HealthMonitor: Sendable {
 
     /// Starts the monitor's thread (unpinned: it is off the data path).
     ///
-    /// - Parameter listeners: the relay's listening addresses, with their bound ports: a DNS
-    ///   refresh never moves a backend onto one of them (`BackendAddressCheck`).
-    public func start(listeners: [SocketAddress] = []) throws(Errno) {
+    /// - Parameter listeners: the relay's UDP and TCP listening addresses, with their bound
+    ///   ports: a DNS refresh never moves a backend onto one of its own transport
+    ///   (`BackendAddressCheck`).
+    public func start(listeners: BackendAddressCheck.OwnListeners = .init()) throws(Errno) {
         self.listeners.withLock { $0 = listeners }
         let handle = WorkerThreadHandle(try WorkerThread(name: "statsrelay-hc", cpu: nil) { [self] _ in run() })
         thread.withLock { $0 = handle }
@@ -160,7 +161,7 @@ public final class HealthMonitor: Sendable {
 
     /// The relay's listening addresses after a reload added or removed some: what a DNS refresh
     /// checks a backend's new address against from now on.
-    public func updateListeners(_ listeners: [SocketAddress]) {
+    public func updateListeners(_ listeners: BackendAddressCheck.OwnListeners) {
         self.listeners.withLock { $0 = listeners }
     }
 
@@ -422,8 +423,10 @@ public final class HealthMonitor: Sendable {
                 return false
             }
             let listeners = self.listeners.withLock { $0 }
+            let sendProtocol = settings.withLock { $0.sendProtocol }
             if let reason = BackendAddressCheck.refusal(
-                of: chosen, for: index, backends: backends, addresses: addresses, listeners: listeners, earlierOnly: false
+                of: chosen, for: index, backends: backends, addresses: addresses, listeners: listeners,
+                sendProtocol: sendProtocol, earlierOnly: false
             ) {
                 if names[index].refused != chosen {
                     names[index].refused = chosen
