@@ -186,7 +186,10 @@ struct AdminEndpointTests {
     func statusCommand(driver: IOBackendChoice) throws {
         try requireDriver(driver)
         let backends = try (0..<2).map { _ in try TestBackend() }
-        let relay = try RelayProcess(driver: driver, ["--admin", "127.0.0.1:0", "--bind", "127.0.0.1", "--port", "0", "--threads", "1"] + backends.map(\.spec))
+        // A port below the ephemeral range (`TestPorts`): once the relay exits, no socket of
+        // another test is given it, so "Connection refused" is the relay's own absence.
+        let admin = "127.0.0.1:\(try unusedTCPPort())"
+        let relay = try RelayProcess(driver: driver, ["--admin", admin, "--bind", "127.0.0.1", "--port", "0", "--threads", "1"] + backends.map(\.spec))
         let address = try adminAddress(of: relay)
         let lines = (0..<40).map { "status.\($0):1|c" }
         try send(lines, to: try relay.listenAddress())

@@ -65,7 +65,12 @@ struct DeployTests {
         let directory = try DeployTools.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: directory) }
         let trace = directory.appendingPathComponent("trace")
-        let backend = try TestBackend()
+        // Its TCP port is held by a socket that does not listen: the checks are refused there,
+        // never sent to a listener another test may open on that port.
+        let (backends, twins) = try backendsWithHealthTwins(1)
+        let backend = backends[0]
+        twins[0].close()
+        defer { withExtendedLifetime(twins) {} }
         let relay = try RelayProcess(
             // strace forks the relay: its own descriptors are not the relay's, so the test checks the
             // driver from the log (below) and the traced system calls.

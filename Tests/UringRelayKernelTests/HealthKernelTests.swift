@@ -117,9 +117,12 @@ struct HealthKernelTests {
         try requireDriver(driver)
         let shared = try FakeHealthPort()
         let harness = try HealthHarness(driver: driver, policy: .rehash, sharedHealthPort: shared) { $0.healthRise = 100 }
-        let deadPort = harness.backends[2].address.port
-        harness.backends[2] = try TestBackend()  // the old socket closes: its port now refuses
-        #expect(harness.backends[2].address.port != deadPort)
+        // The old socket keeps its port (no other test's socket can be given it) and takes
+        // nothing more: every datagram to it is answered port unreachable.
+        let dead = harness.backends[2]
+        try dead.socket.refuseNewDatagrams()
+        defer { withExtendedLifetime(dead) {} }
+        harness.backends[2] = try TestBackend()
         let toDead = lines(count: 2_000, prefix: "icmp").filter { expectedBackend(of: $0, backends: 3) == 2 }
         // Keep sending until the monitor has seen the refusals (a bounded number of rounds).
         var rounds = 0

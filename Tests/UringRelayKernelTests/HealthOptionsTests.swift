@@ -26,7 +26,12 @@ struct HealthOptionsTests {
     @Test("statsrelay hash with its only backend failing a tcp check: rehash and drop fail open to it, hold holds",
           arguments: DownPolicy.allCases)
     func hashFailsOpen(_ policy: DownPolicy) throws {
-        let backend = try TestBackend()  // UDP only: its TCP port refuses
+        // UDP only: its TCP port is held by a socket that does not listen, so connects are
+        // refused (and no listener another test opens meanwhile can take the port).
+        let (backends, twins) = try backendsWithHealthTwins(1)
+        let backend = backends[0]
+        twins[0].close()
+        defer { withExtendedLifetime(twins) {} }
         let result = try RelayProcess.run([
             "hash", "--backends", backend.spec, "--health-check", "tcp", "--health-timeout", "200ms",
             "--on-backend-down", policy.rawValue, "foo",

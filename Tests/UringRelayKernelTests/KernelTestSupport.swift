@@ -91,6 +91,17 @@ final class TestBackend: @unchecked Sendable {  // used from one test at a time
 
     /// `127.0.0.1:PORT` or `[::1]:PORT`, as given to the relay.
     var spec: String { address.description }
+
+    /// A backend on 127.0.0.1 whose port is none of `ports`: beside a TCP backend, whose port
+    /// the kernel picks apart from a UDP one's, two backends at one host and port are refused
+    /// whatever their transports.
+    static func avoiding(_ ports: [UInt16]) throws -> TestBackend {
+        for _ in 0..<50 {
+            let backend = try TestBackend()
+            if !ports.contains(backend.address.port) { return backend }
+        }
+        throw Errno(rawValue: EADDRINUSE)
+    }
 }
 
 /// What the backends received: datagrams (as text) per backend.

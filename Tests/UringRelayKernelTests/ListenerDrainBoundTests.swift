@@ -22,7 +22,8 @@ struct ListenerDrainBoundTests {
         var configuration = RelayConfiguration(backends: [try BackendAddress(parsing: backend.description)])
         configuration.threads = 1
         let settings = WorkerSettings(
-            configuration: configuration, listeners: [SocketAddress(numericHost: "127.0.0.1", port: 0)!],
+            // A port below the ephemeral range: once released, no other test's socket is given it.
+            configuration: configuration, listeners: [SocketAddress(numericHost: "127.0.0.1", port: try unusedPort())!],
             routing: RoutingState(addresses: [backend]),
             holdBudget: HoldBudget(totalBytes: 1 << 20, replayBytesPerSecond: 1 << 20, workers: 1))
         var core = try RelayCore(settings: settings, now: 0)

@@ -64,7 +64,7 @@ struct MirrorTCPKernelTests {
         let primaries = try (0..<2).map { _ in try TestBackend() }
         let mirror = try TCPTestBackend(reading: false, receiveBufferBytes: 4_096)
         defer { mirror.close() }
-        if dead { mirror.kill() }
+        if dead { try mirror.kill() }
         let relay = try InProcessRelay(backends: primaries, driver: driver) { configuration in
             configuration.mirror = [try! BackendAddress(parsing: mirror.spec)]
             configuration.tcpBackendQueueBytes = 64 << 10

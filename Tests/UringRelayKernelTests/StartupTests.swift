@@ -112,9 +112,10 @@ struct StartupTests {
         #expect(received.lines[0] == ["explicit:1|c"])
     }
 
-    @Test("a backend listed twice (same host and port, any instance label) exits 64 naming the duplicate", arguments: [
+    @Test("a backend listed twice (same host and port, any instance label or transport) exits 64 naming the duplicate as written", arguments: [
         (["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9001"], "invalid backend '127.0.0.1:9001': same host and port as backend 1 ('127.0.0.1:9001')"),
         (["127.0.0.1:9001:a", "127.0.0.1:9001:b"], "invalid backend '127.0.0.1:9001:b': same host and port as backend 1 ('127.0.0.1:9001:a')"),
+        (["udp://127.0.0.1:9001", "tcp://127.0.0.1:9001"], "invalid backend 'tcp://127.0.0.1:9001': same host and port as backend 1 ('udp://127.0.0.1:9001')"),
     ])
     func duplicateBackend(_ backends: [String], _ message: String) throws {
         let relay = try DefaultSignalRelay(driver: .auto, ["--bind", "127.0.0.1", "--port", "0", "--threads", "1"] + backends)

@@ -58,9 +58,9 @@ struct TCPBackendTests {
     @Test("a mixed pool: UDP and TCP backends get exactly the lines jump hash gives them", arguments: ioDrivers)
     func mixedPool(driver: IOBackendChoice) throws {
         try requireDriver(driver)
-        let udp = try TestBackend()
         let tcp = try TCPTestBackend()
         defer { tcp.close() }
+        let udp = try TestBackend.avoiding([tcp.port])
         let relay = try startRelay([udp.spec, tcp.spec], driver: driver)
         let lines = numberedLines(0..<2_000)
         try send(datagrams(of: lines, perDatagram: 10), to: relay.address)
@@ -106,7 +106,7 @@ struct TCPBackendTests {
             Array("tcp.outage.\(index).\(String(repeating: "z", count: 40)):1|c".utf8)
         }
         #expect(backend.wait { $0.lines.count >= 1_000 }, "lines flow before the outage")
-        backend.kill()
+        try backend.kill()
         // The relay sees the failure, and its queue overflows while nothing listens.
         let counted = backend.wait(seconds: 20) { _ in
             let live = relay.relay.liveCounters()
@@ -141,7 +141,7 @@ struct TCPBackendTests {
         try requireDriver(driver)
         let stuck = try TCPTestBackend(reading: false, receiveBufferBytes: 4_096)
         defer { stuck.close() }
-        let udp = try TestBackend()
+        let udp = try TestBackend.avoiding([stuck.port])
         let relay = try startRelay([udp.spec, stuck.spec], driver: driver) {
             $0.tcpBackendQueueBytes = 64 << 10
             $0.backendSendBufferBytes = 4_096
@@ -177,7 +177,7 @@ struct TCPBackendTests {
         let lines = numberedLines(0..<5_000, pad: 30)
         try send(datagrams(of: lines, perDatagram: 50), to: relay.address)
         #expect(backend.wait { _ in relay.relay.liveCounters()[.linesDroppedTCPQueueFull, backend: identity] > 0 }, "the queue filled")
-        backend.kill()
+        try backend.kill()
         // The reset is seen at the next write or poll; more lines make sure one is tried.
         let seen = backend.wait { _ in
             try? send(datagrams(of: numberedLines(5_000..<5_010, pad: 30), perDatagram: 10), to: relay.address)
@@ -221,7 +221,7 @@ struct TCPBackendTests {
         try requireDriver(driver)
         let tcp = try TCPTestBackend()
         defer { tcp.close() }
-        let udp = try (0..<2).map { _ in try TestBackend() }
+        let udp = try (0..<2).map { _ in try TestBackend.avoiding([tcp.port]) }
         let relay = try startRelay([tcp.spec, udp[0].spec], driver: driver)
         let pools = [[udp[0].spec, tcp.spec, udp[1].spec], [udp[1].spec, tcp.spec], [udp[0].spec, udp[1].spec]]
         var udpLines: [[String]] = [[], []]
@@ -259,7 +259,7 @@ struct TCPBackendTests {
         let tcp = try TCPTestBackend(receiveBufferBytes: 4_096)
         defer { tcp.close() }
         tcp.pauseReading(true)
-        let udp = try TestBackend()
+        let udp = try TestBackend.avoiding([tcp.port])
         let relay = try startRelay([tcp.spec, udp.spec], driver: driver) { $0.backendSendBufferBytes = 4_096 }
         let identity = "127.0.0.1:\(tcp.port)"
         let lines = numberedLines(0..<2_000)
@@ -291,7 +291,8 @@ struct TCPBackendTests {
         let checker = try TCPTestBackend()
         defer { checker.close() }
         let dead = try TCPTestBackend()
-        dead.close()
+        try dead.kill()  // refuses connections; its port stays held
+        defer { dead.close() }
         var deadBackend = try BackendAddress(parsing: dead.spec)
         deadBackend.healthCheckPort = checker.port
         let relay = try InProcessRelay(backends: [], driver: driver) { configuration in
@@ -341,7 +342,8 @@ struct TCPBackendTests {
         let live = try TCPTestBackend()
         defer { live.close() }
         let dead = try TCPTestBackend()
-        dead.close()  // nothing listens on its port any more
+        try dead.kill()  // nothing listens on its port any more; the port stays held
+        defer { dead.close() }
         let relay = try startRelay([live.spec, dead.spec], driver: driver) {
             $0.healthCheck = .none
         }
@@ -441,7 +443,7 @@ struct TCPBackendStuckSendTests {
         try requireDriver(driver)
         let stuck = try TCPTestBackend(reading: false, receiveBufferBytes: 4_096)
         defer { stuck.close() }
-        let udp = try TestBackend()
+        let udp = try TestBackend.avoiding([stuck.port])
         let relay = try startRelay([stuck.spec, udp.spec], driver: driver) {
             $0.tcpBackendQueueBytes = 64 << 10
             $0.backendSendBufferBytes = 4_096

@@ -370,11 +370,14 @@ struct TCPIngestTests {
         }
         #expect(relay.relay.tcpListenAddresses.isEmpty)
         var next = relay.relay.configurationInForce
-        next.tcpListeners = [SocketAddress(numericHost: "127.0.0.1", port: 0)!]
+        // A port below the ephemeral range (`TestPorts`): once the listener is removed, no
+        // socket of another test is given it, so a refused connect is the removal's doing.
+        let port = try unusedTCPPort()
+        next.tcpListeners = [SocketAddress(numericHost: "127.0.0.1", port: port)!]
         let added = try relay.relay.reload(to: next, addresses: [backend.address])
         #expect(added.workersNotApplied == 0)
         let tcp = try #require(relay.relay.tcpListenAddresses.first)
-        #expect(tcp.port != 0)
+        #expect(tcp.port == port)
         // Several connections, so both workers' sockets are likely to take some.
         let clients = try (0..<8).map { _ in try TCPIngestClient(to: tcp) }
         for (index, client) in clients.enumerated() { try client.write("added.\(index):1|c\n") }

@@ -68,7 +68,10 @@ struct TCPMultishotAcceptTests {
             configuration.cpus = [cpu, cpu]
         }
         var next = relay.relay.configurationInForce
-        next.tcpListeners = [SocketAddress(numericHost: "127.0.0.1", port: 0)!]
+        // A port below the ephemeral range (`TestPorts`): once the listener is removed, no
+        // socket of another test is given it, so a refused connect is the removal's doing.
+        let port = try unusedTCPPort()
+        next.tcpListeners = [SocketAddress(numericHost: "127.0.0.1", port: port)!]
         #expect(try relay.relay.reload(to: next, addresses: [backend.address]).workersNotApplied == 0)
         let tcp = try #require(relay.relay.tcpListenAddresses.first)
         #expect(!portFree(tcp, seconds: 0), "the listener holds its port")

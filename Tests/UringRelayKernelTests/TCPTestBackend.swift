@@ -145,18 +145,29 @@ final class TCPTestBackend: @unchecked Sendable {  // its state is behind `state
     }
 
     /// Closes the listener and every connection (unread data makes the kernel reset them); the
-    /// port stays held by a socket that does not listen, so connections to it are refused.
-    func kill() {
+    /// port stays held by a socket that does not listen, so connections to it are refused, and
+    /// no listener another test opens meanwhile can be given it (its `SO_REUSEADDR` is cleared,
+    /// so not even a socket setting the flag can share it).
+    ///
+    /// - Throws: `Errno` when the port cannot be held again (taken in the instant between).
+    func kill() throws {
         closeAll()
-        let placeholder = try? Self.bound(port: port, receiveBufferBytes: receiveBufferBytes)
-        state.withLock { $0.placeholder = placeholder ?? -1 }
+        let placeholder = try Self.bound(port: port, receiveBufferBytes: receiveBufferBytes)
+        var zero: Int32 = 0
+        setsockopt(placeholder, SOL_SOCKET, SO_REUSEADDR, &zero, socklen_t(MemoryLayout<Int32>.size))
+        state.withLock { $0.placeholder = placeholder }
     }
 
     /// Closes the listener, the connections and any placeholder.
     private func closeAll() {
         state.withLock { state in
             for connection in state.connections { Glibc.close(connection) }
-            if state.listener >= 0 { Glibc.close(state.listener) }
+            if state.listener >= 0 {
+                // Out of LISTEN at once: `close` alone leaves the socket listening (and its port
+                // taken) while the reading thread's `poll` still holds it.
+                shutdown(state.listener, Int32(SHUT_RDWR))
+                Glibc.close(state.listener)
+            }
             if state.placeholder >= 0 { Glibc.close(state.placeholder) }
             state.listener = -1
             state.placeholder = -1
@@ -175,6 +186,10 @@ final class TCPTestBackend: @unchecked Sendable {  // its state is behind `state
             return state.placeholder
         }
         if placeholder >= 0 {
+            // `listen` takes the port as a bind would: the killed connections' TIME_WAIT would
+            // conflict without the flag, which `kill` cleared.
+            var one: Int32 = 1
+            setsockopt(placeholder, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
             guard Glibc.listen(placeholder, 64) == 0 else {
                 let code = errno
                 Glibc.close(placeholder)

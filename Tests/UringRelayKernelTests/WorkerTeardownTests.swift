@@ -130,7 +130,8 @@ struct WorkerTeardownTests {
     func failedWait(driver: IOBackendChoice) throws {
         try requireDriver(driver)
         let backend = try TestBackend()
-        let settings = try Self.settings(backend, listen: SocketAddress(numericHost: "127.0.0.1", port: 0)!)
+        // A port below the ephemeral range: once released, no other test's socket is given it.
+        let settings = try Self.settings(backend, listen: SocketAddress(numericHost: "127.0.0.1", port: try unusedPort())!)
         let control = try WorkerControl()
         let fault = FaultSwitch()
         FaultSwitch.register(fault, for: control)

@@ -183,8 +183,9 @@ public struct RelayConfiguration: Sendable, Equatable {
         if backends.isEmpty {
             throw ConfigurationError(argument: "backends", value: "", reason: "at least one backend HOST:PORT is required")
         }
-        // One host and port twice (whatever the instance labels) would give one statsd two
-        // slots of the hash ring, and no relay with the list written once would agree with it.
+        // One host and port twice (whatever the instance labels, and whatever the transports:
+        // a statsd takes UDP and TCP on one port) would give one statsd two slots of the hash
+        // ring, and no relay with the list written once would agree with it.
         // Spellings of one address that only a lookup reveals (`127.1`, `localhost`) are caught
         // once resolved (`BackendAddressCheck`); numeric ones are compared canonical here.
         var seen: [String: Int] = [:]
@@ -193,8 +194,8 @@ public struct RelayConfiguration: Sendable, Equatable {
                 ?? "\(backend.host.lowercased()):\(backend.port)"
             if let first = seen[key] {
                 throw ConfigurationError(
-                    argument: "backend", value: backend.description,
-                    reason: "same host and port as backend \(first + 1) ('\(backends[first])'): give each backend once")
+                    argument: "backend", value: backend.withScheme,
+                    reason: "same host and port as backend \(first + 1) ('\(backends[first].withScheme)'): give each backend once")
             }
             seen[key] = index
         }
