@@ -250,9 +250,9 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         if listen.contains(where: { $0.port == 0 }) || config.tcpListenAddresses.contains(where: { $0.port == 0 }) {
             // The kernel chose a port: only now can a backend be found to reach it.
             do throws(ConfigurationError) {
-                try BackendAddressCheck.verify(
+                try verifyNoLoop(
                     backends: config.backends, addresses: backendAddresses, listeners: facts.listeners,
-                    tcpListeners: facts.tcpListeners, sendProtocol: config.sendProtocol)
+                    tcpListeners: facts.tcpListeners, nextSendProtocol: config.sendProtocol)
             } catch {
                 stopAndForgetWorkers()
                 throw error
@@ -480,6 +480,35 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         routing.replaceBackends(backends, addresses: addresses)
     }
 
+    /// Checks `backends` at `addresses`, and the running mirror, against `listeners` and
+    /// `tcpListeners` (`BackendAddressCheck.verify`): a reload's candidate, or the pool at start
+    /// once the listeners' ports are bound.
+    ///
+    /// A backend written without a scheme is checked as the workers send to it, with the
+    /// running `--sendproto` (a restart key), and also with `nextSendProtocol`, the one the
+    /// file gives for the next start, when that differs. The mirror (fixed for the process's
+    /// life) is checked with the running one, since a reload may add a listener it reaches.
+    /// - Throws: `ConfigurationError` naming the backend (argument `backend`, or `--mirror`).
+    private func verifyNoLoop(
+        backends: [BackendAddress], addresses: [SocketAddress], listeners: [SocketAddress], tcpListeners: [SocketAddress],
+        nextSendProtocol: BackendTransport
+    ) throws(ConfigurationError) {
+        let running = configurationInForce.sendProtocol
+        for sendProtocol in running == nextSendProtocol ? [running] : [running, nextSendProtocol] {
+            try BackendAddressCheck.verify(
+                backends: backends, addresses: addresses, listeners: listeners, tcpListeners: tcpListeners,
+                sendProtocol: sendProtocol)
+        }
+        guard let mirrorPool else { return }
+        do {
+            try BackendAddressCheck.verify(
+                backends: mirrorPool.pool.backends, addresses: mirrorPool.pool.addresses, listeners: listeners,
+                tcpListeners: tcpListeners, sendProtocol: running)
+        } catch {
+            throw ConfigurationError(argument: "--mirror", value: error.value, reason: error.reason)
+        }
+    }
+
     /// The TCP ingest listeners' addresses, with the ports bound once started (the configured
     /// ones before).
     public var tcpListenAddresses: [SocketAddress] {
@@ -519,9 +548,9 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             for next in candidate.listenAddresses where next.port != 0 && !listeners.contains(next) {
                 listeners.append(next)
             }
-            try BackendAddressCheck.verify(
+            try verifyNoLoop(
                 backends: candidate.backends, addresses: addresses, listeners: listeners,
-                tcpListeners: tcpListenAddresses + candidate.tcpListenAddresses, sendProtocol: candidate.sendProtocol)
+                tcpListeners: tcpListenAddresses + candidate.tcpListenAddresses, nextSendProtocol: candidate.sendProtocol)
         } catch {
             reloads.recordFailure()
             throw error

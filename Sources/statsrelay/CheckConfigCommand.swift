@@ -39,10 +39,13 @@ struct CheckConfigCommand: ParsableCommand {
             throw ExitCode(64)
         }
         // As at start-up: names resolved, then every address checked (same address twice,
-        // unusable, or this relay's own listener).
+        // unusable, or this relay's own listener), the mirror's too.
         let addresses: [SocketAddress]
+        let mirrorAddresses: [SocketAddress]
         do {
             addresses = try BackendLookup(backends: configuration.backends, limitNanoseconds: limit).wait()
+            mirrorAddresses = configuration.mirror.isEmpty
+                ? [] : try BackendLookup(backends: configuration.mirror, limitNanoseconds: limit).wait()
         } catch let error as BackendResolutionError {
             printError("\(error)")
             throw ExitCode(75)
@@ -50,11 +53,19 @@ struct CheckConfigCommand: ParsableCommand {
             printError("\(error)")
             throw ExitCode(71)
         }
-        do {
+        do throws(ConfigurationError) {
             try BackendAddressCheck.verify(
                 backends: configuration.backends, addresses: addresses,
                 listeners: configuration.listenAddresses, tcpListeners: configuration.tcpListenAddresses,
                 sendProtocol: configuration.sendProtocol)
+            do throws(ConfigurationError) {
+                try BackendAddressCheck.verify(
+                    backends: configuration.mirror, addresses: mirrorAddresses,
+                    listeners: configuration.listenAddresses, tcpListeners: configuration.tcpListenAddresses,
+                    sendProtocol: configuration.sendProtocol)
+            } catch {
+                throw ConfigurationError(argument: "--mirror", value: error.value, reason: error.reason)
+            }
         } catch {
             printError("\(parsed.located(error))")
             throw ExitCode(64)

@@ -80,6 +80,9 @@ struct ConfigFileCommandTests {
          ":3: backends[1]: invalid value '127.0.0.1:9001:b': same address as backend 1 ('localhost:9001'): both are 127.0.0.1:9001; give each backend once"),
         ("port: 9125\nbackends:\n  - 127.0.0.1:9001\n  - 127.1.2.3:9125\n",
          ":4: backends[1]: invalid value '127.1.2.3:9125': reaches this relay's own listener 0.0.0.0:9125: every line sent to it would come back to the relay and be relayed again, forever; give the address of a statsd, not of this relay"),
+        // The mirror is checked as `run` checks it.
+        ("port: 9125\nbackends: [127.0.0.1:9001]\nmirror: [127.0.0.1:9125]\n",
+         ":3: mirror: invalid value '127.0.0.1:9125': reaches this relay's own listener 0.0.0.0:9125: every line sent to it would come back to the relay and be relayed again, forever; give the address of a statsd, not of this relay"),
     ])
     func invalidFile(_ yaml: String, _ message: String) throws {
         let file = try TemporaryConfigFile(yaml)
