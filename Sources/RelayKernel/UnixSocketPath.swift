@@ -11,7 +11,8 @@ enum UnixSocketPath {
     /// - Parameter servedHint: what the refusal of a served path tells the operator.
     /// - Throws: `SystemCallError` for `bind unix PATH` (with a hint) or `chmod MODE PATH`.
     static func bind(
-        _ path: String, mode: mode_t, servedHint: String, isServed: () -> Bool, bindOnce: () throws(Errno) -> Void
+        _ path: String, mode: mode_t, servedHint: @autoclosure () -> String, isServed: () -> Bool,
+        bindOnce: () throws(Errno) -> Void
     ) throws(SystemCallError) {
         do throws(Errno) {
             try bindOnce()
@@ -20,7 +21,7 @@ enum UnixSocketPath {
             guard lstat(path, &status) == 0, (status.st_mode & S_IFMT) == S_IFSOCK else {
                 throw SystemCallError("bind unix", path, error, hint: "the path exists and is not a socket; remove it or choose another")
             }
-            if isServed() { throw SystemCallError("bind unix", path, error, hint: servedHint) }
+            if isServed() { throw SystemCallError("bind unix", path, error, hint: servedHint()) }
             // Nobody has it open: a file left by a process that died. Replace it.
             _ = unlink(path)
             do throws(Errno) { try bindOnce() } catch { throw SystemCallError("bind unix", path, error) }

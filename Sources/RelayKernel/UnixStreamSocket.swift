@@ -29,8 +29,10 @@ public struct UnixStreamSocket: ~Copyable {
     /// without blocking (`accept` answers `nil` when nobody waits).
     ///
     /// A file left at `path` by a process that died is replaced: a socket file nobody accepts
-    /// on (`connect` refused). A socket someone still serves, or a file that is not a socket,
-    /// is left alone and refused.
+    /// on (`connect` refused, and only that). A socket someone still serves, a live socket of
+    /// another type (a datagram socket: `EPROTOTYPE`, a `--unix` listener's, say), one the
+    /// relay may not connect to (`EACCES`), or a file that is not a socket, is left alone and
+    /// refused.
     /// - Throws: `SystemCallError` for `bind unix PATH` (with a hint when a live relay or
     ///   another file holds the path), or the call that failed.
     public static func listening(at path: String, backlog: Int32 = 8) throws(SystemCallError) -> UnixStreamSocket {
@@ -47,10 +49,17 @@ public struct UnixStreamSocket: ~Copyable {
             }
         }
         // 0600: connecting needs write permission, and only the relay's user may take over.
+        var probe: Errno?
         try UnixSocketPath.bind(
             path, mode: 0o600,
-            servedHint: "a running relay serves this control socket; take it over with --takeover \(path), or stop it first",
-            isServed: { (try? connected(to: path)) != nil }, bindOnce: bindOnce)
+            servedHint: probe?.rawValue == EPROTOTYPE
+                ? "a live datagram socket is bound there (a unixgram listener's, this relay's or another process's); give the control socket a path of its own"
+                : "a running relay serves this control socket; take it over with --takeover \(path), or stop it first",
+            isServed: {
+                do throws(SystemCallError) { _ = try connected(to: path) } catch { probe = error.errno }
+                return probe?.rawValue != ECONNREFUSED
+            },
+            bindOnce: bindOnce)
         do throws(Errno) {
             _ = try systemCall { listen(descriptor, backlog) }
             let flags = try systemCall { fcntl(descriptor, F_GETFL) }

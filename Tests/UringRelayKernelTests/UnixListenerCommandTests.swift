@@ -56,6 +56,31 @@ struct UnixListenerCommandTests {
         #expect(!fileExists(path))
     }
 
+    @Test("--control-socket at a --unix-socket listener's path exits 64 naming both, before anything is bound")
+    func controlSocketAtListenerPath() throws {
+        let path = temporaryUnixPath("both")
+        let backend = try TestBackend()
+        let result = try RelayProcess.run(["--port", "0", "--unix-socket", path, "--control-socket", path, backend.spec])
+        #expect(result.status == 64)
+        #expect(result.error.contains("invalid --control-socket '\(path)': the path of listeners[1], a unixgram listener: give the control socket a path of its own"), "\(result.error)")
+        #expect(!fileExists(path), "nothing was bound")
+    }
+
+    @Test("a control socket whose path holds a live datagram socket (another process's listener) is refused, and that socket keeps its file and its datagrams")
+    func controlSocketAtLiveDatagramSocket() throws {
+        let path = temporaryUnixPath("live")
+        let live = try UDPSocket.listening(unixPath: path, mode: 0o600)
+        defer { unlink(path) }
+        let error = try #require(throws: SystemCallError.self) { _ = try UnixStreamSocket.listening(at: path) }
+        #expect(error.errno.rawValue == EADDRINUSE)
+        #expect(error.hint?.contains("a live datagram socket is bound there") == true, "\(error)")
+        #expect(fileExists(path), "the live socket's file was removed")
+        try sendUnix(["still.here:1|c"], to: path)
+        var buffer = [UInt8](repeating: 0, count: 64)
+        let received = buffer.withUnsafeMutableBytes { Glibc.recv(live.descriptor, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+        #expect(received == "still.here:1|c".utf8.count, "the live socket no longer receives at its path")
+    }
+
     @Test("a bad --unix-socket-mode or path exits 64 naming the flag")
     func badFlags() throws {
         let backend = try TestBackend()

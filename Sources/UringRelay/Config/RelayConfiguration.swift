@@ -222,6 +222,11 @@ public struct RelayConfiguration: Sendable, Equatable {
                     reason: "same path as listeners[\(first)]: give each listener once")
             }
         }
+        if let controlSocket, let index = addresses.firstIndex(where: { $0.unixPath == controlSocket }) {
+            throw ConfigurationError(
+                argument: "--control-socket", value: controlSocket,
+                reason: "the path of listeners[\(index)], a unixgram listener: give the control socket a path of its own")
+        }
         if !(2...BatchAssembler.largestDatagramBytes).contains(packetBytes) {
             throw ConfigurationError(
                 argument: "--packet-len", value: "\(packetBytes)", reason: "must be 2-\(BatchAssembler.largestDatagramBytes) bytes")
