@@ -818,8 +818,8 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     /// - Throws: `ConfigurationError` naming the listener that cannot be bound, with the
     ///   system's reason (the sockets bound so far close).
     private func prepareTCPListeners(_ wanted: [SocketAddress], skippingIDs: Int) throws(ConfigurationError) -> TCPListenerChange {
-        let (running, ids, workers, started, firstID) = state.withLock {
-            ($0.configuredTCPListeners, $0.tcpListenerIDs, $0.controls.count, $0.started, $0.nextListenerID)
+        let (running, ids, workers, started, firstID, held) = state.withLock {
+            ($0.configuredTCPListeners, $0.tcpListenerIDs, $0.controls.count, $0.started, $0.nextListenerID, $0.tcpListeners)
         }
         var change = TCPListenerChange()
         guard started else { return change }
@@ -831,7 +831,11 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             var copies: [SocketBox] = []
             var bound = address
             do throws(SystemCallError) {
-                if address.port != 0 && !configuration.reusePortGroup { try TCPListenSocket.probeExclusive(address) }
+                // As for UDP: the relay's own listening sockets on an overlapping address (a move
+                // between a wildcard and a specific address on one port) would fail the probe.
+                if address.port != 0 && !configuration.reusePortGroup && !held.contains(where: { Self.overlap($0, address) }) {
+                    try TCPListenSocket.probeExclusive(address)
+                }
                 for _ in 0..<workers {
                     let socket = try TCPListenSocket.listening(on: bound)
                     // Port 0: the other workers join the port the first socket was given.

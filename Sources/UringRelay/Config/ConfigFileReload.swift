@@ -76,6 +76,11 @@ public struct ConfigFileReload: Sendable, Equatable {
         switch key {
         case "backends": result.backends = candidate.backends
         case "listeners":
+            // The --tcp-port listener is on `bindHost`, but tcp-port needs a restart: it stays
+            // where it is until then.
+            if result.tcpPort != nil && result.tcpPortHost == nil && candidate.bindHost != result.bindHost {
+                result.tcpPortHost = result.bindHost
+            }
             result.bindHost = candidate.bindHost
             result.port = candidate.port
             result.additionalListeners = candidate.additionalListeners

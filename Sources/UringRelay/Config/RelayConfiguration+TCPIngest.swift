@@ -23,11 +23,12 @@ extension RelayConfiguration {
     public static let tcpIdleTimeoutLimits: ClosedRange<UInt64> = 10_000_000...86_400_000_000_000
 
     /// Every TCP ingest listener, in listener order: `bindHost`:`tcpPort` first (with
-    /// `--tcp-port`), then `tcpListeners`.
+    /// `--tcp-port`; `tcpPortHost` instead once a reload moved `bindHost`), then `tcpListeners`.
     public var tcpListenAddresses: [SocketAddress] {
         var addresses: [SocketAddress] = []
         if let tcpPort {
-            addresses.append(SocketAddress(numericHost: bindHost, port: tcpPort) ?? SocketAddress(numericHost: "0.0.0.0", port: tcpPort)!)
+            let host = tcpPortHost ?? bindHost
+            addresses.append(SocketAddress(numericHost: host, port: tcpPort) ?? SocketAddress(numericHost: "0.0.0.0", port: tcpPort)!)
         }
         return addresses + tcpListeners
     }

@@ -20,6 +20,9 @@ public struct RelayConfiguration: Sendable, Equatable {
     public var unixSocketModes: [String: UInt32] = [:]
     /// `--tcp-port`: a TCP ingest listener on `bindHost` at this port (`nil`: none).
     public var tcpPort: UInt16?
+    /// Where the `--tcp-port` listener stays when a reload moved `bindHost` (`nil`: on
+    /// `bindHost`): `tcp-port` needs a restart, so its listener keeps the address it started on.
+    public var tcpPortHost: String?
     /// The other TCP ingest listeners (the file's `tcp:ADDR:PORT` listeners), in order.
     public var tcpListeners: [SocketAddress] = []
     /// `--tcp-max-connections`: open TCP ingest connections, relay-wide (split over workers).
