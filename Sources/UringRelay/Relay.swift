@@ -155,10 +155,10 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         return bound.isEmpty ? configurationInForce.listenAddresses : bound
     }
 
-    /// Every listener's label, in listener-id order, as the counters' `listener` label and
-    /// `/status` name it (`udp:127.0.0.1:8125`, `unixgram:/run/statsrelay.sock`): what the
-    /// systemd status line names.
-    public var listenerLabels: [String] { listenAddresses.map(WorkerSetup.label) }
+    /// Every listener's label, as the counters' `listener` label and `/status` name it
+    /// (`udp:127.0.0.1:8125`, `unixgram:/run/statsrelay.sock`, `tcp:0.0.0.0:8125`): the datagram
+    /// listeners, then the TCP ones. What the systemd status line names.
+    public var listenerLabels: [String] { listenAddresses.map(WorkerSetup.label) + tcpListenAddresses.map { "tcp:\($0)" } }
 
     /// Why the relay could not start a driver it was told to use (`--io-backend uring` where
     /// io_uring cannot run): exit status 69 (`EX_UNAVAILABLE`).
@@ -588,6 +588,9 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         do throws(ConfigurationError) {
             tcpChange = try prepareTCPListeners(wantedTCP, skippingIDs: listenerChange.added.count)
         } catch {
+            // As above, and the files of the Unix listeners bound for it go too.
+            for (file, previous) in modesChanged.reversed() { try? file.setMode(previous) }
+            for added in listenerChange.added { added.file?.removeIfOwned() }
             reloads.recordFailure()
             throw error
         }

@@ -76,7 +76,7 @@ struct ServiceNotifyTests {
         #expect(try socket.receive(timeoutMilliseconds: 0) == nil, "a notification after STOPPING=1")
     }
 
-    @Test("READY=1's status names each listener by its label: a UDP one and a Unix datagram one", arguments: ioDrivers)
+    @Test("READY=1's status names each listener by its label: a UDP one, a Unix datagram one and a TCP one", arguments: ioDrivers)
     func statusNamesUnixListener(driver: IOBackendChoice) throws {
         try requireDriver(driver)
         let path = Self.socketPath("notify-unix")
@@ -84,12 +84,14 @@ struct ServiceNotifyTests {
         defer { unlink(path) }
         let unixPath = temporaryUnixPath("status")
         let backend = try TestBackend()
+        let tcpPort = try unusedTCPPort()
         let relay = try RelayProcess(driver: driver, launcher: ["/usr/bin/env", "NOTIFY_SOCKET=\(path)"], [
-            "--bind", "127.0.0.1", "--port", "0", "--threads", "1", "--unix-socket", unixPath, backend.spec])
+            "--bind", "127.0.0.1", "--port", "0", "--threads", "1", "--unix-socket", unixPath, "--tcp-port", "\(tcpPort)",
+            backend.spec])
         let ready = try #require(try Self.next(socket), "no READY=1: \(relay.standardError)")
         #expect(ready["READY"] == "1")
         let listen = SocketAddress(numericHost: "127.0.0.1", port: try UnixListenerCommandTests.udpPort(of: relay))!
-        #expect(ready["STATUS"] == "relaying udp:\(listen) unixgram:\(unixPath) to 1 backends")
+        #expect(ready["STATUS"] == "relaying udp:\(listen) unixgram:\(unixPath) tcp:127.0.0.1:\(tcpPort) to 1 backends")
         // The Unix listener the status names takes lines.
         try sendUnix(["named.unix:1|c"], to: unixPath)
         #expect(try collect(from: [backend], expectedLines: 1).lines[0] == ["named.unix:1|c"])

@@ -81,4 +81,30 @@ struct UnixModeReloadTests {
         #expect(fileExists(path), "another's file is not removed at exit")
         unlink(path)
     }
+
+    @Test("a reload whose TCP listener cannot be bound leaves nothing in force: the changed mode goes back, and an added Unix listener's file is removed", arguments: ioDrivers)
+    func failedTCPListenerUndoes(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let path = temporaryUnixPath("undo")
+        let added = temporaryUnixPath("added")
+        let backend = try TestBackend()
+        let relay = try Self.relay(path: path, backend: backend, driver: driver)
+        // Another process's listener holds this port (no SO_REUSEPORT): the reload's probe fails.
+        let holder = try TCPTestBackend()
+        defer { holder.close() }
+        var next = relay.relay.configurationInForce
+        next.unixSocketModes[path] = 0o600
+        next.additionalListeners.append(SocketAddress(unixPath: added)!)
+        next.tcpListeners = [SocketAddress(numericHost: "127.0.0.1", port: holder.port)!]
+        let failed = relay.relay.reloads.failed
+        let error = try #require(throws: ConfigurationError.self) { try relay.relay.reload(to: next) }
+        #expect(error.value == "tcp:127.0.0.1:\(holder.port)", "\(error)")
+        #expect(relay.relay.reloads.failed == failed + 1)
+        #expect(fileMode(path) == 0o640, "the failed reload's mode stayed")
+        #expect(!fileExists(added), "the failed reload's Unix listener file stayed")
+        #expect(relay.relay.configurationInForce.unixSocketMode(for: path) == 0o640)
+        try sendUnix(["still.relayed:1|c"], to: path)
+        #expect(try collect(from: [backend], expectedLines: 1).lines[0] == ["still.relayed:1|c"])
+        _ = relay.stop()
+    }
 }
