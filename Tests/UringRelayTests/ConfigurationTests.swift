@@ -86,6 +86,28 @@ struct ConfigurationTests {
         }
     }
 
+    @Test("an admin endpoint on a TCP listener's port (the same address, or one a wildcard covers) is refused, naming both; another port or a UDP listener's is not",
+          arguments: [
+              ("127.0.0.1:9127", "0.0.0.0", true), ("0.0.0.0:9127", "127.0.0.1", true), ("127.0.0.1:9127", "127.0.0.1", true),
+              ("127.0.0.2:9127", "127.0.0.1", false), ("127.0.0.1:9128", "0.0.0.0", false),
+          ])
+    func adminOnTCPListener(admin: String, bind: String, refused: Bool) throws {
+        var config = RelayConfiguration(backends: [try BackendAddress(parsing: "127.0.0.1:9001")])
+        config.bindHost = bind
+        config.port = 9127  // a UDP listener on the admin's port is no conflict
+        config.tcpPort = 9127
+        config.admin = admin
+        let result = Result { () throws(ConfigurationError) in try config.validate() }
+        switch result {
+        case .success:
+            #expect(!refused)
+        case .failure(let error):
+            #expect(refused, "\(error)")
+            #expect(error.argument == "--admin")
+            #expect(error.reason == "the port of this relay's TCP listener tcp:\(bind):9127: give the admin endpoint a port of its own")
+        }
+    }
+
     /// Backend lists naming one host and port twice, and the error expected: the later entry,
     /// and the earlier one it repeats (1-based), whatever the instance labels.
     @Test("a host and port listed twice is refused, naming both entries", arguments: [

@@ -326,7 +326,14 @@ public struct RelayConfiguration: Sendable, Equatable {
                 argument: "--dns-refresh", value: DurationParser.format(dnsRefreshNanoseconds),
                 reason: DurationParser.describe(Self.dnsRefreshLimits))
         }
-        _ = try AdminAddress.parse(admin, argument: "--admin")
+        if let endpoint = try AdminAddress.parse(admin, argument: "--admin"), endpoint.port != 0,
+           let address = SocketAddress(numericHost: endpoint.host, port: endpoint.port),
+           let listener = tcpListenAddresses.first(where: { $0.canonical == address.canonical || Relay.overlap($0, address) }) {
+            // Both TCP on one port: the second to bind would fail, blamed on another process.
+            throw ConfigurationError(
+                argument: "--admin", value: admin,
+                reason: "the port of this relay's TCP listener tcp:\(listener): give the admin endpoint a port of its own")
+        }
         for backend in backends {
             if let port = backend.healthCheckPort, port == 0 {
                 throw ConfigurationError(argument: "backend", value: backend.description, reason: "health-check-port must be 1-65535")
