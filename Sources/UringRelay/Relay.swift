@@ -107,7 +107,8 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         // The listeners' ports are known now unless 0 (then `start` checks once bound).
         try BackendAddressCheck.verify(
             backends: configuration.backends, addresses: addresses, listeners: configuration.listenAddresses,
-            tcpListeners: configuration.tcpListenAddresses, sendProtocol: configuration.sendProtocol)
+            tcpListeners: configuration.tcpListenAddresses, sendProtocol: configuration.sendProtocol,
+            healthCheck: (configuration.healthCheck, configuration.healthCheckPort))
         self.configuration = configuration
         let cpus = configuration.cpus ?? WorkerThread.allowedCPUs
         assignedCPUs = (0..<configuration.threads).map { cpus.isEmpty ? nil : cpus[$0 % cpus.count] }
@@ -252,7 +253,8 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             do throws(ConfigurationError) {
                 try verifyNoLoop(
                     backends: config.backends, addresses: backendAddresses, listeners: facts.listeners,
-                    tcpListeners: facts.tcpListeners, nextSendProtocol: config.sendProtocol)
+                    tcpListeners: facts.tcpListeners, nextSendProtocol: config.sendProtocol,
+                    healthCheck: (config.healthCheck, config.healthCheckPort))
             } catch {
                 stopAndForgetWorkers()
                 throw error
@@ -474,9 +476,11 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         candidate.backends = backends
         try candidate.validate()
         let addresses = try BackendLookup(backends: backends, resolver: resolver, limitNanoseconds: resolverLimitNanoseconds).wait()
+        let running = configurationInForce
         try BackendAddressCheck.verify(
             backends: backends, addresses: addresses, listeners: listenAddresses,
-            tcpListeners: tcpListenAddresses, sendProtocol: configurationInForce.sendProtocol)
+            tcpListeners: tcpListenAddresses, sendProtocol: running.sendProtocol,
+            healthCheck: (running.healthCheck, running.healthCheckPort))
         routing.replaceBackends(backends, addresses: addresses)
     }
 
@@ -488,16 +492,17 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     /// running `--sendproto` (a restart key), and also with `nextSendProtocol`, the one the
     /// file gives for the next start, when that differs. The mirror (fixed for the process's
     /// life) is checked with the running one, since a reload may add a listener it reaches.
+    /// `healthCheck` is the check the backends will be probed with (a reload applies the file's).
     /// - Throws: `ConfigurationError` naming the backend (argument `backend`, or `--mirror`).
     private func verifyNoLoop(
         backends: [BackendAddress], addresses: [SocketAddress], listeners: [SocketAddress], tcpListeners: [SocketAddress],
-        nextSendProtocol: BackendTransport
+        nextSendProtocol: BackendTransport, healthCheck: (mode: HealthCheckMode, port: UInt16?)
     ) throws(ConfigurationError) {
         let running = configurationInForce.sendProtocol
         for sendProtocol in running == nextSendProtocol ? [running] : [running, nextSendProtocol] {
             try BackendAddressCheck.verify(
                 backends: backends, addresses: addresses, listeners: listeners, tcpListeners: tcpListeners,
-                sendProtocol: sendProtocol)
+                sendProtocol: sendProtocol, healthCheck: healthCheck)
         }
         guard let mirrorPool else { return }
         do {
@@ -550,7 +555,8 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             }
             try verifyNoLoop(
                 backends: candidate.backends, addresses: addresses, listeners: listeners,
-                tcpListeners: tcpListenAddresses + candidate.tcpListenAddresses, nextSendProtocol: candidate.sendProtocol)
+                tcpListeners: tcpListenAddresses + candidate.tcpListenAddresses, nextSendProtocol: candidate.sendProtocol,
+                healthCheck: (candidate.healthCheck, candidate.healthCheckPort))
         } catch {
             reloads.recordFailure()
             throw error

@@ -57,7 +57,7 @@ struct CheckConfigCommand: ParsableCommand {
             try BackendAddressCheck.verify(
                 backends: configuration.backends, addresses: addresses,
                 listeners: configuration.listenAddresses, tcpListeners: configuration.tcpListenAddresses,
-                sendProtocol: configuration.sendProtocol)
+                sendProtocol: configuration.sendProtocol, healthCheck: (configuration.healthCheck, configuration.healthCheckPort))
             do throws(ConfigurationError) {
                 try BackendAddressCheck.verify(
                     backends: configuration.mirror, addresses: mirrorAddresses,

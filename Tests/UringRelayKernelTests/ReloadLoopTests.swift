@@ -53,4 +53,25 @@ struct ReloadLoopTests {
         #expect(relay.relay.tcpListenAddresses.isEmpty, "the refused reload opened the listener")
         _ = relay.stop()
     }
+
+    @Test("a reload turning on a tcp health check that would connect to the relay's own TCP listener is refused; the checks stay off",
+          arguments: ioDrivers)
+    func healthCheckAtOwnListener(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        // A statsd on UDP 127.0.0.1:P (nothing is sent to it here); the relay takes TCP on P.
+        let port = try unusedTCPPort()
+        let relay = try InProcessRelay(backends: [], driver: driver) { configuration in
+            configuration.backends = [try! BackendAddress(parsing: "127.0.0.1:\(port)")]
+            configuration.tcpListeners = [SocketAddress(numericHost: "127.0.0.1", port: port)!]
+        }
+        var candidate = relay.relay.configurationInForce
+        candidate.healthCheck = .tcp
+        let error = try #require(throws: ConfigurationError.self) {
+            try relay.relay.reload(to: candidate, addresses: [SocketAddress(numericHost: "127.0.0.1", port: port)!])
+        }
+        #expect(error.reason.hasPrefix("its health check (--health-check tcp) would connect to this relay's own TCP listener tcp:127.0.0.1:\(port)"),
+                "\(error.reason)")
+        #expect(relay.relay.configurationInForce.healthCheck == HealthCheckMode.none)
+        _ = relay.stop()
+    }
 }

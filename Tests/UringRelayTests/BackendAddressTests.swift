@@ -159,6 +159,36 @@ struct BackendAddressTests {
         }
     }
 
+    @Test("a backend whose health check would connect to the relay's own TCP listener is refused; one checking elsewhere is not",
+          arguments: [
+              // (health check, --health-check-port, the backend's own health-check-port, refused)
+              (HealthCheckMode.tcp, UInt16?.none, UInt16?.none, true),
+              (.tcp, 41127, nil, false),
+              (.tcp, 41127, 41125, true),
+              (.statsdAdmin, nil, nil, false),
+              (.statsdAdmin, 41125, nil, true),
+              (.none, nil, nil, false),
+          ])
+    func healthCheckAtOwnListener(_ mode: HealthCheckMode, _ checkPort: UInt16?, _ ownCheckPort: UInt16?, _ refused: Bool) throws {
+        // A UDP statsd on 127.0.0.1:41125; the relay takes TCP on 0.0.0.0:41125 (and UDP elsewhere).
+        var backend = try BackendAddress(parsing: "127.0.0.1:41125")
+        backend.healthCheckPort = ownCheckPort
+        let verified = Result { () throws(ConfigurationError) in
+            try BackendAddressCheck.verify(
+                backends: [backend], addresses: [address("127.0.0.1", 41125)], listeners: [address("0.0.0.0", 41126)],
+                tcpListeners: [address("0.0.0.0", 41125)], healthCheck: (mode, checkPort))
+        }
+        switch verified {
+        case .success:
+            #expect(!refused)
+        case .failure(let error):
+            #expect(refused, "\(error.reason)")
+            #expect(error.reason.hasPrefix(
+                "its health check (--health-check \(mode.rawValue)) would connect to this relay's own TCP listener tcp:0.0.0.0:41125"),
+                "\(error.reason)")
+        }
+    }
+
     @Test("a listener on port 0 (not bound yet) is not compared")
     func unboundListener() throws {
         let backends = [try BackendAddress(parsing: "127.0.0.1:41125")]

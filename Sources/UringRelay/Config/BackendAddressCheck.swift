@@ -79,12 +79,15 @@ public enum BackendAddressCheck {
     ///     port is not known until it is bound).
     ///   - tcpListeners: the relay's TCP ingest listeners, likewise.
     ///   - sendProtocol: the transport of a backend written without a scheme.
+    ///   - healthCheck: the health check and `--health-check-port`: a check that would connect
+    ///     to one of `tcpListeners` is refused too (`checkedListener`).
     /// - Throws: `ConfigurationError` for argument `backend` naming the first backend whose
-    ///   address is unusable, reaches a listener of its own transport, or is the address of an
-    ///   earlier backend (both named).
+    ///   address is unusable, reaches a listener of its own transport, is the address of an
+    ///   earlier backend (both named), or whose health check connects to this relay.
     public static func verify(
         backends: [BackendAddress], addresses: [SocketAddress], listeners: [SocketAddress],
-        tcpListeners: [SocketAddress] = [], sendProtocol: BackendTransport = .udp
+        tcpListeners: [SocketAddress] = [], sendProtocol: BackendTransport = .udp,
+        healthCheck: (mode: HealthCheckMode, port: UInt16?) = (.none, nil)
     ) throws(ConfigurationError) {
         let own = OwnListeners(udp: listeners.filter { $0.port != 0 }, tcp: tcpListeners.filter { $0.port != 0 })
         let local = SocketAddress.localAddresses()
@@ -97,7 +100,31 @@ public enum BackendAddressCheck {
                 let value = (written.transport ?? sendProtocol) == .tcp ? written.withScheme : written.description
                 throw ConfigurationError(argument: "backend", value: value, reason: reason)
             }
+            if let listener = checkedListener(
+                backend: backends[index], address: addresses[index], healthCheck: healthCheck, tcpListeners: own.tcp, local: local
+            ) {
+                throw ConfigurationError(
+                    argument: "backend", value: backends[index].withScheme,
+                    reason: "its health check (--health-check \(healthCheck.mode.rawValue)) would connect to this relay's own TCP"
+                        + " listener tcp:\(listener) and check this relay, not the statsd; give the backend a health-check-port"
+                        + " of its statsd, or --health-check-port")
+            }
         }
+    }
+
+    /// Which of `tcpListeners` the health check of `backend` at `address` connects to, or
+    /// `nil`: under `tcp` or `statsd-admin`, the backend's host at its own `health-check-port`,
+    /// else `--health-check-port`, else the mode's port. Such a check would pass or fail with
+    /// this relay (`tcp`: always up; `statsd-admin`: the relay reads `health` as a line and never
+    /// answers, so down), whatever the statsd does.
+    public static func checkedListener(
+        backend: BackendAddress, address: SocketAddress, healthCheck: (mode: HealthCheckMode, port: UInt16?),
+        tcpListeners: [SocketAddress], local: [SocketAddress]? = nil
+    ) -> SocketAddress? {
+        guard healthCheck.mode != .none, !tcpListeners.isEmpty else { return nil }
+        var target = address
+        target.port = backend.healthCheckPort ?? healthCheck.port ?? healthCheck.mode.defaultPort(backendPort: backend.port)
+        return reachedListener(from: target, listeners: tcpListeners, local: local)
     }
 
     /// The relay's own listening addresses, by transport: a backend loops back to the relay only
