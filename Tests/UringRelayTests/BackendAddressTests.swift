@@ -187,6 +187,12 @@ struct BackendAddressTests {
                 "its health check (--health-check \(mode.rawValue)) would connect to this relay's own TCP listener tcp:0.0.0.0:41125"),
                 "\(error.reason)")
         }
+        // What a DNS refresh checks a backend's new address with.
+        let atRefresh = BackendAddressCheck.refusal(
+            of: address("127.0.0.1", 41125), for: 0, backends: [backend], addresses: [address("127.0.0.1", 41125)],
+            listeners: .init(udp: [address("0.0.0.0", 41126)], tcp: [address("0.0.0.0", 41125)]), healthCheck: (mode, checkPort),
+            earlierOnly: false)
+        #expect((atRefresh != nil) == refused, "\(atRefresh ?? "accepted")")
     }
 
     @Test("a listener on port 0 (not bound yet) is not compared")

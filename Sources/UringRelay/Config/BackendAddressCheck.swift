@@ -94,20 +94,11 @@ public enum BackendAddressCheck {
         for index in backends.indices {
             if let reason = refusal(
                 of: addresses[index], for: index, backends: backends, addresses: addresses, listeners: own,
-                sendProtocol: sendProtocol, local: local
+                sendProtocol: sendProtocol, healthCheck: healthCheck, local: local
             ) {
                 let written = backends[index]
                 let value = (written.transport ?? sendProtocol) == .tcp ? written.withScheme : written.description
                 throw ConfigurationError(argument: "backend", value: value, reason: reason)
-            }
-            if let listener = checkedListener(
-                backend: backends[index], address: addresses[index], healthCheck: healthCheck, tcpListeners: own.tcp, local: local
-            ) {
-                throw ConfigurationError(
-                    argument: "backend", value: backends[index].withScheme,
-                    reason: "its health check (--health-check \(healthCheck.mode.rawValue)) would connect to this relay's own TCP"
-                        + " listener tcp:\(listener) and check this relay, not the statsd; give the backend a health-check-port"
-                        + " of its statsd, or --health-check-port")
             }
         }
     }
@@ -151,11 +142,14 @@ public enum BackendAddressCheck {
     ///   - addresses: every backend's address; entry `index` is ignored.
     ///   - listeners: the relay's own listeners; a UDP backend is compared with the UDP ones, a
     ///     TCP backend (`tcp://`, or no scheme with `sendProtocol` TCP) with the TCP ones.
+    ///   - healthCheck: the health check and `--health-check-port`: one that would connect to a
+    ///     TCP listener is a refusal too (`checkedListener`).
     ///   - earlierOnly: compare with the backends before `index` only (start-up, so the
     ///     message names the first of the two).
     public static func refusal(
         of address: SocketAddress, for index: Int, backends: [BackendAddress], addresses: [SocketAddress],
-        listeners: OwnListeners, sendProtocol: BackendTransport = .udp, local: [SocketAddress]? = nil, earlierOnly: Bool = true
+        listeners: OwnListeners, sendProtocol: BackendTransport = .udp,
+        healthCheck: (mode: HealthCheckMode, port: UInt16?) = (.none, nil), local: [SocketAddress]? = nil, earlierOnly: Bool = true
     ) -> String? {
         // Say where a name (or an unusual spelling of an address) led.
         let written = SocketAddress(numericHost: backends[index].host, port: address.port)?.canonical
@@ -171,6 +165,13 @@ public enum BackendAddressCheck {
         for other in others where addresses[other].canonical == address.canonical {
             return "same address as backend \(other + 1) ('\(backends[other])'): both are \(address.canonical);"
                 + " give each backend once"
+        }
+        if let listener = checkedListener(
+            backend: backends[index], address: address, healthCheck: healthCheck, tcpListeners: listeners.tcp, local: local
+        ) {
+            return "its health check (--health-check \(healthCheck.mode.rawValue)) would connect to this relay's own TCP"
+                + " listener tcp:\(listener)\(resolvedNote) and check this relay, not the statsd; give the backend a"
+                + " health-check-port of its statsd, or --health-check-port"
         }
         return nil
     }

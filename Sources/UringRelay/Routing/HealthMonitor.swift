@@ -423,10 +423,10 @@ public final class HealthMonitor: Sendable {
                 return false
             }
             let listeners = self.listeners.withLock { $0 }
-            let sendProtocol = settings.withLock { $0.sendProtocol }
+            let (sendProtocol, healthCheck) = settings.withLock { ($0.sendProtocol, ($0.healthCheck, $0.healthCheckPort)) }
             if let reason = BackendAddressCheck.refusal(
                 of: chosen, for: index, backends: backends, addresses: addresses, listeners: listeners,
-                sendProtocol: sendProtocol, earlierOnly: false
+                sendProtocol: sendProtocol, healthCheck: healthCheck, earlierOnly: false
             ) {
                 if names[index].refused != chosen {
                     names[index].refused = chosen
