@@ -135,7 +135,8 @@ public enum BackendAddressCheck {
 
     /// Why `address` cannot be backend `index`'s, given the other backends' addresses and the
     /// listeners, or `nil` when it can: unusable (`unusable`), reaching a listener of the
-    /// backend's transport (`reachedListener`), or another backend's address.
+    /// backend's transport (`reachedListener`), another backend's address, or checked by a
+    /// health check that would connect to a TCP listener (`checkedListener`).
     ///
     /// - Parameters:
     ///   - address: the candidate address of backend `index`.
