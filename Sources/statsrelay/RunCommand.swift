@@ -436,6 +436,10 @@ struct RunCommand: ParsableCommand {
         let (counters, failures) = relay.wait()
         printError(report(counters, relay: relay, configuration: configuration))
         if handedOver {
+            // The successor binds the admin port once told `done`: it must be free by then (the
+            // admin socket has no SO_REUSEPORT to share it), or the new relay runs without one.
+            adminServer?.stop()
+            adminServer = nil
             controlServer?.finishHandOver(counters)
         } else {
             controlServer?.stop()

@@ -55,13 +55,15 @@ struct TakeoverTests {
     }
 
     @Test(
-        "continuous traffic through four successive takeovers and a stop: every line arrives exactly once, each relay's counters reconcile",
+        "continuous traffic through four successive takeovers and a stop: every line arrives exactly once, each relay's counters reconcile, each new relay serves the admin endpoint on the port the old one gave up",
         arguments: ioDrivers)
     func chain(driver: IOBackendChoice) throws {
         try requireDriver(driver)
         let backend = try TestBackend()
         let control = ControlPath()
-        var current = try RelayProcess(driver: driver, Self.arguments(port: 0, threads: twoWorkerArguments, control: control, backend: backend))
+        let admin = AdminAddress(host: "127.0.0.1", port: try unusedTCPPort())
+        var current = try RelayProcess(
+            driver: driver, ["--admin", "\(admin)"] + Self.arguments(port: 0, threads: twoWorkerArguments, control: control, backend: backend))
         let address = try current.listenAddress()
         #expect(current.waitForLog("control socket on \(control.path)"), "\(current.standardError)")
         let sender = try StoppableSender(to: address, perSecond: 4_000, maxDatagrams: 40_000, seconds: 15) { Array(Self.line($0).utf8) }
@@ -69,10 +71,14 @@ struct TakeoverTests {
         var finished: [RelayProcess] = []
         for step in 1...4 {
             let next = try RelayProcess(
-                driver: driver, Self.arguments(port: address.port, threads: twoWorkerArguments, control: control, backend: backend, takeover: true))
+                driver: driver,
+                ["--admin", "\(admin)"]
+                    + Self.arguments(port: address.port, threads: twoWorkerArguments, control: control, backend: backend, takeover: true))
             _ = try next.listenAddress()
             #expect(next.waitForLog("takeover complete"), "step \(step): \(next.standardError)")
             #expect(next.waitForLog("control socket on \(control.path)"), "step \(step): \(next.standardError)")
+            #expect(next.waitForLog("admin endpoint on http://\(admin)"), "step \(step): \(next.standardError)")
+            #expect(try AdminClient.get("/healthz", from: admin).status == 200, "step \(step)")
             #expect(current.waitForExit(seconds: 10) == 0, "step \(step): \(current.standardError)")
             #expect(current.standardError.contains("handed over: the new relay receives on the listening sockets"))
             finished.append(current)
