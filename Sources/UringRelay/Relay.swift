@@ -210,7 +210,9 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             for address in config.tcpListenAddresses where address.port != 0 { try TCPListenSocket.probeExclusive(address) }
         }
         let shared: [Int: SocketBox]
-        do { shared = try bindUnixListeners(listen, inherited: inheriting != nil) } catch {
+        do {
+            shared = try bindUnixListeners(listen, inherited: inheriting != nil, setsInheritedModes: inheriting?.heldElsewhere == false)
+        } catch {
             removeUnixFiles()
             throw error
         }
@@ -376,12 +378,22 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     ///
     /// - Returns: the sockets by listener index.
     /// - Throws: `SystemCallError` for the first that cannot be bound (a live relay there).
-    private func bindUnixListeners(_ listen: [SocketAddress], inherited: Bool) throws(SystemCallError) -> [Int: SocketBox] {
+    private func bindUnixListeners(
+        _ listen: [SocketAddress], inherited: Bool, setsInheritedModes: Bool
+    ) throws(SystemCallError) -> [Int: SocketBox] {
         var shared: [Int: SocketBox] = [:]
         for (index, address) in listen.enumerated() {
             guard let path = address.unixPath else { continue }
             if inherited {
-                if let file = UnixListenerFile.current(at: path) { state.withLock { $0.unixFiles[UInt32(index)] = file } }
+                guard let file = UnixListenerFile.current(at: path) else { continue }
+                state.withLock { $0.unixFiles[UInt32(index)] = file }
+                // A takeover: the file is this relay's now, with this relay's mode (systemd's
+                // sockets keep the unit's SocketMode=).
+                if setsInheritedModes {
+                    do throws(SystemCallError) { try file.setMode(configuration.unixSocketMode(for: path)) } catch {
+                        logger.warning("the taken-over Unix listener keeps its old mode", metadata: ["error": "\(error)"])
+                    }
+                }
                 continue
             }
             let socket = try UDPSocket.listening(

@@ -93,21 +93,23 @@ struct UnixListenerCommandTests {
         #expect(badPath.error.contains("--unix-socket"), "\(badPath.error)")
     }
 
-    @Test("a takeover hands the Unix socket over: the old relay exits without removing the file, the new one receives on it, and removes it at its own exit", arguments: ioDrivers)
+    @Test("a takeover hands the Unix socket over: the old relay exits without removing the file, the new one receives on it with its own --unix-socket-mode, and removes it at its own exit", arguments: ioDrivers)
     func takeover(driver: IOBackendChoice) throws {
         try requireDriver(driver)
         let path = temporaryUnixPath("take")
         let control = TakeoverTests.ControlPath()
         let backend = try TestBackend()
+        // Each with its own mode: the new relay's applies to the file it takes over.
         func arguments(port: UInt16, takeover: Bool) -> [String] {
-            ["--bind", "127.0.0.1", "--port", "\(port)", "--unix-socket", path, "--control-socket", control.path] + twoWorkerArguments
-                + (takeover ? ["--takeover", control.path] : []) + [backend.spec]
+            ["--bind", "127.0.0.1", "--port", "\(port)", "--unix-socket", path, "--unix-socket-mode", takeover ? "0660" : "0620",
+             "--control-socket", control.path] + twoWorkerArguments + (takeover ? ["--takeover", control.path] : []) + [backend.spec]
         }
         let old = try RelayProcess(driver: driver, arguments(port: 0, takeover: false))
         let port = try Self.udpPort(of: old)
         #expect(old.waitForLog("control socket on \(control.path)"), "\(old.standardError)")
         let file = UnixListenerFile.current(at: path)
         #expect(file != nil)
+        #expect(fileMode(path) == 0o620)
         let sender = try UnixDatagramSocket.connected(to: path)
         let before = (0..<300).map { "before.\($0):1|c" }
         for line in before { try sender.send(Array(line.utf8)) }
@@ -116,6 +118,7 @@ struct UnixListenerCommandTests {
         #expect(new.waitForLog("takeover complete"), "\(new.standardError)")
         #expect(old.waitForExit(seconds: 10) == 0, "\(old.standardError)")
         #expect(UnixListenerFile.current(at: path) == file, "the old relay left the file, the same socket's")
+        #expect(fileMode(path) == 0o660, "the new relay's --unix-socket-mode applies to the file it took over")
         // The same connected client goes on sending: the socket itself was handed over.
         let after = (0..<300).map { "after.\($0):1|c" }
         for line in after { try sender.send(Array(line.utf8)) }
