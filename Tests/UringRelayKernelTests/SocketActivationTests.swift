@@ -130,4 +130,31 @@ struct SocketActivationTests {
         #expect(relay.waitForExit() == 0, "\(relay.standardError)")
         #expect(relay.counter("statsrelay.lines_forwarded") == 100)
     }
+
+    @Test("a socket-activated relay refuses a takeover (exit 64, restart the service instead) and keeps relaying on systemd's socket", arguments: ioDrivers)
+    func takeoverRefused(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let backend = try TestBackend()
+        // Stands in for systemd: bound once, no SO_REUSEPORT, held past the relay.
+        let held = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!)
+        let address = held.localAddress
+        let relay = try Self.start(on: held, backend: backend, driver: driver)
+        let control = TakeoverTests.ControlPath()
+        let server = try ControlServer(path: control.path, relay: relay, logger: .init(label: "test"))
+        try server.start()
+        let result = try RelayProcess.run([
+            "--io-backend", driver.rawValue, "--bind", "127.0.0.1", "--port", "\(address.port)", "--threads", "2",
+            "--takeover", control.path, backend.spec,
+        ])
+        #expect(result.status == 64, "\(result.error)")
+        #expect(result.error.contains("takeover refused by the running relay (mismatch): this relay runs on sockets systemd passed (socket activation)"),
+                "\(result.error)")
+        try send((0..<50).map(Self.line), to: address)
+        #expect(Set(try collect(from: [backend], expectedLines: 50).lines[0]) == Set((0..<50).map(Self.line)))
+        server.stop()
+        relay.stop()
+        let (counters, failures) = relay.wait()
+        #expect(failures.isEmpty)
+        #expect(counters[.linesForwarded] == 50)
+    }
 }

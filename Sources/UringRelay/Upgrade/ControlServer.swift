@@ -258,6 +258,14 @@ public final class ControlServer: Sendable {
         }
         let view = relay.handOverView
         guard view.started, !view.stopping else { return .failure(Refusal(code: .busy, reason: "the relay is not running (starting or stopping)")) }
+        // systemd's sockets outlive this relay and belong to the unit: a successor would treat
+        // them as its own (its stop would close them for the next activation), and systemd
+        // would lose its main process.
+        guard !relay.listenerRegistry.isHeldElsewhere else {
+            return .failure(Refusal(
+                code: .mismatch,
+                reason: "this relay runs on sockets systemd passed (socket activation): restart the service instead (systemctl restart), which hands them to the new process"))
+        }
         guard threads == view.workers else {
             return .failure(Refusal(code: .mismatch, reason: "threads differ: the running relay has \(view.workers) workers, the new one asks for \(threads); every worker owns one socket of each listener"))
         }
