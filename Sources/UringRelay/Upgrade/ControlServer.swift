@@ -280,7 +280,7 @@ public final class ControlServer: Sendable {
             asked == candidate.configured || asked == candidate.bound
         }
         guard matches else {
-            return .failure(Refusal(code: .mismatch, reason: "listeners differ: running \(running.joined(separator: ", ")); asked \(listeners.joined(separator: ", ")); change listeners with a reload (SIGHUP) before or after the upgrade"))
+            return .failure(Refusal(code: .mismatch, reason: "listeners differ: running \(running.joined(separator: ", ")); asked \(listeners.joined(separator: ", ")); the new relay must ask for the running listeners in this order (a reload puts the listeners it adds last, and keeps --tcp-port's listener where it started): write them so in its file, or change them with a reload (SIGHUP) after the upgrade"))
         }
         guard threads <= UnixStreamSocket.maximumDescriptorsPerFrame else {
             return .failure(Refusal(code: .mismatch, reason: "more than \(UnixStreamSocket.maximumDescriptorsPerFrame) workers"))
