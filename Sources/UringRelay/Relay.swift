@@ -128,13 +128,9 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         } else {
             // Resolved once, here: the mirror is fixed for the process's life (no DNS refresh).
             let mirrorAddresses = try BackendLookup(backends: configuration.mirror, resolver: resolver).wait()
-            do {
-                try BackendAddressCheck.verify(
-                    backends: configuration.mirror, addresses: mirrorAddresses, listeners: configuration.listenAddresses,
-                    tcpListeners: configuration.tcpListenAddresses, sendProtocol: configuration.sendProtocol)
-            } catch {
-                throw ConfigurationError(argument: "--mirror", value: error.value, reason: error.reason)
-            }
+            try BackendAddressCheck.verify(
+                mirror: configuration.mirror, addresses: mirrorAddresses, listeners: configuration.listenAddresses,
+                tcpListeners: configuration.tcpListenAddresses, sendProtocol: configuration.sendProtocol)
             mirrorPool = MirrorPool(
                 backends: configuration.mirror, addresses: mirrorAddresses, hashMode: configuration.mirrorHashMode,
                 rate: configuration.mirrorSample)
@@ -159,7 +155,7 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     /// Every listener's label, as the counters' `listener` label and `/status` name it
     /// (`udp:127.0.0.1:8125`, `unixgram:/run/statsrelay.sock`, `tcp:0.0.0.0:8125`): the datagram
     /// listeners, then the TCP ones. What the systemd status line names.
-    public var listenerLabels: [String] { listenAddresses.map(WorkerSetup.label) + tcpListenAddresses.map { "tcp:\($0)" } }
+    public var listenerLabels: [String] { listenAddresses.map(WorkerSetup.label) + tcpListenAddresses.map(TCPIngest.label) }
 
     /// Why the relay could not start a driver it was told to use (`--io-backend uring` where
     /// io_uring cannot run): exit status 69 (`EX_UNAVAILABLE`).
@@ -517,13 +513,9 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
                 sendProtocol: sendProtocol, healthCheck: healthCheck)
         }
         guard let mirrorPool else { return }
-        do {
-            try BackendAddressCheck.verify(
-                backends: mirrorPool.pool.backends, addresses: mirrorPool.pool.addresses, listeners: listeners,
-                tcpListeners: tcpListeners, sendProtocol: running)
-        } catch {
-            throw ConfigurationError(argument: "--mirror", value: error.value, reason: error.reason)
-        }
+        try BackendAddressCheck.verify(
+            mirror: mirrorPool.pool.backends, addresses: mirrorPool.pool.addresses, listeners: listeners,
+            tcpListeners: tcpListeners, sendProtocol: running)
     }
 
     /// The TCP ingest listeners' addresses, with the ports bound once started (the configured
@@ -595,21 +587,23 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             reloads.recordFailure()
             throw error
         }
+        // Nothing of a failed reload stays in force: the modes go back (and the files of Unix
+        // listeners bound for it go, `undoUnix(removing:)`).
+        func undoUnix(removing added: ListenerChange? = nil) {
+            for (file, previous) in modesChanged.reversed() { try? file.setMode(previous) }
+            for listener in added?.added ?? [] { listener.file?.removeIfOwned() }
+            reloads.recordFailure()
+        }
         let listenerChange: ListenerChange
         do throws(ConfigurationError) { listenerChange = try prepareListeners(wanted, modes: candidate) } catch {
-            // Nothing of a failed reload stays in force: the modes go back.
-            for (file, previous) in modesChanged.reversed() { try? file.setMode(previous) }
-            reloads.recordFailure()
+            undoUnix()
             throw error
         }
         let tcpChange: TCPListenerChange
         do throws(ConfigurationError) {
             tcpChange = try prepareTCPListeners(wantedTCP, skippingIDs: listenerChange.added.count)
         } catch {
-            // As above, and the files of the Unix listeners bound for it go too.
-            for (file, previous) in modesChanged.reversed() { try? file.setMode(previous) }
-            for added in listenerChange.added { added.file?.removeIfOwned() }
-            reloads.recordFailure()
+            undoUnix(removing: listenerChange)
             throw error
         }
         let plan = inForce.withLock { running in

@@ -58,14 +58,10 @@ struct CheckConfigCommand: ParsableCommand {
                 backends: configuration.backends, addresses: addresses,
                 listeners: configuration.listenAddresses, tcpListeners: configuration.tcpListenAddresses,
                 sendProtocol: configuration.sendProtocol, healthCheck: (configuration.healthCheck, configuration.healthCheckPort))
-            do throws(ConfigurationError) {
-                try BackendAddressCheck.verify(
-                    backends: configuration.mirror, addresses: mirrorAddresses,
-                    listeners: configuration.listenAddresses, tcpListeners: configuration.tcpListenAddresses,
-                    sendProtocol: configuration.sendProtocol)
-            } catch {
-                throw ConfigurationError(argument: "--mirror", value: error.value, reason: error.reason)
-            }
+            try BackendAddressCheck.verify(
+                mirror: configuration.mirror, addresses: mirrorAddresses,
+                listeners: configuration.listenAddresses, tcpListeners: configuration.tcpListenAddresses,
+                sendProtocol: configuration.sendProtocol)
         } catch {
             printError("\(parsed.located(error))")
             throw ExitCode(64)

@@ -103,6 +103,19 @@ public enum BackendAddressCheck {
         }
     }
 
+    /// `verify` for the mirror pool's backends (no health checks), a refusal named as
+    /// `--mirror`'s.
+    public static func verify(
+        mirror backends: [BackendAddress], addresses: [SocketAddress], listeners: [SocketAddress],
+        tcpListeners: [SocketAddress], sendProtocol: BackendTransport
+    ) throws(ConfigurationError) {
+        do {
+            try verify(backends: backends, addresses: addresses, listeners: listeners, tcpListeners: tcpListeners, sendProtocol: sendProtocol)
+        } catch {
+            throw ConfigurationError(argument: "--mirror", value: error.value, reason: error.reason)
+        }
+    }
+
     /// Which of `tcpListeners` the health check of `backend` at `address` connects to, or
     /// `nil`: under `tcp` or `statsd-admin`, the backend's host at its own `health-check-port`,
     /// else `--health-check-port`, else the mode's port. Such a check would pass or fail with
