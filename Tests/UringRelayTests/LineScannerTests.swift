@@ -44,13 +44,18 @@ struct LineScannerTests {
         ("http.req:1|c|#env:prod,svc:web", ["ok http.req http.req:1|c|#env:prod,svc:web"]),
         ("name:with:colons:1|c", ["ok name name:with:colons:1|c"]),
         ("x:", ["ok x x:"]),
-        // A lone "\r" ends a line as "\n" does: both metrics survive.
-        ("a:1|c\rb:2|c", ["ok a a:1|c", "ok b b:2|c"]),
-        ("a:1|c\rb:2|c\r", ["ok a a:1|c", "ok b b:2|c"]),
-        ("a:1|c\r\rb:2|c", ["ok a a:1|c", "empty", "ok b b:2|c"]),
-        ("a:1|c\r\r\nb:2|c", ["ok a a:1|c", "empty", "ok b b:2|c"]),
-        ("a:1|c\n\rb:2|c\r\nc:3|c", ["ok a a:1|c", "empty", "ok b b:2|c", "ok c c:3|c"]),
-        ("a:1|c\nb:2|c\rc:3|c", ["ok a a:1|c", "ok b b:2|c", "ok c c:3|c"]),
+        // Only "\n" ends a line (the Datadog agent's and statsd's rule): a "\r" elsewhere than
+        // right before it, or at the datagram's end, is a byte of the line.
+        ("a:1|c\rb:2|c", ["ok a a:1|c\rb:2|c"]),
+        ("a:1|c\rb:2|c\r", ["ok a a:1|c\rb:2|c"]),
+        ("a:1|c\r\rb:2|c", ["ok a a:1|c\r\rb:2|c"]),
+        ("a:1|c\r\r\nb:2|c", ["ok a a:1|c\r", "ok b b:2|c"]),
+        ("a:1|c\n\rb:2|c\r\nc:3|c", ["ok a a:1|c", "ok \rb \rb:2|c", "ok c c:3|c"]),
+        ("a:1|c\nb:2|c\rc:3|c", ["ok a a:1|c", "ok b b:2|c\rc:3|c"]),
+        // An event's text and a service check's message keep their "\r" (clients escape only
+        // "\n"): the header's lengths count it, and nothing after it becomes a metric.
+        ("_e{6,13}:deploy|line1\r\\nline2|#env:prod\n", ["ok deploy _e{6,13}:deploy|line1\r\\nline2|#env:prod"]),
+        ("_sc|db.ping|2|#env:prod|m:timeout\r\\nretrying\r\n", ["ok db.ping _sc|db.ping|2|#env:prod|m:timeout\r\\nretrying"]),
         ("gauge:-10|g\n\n\nnext:1|c", ["ok gauge gauge:-10|g", "empty", "empty", "ok next next:1|c"]),
     ])
     func forwards(_ datagram: String, _ expected: [String]) {
@@ -64,12 +69,13 @@ struct LineScannerTests {
         (":1|c", ["bad emptyName"]),
         ("good:1|c\n:1|c\nalso:2|c", ["ok good good:1|c", "bad emptyName", "ok also also:2|c"]),
         ("bad line\ngood:1|c", ["bad missingColon", "ok good good:1|c"]),
-        // The "\r" splits the line: the part without a colon is dropped, the metric kept.
-        ("a\rb:1|c", ["bad missingColon", "ok b b:1|c"]),
-        ("a:1|c\r:2|c", ["ok a a:1|c", "bad emptyName"]),
+        // A "\r" inside a line does not split it.
+        ("\r:1|c", ["ok \r \r:1|c"]),
+        ("a\rb\nc:1|c", ["bad missingColon", "ok c c:1|c"]),
         ("\n", ["empty"]),
         ("\r\n", ["empty"]),
         ("\r", ["empty"]),
+        ("\r\r\n", ["bad missingColon"]),
         ("", []),
     ])
     func drops(_ datagram: String, _ expected: [String]) {
@@ -92,13 +98,13 @@ struct LineScannerTests {
         #expect(scan(Array((line + "\n").utf8)) == ["ok \(name) \(line)"])
     }
 
-    @Test("every byte value outside the line endings and NUL passes through unchanged", arguments: [true, false])
+    @Test("every byte value but NUL and \\n passes through unchanged, \\r inside the line too", arguments: [true, false])
     func binarySafe(checked: Bool) {
-        // Every byte value but NUL, "\n" and "\r", after the name, as one line: the scanner must
-        // hand back exactly these bytes (compared as bytes: most are not valid UTF-8).
+        // Every byte value but NUL and "\n", after the name, as one line: the scanner must hand
+        // back exactly these bytes (compared as bytes: most are not valid UTF-8).
         var line: [UInt8] = Array("k:".utf8)
-        line += (1...255).map(UInt8.init).filter { $0 != UInt8(ascii: "\n") && $0 != UInt8(ascii: "\r") }
-        #expect(line.count == 2 + 253)
+        line += (1...255).map(UInt8.init).filter { $0 != UInt8(ascii: "\n") }
+        #expect(line.count == 2 + 254)
         for ending in [[], [UInt8(ascii: "\n")], Array("\r\n".utf8)] as [[UInt8]] {
             let datagram = line + ending
             var found: [(bytes: [UInt8], name: [UInt8])] = []
@@ -106,7 +112,7 @@ struct LineScannerTests {
             datagram.withUnsafeBytes { raw in
                 var offset = 0
                 while let next = LineScanner.next(
-                    in: raw.bytes, from: &offset, mayContainNul: !checked, mayContainCarriageReturn: !checked || ending.contains(UInt8(ascii: "\r"))
+                    in: raw.bytes, from: &offset, mayContainNul: !checked, mayContainCarriageReturn: true
                 ) {
                     if case .valid(let start, let end, let key) = next {
                         found.append((Array(datagram[start..<end]), Array(datagram[key])))

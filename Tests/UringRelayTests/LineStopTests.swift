@@ -68,11 +68,12 @@ struct LineStopTests {
         #expect(found.endsAtNewline == (stop == bytes.count || bytes[stop] == UInt8(ascii: "\n")))
     }
 
-    /// Lines longer than one block that end in `\r\n`, a lone `\r` or hold a NUL near a block
-    /// edge take the scanner's general path and split as the line rules say.
+    /// Lines longer than one block that end in `\r\n`, hold a `\r` or a NUL near a block edge
+    /// take the scanner's general path and split as the line rules say.
     @Test(arguments: [
         ("abcdefghijklmno:1|c\r\nq:2|c", ["ok abcdefghijklmno abcdefghijklmno:1|c", "ok q q:2|c"]),
-        ("abcdefghijklmnop:1|c\rq:2|c", ["ok abcdefghijklmnop abcdefghijklmnop:1|c", "ok q q:2|c"]),
+        ("abcdefghijklmnop:1|c\rq:2|c", ["ok abcdefghijklmnop abcdefghijklmnop:1|c\rq:2|c"]),
+        ("abcdefghijklmnop:1|c\rq:2|c\r\nr:3|c\r", ["ok abcdefghijklmnop abcdefghijklmnop:1|c\rq:2|c", "ok r r:3|c"]),
         ("abcdefghijklmnopqrstuvwxyz0123:1|c\0\nq:2|c", ["bad nulByte", "ok q q:2|c"]),
         ("abcdefghijklmnop\0q:1|c\nr:2|c", ["bad nulByte", "ok r r:2|c"]),
         ("abcdefghijklmnopqrstuvwxyz0123456789\r\n:1|c", ["bad missingColon", "bad emptyName"]),

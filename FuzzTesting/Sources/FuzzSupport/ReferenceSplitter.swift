@@ -3,8 +3,9 @@ import UringRelay
 /// The line rules of `LineScanner`, written a second time as plainly as possible (one byte at
 /// a time, no search, no flags), so that the fuzz targets can compare the two.
 ///
-/// A line ends at `\n`, at `\r\n` or at a lone `\r`; the last line may have no ending; an
-/// ending with nothing before it is an empty line; nothing follows the last ending. A non-empty
+/// A line ends at `\n` or at `\r\n`; the last line may have no ending, or end in a lone `\r`;
+/// any other `\r` is a byte of its line; an ending with nothing before it is an empty line;
+/// nothing follows the last ending. A non-empty
 /// line is, checked in this order: too long (more than `BatchAssembler.largestDatagramBytes`
 /// bytes), holding a NUL, then by its form: a line starting `_sc|` is a service check keyed by
 /// the bytes up to the next `|` (none: `emptyName`); one starting `_e{` an event keyed by its
@@ -18,20 +19,22 @@ public enum ReferenceSplitter {
         var start = 0
         var index = 0
         while index < datagram.count {
-            let byte = datagram[index]
-            if byte == UInt8(ascii: "\n") || byte == UInt8(ascii: "\r") {
-                lines.append(classify(datagram, start..<index))
-                if byte == UInt8(ascii: "\r") && index + 1 < datagram.count && datagram[index + 1] == UInt8(ascii: "\n") {
-                    index += 1
-                }
+            if datagram[index] == UInt8(ascii: "\n") {
+                lines.append(classify(datagram, withoutCarriageReturn(datagram, start..<index)))
                 index += 1
                 start = index
             } else {
                 index += 1
             }
         }
-        if start < datagram.count { lines.append(classify(datagram, start..<datagram.count)) }
+        if start < datagram.count { lines.append(classify(datagram, withoutCarriageReturn(datagram, start..<datagram.count))) }
         return lines
+    }
+
+    /// `range` without its last byte when that is a `\r` (part of the line ending).
+    static func withoutCarriageReturn(_ datagram: [UInt8], _ range: Range<Int>) -> Range<Int> {
+        if let last = range.last, datagram[last] == UInt8(ascii: "\r") { return range.lowerBound..<last }
+        return range
     }
 
     /// What one line (without its ending) is.

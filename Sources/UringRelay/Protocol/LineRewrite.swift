@@ -64,7 +64,7 @@ public struct LineRewrite: Sendable, Equatable {
 
     /// Why `prefix` cannot prefix a name, or `nil`. Empty is fine (no prefix).
     ///
-    /// A name may hold any byte but `:`, `|`, `\n` and NUL (and `\r` ends a line too); a prefix
+    /// A name may hold any byte but `:`, `|`, `\n` and NUL (and a `\r` would end a last line); a prefix
     /// starting `_e{` would make every metric read as an event; one ending in `.` would give
     /// `P..name`.
     public static func problem(prefix: String) -> String? {
@@ -108,9 +108,7 @@ public struct LineRewrite: Sendable, Equatable {
     /// a line the scanner drops or that rewriting makes too long. Only the first line is taken.
     public func rewrite(line: String, hashKey: HashKeyMode) -> (line: [UInt8], key: [UInt8])? {
         var bytes = Array(line.utf8)
-        if let end = bytes.firstIndex(where: { $0 == UInt8(ascii: "\n") || $0 == UInt8(ascii: "\r") }) {
-            bytes.removeSubrange(end...)
-        }
+        if let end = bytes.firstIndex(of: UInt8(ascii: "\n")) { bytes.removeSubrange(end...) }
         let rewriter = LineRewriter(self)
         var scratch = RoutingKey(maxLineBytes: bytes.count + growth)
         let datagram = bytes.span.bytes

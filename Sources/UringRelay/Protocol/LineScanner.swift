@@ -2,20 +2,23 @@ import RelayKernel
 
 /// Splits a datagram into StatsD lines in place and checks each one, without copying.
 ///
-/// A datagram holds lines, each ended by `\n`, `\r\n` or a lone `\r` (the old Mac line ending);
-/// the last may lack one. `a:1|c\rb:2|c` is two lines, as it is to a statsd daemon that splits
-/// on either byte, and neither metric swallows the other. A line is forwarded only if it has a
+/// A datagram holds lines, each ended by `\n` or `\r\n`; the last may lack one, or end in a
+/// lone `\r`. Any other `\r` is a byte of its line, as statsd daemons and the Datadog agent read
+/// it (they split at `\n` only and drop one `\r` before it): an event's text or a service
+/// check's message may hold one (clients escape only `\n`), and splitting there would forward
+/// the rest of the text as a metric. `a:1|c\rb:2|c` is one line, as the daemon behind would
+/// read it had it been sent there directly. A line is forwarded only if it has a
 /// non-empty name before its first `:`, no NUL byte (statsd daemons stop reading a datagram
 /// at a NUL, so one such line would destroy a whole outgoing batch) and at most 65 507 bytes
 /// (the most a UDP datagram to an IPv4 backend can carry):
 /// ```
 /// api.requests:1|c|@0.1|#env:prod\r\n
 /// ^^^^^^^^^^^^ ^                   ^^
-/// name (key)   first ':'           "\r\n" (or "\n", or "\r") ends the line; not forwarded
+/// name (key)   first ':'           "\r\n" (or "\n") ends the line; not forwarded
 /// ```
 /// Nothing after the name is interpreted here: values, types, sample rates and tags pass
 /// through byte for byte (`--validate strict` checks them afterwards, `LineValidator`). Empty
-/// lines (and so a `\r` right after a line ending, as in `\r\r\n`) are skipped.
+/// lines (and so a lone `\r\n`) are skipped.
 ///
 /// Two DogStatsD forms have no metric name before a `:` and are keyed otherwise (`DogStatsD`):
 /// a service check `_sc|name|status|…` by its name, an event `_e{5,4}:title|text|…` by its
@@ -24,7 +27,8 @@ import RelayKernel
 ///
 /// The common line has no `\r` and no NUL: one scan per line (`RawSpan.lineStop`) finds its
 /// `\n` and its first `:` together, and only a line that stops at a `\r` or a NUL is looked
-/// at again, byte class by byte class.
+/// at again, byte class by byte class (each line once: its `\n` first, so a datagram of many
+/// `\r` costs what one of many `\n` does).
 public enum LineScanner {
     /// Why a line was not forwarded.
     public enum Malformation: Int, CaseIterable, Sendable {
@@ -70,7 +74,7 @@ public enum LineScanner {
 
     /// One step of the scan.
     public enum Line: Equatable, Sendable {
-        /// A line to forward: bytes `start..<end` (no `\r`, no `\n`); `key` is what routes it:
+        /// A line to forward: bytes `start..<end` (no `\n`, no `\r` at its end); `key` is what routes it:
         /// a metric's name (`start..<` its first `:`), a service check's name, an event's title.
         case valid(start: Int, end: Int, key: Range<Int>)
         /// An empty line; skipped.
@@ -87,7 +91,7 @@ public enum LineScanner {
     ///   - mayContainNul: `false` when the caller has checked the whole datagram holds no NUL
     ///     (only a line that stops at a `\r` or NUL reads it: the common line needs no check).
     ///   - mayContainCarriageReturn: `false` when the caller has checked the whole datagram
-    ///     holds no `\r` (read as `mayContainNul` is).
+    ///     holds no `\r` (then no line's last byte is looked at for one).
     /// - Returns: the line, or `nil` once `offset` reaches the end of the datagram.
     @inline(__always)
     public static func next(
@@ -132,7 +136,8 @@ public enum LineScanner {
             in: datagram, from: &offset, mayContainNul: mayContainNul, mayContainCarriageReturn: mayContainCarriageReturn)
     }
 
-    /// `next` for a line that stops at a `\r` or a NUL: each byte class looked for on its own.
+    /// `next` for a line that stops at a `\r` or a NUL: its `\n` looked for first, then a `\r`
+    /// just before it, then a NUL.
     /// Out of line, as `dogStatsD`: the line loop that inlines `next` stays small (its
     /// optimiser then inlines what the common line needs).
     @inline(never)
@@ -144,11 +149,9 @@ public enum LineScanner {
         let newline = datagram.firstOffset(of: UInt8(ascii: "\n"), in: start..<count) ?? count
         offset = newline < count ? newline + 1 : count
         var end = newline
-        if mayContainCarriageReturn, let carriageReturn = datagram.firstOffset(of: UInt8(ascii: "\r"), in: start..<newline) {
-            end = carriageReturn
-            // "\r\n" is one ending; a lone "\r" is an ending by itself, and the next line
-            // starts right after it.
-            if carriageReturn + 1 < newline { offset = carriageReturn + 1 }
+        // One "\r" before the "\n" (or the datagram's end) belongs to the line ending.
+        if mayContainCarriageReturn, end > start, Span<UInt8>(_bytes: datagram)[end &- 1] == UInt8(ascii: "\r") {
+            end &-= 1
         }
         if end == start { return .empty }
         if end - start > BatchAssembler.largestDatagramBytes { return .malformed(.tooLong) }
