@@ -11,16 +11,19 @@ import RelayKernel
 ///   `+3`, `.5`, `1e3` (`badValue`); a set's members may be any bytes;
 /// - `@R`: a plain decimal in (0, 1] (`badSampleRate`);
 /// - `#t1,t2`: one or more tags, none empty (`badTags`);
-/// - `c:ID`: a non-empty container id; `TN`: a Unix time, digits (`badTimestamp`);
+/// - `TN`: a Unix time, digits (`badTimestamp`);
+/// - the origin fields every form may carry (DogStatsD 1.2, 1.5 and 1.6, which the Datadog
+///   clients add on their own: datadog-go sends `c:` by default): `c:ID` a container id,
+///   `e:DATA` external data, `card:LEVEL` a tag cardinality, each non-empty (`badField`);
 /// - anything else, an empty field or a field given twice is `badField`.
 ///
 /// A service check: `_sc|name|STATUS` with `STATUS` one of `0`-`3` (`badServiceCheck`), then
-/// `d:` digits (`badServiceCheck`), `h:HOST`, `#tags`, and `m:MESSAGE` last (the rest of the
-/// line, any bytes).
+/// `d:` digits (`badServiceCheck`), `h:HOST`, `#tags`, the origin fields, and `m:MESSAGE` last
+/// (the rest of the line, any bytes).
 ///
 /// An event: its header already checked by the scanner, then `d:` digits, `h:HOST`, `k:KEY`,
 /// `p:normal|low`, `s:SOURCE`, `t:error|warning|info|success` (`badEvent` for a bad `d:`, `p:`
-/// or `t:`), `#tags`.
+/// or `t:`), `#tags`, the origin fields.
 public enum LineValidator {
     /// Why the valid line `line` of `datagram`, keyed by `key`, fails strict validation, or
     /// `nil` when it passes.
@@ -78,11 +81,24 @@ public enum LineValidator {
             case UInt8(ascii: "T"):
                 guard seen.first(.timestamp) else { return .badField }
                 if !isDigits(bytes, start &+ 1..<fieldEnd) { return .badTimestamp }
-            case UInt8(ascii: "c") where hasPrefix(bytes, field, UInt8(ascii: "c")):
-                guard seen.first(.container), field.count > 2 else { return .badField }
             default:
-                return .badField
+                guard let origin = originField(bytes, field), seen.first(origin.field), !origin.value.isEmpty else {
+                    return .badField
+                }
             }
+        }
+        return nil
+    }
+
+    /// The origin field `field` is (`c:`, `e:` or `card:`) and its value, or `nil` for any
+    /// other field: what every form may carry beside its own.
+    @inline(__always)
+    static func originField(_ bytes: Span<UInt8>, _ field: Range<Int>) -> (field: Seen.Field, value: Range<Int>)? {
+        let start = field.lowerBound
+        if hasPrefix(bytes, field, UInt8(ascii: "c")) { return (.container, start &+ 2..<field.upperBound) }
+        if hasPrefix(bytes, field, UInt8(ascii: "e")) { return (.externalData, start &+ 2..<field.upperBound) }
+        if field.count >= 5, Word(bytes, start..<start &+ 5) == Word.cardinality {
+            return (.cardinality, start &+ 5..<field.upperBound)
         }
         return nil
     }
@@ -123,6 +139,10 @@ public enum LineValidator {
             if bytes[start] == UInt8(ascii: "#") {
                 guard seen.first(.tags) else { return .badField }
                 if !areTags(datagram, start &+ 1..<fieldEnd) { return .badTags }
+                continue
+            }
+            if let origin = originField(bytes, start..<fieldEnd) {
+                guard seen.first(origin.field), !origin.value.isEmpty else { return .badField }
                 continue
             }
             guard fieldEnd &- start >= 2, bytes[start &+ 1] == UInt8(ascii: ":"),
@@ -247,7 +267,7 @@ public enum LineValidator {
     struct Seen {
         enum Field: UInt16 {
             case rate = 1, tags = 2, timestamp = 4, container = 8, host = 16, priority = 32, alert = 64
-            case aggregation = 128, source = 256, message = 512
+            case aggregation = 128, source = 256, message = 512, externalData = 1024, cardinality = 2048
         }
 
         private var bits: UInt16 = 0
@@ -337,6 +357,6 @@ struct Word: Equatable {
     }
 
     static let c = Word("c"), g = Word("g"), ms = Word("ms"), h = Word("h"), s = Word("s"), d = Word("d")
-    static let normal = Word("normal"), low = Word("low")
+    static let normal = Word("normal"), low = Word("low"), cardinality = Word("card:")
     static let error = Word("error"), warning = Word("warning"), info = Word("info"), success = Word("success")
 }
