@@ -7,9 +7,9 @@ import Testing
 /// lines") with strings, never from the code under test; FNV-1a 64 and the jump hash are
 /// `ReferenceRouting`'s.
 enum DogStatsDReference {
-    /// The `name+tags` key: the name alone without tags; else `name|#` and the non-empty tags
-    /// sorted by their bytes, joined by `,`; past 64 tags, `name|#~` and the 16 hex digits of
-    /// the sum of the tags' FNV-1a 64.
+    /// The `name+tags` key: the name alone without tags; else `name|#` and the distinct
+    /// non-empty tags sorted by their bytes, joined by `,`; past 64 tags, `name|#~` and the 16
+    /// hex digits of the sum of the tags' FNV-1a 64 (repeats included).
     static func nameAndTagsKey(name: String, tags: [String]) -> [UInt8] {
         let kept = tags.filter { !$0.isEmpty }.map { Array($0.utf8) }
         if kept.isEmpty { return Array(name.utf8) }
@@ -18,7 +18,7 @@ enum DogStatsDReference {
             let hex = String(sum, radix: 16)
             return Array("\(name)|#~\(String(repeating: "0", count: 16 - hex.count))\(hex)".utf8)
         }
-        let sorted = kept.sorted { $0.lexicographicallyPrecedes($1) }
+        let sorted = Set(kept).sorted { $0.lexicographicallyPrecedes($1) }
         return Array(name.utf8) + Array("|#".utf8) + Array(sorted.joined(separator: [UInt8(ascii: ",")]))
     }
 }
@@ -287,6 +287,9 @@ struct DogStatsDTests {
         ("api.req", ["z", "", "y"], ":1|c"),
         ("api.req", (0..<70).map { "t\($0):v" }, ":1|c"),
         ("api.req", (0..<64).map { "t\($0)" }, ":1|c"),
+        ("api.req", ["env:prod", "env:prod", "svc:a"], ":1|c"),
+        ("api.req", ["x", "x", "x", "x"], ":1|c"),
+        ("api.req", (0..<32).map { "t\($0 % 8)" }, ":1|c"),
     ]
 
     /// The line for `name` with `tags` in the given order, in each form.
@@ -317,6 +320,23 @@ struct DogStatsDTests {
                 let text = Self.line(name, order, suffix, form: form)
                 let relayed = try relayThrough(text, backends: backends, hashMode: mode, hashKey: .nameAndTags)
                 #expect(relayed.lines[expected] == [text], "\(mode) \(text)")
+            }
+        }
+    }
+
+    /// One series to the Datadog agent, one backend: its context key ignores repeated tags.
+    @Test("name+tags: a repeated tag routes as one", arguments: [HashMode.jump, .ketama, .etsy])
+    func repeatedTags(mode: HashMode) throws {
+        for backends in [2, 7, 10] {
+            for (once, repeated) in [
+                ("api.req:1|c|#env:prod,svc:a", "api.req:1|c|#env:prod,env:prod,svc:a"),
+                ("api.req:1|c|#svc:a,env:prod", "api.req:1|c|#env:prod,svc:a,svc:a,env:prod"),
+                ("_sc|db|0|#a,b", "_sc|db|0|#b,a,b,a,a"),
+            ] {
+                let one = try relayThrough(once, backends: backends, hashMode: mode, hashKey: .nameAndTags)
+                let two = try relayThrough(repeated, backends: backends, hashMode: mode, hashKey: .nameAndTags)
+                let target = try #require(one.lines.firstIndex { !$0.isEmpty })
+                #expect(two.lines[target] == [repeated], "\(mode) \(backends): \(repeated)")
             }
         }
     }

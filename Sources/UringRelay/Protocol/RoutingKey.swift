@@ -24,9 +24,11 @@ public enum ValidationMode: String, CaseIterable, Sendable {
 /// The key of a line with no tag is its name, byte for byte what `--hash-key name` uses, so
 /// untagged series route the same under both. Otherwise it is
 /// ```
-/// name|#tag1,tag2,…      the tags (non-empty ones) in ascending byte order, duplicates kept
+/// name|#tag1,tag2,…      the distinct non-empty tags in ascending byte order
 /// ```
-/// whatever their order in the line. Under `jump` the line goes where the key's FNV-1a 64
+/// whatever their order in the line, and however often a tag repeats: `#a,a,b` keys as `#a,b`,
+/// one series to the Datadog agent (its context key ignores a repeated tag), and datadog-go
+/// sends a tag twice when a call repeats a global one. Under `jump` the line goes where the key's FNV-1a 64
 /// sends it (computed as the bytes stream past, never written out); on the `etsy` and
 /// `ketama` rings the key is written into a scratch buffer (`write`) for its md5.
 ///
@@ -38,8 +40,9 @@ public enum ValidationMode: String, CaseIterable, Sendable {
 /// ```
 /// Addition is commutative, so the key is still independent of tag order, and stable across
 /// relays. A sum rather than an XOR because XOR cancels pairs: `#a,a,b` would route like
-/// `#b`, and every line that repeats a tag would lose it from its key; the sum keeps
-/// duplicates, as the sorted form does.
+/// `#b`. Past `maxSortedTags` a repeated tag counts each time (finding repeats among
+/// thousands of tags would take a sort the per-line path cannot pay for): only such lines
+/// with repeats split a series.
 public struct RoutingKey: ~Copyable {
     /// The most tags sorted in place; a line with more is keyed by the sum of its tags' hashes.
     public static let maxSortedTags = 64
@@ -123,6 +126,15 @@ public struct RoutingKey: ~Copyable {
         return a.count < b.count
     }
 
+    /// Whether sorted tag `index` has the bytes of the one before it (a repeat, left out of
+    /// the key).
+    @inline(__always)
+    private func repeatsPrevious(_ bytes: Span<UInt8>, _ index: Int) -> Bool {
+        guard index > 0 else { return false }
+        let previous = Self.bounds(tags[index &- 1]), current = Self.bounds(tags[index])
+        return previous.count == current.count && !Self.less(bytes, previous, current)
+    }
+
     @inline(__always)
     private static func bounds(_ packed: UInt64) -> Range<Int> {
         Int(truncatingIfNeeded: packed >> 32)..<Int(truncatingIfNeeded: packed & 0xffff_ffff)
@@ -145,7 +157,7 @@ public struct RoutingKey: ~Copyable {
         case .none:
             break
         case .sorted:
-            for index in 0..<tags.count {
+            for index in 0..<tags.count where !repeatsPrevious(bytes, index) {
                 if index > 0 { hash = Self.feed(hash, UInt8(ascii: ",")) }
                 hash = Self.feed(hash, bytes, Self.bounds(tags[index]))
             }
@@ -177,7 +189,7 @@ public struct RoutingKey: ~Copyable {
         case .none:
             break
         case .sorted:
-            for index in 0..<tags.count {
+            for index in 0..<tags.count where !repeatsPrevious(bytes, index) {
                 if index > 0 { written.append(UInt8(ascii: ",")) }
                 written.append(copying: bytes.extracting(Self.bounds(tags[index])))
             }
