@@ -53,6 +53,8 @@ struct LineRewriteTests {
               ("lat:1:2:3|d|#env:prod|c:83c0a99c|T1656581400", "app.lat:1:2:3|d|#env:prod,dc:x,role:web|c:83c0a99c|T1656581400"),
               ("lat:1|ms|T1656581400", "app.lat:1|ms|T1656581400|#dc:x,role:web"),
               ("lat:1|ms|#|T1", "app.lat:1|ms|#dc:x,role:web|T1"),
+              ("lat:1|ms|#env:prod,", "app.lat:1|ms|#env:prod,dc:x,role:web"),
+              ("_sc|db.ping|2|#a,|m:slow", "_sc|db.ping|2|#a,dc:x,role:web|m:slow"),
               ("g:-2|g", "app.g:-2|g|#dc:x,role:web"),
               ("bare:1", "app.bare:1|#dc:x,role:web"),
               ("_sc|db.ping|2", "_sc|db.ping|2|#dc:x,role:web"),

@@ -141,7 +141,8 @@ struct LineRewriter: ~Copyable {
     /// |#env:x,env:x
     /// ^^^^^^^          a new field, for a line without tags
     ///        ^^^^^^    `,T`, after the line's tags
-    ///         ^^^^^    `T`, into an empty tags field (`|#` alone), which `,T` would give an empty tag
+    ///         ^^^^^    `T`, into an empty tags field (`|#` alone) or one ending in `,`, which
+    ///                  `,T` would give an empty tag
     /// ```
     let tagPieces: RigidArray<UInt8>
     /// The FNV-1a 64 state after `P.`: a prefixed name's hash continues from it.
@@ -203,7 +204,9 @@ struct LineRewriter: ~Copyable {
         let insert: Range<Int>
         switch place.existing {
         case nil: insert = 0..<tagsCount &+ 2
-        case .some(let tags) where tags.isEmpty: insert = tagsCount &+ 3..<2 &* tagsCount &+ 3
+        case .some(let tags) where tags.isEmpty || Span<UInt8>(_bytes: datagram)[tags.upperBound &- 1] == UInt8(ascii: ","):
+            // `,T` after a field that is empty or ends in `,` would make an empty tag.
+            insert = tagsCount &+ 3..<2 &* tagsCount &+ 3
         case .some: insert = tagsCount &+ 2..<2 &* tagsCount &+ 3
         }
         return Edit(isPrefixed: isPrefixed, insertAt: place.offset, insert: insert, length: length &+ insert.count)
