@@ -8,8 +8,8 @@ import UringRelay
 // - every line `ReferenceSplitter` finds valid is either forwarded or dropped by the strict
 //   validator, and every forwarded one reaches, byte for byte and in datagram order, the
 //   backend the router picks for the key written out here from the definition (the name; under
-//   name+tags the name, `|#` and its non-empty tags sorted, or past 64 tags `|#~` and the hex sum
-//   of their FNV-1a 64s; tags found by splitting the line's fields with plain array code): no
+//   name+tags the name, `|#` and its distinct non-empty tags sorted, or past 64 tags `|#~` and the
+//   hex sum of their FNV-1a 64s, repeats included; tags found by splitting the line's fields with plain array code): no
 //   line split, merged or altered, and tag order never matters;
 // - every line is counted exactly once: received = forwarded + dropped by each reason, the
 //   scanner's reasons as the reference says and the validator's as it says of the line alone;
@@ -92,7 +92,7 @@ func referenceKey(_ line: [UInt8], key: Range<Int>, _ hashKey: HashKeyMode) -> [
         let hex = String(sum, radix: 16)
         return name + Array("|#~\(String(repeating: "0", count: 16 - hex.count))\(hex)".utf8)
     }
-    let sorted = tags.sorted { $0.lexicographicallyPrecedes($1) }
+    let sorted = Set(tags).sorted { $0.lexicographicallyPrecedes($1) }
     return name + Array("|#".utf8) + Array(sorted.joined(separator: [UInt8(ascii: ",")]))
 }
 
