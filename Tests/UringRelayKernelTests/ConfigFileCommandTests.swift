@@ -99,6 +99,38 @@ struct ConfigFileCommandTests {
         #expect(result.error == "/nonexistent/statsrelay.yaml: cannot be read: open /nonexistent/statsrelay.yaml: No such file or directory (errno 2)\n")
     }
 
+    @Test("check-config: a FIFO, a directory or a device at the path exits 64 at once saying it is not a regular file", arguments: ["fifo", "directory", "device"])
+    func notARegularFile(kind: String) throws {
+        let file = try TemporaryConfigFile()
+        #expect(unlink(file.path) == 0)
+        switch kind {
+        case "fifo": #expect(mkfifo(file.path, 0o600) == 0)
+        case "directory": #expect(mkdir(file.path, 0o700) == 0)
+        default: #expect(symlink("/dev/zero", file.path) == 0)
+        }
+        // Without a writer, opening the FIFO blocked until the run's time limit.
+        let result = try RelayProcess.run(["check-config", file.path])
+        #expect(result.status == 64)
+        let named = ["fifo": "a FIFO", "directory": "a directory", "device": "a character device"][kind]!
+        #expect(result.error == "\(file.path): cannot be read: open \(file.path): Invalid argument (errno 22); not a regular file (\(named))\n")
+        if kind == "directory" { rmdir(file.path) } else { unlink(file.path) }
+    }
+
+    /// What some Windows editors write first: libyaml counted it as a column, and the second
+    /// key seemed indented.
+    @Test("check-config: a file starting with a UTF-8 byte order mark reads as without it")
+    func byteOrderMark() throws {
+        let backend = "127.0.0.1:39999"
+        let file = try TemporaryConfigFile()
+        let text = "port: 8125\nthreads: 1\nbackends: [\(backend)]\n"
+        try Data([0xEF, 0xBB, 0xBF] + Array(text.utf8)).write(to: URL(fileURLWithPath: file.path))
+        let marked = try RelayProcess.run(["check-config", file.path])
+        #expect(marked.status == 0, "\(marked.error)")
+        try file.write(text)
+        let plain = try RelayProcess.run(["check-config", file.path])
+        #expect(marked.output == plain.output)
+    }
+
     @Test("check-config: a backend name that does not resolve exits 75, as at start-up")
     func unresolvedName() throws {
         let file = try TemporaryConfigFile("backends: [statsd.invalid:9001]\n")

@@ -89,6 +89,39 @@ struct ConfigReloadTests {
         #expect(!log.contains("nothing to reload"))
     }
 
+    /// The file is read on the main thread, which also takes the stop signals: a FIFO at the
+    /// path blocked its `open` until a writer came, and SIGTERM went unanswered.
+    @Test("a configuration path that became a FIFO, a directory or a device: each reload refused naming what it is; the relay relays and stops on SIGTERM", arguments: ioDrivers)
+    func notARegularFile(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let backend = try TestBackend()
+        let file = try TemporaryConfigFile(Self.yaml([backend.spec]))
+        let relay = try RelayProcess(driver: driver, ["--config", file.path])
+        let address = try relay.listenAddress()
+        #expect(relay.standardError.contains("io_backend=\(driver.rawValue)"), "\(relay.standardError)")
+        #expect(unlink(file.path) == 0)
+        #expect(mkfifo(file.path, 0o600) == 0)
+        relay.signal(SIGHUP)
+        #expect(relay.waitForLog("not a regular file (a FIFO)", seconds: 10), "\(relay.standardError)")
+        #expect(unlink(file.path) == 0)
+        #expect(mkdir(file.path, 0o700) == 0)
+        relay.signal(SIGHUP)
+        #expect(relay.waitForLog("not a regular file (a directory)", seconds: 10), "\(relay.standardError)")
+        #expect(rmdir(file.path) == 0)
+        #expect(symlink("/dev/null", file.path) == 0)
+        relay.signal(SIGHUP)
+        #expect(relay.waitForLog("not a regular file (a character device)", seconds: 10), "\(relay.standardError)")
+
+        let lines = (0..<50).map { "fifo.\($0):1|c" }
+        try send(lines, to: address)
+        let received = try collect(from: [backend], expectedLines: lines.count)
+        #expect(received.lines[0].sorted() == lines.sorted())
+        relay.signal(SIGTERM)
+        #expect(relay.waitForExit() == 0, "\(relay.standardError)")
+        #expect(relay.counter("statsrelay.config_reloads{result=\"failure\"}") == 3)
+        #expect(relay.counter("statsrelay.config_reloads{result=\"success\"}") == 0)
+    }
+
     @Test("SIGHUP changes the log level of every logger at once (notices vanish at error and come back at info); the command line still overrides the file", arguments: ioDrivers)
     func logLevel(driver: IOBackendChoice) throws {
         try requireDriver(driver)

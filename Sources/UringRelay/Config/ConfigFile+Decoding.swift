@@ -12,7 +12,10 @@ extension ConfigFile {
         do { bytes = try FileContents.read(path: path) } catch {
             throw ConfigFileError(source: path, line: nil, keyPath: "", value: nil, reason: "cannot be read: \(error)")
         }
-        guard let text = String(validating: bytes, as: UTF8.self) else {
+        // A UTF-8 byte order mark (what some Windows editors write first) is no text: libyaml
+        // skips it but counts it as a column, and the second key then seems indented.
+        let withoutMark = bytes.starts(with: [0xEF, 0xBB, 0xBF]) ? bytes.dropFirst(3) : bytes[...]
+        guard let text = String(validating: withoutMark, as: UTF8.self) else {
             throw ConfigFileError(source: path, line: nil, keyPath: "", value: nil, reason: "not UTF-8 text")
         }
         return try parse(text, source: path)
