@@ -7,9 +7,26 @@ import Glibc
 public struct SignalWaiter: Sendable {
     private let signals: [Int32]
 
-    /// The signals the relay takes on its main thread: `SIGTERM` and `SIGINT` stop it;
-    /// `SIGHUP`, `SIGUSR1` and `SIGUSR2` are answered in the log and never stop it.
-    public static let relaySignals: [Int32] = [SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2]
+    /// The signals the relay takes on its main thread: `stopSignals` stop it; `SIGHUP`,
+    /// `SIGUSR1` and `noticedSignals` are answered in the log and never stop it.
+    public static let relaySignals: [Int32] = stopSignals + [SIGHUP, SIGUSR1] + noticedSignals
+
+    /// The signals that stop the relay as `SIGTERM` does (drain and flush): `SIGQUIT` too,
+    /// nginx's graceful stop, rather than its default action, a core dump with nothing flushed.
+    public static let stopSignals: [Int32] = [SIGTERM, SIGINT, SIGQUIT]
+
+    /// Signals with no meaning to the relay whose default action would end it at once, losing
+    /// what it holds: taken, logged at notice, and otherwise ignored. A stray `kill -ALRM` or a
+    /// profiler's timer (`SIGPROF`) must not cost data.
+    public static let noticedSignals: [Int32] = [SIGUSR2, SIGALRM, SIGVTALRM, SIGPROF, SIGIO, SIGPWR, SIGSTKFLT]
+
+    /// Signals set to `SIG_IGN` for the whole process: `SIGPIPE` (a write to a closed pipe or
+    /// socket fails with `EPIPE` instead), `SIGXFSZ` (a write past `ulimit -f`, a log file at
+    /// its limit, fails with `EFBIG` instead of killing the relay); the log writer counts both.
+    public static let ignoredSignals: [Int32] = [SIGPIPE, SIGXFSZ]
+
+    /// Whether `signal` is one of `stopSignals`.
+    public static func isStop(_ signal: Int32) -> Bool { stopSignals.contains(signal) }
 
     /// Blocks `signals` for the calling thread and every thread it starts afterwards, and sets
     /// `ignoring` to `SIG_IGN` for the whole process.
@@ -84,6 +101,14 @@ public struct SignalWaiter: Sendable {
         case SIGUSR1: "SIGUSR1"
         case SIGUSR2: "SIGUSR2"
         case SIGPIPE: "SIGPIPE"
+        case SIGQUIT: "SIGQUIT"
+        case SIGALRM: "SIGALRM"
+        case SIGVTALRM: "SIGVTALRM"
+        case SIGPROF: "SIGPROF"
+        case SIGIO: "SIGIO"
+        case SIGPWR: "SIGPWR"
+        case SIGSTKFLT: "SIGSTKFLT"
+        case SIGXFSZ: "SIGXFSZ"
         default: "signal \(signal)"
         }
     }

@@ -274,8 +274,9 @@ struct RunCommand: ParsableCommand {
             ])
         }
         // Blocked before any thread starts, so only the main thread ever takes them; SIGPIPE
-        // is ignored so that a log reader going away is a counted write error, not death.
-        let signals = SignalWaiter(blocking: SignalWaiter.relaySignals, ignoring: [SIGPIPE])
+        // and SIGXFSZ are ignored so that a log reader going away, or a log file at its size
+        // limit, is a counted write error, not death.
+        let signals = SignalWaiter(blocking: SignalWaiter.relaySignals, ignoring: SignalWaiter.ignoredSignals)
         if let refusal = StartupDiagnosis.checkDescriptors(configuration) {
             printError(refusal)
             throw ExitCode(71)
@@ -503,7 +504,7 @@ struct RunCommand: ParsableCommand {
     }
 
     /// Waits until every name of `lookup` has answered or its limit passes, taking signals
-    /// meanwhile: a stop (`SIGTERM`, `SIGINT`) ends the wait and is returned; any other signal
+    /// meanwhile: a stop (`SIGTERM`, `SIGINT`, `SIGQUIT`) ends the wait and is returned; any other signal
     /// goes to `other` and the wait goes on.
     ///
     /// - Returns: the stop signal that ended the wait, or `nil` when the lookup ended.
@@ -512,16 +513,16 @@ struct RunCommand: ParsableCommand {
             let left = lookup.remainingNanoseconds
             if left == 0 { break }
             guard let signal = signals.wait(orUntil: lookup.answered, timeoutNanoseconds: left) else { continue }
-            if signal == SIGTERM || signal == SIGINT { return signal }
+            if SignalWaiter.isStop(signal) { return signal }
             other(signal)
         }
         return nil
     }
 
-    /// Takes signals on the main thread until one that stops the relay (`SIGTERM`, `SIGINT`)
-    /// arrives, and returns it. The others are answered in the log and never stop it:
-    /// `SIGHUP` (reload the configuration file; without `--config`, nothing to reload),
-    /// `SIGUSR1` (the live counters), `SIGUSR2` (ignored).
+    /// Takes signals on the main thread until one that stops the relay (`SIGTERM`, `SIGINT`,
+    /// `SIGQUIT`) arrives, and returns it. The others are answered in the log and never stop
+    /// it: `SIGHUP` (reload the configuration file; without `--config`, nothing to reload),
+    /// `SIGUSR1` (the live counters), `SignalWaiter.noticedSignals` (ignored).
     ///
     /// A reload is announced to systemd (`notifier`): `RELOADING=1` when it begins, `READY=1`
     /// with the status in force (`readyStatus`) when it ends, whatever its result.
@@ -560,10 +561,10 @@ struct RunCommand: ParsableCommand {
                 notifier?.ready(status: Self.readyStatus(relay))
             case SIGUSR1:
                 logCounters(relay: relay, configuration: configuration, logger: logger)
-            case SIGUSR2:
-                logger.notice("ignored: SIGUSR2 has no meaning here", metadata: ["signal": "\(name)"])
-            default:
+            case _ where SignalWaiter.isStop(signal):
                 return signal
+            default:
+                logger.notice("ignored: \(name) has no meaning here", metadata: ["signal": "\(name)"])
             }
         }
     }
@@ -647,7 +648,7 @@ struct RunCommand: ParsableCommand {
             guard let next = signals.wait(orUntil: never, timeoutNanoseconds: deadline - now) else { continue }
             let name = SignalWaiter.name(of: next)
             switch next {
-            case SIGTERM, SIGINT:
+            case _ where SignalWaiter.isStop(next):
                 logger.notice("stop delay cut short: stopping now", metadata: ["signal": "\(name)"])
                 return
             case SIGUSR1:

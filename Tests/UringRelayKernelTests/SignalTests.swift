@@ -100,7 +100,7 @@ final class DefaultSignalRelay: @unchecked Sendable {  // the log is guarded by 
 
 @Suite("signals and a broken log never stop the relay", .serialized, .timeLimit(.minutes(1)))
 struct SignalTests {
-    @Test("SIGHUP, SIGUSR2, SIGPIPE and SIGUSR1 leave the relay relaying; SIGUSR1 logs the live counters; SIGTERM then delivers every line", arguments: ioDrivers)
+    @Test("SIGHUP, SIGUSR2, SIGPIPE, SIGXFSZ, SIGALRM, SIGVTALRM, SIGPROF, SIGIO, SIGPWR, SIGSTKFLT and SIGUSR1 leave the relay relaying, each noticed in the log; SIGUSR1 logs the live counters; SIGTERM then delivers every line", arguments: ioDrivers)
     func everydaySignals(driver: IOBackendChoice) throws {
         try requireDriver(driver)
         let backends = try (0..<2).map { _ in try TestBackend() }
@@ -125,6 +125,16 @@ struct SignalTests {
         try batch("usr2", signal: SIGUSR2)
         #expect(relay.waitForLog("signal=SIGUSR2 [statsrelay] ignored", seconds: 5))
         try batch("pipe", signal: SIGPIPE)
+        // Ignored outright: a log write past `ulimit -f` then fails with EFBIG, counted.
+        try batch("xfsz", signal: SIGXFSZ)
+        // Their default action ends a process at once; the relay notices each and goes on.
+        for (name, number) in [
+            ("SIGALRM", SIGALRM), ("SIGVTALRM", SIGVTALRM), ("SIGPROF", SIGPROF), ("SIGIO", SIGIO), ("SIGPWR", SIGPWR),
+            ("SIGSTKFLT", SIGSTKFLT),
+        ] {
+            try batch(name.lowercased(), signal: number)
+            #expect(relay.waitForLog("signal=\(name) [statsrelay] ignored", seconds: 5), "\(relay.standardError)")
+        }
         try batch("before-usr1", signal: nil)
 
         // Every line sent so far has reached a backend, so each worker's published counters
@@ -162,6 +172,25 @@ struct SignalTests {
         let atExit = lastReport(in: relay.standardError)
         #expect(atExit["statsrelay.lines_forwarded"] == UInt64(sent.count))
         #expect(atExit["statsrelay.log_write_errors"] == 0)
+    }
+
+    /// nginx's graceful stop; its default action is a core dump with nothing flushed.
+    @Test("SIGQUIT stops the relay as SIGTERM does: exit 0, every line delivered, the stop logged with its signal", arguments: ioDrivers)
+    func quitIsAGracefulStop(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let backends = try (0..<2).map { _ in try TestBackend() }
+        // A long flush interval: what the relay took before SIGQUIT waits in open batches, and
+        // what it had not yet read waits in its socket; the stop drains and flushes both.
+        let relay = try DefaultSignalRelay(
+            driver: driver, ["--bind", "127.0.0.1", "--port", "0", "--threads", "1", "--flush-interval", "10s"] + backends.map(\.spec))
+        let address = try relay.listenAddress()
+        let lines = (0..<300).map { "quit.\($0):1|c" }
+        try send(lines, to: address)
+        relay.signal(SIGQUIT)
+        #expect(relay.waitForExit() == 0, "\(relay.standardError)")
+        #expect(relay.standardError.contains("signal=SIGQUIT [statsrelay] stopping"), "\(relay.standardError)")
+        let received = try collect(from: backends, expectedLines: lines.count, seconds: 5)
+        #expect(received.lines.flatMap { $0 }.sorted() == lines.sorted())
     }
 
     @Test("a log reader that goes away costs nothing: stderr's pipe closed after start-up, lines sent, SIGTERM: exit 0, every line delivered", arguments: ioDrivers)
