@@ -48,6 +48,25 @@ public enum TCPProbe {
     /// What a probe not finished when its round was cancelled reports.
     public static let cancelledOutcome = "cancelled: the relay is stopping"
 
+    /// How an outcome starts when this host could not run the probe (out of descriptors,
+    /// memory or local ports): it says nothing about the backend, whose state the caller keeps
+    /// (`isVerdict`). Counted as a failure, an open-files limit reached by admin connections
+    /// marked every backend down and failed the relay open.
+    public static let noVerdictPrefix = "no verdict: "
+
+    /// Whether `outcome` says something about the backend (a pass, or a failure it caused).
+    public static func isVerdict(_ outcome: Outcome) -> Bool {
+        !(outcome?.hasPrefix(noVerdictPrefix) ?? false)
+    }
+
+    /// Whether a failed `socket` or `connect` is this host's shortage, not the backend's fault.
+    static func isLocalShortage(_ error: Errno) -> Bool {
+        switch error.rawValue {
+        case EMFILE, ENFILE, ENOBUFS, ENOMEM, EADDRNOTAVAIL: true
+        default: false
+        }
+    }
+
     /// Runs every probe concurrently and returns their outcomes in order.
     ///
     /// - Parameters:
@@ -72,7 +91,7 @@ public enum TCPProbe {
             do throws(Errno) {
                 descriptors[index] = try systemCall { socket(domain, kind, 0) }
             } catch {
-                outcomes[index] = "socket: \(error.operatorDescription)"
+                outcomes[index] = (isLocalShortage(error) ? noVerdictPrefix : "") + "socket: \(error.operatorDescription)"
                 continue
             }
             let descriptor = descriptors[index]
@@ -84,7 +103,7 @@ public enum TCPProbe {
                 // EALREADY: a connect retried after EINTR finds the first one still under way.
                 stages[index] = .connecting
             } catch {
-                outcomes[index] = "connect: \(error.operatorDescription)"
+                outcomes[index] = (isLocalShortage(error) ? noVerdictPrefix : "") + "connect: \(error.operatorDescription)"
             }
         }
 

@@ -49,14 +49,19 @@ struct StartupTests {
         #expect(enough.waitForExit() == 0, "stderr: \(enough.standardError)")
         #expect(received.lines.flatMap { $0 }.sorted() == lines.sorted())
 
-        // With the admin endpoint on, its event loop, listening socket and a connection count
-        // too (6, as docs/operations.md states them): one fewer than that fails, that many serves.
+        // With the admin endpoint on, its event loop, listening socket and 32 connections count
+        // too (37, as docs/operations.md states them): one fewer than that fails, that many serves.
         let withAdmin = ["--admin", "127.0.0.1:0"] + arguments
-        let adminNeeded = needed + 6
+        let adminNeeded = needed + 37
         let adminShort = try DefaultSignalRelay(driver: driver, withAdmin, launcher: openFilesLimit(adminNeeded - 1))
         #expect(adminShort.waitForExit() == 71, "stderr: \(adminShort.standardError)")
-        #expect(adminShort.standardError.contains("6 for the admin endpoint"), "stderr: \(adminShort.standardError)")
-        let adminEnough = try DefaultSignalRelay(driver: driver, withAdmin, launcher: openFilesLimit(adminNeeded))
+        #expect(adminShort.standardError.contains("37 for the admin endpoint"), "stderr: \(adminShort.standardError)")
+        // Under a limit this high a descriptor the test process leaves inheritable (the test
+        // runner's) may be below it, and counts: the relay's "already open" says how many.
+        let open = try #require(adminShort.standardError.firstMatch(of: /: (\d+) already open/).flatMap { Int($0.1) })
+        let reported = try #require(adminShort.standardError.firstMatch(of: /the relay needs (\d+) descriptors/).flatMap { Int($0.1) })
+        #expect(reported == adminNeeded + open - 3, "stderr: \(adminShort.standardError)")
+        let adminEnough = try DefaultSignalRelay(driver: driver, withAdmin, launcher: openFilesLimit(reported))
         let adminAddress = try adminEnough.listenAddress()
         try send(lines, to: adminAddress)
         let again = try collect(from: backends, expectedLines: lines.count, seconds: 5)
@@ -126,19 +131,20 @@ struct StartupTests {
 
 @Suite("line endings and the hash tool", .serialized, .timeLimit(.minutes(1)))
 struct LineEndingAndHashTests {
-    @Test("a lone \\r ends a line: both metrics of `a:1|c\\rb:2|c` reach their backends, whole", arguments: ioDrivers)
+    @Test("only \\n ends a line: `a:1|c\\rb:2|c` reaches its backend as one line, \\r and all; \\r\\n and a last \\r end lines unforwarded", arguments: ioDrivers)
     func loneCarriageReturn(driver: IOBackendChoice) throws {
         try requireDriver(driver)
         let backends = try (0..<2).map { _ in try TestBackend() }
         let relay = try InProcessRelay(backends: backends, driver: driver)
         try send(["cr.a:1|c\rcr.b:2|c", "cr.c:3|c\r\ncr.d:4|g\r"], to: relay.address)
-        let received = try collect(from: backends, expectedLines: 4, seconds: 5)
+        let expected = ["cr.a:1|c\rcr.b:2|c", "cr.c:3|c", "cr.d:4|g"]
+        let received = try collect(from: backends, expectedLines: expected.count, seconds: 5)
         let counters = relay.stop()
-        #expect(received.lines.flatMap { $0 }.sorted() == ["cr.a:1|c", "cr.b:2|c", "cr.c:3|c", "cr.d:4|g"])
-        for line in ["cr.a:1|c", "cr.b:2|c", "cr.c:3|c", "cr.d:4|g"] {
+        #expect(received.lines.flatMap { $0 }.sorted() == expected.sorted())
+        for line in expected {
             #expect(received.lines[expectedBackend(of: line, backends: 2)].contains(line))
         }
-        #expect(counters[.linesForwarded] == 4)
+        #expect(counters[.linesForwarded] == 3)
     }
 
     @Test("statsrelay hash takes 20 000 names on standard input and prints one routed line for each, in order")

@@ -123,7 +123,7 @@ public final class HealthMonitor: Sendable {
     ///   - mode: the check that ran.
     ///   - outcomes: the round's outcomes, one per backend (`nil` for a pass).
     public static func firstRoundHint(mode: HealthCheckMode, outcomes: [TCPProbe.Outcome]) -> String? {
-        guard !outcomes.isEmpty, !outcomes.contains(where: { $0 == nil }) else { return nil }
+        guard !outcomes.isEmpty, !outcomes.contains(where: { $0 == nil || !TCPProbe.isVerdict($0) }) else { return nil }
         switch mode {
         case .none:
             return nil
@@ -225,6 +225,8 @@ public final class HealthMonitor: Sendable {
         var nextResolve = now &+ config.dnsRefreshNanoseconds
         var allDown = false
         var firstRound = true
+        // Whether every probe of the last round could run (see `TCPProbe.noVerdictPrefix`).
+        var lastRoundHadVerdicts = true
         // Refusals by identity, with when they were last taken: a worker publishes its counters
         // at most every `CounterBoard.publishIntervalNanoseconds`, so with checks more frequent
         // than that a round can fall between two publications and see none.
@@ -339,8 +341,21 @@ public final class HealthMonitor: Sendable {
                         ])
                     }
                 }
+                let withoutVerdict = outcomes.prefix(count).filter { !TCPProbe.isVerdict($0) }
+                if withoutVerdict.isEmpty != lastRoundHadVerdicts {
+                    lastRoundHadVerdicts = withoutVerdict.isEmpty
+                    if let shortage = withoutVerdict.first.flatMap({ $0 }) {
+                        logger.warning("health checks could not run on this host: backends keep their state until they can", metadata: [
+                            "reason": "\(shortage)", "unchecked": "\(withoutVerdict.count)",
+                        ])
+                    } else {
+                        logger.notice("health checks run again")
+                    }
+                }
                 for index in 0..<count {
                     var failure = outcomes[index]
+                    // This host's shortage, not the backend's: no verdict, its state kept.
+                    if !TCPProbe.isVerdict(failure) { continue }
                     if failure == nil, let refused = recentRefusals[backends[index].description] {
                         failure = "\(refused.count) sends refused (ICMP port unreachable, or TCP connections refused or reset)"
                     }
