@@ -13,10 +13,14 @@ import Synchronization
 ///    listeners differ from the running ones, or the relay is stopping;
 /// 2. send `offer`, then per listener one `sockets` frame carrying every worker's socket;
 /// 3. wait for `ready`: until then nothing here changes, and `failed`, a closed connection,
-///    garbage or silence past `readyTimeoutMilliseconds` leave this relay running as it was;
-/// 4. on `ready`: the listeners stay marked shared (from the offer on: the stop closes them as
-///    they are), give up the path (closed, removed if still this socket's), and fire `handedOver`: the caller stops
-///    the relay and, once every batch is sent, calls `finishHandOver`, which sends `done`.
+///    garbage or silence past `readyTimeoutMilliseconds` leave this relay running as it was
+///    (a successor still connected is told so: `refused code=busy`);
+/// 4. on `ready`: from protocol version 4, answer `stopping`; if that answer cannot be sent,
+///    the successor never learns it owns the sockets (it leaves them alone and exits), so this
+///    relay keeps running as in 3. Then the listeners stay marked shared for good (from the
+///    offer on: the stop closes them as they are), give up the path (closed, removed if still
+///    this socket's), and fire `handedOver`: the caller stops the relay and, once every batch
+///    is sent, calls `finishHandOver`, which sends `done`.
 ///
 /// Nothing read from the wire is logged but a verb it knows and a reason cut to 200 printable
 /// characters (`TakeoverMessage.loggable`).
@@ -42,7 +46,7 @@ public final class ControlServer: Sendable {
     ///
     /// - Parameters:
     ///   - readyTimeoutMilliseconds: how long a successor may take, from the offer, to start
-    ///     its workers and say `ready`.
+    ///     its workers and say `ready` (the command passes `readyTimeoutFromEnvironment`).
     ///   - messageTimeoutMilliseconds: how long a peer may take to send one whole message.
     /// - Throws: `SystemCallError` for the socket, its bind (with the reason and a hint), or
     ///   the events.
@@ -60,6 +64,15 @@ public final class ControlServer: Sendable {
             finished = try WakeupEvent()
         } catch { throw SystemCallError("eventfd", "control socket", error) }
         listener = Mutex(try UnixStreamSocket.listening(at: path))
+    }
+
+    /// The successor's time to say `ready`, in milliseconds: 30 s, or
+    /// `STATSRELAY_TAKEOVER_READY_TIMEOUT_MS` when set to a number from 0 to 600 000. A test's
+    /// knob (a short wait makes a successor late on purpose), not an operator's setting.
+    public static var readyTimeoutFromEnvironment: Int32 {
+        guard let text = getenv("STATSRELAY_TAKEOVER_READY_TIMEOUT_MS").map({ String(cString: $0) }),
+              let value = Int32(text), (0...600_000).contains(value) else { return 30_000 }
+        return value
     }
 
     /// Starts serving on a thread of its own.
@@ -203,29 +216,47 @@ public final class ControlServer: Sendable {
             }
         } catch {
             metadata["error"] = "\(error)"
-            relay.listenerRegistry.shareListeners(false)
-            relay.listenerRegistry.thawKernelDrops()
-            relay.listenerRegistry.releaseListenerSet(from: .takeover)
+            keepListeners()
             // Logged once the listeners are free again: a reload asked on seeing it is not refused.
             logger.warning("takeover abandoned: the sockets could not be sent; this relay keeps running", metadata: metadata)
             return false
         }
         logger.notice("takeover: listening sockets sent; waiting for the new relay to start on them", metadata: metadata)
-        switch awaitReady(connection) {
+        var outcome = awaitReady(connection)
+        if case .success = outcome, version >= TakeoverMessage.stoppingVersion {
+            // The successor owns the sockets only once it has this answer: if it cannot be
+            // sent (the successor gave up waiting and shut the connection), the sockets stay
+            // this relay's. Sent, it is final: this relay never takes them back.
+            do throws(Errno) { try connection.sendFrame(TakeoverMessage.stopping.encoded, timeoutMilliseconds: messageTimeoutMilliseconds) } catch {
+                outcome = .failure(.unconfirmed(error))
+            }
+        }
+        switch outcome {
         case .success:
             successorPID.store(peer?.pid ?? -1, ordering: .releasing)
             logger.notice("takeover: the new relay is relaying; this one stops receiving, sends what it took and exits", metadata: metadata)
             return true
         case .failure(let problem):
             metadata["error"] = "\(problem)"
-            // The new relay has stopped its workers (or never started them), or will exit.
-            relay.listenerRegistry.shareListeners(false)
-            relay.listenerRegistry.thawKernelDrops()
-            relay.listenerRegistry.releaseListenerSet(from: .takeover)
+            // The new relay has stopped its workers (or never started them), or will exit
+            // without touching the sockets: it owns them only after `stopping` (version 4) or
+            // `done`, neither of which it will get. One still waiting is told why at once.
+            try? connection.sendFrame(
+                TakeoverMessage.refused(code: .busy, reason: "takeover abandoned by the running relay (\(problem)); it keeps running").encoded,
+                timeoutMilliseconds: 1_000)
+            keepListeners()
             // Logged once the listeners are free again: a reload asked on seeing it is not refused.
             logger.warning("takeover failed in the new relay; this one keeps running", metadata: metadata)
             return false
         }
+    }
+
+    /// Takes the listeners back after a takeover that did not happen: no longer shared, every
+    /// kernel drop counted again, the listener set free for a reload.
+    private func keepListeners() {
+        relay.listenerRegistry.shareListeners(false)
+        relay.listenerRegistry.thawKernelDrops()
+        relay.listenerRegistry.releaseListenerSet(from: .takeover)
     }
 
     /// One listener offered: its address as the `sockets` frame names it (`tcp:ADDR` for a TCP
@@ -312,7 +343,7 @@ public final class ControlServer: Sendable {
         let deadline = MonotonicClock.nanoseconds() &+ UInt64(readyTimeoutMilliseconds) * 1_000_000
         while true {
             let now = MonotonicClock.nanoseconds()
-            guard now < deadline else { return .failure(.frame(.timedOut)) }
+            guard now < deadline else { return .failure(.lateReady(milliseconds: readyTimeoutMilliseconds)) }
             do throws(Errno) { try poller.wait(timeoutNanoseconds: deadline - now) } catch { return .failure(.frame(.system(error))) }
             if poller.isReady(2) { return .failure(.stopped) }
             if poller.isReady(1), let other = try? listener.withLock({ socket throws(Errno) in try socket?.accept() }) {
@@ -339,8 +370,12 @@ public final class ControlServer: Sendable {
         case unexpected(String)
         /// The new relay said it could not start (its reason, logged cut and printable).
         case failed(String)
+        /// No `ready` within the successor's time (`readyTimeoutMilliseconds`).
+        case lateReady(milliseconds: Int32)
         /// This relay is stopping.
         case stopped
+        /// `ready` came, but `stopping` could not be sent back (version 4).
+        case unconfirmed(Errno)
 
         var description: String {
             switch self {
@@ -348,7 +383,9 @@ public final class ControlServer: Sendable {
             case .malformed(let bytes): "malformed message (\(bytes) bytes)"
             case .unexpected(let verb): "unexpected message '\(verb)'"
             case .failed(let reason): "the new relay failed: \(TakeoverMessage.loggable(reason))"
+            case .lateReady(let milliseconds): "no ready within \(milliseconds) ms of the offer"
             case .stopped: "this relay is stopping"
+            case .unconfirmed(let error): "ready came, but stopping could not be sent back: \(error)"
             }
         }
     }
