@@ -207,9 +207,14 @@ public final class ControlServer: Sendable {
             try connection.sendFrame(
                 TakeoverMessage.offer(version: version, threads: threads, listeners: offer.count, pid: pid).encoded,
                 timeoutMilliseconds: messageTimeoutMilliseconds)
+            var datagramIndex = 0
             for (index, listener) in offer.enumerated() {
-                // The datagram listeners come first, in the order `frozen` has them.
-                let drops = listener.isTCP ? nil : frozen?[index]
+                // `frozen` has the datagram listeners in offer order.
+                var drops: [UInt32?]?
+                if !listener.isTCP {
+                    drops = frozen?[datagramIndex]
+                    datagramIndex += 1
+                }
                 try connection.sendFrame(
                     TakeoverMessage.sockets(index: index, address: listener.spec, drops: drops).encoded,
                     passing: listener.sockets, timeoutMilliseconds: messageTimeoutMilliseconds)
@@ -275,8 +280,11 @@ public final class ControlServer: Sendable {
     }
 
     /// Checks a request against the running relay and gathers every worker's socket of each
-    /// listener: the datagram listeners in listener-id order, then (from protocol version 3
-    /// on) the TCP ingest listeners in theirs, named `tcp:ADDR`.
+    /// listener, in the order the request names them: the datagram listeners, then (from
+    /// protocol version 3 on) the TCP ingest listeners, named `tcp:ADDR`. The request must name
+    /// the running listeners, each once, in any order (`pair`): a reload puts the listeners it
+    /// adds after the ones it keeps, so a relay reloaded to its file's listeners may run them in
+    /// another order than a new relay started with that file asks for them.
     ///
     /// A request of version 2 or older comes from a relay that takes no TCP listener over: it is
     /// matched against the datagram listeners alone, and the TCP listeners are not offered (that
@@ -301,39 +309,72 @@ public final class ControlServer: Sendable {
             return .failure(Refusal(code: .mismatch, reason: "threads differ: the running relay has \(view.workers) workers, the new one asks for \(threads); every worker owns one socket of each listener"))
         }
         let withTCP = version >= TakeoverMessage.tcpVersion
-        // Each running listener as the request may name it: as configured or as bound.
-        var candidates = zip(view.configured, view.bound).map { (configured: $0.description, bound: $1.description) }
+        // Each running listener as the request may name it (as configured or as bound), and as
+        // it is offered (`spec`: as bound).
+        var running = zip(zip(view.configured, view.bound), view.ids).map { pair, id in
+            RunningListener(configured: pair.0.description, bound: pair.1.description, id: id, isTCP: false)
+        }
         if withTCP {
-            candidates += zip(view.tcpConfigured, view.tcpBound).map { (configured: TCPIngest.label($0), bound: TCPIngest.label($1)) }
+            running += zip(zip(view.tcpConfigured, view.tcpBound), view.tcpIDs).map { pair, id in
+                RunningListener(configured: TCPIngest.label(pair.0), bound: TCPIngest.label(pair.1), id: id, isTCP: true)
+            }
         }
-        let running = candidates.map { $0.configured == $0.bound ? $0.bound : "\($0.configured) (bound \($0.bound))" }
-        let matches = listeners.count == candidates.count && zip(listeners, candidates).allSatisfy { asked, candidate in
-            asked == candidate.configured || asked == candidate.bound
-        }
-        guard matches else {
-            return .failure(Refusal(code: .mismatch, reason: "listeners differ: running \(running.joined(separator: ", ")); asked \(listeners.joined(separator: ", ")); the new relay must ask for the running listeners in this order (a reload puts the listeners it adds last, and keeps --tcp-port's listener where it started): write them so in its file, or change them with a reload (SIGHUP) after the upgrade"))
+        let pairing = Self.pair(asked: listeners, running: running.map { (configured: $0.configured, bound: $0.bound) })
+        guard pairing.unasked.isEmpty && pairing.unknown.isEmpty else {
+            let runningText = running.map { $0.configured == $0.bound ? $0.bound : "\($0.configured) (bound \($0.bound))" }
+            var differences: [String] = []
+            if !pairing.unknown.isEmpty { differences.append("not running here: \(pairing.unknown.map { listeners[$0] }.joined(separator: ", "))") }
+            if !pairing.unasked.isEmpty { differences.append("running but not asked: \(pairing.unasked.map { runningText[$0] }.joined(separator: ", "))") }
+            return .failure(Refusal(code: .mismatch, reason: "listeners differ: running \(runningText.joined(separator: ", ")); asked \(listeners.joined(separator: ", ")); \(differences.joined(separator: "; ")); the new relay must ask for the running listeners, each once, in any order (a reload keeps --tcp-port's listener on the address it started on: write it as a tcp:ADDR:PORT listener), or change them with a reload (SIGHUP) after the upgrade"))
         }
         guard threads <= UnixStreamSocket.maximumDescriptorsPerFrame else {
             return .failure(Refusal(code: .mismatch, reason: "more than \(UnixStreamSocket.maximumDescriptorsPerFrame) workers"))
         }
         var offer: [OfferedListener] = []
-        for (address, id) in zip(view.bound, view.ids) {
-            guard let sockets = relay.listenerRegistry.sockets(listener: id, workers: threads) else {
-                return .failure(Refusal(code: .busy, reason: "listener \(address) is not open in every worker"))
+        for index in pairing.order {
+            let listener = running[index]
+            guard let sockets = relay.listenerRegistry.sockets(listener: listener.id, workers: threads) else {
+                return .failure(Refusal(code: .busy, reason: "listener \(listener.bound) is not open in every worker"))
             }
-            offer.append(OfferedListener(spec: address.description, id: id, sockets: sockets, isTCP: false))
+            offer.append(OfferedListener(spec: listener.bound, id: listener.id, sockets: sockets, isTCP: listener.isTCP))
         }
-        if withTCP {
-            for (address, id) in zip(view.tcpBound, view.tcpIDs) {
-                guard let sockets = relay.listenerRegistry.sockets(listener: id, workers: threads) else {
-                    return .failure(Refusal(code: .busy, reason: "listener \(TCPIngest.label(address)) is not open in every worker"))
-                }
-                offer.append(OfferedListener(spec: TCPIngest.label(address), id: id, sockets: sockets, isTCP: true))
-            }
-        } else if !view.tcpBound.isEmpty {
+        if !withTCP && !view.tcpBound.isEmpty {
             logger.warning("takeover in protocol version \(version): the new relay takes no TCP listener over; it binds its own, and connections waiting in this relay's TCP backlogs are reset as it stops")
         }
         return .success(offer)
+    }
+
+    /// A running listener as a request may name it: as configured, or as bound (`tcp:ADDR` for
+    /// a TCP ingest listener); its id.
+    private struct RunningListener {
+        var configured: String
+        var bound: String
+        var id: UInt32
+        var isTCP: Bool
+    }
+
+    /// Pairs each listener a request asks for with a distinct running one: first those named as
+    /// bound (an address only one socket has), then those named as configured (several may
+    /// share one, `127.0.0.1:0`), each time the first running listener not yet paired.
+    ///
+    /// - Returns: `order`, per asked listener the index of its running one (complete only when
+    ///   the other two are empty); `unknown`, the asked listeners nothing running matches;
+    ///   `unasked`, the running listeners no asked one took.
+    static func pair(
+        asked: [String], running: [(configured: String, bound: String)]
+    ) -> (order: [Int], unknown: [Int], unasked: [Int]) {
+        var pairedWith: [Int?] = Array(repeating: nil, count: asked.count)
+        var taken = Array(repeating: false, count: running.count)
+        for byBound in [true, false] {
+            for (askedIndex, name) in asked.enumerated() where pairedWith[askedIndex] == nil {
+                guard let runningIndex = running.indices.first(where: { !taken[$0] && (byBound ? running[$0].bound : running[$0].configured) == name }) else {
+                    continue
+                }
+                taken[runningIndex] = true
+                pairedWith[askedIndex] = runningIndex
+            }
+        }
+        return (pairedWith.compactMap { $0 }, asked.indices.filter { pairedWith[$0] == nil }, running.indices.filter { !taken[$0] })
     }
 
     /// Waits for the successor's answer, refusing other connections meanwhile (`busy`).
