@@ -124,6 +124,15 @@ public struct UnixStreamSocket: ~Copyable {
         return connection
     }
 
+    /// Ends the connection both ways now (`shutdown(2)`, `SHUT_RDWR`), before the descriptor
+    /// closes: the peer reads its end at once, and a frame it sends from then on fails
+    /// (`EPIPE`) instead of being queued for a reader that has given up.
+    public func shutdown() {
+        let descriptor = self.descriptor
+        // ENOTCONN (the peer is gone already) leaves nothing to end.
+        _ = try? systemCall { Glibc.shutdown(descriptor, Int32(SHUT_RDWR)) }
+    }
+
     /// The process at the other end (`SO_PEERCRED`): its pid and uid as at `connect`.
     public var peer: (pid: Int32, uid: UInt32)? {
         // `struct ucred` (pid, uid, gid: 32 bits each) needs _GNU_SOURCE, which Glibc's module lacks.

@@ -177,8 +177,9 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     ///
     /// - Parameter inheriting: the listening sockets taken over from the previous process
     ///   (`TakeoverClient`): the workers relay on them instead of binding (no exclusive-bind
-    ///   probe; they are this relay's by hand-over). While the start runs, they count as shared
-    ///   with that process, so a failed start stops its workers without touching them.
+    ///   probe). They count as shared with that process, from the start on and until
+    ///   `ownInheritedListeners()`: a failed start, or a stop before the previous process has
+    ///   given them up, stops the workers without touching them.
     public func start(inheriting: InheritedListeners? = nil) throws -> WorkerFacts {
         if let inheriting {
             precondition(inheriting.workers == configuration.threads && inheriting.addresses.count == configuration.listenAddresses.count)
@@ -187,11 +188,9 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             listenerRegistry.shareListeners(true)
             if inheriting.heldElsewhere { listenerRegistry.holdElsewhere() }
         }
-        defer {
-            // The workers hold their duplicates; the previous process still holds the originals.
-            inherited = nil
-            if inheriting != nil && state.withLock({ $0.started }) { listenerRegistry.shareListeners(false) }
-        }
+        // The workers hold their duplicates; the previous process still holds the originals,
+        // and may relay on them until it says it has given them up (`ownInheritedListeners`).
+        defer { inherited = nil }
         let config = configuration
         let listen = inheriting?.addresses ?? config.listenAddresses
         if !config.reusePortGroup && inheriting == nil {
@@ -278,6 +277,17 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         state.withLock { $0.started = true }
         startedWorkers = true
         return facts
+    }
+
+    /// Makes the listening sockets inherited from a takeover this relay's own, once the previous
+    /// process has given them up (`TakeoverClient.handOver`): from now on a stop tears them down
+    /// as it would sockets it bound (connected to themselves, TCP listeners shut down, Unix files
+    /// removed). Sockets another process holds for good (socket activation) stay shared.
+    ///
+    /// - Warning: only after the previous process has said it gave them up: until then both
+    ///   processes relay on the same sockets, and a tear-down here would cut the other one off.
+    public func ownInheritedListeners() {
+        listenerRegistry.shareListeners(false)
     }
 
     /// Starts every worker on `driver`, one after another so that, for port 0, the others join

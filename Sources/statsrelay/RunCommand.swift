@@ -355,7 +355,7 @@ struct RunCommand: ParsableCommand {
             do {
                 adminServer = try makeAdminServer(configuration, relay: relay, stopNotice: stopNotice)
                 controlServer = try configuration.controlSocket.map { path throws(SystemCallError) in
-                    try ControlServer(path: path, relay: relay, logger: logger)
+                    try ControlServer(path: path, relay: relay, logger: logger, readyTimeoutMilliseconds: ControlServer.readyTimeoutFromEnvironment)
                 }
             } catch {
                 printError("\(error)")
@@ -385,7 +385,15 @@ struct RunCommand: ParsableCommand {
         inherited = nil
         logStartup(facts, configuration: configuration, relay: relay, logger: logger)
         if let takeoverClient {
-            completeTakeover(takeoverClient, logger: logger)
+            do throws(TakeoverClient.Failure) { try completeTakeover(takeoverClient, relay: relay, logger: logger) } catch {
+                // The old relay keeps (or may keep) relaying on the sockets: stop on them as
+                // they are, still shared, relaying what this relay took meanwhile.
+                relay.stop()
+                let (counters, _) = relay.wait()
+                printError(report(counters, relay: relay, configuration: configuration))
+                printError("\(error)")
+                throw ExitCode(error.exitStatus)
+            }
             do {
                 adminServer = try makeAdminServer(configuration, relay: relay, stopNotice: stopNotice)
             } catch {
@@ -393,7 +401,7 @@ struct RunCommand: ParsableCommand {
             }
             do {
                 controlServer = try configuration.controlSocket.map { path throws(SystemCallError) in
-                    try ControlServer(path: path, relay: relay, logger: logger)
+                    try ControlServer(path: path, relay: relay, logger: logger, readyTimeoutMilliseconds: ControlServer.readyTimeoutFromEnvironment)
                 }
             } catch {
                 logger.error("control socket could not be bound after the takeover; no further takeover is possible", metadata: ["error": "\(error)"])
@@ -581,21 +589,28 @@ struct RunCommand: ParsableCommand {
         }
     }
 
-    /// Tells the old relay this one relays (`ready`) and waits, at most a minute, for it to
-    /// finish (`done`), logging its final counts: only then is the control socket's path free
-    /// for this relay, and the admin port.
-    private func completeTakeover(_ client: TakeoverClient, logger: Logger) {
-        do throws(TakeoverClient.Failure) { try client.ready() } catch {
-            logger.error("\(error)")
-            return
-        }
-        if let done = client.awaitDone(timeoutMilliseconds: 60_000) {
-            logger.notice("takeover complete: the old relay sent every batch and exited", metadata: [
-                "from_pid": "\(client.predecessor)", "old_lines_received": "\(done.received)",
-                "old_lines_forwarded": "\(done.forwarded)", "old_lines_dropped": "\(done.dropped)",
-            ])
-        } else {
-            logger.warning("takeover: the old relay did not report its end; carrying on", metadata: ["from_pid": "\(client.predecessor)"])
+    /// Tells the old relay this one relays (`ready`) and waits for it to give the sockets up
+    /// (`stopping`, then `done`, at most a minute), logging its final counts; only then are the
+    /// sockets this relay's (`Relay.ownInheritedListeners`), and the control socket's path and
+    /// the admin port free for it.
+    ///
+    /// - Throws: `TakeoverClient.Failure` (75) when the old relay did not give the sockets up:
+    ///   the caller stops without touching them and exits.
+    private func completeTakeover(_ client: TakeoverClient, relay: Relay, logger: Logger) throws(TakeoverClient.Failure) {
+        let metadata: Logger.Metadata = ["from_pid": "\(client.predecessor)"]
+        switch try client.handOver() {
+        case .done(let received, let forwarded, let dropped):
+            relay.ownInheritedListeners()
+            logger.notice("takeover complete: the old relay sent every batch and exited", metadata: metadata.merging([
+                "old_lines_received": "\(received)", "old_lines_forwarded": "\(forwarded)", "old_lines_dropped": "\(dropped)",
+            ]) { $1 })
+        case .endedWithoutCounts:
+            relay.ownInheritedListeners()
+            logger.warning("takeover complete: the old relay gave the sockets up and ended without reporting its counts", metadata: metadata)
+        case .stillStopping:
+            // It said `stopping`: it never takes the sockets back, whatever its stop does.
+            relay.ownInheritedListeners()
+            logger.warning("takeover: the old relay gave the sockets up but did not report its end within 60 s; carrying on", metadata: metadata)
         }
     }
 

@@ -440,6 +440,15 @@ final class RelayProcess: @unchecked Sendable {  // the log buffer is guarded by
         return process.terminationStatus
     }
 
+    /// Whether the process exits within `seconds`, waiting for its exit and never killing it
+    /// (`waitForExit` then returns its status at once).
+    func exits(within seconds: Double) -> Bool {
+        if reaped.load(ordering: .acquiring) { return true }
+        guard exited.wait(timeout: .now() + seconds) == .success else { return false }
+        exited.signal()  // left for `waitForExit`
+        return true
+    }
+
     /// A counter's value from the report printed last (at exit, once the relay has exited).
     func counter(_ name: String) -> UInt64? {
         standardError.split(separator: "\n").last { $0.hasPrefix(name + " ") }

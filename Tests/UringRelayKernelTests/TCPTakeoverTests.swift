@@ -129,8 +129,9 @@ struct TCPTakeoverTests {
         }
         let request = try connection.receiveFrame(timeoutMilliseconds: 10_000)
         #expect(TakeoverMessage(decoding: request.payload) == .takeover(
-            version: 3, threads: 1, listeners: ["127.0.0.1:\(udp.localAddress.port)", "tcp:127.0.0.1:\(tcpAddress.port)"]))
-        try connection.sendFrame(TakeoverMessage.offer(version: 3, threads: 1, listeners: 2, pid: getpid()).encoded, timeoutMilliseconds: 2_000)
+            version: TakeoverMessage.version, threads: 1, listeners: ["127.0.0.1:\(udp.localAddress.port)", "tcp:127.0.0.1:\(tcpAddress.port)"]))
+        try connection.sendFrame(
+            TakeoverMessage.offer(version: TakeoverMessage.version, threads: 1, listeners: 2, pid: getpid()).encoded, timeoutMilliseconds: 2_000)
         try connection.sendFrame(
             TakeoverMessage.sockets(index: 0, address: udp.localAddress.description, drops: [0]).encoded,
             passing: [SocketBox(try udp.duplicate())], timeoutMilliseconds: 2_000)
@@ -138,6 +139,7 @@ struct TCPTakeoverTests {
             TakeoverMessage.sockets(index: 1, address: "tcp:\(tcpAddress)").encoded, passing: [try tcp.passable()], timeoutMilliseconds: 2_000)
         let ready = try connection.receiveFrame(timeoutMilliseconds: 10_000)
         #expect(TakeoverMessage(decoding: ready.payload) == .ready, "\(relay.standardError)")
+        try connection.sendFrame(TakeoverMessage.stopping.encoded, timeoutMilliseconds: 2_000)
         try connection.sendFrame(TakeoverMessage.done(received: 0, forwarded: 0, dropped: 0).encoded, timeoutMilliseconds: 2_000)
         #expect(relay.waitForLog("takeover complete"), "\(relay.standardError)")
 

@@ -60,4 +60,49 @@ struct TakeoverReloadTests {
         #expect(relay.counter("statsrelay.config_reloads{result=\"failure\"}") == 1)
         #expect(relay.counter("statsrelay.config_reloads{result=\"success\"}") == 1)
     }
+
+    @Test(
+        "a relay reloaded so that it runs its listeners in another order than its file lists them is taken over by a new relay started with that file, datagram and TCP listeners alike",
+        arguments: ioDrivers)
+    func reorderedByReload(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let backend = try TestBackend()
+        let control = TakeoverTests.ControlPath()
+        let first = SocketAddress(numericHost: "127.0.0.1", port: try unusedPort())!
+        let second = SocketAddress(numericHost: "127.0.0.1", port: try unusedPort())!
+        let firstTCP = SocketAddress(numericHost: "127.0.0.1", port: try unusedTCPPort())!
+        let secondTCP = SocketAddress(numericHost: "127.0.0.1", port: try unusedTCPPort())!
+        let file = try TemporaryConfigFile(Self.yaml(listeners: [first.description, "tcp:\(firstTCP)"], control: control.path, backend: backend))
+        let cpu = "\(nextTestCPU())"
+        let old = try RelayProcess(driver: driver, ["--config", file.path, "--cpus", cpu])
+        #expect(try old.listenAddress() == first)
+        #expect(old.waitForLog("control socket on \(control.path)"), "\(old.standardError)")
+        // The file now lists each added listener before the kept one; the reload runs the kept
+        // ones first (first, tcp:firstTCP), then the added ones (second, tcp:secondTCP).
+        try file.write(Self.yaml(
+            listeners: [second.description, "tcp:\(secondTCP)", first.description, "tcp:\(firstTCP)"], control: control.path, backend: backend))
+        old.signal(SIGHUP)
+        #expect(old.waitForLog("reload: applied", seconds: 10), "\(old.standardError)")
+
+        let new = try RelayProcess(driver: driver, ["--config", file.path, "--cpus", cpu, "--takeover", control.path])
+        #expect(try new.listenAddress() == second, "the new relay's first listener is its file's first")
+        #expect(new.waitForLog("takeover complete"), "\(new.standardError)")
+        #expect(old.waitForExit() == 0, "\(old.standardError)")
+        #expect(old.standardError.contains("handed over: the new relay receives on the listening sockets"), "\(old.standardError)")
+
+        try send(["via.first:1|c"], to: first)
+        try send(["via.second:1|c"], to: second)
+        for (address, line) in [(firstTCP, "via.first.tcp:1|c"), (secondTCP, "via.second.tcp:1|c")] {
+            let client = try TCPIngestClient(to: address)
+            try client.write(line + "\n")
+            client.finish()
+        }
+        let expected: Set = ["via.first:1|c", "via.second:1|c", "via.first.tcp:1|c", "via.second.tcp:1|c"]
+        #expect(Set(try collect(from: [backend], expectedLines: expected.count).lines[0]) == expected)
+        new.signal(SIGTERM)
+        #expect(new.waitForExit() == 0, "\(new.standardError)")
+        #expect(new.counter("statsrelay.lines_forwarded") == UInt64(expected.count), "\(new.standardError)")
+        #expect(old.counter("statsrelay.lines_forwarded") == 0, "\(old.standardError)")
+        #expect(new.standardError.contains("io_backend=\(driver.rawValue)"))
+    }
 }

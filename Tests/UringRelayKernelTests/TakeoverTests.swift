@@ -133,6 +133,7 @@ struct TakeoverTests {
         #expect(listeners.status == 64, "\(listeners.error)")
         #expect(listeners.error.contains("listeners differ: running 127.0.0.1:0 (bound 127.0.0.1:\(address.port))"), "\(listeners.error)")
         #expect(listeners.error.contains("asked 127.0.0.1:\(other)"), "\(listeners.error)")
+        #expect(listeners.error.contains("not running here: 127.0.0.1:\(other); running but not asked: 127.0.0.1:0 (bound 127.0.0.1:\(address.port))"), "\(listeners.error)")
 
         try send((0..<100).map(Self.line), to: address)
         let received = try collect(from: [backend], expectedLines: 100)

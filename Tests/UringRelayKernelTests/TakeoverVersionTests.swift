@@ -32,7 +32,7 @@ struct TakeoverVersionTests {
     }
 
     /// Plays the old relay on `connection` for a request in `version`: offers `listener` with
-    /// `drops` (version 2), waits for `ready` and says `done`.
+    /// `drops` (version 2), waits for `ready` and says `stopping` (version 4) and `done`.
     func handOver(_ connection: borrowing UnixStreamSocket, version: Int, listener: SocketBox, drops: [UInt32?]?) throws {
         let address = listener.socket.localAddress
         try connection.sendFrame(TakeoverMessage.offer(version: version, threads: 1, listeners: 1, pid: getpid()).encoded, timeoutMilliseconds: 2_000)
@@ -40,6 +40,9 @@ struct TakeoverVersionTests {
             TakeoverMessage.sockets(index: 0, address: address.description, drops: drops).encoded, passing: [listener], timeoutMilliseconds: 2_000)
         let ready = try connection.receiveFrame(timeoutMilliseconds: 10_000)
         #expect(TakeoverMessage(decoding: ready.payload) == .ready)
+        if version >= TakeoverMessage.stoppingVersion {
+            try connection.sendFrame(TakeoverMessage.stopping.encoded, timeoutMilliseconds: 2_000)
+        }
         try connection.sendFrame(TakeoverMessage.done(received: 0, forwarded: 0, dropped: 0).encoded, timeoutMilliseconds: 2_000)
     }
 

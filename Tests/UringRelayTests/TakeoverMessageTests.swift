@@ -13,6 +13,7 @@ struct TakeoverMessageTests {
         .sockets(index: 2, address: "[::1]:8125"),
         .sockets(index: 0, address: "127.0.0.1:8125", drops: [17, nil, 4_294_967_295]),
         .ready,
+        .stopping,
         .failed(reason: "bind udp 0.0.0.0:8125: Address already in use (errno 98)"),
         .done(received: 100, forwarded: 99, dropped: 1),
     ])
@@ -26,6 +27,7 @@ struct TakeoverMessageTests {
             == "takeover version=1 threads=2 listeners=127.0.0.1:8125,[::1]:8125")
         #expect(String(decoding: TakeoverMessage.done(received: 3, forwarded: 2, dropped: 1).encoded, as: UTF8.self)
             == "done received=3 forwarded=2 dropped=1")
+        #expect(String(decoding: TakeoverMessage.stopping.encoded, as: UTF8.self) == "stopping")
         // Version 1's form has no drops; version 2 adds them, `-` for a counter not known.
         #expect(String(decoding: TakeoverMessage.sockets(index: 1, address: "127.0.0.1:8125").encoded, as: UTF8.self)
             == "sockets index=1 address=127.0.0.1:8125")
@@ -39,7 +41,7 @@ struct TakeoverMessageTests {
         "refused code=bogus reason=x", "refused code=busy", "offer version=1 threads=2 listeners=1 pid=big",
         "sockets index=0", "sockets index=0 address=a drops=1,x", "sockets index=0 address=a drops=4294967296",
         "sockets index=0 address=a drops=1,,2", "sockets index=0 address=a extra=1", "failed", "done received=1 forwarded=2", "done received=-1 forwarded=2 dropped=0",
-        "ready\n", "ready\u{7f}",
+        "ready\n", "ready\u{7f}", "stopping now", "stopping pid=1", "stopping reason=x",
     ])
     func rejects(text: String) {
         #expect(TakeoverMessage(decoding: Array(text.utf8)) == nil)

@@ -13,10 +13,14 @@ import Synchronization
 ///    listeners differ from the running ones, or the relay is stopping;
 /// 2. send `offer`, then per listener one `sockets` frame carrying every worker's socket;
 /// 3. wait for `ready`: until then nothing here changes, and `failed`, a closed connection,
-///    garbage or silence past `readyTimeoutMilliseconds` leave this relay running as it was;
-/// 4. on `ready`: the listeners stay marked shared (from the offer on: the stop closes them as
-///    they are), give up the path (closed, removed if still this socket's), and fire `handedOver`: the caller stops
-///    the relay and, once every batch is sent, calls `finishHandOver`, which sends `done`.
+///    garbage or silence past `readyTimeoutMilliseconds` leave this relay running as it was
+///    (a successor still connected is told so: `refused code=busy`);
+/// 4. on `ready`: from protocol version 4, answer `stopping`; if that answer cannot be sent,
+///    the successor never learns it owns the sockets (it leaves them alone and exits), so this
+///    relay keeps running as in 3. Then the listeners stay marked shared for good (from the
+///    offer on: the stop closes them as they are), give up the path (closed, removed if still
+///    this socket's), and fire `handedOver`: the caller stops the relay and, once every batch
+///    is sent, calls `finishHandOver`, which sends `done`.
 ///
 /// Nothing read from the wire is logged but a verb it knows and a reason cut to 200 printable
 /// characters (`TakeoverMessage.loggable`).
@@ -42,7 +46,7 @@ public final class ControlServer: Sendable {
     ///
     /// - Parameters:
     ///   - readyTimeoutMilliseconds: how long a successor may take, from the offer, to start
-    ///     its workers and say `ready`.
+    ///     its workers and say `ready` (the command passes `readyTimeoutFromEnvironment`).
     ///   - messageTimeoutMilliseconds: how long a peer may take to send one whole message.
     /// - Throws: `SystemCallError` for the socket, its bind (with the reason and a hint), or
     ///   the events.
@@ -60,6 +64,15 @@ public final class ControlServer: Sendable {
             finished = try WakeupEvent()
         } catch { throw SystemCallError("eventfd", "control socket", error) }
         listener = Mutex(try UnixStreamSocket.listening(at: path))
+    }
+
+    /// The successor's time to say `ready`, in milliseconds: 30 s, or
+    /// `STATSRELAY_TAKEOVER_READY_TIMEOUT_MS` when set to a number from 0 to 600 000. A test's
+    /// knob (a short wait makes a successor late on purpose), not an operator's setting.
+    public static var readyTimeoutFromEnvironment: Int32 {
+        guard let text = getenv("STATSRELAY_TAKEOVER_READY_TIMEOUT_MS").map({ String(cString: $0) }),
+              let value = Int32(text), (0...600_000).contains(value) else { return 30_000 }
+        return value
     }
 
     /// Starts serving on a thread of its own.
@@ -194,38 +207,61 @@ public final class ControlServer: Sendable {
             try connection.sendFrame(
                 TakeoverMessage.offer(version: version, threads: threads, listeners: offer.count, pid: pid).encoded,
                 timeoutMilliseconds: messageTimeoutMilliseconds)
+            var datagramIndex = 0
             for (index, listener) in offer.enumerated() {
-                // The datagram listeners come first, in the order `frozen` has them.
-                let drops = listener.isTCP ? nil : frozen?[index]
+                // `frozen` has the datagram listeners in offer order.
+                var drops: [UInt32?]?
+                if !listener.isTCP {
+                    drops = frozen?[datagramIndex]
+                    datagramIndex += 1
+                }
                 try connection.sendFrame(
                     TakeoverMessage.sockets(index: index, address: listener.spec, drops: drops).encoded,
                     passing: listener.sockets, timeoutMilliseconds: messageTimeoutMilliseconds)
             }
         } catch {
             metadata["error"] = "\(error)"
-            relay.listenerRegistry.shareListeners(false)
-            relay.listenerRegistry.thawKernelDrops()
-            relay.listenerRegistry.releaseListenerSet(from: .takeover)
+            keepListeners()
             // Logged once the listeners are free again: a reload asked on seeing it is not refused.
             logger.warning("takeover abandoned: the sockets could not be sent; this relay keeps running", metadata: metadata)
             return false
         }
         logger.notice("takeover: listening sockets sent; waiting for the new relay to start on them", metadata: metadata)
-        switch awaitReady(connection) {
+        var outcome = awaitReady(connection)
+        if case .success = outcome, version >= TakeoverMessage.stoppingVersion {
+            // The successor owns the sockets only once it has this answer: if it cannot be
+            // sent (the successor gave up waiting and shut the connection), the sockets stay
+            // this relay's. Sent, it is final: this relay never takes them back.
+            do throws(Errno) { try connection.sendFrame(TakeoverMessage.stopping.encoded, timeoutMilliseconds: messageTimeoutMilliseconds) } catch {
+                outcome = .failure(.unconfirmed(error))
+            }
+        }
+        switch outcome {
         case .success:
             successorPID.store(peer?.pid ?? -1, ordering: .releasing)
             logger.notice("takeover: the new relay is relaying; this one stops receiving, sends what it took and exits", metadata: metadata)
             return true
         case .failure(let problem):
             metadata["error"] = "\(problem)"
-            // The new relay has stopped its workers (or never started them), or will exit.
-            relay.listenerRegistry.shareListeners(false)
-            relay.listenerRegistry.thawKernelDrops()
-            relay.listenerRegistry.releaseListenerSet(from: .takeover)
+            // The new relay has stopped its workers (or never started them), or will exit
+            // without touching the sockets: it owns them only after `stopping` (version 4) or
+            // `done`, neither of which it will get. One still waiting is told why at once.
+            try? connection.sendFrame(
+                TakeoverMessage.refused(code: .busy, reason: "takeover abandoned by the running relay (\(problem)); it keeps running").encoded,
+                timeoutMilliseconds: 1_000)
+            keepListeners()
             // Logged once the listeners are free again: a reload asked on seeing it is not refused.
             logger.warning("takeover failed in the new relay; this one keeps running", metadata: metadata)
             return false
         }
+    }
+
+    /// Takes the listeners back after a takeover that did not happen: no longer shared, every
+    /// kernel drop counted again, the listener set free for a reload.
+    private func keepListeners() {
+        relay.listenerRegistry.shareListeners(false)
+        relay.listenerRegistry.thawKernelDrops()
+        relay.listenerRegistry.releaseListenerSet(from: .takeover)
     }
 
     /// One listener offered: its address as the `sockets` frame names it (`tcp:ADDR` for a TCP
@@ -244,8 +280,11 @@ public final class ControlServer: Sendable {
     }
 
     /// Checks a request against the running relay and gathers every worker's socket of each
-    /// listener: the datagram listeners in listener-id order, then (from protocol version 3
-    /// on) the TCP ingest listeners in theirs, named `tcp:ADDR`.
+    /// listener, in the order the request names them: the datagram listeners, then (from
+    /// protocol version 3 on) the TCP ingest listeners, named `tcp:ADDR`. The request must name
+    /// the running listeners, each once, in any order (`pair`): a reload puts the listeners it
+    /// adds after the ones it keeps, so a relay reloaded to its file's listeners may run them in
+    /// another order than a new relay started with that file asks for them.
     ///
     /// A request of version 2 or older comes from a relay that takes no TCP listener over: it is
     /// matched against the datagram listeners alone, and the TCP listeners are not offered (that
@@ -270,39 +309,72 @@ public final class ControlServer: Sendable {
             return .failure(Refusal(code: .mismatch, reason: "threads differ: the running relay has \(view.workers) workers, the new one asks for \(threads); every worker owns one socket of each listener"))
         }
         let withTCP = version >= TakeoverMessage.tcpVersion
-        // Each running listener as the request may name it: as configured or as bound.
-        var candidates = zip(view.configured, view.bound).map { (configured: $0.description, bound: $1.description) }
+        // Each running listener as the request may name it (as configured or as bound), and as
+        // it is offered (`spec`: as bound).
+        var running = zip(zip(view.configured, view.bound), view.ids).map { pair, id in
+            RunningListener(configured: pair.0.description, bound: pair.1.description, id: id, isTCP: false)
+        }
         if withTCP {
-            candidates += zip(view.tcpConfigured, view.tcpBound).map { (configured: TCPIngest.label($0), bound: TCPIngest.label($1)) }
+            running += zip(zip(view.tcpConfigured, view.tcpBound), view.tcpIDs).map { pair, id in
+                RunningListener(configured: TCPIngest.label(pair.0), bound: TCPIngest.label(pair.1), id: id, isTCP: true)
+            }
         }
-        let running = candidates.map { $0.configured == $0.bound ? $0.bound : "\($0.configured) (bound \($0.bound))" }
-        let matches = listeners.count == candidates.count && zip(listeners, candidates).allSatisfy { asked, candidate in
-            asked == candidate.configured || asked == candidate.bound
-        }
-        guard matches else {
-            return .failure(Refusal(code: .mismatch, reason: "listeners differ: running \(running.joined(separator: ", ")); asked \(listeners.joined(separator: ", ")); the new relay must ask for the running listeners in this order (a reload puts the listeners it adds last, and keeps --tcp-port's listener where it started): write them so in its file, or change them with a reload (SIGHUP) after the upgrade"))
+        let pairing = Self.pair(asked: listeners, running: running.map { (configured: $0.configured, bound: $0.bound) })
+        guard pairing.unasked.isEmpty && pairing.unknown.isEmpty else {
+            let runningText = running.map { $0.configured == $0.bound ? $0.bound : "\($0.configured) (bound \($0.bound))" }
+            var differences: [String] = []
+            if !pairing.unknown.isEmpty { differences.append("not running here: \(pairing.unknown.map { listeners[$0] }.joined(separator: ", "))") }
+            if !pairing.unasked.isEmpty { differences.append("running but not asked: \(pairing.unasked.map { runningText[$0] }.joined(separator: ", "))") }
+            return .failure(Refusal(code: .mismatch, reason: "listeners differ: running \(runningText.joined(separator: ", ")); asked \(listeners.joined(separator: ", ")); \(differences.joined(separator: "; ")); the new relay must ask for the running listeners, each once, in any order (a reload keeps --tcp-port's listener on the address it started on: write it as a tcp:ADDR:PORT listener), or change them with a reload (SIGHUP) after the upgrade"))
         }
         guard threads <= UnixStreamSocket.maximumDescriptorsPerFrame else {
             return .failure(Refusal(code: .mismatch, reason: "more than \(UnixStreamSocket.maximumDescriptorsPerFrame) workers"))
         }
         var offer: [OfferedListener] = []
-        for (address, id) in zip(view.bound, view.ids) {
-            guard let sockets = relay.listenerRegistry.sockets(listener: id, workers: threads) else {
-                return .failure(Refusal(code: .busy, reason: "listener \(address) is not open in every worker"))
+        for index in pairing.order {
+            let listener = running[index]
+            guard let sockets = relay.listenerRegistry.sockets(listener: listener.id, workers: threads) else {
+                return .failure(Refusal(code: .busy, reason: "listener \(listener.bound) is not open in every worker"))
             }
-            offer.append(OfferedListener(spec: address.description, id: id, sockets: sockets, isTCP: false))
+            offer.append(OfferedListener(spec: listener.bound, id: listener.id, sockets: sockets, isTCP: listener.isTCP))
         }
-        if withTCP {
-            for (address, id) in zip(view.tcpBound, view.tcpIDs) {
-                guard let sockets = relay.listenerRegistry.sockets(listener: id, workers: threads) else {
-                    return .failure(Refusal(code: .busy, reason: "listener \(TCPIngest.label(address)) is not open in every worker"))
-                }
-                offer.append(OfferedListener(spec: TCPIngest.label(address), id: id, sockets: sockets, isTCP: true))
-            }
-        } else if !view.tcpBound.isEmpty {
+        if !withTCP && !view.tcpBound.isEmpty {
             logger.warning("takeover in protocol version \(version): the new relay takes no TCP listener over; it binds its own, and connections waiting in this relay's TCP backlogs are reset as it stops")
         }
         return .success(offer)
+    }
+
+    /// A running listener as a request may name it: as configured, or as bound (`tcp:ADDR` for
+    /// a TCP ingest listener); its id.
+    private struct RunningListener {
+        var configured: String
+        var bound: String
+        var id: UInt32
+        var isTCP: Bool
+    }
+
+    /// Pairs each listener a request asks for with a distinct running one: first those named as
+    /// bound (an address only one socket has), then those named as configured (several may
+    /// share one, `127.0.0.1:0`), each time the first running listener not yet paired.
+    ///
+    /// - Returns: `order`, per asked listener the index of its running one (complete only when
+    ///   the other two are empty); `unknown`, the asked listeners nothing running matches;
+    ///   `unasked`, the running listeners no asked one took.
+    static func pair(
+        asked: [String], running: [(configured: String, bound: String)]
+    ) -> (order: [Int], unknown: [Int], unasked: [Int]) {
+        var pairedWith: [Int?] = Array(repeating: nil, count: asked.count)
+        var taken = Array(repeating: false, count: running.count)
+        for byBound in [true, false] {
+            for (askedIndex, name) in asked.enumerated() where pairedWith[askedIndex] == nil {
+                guard let runningIndex = running.indices.first(where: { !taken[$0] && (byBound ? running[$0].bound : running[$0].configured) == name }) else {
+                    continue
+                }
+                taken[runningIndex] = true
+                pairedWith[askedIndex] = runningIndex
+            }
+        }
+        return (pairedWith.compactMap { $0 }, asked.indices.filter { pairedWith[$0] == nil }, running.indices.filter { !taken[$0] })
     }
 
     /// Waits for the successor's answer, refusing other connections meanwhile (`busy`).
@@ -312,7 +384,7 @@ public final class ControlServer: Sendable {
         let deadline = MonotonicClock.nanoseconds() &+ UInt64(readyTimeoutMilliseconds) * 1_000_000
         while true {
             let now = MonotonicClock.nanoseconds()
-            guard now < deadline else { return .failure(.frame(.timedOut)) }
+            guard now < deadline else { return .failure(.lateReady(milliseconds: readyTimeoutMilliseconds)) }
             do throws(Errno) { try poller.wait(timeoutNanoseconds: deadline - now) } catch { return .failure(.frame(.system(error))) }
             if poller.isReady(2) { return .failure(.stopped) }
             if poller.isReady(1), let other = try? listener.withLock({ socket throws(Errno) in try socket?.accept() }) {
@@ -339,8 +411,12 @@ public final class ControlServer: Sendable {
         case unexpected(String)
         /// The new relay said it could not start (its reason, logged cut and printable).
         case failed(String)
+        /// No `ready` within the successor's time (`readyTimeoutMilliseconds`).
+        case lateReady(milliseconds: Int32)
         /// This relay is stopping.
         case stopped
+        /// `ready` came, but `stopping` could not be sent back (version 4).
+        case unconfirmed(Errno)
 
         var description: String {
             switch self {
@@ -348,7 +424,9 @@ public final class ControlServer: Sendable {
             case .malformed(let bytes): "malformed message (\(bytes) bytes)"
             case .unexpected(let verb): "unexpected message '\(verb)'"
             case .failed(let reason): "the new relay failed: \(TakeoverMessage.loggable(reason))"
+            case .lateReady(let milliseconds): "no ready within \(milliseconds) ms of the offer"
             case .stopped: "this relay is stopping"
+            case .unconfirmed(let error): "ready came, but stopping could not be sent back: \(error)"
             }
         }
     }

@@ -7,11 +7,19 @@ import RelayKernel
 ///
 /// The steps, in the order the command takes them (docs/operations.md, "Upgrade"):
 /// `begin` (connect, `takeover`, receive and check `offer` and every `sockets` frame), start
-/// the workers on the sockets, then `ready` (or `fail` with the reason), then `awaitDone`.
+/// the workers on the sockets while they stay shared with the old relay, then `handOver`
+/// (`ready`, the old relay's `stopping` and `done`), or `fail` with the reason.
+///
+/// The sockets become this relay's only once the old relay has said it gave them up
+/// (`stopping`, protocol version 4; `done` from an older relay). Until then, and for good when
+/// that answer does not come, they stay shared: this relay's stop closes its descriptors and
+/// leaves the sockets as they are for the old relay, which may be relaying on them still.
 public final class TakeoverClient: Sendable {
     private let connection: ControlConnection
     /// The old relay's pid, as it said in its offer.
     public let predecessor: Int32
+    /// The protocol version both relays speak (the offer's).
+    public let version: Int
     private let messageTimeoutMilliseconds: Int32
 
     /// Why a takeover did not happen: each names what the operator can do.
@@ -25,9 +33,10 @@ public final class TakeoverClient: Sendable {
         public var description: String { message }
     }
 
-    private init(connection: ControlConnection, predecessor: Int32, messageTimeoutMilliseconds: Int32) {
+    private init(connection: ControlConnection, predecessor: Int32, version: Int, messageTimeoutMilliseconds: Int32) {
         self.connection = connection
         self.predecessor = predecessor
+        self.version = version
         self.messageTimeoutMilliseconds = messageTimeoutMilliseconds
     }
 
@@ -128,7 +137,7 @@ public final class TakeoverClient: Sendable {
                 inherited.tcpSockets.append(passed)
             }
         }
-        return (TakeoverClient(connection: box, predecessor: pid, messageTimeoutMilliseconds: messageTimeoutMilliseconds), inherited)
+        return (TakeoverClient(connection: box, predecessor: pid, version: version, messageTimeoutMilliseconds: messageTimeoutMilliseconds), inherited)
     }
 
     /// Connects to `path` and asks, in protocol `version`, for the sockets.
@@ -161,28 +170,95 @@ public final class TakeoverClient: Sendable {
         }
     }
 
-    /// Tells the old relay this one relays on the sockets: it stops receiving, sends what it
-    /// took and exits.
+    /// How a hand-over ended, once the sockets are this relay's.
+    public enum HandOver: Sendable, Equatable {
+        /// The old relay sent every batch and said so: its final counts.
+        case done(received: UInt64, forwarded: UInt64, dropped: UInt64)
+        /// The old relay said `stopping`, then closed the connection without `done`: it has
+        /// ended (or died) without its counts; it had given the sockets up.
+        case endedWithoutCounts
+        /// The old relay said `stopping` but not `done` in time: it is still stopping, on
+        /// sockets it has given up.
+        case stillStopping
+    }
+
+    /// Tells the old relay this one relays on the sockets (`ready`) and waits for it to give
+    /// them up: `stopping` (protocol version 4, at most the message time-out), then `done`
+    /// (at most `doneTimeoutMilliseconds`). Against an older relay, `done` alone says it.
     ///
-    /// - Throws: `Failure` (75) when it cannot be told: it then keeps running beside this one,
-    ///   both relaying from the same sockets, until it is stopped.
-    public func ready() throws(Failure) {
+    /// - Returns: how the old relay ended; from then on the sockets are this relay's alone.
+    /// - Throws: `Failure` (75) when the old relay did not give the sockets up: `ready` could
+    ///   not be sent, or no `stopping` came (version 4: the old relay stopped waiting for
+    ///   `ready`, or the connection broke), or no `done` came (before version 4: the old relay
+    ///   cannot be told from one that carries on). The old relay then keeps (or may keep)
+    ///   relaying on the sockets: this relay must stop without touching them (they stay
+    ///   shared) and exit. The connection is shut first, so an old relay that reads `ready`
+    ///   only now cannot send `stopping` and keeps running.
+    public func handOver(doneTimeoutMilliseconds: Int32 = 60_000) throws(Failure) -> HandOver {
+        let old = "the old relay (pid \(predecessor))"
+        let leave = "it keeps relaying on the sockets; this relay stops without touching them and exits (try the takeover again)"
         do throws(Errno) { try connection.socket.sendFrame(TakeoverMessage.ready.encoded, timeoutMilliseconds: messageTimeoutMilliseconds) } catch {
-            throw Failure(exitStatus: 75, message: "takeover: could not tell the old relay (pid \(predecessor)) to stop: \(error)")
+            // An old relay that gave up first said why before it closed: the reason waits to be
+            // read (a wait of 0 would read nothing: the frame's wait ends at its deadline first).
+            let pending = answer(timeoutMilliseconds: 100)
+            connection.socket.shutdown()
+            let said = if case .message(.refused) = pending { "; \(pending)" } else { "" }
+            throw Failure(exitStatus: 75, message: "takeover: could not tell \(old) that this relay is ready (\(error))\(said); \(leave)")
+        }
+        if version >= TakeoverMessage.stoppingVersion {
+            switch answer(timeoutMilliseconds: messageTimeoutMilliseconds) {
+            case .message(.stopping): break
+            case let other:
+                connection.socket.shutdown()
+                throw Failure(exitStatus: 75, message: "takeover: \(old) did not confirm that it stops (\(other)); \(leave)")
+            }
+            switch answer(timeoutMilliseconds: doneTimeoutMilliseconds) {
+            case .message(.done(let received, let forwarded, let dropped)): return .done(received: received, forwarded: forwarded, dropped: dropped)
+            case .problem(.timedOut): return .stillStopping
+            case .message, .malformed, .problem: return .endedWithoutCounts
+            }
+        }
+        switch answer(timeoutMilliseconds: doneTimeoutMilliseconds) {
+        case .message(.done(let received, let forwarded, let dropped)): return .done(received: received, forwarded: forwarded, dropped: dropped)
+        case let other:
+            connection.socket.shutdown()
+            throw Failure(
+                exitStatus: 75,
+                message: "takeover: \(old), of protocol version \(version), did not report its end (\(other)), so it may be relaying on the sockets still; \(leave)")
+        }
+    }
+
+    /// What came from the old relay after `ready`: a message, a frame that is none, or no frame.
+    private enum Answer: CustomStringConvertible {
+        case message(TakeoverMessage)
+        case malformed(bytes: Int)
+        case problem(UnixStreamSocket.FrameError)
+
+        var description: String {
+            switch self {
+            case .message(.refused(_, let reason)): "it answered: \(TakeoverMessage.loggable(reason))"
+            case .message(let message): "it answered '\(message.verb)'"
+            case .malformed(let bytes): "it sent a malformed message (\(bytes) bytes)"
+            case .problem(.timedOut): "no answer in time"
+            case .problem(let error): "\(error)"
+            }
+        }
+    }
+
+    /// The old relay's next message, waited for at most `timeoutMilliseconds`.
+    private func answer(timeoutMilliseconds: Int32) -> Answer {
+        do throws(UnixStreamSocket.FrameError) {
+            let frame = try connection.socket.receiveFrame(timeoutMilliseconds: timeoutMilliseconds)
+            guard let message = TakeoverMessage(decoding: frame.payload) else { return .malformed(bytes: frame.payload.count) }
+            return .message(message)
+        } catch {
+            return .problem(error)
         }
     }
 
     /// Tells the old relay this one could not start on the sockets: it keeps running.
     public func fail(reason: String) {
         try? connection.socket.sendFrame(TakeoverMessage.failed(reason: reason).encoded, timeoutMilliseconds: messageTimeoutMilliseconds)
-    }
-
-    /// Waits, at most `timeoutMilliseconds`, for the old relay's `done`: its final counts, or
-    /// `nil` when it closed the connection without them or did not answer in time.
-    public func awaitDone(timeoutMilliseconds: Int32) -> (received: UInt64, forwarded: UInt64, dropped: UInt64)? {
-        guard let frame = try? connection.socket.receiveFrame(timeoutMilliseconds: timeoutMilliseconds),
-              case .done(let received, let forwarded, let dropped)? = TakeoverMessage(decoding: frame.payload) else { return nil }
-        return (received, forwarded, dropped)
     }
 
     private static func read(

@@ -4,13 +4,14 @@
 /// A message is printable ASCII: a verb, then `key=value` fields separated by spaces; a
 /// `reason=` field, when present, is the last and runs to the end (it may hold spaces).
 /// ```
-/// takeover version=3 threads=2 listeners=127.0.0.1:8125,tcp:127.0.0.1:8126  new → old
+/// takeover version=4 threads=2 listeners=127.0.0.1:8125,tcp:127.0.0.1:8126  new → old
 /// refused code=mismatch reason=listeners differ: …                    old → new
-/// offer version=3 threads=2 listeners=2 pid=4242                      old → new
+/// offer version=4 threads=2 listeners=2 pid=4242                      old → new
 /// sockets index=0 address=127.0.0.1:8125 drops=17,0   (+ one socket per worker, SCM_RIGHTS)
 /// sockets index=1 address=tcp:127.0.0.1:8126         (+ one listening socket per worker)
 /// ready                                                               new → old
 /// failed reason=bind …                                                new → old
+/// stopping                                                            old → new
 /// done received=1000 forwarded=1000 dropped=0                         old → new
 /// ```
 /// The handshake and what each side does in between: docs/operations.md, "Upgrade".
@@ -23,6 +24,10 @@
 /// `takeover`'s list, each handed over in a `sockets` frame of its own (`address=tcp:ADDR`, no
 /// `drops=`) carrying every worker's listening socket; a version 2 request names none, and an
 /// old relay then hands over its datagram listeners alone.
+/// Version 4 adds `stopping`: the old relay's answer to `ready`, sent before it stops, once it
+/// has given the sockets up for good. Until then the new relay does not own them: without it
+/// (a `ready` that came after the old relay stopped waiting, a connection that broke) the new
+/// relay cannot tell whether the old one stops or carries on, and leaves the sockets alone.
 public enum TakeoverMessage: Equatable, Sendable {
     /// The new process asks for the listening sockets, saying what it would run.
     case takeover(version: Int, threads: Int, listeners: [String])
@@ -37,13 +42,18 @@ public enum TakeoverMessage: Equatable, Sendable {
     case ready
     /// The new process could not start on the sockets: the old one keeps running.
     case failed(reason: String)
+    /// The old process took `ready` and stops: the sockets are the new one's from now on, and
+    /// never again the old one's (version 4).
+    case stopping
     /// The old process has stopped and sent every batch: its final counts.
     case done(received: UInt64, forwarded: UInt64, dropped: UInt64)
 
     /// The newest protocol version this relay speaks (and asks for).
-    public static let version = 3
+    public static let version = 4
     /// The first version that hands over TCP ingest listeners.
     public static let tcpVersion = 3
+    /// The first version in which the old relay answers `ready` with `stopping`.
+    public static let stoppingVersion = 4
     /// Every version this relay speaks.
     public static let versions: ClosedRange<Int> = 1...version
 
@@ -69,6 +79,7 @@ public enum TakeoverMessage: Equatable, Sendable {
         case .sockets(let index, let address, let drops):
             "sockets index=\(index) address=\(address)" + (drops.map { " drops=" + $0.map { $0.map(String.init) ?? "-" }.joined(separator: ",") } ?? "")
         case .ready: "ready"
+        case .stopping: "stopping"
         case .failed(let reason): "failed reason=\(Self.printable(reason))"
         case .done(let received, let forwarded, let dropped): "done received=\(received) forwarded=\(forwarded) dropped=\(dropped)"
         }
@@ -125,6 +136,9 @@ public enum TakeoverMessage: Equatable, Sendable {
         case "ready":
             guard fields.isEmpty, reason == nil else { return nil }
             self = .ready
+        case "stopping":
+            guard fields.isEmpty, reason == nil else { return nil }
+            self = .stopping
         case "failed":
             guard fields.isEmpty, let reason else { return nil }
             self = .failed(reason: reason)
@@ -157,6 +171,7 @@ public enum TakeoverMessage: Equatable, Sendable {
         case .offer: "offer"
         case .sockets: "sockets"
         case .ready: "ready"
+        case .stopping: "stopping"
         case .failed: "failed"
         case .done: "done"
         }
