@@ -86,6 +86,38 @@ public struct TCPBackendSocket: ~Copyable {
         return bytes < 0 ? nil : Int(bytes)
     }
 
+    /// Whether the peer is still there, as a `recv(2)` of one byte with `MSG_PEEK |
+    /// MSG_DONTWAIT` finds it (nothing is taken, nothing waited for).
+    public enum PeerState: Equatable, Sendable {
+        /// Nothing to read (`EAGAIN`), or bytes the peer sent: the connection stands.
+        case open
+        /// The peer closed its side (a FIN: `recv` returns 0). Bytes written after it are
+        /// answered with a reset.
+        case closed
+        /// The connection failed (`ECONNRESET`, `ETIMEDOUT`, …: the socket's pending error).
+        case failed(Errno)
+    }
+
+    /// Looks whether the peer closed or reset the connection, without waiting: a reset or a
+    /// FIN otherwise shows only at the next write, and none may come. One `recv(2)` with
+    /// `MSG_PEEK | MSG_DONTWAIT`; a pending error it reports is taken from the socket.
+    public func peerState() -> PeerState {
+        var byte: UInt8 = 0
+        let result = recv(descriptor, &byte, 1, Int32(MSG_PEEK) | Int32(MSG_DONTWAIT))
+        if result > 0 { return .open }  // the backend sent something: a StatsD backend never does, but it is alive
+        if result == 0 { return .closed }
+        let code = errno
+        switch code {
+        case EAGAIN:
+            return .open
+        case EINTR:
+            // Interrupted before it looked: nothing is known; the next look decides.
+            return .open
+        default:
+            return .failed(Errno(rawValue: code))
+        }
+    }
+
     /// `SO_SNDBUF` as the kernel applies it (twice what was asked for), or `nil`.
     public var sendBufferLimit: Int? {
         var value: Int32 = 0

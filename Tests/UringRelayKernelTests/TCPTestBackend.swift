@@ -176,6 +176,33 @@ final class TCPTestBackend: @unchecked Sendable {  // its state is behind `state
         }
     }
 
+    /// Closes the open connections as a backend process that read everything and closed them
+    /// does (a FIN each; a reset if bytes were left unread); the listener stays, so the relay
+    /// may connect again.
+    func closeConnections() {
+        state.withLock { state in
+            for connection in state.connections {
+                // The FIN now: `close` alone sends it only once the reading thread's `poll`
+                // lets the socket go, and the relay may write in between.
+                shutdown(connection, Int32(SHUT_RDWR))
+                Glibc.close(connection)
+            }
+            state.connections = []
+            state.streamOf = []
+        }
+    }
+
+    /// Bytes received on the open connections and not read yet (`FIONREAD`): what this
+    /// host's kernel has acknowledged and holds for the backend.
+    func unreadBytes() -> Int {
+        state.withLock { state in
+            state.connections.reduce(0) { total, connection in
+                var bytes: Int32 = 0
+                return ioctl(connection, UInt(FIONREAD), &bytes) == 0 ? total + Int(bytes) : total
+            }
+        }
+    }
+
     /// Holds off reading (what arrives waits in the connections' buffers), or lets it go on.
     func pauseReading(_ paused: Bool) { state.withLock { $0.paused = paused } }
 

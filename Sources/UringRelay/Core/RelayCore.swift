@@ -387,6 +387,7 @@ public struct RelayCore: ~Copyable {
         processor.counters.add(stream.queueFullBytes, to: .bytesDroppedTCPQueueFull, backend: identity)
         processor.counters.add(stream.atExitLines, to: .linesDroppedTCPUnsentAtExit, backend: identity)
         processor.counters.add(stream.atExitBytes, to: .bytesDroppedTCPUnsentAtExit, backend: identity)
+        processor.counters.add(stream.unconfirmedLines, to: .linesUnconfirmedAtExit, backend: identity)
         processor.counters.add(stream.lostAtResetLines, to: .tcpLinesLostAtReset, backend: identity)
         processor.counters.add(stream.lostAtResetBytes, to: .tcpBytesLostAtReset, backend: identity)
         processor.counters.add(stream.connects, to: .tcpConnects, backend: identity)
@@ -419,13 +420,15 @@ public struct RelayCore: ~Copyable {
         processor.counters[.mirrorLinesDroppedUnreachable] &+= UInt64(report.unreachable.lines)
         processor.counters[.mirrorLinesDoubted] &+= UInt64(report.doubted.lines)
         processor.counters[.mirrorLinesUnconfirmedAtExit] &+= UInt64(report.unconfirmedAtExit.lines)
-        // A TCP mirror backend's link: what it wrote, and what its queue dropped or held at exit.
+        // A TCP mirror backend's link: what it delivered, left unconfirmed or lost, and what its
+        // queue dropped or held at exit.
         guard stream != StreamCounts() else { return }
         processor.counters[.mirrorLinesSent] &+= stream.sentLines
         processor.counters[.mirrorBytesSent] &+= stream.sentBytes
         processor.counters[.mirrorPacketsSent] &+= stream.writes
         processor.counters[.mirrorLinesDroppedTCPQueueFull] &+= stream.queueFullLines
         processor.counters[.mirrorLinesDroppedTCPUnsentAtExit] &+= stream.atExitLines
+        processor.counters[.mirrorLinesUnconfirmedAtExit] &+= stream.unconfirmedLines
         processor.counters[.mirrorTCPLinesLostAtReset] &+= stream.lostAtResetLines
         processor.counters[.mirrorTCPConnectionFailures] &+= stream.connectionFailures
     }

@@ -107,17 +107,21 @@ extension BackendConnections {
         return true
     }
 
-    /// Counts what the links did since the last report; a removed backend's link that wrote
-    /// all it held, cannot go on (not connected) or ran out of time is finished and closed.
+    /// Counts what the links did since the last report, the lines their backends' kernels
+    /// acknowledged since included (`TCPBackendLink.confirmDelivery`); a removed backend's link
+    /// that wrote all it held and had it acknowledged, cannot go on (not connected) or ran out
+    /// of time is finished and closed.
     mutating func reportStreams(into core: inout RelayCore, now: UInt64) {
         guard hasStreams else { return }
         for backend in linkOf.indices where linkOf[backend] >= 0 {
+            links[linkOf[backend]].confirmDelivery(now: now)
             var report = DeliveryLedger.Report()
             report.stream = links[linkOf[backend]].takeReport()
             core.countDelivery(report, backend: identities[backend])
         }
         var index = 0
         while index < retiredLinks.count {
+            retiredLinks[index].confirmDelivery(now: now)
             if now >= retiredLinkDeadlines[index], !retiredLinks[index].isAbandoned {
                 // Out of time: given up; the send it ended gets its own short deadline.
                 retiredLinks[index].abandon()
@@ -139,7 +143,8 @@ extension BackendConnections {
         }
     }
 
-    /// At exit: what each link still holds unwritten is dropped and counted.
+    /// At exit: what each link still holds unwritten is dropped and counted, and what it wrote
+    /// unacknowledged is counted unconfirmed (or lost, on a connection the backend closed).
     mutating func finishStreams(into core: inout RelayCore) {
         for index in links.indices { links[index].finish() }
         for index in retiredLinks.indices { retiredLinks[index].finish() }
@@ -149,7 +154,8 @@ extension BackendConnections {
     /// Makes the links of `next` (a membership change): a TCP backend that stays at the same
     /// address keeps its link (connection, queue and counts); a removed one's link goes on
     /// writing what it holds for at most `retiredLinkNanoseconds` (then, or at exit, what is
-    /// left is counted as `tcp_unsent_at_exit`).
+    /// left unwritten is counted as `tcp_unsent_at_exit`, and what is written unacknowledged
+    /// as unconfirmed).
     ///
     /// - Parameter kept: per backend of `next`, the old backend it continues at the same
     ///   address, if any.

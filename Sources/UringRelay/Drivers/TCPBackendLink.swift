@@ -18,15 +18,32 @@ import RelayKernel
 /// 5 s; back to 100 ms once a write on a new connection is accepted.
 ///
 /// Accounting, every line queued ends exactly once:
-/// - *sent* when the write that carries its last byte is accepted by the kernel;
+/// - *sent* when the backend's kernel acknowledged its last byte (`SIOCOUTQ`, read at most
+///   every `confirmIntervalNanoseconds` while lines wait for it): a write the local kernel
+///   accepted is not yet a delivery;
 /// - *tcp_queue_full* when its packet found no room in the queue (nothing of it is queued);
-/// - *tcp_unsent_at_exit* when it was still queued, unwritten, when the worker exited.
-/// When a connection fails, `SIOCOUTQ` (still readable after a reset) says how many bytes
-/// written on it the backend's kernel never acknowledged: the lines ending in them were
-/// counted sent and are counted again in *lost at reset*. A line cut by the failure (its
-/// first bytes written, not its `\n`) is not sent yet: it is written again whole on the next
-/// connection. Bytes are kept until acknowledged (or until a line starts after them), which
-/// is why the queue bound covers written-but-unacknowledged bytes too.
+/// - *tcp_unsent_at_exit* when it was still queued, unwritten, when the worker exited;
+/// - *unconfirmed* when it was written and not acknowledged when its connection was let go
+///   alive (the worker's exit, a removed backend's link finished, an address change): the
+///   kernel may still deliver it, or not.
+/// When a connection fails (a write fails, or a look at the socket finds the backend closed
+/// or reset it), `SIOCOUTQ` (still readable after a reset) says how many bytes written on it
+/// the backend's kernel never acknowledged: the lines ending in them are counted sent and
+/// *lost at reset* (a part of sent, as the counters define it). A line cut by the failure
+/// (its first bytes written, not its `\n`) is not sent yet: it is written again whole on the
+/// next connection. Bytes are kept until acknowledged (or until a line starts after them),
+/// which is why the queue bound covers written-but-unacknowledged bytes too.
+///
+/// ```
+///   queue.start   confirmed        linesWritten  written        queue.end
+///      │ settled:     │ written, not     │ a line's    │ queued,      │
+///      │ acknowledged │ known delivered  │ first bytes │ unwritten    │
+/// ─────┴──────────────┴──────────────────┴─────────────┴──────────────┴──
+/// ```
+/// A peer's FIN or reset is seen without a write: each look at `SIOCOUTQ` that leaves bytes
+/// unacknowledged also peeks at the socket (`TCPBackendSocket.peerState`), and so does the
+/// first write on a connection with nothing outstanding (an idle one the backend may have
+/// closed meanwhile), which then goes on a new connection instead.
 struct TCPBackendLink: ~Copyable {
     /// Where the connection stands.
     enum State: Equatable {
@@ -47,6 +64,17 @@ struct TCPBackendLink: ~Copyable {
     private var written: UInt64 = 0
     /// Just past the last `\n` written: where the next line starts.
     private var linesWritten: UInt64 = 0
+    /// Just past the last line settled (sent, lost or unconfirmed): `linesWritten` less the
+    /// lines the backend's kernel has not been seen to acknowledge.
+    private var confirmed: UInt64 = 0
+    /// Lines written, and lines settled, since the link was made (the lines before
+    /// `linesWritten` and before `confirmed`).
+    private var writtenLineCount: UInt64 = 0
+    private var confirmedLineCount: UInt64 = 0
+    /// Where recent writes ended, to confirm lines without reading their bytes again.
+    private var marks = WriteMarks()
+    /// When `SIOCOUTQ` was last read to confirm lines.
+    private var confirmCheckedAt: UInt64 = 0
     /// Where the current connection's stream began.
     private var connectionStart: UInt64 = 0
     /// Failures since a write was last accepted (the backoff's exponent).
@@ -80,6 +108,10 @@ struct TCPBackendLink: ~Copyable {
     static let connectTimeoutNanoseconds: UInt64 = 2_000_000_000
     /// The most bytes one write hands the kernel (a `send` SQE: one contiguous piece).
     static let writeLimit = 256 << 10
+    /// How often, at most, a link with lines written and not yet acknowledged reads
+    /// `SIOCOUTQ` (and peeks at its socket): what a line's confirmation may lag by, and how
+    /// often a worker whose backend stopped reading wakes for it.
+    static let confirmIntervalNanoseconds: UInt64 = 20_000_000
 
     /// A link to `address` holding at most `queueBytes`, connecting at once.
     ///
@@ -126,17 +158,17 @@ struct TCPBackendLink: ~Copyable {
         return switch state {
         case .waiting(let retryAt): hasUnwritten ? retryAt : nil
         case .connecting(let since): since &+ Self.connectTimeoutNanoseconds
-        case .connected: nil
+        case .connected: confirmed < linesWritten ? confirmCheckedAt &+ Self.confirmIntervalNanoseconds : nil
         }
     }
 
-    /// Whether nothing more can come of what is held before an exit: everything is written,
-    /// or the backend is not connected (waiting out a backoff: what is queued is dropped at
-    /// exit rather than holding the stop).
+    /// Whether nothing more can come of what is held before an exit: everything is written
+    /// and acknowledged, or the backend is not connected (waiting out a backoff: what is
+    /// queued is dropped at exit rather than holding the stop).
     var isSettled: Bool {
         if isAbandoned { return !sendInFlight }
         if case .waiting = state { return !sendInFlight }
-        return !hasUnwritten && !sendInFlight
+        return !hasUnwritten && !sendInFlight && confirmed == linesWritten
     }
 
     /// Queues `slot`'s packet (and a final `\n` if it has none); a packet that does not fit
@@ -177,7 +209,12 @@ struct TCPBackendLink: ~Copyable {
                 counts.connects &+= 1
             }
         case .connected:
-            break
+            // Nothing outstanding: the backend may have closed the connection since the last
+            // write, which the kernel would take and the backend reset.
+            if hasUnwritten, !sendInFlight, confirmed == written, peerHasGone {
+                fail(now: now)
+                return
+            }
         }
         guard writes else { return }
         var rounds = 0
@@ -254,7 +291,8 @@ struct TCPBackendLink: ~Copyable {
         }
     }
 
-    /// The kernel accepted `count` more bytes: the lines they end are sent.
+    /// The kernel accepted `count` more bytes: the lines they end are written, to be counted
+    /// sent once acknowledged (`confirmDelivery`).
     @inline(__always)
     private mutating func accepted(_ count: Int) {
         let end = written &+ UInt64(count)
@@ -263,17 +301,98 @@ struct TCPBackendLink: ~Copyable {
         counts.writes &+= 1
         failures = 0
         if let pastLast {
-            counts.sentLines &+= UInt64(lines)
-            counts.sentBytes &+= pastLast &- linesWritten
+            writtenLineCount &+= UInt64(lines)
             linesWritten = pastLast
+            marks.append(end: pastLast, lines: writtenLineCount)
         }
     }
 
-    /// Frees the bytes the backend's kernel acknowledged, short of the line being written.
+    /// Counts as sent the lines the backend's kernel acknowledged since the last look, at
+    /// most every `confirmIntervalNanoseconds` while lines wait for it; when some stay
+    /// unacknowledged, also peeks at the socket, and fails the connection if the backend
+    /// closed or reset it (its failure would otherwise show only at a next write, and none
+    /// may come: a backend taken down and its traffic rehashed away, or a stop).
+    ///
+    /// The cost: one `ioctl(SIOCOUTQ)`, and one `recv(MSG_PEEK)` while bytes stay
+    /// unacknowledged, per link and interval; nothing while every line is settled.
+    mutating func confirmDelivery(now: UInt64) {
+        guard state == .connected, confirmed < linesWritten, now >= confirmCheckedAt &+ Self.confirmIntervalNanoseconds else { return }
+        confirmCheckedAt = now
+        if let acknowledged = acknowledgedOffset() { confirm(upTo: acknowledged) }
+        // A send in flight on a dead connection fails by itself (`writeCompleted`).
+        guard confirmed < linesWritten, !sendInFlight, peerHasGone else { return }
+        fail(now: now)
+    }
+
+    /// The stream offset up to which the backend's kernel acknowledged what was written on the
+    /// current connection (`SIOCOUTQ`: still readable after a reset), or `nil` when not
+    /// connected or the kernel cannot say.
+    private func acknowledgedOffset() -> UInt64? {
+        guard state == .connected, let unacknowledged = withSocket({ $0.unacknowledgedBytes }) ?? nil else { return nil }
+        return written &- UInt64(min(unacknowledged, Int(written &- connectionStart)))
+    }
+
+    /// Whether the backend closed or reset the current connection (`TCPBackendSocket.peerState`).
+    private var peerHasGone: Bool {
+        switch withSocket({ $0.peerState() }) {
+        case .some(.open): false
+        case .some(.closed), .some(.failed): true
+        case .none: false  // no socket: nothing to look at
+        }
+    }
+
+    /// Counts as sent the lines whose `\n` is before `acknowledged`, and frees their bytes.
+    /// Everything written acknowledged (a backend that keeps up) costs nothing more; else the
+    /// write marks go as far as they can, and only the bytes after the last mark reached are
+    /// read again (at most one write's, each byte at most once: `confirmed` only grows).
+    private mutating func confirm(upTo acknowledged: UInt64) {
+        if acknowledged >= linesWritten {
+            countSent(through: linesWritten, lineCount: writtenLineCount)
+            marks.removeAll()
+        } else {
+            if let mark = marks.removeThrough(acknowledged) { countSent(through: mark.end, lineCount: mark.lines) }
+            if acknowledged > confirmed {
+                let (lines, pastLast) = queue.newlines(from: confirmed, to: acknowledged)
+                if let pastLast { countSent(through: pastLast, lineCount: confirmedLineCount &+ UInt64(lines)) }
+            }
+        }
+        queue.release(upTo: confirmed)
+    }
+
+    /// Counts the lines from `confirmed` to `end` (`lineCount` lines in all up to there) as sent.
+    private mutating func countSent(through end: UInt64, lineCount: UInt64) {
+        guard end > confirmed else { return }
+        counts.sentLines &+= lineCount &- confirmedLineCount
+        counts.sentBytes &+= end &- confirmed
+        confirmed = end
+        confirmedLineCount = lineCount
+    }
+
+    /// Settles every line written on the connection being let go: those the backend's kernel
+    /// acknowledged are sent; the rest are sent and lost at reset when the connection
+    /// `failed`, else unconfirmed (the kernel may still deliver them).
+    private mutating func settleConnection(failed: Bool) {
+        defer { marks.removeAll() }
+        guard confirmed < linesWritten else { return }
+        if let acknowledged = acknowledgedOffset() { confirm(upTo: acknowledged) }
+        let lines = writtenLineCount &- confirmedLineCount
+        let bytes = linesWritten &- confirmed
+        if failed {
+            counts.sentLines &+= lines
+            counts.sentBytes &+= bytes
+            counts.lostAtResetLines &+= lines
+            counts.lostAtResetBytes &+= bytes
+        } else {
+            counts.unconfirmedLines &+= lines
+        }
+        confirmed = linesWritten
+        confirmedLineCount = writtenLineCount
+    }
+
+    /// Frees the bytes the backend's kernel acknowledged, short of the line being written,
+    /// counting their lines sent.
     private mutating func releaseAcknowledged() {
-        guard state == .connected, let unacknowledged = withSocket({ $0.unacknowledgedBytes }) ?? nil else { return }
-        let acknowledged = max(written &- UInt64(min(unacknowledged, Int(written &- connectionStart))), queue.start)
-        queue.release(upTo: max(queue.start, min(acknowledged, linesWritten)))
+        if let acknowledged = acknowledgedOffset() { confirm(upTo: acknowledged) }
     }
 
     /// Opens a socket and starts connecting; a failure at once counts and backs off.
@@ -301,13 +420,7 @@ struct TCPBackendLink: ~Copyable {
     /// The connection failed: counts what it never delivered, closes it, and backs off. The
     /// line it cut is written again whole on the next connection.
     private mutating func fail(now: UInt64) {
-        if state == .connected, let unacknowledged = withSocket({ $0.unacknowledgedBytes }) ?? nil {
-            let acknowledged = max(written &- UInt64(min(unacknowledged, Int(written &- connectionStart))), queue.start)
-            if acknowledged < linesWritten {
-                counts.lostAtResetLines &+= UInt64(queue.newlines(from: acknowledged, to: linesWritten).count)
-                counts.lostAtResetBytes &+= linesWritten &- acknowledged
-            }
-        }
+        settleConnection(failed: true)
         counts.connectionFailures &+= 1
         socket = nil
         written = linesWritten
@@ -328,6 +441,7 @@ struct TCPBackendLink: ~Copyable {
     /// written again whole on the new one.
     mutating func move(to newAddress: SocketAddress, now: UInt64) {
         address = newAddress
+        letConnectionGo()
         endWaitingSend()
         socket = nil
         written = linesWritten
@@ -358,13 +472,15 @@ struct TCPBackendLink: ~Copyable {
 
     /// At exit: a line the last write cut is offered once more (its rest only, without
     /// waiting), so the backend does not get it cut; what is still queued, unwritten, is
-    /// dropped and counted (`tcp_unsent_at_exit`); the socket closes, and the kernel goes on
-    /// delivering what it accepted.
+    /// dropped and counted (`tcp_unsent_at_exit`); what was written and not acknowledged is
+    /// lost (the backend closed or reset the connection) or unconfirmed (`letConnectionGo`);
+    /// the socket closes, and the kernel goes on delivering what it accepted.
     mutating func finish() {
         if state == .connected, !sendInFlight, written > linesWritten, let lineEnd = queue.firstNewline(from: written, to: queue.end) {
             let from = written
             if let result = withSocket({ queue.write(from: from, upTo: lineEnd, to: $0) }), result > 0 { accepted(result) }
         }
+        letConnectionGo()
         if linesWritten < queue.end {
             counts.atExitLines &+= UInt64(queue.newlines(from: linesWritten, to: queue.end).count)
             counts.atExitBytes &+= queue.end &- linesWritten
@@ -374,9 +490,57 @@ struct TCPBackendLink: ~Copyable {
         if sendInFlight { queue.keepAllocatedAfterDestruction() }
     }
 
+    /// Settles the lines written on a connection about to be closed while it may stand: one
+    /// last `SIOCOUTQ` says which the backend's kernel acknowledged (sent); a peek says
+    /// whether the backend closed or reset it, unseen (a failure: the rest lost at reset), or
+    /// not (the rest unconfirmed).
+    private mutating func letConnectionGo() {
+        guard state == .connected, confirmed < linesWritten else { return }
+        let failed = peerHasGone
+        if failed { counts.connectionFailures &+= 1 }
+        settleConnection(failed: failed)
+    }
+
     /// The outcomes since the last call, so each is counted once.
     mutating func takeReport() -> StreamCounts {
         defer { reported = counts }
         return counts - reported
+    }
+}
+
+/// Where a link's recent writes ended on the stream (just past their last `\n`) and how many
+/// lines were written up to there, oldest first: lines are confirmed up to an acknowledged
+/// offset by these, reading again only the bytes after the last mark reached. At most
+/// `capacity` are kept; a write past that moves the newest mark on (the bytes read again may
+/// then be more than one write's).
+private struct WriteMarks {
+    static let capacity = 16
+    private var ends = [UInt64](repeating: 0, count: capacity)
+    private var lineCounts = [UInt64](repeating: 0, count: capacity)
+    private var first = 0
+    private var count = 0
+
+    /// Notes a write that ended lines up to `end`, `lines` lines in all up to there.
+    mutating func append(end: UInt64, lines: UInt64) {
+        let at = count == Self.capacity ? (first + count - 1) % Self.capacity : (first + count) % Self.capacity
+        if count < Self.capacity { count += 1 }
+        ends[at] = end
+        lineCounts[at] = lines
+    }
+
+    /// Removes the marks at or before `offset`, and returns the last of them.
+    mutating func removeThrough(_ offset: UInt64) -> (end: UInt64, lines: UInt64)? {
+        var last: (end: UInt64, lines: UInt64)?
+        while count > 0, ends[first] <= offset {
+            last = (ends[first], lineCounts[first])
+            first = (first + 1) % Self.capacity
+            count -= 1
+        }
+        return last
+    }
+
+    mutating func removeAll() {
+        first = 0
+        count = 0
     }
 }

@@ -1,12 +1,14 @@
 /// What became of the lines a worker queued for one TCP backend (`TCPBackendLink`), for its
 /// counters: every line queued ends exactly once as sent, dropped because the queue was full,
-/// or dropped at exit; `lostAtReset` is a part of `sent`, not another end.
+/// dropped at exit, or unconfirmed (written, never acknowledged, when its connection was let
+/// go); `lostAtReset` is a part of `sent`, not another end.
 ///
-/// A line counts as sent when the write carrying its last byte (its `\n`) was accepted by the
-/// kernel; its bytes are counted with it, so a line cut by a failed connection and written
-/// again whole on the next one counts once.
+/// A line counts as sent once the backend's kernel acknowledged its last byte (its `\n`), or
+/// when its connection failed before that (then it is lost at reset too); its bytes are
+/// counted with it, so a line cut by a failed connection and written again whole on the next
+/// one counts once.
 public struct StreamCounts: Sendable, Equatable {
-    /// Lines (and their bytes) the kernel accepted whole.
+    /// Lines (and their bytes) the backend's kernel acknowledged whole, and those lost at reset.
     public var sentLines: UInt64 = 0
     public var sentBytes: UInt64 = 0
     /// Writes (`sendmsg` calls or `send` SQEs) that the kernel took bytes from.
@@ -18,8 +20,13 @@ public struct StreamCounts: Sendable, Equatable {
     /// Lines (and bytes) still queued, not written, when the worker exited.
     public var atExitLines: UInt64 = 0
     public var atExitBytes: UInt64 = 0
+    /// Lines written whose bytes the backend's kernel had not acknowledged when their
+    /// connection was let go alive (the worker's exit, a removed backend given up, an address
+    /// change): the kernel may still deliver them, or not.
+    public var unconfirmedLines: UInt64 = 0
     /// Of the lines sent, those whose bytes the backend's kernel had not acknowledged when the
-    /// connection failed (reset, or timed out): written, counted as sent, and lost.
+    /// connection failed (reset, closed by the backend, or timed out): written, counted as
+    /// sent, and lost.
     public var lostAtResetLines: UInt64 = 0
     public var lostAtResetBytes: UInt64 = 0
     /// Connections made.
@@ -39,6 +46,7 @@ public struct StreamCounts: Sendable, Equatable {
         difference.queueFullBytes = lhs.queueFullBytes &- rhs.queueFullBytes
         difference.atExitLines = lhs.atExitLines &- rhs.atExitLines
         difference.atExitBytes = lhs.atExitBytes &- rhs.atExitBytes
+        difference.unconfirmedLines = lhs.unconfirmedLines &- rhs.unconfirmedLines
         difference.lostAtResetLines = lhs.lostAtResetLines &- rhs.lostAtResetLines
         difference.lostAtResetBytes = lhs.lostAtResetBytes &- rhs.lostAtResetBytes
         difference.connects = lhs.connects &- rhs.connects
