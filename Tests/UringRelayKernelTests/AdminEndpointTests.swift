@@ -109,6 +109,48 @@ struct AdminEndpointTests {
         #expect(try AdminClient.get("/healthz", from: subject.admin.address).status == 200)
     }
 
+    @Test("/healthz answers 200 while every connection slot is held by a client that sends nothing", arguments: ioDrivers)
+    func healthzBesideIdleConnections(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let backend = try TestBackend()
+        let subject = try AdminRelay(backends: [backend], driver: driver)
+        defer {
+            subject.admin.stop()
+            _ = subject.relay.stop()
+        }
+        #expect(subject.relay.relay.driver == driver)
+        // The server accepts in arrival order, so these fill every slot before the probe comes.
+        let idle = try (0..<AdminServer.maximumConnections).map { _ in try openConnection(to: subject.admin.address) }
+        defer { idle.forEach { close($0) } }
+        #expect(try AdminClient.get("/healthz", from: subject.admin.address) == AdminClient.Response(status: 200, body: "ok\n"))
+    }
+
+    @Test("a connection that has not completed its request head is closed at the head deadline, not the whole-request one", arguments: ioDrivers)
+    func requestHeadDeadline(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let backend = try TestBackend()
+        let subject = try AdminRelay(backends: [backend], driver: driver)
+        defer {
+            subject.admin.stop()
+            _ = subject.relay.stop()
+        }
+        #expect(subject.relay.relay.driver == driver)
+        let descriptor = try openConnection(to: subject.admin.address)
+        defer { close(descriptor) }
+        let partial = Array("GET /healthz HTTP/1.1\r\nHost: x\r\n".utf8)
+        #expect(partial.withUnsafeBytes { send(descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } == partial.count)
+        // Waits less than the whole-request deadline (5 s) for the server's close (end of file).
+        var timeout = timeval(tv_sec: 4, tv_usec: 0)
+        setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var buffer = [UInt8](repeating: 0, count: 512)
+        var received = -1
+        for _ in 0..<100 {
+            received = buffer.withUnsafeMutableBytes { recv(descriptor, $0.baseAddress, $0.count, 0) }
+            if received >= 0 || errno != EINTR { break }
+        }
+        #expect(received == 0, "the server did not close the connection within 4 s (recv \(received), errno \(errno))")
+    }
+
     @Test("--admin none opens no TCP listener; the default --admin opens one", arguments: ioDrivers)
     func adminNone(driver: IOBackendChoice) throws {
         try requireDriver(driver)

@@ -103,6 +103,22 @@ func holdsListeningTCPSocket(pid: Int32) throws -> Bool {
     return false
 }
 
+/// A new TCP connection to `address`, its descriptor (the caller closes it); nothing is sent.
+func openConnection(to address: AdminAddress) throws -> Int32 {
+    let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    try #require(descriptor >= 0)
+    var target = try #require(SocketAddress(numericHost: address.host, port: address.port))
+    let connected = withUnsafePointer(to: &target.storage) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(descriptor, $0, target.length) }
+    }
+    guard connected == 0 else {
+        let code = errno
+        close(descriptor)
+        throw SystemCallError("connect", "tcp \(address)", Errno(rawValue: code))
+    }
+    return descriptor
+}
+
 /// Sends `request` as is on a new TCP connection to `address` and returns everything the
 /// server wrote before it closed the connection (at most 5 s).
 func rawHTTPExchange(_ request: [UInt8], with address: AdminAddress) throws -> String {

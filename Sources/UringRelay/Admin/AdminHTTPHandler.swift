@@ -12,15 +12,22 @@ final class AdminHTTPHandler: ChannelInboundHandler {
     typealias OutboundOut = HTTPServerResponsePart
 
     private let endpoint: AdminEndpoint
+    private let headReceived: () -> Void
     private var head: HTTPRequestHead?
     private var answered = false
 
     /// A handler answering with `endpoint`.
-    init(endpoint: AdminEndpoint) { self.endpoint = endpoint }
+    ///
+    /// - Parameter headReceived: called once the request head (request line and headers) is complete.
+    init(endpoint: AdminEndpoint, headReceived: @escaping () -> Void = {}) {
+        self.endpoint = endpoint
+        self.headReceived = headReceived
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let head):
+            if self.head == nil { headReceived() }
             self.head = head
         case .body:
             break
