@@ -85,7 +85,7 @@ struct AdminEndpointTests {
         #expect(try AdminClient.get("/healthz", from: subject.admin.address).status == 503)
     }
 
-    @Test("requests are bounded: only GET, a few KiB of headers, no request data echoed", arguments: ioDrivers)
+    @Test("requests are bounded: only GET and HEAD, a few KiB of headers, no request data echoed", arguments: ioDrivers)
     func requestBounds(driver: IOBackendChoice) throws {
         try requireDriver(driver)
         let backend = try TestBackend()
@@ -97,7 +97,7 @@ struct AdminEndpointTests {
         #expect(subject.relay.relay.driver == driver)
         let post = try rawHTTPExchange(Array("POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc".utf8), with: subject.admin.address)
         #expect(post.hasPrefix("HTTP/1.1 405 Method Not Allowed\r\n"), "\(post)")
-        #expect(post.contains("\r\nAllow: GET\r\n"))
+        #expect(post.contains("\r\nAllow: GET, HEAD\r\n"))
         let huge = "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Filler: \(String(repeating: "a", count: 64 << 10))\r\n\r\n"
         let refused = try rawHTTPExchange(Array(huge.utf8), with: subject.admin.address)
         #expect(!refused.contains("200 OK"), "an oversized request was answered: \(refused.prefix(200))")
@@ -107,6 +107,31 @@ struct AdminEndpointTests {
         #expect(!unknown.contains("<script>"), "request data came back")
         // Still serving after all that.
         #expect(try AdminClient.get("/healthz", from: subject.admin.address).status == 200)
+    }
+
+    @Test("HEAD is answered as GET without the body; a method the parser does not know is 405 with Allow", arguments: ioDrivers)
+    func methods(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let backend = try TestBackend()
+        let subject = try AdminRelay(backends: [backend], driver: driver)
+        defer {
+            subject.admin.stop()
+            _ = subject.relay.stop()
+        }
+        #expect(subject.relay.relay.driver == driver)
+        let get = try rawHTTPExchange(Array("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".utf8), with: subject.admin.address)
+        let head = try rawHTTPExchange(Array("HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n".utf8), with: subject.admin.address)
+        #expect(get.hasPrefix("HTTP/1.1 200 OK\r\n") && get.hasSuffix("\r\n\r\nok\n"), "\(get)")
+        #expect(head == String(get.dropLast("ok\n".count)), "HEAD: \(head)")
+        #expect(head.contains("\r\nContent-Length: 3\r\n"))
+        let root = try rawHTTPExchange(Array("HEAD / HTTP/1.0\r\n\r\n".utf8), with: subject.admin.address)
+        #expect(root.hasPrefix("HTTP/1.0 200 OK\r\n") && root.hasSuffix("\r\n\r\n"), "\(root)")
+        for method in ["BREW", "get", "PROPFIND", "DELETE"] {
+            let answer = try rawHTTPExchange(Array("\(method) /metrics HTTP/1.1\r\nHost: x\r\n\r\n".utf8), with: subject.admin.address)
+            #expect(answer.hasPrefix("HTTP/1.1 405 Method Not Allowed\r\n"), "\(method): \(answer)")
+            #expect(answer.contains("\r\nAllow: GET, HEAD\r\n"), "\(method): \(answer)")
+            #expect(answer.hasSuffix("\r\n\r\nonly GET and HEAD are served\n"), "\(method): \(answer)")
+        }
     }
 
     @Test("/healthz answers 200 while every connection slot is held by a client that sends nothing", arguments: ioDrivers)

@@ -68,14 +68,17 @@ struct AdminTests {
         do { _ = try AdminAddress.parse(text) } catch { #expect(error.description == message) }
     }
 
-    @Test("the endpoint serves GET only, answers 404 elsewhere and 414 for an overlong target, before the relay starts")
+    @Test("the endpoint serves GET and HEAD only, answers 404 elsewhere and 414 for an overlong target, before the relay starts")
     func endpointRoutes() throws {
         var configuration = RelayConfiguration(backends: [try BackendAddress(parsing: "127.0.0.1:9")])
         configuration.threads = 1
         let relay = try Relay(configuration: configuration, logger: .init(label: "test"))
         let endpoint = AdminEndpoint(relay: relay, version: "1.2.3")
-        #expect(endpoint.respond(method: "POST", target: "/metrics").status == 405)
-        #expect(endpoint.respond(method: "HEAD", target: "/healthz").status == 405)
+        #expect(endpoint.respond(method: "POST", target: "/metrics") == .init(status: 405, body: "only GET and HEAD are served\n"))
+        #expect(endpoint.respond(method: "BREW", target: "/metrics") == .init(status: 405, body: "only GET and HEAD are served\n"))
+        for target in ["/", "/healthz", "/metrics", "/nope"] {
+            #expect(endpoint.respond(method: "HEAD", target: target) == endpoint.respond(method: "GET", target: target))
+        }
         #expect(endpoint.respond(method: "GET", target: "/nope").status == 404)
         #expect(endpoint.respond(method: "GET", target: "/" + String(repeating: "a", count: 2_000)).status == 414)
         #expect(endpoint.respond(method: "GET", target: "/").body.contains("statsrelay 1.2.3"))

@@ -76,6 +76,7 @@ public final class AdminServer: Sendable {
                         InboundByteLimit(limit: Self.maximumRequestBytes),
                         HTTPResponseEncoder(),
                         ByteToMessageHandler(decoder),
+                        UnknownMethodAnswer(),
                         HTTPServerProtocolErrorHandler(),
                         AdminHTTPHandler(endpoint: endpoint) { connections.markHeadSent(channel) },
                     ])
