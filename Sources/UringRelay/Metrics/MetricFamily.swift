@@ -285,12 +285,26 @@ public struct MetricFamily: Sendable, Equatable {
     }
 }
 
+extension MetricFamily {
+    /// `exposition(ofCounterNamed:)` of every counter of a table, indexed by raw value: worked
+    /// out once per process, so a scrape never splits a dot name.
+    static func expositionTable(_ counters: [(rawValue: Int, name: String)]) -> [(family: String, reason: String?)] {
+        var table: [(family: String, reason: String?)] = Array(repeating: ("", nil), count: (counters.map(\.rawValue).max() ?? -1) + 1)
+        for counter in counters { table[counter.rawValue] = exposition(ofCounterNamed: counter.name) }
+        return table
+    }
+}
+
 extension RelayCounter {
     /// The Prometheus family and `reason` label this counter is exported under.
-    public var exposition: (family: String, reason: String?) { MetricFamily.exposition(ofCounterNamed: name) }
+    public var exposition: (family: String, reason: String?) { Self.expositions[rawValue] }
+
+    private static let expositions = MetricFamily.expositionTable(allCases.map { ($0.rawValue, $0.name) })
 }
 
 extension BackendCounter {
     /// The Prometheus family and `reason` label this counter is exported under (with `backend`).
-    public var exposition: (family: String, reason: String?) { MetricFamily.exposition(ofCounterNamed: name) }
+    public var exposition: (family: String, reason: String?) { Self.expositions[rawValue] }
+
+    private static let expositions = MetricFamily.expositionTable(allCases.map { ($0.rawValue, $0.name) })
 }
