@@ -289,3 +289,42 @@ struct AdminEndpointTests {
         #expect(unreachable.error.contains("statsrelay status: connect tcp \(address): Connection refused (errno 111)"), "\(unreachable.error)")
     }
 }
+
+@Suite("statsrelay status against a server that is not a relay", .timeLimit(.minutes(1)))
+struct StatusAgainstOtherServersTests {
+    @Test("a server that never answers: timed out, not reset")
+    func silentServer() throws {
+        let server = try FakeAnswerServer(answer: nil)
+        defer { server.stop() }
+        #expect(throws: SystemCallError.self) { try AdminClient.get("/metrics", from: server.address, timeout: .milliseconds(300)) }
+        do {
+            _ = try AdminClient.get("/metrics", from: server.address, timeout: .milliseconds(300))
+        } catch {
+            #expect(error.description == "GET http://\(server.address)/metrics: Connection timed out (errno 110); no complete answer within 300ms")
+        }
+    }
+
+    @Test("a server answering something that is not HTTP: not an HTTP response")
+    func garbageServer() throws {
+        let server = try FakeAnswerServer(answer: Array(String(repeating: "\u{0}\u{7f}SSH-2.0-OpenSSH\r\n", count: 10).utf8))
+        defer { server.stop() }
+        do {
+            _ = try AdminClient.get("/metrics", from: server.address, timeout: .seconds(5))
+            Issue.record("garbage was taken for an HTTP response")
+        } catch {
+            #expect(error.description == "GET http://\(server.address)/metrics: Protocol error (errno 71); the answer is not an HTTP response")
+        }
+    }
+
+    @Test("an HTTP server answering 200 without statsrelay_build_info: exit 69, not a statsrelay admin endpoint")
+    func otherHTTPServer() throws {
+        let server = try FakeAnswerServer(answer: Array("HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nhello\n".utf8))
+        defer { server.stop() }
+        let status = try RelayProcess.run(["status", "--admin", "\(server.address)", "--interval", "0"])
+        #expect(status.status == 69)
+        #expect(status.output.isEmpty, "\(status.output)")
+        #expect(status.error.contains(
+            "statsrelay status: GET http://\(server.address)/metrics answered 200 without statsrelay_build_info: not a statsrelay admin endpoint"),
+            "\(status.error)")
+    }
+}
