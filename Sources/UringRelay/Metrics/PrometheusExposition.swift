@@ -137,9 +137,10 @@ public enum PrometheusExposition {
         }
         switch family.source {
         case .relayCounters:
-            // The received families and the kernel's drops are counted per listener; the other
-            // drop reasons are not split by listener, so with several they carry all of them
-            // in one label value.
+            // The received families and the kernel's drops are counted per listener. The other
+            // drop reasons are not split by listener and carry no `listener` label: a label
+            // naming the listeners in force would rename their series (and break `rate()`)
+            // whenever a reload adds or removes a listener.
             let listener = snapshot.listeners.count == 1 ? snapshot.listeners[0] : snapshot.listeners.joined(separator: ",")
             var samples: [Sample] = []
             for (counter, reason) in relayCountersByFamily[family.name] ?? [] {
@@ -151,7 +152,9 @@ public enum PrometheusExposition {
                         samples.append(Sample(labels: labels(values), value: "\(snapshot.counters[split, listener: name])"))
                     }
                 } else {
-                    values["listener"] = listener
+                    // A split counter before any listener is counted (a worker not yet started)
+                    // has only its total, under the listeners in force.
+                    if ListenerCounter.split(of: counter) != nil { values["listener"] = listener }
                     samples.append(Sample(labels: labels(values), value: "\(snapshot.counters[counter])"))
                 }
             }
