@@ -11,7 +11,8 @@ struct StatusCommand: ParsableCommand {
         abstract: "Show a running relay's backends, traffic and drops, from its admin endpoint.",
         discussion: """
             Reads /metrics twice, --interval apart, for the per-second rates (--interval 0: once, \
-            no rates), and /healthz. Exits 69 when the endpoint cannot be reached or does not answer.
+            no rates), and /healthz. Exits 69 when the endpoint cannot be reached, does not answer, \
+            or is not a statsrelay admin endpoint (its /metrics has no statsrelay_build_info).
             """
     )
 
@@ -66,12 +67,19 @@ struct StatusCommand: ParsableCommand {
     }
 
     /// `/metrics` from `address`, as samples.
+    ///
+    /// - Throws: `Unusable` when it is not 200, or has no `statsrelay_build_info` (another HTTP
+    ///   server on that port, which must not pass for a healthy relay).
     private func fetchMetrics(_ address: AdminAddress) throws -> [PrometheusSample] {
         let response = try AdminClient.get("/metrics", from: address)
         guard response.status == 200 else {
             let line = response.body.split(separator: "\n").first.map(String.init) ?? ""
             throw Unusable(description: "GET http://\(address)/metrics answered \(response.status): \(line)")
         }
-        return PrometheusSample.parse(response.body)
+        let samples = PrometheusSample.parse(response.body)
+        guard samples.contains(where: { $0.name == "statsrelay_build_info" }) else {
+            throw Unusable(description: "GET http://\(address)/metrics answered 200 without statsrelay_build_info: not a statsrelay admin endpoint")
+        }
+        return samples
     }
 }

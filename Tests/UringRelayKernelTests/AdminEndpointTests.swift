@@ -85,7 +85,7 @@ struct AdminEndpointTests {
         #expect(try AdminClient.get("/healthz", from: subject.admin.address).status == 503)
     }
 
-    @Test("requests are bounded: only GET, a few KiB of headers, no request data echoed", arguments: ioDrivers)
+    @Test("requests are bounded: only GET and HEAD, a few KiB of headers, no request data echoed", arguments: ioDrivers)
     func requestBounds(driver: IOBackendChoice) throws {
         try requireDriver(driver)
         let backend = try TestBackend()
@@ -97,7 +97,7 @@ struct AdminEndpointTests {
         #expect(subject.relay.relay.driver == driver)
         let post = try rawHTTPExchange(Array("POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc".utf8), with: subject.admin.address)
         #expect(post.hasPrefix("HTTP/1.1 405 Method Not Allowed\r\n"), "\(post)")
-        #expect(post.contains("\r\nAllow: GET\r\n"))
+        #expect(post.contains("\r\nAllow: GET, HEAD\r\n"))
         let huge = "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Filler: \(String(repeating: "a", count: 64 << 10))\r\n\r\n"
         let refused = try rawHTTPExchange(Array(huge.utf8), with: subject.admin.address)
         #expect(!refused.contains("200 OK"), "an oversized request was answered: \(refused.prefix(200))")
@@ -107,6 +107,73 @@ struct AdminEndpointTests {
         #expect(!unknown.contains("<script>"), "request data came back")
         // Still serving after all that.
         #expect(try AdminClient.get("/healthz", from: subject.admin.address).status == 200)
+    }
+
+    @Test("HEAD is answered as GET without the body; a method the parser does not know is 405 with Allow", arguments: ioDrivers)
+    func methods(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let backend = try TestBackend()
+        let subject = try AdminRelay(backends: [backend], driver: driver)
+        defer {
+            subject.admin.stop()
+            _ = subject.relay.stop()
+        }
+        #expect(subject.relay.relay.driver == driver)
+        let get = try rawHTTPExchange(Array("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".utf8), with: subject.admin.address)
+        let head = try rawHTTPExchange(Array("HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n".utf8), with: subject.admin.address)
+        #expect(get.hasPrefix("HTTP/1.1 200 OK\r\n") && get.hasSuffix("\r\n\r\nok\n"), "\(get)")
+        #expect(head == String(get.dropLast("ok\n".count)), "HEAD: \(head)")
+        #expect(head.contains("\r\nContent-Length: 3\r\n"))
+        let root = try rawHTTPExchange(Array("HEAD / HTTP/1.0\r\n\r\n".utf8), with: subject.admin.address)
+        #expect(root.hasPrefix("HTTP/1.0 200 OK\r\n") && root.hasSuffix("\r\n\r\n"), "\(root)")
+        for method in ["BREW", "get", "PROPFIND", "DELETE"] {
+            let answer = try rawHTTPExchange(Array("\(method) /metrics HTTP/1.1\r\nHost: x\r\n\r\n".utf8), with: subject.admin.address)
+            #expect(answer.hasPrefix("HTTP/1.1 405 Method Not Allowed\r\n"), "\(method): \(answer)")
+            #expect(answer.contains("\r\nAllow: GET, HEAD\r\n"), "\(method): \(answer)")
+            #expect(answer.hasSuffix("\r\n\r\nonly GET and HEAD are served\n"), "\(method): \(answer)")
+        }
+    }
+
+    @Test("/healthz answers 200 while every connection slot is held by a client that sends nothing", arguments: ioDrivers)
+    func healthzBesideIdleConnections(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let backend = try TestBackend()
+        let subject = try AdminRelay(backends: [backend], driver: driver)
+        defer {
+            subject.admin.stop()
+            _ = subject.relay.stop()
+        }
+        #expect(subject.relay.relay.driver == driver)
+        // The server accepts in arrival order, so these fill every slot before the probe comes.
+        let idle = try (0..<AdminServer.maximumConnections).map { _ in try openConnection(to: subject.admin.address) }
+        defer { idle.forEach { close($0) } }
+        #expect(try AdminClient.get("/healthz", from: subject.admin.address) == AdminClient.Response(status: 200, body: "ok\n"))
+    }
+
+    @Test("a connection that has not completed its request head is closed at the head deadline, not the whole-request one", arguments: ioDrivers)
+    func requestHeadDeadline(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let backend = try TestBackend()
+        let subject = try AdminRelay(backends: [backend], driver: driver)
+        defer {
+            subject.admin.stop()
+            _ = subject.relay.stop()
+        }
+        #expect(subject.relay.relay.driver == driver)
+        let descriptor = try openConnection(to: subject.admin.address)
+        defer { close(descriptor) }
+        let partial = Array("GET /healthz HTTP/1.1\r\nHost: x\r\n".utf8)
+        #expect(partial.withUnsafeBytes { send(descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } == partial.count)
+        // Waits less than the whole-request deadline (5 s) for the server's close (end of file).
+        var timeout = timeval(tv_sec: 4, tv_usec: 0)
+        setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var buffer = [UInt8](repeating: 0, count: 512)
+        var received = -1
+        for _ in 0..<100 {
+            received = buffer.withUnsafeMutableBytes { recv(descriptor, $0.baseAddress, $0.count, 0) }
+            if received >= 0 || errno != EINTR { break }
+        }
+        #expect(received == 0, "the server did not close the connection within 4 s (recv \(received), errno \(errno))")
     }
 
     @Test("--admin none opens no TCP listener; the default --admin opens one", arguments: ioDrivers)
@@ -220,5 +287,44 @@ struct AdminEndpointTests {
         let unreachable = try RelayProcess.run(["status", "--admin", "\(address)", "--interval", "0"])
         #expect(unreachable.status == 69)
         #expect(unreachable.error.contains("statsrelay status: connect tcp \(address): Connection refused (errno 111)"), "\(unreachable.error)")
+    }
+}
+
+@Suite("statsrelay status against a server that is not a relay", .timeLimit(.minutes(1)))
+struct StatusAgainstOtherServersTests {
+    @Test("a server that never answers: timed out, not reset")
+    func silentServer() throws {
+        let server = try FakeAnswerServer(answer: nil)
+        defer { server.stop() }
+        #expect(throws: SystemCallError.self) { try AdminClient.get("/metrics", from: server.address, timeout: .milliseconds(300)) }
+        do {
+            _ = try AdminClient.get("/metrics", from: server.address, timeout: .milliseconds(300))
+        } catch {
+            #expect(error.description == "GET http://\(server.address)/metrics: Connection timed out (errno 110); no complete answer within 300ms")
+        }
+    }
+
+    @Test("a server answering something that is not HTTP: not an HTTP response")
+    func garbageServer() throws {
+        let server = try FakeAnswerServer(answer: Array(String(repeating: "\u{0}\u{7f}SSH-2.0-OpenSSH\r\n", count: 10).utf8))
+        defer { server.stop() }
+        do {
+            _ = try AdminClient.get("/metrics", from: server.address, timeout: .seconds(5))
+            Issue.record("garbage was taken for an HTTP response")
+        } catch {
+            #expect(error.description == "GET http://\(server.address)/metrics: Protocol error (errno 71); the answer is not an HTTP response")
+        }
+    }
+
+    @Test("an HTTP server answering 200 without statsrelay_build_info: exit 69, not a statsrelay admin endpoint")
+    func otherHTTPServer() throws {
+        let server = try FakeAnswerServer(answer: Array("HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nhello\n".utf8))
+        defer { server.stop() }
+        let status = try RelayProcess.run(["status", "--admin", "\(server.address)", "--interval", "0"])
+        #expect(status.status == 69)
+        #expect(status.output.isEmpty, "\(status.output)")
+        #expect(status.error.contains(
+            "statsrelay status: GET http://\(server.address)/metrics answered 200 without statsrelay_build_info: not a statsrelay admin endpoint"),
+            "\(status.error)")
     }
 }

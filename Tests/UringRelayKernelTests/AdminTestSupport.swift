@@ -103,6 +103,22 @@ func holdsListeningTCPSocket(pid: Int32) throws -> Bool {
     return false
 }
 
+/// A new TCP connection to `address`, its descriptor (the caller closes it); nothing is sent.
+func openConnection(to address: AdminAddress) throws -> Int32 {
+    let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    try #require(descriptor >= 0)
+    var target = try #require(SocketAddress(numericHost: address.host, port: address.port))
+    let connected = withUnsafePointer(to: &target.storage) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(descriptor, $0, target.length) }
+    }
+    guard connected == 0 else {
+        let code = errno
+        close(descriptor)
+        throw SystemCallError("connect", "tcp \(address)", Errno(rawValue: code))
+    }
+    return descriptor
+}
+
 /// Sends `request` as is on a new TCP connection to `address` and returns everything the
 /// server wrote before it closed the connection (at most 5 s).
 func rawHTTPExchange(_ request: [UInt8], with address: AdminAddress) throws -> String {
@@ -138,4 +154,58 @@ func rawHTTPExchange(_ request: [UInt8], with address: AdminAddress) throws -> S
         reply += buffer[..<count]
     }
     return String(decoding: reply, as: UTF8.self)
+}
+
+/// A TCP server on loopback that is not a relay, for `statsrelay status` and `AdminClient`
+/// against it: it answers each connection's request with the same bytes, or, with no answer,
+/// never accepts (the kernel completes the connection; nothing ever comes back).
+final class FakeAnswerServer: @unchecked Sendable {
+    let address: AdminAddress
+    private let descriptor: Int32
+    private let finished = DispatchSemaphore(value: 0)
+    private let answers: Bool
+
+    init(answer: [UInt8]?) throws {
+        let port = try unusedTCPPort()
+        let listening = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        try #require(listening >= 0)
+        var local = try #require(SocketAddress(numericHost: "127.0.0.1", port: port))
+        let bound = withUnsafePointer(to: &local.storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listening, $0, local.length) }
+        }
+        try #require(bound == 0 && listen(listening, 16) == 0, "bind/listen 127.0.0.1:\(port): errno \(errno)")
+        descriptor = listening
+        address = AdminAddress(host: "127.0.0.1", port: port)
+        answers = answer != nil
+        guard let answer else { return }
+        let finished = finished
+        Thread.detachNewThread {
+            defer { finished.signal() }
+            while true {
+                let connection = accept(listening, nil, nil)
+                if connection < 0 {
+                    if errno == EINTR { continue }
+                    return  // `stop()` shut the listening socket down
+                }
+                var timeout = timeval(tv_sec: 5, tv_usec: 0)
+                setsockopt(connection, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+                var request = [UInt8](repeating: 0, count: 4096)
+                _ = request.withUnsafeMutableBytes { recv(connection, $0.baseAddress, $0.count, 0) }
+                _ = answer.withUnsafeBytes { send(connection, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                // Until the client closes (or 5 s): it must judge the answer, not our close.
+                for _ in 0..<1_000 {
+                    let count = request.withUnsafeMutableBytes { recv(connection, $0.baseAddress, $0.count, 0) }
+                    if count == 0 || (count < 0 && errno != EINTR) { break }
+                }
+                close(connection)
+            }
+        }
+    }
+
+    /// Stops accepting and closes the listening socket.
+    func stop() {
+        shutdown(descriptor, Int32(SHUT_RDWR))
+        if answers { finished.wait() }
+        close(descriptor)
+    }
 }

@@ -68,14 +68,17 @@ struct AdminTests {
         do { _ = try AdminAddress.parse(text) } catch { #expect(error.description == message) }
     }
 
-    @Test("the endpoint serves GET only, answers 404 elsewhere and 414 for an overlong target, before the relay starts")
+    @Test("the endpoint serves GET and HEAD only, answers 404 elsewhere and 414 for an overlong target, before the relay starts")
     func endpointRoutes() throws {
         var configuration = RelayConfiguration(backends: [try BackendAddress(parsing: "127.0.0.1:9")])
         configuration.threads = 1
         let relay = try Relay(configuration: configuration, logger: .init(label: "test"))
         let endpoint = AdminEndpoint(relay: relay, version: "1.2.3")
-        #expect(endpoint.respond(method: "POST", target: "/metrics").status == 405)
-        #expect(endpoint.respond(method: "HEAD", target: "/healthz").status == 405)
+        #expect(endpoint.respond(method: "POST", target: "/metrics") == .init(status: 405, body: "only GET and HEAD are served\n"))
+        #expect(endpoint.respond(method: "BREW", target: "/metrics") == .init(status: 405, body: "only GET and HEAD are served\n"))
+        for target in ["/", "/healthz", "/metrics", "/nope"] {
+            #expect(endpoint.respond(method: "HEAD", target: target) == endpoint.respond(method: "GET", target: target))
+        }
         #expect(endpoint.respond(method: "GET", target: "/nope").status == 404)
         #expect(endpoint.respond(method: "GET", target: "/" + String(repeating: "a", count: 2_000)).status == 414)
         #expect(endpoint.respond(method: "GET", target: "/").body.contains("statsrelay 1.2.3"))
@@ -118,8 +121,53 @@ struct AdminTests {
             """)
     }
 
+    @Test("the status table of values no relay sends (past 2^64, 1e308, NaN, a far-past timestamp): printed, no trap")
+    func statusTableOfHugeValues() {
+        let now = PrometheusSample.parse("""
+            statsrelay_backend_up{backend="a"} 1
+            statsrelay_backend_up{backend="b"} 0
+            statsrelay_backend_flap_holds_total{backend="b"} 1e308
+            statsrelay_backend_state_since_timestamp_seconds{backend="a"} -1e300
+            statsrelay_backend_state_since_timestamp_seconds{backend="b"} NaN
+            statsrelay_backend_lines_sent_total{backend="a"} 18446744073709551615
+            statsrelay_backend_lines_sent_total{backend="b"} 1e308
+            statsrelay_backend_lines_dropped_total{backend="b",reason="refused"} -1e300
+            statsrelay_lines_received_total{listener="udp:x"} 1e308
+            statsrelay_lines_dropped_total{reason="missing_colon"} 9223372036854775808
+            statsrelay_hold_in_use_bytes 1e300
+            statsrelay_hold_limit_bytes NaN
+            statsrelay_workers +Inf
+            statsrelay_config_last_reload_success_timestamp_seconds -1e308
+
+            """)
+        let earlier = now.map { sample in
+            var sample = sample
+            if sample.name == "statsrelay_backend_lines_sent_total" || sample.name == "statsrelay_lines_received_total" { sample.value = 0 }
+            return sample
+        }
+        let report = StatusReport(
+            samples: now, earlier: earlier, interval: 0.5, health: (true, "ok"), address: "127.0.0.1:8127", unixNow: 1_700_000_000)
+        #expect(report.render() == """
+            statsrelay ? at 127.0.0.1:8127: healthy (ok)
+            io driver ?, inf workers; ring of 2 backends, hash ?, fingerprint ?
+
+            BACKEND  STATE                                       SINCE                LINES SENT              LINES/S                 DROPPED  DOUBTED  HELD
+            a        up                                          106751991167300d15h  1.8446744073709552e+19  3.6893488147419103e+19  0        0        0
+            b        DOWN (flapping: 9223372036854775807 holds)  0s                   1e+308                  inf                     -1e+300  0        0
+            total                                                                     1e+308                  inf                     -1e+300  0        0
+
+            received: 0 datagrams, 1e+308 lines (inf/s); forwarded 0 lines
+            lines dropped: missing_colon 9.223372036854776e+18
+            datagrams dropped: none
+            held: 9.313225746154786e+290 GiB of nan B in use; unconfirmed at exit so far: 0
+            configuration: in force for 106751991167300d15h; reloads: 0 succeeded, 0 failed
+
+            """)
+    }
+
     @Test("status durations: the two largest units", arguments: [
         (0.0, "0s"), (59.9, "59s"), (61, "1m01s"), (3_725, "1h02m"), (90_061, "1d01h"), (-5, "0s"),
+        (1e300, "106751991167300d15h"), (.nan, "0s"), (-.infinity, "0s"), (.infinity, "106751991167300d15h"),
     ])
     func durations(_ seconds: Double, _ text: String) {
         #expect(StatusReport.duration(seconds) == text)

@@ -215,3 +215,120 @@ struct PrometheusExpositionTests {
         #expect(result.output.isEmpty, "promtool lint findings: \(result.output)")
     }
 }
+
+/// The exposition as `PrometheusExposition.render` wrote it before its counter families were
+/// precomputed: each counter's family found by splitting its dot name, each backend's count
+/// looked up by identity (and, as since, no `listener` label on drop reasons not split by
+/// listener). The reference the faster rendering must match byte for byte.
+private func referenceExposition(_ snapshot: RelaySnapshot) -> String {
+    let families = MetricFamily.all + PrometheusExposition.undeclaredCounterFamilies(declared: MetricFamily.all)
+    var text = ""
+    for family in families {
+        func labels(_ values: [String: String]) -> [(name: String, value: String)] {
+            family.labels.compactMap { name in values[name].map { (name, $0) } }
+        }
+        var samples: [PrometheusExposition.Sample] = []
+        switch family.source {
+        case .relayCounters:
+            let listener = snapshot.listeners.count == 1 ? snapshot.listeners[0] : snapshot.listeners.joined(separator: ",")
+            for counter in RelayCounter.allCases {
+                let (name, reason) = MetricFamily.exposition(ofCounterNamed: counter.name)
+                guard name == family.name else { continue }
+                var values: [String: String] = [:]
+                if let reason { values["reason"] = reason }
+                if let split = ListenerCounter.split(of: counter), !snapshot.counters.listeners.isEmpty {
+                    for name in snapshot.counters.listeners where !split.isTCP || name.hasPrefix("tcp:") {
+                        values["listener"] = name
+                        samples.append(.init(labels: labels(values), value: "\(snapshot.counters[split, listener: name])"))
+                    }
+                } else {
+                    if ListenerCounter.split(of: counter) != nil { values["listener"] = listener }
+                    samples.append(.init(labels: labels(values), value: "\(snapshot.counters[counter])"))
+                }
+            }
+        case .backendCounters:
+            for backend in snapshot.counters.countedBackends {
+                for counter in BackendCounter.allCases {
+                    let (name, reason) = MetricFamily.exposition(ofCounterNamed: counter.name)
+                    guard name == family.name else { continue }
+                    var values = ["backend": backend]
+                    if let reason { values["reason"] = reason }
+                    samples.append(.init(labels: labels(values), value: "\(snapshot.counters[counter, backend: backend])"))
+                }
+            }
+        case .mirrorBackendCounters:
+            for backend in snapshot.counters.mirrorBackends {
+                for counter in MirrorBackendCounter.allCases {
+                    let (name, reason) = MetricFamily.exposition(ofCounterNamed: counter.name)
+                    guard name == family.name else { continue }
+                    var values = ["backend": backend]
+                    if let reason { values["reason"] = reason }
+                    samples.append(.init(labels: labels(values), value: "\(snapshot.counters[counter, mirror: backend])"))
+                }
+            }
+        default:
+            samples = PrometheusExposition.samples(of: family, in: snapshot)
+        }
+        text += "# HELP \(family.name) \(PrometheusExposition.escapeHelp(family.help))\n"
+        text += "# TYPE \(family.name) \(family.kind.rawValue)\n"
+        for sample in samples {
+            text += family.name
+            if !sample.labels.isEmpty {
+                text += "{" + sample.labels.map { "\($0.name)=\"\(PrometheusExposition.escapeLabelValue($0.value))\"" }.joined(separator: ",") + "}"
+            }
+            text += " \(sample.value)\n"
+        }
+    }
+    return text
+}
+
+@Suite("The exposition of a relay with many backends")
+struct ManyBackendExpositionTests {
+    /// 301 backends in the pool (one with every character the format escapes), 40 that left it
+    /// and still have counts, 3 listeners (one TCP) and 2 mirror backends, every count distinct.
+    static func manyBackendSnapshot() -> RelaySnapshot {
+        let left = (0..<40).map { "10.1.0.\($0):8125" }
+        let current = (0..<300).map { "10.0.\($0 / 200).\($0 % 200):8125" } + ["10.9.9.9:8125:a\"b\\c\nd"]
+        var counters = RelayCounters(backends: left + current.dropLast(60))
+        for index in counters.backends.indices {
+            for counter in BackendCounter.allCases { counters[counter, backend: index] = UInt64(index * 1_000 + counter.rawValue + 1) }
+        }
+        counters.rekey(to: current)
+        for index in counters.backends.indices where index % 3 == 0 {
+            counters[.linesSent, backend: index] &+= 7
+        }
+        for counter in RelayCounter.allCases where counter.backendColumn == nil { counters[counter] = UInt64(counter.rawValue * 3 + 1) }
+        for name in ["udp:127.0.0.1:8125", "udp:127.0.0.1:8126", "tcp:127.0.0.1:8125"] {
+            let index = counters.countListener(name)
+            for counter in ListenerCounter.allCases { counters[counter, listener: index] = UInt64(index * 100 + counter.rawValue + 1) }
+        }
+        counters.countMirrorBackends(["10.5.0.1:8125", "10.5.0.2:8125"])
+        for index in 0..<2 {
+            for counter in MirrorBackendCounter.allCases { counters[counter, mirror: index] = UInt64(index * 50 + counter.rawValue + 1) }
+        }
+        return RelaySnapshot(
+            counters: counters,
+            backends: current.enumerated().map { index, identity in
+                .init(identity: identity, up: index % 4 != 0, stateChanges: index, stateSinceUnixSeconds: 1_700_000_000.5 + Double(index))
+            },
+            listeners: counters.listeners, ioDriver: "uring", version: "9.8.7", hashMode: "jump",
+            ringFingerprint: "0123456789abcdef", holdInUseBytes: 65_536, holdLimitBytes: 1 << 26, failOpenActivations: 1,
+            failingOpen: false, workerCounterAgesSeconds: [0.25, 0.5], logWriteErrors: 3, startTimeUnixSeconds: 1_699_999_000)
+    }
+
+    @Test("byte for byte what the per-sample lookup rendered, and promtool accepts it")
+    func matchesReference() throws {
+        let snapshot = Self.manyBackendSnapshot()
+        #expect(snapshot.counters.countedBackends.count == 341)
+        let rendered = PrometheusExposition.render(snapshot)
+        let reference = referenceExposition(snapshot)
+        #expect(rendered == reference)
+        if rendered != reference {
+            let (ours, theirs) = (rendered.split(separator: "\n"), reference.split(separator: "\n"))
+            let first = zip(ours, theirs).enumerated().first { $0.element.0 != $0.element.1 }?.offset ?? min(ours.count, theirs.count)
+            Issue.record("first difference at line \(first + 1): \(first < ours.count ? ours[first] : "<end>") vs \(first < theirs.count ? theirs[first] : "<end>")")
+        }
+        let result = try promtoolCheckMetrics(rendered)
+        #expect(result.status == 0, "promtool: \(result.output)")
+    }
+}

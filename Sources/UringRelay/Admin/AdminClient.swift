@@ -20,8 +20,10 @@ public enum AdminClient {
     /// `GET path` from the endpoint at `address`.
     ///
     /// - Parameter timeout: for the connection and the response together.
-    /// - Throws: `SystemCallError` (`connect tcp 127.0.0.1:8127: Connection refused (errno 111)`)
-    ///   when nothing answers or the answer does not come whole within `timeout`.
+    /// - Throws: `SystemCallError`: `connect tcp 127.0.0.1:8127: Connection refused (errno 111)`
+    ///   when nothing listens; `GET http://…: Connection timed out (errno 110); no complete answer
+    ///   within …` when the answer does not come whole within `timeout`; `GET http://…: Protocol
+    ///   error (errno 71); the answer is not an HTTP response` when what comes back is not HTTP.
     public static func get(_ path: String, from address: AdminAddress, timeout: TimeAmount = .seconds(5)) throws(SystemCallError) -> Response {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         defer { try? group.syncShutdownGracefully() }
@@ -44,8 +46,12 @@ public enum AdminClient {
             promise.fail(error)
             throw SystemCallError("connect", target, Errno(rawValue: (error as? IOError)?.errnoCode ?? ETIMEDOUT))
         }
-        // Closing the connection at the deadline fails the response if it is not whole by then.
-        let deadline = loop.scheduleTask(in: timeout) { channel.close(promise: nil) }
+        // At the deadline the response fails as timed out (before the close would fail it as a
+        // reset), unless it is whole by then.
+        let deadline = loop.scheduleTask(in: timeout) {
+            channel.pipeline.fireUserInboundEventTriggered(DeadlinePassed())
+            channel.close(promise: nil)
+        }
         defer {
             deadline.cancel()
             channel.close(promise: nil)
@@ -53,10 +59,29 @@ public enum AdminClient {
         do {
             return try promise.futureResult.wait()
         } catch {
-            throw SystemCallError("GET", "http://\(host)\(path)", Errno(rawValue: (error as? IOError)?.errnoCode ?? ETIMEDOUT))
+            let target = "http://\(host)\(path)"
+            switch error {
+            case let error as IOError:
+                let timedOut = error.errnoCode == ETIMEDOUT
+                throw SystemCallError(
+                    "GET", target, Errno(rawValue: error.errnoCode), hint: timedOut ? "no complete answer within \(describe(timeout))" : nil)
+            case is HTTPParserError, is ByteToMessageDecoderError:
+                throw SystemCallError("GET", target, Errno(rawValue: EPROTO), hint: "the answer is not an HTTP response")
+            default:
+                throw SystemCallError("GET", target, Errno(rawValue: EIO), hint: "\(error)")
+            }
         }
     }
+
+    /// `timeout` as an operator reads it: `5s`, `300ms`.
+    private static func describe(_ timeout: TimeAmount) -> String {
+        let milliseconds = timeout.nanoseconds / 1_000_000
+        return milliseconds % 1_000 == 0 ? "\(milliseconds / 1_000)s" : "\(milliseconds)ms"
+    }
 }
+
+/// The user event `AdminClient.get` sends down its connection when its deadline passes.
+private struct DeadlinePassed {}
 
 /// Sends the request when the connection opens and collects the response.
 private final class ResponseCollector: ChannelInboundHandler {
@@ -98,6 +123,14 @@ private final class ResponseCollector: ChannelInboundHandler {
             let text = body.map { String(buffer: $0) } ?? ""
             finish(.success(AdminClient.Response(status: status, body: text)))
         }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard event is DeadlinePassed else {
+            context.fireUserInboundEventTriggered(event)
+            return
+        }
+        finish(.failure(IOError(errnoCode: ETIMEDOUT, reason: "no complete response before the deadline")))
     }
 
     func channelInactive(context: ChannelHandlerContext) {

@@ -1,7 +1,8 @@
 import RelayKernel
 
 /// What the admin endpoint answers, apart from HTTP itself: `GET /metrics`, `GET /healthz`,
-/// `GET /`; 404 for any other path, 405 for any other method. Pure, so tests call it directly.
+/// `GET /` (and `HEAD` of each: the same answer, whose body the connection leaves out); 404 for
+/// any other path, 405 for any other method. Pure, so tests call it directly.
 public struct AdminEndpoint: Sendable {
     /// One response: status, type and body.
     public struct Response: Sendable, Equatable {
@@ -19,6 +20,12 @@ public struct AdminEndpoint: Sendable {
             self.body = body
         }
     }
+
+    /// The methods served, as the `Allow` header of a 405 lists them.
+    public static let allowedMethods = "GET, HEAD"
+
+    /// The answer to a method other than `GET` and `HEAD`, whether the request parser knew it or not.
+    public static let methodNotAllowed = Response(status: 405, body: "only GET and HEAD are served\n")
 
     /// The longest request target answered (`414` past it): no path of ours comes near it.
     public static let maximumTargetBytes = 1_024
@@ -42,9 +49,10 @@ public struct AdminEndpoint: Sendable {
         self.stopNotice = stopNotice
     }
 
-    /// The answer to `method target` (the request's method and target as sent).
+    /// The answer to `method target` (the request's method and target as sent); for `HEAD`, the
+    /// answer to `GET`, body included (the connection sends its length, not the body).
     public func respond(method: String, target: String) -> Response {
-        guard method == "GET" else { return Response(status: 405, body: "only GET is served\n") }
+        guard method == "GET" || method == "HEAD" else { return Self.methodNotAllowed }
         guard target.utf8.count <= Self.maximumTargetBytes else { return Response(status: 414, body: "request target too long\n") }
         let path = target.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
         switch path {

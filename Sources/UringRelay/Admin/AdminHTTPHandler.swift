@@ -12,46 +12,76 @@ final class AdminHTTPHandler: ChannelInboundHandler {
     typealias OutboundOut = HTTPServerResponsePart
 
     private let endpoint: AdminEndpoint
+    private let headReceived: () -> Void
     private var head: HTTPRequestHead?
     private var answered = false
 
     /// A handler answering with `endpoint`.
-    init(endpoint: AdminEndpoint) { self.endpoint = endpoint }
+    ///
+    /// - Parameter headReceived: called once the request head (request line and headers) is complete.
+    init(endpoint: AdminEndpoint, headReceived: @escaping () -> Void = {}) {
+        self.endpoint = endpoint
+        self.headReceived = headReceived
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let head):
+            if self.head == nil { headReceived() }
             self.head = head
         case .body:
             break
         case .end:
             guard let head, !answered else { return }
             answered = true
-            respond(endpoint.respond(method: head.method.rawValue, target: head.uri), version: head.version, context: context)
+            let response = endpoint.respond(method: head.method.rawValue, target: head.uri)
+            Self.write(response, omittingBody: head.method == .HEAD, version: head.version, context: context)
         }
     }
 
     /// Writes `response` with `Connection: close` and closes the connection once it is written.
-    private func respond(_ response: AdminEndpoint.Response, version: HTTPVersion, context: ChannelHandlerContext) {
+    ///
+    /// - Parameter omittingBody: for `HEAD`: the headers, `Content-Length` included, as for
+    ///   `GET`, and no body.
+    static func write(_ response: AdminEndpoint.Response, omittingBody: Bool, version: HTTPVersion, context: ChannelHandlerContext) {
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: response.contentType)
         headers.add(name: "Content-Length", value: "\(response.body.utf8.count)")
         headers.add(name: "Connection", value: "close")
         headers.add(name: "Cache-Control", value: "no-store")
-        if response.status == 405 { headers.add(name: "Allow", value: "GET") }
+        if response.status == 405 { headers.add(name: "Allow", value: AdminEndpoint.allowedMethods) }
         let status = HTTPResponseStatus(statusCode: response.status)
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: version, status: status, headers: headers))), promise: nil)
-        var body = context.channel.allocator.buffer(capacity: response.body.utf8.count)
-        body.writeString(response.body)
-        context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        context.write(NIOAny(HTTPServerResponsePart.head(HTTPResponseHead(version: version, status: status, headers: headers))), promise: nil)
+        if !omittingBody {
+            var body = context.channel.allocator.buffer(capacity: response.body.utf8.count)
+            body.writeString(response.body)
+            context.write(NIOAny(HTTPServerResponsePart.body(.byteBuffer(body))), promise: nil)
+        }
         let loopBoundContext = NIOLoopBound(context, eventLoop: context.eventLoop)
-        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
+        context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil))).whenComplete { _ in
             loopBoundContext.value.close(promise: nil)
         }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         context.close(promise: nil)
+    }
+}
+
+/// Answers a request whose method the HTTP parser does not know (`BREW /metrics`, `get /`) with
+/// 405, as the endpoint answers a method it knows but does not serve, instead of the generic 400
+/// that `HTTPServerProtocolErrorHandler` (after it in the pipeline) writes for other parse errors.
+final class UnknownMethodAnswer: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        guard let error = error as? HTTPParserError, case .invalidMethod = error else {
+            context.fireErrorCaught(error)
+            return
+        }
+        // The parser stops at the method, so the request's version is unknown: answer in 1.1.
+        AdminHTTPHandler.write(AdminEndpoint.methodNotAllowed, omittingBody: false, version: .http1_1, context: context)
     }
 }
 

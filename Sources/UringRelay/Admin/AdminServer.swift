@@ -9,14 +9,24 @@ import Synchronization
 ///
 /// Reading it costs the data path nothing: a scrape sums the counters the workers published to
 /// their boards at turn boundaries, and takes no lock a worker takes per datagram. Requests are
-/// bounded (one per connection, `maximumRequestBytes`, a 5 s deadline, `maximumConnections` at
-/// once), only `GET` is served, and nothing about a request is logged.
+/// bounded (one per connection, `maximumRequestBytes`, `requestHeadDeadline` for the request
+/// head and `requestDeadline` for the whole exchange, `maximumConnections` at once), only `GET`
+/// and `HEAD` are served, and nothing about a request is logged.
+///
+/// Idle or trickling clients cannot lock a probe out: when every connection slot is taken, the
+/// oldest connection that has not yet sent its request head is closed to make room for the
+/// newcomer (a connection being answered is never closed for one), and a connection that has
+/// sent no complete head within `requestHeadDeadline` is closed.
 public final class AdminServer: Sendable {
     /// The most bytes a client may send on one connection.
     public static let maximumRequestBytes = 8_192
-    /// The most connections served at once; more are closed as they arrive.
-    public static let maximumConnections = 32
-    /// How long a connection may take to send its request.
+    /// The most connections open at once; past it, a newcomer takes the slot of the oldest
+    /// connection still waiting for its request head, or is closed when every one is being answered.
+    public static let maximumConnections = 64
+    /// How long after accepting a connection its request head (request line and headers) must
+    /// be complete: a probe or scraper sends it at once, so only an idle or trickling client misses it.
+    public static let requestHeadDeadline = TimeAmount.seconds(1)
+    /// How long a connection may stay open in all: sending its request and reading the answer.
     public static let requestDeadline = TimeAmount.seconds(5)
 
     private let group: MultiThreadedEventLoopGroup
@@ -36,21 +46,27 @@ public final class AdminServer: Sendable {
         if !spare.isEmpty, !avoidingCPUs.isEmpty {
             group.next().execute { try? WorkerThread.restrictCurrentThread(to: spare) }
         }
-        let counter = ConnectionCount()
+        let connections = ConnectionTable()
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 64)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.maxMessagesPerRead, value: 1)
             .childChannelInitializer { channel in
-                guard counter.enter() else {
+                let (admitted, evicted) = connections.admit(channel)
+                evicted?.close(promise: nil)
+                guard admitted else {
                     return channel.close()
                 }
-                // A hard deadline, not an idle timer: a client trickling bytes cannot keep a
-                // connection (one of `maximumConnections`) for longer than this.
+                // Hard deadlines, not idle timers: a client trickling bytes can keep a connection
+                // neither past its head deadline without a complete head, nor past the whole one.
+                let headDeadline = channel.eventLoop.scheduleTask(in: Self.requestHeadDeadline) {
+                    if !connections.hasSentHead(channel) { channel.close(promise: nil) }
+                }
                 let deadline = channel.eventLoop.scheduleTask(in: Self.requestDeadline) { channel.close(promise: nil) }
                 channel.closeFuture.whenComplete { _ in
+                    headDeadline.cancel()
                     deadline.cancel()
-                    counter.leave()
+                    connections.remove(channel)
                 }
                 return channel.eventLoop.makeCompletedFuture {
                     let decoder = HTTPRequestDecoder(
@@ -60,8 +76,9 @@ public final class AdminServer: Sendable {
                         InboundByteLimit(limit: Self.maximumRequestBytes),
                         HTTPResponseEncoder(),
                         ByteToMessageHandler(decoder),
+                        UnknownMethodAnswer(),
                         HTTPServerProtocolErrorHandler(),
-                        AdminHTTPHandler(endpoint: endpoint),
+                        AdminHTTPHandler(endpoint: endpoint) { connections.markHeadSent(channel) },
                     ])
                 }
             }
@@ -99,21 +116,53 @@ public final class AdminServer: Sendable {
     }()
 }
 
-/// Connections open now, bounded by `AdminServer.maximumConnections`.
-private final class ConnectionCount: Sendable {
-    private let open = Atomic<Int>(0)
-
-    /// Counts a new connection; `false` (and not counted) when the bound is reached.
-    func enter() -> Bool {
-        var current = open.load(ordering: .relaxed)
-        while current < AdminServer.maximumConnections {
-            let (exchanged, original) = open.compareExchange(expected: current, desired: current + 1, ordering: .relaxed)
-            if exchanged { return true }
-            current = original
-        }
-        return false
+/// The admin connections open now, oldest first, each with whether its request head has arrived;
+/// bounded by `AdminServer.maximumConnections`.
+private final class ConnectionTable: Sendable {
+    /// One open connection.
+    private struct Entry {
+        let id: ObjectIdentifier
+        let channel: any Channel
+        var headSent = false
     }
 
-    /// Counts a connection closed.
-    func leave() { open.subtract(1, ordering: .relaxed) }
+    // The admin event loop is the only thread touching it (one thread, every callback on it);
+    // the lock makes that a fact the compiler checks, at no cost worth counting.
+    private let entries = Mutex<[Entry]>([])
+
+    /// Takes `channel` into the table. When it is full, the oldest connection that has not sent
+    /// its request head makes room: it is returned as `evicted`, for the caller to close.
+    /// `admitted` is `false` (and nothing evicted) when every connection is being answered.
+    func admit(_ channel: any Channel) -> (admitted: Bool, evicted: (any Channel)?) {
+        entries.withLock { entries in
+            var evicted: (any Channel)?
+            if entries.count >= AdminServer.maximumConnections {
+                guard let oldest = entries.firstIndex(where: { !$0.headSent }) else { return (false, nil) }
+                evicted = entries.remove(at: oldest).channel
+            }
+            entries.append(Entry(id: ObjectIdentifier(channel), channel: channel))
+            return (true, evicted)
+        }
+    }
+
+    /// Records that `channel` has sent its whole request head: it is being answered, and is no
+    /// longer closed to make room.
+    func markHeadSent(_ channel: any Channel) {
+        let id = ObjectIdentifier(channel)
+        entries.withLock { entries in
+            if let index = entries.firstIndex(where: { $0.id == id }) { entries[index].headSent = true }
+        }
+    }
+
+    /// Whether `channel` has sent its whole request head (`true` once it has left the table).
+    func hasSentHead(_ channel: any Channel) -> Bool {
+        let id = ObjectIdentifier(channel)
+        return entries.withLock { entries in entries.first { $0.id == id }?.headSent ?? true }
+    }
+
+    /// Takes `channel` out of the table once it is closed.
+    func remove(_ channel: any Channel) {
+        let id = ObjectIdentifier(channel)
+        entries.withLock { entries in entries.removeAll { $0.id == id } }
+    }
 }

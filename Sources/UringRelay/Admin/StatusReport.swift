@@ -54,7 +54,7 @@ public struct StatusReport: Sendable {
             let labels = ["backend": backend]
             let up = first("statsrelay_backend_up", labels)
             // A down backend held by flap damping says so: it will not come back at its next check.
-            let flaps = first("statsrelay_backend_flap_holds_total", labels).map { Int($0.value) } ?? 0
+            let flaps = first("statsrelay_backend_flap_holds_total", labels).map { Self.saturating($0.value) } ?? 0
             let down = flaps > 0 ? "DOWN (flapping: \(flaps) hold\(flaps == 1 ? "" : "s"))" : "DOWN"
             let state = up.map { $0.value == 1 ? "up" : down } ?? "removed"
             let since = first("statsrelay_backend_state_since_timestamp_seconds", labels).map { Self.duration(unixNow - $0.value) } ?? "-"
@@ -111,7 +111,7 @@ public struct StatusReport: Sendable {
         guard let earlier, interval > 0 else { return "-" }
         let increase = max(0, sum(name, labels) - sum(name, labels, in: earlier))
         let perSecond = increase / interval
-        return perSecond >= 100 ? integer(perSecond) : "\(Double(Int(perSecond * 10)) / 10)"
+        return perSecond >= 100 ? integer(perSecond) : "\((perSecond * 10).rounded(.towardZero) / 10)"
     }
 
     /// `none`, or the non-zero samples by reason: `missing_colon 70, kernel 8`.
@@ -124,8 +124,20 @@ public struct StatusReport: Sendable {
         return byReason.isEmpty ? "none" : byReason.map { "\($0.0) \(integer($0.1))" }.joined(separator: ", ")
     }
 
+    /// A count as an integer; one beyond `Int64` (a counter past 2^63, `1e308`) or not finite
+    /// as the float it is (`1.8446744073709552e+19`, `inf`), never a trap.
     private func integer(_ value: Double) -> String {
-        value.isFinite ? "\(Int64(value.rounded()))" : "\(value)"
+        let rounded = value.rounded()
+        return rounded.isFinite && abs(rounded) < 0x1p63 ? "\(Int64(rounded))" : "\(value)"
+    }
+
+    /// `value` toward zero as an `Int64`, saturated at `Int64.min` and `Int64.max`; 0 for NaN.
+    /// What another server's `/metrics` says is not trusted to fit.
+    static func saturating(_ value: Double) -> Int64 {
+        if value.isNaN { return 0 }
+        if value >= 0x1p63 { return .max }
+        if value < -0x1p63 { return .min }
+        return Int64(value)
     }
 
     private func bytes(_ value: Double) -> String {
@@ -136,12 +148,13 @@ public struct StatusReport: Sendable {
             scaled /= 1024
             unit += 1
         }
-        return unit == 0 ? "\(Int64(scaled)) B" : "\(Double(Int(scaled * 10)) / 10) \(units[unit])"
+        return unit == 0 ? "\(integer(scaled.rounded(.towardZero))) B" : "\((scaled * 10).rounded(.towardZero) / 10) \(units[unit])"
     }
 
-    /// Seconds as the two largest units: `45s`, `3m12s`, `2h13m`, `4d06h`.
+    /// Seconds as the two largest units: `45s`, `3m12s`, `2h13m`, `4d06h` (0 for a negative or
+    /// NaN span; saturated at `Int64.max` seconds).
     static func duration(_ seconds: Double) -> String {
-        let total = Int64(max(0, seconds))
+        let total = max(0, saturating(seconds))
         let (days, hours, minutes, secs) = (total / 86_400, total / 3_600 % 24, total / 60 % 60, total % 60)
         func two(_ value: Int64) -> String { value < 10 ? "0\(value)" : "\(value)" }
         if days > 0 { return "\(days)d\(two(hours))h" }

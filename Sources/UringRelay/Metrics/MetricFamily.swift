@@ -65,7 +65,8 @@ public struct MetricFamily: Sendable, Equatable {
     public var kind: Kind
     /// The HELP text: what one sample means.
     public var help: String
-    /// The label names its samples carry, in order.
+    /// The label names its samples carry, in order (a sample may lack one: in
+    /// `statsrelay_datagrams_dropped_total` only `reason="kernel"` has a `listener`).
     public var labels: [String]
     /// Where the samples come from.
     public var source: Source
@@ -112,7 +113,7 @@ public struct MetricFamily: Sendable, Equatable {
         .init("statsrelay_lines_empty_total", .counter, [], .relayCounters,
               help: "Empty lines skipped."),
         .init("statsrelay_datagrams_dropped_total", .counter, ["listener", "reason"], .relayCounters,
-              help: "Datagrams not relayed, by reason: truncated (larger than --max-datagram), bad_receive_header, at_exit (received but not relayed when the stop budget ran out), kernel (dropped by the kernel because the listening socket's receive queue was full)."),
+              help: "Datagrams not relayed, by reason: truncated (larger than --max-datagram), bad_receive_header, at_exit (received but not relayed when the stop budget ran out), kernel (dropped by the kernel because the listening socket's receive queue was full). Only kernel is counted per listener (label listener); the other reasons have no listener label."),
         .init("statsrelay_listeners_closed_uncounted_total", .counter, [], .relayCounters,
               help: "Listening sockets a stop closed still holding datagrams it had no time to count (datagrams_dropped{reason=\"at_exit\"} is then short): 0 unless a receive buffer of hundreds of thousands of datagrams was full at the stop."),
         .init("statsrelay_lines_forwarded_total", .counter, [], .relayCounters,
@@ -285,12 +286,26 @@ public struct MetricFamily: Sendable, Equatable {
     }
 }
 
+extension MetricFamily {
+    /// `exposition(ofCounterNamed:)` of every counter of a table, indexed by raw value: worked
+    /// out once per process, so a scrape never splits a dot name.
+    static func expositionTable(_ counters: [(rawValue: Int, name: String)]) -> [(family: String, reason: String?)] {
+        var table: [(family: String, reason: String?)] = Array(repeating: ("", nil), count: (counters.map(\.rawValue).max() ?? -1) + 1)
+        for counter in counters { table[counter.rawValue] = exposition(ofCounterNamed: counter.name) }
+        return table
+    }
+}
+
 extension RelayCounter {
     /// The Prometheus family and `reason` label this counter is exported under.
-    public var exposition: (family: String, reason: String?) { MetricFamily.exposition(ofCounterNamed: name) }
+    public var exposition: (family: String, reason: String?) { Self.expositions[rawValue] }
+
+    private static let expositions = MetricFamily.expositionTable(allCases.map { ($0.rawValue, $0.name) })
 }
 
 extension BackendCounter {
     /// The Prometheus family and `reason` label this counter is exported under (with `backend`).
-    public var exposition: (family: String, reason: String?) { MetricFamily.exposition(ofCounterNamed: name) }
+    public var exposition: (family: String, reason: String?) { Self.expositions[rawValue] }
+
+    private static let expositions = MetricFamily.expositionTable(allCases.map { ($0.rawValue, $0.name) })
 }

@@ -106,6 +106,26 @@ public enum PrometheusExposition {
         return missing
     }
 
+    /// The relay counters exported under each family, with their `reason` label, in table order.
+    private static let relayCountersByFamily = byFamily(RelayCounter.allCases, \.exposition)
+    /// The backend counters exported under each family, with their `reason` label, in table order.
+    private static let backendCountersByFamily = byFamily(BackendCounter.allCases, \.exposition)
+    /// The mirror backend counters exported under each family, with their `reason` label, in table order.
+    private static let mirrorBackendCountersByFamily = byFamily(MirrorBackendCounter.allCases, \.exposition)
+
+    /// `counters` grouped by the family they are exported under, each with its `reason` label,
+    /// in the order given: what a family's samples need, worked out once instead of per sample.
+    private static func byFamily<Counter: Sendable>(
+        _ counters: [Counter], _ exposition: (Counter) -> (family: String, reason: String?)
+    ) -> [String: [(counter: Counter, reason: String?)]] {
+        var table: [String: [(counter: Counter, reason: String?)]] = [:]
+        for counter in counters {
+            let (family, reason) = exposition(counter)
+            table[family, default: []].append((counter, reason))
+        }
+        return table
+    }
+
     /// The samples of one family.
     static func samples(of family: MetricFamily, in snapshot: RelaySnapshot) -> [Sample] {
         /// The family's labels that `values` names, in the family's order.
@@ -117,14 +137,13 @@ public enum PrometheusExposition {
         }
         switch family.source {
         case .relayCounters:
-            // The received families and the kernel's drops are counted per listener; the other
-            // drop reasons are not split by listener, so with several they carry all of them
-            // in one label value.
+            // The received families and the kernel's drops are counted per listener. The other
+            // drop reasons are not split by listener and carry no `listener` label: a label
+            // naming the listeners in force would rename their series (and break `rate()`)
+            // whenever a reload adds or removes a listener.
             let listener = snapshot.listeners.count == 1 ? snapshot.listeners[0] : snapshot.listeners.joined(separator: ",")
             var samples: [Sample] = []
-            for counter in RelayCounter.allCases {
-                let (name, reason) = counter.exposition
-                guard name == family.name else { continue }
+            for (counter, reason) in relayCountersByFamily[family.name] ?? [] {
                 var values: [String: String] = [:]
                 if let reason { values["reason"] = reason }
                 if let split = ListenerCounter.split(of: counter), !snapshot.counters.listeners.isEmpty {
@@ -133,32 +152,37 @@ public enum PrometheusExposition {
                         samples.append(Sample(labels: labels(values), value: "\(snapshot.counters[split, listener: name])"))
                     }
                 } else {
-                    values["listener"] = listener
+                    // A split counter before any listener is counted (a worker not yet started)
+                    // has only its total, under the listeners in force.
+                    if ListenerCounter.split(of: counter) != nil { values["listener"] = listener }
                     samples.append(Sample(labels: labels(values), value: "\(snapshot.counters[counter])"))
                 }
             }
             return samples
         case .backendCounters:
+            // One column per counter of the family, each read in one pass over the backends
+            // (current, then retired); a sample per backend and counter, backend by backend.
+            let members = backendCountersByFamily[family.name] ?? []
+            let columns = members.map { snapshot.counters.values(of: $0.counter) }
+            guard let rows = columns.first?.indices else { return [] }
             var samples: [Sample] = []
-            for backend in snapshot.counters.countedBackends {
-                for counter in BackendCounter.allCases {
-                    let (name, reason) = counter.exposition
-                    guard name == family.name else { continue }
-                    var values = ["backend": backend]
-                    if let reason { values["reason"] = reason }
-                    samples.append(Sample(labels: labels(values), value: "\(snapshot.counters[counter, backend: backend])"))
+            samples.reserveCapacity(rows.count * members.count)
+            for row in rows {
+                for (column, member) in zip(columns, members) {
+                    var values = ["backend": column[row].backend]
+                    if let reason = member.reason { values["reason"] = reason }
+                    samples.append(Sample(labels: labels(values), value: "\(column[row].value)"))
                 }
             }
             return samples
         case .mirrorBackendCounters:
+            let members = mirrorBackendCountersByFamily[family.name] ?? []
             var samples: [Sample] = []
-            for backend in snapshot.counters.mirrorBackends {
-                for counter in MirrorBackendCounter.allCases {
-                    let (name, reason) = counter.exposition
-                    guard name == family.name else { continue }
+            for (index, backend) in snapshot.counters.mirrorBackends.enumerated() {
+                for (counter, reason) in members {
                     var values = ["backend": backend]
                     if let reason { values["reason"] = reason }
-                    samples.append(Sample(labels: labels(values), value: "\(snapshot.counters[counter, mirror: backend])"))
+                    samples.append(Sample(labels: labels(values), value: "\(snapshot.counters[counter, mirror: index])"))
                 }
             }
             return samples

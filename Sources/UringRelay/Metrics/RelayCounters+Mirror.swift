@@ -47,7 +47,9 @@ public enum MirrorBackendCounter: Int, CaseIterable, Sendable {
     }
 
     /// The Prometheus family and `reason` label this counter is exported under (with `backend`).
-    public var exposition: (family: String, reason: String?) { MetricFamily.exposition(ofCounterNamed: name) }
+    public var exposition: (family: String, reason: String?) { Self.expositions[rawValue] }
+
+    private static let expositions = MetricFamily.expositionTable(allCases.map { ($0.rawValue, $0.name) })
 }
 
 extension RelayCounters {
