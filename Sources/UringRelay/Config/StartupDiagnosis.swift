@@ -155,8 +155,8 @@ public enum StartupDiagnosis {
         /// The health monitor: its stop eventfd, and one socket per backend during a check.
         public var monitor: Int
         /// The admin endpoint (`--admin`, 0 with `none`): its event loop (two epoll instances,
-        /// an eventfd, a timerfd), its listening socket and `AdminServer.maximumConnections`
-        /// connections.
+        /// an eventfd, a timerfd), its listening socket, `AdminServer.maximumConnections`
+        /// connections and a newcomer (`adminDescriptors`).
         public var admin: Int = 0
         /// Room for what comes and goes: name resolution, a backend socket replaced after an
         /// address change.
@@ -169,10 +169,12 @@ public enum StartupDiagnosis {
         public var total: Int { alreadyOpen + (perWorker + takeoverCopies) * workers + monitor + admin + spare + (takeoverCopies > 0 ? 1 : 0) }
     }
 
-    /// What the admin endpoint takes: 5 as measured in `/proc/PID/fd` with and without it, and
-    /// a descriptor per connection it serves at once. Budgeted for one connection, idle
-    /// clients of the admin port took the descriptors the health checks needed.
-    static let adminDescriptors = 5 + AdminServer.maximumConnections
+    /// What the admin endpoint takes: 5 as measured in `/proc/PID/fd` with and without it, a
+    /// descriptor per connection it serves at once, and one for a newcomer accepted while the
+    /// table is full (before the oldest idle one is closed, or itself refused). Budgeted for
+    /// one connection, idle clients of the admin port took the descriptors the health checks
+    /// needed.
+    static let adminDescriptors = 5 + AdminServer.maximumConnections + 1
 
     /// What `configuration` needs, given `alreadyOpen` descriptors.
     public static func descriptorsNeeded(_ configuration: RelayConfiguration, alreadyOpen: Int) -> DescriptorBudget {
