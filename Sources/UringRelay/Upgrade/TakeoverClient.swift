@@ -21,6 +21,15 @@ public final class TakeoverClient: Sendable {
     /// The protocol version both relays speak (the offer's).
     public let version: Int
     private let messageTimeoutMilliseconds: Int32
+    /// When the offer came (`MonotonicClock`): a relay of protocol version 3 waits 30 s from
+    /// it for `ready` (`v3ReadyWindowNanoseconds`).
+    private let offeredAt: UInt64
+
+    /// How long after the offer a `ready` surely reaches a relay of protocol version 3 before
+    /// it stops waiting for it (30 s; this leaves 5 s for its thread to be scheduled). Such a
+    /// relay always stops once it has read `ready`, and says so only with `done`, after its
+    /// whole stop (up to `--shutdown-timeout`, 60 s at most, and the flush).
+    static let v3ReadyWindowNanoseconds: UInt64 = 25_000_000_000
 
     /// Why a takeover did not happen: each names what the operator can do.
     public struct Failure: Error, CustomStringConvertible, Sendable {
@@ -33,11 +42,12 @@ public final class TakeoverClient: Sendable {
         public var description: String { message }
     }
 
-    private init(connection: ControlConnection, predecessor: Int32, version: Int, messageTimeoutMilliseconds: Int32) {
+    private init(connection: ControlConnection, predecessor: Int32, version: Int, messageTimeoutMilliseconds: Int32, offeredAt: UInt64) {
         self.connection = connection
         self.predecessor = predecessor
         self.version = version
         self.messageTimeoutMilliseconds = messageTimeoutMilliseconds
+        self.offeredAt = offeredAt
     }
 
     /// Connects to the relay at `path` and takes its listening sockets for a relay of
@@ -56,6 +66,7 @@ public final class TakeoverClient: Sendable {
         var version = TakeoverMessage.version
         var box: ControlConnection
         let pid: Int32
+        var offeredAt: UInt64 = 0
         var named: [String] = []
         while true {
             named = listeners.map(\.description) + (version >= TakeoverMessage.tcpVersion ? tcpListeners.map(TCPIngest.label) : [])
@@ -68,6 +79,7 @@ public final class TakeoverClient: Sendable {
                     throw Failure(exitStatus: 71, message: "takeover: \(path) offered \(offeredThreads) workers × \(count) listeners (version \(offeredVersion)), not \(threads) × \(named.count) (version \(version))")
                 }
                 pid = offeredPID
+                offeredAt = MonotonicClock.nanoseconds()
             case .refused(.version, _) where version > TakeoverMessage.versions.lowerBound:
                 version -= 1
                 continue
@@ -137,7 +149,9 @@ public final class TakeoverClient: Sendable {
                 inherited.tcpSockets.append(passed)
             }
         }
-        return (TakeoverClient(connection: box, predecessor: pid, version: version, messageTimeoutMilliseconds: messageTimeoutMilliseconds), inherited)
+        let client = TakeoverClient(
+            connection: box, predecessor: pid, version: version, messageTimeoutMilliseconds: messageTimeoutMilliseconds, offeredAt: offeredAt)
+        return (client, inherited)
     }
 
     /// Connects to `path` and asks, in protocol `version`, for the sockets.
@@ -190,11 +204,13 @@ public final class TakeoverClient: Sendable {
     /// - Throws: `Failure` (75) when the old relay did not give the sockets up: `ready` could
     ///   not be sent, or no `stopping` came (version 4: the old relay stopped waiting for
     ///   `ready`, or the connection broke), or no `done` came (before version 4: the old relay
-    ///   cannot be told from one that carries on). The old relay then keeps (or may keep)
-    ///   relaying on the sockets: this relay must stop without touching them (they stay
-    ///   shared) and exit. The connection is shut first, so an old relay that reads `ready`
-    ///   only now cannot send `stopping` and keeps running.
+    ///   cannot be told from one that carries on, unless `ready` went out well within its
+    ///   30 s wait: it then surely stops). The old relay then keeps (or may keep) relaying on
+    ///   the sockets: this relay must stop without touching them (they stay shared) and exit.
+    ///   The connection is shut first, so an old relay that reads `ready` only now cannot send
+    ///   `stopping` and keeps running.
     public func handOver(doneTimeoutMilliseconds: Int32 = 60_000) throws(Failure) -> HandOver {
+        let readyAt = MonotonicClock.nanoseconds()
         let old = "the old relay (pid \(predecessor))"
         let leave = "it keeps relaying on the sockets; this relay stops without touching them and exits (try the takeover again)"
         do throws(Errno) { try connection.socket.sendFrame(TakeoverMessage.ready.encoded, timeoutMilliseconds: messageTimeoutMilliseconds) } catch {
@@ -208,6 +224,16 @@ public final class TakeoverClient: Sendable {
         if version >= TakeoverMessage.stoppingVersion {
             switch answer(timeoutMilliseconds: messageTimeoutMilliseconds) {
             case .message(.stopping): break
+            case .problem(.timedOut):
+                // Shut, then look once more: the shutdown decides. A `stopping` the old relay
+                // wrote before it is still read here (and it has given the sockets up); one it
+                // writes after it fails with EPIPE (and it keeps them). Giving up without this
+                // look could leave both relays stopping.
+                connection.socket.shutdown()
+                guard case .message(.stopping) = answer(timeoutMilliseconds: 100) else {
+                    throw Failure(exitStatus: 75, message: "takeover: \(old) did not confirm that it stops (no answer in time); \(leave)")
+                }
+                return .stillStopping
             case let other:
                 connection.socket.shutdown()
                 throw Failure(exitStatus: 75, message: "takeover: \(old) did not confirm that it stops (\(other)); \(leave)")
@@ -220,6 +246,13 @@ public final class TakeoverClient: Sendable {
         }
         switch answer(timeoutMilliseconds: doneTimeoutMilliseconds) {
         case .message(.done(let received, let forwarded, let dropped)): return .done(received: received, forwarded: forwarded, dropped: dropped)
+        case .problem(.timedOut) where readyAt &- offeredAt < Self.v3ReadyWindowNanoseconds:
+            // It read `ready` (sent well within its wait) and so stops; its stop may take
+            // longer than this wait (a 60 s --shutdown-timeout and the flush).
+            return .stillStopping
+        case .problem(.closed(received: 0)) where readyAt &- offeredAt < Self.v3ReadyWindowNanoseconds:
+            // It stopped (or died stopping) without its counts, after `ready`.
+            return .endedWithoutCounts
         case let other:
             connection.socket.shutdown()
             throw Failure(
