@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 @testable import RelayKernel
+import Synchronization
 import Testing
 @testable import UringRelay
 
@@ -409,6 +410,12 @@ struct TCPBackendCommandLineTests {
 /// finished and freed, instead of waiting for a peer that never reads.
 @Suite("TCP backends stuck in a send: name moves and removals", .serialized)
 struct TCPBackendStuckSendTests {
+    /// A traffic thread's stop flag and the datagrams it sent.
+    final class TrafficFlags: Sendable {
+        let stop = Atomic<Bool>(false)
+        let datagrams = Atomic<Int>(0)
+    }
+
     @Test("a name moving off a backend that stopped reading: lines sent after the move reach the new address; every line is accounted for", arguments: ioDrivers)
     func moveOffStuck(driver: IOBackendChoice) throws {
         try requireDriver(driver)
@@ -441,6 +448,56 @@ struct TCPBackendStuckSendTests {
         let counters = relay.wait().counters
         #expect(counters[.linesReceived] == counters.total(.linesSent) + unconfirmedAtExit(in: counters) + droppedLines(counters),
                 "every line is sent, unconfirmed or dropped, counted once")
+    }
+
+    @Test("a name moving back and forth under steady traffic (a send prepared or in flight at the move): no line reaches the backends twice, none arrives cut; every line is accounted for", arguments: ioDrivers)
+    func moveUnderTraffic(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let targets = try (0..<2).map { _ in try TCPTestBackend() }
+        defer { for target in targets { target.close() } }
+        func address(_ target: TCPTestBackend) -> SocketAddress { SocketAddress(numericHost: "127.0.0.1", port: target.port)! }
+        let book = NameBook(["moving.test": address(targets[0])])
+        let (relay, listen, log) = try relayFollowing(names: [("tcp://moving.test", targets[0].port)], book: book, driver: driver)
+        let identity = "moving.test:\(targets[0].port)"
+        // Traffic at every turn of the worker, so a move finds the link with a write just
+        // prepared (io_uring: a `send` SQE not yet submitted) or in flight. Paced, not
+        // synchronised: bounded by `limit` datagrams of 10 lines.
+        let limit = 60_000
+        let traffic = TrafficFlags()
+        let blaster = try WorkerThreadHandle(WorkerThread(name: "test-traffic", cpu: nil) { _ in
+            guard let sender = try? UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!) else { return }
+            var index = 0
+            while index < limit && !traffic.stop.load(ordering: .relaxed) {
+                let lines = numberedLines(index * 10..<index * 10 + 10, pad: 30)
+                _ = try? sender.send(Array(lines.joined(separator: "\n").utf8), to: listen)
+                index += 1
+                traffic.datagrams.store(index, ordering: .releasing)
+                usleep(200)
+            }
+        })
+        for move in 1...8 {
+            let target = targets[move % 2]
+            let before = target.accepted
+            book.point("moving.test", to: address(target))
+            #expect(target.wait(seconds: 10) { $0.accepted > before && ($0.streams.last?.isEmpty == false) }, "move \(move): lines reach the new address")
+        }
+        traffic.stop.store(true, ordering: .relaxed)
+        blaster.join()
+        #expect(log.withLock { $0 }.contains("backend address changed"))
+        relay.stop()
+        let counters = relay.wait().counters
+        let sent = counters[.linesSent, backend: identity]
+        let lost = counters[.tcpLinesLostAtReset, backend: identity]
+        #expect(counters[.linesReceived] == counters.total(.linesSent) + unconfirmedAtExit(in: counters) + droppedLines(counters),
+                "every line is sent, unconfirmed or dropped, counted once")
+        // What the backends' kernels acknowledged reaches them.
+        #expect(targets[0].wait(seconds: 10) { _ in UInt64(targets.map(\.lines.count).reduce(0, +)) >= sent - lost })
+        let delivered = targets.flatMap(\.lines)
+        let offered = Set(numberedLines(0..<traffic.datagrams.load(ordering: .acquiring) * 10, pad: 30))
+        #expect(Set(delivered).count == delivered.count, "no line twice: \(delivered.count - Set(delivered).count) duplicated")
+        #expect(delivered.allSatisfy { offered.contains($0) }, "no line cut or joined")
+        #expect(UInt64(delivered.count) <= sent + counters[.linesUnconfirmedAtExit, backend: identity],
+                "delivered \(delivered.count), counted sent \(sent) and unconfirmed \(counters[.linesUnconfirmedAtExit, backend: identity])")
     }
 
     @Test("a backend removed by a reload while it stopped reading: once its time to write is out, the relay lets its connection go; every line is accounted for", arguments: ioDrivers)

@@ -86,6 +86,9 @@ struct TCPBackendLink: ~Copyable {
     /// Given up (a removed backend out of time): nothing more is connected or written; only
     /// the completion of a send still in flight is awaited, its bytes counted.
     private(set) var isAbandoned = false
+    /// Moved (`move`) while a send was in flight: the connection is let go, and `address`
+    /// connected, once that send completes.
+    private var moveWanted = false
     /// Bumped at every new connection, so a completion of a send on a dead one is recognised.
     private(set) var connectionNumber: UInt16 = 0
     /// This link's number among the worker's links (unique while it lives), for `user_data`.
@@ -276,9 +279,11 @@ struct TCPBackendLink: ~Copyable {
     mutating func writeCompleted(result: Int32, connection number: UInt16, now: UInt64) {
         sendInFlight = false
         guard number == connectionNumber, state == .connected else { return }  // a dead connection's
-        if isAbandoned {
-            // Ended by `abandon`: what it had taken still counts; its EPIPE is no failure.
+        if isAbandoned || moveWanted {
+            // Ended by `abandon` or a `move`: what it had taken still counts; its EPIPE is no
+            // failure (a reset is seen as the connection is let go).
             if result > 0 { accepted(Int(result)) }
+            if moveWanted && !isAbandoned { reconnect(now: now) }
             return
         }
         if result > 0 {
@@ -436,13 +441,33 @@ struct TCPBackendLink: ~Copyable {
     }
 
     /// Points the link at a new address (the backend's name resolved elsewhere): the
-    /// connection closes (the kernel still delivers what it accepted) and a new one is made
-    /// at once; the queue is kept. A line the old connection had only partly written is
-    /// written again whole on the new one.
+    /// connection closes (the kernel still delivers what it accepted) and a new one is made;
+    /// the queue is kept. A line the old connection had only partly written is written again
+    /// whole on the new one.
+    ///
+    /// With a `send` SQE in flight on the connection (io_uring driver; prepared this turn and
+    /// not yet submitted, or waiting in the kernel), the connection is kept until that send's
+    /// completion (`writeCompleted`), its writing side shut so the completion comes at once:
+    /// the bytes it had the old connection's kernel take are that connection's (sent once
+    /// acknowledged, else unconfirmed), never written again. Closing it at once would leave
+    /// their completion unaccounted, and an SQE not yet submitted would name a descriptor that
+    /// the new connection's socket takes over: its bytes would go to the new address, and
+    /// again after it.
     mutating func move(to newAddress: SocketAddress, now: UInt64) {
         address = newAddress
+        guard !sendInFlight else {
+            moveWanted = true
+            endWaitingSend()
+            return
+        }
+        reconnect(now: now)
+    }
+
+    /// Lets the connection go (`letConnectionGo`) and connects to `address` at once, keeping
+    /// the queue: the end of a `move`.
+    private mutating func reconnect(now: UInt64) {
+        moveWanted = false
         letConnectionGo()
-        endWaitingSend()
         socket = nil
         written = linesWritten
         queue.release(upTo: max(queue.start, linesWritten))
@@ -463,9 +488,10 @@ struct TCPBackendLink: ~Copyable {
 
     /// Ends a `send` SQE waiting in the kernel on the current connection for room that a peer
     /// which stopped reading never makes: the socket's writing side is shut down, so the send
-    /// fails at once (`EPIPE`) or returns what it had taken. Without it, a DNS move would wait
-    /// for that completion before writing to the new address, and a removed backend's socket
-    /// and queue would stay with the kernel for as long as the peer keeps its window shut.
+    /// fails at once (`EPIPE`) or returns what it had taken; one prepared and not yet
+    /// submitted fails as it is submitted. Without it, a DNS move (which connects to the new
+    /// address only once that completion comes) and a removed backend's socket and queue would
+    /// wait on the kernel for as long as the peer keeps its window shut.
     private func endWaitingSend() {
         if sendInFlight { _ = withSocket { $0.shutDownWriting() } }
     }
