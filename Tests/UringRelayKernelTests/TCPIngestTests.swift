@@ -236,6 +236,35 @@ struct TCPIngestTests {
         #expect(counters[.tcpBytesDroppedPartial] == 0)
     }
 
+    @Test("a line longer than --max-datagram is counted as a datagram's too long line is: received on its listener and dropped too_long, so lines received = forwarded + dropped",
+          arguments: ioDrivers)
+    func overLongLineCounted(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let backend = try TestBackend()
+        let (relay, tcp) = try self.relay([backend], driver: driver) { $0.maxDatagramBytes = 512 }
+        let label = "tcp:\(tcp)"
+        // One over-long line whole in one write, one that grows past the limit from a partial
+        // line held across writes, and a malformed line beside good ones.
+        let whole = try TCPIngestClient(to: tcp)
+        try whole.write("whole.before:1|c\nwhole.too:" + String(repeating: "9", count: 600) + "\n")
+        let grown = try TCPIngestClient(to: tcp)
+        try grown.write("grown.before:1|c\ngrown.too:")
+        #expect(waitForCounters(relay.relay) { $0[.linesForwarded] == 2 }, "the lines before the over-long ones relayed")
+        try grown.write(String(repeating: "9", count: 600) + "\n")
+        let other = try TCPIngestClient(to: tcp)
+        try other.write("nocolon\nother.after:1|c\n")
+        #expect(whole.waitForClose(seconds: 5) && grown.waitForClose(seconds: 5), "each over-long line closes its connection")
+        let received = try collect(from: [backend], expectedLines: 3)
+        #expect(received.lines[0].sorted() == ["grown.before:1|c", "other.after:1|c", "whole.before:1|c"])
+        let counters = relay.stop()
+        #expect(counters[.linesDroppedTooLong] == 2, "each over-long line dropped too_long")
+        #expect(counters[.tcpConnectionsClosedTooLong, listener: label] == 2)
+        #expect(counters[.linesDroppedMissingColon] == 1)
+        #expect(counters[.linesReceived, listener: label] == 6, "3 relayed, 1 malformed, 2 too long")
+        #expect(counters[.linesReceived] == counters[.linesForwarded] + counters[.linesDroppedTooLong] + counters[.linesDroppedMissingColon])
+        #expect(counters[.linesDroppedTCPPartial] == 0, "an over-long line is not a partial line")
+    }
+
     @Test("--tcp-max-connections: a connection over the limit is accepted and closed at once, and counted refused", arguments: ioDrivers)
     func maxConnections(driver: IOBackendChoice) throws {
         try requireDriver(driver)

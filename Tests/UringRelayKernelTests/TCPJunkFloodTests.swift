@@ -146,13 +146,15 @@ struct TCPJunkFloodTests {
                 empty += UInt64(kind.lines) * repeats
             }
         }
+        // Each connection's over-long run is one line received and dropped too long.
+        expectedByReason[.tooLong, default: 0] += connections
         for reason in LineScanner.Malformation.allCases {
             #expect(counters[.dropped(reason)] == expectedByReason[reason, default: 0], "lines dropped as \(reason)")
         }
         #expect(counters[.emptyLines] == empty)
         let junkLines = expectedByReason.values.reduce(0, +)
         #expect(counters[.linesReceived, listener: label] == UInt64(steady.count + 1) + junkLines,
-                "every complete line read counted received once (empty lines apart)")
+                "every complete line read, and each over-long one, counted received once (empty lines apart)")
         #expect(counters[.linesForwarded] == UInt64(steady.count + 1))
         #expect(counters[.tcpConnectionsAccepted, listener: label] == connections + 2)
         #expect(counters[.tcpConnectionsClosedTooLong, listener: label] == connections, "each over-long line closed its own connection")

@@ -580,8 +580,7 @@ struct TCPIngest: ~Copyable {
                 let listener = connections[position].listener
                 let outcome = Self.frame(buffer, count: count, into: &connections[position].framer, listener: listener, core: &core, now: now)
                 if outcome == .lineTooLong {
-                    core.count(.tcpBytesDroppedTooLong, by: UInt64(connections[position].framer.discardedByteCount))
-                    close(at: position, reason: .tcpConnectionsClosedTooLong, core: &core)
+                    dropLineTooLong(at: position, core: &core)
                     return false
                 }
             case .wouldBlock:
@@ -600,6 +599,18 @@ struct TCPIngest: ~Copyable {
             }
         }
         return true
+    }
+
+    /// Drops the line longer than `--max-datagram` that connection `position`'s framer refused
+    /// and closes the connection (`too_long`). The line is counted as a datagram's line too
+    /// long is: received on its listener and dropped `too_long`, so that lines received are
+    /// lines forwarded plus lines dropped for TCP as for UDP; what was read of it (and what
+    /// followed it in that read) is in `tcp_bytes_dropped{reason="too_long"}`.
+    private mutating func dropLineTooLong(at position: Int, core: inout RelayCore) {
+        core.count(.linesReceived, listener: connections[position].listener)
+        core.count(.linesDroppedTooLong)
+        core.count(.tcpBytesDroppedTooLong, by: UInt64(connections[position].framer.discardedByteCount))
+        close(at: position, reason: .tcpConnectionsClosedTooLong, core: &core)
     }
 
     /// Closes connection `position`, counting why and the partial line it still held. Read by
@@ -921,8 +932,7 @@ extension TCPIngest {
                 connections[position].parkedOffset = end
             }
             if outcome == .lineTooLong {
-                core.count(.tcpBytesDroppedTooLong, by: UInt64(connections[position].framer.discardedByteCount))
-                close(at: position, reason: .tcpConnectionsClosedTooLong, core: &core)
+                dropLineTooLong(at: position, core: &core)
                 return false
             }
         }
