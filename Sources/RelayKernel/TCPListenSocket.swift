@@ -236,6 +236,16 @@ public struct TCPIngestSocket: ~Copyable {
     // close(2) is not retried: see `systemCall`.
     deinit { _ = CLiburing.close(descriptor) }
 
+    /// Closes the connection with a reset instead of a FIN: `SO_LINGER` {on, 0 s}, then
+    /// `close(2)`. A client that only writes would take a FIN for "the relay is reading" until
+    /// its next write after it; a reset makes its next read or write fail (`ECONNRESET`) at
+    /// once. What the socket holds unread is discarded (count it first: `unreadByteCount`).
+    public consuming func reset() {
+        var option = linger(l_onoff: 1, l_linger: 0)
+        _ = setsockopt(descriptor, SOL_SOCKET, SO_LINGER, &option, socklen_t(MemoryLayout<linger>.size))
+        // The descriptor closes as `self` ends here (`deinit`).
+    }
+
     /// What one read found.
     public enum ReadResult: Equatable, Sendable {
         /// `count` bytes (at least 1) were read into the buffer's start.

@@ -159,7 +159,7 @@ struct RunCommand: ParsableCommand {
     var tcpPort: Int?
 
     @Option(name: .customLong("tcp-max-connections"), help: ArgumentHelp(
-        "The most TCP ingest connections open at once, relay-wide, split evenly over the workers; beyond it a connection is accepted and closed at once, and counted (default: 10000).",
+        "The most TCP ingest connections open at once, relay-wide, split evenly over the workers; beyond it a connection is accepted and reset at once, and counted (default: 10000).",
         valueName: "count"))
     var tcpMaxConnections: Int?
 

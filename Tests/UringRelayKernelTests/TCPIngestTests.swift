@@ -76,6 +76,27 @@ final class TCPIngestClient: @unchecked Sendable {  // each used from one thread
     /// Closes the writing side (FIN): the relay reads the end of the stream.
     func finish() { shutdown(descriptor, Int32(SHUT_WR)) }
 
+    /// A client's next step on a connection the relay ended.
+    enum Step: String, CaseIterable, Sendable { case read, write }
+
+    /// Waits up to `seconds` for the relay to end the connection (the socket reads as
+    /// readable, hung up or in error), then makes `step`, a `recv` or a one-line `send`.
+    ///
+    /// - Returns: `recv`'s or `send`'s result, `-errno` on failure (0: a read found a FIN);
+    ///   `nil` if nothing ended the connection in time.
+    func next(_ step: Step, seconds: Double) -> Int? {
+        var entry = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
+        guard poll(&entry, 1, Int32(seconds * 1_000)) > 0 else { return nil }
+        var bytes = Array("after.end:1|c\n".utf8)
+        let result = bytes.withUnsafeMutableBytes { buffer in
+            switch step {
+            case .read: recv(descriptor, buffer.baseAddress, buffer.count, Int32(MSG_DONTWAIT))
+            case .write: Glibc.send(descriptor, buffer.baseAddress, buffer.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
+            }
+        }
+        return result < 0 ? -Int(errno) : result
+    }
+
     /// Waits up to `seconds` for the relay to close the connection: a read that finds its end
     /// (or a reset).
     func waitForClose(seconds: Double) -> Bool {
@@ -284,6 +305,27 @@ struct TCPIngestTests {
         let label = "tcp:\(tcp)"
         #expect(counters[.tcpConnectionsRefused, listener: label] == 1)
         #expect(counters[.tcpConnectionsAccepted, listener: label] == 2)
+    }
+
+    @Test("--tcp-max-connections: a connection over the limit is reset, not closed with a FIN: the client's next read or write fails with ECONNRESET; the refusal is counted",
+          arguments: ioDrivers, TCPIngestClient.Step.allCases)
+    func refusedConnectionReset(driver: IOBackendChoice, step: TCPIngestClient.Step) throws {
+        try requireDriver(driver)
+        let backend = try TestBackend()
+        let (relay, tcp) = try self.relay([backend], driver: driver) { $0.tcpMaxConnections = 1 }
+        let kept = try TCPIngestClient(to: tcp)
+        try kept.write("kept:1|c\n")
+        _ = try collect(from: [backend], expectedLines: 1)
+        let refused = try TCPIngestClient(to: tcp)
+        let result = refused.next(step, seconds: 5)
+        #expect(result == -Int(ECONNRESET), "the refused client's \(step) found \(String(describing: result)), not a reset")
+        try kept.write("kept.again:1|c\n")
+        #expect(try collect(from: [backend], expectedLines: 1).lines[0] == ["kept.again:1|c"])
+        let counters = relay.stop()
+        let label = "tcp:\(tcp)"
+        #expect(counters[.tcpConnectionsRefused, listener: label] == 1)
+        #expect(counters[.tcpConnectionsAccepted, listener: label] == 1)
+        #expect(counters[.tcpConnectionsClosedStop, listener: label] == 1, "a refused connection is not counted closed")
     }
 
     @Test("a connection silent for --tcp-idle-timeout is closed and counted idle; its held partial line is counted dropped", arguments: ioDrivers)

@@ -436,7 +436,7 @@ struct TCPIngest: ~Copyable {
     var isClosed: Bool { listeners.isEmpty && connections.count == closingCount }
 
     /// Accepts what waits on listener `id`: up to `acceptsPerService`; over this worker's share
-    /// of `--tcp-max-connections` a connection is accepted and closed at once, and counted.
+    /// of `--tcp-max-connections` a connection is accepted and reset at once, and counted.
     private mutating func accept(listener id: UInt32, core: inout RelayCore, now: UInt64) {
         guard accepting, let index = listenerIndex(of: id) else { return }
         for _ in 0..<Self.acceptsPerService {
@@ -513,13 +513,14 @@ struct TCPIngest: ~Copyable {
     }
 
     /// Adds a connection accepted on listener `id` to the table and the epoll set; over this
-    /// worker's share of `--tcp-max-connections` it is closed at once and counted refused.
+    /// worker's share of `--tcp-max-connections` it is reset at once and counted refused.
     private mutating func adopt(_ socket: consuming TCPIngestSocket, listener id: UInt32, core: inout RelayCore, now: UInt64) {
         guard connections.count < maximumConnections else {
             // What the client sent before it was taken is never read.
             Self.countUnread(socket, core: &core)
-            // Closed as it goes out of scope: the client sees its connection end at once.
-            _ = consume socket
+            // A reset, not a FIN: a client that only writes learns at its next write (or read)
+            // that nothing it sends is read, rather than after it has closed.
+            socket.reset()
             core.count(.tcpConnectionsRefused, listener: id)
             return
         }

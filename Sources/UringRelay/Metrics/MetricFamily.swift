@@ -95,7 +95,7 @@ public struct MetricFamily: Sendable, Equatable {
         .init("statsrelay_tcp_connections_accepted_total", .counter, ["listener"], .relayCounters,
               help: "TCP ingest connections accepted and kept open (those refused over --tcp-max-connections are not counted here)."),
         .init("statsrelay_tcp_connections_refused_total", .counter, ["listener"], .relayCounters,
-              help: "TCP ingest connections accepted and closed at once because the worker already held its share of --tcp-max-connections."),
+              help: "TCP ingest connections accepted and reset at once because the worker already held its share of --tcp-max-connections."),
         .init("statsrelay_tcp_connections_closed_total", .counter, ["listener", "reason"], .relayCounters,
               help: "TCP ingest connections closed by the relay, by reason: peer (the client closed or reset it), idle (nothing received for --tcp-idle-timeout), too_long (a line longer than --max-datagram), error (a read failed), stop (the relay stopped or the listener was removed)."),
         .init("statsrelay_tcp_connections_open", .gauge, ["listener"], .tcpConnectionsOpen,

@@ -12,7 +12,7 @@ public enum ListenerCounter: Int, CaseIterable, Sendable {
     case datagramsDroppedKernel
     /// TCP connections accepted and kept (`RelayCounter.tcpConnectionsAccepted`).
     case tcpConnectionsAccepted
-    /// TCP connections accepted and closed at once, over `--tcp-max-connections`.
+    /// TCP connections accepted and reset at once, over `--tcp-max-connections`.
     case tcpConnectionsRefused
     /// TCP connections closed, by reason (`RelayCounter.tcpConnectionsClosed…`).
     case tcpConnectionsClosedPeer
