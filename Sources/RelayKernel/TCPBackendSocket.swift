@@ -86,10 +86,9 @@ public struct TCPBackendSocket: ~Copyable {
         return bytes < 0 ? nil : Int(bytes)
     }
 
-    /// Whether the peer is still there, as a `recv(2)` of one byte with `MSG_PEEK |
-    /// MSG_DONTWAIT` finds it (nothing is taken, nothing waited for).
+    /// Whether the peer is still there, as non-blocking reads find it (`peerState`).
     public enum PeerState: Equatable, Sendable {
-        /// Nothing to read (`EAGAIN`), or bytes the peer sent: the connection stands.
+        /// Nothing (more) to read (`EAGAIN`): the connection stands.
         case open
         /// The peer closed its side (a FIN: `recv` returns 0). Bytes written after it are
         /// answered with a reset.
@@ -98,23 +97,40 @@ public struct TCPBackendSocket: ~Copyable {
         case failed(Errno)
     }
 
+    /// The most bytes one `peerState` reads and throws away, in reads of `discardChunk`.
+    public static let discardLimit = 8 * discardChunk
+    static let discardChunk = 512
+
     /// Looks whether the peer closed or reset the connection, without waiting: a reset or a
-    /// FIN otherwise shows only at the next write, and none may come. One `recv(2)` with
-    /// `MSG_PEEK | MSG_DONTWAIT`; a pending error it reports is taken from the socket.
-    public func peerState() -> PeerState {
-        var byte: UInt8 = 0
-        let result = recv(descriptor, &byte, 1, Int32(MSG_PEEK) | Int32(MSG_DONTWAIT))
-        if result > 0 { return .open }  // the backend sent something: a StatsD backend never does, but it is alive
-        if result == 0 { return .closed }
-        let code = errno
-        switch code {
-        case EAGAIN:
+    /// FIN otherwise shows only at the next write, and none may come. Reads with `recv(2)`
+    /// (`MSG_DONTWAIT`) into a buffer on the stack and throws away what the peer sent: a
+    /// StatsD backend sends nothing, and bytes one did send (a banner) would stay in front of
+    /// its FIN forever, as the relay reads nothing else, and a look that only peeked would find
+    /// them, never the FIN. At most `discardLimit` bytes a look: a peer still sending is
+    /// `open`, and the next look goes on. A pending error a read reports is taken from the
+    /// socket.
+    ///
+    /// - Parameter discarded: grows by the bytes read and thrown away.
+    public func peerState(discarded: inout UInt64) -> PeerState {
+        withUnsafeTemporaryAllocation(byteCount: Self.discardChunk, alignment: 16) { buffer in
+            for _ in 0..<Self.discardLimit / Self.discardChunk {
+                let result = recv(descriptor, buffer.baseAddress, buffer.count, Int32(MSG_DONTWAIT))
+                if result > 0 {
+                    discarded &+= UInt64(result)
+                    continue
+                }
+                if result == 0 { return .closed }
+                switch errno {
+                case EAGAIN:
+                    return .open
+                case EINTR:
+                    // Interrupted before it looked: nothing is known; the next look decides.
+                    return .open
+                case let code:
+                    return .failed(Errno(rawValue: code))
+                }
+            }
             return .open
-        case EINTR:
-            // Interrupted before it looked: nothing is known; the next look decides.
-            return .open
-        default:
-            return .failed(Errno(rawValue: code))
         }
     }
 

@@ -168,4 +168,36 @@ struct TCPBackendAcknowledgementTests {
         #expect(UInt64(backend.lines.count) == sent - lost, "delivered as counted: got \(backend.lines.count), sent \(sent), lost at reset \(lost)")
         #expect(Set(backend.lines).count == backend.lines.count, "no line twice")
     }
+
+    @Test("a backend that sends a banner, then reads everything and closes: what it sent is read and thrown away (counted), so its close is seen while running, without a write into it",
+          arguments: ioDrivers)
+    func closedAfterBanner(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let banner = Array("220 statsd ready\r\n".utf8)
+        let backend = try TCPTestBackend(banner: banner)
+        defer { backend.close() }
+        let relay = try InProcessRelay(backends: [], driver: driver) { configuration in
+            configuration.backends = [try! BackendAddress(parsing: backend.spec)]
+        }
+        let identity = backend.plainSpec
+        let first = Self.fixedLines(0..<100)
+        try send(Self.datagrams(first, perDatagram: 10), to: relay.address)
+        #expect(backend.wait { _ in relay.relay.liveCounters()[.linesSent, backend: identity] == UInt64(first.count) }, "the first lines acknowledged")
+        backend.closeConnections()
+        let more = Self.fixedLines(100..<120)
+        try send([more.joined(separator: "\n")], to: relay.address)
+        #expect(backend.wait(seconds: 5) { _ in relay.relay.liveCounters()[.tcpConnectionFailures, backend: identity] > 0 },
+                "the close behind the banner was seen")
+        #expect(backend.wait(seconds: 5) { _ in relay.relay.liveCounters()[.linesSent, backend: identity] == UInt64(first.count + more.count) })
+        let counters = relay.stop()
+        let sent = counters[.linesSent, backend: identity]
+        let lost = counters[.tcpLinesLostAtReset, backend: identity]
+        #expect(sent + counters[.linesUnconfirmedAtExit, backend: identity] + counters[.linesDroppedTCPQueueFull, backend: identity]
+                + counters[.linesDroppedTCPUnsentAtExit, backend: identity] == UInt64(first.count + more.count), "each line ends once")
+        #expect(counters[.tcpBytesReceived, backend: identity] >= UInt64(banner.count), "the first connection's banner read and counted")
+        #expect(counters[.tcpBytesReceived, backend: identity] % UInt64(banner.count) == 0, "whole banners only")
+        #expect(backend.wait { $0.lines.count >= Int(sent - lost) })
+        #expect(backend.lines.sorted() == (first + more).sorted(), "every line delivered once: \(backend.lines.count)")
+        #expect(UInt64(backend.lines.count) == sent - lost)
+    }
 }

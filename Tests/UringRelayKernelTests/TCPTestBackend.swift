@@ -29,6 +29,7 @@ final class TCPTestBackend: @unchecked Sendable {  // its state is behind `state
     private let receiveBufferBytes: Int32?
     private let readChunk: Int
     private let readPauseMicroseconds: UInt32
+    private let banner: [UInt8]
     private let state = Mutex(State())
     private var thread: Thread?
     private let done = DispatchSemaphore(value: 0)
@@ -41,8 +42,14 @@ final class TCPTestBackend: @unchecked Sendable {  // its state is behind `state
     ///   - readChunk: the most bytes one `read` takes (small: a slow reader).
     ///   - readPauseMicroseconds: a pause after each round of reads (a slower reader still:
     ///     it paces the backend, it synchronises nothing).
-    init(reading: Bool = true, receiveBufferBytes: Int32? = nil, readChunk: Int = 1 << 16, readPauseMicroseconds: UInt32 = 0) throws {
+    ///   - banner: bytes written to each connection as it is accepted (a server that greets
+    ///     its clients; a StatsD backend sends nothing).
+    init(
+        reading: Bool = true, receiveBufferBytes: Int32? = nil, readChunk: Int = 1 << 16, readPauseMicroseconds: UInt32 = 0,
+        banner: [UInt8] = []
+    ) throws {
         self.readPauseMicroseconds = readPauseMicroseconds
+        self.banner = banner
         self.reading = reading
         self.receiveBufferBytes = receiveBufferBytes
         self.readChunk = readChunk
@@ -116,6 +123,8 @@ final class TCPTestBackend: @unchecked Sendable {  // its state is behind `state
                     while $0.listener == listener {
                         let accepted = accept(listener, nil, nil)
                         guard accepted >= 0 else { break }
+                        // A fresh connection's send buffer takes a short banner whole.
+                        if !banner.isEmpty { _ = banner.withUnsafeBytes { send(accepted, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } }
                         $0.connections.append(accepted)
                         $0.streamOf.append($0.streams.count)
                         $0.streams.append([])

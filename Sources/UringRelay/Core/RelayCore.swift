@@ -392,6 +392,7 @@ public struct RelayCore: ~Copyable {
         processor.counters.add(stream.lostAtResetBytes, to: .tcpBytesLostAtReset, backend: identity)
         processor.counters.add(stream.connects, to: .tcpConnects, backend: identity)
         processor.counters.add(stream.connectionFailures, to: .tcpConnectionFailures, backend: identity)
+        processor.counters.add(stream.receivedBytes, to: .tcpBytesReceived, backend: identity)
     }
 
     /// Counts what a mirror backend's delivery ledger settled, in the mirror's counters (all

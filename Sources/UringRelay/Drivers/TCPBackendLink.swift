@@ -41,9 +41,10 @@ import RelayKernel
 /// ─────┴──────────────┴──────────────────┴─────────────┴──────────────┴──
 /// ```
 /// A peer's FIN or reset is seen without a write: each look at `SIOCOUTQ` that leaves bytes
-/// unacknowledged also peeks at the socket (`TCPBackendSocket.peerState`), and so does the
-/// first write on a connection with nothing outstanding (an idle one the backend may have
-/// closed meanwhile), which then goes on a new connection instead.
+/// unacknowledged also looks at the socket (`TCPBackendSocket.peerState`: a non-blocking read
+/// that throws away and counts whatever the backend sent, so its FIN is not hidden behind a
+/// banner), and so does the first write on a connection with nothing outstanding (an idle one
+/// the backend may have closed meanwhile), which then goes on a new connection instead.
 struct TCPBackendLink: ~Copyable {
     /// Where the connection stands.
     enum State: Equatable {
@@ -112,7 +113,7 @@ struct TCPBackendLink: ~Copyable {
     /// The most bytes one write hands the kernel (a `send` SQE: one contiguous piece).
     static let writeLimit = 256 << 10
     /// How often, at most, a link with lines written and not yet acknowledged reads
-    /// `SIOCOUTQ` (and peeks at its socket): what a line's confirmation may lag by, and how
+    /// `SIOCOUTQ` (and looks at its socket): what a line's confirmation may lag by, and how
     /// often a worker whose backend stopped reading wakes for it.
     static let confirmIntervalNanoseconds: UInt64 = 20_000_000
 
@@ -214,7 +215,7 @@ struct TCPBackendLink: ~Copyable {
         case .connected:
             // Nothing outstanding: the backend may have closed the connection since the last
             // write, which the kernel would take and the backend reset.
-            if hasUnwritten, !sendInFlight, confirmed == written, peerHasGone {
+            if hasUnwritten, !sendInFlight, confirmed == written, peerHasGone() {
                 fail(now: now)
                 return
             }
@@ -314,18 +315,19 @@ struct TCPBackendLink: ~Copyable {
 
     /// Counts as sent the lines the backend's kernel acknowledged since the last look, at
     /// most every `confirmIntervalNanoseconds` while lines wait for it; when some stay
-    /// unacknowledged, also peeks at the socket, and fails the connection if the backend
+    /// unacknowledged, also looks at the socket, and fails the connection if the backend
     /// closed or reset it (its failure would otherwise show only at a next write, and none
     /// may come: a backend taken down and its traffic rehashed away, or a stop).
     ///
-    /// The cost: one `ioctl(SIOCOUTQ)`, and one `recv(MSG_PEEK)` while bytes stay
-    /// unacknowledged, per link and interval; nothing while every line is settled.
+    /// The cost: one `ioctl(SIOCOUTQ)`, and one `recv(MSG_DONTWAIT)` while bytes stay
+    /// unacknowledged (more only if the backend sent something), per link and interval;
+    /// nothing while every line is settled.
     mutating func confirmDelivery(now: UInt64) {
         guard state == .connected, confirmed < linesWritten, now >= confirmCheckedAt &+ Self.confirmIntervalNanoseconds else { return }
         confirmCheckedAt = now
         if let acknowledged = acknowledgedOffset() { confirm(upTo: acknowledged) }
         // A send in flight on a dead connection fails by itself (`writeCompleted`).
-        guard confirmed < linesWritten, !sendInFlight, peerHasGone else { return }
+        guard confirmed < linesWritten, !sendInFlight, peerHasGone() else { return }
         fail(now: now)
     }
 
@@ -337,9 +339,13 @@ struct TCPBackendLink: ~Copyable {
         return written &- UInt64(min(unacknowledged, Int(written &- connectionStart)))
     }
 
-    /// Whether the backend closed or reset the current connection (`TCPBackendSocket.peerState`).
-    private var peerHasGone: Bool {
-        switch withSocket({ $0.peerState() }) {
+    /// Whether the backend closed or reset the current connection (`TCPBackendSocket.peerState`);
+    /// what it sent on it is read, thrown away and counted (`StreamCounts.receivedBytes`).
+    private mutating func peerHasGone() -> Bool {
+        var discarded: UInt64 = 0
+        let found = withSocket { $0.peerState(discarded: &discarded) }
+        counts.receivedBytes &+= discarded
+        return switch found {
         case .some(.open): false
         case .some(.closed), .some(.failed): true
         case .none: false  // no socket: nothing to look at
@@ -517,12 +523,12 @@ struct TCPBackendLink: ~Copyable {
     }
 
     /// Settles the lines written on a connection about to be closed while it may stand: one
-    /// last `SIOCOUTQ` says which the backend's kernel acknowledged (sent); a peek says
+    /// last `SIOCOUTQ` says which the backend's kernel acknowledged (sent); a look says
     /// whether the backend closed or reset it, unseen (a failure: the rest lost at reset), or
     /// not (the rest unconfirmed).
     private mutating func letConnectionGo() {
         guard state == .connected, confirmed < linesWritten else { return }
-        let failed = peerHasGone
+        let failed = peerHasGone()
         if failed { counts.connectionFailures &+= 1 }
         settleConnection(failed: failed)
     }

@@ -186,6 +186,8 @@ public struct MetricFamily: Sendable, Equatable {
               help: "TCP connections made to the backend, counted per worker."),
         .init("statsrelay_backend_tcp_connection_failures_total", .counter, ["backend"], .backendCounters,
               help: "TCP connections to the backend refused, timed out, unreachable or reset, counted per worker; each fails a health check."),
+        .init("statsrelay_backend_tcp_bytes_received_total", .counter, ["backend"], .backendCounters,
+              help: "Bytes a TCP backend sent to the relay (a banner, an error message), read and thrown away so that its close is seen behind them; a StatsD backend sends none."),
         .init("statsrelay_backend_lines_rehashed_away_total", .counter, ["backend"], .backendCounters,
               help: "Lines whose primary is this backend, routed to another while it was down."),
         .init("statsrelay_backend_lines_held_total", .counter, ["backend"], .backendCounters,

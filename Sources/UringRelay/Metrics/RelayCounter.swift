@@ -254,6 +254,7 @@ public enum BackendCounter: Int, CaseIterable, Sendable {
     case tcpBytesLostAtReset
     case tcpConnects
     case tcpConnectionFailures
+    case tcpBytesReceived
 
     /// The counter's name; the backend is a label.
     public var name: String {
@@ -283,6 +284,7 @@ public enum BackendCounter: Int, CaseIterable, Sendable {
         case .tcpBytesLostAtReset: "statsrelay.backend.tcp_bytes_lost_at_reset"
         case .tcpConnects: "statsrelay.backend.tcp_connects"
         case .tcpConnectionFailures: "statsrelay.backend.tcp_connection_failures"
+        case .tcpBytesReceived: "statsrelay.backend.tcp_bytes_received"
         }
     }
 }

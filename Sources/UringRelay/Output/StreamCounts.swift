@@ -34,6 +34,9 @@ public struct StreamCounts: Sendable, Equatable {
     /// Connections that failed: refused, unreachable, timed out while connecting, or reset
     /// (or closed by the backend) once made. Each is evidence for the health monitor.
     public var connectionFailures: UInt64 = 0
+    /// Bytes the backend sent on its connections, read and thrown away (a StatsD backend sends
+    /// none: a banner, an error message, another service on the port).
+    public var receivedBytes: UInt64 = 0
 
     public init() {}
 
@@ -51,6 +54,7 @@ public struct StreamCounts: Sendable, Equatable {
         difference.lostAtResetBytes = lhs.lostAtResetBytes &- rhs.lostAtResetBytes
         difference.connects = lhs.connects &- rhs.connects
         difference.connectionFailures = lhs.connectionFailures &- rhs.connectionFailures
+        difference.receivedBytes = lhs.receivedBytes &- rhs.receivedBytes
         return difference
     }
 }
