@@ -64,6 +64,7 @@ struct TCPBacklogTests {
         #expect(counters[.tcpConnectionsAccepted, listener: label] == UInt64(clients.count))
         #expect(counters[.tcpConnectionsClosedStop, listener: label] == UInt64(clients.count))
         #expect(counters[.linesDroppedTCPPartial] == UInt64(clients.count))
+        #expect(counters[.linesReceived, listener: label] == counters[.linesForwarded] + UInt64(clients.count), "each half line received too")
         #expect(counters[.tcpBytesDroppedPartial] == UInt64(halves))
         #expect(counters[.tcpBytesDroppedUnread] == 0)
         #expect(counters[.tcpAcceptErrors] == 0)

@@ -624,6 +624,8 @@ struct TCPIngest: ~Copyable {
     private mutating func close(at position: Int, reason: ListenerCounter, core: inout RelayCore) {
         let held = connections[position].framer.partialByteCount
         if held > 0 {
+            // A line, if cut: received on its listener and dropped, as any line not relayed.
+            core.count(.linesReceived, listener: connections[position].listener)
             core.count(.linesDroppedTCPPartial)
             core.count(.tcpBytesDroppedPartial, by: UInt64(held))
         }
