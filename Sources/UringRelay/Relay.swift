@@ -493,12 +493,14 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         var candidate = configuration
         candidate.backends = backends
         try candidate.validate()
-        let addresses = try BackendLookup(backends: backends, resolver: resolver, limitNanoseconds: resolverLimitNanoseconds).wait()
+        let addresses = try BackendLookup(backends: backends, resolver: resolver, limitNanoseconds: resolverLimitNanoseconds)
+            .wait(keeping: addressesInUse)
         let running = configurationInForce
         try BackendAddressCheck.verify(
             backends: backends, addresses: addresses, listeners: listenAddresses,
             tcpListeners: tcpListenAddresses, sendProtocol: running.sendProtocol,
             healthCheck: (running.healthCheck, running.healthCheckPort))
+        logAddressChanges(from: routing.current, to: backends, addresses)
         routing.replaceBackends(backends, addresses: addresses)
     }
 
@@ -626,7 +628,9 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         if next.backends != pool.backends || next.onBackendDown != pool.policy {
             // Addresses from this reload's lookups; the monitor re-resolves names from here on.
             let byBackend = Dictionary(zip(candidate.backends.map(\.description), addresses), uniquingKeysWith: { first, _ in first })
-            routing.replaceBackends(next.backends, addresses: next.backends.map { byBackend[$0.description]! }, policy: next.onBackendDown)
+            let nextAddresses = next.backends.map { byBackend[$0.description]! }
+            logAddressChanges(from: pool, to: next.backends, nextAddresses)
+            routing.replaceBackends(next.backends, addresses: nextAddresses, policy: next.onBackendDown)
         }
         monitor.update(next)
         var reported = plan
@@ -961,12 +965,33 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     ) throws -> ConfigFileReload {
         let addresses: [SocketAddress]
         do {
-            addresses = try BackendLookup(backends: candidate.backends, resolver: resolver, limitNanoseconds: resolverLimitNanoseconds).wait()
+            addresses = try BackendLookup(backends: candidate.backends, resolver: resolver, limitNanoseconds: resolverLimitNanoseconds)
+                .wait(keeping: addressesInUse)
         } catch {
             reloads.recordFailure()
             throw error
         }
         return try reload(to: candidate, addresses: addresses)
+    }
+
+    /// The address each backend is sent to now, by identity (`host:port[:instance]`): what a
+    /// lookup for a change of backends keeps where the name still lists it
+    /// (`BackendLookup.addresses(keeping:)`).
+    public var addressesInUse: [String: SocketAddress] {
+        let pool = routing.current
+        return Dictionary(zip(pool.backends.map(\.description), pool.addresses), uniquingKeysWith: { first, _ in first })
+    }
+
+    /// Logs each backend that stays in the pool but goes to another address with it (its name
+    /// no longer lists the address in use), as a refresh logs a move (`HealthMonitor`).
+    private func logAddressChanges(from pool: BackendPool, to backends: [BackendAddress], _ addresses: [SocketAddress]) {
+        let running = Dictionary(zip(pool.backends.map(\.description), pool.addresses), uniquingKeysWith: { first, _ in first })
+        for (backend, address) in zip(backends, addresses) {
+            guard let previous = running[backend.description], previous != address else { continue }
+            logger.info("backend address changed", metadata: [
+                "backend": "\(backend)", "from": "\(previous)", "to": "\(address)", "by": "reload",
+            ])
+        }
     }
 
     /// Asks every worker to drain, flush and stop; returns at once (see `wait`).

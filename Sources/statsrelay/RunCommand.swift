@@ -732,7 +732,7 @@ struct RunCommand: ParsableCommand {
                 logger.notice("reload abandoned: stopping", metadata: ["signal": "\(SignalWaiter.name(of: stop))"])
                 return stop
             }
-            addresses = try lookup.addresses()
+            addresses = try lookup.addresses(keeping: relay.addressesInUse)
         } catch let error as BackendResolutionError {
             let index = candidate.backends.firstIndex(of: error.backend).map { "backends[\($0)]" } ?? "backends"
             refuse(error, key: index)

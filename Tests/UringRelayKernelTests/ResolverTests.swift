@@ -11,19 +11,22 @@ import Testing
 /// `hangingAfterFirst` answers its first lookup (start-up) and then never again until
 /// `release()`, as a resolver that stops answering does.
 final class NameBook: Sendable {
-    private let entries: Mutex<[String: SocketAddress]>
+    private let entries: Mutex<[String: [SocketAddress]]>
     private let hangingAfterFirst: Set<String>
     private let calls = Mutex<[String: Int]>([:])
     private let gate = DispatchSemaphore(value: 0)
     private let released = Atomic<Bool>(false)
 
     init(_ entries: [String: SocketAddress], hangingAfterFirst: Set<String> = []) {
-        self.entries = Mutex(entries)
+        self.entries = Mutex(entries.mapValues { [$0] })
         self.hangingAfterFirst = hangingAfterFirst
     }
 
     /// Makes `name` resolve to `address` from the next lookup on.
-    func point(_ name: String, to address: SocketAddress) { entries.withLock { $0[name] = address } }
+    func point(_ name: String, to address: SocketAddress) { point(name, to: [address]) }
+
+    /// Makes `name` resolve to `addresses`, in this order, from the next lookup on.
+    func point(_ name: String, to addresses: [SocketAddress]) { entries.withLock { $0[name] = addresses } }
 
     /// How many lookups of `name` have started.
     func calls(of name: String) -> Int { calls.withLock { $0[name, default: 0] } }
@@ -44,10 +47,10 @@ final class NameBook: Sendable {
                 gate.wait()
                 gate.signal()
             }
-            guard let address = entries.withLock({ $0[host] }) else {
+            guard let addresses = entries.withLock({ $0[host] }), !addresses.isEmpty else {
                 throw ResolutionError(host: host, reason: "Name or service not known")
             }
-            return [address]
+            return addresses
         }
     }
 }
@@ -173,6 +176,48 @@ struct ResolverTests {
         #expect(failures.isEmpty)
         #expect(counters[.linesReceived] == UInt64(sent.count), "lines looped back into the relay")
         #expect(occurrences(of: "moved to an address it cannot have", in: log.withLock { $0 }) == 2)
+        #expect(occurrences(of: "backend address changed", in: log.withLock { $0 }) == 1)
+    }
+
+    @Test("a reload that adds a backend keeps a staying name with two addresses on the one in use, as refreshes do; a reload after the name drops it moves it, logged", arguments: ioDrivers)
+    func reloadKeepsAddress(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let first = try TestBackend()
+        let second = try TestBackend()
+        let added = try TestBackend()
+        let book = NameBook([:])
+        book.point("two.test", to: [first.address, second.address])
+        let (relay, listen, log) = try relayFollowing(names: [("two.test", first.address.port)], book: book, driver: driver)
+        defer {
+            relay.stop()
+            _ = relay.wait()
+        }
+        let monitor = relay.monitor
+        #expect(monitor.status[0].address == first.address, "the first address at start")
+        // The resolver now lists the other address first; refreshes keep the one in use.
+        book.point("two.test", to: [second.address, first.address])
+        let asked = book.calls(of: "two.test")
+        #expect(monitor.waitUntil(timeoutNanoseconds: 10_000_000_000) { _ in book.calls(of: "two.test") >= asked + 3 })
+        #expect(monitor.status[0].address == first.address)
+
+        var candidate = relay.configurationInForce
+        candidate.backends = [try BackendAddress(parsing: "two.test:\(first.address.port)"), try BackendAddress(parsing: added.spec)]
+        try relay.reload(to: candidate, resolver: book.resolver)
+        #expect(relay.routing.current.addresses == [first.address, added.address], "two.test kept on the address in use")
+        // Every line reaches the backend its name hashes to: two.test's share the first address.
+        let lines = (0..<200).map { "reload.keep.\($0):1|c" }
+        try send(datagrams(lines, perDatagram: 20), to: listen)
+        let received = try collect(from: [first, added, second], expectedLines: lines.count)
+        #expect(received.lines[2].isEmpty, "nothing went to the address not in use")
+        #expect(received.lines[0].count + received.lines[1].count == lines.count)
+        #expect(received.lines[0].allSatisfy { expectedBackend(of: $0, backends: 2) == 0 })
+        #expect(!log.withLock { $0 }.contains("backend address changed"), "no move, none logged")
+
+        // Once the name no longer lists it, a reload moves it and says so.
+        book.point("two.test", to: [second.address])
+        candidate.backends.reverse()
+        try relay.reload(to: candidate, resolver: book.resolver)
+        #expect(relay.routing.current.addresses == [added.address, second.address])
         #expect(occurrences(of: "backend address changed", in: log.withLock { $0 }) == 1)
     }
 }

@@ -278,22 +278,26 @@ public final class BackendLookup: Sendable {
 
     /// Waits until every name has answered or the limit passes, then returns the addresses.
     ///
+    /// - Parameter running: as `addresses(keeping:)`.
     /// - Throws: `BackendResolutionError` as `addresses()` does.
-    public func wait() throws(BackendResolutionError) -> [SocketAddress] {
+    public func wait(keeping running: [String: SocketAddress] = [:]) throws(BackendResolutionError) -> [SocketAddress] {
         while !collect() {
             let left = remainingNanoseconds
             if left == 0 { break }
             _ = answered.wait(timeoutNanoseconds: left)
         }
-        return try addresses()
+        return try addresses(keeping: running)
     }
 
     /// Every backend's address, in routing order (`BackendResolver.choose`), from what has
     /// been collected.
     ///
+    /// - Parameter running: the addresses in use, by backend identity (`Relay.addressesInUse`):
+    ///   a backend that stays keeps its address while its name still lists it, as a refresh
+    ///   keeps it (a reload does not move a name with several addresses to another of them).
     /// - Throws: `BackendResolutionError` for the first backend, in routing order, whose name
     ///   did not resolve or has not been answered yet (then the lookups are abandoned).
-    public func addresses() throws(BackendResolutionError) -> [SocketAddress] {
+    public func addresses(keeping running: [String: SocketAddress] = [:]) throws(BackendResolutionError) -> [SocketAddress] {
         let results = results.withLock { $0 }
         var addresses: [SocketAddress] = []
         for backend in backends {
@@ -303,7 +307,7 @@ public final class BackendLookup: Sendable {
             }
             switch results[BackendResolver.Name(backend)] {
             case .success(let answers)?:
-                guard let chosen = BackendResolver.choose(from: answers) else {
+                guard let chosen = BackendResolver.choose(from: answers, keeping: running[backend.description]) else {
                     throw BackendResolutionError(backend: backend, reason: "no address")
                 }
                 addresses.append(chosen)
