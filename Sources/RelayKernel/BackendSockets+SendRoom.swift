@@ -13,6 +13,20 @@ extension BackendSockets {
         return bytes < 0 ? nil : Int(bytes)
     }
 
+    /// Takes the error pending on backend `index`'s socket (`SO_ERROR`), if any: the refusal an
+    /// ICMP error left there, which would fail the socket's next send untransmitted. The ICMP
+    /// error itself stays in the socket's error queue (`IP_RECVERR`), where the delivery ledger
+    /// reads it and counts the packet it quotes; only the pending errno goes.
+    ///
+    /// - Returns: the errno taken (0: none was pending), or `nil` if the kernel cannot say.
+    @discardableResult
+    public func takePendingError(_ index: Int) -> Int32? {
+        var value: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        let read = try? systemCall { getsockopt(descriptors[index], SOL_SOCKET, SO_ERROR, &value, &length) }
+        return read == nil ? nil : value
+    }
+
     /// The most backend `index`'s socket may have charged before a send must wait for room:
     /// `SO_SNDBUF` as read back (the kernel's limit, twice what was asked for). `nil` if the
     /// kernel cannot say.

@@ -151,6 +151,54 @@ struct RefusalAccountingTests {
         #expect(result.counters[.linesDoubted, backend: backend] == 0 && result.counters[.linesUnconfirmedAtExit] == 0)
     }
 
+    @Test("a refusal left pending on the backend's socket: the packets packed next for it arrive in the order they were packed (a gauge keeps its last value); only the refused one counted refused", arguments: ioDrivers)
+    func orderAfterPendingRefusal(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let run = try inNetworkNamespace { loadRules in
+            let backend = try TestBackend()
+            // The first datagram to the backend is refused (port unreachable), the rest pass.
+            try loadRules("""
+                table inet statsrelay_test {
+                    chain refuse {
+                        type filter hook input priority 0;
+                        udp dport \(backend.address.port) numgen inc mod 1000000 == 0 reject
+                    }
+                }
+                """)
+            let relay = try InProcessRelay(backends: [backend], driver: driver) {
+                $0.packetBytes = 10  // one line a packet
+                $0.shutdownTimeoutNanoseconds = 5_000_000_000  // time to confirm every packet
+            }
+            try send(["g.x:0|g"], to: relay.address)
+            // Once this namespace's host has taken the ICMP error, the refusal is pending on the
+            // relay's backend socket (until its next send, or its ledger reads the error queue).
+            let deadline = Date().addingTimeInterval(10)
+            while Self.destinationUnreachableReceived() < 1 && Date() < deadline { usleep(1_000) }
+            let refusedFirst = Self.destinationUnreachableReceived() == 1
+            // Five packets for the backend in one turn: `g.x` ends at 5.
+            try send([(1...5).map { "g.x:\($0)|g" }.joined(separator: "\n")], to: relay.address)
+            let received = try collect(from: [backend], expectedLines: 5)
+            let counters = relay.stop()
+            return (refusedFirst, received.lines[0], counters)
+        }
+        #expect(run.0, "the first packet was refused before the next were packed")
+        #expect(run.1 == (1...5).map { "g.x:\($0)|g" }, "in the order packed")
+        #expect(run.2[.linesRefused, backend: 0] == 1)
+        // Sent within a second of an ICMP error from their host, the five are doubted rather
+        // than sent (`lines_doubted`): what matters here is that none is taken for the refused.
+        #expect(run.2[.linesSent, backend: 0] + run.2[.linesDoubted, backend: 0] == 5, "\(run.2.report())")
+    }
+
+    /// `InDestUnreachs` of `/proc/thread-self/net/snmp`: ICMP destination-unreachable errors
+    /// this thread's network namespace received.
+    static func destinationUnreachableReceived() -> Int {
+        guard let bytes = try? FileContents.read(path: "/proc/thread-self/net/snmp") else { return -1 }
+        let rows = String(decoding: bytes, as: UTF8.self).split(separator: "\n").filter { $0.hasPrefix("Icmp: ") }
+        guard rows.count >= 2, let column = rows[0].split(separator: " ").firstIndex(of: "InDestUnreachs") else { return -1 }
+        let values = rows[1].split(separator: " ")
+        return column < values.count ? Int(values[column]) ?? -1 : -1
+    }
+
     /// A relay (one worker on `driver`, 1 000-byte packets) in a namespace whose firewall
     /// rejects every `every`-th datagram to the backend's port in `hook` (`input`: the
     /// receiving host refuses; `output`: a local firewall's REJECT); 30 000 lines sent, the

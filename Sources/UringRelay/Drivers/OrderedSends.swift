@@ -26,6 +26,15 @@ import RelayKernel
 /// A send the kernel cancels all the same (`ECANCELED`: a chain it could not start) keeps its
 /// place and goes again before anything newer.
 ///
+/// A refusal (an ICMP error to an earlier packet) left pending on the socket fails the next
+/// send untransmitted, and the driver sends it again (`RelayCore.retriesSend`): alone, it
+/// still goes before the backend's next packets, which wait for it; one of several would go
+/// after the ones behind it, already issued. So before several packets are submitted to a
+/// backend, the pending error is taken (`BackendSockets.takePendingError`, one `getsockopt`
+/// per backend and turn): a backend that comes back after refusing gets its packets in order.
+/// Only a refusal that arrives while those sends are being issued (the backend coming up in
+/// those microseconds) can still put one send after the next.
+///
 /// ```
 ///   backend b:  head[b] → slot → slot → slot → tail[b]      (previous/next: per slot, −1 ends)
 ///                 └─ submitted[b] of them in flight ─┘ └ queued ┘
@@ -116,7 +125,16 @@ struct OrderedSends: ~Copyable {
         guard queued > 0 else { return }
         for backend in head.indices where submitted[backend] == 0 && head[backend] >= 0 {
             // A packet alone (the common case with one-line datagrams) has nothing to overtake.
-            if head[backend] == tail[backend] || hasRoom(for: backend, pool: pool, sockets: connections.sockets) {
+            if head[backend] == tail[backend] {
+                try submitUnlinked(backend, to: ring, from: pool, over: &connections)
+                continue
+            }
+            // A refusal pending on the socket would fail one send of several untransmitted, and
+            // the sends after it would go before it is sent again (unlinked, or hard-linked):
+            // taken first, so every packet of these goes, in order (its count is in the error
+            // queue, which the ledger reads).
+            connections.sockets.takePendingError(backend)
+            if hasRoom(for: backend, pool: pool, sockets: connections.sockets) {
                 try submitUnlinked(backend, to: ring, from: pool, over: &connections)
             } else {
                 try submitChain(backend, to: ring, from: pool, over: &connections)
