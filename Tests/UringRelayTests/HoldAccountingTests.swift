@@ -8,6 +8,7 @@ private struct HoldingWorkers: ~Copyable {
     let routing: RoutingState
     let addresses: [SocketAddress]
     let workers: Int
+    let budget: HoldBudget
     // Cores are non-copyable: no array of them; a relay here has one or two workers.
     var first: RelayCore
     var second: RelayCore?
@@ -41,6 +42,7 @@ private struct HoldingWorkers: ~Copyable {
         self.routing = routing
         self.addresses = addresses
         self.workers = workers
+        self.budget = budget
         routing.publish(down: [true, false], addresses: addresses)
     }
 
@@ -69,6 +71,16 @@ private struct HoldingWorkers: ~Copyable {
             let outcome = core.sendCompleted(slot: slot, result: Int32(core.sendBuffers.length(of: slot)))
             sentLines[backend] += outcome.lines
         }
+    }
+
+    /// Each worker's counters once it has stopped, in worker order.
+    mutating func finishEach() -> [RelayCounters] {
+        var each = [first.finish(unrelayedDatagrams: 0, sendsInFlight: 0, now: 0)]
+        if var core = second.take() {
+            each.append(core.finish(unrelayedDatagrams: 0, sendsInFlight: 0, now: 0))
+            second = consume core
+        }
+        return each
     }
 
     /// Every worker's counters once each has stopped.
@@ -138,6 +150,34 @@ struct HoldAccountingTests {
         default:
             #expect(overflow == 0 && replayed > 0 && atExit > 0, "all held; part replayed, the rest left at exit")
         }
+    }
+
+    /// Worker 0 fills the whole budget for the down backend, then its client goes quiet; worker
+    /// 1's client starts sending. Worker 0 never holds another packet, so only its turns (an idle
+    /// worker's heartbeat) can give back what worker 1 claims.
+    @Test("a worker that stopped holding gives back the chunks another claims, at its turns: the oldest packets of the relay go first, not the newcomer's")
+    func quietWorkerRepaysClaims() throws {
+        var relay = try HoldingWorkers(holdBytes: 16 << 10, workers: 2)  // 4 chunks of 4 KiB, 2 each
+        let (datagrams, linesPerBackend) = traffic(1_200)
+        let early = datagrams.prefix(800), late = datagrams.dropFirst(800)
+        for datagram in early { relay.turn(0, datagram: datagram) }
+        #expect(relay.budget.bytesReserved == relay.budget.totalBytes, "worker 0 holds the whole budget")
+        for datagram in late {
+            relay.turn(1, datagram: datagram)
+            relay.turn(0)  // idle: nothing received, nothing to hold
+            #expect(relay.budget.bytesReserved <= relay.budget.totalBytes)
+        }
+        let each = relay.finishEach()
+        let kept = each.map { $0[.linesDroppedHeldAtExit] }
+        let share = UInt64(relay.budget.fairShareChunks)
+        // Each ends with its share of chunks; what fills a chunk differs by a packet or two.
+        #expect(kept[1] > 0, "worker 1 kept nothing: worker 0 never gave its chunks back")
+        #expect(kept[1] * 2 >= kept[0] && kept[0] * 2 >= kept[1], "kept per worker: \(kept), \(share) chunks each")
+        #expect(each[0][.linesDroppedHoldOverflow] > 0, "worker 0's oldest packets made the room")
+        for counters in each {
+            #expect(counters[.linesHeld] == counters[.linesDroppedHoldOverflow] + counters[.linesDroppedHeldAtExit])
+        }
+        #expect(each.reduce(0) { $0 + $1[.linesHeld] } == UInt64(linesPerBackend[0]))
     }
 
     @Test("--hold-bytes 0 is accepted: it means hold nothing")

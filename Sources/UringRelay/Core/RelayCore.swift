@@ -474,8 +474,8 @@ public struct RelayCore: ~Copyable {
     }
 
     /// The turn's bookkeeping once its receives and send results are in: closes batches that
-    /// are due, moves the stop phases on and queues held packets again for backends that are
-    /// back.
+    /// are due, moves the stop phases on, gives hold memory back to workers that claimed it and
+    /// queues held packets again for backends that are back.
     ///
     /// - Parameter moreToReceive: whether anything received is still waiting in the driver or
     ///   the socket (the drain ends when nothing is).
@@ -501,6 +501,7 @@ public struct RelayCore: ~Copyable {
             // Lines from receives that completed while receiving was being stopped go out too.
             processor.assembler.closeAll()
         }
+        repayHoldClaims()
         replayHeld(now: now)
         if now >= nextPublish {
             settleListenerShare()
@@ -707,6 +708,18 @@ public struct RelayCore: ~Copyable {
         }
         if outcome.evictedLines > 0 {
             processor.counters[.linesDroppedHoldOverflow, backend: outcome.evictedBackend] &+= UInt64(outcome.evictedLines)
+        }
+    }
+
+    /// Gives hold memory back to workers below their share that claimed it, dropping this
+    /// worker's oldest held packets (counted as `hold_overflow`): a worker that stopped holding
+    /// would otherwise keep its chunks while another drops what it is asked to hold.
+    private mutating func repayHoldClaims() {
+        guard holds.heldPackets > 0 else { return }
+        // Bounded: each repayment unmaps one of this worker's chunks, and none is repaid at or
+        // below its fair share.
+        while let (backend, lines) = holds.repayClaim() {
+            processor.counters[.linesDroppedHoldOverflow, backend: backend] &+= UInt64(lines)
         }
     }
 
