@@ -61,6 +61,15 @@ private struct HoldingWorkers: ~Copyable {
 
     private static func turn(_ core: inout RelayCore, now: UInt64, datagram: [UInt8]?, sentLines: inout [Int]) {
         core.beginTurn(now: now)
+        if core.hasPendingPool {
+            // A pool change (a reload of the policy): the old pool's batches go first, as a driver sends them.
+            while let (slot, backend) = core.nextOutgoing() {
+                sentLines[backend] += core.sendCompleted(slot: slot, result: Int32(core.sendBuffers.length(of: slot))).lines
+            }
+            let ready = core.poolChangeReady(sendsInFlight: 0)
+            #expect(ready)
+            do { try core.completePoolChange(now: now) } catch { Issue.record("pool change: \(error)") }
+        }
         if let datagram {
             let accepting = core.canAcceptDatagram
             #expect(accepting)
@@ -178,6 +187,51 @@ struct HoldAccountingTests {
             #expect(counters[.linesHeld] == counters[.linesDroppedHoldOverflow] + counters[.linesDroppedHeldAtExit])
         }
         #expect(each.reduce(0) { $0 + $1[.linesHeld] } == UInt64(linesPerBackend[0]))
+    }
+
+    /// A reload from `hold` to `rehash` or `drop` while backend 0 is down and lines are held
+    /// for it: the new policy applies at once to new lines, and what was held drains as under
+    /// `hold` once backend 0 is back (the lines for it meanwhile queued behind the replay).
+    @Test("leaving hold with lines held: new lines follow the new policy, the held ones replay when the backend is back; each line counted once",
+          arguments: [DownPolicy.rehash, .drop], [1, 2])
+    func leavingHoldDrains(policy: DownPolicy, workers: Int) throws {
+        var relay = try HoldingWorkers(holdBytes: 64 << 20, workers: workers)
+        let (datagrams, _) = traffic(900)
+        let phases = [Array(datagrams[0..<300]), Array(datagrams[300..<600]), Array(datagrams[600...])]
+        let toDown = phases.map { phase in
+            phase.reduce(0) { count, datagram in
+                count + String(decoding: datagram, as: UTF8.self).split(separator: "\n").filter {
+                    Router(backendCount: 2).backend(forName: String($0.prefix { $0 != ":" })) == 0
+                }.count
+            }
+        }
+        for (index, datagram) in phases[0].enumerated() { relay.turn(index % workers, datagram: datagram) }
+        #expect(relay.sentLines[0] == 0)
+
+        // The reload: one pool change, the backends and their health kept.
+        relay.routing.replaceBackends(relay.routing.current.backends, addresses: relay.addresses, policy: policy)
+        for (index, datagram) in phases[1].enumerated() { relay.turn(index % workers, datagram: datagram) }
+        #expect(relay.sentLines[0] == 0, "nothing replays to a backend still down")
+
+        relay.routing.publish(down: [false, false], addresses: relay.addresses)
+        for (index, datagram) in phases[2].enumerated() { relay.turn(index % workers, datagram: datagram) }
+        for _ in 0..<20 {
+            for index in 0..<workers { relay.turn(index) }
+        }
+        let counters = relay.finish()
+        #expect(counters[.linesReplayed] == counters[.linesHeld], "everything held was replayed")
+        #expect(counters[.linesDroppedHeldAtExit] == 0 && counters[.linesDroppedHoldOverflow] == 0)
+        // Held: every line of the first phase for backend 0, and those of the third that queued behind the replay.
+        #expect(counters[.linesHeld] >= UInt64(toDown[0]) && counters[.linesHeld] <= UInt64(toDown[0] + toDown[2]))
+        #expect(relay.sentLines[0] == toDown[0] + toDown[2], "backend 0 got what was held, and its lines once it was back")
+        switch policy {
+        case .rehash:
+            #expect(counters[.linesRehashed] == UInt64(toDown[1]))
+            #expect(relay.sentLines[0] + relay.sentLines[1] == 900 * 5, "every line sent once")
+        default:
+            #expect(counters[.linesDroppedBackendDown] == UInt64(toDown[1]))
+            #expect(relay.sentLines[0] + relay.sentLines[1] == 900 * 5 - toDown[1], "every line sent once, or dropped and counted")
+        }
     }
 
     @Test("--hold-bytes 0 is accepted: it means hold nothing")

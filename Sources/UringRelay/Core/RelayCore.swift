@@ -516,8 +516,11 @@ public struct RelayCore: ~Copyable {
     }
 
     /// The next packet to send: its send-buffer slot and backend index. Replayed packets go
-    /// first. Under the `hold` policy a packet for a backend that is down, or whose held packets
-    /// are still being replayed (nothing newer may overtake them), is held instead.
+    /// first. A packet for a backend that is down under the `hold` policy is held instead, and
+    /// so is one for a backend that is up while packets held for it wait to be replayed
+    /// (nothing newer may overtake them), whatever the policy: what was held before a reload
+    /// left `hold` drains as it would have under `hold`. A backend down under another policy
+    /// gets only what that policy sends it (failing open), at once.
     @inline(__always)
     public mutating func nextOutgoing() -> (slot: Int, backend: Int)? {
         if replayedHead < replayed.count {
@@ -533,8 +536,9 @@ public struct RelayCore: ~Copyable {
         while let slot = processor.assembler.nextReady() {
             let backend = processor.assembler.pool.backend(of: slot)
             // A mirror packet (past the pool's backends) is never held.
-            if processor.router.policy == .hold && (processor.router.downCount > 0 || holds.heldPackets > 0)
-                && !processor.assembler.isMirror(backend) && (processor.router.down[backend] || holds.isHolding(backend)) {
+            if (holds.heldPackets > 0 || (processor.router.downCount > 0 && processor.router.policy == .hold))
+                && !processor.assembler.isMirror(backend)
+                && (processor.router.down[backend] ? processor.router.policy == .hold : holds.isHolding(backend)) {
                 hold(slot, for: backend)
                 continue
             }
@@ -557,7 +561,7 @@ public struct RelayCore: ~Copyable {
         // The turn that wakes for it ends past `nextPublish` (the heartbeat is the longer), so it publishes.
         let publication = hasUnpublishedTurn ? nextPublish : lastPublished &+ Self.heartbeatNanoseconds
         flush = flush.map { min($0, publication) } ?? publication
-        guard processor.router.policy == .hold, holds.heldPackets > 0 else { return flush }
+        guard holds.heldPackets > 0 else { return flush }
         let router = processor.router
         let replay = holds.nextReplayTime(now: now, isReplaying: { !router.down[$0] })
         guard let replay else { return flush }
@@ -724,9 +728,10 @@ public struct RelayCore: ~Copyable {
     }
 
     /// Puts held packets back on the wire for backends that are up, oldest first, as fast as
-    /// the replay pace allows, ahead of any newer packet for them.
+    /// the replay pace allows, ahead of any newer packet for them. Whatever the policy: packets
+    /// held before a reload left `hold` are replayed all the same.
     private mutating func replayHeld(now: UInt64) {
-        guard processor.router.policy == .hold, holds.heldPackets > 0, !poolChangePending else { return }
+        guard holds.heldPackets > 0, !poolChangePending else { return }
         for backend in 0..<holds.backendCount where holds.isHolding(backend) && !processor.router.down[backend] {
             // The mirror's unused slots are not the primary's to replay into.
             while processor.assembler.pool.freeCount - processor.assembler.mirrorSlotsFree > 2 * processor.assembler.reserveSlots,
