@@ -765,7 +765,9 @@ struct RunCommand: ParsableCommand {
         }
         for change in plan.changes {
             if change.applied {
-                logger.info("reload: applied", metadata: ["key": "\(change.key)", "from": "\(change.running)", "to": "\(change.file)"])
+                var metadata: Logger.Metadata = ["key": "\(change.key)", "from": "\(change.running)", "to": "\(change.file)"]
+                if let note = change.note { metadata["note"] = "\(note)" }
+                logger.info("reload: applied", metadata: metadata)
             } else {
                 logger.warning("reload: kept the running value", metadata: [
                     "key": "\(change.key)", "running": "\(change.running)", "file": "\(change.file)", "reason": "\(change.reason ?? "")",

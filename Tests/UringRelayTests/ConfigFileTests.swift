@@ -333,21 +333,25 @@ struct ConfigFileTests {
         #expect(plan.result.backends[0].healthCheckPort == 8126)
     }
 
-    @Test("leaving hold waits while packets are held (they would be dropped at exit); with none held it is applied")
-    func leavingHold() {
+    @Test("leaving hold applies at once, packets held or not; with packets held, the change notes that they still drain",
+          arguments: [DownPolicy.rehash, .drop])
+    func leavingHold(to policy: DownPolicy) {
         var running = Self.expected(Self.one)
         running.onBackendDown = .hold
         var candidate = running
-        candidate.onBackendDown = .rehash
+        candidate.onBackendDown = policy
         let held = ConfigFileReload(running: running, candidate: candidate, holdBytesInUse: 65_536)
-        #expect(held.applied.isEmpty)
-        #expect(held.kept.map(\.key) == ["on-backend-down"])
-        #expect(held.kept.first?.reason?.hasPrefix("65536 bytes are held for down backends") == true)
-        #expect(held.result.onBackendDown == .hold)
+        #expect(held.kept.isEmpty)
+        #expect(held.applied.map(\.key) == ["on-backend-down"])
+        #expect(held.result.onBackendDown == policy)
+        let note = held.applied.first?.note ?? ""
+        #expect(note.hasPrefix("65536 bytes held for down backends stay queued for them"), "\(note)")
+        #expect(note.hasSuffix("New lines for a down backend follow \(policy.rawValue)"), "\(note)")
         let none = ConfigFileReload(running: running, candidate: candidate, holdBytesInUse: 0)
-        #expect(none.result.onBackendDown == .rehash)
-        // Into hold is always applied.
-        #expect(ConfigFileReload(running: candidate, candidate: running, holdBytesInUse: 65_536).result.onBackendDown == .hold)
+        #expect(none.result.onBackendDown == policy && none.applied.first?.note == nil)
+        // Into hold: nothing to note.
+        let into = ConfigFileReload(running: candidate, candidate: running, holdBytesInUse: 65_536)
+        #expect(into.result.onBackendDown == .hold && into.applied.first?.note == nil)
     }
 
     @Test("every handler made with one level control follows it; a level set on one logger stays its own")

@@ -8,6 +8,7 @@ private struct HoldingWorkers: ~Copyable {
     let routing: RoutingState
     let addresses: [SocketAddress]
     let workers: Int
+    let budget: HoldBudget
     // Cores are non-copyable: no array of them; a relay here has one or two workers.
     var first: RelayCore
     var second: RelayCore?
@@ -41,6 +42,7 @@ private struct HoldingWorkers: ~Copyable {
         self.routing = routing
         self.addresses = addresses
         self.workers = workers
+        self.budget = budget
         routing.publish(down: [true, false], addresses: addresses)
     }
 
@@ -59,6 +61,15 @@ private struct HoldingWorkers: ~Copyable {
 
     private static func turn(_ core: inout RelayCore, now: UInt64, datagram: [UInt8]?, sentLines: inout [Int]) {
         core.beginTurn(now: now)
+        if core.hasPendingPool {
+            // A pool change (a reload of the policy): the old pool's batches go first, as a driver sends them.
+            while let (slot, backend) = core.nextOutgoing() {
+                sentLines[backend] += core.sendCompleted(slot: slot, result: Int32(core.sendBuffers.length(of: slot))).lines
+            }
+            let ready = core.poolChangeReady(sendsInFlight: 0)
+            #expect(ready)
+            do { try core.completePoolChange(now: now) } catch { Issue.record("pool change: \(error)") }
+        }
         if let datagram {
             let accepting = core.canAcceptDatagram
             #expect(accepting)
@@ -69,6 +80,16 @@ private struct HoldingWorkers: ~Copyable {
             let outcome = core.sendCompleted(slot: slot, result: Int32(core.sendBuffers.length(of: slot)))
             sentLines[backend] += outcome.lines
         }
+    }
+
+    /// Each worker's counters once it has stopped, in worker order.
+    mutating func finishEach() -> [RelayCounters] {
+        var each = [first.finish(unrelayedDatagrams: 0, sendsInFlight: 0, now: 0)]
+        if var core = second.take() {
+            each.append(core.finish(unrelayedDatagrams: 0, sendsInFlight: 0, now: 0))
+            second = consume core
+        }
+        return each
     }
 
     /// Every worker's counters once each has stopped.
@@ -137,6 +158,79 @@ struct HoldAccountingTests {
             #expect(overflow > 0 && overflow < held, "one chunk holds some, the rest overflows")
         default:
             #expect(overflow == 0 && replayed > 0 && atExit > 0, "all held; part replayed, the rest left at exit")
+        }
+    }
+
+    /// Worker 0 fills the whole budget for the down backend, then its client goes quiet; worker
+    /// 1's client starts sending. Worker 0 never holds another packet, so only its turns (an idle
+    /// worker's heartbeat) can give back what worker 1 claims.
+    @Test("a worker that stopped holding gives back the chunks another claims, at its turns: the oldest packets of the relay go first, not the newcomer's")
+    func quietWorkerRepaysClaims() throws {
+        var relay = try HoldingWorkers(holdBytes: 16 << 10, workers: 2)  // 4 chunks of 4 KiB, 2 each
+        let (datagrams, linesPerBackend) = traffic(1_200)
+        let early = datagrams.prefix(800), late = datagrams.dropFirst(800)
+        for datagram in early { relay.turn(0, datagram: datagram) }
+        #expect(relay.budget.bytesReserved == relay.budget.totalBytes, "worker 0 holds the whole budget")
+        for datagram in late {
+            relay.turn(1, datagram: datagram)
+            relay.turn(0)  // idle: nothing received, nothing to hold
+            #expect(relay.budget.bytesReserved <= relay.budget.totalBytes)
+        }
+        let each = relay.finishEach()
+        let kept = each.map { $0[.linesDroppedHeldAtExit] }
+        let share = UInt64(relay.budget.fairShareChunks)
+        // Each ends with its share of chunks; what fills a chunk differs by a packet or two.
+        #expect(kept[1] > 0, "worker 1 kept nothing: worker 0 never gave its chunks back")
+        #expect(kept[1] * 2 >= kept[0] && kept[0] * 2 >= kept[1], "kept per worker: \(kept), \(share) chunks each")
+        #expect(each[0][.linesDroppedHoldOverflow] > 0, "worker 0's oldest packets made the room")
+        for counters in each {
+            #expect(counters[.linesHeld] == counters[.linesDroppedHoldOverflow] + counters[.linesDroppedHeldAtExit])
+        }
+        #expect(each.reduce(0) { $0 + $1[.linesHeld] } == UInt64(linesPerBackend[0]))
+    }
+
+    /// A reload from `hold` to `rehash` or `drop` while backend 0 is down and lines are held
+    /// for it: the new policy applies at once to new lines, and what was held drains as under
+    /// `hold` once backend 0 is back (the lines for it meanwhile queued behind the replay).
+    @Test("leaving hold with lines held: new lines follow the new policy, the held ones replay when the backend is back; each line counted once",
+          arguments: [DownPolicy.rehash, .drop], [1, 2])
+    func leavingHoldDrains(policy: DownPolicy, workers: Int) throws {
+        var relay = try HoldingWorkers(holdBytes: 64 << 20, workers: workers)
+        let (datagrams, _) = traffic(900)
+        let phases = [Array(datagrams[0..<300]), Array(datagrams[300..<600]), Array(datagrams[600...])]
+        let toDown = phases.map { phase in
+            phase.reduce(0) { count, datagram in
+                count + String(decoding: datagram, as: UTF8.self).split(separator: "\n").filter {
+                    Router(backendCount: 2).backend(forName: String($0.prefix { $0 != ":" })) == 0
+                }.count
+            }
+        }
+        for (index, datagram) in phases[0].enumerated() { relay.turn(index % workers, datagram: datagram) }
+        #expect(relay.sentLines[0] == 0)
+
+        // The reload: one pool change, the backends and their health kept.
+        relay.routing.replaceBackends(relay.routing.current.backends, addresses: relay.addresses, policy: policy)
+        for (index, datagram) in phases[1].enumerated() { relay.turn(index % workers, datagram: datagram) }
+        #expect(relay.sentLines[0] == 0, "nothing replays to a backend still down")
+
+        relay.routing.publish(down: [false, false], addresses: relay.addresses)
+        for (index, datagram) in phases[2].enumerated() { relay.turn(index % workers, datagram: datagram) }
+        for _ in 0..<20 {
+            for index in 0..<workers { relay.turn(index) }
+        }
+        let counters = relay.finish()
+        #expect(counters[.linesReplayed] == counters[.linesHeld], "everything held was replayed")
+        #expect(counters[.linesDroppedHeldAtExit] == 0 && counters[.linesDroppedHoldOverflow] == 0)
+        // Held: every line of the first phase for backend 0, and those of the third that queued behind the replay.
+        #expect(counters[.linesHeld] >= UInt64(toDown[0]) && counters[.linesHeld] <= UInt64(toDown[0] + toDown[2]))
+        #expect(relay.sentLines[0] == toDown[0] + toDown[2], "backend 0 got what was held, and its lines once it was back")
+        switch policy {
+        case .rehash:
+            #expect(counters[.linesRehashed] == UInt64(toDown[1]))
+            #expect(relay.sentLines[0] + relay.sentLines[1] == 900 * 5, "every line sent once")
+        default:
+            #expect(counters[.linesDroppedBackendDown] == UInt64(toDown[1]))
+            #expect(relay.sentLines[0] + relay.sentLines[1] == 900 * 5 - toDown[1], "every line sent once, or dropped and counted")
         }
     }
 

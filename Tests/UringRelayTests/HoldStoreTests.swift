@@ -291,6 +291,37 @@ struct HoldStoreTests {
         #expect(retried.stored, "the chunk given back went to the claimant")
     }
 
+    @Test("repayClaim: a store that holds nothing new gives its oldest chunk to a claimant, one per claim, never below its share")
+    func repayWithoutHolding() {
+        let budget = unpacedBudget(total: 64 << 10, workers: 2)  // 16 chunks of 4 KiB, 8 each
+        var hog = HoldStore(backendCount: 2, budget: budget, packetBytes: largePackets)
+        var late = HoldStore(backendCount: 1, budget: budget, packetBytes: largePackets)
+        var offered: [[Held]] = [[], []]
+        for sequence in 0..<64 {
+            let backend = sequence < 16 ? 1 : 0  // backend 1's packets are the oldest, backend 0's queue the longest
+            offered[backend].append(packet(backend: backend, sequence: sequence, size: 1_000))
+            #expect(hog.hold(offered[backend].last!, backend: backend).stored)
+        }
+        #expect(hog.bytesInUse == budget.totalBytes)
+        #expect(hog.repayClaim() == nil, "nothing is claimed")
+        #expect(!late.hold(packet(backend: 0, sequence: 0, size: 1_000), backend: 0).stored && budget.pendingClaims == 1)
+        // The hog's client went quiet: only its turns call repayClaim.
+        let repaid = hog.repayClaim()
+        #expect(repaid?.backend == 0, "the largest queue gives")
+        #expect(hog.bytesInUse == budget.totalBytes - budget.chunkBytes && budget.pendingClaims == 0)
+        #expect(hog.repayClaim() == nil, "one chunk per claim")
+        #expect(late.hold(packet(backend: 0, sequence: 1, size: 1_000), backend: 0).stored, "the chunk went to the claimant")
+        #expect(budget.bytesReserved == budget.totalBytes)
+        let kept = hog.replayAll(backend: 0)
+        let dropped = offered[0].prefix(offered[0].count - kept.count)
+        #expect(kept == Array(offered[0].suffix(kept.count)), "its oldest went; the rest kept, in order")
+        #expect(repaid?.lines == dropped.reduce(0) { $0 + $1.lines }, "the lines dropped are counted")
+        #expect(hog.replayAll(backend: 1) == offered[1])
+        // At its share or below, a store gives nothing back, claimed or not.
+        budget.claim()
+        #expect(late.repayClaim() == nil && budget.pendingClaims == 1)
+    }
+
     @Test("a packet larger than the whole budget is refused with its own lines, nothing else lost", arguments: [0, 4_096])
     func neverFits(total: Int) {
         let budget = unpacedBudget(total: total)

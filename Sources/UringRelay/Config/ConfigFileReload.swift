@@ -7,9 +7,9 @@
 /// worker's control channel), the health checks (`health-check`,
 /// `health-check-port`, `health-interval`, `health-timeout`, `health-rise`, `health-fall`),
 /// flap damping (`flap-hold`, `flap-hold-max`), `dns-refresh`, `stop-delay` and `log-level`. Every other key keeps its running value and is logged as
-/// needing a restart. One exception is decided here: leaving `hold` while packets are held would
-/// leave them to be dropped at exit, so it waits until none is held (the reload says so; reload
-/// again once `statsrelay_hold_in_use_bytes` is 0).
+/// needing a restart. Leaving `hold` applies at once too: packets held until then stay queued
+/// for their backends and are replayed when each is back (`RelayCore.nextOutgoing`); the change
+/// says so in its `note`.
 public struct ConfigFileReload: Sendable, Equatable {
     /// One key whose value differs between the running configuration and the file.
     public struct Change: Sendable, Equatable {
@@ -21,8 +21,11 @@ public struct ConfigFileReload: Sendable, Equatable {
         public var file: String
         /// Whether it was applied.
         public var applied: Bool
-        /// Why not, when it was not: the key's rule (`ConfigFile.Reload`) or the reason it waits.
+        /// Why not, when it was not: the key's rule (`ConfigFile.Reload`).
         public var reason: String?
+        /// What an applied change leaves to finish, for the log (held packets that still drain
+        /// after leaving `hold`).
+        public var note: String?
     }
 
     /// The changed keys, in `ConfigFile.keys` order.
@@ -40,7 +43,8 @@ public struct ConfigFileReload: Sendable, Equatable {
     /// - Parameters:
     ///   - running: the configuration in force.
     ///   - candidate: the new configuration, validated.
-    ///   - holdBytesInUse: bytes held for down backends now (`Relay.holdBytesInUse`).
+    ///   - holdBytesInUse: bytes held for down backends now (`Relay.holdBytesInUse`), for the
+    ///     note of a change that leaves `hold`.
     public init(running: RelayConfiguration, candidate: RelayConfiguration, holdBytesInUse: Int) {
         var result = running
         var changes: [Change] = []
@@ -53,12 +57,12 @@ public struct ConfigFileReload: Sendable, Equatable {
             var change = Change(key: key.name, running: before, file: after, applied: false, reason: nil)
             switch key.reload {
             case .applied:
+                change.applied = true
+                Self.take(key.name, from: candidate, into: &result)
                 if key.name == "on-backend-down", running.onBackendDown == .hold, holdBytesInUse > 0 {
-                    change.reason = "\(holdBytesInUse) bytes are held for down backends, which leaving hold would drop at exit:"
-                        + " reload again once they are replayed (statsrelay_hold_in_use_bytes 0)"
-                } else {
-                    change.applied = true
-                    Self.take(key.name, from: candidate, into: &result)
+                    change.note = "\(holdBytesInUse) bytes held for down backends stay queued for them: each backend's are"
+                        + " replayed when it is back, at --replay-rate, and its new lines wait behind them; what is still"
+                        + " held at a stop counts in held_at_exit. New lines for a down backend follow \(candidate.onBackendDown.rawValue)"
                 }
             case .atNextStart:
                 change.reason = "needs a restart: the workers take it only when they start; applied at next start"

@@ -474,8 +474,8 @@ public struct RelayCore: ~Copyable {
     }
 
     /// The turn's bookkeeping once its receives and send results are in: closes batches that
-    /// are due, moves the stop phases on and queues held packets again for backends that are
-    /// back.
+    /// are due, moves the stop phases on, gives hold memory back to workers that claimed it and
+    /// queues held packets again for backends that are back.
     ///
     /// - Parameter moreToReceive: whether anything received is still waiting in the driver or
     ///   the socket (the drain ends when nothing is).
@@ -501,6 +501,7 @@ public struct RelayCore: ~Copyable {
             // Lines from receives that completed while receiving was being stopped go out too.
             processor.assembler.closeAll()
         }
+        repayHoldClaims()
         replayHeld(now: now)
         if now >= nextPublish {
             settleListenerShare()
@@ -515,8 +516,11 @@ public struct RelayCore: ~Copyable {
     }
 
     /// The next packet to send: its send-buffer slot and backend index. Replayed packets go
-    /// first. Under the `hold` policy a packet for a backend that is down, or whose held packets
-    /// are still being replayed (nothing newer may overtake them), is held instead.
+    /// first. A packet for a backend that is down under the `hold` policy is held instead, and
+    /// so is one for a backend that is up while packets held for it wait to be replayed
+    /// (nothing newer may overtake them), whatever the policy: what was held before a reload
+    /// left `hold` drains as it would have under `hold`. A backend down under another policy
+    /// gets only what that policy sends it (failing open), at once.
     @inline(__always)
     public mutating func nextOutgoing() -> (slot: Int, backend: Int)? {
         if replayedHead < replayed.count {
@@ -532,8 +536,9 @@ public struct RelayCore: ~Copyable {
         while let slot = processor.assembler.nextReady() {
             let backend = processor.assembler.pool.backend(of: slot)
             // A mirror packet (past the pool's backends) is never held.
-            if processor.router.policy == .hold && (processor.router.downCount > 0 || holds.heldPackets > 0)
-                && !processor.assembler.isMirror(backend) && (processor.router.down[backend] || holds.isHolding(backend)) {
+            if (holds.heldPackets > 0 || (processor.router.downCount > 0 && processor.router.policy == .hold))
+                && !processor.assembler.isMirror(backend)
+                && (processor.router.down[backend] ? processor.router.policy == .hold : holds.isHolding(backend)) {
                 hold(slot, for: backend)
                 continue
             }
@@ -556,7 +561,7 @@ public struct RelayCore: ~Copyable {
         // The turn that wakes for it ends past `nextPublish` (the heartbeat is the longer), so it publishes.
         let publication = hasUnpublishedTurn ? nextPublish : lastPublished &+ Self.heartbeatNanoseconds
         flush = flush.map { min($0, publication) } ?? publication
-        guard processor.router.policy == .hold, holds.heldPackets > 0 else { return flush }
+        guard holds.heldPackets > 0 else { return flush }
         let router = processor.router
         let replay = holds.nextReplayTime(now: now, isReplaying: { !router.down[$0] })
         guard let replay else { return flush }
@@ -710,10 +715,23 @@ public struct RelayCore: ~Copyable {
         }
     }
 
+    /// Gives hold memory back to workers below their share that claimed it, dropping this
+    /// worker's oldest held packets (counted as `hold_overflow`): a worker that stopped holding
+    /// would otherwise keep its chunks while another drops what it is asked to hold.
+    private mutating func repayHoldClaims() {
+        guard holds.heldPackets > 0 else { return }
+        // Bounded: each repayment unmaps one of this worker's chunks, and none is repaid at or
+        // below its fair share.
+        while let (backend, lines) = holds.repayClaim() {
+            processor.counters[.linesDroppedHoldOverflow, backend: backend] &+= UInt64(lines)
+        }
+    }
+
     /// Puts held packets back on the wire for backends that are up, oldest first, as fast as
-    /// the replay pace allows, ahead of any newer packet for them.
+    /// the replay pace allows, ahead of any newer packet for them. Whatever the policy: packets
+    /// held before a reload left `hold` are replayed all the same.
     private mutating func replayHeld(now: UInt64) {
-        guard processor.router.policy == .hold, holds.heldPackets > 0, !poolChangePending else { return }
+        guard holds.heldPackets > 0, !poolChangePending else { return }
         for backend in 0..<holds.backendCount where holds.isHolding(backend) && !processor.router.down[backend] {
             // The mirror's unused slots are not the primary's to replay into.
             while processor.assembler.pool.freeCount - processor.assembler.mirrorSlotsFree > 2 * processor.assembler.reserveSlots,

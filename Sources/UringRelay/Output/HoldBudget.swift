@@ -10,9 +10,10 @@ import Synchronization
 ///
 /// Sharing: a worker may use more than its fair share (`fairShareChunks`) while the others do not
 /// need it. A worker below its share that finds the budget exhausted files a claim; a worker above
-/// its share then stops taking new chunks and, the next time it holds a packet, gives one chunk
-/// back (its oldest packets) for each claim. A chunk given back is set aside: only a worker below
-/// its share may take it. So the oldest packets of the relay go first, not the newest packets of a
+/// its share then stops taking new chunks and gives one chunk back (its oldest packets) for each
+/// claim, the next time it holds a packet or at its next loop turn, whichever comes first (an
+/// idle worker's turn comes at least every `RelayCore.heartbeatNanoseconds`). A chunk given back
+/// is set aside: only a worker below its share may take it. So the oldest packets of the relay go first, not the newest packets of a
 /// worker that came late. Set-aside chunks nobody takes (the claimant's backend recovered) stay
 /// unused; there are never more than `workers` of them, since a worker claims only when none is
 /// set aside.

@@ -19,7 +19,8 @@ import RelayKernel
 /// memory leaves the process. When the budget is exhausted, room is made by dropping the oldest
 /// packets of this worker's largest queue (this backend's own if it is among the largest), so a
 /// backend that has been down for long cannot starve one that just failed; a worker above its
-/// fair share gives chunks back to workers below theirs (see `HoldBudget`).
+/// fair share gives chunks back to workers below theirs (see `HoldBudget`), as it holds a packet
+/// and at every turn of its worker (`repayClaim`).
 ///
 /// Order: while a backend's queue is not empty (`isHolding`), its live packets must be held
 /// behind it, not sent, so nothing newer overtakes what is held. Replay (`replayNext`) is paced
@@ -191,6 +192,29 @@ public struct HoldStore: ~Copyable {
             budget.setAsideChunk()
         }
         releaseSpares()
+    }
+
+    /// Satisfies one claim of a store below its share, if there is one and this store is above
+    /// its own: drops the oldest chunk of packets of its largest queue and sets the chunk aside
+    /// for the claimant. What `hold` does for each packet it stores, for a worker that holds
+    /// nothing new (its client stopped sending, or its backend's replay waits): the worker calls
+    /// it every turn, so the oldest packets of the relay go first, not the claimant's newest.
+    ///
+    /// One atomic load when nothing is claimed.
+    /// - Returns: the backend whose packets were dropped and their lines; nil when nothing was
+    ///   given back.
+    public mutating func repayClaim() -> (backend: Int, lines: Int)? {
+        guard heldPackets > 0, budget.hasClaims, memory.mappedCount > budget.fairShareChunks,
+              let victim = largestQueue(preferring: 0), budget.takeClaim() else { return nil }
+        let lines = dropHeadChunk(of: victim)
+        // One chunk per claim is set aside; more (a long packet spanned several) go back as usual.
+        if let chunk = spares.popLast() {
+            memory.unmap(chunk)
+            budget.setAsideChunk()
+        }
+        releaseSpares()
+        assert(verifyInvariants())
+        return (victim, lines)
     }
 
     /// Room left in the tail chunk of `backend`'s queue.

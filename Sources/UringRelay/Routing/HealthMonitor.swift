@@ -90,7 +90,8 @@ public final class HealthMonitor: Sendable {
     public var status: [BackendStatus] { statuses.withLock { $0 } }
 
     /// Replaces the monitor's settings (a reload): the health check (`healthCheck`,
-    /// `healthCheckPort`, interval, timeout, rise, fall), the down-policy it logs and the name
+    /// `healthCheckPort`, interval, timeout, rise, fall), the down-policy (with every backend
+    /// down, a new one starts or ends failing open at once: `AllDownState`) and the name
     /// refresh interval. Taken at the next round boundary: a round in progress ends under the
     /// settings it began with. A backend keeps its state and its run of results; with new rise
     /// or fall, the next result is counted against them. Turning checks off (`none`) brings every
@@ -223,7 +224,7 @@ public final class HealthMonitor: Sendable {
         var now = MonotonicClock.nanoseconds()
         var nextCheck = now &+ config.healthIntervalNanoseconds
         var nextResolve = now &+ config.dnsRefreshNanoseconds
-        var allDown = false
+        var allDownState = AllDownState()
         var firstRound = true
         // Whether every probe of the last round could run (see `TCPProbe.noVerdictPrefix`).
         var lastRoundHadVerdicts = true
@@ -264,10 +265,6 @@ public final class HealthMonitor: Sendable {
                         down = Array(repeating: false, count: count)
                         changed = true
                         logger.info("health checks off: every backend is up", metadata: ["health_check": "none"])
-                    }
-                    if allDown {
-                        allDown = false
-                        logAllDown(false, policy: config.onBackendDown)
                     }
                 }
                 if config.healthCheck != .none && previous.healthCheck == .none { firstRound = true }
@@ -380,11 +377,11 @@ public final class HealthMonitor: Sendable {
                         logger.info("backend up", metadata: ["backend": "\(backend)", "successes": "\(config.healthRise)"])
                     }
                 }
-                let nowAllDown = !down.contains(false)
-                if nowAllDown != allDown {
-                    allDown = nowAllDown
-                    logAllDown(allDown, policy: config.onBackendDown)
-                }
+            }
+            // After a round, a new policy or a new pool alike: the mode follows from the facts
+            // now, whatever changed them.
+            if let previous = allDownState.update(allDown: count > 0 && !down.contains(false), policy: config.onBackendDown) {
+                publishAllDownChange(allDownState, from: previous, policy: config.onBackendDown)
             }
             // Routing first: whoever reads a status finds the routing already reflecting it.
             if changed { routing.publish(down: down, addresses: addresses, membership: pool.membership) }
@@ -460,23 +457,37 @@ public final class HealthMonitor: Sendable {
         }
     }
 
-    /// Logs (and, when the policy fails open, counts) every backend going down or one coming back.
-    private func logAllDown(_ allDown: Bool, policy: DownPolicy) {
-        let failsOpen = policy != .hold
-        switch (allDown, failsOpen) {
-        case (true, true):
-            let count = activations.add(1, ordering: .relaxed).newValue
-            failingOpen.store(true, ordering: .relaxed)
+    /// Publishes a change of mode of `state` (`isFailingOpen`, `failOpenActivations`) and logs
+    /// it: failing open or holding everything begins at error, and each end at info.
+    ///
+    /// - Parameters:
+    ///   - state: the state after the change.
+    ///   - previous: the mode before it.
+    ///   - policy: the down-policy in force.
+    private func publishAllDownChange(_ state: AllDownState, from previous: AllDownState.Mode, policy: DownPolicy) {
+        let metadata: Logger.Metadata = ["policy": "\(policy.rawValue)"]
+        failingOpen.store(state.isFailingOpen, ordering: .relaxed)
+        activations.store(state.activations, ordering: .relaxed)
+        switch (previous, state.mode) {
+        case (.failingOpen, .relaying):
+            logger.info("a backend is up again; failing open ends", metadata: metadata)
+        case (.holding, .relaying):
+            logger.info("a backend is up again; relaying resumes", metadata: metadata)
+        case (.failingOpen, .holding):
+            // A reload to `hold` with every backend still down.
+            logger.info("failing open ends: the down-policy is now hold", metadata: metadata)
+        default:
+            break
+        }
+        switch state.mode {
+        case .failingOpen:
             logger.error("every backend is down: failing open, relaying each metric to its primary as if healthy", metadata: [
-                "policy": "\(policy.rawValue)", "activations": "\(count)",
+                "policy": "\(policy.rawValue)", "activations": "\(state.activations)",
             ])
-        case (true, false):
-            logger.error("every backend is down: holding their lines until one recovers", metadata: ["policy": "\(policy.rawValue)"])
-        case (false, true):
-            failingOpen.store(false, ordering: .relaxed)
-            logger.info("a backend is up again; failing open ends", metadata: ["policy": "\(policy.rawValue)"])
-        case (false, false):
-            logger.info("a backend is up again; relaying resumes", metadata: ["policy": "\(policy.rawValue)"])
+        case .holding:
+            logger.error("every backend is down: holding their lines until one recovers", metadata: metadata)
+        case .relaying:
+            break
         }
     }
 }
