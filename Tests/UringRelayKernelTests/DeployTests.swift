@@ -42,6 +42,34 @@ struct DeployTests {
         #expect(result.output.contains("Overall exposure level for statsrelay.service"), "\(result.output)")
     }
 
+    /// The Unix socket paths the documentation and the examples give (`--unix-socket`,
+    /// `--control-socket`, a socket unit's `ListenDatagram=`) are in the unit's runtime directory,
+    /// the one place under `/run` that `ProtectSystem=strict` leaves the relay writable, kept
+    /// across a stop.
+    @Test("every /run path the docs and examples give is in the unit's RuntimeDirectory, preserved across a stop")
+    func documentedPathsAreWritable() throws {
+        let unit = try String(contentsOf: DeployTools.unitFile, encoding: .utf8)
+        let runtime = DeployTools.values(of: "RuntimeDirectory", in: unit)
+        #expect(runtime == ["statsrelay"], "RuntimeDirectory=\(runtime)")
+        #expect(DeployTools.values(of: "RuntimeDirectoryPreserve", in: unit) == ["yes"])
+        let root = DeployTools.unitFile.deletingLastPathComponent().deletingLastPathComponent()
+        var paths: [String] = []
+        for file in ["docs/operations.md", "deploy/statsrelay.socket", "deploy/statsrelay.yaml", "README.md"] {
+            let text = try String(contentsOf: root.appendingPathComponent(file), encoding: .utf8)
+            // Every `/run/…` path, up to the first character that cannot be in one.
+            var rest = text[...]
+            while let range = rest.range(of: "/run/") {
+                let path = rest[range.lowerBound...].prefix { !" `'\"),\n|:".contains($0) }
+                paths.append(String(path))
+                rest = rest[range.upperBound...]
+            }
+        }
+        #expect(!paths.isEmpty, "the docs name no /run path")
+        let directory = "/run/\(runtime.first ?? "")"
+        let outside = paths.filter { $0 != directory && !$0.hasPrefix(directory + "/") }
+        #expect(outside.isEmpty, "paths outside \(directory): \(Set(outside).sorted())")
+    }
+
     /// Every system call the relay makes while starting, relaying, checking backends, taking
     /// SIGHUP and SIGUSR1 and stopping, on `driver`, is allowed by the unit's `SystemCallFilter=`
     /// (as systemd expands its groups), and every socket it opens is of a family the unit's
