@@ -82,11 +82,25 @@ struct DogStatsDTests {
         ("_e{7,9}:a|title|text|with|#a:b", "ok a|title"),
         ("_e{5,0}:title|", "ok title"),
         ("_e{0,4}:|text", "bad emptyName"),
+        // The Datadog agent's reading: `T + 1 + X` at most the bytes after the header, which are
+        // taken whatever they are. A header counting characters (Datadog's own shell example
+        // counts with `${#title}`) gets a title cut where the bytes fall, as the agent's is.
+        ("_e{11,4}:héllo wörld|text", "ok héllo wör"),
+        ("_e{5,3}:title|text", "ok title"),
+        ("_e{4,4}:title|text", "ok titl"),
+        ("_e{5,4}:titleXtext", "ok title"),
+        ("_e{5,4x:title|text", "ok title"),
+        ("_e{+5,04}:title|text", "ok title"),
+        ("_e{5,-0}:title|", "ok title"),
+        ("_e{0005,4}:title|text", "ok title"),
         // Headers that lie about the line, or are not numbers: never a read past the line.
         ("_e{500,4}:title|text", "bad badEventHeader"),
         ("_e{5,400}:title|text", "bad badEventHeader"),
-        ("_e{5,3}:title|text", "bad badEventHeader"),
-        ("_e{4,4}:title|text", "bad badEventHeader"),
+        ("_e{5,6}:title|text", "bad badEventHeader"),
+        ("_e{-1,4}:title|text", "bad badEventHeader"),
+        ("_e{5,-4}:title|text", "bad badEventHeader"),
+        ("_e{5,4}}:title|text", "bad badEventHeader"),
+        ("_e{5 ,4}:title|text", "bad badEventHeader"),
         ("_e{5,4}title|text", "bad badEventHeader"),
         ("_e{5;4}:title|text", "bad badEventHeader"),
         ("_e{,4}:title|text", "bad badEventHeader"),
@@ -252,6 +266,7 @@ struct DogStatsDTests {
     @Test("events by title, service checks by name", arguments: [
         ("_e{12,4}:deploy.start|text", "deploy.start"),
         ("_e{6,9}:backup|disk|full|#a:b", "backup"),
+        ("_e{11,4}:héllo wörld|text", "héllo wör"),
         ("_sc|db.ping|2|#env:prod", "db.ping"),
         ("_sc|queue.lag|0", "queue.lag"),
         ("_sc|x", "x"),
@@ -349,6 +364,31 @@ struct DogStatsDTests {
         let byNameAndTags = try relayThrough(line, backends: 9, hashKey: .nameAndTags)
         #expect(byName.lines == byNameAndTags.lines)
         #expect(byName.lines.joined().count == 1)
+    }
+
+    /// The Datadog agent keeps the last tags field of a line that carries two, so the key is
+    /// made of that one: the line routes as the one field the agent reads would.
+    @Test("name+tags: the last tags field keys the line", arguments: [
+        ("api.req:1|c|#x,y|#b,a", "api.req:1|c|#a,b"),
+        ("api.req:1|c|#x|@0.5|#a|T1", "api.req:1|c|#a"),
+        ("api.req:1|c|#x|#", "api.req:1|c"),
+        ("_sc|db|0|#x|m:down|#a", "_sc|db|0|#a"),
+        ("_sc|db|0|m:down|#a", "_sc|db|0|#a"),
+        ("_e{5,4}:title|text|#x|#a", "_e{5,4}:title|text|#a"),
+        // The agent reads an event's fields from the second byte after its text, and a
+        // metric's after its type.
+        ("_e{11,4}:héllo wörld|text|#a", "_e{11,4}:héllo wör|text|#a"),
+        ("api.req:1|#x", "api.req:1|c"),
+    ])
+    func lastTagsField(_ line: String, _ sameAs: String) throws {
+        for mode in [HashMode.jump, .ketama] {
+            for backends in [5, 11] {
+                let two = try relayThrough(line, backends: backends, hashMode: mode, hashKey: .nameAndTags)
+                let one = try relayThrough(sameAs, backends: backends, hashMode: mode, hashKey: .nameAndTags)
+                let target = try #require(one.lines.firstIndex { !$0.isEmpty })
+                #expect(two.lines[target] == [line], "\(mode) \(backends)")
+            }
+        }
     }
 
     @Test("name+tags under strict: bad lines still dropped, good ones keyed by name and tags")

@@ -23,7 +23,7 @@ import RelayKernel
 /// Two DogStatsD forms have no metric name before a `:` and are keyed otherwise (`DogStatsD`):
 /// a service check `_sc|name|status|…` by its name, an event `_e{5,4}:title|text|…` by its
 /// title, whose length the `{title,text}` header gives (a header that does not fit the line
-/// is `badEventHeader`, in every mode).
+/// is `badEventHeader`, in every mode; the fit is the Datadog agent's, `DogStatsD.eventHeader`).
 ///
 /// The common line has no `\r` and no NUL: one scan per line (`RawSpan.lineStop`) finds its
 /// `\n` and its first `:` together, and only a line that stops at a `\r` or a NUL is looked
@@ -43,8 +43,8 @@ public enum LineScanner {
         /// can send one. Counted here so that it never becomes a send that fails.
         case tooLong
         /// An event (`_e{`) whose `{title,text}` length header is not two numbers that fit the
-        /// line with `:title|text` (`DogStatsD.eventKey`). Checked in every `--validate` mode:
-        /// such a header cannot be routed by its title.
+        /// line (`DogStatsD.eventHeader`, the Datadog agent's rule). Checked in every
+        /// `--validate` mode: such an event has no title to be routed by.
         case badEventHeader
         /// A line that `--metrics-prefix`/`--metrics-tags` would make longer than any UDP
         /// datagram to a backend can be (65 507 bytes, `BatchAssembler.largestDatagramBytes`):

@@ -118,7 +118,7 @@ public enum LineValidator {
     private static func checkEvent(
         _ datagram: RawSpan, _ bytes: Span<UInt8>, line: Range<Int>, key: Range<Int>
     ) -> LineScanner.Malformation? {
-        guard let header = DogStatsD.eventHeader(bytes, line) else { return .badEventHeader }
+        guard let header = DogStatsD.eventHeader(datagram, line) else { return .badEventHeader }
         return checkFields(datagram, bytes, from: header.text.upperBound, end: line.upperBound, EventFields.self)
     }
 
