@@ -50,26 +50,21 @@ public enum LineScanner {
         /// datagram to a backend can be (65 507 bytes, `BatchAssembler.largestDatagramBytes`):
         /// dropped whole, never cut (`LineRewrite`).
         case tooLongRewritten
-        // The reasons below are `--validate strict`'s only (`LineValidator`).
+        // The reasons below are `--validate strict`'s only (`LineValidator`): lines the Datadog
+        // agent's parser refuses, by the field it refuses them for.
         /// A metric name holding `|` (strict).
         case badName
-        /// A value that is empty, or not a number for a `c`, `g`, `ms`, `h` or `d` (strict).
+        /// Values that are empty, not numbers Go's `ParseFloat` takes, or none finite, for a
+        /// `c`, `g`, `ms`, `h` or `d` (strict).
         case badValue
         /// No type, or a type other than `c`, `g`, `ms`, `h`, `s`, `d` (strict).
         case badType
-        /// A sample rate `|@R` that is not a decimal number in (0, 1] (strict).
+        /// A sample rate `|@R` that is not a number Go's `ParseFloat` takes (strict).
         case badSampleRate
-        /// A tags field `|#…` that is empty or holds an empty tag (strict).
-        case badTags
-        /// A timestamp `|T…` that is not digits (strict).
+        /// A timestamp `|T…` that is not an integer of at least 1 (strict).
         case badTimestamp
-        /// An empty, unknown or repeated field, or an empty container id `|c:` (strict).
-        case badField
-        /// A service check whose status is not 0, 1, 2 or 3, or whose `d:` is not digits (strict).
+        /// A line starting `_sc` without a name and a status of 0, 1, 2 or 3 (strict).
         case badServiceCheck
-        /// An event whose `d:` is not digits, `p:` not `normal`/`low`, or `t:` not `error`,
-        /// `warning`, `info`, `success` (strict).
-        case badEvent
     }
 
     /// One step of the scan.
