@@ -9,7 +9,7 @@ import RelayKernel
 /// name (key) values type rate tags           container  timestamp
 ///
 /// _sc|db.ping|2|d:1656581400|h:db1|#env:prod|m:timed out                a service check
-///     ^^^^^^^ ^ fields…; `m:` is last and runs to the end of the line
+///     ^^^^^^^ ^ fields…; the format puts `m:` last (the agent ends it at the next `|`)
 ///     name (key), status
 ///
 /// _e{5,4}:title|text|d:1656581400|h:web1|k:agg|p:low|s:src|t:warning|#env:prod   an event
