@@ -24,17 +24,25 @@ struct DogStatsDRelayTests {
         ("_sc|cache.ping|0", "cache.ping", []),
         ("_e{12,13}:deploy.start|version 1|2|3|p:low|#env:prod", "deploy.start", ["env:prod"]),
         ("_e{6,4}:backup|done|t:success", "backup", []),
+        // A header counting characters, as the Datadog agent reads it: the title cut to 11 bytes.
+        ("_e{11,4}:héllo wörld|text|#env:prod", "héllo wör", ["env:prod"]),
+        // Two tags fields: the Datadog agent keeps the last.
+        ("page.views:1|c|#stale:tag|#env:prod", "page.views", ["env:prod"]),
+        // Lines the agent accepts (a field it ignores, Go's number syntax, any sample rate).
+        ("page.views:1|c|", "page.views", []),
+        ("queue.depth:21::22|d|@1e-1|#", "queue.depth", []),
+        ("queue.depth:0x1p-2|g|@7|x:unknown", "queue.depth", []),
+        ("_e{6,4}:backup|done|p:urgent", "backup", []),
     ]
 
     /// Lines `strict` drops, with the reason; `loose` forwards them all but the last.
     static let bad: [(line: String, reason: RelayCounter)] = [
         ("page.views:x|c", .linesDroppedBadValue),
         ("page.views:1|q", .linesDroppedBadType),
-        ("page.views:1|c|@7", .linesDroppedBadSampleRate),
-        ("page.views:1|c|#a,,b", .linesDroppedBadTags),
-        ("page.views:1|c|Tsoon", .linesDroppedBadTimestamp),
+        ("page.views:1|c|@fast", .linesDroppedBadSampleRate),
+        ("page|views:1|c", .linesDroppedBadName),
+        ("page.views:1|c|T0", .linesDroppedBadTimestamp),
         ("_sc|db.ping|9", .linesDroppedBadServiceCheck),
-        ("_e{6,4}:backup|done|p:urgent", .linesDroppedBadEvent),
         ("_e{60,4}:backup|done", .linesDroppedBadEventHeader),
     ]
 

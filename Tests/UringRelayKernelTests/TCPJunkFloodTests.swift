@@ -32,10 +32,10 @@ private let strictJunk: [Junk] = [
     Junk(bytes: Array("bad.type:1|x\n".utf8), reason: .badType, lines: 1),
     Junk(bytes: Array("bad.type.none:1\n".utf8), reason: .badType, lines: 1),
     Junk(bytes: Array("bad.value:abc|c\n".utf8), reason: .badValue, lines: 1),
-    Junk(bytes: Array("bad.rate:1|c|@2\n".utf8), reason: .badSampleRate, lines: 1),
-    Junk(bytes: Array("bad.tags:1|c|#\n".utf8), reason: .badTags, lines: 1),
+    Junk(bytes: Array("bad.rate:1|c|@fast\n".utf8), reason: .badSampleRate, lines: 1),
+    Junk(bytes: Array("bad|name:1|c\n".utf8), reason: .badName, lines: 1),
     Junk(bytes: Array("bad.timestamp:1|c|Tabc\n".utf8), reason: .badTimestamp, lines: 1),
-    Junk(bytes: Array("bad.field:1|c|zzz\n".utf8), reason: .badField, lines: 1),
+    Junk(bytes: Array("bad.overflow:1e400|g\n".utf8), reason: .badValue, lines: 1),
     Junk(bytes: Array("_sc|bad.check|7\n".utf8), reason: .badServiceCheck, lines: 1),
 ]
 

@@ -59,7 +59,12 @@ struct LineRewriteTests {
               ("bare:1", "app.bare:1|#dc:x,role:web"),
               ("_sc|db.ping|2", "_sc|db.ping|2|#dc:x,role:web"),
               ("_sc|db.ping|2|#env:prod|m:slow", "_sc|db.ping|2|#env:prod,dc:x,role:web|m:slow"),
-              ("_sc|db.ping|2|h:db1|m:timed out|#not:tags", "_sc|db.ping|2|h:db1|#dc:x,role:web|m:timed out|#not:tags"),
+              ("_sc|db.ping|2|h:db1|m:timed out|#tags", "_sc|db.ping|2|h:db1|m:timed out|#tags,dc:x,role:web"),
+              ("_sc|db.ping|2|m:timed out", "_sc|db.ping|2|#dc:x,role:web|m:timed out"),
+              // The Datadog agent keeps the last of two tags fields: the tags join that one.
+              ("a:1|c|#first|#last|T1", "app.a:1|c|#first|#last,dc:x,role:web|T1"),
+              ("_e{5,4}:title|text|#a|#b", "_e{5,4}:title|text|#a|#b,dc:x,role:web"),
+              ("_e{11,4}:héllo wörld|text|#a", "_e{11,4}:héllo wörld|text|#a,dc:x,role:web"),
               ("_e{5,4}:title|text", "_e{5,4}:title|text|#dc:x,role:web"),
               ("_e{5,6}:title|te|#xt|p:low", "_e{5,6}:title|te|#xt|p:low|#dc:x,role:web"),
               ("_e{5,4}:title|text|#env:prod|t:info", "_e{5,4}:title|text|#env:prod,dc:x,role:web|t:info"),

@@ -9,7 +9,8 @@ import UringRelay
 //   validator, and every forwarded one reaches, byte for byte and in datagram order, the
 //   backend the router picks for the key written out here from the definition (the name; under
 //   name+tags the name, `|#` and its distinct non-empty tags sorted, or past 64 tags `|#~` and the
-//   hex sum of their FNV-1a 64s, repeats included; tags found by splitting the line's fields with plain array code): no
+//   hex sum of their FNV-1a 64s, repeats included; tags those of the last tags field, found by
+//   splitting the line's fields with plain array code): no
 //   line split, merged or altered, and tag order never matters;
 // - every line is counted exactly once: received = forwarded + dropped by each reason, the
 //   scanner's reasons as the reference says and the validator's as it says of the line alone;
@@ -61,24 +62,27 @@ func fnv(_ bytes: some Sequence<UInt8>) -> UInt64 {
     return hash
 }
 
-/// The tags field of a valid line (its bytes after `#`), from the definition: the fields are
-/// what follows the key (a metric: its values, then fields; a service check: fields, stopping
-/// at `m:`; an event: what follows its text), split at `|`.
+/// The tags field of a valid line (its bytes after `#`), from the definition: the line's last
+/// field starting `#` among its optional fields, as the Datadog agent splits them at `|`: a
+/// metric's after its values and type, a service check's after its status (its `m:` message
+/// is a field like any), an event's from the second byte after its text.
 func referenceTags(_ line: [UInt8], key: Range<Int>) -> [UInt8]? {
-    let isServiceCheck = line.starts(with: Array("_sc|".utf8))
-    var from = key.upperBound
+    var fields: ArraySlice<ArraySlice<UInt8>>
     if line.starts(with: Array("_e{".utf8)) {
-        // The text follows the title and its `|`; its length is the header's second number.
-        let close = line.firstIndex(of: UInt8(ascii: "}"))!
-        let textLength = Int(String(decoding: line[(line.firstIndex(of: UInt8(ascii: ","))! + 1)..<close], as: UTF8.self))!
-        from = key.upperBound + 1 + textLength
+        // The text's length is the header's second number; one byte follows it unread.
+        let colon = line.firstIndex(of: UInt8(ascii: ":"))!
+        let lengths = Array(line[3..<colon - 1])
+        let comma = lengths.firstIndex(of: UInt8(ascii: ","))!
+        let textLength = Int(String(decoding: lengths[(comma + 1)...], as: UTF8.self))!
+        let textEnd = key.upperBound + 1 + textLength
+        if textEnd >= line.count { return nil }
+        fields = line[(textEnd + 1)...].split(separator: UInt8(ascii: "|"), omittingEmptySubsequences: false)[...]
+    } else {
+        // A metric: `:values`, the type, then the fields; a service check: nothing (the key
+        // ends at a `|`), the status, then the fields.
+        fields = line[key.upperBound...].split(separator: UInt8(ascii: "|"), omittingEmptySubsequences: false).dropFirst(2)
     }
-    let pieces = line[from...].split(separator: UInt8(ascii: "|"), omittingEmptySubsequences: false)
-    for piece in pieces.dropFirst() {
-        if isServiceCheck && piece.starts(with: Array("m:".utf8)) { return nil }
-        if piece.first == UInt8(ascii: "#") { return Array(piece.dropFirst()) }
-    }
-    return nil
+    return fields.last { $0.first == UInt8(ascii: "#") }.map { Array($0.dropFirst()) }
 }
 
 /// The routing key of a valid line under `hashKey`, written out from the definition.

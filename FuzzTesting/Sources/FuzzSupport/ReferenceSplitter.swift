@@ -61,20 +61,18 @@ public enum ReferenceSplitter {
 
     /// The title's offsets within the event `line`, or `nil` when its header does not hold.
     static func eventTitle(_ line: [UInt8]) -> Range<Int>? {
-        // `_e{` digits `,` digits `}:` read as text, then the lengths checked against the rest.
-        guard let close = line.firstIndex(of: UInt8(ascii: "}")) else { return nil }
-        let inside = line[3..<close].split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false)
-        guard inside.count == 2,
-              inside.allSatisfy({ (1...6).contains($0.count) && $0.allSatisfy { (48...57).contains($0) } }),
-              close + 1 < line.count, line[close + 1] == UInt8(ascii: ":"),
-              let titleLength = Int(String(decoding: inside[0], as: UTF8.self)),
-              let textLength = Int(String(decoding: inside[1], as: UTF8.self))
+        // The header is what precedes the first `:`; the lengths lie between `_e{` and its last
+        // byte, split at the first `,`, each read as Go's `strconv.Atoi` reads a number (Swift's
+        // `Int(_:)` reads the same: an optional sign, then digits).
+        guard let colon = line.firstIndex(of: UInt8(ascii: ":")), colon >= 7 else { return nil }
+        let lengths = Array(line[3..<colon - 1])
+        guard let comma = lengths.firstIndex(of: UInt8(ascii: ",")),
+              let titleLength = Int(String(decoding: lengths[..<comma], as: UTF8.self)),
+              let textLength = Int(String(decoding: lengths[(comma + 1)...], as: UTF8.self)),
+              titleLength >= 0, textLength >= 0
         else { return nil }
-        let titleStart = close + 2
-        let rest = line.count - titleStart
-        guard titleLength + 1 + textLength <= rest, line[titleStart + titleLength] == UInt8(ascii: "|") else { return nil }
-        let textEnd = titleStart + titleLength + 1 + textLength
-        guard textEnd == line.count || line[textEnd] == UInt8(ascii: "|") else { return nil }
-        return titleStart..<titleStart + titleLength
+        let rest = line.count - (colon + 1)
+        guard titleLength <= rest, textLength <= rest - titleLength - 1 else { return nil }
+        return colon + 1..<colon + 1 + titleLength
     }
 }

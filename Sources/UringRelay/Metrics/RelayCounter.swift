@@ -47,11 +47,8 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
     case linesDroppedBadValue
     case linesDroppedBadType
     case linesDroppedBadSampleRate
-    case linesDroppedBadTags
     case linesDroppedBadTimestamp
-    case linesDroppedBadField
     case linesDroppedBadServiceCheck
-    case linesDroppedBadEvent
     case linesDroppedTooLongRewritten
     case linesDroppedTCPQueueFull
     case linesDroppedTCPUnsentAtExit
@@ -135,11 +132,8 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
         case .linesDroppedBadValue: "statsrelay.lines_dropped.bad_value"
         case .linesDroppedBadType: "statsrelay.lines_dropped.bad_type"
         case .linesDroppedBadSampleRate: "statsrelay.lines_dropped.bad_sample_rate"
-        case .linesDroppedBadTags: "statsrelay.lines_dropped.bad_tags"
         case .linesDroppedBadTimestamp: "statsrelay.lines_dropped.bad_timestamp"
-        case .linesDroppedBadField: "statsrelay.lines_dropped.bad_field"
         case .linesDroppedBadServiceCheck: "statsrelay.lines_dropped.bad_service_check"
-        case .linesDroppedBadEvent: "statsrelay.lines_dropped.bad_event"
         case .linesDroppedTooLongRewritten: "statsrelay.lines_dropped.too_long_rewritten"
         case .linesDroppedTCPQueueFull: "statsrelay.lines_dropped.tcp_queue_full"
         case .linesDroppedTCPUnsentAtExit: "statsrelay.lines_dropped.tcp_unsent_at_exit"
@@ -217,11 +211,8 @@ public enum RelayCounter: Int, CaseIterable, Sendable {
         case .badValue: .linesDroppedBadValue
         case .badType: .linesDroppedBadType
         case .badSampleRate: .linesDroppedBadSampleRate
-        case .badTags: .linesDroppedBadTags
         case .badTimestamp: .linesDroppedBadTimestamp
-        case .badField: .linesDroppedBadField
         case .badServiceCheck: .linesDroppedBadServiceCheck
-        case .badEvent: .linesDroppedBadEvent
         case .tooLongRewritten: .linesDroppedTooLongRewritten
         }
     }

@@ -9,15 +9,17 @@ import RelayKernel
 /// name (key) values type rate tags           container  timestamp
 ///
 /// _sc|db.ping|2|d:1656581400|h:db1|#env:prod|m:timed out                a service check
-///     ^^^^^^^ ^ fields…; `m:` is last and runs to the end of the line
+///     ^^^^^^^ ^ fields…; the format puts `m:` last (the agent ends it at the next `|`)
 ///     name (key), status
 ///
 /// _e{5,4}:title|text|d:1656581400|h:web1|k:agg|p:low|s:src|t:warning|#env:prod   an event
 ///    ^ ^    ^^^^^ ^^^^ fields…
-///    title and text lengths in bytes; title (key), text (may hold `|`)
+///    title and text lengths (`eventHeader`); title (key), text (may hold `|`)
 /// ```
 /// A line that starts `_sc|` is a service check, `_e{` an event; anything else is a metric
-/// (`_sc:1|c` is a metric named `_sc`). The Datadog agent tells them apart the same way.
+/// (`_sc:1|c` is a metric named `_sc`, as a statsd daemon reads it; the Datadog agent reads
+/// every line starting `_sc` as a service check and drops that one, as `--validate strict`
+/// does: `LineValidator`).
 public enum DogStatsD {
     /// What a line is.
     public enum Form: Sendable, Equatable {
@@ -55,7 +57,7 @@ public enum DogStatsD {
             if nameEnd == nameStart { return .malformed(.emptyName) }
             return .valid(start: line.lowerBound, end: line.upperBound, key: nameStart..<nameEnd)
         case .event:
-            guard let header = eventHeader(bytes, line) else { return .malformed(.badEventHeader) }
+            guard let header = eventHeader(datagram, line) else { return .malformed(.badEventHeader) }
             if header.title.isEmpty { return .malformed(.emptyName) }
             return .valid(start: line.lowerBound, end: line.upperBound, key: header.title)
         }
@@ -65,115 +67,152 @@ public enum DogStatsD {
     public struct EventHeader: Sendable, Equatable {
         /// The title's bytes (the routing key).
         public var title: Range<Int>
-        /// The text's bytes; the optional fields follow its end (`|…`), if any.
+        /// The text's bytes; the optional fields start one byte after its end, if any remain.
         public var text: Range<Int>
     }
 
-    /// The most digits a length may have: a line is at most 65 507 bytes, so a longer number is
-    /// a lie anyway, and the sums below cannot overflow.
-    static let maxLengthDigits = 6
+    /// A length beyond any line (65 507 bytes): a header number past it cannot fit, whatever
+    /// its digits, and sums of two stay far from overflow.
+    static let lengthCap = 1 << 20
 
-    /// Reads the `_e{T,X}:` header of the event `line` and checks it against the line: `T`
-    /// bytes of title, then `|`, then `X` bytes of text that end the line or are followed by
-    /// `|`. Every index is compared with the line's end before it is read, so a header that
-    /// lies (`_e{500,4}:short|x`) is `nil`, never a read past the line.
+    /// Reads the `_e{T,X}:` header of the event `line` as the Datadog agent does, and checks
+    /// it against the line:
+    /// ```
+    /// _e{5,4}:title|text|#env:prod
+    /// ^^^^^^^ the header: the bytes before the first `:`, at least 7; `T` and `X` lie between
+    ///         `_e{` and its last byte (not checked to be `}`), split at its first `,`
+    ///         ^^^^^ the title: `T` bytes
+    ///              ^ one byte, not checked (`|` when the header counts bytes)
+    ///               ^^^^ the text: `X` bytes; the fields start one byte after it
+    /// ```
+    /// `T` and `X` are read as Go's `strconv.Atoi` reads them (an optional sign, decimal
+    /// digits); a negative one is refused, and `T + 1 + X` must not exceed the bytes after the
+    /// `:`. Nothing else is checked: the agent takes the bytes the lengths point at, whatever
+    /// they are, so a header that counts characters rather than bytes (`_e{11,4}:héllo
+    /// wörld|text`, 13 bytes of title) passes, with the title and text cut where the byte
+    /// counts fall (`héllo wör`, `d|te`). `T` = 0 gives an empty title (the scanner's
+    /// `emptyName`). Every index is compared with the line's end before it is read: a header
+    /// that lies (`_e{500,4}:short|x`) is `nil`, never a read past the line.
     ///
     /// - Precondition: `line` starts with `_e{`.
-    public static func eventHeader(_ bytes: Span<UInt8>, _ line: Range<Int>) -> EventHeader? {
+    public static func eventHeader(_ datagram: RawSpan, _ line: Range<Int>) -> EventHeader? {
+        let bytes = Span<UInt8>(_bytes: datagram)
         let end = line.upperBound
-        guard let (titleLength, comma) = number(bytes, from: line.lowerBound &+ 3, end: end),
-              comma < end, bytes[comma] == UInt8(ascii: ","),
-              let (textLength, brace) = number(bytes, from: comma &+ 1, end: end),
-              end &- brace >= 2, bytes[brace] == UInt8(ascii: "}"), bytes[brace &+ 1] == UInt8(ascii: ":")
+        guard let colon = datagram.firstOffset(of: UInt8(ascii: ":"), in: line.lowerBound &+ 3..<end),
+              colon &- line.lowerBound >= 7
         else { return nil }
-        let titleStart = brace &+ 2
-        // The title, then `|`: titleLength + 1 bytes must remain.
-        guard titleLength < end &- titleStart, bytes[titleStart &+ titleLength] == UInt8(ascii: "|") else { return nil }
+        let lengths = line.lowerBound &+ 3..<colon &- 1
+        guard let comma = datagram.firstOffset(of: UInt8(ascii: ","), in: lengths),
+              let titleLength = length(bytes, lengths.lowerBound..<comma),
+              let textLength = length(bytes, comma &+ 1..<lengths.upperBound)
+        else { return nil }
+        let titleStart = colon &+ 1
+        guard titleLength &+ 1 &+ textLength <= end &- titleStart else { return nil }
         let textStart = titleStart &+ titleLength &+ 1
-        guard textLength <= end &- textStart else { return nil }
-        let textEnd = textStart &+ textLength
-        guard textEnd == end || bytes[textEnd] == UInt8(ascii: "|") else { return nil }
-        return EventHeader(title: titleStart..<titleStart &+ titleLength, text: textStart..<textEnd)
+        return EventHeader(title: titleStart..<titleStart &+ titleLength, text: textStart..<textStart &+ textLength)
     }
 
-    /// A decimal number of 1 to `maxLengthDigits` digits at `from`, and the offset after it.
+    /// A header length as Go's `strconv.Atoi` reads `range` (`[+-]` then one or more digits,
+    /// any number of leading zeros), `nil` when it is not a number or is negative; a number
+    /// past `lengthCap` is `lengthCap`.
     @inline(__always)
-    static func number(_ bytes: Span<UInt8>, from: Int, end: Int) -> (Int, Int)? {
-        var value = 0
-        var index = from
-        while index < end, index &- from <= maxLengthDigits {
-            let digit = bytes[index] &- UInt8(ascii: "0")
-            guard digit < 10 else { break }
-            value = value &* 10 &+ Int(digit)
+    static func length(_ bytes: Span<UInt8>, _ range: Range<Int>) -> Int? {
+        var index = range.lowerBound
+        var negative = false
+        if index < range.upperBound && (bytes[index] == UInt8(ascii: "+") || bytes[index] == UInt8(ascii: "-")) {
+            negative = bytes[index] == UInt8(ascii: "-")
             index &+= 1
         }
-        let digits = index &- from
-        return digits == 0 || digits > maxLengthDigits ? nil : (value, index)
+        guard index < range.upperBound else { return nil }
+        var value = 0
+        while index < range.upperBound {
+            let digit = bytes[index] &- UInt8(ascii: "0")
+            guard digit < 10 else { return nil }
+            value = min(value &* 10 &+ Int(digit), lengthCap)
+            index &+= 1
+        }
+        return negative && value != 0 ? nil : value
     }
 
-    /// Where the optional fields of a valid line begin: the offset of the `|` before the first
-    /// of them (or the line's end). For a metric, the type comes first.
+    /// Where the optional fields of a valid line begin, as the Datadog agent splits them: the
+    /// offset of the first field's first byte (the line's end for one empty field), or `nil`
+    /// when the line has none. A metric's fields follow its type, a service check's its
+    /// status, an event's the byte after its text.
     ///
     /// - Parameter key: the line's key, as `LineScanner` found it.
     @inline(__always)
-    public static func fieldsStart(_ bytes: Span<UInt8>, line: Range<Int>, key: Range<Int>) -> Int {
-        switch form(of: bytes, line) {
-        case .metric, .serviceCheck: return key.upperBound
-        case .event: return eventHeader(bytes, line)?.text.upperBound ?? line.upperBound
+    public static func fieldsStart(_ datagram: RawSpan, line: Range<Int>, key: Range<Int>) -> Int? {
+        let end = line.upperBound
+        switch form(of: Span<UInt8>(_bytes: datagram), line) {
+        case .metric:
+            // The values end at the first `|`, the type at the next.
+            guard let typeBar = datagram.firstOffset(of: UInt8(ascii: "|"), in: key.upperBound..<end),
+                  let fieldsBar = datagram.firstOffset(of: UInt8(ascii: "|"), in: typeBar &+ 1..<end)
+            else { return nil }
+            return fieldsBar &+ 1
+        case .serviceCheck:
+            // `key.upperBound` is the `|` before the status, or the end.
+            guard key.upperBound < end,
+                  let fieldsBar = datagram.firstOffset(of: UInt8(ascii: "|"), in: key.upperBound &+ 1..<end)
+            else { return nil }
+            return fieldsBar &+ 1
+        case .event:
+            guard let text = eventHeader(datagram, line)?.text, text.upperBound < end else { return nil }
+            return text.upperBound &+ 1
         }
     }
 
-    /// The bytes after `#` of the line's first tags field (`|#env:prod,svc:web`), or `nil`.
-    /// A service check's message (`|m:…`, last) is not searched: it may hold anything.
+    /// The bytes after `#` of the line's last tags field (`|#env:prod,svc:web`), or `nil`: the
+    /// Datadog agent reads every field and keeps the last tags field it meets, so a second one
+    /// replaces the first. Every field counts, a service check's after its `m:` message too
+    /// (the agent splits the message at `|` as it does any field).
     public static func tags(_ datagram: RawSpan, line: Range<Int>, key: Range<Int>) -> Range<Int>? {
+        guard var start = fieldsStart(datagram, line: line, key: key) else { return nil }
         let bytes = Span<UInt8>(_bytes: datagram)
         let end = line.upperBound
-        var bar = datagram.firstOffset(of: UInt8(ascii: "|"), in: fieldsStart(bytes, line: line, key: key)..<end)
-        while let at = bar {
-            let fieldStart = at &+ 1
-            let fieldEnd = datagram.firstOffset(of: UInt8(ascii: "|"), in: fieldStart..<end) ?? end
-            if fieldStart < end {
-                let first = bytes[fieldStart]
-                if first == UInt8(ascii: "#") { return fieldStart &+ 1..<fieldEnd }
-                if first == UInt8(ascii: "m") && fieldEnd &- fieldStart >= 2 && bytes[fieldStart &+ 1] == UInt8(ascii: ":")
-                    && key.lowerBound != line.lowerBound && form(of: bytes, line) == .serviceCheck {
-                    return nil
-                }
-            }
-            bar = fieldEnd < end ? fieldEnd : nil
+        var last: Range<Int>?
+        while true {
+            let fieldEnd = datagram.firstOffset(of: UInt8(ascii: "|"), in: start..<end) ?? end
+            if start < fieldEnd && bytes[start] == UInt8(ascii: "#") { last = start &+ 1..<fieldEnd }
+            if fieldEnd == end { return last }
+            start = fieldEnd &+ 1
         }
-        return nil
     }
 
-    /// Where `--metrics-tags` go in a valid line: right after the bytes of its first tags field
-    /// (`existing`, the bytes after `#`), wherever that field sits among the others; with no
-    /// tags field, at the line's end, or for a service check before its `|m:` message, which
-    /// must stay last (it runs to the end of the line, `|` and all).
+    /// Where `--metrics-tags` go in a valid line: right after the bytes of its last tags field
+    /// (`existing`, the bytes after `#`: the one the Datadog agent keeps), wherever that field
+    /// sits among the others; with no tags field, at the line's end, or for a service check
+    /// before its first `|m:` message field, which the DogStatsD format puts last.
     /// ```
     /// a:1|c|#env:prod|T1656581400      offset after "prod"; existing "env:prod"
+    /// a:1|c|#a|#b                      offset at the end; existing "b"
     /// a:1|c|T1656581400                offset at the end; existing nil
     /// _sc|db|2|h:db1|m:down|x          offset at "|m:"; existing nil
     /// ```
     ///
     /// - Parameter key: the line's key, as `LineScanner` found it.
     public static func tagInsertion(_ datagram: RawSpan, line: Range<Int>, key: Range<Int>) -> (offset: Int, existing: Range<Int>?) {
-        let bytes = Span<UInt8>(_bytes: datagram)
         let end = line.upperBound
+        guard var start = fieldsStart(datagram, line: line, key: key) else { return (end, nil) }
+        let bytes = Span<UInt8>(_bytes: datagram)
         let isServiceCheck = key.lowerBound != line.lowerBound && form(of: bytes, line) == .serviceCheck
-        var bar = datagram.firstOffset(of: UInt8(ascii: "|"), in: fieldsStart(bytes, line: line, key: key)..<end)
-        while let at = bar {
-            let fieldStart = at &+ 1
-            let fieldEnd = datagram.firstOffset(of: UInt8(ascii: "|"), in: fieldStart..<end) ?? end
-            if fieldStart < end {
-                let first = bytes[fieldStart]
-                if first == UInt8(ascii: "#") { return (fieldEnd, fieldStart &+ 1..<fieldEnd) }
-                if isServiceCheck && first == UInt8(ascii: "m") && fieldEnd &- fieldStart >= 2
-                    && bytes[fieldStart &+ 1] == UInt8(ascii: ":") {
-                    return (at, nil)
+        var last: Range<Int>?
+        var message: Int?
+        while true {
+            let fieldEnd = datagram.firstOffset(of: UInt8(ascii: "|"), in: start..<end) ?? end
+            if start < fieldEnd {
+                let first = bytes[start]
+                if first == UInt8(ascii: "#") {
+                    last = start &+ 1..<fieldEnd
+                } else if isServiceCheck && message == nil && first == UInt8(ascii: "m") && fieldEnd &- start >= 2
+                    && bytes[start &+ 1] == UInt8(ascii: ":") {
+                    message = start &- 1
                 }
             }
-            bar = fieldEnd < end ? fieldEnd : nil
+            if fieldEnd == end { break }
+            start = fieldEnd &+ 1
         }
-        return (end, nil)
+        if let last { return (last.upperBound, last) }
+        return (message ?? end, nil)
     }
 }

@@ -17,10 +17,11 @@ import RelayKernel
 /// neither splits nor joins a series, and is left out of the key). A service check's name and
 /// an event's title are not prefixed: the first is a check name a prefix would rename, the
 /// second is counted in the event's `{title,text}` header, and both route unprefixed. Every
-/// form carries `|#tags`, so every form is tagged: `,T` right after the end of the line's tags
-/// field wherever it sits among the fields (a `|#` with no tag gets `T` alone), or, with no
-/// tags field, a new `|#T` at the end of the line, except that a service check's `|m:message`
-/// stays last (it runs to the end of the line), so its `|#T` goes right before it.
+/// form carries `|#tags`, so every form is tagged: `,T` right after the end of the line's last
+/// tags field (the one the Datadog agent keeps) wherever it sits among the fields (a `|#` with
+/// no tag gets `T` alone), or, with no tags field, a new `|#T` at the end of the line, except
+/// that a service check's `|m:message` stays last, as the DogStatsD format puts it, so its
+/// `|#T` goes right before it (`DogStatsD.tagInsertion`).
 ///
 /// Both are fixed for the relay's life (restart-only, like `--hash-key`): a new prefix moves
 /// every series to a new name and, with it, to a new backend.

@@ -23,7 +23,7 @@ import RelayKernel
 /// Two DogStatsD forms have no metric name before a `:` and are keyed otherwise (`DogStatsD`):
 /// a service check `_sc|name|status|…` by its name, an event `_e{5,4}:title|text|…` by its
 /// title, whose length the `{title,text}` header gives (a header that does not fit the line
-/// is `badEventHeader`, in every mode).
+/// is `badEventHeader`, in every mode; the fit is the Datadog agent's, `DogStatsD.eventHeader`).
 ///
 /// The common line has no `\r` and no NUL: one scan per line (`RawSpan.lineStop`) finds its
 /// `\n` and its first `:` together, and only a line that stops at a `\r` or a NUL is looked
@@ -43,33 +43,28 @@ public enum LineScanner {
         /// can send one. Counted here so that it never becomes a send that fails.
         case tooLong
         /// An event (`_e{`) whose `{title,text}` length header is not two numbers that fit the
-        /// line with `:title|text` (`DogStatsD.eventKey`). Checked in every `--validate` mode:
-        /// such a header cannot be routed by its title.
+        /// line (`DogStatsD.eventHeader`, the Datadog agent's rule). Checked in every
+        /// `--validate` mode: such an event has no title to be routed by.
         case badEventHeader
         /// A line that `--metrics-prefix`/`--metrics-tags` would make longer than any UDP
         /// datagram to a backend can be (65 507 bytes, `BatchAssembler.largestDatagramBytes`):
         /// dropped whole, never cut (`LineRewrite`).
         case tooLongRewritten
-        // The reasons below are `--validate strict`'s only (`LineValidator`).
+        // The reasons below are `--validate strict`'s only (`LineValidator`): lines the Datadog
+        // agent's parser refuses, by the field it refuses them for.
         /// A metric name holding `|` (strict).
         case badName
-        /// A value that is empty, or not a number for a `c`, `g`, `ms`, `h` or `d` (strict).
+        /// Values that are empty, not numbers Go's `ParseFloat` takes, or none finite, for a
+        /// `c`, `g`, `ms`, `h` or `d` (strict).
         case badValue
         /// No type, or a type other than `c`, `g`, `ms`, `h`, `s`, `d` (strict).
         case badType
-        /// A sample rate `|@R` that is not a decimal number in (0, 1] (strict).
+        /// A sample rate `|@R` that is not a number Go's `ParseFloat` takes (strict).
         case badSampleRate
-        /// A tags field `|#…` that is empty or holds an empty tag (strict).
-        case badTags
-        /// A timestamp `|T…` that is not digits (strict).
+        /// A timestamp `|T…` that is not an integer of at least 1 (strict).
         case badTimestamp
-        /// An empty, unknown or repeated field, or an empty container id `|c:` (strict).
-        case badField
-        /// A service check whose status is not 0, 1, 2 or 3, or whose `d:` is not digits (strict).
+        /// A line starting `_sc` without a name and a status of 0, 1, 2 or 3 (strict).
         case badServiceCheck
-        /// An event whose `d:` is not digits, `p:` not `normal`/`low`, or `t:` not `error`,
-        /// `warning`, `info`, `success` (strict).
-        case badEvent
     }
 
     /// One step of the scan.
