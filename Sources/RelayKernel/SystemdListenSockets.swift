@@ -16,7 +16,9 @@ public enum SystemdListenSockets {
     /// Takes the sockets passed to this process, owned and close-on-exec, with their names
     /// (`""` where none was given); `nil` when there are none for this process (no
     /// `LISTEN_PID`, or another process's). The variables are removed, as `sd_listen_fds(1)`
-    /// does, so no child would take the sockets for its own.
+    /// does, so no child would take the sockets for its own. Called before the process opens any
+    /// descriptor of its own, so that a `LISTEN_FDS` larger than what was passed finds the
+    /// descriptors past the passed ones closed instead of adopting one of the process's.
     ///
     /// - Throws: `Problem` for a `LISTEN_FDS` that is not a count, or a descriptor that is not open.
     public static func take() throws(Problem) -> [(socket: SocketBox, name: String)]? {
@@ -35,7 +37,7 @@ public enum SystemdListenSockets {
         for offset in 0..<count {
             let descriptor = firstDescriptor + offset
             guard fcntl(descriptor, F_SETFD, FD_CLOEXEC) == 0 else {
-                throw Problem(description: "LISTEN_FDS=\(count): descriptor \(descriptor) is not open")
+                throw Problem(description: "LISTEN_FDS=\(count): descriptor \(descriptor) is not open (fewer sockets were passed than LISTEN_FDS says)")
             }
             let index = Int(offset)
             sockets.append((SocketBox(UDPSocket.adopting(descriptor: descriptor)), index < names.count ? names[index] : ""))

@@ -250,6 +250,19 @@ public struct UDPSocket: ~Copyable {
         return SocketAddress(storage: storage, length: length)
     }
 
+    /// The address the socket is connected to (`getpeername(2)`), or `nil` when it is not
+    /// connected (`ENOTCONN`; a listening TCP socket is not). A datagram socket connected to
+    /// itself (a listener the relay stopped, `refuseNewDatagrams`) takes no other sender's
+    /// datagrams.
+    public var peerAddress: SocketAddress? {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let connected = withUnsafeMutableBytes(of: &storage) { raw in
+            (try? systemCall { getpeername(descriptor, raw.baseAddress!.assumingMemoryBound(to: sockaddr.self), &length) }) != nil
+        }
+        return connected ? SocketAddress(storage: storage, length: length) : nil
+    }
+
     /// Whether a datagram is waiting in the receive queue (`SIOCINQ` on a UDP socket gives the
     /// size of the next datagram; `MSG_PEEK` also catches a zero-length one).
     public var hasPendingDatagram: Bool {

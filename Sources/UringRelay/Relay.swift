@@ -559,7 +559,9 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
     ///   - addresses: its backends' addresses, resolved (a `BackendLookup` the caller waited for).
     /// - Throws: `ConfigurationError` for a backend whose address is unusable, another backend's
     ///   or reaching this relay's listener (the running one, or the file's, which applies at the
-    ///   next start); nothing is changed then, and the failure is counted.
+    ///   next start), or for listeners changed (UDP, Unix or TCP) while they come from systemd
+    ///   (socket activation) or a takeover is under way; nothing is changed then, and the
+    ///   failure is counted.
     @discardableResult
     public func reload(to candidate: RelayConfiguration, addresses: [SocketAddress]) throws(ConfigurationError) -> ConfigFileReload {
         do throws(ConfigurationError) {
@@ -587,6 +589,15 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
         let wantedTCP = wantedTCPConfiguration.tcpListenAddresses
         let changesListeners = !Self.listenerDifference(running: running, wanted: wanted).isEmpty
             || !Self.listenerDifference(running: runningTCP, wanted: wantedTCP).isEmpty
+        // systemd's sockets (socket activation) are the socket unit's: stopping one would connect
+        // it to itself (or remove its file) for every later start, and one the relay bound
+        // itself would have no socket at the next start. Nothing of such a reload applies.
+        if changesListeners && listenerRegistry.isHeldElsewhere {
+            reloads.recordFailure()
+            throw ConfigurationError(
+                argument: "listeners", value: (wanted.map(\.description) + wantedTCP.map { "tcp:\($0)" }).joined(separator: ","),
+                reason: "the listeners come from systemd's socket unit (socket activation): a reload cannot change them; change the .socket unit's ListenDatagram=/ListenStream= and the configuration, then restart the socket unit and the service")
+        }
         if changesListeners && !listenerRegistry.takeListenerSet(for: .reload) {
             reloads.recordFailure()
             throw ConfigurationError(

@@ -257,6 +257,17 @@ struct RunCommand: ParsableCommand {
         // Before anything is opened: a closed 0, 1 or 2 would go to the relay's first eventfd or
         // socket, and the log and exit report with it.
         let reopened = StandardDescriptors.openMissing()
+        // Socket activation (deploy/statsrelay.socket): the passed descriptors are taken before
+        // the relay opens any of its own, so a LISTEN_FDS larger than what was passed finds the
+        // descriptors past them closed (refused, exit 64), never one of the relay's. A takeover
+        // receives its sockets from the running relay instead.
+        let passedSockets: [(socket: SocketBox, name: String)]?
+        do throws(SystemdListenSockets.Problem) {
+            passedSockets = takeover == nil ? try SystemdListenSockets.take() : nil
+        } catch {
+            printError("\(error)")
+            throw ExitCode(64)
+        }
         let configuration: RelayConfiguration
         do { configuration = try makeConfiguration() } catch {
             // Checked by `validate()` already: only a file changed since then gets here.
@@ -325,8 +336,8 @@ struct RunCommand: ParsableCommand {
             }
         } else {
             // Socket activation (deploy/statsrelay.socket): systemd holds the sockets across restarts.
-            do {
-                if let passed = try SystemdListenSockets.take() {
+            do throws(ConfigurationError) {
+                if let passed = passedSockets {
                     let activated = try SocketActivation.listeners(passed, configuration: configuration)
                     inherited = activated
                     logger.notice("socket activation: relaying on the sockets systemd passed", metadata: [
@@ -335,12 +346,9 @@ struct RunCommand: ParsableCommand {
                         "names": "\(passed.map(\.name).joined(separator: ":"))",
                     ])
                 }
-            } catch let error as ConfigurationError {
-                printError("\(error)")
-                throw ExitCode(64)
             } catch {
                 printError("\(error)")
-                throw ExitCode(71)
+                throw ExitCode(64)
             }
         }
         // Bound before the workers start, so a taken admin port fails before anything relays;

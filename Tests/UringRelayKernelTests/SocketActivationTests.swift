@@ -131,6 +131,48 @@ struct SocketActivationTests {
         #expect(relay.counter("statsrelay.lines_forwarded") == 100)
     }
 
+    /// Stands in for a systemd that passes something wrong: binds UDP `argv[1]` on 127.0.0.1
+    /// (connected to itself when `argv[2]` is `connected`, as a relay's stop leaves a listener),
+    /// places it at descriptor 3, sets `LISTEN_PID` to its own pid and `LISTEN_FDS` to `argv[3]`,
+    /// and `execv`s the rest (same pid).
+    static let badLauncherProgram = """
+        import os, socket, sys
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.bind(("127.0.0.1", int(sys.argv[1])))
+        if sys.argv[2] == "connected":
+            u.connect(u.getsockname())
+        copy = os.dup(u.fileno())  # u may be descriptor 3 itself, which dup2 would leave close-on-exec
+        os.dup2(copy, 3, inheritable=True)
+        os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS=sys.argv[3], LISTEN_FDNAMES="udp")
+        os.execv(sys.argv[4], sys.argv[4:])
+        """
+
+    /// A passed environment the relay must refuse at start: how the launcher passes the socket,
+    /// `LISTEN_FDS`, and what the message says.
+    static let refusedEnvironments: [(socket: String, listenFDs: String, message: String)] = [
+        ("connected", "1", "'LISTEN_FDS socket 0 (udp)': descriptor 3 is connected to 127.0.0.1:"),
+        // Past the one passed, descriptors 4 and 5 are not open, or the relay's own had it
+        // taken them after opening anything.
+        ("bound", "3", "LISTEN_FDS=3: descriptor 4 is not open (fewer sockets were passed than LISTEN_FDS says)"),
+        ("bound", "abc", "LISTEN_FDS=abc is not a count of sockets"),
+    ]
+
+    @Test("a passed socket already connected, a LISTEN_FDS larger than what was passed, or one that is no count exits 64 naming the problem",
+          arguments: ioDrivers, refusedEnvironments)
+    func refusedAtStart(driver: IOBackendChoice, environment: (socket: String, listenFDs: String, message: String)) throws {
+        try requireDriver(driver)
+        let python = try RelayLauncher.requirePython()
+        let backend = try TestBackend()
+        let port = try unusedPort()
+        // Refused before a driver is chosen: no driver ran, and `waitForExit` checks none but at exit 0.
+        let relay = try RelayProcess(
+            driver: driver, launcher: [python.path, "-c", Self.badLauncherProgram, "\(port)", environment.socket, environment.listenFDs],
+            ["--bind", "127.0.0.1", "--port", "\(port)"] + twoWorkerArguments + [backend.spec])
+        #expect(relay.waitForExit() == 64, "\(relay.standardError)")
+        #expect(relay.standardError.contains(environment.message), "\(relay.standardError)")
+        #expect(!relay.standardError.contains("socket activation: relaying"), "\(relay.standardError)")
+    }
+
     @Test("a socket-activated relay refuses a takeover (exit 64, restart the service instead) and keeps relaying on systemd's socket", arguments: ioDrivers)
     func takeoverRefused(driver: IOBackendChoice) throws {
         try requireDriver(driver)

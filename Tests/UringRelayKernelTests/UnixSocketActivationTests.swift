@@ -70,6 +70,63 @@ struct UnixSocketActivationTests {
         #expect(fileExists(path))
     }
 
+    /// The candidates a socket-activated relay must refuse: each changes its listeners.
+    enum ListenerChange: String, CaseIterable, Sendable {
+        case removeUnix, addUDP, addUnix, addTCP
+    }
+
+    @Test("a reload that removes or adds a listener of a socket-activated relay is refused and counted: systemd's sockets stay unconnected, the file stays, nothing is bound, relaying goes on; a reload keeping the listeners still applies",
+          arguments: ioDrivers, ListenerChange.allCases)
+    func reloadChangingListenersRefused(driver: IOBackendChoice, change: ListenerChange) throws {
+        try requireDriver(driver)
+        let path = temporaryUnixPath("activated-reload")
+        let addedPath = temporaryUnixPath("activated-added")
+        defer { unlink(path); unlink(addedPath) }
+        let backend = try TestBackend()
+        // Stand in for systemd: bound once, held past the relay.
+        let udp = try UDPSocket.bound(to: SocketAddress(numericHost: "127.0.0.1", port: 0)!)
+        let unix = try UDPSocket.listening(unixPath: path, mode: 0o660)
+        let relay = try Self.start(udp: udp, unix: unix, path: path, backend: backend, driver: driver)
+        let running = relay.configurationInForce
+        var candidate = running
+        switch change {
+        case .removeUnix: candidate.additionalListeners = []
+        case .addUDP: candidate.additionalListeners.append(SocketAddress(numericHost: "127.0.0.1", port: try unusedPort())!)
+        case .addUnix: candidate.additionalListeners.append(SocketAddress(unixPath: addedPath)!)
+        case .addTCP: candidate.tcpListeners = [SocketAddress(numericHost: "127.0.0.1", port: try unusedTCPPort())!]
+        }
+        let error = try #require(throws: ConfigurationError.self) {
+            try relay.reload(to: candidate, addresses: [backend.address])
+        }
+        #expect(error.argument == "listeners")
+        #expect(error.reason.hasPrefix("the listeners come from systemd's socket unit (socket activation)"), "\(error.reason)")
+        #expect(relay.reloads.failed == 1)
+        #expect(relay.reloads.succeeded == 0)
+        #expect(relay.listenAddresses == running.listenAddresses)
+        #expect(relay.tcpListenAddresses.isEmpty)
+        #expect(udp.peerAddress == nil, "systemd's UDP socket was connected")
+        #expect(unix.peerAddress == nil, "systemd's Unix socket was connected")
+        #expect(fileExists(path), "systemd's socket file was removed")
+        #expect(!fileExists(addedPath), "the refused reload bound a Unix listener")
+
+        // Both of systemd's sockets still relay.
+        try send((0..<20).map { "udp.kept.\($0):1|c" }, to: udp.localAddress)
+        try sendUnix((0..<8).map { "unix.kept.\($0):1|c" }, to: path)
+        #expect(try collect(from: [backend], expectedLines: 28).lines[0].count == 28)
+
+        // A reload that keeps the listeners is not refused.
+        var kept = running
+        kept.flushIntervalNanoseconds = running.flushIntervalNanoseconds * 2
+        #expect(try relay.reload(to: kept, addresses: [backend.address]).workersNotApplied == 0)
+        #expect(relay.reloads.succeeded == 1)
+        relay.stop()
+        let (counters, failures) = relay.wait()
+        #expect(failures.isEmpty)
+        #expect(counters[.linesForwarded] == 28)
+        #expect(udp.peerAddress == nil && unix.peerAddress == nil)
+        #expect(fileExists(path))
+    }
+
     @Test("Unix sockets that do not fit are refused naming the socket: another path, a stream socket")
     func mismatch() throws {
         let path = temporaryUnixPath("wanted")

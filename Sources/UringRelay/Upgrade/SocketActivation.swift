@@ -17,7 +17,8 @@ public enum SocketActivation {
     /// Matches `passed` (address and name per socket) to `configuration`'s listeners.
     ///
     /// - Throws: `ConfigurationError` (exit 64) naming the socket or listener that does not
-    ///   fit: not a bound UDP socket, Unix datagram socket or listening TCP socket, bound to an
+    ///   fit: connected (`getpeername` succeeds), not a bound UDP socket, Unix datagram socket
+    ///   or listening TCP socket, bound to an
     ///   address or path no listener has, a listener without one, or a count that is neither 1
     ///   nor `--threads` (1 for a Unix listener: a path binds once).
     public static func listeners(
@@ -29,6 +30,13 @@ public enum SocketActivation {
         var byTCPListener = Array(repeating: [SocketBox](), count: wantedTCP.count)
         for (index, entry) in passed.enumerated() {
             let label = "LISTEN_FDS socket \(index)\(entry.name.isEmpty ? "" : " (\(entry.name))")"
+            // A connected socket takes only its peer's datagrams: one a relay stopped connects to
+            // itself and takes none, so every datagram to its address would be lost uncounted.
+            if let peer = entry.socket.socket.peerAddress {
+                throw ConfigurationError(
+                    argument: "LISTEN_FDS", value: label,
+                    reason: "descriptor \(entry.socket.socket.descriptor) is connected to \(peer): a listener's socket takes datagrams from any sender; restart the socket unit (systemctl restart statsrelay.socket) to get a fresh one")
+            }
             if TCPListenSocket.isStream(entry.socket), TCPListenSocket.boundAddress(of: entry.socket) != nil {
                 // ListenStream= of an IP address: a TCP ingest listener's (a Unix stream
                 // socket is refused below, as no datagram socket).
