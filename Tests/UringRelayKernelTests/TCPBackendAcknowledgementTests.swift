@@ -169,7 +169,7 @@ struct TCPBackendAcknowledgementTests {
         #expect(Set(backend.lines).count == backend.lines.count, "no line twice")
     }
 
-    @Test("a backend that sends a banner, then reads everything and closes: what it sent is read and thrown away (counted), so its close is seen while running, without a write into it",
+    @Test("a backend that sends a banner, then reads everything and closes: what it sent is read and thrown away (counted), so its close is seen while running, before the next write goes into it",
           arguments: ioDrivers)
     func closedAfterBanner(driver: IOBackendChoice) throws {
         try requireDriver(driver)

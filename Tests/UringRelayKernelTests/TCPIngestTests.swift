@@ -286,7 +286,7 @@ struct TCPIngestTests {
         #expect(counters[.linesDroppedTCPPartial] == 0, "an over-long line is not a partial line")
     }
 
-    @Test("--tcp-max-connections: a connection over the limit is accepted and closed at once, and counted refused", arguments: ioDrivers)
+    @Test("--tcp-max-connections: a connection over the limit is accepted and reset at once, and counted refused", arguments: ioDrivers)
     func maxConnections(driver: IOBackendChoice) throws {
         try requireDriver(driver)
         let backend = try TestBackend()
