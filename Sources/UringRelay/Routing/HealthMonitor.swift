@@ -466,8 +466,12 @@ public final class HealthMonitor: Sendable {
     ///   - policy: the down-policy in force.
     private func publishAllDownChange(_ state: AllDownState, from previous: AllDownState.Mode, policy: DownPolicy) {
         let metadata: Logger.Metadata = ["policy": "\(policy.rawValue)"]
-        failingOpen.store(state.isFailingOpen, ordering: .relaxed)
-        activations.store(state.activations, ordering: .relaxed)
+        // Logged before it is published: whoever sees the gauge or the count change (a scrape,
+        // a test) finds the log line that explains it already written.
+        defer {
+            activations.store(state.activations, ordering: .relaxed)
+            failingOpen.store(state.isFailingOpen, ordering: .relaxed)
+        }
         switch (previous, state.mode) {
         case (.failingOpen, .relaying):
             logger.info("a backend is up again; failing open ends", metadata: metadata)
