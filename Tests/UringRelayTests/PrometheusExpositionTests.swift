@@ -178,6 +178,28 @@ struct PrometheusExpositionTests {
         }
     }
 
+    @Test("before any worker counts by listener, each listener family shows a zero series per listener it counts: TCP families only under tcp: listeners, none on a UDP-only relay, no joined label")
+    func listenersNotYetCounted() {
+        var snapshot = exampleSnapshot()
+        snapshot.counters = RelayCounters(backends: ["10.0.0.1:8125", "10.0.0.2:8125"])
+        snapshot.listeners = ["udp:127.0.0.1:8125", "unixgram:/run/s.sock", "tcp:127.0.0.1:8126"]
+        let samples = PrometheusSample.parse(PrometheusExposition.render(snapshot))
+        func listeners(of family: String, reason: String? = nil) -> [String] {
+            samples.filter { $0.name == family && $0.labels["reason"] == reason }.compactMap { $0.labels["listener"] }
+        }
+        #expect(listeners(of: "statsrelay_datagrams_received_total") == snapshot.listeners)
+        #expect(listeners(of: "statsrelay_tcp_connections_accepted_total") == ["tcp:127.0.0.1:8126"])
+        #expect(listeners(of: "statsrelay_tcp_connections_closed_total", reason: "peer") == ["tcp:127.0.0.1:8126"])
+        let labelled = samples.filter { $0.labels["listener"] != nil }
+        #expect(!labelled.contains { ($0.labels["listener"] ?? "").contains(",") })
+        #expect(labelled.allSatisfy { $0.value == 0 })
+
+        snapshot.listeners = ["udp:127.0.0.1:8125"]
+        let udpOnly = PrometheusSample.parse(PrometheusExposition.render(snapshot))
+        #expect(udpOnly.filter { $0.name.hasPrefix("statsrelay_tcp_connections_") }.isEmpty)
+        #expect(udpOnly.filter { $0.name == "statsrelay_datagrams_received_total" }.map(\.labels) == [["listener": "udp:127.0.0.1:8125"]])
+    }
+
     @Test("a backend that left the pool keeps its counts in the exposition")
     func retiredBackend() {
         var counters = RelayCounters(backends: ["a:1", "b:2"])

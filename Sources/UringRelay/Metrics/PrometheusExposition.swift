@@ -141,21 +141,37 @@ public enum PrometheusExposition {
             // drop reasons are not split by listener and carry no `listener` label: a label
             // naming the listeners in force would rename their series (and break `rate()`)
             // whenever a reload adds or removes a listener.
-            let listener = snapshot.listeners.count == 1 ? snapshot.listeners[0] : snapshot.listeners.joined(separator: ",")
             var samples: [Sample] = []
             for (counter, reason) in relayCountersByFamily[family.name] ?? [] {
                 var values: [String: String] = [:]
                 if let reason { values["reason"] = reason }
-                if let split = ListenerCounter.split(of: counter), !snapshot.counters.listeners.isEmpty {
-                    for name in snapshot.counters.listeners where !split.isTCP || name.hasPrefix("tcp:") {
+                guard let split = ListenerCounter.split(of: counter) else {
+                    samples.append(Sample(labels: labels(values), value: "\(snapshot.counters[counter])"))
+                    continue
+                }
+                // A TCP family is counted for the TCP listeners only, the others for every one.
+                func counts(_ name: String) -> Bool { !split.isTCP || name.hasPrefix("tcp:") }
+                if !snapshot.counters.listeners.isEmpty {
+                    for name in snapshot.counters.listeners where counts(name) {
                         values["listener"] = name
                         samples.append(Sample(labels: labels(values), value: "\(snapshot.counters[split, listener: name])"))
                     }
+                    continue
+                }
+                // No worker has counted by listener yet (the first moments after a start): the
+                // total goes under the listeners in force the family counts, each its own series
+                // as the workers will show it, not under a label no later scrape repeats.
+                let total = snapshot.counters[counter]
+                let names = snapshot.listeners.filter(counts)
+                if names.count == 1 || total == 0 {
+                    for name in names {
+                        values["listener"] = name
+                        samples.append(Sample(labels: labels(values), value: "\(total)"))
+                    }
                 } else {
-                    // A split counter before any listener is counted (a worker not yet started)
-                    // has only its total, under the listeners in force.
-                    if ListenerCounter.split(of: counter) != nil { values["listener"] = listener }
-                    samples.append(Sample(labels: labels(values), value: "\(snapshot.counters[counter])"))
+                    // Counts that cannot be split (none known to be taken yet): under them all.
+                    values["listener"] = (names.isEmpty ? snapshot.listeners : names).joined(separator: ",")
+                    samples.append(Sample(labels: labels(values), value: "\(total)"))
                 }
             }
             return samples
