@@ -240,6 +240,9 @@ public final class HealthMonitor: Sendable {
             if stopping.load(ordering: .acquiring) { return }
             now = MonotonicClock.nanoseconds()
             var changed = false
+            // What ends every backend being down, should this pass end it: a check's recovery
+            // unless a reload turned checks off or replaced the pool.
+            var allDownEnd = AllDownEnd.backendUp
             // Between rounds: new settings from a reload.
             settingsChanged.reset()
             let latestSettings = settings.withLock { $0 }
@@ -264,6 +267,7 @@ public final class HealthMonitor: Sendable {
                     if down.contains(true) {
                         down = Array(repeating: false, count: count)
                         changed = true
+                        allDownEnd = .checksOff
                         logger.info("health checks off: every backend is up", metadata: ["health_check": "none"])
                     }
                 }
@@ -292,6 +296,7 @@ public final class HealthMonitor: Sendable {
                     }
                 }
                 changed = true
+                allDownEnd = .poolChanged
             }
             if !named.isEmpty && now >= nextResolve {
                 nextResolve = now &+ config.dnsRefreshNanoseconds
@@ -381,7 +386,7 @@ public final class HealthMonitor: Sendable {
             // After a round, a new policy or a new pool alike: the mode follows from the facts
             // now, whatever changed them.
             if let previous = allDownState.update(allDown: count > 0 && !down.contains(false), policy: config.onBackendDown) {
-                publishAllDownChange(allDownState, from: previous, policy: config.onBackendDown)
+                publishAllDownChange(allDownState, from: previous, policy: config.onBackendDown, endedBy: allDownEnd)
             }
             // Routing first: whoever reads a status finds the routing already reflecting it.
             if changed { routing.publish(down: down, addresses: addresses, membership: pool.membership) }
@@ -464,7 +469,10 @@ public final class HealthMonitor: Sendable {
     ///   - state: the state after the change.
     ///   - previous: the mode before it.
     ///   - policy: the down-policy in force.
-    private func publishAllDownChange(_ state: AllDownState, from previous: AllDownState.Mode, policy: DownPolicy) {
+    ///   - endedBy: what ended every backend being down, if the change is that end.
+    private func publishAllDownChange(
+        _ state: AllDownState, from previous: AllDownState.Mode, policy: DownPolicy, endedBy: AllDownEnd
+    ) {
         let metadata: Logger.Metadata = ["policy": "\(policy.rawValue)"]
         // Logged before it is published: whoever sees the gauge or the count change (a scrape,
         // a test) finds the log line that explains it already written.
@@ -474,9 +482,9 @@ public final class HealthMonitor: Sendable {
         }
         switch (previous, state.mode) {
         case (.failingOpen, .relaying):
-            logger.info("a backend is up again; failing open ends", metadata: metadata)
+            logger.info("\(endedBy.rawValue); failing open ends", metadata: metadata)
         case (.holding, .relaying):
-            logger.info("a backend is up again; relaying resumes", metadata: metadata)
+            logger.info("\(endedBy.rawValue); relaying resumes", metadata: metadata)
         case (.failingOpen, .holding):
             // A reload to `hold` with every backend still down.
             logger.info("failing open ends: the down-policy is now hold", metadata: metadata)
@@ -494,4 +502,14 @@ public final class HealthMonitor: Sendable {
             break
         }
     }
+}
+
+/// What ended every backend being down, as the log line that says so names it.
+enum AllDownEnd: String {
+    /// A backend passed its checks again.
+    case backendUp = "a backend is up again"
+    /// A reload turned health checks off: every backend is up.
+    case checksOff = "health checks are off"
+    /// A reload or `replaceBackends` changed the pool, and not every backend of it is down.
+    case poolChanged = "the backend pool changed"
 }
