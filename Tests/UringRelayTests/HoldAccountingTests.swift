@@ -15,6 +15,9 @@ private struct HoldingWorkers: ~Copyable {
     var now: UInt64 = 1_000_000_000
     /// Lines each backend was sent, by every worker (replayed ones included).
     var sentLines = [0, 0]
+    /// The lines each backend was sent, in the order they were handed out (a pool change's
+    /// flush aside).
+    var sentText: [[Substring]] = [[], []]
 
     init(holdBytes: Int, workers: Int) throws {
         precondition((1...2).contains(workers))
@@ -52,14 +55,16 @@ private struct HoldingWorkers: ~Copyable {
     mutating func turn(_ index: Int, datagram: [UInt8]? = nil) {
         now += 1_000_000_000
         if index == 0 {
-            Self.turn(&first, now: now, datagram: datagram, sentLines: &sentLines)
+            Self.turn(&first, now: now, datagram: datagram, sentLines: &sentLines, sentText: &sentText)
         } else if var core = second.take() {
-            Self.turn(&core, now: now, datagram: datagram, sentLines: &sentLines)
+            Self.turn(&core, now: now, datagram: datagram, sentLines: &sentLines, sentText: &sentText)
             second = consume core
         }
     }
 
-    private static func turn(_ core: inout RelayCore, now: UInt64, datagram: [UInt8]?, sentLines: inout [Int]) {
+    private static func turn(
+        _ core: inout RelayCore, now: UInt64, datagram: [UInt8]?, sentLines: inout [Int], sentText: inout [[Substring]]
+    ) {
         core.beginTurn(now: now)
         if core.hasPendingPool {
             // A pool change (a reload of the policy): the old pool's batches go first, as a driver sends them.
@@ -77,6 +82,8 @@ private struct HoldingWorkers: ~Copyable {
         }
         _ = core.endTurn(now: now, moreToReceive: false)
         while let (slot, backend) = core.nextOutgoing() {
+            let packet = core.sendBuffers.withBytes(ofSlot: slot) { String(decoding: Array(copying: $0), as: UTF8.self) }
+            if backend < sentText.count { sentText[backend] += packet.split(separator: "\n") }
             let outcome = core.sendCompleted(slot: slot, result: Int32(core.sendBuffers.length(of: slot)))
             sentLines[backend] += outcome.lines
         }
@@ -232,6 +239,50 @@ struct HoldAccountingTests {
             #expect(counters[.linesDroppedBackendDown] == UInt64(toDown[1]))
             #expect(relay.sentLines[0] + relay.sentLines[1] == 900 * 5 - toDown[1], "every line sent once, or dropped and counted")
         }
+    }
+
+    /// A reload from `hold` to `rehash` or `drop` while every backend is down: failing open,
+    /// each backend counts as up, so what was held for it replays at once and the lines that
+    /// come after it queue behind, never ahead (a gauge's older value would otherwise land last).
+    @Test("leaving hold with every backend down: failing open, the held lines go first to each primary and a worker's newer ones after them; each line sent once, counted once",
+          arguments: [DownPolicy.rehash, .drop], [1, 2])
+    func leavingHoldAllDown(policy: DownPolicy, workers: Int) throws {
+        var relay = try HoldingWorkers(holdBytes: 64 << 20, workers: workers)
+        relay.routing.publish(down: [true, true], addresses: relay.addresses)
+        let (datagrams, perBackend) = traffic(600)
+        let router = Router(backendCount: 2)
+        func byBackend(_ datagrams: ArraySlice<[UInt8]>) -> [[Substring]] {
+            var lines: [[Substring]] = [[], []]
+            for datagram in datagrams {
+                for line in String(decoding: datagram, as: UTF8.self).split(separator: "\n") {
+                    lines[router.backend(forName: String(line.prefix { $0 != ":" }))].append(line)
+                }
+            }
+            return lines
+        }
+        let (held, after) = (byBackend(datagrams[0..<300]), byBackend(datagrams[300...]))
+        for (index, datagram) in datagrams[0..<300].enumerated() { relay.turn(index % workers, datagram: datagram) }
+        #expect(relay.sentLines == [0, 0], "everything held while every backend is down under hold")
+
+        relay.routing.replaceBackends(relay.routing.current.backends, addresses: relay.addresses, policy: policy)
+        for (index, datagram) in datagrams[300...].enumerated() { relay.turn(index % workers, datagram: datagram) }
+        for _ in 0..<20 {
+            for index in 0..<workers { relay.turn(index) }
+        }
+        let counters = relay.finish()
+        for backend in 0..<2 {
+            let sent = relay.sentText[backend]
+            #expect(Set(sent).count == sent.count, "backend \(backend): a line sent twice")
+            #expect(sent.sorted() == (held[backend] + after[backend]).sorted(), "backend \(backend): every line once")
+            // One worker's lines keep their order; two workers' lines have none between them.
+            if workers == 1 { #expect(sent == held[backend] + after[backend], "backend \(backend): held lines first, oldest first") }
+        }
+        #expect(counters[.linesHeld] >= UInt64(held[0].count + held[1].count))
+        #expect(counters[.linesReplayed] == counters[.linesHeld], "everything held was replayed")
+        #expect(counters[.linesDroppedHeldAtExit] == 0 && counters[.linesDroppedHoldOverflow] == 0)
+        #expect(counters[.linesDroppedBackendDown] == 0 && counters[.linesRehashed] == 0)
+        #expect(counters[.linesFailOpen] == UInt64(after[0].count + after[1].count))
+        #expect(relay.sentLines[0] + relay.sentLines[1] == perBackend[0] + perBackend[1])
     }
 
     @Test("--hold-bytes 0 is accepted: it means hold nothing")

@@ -75,7 +75,7 @@ struct SendBufferPoolTests {
 
 extension Array where Element == UInt8 {
     /// The bytes of `span`.
-    fileprivate init(copying span: RawSpan) {
+    init(copying span: RawSpan) {
         self = (0..<span.byteCount).map { span.unsafeLoad(fromByteOffset: $0, as: UInt8.self) }
     }
 }

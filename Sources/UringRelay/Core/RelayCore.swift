@@ -519,8 +519,9 @@ public struct RelayCore: ~Copyable {
     /// first. A packet for a backend that is down under the `hold` policy is held instead, and
     /// so is one for a backend that is up while packets held for it wait to be replayed
     /// (nothing newer may overtake them), whatever the policy: what was held before a reload
-    /// left `hold` drains as it would have under `hold`. A backend down under another policy
-    /// gets only what that policy sends it (failing open), at once.
+    /// left `hold` drains as it would have under `hold`. Failing open, every backend counts as
+    /// up, so held packets replay to it then too and newer ones queue behind them. A backend
+    /// down under another policy gets only what that policy sends it, at once.
     @inline(__always)
     public mutating func nextOutgoing() -> (slot: Int, backend: Int)? {
         if replayedHead < replayed.count {
@@ -538,7 +539,8 @@ public struct RelayCore: ~Copyable {
             // A mirror packet (past the pool's backends) is never held.
             if (holds.heldPackets > 0 || (processor.router.downCount > 0 && processor.router.policy == .hold))
                 && !processor.assembler.isMirror(backend)
-                && (processor.router.down[backend] ? processor.router.policy == .hold : holds.isHolding(backend)) {
+                && (processor.router.down[backend] && !processor.router.isFailingOpen
+                    ? processor.router.policy == .hold : holds.isHolding(backend)) {
                 hold(slot, for: backend)
                 continue
             }
@@ -563,7 +565,9 @@ public struct RelayCore: ~Copyable {
         flush = flush.map { min($0, publication) } ?? publication
         guard holds.heldPackets > 0 else { return flush }
         let router = processor.router
-        let replay = holds.nextReplayTime(now: now, isReplaying: { !router.down[$0] })
+        let failingOpen = router.isFailingOpen
+        // As `replayHeld` picks them: the backends up, or all of them while failing open.
+        let replay = holds.nextReplayTime(now: now, isReplaying: { failingOpen || !router.down[$0] })
         guard let replay else { return flush }
         return flush.map { min($0, replay) } ?? replay
     }
@@ -729,10 +733,13 @@ public struct RelayCore: ~Copyable {
 
     /// Puts held packets back on the wire for backends that are up, oldest first, as fast as
     /// the replay pace allows, ahead of any newer packet for them. Whatever the policy: packets
-    /// held before a reload left `hold` are replayed all the same.
+    /// held before a reload left `hold` are replayed all the same, and failing open (a reload
+    /// left `hold` with every backend down) to every backend, as if each were up.
     private mutating func replayHeld(now: UInt64) {
         guard holds.heldPackets > 0, !poolChangePending else { return }
-        for backend in 0..<holds.backendCount where holds.isHolding(backend) && !processor.router.down[backend] {
+        let failingOpen = processor.router.isFailingOpen
+        for backend in 0..<holds.backendCount
+        where holds.isHolding(backend) && (failingOpen || !processor.router.down[backend]) {
             // The mirror's unused slots are not the primary's to replay into.
             while processor.assembler.pool.freeCount - processor.assembler.mirrorSlotsFree > 2 * processor.assembler.reserveSlots,
                   let (slot, lines) = processor.assembler.replay(from: &holds, backend: backend, now: now) {
