@@ -160,15 +160,14 @@ public struct SendBatch: ~Copyable {
     /// failed when the socket holds a pending error again (taken here, as the next send would),
     /// and sent once more otherwise.
     ///
-    /// With `MSG_DONTWAIT`, a call that finds the socket buffer full fails with `EAGAIN` or
-    /// stops short: that packet and the rest of the group are left unsent with `-EAGAIN`, in
-    /// order, for the caller to send later, once `waitUntil` (a `MonotonicClock` time; 0: no
-    /// wait, `.max`: a blocking send, without `MSG_DONTWAIT`) has passed; before it, the call
-    /// waits for room and goes on. A short non-blocking call is taken for a full buffer, not
-    /// retried, when the socket holds no error (`holdsNoError`: no refusal can have stopped
-    /// it) or its charged bytes leave no room for two more such packets (`sendBufferFull`):
-    /// retrying it at once would send it if room came back in between, and count a full
-    /// buffer as a refusal retried.
+    /// With `MSG_DONTWAIT`, a call that finds the socket buffer full fails with `EAGAIN`: that
+    /// packet and the rest of the group are left unsent with `-EAGAIN`, in order, for the
+    /// caller to send later, once `waitUntil` (a `MonotonicClock` time; 0: no wait, `.max`: a
+    /// blocking send, without `MSG_DONTWAIT`) has passed; before it, the call waits for room
+    /// and goes on. A short non-blocking call is not a refusal when the socket holds no error
+    /// (`holdsNoError`: no refusal can have stopped it) or its charged bytes leave no room for
+    /// two more such packets (`sendBufferFull`): the call is made again at once from the
+    /// packet it stopped at, not counted as retried, and its first result says what it was.
     private mutating func sendGroup(_ range: Range<Int>, descriptor: Int32, waitUntil: UInt64) {
         let flags = waitUntil == .max ? 0 : Int32(MSG_DONTWAIT)
         var next = range.lowerBound
@@ -188,12 +187,15 @@ public struct SendBatch: ~Copyable {
                     } else if flags & Int32(MSG_DONTWAIT) != 0
                         && (Self.holdsNoError(descriptor) || Self.sendBufferFull(descriptor, packetBytes: vectors[next].iov_len))
                     {
-                        // A full buffer stopped the call (not a refusal): the packet and the
-                        // rest wait for room, here until `waitUntil`, else sent again later in
-                        // order, not counted as retried.
-                        if Self.waitForRoom(descriptor, until: waitUntil) { continue }
-                        for index in next..<range.upperBound { results[Int(order[index])] = -EAGAIN }
-                        return
+                        // Not a refusal: a full buffer, or the packet's own error, which the
+                        // short call dropped (a firewall's `drop` fails the send with `EPERM`
+                        // and leaves nothing behind). A call from it at once tells them apart,
+                        // not counted as retried: a full buffer fails it with `EAGAIN` (waited
+                        // for or left for later, below), its own error becomes its result, and
+                        // room come back since sends it. Taking every short call for a full
+                        // buffer left such a packet and the rest for the next turn, a packet
+                        // or two a turn while the error lasted.
+                        continue
                     } else {
                         retried[stopped] = true
                     }

@@ -65,7 +65,8 @@ public protocol SocketErrorSink {
 /// - the queue is charged to the socket's receive buffer: with the default `SO_RCVBUF`
 ///   (208 KiB) it holds about 255 entries for 100-byte datagrams and 166 for datagrams of
 ///   520 bytes or more; further entries are dropped silently (the pending error still fails the
-///   next send). So drain before a socket can have ~150 refused datagrams outstanding.
+///   next send). So drain before a socket can have ~150 refused datagrams outstanding; the
+///   backend sockets ask for a larger buffer (`UDPSocket.errorQueueBufferBytes`) as a margin.
 public struct SocketErrorReport: Equatable, Sendable {
     /// ICMP (or ICMPv6) port unreachable entries. See `SocketError.Kind.refused`.
     public var refused: Int

@@ -138,6 +138,10 @@ public struct UDPSocket: ~Copyable {
         } catch { throw SystemCallError("setsockopt SO_DETACH_REUSEPORT_BPF", localAddress.description, error) }
     }
 
+    /// The receive buffer asked for a connected (backend) socket, whose only traffic is its
+    /// error queue: 4 MiB (about 3 000 ICMP errors of full-size datagrams).
+    public static let errorQueueBufferBytes = 4 << 20
+
     /// Opens a socket connected to `address`, so that sends need no destination, with its error
     /// queue enabled (`IP_RECVERR`/`IPV6_RECVERR`): each ICMP error about a datagram it sent
     /// (port unreachable: `ECONNREFUSED`) is queued for `takeErrors(limit:)`, one entry per
@@ -158,6 +162,15 @@ public struct UDPSocket: ~Copyable {
             do throws(Errno) { try socket.setOption(SOL_SOCKET, SO_SNDBUFFORCE, value) } catch {
                 try? socket.setOption(SOL_SOCKET, SO_SNDBUF, value)
             }
+        }
+        // Nothing is received here but the error queue, which is charged to the receive buffer:
+        // room for thousands of entries where the limit may be raised, else twice `rmem_max`
+        // (~330 entries with Linux's default), so that a burst of refusals between two drains
+        // is not cut short (an entry dropped leaves its refused packet counted as sent). Only
+        // what is queued is charged; nothing is reserved.
+        let errorQueue = Int32(Self.errorQueueBufferBytes)
+        do throws(Errno) { try socket.setOption(SOL_SOCKET, SO_RCVBUFFORCE, errorQueue) } catch {
+            try? socket.setOption(SOL_SOCKET, SO_RCVBUF, errorQueue)
         }
         do throws(Errno) {
             _ = try address.withUnsafeSockaddr { pointer, length throws(Errno) in

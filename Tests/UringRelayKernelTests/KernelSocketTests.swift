@@ -63,6 +63,23 @@ struct KernelSocketTests {
         }
     }
 
+    /// The queue is charged to the socket's receive buffer, where Linux's default holds ~166
+    /// entries of full-size datagrams and drops the rest without a word: the backend socket asks
+    /// for more (`UDPSocket.errorQueueBufferBytes`; twice `rmem_max`, ~330, where it may not).
+    @Test("a backend socket's error queue keeps a burst of refusals beyond what the default buffer holds: 500 full-size datagrams sent undrained, each counted once as refused or failed")
+    func errorQueueHoldsABurst() throws {
+        let datagrams = 500
+        let socket = try UDPSocket.connected(to: try Self.deadAddress(host: "127.0.0.1"))
+        let payload = [UInt8](repeating: UInt8(ascii: "b"), count: 1_200)
+        var accepted = 0
+        for _ in 0..<datagrams where (try? socket.send(payload)) != nil { accepted += 1 }
+        // Undrained, refusals and failed sends alternate (see above): about 250 entries queued.
+        #expect(accepted > 200, "only \(accepted) sends accepted")
+        let report = try Self.drainUntil(socket, accounts: accepted, current: SocketErrorReport())
+        #expect(report.refused == accepted, "\(accepted) datagrams accepted, \(report.refused) refusals kept")
+        #expect(!report.reachedLimit)
+    }
+
     @Test("to a live port, every send succeeds and the error queue stays empty", arguments: hosts)
     func livePortHasNoRefusals(host: String) throws {
         let backend = try TestBackend(host: host)

@@ -271,6 +271,42 @@ struct RefusalSocketTests {
         #expect(quoted == (0..<40).map { Optional($0) }, "each refusal quotes one packet, in the order they were sent")
     }
 
+    /// A firewall's `drop` in the output hook fails the send with `EPERM` and leaves no error on
+    /// the socket; `sendmmsg` reports only the packets before it. Sending without waiting (a
+    /// stop, a mirror), such a short call was taken for a full buffer and the rest of the batch
+    /// left for the next turn: a packet or two a turn while the rule dropped.
+    @Test("sendmmsg without waiting past a firewall that drops every second packet: each packet sent or failed in this batch, none left for later as if the buffer were full; what it says was sent arrived")
+    func firewallDropIsNotAFullBuffer() throws {
+        let (results, received) = try inNetworkNamespace { loadRules in
+            let backend = try TestBackend()
+            try loadRules("""
+                table inet statsrelay_test {
+                    chain drop_half {
+                        type filter hook output priority 0;
+                        udp dport \(backend.address.port) numgen inc mod 2 == 1 drop
+                    }
+                }
+                """)
+            let sockets = try BackendSockets(connecting: [backend.address], sendBufferBytes: 1 << 20)
+            var pool = try SendBufferPool(capacity: 64, slotBytes: 1_024)
+            var batch = SendBatch(capacity: 64)
+            for index in 0..<40 {
+                let acquired = pool.acquire(for: 0)
+                let slot = try #require(acquired)
+                pool.append(Array("dropped.half.\(index):1|c".utf8).span.bytes, to: slot)
+                batch.append(slot: slot, backend: 0)
+            }
+            batch.send(from: pool, to: sockets, nonBlocking: true)
+            let results = (0..<40).map { batch.result($0) }
+            let sent = results.filter { $0 > 0 }.count
+            return (results, try collect(from: [backend], expectedLines: sent, seconds: 5, settleMilliseconds: 20).totalLines)
+        }
+        #expect(!results.contains(-EAGAIN), "left for later: \(results)")
+        #expect(results.allSatisfy { $0 > 0 || $0 == -EPERM }, "\(results)")
+        #expect(received == results.filter { $0 > 0 }.count)
+        #expect(received > 20, "the packets the rule dropped went again at once: \(results)")
+    }
+
     @Test("a backend that moves while a send is in flight: that send's outcome and its refusal count in the old socket's ledger; the new socket's packets in the new one")
     func sendsInFlightFollowTheirSocket() throws {
         let dead = try Self.deadAddress()

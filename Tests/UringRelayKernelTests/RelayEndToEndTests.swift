@@ -143,6 +143,38 @@ struct RelayEndToEndTests {
         #expect(counters[.linesUnconfirmedAtExit] == 0)
     }
 
+    /// A worker that takes a large backlog at once sends hundreds of packets to one backend in
+    /// a turn; a refusing backend's error queue must not overflow between two reads of it (an
+    /// ICMP error the kernel drops leaves its refused packet counted as sent).
+    @Test("a burst to a refusing backend (2 000 packets queued while the relay is stopped): no line counted as sent, each refused or failed", arguments: ioDrivers)
+    func refusingBackendBurst(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let deadPort = try unusedPort()
+        let backend = "127.0.0.1:\(deadPort)"
+        let relay = try RelayProcess(driver: driver, [
+            "--bind", "127.0.0.1", "--port", "0", "--threads", "1", "--rcvbuf", "64M", backend,
+        ])
+        let address = try relay.listenAddress()
+        try #require(relay.suspend(), "the relay did not stop")
+        // Datagrams of 48 lines, about 1 350 bytes: one packet each at the default --packet-len.
+        let datagrams = (0..<2_000).map { index in
+            (0..<48).map { "burst.metric.\(index).\($0):\($0)|c" }.joined(separator: "\n")
+        }
+        let lines = UInt64(datagrams.count * 48)
+        try send(datagrams, to: address)
+        relay.signal(SIGCONT)
+        let forwarded = poll(seconds: 20) { (relay.liveReport()?["statsrelay.lines_forwarded"] ?? 0) >= lines }
+        #expect(forwarded, "not every line was forwarded: \(relay.standardError.suffix(800))")
+        relay.signal(SIGTERM)
+        #expect(relay.waitForExit() == 0)
+        #expect(relay.counter("statsrelay.datagrams_received") == UInt64(datagrams.count))
+        #expect(relay.counter("statsrelay.backend.lines_sent{backend=\"\(backend)\"}") == 0, "a delivery to a dead backend was claimed")
+        let refused = relay.counter("statsrelay.backend.lines_dropped.refused{backend=\"\(backend)\"}") ?? 0
+        let failed = relay.counter("statsrelay.backend.lines_dropped.send_error{backend=\"\(backend)\"}") ?? 0
+        #expect(refused > 0)
+        #expect(refused + failed == lines, "refused \(refused) + failed \(failed) of \(lines) lines")
+    }
+
     @Test("a lone line at low traffic is flushed by the timer, without waiting for more lines", arguments: ioDrivers)
     func loneLineFlushed(driver: IOBackendChoice) throws {
         try requireDriver(driver)

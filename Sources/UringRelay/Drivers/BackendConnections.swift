@@ -140,6 +140,19 @@ struct BackendConnections: ~Copyable {
     /// Reads the error queues that are due and counts what the ledgers settled.
     mutating func settle(now: UInt64, into core: inout RelayCore) {
         let aged = now &- Self.confirmationSlackNanoseconds
+        settleBackends(now: now, aged: aged, into: &core)
+        retired.settle(now: now, aged: aged, into: &core)
+        reportStreams(into: &core, now: now)
+    }
+
+    /// Reads the error queues of the backends due for it (`DeliveryLedger.needsDrain`: a
+    /// `drainEvery` of packets sent since the last read, or an unconfirmed packet old enough)
+    /// and counts what their ledgers settled. A driver that can send more than that to one
+    /// backend within a turn (the portable one: several `sendmmsg` batches) calls it after each
+    /// batch too: a socket's error queue is charged to its receive buffer, and an entry the
+    /// kernel drops for want of room would leave its refused packet counted as sent.
+    mutating func settleBackends(now: UInt64, aged: UInt64? = nil, into core: inout RelayCore) {
+        let aged = aged ?? now &- Self.confirmationSlackNanoseconds
         for backend in ledgers.indices {
             if ledgers[backend].needsDrain(now: aged) {
                 ledgers[backend].drain(backend, of: sockets, now: now)
@@ -148,8 +161,6 @@ struct BackendConnections: ~Copyable {
             }
             core.countDelivery(ledgers[backend].takeReport(), backend: identities[backend])
         }
-        retired.settle(now: now, aged: aged, into: &core)
-        reportStreams(into: &core, now: now)
     }
 
     /// When a ledger's oldest packet will be due for confirmation, with the slack (so an idle

@@ -125,7 +125,9 @@ extension PortableDriver: WorkerTransport {
 
     @inline(__always)
     mutating func receive(_ worker: inout WorkerState, now: UInt64) -> Bool {
-        busy = receiving ? receiveAll(&worker, now: now) : false
+        // Once receiving has stopped, what the last batch still holds is relayed all the same
+        // (as the io_uring driver relays its queue), not left to be dropped at exit.
+        busy = receiving ? receiveAll(&worker, now: now) : batchNext < batchCount && !relayBatch(&worker, now: now)
         busyTurns += busy ? 1 : 0
         return busy
     }
@@ -148,7 +150,7 @@ extension PortableDriver: WorkerTransport {
 
     var sendsPending: Int { deferred.count }
 
-    func isIdle(_ worker: borrowing WorkerState) -> Bool { deferred.isEmpty }
+    func isIdle(_ worker: borrowing WorkerState) -> Bool { deferred.isEmpty && batchNext >= batchCount }
 
     /// Nothing more to collect: every send made has its result.
     mutating func lastCompletions(_ worker: inout WorkerState, now: UInt64) {}
@@ -305,6 +307,9 @@ extension PortableDriver {
             worker.connections.record(outcome, slot: slot, now: now)
         }
         sends.removeAll()
+        // A turn can send many batches: each backend's error queue is read as often as its
+        // ledger asks (every `drainEvery` packets), not only once a turn.
+        worker.connections.settleBackends(now: now, into: &worker.core)
     }
 
     /// Points the poll set's TCP entries at the sockets of links waiting to become writable
