@@ -446,58 +446,57 @@ static const unsigned char cl_name_tail_masks[32] = {
     0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
 
-/// One 16-byte block of `cl_line_stop` at `offset`, `keep` masking off the bytes seen already:
-/// records the block's first ':' while none is found, and returns 1 with `*stop` set when the
-/// block holds a '\n', '\r' or NUL. A block is first tested for any byte up to '\r' (one
-/// compare: '\n', '\r' and NUL are the only such bytes in a common line), and only then for
-/// the three exactly. With `hashing` (a block that starts a multiple of 16 bytes after the
-/// line), a block before the first ':' is mixed into `*hash` whole, and the one holding it up
-/// to the ':' (`cl_name_hash_block`).
+/// Whether the 16-byte block `v` of `bytes` at `offset` holds a '\n', '\r' or NUL among the
+/// bytes `keep` selects: 0 if not, else 2 when the first is a '\n' and 1 when it is a '\r' or
+/// NUL, with `*stop` set to its offset. A block is first tested for any byte up to '\r' (one
+/// compare: '\n', '\r' and NUL are the only such bytes in a common line); the first such byte,
+/// read, is the stop when it is a '\n' (every stop is such a byte), and only otherwise (a '\r',
+/// a NUL, or a tab, which stops nothing) is the block tested for the three exactly.
 static inline __attribute__((always_inline))
-int cl_line_block(const unsigned char *bytes, size_t offset, unsigned keep, size_t length, size_t *found_colon,
-                  size_t *stop, int hashing, unsigned long long *hash, unsigned long long key) {
-    __m128i v = _mm_loadu_si128((const __m128i *)(bytes + offset));
-    if (*found_colon == length) {
-        unsigned colon_bits = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(':'))) & keep;
-        if (colon_bits) {
-            unsigned at = (unsigned)__builtin_ctz(colon_bits);
-            *found_colon = offset + at;
-            if (hashing && at > 0) {
-                __m128i name = _mm_and_si128(v, _mm_loadu_si128((const __m128i *)(cl_name_tail_masks + 16 - at)));
-                *hash = cl_name_hash_block(*hash, (unsigned long long)_mm_cvtsi128_si64(name),
-                                           (unsigned long long)_mm_cvtsi128_si64(_mm_unpackhi_epi64(name, name)), key);
-            }
-        } else if (hashing) {
-            *hash = cl_name_hash_block(*hash, (unsigned long long)_mm_cvtsi128_si64(v),
-                                       (unsigned long long)_mm_cvtsi128_si64(_mm_unpackhi_epi64(v, v)), key);
-        }
-    }
+int cl_block_stop(const unsigned char *bytes, __m128i v, unsigned keep, size_t offset, size_t *stop) {
     const __m128i carriage = _mm_set1_epi8('\r');
-    if (((unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_min_epu8(v, carriage), v)) & keep) == 0) return 0;
+    unsigned controls = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_min_epu8(v, carriage), v)) & keep;
+    if (controls == 0) return 0;
+    size_t first = offset + (size_t)__builtin_ctz(controls);
+    if (bytes[first] == '\n') {
+        *stop = first;
+        return 2;
+    }
     __m128i stops = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('\n')), _mm_cmpeq_epi8(v, carriage)),
                                  _mm_cmpeq_epi8(v, _mm_setzero_si128()));
     unsigned stop_bits = (unsigned)_mm_movemask_epi8(stops) & keep;
     if (stop_bits == 0) return 0;
     *stop = offset + (size_t)__builtin_ctz(stop_bits);
-    return 1;
+    return bytes[*stop] == '\n' ? 2 : 1;
+}
+
+/// The name hash's block `v` cut after its first `at` bytes (1...16), mixed into `hash`.
+static inline __attribute__((always_inline))
+unsigned long long cl_name_hash_cut_block(unsigned long long hash, __m128i v, size_t at, unsigned long long key) {
+    __m128i name = _mm_and_si128(v, _mm_loadu_si128((const __m128i *)(cl_name_tail_masks + 16 - at)));
+    return cl_name_hash_block(hash, (unsigned long long)_mm_cvtsi128_si64(name),
+                              (unsigned long long)_mm_cvtsi128_si64(_mm_unpackhi_epi64(name, name)), key);
 }
 #endif
 
 /// The first byte of `bytes[0..<length)` that is '\n', '\r' or NUL (where a common StatsD
 /// line ends, or an uncommon one needs a closer look): its offset, or `length` when there is
-/// none; `*colon` gets the offset of the first ':' before it, or `length` when there is none.
+/// none; `*colon` gets the offset of the first ':' before it, or `length` when there is none;
+/// `*newline` is 1 when the stop is a '\n' or `length` (the common line's ending), 0 for a '\r'
+/// or NUL (the byte read where the scan found it, so that the caller need not read it again).
 ///
-/// One pass, 16 bytes at a time (SSE2, `cl_line_block`), where four `memchr` calls a line were
-/// made before. Never reads outside `bytes[0..<length)`: the last partial block is read as the
-/// 16 bytes that end at `length`, overlapping the block before, with the bytes already seen
-/// masked off.
+/// One pass, 16 bytes at a time (SSE2), where four `memchr` calls a line were made before, in
+/// two loops: until the block holding the first ':', each block is tested for a ':' (and mixed
+/// into the name hash) and for a stop; after it, for a stop only. Never reads outside
+/// `bytes[0..<length)`: the last partial block is read as the 16 bytes that end at `length`,
+/// overlapping the block before, with the bytes already seen masked off.
 ///
 /// With `hashing`, `*name_hash` gets `cl_name_hash(seeds, bytes, *colon)`, computed from the
 /// blocks read anyway (the last, overlapping one shifted into place), and `*hashed` is 1; with
 /// no ':' before the stop, or fewer than 16 bytes to read, `*hashed` is 0 and the caller hashes
 /// the name itself. (Little-endian: the SSE2 path is x86-64's.)
 static inline __attribute__((always_inline))
-size_t cl_line_stop(const unsigned char *bytes, size_t length, size_t *colon, int hashing,
+size_t cl_line_stop(const unsigned char *bytes, size_t length, size_t *colon, int *newline, int hashing,
                     struct cl_name_hash_seeds seeds, unsigned long long *name_hash, int *hashed) {
     size_t found_colon = length;
     size_t offset = 0;
@@ -505,31 +504,66 @@ size_t cl_line_stop(const unsigned char *bytes, size_t length, size_t *colon, in
 #if defined(__SSE2__)
     if (length >= 16) {
         size_t stop = length;
+        // 2: no stop before `length` or a '\n'; 1: a '\r' or NUL (`cl_block_stop`).
+        int ending = 2;
         unsigned long long hash = seeds.state;
-        for (; offset + 16 <= length; offset += 16) {
-            if (cl_line_block(bytes, offset, 0xffffu, length, &found_colon, &stop, hashing, &hash, seeds.key)) goto found;
+        // The last whole block's offset: a block at a greater one is read as the 16 bytes
+        // that end at `length`.
+        const size_t last = length - 16;
+        __m128i v;
+        // Until the block holding the first ':'.
+        for (;; offset += 16) {
+            if (offset > last) goto name_tail;
+            v = _mm_loadu_si128((const __m128i *)(bytes + offset));
+            unsigned colon_bits = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(':')));
+            if (colon_bits) {
+                unsigned at = (unsigned)__builtin_ctz(colon_bits);
+                found_colon = offset + at;
+                if (hashing && at > 0) hash = cl_name_hash_cut_block(hash, v, at, seeds.key);
+                break;
+            }
+            if (hashing) {
+                hash = cl_name_hash_block(hash, (unsigned long long)_mm_cvtsi128_si64(v),
+                                          (unsigned long long)_mm_cvtsi128_si64(_mm_unpackhi_epi64(v, v)), seeds.key);
+            }
+            if ((ending = cl_block_stop(bytes, v, 0xffffu, offset, &stop))) goto found;
+        }
+        // The block holding the ':', then the rest of the line: its stop only.
+        for (;;) {
+            if ((ending = cl_block_stop(bytes, v, 0xffffu, offset, &stop))) goto found;
+            offset += 16;
+            if (offset > last) break;
+            v = _mm_loadu_si128((const __m128i *)(bytes + offset));
         }
         if (offset < length) {
             // The last 16 bytes, overlapping what was seen.
-            int colon_before = found_colon < length;
-            size_t last = length - 16;
+            v = _mm_loadu_si128((const __m128i *)(bytes + last));
+            ending = cl_block_stop(bytes, v, (0xffffu << (unsigned)(offset - last)) & 0xffffu, last, &stop);
+        }
+        goto found;
+    name_tail:
+        if (offset < length) {
+            // The last 16 bytes, overlapping what was seen, before any ':'.
             unsigned keep = (0xffffu << (unsigned)(offset - last)) & 0xffffu;
-            int stopped = cl_line_block(bytes, last, keep, length, &found_colon, &stop, 0, &hash, seeds.key);
-            if (hashing && !colon_before && found_colon < length && found_colon > offset) {
-                // The name ends in this block: its last block, `bytes[offset..<found_colon)`, is
-                // these 16 bytes shifted down by `offset - last` and cut at the ':'.
-                // SSE2 shifts bytes only by constants: the shift is a store and a load.
-                unsigned char shifted[32] = {0};
-                memcpy(shifted, bytes + last, 16);
-                __m128i name = _mm_and_si128(
-                    _mm_loadu_si128((const __m128i *)(shifted + (offset - last))),
-                    _mm_loadu_si128((const __m128i *)(cl_name_tail_masks + 16 - (found_colon - offset))));
-                hash = cl_name_hash_block(hash, (unsigned long long)_mm_cvtsi128_si64(name),
-                                          (unsigned long long)_mm_cvtsi128_si64(_mm_unpackhi_epi64(name, name)), seeds.key);
+            v = _mm_loadu_si128((const __m128i *)(bytes + last));
+            unsigned colon_bits = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(':'))) & keep;
+            if (colon_bits) {
+                found_colon = last + (size_t)__builtin_ctz(colon_bits);
+                if (hashing && found_colon > offset) {
+                    // The name ends in this block: its last block, `bytes[offset..<found_colon)`, is
+                    // these 16 bytes shifted down by `offset - last` and cut at the ':'.
+                    // SSE2 shifts bytes only by constants: the shift is a store and a load.
+                    unsigned char shifted[32] = {0};
+                    memcpy(shifted, bytes + last, 16);
+                    hash = cl_name_hash_cut_block(
+                        hash, _mm_loadu_si128((const __m128i *)(shifted + (offset - last))), found_colon - offset,
+                        seeds.key);
+                }
             }
-            if (stopped) goto found;
+            ending = cl_block_stop(bytes, v, keep, last, &stop);
         }
     found:
+        *newline = ending != 1;
         if (found_colon < stop) {
             *colon = found_colon;
             if (hashing) {
@@ -550,6 +584,7 @@ size_t cl_line_stop(const unsigned char *bytes, size_t length, size_t *colon, in
         if (byte == ':' && found_colon == length) found_colon = offset;
     }
     *colon = found_colon;
+    *newline = offset == length || bytes[offset] == '\n';
     return offset;
 }
 

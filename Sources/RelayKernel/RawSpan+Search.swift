@@ -47,15 +47,16 @@ extension RawSpan {
         guard length > 0 else { return (start, true, nil, nil) }
         return withUnsafeBytes { raw in
             var colon = 0
+            var newline: Int32 = 0
             var hash: UInt64 = 0
             var hashed: Int32 = 0
             // `raw` is the span's own memory: non-empty here, so it has a base address.
             let line = raw.baseAddress.unsafelyUnwrapped.assumingMemoryBound(to: UInt8.self) + start
             let stop = cl_line_stop(
-                line, length, &colon, seeds == nil ? 0 : 1, seeds?.seeds ?? cl_name_hash_seeds(), &hash, &hashed)
-            // `stop < length` is a byte of the line: read without a second bounds check.
-            let endsAtNewline = stop == length || line[stop] == UInt8(ascii: "\n")
-            return (start &+ stop, endsAtNewline, colon < length ? start &+ colon : nil, hashed != 0 ? hash : nil)
+                line, length, &colon, &newline, seeds == nil ? 0 : 1, seeds?.seeds ?? cl_name_hash_seeds(), &hash,
+                &hashed)
+            // The scan read the stop's byte where it found it (`newline`): not read again here.
+            return (start &+ stop, newline != 0, colon < length ? start &+ colon : nil, hashed != 0 ? hash : nil)
         }
     }
 

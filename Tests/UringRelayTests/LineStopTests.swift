@@ -49,6 +49,39 @@ struct LineStopTests {
         #expect(mismatches.isEmpty)
     }
 
+    /// A byte up to `\r` that stops nothing (a tab, 0x01, 0x0b) before the stop, in its block
+    /// or one before, before or after the colon: the scan reads the first such byte of a block
+    /// and takes it for the stop only when it is a `\n`, so every other one must be passed over
+    /// to the stop itself, and `endsAtNewline` must say what that stop is.
+    @Test(arguments: [UInt8(ascii: "\n"), UInt8(ascii: "\r"), 0])
+    func controlBytesThatDoNotStop(stopByte: UInt8) {
+        var mismatches: [String] = []
+        for length in [20, 33, 40, 50] {
+            for stopAt in [-1, 15, 16, 17, 31, 32, 33, length - 1] where stopAt < length {
+                for otherAt in [0, 1, 14, 15, 16, 17, 30, 31, 32] where otherAt < length && otherAt != stopAt {
+                    for colonAt in [-1, 2, 15, 16, 18, 33] where colonAt < length && colonAt != stopAt && colonAt != otherAt {
+                        for other in [UInt8(ascii: "\t"), 1, 11] {
+                            var bytes = [UInt8](repeating: UInt8(ascii: "a"), count: length)
+                            if colonAt >= 0 { bytes[colonAt] = UInt8(ascii: ":") }
+                            if stopAt >= 0 { bytes[stopAt] = stopByte }
+                            bytes[otherAt] = other
+                            for start in [0, 1] {
+                                let found = Self.lineStop(bytes, from: start)
+                                let expected = Self.reference(bytes, from: start)
+                                if found.stop != expected.stop || found.colon != expected.colon
+                                    || found.endsAtNewline != expected.endsAtNewline {
+                                    mismatches.append(
+                                        "length \(length), stop at \(stopAt), \(other) at \(otherAt), colon at \(colonAt), start \(start)")
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        #expect(mismatches.isEmpty)
+    }
+
     /// Hand-written cases: the colon after the stop is not the line's, a byte below `\r` that
     /// is none of the three (a tab) does not stop the line, an empty rest stops at once.
     @Test(arguments: [
