@@ -532,7 +532,22 @@ struct TCPBackendStuckSendTests {
     /// (`thread-self`: another suite may have moved the process's first thread elsewhere),
     /// leaving out TIME_WAIT (`06`): connections of earlier tests whose backend had the same
     /// port number linger in it for a minute, closed, and are not this relay's.
+    ///
+    /// The table comes a page per read, each read finding its place again by its position, so a
+    /// socket another test closes meanwhile can make a row be skipped or read twice (as in
+    /// `udpReceiveQueues`): read until two readings agree, at most five times.
     static func states(ofConnectionsTo port: UInt16) -> [String] {
+        var previous = statesOnce(ofConnectionsTo: port)
+        for _ in 0..<4 {
+            let reading = statesOnce(ofConnectionsTo: port)
+            if reading == previous { return reading }
+            previous = reading
+        }
+        return previous
+    }
+
+    /// One reading of `states(ofConnectionsTo:)`.
+    private static func statesOnce(ofConnectionsTo port: UInt16) -> [String] {
         // Read whole (FileContents reads to the end: a proc file reports no size).
         guard let bytes = try? FileContents.read(path: "/proc/thread-self/net/tcp") else { return [] }
         let table = String(decoding: bytes, as: UTF8.self)
