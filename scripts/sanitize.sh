@@ -39,6 +39,9 @@ fi
 # Swift's backtracer would inspect a crashed test under the sanitizer and raise reports of its
 # own; the sanitizer prints the stack.
 export SWIFT_BACKTRACE=enable=no
+# How many test cases run at once, and with it the kernel tests' bodies on threads of their
+# own, so that a time limit measures the test and not its wait for a thread: scripts/test.sh.
+export SWT_EXPERIMENTAL_MAXIMUM_PARALLELIZATION_WIDTH=${SWT_EXPERIMENTAL_MAXIMUM_PARALLELIZATION_WIDTH:-$((3 * $(nproc)))}
 failed=0
 timings=()
 for sanitizer in "${sanitizers[@]}"; do

@@ -6,7 +6,7 @@ import Testing
 
 /// Reloading the configuration file while the relay runs: through SIGHUP on the executable under
 /// steady traffic, and through `Relay.reload` for the health checks.
-@Suite("Configuration reload", .serialized, .timeLimit(.minutes(1)))
+@Suite("Configuration reload", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct ConfigReloadTests {
     /// A configuration file for one worker on a kernel-chosen port, with `backends` and `extra`
     /// keys. A long flush interval keeps batches open across the reloads: they must reach the

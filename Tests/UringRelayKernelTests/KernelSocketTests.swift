@@ -8,7 +8,7 @@ import UringRelay
 /// error queue one per datagram, a second socket on the listening port is seen before binding,
 /// and the listening socket's drops are readable. These are socket-level tests, below any I/O
 /// driver, so they run once rather than per driver.
-@Suite("Kernel sockets: error queue, exclusive bind probe, drop counter", .serialized, .timeLimit(.minutes(1)))
+@Suite("Kernel sockets: error queue, exclusive bind probe, drop counter", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct KernelSocketTests {
     /// A loopback address of `host`'s family on a port nothing listens on (`unusedPort()`).
     static func deadAddress(host: String) throws -> SocketAddress {
@@ -334,7 +334,7 @@ extension SocketErrorReport {
     }
 }
 
-@Suite("Closing a listener at stop")
+@Suite("Closing a listener at stop", .onOwnThread)
 struct DiscardPendingTests {
     @Test("discardPending takes and counts every queued datagram, empty ones included, and stops at its limit", arguments: [0, 1, 37])
     func countsWhatWasQueued(queued: Int) throws {

@@ -30,7 +30,7 @@ private func startRelay(
     }
 }
 
-@Suite("TCP backends: delivery, mixed pools, outages, slow readers, partial writes", .serialized)
+@Suite("TCP backends: delivery, mixed pools, outages, slow readers, partial writes", .serialized, .onOwnThread)
 struct TCPBackendTests {
     @Test("lines reach a tcp:// backend byte-exact, in order, each ended by a newline (a packet's lone line too)", arguments: ioDrivers)
     func deliveredByteExact(driver: IOBackendChoice) throws {
@@ -369,7 +369,7 @@ struct TCPBackendTests {
     }
 }
 
-@Suite("TCP backends on the command line: -sendproto, schemes, bad values")
+@Suite("TCP backends on the command line: -sendproto, schemes, bad values", .onOwnThread)
 struct TCPBackendCommandLineTests {
     @Test("the executable relays over TCP with the Go StatsRelay's single-dash -sendproto TCP; the start-up log shows tcp://", arguments: ioDrivers)
     func singleDashSendProtocol(driver: IOBackendChoice) throws {
@@ -408,7 +408,7 @@ struct TCPBackendCommandLineTests {
 /// io_uring driver's `send` waiting in the kernel for room on the old connection is ended
 /// (its socket's writing side shut down), so the link goes on at the new address, or is
 /// finished and freed, instead of waiting for a peer that never reads.
-@Suite("TCP backends stuck in a send: name moves and removals", .serialized)
+@Suite("TCP backends stuck in a send: name moves and removals", .serialized, .onOwnThread)
 struct TCPBackendStuckSendTests {
     /// A traffic thread's stop flag and the datagrams it sent.
     final class TrafficFlags: Sendable {
