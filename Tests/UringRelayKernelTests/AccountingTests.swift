@@ -82,7 +82,7 @@ struct AccountingMix {
     }
 }
 
-@Suite("Accounting holds on both drivers", .serialized, .timeLimit(.minutes(1)))
+@Suite("Accounting holds on both drivers", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct AccountingTests {
     @Test("datagrams received = relayed + counted drops; lines received = forwarded + dropped by reason; every forwarded line arrives once", arguments: ioDrivers)
     func accountingBalances(driver: IOBackendChoice) throws {

@@ -16,7 +16,7 @@ final class AdminRelay: @unchecked Sendable {
     }
 }
 
-@Suite("Admin endpoint on loopback", .timeLimit(.minutes(1)))
+@Suite("Admin endpoint on loopback", .timeLimit(.minutes(1)), .onOwnThread)
 struct AdminEndpointTests {
     @Test("/metrics counts exactly the traffic sent, on the driver asked for, and promtool accepts it", arguments: ioDrivers)
     func metricsEqualTraffic(driver: IOBackendChoice) throws {
@@ -290,7 +290,7 @@ struct AdminEndpointTests {
     }
 }
 
-@Suite("statsrelay status against a server that is not a relay", .timeLimit(.minutes(1)))
+@Suite("statsrelay status against a server that is not a relay", .timeLimit(.minutes(1)), .onOwnThread)
 struct StatusAgainstOtherServersTests {
     @Test("a server that never answers: timed out, not reset")
     func silentServer() throws {

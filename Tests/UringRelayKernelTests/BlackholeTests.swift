@@ -26,7 +26,7 @@ struct BlackholeRun: Sendable {
 /// A backend behind a firewall that drops its packets without a word (no ICMP): the relay can
 /// know nothing of it from UDP, and claims what the kernel accepted; only a health check that
 /// crosses the same firewall shows the loss. Documented in docs/operations.md#counters.
-@Suite("A blackholed backend: what the relay can know and what it claims", .serialized, .timeLimit(.minutes(1)))
+@Suite("A blackholed backend: what the relay can know and what it claims", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct BlackholeTests {
     @Test("UDP silently dropped with the TCP check passing: its lines count as sent, none refused, none arrive; once its TCP port is dropped too, the check takes it down and its lines count as dropped, not sent", arguments: ioDrivers)
     func blackholedBackend(driver: IOBackendChoice) throws {

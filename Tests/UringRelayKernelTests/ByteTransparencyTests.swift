@@ -3,7 +3,7 @@ import Foundation
 import Testing
 @testable import UringRelay
 
-@Suite("Every byte of a line passes unchanged", .serialized, .timeLimit(.minutes(1)))
+@Suite("Every byte of a line passes unchanged", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct ByteTransparencyTests {
     @Test("a line holding every byte value but NUL and \\n (\\r inside it too) reaches its backend byte for byte", arguments: ioDrivers)
     func everyByteValue(driver: IOBackendChoice) throws {

@@ -5,7 +5,7 @@ import Synchronization
 import Testing
 @testable import UringRelay
 
-@Suite("statsrelay executable", .serialized, .timeLimit(.minutes(1)))
+@Suite("statsrelay executable", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct ProcessTests {
     @Test("SIGTERM sends every pending batch and exits 0", arguments: ioDrivers)
     func sigtermFlushes(driver: IOBackendChoice) throws {

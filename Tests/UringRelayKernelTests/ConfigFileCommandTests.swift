@@ -28,7 +28,7 @@ final class TemporaryConfigFile: @unchecked Sendable {  // used from one test at
 }
 
 /// `statsrelay check-config FILE` and `statsrelay --config FILE`, through the executable.
-@Suite("statsrelay check-config and --config", .timeLimit(.minutes(1)))
+@Suite("statsrelay check-config and --config", .timeLimit(.minutes(1)), .onOwnThread)
 struct ConfigFileCommandTests {
     @Test("check-config: a valid file exits 0 and prints every key; the printed configuration checks again to the same text")
     func validFile() throws {

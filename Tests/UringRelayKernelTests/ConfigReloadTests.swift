@@ -6,7 +6,7 @@ import Testing
 
 /// Reloading the configuration file while the relay runs: through SIGHUP on the executable under
 /// steady traffic, and through `Relay.reload` for the health checks.
-@Suite("Configuration reload", .serialized, .timeLimit(.minutes(1)))
+@Suite("Configuration reload", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct ConfigReloadTests {
     /// A configuration file for one worker on a kernel-chosen port, with `backends` and `extra`
     /// keys. A long flush interval keeps batches open across the reloads: they must reach the
@@ -169,8 +169,12 @@ struct ConfigReloadTests {
         #expect(relay.relay.driver == driver)
         var checked = relay.relay.configurationInForce
         checked.healthCheck = .statsdAdmin
-        checked.healthIntervalNanoseconds = 50_000_000
-        checked.healthTimeoutNanoseconds = 40_000_000
+        // With fall 1, a single reply later than the timeout takes the healthy backend down:
+        // a fake health port's thread not scheduled for 40 ms on a loaded host did (widened, a
+        // reply 60 ms late half the time flapped it three times in a second). A quarter second
+        // keeps one late reply from being a verdict; the sick one still falls at its first round.
+        checked.healthIntervalNanoseconds = 250_000_000
+        checked.healthTimeoutNanoseconds = 250_000_000
         checked.healthRise = 1
         checked.healthFall = 1
         checked.backends[0].healthCheckPort = healthy.port

@@ -7,7 +7,7 @@ import Testing
 /// Each worker's control channel: commands applied in order at a turn boundary and awaited by
 /// the sender, a stopped worker refusing at once, and reloads of the packet length and flush
 /// interval under live traffic with every line arriving exactly once.
-@Suite("Worker control channel", .serialized, .timeLimit(.minutes(1)))
+@Suite("Worker control channel", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct ControlChannelTests {
     /// Two workers, both pinned to the next test CPU.
     static func twoWorkers(_ configuration: inout RelayConfiguration) {

@@ -6,7 +6,7 @@ import Testing
 
 /// The systemd unit in `deploy/`, checked by systemd's own tools: `systemd-analyze verify`,
 /// its exposure score, and its system call filter against every call the relay really makes.
-@Suite("Deployment: the systemd unit")
+@Suite("Deployment: the systemd unit", .onOwnThread)
 struct DeployTests {
     /// `systemd-analyze verify` accepts the unit with no finding. Its exit status is 0 even for an
     /// unknown key or a value it cannot parse (it logs "…, ignoring."), so any line naming the unit

@@ -6,7 +6,7 @@ import Testing
 /// A DogStatsD mix through a real relay on loopback: each line arrives unchanged at the backend
 /// its key routes to (computed here from the definition, `ReferenceRouting`), and under
 /// `--validate strict` the bad lines are dropped and counted by reason.
-@Suite("DogStatsD through the relay", .serialized, .timeLimit(.minutes(1)))
+@Suite("DogStatsD through the relay", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct DogStatsDRelayTests {
     /// Good lines of every form, with the key each routes by under `name` and under `name+tags`.
     static let good: [(line: String, name: String, tags: [String])] = [

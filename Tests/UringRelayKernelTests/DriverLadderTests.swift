@@ -85,7 +85,7 @@ func relayExactly(datagrams count: Int, to address: SocketAddress, backend: Test
     return expected
 }
 
-@Suite("The auto ladder: io_uring when it can run, else the portable driver and why", .serialized, .timeLimit(.minutes(2)))
+@Suite("The auto ladder: io_uring when it can run, else the portable driver and why", .serialized, .timeLimit(.minutes(2)), .onOwnThread)
 struct DriverLadderTests {
     @Test("auto: a failed io_uring probe runs the portable driver, logs why and what to do, and relays every line", arguments: ProbeFailureCase.table)
     func autoFallsBack(probe: ProbeFailureCase) throws {

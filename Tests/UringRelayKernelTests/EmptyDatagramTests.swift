@@ -19,7 +19,7 @@ enum JunkDatagram: String, CaseIterable, Sendable {
     }
 }
 
-@Suite("Empty datagrams cost no more than 1-byte ones (issue 8, defect 1)", .serialized, .timeLimit(.minutes(2)))
+@Suite("Empty datagrams cost no more than 1-byte ones (issue 8, defect 1)", .serialized, .timeLimit(.minutes(2)), .onOwnThread)
 struct EmptyDatagramTests {
     /// The steady client: datagrams of ten lines, paced.
     static let steadyDatagrams = 4_000

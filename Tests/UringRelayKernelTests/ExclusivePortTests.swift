@@ -4,7 +4,7 @@ import Glibc
 import Testing
 @testable import UringRelay
 
-@Suite("One relay per port unless shared on purpose", .serialized, .timeLimit(.minutes(1)))
+@Suite("One relay per port unless shared on purpose", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct ExclusivePortTests {
     static func configuration(backend: TestBackend, port: UInt16, driver: IOBackendChoice) throws -> RelayConfiguration {
         var configuration = RelayConfiguration(backends: [try BackendAddress(parsing: backend.spec)])
@@ -51,7 +51,7 @@ struct ExclusivePortTests {
     }
 }
 
-@Suite("The executable refuses a shared port", .serialized, .timeLimit(.minutes(1)))
+@Suite("The executable refuses a shared port", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct ExclusivePortCommandTests {
     @Test("a second statsrelay on the port exits 71 naming the address; with --reuseport-group it starts", arguments: ioDrivers)
     func secondProcessRefused(driver: IOBackendChoice) throws {

@@ -4,7 +4,7 @@ import Testing
 
 /// The health tests' stand-in port keeps its promise: a closed port refuses connects and no
 /// other socket takes it, so a test that closes it sees its backends go down.
-@Suite("The fake health port", .timeLimit(.minutes(1)))
+@Suite("The fake health port", .timeLimit(.minutes(1)), .onOwnThread)
 struct FakeHealthPortTests {
     @Test(
         "closed, it refuses connects and another test's listener cannot take its port; reopened, it accepts on the same port",

@@ -10,7 +10,7 @@ import Testing
 /// the driver's one control event is reset every time it fires, whatever listeners have closed
 /// (the portable driver once lost track of its pool event's place in the poll set when its
 /// listeners closed, so the event stayed readable and `ppoll` returned at once every turn).
-@Suite("Final flush: pool publications do not spin a stopping worker", .serialized, .timeLimit(.minutes(1)))
+@Suite("Final flush: pool publications do not spin a stopping worker", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct FinalFlushWakeupTests {
     /// User plus system CPU time of this process's thread named `name`, in clock ticks, or
     /// `nil` when no such thread runs.

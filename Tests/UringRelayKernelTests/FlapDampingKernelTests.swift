@@ -4,7 +4,7 @@ import Glibc
 import Testing
 @testable import UringRelay
 
-@Suite("Flap damping on loopback", .serialized, .timeLimit(.minutes(1)))
+@Suite("Flap damping on loopback", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct FlapDampingKernelTests {
     /// Backend 1's TCP health port is closed and reopened every 150 ms for 3 s, checked every
     /// 50 ms with rise 2 and fall 2. Undamped, most half-periods of three checks complete a

@@ -39,7 +39,7 @@ func hashVectorRows(_ kind: String) throws -> [[String]] {
         .filter { $0[0] == kind }
 }
 
-@Suite("Hash modes in the relay and in statsrelay hash", .serialized, .timeLimit(.minutes(1)))
+@Suite("Hash modes in the relay and in statsrelay hash", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct HashModeKernelTests {
     static let ringModes: [HashMode] = [.etsy, .ketama]
 

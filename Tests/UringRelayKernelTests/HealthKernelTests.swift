@@ -83,7 +83,7 @@ final class HealthHarness: @unchecked Sendable {
 /// Lines whose primary backend (of 3) is `backend`, and lines whose primary is another.
 func lines(count: Int, prefix: String) -> [String] { (0..<count).map { "\(prefix).\($0):1|c" } }
 
-@Suite("Backend health and failover on loopback", .serialized, .timeLimit(.minutes(1)))
+@Suite("Backend health and failover on loopback", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct HealthKernelTests {
     @Test("rehash: a backend whose TCP check fails loses only its own metrics, which return when it recovers", arguments: ioDrivers)
     func rehashFailover(driver: IOBackendChoice) throws {

@@ -4,7 +4,7 @@ import Testing
 
 /// `--health-check` and `--on-backend-down` as typed options, through the `statsrelay`
 /// executable (`run` and `hash` share them). No relay starts, so no io driver is involved.
-@Suite("statsrelay health options", .timeLimit(.minutes(1)))
+@Suite("statsrelay health options", .timeLimit(.minutes(1)), .onOwnThread)
 struct HealthOptionsTests {
     @Test("an unknown mode or policy exits 64 naming the bad value and every allowed one", arguments: [
         (["--health-check", "http", "127.0.0.1:9"], "The value 'http' is invalid for '--health-check <mode>'",

@@ -9,7 +9,7 @@ import Testing
 /// nothing about the backend: counted as a failure, a relay whose open-files limit its clients
 /// had used up marked every backend down and failed open (a review's finding, through idle
 /// admin connections).
-@Suite("health checks without a verdict", .serialized, .timeLimit(.minutes(1)))
+@Suite("health checks without a verdict", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct HealthShortageTests {
     @Test("TCP clients use up the open-files limit: the health checks cannot open a socket, the backends keep their state and their lines, and the checks run again once the clients go", arguments: ioDrivers)
     func descriptorsUsedUp(driver: IOBackendChoice) throws {

@@ -5,7 +5,7 @@ import Testing
 
 /// An idle worker still publishes its counters (its heartbeat, which `/healthz` reads) at least
 /// every 250 ms, on both drivers.
-@Suite("Worker heartbeat", .timeLimit(.minutes(1)))
+@Suite("Worker heartbeat", .timeLimit(.minutes(1)), .onOwnThread)
 struct HeartbeatTests {
     @Test("an idle worker publishes at least every 250 ms: three or more publications in 1.2 s without a datagram (an idle wait of a second would allow two), and /healthz finds it fresh", arguments: ioDrivers)
     func idleHeartbeat(driver: IOBackendChoice) throws {

@@ -40,7 +40,7 @@ private func startRelay(choice: IOBackendChoice, probe: Relay.UringProbe? = nil)
     return (relay, log)
 }
 
-@Suite("The io driver in the log: a choice at info, a fallback as a warning", .serialized, .timeLimit(.minutes(1)))
+@Suite("The io driver in the log: a choice at info, a fallback as a warning", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct IOBackendLogTests {
     @Test("--io-backend given explicitly is logged once at info, never as a warning", arguments: ioDrivers)
     func explicitChoiceIsInfo(driver: IOBackendChoice) throws {

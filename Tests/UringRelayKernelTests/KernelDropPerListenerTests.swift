@@ -4,7 +4,7 @@ import Glibc
 import Testing
 @testable import UringRelay
 
-@Suite("Kernel drops are counted per listener", .serialized, .timeLimit(.minutes(1)))
+@Suite("Kernel drops are counted per listener", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct KernelDropPerListenerTests {
     @Test("a stopped relay with two listeners, one flooded: /metrics counts the kernel's drops under that listener's label, none under the other, and they sum to the exit report's total", arguments: ioDrivers)
     func dropsSplitByListener(driver: IOBackendChoice) throws {

@@ -3,7 +3,7 @@ import Glibc
 import Testing
 @testable import UringRelay
 
-@Suite("Kernel drops at the listening socket are counted", .serialized, .timeLimit(.minutes(1)))
+@Suite("Kernel drops at the listening socket are counted", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct KernelDropTests {
     @Test("a stopped relay's full socket drops datagrams: datagrams_dropped.kernel counts every one the relay never saw", arguments: ioDrivers)
     func stoppedRelayCountsKernelDrops(driver: IOBackendChoice) throws {

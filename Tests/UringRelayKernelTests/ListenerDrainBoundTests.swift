@@ -8,7 +8,7 @@ import Testing
 /// drive one worker's listener set directly, both drivers' way: the portable driver's (no
 /// receive armed) and io_uring's (a multishot receive armed, cancelled before the close). The
 /// listener set is shared by both drivers; no ring is needed to decide when a listener closes.
-@Suite("A removed listener closes within its drain bound", .timeLimit(.minutes(1)))
+@Suite("A removed listener closes within its drain bound", .timeLimit(.minutes(1)), .onOwnThread)
 struct ListenerDrainBoundTests {
     /// A core and the listener set of one worker listening on one loopback port.
     struct Worker: ~Copyable {

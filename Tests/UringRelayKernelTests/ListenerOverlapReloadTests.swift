@@ -7,7 +7,7 @@ import Testing
 /// A reload that moves the listener between the wildcard and a specific address on the same
 /// port: the relay's own sockets hold that port, so it must not be refused as if another
 /// process did, and the lines sent around it arrive once.
-@Suite("Listeners reloaded between a wildcard and a specific address on one port", .serialized, .timeLimit(.minutes(1)))
+@Suite("Listeners reloaded between a wildcard and a specific address on one port", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct ListenerOverlapReloadTests {
     @Test("0.0.0.0:P → 127.0.0.1:P → 0.0.0.0:P by reload: each is applied, the listener in force is the new one, and every line sent to 127.0.0.1:P before, between and after arrives exactly once", arguments: ioDrivers)
     func wildcardAndSpecific(driver: IOBackendChoice) throws {

@@ -9,7 +9,7 @@ import Testing
 /// Listeners added and removed by a reload (`Relay.reload`, what SIGHUP runs): a new listener
 /// is bound before any worker is told (a bind error refuses the reload, nothing changed); a
 /// removed one is drained in every worker, what its socket held relayed, not dropped.
-@Suite("UDP listeners reloaded", .serialized, .timeLimit(.minutes(1)))
+@Suite("UDP listeners reloaded", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct ListenerReloadTests {
     /// Sends one-line datagrams `live.N:1|c` from one socket until stopped (at most 100 000, at
     /// most 10 s), counting them; signals once `startAfter` are sent.

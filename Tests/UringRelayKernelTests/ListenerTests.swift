@@ -7,7 +7,7 @@ import Testing
 /// Several UDP listeners: every worker opens one `SO_REUSEPORT` socket on each, what arrives on
 /// any is relayed like the rest, and what each received is counted under its own `listener`
 /// label.
-@Suite("UDP listeners", .serialized, .timeLimit(.minutes(1)))
+@Suite("UDP listeners", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct ListenerTests {
     @Test("two listeners, two workers: every line sent to either arrives once at the backend the reference routing names, and each listener's datagrams, bytes and lines are counted apart, on /metrics too", arguments: ioDrivers)
     func twoListeners(driver: IOBackendChoice) throws {

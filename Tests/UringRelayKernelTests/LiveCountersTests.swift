@@ -6,7 +6,7 @@ import Testing
 
 /// `SIGUSR1` prints the live counters "at most 100 ms old" (README, docs/operations.md): what a
 /// worker counted shows in a report requested 100 ms later, busy or idle.
-@Suite("SIGUSR1: live counters at most 100 ms old", .serialized, .timeLimit(.minutes(1)))
+@Suite("SIGUSR1: live counters at most 100 ms old", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct LiveCountersTests {
     /// The documented age, and what this side adds on a loaded machine (signal delivery, the
     /// report's way through the pipe): a bound on the promise, not a speed.

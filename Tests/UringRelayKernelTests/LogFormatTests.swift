@@ -4,7 +4,7 @@ import Glibc
 import Testing
 @testable import UringRelay
 
-@Suite("Log format (--log-format)", .serialized, .timeLimit(.minutes(1)))
+@Suite("Log format (--log-format)", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct LogFormatTests {
     @Test("--log-format json: every log event on standard error is one JSON object with its metadata as keys", arguments: ioDrivers)
     func jsonLines(driver: IOBackendChoice) throws {

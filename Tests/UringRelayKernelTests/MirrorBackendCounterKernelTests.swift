@@ -5,7 +5,7 @@ import Testing
 
 /// Per-mirror-backend counters through a real relay: a live and a dead UDP mirror backend
 /// are told apart, and their counts add up to the pool-wide ones.
-@Suite("Per-mirror-backend counters end to end", .serialized, .timeLimit(.minutes(1)))
+@Suite("Per-mirror-backend counters end to end", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct MirrorBackendCounterKernelTests {
     @Test("a live and a dead mirror backend: the live one's lines counted sent under its name, the dead one's refused under its own; the pool-wide counters are their sums",
           arguments: ioDrivers)

@@ -26,7 +26,7 @@ func datagrams(_ lines: [String], perDatagram: Int) -> [String] {
     stride(from: 0, to: lines.count, by: perDatagram).map { lines[$0..<min($0 + perDatagram, lines.count)].joined(separator: "\n") }
 }
 
-@Suite("Mirror pool end to end: copies to a second pool, never at the primary's expense", .serialized, .timeLimit(.minutes(1)))
+@Suite("Mirror pool end to end: copies to a second pool, never at the primary's expense", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct MirrorKernelTests {
     @Test("every line reaches its primary backend; every sampled line reaches the mirror backend an independent implementation of --mirror-hash names, byte-exact, each name in every round or in none",
           arguments: [(HashMode.jump, 1.0), (.ketama, 0.4), (.etsy, 0.7)], ioDrivers)

@@ -7,7 +7,7 @@ import Testing
 /// rewritten (the bytes the primary gets, written out here by hand), sampled and routed by the
 /// rewritten key (`referenceMirrored`, `ReferenceRouting`, the independent ring script), packed
 /// to `--packet-len` at the rewritten lengths.
-@Suite("Mirror of rewritten lines", .serialized, .timeLimit(.minutes(1)))
+@Suite("Mirror of rewritten lines", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct MirrorRewriteKernelTests {
     /// Lines of every form with their rewritten bytes and keys (`RewriteRelayTests.lines`),
     /// and many metric names with tags, so a sample takes some and leaves some.

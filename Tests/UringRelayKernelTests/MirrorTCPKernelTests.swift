@@ -7,7 +7,7 @@ import Testing
 /// A mirror backend over TCP (`--mirror tcp://…`): through the TCP backends' link (its own
 /// queue, bounded by `--tcp-backend-queue`), counted in the mirror's counters, never at the
 /// primary pool's expense.
-@Suite("Mirror over TCP", .serialized, .timeLimit(.minutes(1)))
+@Suite("Mirror over TCP", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct MirrorTCPKernelTests {
     /// Lines of distinct names, `count` of them.
     static func lines(_ count: Int, tag: String) -> [String] {

@@ -17,7 +17,7 @@ struct NonBlockingRounds: Sendable {
     var received = 0
 }
 
-@Suite("Non-blocking sends to a full socket buffer: a short sendmmsg is a full buffer, not a refusal", .serialized, .timeLimit(.minutes(1)))
+@Suite("Non-blocking sends to a full socket buffer: a short sendmmsg is a full buffer, not a refusal", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct NonBlockingSendTests {
     static let rounds = 400
     static let packetBytes = 200

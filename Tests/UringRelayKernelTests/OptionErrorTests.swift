@@ -5,7 +5,7 @@ import Testing
 /// The command line refuses a bad number, duration or size with exit status 64 and a message
 /// naming the option, the value as written and the limit. (No relay starts: nothing here runs a
 /// driver.)
-@Suite("Option errors name the option and its limit", .timeLimit(.minutes(1)))
+@Suite("Option errors name the option and its limit", .timeLimit(.minutes(1)), .onOwnThread)
 struct OptionErrorTests {
     /// Negative numbers: argument-parser reads `-5` as a flag unless the option takes its value
     /// unconditionally; `--port=-1` always worked, `--port -1` said "Missing value".

@@ -7,7 +7,7 @@ private func line(_ count: Int, name: String) -> String {
     name + ":" + String(repeating: "5", count: count - name.utf8.count - 1)
 }
 
-@Suite("Packet length on the wire", .serialized, .timeLimit(.minutes(1)))
+@Suite("Packet length on the wire", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct PacketLengthKernelTests {
     /// A client over IPv4 sends at most 65 507 bytes: one such line, lines of exactly
     /// `--packet-len`, one byte either side of it, and short ones around them.

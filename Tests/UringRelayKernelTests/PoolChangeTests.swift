@@ -57,7 +57,7 @@ final class NumberedSender: Sendable {
     func join() { thread.join() }
 }
 
-@Suite("Backend pool changes while relaying", .serialized, .timeLimit(.minutes(1)))
+@Suite("Backend pool changes while relaying", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct PoolChangeTests {
     /// The index (in `pools`) of the first pool at or after `from` that routes `name` to
     /// `backend`, or nil.

@@ -9,7 +9,7 @@ import Testing
 /// truncated. The io_uring driver receives with a multishot `recv` into buffers one byte larger
 /// than that and the portable one with `recvmmsg` into the same; each primitive is checked on
 /// its own, and then the relay.
-@Suite("Datagram length at the edge of --max-datagram (issue 16)", .serialized, .timeLimit(.minutes(1)))
+@Suite("Datagram length at the edge of --max-datagram (issue 16)", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct ReceiveLengthTests {
     /// What one receive produced, in a form the tests compare.
     enum Seen: Equatable, CustomStringConvertible {

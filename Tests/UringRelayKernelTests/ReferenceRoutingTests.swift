@@ -1,7 +1,7 @@
 import RoutingReference
 import Testing
 
-@Suite("The tests' reference routing agrees with the fixed vectors")
+@Suite("The tests' reference routing agrees with the fixed vectors", .onOwnThread)
 struct ReferenceRoutingTests {
     @Test("primaries: the Go StatsRelay's choices for backends A B C", arguments: [
         ("foo", 1), ("bar", 0), ("foobar", 1), ("changed", 0), ("a", 2), ("statsrelay.statsProcessed", 2),

@@ -103,7 +103,7 @@ struct FirewallRun: Sendable {
     var received: Int
 }
 
-@Suite("Refusal accounting behind a real firewall (issue 12, defects 3 and 4)", .serialized, .timeLimit(.minutes(1)))
+@Suite("Refusal accounting behind a real firewall (issue 12, defects 3 and 4)", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct RefusalAccountingTests {
     static let lineCount = 30_000
 
@@ -237,7 +237,7 @@ struct CollectedErrors: SocketErrorSink {
     mutating func take(_ error: SocketError) { errors.append(error) }
 }
 
-@Suite("Refusals below the drivers: ordered retries, quotes, the socket a send went on", .serialized, .timeLimit(.minutes(1)))
+@Suite("Refusals below the drivers: ordered retries, quotes, the socket a send went on", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct RefusalSocketTests {
     /// A loopback port with nothing listening, below the ephemeral range (a port bound and
     /// closed again could be taken by another test's socket meanwhile).

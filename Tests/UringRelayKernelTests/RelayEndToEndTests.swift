@@ -3,7 +3,7 @@ import Foundation
 import Testing
 @testable import UringRelay
 
-@Suite("Relay end to end on loopback", .serialized, .timeLimit(.minutes(1)))
+@Suite("Relay end to end on loopback", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct RelayEndToEndTests {
     @Test("thousands of lines reach three backends, each exactly once where the hash sends it; junk is counted", arguments: ioDrivers)
     func relaysEveryLineOnce(driver: IOBackendChoice) throws {

@@ -6,7 +6,7 @@ import Testing
 /// check follows how the workers send (the running `--sendproto`, a restart key) and how the
 /// next start would (the file's), and covers the mirror, which a reload cannot change but whose
 /// address a listener it adds may take.
-@Suite("reload: no backend or mirror loops back to the relay", .serialized, .timeLimit(.minutes(1)))
+@Suite("reload: no backend or mirror loops back to the relay", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct ReloadLoopTests {
     @Test("a schemeless backend at the relay's TCP listener is refused when either the running or the file's --sendproto is TCP; nothing changes",
           arguments: ioDrivers, [(BackendTransport.tcp, BackendTransport.udp), (.udp, .tcp)])

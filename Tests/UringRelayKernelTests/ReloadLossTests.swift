@@ -84,7 +84,7 @@ final class BackgroundCollector: Sendable {
 
 /// Issue 13 §2's zero-loss acceptance, on loopback: 20 reloads alternating two backend lists
 /// that route a good share of names differently and two packet lengths, under steady traffic.
-@Suite("Zero loss across reloads", .serialized, .timeLimit(.minutes(1)))
+@Suite("Zero loss across reloads", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct ReloadLossTests {
     /// What one line's arrival tells, and where it is allowed to be.
     struct Window {

@@ -4,7 +4,7 @@ import RelayKernel
 import Testing
 @testable import UringRelay
 
-@Suite("Replay after an outage under hold", .serialized, .timeLimit(.minutes(1)))
+@Suite("Replay after an outage under hold", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct ReplayTests {
     @Test("hold: the replay is paced at --replay-rate and live lines queue behind it, in order", arguments: ioDrivers)
     func pacedOrderedReplay(driver: IOBackendChoice) throws {

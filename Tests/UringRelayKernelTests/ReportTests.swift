@@ -7,7 +7,7 @@ import Testing
 /// What the counter report (at exit and on `SIGUSR1`) promises beyond the counters themselves:
 /// the io driver in use, each backend's health history, and an exit that a stalled log reader
 /// cannot hold up for more than a second.
-@Suite("The counter report: io driver, backend state, a slow log reader", .serialized, .timeLimit(.minutes(1)))
+@Suite("The counter report: io driver, backend state, a slow log reader", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct ReportTests {
     @Test("statsrelay.io_backend{driver} names the driver that runs, in every SIGUSR1 report and at exit",
           arguments: ioDrivers + [.auto])

@@ -7,7 +7,7 @@ import Testing
 /// `statsrelay` with a name server that takes every query and answers none: its own network
 /// namespace, `/etc/resolv.conf` bind-mounted to name `127.0.0.1`, where a UDP socket the relay
 /// inherits is bound and never read; `getaddrinfo` then waits 30 s per try, three tries.
-@Suite("statsrelay with a resolver that never answers", .timeLimit(.minutes(1)))
+@Suite("statsrelay with a resolver that never answers", .timeLimit(.minutes(1)), .onOwnThread)
 struct ResolverNamespaceTests {
     /// A file in a fresh temporary directory with `text`; removed with the directory by the caller.
     static func file(_ name: String, _ text: String) throws -> URL {

@@ -89,7 +89,7 @@ func finishes(within seconds: Double, _ body: @escaping @Sendable () -> Void) th
     return (done.wait(timeout: .now() + seconds) == .success, thread)
 }
 
-@Suite("A resolver that never answers delays nothing else", .serialized, .timeLimit(.minutes(1)))
+@Suite("A resolver that never answers delays nothing else", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct ResolverTests {
     @Test("a refresh stuck in the resolver: health checks keep their interval, another name still moves, a stop ends in time; logged once", arguments: ioDrivers)
     func stuckRefresh(driver: IOBackendChoice) throws {

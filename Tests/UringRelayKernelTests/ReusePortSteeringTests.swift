@@ -7,7 +7,7 @@ import Testing
 /// `--reuseport-steering`: which worker's socket of a listener's `SO_REUSEPORT` group takes each
 /// datagram. One client socket, two workers: the kernel's hash keeps it on one worker; the random
 /// program spreads it over both; `cpu` gives each worker what arrives on its CPU.
-@Suite("SO_REUSEPORT steering: one busy client over every worker", .serialized, .timeLimit(.minutes(1)))
+@Suite("SO_REUSEPORT steering: one busy client over every worker", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct ReusePortSteeringTests {
     /// A two-worker relay child with `steering`, stopped (SIGSTOP) while one client socket sends
     /// 200 one-line datagrams, so they wait in the workers' sockets: returns the bytes queued in

@@ -7,7 +7,7 @@ import Testing
 /// rewritten (as written out here by hand) at the backend its prefixed key routes to
 /// (`ReferenceRouting`), packets keep to `--packet-len` at the rewritten lengths, and
 /// `statsrelay hash` with the same flags names the backend each line reached.
-@Suite("Rewriting through the relay", .serialized, .timeLimit(.minutes(1)))
+@Suite("Rewriting through the relay", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct RewriteRelayTests {
     /// Lines of each form, each as rewritten by prefix `eu` and tags `dc:x`, and the key it
     /// routes by under `name` and under `name+tags` (tags sorted).

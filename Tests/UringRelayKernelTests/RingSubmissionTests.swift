@@ -4,7 +4,7 @@ import Synchronization
 import Testing
 @testable import UringRelay
 
-@Suite("A full submission queue the kernel will not take is an error the caller handles, never an abort")
+@Suite("A full submission queue the kernel will not take is an error the caller handles, never an abort", .onOwnThread)
 struct RingSubmissionTests {
     @Test("queue full and the submit refused: the next SQE throws the kernel's error and nothing is prepared")
     func refusedSubmitThrows() throws {

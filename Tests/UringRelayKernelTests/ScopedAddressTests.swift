@@ -7,7 +7,7 @@ import Testing
 /// A backend at an IPv6 link-local address, which needs its interface (`[fe80::1%x0]:PORT`):
 /// in a network namespace with a veth pair whose one end has `fe80::1` (no duplicate address
 /// detection, so it is usable at once).
-@Suite("Link-local IPv6 backends with their interface", .timeLimit(.minutes(1)))
+@Suite("Link-local IPv6 backends with their interface", .timeLimit(.minutes(1)), .onOwnThread)
 struct ScopedAddressTests {
     static let network = NetworkNamespace(commands: [
         ["ip", "link", "set", "lo", "up"],

@@ -10,7 +10,7 @@ import Testing
 ///
 /// These relays stop before any io driver starts, so the tests are not run per driver: each
 /// checks instead that the relay never listened.
-@Suite("statsrelay refuses backends it cannot have, whatever their spelling", .timeLimit(.minutes(1)))
+@Suite("statsrelay refuses backends it cannot have, whatever their spelling", .timeLimit(.minutes(1)), .onOwnThread)
 struct SelfLoopTests {
     /// Runs the relay on port `port` (never bound: it must refuse first) and checks exit 64 and
     /// the message.

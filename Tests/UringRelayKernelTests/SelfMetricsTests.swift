@@ -5,7 +5,7 @@ import Logging
 import Testing
 @testable import UringRelay
 
-@Suite("Self-metrics (--self-metrics-interval, --prefix)", .serialized, .timeLimit(.minutes(1)))
+@Suite("Self-metrics (--self-metrics-interval, --prefix)", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct SelfMetricsTests {
     /// The value of line `name:VALUE|kind` among `lines`, when there is exactly one.
     static func value(_ name: String, in lines: [String]) -> UInt64? {

@@ -4,7 +4,7 @@ import Testing
 /// The portable driver's `sendmmsg` batch groups its packets by backend (one call per backend
 /// socket). Socket level, below any io driver (the uring driver sends SQEs, not this batch), so
 /// it runs once.
-@Suite("SendBatch: packets added for several backends, interleaved, reach each backend in the order added", .timeLimit(.minutes(1)))
+@Suite("SendBatch: packets added for several backends, interleaved, reach each backend in the order added", .timeLimit(.minutes(1)), .onOwnThread)
 struct SendBatchGroupingTests {
     /// Which backend each packet is for, in the order added: interleaved, first packet to the
     /// highest index, one backend added only late, one (index 3) never.

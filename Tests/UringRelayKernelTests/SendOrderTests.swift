@@ -13,7 +13,7 @@ struct OrderedRun: Sendable {
     var shaped: (sent: Int, dropped: Int, overlimits: Int)
 }
 
-@Suite("Sends to one backend leave in the order they were packed, under send-buffer pressure", .serialized, .timeLimit(.minutes(2)))
+@Suite("Sends to one backend leave in the order they were packed, under send-buffer pressure", .serialized, .timeLimit(.minutes(2)), .onOwnThread)
 struct SendOrderTests {
     /// Lines in all, sent in datagrams of `linesPerDatagram`.
     static let lineCount = 30_000

@@ -4,7 +4,7 @@ import Glibc
 import Testing
 @testable import UringRelay
 
-@Suite("sd_notify (Type=notify)", .serialized, .timeLimit(.minutes(1)))
+@Suite("sd_notify (Type=notify)", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct ServiceNotifyTests {
     /// A socket path of this test's own under the temporary directory.
     static func socketPath(_ name: String) -> String {

@@ -98,7 +98,7 @@ final class DefaultSignalRelay: @unchecked Sendable {  // the log is guarded by 
     }
 }
 
-@Suite("signals and a broken log never stop the relay", .serialized, .timeLimit(.minutes(1)))
+@Suite("signals and a broken log never stop the relay", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct SignalTests {
     @Test("SIGHUP, SIGUSR2, SIGPIPE, SIGXFSZ, SIGALRM, SIGVTALRM, SIGPROF, SIGIO, SIGPWR, SIGSTKFLT and SIGUSR1 leave the relay relaying, each noticed in the log; SIGUSR1 logs the live counters; SIGTERM then delivers every line", arguments: ioDrivers)
     func everydaySignals(driver: IOBackendChoice) throws {
@@ -241,7 +241,7 @@ struct SignalTests {
     }
 }
 
-@Suite("the log writer", .serialized)
+@Suite("the log writer", .serialized, .onOwnThread)
 struct LogWriterTests {
     @Test("a write to a pipe without a reader is dropped and counted, not fatal")
     func closedReader() throws {

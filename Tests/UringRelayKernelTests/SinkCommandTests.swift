@@ -56,7 +56,7 @@ final class SinkProcess: @unchecked Sendable {  // the texts are guarded by `Loc
 /// `statsrelay sink` (README, "Tools"): a stand-in backend that counts datagrams and lines per
 /// port. It runs no io driver (plain sockets, one thread per port), so only the case where a
 /// relay feeds it is parametrised by driver.
-@Suite("statsrelay sink", .serialized, .timeLimit(.minutes(1)))
+@Suite("statsrelay sink", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct SinkCommandTests {
     @Test("counts datagrams and non-empty lines per port, prints each line with --print, running totals with --report-every, and the totals at SIGTERM")
     func countsPerPort() throws {

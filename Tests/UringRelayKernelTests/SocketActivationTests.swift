@@ -5,7 +5,7 @@ import Testing
 @testable import UringRelay
 
 /// Listening sockets passed by systemd (`LISTEN_FDS`, `deploy/statsrelay.socket`).
-@Suite("Socket activation")
+@Suite("Socket activation", .onOwnThread)
 struct SocketActivationTests {
     static func line(_ index: Int) -> String { "activated.\(index):1|c" }
 

@@ -7,7 +7,7 @@ import Testing
 /// `statsrelay` started with some of descriptors 0–2 closed: it must hold `/dev/null` there
 /// before it opens anything, or its eventfds, ring or sockets take those numbers and the log
 /// and exit report go to them (to a backend, if its socket becomes descriptor 2).
-@Suite("statsrelay started with stdin, stdout or stderr closed", .timeLimit(.minutes(1)))
+@Suite("statsrelay started with stdin, stdout or stderr closed", .timeLimit(.minutes(1)), .onOwnThread)
 struct StandardDescriptorTests {
     /// A `/bin/sh` launcher that closes `descriptors` and executes the relay in its place.
     static func closing(_ descriptors: [Int]) -> [String] {

@@ -99,7 +99,7 @@ struct LockedMemoryCase: Sendable, CustomTestStringConvertible {
     ]
 }
 
-@Suite("Start-up resources: the locked memory the advice names, the receive buffer the log reports", .serialized, .timeLimit(.minutes(2)))
+@Suite("Start-up resources: the locked memory the advice names, the receive buffer the log reports", .serialized, .timeLimit(.minutes(2)), .onOwnThread)
 struct StartupResourceTests {
     /// The configuration a child of `memory` is started with, as a `RelayConfiguration` too.
     func configuration(_ memory: LockedMemoryCase, backends specs: [String]) throws -> RelayConfiguration {

@@ -12,7 +12,7 @@ func openFilesLimit(_ limit: Int) -> [String] {
     return ["/bin/bash", "-c", "ulimit -n \(limit) && exec \"$0\" \"$@\""]
 }
 
-@Suite("start-up checks and options", .serialized, .timeLimit(.minutes(1)))
+@Suite("start-up checks and options", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct StartupTests {
     /// Two workers (one where only one CPU is allowed) and two backends.
     static var workers: Int { min(2, max(1, WorkerThread.allowedCPUs.count)) }
@@ -130,7 +130,7 @@ struct StartupTests {
     }
 }
 
-@Suite("line endings and the hash tool", .serialized, .timeLimit(.minutes(1)))
+@Suite("line endings and the hash tool", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct LineEndingAndHashTests {
     @Test("only \\n ends a line: `a:1|c\\rb:2|c` reaches its backend as one line, \\r and all; \\r\\n and a last \\r end lines unforwarded", arguments: ioDrivers)
     func loneCarriageReturn(driver: IOBackendChoice) throws {

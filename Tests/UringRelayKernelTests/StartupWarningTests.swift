@@ -6,7 +6,7 @@ import Testing
 
 /// The start-up warnings docs/operations.md promises, each on a real child relay that then
 /// relays: a receive buffer smaller than asked for, and a worker that cannot be pinned.
-@Suite("Start-up warnings: a small receive buffer, a worker left unpinned", .serialized, .timeLimit(.minutes(1)))
+@Suite("Start-up warnings: a small receive buffer, a worker left unpinned", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct StartupWarningTests {
     static let smallBufferWarning = "receive buffer smaller than requested"
 

@@ -6,7 +6,7 @@ import Testing
 
 /// `--reuseport-steering` on sockets a relay took over: the new relay's choice replaces the
 /// program the old relay left on the listener's `SO_REUSEPORT` group, both ways.
-@Suite("SO_REUSEPORT steering after a takeover: the new relay's choice is in force", .serialized, .timeLimit(.minutes(1)))
+@Suite("SO_REUSEPORT steering after a takeover: the new relay's choice is in force", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct SteeringTakeoverTests {
     /// Two-worker relays (pinned to `cpus`, or the default CPUs): one with `before`, then a
     /// takeover by one with `after`. Returns the new relay once the old one has exited 0, with

@@ -15,7 +15,7 @@ struct StalledStop: Sendable {
     var datagramBytes: Int
 }
 
-@Suite("A stop's work is bounded by its budget, and what it leaves is counted", .serialized, .timeLimit(.minutes(2)))
+@Suite("A stop's work is bounded by its budget, and what it leaves is counted", .serialized, .timeLimit(.minutes(2)), .onOwnThread)
 struct StopBoundTests {
     /// Queues `count` datagrams (every fifth one empty) on a fresh listener and returns it.
     func listener(holding count: Int) throws -> UDPSocket {

@@ -7,7 +7,7 @@ import Testing
 /// A stop is bounded by `--shutdown-timeout` whatever the clients do, and what it leaves behind
 /// is counted (docs/operations.md, "Stopping"); a backend removed from the pool takes its held
 /// lines with it, counted.
-@Suite("A stop within its budget, and the leftovers counted", .serialized, .timeLimit(.minutes(1)))
+@Suite("A stop within its budget, and the leftovers counted", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct StopBudgetTests {
     @Test("clients keep the socket busy and a backend is held: the stop ends within --shutdown-timeout and counts datagrams left, lines unconfirmed and lines still held",
           arguments: ioDrivers)

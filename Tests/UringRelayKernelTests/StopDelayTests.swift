@@ -4,7 +4,7 @@ import Glibc
 import Testing
 @testable import UringRelay
 
-@Suite("Stop delay (--stop-delay)", .serialized, .timeLimit(.minutes(1)))
+@Suite("Stop delay (--stop-delay)", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct StopDelayTests {
     /// A child relay on one loopback backend with its admin endpoint on a kernel-chosen port.
     static func launch(driver: IOBackendChoice, backend: TestBackend, delay: String) throws -> (RelayProcess, SocketAddress, AdminAddress) {

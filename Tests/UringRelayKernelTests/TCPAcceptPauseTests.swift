@@ -13,7 +13,7 @@ private func openDescriptors(pid: Int32) -> [Int] {
 /// `EMFILE` and the listening socket stays readable, so a level-triggered wait would wake the
 /// worker at once, turn after turn (before the fix: 100 % of a CPU on the portable driver,
 /// 13 % on io_uring). The relay pauses accepting instead, and resumes as descriptors free up.
-@Suite("TCP ingest out of descriptors: accepting pauses, never spins, and resumes", .serialized, .timeLimit(.minutes(1)))
+@Suite("TCP ingest out of descriptors: accepting pauses, never spins, and resumes", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct TCPAcceptPauseTests {
     @Test("at RLIMIT_NOFILE, accept errors are counted at most once per 100 ms pause (no spinning), and every waiting client is accepted and relayed as connections close", arguments: ioDrivers)
     func pausesAtDescriptorLimit(driver: IOBackendChoice) throws {

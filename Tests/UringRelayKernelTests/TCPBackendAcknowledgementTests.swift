@@ -8,7 +8,7 @@ import Testing
 /// the relay's kernel took it: bytes still unacknowledged when a connection is let go are
 /// unconfirmed, or lost when the backend closed or reset the connection, which the relay sees
 /// without having to write into it.
-@Suite("TCP backends: sent means acknowledged; a connection the backend closed is seen", .serialized)
+@Suite("TCP backends: sent means acknowledged; a connection the backend closed is seen", .serialized, .onOwnThread)
 struct TCPBackendAcknowledgementTests {
     /// Lines of one length each (`tcp.ack.NNNNNN.<pad>:1|c`), so a byte count says how many
     /// lines it holds.

@@ -30,7 +30,7 @@ private func startRelay(
     }
 }
 
-@Suite("TCP backends: delivery, mixed pools, outages, slow readers, partial writes", .serialized)
+@Suite("TCP backends: delivery, mixed pools, outages, slow readers, partial writes", .serialized, .onOwnThread)
 struct TCPBackendTests {
     @Test("lines reach a tcp:// backend byte-exact, in order, each ended by a newline (a packet's lone line too)", arguments: ioDrivers)
     func deliveredByteExact(driver: IOBackendChoice) throws {
@@ -369,7 +369,7 @@ struct TCPBackendTests {
     }
 }
 
-@Suite("TCP backends on the command line: -sendproto, schemes, bad values")
+@Suite("TCP backends on the command line: -sendproto, schemes, bad values", .onOwnThread)
 struct TCPBackendCommandLineTests {
     @Test("the executable relays over TCP with the Go StatsRelay's single-dash -sendproto TCP; the start-up log shows tcp://", arguments: ioDrivers)
     func singleDashSendProtocol(driver: IOBackendChoice) throws {
@@ -408,7 +408,7 @@ struct TCPBackendCommandLineTests {
 /// io_uring driver's `send` waiting in the kernel for room on the old connection is ended
 /// (its socket's writing side shut down), so the link goes on at the new address, or is
 /// finished and freed, instead of waiting for a peer that never reads.
-@Suite("TCP backends stuck in a send: name moves and removals", .serialized)
+@Suite("TCP backends stuck in a send: name moves and removals", .serialized, .onOwnThread)
 struct TCPBackendStuckSendTests {
     /// A traffic thread's stop flag and the datagrams it sent.
     final class TrafficFlags: Sendable {
@@ -532,7 +532,22 @@ struct TCPBackendStuckSendTests {
     /// (`thread-self`: another suite may have moved the process's first thread elsewhere),
     /// leaving out TIME_WAIT (`06`): connections of earlier tests whose backend had the same
     /// port number linger in it for a minute, closed, and are not this relay's.
+    ///
+    /// The table comes a page per read, each read finding its place again by its position, so a
+    /// socket another test closes meanwhile can make a row be skipped or read twice (as in
+    /// `udpReceiveQueues`): read until two readings agree, at most five times.
     static func states(ofConnectionsTo port: UInt16) -> [String] {
+        var previous = statesOnce(ofConnectionsTo: port)
+        for _ in 0..<4 {
+            let reading = statesOnce(ofConnectionsTo: port)
+            if reading == previous { return reading }
+            previous = reading
+        }
+        return previous
+    }
+
+    /// One reading of `states(ofConnectionsTo:)`.
+    private static func statesOnce(ofConnectionsTo port: UInt16) -> [String] {
         // Read whole (FileContents reads to the end: a proc file reports no size).
         guard let bytes = try? FileContents.read(path: "/proc/thread-self/net/tcp") else { return [] }
         let table = String(decoding: bytes, as: UTF8.self)

@@ -9,7 +9,7 @@ import Testing
 /// acknowledged. `TCPIngest` takes them first, so they are read like every other connection.
 /// Driven here without a worker, so that the connections stay in the backlog until the test
 /// says: a worker takes them as soon as the kernel reports them.
-@Suite("TCP ingest takes its backlog before it stops listening", .serialized, .timeLimit(.minutes(1)))
+@Suite("TCP ingest takes its backlog before it stops listening", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct TCPBacklogTests {
     /// How the worker accepts: through epoll (`service`), or by a multishot accept (the io_uring
     /// driver: the listening sockets leave the epoll set; no ring here, so reads stay on epoll).

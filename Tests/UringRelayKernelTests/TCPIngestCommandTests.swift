@@ -7,7 +7,7 @@ import Testing
 /// The `statsrelay` executable with TCP ingest: `--tcp-port` beside the UDP listener, a second
 /// process on the TCP port refused (exit 71), a `tcp://` backend that is the relay's own TCP
 /// listener refused (exit 64).
-@Suite("The executable with TCP ingest", .serialized, .timeLimit(.minutes(1)))
+@Suite("The executable with TCP ingest", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct TCPIngestCommandTests {
     @Test("--tcp-port: lines over TCP and datagrams over UDP both relayed, counted under tcp:ADDR and udp:ADDR; a second statsrelay on the TCP port exits 71 naming it", arguments: ioDrivers)
     func tcpPortBesideUDP(driver: IOBackendChoice) throws {

@@ -135,7 +135,7 @@ func waitForCounters(_ relay: Relay, seconds: Double = 5, _ condition: (RelayCou
 
 /// TCP ingest (`--tcp-port`, a `tcp:ADDR:PORT` listener): newline-delimited lines over TCP,
 /// framed per connection, relayed as a datagram's lines are, counted under `tcp:ADDR:PORT`.
-@Suite("TCP ingest", .serialized, .timeLimit(.minutes(1)))
+@Suite("TCP ingest", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct TCPIngestTests {
     /// A relay on `driver` with a TCP listener on 127.0.0.1 (port chosen by the kernel).
     private func relay(

@@ -42,7 +42,7 @@ private let strictJunk: [Junk] = [
 /// A TCP client flooding junk beside a steady one (issue 14/15): the steady client's lines all
 /// arrive exactly once, unaltered and in order; the junk is counted by reason, exactly; an
 /// over-long line closes only the junk client's connection; the relay keeps relaying.
-@Suite("TCP junk flood beside a steady client", .serialized, .timeLimit(.minutes(1)))
+@Suite("TCP junk flood beside a steady client", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct TCPJunkFloodTests {
     /// Junk connections, one after another; each sends `blocks` copies of the junk and then a
     /// line longer than `--max-datagram`, which closes it.

@@ -31,7 +31,7 @@ private final class StopFlag: Sendable {
 
 /// TCP ingest's accepts on the io_uring driver: a multishot accept armed on each listening
 /// socket (the portable driver accepts through epoll; both must behave the same to a client).
-@Suite("TCP multishot accept", .serialized, .timeLimit(.minutes(1)))
+@Suite("TCP multishot accept", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct TCPMultishotAcceptTests {
     @Test("300 connections opened at once: every one accepted and counted, every line relayed once", arguments: ioDrivers)
     func burst(driver: IOBackendChoice) throws {

@@ -51,7 +51,7 @@ private func requireBundles(_ driver: IOBackendChoice) throws {
 /// through epoll. The observable that tells them apart: `tcp_receive_completions` and
 /// `tcp_receive_buffers` count the receive CQEs and the buffers they filled, and stay 0 on
 /// the portable driver (and on io_uring reading through epoll).
-@Suite("TCP multishot receive", .serialized, .timeLimit(.minutes(1)))
+@Suite("TCP multishot receive", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct TCPMultishotRecvTests {
     /// A relay on `driver` with a TCP listener on 127.0.0.1 (port chosen by the kernel).
     private func relay(

@@ -7,7 +7,7 @@ import Testing
 /// The probe round's deadline and its cancellation: a probe that has its answer is never
 /// failed for time, however late the round looks (a monitor thread that was not scheduled for
 /// a while), and a stop ends a round at once.
-@Suite("TCP probe rounds: deadline after poll, cancellation", .timeLimit(.minutes(1)))
+@Suite("TCP probe rounds: deadline after poll, cancellation", .timeLimit(.minutes(1)), .onOwnThread)
 struct TCPProbeDeadlineTests {
     @Test("a round whose deadline has passed before its first poll still takes what is ready: a loopback connect completes")
     func lateRoundTakesReadyProbes() throws {

@@ -56,7 +56,7 @@ final class KeptOpenAdminPort: @unchecked Sendable {  // the serving thread shar
     }
 }
 
-@Suite("TCP health probe on loopback", .timeLimit(.minutes(1)))
+@Suite("TCP health probe on loopback", .timeLimit(.minutes(1)), .onOwnThread)
 struct TCPProbeTests {
     /// The statsd-admin probe of one backend.
     static func adminTarget(_ address: SocketAddress) -> TCPProbe.Target {

@@ -6,7 +6,7 @@ import Testing
 
 /// TCP ingest listeners passed by systemd (`ListenStream=`, `LISTEN_FDS`): adopted, matched to
 /// the configured TCP listener, kept listening across a restart.
-@Suite("Socket activation of TCP ingest listeners")
+@Suite("Socket activation of TCP ingest listeners", .onOwnThread)
 struct TCPSocketActivationTests {
     static func line(_ connection: Int, _ index: Int) -> String { "tcpact.\(connection).\(index):1|c" }
 

@@ -8,7 +8,7 @@ import Testing
 /// Upgrades with TCP ingest listeners: every worker's listening socket handed over
 /// (`--control-socket`, `run --takeover`, protocol version 3), so no connect is ever refused and
 /// what waits in a backlog is accepted by the new relay.
-@Suite("Takeover of TCP ingest listeners")
+@Suite("Takeover of TCP ingest listeners", .onOwnThread)
 struct TCPTakeoverTests {
     /// The distinct line `tcpto.CONNECTION.INDEX:1|c`.
     static func line(_ connection: Int, _ index: Int) -> String { "tcpto.\(connection).\(index):1|c" }
@@ -264,7 +264,7 @@ final class ConnectingClients: Sendable {
 }
 
 /// A relay with TCP listeners against a successor too old to take them (protocol version 2).
-@Suite("Takeover of TCP ingest listeners: an older successor")
+@Suite("Takeover of TCP ingest listeners: an older successor", .onOwnThread)
 struct TCPTakeoverOlderPeerTests {
     @Test("a version 2 request names no TCP listener: the datagram listeners alone are offered, and the relay says its TCP listeners are not handed over", arguments: ioDrivers)
     func versionTwoRequest(driver: IOBackendChoice) throws {
@@ -302,7 +302,7 @@ struct TCPTakeoverOlderPeerTests {
 
 /// TCP listeners a reload adds: the listener set is the takeover's or the reload's, never both;
 /// one added by a reload is handed over like one configured at start.
-@Suite("Takeover of TCP ingest listeners added by a reload", .serialized, .timeLimit(.minutes(1)))
+@Suite("Takeover of TCP ingest listeners added by a reload", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct TCPTakeoverReloadTests {
     @Test(
         "a reload adding a TCP listener while a takeover holds the offer is refused; applied once it fails, the listener is handed over by the next takeover and accepts in the new relay",

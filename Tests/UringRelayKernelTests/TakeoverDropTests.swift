@@ -7,7 +7,7 @@ import Testing
 /// Kernel drops of the sockets both relays read during a takeover are counted once: the old
 /// relay counts up to the counter's value at its offer (sent with the sockets, protocol
 /// version 2), the new relay from there.
-@Suite("Kernel drops across a takeover: counted once", .serialized, .timeLimit(.minutes(1)))
+@Suite("Kernel drops across a takeover: counted once", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct TakeoverDropTests {
     /// A one-worker relay with a 16 KiB socket buffer and a control socket; a successor played
     /// by the test takes the offer, then the relay is stopped (SIGSTOP) while 2 000 datagrams

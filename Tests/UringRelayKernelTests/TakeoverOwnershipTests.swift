@@ -9,7 +9,7 @@ import Testing
 /// one has said it gave them up (`stopping`, protocol version 4, or `done`); a `ready` that
 /// comes too late, or an answer that never comes, leaves them to the old relay, and the new
 /// relay exits 75 without touching them.
-@Suite("Takeover: one owner of the sockets at a time", .serialized, .timeLimit(.minutes(2)))
+@Suite("Takeover: one owner of the sockets at a time", .serialized, .timeLimit(.minutes(2)), .onOwnThread)
 struct TakeoverOwnershipTests {
     /// A new relay still running after this long has not seen that the takeover failed.
     static let exitSeconds = 20.0

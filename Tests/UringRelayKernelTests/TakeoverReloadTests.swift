@@ -6,7 +6,7 @@ import Testing
 
 /// A reload and a takeover never change the listener set at once: a listener added after the
 /// offer would not be handed over, one removed would close under the new relay.
-@Suite("Reload during a takeover", .serialized, .timeLimit(.minutes(1)))
+@Suite("Reload during a takeover", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct TakeoverReloadTests {
     static func yaml(listeners: [String], control: String, backend: TestBackend) -> String {
         """

@@ -6,7 +6,7 @@ import Testing
 @testable import UringRelay
 
 /// Upgrades without loss: `--control-socket` and `run --takeover` between launched relays.
-@Suite("Takeover: listening sockets handed to a new relay")
+@Suite("Takeover: listening sockets handed to a new relay", .onOwnThread)
 struct TakeoverTests {
     /// A control socket path of its own for one test, removed if a relay left it.
     final class ControlPath: Sendable {

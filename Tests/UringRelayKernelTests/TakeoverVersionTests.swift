@@ -8,7 +8,7 @@ import Testing
 /// asks for the newest version, falls back one version at a time when refused with
 /// `code=version`, and counts kernel drops
 /// from where the old relay says it stopped (version 2) or from its own start (version 1).
-@Suite("Takeover protocol versions: the new relay's side", .serialized, .timeLimit(.minutes(1)))
+@Suite("Takeover protocol versions: the new relay's side", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct TakeoverVersionTests {
     /// The next connection to `server`, waited for at most 10 s.
     func accept(_ server: borrowing UnixStreamSocket) throws -> UnixStreamSocket {

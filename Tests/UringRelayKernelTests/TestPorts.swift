@@ -71,7 +71,7 @@ enum TestPorts {
     }
 }
 
-@Suite("Test ports: below the ephemeral range, each once")
+@Suite("Test ports: below the ephemeral range, each once", .onOwnThread)
 struct TestPortsTests {
     @Test("ports taken at once from many tasks are distinct, below the ephemeral range, and free to bind")
     func distinctAndFree() async throws {

@@ -7,7 +7,7 @@ import Testing
 /// `hold` with more than one worker: each worker holds what it received for a down backend
 /// within the relay-wide budget, and replays it when the backend returns (docs/operations.md,
 /// "Holding").
-@Suite("Hold and replay with two workers", .serialized, .timeLimit(.minutes(1)))
+@Suite("Hold and replay with two workers", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct TwoWorkerHoldTests {
     @Test("both workers hold a down backend's lines and replay them when it is back: every line once, each client's in order",
           arguments: ioDrivers)

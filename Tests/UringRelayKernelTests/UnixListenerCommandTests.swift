@@ -7,7 +7,7 @@ import Testing
 /// `statsrelay run --unix-socket PATH`: the file and its mode, removal at exit, a live path
 /// refused with the port-held exit status, and a takeover that hands the socket (and leaves its
 /// file) to the next relay.
-@Suite("The executable's Unix datagram listener", .serialized, .timeLimit(.minutes(1)))
+@Suite("The executable's Unix datagram listener", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct UnixListenerCommandTests {
     /// The UDP port of the first listener in the `listening on ADDR:PORT, unix:PATH` line.
     static func udpPort(of relay: RelayProcess) throws -> UInt16 {

@@ -37,7 +37,7 @@ func sendUnix(_ datagrams: [String], to path: String) throws {
 /// reads, beside the UDP listeners, counted under `unixgram:PATH`; its file gets the mode asked
 /// for, a stale one is replaced, a live one refused, and it is removed at exit and when a
 /// reload removes the listener.
-@Suite("Unix datagram listeners", .serialized, .timeLimit(.minutes(1)))
+@Suite("Unix datagram listeners", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct UnixListenerTests {
     @Test("datagrams sent to the Unix socket and to the UDP listener of one relay (two workers) are all relayed once, each counted under its own listener; the file has the default mode 0660", arguments: ioDrivers)
     func relaysBesideUDP(driver: IOBackendChoice) throws {

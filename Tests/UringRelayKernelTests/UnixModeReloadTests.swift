@@ -7,7 +7,7 @@ import Testing
 /// A Unix listener's mode (`--unix-socket-mode`, a listener's `mode`) changed by a reload: applied
 /// to its socket file at once, while the file is still the relay's; otherwise the reload fails,
 /// counted, naming the path.
-@Suite("A reload applies a Unix listener's changed mode", .serialized, .timeLimit(.minutes(1)))
+@Suite("A reload applies a Unix listener's changed mode", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct UnixModeReloadTests {
     /// A relay on one worker with a Unix listener at `path`, mode 0640.
     static func relay(path: String, backend: TestBackend, driver: IOBackendChoice) throws -> InProcessRelay {

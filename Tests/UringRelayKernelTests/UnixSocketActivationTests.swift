@@ -7,7 +7,7 @@ import Testing
 /// Socket activation of a Unix datagram listener (`ListenDatagram=/run/…` in the socket unit):
 /// systemd's socket, bound to a `--unix-socket` path, read by every worker, and left to systemd
 /// (its file too) when the relay stops.
-@Suite("Socket activation of a Unix datagram listener", .serialized, .timeLimit(.minutes(1)))
+@Suite("Socket activation of a Unix datagram listener", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct UnixSocketActivationTests {
     /// A configuration of two workers with a UDP listener on `udp`'s port and a Unix one at `path`.
     static func configuration(udp: SocketAddress, path: String, backend: TestBackend, driver: IOBackendChoice) throws -> RelayConfiguration {

@@ -65,7 +65,7 @@ struct FaultyTransport<Inner: IODriver & ~Copyable>: ~Copyable, IODriver {
     consuming func close(_ worker: inout WorkerState) { inner.close(&worker) }
 }
 
-@Suite("A worker tears down in one order on every path and keeps its counters", .serialized, .timeLimit(.minutes(1)))
+@Suite("A worker tears down in one order on every path and keeps its counters", .serialized, .timeLimit(.minutes(1)), .onOwnThread)
 struct WorkerTeardownTests {
     /// What the worker thread and the test share.
     final class WorkerLink: Sendable {

@@ -5,7 +5,7 @@ import Synchronization
 import Testing
 
 /// CPU affinity as the kernel reports it: `--cpus` and the default worker placement rely on it.
-@Suite("Worker threads: the full CPU affinity mask")
+@Suite("Worker threads: the full CPU affinity mask", .onOwnThread)
 struct WorkerThreadTests {
     /// Parses a kernel CPU list (`0-3,8,10-11`) into CPU numbers.
     static func cpus(inList list: Substring) -> [Int] {

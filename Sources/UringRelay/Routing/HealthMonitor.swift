@@ -61,6 +61,9 @@ public final class HealthMonitor: Sendable {
     private let listeners = Mutex(BackendAddressCheck.OwnListeners())
     private let thread = Mutex<WorkerThreadHandle?>(nil)
     private let statuses: Mutex<[BackendStatus]>
+    /// The membership generation of the pool `init` made the statuses for (`run` checks that
+    /// it starts from that pool).
+    private let statusesMembership: UInt64
     private let updated = DispatchSemaphore(value: 0)
     private let activations = Atomic<UInt64>(0)
     private let failingOpen = Atomic<Bool>(false)
@@ -80,7 +83,9 @@ public final class HealthMonitor: Sendable {
         stopEvent = try WakeupEvent()
         settingsChanged = try WakeupEvent()
         let now = MonotonicClock.nanoseconds()
-        let addresses = routing.current.addresses
+        let pool = routing.current
+        let addresses = pool.addresses
+        statusesMembership = pool.membership
         statuses = Mutex(zip(configuration.backends, addresses).map {
             BackendStatus(backend: $0, address: $1, state: .up, since: now, changes: 0, lastFailure: nil)
         })
@@ -214,6 +219,19 @@ public final class HealthMonitor: Sendable {
         var count = backends.count
         var trackers = (0..<count).map { _ in Self.tracker(config, now: MonotonicClock.nanoseconds()) }
         var addresses = pool.addresses
+        if pool.membership != statusesMembership {
+            // The backends changed between `init` and this thread's start (a reload just after
+            // start-up, with this thread started late on a busy host): the statuses `init` made
+            // are another pool's, and fewer than this one's backends when it grew (the loop
+            // below sets them by this pool's indices). Made again for this pool, each backend
+            // up, as every tracker starts.
+            let now = MonotonicClock.nanoseconds()
+            statuses.withLock { statuses in
+                statuses = zip(backends, addresses).map {
+                    BackendStatus(backend: $0, address: $1, state: .up, since: now, changes: 0, lastFailure: nil)
+                }
+            }
+        }
         var down = Array(repeating: false, count: count)
         func namedBackends() -> [Int] { backends.indices.filter { SocketAddress(numericHost: backends[$0].host, port: 0) == nil } }
         var named = namedBackends()
