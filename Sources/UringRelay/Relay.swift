@@ -502,6 +502,9 @@ public final class Relay: @unchecked Sendable {  // `driver` and `driverReason` 
             healthCheck: (running.healthCheck, running.healthCheckPort))
         logAddressChanges(from: routing.current, to: backends, addresses)
         routing.replaceBackends(backends, addresses: addresses)
+        // The monitor sleeps until its next check or refresh, never with checks off and no
+        // name to look up: its status follows the new pool now.
+        monitor.wake()
     }
 
     /// Checks `backends` at `addresses`, and the running mirror, against `listeners` and

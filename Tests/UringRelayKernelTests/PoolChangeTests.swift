@@ -101,6 +101,24 @@ struct PoolChangeTests {
         #expect(current == pools.count - 1, "the last pool never took over", sourceLocation: sourceLocation)
     }
 
+    /// With checks off and every backend an address, the monitor has nothing due and sleeps
+    /// until woken: its status (what /status and `statsrelay_backend_up` show) must follow a
+    /// replaced pool all the same.
+    @Test("with health checks off, the backends' status follows a replaced pool at once: the new backends listed, each up", arguments: ioDrivers)
+    func statusFollowsReplacedPool(driver: IOBackendChoice) throws {
+        try requireDriver(driver)
+        let backends = try (0..<3).map { _ in try TestBackend() }
+        let relay = try InProcessRelay(backends: Array(backends[0..<2]), driver: driver) { _ in }
+        #expect(relay.relay.monitor.status.map(\.backend.description) == backends[0..<2].map(\.spec))
+        let next = [backends[2].spec, backends[0].spec]
+        try relay.relay.replaceBackends(try next.map { try BackendAddress(parsing: $0) })
+        let followed = relay.relay.monitor.waitUntil(timeoutNanoseconds: 5_000_000_000) {
+            $0.map(\.backend.description) == next && $0.allSatisfy { $0.state == .up }
+        }
+        #expect(followed, "status: \(relay.relay.monitor.status.map(\.backend.description))")
+        _ = relay.stop()
+    }
+
     @Test("backends added, removed and reordered under traffic: every line arrives once, at the backend the pool in force routed it to", arguments: ioDrivers)
     func changesUnderTraffic(driver: IOBackendChoice) throws {
         try requireDriver(driver)
