@@ -139,7 +139,8 @@ public struct UDPSocket: ~Copyable {
     }
 
     /// The receive buffer asked for a connected (backend) socket, whose only traffic is its
-    /// error queue: 4 MiB (about 3 000 ICMP errors of full-size datagrams).
+    /// error queue: 4 MiB, which the kernel doubles (about 6 000 ICMP errors of full-size
+    /// datagrams where it may be forced).
     public static let errorQueueBufferBytes = 4 << 20
 
     /// Opens a socket connected to `address`, so that sends need no destination, with its error

@@ -19,7 +19,7 @@ private struct HoldingWorkers: ~Copyable {
     /// flush aside).
     var sentText: [[Substring]] = [[], []]
 
-    init(holdBytes: Int, workers: Int) throws {
+    init(holdBytes: Int, workers: Int, replayBytesPerSecond: Int = 1 << 30) throws {
         precondition((1...2).contains(workers))
         let backends = try ["127.0.0.1:9001", "127.0.0.1:9002"].map { try BackendAddress(parsing: $0) }
         let addresses = backends.map { SocketAddress(numericHost: $0.host, port: $0.port)! }
@@ -30,8 +30,8 @@ private struct HoldingWorkers: ~Copyable {
         configuration.threads = workers
         try configuration.validate()
         let routing = RoutingState(pool: BackendPool(backends: backends, addresses: addresses, policy: .hold))
-        // A replay rate that never makes the test wait: pacing is HoldStoreTests' subject.
-        let budget = HoldBudget(totalBytes: holdBytes, replayBytesPerSecond: 1 << 30, workers: workers)
+        // By default a replay rate that never makes the test wait: pacing is HoldStoreTests' subject.
+        let budget = HoldBudget(totalBytes: holdBytes, replayBytesPerSecond: replayBytesPerSecond, workers: workers)
         func settings() -> WorkerSettings {
             WorkerSettings(
                 configuration: configuration, listeners: [SocketAddress(numericHost: "127.0.0.1", port: 0)!], routing: routing,
@@ -49,11 +49,11 @@ private struct HoldingWorkers: ~Copyable {
         routing.publish(down: [true, false], addresses: addresses)
     }
 
-    /// One loop turn of worker `index`: a datagram in, the turn's bookkeeping (a second later
-    /// than the last, so every batch is due and the replay pace allows its burst), every
-    /// outgoing packet sent at once.
-    mutating func turn(_ index: Int, datagram: [UInt8]? = nil) {
-        now += 1_000_000_000
+    /// One loop turn of worker `index`: a datagram in, the turn's bookkeeping (`advance` later
+    /// than the last, by default a second, so every batch is due and the replay pace allows its
+    /// burst), every outgoing packet sent at once.
+    mutating func turn(_ index: Int, datagram: [UInt8]? = nil, advance: UInt64 = 1_000_000_000) {
+        now += advance
         if index == 0 {
             Self.turn(&first, now: now, datagram: datagram, sentLines: &sentLines, sentText: &sentText)
         } else if var core = second.take() {
@@ -283,6 +283,44 @@ struct HoldAccountingTests {
         #expect(counters[.linesDroppedBackendDown] == 0 && counters[.linesRehashed] == 0)
         #expect(counters[.linesFailOpen] == UInt64(after[0].count + after[1].count))
         #expect(relay.sentLines[0] + relay.sentLines[1] == perBackend[0] + perBackend[1])
+    }
+
+    /// Failing open ends when one backend comes back while another still has held packets: a
+    /// batch for the one still down, packed while failing open and handed out after, must queue
+    /// behind what is held for it, not go first.
+    @Test("a batch packed while failing open and handed out once failing open has ended goes behind the held lines of its backend, still down; each line once, in order")
+    func failOpenEndsWithBatchOpen() throws {
+        // A slow replay (about a 200-byte packet a second-long turn): held packets are left
+        // when failing open ends.
+        var relay = try HoldingWorkers(holdBytes: 64 << 20, workers: 1, replayBytesPerSecond: 200)
+        relay.routing.publish(down: [true, true], addresses: relay.addresses)
+        let (datagrams, perBackend) = traffic(33)
+        for datagram in datagrams[0..<30] { relay.turn(0, datagram: datagram) }
+        #expect(relay.sentLines == [0, 0])
+        relay.routing.replaceBackends(relay.routing.current.backends, addresses: relay.addresses, policy: .rehash)
+        for datagram in datagrams[30..<32] { relay.turn(0, datagram: datagram) }
+        // Packed a microsecond later: its batches stay open (not due, not full).
+        relay.turn(0, datagram: datagrams[32], advance: 1_000)
+        let router = Router(backendCount: 2)
+        var expected: [[Substring]] = [[], []]
+        for datagram in datagrams {
+            for line in String(decoding: datagram, as: UTF8.self).split(separator: "\n") {
+                expected[router.backend(forName: String(line.prefix { $0 != ":" }))].append(line)
+            }
+        }
+        let olderForOne = expected[1].count - String(decoding: datagrams[32], as: UTF8.self).split(separator: "\n")
+            .filter { router.backend(forName: String($0.prefix { $0 != ":" })) == 1 }.count
+        #expect(relay.sentLines[1] < olderForOne, "some of backend 1's older lines still held when failing open ends")
+        relay.routing.publish(down: [false, true], addresses: relay.addresses)
+        for _ in 0..<3 { relay.turn(0) }
+        relay.routing.publish(down: [false, false], addresses: relay.addresses)
+        for _ in 0..<200 { relay.turn(0) }
+        let counters = relay.finish()
+        #expect(relay.sentText[1] == expected[1], "backend 1: every line once, oldest first")
+        #expect(relay.sentText[0].sorted() == expected[0].sorted(), "backend 0: every line once")
+        #expect(relay.sentLines == perBackend)
+        #expect(counters[.linesReplayed] == counters[.linesHeld])
+        #expect(counters[.linesDroppedHeldAtExit] == 0 && counters[.linesDroppedHoldOverflow] == 0)
     }
 
     @Test("--hold-bytes 0 is accepted: it means hold nothing")

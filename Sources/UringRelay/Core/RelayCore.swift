@@ -520,8 +520,10 @@ public struct RelayCore: ~Copyable {
     /// so is one for a backend that is up while packets held for it wait to be replayed
     /// (nothing newer may overtake them), whatever the policy: what was held before a reload
     /// left `hold` drains as it would have under `hold`. Failing open, every backend counts as
-    /// up, so held packets replay to it then too and newer ones queue behind them. A backend
-    /// down under another policy gets only what that policy sends it, at once.
+    /// up, so held packets replay to it then too and newer ones queue behind them. A packet for
+    /// a backend whose held packets wait is held too, whatever its state: one packed while
+    /// failing open and handed out once that ended (the backend still down) must not overtake
+    /// them. A backend down under another policy gets only what that policy sends it, at once.
     @inline(__always)
     public mutating func nextOutgoing() -> (slot: Int, backend: Int)? {
         if replayedHead < replayed.count {
@@ -539,8 +541,8 @@ public struct RelayCore: ~Copyable {
             // A mirror packet (past the pool's backends) is never held.
             if (holds.heldPackets > 0 || (processor.router.downCount > 0 && processor.router.policy == .hold))
                 && !processor.assembler.isMirror(backend)
-                && (processor.router.down[backend] && !processor.router.isFailingOpen
-                    ? processor.router.policy == .hold : holds.isHolding(backend)) {
+                && (holds.isHolding(backend)
+                    || (processor.router.down[backend] && processor.router.policy == .hold && !processor.router.isFailingOpen)) {
                 hold(slot, for: backend)
                 continue
             }

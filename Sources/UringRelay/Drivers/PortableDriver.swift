@@ -125,9 +125,16 @@ extension PortableDriver: WorkerTransport {
 
     @inline(__always)
     mutating func receive(_ worker: inout WorkerState, now: UInt64) -> Bool {
-        // Once receiving has stopped, what the last batch still holds is relayed all the same
-        // (as the io_uring driver relays its queue), not left to be dropped at exit.
-        busy = receiving ? receiveAll(&worker, now: now) : batchNext < batchCount && !relayBatch(&worker, now: now)
+        if receiving {
+            busy = receiveAll(&worker, now: now)
+        } else {
+            // Once receiving has stopped, what the last batch still holds is relayed all the
+            // same (as the io_uring driver relays its queue), not left to be dropped at exit;
+            // not busy meanwhile, so a batch waiting for send slots is tried again after the
+            // wait (deferred sends are retried every millisecond), not in a spin.
+            if batchNext < batchCount { _ = relayBatch(&worker, now: now) }
+            busy = false
+        }
         busyTurns += busy ? 1 : 0
         return busy
     }
