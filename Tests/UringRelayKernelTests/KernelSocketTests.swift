@@ -311,20 +311,10 @@ struct KernelSocketTests {
         #expect(Self.procNetUDPDrops(port: address.port) == UInt64(drops))
     }
 
-    /// The `drops` column of `/proc/net/udp` for the socket bound to 127.0.0.1:`port`.
-    ///
-    /// The table comes a page per read, each read finding its place again by counting rows, so
-    /// a socket another test closes meanwhile can make this socket's row be skipped (as in
-    /// `udpReceiveQueues`): read until two readings agree, at most five times. Nothing sends to
-    /// the socket any more, so its count stands still.
+    /// The `drops` column of `/proc/net/udp` for the socket bound to 127.0.0.1:`port`, read
+    /// until two readings agree (`agreedReading`: nothing sends to the socket any more).
     static func procNetUDPDrops(port: UInt16) -> UInt64? {
-        var previous = procNetUDPDropsOnce(port: port)
-        for _ in 0..<4 {
-            let reading = procNetUDPDropsOnce(port: port)
-            if reading == previous { return reading }
-            previous = reading
-        }
-        return previous
+        agreedReading { procNetUDPDropsOnce(port: port) }
     }
 
     /// One reading of `procNetUDPDrops`.

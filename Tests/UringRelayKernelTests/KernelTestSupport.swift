@@ -522,21 +522,27 @@ var twoWorkerArguments: [String] {
     WorkerThread.allowedCPUs.count >= 2 ? ["--threads", "2"] : ["--threads", "2", "--cpus", "0-1"]
 }
 
-/// The receive-queue bytes of every IPv4 UDP socket bound to `port`, from `/proc/net/udp`.
+/// What `read` gives once two readings in a row agree, at most five readings (else the last).
 ///
-/// The table comes a page per read, each read finding its place again by counting rows: a
-/// socket that another test closes meanwhile shifts the rows, and one of `port`'s can be
-/// skipped (seen once in a full parallel run: one of two sockets missing). So it is read until
-/// two readings agree, at most five times: most callers stop the relay first, so the queues
-/// on `port` stand still; where something still reads them, the last reading is returned.
-func udpReceiveQueues(port: UInt16) -> [Int] {
-    var previous = udpReceiveQueuesOnce(port: port)
+/// A `/proc/net` table comes a page per read, each read finding its place again by counting
+/// rows: a socket that another test opens or closes meanwhile shifts the rows, and a row can be
+/// skipped or read twice (seen in full parallel runs). What the callers read stands still (a
+/// stopped relay's queues, a socket nothing sends to any more); where something still changes
+/// it, the last reading is returned.
+func agreedReading<Value: Equatable>(_ read: () -> Value) -> Value {
+    var previous = read()
     for _ in 0..<4 {
-        let reading = udpReceiveQueuesOnce(port: port)
+        let reading = read()
         if reading == previous { return reading }
         previous = reading
     }
     return previous
+}
+
+/// The receive-queue bytes of every IPv4 UDP socket bound to `port`, from `/proc/net/udp`,
+/// read until two readings agree (`agreedReading`).
+func udpReceiveQueues(port: UInt16) -> [Int] {
+    agreedReading { udpReceiveQueuesOnce(port: port) }
 }
 
 /// One reading of `udpReceiveQueues`.

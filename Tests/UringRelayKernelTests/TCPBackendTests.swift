@@ -532,18 +532,9 @@ struct TCPBackendStuckSendTests {
     /// (`thread-self`: another suite may have moved the process's first thread elsewhere),
     /// leaving out TIME_WAIT (`06`): connections of earlier tests whose backend had the same
     /// port number linger in it for a minute, closed, and are not this relay's.
-    ///
-    /// The table comes a page per read, each read finding its place again by its position, so a
-    /// socket another test closes meanwhile can make a row be skipped or read twice (as in
-    /// `udpReceiveQueues`): read until two readings agree, at most five times.
+    /// Read until two readings agree (`agreedReading`).
     static func states(ofConnectionsTo port: UInt16) -> [String] {
-        var previous = statesOnce(ofConnectionsTo: port)
-        for _ in 0..<4 {
-            let reading = statesOnce(ofConnectionsTo: port)
-            if reading == previous { return reading }
-            previous = reading
-        }
-        return previous
+        agreedReading { statesOnce(ofConnectionsTo: port) }
     }
 
     /// One reading of `states(ofConnectionsTo:)`.
