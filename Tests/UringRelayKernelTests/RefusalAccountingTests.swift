@@ -50,6 +50,20 @@ func inNetworkNamespace<Result: Sendable>(
     }
 }
 
+/// An `nft` ruleset for `inNetworkNamespace`'s `loadRules`: one rule, `verdict`, on the UDP
+/// datagrams to `port` at `hook` (`input`: as the receiver's host; `output`: as a local firewall
+/// on the sender's).
+func udpPortRule(hook: String, port: UInt16, _ verdict: String) -> String {
+    """
+    table inet statsrelay_test {
+        chain udp_port {
+            type filter hook \(hook) priority 0;
+            udp dport \(port) \(verdict)
+        }
+    }
+    """
+}
+
 /// Moves the calling thread into a new network namespace: `unshare(CLONE_NEWNET)`, which
 /// Glibc's Swift module leaves out (it is behind `_GNU_SOURCE`). Returns why it failed, or `nil`.
 private func unshareNetwork() -> String? {
@@ -157,14 +171,7 @@ struct RefusalAccountingTests {
         let run = try inNetworkNamespace { loadRules in
             let backend = try TestBackend()
             // The first datagram to the backend is refused (port unreachable), the rest pass.
-            try loadRules("""
-                table inet statsrelay_test {
-                    chain refuse {
-                        type filter hook input priority 0;
-                        udp dport \(backend.address.port) numgen inc mod 1000000 == 0 reject
-                    }
-                }
-                """)
+            try loadRules(udpPortRule(hook: "input", port: backend.address.port, "numgen inc mod 1000000 == 0 reject"))
             let relay = try InProcessRelay(backends: [backend], driver: driver) {
                 $0.packetBytes = 10  // one line a packet
                 $0.shutdownTimeoutNanoseconds = 5_000_000_000  // time to confirm every packet
@@ -207,14 +214,7 @@ struct RefusalAccountingTests {
     static func relayBehindFirewall(driver: IOBackendChoice, hook: String, every: Int) throws -> FirewallRun {
         try inNetworkNamespace { loadRules in
             let backend = try TestBackend()
-            try loadRules("""
-                table inet statsrelay_test {
-                    chain refuse {
-                        type filter hook \(hook) priority 0;
-                        udp dport \(backend.address.port) numgen inc mod \(every) == 0 reject
-                    }
-                }
-                """)
+            try loadRules(udpPortRule(hook: hook, port: backend.address.port, "numgen inc mod \(every) == 0 reject"))
             let relay = try InProcessRelay(backends: [backend], driver: driver) {
                 $0.packetBytes = 1_000  // at least 512 bytes: matched by the hash of what is quoted
                 $0.shutdownTimeoutNanoseconds = 5_000_000_000
@@ -279,14 +279,7 @@ struct RefusalSocketTests {
     func firewallDropIsNotAFullBuffer() throws {
         let (results, received) = try inNetworkNamespace { loadRules in
             let backend = try TestBackend()
-            try loadRules("""
-                table inet statsrelay_test {
-                    chain drop_half {
-                        type filter hook output priority 0;
-                        udp dport \(backend.address.port) numgen inc mod 2 == 1 drop
-                    }
-                }
-                """)
+            try loadRules(udpPortRule(hook: "output", port: backend.address.port, "numgen inc mod 2 == 1 drop"))
             let sockets = try BackendSockets(connecting: [backend.address], sendBufferBytes: 1 << 20)
             var pool = try SendBufferPool(capacity: 64, slotBytes: 1_024)
             var batch = SendBatch(capacity: 64)
