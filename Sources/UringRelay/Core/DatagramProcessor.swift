@@ -215,29 +215,31 @@ public struct DatagramProcessor: ~Copyable {
         // The name's cache hash, where the scan computed it (`probesByNameHash` only).
         var scannedHash: UInt64?
         let seeds = Self.probesByNameHash(Key.self, Mirror.self) && !Rewrite.isActive ? primaries.nameSeeds : nil
-        while let line = LineScanner.next(in: datagram, from: &offset, hashingNameWith: seeds, nameHash: &scannedHash) {
-            switch line {
+        while let scanned = LineScanner.next(in: datagram, from: &offset, hashingNameWith: seeds, nameHash: &scannedHash) {
+            switch scanned {
             case .valid(let start, let end, let key):
                 counters[.linesReceived] &+= 1
-                if let reason = Validation.check(datagram, line: start..<end, key: key) {
+                // A `.valid` line is never empty (`start < end`): no check again here.
+                let line = Range(uncheckedBounds: (start, end))
+                if let reason = Validation.check(datagram, line: line, key: key) {
                     counters[.dropped(reason)] &+= 1
                     continue
                 }
                 if Rewrite.isActive {
-                    let edit = rewriter.edit(datagram, line: start..<end, key: key)
+                    let edit = rewriter.edit(datagram, line: line, key: key)
                     // Never cut: a line the rewrite takes past what UDP carries is dropped whole.
                     if edit.length > BatchAssembler.largestDatagramBytes {
                         counters[.dropped(.tooLongRewritten)] &+= 1
                         continue
                     }
                     let seed = edit.isPrefixed ? rewriter.prefixSeed : FNV1a.offsetBasis
-                    let (hash, isComposite) = Key.hash(datagram, line: start..<end, key: key, seed: seed, scratch: &routingKey)
+                    let (hash, isComposite) = Key.hash(datagram, line: line, key: key, seed: seed, scratch: &routingKey)
                     let probe = primaries.probe(hash)
                     if hasPending {
                         if Mirror.isOn { mirrorRewrittenIfSampled(pending, pendingEdit, in: datagram, now: now, Key.self) }
                         packRewritten(pending, pendingEdit, in: datagram, now: now, Key.self)
                     }
-                    pending = Pending(line: start..<end, key: key, isComposite: isComposite || edit.isPrefixed, probe: probe)
+                    pending = Pending(line: line, key: key, isComposite: isComposite || edit.isPrefixed, probe: probe)
                     hasPending = true
                     pendingEdit = edit
                 } else {
@@ -249,14 +251,16 @@ public struct DatagramProcessor: ~Copyable {
                         isComposite = false
                     } else {
                         (hash, isComposite) = Key.hash(
-                            datagram, line: start..<end, key: key, seed: FNV1a.offsetBasis, scratch: &routingKey)
+                            datagram, line: line, key: key, seed: FNV1a.offsetBasis, scratch: &routingKey)
                     }
                     let probe = primaries.probe(hash)
                     if hasPending {
                         if Mirror.isOn { mirrorIfSampled(in: datagram, now: now) }
-                        pack(in: datagram, now: now, probedByNameHash: Self.probesByNameHash(Key.self, Mirror.self))
+                        pack(
+                            in: datagram, now: now, probedByNameHash: Self.probesByNameHash(Key.self, Mirror.self),
+                            mayBeComposite: Key.includesTags)
                     }
-                    self.pending = Pending(line: start..<end, key: key, isComposite: isComposite, probe: probe)
+                    self.pending = Pending(line: line, key: key, isComposite: isComposite, probe: probe)
                     hasPending = true
                 }
             case .empty:
@@ -272,7 +276,9 @@ public struct DatagramProcessor: ~Copyable {
                 packRewritten(pending, pendingEdit, in: datagram, now: now, Key.self)
             } else {
                 if Mirror.isOn { mirrorIfSampled(in: datagram, now: now) }
-                pack(in: datagram, now: now, probedByNameHash: Self.probesByNameHash(Key.self, Mirror.self))
+                pack(
+                    in: datagram, now: now, probedByNameHash: Self.probesByNameHash(Key.self, Mirror.self),
+                    mayBeComposite: Key.includesTags)
             }
         }
     }
@@ -293,11 +299,15 @@ public struct DatagramProcessor: ~Copyable {
     /// here, inlined in the line loop; any other goes through `packRouted`, out of line, whose
     /// registers and stack the common line then does not pay for.
     ///
-    /// - Parameter probedByNameHash: whether the pending line's probe is of its name's
-    ///   `nameHash` (then its FNV-1a 64 is computed here if it must be routed).
+    /// - Parameters:
+    ///   - probedByNameHash: whether the pending line's probe is of its name's `nameHash` (then
+    ///     its FNV-1a 64 is computed here if it must be routed).
+    ///   - mayBeComposite: whether the loop's key policy can write a key out (`name+tags`): a
+    ///     constant of the loop, so the loop whose keys never are does not read the flag.
     @inline(__always)
-    private mutating func pack(in datagram: RawSpan, now: UInt64, probedByNameHash: Bool) {
-        if !pending.isComposite, router.downCount == 0, let primary = primaries.cachedPrimary(for: pending.probe),
+    private mutating func pack(in datagram: RawSpan, now: UInt64, probedByNameHash: Bool, mayBeComposite: Bool) {
+        if !(mayBeComposite && pending.isComposite), router.downCount == 0,
+           let primary = primaries.cachedPrimary(for: pending.probe),
            assembler.appendToOpenBatch(datagram.extracting(pending.line), of: primary) {
             counters[.linesForwarded] &+= 1
             return

@@ -125,7 +125,8 @@ public enum LineScanner {
             guard let colon = firstColon else { return .malformed(.missingColon) }
             if colon == start { return .malformed(.emptyName) }
             nameHash = scannedHash
-            return .valid(start: start, end: stop, key: start..<colon)
+            // The scan's colon lies after `start` (checked just above) and before `stop`.
+            return .valid(start: start, end: stop, key: Range(uncheckedBounds: (start, colon)))
         }
         return general(
             in: datagram, from: &offset, mayContainNul: mayContainNul, mayContainCarriageReturn: mayContainCarriageReturn)

@@ -34,12 +34,13 @@ import RelayKernel
 /// A cache is indexed by one hash or the other for its life: a worker's processor never
 /// changes its `--hash-key` or its mirror.
 public struct PrimaryCache: ~Copyable, Sendable {
-    /// Two entries per set, the most recently filled first (fixed size, no copy-on-write checks;
-    /// a set's index is masked, so its two reads need no bounds checks).
-    private var entries: MaskedTable<UInt64>
+    /// The sets, each its two entries (fixed size, no copy-on-write checks; a set's index is
+    /// masked by the table, so its read needs no bounds check).
+    private var sets: MaskedTable<CacheSet>
     private let setMask: UInt64
     private let tagMask: UInt64
-    /// Whether the bucket numbers fit in an entry; if not, every lookup computes.
+    /// Whether the bucket numbers fit in an entry; if not, nothing is cached (every entry stays
+    /// empty, so every lookup computes).
     private let enabled: Bool
     /// The backend count the cached buckets were computed for.
     public let backendCount: Int
@@ -51,7 +52,7 @@ public struct PrimaryCache: ~Copyable, Sendable {
     public init(entries: Int = 65_536, backendCount: Int) {
         var sets = 32
         while sets * 2 < entries { sets <<= 1 }
-        self.entries = MaskedTable(repeating: 0, minimumCount: 2 * sets)
+        self.sets = MaskedTable(repeating: CacheSet(first: 0, second: 0), minimumCount: sets)
         setMask = UInt64(sets - 1)
         tagMask = ~setMask
         // bucket + 1 <= backendCount must fit in the low set-index bits.
@@ -65,7 +66,13 @@ public struct PrimaryCache: ~Copyable, Sendable {
     @inline(__always)
     func nameHash(_ name: RawSpan) -> UInt64 { name.nameHash(seeds: nameSeeds) }
 
-    /// One lookup's reads: the set of a hash and its two entries as they were when read.
+    /// A set's two entries, the most recently filled first: 16 bytes, read as one.
+    struct CacheSet: BitwiseCopyable {
+        var first: UInt64
+        var second: UInt64
+    }
+
+    /// One lookup's reads: the two entries of a hash's set as they were when read.
     ///
     /// Reading the set early and deciding later lets the caller overlap the memory access with
     /// other work (the next line's hash). The entries read are never wrong, only possibly out
@@ -74,21 +81,24 @@ public struct PrimaryCache: ~Copyable, Sendable {
         /// The hash probed by: the key's FNV-1a 64, or its `nameHash` in the line loop that
         /// probes by that (`DatagramProcessor`).
         let hash: UInt64
-        fileprivate let set: Int
         fileprivate let first: UInt64
         fileprivate let second: UInt64
 
         /// A probe of no key (a placeholder, never looked up).
-        static var none: Probe { Probe(hash: 0, set: -1, first: 0, second: 0) }
+        static var none: Probe { Probe(hash: 0, first: 0, second: 0) }
     }
 
-    /// Reads the set of `hash`.
+    /// The set of `hash` (before the table's mask): FNV-1a's high bits mix best, so they are
+    /// folded into the set index. The set is recomputed where it is needed, not kept in the
+    /// probe: one word less to store a line.
+    @inline(__always)
+    private static func setIndex(_ hash: UInt64) -> Int { Int(truncatingIfNeeded: hash ^ (hash >> 29)) }
+
+    /// Reads the set of `hash`. (A disabled cache's sets are all empty: its probes never match.)
     @inline(__always)
     func probe(_ hash: UInt64) -> Probe {
-        guard enabled else { return Probe(hash: hash, set: -1, first: 0, second: 0) }
-        // FNV-1a's high bits mix best; fold them into the set index.
-        let set = Int(truncatingIfNeeded: (hash ^ (hash >> 29)) & setMask) &<< 1
-        return Probe(hash: hash, set: set, first: entries[wrapping: set], second: entries[wrapping: set &+ 1])
+        let set = sets[wrapping: Self.setIndex(hash)]
+        return Probe(hash: hash, first: set.first, second: set.second)
     }
 
     /// The primary backend of a probed key: `router.primary(key: key, hash: probe.hash)`.
@@ -117,28 +127,33 @@ public struct PrimaryCache: ~Copyable, Sendable {
     @inline(__always)
     private func cached(_ probe: Probe) -> Int? {
         let tag = probe.hash & tagMask
-        if let bucket = match(probe.first, probe.second, tag) { return bucket }
-        guard probe.set >= 0 else { return nil }
+        if let bucket = match(probe.first, tag) { return bucket }
+        if let bucket = match(probe.second, tag) { return bucket }
         // The probe may predate an insert into this set (the line before, maybe the same
         // name): read the set again, now in L1, before computing.
-        return match(entries[wrapping: probe.set], entries[wrapping: probe.set &+ 1], tag)
+        let set = sets[wrapping: Self.setIndex(probe.hash)]
+        return match(set.first, tag) ?? match(set.second, tag)
     }
 
     /// Caches `bucket` for a probed hash, as the set's most recent entry.
     @inline(__always)
     private mutating func insert(_ probe: Probe, _ bucket: Int) {
-        guard probe.set >= 0 else { return }
-        entries[wrapping: probe.set &+ 1] = entries[wrapping: probe.set]
-        entries[wrapping: probe.set] = (probe.hash & tagMask) | UInt64(bucket + 1)
+        guard enabled else { return }
+        let index = Self.setIndex(probe.hash)
+        sets[wrapping: index] = CacheSet(first: (probe.hash & tagMask) | UInt64(bucket + 1), second: sets[wrapping: index].first)
     }
 
-    /// The bucket of the entry among `first` and `second` whose tag is `tag`, if any.
+    /// The bucket of `entry` if its tag is `tag` (a hash's bits above the set index).
+    ///
+    /// One compare: an entry is a tag and its bucket + 1 in `1...setMask` below it, or 0 when
+    /// empty. Xored with the tag sought, a matching entry leaves its bucket + 1, so one less is
+    /// its bucket, below `setMask`; an entry of another tag leaves a tag bit set, at least
+    /// `setMask + 1` after the `- 1`; an empty one leaves `tag`, which is 0 (wrapping to the
+    /// largest value) or again at least `setMask + 1`.
     @inline(__always)
-    private func match(_ first: UInt64, _ second: UInt64, _ tag: UInt64) -> Int? {
-        // An entry's low bits are its bucket + 1, at least 1: `&- 1` cannot go below 0.
-        if first & tagMask == tag && first != 0 { return Int(truncatingIfNeeded: first & setMask) &- 1 }
-        if second & tagMask == tag && second != 0 { return Int(truncatingIfNeeded: second & setMask) &- 1 }
-        return nil
+    private func match(_ entry: UInt64, _ tag: UInt64) -> Int? {
+        let bucket = (entry ^ tag) &- 1
+        return bucket < setMask ? Int(truncatingIfNeeded: bucket) : nil
     }
 
     /// The primary backend of a key: `router.primary(key: key, hash: hash)`.
