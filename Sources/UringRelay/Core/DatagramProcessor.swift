@@ -29,7 +29,9 @@ public struct DatagramProcessor: ~Copyable {
     /// The line the loop without a rewrite has hashed and not yet packed. A field, not a local
     /// of the loop: the loop stores a line here and `pack` reads it from here, where a local was
     /// copied into a fresh argument for each call, from spill slots at a datagram's last line
-    /// (issue 16: 30 instructions less per W1 datagram, W2 unchanged).
+    /// (issue 16: 30 instructions less per W1 datagram, W2 unchanged). `none` between
+    /// datagrams: whether the loop has a line pending is `pending.isLine`, not a flag of its
+    /// own (which lived in a stack slot, stored every line).
     private var pending = Pending.none
     /// `--metrics-prefix` and `--metrics-tags`.
     public let rewrite: LineRewrite
@@ -178,8 +180,14 @@ public struct DatagramProcessor: ~Copyable {
         var isComposite: Bool
         var probe: PrimaryCache.Probe
 
-        /// No line: what the loop's pending line is before the first (`hasPending` false).
+        /// No line: what the loop's pending line is before the first.
         static var none: Pending { Pending(line: 0..<0, key: 0..<0, isComposite: false, probe: .none) }
+
+        /// Whether this is a line, not `none`: a line ends past its start, so above 0.
+        var isLine: Bool { lineEnd != 0 }
+
+        /// Makes this `none` again (for the loop's test, `isLine`: the other fields are left).
+        mutating func clear() { lineEnd = 0 }
 
         /// A line of a datagram shorter than `Int32.max` bytes.
         init(line: Range<Int>, key: Range<Int>, isComposite: Bool, probe: PrimaryCache.Probe) {
@@ -205,9 +213,10 @@ public struct DatagramProcessor: ~Copyable {
         // Lines are held in `Pending`'s 32-bit offsets.
         precondition(datagram.byteCount <= Int(Int32.max), "datagram too long")
         var offset = 0
-        // Under `Rewriting` only: the line hashed and not yet packed (the loop without a rewrite
-        // keeps it in `self.pending`). Not an optional: `packRewritten` then borrows the variable
-        // itself, where the unwrapped copy of an optional was copied again a line to pass it.
+        // Under `Rewriting` only: the line hashed and not yet packed, and whether there is one
+        // (the loop without a rewrite keeps it in `self.pending`). Not an optional:
+        // `packRewritten` then borrows the variable itself, where the unwrapped copy of an
+        // optional was copied again a line to pass it.
         var pending = Pending.none
         var hasPending = false
         // How the pending line is rewritten (under `Rewriting` only).
@@ -256,7 +265,7 @@ public struct DatagramProcessor: ~Copyable {
                     // The line before is packed first and this one probed after: its set is still read
                     // ahead of its pack (in the next line's turn), and fewer of its values live across
                     // the pack (its hash, not the set's two entries).
-                    if hasPending {
+                    if self.pending.isLine {
                         if Mirror.isOn { mirrorIfSampled(in: datagram, now: now) }
                         pack(
                             in: datagram, now: now, probedByNameHash: Self.probesByNameHash(Key.self, Mirror.self),
@@ -264,7 +273,6 @@ public struct DatagramProcessor: ~Copyable {
                     }
                     let probe = primaries.probe(hash)
                     self.pending = Pending(line: line, key: key, isComposite: isComposite, probe: probe)
-                    hasPending = true
                 }
             case .empty:
                 counters[.emptyLines] &+= 1
@@ -273,16 +281,17 @@ public struct DatagramProcessor: ~Copyable {
                 counters[.dropped(reason)] &+= 1
             }
         }
-        if hasPending {
-            if Rewrite.isActive {
+        if Rewrite.isActive {
+            if hasPending {
                 if Mirror.isOn { mirrorRewrittenIfSampled(pending, pendingEdit, in: datagram, now: now, Key.self) }
                 packRewritten(pending, pendingEdit, in: datagram, now: now, Key.self)
-            } else {
-                if Mirror.isOn { mirrorIfSampled(in: datagram, now: now) }
-                pack(
-                    in: datagram, now: now, probedByNameHash: Self.probesByNameHash(Key.self, Mirror.self),
-                    mayBeComposite: Key.includesTags)
             }
+        } else if self.pending.isLine {
+            if Mirror.isOn { mirrorIfSampled(in: datagram, now: now) }
+            pack(
+                in: datagram, now: now, probedByNameHash: Self.probesByNameHash(Key.self, Mirror.self),
+                mayBeComposite: Key.includesTags)
+            self.pending.clear()
         }
     }
 

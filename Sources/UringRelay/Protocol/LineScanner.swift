@@ -119,7 +119,8 @@ public enum LineScanner {
             offset = stop < count ? stop &+ 1 : count
             if stop == start { return .empty }
             if stop &- start > BatchAssembler.largestDatagramBytes { return .malformed(.tooLong) }
-            if Span<UInt8>(_bytes: datagram)[start] == UInt8(ascii: "_"), let line = dogStatsD(datagram, start..<stop) {
+            // `start < count`, checked above: no bounds check again.
+            if Span<UInt8>(_bytes: datagram)[unchecked: start] == UInt8(ascii: "_"), let line = dogStatsD(datagram, start..<stop) {
                 return line
             }
             guard let colon = firstColon else { return .malformed(.missingColon) }
