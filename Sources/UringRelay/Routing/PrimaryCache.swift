@@ -13,10 +13,15 @@ import RelayKernel
 /// included (issue 16). Four ways in 256 KB missed fewer still, but the lookups that had to read
 /// past the set's newest two mispredicted: slower in time.
 ///
-/// An entry is the hash with its low set-index bits replaced by the bucket plus one (0 marks
-/// an empty entry). The set index is the low bits of `hash ^ hash >> 29`, so two hashes that
-/// agree in the entry's high bits and land in the same set are equal: the entry identifies
-/// its hash exactly, with no second load.
+/// An entry is the hash with its low set-index bits xored with the bucket plus one (at least
+/// 1, at most the set mask). The set index is the low bits of `hash ^ hash >> 29`, so two
+/// hashes that agree in their high bits (above the set index) and land in the same set are
+/// equal: the entry identifies its hash exactly, with no second load. A lookup xors the entry
+/// with the hash sought: the entry of that hash leaves its bucket plus one; the entry of
+/// another hash of the set leaves a bit above the set index. An empty entry of set `s` is the
+/// value `s`, itself a hash of set `s`: xored with a hash of that set it leaves 0 (the hash
+/// `s`) or a bit above the set index, never `1...setMask` (the hash `s ^ j`, `j` in
+/// `1...setMask`, is of set `s ^ j`).
 ///
 /// Under `jump` the backend is a function of the FNV-1a 64 alone, so the cache is exact. On a
 /// ring it is a function of the name's md5, which the cache does not keep: two names with the
@@ -38,7 +43,6 @@ public struct PrimaryCache: ~Copyable, Sendable {
     /// masked by the table, so its read needs no bounds check).
     private var sets: MaskedTable<CacheSet>
     private let setMask: UInt64
-    private let tagMask: UInt64
     /// Whether the bucket numbers fit in an entry; if not, nothing is cached (every entry stays
     /// empty, so every lookup computes).
     private let enabled: Bool
@@ -52,13 +56,16 @@ public struct PrimaryCache: ~Copyable, Sendable {
     public init(entries: Int = 65_536, backendCount: Int) {
         var sets = 32
         while sets * 2 < entries { sets <<= 1 }
+        // The set index's bits lie below bit 29 (`setIndex`): a hash's bits 29 and up are above them.
+        precondition(sets <= 1 << 28, "primary cache too large")
         self.sets = MaskedTable(repeating: CacheSet(first: 0, second: 0), minimumCount: sets)
         setMask = UInt64(sets - 1)
-        tagMask = ~setMask
         // bucket + 1 <= backendCount must fit in the low set-index bits.
         enabled = UInt64(backendCount) <= setMask
         self.backendCount = backendCount
         nameSeeds = NameHashSeeds.random()
+        // Set `s`'s empty entries are `s`: a value no other set's hash matches (`match`).
+        for set in 0..<sets { self.sets[wrapping: set] = CacheSet(first: UInt64(set), second: UInt64(set)) }
     }
 
     /// The hash the line loop for `--hash-key name` probes by (`probe(_:)`) in place of the
@@ -126,13 +133,12 @@ public struct PrimaryCache: ~Copyable, Sendable {
     /// The cached backend of a probed hash, if any.
     @inline(__always)
     private func cached(_ probe: Probe) -> Int? {
-        let tag = probe.hash & tagMask
-        if let bucket = match(probe.first, tag) { return bucket }
-        if let bucket = match(probe.second, tag) { return bucket }
+        if let bucket = match(probe.first, probe.hash) { return bucket }
+        if let bucket = match(probe.second, probe.hash) { return bucket }
         // The probe may predate an insert into this set (the line before, maybe the same
         // name): read the set again, now in L1, before computing.
         let set = sets[wrapping: Self.setIndex(probe.hash)]
-        return match(set.first, tag) ?? match(set.second, tag)
+        return match(set.first, probe.hash) ?? match(set.second, probe.hash)
     }
 
     /// Caches `bucket` for a probed hash, as the set's most recent entry.
@@ -140,19 +146,17 @@ public struct PrimaryCache: ~Copyable, Sendable {
     private mutating func insert(_ probe: Probe, _ bucket: Int) {
         guard enabled else { return }
         let index = Self.setIndex(probe.hash)
-        sets[wrapping: index] = CacheSet(first: (probe.hash & tagMask) | UInt64(bucket + 1), second: sets[wrapping: index].first)
+        sets[wrapping: index] = CacheSet(first: probe.hash ^ UInt64(bucket + 1), second: sets[wrapping: index].first)
     }
 
-    /// The bucket of `entry` if its tag is `tag` (a hash's bits above the set index).
-    ///
-    /// One compare: an entry is a tag and its bucket + 1 in `1...setMask` below it, or 0 when
-    /// empty. Xored with the tag sought, a matching entry leaves its bucket + 1, so one less is
-    /// its bucket, below `setMask`; an entry of another tag leaves a tag bit set, at least
-    /// `setMask + 1` after the `- 1`; an empty one leaves `tag`, which is 0 (wrapping to the
-    /// largest value) or again at least `setMask + 1`.
+    /// The bucket of `entry` if it is `hash`'s, read from its set: one xor and one compare, no
+    /// mask. Xored with `hash`, the entry of `hash` leaves its bucket + 1, so one less is its
+    /// bucket, below `setMask`; any other entry of the set leaves a bit above the set index set,
+    /// or 0 (an empty entry, for the hash equal to the set's number), at least `setMask` after
+    /// the `- 1` either way (the type's doc).
     @inline(__always)
-    private func match(_ entry: UInt64, _ tag: UInt64) -> Int? {
-        let bucket = (entry ^ tag) &- 1
+    private func match(_ entry: UInt64, _ hash: UInt64) -> Int? {
+        let bucket = (entry ^ hash) &- 1
         return bucket < setMask ? Int(truncatingIfNeeded: bucket) : nil
     }
 
