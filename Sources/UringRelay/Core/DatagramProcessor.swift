@@ -256,7 +256,7 @@ public struct DatagramProcessor: ~Copyable {
                     let isComposite: Bool
                     if Self.probesByNameHash(Key.self, Mirror.self) {
                         // The name's FNV-1a 64 is computed only if the cache misses (`routeUncached`).
-                        hash = scannedHash ?? primaries.nameHash(datagram.extracting(key))
+                        hash = scannedHash ?? Self.nameHash(of: datagram.extracting(key), in: primaries)
                         isComposite = false
                     } else {
                         (hash, isComposite) = Key.hash(
@@ -293,6 +293,14 @@ public struct DatagramProcessor: ~Copyable {
                 mayBeComposite: Key.includesTags)
             self.pending.clear()
         }
+    }
+
+    /// The cache's `nameHash` of a name the line scan did not hash (a line ending fewer than 16
+    /// bytes before the datagram's end, a service check's or an event's key). Out of line: the
+    /// loop then carries no copy of the hash's code and registers.
+    @inline(never)
+    private static func nameHash(of name: RawSpan, in cache: borrowing PrimaryCache) -> UInt64 {
+        cache.nameHash(name)
     }
 
     /// Whether the line loop without a rewrite probes the cache by the name's `nameHash` rather
