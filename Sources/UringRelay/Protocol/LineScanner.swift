@@ -120,7 +120,7 @@ public enum LineScanner {
             if stop == start { return .empty }
             if stop &- start > BatchAssembler.largestDatagramBytes { return .malformed(.tooLong) }
             // `start < count`, checked above: no bounds check again.
-            if Span<UInt8>(_bytes: datagram)[unchecked: start] == UInt8(ascii: "_"), let line = dogStatsD(datagram, start..<stop) {
+            if datagram.byte(scannedAt: start) == UInt8(ascii: "_"), let line = dogStatsD(datagram, start..<stop) {
                 return line
             }
             guard let colon = firstColon else { return .malformed(.missingColon) }
