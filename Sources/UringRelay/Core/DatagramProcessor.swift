@@ -224,6 +224,8 @@ public struct DatagramProcessor: ~Copyable {
         // The name's cache hash, where the scan computed it (`probesByNameHash` only).
         var scannedHash: UInt64?
         let seeds = Self.probesByNameHash(Key.self, Mirror.self) && !Rewrite.isActive ? primaries.nameSeeds : nil
+        // A line left pending by an earlier datagram would be packed from this one's bytes.
+        assert(!self.pending.isLine, "a line left pending across datagrams")
         while let scanned = LineScanner.next(in: datagram, from: &offset, hashingNameWith: seeds, nameHash: &scannedHash) {
             switch scanned {
             case .valid(let start, let end, let key):
