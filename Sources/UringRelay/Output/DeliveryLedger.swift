@@ -517,7 +517,9 @@ public struct DeliveryLedger: Sendable, Equatable {
             packet.newerInBucket = 0
             packets[Int(truncatingIfNeeded: head &+ offset) & mask] = packet
         }
-        queue = packets
+        // `consume`: with `packets` still alive, the index's first write below found the
+        // queue shared and copied it whole (Swift's copy-on-write), in every growth.
+        queue = consume packets
         buckets = [IndexBucket](repeating: IndexBucket(), count: capacity)
         for offset in 0..<UInt64(count) where !queue[slot(head &+ offset)].settled { index(head &+ offset) }
     }
