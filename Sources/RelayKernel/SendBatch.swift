@@ -42,6 +42,15 @@ public struct SendBatch: ~Copyable {
         groupStarts = RigidArray(repeating: 0, count: max(backendCount, 1))
         vectors = .allocate(capacity: capacity)
         headers = .allocate(capacity: capacity)
+        // Each header points at its own vector for good: `sendmmsg` reads the headers and
+        // writes back only `msg_len`, so a send fills in the vectors alone.
+        for index in 0..<capacity {
+            vectors[index] = iovec(iov_base: nil, iov_len: 0)
+            var header = cl_mmsghdr()
+            header.msg_hdr.msg_iov = vectors + index
+            header.msg_hdr.msg_iovlen = 1
+            headers[index] = header
+        }
         slots = RigidArray(repeating: 0, count: capacity)
         backends = RigidArray(repeating: 0, count: capacity)
         order = RigidArray(repeating: 0, count: capacity)
@@ -134,10 +143,6 @@ public struct SendBatch: ~Copyable {
                 let entry = Int(order[end])
                 let bytes = pool.unsafeBytes(ofSlot: Int(slots[entry]))
                 vectors[end] = iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes.baseAddress), iov_len: bytes.count)
-                var header = cl_mmsghdr()
-                header.msg_hdr.msg_iov = vectors + end
-                header.msg_hdr.msg_iovlen = 1
-                headers[end] = header
                 end += 1
             }
             sendGroup(start..<end, descriptor: sockets.descriptors[backend], waitUntil: nonBlocking || backend >= nonBlockingFrom ? 0 : waitUntil)
