@@ -700,10 +700,14 @@ unsigned long long cl_fingerprint_word(const unsigned char *bytes) {
 /// is one `crc32q` from memory (~1.1 instructions a word with the loop's, against ~4.25 for the
 /// multiply-rotate step it replaced), in two independent chains.
 ///
-/// The instruction is used where the CPU has it (checked once, `cpuid`); elsewhere the same
-/// function is computed a bit at a time, so every CPU gives the same value.
+/// The instruction is used where the CPU has it (checked once, `cpuid`). A CPU without it
+/// (x86-64 before SSE4.2, ARM built without the CRC extension) hashes with the multiply-rotate
+/// mix instead (`cl_fingerprint_mixed`): a fingerprint never leaves its process, where quotes
+/// and packets are hashed by the same function, so only the choice within a process matters,
+/// and a CRC computed without the instruction (`cl_fingerprint_lanes_reference`) would cost
+/// ~300 instructions a word.
 static inline __attribute__((always_inline))
-unsigned cl_crc32c_word_portable(unsigned crc, unsigned long long word) {
+unsigned cl_crc32c_word_reference(unsigned crc, unsigned long long word) {
     for (int bit = 0; bit < 64; bit++) {
         unsigned low = (crc ^ (unsigned)(word >> bit)) & 1u;
         crc = (crc >> 1) ^ (0x82F63B78u & (0u - low));
@@ -720,16 +724,16 @@ unsigned long long cl_fingerprint_tail(const unsigned char *bytes, size_t length
     return tail;
 }
 
-/// `cl_fingerprint_lanes` a bit at a time: for CPUs without a CRC-32C instruction (and as the
-/// definition the fast paths must agree with).
+/// `cl_fingerprint_lanes` a bit at a time: the definition the instruction paths must agree
+/// with (the tests compare them), not used by the relay.
 static inline
-unsigned long long cl_fingerprint_lanes_portable(unsigned long long seed, const unsigned char *bytes, size_t length) {
+unsigned long long cl_fingerprint_lanes_reference(unsigned long long seed, const unsigned char *bytes, size_t length) {
     unsigned lanes[2] = {(unsigned)seed, (unsigned)(seed >> 32)};
     size_t words = length / 8;
     for (size_t word = 0; word < words; word++) {
-        lanes[word & 1] = cl_crc32c_word_portable(lanes[word & 1], cl_fingerprint_word(bytes + 8 * word));
+        lanes[word & 1] = cl_crc32c_word_reference(lanes[word & 1], cl_fingerprint_word(bytes + 8 * word));
     }
-    if (length & 7) lanes[words & 1] = cl_crc32c_word_portable(lanes[words & 1], cl_fingerprint_tail(bytes, length));
+    if (length & 7) lanes[words & 1] = cl_crc32c_word_reference(lanes[words & 1], cl_fingerprint_tail(bytes, length));
     return ((unsigned long long)lanes[1] << 32) | lanes[0];
 }
 
@@ -798,8 +802,31 @@ static inline __attribute__((always_inline))
 int cl_has_crc32c_instruction(void) { return 0; }
 #endif
 
-/// The two CRC-32C lanes of the packet fingerprint (see `cl_fingerprint_lanes_portable`, the
-/// definition), by the CPU's instruction where it has one.
+/// The packet fingerprint's hash of `length` bytes at `bytes` from `seed` for a CPU without a
+/// CRC-32C instruction: the 8-byte words mixed by `state = rotl((state ^ word) * K, 29)`, four a
+/// turn, the tail zero-padded into one last word (an `xor`, an `imul` and a `rol` a word).
+static inline
+unsigned long long cl_fingerprint_mixed(unsigned long long seed, const unsigned char *bytes, size_t length) {
+    const unsigned long long multiplier = 0x9E3779B97F4A7C15ULL;
+    unsigned long long state = seed;
+    size_t words = length / 8, word = 0;
+    for (; word + 4 <= words; word += 4) {
+        const unsigned char *at = bytes + 8 * word;
+        state = __builtin_rotateleft64((state ^ cl_fingerprint_word(at)) * multiplier, 29);
+        state = __builtin_rotateleft64((state ^ cl_fingerprint_word(at + 8)) * multiplier, 29);
+        state = __builtin_rotateleft64((state ^ cl_fingerprint_word(at + 16)) * multiplier, 29);
+        state = __builtin_rotateleft64((state ^ cl_fingerprint_word(at + 24)) * multiplier, 29);
+    }
+    for (; word < words; word++) {
+        state = __builtin_rotateleft64((state ^ cl_fingerprint_word(bytes + 8 * word)) * multiplier, 29);
+    }
+    if (length & 7) state = __builtin_rotateleft64((state ^ cl_fingerprint_tail(bytes, length)) * multiplier, 29);
+    return state;
+}
+
+/// The packet fingerprint's hash before its finaliser: the two CRC-32C lanes
+/// (`cl_fingerprint_lanes_reference` defines them) by the CPU's instruction where it has one,
+/// else `cl_fingerprint_mixed`.
 static inline __attribute__((always_inline))
 unsigned long long cl_fingerprint_lanes(unsigned long long seed, const unsigned char *bytes, size_t length) {
 #if defined(__x86_64__)
@@ -821,11 +848,11 @@ unsigned long long cl_fingerprint_lanes(unsigned long long seed, const unsigned 
         return ((unsigned long long)b << 32) | a;
     }
 #endif
-    return cl_fingerprint_lanes_portable(seed, bytes, length);
+    return cl_fingerprint_mixed(seed, bytes, length);
 }
 
-/// Whether `cl_fingerprint_lanes` runs on the CPU's CRC-32C instruction (for the tests, which
-/// check both paths give the same values).
+/// Whether `cl_fingerprint_lanes` runs on the CPU's CRC-32C instruction, else on
+/// `cl_fingerprint_mixed` (for the tests: which definition this process's fingerprints follow).
 static inline
 int cl_fingerprint_uses_instruction(void) {
 #if defined(__x86_64__) || defined(__ARM_FEATURE_CRC32)
