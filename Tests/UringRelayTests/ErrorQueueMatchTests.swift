@@ -1,3 +1,4 @@
+import CLiburing
 import RelayKernel
 import Testing
 @testable import UringRelay
@@ -70,27 +71,59 @@ struct PacketFingerprintTests {
     }
 }
 
-/// The fingerprint's hash as its documentation defines it, one byte at a time: 8-byte
-/// little-endian words mixed by `((state ^ word) * K) rotl 29` from `state = length * K`, the tail
-/// zero-padded into one last word, then MurmurHash3's `fmix64`, over the first 512 bytes.
+/// Whether this process's fingerprints hash by the CPU's CRC-32C instruction (else by the
+/// multiply-rotate mix).
+private let fingerprintsUseCRC = cl_fingerprint_uses_instruction() != 0
+
+/// The fingerprint's hash as its documentation defines it, over the first 512 bytes as 8-byte
+/// little-endian words (the last zero-padded) from `seed = length * K`, then MurmurHash3's
+/// `fmix64`: the CRC-32C lanes (`referenceLanes`) where the CPU has the instruction, else the
+/// multiply-rotate mix (`referenceMixed`).
 private func referenceFingerprintHash(_ bytes: [UInt8]) -> UInt64 {
-    let multiplier: UInt64 = 0x9E37_79B9_7F4A_7C15
     let hashed = Array(bytes.prefix(PacketFingerprint.hashedBytes))
-    var state = UInt64(hashed.count) &* multiplier
-    for start in stride(from: 0, to: hashed.count, by: 8) {
-        var word: UInt64 = 0
-        for (shift, byte) in hashed[start..<min(start + 8, hashed.count)].enumerated() {
-            word |= UInt64(byte) << (8 * UInt64(shift))
-        }
-        let mixed = (state ^ word) &* multiplier
-        state = (mixed << 29) | (mixed >> 35)
-    }
+    let seed = UInt64(hashed.count) &* 0x9E37_79B9_7F4A_7C15
+    var state = fingerprintsUseCRC ? referenceLanes(hashed, seed: seed) : referenceMixed(hashed, seed: seed)
     state ^= state >> 33
     state &*= 0xFF51_AFD7_ED55_8CCD
     state ^= state >> 33
     state &*= 0xC4CE_B9FE_1A85_EC53
     state ^= state >> 33
     return state
+}
+
+/// `bytes` as 8-byte little-endian words, the last zero-padded.
+private func littleEndianWords(_ bytes: [UInt8]) -> [UInt64] {
+    stride(from: 0, to: bytes.count, by: 8).map { start in
+        var word: UInt64 = 0
+        for (shift, byte) in bytes[start..<min(start + 8, bytes.count)].enumerated() {
+            word |= UInt64(byte) << (8 * UInt64(shift))
+        }
+        return word
+    }
+}
+
+/// The multiply-rotate mix, a word at a time: `state = rotl((state ^ word) * K, 29)`.
+private func referenceMixed(_ bytes: [UInt8], seed: UInt64) -> UInt64 {
+    littleEndianWords(bytes).reduce(seed) { state, word in
+        let mixed = (state ^ word) &* 0x9E37_79B9_7F4A_7C15
+        return (mixed << 29) | (mixed >> 35)
+    }
+}
+
+/// The two CRC-32C lanes, one bit at a time: even-indexed words into lane A, odd ones into
+/// lane B (Castagnoli, reflected, no inversions: SSE4.2's `crc32q`), A seeded with the low 32
+/// bits of `seed`, B with the high 32; `B << 32 | A`.
+private func referenceLanes(_ bytes: [UInt8], seed: UInt64) -> UInt64 {
+    var lanes: [UInt32] = [UInt32(truncatingIfNeeded: seed), UInt32(truncatingIfNeeded: seed >> 32)]
+    for (index, word) in littleEndianWords(bytes).enumerated() {
+        var crc = lanes[index % 2]
+        for bit in 0..<64 {
+            let low = (crc ^ UInt32(truncatingIfNeeded: word >> UInt64(bit))) & 1
+            crc = (crc >> 1) ^ (low == 1 ? 0x82F6_3B78 : 0)
+        }
+        lanes[index % 2] = crc
+    }
+    return UInt64(lanes[1]) << 32 | UInt64(lanes[0])
 }
 
 @Suite("Packet fingerprint hash: the documented definition at every length")
@@ -102,6 +135,33 @@ struct PacketFingerprintHashTests {
         for length in Array(0...530) + [1_400] {
             let packet = Array(bytes.prefix(length))
             #expect(PacketFingerprint(packet.span.bytes).hash == referenceFingerprintHash(packet), "length \(length)")
+        }
+    }
+
+    @Test("the CRC-32C instruction's lanes equal the bitwise definition at every length from 0 to 530 bytes",
+          .enabled(if: fingerprintsUseCRC, "this CPU has no CRC-32C instruction: fingerprints use the mix"))
+    func instructionMatchesDefinition() {
+        var generator = SystemRandomNumberGenerator()
+        let bytes = (0..<530).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        let seed = UInt64.random(in: 0...UInt64.max, using: &generator)
+        bytes.withUnsafeBufferPointer { buffer in
+            for length in 0...530 {
+                let lanes = cl_fingerprint_lanes(seed, buffer.baseAddress, length)
+                #expect(lanes == cl_fingerprint_lanes_reference(seed, buffer.baseAddress, length), "length \(length)")
+                #expect(lanes == referenceLanes(Array(bytes.prefix(length)), seed: seed), "length \(length)")
+            }
+        }
+    }
+
+    @Test("the mix a CPU without the instruction hashes by equals its definition at every length from 0 to 530 bytes")
+    func mixMatchesDefinition() {
+        var generator = SystemRandomNumberGenerator()
+        let bytes = (0..<530).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        let seed = UInt64.random(in: 0...UInt64.max, using: &generator)
+        bytes.withUnsafeBufferPointer { buffer in
+            for length in 0...530 {
+                #expect(cl_fingerprint_mixed(seed, buffer.baseAddress, length) == referenceMixed(Array(bytes.prefix(length)), seed: seed), "length \(length)")
+            }
         }
     }
 }
