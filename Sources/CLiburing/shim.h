@@ -238,6 +238,63 @@ static inline int cl_next_cqe(struct io_uring *ring, struct io_uring_cqe *out) {
     return 1;
 }
 
+/// One CQE's three fields as `cl_take_completions` copies them, in the kernel's layout.
+struct cl_completion {
+    unsigned long long user_data;
+    int res;
+    unsigned flags;
+};
+
+/// Takes the CQEs at positions [*next, end) of the completion queue, in order. A datagram of a
+/// receive that stays armed (user_data's top byte `receive_kind`, IORING_CQE_F_MORE and
+/// IORING_CQE_F_BUFFER set, res >= 0) is parked in `queue` (mask + 1 slots) at position
+/// *tail, wrapped, while *tail < limit; *tail counts up. Every other CQE is copied into
+/// `others`, at most `others_capacity` of them; after another CQE of `receive_kind` (an end,
+/// an error, an empty datagram, a datagram with no room left) it stops, so that the caller
+/// handles that one before any later datagram is parked. It also stops when `others` is full.
+/// *next is advanced past every CQE taken; returns how many went to `others`.
+///
+/// Out of line, with registers of its own: inlined in the worker's wait, the loop's pointers
+/// and masks were spilled and reloaded for every CQE.
+static inline __attribute__((noinline))
+unsigned cl_take_completions(const struct io_uring *ring, unsigned *next, unsigned end, unsigned receive_kind,
+                             struct cl_completion *queue, unsigned long mask, unsigned long *tail,
+                             unsigned long limit, struct cl_completion *others, unsigned others_capacity) {
+    const struct io_uring_cqe *cqes = ring->cq.cqes;
+    const unsigned cq_mask = ring->cq.ring_mask;
+    const unsigned wanted = IORING_CQE_F_MORE | IORING_CQE_F_BUFFER;
+    unsigned position = *next;
+    unsigned long slot = *tail;
+    unsigned taken = 0;
+    while (position != end) {
+        // A run of datagrams, at most as many as there is room for. `delta + position` is the
+        // run's slot: exact modulo 2^32, which `mask + 1` divides, where `position` wraps.
+        const unsigned start = position;
+        const unsigned long room = limit - slot;
+        const unsigned run_end = room < end - start ? start + (unsigned)room : end;
+        const unsigned long delta = slot - start;
+        while (position != run_end) {
+            const struct io_uring_cqe *cqe = &cqes[position & cq_mask];
+            if ((unsigned)(cqe->user_data >> 56) != receive_kind) break;
+            if ((cqe->flags & wanted) != wanted) break;
+            if (cqe->res < 0) break;
+            memcpy(&queue[(delta + position) & mask], cqe, sizeof(struct cl_completion));
+            position++;
+        }
+        slot += position - start;
+        if (position == end || taken == others_capacity) break;
+        // Another CQE, or a datagram with no room left.
+        const struct io_uring_cqe *cqe = &cqes[position & cq_mask];
+        memcpy(&others[taken++], cqe, sizeof(struct cl_completion));
+        position++;
+        if ((unsigned)(cqe->user_data >> 56) == receive_kind) break;
+    }
+    *next = position;
+    *tail = slot;
+    return taken;
+}
+_Static_assert(sizeof(struct cl_completion) == sizeof(struct io_uring_cqe), "a CQE is copied whole");
+
 /// Names the calling thread for `top -H` and `perf` (at most 15 bytes are kept).
 static inline void cl_set_thread_name(const char *name) {
     prctl(PR_SET_NAME, (unsigned long)name, 0, 0, 0);

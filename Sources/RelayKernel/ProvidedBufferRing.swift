@@ -122,6 +122,14 @@ public struct ProvidedBufferRing: ~Copyable {
         assert(verifyInvariants())
     }
 
+    /// Records that the kernel filled `count` buffers (a batch of completions, counted once);
+    /// the caller now holds them until each is recycled.
+    @inlinable @inline(__always)
+    public mutating func take(count: Int) {
+        heldCount &+= count
+        assert(verifyInvariants())
+    }
+
     /// Checks a filled buffer against the kernel's numbers and lends its payload to `body` as a
     /// safe view.
     ///
