@@ -245,6 +245,15 @@ struct cl_completion {
     unsigned flags;
 };
 
+/// The top byte of a CQE's user_data (the relay's `UserData.Kind`), read as one byte.
+static inline __attribute__((always_inline)) unsigned cl_cqe_kind(const struct io_uring_cqe *cqe) {
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    return ((const unsigned char *)&cqe->user_data)[7];
+#else
+    return (unsigned)(cqe->user_data >> 56);
+#endif
+}
+
 /// Takes the CQEs at positions [*next, end) of the completion queue, in order. A datagram of a
 /// receive that stays armed (user_data's top byte `receive_kind`, IORING_CQE_F_MORE and
 /// IORING_CQE_F_BUFFER set, res >= 0) is parked in `queue` (mask + 1 slots) at position
@@ -275,7 +284,7 @@ unsigned cl_take_completions(const struct io_uring *ring, unsigned *next, unsign
         const unsigned long delta = slot - start;
         while (position != run_end) {
             const struct io_uring_cqe *cqe = &cqes[position & cq_mask];
-            if ((unsigned)(cqe->user_data >> 56) != receive_kind) break;
+            if (cl_cqe_kind(cqe) != receive_kind) break;
             if ((cqe->flags & wanted) != wanted) break;
             if (cqe->res < 0) break;
             memcpy(&queue[(delta + position) & mask], cqe, sizeof(struct cl_completion));
@@ -287,13 +296,34 @@ unsigned cl_take_completions(const struct io_uring *ring, unsigned *next, unsign
         const struct io_uring_cqe *cqe = &cqes[position & cq_mask];
         memcpy(&others[taken++], cqe, sizeof(struct cl_completion));
         position++;
-        if ((unsigned)(cqe->user_data >> 56) == receive_kind) break;
+        if (cl_cqe_kind(cqe) == receive_kind) break;
     }
     *next = position;
     *tail = slot;
     return taken;
 }
 _Static_assert(sizeof(struct cl_completion) == sizeof(struct io_uring_cqe), "a CQE is copied whole");
+
+/// Writes the buffers of the datagrams parked at positions [start, end) of `queue` (mask + 1
+/// slots, wrapped; `cl_take_completions`) into the provided-buffer ring `br` (ring_mask + 1
+/// entries), in order, from `offset` entries past its tail on: each buffer `bid` at `storage +
+/// bid * stride`, `len` bytes. Nothing is published (`io_uring_buf_ring_advance`). The ring's
+/// tail is read once: the kernel never writes it.
+///
+/// Out of line, with registers of its own, like `cl_take_completions`: one call a turn.
+static inline __attribute__((noinline))
+void cl_recycle_parked(struct io_uring_buf_ring *br, const struct cl_completion *queue, unsigned long mask,
+                       unsigned long start, unsigned long end, unsigned char *storage, unsigned long stride,
+                       unsigned len, unsigned ring_mask, unsigned offset) {
+    const unsigned short tail = br->tail;
+    for (unsigned long position = start; position != end; position++, offset++) {
+        const unsigned short bid = (unsigned short)(queue[position & mask].flags >> IORING_CQE_BUFFER_SHIFT);
+        struct io_uring_buf *buf = &br->bufs[(tail + offset) & ring_mask];
+        buf->addr = (unsigned long)(uintptr_t)(storage + (unsigned long)bid * stride);
+        buf->len = len;
+        buf->bid = bid;
+    }
+}
 
 /// Names the calling thread for `top -H` and `perf` (at most 15 bytes are kept).
 static inline void cl_set_thread_name(const char *name) {

@@ -496,13 +496,15 @@ extension IOUringDriver {
         core.receive(.datagram(length: 0), RawSpan(), listener: listener, now: now)
     }
 
-    /// Relays queued datagrams, oldest first, while the core can take one more.
+    /// Relays queued datagrams, oldest first, while the core can take one more, then recycles
+    /// their buffers together (published with the next wait, as one by one).
     @inline(__always)
     private mutating func relayQueued(_ core: inout RelayCore, now: UInt64) {
+        let start = queue.position
         while core.canAcceptDatagram, let entry = queue.pop() {
             Self.relay(entry, from: buffers, into: &core, now: now)
-            buffers.recycle(entry.bufferID)
         }
+        queue.recycle(poppedSince: start, into: &buffers)
     }
 
     @inline(__always)

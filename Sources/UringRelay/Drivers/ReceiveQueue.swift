@@ -54,6 +54,18 @@ struct ReceiveQueue: ~Copyable {
         ring.takeCompletions(in: &batch, parkingIn: entries, tail: &tail, limit: head &+ capacity, others: others)
     }
 
+    /// The oldest entry's position: read before popping, it tells `recycle(poppedSince:into:)`
+    /// which entries were popped.
+    var position: Int { head }
+
+    /// Gives the buffers of the entries popped since `position` was `start` back to `buffers`,
+    /// in one call (`ProvidedBufferRing.recycle(parked:from:to:)`). Nothing was pushed since:
+    /// those entries are as they were popped.
+    @inline(__always)
+    func recycle(poppedSince start: Int, into buffers: inout ProvidedBufferRing) {
+        buffers.recycle(parked: entries, from: start, to: head)
+    }
+
     /// Takes the oldest entry, or `nil` when none is waiting.
     @inline(__always)
     mutating func pop() -> Entry? {
