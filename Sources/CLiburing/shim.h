@@ -276,21 +276,31 @@ unsigned cl_take_completions(const struct io_uring *ring, unsigned *next, unsign
     unsigned long slot = *tail;
     unsigned taken = 0;
     while (position != end) {
-        // A run of datagrams, at most as many as there is room for. `delta + position` is the
-        // run's slot: exact modulo 2^32, which `mask + 1` divides, where `position` wraps.
-        const unsigned start = position;
+        // A run of datagrams, at most as many as there is room for, walked by pointer in pieces
+        // that wrap neither the CQ nor the queue.
         const unsigned long room = limit - slot;
-        const unsigned run_end = room < end - start ? start + (unsigned)room : end;
-        const unsigned long delta = slot - start;
+        const unsigned run_end = room < end - position ? position + (unsigned)room : end;
         while (position != run_end) {
-            const struct io_uring_cqe *cqe = &cqes[position & cq_mask];
-            if (cl_cqe_kind(cqe) != receive_kind) break;
-            if ((cqe->flags & wanted) != wanted) break;
-            if (cqe->res < 0) break;
-            memcpy(&queue[(delta + position) & mask], cqe, sizeof(struct cl_completion));
-            position++;
+            unsigned piece = run_end - position;
+            const unsigned cq_left = cq_mask + 1 - (position & cq_mask);
+            const unsigned long queue_left = mask + 1 - (slot & mask);
+            if (cq_left < piece) piece = cq_left;
+            if (queue_left < piece) piece = (unsigned)queue_left;
+            const struct io_uring_cqe *const first_cqe = &cqes[position & cq_mask];
+            const struct io_uring_cqe *const piece_end = first_cqe + piece;
+            const struct io_uring_cqe *cqe = first_cqe;
+            struct cl_completion *entry = &queue[slot & mask];
+            for (; cqe != piece_end; cqe++, entry++) {
+                if (cl_cqe_kind(cqe) != receive_kind) break;
+                if ((cqe->flags & wanted) != wanted) break;
+                if (cqe->res < 0) break;
+                memcpy(entry, cqe, sizeof(struct cl_completion));
+            }
+            const unsigned parked = (unsigned)(cqe - first_cqe);
+            position += parked;
+            slot += parked;
+            if (cqe != piece_end) break;
         }
-        slot += position - start;
         if (position == end || taken == others_capacity) break;
         // Another CQE, or a datagram with no room left.
         const struct io_uring_cqe *cqe = &cqes[position & cq_mask];
@@ -308,20 +318,33 @@ _Static_assert(sizeof(struct cl_completion) == sizeof(struct io_uring_cqe), "a C
 /// slots, wrapped; `cl_take_completions`) into the provided-buffer ring `br` (ring_mask + 1
 /// entries), in order, from `offset` entries past its tail on: each buffer `bid` at `storage +
 /// bid * stride`, `len` bytes. Nothing is published (`io_uring_buf_ring_advance`). The ring's
-/// tail is read once: the kernel never writes it.
+/// tail is read once: the kernel never writes it. Both sizes are powers of two.
 ///
 /// Out of line, with registers of its own, like `cl_take_completions`: one call a turn.
 static inline __attribute__((noinline))
 void cl_recycle_parked(struct io_uring_buf_ring *br, const struct cl_completion *queue, unsigned long mask,
                        unsigned long start, unsigned long end, unsigned char *storage, unsigned long stride,
                        unsigned len, unsigned ring_mask, unsigned offset) {
-    const unsigned short tail = br->tail;
-    for (unsigned long position = start; position != end; position++, offset++) {
-        const unsigned short bid = (unsigned short)(queue[position & mask].flags >> IORING_CQE_BUFFER_SHIFT);
-        struct io_uring_buf *buf = &br->bufs[(tail + offset) & ring_mask];
-        buf->addr = (unsigned long)(uintptr_t)(storage + (unsigned long)bid * stride);
-        buf->len = len;
-        buf->bid = bid;
+    // Walked by pointer in pieces that wrap neither the queue nor the ring.
+    unsigned ring_position = (unsigned)br->tail + offset;
+    unsigned long position = start;
+    while (position != end) {
+        unsigned long piece = end - position;
+        const unsigned long queue_left = mask + 1 - (position & mask);
+        const unsigned long ring_left = ring_mask + 1 - (ring_position & ring_mask);
+        if (queue_left < piece) piece = queue_left;
+        if (ring_left < piece) piece = ring_left;
+        const struct cl_completion *entry = &queue[position & mask];
+        const struct cl_completion *const piece_end = entry + piece;
+        struct io_uring_buf *buf = &br->bufs[ring_position & ring_mask];
+        for (; entry != piece_end; entry++, buf++) {
+            const unsigned short bid = (unsigned short)(entry->flags >> IORING_CQE_BUFFER_SHIFT);
+            buf->addr = (unsigned long)(uintptr_t)(storage + (unsigned long)bid * stride);
+            buf->len = len;
+            buf->bid = bid;
+        }
+        position += piece;
+        ring_position += (unsigned)piece;
     }
 }
 
