@@ -396,9 +396,10 @@ extension IOUringDriver {
             if batch.isEmpty { break }
             // The common CQE, a datagram whose receive stays armed, is parked without the switch
             // over every kind; `handle`, which takes every other CQE, would park it the same way.
-            // A datagram parked before a CQE of another kind that came first in the queue is
-            // not handled out of order: parking only queues it, and `handle` reads nothing of
-            // the queue; the CQEs that `handle` takes keep their order.
+            // A call parks its datagrams before `handle` sees the other CQEs it took, even one
+            // that came first: harmless, since parking only queues a datagram and `handle` reads
+            // nothing of the queue. The other CQEs keep their order, and one of a receive (an
+            // end, an error) ends the call, so it is handled before a later datagram is parked.
             repeat {
                 let taken = queue.park(from: ring, in: &batch, others: others)
                 for index in 0..<taken { handle(others[index], worker: &worker, now: now) }
