@@ -183,6 +183,20 @@ struct RouterHealthTests {
         }
     }
 
+    /// Set `s`'s empty entries are the value `s` (`PrimaryCache`): no small hash, which could
+    /// be mistaken for an entry xored with a bucket + 1, may be found before it is cached.
+    @Test("an empty primary cache finds no hash, the small ones its empty entries are made of included")
+    func primaryCacheEmptyEntriesMatchNothing() {
+        var cache = PrimaryCache(entries: 64, backendCount: 7)
+        let hashes = (0..<UInt64(256)) + (0..<UInt64(64)).map { (1 << 29) ^ $0 } + [UInt64.max, UInt64.max - 1]
+        for hash in hashes {
+            #expect(cache.cachedPrimary(for: cache.probe(hash)) == nil, "hash \(hash)")
+        }
+        for hash in hashes {
+            #expect(cache.primary(forHash: hash) == JumpHash.bucket(for: hash, buckets: 7), "hash \(hash)")
+        }
+    }
+
     @Test("two names in one set of the primary cache are both kept; a third evicts the one cached first", arguments: [
         1, 2, 3,
     ])

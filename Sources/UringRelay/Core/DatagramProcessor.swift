@@ -29,7 +29,9 @@ public struct DatagramProcessor: ~Copyable {
     /// The line the loop without a rewrite has hashed and not yet packed. A field, not a local
     /// of the loop: the loop stores a line here and `pack` reads it from here, where a local was
     /// copied into a fresh argument for each call, from spill slots at a datagram's last line
-    /// (issue 16: 30 instructions less per W1 datagram, W2 unchanged).
+    /// (issue 16: 30 instructions less per W1 datagram, W2 unchanged). `none` between
+    /// datagrams: whether the loop has a line pending is `pending.isLine`, not a flag of its
+    /// own (which lived in a stack slot, stored every line).
     private var pending = Pending.none
     /// `--metrics-prefix` and `--metrics-tags`.
     public let rewrite: LineRewrite
@@ -178,8 +180,14 @@ public struct DatagramProcessor: ~Copyable {
         var isComposite: Bool
         var probe: PrimaryCache.Probe
 
-        /// No line: what the loop's pending line is before the first (`hasPending` false).
+        /// No line: what the loop's pending line is before the first.
         static var none: Pending { Pending(line: 0..<0, key: 0..<0, isComposite: false, probe: .none) }
+
+        /// Whether this is a line, not `none`: a line ends past its start, so above 0.
+        var isLine: Bool { lineEnd != 0 }
+
+        /// Makes this `none` again (for the loop's test, `isLine`: the other fields are left).
+        mutating func clear() { lineEnd = 0 }
 
         /// A line of a datagram shorter than `Int32.max` bytes.
         init(line: Range<Int>, key: Range<Int>, isComposite: Bool, probe: PrimaryCache.Probe) {
@@ -205,9 +213,10 @@ public struct DatagramProcessor: ~Copyable {
         // Lines are held in `Pending`'s 32-bit offsets.
         precondition(datagram.byteCount <= Int(Int32.max), "datagram too long")
         var offset = 0
-        // Under `Rewriting` only: the line hashed and not yet packed (the loop without a rewrite
-        // keeps it in `self.pending`). Not an optional: `packRewritten` then borrows the variable
-        // itself, where the unwrapped copy of an optional was copied again a line to pass it.
+        // Under `Rewriting` only: the line hashed and not yet packed, and whether there is one
+        // (the loop without a rewrite keeps it in `self.pending`). Not an optional:
+        // `packRewritten` then borrows the variable itself, where the unwrapped copy of an
+        // optional was copied again a line to pass it.
         var pending = Pending.none
         var hasPending = false
         // How the pending line is rewritten (under `Rewriting` only).
@@ -215,29 +224,31 @@ public struct DatagramProcessor: ~Copyable {
         // The name's cache hash, where the scan computed it (`probesByNameHash` only).
         var scannedHash: UInt64?
         let seeds = Self.probesByNameHash(Key.self, Mirror.self) && !Rewrite.isActive ? primaries.nameSeeds : nil
-        while let line = LineScanner.next(in: datagram, from: &offset, hashingNameWith: seeds, nameHash: &scannedHash) {
-            switch line {
+        while let scanned = LineScanner.next(in: datagram, from: &offset, hashingNameWith: seeds, nameHash: &scannedHash) {
+            switch scanned {
             case .valid(let start, let end, let key):
                 counters[.linesReceived] &+= 1
-                if let reason = Validation.check(datagram, line: start..<end, key: key) {
+                // A `.valid` line is never empty (`start < end`): no check again here.
+                let line = Range(uncheckedBounds: (start, end))
+                if let reason = Validation.check(datagram, line: line, key: key) {
                     counters[.dropped(reason)] &+= 1
                     continue
                 }
                 if Rewrite.isActive {
-                    let edit = rewriter.edit(datagram, line: start..<end, key: key)
+                    let edit = rewriter.edit(datagram, line: line, key: key)
                     // Never cut: a line the rewrite takes past what UDP carries is dropped whole.
                     if edit.length > BatchAssembler.largestDatagramBytes {
                         counters[.dropped(.tooLongRewritten)] &+= 1
                         continue
                     }
                     let seed = edit.isPrefixed ? rewriter.prefixSeed : FNV1a.offsetBasis
-                    let (hash, isComposite) = Key.hash(datagram, line: start..<end, key: key, seed: seed, scratch: &routingKey)
+                    let (hash, isComposite) = Key.hash(datagram, line: line, key: key, seed: seed, scratch: &routingKey)
                     let probe = primaries.probe(hash)
                     if hasPending {
                         if Mirror.isOn { mirrorRewrittenIfSampled(pending, pendingEdit, in: datagram, now: now, Key.self) }
                         packRewritten(pending, pendingEdit, in: datagram, now: now, Key.self)
                     }
-                    pending = Pending(line: start..<end, key: key, isComposite: isComposite || edit.isPrefixed, probe: probe)
+                    pending = Pending(line: line, key: key, isComposite: isComposite || edit.isPrefixed, probe: probe)
                     hasPending = true
                     pendingEdit = edit
                 } else {
@@ -249,15 +260,19 @@ public struct DatagramProcessor: ~Copyable {
                         isComposite = false
                     } else {
                         (hash, isComposite) = Key.hash(
-                            datagram, line: start..<end, key: key, seed: FNV1a.offsetBasis, scratch: &routingKey)
+                            datagram, line: line, key: key, seed: FNV1a.offsetBasis, scratch: &routingKey)
+                    }
+                    // The line before is packed first and this one probed after: its set is still read
+                    // ahead of its pack (in the next line's turn), and fewer of its values live across
+                    // the pack (its hash, not the set's two entries).
+                    if self.pending.isLine {
+                        if Mirror.isOn { mirrorIfSampled(in: datagram, now: now) }
+                        pack(
+                            in: datagram, now: now, probedByNameHash: Self.probesByNameHash(Key.self, Mirror.self),
+                            mayBeComposite: Key.includesTags)
                     }
                     let probe = primaries.probe(hash)
-                    if hasPending {
-                        if Mirror.isOn { mirrorIfSampled(in: datagram, now: now) }
-                        pack(in: datagram, now: now, probedByNameHash: Self.probesByNameHash(Key.self, Mirror.self))
-                    }
-                    self.pending = Pending(line: start..<end, key: key, isComposite: isComposite, probe: probe)
-                    hasPending = true
+                    self.pending = Pending(line: line, key: key, isComposite: isComposite, probe: probe)
                 }
             case .empty:
                 counters[.emptyLines] &+= 1
@@ -266,14 +281,17 @@ public struct DatagramProcessor: ~Copyable {
                 counters[.dropped(reason)] &+= 1
             }
         }
-        if hasPending {
-            if Rewrite.isActive {
+        if Rewrite.isActive {
+            if hasPending {
                 if Mirror.isOn { mirrorRewrittenIfSampled(pending, pendingEdit, in: datagram, now: now, Key.self) }
                 packRewritten(pending, pendingEdit, in: datagram, now: now, Key.self)
-            } else {
-                if Mirror.isOn { mirrorIfSampled(in: datagram, now: now) }
-                pack(in: datagram, now: now, probedByNameHash: Self.probesByNameHash(Key.self, Mirror.self))
             }
+        } else if self.pending.isLine {
+            if Mirror.isOn { mirrorIfSampled(in: datagram, now: now) }
+            pack(
+                in: datagram, now: now, probedByNameHash: Self.probesByNameHash(Key.self, Mirror.self),
+                mayBeComposite: Key.includesTags)
+            self.pending.clear()
         }
     }
 
@@ -293,12 +311,17 @@ public struct DatagramProcessor: ~Copyable {
     /// here, inlined in the line loop; any other goes through `packRouted`, out of line, whose
     /// registers and stack the common line then does not pay for.
     ///
-    /// - Parameter probedByNameHash: whether the pending line's probe is of its name's
-    ///   `nameHash` (then its FNV-1a 64 is computed here if it must be routed).
+    /// - Parameters:
+    ///   - probedByNameHash: whether the pending line's probe is of its name's `nameHash` (then
+    ///     its FNV-1a 64 is computed here if it must be routed).
+    ///   - mayBeComposite: whether the loop's key policy can write a key out (`name+tags`): a
+    ///     constant of the loop, so the loop whose keys never are does not read the flag.
     @inline(__always)
-    private mutating func pack(in datagram: RawSpan, now: UInt64, probedByNameHash: Bool) {
-        if !pending.isComposite, router.downCount == 0, let primary = primaries.cachedPrimary(for: pending.probe),
-           assembler.appendToOpenBatch(datagram.extracting(pending.line), of: primary) {
+    private mutating func pack(in datagram: RawSpan, now: UInt64, probedByNameHash: Bool, mayBeComposite: Bool) {
+        if !(mayBeComposite && pending.isComposite), router.downCount == 0,
+           let primary = primaries.cachedPrimary(for: pending.probe),
+           // The pending line was scanned from this datagram: within it, no check again.
+           assembler.appendToOpenBatch(datagram.extracting(unchecked: pending.line), of: primary) {
             counters[.linesForwarded] &+= 1
             return
         }

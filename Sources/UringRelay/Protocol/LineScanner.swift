@@ -119,13 +119,15 @@ public enum LineScanner {
             offset = stop < count ? stop &+ 1 : count
             if stop == start { return .empty }
             if stop &- start > BatchAssembler.largestDatagramBytes { return .malformed(.tooLong) }
-            if Span<UInt8>(_bytes: datagram)[start] == UInt8(ascii: "_"), let line = dogStatsD(datagram, start..<stop) {
+            // `start < count`, checked above: no bounds check again.
+            if Span<UInt8>(_bytes: datagram)[unchecked: start] == UInt8(ascii: "_"), let line = dogStatsD(datagram, start..<stop) {
                 return line
             }
             guard let colon = firstColon else { return .malformed(.missingColon) }
             if colon == start { return .malformed(.emptyName) }
             nameHash = scannedHash
-            return .valid(start: start, end: stop, key: start..<colon)
+            // The scan's colon lies after `start` (checked just above) and before `stop`.
+            return .valid(start: start, end: stop, key: Range(uncheckedBounds: (start, colon)))
         }
         return general(
             in: datagram, from: &offset, mayContainNul: mayContainNul, mayContainCarriageReturn: mayContainCarriageReturn)

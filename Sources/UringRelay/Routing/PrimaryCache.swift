@@ -13,10 +13,15 @@ import RelayKernel
 /// included (issue 16). Four ways in 256 KB missed fewer still, but the lookups that had to read
 /// past the set's newest two mispredicted: slower in time.
 ///
-/// An entry is the hash with its low set-index bits replaced by the bucket plus one (0 marks
-/// an empty entry). The set index is the low bits of `hash ^ hash >> 29`, so two hashes that
-/// agree in the entry's high bits and land in the same set are equal: the entry identifies
-/// its hash exactly, with no second load.
+/// An entry is the hash with its low set-index bits xored with the bucket plus one (at least
+/// 1, at most the set mask). The set index is the low bits of `hash ^ hash >> 29`, so two
+/// hashes that agree in their high bits (above the set index) and land in the same set are
+/// equal: the entry identifies its hash exactly, with no second load. A lookup xors the entry
+/// with the hash sought: the entry of that hash leaves its bucket plus one; the entry of
+/// another hash of the set leaves a bit above the set index. An empty entry of set `s` is the
+/// value `s`, itself a hash of set `s`: xored with a hash of that set it leaves 0 (the hash
+/// `s`) or a bit above the set index, never `1...setMask` (the hash `s ^ j`, `j` in
+/// `1...setMask`, is of set `s ^ j`).
 ///
 /// Under `jump` the backend is a function of the FNV-1a 64 alone, so the cache is exact. On a
 /// ring it is a function of the name's md5, which the cache does not keep: two names with the
@@ -34,12 +39,12 @@ import RelayKernel
 /// A cache is indexed by one hash or the other for its life: a worker's processor never
 /// changes its `--hash-key` or its mirror.
 public struct PrimaryCache: ~Copyable, Sendable {
-    /// Two entries per set, the most recently filled first (fixed size, no copy-on-write checks;
-    /// a set's index is masked, so its two reads need no bounds checks).
-    private var entries: MaskedTable<UInt64>
+    /// The sets, each its two entries (fixed size, no copy-on-write checks; a set's index is
+    /// masked by the table, so its read needs no bounds check).
+    private var sets: MaskedTable<CacheSet>
     private let setMask: UInt64
-    private let tagMask: UInt64
-    /// Whether the bucket numbers fit in an entry; if not, every lookup computes.
+    /// Whether the bucket numbers fit in an entry; if not, nothing is cached (every entry stays
+    /// empty, so every lookup computes).
     private let enabled: Bool
     /// The backend count the cached buckets were computed for.
     public let backendCount: Int
@@ -51,13 +56,16 @@ public struct PrimaryCache: ~Copyable, Sendable {
     public init(entries: Int = 65_536, backendCount: Int) {
         var sets = 32
         while sets * 2 < entries { sets <<= 1 }
-        self.entries = MaskedTable(repeating: 0, minimumCount: 2 * sets)
+        // The set index's bits lie below bit 29 (`setIndex`): a hash's bits 29 and up are above them.
+        precondition(sets <= 1 << 28, "primary cache too large")
+        self.sets = MaskedTable(repeating: CacheSet(first: 0, second: 0), minimumCount: sets)
         setMask = UInt64(sets - 1)
-        tagMask = ~setMask
         // bucket + 1 <= backendCount must fit in the low set-index bits.
         enabled = UInt64(backendCount) <= setMask
         self.backendCount = backendCount
         nameSeeds = NameHashSeeds.random()
+        // Set `s`'s empty entries are `s`: a value no other set's hash matches (`match`).
+        for set in 0..<sets { self.sets[wrapping: set] = CacheSet(first: UInt64(set), second: UInt64(set)) }
     }
 
     /// The hash the line loop for `--hash-key name` probes by (`probe(_:)`) in place of the
@@ -65,7 +73,13 @@ public struct PrimaryCache: ~Copyable, Sendable {
     @inline(__always)
     func nameHash(_ name: RawSpan) -> UInt64 { name.nameHash(seeds: nameSeeds) }
 
-    /// One lookup's reads: the set of a hash and its two entries as they were when read.
+    /// A set's two entries, the most recently filled first: 16 bytes, read as one.
+    struct CacheSet: BitwiseCopyable {
+        var first: UInt64
+        var second: UInt64
+    }
+
+    /// One lookup's reads: the two entries of a hash's set as they were when read.
     ///
     /// Reading the set early and deciding later lets the caller overlap the memory access with
     /// other work (the next line's hash). The entries read are never wrong, only possibly out
@@ -74,21 +88,24 @@ public struct PrimaryCache: ~Copyable, Sendable {
         /// The hash probed by: the key's FNV-1a 64, or its `nameHash` in the line loop that
         /// probes by that (`DatagramProcessor`).
         let hash: UInt64
-        fileprivate let set: Int
         fileprivate let first: UInt64
         fileprivate let second: UInt64
 
         /// A probe of no key (a placeholder, never looked up).
-        static var none: Probe { Probe(hash: 0, set: -1, first: 0, second: 0) }
+        static var none: Probe { Probe(hash: 0, first: 0, second: 0) }
     }
 
-    /// Reads the set of `hash`.
+    /// The set of `hash` (before the table's mask): FNV-1a's high bits mix best, so they are
+    /// folded into the set index. The set is recomputed where it is needed, not kept in the
+    /// probe: one word less to store a line.
+    @inline(__always)
+    private static func setIndex(_ hash: UInt64) -> Int { Int(truncatingIfNeeded: hash ^ (hash >> 29)) }
+
+    /// Reads the set of `hash`. (A disabled cache's sets are all empty: its probes never match.)
     @inline(__always)
     func probe(_ hash: UInt64) -> Probe {
-        guard enabled else { return Probe(hash: hash, set: -1, first: 0, second: 0) }
-        // FNV-1a's high bits mix best; fold them into the set index.
-        let set = Int(truncatingIfNeeded: (hash ^ (hash >> 29)) & setMask) &<< 1
-        return Probe(hash: hash, set: set, first: entries[wrapping: set], second: entries[wrapping: set &+ 1])
+        let set = sets[wrapping: Self.setIndex(hash)]
+        return Probe(hash: hash, first: set.first, second: set.second)
     }
 
     /// The primary backend of a probed key: `router.primary(key: key, hash: probe.hash)`.
@@ -116,29 +133,31 @@ public struct PrimaryCache: ~Copyable, Sendable {
     /// The cached backend of a probed hash, if any.
     @inline(__always)
     private func cached(_ probe: Probe) -> Int? {
-        let tag = probe.hash & tagMask
-        if let bucket = match(probe.first, probe.second, tag) { return bucket }
-        guard probe.set >= 0 else { return nil }
+        if let bucket = match(probe.first, probe.hash) { return bucket }
+        if let bucket = match(probe.second, probe.hash) { return bucket }
         // The probe may predate an insert into this set (the line before, maybe the same
         // name): read the set again, now in L1, before computing.
-        return match(entries[wrapping: probe.set], entries[wrapping: probe.set &+ 1], tag)
+        let set = sets[wrapping: Self.setIndex(probe.hash)]
+        return match(set.first, probe.hash) ?? match(set.second, probe.hash)
     }
 
     /// Caches `bucket` for a probed hash, as the set's most recent entry.
     @inline(__always)
     private mutating func insert(_ probe: Probe, _ bucket: Int) {
-        guard probe.set >= 0 else { return }
-        entries[wrapping: probe.set &+ 1] = entries[wrapping: probe.set]
-        entries[wrapping: probe.set] = (probe.hash & tagMask) | UInt64(bucket + 1)
+        guard enabled else { return }
+        let index = Self.setIndex(probe.hash)
+        sets[wrapping: index] = CacheSet(first: probe.hash ^ UInt64(bucket + 1), second: sets[wrapping: index].first)
     }
 
-    /// The bucket of the entry among `first` and `second` whose tag is `tag`, if any.
+    /// The bucket of `entry` if it is `hash`'s, read from its set: one xor and one compare, no
+    /// mask. Xored with `hash`, the entry of `hash` leaves its bucket + 1, so one less is its
+    /// bucket, below `setMask`; any other entry of the set leaves a bit above the set index set,
+    /// or 0 (an empty entry, for the hash equal to the set's number), at least `setMask` after
+    /// the `- 1` either way (the type's doc).
     @inline(__always)
-    private func match(_ first: UInt64, _ second: UInt64, _ tag: UInt64) -> Int? {
-        // An entry's low bits are its bucket + 1, at least 1: `&- 1` cannot go below 0.
-        if first & tagMask == tag && first != 0 { return Int(truncatingIfNeeded: first & setMask) &- 1 }
-        if second & tagMask == tag && second != 0 { return Int(truncatingIfNeeded: second & setMask) &- 1 }
-        return nil
+    private func match(_ entry: UInt64, _ hash: UInt64) -> Int? {
+        let bucket = (entry ^ hash) &- 1
+        return bucket < setMask ? Int(truncatingIfNeeded: bucket) : nil
     }
 
     /// The primary backend of a key: `router.primary(key: key, hash: hash)`.
