@@ -98,28 +98,22 @@ public struct PacketFingerprint: Sendable, Equatable, CustomStringConvertible {
         "length=\(length) head=0x\(String(head, radix: 16)) hash=0x\(String(hash, radix: 16))"
     }
 
-    /// A 64-bit hash of `bytes`: 8-byte words mixed with a multiply-rotate step, the tail
-    /// zero-padded, the length folded in, then the `fmix64` finaliser of MurmurHash3.
+    /// A 64-bit hash of `bytes`: their 8-byte little-endian words (the last zero-padded) in
+    /// two CRC-32C lanes, even words in one and odd in the other, both seeded from the length
+    /// (`cl_fingerprint_lanes`), then the `fmix64` finaliser of MurmurHash3 over the two.
     ///
-    /// Runs once per packet sent over up to `hashedBytes` bytes, so its word loop is in C
-    /// (`cl_fingerprint_words`: an `xor`, an `imul` and a `rol` a word, four a turn), where the
-    /// rotate stays one instruction (issue 16's instructions per line).
+    /// Runs once per packet sent over up to `hashedBytes` bytes, so the lanes are in C, one
+    /// `crc32q` a word where the CPU has it (SSE4.2), the same values computed a bit at a time
+    /// elsewhere (issue 16's instructions per line). A word's 64 bits go into a 32-bit lane, so
+    /// two packets that differ in one lane's words only collide with odds of 2^-32; in both,
+    /// about 2^-64; and a difference within any 32 consecutive bits of a lane never collides (a CRC's
+    /// burst guarantee). The ledger compares a quote only with the packets of its own backend
+    /// still in flight, of a length the quote fits.
     @inline(__always)
     private static func hash(of bytes: UnsafeRawBufferPointer) -> UInt64 {
-        let multiplier: UInt64 = 0x9E37_79B9_7F4A_7C15
-        var state = UInt64(bytes.count) &* multiplier
-        guard let base = bytes.baseAddress else { return finalised(state) }
-        let words = bytes.count / 8
-        state = cl_fingerprint_words(state, base.assumingMemoryBound(to: UInt8.self), words)
-        let tailStart = words &* 8
-        if tailStart < bytes.count {
-            var tail: UInt64 = 0
-            for index in tailStart..<bytes.count {
-                tail |= UInt64(base.load(fromByteOffset: index, as: UInt8.self)) << (8 &* UInt64(index &- tailStart))
-            }
-            state = ((state ^ tail) &* multiplier).rotated(left: 29)
-        }
-        return finalised(state)
+        let seed = UInt64(bytes.count) &* 0x9E37_79B9_7F4A_7C15
+        guard let base = bytes.baseAddress else { return finalised(seed) }
+        return finalised(cl_fingerprint_lanes(seed, base.assumingMemoryBound(to: UInt8.self), bytes.count))
     }
 
     /// MurmurHash3's `fmix64`.
@@ -133,11 +127,4 @@ public struct PacketFingerprint: Sendable, Equatable, CustomStringConvertible {
         state ^= state >> 33
         return state
     }
-}
-
-extension UInt64 {
-    /// Masking shifts, which the compiler turns into one `rol` (the smart shifts' overshift
-    /// handling kept it at a shift, a shift and an or: two instructions more a word).
-    @inline(__always)
-    fileprivate func rotated(left count: UInt64) -> UInt64 { (self &<< count) | (self &>> (64 &- count)) }
 }

@@ -1,3 +1,4 @@
+import BasicContainers
 import CLiburing
 import Glibc
 
@@ -13,35 +14,39 @@ import Glibc
 public struct SendBatch: ~Copyable {
     private let vectors: UnsafeMutablePointer<iovec>
     private let headers: UnsafeMutablePointer<cl_mmsghdr>
-    private var slots: [Int32]
-    private var backends: [Int32]
-    private var order: [Int32]
+    // Fixed-capacity arrays: written for every packet, without an `Array`'s copy-on-write
+    // uniqueness check on each write (three calls of `swift_isUniquelyReferenced` a packet).
+    @usableFromInline var slots: RigidArray<Int32>
+    @usableFromInline var backends: RigidArray<Int32>
+    private var order: RigidArray<Int32>
     /// Per backend index, the scratch of `send`'s grouping (a count, then a position): sized
     /// for the backends known at the start, grown only when a packet for a higher backend
     /// index is first added (a reload that added backends), never shrunk.
-    private var groupStarts: [Int32]
+    @usableFromInline var groupStarts: RigidArray<Int32>
     /// The highest backend index among the packets added, -1 with none.
-    private var highestBackend = -1
-    private var results: [Int32]
-    private var retried: [Bool]
+    @usableFromInline var highestBackend = -1
+    @usableFromInline var results: RigidArray<Int32>
+    @usableFromInline var retried: RigidArray<Bool>
     /// Packets one batch holds.
     public let capacity: Int
     /// Packets added since the last `removeAll`.
-    public private(set) var count = 0
+    @inlinable @inline(__always)
+    public var count: Int { added }
+    @usableFromInline var added = 0
 
     /// Room for `capacity` packets, to `backends` backends (more can be added; see
     /// `groupStarts`).
     public init(capacity: Int, backends backendCount: Int = 1) {
         precondition(capacity > 0)
         self.capacity = capacity
-        groupStarts = Array(repeating: 0, count: max(backendCount, 1))
+        groupStarts = RigidArray(repeating: 0, count: max(backendCount, 1))
         vectors = .allocate(capacity: capacity)
         headers = .allocate(capacity: capacity)
-        slots = Array(repeating: 0, count: capacity)
-        backends = Array(repeating: 0, count: capacity)
-        order = Array(repeating: 0, count: capacity)
-        results = Array(repeating: 0, count: capacity)
-        retried = Array(repeating: false, count: capacity)
+        slots = RigidArray(repeating: 0, count: capacity)
+        backends = RigidArray(repeating: 0, count: capacity)
+        order = RigidArray(repeating: 0, count: capacity)
+        results = RigidArray(repeating: 0, count: capacity)
+        retried = RigidArray(repeating: false, count: capacity)
     }
 
     deinit {
@@ -50,38 +55,50 @@ public struct SendBatch: ~Copyable {
     }
 
     /// Whether the batch is full (send it before adding more).
-    public var isFull: Bool { count == capacity }
+    @inlinable @inline(__always)
+    public var isFull: Bool { added == capacity }
 
     /// Adds a packed slot bound for `backend`.
     ///
     /// - Precondition: not full.
+    @inlinable @inline(__always)
     public mutating func append(slot: Int, backend: Int) {
         precondition(count < capacity, "send batch is full")
         slots[count] = Int32(slot)
         backends[count] = Int32(backend)
         retried[count] = false
-        count += 1
-        if backend > highestBackend {
-            highestBackend = backend
-            if backend >= groupStarts.count {
-                groupStarts.append(contentsOf: repeatElement(0, count: backend + 1 - groupStarts.count))
-            }
+        added += 1
+        if backend > highestBackend { raiseHighestBackend(to: backend) }
+    }
+
+    /// Records `backend` as the highest so far, growing `groupStarts` to cover it.
+    @usableFromInline
+    mutating func raiseHighestBackend(to backend: Int) {
+        highestBackend = backend
+        if backend >= groupStarts.count {
+            var grown = RigidArray<Int32>(repeating: 0, count: backend + 1)
+            for index in groupStarts.indices { grown[index] = groupStarts[index] }
+            groupStarts = grown
         }
     }
 
     /// The slot of packet `index` (in the order added).
+    @inlinable @inline(__always)
     public func slot(_ index: Int) -> Int { Int(slots[index]) }
 
     /// The result of packet `index` after `send`: bytes sent or `-errno`, as a CQE's `res`.
+    @inlinable @inline(__always)
     public func result(_ index: Int) -> Int32 { results[index] }
 
     /// Whether packet `index` was sent twice: its first send failed with `ECONNREFUSED`, an
     /// earlier datagram's refusal still pending on the socket (see `send`).
+    @inlinable @inline(__always)
     public func wasRetried(_ index: Int) -> Bool { retried[index] }
 
     /// Forgets every packet (after their results have been taken).
+    @inlinable @inline(__always)
     public mutating func removeAll() {
-        count = 0
+        added = 0
         highestBackend = -1
     }
 

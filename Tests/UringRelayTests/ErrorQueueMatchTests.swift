@@ -1,3 +1,4 @@
+import CLiburing
 import RelayKernel
 import Testing
 @testable import UringRelay
@@ -70,21 +71,28 @@ struct PacketFingerprintTests {
     }
 }
 
-/// The fingerprint's hash as its documentation defines it, one byte at a time: 8-byte
-/// little-endian words mixed by `((state ^ word) * K) rotl 29` from `state = length * K`, the tail
-/// zero-padded into one last word, then MurmurHash3's `fmix64`, over the first 512 bytes.
+/// The fingerprint's hash as its documentation defines it, one bit at a time: 8-byte
+/// little-endian words (the last zero-padded) of the first 512 bytes, even-indexed ones into
+/// CRC-32C lane A, odd ones into lane B (Castagnoli, reflected, no inversions: SSE4.2's
+/// `crc32q`), A seeded with the low 32 bits of `length * K`, B with the high 32, then
+/// MurmurHash3's `fmix64` of `B << 32 | A`.
 private func referenceFingerprintHash(_ bytes: [UInt8]) -> UInt64 {
-    let multiplier: UInt64 = 0x9E37_79B9_7F4A_7C15
     let hashed = Array(bytes.prefix(PacketFingerprint.hashedBytes))
-    var state = UInt64(hashed.count) &* multiplier
-    for start in stride(from: 0, to: hashed.count, by: 8) {
+    let seed = UInt64(hashed.count) &* 0x9E37_79B9_7F4A_7C15
+    var lanes: [UInt32] = [UInt32(truncatingIfNeeded: seed), UInt32(truncatingIfNeeded: seed >> 32)]
+    for (index, start) in stride(from: 0, to: hashed.count, by: 8).enumerated() {
         var word: UInt64 = 0
         for (shift, byte) in hashed[start..<min(start + 8, hashed.count)].enumerated() {
             word |= UInt64(byte) << (8 * UInt64(shift))
         }
-        let mixed = (state ^ word) &* multiplier
-        state = (mixed << 29) | (mixed >> 35)
+        var crc = lanes[index % 2]
+        for bit in 0..<64 {
+            let low = (crc ^ UInt32(truncatingIfNeeded: word >> UInt64(bit))) & 1
+            crc = (crc >> 1) ^ (low == 1 ? 0x82F6_3B78 : 0)
+        }
+        lanes[index % 2] = crc
     }
+    var state = UInt64(lanes[1]) << 32 | UInt64(lanes[0])
     state ^= state >> 33
     state &*= 0xFF51_AFD7_ED55_8CCD
     state ^= state >> 33
@@ -102,6 +110,18 @@ struct PacketFingerprintHashTests {
         for length in Array(0...530) + [1_400] {
             let packet = Array(bytes.prefix(length))
             #expect(PacketFingerprint(packet.span.bytes).hash == referenceFingerprintHash(packet), "length \(length)")
+        }
+    }
+
+    @Test("the CRC-32C instruction's lanes and the portable ones agree at every length from 0 to 530 bytes")
+    func instructionMatchesPortable() {
+        var generator = SystemRandomNumberGenerator()
+        let bytes = (0..<530).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        let seed = UInt64.random(in: 0...UInt64.max, using: &generator)
+        bytes.withUnsafeBufferPointer { buffer in
+            for length in 0...530 {
+                #expect(cl_fingerprint_lanes(seed, buffer.baseAddress, length) == cl_fingerprint_lanes_portable(seed, buffer.baseAddress, length), "length \(length)")
+            }
         }
     }
 }

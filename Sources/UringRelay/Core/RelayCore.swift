@@ -1,3 +1,4 @@
+import BasicContainers
 import Glibc
 import RelayKernel
 
@@ -81,8 +82,9 @@ public struct RelayCore: ~Copyable {
     private var hasUnpublishedTurn = false
     private(set) var settings: WorkerSettings
     /// Per send slot: `handedOut` once `nextOutgoing` gave it to the driver, `retried` once a
-    /// send of it was tried again; cleared when its send completes.
-    private var slotStates: [SlotState]
+    /// send of it was tried again; cleared when its send completes. Fixed-capacity: written
+    /// twice a packet, without an `Array`'s copy-on-write uniqueness check.
+    private var slotStates: RigidArray<SlotState>
     /// Per listener id, its position in the counters' listeners.
     private var listenerPositions: [Int] = []
     /// The listener whose datagrams are being received (`UInt32.max` before the first), and
@@ -130,7 +132,7 @@ public struct RelayCore: ~Copyable {
         holds = HoldStore(backendCount: pool.count, budget: settings.holdBudget, packetBytes: settings.packetBytes)
         replayed = []
         replayed.reserveCapacity(processor.assembler.pool.capacity)
-        slotStates = Array(repeating: [], count: processor.assembler.pool.capacity)
+        slotStates = RigidArray(repeating: [], count: processor.assembler.pool.capacity)
         nextPublish = now &+ CounterBoard.publishIntervalNanoseconds
         lastPublished = now
         // The health monitor reads this worker's refusals from what it publishes.
@@ -611,7 +613,7 @@ public struct RelayCore: ~Copyable {
         processor = replacement
         let membershipChanged = next.membership != pool.membership
         // Every send of the old pool has completed (the change waits for them).
-        slotStates = Array(repeating: [], count: processor.assembler.pool.capacity)
+        slotStates = RigidArray(repeating: [], count: processor.assembler.pool.capacity)
         // Held packets follow their backend; a removed backend's are dropped and counted.
         let removedLines = holds.remap(positions, newCount: next.count)
         processor.counters[.linesDroppedBackendRemoved] &+= UInt64(removedLines)

@@ -25,16 +25,18 @@ import RelayKernel
 struct BackendConnections: ~Copyable {
     /// One connected socket per backend of the core's pool, in pool order.
     private(set) var sockets: BackendSockets
-    private var ledgers: [DeliveryLedger]
+    /// Per backend: its current socket's ledger. Fixed-capacity (remade on a pool change):
+    /// one is written for every packet sent, without an `Array`'s uniqueness check.
+    private var ledgers: RigidArray<DeliveryLedger>
     private(set) var identities: [String]
     private var addresses: [SocketAddress]
     private var generation: UInt64
     /// Per backend: the number of its current socket, unique among this worker's sockets.
     private var socketNumbers: [UInt32]
     /// Per backend: sends handed to the kernel on its current socket and not yet completed.
-    private var inFlight: [Int]
+    private var inFlight: RigidArray<Int>
     /// Per send slot: the number of the socket its send in flight went on.
-    private var sentOn: [UInt32]
+    private var sentOn: RigidArray<UInt32>
     private var nextSocketNumber: UInt32 = 0
     /// Sockets of backends that left the pool or moved, until their packets are all accounted for.
     private var retired: RetiredSockets
@@ -84,14 +86,14 @@ struct BackendConnections: ~Copyable {
         self.linkOf = linkOf
         self.nextLinkID = nextLinkID
         sockets = try BackendSockets(connecting: pool.addresses, sendBufferBytes: sendBufferBytes)
-        ledgers = pool.backends.map { _ in DeliveryLedger() }
+        ledgers = RigidArray(repeating: DeliveryLedger(), count: pool.count)
         identities = pool.identities
         addresses = pool.addresses
         generation = pool.generation
         socketNumbers = pool.backends.indices.map { UInt32($0) }
         nextSocketNumber = UInt32(pool.count)
-        inFlight = Array(repeating: 0, count: pool.count)
-        sentOn = Array(repeating: 0, count: sendSlots)
+        inFlight = RigidArray(repeating: 0, count: pool.count)
+        sentOn = RigidArray(repeating: 0, count: sendSlots)
         retired = RetiredSockets()
     }
 
@@ -253,7 +255,7 @@ struct BackendConnections: ~Copyable {
         }
         var reused = Array(repeating: false, count: ledgers.count)
         for old in kept.compactMap({ $0 }) { reused[old] = true }
-        var newLedgers = next.backends.map { _ in DeliveryLedger() }
+        var newLedgers = RigidArray(repeating: DeliveryLedger(), count: next.count)
         var newNumbers: [UInt32] = []
         for (new, old) in kept.enumerated() {
             if let old {
@@ -272,9 +274,9 @@ struct BackendConnections: ~Copyable {
         identities = next.identities
         addresses = next.addresses
         socketNumbers = newNumbers
-        inFlight = Array(repeating: 0, count: next.count)
+        inFlight = RigidArray(repeating: 0, count: next.count)
         // The core's new send buffers may differ in number.
-        sentOn = Array(repeating: 0, count: core.sendBuffers.capacity)
+        sentOn = RigidArray(repeating: 0, count: core.sendBuffers.capacity)
         generation = core.pool.generation
         retired.settle(now: now, aged: now &- Self.confirmationSlackNanoseconds, into: &core)
     }

@@ -311,15 +311,25 @@ public struct DeliveryLedger: Sendable, Equatable {
         }
         offeredSinceDrain = 0
         completedDrains &+= 1
-        while count > 0, decisionTime(ofAcceptedAt: queue[slot(head)].acceptedAt) <= now {
-            let doubtful = isDoubted(acceptedAt: queue[slot(head)].acceptedAt)
+        // Per packet confirmed: what it settles is summed in locals and added to the counts
+        // once, after the loop (stores to the counts each turn made the compiler reload them).
+        var confirmed = Counts()
+        var doubtedNow = Counts()
+        while count > 0 {
+            let acceptedAt = queue[slot(head)].acceptedAt
+            // `decisionTime(ofAcceptedAt:)`, with the doubt it tests kept for below.
+            let doubtful = isDoubted(acceptedAt: acceptedAt)
+            let decision = doubtful ? max(acceptedAt &+ confirmationDelay, acceptedAt &+ doubtWindow) : acceptedAt &+ confirmationDelay
+            guard decision <= now else { break }
             let (lines, bytes) = removeHead()
-            unconfirmed.packets -= 1
-            unconfirmed.lines -= UInt64(lines)
-            unconfirmed.bytes -= UInt64(bytes)
-            if doubtful { doubted.add(lines: lines, bytes: bytes) } else { sent.add(lines: lines, bytes: bytes) }
+            if doubtful { doubtedNow.add(lines: lines, bytes: bytes) } else { confirmed.add(lines: lines, bytes: bytes) }
             while count > 0 && queue[slot(head)].settled { removeHead() }
         }
+        unconfirmed.packets -= confirmed.packets + doubtedNow.packets
+        unconfirmed.lines -= confirmed.lines + doubtedNow.lines
+        unconfirmed.bytes -= confirmed.bytes + doubtedNow.bytes
+        sent = sent + confirmed
+        doubted = doubted + doubtedNow
         assert(verifyInvariants())
     }
 
@@ -507,7 +517,9 @@ public struct DeliveryLedger: Sendable, Equatable {
             packet.newerInBucket = 0
             packets[Int(truncatingIfNeeded: head &+ offset) & mask] = packet
         }
-        queue = packets
+        // `consume`: with `packets` still alive, the index's first write below found the
+        // queue shared and copied it whole (Swift's copy-on-write), in every growth.
+        queue = consume packets
         buckets = [IndexBucket](repeating: IndexBucket(), count: capacity)
         for offset in 0..<UInt64(count) where !queue[slot(head &+ offset)].settled { index(head &+ offset) }
     }
