@@ -254,22 +254,36 @@ static inline __attribute__((always_inline)) unsigned cl_cqe_kind(const struct i
 #endif
 }
 
-/// Whether `cqe` is a datagram of a receive that stays armed: user_data's top byte
-/// `receive_kind`, IORING_CQE_F_MORE and IORING_CQE_F_BUFFER set, res >= 0. On little-endian
-/// targets the three are one test of the 8 bytes from user_data's top byte on (that byte, res,
-/// and the flags' low 24 bits, which hold both flags).
-static inline __attribute__((always_inline))
-int cl_cqe_is_datagram(const struct io_uring_cqe *cqe, unsigned receive_kind) {
-    const unsigned wanted = IORING_CQE_F_MORE | IORING_CQE_F_BUFFER;
-#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+/// What `cl_cqe_is_datagram` tests a CQE against: on little-endian targets the 8 bytes from
+/// user_data's top byte on (that byte, res, and the flags' low 24 bits, which hold both flags)
+/// masked with `mask` must equal `value`.
+struct cl_datagram_test {
+    unsigned long long mask;
+    unsigned long long value;
+    unsigned receive_kind;
+};
+
+/// The test for a datagram of a receive of kind `receive_kind` that stays armed.
+static inline __attribute__((always_inline)) struct cl_datagram_test cl_datagram_test_for(unsigned receive_kind) {
+    const unsigned long long wanted = IORING_CQE_F_MORE | IORING_CQE_F_BUFFER;
     _Static_assert((IORING_CQE_F_MORE | IORING_CQE_F_BUFFER) < (1u << 24), "both flags in the flags' low 24 bits");
-    const unsigned long long mask = 0xffull | (0x80000000ull << 8) | ((unsigned long long)wanted << 40);
-    const unsigned long long value = (unsigned long long)(receive_kind & 0xff) | ((unsigned long long)wanted << 40);
+    struct cl_datagram_test test = {0xffull | (0x80000000ull << 8) | (wanted << 40),
+                                    (unsigned long long)(receive_kind & 0xff) | (wanted << 40), receive_kind};
+    return test;
+}
+
+/// Whether `cqe` is a datagram of a receive that stays armed: user_data's top byte
+/// `test.receive_kind`, IORING_CQE_F_MORE and IORING_CQE_F_BUFFER set, res >= 0; on
+/// little-endian targets one masked compare of 8 bytes (`cl_datagram_test`).
+static inline __attribute__((always_inline))
+int cl_cqe_is_datagram(const struct io_uring_cqe *cqe, struct cl_datagram_test test) {
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
     unsigned long long bytes;
     memcpy(&bytes, (const unsigned char *)cqe + 7, sizeof bytes);
-    return (bytes & mask) == value;
+    return (bytes & test.mask) == test.value;
 #else
-    return cl_cqe_kind(cqe) == receive_kind && (cqe->flags & wanted) == wanted && cqe->res >= 0;
+    const unsigned wanted = IORING_CQE_F_MORE | IORING_CQE_F_BUFFER;
+    return cl_cqe_kind(cqe) == test.receive_kind && (cqe->flags & wanted) == wanted && cqe->res >= 0;
 #endif
 }
 
@@ -303,6 +317,9 @@ unsigned cl_take_completions(const struct io_uring *ring, unsigned *next, unsign
     const unsigned long room = limit - base_slot;
     const unsigned long queue_left = mask + 1 - (base_slot & mask);
     struct cl_completion *entry_stop = base + (room < queue_left ? room : queue_left);
+    struct cl_datagram_test test = cl_datagram_test_for(receive_kind);
+    // Kept in registers: rematerialised as immediates in the loop, they cost two instructions a CQE.
+    __asm__("" : "+r"(test.mask), "+r"(test.value));
     while (position != end) {
         if (entry == entry_stop) {
             const unsigned long slot = base_slot + (unsigned long)(entry - base);
@@ -330,7 +347,7 @@ unsigned cl_take_completions(const struct io_uring *ring, unsigned *next, unsign
         const struct io_uring_cqe *const piece_end = first + piece;
         const struct io_uring_cqe *cqe = first;
         for (; cqe != piece_end; cqe++) {
-            if (cl_cqe_is_datagram(cqe, receive_kind)) {
+            if (__builtin_expect(cl_cqe_is_datagram(cqe, test), 1)) {
                 memcpy(entry++, cqe, sizeof(struct cl_completion));
                 continue;
             }
@@ -355,15 +372,14 @@ _Static_assert(sizeof(struct cl_completion) == sizeof(struct io_uring_cqe), "a C
 
 /// Writes the buffers of the datagrams parked at positions [start, end) of `queue` (mask + 1
 /// slots, wrapped; `cl_take_completions`) into the provided-buffer ring `br` (ring_mask + 1
-/// entries), in order, from `offset` entries past its tail on: each buffer `bid` at `storage +
-/// bid * stride`, `len` bytes. Nothing is published (`io_uring_buf_ring_advance`). The ring's
+/// entries), in order, from `offset` entries past its tail on: each buffer `bid` at
+/// `addresses[bid]` (its `storage + bid * stride`, computed once), `len` bytes. Nothing is published (`io_uring_buf_ring_advance`). The ring's
 /// tail is read once: the kernel never writes it. Both sizes are powers of two.
 ///
 /// Out of line, with registers of its own, like `cl_take_completions`: one call a turn.
 static inline __attribute__((noinline))
 void cl_recycle_parked(struct io_uring_buf_ring *br, const struct cl_completion *queue, unsigned long mask,
-                       unsigned long start, unsigned long end, unsigned char *storage, unsigned long stride,
-                       unsigned len, unsigned ring_mask, unsigned offset) {
+                       unsigned long start, unsigned long end, const unsigned long long *addresses, unsigned len, unsigned ring_mask, unsigned offset) {
     // Walked by pointer in pieces that wrap neither the queue nor the ring.
     unsigned ring_position = (unsigned)br->tail + offset;
     unsigned long position = start;
@@ -380,7 +396,7 @@ void cl_recycle_parked(struct io_uring_buf_ring *br, const struct cl_completion 
 #pragma clang loop unroll_count(4)
         for (; entry != piece_end; entry++, buf++) {
             const unsigned short bid = (unsigned short)(entry->flags >> IORING_CQE_BUFFER_SHIFT);
-            buf->addr = (unsigned long)(uintptr_t)(storage + (unsigned long)bid * stride);
+            buf->addr = addresses[bid];
             buf->len = len;
             buf->bid = bid;
         }

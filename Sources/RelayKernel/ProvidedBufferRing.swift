@@ -52,6 +52,9 @@ public struct ProvidedBufferRing: ~Copyable {
     /// once: `recycle` runs for every datagram.
     @usableFromInline let lengthField: UInt32
     @usableFromInline let ringMask: Int32
+    /// Each buffer's address as a ring entry takes it (`storage + id * stride`), by id: the
+    /// recycle loop reads it instead of computing it (`cl_recycle_parked`).
+    @usableFromInline let addresses: UnsafeMutablePointer<UInt64>
     /// Buffers the kernel filled and the worker has not yet recycled.
     public var held: Int { heldCount }
     @usableFromInline var heldCount = 0
@@ -83,6 +86,8 @@ public struct ProvidedBufferRing: ~Copyable {
         self.storageBytes = storageBytes
         ringEntries = entries
         storage = buffers
+        addresses = .allocate(capacity: count)
+        for id in 0..<count { (addresses + id).initialize(to: UInt64(UInt(bitPattern: buffers + id * stride))) }
         io_uring_buf_ring_init(bufferRing)
         for id in 0..<count { write(bufferID: UInt16(id), at: id) }
         io_uring_buf_ring_advance(bufferRing, Int32(count))
@@ -90,6 +95,7 @@ public struct ProvidedBufferRing: ~Copyable {
     }
 
     deinit {
+        addresses.deallocate()
         guard !keepsMapping else { return }
         munmap(ringEntries, ringBytes)
         munmap(storage, storageBytes)
@@ -186,8 +192,7 @@ public struct ProvidedBufferRing: ~Copyable {
         // `ParkedReceive` is one `cl_completion`: the same memory, seen as the C type.
         cl_recycle_parked(
             bufferRing, UnsafeRawPointer(queue.storage).assumingMemoryBound(to: cl_completion.self), UInt(bitPattern: queue.mask),
-            UInt(bitPattern: start), UInt(bitPattern: end), storage.assumingMemoryBound(to: UInt8.self), UInt(bitPattern: stride),
-            lengthField, UInt32(bitPattern: ringMask), UInt32(truncatingIfNeeded: unpublished))
+            UInt(bitPattern: start), UInt(bitPattern: end), addresses, lengthField, UInt32(bitPattern: ringMask), UInt32(truncatingIfNeeded: unpublished))
         unpublished &+= recycled
         heldCount &-= recycled
         assert(verifyInvariants())
