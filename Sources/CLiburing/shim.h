@@ -238,6 +238,173 @@ static inline int cl_next_cqe(struct io_uring *ring, struct io_uring_cqe *out) {
     return 1;
 }
 
+/// One CQE's three fields as `cl_take_completions` copies them, in the kernel's layout.
+struct cl_completion {
+    unsigned long long user_data;
+    int res;
+    unsigned flags;
+};
+
+/// The top byte of a CQE's user_data (the relay's `UserData.Kind`), read as one byte.
+static inline __attribute__((always_inline)) unsigned cl_cqe_kind(const struct io_uring_cqe *cqe) {
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    return ((const unsigned char *)&cqe->user_data)[7];
+#else
+    return (unsigned)(cqe->user_data >> 56);
+#endif
+}
+
+/// What `cl_cqe_is_datagram` tests a CQE against: on little-endian targets the 8 bytes from
+/// user_data's top byte on (that byte, res, and the flags' low 24 bits, which hold both flags)
+/// masked with `mask` must equal `value`.
+struct cl_datagram_test {
+    unsigned long long mask;
+    unsigned long long value;
+    unsigned receive_kind;
+};
+
+/// The test for a datagram of a receive of kind `receive_kind` that stays armed.
+static inline __attribute__((always_inline)) struct cl_datagram_test cl_datagram_test_for(unsigned receive_kind) {
+    const unsigned long long wanted = IORING_CQE_F_MORE | IORING_CQE_F_BUFFER;
+    _Static_assert((IORING_CQE_F_MORE | IORING_CQE_F_BUFFER) < (1u << 24), "both flags in the flags' low 24 bits");
+    struct cl_datagram_test test = {0xffull | (0x80000000ull << 8) | (wanted << 40),
+                                    (unsigned long long)(receive_kind & 0xff) | (wanted << 40), receive_kind};
+    return test;
+}
+
+/// Whether `cqe` is a datagram of a receive that stays armed: user_data's top byte
+/// `test.receive_kind`, IORING_CQE_F_MORE and IORING_CQE_F_BUFFER set, res >= 0; on
+/// little-endian targets one masked compare of 8 bytes (`cl_datagram_test`).
+static inline __attribute__((always_inline))
+int cl_cqe_is_datagram(const struct io_uring_cqe *cqe, struct cl_datagram_test test) {
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    unsigned long long bytes;
+    memcpy(&bytes, (const unsigned char *)cqe + 7, sizeof bytes);
+    return (bytes & test.mask) == test.value;
+#else
+    const unsigned wanted = IORING_CQE_F_MORE | IORING_CQE_F_BUFFER;
+    return cl_cqe_kind(cqe) == test.receive_kind && (cqe->flags & wanted) == wanted && cqe->res >= 0;
+#endif
+}
+
+/// Takes the CQEs at positions [*next, end) of the completion queue, in order. A datagram of a
+/// receive that stays armed (user_data's top byte `receive_kind`, IORING_CQE_F_MORE and
+/// IORING_CQE_F_BUFFER set, res >= 0: `cl_cqe_is_datagram`) is parked in `queue` (mask + 1
+/// slots) at position *tail, wrapped, while *tail < limit; *tail counts up. Every other CQE is
+/// copied into `others`, at most `others_capacity` of them; after another CQE of
+/// `receive_kind` (an end, an error, an empty datagram, a datagram with no room left) it stops,
+/// so that the caller handles that one before any later datagram is parked. It also stops when
+/// `others` is full. *next is advanced past every CQE taken; returns how many went to `others`.
+///
+/// Out of line, with registers of its own: inlined in the worker's wait, the loop's pointers
+/// and masks were spilled and reloaded for every CQE. Walked by pointer in pieces that wrap
+/// neither the CQ nor the queue and hold no more CQEs than there are slots left before the
+/// queue wraps or the room ends; another CQE is copied without leaving the piece (a send's
+/// completion comes every few datagrams).
+static inline __attribute__((noinline))
+unsigned cl_take_completions(const struct io_uring *ring, unsigned *next, unsigned end, unsigned receive_kind,
+                             struct cl_completion *queue, unsigned long mask, unsigned long *tail,
+                             unsigned long limit, struct cl_completion *others, unsigned others_capacity) {
+    const struct io_uring_cqe *const cqes = ring->cq.cqes;
+    const unsigned cq_mask = ring->cq.ring_mask;
+    unsigned position = *next;
+    unsigned taken = 0;
+    // The queue's slots from `base` on are positions from `base_slot` on; `entry` is the next
+    // one to fill, `entry_stop` where the queue wraps or the room ends, whichever is first.
+    unsigned long base_slot = *tail;
+    struct cl_completion *base = &queue[base_slot & mask];
+    struct cl_completion *entry = base;
+    const unsigned long room = limit - base_slot;
+    const unsigned long queue_left = mask + 1 - (base_slot & mask);
+    struct cl_completion *entry_stop = base + (room < queue_left ? room : queue_left);
+    struct cl_datagram_test test = cl_datagram_test_for(receive_kind);
+    // Kept in registers: rematerialised as immediates in the loop, they cost two instructions a CQE.
+    __asm__("" : "+r"(test.mask), "+r"(test.value));
+    while (position != end) {
+        if (entry == entry_stop) {
+            const unsigned long slot = base_slot + (unsigned long)(entry - base);
+            if (slot != limit) {
+                // The queue's last slot was filled: on from its first.
+                base_slot = slot;
+                base = entry = queue;
+                entry_stop = queue + (limit - slot < mask + 1 ? limit - slot : mask + 1);
+            } else {
+                // No room left: this CQE, a datagram or not, is handed over as another.
+                if (taken == others_capacity) break;
+                const struct io_uring_cqe *cqe = &cqes[position & cq_mask];
+                memcpy(&others[taken++], cqe, sizeof(struct cl_completion));
+                position++;
+                if (cl_cqe_kind(cqe) == receive_kind) break;
+                continue;
+            }
+        }
+        unsigned long piece = end - position;
+        const unsigned long cq_left = cq_mask + 1 - (position & cq_mask);
+        const unsigned long slots_left = (unsigned long)(entry_stop - entry);
+        if (cq_left < piece) piece = cq_left;
+        if (slots_left < piece) piece = slots_left;
+        const struct io_uring_cqe *const first = &cqes[position & cq_mask];
+        const struct io_uring_cqe *const piece_end = first + piece;
+        const struct io_uring_cqe *cqe = first;
+        for (; cqe != piece_end; cqe++) {
+            if (__builtin_expect(cl_cqe_is_datagram(cqe, test), 1)) {
+                memcpy(entry++, cqe, sizeof(struct cl_completion));
+                continue;
+            }
+            if (taken == others_capacity) goto stop;
+            memcpy(&others[taken++], cqe, sizeof(struct cl_completion));
+            if (cl_cqe_kind(cqe) == receive_kind) {
+                cqe++;
+                goto stop;
+            }
+        }
+        position += (unsigned)piece;
+        continue;
+    stop:
+        position += (unsigned)(cqe - first);
+        break;
+    }
+    *next = position;
+    *tail = base_slot + (unsigned long)(entry - base);
+    return taken;
+}
+_Static_assert(sizeof(struct cl_completion) == sizeof(struct io_uring_cqe), "a CQE is copied whole");
+
+/// Writes the buffers of the datagrams parked at positions [start, end) of `queue` (mask + 1
+/// slots, wrapped; `cl_take_completions`) into the provided-buffer ring `br` (ring_mask + 1
+/// entries), in order, from `offset` entries past its tail on: each buffer `bid` at
+/// `addresses[bid]` (its `storage + bid * stride`, computed once), `len` bytes. Nothing is published (`io_uring_buf_ring_advance`). The ring's
+/// tail is read once: the kernel never writes it. Both sizes are powers of two.
+///
+/// Out of line, with registers of its own, like `cl_take_completions`: one call a turn.
+static inline __attribute__((noinline))
+void cl_recycle_parked(struct io_uring_buf_ring *br, const struct cl_completion *queue, unsigned long mask,
+                       unsigned long start, unsigned long end, const unsigned long long *addresses, unsigned len, unsigned ring_mask, unsigned offset) {
+    // Walked by pointer in pieces that wrap neither the queue nor the ring.
+    unsigned ring_position = (unsigned)br->tail + offset;
+    unsigned long position = start;
+    while (position != end) {
+        unsigned long piece = end - position;
+        const unsigned long queue_left = mask + 1 - (position & mask);
+        const unsigned long ring_left = ring_mask + 1 - (ring_position & ring_mask);
+        if (queue_left < piece) piece = queue_left;
+        if (ring_left < piece) piece = ring_left;
+        const struct cl_completion *entry = &queue[position & mask];
+        const struct cl_completion *const piece_end = entry + piece;
+        struct io_uring_buf *buf = &br->bufs[ring_position & ring_mask];
+        // Unrolled: the loop's own count, compare and branch were a quarter of its work.
+#pragma clang loop unroll_count(4)
+        for (; entry != piece_end; entry++, buf++) {
+            const unsigned short bid = (unsigned short)(entry->flags >> IORING_CQE_BUFFER_SHIFT);
+            buf->addr = addresses[bid];
+            buf->len = len;
+            buf->bid = bid;
+        }
+        position += piece;
+        ring_position += (unsigned)piece;
+    }
+}
+
 /// Names the calling thread for `top -H` and `perf` (at most 15 bytes are kept).
 static inline void cl_set_thread_name(const char *name) {
     prctl(PR_SET_NAME, (unsigned long)name, 0, 0, 0);

@@ -52,6 +52,9 @@ public struct ProvidedBufferRing: ~Copyable {
     /// once: `recycle` runs for every datagram.
     @usableFromInline let lengthField: UInt32
     @usableFromInline let ringMask: Int32
+    /// Each buffer's address as a ring entry takes it (`storage + id * stride`), by id: the
+    /// recycle loop reads it instead of computing it (`cl_recycle_parked`).
+    @usableFromInline let addresses: UnsafeMutablePointer<UInt64>
     /// Buffers the kernel filled and the worker has not yet recycled.
     public var held: Int { heldCount }
     @usableFromInline var heldCount = 0
@@ -83,6 +86,8 @@ public struct ProvidedBufferRing: ~Copyable {
         self.storageBytes = storageBytes
         ringEntries = entries
         storage = buffers
+        addresses = .allocate(capacity: count)
+        for id in 0..<count { (addresses + id).initialize(to: UInt64(UInt(bitPattern: buffers + id * stride))) }
         io_uring_buf_ring_init(bufferRing)
         for id in 0..<count { write(bufferID: UInt16(id), at: id) }
         io_uring_buf_ring_advance(bufferRing, Int32(count))
@@ -90,6 +95,7 @@ public struct ProvidedBufferRing: ~Copyable {
     }
 
     deinit {
+        addresses.deallocate()
         guard !keepsMapping else { return }
         munmap(ringEntries, ringBytes)
         munmap(storage, storageBytes)
@@ -122,6 +128,14 @@ public struct ProvidedBufferRing: ~Copyable {
         assert(verifyInvariants())
     }
 
+    /// Records that the kernel filled `count` buffers (a batch of completions, counted once);
+    /// the caller now holds them until each is recycled.
+    @inlinable @inline(__always)
+    public mutating func take(count: Int) {
+        heldCount &+= count
+        assert(verifyInvariants())
+    }
+
     /// Checks a filled buffer against the kernel's numbers and lends its payload to `body` as a
     /// safe view.
     ///
@@ -138,17 +152,21 @@ public struct ProvidedBufferRing: ~Copyable {
     public func withPayload<Result>(
         of bufferID: UInt16, result: Int32, _ body: (Payload, RawSpan) -> Result
     ) -> Result {
-        let base = storage + Int(bufferID) * stride
         // The kernel's own numbers are checked before any is used as a length.
-        guard Int(bufferID) < count, result >= 0 else {
+        guard Int(bufferID) < count else {
             return body(.malformed, UnsafeRawBufferPointer(start: storage, count: 0).bytes)
         }
+        let base = storage + Int(bufferID) &* stride  // below `count * stride`, mapped
         let length = Int(result)
-        if length > maxPayloadBytes {
-            return body(.truncated(fullLength: length), UnsafeRawBufferPointer(start: base, count: 0).bytes)
+        // One unsigned compare takes the common datagram: a negative result reads as too long.
+        if UInt(bitPattern: length) <= UInt(bitPattern: maxPayloadBytes) {
+            // The buffer is held by this worker until recycled, so the view cannot change under it.
+            return body(.datagram(length: length), UnsafeRawBufferPointer(start: base, count: length).bytes)
         }
-        // The buffer is held by this worker until recycled, so the view cannot change under it.
-        return body(.datagram(length: length), UnsafeRawBufferPointer(start: base, count: length).bytes)
+        guard length >= 0 else {
+            return body(.malformed, UnsafeRawBufferPointer(start: storage, count: 0).bytes)
+        }
+        return body(.truncated(fullLength: length), UnsafeRawBufferPointer(start: base, count: 0).bytes)
     }
 
     /// Gives a held buffer back to the kernel (visible after the next `publish()`).
@@ -159,6 +177,24 @@ public struct ProvidedBufferRing: ~Copyable {
         write(bufferID: bufferID, at: unpublished)
         unpublished &+= 1
         heldCount &-= 1
+        assert(verifyInvariants())
+    }
+
+    /// Gives back the buffers of the datagrams parked at positions `start..<end` of `queue`
+    /// (wrapped), in order, as `recycle(_:)` would one by one (`cl_recycle_parked`: one call,
+    /// not a ring entry's arithmetic in the relay loop for each).
+    ///
+    /// - Precondition: each of those buffers was taken and not recycled since.
+    @inlinable @inline(__always)
+    public mutating func recycle(parked queue: borrowing MaskedTable<ParkedReceive>, from start: Int, to end: Int) {
+        let recycled = end &- start
+        guard recycled > 0 else { return }
+        // `ParkedReceive` is one `cl_completion`: the same memory, seen as the C type.
+        cl_recycle_parked(
+            bufferRing, UnsafeRawPointer(queue.storage).assumingMemoryBound(to: cl_completion.self), UInt(bitPattern: queue.mask),
+            UInt(bitPattern: start), UInt(bitPattern: end), addresses, lengthField, UInt32(bitPattern: ringMask), UInt32(truncatingIfNeeded: unpublished))
+        unpublished &+= recycled
+        heldCount &-= recycled
         assert(verifyInvariants())
     }
 

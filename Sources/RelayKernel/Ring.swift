@@ -290,6 +290,32 @@ public struct Ring: ~Copyable {
         return Completion(userData: UserData(rawValue: cqe.user_data), result: cqe.res, flags: cqe.flags)
     }
 
+    /// Takes CQEs of `batch` in order (`cl_take_completions`): each datagram of a receive
+    /// that stays armed (kind `.receive`, `IORING_CQE_F_MORE`, a buffer, a result of 0 or
+    /// more) is parked in `queue` at position `tail` (wrapped), which counts up, while `tail`
+    /// is below `limit`; every other CQE goes to `others`. It stops after another CQE of kind
+    /// `.receive` (an end, an error, an empty datagram, a datagram with no room left), so that
+    /// one is handled before any later datagram is parked, and when `others` is full; call
+    /// again until `batch.isRead`.
+    ///
+    /// - Returns: how many CQEs went to `others`.
+    @inlinable @inline(__always)
+    public func takeCompletions(
+        in batch: inout CompletionBatch, parkingIn queue: borrowing MaskedTable<ParkedReceive>, tail: inout Int,
+        limit: Int, others: borrowing CompletionRun
+    ) -> Int {
+        // `ParkedReceive` is one `cl_completion`: the same memory, seen as the C type.
+        let entries = UnsafeMutableRawPointer(queue.storage).assumingMemoryBound(to: cl_completion.self)
+        var next = batch.next
+        var position = UInt(bitPattern: tail)
+        let taken = cl_take_completions(
+            ring, &next, batch.end, UInt32(UserData.Kind.receive.rawValue), entries, UInt(bitPattern: queue.mask),
+            &position, UInt(bitPattern: limit), others.storage, UInt32(others.capacity))
+        batch.next = next
+        tail = Int(bitPattern: position)
+        return Int(taken)
+    }
+
     /// Hands the slots of the CQEs read from `batch` back to the kernel
     /// (`io_uring_cq_advance(3)`: a store-release of the queue's head).
     @inlinable @inline(__always)
@@ -329,4 +355,8 @@ public struct CompletionBatch {
     /// Whether no CQE was ready.
     @inlinable
     public var isEmpty: Bool { first == end }
+
+    /// Whether every CQE of the batch was read.
+    @inlinable
+    public var isRead: Bool { next == end }
 }

@@ -42,6 +42,18 @@ struct ListenerIdTests {
         #expect(popped.map(\.result) == (0..<listeners.count).map { Int32(100 + $0) })
     }
 
+    @Test("a parked receive hands back its buffer id, result and listener whole, at their extremes",
+          arguments: [(UInt16(0), Int32(0), UInt32(0)), (UInt16.max, Int32.max, UInt32.max), (UInt16(1), Int32(-105), UInt32(256)),
+                      (UInt16(0x8000), Int32.min, UInt32(1) << 31)])
+    func parkedReceive(bufferID: UInt16, result: Int32, listener: UInt32) {
+        let entry = ParkedReceive(bufferID: bufferID, result: result, listener: listener)
+        #expect(entry.bufferID == bufferID)
+        #expect(entry.result == result)
+        #expect(entry.listener == listener)
+        #expect(entry == ParkedReceive(bufferID: bufferID, result: result, listener: listener))
+        #expect(entry != ParkedReceive(bufferID: bufferID &+ 1, result: result, listener: listener))
+    }
+
     @Test("the receive queue keeps entries in order across many wraps, full to its capacity, at any capacity", arguments: [1, 3, 8, 100, 128])
     func receiveQueueWraps(capacity: Int) {
         var queue = ReceiveQueue(capacity: capacity)

@@ -35,6 +35,8 @@ struct IOUringDriver: ~Copyable {
     /// has them (`IORING_FEAT_RECVSEND_BUNDLE`) and `--tcp-receive` is `auto`.
     private let bundles: Bool
     private var queue: ReceiveQueue
+    /// The CQEs other than datagrams that one look at the completion queue took, to be handled.
+    private let others = CompletionRun(capacity: 64)
     private var sends: OrderedSends
     /// `--min-wait`, lengthened at low arrival rates.
     private var adaptiveWait: AdaptiveMinimumWait
@@ -384,24 +386,30 @@ extension IOUringDriver {
 
     /// Handles every CQE ready, a batch at a time: a batch's queue slots go back to the kernel
     /// in one store once it is handled, and whatever the kernel posted meanwhile (a submit to
-    /// make room enters the kernel) comes in the next batch.
+    /// make room enters the kernel) comes in the next batch. The buffers of the datagrams
+    /// parked are counted as held once, after the last batch.
     @inline(__always)
     private mutating func handleCompletions(_ worker: inout WorkerState, now: UInt64) {
+        let queuedBefore = queue.count
         while true {
             var batch = ring.readyCompletions()
-            if batch.isEmpty { return }
-            while let completion = ring.nextCompletion(in: &batch) {
-                // The common CQE, a datagram whose receive stays armed, is parked here without
-                // the switch over every kind; `handle`, which takes every other CQE, would park
-                // it the same way.
-                if completion.userData.isKind(.receive), completion.hasMore,
-                   completion.result >= 0, let bufferID = completion.bufferID {
-                    park(bufferID, of: completion)
-                    continue
-                }
-                handle(completion, worker: &worker, now: now)
-            }
+            if batch.isEmpty { break }
+            // The common CQE, a datagram whose receive stays armed, is parked without the switch
+            // over every kind; `handle`, which takes every other CQE, would park it the same way.
+            // A call parks its datagrams before `handle` sees the other CQEs it took, even one
+            // that came first: harmless, since parking only queues a datagram and `handle` reads
+            // nothing of the queue. The other CQEs keep their order, and one of a receive (an
+            // end, an error) ends the call, so it is handled before a later datagram is parked.
+            repeat {
+                let taken = queue.park(from: ring, in: &batch, others: others)
+                for index in 0..<taken { handle(others[index], worker: &worker, now: now) }
+            } while !batch.isRead
             ring.release(batch)
+        }
+        let parked = queue.count &- queuedBefore
+        if parked > 0 {
+            buffers.take(count: parked)
+            receivedThisTurn = true
         }
     }
 
@@ -475,12 +483,11 @@ extension IOUringDriver {
         }
     }
 
-    /// Parks a receive completion's filled buffer in the queue, held until relayed.
+    /// Parks a receive completion's filled buffer in the queue, held until relayed (counted as
+    /// held, and the turn as having received, by `handleCompletions` for the whole run).
     @inline(__always)
     private mutating func park(_ bufferID: UInt16, of completion: Completion) {
-        buffers.take(bufferID)
         queue.push(bufferID: bufferID, result: completion.result, listener: completion.userData.index)
-        receivedThisTurn = true
     }
 
     /// Counts an empty datagram received. Kept out of line: `handle` runs for every CQE, and
@@ -490,13 +497,15 @@ extension IOUringDriver {
         core.receive(.datagram(length: 0), RawSpan(), listener: listener, now: now)
     }
 
-    /// Relays queued datagrams, oldest first, while the core can take one more.
+    /// Relays queued datagrams, oldest first, while the core can take one more, then recycles
+    /// their buffers together (published with the next wait, as one by one).
     @inline(__always)
     private mutating func relayQueued(_ core: inout RelayCore, now: UInt64) {
+        let start = queue.position
         while core.canAcceptDatagram, let entry = queue.pop() {
             Self.relay(entry, from: buffers, into: &core, now: now)
-            buffers.recycle(entry.bufferID)
         }
+        queue.recycle(poppedSince: start, into: &buffers)
     }
 
     @inline(__always)
