@@ -190,9 +190,11 @@ public struct ProvidedBufferRing: ~Copyable {
         let recycled = end &- start
         guard recycled > 0 else { return }
         // `ParkedReceive` is one `cl_completion`: the same memory, seen as the C type.
-        cl_recycle_parked(
-            bufferRing, UnsafeRawPointer(queue.storage).assumingMemoryBound(to: cl_completion.self), UInt(bitPattern: queue.mask),
-            UInt(bitPattern: start), UInt(bitPattern: end), addresses, lengthField, UInt32(bitPattern: ringMask), UInt32(truncatingIfNeeded: unpublished))
+        queue.storage.withMemoryRebound(to: cl_completion.self, capacity: queue.count) { entries in
+            cl_recycle_parked(
+                bufferRing, entries, UInt(bitPattern: queue.mask), UInt(bitPattern: start), UInt(bitPattern: end),
+                addresses, lengthField, UInt32(bitPattern: ringMask), UInt32(truncatingIfNeeded: unpublished))
+        }
         unpublished &+= recycled
         heldCount &-= recycled
         assert(verifyInvariants())

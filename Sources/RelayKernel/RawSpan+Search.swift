@@ -2,18 +2,8 @@ import CLiburing
 import Glibc
 
 extension RawSpan {
-    /// The bytes of `range`, a line (or part of one) the line scan found in this very span, with
-    /// no bounds check: the line loop's pack of every line (issue 16's instructions per line).
-    /// The check is the caller's scan; kept here, in the unsafe target, with the other raw reads.
-    ///
-    /// - Precondition: `range` lies within the span (checked in debug builds only).
-    @inlinable @inline(__always)
-    public func extracting(scanned range: Range<Int>) -> RawSpan {
-        assert(range.lowerBound >= 0 && range.upperBound <= byteCount, "scanned range outside the span")
-        return extracting(unchecked: range)
-    }
-
-    /// The byte at `offset`, which the caller's scan found within the span, with no bounds check.
+    /// The byte at `offset`, which the caller's scan found within the span, with no bounds check
+    /// (the scanner's test of every line's first byte; kept here, in the unsafe target).
     ///
     /// - Precondition: `0 <= offset < byteCount` (checked in debug builds only).
     @inlinable @inline(__always)

@@ -304,13 +304,14 @@ public struct Ring: ~Copyable {
         in batch: inout CompletionBatch, parkingIn queue: borrowing MaskedTable<ParkedReceive>, tail: inout Int,
         limit: Int, others: borrowing CompletionRun
     ) -> Int {
-        // `ParkedReceive` is one `cl_completion`: the same memory, seen as the C type.
-        let entries = UnsafeMutableRawPointer(queue.storage).assumingMemoryBound(to: cl_completion.self)
         var next = batch.next
         var position = UInt(bitPattern: tail)
-        let taken = cl_take_completions(
-            ring, &next, batch.end, UInt32(UserData.Kind.receive.rawValue), entries, UInt(bitPattern: queue.mask),
-            &position, UInt(bitPattern: limit), others.storage, UInt32(others.capacity))
+        // `ParkedReceive` is one `cl_completion`: the same memory, seen as the C type.
+        let taken = queue.storage.withMemoryRebound(to: cl_completion.self, capacity: queue.count) { entries in
+            cl_take_completions(
+                ring, &next, batch.end, UInt32(UserData.Kind.receive.rawValue), entries, UInt(bitPattern: queue.mask),
+                &position, UInt(bitPattern: limit), others.storage, UInt32(others.capacity))
+        }
         batch.next = next
         tail = Int(bitPattern: position)
         return Int(taken)

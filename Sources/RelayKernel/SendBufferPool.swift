@@ -132,6 +132,17 @@ public struct SendBufferPool: ~Copyable {
         return true
     }
 
+    /// `append(_:toSlotIfRoom:)` of the bytes `range` of `datagram`, a line its scan found in
+    /// it, extracted with no bounds check again (the line loop's pack of every line, issue 16's
+    /// instructions per line; kept here, in the unsafe target).
+    ///
+    /// - Precondition: `range` lies within `datagram` (checked in debug builds only).
+    @inlinable @inline(__always)
+    public mutating func append(_ range: Range<Int>, scannedFrom datagram: RawSpan, toSlotIfRoom slot: Int) -> Bool {
+        assert(range.lowerBound >= 0 && range.upperBound <= datagram.byteCount, "scanned line outside its datagram")
+        return append(datagram.extracting(unchecked: range), toSlotIfRoom: slot)
+    }
+
     /// Copies `line` and a `\n` into `slot`, whose fill was `fill`, making it `end` bytes
     /// (checked by the caller to be at most `slotBytes`).
     @inlinable @inline(__always)

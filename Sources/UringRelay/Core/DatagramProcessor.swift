@@ -331,7 +331,7 @@ public struct DatagramProcessor: ~Copyable {
         if !(mayBeComposite && pending.isComposite), router.downCount == 0,
            let primary = primaries.cachedPrimary(for: pending.probe),
            // The pending line was scanned from this datagram: within it, no check again.
-           assembler.appendToOpenBatch(datagram.extracting(scanned: pending.line), of: primary) {
+           assembler.appendToOpenBatch(pending.line, scannedFrom: datagram, of: primary) {
             counters[.linesForwarded] &+= 1
             return
         }

@@ -149,6 +149,14 @@ public struct BatchAssembler: ~Copyable {
         return slot >= 0 && pool.append(line, toSlotIfRoom: slot)
     }
 
+    /// `appendToOpenBatch` of the line `range` of `datagram`, as the line scan found it in that
+    /// datagram (no bounds check again: `SendBufferPool.append(_:scannedFrom:toSlotIfRoom:)`).
+    @inline(__always)
+    public mutating func appendToOpenBatch(_ range: Range<Int>, scannedFrom datagram: RawSpan, of backend: Int) -> Bool {
+        let slot = Int(openSlot[backend])
+        return slot >= 0 && pool.append(range, scannedFrom: datagram, toSlotIfRoom: slot)
+    }
+
     /// Appends one line for mirror backend `mirror` (0-based in the mirror pool), from the
     /// mirror's own slots: as `append`, but `false` also when the mirror's slots are all in use.
     ///
