@@ -247,7 +247,7 @@ struct cl_completion {
 
 /// The top byte of a CQE's user_data (the relay's `UserData.Kind`), read as one byte.
 static inline __attribute__((always_inline)) unsigned cl_cqe_kind(const struct io_uring_cqe *cqe) {
-#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
     return ((const unsigned char *)&cqe->user_data)[7];
 #else
     return (unsigned)(cqe->user_data >> 56);
@@ -277,7 +277,7 @@ static inline __attribute__((always_inline)) struct cl_datagram_test cl_datagram
 /// little-endian targets one masked compare of 8 bytes (`cl_datagram_test`).
 static inline __attribute__((always_inline))
 int cl_cqe_is_datagram(const struct io_uring_cqe *cqe, struct cl_datagram_test test) {
-#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
     unsigned long long bytes;
     memcpy(&bytes, (const unsigned char *)cqe + 7, sizeof bytes);
     return (bytes & test.mask) == test.value;
@@ -396,7 +396,9 @@ void cl_recycle_parked(struct io_uring_buf_ring *br, const struct cl_completion 
 #pragma clang loop unroll_count(4)
         for (; entry != piece_end; entry++, buf++) {
             const unsigned short bid = (unsigned short)(entry->flags >> IORING_CQE_BUFFER_SHIFT);
-            buf->addr = addresses[bid];
+            // Masked: a buffer id the kernel never hands out (`withPayload` counts it malformed)
+            // must not read past the table (`count` entries, `ring_mask + 1`).
+            buf->addr = addresses[bid & ring_mask];
             buf->len = len;
             buf->bid = bid;
         }

@@ -105,10 +105,10 @@ public struct PacketFingerprint: Sendable, Equatable, CustomStringConvertible {
     /// Runs once per packet sent over up to `hashedBytes` bytes, so the lanes are in C, one
     /// `crc32q` a word where the CPU has it (SSE4.2; issue 16's instructions per line). A CPU
     /// without it mixes the words by multiply-rotate instead (`cl_fingerprint_mixed`): quotes
-    /// and packets are hashed in the same process, by the same function. A word's 64 bits go
-    /// into a 32-bit lane, so two packets that differ in one lane's words only collide with
-    /// odds of 2^-32; in both, about 2^-64; and a difference within any 32 consecutive bits of
-    /// a lane never collides (a CRC's burst guarantee). The ledger compares a quote only with
+    /// and packets are hashed in the same process, by the same function. With the CRC, a word's
+    /// 64 bits go into a 32-bit lane, so two packets that differ in one lane's words only
+    /// collide with odds of 2^-32; in both, about 2^-64; and a difference within any 32
+    /// consecutive bits of a lane never collides (a CRC's burst guarantee). The ledger compares a quote only with
     /// the packets of its own backend still in flight, of a length the quote fits.
     @inline(__always)
     private static func hash(of bytes: UnsafeRawBufferPointer) -> UInt64 {
