@@ -141,27 +141,27 @@ struct PacketFingerprintHashTests {
     @Test("the CRC-32C instruction's lanes equal the bitwise definition at every length from 0 to 530 bytes",
           .enabled(if: fingerprintsUseCRC, "this CPU has no CRC-32C instruction: fingerprints use the mix"))
     func instructionMatchesDefinition() {
-        var generator = SystemRandomNumberGenerator()
-        let bytes = (0..<530).map { _ in UInt8.random(in: 0...255, using: &generator) }
-        let seed = UInt64.random(in: 0...UInt64.max, using: &generator)
-        bytes.withUnsafeBufferPointer { buffer in
-            for length in 0...530 {
-                let lanes = cl_fingerprint_lanes(seed, buffer.baseAddress, length)
-                #expect(lanes == cl_fingerprint_lanes_reference(seed, buffer.baseAddress, length), "length \(length)")
-                #expect(lanes == referenceLanes(Array(bytes.prefix(length)), seed: seed), "length \(length)")
-            }
+        everyPrefix { bytes, buffer, seed, length in
+            let lanes = cl_fingerprint_lanes(seed, buffer.baseAddress, length)
+            #expect(lanes == cl_fingerprint_lanes_reference(seed, buffer.baseAddress, length), "length \(length)")
+            #expect(lanes == referenceLanes(Array(bytes.prefix(length)), seed: seed), "length \(length)")
         }
     }
 
     @Test("the mix a CPU without the instruction hashes by equals its definition at every length from 0 to 530 bytes")
     func mixMatchesDefinition() {
+        everyPrefix { bytes, buffer, seed, length in
+            #expect(cl_fingerprint_mixed(seed, buffer.baseAddress, length) == referenceMixed(Array(bytes.prefix(length)), seed: seed), "length \(length)")
+        }
+    }
+
+    /// Calls `check` with 530 random bytes, a random seed and every length from 0 to 530.
+    private func everyPrefix(_ check: ([UInt8], UnsafeBufferPointer<UInt8>, UInt64, Int) -> Void) {
         var generator = SystemRandomNumberGenerator()
         let bytes = (0..<530).map { _ in UInt8.random(in: 0...255, using: &generator) }
         let seed = UInt64.random(in: 0...UInt64.max, using: &generator)
         bytes.withUnsafeBufferPointer { buffer in
-            for length in 0...530 {
-                #expect(cl_fingerprint_mixed(seed, buffer.baseAddress, length) == referenceMixed(Array(bytes.prefix(length)), seed: seed), "length \(length)")
-            }
+            for length in 0...530 { check(bytes, buffer, seed, length) }
         }
     }
 }
