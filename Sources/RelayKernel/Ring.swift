@@ -271,23 +271,13 @@ public struct Ring: ~Copyable {
         }
     }
 
-    /// The CQEs ready now, to be read in order with `nextCompletion(in:)` and handed back to the
+    /// The CQEs ready now, to be read in order with `takeCompletions` and handed back to the
     /// kernel together with `release(_:)`: one load of the kernel's tail and one store of the
     /// head per batch, where `nextCompletion()` pays both (and a call) per CQE.
     @inlinable @inline(__always)
     public func readyCompletions() -> CompletionBatch {
         let head = ring.pointee.cq.khead.pointee
         return CompletionBatch(first: head, end: head &+ io_uring_cq_ready(ring))
-    }
-
-    /// The next CQE of `batch`, copied out, or `nil` once the batch is read; its slot stays
-    /// the reader's until `release(batch)`.
-    @inlinable @inline(__always)
-    public func nextCompletion(in batch: inout CompletionBatch) -> Completion? {
-        guard batch.next != batch.end else { return nil }
-        let cqe = ring.pointee.cq.cqes[Int(batch.next & ring.pointee.cq.ring_mask)]
-        batch.next &+= 1
-        return Completion(userData: UserData(rawValue: cqe.user_data), result: cqe.res, flags: cqe.flags)
     }
 
     /// Takes CQEs of `batch` in order (`cl_take_completions`): each datagram of a receive
