@@ -61,10 +61,10 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("max-datagram"), parsing: .unconditional, help: "Largest datagram received whole; larger ones are dropped and counted (default: 8192).")
     var maxDatagram: Int?
 
-    @Option(name: .customLong("receive-buffers"), parsing: .unconditional, help: "Receive buffers per worker in the provided-buffer ring (a power of two) (default: 128).")
+    @Option(name: .customLong("receive-buffers"), parsing: .unconditional, help: "Receive buffers per worker in the provided-buffer ring (a power of two) (default: 256).")
     var receiveBuffers: Int?
 
-    @Option(name: .customLong("min-wait"), parsing: .unconditional, help: "How long, from its start, a worker's wait gathers completions (up to 32) before the first one ends it (io_uring_enter2 minimum wait, Linux 6.12+; 0 disables); lengthened up to 4 times (at most a quarter of --flush-interval, and --rcvbuf / 1 KiB microseconds) while a wait gathers fewer than 64 datagrams (default: 250us).")
+    @Option(name: .customLong("min-wait"), parsing: .unconditional, help: "How long, from its start, a worker's wait gathers completions (up to 32) before the first one ends it (io_uring_enter2 minimum wait, Linux 6.12+; 0 disables); lengthened up to 8 times (at most a quarter of --flush-interval, and --rcvbuf / 1 KiB microseconds) while a wait gathers fewer than 128 datagrams (half the --receive-buffers) (default: 250us).")
     var minWait: String?
 
     @Option(name: .customLong("shutdown-timeout"), parsing: .unconditional, help: "Longest a stop may take: two thirds for receiving what is still arriving, the rest for the final sends (default: 900ms).")
@@ -818,7 +818,7 @@ struct RunCommand: ParsableCommand {
     }
 
     /// The start-up log's `min_wait`: `off` (`--min-wait 0`), `unsupported` (a kernel or driver
-    /// without it), `250us`, or `250us-1000us` where it adapts to the arrival rate up to that.
+    /// without it), `250us`, or `250us-2000us` where it adapts to the arrival rate up to that.
     static func minimumWaitDescription(_ floorMicroseconds: UInt32, facts: WorkerFacts) -> String {
         guard floorMicroseconds > 0 else { return "off" }
         guard facts.minimumWait else { return "unsupported" }

@@ -88,8 +88,8 @@ struct LockedMemoryCase: Sendable, CustomTestStringConvertible {
     var testDescription: String { "\(threads) worker(s) \(arguments.joined(separator: " ")) \(backends) backend(s): \(neededKiB) KiB" }
 
     static let table: [LockedMemoryCase] = [
-        // SQEs 1024 × 64 = 64 KiB; CQ 128 + 1024 + 64 → 2048 × 16 + 64 + SQ array 4 KiB → 40 KiB;
-        // buffer ring 128 × 16 → 4 KiB.
+        // SQEs 1024 × 64 = 64 KiB; CQ 256 + 1024 + 64 → 2048 × 16 + 64 + SQ array 4 KiB → 40 KiB;
+        // buffer ring 256 × 16 → 4 KiB.
         LockedMemoryCase(threads: 1, arguments: [], backends: 1, ringKiB: 108),
         LockedMemoryCase(threads: 2, arguments: [], backends: 1, ringKiB: 108),
         // CQ 4096 + 1024 + 64 → 8192 entries: 136 KiB; buffer ring 4096 × 16 = 64 KiB.

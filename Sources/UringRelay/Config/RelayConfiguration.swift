@@ -55,14 +55,16 @@ public struct RelayConfiguration: Sendable, Equatable {
     /// order, so every buffer is touched once per cycle: few buffers keep the cycle in cache
     /// (128 against 512: +13% lines/s on the W2 drain). They only need to cover one loop
     /// turn's datagrams; the socket's receive buffer holds the rest while they are in use.
-    public var receiveBuffers: Int = 128
+    /// 256, so that the adapted minimum wait may gather 128 datagrams a wake-up
+    /// (`AdaptiveMinimumWait.largestTarget`: half the buffers at most).
+    public var receiveBuffers: Int = 256
     /// How long, from its start, a worker's wait gathers completions before the first one ends
     /// it (`io_uring_enter2` minimum wait). Each wake-up costs ~15-20 µs of CPU here, and with
     /// DEFER_TASKRUN the datagrams that arrive meanwhile wait in the socket and are taken in one
     /// go: 250 µs against 100 µs cuts CPU per line by a third for one-line datagrams at
     /// 200-400 k/s (12% for packed ones) and leaves the drain rate unchanged. A wait's arrivals
-    /// must fit in the socket buffer. The shortest minimum wait: below 64 datagrams a wait the
-    /// io_uring driver lengthens it up to four times this (`AdaptiveMinimumWait`).
+    /// must fit in the socket buffer. The shortest minimum wait: below 128 datagrams a wait the
+    /// io_uring driver lengthens it up to eight times this (`AdaptiveMinimumWait`).
     public var minimumWaitMicroseconds: UInt32 = 250
 
     /// Whether this relay may share its port with other processes' `SO_REUSEPORT` sockets
