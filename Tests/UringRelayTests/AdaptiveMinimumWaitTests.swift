@@ -9,7 +9,7 @@ import Testing
     /// The defaults: `--min-wait 250us`, `--flush-interval 10ms`, 256 receive buffers, the
     /// 8 MiB socket buffer `--rcvbuf` asks for.
     static func defaults() -> AdaptiveMinimumWait {
-        let configuration = RelayConfiguration()
+        let configuration = RelayConfiguration(backends: [])
         return AdaptiveMinimumWait(
             floorMicroseconds: configuration.minimumWaitMicroseconds, flushIntervalNanoseconds: configuration.flushIntervalNanoseconds,
             receiveBuffers: configuration.receiveBuffers, socketBufferBytes: 8 << 20)
