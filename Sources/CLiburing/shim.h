@@ -407,6 +407,15 @@ void cl_recycle_parked(struct io_uring_buf_ring *br, const struct cl_completion 
     }
 }
 
+/// The buffer id of the provided-buffer ring entry `offset` entries past the ring's tail: one
+/// written (`io_uring_buf_ring_add`, `cl_recycle_parked`) and not yet published, so the kernel
+/// neither reads nor writes it. `ProvidedBufferRing` reads back the ids it withholds from
+/// circulation (`publish(circulating:)`), a few a turn, never per datagram. The tail is read
+/// plainly: the kernel never writes it.
+static inline unsigned short cl_buf_ring_bid(const struct io_uring_buf_ring *br, unsigned mask, unsigned offset) {
+    return br->bufs[(br->tail + offset) & mask].bid;
+}
+
 /// Names the calling thread for `top -H` and `perf` (at most 15 bytes are kept).
 static inline void cl_set_thread_name(const char *name) {
     prctl(PR_SET_NAME, (unsigned long)name, 0, 0, 0);

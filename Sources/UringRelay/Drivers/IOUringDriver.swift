@@ -40,6 +40,9 @@ struct IOUringDriver: ~Copyable {
     private var sends: OrderedSends
     /// `--min-wait`, lengthened at low arrival rates.
     private var adaptiveWait: AdaptiveMinimumWait
+    /// The receive buffers that circulate while the adapted wait is at `--min-wait` (see
+    /// `circulatingBuffers`): half of them, or all when the wait cannot adapt.
+    private let buffersAtFloor: Int
     private let flushIntervalNanoseconds: UInt64
     private var receiveEnded = false
     private var receivedThisTurn = false
@@ -93,10 +96,35 @@ struct IOUringDriver: ~Copyable {
         adaptiveWait = AdaptiveMinimumWait(
             floorMicroseconds: settings.minimumWaitMicroseconds, flushIntervalNanoseconds: settings.flushIntervalNanoseconds,
             receiveBuffers: bufferCount, socketBufferBytes: worker.listeners.receiveBufferBytes)
+        buffersAtFloor = Self.buffersAtFloor(count: bufferCount, adaptiveWait: adaptiveWait)
         flushIntervalNanoseconds = settings.flushIntervalNanoseconds
         self.ring = ring
         self.buffers = buffers
         queue = ReceiveQueue(capacity: bufferCount)
+    }
+
+    /// How many of `count` receive buffers circulate while the adapted wait is at its floor:
+    /// half (at least one) when the wait can adapt, else all.
+    ///
+    /// The buffers are sized for the adapted wait: one wait aims to gather up to half of them
+    /// (`AdaptiveMinimumWait.targetDatagrams`) and the wait under way when the rate jumps may
+    /// take up to its ceiling's worth, so all circulate while the wait is above its floor. At the
+    /// floor the worker keeps up with a high rate or drains a backlog: every turn the kernel
+    /// fills all the buffers it has, in ring order, and 256 cycled through the CPU cache cost a
+    /// W2 drain (1 400-byte datagrams) 4-9 % more CPU per line than 128 (7 of 7 comparisons).
+    /// Half of the default 256 is the 128 the relay had before the wait adapted, so a saturated
+    /// worker receives as it did then. A wait that cannot adapt (`--min-wait 0`, a small socket
+    /// buffer: its ceiling is its floor) keeps every buffer `--receive-buffers` asks for.
+    static func buffersAtFloor(count: Int, adaptiveWait: AdaptiveMinimumWait) -> Int {
+        adaptiveWait.ceilingMicroseconds > adaptiveWait.floorMicroseconds ? max(1, count / 2) : count
+    }
+
+    /// The receive buffers to circulate from this wait on: all while the adapted wait is above
+    /// `--min-wait`, `buffersAtFloor` at it (`ProvidedBufferRing.publish(circulating:)`: fewer
+    /// as buffers come back, more at once).
+    @inline(__always)
+    private var circulatingBuffers: Int {
+        adaptiveWait.microseconds > adaptiveWait.floorMicroseconds ? buffers.count : buffersAtFloor
     }
 
     /// The UDP receive group, buffer group 0.
@@ -133,7 +161,7 @@ extension IOUringDriver: WorkerTransport {
     /// - Throws: `SystemCallError` if the ring itself fails.
     @inline(__always)
     mutating func wait(_ worker: inout WorkerState, now: UInt64) throws(SystemCallError) {
-        buffers.publish()
+        buffers.publish(circulating: circulatingBuffers)
         armPoll(&worker)
         armIngestPoll(&worker)
         armAccepts(&worker, now: now)
@@ -428,7 +456,8 @@ extension IOUringDriver {
             } else if completion.result < 0 {
                 switch -completion.result {
                 case ENOBUFS:
-                    // Every buffer is held: re-armed once some are recycled this turn.
+                    // Every circulating buffer is held (at the wait's floor half are reserved,
+                    // `circulatingBuffers`): re-armed once some are recycled this turn.
                     worker.core.countBufferRingExhausted()
                 case ECANCELED:
                     break  // stopping

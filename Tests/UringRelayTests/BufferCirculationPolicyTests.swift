@@ -1,0 +1,28 @@
+import Testing
+
+@testable import UringRelay
+
+/// How many receive buffers the io_uring driver keeps in circulation while the adapted wait is
+/// at `--min-wait` (`IOUringDriver.buffersAtFloor`): half where the wait can adapt, all where
+/// it cannot. Above the floor all circulate, whatever this says.
+@Suite struct BufferCirculationPolicyTests {
+    /// `--min-wait` (µs), the socket buffer granted (bytes), `--receive-buffers`, and the
+    /// buffers circulating at the floor.
+    static let cases: [(minimumWait: UInt32, socketBuffer: Int, buffers: Int, atFloor: Int)] = [
+        (250, 8 << 20, 256, 128),  // the defaults: the 128 the relay had before the wait adapted
+        (250, 8 << 20, 128, 64),
+        (250, 8 << 20, 2, 1),
+        (250, 8 << 20, 1, 1),  // never none
+        (0, 8 << 20, 256, 256),  // --min-wait 0: nothing adapts
+        (250, 208 << 10, 256, 256),  // 208 KiB holds 203 µs, below --min-wait: nothing adapts
+        (250, 512 << 10, 256, 128),  // 512 µs: the wait may double
+    ]
+
+    @Test("half the buffers circulate at the floor where the wait can adapt, all where it cannot", arguments: cases)
+    func atFloor(_ row: (minimumWait: UInt32, socketBuffer: Int, buffers: Int, atFloor: Int)) {
+        let wait = AdaptiveMinimumWait(
+            floorMicroseconds: row.minimumWait, flushIntervalNanoseconds: 10_000_000, receiveBuffers: row.buffers,
+            socketBufferBytes: row.socketBuffer)
+        #expect(IOUringDriver.buffersAtFloor(count: row.buffers, adaptiveWait: wait) == row.atFloor)
+    }
+}
