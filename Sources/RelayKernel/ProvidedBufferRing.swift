@@ -226,8 +226,8 @@ public struct ProvidedBufferRing: ~Copyable {
     /// Why fewer than all: the kernel fills buffers in ring order, so a worker that drains a
     /// backlog (each turn the kernel fills every buffer it has) cycles all of them through the
     /// CPU cache. With 256 buffers (the default since the adaptive wait aims at 128 datagrams)
-    /// a saturated drain of 1 400-byte datagrams cost 4-9 % more CPU per line than with 128, in
-    /// 7 of 7 comparisons; the relay keeps half of them out of circulation there
+    /// a saturated drain of 1 400-byte datagrams cost 4-13 % more CPU per line than with 128, in
+    /// six of six comparisons; the relay keeps half of them out of circulation there
     /// (`IOUringDriver`).
     ///
     /// More buffers than wanted circulate: the surplus is withheld from the buffers recycled

@@ -111,7 +111,7 @@ struct IOUringDriver: ~Copyable {
     /// take up to its ceiling's worth, so all circulate while the wait is above its floor. At the
     /// floor the worker keeps up with a high rate or drains a backlog: every turn the kernel
     /// fills all the buffers it has, in ring order, and 256 cycled through the CPU cache cost a
-    /// W2 drain (1 400-byte datagrams) 4-9 % more CPU per line than 128 (7 of 7 comparisons).
+    /// W2 drain (1 400-byte datagrams) 4-13 % more CPU per line than 128 (six of six comparisons).
     /// Half of the default 256 is the 128 the relay had before the wait adapted, so a saturated
     /// worker receives as it did then. A wait that cannot adapt (`--min-wait 0`, a small socket
     /// buffer: its ceiling is its floor) keeps every buffer `--receive-buffers` asks for.
