@@ -26,3 +26,19 @@ import Testing
         #expect(IOUringDriver.buffersAtFloor(count: row.buffers, adaptiveWait: wait) == row.atFloor)
     }
 }
+
+/// The portable driver's `recvmmsg` batch: half of `--receive-buffers`, as many as an io_uring
+/// worker circulates at saturation, at least 1 and at most 256.
+@Suite struct PortableBatchTests {
+    @Test(
+        "the portable driver takes half the receive buffers per recvmmsg: 128 with the default 256, at least 1, at most 256",
+        arguments: [(256, 128), (128, 64), (2, 1), (1, 1), (512, 256), (4_096, 256)] as [(Int, Int)])
+    func batchCount(receiveBuffers: Int, batch: Int) {
+        #expect(PortableDriver.batchCount(receiveBuffers: receiveBuffers) == batch)
+    }
+
+    @Test("with the default --receive-buffers the batch is the 128 datagrams it was measured with")
+    func defaultBatch() {
+        #expect(PortableDriver.batchCount(receiveBuffers: RelayConfiguration(backends: []).receiveBuffers) == 128)
+    }
+}
